@@ -1,1 +1,101 @@
-fn main() {}
+//! The `pg2dns` command: parses arguments, sets up logging, calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pg2dns::{control, pipeline, Config};
+use tracing_subscriber::EnvFilter;
+
+/// Streams PostgreSQL changes into DNS as TSIG-signed RFC 2136 UPDATEs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(short, long, global = true, env = "PG2DNS_CONFIG", default_value = "pg2dns.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the pg2dns schema, create the publication and the replication slot (idempotent).
+    Setup,
+    /// Stream changes to the DNS servers until stopped (SIGINT/SIGTERM).
+    Run,
+    /// Check the configuration file and the key files it names.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pg2dns: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(real_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pg2dns: error: {}", pg2dns::error::chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::CheckConfig => {
+            println!(
+                "{}: ok ({} zone(s), slot {}, publication {})",
+                config.path.display(),
+                config.zones.len(),
+                config.database.slot,
+                config.database.publication
+            );
+            for z in &config.zones {
+                println!("  zone {} → {} with key {} ({})", z.name, z.primary, z.key.name, z.key.algorithm);
+            }
+            Ok(())
+        }
+        Command::Setup => {
+            let report = control::setup(&config).await?;
+            println!(
+                "setup done: schema versions applied {:?}, publication {}, slot {}",
+                report.applied,
+                if report.publication_created { "created" } else { "already there" },
+                if report.slot_created { "created" } else { "already there" },
+            );
+            Ok(())
+        }
+        Command::Run => {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                let _ = tx.send(true);
+            });
+            pipeline::run(config, rx).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,354 @@
+//! Durable state in PostgreSQL: row state, rejected rows and the progress LSN.
+//!
+//! Why one long transaction: the row state of DESIGN §4 (the records each
+//! source row contributed) must change in the same transaction as the
+//! progress LSN, or a crash between the two would make a replay compute the
+//! wrong deletes. pg2dns therefore keeps one transaction open on its SQL
+//! connection while it works: each batch of changes reads the state (seeing
+//! its own earlier, uncommitted writes) and writes the new state at once, and
+//! the transaction commits — with the progress LSN — only once the DNS
+//! servers acknowledged every UPDATE it covers. A crash rolls it back, and the
+//! replication slot, which was not confirmed either, replays the same
+//! transactions onto the same state: the same operations go out again, and
+//! they are idempotent.
+//!
+//! ```text
+//!   BEGIN ─▶ (load state, write state, send UPDATEs)* ─▶ all acknowledged ─▶ progress := end_lsn; COMMIT ─▶ confirm end_lsn to the slot
+//! ```
+
+use std::collections::HashMap;
+
+use pg2dns_decoder::Lsn;
+use tokio_postgres::{Client, NoTls};
+use tracing::warn;
+
+use crate::config::DatabaseConfig;
+
+/// One record a source row contributes, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoredRecord {
+    /// The zone it was sent to.
+    pub zone: String,
+    /// Owner name (canonical).
+    pub owner: String,
+    /// Type mnemonic.
+    pub rtype: String,
+    /// Canonical record data.
+    pub rdata: String,
+    /// TTL.
+    pub ttl: i32,
+}
+
+impl StoredRecord {
+    /// The record's identity in DNS (the TTL is not part of it).
+    pub fn key(&self) -> RecordKey {
+        RecordKey {
+            zone: self.zone.clone(),
+            owner: self.owner.clone(),
+            rtype: self.rtype.clone(),
+            rdata: self.rdata.clone(),
+        }
+    }
+}
+
+/// A record's identity: zone, owner, type and data.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey {
+    /// Zone.
+    pub zone: String,
+    /// Owner.
+    pub owner: String,
+    /// Type.
+    pub rtype: String,
+    /// Data.
+    pub rdata: String,
+}
+
+/// A row that was not sent to DNS.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// The source table.
+    pub source: String,
+    /// The row's key.
+    pub row_key: String,
+    /// The commit LSN of its transaction.
+    pub lsn: Lsn,
+    /// The zone, when known.
+    pub zone: Option<String>,
+    /// The owner, when known.
+    pub owner: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// Errors of the state store. All come from PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A query or the connection failed.
+    #[error("{what}")]
+    Sql {
+        /// What pg2dns was doing.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl StoreError {
+    /// The SQLSTATE, when the server sent one.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            StoreError::Sql { source, .. } => source.code(),
+        }
+    }
+
+    /// Whether the connection itself is gone (retry), rather than a statement failing.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            StoreError::Sql { source, .. } => source.is_closed() || source.code().is_none(),
+        }
+    }
+}
+
+fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |source| StoreError::Sql { what, source }
+}
+
+/// The SQL connection and the open checkpoint transaction.
+pub struct Store {
+    client: Client,
+    connection: tokio::task::JoinHandle<()>,
+    slot: String,
+    in_transaction: bool,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Store {
+    /// Connects to PostgreSQL.
+    pub async fn connect(db: &DatabaseConfig) -> Result<Store, StoreError> {
+        let mut pg = db.pg.clone();
+        pg.application_name("pg2dns");
+        let (client, connection) = pg
+            .connect(NoTls)
+            .await
+            .map_err(sql("cannot connect to PostgreSQL"))?;
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                warn!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(Store {
+            client,
+            connection,
+            slot: db.slot.clone(),
+            in_transaction: false,
+        })
+    }
+
+    /// The client, for set-up and control statements.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The durable progress LSN of this slot ([`Lsn::ZERO`] if none yet).
+    pub async fn progress(&self) -> Result<Lsn, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT lsn::text FROM pg2dns.progress WHERE slot = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.progress"))?;
+        Ok(row
+            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .unwrap_or(Lsn::ZERO))
+    }
+
+    /// The slot's confirmed flush LSN, `None` when the slot does not exist.
+    pub async fn slot_confirmed(&self) -> Result<Option<Lsn>, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql("cannot read pg_replication_slots"))?;
+        Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+    }
+
+    async fn begin(&mut self) -> Result<(), StoreError> {
+        if !self.in_transaction {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(sql("cannot begin the checkpoint transaction"))?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    /// The stored records of the given rows (rows without state are absent).
+    pub async fn load_rows(
+        &mut self,
+        source: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Vec<StoredRecord>>, StoreError> {
+        self.begin().await?;
+        let rows = self
+            .client
+            .query(
+                "SELECT row_key, zone, owner, rtype, rdata, ttl FROM pg2dns.row_records \
+                 WHERE source = $1 AND row_key = ANY($2)",
+                &[&source, &keys],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.row_records"))?;
+        let mut map: HashMap<String, Vec<StoredRecord>> = HashMap::new();
+        for r in rows {
+            map.entry(r.get(0)).or_default().push(StoredRecord {
+                zone: r.get(1),
+                owner: r.get(2),
+                rtype: r.get(3),
+                rdata: r.get(4),
+                ttl: r.get(5),
+            });
+        }
+        Ok(map)
+    }
+
+    /// How many rows contribute each record, with the TTL one of them gives.
+    pub async fn load_counts(
+        &mut self,
+        keys: &[RecordKey],
+    ) -> Result<HashMap<RecordKey, (i64, i32)>, StoreError> {
+        self.begin().await?;
+        let mut out = HashMap::new();
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let zones: Vec<&str> = keys.iter().map(|k| k.zone.as_str()).collect();
+        let owners: Vec<&str> = keys.iter().map(|k| k.owner.as_str()).collect();
+        let rtypes: Vec<&str> = keys.iter().map(|k| k.rtype.as_str()).collect();
+        let rdatas: Vec<&str> = keys.iter().map(|k| k.rdata.as_str()).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT r.zone, r.owner, r.rtype, r.rdata, count(*), max(r.ttl) \
+                 FROM pg2dns.row_records r \
+                 JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])) \
+                      AS k(zone, owner, rtype, rdata) USING (zone, owner, rtype, rdata) \
+                 GROUP BY 1, 2, 3, 4",
+                &[&zones, &owners, &rtypes, &rdatas],
+            )
+            .await
+            .map_err(sql("cannot count record contributions in pg2dns.row_records"))?;
+        for r in rows {
+            out.insert(
+                RecordKey {
+                    zone: r.get(0),
+                    owner: r.get(1),
+                    rtype: r.get(2),
+                    rdata: r.get(3),
+                },
+                (r.get::<_, i64>(4), r.get::<_, i32>(5)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Replaces the stored records of the given rows.
+    pub async fn write_rows(
+        &mut self,
+        source: &str,
+        rows: &HashMap<String, Vec<StoredRecord>>,
+    ) -> Result<(), StoreError> {
+        self.begin().await?;
+        let keys: Vec<&str> = rows.keys().map(String::as_str).collect();
+        let mut row_keys = Vec::new();
+        let mut zones = Vec::new();
+        let mut owners = Vec::new();
+        let mut rtypes = Vec::new();
+        let mut rdatas = Vec::new();
+        let mut ttls = Vec::new();
+        for (key, records) in rows {
+            for r in records {
+                row_keys.push(key.as_str());
+                zones.push(r.zone.as_str());
+                owners.push(r.owner.as_str());
+                rtypes.push(r.rtype.as_str());
+                rdatas.push(r.rdata.as_str());
+                ttls.push(r.ttl);
+            }
+        }
+        let delete = self.client.execute(
+            "DELETE FROM pg2dns.row_records WHERE source = $1 AND row_key = ANY($2)",
+            &[&source, &keys],
+        );
+        let insert = self.client.execute(
+            "INSERT INTO pg2dns.row_records (source, row_key, zone, owner, rtype, rdata, ttl) \
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[])",
+            &[&source, &row_keys, &zones, &owners, &rtypes, &rdatas, &ttls],
+        );
+        // Both statements are pipelined on the connection, in this order.
+        let (d, i) = tokio::join!(delete, insert);
+        d.map_err(sql("cannot update pg2dns.row_records"))?;
+        i.map_err(sql("cannot update pg2dns.row_records"))?;
+        Ok(())
+    }
+
+    /// Records rows that were not sent.
+    pub async fn reject(&mut self, rejections: &[Rejection]) -> Result<(), StoreError> {
+        if rejections.is_empty() {
+            return Ok(());
+        }
+        self.begin().await?;
+        let sources: Vec<&str> = rejections.iter().map(|r| r.source.as_str()).collect();
+        let keys: Vec<&str> = rejections.iter().map(|r| r.row_key.as_str()).collect();
+        let lsns: Vec<String> = rejections.iter().map(|r| r.lsn.to_string()).collect();
+        let zones: Vec<Option<&str>> = rejections.iter().map(|r| r.zone.as_deref()).collect();
+        let owners: Vec<Option<&str>> = rejections.iter().map(|r| r.owner.as_deref()).collect();
+        let reasons: Vec<&str> = rejections.iter().map(|r| r.reason.as_str()).collect();
+        self.client
+            .execute(
+                "INSERT INTO pg2dns.rejected (source, row_key, lsn, zone, owner, reason) \
+                 SELECT s, k, l::pg_lsn, z, o, r FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                 AS t(s, k, l, z, o, r)",
+                &[&sources, &keys, &lsns, &zones, &owners, &reasons],
+            )
+            .await
+            .map_err(sql("cannot record rejected rows in pg2dns.rejected"))?;
+        Ok(())
+    }
+
+    /// Whether a checkpoint transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    /// Commits the open transaction with the new progress LSN.
+    pub async fn commit(&mut self, lsn: Lsn) -> Result<(), StoreError> {
+        self.begin().await?;
+        self.client
+            .execute(
+                "INSERT INTO pg2dns.progress (slot, lsn, updated) VALUES ($1, $2::text::pg_lsn, now()) \
+                 ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, updated = excluded.updated",
+                &[&self.slot, &lsn.to_string()],
+            )
+            .await
+            .map_err(sql("cannot write pg2dns.progress"))?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(sql("cannot commit the checkpoint"))?;
+        self.in_transaction = false;
+        Ok(())
+    }
+}

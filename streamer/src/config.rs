@@ -1,0 +1,469 @@
+//! Configuration: the versioned TOML file on disk (`Spec`) and the checked
+//! run-time form (`Config`).
+//!
+//! Precedence is defaults < file < `PG2DNS_*` environment. Unknown keys are an
+//! error (`deny_unknown_fields`), so a typo never silently falls back to a
+//! default. TSIG keys are read from the file `tsig-keygen` writes, so one file
+//! configures `named` and pg2dns; secrets never reach a log line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pg2dns_decoder::tsig::TsigKey;
+use pg2dns_decoder::ZoneName;
+use serde::Deserialize;
+
+/// The only configuration format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Why the configuration was refused. Each variant names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("config file {path} is invalid")]
+    Parse {
+        /// The path given.
+        path: PathBuf,
+        /// What the TOML parser said (with line and column).
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is present but wrong.
+    #[error("config file {path}: {what}")]
+    Invalid {
+        /// The path given.
+        path: PathBuf,
+        /// Which key and why.
+        what: String,
+    },
+    /// A zone's TSIG key file could not be used.
+    #[error("zone {zone}: TSIG key file {key_file}: {what}")]
+    Key {
+        /// The zone.
+        zone: String,
+        /// The key file.
+        key_file: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// The file as written by the operator.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    version: u32,
+    database: DatabaseSpec,
+    #[serde(default, rename = "zone")]
+    zones: Vec<ZoneSpec>,
+    #[serde(default)]
+    limits: LimitsSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseSpec {
+    url: String,
+    #[serde(default = "default_slot")]
+    slot: String,
+    #[serde(default = "default_publication")]
+    publication: String,
+}
+
+fn default_slot() -> String {
+    "pg2dns".into()
+}
+
+fn default_publication() -> String {
+    "pg2dns".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZoneSpec {
+    name: String,
+    primary: String,
+    tsig_key_file: PathBuf,
+    key_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSpec {
+    #[serde(default = "default_max_message_bytes")]
+    max_message_bytes: usize,
+    #[serde(default = "default_max_records_per_rrset")]
+    max_records_per_rrset: usize,
+    #[serde(default = "default_window")]
+    window: usize,
+    #[serde(default = "default_timeout_ms")]
+    dns_timeout_ms: u64,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        LimitsSpec {
+            max_message_bytes: default_max_message_bytes(),
+            max_records_per_rrset: default_max_records_per_rrset(),
+            window: default_window(),
+            dns_timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
+fn default_max_message_bytes() -> usize {
+    65_535
+}
+
+fn default_max_records_per_rrset() -> usize {
+    100
+}
+
+fn default_window() -> usize {
+    4
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+/// The checked configuration the service runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config was read from (for messages).
+    pub path: PathBuf,
+    /// Database connection and replication names.
+    pub database: DatabaseConfig,
+    /// The zones pg2dns updates.
+    pub zones: Vec<ZoneConfig>,
+    /// Message and server limits.
+    pub limits: Limits,
+}
+
+/// How to reach PostgreSQL.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// The libpq-style URL, used for SQL and (parsed) for replication.
+    pub url: String,
+    /// The parsed URL.
+    pub pg: tokio_postgres::Config,
+    /// Replication slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: print the parts that are safe.
+        f.debug_struct("DatabaseConfig")
+            .field("host", &self.host())
+            .field("port", &self.port())
+            .field("user", &self.user())
+            .field("dbname", &self.dbname())
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    /// The first TCP host of the URL (default `127.0.0.1`).
+    pub fn host(&self) -> String {
+        self.pg
+            .get_hosts()
+            .iter()
+            .find_map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(p) => Some(p.display().to_string()),
+            })
+            .unwrap_or_else(|| "127.0.0.1".into())
+    }
+
+    /// The first port of the URL (default 5432).
+    pub fn port(&self) -> u16 {
+        self.pg.get_ports().first().copied().unwrap_or(5432)
+    }
+
+    /// The user (default `postgres`).
+    pub fn user(&self) -> String {
+        self.pg.get_user().unwrap_or("postgres").to_owned()
+    }
+
+    /// The password, empty when none.
+    pub fn password(&self) -> String {
+        self.pg
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The database name (default: the user name).
+    pub fn dbname(&self) -> String {
+        self.pg
+            .get_dbname()
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.user())
+    }
+}
+
+/// One zone and how to update it.
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    /// The zone apex.
+    pub name: ZoneName,
+    /// The primary server's address.
+    pub primary: SocketAddr,
+    /// The TSIG key (secret redacted in `Debug`).
+    pub key: TsigKey,
+    /// The file the key came from.
+    pub key_file: PathBuf,
+}
+
+/// Limits on messages and on the DNS server's patience.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest UPDATE, TSIG record included (≤ 65 535).
+    pub max_message_bytes: usize,
+    /// Largest RRset (BIND's `max-records-per-type`, default 100).
+    pub max_records_per_rrset: usize,
+    /// UPDATE messages in flight per zone on one TCP connection.
+    pub window: usize,
+    /// How long to wait for a DNS answer before reconnecting.
+    pub dns_timeout: Duration,
+}
+
+impl Config {
+    /// Reads, checks and resolves a config file, then applies `PG2DNS_*`
+    /// environment overrides (`PG2DNS_DATABASE_URL`, `PG2DNS_SLOT`,
+    /// `PG2DNS_PUBLICATION`).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text, |k| std::env::var(k).ok())
+    }
+
+    /// Parses config text; `env` looks up overrides.
+    pub fn from_toml(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |what: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            what,
+        };
+        let mut spec: Spec = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        if spec.version != CONFIG_VERSION {
+            return Err(invalid(format!(
+                "version = {} is not supported; this pg2dns reads version = {CONFIG_VERSION}",
+                spec.version
+            )));
+        }
+        if let Some(url) = env("PG2DNS_DATABASE_URL") {
+            spec.database.url = url;
+        }
+        if let Some(slot) = env("PG2DNS_SLOT") {
+            spec.database.slot = slot;
+        }
+        if let Some(publication) = env("PG2DNS_PUBLICATION") {
+            spec.database.publication = publication;
+        }
+        let pg: tokio_postgres::Config = spec
+            .database
+            .url
+            .parse()
+            .map_err(|e| invalid(format!("database.url does not parse: {e}")))?;
+        for (key, value) in [
+            ("database.slot", &spec.database.slot),
+            ("database.publication", &spec.database.publication),
+        ] {
+            let ok = !value.is_empty()
+                && value.len() <= 63
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                return Err(invalid(format!(
+                    "{key} = {value:?}: use 1 to 63 lower-case letters, digits or '_'"
+                )));
+            }
+        }
+        if spec.zones.is_empty() {
+            return Err(invalid("no [[zone]] is configured".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut zones: Vec<ZoneConfig> = Vec::new();
+        for z in spec.zones {
+            let name = ZoneName::parse(&z.name)
+                .map_err(|e| invalid(format!("zone name {:?}: {e}", z.name)))?;
+            if zones.iter().any(|o| o.name == name) {
+                return Err(invalid(format!("zone {name} is configured twice")));
+            }
+            let primary: SocketAddr = z.primary.parse().map_err(|_| {
+                invalid(format!(
+                    "zone {name}: primary = {:?} is not an address:port such as \"192.0.2.53:53\"",
+                    z.primary
+                ))
+            })?;
+            let key_file = if z.tsig_key_file.is_absolute() {
+                z.tsig_key_file.clone()
+            } else {
+                base.join(&z.tsig_key_file)
+            };
+            let key_err = |what: String| ConfigError::Key {
+                zone: name.to_string(),
+                key_file: key_file.clone(),
+                what,
+            };
+            let key_text = std::fs::read_to_string(&key_file)
+                .map_err(|e| key_err(format!("cannot read it: {e}")))?;
+            let keys = TsigKey::parse_keygen_file(&key_text).map_err(|e| key_err(e.to_string()))?;
+            let key = match &z.key_name {
+                Some(wanted) => {
+                    let wanted_lc = wanted.trim_end_matches('.').to_ascii_lowercase();
+                    keys.into_iter()
+                        .find(|k| k.name.to_string().trim_end_matches('.') == wanted_lc)
+                        .ok_or_else(|| key_err(format!("holds no key named {wanted:?}")))?
+                }
+                None => {
+                    let mut keys = keys;
+                    match keys.len() {
+                        0 => return Err(key_err("holds no key".into())),
+                        1 => keys.remove(0),
+                        n => {
+                            return Err(key_err(format!(
+                                "holds {n} keys: set key_name to choose one"
+                            )))
+                        }
+                    }
+                }
+            };
+            zones.push(ZoneConfig {
+                name,
+                primary,
+                key,
+                key_file,
+            });
+        }
+        let l = spec.limits;
+        if !(512..=65_535).contains(&l.max_message_bytes) {
+            return Err(invalid(format!(
+                "limits.max_message_bytes = {}: must be from 512 to 65535",
+                l.max_message_bytes
+            )));
+        }
+        if l.max_records_per_rrset == 0 {
+            return Err(invalid("limits.max_records_per_rrset must be at least 1".into()));
+        }
+        if !(1..=64).contains(&l.window) {
+            return Err(invalid(format!(
+                "limits.window = {}: must be from 1 to 64 (BIND drops UPDATEs beyond its update-quota)",
+                l.window
+            )));
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            database: DatabaseConfig {
+                url: spec.database.url,
+                pg,
+                slot: spec.database.slot,
+                publication: spec.database.publication,
+            },
+            zones,
+            limits: Limits {
+                max_message_bytes: l.max_message_bytes,
+                max_records_per_rrset: l.max_records_per_rrset,
+                window: l.window,
+                dns_timeout: Duration::from_millis(l.dns_timeout_ms.max(100)),
+            },
+        })
+    }
+
+    /// The configured zone names.
+    pub fn zone_names(&self) -> Vec<ZoneName> {
+        self.zones.iter().map(|z| z.name.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "key \"k1\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=\";\n};\n";
+
+    fn with_key_file(body: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("pg2dns-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k.key"), KEY).unwrap();
+        Config::from_toml(&dir.join("pg2dns.toml"), body, |_| None)
+    }
+
+    const GOOD: &str = r#"
+version = 1
+[database]
+url = "postgresql://postgres:pw@127.0.0.1:5433/app"
+[[zone]]
+name = "Example.Test"
+primary = "127.0.0.1:5353"
+tsig_key_file = "k.key"
+"#;
+
+    #[test]
+    fn a_minimal_config_gets_defaults_and_a_relative_key_file() {
+        let c = with_key_file(GOOD).unwrap();
+        assert_eq!(c.database.slot, "pg2dns");
+        assert_eq!(c.database.port(), 5433);
+        assert_eq!(c.database.dbname(), "app");
+        assert_eq!(c.zones[0].name.to_string(), "example.test.");
+        assert_eq!(c.limits.max_message_bytes, 65_535);
+        assert!(!format!("{c:?}").contains("pw"), "password leaked into Debug");
+        assert!(!format!("{c:?}").contains("c2VjcmV0"), "secret leaked into Debug");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = with_key_file(&GOOD.replace("[database]", "[database]\nslto = \"x\"")).unwrap_err();
+        assert!(format!("{:?}", err).contains("slto"), "{err:?}");
+    }
+
+    #[test]
+    fn a_bad_primary_names_the_zone() {
+        let err = with_key_file(&GOOD.replace("127.0.0.1:5353", "ns1")).unwrap_err();
+        assert!(err.to_string().contains("example.test."), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("pg2dns-config-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k.key"), KEY).unwrap();
+        let c = Config::from_toml(&dir.join("c.toml"), GOOD, |k| {
+            (k == "PG2DNS_SLOT").then(|| "other_slot".to_owned())
+        })
+        .unwrap();
+        assert_eq!(c.database.slot, "other_slot");
+    }
+
+    #[test]
+    fn a_wrong_version_is_refused() {
+        let err = with_key_file(&GOOD.replace("version = 1", "version = 2")).unwrap_err();
+        assert!(err.to_string().contains("version = 2"), "{err}");
+    }
+}

@@ -1,0 +1,24 @@
+//! Failpoints for crash tests: `PG2DNS_FAILPOINT=<name>` makes the process
+//! abort (as `kill -9` would: no destructors, no final status to PostgreSQL)
+//! the first time the named point is reached.
+//!
+//! Points: `before-dns-send` (an UPDATE is about to be written to the DNS
+//! server), `after-dns-ack` (every UPDATE of the pending transactions was
+//! acknowledged, the checkpoint is not yet committed).
+
+use std::sync::OnceLock;
+
+fn armed() -> Option<&'static str> {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| std::env::var("PG2DNS_FAILPOINT").ok().filter(|s| !s.is_empty()))
+        .as_deref()
+}
+
+/// Aborts the process if `name` is the armed failpoint.
+pub fn hit(name: &str) {
+    if armed() == Some(name) {
+        eprintln!("pg2dns: failpoint {name} reached: aborting");
+        std::process::abort();
+    }
+}
