@@ -783,7 +783,7 @@ pub(crate) mod fixtures {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::fixtures::{self, raw};
     use super::*;
     use proptest::prelude::*;
