@@ -288,14 +288,17 @@ impl Store {
                 ttls.push(r.ttl);
             }
         }
+        let delete_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&source, &keys];
+        let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+            [&source, &row_keys, &zones, &owners, &rtypes, &rdatas, &ttls];
         let delete = self.client.execute(
             "DELETE FROM pg2dns.row_records WHERE source = $1 AND row_key = ANY($2)",
-            &[&source, &keys],
+            &delete_params,
         );
         let insert = self.client.execute(
             "INSERT INTO pg2dns.row_records (source, row_key, zone, owner, rtype, rdata, ttl) \
              SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[])",
-            &[&source, &row_keys, &zones, &owners, &rtypes, &rdatas, &ttls],
+            &insert_params,
         );
         // Both statements are pipelined on the connection, in this order.
         let (d, i) = tokio::join!(delete, insert);

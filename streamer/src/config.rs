@@ -183,11 +183,12 @@ impl DatabaseConfig {
         self.pg
             .get_hosts()
             .iter()
-            .find_map(|h| match h {
-                tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
                 #[cfg(unix)]
-                tokio_postgres::config::Host::Unix(p) => Some(p.display().to_string()),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
             })
+            .next()
             .unwrap_or_else(|| "127.0.0.1".into())
     }
 
@@ -370,7 +371,9 @@ impl Config {
             )));
         }
         if l.max_records_per_rrset == 0 {
-            return Err(invalid("limits.max_records_per_rrset must be at least 1".into()));
+            return Err(invalid(
+                "limits.max_records_per_rrset must be at least 1".into(),
+            ));
         }
         if !(1..=64).contains(&l.window) {
             return Err(invalid(format!(
@@ -433,13 +436,20 @@ tsig_key_file = "k.key"
         assert_eq!(c.database.dbname(), "app");
         assert_eq!(c.zones[0].name.to_string(), "example.test.");
         assert_eq!(c.limits.max_message_bytes, 65_535);
-        assert!(!format!("{c:?}").contains("pw"), "password leaked into Debug");
-        assert!(!format!("{c:?}").contains("c2VjcmV0"), "secret leaked into Debug");
+        assert!(
+            !format!("{c:?}").contains("pw"),
+            "password leaked into Debug"
+        );
+        assert!(
+            !format!("{c:?}").contains("c2VjcmV0"),
+            "secret leaked into Debug"
+        );
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = with_key_file(&GOOD.replace("[database]", "[database]\nslto = \"x\"")).unwrap_err();
+        let err =
+            with_key_file(&GOOD.replace("[database]", "[database]\nslto = \"x\"")).unwrap_err();
         assert!(format!("{:?}", err).contains("slto"), "{err:?}");
     }
 

@@ -51,14 +51,19 @@ pub async fn setup(config: &Config) -> Result<SetupReport, StoreError> {
     }
     let publication = &config.database.publication;
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[publication],
+        )
         .await
         .map_err(sql("cannot read pg_publication"))?
         .is_some();
     if !exists {
         // Identifiers were checked to be [a-z0-9_] by the config loader.
         client
-            .batch_execute(&format!("CREATE PUBLICATION \"{publication}\" FOR TABLE pg2dns.rr"))
+            .batch_execute(&format!(
+                "CREATE PUBLICATION \"{publication}\" FOR TABLE pg2dns.rr"
+            ))
             .await
             .map_err(sql("cannot create the publication"))?;
         report.publication_created = true;
@@ -72,7 +77,9 @@ pub async fn setup(config: &Config) -> Result<SetupReport, StoreError> {
                 &[slot],
             )
             .await
-            .map_err(sql("cannot create the replication slot (is wal_level = logical?)"))?;
+            .map_err(sql(
+                "cannot create the replication slot (is wal_level = logical?)",
+            ))?;
         report.slot_created = true;
         info!(%slot, "replication slot created");
     }

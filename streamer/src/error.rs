@@ -80,8 +80,7 @@ impl RunError {
                 // Connection exceptions, operator intervention (shutdown,
                 // restart), insufficient resources: the server will be back.
                 let class = &code.code()[..2];
-                matches!(class, "08" | "57" | "53" | "40")
-                    || *code == SqlState::CANNOT_CONNECT_NOW
+                matches!(class, "08" | "57" | "53" | "40") || *code == SqlState::CANNOT_CONNECT_NOW
             }
             RunError::Replication(e) => match e {
                 PgWireError::Io(_) | PgWireError::Task(_) | PgWireError::Protocol(_) => true,

@@ -12,7 +12,13 @@ use tracing_subscriber::EnvFilter;
 #[command(version, about)]
 struct Cli {
     /// The configuration file.
-    #[arg(short, long, global = true, env = "PG2DNS_CONFIG", default_value = "pg2dns.toml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "PG2DNS_CONFIG",
+        default_value = "pg2dns.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -30,11 +36,16 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pg2dns: cannot start the runtime: {e}");
@@ -62,7 +73,10 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 config.database.publication
             );
             for z in &config.zones {
-                println!("  zone {} → {} with key {} ({})", z.name, z.primary, z.key.name, z.key.algorithm);
+                println!(
+                    "  zone {} → {} with key {} ({})",
+                    z.name, z.primary, z.key.name, z.key.algorithm
+                );
             }
             Ok(())
         }
@@ -71,8 +85,16 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "setup done: schema versions applied {:?}, publication {}, slot {}",
                 report.applied,
-                if report.publication_created { "created" } else { "already there" },
-                if report.slot_created { "created" } else { "already there" },
+                if report.publication_created {
+                    "created"
+                } else {
+                    "already there"
+                },
+                if report.slot_created {
+                    "created"
+                } else {
+                    "already there"
+                },
             );
             Ok(())
         }

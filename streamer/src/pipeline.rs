@@ -25,7 +25,7 @@ use pg2dns_decoder::txn::{Assembler, ChangeKind, Event, Row, RowChange};
 use pg2dns_decoder::update::UpdateOp;
 use pg2dns_decoder::{Lsn, Record, ZoneName};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::checkpoint::{RecordKey, Rejection, Store, StoredRecord};
 use crate::config::Config;
@@ -240,7 +240,11 @@ impl Pipeline<'_> {
         }
     }
 
-    async fn on_event(&mut self, source: &mut PgSource, event: SourceEvent) -> Result<(), RunError> {
+    async fn on_event(
+        &mut self,
+        source: &mut PgSource,
+        event: SourceEvent,
+    ) -> Result<(), RunError> {
         let message = match event {
             SourceEvent::KeepAlive { wal_end } => {
                 // Nothing in flight: let an idle slot move, or it pins WAL.
@@ -311,7 +315,9 @@ impl Pipeline<'_> {
                 self.current = Some(final_lsn);
             }
             Event::Change(change) => {
-                if !self.skipping && is_rr(change.relation.namespace.as_str(), &change.relation.name) {
+                if !self.skipping
+                    && is_rr(change.relation.namespace.as_str(), &change.relation.name)
+                {
                     self.batch.push(Item::Change(change));
                     self.batch_rows += 1;
                 } else if !self.skipping {
@@ -383,7 +389,9 @@ impl Pipeline<'_> {
         {
             let mut sim = rows.clone();
             for m in mapped.iter_mut() {
-                let Mapped::Row { key, new, .. } = m else { continue };
+                let Mapped::Row { key, new, .. } = m else {
+                    continue;
+                };
                 let old = sim.get(key.as_str()).cloned().unwrap_or_default();
                 if let Ok(NewRecords::ToastFromState(partial)) = new {
                     let partial = partial.clone();
@@ -409,7 +417,7 @@ impl Pipeline<'_> {
         let mut rejections = Vec::new();
         let mut segment = Segment::default();
         let mut lsn = self.current.unwrap_or_default();
-        let mut segments: Vec<(Lsn, Vec<(RecordKey, Option<i32>, Option<i32>)>)> = Vec::new();
+        let mut segments: Vec<(Lsn, Vec<NetChange>)> = Vec::new();
         for m in mapped {
             match m {
                 Mapped::Commit { final_lsn } => {
@@ -465,18 +473,15 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    async fn dispatch(
-        &mut self,
-        lsn: Lsn,
-        changes: Vec<(RecordKey, Option<i32>, Option<i32>)>,
-    ) -> Result<(), RunError> {
+    async fn dispatch(&mut self, lsn: Lsn, changes: Vec<NetChange>) -> Result<(), RunError> {
         let mut per_zone: HashMap<usize, Vec<UpdateOp>> = HashMap::new();
         for (key, before, after) in changes {
             let Some(zone) = self.zones.iter().position(|z| z.to_string() == key.zone) else {
                 warn!(zone = %key.zone, owner = %key.owner, "record of a zone no longer configured; not sent");
                 continue;
             };
-            let build = |ttl: i32| Record::parse(&key.owner, ttl.max(0) as u32, &key.rtype, &key.rdata);
+            let build =
+                |ttl: i32| Record::parse(&key.owner, ttl.max(0) as u32, &key.rtype, &key.rdata);
             let ops = per_zone.entry(zone).or_default();
             match (before, after) {
                 (Some(old_ttl), None) => {
@@ -554,6 +559,10 @@ fn is_rr(namespace: &str, name: &str) -> bool {
     namespace == "pg2dns" && name == "rr"
 }
 
+/// A record touched by a transaction: its key, its TTL before the
+/// transaction if it was present, and its TTL after it if it is present.
+type NetChange = (RecordKey, Option<i32>, Option<i32>);
+
 /// Tracks, for one transaction, each touched record's state before it and
 /// its current state, so that only net operations go out.
 #[derive(Default)]
@@ -587,7 +596,7 @@ impl Segment {
     }
 
     /// The touched records as (key, TTL before if present, TTL now if present).
-    fn finish(&mut self) -> Vec<(RecordKey, Option<i32>, Option<i32>)> {
+    fn finish(&mut self) -> Vec<NetChange> {
         let order = std::mem::take(&mut self.order);
         let mut before = std::mem::take(&mut self.before);
         let mut now = std::mem::take(&mut self.now);
@@ -763,5 +772,8 @@ fn map_row(row: &Row, zones: &[ZoneName]) -> Result<NewRecords, Reject> {
     let rdata = text("rdata").map_err(|r| in_zone(r.reason))?;
     let record = Record::parse(&owner.to_string(), ttl, &rtype, &rdata)
         .map_err(|e| in_zone(e.to_string()))?;
-    Ok(NewRecords::Records(vec![stored(&zone.to_string(), &record)]))
+    Ok(NewRecords::Records(vec![stored(
+        &zone.to_string(),
+        &record,
+    )]))
 }

@@ -346,21 +346,22 @@ impl ZoneSink {
             return Ok(());
         }
         let wire = update::encode(&zone, id, &msg.ops).map_err(|e| {
-            SendFailure::Halt(SinkError::Encode {
+            SendFailure::Halt(Box::new(SinkError::Encode {
                 zone: zone.clone(),
                 lsn: msg.lsn,
                 reason: e.to_string(),
-            })
+            }))
         })?;
-        let signed = tsig::sign(&wire, &self.key, unix_now(), tsig::DEFAULT_FUDGE).map_err(|e| {
-            SendFailure::Halt(SinkError::Encode {
-                zone: zone.clone(),
-                lsn: msg.lsn,
-                reason: e.to_string(),
-            })
-        })?;
+        let signed =
+            tsig::sign(&wire, &self.key, unix_now(), tsig::DEFAULT_FUDGE).map_err(|e| {
+                SendFailure::Halt(Box::new(SinkError::Encode {
+                    zone: zone.clone(),
+                    lsn: msg.lsn,
+                    reason: e.to_string(),
+                }))
+            })?;
         if signed.wire.len() > self.budget.max_message_bytes {
-            return Err(SendFailure::Halt(SinkError::Encode {
+            return Err(SendFailure::Halt(Box::new(SinkError::Encode {
                 zone,
                 lsn: msg.lsn,
                 reason: format!(
@@ -368,7 +369,7 @@ impl ZoneSink {
                     signed.wire.len(),
                     self.budget.max_message_bytes
                 ),
-            }));
+            })));
         }
         failpoint::hit("before-dns-send");
         let mut frame = Vec::with_capacity(signed.wire.len() + 2);
@@ -388,23 +389,28 @@ impl ZoneSink {
         let Some(id) = frame.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
             return Err(SendFailure::Retry("short response".into()));
         };
-        let Some(pos) = self.in_flight.iter().position(|m| {
-            m.request.as_ref().is_some_and(|r| r.id == id) && !m.acked
-        }) else {
+        let Some(pos) = self
+            .in_flight
+            .iter()
+            .position(|m| m.request.as_ref().is_some_and(|r| r.id == id) && !m.acked)
+        else {
             debug!(zone = %self.zone, id, "response to no message in flight; ignored");
             return Ok(());
         };
         let msg = &self.in_flight[pos];
-        let request = msg.request.as_ref().expect("position() checked the request");
+        let request = msg
+            .request
+            .as_ref()
+            .expect("position() checked the request");
         let lsn = msg.lsn;
         let tsig_halt = |source: TsigError| {
-            SendFailure::Halt(SinkError::Tsig {
+            SendFailure::Halt(Box::new(SinkError::Tsig {
                 zone: self.zone.clone(),
                 server: self.server,
                 key: self.key.name.to_string(),
                 lsn,
                 source,
-            })
+            }))
         };
         let verified = match tsig::verify_response(frame, &self.key, request, unix_now()) {
             Ok(v) => v,
@@ -412,14 +418,14 @@ impl ZoneSink {
                 let (name, hint) = classify_rcode(rcode);
                 return Err(match hint {
                     None => SendFailure::Retry(format!("unsigned {name}")),
-                    Some(hint) => SendFailure::Halt(SinkError::Refused {
+                    Some(hint) => SendFailure::Halt(Box::new(SinkError::Refused {
                         zone: self.zone.clone(),
                         server: self.server,
                         key: self.key.name.to_string(),
                         lsn,
                         rcode: name,
                         hint,
-                    }),
+                    })),
                 });
             }
             Err(e) => return Err(tsig_halt(e)),
@@ -435,14 +441,14 @@ impl ZoneSink {
                     None => Err(SendFailure::Retry(format!(
                         "{name} for the UPDATE at LSN {lsn}"
                     ))),
-                    Some(hint) => Err(SendFailure::Halt(SinkError::Refused {
+                    Some(hint) => Err(SendFailure::Halt(Box::new(SinkError::Refused {
                         zone: self.zone.clone(),
                         server: self.server,
                         key: self.key.name.to_string(),
                         lsn,
                         rcode: name,
                         hint,
-                    })),
+                    }))),
                 }
             }
         }
@@ -585,7 +591,7 @@ impl ZoneSink {
             SendFailure::Halt(error) => {
                 let _ = self.reports.send(ZoneReport::Halted {
                     zone: self.index,
-                    error,
+                    error: *error,
                 });
                 true
             }
@@ -609,5 +615,5 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 enum SendFailure {
     Retry(String),
-    Halt(SinkError),
+    Halt(Box<SinkError>),
 }
