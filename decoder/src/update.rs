@@ -860,6 +860,100 @@ mod tests {
             .collect()
     }
 
+    /// Sends `ops` as one signed UPDATE over TCP and checks the answer.
+    fn send_live(
+        addr: &str,
+        key: &TsigKey,
+        id: u16,
+        ops: &[UpdateOp],
+    ) -> Result<tsig::VerifiedResponse, tsig::TsigError> {
+        use std::io::{Read, Write};
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        let wire = encode(&zone(), id, ops).unwrap();
+        let signed = tsig::sign(&wire, key, now(), tsig::DEFAULT_FUDGE).unwrap();
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.write_all(&(signed.wire.len() as u16).to_be_bytes())
+            .unwrap();
+        tcp.write_all(&signed.wire).unwrap();
+        let mut len = [0; 2];
+        tcp.read_exact(&mut len).unwrap();
+        let mut answer = vec![0; usize::from(u16::from_be_bytes(len))];
+        tcp.read_exact(&mut answer).unwrap();
+        tsig::verify_response(&answer, key, &signed, now())
+    }
+
+    /// A check against a real `named`, run by hand:
+    ///
+    /// ```text
+    /// named.conf: include "decoder/tests/fixtures/tsig/keys.conf";
+    ///             zone "example.test" { type primary; file "…";
+    ///                 allow-update { key k-sha1; key k-sha224; key k-sha256; key k-sha384; key k-sha512; }; };
+    /// PG2DNS_LIVE_DNS=127.0.0.1:PORT cargo test -p pg2dns-decoder --lib live_ -- --ignored
+    /// ```
+    ///
+    /// The team's integration tests cover BIND and Knot with a harness; this
+    /// one pins the decoder's own wire format against the server.
+    #[test]
+    #[ignore = "needs a running named: set PG2DNS_LIVE_DNS"]
+    fn live_named_accepts_signed_updates_with_every_algorithm_and_a_full_message() {
+        let addr = std::env::var("PG2DNS_LIVE_DNS").expect("set PG2DNS_LIVE_DNS=host:port");
+        let keys =
+            TsigKey::parse_keygen_file(include_str!("../tests/fixtures/tsig/keys.conf")).unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            let ops = [
+                delete(
+                    &format!("live-{}.example.test.", key.algorithm),
+                    "A",
+                    "192.0.2.99",
+                ),
+                add(
+                    &format!("live-{}.example.test.", key.algorithm),
+                    "A",
+                    &format!("192.0.2.{i}"),
+                ),
+                add(
+                    "live-cname.example.test.",
+                    "CNAME",
+                    "live-hmac-sha1.example.test.",
+                ),
+            ];
+            let answer = send_live(&addr, key, 100 + i as u16, &ops).unwrap();
+            assert_eq!(answer.rcode, 0, "{}", key.algorithm);
+        }
+        let wrong = TsigKey::new("k-sha256", Algorithm::HmacSha256, vec![0; 32]).unwrap();
+        let err = send_live(&addr, &wrong, 7, &[a_record(1)]).unwrap_err();
+        assert_eq!(
+            err,
+            tsig::TsigError::BadSig {
+                key: "k-sha256.".into()
+            }
+        );
+
+        // The largest message the packer builds: 2 616 A records, 65 511 bytes signed.
+        let key = &keys[2];
+        let mut packer = Packer::new(
+            zone(),
+            Budget {
+                max_message_bytes: 65_535,
+                tsig_record_len: key.record_len(),
+            },
+        );
+        let mut i = 0;
+        while packer
+            .try_push(group_by_owner(vec![a_record(i)]).remove(0))
+            .is_ok()
+        {
+            i += 1;
+        }
+        let answer = send_live(&addr, key, 9, &packer.take()).unwrap();
+        assert_eq!(answer.rcode, 0);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
