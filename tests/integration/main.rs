@@ -1,1 +1,21 @@
-//! Integration tests (being written).
+//! Integration tests for pg2dns: real PostgreSQL, BIND and pg2dns processes.
+//!
+//! One test binary (built as part of the `pg2dns` package, so cargo builds
+//! the binary under test first) with one module per scenario group. Every
+//! test starts its own servers on free loopback ports in its own temporary
+//! directory, so tests run in parallel. PostgreSQL 15 (or newer) and BIND 9
+//! must be installed: `scripts/test` installs them on Debian. A missing
+//! server is a failure, never a skip.
+//!
+//! Every assertion is about what the servers answer: an AXFR of each zone
+//! compared with `pg2dns.rr`, rows of `pg2dns.rejected`, the replication
+//! slot's `confirmed_flush_lsn`.
+
+mod harness;
+
+mod crash;
+mod halts;
+mod harness_selftest;
+mod outages;
+mod rejected;
+mod streaming;

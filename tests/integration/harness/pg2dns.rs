@@ -1,0 +1,166 @@
+//! Runs of the `pg2dns` binary under test (the one cargo built for this test
+//! binary), with their stderr kept in a log file.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::{log_tail, run_unchecked, signal};
+
+/// The binary under test.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pg2dns"))
+}
+
+/// The environment a pg2dns child gets: the test process's, without any
+/// `PG2DNS_*` variable (those configure pg2dns), plus `RUST_LOG` (the
+/// caller's, or `info`) and the given extras.
+fn hermetic<C: EnvCommand>(command: &mut C, extra: &[(&str, &str)]) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG2DNS_") {
+            command.remove(&key.to_string_lossy());
+        }
+    }
+    let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+    command.set("RUST_LOG", &log);
+    for (key, value) in extra {
+        command.set(key, value);
+    }
+}
+
+trait EnvCommand {
+    fn set(&mut self, key: &str, value: &str);
+    fn remove(&mut self, key: &str);
+}
+
+impl EnvCommand for std::process::Command {
+    fn set(&mut self, key: &str, value: &str) {
+        self.env(key, value);
+    }
+    fn remove(&mut self, key: &str) {
+        self.env_remove(key);
+    }
+}
+
+impl EnvCommand for tokio::process::Command {
+    fn set(&mut self, key: &str, value: &str) {
+        self.env(key, value);
+    }
+    fn remove(&mut self, key: &str) {
+        self.env_remove(key);
+    }
+}
+
+/// Runs `pg2dns SUBCOMMAND -c CONFIG` to completion (2 minutes at most) and
+/// returns its output, whatever its exit status.
+pub async fn command(subcommand: &str, config: &Path) -> Result<Output> {
+    let mut command = tokio::process::Command::new(binary());
+    command.arg(subcommand).arg("-c").arg(config);
+    hermetic(&mut command, &[]);
+    run_unchecked(&mut command, Duration::from_secs(120)).await
+}
+
+/// One `pg2dns run` process; killed (SIGKILL) on drop if still running.
+#[derive(Debug)]
+pub struct Pg2dns {
+    child: Child,
+    log: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Pg2dns {
+    /// Starts `pg2dns run -c CONFIG` with extra environment variables (e.g.
+    /// `PG2DNS_FAILPOINT`), its stdout and stderr appended to `log`.
+    pub fn spawn(config: &Path, log: &Path, env: &[(&str, &str)]) -> Result<Pg2dns> {
+        let file = OpenOptions::new().create(true).append(true).open(log)?;
+        let mut command = std::process::Command::new(binary());
+        command
+            .arg("run")
+            .arg("-c")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        hermetic(&mut command, env);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary().display()))?;
+        Ok(Pg2dns {
+            child,
+            log: log.to_path_buf(),
+            exit: None,
+        })
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait()?;
+        }
+        Ok(self.exit)
+    }
+
+    /// Fails (with the log) if the process has exited.
+    pub fn assert_running(&mut self) -> Result<()> {
+        if let Some(status) = self.exit_status()? {
+            bail!(
+                "pg2dns exited ({status}) but should still be running; its log:\n{}",
+                self.log_tail(80)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit on its own, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pg2dns still running after {timeout:?}; its log:\n{}",
+                    self.log_tail(80)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits (30 s at most) for the exit.
+    pub async fn terminate(&mut self) -> Result<ExitStatus> {
+        if self.exit_status()?.is_none() {
+            signal(self.child.id(), "TERM")?;
+        }
+        self.wait_exit(Duration::from_secs(30)).await
+    }
+
+    /// SIGKILL, as a crash would, and reaps the process.
+    pub fn kill(&mut self) -> Result<()> {
+        if self.exit_status()?.is_none() {
+            self.child.kill().context("SIGKILL to pg2dns")?;
+            self.exit = Some(self.child.wait()?);
+        }
+        Ok(())
+    }
+
+    /// Everything the process wrote so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// The log's last lines.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log, lines)
+    }
+}
+
+impl Drop for Pg2dns {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}

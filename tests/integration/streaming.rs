@@ -1,0 +1,218 @@
+//! Changes to `pg2dns.rr` reach BIND: inserts, rdata and TTL updates,
+//! deletes, transactions spanning the forward and the reverse zone, and one
+//! large transaction.
+
+use anyhow::{ensure, Result};
+
+use crate::harness::stack::{FORWARD, REVERSE};
+use crate::harness::{Record, Stack, DNS_DEADLINE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserted_rows_appear_in_dns() -> Result<()> {
+    let stack = Stack::start("insert").await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('www.example.test.', 300, 'A', '192.0.2.10'),
+               ('WWW.example.test', 300, 'A', '192.0.2.11'),
+               ('v6.example.test.', 600, 'AAAA', '2001:db8:0:0::1'),
+               ('alias.example.test.', 300, 'CNAME', 'www.example.test.'),
+               ('txt.example.test.', 300, 'TXT', '\"hello world\" \"two\"')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+
+    // The same, spelled by hand: guards against a normalisation that would
+    // make both sides equal and wrong.
+    let www = stack.bind.query("www.example.test.", "A").await?;
+    ensure!(
+        www == vec![
+            Record::new("www.example.test.", 300, "A", "192.0.2.10"),
+            Record::new("www.example.test.", 300, "A", "192.0.2.11"),
+        ],
+        "dig www.example.test A answered {www:?}"
+    );
+    let v6 = stack.bind.query("v6.example.test.", "AAAA").await?;
+    ensure!(
+        v6 == vec![Record::new("v6.example.test.", 600, "AAAA", "2001:db8::1")],
+        "dig v6.example.test AAAA answered {v6:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rdata_update_replaces_the_record() -> Result<()> {
+    let stack = Stack::start("update-rdata").await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('host.example.test.', 300, 'A', '192.0.2.20'),
+               ('other.example.test.', 300, 'A', '192.0.2.21')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+
+    stack
+        .exec("UPDATE pg2dns.rr SET rdata = '192.0.2.99' WHERE owner = 'host.example.test.'")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let host = stack.bind.query("host.example.test.", "A").await?;
+    ensure!(
+        host == vec![Record::new("host.example.test.", 300, "A", "192.0.2.99")],
+        "the old address must be gone and the new one there: {host:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_row_leaves_dns() -> Result<()> {
+    let stack = Stack::start("delete").await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('gone.example.test.', 300, 'A', '192.0.2.30'),
+               ('gone.example.test.', 300, 'A', '192.0.2.31'),
+               ('kept.example.test.', 300, 'TXT', '\"kept\"')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE rdata = '192.0.2.30'")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let gone = stack.bind.query("gone.example.test.", "A").await?;
+    ensure!(
+        gone == vec![Record::new("gone.example.test.", 300, "A", "192.0.2.31")],
+        "only the deleted row's record leaves: {gone:?}"
+    );
+
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE owner = 'gone.example.test.'")
+        .await?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(
+        dns[FORWARD] == vec![Record::new("kept.example.test.", 300, "TXT", "\"kept\"")],
+        "only the kept TXT remains: {dns:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_change_retimes_the_record() -> Result<()> {
+    let stack = Stack::start("ttl").await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('ttl.example.test.', 300, 'A', '192.0.2.40')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+
+    stack
+        .exec("UPDATE pg2dns.rr SET ttl = 7200 WHERE owner = 'ttl.example.test.'")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let answer = stack.bind.axfr(FORWARD).await?;
+    ensure!(
+        answer == vec![Record::new("ttl.example.test.", 7200, "A", "192.0.2.40")],
+        "the record now has TTL 7200: {answer:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_touching_the_forward_and_reverse_zones_updates_both() -> Result<()> {
+    let stack = Stack::start("forward-reverse").await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "BEGIN;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('mail.example.test.', 300, 'A', '192.0.2.10'),
+               ('10.2.0.192.in-addr.arpa.', 300, 'PTR', 'mail.example.test.');
+             COMMIT;",
+        )
+        .await?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(
+        dns[FORWARD] == vec![Record::new("mail.example.test", 300, "A", "192.0.2.10")]
+            && dns[REVERSE]
+                == vec![Record::new(
+                    "10.2.0.192.in-addr.arpa",
+                    300,
+                    "PTR",
+                    "mail.example.test"
+                )],
+        "each zone got its record: {dns:?}"
+    );
+
+    stack
+        .exec(
+            "BEGIN;
+             UPDATE pg2dns.rr SET rdata = '192.0.2.11' WHERE owner = 'mail.example.test.';
+             DELETE FROM pg2dns.rr WHERE owner = '10.2.0.192.in-addr.arpa.';
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('11.2.0.192.in-addr.arpa.', 300, 'PTR', 'mail.example.test.');
+             COMMIT;",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_of_a_thousand_rows_arrives_whole() -> Result<()> {
+    let stack = Stack::start("thousand").await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'h' || i || '.example.test.', 300, 'A', '10.0.' || (i / 256) || '.' || (i % 256)
+             FROM generate_series(1, 1000) AS i",
+        )
+        .await?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(
+        dns[FORWARD].len() == 1000,
+        "{} records in the zone",
+        dns[FORWARD].len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_pg2dns_with_exit_status_zero() -> Result<()> {
+    let stack = Stack::start("sigterm").await?;
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('t.example.test.', 300, 'A', '192.0.2.50')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let status = pg2dns.terminate().await?;
+    ensure!(status.success(), "pg2dns exited with {status} on SIGTERM");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_setup_keeps_the_slot_and_loses_no_change() -> Result<()> {
+    let stack = Stack::start("setup-twice").await?;
+    // Committed after the first setup created the slot, before any run.
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('s.example.test.', 300, 'A', '192.0.2.60')")
+        .await?;
+    stack.setup().await?;
+    let rows = stack.table().await?;
+    ensure!(rows.len() == 1, "setup kept the table's rows: {rows:?}");
+    let _pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('s2.example.test.', 300, 'A', '192.0.2.61')")
+        .await?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(dns[FORWARD].len() == 2, "both rows in DNS: {dns:?}");
+    Ok(())
+}
