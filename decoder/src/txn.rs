@@ -121,7 +121,7 @@ impl Assembler {
                 let open = self
                     .current
                     .as_mut()
-                    .ok_or(TxnError::OutsideTransaction { what: "origin" })?;
+                    .ok_or(TxnError::ChangeOutsideTransaction { what: "origin" })?;
                 open.origin = Some(origin);
                 return Ok(None);
             }
@@ -194,7 +194,7 @@ impl Assembler {
                     (Some(open), _) => Some(open.final_lsn),
                     (None, false) => None,
                     (None, true) => {
-                        return Err(TxnError::OutsideTransaction {
+                        return Err(TxnError::ChangeOutsideTransaction {
                             what: "transactional message",
                         })
                     }
@@ -229,7 +229,7 @@ impl Assembler {
         self.current
             .as_ref()
             .map(|open| (open.final_lsn, open.xid))
-            .ok_or(TxnError::OutsideTransaction { what })
+            .ok_or(TxnError::ChangeOutsideTransaction { what })
     }
 
     fn relation(&self, oid: u32) -> Result<Arc<Relation>, TxnError> {
@@ -265,8 +265,10 @@ pub enum Event {
     },
     /// A `pg_logical_emit_message` message.
     Message {
-        /// The enclosing transaction's commit LSN; `None` for a
-        /// non-transactional message, which arrives between transactions.
+        /// The enclosing transaction's commit LSN when the message arrives
+        /// inside one (always, for a transactional message); `None` between
+        /// transactions, which is where PostgreSQL sends non-transactional
+        /// messages, even one emitted inside a transaction.
         final_lsn: Option<Lsn>,
         /// The message.
         message: LogicalMessage,
@@ -388,9 +390,10 @@ impl Row {
 /// not what the caller asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TxnError {
-    /// A change, Origin or transactional message arrived between transactions.
+    /// A change (or an Origin or transactional message) arrived between
+    /// transactions.
     #[error("{what} outside a transaction")]
-    OutsideTransaction {
+    ChangeOutsideTransaction {
         /// What arrived: "insert", "update", "delete", "truncate", "origin" or
         /// "transactional message".
         what: &'static str,
@@ -828,7 +831,7 @@ mod tests {
         let row = vec![text("1"), Value::Null];
         assert_eq!(
             asm.push(insert(1, row.clone())),
-            Err(TxnError::OutsideTransaction { what: "insert" })
+            Err(TxnError::ChangeOutsideTransaction { what: "insert" })
         );
         assert_eq!(
             asm.push(commit(10, 11)),
@@ -844,7 +847,7 @@ mod tests {
         };
         assert_eq!(
             asm.push(Message::Message(transactional)),
-            Err(TxnError::OutsideTransaction {
+            Err(TxnError::ChangeOutsideTransaction {
                 what: "transactional message"
             })
         );
