@@ -136,9 +136,21 @@ impl Record {
         self.rdata.record_type()
     }
 
-    /// The canonical presentation form of the data.
+    /// The canonical presentation form of the data; [`Record::parse`]
+    /// reads it back to the same record.
     pub fn rdata_text(&self) -> String {
-        self.rdata.to_string()
+        // hickory prints TXT and HINFO character-strings without quotes, so
+        // `"a b" "c"` would come back as three strings: quote them here.
+        match &self.rdata {
+            RData::TXT(t) => t
+                .txt_data
+                .iter()
+                .map(|s| quote(s))
+                .collect::<Vec<_>>()
+                .join(" "),
+            RData::HINFO(h) => format!("{} {}", quote(&h.cpu), quote(&h.os)),
+            other => other.to_string(),
+        }
     }
 
     /// The record's identity (owner, type, data).
@@ -174,7 +186,9 @@ impl Record {
             reason,
         };
         if has_relative_name(rtype_parsed, rdata) {
-            return Err(bad("names in record data must be fully qualified (end with '.')".into()));
+            return Err(bad(
+                "names in record data must be fully qualified (end with '.')".into(),
+            ));
         }
         let parsed = RData::try_from_str(rtype_parsed, rdata).map_err(|e| bad(e.to_string()))?;
         Ok(Record {
@@ -185,13 +199,45 @@ impl Record {
     }
 }
 
+/// A character-string in presentation form (RFC 1035 §5.1): quoted, with
+/// `"` and `\\` escaped and bytes outside printable ASCII as `\\DDD`.
+fn quote(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
+    out.push('"');
+    for &b in bytes {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(char::from(b));
+            }
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\{b:03}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Types pg2dns publishes. DNSSEC records and zone-structure records (SOA) are
 /// the DNS server's business, not the database's.
 fn is_supported(rtype: RecordType) -> bool {
     use RecordType::*;
     matches!(
         rtype,
-        A | AAAA | CNAME | MX | NS | PTR | SRV | TXT | CAA | SSHFP | TLSA | NAPTR | HINFO | SVCB | HTTPS
+        A | AAAA
+            | CNAME
+            | MX
+            | NS
+            | PTR
+            | SRV
+            | TXT
+            | CAA
+            | SSHFP
+            | TLSA
+            | NAPTR
+            | HINFO
+            | SVCB
+            | HTTPS
     )
 }
 
@@ -253,10 +299,16 @@ mod tests {
             ZoneName::parse("2.0.192.in-addr.arpa.").unwrap(),
         ];
         let pick = |o: &str| zone_for(&Owner::parse(o).unwrap(), &zones).map(|z| z.to_string());
-        assert_eq!(pick("a.sub.example.test."), Some("sub.example.test.".into()));
+        assert_eq!(
+            pick("a.sub.example.test."),
+            Some("sub.example.test.".into())
+        );
         assert_eq!(pick("sub.example.test."), Some("sub.example.test.".into()));
         assert_eq!(pick("b.example.test."), Some("example.test.".into()));
-        assert_eq!(pick("10.2.0.192.in-addr.arpa."), Some("2.0.192.in-addr.arpa.".into()));
+        assert_eq!(
+            pick("10.2.0.192.in-addr.arpa."),
+            Some("2.0.192.in-addr.arpa.".into())
+        );
         assert_eq!(pick("notexample.test."), None);
         assert_eq!(pick("other.invalid."), None);
     }
@@ -279,6 +331,23 @@ mod tests {
         assert_eq!(err, RecordError::BadType("SOA".into()));
         let err = Record::parse("h.example.test.", 300, "BOGUS", "x").unwrap_err();
         assert_eq!(err, RecordError::BadType("BOGUS".into()));
+    }
+
+    #[test]
+    fn character_strings_survive_the_stored_text() {
+        for (t, d) in [
+            ("TXT", "\"hello world\" \"two\""),
+            ("TXT", "\"a\\\"b\" \"c\\\\d\""),
+            ("TXT", "plain"),
+            ("HINFO", "\"PC Intel\" \"Linux 6\""),
+            ("CAA", "0 issue \"ca.example.net\""),
+        ] {
+            let r = Record::parse("t.example.test.", 1, t, d).unwrap();
+            let again = Record::parse("t.example.test.", 1, t, &r.rdata_text()).unwrap();
+            assert_eq!(again, r, "{t} {d} -> {}", r.rdata_text());
+        }
+        let r = Record::parse("t.example.test.", 1, "TXT", "\"hello world\" \"two\"").unwrap();
+        assert_eq!(r.rdata_text(), "\"hello world\" \"two\"");
     }
 
     #[test]
