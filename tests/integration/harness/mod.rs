@@ -98,6 +98,7 @@ fn find_tools() -> Result<Tools> {
             missing.join(", ")
         );
     }
+    let named = escape_apparmor(named)?;
     let uid = std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -111,6 +112,27 @@ fn find_tools() -> Result<Tools> {
         tsig_keygen,
         root,
     })
+}
+
+/// Debian confines `/usr/sbin/named` with an AppArmor profile that lets it
+/// read only /etc/bind, /var/lib/bind and the like, not a test's temporary
+/// directory. The profile attaches by path, so where AppArmor is on, the
+/// tests run a copy of named from cargo's temporary directory instead.
+fn escape_apparmor(named: PathBuf) -> Result<PathBuf> {
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y");
+    if !enabled {
+        return Ok(named);
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(dir)?;
+    let copy = dir.join("named-unconfined");
+    let partial = dir.join(format!("named-unconfined.{}", std::process::id()));
+    std::fs::copy(&named, &partial)
+        .with_context(|| format!("copying {} out of AppArmor's reach", named.display()))?;
+    set_mode(&partial, 0o755)?;
+    std::fs::rename(&partial, &copy)?;
+    Ok(copy)
 }
 
 /// PostgreSQL's bin directory: `$PG_BIN`, else the newest

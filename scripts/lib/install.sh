@@ -1,0 +1,54 @@
+# shellcheck shell=bash
+# Installs the servers and tools pg2dns's tests and demo drive, when missing.
+# Sourced by scripts/test and scripts/demo; Debian/Ubuntu (apt-get) only.
+
+# The newest PostgreSQL server bin directory, or nothing.
+pg2dns_pg_bin() {
+    if [[ -n "${PG_BIN:-}" ]]; then
+        echo "$PG_BIN"
+        return
+    fi
+    local dir
+    dir=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1)
+    if [[ -n "$dir" && -x "$dir/initdb" ]]; then
+        echo "$dir"
+    elif command -v initdb >/dev/null 2>&1; then
+        dirname "$(command -v initdb)"
+    fi
+}
+
+# Whether a program is on the PATH or in an sbin directory.
+pg2dns_have() {
+    command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]
+}
+
+# Installs PostgreSQL, BIND, its tools and Knot if any of them is missing.
+pg2dns_install_servers() {
+    local missing=()
+    [[ -n "$(pg2dns_pg_bin)" ]] || missing+=(initdb)
+    local tool
+    for tool in named dig nsupdate tsig-keygen knotd kdig psql; do
+        pg2dns_have "$tool" || missing+=("$tool")
+    done
+    if ((${#missing[@]} == 0)); then
+        return 0
+    fi
+    echo "missing: ${missing[*]}; installing with apt-get" >&2
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "not root and no sudo: install postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils yourself" >&2
+            return 1
+        fi
+        sudo=(sudo)
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "no apt-get: install PostgreSQL (15 or newer), BIND 9 (named, dig, nsupdate, tsig-keygen) and Knot yourself" >&2
+        return 1
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+    # The postgresql package may start a cluster on port 5432: harmless, the
+    # tests and the demo run their own servers on free loopback ports.
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils
+}
