@@ -288,22 +288,18 @@ impl Store {
                 ttls.push(r.ttl);
             }
         }
-        let delete_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&source, &keys];
-        let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-            [&source, &row_keys, &zones, &owners, &rtypes, &rdatas, &ttls];
-        let delete = self.client.execute(
-            "DELETE FROM pg2dns.row_records WHERE source = $1 AND row_key = ANY($2)",
-            &delete_params,
-        );
-        let insert = self.client.execute(
-            "INSERT INTO pg2dns.row_records (source, row_key, zone, owner, rtype, rdata, ttl) \
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[])",
-            &insert_params,
-        );
-        // Both statements are pipelined on the connection, in this order.
-        let (d, i) = tokio::join!(delete, insert);
-        d.map_err(sql("cannot update pg2dns.row_records"))?;
-        i.map_err(sql("cannot update pg2dns.row_records"))?;
+        // One statement: the DELETE in the WITH clause and the INSERT see the
+        // same snapshot, so the DELETE removes exactly the old rows. (Two
+        // pipelined statements could run in either order.)
+        self.client
+            .execute(
+                "WITH old AS (DELETE FROM pg2dns.row_records WHERE source = $1 AND row_key = ANY($2)) \
+                 INSERT INTO pg2dns.row_records (source, row_key, zone, owner, rtype, rdata, ttl) \
+                 SELECT $1, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[])",
+                &[&source, &keys, &row_keys, &zones, &owners, &rtypes, &rdatas, &ttls],
+            )
+            .await
+            .map_err(sql("cannot update pg2dns.row_records"))?;
         Ok(())
     }
 
