@@ -64,6 +64,9 @@ pub struct RecordKey {
     pub rdata: String,
 }
 
+/// An RRset: zone, owner and type.
+pub type RrsetKey = (String, String, String);
+
 /// A row that was not sent to DNS.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -260,6 +263,37 @@ impl Store {
                 },
                 (r.get::<_, i64>(4), r.get::<_, i32>(5)),
             );
+        }
+        Ok(out)
+    }
+
+    /// How many distinct records each RRset holds.
+    pub async fn load_rrset_sizes(
+        &mut self,
+        keys: &[RrsetKey],
+    ) -> Result<HashMap<RrsetKey, i64>, StoreError> {
+        self.begin().await?;
+        let mut out = HashMap::new();
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let zones: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let owners: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let rtypes: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT r.zone, r.owner, r.rtype, count(DISTINCT r.rdata) \
+                 FROM pg2dns.row_records r \
+                 JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::text[])) \
+                      AS k(zone, owner, rtype) USING (zone, owner, rtype) \
+                 GROUP BY 1, 2, 3",
+                &[&zones, &owners, &rtypes],
+            )
+            .await
+            .map_err(sql("cannot count RRset sizes in pg2dns.row_records"))?;
+        for r in rows {
+            out.insert((r.get(0), r.get(1), r.get(2)), r.get::<_, i64>(3));
         }
         Ok(out)
     }

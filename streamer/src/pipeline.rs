@@ -27,7 +27,7 @@ use pg2dns_decoder::{Lsn, Record, ZoneName};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{RecordKey, Rejection, Store, StoredRecord};
+use crate::checkpoint::{RecordKey, Rejection, RrsetKey, Store, StoredRecord};
 use crate::config::Config;
 use crate::error::RunError;
 use crate::failpoint;
@@ -175,21 +175,35 @@ impl Pipeline<'_> {
             let Some(event) = event else {
                 return Err(RunError::StreamEnded);
             };
-            self.on_event(source, event).await?;
-            // Flush and checkpoint when the stream has nothing more ready
-            // now: a lone commit goes out at once, a backlog is batched.
-            let idle = !source.has_ready().await?;
-            if self.batch_rows >= MAX_BATCH_ROWS || (idle && !self.batch.is_empty()) {
-                self.flush().await?;
-            }
-            if self.current.is_none()
-                && self.batch.is_empty()
-                && self.pending_end.is_some()
-                && (idle || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
-            {
-                self.checkpoint(source).await?;
+            // A stop request interrupts waiting on DNS: whatever was not
+            // checkpointed is rolled back with the connection and replayed by
+            // the next run.
+            tokio::select! {
+                r = self.process(source, event) => r?,
+                _ = shutdown.changed() => {
+                    info!("stopping before the pending transactions were acknowledged; they will be replayed");
+                    return Ok(());
+                }
             }
         }
+    }
+
+    async fn process(&mut self, source: &mut PgSource, event: SourceEvent) -> Result<(), RunError> {
+        self.on_event(source, event).await?;
+        // Flush and checkpoint when the stream has nothing more ready now:
+        // a lone commit goes out at once, a backlog is batched.
+        let idle = !source.has_ready().await?;
+        if self.batch_rows >= MAX_BATCH_ROWS || (idle && !self.batch.is_empty()) {
+            self.flush().await?;
+        }
+        if self.current.is_none()
+            && self.batch.is_empty()
+            && self.pending_end.is_some()
+            && (idle || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+        {
+            self.checkpoint(source).await?;
+        }
+        Ok(())
     }
 
     /// Clean stop: finish what is complete, leave the rest to the next run.
@@ -412,6 +426,14 @@ impl Pipeline<'_> {
         }
         let touched: Vec<RecordKey> = touched.into_iter().collect();
         let mut counts = self.store.load_counts(&touched).await?;
+        let mut rrset_keys: Vec<RrsetKey> = touched
+            .iter()
+            .map(|k| (k.zone.clone(), k.owner.clone(), k.rtype.clone()))
+            .collect();
+        rrset_keys.sort_unstable();
+        rrset_keys.dedup();
+        let mut rrsets = self.store.load_rrset_sizes(&rrset_keys).await?;
+        let limit = self.config.limits.max_records_per_rrset;
         // 4. Walk the changes in order; emit the net operations of each
         //    transaction (or of the batch's part of one) per zone.
         let mut rejections = Vec::new();
@@ -427,32 +449,51 @@ impl Pipeline<'_> {
                     key,
                     final_lsn,
                     new,
-                    kind,
+                    ..
                 } => {
                     lsn = final_lsn;
                     let old = rows.get(&key).cloned().unwrap_or_default();
-                    let new_records = match new {
+                    let mut reject = |r: Reject| {
+                        warn!(source = RR_SOURCE, row = %key, lsn = %final_lsn, zone = r.zone.as_deref().unwrap_or("-"), owner = r.owner.as_deref().unwrap_or("-"), reason = %r.reason, "row not sent to DNS");
+                        rejections.push(Rejection {
+                            source: RR_SOURCE.into(),
+                            row_key: key.clone(),
+                            lsn: final_lsn,
+                            zone: r.zone,
+                            owner: r.owner,
+                            reason: r.reason,
+                        });
+                    };
+                    let mut new_records = match new {
                         Ok(NewRecords::Records(r)) => r,
                         Ok(NewRecords::ToastFromState(_)) => Vec::new(),
-                        Err(reject) => {
-                            warn!(source = RR_SOURCE, row = %key, lsn = %final_lsn, zone = reject.zone.as_deref().unwrap_or("-"), owner = reject.owner.as_deref().unwrap_or("-"), reason = %reject.reason, "row not sent to DNS");
-                            rejections.push(Rejection {
-                                source: RR_SOURCE.into(),
-                                row_key: key.clone(),
-                                lsn: final_lsn,
-                                zone: reject.zone,
-                                owner: reject.owner,
-                                reason: reject.reason,
-                            });
+                        Err(r) => {
+                            reject(r);
                             Vec::new()
                         }
                     };
-                    let _ = kind;
                     for r in &old {
-                        segment.change(&mut counts, r, -1);
+                        segment.change(&mut counts, &mut rrsets, r, -1);
+                    }
+                    // BIND refuses (SERVFAIL) an RRset over its
+                    // max-records-per-type: refuse the row here instead,
+                    // naming it, rather than stall the zone.
+                    if let Some(r) = new_records.iter().find(|r| {
+                        counts.get(&r.key()).is_none_or(|c| c.0 <= 0)
+                            && rrsets.get(&rrset_of(r)).copied().unwrap_or(0) as usize >= limit
+                    }) {
+                        reject(Reject {
+                            zone: Some(r.zone.clone()),
+                            owner: Some(r.owner.clone()),
+                            reason: format!(
+                                "the {} RRset of {} already holds {limit} records, the limit (limits.max_records_per_rrset; BIND's max-records-per-type)",
+                                r.rtype, r.owner
+                            ),
+                        });
+                        new_records.clear();
                     }
                     for r in &new_records {
-                        segment.change(&mut counts, r, 1);
+                        segment.change(&mut counts, &mut rrsets, r, 1);
                     }
                     rows.insert(key, new_records);
                 }
@@ -559,6 +600,10 @@ fn is_rr(namespace: &str, name: &str) -> bool {
     namespace == "pg2dns" && name == "rr"
 }
 
+fn rrset_of(r: &StoredRecord) -> RrsetKey {
+    (r.zone.clone(), r.owner.clone(), r.rtype.clone())
+}
+
 /// A record touched by a transaction: its key, its TTL before the
 /// transaction if it was present, and its TTL after it if it is present.
 type NetChange = (RecordKey, Option<i32>, Option<i32>);
@@ -576,6 +621,7 @@ impl Segment {
     fn change(
         &mut self,
         counts: &mut HashMap<RecordKey, (i64, i32)>,
+        rrsets: &mut HashMap<RrsetKey, i64>,
         record: &StoredRecord,
         delta: i64,
     ) {
@@ -586,7 +632,11 @@ impl Segment {
             self.before.insert(key.clone(), present);
             self.order.push(key.clone());
         }
+        let was_present = entry.0 > 0;
         entry.0 += delta;
+        if was_present != (entry.0 > 0) {
+            *rrsets.entry(rrset_of(record)).or_insert(0) += if was_present { -1 } else { 1 };
+        }
         if delta > 0 {
             // The newest contribution sets the TTL.
             entry.1 = record.ttl;
@@ -639,7 +689,6 @@ enum Mapped {
     Row {
         key: String,
         final_lsn: Lsn,
-        kind: ChangeKind,
         new: Result<NewRecords, Reject>,
     },
     Commit {
@@ -691,7 +740,6 @@ fn map_change(change: &RowChange, zones: &[ZoneName]) -> Vec<Mapped> {
             out.push(Mapped::Row {
                 key: old.clone(),
                 final_lsn: lsn,
-                kind: ChangeKind::Delete,
                 new: Ok(NewRecords::Records(Vec::new())),
             });
         }
@@ -702,14 +750,13 @@ fn map_change(change: &RowChange, zones: &[ZoneName]) -> Vec<Mapped> {
                 out.push(Mapped::Row {
                     key,
                     final_lsn: lsn,
-                    kind: ChangeKind::Delete,
                     new: Ok(NewRecords::Records(Vec::new())),
                 });
             } else {
                 warn!(lsn = %lsn, "a delete from pg2dns.rr without its id; ignored");
             }
         }
-        (kind, Some(row)) => {
+        (_, Some(row)) => {
             let Some(key) = new_key else {
                 warn!(lsn = %lsn, "a row of pg2dns.rr without an id; ignored");
                 return out;
@@ -717,7 +764,6 @@ fn map_change(change: &RowChange, zones: &[ZoneName]) -> Vec<Mapped> {
             out.push(Mapped::Row {
                 key,
                 final_lsn: lsn,
-                kind,
                 new: map_row(row, zones),
             });
         }

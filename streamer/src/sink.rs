@@ -143,6 +143,11 @@ fn classify_rcode(rcode: u16) -> (&'static str, Option<&'static str>) {
     }
 }
 
+/// Dispatches a zone queues before it stops taking more.
+const MAX_QUEUED_DISPATCHES: usize = 4096;
+/// Operations a zone queues before it stops taking more (a few MiB).
+const MAX_QUEUED_OPS: usize = 20_000;
+
 /// One UPDATE message on its way.
 struct InFlight {
     ops: Vec<UpdateOp>,
@@ -223,6 +228,8 @@ pub struct ZoneSink {
     window: usize,
     timeout: Duration,
     queue: VecDeque<Queued>,
+    /// Operations waiting in `queue`: bounds memory while the server is slow.
+    queued_ops: usize,
     in_flight: VecDeque<InFlight>,
     packer: Packer,
     next_id: u16,
@@ -257,6 +264,7 @@ impl ZoneSink {
             window: limits.window,
             timeout: limits.dns_timeout,
             queue: VecDeque::new(),
+            queued_ops: 0,
             in_flight: VecDeque::new(),
             packer: Packer::new(zone.name.clone(), budget),
             next_id: (seed & 0xffff) as u16,
@@ -266,6 +274,7 @@ impl ZoneSink {
     }
 
     fn enqueue(&mut self, d: Dispatch) {
+        self.queued_ops += d.ops.len();
         let groups = update::group_by_owner(d.ops).into();
         self.queue.push_back(Queued {
             id: d.id,
@@ -280,11 +289,14 @@ impl ZoneSink {
         let mut first_lsn = None;
         while let Some(front) = self.queue.front_mut() {
             if let Some(group) = front.groups.pop_front() {
+                let ops = group.ops.len();
+                self.queued_ops = self.queued_ops.saturating_sub(ops);
                 match self.packer.try_push(group) {
                     Ok(()) => {
                         first_lsn.get_or_insert(front.lsn);
                     }
                     Err(PushError::Full(group)) => {
+                        self.queued_ops += ops;
                         front.groups.push_front(group);
                         break;
                     }
@@ -325,6 +337,12 @@ impl ZoneSink {
             sent_at: Instant::now(),
             acked: false,
         })
+    }
+
+    /// Whether more dispatches may be queued (memory stays bounded when the
+    /// server is slower than the database).
+    fn has_room(&self) -> bool {
+        self.queue.len() < MAX_QUEUED_DISPATCHES && self.queued_ops < MAX_QUEUED_OPS
     }
 
     fn effective_window(&self) -> usize {
@@ -539,12 +557,12 @@ impl ZoneSink {
                     .map(|m| m.sent_at + self.timeout)
                     .min();
                 tokio::select! {
-                    d = input.recv(), if input_open && self.queue.len() < 4096 => {
+                    d = input.recv(), if input_open && self.has_room() => {
                         match d {
                             Some(d) => {
                                 self.enqueue(d);
                                 // Take what else is already waiting, so it can be coalesced.
-                                while self.queue.len() < 4096 {
+                                while self.has_room() {
                                     match input.try_recv() {
                                         Ok(d) => self.enqueue(d),
                                         Err(_) => break,
