@@ -581,7 +581,13 @@ mod tests {
                     r.dns_class,
                     r.ttl,
                     r.record_type().to_string(),
-                    r.data.to_string(),
+                    // Through `Record` so both sides print data alike.
+                    crate::Record {
+                        owner: crate::Owner::parse(&r.name.to_string()).unwrap(),
+                        ttl: r.ttl,
+                        rdata: r.data.clone(),
+                    }
+                    .rdata_text(),
                 )
             })
             .collect()
