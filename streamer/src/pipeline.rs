@@ -41,6 +41,9 @@ pub const RR_SOURCE: &str = "pg2dns.rr";
 const MAX_BATCH_ROWS: usize = 2_000;
 /// Longest time between checkpoints while transactions keep arriving.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How long a checkpoint waits for the last acknowledgements before the
+/// stream goes on without it.
+const BARRIER_WAIT: Duration = Duration::from_millis(100);
 
 /// A change or a commit, in stream order.
 enum Item {
@@ -168,6 +171,11 @@ impl Pipeline<'_> {
                 }
                 report = self.reports.recv() => {
                     self.on_report(report).await?;
+                    // The last acknowledgement of an idle stream completes
+                    // the pending checkpoint.
+                    if self.at_boundary() && self.all_acked() {
+                        self.checkpoint(source, Duration::ZERO).await?;
+                    }
                     continue;
                 }
                 event = source.recv() => event?,
@@ -196,14 +204,21 @@ impl Pipeline<'_> {
         if self.batch_rows >= MAX_BATCH_ROWS || (idle && !self.batch.is_empty()) {
             self.flush().await?;
         }
-        if self.current.is_none()
-            && self.batch.is_empty()
-            && self.pending_end.is_some()
-            && (idle || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+        if self.at_boundary()
+            && (idle || self.all_acked() || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
         {
-            self.checkpoint(source).await?;
+            self.checkpoint(source, BARRIER_WAIT).await?;
         }
         Ok(())
+    }
+
+    /// Between transactions, with everything flushed and something to checkpoint.
+    fn at_boundary(&self) -> bool {
+        self.current.is_none() && self.batch.is_empty() && self.pending_end.is_some()
+    }
+
+    fn all_acked(&self) -> bool {
+        self.lanes.iter().all(|l| l.acked >= l.dispatched)
     }
 
     /// Clean stop: finish what is complete, leave the rest to the next run.
@@ -214,7 +229,10 @@ impl Pipeline<'_> {
                 self.flush().await?;
             }
             if self.pending_end.is_some() {
-                let wait = tokio::time::timeout(Duration::from_secs(5), self.checkpoint(source));
+                let wait = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    self.checkpoint(source, Duration::from_secs(5)),
+                );
                 match wait.await {
                     Ok(r) => r?,
                     Err(_) => warn!("DNS acknowledgements did not arrive in time; the unconfirmed transactions will be replayed on the next start"),
@@ -575,13 +593,24 @@ impl Pipeline<'_> {
     }
 
     /// Waits for every acknowledgement, commits state and progress, confirms.
-    async fn checkpoint(&mut self, source: &mut PgSource) -> Result<(), RunError> {
+    /// Commits state and progress once every dispatch was acknowledged,
+    /// waiting at most `wait` for the acknowledgements. A zone that does not
+    /// answer in time keeps the checkpoint pending but does not stop the
+    /// other zones: streaming goes on, and the checkpoint is tried again at
+    /// the next transaction boundary or acknowledgement.
+    async fn checkpoint(&mut self, source: &mut PgSource, wait: Duration) -> Result<(), RunError> {
         let Some(end) = self.pending_end else {
             return Ok(());
         };
-        while self.lanes.iter().any(|l| l.acked < l.dispatched) {
-            let report = self.reports.recv().await;
-            self.on_report(report).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.all_acked() {
+            match tokio::time::timeout_at(deadline, self.reports.recv()).await {
+                Ok(report) => self.on_report(report).await?,
+                Err(_) => {
+                    self.last_checkpoint = Instant::now();
+                    return Ok(());
+                }
+            }
         }
         failpoint::hit("after-dns-ack");
         self.store.commit(end).await?;
