@@ -286,8 +286,8 @@ impl Stack {
                 .db
                 .query(
                     "SELECT lsn::text, xid::text FROM pg_logical_slot_peek_binary_changes(
-                         $1, NULL, NULL, 'proto_version', '1', 'publication_names', $1)",
-                    &[&SLOT],
+                         $1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)",
+                    &[&SLOT, &SLOT],
                 )
                 .await;
             match result {
