@@ -63,6 +63,8 @@ pub struct Tools {
     pub tsig_keygen: PathBuf,
     /// Whether the tests run as root (then PostgreSQL runs as `postgres`).
     pub root: bool,
+    /// `runuser` (util-linux), which runs PostgreSQL as `postgres` for root.
+    pub runuser: PathBuf,
 }
 
 /// The external programs, found once per test process; an error names what
@@ -104,6 +106,7 @@ fn find_tools() -> Result<Tools> {
         .output()
         .context("running `id -u`")?;
     let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    let runuser = find_program("runuser").unwrap_or_else(|| PathBuf::from("runuser"));
     Ok(Tools {
         pg_bin: pg_bin.unwrap_or_default(),
         named,
@@ -111,6 +114,7 @@ fn find_tools() -> Result<Tools> {
         nsupdate,
         tsig_keygen,
         root,
+        runuser,
     })
 }
 
@@ -139,7 +143,8 @@ fn escape_apparmor(named: PathBuf) -> Result<PathBuf> {
 /// /usr/lib/postgresql/N/bin, else the directory of `initdb` on the PATH.
 fn find_pg_bin() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PG_BIN") {
-        return Some(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        return dir.join("initdb").is_file().then_some(dir);
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -273,9 +278,10 @@ pub async fn run_unchecked(
 
 /// Sends a signal (`TERM`, `KILL`…) to a process with `kill(1)`.
 pub fn signal(pid: u32, signal: &str) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
+    // The shell's built-in kill: /usr/bin/kill (procps) is not always there.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} {pid}"))
         .stderr(Stdio::null())
         .status()
         .context("running kill")?;

@@ -174,7 +174,7 @@ impl Postgres {
         let tools = tools().expect("tools were found before a cluster was created");
         let path = tools.pg_bin.join(program);
         if tools.root {
-            let mut command = Command::new("runuser");
+            let mut command = Command::new(&tools.runuser);
             command.args(["-u", "postgres", "--"]).arg(path);
             command
         } else {
@@ -191,7 +191,7 @@ impl Drop for Postgres {
         };
         let pg_ctl = tools.pg_bin.join("pg_ctl");
         let mut command = if tools.root {
-            let mut command = std::process::Command::new("runuser");
+            let mut command = std::process::Command::new(&tools.runuser);
             command.args(["-u", "postgres", "--"]).arg(pg_ctl);
             command
         } else {
