@@ -13,6 +13,7 @@
 
 mod harness;
 
+mod config;
 mod crash;
 mod halts;
 mod harness_selftest;
