@@ -28,7 +28,13 @@ fn the_decoder_depends_on_no_async_runtime_or_socket_crate() {
     );
     let tree = String::from_utf8_lossy(&out.stdout);
     assert!(tree.contains("hickory-proto"), "unexpected tree:\n{tree}");
-    for forbidden in ["tokio ", "mio ", "socket2 ", "async-std ", "tokio-postgres "] {
+    for forbidden in [
+        "tokio ",
+        "mio ",
+        "socket2 ",
+        "async-std ",
+        "tokio-postgres ",
+    ] {
         assert!(
             !tree.lines().any(|l| l.starts_with(forbidden)),
             "the decoder must stay sans-IO, but it depends on {forbidden}:\n{tree}"
