@@ -20,3 +20,4 @@ mod harness_selftest;
 mod outages;
 mod rejected;
 mod streaming;
+mod throughput;

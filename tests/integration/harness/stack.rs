@@ -121,6 +121,29 @@ impl Stack {
         std::fs::write(&self.config, text).context("writing the pg2dns config")
     }
 
+    /// Appends TOML to the config, e.g. a `[limits]` table.
+    pub fn append_config(&self, toml: &str) -> Result<()> {
+        let mut text =
+            std::fs::read_to_string(&self.config).context("reading the pg2dns config")?;
+        text.push('\n');
+        text.push_str(toml);
+        std::fs::write(&self.config, text).context("writing the pg2dns config")
+    }
+
+    /// The SOA serial BIND serves for `zone`: it grows by one per applied UPDATE.
+    pub async fn serial(&self, zone: &str) -> Result<u64> {
+        let soa = self.bind.query(zone, "SOA").await?;
+        let rdata = soa
+            .first()
+            .map(|r| r.rdata.clone())
+            .with_context(|| format!("no SOA for {zone}"))?;
+        rdata
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no serial in the SOA {rdata:?}"))
+    }
+
     /// Writes a key file with the trusted key's name but another secret.
     pub async fn write_wrong_key_file(&self) -> Result<PathBuf> {
         let path = self.dir().join("wrong-secret.key");

@@ -1,0 +1,188 @@
+//! Large transactions are split into several UPDATEs, queued transactions are
+//! coalesced into few, and what cannot be sent is refused and named — never
+//! truncated. Every check is on what BIND serves: the zone's content, and its
+//! SOA serial, which BIND bumps once per applied UPDATE message.
+
+use anyhow::{ensure, Result};
+
+use crate::harness::stack::FORWARD;
+use crate::harness::{Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_larger_than_one_update_is_split_and_arrives_whole() -> Result<()> {
+    let stack = Stack::start("split").await?;
+    let _pg2dns = stack.run()?;
+    let before = stack.serial(FORWARD).await?;
+    // 6,000 A records: a 65,535-byte message holds at most 2,616 of them.
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'i' || lpad(g::text, 7, '0') || '.example.test.', 300, 'A',
+                    '10.' || (g / 65536) || '.' || (g / 256 % 256) || '.' || (g % 256)
+             FROM generate_series(1, 6000) AS g",
+        )
+        .await?;
+    let dns = stack
+        .wait_until_dns_matches_table(RECOVERY_DEADLINE)
+        .await?;
+    ensure!(
+        dns[FORWARD].len() == 6000,
+        "{} records in DNS",
+        dns[FORWARD].len()
+    );
+    let updates = stack.serial(FORWARD).await? - before;
+    eprintln!("6,000 rows in one transaction took {updates} UPDATEs");
+    ensure!(
+        updates >= 3,
+        "6,000 records cannot fit in {updates} UPDATE(s) of at most 65,535 bytes"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_queued_while_pg2dns_was_stopped_are_coalesced_into_few_updates() -> Result<()>
+{
+    let stack = Stack::start("coalesce").await?;
+    let before = stack.serial(FORWARD).await?;
+    // 300 single-row transactions committed while nothing consumes the slot.
+    for i in 0..300 {
+        stack
+            .exec(&format!(
+                "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('q{i}.example.test.', 300, 'A', '10.9.{}.{}')",
+                i / 256,
+                i % 256
+            ))
+            .await?;
+    }
+    stack
+        .exec("UPDATE pg2dns.rr SET rdata = '10.8.0.1' WHERE owner = 'q7.example.test.'")
+        .await?;
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE owner = 'q8.example.test.'")
+        .await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .wait_until_dns_matches_table(RECOVERY_DEADLINE)
+        .await?;
+    let updates = stack.serial(FORWARD).await? - before;
+    eprintln!("302 queued transactions took {updates} UPDATEs");
+    ensure!(
+        updates <= 60,
+        "302 queued transactions took {updates} UPDATEs: they were not coalesced"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_would_overfill_an_rrset_is_rejected_and_named() -> Result<()> {
+    let stack = Stack::start("rrset-limit").await?;
+    stack.append_config("[limits]\nmax_records_per_rrset = 3\n")?;
+    let _pg2dns = stack.run()?;
+    for i in 1..=4 {
+        stack
+            .exec(&format!(
+                "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('many.example.test.', 300, 'A', '192.0.2.{i}')"
+            ))
+            .await?;
+    }
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.50')")
+        .await?;
+    // Wait for the row committed after the refused one: the stream went on.
+    let deadline = tokio::time::Instant::now() + DNS_DEADLINE;
+    loop {
+        let after = stack.bind.query("after.example.test.", "A").await?;
+        if !after.is_empty() {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the row after the refused one never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let many = stack.bind.query("many.example.test.", "A").await?;
+    let rdatas: Vec<&str> = many.iter().map(|r| r.rdata.as_str()).collect();
+    ensure!(
+        rdatas == ["192.0.2.1", "192.0.2.2", "192.0.2.3"],
+        "the RRset holds {rdatas:?}"
+    );
+    let rejected = stack.rejected().await?;
+    ensure!(rejected.len() == 1, "rejected rows: {rejected:?}");
+    let r = &rejected[0];
+    ensure!(
+        r.owner.as_deref() == Some("many.example.test.")
+            && r.reason.contains("max_records_per_rrset"),
+        "the rejection names the owner and the limit: {r:?}"
+    );
+    // Freeing a place lets a new record in.
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE owner = 'many.example.test.' AND rdata IN ('192.0.2.1', '192.0.2.4')")
+        .await?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('many.example.test.', 300, 'A', '192.0.2.5')")
+        .await?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(dns[FORWARD].len() == 4, "{:?}", dns[FORWARD]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_too_large_for_one_update_is_refused_not_truncated() -> Result<()> {
+    let stack = Stack::start("owner-too-large").await?;
+    stack.append_config("[limits]\nmax_records_per_rrset = 1000\n")?;
+    let _pg2dns = stack.run()?;
+    // 300 TXT records of 250 characters on one owner: about 78 KB, more
+    // than one message holds, and one owner's changes are never split.
+    stack
+        .exec(
+            "BEGIN;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'big.example.test.', 300, 'TXT', '\"' || lpad(g::text, 250, 'x') || '\"'
+             FROM generate_series(1, 300) AS g;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('small.example.test.', 300, 'A', '192.0.2.7');
+             COMMIT;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('later.example.test.', 300, 'A', '192.0.2.8');",
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + DNS_DEADLINE;
+    loop {
+        if !stack
+            .bind
+            .query("later.example.test.", "A")
+            .await?
+            .is_empty()
+        {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the later row never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    ensure!(
+        stack
+            .bind
+            .query("big.example.test.", "TXT")
+            .await?
+            .is_empty(),
+        "part of an oversize owner was sent"
+    );
+    ensure!(
+        !stack
+            .bind
+            .query("small.example.test.", "A")
+            .await?
+            .is_empty(),
+        "the rest of the transaction did not arrive"
+    );
+    let rejected = stack.rejected().await?;
+    ensure!(
+        rejected
+            .iter()
+            .any(|r| r.owner.as_deref() == Some("big.example.test.") && r.reason.contains("bytes")),
+        "the oversize owner is recorded as rejected: {rejected:?}"
+    );
+    Ok(())
+}
