@@ -42,6 +42,9 @@ pub enum RunError {
         /// The slot name.
         slot: String,
     },
+    /// The `pg2dns` schema is not installed in the database.
+    #[error("the pg2dns schema is not installed in this database: run `pg2dns setup -c <config>`")]
+    SchemaMissing,
     /// A mapped table was truncated.
     #[error("TRUNCATE of {table} in the transaction committed at LSN {lsn}: pg2dns does not wipe DNS on TRUNCATE. If the records must go, restore the rows and DELETE them; to skip this TRUNCATE, run SELECT pg_replication_slot_advance('{slot}', '<end LSN of that transaction>') and restart")]
     Truncate {
@@ -98,6 +101,7 @@ impl RunError {
             RunError::StreamEnded => true,
             RunError::Sink(_)
             | RunError::SlotMissing { .. }
+            | RunError::SchemaMissing
             | RunError::Truncate { .. }
             | RunError::Decode { .. }
             | RunError::Internal(_) => false,

@@ -112,7 +112,13 @@ async fn session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Resul
             slot: config.database.slot.clone(),
         });
     }
-    let progress = store.progress().await?;
+    let progress = store.progress().await.map_err(|e| {
+        if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+            RunError::SchemaMissing
+        } else {
+            e.into()
+        }
+    })?;
     let mut source = PgSource::connect(&config.database, progress).await?;
     info!(slot = %config.database.slot, progress = %progress, "streaming");
 
