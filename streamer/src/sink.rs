@@ -430,46 +430,29 @@ impl ZoneSink {
                 source,
             }))
         };
-        let verified = match tsig::verify_response(frame, &self.key, request, unix_now()) {
-            Ok(v) => v,
-            Err(TsigError::Unsigned { rcode }) => {
-                let (name, hint) = classify_rcode(rcode);
-                return Err(match hint {
-                    None => SendFailure::Retry(format!("unsigned {name}")),
-                    Some(hint) => SendFailure::Halt(Box::new(SinkError::Refused {
-                        zone: self.zone.clone(),
-                        server: self.server,
-                        key: self.key.name.to_string(),
-                        lsn,
-                        rcode: name,
-                        hint,
-                    })),
-                });
-            }
+        let rcode = match tsig::verify_response(frame, &self.key, request, unix_now()) {
+            Ok(v) => v.rcode,
+            // An unsigned error answer carries no TSIG error: judge it by
+            // its RCODE. An unsigned NOERROR is never taken as success.
+            Err(TsigError::Unsigned { rcode }) if rcode != 0 => rcode,
             Err(e) => return Err(tsig_halt(e)),
         };
-        match verified.rcode {
-            0 => {
-                self.in_flight[pos].acked = true;
-                Ok(())
-            }
-            rcode => {
-                let (name, hint) = classify_rcode(rcode);
-                match hint {
-                    None => Err(SendFailure::Retry(format!(
-                        "{name} for the UPDATE at LSN {lsn}"
-                    ))),
-                    Some(hint) => Err(SendFailure::Halt(Box::new(SinkError::Refused {
-                        zone: self.zone.clone(),
-                        server: self.server,
-                        key: self.key.name.to_string(),
-                        lsn,
-                        rcode: name,
-                        hint,
-                    }))),
-                }
-            }
+        if rcode == 0 {
+            self.in_flight[pos].acked = true;
+            return Ok(());
         }
+        let (name, hint) = classify_rcode(rcode);
+        Err(match hint {
+            None => SendFailure::Retry(format!("{name} for the UPDATE at LSN {lsn}")),
+            Some(hint) => SendFailure::Halt(Box::new(SinkError::Refused {
+                zone: self.zone.clone(),
+                server: self.server,
+                key: self.key.name.to_string(),
+                lsn,
+                rcode: name,
+                hint,
+            })),
+        })
     }
 
     /// Pops acknowledged messages off the front and reports progress.

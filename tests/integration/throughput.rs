@@ -88,19 +88,10 @@ async fn a_row_that_would_overfill_an_rrset_is_rejected_and_named() -> Result<()
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.50')")
         .await?;
-    // Wait for the row committed after the refused one: the stream went on.
-    let deadline = tokio::time::Instant::now() + DNS_DEADLINE;
-    loop {
-        let after = stack.bind.query("after.example.test.", "A").await?;
-        if !after.is_empty() {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the row after the refused one never arrived"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    // The row committed after the refused one arrives: the stream went on.
+    stack
+        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
+        .await?;
     let many = stack.bind.query("many.example.test.", "A").await?;
     let rdatas: Vec<&str> = many.iter().map(|r| r.rdata.as_str()).collect();
     ensure!(
@@ -145,22 +136,9 @@ async fn an_owner_too_large_for_one_update_is_refused_not_truncated() -> Result<
              INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('later.example.test.', 300, 'A', '192.0.2.8');",
         )
         .await?;
-    let deadline = tokio::time::Instant::now() + DNS_DEADLINE;
-    loop {
-        if !stack
-            .bind
-            .query("later.example.test.", "A")
-            .await?
-            .is_empty()
-        {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the later row never arrived"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    stack
+        .wait_until_answers("later.example.test.", "A", DNS_DEADLINE)
+        .await?;
     ensure!(
         stack
             .bind

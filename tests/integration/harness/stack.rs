@@ -130,6 +130,23 @@ impl Stack {
         std::fs::write(&self.config, text).context("writing the pg2dns config")
     }
 
+    /// Waits until BIND answers `name` `rtype` with at least one record.
+    pub async fn wait_until_answers(
+        &self,
+        name: &str,
+        rtype: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.bind.query(name, rtype).await?.is_empty() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("BIND did not answer {name} {rtype} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// The SOA serial BIND serves for `zone`: it grows by one per applied UPDATE.
     pub async fn serial(&self, zone: &str) -> Result<u64> {
         let soa = self.bind.query(zone, "SOA").await?;
