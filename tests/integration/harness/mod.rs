@@ -15,6 +15,7 @@
 //! instructions, never a skip.
 
 pub mod bind;
+pub mod knot;
 pub mod pg2dns;
 pub mod postgres;
 pub mod records;
@@ -31,6 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub use bind::Bind;
+pub use knot::Knot;
 pub use pg2dns::Pg2dns;
 pub use postgres::Postgres;
 pub use records::Record;
