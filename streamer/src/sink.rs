@@ -84,7 +84,7 @@ pub enum ZoneReport {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The server refused our TSIG key or signature.
-    #[error("zone {zone}: the primary {server} rejected TSIG key {key} (LSN {lsn}); check that the key file matches the key named in the server's allow-update")]
+    #[error("zone {zone}: the primary {server} rejected TSIG key {key} (LSN {lsn}); check that the key file holds the key the server allows to update this zone (BIND: allow-update or update-policy; Knot: acl)")]
     Tsig {
         /// The zone.
         zone: ZoneName,
@@ -481,6 +481,16 @@ impl ZoneSink {
             if !input_open && self.queue.is_empty() && self.in_flight.is_empty() {
                 return;
             }
+            if input_open && self.queue.is_empty() && self.in_flight.is_empty() {
+                // Connect when there is work to send, not before.
+                match input.recv().await {
+                    Some(d) => self.enqueue(d),
+                    None => {
+                        input_open = false;
+                        continue;
+                    }
+                }
+            }
             let mut conn = match connect(self.server).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -556,6 +566,13 @@ impl ZoneSink {
                         }
                     }
                     frame = conn.frames.recv() => {
+                        let awaiting = self.in_flight.iter().any(|m| m.request.is_some() && !m.acked);
+                        if !awaiting && !matches!(frame, Some(Ok(_))) {
+                            // Servers close idle connections (BIND after its
+                            // tcp-idle-timeout): reconnect when there is work.
+                            debug!(zone = %self.zone, server = %self.server, "idle connection closed");
+                            continue 'connection;
+                        }
                         let result = match frame {
                             Some(Ok(frame)) => self.on_response(&frame),
                             Some(Err(e)) => Err(SendFailure::Retry(format!("read from {}: {e}", self.server))),

@@ -3,8 +3,8 @@
 //! One test binary (built as part of the `pg2dns` package, so cargo builds
 //! the binary under test first) with one module per scenario group. Every
 //! test starts its own servers on free loopback ports in its own temporary
-//! directory, so tests run in parallel. PostgreSQL 15 (or newer) and BIND 9
-//! must be installed: `scripts/test` installs them on Debian. A missing
+//! directory, so tests run in parallel. PostgreSQL 15 (or newer), BIND 9 and
+//! Knot 3 must be installed: `scripts/test` installs them on Debian. A missing
 //! server is a failure, never a skip.
 //!
 //! Every assertion is about what the servers answer: an AXFR of each zone
