@@ -20,5 +20,6 @@ mod harness_selftest;
 mod knot;
 mod outages;
 mod rejected;
+mod replication;
 mod streaming;
 mod throughput;

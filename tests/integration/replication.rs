@@ -1,0 +1,113 @@
+//! What the replication stream throws at pg2dns besides plain rows: an idle
+//! slot, a schema change in mid-stream, and unchanged TOAST values.
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Result};
+
+use crate::harness::stack::{parse_lsn, FORWARD};
+use crate::harness::{Record, Stack, DNS_DEADLINE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_slot_moves_past_writes_to_unpublished_tables() -> Result<()> {
+    let stack = Stack::start("idle-slot").await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('a.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    // Writes pg2dns does not publish: PostgreSQL sends no transaction for
+    // them, so only keepalives can tell pg2dns the slot may move on.
+    stack
+        .exec(
+            "CREATE TABLE unrelated (id int);
+             INSERT INTO unrelated SELECT generate_series(1, 10000);",
+        )
+        .await?;
+    let row = stack
+        .db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?;
+    let written = parse_lsn(&row.get::<_, String>(0))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let confirmed = parse_lsn(&stack.confirmed_flush_lsn().await?)?;
+        if confirmed >= written {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the slot stayed at {confirmed:X}, behind the WAL written at {written:X}: an idle slot pins WAL");
+        }
+        // Keep WAL moving so the server has something to report.
+        stack.exec("SELECT pg_switch_wal()").await.ok();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_to_the_records_table_mid_stream_changes_nothing() -> Result<()> {
+    let stack = Stack::start("add-column").await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('a.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    // A new Relation message arrives before the next change.
+    stack
+        .exec(
+            "ALTER TABLE pg2dns.rr ADD COLUMN note text;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata, note) VALUES ('b.example.test.', 300, 'A', '192.0.2.2', 'new');
+             UPDATE pg2dns.rr SET rdata = '192.0.2.3', note = 'moved' WHERE owner = 'a.example.test.';",
+        )
+        .await?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(dns[FORWARD].len() == 2, "{:?}", dns[FORWARD]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_update_of_a_row_with_a_toasted_rdata_keeps_the_data() -> Result<()> {
+    let stack = Stack::start("toast").await?;
+    let _pg2dns = stack.run()?;
+    // Nine 250-character strings: about 2.3 KB, stored uncompressed
+    // (EXTERNAL), so over PostgreSQL's TOAST threshold of about 2 KB, yet
+    // under the 2.7 KB a btree entry of the unique index may take.
+    stack
+        .exec(
+            "ALTER TABLE pg2dns.rr ALTER COLUMN rdata SET STORAGE EXTERNAL;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'big.example.test.', 300, 'TXT',
+                    string_agg('\"' || substr(repeat(md5(g::text), 8), 1, 250) || '\"', ' ')
+             FROM generate_series(1, 9) AS g;",
+        )
+        .await?;
+    let before = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(before[FORWARD].len() == 1, "{:?}", before[FORWARD]);
+    let toasted = stack
+        .db
+        .query_one("SELECT octet_length(rdata) > 2100 FROM pg2dns.rr", &[])
+        .await?;
+    ensure!(
+        toasted.get::<_, bool>(0),
+        "the test row is too small to be TOASTed"
+    );
+    // pgoutput sends rdata as "unchanged TOAST": pg2dns takes it from its state.
+    stack
+        .exec("UPDATE pg2dns.rr SET ttl = 900 WHERE owner = 'big.example.test.'")
+        .await?;
+    let after = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let Some(record) = after[FORWARD].first() else {
+        bail!("the record left DNS");
+    };
+    ensure!(
+        *record
+            == Record {
+                ttl: 900,
+                ..before[FORWARD][0].clone()
+            },
+        "the TTL changed and the data stayed: {record:?}"
+    );
+    let rejected = stack.rejected().await?;
+    ensure!(rejected.is_empty(), "{rejected:?}");
+    Ok(())
+}
