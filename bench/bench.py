@@ -1,0 +1,800 @@
+#!/usr/bin/env python3
+"""pg2dns against the naive pg_recvlogical | filter | nsupdate pipeline.
+
+Run through `bench/run` (which checks the tools and builds the binaries).
+Each trial starts a fresh PostgreSQL and a fresh DNS server on free
+127.0.0.1 ports under bench/run/<stamp>/<trial>/, runs one workload through
+one pipeline, measures it, checks with a TSIG AXFR that DNS equals the table,
+and stops everything. Results go to bench/run/<stamp>/results.{json,md}.
+
+Timing (same for both pipelines):
+  t0     just before the workload client starts (drain: just before the
+         pipeline starts, the backlog being already committed);
+  t_last when the workload client returned (its last commit);
+  t2     when a sentinel row, committed after the workload, answers in DNS.
+         Both pipelines apply a zone's changes in commit order, so the
+         sentinel's arrival means every change before it has arrived.
+  rows/s = rows / (t2 - t0); lag = t2 - t_last.
+Peak RSS is VmHWM from /proc/PID/status, read just before the processes are
+stopped (for the naive pipeline: pg_recvlogical + filter + nsupdate).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pgwire  # noqa: E402
+from dnswire import Prober  # noqa: E402
+from servers import Bind, Knot, Postgres, ZONE, proc_cpu, proc_status, stop_proc  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+COLUMNS = "(id bigserial primary key, owner text not null, ttl int not null default 3600, " \
+          "class text not null default 'IN', type text not null, rdata text not null, " \
+          "unique (owner, type, rdata))"
+
+
+def a_rdata(expr):
+    """SQL for an IPv4 address derived from the integer expression `expr`."""
+    return f"'10.' || (({expr}) >> 16) || '.' || ((({expr}) >> 8) & 255) || '.' || (({expr}) & 255)"
+
+
+def cpu_pressure_total():
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().split("total=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_pressure_avg10():
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return float(f.readline().split("avg10=")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_quiet(limit=20.0, max_wait=10.0):
+    """Waits (at most max_wait s) for CPU pressure avg10 below `limit` %."""
+    end = time.time() + max_wait
+    while time.time() < end:
+        p = cpu_pressure_avg10()
+        if p is None or p < limit:
+            return
+        time.sleep(0.5)
+
+
+# ---------------------------------------------------------------- pipelines
+
+
+class Naive:
+    """pg_recvlogical (test_decoding) | tx2nsupdate.py | nsupdate -k."""
+
+    name = "naive"
+    table = "public.rr"
+
+    def __init__(self, pg, dns, root, max_rrs, tcp=False):
+        self.pg, self.dns, self.root, self.max_rrs = pg, dns, root, max_rrs
+        self.tcp = tcp
+        self.procs = []
+        pg.psql(f"CREATE TABLE public.rr {COLUMNS}; ALTER TABLE public.rr REPLICA IDENTITY FULL;")
+        subprocess.run([pg.tool("pg_recvlogical"), "-d", pg.url, "--slot", "naive", "--create-slot",
+                        "-P", "test_decoding"], check=True)
+        self.nsupdate_err = os.path.join(root, "nsupdate.err")
+        self.cmd = (
+            "pg_recvlogical -d postgresql://postgres@127.0.0.1:$PGPORT/postgres --slot naive --create-slot "
+            "-P test_decoding && pg_recvlogical -d postgresql://postgres@127.0.0.1:$PGPORT/postgres --slot naive "
+            "--start -f - -o include-xids=1 -o skip-empty-xacts=1 "
+            f"| bench/naive/tx2nsupdate.py --server \"127.0.0.1 $DNSPORT\" --max-rrs {max_rrs} "
+            f"| nsupdate {'-v ' if tcp else ''}-k bind/tsig.key"
+        )
+
+    def start(self):
+        recv = subprocess.Popen([self.pg.tool("pg_recvlogical"), "-d", self.pg.url, "--slot", "naive", "--start",
+                                 "-f", "-", "-o", "include-xids=1", "-o", "skip-empty-xacts=1"],
+                                stdout=subprocess.PIPE, stderr=open(os.path.join(self.root, "recvlogical.err"), "a"))
+        filt = subprocess.Popen([sys.executable, os.path.join(HERE, "naive", "tx2nsupdate.py"),
+                                 "--server", f"127.0.0.1 {self.dns.port}", "--max-rrs", str(self.max_rrs)],
+                                stdin=recv.stdout, stdout=subprocess.PIPE)
+        recv.stdout.close()
+        nsup = subprocess.Popen(["nsupdate"] + (["-v"] if self.tcp else []) + ["-k", self.dns.key_file],
+                                stdin=filt.stdout,
+                                stdout=subprocess.DEVNULL, stderr=open(self.nsupdate_err, "a"))
+        filt.stdout.close()
+        self.procs = [recv, filt, nsup]
+
+    def alive(self):
+        return all(p.poll() is None for p in self.procs)
+
+    def rss_kb(self):
+        vals = [proc_status(p.pid, "VmHWM") for p in self.procs]
+        return sum(v for v in vals if v) if any(vals) else None
+
+    def cpu(self):
+        return sum(c or 0 for c in (proc_cpu(p.pid) for p in self.procs))
+
+    def stop(self):
+        for p in self.procs:
+            stop_proc(p, timeout=15)
+        self.procs = []
+
+    def errors(self):
+        try:
+            with open(self.nsupdate_err) as f:
+                return [line.strip() for line in f if line.strip()]
+        except OSError:
+            return []
+
+
+class Pg2dns:
+    """`pg2dns run` with window W."""
+
+    name = "pg2dns"
+    table = "pg2dns.rr"
+
+    def __init__(self, pg, dns, root, binary, window):
+        self.pg, self.dns, self.root, self.binary = pg, dns, root, binary
+        self.window = window
+        self.proc = None
+        self.config = os.path.join(root, "pg2dns.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                "version = 1\n[database]\n"
+                f'url = "{pg.url}"\nslot = "pg2dns"\npublication = "pg2dns"\n'
+                f'[[zone]]\nname = "{ZONE}"\nprimary = "127.0.0.1:{dns.port}"\n'
+                f'tsig_key_file = "{dns.key_file}"\n'
+                f"[limits]\nwindow = {window}\n"
+            )
+        self.log = os.path.join(root, "pg2dns.log")
+        subprocess.run([binary, "setup", "-c", self.config], check=True, env=self._env(),
+                       stdout=subprocess.DEVNULL, stderr=open(self.log, "a"))
+        self.cmd = f"pg2dns setup -c pg2dns.toml && RUST_LOG=warn pg2dns run -c pg2dns.toml  # [limits] window = {window}"
+
+    def _env(self):
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "warn")
+        return env
+
+    def start(self):
+        self.proc = subprocess.Popen([self.binary, "run", "-c", self.config], env=self._env(),
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "a"))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_kb(self):
+        return proc_status(self.proc.pid, "VmHWM") if self.proc else None
+
+    def cpu(self):
+        return proc_cpu(self.proc.pid) if self.proc else None
+
+    def stop(self):
+        if self.proc:
+            stop_proc(self.proc, timeout=30)
+        self.proc = None
+
+    def errors(self):
+        try:
+            with open(self.log) as f:
+                return [line.strip() for line in f if " ERROR " in line or "error" in line.lower()][:20]
+        except OSError:
+            return []
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class Trial:
+    """One workload through one pipeline on fresh servers."""
+
+    def __init__(self, args, label, server="bind"):
+        self.args = args
+        self.label = label
+        self.root = os.path.join(args.outdir, label)
+        os.makedirs(self.root)
+        os.chmod(self.root, 0o755)
+        wait_quiet()
+        self.pg = Postgres(self.root)
+        self.dns = Bind(self.root) if server == "bind" else Knot(self.root)
+        self.server = server
+        self.conn = pgwire.Connection("127.0.0.1", self.pg.port)
+        self.prober = Prober(self.dns.port)
+        self.pipeline = None
+        self.sentinels = 0
+        self.workload = []
+
+    def use(self, kind, window=None):
+        if kind == "naive":
+            self.pipeline = Naive(self.pg, self.dns, self.root, self.args.naive_max_rrs, self.args.naive_tcp)
+        else:
+            self.pipeline = Pg2dns(self.pg, self.dns, self.root, self.args.pg2dns, window or self.args.window)
+        self.conn.query("CREATE SEQUENCE public.bench_seq")
+        return self.pipeline
+
+    def sentinel(self):
+        """Commits one sentinel row; returns its owner name."""
+        self.sentinels += 1
+        owner = f"sentinel-{self.sentinels}.{ZONE}"
+        self.conn.query(f"INSERT INTO {self.pipeline.table}(owner, type, rdata) "
+                        f"VALUES ('{owner}', 'A', '192.0.2.{self.sentinels}')")
+        return owner
+
+    def wait_visible(self, owner, timeout, interval=None):
+        """Polls DNS until `owner` answers; returns the time it did.
+
+        The poll interval starts at 2 ms and grows with the time waited (1 %
+        of it, at most 20 ms), so the error stays near 1 % while a long wait
+        does not load the DNS server with probes."""
+        start = time.time()
+        end = start + timeout
+        while time.time() < end:
+            if self.prober.answers(owner):
+                return time.time()
+            if not self.pipeline.alive():
+                raise RuntimeError(f"{self.pipeline.name} exited before {owner} reached DNS; "
+                                   f"errors: {self.pipeline.errors()[-5:]}")
+            time.sleep(interval or min(0.02, 0.002 + (time.time() - start) / 100))
+        raise RuntimeError(f"{owner} not in DNS after {timeout} s; errors: {self.pipeline.errors()[-5:]}")
+
+    def pgbench(self, script, transactions, clients=1):
+        path = os.path.join(self.root, "workload.sql")
+        with open(path, "w") as f:
+            f.write(script)
+        cmd = [self.pg.tool("pgbench"), "-n", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "postgres",
+               "-c", str(clients), "-j", str(clients), "-t", str(transactions // clients), "-f", path, "postgres"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        self.workload.append(f"pgbench -n -c {clients} -j {clients} -t {transactions // clients} -f workload.sql "
+                             f"(workload.sql: {script.strip()})")
+        tps = None
+        for line in out.splitlines():
+            if line.startswith("tps ="):
+                tps = float(line.split()[2])
+        return tps
+
+    def verify(self, table=None):
+        """TSIG AXFR of the zone compared with the table; returns (ok, detail)."""
+        table = table or self.pipeline.table
+        want = set()
+        out = self.pg.psql(f"SELECT lower(owner), ttl, upper(type), rdata FROM {table}")
+        for line in out.splitlines():
+            owner, ttl, rtype, rdata = line.split("|")
+            want.add((owner, int(ttl), rtype, rdata))
+        have, err = axfr(self.dns.port, self.dns.key_file)
+        if err:
+            return False, err
+        missing, extra = want - have, have - want
+        if not missing and not extra:
+            return True, f"{len(want)} RRs equal"
+        return False, f"{len(missing)} missing (e.g. {sorted(missing)[:2]}), {len(extra)} extra (e.g. {sorted(extra)[:2]})"
+
+    def close(self):
+        if self.pipeline:
+            self.pipeline.stop()
+        self.conn.close()
+        self.prober.close()
+        self.dns.stop()
+        self.pg.stop()
+        if not self.args.keep:
+            shutil.rmtree(os.path.join(self.root, "pg"), ignore_errors=True)
+
+
+def axfr(port, key_file):
+    """The zone as a set of (owner, ttl, TYPE, rdata), apex SOA/NS left out."""
+    proc = subprocess.run(["dig", "-k", key_file, "AXFR", ZONE, "@127.0.0.1", "-p", str(port),
+                           "+noall", "+answer", "+nocomments"], capture_output=True, text=True)
+    if proc.returncode != 0 or "Transfer failed" in proc.stdout:
+        return set(), f"AXFR failed: {proc.stdout[-300:]} {proc.stderr[-300:]}"
+    have = set()
+    for line in proc.stdout.splitlines():
+        if not line or line.startswith(";"):
+            continue
+        parts = line.split(None, 4)
+        if len(parts) < 5:
+            continue
+        owner, ttl, _cls, rtype, rdata = parts
+        owner = owner.lower()
+        if owner == ZONE and rtype in ("SOA", "NS"):
+            continue
+        if owner == "ns." + ZONE:
+            continue
+        have.add((owner, int(ttl), rtype, rdata))
+    return have, None
+
+
+def pipeline_backends_cpu(trial):
+    """CPU seconds so far of the pipeline's PostgreSQL backends: its
+    walsender and its SQL sessions (every client backend but the bench's)."""
+    rows = trial.conn.query("SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                            "AND backend_type IN ('walsender', 'client backend')")
+    return round(sum(proc_cpu(int(r[0])) or 0 for r in rows), 2)
+
+
+def measure(trial, t0, t_last, sentinel, rows, rr_ops=None, timeout=900, extra=None):
+    t2 = trial.wait_visible(sentinel, timeout)
+    p = trial.pipeline
+    res = {
+        "rows": rows,
+        "rr_ops": rr_ops or rows,
+        "commit_s": round(t_last - t0, 3),
+        "complete_s": round(t2 - t0, 3),
+        "lag_s": round(t2 - t_last, 3),
+        "rows_per_s": round(rows / (t2 - t0), 1),
+        "rr_ops_per_s": round((rr_ops or rows) / (t2 - t0), 1),
+        "peak_rss_kib": p.rss_kb(),
+        "pipeline_cpu_s": round(p.cpu() or 0, 2),
+        "dns_cpu_s": round(proc_cpu(trial.dns.pid) or 0, 2),
+        "pg_backends_cpu_s": pipeline_backends_cpu(trial),
+    }
+    if p.name == "pg2dns":
+        # Where pg2dns's PostgreSQL time goes: scans of its row-state table.
+        rows = trial.conn.query("SELECT coalesce(sum(seq_scan), 0), coalesce(sum(seq_tup_read), 0), "
+                                "coalesce(sum(idx_scan), 0) FROM pg_stat_user_tables WHERE schemaname = 'pg2dns'")
+        if rows:
+            res["pg2dns_schema_seq_scans"], res["pg2dns_schema_seq_tup_read"], res["pg2dns_schema_idx_scans"] = (
+                int(x) for x in rows[0])
+    if extra:
+        res.update(extra)
+    return res
+
+
+def finish(trial, res, started_psi, started):
+    psi = cpu_pressure_total()
+    wall = time.time() - started
+    res["cpu_pressure_pct"] = round((psi - started_psi) / 1e6 / wall * 100, 1) if psi and started_psi else None
+    ok, detail = trial.verify()
+    res["dns_equals_table"] = ok
+    res["verify"] = detail
+    errs = trial.pipeline.errors()
+    res["pipeline_errors"] = len(errs)
+    res["error_sample"] = errs[:3]
+    res["command"] = trial.pipeline.cmd
+    res["workload"] = "; then ".join(trial.workload)
+    return res
+
+
+def run_trial(args, label, kind, body, window=None, server="bind"):
+    """Runs `body(trial)` on fresh servers; always stops them."""
+    print(f"--- {label}", flush=True)
+    started, psi = time.time(), cpu_pressure_total()
+    trial = Trial(args, label, server)
+    try:
+        trial.use(kind, window)
+        res = body(trial)
+        res = finish(trial, res, psi, started)
+    except Exception as e:  # a failed trial is a result, not a crash of the bench
+        res = {"failed": str(e)[:500], "dns_equals_table": False}
+        try:
+            ok, detail = trial.verify()
+            res["verify"] = detail
+        except Exception as e2:
+            res["verify"] = f"verify failed too: {e2}"
+    finally:
+        trial.close()
+    res.update({"label": label, "pipeline": kind, "server": server,
+                "window": (window or args.window) if kind == "pg2dns" else None})
+    print(json.dumps(res), flush=True)
+    return res
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def insert_script(table, prefix):
+    return (f"INSERT INTO {table}(owner, type, rdata) SELECT '{prefix}-' || n || '.{ZONE}', 'A', {a_rdata('n')} "
+            f"FROM nextval('public.bench_seq') AS n;\n")
+
+
+def w1(args, kind, window=None):
+    n = args.w1_txns
+
+    def body(t):
+        p = t.pipeline
+        p.start()
+        t.wait_visible(t.sentinel(), 60)
+        t0 = time.time()
+        tps = t.pgbench(insert_script(p.table, "w1"), n)
+        t_last = time.time()
+        return measure(t, t0, t_last, t.sentinel(), n, extra={"client_tps": tps})
+
+    return run_trial(args, f"w1-{kind}" + (f"-w{window}" if window else ""), kind, body, window)
+
+
+def w2(args, kind, window=None, rows=None, label="w2"):
+    n = rows or args.w2_rows
+    first = f"{label}-1.{ZONE}"
+
+    def body(t):
+        p = t.pipeline
+        p.start()
+        t.wait_visible(t.sentinel(), 60)
+        t0 = time.time()
+        sql = (f"INSERT INTO {p.table}(owner, type, rdata) SELECT '{label}-' || i || '.{ZONE}', 'A', "
+               f"{a_rdata('i')} FROM generate_series(1, {n}) AS i")
+        t.workload.append(sql)
+        t.conn.query(sql)
+        t_last = time.time()
+        sentinel = t.sentinel()
+        # When does the first record of the transaction become visible? From
+        # then to completion is the apply phase, compared with the reference
+        # client (which also starts its clock at its first message). Poll it
+        # every 2 ms until it shows up or the sentinel does (if the first
+        # chunk was lost, it never shows up).
+        t_first = None
+        while t_first is None:
+            if t.prober.answers(first):
+                t_first = time.time()
+            elif t.prober.answers(sentinel):
+                break
+            elif not p.alive():
+                break
+            time.sleep(0.002)
+        res = measure(t, t0, t_last, sentinel, n, timeout=1800)
+        t2 = t0 + res["complete_s"]
+        if t_first is not None:
+            res["first_visible_s"] = round(t_first - t0, 3)
+            res["apply_s"] = round(t2 - t_first, 3)
+            res["apply_rr_per_s"] = round(n / (t2 - t_first), 1) if t2 > t_first else None
+        else:
+            res["first_visible_s"] = res["apply_s"] = res["apply_rr_per_s"] = None
+        return res
+
+    return run_trial(args, f"{label}-{kind}" + (f"-w{window}" if window else ""), kind, body, window)
+
+
+def w3(args, kind, window=None, drain=False):
+    n = args.w3_txns if not drain else args.drain_w3_txns
+    name = "drain_w3" if drain else "w3"
+
+    def body(t):
+        p = t.pipeline
+        p.start()
+        # Preload n rows through the pipeline itself, then change each once.
+        sql = (f"INSERT INTO {p.table}(owner, type, rdata) SELECT 'w3-' || i || '.{ZONE}', 'A', "
+               f"{a_rdata('i')} FROM generate_series(1, {n}) AS i")
+        t.workload.append(f"(preload, pipeline running) {sql}")
+        t.conn.query(sql)
+        t.wait_visible(t.sentinel(), 300)
+        script = (f"UPDATE {p.table} SET rdata = '172.16.' || ((n >> 8) & 255) || '.' || (n & 255) "
+                  f"FROM nextval('public.bench_seq') AS n WHERE owner = 'w3-' || n || '.{ZONE}';\n")
+        if drain:
+            p.stop()
+            tps = t.pgbench(script, n)
+            sentinel = t.sentinel()
+            t0 = time.time()
+            p.start()
+            return measure(t, t0, t0, sentinel, n, 2 * n, extra={"client_tps": tps})
+        t0 = time.time()
+        tps = t.pgbench(script, n)
+        t_last = time.time()
+        return measure(t, t0, t_last, t.sentinel(), n, 2 * n, extra={"client_tps": tps})
+
+    return run_trial(args, f"{name}-{kind}" + (f"-w{window}" if window else ""), kind, body, window)
+
+
+def drain_w1(args, kind, window=None, server="bind", txns=None):
+    n = txns or args.drain_txns
+
+    def body(t):
+        p = t.pipeline
+        # The slot exists (setup / --create-slot); the pipeline is not running.
+        tps = t.pgbench(insert_script(p.table, "d"), n, clients=2)
+        sentinel = t.sentinel()
+        t0 = time.time()
+        p.start()
+        return measure(t, t0, t0, sentinel, n, extra={"client_tps": tps})
+
+    label = f"drain-{kind}" + (f"-w{window}" if window else "") + ("" if server == "bind" else f"-{server}")
+    return run_trial(args, label, kind, body, window, server)
+
+
+def latency(args, kind, window=None):
+    rate, secs = args.lat_rate, args.lat_secs
+
+    def body(t):
+        p = t.pipeline
+        p.start()
+        t.wait_visible(t.sentinel(), 60)
+        total = rate * secs
+        t.workload.append(f"{total} single-row INSERTs at {rate}/s over one connection (bench/pgwire.py); "
+                          "each owner polled over UDP until it answers")
+        lat, pending, i = [], [], 0
+        t0 = time.time()
+        next_due = t0
+        deadline = t0 + secs + 10
+        while (i < total or pending) and time.time() < deadline:
+            now = time.time()
+            if i < total and now >= next_due:
+                i += 1
+                owner = f"lat-{i}.{ZONE}"
+                t.conn.query(f"INSERT INTO {p.table}(owner, type, rdata) VALUES ('{owner}', 'A', {a_rdata(str(i))})")
+                pending.append((owner, time.time()))
+                next_due += 1.0 / rate
+                continue
+            still = []
+            for owner, tc in pending:
+                if t.prober.answers(owner):
+                    lat.append(time.time() - tc)
+                else:
+                    still.append((owner, tc))
+            pending = still
+            if not pending:
+                time.sleep(max(0.0, min(next_due - time.time(), 0.005)))
+        t_last = t0 + secs
+        res = measure(t, t0, t_last, t.sentinel(), total)
+        lat.sort()
+        ms = [x * 1000 for x in lat]
+
+        def pct(q):
+            return round(ms[min(len(ms) - 1, int(q * len(ms)))], 2) if ms else None
+
+        res.update({"latency_n": len(ms), "latency_lost": len(pending), "p50_ms": pct(0.50),
+                    "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": round(ms[-1], 2) if ms else None,
+                    "mean_ms": round(statistics.mean(ms), 2) if ms else None})
+        return res
+
+    return run_trial(args, f"latency-{kind}" + (f"-w{window}" if window else ""), kind, body, window)
+
+
+def blast(args, label, n, server="bind", per_message=None):
+    """The reference client: N A records, messages packed full, one at a time."""
+    print(f"--- {label}", flush=True)
+    root = os.path.join(args.outdir, label)
+    os.makedirs(root)
+    wait_quiet()
+    dns = Bind(root) if server == "bind" else Knot(root)
+    started, psi = time.time(), cpu_pressure_total()
+    try:
+        cmd = [args.blast, "--server", f"127.0.0.1:{dns.port}", "--key-file", dns.key_file, "--zone", ZONE,
+               "--records", str(n), "--prefix", "w2"]
+        if per_message:
+            cmd += ["--per-message", str(per_message)]
+        cpu0 = proc_cpu(dns.pid)
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:
+            out = subprocess.CompletedProcess(cmd, 127, "", str(e))
+        res = {"label": label, "pipeline": "blast", "server": server, "rows": n,
+               "command": "cargo run --release -p pg2dns --example blast -- " +  " ".join(cmd[1:]).replace(root + "/", "").replace(str(dns.port), "$DNSPORT"),
+               "dns_cpu_s": round((proc_cpu(dns.pid) or 0) - (cpu0 or 0), 2)}
+        if out.returncode != 0:
+            res["failed"] = (out.stdout + out.stderr)[-500:]
+        for tok in out.stdout.split():
+            if "=" in tok:
+                k, v = tok.split("=", 1)
+                try:
+                    res[k] = float(v)
+                except ValueError:
+                    res[k] = v
+        have, err = axfr(dns.port, dns.key_file)
+        res["dns_equals_table"] = err is None and len(have) == n
+        res["verify"] = err or f"{len(have)} RRs in zone, {n} sent"
+        psi2 = cpu_pressure_total()
+        res["cpu_pressure_pct"] = round((psi2 - psi) / 1e6 / (time.time() - started) * 100, 1) if psi else None
+    finally:
+        dns.stop()
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def big(args, window=None):
+    return w2(args, "pg2dns", window, rows=args.big_rows, label="big")
+
+
+# ---------------------------------------------------------------- driver
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="*", default=["all"],
+                    help="w1 w2 w3 drain latency big ingest windows knot all")
+    ap.add_argument("--pg2dns", default=os.path.join(REPO, "target/release/pg2dns"))
+    ap.add_argument("--blast", default=os.path.join(REPO, "target/release/examples/blast"))
+    ap.add_argument("--outdir")
+    ap.add_argument("--keep", action="store_true", help="keep PostgreSQL data directories")
+    ap.add_argument("--only", choices=["naive", "pg2dns"], help="run one side only")
+    ap.add_argument("--window", type=int, default=4)
+    ap.add_argument("--naive-max-rrs", type=int, default=2500)
+    ap.add_argument("--naive-tcp", action="store_true", help="nsupdate -v (TCP for every message)")
+    ap.add_argument("--w1-txns", type=int, default=20000)
+    ap.add_argument("--w2-rows", type=int, default=200000)
+    ap.add_argument("--w3-txns", type=int, default=5000)
+    ap.add_argument("--drain-txns", type=int, default=100000)
+    ap.add_argument("--drain-w3-txns", type=int, default=20000)
+    ap.add_argument("--lat-rate", type=int, default=20)
+    ap.add_argument("--lat-secs", type=int, default=30)
+    ap.add_argument("--big-rows", type=int, default=1000000)
+    ap.add_argument("--knot-txns", type=int, default=1000)
+    args = ap.parse_args()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    args.outdir = args.outdir or os.path.join(HERE, "run", stamp)
+    os.makedirs(args.outdir, exist_ok=True)
+    os.chmod(args.outdir, 0o755)
+    what = set(args.what)
+    if "all" in what:
+        what = {"w1", "w2", "w3", "drain", "latency", "big", "knot", "ingest"}
+    sides = [args.only] if args.only else ["naive", "pg2dns"]
+    results = []
+    began = time.time()
+    # The order inside each workload alternates which side runs first, so a
+    # slow phase of the shared machine does not always hit the same side.
+    if "w1" in what:
+        results += [w1(args, k) for k in sides]
+    if "w3" in what:
+        results += [w3(args, k) for k in reversed(sides)]
+    if "w2" in what:
+        results += [w2(args, k) for k in sides]
+        results.append(blast(args, "w2-blast", args.w2_rows))
+    if "ingest" in what:
+        results.append(blast(args, "ingest-bind", args.w2_rows))
+        results.append(blast(args, "ingest-knot", args.w2_rows, server="knot"))
+    if "drain" in what:
+        results += [drain_w1(args, k) for k in reversed(sides)]
+        results += [w3(args, k, drain=True) for k in sides]
+    if "latency" in what:
+        results += [latency(args, k) for k in sides]
+    if "big" in what and "pg2dns" in sides:
+        results.append(big(args))
+    if "knot" in what:
+        results += [drain_w1(args, k, server="knot", txns=args.knot_txns) for k in sides]
+    if "windows" in what:
+        for w in (1, 4, 16):
+            results.append(w2(args, "pg2dns", w))
+            results.append(drain_w1(args, "pg2dns", w))
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "versions": versions(),
+        "argv": sys.argv[1:],
+        "total_s": round(time.time() - began, 1),
+    }
+    with open(os.path.join(args.outdir, "results.json"), "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+    md = report(meta, results)
+    with open(os.path.join(args.outdir, "results.md"), "w") as f:
+        f.write(md)
+    print(md)
+    print(f"results: {args.outdir}/results.md")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def versions():
+    def first(cmd):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            return (out.stdout or out.stderr).splitlines()[0].strip()
+        except (OSError, IndexError):
+            return "?"
+
+    from servers import pg_bindir
+    return {
+        "postgres": first([f"{pg_bindir()}/postgres", "--version"]),
+        "named": first(["named", "-v"]),
+        "knotd": first(["knotd", "--version"]),
+        "nsupdate/dig": first(["dig", "-v"]),
+        "python": platform.python_version(),
+    }
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}" if abs(v) < 100 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def ratio(a, b, digits=1):
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.{digits}f}×"
+
+
+def report(meta, results):
+    by = {r["label"]: r for r in results}
+    out = [f"Run {meta['date']} on {meta['host']} ({meta['cpus']} CPUs, {meta['cpu_model']}), "
+           f"bench/bench {' '.join(meta['argv']) or 'all'}, {meta['total_s']} s in total.", ""]
+    out.append("| trial | rows | RR ops | commit s | first commit → DNS complete s | lag after last commit s "
+               "| rows/s | RR ops/s | peak RSS MiB | pipeline CPU s | its PG backends CPU s | DNS server CPU s | DNS == table | errors | CPU pressure % |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if r["pipeline"] == "blast":
+            continue
+        if "failed" in r:
+            out.append(f"| {r['label']} | FAILED: {r['failed'][:200]} | | | | | | | | | | {r.get('dns_equals_table')} "
+                       f"({r.get('verify', '')}) | | |")
+            continue
+        rss = r.get("peak_rss_kib")
+        out.append(
+            f"| {r['label']} | {fmt(r['rows'])} | {fmt(r['rr_ops'])} | {fmt(r['commit_s'])} | {fmt(r['complete_s'])} "
+            f"| {fmt(r['lag_s'])} | {fmt(r['rows_per_s'])} | {fmt(r['rr_ops_per_s'])} "
+            f"| {fmt(rss / 1024 if rss else None, 1)} | {fmt(r.get('pipeline_cpu_s'))} | {fmt(r.get('pg_backends_cpu_s'))} "
+            f"| {fmt(r.get('dns_cpu_s'))} "
+            f"| {'yes' if r['dns_equals_table'] else 'NO: ' + r['verify']} | {r.get('pipeline_errors', 0)} "
+            f"| {fmt(r.get('cpu_pressure_pct'), 0)} |")
+    out.append("")
+    # Ratios pg2dns / naive.
+    rows = []
+    for wl in ("w1", "w2", "w3", "drain", "drain_w3", "latency", "drain-knot"):
+        a, b = by.get(f"{wl}-pg2dns"), by.get(f"{wl}-naive")
+        if wl == "drain-knot":
+            a, b = by.get("drain-pg2dns-knot"), by.get("drain-naive-knot")
+        if not a or not b or "failed" in a or "failed" in b:
+            continue
+        rows.append(f"| {wl} | {ratio(a['rows_per_s'], b['rows_per_s'])} | {ratio(b['complete_s'], a['complete_s'])} "
+                    f"| {fmt(a['lag_s'])} vs {fmt(b['lag_s'])} "
+                    f"| {ratio(a.get('peak_rss_kib'), b.get('peak_rss_kib'), 2)} |")
+    if rows:
+        out.append("| workload | rows/s pg2dns / naive | speed-up of first commit → DNS complete (naive s / pg2dns s) "
+                   "| lag after last commit s, pg2dns vs naive | peak RSS pg2dns / naive |")
+        out.append("|---|---|---|---|---|")
+        out += rows
+        out.append("")
+    lat = [r for r in results if r["label"].startswith("latency") and "failed" not in r]
+    if lat:
+        out.append("| latency trial | commits | seen in DNS | p50 ms | p90 ms | p99 ms | max ms | mean ms |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for r in lat:
+            out.append(f"| {r['label']} | {r['rows']} | {r['latency_n']} | {fmt(r['p50_ms'])} | {fmt(r['p90_ms'])} "
+                       f"| {fmt(r['p99_ms'])} | {fmt(r['max_ms'])} | {fmt(r['mean_ms'])} |")
+        out.append("")
+    apply = [r for r in results if r["pipeline"] != "blast" and "apply_rr_per_s" in r]
+    refs = [r for r in results if r["pipeline"] == "blast"]
+    if apply or refs:
+        out.append("| big-transaction trial | rows | commit → first record visible s | apply phase s | apply RR/s "
+                   "| end to end rows/s | vs reference client RR/s | peak RSS MiB |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        ref = by.get("w2-blast")
+        ref_rate = ref.get("rr_per_s") if ref and "failed" not in ref else None
+        for r in apply:
+            rss = r.get("peak_rss_kib")
+            out.append(f"| {r['label']} | {fmt(r['rows'])} | {fmt(r['first_visible_s'])} | {fmt(r['apply_s'])} "
+                       f"| {fmt(r['apply_rr_per_s'])} | {fmt(r['rows_per_s'])} "
+                       f"| {ratio(r['apply_rr_per_s'], ref_rate, 2)} (end to end {ratio(r['rows_per_s'], ref_rate, 2)}) "
+                       f"| {fmt(rss / 1024 if rss else None, 1)} |")
+        out.append("")
+        out.append("| reference client | server | RRs | messages | s | RR/s | msgs/s | p50 ms/msg | all RRs in zone |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for r in refs:
+            out.append(f"| {r['label']} | {r['server']} | {fmt(r['rows'])} | {fmt(r.get('messages'))} "
+                       f"| {fmt(r.get('seconds'))} | {fmt(r.get('rr_per_s'))} | {fmt(r.get('msgs_per_s'))} "
+                       f"| {fmt(r.get('p50_ms'))} | {'yes' if r.get('dns_equals_table') else 'NO: ' + str(r.get('verify'))} |")
+        out.append("")
+    out.append("Commands:")
+    out.append("")
+    for r in results:
+        if r.get("command"):
+            out.append(f"- {r['label']}: `{r['command']}`")
+        if r.get("workload"):
+            out.append(f"  - workload: `{r['workload']}`")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    main()
