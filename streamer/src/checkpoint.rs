@@ -198,104 +198,61 @@ impl Store {
         Ok(())
     }
 
-    /// The stored records of the given rows (rows without state are absent).
-    pub async fn load_rows(
+    /// Reads, in one round trip, what a batch needs: the stored records of
+    /// the given rows, and every record (with how many rows contribute it
+    /// and the TTL they give) of every RRset those rows held or `new_rrsets`
+    /// names. A record absent from the second map has no contributor.
+    pub async fn load_state(
         &mut self,
         source: &str,
         keys: &[String],
-    ) -> Result<HashMap<String, Vec<StoredRecord>>, StoreError> {
+        new_rrsets: &[RrsetKey],
+    ) -> Result<
+        (
+            HashMap<String, Vec<StoredRecord>>,
+            HashMap<RecordKey, (i64, i32)>,
+        ),
+        StoreError,
+    > {
         self.begin().await?;
-        let rows = self
+        let zones: Vec<&str> = new_rrsets.iter().map(|k| k.0.as_str()).collect();
+        let owners: Vec<&str> = new_rrsets.iter().map(|k| k.1.as_str()).collect();
+        let rtypes: Vec<&str> = new_rrsets.iter().map(|k| k.2.as_str()).collect();
+        let result = self
             .client
             .query(
-                "SELECT row_key, zone, owner, rtype, rdata, ttl FROM pg2dns.row_records \
-                 WHERE source = $1 AND row_key = ANY($2)",
-                &[&source, &keys],
+                "WITH old AS ( \
+                   SELECT row_key, zone, owner, rtype, rdata, ttl FROM pg2dns.row_records \
+                   WHERE source = $1 AND row_key = ANY($2)), \
+                 sets AS ( \
+                   SELECT zone, owner, rtype FROM old \
+                   UNION SELECT * FROM unnest($3::text[], $4::text[], $5::text[])) \
+                 SELECT true, row_key, zone, owner, rtype, rdata, ttl, 0::bigint FROM old \
+                 UNION ALL \
+                 SELECT false, NULL, r.zone, r.owner, r.rtype, r.rdata, max(r.ttl), count(*) \
+                 FROM pg2dns.row_records r JOIN sets USING (zone, owner, rtype) \
+                 GROUP BY r.zone, r.owner, r.rtype, r.rdata",
+                &[&source, &keys, &zones, &owners, &rtypes],
             )
             .await
             .map_err(sql("cannot read pg2dns.row_records"))?;
-        let mut map: HashMap<String, Vec<StoredRecord>> = HashMap::new();
-        for r in rows {
-            map.entry(r.get(0)).or_default().push(StoredRecord {
-                zone: r.get(1),
-                owner: r.get(2),
-                rtype: r.get(3),
-                rdata: r.get(4),
-                ttl: r.get(5),
-            });
+        let mut rows: HashMap<String, Vec<StoredRecord>> = HashMap::new();
+        let mut records = HashMap::new();
+        for r in result {
+            let record = StoredRecord {
+                zone: r.get(2),
+                owner: r.get(3),
+                rtype: r.get(4),
+                rdata: r.get(5),
+                ttl: r.get(6),
+            };
+            if r.get::<_, bool>(0) {
+                rows.entry(r.get(1)).or_default().push(record);
+            } else {
+                records.insert(record.key(), (r.get::<_, i64>(7), record.ttl));
+            }
         }
-        Ok(map)
-    }
-
-    /// How many rows contribute each record, with the TTL one of them gives.
-    pub async fn load_counts(
-        &mut self,
-        keys: &[RecordKey],
-    ) -> Result<HashMap<RecordKey, (i64, i32)>, StoreError> {
-        self.begin().await?;
-        let mut out = HashMap::new();
-        if keys.is_empty() {
-            return Ok(out);
-        }
-        let zones: Vec<&str> = keys.iter().map(|k| k.zone.as_str()).collect();
-        let owners: Vec<&str> = keys.iter().map(|k| k.owner.as_str()).collect();
-        let rtypes: Vec<&str> = keys.iter().map(|k| k.rtype.as_str()).collect();
-        let rdatas: Vec<&str> = keys.iter().map(|k| k.rdata.as_str()).collect();
-        let rows = self
-            .client
-            .query(
-                "SELECT r.zone, r.owner, r.rtype, r.rdata, count(*), max(r.ttl) \
-                 FROM pg2dns.row_records r \
-                 JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])) \
-                      AS k(zone, owner, rtype, rdata) USING (zone, owner, rtype, rdata) \
-                 GROUP BY 1, 2, 3, 4",
-                &[&zones, &owners, &rtypes, &rdatas],
-            )
-            .await
-            .map_err(sql("cannot count record contributions in pg2dns.row_records"))?;
-        for r in rows {
-            out.insert(
-                RecordKey {
-                    zone: r.get(0),
-                    owner: r.get(1),
-                    rtype: r.get(2),
-                    rdata: r.get(3),
-                },
-                (r.get::<_, i64>(4), r.get::<_, i32>(5)),
-            );
-        }
-        Ok(out)
-    }
-
-    /// How many distinct records each RRset holds.
-    pub async fn load_rrset_sizes(
-        &mut self,
-        keys: &[RrsetKey],
-    ) -> Result<HashMap<RrsetKey, i64>, StoreError> {
-        self.begin().await?;
-        let mut out = HashMap::new();
-        if keys.is_empty() {
-            return Ok(out);
-        }
-        let zones: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-        let owners: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-        let rtypes: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
-        let rows = self
-            .client
-            .query(
-                "SELECT r.zone, r.owner, r.rtype, count(DISTINCT r.rdata) \
-                 FROM pg2dns.row_records r \
-                 JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::text[])) \
-                      AS k(zone, owner, rtype) USING (zone, owner, rtype) \
-                 GROUP BY 1, 2, 3",
-                &[&zones, &owners, &rtypes],
-            )
-            .await
-            .map_err(sql("cannot count RRset sizes in pg2dns.row_records"))?;
-        for r in rows {
-            out.insert((r.get(0), r.get(1), r.get(2)), r.get::<_, i64>(3));
-        }
-        Ok(out)
+        Ok((rows, records))
     }
 
     /// Replaces the stored records of the given rows.

@@ -39,6 +39,11 @@ pub const RR_SOURCE: &str = "pg2dns.rr";
 
 /// Rows per flush: bounds memory and the size of one state round trip.
 const MAX_BATCH_ROWS: usize = 2_000;
+/// A commit sent this long after it happened means a backlog.
+const BACKLOG_MICROS: i64 = 20_000;
+/// While working through a backlog, how long a pause in the stream flushes
+/// the batch (never used for a live stream, where a commit goes out at once).
+const BACKLOG_PAUSE: Duration = Duration::from_millis(2);
 /// Longest time between checkpoints while transactions keep arriving.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// How long a checkpoint waits for the last acknowledgements before the
@@ -53,7 +58,7 @@ enum Item {
 
 /// Per-zone dispatch bookkeeping.
 struct ZoneLane {
-    tx: mpsc::Sender<Dispatch>,
+    tx: mpsc::Sender<Vec<Dispatch>>,
     dispatched: u64,
     acked: u64,
 }
@@ -79,6 +84,12 @@ pub struct Pipeline<'c> {
     last_checkpoint: Instant,
     /// Whether anything was confirmed to the slot in this session.
     confirmed: Option<Lsn>,
+    /// The server's clock at its last message.
+    server_time_micros: i64,
+    /// Whether the last commit arrived well after it happened.
+    backlog: bool,
+    /// Dispatches of the current flush, sent per zone at its end.
+    outbox: Vec<Vec<Dispatch>>,
 }
 
 /// Runs sessions until shutdown; transient failures are retried with
@@ -126,7 +137,7 @@ async fn session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Resul
     let mut lanes = Vec::new();
     let mut tasks = Vec::new();
     for (i, z) in config.zones.iter().enumerate() {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(4);
         let sink = ZoneSink::new(i, z, &config.limits, report_tx.clone());
         tasks.push(tokio::spawn(sink.run(rx)));
         lanes.push(ZoneLane {
@@ -152,6 +163,9 @@ async fn session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Resul
         pending_txns: 0,
         last_checkpoint: Instant::now(),
         confirmed: None,
+        server_time_micros: 0,
+        backlog: false,
+        outbox: config.zones.iter().map(|_| Vec::new()).collect(),
     };
     let result = p.stream(&mut source, shutdown).await;
     for t in &tasks {
@@ -185,6 +199,13 @@ impl Pipeline<'_> {
                     continue;
                 }
                 event = source.recv() => event?,
+                _ = tokio::time::sleep(BACKLOG_PAUSE), if !self.batch.is_empty() => {
+                    self.flush().await?;
+                    if self.at_boundary() {
+                        self.checkpoint(source, BARRIER_WAIT).await?;
+                    }
+                    continue;
+                }
             };
             let Some(event) = event else {
                 return Err(RunError::StreamEnded);
@@ -206,8 +227,12 @@ impl Pipeline<'_> {
         self.on_event(source, event).await?;
         // Flush and checkpoint when the stream has nothing more ready now:
         // a lone commit goes out at once, a backlog is batched.
-        let idle = !source.has_ready().await?;
-        if self.batch_rows >= MAX_BATCH_ROWS || (idle && !self.batch.is_empty()) {
+        let idle = !source.has_ready().await? && !self.backlog;
+        // A full batch is flushed at a transaction boundary, so that a
+        // checkpoint can follow; a huge transaction is flushed in parts.
+        let full = (self.batch_rows >= MAX_BATCH_ROWS && self.current.is_none())
+            || self.batch_rows >= 2 * MAX_BATCH_ROWS;
+        if full || (idle && !self.batch.is_empty()) {
             self.flush().await?;
         }
         if self.at_boundary()
@@ -284,7 +309,11 @@ impl Pipeline<'_> {
         event: SourceEvent,
     ) -> Result<(), RunError> {
         let message = match event {
-            SourceEvent::KeepAlive { wal_end } => {
+            SourceEvent::KeepAlive {
+                wal_end,
+                server_time_micros,
+            } => {
+                self.server_time_micros = server_time_micros;
                 // Nothing in flight: let an idle slot move, or it pins WAL.
                 if self.current.is_none()
                     && !self.assembler.in_transaction()
@@ -311,12 +340,17 @@ impl Pipeline<'_> {
                 commit_lsn,
                 end_lsn,
                 commit_time_micros,
-            } => Message::Commit(Commit {
-                flags: 0,
-                commit_lsn,
-                end_lsn,
-                commit_time_micros,
-            }),
+            } => {
+                // The server sent this commit long after it happened: the
+                // stream is working through a backlog, so batch it.
+                self.backlog = self.server_time_micros - commit_time_micros > BACKLOG_MICROS;
+                Message::Commit(Commit {
+                    flags: 0,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time_micros,
+                })
+            }
             SourceEvent::Message {
                 transactional,
                 lsn,
@@ -328,8 +362,12 @@ impl Pipeline<'_> {
                 prefix,
                 content,
             }),
-            SourceEvent::Data(bytes) => {
-                pgoutput::parse(&bytes).map_err(|source| RunError::Decode {
+            SourceEvent::Data {
+                data: bytes,
+                server_time_micros,
+            } => {
+                self.server_time_micros = server_time_micros;
+                pgoutput::parse_bytes(&bytes).map_err(|source| RunError::Decode {
                     lsn: self.current.unwrap_or_default(),
                     reason: source.to_string(),
                 })?
@@ -397,6 +435,8 @@ impl Pipeline<'_> {
 
     /// Turns the batch into state writes and dispatches.
     async fn flush(&mut self) -> Result<(), RunError> {
+        let started = Instant::now();
+        let rows_in_batch = self.batch_rows;
         let items = std::mem::take(&mut self.batch);
         self.batch_rows = 0;
         // 1. Map every change to (row key, new records or a rejection).
@@ -416,47 +456,56 @@ impl Pipeline<'_> {
             }
         }
         let keys: Vec<String> = keys.into_iter().collect();
-        // 2. Load the stored records of those rows.
-        let mut rows = self.store.load_rows(RR_SOURCE, &keys).await?;
+        // 2. Load the stored records of those rows, and the records of every
+        //    RRset they or the new records belong to.
+        let mut new_rrsets: Vec<RrsetKey> = mapped
+            .iter()
+            .flat_map(|m| match m {
+                Mapped::Row {
+                    new: Ok(NewRecords::Records(recs)),
+                    ..
+                } => recs.iter().map(rrset_of).collect(),
+                Mapped::Row {
+                    new: Ok(NewRecords::ToastFromState(p)),
+                    ..
+                } => vec![(p.zone.clone(), p.owner.clone(), p.rtype.clone())],
+                _ => Vec::new(),
+            })
+            .collect();
+        new_rrsets.sort_unstable();
+        new_rrsets.dedup();
+        let (mut rows, mut counts) = self.store.load_state(RR_SOURCE, &keys, &new_rrsets).await?;
+        let t_read = started.elapsed();
         for k in &keys {
             rows.entry(k.clone()).or_default();
         }
-        // 3. Resolve unchanged-TOAST rdata from the state, and collect every
-        //    record identity the batch touches.
-        let mut touched: HashSet<RecordKey> = HashSet::new();
+        // 3. Resolve unchanged-TOAST rdata from the state.
         {
             let mut sim = rows.clone();
             for m in mapped.iter_mut() {
                 let Mapped::Row { key, new, .. } = m else {
                     continue;
                 };
-                let old = sim.get(key.as_str()).cloned().unwrap_or_default();
                 if let Ok(NewRecords::ToastFromState(partial)) = new {
                     let partial = partial.clone();
+                    let old = sim.get(key.as_str()).cloned().unwrap_or_default();
                     *new = resolve_toast(&partial, &old);
                 }
-                for r in &old {
-                    touched.insert(r.key());
-                }
-                if let Ok(NewRecords::Records(recs)) = new {
-                    for r in recs.iter() {
-                        touched.insert(r.key());
-                    }
-                    sim.insert(key.clone(), recs.clone());
-                } else {
-                    sim.insert(key.clone(), Vec::new());
-                }
+                let now = match new {
+                    Ok(NewRecords::Records(recs)) => recs.clone(),
+                    _ => Vec::new(),
+                };
+                sim.insert(key.clone(), now);
             }
         }
-        let touched: Vec<RecordKey> = touched.into_iter().collect();
-        let mut counts = self.store.load_counts(&touched).await?;
-        let mut rrset_keys: Vec<RrsetKey> = touched
-            .iter()
-            .map(|k| (k.zone.clone(), k.owner.clone(), k.rtype.clone()))
-            .collect();
-        rrset_keys.sort_unstable();
-        rrset_keys.dedup();
-        let mut rrsets = self.store.load_rrset_sizes(&rrset_keys).await?;
+        let mut rrsets: HashMap<RrsetKey, i64> = HashMap::new();
+        for (k, (count, _)) in &counts {
+            if *count > 0 {
+                *rrsets
+                    .entry((k.zone.clone(), k.owner.clone(), k.rtype.clone()))
+                    .or_insert(0) += 1;
+            }
+        }
         let limit = self.config.limits.max_records_per_rrset;
         // 4. Walk the changes in order; emit the net operations of each
         //    transaction (or of the batch's part of one) per zone.
@@ -526,19 +575,32 @@ impl Pipeline<'_> {
         // A transaction continuing past this batch.
         let open_segment = segment.finish();
         // 5. Write the new state (uncommitted until the checkpoint).
+        let t_walk = started.elapsed();
         self.store.write_rows(RR_SOURCE, &rows).await?;
         self.store.reject(&rejections).await?;
         // 6. Dispatch.
         for (final_lsn, ops) in segments {
-            self.dispatch(final_lsn, ops).await?;
+            self.dispatch(final_lsn, ops);
         }
         if !open_segment.is_empty() {
-            self.dispatch(lsn, open_segment).await?;
+            self.dispatch(lsn, open_segment);
         }
+        let stored = started.elapsed();
+        self.send_outbox().await?;
+        let ms = |d: Duration| d.as_millis() as u64;
+        debug!(
+            rows = rows_in_batch,
+            read_ms = ms(t_read),
+            walk_ms = ms(t_walk - t_read),
+            write_ms = ms(stored - t_walk),
+            total_ms = ms(started.elapsed()),
+            backlog = self.backlog,
+            "flushed"
+        );
         Ok(())
     }
 
-    async fn dispatch(&mut self, lsn: Lsn, changes: Vec<NetChange>) -> Result<(), RunError> {
+    fn dispatch(&mut self, lsn: Lsn, changes: Vec<NetChange>) {
         let mut per_zone: HashMap<usize, Vec<UpdateOp>> = HashMap::new();
         for (key, before, after) in changes {
             let Some(zone) = self.zones.iter().position(|z| z.to_string() == key.zone) else {
@@ -576,15 +638,26 @@ impl Pipeline<'_> {
                 continue;
             }
             self.lanes[zone].dispatched += 1;
-            let d = Dispatch {
+            self.outbox[zone].push(Dispatch {
                 id: self.lanes[zone].dispatched,
                 lsn,
                 ops,
-            };
+            });
+        }
+    }
+
+    /// Hands each zone the dispatches of this flush at once, so that a zone
+    /// working through a backlog can pack them into full messages.
+    async fn send_outbox(&mut self) -> Result<(), RunError> {
+        for zone in 0..self.outbox.len() {
+            if self.outbox[zone].is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(&mut self.outbox[zone]);
             // Keep reading reports while a zone's queue is full, so that a
             // halt elsewhere is seen.
             let tx = self.lanes[zone].tx.clone();
-            let mut send = std::pin::pin!(tx.send(d));
+            let mut send = std::pin::pin!(tx.send(batch));
             loop {
                 tokio::select! {
                     r = &mut send => {
@@ -598,7 +671,6 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// Waits for every acknowledgement, commits state and progress, confirms.
     /// Commits state and progress once every dispatch was acknowledged,
     /// waiting at most `wait` for the acknowledgements. A zone that does not
     /// answer in time keeps the checkpoint pending but does not stop the
@@ -608,11 +680,16 @@ impl Pipeline<'_> {
         let Some(end) = self.pending_end else {
             return Ok(());
         };
+        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + wait;
         while !self.all_acked() {
             match tokio::time::timeout_at(deadline, self.reports.recv()).await {
                 Ok(report) => self.on_report(report).await?,
                 Err(_) => {
+                    debug!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "checkpoint postponed: acknowledgements pending"
+                    );
                     self.last_checkpoint = Instant::now();
                     return Ok(());
                 }
@@ -621,7 +698,7 @@ impl Pipeline<'_> {
         failpoint::hit("after-dns-ack");
         self.store.commit(end).await?;
         source.confirm(end);
-        debug!(lsn = %end, transactions = self.pending_txns, "checkpoint");
+        debug!(lsn = %end, transactions = self.pending_txns, total_ms = started.elapsed().as_millis() as u64, "checkpoint");
         self.confirmed = Some(end);
         self.progress = end;
         self.pending_end = None;

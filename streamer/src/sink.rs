@@ -273,7 +273,13 @@ impl ZoneSink {
         }
     }
 
-    fn enqueue(&mut self, d: Dispatch) {
+    fn enqueue(&mut self, batch: Vec<Dispatch>) {
+        for d in batch {
+            self.enqueue_one(d);
+        }
+    }
+
+    fn enqueue_one(&mut self, d: Dispatch) {
         self.queued_ops += d.ops.len();
         let groups = update::group_by_owner(d.ops).into();
         self.queue.push_back(Queued {
@@ -474,7 +480,7 @@ impl ZoneSink {
     }
 
     /// Runs the zone until `input` closes (clean stop) or a halt.
-    pub async fn run(mut self, mut input: mpsc::Receiver<Dispatch>) {
+    pub async fn run(mut self, mut input: mpsc::Receiver<Vec<Dispatch>>) {
         let mut backoff = Duration::from_millis(100);
         let mut input_open = true;
         'connection: loop {

@@ -37,7 +37,12 @@ pub enum SourceEvent {
         commit_time_micros: i64,
     },
     /// A pgoutput message other than Begin, Commit and logical messages.
-    Data(Bytes),
+    Data {
+        /// The message.
+        data: Bytes,
+        /// When the server sent it, microseconds since 2000-01-01 (server clock).
+        server_time_micros: i64,
+    },
     /// The transaction commits.
     Commit {
         /// The commit record's LSN.
@@ -62,6 +67,8 @@ pub enum SourceEvent {
     KeepAlive {
         /// The server's sent position.
         wal_end: Lsn,
+        /// When the server sent it, microseconds since 2000-01-01 (server clock).
+        server_time_micros: i64,
     },
 }
 
@@ -85,8 +92,13 @@ pub struct PgSource {
 fn convert(ev: ReplicationEvent) -> Option<SourceEvent> {
     let lsn = |l: pgwire_replication::Lsn| Lsn::new(l.as_u64());
     Some(match ev {
-        ReplicationEvent::KeepAlive { wal_end, .. } => SourceEvent::KeepAlive {
+        ReplicationEvent::KeepAlive {
+            wal_end,
+            server_time_micros,
+            ..
+        } => SourceEvent::KeepAlive {
             wal_end: lsn(wal_end),
+            server_time_micros,
         },
         ReplicationEvent::Begin {
             final_lsn,
@@ -97,7 +109,14 @@ fn convert(ev: ReplicationEvent) -> Option<SourceEvent> {
             xid,
             commit_time_micros,
         },
-        ReplicationEvent::XLogData { data, .. } => SourceEvent::Data(data),
+        ReplicationEvent::XLogData {
+            data,
+            server_time_micros,
+            ..
+        } => SourceEvent::Data {
+            data,
+            server_time_micros,
+        },
         ReplicationEvent::Commit {
             lsn: commit_lsn,
             end_lsn,
