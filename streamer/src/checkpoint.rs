@@ -146,6 +146,14 @@ impl Store {
                 warn!(error = %e, "PostgreSQL connection ended");
             }
         });
+        // Every state statement is an index lookup by design. Inside the
+        // long checkpoint transaction the planner's statistics do not count
+        // the rows written so far, so a large transaction would turn the
+        // lookups into sequential scans of everything it wrote: quadratic.
+        client
+            .batch_execute("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off")
+            .await
+            .map_err(sql("cannot set the session's planner options"))?;
         Ok(Store {
             client,
             connection,
@@ -256,21 +264,38 @@ impl Store {
     }
 
     /// Replaces the stored records of the given rows.
+    ///
+    /// `before` is what [`Store::load_state`] returned for them: rows whose
+    /// records did not change are left alone, and only rows that had
+    /// records are deleted first.
     pub async fn write_rows(
         &mut self,
         source: &str,
         rows: &HashMap<String, Vec<StoredRecord>>,
+        before: &HashMap<String, Vec<StoredRecord>>,
     ) -> Result<(), StoreError> {
+        let unchanged = |key: &String, records: &Vec<StoredRecord>| {
+            before.get(key).map_or(records.is_empty(), |b| b == records)
+        };
+        let rows: Vec<(&String, &Vec<StoredRecord>)> =
+            rows.iter().filter(|(k, r)| !unchanged(k, r)).collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
         self.begin().await?;
-        let keys: Vec<&str> = rows.keys().map(String::as_str).collect();
+        let keys: Vec<&str> = rows
+            .iter()
+            .filter(|(k, _)| before.get(*k).is_some_and(|b| !b.is_empty()))
+            .map(|(k, _)| k.as_str())
+            .collect();
         let mut row_keys = Vec::new();
         let mut zones = Vec::new();
         let mut owners = Vec::new();
         let mut rtypes = Vec::new();
         let mut rdatas = Vec::new();
         let mut ttls = Vec::new();
-        for (key, records) in rows {
-            for r in records {
+        for (key, records) in &rows {
+            for r in records.iter() {
                 row_keys.push(key.as_str());
                 zones.push(r.zone.as_str());
                 owners.push(r.owner.as_str());

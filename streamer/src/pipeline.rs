@@ -474,7 +474,8 @@ impl Pipeline<'_> {
             .collect();
         new_rrsets.sort_unstable();
         new_rrsets.dedup();
-        let (mut rows, mut counts) = self.store.load_state(RR_SOURCE, &keys, &new_rrsets).await?;
+        let (loaded, mut counts) = self.store.load_state(RR_SOURCE, &keys, &new_rrsets).await?;
+        let mut rows = loaded.clone();
         let t_read = started.elapsed();
         for k in &keys {
             rows.entry(k.clone()).or_default();
@@ -574,19 +575,20 @@ impl Pipeline<'_> {
         }
         // A transaction continuing past this batch.
         let open_segment = segment.finish();
-        // 5. Write the new state (uncommitted until the checkpoint).
+        // 5. Dispatch first: the UPDATEs need only what was read, and a
+        //    crash before the state write replays the same operations.
         let t_walk = started.elapsed();
-        self.store.write_rows(RR_SOURCE, &rows).await?;
-        self.store.reject(&rejections).await?;
-        // 6. Dispatch.
         for (final_lsn, ops) in segments {
             self.dispatch(final_lsn, ops);
         }
         if !open_segment.is_empty() {
             self.dispatch(lsn, open_segment);
         }
-        let stored = started.elapsed();
         self.send_outbox().await?;
+        // 6. Write the new state (uncommitted until the checkpoint).
+        self.store.write_rows(RR_SOURCE, &rows, &loaded).await?;
+        self.store.reject(&rejections).await?;
+        let stored = started.elapsed();
         let ms = |d: Duration| d.as_millis() as u64;
         debug!(
             rows = rows_in_batch,
