@@ -81,6 +81,7 @@ pub struct Pipeline<'c> {
     /// End LSN of the newest committed transaction not yet checkpointed.
     pending_end: Option<Lsn>,
     pending_txns: usize,
+    /// When a checkpoint was last committed or forced.
     last_checkpoint: Instant,
     /// Whether anything was confirmed to the slot in this session.
     confirmed: Option<Lsn>,
@@ -201,9 +202,7 @@ impl Pipeline<'_> {
                 event = source.recv() => event?,
                 _ = tokio::time::sleep(BACKLOG_PAUSE), if !self.batch.is_empty() => {
                     self.flush().await?;
-                    if self.at_boundary() {
-                        self.checkpoint(source, BARRIER_WAIT).await?;
-                    }
+                    self.maybe_checkpoint(source).await?;
                     continue;
                 }
             };
@@ -235,12 +234,26 @@ impl Pipeline<'_> {
         if full || (idle && !self.batch.is_empty()) {
             self.flush().await?;
         }
-        if self.at_boundary()
-            && (idle || self.all_acked() || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
-        {
-            self.checkpoint(source, BARRIER_WAIT).await?;
+        self.maybe_checkpoint(source).await
+    }
+
+    /// At a transaction boundary: commits at once when everything is
+    /// acknowledged; otherwise leaves it to the last acknowledgement (see
+    /// `stream`), except that while transactions keep coming a checkpoint is
+    /// forced every [`CHECKPOINT_EVERY`], waiting at most [`BARRIER_WAIT`].
+    /// Never waiting on the way of a live transaction keeps a slow answer
+    /// from delaying the next one.
+    async fn maybe_checkpoint(&mut self, source: &mut PgSource) -> Result<(), RunError> {
+        if !self.at_boundary() {
+            return Ok(());
         }
-        Ok(())
+        if self.all_acked() {
+            self.checkpoint(source, Duration::ZERO).await
+        } else if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpoint(source, BARRIER_WAIT).await
+        } else {
+            Ok(())
+        }
     }
 
     /// Between transactions, with everything flushed and something to checkpoint.
@@ -423,6 +436,11 @@ impl Pipeline<'_> {
             } => {
                 if !self.skipping {
                     self.batch.push(Item::Commit { final_lsn });
+                    if self.pending_end.is_none() {
+                        // The checkpoint clock starts with the oldest
+                        // transaction it will cover.
+                        self.last_checkpoint = Instant::now();
+                    }
                     self.pending_end = Some(end_lsn);
                     self.pending_txns += 1;
                 }
