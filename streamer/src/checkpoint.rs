@@ -146,7 +146,10 @@ impl Store {
                 warn!(error = %e, "PostgreSQL connection ended");
             }
         });
-        // Every state statement is an index lookup by design. Inside the
+        // Every state statement is an index lookup by design (keys come in
+        // as arrays joined with unnest: `row_key = ANY($2)` with thousands
+        // of keys was planned as a scan of the whole source filtered by
+        // them). Inside the
         // long checkpoint transaction the planner's statistics do not count
         // the rows written so far, so a large transaction would turn the
         // lookups into sequential scans of everything it wrote: quadratic.
@@ -230,8 +233,9 @@ impl Store {
             .client
             .query(
                 "WITH old AS ( \
-                   SELECT row_key, zone, owner, rtype, rdata, ttl FROM pg2dns.row_records \
-                   WHERE source = $1 AND row_key = ANY($2)), \
+                   SELECT r.row_key, r.zone, r.owner, r.rtype, r.rdata, r.ttl \
+                   FROM unnest($2::text[]) AS k(row_key) \
+                   JOIN pg2dns.row_records r ON r.source = $1 AND r.row_key = k.row_key), \
                  sets AS ( \
                    SELECT zone, owner, rtype FROM old \
                    UNION SELECT * FROM unnest($3::text[], $4::text[], $5::text[])) \
@@ -309,7 +313,8 @@ impl Store {
         // pipelined statements could run in either order.)
         self.client
             .execute(
-                "WITH old AS (DELETE FROM pg2dns.row_records WHERE source = $1 AND row_key = ANY($2)) \
+                "WITH old AS (DELETE FROM pg2dns.row_records r USING unnest($2::text[]) AS k(row_key) \
+                              WHERE r.source = $1 AND r.row_key = k.row_key) \
                  INSERT INTO pg2dns.row_records (source, row_key, zone, owner, rtype, rdata, ttl) \
                  SELECT $1, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[])",
                 &[&source, &keys, &row_keys, &zones, &owners, &rtypes, &rdatas, &ttls],
