@@ -2,19 +2,25 @@
 //! confirmed LSN moved only behind them.
 //!
 //! ```text
-//!  source ─▶ Assembler ─▶ batch ─▶ flush: load row state, compute net ops per
-//!                                   transaction, write row state (uncommitted),
-//!                                   dispatch to the zones' streams
+//!  source ─▶ Assembler ─▶ batch ─▶ flush: read row state (one query), compute
+//!                                   the net operations of each transaction,
+//!                                   dispatch them to the zones' streams, write
+//!                                   the new row state (uncommitted)
 //!                                          │
-//!  at a transaction boundary, when idle or every CHECKPOINT_EVERY:
-//!     wait until every dispatch was acknowledged ─▶ COMMIT state + progress
-//!     ─▶ confirm the last transaction's end_lsn to the slot
+//!  at a transaction boundary, once every dispatch was acknowledged:
+//!     COMMIT row state + progress ─▶ confirm the last transaction's end_lsn
 //! ```
 //!
 //! The confirmed LSN is the commit `end_lsn` of the newest transaction such
 //! that it and every earlier one were fully acknowledged and their state
 //! committed: confirming happens only after the checkpoint commit, which
 //! happens only after every dispatch was acknowledged.
+//!
+//! Batching: a live transaction (sent by the server right after it
+//! committed) is flushed as soon as nothing else is ready, with no timer.
+//! A backlog (the server's send time well after the commit time) is batched
+//! up to [`MAX_BATCH_ROWS`] rows and flushed on a 2 ms pause; the zones then
+//! coalesce the dispatches into full messages.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -38,7 +44,7 @@ use crate::source::{PgSource, ReplicationSource, SourceEvent};
 pub const RR_SOURCE: &str = "pg2dns.rr";
 
 /// Rows per flush: bounds memory and the size of one state round trip.
-const MAX_BATCH_ROWS: usize = 2_000;
+pub const MAX_BATCH_ROWS: usize = 2_000;
 /// A commit sent this long after it happened means a backlog.
 const BACKLOG_MICROS: i64 = 20_000;
 /// While working through a backlog, how long a pause in the stream flushes
