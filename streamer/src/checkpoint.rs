@@ -146,10 +146,13 @@ impl Store {
                 warn!(error = %e, "PostgreSQL connection ended");
             }
         });
-        // Every state statement is an index lookup by design (keys come in
-        // as arrays joined with unnest: `row_key = ANY($2)` with thousands
-        // of keys was planned as a scan of the whole source filtered by
-        // them). Inside the
+        // Every state statement is an index lookup by design: keys come in
+        // as arrays, and each is looked up through a LATERAL subquery fenced
+        // with OFFSET 0, so the planner cannot flatten it into a join that
+        // scans the table (with the stale statistics of a table that grows
+        // inside one transaction or between analyses it did: a scan of the
+        // whole table per batch, quadratic over a large transaction or a
+        // long backlog). Inside the
         // long checkpoint transaction the planner's statistics do not count
         // the rows written so far, so a large transaction would turn the
         // lookups into sequential scans of everything it wrote: quadratic.
@@ -235,14 +238,19 @@ impl Store {
                 "WITH old AS ( \
                    SELECT r.row_key, r.zone, r.owner, r.rtype, r.rdata, r.ttl \
                    FROM unnest($2::text[]) AS k(row_key) \
-                   JOIN pg2dns.row_records r ON r.source = $1 AND r.row_key = k.row_key), \
+                   CROSS JOIN LATERAL ( \
+                     SELECT * FROM pg2dns.row_records x \
+                     WHERE x.source = $1 AND x.row_key = k.row_key OFFSET 0) r), \
                  sets AS ( \
                    SELECT zone, owner, rtype FROM old \
                    UNION SELECT * FROM unnest($3::text[], $4::text[], $5::text[])) \
                  SELECT true, row_key, zone, owner, rtype, rdata, ttl, 0::bigint FROM old \
                  UNION ALL \
                  SELECT false, NULL, r.zone, r.owner, r.rtype, r.rdata, max(r.ttl), count(*) \
-                 FROM pg2dns.row_records r JOIN sets USING (zone, owner, rtype) \
+                 FROM sets s \
+                 CROSS JOIN LATERAL ( \
+                   SELECT * FROM pg2dns.row_records x \
+                   WHERE x.zone = s.zone AND x.owner = s.owner AND x.rtype = s.rtype OFFSET 0) r \
                  GROUP BY r.zone, r.owner, r.rtype, r.rdata",
                 &[&source, &keys, &zones, &owners, &rtypes],
             )
@@ -313,8 +321,12 @@ impl Store {
         // pipelined statements could run in either order.)
         self.client
             .execute(
-                "WITH old AS (DELETE FROM pg2dns.row_records r USING unnest($2::text[]) AS k(row_key) \
-                              WHERE r.source = $1 AND r.row_key = k.row_key) \
+                "WITH old AS ( \
+                   DELETE FROM pg2dns.row_records WHERE ctid = ANY(ARRAY( \
+                     SELECT r.ctid FROM unnest($2::text[]) AS k(row_key) \
+                     CROSS JOIN LATERAL ( \
+                       SELECT ctid FROM pg2dns.row_records x \
+                       WHERE x.source = $1 AND x.row_key = k.row_key OFFSET 0) r))) \
                  INSERT INTO pg2dns.row_records (source, row_key, zone, owner, rtype, rdata, ttl) \
                  SELECT $1, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[])",
                 &[&source, &keys, &row_keys, &zones, &owners, &rtypes, &rdatas, &ttls],
