@@ -73,6 +73,8 @@ struct ZoneLane {
 pub struct Pipeline<'c> {
     config: &'c Config,
     zones: Vec<ZoneName>,
+    /// The zone names as stored in the row state, by zone index.
+    zone_texts: Vec<String>,
     store: Store,
     assembler: Assembler,
     /// Durable progress: transactions with a commit LSN before it are done.
@@ -157,6 +159,11 @@ async fn session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Resul
     let mut p = Pipeline {
         config,
         zones: config.zone_names(),
+        zone_texts: config
+            .zone_names()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         store,
         assembler: Assembler::new(),
         progress,
@@ -311,7 +318,7 @@ impl Pipeline<'_> {
                         source: RR_SOURCE.into(),
                         row_key: String::new(),
                         lsn,
-                        zone: Some(self.zones[zone].to_string()),
+                        zone: Some(self.zone_texts[zone].clone()),
                         owner: Some(owner),
                         reason,
                     }])
@@ -629,7 +636,7 @@ impl Pipeline<'_> {
     fn dispatch(&mut self, lsn: Lsn, changes: Vec<NetChange>) {
         let mut per_zone: HashMap<usize, Vec<UpdateOp>> = HashMap::new();
         for (key, before, after) in changes {
-            let Some(zone) = self.zones.iter().position(|z| z.to_string() == key.zone) else {
+            let Some(zone) = self.zone_texts.iter().position(|z| *z == key.zone) else {
                 warn!(zone = %key.zone, owner = %key.owner, "record of a zone no longer configured; not sent");
                 continue;
             };

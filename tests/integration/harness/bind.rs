@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use tokio::process::Command;
 
 use super::records::{canonical_name, parse_dig_answer, Record};
-use super::{free_port, log_tail, run, run_unchecked, signal, tools};
+use super::{free_port, log_tail, run, run_unchecked, tools};
 
 /// The name of the TSIG key the test servers trust.
 pub const KEY_NAME: &str = "pg2dns-test-key";
@@ -118,20 +118,10 @@ impl Bind {
     /// Stops named with SIGTERM and waits for it to exit (it writes its
     /// journals first).
     pub async fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             bail!("named is not running");
         };
-        signal(child.id(), "TERM")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("named did not stop within 30 s of SIGTERM; killed it");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
+        super::terminate(child, "named").await
     }
 
     /// Starts named (again) on the same port with the same files, and waits

@@ -20,18 +20,16 @@ use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tokio::process::Command;
 
 use super::bind::{write_key_file, KEY_NAME};
-use super::records::{canonical_name, parse_dig_answer, zone_of, Record};
-use super::stack::{difference, Row, ZoneRecords, SLOT};
+use super::records::{canonical_name, parse_dig_answer, Record};
+use super::stack::{self, key_file_for, Row, Runs, ZoneRecords};
 use super::{
-    find_program, free_port, log_tail, pg2dns, run_unchecked, signal, tools, Bind, Pg2dns,
-    Postgres, TempDir,
+    find_program, free_port, log_tail, run_unchecked, tools, Bind, Pg2dns, Postgres, TempDir,
 };
 
 const KNOT_INSTALL_HINT: &str =
@@ -143,20 +141,10 @@ impl Knot {
 
     /// Stops knotd with SIGTERM and waits for it to exit.
     pub async fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             bail!("knotd is not running");
         };
-        signal(child.id(), "TERM")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("knotd did not stop within 30 s of SIGTERM; killed it");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
+        super::terminate(child, "knotd").await
     }
 
     /// Starts knotd (again) on the same port with the same files and
@@ -369,7 +357,7 @@ pub struct KnotStack {
     pub pg: Postgres,
     zones: Vec<(String, Primary)>,
     config: PathBuf,
-    runs: Mutex<Vec<PathBuf>>,
+    runs: Runs,
     dir: TempDir,
 }
 
@@ -402,7 +390,7 @@ impl KnotStack {
             pg,
             zones: zones.iter().map(|(z, p)| (canonical_name(z), *p)).collect(),
             config: dir.path().join("pg2dns.toml"),
-            runs: Mutex::new(Vec::new()),
+            runs: Runs::new(dir.path()),
             dir,
         };
         stack.write_config(&[])?;
@@ -435,38 +423,17 @@ impl KnotStack {
     /// (Re)writes the config; `key_files` replaces the TSIG key file of the
     /// named zones (every other zone uses the key its primary trusts).
     pub fn write_config(&self, key_files: &[(&str, &Path)]) -> Result<()> {
-        let mut text = format!(
-            "# written by the pg2dns integration tests\n\
-             version = 1\n\n\
-             [database]\n\
-             url = \"{url}\"\n\
-             slot = \"{SLOT}\"\n\
-             publication = \"{SLOT}\"\n",
-            url = self.pg.url()
-        );
+        let mut zones = Vec::new();
         for (zone, primary) in &self.zones {
             let (addr, trusted) = self.primary_of(*primary)?;
-            let key = key_files
-                .iter()
-                .find(|(z, _)| canonical_name(z) == *zone)
-                .map(|(_, path)| *path)
-                .unwrap_or(trusted);
-            write!(
-                text,
-                "\n[[zone]]\nname = \"{zone}\"\nprimary = \"{addr}\"\ntsig_key_file = \"{}\"\n",
-                key.display()
-            )?;
+            zones.push((zone.clone(), addr, key_file_for(zone, key_files, trusted)));
         }
-        std::fs::write(&self.config, text).context("writing the pg2dns config")
+        stack::write_config(&self.config, &self.pg.url(), &zones)
     }
 
     /// Appends TOML to the config, e.g. a `[[zone]]` entry.
     pub fn append_config(&self, toml: &str) -> Result<()> {
-        let mut text =
-            std::fs::read_to_string(&self.config).context("reading the pg2dns config")?;
-        text.push('\n');
-        text.push_str(toml);
-        std::fs::write(&self.config, text).context("writing the pg2dns config")
+        stack::append_config(&self.config, toml)
     }
 
     /// Writes a key file with the trusted key's name but another secret.
@@ -478,75 +445,29 @@ impl KnotStack {
 
     /// `pg2dns setup`; fails with pg2dns's output if it exits non-zero.
     pub async fn setup(&self) -> Result<()> {
-        let output = pg2dns::command("setup", &self.config).await?;
-        if !output.status.success() {
-            bail!(
-                "pg2dns setup failed ({}):\n{}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
+        stack::setup(&self.config).await
     }
 
     /// Starts `pg2dns run` with the stack's config.
     pub fn run(&self) -> Result<Pg2dns> {
-        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        let log = self
-            .dir()
-            .join(format!("pg2dns-run-{}.log", runs.len() + 1));
-        runs.push(log.clone());
-        Pg2dns::spawn(&self.config, &log, &[])
+        self.runs.spawn(&self.config, &[])
     }
 
     /// Runs SQL statements (one implicit transaction per statement unless
     /// the text says BEGIN … COMMIT).
     pub async fn exec(&self, sql: &str) -> Result<()> {
-        self.db
-            .batch_execute(sql)
-            .await
-            .with_context(|| format!("executing {sql}"))
+        stack::exec(&self.db, sql).await
     }
 
     /// Every row of `pg2dns.rr`, by id.
     pub async fn table(&self) -> Result<Vec<Row>> {
-        let rows = self
-            .db
-            .query(
-                "SELECT id, owner, ttl, type, rdata FROM pg2dns.rr ORDER BY id",
-                &[],
-            )
-            .await
-            .context("reading pg2dns.rr")?;
-        rows.iter()
-            .map(|row| {
-                let ttl: i32 = row.get(2);
-                Ok(Row {
-                    id: row.get(0),
-                    record: Record::new(row.get(1), u32::try_from(ttl)?, row.get(3), row.get(4)),
-                })
-            })
-            .collect()
+        stack::table(&self.db).await
     }
 
     /// What DNS should hold for these rows in `zones`: each record in the
     /// zone (of all the stack's zones) with the longest matching suffix.
     pub fn expected(&self, rows: &[Row], zones: &[String]) -> ZoneRecords {
-        let all = self.zones();
-        let mut expected: ZoneRecords = zones.iter().map(|z| (z.clone(), Vec::new())).collect();
-        for row in rows {
-            if let Some(records) =
-                zone_of(&row.record.owner, &all).and_then(|z| expected.get_mut(z))
-            {
-                records.push(row.record.clone());
-            }
-        }
-        for records in expected.values_mut() {
-            records.sort();
-            records.dedup();
-        }
-        expected
+        stack::expected(rows, &self.zones(), zones)
     }
 
     /// An AXFR of `zone` from its primary, apex SOA/NS left out.
@@ -574,54 +495,25 @@ impl KnotStack {
         zones: &[String],
         timeout: Duration,
     ) -> Result<ZoneRecords> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        stack::wait_for_match(timeout, "pg2dns.rr", || async {
             let expected = self.expected(&self.table().await?, zones);
-            let mut dns = Ok(ZoneRecords::new());
+            let mut dns = ZoneRecords::new();
             for zone in zones {
                 match self.axfr(zone).await {
-                    Ok(records) => {
-                        if let Ok(dns) = dns.as_mut() {
-                            dns.insert(zone.clone(), records);
-                        }
-                    }
-                    Err(e) => {
-                        dns = Err(e);
-                        break;
-                    }
-                }
-            }
-            if let Ok(dns) = &dns {
-                if *dns == expected {
-                    return Ok(expected);
-                }
-            }
-            if Instant::now() > deadline {
-                let seen = match dns {
-                    Ok(dns) => difference(&expected, &dns),
-                    Err(e) => format!("the last AXFR failed: {e:#}"),
+                    Ok(records) => dns.insert(zone.clone(), records),
+                    Err(e) => return Ok((expected, Err(e))),
                 };
-                bail!("after {timeout:?}, DNS does not hold what pg2dns.rr says:\n{seen}");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok((expected, Ok(dns)))
+        })
+        .await
     }
 }
 
 impl Drop for KnotStack {
     fn drop(&mut self) {
         // Captured by the test harness: visible only when the test fails.
-        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        let mut report = String::new();
-        for (i, log) in runs.iter().enumerate() {
-            let _ = write!(
-                report,
-                "\n===== pg2dns run {} ({}) =====\n{}",
-                i + 1,
-                log.display(),
-                log_tail(log, 200)
-            );
-        }
+        let mut report = self.runs.report();
         let _ = write!(
             report,
             "\n===== knotd ({}) =====\n{}",

@@ -313,3 +313,19 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         Err(e) => format!("[no log at {}: {e}]\n", path.display()),
     }
 }
+
+/// Stops a server with SIGTERM and waits for it to exit (servers write their
+/// journals first); kills it if it is still there after 30 s.
+pub async fn terminate(mut child: std::process::Child, name: &str) -> Result<()> {
+    signal(child.id(), "TERM")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{name} did not stop within 30 s of SIGTERM; killed it");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -64,7 +64,7 @@ pub struct Stack {
     /// The database server.
     pub pg: Postgres,
     config: PathBuf,
-    runs: Mutex<Vec<PathBuf>>,
+    runs: Runs,
     dir: TempDir,
 }
 
@@ -80,7 +80,7 @@ impl Stack {
             bind,
             pg,
             config: dir.path().join("pg2dns.toml"),
-            runs: Mutex::new(Vec::new()),
+            runs: Runs::new(dir.path()),
             dir,
         };
         stack.write_config(&[])?;
@@ -96,38 +96,21 @@ impl Stack {
     /// (Re)writes the config; `key_files` replaces the TSIG key file of the
     /// named zones (every other zone uses the key BIND trusts).
     pub fn write_config(&self, key_files: &[(&str, &Path)]) -> Result<()> {
-        let mut text = format!(
-            "# written by the pg2dns integration tests\n\
-             version = 1\n\n\
-             [database]\n\
-             url = \"{url}\"\n\
-             slot = \"{SLOT}\"\n\
-             publication = \"{SLOT}\"\n",
-            url = self.pg.url()
-        );
-        for zone in self.bind.zones() {
-            let key = key_files
-                .iter()
-                .find(|(z, _)| canonical_name(z) == *zone)
-                .map(|(_, path)| *path)
-                .unwrap_or(self.bind.key_file());
-            write!(
-                text,
-                "\n[[zone]]\nname = \"{zone}\"\nprimary = \"{}\"\ntsig_key_file = \"{}\"\n",
-                self.bind.addr(),
-                key.display()
-            )?;
-        }
-        std::fs::write(&self.config, text).context("writing the pg2dns config")
+        let zones: Vec<(String, String, PathBuf)> = self
+            .bind
+            .zones()
+            .iter()
+            .map(|zone| {
+                let key = key_file_for(zone, key_files, self.bind.key_file());
+                (zone.clone(), self.bind.addr(), key)
+            })
+            .collect();
+        write_config(&self.config, &self.pg.url(), &zones)
     }
 
     /// Appends TOML to the config, e.g. a `[limits]` table.
     pub fn append_config(&self, toml: &str) -> Result<()> {
-        let mut text =
-            std::fs::read_to_string(&self.config).context("reading the pg2dns config")?;
-        text.push('\n');
-        text.push_str(toml);
-        std::fs::write(&self.config, text).context("writing the pg2dns config")
+        append_config(&self.config, toml)
     }
 
     /// Waits until BIND answers `name` `rtype` with at least one record.
@@ -170,16 +153,7 @@ impl Stack {
 
     /// `pg2dns setup`; fails with pg2dns's output if it exits non-zero.
     pub async fn setup(&self) -> Result<()> {
-        let output = pg2dns::command("setup", &self.config).await?;
-        if !output.status.success() {
-            bail!(
-                "pg2dns setup failed ({}):\n{}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
+        setup(&self.config).await
     }
 
     /// Starts `pg2dns run` with the stack's config.
@@ -190,62 +164,24 @@ impl Stack {
     /// Starts `pg2dns run` with extra environment variables, e.g.
     /// `[("PG2DNS_FAILPOINT", "after-dns-ack")]`.
     pub fn run_with(&self, env: &[(&str, &str)]) -> Result<Pg2dns> {
-        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        let log = self
-            .dir()
-            .join(format!("pg2dns-run-{}.log", runs.len() + 1));
-        runs.push(log.clone());
-        Pg2dns::spawn(&self.config, &log, env)
+        self.runs.spawn(&self.config, env)
     }
 
     /// Runs SQL statements (one implicit transaction per statement unless
     /// the text says BEGIN … COMMIT).
     pub async fn exec(&self, sql: &str) -> Result<()> {
-        self.db
-            .batch_execute(sql)
-            .await
-            .with_context(|| format!("executing {sql}"))
+        exec(&self.db, sql).await
     }
 
     /// Every row of `pg2dns.rr`, by id.
     pub async fn table(&self) -> Result<Vec<Row>> {
-        let rows = self
-            .db
-            .query(
-                "SELECT id, owner, ttl, type, rdata FROM pg2dns.rr ORDER BY id",
-                &[],
-            )
-            .await
-            .context("reading pg2dns.rr")?;
-        rows.iter()
-            .map(|row| {
-                let ttl: i32 = row.get(2);
-                Ok(Row {
-                    id: row.get(0),
-                    record: Record::new(row.get(1), u32::try_from(ttl)?, row.get(3), row.get(4)),
-                })
-            })
-            .collect()
+        table(&self.db).await
     }
 
     /// What DNS should hold for these rows: each record in the zone with the
     /// longest matching suffix; rows in no zone are left out.
     pub fn expected(&self, rows: &[Row]) -> ZoneRecords {
-        let zones = self.bind.zones();
-        let mut expected: ZoneRecords = zones.iter().map(|z| (z.clone(), Vec::new())).collect();
-        for row in rows {
-            if let Some(zone) = zone_of(&row.record.owner, zones) {
-                expected
-                    .get_mut(zone)
-                    .expect("every zone has an entry")
-                    .push(row.record.clone());
-            }
-        }
-        for records in expected.values_mut() {
-            records.sort();
-            records.dedup();
-        }
-        expected
+        expected(rows, self.bind.zones(), self.bind.zones())
     }
 
     /// What BIND holds now: an AXFR of every zone, apex SOA/NS left out.
@@ -278,34 +214,19 @@ impl Stack {
         timeout: Duration,
         fixed: Option<&ZoneRecords>,
     ) -> Result<ZoneRecords> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = if fixed.is_some() {
+            "the test"
+        } else {
+            "pg2dns.rr"
+        };
+        wait_for_match(timeout, what, || async {
             let expected = match fixed {
                 Some(expected) => expected.clone(),
                 None => self.expected(&self.table().await?),
             };
-            let dns = self.dns().await;
-            if let Ok(dns) = &dns {
-                if *dns == expected {
-                    return Ok(expected);
-                }
-            }
-            if Instant::now() > deadline {
-                let seen = match dns {
-                    Ok(dns) => difference(&expected, &dns),
-                    Err(e) => format!("the last AXFR failed: {e:#}"),
-                };
-                bail!(
-                    "after {timeout:?}, DNS does not hold what {} says:\n{seen}",
-                    if fixed.is_some() {
-                        "the test"
-                    } else {
-                        "pg2dns.rr"
-                    }
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok((expected, self.dns().await))
+        })
+        .await
     }
 
     /// Restarts PostgreSQL (`pg_ctl restart -m fast`, cutting every
@@ -386,17 +307,7 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         // Captured by the test harness: visible only when the test fails.
-        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        let mut report = String::new();
-        for (i, log) in runs.iter().enumerate() {
-            let _ = write!(
-                report,
-                "\n===== pg2dns run {} ({}) =====\n{}",
-                i + 1,
-                log.display(),
-                super::log_tail(log, 200)
-            );
-        }
+        let mut report = self.runs.report();
         let _ = write!(
             report,
             "\n===== named ({}) =====\n{}\n===== postgres =====\n{}",
@@ -440,4 +351,172 @@ pub fn parse_lsn(lsn: &str) -> Result<u64> {
         .split_once('/')
         .with_context(|| format!("not an LSN: {lsn:?}"))?;
     Ok((u64::from_str_radix(high, 16)? << 32) | u64::from_str_radix(low, 16)?)
+}
+
+/// The `pg2dns run` processes of one stack, each logging to its own file.
+pub struct Runs {
+    dir: PathBuf,
+    logs: Mutex<Vec<PathBuf>>,
+}
+
+impl Runs {
+    /// Runs whose logs go to `dir/pg2dns-run-N.log`.
+    pub fn new(dir: &Path) -> Runs {
+        Runs {
+            dir: dir.to_owned(),
+            logs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts `pg2dns run -c config` with extra environment variables.
+    pub fn spawn(&self, config: &Path, env: &[(&str, &str)]) -> Result<Pg2dns> {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let log = self.dir.join(format!("pg2dns-run-{}.log", logs.len() + 1));
+        logs.push(log.clone());
+        Pg2dns::spawn(config, &log, env)
+    }
+
+    /// The tail of every run's log, for a failing test's output.
+    pub fn report(&self) -> String {
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut report = String::new();
+        for (i, log) in logs.iter().enumerate() {
+            let _ = write!(
+                report,
+                "\n===== pg2dns run {} ({}) =====\n{}",
+                i + 1,
+                log.display(),
+                super::log_tail(log, 200)
+            );
+        }
+        report
+    }
+}
+
+/// The key file for `zone`: the one `key_files` names for it, else `trusted`.
+pub fn key_file_for(zone: &str, key_files: &[(&str, &Path)], trusted: &Path) -> PathBuf {
+    key_files
+        .iter()
+        .find(|(z, _)| canonical_name(z) == zone)
+        .map_or(trusted, |(_, path)| *path)
+        .to_owned()
+}
+
+/// Writes a pg2dns config: the database at `url` and each (zone, primary
+/// address, key file).
+pub fn write_config(path: &Path, url: &str, zones: &[(String, String, PathBuf)]) -> Result<()> {
+    let mut text = format!(
+        "# written by the pg2dns integration tests\n\
+         version = 1\n\n\
+         [database]\n\
+         url = \"{url}\"\n\
+         slot = \"{SLOT}\"\n\
+         publication = \"{SLOT}\"\n"
+    );
+    for (zone, addr, key) in zones {
+        write!(
+            text,
+            "\n[[zone]]\nname = \"{zone}\"\nprimary = \"{addr}\"\ntsig_key_file = \"{}\"\n",
+            key.display()
+        )?;
+    }
+    std::fs::write(path, text).context("writing the pg2dns config")
+}
+
+/// Appends TOML to a config file, e.g. a `[limits]` table.
+pub fn append_config(path: &Path, toml: &str) -> Result<()> {
+    let mut text = std::fs::read_to_string(path).context("reading the pg2dns config")?;
+    text.push('\n');
+    text.push_str(toml);
+    std::fs::write(path, text).context("writing the pg2dns config")
+}
+
+/// `pg2dns setup`; fails with pg2dns's output if it exits non-zero.
+pub async fn setup(config: &Path) -> Result<()> {
+    let output = pg2dns::command("setup", config).await?;
+    if !output.status.success() {
+        bail!(
+            "pg2dns setup failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Runs SQL statements (one implicit transaction per statement unless the
+/// text says BEGIN … COMMIT).
+pub async fn exec(db: &tokio_postgres::Client, sql: &str) -> Result<()> {
+    db.batch_execute(sql)
+        .await
+        .with_context(|| format!("executing {sql}"))
+}
+
+/// Every row of `pg2dns.rr`, by id.
+pub async fn table(db: &tokio_postgres::Client) -> Result<Vec<Row>> {
+    let rows = db
+        .query(
+            "SELECT id, owner, ttl, type, rdata FROM pg2dns.rr ORDER BY id",
+            &[],
+        )
+        .await
+        .context("reading pg2dns.rr")?;
+    rows.iter()
+        .map(|row| {
+            let ttl: i32 = row.get(2);
+            Ok(Row {
+                id: row.get(0),
+                record: Record::new(row.get(1), u32::try_from(ttl)?, row.get(3), row.get(4)),
+            })
+        })
+        .collect()
+}
+
+/// What DNS should hold in the `wanted` zones for these rows: each record in
+/// the zone of `all` with the longest matching suffix; rows in no zone, or in
+/// a zone not wanted, are left out.
+pub fn expected(rows: &[Row], all: &[String], wanted: &[String]) -> ZoneRecords {
+    let mut expected: ZoneRecords = wanted.iter().map(|z| (z.clone(), Vec::new())).collect();
+    for row in rows {
+        if let Some(records) = zone_of(&row.record.owner, all).and_then(|z| expected.get_mut(z)) {
+            records.push(row.record.clone());
+        }
+    }
+    for records in expected.values_mut() {
+        records.sort();
+        records.dedup();
+    }
+    expected
+}
+
+/// Polls `attempt` (what should be, what DNS holds) every 100 ms until the
+/// two are equal, at most `timeout`; on timeout the error shows the
+/// difference with what `what` says.
+pub async fn wait_for_match<F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: F,
+) -> Result<ZoneRecords>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(ZoneRecords, Result<ZoneRecords>)>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (expected, dns) = attempt().await?;
+        if let Ok(dns) = &dns {
+            if *dns == expected {
+                return Ok(expected);
+            }
+        }
+        if Instant::now() > deadline {
+            let seen = match dns {
+                Ok(dns) => difference(&expected, &dns),
+                Err(e) => format!("the last AXFR failed: {e:#}"),
+            };
+            bail!("after {timeout:?}, DNS does not hold what {what} says:\n{seen}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
