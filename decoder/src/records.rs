@@ -1,35 +1,44 @@
-//! Resource records as pg2dns sees them, and the mapping from source rows to them.
+//! Resource records as pg2dns carries them: parsed once, from the row, and
+//! kept in wire form through row state, plan and encoding.
 //!
-//! Names are kept fully qualified and lower-cased, so that two rows naming the
+//! Names are fully qualified and ASCII lower-cased, so two rows naming the
 //! same owner in different case contribute the same record: RFC 4343 §3 says
-//! "comparisons on name lookup for DNS queries should be case insensitive".
-//! Record data is parsed with `hickory-proto` and kept in the presentation
-//! form hickory prints, so the text stored in the row state is canonical.
+//! "comparisons on name lookup for DNS queries should be case insensitive",
+//! and the servers compare names inside record data the same way. Record data
+//! is the exact wire form [`crate::rdata::parse`] produced from the row's
+//! text; its presentation form is recomputed only for people (logs, reports).
 
 use std::fmt;
+use std::sync::Arc;
 
-use hickory_proto::rr::{Name, RData, RecordType};
+use crate::name::{Name, NameError};
+use crate::rdata::{self, RType, RdataError};
 
 /// A DNS zone apex, fully qualified and lower-case (`example.test.`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ZoneName(Name);
 
 /// The owner name of a record, fully qualified and lower-case.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Owner(Name);
 
-/// Why a name, a type or record data was refused.
+/// Record data in wire form (uncompressed names), shared cheaply.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Rdata(Arc<[u8]>);
+
+/// Why a name, a type, a TTL or record data was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum RecordError {
     /// The owner or zone name is not a valid domain name.
-    #[error("invalid domain name {name:?}: {reason}")]
+    #[error("invalid domain name {name:?}")]
     BadName {
         /// The text given.
         name: String,
         /// What the parser said.
-        reason: String,
+        #[source]
+        source: NameError,
     },
-    /// The record type is unknown or not supported.
+    /// The record type is unknown or not published by pg2dns.
     #[error("unsupported record type {0:?}")]
     BadType(String),
     /// Only class IN is published.
@@ -39,65 +48,71 @@ pub enum RecordError {
     #[error("invalid TTL {0:?}: must be an integer from 0 to 2147483647")]
     BadTtl(String),
     /// The record data does not parse for its type.
-    #[error("record data {rdata:?} does not parse as {rtype}: {reason}")]
+    #[error("record data {rdata:?} is not valid {rtype}")]
     BadRdata {
         /// The record type.
-        rtype: String,
+        rtype: RType,
         /// The text given.
         rdata: String,
         /// What the parser said.
-        reason: String,
+        #[source]
+        source: RdataError,
     },
     /// A required column was NULL.
     #[error("column {0:?} is NULL")]
-    Null(&'static str),
-}
-
-fn parse_fqdn(text: &str) -> Result<Name, RecordError> {
-    let bad = |reason: String| RecordError::BadName {
-        name: text.to_owned(),
-        reason,
-    };
-    if text.is_empty() {
-        return Err(bad("empty name".into()));
-    }
-    let mut name = Name::from_ascii(text).map_err(|e| bad(e.to_string()))?;
-    name.set_fqdn(true);
-    Ok(name.to_lowercase())
+    Null(String),
 }
 
 impl ZoneName {
     /// Parses a zone name; a missing final dot is added.
     pub fn parse(text: &str) -> Result<ZoneName, RecordError> {
-        parse_fqdn(text).map(ZoneName)
+        parse_name(text).map(ZoneName)
     }
 
-    /// The name as a hickory [`Name`].
+    /// The name.
     pub fn name(&self) -> &Name {
         &self.0
     }
 
     /// Whether `owner` is at or below this zone's apex.
     pub fn contains(&self, owner: &Owner) -> bool {
-        self.0.zone_of(&owner.0)
+        owner.0.is_at_or_below(&self.0)
     }
 }
 
 impl Owner {
     /// Parses an owner name; a missing final dot is added.
     pub fn parse(text: &str) -> Result<Owner, RecordError> {
-        parse_fqdn(text).map(Owner)
+        parse_name(text).map(Owner)
     }
 
-    /// The name as a hickory [`Name`].
+    /// An owner from a name already parsed.
+    pub fn from_name(name: Name) -> Owner {
+        Owner(name)
+    }
+
+    /// The name.
     pub fn name(&self) -> &Name {
         &self.0
     }
 }
 
+fn parse_name(text: &str) -> Result<Name, RecordError> {
+    Name::parse_fqdn(text).map_err(|source| RecordError::BadName {
+        name: text.to_owned(),
+        source,
+    })
+}
+
 impl fmt::Display for ZoneName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for ZoneName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ZoneName({})", self.0)
     }
 }
 
@@ -107,177 +122,179 @@ impl fmt::Display for Owner {
     }
 }
 
+impl fmt::Debug for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Owner({})", self.0)
+    }
+}
+
+impl Rdata {
+    /// Wraps wire-form record data.
+    pub fn from_wire(bytes: &[u8]) -> Rdata {
+        Rdata(Arc::from(bytes))
+    }
+
+    /// The wire form.
+    pub fn as_wire(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Rdata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Rdata({} bytes)", self.0.len())
+    }
+}
+
 /// One resource record of class IN.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Record {
     /// Owner name.
     pub owner: Owner,
+    /// Type.
+    pub rtype: RType,
     /// Time to live in seconds.
     pub ttl: u32,
-    /// Parsed record data; its type is the record's type.
-    pub rdata: RData,
+    /// Data in wire form.
+    pub rdata: Rdata,
 }
 
-/// A record's identity for DNS: owner, type and data. RFC 2136 §1.1.1 leaves the
-/// TTL out of RR equality, and so does this.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RecordId {
-    /// Owner name.
-    pub owner: Owner,
-    /// Record type mnemonic (`A`, `AAAA`, `TXT`…).
-    pub rtype: String,
-    /// Canonical presentation form of the data.
-    pub rdata: String,
-}
+/// The largest TTL (RFC 2181 §8).
+pub const MAX_TTL: u32 = 2_147_483_647;
 
 impl Record {
-    /// The record's type.
-    pub fn rtype(&self) -> RecordType {
-        self.rdata.record_type()
-    }
-
-    /// The canonical presentation form of the data; [`Record::parse`]
-    /// reads it back to the same record.
-    pub fn rdata_text(&self) -> String {
-        // hickory prints TXT and HINFO character-strings without quotes, so
-        // `"a b" "c"` would come back as three strings: quote them here.
-        match &self.rdata {
-            RData::TXT(t) => t
-                .txt_data
-                .iter()
-                .map(|s| quote(s))
-                .collect::<Vec<_>>()
-                .join(" "),
-            RData::HINFO(h) => format!("{} {}", quote(&h.cpu), quote(&h.os)),
-            other => other.to_string(),
-        }
-    }
-
-    /// The record's identity (owner, type, data).
-    pub fn id(&self) -> RecordId {
-        RecordId {
-            owner: self.owner.clone(),
-            rtype: self.rtype().to_string(),
-            rdata: self.rdata_text(),
-        }
-    }
-
-    /// Builds a record from its presentation parts, as a source row holds them.
-    ///
-    /// Names inside the data must be fully qualified: relative names are
-    /// refused rather than guessed, because hickory would read `CNAME www` as
-    /// the root-level name `www.`.
+    /// Builds a record from its presentation parts, as a source row holds
+    /// them. Names inside the data must be fully qualified.
     pub fn parse(owner: &str, ttl: u32, rtype: &str, rdata: &str) -> Result<Record, RecordError> {
         let owner = Owner::parse(owner)?;
-        let rtype_parsed: RecordType = rtype
-            .trim()
-            .to_ascii_uppercase()
-            .parse()
-            .map_err(|_| RecordError::BadType(rtype.to_owned()))?;
-        if !is_supported(rtype_parsed) {
-            return Err(RecordError::BadType(rtype.to_owned()));
-        }
-        if ttl > 2_147_483_647 {
+        let rtype = parse_type(rtype)?;
+        Record::parse_data(owner, ttl, rtype, rdata)
+    }
+
+    /// Builds a record whose owner and type are already parsed.
+    pub fn parse_data(
+        owner: Owner,
+        ttl: u32,
+        rtype: RType,
+        rdata: &str,
+    ) -> Result<Record, RecordError> {
+        if ttl > MAX_TTL {
             return Err(RecordError::BadTtl(ttl.to_string()));
         }
-        let bad = |reason: String| RecordError::BadRdata {
-            rtype: rtype_parsed.to_string(),
+        let wire = rdata::parse(rtype, rdata).map_err(|source| RecordError::BadRdata {
+            rtype,
             rdata: rdata.to_owned(),
-            reason,
-        };
-        if has_relative_name(rtype_parsed, rdata) {
-            return Err(bad(
-                "names in record data must be fully qualified (end with '.')".into(),
-            ));
-        }
-        let parsed = RData::try_from_str(rtype_parsed, rdata).map_err(|e| bad(e.to_string()))?;
+            source,
+        })?;
         Ok(Record {
             owner,
+            rtype,
             ttl,
-            rdata: lower_names(parsed),
+            rdata: Rdata(wire.into()),
         })
     }
-}
 
-/// A character-string in presentation form (RFC 1035 §5.1): quoted, with
-/// `"` and `\\` escaped and bytes outside printable ASCII as `\\DDD`.
-fn quote(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() + 2);
-    out.push('"');
-    for &b in bytes {
-        match b {
-            b'"' | b'\\' => {
-                out.push('\\');
-                out.push(char::from(b));
-            }
-            0x20..=0x7e => out.push(char::from(b)),
-            _ => out.push_str(&format!("\\{b:03}")),
-        }
+    /// The presentation form of the data (for people: logs and reports).
+    pub fn rdata_text(&self) -> String {
+        rdata::format(self.rtype, self.rdata.as_wire())
+            .unwrap_or_else(|_| format!("\\# {} (unprintable)", self.rdata.len()))
     }
-    out.push('"');
-    out
-}
 
-/// Types pg2dns publishes. DNSSEC records and zone-structure records (SOA) are
-/// the DNS server's business, not the database's.
-fn is_supported(rtype: RecordType) -> bool {
-    use RecordType::*;
-    matches!(
-        rtype,
-        A | AAAA
-            | CNAME
-            | MX
-            | NS
-            | PTR
-            | SRV
-            | TXT
-            | CAA
-            | SSHFP
-            | TLSA
-            | NAPTR
-            | HINFO
-            | SVCB
-            | HTTPS
-    )
-}
-
-/// Whether the data of a name-bearing type holds a relative name.
-fn has_relative_name(rtype: RecordType, rdata: &str) -> bool {
-    let tokens: Vec<&str> = rdata.split_whitespace().collect();
-    let name_token = match rtype {
-        RecordType::CNAME | RecordType::NS | RecordType::PTR => tokens.first(),
-        RecordType::MX => tokens.get(1),
-        RecordType::SRV => tokens.get(3),
-        _ => None,
-    };
-    matches!(name_token, Some(t) if *t != "." && !t.ends_with('.'))
-}
-
-/// Lower-cases the names inside record data so that identities compare equal.
-fn lower_names(rdata: RData) -> RData {
-    use hickory_proto::rr::rdata::{CNAME, NS, PTR};
-    match rdata {
-        RData::CNAME(c) => RData::CNAME(CNAME(c.0.to_lowercase())),
-        RData::NS(n) => RData::NS(NS(n.0.to_lowercase())),
-        RData::PTR(p) => RData::PTR(PTR(p.0.to_lowercase())),
-        RData::MX(mut m) => {
-            m.exchange = m.exchange.to_lowercase();
-            RData::MX(m)
-        }
-        RData::SRV(mut s) => {
-            s.target = s.target.to_lowercase();
-            RData::SRV(s)
-        }
-        other => other,
+    /// Whether `other` is the same RR (RFC 2136 §1.1.1: the TTL is not part
+    /// of RR identity).
+    pub fn same_rr(&self, other: &Record) -> bool {
+        self.owner == other.owner && self.rtype == other.rtype && self.rdata == other.rdata
     }
 }
 
-/// The configured zone with the longest suffix matching `owner`, if any.
-pub fn zone_for<'z>(owner: &Owner, zones: &'z [ZoneName]) -> Option<&'z ZoneName> {
-    zones
-        .iter()
-        .filter(|z| z.contains(owner))
-        .max_by_key(|z| z.name().num_labels())
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} IN {} {}",
+            self.owner,
+            self.ttl,
+            self.rtype,
+            self.rdata_text()
+        )
+    }
+}
+
+/// Parses a type mnemonic, accepting only the types pg2dns publishes. DNSSEC
+/// records and zone-structure records (SOA) are the DNS server's business.
+pub fn parse_type(text: &str) -> Result<RType, RecordError> {
+    match RType::parse(text) {
+        Ok(t) if t.is_supported() => Ok(t),
+        _ => Err(RecordError::BadType(text.to_owned())),
+    }
+}
+
+/// The index of a configured zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ZoneId(pub u16);
+
+/// The configured zones, and which one holds a name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Zones {
+    names: Vec<ZoneName>,
+}
+
+impl Zones {
+    /// The zones, in configuration order (their [`ZoneId`]s).
+    pub fn new(names: Vec<ZoneName>) -> Zones {
+        Zones { names }
+    }
+
+    /// The configured zone with the longest suffix matching `owner`.
+    pub fn zone_for(&self, owner: &Owner) -> Option<ZoneId> {
+        self.names
+            .iter()
+            .enumerate()
+            .filter(|(_, z)| z.contains(owner))
+            .max_by_key(|(_, z)| z.name().label_count())
+            .map(|(i, _)| ZoneId(i as u16))
+    }
+
+    /// The zone of an id.
+    pub fn name(&self, id: ZoneId) -> &ZoneName {
+        &self.names[usize::from(id.0)]
+    }
+
+    /// The id of a zone given by name.
+    pub fn id_of(&self, name: &ZoneName) -> Option<ZoneId> {
+        self.names
+            .iter()
+            .position(|z| z == name)
+            .map(|i| ZoneId(i as u16))
+    }
+
+    /// Every zone with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (ZoneId, &ZoneName)> {
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, z)| (ZoneId(i as u16), z))
+    }
+
+    /// How many zones.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -293,12 +310,16 @@ mod tests {
 
     #[test]
     fn longest_matching_zone_wins() {
-        let zones = [
+        let zones = Zones::new(vec![
             ZoneName::parse("example.test.").unwrap(),
             ZoneName::parse("sub.example.test.").unwrap(),
             ZoneName::parse("2.0.192.in-addr.arpa.").unwrap(),
-        ];
-        let pick = |o: &str| zone_for(&Owner::parse(o).unwrap(), &zones).map(|z| z.to_string());
+        ]);
+        let pick = |o: &str| {
+            zones
+                .zone_for(&Owner::parse(o).unwrap())
+                .map(|z| zones.name(z).to_string())
+        };
         assert_eq!(
             pick("a.sub.example.test."),
             Some("sub.example.test.".into())
@@ -317,8 +338,8 @@ mod tests {
     fn record_identity_ignores_ttl_and_case() {
         let a = Record::parse("h.example.test", 300, "cname", "Target.Example.Test.").unwrap();
         let b = Record::parse("H.EXAMPLE.TEST.", 600, "CNAME", "target.example.test.").unwrap();
-        assert_eq!(a.id(), b.id());
-        assert_eq!(a.id().rdata, "target.example.test.");
+        assert!(a.same_rr(&b));
+        assert_eq!(a.rdata_text(), "target.example.test.");
     }
 
     #[test]
@@ -326,7 +347,11 @@ mod tests {
         let err = Record::parse("h.example.test.", 300, "A", "not-an-ip").unwrap_err();
         assert!(matches!(err, RecordError::BadRdata { .. }), "{err:?}");
         let err = Record::parse("h.example.test.", 300, "CNAME", "www").unwrap_err();
-        assert!(err.to_string().contains("fully qualified"), "{err}");
+        assert!(
+            crate::error_chain(&err).contains("fully qualified"),
+            "{}",
+            crate::error_chain(&err)
+        );
         let err = Record::parse("h.example.test.", 300, "SOA", "x").unwrap_err();
         assert_eq!(err, RecordError::BadType("SOA".into()));
         let err = Record::parse("h.example.test.", 300, "BOGUS", "x").unwrap_err();
@@ -334,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn character_strings_survive_the_stored_text() {
+    fn character_strings_survive_the_presentation_text() {
         for (t, d) in [
             ("TXT", "\"hello world\" \"two\""),
             ("TXT", "\"a\\\"b\" \"c\\\\d\""),
@@ -348,20 +373,5 @@ mod tests {
         }
         let r = Record::parse("t.example.test.", 1, "TXT", "\"hello world\" \"two\"").unwrap();
         assert_eq!(r.rdata_text(), "\"hello world\" \"two\"");
-    }
-
-    #[test]
-    fn typical_records_parse() {
-        for (t, d) in [
-            ("A", "192.0.2.1"),
-            ("AAAA", "2001:db8::1"),
-            ("MX", "10 mail.example.test."),
-            ("TXT", "\"hello world\""),
-            ("SRV", "0 5 5060 sip.example.test."),
-            ("PTR", "h.example.test."),
-        ] {
-            let r = Record::parse("h.example.test.", 60, t, d).unwrap();
-            assert_eq!(r.rtype().to_string(), t);
-        }
     }
 }

@@ -1,0 +1,1285 @@
+//! The plan: row changes in, per-zone UPDATE operations out, and every
+//! refusal decided here, before anything is written or sent.
+//!
+//! # Why the row state
+//!
+//! Under `REPLICA IDENTITY DEFAULT` a DELETE carries only the row's key, so
+//! what the row had put in DNS must be remembered: the row state maps each
+//! source row to the records it contributes (DESIGN §4). Two rows may
+//! contribute the same record; the record leaves DNS only when the last of
+//! them goes, so every record keeps the TTLs of all its producers (a
+//! multiset) and is present while that multiset is not empty.
+//!
+//! # One TTL per RRset
+//!
+//! "the TTLs of all RRs in an RRSet must be the same" (RFC 2181 §5.2). When
+//! producers disagree, the RRset takes the smallest TTL among all producers of
+//! all its records, and DNS is kept there as producers come and go: a TTL
+//! change rewrites the RRset (delete and add each record in one owner group,
+//! because Knot ignores the re-add of an existing RR with a new TTL).
+//!
+//! # Segments
+//!
+//! The [`Planner`] is fed the row updates of a batch in commit order and
+//! told where each transaction (or the batch's part of a large one) ends. At
+//! that point it compares each touched owner's records with what they were
+//! when the segment began and emits the net operations, grouped by owner,
+//! deletes before adds. Then it checks what DNS servers would refuse or
+//! silently ignore on the desired state of the segment's end:
+//!
+//! | check                          | why                                                            |
+//! |--------------------------------|----------------------------------------------------------------|
+//! | owner group fits one message   | an owner's changes are never split; a larger group cannot go   |
+//! | records per RRset ≤ the limit   | BIND ≥ 9.18.28 answers SERVFAIL past `max-records-per-type`     |
+//! | CNAME alone at its name        | RFC 2136 §3.4.2.2: the server ignores the CNAME or the data, NOERROR |
+//! | one CNAME per name             | a second CNAME silently replaces the first                     |
+//!
+//! A failing check refuses the rows that *added* the offending records in
+//! this segment: their new records are withdrawn, their old ones stay
+//! removed, and the refusal names the row. The checks run again until none
+//! fails (each round refuses at least one row, so this ends). Deletes are
+//! never refused: an owner group of deletes only that exceeds one message is
+//! split into several messages, deletes still before the adds of later
+//! segments.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::lsn::Lsn;
+use crate::mapping::{Desired, RowKey, RowUpdate, Wanted};
+use crate::rdata::RType;
+use crate::records::{Owner, Rdata, Record, RecordError, ZoneId, Zones};
+use crate::update::{Budget, OwnerGroup, UpdateOp};
+
+/// Why a row's records were not published. The row's earlier records still
+/// leave DNS.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A column does not hold a valid value.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The table has no such column.
+    #[error("the table has no column {0:?}")]
+    NoColumn(String),
+    /// A column's value is not valid UTF-8 text.
+    #[error("column {0:?} is not valid UTF-8 text")]
+    NotText(String),
+    /// The owner is in none of the configured zones.
+    #[error("owner {owner} is in no configured zone")]
+    OutsideZones {
+        /// The owner.
+        owner: Owner,
+    },
+    /// A column arrived as an unchanged TOAST value and the row state holds
+    /// no earlier value to take it from.
+    #[error("column {column:?} arrived as an unchanged TOAST value and pg2dns holds no earlier value for this row; set REPLICA IDENTITY FULL on the table or touch the column")]
+    ToastWithoutState {
+        /// The column.
+        column: String,
+    },
+    /// One record alone does not fit in an UPDATE.
+    #[error("the record {owner} {rtype} needs {bytes} bytes in an UPDATE, more than the {budget}-byte budget (TSIG record included)")]
+    RecordTooLarge {
+        /// The owner.
+        owner: Owner,
+        /// The type.
+        rtype: RType,
+        /// Bytes of a message holding it alone, signed.
+        bytes: usize,
+        /// The limit.
+        budget: usize,
+    },
+    /// The changes of one owner in one transaction do not fit in one UPDATE.
+    #[error("the changes of {owner} in this transaction need {bytes} bytes, more than one UPDATE can hold ({budget} bytes with the TSIG record)")]
+    OwnerGroupTooLarge {
+        /// The owner.
+        owner: Owner,
+        /// Bytes of a message holding the group alone, signed.
+        bytes: usize,
+        /// The limit.
+        budget: usize,
+    },
+    /// The RRset would hold more records than the configured limit.
+    #[error("the {rtype} RRset of {owner} would hold {count} records, more than the limit of {limit} (limits.max_records_per_rrset; BIND's max-records-per-type)")]
+    RrsetLimit {
+        /// The owner.
+        owner: Owner,
+        /// The type.
+        rtype: RType,
+        /// Records it would hold.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A CNAME and other data at one name (RFC 1034 §3.6.2; servers ignore
+    /// the update and answer NOERROR).
+    #[error("{owner} would have a CNAME and other data ({other}); a CNAME must be alone at its name, and the server would silently ignore this change")]
+    CnameAndOtherData {
+        /// The owner.
+        owner: Owner,
+        /// The other types.
+        other: String,
+    },
+    /// Two different CNAMEs at one name.
+    #[error("{owner} would have two CNAME records; a name has at most one, and the server would silently replace the first")]
+    TwoCnames {
+        /// The owner.
+        owner: Owner,
+    },
+}
+
+/// A row that was refused, with what an operator needs to find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The source (index into the mappings).
+    pub source: SourceId,
+    /// The row's key.
+    pub key: RowKey,
+    /// The commit LSN of its transaction.
+    pub lsn: Lsn,
+    /// The zone, when known.
+    pub zone: Option<ZoneId>,
+    /// The owner, when known.
+    pub owner: Option<Owner>,
+    /// Why.
+    pub reason: Refusal,
+}
+
+/// Which source a row belongs to (index into the configured mappings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub u16);
+
+/// A source row: its source and key.
+pub type RowRef = (SourceId, RowKey);
+
+/// An owner name in a zone: the unit the plan checks and groups.
+pub type NodeKey = (ZoneId, Owner);
+
+/// One contribution at an owner, as the row state holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The type.
+    pub rtype: RType,
+    /// The data.
+    pub rdata: Rdata,
+    /// The TTL the producing row gives.
+    pub ttl: u32,
+}
+
+/// What the store read for a batch: the row state of the rows it changes,
+/// and every contribution at every owner those rows had or want.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// The records each row contributes now (absent rows contribute none).
+    pub rows: HashMap<RowRef, Vec<Desired>>,
+    /// Every contribution (one per producing row and record) at each owner.
+    pub nodes: HashMap<NodeKey, Vec<NodeEntry>>,
+}
+
+/// The limits the plan enforces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// Records one RRset may hold.
+    pub max_records_per_rrset: usize,
+    /// Message budget of each zone, by [`ZoneId`].
+    pub budgets: Vec<Budget>,
+}
+
+/// The operations of one segment for one zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneOps {
+    /// The zone.
+    pub zone: ZoneId,
+    /// Owner groups in order; each fits one message alone.
+    pub groups: Vec<OwnerGroup>,
+}
+
+/// What a batch leaves to write: the new row state of every row whose
+/// records changed, and the refusals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Rows and their new records (empty: the row contributes nothing now).
+    pub rows: Vec<(RowRef, Vec<Desired>)>,
+    /// Refused rows.
+    pub rejections: Vec<Rejection>,
+}
+
+/// TTL multiset of one record's producers.
+type Producers = BTreeMap<u32, u32>;
+
+/// The records at one owner: per type, per data, the producers' TTLs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Node {
+    rrsets: BTreeMap<RType, HashMap<Rdata, Producers>>,
+}
+
+impl Node {
+    fn add(&mut self, rtype: RType, rdata: Rdata, ttl: u32) {
+        *self
+            .rrsets
+            .entry(rtype)
+            .or_default()
+            .entry(rdata)
+            .or_default()
+            .entry(ttl)
+            .or_insert(0) += 1;
+    }
+
+    /// Removes one producer; false if there was none (the state was wrong).
+    fn remove(&mut self, rtype: RType, rdata: &Rdata, ttl: u32) -> bool {
+        let Some(set) = self.rrsets.get_mut(&rtype) else {
+            return false;
+        };
+        let Some(producers) = set.get_mut(rdata) else {
+            return false;
+        };
+        let Some(n) = producers.get_mut(&ttl) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            producers.remove(&ttl);
+        }
+        if producers.is_empty() {
+            set.remove(rdata);
+        }
+        if set.is_empty() {
+            self.rrsets.remove(&rtype);
+        }
+        true
+    }
+
+    /// The RRset's TTL: the smallest among all its producers.
+    fn ttl(&self, rtype: RType) -> Option<u32> {
+        self.rrsets
+            .get(&rtype)?
+            .values()
+            .filter_map(|p| p.keys().next().copied())
+            .min()
+    }
+
+    fn has(&self, rtype: RType, rdata: &Rdata) -> bool {
+        self.rrsets
+            .get(&rtype)
+            .is_some_and(|set| set.contains_key(rdata))
+    }
+}
+
+/// Per-segment bookkeeping.
+#[derive(Default)]
+struct Segment {
+    /// Touched owners in first-touch order, with their records at the start.
+    order: Vec<NodeKey>,
+    before: HashMap<NodeKey, Node>,
+    /// Rows that added records at each owner in this segment, in order.
+    adders: HashMap<NodeKey, Vec<(RowRef, Lsn)>>,
+    /// Rows refused in this segment (never adders again).
+    refused: HashSet<RowRef>,
+}
+
+/// Applies row updates to the row state and plans the operations.
+pub struct Planner<'z> {
+    zones: &'z Zones,
+    limits: &'z PlanLimits,
+    loaded_rows: HashMap<RowRef, Vec<Desired>>,
+    rows: HashMap<RowRef, Vec<Desired>>,
+    nodes: HashMap<NodeKey, Node>,
+    segment: Segment,
+    rejections: Vec<Rejection>,
+    /// Contributions the state should have held but did not (a bug or an
+    /// edited state table); reported, never fatal.
+    inconsistencies: usize,
+}
+
+impl<'z> Planner<'z> {
+    /// A planner over what the store loaded.
+    pub fn new(zones: &'z Zones, limits: &'z PlanLimits, loaded: Loaded) -> Planner<'z> {
+        let mut nodes: HashMap<NodeKey, Node> = HashMap::new();
+        for (key, entries) in loaded.nodes {
+            let node = nodes.entry(key).or_default();
+            for e in entries {
+                node.add(e.rtype, e.rdata, e.ttl);
+            }
+        }
+        Planner {
+            zones,
+            limits,
+            rows: loaded.rows.clone(),
+            loaded_rows: loaded.rows,
+            nodes,
+            segment: Segment::default(),
+            rejections: Vec::new(),
+            inconsistencies: 0,
+        }
+    }
+
+    /// How many contributions the loaded state lacked (0 when consistent).
+    pub fn inconsistencies(&self) -> usize {
+        self.inconsistencies
+    }
+
+    fn touch(&mut self, key: &NodeKey) {
+        if !self.segment.before.contains_key(key) {
+            let now = self.nodes.get(key).cloned().unwrap_or_default();
+            self.segment.before.insert(key.clone(), now);
+            self.segment.order.push(key.clone());
+        }
+    }
+
+    fn withdraw(&mut self, records: &[Desired]) {
+        for d in records {
+            let key = (d.zone, d.record.owner.clone());
+            self.touch(&key);
+            let removed = self
+                .nodes
+                .get_mut(&key)
+                .is_some_and(|n| n.remove(d.record.rtype, &d.record.rdata, d.record.ttl));
+            if !removed {
+                self.inconsistencies += 1;
+            }
+        }
+    }
+
+    fn refuse(&mut self, row: &RowRef, lsn: Lsn, hint: Option<NodeKey>, reason: Refusal) {
+        let (zone, owner) = match hint {
+            Some((z, o)) => (Some(z), Some(o)),
+            None => (None, None),
+        };
+        self.rejections.push(Rejection {
+            source: row.0,
+            key: row.1.clone(),
+            lsn,
+            zone,
+            owner,
+            reason,
+        });
+    }
+
+    /// Applies one row's new image. Refusals decided from the row alone
+    /// (unparsable columns, a record too large for any message) are made
+    /// here; the others at [`Planner::end_segment`].
+    pub fn apply(&mut self, source: SourceId, update: RowUpdate) {
+        let row: RowRef = (source, update.key);
+        let old = self.rows.remove(&row).unwrap_or_default();
+        let wanted = match update.image {
+            Ok(w) => w,
+            Err(reason) => {
+                let hint = old.first().map(|d| (d.zone, d.record.owner.clone()));
+                self.withdraw(&old);
+                self.refuse(&row, update.lsn, hint, reason);
+                self.rows.insert(row, Vec::new());
+                return;
+            }
+        };
+        let mut new: Vec<Desired> = Vec::with_capacity(wanted.len());
+        let mut refusal = None;
+        for w in wanted {
+            let d = match w {
+                Wanted::Record(d) => d,
+                Wanted::FromState {
+                    zone,
+                    owner,
+                    rtype,
+                    ttl,
+                } => match old.iter().find(|d| d.record.rtype == rtype) {
+                    Some(prev) => Desired {
+                        zone,
+                        record: Record {
+                            owner,
+                            rtype,
+                            ttl,
+                            rdata: prev.record.rdata.clone(),
+                        },
+                    },
+                    None => {
+                        refusal = Some((
+                            Some((zone, owner)),
+                            Refusal::ToastWithoutState {
+                                column: "rdata".into(),
+                            },
+                        ));
+                        break;
+                    }
+                },
+            };
+            if let Some(r) = self.too_large(&d) {
+                refusal = Some((Some((d.zone, d.record.owner.clone())), r));
+                break;
+            }
+            if !new
+                .iter()
+                .any(|n| n.zone == d.zone && n.record.same_rr(&d.record))
+            {
+                new.push(d);
+            }
+        }
+        self.withdraw(&old);
+        if let Some((hint, reason)) = refusal {
+            self.refuse(&row, update.lsn, hint, reason);
+            self.rows.insert(row, Vec::new());
+            return;
+        }
+        for d in &new {
+            let key = (d.zone, d.record.owner.clone());
+            self.touch(&key);
+            self.nodes.entry(key.clone()).or_default().add(
+                d.record.rtype,
+                d.record.rdata.clone(),
+                d.record.ttl,
+            );
+            let adders = self.segment.adders.entry(key).or_default();
+            if !adders.iter().any(|(r, _)| *r == row) {
+                adders.push((row.clone(), update.lsn));
+            }
+        }
+        self.rows.insert(row, new);
+    }
+
+    fn budget(&self, zone: ZoneId) -> Budget {
+        self.limits
+            .budgets
+            .get(usize::from(zone.0))
+            .copied()
+            .unwrap_or(Budget {
+                max_message_bytes: crate::update::MAX_MESSAGE_BYTES,
+                tsig_record_len: 0,
+            })
+    }
+
+    fn too_large(&self, d: &Desired) -> Option<Refusal> {
+        let budget = self.budget(d.zone);
+        let group = OwnerGroup {
+            owner: d.record.owner.clone(),
+            ops: vec![UpdateOp::Add(d.record.clone())],
+        };
+        let bytes = budget.group_alone(self.zones.name(d.zone), &group);
+        (bytes > budget.limit()).then(|| Refusal::RecordTooLarge {
+            owner: d.record.owner.clone(),
+            rtype: d.record.rtype,
+            bytes,
+            budget: budget.limit(),
+        })
+    }
+
+    /// Withdraws every record of a row refused at the end of a segment.
+    fn refuse_late(&mut self, row: &RowRef, lsn: Lsn, at: NodeKey, reason: Refusal) {
+        let records = self
+            .rows
+            .insert(row.clone(), Vec::new())
+            .unwrap_or_default();
+        self.withdraw(&records);
+        for adders in self.segment.adders.values_mut() {
+            adders.retain(|(r, _)| r != row);
+        }
+        self.segment.refused.insert(row.clone());
+        self.refuse(row, lsn, Some(at), reason);
+    }
+
+    /// The group of net operations of one touched owner.
+    fn group(&self, key: &NodeKey) -> OwnerGroup {
+        let empty = Node::default();
+        let before = self.segment.before.get(key).unwrap_or(&empty);
+        let after = self.nodes.get(key).unwrap_or(&empty);
+        let mut deletes = Vec::new();
+        let mut adds = Vec::new();
+        let types: std::collections::BTreeSet<RType> = before
+            .rrsets
+            .keys()
+            .chain(after.rrsets.keys())
+            .copied()
+            .collect();
+        let record = |rtype, rdata: &Rdata, ttl| Record {
+            owner: key.1.clone(),
+            rtype,
+            ttl,
+            rdata: rdata.clone(),
+        };
+        for rtype in types {
+            let tb = before.ttl(rtype);
+            let ta = after.ttl(rtype);
+            let retimed = matches!((tb, ta), (Some(b), Some(a)) if a != b);
+            let mut gone: Vec<&Rdata> = before
+                .rrsets
+                .get(&rtype)
+                .map(|s| {
+                    s.keys()
+                        .filter(|d| retimed || !after.has(rtype, d))
+                        .collect()
+                })
+                .unwrap_or_default();
+            gone.sort();
+            let mut new: Vec<&Rdata> = after
+                .rrsets
+                .get(&rtype)
+                .map(|s| {
+                    s.keys()
+                        .filter(|d| retimed || !before.has(rtype, d))
+                        .collect()
+                })
+                .unwrap_or_default();
+            new.sort();
+            deletes.extend(
+                gone.into_iter()
+                    .map(|d| UpdateOp::Delete(record(rtype, d, tb.unwrap_or(0)))),
+            );
+            adds.extend(
+                new.into_iter()
+                    .map(|d| UpdateOp::Add(record(rtype, d, ta.unwrap_or(0)))),
+            );
+        }
+        deletes.extend(adds);
+        OwnerGroup {
+            owner: key.1.clone(),
+            ops: deletes,
+        }
+    }
+
+    /// The first check that fails at a touched owner: the rows to refuse.
+    fn check(&self, key: &NodeKey) -> Vec<(RowRef, Lsn, Refusal)> {
+        let adders = self.segment.adders.get(key).cloned().unwrap_or_default();
+        if adders.is_empty() {
+            return Vec::new();
+        }
+        let empty = Node::default();
+        let before = self.segment.before.get(key).unwrap_or(&empty);
+        let after = self.nodes.get(key).unwrap_or(&empty);
+        let owner = key.1.clone();
+        // Rows that added records of `rtype` that were not there before.
+        let adders_of = |rtype: RType| -> Vec<(RowRef, Lsn)> {
+            adders
+                .iter()
+                .filter(|(row, _)| {
+                    self.rows.get(row).is_some_and(|recs| {
+                        recs.iter().any(|d| {
+                            (d.zone, &d.record.owner) == (key.0, &key.1)
+                                && d.record.rtype == rtype
+                                && !before.has(rtype, &d.record.rdata)
+                        })
+                    })
+                })
+                .cloned()
+                .collect()
+        };
+        // One CNAME per name.
+        if let Some(cnames) = after.rrsets.get(&RType::CNAME) {
+            if cnames.len() > 1 {
+                let mut rows = adders_of(RType::CNAME);
+                // Keep the CNAME that was there, or else the first added.
+                if before
+                    .rrsets
+                    .get(&RType::CNAME)
+                    .is_none_or(|s| s.is_empty())
+                    && !rows.is_empty()
+                {
+                    rows.remove(0);
+                }
+                return rows
+                    .into_iter()
+                    .map(|(r, l)| {
+                        (
+                            r,
+                            l,
+                            Refusal::TwoCnames {
+                                owner: owner.clone(),
+                            },
+                        )
+                    })
+                    .collect();
+            }
+            // CNAME and other data.
+            let others: Vec<RType> = after
+                .rrsets
+                .keys()
+                .copied()
+                .filter(|t| *t != RType::CNAME)
+                .collect();
+            if !others.is_empty() {
+                let other = others
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let cname_new = !before.rrsets.contains_key(&RType::CNAME);
+                let rows = if cname_new {
+                    adders_of(RType::CNAME)
+                } else {
+                    others.iter().flat_map(|t| adders_of(*t)).collect()
+                };
+                let reason = Refusal::CnameAndOtherData {
+                    owner: owner.clone(),
+                    other,
+                };
+                return rows
+                    .into_iter()
+                    .map(|(r, l)| (r, l, reason.clone()))
+                    .collect();
+            }
+        }
+        // Records per RRset.
+        let limit = self.limits.max_records_per_rrset;
+        for (rtype, set) in &after.rrsets {
+            if set.len() > limit {
+                let reason = Refusal::RrsetLimit {
+                    owner: owner.clone(),
+                    rtype: *rtype,
+                    count: set.len(),
+                    limit,
+                };
+                // Refuse the latest adders first.
+                let rows = adders_of(*rtype);
+                if let Some((r, l)) = rows.last().cloned() {
+                    return vec![(r, l, reason)];
+                }
+            }
+        }
+        // The owner group fits one message.
+        let budget = self.budget(key.0);
+        let group = self.group(key);
+        let bytes = budget.group_alone(self.zones.name(key.0), &group);
+        if bytes > budget.limit() && group.ops.iter().any(|op| !op.is_delete()) {
+            let reason = Refusal::OwnerGroupTooLarge {
+                owner: owner.clone(),
+                bytes,
+                budget: budget.limit(),
+            };
+            return adders
+                .into_iter()
+                .map(|(r, l)| (r, l, reason.clone()))
+                .collect();
+        }
+        Vec::new()
+    }
+
+    /// Ends a segment (a transaction, or the batch's part of a large one):
+    /// runs the checks, refuses what fails them, and returns each zone's
+    /// owner groups. Each group fits one message alone.
+    pub fn end_segment(&mut self) -> Vec<ZoneOps> {
+        loop {
+            let mut refused = false;
+            let order = self.segment.order.clone();
+            for key in &order {
+                let offenders = self.check(key);
+                for (row, lsn, reason) in offenders {
+                    if !self.segment.refused.contains(&row) {
+                        self.refuse_late(&row, lsn, key.clone(), reason);
+                        refused = true;
+                    }
+                }
+            }
+            if !refused {
+                break;
+            }
+        }
+        let groups: Vec<(NodeKey, OwnerGroup)> = self
+            .segment
+            .order
+            .iter()
+            .map(|key| (key.clone(), self.group(key)))
+            .collect();
+        self.segment = Segment::default();
+        let mut per_zone: BTreeMap<ZoneId, Vec<OwnerGroup>> = BTreeMap::new();
+        for (key, group) in groups {
+            if group.ops.is_empty() {
+                continue;
+            }
+            let budget = self.budget(key.0);
+            let zone = self.zones.name(key.0);
+            let groups = per_zone.entry(key.0).or_default();
+            if budget.fits_alone(zone, &group) {
+                groups.push(group);
+            } else {
+                // Deletes only (the checks refused any adds): split them.
+                let mut part = OwnerGroup {
+                    owner: group.owner.clone(),
+                    ops: Vec::new(),
+                };
+                for op in group.ops {
+                    part.ops.push(op);
+                    if !budget.fits_alone(zone, &part) {
+                        let op = part.ops.pop().expect("just pushed");
+                        let full = std::mem::replace(
+                            &mut part,
+                            OwnerGroup {
+                                owner: group.owner.clone(),
+                                ops: vec![op],
+                            },
+                        );
+                        groups.push(full);
+                    }
+                }
+                if !part.ops.is_empty() {
+                    groups.push(part);
+                }
+            }
+        }
+        per_zone
+            .into_iter()
+            .map(|(zone, groups)| ZoneOps { zone, groups })
+            .collect()
+    }
+
+    /// The refusals made so far (drained).
+    pub fn take_rejections(&mut self) -> Vec<Rejection> {
+        std::mem::take(&mut self.rejections)
+    }
+
+    /// Ends the batch: the rows whose records changed, and the refusals.
+    pub fn finish(mut self) -> Outcome {
+        let mut rows: Vec<(RowRef, Vec<Desired>)> = self
+            .rows
+            .into_iter()
+            .filter(|(row, records)| match self.loaded_rows.get(row) {
+                Some(before) => before != records,
+                None => !records.is_empty(),
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Outcome {
+            rows,
+            rejections: std::mem::take(&mut self.rejections),
+        }
+    }
+
+    /// The owners the given updates want records at (besides the owners of
+    /// the rows' current records, which the store finds itself): what
+    /// [`Loaded::nodes`] must cover.
+    pub fn wanted_nodes<'u>(updates: impl IntoIterator<Item = &'u RowUpdate>) -> Vec<NodeKey> {
+        let mut out: Vec<NodeKey> = Vec::new();
+        let mut seen = HashSet::new();
+        for u in updates {
+            let Ok(wanted) = &u.image else { continue };
+            for w in wanted {
+                let key = match w {
+                    Wanted::Record(d) => (d.zone, d.record.owner.clone()),
+                    Wanted::FromState { zone, owner, .. } => (*zone, owner.clone()),
+                };
+                if seen.insert(key.clone()) {
+                    out.push(key);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::records::ZoneName;
+
+    /// The row state as the store keeps it, in memory: what `Loaded` a batch
+    /// gets, and where its `Outcome` goes.
+    #[derive(Default, Clone)]
+    struct MemStore {
+        rows: HashMap<RowRef, Vec<Desired>>,
+    }
+
+    impl MemStore {
+        fn load(&self, updates: &[RowUpdate]) -> Loaded {
+            let mut loaded = Loaded::default();
+            let mut owners: HashSet<NodeKey> = Planner::wanted_nodes(updates).into_iter().collect();
+            for u in updates {
+                let row = (SourceId(0), u.key.clone());
+                if let Some(records) = self.rows.get(&row) {
+                    owners.extend(records.iter().map(|d| (d.zone, d.record.owner.clone())));
+                    loaded.rows.insert(row, records.clone());
+                }
+            }
+            for records in self.rows.values() {
+                for d in records {
+                    let key = (d.zone, d.record.owner.clone());
+                    if owners.contains(&key) {
+                        loaded.nodes.entry(key).or_default().push(NodeEntry {
+                            rtype: d.record.rtype,
+                            rdata: d.record.rdata.clone(),
+                            ttl: d.record.ttl,
+                        });
+                    }
+                }
+            }
+            loaded
+        }
+
+        fn commit(&mut self, outcome: &Outcome) {
+            for (row, records) in &outcome.rows {
+                if records.is_empty() {
+                    self.rows.remove(row);
+                } else {
+                    self.rows.insert(row.clone(), records.clone());
+                }
+            }
+        }
+
+        /// What DNS must hold: every contributed record, each RRset at the
+        /// smallest TTL of its producers.
+        fn expected(&self) -> Dns {
+            let mut ttl: HashMap<(Owner, RType), u32> = HashMap::new();
+            let mut sets: BTreeMap<(Owner, RType), BTreeSet<Rdata>> = BTreeMap::new();
+            for d in self.rows.values().flatten() {
+                let k = (d.record.owner.clone(), d.record.rtype);
+                sets.entry(k.clone())
+                    .or_default()
+                    .insert(d.record.rdata.clone());
+                let t = ttl.entry(k).or_insert(d.record.ttl);
+                *t = (*t).min(d.record.ttl);
+            }
+            sets.into_iter()
+                .map(|(k, s)| (k.clone(), (ttl[&k], s)))
+                .collect()
+        }
+    }
+
+    /// A zone as a server holds it.
+    type Dns = BTreeMap<(Owner, RType), (u32, BTreeSet<Rdata>)>;
+
+    /// Applies operations with BIND's TTL rule: any add retimes the whole
+    /// RRset, even the re-add of an RR it holds. (Knot ignores such a re-add,
+    /// so after a crash a replayed add can leave a newer TTL in place until
+    /// the RRset next changes; the plan itself always retimes with a delete
+    /// and an add, which both servers apply.)
+    fn apply_ops(dns: &mut Dns, groups: &[OwnerGroup]) {
+        for op in groups.iter().flat_map(|g| &g.ops) {
+            match op {
+                UpdateOp::Add(r) => {
+                    let e = dns
+                        .entry((r.owner.clone(), r.rtype))
+                        .or_insert((r.ttl, BTreeSet::new()));
+                    e.1.insert(r.rdata.clone());
+                    e.0 = r.ttl;
+                }
+                UpdateOp::Delete(r) => {
+                    let k = (r.owner.clone(), r.rtype);
+                    if let Some(e) = dns.get_mut(&k) {
+                        e.1.remove(&r.rdata);
+                        if e.1.is_empty() {
+                            dns.remove(&k);
+                        }
+                    }
+                }
+                UpdateOp::DeleteRrset { owner, rtype } => {
+                    dns.remove(&(owner.clone(), *rtype));
+                }
+            }
+        }
+    }
+
+    fn zones() -> Zones {
+        Zones::new(vec![ZoneName::parse("example.test.").unwrap()])
+    }
+
+    fn limits(max_message_bytes: usize, rrset: usize) -> PlanLimits {
+        PlanLimits {
+            max_records_per_rrset: rrset,
+            budgets: vec![Budget {
+                max_message_bytes,
+                tsig_record_len: 81,
+            }],
+        }
+    }
+
+    fn want(owner: &str, ttl: u32, rtype: &str, data: &str) -> Wanted {
+        Wanted::Record(Desired {
+            zone: ZoneId(0),
+            record: Record::parse(owner, ttl, rtype, data).unwrap(),
+        })
+    }
+
+    fn update(key: &str, image: Result<Vec<Wanted>, Refusal>) -> RowUpdate {
+        RowUpdate {
+            key: RowKey(key.into()),
+            lsn: Lsn::new(0x100),
+            image,
+        }
+    }
+
+    /// Runs batches (each a list of transactions) through the planner and a
+    /// store; returns the groups of every segment and the rejections.
+    fn run(
+        store: &mut MemStore,
+        limits: &PlanLimits,
+        txns: Vec<Vec<RowUpdate>>,
+    ) -> (Vec<OwnerGroup>, Vec<Rejection>) {
+        let zones = zones();
+        let all: Vec<RowUpdate> = txns.iter().flatten().cloned().collect();
+        let mut planner = Planner::new(&zones, limits, store.load(&all));
+        let mut groups = Vec::new();
+        for txn in txns {
+            for u in txn {
+                planner.apply(SourceId(0), u);
+            }
+            for z in planner.end_segment() {
+                groups.extend(z.groups);
+            }
+        }
+        assert_eq!(planner.inconsistencies(), 0);
+        let outcome = planner.finish();
+        store.commit(&outcome);
+        (groups, outcome.rejections)
+    }
+
+    fn ops_text(groups: &[OwnerGroup]) -> Vec<String> {
+        groups
+            .iter()
+            .flat_map(|g| &g.ops)
+            .map(|op| match op {
+                UpdateOp::Add(r) => format!("add {r}"),
+                UpdateOp::Delete(r) => format!("del {} {} {}", r.owner, r.rtype, r.rdata_text()),
+                UpdateOp::DeleteRrset { owner, rtype } => format!("delset {owner} {rtype}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_record_leaves_dns_only_when_its_last_producer_goes() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        let a = || want("h.example.test.", 300, "A", "192.0.2.1");
+        let (g, _) = run(
+            &mut store,
+            &l,
+            vec![vec![update("1", Ok(vec![a()])), update("2", Ok(vec![a()]))]],
+        );
+        assert_eq!(ops_text(&g), ["add h.example.test. 300 IN A 192.0.2.1"]);
+        let (g, _) = run(&mut store, &l, vec![vec![update("1", Ok(vec![]))]]);
+        assert!(g.is_empty(), "{:?}", ops_text(&g));
+        let (g, _) = run(&mut store, &l, vec![vec![update("2", Ok(vec![]))]]);
+        assert_eq!(ops_text(&g), ["del h.example.test. A 192.0.2.1"]);
+        assert!(store.rows.is_empty());
+    }
+
+    #[test]
+    fn an_rrset_keeps_the_smallest_ttl_of_its_producers() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        run(
+            &mut store,
+            &l,
+            vec![vec![
+                update(
+                    "1",
+                    Ok(vec![want("h.example.test.", 600, "A", "192.0.2.1")]),
+                ),
+                update(
+                    "2",
+                    Ok(vec![want("h.example.test.", 300, "A", "192.0.2.1")]),
+                ),
+            ]],
+        );
+        let (g, _) = run(&mut store, &l, vec![vec![update("2", Ok(vec![]))]]);
+        assert_eq!(
+            ops_text(&g),
+            [
+                "del h.example.test. A 192.0.2.1",
+                "add h.example.test. 600 IN A 192.0.2.1"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_change_still_removes_the_old_record_and_names_the_row() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        run(
+            &mut store,
+            &l,
+            vec![vec![update(
+                "42",
+                Ok(vec![want("t.example.test.", 300, "TXT", "\"v1\"")]),
+            )]],
+        );
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![vec![update("42", Err(Refusal::NotText("rdata".into())))]],
+        );
+        assert_eq!(ops_text(&g), ["del t.example.test. TXT \"v1\""]);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].key, RowKey("42".into()));
+        assert_eq!(
+            rejected[0].owner,
+            Some(Owner::parse("t.example.test.").unwrap())
+        );
+        assert!(store.rows.is_empty());
+    }
+
+    #[test]
+    fn an_owner_group_larger_than_one_message_is_refused_before_anything_is_written() {
+        let mut store = MemStore::default();
+        let l = limits(1_000, 100);
+        let txt = |i: usize| {
+            want(
+                "big.example.test.",
+                300,
+                "TXT",
+                &format!("\"{i:03}{}\"", "x".repeat(200)),
+            )
+        };
+        run(
+            &mut store,
+            &l,
+            vec![vec![update(
+                "old",
+                Ok(vec![want("big.example.test.", 300, "A", "192.0.2.9")]),
+            )]],
+        );
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![vec![
+                update("old", Ok(vec![])),
+                update("1", Ok(vec![txt(1)])),
+                update("2", Ok(vec![txt(2)])),
+                update("3", Ok(vec![txt(3)])),
+                update("4", Ok(vec![txt(4)])),
+                update("5", Ok(vec![txt(5)])),
+            ]],
+        );
+        assert_eq!(ops_text(&g), ["del big.example.test. A 192.0.2.9"]);
+        let keys: Vec<&str> = rejected.iter().map(|r| r.key.0.as_str()).collect();
+        assert_eq!(keys, ["1", "2", "3", "4", "5"]);
+        assert!(matches!(
+            rejected[0].reason,
+            Refusal::OwnerGroupTooLarge { .. }
+        ));
+        assert!(store.rows.is_empty(), "nothing recorded as sent");
+    }
+
+    #[test]
+    fn a_cname_beside_other_data_and_a_second_cname_are_refused() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![
+                vec![update(
+                    "a",
+                    Ok(vec![want("w.example.test.", 300, "A", "192.0.2.1")]),
+                )],
+                vec![update(
+                    "c",
+                    Ok(vec![want(
+                        "w.example.test.",
+                        300,
+                        "CNAME",
+                        "x.example.test.",
+                    )]),
+                )],
+                vec![update(
+                    "c1",
+                    Ok(vec![want(
+                        "v.example.test.",
+                        300,
+                        "CNAME",
+                        "x.example.test.",
+                    )]),
+                )],
+                vec![update(
+                    "c2",
+                    Ok(vec![want(
+                        "v.example.test.",
+                        300,
+                        "CNAME",
+                        "y.example.test.",
+                    )]),
+                )],
+            ],
+        );
+        assert_eq!(
+            ops_text(&g),
+            [
+                "add w.example.test. 300 IN A 192.0.2.1",
+                "add v.example.test. 300 IN CNAME x.example.test."
+            ]
+        );
+        let why: Vec<(&str, bool)> = rejected
+            .iter()
+            .map(|r| {
+                (
+                    r.key.0.as_str(),
+                    matches!(r.reason, Refusal::CnameAndOtherData { .. }),
+                )
+            })
+            .collect();
+        assert_eq!(why, [("c", true), ("c2", false)]);
+        // Replacing the data by a CNAME in one transaction is fine.
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![vec![
+                update(
+                    "c",
+                    Ok(vec![want(
+                        "w.example.test.",
+                        300,
+                        "CNAME",
+                        "x.example.test.",
+                    )]),
+                ),
+                update("a", Ok(vec![])),
+            ]],
+        );
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(
+            ops_text(&g),
+            [
+                "del w.example.test. A 192.0.2.1",
+                "add w.example.test. 300 IN CNAME x.example.test."
+            ]
+        );
+    }
+
+    #[test]
+    fn an_rrset_past_the_limit_refuses_the_row_that_would_pass_it() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 2);
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![vec![
+                update(
+                    "1",
+                    Ok(vec![want("r.example.test.", 300, "A", "192.0.2.1")]),
+                ),
+                update(
+                    "2",
+                    Ok(vec![want("r.example.test.", 300, "A", "192.0.2.2")]),
+                ),
+                update(
+                    "3",
+                    Ok(vec![want("r.example.test.", 300, "A", "192.0.2.3")]),
+                ),
+            ]],
+        );
+        assert_eq!(g[0].ops.len(), 2);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].key, RowKey("3".into()));
+    }
+
+    #[test]
+    fn toast_takes_the_data_from_the_row_state_or_is_refused() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        let partial = || Wanted::FromState {
+            zone: ZoneId(0),
+            owner: Owner::parse("n.example.test.").unwrap(),
+            rtype: RType::TXT,
+            ttl: 60,
+        };
+        let (_, rejected) = run(&mut store, &l, vec![vec![update("9", Ok(vec![partial()]))]]);
+        assert!(matches!(
+            rejected[0].reason,
+            Refusal::ToastWithoutState { .. }
+        ));
+        run(
+            &mut store,
+            &l,
+            vec![vec![update(
+                "9",
+                Ok(vec![want("t.example.test.", 300, "TXT", "\"long\"")]),
+            )]],
+        );
+        let (g, rejected) = run(&mut store, &l, vec![vec![update("9", Ok(vec![partial()]))]]);
+        assert!(rejected.is_empty());
+        assert_eq!(
+            ops_text(&g),
+            [
+                "del t.example.test. TXT \"long\"",
+                "add n.example.test. 60 IN TXT \"long\""
+            ]
+        );
+    }
+
+    /// A random workload step: (row, owner, type/data choice, ttl), or a
+    /// delete when `data` is None.
+    type Step = (u8, u8, Option<u8>, u16);
+
+    fn step_update(&(row, owner, data, ttl): &Step) -> RowUpdate {
+        let image = match data {
+            None => Ok(vec![]),
+            Some(d) => {
+                let owner = format!("o{}.example.test.", owner % 4);
+                let w = match d % 6 {
+                    0..=2 => want(
+                        &owner,
+                        u32::from(ttl % 3) * 100,
+                        "A",
+                        &format!("192.0.2.{}", d % 5),
+                    ),
+                    3 => want(&owner, 300, "CNAME", &format!("t{}.example.test.", d % 2)),
+                    4 => want(
+                        &owner,
+                        300,
+                        "TXT",
+                        &format!("\"{}\"", "z".repeat(usize::from(d % 80) * 3)),
+                    ),
+                    _ => {
+                        return RowUpdate {
+                            key: RowKey(format!("r{}", row % 8)),
+                            lsn: Lsn::new(1),
+                            image: Err(Refusal::NotText("rdata".into())),
+                        }
+                    }
+                };
+                Ok(vec![w])
+            }
+        };
+        RowUpdate {
+            key: RowKey(format!("r{}", row % 8)),
+            lsn: Lsn::new(1),
+            image,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// DNS, fed the planned operations, always equals what the row state
+        /// says was published; replaying a batch that was not committed (a
+        /// crash) converges to the same zone; refcounts never go wrong; and
+        /// every group fits one message.
+        #[test]
+        fn dns_follows_the_row_state_and_replay_is_idempotent(
+            batches in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::collection::vec((any::<u8>(), any::<u8>(), proptest::option::of(any::<u8>()), any::<u16>()), 1..6),
+                    1..4),
+                1..6),
+            crash_after in proptest::collection::vec(any::<bool>(), 6),
+            max in prop_oneof![Just(65_535usize), 400..1_200usize],
+            rrset_limit in 1..4usize,
+        ) {
+            let l = limits(max, rrset_limit);
+            let zones = zones();
+            let mut store = MemStore::default();
+            let mut dns = Dns::new();
+            for (i, batch) in batches.iter().enumerate() {
+                let txns: Vec<Vec<RowUpdate>> = batch.iter().map(|t| t.iter().map(step_update).collect()).collect();
+                if crash_after[i % crash_after.len()] {
+                    // Sent, then a crash before the state commit: the next
+                    // run replays the same batch from the same state.
+                    let before = store.clone();
+                    let (g, _) = run(&mut store, &l, txns.clone());
+                    apply_ops(&mut dns, &g);
+                    store = before;
+                }
+                let (g, _) = run(&mut store, &l, txns);
+                for group in &g {
+                    prop_assert!(l.budgets[0].fits_alone(zones.name(ZoneId(0)), group));
+                }
+                apply_ops(&mut dns, &g);
+                prop_assert_eq!(&dns, &store.expected());
+                for ((owner, rtype), (_, set)) in &dns {
+                    prop_assert!(set.len() <= rrset_limit, "{} {} has {}", owner, rtype, set.len());
+                    if *rtype == RType::CNAME {
+                        prop_assert_eq!(set.len(), 1);
+                        prop_assert!(!dns.keys().any(|(o, t)| o == owner && *t != RType::CNAME));
+                    }
+                }
+            }
+        }
+    }
+}
