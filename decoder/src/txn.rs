@@ -112,7 +112,6 @@ impl Assembler {
                 self.current = None;
                 Event::Commit {
                     final_lsn: commit.commit_lsn,
-                    commit_lsn: commit.commit_lsn,
                     end_lsn: commit.end_lsn,
                     xid,
                 }
@@ -210,6 +209,11 @@ impl Assembler {
         self.current.is_some()
     }
 
+    /// The `final_lsn` of the transaction being received, if any.
+    pub fn current(&self) -> Option<Lsn> {
+        self.current.as_ref().map(|open| open.final_lsn)
+    }
+
     /// The last Origin message of the open transaction, if it had one.
     pub fn origin(&self) -> Option<&Origin> {
         self.current.as_ref().and_then(|open| open.origin.as_ref())
@@ -277,8 +281,6 @@ pub enum Event {
     Commit {
         /// The transaction's `final_lsn`, as in [`Event::Begin`].
         final_lsn: Lsn,
-        /// The commit record's LSN (equal to `final_lsn`).
-        commit_lsn: Lsn,
         /// The end of the commit record: confirm this LSN once the transaction
         /// and all earlier ones were applied.
         end_lsn: Lsn,
@@ -603,7 +605,6 @@ mod tests {
             events[3],
             Event::Commit {
                 final_lsn,
-                commit_lsn: final_lsn,
                 end_lsn: lsn("0/159A270"),
                 xid
             }

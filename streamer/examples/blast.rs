@@ -111,7 +111,7 @@ fn main() -> Result<()> {
     let mut signed: Vec<(Vec<u8>, SignedRequest)> = Vec::with_capacity(messages.len());
     for (n, msg) in messages.iter().enumerate() {
         let id = n as u16;
-        let wire = update::encode(&zone, id, msg).context("encoding")?;
+        let wire = update::encode(&zone, id, &[], msg).context("encoding")?;
         let request = tsig::sign(&wire, &key, now, tsig::DEFAULT_FUDGE).context("signing")?;
         if request.wire.len() > args.max_message_bytes {
             bail!(

@@ -399,9 +399,25 @@ impl Config {
         })
     }
 
-    /// The configured zone names.
-    pub fn zone_names(&self) -> Vec<ZoneName> {
-        self.zones.iter().map(|z| z.name.clone()).collect()
+    /// The configured zones, indexed by [`pg2dns_decoder::ZoneId`] in
+    /// configuration order.
+    pub fn zones(&self) -> pg2dns_decoder::Zones {
+        pg2dns_decoder::Zones::new(self.zones.iter().map(|z| z.name.clone()).collect())
+    }
+
+    /// The limits the plan enforces, with each zone's message budget.
+    pub fn plan_limits(&self) -> pg2dns_decoder::plan::PlanLimits {
+        pg2dns_decoder::plan::PlanLimits {
+            max_records_per_rrset: self.limits.max_records_per_rrset,
+            budgets: self
+                .zones
+                .iter()
+                .map(|z| pg2dns_decoder::update::Budget {
+                    max_message_bytes: self.limits.max_message_bytes,
+                    tsig_record_len: z.key.record_len(),
+                })
+                .collect(),
+        }
     }
 }
 

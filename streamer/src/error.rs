@@ -1,125 +1,191 @@
-//! The one place that decides what a failure means: retry with backoff, or
-//! halt and tell the operator what to do.
+//! The one place that decides what a failure means: retry with backoff, halt
+//! and tell the operator what to do, or exit (a bug).
 //!
-//! | failure                                   | what happens                        |
-//! |-------------------------------------------|-------------------------------------|
-//! | PostgreSQL unreachable, connection lost   | retry the session with backoff      |
-//! | replication stream ended or broke         | retry the session with backoff      |
-//! | DNS server unreachable, SERVFAIL, timeout | the zone's stream retries (sink.rs) |
-//! | slot or schema missing                    | halt: run `pg2dns setup`            |
-//! | wrong password, permission denied         | halt: fix the role                  |
-//! | BADKEY, BADSIG, BADTIME, REFUSED, NOTAUTH | halt: fix the key or the server     |
-//! | TRUNCATE of a mapped table                | halt: DNS is not wiped              |
-//! | undecodable stream                        | halt: report the LSN                |
+//! | failure                                        | disposition                  |
+//! |------------------------------------------------|------------------------------|
+//! | PostgreSQL unreachable, connection lost         | retry (SQLSTATE class 08)    |
+//! | server shutting down, out of resources          | retry (classes 57, 53, 40)   |
+//! | replication slot busy (another consumer)        | retry (55006)                |
+//! | replication stream ended or broke               | retry                        |
+//! | DNS server unreachable, SERVFAIL, timeout       | retried by the zone's stream |
+//! | slot, publication or schema missing             | halt: run `pg2dns setup`     |
+//! | slot invalidated, wrong password, no privilege  | halt: fix the database side  |
+//! | BADKEY, BADSIG, BADTIME, REFUSED, NOTAUTH, …    | halt: fix the key or server  |
+//! | TRUNCATE of a mapped table                      | halt: DNS is not wiped       |
+//! | undecodable stream, change without its key      | halt: report the LSN         |
+//! | a broken internal invariant                     | exit                         |
 //!
-//! A halt exits with a non-zero status and leaves the slot where it was, so
-//! nothing is lost: once the cause is fixed, `pg2dns run` resumes.
+//! Decisions read SQLSTATE codes and typed errors, never message text (the
+//! server's `lc_messages` may be anything). A halt ends the run with a
+//! non-zero status and leaves the slot where it was, so nothing is lost: once
+//! the cause is fixed, `pg2dns run` resumes.
 
+use pg2dns_decoder::mapping::MapError;
 use pg2dns_decoder::Lsn;
 use pgwire_replication::PgWireError;
+use tokio_postgres::error::SqlState;
 
-use crate::checkpoint::StoreError;
+use crate::replication::ReplicationError;
 use crate::sink::SinkError;
+use crate::store::StoreError;
 
 /// Why a run stopped or a session failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A PostgreSQL statement or connection failed.
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL")]
     Store(#[from] StoreError),
-    /// The replication connection failed.
-    #[error("replication connection")]
-    Replication(#[from] PgWireError),
+    /// The replication stream failed.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
     /// The replication stream ended without being asked to.
     #[error("the replication stream ended")]
     StreamEnded,
     /// A zone's DNS stream needs the operator.
     #[error(transparent)]
-    Sink(#[from] SinkError),
+    Sink(Box<SinkError>),
+    /// A change could not be mapped at all.
+    #[error(transparent)]
+    Map(#[from] MapError),
     /// The replication slot does not exist.
-    #[error("replication slot {slot:?} does not exist: run `pg2dns setup -c <config>` to create it (pg2dns never creates a slot while running: a new slot would silently skip every change made since the old one was lost)")]
+    #[error("replication slot {slot:?} does not exist")]
     SlotMissing {
         /// The slot name.
         slot: String,
     },
     /// The `pg2dns` schema is not installed in the database.
-    #[error("the pg2dns schema is not installed in this database: run `pg2dns setup -c <config>`")]
+    #[error("the pg2dns schema is not installed in this database")]
     SchemaMissing,
     /// A mapped table was truncated.
-    #[error("TRUNCATE of {table} in the transaction committed at LSN {lsn}: pg2dns does not wipe DNS on TRUNCATE. If the records must go, restore the rows and DELETE them; to skip this TRUNCATE, run SELECT pg_replication_slot_advance('{slot}', '<end LSN of that transaction>') and restart")]
+    #[error("TRUNCATE of {table} in the transaction that ends at LSN {end_lsn}")]
     Truncate {
         /// The table.
         table: String,
-        /// The transaction's commit LSN.
-        lsn: Lsn,
+        /// The end LSN of the transaction (what to advance the slot to).
+        end_lsn: Lsn,
         /// The slot, for the hint.
         slot: String,
     },
-    /// The stream could not be decoded.
-    #[error("cannot decode the replication stream at LSN {lsn}: {reason}")]
-    Decode {
+    /// The stream broke its own structure (a decoder error).
+    #[error("the replication stream is out of order at LSN {lsn}")]
+    Stream {
         /// Where.
         lsn: Lsn,
-        /// What the decoder said.
-        reason: String,
+        /// The assembler's error.
+        #[source]
+        source: pg2dns_decoder::txn::TxnError,
     },
     /// A bug: an internal invariant broke.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// What happens after a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Transient: start a new session after a backoff.
+    Retry,
+    /// The operator must act; the hint says how.
+    Halt {
+        /// What to do.
+        hint: String,
+    },
+    /// A bug: stop.
+    Exit,
+}
+
 impl RunError {
-    /// Whether retrying the session can fix it.
-    pub fn is_transient(&self) -> bool {
-        use tokio_postgres::error::SqlState;
+    /// The one classification of failures.
+    pub fn disposition(&self) -> Disposition {
+        let halt = |hint: &str| Disposition::Halt { hint: hint.into() };
         match self {
             RunError::Store(e) => {
                 if e.is_connection() {
-                    return true;
+                    return Disposition::Retry;
                 }
-                let Some(code) = e.sqlstate() else {
-                    return true;
-                };
-                // Connection exceptions, operator intervention (shutdown,
-                // restart), insufficient resources: the server will be back.
-                let class = &code.code()[..2];
-                matches!(class, "08" | "57" | "53" | "40") || *code == SqlState::CANNOT_CONNECT_NOW
+                match e.sqlstate() {
+                    None => Disposition::Retry,
+                    Some(code) => sql_disposition(code.code()),
+                }
             }
             RunError::Replication(e) => match e {
-                PgWireError::Io(_) | PgWireError::Task(_) | PgWireError::Protocol(_) => true,
-                PgWireError::Server(msg) => {
-                    // A missing slot or publication, or a permission problem,
-                    // needs the operator; anything else (shutdown, recovery,
-                    // slot busy with another consumer) is retried.
-                    !(msg.contains("does not exist")
-                        || msg.contains("permission denied")
-                        || msg.contains("must be superuser")
-                        || msg.contains("password authentication failed"))
-                }
-                _ => false,
+                ReplicationError::Decode { .. } => halt("the stream cannot be decoded at that LSN; report it as a pg2dns bug with the PostgreSQL version"),
+                ReplicationError::Transport(t) => match t {
+                    PgWireError::Io(_) | PgWireError::Task(_) | PgWireError::Protocol(_) => {
+                        Disposition::Retry
+                    }
+                    PgWireError::Auth(_) => halt("the database refused pg2dns's credentials: check the user and password in [database].url"),
+                    PgWireError::Server(_) => match e.sqlstate() {
+                        Some(code) => sql_disposition(code),
+                        None => Disposition::Retry,
+                    },
+                    _ => halt("the replication connection failed; see the cause"),
+                },
             },
-            RunError::StreamEnded => true,
-            RunError::Sink(_)
-            | RunError::SlotMissing { .. }
-            | RunError::SchemaMissing
-            | RunError::Truncate { .. }
-            | RunError::Decode { .. }
-            | RunError::Internal(_) => false,
+            RunError::StreamEnded => Disposition::Retry,
+            RunError::Sink(_) => halt("see the zone's error above; fix the key or the server, then run pg2dns again"),
+            RunError::Map(_) => halt("set REPLICA IDENTITY DEFAULT (with a primary key) or FULL on the table, then restart"),
+            RunError::SlotMissing { .. } => halt("run `pg2dns setup -c <config>` to create it (pg2dns never creates a slot while running: a new slot would silently skip every change made since the old one was lost)"),
+            RunError::SchemaMissing => halt("run `pg2dns setup -c <config>`"),
+            RunError::Truncate { end_lsn, slot, .. } => Disposition::Halt {
+                hint: format!("pg2dns does not wipe DNS on TRUNCATE. If the records must go, restore the rows and DELETE them; to skip this TRUNCATE, stop pg2dns, run SELECT pg_replication_slot_advance('{slot}', '{end_lsn}') and start it again"),
+            },
+            RunError::Stream { .. } => Disposition::Retry,
+            RunError::Internal(_) => Disposition::Exit,
         }
+    }
+}
+
+/// What a SQLSTATE means for pg2dns.
+fn sql_disposition(code: &str) -> Disposition {
+    let halt = |hint: &str| Disposition::Halt { hint: hint.into() };
+    match code {
+        c if c == SqlState::UNDEFINED_TABLE.code() => halt("the pg2dns schema is missing or old: run `pg2dns setup -c <config>`"),
+        c if c == SqlState::UNDEFINED_OBJECT.code() => halt("the replication slot or the publication does not exist: run `pg2dns setup -c <config>`; if the publication was dropped and created again, the slot must be recreated too (its position predates the new publication)"),
+        c if c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE.code() => halt("the replication slot can no longer be used (invalidated, e.g. by max_slot_wal_keep_size): changes since its position are lost to the stream; recreate the slot with `pg2dns setup` and resynchronise the zones"),
+        c if c == SqlState::OBJECT_IN_USE.code() => Disposition::Retry,
+        c if c == SqlState::INSUFFICIENT_PRIVILEGE.code() => halt("grant the pg2dns role the REPLICATION attribute and access to the pg2dns schema and the source tables"),
+        c if c.starts_with("28") => halt("the database refused pg2dns's credentials: check the user and password in [database].url"),
+        c if c == SqlState::PROGRAM_LIMIT_EXCEEDED.code() => halt("a value exceeded a PostgreSQL limit in pg2dns's own tables; report it as a pg2dns bug with the row"),
+        c if ["08", "57", "53", "40", "58"].contains(&c.get(..2).unwrap_or("")) => Disposition::Retry,
+        c if c == SqlState::CANNOT_CONNECT_NOW.code() => Disposition::Retry,
+        _ => halt("an unexpected database error; see the cause"),
     }
 }
 
 /// The error and its sources, joined with ": ", for one-line logs.
 pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
+    pg2dns_decoder::error_chain(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_decide_retry_or_halt() {
+        assert_eq!(sql_disposition("08006"), Disposition::Retry);
+        assert_eq!(sql_disposition("57P01"), Disposition::Retry);
+        assert_eq!(sql_disposition("55006"), Disposition::Retry);
+        for code in [
+            "42P01", "42704", "55000", "42501", "28P01", "54000", "22P02",
+        ] {
+            assert!(
+                matches!(sql_disposition(code), Disposition::Halt { .. }),
+                "{code}"
+            );
         }
-        cur = s.source();
     }
-    out
+
+    #[test]
+    fn a_localised_server_error_is_classified_by_its_code() {
+        let e = RunError::Replication(ReplicationError::Transport(PgWireError::Server(
+            "le slot de réplication « s » n'existe pas (SQLSTATE 42704)".into(),
+        )));
+        assert!(matches!(e.disposition(), Disposition::Halt { .. }));
+        let e = RunError::Replication(ReplicationError::Transport(PgWireError::Server(
+            "le système de bases de données s'arrête (SQLSTATE 57P03)".into(),
+        )));
+        assert_eq!(e.disposition(), Disposition::Retry);
+    }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pg2dns::{control, pipeline, Config};
+use pg2dns::{pipeline, setup, Config};
 use tracing_subscriber::EnvFilter;
 
 /// Streams PostgreSQL changes into DNS as TSIG-signed RFC 2136 UPDATEs.
@@ -81,7 +81,7 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Setup => {
-            let report = control::setup(&config).await?;
+            let report = setup::setup(&config).await?;
             println!(
                 "setup done: schema versions applied {:?}, publication {}, slot {}",
                 report.applied,

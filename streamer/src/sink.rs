@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pg2dns_decoder::tsig::{self, SignedRequest, TsigError, TsigKey};
 use pg2dns_decoder::update::{self, Budget, OwnerGroup, Packer, PushError, UpdateOp};
-use pg2dns_decoder::{Lsn, ZoneName};
+use pg2dns_decoder::{Lsn, ZoneId, ZoneName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -46,8 +46,8 @@ pub struct Dispatch {
     pub id: u64,
     /// The commit LSN of the transaction, for messages.
     pub lsn: Lsn,
-    /// Operations, net per record, in commit order.
-    pub ops: Vec<UpdateOp>,
+    /// Owner groups in commit order; each fits one message alone.
+    pub groups: Vec<OwnerGroup>,
 }
 
 /// What a zone task tells the pipeline.
@@ -55,26 +55,15 @@ pub struct Dispatch {
 pub enum ZoneReport {
     /// Every dispatch with id ≤ `upto` was acknowledged by the server.
     Acked {
-        /// Index of the zone in the configuration.
-        zone: usize,
+        /// The zone.
+        zone: ZoneId,
         /// Highest dispatch id fully acknowledged.
         upto: u64,
     },
-    /// An owner's changes were refused before sending; the rest goes on.
-    Rejected {
-        /// Index of the zone.
-        zone: usize,
-        /// The transaction's commit LSN.
-        lsn: Lsn,
-        /// The owner name.
-        owner: String,
-        /// Why.
-        reason: String,
-    },
     /// The zone cannot go on until the operator acts.
     Halted {
-        /// Index of the zone.
-        zone: usize,
+        /// The zone.
+        zone: ZoneId,
         /// Why.
         error: SinkError,
     },
@@ -114,14 +103,15 @@ pub enum SinkError {
         /// What to do.
         hint: &'static str,
     },
-    /// The message could not be encoded (a bug or a record hickory refuses).
-    #[error("zone {zone}: cannot encode an UPDATE (LSN {lsn}): {reason}")]
+    /// The message could not be encoded or signed (a bug: the plan
+    /// guarantees every group fits).
+    #[error("zone {zone}: cannot build the UPDATE at LSN {lsn}: {reason}")]
     Encode {
         /// The zone.
         zone: ZoneName,
         /// The first transaction of the message.
         lsn: Lsn,
-        /// The encoder's complaint.
+        /// What failed.
         reason: String,
     },
 }
@@ -220,7 +210,7 @@ fn unix_now() -> u64 {
 
 /// The per-zone sender. Runs until its input closes or it halts.
 pub struct ZoneSink {
-    index: usize,
+    index: ZoneId,
     zone: ZoneName,
     server: std::net::SocketAddr,
     key: TsigKey,
@@ -237,12 +227,14 @@ pub struct ZoneSink {
     /// in flight is acknowledged again.
     careful_until: usize,
     reports: mpsc::UnboundedSender<ZoneReport>,
+    /// An internal failure found while packing.
+    broken: Option<SinkError>,
 }
 
 impl ZoneSink {
-    /// Prepares the sender of zone number `index`.
+    /// Prepares the sender of zone `index`.
     pub fn new(
-        index: usize,
+        index: ZoneId,
         zone: &ZoneConfig,
         limits: &Limits,
         reports: mpsc::UnboundedSender<ZoneReport>,
@@ -270,6 +262,7 @@ impl ZoneSink {
             next_id: (seed & 0xffff) as u16,
             careful_until: 0,
             reports,
+            broken: None,
         }
     }
 
@@ -280,12 +273,11 @@ impl ZoneSink {
     }
 
     fn enqueue_one(&mut self, d: Dispatch) {
-        self.queued_ops += d.ops.len();
-        let groups = update::group_by_owner(d.ops).into();
+        self.queued_ops += d.groups.iter().map(|g| g.ops.len()).sum::<usize>();
         self.queue.push_back(Queued {
             id: d.id,
             lsn: d.lsn,
-            groups,
+            groups: d.groups.into(),
         });
     }
 
@@ -311,16 +303,14 @@ impl ZoneSink {
                         bytes,
                         budget,
                     }) => {
-                        let reason = format!(
-                            "the changes of this owner take {bytes} bytes, more than one UPDATE can hold ({budget} bytes with the TSIG record); they were not sent"
-                        );
-                        warn!(zone = %self.zone, lsn = %front.lsn, %owner, %reason, "owner group rejected");
-                        let _ = self.reports.send(ZoneReport::Rejected {
-                            zone: self.index,
+                        // The plan refuses such groups; reaching here is a bug.
+                        self.queued_ops += ops;
+                        self.broken = Some(SinkError::Encode {
+                            zone: self.zone.clone(),
                             lsn: front.lsn,
-                            owner: owner.to_string(),
-                            reason,
+                            reason: format!("the changes of {owner} need {bytes} bytes, over the {budget}-byte budget"),
                         });
+                        return None;
                     }
                 }
             }
@@ -369,7 +359,7 @@ impl ZoneSink {
             msg.acked = true;
             return Ok(());
         }
-        let wire = update::encode(&zone, id, &msg.ops).map_err(|e| {
+        let wire = update::encode(&zone, id, &[], &msg.ops).map_err(|e| {
             SendFailure::Halt(Box::new(SinkError::Encode {
                 zone: zone.clone(),
                 lsn: msg.lsn,
@@ -535,7 +525,16 @@ impl ZoneSink {
                 }
                 self.release_acked();
                 while self.in_flight.len() < self.effective_window() {
-                    let Some(msg) = self.pack_next() else { break };
+                    let Some(msg) = self.pack_next() else {
+                        if let Some(error) = self.broken.take() {
+                            let _ = self.reports.send(ZoneReport::Halted {
+                                zone: self.index,
+                                error,
+                            });
+                            return;
+                        }
+                        break;
+                    };
                     self.in_flight.push_back(msg);
                     let i = self.in_flight.len() - 1;
                     if let Err(f) = self.send(&mut conn, i).await {

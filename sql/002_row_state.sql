@@ -1,0 +1,34 @@
+-- pg2dns schema, version 2: the row state in wire form, scoped by slot.
+--
+-- Version 1 kept the row state as text in pg2dns.row_records, shared by
+-- every instance on the database, with a btree index over the record data
+-- (a record of a few kB made its write fail: "index row size exceeds btree
+-- maximum"). Version 2 keeps each record as pg2dns parsed it from its row
+-- (owner and data in DNS wire form), per slot, so two instances on one
+-- database never touch each other's state; `pg2dns setup` converts the
+-- version 1 rows and drops the old table.
+
+-- Row state (DESIGN §4): the records each source row contributes, as last
+-- sent to DNS. A record leaves DNS only when the last row contributing it
+-- goes: the rows here with its (slot, zone, owner, rtype, rdata).
+-- Written in the same transaction as pg2dns.progress.
+CREATE TABLE IF NOT EXISTS pg2dns.row_state (
+    slot    text    NOT NULL,
+    source  text    NOT NULL,
+    row_key text    NOT NULL,
+    zone    text    NOT NULL,
+    owner   bytea   NOT NULL,
+    rtype   integer NOT NULL,
+    rdata   bytea   NOT NULL,
+    ttl     integer NOT NULL
+);
+-- By row: a hash index, because a btree entry is limited to about 2.7 kB and
+-- a row key is whatever text the source's key columns hold.
+CREATE INDEX IF NOT EXISTS row_state_row ON pg2dns.row_state USING hash (row_key);
+-- By owner: names are at most 255 bytes.
+CREATE INDEX IF NOT EXISTS row_state_owner ON pg2dns.row_state (slot, zone, owner);
+
+-- Rejections name the instance that made them.
+ALTER TABLE pg2dns.rejected ADD COLUMN IF NOT EXISTS slot text;
+
+INSERT INTO pg2dns.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;

@@ -1,0 +1,270 @@
+//! The replication connection, behind a small trait so the transport can be
+//! replaced (and mocked).
+//!
+//! Why `pgwire-replication`: its background worker answers the server's
+//! keepalives and keeps sending status updates even while pg2dns waits for a
+//! DNS server, so a slow zone never trips `wal_sender_timeout`; and it
+//! confirms exactly the LSN it is handed, never the position it received.
+//! Its known gaps are handled here and in the pipeline: an idle slot is moved
+//! by confirming a keepalive's `wal_end` when nothing is in flight, and since
+//! it sends no final status on shutdown, [`PgReplication::shutdown`] waits one
+//! status interval after the last confirmation.
+//!
+//! The crate decodes Begin, Commit and logical Message payloads itself and
+//! hands out only their fields; they are turned back into the decoder's
+//! [`pgoutput::Message`] here, the one place that knows both. (Commit's flag
+//! byte is "currently unused" per the protocol documentation: always 0.)
+//! Every other payload reaches the decoder's own parser as raw bytes.
+//!
+//! Protocol version 1 with `streaming` off: PostgreSQL sends a transaction
+//! only after it committed, so nothing pg2dns receives can later abort.
+
+use std::time::Duration;
+
+use pg2dns_decoder::pgoutput::{self, Begin, Commit, LogicalMessage, Message, PgOutputError};
+use pg2dns_decoder::Lsn;
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
+
+use crate::config::DatabaseConfig;
+
+/// How often confirmed positions reach PostgreSQL.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One item of the replication stream.
+#[derive(Debug)]
+pub enum Frame {
+    /// A pgoutput message.
+    Message {
+        /// The message.
+        message: Message,
+        /// When the server sent it, microseconds since 2000-01-01 (server clock).
+        server_time_micros: Option<i64>,
+    },
+    /// The server is alive; everything before `wal_end` was sent.
+    KeepAlive {
+        /// The server's sent position.
+        wal_end: Lsn,
+        /// When the server sent it, microseconds since 2000-01-01 (server clock).
+        server_time_micros: i64,
+    },
+}
+
+/// A failure of the replication stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The connection or the server failed.
+    #[error("replication connection")]
+    Transport(#[from] PgWireError),
+    /// A payload does not decode.
+    #[error("cannot decode the pgoutput message at LSN {lsn}")]
+    Decode {
+        /// The WAL position of the message.
+        lsn: Lsn,
+        /// The parser's error.
+        #[source]
+        source: PgOutputError,
+    },
+}
+
+impl ReplicationError {
+    /// The SQLSTATE the server reported, if this is a server error.
+    ///
+    /// `pgwire-replication` keeps only the error's text, to which it appends
+    /// the SQLSTATE field as `(SQLSTATE XXXXX)`: the code comes from the
+    /// protocol's `C` field, not from the localised message, so reading it
+    /// back is safe whatever `lc_messages` is.
+    pub fn sqlstate(&self) -> Option<&str> {
+        let ReplicationError::Transport(PgWireError::Server(text)) = self else {
+            return None;
+        };
+        let start = text.rfind("(SQLSTATE ")? + "(SQLSTATE ".len();
+        let code = text.get(start..start + 5)?;
+        code.bytes()
+            .all(|b| b.is_ascii_alphanumeric())
+            .then_some(code)
+    }
+}
+
+/// Where committed transactions come from.
+#[allow(async_fn_in_trait)]
+pub trait Replication {
+    /// The next frame; `Ok(None)` when the stream ended cleanly.
+    async fn recv(&mut self) -> Result<Option<Frame>, ReplicationError>;
+    /// Whether a frame is ready without waiting (it is kept for `recv`).
+    async fn has_ready(&mut self) -> Result<bool, ReplicationError>;
+    /// Confirms that everything up to `lsn` is durable downstream.
+    fn confirm(&self, lsn: Lsn);
+}
+
+/// The pgwire-replication implementation.
+pub struct PgReplication {
+    client: ReplicationClient,
+    peeked: Option<Frame>,
+}
+
+fn convert(ev: ReplicationEvent) -> Result<Option<Frame>, ReplicationError> {
+    let lsn = |l: pgwire_replication::Lsn| Lsn::new(l.as_u64());
+    let message = |message| Frame::Message {
+        message,
+        server_time_micros: None,
+    };
+    Ok(Some(match ev {
+        ReplicationEvent::KeepAlive {
+            wal_end,
+            server_time_micros,
+            ..
+        } => Frame::KeepAlive {
+            wal_end: lsn(wal_end),
+            server_time_micros,
+        },
+        ReplicationEvent::Begin {
+            final_lsn,
+            xid,
+            commit_time_micros,
+        } => message(Message::Begin(Begin {
+            final_lsn: lsn(final_lsn),
+            commit_time_micros,
+            xid,
+        })),
+        ReplicationEvent::Commit {
+            lsn: commit_lsn,
+            end_lsn,
+            commit_time_micros,
+        } => message(Message::Commit(Commit {
+            flags: 0,
+            commit_lsn: lsn(commit_lsn),
+            end_lsn: lsn(end_lsn),
+            commit_time_micros,
+        })),
+        ReplicationEvent::Message {
+            transactional,
+            lsn: at,
+            prefix,
+            content,
+        } => message(Message::Message(LogicalMessage {
+            transactional,
+            lsn: lsn(at),
+            prefix,
+            content,
+        })),
+        ReplicationEvent::XLogData {
+            data,
+            server_time_micros,
+            wal_start,
+            ..
+        } => Frame::Message {
+            message: pgoutput::parse_bytes(&data).map_err(|source| ReplicationError::Decode {
+                lsn: lsn(wal_start),
+                source,
+            })?,
+            server_time_micros: Some(server_time_micros),
+        },
+        ReplicationEvent::StoppedAt { .. } => return Ok(None),
+        #[allow(unreachable_patterns)]
+        _ => return Ok(None),
+    }))
+}
+
+impl PgReplication {
+    /// Connects and starts streaming the slot from `start` (the server
+    /// starts at the slot's confirmed position if that is later).
+    pub async fn connect(
+        db: &DatabaseConfig,
+        start: Lsn,
+    ) -> Result<PgReplication, ReplicationError> {
+        let mut cfg = ReplicationConfig::new(
+            db.host(),
+            db.user(),
+            db.password(),
+            db.dbname(),
+            db.slot.clone(),
+            db.publication.clone(),
+        )
+        .with_port(db.port())
+        .with_start_lsn(pgwire_replication::Lsn::from_u64(start.raw()))
+        .with_status_interval(STATUS_INTERVAL)
+        .with_wakeup_interval(STATUS_INTERVAL)
+        .with_buffer_size(4096)
+        .with_application_name("pg2dns")
+        // Text values must decode the same way every time.
+        .with_options("-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3");
+        cfg.tls = pgwire_replication::TlsConfig::disabled();
+        let client = ReplicationClient::connect(cfg).await?;
+        Ok(PgReplication {
+            client,
+            peeked: None,
+        })
+    }
+
+    /// Stops the stream after giving the last confirmation time to reach
+    /// the server (the worker sends no final status of its own).
+    pub async fn shutdown(mut self) {
+        tokio::time::sleep(STATUS_INTERVAL + Duration::from_millis(200)).await;
+        let _ = self.client.shutdown().await;
+    }
+
+    /// The next frame if one is ready now, without waiting.
+    async fn try_recv(&mut self) -> Result<Option<Frame>, ReplicationError> {
+        loop {
+            // `Timeout` polls the receive once before looking at the clock, so
+            // a ready event is always taken; the channel receive is cancel-safe.
+            match tokio::time::timeout(Duration::ZERO, self.client.recv()).await {
+                Ok(Ok(Some(ev))) => {
+                    if let Some(frame) = convert(ev)? {
+                        return Ok(Some(frame));
+                    }
+                }
+                Ok(Ok(None)) | Err(_) => return Ok(None),
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Replication for PgReplication {
+    async fn recv(&mut self) -> Result<Option<Frame>, ReplicationError> {
+        if let Some(frame) = self.peeked.take() {
+            return Ok(Some(frame));
+        }
+        loop {
+            match self.client.recv().await? {
+                None => return Ok(None),
+                Some(ev) => {
+                    if let Some(frame) = convert(ev)? {
+                        return Ok(Some(frame));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn has_ready(&mut self) -> Result<bool, ReplicationError> {
+        if self.peeked.is_some() {
+            return Ok(true);
+        }
+        self.peeked = self.try_recv().await?;
+        Ok(self.peeked.is_some())
+    }
+
+    fn confirm(&self, lsn: Lsn) {
+        self.client
+            .update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.raw()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sqlstate_is_read_from_the_protocol_field_not_the_message() {
+        let e = ReplicationError::Transport(PgWireError::Server(
+            "la publication « p » n'existe pas (SQLSTATE 42704)".into(),
+        ));
+        assert_eq!(e.sqlstate(), Some("42704"));
+        let e = ReplicationError::Transport(PgWireError::Server("no code here".into()));
+        assert_eq!(e.sqlstate(), None);
+        let e = ReplicationError::Transport(PgWireError::Protocol("(SQLSTATE 42704)".into()));
+        assert_eq!(e.sqlstate(), None);
+    }
+}

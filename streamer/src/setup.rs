@@ -1,0 +1,170 @@
+//! Set-up: the `pg2dns` schema, the publication and the replication slot.
+//!
+//! Every step is idempotent, so `pg2dns setup` can be run again after an
+//! upgrade or by a configuration-management tool. The schema files in `sql/`
+//! are applied in order and record their version in `pg2dns.schema_version`.
+//! Version 2 moved the row state from text (`pg2dns.row_records`) to wire
+//! form (`pg2dns.row_state`); its rows are converted here, by the same parser
+//! the stream uses.
+
+use pg2dns_decoder::mapping::RrTable;
+use pg2dns_decoder::{Record, ZoneName};
+use tokio_postgres::error::SqlState;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::store::{sql, Store, StoreError};
+
+/// The schema files, in order.
+const SCHEMA: &[(i32, &str)] = &[
+    (1, include_str!("../../sql/001_schema.sql")),
+    (2, include_str!("../../sql/002_row_state.sql")),
+];
+
+/// What `setup` did.
+#[derive(Debug, Default)]
+pub struct SetupReport {
+    /// Schema versions applied now.
+    pub applied: Vec<i32>,
+    /// Row state records converted from schema version 1.
+    pub converted: u64,
+    /// Whether the publication was created now.
+    pub publication_created: bool,
+    /// Whether the slot was created now.
+    pub slot_created: bool,
+}
+
+/// Installs the schema, creates the publication and the slot.
+pub async fn setup(config: &Config) -> Result<SetupReport, StoreError> {
+    let store = Store::connect(&config.database).await?;
+    let client = store.client();
+    let mut report = SetupReport::default();
+    let installed: Vec<i32> = match client
+        .query("SELECT version FROM pg2dns.schema_version", &[])
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Vec::new(),
+        Err(e) if e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) => Vec::new(),
+        Err(e) => return Err(sql("cannot read pg2dns.schema_version")(e)),
+    };
+    for (version, text) in SCHEMA {
+        if !installed.contains(version) {
+            client
+                .batch_execute(text)
+                .await
+                .map_err(sql("cannot install the pg2dns schema"))?;
+            report.applied.push(*version);
+            info!(version, "schema installed");
+        }
+    }
+    report.converted = convert_v1_state(&store, config).await?;
+    let publication = &config.database.publication;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[publication],
+        )
+        .await
+        .map_err(sql("cannot read pg_publication"))?
+        .is_some();
+    if !exists {
+        // Identifiers were checked to be [a-z0-9_] by the config loader.
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION \"{publication}\" FOR TABLE pg2dns.rr"
+            ))
+            .await
+            .map_err(sql("cannot create the publication"))?;
+        report.publication_created = true;
+        info!(%publication, "publication created");
+    }
+    let slot = &config.database.slot;
+    if store.slot_confirmed().await?.is_none() {
+        client
+            .query(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[slot],
+            )
+            .await
+            .map_err(sql(
+                "cannot create the replication slot (is wal_level = logical?)",
+            ))?;
+        report.slot_created = true;
+        info!(%slot, "replication slot created");
+    }
+    Ok(report)
+}
+
+/// Moves version 1's text row state into `pg2dns.row_state` (as this
+/// instance's), then drops the old table. A record the parser refuses is left
+/// out with a warning: it is what the stream would refuse today.
+async fn convert_v1_state(store: &Store, config: &Config) -> Result<u64, StoreError> {
+    let client = store.client();
+    let exists = client
+        .query_opt("SELECT to_regclass('pg2dns.row_records')::text", &[])
+        .await
+        .map_err(sql("cannot look for pg2dns.row_records"))?
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .is_some();
+    if !exists {
+        return Ok(0);
+    }
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(sql("cannot begin the conversion of pg2dns.row_records"))?;
+    let rows = client
+        .query(
+            "SELECT source, row_key, zone, owner, rtype, rdata, ttl FROM pg2dns.row_records",
+            &[],
+        )
+        .await
+        .map_err(sql("cannot read pg2dns.row_records"))?;
+    let mut converted = 0;
+    for r in &rows {
+        let (zone, owner, rtype, rdata): (String, String, String, String) =
+            (r.get(2), r.get(3), r.get(4), r.get(5));
+        let ttl = u32::try_from(r.get::<_, i32>(6)).unwrap_or(0);
+        let record = match Record::parse(&owner, ttl, &rtype, &rdata) {
+            Ok(rec) => rec,
+            Err(e) => {
+                warn!(owner = %owner, rtype = %rtype, error = %pg2dns_decoder::error_chain(&e), "a version 1 row state record does not parse; left out");
+                continue;
+            }
+        };
+        let zone = ZoneName::parse(&zone)
+            .map(|z| z.to_string())
+            .unwrap_or(zone);
+        let source: String = r.get(0);
+        let source = if source.is_empty() {
+            RrTable::SOURCE.to_string()
+        } else {
+            source
+        };
+        client
+            .execute(
+                "INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &config.database.slot,
+                    &source,
+                    &r.get::<_, String>(1),
+                    &zone,
+                    &record.owner.name().as_wire(),
+                    &i32::from(record.rtype.0),
+                    &record.rdata.as_wire(),
+                    &i32::try_from(record.ttl).unwrap_or(i32::MAX),
+                ],
+            )
+            .await
+            .map_err(sql("cannot convert pg2dns.row_records"))?;
+        converted += 1;
+    }
+    client
+        .batch_execute("DROP TABLE pg2dns.row_records; COMMIT")
+        .await
+        .map_err(sql("cannot drop pg2dns.row_records"))?;
+    info!(converted, "row state converted from schema version 1");
+    Ok(converted)
+}

@@ -1,0 +1,411 @@
+//! Durable state in PostgreSQL: row state, rejected rows and the progress LSN.
+//!
+//! Why one long transaction: the row state of DESIGN §4 (the records each
+//! source row contributed) must change in the same transaction as the
+//! progress LSN, or a crash between the two would make a replay compute the
+//! wrong deletes. pg2dns therefore keeps one transaction open on its SQL
+//! connection while it works: each batch of changes reads the state (seeing
+//! its own earlier, uncommitted writes) and writes the new state at once, and
+//! the transaction commits — with the progress LSN — only once the DNS
+//! servers acknowledged every UPDATE it covers. A crash rolls it back, and the
+//! replication slot, which was not confirmed either, replays the same
+//! transactions onto the same state: the same operations go out again, and
+//! they are idempotent.
+//!
+//! ```text
+//!   BEGIN ─▶ (load state, write state, send UPDATEs)* ─▶ all acknowledged ─▶ progress := end_lsn; COMMIT ─▶ confirm end_lsn to the slot
+//! ```
+//!
+//! Every row of `pg2dns.row_state`, `pg2dns.progress` and `pg2dns.rejected`
+//! belongs to one instance, named by its slot.
+
+use std::collections::HashMap;
+
+use pg2dns_decoder::mapping::{Desired, RowKey};
+use pg2dns_decoder::plan::{Loaded, NodeEntry, NodeKey, Outcome, Rejection, RowRef, SourceId};
+use pg2dns_decoder::{Lsn, Name, Owner, RType, Rdata, Record, ZoneName, Zones};
+use tokio_postgres::{Client, NoTls};
+use tracing::warn;
+
+use crate::config::DatabaseConfig;
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A query or the connection failed.
+    #[error("{what}")]
+    Sql {
+        /// What pg2dns was doing.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A stored value cannot be read back.
+    #[error("pg2dns.{table} holds a value pg2dns cannot read: {detail}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// The SQLSTATE, when the server sent one.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            StoreError::Sql { source, .. } => source.code(),
+            StoreError::Corrupt { .. } => None,
+        }
+    }
+
+    /// Whether the connection itself is gone, rather than a statement failing.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            StoreError::Sql { source, .. } => source.is_closed() || source.code().is_none(),
+            StoreError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// Wraps a driver error with what pg2dns was doing.
+pub fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |source| StoreError::Sql { what, source }
+}
+
+/// The SQL connection and the open checkpoint transaction.
+pub struct Store {
+    client: Client,
+    connection: tokio::task::JoinHandle<()>,
+    slot: String,
+    in_transaction: bool,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// Counts of what a load found that the configuration no longer explains.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Orphans {
+    /// Stored records of zones no longer configured.
+    pub records: usize,
+}
+
+impl Store {
+    /// Connects to PostgreSQL.
+    pub async fn connect(db: &DatabaseConfig) -> Result<Store, StoreError> {
+        let mut pg = db.pg.clone();
+        pg.application_name("pg2dns");
+        let (client, connection) = pg
+            .connect(NoTls)
+            .await
+            .map_err(sql("cannot connect to PostgreSQL"))?;
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                warn!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        // Every state statement is an index lookup by design: keys come in
+        // as arrays, and each is looked up through a LATERAL subquery fenced
+        // with OFFSET 0, so the planner cannot flatten it into a join that
+        // scans the table. Inside the long checkpoint transaction the
+        // planner's statistics do not count the rows written so far, so a
+        // large transaction would otherwise turn the lookups into sequential
+        // scans of everything it wrote: quadratic.
+        client
+            .batch_execute("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off")
+            .await
+            .map_err(sql("cannot set the session's planner options"))?;
+        Ok(Store {
+            client,
+            connection,
+            slot: db.slot.clone(),
+            in_transaction: false,
+        })
+    }
+
+    /// The client, for set-up and control statements.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The durable progress LSN of this slot ([`Lsn::ZERO`] if none yet).
+    pub async fn progress(&self) -> Result<Lsn, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT lsn::text FROM pg2dns.progress WHERE slot = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.progress"))?;
+        match row {
+            None => Ok(Lsn::ZERO),
+            Some(r) => {
+                let text: String = r.get(0);
+                text.parse().map_err(|_| StoreError::Corrupt {
+                    table: "progress",
+                    detail: format!("LSN {text:?} of slot {}", self.slot),
+                })
+            }
+        }
+    }
+
+    /// The slot's confirmed flush LSN, `None` when the slot does not exist.
+    pub async fn slot_confirmed(&self) -> Result<Option<Lsn>, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql("cannot read pg_replication_slots"))?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let text: String = r.get(0);
+                text.parse().map(Some).map_err(|_| StoreError::Corrupt {
+                    table: "pg_replication_slots",
+                    detail: format!("confirmed_flush_lsn {text:?}"),
+                })
+            }
+        }
+    }
+
+    async fn begin(&mut self) -> Result<(), StoreError> {
+        if !self.in_transaction {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(sql("cannot begin the checkpoint transaction"))?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    /// Reads, in one round trip, what a batch needs: the stored records of
+    /// the given rows, and every contribution at every owner those rows had
+    /// or `owners` names.
+    pub async fn load(
+        &mut self,
+        sources: &[&str],
+        rows: &[RowRef],
+        owners: &[NodeKey],
+        zones: &Zones,
+    ) -> Result<(Loaded, Orphans), StoreError> {
+        self.begin().await?;
+        let row_sources: Vec<&str> = rows
+            .iter()
+            .map(|(s, _)| sources.get(usize::from(s.0)).copied().unwrap_or(""))
+            .collect();
+        let row_keys: Vec<&str> = rows.iter().map(|(_, k)| k.0.as_str()).collect();
+        let owner_zones: Vec<String> = owners
+            .iter()
+            .map(|(z, _)| zones.name(*z).to_string())
+            .collect();
+        let owner_names: Vec<&[u8]> = owners.iter().map(|(_, o)| o.name().as_wire()).collect();
+        let result = self
+            .client
+            .query(
+                "WITH old AS ( \
+                   SELECT r.source, r.row_key, r.zone, r.owner, r.rtype, r.rdata, r.ttl \
+                   FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
+                   CROSS JOIN LATERAL ( \
+                     SELECT * FROM pg2dns.row_state x \
+                     WHERE x.row_key = k.row_key AND x.slot = $1 AND x.source = k.source OFFSET 0) r), \
+                 nodes AS ( \
+                   SELECT zone, owner FROM old \
+                   UNION SELECT * FROM unnest($4::text[], $5::bytea[])) \
+                 SELECT true, source, row_key, zone, owner, rtype, rdata, ttl FROM old \
+                 UNION ALL \
+                 SELECT false, NULL, NULL, r.zone, r.owner, r.rtype, r.rdata, r.ttl \
+                 FROM nodes n \
+                 CROSS JOIN LATERAL ( \
+                   SELECT * FROM pg2dns.row_state x \
+                   WHERE x.slot = $1 AND x.zone = n.zone AND x.owner = n.owner OFFSET 0) r",
+                &[&self.slot, &row_sources, &row_keys, &owner_zones, &owner_names],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.row_state"))?;
+        let mut loaded = Loaded::default();
+        let mut orphans = Orphans::default();
+        let mut zone_ids: HashMap<String, Option<pg2dns_decoder::ZoneId>> = HashMap::new();
+        for r in result {
+            let zone_text: String = r.get(3);
+            let zone = *zone_ids.entry(zone_text.clone()).or_insert_with(|| {
+                ZoneName::parse(&zone_text)
+                    .ok()
+                    .and_then(|z| zones.id_of(&z))
+            });
+            let Some(zone) = zone else {
+                orphans.records += 1;
+                continue;
+            };
+            let owner_wire: Vec<u8> = r.get(4);
+            let owner = Name::from_wire(&owner_wire)
+                .map(|(n, _)| Owner::from_name(n))
+                .map_err(|e| StoreError::Corrupt {
+                    table: "row_state",
+                    detail: format!("owner name: {e}"),
+                })?;
+            let rtype = RType(u16::try_from(r.get::<_, i32>(5)).unwrap_or(0));
+            let rdata = Rdata::from_wire(&r.get::<_, Vec<u8>>(6));
+            let ttl = u32::try_from(r.get::<_, i32>(7)).unwrap_or(0);
+            if r.get::<_, bool>(0) {
+                let source: String = r.get(1);
+                let Some(s) = sources.iter().position(|x| *x == source) else {
+                    continue;
+                };
+                let row = (SourceId(s as u16), RowKey(r.get(2)));
+                loaded.rows.entry(row).or_default().push(Desired {
+                    zone,
+                    record: Record {
+                        owner,
+                        rtype,
+                        ttl,
+                        rdata,
+                    },
+                });
+            } else {
+                loaded
+                    .nodes
+                    .entry((zone, owner))
+                    .or_default()
+                    .push(NodeEntry { rtype, rdata, ttl });
+            }
+        }
+        Ok((loaded, orphans))
+    }
+
+    /// Writes what a batch decided: the new records of every changed row
+    /// (replacing the old ones), and the rejections.
+    pub async fn write(
+        &mut self,
+        sources: &[&str],
+        zones: &Zones,
+        outcome: &Outcome,
+    ) -> Result<(), StoreError> {
+        if !outcome.rows.is_empty() {
+            self.write_rows(sources, zones, &outcome.rows).await?;
+        }
+        if !outcome.rejections.is_empty() {
+            self.reject(sources, zones, &outcome.rejections).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_rows(
+        &mut self,
+        sources: &[&str],
+        zones: &Zones,
+        rows: &[(RowRef, Vec<Desired>)],
+    ) -> Result<(), StoreError> {
+        self.begin().await?;
+        let source_of = |s: SourceId| sources.get(usize::from(s.0)).copied().unwrap_or("");
+        let del_sources: Vec<&str> = rows.iter().map(|((s, _), _)| source_of(*s)).collect();
+        let del_keys: Vec<&str> = rows.iter().map(|((_, k), _)| k.0.as_str()).collect();
+        let mut srcs = Vec::new();
+        let mut keys = Vec::new();
+        let mut zone_texts = Vec::new();
+        let mut owners: Vec<&[u8]> = Vec::new();
+        let mut rtypes = Vec::new();
+        let mut rdatas: Vec<&[u8]> = Vec::new();
+        let mut ttls = Vec::new();
+        let names: Vec<String> = zones.iter().map(|(_, z)| z.to_string()).collect();
+        for ((s, k), records) in rows {
+            for d in records {
+                srcs.push(source_of(*s));
+                keys.push(k.0.as_str());
+                zone_texts.push(names[usize::from(d.zone.0)].as_str());
+                owners.push(d.record.owner.name().as_wire());
+                rtypes.push(i32::from(d.record.rtype.0));
+                rdatas.push(d.record.rdata.as_wire());
+                // The plan never holds a TTL above 2^31 - 1 (RFC 2181 §8).
+                ttls.push(i32::try_from(d.record.ttl).unwrap_or(i32::MAX));
+            }
+        }
+        // One statement: the DELETE in the WITH clause and the INSERT see the
+        // same snapshot, so the DELETE removes exactly the old rows.
+        self.client
+            .execute(
+                "WITH old AS ( \
+                   DELETE FROM pg2dns.row_state WHERE ctid = ANY(ARRAY( \
+                     SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
+                     CROSS JOIN LATERAL ( \
+                       SELECT ctid FROM pg2dns.row_state x \
+                       WHERE x.row_key = k.row_key AND x.slot = $1 AND x.source = k.source OFFSET 0) r))) \
+                 INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl) \
+                 SELECT $1, * FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[], $8::int[], $9::bytea[], $10::int[])",
+                &[&self.slot, &del_sources, &del_keys, &srcs, &keys, &zone_texts, &owners, &rtypes, &rdatas, &ttls],
+            )
+            .await
+            .map_err(sql("cannot update pg2dns.row_state"))?;
+        Ok(())
+    }
+
+    async fn reject(
+        &mut self,
+        sources: &[&str],
+        zones: &Zones,
+        rejections: &[Rejection],
+    ) -> Result<(), StoreError> {
+        self.begin().await?;
+        let src: Vec<&str> = rejections
+            .iter()
+            .map(|r| sources.get(usize::from(r.source.0)).copied().unwrap_or(""))
+            .collect();
+        let keys: Vec<&str> = rejections.iter().map(|r| r.key.0.as_str()).collect();
+        let lsns: Vec<String> = rejections.iter().map(|r| r.lsn.to_string()).collect();
+        let zone_texts: Vec<Option<String>> = rejections
+            .iter()
+            .map(|r| r.zone.map(|z| zones.name(z).to_string()))
+            .collect();
+        let owners: Vec<Option<String>> = rejections
+            .iter()
+            .map(|r| r.owner.as_ref().map(ToString::to_string))
+            .collect();
+        let reasons: Vec<String> = rejections
+            .iter()
+            .map(|r| pg2dns_decoder::error_chain(&r.reason))
+            .collect();
+        self.client
+            .execute(
+                "INSERT INTO pg2dns.rejected (slot, source, row_key, lsn, zone, owner, reason) \
+                 SELECT $1, s, k, l::pg_lsn, z, o, r FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+                 AS t(s, k, l, z, o, r)",
+                &[&self.slot, &src, &keys, &lsns, &zone_texts, &owners, &reasons],
+            )
+            .await
+            .map_err(sql("cannot record rejected rows in pg2dns.rejected"))?;
+        Ok(())
+    }
+
+    /// Whether a checkpoint transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    /// Commits the open transaction with the new progress LSN.
+    pub async fn commit(&mut self, lsn: Lsn) -> Result<(), StoreError> {
+        self.begin().await?;
+        self.client
+            .execute(
+                "INSERT INTO pg2dns.progress (slot, lsn, updated) VALUES ($1, $2::text::pg_lsn, now()) \
+                 ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, updated = excluded.updated",
+                &[&self.slot, &lsn.to_string()],
+            )
+            .await
+            .map_err(sql("cannot write pg2dns.progress"))?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(sql("cannot commit the checkpoint"))?;
+        self.in_transaction = false;
+        Ok(())
+    }
+}
