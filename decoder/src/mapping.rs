@@ -15,7 +15,7 @@
 use std::fmt;
 
 use crate::lsn::Lsn;
-use crate::plan::Refusal;
+use crate::plan::{Refusal, Refused};
 use crate::rdata::RType;
 use crate::records::{self, Owner, Record, RecordError, ZoneId, Zones, MAX_TTL};
 use crate::row::{Cell, RowView};
@@ -69,7 +69,7 @@ pub struct RowUpdate {
     /// The commit LSN of its transaction.
     pub lsn: Lsn,
     /// The records it wants now, or why it cannot have any.
-    pub image: Result<Vec<Wanted>, Refusal>,
+    pub image: Result<Vec<Wanted>, Refused>,
 }
 
 /// A change that cannot be mapped at all: the stream must stop.
@@ -97,7 +97,7 @@ pub trait Mapping: Send + Sync {
     /// The row's key, `None` if its key columns are missing or NULL.
     fn key(&self, row: &dyn RowView) -> Option<RowKey>;
     /// The records the row wants.
-    fn records(&self, row: &dyn RowView, zones: &Zones) -> Result<Vec<Wanted>, Refusal>;
+    fn records(&self, row: &dyn RowView, zones: &Zones) -> Result<Vec<Wanted>, Refused>;
 }
 
 /// The row updates one change makes: a changed key is the old row leaving
@@ -187,13 +187,30 @@ impl Mapping for RrTable {
         }
     }
 
-    fn records(&self, row: &dyn RowView, zones: &Zones) -> Result<Vec<Wanted>, Refusal> {
+    fn records(&self, row: &dyn RowView, zones: &Zones) -> Result<Vec<Wanted>, Refused> {
         let owner = Owner::parse(text(row, "owner")?)?;
         let zone = zones
             .zone_for(&owner)
             .ok_or_else(|| Refusal::OutsideZones {
                 owner: owner.clone(),
             })?;
+        let at = |reason: Refusal| Refused {
+            zone: Some(zone),
+            owner: Some(owner.clone()),
+            reason,
+        };
+        self.records_in(row, zone, owner.clone()).map_err(at)
+    }
+}
+
+impl RrTable {
+    /// The rest of a row, once its owner and zone are known.
+    fn records_in(
+        &self,
+        row: &dyn RowView,
+        zone: ZoneId,
+        owner: Owner,
+    ) -> Result<Vec<Wanted>, Refusal> {
         let class = text(row, "class")?;
         if !class.eq_ignore_ascii_case("IN") {
             return Err(RecordError::BadClass(class.to_owned()).into());
@@ -269,7 +286,7 @@ mod tests {
         let refuse = |i: usize, v: Option<&str>| {
             let mut values = base;
             values[i] = v;
-            RrTable.records(&rr(values), &zones()).unwrap_err()
+            RrTable.records(&rr(values), &zones()).unwrap_err().reason
         };
         assert!(matches!(
             refuse(1, Some("h.other.test.")),

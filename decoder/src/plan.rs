@@ -127,6 +127,27 @@ pub enum Refusal {
     },
 }
 
+/// A refusal with where it happened, when the row got that far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The zone of the record that was refused.
+    pub zone: Option<ZoneId>,
+    /// Its owner.
+    pub owner: Option<Owner>,
+    /// Why.
+    pub reason: Refusal,
+}
+
+impl<E: Into<Refusal>> From<E> for Refused {
+    fn from(e: E) -> Refused {
+        Refused {
+            zone: None,
+            owner: None,
+            reason: e.into(),
+        }
+    }
+}
+
 /// A row that was refused, with what an operator needs to find it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -340,9 +361,10 @@ impl<'z> Planner<'z> {
     }
 
     fn refuse(&mut self, row: &RowRef, lsn: Lsn, hint: Option<NodeKey>, reason: Refusal) {
-        let (zone, owner) = match hint {
-            Some((z, o)) => (Some(z), Some(o)),
-            None => (None, None),
+        let (zone, owner) = match (hint, &reason) {
+            (Some((z, o)), _) => (Some(z), Some(o)),
+            (None, Refusal::OutsideZones { owner }) => (None, Some(owner.clone())),
+            (None, _) => (None, None),
         };
         self.rejections.push(Rejection {
             source: row.0,
@@ -362,8 +384,12 @@ impl<'z> Planner<'z> {
         let old = self.rows.remove(&row).unwrap_or_default();
         let wanted = match update.image {
             Ok(w) => w,
-            Err(reason) => {
-                let hint = old.first().map(|d| (d.zone, d.record.owner.clone()));
+            Err(refused) => {
+                let hint = match (refused.zone, refused.owner) {
+                    (Some(z), Some(o)) => Some((z, o)),
+                    _ => old.first().map(|d| (d.zone, d.record.owner.clone())),
+                };
+                let reason = refused.reason;
                 self.withdraw(&old);
                 self.refuse(&row, update.lsn, hint, reason);
                 self.rows.insert(row, Vec::new());
@@ -891,7 +917,7 @@ mod tests {
         RowUpdate {
             key: RowKey(key.into()),
             lsn: Lsn::new(0x100),
-            image,
+            image: image.map_err(Refused::from),
         }
     }
 
@@ -1220,7 +1246,7 @@ mod tests {
                         return RowUpdate {
                             key: RowKey(format!("r{}", row % 8)),
                             lsn: Lsn::new(1),
-                            image: Err(Refusal::NotText("rdata".into())),
+                            image: Err(Refusal::NotText("rdata".into()).into()),
                         }
                     }
                 };

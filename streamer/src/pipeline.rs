@@ -317,7 +317,7 @@ impl Pipeline<'_> {
                     continue;
                 }
                 frame = replication.recv() => frame?,
-                _ = tokio::time::sleep(BACKLOG_PAUSE), if !self.batch.is_empty() => {
+                _ = tokio::time::sleep(BACKLOG_PAUSE), if !self.batch.is_empty() && !self.assembler.in_transaction() => {
                     self.flush().await?;
                     self.maybe_checkpoint(replication).await?;
                     continue;
