@@ -31,4 +31,14 @@ CREATE INDEX IF NOT EXISTS row_state_owner ON pg2dns.row_state (slot, zone, owne
 -- Rejections name the instance that made them.
 ALTER TABLE pg2dns.rejected ADD COLUMN IF NOT EXISTS slot text;
 
+
+-- What each instance (slot) was configured with when it last streamed: a
+-- zone added or removed since then needs a resync (rows refused as outside
+-- every zone, or records left in a zone no longer followed).
+CREATE TABLE IF NOT EXISTS pg2dns.instance (
+    slot        text PRIMARY KEY,
+    zones       text[] NOT NULL,
+    updated     timestamptz NOT NULL DEFAULT now()
+);
+
 INSERT INTO pg2dns.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
