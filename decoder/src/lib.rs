@@ -12,11 +12,15 @@
 //! ```
 
 pub mod lsn;
+pub mod name;
 pub mod pgoutput;
+pub mod rdata;
 pub mod records;
 pub mod tsig;
 pub mod txn;
 pub mod update;
 
 pub use lsn::Lsn;
+pub use name::Name;
+pub use rdata::RType;
 pub use records::{Owner, Record, RecordId, ZoneName};
