@@ -359,14 +359,20 @@ pub fn parse(rtype: RType, text: &str) -> Result<Vec<u8>, RdataError> {
         }
         RType::SSHFP => {
             out.push(fields.u8("algorithm")?);
-            out.push(fields.u8("fingerprint type")?);
-            out.extend(fields.hex_rest("fingerprint")?);
+            let fp_type = fields.u8("fingerprint type")?;
+            out.push(fp_type);
+            // RFC 4255 §3.1.2 (SHA-1), RFC 6594 (SHA-256).
+            let digest_len = [(1, 20), (2, 32)];
+            out.extend(fields.digest("fingerprint", fp_type, &digest_len)?);
         }
         RType::TLSA => {
             out.push(fields.u8("certificate usage")?);
             out.push(fields.u8("selector")?);
-            out.push(fields.u8("matching type")?);
-            out.extend(fields.hex_rest("certificate association data")?);
+            let matching = fields.u8("matching type")?;
+            out.push(matching);
+            // RFC 6698 §2.1.3: 1 is SHA-256, 2 is SHA-512.
+            let digest_len = [(1, 32), (2, 64)];
+            out.extend(fields.digest("certificate association data", matching, &digest_len)?);
         }
         RType::SVCB | RType::HTTPS => parse_svcb(&mut fields, &mut out)?,
         _ => {
@@ -731,6 +737,28 @@ impl<'t, 'a> Fields<'t, 'a> {
         Ok(bytes)
     }
 
+    /// Hex data whose length must match a known digest type.
+    fn digest(
+        &mut self,
+        field: &'static str,
+        kind: u8,
+        lengths: &[(u8, usize)],
+    ) -> Result<Vec<u8>, RdataError> {
+        let data = self.hex_rest(field)?;
+        match lengths.iter().find(|(k, _)| *k == kind) {
+            Some(&(_, len)) if data.len() != len => Err(RdataError::BadField {
+                rtype: self.rtype,
+                field,
+                value: hex(&data),
+                reason: format!(
+                    "type {kind} is a {len}-byte digest, this has {} bytes",
+                    data.len()
+                ),
+            }),
+            _ => Ok(data),
+        }
+    }
+
     /// One or more hex tokens, concatenated.
     fn hex_rest(&mut self, field: &'static str) -> Result<Vec<u8>, RdataError> {
         let first = self.next(field)?;
@@ -1015,14 +1043,24 @@ fn svc_value(key: u16, value: Option<&[u8]>) -> Result<Vec<u8>, String> {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text()?)
                 .map_err(|_| "ech must be base64".to_owned())?;
-            if bytes.is_empty() {
-                return Err(needs());
+            if !is_ech_config_list(&bytes) {
+                return Err("ech must be an ECHConfigList (a 2-byte length, then that many bytes, at least 4)".into());
             }
             out = bytes;
         }
         _ => out = value.unwrap_or_default().to_vec(),
     }
     Ok(out)
+}
+
+/// Whether `bytes` is shaped as an ECHConfigList: "a length prefix and 4 or more octets".
+fn is_ech_config_list(bytes: &[u8]) -> bool {
+    match bytes {
+        [hi, lo, rest @ ..] => {
+            rest.len() >= 4 && usize::from(u16::from_be_bytes([*hi, *lo])) == rest.len()
+        }
+        _ => false,
+    }
 }
 
 /// Splits a decoded value-list on commas; `\,` and `\\` escape (RFC 9460 Appendix A.1).
@@ -1145,7 +1183,7 @@ fn format_svcb(r: &mut Reader<'_>, out: &mut String) -> Result<(), RdataError> {
                 write!(out, "{name}={}", addrs.join(",")).ok();
             }
             KEY_ECH => {
-                if value.is_empty() {
+                if !is_ech_config_list(value) {
                     return Err(bad());
                 }
                 let b64 = base64::engine::general_purpose::STANDARD.encode(value);
