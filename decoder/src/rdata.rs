@@ -718,9 +718,13 @@ impl<'t, 'a> Fields<'t, 'a> {
     fn text_value(&mut self, field: &'static str) -> Result<Vec<u8>, RdataError> {
         let tok = self.next(field)?;
         match tok.quoting {
-            Quoting::Mixed => {
-                Err(self.bad(tok, field, "quote the whole string, not part of it".into()))
-            }
+            Quoting::Mixed => Err(RdataError::Syntax {
+                rtype: self.rtype,
+                reason: format!(
+                    "{field} {:?}: quote a whole string (and separate strings with a space), not part of it",
+                    tok.raw
+                ),
+            }),
             Quoting::Bare if tok.bare_semicolon => Err(RdataError::UnquotedText {
                 quoted: format!("\"{}\"", tok.raw),
             }),
@@ -1107,7 +1111,7 @@ fn format_svcb(r: &mut Reader<'_>, out: &mut String) -> Result<(), RdataError> {
         let name = svc_key_name(key);
         match key {
             KEY_MANDATORY => {
-                if value.is_empty() || value.len() % 2 != 0 {
+                if value.is_empty() || !value.len().is_multiple_of(2) {
                     return Err(bad());
                 }
                 let keys: Vec<u16> = value
@@ -1162,7 +1166,7 @@ fn format_svcb(r: &mut Reader<'_>, out: &mut String) -> Result<(), RdataError> {
                 write!(out, "{name}={}", u16::from_be_bytes(port)).ok();
             }
             KEY_IPV4HINT => {
-                if value.is_empty() || value.len() % 4 != 0 {
+                if value.is_empty() || !value.len().is_multiple_of(4) {
                     return Err(bad());
                 }
                 let addrs: Vec<String> = value
@@ -1172,7 +1176,7 @@ fn format_svcb(r: &mut Reader<'_>, out: &mut String) -> Result<(), RdataError> {
                 write!(out, "{name}={}", addrs.join(",")).ok();
             }
             KEY_IPV6HINT => {
-                if value.is_empty() || value.len() % 16 != 0 {
+                if value.is_empty() || !value.len().is_multiple_of(16) {
                     return Err(bad());
                 }
                 let mut addrs = Vec::new();
@@ -1303,7 +1307,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Decodes hexadecimal (either case); `None` if odd or not hex.
 fn unhex(text: &str) -> Option<Vec<u8>> {
     let digits = text.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits
