@@ -10,7 +10,9 @@
 //! a comment, for instance) that is printed, not failed.
 //!
 //! dnspython is required: `apt-get install python3-dnspython` (or
-//! `pip install dnspython`). A missing oracle fails the test.
+//! `pip install dnspython`). A missing oracle fails the test, and so does one
+//! too old to be right: Debian 12's dnspython 2.3.0 stores `"\255"` in CAA and
+//! HINFO as the UTF-8 bytes of U+00FF (checked by a probe at start-up).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -35,8 +37,14 @@ try:
 except ImportError:
     print("missing", flush=True)
     sys.exit(0)
-print("ready", dns.version.version if hasattr(dns, "version") else "?", flush=True)
 import dns.version
+# dnspython 2.3.0 (Debian 12's python3-dnspython) reads \DDD in HINFO and CAA
+# as a Latin-1 code point and stores its UTF-8 encoding; such an oracle is wrong.
+probe = dns.rdata.from_text("IN", "CAA", '0 issue "\\255"', origin=None).to_wire()
+if not probe.endswith(b"issue\xff"):
+    print("broken", dns.version.version, flush=True)
+    sys.exit(0)
+print("ready", dns.version.version, flush=True)
 def canon(rd):
     kw = {}
     for cls in type(rd).__mro__:
@@ -73,6 +81,12 @@ fn oracle(queries: &[(RType, String)]) -> Vec<Result<String, String>> {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
+    assert!(
+        !first.starts_with("broken"),
+        "python3's dnspython ({}) decodes \\DDD escapes in CAA and HINFO wrongly; \
+         install a newer one: `pip install -U dnspython` (2.9 is known good)",
+        first.trim()
+    );
     assert!(
         first.starts_with("ready"),
         "python3 has no dnspython module ({first:?}); {install}"
