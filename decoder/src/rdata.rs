@@ -1,11 +1,41 @@
-//! Record types and record data: presentation form ↔ wire form.
-//! (Temporary stand-in over hickory; the real parser lands from the
-//! presentation work.)
+//! Record data: presentation form (one zone-file line's RDATA) to wire form and back.
+//!
+//! Why our own: the parser we used before mis-decoded UTF-8 and `\DDD`
+//! escapes in character-strings, let character-strings over 255 bytes
+//! through, turned relative names in SVCB targets and NAPTR replacements
+//! into root names, ignored trailing tokens and cut unquoted TXT at `;`.
+//! Here bytes round-trip exactly: `parse(t, &format(t, w)?)? == w`.
+//!
+//! The rules we rely on:
+//!
+//! - RFC 1035 §5.1: "`\X` where X is any character other than a digit (0-9),
+//!   is used to quote that character so that its special meaning does not
+//!   apply", and "`\DDD` where each D is a digit is the octet corresponding to
+//!   the decimal number described by DDD". Text outside escapes contributes
+//!   its UTF-8 bytes.
+//! - RFC 1035 §3.3: "`<character-string>` is a single length octet followed by
+//!   that number of characters", so at most 255 bytes each.
+//! - RFC 3597 §5: "The RDATA section of a RR of unknown type is represented …
+//!   `\# <length> <hex…>`"; we accept it for every supported type and check
+//!   the bytes by formatting and re-parsing them.
+//! - RFC 9460 §2.1: SvcParams are `key=value` pairs, "SvcParamKeys SHALL appear
+//!   in increasing numeric order" on the wire, and "In AliasMode, records
+//!   SHOULD NOT include any SvcParams" (we refuse them).
+//! - RFC 8659 §4.1: the CAA value is "the remainder of the RDATA", with no
+//!   length octet.
+//!
+//! A row's record data is one line: there are no comments (`;` is data, and
+//! unquoted TXT containing it is refused with the quoted form to write
+//! instead), no parentheses and no line breaks. Names inside record data must
+//! be fully qualified (there is no `$ORIGIN` to complete them) and are
+//! lower-cased, since BIND treats `CNAME Target.` and `CNAME target.` as one
+//! record.
 
 use std::fmt;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use hickory_proto::rr::{RData, RecordType};
-use hickory_proto::serialize::binary::{BinDecoder, BinEncodable, BinEncoder, NameEncoding};
+use base64::Engine as _;
 
 use crate::name::{Name, NameError};
 
@@ -13,204 +43,1283 @@ use crate::name::{Name, NameError};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct RType(pub u16);
 
-#[allow(missing_docs)]
+/// Known mnemonics and their numbers.
+const MNEMONICS: &[(&str, RType)] = &[
+    ("A", RType::A),
+    ("NS", RType::NS),
+    ("CNAME", RType::CNAME),
+    ("SOA", RType::SOA),
+    ("PTR", RType::PTR),
+    ("HINFO", RType::HINFO),
+    ("MX", RType::MX),
+    ("TXT", RType::TXT),
+    ("AAAA", RType::AAAA),
+    ("SRV", RType::SRV),
+    ("NAPTR", RType::NAPTR),
+    ("DS", RType::DS),
+    ("SSHFP", RType::SSHFP),
+    ("RRSIG", RType::RRSIG),
+    ("NSEC", RType::NSEC),
+    ("DNSKEY", RType::DNSKEY),
+    ("NSEC3", RType::NSEC3),
+    ("NSEC3PARAM", RType::NSEC3PARAM),
+    ("TLSA", RType::TLSA),
+    ("CDS", RType::CDS),
+    ("CDNSKEY", RType::CDNSKEY),
+    ("SVCB", RType::SVCB),
+    ("HTTPS", RType::HTTPS),
+    ("CAA", RType::CAA),
+];
+
 impl RType {
+    /// IPv4 address (RFC 1035).
     pub const A: RType = RType(1);
+    /// Name server (RFC 1035).
     pub const NS: RType = RType(2);
+    /// Canonical name (RFC 1035).
     pub const CNAME: RType = RType(5);
+    /// Start of authority (RFC 1035).
     pub const SOA: RType = RType(6);
+    /// Domain name pointer (RFC 1035).
     pub const PTR: RType = RType(12);
+    /// Host information (RFC 1035, RFC 8482).
     pub const HINFO: RType = RType(13);
+    /// Mail exchange (RFC 1035).
     pub const MX: RType = RType(15);
+    /// Text strings (RFC 1035).
     pub const TXT: RType = RType(16);
+    /// IPv6 address (RFC 3596).
     pub const AAAA: RType = RType(28);
+    /// Service location (RFC 2782).
     pub const SRV: RType = RType(33);
+    /// Naming authority pointer (RFC 3403).
     pub const NAPTR: RType = RType(35);
+    /// Delegation signer (RFC 4034).
     pub const DS: RType = RType(43);
+    /// SSH key fingerprint (RFC 4255).
     pub const SSHFP: RType = RType(44);
+    /// DNSSEC signature (RFC 4034).
     pub const RRSIG: RType = RType(46);
+    /// Next secure (RFC 4034).
     pub const NSEC: RType = RType(47);
+    /// DNSSEC key (RFC 4034).
     pub const DNSKEY: RType = RType(48);
+    /// Hashed next secure (RFC 5155).
     pub const NSEC3: RType = RType(50);
+    /// NSEC3 parameters (RFC 5155).
     pub const NSEC3PARAM: RType = RType(51);
+    /// TLS certificate association (RFC 6698).
     pub const TLSA: RType = RType(52);
+    /// Child DS (RFC 7344).
     pub const CDS: RType = RType(59);
+    /// Child DNSKEY (RFC 7344).
     pub const CDNSKEY: RType = RType(60);
+    /// Service binding (RFC 9460).
     pub const SVCB: RType = RType(64);
+    /// HTTPS service binding (RFC 9460).
     pub const HTTPS: RType = RType(65);
+    /// Certification authority authorization (RFC 8659).
     pub const CAA: RType = RType(257);
-}
 
-impl RType {
-    /// Parses a mnemonic case-insensitively, or TYPEnnn.
+    /// Parses a mnemonic case-insensitively, or TYPEnnn (RFC 3597). Any known type or TYPEnnn parses.
     pub fn parse(text: &str) -> Result<RType, RdataError> {
-        let t: RecordType =
-            text.trim()
-                .to_ascii_uppercase()
-                .parse()
-                .map_err(|_| RdataError::UnsupportedType {
-                    rtype: text.to_owned(),
-                })?;
-        Ok(RType(u16::from(t)))
+        if let Some(&(_, rtype)) = MNEMONICS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(text))
+        {
+            return Ok(rtype);
+        }
+        let unknown = || RdataError::UnknownType {
+            text: text.to_owned(),
+        };
+        let digits = text
+            .get(..4)
+            .filter(|prefix| prefix.eq_ignore_ascii_case("TYPE"))
+            .and_then(|_| text.get(4..))
+            .ok_or_else(unknown)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(unknown());
+        }
+        digits.parse::<u16>().map(RType).map_err(|_| unknown())
     }
 
-    /// Whether pg2dns publishes this type.
+    /// Whether pg2dns publishes this type: A AAAA CNAME MX NS PTR SRV TXT CAA SSHFP TLSA NAPTR HINFO SVCB HTTPS.
     pub fn is_supported(self) -> bool {
-        [
-            RType::A,
-            RType::AAAA,
-            RType::CNAME,
-            RType::MX,
-            RType::NS,
-            RType::PTR,
-            RType::SRV,
-            RType::TXT,
-            RType::CAA,
-            RType::SSHFP,
-            RType::TLSA,
-            RType::NAPTR,
-            RType::HINFO,
-            RType::SVCB,
-            RType::HTTPS,
-        ]
-        .contains(&self)
+        matches!(
+            self,
+            RType::A
+                | RType::AAAA
+                | RType::CNAME
+                | RType::MX
+                | RType::NS
+                | RType::PTR
+                | RType::SRV
+                | RType::TXT
+                | RType::CAA
+                | RType::SSHFP
+                | RType::TLSA
+                | RType::NAPTR
+                | RType::HINFO
+                | RType::SVCB
+                | RType::HTTPS
+        )
     }
 
-    /// DNSSEC and signer types pg2dns never owns.
+    /// DNSSEC and signer types pg2dns never owns: RRSIG NSEC NSEC3 NSEC3PARAM DNSKEY CDS CDNSKEY (plus the type 65534 private type BIND's signer uses).
     pub fn is_dnssec(self) -> bool {
-        [
-            RType::RRSIG,
-            RType::NSEC,
-            RType::NSEC3,
-            RType::NSEC3PARAM,
-            RType::DNSKEY,
-            RType::CDS,
-            RType::CDNSKEY,
-            RType(65534),
-        ]
-        .contains(&self)
+        matches!(
+            self,
+            RType::RRSIG
+                | RType::NSEC
+                | RType::NSEC3
+                | RType::NSEC3PARAM
+                | RType::DNSKEY
+                | RType::CDS
+                | RType::CDNSKEY
+                | RType(65534)
+        )
     }
 }
 
 impl fmt::Display for RType {
+    /// The mnemonic, or `TYPEnnn` (RFC 3597 §5) for a type without one.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", RecordType::from(self.0))
+        match MNEMONICS.iter().find(|(_, rtype)| rtype == self) {
+            Some((name, _)) => f.write_str(name),
+            None => write!(f, "TYPE{}", self.0),
+        }
     }
 }
 
 /// Why record data was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RdataError {
-    /// Unknown or unsupported type.
-    #[error("unsupported record type {rtype:?}")]
+    /// The text is neither a known mnemonic nor `TYPEnnn`.
+    #[error("unknown record type {text:?}")]
+    UnknownType {
+        /// The text given.
+        text: String,
+    },
+    /// pg2dns does not publish this type.
+    #[error("record type {rtype} is not supported")]
     UnsupportedType {
-        /// The text.
+        /// The type, as printed.
         rtype: String,
     },
-    /// Does not parse.
-    #[error("{rtype} record data does not parse: {reason}")]
+    /// The text does not tokenize or has the wrong shape.
+    #[error("invalid {rtype} record data: {reason}")]
     Syntax {
-        /// The type.
+        /// The record type.
         rtype: RType,
-        /// Why.
+        /// What is wrong.
         reason: String,
     },
-    /// A name inside.
-    #[error(transparent)]
+    /// A character-string over 255 bytes.
+    #[error("a character-string holds at most 255 bytes, this one has {len}")]
+    StringTooLong {
+        /// The string's length in bytes.
+        len: usize,
+    },
+    /// A token left after the type's fields.
+    #[error("unexpected {token:?} after the {rtype} record data")]
+    TrailingData {
+        /// The record type.
+        rtype: RType,
+        /// The first extra token.
+        token: String,
+    },
+    /// The text ended before a required field.
+    #[error("{rtype} record data is missing its {field}")]
+    MissingField {
+        /// The record type.
+        rtype: RType,
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A field that does not parse.
+    #[error("invalid {field} {value:?} in {rtype} record data: {reason}")]
+    BadField {
+        /// The record type.
+        rtype: RType,
+        /// The field's name.
+        field: &'static str,
+        /// The text given.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A relative name inside record data.
+    #[error(
+        "name {name:?} is relative; names in record data must be fully qualified (end with a dot)"
+    )]
+    RelativeName {
+        /// The text given.
+        name: String,
+    },
+    /// A name inside record data that does not parse.
+    #[error("invalid domain name in record data")]
     Name(#[from] NameError),
-    /// Bad wire data.
+    /// Unquoted text that a zone file would split or cut.
+    #[error("text with spaces or ';' must be quoted: write {quoted}")]
+    UnquotedText {
+        /// The quoted form to write instead.
+        quoted: String,
+    },
+    /// Record data over 65535 bytes in wire form.
+    #[error("record data holds at most 65535 bytes, this has {len}")]
+    TooLong {
+        /// The wire length.
+        len: usize,
+    },
+    /// Wire data that does not decode as the type.
     #[error("malformed {rtype} wire data at offset {offset}")]
     BadWire {
-        /// The type.
+        /// The record type.
         rtype: RType,
-        /// Where.
+        /// The byte offset where the problem was found.
         offset: usize,
     },
 }
 
-fn to_wire(rdata: &RData) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::new();
-    let mut encoder = BinEncoder::new(&mut buf);
-    encoder.set_name_encoding(NameEncoding::Uncompressed);
-    rdata.emit(&mut encoder).map_err(|e| e.to_string())?;
-    Ok(buf)
-}
-
-/// Parses record data from presentation form into wire form.
+/// Parses the record data of a supported type from presentation form into wire form (uncompressed names, lower-cased).
 pub fn parse(rtype: RType, text: &str) -> Result<Vec<u8>, RdataError> {
-    let t = RecordType::from(rtype.0);
-    let syntax = |reason: String| RdataError::Syntax { rtype, reason };
-    let tokens: Vec<&str> = text.split_whitespace().collect();
-    let name_token = match rtype {
-        RType::CNAME | RType::NS | RType::PTR => tokens.first(),
-        RType::MX => tokens.get(1),
-        RType::SRV => tokens.get(3),
-        _ => None,
+    if !rtype.is_supported() {
+        return Err(RdataError::UnsupportedType {
+            rtype: rtype.to_string(),
+        });
+    }
+    let tokens = tokenize(rtype, text)?;
+    if tokens.first().map(|t| t.raw) == Some("\\#") {
+        return parse_generic(rtype, text, tokens.get(1..).unwrap_or_default());
+    }
+    let mut fields = Fields {
+        rtype,
+        text,
+        tokens: &tokens,
+        at: 0,
     };
-    if let Some(n) = name_token {
-        Name::parse_absolute(n)?;
-    }
-    let rd = RData::try_from_str(t, text).map_err(|e| syntax(e.to_string()))?;
-    let mut wire = to_wire(&rd).map_err(syntax)?;
-    lower_names(rtype, &mut wire);
-    Ok(wire)
-}
-
-fn name_offset(rtype: RType) -> Option<usize> {
+    let mut out = Vec::new();
     match rtype {
-        RType::CNAME | RType::NS | RType::PTR => Some(0),
-        RType::MX => Some(2),
-        RType::SRV => Some(6),
-        _ => None,
-    }
-}
-
-fn lower_names(rtype: RType, wire: &mut [u8]) {
-    if let Some(at) = name_offset(rtype) {
-        if let Some(rest) = wire.get_mut(at..) {
-            rest.make_ascii_lowercase();
+        RType::A => {
+            let tok = fields.next("address")?;
+            let addr: Ipv4Addr = fields
+                .bare(tok, "address")?
+                .parse()
+                .map_err(|_| fields.bad(tok, "address", "not a dotted-quad IPv4 address".into()))?;
+            out.extend(addr.octets());
+        }
+        RType::AAAA => {
+            let tok = fields.next("address")?;
+            let addr: Ipv6Addr = fields
+                .bare(tok, "address")?
+                .parse()
+                .map_err(|_| fields.bad(tok, "address", "not an IPv6 address".into()))?;
+            out.extend(addr.octets());
+        }
+        RType::CNAME | RType::NS | RType::PTR => {
+            out.extend(fields.name("name")?.as_wire());
+        }
+        RType::MX => {
+            out.extend(fields.u16("preference")?.to_be_bytes());
+            out.extend(fields.name("exchange")?.as_wire());
+        }
+        RType::SRV => {
+            out.extend(fields.u16("priority")?.to_be_bytes());
+            out.extend(fields.u16("weight")?.to_be_bytes());
+            out.extend(fields.u16("port")?.to_be_bytes());
+            out.extend(fields.name("target")?.as_wire());
+        }
+        RType::TXT => parse_txt(&mut fields, &mut out)?,
+        RType::HINFO => {
+            for field in ["cpu", "os"] {
+                let s = fields.char_string(field)?;
+                push_string(&mut out, &s)?;
+            }
+        }
+        RType::NAPTR => {
+            out.extend(fields.u16("order")?.to_be_bytes());
+            out.extend(fields.u16("preference")?.to_be_bytes());
+            for field in ["flags", "services", "regexp"] {
+                let s = fields.char_string(field)?;
+                push_string(&mut out, &s)?;
+            }
+            out.extend(fields.name("replacement")?.as_wire());
+        }
+        RType::CAA => {
+            out.push(fields.u8("flags")?);
+            let tok = fields.next("tag")?;
+            let tag = fields.bare(tok, "tag")?;
+            if tag.is_empty() || tag.len() > 15 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(fields.bad(tok, "tag", "must be 1 to 15 letters or digits".into()));
+            }
+            out.push(tag.len() as u8);
+            out.extend(tag.bytes());
+            let value = fields.text_value("value")?;
+            out.extend(value);
+        }
+        RType::SSHFP => {
+            out.push(fields.u8("algorithm")?);
+            let fp_type = fields.u8("fingerprint type")?;
+            out.push(fp_type);
+            // RFC 4255 §3.1.2 (SHA-1), RFC 6594 (SHA-256).
+            let digest_len = [(1, 20), (2, 32)];
+            out.extend(fields.digest("fingerprint", fp_type, &digest_len)?);
+        }
+        RType::TLSA => {
+            out.push(fields.u8("certificate usage")?);
+            out.push(fields.u8("selector")?);
+            let matching = fields.u8("matching type")?;
+            out.push(matching);
+            // RFC 6698 §2.1.3: 1 is SHA-256, 2 is SHA-512.
+            let digest_len = [(1, 32), (2, 64)];
+            out.extend(fields.digest("certificate association data", matching, &digest_len)?);
+        }
+        RType::SVCB | RType::HTTPS => parse_svcb(&mut fields, &mut out)?,
+        _ => {
+            return Err(RdataError::UnsupportedType {
+                rtype: rtype.to_string(),
+            })
         }
     }
+    fields.finish()?;
+    if out.len() > usize::from(u16::MAX) {
+        return Err(RdataError::TooLong { len: out.len() });
+    }
+    Ok(out)
 }
 
-/// Canonical presentation form of wire record data.
+/// Canonical presentation form of wire record data: `parse(t, &format(t, w)?)? == w` for every w that parse produced.
 pub fn format(rtype: RType, wire: &[u8]) -> Result<String, RdataError> {
-    let t = RecordType::from(rtype.0);
-    let mut decoder = BinDecoder::new(wire);
-    let len = hickory_proto::serialize::binary::Restrict::new(wire.len() as u16);
-    let rd =
-        RData::read(&mut decoder, t, len).map_err(|_| RdataError::BadWire { rtype, offset: 0 })?;
-    Ok(match &rd {
-        RData::TXT(txt) => txt
-            .txt_data
-            .iter()
-            .map(|s| quote(s))
-            .collect::<Vec<_>>()
-            .join(" "),
-        RData::HINFO(h) => format!("{} {}", quote(&h.cpu), quote(&h.os)),
-        other => other.to_string(),
+    if !rtype.is_supported() {
+        return Err(RdataError::UnsupportedType {
+            rtype: rtype.to_string(),
+        });
+    }
+    let mut r = Reader { rtype, wire, at: 0 };
+    let mut out = String::new();
+    match rtype {
+        RType::A => {
+            let b = r.take(4)?;
+            let octets: [u8; 4] = b.try_into().map_err(|_| r.bad())?;
+            write!(out, "{}", Ipv4Addr::from(octets)).ok();
+        }
+        RType::AAAA => {
+            let b = r.take(16)?;
+            let octets: [u8; 16] = b.try_into().map_err(|_| r.bad())?;
+            write!(out, "{}", Ipv6Addr::from(octets)).ok();
+        }
+        RType::CNAME | RType::NS | RType::PTR => {
+            write!(out, "{}", r.name()?).ok();
+        }
+        RType::MX => {
+            let pref = r.u16()?;
+            write!(out, "{pref} {}", r.name()?).ok();
+        }
+        RType::SRV => {
+            let (priority, weight, port) = (r.u16()?, r.u16()?, r.u16()?);
+            write!(out, "{priority} {weight} {port} {}", r.name()?).ok();
+        }
+        RType::TXT => {
+            if r.done() {
+                return Err(r.bad());
+            }
+            while !r.done() {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                let s = r.string()?;
+                quote_into(&mut out, s);
+            }
+        }
+        RType::HINFO => {
+            let cpu = r.string()?;
+            let os = r.string()?;
+            quote_into(&mut out, cpu);
+            out.push(' ');
+            quote_into(&mut out, os);
+        }
+        RType::NAPTR => {
+            let (order, pref) = (r.u16()?, r.u16()?);
+            write!(out, "{order} {pref}").ok();
+            for _ in 0..3 {
+                out.push(' ');
+                let s = r.string()?;
+                quote_into(&mut out, s);
+            }
+            write!(out, " {}", r.name()?).ok();
+        }
+        RType::CAA => {
+            let flags = r.u8()?;
+            let tag_at = r.at;
+            let len = r.u8()?;
+            let tag = r.take(usize::from(len))?;
+            if tag.is_empty() || tag.len() > 15 || !tag.iter().all(u8::is_ascii_alphanumeric) {
+                return Err(RdataError::BadWire {
+                    rtype,
+                    offset: tag_at,
+                });
+            }
+            let value = r.rest();
+            write!(out, "{flags} {} ", String::from_utf8_lossy(tag)).ok();
+            quote_into(&mut out, value);
+        }
+        RType::SSHFP => {
+            let (alg, fp) = (r.u8()?, r.u8()?);
+            let data = r.rest_nonempty()?;
+            write!(out, "{alg} {fp} {}", hex(data)).ok();
+        }
+        RType::TLSA => {
+            let (usage, selector, matching) = (r.u8()?, r.u8()?, r.u8()?);
+            let data = r.rest_nonempty()?;
+            write!(out, "{usage} {selector} {matching} {}", hex(data)).ok();
+        }
+        RType::SVCB | RType::HTTPS => format_svcb(&mut r, &mut out)?,
+        _ => {
+            return Err(RdataError::UnsupportedType {
+                rtype: rtype.to_string(),
+            })
+        }
+    }
+    if !r.done() {
+        return Err(r.bad());
+    }
+    Ok(out)
+}
+
+/// The domain name a record points at, for types that have one: CNAME, NS, PTR (the name), MX (exchange), SRV (target), NAPTR (replacement), SVCB/HTTPS (target). None otherwise.
+pub fn target(rtype: RType, wire: &[u8]) -> Option<Name> {
+    let mut r = Reader { rtype, wire, at: 0 };
+    match rtype {
+        RType::CNAME | RType::NS | RType::PTR => {}
+        RType::MX | RType::SVCB | RType::HTTPS => {
+            r.take(2).ok()?;
+        }
+        RType::SRV => {
+            r.take(6).ok()?;
+        }
+        RType::NAPTR => {
+            r.take(4).ok()?;
+            for _ in 0..3 {
+                r.string().ok()?;
+            }
+        }
+        _ => return None,
+    }
+    r.name().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Tokens
+
+/// How a token was written.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Quoting {
+    /// No quotes at all.
+    Bare,
+    /// One quoted string and nothing else.
+    Quoted,
+    /// Bare and quoted pieces run together (`alpn="h2,h3"`).
+    Mixed,
+}
+
+/// One whitespace-separated token, escapes decoded.
+#[derive(Debug)]
+struct Token<'a> {
+    /// The source text of the token, escapes and quotes included.
+    raw: &'a str,
+    /// Where `raw` starts in the record data text.
+    start: usize,
+    /// The decoded bytes.
+    bytes: Vec<u8>,
+    /// How it was written.
+    quoting: Quoting,
+    /// Whether an unescaped `;` appears outside quotes.
+    bare_semicolon: bool,
+}
+
+/// Splits one line of record data into tokens (RFC 1035 §5.1 escapes, quotes).
+fn tokenize(rtype: RType, text: &str) -> Result<Vec<Token<'_>>, RdataError> {
+    let syntax = |reason: &str| RdataError::Syntax {
+        rtype,
+        reason: reason.to_owned(),
+    };
+    let mut tokens = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    loop {
+        while chars.next_if(|&(_, c)| c == ' ' || c == '\t').is_some() {}
+        let Some(&(start, _)) = chars.peek() else {
+            break;
+        };
+        let mut bytes = Vec::new();
+        let (mut bare, mut quoted_pieces, mut in_quote) = (false, 0usize, false);
+        let mut bare_semicolon = false;
+        let mut end = text.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\n' | '\r' => return Err(syntax("record data is one line; write a line break as \\010")),
+                '"' => {
+                    if !in_quote {
+                        quoted_pieces += 1;
+                    }
+                    in_quote = !in_quote;
+                }
+                '\\' => {
+                    if !in_quote {
+                        bare = true;
+                    }
+                    let (_, next) = chars
+                        .next()
+                        .ok_or_else(|| syntax("a backslash at the end of the text escapes nothing"))?;
+                    if let Some(d0) = next.to_digit(10) {
+                        let d1 = chars.next().and_then(|(_, c)| c.to_digit(10));
+                        let d2 = chars.next().and_then(|(_, c)| c.to_digit(10));
+                        let (Some(d1), Some(d2)) = (d1, d2) else {
+                            return Err(syntax("a decimal escape is \\DDD with exactly three digits"));
+                        };
+                        let byte = u8::try_from(d0 * 100 + d1 * 10 + d2)
+                            .map_err(|_| syntax("a decimal escape \\DDD is at most \\255"))?;
+                        bytes.push(byte);
+                    } else {
+                        push_char(&mut bytes, next);
+                    }
+                }
+                c if in_quote => push_char(&mut bytes, c),
+                ' ' | '\t' => {
+                    end = i;
+                    break;
+                }
+                '(' | ')' => {
+                    return Err(syntax(
+                        "parentheses are not supported (record data is one line); escape them as \\( and \\)",
+                    ))
+                }
+                c => {
+                    bare = true;
+                    if c == ';' {
+                        bare_semicolon = true;
+                    }
+                    push_char(&mut bytes, c);
+                }
+            }
+        }
+        if in_quote {
+            return Err(syntax("a quoted string is not closed"));
+        }
+        let quoting = match (bare, quoted_pieces) {
+            (_, 0) => Quoting::Bare,
+            (false, 1) => Quoting::Quoted,
+            _ => Quoting::Mixed,
+        };
+        tokens.push(Token {
+            raw: text.get(start..end).unwrap_or_default(),
+            start,
+            bytes,
+            quoting,
+            bare_semicolon,
+        });
+    }
+    Ok(tokens)
+}
+
+/// Appends the UTF-8 bytes of `c`.
+fn push_char(bytes: &mut Vec<u8>, c: char) {
+    let mut buf = [0u8; 4];
+    bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+}
+
+/// A cursor over the tokens of one record's data.
+struct Fields<'t, 'a> {
+    rtype: RType,
+    text: &'a str,
+    tokens: &'t [Token<'a>],
+    at: usize,
+}
+
+impl<'t, 'a> Fields<'t, 'a> {
+    /// The next token, or MissingField.
+    fn next(&mut self, field: &'static str) -> Result<&'t Token<'a>, RdataError> {
+        let tok = self.tokens.get(self.at).ok_or(RdataError::MissingField {
+            rtype: self.rtype,
+            field,
+        })?;
+        self.at += 1;
+        Ok(tok)
+    }
+
+    /// Whether all tokens were used.
+    fn is_empty(&self) -> bool {
+        self.at >= self.tokens.len()
+    }
+
+    /// Fails with TrailingData if tokens are left.
+    fn finish(&self) -> Result<(), RdataError> {
+        match self.tokens.get(self.at) {
+            Some(tok) => Err(RdataError::TrailingData {
+                rtype: self.rtype,
+                token: tok.raw.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn bad(&self, tok: &Token<'_>, field: &'static str, reason: String) -> RdataError {
+        RdataError::BadField {
+            rtype: self.rtype,
+            field,
+            value: tok.raw.to_owned(),
+            reason,
+        }
+    }
+
+    /// The text of an unquoted token without escapes (numbers, addresses, tags).
+    fn bare<'b>(&self, tok: &'b Token<'_>, field: &'static str) -> Result<&'b str, RdataError> {
+        if tok.quoting != Quoting::Bare || tok.raw.contains('\\') {
+            return Err(self.bad(
+                tok,
+                field,
+                "must be written without quotes or escapes".into(),
+            ));
+        }
+        Ok(tok.raw)
+    }
+
+    /// A decimal number of at most `max`.
+    fn number(&mut self, field: &'static str, max: u16) -> Result<u16, RdataError> {
+        let tok = self.next(field)?;
+        let text = self.bare(tok, field)?;
+        let reason = || format!("must be a decimal number from 0 to {max}");
+        if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(self.bad(tok, field, reason()));
+        }
+        match text.parse::<u32>() {
+            Ok(n) if n <= u32::from(max) => Ok(n as u16),
+            _ => Err(self.bad(tok, field, reason())),
+        }
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, RdataError> {
+        self.number(field, u16::MAX)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, RdataError> {
+        self.number(field, u16::from(u8::MAX)).map(|n| n as u8)
+    }
+
+    /// A fully qualified name.
+    fn name(&mut self, field: &'static str) -> Result<Name, RdataError> {
+        let tok = self.next(field)?;
+        if tok.quoting != Quoting::Bare {
+            return Err(self.bad(tok, field, "a domain name is written without quotes".into()));
+        }
+        absolute_name(tok.raw)
+    }
+
+    /// A token's bytes as text-like data (quoted or a bare token without `;`).
+    fn text_value(&mut self, field: &'static str) -> Result<Vec<u8>, RdataError> {
+        let tok = self.next(field)?;
+        match tok.quoting {
+            Quoting::Mixed => Err(RdataError::Syntax {
+                rtype: self.rtype,
+                reason: format!(
+                    "{field} {:?}: quote a whole string (and separate strings with a space), not part of it",
+                    tok.raw
+                ),
+            }),
+            Quoting::Bare if tok.bare_semicolon => Err(RdataError::UnquotedText {
+                quoted: format!("\"{}\"", tok.raw),
+            }),
+            _ => Ok(tok.bytes.clone()),
+        }
+    }
+
+    /// One character-string (at most 255 bytes).
+    fn char_string(&mut self, field: &'static str) -> Result<Vec<u8>, RdataError> {
+        let bytes = self.text_value(field)?;
+        if bytes.len() > 255 {
+            return Err(RdataError::StringTooLong { len: bytes.len() });
+        }
+        Ok(bytes)
+    }
+
+    /// Hex data whose length must match a known digest type.
+    fn digest(
+        &mut self,
+        field: &'static str,
+        kind: u8,
+        lengths: &[(u8, usize)],
+    ) -> Result<Vec<u8>, RdataError> {
+        let data = self.hex_rest(field)?;
+        match lengths.iter().find(|(k, _)| *k == kind) {
+            Some(&(_, len)) if data.len() != len => Err(RdataError::BadField {
+                rtype: self.rtype,
+                field,
+                value: hex(&data),
+                reason: format!(
+                    "type {kind} is a {len}-byte digest, this has {} bytes",
+                    data.len()
+                ),
+            }),
+            _ => Ok(data),
+        }
+    }
+
+    /// One or more hex tokens, concatenated.
+    fn hex_rest(&mut self, field: &'static str) -> Result<Vec<u8>, RdataError> {
+        let first = self.next(field)?;
+        let mut text = String::from(self.bare(first, field)?);
+        while !self.is_empty() {
+            let tok = self.next(field)?;
+            text.push_str(self.bare(tok, field)?);
+        }
+        unhex(&text).ok_or_else(|| RdataError::BadField {
+            rtype: self.rtype,
+            field,
+            value: text.clone(),
+            reason: "must be an even number of hexadecimal digits".into(),
+        })
+    }
+}
+
+/// Parses a name that must be fully qualified.
+fn absolute_name(text: &str) -> Result<Name, RdataError> {
+    Name::parse_absolute(text).map_err(|e| match e {
+        NameError::Relative { name } => RdataError::RelativeName { name },
+        e => RdataError::Name(e),
     })
 }
 
-fn quote(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() + 2);
+/// Appends a length-prefixed character-string.
+fn push_string(out: &mut Vec<u8>, s: &[u8]) -> Result<(), RdataError> {
+    let len = u8::try_from(s.len()).map_err(|_| RdataError::StringTooLong { len: s.len() })?;
+    out.push(len);
+    out.extend_from_slice(s);
+    Ok(())
+}
+
+/// TXT: quoted strings, or a single bare token without `;`.
+fn parse_txt(fields: &mut Fields<'_, '_>, out: &mut Vec<u8>) -> Result<(), RdataError> {
+    let tokens = fields.tokens;
+    if tokens.is_empty() {
+        return Err(RdataError::MissingField {
+            rtype: fields.rtype,
+            field: "text",
+        });
+    }
+    let any_bare = tokens.iter().any(|t| t.quoting == Quoting::Bare);
+    let lone_safe = tokens.len() == 1 && !tokens.iter().any(|t| t.bare_semicolon);
+    if any_bare && !lone_safe {
+        let quoted = if tokens.iter().all(|t| t.quoting == Quoting::Bare) {
+            // All bare: the writer almost surely meant one string, spaces included.
+            let start = tokens.first().map_or(0, |t| t.start);
+            let end = tokens.last().map_or(0, |t| t.start + t.raw.len());
+            let joined = fields.text.get(start..end).unwrap_or_default();
+            format!("\"{joined}\"")
+        } else {
+            tokens
+                .iter()
+                .map(|t| match t.quoting {
+                    Quoting::Bare => format!("\"{}\"", t.raw),
+                    _ => t.raw.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        return Err(RdataError::UnquotedText { quoted });
+    }
+    while !fields.is_empty() {
+        let s = fields.char_string("text")?;
+        push_string(out, &s)?;
+    }
+    Ok(())
+}
+
+/// RFC 3597 `\# <length> <hex>…`, validated by formatting and re-parsing.
+fn parse_generic(rtype: RType, text: &str, tokens: &[Token<'_>]) -> Result<Vec<u8>, RdataError> {
+    let mut fields = Fields {
+        rtype,
+        text,
+        tokens,
+        at: 0,
+    };
+    let len = fields.u16("length")?;
+    let wire = if fields.is_empty() {
+        Vec::new()
+    } else {
+        fields.hex_rest("data")?
+    };
+    if wire.len() != usize::from(len) {
+        return Err(RdataError::BadField {
+            rtype,
+            field: "length",
+            value: len.to_string(),
+            reason: format!("the data has {} bytes", wire.len()),
+        });
+    }
+    // Formatting checks the layout; re-parsing lower-cases names.
+    parse(rtype, &format(rtype, &wire)?)
+}
+
+// ---------------------------------------------------------------------------
+// SVCB and HTTPS (RFC 9460)
+
+const KEY_MANDATORY: u16 = 0;
+const KEY_ALPN: u16 = 1;
+const KEY_NO_DEFAULT_ALPN: u16 = 2;
+const KEY_PORT: u16 = 3;
+const KEY_IPV4HINT: u16 = 4;
+const KEY_ECH: u16 = 5;
+const KEY_IPV6HINT: u16 = 6;
+/// "Invalid key" (RFC 9460 §14.3.2).
+const KEY_INVALID: u16 = 65535;
+
+const KEY_NAMES: &[(&str, u16)] = &[
+    ("mandatory", KEY_MANDATORY),
+    ("alpn", KEY_ALPN),
+    ("no-default-alpn", KEY_NO_DEFAULT_ALPN),
+    ("port", KEY_PORT),
+    ("ipv4hint", KEY_IPV4HINT),
+    ("ech", KEY_ECH),
+    ("ipv6hint", KEY_IPV6HINT),
+];
+
+/// A SvcParamKey from its presentation name or `keyNNNNN`.
+fn svc_key(text: &[u8]) -> Option<u16> {
+    if let Some(&(_, key)) = KEY_NAMES.iter().find(|(n, _)| n.as_bytes() == text) {
+        return Some(key);
+    }
+    let digits = text.strip_prefix(b"key")?;
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    u16::try_from(n).ok().filter(|&k| k != KEY_INVALID)
+}
+
+/// The presentation name of a SvcParamKey.
+fn svc_key_name(key: u16) -> String {
+    match KEY_NAMES.iter().find(|(_, k)| *k == key) {
+        Some((name, _)) => (*name).to_owned(),
+        None => format!("key{key}"),
+    }
+}
+
+fn parse_svcb(fields: &mut Fields<'_, '_>, out: &mut Vec<u8>) -> Result<(), RdataError> {
+    let rtype = fields.rtype;
+    let priority = fields.u16("priority")?;
+    out.extend(priority.to_be_bytes());
+    out.extend(fields.name("target")?.as_wire());
+    let mut params: Vec<(u16, Vec<u8>)> = Vec::new();
+    while !fields.is_empty() {
+        let tok = fields.next("parameter")?;
+        let (key_text, value) = match tok.bytes.iter().position(|&b| b == b'=') {
+            Some(eq) => (
+                tok.bytes.get(..eq).unwrap_or_default(),
+                Some(tok.bytes.get(eq + 1..).unwrap_or_default()),
+            ),
+            None => (&tok.bytes[..], None),
+        };
+        let bad = |reason: String| RdataError::BadField {
+            rtype,
+            field: "parameter",
+            value: tok.raw.to_owned(),
+            reason,
+        };
+        let key = svc_key(key_text).ok_or_else(|| {
+            bad("unknown key (use mandatory, alpn, no-default-alpn, port, ipv4hint, ech, ipv6hint or keyNNNNN)".into())
+        })?;
+        if params.iter().any(|(k, _)| *k == key) {
+            return Err(bad("the key appears more than once".into()));
+        }
+        let wire = svc_value(key, value).map_err(bad)?;
+        if wire.len() > usize::from(u16::MAX) {
+            return Err(RdataError::TooLong { len: wire.len() });
+        }
+        params.push((key, wire));
+    }
+    params.sort_by_key(|(k, _)| *k);
+    check_params(rtype, priority, &params)?;
+    for (key, value) in params {
+        out.extend(key.to_be_bytes());
+        out.extend((value.len() as u16).to_be_bytes());
+        out.extend(value);
+    }
+    Ok(())
+}
+
+/// Consistency rules that need all the parameters (RFC 9460 §2.4.3, §7, §8).
+fn check_params(rtype: RType, priority: u16, params: &[(u16, Vec<u8>)]) -> Result<(), RdataError> {
+    let syntax = |reason: String| RdataError::Syntax { rtype, reason };
+    if priority == 0 && !params.is_empty() {
+        return Err(syntax("priority 0 (AliasMode) takes no parameters".into()));
+    }
+    let has = |key: u16| params.iter().any(|(k, _)| *k == key);
+    if has(KEY_NO_DEFAULT_ALPN) && !has(KEY_ALPN) {
+        return Err(syntax("no-default-alpn needs alpn too".into()));
+    }
+    if let Some((_, list)) = params.iter().find(|(k, _)| *k == KEY_MANDATORY) {
+        for pair in list.chunks(2) {
+            let key = u16::from_be_bytes([
+                pair.first().copied().unwrap_or(0),
+                pair.get(1).copied().unwrap_or(0),
+            ]);
+            if !has(key) {
+                return Err(syntax(format!(
+                    "mandatory lists {} but the record does not have it",
+                    svc_key_name(key)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The wire value of one SvcParam from its decoded presentation value.
+fn svc_value(key: u16, value: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let needs = || format!("{} needs a value", svc_key_name(key));
+    let text = || -> Result<&str, String> {
+        let v = value.ok_or_else(needs)?;
+        let s = std::str::from_utf8(v).map_err(|_| "the value is not text".to_owned())?;
+        if s.is_empty() {
+            return Err(needs());
+        }
+        Ok(s)
+    };
+    let mut out = Vec::new();
+    match key {
+        KEY_MANDATORY => {
+            let mut keys = Vec::new();
+            for item in text()?.split(',') {
+                let k = svc_key(item.as_bytes())
+                    .ok_or_else(|| format!("unknown key {item:?} in mandatory"))?;
+                if k == KEY_MANDATORY {
+                    return Err("mandatory cannot list itself".into());
+                }
+                if keys.contains(&k) {
+                    return Err(format!("{item} appears twice in mandatory"));
+                }
+                keys.push(k);
+            }
+            keys.sort_unstable();
+            for k in keys {
+                out.extend(k.to_be_bytes());
+            }
+        }
+        KEY_ALPN => {
+            let v = value.filter(|v| !v.is_empty()).ok_or_else(needs)?;
+            for id in split_value_list(v)? {
+                if id.is_empty() || id.len() > 255 {
+                    return Err("each alpn protocol is 1 to 255 bytes".into());
+                }
+                out.push(id.len() as u8);
+                out.extend(id);
+            }
+        }
+        KEY_NO_DEFAULT_ALPN => {
+            if value.is_some_and(|v| !v.is_empty()) {
+                return Err("no-default-alpn takes no value".into());
+            }
+        }
+        KEY_PORT => {
+            let t = text()?;
+            let port = (t.len() <= 5 && t.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse::<u16>().ok())
+                .flatten()
+                .ok_or("port must be a decimal number from 0 to 65535")?;
+            out.extend(port.to_be_bytes());
+        }
+        KEY_IPV4HINT => {
+            for item in text()?.split(',') {
+                let addr: Ipv4Addr = item
+                    .parse()
+                    .map_err(|_| format!("{item:?} is not an IPv4 address"))?;
+                out.extend(addr.octets());
+            }
+        }
+        KEY_IPV6HINT => {
+            for item in text()?.split(',') {
+                let addr: Ipv6Addr = item
+                    .parse()
+                    .map_err(|_| format!("{item:?} is not an IPv6 address"))?;
+                out.extend(addr.octets());
+            }
+        }
+        KEY_ECH => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text()?)
+                .map_err(|_| "ech must be base64".to_owned())?;
+            if !is_ech_config_list(&bytes) {
+                return Err("ech must be an ECHConfigList (a 2-byte length, then that many bytes, at least 4)".into());
+            }
+            out = bytes;
+        }
+        _ => out = value.unwrap_or_default().to_vec(),
+    }
+    Ok(out)
+}
+
+/// Whether `bytes` is shaped as an ECHConfigList: "a length prefix and 4 or more octets".
+fn is_ech_config_list(bytes: &[u8]) -> bool {
+    match bytes {
+        [hi, lo, rest @ ..] => {
+            rest.len() >= 4 && usize::from(u16::from_be_bytes([*hi, *lo])) == rest.len()
+        }
+        _ => false,
+    }
+}
+
+/// Splits a decoded value-list on commas; `\,` and `\\` escape (RFC 9460 Appendix A.1).
+fn split_value_list(value: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut items = vec![Vec::new()];
+    let mut bytes = value.iter();
+    while let Some(&b) = bytes.next() {
+        let current = items.last_mut().ok_or("empty list")?;
+        match b {
+            b'\\' => current.push(
+                *bytes
+                    .next()
+                    .ok_or("a backslash at the end of the list escapes nothing")?,
+            ),
+            b',' => items.push(Vec::new()),
+            b => current.push(b),
+        }
+    }
+    Ok(items)
+}
+
+fn format_svcb(r: &mut Reader<'_>, out: &mut String) -> Result<(), RdataError> {
+    let rtype = r.rtype;
+    let priority = r.u16()?;
+    write!(out, "{priority} {}", r.name()?).ok();
+    let mut params: Vec<(u16, Vec<u8>)> = Vec::new();
+    while !r.done() {
+        let key_at = r.at;
+        let key = r.u16()?;
+        let len = r.u16()?;
+        let value_at = r.at;
+        let value = r.take(usize::from(len))?;
+        if params.last().is_some_and(|(k, _)| *k >= key) || key == KEY_INVALID {
+            return Err(RdataError::BadWire {
+                rtype,
+                offset: key_at,
+            });
+        }
+        let bad = || RdataError::BadWire {
+            rtype,
+            offset: value_at,
+        };
+        out.push(' ');
+        let name = svc_key_name(key);
+        match key {
+            KEY_MANDATORY => {
+                if value.is_empty() || !value.len().is_multiple_of(2) {
+                    return Err(bad());
+                }
+                let keys: Vec<u16> = value
+                    .chunks_exact(2)
+                    .map(|p| u16::from_be_bytes([p[0], p[1]]))
+                    .collect();
+                if keys.windows(2).any(|w| w[0] >= w[1])
+                    || keys.contains(&KEY_MANDATORY)
+                    || keys.contains(&KEY_INVALID)
+                {
+                    return Err(bad());
+                }
+                let names: Vec<String> = keys.into_iter().map(svc_key_name).collect();
+                write!(out, "{name}={}", names.join(",")).ok();
+            }
+            KEY_ALPN => {
+                let mut list = Vec::new();
+                let mut inner = Reader {
+                    rtype,
+                    wire: value,
+                    at: 0,
+                };
+                if inner.done() {
+                    return Err(bad());
+                }
+                while !inner.done() {
+                    let id = inner.string().map_err(|_| bad())?;
+                    if id.is_empty() {
+                        return Err(bad());
+                    }
+                    if !list.is_empty() {
+                        list.push(b',');
+                    }
+                    for &b in id {
+                        if b == b',' || b == b'\\' {
+                            list.push(b'\\');
+                        }
+                        list.push(b);
+                    }
+                }
+                write!(out, "{name}=").ok();
+                quote_into(out, &list);
+            }
+            KEY_NO_DEFAULT_ALPN => {
+                if !value.is_empty() {
+                    return Err(bad());
+                }
+                out.push_str(&name);
+            }
+            KEY_PORT => {
+                let port: [u8; 2] = value.try_into().map_err(|_| bad())?;
+                write!(out, "{name}={}", u16::from_be_bytes(port)).ok();
+            }
+            KEY_IPV4HINT => {
+                if value.is_empty() || !value.len().is_multiple_of(4) {
+                    return Err(bad());
+                }
+                let addrs: Vec<String> = value
+                    .chunks_exact(4)
+                    .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]).to_string())
+                    .collect();
+                write!(out, "{name}={}", addrs.join(",")).ok();
+            }
+            KEY_IPV6HINT => {
+                if value.is_empty() || !value.len().is_multiple_of(16) {
+                    return Err(bad());
+                }
+                let mut addrs = Vec::new();
+                for c in value.chunks_exact(16) {
+                    let octets: [u8; 16] = c.try_into().map_err(|_| bad())?;
+                    addrs.push(Ipv6Addr::from(octets).to_string());
+                }
+                write!(out, "{name}={}", addrs.join(",")).ok();
+            }
+            KEY_ECH => {
+                if !is_ech_config_list(value) {
+                    return Err(bad());
+                }
+                let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+                write!(out, "{name}=\"{b64}\"").ok();
+            }
+            _ => {
+                if value.is_empty() {
+                    out.push_str(&name);
+                } else {
+                    write!(out, "{name}=").ok();
+                    quote_into(out, value);
+                }
+            }
+        }
+        params.push((key, value.to_vec()));
+    }
+    check_params(rtype, priority, &params).map_err(|_| RdataError::BadWire { rtype, offset: 2 })
+}
+
+// ---------------------------------------------------------------------------
+// Wire reading and text helpers
+
+/// A cursor over wire record data that reports where it failed.
+struct Reader<'w> {
+    rtype: RType,
+    wire: &'w [u8],
+    at: usize,
+}
+
+impl<'w> Reader<'w> {
+    fn bad(&self) -> RdataError {
+        RdataError::BadWire {
+            rtype: self.rtype,
+            offset: self.at,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.at >= self.wire.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'w [u8], RdataError> {
+        let bytes = self
+            .at
+            .checked_add(n)
+            .and_then(|end| self.wire.get(self.at..end))
+            .ok_or_else(|| self.bad())?;
+        self.at += n;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, RdataError> {
+        Ok(*self.take(1)?.first().ok_or_else(|| self.bad())?)
+    }
+
+    fn u16(&mut self) -> Result<u16, RdataError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([
+            *b.first().ok_or_else(|| self.bad())?,
+            *b.get(1).ok_or_else(|| self.bad())?,
+        ]))
+    }
+
+    fn string(&mut self) -> Result<&'w [u8], RdataError> {
+        let len = self.u8()?;
+        self.take(usize::from(len))
+    }
+
+    fn name(&mut self) -> Result<Name, RdataError> {
+        let (name, len) = Name::from_wire(self.wire.get(self.at..).unwrap_or_default())
+            .map_err(|_| self.bad())?;
+        self.at += len;
+        Ok(name)
+    }
+
+    fn rest(&mut self) -> &'w [u8] {
+        let rest = self.wire.get(self.at..).unwrap_or_default();
+        self.at = self.wire.len();
+        rest
+    }
+
+    fn rest_nonempty(&mut self) -> Result<&'w [u8], RdataError> {
+        if self.done() {
+            return Err(self.bad());
+        }
+        Ok(self.rest())
+    }
+}
+
+/// Appends `bytes` as a quoted string: `"` and `\` escaped, bytes outside 0x20..=0x7e as `\DDD`.
+fn quote_into(out: &mut String, bytes: &[u8]) {
     out.push('"');
     for &b in bytes {
         match b {
             b'"' | b'\\' => {
                 out.push('\\');
-                out.push(char::from(b));
+                out.push(b as char);
             }
-            0x20..=0x7e => out.push(char::from(b)),
-            _ => out.push_str(&format!("\\{b:03}")),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                write!(out, "\\{b:03}").ok();
+            }
         }
     }
     out.push('"');
-    out
 }
 
-/// The domain name a record points at, for types that have one.
-pub fn target(rtype: RType, wire: &[u8]) -> Option<Name> {
-    let at = name_offset(rtype)?;
-    Name::from_wire(wire.get(at..)?).ok().map(|(n, _)| n)
+/// Lower-case hexadecimal.
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        write!(s, "{b:02x}").ok();
+    }
+    s
 }
+
+/// Decodes hexadecimal (either case); `None` if odd or not hex.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digits = text.as_bytes();
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    digits
+        .chunks_exact(2)
+        .map(|pair| {
+            let hi = (pair.first()?).to_ascii_lowercase();
+            let lo = (pair.get(1)?).to_ascii_lowercase();
+            let val = |d: u8| (d as char).to_digit(16);
+            Some((val(hi)? * 16 + val(lo)?) as u8)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
