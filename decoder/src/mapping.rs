@@ -197,7 +197,7 @@ impl Mapping for RrTable {
         let at = |reason: Refusal| Refused {
             zone: Some(zone),
             owner: Some(owner.clone()),
-            reason,
+            reason: Box::new(reason),
         };
         self.records_in(row, zone, owner.clone()).map_err(at)
     }
@@ -286,7 +286,7 @@ mod tests {
         let refuse = |i: usize, v: Option<&str>| {
             let mut values = base;
             values[i] = v;
-            RrTable.records(&rr(values), &zones()).unwrap_err().reason
+            *RrTable.records(&rr(values), &zones()).unwrap_err().reason
         };
         assert!(matches!(
             refuse(1, Some("h.other.test.")),

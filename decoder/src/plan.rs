@@ -134,8 +134,8 @@ pub struct Refused {
     pub zone: Option<ZoneId>,
     /// Its owner.
     pub owner: Option<Owner>,
-    /// Why.
-    pub reason: Refusal,
+    /// Why (boxed: refusals are rare, and results stay small).
+    pub reason: Box<Refusal>,
 }
 
 impl<E: Into<Refusal>> From<E> for Refused {
@@ -143,7 +143,7 @@ impl<E: Into<Refusal>> From<E> for Refused {
         Refused {
             zone: None,
             owner: None,
-            reason: e.into(),
+            reason: Box::new(e.into()),
         }
     }
 }
@@ -389,7 +389,7 @@ impl<'z> Planner<'z> {
                     (Some(z), Some(o)) => Some((z, o)),
                     _ => old.first().map(|d| (d.zone, d.record.owner.clone())),
                 };
-                let reason = refused.reason;
+                let reason = *refused.reason;
                 self.withdraw(&old);
                 self.refuse(&row, update.lsn, hint, reason);
                 self.rows.insert(row, Vec::new());

@@ -52,3 +52,23 @@ pg2dns_install_servers() {
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils
 }
+
+# Whether python3 has dnspython 2.4 or newer (the presentation-format oracle;
+# Debian 12's python3-dnspython 2.3.0 decodes \DDD wrongly in CAA and HINFO).
+pg2dns_have_dnspython() {
+    python3 -c 'import sys, dns.version as v; sys.exit(0 if (v.MAJOR, v.MINOR) >= (2, 4) else 1)' >/dev/null 2>&1
+}
+
+# Installs dnspython from PyPI for the decoder's oracle test, when missing.
+pg2dns_install_dnspython() {
+    if pg2dns_have_dnspython; then
+        return 0
+    fi
+    echo "dnspython >= 2.4 missing; installing it with pip" >&2
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-pip
+    fi
+    python3 -m pip install --quiet -U 'dnspython>=2.4' 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages -U 'dnspython>=2.4'
+    pg2dns_have_dnspython
+}

@@ -53,6 +53,18 @@ pub enum RunError {
         /// The slot name.
         slot: String,
     },
+    /// The slot starts after pg2dns's progress: what was committed in between
+    /// was never streamed (the slot was dropped and re-created, or made by
+    /// hand).
+    #[error("replication slot {slot:?} starts at {slot_at} but pg2dns applied changes only up to {progress}: the transactions committed in between were never streamed")]
+    SlotGap {
+        /// The slot name.
+        slot: String,
+        /// pg2dns's durable progress.
+        progress: Lsn,
+        /// The slot's confirmed position.
+        slot_at: Lsn,
+    },
     /// The `pg2dns` schema is not installed in the database.
     #[error("the pg2dns schema is not installed in this database")]
     SchemaMissing,
@@ -126,6 +138,7 @@ impl RunError {
             RunError::Sink(_) => halt("see the zone's error above; fix the key or the server, then run pg2dns again"),
             RunError::Map(_) => halt("set REPLICA IDENTITY DEFAULT (with a primary key) or FULL on the table, then restart"),
             RunError::SlotMissing { .. } => halt("run `pg2dns setup -c <config>` to create it (pg2dns never creates a slot while running: a new slot would silently skip every change made since the old one was lost)"),
+            RunError::SlotGap { .. } => halt("resynchronise the zones from the database (DNS lacks what changed in between), then run `pg2dns setup --accept-gap -c <config>` to stream from the slot's position"),
             RunError::SchemaMissing => halt("run `pg2dns setup -c <config>`"),
             RunError::Truncate { end_lsn, slot, .. } => Disposition::Halt {
                 hint: format!("pg2dns does not wipe DNS on TRUNCATE. If the records must go, restore the rows and DELETE them; to skip this TRUNCATE, stop pg2dns, run SELECT pg_replication_slot_advance('{slot}', '{end_lsn}') and start it again"),

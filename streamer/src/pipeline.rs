@@ -56,6 +56,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// stream goes on without it.
 const BARRIER_WAIT: Duration = Duration::from_millis(100);
 
+/// How often an idle slot is moved. Each move writes the progress row,
+/// which itself writes WAL that the next keepalive reports: without a pause
+/// the two would chase each other.
+const IDLE_CONFIRM_EVERY: Duration = Duration::from_secs(10);
+
 /// What the service is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
@@ -214,6 +219,8 @@ pub struct Pipeline<'c> {
     backlog: bool,
     /// A mapped table truncated in the open transaction, and where.
     truncated: Option<(String, Lsn)>,
+    /// When an idle slot was last moved.
+    last_idle_confirm: Instant,
 }
 
 /// Runs sessions until shutdown; transient failures are retried with
@@ -252,11 +259,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
 
 async fn session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Result<(), RunError> {
     let store = Store::connect(&config.database).await?;
-    if store.slot_confirmed().await?.is_none() {
+    let Some(slot_at) = store.slot_confirmed().await? else {
         return Err(RunError::SlotMissing {
             slot: config.database.slot.clone(),
         });
-    }
+    };
     let progress = store.progress().await.map_err(|e| {
         if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
             RunError::SchemaMissing
@@ -264,6 +271,16 @@ async fn session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Resul
             e.into()
         }
     })?;
+    // pg2dns confirms only what its progress holds, so a slot ahead of the
+    // progress was not the one pg2dns streamed from: a gap.
+    if store.has_progress().await? && slot_at > progress {
+        return Err(RunError::SlotGap {
+            slot: config.database.slot.clone(),
+            progress,
+            slot_at,
+        });
+    }
+    check_zone_set(&store, config).await?;
     let mut replication = PgReplication::connect(&config.database, progress).await?;
     info!(slot = %config.database.slot, progress = %progress, "streaming");
     let mappings = mappings();
@@ -287,12 +304,30 @@ async fn session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Resul
         server_time_micros: 0,
         backlog: false,
         truncated: None,
+        last_idle_confirm: Instant::now() - IDLE_CONFIRM_EVERY,
     };
     let result = p.stream(&mut replication, shutdown).await;
     if result.is_ok() && p.confirmed.is_some() {
         replication.shutdown().await;
     }
     result
+}
+
+/// Says which zones were added or removed since this instance last ran:
+/// their contents need a resync (rows once refused as outside every zone are
+/// not replayed; a zone no longer followed keeps its records).
+async fn check_zone_set(store: &Store, config: &Config) -> Result<(), RunError> {
+    let now: Vec<String> = config.zones.iter().map(|z| z.name.to_string()).collect();
+    if let Some(before) = store.instance_zones().await? {
+        for added in now.iter().filter(|z| !before.contains(z)) {
+            warn!(zone = %added, "zone added since the last run: rows committed before now that belong to it were not published; resynchronise it");
+        }
+        for removed in before.iter().filter(|z| !now.contains(z)) {
+            warn!(zone = %removed, "zone removed since the last run: pg2dns no longer follows it, and the records it published there stay until removed by hand");
+        }
+    }
+    store.set_instance_zones(&now).await?;
+    Ok(())
 }
 
 impl Pipeline<'_> {
@@ -344,7 +379,7 @@ impl Pipeline<'_> {
         replication: &mut PgReplication,
         frame: Frame,
     ) -> Result<(), RunError> {
-        self.on_frame(replication, frame)?;
+        self.on_frame(replication, frame).await?;
         // Flush and checkpoint when the stream has nothing more ready now:
         // a lone commit goes out at once, a backlog is batched.
         let idle = !replication.has_ready().await? && !self.backlog;
@@ -404,7 +439,11 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    fn on_frame(&mut self, replication: &mut PgReplication, frame: Frame) -> Result<(), RunError> {
+    async fn on_frame(
+        &mut self,
+        replication: &mut PgReplication,
+        frame: Frame,
+    ) -> Result<(), RunError> {
         let message = match frame {
             Frame::KeepAlive {
                 wal_end,
@@ -412,12 +451,18 @@ impl Pipeline<'_> {
             } => {
                 self.server_time_micros = server_time_micros;
                 // Nothing in flight: let an idle slot move, or it pins WAL.
+                // The progress moves first, so that the slot never gets
+                // ahead of it (which is how a re-created slot is noticed).
                 if !self.assembler.in_transaction()
                     && self.batch.is_empty()
                     && self.pending_end.is_none()
                     && !self.store.in_transaction()
-                    && wal_end > self.confirmed.unwrap_or(Lsn::ZERO)
+                    && wal_end > self.confirmed.unwrap_or(self.progress)
+                    && self.last_idle_confirm.elapsed() >= IDLE_CONFIRM_EVERY
                 {
+                    self.last_idle_confirm = Instant::now();
+                    self.store.commit(wal_end).await?;
+                    self.progress = wal_end;
                     replication.confirm(wal_end);
                     self.confirmed = Some(wal_end);
                 }

@@ -155,6 +155,45 @@ impl Store {
         }
     }
 
+    /// Whether this slot has a progress row at all.
+    pub async fn has_progress(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg2dns.progress WHERE slot = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.progress"))?
+            .is_some())
+    }
+
+    /// The zones this instance streamed last time, `None` on its first run.
+    pub async fn instance_zones(&self) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT zones FROM pg2dns.instance WHERE slot = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.instance"))?
+            .map(|r| r.get(0)))
+    }
+
+    /// Records the zones this instance streams.
+    pub async fn set_instance_zones(&self, zones: &[String]) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "INSERT INTO pg2dns.instance (slot, zones, updated) VALUES ($1, $2, now()) \
+                 ON CONFLICT (slot) DO UPDATE SET zones = excluded.zones, updated = excluded.updated",
+                &[&self.slot, &zones],
+            )
+            .await
+            .map_err(sql("cannot write pg2dns.instance"))?;
+        Ok(())
+    }
+
     /// The slot's confirmed flush LSN, `None` when the slot does not exist.
     pub async fn slot_confirmed(&self) -> Result<Option<Lsn>, StoreError> {
         let row = self
