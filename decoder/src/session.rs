@@ -225,7 +225,10 @@ impl fmt::Display for RetryReason {
             }
             RetryReason::Unreachable => f.write_str("cannot connect to the server"),
             RetryReason::Malformed { len } => {
-                write!(f, "the server sent a {len}-byte answer, too short for a DNS message")
+                write!(
+                    f,
+                    "the server sent a {len}-byte answer, too short for a DNS message"
+                )
             }
         }
     }
@@ -544,18 +547,10 @@ impl Session {
             if self.messages.len() >= limit {
                 return None;
             }
-            match self.pack_next() {
-                Ok(Some(message)) => {
-                    self.messages.push_back(message);
-                    // A message without operations is acknowledged already.
-                    self.release_acked();
-                }
-                Ok(None) => return None,
-                Err(halt) => {
-                    self.halt(halt);
-                    return None;
-                }
-            }
+            let message = self.pack_next()?;
+            self.messages.push_back(message);
+            // A message without operations is acknowledged already.
+            self.release_acked();
         }
     }
 
@@ -573,9 +568,11 @@ impl Session {
             return;
         }
         let id = u16::from_be_bytes([message[0], message[1]]);
-        let Some(i) = self.messages.iter().position(
-            |m| matches!(&m.state, State::Sent { request, .. } if request.id == id),
-        ) else {
+        let Some(i) = self
+            .messages
+            .iter()
+            .position(|m| matches!(&m.state, State::Sent { request, .. } if request.id == id))
+        else {
             return;
         };
         let lsn = self.messages[i].lsn;
@@ -706,8 +703,9 @@ impl Session {
         self.events.push_back(Event::Halted(halt));
     }
 
-    /// Packs the next message from the queue, coalescing dispatches.
-    fn pack_next(&mut self) -> Result<Option<Message>, Halt> {
+    /// Packs the next message from the queue, coalescing dispatches; `None`
+    /// when the queue is empty or the session halted.
+    fn pack_next(&mut self) -> Option<Message> {
         let mut completes = None;
         let mut first_lsn = None;
         while let Some(front) = self.queue.front_mut() {
@@ -723,11 +721,13 @@ impl Session {
                         break;
                     }
                     Err(source) => {
-                        return Err(Halt::GroupTooLarge {
+                        let halt = Halt::GroupTooLarge {
                             zone: self.config.zone.clone(),
                             lsn: front.lsn,
                             source,
-                        })
+                        };
+                        self.halt(halt);
+                        return None;
                     }
                 }
             }
@@ -740,62 +740,53 @@ impl Session {
         }
         let ops = self.packer.take();
         if ops.is_empty() && completes.is_none() {
-            return Ok(None);
+            return None;
         }
         let state = if ops.is_empty() {
             State::Acked
         } else {
             State::Unsent
         };
-        Ok(Some(Message {
+        Some(Message {
             ops,
             completes,
             lsn: first_lsn.unwrap_or_default(),
             state,
-        }))
+        })
     }
 
     /// Encodes and signs message `i` with a new ID.
     fn transmit(&mut self, i: usize, now: Instant, unix_time: u64) -> Option<Vec<u8>> {
         let id = self.next_id;
         self.next_id = id.wrapping_add(1);
-        let zone = &self.config.zone;
+        let zone = self.config.zone.clone();
         let lsn = self.messages[i].lsn;
-        let signed = update::encode(zone, id, &[], &self.messages[i].ops)
-            .map_err(|source| Halt::Encode {
-                zone: zone.clone(),
-                lsn,
-                source,
-            })
-            .and_then(|wire| {
-                tsig::sign(&wire, &self.config.key, unix_time, tsig::DEFAULT_FUDGE).map_err(
-                    |source| Halt::Sign {
-                        zone: zone.clone(),
-                        lsn,
-                        source,
-                    },
-                )
-            })
-            .and_then(|signed| {
-                let budget = self.config.budget.limit();
-                if signed.wire.len() > budget {
-                    Err(Halt::OverBudget {
-                        zone: zone.clone(),
-                        lsn,
-                        len: signed.wire.len(),
-                        budget,
-                    })
-                } else {
-                    Ok(signed)
-                }
-            });
-        let mut request = match signed {
-            Ok(request) => request,
-            Err(halt) => {
-                self.halt(halt);
+        let wire = match update::encode(&zone, id, &[], &self.messages[i].ops) {
+            Ok(wire) => wire,
+            Err(source) => {
+                self.halt(Halt::Encode { zone, lsn, source });
                 return None;
             }
         };
+        let mut request = match tsig::sign(&wire, &self.config.key, unix_time, tsig::DEFAULT_FUDGE)
+        {
+            Ok(request) => request,
+            Err(source) => {
+                self.halt(Halt::Sign { zone, lsn, source });
+                return None;
+            }
+        };
+        let budget = self.config.budget.limit();
+        if request.wire.len() > budget {
+            let len = request.wire.len();
+            self.halt(Halt::OverBudget {
+                zone,
+                lsn,
+                len,
+                budget,
+            });
+            return None;
+        }
         let wire = std::mem::take(&mut request.wire);
         self.messages[i].state = State::Sent {
             request,
@@ -821,5 +812,753 @@ impl Session {
         if let Some(upto) = upto {
             self.events.push_back(Event::Acked { upto });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Record;
+    use crate::tsig::Algorithm;
+    use crate::update::group_by_owner;
+
+    /// Our clock in seconds since the epoch, and the fake server's.
+    const NOW: u64 = 1_795_419_587;
+    const SECRET: [u8; 32] = [0x5a; 32];
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn zone() -> ZoneName {
+        ZoneName::parse("example.test.").unwrap()
+    }
+
+    fn key() -> TsigKey {
+        TsigKey::new("k-sha256", Algorithm::HmacSha256, SECRET.to_vec()).unwrap()
+    }
+
+    /// An owner group adding `n` A records at `label`.example.test.
+    fn group_of(label: &str, n: usize) -> OwnerGroup {
+        let ops = (1..=n)
+            .map(|i| {
+                let owner = format!("{label}.example.test.");
+                UpdateOp::Add(Record::parse(&owner, 300, "A", &format!("192.0.2.{i}")).unwrap())
+            })
+            .collect();
+        group_by_owner(ops).remove(0)
+    }
+
+    fn lsn_of(id: u64) -> Lsn {
+        Lsn::new(0x16_0000_0000 + 0x100 * id)
+    }
+
+    /// Dispatch `id` with one single-record group per label.
+    fn dispatch(id: u64, labels: &[&str]) -> Dispatch {
+        Dispatch {
+            id,
+            lsn: lsn_of(id),
+            groups: labels.iter().map(|l| group_of(l, 1)).collect(),
+        }
+    }
+
+    /// Dispatch `id` with one record at `d<id>` (two-character labels for
+    /// ids below 10).
+    fn one(id: u64) -> Dispatch {
+        dispatch(id, &[&format!("d{id}")])
+    }
+
+    /// A budget that holds exactly `n` single-record groups with
+    /// two-character labels, TSIG included.
+    fn budget_for(n: usize) -> Budget {
+        let tsig_record_len = key().record_len();
+        let mut packer = Packer::new(
+            zone(),
+            Budget {
+                max_message_bytes: 65_535,
+                tsig_record_len,
+            },
+        );
+        for i in 0..n {
+            packer.try_push(group_of(&format!("x{i}"), 1)).unwrap();
+        }
+        Budget {
+            max_message_bytes: packer.estimated_size() + tsig_record_len,
+            tsig_record_len,
+        }
+    }
+
+    fn session(window: usize, budget: Budget) -> Session {
+        let config = SessionConfig {
+            zone: zone(),
+            key: key(),
+            budget,
+            window,
+            timeout: TIMEOUT,
+            server: "192.0.2.53:53".into(),
+        };
+        // Close to the end of the ID space: IDs wrap.
+        Session::new(config, 0xfffe)
+    }
+
+    fn events(s: &mut Session) -> Vec<Event> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    /// Everything `poll_transmit` gives now, as the fake server reads it.
+    fn transmit_all(s: &mut Session, now: Instant) -> Vec<Request> {
+        std::iter::from_fn(|| s.poll_transmit(now, NOW))
+            .map(|wire| Request::parse(&wire))
+            .collect()
+    }
+
+    /// An UPDATE as the fake server sees it.
+    #[derive(Clone, Debug)]
+    struct Request {
+        id: u16,
+        mac: Vec<u8>,
+        /// The first label of each update RR's owner, in order.
+        owners: Vec<String>,
+        len: usize,
+    }
+
+    impl Request {
+        /// Splits off the TSIG record (last, with a 32-byte MAC and empty
+        /// Other Data) and reads the rest with hickory.
+        fn parse(wire: &[u8]) -> Request {
+            let at = wire.len() - key().record_len();
+            let mut unsigned = wire[..at].to_vec();
+            assert_eq!(&unsigned[10..12], &[0, 1], "one additional RR: the TSIG");
+            unsigned[10..12].copy_from_slice(&[0, 0]);
+            let message = hickory_proto::op::Message::from_vec(&unsigned).unwrap();
+            let owners = message
+                .authorities
+                .iter()
+                .map(|r| r.name.to_string().split('.').next().unwrap().to_owned())
+                .collect();
+            Request {
+                id: u16::from_be_bytes([wire[0], wire[1]]),
+                mac: wire[wire.len() - 6 - 32..wire.len() - 6].to_vec(),
+                owners,
+                len: wire.len(),
+            }
+        }
+    }
+
+    /// A response header (QR, opcode UPDATE, `rcode`) and the zone section.
+    fn unsigned(request: &Request, rcode: u16) -> Vec<u8> {
+        let mut b = request.id.to_be_bytes().to_vec();
+        b.extend_from_slice(&(0xA800 | rcode).to_be_bytes());
+        b.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        b.extend_from_slice(zone().name().as_wire());
+        b.extend_from_slice(&[0, 6, 0, 1]);
+        b
+    }
+
+    /// The response a server holding `SECRET` signs (RFC 8945 §4.3.3: request
+    /// MAC length and MAC ‖ response without TSIG ‖ TSIG variables).
+    fn signed(request: &Request, rcode: u16, error: u16, other: &[u8]) -> Vec<u8> {
+        let key_name = b"\x08k-sha256\x00";
+        let algorithm = b"\x0bhmac-sha256\x00";
+        let body = unsigned(request, rcode);
+        let mut variables = key_name.to_vec();
+        variables.extend_from_slice(&[0, 255, 0, 0, 0, 0]); // CLASS ANY, TTL 0
+        variables.extend_from_slice(algorithm);
+        variables.extend_from_slice(&NOW.to_be_bytes()[2..]);
+        variables.extend_from_slice(&tsig::DEFAULT_FUDGE.to_be_bytes());
+        let mut tail = error.to_be_bytes().to_vec();
+        tail.extend_from_slice(&(other.len() as u16).to_be_bytes());
+        tail.extend_from_slice(other);
+
+        let mut digest = (request.mac.len() as u16).to_be_bytes().to_vec();
+        digest.extend_from_slice(&request.mac);
+        digest.extend_from_slice(&body);
+        digest.extend_from_slice(&variables);
+        digest.extend_from_slice(&tail);
+        let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &SECRET);
+        let mac = ring::hmac::sign(&hmac_key, &digest);
+
+        let mut wire = body;
+        wire[10..12].copy_from_slice(&[0, 1]);
+        wire.extend_from_slice(key_name);
+        wire.extend_from_slice(&[0, 250, 0, 255, 0, 0, 0, 0]); // TSIG ANY, TTL 0
+        let rdlength = algorithm.len() + 16 + mac.as_ref().len() + other.len();
+        wire.extend_from_slice(&(rdlength as u16).to_be_bytes());
+        wire.extend_from_slice(algorithm);
+        wire.extend_from_slice(&NOW.to_be_bytes()[2..]);
+        wire.extend_from_slice(&tsig::DEFAULT_FUDGE.to_be_bytes());
+        wire.extend_from_slice(&(mac.as_ref().len() as u16).to_be_bytes());
+        wire.extend_from_slice(mac.as_ref());
+        wire.extend_from_slice(&request.id.to_be_bytes());
+        wire.extend_from_slice(&tail);
+        wire
+    }
+
+    fn noerror(request: &Request) -> Vec<u8> {
+        signed(request, 0, 0, &[])
+    }
+
+    /// BIND's BADKEY answer captured in `tests/fixtures/tsig/badkey.txt`,
+    /// its header ID and TSIG Original ID set to `request`'s.
+    fn captured_badkey(request: &Request) -> Vec<u8> {
+        let text = include_str!("../tests/fixtures/tsig/badkey.txt");
+        let hex = text
+            .lines()
+            .find_map(|l| l.strip_prefix("response "))
+            .unwrap()
+            .trim();
+        let mut wire: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let len = wire.len();
+        wire[0..2].copy_from_slice(&request.id.to_be_bytes());
+        wire[len - 6..len - 4].copy_from_slice(&request.id.to_be_bytes());
+        wire
+    }
+
+    fn halt_of(events: &[Event]) -> &Halt {
+        match events {
+            [Event::Halted(halt)] => halt,
+            other => panic!("expected one Halted event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_is_sent_before_a_connection_is_up() {
+        let t0 = Instant::now();
+        let mut s = session(4, budget_for(3));
+        assert!(!s.wants_connection());
+        s.push(one(1));
+        assert!(s.wants_connection());
+        assert!(s.poll_transmit(t0, NOW).is_none());
+        assert_eq!(s.poll_timeout(), None);
+        s.on_connected(t0);
+        assert!(!s.wants_connection());
+        assert_eq!(transmit_all(&mut s, t0).len(), 1);
+    }
+
+    #[test]
+    fn a_lone_dispatch_goes_out_at_once_and_is_acked() {
+        let t0 = Instant::now();
+        let mut s = session(4, budget_for(3));
+        s.on_connected(t0);
+        s.push(one(1));
+        let sent = transmit_all(&mut s, t0);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].owners, ["d1"]);
+        assert_eq!(sent[0].id, 0xfffe);
+        assert_eq!(s.poll_timeout(), Some(t0 + TIMEOUT));
+        assert!(events(&mut s).is_empty());
+        s.handle_response(&noerror(&sent[0]), t0, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 1 }]);
+        assert!(s.is_idle());
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn queued_dispatches_coalesce_into_one_message_up_to_the_budget_and_never_split_a_group() {
+        let t0 = Instant::now();
+        let budget = budget_for(3);
+        let mut s = session(1, budget);
+        s.on_connected(t0);
+        s.push(dispatch(1, &["a1", "a2"]));
+        s.push(Dispatch {
+            id: 2,
+            lsn: lsn_of(2),
+            groups: vec![group_of("b1", 2)],
+        });
+        s.push(dispatch(3, &["c1"]));
+        s.push(dispatch(4, &["e1", "e2", "e3", "e4"]));
+
+        // b1's two records take more room than a third single record: the
+        // group waits for the next message rather than being split.
+        let first = transmit_all(&mut s, t0);
+        assert_eq!(first.len(), 1, "window of one");
+        assert_eq!(first[0].owners, ["a1", "a2"]);
+        s.handle_response(&noerror(&first[0]), t0, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 1 }]);
+
+        let second = transmit_all(&mut s, t0);
+        assert_eq!(second[0].owners, ["b1", "b1", "c1"]);
+        s.handle_response(&noerror(&second[0]), t0, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 3 }]);
+
+        // A dispatch larger than one message spans two; it is acknowledged
+        // with the message holding its last group.
+        let third = transmit_all(&mut s, t0);
+        assert_eq!(third[0].owners, ["e1", "e2", "e3"]);
+        s.handle_response(&noerror(&third[0]), t0, NOW);
+        assert!(events(&mut s).is_empty());
+        let fourth = transmit_all(&mut s, t0);
+        assert_eq!(fourth[0].owners, ["e4"]);
+        s.handle_response(&noerror(&fourth[0]), t0, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 4 }]);
+
+        for r in [&first[0], &second[0], &third[0], &fourth[0]] {
+            assert!(r.len <= budget.max_message_bytes, "{} bytes", r.len);
+        }
+    }
+
+    #[test]
+    fn the_window_limits_messages_in_flight() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        for id in 1..=4 {
+            s.push(one(id));
+        }
+        let sent = transmit_all(&mut s, t0);
+        assert_eq!(sent.len(), 2);
+        assert_eq!([sent[0].id, sent[1].id], [0xfffe, 0xffff]);
+        s.handle_response(&noerror(&sent[0]), t0, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 1 }]);
+        let third = transmit_all(&mut s, t0);
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].owners, ["d3"]);
+        assert_eq!(third[0].id, 0, "IDs wrap");
+        s.handle_response(&noerror(&sent[1]), t0, NOW);
+        s.handle_response(&noerror(&third[0]), t0, NOW);
+        assert_eq!(
+            events(&mut s),
+            [Event::Acked { upto: 2 }, Event::Acked { upto: 3 }]
+        );
+        assert_eq!(transmit_all(&mut s, t0)[0].owners, ["d4"]);
+    }
+
+    #[test]
+    fn servfail_on_message_k_resends_k_and_everything_after_it_in_order_one_at_a_time_then_resumes_the_window(
+    ) {
+        let t0 = Instant::now();
+        let mut s = session(3, budget_for(1));
+        s.on_connected(t0);
+        for id in 1..=3 {
+            s.push(one(id));
+        }
+        let sent = transmit_all(&mut s, t0);
+        assert_eq!(sent.len(), 3);
+        s.handle_response(&noerror(&sent[0]), t0, NOW);
+        // Message 3 was applied before message 2 failed: resending only 2
+        // would apply it after 3.
+        s.handle_response(&noerror(&sent[2]), t0, NOW);
+        s.handle_response(&signed(&sent[1], 2, 0, &[]), t0, NOW);
+        assert_eq!(
+            events(&mut s),
+            [
+                Event::Acked { upto: 1 },
+                Event::Retrying {
+                    lsn: lsn_of(2),
+                    reason: RetryReason::ServFail,
+                    backoff: INITIAL_BACKOFF,
+                }
+            ]
+        );
+        assert!(
+            s.poll_transmit(t0, NOW).is_none(),
+            "the driver reconnects first"
+        );
+        assert!(s.wants_connection());
+
+        let t1 = t0 + INITIAL_BACKOFF;
+        s.on_connected(t1);
+        let resent = transmit_all(&mut s, t1);
+        assert_eq!(resent.len(), 1, "one at a time");
+        assert_eq!(resent[0].owners, ["d2"]);
+        assert_ne!(resent[0].id, sent[1].id, "a resend gets a new ID");
+        assert_ne!(resent[0].mac, sent[1].mac, "and a new signature");
+        // The old ID means nothing any more.
+        s.handle_response(&noerror(&sent[1]), t1, NOW);
+        assert!(events(&mut s).is_empty());
+        s.handle_response(&noerror(&resent[0]), t1, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 2 }]);
+
+        let resent = transmit_all(&mut s, t1);
+        assert_eq!(resent.len(), 1);
+        assert_eq!(resent[0].owners, ["d3"]);
+        s.handle_response(&noerror(&resent[0]), t1, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 3 }]);
+
+        for id in 4..=7 {
+            s.push(one(id));
+        }
+        let sent = transmit_all(&mut s, t1);
+        let owners: Vec<_> = sent.iter().map(|r| r.owners.concat()).collect();
+        assert_eq!(owners, ["d4", "d5", "d6"], "the window is back");
+    }
+
+    #[test]
+    fn a_timeout_is_retried_with_a_growing_backoff_that_resets_after_an_answer() {
+        let t0 = Instant::now();
+        let mut s = session(1, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        let mut sent = transmit_all(&mut s, t0);
+        assert_eq!(s.poll_timeout(), Some(t0 + TIMEOUT));
+        s.handle_timeout(t0 + TIMEOUT / 2);
+        assert!(events(&mut s).is_empty());
+
+        let mut now = t0;
+        let mut backoffs = Vec::new();
+        for _ in 0..8 {
+            now += TIMEOUT;
+            s.handle_timeout(now);
+            match events(&mut s).as_slice() {
+                [Event::Retrying {
+                    lsn,
+                    reason,
+                    backoff,
+                }] => {
+                    assert_eq!(*lsn, lsn_of(1));
+                    assert_eq!(*reason, RetryReason::Timeout { after: TIMEOUT });
+                    backoffs.push(backoff.as_millis());
+                }
+                other => panic!("expected a retry, got {other:?}"),
+            }
+            assert_eq!(s.poll_timeout(), None);
+            s.on_connected(now);
+            sent = transmit_all(&mut s, now);
+            assert_eq!(sent.len(), 1);
+        }
+        assert_eq!(backoffs, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+
+        s.handle_response(&noerror(&sent[0]), now, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 1 }]);
+        s.push(one(2));
+        transmit_all(&mut s, now);
+        s.handle_timeout(now + TIMEOUT);
+        assert!(matches!(
+            events(&mut s).as_slice(),
+            [Event::Retrying { backoff, .. }] if *backoff == INITIAL_BACKOFF
+        ));
+    }
+
+    #[test]
+    fn a_disconnect_while_idle_is_no_retry() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        let sent = transmit_all(&mut s, t0);
+        s.handle_response(&noerror(&sent[0]), t0, NOW);
+        s.on_disconnected(t0);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 1 }]);
+        assert!(!s.wants_connection());
+
+        s.push(one(2));
+        assert!(s.wants_connection());
+        s.on_connected(t0);
+        assert_eq!(transmit_all(&mut s, t0)[0].owners, ["d2"]);
+    }
+
+    #[test]
+    fn a_disconnect_with_answers_awaited_is_retried() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        s.push(one(2));
+        let sent = transmit_all(&mut s, t0);
+        s.handle_response(&noerror(&sent[0]), t0, NOW);
+        s.on_disconnected(t0);
+        // The driver drops the connection after a retry; a second notice
+        // changes nothing.
+        s.on_disconnected(t0);
+        assert_eq!(
+            events(&mut s),
+            [
+                Event::Acked { upto: 1 },
+                Event::Retrying {
+                    lsn: lsn_of(2),
+                    reason: RetryReason::Disconnected,
+                    backoff: INITIAL_BACKOFF,
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_connect_is_retried_with_backoff() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.push(one(1));
+        s.on_connect_failed(t0);
+        s.on_connect_failed(t0);
+        let backoffs: Vec<_> = events(&mut s)
+            .into_iter()
+            .map(|e| match e {
+                Event::Retrying {
+                    lsn,
+                    reason: RetryReason::Unreachable,
+                    backoff,
+                } if lsn == lsn_of(1) => backoff,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(backoffs, [INITIAL_BACKOFF, INITIAL_BACKOFF * 2]);
+    }
+
+    #[test]
+    fn an_unsigned_noerror_is_not_success() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        let sent = transmit_all(&mut s, t0);
+        s.handle_response(&unsigned(&sent[0], 0), t0, NOW);
+        let events = events(&mut s);
+        assert_eq!(
+            halt_of(&events),
+            &Halt::Tsig {
+                zone: zone(),
+                server: "192.0.2.53:53".into(),
+                lsn: lsn_of(1),
+                source: TsigError::Unsigned { rcode: 0 },
+            }
+        );
+        assert!(s.is_halted());
+    }
+
+    #[test]
+    fn an_unsigned_badkey_answer_halts_with_the_tsig_error() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        let sent = transmit_all(&mut s, t0);
+        s.handle_response(&captured_badkey(&sent[0]), t0, NOW);
+        let events = events(&mut s);
+        let halt = halt_of(&events);
+        assert!(matches!(
+            halt,
+            Halt::Tsig { source: TsigError::BadKey { key }, lsn, .. }
+                if key == "k-sha256." && *lsn == lsn_of(1)
+        ));
+        assert_eq!(
+            crate::error_chain(halt),
+            "zone example.test.: the primary 192.0.2.53:53 and pg2dns do not agree on TSIG (LSN 16/100): \
+             server does not know key k-sha256. or its algorithm (TSIG error BADKEY): check the key name and algorithm in the server's configuration"
+        );
+    }
+
+    #[test]
+    fn an_unsigned_notauth_is_judged_by_its_rcode() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        let sent = transmit_all(&mut s, t0);
+        // Knot, for a zone it does not serve: NOTAUTH without any TSIG.
+        s.handle_response(&unsigned(&sent[0], 9), t0, NOW);
+        let events = events(&mut s);
+        assert!(matches!(
+            halt_of(&events),
+            Halt::Rcode {
+                rcode: Rcode::NOTAUTH,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_signed_badtime_answer_halts_with_the_server_time() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        let sent = transmit_all(&mut s, t0);
+        let server_time = NOW + 1000;
+        let answer = signed(&sent[0], 9, 18, &server_time.to_be_bytes()[2..]);
+        s.handle_response(&answer, t0, NOW);
+        let events = events(&mut s);
+        assert!(matches!(
+            halt_of(&events),
+            Halt::Tsig { source: TsigError::BadTime { server_time: t, our_time, .. }, .. }
+                if *t == server_time && *our_time == NOW
+        ));
+    }
+
+    #[test]
+    fn an_answer_with_a_bad_signature_halts() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        let sent = transmit_all(&mut s, t0);
+        let mut answer = noerror(&sent[0]);
+        let at = answer.len() - 10;
+        answer[at] ^= 1; // inside the MAC
+        s.handle_response(&answer, t0, NOW);
+        let events = events(&mut s);
+        assert!(matches!(
+            halt_of(&events),
+            Halt::Tsig {
+                source: TsigError::BadMac { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn refused_halts_with_the_lsn_of_the_first_transaction_in_the_message() {
+        let t0 = Instant::now();
+        let mut s = session(1, budget_for(3));
+        s.on_connected(t0);
+        s.push(one(1));
+        let first = transmit_all(&mut s, t0);
+        s.push(one(2));
+        s.push(one(3));
+        s.handle_response(&noerror(&first[0]), t0, NOW);
+        let second = transmit_all(&mut s, t0);
+        assert_eq!(second[0].owners, ["d2", "d3"]);
+        s.handle_response(&signed(&second[0], 5, 0, &[]), t0, NOW);
+        let events = events(&mut s);
+        assert_eq!(events[0], Event::Acked { upto: 1 });
+        let halt = halt_of(&events[1..]);
+        assert_eq!(
+            halt,
+            &Halt::Rcode {
+                zone: zone(),
+                server: "192.0.2.53:53".into(),
+                key: "k-sha256.".into(),
+                lsn: lsn_of(2),
+                rcode: Rcode::REFUSED,
+            }
+        );
+        assert_eq!(
+            halt.to_string(),
+            "zone example.test.: the primary 192.0.2.53:53 answered REFUSED to an UPDATE signed with key k-sha256. (LSN 16/200): \
+             the server's policy refuses this update: check allow-update/update-policy for this key and zone, and check-names"
+        );
+    }
+
+    #[test]
+    fn after_a_halt_the_session_emits_nothing_more() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        s.push(one(2));
+        let sent = transmit_all(&mut s, t0);
+        s.handle_response(&signed(&sent[0], 10, 0, &[]), t0, NOW);
+        assert_eq!(events(&mut s).len(), 1);
+        s.handle_response(&noerror(&sent[1]), t0, NOW);
+        s.push(one(3));
+        s.on_connected(t0);
+        s.handle_timeout(t0 + TIMEOUT * 10);
+        s.on_disconnected(t0);
+        s.on_connect_failed(t0);
+        assert!(s.poll_transmit(t0, NOW).is_none());
+        assert_eq!(s.poll_timeout(), None);
+        assert!(!s.wants_connection());
+        assert!(events(&mut s).is_empty());
+    }
+
+    #[test]
+    fn an_answer_to_an_unknown_id_is_ignored() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        let sent = transmit_all(&mut s, t0);
+        let stranger = Request {
+            id: sent[0].id.wrapping_add(7),
+            ..sent[0].clone()
+        };
+        s.handle_response(&noerror(&stranger), t0, NOW);
+        s.handle_response(&signed(&stranger, 5, 0, &[]), t0, NOW);
+        assert!(events(&mut s).is_empty());
+        assert_eq!(s.poll_timeout(), Some(t0 + TIMEOUT));
+        s.handle_response(&noerror(&sent[0]), t0, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 1 }]);
+    }
+
+    #[test]
+    fn a_frame_too_short_for_a_dns_message_is_retried() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        s.on_connected(t0);
+        s.push(one(1));
+        transmit_all(&mut s, t0);
+        s.handle_response(&[0x12], t0, NOW);
+        assert_eq!(
+            events(&mut s),
+            [Event::Retrying {
+                lsn: lsn_of(1),
+                reason: RetryReason::Malformed { len: 1 },
+                backoff: INITIAL_BACKOFF,
+            }]
+        );
+    }
+
+    #[test]
+    fn acks_are_released_in_order_even_when_answers_for_later_messages_arrive_first() {
+        let t0 = Instant::now();
+        let mut s = session(3, budget_for(1));
+        s.on_connected(t0);
+        for id in 1..=3 {
+            s.push(one(id));
+        }
+        let sent = transmit_all(&mut s, t0);
+        s.handle_response(&noerror(&sent[2]), t0, NOW);
+        s.handle_response(&noerror(&sent[1]), t0, NOW);
+        assert!(events(&mut s).is_empty());
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t0 + TIMEOUT),
+            "message 1 still awaited"
+        );
+        s.handle_response(&noerror(&sent[0]), t0, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 3 }]);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_dispatch_without_operations_is_acked_once_everything_before_it_is() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        let empty = |id| Dispatch {
+            id,
+            lsn: lsn_of(id),
+            groups: Vec::new(),
+        };
+        s.push(empty(1));
+        assert_eq!(events(&mut s), [Event::Acked { upto: 1 }]);
+        s.on_connected(t0);
+        s.push(one(2));
+        let sent = transmit_all(&mut s, t0);
+        s.push(empty(3));
+        assert!(events(&mut s).is_empty());
+        s.push(one(4));
+        s.push(empty(5));
+        let more = transmit_all(&mut s, t0);
+        assert_eq!(more[0].owners, ["d4"]);
+        s.handle_response(&noerror(&sent[0]), t0, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 3 }]);
+        s.handle_response(&noerror(&more[0]), t0, NOW);
+        assert_eq!(events(&mut s), [Event::Acked { upto: 5 }]);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn has_room_turns_false_past_the_queue_bounds() {
+        let t0 = Instant::now();
+        let mut s = session(2, budget_for(1));
+        for id in 1..MAX_QUEUED_DISPATCHES as u64 {
+            s.push(one(id % 10));
+        }
+        assert!(s.has_room());
+        s.push(one(1));
+        assert!(!s.has_room());
+
+        let mut s = session(1, budget_for(1_000));
+        let many: Vec<OwnerGroup> = (0..MAX_QUEUED_OPS)
+            .map(|i| group_of(&format!("o{i}"), 1))
+            .collect();
+        s.push(Dispatch {
+            id: 1,
+            lsn: lsn_of(1),
+            groups: many,
+        });
+        assert!(!s.has_room());
+        s.on_connected(t0);
+        assert_eq!(transmit_all(&mut s, t0).len(), 1);
+        assert!(s.has_room(), "packing frees room");
     }
 }
