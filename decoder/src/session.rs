@@ -49,23 +49,39 @@
 //! # States
 //!
 //! ```text
-//!                push()                    poll_transmit(): window full
-//!   ┌──────┐ ─────────────▶ ┌──────────┐ ◀──────────────────────────┐
-//!   │ idle │                │ sending  │ ───────────────────────────┘
-//!   └──────┘ ◀───────────── └──────────┘   NOERROR: release in order, Acked{upto}
-//!       ▲    all acknowledged   │    ▲
-//!       │                       │    │ backlog acknowledged again
-//!       │  SERVFAIL / timeout / │    │ (window resumes)
-//!       │  disconnect while     ▼    │
-//!       │  awaiting: Retrying ┌────────────────┐ on_connected(): resend the
-//!       │  (driver backs off, │ careful-resend │ unreleased messages in order,
-//!       │   reconnects)       └────────────────┘ one at a time, new IDs
-//!       │                             │
-//!       │    any other RCODE, TSIG    │
-//!       │    failure, encode failure  ▼
-//!       │                        ┌────────┐
-//!       └─ (never leaves) ─────  │ halted │  emits nothing more
-//!                                └────────┘
+//!                push, on_connected
+//!   ┌──────┐ ─────────────────────▶ ┌─────────┐  poll_transmit packs and sends up to `window`
+//!   │ idle │                        │ sending │  messages; NOERROR releases them in order
+//!   └──────┘ ◀───────────────────── └─────────┘  and reports Acked{upto}
+//!              all acknowledged       │     ▲
+//!                                     │     │ the backlog is acknowledged again:
+//!   SERVFAIL, timeout, disconnect     │     │ the window resumes
+//!   with answers awaited: Retrying;   ▼     │
+//!   the driver backs off,       ┌────────────────┐  every unreleased message again, in
+//!   reconnects, on_connected    │ careful-resend │  order, one at a time, with new IDs
+//!                               └────────────────┘  and signatures
+//!
+//!   from any state: another RCODE, a TSIG failure, an encoding failure
+//!                               ┌────────┐
+//!                         ────▶ │ halted │  emits nothing more
+//!                               └────────┘
+//! ```
+//!
+//! # Driving it
+//!
+//! ```text
+//! loop {
+//!     while let Some(event) = session.poll_event() { report it; on Retrying drop the
+//!         connection and sleep `backoff`; on Halted stop }
+//!     if session.wants_connection() { connect: Ok → on_connected(now), Err → on_connect_failed(now) }
+//!     while let Some(msg) = session.poll_transmit(now, unix_time) { write len-prefixed msg }
+//!     select {
+//!         dispatch from the pipeline, if session.has_room() => session.push(dispatch),
+//!         frame from the connection => session.handle_response(&frame, now, unix_time),
+//!         connection closed or failed => session.on_disconnected(now),
+//!         sleep_until(session.poll_timeout()) => session.handle_timeout(now),
+//!     }
+//! }
 //! ```
 //!
 //! The session sends nothing until [`Session::on_connected`]; a server that
