@@ -25,6 +25,7 @@ pub mod plan;
 pub mod rdata;
 pub mod records;
 pub mod row;
+pub mod session;
 pub mod tsig;
 pub mod txn;
 pub mod update;
