@@ -5,8 +5,8 @@
 //! workload writes), packs them with pg2dns's own planner
 //! (`update::Packer` under the 65 535-byte budget, TSIG record included),
 //! encodes and signs every message *before* the clock starts, then sends them
-//! one at a time over ONE TCP connection (RFC 1035 §4.2.2 two-byte length
-//! framing), waiting for and verifying each answer. What it prints is the
+//! one at a time over ONE TCP connection (pg2dns's own
+//! `dns::Connection`), waiting for and verifying each answer. What it prints is the
 //! server's full-message ingestion ceiling, with no PostgreSQL in the way.
 //!
 //! ```text
@@ -18,13 +18,13 @@
 //! Output (one line, `key=value`): records, messages, seconds, rr_per_s,
 //! msgs_per_s, p50_ms, max_ms, encode_s.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use pg2dns::dns::Connection;
 use pg2dns_decoder::tsig::{self, SignedRequest, TsigKey};
 use pg2dns_decoder::update::{self, Budget, Packer, PushError, UpdateOp};
 use pg2dns_decoder::{Record, ZoneName};
@@ -55,7 +55,8 @@ struct Args {
     max_message_bytes: usize,
 }
 
-fn main() -> Result<()> {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.key_file)
         .with_context(|| format!("reading {}", args.key_file.display()))?;
@@ -108,7 +109,7 @@ fn main() -> Result<()> {
     }
 
     let now = unix_now();
-    let mut signed: Vec<(Vec<u8>, SignedRequest)> = Vec::with_capacity(messages.len());
+    let mut signed: Vec<SignedRequest> = Vec::with_capacity(messages.len());
     for (n, msg) in messages.iter().enumerate() {
         let id = n as u16;
         let wire = update::encode(&zone, id, &[], msg).context("encoding")?;
@@ -119,28 +120,23 @@ fn main() -> Result<()> {
                 request.wire.len()
             );
         }
-        let mut frame = Vec::with_capacity(request.wire.len() + 2);
-        frame.extend_from_slice(&(request.wire.len() as u16).to_be_bytes());
-        frame.extend_from_slice(&request.wire);
-        signed.push((frame, request));
+        signed.push(request);
     }
     let encode_s = encode_started.elapsed().as_secs_f64();
 
-    let mut conn = TcpStream::connect(args.server)
+    let mut conn = Connection::connect(args.server)
+        .await
         .with_context(|| format!("connecting to {}", args.server))?;
-    conn.set_nodelay(true)?;
-    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut per_message = Vec::with_capacity(signed.len());
-    let mut answer = Vec::new();
     let started = Instant::now();
-    for (n, (frame, request)) in signed.iter().enumerate() {
+    for (n, request) in signed.iter().enumerate() {
         let sent = Instant::now();
-        conn.write_all(frame).context("sending")?;
-        let mut len = [0u8; 2];
-        conn.read_exact(&mut len)
-            .context("reading the answer length")?;
-        answer.resize(u16::from_be_bytes(len) as usize, 0);
-        conn.read_exact(&mut answer).context("reading the answer")?;
+        conn.send(&request.wire).await.context("sending")?;
+        let answer = tokio::time::timeout(Duration::from_secs(60), conn.recv())
+            .await
+            .context("no answer within 60 s")?
+            .context("the server closed the connection")?
+            .context("reading the answer")?;
         per_message.push(sent.elapsed());
         let verified = tsig::verify_response(&answer, &key, request, unix_now())
             .with_context(|| format!("message {n}: answer failed TSIG verification"))?;

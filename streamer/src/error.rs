@@ -26,8 +26,8 @@ use pgwire_replication::PgWireError;
 use tokio_postgres::error::SqlState;
 
 use crate::replication::ReplicationError;
-use crate::sink::SinkError;
 use crate::store::StoreError;
+use pg2dns_decoder::session::Halt;
 
 /// Why a run stopped or a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum RunError {
     StreamEnded,
     /// A zone's DNS stream needs the operator.
     #[error(transparent)]
-    Sink(Box<SinkError>),
+    Sink(Box<Halt>),
     /// A change could not be mapped at all.
     #[error(transparent)]
     Map(#[from] MapError),
@@ -135,7 +135,11 @@ impl RunError {
                 },
             },
             RunError::StreamEnded => Disposition::Retry,
-            RunError::Sink(_) => halt("see the zone's error above; fix the key or the server, then run pg2dns again"),
+            RunError::Sink(h) => match h.as_ref() {
+                Halt::Tsig { .. } => halt("check that the key file holds the key the server allows to update this zone (BIND: allow-update or update-policy; Knot: acl), and that both clocks are right"),
+                Halt::Rcode { rcode, .. } => halt(rcode.hint()),
+                _ => halt("report this as a pg2dns bug, with the log"),
+            },
             RunError::Map(_) => halt("set REPLICA IDENTITY DEFAULT (with a primary key) or FULL on the table, then restart"),
             RunError::SlotMissing { .. } => halt("run `pg2dns setup -c <config>` to create it (pg2dns never creates a slot while running: a new slot would silently skip every change made since the old one was lost)"),
             RunError::SlotGap { .. } => halt("resynchronise the zones from the database (DNS lacks what changed in between), then run `pg2dns setup --accept-gap -c <config>` to stream from the slot's position"),

@@ -3,8 +3,10 @@
 //! the first time the named point is reached.
 //!
 //! Points: `before-dns-send` (an UPDATE is about to be written to the DNS
-//! server), `after-dns-ack` (every UPDATE of the pending transactions was
-//! acknowledged, the checkpoint is not yet committed).
+//! server), `after-dns-send` (it was written, its answer not yet read),
+//! `after-dns-ack` (every UPDATE of the pending transactions was
+//! acknowledged, the checkpoint is not yet committed), `after-state-commit`
+//! (the checkpoint committed, the slot not yet confirmed).
 
 use std::sync::OnceLock;
 

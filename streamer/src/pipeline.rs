@@ -37,10 +37,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::dns::sink::{Dispatch, ZoneReport, ZoneSink};
 use crate::error::{Disposition, RunError};
 use crate::failpoint;
 use crate::replication::{Frame, PgReplication, Replication};
-use crate::sink::{Dispatch, ZoneReport, ZoneSink};
 use crate::store::Store;
 
 /// Rows per flush: bounds memory and the size of one state round trip.
@@ -693,6 +693,7 @@ impl Pipeline<'_> {
         }
         failpoint::hit("after-dns-ack");
         self.store.commit(end).await?;
+        failpoint::hit("after-state-commit");
         replication.confirm(end);
         debug!(lsn = %end, transactions = self.pending_txns, total_ms = started.elapsed().as_millis() as u64, "checkpoint");
         self.confirmed = Some(end);

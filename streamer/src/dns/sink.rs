@@ -1,0 +1,205 @@
+//! One zone's UPDATE stream: a thin driver of [`pg2dns_decoder::session`].
+//!
+//! The session decides what to send, what an answer means, when to resend
+//! and when to stop; this task owns the socket and the clock and feeds the
+//! session what happened. Work arrives from the pipeline as batches of
+//! [`Dispatch`]es in commit order; acknowledgements and halts go back as
+//! [`ZoneReport`]s.
+//!
+//! ```text
+//!  pipeline ─Vec<Dispatch>─▶ session.push ─▶ poll_transmit ─▶ Connection::send
+//!                                 ▲                                │
+//!  pipeline ◀─ZoneReport─ poll_event ◀─ handle_response ◀─ Connection::recv
+//! ```
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use pg2dns_decoder::session::{Event, Halt, Session, SessionConfig};
+use pg2dns_decoder::update::Budget;
+use pg2dns_decoder::ZoneId;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+pub use pg2dns_decoder::session::Dispatch;
+
+use crate::config::{Limits, ZoneConfig};
+use crate::dns::Connection;
+use crate::failpoint;
+
+/// What a zone's stream tells the pipeline.
+#[derive(Debug)]
+pub enum ZoneReport {
+    /// Every dispatch with id ≤ `upto` was acknowledged by the server.
+    Acked {
+        /// The zone.
+        zone: ZoneId,
+        /// Highest dispatch id fully acknowledged.
+        upto: u64,
+    },
+    /// The zone cannot go on until the operator acts.
+    Halted {
+        /// The zone.
+        zone: ZoneId,
+        /// Why.
+        error: Halt,
+    },
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The per-zone sender. Runs until its input closes or it halts.
+pub struct ZoneSink {
+    zone: ZoneId,
+    server: std::net::SocketAddr,
+    session: Session,
+    reports: mpsc::UnboundedSender<ZoneReport>,
+}
+
+impl ZoneSink {
+    /// Prepares the sender of zone `zone`.
+    pub fn new(
+        zone: ZoneId,
+        config: &ZoneConfig,
+        limits: &Limits,
+        reports: mpsc::UnboundedSender<ZoneReport>,
+    ) -> ZoneSink {
+        let budget = Budget {
+            max_message_bytes: limits.max_message_bytes,
+            tsig_record_len: config.key.record_len(),
+        };
+        // Message IDs start somewhere unpredictable (RFC 5452 §9.2 asks it of
+        // queries; here it only keeps restarts from reusing IDs).
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let session = Session::new(
+            SessionConfig {
+                zone: config.name.clone(),
+                key: config.key.clone(),
+                budget,
+                window: limits.window,
+                timeout: limits.dns_timeout,
+                server: config.primary.to_string(),
+            },
+            (seed & 0xffff) as u16,
+        );
+        ZoneSink {
+            zone,
+            server: config.primary,
+            session,
+            reports,
+        }
+    }
+
+    /// Runs the zone until `input` closes and everything is acknowledged
+    /// (clean stop), or until it halts.
+    pub async fn run(mut self, mut input: mpsc::Receiver<Vec<Dispatch>>) {
+        let mut conn: Option<Connection> = None;
+        let mut input_open = true;
+        loop {
+            while let Some(event) = self.session.poll_event() {
+                match event {
+                    Event::Acked { upto } => {
+                        let _ = self.reports.send(ZoneReport::Acked {
+                            zone: self.zone,
+                            upto,
+                        });
+                    }
+                    Event::Retrying {
+                        lsn,
+                        reason,
+                        backoff,
+                    } => {
+                        warn!(zone = %self.session.config().zone, server = %self.server, %lsn, %reason, retry_in = ?backoff, "UPDATE not acknowledged; will resend in order");
+                        conn = None;
+                        tokio::time::sleep(backoff).await;
+                    }
+                    Event::Halted(error) => {
+                        let _ = self.reports.send(ZoneReport::Halted {
+                            zone: self.zone,
+                            error,
+                        });
+                        return;
+                    }
+                }
+            }
+            if !input_open && self.session.is_idle() {
+                return;
+            }
+            if conn.is_none() && self.session.wants_connection() {
+                match Connection::connect(self.server).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        self.session.on_connected(Instant::now());
+                    }
+                    Err(e) => {
+                        debug!(zone = %self.session.config().zone, server = %self.server, error = %e, "cannot connect");
+                        self.session.on_connect_failed(Instant::now());
+                    }
+                }
+                continue;
+            }
+            if let Some(c) = conn.as_mut() {
+                while let Some(message) = self.session.poll_transmit(Instant::now(), unix_now()) {
+                    failpoint::hit("before-dns-send");
+                    if let Err(e) = c.send(&message).await {
+                        debug!(zone = %self.session.config().zone, error = %e, "write failed");
+                        self.session.on_disconnected(Instant::now());
+                        conn = None;
+                        break;
+                    }
+                    failpoint::hit("after-dns-send");
+                }
+            }
+            let deadline = self.session.poll_timeout();
+            tokio::select! {
+                batch = input.recv(), if input_open && self.session.has_room() => match batch {
+                    Some(batch) => {
+                        for d in batch {
+                            self.session.push(d);
+                        }
+                        // Take what else is already waiting, so it can be coalesced.
+                        while self.session.has_room() {
+                            match input.try_recv() {
+                                Ok(batch) => batch.into_iter().for_each(|d| self.session.push(d)),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => input_open = false,
+                },
+                frame = recv(&mut conn) => match frame {
+                    Some(Ok(frame)) => self.session.handle_response(&frame, Instant::now(), unix_now()),
+                    _ => {
+                        // Servers close idle connections (BIND after its
+                        // tcp-idle-timeout); the session tells a loss that
+                        // matters from one that does not.
+                        self.session.on_disconnected(Instant::now());
+                        conn = None;
+                    }
+                },
+                _ = sleep_until(deadline) => self.session.handle_timeout(Instant::now()),
+            }
+        }
+    }
+}
+
+async fn recv(conn: &mut Option<Connection>) -> Option<std::io::Result<Vec<u8>>> {
+    match conn {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
