@@ -618,7 +618,262 @@ mod tests {
         );
     }
 
-    // STREAM TESTS
+    const AXFR: &str = include_str!("../../tests/fixtures/tsig/axfr-hmac-sha256.txt");
+
+    /// The answer to an AXFR for example.test. with id 0x1234: `records`
+    /// copies of an A record in the answer section.
+    fn axfr_message(records: u16) -> Vec<u8> {
+        let mut m = hex("123484000001000000000000076578616d706c6504746573740000fc0001");
+        m[6..8].copy_from_slice(&records.to_be_bytes());
+        for _ in 0..records {
+            m.extend_from_slice(&hex("c00c000100010000012c0004c0000201"));
+        }
+        m
+    }
+
+    /// A request (any signed message with id 0x1234) and a stream of
+    /// answers to it, signed where `pattern` has an `S`, unsigned where a `U`.
+    fn stream(key: &TsigKey, pattern: &str) -> (SignedRequest, Vec<Vec<u8>>) {
+        let request = sign(&update_message(), key, NOW, DEFAULT_FUDGE).unwrap();
+        let messages: Vec<(Vec<u8>, bool)> = pattern
+            .chars()
+            .enumerate()
+            .map(|(i, c)| (axfr_message(i as u16 % 3 + 1), c == 'S'))
+            .collect();
+        let signed = server_sign_stream(&messages, key, &request, NOW);
+        (request, signed)
+    }
+
+    fn sha256_key() -> TsigKey {
+        TsigKey::new("xfr-key", Algorithm::HmacSha256, vec![9; 32]).unwrap()
+    }
+
+    /// Verifies every message; returns each one's `authenticated` count or the
+    /// first error, and what `finish` said.
+    fn run(
+        key: &TsigKey,
+        request: &SignedRequest,
+        messages: &[Vec<u8>],
+    ) -> (Result<Vec<usize>, TsigError>, Result<(), TsigError>) {
+        let mut verifier = StreamVerifier::new(request, key);
+        let counts = messages
+            .iter()
+            .map(|m| verifier.verify(m, NOW).map(|v| v.authenticated))
+            .collect();
+        (counts, verifier.finish())
+    }
+
+    #[test]
+    fn the_signed_axfr_of_named_verifies_message_by_message() {
+        let (request, responses) = capture_all(AXFR);
+        assert_eq!(responses.len(), 7);
+        let key = key("k-sha256.");
+        let signed = resign(&request, &key);
+        assert_eq!(signed.wire, request, "dig's signature differs from ours");
+        let mut verifier = StreamVerifier::new(&signed, &key);
+        for response in &responses {
+            let verified = verifier.verify(response, signed.time_signed).unwrap();
+            assert_eq!(
+                verified,
+                VerifiedMessage {
+                    id: signed.id,
+                    rcode: 0,
+                    authenticated: 1
+                }
+            );
+        }
+        verifier.finish().unwrap();
+    }
+
+    #[test]
+    fn the_first_axfr_message_of_named_is_also_a_valid_single_answer() {
+        let (request, responses) = capture_all(AXFR);
+        let key = key("k-sha256.");
+        let signed = resign(&request, &key);
+        assert!(verify_response(&responses[0], &key, &signed, signed.time_signed).is_ok());
+        // A later message is chained to the previous MAC, not to the request's.
+        assert_eq!(
+            verify_response(&responses[1], &key, &signed, signed.time_signed),
+            Err(TsigError::BadMac {
+                key: key.name.to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn named_axfr_messages_out_of_order_fail_with_bad_mac() {
+        let (request, mut responses) = capture_all(AXFR);
+        let key = key("k-sha256.");
+        let signed = resign(&request, &key);
+        responses.swap(2, 3);
+        let mut verifier = StreamVerifier::new(&signed, &key);
+        verifier.verify(&responses[0], signed.time_signed).unwrap();
+        verifier.verify(&responses[1], signed.time_signed).unwrap();
+        let bad_mac = TsigError::BadMac {
+            key: key.name.to_string(),
+        };
+        assert_eq!(
+            verifier.verify(&responses[2], signed.time_signed),
+            Err(bad_mac.clone())
+        );
+        assert_eq!(
+            verifier.verify(&responses[3], signed.time_signed),
+            Err(bad_mac.clone()),
+            "a failed stream stays failed"
+        );
+        assert_eq!(verifier.finish(), Err(bad_mac));
+    }
+
+    #[test]
+    fn a_named_axfr_cut_short_still_finishes_on_a_signed_message() {
+        // Each of named's messages is signed, so any prefix verifies; only
+        // the caller, who sees the closing SOA, knows the transfer is whole.
+        let (request, responses) = capture_all(AXFR);
+        let key = key("k-sha256.");
+        let signed = resign(&request, &key);
+        let mut verifier = StreamVerifier::new(&signed, &key);
+        for response in &responses[..3] {
+            verifier.verify(response, signed.time_signed).unwrap();
+        }
+        assert_eq!(verifier.finish(), Ok(()));
+    }
+
+    #[test]
+    fn unsigned_messages_are_authenticated_by_the_next_signed_one() {
+        let key = sha256_key();
+        let (request, messages) = stream(&key, "SUUSUSS");
+        let (counts, finish) = run(&key, &request, &messages);
+        assert_eq!(counts, Ok(vec![1, 0, 0, 3, 0, 2, 1]));
+        assert_eq!(finish, Ok(()));
+    }
+
+    #[test]
+    fn every_algorithm_chains_its_macs() {
+        for algorithm in Algorithm::ALL {
+            let key = TsigKey::new("xfr", algorithm, b"0123456789abcdef".to_vec()).unwrap();
+            let (request, messages) = stream(&key, "SSUS");
+            let (counts, finish) = run(&key, &request, &messages);
+            assert_eq!(counts, Ok(vec![1, 1, 0, 2]), "{algorithm}");
+            assert_eq!(finish, Ok(()), "{algorithm}");
+        }
+    }
+
+    #[test]
+    fn a_stream_that_ends_unsigned_does_not_finish() {
+        let key = sha256_key();
+        let (request, messages) = stream(&key, "SSUU");
+        let (counts, finish) = run(&key, &request, &messages);
+        assert_eq!(counts, Ok(vec![1, 1, 0, 0]));
+        assert_eq!(
+            finish,
+            Err(TsigError::UnsignedEnd {
+                key: "xfr-key.".into(),
+                unsigned: 2
+            })
+        );
+    }
+
+    #[test]
+    fn ninety_nine_unsigned_messages_in_a_row_pass_and_the_hundredth_fails() {
+        let key = sha256_key();
+        let ok = format!("S{}S", "U".repeat(99));
+        let (request, messages) = stream(&key, &ok);
+        let (counts, finish) = run(&key, &request, &messages);
+        assert_eq!(counts.unwrap()[100], 100);
+        assert_eq!(finish, Ok(()));
+
+        let too_many = format!("S{}S", "U".repeat(100));
+        let (request, messages) = stream(&key, &too_many);
+        let (counts, finish) = run(&key, &request, &messages);
+        let expected = TsigError::TooManyUnsigned {
+            key: "xfr-key.".into(),
+            message: 101,
+        };
+        assert_eq!(counts, Err(expected.clone()));
+        assert_eq!(finish, Err(expected));
+    }
+
+    #[test]
+    fn a_tampered_unsigned_message_fails_the_next_signed_one() {
+        let key = sha256_key();
+        let (request, mut messages) = stream(&key, "SUS");
+        let last = messages[1].len() - 1;
+        messages[1][last] ^= 1; // the last A record's address
+        let mut verifier = StreamVerifier::new(&request, &key);
+        verifier.verify(&messages[0], NOW).unwrap();
+        assert_eq!(verifier.verify(&messages[1], NOW).unwrap().authenticated, 0);
+        assert_eq!(
+            verifier.verify(&messages[2], NOW),
+            Err(TsigError::BadMac {
+                key: "xfr-key.".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_dropped_unsigned_message_fails_the_next_signed_one() {
+        let key = sha256_key();
+        let (request, mut messages) = stream(&key, "SUUS");
+        messages.remove(2);
+        let (counts, _) = run(&key, &request, &messages);
+        assert_eq!(
+            counts,
+            Err(TsigError::BadMac {
+                key: "xfr-key.".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_stream_must_start_with_a_signed_message() {
+        let key = sha256_key();
+        let (request, messages) = stream(&key, "US");
+        let (counts, finish) = run(&key, &request, &messages);
+        assert_eq!(counts, Err(TsigError::Unsigned { rcode: 0 }));
+        assert_eq!(finish, Err(TsigError::Unsigned { rcode: 0 }));
+    }
+
+    #[test]
+    fn an_unsigned_message_with_another_id_is_refused() {
+        let key = sha256_key();
+        let (request, mut messages) = stream(&key, "SUS");
+        messages[1][0] = 0x99;
+        let (counts, _) = run(&key, &request, &messages);
+        assert_eq!(
+            counts,
+            Err(TsigError::IdMismatch {
+                expected: 0x1234,
+                got: 0x9934
+            })
+        );
+    }
+
+    #[test]
+    fn a_later_message_outside_the_fudge_is_refused() {
+        let key = sha256_key();
+        let (request, messages) = stream(&key, "SS");
+        let mut verifier = StreamVerifier::new(&request, &key);
+        verifier.verify(&messages[0], NOW).unwrap();
+        assert_eq!(
+            verifier.verify(&messages[1], NOW + 301),
+            Err(TsigError::TimeOutsideFudge {
+                key: "xfr-key.".into(),
+                time_signed: NOW,
+                fudge: DEFAULT_FUDGE,
+                now: NOW + 301
+            })
+        );
+    }
+
+    #[test]
+    fn an_empty_stream_does_not_finish() {
+        let key = sha256_key();
+        let request = sign(&update_message(), &key, NOW, DEFAULT_FUDGE).unwrap();
+        assert_eq!(
+            StreamVerifier::new(&request, &key).finish(),
+            Err(TsigError::EmptyStream)
+        );
+    }
 
     proptest! {
         #[test]
@@ -642,6 +897,45 @@ mod tests {
             }
             response.truncate(cut % (response.len() + 1));
             let _ = verify_response(&response, &key, &signed, NOW);
+        }
+
+        #[test]
+        fn the_first_message_of_a_stream_is_judged_like_a_single_answer(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+            now in NOW - 400..NOW + 400,
+        ) {
+            let key = key("k-sha256.");
+            let (request, mut responses) = capture_all(AXFR);
+            let signed = resign(&request, &key);
+            let response = &mut responses[0];
+            for (at, byte) in flips {
+                let at = at % response.len();
+                response[at] = byte;
+            }
+            let single = verify_response(response, &key, &signed, now);
+            let streamed = StreamVerifier::new(&signed, &key).verify(response, now);
+            prop_assert_eq!(
+                single,
+                streamed.map(|v| VerifiedResponse { id: v.id, rcode: v.rcode })
+            );
+        }
+
+        #[test]
+        fn stream_verification_never_panics_on_damaged_messages(
+            flips in proptest::collection::vec((any::<usize>(), any::<usize>(), any::<u8>()), 1..4),
+            cut in any::<usize>(),
+        ) {
+            let key = sha256_key();
+            let (request, mut messages) = stream(&key, "SUSUS");
+            for (which, at, byte) in flips {
+                let message = &mut messages[which % 5];
+                let at = at % message.len();
+                message[at] = byte;
+            }
+            let which = cut % 5;
+            let len = messages[which].len();
+            messages[which].truncate(cut % (len + 1));
+            let _ = run(&key, &request, &messages);
         }
     }
 }
