@@ -335,7 +335,10 @@ impl Config {
             };
             let key_text = std::fs::read_to_string(&key_file)
                 .map_err(|e| key_err(format!("cannot read it: {e}")))?;
-            let keys = TsigKey::parse_keygen_file(&key_text).map_err(|e| key_err(e.to_string()))?;
+            // The key file error's causes (bad algorithm, bad base64…) are
+            // sources: keep them in the message.
+            let keys = TsigKey::parse_keygen_file(&key_text)
+                .map_err(|e| key_err(crate::error::chain(&e)))?;
             let key = match &z.key_name {
                 Some(wanted) => {
                     let wanted_lc = wanted.trim_end_matches('.').to_ascii_lowercase();
