@@ -27,7 +27,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install the pg2dns schema, create the publication and the replication slot (idempotent).
-    Setup,
+    Setup {
+        /// Accept that the slot starts after pg2dns's progress (it was
+        /// dropped and re-created): stream from the slot, once the zones were
+        /// resynchronised from the database.
+        #[arg(long)]
+        accept_gap: bool,
+    },
     /// Stream changes to the DNS servers until stopped (SIGINT/SIGTERM).
     Run,
     /// Check the configuration file and the key files it names.
@@ -80,8 +86,15 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Setup => {
-            let report = setup::setup(&config).await?;
+        Command::Setup { accept_gap } => {
+            let report = setup::setup(&config, accept_gap).await?;
+            if let Some((progress, slot_at)) = report.gap {
+                if report.gap_accepted {
+                    println!("gap accepted: streaming continues from {slot_at} (pg2dns had applied changes up to {progress})");
+                } else {
+                    println!("warning: slot {} starts at {slot_at} but pg2dns applied changes only up to {progress}: the changes in between were never streamed. Resynchronise the zones from the database, then run `pg2dns setup --accept-gap`; until then `pg2dns run` halts", config.database.slot);
+                }
+            }
             println!(
                 "setup done: schema versions applied {:?}, publication {}, slot {}",
                 report.applied,

@@ -8,7 +8,7 @@
 //! the stream uses.
 
 use pg2dns_decoder::mapping::RrTable;
-use pg2dns_decoder::{Record, ZoneName};
+use pg2dns_decoder::{Lsn, Record, ZoneName};
 use tokio_postgres::error::SqlState;
 use tracing::{info, warn};
 
@@ -32,10 +32,17 @@ pub struct SetupReport {
     pub publication_created: bool,
     /// Whether the slot was created now.
     pub slot_created: bool,
+    /// The slot starts after pg2dns's progress (progress, slot position):
+    /// the changes in between were never streamed.
+    pub gap: Option<(Lsn, Lsn)>,
+    /// Whether the progress was moved to the slot to accept that gap.
+    pub gap_accepted: bool,
 }
 
-/// Installs the schema, creates the publication and the slot.
-pub async fn setup(config: &Config) -> Result<SetupReport, StoreError> {
+/// Installs the schema, creates the publication and the slot. With
+/// `accept_gap`, a slot that starts after pg2dns's progress is accepted: the
+/// progress moves to the slot (the operator resynchronised the zones).
+pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, StoreError> {
     let store = Store::connect(&config.database).await?;
     let client = store.client();
     let mut report = SetupReport::default();
@@ -92,6 +99,24 @@ pub async fn setup(config: &Config) -> Result<SetupReport, StoreError> {
             ))?;
         report.slot_created = true;
         info!(%slot, "replication slot created");
+    }
+    let slot_at = store.slot_confirmed().await?.unwrap_or(Lsn::ZERO);
+    if !store.has_progress().await? {
+        // A new instance: its progress starts where its slot does, so that a
+        // slot dropped and re-created later is noticed.
+        store.set_progress(slot_at).await?;
+    } else {
+        let progress = store.progress().await?;
+        if slot_at > progress {
+            report.gap = Some((progress, slot_at));
+            if accept_gap {
+                store.set_progress(slot_at).await?;
+                report.gap_accepted = true;
+                warn!(%slot, %progress, %slot_at, "gap accepted: pg2dns streams from the slot's position");
+            } else {
+                warn!(%slot, %progress, %slot_at, "the slot starts after pg2dns's progress: the changes in between were never streamed; resynchronise the zones, then run setup --accept-gap");
+            }
+        }
     }
     Ok(report)
 }

@@ -155,6 +155,19 @@ impl Store {
         }
     }
 
+    /// Sets the progress outside the checkpoint transaction (set-up only).
+    pub async fn set_progress(&self, lsn: Lsn) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "INSERT INTO pg2dns.progress (slot, lsn, updated) VALUES ($1, $2::text::pg_lsn, now()) \
+                 ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, updated = excluded.updated",
+                &[&self.slot, &lsn.to_string()],
+            )
+            .await
+            .map_err(sql("cannot write pg2dns.progress"))?;
+        Ok(())
+    }
+
     /// Whether this slot has a progress row at all.
     pub async fn has_progress(&self) -> Result<bool, StoreError> {
         Ok(self
