@@ -335,6 +335,7 @@ impl Config {
             };
             let key_text = std::fs::read_to_string(&key_file)
                 .map_err(|e| key_err(format!("cannot read it: {e}")))?;
+            warn_if_readable_by_others(&key_file);
             // The key file error's causes (bad algorithm, bad base64…) are
             // sources: keep them in the message.
             let keys = TsigKey::parse_keygen_file(&key_text)
@@ -420,6 +421,23 @@ impl Config {
                     tsig_record_len: z.key.record_len(),
                 })
                 .collect(),
+        }
+    }
+}
+
+/// A TSIG secret lets anyone who reads it rewrite the zone: say so when the
+/// key file is readable by its group or by everyone (as `tsig-keygen`'s
+/// output is under a default umask).
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                key_file = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the TSIG key file is readable by other users; run chmod 600 on it"
+            );
         }
     }
 }
