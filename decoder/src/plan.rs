@@ -119,6 +119,16 @@ pub enum Refusal {
         /// The other types.
         other: String,
     },
+    /// The primary refused the record on its own (and accepted an UPDATE
+    /// any allowed key may send), e.g. BIND's check-names or its check for
+    /// an MX or SRV target without address records.
+    #[error("the primary answered {rcode} to the UPDATE adding {record}, while it accepts this key's other updates; see the server's log for its reason")]
+    ServerRefused {
+        /// The server's answer.
+        rcode: crate::session::Rcode,
+        /// The record, in presentation form.
+        record: String,
+    },
     /// Two different CNAMEs at one name.
     #[error("{owner} would have two CNAME records; a name has at most one, and the server would silently replace the first")]
     TwoCnames {

@@ -293,7 +293,8 @@ pub enum PushError {
 pub struct Packer {
     zone: ZoneName,
     budget: Budget,
-    ops: Vec<UpdateOp>,
+    groups: Vec<OwnerGroup>,
+    ops: usize,
     /// Upper bound of the encoded, unsigned message.
     size: usize,
 }
@@ -305,7 +306,8 @@ impl Packer {
         Packer {
             zone,
             budget,
-            ops: Vec::new(),
+            groups: Vec::new(),
+            ops: 0,
             size,
         }
     }
@@ -334,18 +336,19 @@ impl Packer {
             return Err(PushError::Full(group));
         }
         self.size += added;
-        self.ops.extend(group.ops);
+        self.ops += group.ops.len();
+        self.groups.push(group);
         Ok(())
     }
 
     /// Whether the current message has no operation.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops == 0
     }
 
     /// The number of operations in the current message.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.ops
     }
 
     /// An upper bound of `encode(zone, id, &[], ops).len()` for the current
@@ -361,8 +364,15 @@ impl Packer {
 
     /// Hands out the current message's operations and starts a new message.
     pub fn take(&mut self) -> Vec<UpdateOp> {
+        self.take_groups().into_iter().flat_map(|g| g.ops).collect()
+    }
+
+    /// Hands out the current message's owner groups, in order, and starts a
+    /// new message.
+    pub fn take_groups(&mut self) -> Vec<OwnerGroup> {
         self.size = base_size(&self.zone);
-        std::mem::take(&mut self.ops)
+        self.ops = 0;
+        std::mem::take(&mut self.groups)
     }
 }
 

@@ -28,11 +28,15 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use pg2dns_decoder::mapping::{self, Mapping, RrTable};
+use pg2dns_decoder::mapping::{self, Mapping, RowUpdate, RrTable};
 use pg2dns_decoder::pgoutput::Message;
-use pg2dns_decoder::plan::{PlanLimits, Planner, Rejection, RowRef, SourceId, ZoneOps};
+use pg2dns_decoder::plan::{
+    PlanLimits, Planner, Refusal, Refused, Rejection, RowRef, SourceId, ZoneOps,
+};
+use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::txn::{Assembler, Event, RowChange};
-use pg2dns_decoder::{Lsn, ZoneId, Zones};
+use pg2dns_decoder::update::{OwnerGroup, UpdateOp};
+use pg2dns_decoder::{Lsn, Record, ZoneId, Zones};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -95,11 +99,22 @@ struct ZoneLane {
     outbox: Vec<Dispatch>,
 }
 
+/// An owner group a server refused for its content.
+struct ServerRefusal {
+    zone: ZoneId,
+    lsn: Lsn,
+    group: OwnerGroup,
+    rcode: Rcode,
+}
+
 /// The zones' streams and what they acknowledged.
 struct Lanes {
     lanes: Vec<ZoneLane>,
     reports: mpsc::UnboundedReceiver<ZoneReport>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Refusals whose rows are still to be rejected: the checkpoint waits
+    /// for them.
+    refused: Vec<ServerRefusal>,
 }
 
 impl Lanes {
@@ -122,6 +137,7 @@ impl Lanes {
             lanes,
             reports,
             tasks,
+            refused: Vec::new(),
         }
     }
 
@@ -135,6 +151,20 @@ impl Lanes {
             Some(ZoneReport::Acked { zone, upto }) => {
                 let lane = &mut self.lanes[usize::from(zone.0)];
                 lane.acked = lane.acked.max(upto);
+                Ok(())
+            }
+            Some(ZoneReport::Refused {
+                zone,
+                lsn,
+                group,
+                rcode,
+            }) => {
+                self.refused.push(ServerRefusal {
+                    zone,
+                    lsn,
+                    group,
+                    rcode,
+                });
                 Ok(())
             }
             Some(ZoneReport::Halted { error, .. }) => Err(RunError::Sink(Box::new(error))),
@@ -344,6 +374,7 @@ impl Pipeline<'_> {
                 }
                 report = self.lanes.reports.recv() => {
                     self.lanes.on_report(report)?;
+                    self.reject_refused().await?;
                     // The last acknowledgement of an idle stream completes
                     // the pending checkpoint.
                     if self.at_boundary() && self.lanes.all_acked() {
@@ -642,6 +673,73 @@ impl Pipeline<'_> {
         Ok(())
     }
 
+    /// Rejects the rows whose records a server refused for their content
+    /// (the session narrowed the refusal down to their owner group and
+    /// checked that the key and zone are fine): their records leave the row
+    /// state, and whatever else they contributed leaves DNS, as for any
+    /// refused row. Runs before the checkpoint that covers them.
+    async fn reject_refused(&mut self) -> Result<(), RunError> {
+        if self.lanes.refused.is_empty() {
+            return Ok(());
+        }
+        let refused = std::mem::take(&mut self.lanes.refused);
+        let mut records: Vec<(ZoneId, Record)> = Vec::new();
+        let mut origin: Vec<(Lsn, Rcode)> = Vec::new();
+        for r in &refused {
+            for op in &r.group.ops {
+                if let UpdateOp::Add(record) = op {
+                    records.push((r.zone, record.clone()));
+                    origin.push((r.lsn, r.rcode));
+                }
+            }
+        }
+        let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
+        let producers = self
+            .store
+            .producers(&sources, &self.zones, &records)
+            .await?;
+        let mut seen = HashSet::new();
+        let mut updates = Vec::new();
+        for ((source, key), i) in producers {
+            if !seen.insert((source, key.clone())) {
+                continue;
+            }
+            let (zone, record) = &records[i];
+            let (lsn, rcode) = origin[i];
+            updates.push((
+                source,
+                RowUpdate {
+                    key,
+                    lsn,
+                    image: Err(Refused {
+                        zone: Some(*zone),
+                        owner: Some(record.owner.clone()),
+                        reason: Box::new(Refusal::ServerRefused {
+                            rcode,
+                            record: record.to_string(),
+                        }),
+                    }),
+                },
+            ));
+        }
+        let rows: Vec<RowRef> = updates.iter().map(|(s, u)| (*s, u.key.clone())).collect();
+        let (loaded, _) = self.store.load(&sources, &rows, &[], &self.zones).await?;
+        let mut planner = Planner::new(&self.zones, &self.limits, loaded);
+        let lsn = updates.last().map(|(_, u)| u.lsn).unwrap_or_default();
+        for (source, update) in updates {
+            planner.apply(source, update);
+        }
+        let ops = planner.end_segment();
+        self.lanes.dispatch(lsn, ops);
+        let outcome = planner.finish();
+        for r in &outcome.rejections {
+            self.log_rejection(r);
+        }
+        self.lanes.send_outbox().await?;
+        self.store.write(&sources, &self.zones, &outcome).await?;
+        Ok(())
+    }
+
     fn log_rejection(&self, r: &Rejection) {
         let zone = r
             .zone
@@ -678,18 +776,25 @@ impl Pipeline<'_> {
         };
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + wait;
-        while !self.lanes.all_acked() {
-            match tokio::time::timeout_at(deadline, self.lanes.reports.recv()).await {
-                Ok(report) => self.lanes.on_report(report)?,
-                Err(_) => {
-                    debug!(
-                        waited_ms = started.elapsed().as_millis() as u64,
-                        "checkpoint postponed: acknowledgements pending"
-                    );
-                    self.last_checkpoint = Instant::now();
-                    return Ok(());
+        loop {
+            while !self.lanes.all_acked() {
+                match tokio::time::timeout_at(deadline, self.lanes.reports.recv()).await {
+                    Ok(report) => self.lanes.on_report(report)?,
+                    Err(_) => {
+                        debug!(
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "checkpoint postponed: acknowledgements pending"
+                        );
+                        self.last_checkpoint = Instant::now();
+                        return Ok(());
+                    }
                 }
             }
+            // A refused group's rows must leave the state before it commits.
+            if self.lanes.refused.is_empty() {
+                break;
+            }
+            self.reject_refused().await?;
         }
         failpoint::hit("after-dns-ack");
         self.store.commit(end).await?;

@@ -334,6 +334,50 @@ impl Store {
         Ok((loaded, orphans))
     }
 
+    /// The rows that contribute each of the given records (zone, owner,
+    /// type, data), in the open transaction's view, with the index of the
+    /// record they contribute.
+    pub async fn producers(
+        &mut self,
+        sources: &[&str],
+        zones: &Zones,
+        records: &[(pg2dns_decoder::ZoneId, Record)],
+    ) -> Result<Vec<(RowRef, usize)>, StoreError> {
+        self.begin().await?;
+        let zone_texts: Vec<String> = records
+            .iter()
+            .map(|(z, _)| zones.name(*z).to_string())
+            .collect();
+        let owners: Vec<&[u8]> = records
+            .iter()
+            .map(|(_, r)| r.owner.name().as_wire())
+            .collect();
+        let rtypes: Vec<i32> = records.iter().map(|(_, r)| i32::from(r.rtype.0)).collect();
+        let rdatas: Vec<&[u8]> = records.iter().map(|(_, r)| r.rdata.as_wire()).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT r.source, r.row_key, k.i \
+                 FROM unnest($2::text[], $3::bytea[], $4::int[], $5::bytea[]) WITH ORDINALITY AS k(zone, owner, rtype, rdata, i) \
+                 CROSS JOIN LATERAL ( \
+                   SELECT source, row_key FROM pg2dns.row_state x \
+                   WHERE x.slot = $1 AND x.zone = k.zone AND x.owner = k.owner \
+                     AND x.rtype = k.rtype AND x.rdata = k.rdata OFFSET 0) r",
+                &[&self.slot, &zone_texts, &owners, &rtypes, &rdatas],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.row_state"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let source: String = r.get(0);
+                let s = sources.iter().position(|x| *x == source)?;
+                let i = usize::try_from(r.get::<_, i64>(2) - 1).ok()?;
+                Some(((SourceId(s as u16), RowKey(r.get(1))), i))
+            })
+            .collect())
+    }
+
     /// Writes what a batch decided: the new records of every changed row
     /// (replacing the old ones), and the rejections.
     pub async fn write(

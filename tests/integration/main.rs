@@ -17,6 +17,7 @@ mod config;
 mod crash;
 mod halts;
 mod harness_selftest;
+mod isolation;
 mod knot;
 mod outages;
 mod rejected;

@@ -36,6 +36,18 @@ pub enum ZoneReport {
         /// Highest dispatch id fully acknowledged.
         upto: u64,
     },
+    /// The server refused one owner group's additions for their content;
+    /// the rest went on. The rows that wanted them must be rejected.
+    Refused {
+        /// The zone.
+        zone: ZoneId,
+        /// The transaction of the group.
+        lsn: pg2dns_decoder::Lsn,
+        /// The refused additions.
+        group: pg2dns_decoder::update::OwnerGroup,
+        /// The server's answer.
+        rcode: pg2dns_decoder::session::Rcode,
+    },
     /// The zone cannot go on until the operator acts.
     Halted {
         /// The zone.
@@ -119,6 +131,15 @@ impl ZoneSink {
                         warn!(zone = %self.session.config().zone, server = %self.server, %lsn, %reason, retry_in = ?backoff, "UPDATE not acknowledged; will resend in order");
                         conn = None;
                         tokio::time::sleep(backoff).await;
+                    }
+                    Event::Refused { lsn, group, rcode } => {
+                        warn!(zone = %self.session.config().zone, %lsn, owner = %group.owner, %rcode, "the primary refused an owner group on its own; its rows are rejected and the stream goes on");
+                        let _ = self.reports.send(ZoneReport::Refused {
+                            zone: self.zone,
+                            lsn,
+                            group,
+                            rcode,
+                        });
                     }
                     Event::Halted(error) => {
                         let _ = self.reports.send(ZoneReport::Halted {

@@ -1,0 +1,134 @@
+//! One row never stops the stream: what the DNS server refuses on its own
+//! is narrowed down to its owner group, its row is rejected with the
+//! server's answer, and everything else is published in order.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+
+use crate::harness::{Stack, DNS_DEADLINE};
+
+/// Waits until DNS holds the table minus the rejected rows, and returns the
+/// rejected row ids.
+async fn wait_until_dns_is_table_minus_rejected(stack: &Stack) -> Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + DNS_DEADLINE;
+    loop {
+        let rejected: Vec<String> = stack
+            .rejected()
+            .await?
+            .into_iter()
+            .map(|r| r.row_key)
+            .collect();
+        let rows: Vec<_> = stack
+            .table()
+            .await?
+            .into_iter()
+            .filter(|r| !rejected.contains(&r.id.to_string()))
+            .collect();
+        let expected = stack.expected(&rows);
+        if stack.dns().await? == expected {
+            return Ok(rejected);
+        }
+        if std::time::Instant::now() > deadline {
+            stack
+                .wait_until_dns_equals(&expected, Duration::from_millis(1))
+                .await?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn id_of(stack: &Stack, owner: &str, rtype: &str) -> Result<String> {
+    let rows = stack.table().await?;
+    let row = rows
+        .iter()
+        .find(|r| r.record.owner == owner && r.record.rtype == rtype)
+        .ok_or_else(|| anyhow::anyhow!("no {rtype} row at {owner}"))?;
+    Ok(row.id.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mx_before_its_targets_address_is_rejected_and_the_stream_goes_on() -> Result<()> {
+    let stack = Stack::start("mx-first").await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('example.test.', 300, 'MX', '10 mail.example.test.')")
+        .await?;
+    // The MX goes alone (sent together in one UPDATE, BIND would accept both:
+    // it checks the message's end state), and BIND refuses it.
+    let deadline = std::time::Instant::now() + DNS_DEADLINE;
+    while stack.rejected().await?.is_empty() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the MX without an address was not rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('mail.example.test.', 300, 'A', '192.0.2.25')")
+        .await?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('later.example.test.', 300, 'A', '192.0.2.26')")
+        .await?;
+    let rejected = wait_until_dns_is_table_minus_rejected(&stack).await?;
+    let mx = id_of(&stack, "example.test.", "MX").await?;
+    ensure!(
+        rejected == [mx.clone()],
+        "only the MX row is rejected: {rejected:?}"
+    );
+    let reasons = stack.rejected().await?;
+    ensure!(
+        reasons[0].reason.contains("REFUSED") && reasons[0].reason.contains("mail.example.test."),
+        "the rejection gives the server's answer and the record: {:?}",
+        reasons[0]
+    );
+    ensure!(
+        !stack
+            .bind
+            .query("mail.example.test.", "A")
+            .await?
+            .is_empty(),
+        "the address after the refused MX arrived"
+    );
+    // Touching the row again, now that its target has an address, publishes it.
+    stack
+        .exec(&format!("UPDATE pg2dns.rr SET ttl = 301 WHERE id = {mx}"))
+        .await?;
+    stack
+        .wait_until_answers("example.test.", "MX", DNS_DEADLINE)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refused_row_among_a_thousand_in_one_message_is_the_only_one_rejected() -> Result<()> {
+    let stack = Stack::start("one-in-a-thousand").await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "BEGIN;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+               SELECT 'h' || g || '.example.test.', 300, 'A', '192.0.2.' || (g % 250 + 1)
+               FROM generate_series(1, 500) AS g;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('bad_name.example.test.', 300, 'A', '192.0.2.99');
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+               SELECT 'k' || g || '.example.test.', 300, 'A', '192.0.2.' || (g % 250 + 1)
+               FROM generate_series(1, 500) AS g;
+             COMMIT;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.100');",
+        )
+        .await?;
+    let rejected = wait_until_dns_is_table_minus_rejected(&stack).await?;
+    let bad = id_of(&stack, "bad_name.example.test.", "A").await?;
+    ensure!(
+        rejected == [bad],
+        "only the underscore owner is rejected: {rejected:?}"
+    );
+    let dns = stack.dns().await?;
+    let published: usize = dns.values().map(Vec::len).sum();
+    ensure!(
+        published == 1_001,
+        "1,000 rows and the later one are in DNS, not {published}"
+    );
+    Ok(())
+}
