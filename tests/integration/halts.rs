@@ -65,14 +65,16 @@ async fn a_wrong_tsig_secret_halts_with_an_error_naming_the_key_zone_and_lsn_and
     // and says the server's verdict.
     let log = pg2dns.log();
     let addr = stack.server(primary)?.addr();
-    let halt = format!(
-        "zone {FORWARD}: the primary {addr} rejected TSIG key {KEY_NAME} (LSN {})",
-        ours.final_lsn
-    );
+    let halt = format!("zone {FORWARD}: the primary {addr} rejected TSIG key {KEY_NAME}");
     let line = log
         .lines()
         .find(|line| line.contains(&halt))
         .with_context(|| format!("no line says {halt:?}; pg2dns wrote:\n{log}"))?;
+    let lsn = format!("(LSN {})", ours.final_lsn);
+    ensure!(
+        line.contains(&lsn),
+        "the halt must name the refused transaction {lsn}: {line}"
+    );
     ensure!(
         line.contains("BADSIG") || line.contains("BADKEY"),
         "the halt must say BADSIG or BADKEY: {line}"
