@@ -6,16 +6,23 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Result};
 
 use crate::harness::stack::FORWARD;
-use crate::harness::{wait_until, Check, Primary, Record, Stack, DNS_DEADLINE};
+use crate::harness::{wait_until, Check, Pg2dns, Primary, Record, Stack, DNS_DEADLINE};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_slot_moves_past_writes_to_unpublished_tables() -> Result<()> {
-    let stack = Stack::start("idle-slot", Primary::Bind).await?;
-    let _pg2dns = stack.run()?;
+/// A stack with pg2dns running that has already sent one row,
+/// a.example.test A 192.0.2.1.
+async fn streaming_one_row(label: &str) -> Result<(Stack, Pg2dns)> {
+    let stack = Stack::start(label, Primary::Bind).await?;
+    let pg2dns = stack.run()?;
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('a.example.test.', 300, 'A', '192.0.2.1')")
         .await?;
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok((stack, pg2dns))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_slot_moves_past_writes_to_unpublished_tables() -> Result<()> {
+    let (stack, _pg2dns) = streaming_one_row("idle-slot").await?;
     // Writes pg2dns does not publish: PostgreSQL sends no transaction for
     // them, so only keepalives can tell pg2dns the slot may move on.
     stack
@@ -41,12 +48,7 @@ async fn an_idle_slot_moves_past_writes_to_unpublished_tables() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_to_the_records_table_mid_stream_changes_nothing() -> Result<()> {
-    let stack = Stack::start("add-column", Primary::Bind).await?;
-    let _pg2dns = stack.run()?;
-    stack
-        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('a.example.test.', 300, 'A', '192.0.2.1')")
-        .await?;
-    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let (stack, _pg2dns) = streaming_one_row("add-column").await?;
     // A new Relation message arrives before the next change.
     stack
         .exec(
