@@ -5,18 +5,18 @@
 //! The first two use pg2dns's failpoints (`PG2DNS_FAILPOINT`), which abort the
 //! process (like `kill -9`) at an exact place; the third sends a real SIGKILL.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
-use crate::harness::stack::FORWARD;
-use crate::harness::{Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
+use crate::harness::stack::{difference, FORWARD, REVERSE};
+use crate::harness::{wait_until, Check, Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
 
 const FAILPOINT: &str = "PG2DNS_FAILPOINT";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_just_before_the_dns_send_loses_nothing() -> Result<()> {
-    let stack = Stack::start("crash-before-send").await?;
+    let stack = Stack::start("crash-before-send", Primary::Bind).await?;
     let mut crashing = stack.run_with(&[(FAILPOINT, "before-dns-send")])?;
     stack
         .exec(
@@ -33,10 +33,22 @@ async fn a_crash_just_before_the_dns_send_loses_nothing() -> Result<()> {
         !status.success(),
         "the failpoint aborts pg2dns, yet it exited with {status}"
     );
+    // Both zones answer the AXFR, and hold nothing but their apex.
+    let nothing = stack.expected(&[]);
+    ensure!(
+        nothing.len() == 2 && nothing.contains_key(FORWARD) && nothing.contains_key(REVERSE),
+        "the stack serves both zones: {nothing:?}"
+    );
     let dns = stack.dns().await?;
     ensure!(
-        dns.values().all(Vec::is_empty),
-        "nothing was sent before the crash, yet DNS holds {dns:?}"
+        dns == nothing,
+        "nothing was sent before the crash, yet DNS holds:\n{}",
+        difference(&nothing, &dns)
+    );
+    let state = stack.row_state().await?;
+    ensure!(
+        state.is_empty(),
+        "no row was acknowledged, yet pg2dns holds state for {state:?}"
     );
 
     // More changes while pg2dns is down, touching the unsent rows.
@@ -55,7 +67,7 @@ async fn a_crash_just_before_the_dns_send_loses_nothing() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_the_dns_acknowledgement_and_the_checkpoint_loses_nothing() -> Result<()> {
-    let stack = Stack::start("crash-after-ack").await?;
+    let stack = Stack::start("crash-after-ack", Primary::Bind).await?;
     let mut crashing = stack.run_with(&[(FAILPOINT, "after-dns-ack")])?;
     stack
         .exec(
@@ -76,7 +88,11 @@ async fn a_crash_between_the_dns_acknowledgement_and_the_checkpoint_loses_nothin
     ensure!(
         dns == acknowledged,
         "the acknowledged transaction should be in DNS:\n{}",
-        crate::harness::stack::difference(&acknowledged, &dns)
+        difference(&acknowledged, &dns)
+    );
+    ensure!(
+        acknowledged[FORWARD].len() == 3,
+        "the three rows are what was acknowledged: {acknowledged:?}"
     );
 
     // While pg2dns is down, change the rows of the unconfirmed transaction:
@@ -96,12 +112,24 @@ async fn a_crash_between_the_dns_acknowledgement_and_the_checkpoint_loses_nothin
         .wait_until_dns_matches_table(RECOVERY_DEADLINE)
         .await?;
     ensure!(dns[FORWARD].len() == 2, "a and c remain: {dns:?}");
+    // The replay did not count the acknowledged rows twice: pg2dns holds
+    // exactly one record per row, the row's.
+    let table = stack.table().await?;
+    let state = stack.row_state().await?;
+    let rows: std::collections::BTreeMap<String, Vec<_>> = table
+        .iter()
+        .map(|row| (row.id.to_string(), vec![row.record.clone()]))
+        .collect();
+    ensure!(
+        state == rows,
+        "pg2dns's row state {state:?} differs from the table {rows:?}"
+    );
     pg2dns.assert_running()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_while_transactions_stream_in_loses_nothing() -> Result<()> {
-    let stack = Stack::start("sigkill").await?;
+    let stack = Stack::start("sigkill", Primary::Bind).await?;
     let mut first = stack.run()?;
 
     // A writer with its own connection: 150 small transactions of inserts,
@@ -144,17 +172,15 @@ async fn a_sigkill_while_transactions_stream_in_loses_nothing() -> Result<()> {
     });
 
     // Kill pg2dns once it is visibly applying the stream.
-    let deadline = Instant::now() + DNS_DEADLINE;
-    loop {
-        let applied = stack.bind.axfr(FORWARD).await?.len();
-        if applied >= 10 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("pg2dns applied only {applied} records within {DNS_DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(DNS_DEADLINE, "pg2dns has applied 10 records", || async {
+        let applied = stack.axfr(FORWARD).await?.len();
+        Ok(if applied >= 10 {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("{applied} records"))
+        })
+    })
+    .await?;
     first.kill()?;
     writer.await.context("the writer task")??;
 

@@ -1,4 +1,5 @@
-//! Integration tests for pg2dns: real PostgreSQL, BIND and pg2dns processes.
+//! Integration tests for pg2dns: real PostgreSQL, BIND, Knot and pg2dns
+//! processes.
 //!
 //! One test binary (built as part of the `pg2dns` package, so cargo builds
 //! the binary under test first) with one module per scenario group. Every
@@ -9,7 +10,33 @@
 //!
 //! Every assertion is about what the servers answer: an AXFR of each zone
 //! compared with `pg2dns.rr`, rows of `pg2dns.rejected`, the replication
-//! slot's `confirmed_flush_lsn`.
+//! slot's `confirmed_flush_lsn`. pg2dns's own state is read only through
+//! `Stack::row_state`.
+//!
+//! A behaviour that does not depend on the DNS server is a scenario
+//! function taking the [`harness::Primary`], run once per server by
+//! [`on_each_primary!`]: `streaming::on_bind::a_deleted_row_leaves_dns` and
+//! `streaming::on_knot::a_deleted_row_leaves_dns` are one scenario.
+
+/// For each scenario `async fn NAME(primary: Primary) -> Result<()>` of the
+/// calling module, a test `on_bind::NAME` and a test `on_knot::NAME`.
+macro_rules! on_each_primary {
+    ($($scenario:ident),+ $(,)?) => {
+        on_each_primary!(@on on_bind, Bind, $($scenario),+);
+        on_each_primary!(@on on_knot, Knot, $($scenario),+);
+    };
+    (@on $module:ident, $primary:ident, $($scenario:ident),+) => {
+        /// The module's scenarios with this primary.
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() -> anyhow::Result<()> {
+                    super::$scenario(crate::harness::Primary::$primary).await
+                }
+            )+
+        }
+    };
+}
 
 mod harness;
 

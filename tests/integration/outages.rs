@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::harness::{Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
+use crate::harness::{Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_made_while_bind_is_down_arrive_when_it_returns() -> Result<()> {
-    let mut stack = Stack::start("bind-outage").await?;
+on_each_primary!(changes_made_while_the_primary_is_down_arrive_when_it_returns);
+
+async fn changes_made_while_the_primary_is_down_arrive_when_it_returns(
+    primary: Primary,
+) -> Result<()> {
+    let mut stack = Stack::start("outage", primary).await?;
     let mut pg2dns = stack.run()?;
     stack
         .exec(
@@ -20,7 +23,7 @@ async fn changes_made_while_bind_is_down_arrive_when_it_returns() -> Result<()> 
         .await?;
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
 
-    stack.bind.stop().await?;
+    stack.server_mut(primary)?.stop().await?;
     for i in 1..=15 {
         stack
             .exec(&format!(
@@ -44,7 +47,7 @@ async fn changes_made_while_bind_is_down_arrive_when_it_returns() -> Result<()> 
     pg2dns.assert_running()?;
 
     // Same port, same zone files and journals.
-    stack.bind.start_again().await?;
+    stack.server_mut(primary)?.start_again().await?;
     stack
         .wait_until_dns_matches_table(RECOVERY_DEADLINE)
         .await?;
@@ -60,7 +63,7 @@ async fn changes_made_while_bind_is_down_arrive_when_it_returns() -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_resumes_after_postgresql_restarts() -> Result<()> {
-    let mut stack = Stack::start("pg-restart").await?;
+    let mut stack = Stack::start("pg-restart", Primary::Bind).await?;
     let mut pg2dns = stack.run()?;
     stack
         .exec(

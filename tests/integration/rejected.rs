@@ -1,50 +1,58 @@
 //! Rows pg2dns cannot send are recorded in `pg2dns.rejected`, and the stream
 //! goes on past them.
 
-use std::time::{Duration, Instant};
+use anyhow::{ensure, Context, Result};
+use pg2dns_decoder::Lsn;
 
-use anyhow::{bail, ensure, Result};
+use crate::harness::stack::{Rejected, FORWARD};
+use crate::harness::{wait_until, Check, Primary, Stack, DNS_DEADLINE};
 
-use crate::harness::stack::{parse_lsn, FORWARD};
-use crate::harness::{Stack, DNS_DEADLINE};
+/// A row inserted in a transaction of its own: its id, and the WAL
+/// positions before and after the transaction (its commit LSN lies between).
+struct Inserted {
+    id: i64,
+    after: Lsn,
+    before: Lsn,
+}
+
+async fn insert(stack: &Stack, values: &str) -> Result<Inserted> {
+    let before = stack.current_wal_lsn().await?;
+    let id = stack
+        .db
+        .query_one(
+            &format!(
+                "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES {values} RETURNING id"
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    let after = stack.current_wal_lsn().await?;
+    Ok(Inserted { id, after, before })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparsable_rdata_and_rows_outside_every_zone_are_rejected_and_the_stream_goes_on(
 ) -> Result<()> {
-    let stack = Stack::start("rejected").await?;
+    let stack = Stack::start("rejected", Primary::Bind).await?;
     let mut pg2dns = stack.run()?;
-    let bad_ids: Vec<i64> = {
-        let bad_rdata = stack
-            .db
-            .query_one(
-                "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
-                 VALUES ('bad.example.test.', 300, 'A', 'not-an-ip') RETURNING id",
-                &[],
-            )
-            .await?
-            .get(0);
-        let outside = stack
-            .db
-            .query_one(
-                "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
-                 VALUES ('host.elsewhere.test.', 300, 'A', '192.0.2.77') RETURNING id",
-                &[],
-            )
-            .await?
-            .get(0);
-        vec![bad_rdata, outside]
-    };
+    let bad_rdata = insert(&stack, "('bad.example.test.', 300, 'A', 'not-an-ip')").await?;
+    let outside = insert(&stack, "('host.elsewhere.test.', 300, 'A', '192.0.2.77')").await?;
     // Committed after the bad rows, in a transaction of its own and in one
     // shared with a good row.
+    let mixed_before = stack.current_wal_lsn().await?;
     stack
         .exec(
             "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.78');
              BEGIN;
              INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('mixed.example.test.', 300, 'A', '192.0.2.79');
              INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('mixed.example.test.', 300, 'AAAA', 'also-not-an-ip');
-             COMMIT;
-             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('last.example.test.', 300, 'A', '192.0.2.80');",
+             COMMIT;",
         )
+        .await?;
+    let mixed_after = stack.current_wal_lsn().await?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('last.example.test.', 300, 'A', '192.0.2.80')")
         .await?;
     let mixed_bad: i64 = stack
         .db
@@ -54,7 +62,7 @@ async fn unparsable_rdata_and_rows_outside_every_zone_are_rejected_and_the_strea
         )
         .await?
         .get(0);
-    let bad_ids = [bad_ids, vec![mixed_bad]].concat();
+    let bad_ids = [bad_rdata.id, outside.id, mixed_bad];
 
     let good: Vec<_> = stack
         .table()
@@ -69,55 +77,76 @@ async fn unparsable_rdata_and_rows_outside_every_zone_are_rejected_and_the_strea
     );
     stack.wait_until_dns_equals(&expected, DNS_DEADLINE).await?;
 
-    // Every bad row is in pg2dns.rejected with its key, an LSN and a reason.
-    let deadline = Instant::now() + DNS_DEADLINE;
-    let rejected = loop {
+    // Exactly the three bad rows are in pg2dns.rejected, each once.
+    let rejected = wait_until(DNS_DEADLINE, "pg2dns.rejected holds three rows", || async {
         let rejected = stack.rejected().await?;
-        let all_there = bad_ids
-            .iter()
-            .all(|id| rejected.iter().any(|r| r.row_key == id.to_string()));
-        if all_there {
-            break rejected;
-        }
-        if Instant::now() > deadline {
-            bail!("rows {bad_ids:?} should all be in pg2dns.rejected, which holds {rejected:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    for id in &bad_ids {
-        let row = rejected
+        Ok(if rejected.len() >= 3 {
+            Check::Done(rejected)
+        } else {
+            Check::NotYet(format!("{rejected:?}"))
+        })
+    })
+    .await?;
+    let mut keys: Vec<&str> = rejected.iter().map(|r| r.row_key.as_str()).collect();
+    keys.sort_unstable();
+    let mut want: Vec<String> = bad_ids.iter().map(i64::to_string).collect();
+    want.sort_unstable();
+    ensure!(
+        keys == want,
+        "pg2dns.rejected must hold rows {want:?}, once each: {rejected:?}"
+    );
+    let find = |id: i64| -> Result<&Rejected> {
+        rejected
             .iter()
             .find(|r| r.row_key == id.to_string())
-            .expect("checked above");
-        ensure!(
-            !row.reason.trim().is_empty(),
-            "rejected row {id} has a reason: {row:?}"
-        );
-        ensure!(
-            parse_lsn(&row.lsn)? > 0,
-            "rejected row {id} has an LSN: {row:?}"
-        );
-    }
-    let outside = rejected
-        .iter()
-        .find(|r| r.row_key == bad_ids[1].to_string())
-        .expect("checked above");
+            .with_context(|| format!("row {id} is not in pg2dns.rejected"))
+    };
+
+    let bad = find(bad_rdata.id)?;
     ensure!(
-        outside
-            .owner
-            .as_deref()
-            .is_some_and(|o| o.to_ascii_lowercase().contains("elsewhere.test")),
-        "the rejection names the owner: {outside:?}"
+        bad.zone.as_deref() == Some(FORWARD)
+            && bad.owner.as_deref() == Some("bad.example.test.")
+            && bad.reason.contains("\"not-an-ip\" does not parse as A"),
+        "the rejection of unparsable rdata names the zone, the owner and the data: {bad:?}"
     );
-    let bad = rejected
-        .iter()
-        .find(|r| r.row_key == bad_ids[0].to_string())
-        .expect("checked above");
     ensure!(
-        bad.zone
-            .as_deref()
-            .is_some_and(|z| z.trim_end_matches('.') == FORWARD.trim_end_matches('.')),
-        "the rejection of a row inside a zone names the zone: {bad:?}"
+        bad_rdata.before < bad.lsn && bad.lsn <= bad_rdata.after,
+        "the rejection's LSN {} is not its transaction's (between {} and {})",
+        bad.lsn,
+        bad_rdata.before,
+        bad_rdata.after
+    );
+
+    let elsewhere = find(outside.id)?;
+    ensure!(
+        elsewhere.zone.is_none()
+            && elsewhere.owner.as_deref() == Some("host.elsewhere.test.")
+            && elsewhere
+                .reason
+                .contains("owner host.elsewhere.test. is in no configured zone"),
+        "the rejection of a row outside every zone names the owner and says so: {elsewhere:?}"
+    );
+    ensure!(
+        outside.before < elsewhere.lsn && elsewhere.lsn <= outside.after,
+        "the rejection's LSN {} is not its transaction's (between {} and {})",
+        elsewhere.lsn,
+        outside.before,
+        outside.after
+    );
+
+    let mixed = find(mixed_bad)?;
+    ensure!(
+        mixed.zone.as_deref() == Some(FORWARD)
+            && mixed.owner.as_deref() == Some("mixed.example.test.")
+            && mixed
+                .reason
+                .contains("\"also-not-an-ip\" does not parse as AAAA"),
+        "the rejection in a mixed transaction names the zone, the owner and the data: {mixed:?}"
+    );
+    ensure!(
+        mixed_before < mixed.lsn && mixed.lsn <= mixed_after,
+        "the rejection's LSN {} is not its transaction's (between {mixed_before} and {mixed_after})",
+        mixed.lsn
     );
     pg2dns.assert_running()?;
     Ok(())

@@ -5,17 +5,24 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 
-use crate::harness::stack::{parse_lsn, FORWARD};
-use crate::harness::{Record, Stack, DNS_DEADLINE};
+use crate::harness::stack::FORWARD;
+use crate::harness::{wait_until, Check, Pg2dns, Primary, Record, Stack, DNS_DEADLINE};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_slot_moves_past_writes_to_unpublished_tables() -> Result<()> {
-    let stack = Stack::start("idle-slot").await?;
-    let _pg2dns = stack.run()?;
+/// A stack with pg2dns running that has already sent one row,
+/// a.example.test A 192.0.2.1.
+async fn streaming_one_row(label: &str) -> Result<(Stack, Pg2dns)> {
+    let stack = Stack::start(label, Primary::Bind).await?;
+    let pg2dns = stack.run()?;
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('a.example.test.', 300, 'A', '192.0.2.1')")
         .await?;
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok((stack, pg2dns))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_slot_moves_past_writes_to_unpublished_tables() -> Result<()> {
+    let (stack, _pg2dns) = streaming_one_row("idle-slot").await?;
     // Writes pg2dns does not publish: PostgreSQL sends no transaction for
     // them, so only keepalives can tell pg2dns the slot may move on.
     stack
@@ -24,34 +31,24 @@ async fn an_idle_slot_moves_past_writes_to_unpublished_tables() -> Result<()> {
              INSERT INTO unrelated SELECT generate_series(1, 10000);",
         )
         .await?;
-    let row = stack
-        .db
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?;
-    let written = parse_lsn(&row.get::<_, String>(0))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let confirmed = parse_lsn(&stack.confirmed_flush_lsn().await?)?;
+    let written = stack.current_wal_lsn().await?;
+    let what =
+        format!("the slot's confirmed_flush_lsn reaches {written}: an idle slot must not pin WAL");
+    wait_until(Duration::from_secs(30), &what, || async {
+        let confirmed = stack.confirmed_flush_lsn().await?;
         if confirmed >= written {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the slot stayed at {confirmed:X}, behind the WAL written at {written:X}: an idle slot pins WAL");
+            return Ok(Check::Done(()));
         }
         // Keep WAL moving so the server has something to report.
         stack.exec("SELECT pg_switch_wal()").await.ok();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok(Check::NotYet(format!("the slot at {confirmed}")))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_column_added_to_the_records_table_mid_stream_changes_nothing() -> Result<()> {
-    let stack = Stack::start("add-column").await?;
-    let _pg2dns = stack.run()?;
-    stack
-        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('a.example.test.', 300, 'A', '192.0.2.1')")
-        .await?;
-    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let (stack, _pg2dns) = streaming_one_row("add-column").await?;
     // A new Relation message arrives before the next change.
     stack
         .exec(
@@ -67,7 +64,7 @@ async fn a_column_added_to_the_records_table_mid_stream_changes_nothing() -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_update_of_a_row_with_a_toasted_rdata_keeps_the_data() -> Result<()> {
-    let stack = Stack::start("toast").await?;
+    let stack = Stack::start("toast", Primary::Bind).await?;
     let _pg2dns = stack.run()?;
     // Nine 250-character strings: about 2.3 KB, stored uncompressed
     // (EXTERNAL), so over PostgreSQL's TOAST threshold of about 2 KB, yet

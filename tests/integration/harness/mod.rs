@@ -3,10 +3,12 @@
 //!
 //! - [`Postgres`]: a throwaway cluster (`initdb`, `wal_level = logical`), run
 //!   as the `postgres` user when the tests run as root;
-//! - [`Bind`]: a `named` serving TSIG-protected dynamic zones;
+//! - [`Server`]: a DNS server serving TSIG-protected dynamic zones, run by
+//!   one [`DnsServer`] program: [`Bind`] or [`Knot`] (chosen by [`Primary`]);
 //! - [`Pg2dns`]: one run of the `pg2dns` binary under test;
 //! - [`Stack`]: the three wired together, with the helpers scenario tests
-//!   use (SQL, AXFR-versus-table comparison, waiting with a deadline).
+//!   use (SQL, AXFR-versus-table comparison);
+//! - [`wait_until`]: the one way to wait for a condition, with a deadline.
 //!
 //! Readiness is always asked of the server (`pg_isready`, an SOA query),
 //! never guessed with a sleep. Logs of every process are kept in files and
@@ -15,11 +17,13 @@
 //! instructions, never a skip.
 
 pub mod bind;
+pub mod dns;
 pub mod knot;
 pub mod pg2dns;
 pub mod postgres;
 pub mod records;
 pub mod stack;
+pub mod wait;
 
 use std::collections::HashSet;
 use std::net::{TcpListener, UdpSocket};
@@ -32,11 +36,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub use bind::Bind;
+pub use dns::{Primary, Server};
 pub use knot::Knot;
 pub use pg2dns::Pg2dns;
 pub use postgres::Postgres;
 pub use records::Record;
 pub use stack::Stack;
+pub use wait::{wait_until, Check};
 
 /// How long a wait for DNS to reflect the database may take before the test
 /// fails (pg2dns promises well under a second; this leaves room for a loaded
@@ -318,14 +324,19 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 /// journals first); kills it if it is still there after 30 s.
 pub async fn terminate(mut child: std::process::Child, name: &str) -> Result<()> {
     signal(child.id(), "TERM")?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while child.try_wait()?.is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{name} did not stop within 30 s of SIGTERM; killed it");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let what = format!("{name} exits after SIGTERM");
+    let exited = wait_until(Duration::from_secs(30), &what, || {
+        std::future::ready(match child.try_wait() {
+            Ok(Some(_)) => Ok(Check::Done(())),
+            Ok(None) => Ok(Check::NotYet("still running".to_string())),
+            Err(e) => Err(e.into()),
+        })
+    })
+    .await;
+    if let Err(e) = exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e.context(format!("{name} killed")));
     }
     Ok(())
 }

@@ -4,10 +4,11 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use super::wait::{wait_until, Check};
 use super::{log_tail, run_unchecked, signal};
 
 /// The binary under test.
@@ -116,19 +117,17 @@ impl Pg2dns {
 
     /// Waits for the process to exit on its own, at most `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exit_status()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pg2dns still running after {timeout:?}; its log:\n{}",
+        wait_until(timeout, "pg2dns exits", || {
+            std::future::ready(match self.exit_status() {
+                Ok(Some(status)) => Ok(Check::Done(status)),
+                Ok(None) => Ok(Check::NotYet(format!(
+                    "still running; its log:\n{}",
                     self.log_tail(80)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                ))),
+                Err(e) => Err(e),
+            })
+        })
+        .await
     }
 
     /// Sends SIGTERM and waits (30 s at most) for the exit.

@@ -8,11 +8,12 @@
 //! every server command goes through `runuser -u postgres --`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::process::Command;
 
+use super::wait::{wait_until, Check};
 use super::{free_port, log_tail, run, run_unchecked, tools};
 
 /// A running PostgreSQL cluster; stopped (`-m immediate`) on drop.
@@ -137,8 +138,8 @@ impl Postgres {
 
     /// Polls `pg_isready` until the server accepts connections.
     async fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let what = format!("PostgreSQL on port {} accepts connections", self.port);
+        wait_until(Duration::from_secs(60), &what, || async {
             let output = run_unchecked(
                 self.command("pg_isready").args([
                     "-h",
@@ -154,18 +155,15 @@ impl Postgres {
             )
             .await?;
             if output.status.success() {
-                return Ok(());
+                return Ok(Check::Done(()));
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "PostgreSQL on port {} not ready after 60 s: {}; server log:\n{}",
-                    self.port,
-                    String::from_utf8_lossy(&output.stdout).trim(),
-                    self.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok(Check::NotYet(format!(
+                "{}; server log:\n{}",
+                String::from_utf8_lossy(&output.stdout).trim(),
+                self.log_tail(40)
+            )))
+        })
+        .await
     }
 
     /// A command for one of PostgreSQL's programs, run as `postgres` when the

@@ -1,10 +1,12 @@
-//! PostgreSQL + BIND + pg2dns wired together for one scenario test.
+//! PostgreSQL + a DNS server (BIND, Knot or both) + pg2dns wired together
+//! for one scenario test.
 //!
 //! A [`Stack`] owns a temporary directory with a cluster (schema installed by
-//! `pg2dns setup`), a `named` serving [`FORWARD`] and [`REVERSE`], and a
-//! config file pointing pg2dns at both. Tests change `pg2dns.rr` with SQL,
-//! start pg2dns runs, and wait until what BIND answers to an AXFR equals what
-//! the table says. The comparison ignores each zone's apex SOA and NS and
+//! `pg2dns setup`), the [`Server`]s that are primary for [`FORWARD`] and
+//! [`REVERSE`] (one [`Primary`] for both, or each zone on its own), and a
+//! config file pointing pg2dns at them. Tests change `pg2dns.rr` with SQL,
+//! start pg2dns runs, and wait until what the primaries answer to an AXFR
+//! equals what the table says. The comparison ignores each zone's apex SOA and NS and
 //! uses the canonical forms of [`super::records`].
 //!
 //! When the stack is dropped it prints the logs of every process it started;
@@ -14,12 +16,16 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use pg2dns_decoder::{pgoutput, Lsn};
 
+use super::bind::write_key_file;
+use super::dns::{Primary, Server, KEY_NAME};
 use super::records::{canonical_name, zone_of, Record};
-use super::{bind, pg2dns, Bind, Pg2dns, Postgres, TempDir};
+use super::wait::{wait_until, Check};
+use super::{pg2dns, Pg2dns, Postgres, TempDir};
 
 /// The forward zone every stack serves.
 pub const FORWARD: &str = "example.test.";
@@ -45,8 +51,8 @@ pub struct Row {
 pub struct Rejected {
     /// The source row's key (the `pg2dns.rr` id as text).
     pub row_key: String,
-    /// The LSN of the change, as PostgreSQL prints it.
-    pub lsn: String,
+    /// The LSN of the transaction that changed the row.
+    pub lsn: Lsn,
     /// The zone, when the owner is in one.
     pub zone: Option<String>,
     /// The owner name, as pg2dns saw it.
@@ -55,30 +61,63 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// The servers, the config and a SQL connection for one test.
+/// One pending transaction in the replication slot, as
+/// `pg_logical_slot_peek_binary_changes` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTransaction {
+    /// The transaction id, as PostgreSQL prints it (`xmin::text`).
+    pub xid: String,
+    /// The LSN of its commit record (pgoutput's Begin `final_lsn`): the
+    /// LSN pg2dns names for the transaction.
+    pub final_lsn: Lsn,
+    /// The LSN of its first change.
+    pub first_change: Lsn,
+}
+
+/// PostgreSQL, a DNS server per [`Primary`] in use, and a pg2dns config
+/// that sends each zone to its primary with that primary's key file.
 pub struct Stack {
     /// A SQL connection to the cluster (superuser).
     pub db: tokio_postgres::Client,
-    /// The DNS server.
-    pub bind: Bind,
     /// The database server.
     pub pg: Postgres,
+    servers: Vec<(Primary, Server)>,
+    zones: Vec<(String, Primary)>,
     config: PathBuf,
     runs: Runs,
     dir: TempDir,
 }
 
 impl Stack {
-    /// Starts PostgreSQL and BIND, writes the config and runs `pg2dns setup`.
-    pub async fn start(label: &str) -> Result<Stack> {
+    /// Starts PostgreSQL and `primary` serving [`FORWARD`] and [`REVERSE`],
+    /// writes the config and runs `pg2dns setup`.
+    pub async fn start(label: &str, primary: Primary) -> Result<Stack> {
+        let label = format!("{label}-{}", primary.label());
+        Stack::start_split(&label, &[(FORWARD, primary), (REVERSE, primary)]).await
+    }
+
+    /// Starts PostgreSQL and, for each primary named, its server with the
+    /// zones put on it; writes the config and runs `pg2dns setup`.
+    pub async fn start_split(label: &str, zones: &[(&str, Primary)]) -> Result<Stack> {
         let dir = TempDir::new(label)?;
         let pg = Postgres::start(dir.path()).await?;
-        let bind = Bind::start(dir.path(), &[FORWARD, REVERSE]).await?;
+        let mut servers = Vec::new();
+        for primary in [Primary::Bind, Primary::Knot] {
+            let on: Vec<&str> = zones
+                .iter()
+                .filter(|(_, p)| *p == primary)
+                .map(|(z, _)| *z)
+                .collect();
+            if !on.is_empty() {
+                servers.push((primary, Server::start(primary, dir.path(), &on).await?));
+            }
+        }
         let db = pg.connect().await?;
         let stack = Stack {
             db,
-            bind,
             pg,
+            servers,
+            zones: zones.iter().map(|(z, p)| (canonical_name(z), *p)).collect(),
             config: dir.path().join("pg2dns.toml"),
             runs: Runs::new(dir.path()),
             dir,
@@ -93,67 +132,99 @@ impl Stack {
         self.dir.path()
     }
 
-    /// (Re)writes the config; `key_files` replaces the TSIG key file of the
-    /// named zones (every other zone uses the key BIND trusts).
-    pub fn write_config(&self, key_files: &[(&str, &Path)]) -> Result<()> {
-        let zones: Vec<(String, String, PathBuf)> = self
-            .bind
-            .zones()
+    /// The zones, canonical, in the order given at the start.
+    pub fn zones(&self) -> Vec<String> {
+        self.zones.iter().map(|(z, _)| z.clone()).collect()
+    }
+
+    /// The server of `primary`.
+    pub fn server(&self, primary: Primary) -> Result<&Server> {
+        self.servers
             .iter()
-            .map(|zone| {
-                let key = key_file_for(zone, key_files, self.bind.key_file());
-                (zone.clone(), self.bind.addr(), key)
-            })
-            .collect();
-        write_config(&self.config, &self.pg.url(), &zones)
+            .find(|(p, _)| *p == primary)
+            .map(|(_, server)| server)
+            .with_context(|| format!("this stack runs no {primary:?} server"))
+    }
+
+    /// The server of `primary`, to stop and start it again.
+    pub fn server_mut(&mut self, primary: Primary) -> Result<&mut Server> {
+        self.servers
+            .iter_mut()
+            .find(|(p, _)| *p == primary)
+            .map(|(_, server)| server)
+            .with_context(|| format!("this stack runs no {primary:?} server"))
+    }
+
+    /// The server of the zone `name` is in.
+    fn server_for(&self, name: &str) -> Result<&Server> {
+        let zones = self.zones();
+        let zone = zone_of(&canonical_name(name), &zones)
+            .with_context(|| format!("{name} is in none of the stack's zones"))?;
+        let primary = self
+            .zones
+            .iter()
+            .find(|(z, _)| z == zone)
+            .map(|(_, p)| *p)
+            .with_context(|| format!("{zone} has no primary"))?;
+        self.server(primary)
+    }
+
+    /// (Re)writes the config; `key_files` replaces the TSIG key file of the
+    /// named zones (every other zone uses the key its primary trusts).
+    pub fn write_config(&self, key_files: &[(&str, &Path)]) -> Result<()> {
+        let mut text = format!(
+            "# written by the pg2dns integration tests\n\
+             version = 1\n\n\
+             [database]\n\
+             url = \"{}\"\n\
+             slot = \"{SLOT}\"\n\
+             publication = \"{SLOT}\"\n",
+            self.pg.url()
+        );
+        for (zone, primary) in &self.zones {
+            let server = self.server(*primary)?;
+            let key = key_files
+                .iter()
+                .find(|(z, _)| canonical_name(z) == *zone)
+                .map_or(server.key_file(), |(_, path)| *path);
+            write!(
+                text,
+                "\n[[zone]]\nname = \"{zone}\"\nprimary = \"{}\"\ntsig_key_file = \"{}\"\n",
+                server.addr(),
+                key.display()
+            )?;
+        }
+        std::fs::write(&self.config, text).context("writing the pg2dns config")
     }
 
     /// Appends TOML to the config, e.g. a `[limits]` table.
     pub fn append_config(&self, toml: &str) -> Result<()> {
-        append_config(&self.config, toml)
-    }
-
-    /// Waits until BIND answers `name` `rtype` with at least one record.
-    pub async fn wait_until_answers(
-        &self,
-        name: &str,
-        rtype: &str,
-        timeout: Duration,
-    ) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.bind.query(name, rtype).await?.is_empty() {
-            if tokio::time::Instant::now() > deadline {
-                bail!("BIND did not answer {name} {rtype} within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
-    }
-
-    /// The SOA serial BIND serves for `zone`: it grows by one per applied UPDATE.
-    pub async fn serial(&self, zone: &str) -> Result<u64> {
-        let soa = self.bind.query(zone, "SOA").await?;
-        let rdata = soa
-            .first()
-            .map(|r| r.rdata.clone())
-            .with_context(|| format!("no SOA for {zone}"))?;
-        rdata
-            .split_whitespace()
-            .nth(2)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("no serial in the SOA {rdata:?}"))
+        let mut text =
+            std::fs::read_to_string(&self.config).context("reading the pg2dns config")?;
+        text.push('\n');
+        text.push_str(toml);
+        std::fs::write(&self.config, text).context("writing the pg2dns config")
     }
 
     /// Writes a key file with the trusted key's name but another secret.
     pub async fn write_wrong_key_file(&self) -> Result<PathBuf> {
         let path = self.dir().join("wrong-secret.key");
-        bind::write_key_file(&path, bind::KEY_NAME).await?;
+        write_key_file(&path, KEY_NAME).await?;
         Ok(path)
     }
 
     /// `pg2dns setup`; fails with pg2dns's output if it exits non-zero.
     pub async fn setup(&self) -> Result<()> {
-        setup(&self.config).await
+        let output = pg2dns::command("setup", &self.config).await?;
+        if !output.status.success() {
+            bail!(
+                "pg2dns setup failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// Starts `pg2dns run` with the stack's config.
@@ -170,34 +241,99 @@ impl Stack {
     /// Runs SQL statements (one implicit transaction per statement unless
     /// the text says BEGIN … COMMIT).
     pub async fn exec(&self, sql: &str) -> Result<()> {
-        exec(&self.db, sql).await
+        self.db
+            .batch_execute(sql)
+            .await
+            .with_context(|| format!("executing {sql}"))
     }
 
     /// Every row of `pg2dns.rr`, by id.
     pub async fn table(&self) -> Result<Vec<Row>> {
-        table(&self.db).await
+        let rows = self
+            .db
+            .query(
+                "SELECT id, owner, ttl, type, rdata FROM pg2dns.rr ORDER BY id",
+                &[],
+            )
+            .await
+            .context("reading pg2dns.rr")?;
+        rows.iter()
+            .map(|row| {
+                let ttl: i32 = row.get(2);
+                Ok(Row {
+                    id: row.get(0),
+                    record: Record::new(row.get(1), u32::try_from(ttl)?, row.get(3), row.get(4)),
+                })
+            })
+            .collect()
     }
 
-    /// What DNS should hold for these rows: each record in the zone with the
-    /// longest matching suffix; rows in no zone are left out.
+    /// What DNS should hold in every zone for these rows.
     pub fn expected(&self, rows: &[Row]) -> ZoneRecords {
-        expected(rows, self.bind.zones(), self.bind.zones())
+        self.expected_in(rows, &self.zones())
     }
 
-    /// What BIND holds now: an AXFR of every zone, apex SOA/NS left out.
+    /// What DNS should hold in `wanted` for these rows: each record in the
+    /// zone (of all the stack's zones) with the longest matching suffix;
+    /// rows in no zone, or in a zone not wanted, are left out.
+    pub fn expected_in(&self, rows: &[Row], wanted: &[String]) -> ZoneRecords {
+        let all = self.zones();
+        let mut expected: ZoneRecords = wanted.iter().map(|z| (z.clone(), Vec::new())).collect();
+        for row in rows {
+            if let Some(records) =
+                zone_of(&row.record.owner, &all).and_then(|z| expected.get_mut(z))
+            {
+                records.push(row.record.clone());
+            }
+        }
+        for records in expected.values_mut() {
+            records.sort();
+            records.dedup();
+        }
+        expected
+    }
+
+    /// An AXFR of `zone` from its primary, apex SOA/NS left out.
+    pub async fn axfr(&self, zone: &str) -> Result<Vec<Record>> {
+        self.server_for(zone)?.axfr(zone).await
+    }
+
+    /// The answer of the primary of `name`'s zone to `dig NAME TYPE`.
+    pub async fn query(&self, name: &str, rtype: &str) -> Result<Vec<Record>> {
+        self.server_for(name)?.query(name, rtype).await
+    }
+
+    /// What the primaries hold now: an AXFR of every zone.
     pub async fn dns(&self) -> Result<ZoneRecords> {
+        self.dns_in(&self.zones()).await
+    }
+
+    /// An AXFR of each of `zones`.
+    pub async fn dns_in(&self, zones: &[String]) -> Result<ZoneRecords> {
         let mut dns = ZoneRecords::new();
-        for zone in self.bind.zones() {
-            dns.insert(zone.clone(), self.bind.axfr(zone).await?);
+        for zone in zones {
+            dns.insert(zone.clone(), self.axfr(zone).await?);
         }
         Ok(dns)
     }
 
-    /// Waits until every zone's AXFR equals what `pg2dns.rr` says (read
-    /// again on every attempt), at most `timeout`; on timeout the error shows
-    /// the difference.
+    /// Waits until every zone's AXFR equals what `pg2dns.rr` says.
     pub async fn wait_until_dns_matches_table(&self, timeout: Duration) -> Result<ZoneRecords> {
-        self.wait_for_dns(timeout, None).await
+        self.wait_until_zones_match_table(&self.zones(), timeout)
+            .await
+    }
+
+    /// Waits until the AXFR of each of `zones` equals what `pg2dns.rr` says
+    /// (read again on every attempt), at most `timeout`; on timeout the
+    /// error shows the difference. Other zones are not asked, so their
+    /// server may be down.
+    pub async fn wait_until_zones_match_table(
+        &self,
+        zones: &[String],
+        timeout: Duration,
+    ) -> Result<ZoneRecords> {
+        self.wait_for_dns(zones, None, "DNS holds what pg2dns.rr says", timeout)
+            .await
     }
 
     /// Waits until every zone's AXFR equals `expected`, at most `timeout`.
@@ -206,27 +342,70 @@ impl Stack {
         expected: &ZoneRecords,
         timeout: Duration,
     ) -> Result<ZoneRecords> {
-        self.wait_for_dns(timeout, Some(expected)).await
+        let zones: Vec<String> = expected.keys().cloned().collect();
+        self.wait_for_dns(
+            &zones,
+            Some(expected),
+            "DNS holds what the test expects",
+            timeout,
+        )
+        .await
     }
 
     async fn wait_for_dns(
         &self,
-        timeout: Duration,
+        zones: &[String],
         fixed: Option<&ZoneRecords>,
+        what: &str,
+        timeout: Duration,
     ) -> Result<ZoneRecords> {
-        let what = if fixed.is_some() {
-            "the test"
-        } else {
-            "pg2dns.rr"
-        };
-        wait_for_match(timeout, what, || async {
+        wait_until(timeout, what, || async {
             let expected = match fixed {
                 Some(expected) => expected.clone(),
-                None => self.expected(&self.table().await?),
+                None => self.expected_in(&self.table().await?, zones),
             };
-            Ok((expected, self.dns().await))
+            Ok(match self.dns_in(zones).await {
+                Ok(dns) if dns == expected => Check::Done(dns),
+                Ok(dns) => Check::NotYet(format!("\n{}", difference(&expected, &dns))),
+                Err(e) => Check::NotYet(format!("the last AXFR failed: {e:#}")),
+            })
         })
         .await
+    }
+
+    /// Waits until the primary answers `name` `rtype` with at least one
+    /// record.
+    pub async fn wait_until_answers(
+        &self,
+        name: &str,
+        rtype: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Record>> {
+        let what = format!("the primary answers {name} {rtype}");
+        wait_until(timeout, &what, || async {
+            let answer = self.query(name, rtype).await?;
+            Ok(if answer.is_empty() {
+                Check::NotYet("an empty answer".to_string())
+            } else {
+                Check::Done(answer)
+            })
+        })
+        .await
+    }
+
+    /// The SOA serial the primary serves for `zone`: BIND bumps it once per
+    /// applied UPDATE.
+    pub async fn serial(&self, zone: &str) -> Result<u64> {
+        let soa = self.query(zone, "SOA").await?;
+        let rdata = soa
+            .first()
+            .map(|r| r.rdata.clone())
+            .with_context(|| format!("no SOA for {zone}"))?;
+        rdata
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no serial in the SOA {rdata:?}"))
     }
 
     /// Restarts PostgreSQL (`pg_ctl restart -m fast`, cutting every
@@ -237,38 +416,60 @@ impl Stack {
         Ok(())
     }
 
-    /// The changes the slot would deliver next (read without consuming
-    /// them, with `pg_logical_slot_peek_binary_changes`), as (LSN, xid) pairs.
-    /// The slot must be idle: pg2dns not running.
-    pub async fn peek_slot(&self) -> Result<Vec<(u64, String)>> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let result = self
+    /// The transactions the slot would deliver next (read without consuming
+    /// them, with `pg_logical_slot_peek_binary_changes`). The slot must be
+    /// idle: pg2dns not running (the walsender may hold it a moment after
+    /// pg2dns died, so "is active" is waited out).
+    pub async fn pending_transactions(&self) -> Result<Vec<PendingTransaction>> {
+        let rows = wait_until(
+            Duration::from_secs(10),
+            "the slot is free to peek at",
+            || async {
+                let result = self
                 .db
                 .query(
-                    "SELECT lsn::text, xid::text FROM pg_logical_slot_peek_binary_changes(
+                    "SELECT lsn::text, xid::text, data FROM pg_logical_slot_peek_binary_changes(
                          $1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)",
                     &[&SLOT, &SLOT],
                 )
                 .await;
-            match result {
-                Ok(rows) => {
-                    return rows
-                        .iter()
-                        .map(|row| Ok((parse_lsn(row.get(0))?, row.get(1))))
-                        .collect()
+                match result {
+                    Ok(rows) => Ok(Check::Done(rows)),
+                    Err(e) if format!("{e:?}").contains("is active") => {
+                        Ok(Check::NotYet(e.to_string()))
+                    }
+                    Err(e) => Err(e).context("peeking at the slot"),
                 }
-                // The walsender may hold the slot a moment after pg2dns died.
-                Err(e) if Instant::now() < deadline && format!("{e:?}").contains("is active") => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            },
+        )
+        .await?;
+        let mut pending: Vec<PendingTransaction> = Vec::new();
+        for row in &rows {
+            let lsn: Lsn = row.get::<_, &str>(0).parse()?;
+            let xid: String = row.get(1);
+            let message = pgoutput::parse(row.get::<_, &[u8]>(2))?;
+            match message {
+                pgoutput::Message::Begin(begin) => pending.push(PendingTransaction {
+                    xid,
+                    final_lsn: begin.final_lsn,
+                    first_change: Lsn::ZERO,
+                }),
+                pgoutput::Message::Insert(_)
+                | pgoutput::Message::Update(_)
+                | pgoutput::Message::Delete(_)
+                | pgoutput::Message::Truncate(_) => {
+                    if let Some(txn) = pending.last_mut().filter(|t| t.first_change == Lsn::ZERO) {
+                        txn.first_change = lsn;
+                    }
                 }
-                Err(e) => return Err(e).context("peeking at the slot"),
+                _ => {}
             }
         }
+        Ok(pending)
     }
 
-    /// The replication slot's `confirmed_flush_lsn`, as PostgreSQL prints it.
-    pub async fn confirmed_flush_lsn(&self) -> Result<String> {
+    /// The replication slot's `confirmed_flush_lsn`.
+    pub async fn confirmed_flush_lsn(&self) -> Result<Lsn> {
         let row = self
             .db
             .query_one(
@@ -277,8 +478,20 @@ impl Stack {
             )
             .await
             .context("reading the slot's confirmed_flush_lsn")?;
-        row.get::<_, Option<String>>(0)
-            .context("the slot has no confirmed_flush_lsn")
+        let lsn = row
+            .get::<_, Option<String>>(0)
+            .context("the slot has no confirmed_flush_lsn")?;
+        Ok(lsn.parse()?)
+    }
+
+    /// `pg_current_wal_lsn()`: where PostgreSQL writes WAL now.
+    pub async fn current_wal_lsn(&self) -> Result<Lsn> {
+        let row = self
+            .db
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .context("reading pg_current_wal_lsn()")?;
+        Ok(row.get::<_, &str>(0).parse()?)
     }
 
     /// The rows of `pg2dns.rejected`, oldest first.
@@ -291,16 +504,48 @@ impl Stack {
             )
             .await
             .context("reading pg2dns.rejected")?;
-        Ok(rows
-            .iter()
-            .map(|row| Rejected {
-                row_key: row.get(0),
-                lsn: row.get(1),
-                zone: row.get(2),
-                owner: row.get(3),
-                reason: row.get(4),
+        rows.iter()
+            .map(|row| {
+                Ok(Rejected {
+                    row_key: row.get(0),
+                    lsn: row.get::<_, &str>(1).parse()?,
+                    zone: row.get(2),
+                    owner: row.get(3),
+                    reason: row.get(4),
+                })
             })
-            .collect())
+            .collect()
+    }
+
+    /// pg2dns's row state: the records it holds as sent for each row key of
+    /// `pg2dns.rr`, canonical and sorted.
+    ///
+    /// The only place the tests read pg2dns's internal tables (their shape
+    /// belongs to the service and changes with it); everything else is
+    /// asserted on what the DNS servers serve and on `pg2dns.rejected`.
+    pub async fn row_state(&self) -> Result<BTreeMap<String, Vec<Record>>> {
+        let rows = self
+            .db
+            .query(
+                "SELECT row_key, owner, ttl, rtype, rdata FROM pg2dns.row_records",
+                &[],
+            )
+            .await
+            .context("reading pg2dns.row_records")?;
+        let mut state: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+        for row in &rows {
+            let ttl: i32 = row.get(2);
+            state.entry(row.get(0)).or_default().push(Record::new(
+                row.get(1),
+                u32::try_from(ttl)?,
+                row.get(3),
+                row.get(4),
+            ));
+        }
+        for records in state.values_mut() {
+            records.sort();
+        }
+        Ok(state)
     }
 }
 
@@ -308,13 +553,10 @@ impl Drop for Stack {
     fn drop(&mut self) {
         // Captured by the test harness: visible only when the test fails.
         let mut report = self.runs.report();
-        let _ = write!(
-            report,
-            "\n===== named ({}) =====\n{}\n===== postgres =====\n{}",
-            self.bind.dir().display(),
-            self.bind.log_tail(80),
-            self.pg.log_tail(60)
-        );
+        for (_, server) in &self.servers {
+            report.push_str(&server.report());
+        }
+        let _ = write!(report, "\n===== postgres =====\n{}", self.pg.log_tail(60));
         eprintln!("{report}");
     }
 }
@@ -343,14 +585,6 @@ pub fn difference(expected: &ZoneRecords, dns: &ZoneRecords) -> String {
         }
     }
     out
-}
-
-/// An LSN (`16/B374D848`) as a number, for comparisons.
-pub fn parse_lsn(lsn: &str) -> Result<u64> {
-    let (high, low) = lsn
-        .split_once('/')
-        .with_context(|| format!("not an LSN: {lsn:?}"))?;
-    Ok((u64::from_str_radix(high, 16)? << 32) | u64::from_str_radix(low, 16)?)
 }
 
 /// The `pg2dns run` processes of one stack, each logging to its own file.
@@ -390,133 +624,5 @@ impl Runs {
             );
         }
         report
-    }
-}
-
-/// The key file for `zone`: the one `key_files` names for it, else `trusted`.
-pub fn key_file_for(zone: &str, key_files: &[(&str, &Path)], trusted: &Path) -> PathBuf {
-    key_files
-        .iter()
-        .find(|(z, _)| canonical_name(z) == zone)
-        .map_or(trusted, |(_, path)| *path)
-        .to_owned()
-}
-
-/// Writes a pg2dns config: the database at `url` and each (zone, primary
-/// address, key file).
-pub fn write_config(path: &Path, url: &str, zones: &[(String, String, PathBuf)]) -> Result<()> {
-    let mut text = format!(
-        "# written by the pg2dns integration tests\n\
-         version = 1\n\n\
-         [database]\n\
-         url = \"{url}\"\n\
-         slot = \"{SLOT}\"\n\
-         publication = \"{SLOT}\"\n"
-    );
-    for (zone, addr, key) in zones {
-        write!(
-            text,
-            "\n[[zone]]\nname = \"{zone}\"\nprimary = \"{addr}\"\ntsig_key_file = \"{}\"\n",
-            key.display()
-        )?;
-    }
-    std::fs::write(path, text).context("writing the pg2dns config")
-}
-
-/// Appends TOML to a config file, e.g. a `[limits]` table.
-pub fn append_config(path: &Path, toml: &str) -> Result<()> {
-    let mut text = std::fs::read_to_string(path).context("reading the pg2dns config")?;
-    text.push('\n');
-    text.push_str(toml);
-    std::fs::write(path, text).context("writing the pg2dns config")
-}
-
-/// `pg2dns setup`; fails with pg2dns's output if it exits non-zero.
-pub async fn setup(config: &Path) -> Result<()> {
-    let output = pg2dns::command("setup", config).await?;
-    if !output.status.success() {
-        bail!(
-            "pg2dns setup failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Runs SQL statements (one implicit transaction per statement unless the
-/// text says BEGIN … COMMIT).
-pub async fn exec(db: &tokio_postgres::Client, sql: &str) -> Result<()> {
-    db.batch_execute(sql)
-        .await
-        .with_context(|| format!("executing {sql}"))
-}
-
-/// Every row of `pg2dns.rr`, by id.
-pub async fn table(db: &tokio_postgres::Client) -> Result<Vec<Row>> {
-    let rows = db
-        .query(
-            "SELECT id, owner, ttl, type, rdata FROM pg2dns.rr ORDER BY id",
-            &[],
-        )
-        .await
-        .context("reading pg2dns.rr")?;
-    rows.iter()
-        .map(|row| {
-            let ttl: i32 = row.get(2);
-            Ok(Row {
-                id: row.get(0),
-                record: Record::new(row.get(1), u32::try_from(ttl)?, row.get(3), row.get(4)),
-            })
-        })
-        .collect()
-}
-
-/// What DNS should hold in the `wanted` zones for these rows: each record in
-/// the zone of `all` with the longest matching suffix; rows in no zone, or in
-/// a zone not wanted, are left out.
-pub fn expected(rows: &[Row], all: &[String], wanted: &[String]) -> ZoneRecords {
-    let mut expected: ZoneRecords = wanted.iter().map(|z| (z.clone(), Vec::new())).collect();
-    for row in rows {
-        if let Some(records) = zone_of(&row.record.owner, all).and_then(|z| expected.get_mut(z)) {
-            records.push(row.record.clone());
-        }
-    }
-    for records in expected.values_mut() {
-        records.sort();
-        records.dedup();
-    }
-    expected
-}
-
-/// Polls `attempt` (what should be, what DNS holds) every 100 ms until the
-/// two are equal, at most `timeout`; on timeout the error shows the
-/// difference with what `what` says.
-pub async fn wait_for_match<F, Fut>(
-    timeout: Duration,
-    what: &str,
-    mut attempt: F,
-) -> Result<ZoneRecords>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(ZoneRecords, Result<ZoneRecords>)>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (expected, dns) = attempt().await?;
-        if let Ok(dns) = &dns {
-            if *dns == expected {
-                return Ok(expected);
-            }
-        }
-        if Instant::now() > deadline {
-            let seen = match dns {
-                Ok(dns) => difference(&expected, &dns),
-                Err(e) => format!("the last AXFR failed: {e:#}"),
-            };
-            bail!("after {timeout:?}, DNS does not hold what {what} says:\n{seen}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
