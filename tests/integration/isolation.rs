@@ -1,12 +1,16 @@
 //! One row never stops the stream: what the DNS server refuses on its own
 //! is narrowed down to its owner group, its row is rejected with the
 //! server's answer, and everything else is published in order.
+//!
+//! On BIND: its primary-zone defaults refuse an MX whose in-zone target has
+//! no address and an owner name with an underscore (`check-names`). Knot
+//! makes neither check.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 
-use crate::harness::{Stack, DNS_DEADLINE};
+use crate::harness::{Primary, Stack, DNS_DEADLINE};
 
 /// Waits until DNS holds the table minus the rejected rows, and returns the
 /// rejected row ids.
@@ -49,7 +53,7 @@ async fn id_of(stack: &Stack, owner: &str, rtype: &str) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mx_before_its_targets_address_is_rejected_and_the_stream_goes_on() -> Result<()> {
-    let stack = Stack::start("mx-first").await?;
+    let stack = Stack::start("mx-first", Primary::Bind).await?;
     let _pg2dns = stack.run()?;
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('example.test.', 300, 'MX', '10 mail.example.test.')")
@@ -83,11 +87,7 @@ async fn an_mx_before_its_targets_address_is_rejected_and_the_stream_goes_on() -
         reasons[0]
     );
     ensure!(
-        !stack
-            .bind
-            .query("mail.example.test.", "A")
-            .await?
-            .is_empty(),
+        !stack.query("mail.example.test.", "A").await?.is_empty(),
         "the address after the refused MX arrived"
     );
     // Touching the row again, now that its target has an address, publishes it.
@@ -102,7 +102,7 @@ async fn an_mx_before_its_targets_address_is_rejected_and_the_stream_goes_on() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_refused_row_among_a_thousand_in_one_message_is_the_only_one_rejected() -> Result<()> {
-    let stack = Stack::start("one-in-a-thousand").await?;
+    let stack = Stack::start("one-in-a-thousand", Primary::Bind).await?;
     let _pg2dns = stack.run()?;
     stack
         .exec(

@@ -527,19 +527,25 @@ impl Stack {
         let rows = self
             .db
             .query(
-                "SELECT row_key, owner, ttl, rtype, rdata FROM pg2dns.row_records",
+                "SELECT row_key, owner, ttl, rtype, rdata FROM pg2dns.row_state",
                 &[],
             )
             .await
-            .context("reading pg2dns.row_records")?;
+            .context("reading pg2dns.row_state")?;
         let mut state: BTreeMap<String, Vec<Record>> = BTreeMap::new();
         for row in &rows {
+            // The state holds names and data in wire form: print them with
+            // pg2dns's own formatter (checked against dnspython).
+            let owner_wire: Vec<u8> = row.get(1);
+            let (owner, _) = pg2dns_decoder::Name::from_wire(&owner_wire)?;
             let ttl: i32 = row.get(2);
+            let rtype = pg2dns_decoder::RType(u16::try_from(row.get::<_, i32>(3))?);
+            let rdata = pg2dns_decoder::rdata::format(rtype, &row.get::<_, Vec<u8>>(4))?;
             state.entry(row.get(0)).or_default().push(Record::new(
-                row.get(1),
+                &owner.to_string(),
                 u32::try_from(ttl)?,
-                row.get(3),
-                row.get(4),
+                &rtype.to_string(),
+                &rdata,
             ));
         }
         for records in state.values_mut() {
