@@ -17,6 +17,7 @@
 //!            session (per zone: window, coalescing, resend) ─▶ update::encode ─▶ tsig::sign
 //! ```
 
+pub mod checks;
 pub mod lsn;
 pub mod mapping;
 pub mod name;

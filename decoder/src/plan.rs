@@ -33,6 +33,7 @@
 //! | records per RRset ≤ the limit   | BIND ≥ 9.18.28 answers SERVFAIL past `max-records-per-type`     |
 //! | CNAME alone at its name        | RFC 2136 §3.4.2.2: the server ignores the CNAME or the data, NOERROR |
 //! | one CNAME per name             | a second CNAME silently replaces the first                     |
+//! | host names (per zone: fail, warn, ignore) | BIND's `check-names` refuses the whole UPDATE     |
 //!
 //! A failing check refuses the rows that *added* the offending records in
 //! this segment: their new records are withdrawn, their old ones stay
@@ -44,6 +45,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::checks::{self, CheckNames};
 use crate::lsn::Lsn;
 use crate::mapping::{Desired, RowKey, RowUpdate, Wanted};
 use crate::rdata::RType;
@@ -129,6 +131,16 @@ pub enum Refusal {
         /// The record, in presentation form.
         record: String,
     },
+    /// A name BIND's `check-names` refuses (see [`crate::checks`]).
+    #[error("the {role} {name} of this {rtype} record is not a host name (letters, digits and inner hyphens only), which the primary's check-names refuses; set check_names = \"ignore\" for the zone if its server accepts such names")]
+    HostName {
+        /// The type.
+        rtype: RType,
+        /// Which name.
+        role: &'static str,
+        /// The name.
+        name: crate::name::Name,
+    },
     /// Two different CNAMEs at one name.
     #[error("{owner} would have two CNAME records; a name has at most one, and the server would silently replace the first")]
     TwoCnames {
@@ -213,6 +225,8 @@ pub struct PlanLimits {
     pub max_records_per_rrset: usize,
     /// Message budget of each zone, by [`ZoneId`].
     pub budgets: Vec<Budget>,
+    /// The host-name rule of each zone, by [`ZoneId`] (missing: fail).
+    pub check_names: Vec<CheckNames>,
 }
 
 /// The operations of one segment for one zone.
@@ -232,6 +246,8 @@ pub struct Outcome {
     pub rows: Vec<(RowRef, Vec<Desired>)>,
     /// Refused rows.
     pub rejections: Vec<Rejection>,
+    /// Rows published although a rule set to warn would refuse them.
+    pub warnings: Vec<Rejection>,
 }
 
 /// TTL multiset of one record's producers.
@@ -316,6 +332,7 @@ pub struct Planner<'z> {
     nodes: HashMap<NodeKey, Node>,
     segment: Segment,
     rejections: Vec<Rejection>,
+    warnings: Vec<Rejection>,
     /// Contributions the state should have held but did not (a bug or an
     /// edited state table); reported, never fatal.
     inconsistencies: usize,
@@ -339,6 +356,7 @@ impl<'z> Planner<'z> {
             nodes,
             segment: Segment::default(),
             rejections: Vec::new(),
+            warnings: Vec::new(),
             inconsistencies: 0,
         }
     }
@@ -441,6 +459,24 @@ impl<'z> Planner<'z> {
                 refusal = Some((Some((d.zone, d.record.owner.clone())), r));
                 break;
             }
+            if let Some(bad) = self.host_name_rule(&d) {
+                let at = Some((d.zone, d.record.owner.clone()));
+                match self.check_names(d.zone) {
+                    CheckNames::Fail => {
+                        refusal = Some((at, bad));
+                        break;
+                    }
+                    CheckNames::Warn => self.warnings.push(Rejection {
+                        source,
+                        key: row.1.clone(),
+                        lsn: update.lsn,
+                        zone: Some(d.zone),
+                        owner: Some(d.record.owner.clone()),
+                        reason: bad,
+                    }),
+                    CheckNames::Ignore => {}
+                }
+            }
             if !new
                 .iter()
                 .any(|n| n.zone == d.zone && n.record.same_rr(&d.record))
@@ -479,6 +515,25 @@ impl<'z> Planner<'z> {
                 max_message_bytes: crate::update::MAX_MESSAGE_BYTES,
                 tsig_record_len: 0,
             })
+    }
+
+    fn check_names(&self, zone: ZoneId) -> CheckNames {
+        self.limits
+            .check_names
+            .get(usize::from(zone.0))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn host_name_rule(&self, d: &Desired) -> Option<Refusal> {
+        if self.check_names(d.zone) == CheckNames::Ignore {
+            return None;
+        }
+        checks::check_host_names(&d.record).map(|bad| Refusal::HostName {
+            rtype: d.record.rtype,
+            role: bad.role,
+            name: bad.name,
+        })
     }
 
     fn too_large(&self, d: &Desired) -> Option<Refusal> {
@@ -772,6 +827,7 @@ impl<'z> Planner<'z> {
         Outcome {
             rows,
             rejections: std::mem::take(&mut self.rejections),
+            warnings: std::mem::take(&mut self.warnings),
         }
     }
 
@@ -913,6 +969,7 @@ mod tests {
                 max_message_bytes,
                 tsig_record_len: 81,
             }],
+            check_names: vec![CheckNames::Fail],
         }
     }
 

@@ -258,12 +258,14 @@ impl fmt::Display for RetryReason {
 pub enum Halt {
     /// BADKEY, BADSIG, BADTIME (with the server's time), an unsigned NOERROR or
     /// an answer whose signature does not verify.
-    #[error("zone {zone}: the primary {server} and pg2dns do not agree on TSIG (LSN {lsn})")]
+    #[error("zone {zone}: the primary {server} and pg2dns disagree on TSIG key {key} (LSN {lsn})")]
     Tsig {
         /// The zone.
         zone: ZoneName,
         /// The primary.
         server: String,
+        /// The key's name.
+        key: String,
         /// The first transaction of the message.
         lsn: Lsn,
         /// What was wrong.
@@ -648,9 +650,11 @@ impl Session {
             Err(source) => {
                 let zone = self.config.zone.clone();
                 let server = self.config.server.clone();
+                let key = self.config.key.name.to_string();
                 self.halt(Halt::Tsig {
                     zone,
                     server,
+                    key,
                     lsn,
                     source,
                 });
@@ -1533,6 +1537,7 @@ mod tests {
             &Halt::Tsig {
                 zone: zone(),
                 server: "192.0.2.53:53".into(),
+                key: "k-sha256.".into(),
                 lsn: lsn_of(1),
                 source: TsigError::Unsigned { rcode: 0 },
             }

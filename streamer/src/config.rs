@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pg2dns_decoder::checks::CheckNames;
 use pg2dns_decoder::tsig::TsigKey;
 use pg2dns_decoder::ZoneName;
 use serde::Deserialize;
@@ -95,6 +96,18 @@ struct ZoneSpec {
     primary: String,
     tsig_key_file: PathBuf,
     key_name: Option<String>,
+    #[serde(default)]
+    check_names: CheckNamesSpec,
+}
+
+/// The zone's `check_names`, as its primary applies it.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CheckNamesSpec {
+    #[default]
+    Fail,
+    Warn,
+    Ignore,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +243,8 @@ pub struct ZoneConfig {
     pub key: TsigKey,
     /// The file the key came from.
     pub key_file: PathBuf,
+    /// What to do with host names BIND's `check-names` refuses.
+    pub check_names: CheckNames,
 }
 
 /// Limits on messages and on the DNS server's patience.
@@ -365,6 +380,11 @@ impl Config {
                 primary,
                 key,
                 key_file,
+                check_names: match z.check_names {
+                    CheckNamesSpec::Fail => CheckNames::Fail,
+                    CheckNamesSpec::Warn => CheckNames::Warn,
+                    CheckNamesSpec::Ignore => CheckNames::Ignore,
+                },
             });
         }
         let l = spec.limits;
@@ -421,6 +441,7 @@ impl Config {
                     tsig_record_len: z.key.record_len(),
                 })
                 .collect(),
+            check_names: self.zones.iter().map(|z| z.check_names).collect(),
         }
     }
 }

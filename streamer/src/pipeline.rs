@@ -655,6 +655,15 @@ impl Pipeline<'_> {
         for r in &outcome.rejections {
             self.log_rejection(r);
         }
+        for w in &outcome.warnings {
+            warn!(
+                source = %self.sources[usize::from(w.source.0)],
+                row = %w.key,
+                lsn = %w.lsn,
+                reason = %pg2dns_decoder::error_chain(&w.reason),
+                "row published although the zone's check_names would refuse it (check_names = \"warn\")"
+            );
+        }
         // 4. Dispatch first: the UPDATEs need only what was read, and a
         //    crash before the state write replays the same operations.
         let t_plan = started.elapsed();

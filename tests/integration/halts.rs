@@ -65,7 +65,8 @@ async fn a_wrong_tsig_secret_halts_with_an_error_naming_the_key_zone_and_lsn_and
     // and says the server's verdict.
     let log = pg2dns.log();
     let addr = stack.server(primary)?.addr();
-    let halt = format!("zone {FORWARD}: the primary {addr} rejected TSIG key {KEY_NAME}");
+    let halt =
+        format!("zone {FORWARD}: the primary {addr} and pg2dns disagree on TSIG key {KEY_NAME}");
     let line = log
         .lines()
         .find(|line| line.contains(&halt))

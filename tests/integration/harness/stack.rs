@@ -198,6 +198,16 @@ impl Stack {
     }
 
     /// Appends TOML to the config, e.g. a `[limits]` table.
+    /// Adds a `key = value` line to one zone's table of the pg2dns config.
+    pub fn set_zone_option(&self, zone: &str, line: &str) -> Result<()> {
+        let text = std::fs::read_to_string(&self.config).context("reading the pg2dns config")?;
+        let anchor = format!("name = \"{zone}\"\n");
+        anyhow::ensure!(text.contains(&anchor), "the config has no zone {zone}");
+        let text = text.replacen(&anchor, &format!("{anchor}{line}\n"), 1);
+        std::fs::write(&self.config, text).context("writing the pg2dns config")
+    }
+
+    /// Appends TOML to the pg2dns config.
     pub fn append_config(&self, toml: &str) -> Result<()> {
         let mut text =
             std::fs::read_to_string(&self.config).context("reading the pg2dns config")?;
