@@ -20,13 +20,39 @@ CREATE TABLE IF NOT EXISTS pg2dns.row_state (
     owner   bytea   NOT NULL,
     rtype   integer NOT NULL,
     rdata   bytea   NOT NULL,
-    ttl     integer NOT NULL
+    ttl     integer NOT NULL,
+    -- The name an MX or SRV record points at (wire form), else NULL: an
+    -- owner losing its last address finds the records that point at it.
+    target  bytea
 );
 -- By row: a hash index, because a btree entry is limited to about 2.7 kB and
 -- a row key is whatever text the source's key columns hold.
 CREATE INDEX IF NOT EXISTS row_state_row ON pg2dns.row_state USING hash (row_key);
 -- By owner: names are at most 255 bytes.
 CREATE INDEX IF NOT EXISTS row_state_owner ON pg2dns.row_state (slot, zone, owner);
+
+CREATE INDEX IF NOT EXISTS row_state_target ON pg2dns.row_state (slot, zone, target)
+    WHERE target IS NOT NULL;
+
+-- Rows whose MX or SRV record the server refused because its target in the
+-- zone had no address yet (BIND's check-integrity): their records wait here
+-- and are published as soon as the target gets an address, without anyone
+-- touching the row again. A change of the row discards its entry.
+CREATE TABLE IF NOT EXISTS pg2dns.waiting (
+    slot        text    NOT NULL,
+    source      text    NOT NULL,
+    row_key     text    NOT NULL,
+    lsn         pg_lsn  NOT NULL,
+    target      bytea   NOT NULL,
+    zone        text    NOT NULL,
+    owner       bytea   NOT NULL,
+    rtype       integer NOT NULL,
+    rdata       bytea   NOT NULL,
+    ttl         integer NOT NULL,
+    since       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS waiting_target ON pg2dns.waiting (slot, zone, target);
+CREATE INDEX IF NOT EXISTS waiting_row ON pg2dns.waiting USING hash (row_key);
 
 -- Rejections name the instance that made them.
 ALTER TABLE pg2dns.rejected ADD COLUMN IF NOT EXISTS slot text;

@@ -141,6 +141,17 @@ pub enum Refusal {
         /// The name.
         name: crate::name::Name,
     },
+    /// The primary refused an MX or SRV whose target in the zone has no
+    /// address yet; it is published as soon as the target has one.
+    #[error("the primary answered {rcode} to the UPDATE adding {record}: its target {target} has no address record in the zone yet; pg2dns publishes it as soon as the target has one")]
+    WaitingForAddress {
+        /// The server's answer.
+        rcode: crate::session::Rcode,
+        /// The record, in presentation form.
+        record: String,
+        /// The target.
+        target: Owner,
+    },
     /// Two different CNAMEs at one name.
     #[error("{owner} would have two CNAME records; a name has at most one, and the server would silently replace the first")]
     TwoCnames {
@@ -248,6 +259,29 @@ pub struct Outcome {
     pub rejections: Vec<Rejection>,
     /// Rows published although a rule set to warn would refuse them.
     pub warnings: Vec<Rejection>,
+    /// Rows that waited for an address and were published.
+    pub promoted: Vec<RowRef>,
+    /// Every row a change was applied to: whatever it waited for is moot.
+    pub touched: Vec<RowRef>,
+    /// Owners that lost their last address record: an MX or SRV may point
+    /// at them (the server keeps it, as the database says).
+    pub lost_address: Vec<NodeKey>,
+}
+
+/// A row whose records the server refused because the MX or SRV target in
+/// its zone has no address yet (BIND's check-integrity). Its records are
+/// kept aside and published, without anyone touching the row again, as
+/// soon as the target gets an address in the same zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// The row.
+    pub row: RowRef,
+    /// The commit LSN it was refused at.
+    pub lsn: Lsn,
+    /// The records it wants.
+    pub records: Vec<Desired>,
+    /// Where it waits for an address.
+    pub target: NodeKey,
 }
 
 /// TTL multiset of one record's producers.
@@ -311,6 +345,11 @@ impl Node {
     }
 }
 
+/// Whether a node holds an address record.
+fn has_address(node: &Node) -> bool {
+    node.rrsets.contains_key(&RType::A) || node.rrsets.contains_key(&RType::AAAA)
+}
+
 /// Per-segment bookkeeping.
 #[derive(Default)]
 struct Segment {
@@ -333,6 +372,16 @@ pub struct Planner<'z> {
     segment: Segment,
     rejections: Vec<Rejection>,
     warnings: Vec<Rejection>,
+    /// Rows applied in this batch: what they waited for no longer holds.
+    updated_rows: HashSet<RowRef>,
+    /// Rows waiting for an address, by the owner they wait at.
+    waiting: HashMap<NodeKey, Vec<Waiting>>,
+    /// Owners that gained their first address record in the last segment.
+    gained_address: Vec<NodeKey>,
+    /// Owners that lost their last address record.
+    lost_address: Vec<NodeKey>,
+    /// Waiting rows published.
+    promoted: Vec<RowRef>,
     /// Contributions the state should have held but did not (a bug or an
     /// edited state table); reported, never fatal.
     inconsistencies: usize,
@@ -357,6 +406,11 @@ impl<'z> Planner<'z> {
             segment: Segment::default(),
             rejections: Vec::new(),
             warnings: Vec::new(),
+            updated_rows: HashSet::new(),
+            waiting: HashMap::new(),
+            gained_address: Vec::new(),
+            lost_address: Vec::new(),
+            promoted: Vec::new(),
             inconsistencies: 0,
         }
     }
@@ -409,6 +463,7 @@ impl<'z> Planner<'z> {
     /// here; the others at [`Planner::end_segment`].
     pub fn apply(&mut self, source: SourceId, update: RowUpdate) {
         let row: RowRef = (source, update.key);
+        self.updated_rows.insert(row.clone());
         let old = self.rows.remove(&row).unwrap_or_default();
         let wanted = match update.image {
             Ok(w) => w,
@@ -744,29 +799,31 @@ impl<'z> Planner<'z> {
     /// runs the checks, refuses what fails them, and returns each zone's
     /// owner groups. Each group fits one message alone.
     pub fn end_segment(&mut self) -> Vec<ZoneOps> {
-        loop {
-            let mut refused = false;
-            let order = self.segment.order.clone();
-            for key in &order {
-                let offenders = self.check(key);
-                for (row, lsn, reason) in offenders {
-                    if !self.segment.refused.contains(&row) {
-                        self.refuse_late(&row, lsn, key.clone(), reason);
-                        refused = true;
-                    }
-                }
-            }
-            if !refused {
-                break;
-            }
-        }
-        let groups: Vec<(NodeKey, OwnerGroup)> = self
-            .segment
-            .order
+        let mut groups = self.settle();
+        // Rows that waited for an address at an owner that has one now.
+        let gained = std::mem::take(&mut self.gained_address);
+        let ready: Vec<Waiting> = gained
             .iter()
-            .map(|key| (key.clone(), self.group(key)))
+            .filter_map(|k| self.waiting.remove(k))
+            .flatten()
+            .filter(|w| !self.updated_rows.contains(&w.row))
             .collect();
-        self.segment = Segment::default();
+        if !ready.is_empty() {
+            for w in ready {
+                self.promoted.push(w.row.clone());
+                let image = Ok(w.records.into_iter().map(Wanted::Record).collect());
+                self.apply(
+                    w.row.0,
+                    RowUpdate {
+                        key: w.row.1,
+                        lsn: w.lsn,
+                        image,
+                    },
+                );
+            }
+            groups.extend(self.settle());
+            self.gained_address.clear();
+        }
         let mut per_zone: BTreeMap<ZoneId, Vec<OwnerGroup>> = BTreeMap::new();
         for (key, group) in groups {
             if group.ops.is_empty() {
@@ -808,6 +865,75 @@ impl<'z> Planner<'z> {
             .collect()
     }
 
+    /// Runs the checks until none fails, then turns the touched owners into
+    /// owner groups and starts a new segment.
+    fn settle(&mut self) -> Vec<(NodeKey, OwnerGroup)> {
+        loop {
+            let mut refused = false;
+            let order = self.segment.order.clone();
+            for key in &order {
+                let offenders = self.check(key);
+                for (row, lsn, reason) in offenders {
+                    if !self.segment.refused.contains(&row) {
+                        self.refuse_late(&row, lsn, key.clone(), reason);
+                        refused = true;
+                    }
+                }
+            }
+            if !refused {
+                break;
+            }
+        }
+        let empty = Node::default();
+        for key in &self.segment.order {
+            let had = has_address(self.segment.before.get(key).unwrap_or(&empty));
+            let has = has_address(self.nodes.get(key).unwrap_or(&empty));
+            if has && !had {
+                self.gained_address.push(key.clone());
+            } else if had && !has {
+                self.lost_address.push(key.clone());
+            }
+        }
+        let groups: Vec<(NodeKey, OwnerGroup)> = self
+            .segment
+            .order
+            .iter()
+            .map(|key| (key.clone(), self.group(key)))
+            .collect();
+        self.segment = Segment::default();
+        groups
+    }
+
+    /// Rows whose MX or SRV the server refused for want of an address at its
+    /// target: published as soon as the target has one (see [`Waiting`]).
+    pub fn add_waiting(&mut self, waiting: Vec<Waiting>) {
+        for w in waiting {
+            self.waiting.entry(w.target.clone()).or_default().push(w);
+        }
+    }
+
+    /// The owners the given updates want address records at: where rows
+    /// waiting for an address may become publishable.
+    pub fn address_owners<'u>(updates: impl IntoIterator<Item = &'u RowUpdate>) -> Vec<NodeKey> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for u in updates {
+            let Ok(wanted) = &u.image else { continue };
+            for w in wanted {
+                let (zone, owner, rtype) = match w {
+                    Wanted::Record(d) => (d.zone, &d.record.owner, d.record.rtype),
+                    Wanted::FromState {
+                        zone, owner, rtype, ..
+                    } => (*zone, owner, *rtype),
+                };
+                if matches!(rtype, RType::A | RType::AAAA) && seen.insert((zone, owner.clone())) {
+                    out.push((zone, owner.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// The refusals made so far (drained).
     pub fn take_rejections(&mut self) -> Vec<Rejection> {
         std::mem::take(&mut self.rejections)
@@ -828,6 +954,13 @@ impl<'z> Planner<'z> {
             rows,
             rejections: std::mem::take(&mut self.rejections),
             warnings: std::mem::take(&mut self.warnings),
+            promoted: std::mem::take(&mut self.promoted),
+            touched: {
+                let mut touched: Vec<RowRef> = self.updated_rows.drain().collect();
+                touched.sort();
+                touched
+            },
+            lost_address: std::mem::take(&mut self.lost_address),
         }
     }
 
@@ -1283,6 +1416,67 @@ mod tests {
                 "del t.example.test. TXT \"long\"",
                 "add n.example.test. 60 IN TXT \"long\""
             ]
+        );
+    }
+
+    #[test]
+    fn a_row_waiting_for_its_targets_address_is_published_right_after_the_address() {
+        let zones = zones();
+        let l = limits(65_535, 100);
+        let mx = Desired {
+            zone: ZoneId(0),
+            record: Record::parse("example.test.", 300, "MX", "10 mail.example.test.").unwrap(),
+        };
+        let waiting = |key: &str| Waiting {
+            row: (SourceId(0), RowKey(key.into())),
+            lsn: Lsn::new(0x50),
+            records: vec![mx.clone()],
+            target: (ZoneId(0), Owner::parse("mail.example.test.").unwrap()),
+        };
+        // The A arrives: the MX follows in the same segment, after it.
+        let mut planner = Planner::new(&zones, &l, Loaded::default());
+        planner.add_waiting(vec![waiting("mx")]);
+        planner.apply(
+            SourceId(0),
+            update(
+                "a",
+                Ok(vec![want("mail.example.test.", 300, "A", "192.0.2.25")]),
+            ),
+        );
+        let ops: Vec<OwnerGroup> = planner
+            .end_segment()
+            .into_iter()
+            .flat_map(|z| z.groups)
+            .collect();
+        assert_eq!(
+            ops_text(&ops),
+            [
+                "add mail.example.test. 300 IN A 192.0.2.25",
+                "add example.test. 300 IN MX 10 mail.example.test."
+            ]
+        );
+        let outcome = planner.finish();
+        assert_eq!(outcome.promoted, [(SourceId(0), RowKey("mx".into()))]);
+        assert_eq!(outcome.rows.len(), 2);
+        // A row changed in the same batch no longer waits.
+        let mut planner = Planner::new(&zones, &l, Loaded::default());
+        planner.add_waiting(vec![waiting("mx")]);
+        planner.apply(SourceId(0), update("mx", Ok(vec![])));
+        planner.apply(
+            SourceId(0),
+            update(
+                "a",
+                Ok(vec![want("mail.example.test.", 300, "A", "192.0.2.25")]),
+            ),
+        );
+        let ops: Vec<OwnerGroup> = planner
+            .end_segment()
+            .into_iter()
+            .flat_map(|z| z.groups)
+            .collect();
+        assert_eq!(
+            ops_text(&ops),
+            ["add mail.example.test. 300 IN A 192.0.2.25"]
         );
     }
 

@@ -28,15 +28,15 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use pg2dns_decoder::mapping::{self, Mapping, RowUpdate, RrTable};
+use pg2dns_decoder::mapping::{self, Desired, Mapping, RowUpdate, RrTable};
 use pg2dns_decoder::pgoutput::Message;
 use pg2dns_decoder::plan::{
-    PlanLimits, Planner, Refusal, Refused, Rejection, RowRef, SourceId, ZoneOps,
+    PlanLimits, Planner, Refusal, Refused, Rejection, RowRef, SourceId, Waiting, ZoneOps,
 };
 use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::txn::{Assembler, Event, RowChange};
 use pg2dns_decoder::update::{OwnerGroup, UpdateOp};
-use pg2dns_decoder::{Lsn, Record, ZoneId, Zones};
+use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, Zones};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -612,8 +612,19 @@ impl Pipeline<'_> {
             .map(|(s, u)| (*s, u.key.clone()))
             .filter(|r| seen.insert(r.clone()))
             .collect();
-        let owners = Planner::wanted_nodes(steps.iter().flatten().map(|(_, u)| u));
+        let mut owners = Planner::wanted_nodes(steps.iter().flatten().map(|(_, u)| u));
         let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
+        // Rows waiting for an address that this batch may give.
+        let targets = Planner::address_owners(steps.iter().flatten().map(|(_, u)| u));
+        let waiting = self
+            .store
+            .waiting_for(&sources, &self.zones, &targets)
+            .await?;
+        let mut rows = rows;
+        for w in &waiting {
+            rows.push(w.row.clone());
+            owners.extend(w.records.iter().map(|d| (d.zone, d.record.owner.clone())));
+        }
         let (loaded, orphans) = self
             .store
             .load(&sources, &rows, &owners, &self.zones)
@@ -624,6 +635,7 @@ impl Pipeline<'_> {
         let t_read = started.elapsed();
         // 3. Plan: net operations per transaction and zone, and refusals.
         let mut planner = Planner::new(&self.zones, &self.limits, loaded);
+        planner.add_waiting(waiting);
         let mut lsn = self.assembler.current().unwrap_or_default();
         let mut open = false;
         for step in steps {
@@ -654,6 +666,18 @@ impl Pipeline<'_> {
         let outcome = planner.finish();
         for r in &outcome.rejections {
             self.log_rejection(r);
+        }
+        for row in &outcome.promoted {
+            info!(source = %self.sources[usize::from(row.0 .0)], row = %row.1, "a row that waited for its target's address is published");
+        }
+        if !outcome.lost_address.is_empty() {
+            for (row, owner, rtype) in self
+                .store
+                .pointing_at(&self.zones, &outcome.lost_address)
+                .await?
+            {
+                warn!(%row, %owner, %rtype, "this record now points at a name with no address record (the server keeps it, as the database says)");
+            }
         }
         for w in &outcome.warnings {
             warn!(
@@ -702,19 +726,43 @@ impl Pipeline<'_> {
                 }
             }
         }
-        let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
-        let producers = self
-            .store
-            .producers(&sources, &self.zones, &records)
-            .await?;
+        let producers = {
+            let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
+            self.store
+                .producers(&sources, &self.zones, &records)
+                .await?
+        };
         let mut seen = HashSet::new();
         let mut updates = Vec::new();
+        let mut waiting = Vec::new();
         for ((source, key), i) in producers {
             if !seen.insert((source, key.clone())) {
                 continue;
             }
             let (zone, record) = &records[i];
             let (lsn, rcode) = origin[i];
+            let reason = match self.missing_address(*zone, record).await? {
+                Some(target) => {
+                    waiting.push(Waiting {
+                        row: (source, key.clone()),
+                        lsn,
+                        records: vec![Desired {
+                            zone: *zone,
+                            record: record.clone(),
+                        }],
+                        target: (*zone, target.clone()),
+                    });
+                    Refusal::WaitingForAddress {
+                        rcode,
+                        record: record.to_string(),
+                        target,
+                    }
+                }
+                None => Refusal::ServerRefused {
+                    rcode,
+                    record: record.to_string(),
+                },
+            };
             updates.push((
                 source,
                 RowUpdate {
@@ -723,15 +771,13 @@ impl Pipeline<'_> {
                     image: Err(Refused {
                         zone: Some(*zone),
                         owner: Some(record.owner.clone()),
-                        reason: Box::new(Refusal::ServerRefused {
-                            rcode,
-                            record: record.to_string(),
-                        }),
+                        reason: Box::new(reason),
                     }),
                 },
             ));
         }
         let rows: Vec<RowRef> = updates.iter().map(|(s, u)| (*s, u.key.clone())).collect();
+        let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
         let (loaded, _) = self.store.load(&sources, &rows, &[], &self.zones).await?;
         let mut planner = Planner::new(&self.zones, &self.limits, loaded);
         let lsn = updates.last().map(|(_, u)| u.lsn).unwrap_or_default();
@@ -746,7 +792,34 @@ impl Pipeline<'_> {
         }
         self.lanes.send_outbox().await?;
         self.store.write(&sources, &self.zones, &outcome).await?;
+        // After the write, which discards what the rows waited for before.
+        self.store
+            .add_waiting(&sources, &self.zones, &waiting)
+            .await?;
         Ok(())
+    }
+
+    /// For an MX or SRV record whose target is in its own zone and has no
+    /// address record in the row state: that target (what BIND's
+    /// check-integrity refuses the record for).
+    async fn missing_address(
+        &mut self,
+        zone: ZoneId,
+        record: &Record,
+    ) -> Result<Option<Owner>, RunError> {
+        if !matches!(record.rtype, RType::MX | RType::SRV) {
+            return Ok(None);
+        }
+        let Some(target) = pg2dns_decoder::rdata::target(record.rtype, record.rdata.as_wire())
+        else {
+            return Ok(None);
+        };
+        let target = Owner::from_name(target);
+        if self.zones.zone_for(&target) != Some(zone) {
+            return Ok(None);
+        }
+        let has = self.store.has_address(&self.zones, zone, &target).await?;
+        Ok((!has).then_some(target))
     }
 
     fn log_rejection(&self, r: &Rejection) {

@@ -8,7 +8,7 @@
 //! the stream uses.
 
 use pg2dns_decoder::mapping::RrTable;
-use pg2dns_decoder::{Lsn, Record, ZoneName};
+use pg2dns_decoder::{Lsn, RType, Record, ZoneName};
 use tokio_postgres::error::SqlState;
 use tracing::{info, warn};
 
@@ -169,8 +169,8 @@ async fn convert_v1_state(store: &Store, config: &Config) -> Result<u64, StoreEr
         };
         client
             .execute(
-                "INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 &[
                     &config.database.slot,
                     &source,
@@ -180,6 +180,10 @@ async fn convert_v1_state(store: &Store, config: &Config) -> Result<u64, StoreEr
                     &i32::from(record.rtype.0),
                     &record.rdata.as_wire(),
                     &i32::try_from(record.ttl).unwrap_or(i32::MAX),
+                    &matches!(record.rtype, RType::MX | RType::SRV)
+                        .then(|| pg2dns_decoder::rdata::target(record.rtype, record.rdata.as_wire()))
+                        .flatten()
+                        .map(|t| t.as_wire().to_vec()),
                 ],
             )
             .await

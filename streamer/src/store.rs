@@ -22,7 +22,9 @@
 use std::collections::HashMap;
 
 use pg2dns_decoder::mapping::{Desired, RowKey};
-use pg2dns_decoder::plan::{Loaded, NodeEntry, NodeKey, Outcome, Rejection, RowRef, SourceId};
+use pg2dns_decoder::plan::{
+    Loaded, NodeEntry, NodeKey, Outcome, Rejection, RowRef, SourceId, Waiting,
+};
 use pg2dns_decoder::{Lsn, Name, Owner, RType, Rdata, Record, ZoneName, Zones};
 use tokio_postgres::{Client, NoTls};
 use tracing::warn;
@@ -67,6 +69,14 @@ impl StoreError {
             StoreError::Corrupt { .. } => false,
         }
     }
+}
+
+/// The name an MX or SRV record points at, in wire form.
+fn pointed_at(record: &Record) -> Option<Vec<u8>> {
+    matches!(record.rtype, RType::MX | RType::SRV)
+        .then(|| pg2dns_decoder::rdata::target(record.rtype, record.rdata.as_wire()))
+        .flatten()
+        .map(|t| t.as_wire().to_vec())
 }
 
 /// Wraps a driver error with what pg2dns was doing.
@@ -389,6 +399,9 @@ impl Store {
         if !outcome.rows.is_empty() {
             self.write_rows(sources, zones, &outcome.rows).await?;
         }
+        if !outcome.touched.is_empty() {
+            self.forget_waiting(sources, &outcome.touched).await?;
+        }
         if !outcome.rejections.is_empty() {
             self.reject(sources, zones, &outcome.rejections).await?;
         }
@@ -412,6 +425,7 @@ impl Store {
         let mut rtypes = Vec::new();
         let mut rdatas: Vec<&[u8]> = Vec::new();
         let mut ttls = Vec::new();
+        let mut targets: Vec<Option<Vec<u8>>> = Vec::new();
         let names: Vec<String> = zones.iter().map(|(_, z)| z.to_string()).collect();
         for ((s, k), records) in rows {
             for d in records {
@@ -423,6 +437,7 @@ impl Store {
                 rdatas.push(d.record.rdata.as_wire());
                 // The plan never holds a TTL above 2^31 - 1 (RFC 2181 §8).
                 ttls.push(i32::try_from(d.record.ttl).unwrap_or(i32::MAX));
+                targets.push(pointed_at(&d.record));
             }
         }
         // One statement: the DELETE in the WITH clause and the INSERT see the
@@ -435,9 +450,9 @@ impl Store {
                      CROSS JOIN LATERAL ( \
                        SELECT ctid FROM pg2dns.row_state x \
                        WHERE x.row_key = k.row_key AND x.slot = $1 AND x.source = k.source OFFSET 0) r))) \
-                 INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl) \
-                 SELECT $1, * FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[], $8::int[], $9::bytea[], $10::int[])",
-                &[&self.slot, &del_sources, &del_keys, &srcs, &keys, &zone_texts, &owners, &rtypes, &rdatas, &ttls],
+                 INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
+                 SELECT $1, * FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[], $8::int[], $9::bytea[], $10::int[], $11::bytea[])",
+                &[&self.slot, &del_sources, &del_keys, &srcs, &keys, &zone_texts, &owners, &rtypes, &rdatas, &ttls, &targets],
             )
             .await
             .map_err(sql("cannot update pg2dns.row_state"))?;
@@ -479,6 +494,195 @@ impl Store {
             .await
             .map_err(sql("cannot record rejected rows in pg2dns.rejected"))?;
         Ok(())
+    }
+
+    /// Discards what the given rows waited for (they changed, or were
+    /// published).
+    async fn forget_waiting(
+        &mut self,
+        sources: &[&str],
+        rows: &[RowRef],
+    ) -> Result<(), StoreError> {
+        self.begin().await?;
+        let srcs: Vec<&str> = rows
+            .iter()
+            .map(|(s, _)| sources.get(usize::from(s.0)).copied().unwrap_or(""))
+            .collect();
+        let keys: Vec<&str> = rows.iter().map(|(_, k)| k.0.as_str()).collect();
+        self.client
+            .execute(
+                "DELETE FROM pg2dns.waiting WHERE ctid = ANY(ARRAY( \
+                   SELECT w.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
+                   CROSS JOIN LATERAL ( \
+                     SELECT ctid FROM pg2dns.waiting x \
+                     WHERE x.row_key = k.row_key AND x.slot = $1 AND x.source = k.source OFFSET 0) w))",
+                &[&self.slot, &srcs, &keys],
+            )
+            .await
+            .map_err(sql("cannot update pg2dns.waiting"))?;
+        Ok(())
+    }
+
+    /// Keeps rows aside until their target has an address.
+    pub async fn add_waiting(
+        &mut self,
+        sources: &[&str],
+        zones: &Zones,
+        waiting: &[Waiting],
+    ) -> Result<(), StoreError> {
+        self.begin().await?;
+        for w in waiting {
+            let source = sources.get(usize::from(w.row.0 .0)).copied().unwrap_or("");
+            for d in &w.records {
+                self.client
+                    .execute(
+                        "INSERT INTO pg2dns.waiting (slot, source, row_key, lsn, target, zone, owner, rtype, rdata, ttl) \
+                         VALUES ($1, $2, $3, $4::text::pg_lsn, $5, $6, $7, $8, $9, $10)",
+                        &[
+                            &self.slot,
+                            &source,
+                            &w.row.1 .0,
+                            &w.lsn.to_string(),
+                            &w.target.1.name().as_wire(),
+                            &zones.name(d.zone).to_string(),
+                            &d.record.owner.name().as_wire(),
+                            &i32::from(d.record.rtype.0),
+                            &d.record.rdata.as_wire(),
+                            &i32::try_from(d.record.ttl).unwrap_or(i32::MAX),
+                        ],
+                    )
+                    .await
+                    .map_err(sql("cannot write pg2dns.waiting"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows waiting for an address at any of `targets`.
+    pub async fn waiting_for(
+        &mut self,
+        sources: &[&str],
+        zones: &Zones,
+        targets: &[NodeKey],
+    ) -> Result<Vec<Waiting>, StoreError> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.begin().await?;
+        let zone_texts: Vec<String> = targets
+            .iter()
+            .map(|(z, _)| zones.name(*z).to_string())
+            .collect();
+        let names: Vec<&[u8]> = targets.iter().map(|(_, o)| o.name().as_wire()).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT w.source, w.row_key, w.lsn::text, w.zone, w.target, w.owner, w.rtype, w.rdata, w.ttl \
+                 FROM unnest($2::text[], $3::bytea[]) AS k(zone, target) \
+                 CROSS JOIN LATERAL ( \
+                   SELECT * FROM pg2dns.waiting x \
+                   WHERE x.slot = $1 AND x.zone = k.zone AND x.target = k.target OFFSET 0) w",
+                &[&self.slot, &zone_texts, &names],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.waiting"))?;
+        let mut out: Vec<Waiting> = Vec::new();
+        for r in rows {
+            let source: String = r.get(0);
+            let Some(s) = sources.iter().position(|x| *x == source) else {
+                continue;
+            };
+            let zone_text: String = r.get(3);
+            let Some(zone) = ZoneName::parse(&zone_text)
+                .ok()
+                .and_then(|z| zones.id_of(&z))
+            else {
+                continue;
+            };
+            let corrupt = |e: pg2dns_decoder::name::NameError| StoreError::Corrupt {
+                table: "waiting",
+                detail: format!("name: {e}"),
+            };
+            let (target, _) = Name::from_wire(&r.get::<_, Vec<u8>>(4)).map_err(corrupt)?;
+            let (owner, _) = Name::from_wire(&r.get::<_, Vec<u8>>(5)).map_err(corrupt)?;
+            let row = (SourceId(s as u16), RowKey(r.get(1)));
+            let lsn_text: String = r.get(2);
+            let record = Desired {
+                zone,
+                record: Record {
+                    owner: Owner::from_name(owner),
+                    rtype: RType(u16::try_from(r.get::<_, i32>(6)).unwrap_or(0)),
+                    rdata: Rdata::from_wire(&r.get::<_, Vec<u8>>(7)),
+                    ttl: u32::try_from(r.get::<_, i32>(8)).unwrap_or(0),
+                },
+            };
+            match out.iter_mut().find(|w| w.row == row) {
+                Some(w) => w.records.push(record),
+                None => out.push(Waiting {
+                    row,
+                    lsn: lsn_text.parse().unwrap_or_default(),
+                    records: vec![record],
+                    target: (zone, Owner::from_name(target)),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the row state holds an address record at `owner` in `zone`.
+    pub async fn has_address(
+        &mut self,
+        zones: &Zones,
+        zone: pg2dns_decoder::ZoneId,
+        owner: &Owner,
+    ) -> Result<bool, StoreError> {
+        self.begin().await?;
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg2dns.row_state WHERE slot = $1 AND zone = $2 AND owner = $3 AND rtype IN (1, 28) LIMIT 1",
+                &[&self.slot, &zones.name(zone).to_string(), &owner.name().as_wire()],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.row_state"))?
+            .is_some())
+    }
+
+    /// The MX and SRV records of the row state that point at `owner` in
+    /// `zone`, with the rows holding them.
+    pub async fn pointing_at(
+        &mut self,
+        zones: &Zones,
+        targets: &[NodeKey],
+    ) -> Result<Vec<(String, Owner, RType)>, StoreError> {
+        self.begin().await?;
+        let zone_texts: Vec<String> = targets
+            .iter()
+            .map(|(z, _)| zones.name(*z).to_string())
+            .collect();
+        let names: Vec<&[u8]> = targets.iter().map(|(_, o)| o.name().as_wire()).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT r.row_key, r.owner, r.rtype FROM unnest($2::text[], $3::bytea[]) AS k(zone, target) \
+                 CROSS JOIN LATERAL ( \
+                   SELECT row_key, owner, rtype FROM pg2dns.row_state x \
+                   WHERE x.slot = $1 AND x.zone = k.zone AND x.target = k.target OFFSET 0) r",
+                &[&self.slot, &zone_texts, &names],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.row_state"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let (owner, _) = Name::from_wire(&r.get::<_, Vec<u8>>(1)).ok()?;
+                Some((
+                    r.get(0),
+                    Owner::from_name(owner),
+                    RType(u16::try_from(r.get::<_, i32>(2)).ok()?),
+                ))
+            })
+            .collect())
     }
 
     /// Whether a checkpoint transaction is open.
