@@ -42,6 +42,7 @@ mod harness;
 
 mod config;
 mod crash;
+mod faithfulness;
 mod halts;
 mod harness_selftest;
 mod isolation;

@@ -1,0 +1,1363 @@
+//! DNS says exactly what the database says.
+//!
+//! Record data reaches BIND byte for byte (BIND itself, fed the same text
+//! through `nsupdate`, is the oracle); rows DNS would refuse or silently
+//! ignore are refused with the real reason and never half-published; a
+//! refused change still removes the record it replaced; `pg2dns.row_state`
+//! agrees with what DNS holds; and the conditions that would let DNS drift
+//! from the table (a re-created slot, a TRUNCATE, a zone dropped from the
+//! config) halt or warn instead of passing silently.
+//!
+//! These tests read BIND's answers as `dig` prints them (raw presentation
+//! text, not the harness's canonical form), so a difference of one byte in
+//! record data is a difference here.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::harness::stack::{FORWARD, REVERSE, SLOT};
+use crate::harness::{pg2dns, run, run_unchecked, tools, Pg2dns, Stack, DNS_DEADLINE};
+
+/// One record as `dig` prints it in an AXFR: the text exactly as printed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Printed {
+    owner: String,
+    ttl: u32,
+    rtype: String,
+    rdata: String,
+}
+
+impl std::fmt::Display for Printed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {} {}",
+            self.owner, self.ttl, self.rtype, self.rdata
+        )
+    }
+}
+
+/// A signed AXFR of `zone` as `dig` prints it, without the apex SOA and NS
+/// (which pg2dns does not manage). Owners keep their printed case.
+async fn axfr(stack: &Stack, zone: &str) -> Result<Vec<Printed>> {
+    let port = stack
+        .bind
+        .addr()
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_owned())
+        .context("BIND's address has a port")?;
+    let output = run(
+        tokio::process::Command::new(&tools()?.dig)
+            .arg("@127.0.0.1")
+            .args(["-p", &port, "-k"])
+            .arg(stack.bind.key_file())
+            .args([
+                "+noall", "+answer", "+onesoa", "+time=5", "+tries=1", "AXFR",
+            ])
+            .arg(zone),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let text = String::from_utf8(output.stdout).context("dig prints ASCII")?;
+    let mut records = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
+    {
+        let record = parse_printed(line).with_context(|| format!("AXFR line {line:?}"))?;
+        let apex = record.owner.eq_ignore_ascii_case(zone);
+        if !(apex && (record.rtype == "SOA" || record.rtype == "NS")) {
+            records.push(record);
+        }
+    }
+    ensure!(
+        text.contains("\tSOA\t"),
+        "the AXFR of {zone} holds no SOA:\n{text}"
+    );
+    records.sort();
+    Ok(records)
+}
+
+/// Splits `owner ttl class type rdata…` keeping the rdata exactly as printed.
+fn parse_printed(line: &str) -> Result<Printed> {
+    let mut rest = line;
+    let mut fields = Vec::new();
+    for _ in 0..4 {
+        let trimmed = rest.trim_start();
+        let end = trimmed
+            .find(char::is_whitespace)
+            .context("fewer than five fields")?;
+        fields.push(&trimmed[..end]);
+        rest = &trimmed[end..];
+    }
+    Ok(Printed {
+        owner: fields[0].to_owned(),
+        ttl: fields[1].parse()?,
+        rtype: fields[3].to_owned(),
+        rdata: rest.trim().to_owned(),
+    })
+}
+
+/// The records of `zone` at `owner` (compared without case, RFC 4343).
+async fn at(stack: &Stack, zone: &str, owner: &str) -> Result<Vec<Printed>> {
+    Ok(axfr(stack, zone)
+        .await?
+        .into_iter()
+        .filter(|r| r.owner.eq_ignore_ascii_case(owner))
+        .collect())
+}
+
+/// Polls `probe` every 100 ms until it yields a value, at most
+/// [`DNS_DEADLINE`]; on timeout the error says what was awaited and the
+/// probe's last account of what it saw instead.
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Result<T, String>>>,
+{
+    let deadline = Instant::now() + DNS_DEADLINE;
+    loop {
+        let seen = match probe().await? {
+            Ok(value) => return Ok(value),
+            Err(seen) => seen,
+        };
+        if Instant::now() > deadline {
+            bail!("after {DNS_DEADLINE:?}, still waiting for {what}; last seen: {seen}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until BIND holds exactly `want` (as printed, owners lower-cased)
+/// at `owner`.
+async fn wait_for_rrs(stack: &Stack, zone: &str, owner: &str, want: &[&str]) -> Result<()> {
+    let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    eventually(&format!("{owner} to hold exactly {want:?}"), || async {
+        let mut have: Vec<String> = at(stack, zone, owner)
+            .await?
+            .iter()
+            .map(|r| format!("{} {} {}", r.ttl, r.rtype, r.rdata))
+            .collect();
+        have.sort();
+        Ok(if have == want {
+            Ok(())
+        } else {
+            Err(format!("{have:?}"))
+        })
+    })
+    .await
+}
+
+/// Inserts one row and returns its id.
+async fn insert(stack: &Stack, owner: &str, ttl: i32, rtype: &str, rdata: &str) -> Result<i64> {
+    Ok(stack
+        .db
+        .query_one(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ($1, $2, $3, $4) RETURNING id",
+            &[&owner, &ttl, &rtype, &rdata],
+        )
+        .await
+        .with_context(|| format!("inserting {owner} {rtype} {rdata:.60}"))?
+        .get(0))
+}
+
+/// The reasons `pg2dns.rejected` gives for row `id` (any instance).
+async fn rejections(stack: &Stack, id: i64) -> Result<Vec<String>> {
+    Ok(stack
+        .db
+        .query(
+            "SELECT reason FROM pg2dns.rejected WHERE row_key = $1 ORDER BY id",
+            &[&id.to_string()],
+        )
+        .await
+        .context("reading pg2dns.rejected")?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
+/// Waits until row `id` is in `pg2dns.rejected` and returns its first reason.
+async fn wait_for_rejection(stack: &Stack, id: i64) -> Result<String> {
+    eventually(&format!("row {id} in pg2dns.rejected"), || async {
+        let reasons = rejections(stack, id).await?;
+        Ok(reasons
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no rejection".to_owned()))
+    })
+    .await
+}
+
+/// One row of `pg2dns.row_state`.
+#[derive(Debug, Clone)]
+struct StateRow {
+    slot: String,
+    row_key: String,
+    zone: String,
+    owner: Vec<u8>,
+    rtype: i32,
+    rdata: Vec<u8>,
+}
+
+async fn row_state(stack: &Stack) -> Result<Vec<StateRow>> {
+    Ok(stack
+        .db
+        .query(
+            "SELECT slot, row_key, zone, owner, rtype, rdata FROM pg2dns.row_state",
+            &[],
+        )
+        .await
+        .context("reading pg2dns.row_state")?
+        .iter()
+        .map(|row| StateRow {
+            slot: row.get(0),
+            row_key: row.get(1),
+            zone: row.get(2),
+            owner: row.get(3),
+            rtype: row.get(4),
+            rdata: row.get(5),
+        })
+        .collect())
+}
+
+/// A wire-form name as presentation text, lower-case, `\DDD` for bytes
+/// outside letters, digits, `-` and `_`.
+fn wire_name(wire: &[u8]) -> Result<String> {
+    let mut out = String::new();
+    let mut at = 0;
+    loop {
+        let len = usize::from(*wire.get(at).context("name runs past its bytes")?);
+        if len == 0 {
+            break;
+        }
+        let label = wire
+            .get(at + 1..at + 1 + len)
+            .context("label past the end")?;
+        for &b in label {
+            match b {
+                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => out.push(char::from(b)),
+                b'A'..=b'Z' => out.push(char::from(b.to_ascii_lowercase())),
+                _ => out.push_str(&format!("\\{b:03}")),
+            }
+        }
+        out.push('.');
+        at += 1 + len;
+    }
+    Ok(if out.is_empty() { ".".to_owned() } else { out })
+}
+
+/// The mnemonic of the types these tests store.
+fn type_name(rtype: i32) -> String {
+    match rtype {
+        1 => "A".to_owned(),
+        5 => "CNAME".to_owned(),
+        16 => "TXT".to_owned(),
+        28 => "AAAA".to_owned(),
+        other => format!("TYPE{other}"),
+    }
+}
+
+/// Writes a config for one instance: `slot` following `zones` on the
+/// stack's servers (the same keys and layout as the stack's own config).
+fn write_instance_config(stack: &Stack, name: &str, slot: &str, zones: &[&str]) -> Result<PathBuf> {
+    let mut text = format!(
+        "version = 1\n\n[database]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"{SLOT}\"\n",
+        stack.pg.url()
+    );
+    for zone in zones {
+        text.push_str(&format!(
+            "\n[[zone]]\nname = \"{zone}\"\nprimary = \"{}\"\ntsig_key_file = \"{}\"\n",
+            stack.bind.addr(),
+            stack.bind.key_file().display()
+        ));
+    }
+    let path = stack.dir().join(format!("{name}.toml"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// `pg2dns setup -c config [extra…]`, whatever its exit status.
+async fn setup_with(config: &Path, extra: &[&str]) -> Result<Output> {
+    let mut command = tokio::process::Command::new(pg2dns::binary());
+    command.arg("setup").args(extra).arg("-c").arg(config);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG2DNS_") {
+            command.env_remove(key);
+        }
+    }
+    run_unchecked(&mut command, Duration::from_secs(120)).await
+}
+
+/// `pg2dns setup`, which must succeed; returns what it printed.
+async fn setup_ok(config: &Path, extra: &[&str]) -> Result<String> {
+    let output = setup_with(config, extra).await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(
+        output.status.success(),
+        "pg2dns setup {extra:?} failed ({}):\n{text}",
+        output.status
+    );
+    Ok(text)
+}
+
+/// Starts `pg2dns run -c config`, logging to `stack.dir()/name.log`.
+fn run_instance(stack: &Stack, config: &Path, name: &str) -> Result<Pg2dns> {
+    Pg2dns::spawn(config, &stack.dir().join(format!("{name}.log")), &[])
+}
+
+/// Printable-ASCII text of `len` bytes that does not compress (so that the
+/// index limit of pg2dns.rr is met by real bytes), from a fixed seed.
+fn incompressible(len: usize, seed: u64) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/=";
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            char::from(ALPHABET[usize::try_from(state >> 58).unwrap_or(0)])
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// 1. Exact bytes, with BIND as the oracle.
+
+/// One value to publish twice: through pg2dns under `PREFIX.pg.example.test.`
+/// and through nsupdate under `PREFIX.ns.example.test.`.
+struct Case {
+    prefix: String,
+    /// The prefix as dig prints it, lower-cased (differs when it holds an
+    /// escape of a printable byte).
+    printed: String,
+    rtype: &'static str,
+    rdata: String,
+}
+
+fn case(prefix: &str, rtype: &'static str, rdata: &str) -> Case {
+    Case {
+        prefix: prefix.to_owned(),
+        printed: prefix.to_ascii_lowercase(),
+        rtype,
+        rdata: rdata.to_owned(),
+    }
+}
+
+/// Tricky values for every supported type. None holds `;`, which nsupdate
+/// treats as a comment on purpose.
+fn exact_byte_cases() -> Vec<Case> {
+    let quoted = |s: &str| format!("\"{s}\"");
+    let many_250: Vec<String> = (0..8).map(|i| quoted(&incompressible(250, i))).collect();
+    let hex64 = "0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789ABCDEF";
+    let mut cases = vec![
+        case("a", "A", "192.0.2.1"),
+        case("a-generic", "A", "\\# 4 C0000263"),
+        case("aaaa-long", "AAAA", "2001:db8:0:0:0:0:0:1"),
+        case("aaaa-upper", "AAAA", "2001:DB8::A"),
+        case("aaaa-mapped", "AAAA", "::ffff:192.0.2.1"),
+        case("cname", "CNAME", "target.example.net."),
+        case("cname-escape", "CNAME", "\\097lias.example.net."),
+        case("cname-root", "CNAME", "."),
+        case("mx", "MX", "10 mail.example.net."),
+        case("mx-null", "MX", "0 ."),
+        case("ns", "NS", "ns1.example.net."),
+        case("ptr", "PTR", "host.example.net."),
+        case("srv", "SRV", "0 5 5060 sip.example.net."),
+        case("srv-max", "SRV", "65535 65535 65535 ."),
+        case("txt-utf8", "TXT", "\"grüße\""),
+        case("txt-decimal", "TXT", "\"a\\065b\""),
+        case("txt-bytes", "TXT", "\"\\255\\000x\""),
+        case("txt-multi", "TXT", "\"a b\" \"c\""),
+        case("txt-255", "TXT", &quoted(&"z".repeat(255))),
+        case("txt-255-escaped", "TXT", &quoted(&"\\255".repeat(255))),
+        case("txt-multi-kb", "TXT", &many_250.join(" ")),
+        case("txt-quote-backslash", "TXT", "\"x\\\"y\" \"back\\\\slash\""),
+        case("txt-plain", "TXT", "plain"),
+        case("txt-bare-equals", "TXT", "v=spf1"),
+        case("txt-empty", "TXT", "\"\""),
+        case("txt-generic", "TXT", "\\# 4 03616263"),
+        case("txt-spaces", "TXT", "\"  two  spaces  \""),
+        case("caa", "CAA", "0 issue \"ca.example.net\""),
+        case("caa-decimal", "CAA", "0 issue \"ca\\046example.net\""),
+        case("caa-critical", "CAA", "128 tbs \"x\\255y\""),
+        case(
+            "caa-iodef",
+            "CAA",
+            "0 iodef \"mailto:security@example.net\"",
+        ),
+        case(
+            "sshfp",
+            "SSHFP",
+            "1 1 0123456789abcdef0123456789ABCDEF01234567",
+        ),
+        case("sshfp-sha256", "SSHFP", &format!("4 2 {hex64}")),
+        case("tlsa", "TLSA", &format!("3 1 1 {hex64}")),
+        case(
+            "tlsa-spaced",
+            "TLSA",
+            "2 0 1 0123456789ABCDEF 0123456789abcdef 0123456789ABCDEF 0123456789abcdef",
+        ),
+        case("tlsa-full", "TLSA", "3 1 0 ABCD ef01 2345"),
+        case(
+            "naptr",
+            "NAPTR",
+            "100 10 \"U\" \"E2U+sip\" \"!^.*$!sip:info@example.net!\" .",
+        ),
+        case(
+            "naptr-escapes",
+            "NAPTR",
+            "100 50 \"u\" \"E2U+sip\" \"!^\\\\+1(.*)$!sip:\\\\1@example.net!\" .",
+        ),
+        case(
+            "naptr-replacement",
+            "NAPTR",
+            "10 20 \"s\" \"SIP+D2U\" \"\" _sip._udp.example.net.",
+        ),
+        case("hinfo", "HINFO", "\"PC-Intel-700mhz\" \"Linux\""),
+        case("hinfo-utf8", "HINFO", "\"Çpu\" \"ösé\""),
+        case(
+            "svcb",
+            "SVCB",
+            "1 svc.example.net. mandatory=alpn,port alpn=h2,h3 port=8443 \
+             ipv4hint=192.0.2.1,192.0.2.2 ipv6hint=2001:db8::1,2001:db8::2",
+        ),
+        case("svcb-alias", "SVCB", "0 svc.example.net."),
+        case("svcb-dot", "SVCB", "1 . port=53"),
+        case("https", "HTTPS", "1 . alpn=h3,h2 ipv4hint=192.0.2.3"),
+        case("https-quoted", "HTTPS", "1 . alpn=\"h2,h3\" port=\"443\""),
+        case("https-alias", "HTTPS", "0 www.example.net."),
+        case(
+            "https-no-default",
+            "HTTPS",
+            "2 cdn.example.net. alpn=h2 no-default-alpn",
+        ),
+    ];
+    // Owner names: escapes, mixed case, a 63-byte label, a 255-byte name
+    // (3 × 64 + 46 + 17 octets with the suffix `.pg.example.test.`).
+    cases.push(Case {
+        printed: "abc".to_owned(),
+        ..case("\\065bc", "A", "192.0.2.11")
+    });
+    cases.push(case("MiXeD-Case", "A", "192.0.2.12"));
+    // Not a host name, so TXT (BIND's check-names refuses A there).
+    cases.push(case("dot\\.inside", "TXT", "\"dot\""));
+    cases.push(case(&"l".repeat(63), "A", "192.0.2.14"));
+    let long = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(45)
+    );
+    cases.push(case(&long, "TXT", "\"at the 255-byte name limit\""));
+    cases
+}
+
+/// Names inside record data spelt with upper case, which BIND keeps as sent.
+fn mixed_case_rdata_name_cases() -> Vec<Case> {
+    vec![
+        case("cname-case", "CNAME", "Target.Example.NET."),
+        case("cname-escape", "CNAME", "\\065lias.example.net."),
+        case("ns", "NS", "ns1.Example.net."),
+        case("mx", "MX", "10 Mail.example.net."),
+        case(
+            "naptr-replacement",
+            "NAPTR",
+            "10 20 \"s\" \"SIP+D2U\" \"\" _sip._udp.Example.net.",
+        ),
+        case("https-alias", "HTTPS", "0 www.Example.net."),
+        case("srv", "SRV", "0 5 5060 SIP.example.net."),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_supported_type_reaches_bind_byte_for_byte_as_nsupdate_would_send_it() -> Result<()> {
+    publish_both_ways_and_compare("faith-bytes", &exact_byte_cases()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "pg2dns bug: names inside record data are lower-cased (CNAME Target.Example.NET. \
+            is published as target.example.net.), BIND keeps them as sent"]
+async fn names_inside_record_data_keep_their_case_as_nsupdate_would_send_them() -> Result<()> {
+    publish_both_ways_and_compare("faith-rdata-case", &mixed_case_rdata_name_cases()).await
+}
+
+/// Publishes each case through pg2dns under `PREFIX.pg.example.test.` and
+/// through `nsupdate` under `PREFIX.ns.example.test.`, then fails unless
+/// every pair prints the same in one AXFR.
+async fn publish_both_ways_and_compare(label: &str, cases: &[Case]) -> Result<()> {
+    let stack = Stack::start(label).await?;
+    let _pg2dns = stack.run()?;
+
+    let owners: Vec<String> = cases
+        .iter()
+        .map(|c| format!("{}.pg.example.test.", c.prefix))
+        .collect();
+    let ttls: Vec<i32> = cases.iter().map(|_| 300).collect();
+    let types: Vec<&str> = cases.iter().map(|c| c.rtype).collect();
+    let rdatas: Vec<&str> = cases.iter().map(|c| c.rdata.as_str()).collect();
+    stack
+        .db
+        .execute(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[])",
+            &[&owners, &ttls, &types, &rdatas],
+        )
+        .await
+        .context("inserting the cases")?;
+    let script: String = cases
+        .iter()
+        .map(|c| {
+            format!(
+                "update add {}.ns.example.test. 300 {} {}\n",
+                c.prefix, c.rtype, c.rdata
+            )
+        })
+        .collect();
+    stack.bind.nsupdate(&script).await?;
+
+    // Each side's records by (owner prefix without case, type).
+    type Side = BTreeMap<(String, String), Vec<String>>;
+    let split = |records: &[Printed], suffix: &str| -> Side {
+        let mut side = Side::new();
+        for r in records {
+            let lower = r.owner.to_ascii_lowercase();
+            if let Some(prefix) = lower.strip_suffix(suffix) {
+                side.entry((prefix.to_owned(), r.rtype.clone()))
+                    .or_default()
+                    .push(format!("{} {}", r.ttl, r.rdata));
+            }
+        }
+        side
+    };
+    let (pg, ns) = eventually("pg2dns to publish every case", || async {
+        let records = axfr(&stack, FORWARD).await?;
+        let pg = split(&records, ".pg.example.test.");
+        let ns = split(&records, ".ns.example.test.");
+        let rejected: Vec<String> = stack
+            .db
+            .query("SELECT row_key || ': ' || reason FROM pg2dns.rejected", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !rejected.is_empty() {
+            bail!("pg2dns refused values BIND accepts: {rejected:#?}");
+        }
+        Ok(if pg.len() == cases.len() && ns.len() == cases.len() {
+            Ok((pg, ns))
+        } else {
+            Err(format!(
+                "{} of {} published by pg2dns, {} by nsupdate",
+                pg.len(),
+                cases.len(),
+                ns.len()
+            ))
+        })
+    })
+    .await?;
+
+    let mut differences = Vec::new();
+    for c in cases {
+        let key = (c.printed.clone(), c.rtype.to_owned());
+        let (mine, oracle) = (pg.get(&key), ns.get(&key));
+        if mine != oracle || mine.is_none() {
+            differences.push(format!(
+                "{} {} {}\n    pg2dns:   {mine:?}\n    nsupdate: {oracle:?}",
+                c.prefix, c.rtype, c.rdata
+            ));
+        }
+    }
+    ensure!(
+        differences.is_empty(),
+        "{} of {} values differ from what BIND made of the same text:\n{}",
+        differences.len(),
+        cases.len(),
+        differences.join("\n")
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 2. Refused values.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_a_zone_file_would_misread_are_refused_with_the_real_reason_and_never_published(
+) -> Result<()> {
+    let stack = Stack::start("faith-refused").await?;
+    let _pg2dns = stack.run()?;
+    let long = format!("\"{}\"", "x".repeat(2000));
+    let refused: Vec<(&str, &str, &str, Vec<&str>)> = vec![
+        (
+            "cname.example.test.",
+            "CNAME",
+            "www",
+            vec!["fully qualified", "www"],
+        ),
+        (
+            "srv.example.test.",
+            "SRV",
+            "0 5 5060 t. extra",
+            vec!["extra"],
+        ),
+        (
+            "https.example.test.",
+            "HTTPS",
+            "1 svc alpn=h2",
+            vec!["fully qualified", "svc"],
+        ),
+        (
+            "naptr.example.test.",
+            "NAPTR",
+            "100 10 \"S\" \"SIP+D2U\" \"\" _sip._udp",
+            vec!["fully qualified", "_sip._udp"],
+        ),
+        (
+            "dmarc.example.test.",
+            "TXT",
+            "v=DMARC1; p=reject",
+            vec!["quoted", "\"v=DMARC1; p=reject\""],
+        ),
+        ("long.example.test.", "TXT", &long, vec!["255", "2000"]),
+    ];
+    let mut ids = Vec::new();
+    for (owner, rtype, rdata, _) in &refused {
+        ids.push(insert(&stack, owner, 300, rtype, rdata).await?);
+    }
+    // Committed after every refused row: once it is in DNS, pg2dns has
+    // decided on all of them.
+    insert(&stack, "after.example.test.", 300, "A", "192.0.2.99").await?;
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "after.example.test.",
+        &["300 A 192.0.2.99"],
+    )
+    .await?;
+
+    for ((owner, rtype, rdata, needles), id) in refused.iter().zip(&ids) {
+        let reason = wait_for_rejection(&stack, *id).await?;
+        for needle in needles {
+            ensure!(
+                reason.contains(needle),
+                "row {id} ({owner} {rtype} {rdata:.40}) was refused, but the reason does not say {needle:?}: {reason:?}"
+            );
+        }
+        let published = at(&stack, FORWARD, owner).await?;
+        ensure!(
+            published.is_empty(),
+            "row {id} ({owner} {rtype}) was refused, yet DNS holds {published:?}"
+        );
+    }
+    let all = axfr(&stack, FORWARD).await?;
+    ensure!(
+        all.len() == 1,
+        "only the good row is in the zone, which holds {all:#?}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 3. A refused change still removes the old record.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_to_a_refused_value_removes_the_old_record_and_leaves_no_row_state() -> Result<()>
+{
+    let stack = Stack::start("faith-refused-update").await?;
+    let _pg2dns = stack.run()?;
+    let owner = "txt.example.test.";
+    let id = insert(&stack, owner, 300, "TXT", "\"v1\"").await?;
+    wait_for_rrs(&stack, FORWARD, owner, &["300 TXT \"v1\""]).await?;
+
+    let long = format!("\"{}\"", "y".repeat(2000));
+    stack
+        .db
+        .execute(
+            "UPDATE pg2dns.rr SET rdata = $1 WHERE id = $2",
+            &[&long, &id],
+        )
+        .await?;
+    wait_for_rrs(&stack, FORWARD, owner, &[]).await?;
+    let reason = wait_for_rejection(&stack, id).await?;
+    ensure!(
+        reason.contains("255"),
+        "the refusal of row {id} names the 255-byte limit: {reason:?}"
+    );
+
+    stack
+        .db
+        .execute("DELETE FROM pg2dns.rr WHERE id = $1", &[&id])
+        .await?;
+    // Committed after the DELETE, so its arrival means the DELETE was handled.
+    insert(&stack, "after.example.test.", 300, "A", "192.0.2.98").await?;
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "after.example.test.",
+        &["300 A 192.0.2.98"],
+    )
+    .await?;
+    let left = at(&stack, FORWARD, owner).await?;
+    ensure!(left.is_empty(), "{owner} still holds {left:?}");
+    eventually(&format!("row_state to forget row {id}"), || async {
+        let rows: Vec<StateRow> = row_state(&stack)
+            .await?
+            .into_iter()
+            .filter(|r| r.row_key == id.to_string())
+            .collect();
+        Ok(if rows.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{rows:?}"))
+        })
+    })
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 4. An owner group too large for one message.
+
+/// The zone's records as `pg2dns.row_state` of `slot` claims them: counts
+/// per (owner, type), distinct records only.
+fn state_counts(rows: &[StateRow], slot: &str) -> Result<BTreeMap<(String, String), usize>> {
+    let mut distinct = std::collections::BTreeSet::new();
+    for r in rows.iter().filter(|r| r.slot == slot) {
+        distinct.insert((wire_name(&r.owner)?, type_name(r.rtype), r.rdata.clone()));
+    }
+    let mut counts = BTreeMap::new();
+    for (owner, rtype, _) in distinct {
+        *counts.entry((owner, rtype)).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+fn dns_counts(records: &[Printed]) -> BTreeMap<(String, String), usize> {
+    let mut counts = BTreeMap::new();
+    for r in records {
+        *counts
+            .entry((r.owner.to_ascii_lowercase(), r.rtype.clone()))
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "pg2dns bug (intermittent, about 1 run in 6): when the replication socket has no \
+            frame ready mid-transaction, the pipeline flushes and dispatches the open \
+            transaction's rows so far (pipeline.rs `idle` flush, `if open` segment), so the \
+            300-record owner is planned in pieces that each fit a message: part of it is sent, \
+            BIND answers SERVFAIL ('too many records (must not exceed 100)') and pg2dns resends \
+            forever; the A row of the same transaction never arrives"]
+async fn an_owner_too_large_for_one_message_is_refused_row_by_row_and_row_state_agrees_with_dns(
+) -> Result<()> {
+    let stack = Stack::start("faith-big-owner").await?;
+    stack.append_config("[limits]\nmax_records_per_rrset = 1000\n")?;
+    let _pg2dns = stack.run()?;
+    let big = "big.example.test.";
+    let texts: Vec<String> = (0..300)
+        .map(|i| format!("\"{}\"", incompressible(250, 1000 + i)))
+        .collect();
+    let owners: Vec<&str> = texts.iter().map(|_| big).collect();
+    stack.exec("BEGIN").await?;
+    let inserted = async {
+        let ids: Vec<i64> = stack
+            .db
+            .query(
+                "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+                 SELECT o, 300, 'TXT', r FROM unnest($1::text[], $2::text[]) AS u(o, r)
+                 RETURNING id",
+                &[&owners, &texts],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        stack
+            .exec(
+                "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+                   ('small.example.test.', 300, 'A', '192.0.2.20'),
+                   ('small.example.test.', 300, 'TXT', '\"ok\"'),
+                   ('v6.example.test.', 300, 'AAAA', '2001:db8::20')",
+            )
+            .await?;
+        anyhow::Ok(ids)
+    }
+    .await;
+    let ids = match inserted {
+        Ok(ids) => {
+            stack.exec("COMMIT").await?;
+            ids
+        }
+        Err(e) => {
+            stack.exec("ROLLBACK").await?;
+            return Err(e);
+        }
+    };
+    ensure!(ids.len() == 300, "300 rows inserted, got {}", ids.len());
+
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "small.example.test.",
+        &["300 A 192.0.2.20", "300 TXT \"ok\""],
+    )
+    .await?;
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "v6.example.test.",
+        &["300 AAAA 2001:db8::20"],
+    )
+    .await?;
+    let at_big = at(&stack, FORWARD, big).await?;
+    ensure!(
+        at_big.is_empty(),
+        "the refused owner has {} records in DNS",
+        at_big.len()
+    );
+
+    let missing = eventually("a rejection for each of the 300 rows", || async {
+        let keys: Vec<String> = stack
+            .db
+            .query("SELECT row_key FROM pg2dns.rejected", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let missing: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !keys.contains(&id.to_string()))
+            .collect();
+        Ok(if missing.is_empty() {
+            Ok(missing)
+        } else {
+            Err(format!(
+                "{} rows without a rejection (e.g. {:?}); rejected keys: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                &keys[..keys.len().min(5)]
+            ))
+        })
+    })
+    .await?;
+    ensure!(missing.is_empty());
+    for id in &ids {
+        let reasons = rejections(&stack, *id).await?;
+        ensure!(
+            reasons.len() == 1
+                && reasons[0].contains("big.example.test")
+                && reasons[0].contains("more than one UPDATE can hold"),
+            "row {id} is refused once, naming the owner and the message limit: {reasons:?}"
+        );
+    }
+
+    let dns = eventually("row_state to agree with the AXFR", || async {
+        let dns = dns_counts(&axfr(&stack, FORWARD).await?);
+        let state = state_counts(&row_state(&stack).await?, SLOT)?;
+        Ok(if dns == state {
+            Ok(dns)
+        } else {
+            Err(format!("AXFR {dns:?}, row_state {state:?}"))
+        })
+    })
+    .await?;
+    ensure!(
+        !dns.contains_key(&(big.to_owned(), "TXT".to_owned())),
+        "row_state and DNS agree, and neither has the big owner: {dns:?}"
+    );
+    ensure!(dns.len() == 3, "three RRsets published: {dns:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 5. What servers silently ignore, pg2dns refuses.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cname_beside_other_data_and_a_second_cname_are_refused_but_a_swap_in_one_transaction_is_published(
+) -> Result<()> {
+    let stack = Stack::start("faith-cname").await?;
+    let _pg2dns = stack.run()?;
+    let cname_reason = |reason: &str| {
+        let lower = reason.to_ascii_lowercase();
+        lower.contains("cname") && lower.contains("other data")
+    };
+
+    // A CNAME where an A exists.
+    insert(&stack, "host.example.test.", 300, "A", "192.0.2.30").await?;
+    wait_for_rrs(&stack, FORWARD, "host.example.test.", &["300 A 192.0.2.30"]).await?;
+    let id = insert(
+        &stack,
+        "host.example.test.",
+        300,
+        "CNAME",
+        "target.example.net.",
+    )
+    .await?;
+    let reason = wait_for_rejection(&stack, id).await?;
+    ensure!(
+        cname_reason(&reason),
+        "a CNAME beside an A is refused naming CNAME and other data: {reason:?}"
+    );
+
+    // An A where a CNAME exists.
+    insert(
+        &stack,
+        "alias.example.test.",
+        300,
+        "CNAME",
+        "target.example.net.",
+    )
+    .await?;
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "alias.example.test.",
+        &["300 CNAME target.example.net."],
+    )
+    .await?;
+    let id = insert(&stack, "alias.example.test.", 300, "A", "192.0.2.31").await?;
+    let reason = wait_for_rejection(&stack, id).await?;
+    ensure!(
+        cname_reason(&reason),
+        "an A beside a CNAME is refused naming CNAME and other data: {reason:?}"
+    );
+
+    // A second CNAME at the same name.
+    let id = insert(
+        &stack,
+        "alias.example.test.",
+        300,
+        "CNAME",
+        "other.example.net.",
+    )
+    .await?;
+    let reason = wait_for_rejection(&stack, id).await?;
+    ensure!(
+        reason.to_ascii_lowercase().contains("cname"),
+        "a second CNAME is refused naming CNAME: {reason:?}"
+    );
+
+    // Replacing an A by a CNAME in one transaction.
+    insert(&stack, "swap.example.test.", 300, "A", "192.0.2.32").await?;
+    wait_for_rrs(&stack, FORWARD, "swap.example.test.", &["300 A 192.0.2.32"]).await?;
+    stack
+        .exec(
+            "BEGIN;
+             DELETE FROM pg2dns.rr WHERE owner = 'swap.example.test.';
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+               VALUES ('swap.example.test.', 300, 'CNAME', 'target.example.net.');
+             COMMIT;",
+        )
+        .await?;
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "swap.example.test.",
+        &["300 CNAME target.example.net."],
+    )
+    .await?;
+
+    // The refused rows changed nothing: exactly the first of each stays.
+    let all: Vec<String> = axfr(&stack, FORWARD)
+        .await?
+        .iter()
+        .map(|r| format!("{} {} {}", r.owner.to_ascii_lowercase(), r.rtype, r.rdata))
+        .collect();
+    ensure!(
+        all == [
+            "alias.example.test. CNAME target.example.net.",
+            "host.example.test. A 192.0.2.30",
+            "swap.example.test. CNAME target.example.net.",
+        ],
+        "the zone holds {all:#?}"
+    );
+    let swap_id: i64 = stack
+        .db
+        .query_one(
+            "SELECT id FROM pg2dns.rr WHERE owner = 'swap.example.test.' AND type = 'CNAME'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let swap = rejections(&stack, swap_id).await?;
+    ensure!(swap.is_empty(), "the swap's CNAME was refused: {swap:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 6. One TTL per RRset.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rrset_takes_the_smallest_ttl_of_its_rows_and_follows_it_as_rows_go() -> Result<()> {
+    let stack = Stack::start("faith-ttl").await?;
+    let _pg2dns = stack.run()?;
+
+    // Two rows for one record (the owner spelt two ways).
+    let short = insert(&stack, "same.example.test.", 300, "A", "192.0.2.40").await?;
+    insert(&stack, "SAME.example.test", 600, "A", "192.0.2.40").await?;
+    wait_for_rrs(&stack, FORWARD, "same.example.test.", &["300 A 192.0.2.40"]).await?;
+    stack
+        .db
+        .execute("DELETE FROM pg2dns.rr WHERE id = $1", &[&short])
+        .await?;
+    wait_for_rrs(&stack, FORWARD, "same.example.test.", &["600 A 192.0.2.40"]).await?;
+
+    // Two records of one RRset.
+    let first = insert(&stack, "set.example.test.", 100, "A", "192.0.2.41").await?;
+    insert(&stack, "set.example.test.", 200, "A", "192.0.2.42").await?;
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "set.example.test.",
+        &["100 A 192.0.2.41", "100 A 192.0.2.42"],
+    )
+    .await?;
+    stack
+        .db
+        .execute("DELETE FROM pg2dns.rr WHERE id = $1", &[&first])
+        .await?;
+    wait_for_rrs(&stack, FORWARD, "set.example.test.", &["200 A 192.0.2.42"]).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 7. Two instances on one database.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_their_own_slots_and_zones_keep_separate_state_on_one_database(
+) -> Result<()> {
+    let stack = Stack::start("faith-two-instances").await?;
+    let forward = write_instance_config(&stack, "forward", SLOT, &[FORWARD])?;
+    let reverse_slot = "pg2dns_reverse";
+    let reverse = write_instance_config(&stack, "reverse", reverse_slot, &[REVERSE])?;
+    setup_ok(&forward, &[]).await?;
+    setup_ok(&reverse, &[]).await?;
+    let mut one = run_instance(&stack, &forward, "run-forward")?;
+    let mut two = run_instance(&stack, &reverse, "run-reverse")?;
+
+    let logs = |one: &Pg2dns, two: &Pg2dns| {
+        format!(
+            "forward instance:\n{}\nreverse instance:\n{}",
+            one.log_tail(40),
+            two.log_tail(40)
+        )
+    };
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('www.example.test.', 300, 'A', '192.0.2.10'),
+               ('mail.example.test.', 300, 'A', '192.0.2.11'),
+               ('10.2.0.192.in-addr.arpa.', 300, 'PTR', 'www.example.test.'),
+               ('11.2.0.192.in-addr.arpa.', 300, 'PTR', 'mail.example.test.')",
+        )
+        .await?;
+    stack
+        .wait_until_dns_matches_table(DNS_DEADLINE)
+        .await
+        .with_context(|| logs(&one, &two))?;
+    stack
+        .exec(
+            "DELETE FROM pg2dns.rr WHERE owner IN ('mail.example.test.', '11.2.0.192.in-addr.arpa.')",
+        )
+        .await?;
+    stack
+        .wait_until_dns_matches_table(DNS_DEADLINE)
+        .await
+        .with_context(|| logs(&one, &two))?;
+    ensure!(
+        at(&stack, FORWARD, "mail.example.test.").await?.is_empty()
+            && at(&stack, REVERSE, "11.2.0.192.in-addr.arpa.")
+                .await?
+                .is_empty(),
+        "both deletes reached DNS"
+    );
+
+    let by_slot = eventually("row_state split by slot", || async {
+        let mut by_slot: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for r in row_state(&stack).await? {
+            by_slot.entry(r.slot.clone()).or_default().push((
+                r.zone.trim_end_matches('.').to_owned(),
+                wire_name(&r.owner)?,
+            ));
+        }
+        for rows in by_slot.values_mut() {
+            rows.sort();
+        }
+        let want: BTreeMap<String, Vec<(String, String)>> = [
+            (
+                SLOT.to_owned(),
+                vec![("example.test".to_owned(), "www.example.test.".to_owned())],
+            ),
+            (
+                reverse_slot.to_owned(),
+                vec![(
+                    "2.0.192.in-addr.arpa".to_owned(),
+                    "10.2.0.192.in-addr.arpa.".to_owned(),
+                )],
+            ),
+        ]
+        .into();
+        Ok(if by_slot == want {
+            Ok(by_slot)
+        } else {
+            Err(format!("{by_slot:?}"))
+        })
+    })
+    .await
+    .with_context(|| logs(&one, &two))?;
+    ensure!(by_slot.len() == 2);
+    one.assert_running()?;
+    two.assert_running()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 8. A re-created slot.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_and_recreated_slot_halts_naming_the_gap_until_setup_accepts_it() -> Result<()> {
+    let stack = Stack::start("faith-slot-gap").await?;
+    let config = write_instance_config(&stack, "gap", SLOT, &[FORWARD, REVERSE])?;
+    let mut first = run_instance(&stack, &config, "run-before-gap")?;
+    insert(&stack, "before.example.test.", 300, "A", "192.0.2.50").await?;
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "before.example.test.",
+        &["300 A 192.0.2.50"],
+    )
+    .await
+    .with_context(|| first.log_tail(40))?;
+    let status = first.terminate().await?;
+    ensure!(status.success(), "SIGTERM stops pg2dns cleanly: {status}");
+    let progress: String = stack
+        .db
+        .query_one(
+            "SELECT lsn::text FROM pg2dns.progress WHERE slot = $1",
+            &[&SLOT],
+        )
+        .await?
+        .get(0);
+
+    drop_slot(&stack).await?;
+    insert(&stack, "gap.example.test.", 300, "A", "192.0.2.51").await?;
+    let printed = setup_ok(&config, &[]).await?;
+    ensure!(
+        printed.contains("never streamed"),
+        "setup warns about the gap; it printed:\n{printed}"
+    );
+    let slot_at: String = stack
+        .db
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&SLOT],
+        )
+        .await?
+        .get(0);
+
+    let mut halted = run_instance(&stack, &config, "run-gap")?;
+    let status = halted.wait_exit(DNS_DEADLINE).await?;
+    let log = halted.log();
+    ensure!(
+        !status.success(),
+        "pg2dns must halt on a gap, yet exited {status}; log:\n{log}"
+    );
+    for needle in [SLOT, progress.as_str(), slot_at.as_str(), "never streamed"] {
+        ensure!(
+            log.contains(needle),
+            "the halt names {needle:?} (slot {SLOT}, progress {progress}, slot at {slot_at}); log:\n{log}"
+        );
+    }
+
+    let printed = setup_ok(&config, &["--accept-gap"]).await?;
+    let mut resumed = run_instance(&stack, &config, "run-after-gap")?;
+    insert(&stack, "after.example.test.", 300, "A", "192.0.2.52").await?;
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "after.example.test.",
+        &["300 A 192.0.2.52"],
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "setup --accept-gap printed:\n{printed}\nrun:\n{}",
+            resumed.log_tail(40)
+        )
+    })?;
+    resumed.assert_running()?;
+    Ok(())
+}
+
+/// Drops the stack's slot, waiting for the walsender of a run that just
+/// exited to let go of it.
+async fn drop_slot(stack: &Stack) -> Result<()> {
+    eventually("the slot to be dropped", || async {
+        match stack
+            .db
+            .execute("SELECT pg_drop_replication_slot($1)", &[&SLOT])
+            .await
+        {
+            Ok(_) => Ok(Ok(())),
+            Err(e) if format!("{e:?}").contains("is active") => Ok(Err(format!("{e}"))),
+            Err(e) => Err(e).context("dropping the slot"),
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// 9. A record near the table's index limit.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txt_record_near_the_tables_index_limit_is_published_and_the_stream_goes_on() -> Result<()>
+{
+    let stack = Stack::start("faith-near-limit").await?;
+    let _pg2dns = stack.run()?;
+    let strings: Vec<String> = (0..10)
+        .map(|i| format!("\"{}\"", incompressible(255, 77 + i)))
+        .collect();
+    let rdata = strings.join(" ");
+    ensure!(
+        (2_550..2_704).contains(&rdata.len()),
+        "the rdata is close to the 2,704-byte limit: {} bytes",
+        rdata.len()
+    );
+    let owner = "dkim.example.test.";
+    insert(&stack, owner, 300, "TXT", &rdata).await?;
+    insert(&stack, "later.example.test.", 300, "A", "192.0.2.60").await?;
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "later.example.test.",
+        &["300 A 192.0.2.60"],
+    )
+    .await?;
+    let expected = format!("300 TXT {rdata}");
+    wait_for_rrs(&stack, FORWARD, owner, &[&expected]).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 10. TRUNCATE names the LSN to skip.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "pg2dns bug: after the hinted pg_replication_slot_advance, `pg2dns run` halts with \
+            'replication slot \"pg2dns\" starts at <end LSN> but pg2dns applied changes only up to \
+            <progress>: the transactions committed in between were never streamed'"]
+async fn the_truncate_halt_gives_a_slot_advance_that_skips_exactly_the_truncate() -> Result<()> {
+    let stack = Stack::start("faith-truncate").await?;
+    let config = write_instance_config(&stack, "truncate", SLOT, &[FORWARD, REVERSE])?;
+    let mut halted = run_instance(&stack, &config, "run-truncate")?;
+    insert(&stack, "www.example.test.", 300, "A", "192.0.2.70").await?;
+    wait_for_rrs(&stack, FORWARD, "www.example.test.", &["300 A 192.0.2.70"])
+        .await
+        .with_context(|| halted.log_tail(40))?;
+
+    stack.exec("BEGIN; TRUNCATE pg2dns.rr").await?;
+    let xid: String = stack
+        .db
+        .query_one("SELECT pg_current_xact_id()::xid::text", &[])
+        .await?
+        .get(0);
+    stack.exec("COMMIT").await?;
+    let status = halted.wait_exit(DNS_DEADLINE).await?;
+    let log = halted.log();
+    ensure!(
+        !status.success(),
+        "TRUNCATE halts pg2dns, yet it exited {status}"
+    );
+
+    // The transaction's end LSN, as the slot reports it: pgoutput's COMMIT
+    // message is written at the commit record's end.
+    let end_lsn = eventually("the slot to show the TRUNCATE", || async {
+        let peeked = stack
+            .db
+            .query(
+                "SELECT lsn::text, xid::text FROM pg_logical_slot_peek_binary_changes(
+                     $1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)",
+                &[&SLOT, &SLOT],
+            )
+            .await;
+        match peeked {
+            Ok(rows) => Ok(rows
+                .iter()
+                .filter(|r| r.get::<_, String>(1) == xid)
+                .map(|r| r.get::<_, String>(0))
+                .last()
+                .ok_or_else(|| format!("no change of {xid} in the slot"))),
+            Err(e) if format!("{e:?}").contains("is active") => Ok(Err(format!("{e}"))),
+            Err(e) => Err(e).context("peeking at the slot"),
+        }
+    })
+    .await?;
+    let statement = format!("pg_replication_slot_advance('{SLOT}', '{end_lsn}')");
+    ensure!(
+        log.contains(&statement),
+        "the halt gives `{statement}`; log:\n{log}"
+    );
+    stack
+        .exec(&format!("SELECT {statement}"))
+        .await
+        .context("running the hint")?;
+
+    let mut resumed = run_instance(&stack, &config, "run-after-truncate")?;
+    insert(&stack, "after.example.test.", 300, "A", "192.0.2.71").await?;
+    wait_for_rrs(
+        &stack,
+        FORWARD,
+        "after.example.test.",
+        &["300 A 192.0.2.71"],
+    )
+    .await
+    .with_context(|| resumed.log_tail(40))?;
+    resumed.assert_running()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 11. Zone set changes.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_removed_from_the_config_is_named_in_a_warning_at_start() -> Result<()> {
+    let stack = Stack::start("faith-zone-removed").await?;
+    let config = write_instance_config(&stack, "zones", SLOT, &[FORWARD, REVERSE])?;
+    let mut both = run_instance(&stack, &config, "run-two-zones")?;
+    insert(&stack, "www.example.test.", 300, "A", "192.0.2.80").await?;
+    wait_for_rrs(&stack, FORWARD, "www.example.test.", &["300 A 192.0.2.80"])
+        .await
+        .with_context(|| both.log_tail(40))?;
+    let status = both.terminate().await?;
+    ensure!(status.success(), "SIGTERM stops pg2dns cleanly: {status}");
+
+    write_instance_config(&stack, "zones", SLOT, &[FORWARD])?;
+    let mut one = run_instance(&stack, &config, "run-one-zone")?;
+    let removed = REVERSE.trim_end_matches('.');
+    eventually("a warning naming the removed zone", || async {
+        let log = one.log();
+        Ok(
+            match log
+                .lines()
+                .find(|l| l.contains("WARN") && l.contains("removed") && l.contains(removed))
+            {
+                Some(_) => Ok(()),
+                None => Err(log),
+            },
+        )
+    })
+    .await?;
+    one.assert_running()?;
+    Ok(())
+}
