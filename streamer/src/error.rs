@@ -145,7 +145,7 @@ impl RunError {
             RunError::SlotGap { .. } => halt("resynchronise the zones from the database (DNS lacks what changed in between), then run `pg2dns setup --accept-gap -c <config>` to stream from the slot's position"),
             RunError::SchemaMissing => halt("run `pg2dns setup -c <config>`"),
             RunError::Truncate { end_lsn, slot, .. } => Disposition::Halt {
-                hint: format!("pg2dns does not wipe DNS on TRUNCATE. If the records must go, restore the rows and DELETE them; to skip this TRUNCATE, stop pg2dns, run SELECT pg_replication_slot_advance('{slot}', '{end_lsn}') and start it again"),
+                hint: format!("pg2dns does not wipe DNS on TRUNCATE. If the records must go, restore the rows and DELETE them; to skip this TRUNCATE, stop pg2dns, run SELECT pg_replication_slot_advance('{slot}', '{end_lsn}'), then `pg2dns setup --accept-gap -c <config>`, and start it again"),
             },
             RunError::Stream { .. } => Disposition::Retry,
             RunError::Internal(_) => Disposition::Exit,

@@ -671,12 +671,12 @@ impl Pipeline<'_> {
             info!(source = %self.sources[usize::from(row.0 .0)], row = %row.1, "a row that waited for its target's address is published");
         }
         if !outcome.lost_address.is_empty() {
-            for (row, owner, rtype) in self
+            for (row, owner, rtype, target) in self
                 .store
                 .pointing_at(&self.zones, &outcome.lost_address)
                 .await?
             {
-                warn!(%row, %owner, %rtype, "this record now points at a name with no address record (the server keeps it, as the database says)");
+                warn!(%row, %owner, %rtype, %target, "{owner} {rtype} points at {target}, which no longer has an address record (the server keeps it, as the database says)");
             }
         }
         for w in &outcome.warnings {

@@ -648,13 +648,13 @@ impl Store {
             .is_some())
     }
 
-    /// The MX and SRV records of the row state that point at `owner` in
-    /// `zone`, with the rows holding them.
+    /// The MX and SRV records of the row state that point at any of
+    /// `targets`: (row key, owner, type, target).
     pub async fn pointing_at(
         &mut self,
         zones: &Zones,
         targets: &[NodeKey],
-    ) -> Result<Vec<(String, Owner, RType)>, StoreError> {
+    ) -> Result<Vec<(String, Owner, RType, Owner)>, StoreError> {
         self.begin().await?;
         let zone_texts: Vec<String> = targets
             .iter()
@@ -664,7 +664,7 @@ impl Store {
         let rows = self
             .client
             .query(
-                "SELECT r.row_key, r.owner, r.rtype FROM unnest($2::text[], $3::bytea[]) AS k(zone, target) \
+                "SELECT r.row_key, r.owner, r.rtype, k.target FROM unnest($2::text[], $3::bytea[]) AS k(zone, target) \
                  CROSS JOIN LATERAL ( \
                    SELECT row_key, owner, rtype FROM pg2dns.row_state x \
                    WHERE x.slot = $1 AND x.zone = k.zone AND x.target = k.target OFFSET 0) r",
@@ -676,10 +676,12 @@ impl Store {
             .iter()
             .filter_map(|r| {
                 let (owner, _) = Name::from_wire(&r.get::<_, Vec<u8>>(1)).ok()?;
+                let (target, _) = Name::from_wire(&r.get::<_, Vec<u8>>(3)).ok()?;
                 Some((
                     r.get(0),
                     Owner::from_name(owner),
                     RType(u16::try_from(r.get::<_, i32>(2)).ok()?),
+                    Owner::from_name(target),
                 ))
             })
             .collect())

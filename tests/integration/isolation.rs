@@ -52,52 +52,68 @@ async fn id_of(stack: &Stack, owner: &str, rtype: &str) -> Result<String> {
     Ok(row.id.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_mx_before_its_targets_address_is_rejected_and_the_stream_goes_on() -> Result<()> {
-    let stack = Stack::start("mx-first", Primary::Bind).await?;
-    let _pg2dns = stack.run()?;
+on_each_primary!(an_mx_committed_before_its_targets_address_ends_in_dns_without_touching_the_row,);
+
+/// BIND refuses the MX while its in-zone target has no address (its
+/// check-integrity); pg2dns keeps the row aside and publishes it right after
+/// the address. Knot takes the MX at once. Either way DNS ends equal to the
+/// table, and stays so when the address goes again.
+async fn an_mx_committed_before_its_targets_address_ends_in_dns_without_touching_the_row(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("mx-first", primary).await?;
+    let pg2dns = stack.run()?;
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('example.test.', 300, 'MX', '10 mail.example.test.')")
         .await?;
-    // The MX goes alone (sent together in one UPDATE, BIND would accept both:
-    // it checks the message's end state), and BIND refuses it.
-    let deadline = std::time::Instant::now() + DNS_DEADLINE;
-    while stack.rejected().await?.is_empty() {
+    if primary == Primary::Bind {
+        // The MX goes alone (in one UPDATE with the address BIND would
+        // accept both: it checks the message's end state) and is refused.
+        let deadline = std::time::Instant::now() + DNS_DEADLINE;
+        let rejected = loop {
+            let rejected = stack.rejected().await?;
+            if !rejected.is_empty() {
+                break rejected;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the MX without an address was not rejected"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mx = id_of(&stack, "example.test.", "MX").await?;
         ensure!(
-            std::time::Instant::now() < deadline,
-            "the MX without an address was not rejected"
+            rejected.len() == 1
+                && rejected[0].row_key == mx
+                && rejected[0].reason.contains("answered REFUSED")
+                && rejected[0]
+                    .reason
+                    .contains("its target mail.example.test. has no address record"),
+            "the MX row is rejected, waiting for its target: {rejected:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    } else {
+        stack
+            .wait_until_answers("example.test.", "MX", DNS_DEADLINE)
+            .await?;
     }
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('mail.example.test.', 300, 'A', '192.0.2.25')")
         .await?;
+    // Nobody touches the MX row: it is published after the address.
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    // The address goes: the server keeps the MX, as the database says.
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE owner = 'mail.example.test.'")
+        .await?;
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('later.example.test.', 300, 'A', '192.0.2.26')")
         .await?;
-    let rejected = wait_until_dns_is_table_minus_rejected(&stack).await?;
-    let mx = id_of(&stack, "example.test.", "MX").await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let log = pg2dns.log_tail(200);
     ensure!(
-        rejected == [mx.clone()],
-        "only the MX row is rejected: {rejected:?}"
+        log.contains("points at mail.example.test., which no longer has an address record"),
+        "a warning names the dangling target; log:\n{log}"
     );
-    let reasons = stack.rejected().await?;
-    ensure!(
-        reasons[0].reason.contains("REFUSED") && reasons[0].reason.contains("mail.example.test."),
-        "the rejection gives the server's answer and the record: {:?}",
-        reasons[0]
-    );
-    ensure!(
-        !stack.query("mail.example.test.", "A").await?.is_empty(),
-        "the address after the refused MX arrived"
-    );
-    // Touching the row again, now that its target has an address, publishes it.
-    stack
-        .exec(&format!("UPDATE pg2dns.rr SET ttl = 301 WHERE id = {mx}"))
-        .await?;
-    stack
-        .wait_until_answers("example.test.", "MX", DNS_DEADLINE)
-        .await?;
     Ok(())
 }
 
