@@ -412,11 +412,14 @@ impl Pipeline<'_> {
     ) -> Result<(), RunError> {
         self.on_frame(replication, frame).await?;
         // Flush and checkpoint when the stream has nothing more ready now:
-        // a lone commit goes out at once, a backlog is batched.
-        let idle = !replication.has_ready().await? && !self.backlog;
+        // a lone commit goes out at once, a backlog is batched. A
+        // transaction is never cut because its rest is late (PostgreSQL
+        // sends it whole, after its commit): an owner's changes stay in one
+        // segment unless the transaction outgrows two batches.
+        let in_txn = self.assembler.in_transaction();
+        let idle = !in_txn && !self.backlog && !replication.has_ready().await?;
         // A full batch is flushed at a transaction boundary, so that a
         // checkpoint can follow; a huge transaction is flushed in parts.
-        let in_txn = self.assembler.in_transaction();
         let full =
             (self.batch_rows >= MAX_BATCH_ROWS && !in_txn) || self.batch_rows >= 2 * MAX_BATCH_ROWS;
         if full || (idle && !self.batch.is_empty()) {
