@@ -7,7 +7,9 @@
 //! What rows mean, what goes to DNS and what is refused is decided by the
 //! sans-IO `pg2dns-decoder`.
 
+pub mod admin;
 pub mod config;
+pub mod control;
 pub mod dns;
 pub mod error;
 pub mod failpoint;

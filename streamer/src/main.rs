@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pg2dns::{pipeline, setup, Config};
+use pg2dns::{admin, pipeline, setup, Config};
 use tracing_subscriber::EnvFilter;
 
 /// Streams PostgreSQL changes into DNS as TSIG-signed RFC 2136 UPDATEs.
@@ -35,7 +35,30 @@ enum Command {
         accept_gap: bool,
     },
     /// Stream changes to the DNS servers until stopped (SIGINT/SIGTERM).
-    Run,
+    Run {
+        /// Exit with the error on a halt (bad key, TRUNCATE, slot gap…)
+        /// instead of staying up, halted, until `pg2dns resume`.
+        #[arg(long)]
+        exit_on_halt: bool,
+    },
+    /// Pause the service right after the current transaction: every
+    /// transaction committed before the pause is in DNS, none after.
+    Pause {
+        /// Why (shown by `pg2dns status`).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Return only once the service has stopped, and print where.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Let a paused or halted service go on.
+    Resume,
+    /// Show what the service is doing and how far behind it is.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the configuration file and the key files it names.
     CheckConfig,
 }
@@ -111,13 +134,25 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             );
             Ok(())
         }
-        Command::Run => {
+        Command::Pause { reason, wait } => {
+            admin::pause(&config, &reason, wait).await?;
+            Ok(())
+        }
+        Command::Resume => {
+            admin::resume(&config).await?;
+            Ok(())
+        }
+        Command::Status { json } => {
+            admin::status(&config, json).await?;
+            Ok(())
+        }
+        Command::Run { exit_on_halt } => {
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;
                 let _ = tx.send(true);
             });
-            pipeline::run(config, rx).await?;
+            pipeline::run(config, rx, pipeline::RunOptions { exit_on_halt }).await?;
             Ok(())
         }
     }

@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::control::{Control, ControlRequest, Mode};
 use crate::dns::sink::{Dispatch, ZoneReport, ZoneSink};
 use crate::error::{Disposition, RunError};
 use crate::failpoint;
@@ -64,20 +65,6 @@ const BARRIER_WAIT: Duration = Duration::from_millis(100);
 /// which itself writes WAL that the next keepalive reports: without a pause
 /// the two would chase each other.
 const IDLE_CONFIRM_EVERY: Duration = Duration::from_secs(10);
-
-/// What the service is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode {
-    /// Streaming.
-    Running,
-    /// Stopped until the operator acts.
-    Halted {
-        /// What went wrong.
-        reason: String,
-        /// What to do.
-        hint: String,
-    },
-}
 
 /// A change or a commit, in stream order.
 enum Item {
@@ -251,17 +238,28 @@ pub struct Pipeline<'c> {
     truncated: Option<(String, Lsn)>,
     /// When an idle slot was last moved.
     last_idle_confirm: Instant,
+    /// A pause request seen in the open transaction.
+    pause_request: Option<ControlRequest>,
+    /// A committed pause: stop after the transaction that ends here.
+    pause_at: Option<(Lsn, ControlRequest)>,
+    /// Where the session paused.
+    paused: Option<(Lsn, ControlRequest)>,
 }
 
 /// Runs sessions until shutdown; transient failures are retried with
 /// backoff, a halt ends the run with the error (its hint logged).
-pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
-    let (mode, _) = watch::channel(Mode::Running);
+pub async fn run(
+    config: Config,
+    mut shutdown: watch::Receiver<bool>,
+    options: RunOptions,
+) -> Result<(), RunError> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let started = Instant::now();
         let e = match session(&config, &mut shutdown).await {
-            Ok(()) => return Ok(()),
+            Ok(SessionEnd::Stopped) => return Ok(()),
+            // The next session waits for the resume.
+            Ok(SessionEnd::Paused) => continue,
             Err(e) => e,
         };
         match e.disposition() {
@@ -279,15 +277,112 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             Disposition::Halt { hint } => {
                 let reason = crate::error::chain(&e);
                 error!(error = %reason, %hint, "halted");
-                mode.send_replace(Mode::Halted { reason, hint });
-                return Err(e);
+                if options.exit_on_halt {
+                    return Err(e);
+                }
+                match wait_while_halted(&config, reason, hint, &mut shutdown).await {
+                    Some(()) => {
+                        info!("resuming after the halt");
+                        backoff = Duration::from_millis(200);
+                    }
+                    None => return Err(e),
+                }
             }
             Disposition::Exit => return Err(e),
         }
     }
 }
 
-async fn session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Result<(), RunError> {
+/// How `pg2dns run` behaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Exit on a halt (with the error) instead of staying up, halted, until
+    /// `pg2dns resume`.
+    pub exit_on_halt: bool,
+}
+
+/// How a session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    /// Asked to stop.
+    Stopped,
+    /// Paused by an operator at an exact LSN.
+    Paused,
+}
+
+/// Stays halted (and says so in `pg2dns.mode`) until `pg2dns resume`;
+/// `None` when asked to stop meanwhile.
+async fn wait_while_halted(
+    config: &Config,
+    reason: String,
+    hint: String,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<()> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let attempt = async {
+            let mut control = Control::connect(&config.database).await?;
+            let after = control.newest_request().await?;
+            control
+                .set_mode(&Mode::Halted {
+                    reason: reason.clone(),
+                    hint: hint.clone(),
+                    after,
+                })
+                .await?;
+            info!("halted: waiting for `pg2dns resume`");
+            control.wait_for_resume(after, shutdown).await
+        };
+        match attempt.await {
+            Ok(Some(_)) => return Some(()),
+            Ok(None) => return None,
+            Err(e) => {
+                // The database itself may be what is wrong: keep trying.
+                warn!(error = %crate::error::chain(&e), "halted, and cannot reach PostgreSQL to say so; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn session(
+    config: &Config,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SessionEnd, RunError> {
+    let mut control = Control::connect(&config.database).await.map_err(|e| {
+        if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+            RunError::SchemaMissing
+        } else {
+            e.into()
+        }
+    })?;
+    // A pause survives restarts: wait for the resume before streaming.
+    match control.mode().await.map_err(|e| {
+        if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+            RunError::SchemaMissing
+        } else {
+            e.into()
+        }
+    })? {
+        Mode::Paused { lsn, request } => {
+            info!(%lsn, by = %request.requested_by, reason = %request.reason, "paused: waiting for `pg2dns resume`");
+            if control
+                .wait_for_resume(request.id, shutdown)
+                .await?
+                .is_none()
+            {
+                return Ok(SessionEnd::Stopped);
+            }
+            info!(%lsn, "resumed: streaming continues after {lsn}");
+        }
+        // A restart is the operator's answer to a halt: try again.
+        Mode::Halted { .. } | Mode::Running => {}
+    }
+    control.set_mode(&Mode::Running).await?;
     let store = Store::connect(&config.database).await?;
     let Some(slot_at) = store.slot_confirmed().await? else {
         return Err(RunError::SlotMissing {
@@ -335,10 +430,19 @@ async fn session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Resul
         backlog: false,
         truncated: None,
         last_idle_confirm: Instant::now() - IDLE_CONFIRM_EVERY,
+        pause_request: None,
+        pause_at: None,
+        paused: None,
     };
     let result = p.stream(&mut replication, shutdown).await;
     if result.is_ok() && p.confirmed.is_some() {
         replication.shutdown().await;
+    }
+    if let Ok(SessionEnd::Paused) = result {
+        if let Some((lsn, request)) = p.paused.take() {
+            control.set_mode(&Mode::Paused { lsn, request }).await?;
+            info!(%lsn, "paused: every transaction committed before the pause is in DNS");
+        }
     }
     result
 }
@@ -365,12 +469,13 @@ impl Pipeline<'_> {
         &mut self,
         replication: &mut PgReplication,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), RunError> {
+    ) -> Result<SessionEnd, RunError> {
         loop {
             let frame = tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
-                    return self.stop(replication).await;
+                    self.stop(replication).await?;
+                    return Ok(SessionEnd::Stopped);
                 }
                 report = self.lanes.reports.recv() => {
                     self.lanes.on_report(report)?;
@@ -399,8 +504,20 @@ impl Pipeline<'_> {
                 r = self.process(replication, frame) => r?,
                 _ = shutdown.changed() => {
                     info!("stopping before the pending transactions were acknowledged; they will be replayed");
-                    return Ok(());
+                    return Ok(SessionEnd::Stopped);
                 }
+            }
+            if let Some((lsn, request)) = self.pause_at.take() {
+                // Everything up to the pausing transaction, and nothing after.
+                tokio::select! {
+                    r = self.drain(replication) => r?,
+                    _ = shutdown.changed() => {
+                        info!("stopping before the pause was reached; it will be on the next start");
+                        return Ok(SessionEnd::Stopped);
+                    }
+                }
+                self.paused = Some((lsn, request));
+                return Ok(SessionEnd::Paused);
             }
         }
     }
@@ -450,6 +567,18 @@ impl Pipeline<'_> {
     /// Between transactions, with everything flushed and something to checkpoint.
     fn at_boundary(&self) -> bool {
         !self.assembler.in_transaction() && self.batch.is_empty() && self.pending_end.is_some()
+    }
+
+    /// Flushes and waits until everything received is acknowledged and
+    /// checkpointed (however long DNS takes): the exact stop of a pause.
+    async fn drain(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
+        if !self.batch.is_empty() {
+            self.flush().await?;
+        }
+        while self.pending_end.is_some() {
+            self.checkpoint(replication, Duration::from_secs(5)).await?;
+        }
+        Ok(())
     }
 
     /// Clean stop: finish what is complete, leave the rest to the next run.
@@ -534,6 +663,14 @@ impl Pipeline<'_> {
                     debug!(lsn = %final_lsn, "skipping a transaction applied before");
                 }
             }
+            Event::Change(change) if !self.skipping && is_control(&change) => {
+                if let Some(request) = control_request(&change, &self.config.database.slot) {
+                    if request.action == "pause" {
+                        info!(by = %request.requested_by, reason = %request.reason, lsn = %change.final_lsn, "pause requested");
+                        self.pause_request = Some(request);
+                    }
+                }
+            }
             Event::Change(change) if !self.skipping => {
                 let (ns, name) = (change.relation.namespace.as_str(), &change.relation.name);
                 match self.mappings.iter().position(|m| m.matches(ns, name)) {
@@ -581,7 +718,11 @@ impl Pipeline<'_> {
                     }
                     self.pending_end = Some(end_lsn);
                     self.pending_txns += 1;
+                    if let Some(request) = self.pause_request.take() {
+                        self.pause_at = Some((end_lsn, request));
+                    }
                 }
+                self.pause_request = None;
                 self.skipping = false;
             }
         }
@@ -893,4 +1034,31 @@ impl Pipeline<'_> {
         self.last_checkpoint = Instant::now();
         Ok(())
     }
+}
+
+/// Whether a change is of pg2dns's control table.
+fn is_control(change: &RowChange) -> bool {
+    change.relation.namespace == "pg2dns" && change.relation.name == "control"
+}
+
+/// A control request inserted for this slot.
+fn control_request(change: &RowChange, slot: &str) -> Option<ControlRequest> {
+    use pg2dns_decoder::row::{Cell, RowView};
+    if change.kind != pg2dns_decoder::txn::ChangeKind::Insert {
+        return None;
+    }
+    let row = change.new.as_ref()?;
+    let text = |column: &str| match row.cell(column) {
+        Some(Cell::Text(t)) => Some(t.to_owned()),
+        _ => None,
+    };
+    if text("slot")? != slot {
+        return None;
+    }
+    Some(ControlRequest {
+        id: text("id")?.parse().ok()?,
+        action: text("action")?,
+        requested_by: text("requested_by").unwrap_or_default(),
+        reason: text("reason").unwrap_or_default(),
+    })
 }

@@ -1,0 +1,255 @@
+//! The control plane: pause, resume and status, through PostgreSQL.
+//!
+//! Why in the database (DESIGN §5): admin commands then need only an SQL
+//! login, and PostgreSQL roles decide who may pause or resume
+//! (`pg2dns.pause()` and `pg2dns.resume()` are SECURITY DEFINER functions
+//! whose EXECUTE right the DBA grants). A pause is a row of
+//! `pg2dns.control`, a table in pg2dns's publication: the running service
+//! reads it from the replication stream in commit order, so it stops right
+//! after the transaction that paused it — every transaction committed before
+//! is in DNS, none committed after. A resume cannot travel that way (a
+//! paused service reads no stream): the service LISTENs on `pg2dns_control`
+//! and also polls, in case a notification is lost.
+//!
+//! ```text
+//!            pause row in the stream                 resume (NOTIFY or poll)
+//!  running ───────────────────────────▶ paused ─────────────────────────────▶ running
+//!     │        (flush, all acknowledged,                                      ▲
+//!     │         checkpoint at its end LSN)                                    │
+//!     └──── a halt (bad key, TRUNCATE, gap…) ──▶ halted ── resume ────────────┘
+//! ```
+//!
+//! `pg2dns.mode` holds what the service says of itself; it survives
+//! restarts, so a paused service that restarts stays paused.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use pg2dns_decoder::Lsn;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tracing::{info, warn};
+
+use crate::config::DatabaseConfig;
+use crate::store::{sql, StoreError};
+
+/// The NOTIFY channel the control functions signal on.
+pub const CHANNEL: &str = "pg2dns_control";
+/// How often a paused or halted service looks for a resume without a
+/// notification.
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// What the service is doing, as `pg2dns.mode` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Streaming.
+    Running,
+    /// Stopped at `lsn` by an operator's pause.
+    Paused {
+        /// Every transaction up to here is in DNS, none after.
+        lsn: Lsn,
+        /// The pause request.
+        request: ControlRequest,
+    },
+    /// Stopped until an operator acts.
+    Halted {
+        /// What went wrong.
+        reason: String,
+        /// What to do.
+        hint: String,
+        /// The newest control request when the halt began: a resume must
+        /// come after it.
+        after: i64,
+    },
+}
+
+/// A row of `pg2dns.control`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlRequest {
+    /// Its id (increasing).
+    pub id: i64,
+    /// `pause` or `resume`.
+    pub action: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A connection for control statements, with notifications.
+pub struct Control {
+    client: tokio_postgres::Client,
+    notifications: mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+    slot: String,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Control {
+    /// Connects and LISTENs on [`CHANNEL`].
+    pub async fn connect(db: &DatabaseConfig) -> Result<Control, StoreError> {
+        let mut pg = db.pg.clone();
+        pg.application_name("pg2dns control");
+        let (client, mut connection) = pg
+            .connect(NoTls)
+            .await
+            .map_err(sql("cannot connect to PostgreSQL"))?;
+        let (tx, notifications) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => {
+                        let _ = tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, "control connection ended");
+                        return;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(sql("cannot LISTEN for control requests"))?;
+        Ok(Control {
+            client,
+            notifications,
+            task,
+            slot: db.slot.clone(),
+        })
+    }
+
+    /// What `pg2dns.mode` says of this slot (`Running` when nothing).
+    pub async fn mode(&self) -> Result<Mode, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT m.mode, coalesce(m.lsn::text, '0/0'), m.reason, m.hint, m.control_id, \
+                        coalesce(c.action, ''), coalesce(c.requested_by, ''), coalesce(c.reason, '') \
+                 FROM pg2dns.mode m LEFT JOIN pg2dns.control c ON c.id = m.control_id \
+                 WHERE m.slot = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.mode"))?;
+        let Some(r) = row else {
+            return Ok(Mode::Running);
+        };
+        let mode: String = r.get(0);
+        let lsn_text: String = r.get(1);
+        Ok(match mode.as_str() {
+            "paused" => Mode::Paused {
+                lsn: lsn_text.parse().map_err(|_| StoreError::Corrupt {
+                    table: "mode",
+                    detail: format!("lsn {lsn_text:?}"),
+                })?,
+                request: ControlRequest {
+                    id: r.get(4),
+                    action: r.get(5),
+                    requested_by: r.get(6),
+                    reason: r.get(7),
+                },
+            },
+            "halted" => Mode::Halted {
+                reason: r.get(2),
+                hint: r.get(3),
+                after: r.get(4),
+            },
+            _ => Mode::Running,
+        })
+    }
+
+    /// Records the mode (and this process as its writer).
+    pub async fn set_mode(&self, mode: &Mode) -> Result<(), StoreError> {
+        let (name, lsn, reason, hint, by, control_id) = match mode {
+            Mode::Running => ("running", None, String::new(), String::new(), None, 0),
+            Mode::Paused { lsn, request } => (
+                "paused",
+                Some(lsn.to_string()),
+                request.reason.clone(),
+                String::new(),
+                Some(request.requested_by.clone()),
+                request.id,
+            ),
+            Mode::Halted {
+                reason,
+                hint,
+                after,
+            } => ("halted", None, reason.clone(), hint.clone(), None, *after),
+        };
+        self.client
+            .execute(
+                "INSERT INTO pg2dns.mode (slot, mode, since, lsn, reason, hint, requested_by, control_id, pid, updated) \
+                 VALUES ($1, $2, now(), $3::text::pg_lsn, $4, $5, $6, $7, pg_backend_pid(), now()) \
+                 ON CONFLICT (slot) DO UPDATE SET \
+                   since = CASE WHEN pg2dns.mode.mode = excluded.mode THEN pg2dns.mode.since ELSE now() END, \
+                   mode = excluded.mode, lsn = excluded.lsn, reason = excluded.reason, hint = excluded.hint, \
+                   requested_by = excluded.requested_by, control_id = excluded.control_id, \
+                   pid = excluded.pid, updated = now()",
+                &[&self.slot, &name, &lsn, &reason, &hint, &by, &control_id],
+            )
+            .await
+            .map_err(sql("cannot write pg2dns.mode"))?;
+        Ok(())
+    }
+
+    /// The newest control request's id for this slot (0 when none).
+    pub async fn newest_request(&self) -> Result<i64, StoreError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT coalesce(max(id), 0) FROM pg2dns.control WHERE slot = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.control"))?;
+        Ok(row.get(0))
+    }
+
+    /// The first resume request after `after`, if there is one.
+    async fn resume_after(&self, after: i64) -> Result<Option<ControlRequest>, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT id, action, requested_by, reason FROM pg2dns.control \
+                 WHERE slot = $1 AND id > $2 AND action = 'resume' ORDER BY id LIMIT 1",
+                &[&self.slot, &after],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.control"))?;
+        Ok(row.map(|r| ControlRequest {
+            id: r.get(0),
+            action: r.get(1),
+            requested_by: r.get(2),
+            reason: r.get(3),
+        }))
+    }
+
+    /// Waits for a resume request newer than `after` (a notification or a
+    /// poll every [`POLL`]); `Ok(None)` when asked to stop meanwhile.
+    pub async fn wait_for_resume(
+        &mut self,
+        after: i64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<ControlRequest>, StoreError> {
+        loop {
+            if let Some(request) = self.resume_after(after).await? {
+                info!(by = %request.requested_by, "resume requested");
+                return Ok(Some(request));
+            }
+            tokio::select! {
+                _ = self.notifications.recv() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.changed() => return Ok(None),
+            }
+        }
+    }
+}
