@@ -15,6 +15,7 @@ mod harness;
 
 mod config;
 mod crash;
+mod faults;
 mod halts;
 mod harness_selftest;
 mod knot;
