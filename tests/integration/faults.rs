@@ -117,6 +117,10 @@ async fn sixty_sigkills_at_random_moments_under_a_mixed_workload_lose_nothing() 
     }
     pg2dns.kill()?;
     let report = writer.stop().await?;
+    ensure!(
+        report.bulk >= 1,
+        "no 5,000-row transaction in this run: {report:?}"
+    );
 
     // The killed runs made progress between kills, or this test would prove
     // only that one clean run catches up.
@@ -132,8 +136,10 @@ async fn sixty_sigkills_at_random_moments_under_a_mixed_workload_lose_nothing() 
         .await?;
     ensure_substantial(&dns, &report)?;
     eprintln!(
-        "random kills: seed {seed}, {KILLS} kills, {} transactions, {} records in DNS, {:?}",
+        "random kills: seed {seed}, {KILLS} kills, {} transactions ({} of 5,000 rows), {} records in DNS before the last run, {} after, {:?}",
         report.transactions,
+        report.bulk,
+        partial.values().map(Vec::len).sum::<usize>(),
         dns.values().map(Vec::len).sum::<usize>(),
         started.elapsed()
     );

@@ -105,6 +105,7 @@ pub struct Workload {
     bulk_live: VecDeque<u64>,
     bulk_next: u64,
     count: u64,
+    bulk_count: u64,
 }
 
 impl Workload {
@@ -118,6 +119,7 @@ impl Workload {
             bulk_live: VecDeque::new(),
             bulk_next: 0,
             count: 0,
+            bulk_count: 0,
         }
     }
 
@@ -133,7 +135,8 @@ impl Workload {
                 self.insert_txt()
             );
         }
-        if self.mix.bulk && self.rng.one_in(150) {
+        if self.mix.bulk && (self.count % 200 == 50 || self.rng.one_in(150)) {
+            self.bulk_count += 1;
             return self.bulk();
         }
         let mut sql = String::from("BEGIN; ");
@@ -296,6 +299,8 @@ impl Workload {
 pub struct Report {
     /// Transactions sent (committed or rolled back on purpose).
     pub transactions: u64,
+    /// Of those, 5,000-row transactions.
+    pub bulk: u64,
     /// Times the connection was lost and made again.
     pub reconnects: u64,
 }
@@ -334,6 +339,7 @@ impl Writer {
                 }
                 tokio::time::sleep(Duration::from_millis(pause.between(2, 20))).await;
             }
+            report.bulk = workload.bulk_count;
             Ok(report)
         });
         Writer { stop, done, task }
