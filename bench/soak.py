@@ -102,13 +102,12 @@ class Bind:
         out = subprocess.run(["dig", "-k", self.key_file, "@127.0.0.1", "-p", str(self.port),
                               "+noall", "+answer", "+time=10", "+tries=1", "AXFR", zone],
                              capture_output=True, text=True)
-        if out.returncode != 0 or "Transfer failed" in out.stdout or " SOA " not in out.stdout:
+        records = [line.split(None, 4) for line in out.stdout.splitlines()
+                   if line.strip() and not line.startswith(";")]
+        if out.returncode != 0 or not any(len(r) == 5 and r[3] == "SOA" for r in records):
             raise RuntimeError(f"AXFR {zone} failed: {out.stdout[-300:]} {out.stderr[-300:]}")
         have = set()
-        for line in out.stdout.splitlines():
-            if not line or line.startswith(";"):
-                continue
-            owner, ttl, _cls, rtype, rdata = line.split(None, 4)
+        for owner, ttl, _cls, rtype, rdata in records:
             owner = owner.lower()
             if owner == zone and rtype in ("SOA", "NS"):
                 continue
@@ -454,13 +453,14 @@ def main():
             check(f"at {(now - start) / 60:.1f} min")
             check_at = time.time() + args.check_every * 60
 
-    # Let the last process stream for a while before its resources are read.
     last = (pg2dns.resources(), time.time() - pg2dns.started)
     if writer.error is None:
         check("final")
     writer.stop_flag.set()
     writer.join(10)
-    last = (pg2dns.resources(), time.time() - pg2dns.started) if pg2dns.proc.poll() is None else last
+    if pg2dns.proc.poll() is None:
+        last = (pg2dns.resources(), time.time() - pg2dns.started)
+        peak_rss = max(peak_rss, last[0][0] or 0)
     pg2dns.proc.send_signal(signal.SIGTERM)
     try:
         clean = pg2dns.proc.wait(30) == 0

@@ -191,7 +191,9 @@ async fn bind_stopped_during_a_large_transaction_and_started_again_loses_nothing
     pg2dns.assert_running()?;
     stack.bind.start_again().await?;
     let at_restart = large_rows(&stack.dns().await?);
-    eprintln!("bind stop: {at_restart} of 5000 rows of the large transaction in DNS when BIND came back");
+    eprintln!(
+        "bind stop: {at_restart} of 5000 rows of the large transaction in DNS when BIND came back"
+    );
 
     writer
         .wait_for(writer.transactions() + AFTER_RESTART, DNS_DEADLINE)
@@ -374,7 +376,10 @@ async fn no_tsig_secret_appears_in_anything_pg2dns_prints_even_at_trace_level() 
         let forms = [
             ("the base64 secret", secret.to_string()),
             ("the secret's bytes in hex", hex.clone()),
-            ("the secret's bytes in upper-case hex", hex.to_ascii_uppercase()),
+            (
+                "the secret's bytes in upper-case hex",
+                hex.to_ascii_uppercase(),
+            ),
             ("the secret's bytes as a Debug list", format!("{bytes:?}")),
         ];
         for (what, form) in forms {

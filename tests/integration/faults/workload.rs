@@ -246,7 +246,9 @@ impl Workload {
     fn update_txt(&mut self) -> String {
         let k = self.rng.below(self.txts.max(1));
         let value = self.big_txt(k);
-        format!("UPDATE pg2dns.rr SET rdata = '{value}' WHERE owner = 't{k}.{FWD}' AND type = 'TXT'; ")
+        format!(
+            "UPDATE pg2dns.rr SET rdata = '{value}' WHERE owner = 't{k}.{FWD}' AND type = 'TXT'; "
+        )
     }
 
     /// A TXT value of 3–6 kB in 12–24 character-strings of 250 bytes. The
@@ -331,7 +333,9 @@ impl Writer {
                         report.transactions += 1;
                         done2.store(report.transactions, Ordering::Relaxed);
                     }
-                    Err(e) if reconnect && (db.is_closed() || e.code().is_some_and(is_shutdown)) => {
+                    Err(e)
+                        if reconnect && (db.is_closed() || e.code().is_some_and(is_shutdown)) =>
+                    {
                         report.reconnects += 1;
                         db = reconnect_until(&url, &stop2).await?;
                     }
@@ -355,7 +359,10 @@ impl Writer {
         let deadline = Instant::now() + timeout;
         while self.transactions() < n {
             if self.task.is_finished() {
-                bail!("the writer stopped after {} transactions", self.transactions());
+                bail!(
+                    "the writer stopped after {} transactions",
+                    self.transactions()
+                );
             }
             if Instant::now() > deadline {
                 bail!(
