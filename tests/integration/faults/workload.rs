@@ -202,7 +202,7 @@ impl Workload {
             (k >> 8) & 255,
             k & 255
         );
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             sql.push_str(&format!(
                 " INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('{}.{REV}', 300, 'PTR', 'w{k}.{FWD}');",
                 k % 256
