@@ -152,7 +152,11 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 wait_for_signal().await;
                 let _ = tx.send(true);
             });
-            pipeline::run(config, rx, pipeline::RunOptions { exit_on_halt }).await?;
+            let options = pipeline::RunOptions {
+                exit_on_halt,
+                config_path: Some(cli.config.clone()),
+            };
+            pipeline::run(config, rx, options).await?;
             Ok(())
         }
     }

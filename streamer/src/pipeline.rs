@@ -249,7 +249,7 @@ pub struct Pipeline<'c> {
 /// Runs sessions until shutdown; transient failures are retried with
 /// backoff, a halt ends the run with the error (its hint logged).
 pub async fn run(
-    config: Config,
+    mut config: Config,
     mut shutdown: watch::Receiver<bool>,
     options: RunOptions,
 ) -> Result<(), RunError> {
@@ -282,6 +282,17 @@ pub async fn run(
                 }
                 match wait_while_halted(&config, reason, hint, &mut shutdown).await {
                     Some(()) => {
+                        if let Some(path) = &options.config_path {
+                            match Config::load(path) {
+                                Ok(fresh) => {
+                                    info!(config = %path.display(), "configuration and key files read again");
+                                    config = fresh;
+                                }
+                                Err(e) => {
+                                    warn!(error = %crate::error::chain(&e), "the configuration does not load; keeping the one in use")
+                                }
+                            }
+                        }
                         info!("resuming after the halt");
                         backoff = Duration::from_millis(200);
                     }
@@ -294,11 +305,14 @@ pub async fn run(
 }
 
 /// How `pg2dns run` behaves.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Exit on a halt (with the error) instead of staying up, halted, until
     /// `pg2dns resume`.
     pub exit_on_halt: bool,
+    /// Where the configuration came from: read again (with its key files)
+    /// when a halted service resumes, since the fix is often there.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// How a session ended without an error.

@@ -19,6 +19,7 @@ use crate::store::{sql, Store, StoreError};
 const SCHEMA: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_schema.sql")),
     (2, include_str!("../../sql/002_row_state.sql")),
+    (3, include_str!("../../sql/003_control.sql")),
 ];
 
 /// What `setup` did.
@@ -79,12 +80,31 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Sto
         // Identifiers were checked to be [a-z0-9_] by the config loader.
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION \"{publication}\" FOR TABLE pg2dns.rr"
+                "CREATE PUBLICATION \"{publication}\" FOR TABLE pg2dns.rr, pg2dns.control"
             ))
             .await
             .map_err(sql("cannot create the publication"))?;
         report.publication_created = true;
         info!(%publication, "publication created");
+    }
+    // The control table travels in the stream: that is how a pause is
+    // exact (publications made by earlier versions lack it).
+    let has_control = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'pg2dns' AND tablename = 'control'",
+            &[publication],
+        )
+        .await
+        .map_err(sql("cannot read pg_publication_tables"))?
+        .is_some();
+    if !has_control {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION \"{publication}\" ADD TABLE pg2dns.control"
+            ))
+            .await
+            .map_err(sql("cannot add pg2dns.control to the publication"))?;
+        info!(%publication, "pg2dns.control added to the publication");
     }
     let slot = &config.database.slot;
     if store.slot_confirmed().await?.is_none() {

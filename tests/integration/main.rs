@@ -40,9 +40,11 @@ macro_rules! on_each_primary {
 
 mod harness;
 
+mod admin;
 mod config;
 mod crash;
 mod faithfulness;
+mod faults;
 mod halts;
 mod harness_selftest;
 mod isolation;

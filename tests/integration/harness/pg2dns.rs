@@ -73,15 +73,28 @@ pub struct Pg2dns {
 }
 
 impl Pg2dns {
-    /// Starts `pg2dns run -c CONFIG` with extra environment variables (e.g.
+    /// Starts `pg2dns run -c CONFIG --exit-on-halt` (the tests of halts wait
+    /// for the exit) with extra environment variables (e.g.
     /// `PG2DNS_FAILPOINT`), its stdout and stderr appended to `log`.
     pub fn spawn(config: &Path, log: &Path, env: &[(&str, &str)]) -> Result<Pg2dns> {
+        Pg2dns::spawn_run(config, log, env, &["--exit-on-halt"])
+    }
+
+    /// Starts `pg2dns run -c CONFIG ARGS…` (no `--exit-on-halt` unless in
+    /// `args`: a halt then leaves the process up, halted).
+    pub fn spawn_run(
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Pg2dns> {
         let file = OpenOptions::new().create(true).append(true).open(log)?;
         let mut command = std::process::Command::new(binary());
         command
             .arg("run")
             .arg("-c")
             .arg(config)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);

@@ -248,6 +248,19 @@ impl Stack {
         self.runs.spawn(&self.config, env)
     }
 
+    /// Starts `pg2dns run` as a service runs it: a halt leaves it up,
+    /// halted, until `pg2dns resume`.
+    pub fn run_as_service(&self) -> Result<Pg2dns> {
+        self.runs.spawn_args(&self.config, &[], &[])
+    }
+
+    /// Runs `pg2dns ARGS… -c CONFIG` to completion and returns its output.
+    pub async fn admin(&self, args: &[&str]) -> Result<std::process::Output> {
+        let mut command = tokio::process::Command::new(super::pg2dns::binary());
+        command.args(args).arg("-c").arg(&self.config);
+        super::run(&mut command, std::time::Duration::from_secs(60)).await
+    }
+
     /// Runs SQL statements (one implicit transaction per statement unless
     /// the text says BEGIN … COMMIT).
     pub async fn exec(&self, sql: &str) -> Result<()> {
@@ -620,10 +633,15 @@ impl Runs {
 
     /// Starts `pg2dns run -c config` with extra environment variables.
     pub fn spawn(&self, config: &Path, env: &[(&str, &str)]) -> Result<Pg2dns> {
+        self.spawn_args(config, env, &["--exit-on-halt"])
+    }
+
+    /// Starts `pg2dns run` with these arguments after `-c CONFIG`.
+    pub fn spawn_args(&self, config: &Path, env: &[(&str, &str)], args: &[&str]) -> Result<Pg2dns> {
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         let log = self.dir.join(format!("pg2dns-run-{}.log", logs.len() + 1));
         logs.push(log.clone());
-        Pg2dns::spawn(config, &log, env)
+        Pg2dns::spawn_run(config, &log, env, args)
     }
 
     /// The tail of every run's log, for a failing test's output.

@@ -1,0 +1,210 @@
+//! Admin commands: an exact pause and resume, a pause that survives a crash,
+//! a halt that is a state an operator clears with `pg2dns resume`, and a
+//! pause no unprivileged role can forge.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+
+use crate::harness::stack::FORWARD;
+use crate::harness::{Primary, Stack, DNS_DEADLINE};
+
+/// The `w<i>` owners present in the forward zone.
+async fn writer_rows_in_dns(stack: &Stack) -> Result<BTreeSet<u64>> {
+    let dns = stack.dns().await?;
+    Ok(dns
+        .get(FORWARD)
+        .map(|records| {
+            records
+                .iter()
+                .filter_map(|r| r.owner.strip_prefix('w')?.split('.').next()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `pg2dns status --json` as a JSON value.
+async fn status(stack: &Stack) -> Result<serde_json::Value> {
+    let out = stack.admin(&["status", "--json"]).await?;
+    serde_json::from_slice(&out.stdout).context("status --json")
+}
+
+async fn wait_for_mode(stack: &Stack, mode: &str) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + DNS_DEADLINE;
+    loop {
+        let s = status(stack).await?;
+        if s["mode"] == mode {
+            return Ok(s);
+        }
+        ensure!(Instant::now() < deadline, "status never said {mode}: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_stops_exactly_at_a_transaction_boundary_while_writers_go_on_and_resume_delivers_the_rest(
+) -> Result<()> {
+    let stack = Stack::start("pause", Primary::Bind).await?;
+    let _pg2dns = stack.run()?;
+    // One writer commits one row per transaction, in order, without pause.
+    let url = stack.pg.url();
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                db.execute(
+                    "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ($1, 300, 'A', '192.0.2.1')",
+                    &[&format!("w{i}.example.test.")],
+                )
+                .await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(i)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let out = stack
+        .admin(&["pause", "--wait", "--reason", "test"])
+        .await?;
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        printed.starts_with("paused at "),
+        "pause --wait printed {printed:?}"
+    );
+    let first = writer_rows_in_dns(&stack).await?;
+    let k = first.len() as u64;
+    ensure!(k > 10, "rows committed before the pause are in DNS: {k}");
+    ensure!(
+        first == (1..=k).collect(),
+        "DNS holds exactly the rows committed before the pause, a prefix of the writer's: {first:?}"
+    );
+    // Writers go on; DNS does not move.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(
+        writer_rows_in_dns(&stack).await? == first,
+        "DNS changed while paused"
+    );
+    let s = status(&stack).await?;
+    ensure!(
+        s["mode"] == "paused" && s["requested_by"] != "" && s["reason"] == "test",
+        "status says who paused and why: {s}"
+    );
+    let lsn = printed
+        .trim_start_matches("paused at ")
+        .split(':')
+        .next()
+        .unwrap_or("");
+    ensure!(
+        s["confirmed_flush_lsn"] == lsn && s["progress_lsn"] == lsn,
+        "the slot confirms nothing past the pause point {lsn}: {s}"
+    );
+    let out = stack.admin(&["resume"]).await?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("continues after {lsn}")),
+        "resume says where it continues: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await??;
+    ensure!(written > k, "the writer went on past the pause");
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    wait_for_mode(&stack, "running").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_service_stays_paused_across_a_kill_and_a_restart() -> Result<()> {
+    let stack = Stack::start("pause-kill", Primary::Bind).await?;
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('before.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    stack.admin(&["pause", "--wait"]).await?;
+    pg2dns.kill()?;
+    let _again = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.2')")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(
+        stack.query("after.example.test.", "A").await?.is_empty(),
+        "a restarted paused service published a row committed after the pause"
+    );
+    wait_for_mode(&stack, "paused").await?;
+    stack.admin(&["resume"]).await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_is_a_state_that_resume_clears_once_the_key_is_fixed() -> Result<()> {
+    let stack = Stack::start("halt-state", Primary::Bind).await?;
+    let wrong = stack.write_wrong_key_file().await?;
+    stack.write_config(&[(FORWARD, &wrong)])?;
+    stack.setup().await?;
+    let mut pg2dns = stack.run_as_service()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.example.test.', 300, 'A', '192.0.2.10')")
+        .await?;
+    let s = wait_for_mode(&stack, "halted").await?;
+    let reason = s["reason"].as_str().unwrap_or("");
+    ensure!(
+        reason.contains("disagree on TSIG key") && reason.contains("example.test."),
+        "status gives the reason: {s}"
+    );
+    ensure!(
+        s["hint"].as_str().unwrap_or("").contains("key file"),
+        "status gives the hint: {s}"
+    );
+    pg2dns.assert_running()?;
+    // The operator fixes the key file, then resumes.
+    stack.write_config(&[])?;
+    stack.admin(&["resume"]).await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    wait_for_mode(&stack, "running").await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_forged_by_a_role_without_the_grant_is_refused_or_ignored() -> Result<()> {
+    let stack = Stack::start("pause-forged", Primary::Bind).await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec("CREATE ROLE intruder LOGIN; GRANT USAGE ON SCHEMA pg2dns TO intruder;")
+        .await?;
+    // The functions and the table are out of its reach...
+    for sql in [
+        "SELECT pg2dns.pause('forged')",
+        "INSERT INTO pg2dns.control (slot, action) VALUES ('pg2dns', 'pause')",
+    ] {
+        let e = stack
+            .exec(&format!("SET ROLE intruder; {sql}; RESET ROLE"))
+            .await
+            .expect_err("an unprivileged role paused pg2dns");
+        ensure!(
+            format!("{e:#}").contains("permission denied"),
+            "{sql}: {e:#}"
+        );
+        stack.exec("RESET ROLE").await?;
+    }
+    // ...and a logical message, which any role may emit, is not a pause.
+    stack
+        .exec("SET ROLE intruder; SELECT pg_logical_emit_message(true, 'pg2dns', 'pause'); RESET ROLE")
+        .await?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('still.example.test.', 300, 'A', '192.0.2.3')")
+        .await?;
+    stack
+        .wait_until_answers("still.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    ensure!(status(&stack).await?["mode"] == "running");
+    Ok(())
+}
