@@ -107,6 +107,12 @@ pub enum Disposition {
 }
 
 impl RunError {
+    /// Whether another instance holds the replication slot (this one stands
+    /// by and takes over when the slot is free).
+    pub fn is_slot_busy(&self) -> bool {
+        matches!(self, RunError::Replication(e) if e.sqlstate() == Some(SqlState::OBJECT_IN_USE.code()))
+    }
+
     /// The one classification of failures.
     pub fn disposition(&self) -> Disposition {
         let halt = |hint: &str| Disposition::Halt { hint: hint.into() };

@@ -61,6 +61,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// stream goes on without it.
 const BARRIER_WAIT: Duration = Duration::from_millis(100);
 
+/// How often a standby tries the slot another instance holds.
+const STANDBY_RETRY: Duration = Duration::from_secs(1);
+
 /// How often an idle slot is moved. Each move writes the progress row,
 /// which itself writes WAL that the next keepalive reports: without a pause
 /// the two would chase each other.
@@ -263,6 +266,14 @@ pub async fn run(
             Err(e) => e,
         };
         match e.disposition() {
+            Disposition::Retry if e.is_slot_busy() => {
+                // A standby: try the slot again soon, quietly.
+                debug!("another instance streams from the slot; standing by");
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY_RETRY) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
             Disposition::Retry => {
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(200);
@@ -396,7 +407,6 @@ async fn session(
         // A restart is the operator's answer to a halt: try again.
         Mode::Halted { .. } | Mode::Running => {}
     }
-    control.set_mode(&Mode::Running).await?;
     let store = Store::connect(&config.database).await?;
     let Some(slot_at) = store.slot_confirmed().await? else {
         return Err(RunError::SlotMissing {
@@ -421,6 +431,9 @@ async fn session(
     }
     check_zone_set(&store, config).await?;
     let mut replication = PgReplication::connect(&config.database, progress).await?;
+    // Only the instance that holds the slot speaks for it (a standby fails
+    // above, with the slot busy).
+    control.set_mode(&Mode::Running).await?;
     info!(slot = %config.database.slot, progress = %progress, "streaming");
     let mappings = mappings();
     let mut p = Pipeline {
