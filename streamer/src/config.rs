@@ -69,6 +69,28 @@ struct Spec {
     zones: Vec<ZoneSpec>,
     #[serde(default)]
     limits: LimitsSpec,
+    #[serde(default)]
+    metrics: MetricsSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSpec {
+    /// address:port for /metrics, /healthz and /readyz; "" turns it off.
+    #[serde(default = "default_metrics_listen")]
+    listen: String,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9153".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +183,8 @@ pub struct Config {
     pub zones: Vec<ZoneConfig>,
     /// Message and server limits.
     pub limits: Limits,
+    /// Where metrics and health are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How to reach PostgreSQL.
@@ -419,6 +443,14 @@ impl Config {
                 max_records_per_rrset: l.max_records_per_rrset,
                 window: l.window,
                 dns_timeout: Duration::from_millis(l.dns_timeout_ms.max(100)),
+            },
+            metrics_listen: match spec.metrics.listen.trim() {
+                "" => None,
+                text => Some(text.parse().map_err(|_| {
+                    invalid(format!(
+                        "metrics.listen = {text:?} is not an address:port such as \"127.0.0.1:9153\" (\"\" turns metrics off)"
+                    ))
+                })?),
             },
         })
     }

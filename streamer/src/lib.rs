@@ -13,6 +13,7 @@ pub mod control;
 pub mod dns;
 pub mod error;
 pub mod failpoint;
+pub mod metrics;
 pub mod pipeline;
 pub mod replication;
 pub mod setup;

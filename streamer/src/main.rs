@@ -152,6 +152,9 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 wait_for_signal().await;
                 let _ = tx.send(true);
             });
+            if let Some(addr) = config.metrics_listen {
+                tokio::spawn(pg2dns::metrics::serve(addr));
+            }
             let options = pipeline::RunOptions {
                 exit_on_halt,
                 config_path: Some(cli.config.clone()),

@@ -44,9 +44,9 @@ use crate::config::Config;
 use crate::control::{Control, ControlRequest, Mode};
 use crate::dns::sink::{Dispatch, ZoneReport, ZoneSink};
 use crate::error::{Disposition, RunError};
-use crate::failpoint;
 use crate::replication::{Frame, PgReplication, Replication};
 use crate::store::Store;
+use crate::{failpoint, metrics};
 
 /// Rows per flush: bounds memory and the size of one state round trip.
 pub const MAX_BATCH_ROWS: usize = 2_000;
@@ -82,6 +82,8 @@ fn mappings() -> Vec<Box<dyn Mapping>> {
 
 /// Per-zone dispatch bookkeeping.
 struct ZoneLane {
+    /// The zone's name, for metrics.
+    name: String,
     tx: mpsc::Sender<Vec<Dispatch>>,
     dispatched: u64,
     acked: u64,
@@ -117,6 +119,7 @@ impl Lanes {
             let sink = ZoneSink::new(ZoneId(i as u16), z, &config.limits, report_tx.clone());
             tasks.push(tokio::spawn(sink.run(rx)));
             lanes.push(ZoneLane {
+                name: z.name.to_string(),
                 tx,
                 dispatched: 0,
                 acked: 0,
@@ -167,6 +170,13 @@ impl Lanes {
                 continue;
             }
             let lane = &mut self.lanes[usize::from(z.zone.0)];
+            let ops: usize = z.groups.iter().map(|g| g.ops.len()).sum();
+            metrics::get()
+                .operations
+                .get_or_create(&metrics::ZoneLabel {
+                    zone: lane.name.clone(),
+                })
+                .inc_by(ops as u64);
             lane.dispatched += 1;
             lane.outbox.push(Dispatch {
                 id: lane.dispatched,
@@ -265,7 +275,14 @@ pub async fn run(
             Ok(SessionEnd::Paused) => continue,
             Err(e) => e,
         };
-        match e.disposition() {
+        let disposition = e.disposition();
+        metrics::get().error(match &disposition {
+            Disposition::Retry if e.is_slot_busy() => "standby",
+            Disposition::Retry => "retry",
+            Disposition::Halt { .. } => "halt",
+            Disposition::Exit => "exit",
+        });
+        match disposition {
             Disposition::Retry if e.is_slot_busy() => {
                 // A standby: try the slot again soon, quietly.
                 debug!("another instance streams from the slot; standing by");
@@ -355,6 +372,7 @@ async fn wait_while_halted(
                     after,
                 })
                 .await?;
+            metrics::get().set_mode("halted");
             info!("halted: waiting for `pg2dns resume`");
             control.wait_for_resume(after, shutdown).await
         };
@@ -394,6 +412,7 @@ async fn session(
         }
     })? {
         Mode::Paused { lsn, request } => {
+            metrics::get().set_mode("paused");
             info!(%lsn, by = %request.requested_by, reason = %request.reason, "paused: waiting for `pg2dns resume`");
             if control
                 .wait_for_resume(request.id, shutdown)
@@ -434,6 +453,7 @@ async fn session(
     // Only the instance that holds the slot speaks for it (a standby fails
     // above, with the slot busy).
     control.set_mode(&Mode::Running).await?;
+    metrics::get().set_mode("running");
     info!(slot = %config.database.slot, progress = %progress, "streaming");
     let mappings = mappings();
     let mut p = Pipeline {
@@ -468,6 +488,7 @@ async fn session(
     if let Ok(SessionEnd::Paused) = result {
         if let Some((lsn, request)) = p.paused.take() {
             control.set_mode(&Mode::Paused { lsn, request }).await?;
+            metrics::get().set_mode("paused");
             info!(%lsn, "paused: every transaction committed before the pause is in DNS");
         }
     }
@@ -640,6 +661,7 @@ impl Pipeline<'_> {
                 server_time_micros,
             } => {
                 self.server_time_micros = server_time_micros;
+                metrics::get().server_at(wal_end);
                 // Nothing in flight: let an idle slot move, or it pins WAL.
                 // The progress moves first, so that the slot never gets
                 // ahead of it (which is how a re-created slot is noticed).
@@ -654,6 +676,7 @@ impl Pipeline<'_> {
                     self.store.commit(wal_end).await?;
                     self.progress = wal_end;
                     replication.confirm(wal_end);
+                    metrics::get().confirmed(wal_end);
                     self.confirmed = Some(wal_end);
                 }
                 return Ok(());
@@ -704,6 +727,7 @@ impl Pipeline<'_> {
                     Some(i) => {
                         self.batch.push(Item::Change(SourceId(i as u16), change));
                         self.batch_rows += 1;
+                        metrics::get().rows.inc();
                     }
                     None => debug!(relation = %name, "change of an unmapped table ignored"),
                 }
@@ -737,6 +761,7 @@ impl Pipeline<'_> {
                     });
                 }
                 if !self.skipping {
+                    metrics::get().transactions.inc();
                     self.batch.push(Item::Commit);
                     if self.pending_end.is_none() {
                         // The checkpoint clock starts with the oldest
@@ -838,6 +863,9 @@ impl Pipeline<'_> {
         for r in &outcome.rejections {
             self.log_rejection(r);
         }
+        metrics::get()
+            .rejected
+            .inc_by(outcome.rejections.len() as u64);
         for row in &outcome.promoted {
             info!(source = %self.sources[usize::from(row.0 .0)], row = %row.1, "a row that waited for its target's address is published");
         }
@@ -1053,6 +1081,7 @@ impl Pipeline<'_> {
         self.store.commit(end).await?;
         failpoint::hit("after-state-commit");
         replication.confirm(end);
+        metrics::get().confirmed(end);
         debug!(lsn = %end, transactions = self.pending_txns, total_ms = started.elapsed().as_millis() as u64, "checkpoint");
         self.confirmed = Some(end);
         self.progress = end;

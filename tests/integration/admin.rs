@@ -242,3 +242,97 @@ async fn a_standby_on_the_same_slot_takes_over_when_the_active_instance_dies() -
     standby.assert_running()?;
     Ok(())
 }
+
+/// GET `path` from the metrics listener: (status code, body).
+async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("an HTTP status line")?;
+    Ok((code, text))
+}
+
+/// The value of a metric line starting with `name` (labels included).
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_work_and_the_health_endpoints_answer() -> Result<()> {
+    let stack = Stack::start("metrics", Primary::Bind).await?;
+    let addr = format!("127.0.0.1:{}", crate::harness::free_port()?);
+    stack.append_config(&format!("[metrics]\nlisten = \"{addr}\"\n"))?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('m.example.test.', 300, 'A', '192.0.2.9'), ('n.example.test.', 300, 'A', 'bad')")
+        .await?;
+    stack
+        .wait_until_answers("m.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    let deadline = Instant::now() + DNS_DEADLINE;
+    let body = loop {
+        let (code, body) = http_get(&addr, "/metrics").await?;
+        ensure!(code == 200, "/metrics answered {code}");
+        if metric(&body, "pg2dns_confirmed_lsn").unwrap_or(0.0) > 0.0 {
+            break body;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "nothing confirmed in the metrics:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (name, at_least) in [
+        ("pg2dns_transactions_total", 1.0),
+        ("pg2dns_rows_total", 2.0),
+        ("pg2dns_rejected_rows_total", 1.0),
+        ("pg2dns_update_messages_total{zone=\"example.test.\"}", 1.0),
+        (
+            "pg2dns_update_operations_total{zone=\"example.test.\"}",
+            1.0,
+        ),
+        ("pg2dns_mode{mode=\"running\"}", 1.0),
+        ("pg2dns_ack_seconds_count{zone=\"example.test.\"}", 1.0),
+    ] {
+        let v = metric(&body, name).with_context(|| format!("no {name} in\n{body}"))?;
+        ensure!(v >= at_least, "{name} = {v}, expected at least {at_least}");
+    }
+    ensure!(http_get(&addr, "/healthz").await?.0 == 200);
+    ensure!(http_get(&addr, "/readyz").await?.0 == 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_unready_while_halted() -> Result<()> {
+    let stack = Stack::start("metrics-halt", Primary::Bind).await?;
+    let wrong = stack.write_wrong_key_file().await?;
+    stack.write_config(&[(FORWARD, &wrong)])?;
+    let addr = format!("127.0.0.1:{}", crate::harness::free_port()?);
+    stack.append_config(&format!("[metrics]\nlisten = \"{addr}\"\n"))?;
+    stack.setup().await?;
+    let _pg2dns = stack.run_as_service()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.example.test.', 300, 'A', '192.0.2.10')")
+        .await?;
+    wait_for_mode(&stack, "halted").await?;
+    let (code, body) = http_get(&addr, "/readyz").await?;
+    ensure!(code == 503, "/readyz answered {code} while halted: {body}");
+    let (_, metrics) = http_get(&addr, "/metrics").await?;
+    ensure!(
+        metric(&metrics, "pg2dns_mode{mode=\"halted\"}") == Some(1.0),
+        "{metrics}"
+    );
+    ensure!(http_get(&addr, "/healthz").await?.0 == 200);
+    Ok(())
+}

@@ -24,7 +24,7 @@ pub use pg2dns_decoder::session::Dispatch;
 
 use crate::config::{Limits, ZoneConfig};
 use crate::dns::Connection;
-use crate::failpoint;
+use crate::{failpoint, metrics};
 
 /// What a zone's stream tells the pipeline.
 #[derive(Debug)]
@@ -114,10 +114,25 @@ impl ZoneSink {
     pub async fn run(mut self, mut input: mpsc::Receiver<Vec<Dispatch>>) {
         let mut conn: Option<Connection> = None;
         let mut input_open = true;
+        let label = metrics::ZoneLabel {
+            zone: self.session.config().zone.to_string(),
+        };
+        let m = metrics::get();
+        let messages = m.messages.get_or_create(&label).clone();
+        let bytes = m.bytes.get_or_create(&label).clone();
+        let ack_seconds = m.ack_seconds.get_or_create(&label).clone();
+        // When each dispatch was handed over, for the acknowledgement latency.
+        let mut pushed: std::collections::VecDeque<(u64, Instant)> =
+            std::collections::VecDeque::new();
         loop {
             while let Some(event) = self.session.poll_event() {
                 match event {
                     Event::Acked { upto } => {
+                        while pushed.front().is_some_and(|(id, _)| *id <= upto) {
+                            if let Some((_, at)) = pushed.pop_front() {
+                                ack_seconds.observe(at.elapsed().as_secs_f64());
+                            }
+                        }
                         let _ = self.reports.send(ZoneReport::Acked {
                             zone: self.zone,
                             upto,
@@ -169,6 +184,8 @@ impl ZoneSink {
             if let Some(c) = conn.as_mut() {
                 while let Some(message) = self.session.poll_transmit(Instant::now(), unix_now()) {
                     failpoint::hit("before-dns-send");
+                    messages.inc();
+                    bytes.inc_by(message.len() as u64);
                     if let Err(e) = c.send(&message).await {
                         debug!(zone = %self.session.config().zone, error = %e, "write failed");
                         self.session.on_disconnected(Instant::now());
@@ -182,13 +199,18 @@ impl ZoneSink {
             tokio::select! {
                 batch = input.recv(), if input_open && self.session.has_room() => match batch {
                     Some(batch) => {
+                        let now = Instant::now();
                         for d in batch {
+                            pushed.push_back((d.id, now));
                             self.session.push(d);
                         }
                         // Take what else is already waiting, so it can be coalesced.
                         while self.session.has_room() {
                             match input.try_recv() {
-                                Ok(batch) => batch.into_iter().for_each(|d| self.session.push(d)),
+                                Ok(batch) => batch.into_iter().for_each(|d| {
+                                    pushed.push_back((d.id, now));
+                                    self.session.push(d)
+                                }),
                                 Err(_) => break,
                             }
                         }
