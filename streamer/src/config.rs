@@ -69,6 +69,27 @@ struct Spec {
     zones: Vec<ZoneSpec>,
     #[serde(default)]
     limits: LimitsSpec,
+    #[serde(default)]
+    reconcile: ReconcileSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileSpec {
+    #[serde(default = "default_max_change_share")]
+    max_change_share: f64,
+}
+
+impl Default for ReconcileSpec {
+    fn default() -> Self {
+        ReconcileSpec {
+            max_change_share: default_max_change_share(),
+        }
+    }
+}
+
+fn default_max_change_share() -> f64 {
+    0.3
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +182,16 @@ pub struct Config {
     pub zones: Vec<ZoneConfig>,
     /// Message and server limits.
     pub limits: Limits,
+    /// The batch comparison's safety threshold.
+    pub reconcile: ReconcileConfig,
+}
+
+/// How `pg2dns reconcile --apply` guards against a wrong database.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReconcileConfig {
+    /// The largest share (0 to 1) of a zone's owned records one repair may
+    /// delete or change without `--force` (zones of more than 10 records).
+    pub max_change_share: f64,
 }
 
 /// How to reach PostgreSQL.
@@ -405,8 +436,15 @@ impl Config {
                 l.window
             )));
         }
+        let max_change_share = spec.reconcile.max_change_share;
+        if !(0.0..=1.0).contains(&max_change_share) {
+            return Err(invalid(format!(
+                "reconcile.max_change_share = {max_change_share}: must be from 0 to 1"
+            )));
+        }
         Ok(Config {
             path: path.to_owned(),
+            reconcile: ReconcileConfig { max_change_share },
             database: DatabaseConfig {
                 url: spec.database.url,
                 pg,

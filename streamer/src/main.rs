@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pg2dns::{pipeline, setup, Config};
+use pg2dns::{pipeline, reconcile, setup, Config};
 use tracing_subscriber::EnvFilter;
 
 /// Streams PostgreSQL changes into DNS as TSIG-signed RFC 2136 UPDATEs.
@@ -38,6 +38,24 @@ enum Command {
     Run,
     /// Check the configuration file and the key files it names.
     CheckConfig,
+    /// Compare pg2dns.rr with each zone's records (AXFR) and, with --apply,
+    /// repair the zones. Exit 0 in sync, 1 differences, 2 error. Stop
+    /// `pg2dns run` first for an exact comparison.
+    Reconcile {
+        /// Only this zone (repeatable; default: every configured zone).
+        #[arg(long = "zone")]
+        zones: Vec<String>,
+        /// Send the repair UPDATEs and bring the row state in line.
+        #[arg(long)]
+        apply: bool,
+        /// Apply even a repair that deletes or changes more than
+        /// reconcile.max_change_share of a zone.
+        #[arg(long)]
+        force: bool,
+        /// Print the full report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +66,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // reconcile exits 1 for "differences", so its errors exit 2.
+    let error_code = if matches!(cli.command, Command::Reconcile { .. }) {
+        2
+    } else {
+        1
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,19 +79,19 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pg2dns: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(error_code);
         }
     };
     match runtime.block_on(real_main(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("pg2dns: error: {}", pg2dns::error::chain(e.as_ref()));
-            ExitCode::FAILURE
+            ExitCode::from(error_code)
         }
     }
 }
 
-async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::CheckConfig => {
@@ -84,7 +108,7 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     z.name, z.primary, z.key.name, z.key.algorithm
                 );
             }
-            Ok(())
+            Ok(0)
         }
         Command::Setup { accept_gap } => {
             let report = setup::setup(&config, accept_gap).await?;
@@ -109,7 +133,7 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     "already there"
                 },
             );
-            Ok(())
+            Ok(0)
         }
         Command::Run => {
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -118,7 +142,26 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 let _ = tx.send(true);
             });
             pipeline::run(config, rx).await?;
-            Ok(())
+            Ok(0)
+        }
+        Command::Reconcile {
+            zones,
+            apply,
+            force,
+            json,
+        } => {
+            let options = reconcile::Options {
+                zones,
+                apply,
+                force,
+            };
+            let report = reconcile::reconcile(&config, &options).await?;
+            if json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(report.exit_code())
         }
     }
 }
