@@ -508,7 +508,19 @@ async fn reconcile_zone(
     if !options.apply || outcome.refused_by_threshold {
         return outcome;
     }
-    if let Err(e) = repair(config, zc, wanted, budget, transfer, first, &mut outcome).await {
+    let force = options.force;
+    if let Err(e) = repair(
+        config,
+        zc,
+        wanted,
+        budget,
+        force,
+        transfer,
+        first,
+        &mut outcome,
+    )
+    .await
+    {
         outcome.error = Some(e);
     }
     outcome
@@ -521,6 +533,7 @@ async fn repair(
     zc: &ZoneConfig,
     wanted: &[Record],
     budget: Budget,
+    force: bool,
     mut transfer: Transfer,
     mut current: ZoneDiff,
     outcome: &mut ZoneOutcome,
@@ -581,6 +594,13 @@ async fn repair(
                 }
                 transfer = axfr::transfer(zone, zc.primary, &zc.key, timeout).await?;
                 current = diff::diff(zone, wanted, &transfer.records);
+                if current.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
+                    && !force
+                {
+                    outcome.refused_by_threshold = true;
+                    outcome.in_sync_after = Some(false);
+                    return Ok(());
+                }
                 continue;
             }
         }
