@@ -436,13 +436,11 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
         ms = read_time.as_millis() as u64,
         "read pg2dns.rr"
     );
-    let limits = config.plan_limits();
     let mut outcomes = Vec::new();
     for id in selected {
         let zc = &config.zones[usize::from(id.0)];
         let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-        let budget = limits.budgets[usize::from(id.0)];
-        let mut outcome = reconcile_zone(config, zc, wanted, budget, options).await;
+        let mut outcome = reconcile_zone(config, zc, wanted, options).await;
         if options.apply && outcome.error.is_none() && outcome.in_sync_after == Some(true) {
             let rows = desired
                 .contributions
@@ -474,7 +472,6 @@ async fn reconcile_zone(
     config: &Config,
     zc: &ZoneConfig,
     wanted: &[Record],
-    budget: Budget,
     options: &Options,
 ) -> ZoneOutcome {
     let mut outcome = ZoneOutcome {
@@ -509,18 +506,7 @@ async fn reconcile_zone(
         return outcome;
     }
     let force = options.force;
-    if let Err(e) = repair(
-        config,
-        zc,
-        wanted,
-        budget,
-        force,
-        transfer,
-        first,
-        &mut outcome,
-    )
-    .await
-    {
+    if let Err(e) = repair(config, zc, wanted, force, transfer, first, &mut outcome).await {
         outcome.error = Some(e);
     }
     outcome
@@ -532,7 +518,6 @@ async fn repair(
     config: &Config,
     zc: &ZoneConfig,
     wanted: &[Record],
-    budget: Budget,
     force: bool,
     mut transfer: Transfer,
     mut current: ZoneDiff,
@@ -540,6 +525,11 @@ async fn repair(
 ) -> Result<(), ZoneError> {
     let timeout = config.limits.dns_timeout;
     let zone = &zc.name;
+    // The stream's budget for this zone (see `Config::plan_limits`).
+    let budget = Budget {
+        max_message_bytes: config.limits.max_message_bytes,
+        tsig_record_len: zc.key.record_len(),
+    };
     let mut failures = 0;
     let mut first_attempt = true;
     loop {

@@ -279,14 +279,11 @@ fn convert(rr: &hickory_proto::rr::Record) -> Result<Record, String> {
         .map_err(|e| format!("data of {owner}: {e}"))?;
     let rtype = RType(u16::from(rr.record_type()));
     if rtype.is_supported() {
-        if let Ok(record) = rdata::format(rtype, &wire)
+        let canonical = rdata::format(rtype, &wire)
             .ok()
-            .map(|text| Record::parse_data(owner.clone(), rr.ttl, rtype, &text))
-            .transpose()
-        {
-            if let Some(record) = record {
-                return Ok(record);
-            }
+            .and_then(|text| Record::parse_data(owner.clone(), rr.ttl, rtype, &text).ok());
+        if let Some(record) = canonical {
+            return Ok(record);
         }
     }
     // Not a type pg2dns publishes (or data its parser would not write):
