@@ -17,7 +17,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::harness::stack::{FORWARD, REVERSE};
 use crate::harness::{Primary, Stack, DNS_DEADLINE};
 
-on_each_primary!(records_changed_behind_pg2dns_are_reported_repaired_and_the_stream_goes_on);
+on_each_primary!(
+    records_changed_behind_pg2dns_are_reported_repaired_and_the_stream_goes_on,
+    thousands_of_unpublished_rows_are_loaded_in_several_guarded_messages,
+);
 
 /// The exit code and the JSON report of a `reconcile --json` run.
 fn report(output: &Output) -> Result<(i32, Value)> {
@@ -157,6 +160,53 @@ async fn records_changed_behind_pg2dns_are_reported_repaired_and_the_stream_goes
         .exec(
             "DELETE FROM pg2dns.rr WHERE owner = 'gone.example.test.';
              UPDATE pg2dns.rr SET ttl = 600 WHERE owner = 'retimed.example.test.';
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('after.example.test.', 300, 'A', '192.0.2.50')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok(())
+}
+
+/// Rows committed while pg2dns never ran: reconcile publishes them in more
+/// than one message (each guarded by the serial the previous one left), and
+/// the stream that then replays the same inserts finds the row state in
+/// line and changes nothing.
+async fn thousands_of_unpublished_rows_are_loaded_in_several_guarded_messages(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("reconcile-load", primary).await?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'n' || i || '.example.test.', 300, 'A',
+                    '10.0.' || (i / 256) || '.' || (i % 256)
+             FROM generate_series(1, 4000) AS i",
+        )
+        .await?;
+    let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    ensure!(code == 1, "{json:#}");
+    ensure!(
+        zone(&json, FORWARD)?["missing"].as_array().map(Vec::len) == Some(4000),
+        "4000 records must be missing"
+    );
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    ensure!(code == 0, "{json:#}");
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        forward["messages_applied"].as_u64() >= Some(2),
+        "4000 A records need two messages: {forward:#}"
+    );
+    ensure!(
+        forward["retries"] == 0,
+        "the predicted serial held: {forward:#}"
+    );
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "DELETE FROM pg2dns.rr WHERE owner = 'n1.example.test.';
              INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
                ('after.example.test.', 300, 'A', '192.0.2.50')",
         )
