@@ -263,14 +263,16 @@ pub fn next_serial(soa: &Rdata) -> Option<Rdata> {
     Some(Rdata::from_wire(&next))
 }
 
-/// Encodes one repair message: the SOA guard, then the operations.
+/// Encodes one repair message: the SOA guard (none when `soa` is `None`:
+/// the operator chose to repair unguarded), then the operations.
 pub fn encode_repair(
     zone: &ZoneName,
     id: u16,
-    soa: &Rdata,
+    soa: Option<&Rdata>,
     ops: &[UpdateOp],
 ) -> Result<Vec<u8>, RepairError> {
-    update::encode(zone, id, &[soa_guard(zone, soa)], ops).map_err(|source| RepairError::Encode {
+    let guard: Vec<Prerequisite> = soa.map(|soa| soa_guard(zone, soa)).into_iter().collect();
+    update::encode(zone, id, &guard, ops).map_err(|source| RepairError::Encode {
         zone: zone.clone(),
         source,
     })
@@ -363,7 +365,7 @@ pub fn repair_messages(
     let mut out = Vec::with_capacity(messages.len());
     let mut stack: Vec<Vec<UpdateOp>> = messages.into_iter().rev().collect();
     while let Some(ops) = stack.pop() {
-        let len = encode_repair(zone, 0, &soa, &ops)?.len();
+        let len = encode_repair(zone, 0, Some(&soa), &ops)?.len();
         if len + budget.tsig_record_len <= budget.limit() || ops.len() < 2 {
             out.push(ops);
         } else {
@@ -538,7 +540,7 @@ mod tests {
         let soa = Rdata::from_wire(&soa_wire(5));
         let messages = repair_messages(&d, soa.len(), budget(65_535)).unwrap();
         assert_eq!(messages.len(), 1);
-        let wire = encode_repair(&zone(), 9, &soa, &messages[0]).unwrap();
+        let wire = encode_repair(&zone(), 9, Some(&soa), &messages[0]).unwrap();
         let m = Message::from_vec(&wire).unwrap();
         assert_eq!(m.answers.len(), 1, "the prerequisite section");
         assert_eq!(u16::from(m.answers[0].record_type()), RType::SOA.0);
@@ -622,7 +624,7 @@ mod tests {
                 .collect();
             for ops in &messages {
                 prop_assert!(!ops.is_empty());
-                let wire = encode_repair(&z, 1, &soa, ops).unwrap();
+                let wire = encode_repair(&z, 1, Some(&soa), ops).unwrap();
                 prop_assert!(wire.len() + b.tsig_record_len <= b.limit(), "{} > {}", wire.len(), b.limit());
                 apply(&mut server, ops);
             }

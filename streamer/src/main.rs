@@ -52,6 +52,11 @@ enum Command {
         /// reconcile.max_change_share of a zone.
         #[arg(long)]
         force: bool,
+        /// Repair without the SOA prerequisite (servers that check it
+        /// against another SOA than they serve, e.g. BIND inline-signing);
+        /// only while nothing else updates the zone.
+        #[arg(long, requires = "apply")]
+        unguarded: bool,
         /// Print the full report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -148,12 +153,14 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             zones,
             apply,
             force,
+            unguarded,
             json,
         } => {
             let options = reconcile::Options {
                 zones,
                 apply,
                 force,
+                unguarded,
             };
             let report = reconcile::reconcile(&config, &options).await?;
             if json {

@@ -69,6 +69,10 @@ pub struct Options {
     pub apply: bool,
     /// Apply even a repair past the safety threshold.
     pub force: bool,
+    /// Send the repair without the SOA prerequisite (for servers that check
+    /// prerequisites against another SOA than they serve, such as BIND
+    /// with inline signing); only safe while nothing else updates the zone.
+    pub unguarded: bool,
 }
 
 /// Why reconciling failed as a whole (per-zone failures are in the report).
@@ -126,6 +130,15 @@ pub enum ZoneError {
         zone: ZoneName,
         /// Failures without progress.
         attempts: usize,
+    },
+    /// The SOA guard failed although the zone's SOA did not change: the
+    /// server checks prerequisites against another SOA than it serves.
+    #[error("zone {zone}: {server} refuses the SOA prerequisite although the SOA it serves did not change; it checks UPDATE prerequisites against another SOA (BIND with inline-signing does: its unsigned zone has its own serial). Repair with --unguarded while nothing else updates the zone")]
+    GuardUnusable {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
     },
     /// The row state could not be written.
     #[error("zone {zone}: cannot bring pg2dns.row_state in line")]
@@ -505,8 +518,7 @@ async fn reconcile_zone(
     if !options.apply || outcome.refused_by_threshold {
         return outcome;
     }
-    let force = options.force;
-    if let Err(e) = repair(config, zc, wanted, force, transfer, first, &mut outcome).await {
+    if let Err(e) = repair(config, zc, wanted, options, transfer, first, &mut outcome).await {
         outcome.error = Some(e);
     }
     outcome
@@ -518,7 +530,7 @@ async fn repair(
     config: &Config,
     zc: &ZoneConfig,
     wanted: &[Record],
-    force: bool,
+    options: &Options,
     mut transfer: Transfer,
     mut current: ZoneDiff,
     outcome: &mut ZoneOutcome,
@@ -547,21 +559,25 @@ async fn repair(
             let mut conn = Connection::connect(zc.primary)
                 .await
                 .map_err(|e| update_err(zc, format!("cannot connect: {e}")))?;
-            let mut guard_failed = false;
+            // The SOA a failed guard expected.
+            let mut guard_failed = None;
             for ops in &messages {
                 let id = axfr::fresh_id();
-                let wire =
-                    diff::encode_repair(zone, id, &soa, ops).map_err(|source| ZoneError::Plan {
+                let guard = (!options.unguarded).then_some(&soa);
+                let wire = diff::encode_repair(zone, id, guard, ops).map_err(|source| {
+                    ZoneError::Plan {
                         zone: zone.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 let rcode = send(&mut conn, zc, &wire, timeout).await?;
                 if rcode == Rcode::NOERROR {
                     outcome.messages_applied += 1;
                     failures = 0;
                     soa = diff::next_serial(&soa).unwrap_or(soa);
-                } else if rcode == Rcode::NXRRSET || rcode == Rcode::YXRRSET {
-                    guard_failed = true;
+                } else if (rcode == Rcode::NXRRSET || rcode == Rcode::YXRRSET) && !options.unguarded
+                {
+                    guard_failed = Some(soa.clone());
                     break;
                 } else {
                     return Err(ZoneError::Refused {
@@ -572,7 +588,7 @@ async fn repair(
                     });
                 }
             }
-            if guard_failed {
+            if let Some(expected) = guard_failed {
                 failures += 1;
                 outcome.retries += 1;
                 warn!(zone = %zone, failures, "the zone changed since the transfer (SOA prerequisite failed): transferring it again");
@@ -583,9 +599,15 @@ async fn repair(
                     });
                 }
                 transfer = axfr::transfer(zone, zc.primary, &zc.key, timeout).await?;
+                if transfer.soa.rdata == expected {
+                    return Err(ZoneError::GuardUnusable {
+                        zone: zone.clone(),
+                        server: zc.primary,
+                    });
+                }
                 current = diff::diff(zone, wanted, &transfer.records);
                 if current.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
-                    && !force
+                    && !options.force
                 {
                     outcome.refused_by_threshold = true;
                     outcome.in_sync_after = Some(false);

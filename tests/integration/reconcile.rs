@@ -340,3 +340,118 @@ async fn a_zone_changed_between_transfer_and_repair_is_transferred_again() -> Re
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     Ok(())
 }
+
+/// A zone BIND signs itself (`dnssec-policy` with inline signing): its
+/// DNSKEY, RRSIG, NSEC and private-type records are never reported nor
+/// deleted. BIND checks UPDATE prerequisites against the unsigned zone,
+/// whose SOA serial is not the one it serves: the guarded repair stops with
+/// an error that says so, and `--unguarded` repairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnssec_records_of_a_signed_zone_are_ignored_and_never_deleted() -> Result<()> {
+    let mut stack = Stack::start("reconcile-dnssec", Primary::Bind).await?;
+    let conf = stack.dir().join("bind").join("named.conf");
+    let text = std::fs::read_to_string(&conf)?;
+    let allow = format!(
+        "\tallow-update {{ key {}; }};\n",
+        crate::harness::dns::KEY_NAME
+    );
+    ensure!(text.contains(&allow), "unexpected named.conf:\n{text}");
+    std::fs::write(
+        &conf,
+        text.replace(
+            &allow,
+            &format!("{allow}\tdnssec-policy default;\n\tinline-signing yes;\n"),
+        ),
+    )?;
+    {
+        let server = stack.server_mut(Primary::Bind)?;
+        server.stop().await?;
+        server.start_again().await?;
+    }
+    let is_dnssec = |rtype: &str| {
+        matches!(
+            rtype,
+            "RRSIG" | "NSEC" | "NSEC3" | "DNSKEY" | "NSEC3PARAM" | "CDS" | "CDNSKEY"
+        ) || rtype.starts_with("TYPE65534")
+    };
+    crate::harness::wait_until(
+        Duration::from_secs(30),
+        "BIND has signed example.test.",
+        || async {
+            let records = stack.axfr(FORWARD).await?;
+            Ok(if records.iter().any(|r| r.rtype == "DNSKEY") {
+                crate::harness::Check::Done(())
+            } else {
+                crate::harness::Check::NotYet(format!("{records:?}"))
+            })
+        },
+    )
+    .await?;
+
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('www.example.test.', 300, 'A', '192.0.2.10'),
+               ('mail.example.test.', 300, 'MX', '10 www.example.test.')",
+        )
+        .await?;
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update add rogue.example.test. 300 A 192.0.2.99")
+        .await?;
+    let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    ensure!(code == 1, "{json:#}");
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        lines(&forward["extra"]) == vec!["rogue.example.test. 300 A 192.0.2.99"],
+        "only the rogue record is extra: {forward:#}"
+    );
+    ensure!(
+        lines(&forward["missing"]).len() == 2,
+        "the two rows are missing: {forward:#}"
+    );
+    ensure!(
+        forward["not_owned"].as_u64() > Some(3),
+        "the signatures count as not owned: {forward:#}"
+    );
+
+    // With inline signing, BIND checks prerequisites against the unsigned
+    // zone, whose serial differs from the one it serves: the SOA guard can
+    // never hold, and reconcile says so instead of retrying blindly.
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    ensure!(code == 2, "{json:#}");
+    let error = zone(&json, FORWARD)?["error"].as_str().unwrap_or_default();
+    ensure!(
+        error.contains("inline-signing") && error.contains("--unguarded"),
+        "the error must name the cause and the way out: {json:#}"
+    );
+    ensure!(zone(&json, FORWARD)?["retries"] == 1, "{json:#}");
+    let (code, json) = report(
+        &stack
+            .reconcile(&["--json", "--apply", "--unguarded"], &[])
+            .await?,
+    )?;
+    ensure!(code == 0, "{json:#}");
+    let records = stack.axfr(FORWARD).await?;
+    ensure!(
+        records.iter().any(|r| r.rtype == "DNSKEY") && records.iter().any(|r| r.rtype == "RRSIG"),
+        "the zone's DNSSEC records must stay: {records:?}"
+    );
+    let mut owned: Vec<String> = records
+        .iter()
+        .filter(|r| !is_dnssec(&r.rtype))
+        .map(|r| format!("{} {} {}", r.owner, r.rtype, r.rdata))
+        .collect();
+    owned.sort();
+    ensure!(
+        owned
+            == vec![
+                "mail.example.test. MX 10 www.example.test.".to_string(),
+                "www.example.test. A 192.0.2.10".to_string(),
+            ],
+        "{owned:?}"
+    );
+    let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    ensure!(code == 0, "{json:#}");
+    Ok(())
+}
