@@ -508,7 +508,11 @@ mod tests {
     const KEY: &str = "key \"k1\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=\";\n};\n";
 
     fn with_key_file(body: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("pg2dns-config-{}", std::process::id()));
+        // One directory per call: tests run in parallel, and a key file
+        // rewritten while another test reads it reads as empty.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pg2dns-config-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("k.key"), KEY).unwrap();
         Config::from_toml(&dir.join("pg2dns.toml"), body, |_| None)
@@ -565,6 +569,16 @@ tsig_key_file = "k.key"
         })
         .unwrap();
         assert_eq!(c.database.slot, "other_slot");
+    }
+
+    #[test]
+    fn the_reconcile_share_defaults_to_30_percent_and_must_be_a_share() {
+        assert_eq!(with_key_file(GOOD).unwrap().reconcile.max_change_share, 0.3);
+        let c = with_key_file(&format!("{GOOD}\n[reconcile]\nmax_change_share = 0.5\n")).unwrap();
+        assert_eq!(c.reconcile.max_change_share, 0.5);
+        let err =
+            with_key_file(&format!("{GOOD}\n[reconcile]\nmax_change_share = 30\n")).unwrap_err();
+        assert!(err.to_string().contains("max_change_share"), "{err}");
     }
 
     #[test]
