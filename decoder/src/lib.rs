@@ -18,6 +18,7 @@
 //! ```
 
 pub mod checks;
+pub mod diff;
 pub mod lsn;
 pub mod mapping;
 pub mod name;

@@ -1562,7 +1562,7 @@ mod tests {
         ));
         assert_eq!(
             crate::error_chain(halt),
-            "zone example.test.: the primary 192.0.2.53:53 and pg2dns do not agree on TSIG (LSN 16/100): \
+            "zone example.test.: the primary 192.0.2.53:53 and pg2dns disagree on TSIG key k-sha256. (LSN 16/100): \
              server does not know key k-sha256. or its algorithm (TSIG error BADKEY): check the key name and algorithm in the server's configuration"
         );
     }

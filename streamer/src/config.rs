@@ -71,6 +71,8 @@ struct Spec {
     limits: LimitsSpec,
     #[serde(default)]
     metrics: MetricsSpec,
+    #[serde(default)]
+    reconcile: ReconcileSpec,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +93,25 @@ impl Default for MetricsSpec {
 
 fn default_metrics_listen() -> String {
     "127.0.0.1:9153".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileSpec {
+    #[serde(default = "default_max_change_share")]
+    max_change_share: f64,
+}
+
+impl Default for ReconcileSpec {
+    fn default() -> Self {
+        ReconcileSpec {
+            max_change_share: default_max_change_share(),
+        }
+    }
+}
+
+fn default_max_change_share() -> f64 {
+    0.3
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +206,16 @@ pub struct Config {
     pub limits: Limits,
     /// Where metrics and health are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The batch comparison's safety threshold.
+    pub reconcile: ReconcileConfig,
+}
+
+/// How `pg2dns reconcile --apply` guards against a wrong database.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReconcileConfig {
+    /// The largest share (0 to 1) of a zone's owned records one repair may
+    /// delete or change without `--force` (zones of more than 10 records).
+    pub max_change_share: f64,
 }
 
 /// How to reach PostgreSQL.
@@ -429,8 +460,15 @@ impl Config {
                 l.window
             )));
         }
+        let max_change_share = spec.reconcile.max_change_share;
+        if !(0.0..=1.0).contains(&max_change_share) {
+            return Err(invalid(format!(
+                "reconcile.max_change_share = {max_change_share}: must be from 0 to 1"
+            )));
+        }
         Ok(Config {
             path: path.to_owned(),
+            reconcile: ReconcileConfig { max_change_share },
             database: DatabaseConfig {
                 url: spec.database.url,
                 pg,
@@ -502,7 +540,11 @@ mod tests {
     const KEY: &str = "key \"k1\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=\";\n};\n";
 
     fn with_key_file(body: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("pg2dns-config-{}", std::process::id()));
+        // One directory per call: tests run in parallel, and a key file
+        // rewritten while another test reads it reads as empty.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pg2dns-config-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("k.key"), KEY).unwrap();
         Config::from_toml(&dir.join("pg2dns.toml"), body, |_| None)
@@ -559,6 +601,16 @@ tsig_key_file = "k.key"
         })
         .unwrap();
         assert_eq!(c.database.slot, "other_slot");
+    }
+
+    #[test]
+    fn the_reconcile_share_defaults_to_30_percent_and_must_be_a_share() {
+        assert_eq!(with_key_file(GOOD).unwrap().reconcile.max_change_share, 0.3);
+        let c = with_key_file(&format!("{GOOD}\n[reconcile]\nmax_change_share = 0.5\n")).unwrap();
+        assert_eq!(c.reconcile.max_change_share, 0.5);
+        let err =
+            with_key_file(&format!("{GOOD}\n[reconcile]\nmax_change_share = 30\n")).unwrap_err();
+        assert!(err.to_string().contains("max_change_share"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! This crate owns every piece of I/O: the replication connection
 //! ([`replication`]), the SQL connection and durable state ([`store`]),
-//! set-up ([`setup`]), the DNS connections ([`dns`]) and the loop that ties
+//! set-up ([`setup`]), the DNS connections and zone transfers ([`dns`]),
+//! the batch comparison ([`reconcile`]) and the loop that ties
 //! them together ([`pipeline`]); [`error`] decides what every failure means.
 //! What rows mean, what goes to DNS and what is refused is decided by the
 //! sans-IO `pg2dns-decoder`.
@@ -15,6 +16,7 @@ pub mod error;
 pub mod failpoint;
 pub mod metrics;
 pub mod pipeline;
+pub mod reconcile;
 pub mod replication;
 pub mod setup;
 pub mod store;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pg2dns::{admin, pipeline, setup, Config};
+use pg2dns::{admin, pipeline, reconcile, setup, Config};
 use tracing_subscriber::EnvFilter;
 
 /// Streams PostgreSQL changes into DNS as TSIG-signed RFC 2136 UPDATEs.
@@ -61,6 +61,29 @@ enum Command {
     },
     /// Check the configuration file and the key files it names.
     CheckConfig,
+    /// Compare pg2dns.rr with each zone's records (AXFR) and, with --apply,
+    /// repair the zones. Exit 0 in sync, 1 differences, 2 error. Stop
+    /// `pg2dns run` first for an exact comparison.
+    Reconcile {
+        /// Only this zone (repeatable; default: every configured zone).
+        #[arg(long = "zone")]
+        zones: Vec<String>,
+        /// Send the repair UPDATEs and bring the row state in line.
+        #[arg(long)]
+        apply: bool,
+        /// Apply even a repair that deletes or changes more than
+        /// reconcile.max_change_share of a zone.
+        #[arg(long)]
+        force: bool,
+        /// Repair without the SOA prerequisite (servers that check it
+        /// against another SOA than they serve, e.g. BIND inline-signing);
+        /// only while nothing else updates the zone.
+        #[arg(long, requires = "apply")]
+        unguarded: bool,
+        /// Print the full report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +94,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // reconcile exits 1 for "differences", so its errors exit 2.
+    let error_code = if matches!(cli.command, Command::Reconcile { .. }) {
+        2
+    } else {
+        1
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,19 +107,19 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pg2dns: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(error_code);
         }
     };
     match runtime.block_on(real_main(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("pg2dns: error: {}", pg2dns::error::chain(e.as_ref()));
-            ExitCode::FAILURE
+            ExitCode::from(error_code)
         }
     }
 }
 
-async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::CheckConfig => {
@@ -107,7 +136,7 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     z.name, z.primary, z.key.name, z.key.algorithm
                 );
             }
-            Ok(())
+            Ok(0)
         }
         Command::Setup { accept_gap } => {
             let report = setup::setup(&config, accept_gap).await?;
@@ -132,19 +161,19 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     "already there"
                 },
             );
-            Ok(())
+            Ok(0)
         }
         Command::Pause { reason, wait } => {
             admin::pause(&config, &reason, wait).await?;
-            Ok(())
+            Ok(0)
         }
         Command::Resume => {
             admin::resume(&config).await?;
-            Ok(())
+            Ok(0)
         }
         Command::Status { json } => {
             admin::status(&config, json).await?;
-            Ok(())
+            Ok(0)
         }
         Command::Run { exit_on_halt } => {
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -160,7 +189,28 @@ async fn real_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 config_path: Some(cli.config.clone()),
             };
             pipeline::run(config, rx, options).await?;
-            Ok(())
+            Ok(0)
+        }
+        Command::Reconcile {
+            zones,
+            apply,
+            force,
+            unguarded,
+            json,
+        } => {
+            let options = reconcile::Options {
+                zones,
+                apply,
+                force,
+                unguarded,
+            };
+            let report = reconcile::reconcile(&config, &options).await?;
+            if json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(report.exit_code())
         }
     }
 }

@@ -687,6 +687,66 @@ impl Store {
             .collect())
     }
 
+    /// Replaces, in one transaction of its own, this slot's row state of
+    /// `source` in `zone` with `rows` (each row and the records it
+    /// contributes): what `pg2dns reconcile --apply` does once the zone
+    /// holds what the database wants. Refused while a checkpoint
+    /// transaction is open on this connection.
+    pub async fn replace_zone_state(
+        &mut self,
+        source: &str,
+        zone: &ZoneName,
+        rows: &[(RowKey, Vec<Record>)],
+    ) -> Result<(), StoreError> {
+        debug_assert!(!self.in_transaction, "a checkpoint transaction is open");
+        let zone_text = zone.to_string();
+        let mut keys = Vec::new();
+        let mut owners: Vec<&[u8]> = Vec::new();
+        let mut rtypes = Vec::new();
+        let mut rdatas: Vec<&[u8]> = Vec::new();
+        let mut ttls = Vec::new();
+        let mut targets: Vec<Option<Vec<u8>>> = Vec::new();
+        for (key, records) in rows {
+            for r in records {
+                keys.push(key.0.as_str());
+                owners.push(r.owner.name().as_wire());
+                rtypes.push(i32::from(r.rtype.0));
+                rdatas.push(r.rdata.as_wire());
+                ttls.push(i32::try_from(r.ttl).unwrap_or(i32::MAX));
+                targets.push(pointed_at(r));
+            }
+        }
+        self.begin().await?;
+        let result = async {
+            self.client
+                .execute(
+                    "DELETE FROM pg2dns.row_state WHERE slot = $1 AND source = $2 AND zone = $3",
+                    &[&self.slot, &source, &zone_text],
+                )
+                .await
+                .map_err(sql("cannot clear the zone's pg2dns.row_state"))?;
+            self.client
+                .execute(
+                    "INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
+                     SELECT $1, $2, k, $3, o, t, d, l, g FROM unnest($4::text[], $5::bytea[], $6::int[], $7::bytea[], $8::int[], $9::bytea[]) \
+                     AS x(k, o, t, d, l, g)",
+                    &[&self.slot, &source, &zone_text, &keys, &owners, &rtypes, &rdatas, &ttls, &targets],
+                )
+                .await
+                .map_err(sql("cannot write the zone's pg2dns.row_state"))?;
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(sql("cannot commit the zone's pg2dns.row_state"))
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        self.in_transaction = false;
+        result
+    }
+
     /// Whether a checkpoint transaction is open.
     pub fn in_transaction(&self) -> bool {
         self.in_transaction

@@ -50,6 +50,7 @@ mod harness_selftest;
 mod isolation;
 mod knot;
 mod outages;
+mod reconcile;
 mod rejected;
 mod replication;
 mod streaming;

@@ -64,6 +64,16 @@ pub async fn command(subcommand: &str, config: &Path) -> Result<Output> {
     run_unchecked(&mut command, Duration::from_secs(120)).await
 }
 
+/// Runs `pg2dns ARGS… -c CONFIG` with extra environment variables to
+/// completion (2 minutes at most) and returns its output, whatever its exit
+/// status.
+pub async fn command_with(args: &[&str], config: &Path, env: &[(&str, &str)]) -> Result<Output> {
+    let mut command = tokio::process::Command::new(binary());
+    command.args(args).arg("-c").arg(config);
+    hermetic(&mut command, env);
+    run_unchecked(&mut command, Duration::from_secs(120)).await
+}
+
 /// One `pg2dns run` process; killed (SIGKILL) on drop if still running.
 #[derive(Debug)]
 pub struct Pg2dns {

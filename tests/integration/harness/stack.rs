@@ -261,6 +261,23 @@ impl Stack {
         super::run(&mut command, std::time::Duration::from_secs(60)).await
     }
 
+    /// Runs `pg2dns reconcile ARGS…` with the stack's config and extra
+    /// environment variables, to completion.
+    pub async fn reconcile(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<std::process::Output> {
+        let mut all = vec!["reconcile"];
+        all.extend_from_slice(args);
+        pg2dns::command_with(&all, &self.config, env).await
+    }
+
+    /// The path of the pg2dns config.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// Runs SQL statements (one implicit transaction per statement unless
     /// the text says BEGIN … COMMIT).
     pub async fn exec(&self, sql: &str) -> Result<()> {

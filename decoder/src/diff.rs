@@ -1,0 +1,642 @@
+//! The batch comparison: the records the database wants in a zone against
+//! the records a zone transfer returned, and the UPDATEs that repair the
+//! difference.
+//!
+//! # What pg2dns owns
+//!
+//! A zone holds records pg2dns never publishes, and a comparison that
+//! reported them would tell the operator to delete the zone's SOA or its
+//! signatures. Like nsdiff, pg2dns compares only what it owns
+//! ([`is_owned`]): never the apex SOA (it is not a type pg2dns publishes),
+//! never DNSSEC records ([`RType::is_dnssec`]: the signer's business), never
+//! a type pg2dns does not publish, and the apex NS RRset only when the
+//! database lists apex NS records (most databases leave it to the zone
+//! file). Names compare without case ("comparisons on name lookup for DNS
+//! queries should be case insensitive", RFC 4343 §3): both sides hold
+//! lower-cased wire names, and record data in the canonical wire form
+//! [`crate::rdata::parse`] produces.
+//!
+//! # The repair
+//!
+//! Per owner, deletes before adds ([`group_by_owner`]); a TTL difference is
+//! the RR deleted and added again with the wanted TTL (Knot ignores the re-add
+//! of an existing RR with a new TTL). Owner groups are packed under the
+//! zone's [`Budget`] with [`Packer`], and each message is guarded by the
+//! apex SOA the transfer saw, as nsdiff does: RFC 2136 §2.4.2, "a set of RRs
+//! with a specific NAME and TYPE ... must exist ... and must match exactly
+//! the RRset of the zone", otherwise the server answers NXRRSET and applies
+//! nothing (§3.2.5). A concurrent change bumps the SOA serial, so a repair
+//! computed from a stale transfer is never applied.
+
+use std::collections::BTreeMap;
+
+use crate::rdata::RType;
+use crate::records::{Owner, Rdata, Record, ZoneName};
+use crate::update::{
+    self, group_by_owner, Budget, EncodeError, OwnerGroup, Packer, Prerequisite, PushError,
+    UpdateOp,
+};
+
+/// Whether pg2dns owns `record` of `zone`: a type it publishes (so never the
+/// SOA, never DNSSEC records), inside the zone, and at the apex an NS record
+/// only when `apex_ns_owned` (the database lists apex NS records).
+pub fn is_owned(zone: &ZoneName, record: &Record, apex_ns_owned: bool) -> bool {
+    let rtype = record.rtype;
+    if !rtype.is_supported() || rtype.is_dnssec() || !zone.contains(&record.owner) {
+        return false;
+    }
+    if rtype == RType::NS && record.owner.name() == zone.name() {
+        return apex_ns_owned;
+    }
+    true
+}
+
+/// An RR both sides hold with different TTLs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TtlDifference {
+    /// The record as the database wants it (its TTL is the wanted one).
+    pub wanted: Record,
+    /// The TTL DNS has.
+    pub actual_ttl: u32,
+}
+
+/// The differences at one owner name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnerDiff {
+    /// Records the database wants that DNS lacks.
+    pub missing: Vec<Record>,
+    /// Records DNS has that the database does not want.
+    pub extra: Vec<Record>,
+    /// Records with the wrong TTL.
+    pub ttl: Vec<TtlDifference>,
+}
+
+/// The comparison of one zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneDiff {
+    /// The zone.
+    pub zone: ZoneName,
+    /// Owners with differences, in name order (wire order of the lower-cased
+    /// names).
+    pub owners: BTreeMap<Owner, OwnerDiff>,
+    /// Records the database wants in the zone.
+    pub desired: usize,
+    /// Records of the zone pg2dns owns, as DNS has them.
+    pub owned_actual: usize,
+    /// Records of the zone pg2dns does not own (SOA, DNSSEC, other types,
+    /// apex NS when the database has none): never reported nor touched.
+    pub not_owned: usize,
+}
+
+type RrKey = (Owner, RType, Rdata);
+
+/// Compares the records the database wants in `zone` with those DNS holds
+/// (`actual`: a zone transfer, everything included). Records of `desired`
+/// outside the zone are ignored; when two desired records are the same RR,
+/// the smaller TTL counts.
+pub fn diff(zone: &ZoneName, desired: &[Record], actual: &[Record]) -> ZoneDiff {
+    let apex_ns_owned = desired
+        .iter()
+        .any(|r| r.rtype == RType::NS && r.owner.name() == zone.name());
+    let mut want: BTreeMap<RrKey, u32> = BTreeMap::new();
+    for r in desired.iter().filter(|r| is_owned(zone, r, apex_ns_owned)) {
+        let ttl = want
+            .entry((r.owner.clone(), r.rtype, r.rdata.clone()))
+            .or_insert(r.ttl);
+        *ttl = (*ttl).min(r.ttl);
+    }
+    let mut have: BTreeMap<RrKey, u32> = BTreeMap::new();
+    let mut not_owned = 0;
+    for r in actual {
+        if is_owned(zone, r, apex_ns_owned) {
+            have.insert((r.owner.clone(), r.rtype, r.rdata.clone()), r.ttl);
+        } else {
+            not_owned += 1;
+        }
+    }
+    let record = |(owner, rtype, rdata): &RrKey, ttl: u32| Record {
+        owner: owner.clone(),
+        rtype: *rtype,
+        ttl,
+        rdata: rdata.clone(),
+    };
+    let mut owners: BTreeMap<Owner, OwnerDiff> = BTreeMap::new();
+    for (key, &ttl) in &want {
+        match have.get(key) {
+            None => owners
+                .entry(key.0.clone())
+                .or_default()
+                .missing
+                .push(record(key, ttl)),
+            Some(&actual_ttl) if actual_ttl != ttl => owners
+                .entry(key.0.clone())
+                .or_default()
+                .ttl
+                .push(TtlDifference {
+                    wanted: record(key, ttl),
+                    actual_ttl,
+                }),
+            Some(_) => {}
+        }
+    }
+    for (key, &ttl) in &have {
+        if !want.contains_key(key) {
+            owners
+                .entry(key.0.clone())
+                .or_default()
+                .extra
+                .push(record(key, ttl));
+        }
+    }
+    ZoneDiff {
+        zone: zone.clone(),
+        owners,
+        desired: want.len(),
+        owned_actual: have.len(),
+        not_owned,
+    }
+}
+
+impl ZoneDiff {
+    /// Whether DNS holds exactly what the database wants.
+    pub fn is_in_sync(&self) -> bool {
+        self.owners.is_empty()
+    }
+
+    /// Records missing from DNS.
+    pub fn missing(&self) -> usize {
+        self.owners.values().map(|o| o.missing.len()).sum()
+    }
+
+    /// Records DNS has that the database does not want.
+    pub fn extra(&self) -> usize {
+        self.owners.values().map(|o| o.extra.len()).sum()
+    }
+
+    /// Records with the wrong TTL.
+    pub fn ttl_differences(&self) -> usize {
+        self.owners.values().map(|o| o.ttl.len()).sum()
+    }
+
+    /// The share of the owned records DNS holds that a repair deletes or
+    /// changes (0 when DNS holds none).
+    pub fn change_share(&self) -> f64 {
+        if self.owned_actual == 0 {
+            return 0.0;
+        }
+        (self.extra() + self.ttl_differences()) as f64 / self.owned_actual as f64
+    }
+
+    /// Whether the repair needs `--force`: it deletes or changes more than
+    /// `max_share` of a zone holding more than `min_records` owned records.
+    pub fn exceeds(&self, max_share: f64, min_records: usize) -> bool {
+        self.owned_actual > min_records && self.change_share() > max_share
+    }
+
+    /// The repair's operations per owner, deletes before adds; a TTL
+    /// difference is a delete and an add of the same RR.
+    pub fn repair_groups(&self) -> Vec<OwnerGroup> {
+        let mut ops = Vec::new();
+        for o in self.owners.values() {
+            for r in &o.extra {
+                ops.push(UpdateOp::Delete(r.clone()));
+            }
+            for t in &o.ttl {
+                let mut old = t.wanted.clone();
+                old.ttl = t.actual_ttl;
+                ops.push(UpdateOp::Delete(old));
+                ops.push(UpdateOp::Add(t.wanted.clone()));
+            }
+            for r in &o.missing {
+                ops.push(UpdateOp::Add(r.clone()));
+            }
+        }
+        group_by_owner(ops)
+    }
+}
+
+/// Why a repair cannot be planned or written.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RepairError {
+    /// One record does not fit a message of the budget, even alone.
+    #[error("a repair of {owner} in zone {zone} needs {bytes} bytes for one record, more than the budget of {budget} bytes")]
+    RecordTooLarge {
+        /// The zone.
+        zone: ZoneName,
+        /// The owner.
+        owner: Owner,
+        /// Bytes needed.
+        bytes: usize,
+        /// The budget's limit.
+        budget: usize,
+    },
+    /// Encoding failed.
+    #[error("cannot encode a repair UPDATE for zone {zone}")]
+    Encode {
+        /// The zone.
+        zone: ZoneName,
+        /// Why.
+        #[source]
+        source: EncodeError,
+    },
+}
+
+/// The prerequisite that guards a repair: the apex SOA RRset exactly as the
+/// transfer saw it (RFC 2136 §2.4.2).
+pub fn soa_guard(zone: &ZoneName, soa: &Rdata) -> Prerequisite {
+    Prerequisite::RrsetEquals {
+        owner: Owner::from_name(zone.name().clone()),
+        rtype: RType::SOA,
+        rdatas: vec![soa.clone()],
+    }
+}
+
+/// The SOA data with its serial one higher (RFC 1982 arithmetic): what BIND
+/// and Knot (`serial-policy: increment`) hold after applying an UPDATE.
+/// `None` if `soa` is too short to be SOA data.
+pub fn next_serial(soa: &Rdata) -> Option<Rdata> {
+    let wire = soa.as_wire();
+    let at = wire.len().checked_sub(20)?;
+    let serial = u32::from_be_bytes(wire.get(at..at + 4)?.try_into().ok()?);
+    let mut next = wire.to_vec();
+    next[at..at + 4].copy_from_slice(&serial.wrapping_add(1).to_be_bytes());
+    Some(Rdata::from_wire(&next))
+}
+
+/// Encodes one repair message: the SOA guard (none when `soa` is `None`:
+/// the operator chose to repair unguarded), then the operations.
+pub fn encode_repair(
+    zone: &ZoneName,
+    id: u16,
+    soa: Option<&Rdata>,
+    ops: &[UpdateOp],
+) -> Result<Vec<u8>, RepairError> {
+    let guard: Vec<Prerequisite> = soa.map(|soa| soa_guard(zone, soa)).into_iter().collect();
+    update::encode(zone, id, &guard, ops).map_err(|source| RepairError::Encode {
+        zone: zone.clone(),
+        source,
+    })
+}
+
+/// Bytes the SOA guard adds to a message: a pointer to the zone name, the
+/// fixed RR fields and the data.
+fn guard_len(soa_len: usize) -> usize {
+    2 + 10 + soa_len
+}
+
+/// Packs the repair of `diff` into messages that, with a SOA guard of
+/// `soa_len` bytes of data and the TSIG record, stay within `budget`. An
+/// owner group larger than one message is split in order (its deletes
+/// still before its adds).
+pub fn repair_messages(
+    diff: &ZoneDiff,
+    soa_len: usize,
+    budget: Budget,
+) -> Result<Vec<Vec<UpdateOp>>, RepairError> {
+    let zone = &diff.zone;
+    // The packer does not count prerequisites; its bound also assumes owners
+    // start where it thinks they do, so leave room for the guard twice over
+    // (its bytes, and the offsets it shifts past the 14-bit pointer limit
+    // are checked after encoding below).
+    let inner = Budget {
+        max_message_bytes: budget.limit().saturating_sub(guard_len(soa_len)),
+        tsig_record_len: budget.tsig_record_len,
+    };
+    let mut packer = Packer::new(zone.clone(), inner);
+    let mut messages: Vec<Vec<UpdateOp>> = Vec::new();
+    let mut pending: Vec<OwnerGroup> = Vec::new();
+    for group in diff.repair_groups() {
+        if inner.fits_alone(zone, &group) {
+            pending.push(group);
+            continue;
+        }
+        let mut part = OwnerGroup {
+            owner: group.owner.clone(),
+            ops: Vec::new(),
+        };
+        for op in group.ops {
+            part.ops.push(op);
+            if !inner.fits_alone(zone, &part) {
+                let op = part.ops.pop().expect("just pushed");
+                if part.ops.is_empty() {
+                    let alone = OwnerGroup {
+                        owner: group.owner.clone(),
+                        ops: vec![op],
+                    };
+                    return Err(RepairError::RecordTooLarge {
+                        zone: zone.clone(),
+                        owner: group.owner.clone(),
+                        bytes: inner.group_alone(zone, &alone) + guard_len(soa_len),
+                        budget: budget.limit(),
+                    });
+                }
+                let full = std::mem::replace(
+                    &mut part,
+                    OwnerGroup {
+                        owner: group.owner.clone(),
+                        ops: vec![op],
+                    },
+                );
+                pending.push(full);
+            }
+        }
+        if !part.ops.is_empty() {
+            pending.push(part);
+        }
+    }
+    for group in pending {
+        match packer.try_push(group) {
+            Ok(()) => {}
+            Err(PushError::Full(group)) => {
+                messages.push(packer.take());
+                packer
+                    .try_push(group)
+                    .map_err(|e| too_large(zone, e, budget))?;
+            }
+            Err(e) => return Err(too_large(zone, e, budget)),
+        }
+    }
+    if !packer.is_empty() {
+        messages.push(packer.take());
+    }
+    // The guard shifts every owner by its length: check the real size, and
+    // halve a message that (rarely) outgrew the budget.
+    let soa = Rdata::from_wire(&vec![0; soa_len]);
+    let mut out = Vec::with_capacity(messages.len());
+    let mut stack: Vec<Vec<UpdateOp>> = messages.into_iter().rev().collect();
+    while let Some(ops) = stack.pop() {
+        let len = encode_repair(zone, 0, Some(&soa), &ops)?.len();
+        if len + budget.tsig_record_len <= budget.limit() || ops.len() < 2 {
+            out.push(ops);
+        } else {
+            let mut first = ops;
+            let second = first.split_off(first.len() / 2);
+            stack.push(second);
+            stack.push(first);
+        }
+    }
+    Ok(out)
+}
+
+fn too_large(zone: &ZoneName, e: PushError, budget: Budget) -> RepairError {
+    let (owner, bytes) = match e {
+        PushError::GroupTooLarge { owner, bytes, .. } => (owner, bytes),
+        PushError::Full(group) => (group.owner, budget.limit()),
+    };
+    RepairError::RecordTooLarge {
+        zone: zone.clone(),
+        owner,
+        bytes,
+        budget: budget.limit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn zone() -> ZoneName {
+        ZoneName::parse("example.test.").unwrap()
+    }
+
+    fn rec(owner: &str, ttl: u32, rtype: &str, data: &str) -> Record {
+        Record::parse(owner, ttl, rtype, data).unwrap()
+    }
+
+    /// A record of a type pg2dns does not parse, from raw wire data.
+    fn raw(owner: &str, ttl: u32, rtype: RType, wire: &[u8]) -> Record {
+        Record {
+            owner: Owner::parse(owner).unwrap(),
+            rtype,
+            ttl,
+            rdata: Rdata::from_wire(wire),
+        }
+    }
+
+    fn soa_wire(serial: u32) -> Vec<u8> {
+        let mut w = Vec::new();
+        w.extend_from_slice(b"\x02ns\x07example\x04test\x00");
+        w.extend_from_slice(b"\x05admin\x07example\x04test\x00");
+        for v in [serial, 3600, 600, 86400, 300] {
+            w.extend_from_slice(&v.to_be_bytes());
+        }
+        w
+    }
+
+    fn budget(max: usize) -> Budget {
+        Budget {
+            max_message_bytes: max,
+            tsig_record_len: 81,
+        }
+    }
+
+    #[test]
+    fn the_soa_dnssec_and_unlisted_apex_ns_are_not_owned() {
+        let z = zone();
+        let soa = raw("example.test.", 300, RType::SOA, &soa_wire(1));
+        let rrsig = raw("www.example.test.", 300, RType::RRSIG, &[0; 20]);
+        let private = raw("example.test.", 0, RType(65534), &[1, 2, 3]);
+        let apex_ns = rec("example.test.", 300, "NS", "ns.example.test.");
+        let deleg = rec("sub.example.test.", 300, "NS", "ns.sub.example.test.");
+        assert!(!is_owned(&z, &soa, true));
+        assert!(!is_owned(&z, &rrsig, true));
+        assert!(!is_owned(&z, &private, true));
+        assert!(!is_owned(&z, &apex_ns, false));
+        assert!(is_owned(&z, &apex_ns, true));
+        assert!(is_owned(&z, &deleg, false));
+        let outside = rec("www.other.test.", 300, "A", "192.0.2.1");
+        assert!(!is_owned(&z, &outside, true));
+    }
+
+    #[test]
+    fn missing_extra_and_ttl_differences_are_reported_per_owner() {
+        let desired = vec![
+            rec("WWW.example.test.", 300, "A", "192.0.2.1"),
+            rec("www.example.test.", 300, "A", "192.0.2.2"),
+            rec("mail.example.test.", 600, "MX", "10 MX.example.test."),
+        ];
+        let actual = vec![
+            raw("example.test.", 3600, RType::SOA, &soa_wire(7)),
+            rec("example.test.", 3600, "NS", "ns.example.test."),
+            rec("www.example.test.", 300, "A", "192.0.2.1"),
+            rec("www.example.test.", 300, "A", "192.0.2.9"),
+            rec("mail.example.test.", 60, "MX", "10 mx.example.test."),
+        ];
+        let d = diff(&zone(), &desired, &actual);
+        assert_eq!((d.missing(), d.extra(), d.ttl_differences()), (1, 1, 1));
+        assert_eq!((d.desired, d.owned_actual, d.not_owned), (3, 3, 2));
+        let www = &d.owners[&Owner::parse("www.example.test.").unwrap()];
+        assert_eq!(
+            www.missing,
+            vec![rec("www.example.test.", 300, "A", "192.0.2.2")]
+        );
+        assert_eq!(
+            www.extra,
+            vec![rec("www.example.test.", 300, "A", "192.0.2.9")]
+        );
+        let mail = &d.owners[&Owner::parse("mail.example.test.").unwrap()];
+        assert_eq!(mail.ttl[0].actual_ttl, 60);
+        assert_eq!(mail.ttl[0].wanted.ttl, 600);
+        assert!(!d.is_in_sync());
+        let groups = d.repair_groups();
+        let mail_ops = &groups
+            .iter()
+            .find(|g| g.owner.to_string() == "mail.example.test.")
+            .unwrap()
+            .ops;
+        assert!(matches!(&mail_ops[0], UpdateOp::Delete(r) if r.ttl == 60));
+        assert!(matches!(&mail_ops[1], UpdateOp::Add(r) if r.ttl == 600));
+    }
+
+    #[test]
+    fn apex_ns_is_compared_once_the_database_lists_it() {
+        let actual = vec![
+            rec("example.test.", 3600, "NS", "ns1.example.test."),
+            rec("example.test.", 3600, "NS", "ns2.example.test."),
+        ];
+        let d = diff(&zone(), &[], &actual);
+        assert!(d.is_in_sync());
+        let desired = vec![rec("example.test.", 3600, "NS", "ns1.example.test.")];
+        let d = diff(&zone(), &desired, &actual);
+        assert_eq!(d.extra(), 1);
+        assert_eq!(d.missing(), 0);
+    }
+
+    #[test]
+    fn the_safety_share_counts_deletes_and_changes_of_what_dns_holds() {
+        let actual: Vec<Record> = (0..20)
+            .map(|i| rec(&format!("h{i}.example.test."), 300, "A", "192.0.2.1"))
+            .collect();
+        let d = diff(&zone(), &actual[..10], &actual);
+        assert!((d.change_share() - 0.5).abs() < 1e-9);
+        assert!(d.exceeds(0.3, 10));
+        let d = diff(&zone(), &actual[..15], &actual);
+        assert!(!d.exceeds(0.3, 10));
+        let small = diff(&zone(), &[], &actual[..10]);
+        assert!(
+            !small.exceeds(0.3, 10),
+            "a zone of 10 records is never refused"
+        );
+    }
+
+    #[test]
+    fn the_next_serial_wraps() {
+        let soa = Rdata::from_wire(&soa_wire(u32::MAX));
+        assert_eq!(next_serial(&soa).unwrap(), Rdata::from_wire(&soa_wire(0)));
+        let soa = Rdata::from_wire(&soa_wire(41));
+        assert_eq!(next_serial(&soa).unwrap(), Rdata::from_wire(&soa_wire(42)));
+        assert_eq!(next_serial(&Rdata::from_wire(&[1, 2])), None);
+    }
+
+    #[test]
+    fn every_repair_message_carries_the_soa_guard() {
+        use hickory_proto::op::Message;
+        let desired = vec![rec("a.example.test.", 300, "A", "192.0.2.1")];
+        let d = diff(&zone(), &desired, &[]);
+        let soa = Rdata::from_wire(&soa_wire(5));
+        let messages = repair_messages(&d, soa.len(), budget(65_535)).unwrap();
+        assert_eq!(messages.len(), 1);
+        let wire = encode_repair(&zone(), 9, Some(&soa), &messages[0]).unwrap();
+        let m = Message::from_vec(&wire).unwrap();
+        assert_eq!(m.answers.len(), 1, "the prerequisite section");
+        assert_eq!(u16::from(m.answers[0].record_type()), RType::SOA.0);
+        assert_eq!(m.answers[0].ttl, 0);
+        assert_eq!(m.authorities.len(), 1);
+    }
+
+    /// Applies repair operations to a zone as a server does (RR identity
+    /// without TTL, RFC 2136 §1.1.1).
+    fn apply(zone: &mut HashMap<RrKey, u32>, ops: &[UpdateOp]) {
+        for op in ops {
+            match op {
+                UpdateOp::Delete(r) => {
+                    zone.remove(&(r.owner.clone(), r.rtype, r.rdata.clone()));
+                }
+                UpdateOp::Add(r) => {
+                    zone.entry((r.owner.clone(), r.rtype, r.rdata.clone()))
+                        .or_insert(r.ttl);
+                }
+                UpdateOp::DeleteRrset { owner, rtype } => {
+                    zone.retain(|k, _| !(k.0 == *owner && k.1 == *rtype))
+                }
+            }
+        }
+    }
+
+    fn pool(i: u8, ttl: u32) -> Record {
+        let owner = match i % 6 {
+            0 => "example.test.".to_string(),
+            1 => "WWW.example.test.".to_string(),
+            n => format!("h{n}.{}.example.test.", "x".repeat(40)),
+        };
+        match i % 5 {
+            0 => rec(&owner, ttl, "A", &format!("192.0.2.{i}")),
+            1 => rec(
+                &owner,
+                ttl,
+                "TXT",
+                &format!("\"{}\"", "t".repeat(usize::from(i))),
+            ),
+            2 => rec(&owner, ttl, "MX", &format!("{i} mx.example.test.")),
+            3 => rec(&owner, ttl, "AAAA", &format!("2001:db8::{i:x}")),
+            _ if owner == "example.test." => {
+                rec(&owner, ttl, "NS", &format!("ns{i}.example.test."))
+            }
+            _ => rec(&owner, ttl, "SRV", &format!("0 1 {i} t.example.test.")),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_repair_turns_what_dns_holds_into_what_the_database_wants(
+            want in proptest::collection::vec((0..120u8, prop_oneof![Just(300u32), Just(60)]), 0..80),
+            have in proptest::collection::vec((0..120u8, prop_oneof![Just(300u32), Just(60)]), 0..80),
+            max in prop_oneof![512..1_500usize, 1_500..65_535usize],
+        ) {
+            let z = zone();
+            let desired: Vec<Record> = want.iter().map(|&(i, t)| pool(i, t)).collect();
+            let mut actual: Vec<Record> = Vec::new();
+            for &(i, t) in &have {
+                let r = pool(i, t);
+                if !actual.iter().any(|a| a.same_rr(&r)) {
+                    actual.push(r);
+                }
+            }
+            let soa = Rdata::from_wire(&soa_wire(9));
+            let foreign = vec![
+                raw("example.test.", 300, RType::SOA, soa.as_wire()),
+                raw("www.example.test.", 300, RType::RRSIG, &[7; 40]),
+                raw("example.test.", 0, RType(65534), &[1, 2, 3]),
+            ];
+            actual.extend(foreign.iter().cloned());
+            let d = diff(&z, &desired, &actual);
+            let b = budget(max);
+            let messages = repair_messages(&d, soa.len(), b).unwrap();
+            let mut server: HashMap<RrKey, u32> = actual
+                .iter()
+                .map(|r| ((r.owner.clone(), r.rtype, r.rdata.clone()), r.ttl))
+                .collect();
+            for ops in &messages {
+                prop_assert!(!ops.is_empty());
+                let wire = encode_repair(&z, 1, Some(&soa), ops).unwrap();
+                prop_assert!(wire.len() + b.tsig_record_len <= b.limit(), "{} > {}", wire.len(), b.limit());
+                apply(&mut server, ops);
+            }
+            let after: Vec<Record> = server
+                .into_iter()
+                .map(|((owner, rtype, rdata), ttl)| Record { owner, rtype, ttl, rdata })
+                .collect();
+            for f in &foreign {
+                prop_assert!(after.contains(f), "{f} was touched");
+            }
+            let again = diff(&z, &desired, &after);
+            prop_assert!(again.is_in_sync(), "{:?}", again.owners);
+        }
+    }
+}

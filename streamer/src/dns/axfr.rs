@@ -1,0 +1,312 @@
+//! A full zone transfer (AXFR, RFC 5936) over one [`Connection`], signed and
+//! verified with TSIG: what the batch comparison reads DNS with.
+//!
+//! RFC 5936 §2.2: "the first message MUST begin with the SOA resource record
+//! of the zone, and the last message MUST conclude with the same SOA
+//! resource record", and a transfer may span many messages. The transfer is
+//! therefore complete when a second SOA arrives; a connection closed before
+//! that is an error, never a shorter zone. Every message goes through
+//! [`StreamVerifier`] (RFC 8945 §5.3.1: unsigned messages may sit between
+//! signed ones, the last must be signed) and [`StreamVerifier::finish`] must
+//! accept the stream before its records are used.
+//!
+//! Records are converted to pg2dns's [`Record`] through its own formatter and
+//! parser (`rdata::format` of the uncompressed data hickory re-emits, then
+//! [`Record::parse_data`]), so the transferred side is in exactly the
+//! canonical form the database side is parsed into (names lower-case).
+//! Records of types pg2dns does not publish keep their raw data: the
+//! comparison ignores them, but the SOA is the repair's guard.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hickory_proto::op::Message;
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+use pg2dns_decoder::session::Rcode;
+use pg2dns_decoder::tsig::{self, StreamVerifier, TsigError, TsigKey};
+use pg2dns_decoder::{rdata, Name, Owner, RType, Rdata, Record, ZoneName};
+
+use crate::dns::Connection;
+
+/// QTYPE AXFR (RFC 5936 §2.1).
+const TYPE_AXFR: u16 = 252;
+/// Class IN.
+const CLASS_IN: u16 = 1;
+
+/// A completed, verified zone transfer.
+#[derive(Clone, Debug)]
+pub struct Transfer {
+    /// The apex SOA record (data in wire form, as the server sent it).
+    pub soa: Record,
+    /// Every record of the zone, the SOA once, in the order received.
+    pub records: Vec<Record>,
+    /// How many messages the transfer took.
+    pub messages: usize,
+}
+
+/// Why a zone transfer failed. Every variant names the zone and the server.
+#[derive(Debug, thiserror::Error)]
+pub enum AxfrError {
+    /// The TCP connection or a read or write failed.
+    #[error("zone {zone}: transfer from {server} failed")]
+    Io {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The server closed the connection before the closing SOA.
+    #[error("zone {zone}: {server} closed the connection before the transfer ended (after {records} records)")]
+    Truncated {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+        /// Records received.
+        records: usize,
+    },
+    /// No message arrived in time.
+    #[error("zone {zone}: {server} sent nothing for {seconds} s during the transfer")]
+    Timeout {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// Signing the request or verifying an answer failed.
+    #[error("zone {zone}: TSIG of the transfer from {server}")]
+    Tsig {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+        /// What TSIG said.
+        #[source]
+        source: TsigError,
+    },
+    /// The server refused the transfer.
+    #[error("zone {zone}: {server} answered the transfer with {rcode}{hint}")]
+    Refused {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+        /// Its answer.
+        rcode: Rcode,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// A message or record does not make sense as a transfer of this zone.
+    #[error("zone {zone}: malformed transfer from {server}: {detail}")]
+    Malformed {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A message ID that differs between requests.
+pub(crate) fn fresh_id() -> u16 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (nanos ^ (nanos >> 16)) as u16
+}
+
+/// The AXFR query for `zone`, unsigned.
+fn query(zone: &ZoneName, id: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(32);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    q.extend_from_slice(zone.name().as_wire());
+    q.extend_from_slice(&TYPE_AXFR.to_be_bytes());
+    q.extend_from_slice(&CLASS_IN.to_be_bytes());
+    q
+}
+
+/// Transfers `zone` from `server`, signing with `key`; `timeout` bounds the
+/// wait for each message.
+pub async fn transfer(
+    zone: &ZoneName,
+    server: SocketAddr,
+    key: &TsigKey,
+    timeout: Duration,
+) -> Result<Transfer, AxfrError> {
+    let io_err = |source| AxfrError::Io {
+        zone: zone.clone(),
+        server,
+        source,
+    };
+    let tsig_err = |source| AxfrError::Tsig {
+        zone: zone.clone(),
+        server,
+        source,
+    };
+    let malformed = |detail: String| AxfrError::Malformed {
+        zone: zone.clone(),
+        server,
+        detail,
+    };
+    let request = tsig::sign(
+        &query(zone, fresh_id()),
+        key,
+        unix_now(),
+        tsig::DEFAULT_FUDGE,
+    )
+    .map_err(tsig_err)?;
+    let mut conn = Connection::connect(server).await.map_err(io_err)?;
+    conn.send(&request.wire).await.map_err(io_err)?;
+    let mut verifier = StreamVerifier::new(&request, key);
+    let mut records: Vec<Record> = Vec::new();
+    let mut soa: Option<Record> = None;
+    let mut messages = 0;
+    loop {
+        let frame = match tokio::time::timeout(timeout, conn.recv()).await {
+            Err(_) => {
+                return Err(AxfrError::Timeout {
+                    zone: zone.clone(),
+                    server,
+                    seconds: timeout.as_secs(),
+                })
+            }
+            Ok(None) => {
+                return Err(AxfrError::Truncated {
+                    zone: zone.clone(),
+                    server,
+                    records: records.len(),
+                })
+            }
+            Ok(Some(frame)) => frame.map_err(io_err)?,
+        };
+        messages += 1;
+        let rcode = match verifier.verify(&frame, unix_now()) {
+            Ok(v) => v.rcode,
+            Err(TsigError::Unsigned { rcode }) if rcode != 0 => rcode,
+            Err(e) => return Err(tsig_err(e)),
+        };
+        if rcode != 0 {
+            let rcode = Rcode(rcode);
+            return Err(AxfrError::Refused {
+                zone: zone.clone(),
+                server,
+                rcode,
+                hint: if rcode == Rcode::REFUSED || rcode == Rcode::NOTAUTH {
+                    " (allow-transfer in named.conf, or acl in knot.conf, must let this key transfer the zone)"
+                } else {
+                    ""
+                },
+            });
+        }
+        let message = Message::from_vec(&frame).map_err(|e| malformed(e.to_string()))?;
+        let mut done = false;
+        for rr in &message.answers {
+            if done {
+                return Err(malformed("records after the closing SOA".into()));
+            }
+            let record = convert(rr).map_err(&malformed)?;
+            if record.rtype == RType::SOA {
+                if record.owner.name() != zone.name() {
+                    return Err(malformed(format!("an SOA at {}", record.owner)));
+                }
+                match &soa {
+                    None => {
+                        soa = Some(record.clone());
+                        records.push(record);
+                    }
+                    Some(first) if first.rdata == record.rdata => done = true,
+                    Some(_) => {
+                        return Err(malformed(
+                            "the closing SOA differs from the opening one (the zone changed during the transfer: try again)".into(),
+                        ))
+                    }
+                }
+                continue;
+            }
+            if soa.is_none() {
+                return Err(malformed(format!(
+                    "the first record is {} {}, not the zone's SOA",
+                    record.owner, record.rtype
+                )));
+            }
+            records.push(record);
+        }
+        if done {
+            break;
+        }
+    }
+    verifier.finish().map_err(tsig_err)?;
+    let soa = soa.ok_or_else(|| malformed("no SOA".into()))?;
+    Ok(Transfer {
+        soa,
+        records,
+        messages,
+    })
+}
+
+/// One transferred RR as pg2dns's record: names lower-case, data of the
+/// types pg2dns publishes in the canonical form its parser gives.
+fn convert(rr: &hickory_proto::rr::Record) -> Result<Record, String> {
+    let mut name = Vec::new();
+    let mut encoder = BinEncoder::new(&mut name);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    rr.name
+        .emit(&mut encoder)
+        .map_err(|e| format!("owner {}: {e}", rr.name))?;
+    let (owner, _) = Name::from_wire(&name).map_err(|e| format!("owner {}: {e}", rr.name))?;
+    let owner = Owner::from_name(owner);
+    let mut wire = Vec::new();
+    let mut encoder = BinEncoder::new(&mut wire);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    rr.data
+        .emit(&mut encoder)
+        .map_err(|e| format!("data of {owner}: {e}"))?;
+    let rtype = RType(u16::from(rr.record_type()));
+    if rtype.is_supported() {
+        let canonical = rdata::format(rtype, &wire)
+            .ok()
+            .and_then(|text| Record::parse_data(owner.clone(), rr.ttl, rtype, &text).ok());
+        if let Some(record) = canonical {
+            return Ok(record);
+        }
+    }
+    // Not a type pg2dns publishes (or data its parser would not write):
+    // kept as sent.
+    Ok(Record {
+        owner,
+        rtype,
+        ttl: rr.ttl,
+        rdata: Rdata::from_wire(&wire),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_asks_for_an_axfr_of_the_zone() {
+        let zone = ZoneName::parse("Example.Test").unwrap();
+        let q = query(&zone, 0x1234);
+        let m = Message::from_vec(&q).unwrap();
+        assert_eq!(m.metadata.id, 0x1234);
+        assert_eq!(m.queries[0].name().to_string(), "example.test.");
+        assert_eq!(u16::from(m.queries[0].query_type()), TYPE_AXFR);
+    }
+}

@@ -1,0 +1,681 @@
+//! `pg2dns reconcile`: prove that DNS says what the database says, and
+//! repair it when something else changed the zones.
+//!
+//! ```text
+//!  SELECT * FROM pg2dns.rr ─▶ mapping + plan (as the stream) ─▶ desired records ─┐
+//!                                                                                ├─▶ diff ─▶ report
+//!  AXFR (TSIG-verified) of each zone ─▶ actual records ──────────────────────────┘     │
+//!                                                                        --apply ─▶ repair UPDATEs
+//!                                                     (SOA-guarded; NXRRSET ─▶ fresh AXFR, retry)
+//!                                                                                      │
+//!                                                          row state of the zone := the desired rows
+//! ```
+//!
+//! Why the plan: the desired side must be what the stream would publish,
+//! so each row goes through the stream's mapping and planner (one row per
+//! segment, in `id` order, as if each had been inserted on its own). A row
+//! the stream refuses (a CNAME beside other data, past the RRset limit, a
+//! host name `check_names` refuses) is not desired, and an RRset takes the
+//! smallest TTL its rows give.
+//!
+//! Why a fresh transfer on NXRRSET or YXRRSET: each repair UPDATE carries the
+//! apex SOA it expects (RFC 2136 §2.4.2); the server refuses it as a whole
+//! when the zone changed since the transfer, and the difference must then be
+//! computed again. After a message is applied the next one expects the
+//! serial one higher (BIND's and Knot's default); a server with another
+//! serial policy fails that guard too, which costs one transfer.
+//!
+//! The comparison is exact only while nothing else writes: the database is
+//! read now, DNS is transferred now, and a running `pg2dns run` may apply a
+//! transaction in between. Stop the service first (the exact pause of the
+//! admin commands will remove that need).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pg2dns_decoder::diff::{self, ZoneDiff};
+use pg2dns_decoder::mapping::{Mapping, RowKey, RowUpdate, RrTable};
+use pg2dns_decoder::plan::{Loaded, Planner, SourceId};
+use pg2dns_decoder::row::TextRow;
+use pg2dns_decoder::session::Rcode;
+use pg2dns_decoder::tsig::{self, TsigError};
+use pg2dns_decoder::update::Budget;
+use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, ZoneName};
+use tracing::{info, warn};
+
+use crate::config::{Config, ZoneConfig};
+use crate::dns::axfr::{self, AxfrError, Transfer};
+use crate::dns::Connection;
+use crate::store::{sql, Store, StoreError};
+
+/// Zones with at most this many owned records are never refused by the
+/// safety threshold.
+pub const MIN_RECORDS_FOR_THRESHOLD: usize = 10;
+/// How many times a repair starts again from a fresh transfer without
+/// progress before it gives up.
+pub const MAX_GUARD_FAILURES: usize = 3;
+/// Test hook: milliseconds to wait between the transfer and the first
+/// repair message (lets a test change the zone meanwhile).
+pub const PAUSE_BEFORE_REPAIR_ENV: &str = "PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS";
+
+/// What the operator asked for.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Zones to reconcile (all configured zones when empty).
+    pub zones: Vec<String>,
+    /// Send the repair.
+    pub apply: bool,
+    /// Apply even a repair past the safety threshold.
+    pub force: bool,
+    /// Send the repair without the SOA prerequisite (for servers that check
+    /// prerequisites against another SOA than they serve, such as BIND
+    /// with inline signing); only safe while nothing else updates the zone.
+    pub unguarded: bool,
+}
+
+/// Why reconciling failed as a whole (per-zone failures are in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A `--zone` names no configured zone.
+    #[error("zone {0} is not configured")]
+    UnknownZone(String),
+    /// The database could not be read or the row state written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why one zone could not be reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneError {
+    /// The transfer failed.
+    #[error(transparent)]
+    Axfr(#[from] AxfrError),
+    /// A repair could not be planned.
+    #[error("zone {zone}: cannot plan the repair")]
+    Plan {
+        /// The zone.
+        zone: ZoneName,
+        /// Why.
+        #[source]
+        source: diff::RepairError,
+    },
+    /// A repair UPDATE failed.
+    #[error("zone {zone}: repair UPDATE to {server} failed: {detail}")]
+    Update {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+        /// What happened.
+        detail: String,
+    },
+    /// The server refused a repair UPDATE.
+    #[error("zone {zone}: {server} answered a repair UPDATE with {rcode}: {hint}")]
+    Refused {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+        /// The answer.
+        rcode: Rcode,
+        /// What it usually means.
+        hint: &'static str,
+    },
+    /// The SOA guard kept failing: someone keeps changing the zone.
+    #[error("zone {zone}: the zone changed during the repair {attempts} times in a row (SOA prerequisite failed); stop whatever else updates it and run again")]
+    KeepsChanging {
+        /// The zone.
+        zone: ZoneName,
+        /// Failures without progress.
+        attempts: usize,
+    },
+    /// The SOA guard failed although the zone's SOA did not change: the
+    /// server checks prerequisites against another SOA than it serves.
+    #[error("zone {zone}: {server} refuses the SOA prerequisite although the SOA it serves did not change; it checks UPDATE prerequisites against another SOA (BIND with inline-signing does: its unsigned zone has its own serial). Repair with --unguarded while nothing else updates the zone")]
+    GuardUnusable {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+    },
+    /// The row state could not be written.
+    #[error("zone {zone}: cannot bring pg2dns.row_state in line")]
+    State {
+        /// The zone.
+        zone: ZoneName,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// What was done to one zone.
+#[derive(Debug)]
+pub struct ZoneOutcome {
+    /// The zone.
+    pub zone: ZoneName,
+    /// The comparison before any repair (`None` if it failed).
+    pub diff: Option<ZoneDiff>,
+    /// Records in the first transfer (all of them, SOA included).
+    pub transferred: usize,
+    /// Time the first transfer took.
+    pub axfr_time: Duration,
+    /// The repair was refused by the safety threshold.
+    pub refused_by_threshold: bool,
+    /// Repair messages the server accepted.
+    pub messages_applied: usize,
+    /// Times the repair started again from a fresh transfer.
+    pub retries: usize,
+    /// After `--apply`: whether a final transfer showed the zone in sync.
+    pub in_sync_after: Option<bool>,
+    /// The error that stopped this zone.
+    pub error: Option<ZoneError>,
+}
+
+/// The whole run.
+#[derive(Debug)]
+pub struct Report {
+    /// Rows read from the table.
+    pub rows: usize,
+    /// Rows the stream would refuse (not desired).
+    pub refused_rows: usize,
+    /// Time reading the table took.
+    pub read_time: Duration,
+    /// Per zone, in configuration order.
+    pub zones: Vec<ZoneOutcome>,
+    /// Whether the repair was sent.
+    pub applied: bool,
+}
+
+impl Report {
+    /// 0 when every zone is in sync (after the repair, with `--apply`), 1
+    /// when there are differences left, 2 when a zone failed.
+    pub fn exit_code(&self) -> u8 {
+        if self.zones.iter().any(|z| z.error.is_some()) {
+            return 2;
+        }
+        let in_sync = |z: &ZoneOutcome| match z.in_sync_after {
+            Some(after) => after,
+            None => z.diff.as_ref().is_some_and(ZoneDiff::is_in_sync),
+        };
+        if self.zones.iter().all(in_sync) {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// A short summary for people.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        for z in &self.zones {
+            let line = match (&z.diff, &z.error) {
+                (None, Some(e)) => format!("error: {}", crate::error::chain(e)),
+                (Some(d), _) if d.is_in_sync() => {
+                    format!("in sync ({} records owned)", d.owned_actual)
+                }
+                (Some(d), _) => format!(
+                    "{} missing, {} extra, {} TTL differences ({} owned records in DNS, {} wanted)",
+                    d.missing(),
+                    d.extra(),
+                    d.ttl_differences(),
+                    d.owned_actual,
+                    d.desired
+                ),
+                (None, None) => "not compared".into(),
+            };
+            out.push_str(&format!("{}: {line}\n", z.zone));
+            if let Some(d) = &z.diff {
+                for (owner, o) in d.owners.iter().take(20) {
+                    for r in &o.missing {
+                        out.push_str(&format!("  + {r}\n"));
+                    }
+                    for r in &o.extra {
+                        out.push_str(&format!("  - {r}\n"));
+                    }
+                    for t in &o.ttl {
+                        out.push_str(&format!(
+                            "  ~ {owner} {} {} TTL {} → {}\n",
+                            t.wanted.rtype,
+                            t.wanted.rdata_text(),
+                            t.actual_ttl,
+                            t.wanted.ttl
+                        ));
+                    }
+                }
+                if d.owners.len() > 20 {
+                    out.push_str(&format!(
+                        "  … and {} more owners (--json lists all)\n",
+                        d.owners.len() - 20
+                    ));
+                }
+            }
+            if z.refused_by_threshold {
+                out.push_str(&format!(
+                    "  repair refused: it would delete or change {:.0}% of the zone's records; check the database, then use --force\n",
+                    z.diff.as_ref().map_or(0.0, ZoneDiff::change_share) * 100.0
+                ));
+            }
+            if self.applied && z.messages_applied > 0 {
+                out.push_str(&format!(
+                    "  repaired with {} UPDATE(s){}\n",
+                    z.messages_applied,
+                    if z.retries > 0 {
+                        format!(", {} retried from a fresh transfer", z.retries)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+            if let Some(after) = z.in_sync_after {
+                out.push_str(if after {
+                    "  now in sync\n"
+                } else {
+                    "  still differs after the repair\n"
+                });
+            }
+            if let (Some(e), Some(_)) = (&z.error, &z.diff) {
+                out.push_str(&format!("  error: {}\n", crate::error::chain(e)));
+            }
+        }
+        out
+    }
+
+    /// Everything, as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let rec = |r: &Record| json!({"owner": r.owner.to_string(), "type": r.rtype.to_string(), "ttl": r.ttl, "rdata": r.rdata_text()});
+        let zones: Vec<serde_json::Value> = self
+            .zones
+            .iter()
+            .map(|z| {
+                let mut v = json!({
+                    "zone": z.zone.to_string(),
+                    "axfr_ms": z.axfr_time.as_millis() as u64,
+                    "transferred": z.transferred,
+                    "refused_by_threshold": z.refused_by_threshold,
+                    "messages_applied": z.messages_applied,
+                    "retries": z.retries,
+                    "in_sync_after": z.in_sync_after,
+                    "error": z.error.as_ref().map(|e| crate::error::chain(e)),
+                });
+                if let Some(d) = &z.diff {
+                    let all = |f: &dyn Fn(&diff::OwnerDiff) -> Vec<serde_json::Value>| {
+                        d.owners.values().flat_map(f).collect::<Vec<_>>()
+                    };
+                    v["in_sync"] = json!(d.is_in_sync());
+                    v["desired"] = json!(d.desired);
+                    v["owned"] = json!(d.owned_actual);
+                    v["not_owned"] = json!(d.not_owned);
+                    v["change_share"] = json!(d.change_share());
+                    v["missing"] = json!(all(&|o| o.missing.iter().map(rec).collect()));
+                    v["extra"] = json!(all(&|o| o.extra.iter().map(rec).collect()));
+                    v["ttl"] = json!(all(&|o| o
+                        .ttl
+                        .iter()
+                        .map(|t| {
+                            let mut v = rec(&t.wanted);
+                            v["actual_ttl"] = json!(t.actual_ttl);
+                            v
+                        })
+                        .collect()));
+                }
+                v
+            })
+            .collect();
+        json!({
+            "rows": self.rows,
+            "refused_rows": self.refused_rows,
+            "read_ms": self.read_time.as_millis() as u64,
+            "applied": self.applied,
+            "exit_code": self.exit_code(),
+            "zones": zones,
+        })
+    }
+}
+
+/// What the database wants: per zone, the desired records, and per row the
+/// records it contributes (for the row state).
+struct Desired {
+    rows: usize,
+    refused: usize,
+    records: BTreeMap<ZoneId, Vec<Record>>,
+    contributions: BTreeMap<ZoneId, Vec<(RowKey, Vec<Record>)>>,
+}
+
+/// Reads `pg2dns.rr` now and plans it as the stream would.
+async fn read_desired(store: &Store, config: &Config) -> Result<Desired, StoreError> {
+    let zones = config.zones();
+    let limits = config.plan_limits();
+    let messages = store
+        .client()
+        .simple_query("SELECT * FROM pg2dns.rr ORDER BY id")
+        .await
+        .map_err(sql("cannot read pg2dns.rr"))?;
+    let mut planner = Planner::new(&zones, &limits, Loaded::default());
+    let mut columns: Option<Arc<[String]>> = None;
+    let mut rows = 0;
+    for m in messages {
+        let tokio_postgres::SimpleQueryMessage::Row(row) = m else {
+            continue;
+        };
+        let cols = columns
+            .get_or_insert_with(|| {
+                row.columns()
+                    .iter()
+                    .map(|c| c.name().to_owned())
+                    .collect::<Vec<_>>()
+                    .into()
+            })
+            .clone();
+        let values = (0..cols.len())
+            .map(|i| row.get(i).map(str::to_owned))
+            .collect();
+        let row = TextRow::new(cols, values);
+        let Some(key) = RrTable.key(&row) else {
+            continue;
+        };
+        rows += 1;
+        let image = RrTable.records(&row, &zones);
+        planner.apply(
+            SourceId(0),
+            RowUpdate {
+                key,
+                lsn: Lsn::ZERO,
+                image,
+            },
+        );
+        planner.end_segment();
+    }
+    let outcome = planner.finish();
+    // One TTL per RRset: the smallest its rows give (as the stream publishes).
+    let mut rrset_ttl: BTreeMap<(ZoneId, Owner, RType), u32> = BTreeMap::new();
+    for (_, records) in &outcome.rows {
+        for d in records {
+            let ttl = rrset_ttl
+                .entry((d.zone, d.record.owner.clone(), d.record.rtype))
+                .or_insert(d.record.ttl);
+            *ttl = (*ttl).min(d.record.ttl);
+        }
+    }
+    let mut records: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
+    let mut contributions: BTreeMap<ZoneId, Vec<(RowKey, Vec<Record>)>> = BTreeMap::new();
+    for ((_, key), desired) in outcome.rows {
+        let mut per_zone: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
+        for d in desired {
+            let mut published = d.record.clone();
+            published.ttl = rrset_ttl[&(d.zone, d.record.owner.clone(), d.record.rtype)];
+            records.entry(d.zone).or_default().push(published);
+            per_zone.entry(d.zone).or_default().push(d.record);
+        }
+        for (zone, recs) in per_zone {
+            contributions
+                .entry(zone)
+                .or_default()
+                .push((key.clone(), recs));
+        }
+    }
+    Ok(Desired {
+        rows,
+        refused: outcome.rejections.len(),
+        records,
+        contributions,
+    })
+}
+
+/// Compares (and with `--apply` repairs) the selected zones.
+pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, ReconcileError> {
+    let zones = config.zones();
+    let mut selected: Vec<ZoneId> = Vec::new();
+    for name in &options.zones {
+        let id = ZoneName::parse(name)
+            .ok()
+            .and_then(|z| zones.id_of(&z))
+            .ok_or_else(|| ReconcileError::UnknownZone(name.clone()))?;
+        selected.push(id);
+    }
+    if selected.is_empty() {
+        selected = zones.iter().map(|(id, _)| id).collect();
+    }
+    let mut store = Store::connect(&config.database).await?;
+    let started = Instant::now();
+    let desired = read_desired(&store, config).await?;
+    let read_time = started.elapsed();
+    info!(
+        rows = desired.rows,
+        refused = desired.refused,
+        ms = read_time.as_millis() as u64,
+        "read pg2dns.rr"
+    );
+    let mut outcomes = Vec::new();
+    for id in selected {
+        let zc = &config.zones[usize::from(id.0)];
+        let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
+        let mut outcome = reconcile_zone(config, zc, wanted, options).await;
+        if options.apply && outcome.error.is_none() && outcome.in_sync_after == Some(true) {
+            let rows = desired
+                .contributions
+                .get(&id)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            if let Err(source) = store
+                .replace_zone_state(RrTable::SOURCE, &zc.name, rows)
+                .await
+            {
+                outcome.error = Some(ZoneError::State {
+                    zone: zc.name.clone(),
+                    source,
+                });
+            }
+        }
+        outcomes.push(outcome);
+    }
+    Ok(Report {
+        rows: desired.rows,
+        refused_rows: desired.refused,
+        read_time,
+        zones: outcomes,
+        applied: options.apply,
+    })
+}
+
+async fn reconcile_zone(
+    config: &Config,
+    zc: &ZoneConfig,
+    wanted: &[Record],
+    options: &Options,
+) -> ZoneOutcome {
+    let mut outcome = ZoneOutcome {
+        zone: zc.name.clone(),
+        diff: None,
+        transferred: 0,
+        axfr_time: Duration::ZERO,
+        refused_by_threshold: false,
+        messages_applied: 0,
+        retries: 0,
+        in_sync_after: None,
+        error: None,
+    };
+    let timeout = config.limits.dns_timeout;
+    let started = Instant::now();
+    let transfer = match axfr::transfer(&zc.name, zc.primary, &zc.key, timeout).await {
+        Ok(t) => t,
+        Err(e) => {
+            outcome.error = Some(e.into());
+            return outcome;
+        }
+    };
+    outcome.axfr_time = started.elapsed();
+    outcome.transferred = transfer.records.len();
+    let first = diff::diff(&zc.name, wanted, &transfer.records);
+    let needs_repair = !first.is_in_sync();
+    outcome.refused_by_threshold = needs_repair
+        && first.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
+        && !options.force;
+    outcome.diff = Some(first.clone());
+    if !options.apply || outcome.refused_by_threshold {
+        return outcome;
+    }
+    if let Err(e) = repair(config, zc, wanted, options, transfer, first, &mut outcome).await {
+        outcome.error = Some(e);
+    }
+    outcome
+}
+
+/// Sends the repair, starting again from a fresh transfer when the SOA guard
+/// fails; ends with a transfer that checks the zone is in sync.
+async fn repair(
+    config: &Config,
+    zc: &ZoneConfig,
+    wanted: &[Record],
+    options: &Options,
+    mut transfer: Transfer,
+    mut current: ZoneDiff,
+    outcome: &mut ZoneOutcome,
+) -> Result<(), ZoneError> {
+    let timeout = config.limits.dns_timeout;
+    let zone = &zc.name;
+    // The stream's budget for this zone (see `Config::plan_limits`).
+    let budget = Budget {
+        max_message_bytes: config.limits.max_message_bytes,
+        tsig_record_len: zc.key.record_len(),
+    };
+    let mut failures = 0;
+    let mut first_attempt = true;
+    loop {
+        if !current.is_in_sync() {
+            let messages = diff::repair_messages(&current, transfer.soa.rdata.len(), budget)
+                .map_err(|source| ZoneError::Plan {
+                    zone: zone.clone(),
+                    source,
+                })?;
+            if first_attempt {
+                test_pause().await;
+                first_attempt = false;
+            }
+            let mut soa = transfer.soa.rdata.clone();
+            let mut conn = Connection::connect(zc.primary)
+                .await
+                .map_err(|e| update_err(zc, format!("cannot connect: {e}")))?;
+            // The SOA a failed guard expected.
+            let mut guard_failed = None;
+            for ops in &messages {
+                let id = axfr::fresh_id();
+                let guard = (!options.unguarded).then_some(&soa);
+                let wire = diff::encode_repair(zone, id, guard, ops).map_err(|source| {
+                    ZoneError::Plan {
+                        zone: zone.clone(),
+                        source,
+                    }
+                })?;
+                let rcode = send(&mut conn, zc, &wire, timeout).await?;
+                if rcode == Rcode::NOERROR {
+                    outcome.messages_applied += 1;
+                    failures = 0;
+                    soa = diff::next_serial(&soa).unwrap_or(soa);
+                } else if (rcode == Rcode::NXRRSET || rcode == Rcode::YXRRSET) && !options.unguarded
+                {
+                    guard_failed = Some(soa.clone());
+                    break;
+                } else {
+                    return Err(ZoneError::Refused {
+                        zone: zone.clone(),
+                        server: zc.primary,
+                        rcode,
+                        hint: rcode.hint(),
+                    });
+                }
+            }
+            if let Some(expected) = guard_failed {
+                failures += 1;
+                outcome.retries += 1;
+                warn!(zone = %zone, failures, "the zone changed since the transfer (SOA prerequisite failed): transferring it again");
+                if failures >= MAX_GUARD_FAILURES {
+                    return Err(ZoneError::KeepsChanging {
+                        zone: zone.clone(),
+                        attempts: failures,
+                    });
+                }
+                transfer = axfr::transfer(zone, zc.primary, &zc.key, timeout).await?;
+                if transfer.soa.rdata == expected {
+                    return Err(ZoneError::GuardUnusable {
+                        zone: zone.clone(),
+                        server: zc.primary,
+                    });
+                }
+                current = diff::diff(zone, wanted, &transfer.records);
+                if current.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
+                    && !options.force
+                {
+                    outcome.refused_by_threshold = true;
+                    outcome.in_sync_after = Some(false);
+                    return Ok(());
+                }
+                continue;
+            }
+        }
+        // Check: a fresh transfer must show the zone in sync.
+        transfer = axfr::transfer(zone, zc.primary, &zc.key, timeout).await?;
+        current = diff::diff(zone, wanted, &transfer.records);
+        outcome.in_sync_after = Some(current.is_in_sync());
+        return Ok(());
+    }
+}
+
+fn update_err(zc: &ZoneConfig, detail: String) -> ZoneError {
+    ZoneError::Update {
+        zone: zc.name.clone(),
+        server: zc.primary,
+        detail,
+    }
+}
+
+/// Signs and sends one repair UPDATE, and returns the verified answer's RCODE.
+async fn send(
+    conn: &mut Connection,
+    zc: &ZoneConfig,
+    wire: &[u8],
+    timeout: Duration,
+) -> Result<Rcode, ZoneError> {
+    let request = tsig::sign(wire, &zc.key, unix_now(), tsig::DEFAULT_FUDGE)
+        .map_err(|e| update_err(zc, crate::error::chain(&e)))?;
+    conn.send(&request.wire)
+        .await
+        .map_err(|e| update_err(zc, format!("cannot send: {e}")))?;
+    loop {
+        let answer = match tokio::time::timeout(timeout, conn.recv()).await {
+            Err(_) => return Err(update_err(zc, "no answer in time".into())),
+            Ok(None) => return Err(update_err(zc, "the server closed the connection".into())),
+            Ok(Some(Err(e))) => return Err(update_err(zc, format!("cannot read: {e}"))),
+            Ok(Some(Ok(a))) => a,
+        };
+        if answer.get(..2) != Some(&request.id.to_be_bytes()[..]) {
+            continue;
+        }
+        return match tsig::verify_response(&answer, &zc.key, &request, unix_now()) {
+            Ok(v) => Ok(Rcode(v.rcode)),
+            Err(TsigError::Unsigned { rcode }) if rcode != 0 => Ok(Rcode(rcode)),
+            Err(e) => Err(update_err(zc, crate::error::chain(&e))),
+        };
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The test hook [`PAUSE_BEFORE_REPAIR_ENV`].
+async fn test_pause() {
+    if let Some(ms) = std::env::var(PAUSE_BEFORE_REPAIR_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        eprintln!("pg2dns: pausing {ms} ms before the repair ({PAUSE_BEFORE_REPAIR_ENV})");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}

@@ -1,0 +1,457 @@
+//! `pg2dns reconcile`: records changed behind pg2dns's back are reported
+//! exactly, `--apply` repairs them and the stream goes on from the repaired
+//! state; the safety threshold; a zone changed between the transfer and the
+//! repair makes the SOA prerequisite fail and the repair start again.
+//!
+//! Every scenario stops `pg2dns run` before reconciling: the comparison is
+//! exact only while nothing else writes (the exact pause lands with the
+//! admin commands).
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::harness::stack::{FORWARD, REVERSE};
+use crate::harness::{Primary, Stack, DNS_DEADLINE};
+
+on_each_primary!(
+    records_changed_behind_pg2dns_are_reported_repaired_and_the_stream_goes_on,
+    thousands_of_unpublished_rows_are_loaded_in_several_guarded_messages,
+);
+
+/// The exit code and the JSON report of a `reconcile --json` run.
+fn report(output: &Output) -> Result<(i32, Value)> {
+    let code = output.status.code().context("reconcile was killed")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json: Value = serde_json::from_str(&stdout).with_context(|| {
+        format!(
+            "reconcile printed no JSON (exit {code}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    Ok((code, json))
+}
+
+fn zone<'v>(report: &'v Value, name: &str) -> Result<&'v Value> {
+    report["zones"]
+        .as_array()
+        .context("no zones in the report")?
+        .iter()
+        .find(|z| z["zone"] == name)
+        .with_context(|| format!("zone {name} is not in the report: {report}"))
+}
+
+/// The records of a report list, as `owner ttl type rdata` lines, sorted.
+fn lines(list: &Value) -> Vec<String> {
+    let mut out: Vec<String> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    let mut line = format!(
+                        "{} {} {} {}",
+                        r["owner"].as_str().unwrap_or("?"),
+                        r["ttl"],
+                        r["type"].as_str().unwrap_or("?"),
+                        r["rdata"].as_str().unwrap_or("?")
+                    );
+                    if let Some(actual) = r.get("actual_ttl") {
+                        line.push_str(&format!(" (DNS: {actual})"));
+                    }
+                    line
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+async fn records_changed_behind_pg2dns_are_reported_repaired_and_the_stream_goes_on(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("reconcile", primary).await?;
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('www.example.test.', 300, 'A', '192.0.2.10'),
+               ('gone.example.test.', 300, 'A', '192.0.2.30'),
+               ('retimed.example.test.', 300, 'A', '192.0.2.40'),
+               ('txt.example.test.', 300, 'TXT', '\"hello\"'),
+               ('10.2.0.192.in-addr.arpa.', 300, 'PTR', 'www.example.test.')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    pg2dns.terminate().await?;
+
+    // In sync before anyone touches DNS.
+    let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    ensure!(
+        code == 0,
+        "a zone pg2dns just wrote is reported out of sync: {json:#}"
+    );
+
+    stack
+        .server(primary)?
+        .nsupdate(
+            "update add rogue.example.test. 300 A 192.0.2.99\n\
+             update delete gone.example.test. A 192.0.2.30\n\
+             update delete retimed.example.test. A 192.0.2.40\n\
+             update add retimed.example.test. 900 A 192.0.2.40",
+        )
+        .await?;
+
+    let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    ensure!(code == 1, "differences must exit 1, got {code}: {json:#}");
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        lines(&forward["missing"]) == vec!["gone.example.test. 300 A 192.0.2.30"],
+        "missing: {:?}",
+        lines(&forward["missing"])
+    );
+    ensure!(
+        lines(&forward["extra"]) == vec!["rogue.example.test. 300 A 192.0.2.99"],
+        "extra: {:?}",
+        lines(&forward["extra"])
+    );
+    ensure!(
+        lines(&forward["ttl"]) == vec!["retimed.example.test. 300 A 192.0.2.40 (DNS: 900)"],
+        "ttl: {:?}",
+        lines(&forward["ttl"])
+    );
+    ensure!(
+        zone(&json, REVERSE)?["in_sync"] == true,
+        "the reverse zone was not touched: {json:#}"
+    );
+
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    ensure!(code == 0, "--apply must leave the zones in sync: {json:#}");
+    ensure!(zone(&json, FORWARD)?["in_sync_after"] == true, "{json:#}");
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let output = stack.reconcile(&[], &[]).await?;
+    ensure!(
+        output.status.code() == Some(0),
+        "a second run must report in sync: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    ensure!(
+        String::from_utf8_lossy(&output.stdout).contains("example.test.: in sync"),
+        "the human summary says: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    // The row state agrees with the table: one entry per row.
+    let state = stack.row_state().await?;
+    let table = stack.table().await?;
+    ensure!(
+        state.len() == table.len(),
+        "row state holds {} rows, the table {}: {state:?}",
+        state.len(),
+        table.len()
+    );
+
+    // The stream goes on from the repaired state.
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "DELETE FROM pg2dns.rr WHERE owner = 'gone.example.test.';
+             UPDATE pg2dns.rr SET ttl = 600 WHERE owner = 'retimed.example.test.';
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('after.example.test.', 300, 'A', '192.0.2.50')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok(())
+}
+
+/// Rows committed while pg2dns never ran: reconcile publishes them in more
+/// than one message (each guarded by the serial the previous one left), and
+/// the stream that then replays the same inserts finds the row state in
+/// line and changes nothing.
+async fn thousands_of_unpublished_rows_are_loaded_in_several_guarded_messages(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("reconcile-load", primary).await?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'n' || i || '.example.test.', 300, 'A',
+                    '10.0.' || (i / 256) || '.' || (i % 256)
+             FROM generate_series(1, 4000) AS i",
+        )
+        .await?;
+    let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    ensure!(code == 1, "{json:#}");
+    ensure!(
+        zone(&json, FORWARD)?["missing"].as_array().map(Vec::len) == Some(4000),
+        "4000 records must be missing"
+    );
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    ensure!(code == 0, "{json:#}");
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        forward["messages_applied"].as_u64() >= Some(2),
+        "4000 A records need two messages: {forward:#}"
+    );
+    ensure!(
+        forward["retries"] == 0,
+        "the predicted serial held: {forward:#}"
+    );
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "DELETE FROM pg2dns.rr WHERE owner = 'n1.example.test.';
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('after.example.test.', 300, 'A', '192.0.2.50')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_safety_threshold_refuses_a_plan_deleting_most_of_a_zone() -> Result<()> {
+    let stack = Stack::start("reconcile-threshold", Primary::Bind).await?;
+    let mut pg2dns = stack.run()?;
+    let values: Vec<String> = (1..=20)
+        .map(|i| format!("('h{i}.example.test.', 300, 'A', '192.0.2.{i}')"))
+        .collect();
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES {}",
+            values.join(", ")
+        ))
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    pg2dns.terminate().await?;
+    // A database that lost most of its rows while pg2dns was stopped (say,
+    // a wrong restore): reconcile must not empty the zone on its own.
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE owner <> 'h1.example.test.'")
+        .await?;
+    let before = stack.axfr(FORWARD).await?;
+
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    ensure!(
+        code == 1,
+        "a refused repair leaves differences (exit 1): {json:#}"
+    );
+    let forward = zone(&json, FORWARD)?;
+    ensure!(forward["refused_by_threshold"] == true, "{json:#}");
+    ensure!(forward["messages_applied"] == 0, "{json:#}");
+    ensure!(
+        stack.axfr(FORWARD).await? == before,
+        "a refused repair changed the zone"
+    );
+    let output = stack.reconcile(&["--apply"], &[]).await?;
+    ensure!(
+        String::from_utf8_lossy(&output.stdout).contains("--force"),
+        "the summary must name --force: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    let (code, json) = report(
+        &stack
+            .reconcile(&["--json", "--apply", "--force"], &[])
+            .await?,
+    )?;
+    ensure!(code == 0, "--force applies the repair: {json:#}");
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_changed_between_transfer_and_repair_is_transferred_again() -> Result<()> {
+    let stack = Stack::start("reconcile-race", Primary::Bind).await?;
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('www.example.test.', 300, 'A', '192.0.2.10')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    pg2dns.terminate().await?;
+    let server = stack.server(Primary::Bind)?;
+    server
+        .nsupdate("update add rogue1.example.test. 300 A 192.0.2.98")
+        .await?;
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pg2dns"))
+        .args(["reconcile", "--apply", "--json", "-c"])
+        .arg(stack.config_path())
+        .env("PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS", "4000")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting pg2dns reconcile")?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = String::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .context("reconcile never reached its pause")??;
+        let Some(line) = line else {
+            bail!("reconcile ended before its pause:\n{log}");
+        };
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("pausing") {
+            break;
+        }
+    }
+    // While reconcile waits with its transfer in hand, someone else
+    // changes the zone: the repair's SOA prerequisite must fail.
+    server
+        .nsupdate("update add rogue2.example.test. 300 A 192.0.2.97")
+        .await?;
+    let drain = tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    });
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .context("reconcile did not finish")??;
+    log.push_str(&drain.await?);
+    let (code, json) = report(&output).with_context(|| log.clone())?;
+    ensure!(
+        code == 0,
+        "the retried repair must succeed: {json:#}\n{log}"
+    );
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        forward["retries"].as_u64() >= Some(1),
+        "the SOA prerequisite should have failed once: {json:#}\n{log}"
+    );
+    // The fresh transfer saw the concurrent record too, and removed it.
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok(())
+}
+
+/// A zone BIND signs itself (`dnssec-policy` with inline signing): its
+/// DNSKEY, RRSIG, NSEC and private-type records are never reported nor
+/// deleted. BIND checks UPDATE prerequisites against the unsigned zone,
+/// whose SOA serial is not the one it serves: the guarded repair stops with
+/// an error that says so, and `--unguarded` repairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnssec_records_of_a_signed_zone_are_ignored_and_never_deleted() -> Result<()> {
+    let mut stack = Stack::start("reconcile-dnssec", Primary::Bind).await?;
+    let conf = stack.dir().join("bind").join("named.conf");
+    let text = std::fs::read_to_string(&conf)?;
+    let allow = format!(
+        "\tallow-update {{ key {}; }};\n",
+        crate::harness::dns::KEY_NAME
+    );
+    ensure!(text.contains(&allow), "unexpected named.conf:\n{text}");
+    std::fs::write(
+        &conf,
+        text.replace(
+            &allow,
+            &format!("{allow}\tdnssec-policy default;\n\tinline-signing yes;\n"),
+        ),
+    )?;
+    {
+        let server = stack.server_mut(Primary::Bind)?;
+        server.stop().await?;
+        server.start_again().await?;
+    }
+    let is_dnssec = |rtype: &str| {
+        matches!(
+            rtype,
+            "RRSIG" | "NSEC" | "NSEC3" | "DNSKEY" | "NSEC3PARAM" | "CDS" | "CDNSKEY"
+        ) || rtype.starts_with("TYPE65534")
+    };
+    crate::harness::wait_until(
+        Duration::from_secs(30),
+        "BIND has signed example.test.",
+        || async {
+            let records = stack.axfr(FORWARD).await?;
+            Ok(if records.iter().any(|r| r.rtype == "DNSKEY") {
+                crate::harness::Check::Done(())
+            } else {
+                crate::harness::Check::NotYet(format!("{records:?}"))
+            })
+        },
+    )
+    .await?;
+
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('www.example.test.', 300, 'A', '192.0.2.10'),
+               ('mail.example.test.', 300, 'MX', '10 www.example.test.')",
+        )
+        .await?;
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update add rogue.example.test. 300 A 192.0.2.99")
+        .await?;
+    let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    ensure!(code == 1, "{json:#}");
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        lines(&forward["extra"]) == vec!["rogue.example.test. 300 A 192.0.2.99"],
+        "only the rogue record is extra: {forward:#}"
+    );
+    ensure!(
+        lines(&forward["missing"]).len() == 2,
+        "the two rows are missing: {forward:#}"
+    );
+    ensure!(
+        forward["not_owned"].as_u64() > Some(3),
+        "the signatures count as not owned: {forward:#}"
+    );
+
+    // With inline signing, BIND checks prerequisites against the unsigned
+    // zone, whose serial differs from the one it serves: the SOA guard can
+    // never hold, and reconcile says so instead of retrying blindly.
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    ensure!(code == 2, "{json:#}");
+    let error = zone(&json, FORWARD)?["error"].as_str().unwrap_or_default();
+    ensure!(
+        error.contains("inline-signing") && error.contains("--unguarded"),
+        "the error must name the cause and the way out: {json:#}"
+    );
+    ensure!(zone(&json, FORWARD)?["retries"] == 1, "{json:#}");
+    let (code, json) = report(
+        &stack
+            .reconcile(&["--json", "--apply", "--unguarded"], &[])
+            .await?,
+    )?;
+    ensure!(code == 0, "{json:#}");
+    let records = stack.axfr(FORWARD).await?;
+    ensure!(
+        records.iter().any(|r| r.rtype == "DNSKEY") && records.iter().any(|r| r.rtype == "RRSIG"),
+        "the zone's DNSSEC records must stay: {records:?}"
+    );
+    let mut owned: Vec<String> = records
+        .iter()
+        .filter(|r| !is_dnssec(&r.rtype))
+        .map(|r| format!("{} {} {}", r.owner, r.rtype, r.rdata))
+        .collect();
+    owned.sort();
+    ensure!(
+        owned
+            == vec![
+                "mail.example.test. MX 10 www.example.test.".to_string(),
+                "www.example.test. A 192.0.2.10".to_string(),
+            ],
+        "{owned:?}"
+    );
+    let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    ensure!(code == 0, "{json:#}");
+    Ok(())
+}
