@@ -71,6 +71,27 @@ impl StoreError {
     }
 }
 
+/// Rows as the two arrays a query unnests: source names and keys.
+fn row_columns<'a>(sources: &[&'a str], rows: &'a [RowRef]) -> (Vec<&'a str>, Vec<&'a str>) {
+    rows.iter()
+        .map(|(s, k)| {
+            (
+                sources.get(usize::from(s.0)).copied().unwrap_or(""),
+                k.0.as_str(),
+            )
+        })
+        .unzip()
+}
+
+/// Owners in zones as the two arrays a query unnests: zone names and wire
+/// owner names.
+fn node_columns<'a>(zones: &Zones, nodes: &'a [NodeKey]) -> (Vec<String>, Vec<&'a [u8]>) {
+    nodes
+        .iter()
+        .map(|(z, o)| (zones.name(*z).to_string(), o.name().as_wire()))
+        .unzip()
+}
+
 /// The name an MX or SRV record points at, in wire form.
 fn pointed_at(record: &Record) -> Option<Vec<u8>> {
     matches!(record.rtype, RType::MX | RType::SRV)
@@ -261,16 +282,8 @@ impl Store {
         zones: &Zones,
     ) -> Result<(Loaded, Orphans), StoreError> {
         self.begin().await?;
-        let row_sources: Vec<&str> = rows
-            .iter()
-            .map(|(s, _)| sources.get(usize::from(s.0)).copied().unwrap_or(""))
-            .collect();
-        let row_keys: Vec<&str> = rows.iter().map(|(_, k)| k.0.as_str()).collect();
-        let owner_zones: Vec<String> = owners
-            .iter()
-            .map(|(z, _)| zones.name(*z).to_string())
-            .collect();
-        let owner_names: Vec<&[u8]> = owners.iter().map(|(_, o)| o.name().as_wire()).collect();
+        let (row_sources, row_keys) = row_columns(sources, rows);
+        let (owner_zones, owner_names) = node_columns(zones, owners);
         let result = self
             .client
             .query(
@@ -504,11 +517,7 @@ impl Store {
         rows: &[RowRef],
     ) -> Result<(), StoreError> {
         self.begin().await?;
-        let srcs: Vec<&str> = rows
-            .iter()
-            .map(|(s, _)| sources.get(usize::from(s.0)).copied().unwrap_or(""))
-            .collect();
-        let keys: Vec<&str> = rows.iter().map(|(_, k)| k.0.as_str()).collect();
+        let (srcs, keys) = row_columns(sources, rows);
         self.client
             .execute(
                 "DELETE FROM pg2dns.waiting WHERE ctid = ANY(ARRAY( \
@@ -569,11 +578,7 @@ impl Store {
             return Ok(Vec::new());
         }
         self.begin().await?;
-        let zone_texts: Vec<String> = targets
-            .iter()
-            .map(|(z, _)| zones.name(*z).to_string())
-            .collect();
-        let names: Vec<&[u8]> = targets.iter().map(|(_, o)| o.name().as_wire()).collect();
+        let (zone_texts, names) = node_columns(zones, targets);
         let rows = self
             .client
             .query(
@@ -656,11 +661,7 @@ impl Store {
         targets: &[NodeKey],
     ) -> Result<Vec<(String, Owner, RType, Owner)>, StoreError> {
         self.begin().await?;
-        let zone_texts: Vec<String> = targets
-            .iter()
-            .map(|(z, _)| zones.name(*z).to_string())
-            .collect();
-        let names: Vec<&[u8]> = targets.iter().map(|(_, o)| o.name().as_wire()).collect();
+        let (zone_texts, names) = node_columns(zones, targets);
         let rows = self
             .client
             .query(
