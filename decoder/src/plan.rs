@@ -34,6 +34,7 @@
 //! | CNAME alone at its name        | RFC 2136 §3.4.2.2: the server ignores the CNAME or the data, NOERROR |
 //! | one CNAME per name             | a second CNAME silently replaces the first                     |
 //! | host names (per zone: fail, warn, ignore) | BIND's `check-names` refuses the whole UPDATE     |
+//! | MX, SRV, NS not pointing at a CNAME | RFC 2181 §10.3; checked where the target is in a configured zone |
 //!
 //! A failing check refuses the rows that *added* the offending records in
 //! this segment: their new records are withdrawn, their old ones stay
@@ -151,6 +152,16 @@ pub enum Refusal {
         record: String,
         /// The target.
         target: Owner,
+    },
+    /// An MX, SRV or NS pointing at a name that is an alias.
+    #[error("the {rtype} record of {owner} points at {target}, which is a CNAME; RFC 2181 §10.3 says such a target must not be an alias (BIND warns or refuses, resolvers may ignore it)")]
+    TargetIsAlias {
+        /// The owner.
+        owner: Owner,
+        /// The type.
+        rtype: RType,
+        /// The target.
+        target: String,
     },
     /// Two different CNAMEs at one name.
     #[error("{owner} would have two CNAME records; a name has at most one, and the server would silently replace the first")]
@@ -343,6 +354,16 @@ impl Node {
             .get(&rtype)
             .is_some_and(|set| set.contains_key(rdata))
     }
+}
+
+/// The node an MX, SRV or NS record points at, when it is in a configured
+/// zone (so the database says whether it is an alias).
+fn alias_checked_target(zones: &Zones, record: &Record) -> Option<NodeKey> {
+    if !matches!(record.rtype, RType::MX | RType::SRV | RType::NS) {
+        return None;
+    }
+    let target = Owner::from_name(crate::rdata::target(record.rtype, record.rdata.as_wire())?);
+    Some((zones.zone_for(&target)?, target))
 }
 
 /// Whether a node holds an address record.
@@ -760,6 +781,60 @@ impl<'z> Planner<'z> {
                     .collect();
             }
         }
+        // MX, SRV and NS must not point at an alias (RFC 2181 §10.3: "the
+        // domain name … MUST NOT be an alias"), as far as the database says.
+        for rtype in [RType::MX, RType::SRV, RType::NS] {
+            let aliased: Vec<Rdata> = after
+                .rrsets
+                .get(&rtype)
+                .into_iter()
+                .flat_map(|set| set.keys())
+                .filter(|d| !before.has(rtype, d))
+                .filter(|d| {
+                    let record = Record {
+                        owner: owner.clone(),
+                        rtype,
+                        ttl: 0,
+                        rdata: (*d).clone(),
+                    };
+                    alias_checked_target(self.zones, &record).is_some_and(|t| {
+                        self.nodes
+                            .get(&t)
+                            .is_some_and(|n| n.rrsets.contains_key(&RType::CNAME))
+                    })
+                })
+                .cloned()
+                .collect();
+            if let Some(first) = aliased.first() {
+                let target = crate::rdata::target(rtype, first.as_wire())
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                let reason = Refusal::TargetIsAlias {
+                    owner: owner.clone(),
+                    rtype,
+                    target,
+                };
+                let rows: Vec<(RowRef, Lsn)> = adders
+                    .iter()
+                    .filter(|(row, _)| {
+                        self.rows.get(row).is_some_and(|recs| {
+                            recs.iter().any(|d| {
+                                (d.zone, &d.record.owner) == (key.0, &key.1)
+                                    && d.record.rtype == rtype
+                                    && aliased.contains(&d.record.rdata)
+                            })
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                if !rows.is_empty() {
+                    return rows
+                        .into_iter()
+                        .map(|(r, l)| (r, l, reason.clone()))
+                        .collect();
+                }
+            }
+        }
         // Records per RRset.
         let limit = self.limits.max_records_per_rrset;
         for (rtype, set) in &after.rrsets {
@@ -967,18 +1042,29 @@ impl<'z> Planner<'z> {
     /// The owners the given updates want records at (besides the owners of
     /// the rows' current records, which the store finds itself): what
     /// [`Loaded::nodes`] must cover.
-    pub fn wanted_nodes<'u>(updates: impl IntoIterator<Item = &'u RowUpdate>) -> Vec<NodeKey> {
+    pub fn wanted_nodes<'u>(
+        zones: &Zones,
+        updates: impl IntoIterator<Item = &'u RowUpdate>,
+    ) -> Vec<NodeKey> {
         let mut out: Vec<NodeKey> = Vec::new();
         let mut seen = HashSet::new();
+        let mut push = |key: NodeKey| {
+            if seen.insert(key.clone()) {
+                out.push(key);
+            }
+        };
         for u in updates {
             let Ok(wanted) = &u.image else { continue };
             for w in wanted {
-                let key = match w {
-                    Wanted::Record(d) => (d.zone, d.record.owner.clone()),
-                    Wanted::FromState { zone, owner, .. } => (*zone, owner.clone()),
-                };
-                if seen.insert(key.clone()) {
-                    out.push(key);
+                match w {
+                    Wanted::Record(d) => {
+                        push((d.zone, d.record.owner.clone()));
+                        // Where an MX, SRV or NS points, to check it is no alias.
+                        if let Some(target) = alias_checked_target(zones, &d.record) {
+                            push(target);
+                        }
+                    }
+                    Wanted::FromState { zone, owner, .. } => push((*zone, owner.clone())),
                 }
             }
         }
@@ -1005,7 +1091,9 @@ mod tests {
     impl MemStore {
         fn load(&self, updates: &[RowUpdate]) -> Loaded {
             let mut loaded = Loaded::default();
-            let mut owners: HashSet<NodeKey> = Planner::wanted_nodes(updates).into_iter().collect();
+            let mut owners: HashSet<NodeKey> = Planner::wanted_nodes(&zones(), updates)
+                .into_iter()
+                .collect();
             for u in updates {
                 let row = (SourceId(0), u.key.clone());
                 if let Some(records) = self.rows.get(&row) {
@@ -1356,6 +1444,55 @@ mod tests {
                 "add w.example.test. 300 IN CNAME x.example.test."
             ]
         );
+    }
+
+    #[test]
+    fn an_mx_pointing_at_an_alias_is_refused() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![
+                vec![update(
+                    "c",
+                    Ok(vec![want(
+                        "mail.example.test.",
+                        300,
+                        "CNAME",
+                        "real.example.test.",
+                    )]),
+                )],
+                vec![update(
+                    "mx",
+                    Ok(vec![want(
+                        "example.test.",
+                        300,
+                        "MX",
+                        "10 mail.example.test.",
+                    )]),
+                )],
+                vec![update(
+                    "mx2",
+                    Ok(vec![want(
+                        "example.test.",
+                        300,
+                        "MX",
+                        "20 real.example.test.",
+                    )]),
+                )],
+            ],
+        );
+        assert_eq!(
+            ops_text(&g),
+            [
+                "add mail.example.test. 300 IN CNAME real.example.test.",
+                "add example.test. 300 IN MX 20 real.example.test."
+            ]
+        );
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].key, RowKey("mx".into()));
+        assert!(matches!(rejected[0].reason, Refusal::TargetIsAlias { .. }));
     }
 
     #[test]

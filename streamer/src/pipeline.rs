@@ -808,7 +808,7 @@ impl Pipeline<'_> {
             .map(|(s, u)| (*s, u.key.clone()))
             .filter(|r| seen.insert(r.clone()))
             .collect();
-        let mut owners = Planner::wanted_nodes(steps.iter().flatten().map(|(_, u)| u));
+        let mut owners = Planner::wanted_nodes(&self.zones, steps.iter().flatten().map(|(_, u)| u));
         let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
         // Rows waiting for an address that this batch may give.
         let targets = Planner::address_owners(steps.iter().flatten().map(|(_, u)| u));
