@@ -1889,4 +1889,34 @@ mod tests {
         assert_eq!(transmit_all(&mut s, t0).len(), 1);
         assert!(s.has_room(), "packing frees room");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// The short run CI makes of the `response` fuzz target: whatever
+        /// arrives as an answer, the session halts, retries or ignores it,
+        /// and never panics.
+        #[test]
+        fn arbitrary_answers_never_panic(
+            frames in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120), 0..8),
+            keep_id in proptest::prelude::any::<bool>(),
+        ) {
+            let t0 = Instant::now();
+            let mut s = session(2, budget_for(3));
+            s.on_connected(t0);
+            s.push(one(1));
+            s.push(one(2));
+            let sent = transmit_all(&mut s, t0);
+            for mut frame in frames {
+                if keep_id && frame.len() >= 2 {
+                    if let Some(r) = sent.first() {
+                        frame[..2].copy_from_slice(&r.id.to_be_bytes());
+                    }
+                }
+                s.handle_response(&frame, t0, NOW);
+                let _ = events(&mut s);
+                let _ = transmit_all(&mut s, t0);
+            }
+        }
+    }
 }
