@@ -266,6 +266,9 @@ pub struct ZoneOps {
 pub struct Outcome {
     /// Rows and their new records (empty: the row contributes nothing now).
     pub rows: Vec<(RowRef, Vec<Desired>)>,
+    /// Those of `rows` that held records before: their stored records are
+    /// to be deleted first (rows new to the state have none to delete).
+    pub replaced: Vec<RowRef>,
     /// Refused rows.
     pub rejections: Vec<Rejection>,
     /// Rows published although a rule set to warn would refuse them.
@@ -1025,8 +1028,14 @@ impl<'z> Planner<'z> {
             })
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let replaced = rows
+            .iter()
+            .filter(|(row, _)| self.loaded_rows.get(row).is_some_and(|b| !b.is_empty()))
+            .map(|(row, _)| row.clone())
+            .collect();
         Outcome {
             rows,
+            replaced,
             rejections: std::mem::take(&mut self.rejections),
             warnings: std::mem::take(&mut self.warnings),
             promoted: std::mem::take(&mut self.promoted),

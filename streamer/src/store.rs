@@ -111,6 +111,9 @@ pub struct Store {
     connection: tokio::task::JoinHandle<()>,
     slot: String,
     in_transaction: bool,
+    /// Whether `pg2dns.waiting` may hold rows of this slot: almost never,
+    /// so the lookups it needs are skipped while it holds none.
+    maybe_waiting: bool,
 }
 
 impl Drop for Store {
@@ -151,11 +154,23 @@ impl Store {
             .batch_execute("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off")
             .await
             .map_err(sql("cannot set the session's planner options"))?;
+        let maybe_waiting = match client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg2dns.waiting WHERE slot = $1)",
+                &[&db.slot],
+            )
+            .await
+        {
+            Ok(row) => row.get(0),
+            // Before the schema exists (setup) there is nothing to wait for.
+            Err(_) => false,
+        };
         Ok(Store {
             client,
             connection,
             slot: db.slot.clone(),
             in_transaction: false,
+            maybe_waiting,
         })
     }
 
@@ -292,7 +307,7 @@ impl Store {
                    FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
                    CROSS JOIN LATERAL ( \
                      SELECT * FROM pg2dns.row_state x \
-                     WHERE x.row_key = k.row_key AND x.slot = $1 AND x.source = k.source OFFSET 0) r), \
+                     WHERE x.slot = $1 AND x.source = k.source AND hashtextextended(x.row_key, 0) = hashtextextended(k.row_key, 0) AND x.row_key = k.row_key OFFSET 0) r), \
                  nodes AS ( \
                    SELECT zone, owner FROM old \
                    UNION SELECT * FROM unnest($4::text[], $5::bytea[])) \
@@ -410,9 +425,10 @@ impl Store {
         outcome: &Outcome,
     ) -> Result<(), StoreError> {
         if !outcome.rows.is_empty() {
-            self.write_rows(sources, zones, &outcome.rows).await?;
+            self.write_rows(sources, zones, &outcome.rows, &outcome.replaced)
+                .await?;
         }
-        if !outcome.touched.is_empty() {
+        if self.maybe_waiting && !outcome.touched.is_empty() {
             self.forget_waiting(sources, &outcome.touched).await?;
         }
         if !outcome.rejections.is_empty() {
@@ -426,11 +442,12 @@ impl Store {
         sources: &[&str],
         zones: &Zones,
         rows: &[(RowRef, Vec<Desired>)],
+        replaced: &[RowRef],
     ) -> Result<(), StoreError> {
         self.begin().await?;
         let source_of = |s: SourceId| sources.get(usize::from(s.0)).copied().unwrap_or("");
-        let del_sources: Vec<&str> = rows.iter().map(|((s, _), _)| source_of(*s)).collect();
-        let del_keys: Vec<&str> = rows.iter().map(|((_, k), _)| k.0.as_str()).collect();
+        // Only rows that held records have any to delete.
+        let (del_sources, del_keys) = row_columns(sources, replaced);
         let mut srcs = Vec::new();
         let mut keys = Vec::new();
         let mut zone_texts = Vec::new();
@@ -462,7 +479,7 @@ impl Store {
                      SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
                      CROSS JOIN LATERAL ( \
                        SELECT ctid FROM pg2dns.row_state x \
-                       WHERE x.row_key = k.row_key AND x.slot = $1 AND x.source = k.source OFFSET 0) r))) \
+                       WHERE x.slot = $1 AND x.source = k.source AND hashtextextended(x.row_key, 0) = hashtextextended(k.row_key, 0) AND x.row_key = k.row_key OFFSET 0) r))) \
                  INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
                  SELECT $1, * FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[], $8::int[], $9::bytea[], $10::int[], $11::bytea[])",
                 &[&self.slot, &del_sources, &del_keys, &srcs, &keys, &zone_texts, &owners, &rtypes, &rdatas, &ttls, &targets],
@@ -524,7 +541,7 @@ impl Store {
                    SELECT w.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
                    CROSS JOIN LATERAL ( \
                      SELECT ctid FROM pg2dns.waiting x \
-                     WHERE x.row_key = k.row_key AND x.slot = $1 AND x.source = k.source OFFSET 0) w))",
+                     WHERE x.slot = $1 AND x.source = k.source AND hashtextextended(x.row_key, 0) = hashtextextended(k.row_key, 0) AND x.row_key = k.row_key OFFSET 0) w))",
                 &[&self.slot, &srcs, &keys],
             )
             .await
@@ -539,7 +556,11 @@ impl Store {
         zones: &Zones,
         waiting: &[Waiting],
     ) -> Result<(), StoreError> {
+        if waiting.is_empty() {
+            return Ok(());
+        }
         self.begin().await?;
+        self.maybe_waiting = true;
         for w in waiting {
             let source = sources.get(usize::from(w.row.0 .0)).copied().unwrap_or("");
             for d in &w.records {
@@ -574,7 +595,7 @@ impl Store {
         zones: &Zones,
         targets: &[NodeKey],
     ) -> Result<Vec<Waiting>, StoreError> {
-        if targets.is_empty() {
+        if targets.is_empty() || !self.maybe_waiting {
             return Ok(Vec::new());
         }
         self.begin().await?;
