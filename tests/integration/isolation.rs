@@ -178,3 +178,34 @@ async fn a_host_name_check_names_refuses_is_rejected_before_sending() -> Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_zone_does_not_allow_is_still_a_halt_with_the_policy_hint() -> Result<()> {
+    let stack = Stack::start("not-allowed", Primary::Bind).await?;
+    let key = stack
+        .server(Primary::Bind)?
+        .dir()
+        .join(crate::harness::bind::NOT_ALLOWED_KEY_FILE);
+    stack.write_config(&[(FORWARD, &key)])?;
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('a.example.test.', 300, 'A', '192.0.2.1'),
+               ('b.example.test.', 300, 'A', '192.0.2.2')",
+        )
+        .await?;
+    // Narrowed down to one group, then the probe is refused too: policy.
+    let status = pg2dns.wait_exit(DNS_DEADLINE).await?;
+    ensure!(!status.success(), "pg2dns exited with {status}");
+    let log = pg2dns.log();
+    ensure!(
+        log.contains("answered REFUSED") && log.contains("allow-update/update-policy"),
+        "the halt names the refusal and the policy to check; log:\n{log}"
+    );
+    ensure!(
+        stack.rejected().await?.is_empty(),
+        "no row is blamed for the key's policy"
+    );
+    Ok(())
+}

@@ -25,8 +25,16 @@ impl DnsServer for Bind {
     fn configure(&self, config: &ServerConfig<'_>) -> Result<std::process::Command> {
         let named = &tools()?.named;
         let dir = config.dir.display();
+        // A second key BIND knows but lets update nothing: a valid signature
+        // whose UPDATE the zone's policy refuses.
+        let not_allowed = config.dir.join(NOT_ALLOWED_KEY_FILE);
+        std::fs::write(
+            &not_allowed,
+            "key \"not-allowed\" {\n\talgorithm hmac-sha256;\n\tsecret \"bm90LWFsbG93ZWQtYnV0LWtub3duLXRvLWJpbmQtMzI=\";\n};\n",
+        )?;
         let mut conf = format!(
             "include \"{key}\";\n\
+             include \"{not_allowed}\";\n\
              options {{\n\
              \tdirectory \"{dir}\";\n\
              \tpid-file \"{dir}/named.pid\";\n\
@@ -41,6 +49,7 @@ impl DnsServer for Bind {
              }};\n\
              controls {{ }};\n",
             key = config.key_file.display(),
+            not_allowed = not_allowed.display(),
             port = config.port,
         );
         for (zone, file) in config.zones {
@@ -75,3 +84,7 @@ pub async fn write_key_file(path: &Path, name: &str) -> Result<()> {
     .await?;
     std::fs::write(path, &output.stdout).with_context(|| format!("writing {}", path.display()))
 }
+
+/// The file (in BIND's directory) of a key BIND knows but lets update
+/// nothing.
+pub const NOT_ALLOWED_KEY_FILE: &str = "not-allowed.key";

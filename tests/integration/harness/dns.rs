@@ -164,6 +164,11 @@ impl Server {
         &self.key_file
     }
 
+    /// The server's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Stops the server with SIGTERM and waits for it to exit (it writes its
     /// journals first).
     pub async fn stop(&mut self) -> Result<()> {
