@@ -101,6 +101,8 @@ struct SourceTableSpec {
     ttl_column: Option<String>,
     rdata: Option<String>,
     rdata_column: Option<String>,
+    #[serde(default)]
+    rdata_by_type: std::collections::BTreeMap<String, String>,
     address_column: Option<String>,
     #[serde(default)]
     ptr: bool,
@@ -150,6 +152,9 @@ impl SourceTableSpec {
             .ok_or("owner or owner_column is required")?;
         let rdata = one_of(self.rdata, self.rdata_column, "rdata")?;
         let data = match (self.address_column, rdata) {
+            (Some(_), _) if !self.rdata_by_type.is_empty() => {
+                return Err("rdata_by_type needs rdata or rdata_column, not address_column".into())
+            }
             (Some(column), None) => {
                 if self.rtype.is_some() || self.type_column.is_some() {
                     return Err("address_column publishes A/AAAA by address family: leave out type and type_column".into());
@@ -177,7 +182,19 @@ impl SourceTableSpec {
                     (None, None) => return Err("type or type_column is required".into()),
                     (Some(_), Some(_)) => return Err("set type or type_column, not both".into()),
                 };
-                Data::Record { rtype, rdata }
+                let mut by_type = Vec::new();
+                for (t, template) in self.rdata_by_type {
+                    let rtype = pg2dns_decoder::records::parse_type(&t)
+                        .map_err(|e| format!("rdata_by_type: {e}"))?;
+                    let template = Template::parse(&template)
+                        .map_err(|e| format!("rdata_by_type.{t}: {e}"))?;
+                    by_type.push((rtype, template));
+                }
+                Data::Record {
+                    rtype,
+                    rdata,
+                    by_type,
+                }
             }
         };
         let mut filters = Vec::new();
@@ -789,7 +806,8 @@ owner_column = "name"
 names = "relative"
 zone_column = "zone"
 type_column = "type"
-rdata = "{prio} {content}"
+rdata_column = "content"
+rdata_by_type = { MX = "{prio} {content}", SRV = "{prio} {content}" }
 ttl_column = "ttl"
 [source.filter]
 is_false = ["disabled"]

@@ -210,8 +210,11 @@ pub enum Data {
     Record {
         /// The type.
         rtype: TypeFrom,
-        /// The data in presentation form, e.g. `{prio} {content}`.
+        /// The data in presentation form, e.g. `{content}`.
         rdata: Template,
+        /// The data of some types in another form, e.g. MX as
+        /// `{prio} {content}` where only MX and SRV rows fill `prio`.
+        by_type: Vec<(RType, Template)>,
     },
     /// An `inet` column: an A or AAAA record by address family (the host
     /// part, any prefix length ignored), and optionally a PTR.
@@ -343,11 +346,18 @@ impl SourceMapping {
         }
         out.extend(s.ttl.column.as_deref());
         match &s.data {
-            Data::Record { rtype, rdata } => {
+            Data::Record {
+                rtype,
+                rdata,
+                by_type,
+            } => {
                 if let TypeFrom::Column(c) = rtype {
                     out.push(c);
                 }
                 out.extend(rdata.columns());
+                for (_, t) in by_type {
+                    out.extend(t.columns());
+                }
             }
             Data::Address { column, .. } => out.push(column),
         }
@@ -367,12 +377,19 @@ impl SourceMapping {
         let s = &self.spec;
         let mut out = format!("{}: ", s.table);
         match &s.data {
-            Data::Record { rtype, rdata } => {
+            Data::Record {
+                rtype,
+                rdata,
+                by_type,
+            } => {
                 match rtype {
                     TypeFrom::Fixed(t) => out.push_str(&t.to_string()),
                     TypeFrom::Column(c) => out.push_str(&format!("type from {c}")),
                 }
                 out.push_str(&format!(" with data {rdata}"));
+                for (t, template) in by_type {
+                    out.push_str(&format!(", {t} data {template}"));
+                }
             }
             Data::Address { column, ptr } => {
                 out.push_str(&format!("A/AAAA from {column}"));
@@ -515,7 +532,11 @@ impl SourceMapping {
     ) -> Result<Vec<Wanted>, Refusal> {
         let ttl = self.ttl(row)?;
         match &self.spec.data {
-            Data::Record { rtype, rdata } => {
+            Data::Record {
+                rtype,
+                rdata,
+                by_type,
+            } => {
                 let rtype = match rtype {
                     TypeFrom::Fixed(t) => *t,
                     TypeFrom::Column(c) => match row.cell(c) {
@@ -523,6 +544,10 @@ impl SourceMapping {
                         _ => records::parse_type(super::text(row, c)?.trim())?,
                     },
                 };
+                let rdata = by_type
+                    .iter()
+                    .find(|(t, _)| *t == rtype)
+                    .map_or(rdata, |(_, t)| t);
                 if let Some(column) = rdata.single_column() {
                     if row.cell(column) == Some(Cell::UnchangedToast) {
                         return Ok(vec![Wanted::FromState {

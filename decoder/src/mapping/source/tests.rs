@@ -77,6 +77,7 @@ fn records_table() -> SourceMapping {
         data: Data::Record {
             rtype: TypeFrom::Column("type".into()),
             rdata: Template::parse("{content}").unwrap(),
+            by_type: Vec::new(),
         },
         filters: vec![Filter::IsFalse("disabled".into())],
     })
@@ -88,6 +89,7 @@ fn mx_table() -> SourceMapping {
     spec.data = Data::Record {
         rtype: TypeFrom::Column("type".into()),
         rdata: Template::parse("{prio} {content}").unwrap(),
+        by_type: Vec::new(),
     };
     SourceMapping::new(spec).unwrap()
 }
@@ -442,6 +444,7 @@ fn a_fixed_type_and_ttl_with_an_owner_template() {
         data: Data::Record {
             rtype: TypeFrom::Fixed(RType::CNAME),
             rdata: Template::parse("{target}.").unwrap(),
+            by_type: Vec::new(),
         },
         filters: vec![Filter::IsTrue("enabled".into())],
     })
@@ -603,4 +606,52 @@ fn two_rows_claiming_one_address_want_the_same_ptr_and_two_names_give_two_ptrs()
         )
         .unwrap();
     assert_ne!(a[1], b[1]);
+}
+
+#[test]
+fn a_per_type_template_applies_to_its_type_only() {
+    let z = zones();
+    let mut spec = records_table().spec().clone();
+    spec.data = Data::Record {
+        rtype: TypeFrom::Column("type".into()),
+        rdata: Template::column("content"),
+        by_type: vec![(RType::MX, Template::parse("{prio} {content}").unwrap())],
+    };
+    let m = SourceMapping::new(spec).unwrap();
+    let got = m
+        .records(
+            &row(&[
+                ("id", Some("1")),
+                ("zone", Some("example.test")),
+                ("name", Some("www")),
+                ("type", Some("A")),
+                ("content", Some("192.0.2.1")),
+                ("ttl", None),
+                ("prio", None),
+                ("disabled", Some("f")),
+            ]),
+            &z,
+        )
+        .unwrap();
+    assert_eq!(
+        texts(&got, &z),
+        ["www.example.test. 3600 IN A 192.0.2.1 @example.test."]
+    );
+    let got = m
+        .records(
+            &rec(
+                "@",
+                "example.test",
+                Some("mx"),
+                "mail.example.test.",
+                None,
+                "f",
+            ),
+            &z,
+        )
+        .unwrap();
+    assert_eq!(
+        texts(&got, &z),
+        ["example.test. 3600 IN MX 10 mail.example.test. @example.test."]
+    );
 }
