@@ -170,7 +170,7 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Sto
 }
 
 /// An SQL identifier, quoted (`"` doubled), so any table name is safe.
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
