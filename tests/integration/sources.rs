@@ -283,6 +283,28 @@ async fn a_generic_records_table_with_a_zone_column_publishes_every_type_and_fol
     stack
         .wait_until_dns_equals(&zones(&forward, &reverse), DNS_DEADLINE)
         .await?;
+
+    // A 10 kB TXT stored out of line: an UPDATE of its TTL alone sends the
+    // content as an unchanged TOAST value, taken from the row state.
+    let big: Vec<String> = (0..40u8)
+        .map(|i| format!("\"{}\"", char::from(b'a' + i % 26).to_string().repeat(250)))
+        .collect();
+    let big = big.join(" ");
+    stack
+        .exec(&format!(
+            "ALTER TABLE app.records ALTER COLUMN content SET STORAGE EXTERNAL;
+             INSERT INTO app.records (zone, name, type, content, ttl) VALUES
+               ('example.test', 'big', 'TXT', '{big}', 300);
+             UPDATE app.records SET ttl = 120 WHERE name = 'big';"
+        ))
+        .await?;
+    forward.push(Record::new("big.example.test.", 120, "TXT", &big));
+    stack
+        .wait_until_dns_equals(&zones(&forward, &reverse), DNS_DEADLINE)
+        .await?;
+    let rejected = stack.rejected().await?;
+    ensure!(rejected.len() == 1, "rows were rejected: {rejected:?}");
+
     let output = stack.reconcile(&[], &[]).await?;
     ensure!(
         output.status.code() == Some(0),
