@@ -2,7 +2,8 @@
 //! repair it when something else changed the zones.
 //!
 //! ```text
-//!  SELECT * FROM pg2dns.rr ─▶ mapping + plan (as the stream) ─▶ desired records ─┐
+//!  SELECT * FROM pg2dns.rr and each source table
+//!        ─▶ mappings + plan (as the stream) ─▶ desired records ──────────────────┐
 //!                                                                                ├─▶ diff ─▶ report
 //!  AXFR (TSIG-verified) of each zone ─▶ actual records ──────────────────────────┘     │
 //!                                                                        --apply ─▶ repair UPDATEs
@@ -343,10 +344,13 @@ struct Desired {
     refused: usize,
     records: BTreeMap<ZoneId, Vec<Record>>,
     /// Per zone and source (index as the stream numbers them).
-    contributions: BTreeMap<ZoneId, BTreeMap<u16, Vec<(RowKey, Vec<Record>)>>>,
+    contributions: BTreeMap<ZoneId, BTreeMap<u16, Contributions>>,
     /// The sources' names, by index.
     sources: Vec<String>,
 }
+
+/// Rows of one source in one zone, each with the records it contributes.
+type Contributions = Vec<(RowKey, Vec<Record>)>;
 
 /// Reads `pg2dns.rr` and every `[[source]]` table now and plans their rows
 /// together as the stream would (source ids as the stream numbers them).
@@ -423,8 +427,7 @@ async fn read_desired(store: &Store, config: &Config) -> Result<Desired, StoreEr
         }
     }
     let mut records: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
-    let mut contributions: BTreeMap<ZoneId, BTreeMap<u16, Vec<(RowKey, Vec<Record>)>>> =
-        BTreeMap::new();
+    let mut contributions: BTreeMap<ZoneId, BTreeMap<u16, Contributions>> = BTreeMap::new();
     for ((source, key), desired) in outcome.rows {
         let mut per_zone: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
         for d in desired {
