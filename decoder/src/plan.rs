@@ -72,6 +72,38 @@ pub enum Refusal {
         /// The owner.
         owner: Owner,
     },
+    /// A zone column names a zone that is not configured.
+    #[error("column {column:?} names zone {zone:?}, which is not a configured zone")]
+    ZoneNotConfigured {
+        /// The zone column.
+        column: String,
+        /// Its value.
+        zone: String,
+    },
+    /// The owner is not at or below the zone its row names.
+    #[error("owner {owner} is not in zone {zone}, the zone its row names")]
+    OwnerNotInZone {
+        /// The owner.
+        owner: Owner,
+        /// The zone the row names.
+        zone: crate::records::ZoneName,
+    },
+    /// An address column does not hold an IP address.
+    #[error("column {column:?} holds {value:?}, which is not an IP address")]
+    BadAddress {
+        /// The column.
+        column: String,
+        /// Its value.
+        value: String,
+    },
+    /// A filter column is not a boolean.
+    #[error("column {column:?} holds {value:?}, which is not a boolean")]
+    NotBoolean {
+        /// The column.
+        column: String,
+        /// Its value.
+        value: String,
+    },
     /// A column arrived as an unchanged TOAST value and the row state holds
     /// no earlier value to take it from.
     #[error("column {column:?} arrived as an unchanged TOAST value and pg2dns holds no earlier value for this row; set REPLICA IDENTITY FULL on the table or touch the column")]

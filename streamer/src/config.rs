@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pg2dns_decoder::checks::CheckNames;
+use pg2dns_decoder::mapping::source::{
+    Data, Filter, Names, SourceMapping, SourceSpec, Template, TtlFrom, TypeFrom, ZoneFrom,
+};
+use pg2dns_decoder::mapping::Mapping;
 use pg2dns_decoder::tsig::TsigKey;
 use pg2dns_decoder::ZoneName;
 use serde::Deserialize;
@@ -73,6 +77,154 @@ struct Spec {
     metrics: MetricsSpec,
     #[serde(default)]
     reconcile: ReconcileSpec,
+    #[serde(default, rename = "source")]
+    sources: Vec<SourceTableSpec>,
+}
+
+/// One `[[source]]` table: a table of the application's and how its rows
+/// become records (see README "Sources").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceTableSpec {
+    table: String,
+    #[serde(default = "default_key")]
+    key: Vec<String>,
+    owner: Option<String>,
+    owner_column: Option<String>,
+    #[serde(default)]
+    names: NamesSpec,
+    zone_column: Option<String>,
+    #[serde(rename = "type")]
+    rtype: Option<String>,
+    type_column: Option<String>,
+    ttl: Option<u32>,
+    ttl_column: Option<String>,
+    rdata: Option<String>,
+    rdata_column: Option<String>,
+    #[serde(default)]
+    rdata_by_type: std::collections::BTreeMap<String, String>,
+    address_column: Option<String>,
+    #[serde(default)]
+    ptr: bool,
+    #[serde(default)]
+    filter: FilterSpec,
+}
+
+fn default_key() -> Vec<String> {
+    vec!["id".into()]
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum NamesSpec {
+    #[default]
+    Absolute,
+    Relative,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterSpec {
+    #[serde(default)]
+    is_true: Vec<String>,
+    #[serde(default)]
+    is_false: Vec<String>,
+    #[serde(default)]
+    non_empty: Vec<String>,
+    #[serde(default)]
+    one_of: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// The TTL of a source's records when neither `ttl` nor its column says.
+pub const DEFAULT_SOURCE_TTL: u32 = 3600;
+
+impl SourceTableSpec {
+    /// Compiles the table into a mapping; the error names the key at fault.
+    fn compile(self) -> Result<SourceMapping, String> {
+        let table = self.table.clone();
+        let one_of = |a: Option<String>, b: Option<String>, what: &str| match (a, b) {
+            (Some(t), None) => Template::parse(&t).map(Some).map_err(|e| e.to_string()),
+            (None, Some(c)) => Ok(Some(Template::column(&c))),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(format!("set {what} or {what}_column, not both")),
+        };
+        let owner = one_of(self.owner, self.owner_column, "owner")?
+            .ok_or("owner or owner_column is required")?;
+        let rdata = one_of(self.rdata, self.rdata_column, "rdata")?;
+        let data = match (self.address_column, rdata) {
+            (Some(_), _) if !self.rdata_by_type.is_empty() => {
+                return Err("rdata_by_type needs rdata or rdata_column, not address_column".into())
+            }
+            (Some(column), None) => {
+                if self.rtype.is_some() || self.type_column.is_some() {
+                    return Err("address_column publishes A/AAAA by address family: leave out type and type_column".into());
+                }
+                Data::Address {
+                    column,
+                    ptr: self.ptr,
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err("set address_column or rdata/rdata_column, not both".into())
+            }
+            (None, None) => {
+                return Err("set rdata, rdata_column or address_column".into());
+            }
+            (None, Some(rdata)) => {
+                if self.ptr {
+                    return Err("ptr = true needs address_column".into());
+                }
+                let rtype = match (self.rtype, self.type_column) {
+                    (Some(t), None) => TypeFrom::Fixed(
+                        pg2dns_decoder::records::parse_type(&t).map_err(|e| e.to_string())?,
+                    ),
+                    (None, Some(c)) => TypeFrom::Column(c),
+                    (None, None) => return Err("type or type_column is required".into()),
+                    (Some(_), Some(_)) => return Err("set type or type_column, not both".into()),
+                };
+                let mut by_type = Vec::new();
+                for (t, template) in self.rdata_by_type {
+                    let rtype = pg2dns_decoder::records::parse_type(&t)
+                        .map_err(|e| format!("rdata_by_type: {e}"))?;
+                    let template = Template::parse(&template)
+                        .map_err(|e| format!("rdata_by_type.{t}: {e}"))?;
+                    by_type.push((rtype, template));
+                }
+                Data::Record {
+                    rtype,
+                    rdata,
+                    by_type,
+                }
+            }
+        };
+        let mut filters = Vec::new();
+        filters.extend(self.filter.is_true.into_iter().map(Filter::IsTrue));
+        filters.extend(self.filter.is_false.into_iter().map(Filter::IsFalse));
+        filters.extend(self.filter.non_empty.into_iter().map(Filter::NonEmpty));
+        for (column, values) in self.filter.one_of {
+            filters.push(Filter::OneOf(column, values));
+        }
+        SourceMapping::new(SourceSpec {
+            table,
+            key: self.key,
+            owner,
+            names: match self.names {
+                NamesSpec::Absolute => Names::Absolute,
+                NamesSpec::Relative => Names::Relative,
+            },
+            zone: match self.zone_column {
+                Some(c) => ZoneFrom::Column(c),
+                None => ZoneFrom::Owner,
+            },
+            ttl: TtlFrom {
+                column: self.ttl_column,
+                default: self.ttl.unwrap_or(DEFAULT_SOURCE_TTL),
+            },
+            data,
+            filters,
+        })
+        .map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +360,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The batch comparison's safety threshold.
     pub reconcile: ReconcileConfig,
+    /// The declarative sources (`[[source]]`), besides the built-in
+    /// `pg2dns.rr`.
+    pub sources: Vec<SourceMapping>,
 }
 
 /// How `pg2dns reconcile --apply` guards against a wrong database.
@@ -466,8 +621,29 @@ impl Config {
                 "reconcile.max_change_share = {max_change_share}: must be from 0 to 1"
             )));
         }
+        let mut sources: Vec<SourceMapping> = Vec::new();
+        for (i, table) in spec.sources.into_iter().enumerate() {
+            let name = table.table.clone();
+            let source = table
+                .compile()
+                .map_err(|e| invalid(format!("[[source]] #{} (table {name:?}): {e}", i + 1)))?;
+            if source.schema() == "pg2dns" {
+                return Err(invalid(format!(
+                    "[[source]] #{}: table {name:?} is pg2dns's own; pg2dns.rr is always published",
+                    i + 1
+                )));
+            }
+            if sources.iter().any(|o| o.source() == source.source()) {
+                return Err(invalid(format!(
+                    "[[source]] #{}: table {name:?} is configured twice",
+                    i + 1
+                )));
+            }
+            sources.push(source);
+        }
         Ok(Config {
             path: path.to_owned(),
+            sources,
             reconcile: ReconcileConfig { max_change_share },
             database: DatabaseConfig {
                 url: spec.database.url,
@@ -611,6 +787,69 @@ tsig_key_file = "k.key"
         let err =
             with_key_file(&format!("{GOOD}\n[reconcile]\nmax_change_share = 30\n")).unwrap_err();
         assert!(err.to_string().contains("max_change_share"), "{err}");
+    }
+
+    const SOURCES: &str = r#"
+[[source]]
+table = "ipam.hosts"
+owner_column = "name"
+address_column = "address"
+ptr = true
+ttl = 300
+[source.filter]
+non_empty = ["name"]
+one_of = { status = ["active"] }
+
+[[source]]
+table = "app.records"
+owner_column = "name"
+names = "relative"
+zone_column = "zone"
+type_column = "type"
+rdata_column = "content"
+rdata_by_type = { MX = "{prio} {content}", SRV = "{prio} {content}" }
+ttl_column = "ttl"
+[source.filter]
+is_false = ["disabled"]
+"#;
+
+    #[test]
+    fn sources_compile_with_their_defaults() {
+        let c = with_key_file(&format!("{GOOD}{SOURCES}")).unwrap();
+        assert_eq!(c.sources.len(), 2);
+        let zones = c.zones();
+        let hosts = c.sources[0].describe(&zones);
+        assert!(hosts.contains("A/AAAA from address"), "{hosts}");
+        assert!(hosts.contains("key (id)"), "{hosts}");
+        let records = c.sources[1].describe(&zones);
+        assert!(records.contains("TTL from ttl (default 3600)"), "{records}");
+        assert!(records.contains("disabled is false"), "{records}");
+    }
+
+    #[test]
+    fn a_source_with_contradicting_or_missing_keys_is_refused_by_number() {
+        for (body, needle) in [
+            ("table = \"a.b\"\nowner_column = \"n\"", "set rdata"),
+            ("table = \"a.b\"\nrdata_column = \"r\"\ntype = \"A\"", "owner"),
+            ("table = \"a.b\"\nowner = \"{n}\"\nowner_column = \"n\"\naddress_column = \"x\"", "not both"),
+            ("table = \"a.b\"\nowner_column = \"n\"\nrdata_column = \"r\"", "type"),
+            ("table = \"a.b\"\nowner_column = \"n\"\naddress_column = \"a\"\ntype = \"A\"", "leave out type"),
+            ("table = \"a.b\"\nowner_column = \"n\"\nrdata_column = \"r\"\ntype = \"A\"\nptr = true", "ptr"),
+            ("table = \"b\"\nowner_column = \"n\"\naddress_column = \"a\"", "schema-qualified"),
+            ("table = \"a.b\"\nowner_column = \"n\"\naddress_column = \"a\"\nnames = \"relative\"", "zone_column"),
+            ("table = \"pg2dns.rr\"\nowner_column = \"n\"\naddress_column = \"a\"", "always"),
+            ("table = \"a.b\"\nowner_column = \"n\"\nrdata = \"{r\"\ntype = \"A\"", "without its"),
+            ("table = \"a.b\"\nowner_column = \"n\"\nrdata_column = \"r\"\ntype = \"SOA\"", "SOA"),
+        ] {
+            let err = with_key_file(&format!("{GOOD}\n[[source]]\n{body}\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("[[source]] #1") && text.contains(needle), "{body}: {text}");
+        }
+        let err = with_key_file(&format!("{GOOD}\n[[source]]\ntable = \"a.b\"\nowner_column = \"n\"\naddress_column = \"a\"\nadress = 1\n")).unwrap_err();
+        assert!(format!("{err:?}").contains("adress"), "{err:?}");
+        let twice = "\n[[source]]\ntable = \"a.b\"\nowner_column = \"n\"\naddress_column = \"a\"\n";
+        let err = with_key_file(&format!("{GOOD}{twice}{twice}")).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
     }
 
     #[test]

@@ -136,6 +136,11 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                     z.name, z.primary, z.key.name, z.key.algorithm
                 );
             }
+            let zones = config.zones();
+            println!("  source pg2dns.rr (built in): one record per row");
+            for source in &config.sources {
+                println!("  source {}", source.describe(&zones));
+            }
             Ok(0)
         }
         Command::Setup { accept_gap } => {
@@ -161,6 +166,9 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                     "already there"
                 },
             );
+            for table in &report.sources_added {
+                println!("source table {table} added to the publication");
+            }
             Ok(0)
         }
         Command::Pause { reason, wait } => {

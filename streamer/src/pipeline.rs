@@ -75,9 +75,18 @@ enum Item {
     Commit,
 }
 
-/// The sources this version streams: the built-in `pg2dns.rr`.
-fn mappings() -> Vec<Box<dyn Mapping>> {
-    vec![Box::new(RrTable)]
+/// The sources this configuration streams: the built-in `pg2dns.rr` first
+/// (its index, 0, is what row state written by earlier versions used), then
+/// each `[[source]]` in configuration order.
+pub fn mappings(config: &Config) -> Vec<Box<dyn Mapping>> {
+    let mut out: Vec<Box<dyn Mapping>> = vec![Box::new(RrTable)];
+    out.extend(
+        config
+            .sources
+            .iter()
+            .map(|s| Box::new(s.clone()) as Box<dyn Mapping>),
+    );
+    out
 }
 
 /// Per-zone dispatch bookkeeping.
@@ -455,7 +464,7 @@ async fn session(
     control.set_mode(&Mode::Running).await?;
     metrics::get().set_mode("running");
     info!(slot = %config.database.slot, progress = %progress, "streaming");
-    let mappings = mappings();
+    let mappings = mappings(config);
     let mut p = Pipeline {
         config,
         zones: config.zones(),

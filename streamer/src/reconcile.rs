@@ -2,7 +2,8 @@
 //! repair it when something else changed the zones.
 //!
 //! ```text
-//!  SELECT * FROM pg2dns.rr ─▶ mapping + plan (as the stream) ─▶ desired records ─┐
+//!  SELECT * FROM pg2dns.rr and each source table
+//!        ─▶ mappings + plan (as the stream) ─▶ desired records ──────────────────┐
 //!                                                                                ├─▶ diff ─▶ report
 //!  AXFR (TSIG-verified) of each zone ─▶ actual records ──────────────────────────┘     │
 //!                                                                        --apply ─▶ repair UPDATEs
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pg2dns_decoder::diff::{self, ZoneDiff};
-use pg2dns_decoder::mapping::{Mapping, RowKey, RowUpdate, RrTable};
+use pg2dns_decoder::mapping::{RowKey, RowUpdate};
 use pg2dns_decoder::plan::{Loaded, Planner, SourceId};
 use pg2dns_decoder::row::TextRow;
 use pg2dns_decoder::session::Rcode;
@@ -342,52 +343,77 @@ struct Desired {
     rows: usize,
     refused: usize,
     records: BTreeMap<ZoneId, Vec<Record>>,
-    contributions: BTreeMap<ZoneId, Vec<(RowKey, Vec<Record>)>>,
+    /// Per zone and source (index as the stream numbers them).
+    contributions: BTreeMap<ZoneId, BTreeMap<u16, Contributions>>,
+    /// The sources' names, by index.
+    sources: Vec<String>,
 }
 
-/// Reads `pg2dns.rr` now and plans it as the stream would.
+/// Rows of one source in one zone, each with the records it contributes.
+type Contributions = Vec<(RowKey, Vec<Record>)>;
+
+/// Reads `pg2dns.rr` and every `[[source]]` table now and plans their rows
+/// together as the stream would (source ids as the stream numbers them).
 async fn read_desired(store: &Store, config: &Config) -> Result<Desired, StoreError> {
     let zones = config.zones();
     let limits = config.plan_limits();
-    let messages = store
-        .client()
-        .simple_query("SELECT * FROM pg2dns.rr ORDER BY id")
-        .await
-        .map_err(sql("cannot read pg2dns.rr"))?;
-    let mut planner = Planner::new(&zones, &limits, Loaded::default());
-    let mut columns: Option<Arc<[String]>> = None;
-    let mut rows = 0;
-    for m in messages {
-        let tokio_postgres::SimpleQueryMessage::Row(row) = m else {
-            continue;
-        };
-        let cols = columns
-            .get_or_insert_with(|| {
-                row.columns()
-                    .iter()
-                    .map(|c| c.name().to_owned())
-                    .collect::<Vec<_>>()
-                    .into()
-            })
-            .clone();
-        let values = (0..cols.len())
-            .map(|i| row.get(i).map(str::to_owned))
+    let mappings = crate::pipeline::mappings(config);
+    let mut queries = vec!["SELECT * FROM pg2dns.rr ORDER BY id".to_owned()];
+    for source in &config.sources {
+        let order: Vec<String> = source
+            .spec()
+            .key
+            .iter()
+            .map(|k| crate::setup::quote_ident(k))
             .collect();
-        let row = TextRow::new(cols, values);
-        let Some(key) = RrTable.key(&row) else {
-            continue;
-        };
-        rows += 1;
-        let image = RrTable.records(&row, &zones);
-        planner.apply(
-            SourceId(0),
-            RowUpdate {
-                key,
-                lsn: Lsn::ZERO,
-                image,
-            },
-        );
-        planner.end_segment();
+        queries.push(format!(
+            "SELECT * FROM {}.{} ORDER BY {}",
+            crate::setup::quote_ident(source.schema()),
+            crate::setup::quote_ident(source.table()),
+            order.join(", ")
+        ));
+    }
+    let mut planner = Planner::new(&zones, &limits, Loaded::default());
+    let mut rows = 0;
+    for (i, (mapping, query)) in mappings.iter().zip(&queries).enumerate() {
+        let messages = store
+            .client()
+            .simple_query(query)
+            .await
+            .map_err(sql("cannot read a source table"))?;
+        let mut columns: Option<Arc<[String]>> = None;
+        for m in messages {
+            let tokio_postgres::SimpleQueryMessage::Row(row) = m else {
+                continue;
+            };
+            let cols = columns
+                .get_or_insert_with(|| {
+                    row.columns()
+                        .iter()
+                        .map(|c| c.name().to_owned())
+                        .collect::<Vec<_>>()
+                        .into()
+                })
+                .clone();
+            let values = (0..cols.len())
+                .map(|i| row.get(i).map(str::to_owned))
+                .collect();
+            let row = TextRow::new(cols, values);
+            let Some(key) = mapping.key(&row) else {
+                continue;
+            };
+            rows += 1;
+            let image = mapping.records(&row, &zones);
+            planner.apply(
+                SourceId(i as u16),
+                RowUpdate {
+                    key,
+                    lsn: Lsn::ZERO,
+                    image,
+                },
+            );
+            planner.end_segment();
+        }
     }
     let outcome = planner.finish();
     // One TTL per RRset: the smallest its rows give (as the stream publishes).
@@ -401,8 +427,8 @@ async fn read_desired(store: &Store, config: &Config) -> Result<Desired, StoreEr
         }
     }
     let mut records: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
-    let mut contributions: BTreeMap<ZoneId, Vec<(RowKey, Vec<Record>)>> = BTreeMap::new();
-    for ((_, key), desired) in outcome.rows {
+    let mut contributions: BTreeMap<ZoneId, BTreeMap<u16, Contributions>> = BTreeMap::new();
+    for ((source, key), desired) in outcome.rows {
         let mut per_zone: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
         for d in desired {
             let mut published = d.record.clone();
@@ -414,6 +440,8 @@ async fn read_desired(store: &Store, config: &Config) -> Result<Desired, StoreEr
             contributions
                 .entry(zone)
                 .or_default()
+                .entry(source.0)
+                .or_default()
                 .push((key.clone(), recs));
         }
     }
@@ -422,6 +450,7 @@ async fn read_desired(store: &Store, config: &Config) -> Result<Desired, StoreEr
         refused: outcome.rejections.len(),
         records,
         contributions,
+        sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
     })
 }
 
@@ -447,7 +476,7 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
         rows = desired.rows,
         refused = desired.refused,
         ms = read_time.as_millis() as u64,
-        "read pg2dns.rr"
+        "read pg2dns.rr and the source tables"
     );
     let mut outcomes = Vec::new();
     for id in selected {
@@ -455,19 +484,22 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
         let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
         let mut outcome = reconcile_zone(config, zc, wanted, options).await;
         if options.apply && outcome.error.is_none() && outcome.in_sync_after == Some(true) {
-            let rows = desired
-                .contributions
-                .get(&id)
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            if let Err(source) = store
-                .replace_zone_state(RrTable::SOURCE, &zc.name, rows)
-                .await
-            {
-                outcome.error = Some(ZoneError::State {
-                    zone: zc.name.clone(),
-                    source,
-                });
+            // One transaction per source: every source's state of the
+            // zone, emptied ones included, is rewritten.
+            for (i, name) in desired.sources.iter().enumerate() {
+                let rows = desired
+                    .contributions
+                    .get(&id)
+                    .and_then(|by_source| by_source.get(&(i as u16)))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                if let Err(source) = store.replace_zone_state(name, &zc.name, rows).await {
+                    outcome.error = Some(ZoneError::State {
+                        zone: zc.name.clone(),
+                        source,
+                    });
+                    break;
+                }
             }
         }
         outcomes.push(outcome);

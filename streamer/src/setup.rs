@@ -7,7 +7,7 @@
 //! form (`pg2dns.row_state`); its rows are converted here, by the same parser
 //! the stream uses.
 
-use pg2dns_decoder::mapping::RrTable;
+use pg2dns_decoder::mapping::{Mapping, RrTable};
 use pg2dns_decoder::{Lsn, RType, Record, ZoneName};
 use tokio_postgres::error::SqlState;
 use tracing::{info, warn};
@@ -33,6 +33,8 @@ pub struct SetupReport {
     pub publication_created: bool,
     /// Whether the slot was created now.
     pub slot_created: bool,
+    /// Source tables added to the publication now.
+    pub sources_added: Vec<String>,
     /// The slot starts after pg2dns's progress (progress, slot position):
     /// the changes in between were never streamed.
     pub gap: Option<(Lsn, Lsn)>,
@@ -106,6 +108,32 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Sto
             .map_err(sql("cannot add pg2dns.control to the publication"))?;
         info!(%publication, "pg2dns.control added to the publication");
     }
+    // Each configured source's table travels in the stream too.
+    for source in &config.sources {
+        let (schema, table) = (source.schema(), source.table());
+        let published = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[publication, &schema, &table],
+            )
+            .await
+            .map_err(sql("cannot read pg_publication_tables"))?
+            .is_some();
+        if !published {
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION \"{publication}\" ADD TABLE {}.{}",
+                    quote_ident(schema),
+                    quote_ident(table)
+                ))
+                .await
+                .map_err(sql(
+                    "cannot add a source table to the publication (does it exist?)",
+                ))?;
+            report.sources_added.push(source.source().to_owned());
+            info!(%publication, table = %source.source(), "source table added to the publication");
+        }
+    }
     let slot = &config.database.slot;
     if store.slot_confirmed().await?.is_none() {
         client
@@ -139,6 +167,11 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Sto
         }
     }
     Ok(report)
+}
+
+/// An SQL identifier, quoted (`"` doubled), so any table name is safe.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Moves version 1's text row state into `pg2dns.row_state` (as this

@@ -31,6 +31,17 @@ async fn the_annotated_example_config_passes_check_config() -> Result<()> {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    // What each source publishes.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "source ipam.hosts: A/AAAA from address, PTR in 2.0.192.in-addr.arpa.",
+        "source app.records: type from type with data {content}, MX data {prio} {content}",
+    ] {
+        ensure!(
+            stdout.contains(line),
+            "check-config printed no {line:?}:\n{stdout}"
+        );
+    }
     Ok(())
 }
 

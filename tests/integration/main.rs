@@ -53,5 +53,6 @@ mod outages;
 mod reconcile;
 mod rejected;
 mod replication;
+mod sources;
 mod streaming;
 mod throughput;

@@ -12,6 +12,8 @@
 //! identity columns changed", pgoutput documentation), so the key is all a
 //! mapping may rely on for the old side of a change.
 
+pub mod source;
+
 use std::fmt;
 
 use crate::lsn::Lsn;
