@@ -60,3 +60,28 @@ async fn check_config_refuses_a_misspelt_key_and_names_it() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_key_file_readable_by_other_users_is_warned_about_and_a_private_one_is_not() -> Result<()>
+{
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("key-mode")?;
+    let config = example_in(&dir).await?;
+    let key = dir.path().join("pg2dns.key");
+    let warning = "the TSIG key file is readable by other users";
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    let output = pg2dns::command("check-config", &config).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    ensure!(
+        output.status.success() && stderr.contains(warning) && stderr.contains("644"),
+        "a 644 key file draws a warning:\n{stderr}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let output = pg2dns::command("check-config", &config).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    ensure!(
+        output.status.success() && !stderr.contains(warning),
+        "a 600 key file draws no warning:\n{stderr}"
+    );
+    Ok(())
+}
