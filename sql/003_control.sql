@@ -14,7 +14,11 @@ CREATE TABLE IF NOT EXISTS pg2dns.control (
     action       text NOT NULL CHECK (action IN ('pause', 'resume')),
     reason       text NOT NULL DEFAULT '',
     requested_by text NOT NULL DEFAULT session_user,
-    at           timestamptz NOT NULL DEFAULT now()
+    at           timestamptz NOT NULL DEFAULT now(),
+    -- A resume that stops again before the first transaction whose commit
+    -- is at or after this LSN (how `pg2dns reconcile` brings a paused
+    -- service exactly to the consistent point of a snapshot it exported).
+    until_lsn    pg_lsn
 );
 
 -- What each instance reports about itself: written by the service.
@@ -48,21 +52,23 @@ BEGIN
     RETURN request;
 END $$;
 
--- Lets a paused or halted instance go on; returns the request's id.
-CREATE OR REPLACE FUNCTION pg2dns.resume(slot text DEFAULT 'pg2dns')
+-- Lets a paused or halted instance go on; returns the request's id. With
+-- `until`, the instance pauses again before the first transaction that
+-- commits at or after that LSN.
+CREATE OR REPLACE FUNCTION pg2dns.resume(slot text DEFAULT 'pg2dns', until pg_lsn DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     request bigint;
 BEGIN
-    INSERT INTO pg2dns.control (slot, action, requested_by)
-        VALUES (resume.slot, 'resume', session_user)
+    INSERT INTO pg2dns.control (slot, action, requested_by, until_lsn)
+        VALUES (resume.slot, 'resume', session_user, resume.until)
         RETURNING id INTO request;
     PERFORM pg_notify('pg2dns_control', resume.slot);
     RETURN request;
 END $$;
 
 REVOKE ALL ON FUNCTION pg2dns.pause(text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION pg2dns.resume(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2dns.resume(text, pg_lsn) FROM PUBLIC;
 
 -- One line per instance: its mode, and how far behind it is.
 CREATE OR REPLACE VIEW pg2dns.status AS

@@ -74,6 +74,9 @@ pub struct ControlRequest {
     pub requested_by: String,
     /// Why.
     pub reason: String,
+    /// For a resume: pause again before the first transaction committing
+    /// at or after this LSN.
+    pub until: Option<Lsn>,
 }
 
 /// A connection for control statements, with notifications.
@@ -156,6 +159,7 @@ impl Control {
                     action: r.get(5),
                     requested_by: r.get(6),
                     reason: r.get(7),
+                    until: None,
                 },
             },
             "halted" => Mode::Halted {
@@ -219,7 +223,7 @@ impl Control {
         let row = self
             .client
             .query_opt(
-                "SELECT id, action, requested_by, reason FROM pg2dns.control \
+                "SELECT id, action, requested_by, reason, until_lsn::text FROM pg2dns.control \
                  WHERE slot = $1 AND id > $2 AND action = 'resume' ORDER BY id LIMIT 1",
                 &[&self.slot, &after],
             )
@@ -230,6 +234,7 @@ impl Control {
             action: r.get(1),
             requested_by: r.get(2),
             reason: r.get(3),
+            until: r.get::<_, Option<String>>(4).and_then(|t| t.parse().ok()),
         }))
     }
 

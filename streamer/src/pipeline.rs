@@ -266,6 +266,11 @@ pub struct Pipeline<'c> {
     pause_at: Option<(Lsn, ControlRequest)>,
     /// Where the session paused.
     paused: Option<(Lsn, ControlRequest)>,
+    /// A resume that pauses again before the first transaction committing
+    /// at or after this LSN.
+    stop_at: Option<(Lsn, ControlRequest)>,
+    /// That transaction began: drain what came before it, then pause.
+    stopping: bool,
 }
 
 /// Runs sessions until shutdown; transient failures are retried with
@@ -413,6 +418,7 @@ async fn session(
         }
     })?;
     // A pause survives restarts: wait for the resume before streaming.
+    let mut stop_at: Option<(Lsn, ControlRequest)> = None;
     match control.mode().await.map_err(|e| {
         if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
             RunError::SchemaMissing
@@ -423,14 +429,14 @@ async fn session(
         Mode::Paused { lsn, request } => {
             metrics::get().set_mode("paused");
             info!(%lsn, by = %request.requested_by, reason = %request.reason, "paused: waiting for `pg2dns resume`");
-            if control
-                .wait_for_resume(request.id, shutdown)
-                .await?
-                .is_none()
-            {
+            let Some(resume) = control.wait_for_resume(request.id, shutdown).await? else {
                 return Ok(SessionEnd::Stopped);
-            }
+            };
             info!(%lsn, "resumed: streaming continues after {lsn}");
+            if let Some(until) = resume.until {
+                info!(%until, "pausing again before the first transaction committed at or after {until}");
+                stop_at = Some((until, resume));
+            }
         }
         // A restart is the operator's answer to a halt: try again.
         Mode::Halted { .. } | Mode::Running => {}
@@ -489,6 +495,8 @@ async fn session(
         pause_request: None,
         pause_at: None,
         paused: None,
+        stop_at,
+        stopping: false,
     };
     let result = p.stream(&mut replication, shutdown).await;
     if result.is_ok() && p.confirmed.is_some() {
@@ -562,6 +570,16 @@ impl Pipeline<'_> {
                 _ = shutdown.changed() => {
                     info!("stopping before the pending transactions were acknowledged; they will be replayed");
                     return Ok(SessionEnd::Stopped);
+                }
+            }
+            if self.stopping {
+                if let Some((until, request)) = self.stop_at.take() {
+                    tokio::select! {
+                        r = self.drain(replication) => r?,
+                        _ = shutdown.changed() => return Ok(SessionEnd::Stopped),
+                    }
+                    self.paused = Some((until, request));
+                    return Ok(SessionEnd::Paused);
                 }
             }
             if let Some((lsn, request)) = self.pause_at.take() {
@@ -718,6 +736,15 @@ impl Pipeline<'_> {
                 // A transaction whose commit precedes the durable progress was
                 // applied and checkpointed before: skip it outright.
                 self.skipping = final_lsn < self.progress;
+                if self
+                    .stop_at
+                    .as_ref()
+                    .is_some_and(|(until, _)| final_lsn >= *until)
+                {
+                    // Not applied: the stream stops right before it.
+                    self.skipping = true;
+                    self.stopping = true;
+                }
                 if self.skipping {
                     debug!(lsn = %final_lsn, "skipping a transaction applied before");
                 }
@@ -1125,5 +1152,6 @@ fn control_request(change: &RowChange, slot: &str) -> Option<ControlRequest> {
         action: text("action")?,
         requested_by: text("requested_by").unwrap_or_default(),
         reason: text("reason").unwrap_or_default(),
+        until: text("until_lsn").and_then(|t| t.parse().ok()),
     })
 }

@@ -165,6 +165,72 @@ fn convert(ev: ReplicationEvent) -> Result<Option<Frame>, ReplicationError> {
     }))
 }
 
+/// The replication session's settings for `db`, streaming from `start`.
+fn replication_config(db: &DatabaseConfig, start: Lsn) -> ReplicationConfig {
+    let mut cfg = ReplicationConfig::new(
+        db.host(),
+        db.user(),
+        db.password(),
+        db.dbname(),
+        db.slot.clone(),
+        db.publication.clone(),
+    )
+    .with_port(db.port())
+    .with_start_lsn(pgwire_replication::Lsn::from_u64(start.raw()))
+    .with_status_interval(STATUS_INTERVAL)
+    .with_wakeup_interval(STATUS_INTERVAL)
+    .with_buffer_size(4096)
+    .with_application_name("pg2dns")
+    // Text values must decode the same way every time.
+    .with_options("-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3");
+    cfg.tls = pgwire_replication::TlsConfig::disabled();
+    cfg
+}
+
+/// A snapshot exported by a temporary logical slot: the database exactly as
+/// of `lsn` ("a transaction is visible in the snapshot iff its Begin
+/// final_lsn < L", DESIGN §4). Usable with `SET TRANSACTION SNAPSHOT` while
+/// this value lives and sends nothing else on its session; dropping it ends
+/// the session and the temporary slot with it.
+pub struct ExportedSnapshot {
+    /// The slot's consistent point.
+    pub lsn: Lsn,
+    /// The snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub name: String,
+    _session: ReplicationClient,
+}
+
+/// Creates a temporary logical slot with an exported snapshot, over the
+/// replication protocol (the SQL function cannot export one).
+pub async fn export_snapshot(db: &DatabaseConfig) -> Result<ExportedSnapshot, ReplicationError> {
+    let mut session = ReplicationClient::connect_gated(replication_config(db, Lsn::ZERO)).await?;
+    let slot = format!("pg2dns_snapshot_{}", std::process::id());
+    let rows = session
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT \"{slot}\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
+        ))
+        .await?;
+    let field = |i: usize| {
+        rows.first()
+            .and_then(|r| r.get(i))
+            .and_then(|v| v.as_ref())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .map(str::to_owned)
+    };
+    let bad = || {
+        ReplicationError::Transport(PgWireError::Protocol(
+            "CREATE_REPLICATION_SLOT answered without a consistent point and snapshot".into(),
+        ))
+    };
+    let lsn = field(1).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+    let name = field(2).ok_or_else(bad)?;
+    Ok(ExportedSnapshot {
+        lsn,
+        name,
+        _session: session,
+    })
+}
+
 impl PgReplication {
     /// Connects and starts streaming the slot from `start` (the server
     /// starts at the slot's confirmed position if that is later).
@@ -172,24 +238,7 @@ impl PgReplication {
         db: &DatabaseConfig,
         start: Lsn,
     ) -> Result<PgReplication, ReplicationError> {
-        let mut cfg = ReplicationConfig::new(
-            db.host(),
-            db.user(),
-            db.password(),
-            db.dbname(),
-            db.slot.clone(),
-            db.publication.clone(),
-        )
-        .with_port(db.port())
-        .with_start_lsn(pgwire_replication::Lsn::from_u64(start.raw()))
-        .with_status_interval(STATUS_INTERVAL)
-        .with_wakeup_interval(STATUS_INTERVAL)
-        .with_buffer_size(4096)
-        .with_application_name("pg2dns")
-        // Text values must decode the same way every time.
-        .with_options("-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3");
-        cfg.tls = pgwire_replication::TlsConfig::disabled();
-        let client = ReplicationClient::connect(cfg).await?;
+        let client = ReplicationClient::connect(replication_config(db, start)).await?;
         Ok(PgReplication {
             client,
             peeked: None,

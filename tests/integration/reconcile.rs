@@ -455,3 +455,53 @@ async fn dnssec_records_of_a_signed_zone_are_ignored_and_never_deleted() -> Resu
     ensure!(code == 0, "{json:#}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_while_writers_commit_finds_no_false_difference() -> Result<()> {
+    let stack = Stack::start("reconcile-live", Primary::Bind).await?;
+    let _pg2dns = stack.run()?;
+    // Writers: inserts, updates and deletes, one row each, as fast as one
+    // connection goes (a few hundred transactions per second here).
+    let (db, connection) = tokio_postgres::connect(&stack.pg.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let sql = match i % 3 {
+                    0 => format!("DELETE FROM pg2dns.rr WHERE owner = 'h{}.example.test.'", i - 2),
+                    1 => format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('h{i}.example.test.', 300, 'A', '192.0.2.{}')", i % 250 + 1),
+                    _ => format!("UPDATE pg2dns.rr SET rdata = '198.51.100.{}' WHERE owner = 'h{}.example.test.'", i % 250 + 1, i - 1),
+                };
+                db.batch_execute(&sql).await?;
+            }
+            anyhow::Ok(i)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 0..3 {
+        let output = stack.reconcile(&["--json"], &[]).await?;
+        let (code, json) = report(&output)?;
+        ensure!(
+            code == 0,
+            "round {round}: reconcile found differences while writers committed (exit {code}): {json}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ensure!(
+            String::from_utf8_lossy(&output.stderr).contains("paused at the snapshot"),
+            "round {round}: the running service was held at the snapshot:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await??;
+    ensure!(
+        written > 100,
+        "the writers committed {written} transactions"
+    );
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok(())
+}
