@@ -145,6 +145,12 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
         }
         Command::Setup { accept_gap } => {
             let report = setup::setup(&config, accept_gap).await?;
+            if let Some(rows) = report.loaded {
+                println!("first load: the {rows} rows the database holds at the new slot's consistent point are in DNS");
+            }
+            if let Some(problem) = &report.load_problem {
+                println!("warning: the first load did not complete: {problem}");
+            }
             if let Some((progress, slot_at)) = report.gap {
                 if report.gap_accepted {
                     println!("gap accepted: streaming continues from {slot_at} (pg2dns had applied changes up to {progress})");

@@ -514,7 +514,8 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
     // A running service is brought to the snapshot's exact point and held
     // there while the zones are transferred (DESIGN §4).
     let frozen = freeze(&store, config).await?;
-    let result = compare(config, options, &mut store, &selected, frozen.as_ref()).await;
+    let snapshot = frozen.as_ref().map(|f| f.snapshot.name.as_str());
+    let result = compare(config, options, &mut store, &selected, snapshot).await;
     if let Some(f) = &frozen {
         let resumed = store
             .client()
@@ -528,6 +529,23 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
         resumed.map_err(sql("cannot call pg2dns.resume()"))?;
     }
     result
+}
+
+/// The first deployment's load: every zone brought in line with the tables
+/// as the exported snapshot sees them (a new slot's consistent point), and
+/// the row state written, so that streaming from the slot misses nothing and
+/// applies nothing twice.
+pub async fn load_at(
+    config: &Config,
+    store: &mut Store,
+    snapshot: &str,
+) -> Result<Report, ReconcileError> {
+    let options = Options {
+        apply: true,
+        ..Options::default()
+    };
+    let selected: Vec<ZoneId> = config.zones().iter().map(|(id, _)| id).collect();
+    compare(config, &options, store, &selected, Some(snapshot)).await
 }
 
 /// A running service held at an exported snapshot's point.
@@ -624,10 +642,10 @@ async fn compare(
     options: &Options,
     store: &mut Store,
     selected: &[ZoneId],
-    frozen: Option<&Frozen>,
+    snapshot: Option<&str>,
 ) -> Result<Report, ReconcileError> {
     let started = Instant::now();
-    let desired = read_desired(store, config, frozen.map(|f| f.snapshot.name.as_str())).await?;
+    let desired = read_desired(store, config, snapshot).await?;
     let read_time = started.elapsed();
     info!(
         rows = desired.rows,

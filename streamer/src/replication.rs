@@ -203,11 +203,23 @@ pub struct ExportedSnapshot {
 /// Creates a temporary logical slot with an exported snapshot, over the
 /// replication protocol (the SQL function cannot export one).
 pub async fn export_snapshot(db: &DatabaseConfig) -> Result<ExportedSnapshot, ReplicationError> {
-    let mut session = ReplicationClient::connect_gated(replication_config(db, Lsn::ZERO)).await?;
     let slot = format!("pg2dns_snapshot_{}", std::process::id());
+    create_slot_exporting(db, &slot, true).await
+}
+
+/// Creates the logical slot `slot` (kept, unless `temporary`) and exports
+/// the snapshot of its consistent point.
+pub async fn create_slot_exporting(
+    db: &DatabaseConfig,
+    slot: &str,
+    temporary: bool,
+) -> Result<ExportedSnapshot, ReplicationError> {
+    let mut session = ReplicationClient::connect_gated(replication_config(db, Lsn::ZERO)).await?;
+    let slot = slot.replace('"', "\"\"");
+    let kind = if temporary { "TEMPORARY " } else { "" };
     let rows = session
         .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT \"{slot}\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
+            "CREATE_REPLICATION_SLOT \"{slot}\" {kind}LOGICAL pgoutput (SNAPSHOT 'export')"
         ))
         .await?;
     let field = |i: usize| {

@@ -40,13 +40,30 @@ pub struct SetupReport {
     pub gap: Option<(Lsn, Lsn)>,
     /// Whether the progress was moved to the slot to accept that gap.
     pub gap_accepted: bool,
+    /// Rows loaded into DNS from the new slot's snapshot.
+    pub loaded: Option<usize>,
+    /// Why the first load did not complete.
+    pub load_problem: Option<String>,
+}
+
+/// Why setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A statement failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The replication slot could not be created.
+    #[error(
+        "cannot create the replication slot (is wal_level = logical, and may the role replicate?)"
+    )]
+    Slot(#[source] Box<crate::replication::ReplicationError>),
 }
 
 /// Installs the schema, creates the publication and the slot. With
 /// `accept_gap`, a slot that starts after pg2dns's progress is accepted: the
 /// progress moves to the slot (the operator resynchronised the zones).
-pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, StoreError> {
-    let store = Store::connect(&config.database).await?;
+pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, SetupError> {
+    let mut store = Store::connect(&config.database).await?;
     let client = store.client();
     let mut report = SetupReport::default();
     let installed: Vec<i32> = match client
@@ -56,7 +73,7 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Sto
         Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Vec::new(),
         Err(e) if e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) => Vec::new(),
-        Err(e) => return Err(sql("cannot read pg2dns.schema_version")(e)),
+        Err(e) => return Err(sql("cannot read pg2dns.schema_version")(e).into()),
     };
     for (version, text) in SCHEMA {
         if !installed.contains(version) {
@@ -135,23 +152,40 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Sto
         }
     }
     let slot = &config.database.slot;
+    let mut exported = None;
     if store.slot_confirmed().await?.is_none() {
-        client
-            .query(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[slot],
-            )
+        // Over the replication protocol, to export the snapshot of the
+        // slot's consistent point: what a first deployment loads.
+        let snapshot = crate::replication::create_slot_exporting(&config.database, slot, false)
             .await
-            .map_err(sql(
-                "cannot create the replication slot (is wal_level = logical?)",
-            ))?;
+            .map_err(|e| SetupError::Slot(Box::new(e)))?;
         report.slot_created = true;
-        info!(%slot, "replication slot created");
+        info!(%slot, lsn = %snapshot.lsn, "replication slot created");
+        exported = Some(snapshot);
     }
     let slot_at = store.slot_confirmed().await?.unwrap_or(Lsn::ZERO);
     if !store.has_progress().await? {
-        // A new instance: its progress starts where its slot does, so that a
-        // slot dropped and re-created later is noticed.
+        // A new instance. What the tables hold at the slot's consistent
+        // point is loaded into DNS and the row state now; the stream takes
+        // over from there. Its progress starts where its slot does, so that
+        // a slot dropped and re-created later is noticed.
+        if let Some(snapshot) = &exported {
+            match crate::reconcile::load_at(config, &mut store, &snapshot.name).await {
+                Ok(load) if load.exit_code() == 0 => {
+                    info!(rows = load.rows, "the tables as of the new slot are in DNS");
+                    report.loaded = Some(load.rows);
+                }
+                Ok(load) => {
+                    warn!(summary = %load.human(), "the first load did not bring every zone in line; run `pg2dns reconcile --apply` (with --force if a zone must lose most of its records)");
+                    report.load_problem = Some(load.human());
+                }
+                Err(e) => {
+                    let e = crate::error::chain(&e);
+                    warn!(error = %e, "the first load failed; run `pg2dns reconcile --apply`");
+                    report.load_problem = Some(e);
+                }
+            }
+        }
         store.set_progress(slot_at).await?;
     } else {
         let progress = store.progress().await?;

@@ -505,3 +505,66 @@ async fn reconcile_while_writers_commit_finds_no_false_difference() -> Result<()
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_deployment_publishes_the_rows_the_database_already_holds_and_misses_no_write_during_the_load(
+) -> Result<()> {
+    let stack = Stack::start("first-load", Primary::Bind).await?;
+    // Rows that exist before the new instance's slot.
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+               SELECT 'old' || g || '.example.test.', 300, 'A', '192.0.2.' || (g % 250 + 1)
+               FROM generate_series(1, 3000) AS g;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('1.2.0.192.in-addr.arpa.', 300, 'PTR', 'old1.example.test.')",
+        )
+        .await?;
+    // A new instance (its own slot) while a writer keeps committing.
+    let fresh = stack.dir().join("fresh.toml");
+    let text = std::fs::read_to_string(stack.config_path())?;
+    std::fs::write(
+        &fresh,
+        text.replacen("slot = \"pg2dns\"", "slot = \"pg2dns_fresh\"", 1),
+    )?;
+    let (db, connection) = tokio_postgres::connect(&stack.pg.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                db.batch_execute(&format!(
+                    "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('new{i}.example.test.', 300, 'A', '198.51.100.{}');
+                     DELETE FROM pg2dns.rr WHERE owner = 'old{i}.example.test.'",
+                    i % 250 + 1
+                ))
+                .await?;
+            }
+            anyhow::Ok(i)
+        })
+    };
+    let setup = crate::harness::pg2dns::command("setup", &fresh).await?;
+    let printed = String::from_utf8_lossy(&setup.stdout).to_string();
+    ensure!(
+        setup.status.success() && printed.contains("first load"),
+        "setup of the new instance:\n{printed}{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let log = stack.dir().join("fresh-run.log");
+    let mut run = crate::harness::Pg2dns::spawn(&fresh, &log, &[])?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await??;
+    ensure!(
+        written > 20,
+        "the writer committed {written} transactions during the load"
+    );
+    stack
+        .wait_until_dns_matches_table(DNS_DEADLINE)
+        .await
+        .with_context(|| run.log_tail(40))?;
+    run.assert_running()?;
+    Ok(())
+}
