@@ -482,7 +482,7 @@ async fn reconcile_while_writers_commit_finds_no_false_difference() -> Result<()
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for round in 0..3 {
+    for round in 0..10 {
         let output = stack.reconcile(&["--json"], &[]).await?;
         let (code, json) = report(&output)?;
         ensure!(
