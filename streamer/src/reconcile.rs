@@ -564,13 +564,14 @@ async fn freeze(store: &Store, config: &Config) -> Result<Option<Frozen>, Reconc
     let slot = &config.database.slot;
     let client = store.client();
     // A resume still on its way (an earlier reconcile's, say) is let
-    // through first.
+    // through first. The service is running when its mode says so and the
+    // control connection that wrote it is still there.
     let settling = Instant::now();
     let running = loop {
         let row = client
             .query_one(
-                "SELECT coalesce((SELECT m.mode = 'running' AND s.active FROM pg2dns.mode m \
-                                    JOIN pg_replication_slots s ON s.slot_name = m.slot WHERE m.slot = $1), false), \
+                "SELECT coalesce((SELECT m.mode = 'running' AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.pid) \
+                                  FROM pg2dns.mode m WHERE m.slot = $1), false), \
                         coalesce((SELECT c.action = 'resume' AND c.id > m.control_id FROM pg2dns.control c \
                                     JOIN pg2dns.mode m ON m.slot = c.slot \
                                   WHERE c.slot = $1 AND m.mode = 'paused' ORDER BY c.id DESC LIMIT 1), false)",
