@@ -145,25 +145,27 @@ impl RType {
 
     /// Whether pg2dns publishes this type: A AAAA CNAME MX NS PTR SRV TXT CAA SSHFP TLSA NAPTR HINFO SVCB HTTPS.
     pub fn is_supported(self) -> bool {
-        matches!(
-            self,
-            RType::A
-                | RType::AAAA
-                | RType::CNAME
-                | RType::MX
-                | RType::NS
-                | RType::PTR
-                | RType::SRV
-                | RType::TXT
-                | RType::CAA
-                | RType::SSHFP
-                | RType::TLSA
-                | RType::NAPTR
-                | RType::HINFO
-                | RType::SVCB
-                | RType::HTTPS
-        )
+        RType::SUPPORTED.contains(&self)
     }
+
+    /// Every type pg2dns publishes.
+    pub const SUPPORTED: [RType; 15] = [
+        RType::A,
+        RType::AAAA,
+        RType::CNAME,
+        RType::MX,
+        RType::NS,
+        RType::PTR,
+        RType::SRV,
+        RType::TXT,
+        RType::CAA,
+        RType::SSHFP,
+        RType::TLSA,
+        RType::NAPTR,
+        RType::HINFO,
+        RType::SVCB,
+        RType::HTTPS,
+    ];
 
     /// DNSSEC and signer types pg2dns never owns: RRSIG NSEC NSEC3 NSEC3PARAM DNSKEY CDS CDNSKEY (plus the type 65534 private type BIND's signer uses).
     pub fn is_dnssec(self) -> bool {

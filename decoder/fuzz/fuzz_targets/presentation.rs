@@ -8,23 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use pg2dns_decoder::rdata::{self, RType};
 use pg2dns_decoder::Name;
 
-const TYPES: [RType; 15] = [
-    RType::A,
-    RType::AAAA,
-    RType::CNAME,
-    RType::MX,
-    RType::NS,
-    RType::PTR,
-    RType::SRV,
-    RType::TXT,
-    RType::CAA,
-    RType::SSHFP,
-    RType::TLSA,
-    RType::NAPTR,
-    RType::HINFO,
-    RType::SVCB,
-    RType::HTTPS,
-];
+const TYPES: [RType; 15] = RType::SUPPORTED;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {

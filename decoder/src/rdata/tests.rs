@@ -1,23 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 
-const SUPPORTED: [RType; 15] = [
-    RType::A,
-    RType::AAAA,
-    RType::CNAME,
-    RType::MX,
-    RType::NS,
-    RType::PTR,
-    RType::SRV,
-    RType::TXT,
-    RType::CAA,
-    RType::SSHFP,
-    RType::TLSA,
-    RType::NAPTR,
-    RType::HINFO,
-    RType::SVCB,
-    RType::HTTPS,
-];
+const SUPPORTED: [RType; 15] = RType::SUPPORTED;
 
 fn canonical(rtype: RType, text: &str) -> String {
     let wire = parse(rtype, text).unwrap_or_else(|e| panic!("{rtype} {text:?}: {e}"));
