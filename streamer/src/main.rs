@@ -198,9 +198,22 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             if let Some(addr) = config.metrics_listen {
                 tokio::spawn(pg2dns::metrics::serve(addr));
             }
+            let (reload_tx, reload_rx) = tokio::sync::watch::channel(0u64);
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                    return;
+                };
+                let mut count = 0u64;
+                while hup.recv().await.is_some() {
+                    count += 1;
+                    let _ = reload_tx.send(count);
+                }
+            });
             let options = pipeline::RunOptions {
                 exit_on_halt,
                 config_path: Some(cli.config.clone()),
+                reload: Some(reload_rx),
             };
             pipeline::run(config, rx, options).await?;
             Ok(0)

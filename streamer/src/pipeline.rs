@@ -281,12 +281,17 @@ pub async fn run(
     options: RunOptions,
 ) -> Result<(), RunError> {
     let mut backoff = Duration::from_millis(200);
+    let mut reload = options.reload.clone();
     loop {
         let started = Instant::now();
-        let e = match session(&config, &mut shutdown).await {
+        let e = match session(&config, &mut shutdown, &mut reload).await {
             Ok(SessionEnd::Stopped) => return Ok(()),
             // The next session waits for the resume.
             Ok(SessionEnd::Paused) => continue,
+            Ok(SessionEnd::Reload) => {
+                reload_config(&mut config, options.config_path.as_deref());
+                continue;
+            }
             Err(e) => e,
         };
         let disposition = e.disposition();
@@ -322,19 +327,17 @@ pub async fn run(
                 if options.exit_on_halt {
                     return Err(e);
                 }
-                match wait_while_halted(&config, reason, hint, &mut shutdown).await {
+                let halted = wait_while_halted(&config, reason, hint, &mut shutdown);
+                let resumed = tokio::select! {
+                    r = halted => r,
+                    _ = reload_asked(&mut reload) => {
+                        info!("SIGHUP: trying again after the halt");
+                        Some(())
+                    }
+                };
+                match resumed {
                     Some(()) => {
-                        if let Some(path) = &options.config_path {
-                            match Config::load(path) {
-                                Ok(fresh) => {
-                                    info!(config = %path.display(), "configuration and key files read again");
-                                    config = fresh;
-                                }
-                                Err(e) => {
-                                    warn!(error = %crate::error::chain(&e), "the configuration does not load; keeping the one in use")
-                                }
-                            }
-                        }
+                        reload_config(&mut config, options.config_path.as_deref());
                         info!("resuming after the halt");
                         backoff = Duration::from_millis(200);
                     }
@@ -353,8 +356,38 @@ pub struct RunOptions {
     /// `pg2dns resume`.
     pub exit_on_halt: bool,
     /// Where the configuration came from: read again (with its key files)
-    /// when a halted service resumes, since the fix is often there.
+    /// when a halted service resumes, since the fix is often there, and on
+    /// SIGHUP.
     pub config_path: Option<std::path::PathBuf>,
+    /// Ticks on SIGHUP: read the configuration and key files again (and
+    /// try again after a halt).
+    pub reload: Option<watch::Receiver<u64>>,
+}
+
+/// Resolves when a reload is asked for (never without a reload channel).
+async fn reload_asked(reload: &mut Option<watch::Receiver<u64>>) {
+    match reload {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the configuration again, keeping the one in use if it fails.
+fn reload_config(config: &mut Config, path: Option<&std::path::Path>) {
+    let Some(path) = path else { return };
+    match Config::load(path) {
+        Ok(fresh) => {
+            info!(config = %path.display(), "configuration and key files read again");
+            *config = fresh;
+        }
+        Err(e) => {
+            warn!(error = %crate::error::chain(&e), "the configuration does not load; keeping the one in use")
+        }
+    }
 }
 
 /// How a session ended without an error.
@@ -364,6 +397,8 @@ enum SessionEnd {
     Stopped,
     /// Paused by an operator at an exact LSN.
     Paused,
+    /// SIGHUP: read the configuration again and start a new session.
+    Reload,
 }
 
 /// Stays halted (and says so in `pg2dns.mode`) until `pg2dns resume`;
@@ -409,6 +444,7 @@ async fn wait_while_halted(
 async fn session(
     config: &Config,
     shutdown: &mut watch::Receiver<bool>,
+    reload: &mut Option<watch::Receiver<u64>>,
 ) -> Result<SessionEnd, RunError> {
     let mut control = Control::connect(&config.database).await.map_err(|e| {
         if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
@@ -429,7 +465,12 @@ async fn session(
         Mode::Paused { lsn, request } => {
             metrics::get().set_mode("paused");
             info!(%lsn, by = %request.requested_by, reason = %request.reason, "paused: waiting for `pg2dns resume`");
-            let Some(resume) = control.wait_for_resume(request.id, shutdown).await? else {
+            let waited = tokio::select! {
+                r = control.wait_for_resume(request.id, shutdown) => r?,
+                // Still paused: the next session reads the new configuration.
+                _ = reload_asked(reload) => return Ok(SessionEnd::Reload),
+            };
+            let Some(resume) = waited else {
                 return Ok(SessionEnd::Stopped);
             };
             info!(%lsn, "resumed: streaming continues after {lsn}");
@@ -498,7 +539,7 @@ async fn session(
         stop_at,
         stopping: false,
     };
-    let result = p.stream(&mut replication, shutdown).await;
+    let result = p.stream(&mut replication, shutdown, reload).await;
     if result.is_ok() && p.confirmed.is_some() {
         replication.shutdown().await;
     }
@@ -534,6 +575,7 @@ impl Pipeline<'_> {
         &mut self,
         replication: &mut PgReplication,
         shutdown: &mut watch::Receiver<bool>,
+        reload: &mut Option<watch::Receiver<u64>>,
     ) -> Result<SessionEnd, RunError> {
         loop {
             let frame = tokio::select! {
@@ -541,6 +583,11 @@ impl Pipeline<'_> {
                 _ = shutdown.changed() => {
                     self.stop(replication).await?;
                     return Ok(SessionEnd::Stopped);
+                }
+                _ = reload_asked(reload) => {
+                    info!("SIGHUP: finishing what is complete, then reading the configuration again");
+                    self.stop(replication).await?;
+                    return Ok(SessionEnd::Reload);
                 }
                 report = self.lanes.reports.recv() => {
                     self.lanes.on_report(report)?;

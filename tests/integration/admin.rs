@@ -336,3 +336,22 @@ async fn readyz_says_unready_while_halted() -> Result<()> {
     ensure!(http_get(&addr, "/healthz").await?.0 == 200);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_fixed_configuration_and_clears_a_halt() -> Result<()> {
+    let stack = Stack::start("sighup", Primary::Bind).await?;
+    let wrong = stack.write_wrong_key_file().await?;
+    stack.write_config(&[(FORWARD, &wrong)])?;
+    stack.setup().await?;
+    let mut pg2dns = stack.run_as_service()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('hup.example.test.', 300, 'A', '192.0.2.11')")
+        .await?;
+    wait_for_mode(&stack, "halted").await?;
+    stack.write_config(&[])?;
+    crate::harness::signal(pg2dns.pid(), "HUP")?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    wait_for_mode(&stack, "running").await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}

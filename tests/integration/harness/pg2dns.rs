@@ -119,6 +119,11 @@ impl Pg2dns {
         })
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status, if the process has exited.
     pub fn exit_status(&mut self) -> Result<Option<ExitStatus>> {
         if self.exit.is_none() {
