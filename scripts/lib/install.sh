@@ -65,8 +65,9 @@ pg2dns_install_dnspython() {
         return 0
     fi
     echo "dnspython >= 2.4 missing; installing it with pip" >&2
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-        env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-pip
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+        env DEBIAN_FRONTEND=noninteractive apt-get update
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-pip
     fi
     python3 -m pip install --quiet -U 'dnspython>=2.4' 2>/dev/null ||
         python3 -m pip install --quiet --break-system-packages -U 'dnspython>=2.4'
