@@ -35,22 +35,11 @@ pub async fn pause(config: &Config, reason: &str, wait: bool) -> Result<(), Stor
         return Ok(());
     }
     loop {
-        let row = client
-            .query_opt(
-                "SELECT mode, lsn::text FROM pg2dns.mode WHERE slot = $1 AND control_id >= $2",
-                &[slot, &id],
-            )
-            .await
-            .map_err(sql("cannot read pg2dns.mode"))?;
-        if let Some(row) = row {
-            if row.get::<_, String>(0) == "paused" {
-                let lsn: Option<String> = row.get(1);
-                println!(
-                    "paused at {}: every transaction committed before it is in DNS, none after",
-                    lsn.unwrap_or_default()
-                );
-                return Ok(());
-            }
+        if let Some(lsn) = crate::control::paused_for(&client, slot, id).await? {
+            println!(
+                "paused at {lsn}: every transaction committed before it is in DNS, none after"
+            );
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -79,6 +79,24 @@ pub struct ControlRequest {
     pub until: Option<Lsn>,
 }
 
+/// Where the service paused in answer to control request `request` (or a
+/// later one), if it has: the LSN `pg2dns.mode` gives.
+pub async fn paused_for(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    request: i64,
+) -> Result<Option<String>, StoreError> {
+    Ok(client
+        .query_opt(
+            "SELECT coalesce(lsn::text, '') FROM pg2dns.mode \
+             WHERE slot = $1 AND mode = 'paused' AND control_id >= $2",
+            &[&slot, &request],
+        )
+        .await
+        .map_err(sql("cannot read pg2dns.mode"))?
+        .map(|r| r.get(0)))
+}
+
 /// A connection for control statements, with notifications.
 pub struct Control {
     client: tokio_postgres::Client,

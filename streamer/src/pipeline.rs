@@ -441,27 +441,26 @@ async fn wait_while_halted(
     }
 }
 
+/// A store error, or the schema missing when the table is undefined.
+fn schema_or_store(e: crate::store::StoreError) -> RunError {
+    if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+        RunError::SchemaMissing
+    } else {
+        e.into()
+    }
+}
+
 async fn session(
     config: &Config,
     shutdown: &mut watch::Receiver<bool>,
     reload: &mut Option<watch::Receiver<u64>>,
 ) -> Result<SessionEnd, RunError> {
-    let mut control = Control::connect(&config.database).await.map_err(|e| {
-        if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
-            RunError::SchemaMissing
-        } else {
-            e.into()
-        }
-    })?;
+    let mut control = Control::connect(&config.database)
+        .await
+        .map_err(schema_or_store)?;
     // A pause survives restarts: wait for the resume before streaming.
     let mut stop_at: Option<(Lsn, ControlRequest)> = None;
-    match control.mode().await.map_err(|e| {
-        if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
-            RunError::SchemaMissing
-        } else {
-            e.into()
-        }
-    })? {
+    match control.mode().await.map_err(schema_or_store)? {
         Mode::Paused { lsn, request } => {
             metrics::get().set_mode("paused");
             info!(%lsn, by = %request.requested_by, reason = %request.reason, "paused: waiting for `pg2dns resume`");
@@ -488,13 +487,7 @@ async fn session(
             slot: config.database.slot.clone(),
         });
     };
-    let progress = store.progress().await.map_err(|e| {
-        if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
-            RunError::SchemaMissing
-        } else {
-            e.into()
-        }
-    })?;
+    let progress = store.progress().await.map_err(schema_or_store)?;
     // pg2dns confirms only what its progress holds, so a slot ahead of the
     // progress was not the one pg2dns streamed from: a gap.
     if store.has_progress().await? && slot_at > progress {

@@ -617,15 +617,10 @@ async fn wait_paused(
 ) -> Result<(), ReconcileError> {
     let started = Instant::now();
     loop {
-        let paused = client
-            .query_opt(
-                "SELECT 1 FROM pg2dns.mode WHERE slot = $1 AND mode = 'paused' AND control_id >= $2",
-                &[&slot, &request],
-            )
-            .await
-            .map_err(sql("cannot read pg2dns.mode"))?
-            .is_some();
-        if paused {
+        if crate::control::paused_for(client, slot, request)
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         if started.elapsed() > PAUSE_WAIT {

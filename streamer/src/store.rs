@@ -74,12 +74,7 @@ impl StoreError {
 /// Rows as the two arrays a query unnests: source names and keys.
 fn row_columns<'a>(sources: &[&'a str], rows: &'a [RowRef]) -> (Vec<&'a str>, Vec<&'a str>) {
     rows.iter()
-        .map(|(s, k)| {
-            (
-                sources.get(usize::from(s.0)).copied().unwrap_or(""),
-                k.0.as_str(),
-            )
-        })
+        .map(|(s, k)| (source_name(sources, *s), k.0.as_str()))
         .unzip()
 }
 
@@ -98,6 +93,22 @@ fn pointed_at(record: &Record) -> Option<Vec<u8>> {
         .then(|| pg2dns_decoder::rdata::target(record.rtype, record.rdata.as_wire()))
         .flatten()
         .map(|t| t.as_wire().to_vec())
+}
+
+/// The condition that finds a row's state `x` for the key `k` (source,
+/// row_key) of an unnested array: equalities only, on the row index, and
+/// the key itself rechecked after its hash.
+macro_rules! by_row {
+    () => {
+        "x.slot = $1 AND x.source = k.source \
+         AND hashtextextended(x.row_key, 0) = hashtextextended(k.row_key, 0) \
+         AND x.row_key = k.row_key"
+    };
+}
+
+/// The source name of a source id (as row state and rejections store it).
+fn source_name<'a>(sources: &[&'a str], id: SourceId) -> &'a str {
+    sources.get(usize::from(id.0)).copied().unwrap_or("")
 }
 
 /// Wraps a driver error with what pg2dns was doing.
@@ -302,12 +313,15 @@ impl Store {
         let result = self
             .client
             .query(
-                "WITH old AS ( \
+                concat!(
+                    "WITH old AS ( \
                    SELECT r.source, r.row_key, r.zone, r.owner, r.rtype, r.rdata, r.ttl \
                    FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
                    CROSS JOIN LATERAL ( \
                      SELECT * FROM pg2dns.row_state x \
-                     WHERE x.slot = $1 AND x.source = k.source AND hashtextextended(x.row_key, 0) = hashtextextended(k.row_key, 0) AND x.row_key = k.row_key OFFSET 0) r), \
+                     WHERE ",
+                    by_row!(),
+                    " OFFSET 0) r), \
                  nodes AS ( \
                    SELECT zone, owner FROM old \
                    UNION SELECT * FROM unnest($4::text[], $5::bytea[])) \
@@ -317,8 +331,15 @@ impl Store {
                  FROM nodes n \
                  CROSS JOIN LATERAL ( \
                    SELECT * FROM pg2dns.row_state x \
-                   WHERE x.slot = $1 AND x.zone = n.zone AND x.owner = n.owner OFFSET 0) r",
-                &[&self.slot, &row_sources, &row_keys, &owner_zones, &owner_names],
+                   WHERE x.slot = $1 AND x.zone = n.zone AND x.owner = n.owner OFFSET 0) r"
+                ),
+                &[
+                    &self.slot,
+                    &row_sources,
+                    &row_keys,
+                    &owner_zones,
+                    &owner_names,
+                ],
             )
             .await
             .map_err(sql("cannot read pg2dns.row_state"))?;
@@ -445,7 +466,7 @@ impl Store {
         replaced: &[RowRef],
     ) -> Result<(), StoreError> {
         self.begin().await?;
-        let source_of = |s: SourceId| sources.get(usize::from(s.0)).copied().unwrap_or("");
+        let source_of = |s: SourceId| source_name(sources, s);
         // Only rows that held records have any to delete.
         let (del_sources, del_keys) = row_columns(sources, replaced);
         let mut srcs = Vec::new();
@@ -474,14 +495,14 @@ impl Store {
         // same snapshot, so the DELETE removes exactly the old rows.
         self.client
             .execute(
-                "WITH old AS ( \
+                concat!("WITH old AS ( \
                    DELETE FROM pg2dns.row_state WHERE ctid = ANY(ARRAY( \
                      SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
                      CROSS JOIN LATERAL ( \
                        SELECT ctid FROM pg2dns.row_state x \
-                       WHERE x.slot = $1 AND x.source = k.source AND hashtextextended(x.row_key, 0) = hashtextextended(k.row_key, 0) AND x.row_key = k.row_key OFFSET 0) r))) \
+                       WHERE ", by_row!(), " OFFSET 0) r))) \
                  INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
-                 SELECT $1, * FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[], $8::int[], $9::bytea[], $10::int[], $11::bytea[])",
+                 SELECT $1, * FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[], $8::int[], $9::bytea[], $10::int[], $11::bytea[])"),
                 &[&self.slot, &del_sources, &del_keys, &srcs, &keys, &zone_texts, &owners, &rtypes, &rdatas, &ttls, &targets],
             )
             .await
@@ -498,7 +519,7 @@ impl Store {
         self.begin().await?;
         let src: Vec<&str> = rejections
             .iter()
-            .map(|r| sources.get(usize::from(r.source.0)).copied().unwrap_or(""))
+            .map(|r| source_name(sources, r.source))
             .collect();
         let keys: Vec<&str> = rejections.iter().map(|r| r.key.0.as_str()).collect();
         let lsns: Vec<String> = rejections.iter().map(|r| r.lsn.to_string()).collect();
@@ -537,11 +558,15 @@ impl Store {
         let (srcs, keys) = row_columns(sources, rows);
         self.client
             .execute(
-                "DELETE FROM pg2dns.waiting WHERE ctid = ANY(ARRAY( \
+                concat!(
+                    "DELETE FROM pg2dns.waiting WHERE ctid = ANY(ARRAY( \
                    SELECT w.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
                    CROSS JOIN LATERAL ( \
                      SELECT ctid FROM pg2dns.waiting x \
-                     WHERE x.slot = $1 AND x.source = k.source AND hashtextextended(x.row_key, 0) = hashtextextended(k.row_key, 0) AND x.row_key = k.row_key OFFSET 0) w))",
+                     WHERE ",
+                    by_row!(),
+                    " OFFSET 0) w))"
+                ),
                 &[&self.slot, &srcs, &keys],
             )
             .await
@@ -562,7 +587,7 @@ impl Store {
         self.begin().await?;
         self.maybe_waiting = true;
         for w in waiting {
-            let source = sources.get(usize::from(w.row.0 .0)).copied().unwrap_or("");
+            let source = source_name(sources, w.row.0);
             for d in &w.records {
                 self.client
                     .execute(
