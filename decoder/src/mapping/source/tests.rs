@@ -783,7 +783,10 @@ fn names_without_final_dot_inside_record_data_are_absolute_or_relative_as_config
     assert_eq!(rel(RType::CNAME, "www"), "www.example.test.");
     assert_eq!(rel(RType::PTR, "@"), "example.test.");
     assert_eq!(rel(RType::MX, "10  mail"), "10 mail.example.test.");
-    assert_eq!(rel(RType::SRV, "1 2 3 sip.other.test."), "1 2 3 sip.other.test.");
+    assert_eq!(
+        rel(RType::SRV, "1 2 3 sip.other.test."),
+        "1 2 3 sip.other.test."
+    );
     // An escaped final dot is part of the last label: still relative.
     assert_eq!(rel(RType::CNAME, "a\\."), "a\\..example.test.");
     assert_eq!(rel(RType::CNAME, "a\\\\."), "a\\\\.");
