@@ -942,6 +942,47 @@ is_false = ["disabled"]
     }
 
     #[test]
+    fn a_zones_table_is_followed_once_and_never_beside_a_zone_column_nor_as_a_source() {
+        let records = |extra: &str, table: &str| {
+            format!("\n[[source]]\ntable = \"{table}\"\nowner_column = \"n\"\ntype_column = \"t\"\nrdata_column = \"c\"\n{extra}[source.zones_table]\ntable = \"p.domains\"\ncolumn = \"domain_id\"\n")
+        };
+        let c = with_key_file(&format!(
+            "{GOOD}{}{}",
+            records("", "p.a"),
+            records("", "p.b")
+        ))
+        .unwrap();
+        assert_eq!(c.zones_tables().len(), 1);
+        assert_eq!(c.zones_tables()[0].key, "id");
+        assert_eq!(c.zones_tables()[0].name, "name");
+        let err = with_key_file(&format!(
+            "{GOOD}{}",
+            records("zone_column = \"z\"\n", "p.a")
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err = with_key_file(&format!(
+            "{GOOD}{}{}",
+            records("", "p.a"),
+            records("", "p.domains")
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("also a source"), "{err}");
+        let other_key = records("", "p.b").replace(
+            "column = \"domain_id\"",
+            "column = \"domain_id\"\nkey = \"domain\"",
+        );
+        let err = with_key_file(&format!("{GOOD}{}{other_key}", records("", "p.a"))).unwrap_err();
+        assert!(err.to_string().contains("another key"), "{err}");
+        let err = with_key_file(&format!(
+            "{GOOD}{}",
+            records("", "p.a").replace("p.domains", "domains")
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("schema-qualified"), "{err}");
+    }
+
+    #[test]
     fn a_wrong_version_is_refused() {
         let err = with_key_file(&GOOD.replace("version = 1", "version = 2")).unwrap_err();
         assert!(err.to_string().contains("version = 2"), "{err}");

@@ -315,7 +315,7 @@ impl SourceMapping {
         }
         if spec.names == Names::Relative && spec.zone == ZoneFrom::Owner {
             return Err(SpecError::Invalid(format!(
-                "source {}: names = \"relative\" needs zone_column (relative to which zone?)",
+                "source {}: names = \"relative\" needs zone_column or [source.zones_table] (relative to which zone?)",
                 spec.table
             )));
         }
