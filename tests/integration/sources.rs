@@ -527,3 +527,98 @@ async fn a_powerdns_records_table_with_a_zones_table_publishes_every_type_and_fo
 on_each_primary!(
     a_powerdns_records_table_with_a_zones_table_publishes_every_type_and_follows_moves
 );
+
+/// A new deployment loads the records table through its zones table from
+/// the slot's snapshot and keeps the zones table's rows as of that moment:
+/// a rename committed after the snapshot but before `pg2dns run` is seen
+/// as a rename when it streams (read as the table is now, it would not be).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_deployment_loads_through_the_zones_table_and_keeps_its_rows_as_of_the_snapshot(
+) -> Result<()> {
+    let stack = Stack::start("sources-pdns-first-load", Primary::Bind).await?;
+    stack
+        .exec(
+            "CREATE SCHEMA pdns;
+             CREATE TABLE pdns.domains (id int PRIMARY KEY, name text NOT NULL UNIQUE);
+             CREATE TABLE pdns.records (id bigserial PRIMARY KEY, domain_id int, name text, type text,
+                 content text, ttl int, prio int, disabled bool NOT NULL DEFAULT false);
+             INSERT INTO pdns.domains (id, name) VALUES
+               (1, 'example.test'), (2, '2.0.192.in-addr.arpa.'), (3, 'nowhere.test');
+             INSERT INTO pdns.records (domain_id, name, type, content, ttl, prio) VALUES
+               (1, 'www.example.test', 'A', '192.0.2.10', 300, NULL),
+               (1, 'example.test', 'MX', 'www.example.test', 300, 5),
+               (2, '10.2.0.192.in-addr.arpa', 'PTR', 'www.example.test', 300, NULL),
+               (3, 'x.nowhere.test', 'A', '192.0.2.1', 300, NULL);",
+        )
+        .await?;
+    // A new instance with its own slot: setup creates it and loads.
+    let fresh = stack.dir().join("fresh.toml");
+    let text = std::fs::read_to_string(stack.config_path())?;
+    std::fs::write(
+        &fresh,
+        format!(
+            "{}\n{POWERDNS}",
+            text.replacen("slot = \"pg2dns\"", "slot = \"pg2dns_fresh\"", 1)
+        ),
+    )?;
+    let setup = crate::harness::pg2dns::command("setup", &fresh).await?;
+    ensure!(
+        setup.status.success(),
+        "setup failed:\n{}{}",
+        String::from_utf8_lossy(&setup.stdout),
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let mut forward = vec![
+        Record::new("www.example.test.", 300, "A", "192.0.2.10"),
+        Record::new("example.test.", 300, "MX", "5 www.example.test."),
+    ];
+    let reverse = vec![Record::new(
+        "10.2.0.192.in-addr.arpa.",
+        300,
+        "PTR",
+        "www.example.test.",
+    )];
+    ensure!(
+        stack.dns().await? == zones(&forward, &reverse),
+        "the first load published {:?}",
+        stack.dns().await?
+    );
+    let kept: i64 = stack
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg2dns.zone_ref WHERE slot = 'pg2dns_fresh' AND source = 'pdns.domains'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(kept == 3, "pg2dns.zone_ref holds {kept} rows, not 3");
+
+    stack
+        .exec(
+            "UPDATE pdns.domains SET name = 'renamed.test' WHERE id = 3;
+             INSERT INTO pdns.records (domain_id, name, type, content, ttl) VALUES
+               (1, 'late.example.test', 'A', '192.0.2.77', 300);",
+        )
+        .await?;
+    let _pg2dns = crate::harness::Pg2dns::spawn(&fresh, &stack.dir().join("fresh.log"), &[])?;
+    forward.push(Record::new("late.example.test.", 300, "A", "192.0.2.77"));
+    stack
+        .wait_until_dns_equals(&zones(&forward, &reverse), DNS_DEADLINE)
+        .await?;
+    wait_until(DNS_DEADLINE, "the rename to be recorded", || async {
+        let rejected = stack.rejected().await?;
+        Ok(
+            match rejected.iter().find(|r| r.reason.contains("renamed zone")) {
+                Some(r)
+                    if r.reason.contains("\"nowhere.test\"")
+                        && r.reason.contains("\"renamed.test\"") =>
+                {
+                    Check::Done(())
+                }
+                _ => Check::NotYet(format!("{rejected:?}")),
+            },
+        )
+    })
+    .await?;
+    Ok(())
+}
