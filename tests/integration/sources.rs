@@ -215,6 +215,8 @@ async fn a_generic_records_table_with_a_zone_column_publishes_every_type_and_fol
                ('example.test', 'www', 'A', '192.0.2.10', 300, NULL, false),
                ('example.test', 'www', 'AAAA', '2001:db8::10', 300, NULL, false),
                ('example.test', 'alias', 'CNAME', 'www.example.test.', 300, NULL, false),
+               ('example.test', 'alias2', 'CNAME', 'www', 300, NULL, false),
+               ('example.test', 'apex-alias', 'CNAME', '@', 300, NULL, false),
                ('example.test', 'mail', 'A', '192.0.2.25', 300, NULL, false),
                ('example.test.', '', 'MX', 'mail.example.test.', 600, 10, false),
                ('example.test', 'sip', 'A', '192.0.2.30', 300, NULL, false),
@@ -231,6 +233,9 @@ async fn a_generic_records_table_with_a_zone_column_publishes_every_type_and_fol
         Record::new("www.example.test.", 300, "A", "192.0.2.10"),
         Record::new("www.example.test.", 300, "AAAA", "2001:db8::10"),
         Record::new("alias.example.test.", 300, "CNAME", "www.example.test."),
+        // Relative names inside record data, as the owner's (names = "relative").
+        Record::new("alias2.example.test.", 300, "CNAME", "www.example.test."),
+        Record::new("apex-alias.example.test.", 300, "CNAME", "example.test."),
         Record::new("mail.example.test.", 300, "A", "192.0.2.25"),
         Record::new("example.test.", 600, "MX", "10 mail.example.test."),
         Record::new("sip.example.test.", 300, "A", "192.0.2.30"),
