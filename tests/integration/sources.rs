@@ -537,6 +537,7 @@ on_each_primary!(
 /// the slot's snapshot and keeps the zones table's rows as of that moment:
 /// a rename committed after the snapshot but before `pg2dns run` is seen
 /// as a rename when it streams (read as the table is now, it would not be).
+/// A zones row deleted later leaves its rows unresolvable: refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_deployment_loads_through_the_zones_table_and_keeps_its_rows_as_of_the_snapshot(
 ) -> Result<()> {
@@ -625,5 +626,24 @@ async fn a_first_deployment_loads_through_the_zones_table_and_keeps_its_rows_as_
         )
     })
     .await?;
+
+    // A deleted zones row is forgotten: a row still referencing it is
+    // refused when it changes, and its record leaves DNS.
+    stack
+        .exec(
+            "DELETE FROM pdns.domains WHERE id = 2;
+             UPDATE pdns.records SET ttl = 600 WHERE type = 'PTR';",
+        )
+        .await?;
+    stack
+        .wait_until_dns_equals(&zones(&forward, &[]), DNS_DEADLINE)
+        .await?;
+    let rejected = stack.rejected().await?;
+    ensure!(
+        rejected.iter().any(|r| r
+            .reason
+            .contains("\"2\", which is the key of no row of pdns.domains")),
+        "expected the PTR row refused for its deleted zone, got {rejected:?}"
+    );
     Ok(())
 }
