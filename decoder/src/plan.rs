@@ -66,6 +66,9 @@ pub enum Refusal {
     /// A column's value is not valid UTF-8 text.
     #[error("column {0:?} is not valid UTF-8 text")]
     NotText(String),
+    /// A zone reference through a zones table cannot be followed.
+    #[error(transparent)]
+    Reference(#[from] crate::mapping::source::zones_table::ReferenceError),
     /// The owner is in none of the configured zones.
     #[error("owner {owner} is in no configured zone")]
     OutsideZones {

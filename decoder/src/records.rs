@@ -247,12 +247,28 @@ pub struct ZoneId(pub u16);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Zones {
     names: Vec<ZoneName>,
+    /// The rows of the zones tables sources reference (see
+    /// [`crate::mapping::source::zones_table`]).
+    refs: crate::mapping::source::zones_table::ZoneRefs,
 }
 
 impl Zones {
     /// The zones, in configuration order (their [`ZoneId`]s).
     pub fn new(names: Vec<ZoneName>) -> Zones {
-        Zones { names }
+        Zones {
+            names,
+            refs: Default::default(),
+        }
+    }
+
+    /// The known rows of referenced zones tables.
+    pub fn refs(&self) -> &crate::mapping::source::zones_table::ZoneRefs {
+        &self.refs
+    }
+
+    /// The known rows of referenced zones tables, to follow their changes.
+    pub fn refs_mut(&mut self) -> &mut crate::mapping::source::zones_table::ZoneRefs {
+        &mut self.refs
     }
 
     /// The configured zone with the longest suffix matching `owner`.

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use pg2dns_decoder::checks::CheckNames;
 use pg2dns_decoder::mapping::source::{
-    Data, Filter, Names, SourceMapping, SourceSpec, Template, TtlFrom, TypeFrom, ZoneFrom,
+    zones_table::ZonesTable, Data, Filter, Names, SourceMapping, SourceSpec, Template, TtlFrom,
+    TypeFrom, ZoneFrom,
 };
 use pg2dns_decoder::mapping::Mapping;
 use pg2dns_decoder::tsig::TsigKey;
@@ -94,6 +95,7 @@ struct SourceTableSpec {
     #[serde(default)]
     names: NamesSpec,
     zone_column: Option<String>,
+    zones_table: Option<ZonesTableSpec>,
     #[serde(rename = "type")]
     rtype: Option<String>,
     type_column: Option<String>,
@@ -112,6 +114,30 @@ struct SourceTableSpec {
 
 fn default_key() -> Vec<String> {
     vec!["id".into()]
+}
+
+/// `[source.zones_table]`: the zone through a referenced table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZonesTableSpec {
+    /// The zones table, schema-qualified.
+    table: String,
+    /// This source's column holding a zones-table key.
+    column: String,
+    /// The zones table's key column.
+    #[serde(default = "default_zones_key")]
+    key: String,
+    /// The zones table's column holding the zone name.
+    #[serde(default = "default_zones_name")]
+    name: String,
+}
+
+fn default_zones_key() -> String {
+    "id".into()
+}
+
+fn default_zones_name() -> String {
+    "name".into()
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -212,9 +238,32 @@ impl SourceTableSpec {
                 NamesSpec::Absolute => Names::Absolute,
                 NamesSpec::Relative => Names::Relative,
             },
-            zone: match self.zone_column {
-                Some(c) => ZoneFrom::Column(c),
-                None => ZoneFrom::Owner,
+            zone: match (self.zone_column, self.zones_table) {
+                (Some(_), Some(_)) => {
+                    return Err("set zone_column or [source.zones_table], not both".into())
+                }
+                (Some(c), None) => ZoneFrom::Column(c),
+                (None, Some(t)) => {
+                    let qualified = t
+                        .table
+                        .split_once('.')
+                        .is_some_and(|(s, n)| !s.is_empty() && !n.is_empty() && !n.contains('.'));
+                    if !qualified {
+                        return Err(format!(
+                            "zones_table.table {:?} must be schema-qualified, as schema.table",
+                            t.table
+                        ));
+                    }
+                    ZoneFrom::Table {
+                        column: t.column,
+                        table: ZonesTable {
+                            table: t.table,
+                            key: t.key,
+                            name: t.name,
+                        },
+                    }
+                }
+                (None, None) => ZoneFrom::Owner,
             },
             ttl: TtlFrom {
                 column: self.ttl_column,
@@ -641,6 +690,32 @@ impl Config {
             }
             sources.push(source);
         }
+        // A zones table is followed once, read one way, and is not itself
+        // a source of records.
+        let mut followed: Vec<&ZonesTable> = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
+            let ZoneFrom::Table { table, .. } = &source.spec().zone else {
+                continue;
+            };
+            if table.schema() == "pg2dns" || sources.iter().any(|s| s.source() == table.table) {
+                return Err(invalid(format!(
+                    "[[source]] #{}: zones_table {:?} is also a source of records (or pg2dns's own); a zones table only names zones",
+                    i + 1,
+                    table.table
+                )));
+            }
+            match followed.iter().find(|t| t.table == table.table) {
+                Some(t) if *t != table => {
+                    return Err(invalid(format!(
+                        "[[source]] #{}: zones_table {:?} is read with another key or name column by an earlier source",
+                        i + 1,
+                        table.table
+                    )))
+                }
+                Some(_) => {}
+                None => followed.push(table),
+            }
+        }
         Ok(Config {
             path: path.to_owned(),
             sources,
@@ -667,6 +742,20 @@ impl Config {
                 })?),
             },
         })
+    }
+
+    /// The zones tables the sources reference, once each, in
+    /// configuration order.
+    pub fn zones_tables(&self) -> Vec<ZonesTable> {
+        let mut out: Vec<ZonesTable> = Vec::new();
+        for s in &self.sources {
+            if let ZoneFrom::Table { table, .. } = &s.spec().zone {
+                if !out.iter().any(|t| t.table == table.table) {
+                    out.push(table.clone());
+                }
+            }
+        }
+        out
     }
 
     /// The configured zones, indexed by [`pg2dns_decoder::ZoneId`] in
@@ -850,6 +939,47 @@ is_false = ["disabled"]
         let twice = "\n[[source]]\ntable = \"a.b\"\nowner_column = \"n\"\naddress_column = \"a\"\n";
         let err = with_key_file(&format!("{GOOD}{twice}{twice}")).unwrap_err();
         assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn a_zones_table_is_followed_once_and_never_beside_a_zone_column_nor_as_a_source() {
+        let records = |extra: &str, table: &str| {
+            format!("\n[[source]]\ntable = \"{table}\"\nowner_column = \"n\"\ntype_column = \"t\"\nrdata_column = \"c\"\n{extra}[source.zones_table]\ntable = \"p.domains\"\ncolumn = \"domain_id\"\n")
+        };
+        let c = with_key_file(&format!(
+            "{GOOD}{}{}",
+            records("", "p.a"),
+            records("", "p.b")
+        ))
+        .unwrap();
+        assert_eq!(c.zones_tables().len(), 1);
+        assert_eq!(c.zones_tables()[0].key, "id");
+        assert_eq!(c.zones_tables()[0].name, "name");
+        let err = with_key_file(&format!(
+            "{GOOD}{}",
+            records("zone_column = \"z\"\n", "p.a")
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err = with_key_file(&format!(
+            "{GOOD}{}{}",
+            records("", "p.a"),
+            records("", "p.domains")
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("also a source"), "{err}");
+        let other_key = records("", "p.b").replace(
+            "column = \"domain_id\"",
+            "column = \"domain_id\"\nkey = \"domain\"",
+        );
+        let err = with_key_file(&format!("{GOOD}{}{other_key}", records("", "p.a"))).unwrap_err();
+        assert!(err.to_string().contains("another key"), "{err}");
+        let err = with_key_file(&format!(
+            "{GOOD}{}",
+            records("", "p.a").replace("p.domains", "domains")
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("schema-qualified"), "{err}");
     }
 
     #[test]

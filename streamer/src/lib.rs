@@ -9,6 +9,7 @@
 //! sans-IO `pg2dns-decoder`.
 
 pub mod admin;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod dns;

@@ -59,8 +59,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check the configuration file and the key files it names.
-    CheckConfig,
+    /// Check the configuration file and the key files it names, then that
+    /// every source table and column exists in the database with a usable
+    /// type and that the replica identity carries the key; print what each
+    /// source publishes. Exit 1 on any problem.
+    CheckConfig {
+        /// Check only the file and the key files, without connecting.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Compare pg2dns.rr with each zone's records (AXFR) and, with --apply,
     /// repair the zones. Exit 0 in sync, 1 differences, 2 error. Stop
     /// `pg2dns run` first for an exact comparison.
@@ -122,7 +129,7 @@ fn main() -> ExitCode {
 async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
     let config = Config::load(&cli.config)?;
     match cli.command {
-        Command::CheckConfig => {
+        Command::CheckConfig { offline } => {
             println!(
                 "{}: ok ({} zone(s), slot {}, publication {})",
                 config.path.display(),
@@ -141,7 +148,20 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             for source in &config.sources {
                 println!("  source {}", source.describe(&zones));
             }
-            Ok(0)
+            if offline {
+                return Ok(0);
+            }
+            let problems = pg2dns::check::check_database(&config).await?;
+            if problems.is_empty() {
+                println!(
+                    "database: every source table and column is there, and each key is in its table's replica identity"
+                );
+                return Ok(0);
+            }
+            for p in &problems {
+                println!("problem: {p}");
+            }
+            Ok(1)
         }
         Command::Setup { accept_gap } => {
             let report = setup::setup(&config, accept_gap).await?;

@@ -77,7 +77,8 @@ enum Item {
 
 /// The sources this configuration streams: the built-in `pg2dns.rr` first
 /// (its index, 0, is what row state written by earlier versions used), then
-/// each `[[source]]` in configuration order.
+/// each `[[source]]` in configuration order, then the zones tables they
+/// reference (which publish nothing themselves).
 pub fn mappings(config: &Config) -> Vec<Box<dyn Mapping>> {
     let mut out: Vec<Box<dyn Mapping>> = vec![Box::new(RrTable)];
     out.extend(
@@ -85,6 +86,12 @@ pub fn mappings(config: &Config) -> Vec<Box<dyn Mapping>> {
             .sources
             .iter()
             .map(|s| Box::new(s.clone()) as Box<dyn Mapping>),
+    );
+    out.extend(
+        config
+            .zones_tables()
+            .into_iter()
+            .map(|t| Box::new(t) as Box<dyn Mapping>),
     );
     out
 }
@@ -505,9 +512,16 @@ async fn session(
     metrics::get().set_mode("running");
     info!(slot = %config.database.slot, progress = %progress, "streaming");
     let mappings = mappings(config);
+    let mut zones = config.zones();
+    for table in store
+        .load_zone_refs(&config.zones_tables(), zones.refs_mut())
+        .await?
+    {
+        info!(%table, "no rows of this zones table are known yet: read as it is now (`pg2dns reconcile --apply` makes them exact)");
+    }
     let mut p = Pipeline {
         config,
-        zones: config.zones(),
+        zones,
         limits: config.plan_limits(),
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
         mappings,
@@ -865,6 +879,7 @@ impl Pipeline<'_> {
         self.batch_rows = 0;
         // 1. Map every change to row updates (what each row wants now).
         let mut steps = Vec::with_capacity(items.len());
+        let mut ref_edits = Vec::new();
         for item in items {
             match item {
                 Item::Commit => steps.push(None),
@@ -872,6 +887,10 @@ impl Pipeline<'_> {
                     let mapping = &self.mappings[usize::from(source.0)];
                     for u in mapping::row_updates(mapping.as_ref(), &change, &self.zones)? {
                         steps.push(Some((source, u)));
+                    }
+                    // A zones table: later rows resolve against its new rows.
+                    if let Some(table) = mapping.zones_table() {
+                        ref_edits.extend(table.follow(&change, self.zones.refs_mut()));
                     }
                 }
             }
@@ -969,6 +988,7 @@ impl Pipeline<'_> {
         self.lanes.send_outbox().await?;
         // 5. Write the new state (uncommitted until the checkpoint).
         self.store.write(&sources, &self.zones, &outcome).await?;
+        self.store.write_zone_refs(&ref_edits).await?;
         let ms = |d: Duration| d.as_millis() as u64;
         debug!(
             rows = rows_in_batch,

@@ -358,6 +358,8 @@ struct Desired {
     contributions: BTreeMap<ZoneId, BTreeMap<u16, Contributions>>,
     /// The sources' names, by index.
     sources: Vec<String>,
+    /// The rows of the referenced zones tables, as read.
+    refs: pg2dns_decoder::mapping::source::zones_table::ZoneRefs,
 }
 
 /// Rows of one source in one zone, each with the records it contributes.
@@ -397,7 +399,12 @@ async fn read_desired(
 
 /// Reads the source tables in the connection's current transaction.
 async fn read_desired_now(store: &Store, config: &Config) -> Result<Desired, StoreError> {
-    let zones = config.zones();
+    let mut zones = config.zones();
+    // The zones tables first: the record rows resolve their zone through them.
+    for t in config.zones_tables() {
+        let rows = crate::store::zone_ref::read_zones_table(store.client(), &t).await?;
+        zones.refs_mut().replace(&t.table, rows);
+    }
     let limits = config.plan_limits();
     let mappings = crate::pipeline::mappings(config);
     let mut queries = vec!["SELECT * FROM pg2dns.rr ORDER BY id".to_owned()];
@@ -493,6 +500,7 @@ async fn read_desired_now(store: &Store, config: &Config) -> Result<Desired, Sto
         records,
         contributions,
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
+        refs: zones.refs().clone(),
     })
 }
 
@@ -674,6 +682,13 @@ async fn compare(
             }
         }
         outcomes.push(outcome);
+    }
+    if options.apply {
+        // The stream goes on from the moment the tables were read: it
+        // resolves zone references as they were then.
+        store
+            .replace_zone_refs(&config.zones_tables(), &desired.refs)
+            .await?;
     }
     Ok(Report {
         rows: desired.rows,

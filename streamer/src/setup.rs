@@ -20,6 +20,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_schema.sql")),
     (2, include_str!("../../sql/002_row_state.sql")),
     (3, include_str!("../../sql/003_control.sql")),
+    (5, include_str!("../../sql/005_zone_ref.sql")),
 ];
 
 /// What `setup` did.
@@ -125,9 +126,19 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
             .map_err(sql("cannot add pg2dns.control to the publication"))?;
         info!(%publication, "pg2dns.control added to the publication");
     }
-    // Each configured source's table travels in the stream too.
-    for source in &config.sources {
-        let (schema, table) = (source.schema(), source.table());
+    // Each configured source's table travels in the stream too, and so do
+    // the zones tables they reference.
+    let zones_tables = config.zones_tables();
+    let tables = config
+        .sources
+        .iter()
+        .map(|s| (s.schema(), s.table(), s.source()))
+        .chain(
+            zones_tables
+                .iter()
+                .map(|t| (t.schema(), t.table_name(), t.table.as_str())),
+        );
+    for (schema, table, source) in tables {
         let published = client
             .query_opt(
                 "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
@@ -147,8 +158,8 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
                 .map_err(sql(
                     "cannot add a source table to the publication (does it exist?)",
                 ))?;
-            report.sources_added.push(source.source().to_owned());
-            info!(%publication, table = %source.source(), "source table added to the publication");
+            report.sources_added.push(source.to_owned());
+            info!(%publication, table = %source, "source table added to the publication");
         }
     }
     let slot = &config.database.slot;

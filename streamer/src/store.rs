@@ -31,6 +31,8 @@ use tracing::warn;
 
 use crate::config::DatabaseConfig;
 
+pub mod zone_ref;
+
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

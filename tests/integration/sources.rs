@@ -6,7 +6,7 @@
 use anyhow::{ensure, Result};
 
 use crate::harness::stack::{ZoneRecords, FORWARD, REVERSE};
-use crate::harness::{Primary, Record, Stack, DNS_DEADLINE};
+use crate::harness::{wait_until, Check, Primary, Record, Stack, DNS_DEADLINE};
 
 fn zones(forward: &[Record], reverse: &[Record]) -> ZoneRecords {
     let mut out = ZoneRecords::new();
@@ -215,6 +215,8 @@ async fn a_generic_records_table_with_a_zone_column_publishes_every_type_and_fol
                ('example.test', 'www', 'A', '192.0.2.10', 300, NULL, false),
                ('example.test', 'www', 'AAAA', '2001:db8::10', 300, NULL, false),
                ('example.test', 'alias', 'CNAME', 'www.example.test.', 300, NULL, false),
+               ('example.test', 'alias2', 'CNAME', 'www', 300, NULL, false),
+               ('example.test', 'apex-alias', 'CNAME', '@', 300, NULL, false),
                ('example.test', 'mail', 'A', '192.0.2.25', 300, NULL, false),
                ('example.test.', '', 'MX', 'mail.example.test.', 600, 10, false),
                ('example.test', 'sip', 'A', '192.0.2.30', 300, NULL, false),
@@ -231,6 +233,9 @@ async fn a_generic_records_table_with_a_zone_column_publishes_every_type_and_fol
         Record::new("www.example.test.", 300, "A", "192.0.2.10"),
         Record::new("www.example.test.", 300, "AAAA", "2001:db8::10"),
         Record::new("alias.example.test.", 300, "CNAME", "www.example.test."),
+        // Relative names inside record data, as the owner's (names = "relative").
+        Record::new("alias2.example.test.", 300, "CNAME", "www.example.test."),
+        Record::new("apex-alias.example.test.", 300, "CNAME", "example.test."),
         Record::new("mail.example.test.", 300, "A", "192.0.2.25"),
         Record::new("example.test.", 600, "MX", "10 mail.example.test."),
         Record::new("sip.example.test.", 300, "A", "192.0.2.30"),
@@ -311,6 +316,334 @@ async fn a_generic_records_table_with_a_zone_column_publishes_every_type_and_fol
         "reconcile found differences:\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// A PowerDNS-style generic records table: names without final dot, the
+/// zone by reference to a zones table, priority in its own column.
+const POWERDNS: &str = r#"
+[[source]]
+table = "pdns.records"
+owner_column = "name"
+type_column = "type"
+rdata_column = "content"
+rdata_by_type = { MX = "{prio} {content}", SRV = "{prio} {content}" }
+ttl_column = "ttl"
+ttl = 3600
+[source.zones_table]
+table = "pdns.domains"
+column = "domain_id"
+[source.filter]
+is_false = ["disabled"]
+"#;
+
+const OTHER: &str = "other.test.";
+
+/// A TXT value of three strings, 700 bytes in all.
+fn long_txt() -> String {
+    ["a", "b", "c"]
+        .iter()
+        .map(|c| format!("\"{}\"", c.repeat(230)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn three_zones(forward: &[Record], other: &[Record], reverse: &[Record]) -> ZoneRecords {
+    let mut out = ZoneRecords::new();
+    for (zone, records) in [(FORWARD, forward), (OTHER, other), (REVERSE, reverse)] {
+        let mut records = records.to_vec();
+        records.sort();
+        out.insert(zone.to_string(), records);
+    }
+    out
+}
+
+/// Records of many types reach the primary from a records table whose rows
+/// name their zone by `domain_id`; `disabled` toggles, a record moves to
+/// another zone, a row of an unconfigured zone and a renamed zone are
+/// recorded as rejections while the stream goes on, and after a restart the
+/// zones table's rows are still known.
+async fn a_powerdns_records_table_with_a_zones_table_publishes_every_type_and_follows_moves(
+    primary: Primary,
+) -> Result<()> {
+    let label = format!("sources-pdns-{}", primary.label());
+    let stack = Stack::start_split(
+        &label,
+        &[(FORWARD, primary), (OTHER, primary), (REVERSE, primary)],
+    )
+    .await?;
+    stack
+        .exec(
+            "CREATE SCHEMA pdns;
+             CREATE TABLE pdns.domains (id int PRIMARY KEY, name text NOT NULL UNIQUE, type text NOT NULL DEFAULT 'NATIVE');
+             CREATE TABLE pdns.records (id bigserial PRIMARY KEY,
+                 domain_id int REFERENCES pdns.domains(id) ON DELETE CASCADE,
+                 name text, type text, content text, ttl int, prio int,
+                 disabled bool NOT NULL DEFAULT false);",
+        )
+        .await?;
+    stack.append_config(POWERDNS)?;
+    stack.setup().await?;
+    let mut pg2dns = stack.run()?;
+
+    let txt = long_txt();
+    stack
+        .exec(&format!(
+            "INSERT INTO pdns.domains (id, name) VALUES
+               (1, 'example.test'), (2, 'other.test'), (3, 'nowhere.test'), (4, '2.0.192.in-addr.arpa');
+             INSERT INTO pdns.records (domain_id, name, type, content, ttl, prio, disabled) VALUES
+               (1, 'www.example.test', 'A', '192.0.2.10', 300, NULL, false),
+               (1, 'www.example.test', 'AAAA', '2001:db8::10', 300, NULL, false),
+               (1, 'alias.example.test', 'CNAME', 'www.example.test', 300, NULL, false),
+               (1, 'mail.example.test', 'A', '192.0.2.25', 300, NULL, false),
+               (1, 'example.test', 'MX', 'mail.example.test', 600, 10, false),
+               (1, 'sip.example.test', 'A', '192.0.2.30', 300, NULL, false),
+               (1, '_sip._tcp.example.test', 'SRV', '5 5060 sip.example.test', 300, 20, false),
+               (1, 'txt.example.test', 'TXT', '{txt}', NULL, NULL, false),
+               (1, 'example.test', 'CAA', '0 issue \"letsencrypt.org\"', 300, NULL, false),
+               (1, 'sub.example.test', 'NS', 'ns1.sub.example.test', 300, NULL, false),
+               (1, 'sub.example.test', 'NS', 'ns2.other.test.', 300, NULL, false),
+               (1, 'ns1.sub.example.test', 'A', '192.0.2.53', 300, NULL, false),
+               (1, 'off.example.test', 'A', '192.0.2.99', 300, NULL, true),
+               (2, 'host.other.test', 'A', '192.0.2.40', 300, NULL, false),
+               (4, '10.2.0.192.in-addr.arpa', 'PTR', 'www.example.test', 300, NULL, false),
+               (3, 'x.nowhere.test', 'A', '192.0.2.1', 300, NULL, false);"
+        ))
+        .await?;
+    let mut forward = vec![
+        Record::new("www.example.test.", 300, "A", "192.0.2.10"),
+        Record::new("www.example.test.", 300, "AAAA", "2001:db8::10"),
+        Record::new("alias.example.test.", 300, "CNAME", "www.example.test."),
+        Record::new("mail.example.test.", 300, "A", "192.0.2.25"),
+        Record::new("example.test.", 600, "MX", "10 mail.example.test."),
+        Record::new("sip.example.test.", 300, "A", "192.0.2.30"),
+        Record::new(
+            "_sip._tcp.example.test.",
+            300,
+            "SRV",
+            "20 5 5060 sip.example.test.",
+        ),
+        Record::new("txt.example.test.", 3600, "TXT", &txt),
+        Record::new("example.test.", 300, "CAA", "0 issue \"letsencrypt.org\""),
+        Record::new("sub.example.test.", 300, "NS", "ns1.sub.example.test."),
+        Record::new("sub.example.test.", 300, "NS", "ns2.other.test."),
+        Record::new("ns1.sub.example.test.", 300, "A", "192.0.2.53"),
+    ];
+    let mut other = vec![Record::new("host.other.test.", 300, "A", "192.0.2.40")];
+    let reverse = vec![Record::new(
+        "10.2.0.192.in-addr.arpa.",
+        300,
+        "PTR",
+        "www.example.test.",
+    )];
+    stack
+        .wait_until_dns_equals(&three_zones(&forward, &other, &reverse), DNS_DEADLINE)
+        .await?;
+    let rejected = stack.rejected().await?;
+    ensure!(
+        rejected.len() == 1
+            && rejected[0].reason.contains("nowhere.test")
+            && rejected[0].reason.contains("not a configured zone"),
+        "expected one rejection naming the unconfigured zone, got {rejected:?}"
+    );
+
+    // Toggling disabled both ways; a record moving to another zone (its
+    // domain_id and name change) leaves the first and appears in the other.
+    stack
+        .exec(
+            "UPDATE pdns.records SET disabled = false WHERE name = 'off.example.test';
+             UPDATE pdns.records SET disabled = true WHERE name = 'www.example.test' AND type = 'AAAA';
+             UPDATE pdns.records SET domain_id = 2, name = 'mail.other.test' WHERE name = 'mail.example.test';
+             UPDATE pdns.records SET content = 'mail.other.test' WHERE type = 'MX';",
+        )
+        .await?;
+    forward.retain(|r| !(r.rtype == "AAAA" || r.owner == "mail.example.test." || r.rtype == "MX"));
+    forward.push(Record::new("off.example.test.", 300, "A", "192.0.2.99"));
+    forward.push(Record::new(
+        "example.test.",
+        600,
+        "MX",
+        "10 mail.other.test.",
+    ));
+    other.push(Record::new("mail.other.test.", 300, "A", "192.0.2.25"));
+    stack
+        .wait_until_dns_equals(&three_zones(&forward, &other, &reverse), DNS_DEADLINE)
+        .await?;
+
+    // The batch comparison resolves zones through the zones table too.
+    let output = stack.reconcile(&[], &[]).await?;
+    ensure!(
+        output.status.code() == Some(0),
+        "reconcile found differences:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A restart keeps the zones table's rows (pg2dns.zone_ref): a zone
+    // added while pg2dns is down is followed as well.
+    pg2dns.kill()?;
+    stack
+        .exec(
+            "INSERT INTO pdns.domains (id, name) VALUES (5, 'late.test');
+             UPDATE pdns.records SET domain_id = 5, name = 'host.late.test' WHERE name = 'host.other.test';
+             INSERT INTO pdns.records (domain_id, name, type, content, ttl) VALUES
+               (1, 'after.example.test', 'A', '192.0.2.77', 300);",
+        )
+        .await?;
+    let _pg2dns = stack.run()?;
+    other.retain(|r| r.owner != "host.other.test.");
+    forward.push(Record::new("after.example.test.", 300, "A", "192.0.2.77"));
+    stack
+        .wait_until_dns_equals(&three_zones(&forward, &other, &reverse), DNS_DEADLINE)
+        .await?;
+    let rejected = stack.rejected().await?;
+    ensure!(
+        rejected.len() == 2 && rejected[1].reason.contains("late.test"),
+        "expected the moved row refused for its unconfigured zone, got {rejected:?}"
+    );
+
+    // A zones row renamed: recorded, naming both names; what its rows
+    // published stays until they change, and rows changed later go to the
+    // new name.
+    stack
+        .exec("UPDATE pdns.domains SET name = 'renamed.test' WHERE id = 2")
+        .await?;
+    wait_until(DNS_DEADLINE, "the rename to be recorded", || async {
+        let rejected = stack.rejected().await?;
+        Ok(
+            match rejected.iter().find(|r| r.reason.contains("renamed")) {
+                Some(r) if r.reason.contains("other.test") && r.reason.contains("renamed.test") => {
+                    Check::Done(())
+                }
+                _ => Check::NotYet(format!("{rejected:?}")),
+            },
+        )
+    })
+    .await?;
+    ensure!(
+        stack.dns().await? == three_zones(&forward, &other, &reverse),
+        "a rename changed DNS: {:?}",
+        stack.dns().await?
+    );
+    Ok(())
+}
+
+on_each_primary!(
+    a_powerdns_records_table_with_a_zones_table_publishes_every_type_and_follows_moves
+);
+
+/// A new deployment loads the records table through its zones table from
+/// the slot's snapshot and keeps the zones table's rows as of that moment:
+/// a rename committed after the snapshot but before `pg2dns run` is seen
+/// as a rename when it streams (read as the table is now, it would not be).
+/// A zones row deleted later leaves its rows unresolvable: refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_deployment_loads_through_the_zones_table_and_keeps_its_rows_as_of_the_snapshot(
+) -> Result<()> {
+    let stack = Stack::start("sources-pdns-first-load", Primary::Bind).await?;
+    stack
+        .exec(
+            "CREATE SCHEMA pdns;
+             CREATE TABLE pdns.domains (id int PRIMARY KEY, name text NOT NULL UNIQUE);
+             CREATE TABLE pdns.records (id bigserial PRIMARY KEY, domain_id int, name text, type text,
+                 content text, ttl int, prio int, disabled bool NOT NULL DEFAULT false);
+             INSERT INTO pdns.domains (id, name) VALUES
+               (1, 'example.test'), (2, '2.0.192.in-addr.arpa.'), (3, 'nowhere.test');
+             INSERT INTO pdns.records (domain_id, name, type, content, ttl, prio) VALUES
+               (1, 'www.example.test', 'A', '192.0.2.10', 300, NULL),
+               (1, 'example.test', 'MX', 'www.example.test', 300, 5),
+               (2, '10.2.0.192.in-addr.arpa', 'PTR', 'www.example.test', 300, NULL),
+               (3, 'x.nowhere.test', 'A', '192.0.2.1', 300, NULL);",
+        )
+        .await?;
+    // A new instance with its own slot: setup creates it and loads.
+    let fresh = stack.dir().join("fresh.toml");
+    let text = std::fs::read_to_string(stack.config_path())?;
+    std::fs::write(
+        &fresh,
+        format!(
+            "{}\n{POWERDNS}",
+            text.replacen("slot = \"pg2dns\"", "slot = \"pg2dns_fresh\"", 1)
+        ),
+    )?;
+    let setup = crate::harness::pg2dns::command("setup", &fresh).await?;
+    ensure!(
+        setup.status.success(),
+        "setup failed:\n{}{}",
+        String::from_utf8_lossy(&setup.stdout),
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let mut forward = vec![
+        Record::new("www.example.test.", 300, "A", "192.0.2.10"),
+        Record::new("example.test.", 300, "MX", "5 www.example.test."),
+    ];
+    let reverse = vec![Record::new(
+        "10.2.0.192.in-addr.arpa.",
+        300,
+        "PTR",
+        "www.example.test.",
+    )];
+    ensure!(
+        stack.dns().await? == zones(&forward, &reverse),
+        "the first load published {:?}",
+        stack.dns().await?
+    );
+    let kept: i64 = stack
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg2dns.zone_ref WHERE slot = 'pg2dns_fresh' AND source = 'pdns.domains'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(kept == 3, "pg2dns.zone_ref holds {kept} rows, not 3");
+
+    stack
+        .exec(
+            "UPDATE pdns.domains SET name = 'renamed.test' WHERE id = 3;
+             INSERT INTO pdns.records (domain_id, name, type, content, ttl) VALUES
+               (1, 'late.example.test', 'A', '192.0.2.77', 300);",
+        )
+        .await?;
+    let _pg2dns = crate::harness::Pg2dns::spawn(&fresh, &stack.dir().join("fresh.log"), &[])?;
+    forward.push(Record::new("late.example.test.", 300, "A", "192.0.2.77"));
+    stack
+        .wait_until_dns_equals(&zones(&forward, &reverse), DNS_DEADLINE)
+        .await?;
+    wait_until(DNS_DEADLINE, "the rename to be recorded", || async {
+        let rejected = stack.rejected().await?;
+        Ok(
+            match rejected.iter().find(|r| r.reason.contains("renamed zone")) {
+                Some(r)
+                    if r.reason.contains("\"nowhere.test\"")
+                        && r.reason.contains("\"renamed.test\"") =>
+                {
+                    Check::Done(())
+                }
+                _ => Check::NotYet(format!("{rejected:?}")),
+            },
+        )
+    })
+    .await?;
+
+    // A deleted zones row is forgotten: a row still referencing it is
+    // refused when it changes, and its record leaves DNS.
+    stack
+        .exec(
+            "DELETE FROM pdns.domains WHERE id = 2;
+             UPDATE pdns.records SET ttl = 600 WHERE type = 'PTR';",
+        )
+        .await?;
+    stack
+        .wait_until_dns_equals(&zones(&forward, &[]), DNS_DEADLINE)
+        .await?;
+    let rejected = stack.rejected().await?;
+    ensure!(
+        rejected.iter().any(|r| r
+            .reason
+            .contains("\"2\", which is the key of no row of pdns.domains")),
+        "expected the PTR row refused for its deleted zone, got {rejected:?}"
     );
     Ok(())
 }

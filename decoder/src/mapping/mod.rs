@@ -100,6 +100,11 @@ pub trait Mapping: Send + Sync {
     fn key(&self, row: &dyn RowView) -> Option<RowKey>;
     /// The records the row wants.
     fn records(&self, row: &dyn RowView, zones: &Zones) -> Result<Vec<Wanted>, Refused>;
+    /// The zones table this mapping follows, if it is one: its changes
+    /// also update [`Zones::refs`] (see [`source::zones_table`]).
+    fn zones_table(&self) -> Option<&source::zones_table::ZonesTable> {
+        None
+    }
 }
 
 /// The row updates one change makes: a changed key is the old row leaving

@@ -183,6 +183,14 @@ pub enum ZoneFrom {
     Owner,
     /// A column holding the zone's name (with or without final dot).
     Column(String),
+    /// A column holding the key of a zones-table row, which holds the
+    /// zone's name (`records.domain_id` → `domains(id, name)`).
+    Table {
+        /// This source's column holding the key.
+        column: String,
+        /// The zones table it references.
+        table: zones_table::ZonesTable,
+    },
 }
 
 /// Where a record's type comes from.
@@ -307,7 +315,7 @@ impl SourceMapping {
         }
         if spec.names == Names::Relative && spec.zone == ZoneFrom::Owner {
             return Err(SpecError::Invalid(format!(
-                "source {}: names = \"relative\" needs zone_column (relative to which zone?)",
+                "source {}: names = \"relative\" needs zone_column or [source.zones_table] (relative to which zone?)",
                 spec.table
             )));
         }
@@ -341,8 +349,9 @@ impl SourceMapping {
         let s = &self.spec;
         let mut out: Vec<&str> = s.key.iter().map(String::as_str).collect();
         out.extend(s.owner.columns());
-        if let ZoneFrom::Column(c) = &s.zone {
-            out.push(c);
+        match &s.zone {
+            ZoneFrom::Column(c) | ZoneFrom::Table { column: c, .. } => out.push(c),
+            ZoneFrom::Owner => {}
         }
         out.extend(s.ttl.column.as_deref());
         match &s.data {
@@ -418,6 +427,10 @@ impl SourceMapping {
         match &s.zone {
             ZoneFrom::Owner => out.push_str(", zone by longest suffix"),
             ZoneFrom::Column(c) => out.push_str(&format!(", zone from {c}")),
+            ZoneFrom::Table { column, table } => out.push_str(&format!(
+                ", zone from {}.{} where {} = {column}",
+                table.table, table.name, table.key
+            )),
         }
         match &s.ttl.column {
             Some(c) => out.push_str(&format!(", TTL from {c} (default {})", s.ttl.default)),
@@ -473,6 +486,31 @@ impl SourceMapping {
             .id_of(&name)
             .ok_or_else(|| Refusal::ZoneNotConfigured {
                 column: column.to_owned(),
+                zone: text.to_owned(),
+            })
+    }
+
+    /// The zone named by the zones-table row the column references.
+    fn zone_of_reference(
+        &self,
+        row: &dyn RowView,
+        column: &str,
+        table: &zones_table::ZonesTable,
+        zones: &Zones,
+    ) -> Result<ZoneId, Refusal> {
+        let key = super::text(row, column)?;
+        let text = zones.refs().get(&table.table, key).ok_or_else(|| {
+            zones_table::ReferenceError::NoZoneRow {
+                column: column.to_owned(),
+                value: key.to_owned(),
+                table: table.table.clone(),
+            }
+        })?;
+        let name = ZoneName::parse(text)?;
+        zones
+            .id_of(&name)
+            .ok_or_else(|| Refusal::ZoneNotConfigured {
+                column: format!("{}.{} (through {column})", table.table, table.name),
                 zone: text.to_owned(),
             })
     }
@@ -559,6 +597,7 @@ impl SourceMapping {
                     }
                 }
                 let text = rdata.render(row)?;
+                let text = qualify_targets(rtype, &text, self.spec.names, zones.name(zone));
                 let record = Record::parse_data(owner.clone(), ttl, rtype, &text)?;
                 Ok(vec![Wanted::Record(Desired { zone, record })])
             }
@@ -599,6 +638,44 @@ impl SourceMapping {
             }
         }
     }
+}
+
+/// Gives the name inside the data of CNAME, NS, PTR, MX and SRV its
+/// final dot when it has none: `mail.example.test` is
+/// `mail.example.test.` ([`Names::Absolute`], as PowerDNS stores content),
+/// `mail` is `mail.<zone>` and `@` the zone ([`Names::Relative`]). Any
+/// other type, and any text that does not have the type's field count, is
+/// left to the record parser, which refuses with the real reason.
+pub fn qualify_targets(rtype: RType, text: &str, names: Names, zone: &ZoneName) -> String {
+    // Which whitespace-separated field is the name, and how many there are.
+    let (index, fields) = match rtype {
+        RType::CNAME | RType::NS | RType::PTR => (0, 1),
+        RType::MX => (1, 2),
+        RType::SRV => (3, 4),
+        _ => return text.to_owned(),
+    };
+    let tokens: Vec<&str> = text.split_ascii_whitespace().collect();
+    if tokens.len() != fields {
+        return text.to_owned();
+    }
+    let name = tokens[index];
+    // A final dot is one not escaped by a backslash (`a\.` is a label
+    // ending in a dot, still relative).
+    let trailing_backslashes = name
+        .strip_suffix('.')
+        .map(|n| n.bytes().rev().take_while(|b| *b == b'\\').count());
+    let absolute = matches!(trailing_backslashes, Some(n) if n % 2 == 0);
+    if absolute || name.starts_with('"') {
+        return text.to_owned();
+    }
+    let qualified = match names {
+        Names::Absolute => format!("{name}."),
+        Names::Relative if name == "@" => zone.to_string(),
+        Names::Relative => format!("{name}.{zone}"),
+    };
+    let mut out: Vec<&str> = tokens;
+    out[index] = &qualified;
+    out.join(" ")
 }
 
 /// Reads a boolean column's text form (`t`/`f` as PostgreSQL prints it).
@@ -712,6 +789,9 @@ impl Mapping for SourceMapping {
         let column_zone = match &self.spec.zone {
             ZoneFrom::Owner => None,
             ZoneFrom::Column(c) => Some(self.zone_of_column(row, c, zones)?),
+            ZoneFrom::Table { column, table } => {
+                Some(self.zone_of_reference(row, column, table, zones)?)
+            }
         };
         let owner_text = self.spec.owner.render(row)?;
         let owner = self.owner(&owner_text, column_zone.map(|z| zones.name(z)))?;
@@ -741,6 +821,8 @@ impl Mapping for SourceMapping {
             })
     }
 }
+
+pub mod zones_table;
 
 #[cfg(test)]
 mod tests;

@@ -655,3 +655,143 @@ fn a_per_type_template_applies_to_its_type_only() {
         ["example.test. 3600 IN MX 10 mail.example.test. @example.test."]
     );
 }
+
+fn powerdns_records() -> (SourceMapping, zones_table::ZonesTable) {
+    let domains = zones_table::ZonesTable {
+        table: "pdns.domains".into(),
+        key: "id".into(),
+        name: "name".into(),
+    };
+    let mut spec = records_table().spec().clone();
+    spec.table = "pdns.records".into();
+    spec.names = Names::Absolute;
+    spec.zone = ZoneFrom::Table {
+        column: "domain_id".into(),
+        table: domains.clone(),
+    };
+    spec.data = Data::Record {
+        rtype: TypeFrom::Column("type".into()),
+        rdata: Template::column("content"),
+        by_type: vec![
+            (RType::MX, Template::parse("{prio} {content}").unwrap()),
+            (RType::SRV, Template::parse("{prio} {content}").unwrap()),
+        ],
+    };
+    (SourceMapping::new(spec).unwrap(), domains)
+}
+
+fn pdns(domain_id: &str, name: &str, rtype: &str, content: &str) -> TextRow {
+    row(&[
+        ("id", Some("4")),
+        ("domain_id", Some(domain_id)),
+        ("name", Some(name)),
+        ("type", Some(rtype)),
+        ("content", Some(content)),
+        ("ttl", None),
+        ("prio", Some("10")),
+        ("disabled", Some("f")),
+    ])
+}
+
+#[test]
+fn a_zone_id_resolves_through_the_zones_table_and_an_unknown_or_unconfigured_zone_is_refused() {
+    let (m, domains) = powerdns_records();
+    let mut z = zones();
+    z.refs_mut().set(&domains.table, "1", Some("Example.TEST"));
+    z.refs_mut().set(&domains.table, "2", Some("other.test."));
+    z.refs_mut().set(&domains.table, "3", Some("nowhere.test"));
+    let one = |row: &TextRow| m.records(row, &z).map(|w| texts(&w, &z));
+    assert_eq!(
+        one(&pdns("1", "www.example.test", "A", "192.0.2.1")).unwrap(),
+        ["www.example.test. 3600 IN A 192.0.2.1 @example.test."]
+    );
+    // The referenced row decides, even where a longer zone holds the owner.
+    assert_eq!(
+        one(&pdns("1", "a.sub.example.test", "A", "192.0.2.1")).unwrap(),
+        ["a.sub.example.test. 3600 IN A 192.0.2.1 @example.test."]
+    );
+    let reason = |row: &TextRow| *m.records(row, &z).unwrap_err().reason;
+    assert_eq!(
+        reason(&pdns("7", "www.example.test", "A", "192.0.2.1")),
+        Refusal::Reference(zones_table::ReferenceError::NoZoneRow {
+            column: "domain_id".into(),
+            value: "7".into(),
+            table: "pdns.domains".into(),
+        })
+    );
+    assert!(matches!(
+        reason(&pdns("3", "www.nowhere.test", "A", "192.0.2.1")),
+        Refusal::ZoneNotConfigured { zone, .. } if zone == "nowhere.test"
+    ));
+    assert!(matches!(
+        reason(&pdns("2", "www.example.test", "A", "192.0.2.1")),
+        Refusal::OwnerNotInZone { .. }
+    ));
+}
+
+#[test]
+fn a_zones_row_renamed_is_refused_naming_both_names_but_a_new_spelling_is_not() {
+    let (_, domains) = powerdns_records();
+    let mut z = zones();
+    z.refs_mut().set(&domains.table, "1", Some("example.test"));
+    let zrow = |name: &str| row(&[("id", Some("1")), ("name", Some(name))]);
+    assert_eq!(domains.records(&zrow("EXAMPLE.test."), &z), Ok(Vec::new()));
+    let err = domains.records(&zrow("other.test"), &z).unwrap_err();
+    assert_eq!(
+        *err.reason,
+        Refusal::Reference(zones_table::ReferenceError::Renamed {
+            table: "pdns.domains".into(),
+            key: "1".into(),
+            from: "example.test".into(),
+            to: "other.test".into(),
+        })
+    );
+    // A row not known before is new, not renamed.
+    let fresh = row(&[("id", Some("2")), ("name", Some("other.test"))]);
+    assert_eq!(domains.records(&fresh, &z), Ok(Vec::new()));
+    assert_eq!(Mapping::key(&domains, &fresh), Some(RowKey("2".into())));
+}
+
+#[test]
+fn names_without_final_dot_inside_record_data_are_absolute_or_relative_as_configured() {
+    let (m, domains) = powerdns_records();
+    let mut z = zones();
+    z.refs_mut().set(&domains.table, "1", Some("example.test"));
+    let one = |rtype: &str, content: &str| {
+        m.records(&pdns("1", "x.example.test", rtype, content), &z)
+            .map(|w| texts(&w, &z))
+    };
+    assert_eq!(
+        one("CNAME", "www.example.test").unwrap(),
+        ["x.example.test. 3600 IN CNAME www.example.test. @example.test."]
+    );
+    assert_eq!(
+        one("MX", "mail.example.test").unwrap(),
+        ["x.example.test. 3600 IN MX 10 mail.example.test. @example.test."]
+    );
+    assert_eq!(
+        one("SRV", "5 5060 sip.example.test").unwrap(),
+        ["x.example.test. 3600 IN SRV 10 5 5060 sip.example.test. @example.test."]
+    );
+    assert_eq!(
+        one("NS", "ns1.other.test.").unwrap(),
+        ["x.example.test. 3600 IN NS ns1.other.test. @example.test."]
+    );
+    // Relative: to the row's zone, `@` the apex.
+    let zone = ZoneName::parse("example.test.").unwrap();
+    let rel = |t, text| qualify_targets(t, text, Names::Relative, &zone);
+    assert_eq!(rel(RType::CNAME, "www"), "www.example.test.");
+    assert_eq!(rel(RType::PTR, "@"), "example.test.");
+    assert_eq!(rel(RType::MX, "10  mail"), "10 mail.example.test.");
+    assert_eq!(
+        rel(RType::SRV, "1 2 3 sip.other.test."),
+        "1 2 3 sip.other.test."
+    );
+    // An escaped final dot is part of the last label: still relative.
+    assert_eq!(rel(RType::CNAME, "a\\."), "a\\..example.test.");
+    assert_eq!(rel(RType::CNAME, "a\\\\."), "a\\\\.");
+    // Other types, and a wrong field count, are left to the parser.
+    assert_eq!(rel(RType::TXT, "www"), "www");
+    assert_eq!(rel(RType::MX, "mail"), "mail");
+    assert!(one("MX", "mail extra").is_err());
+}
