@@ -1,4 +1,4 @@
--- pg2dns schema version 5: the rows of the zones tables that sources
+-- pg2dns schema version 6: the rows of the zones tables that sources
 -- reference ([source.zones_table], e.g. PowerDNS's domains(id, name)).
 -- A record row names its zone by a key of such a table; pg2dns follows the
 -- table in the stream and keeps its rows here, committed with the progress
