@@ -4,19 +4,11 @@
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 use crate::config::Config;
 use crate::store::{sql, StoreError};
 
 async fn connect(config: &Config) -> Result<tokio_postgres::Client, StoreError> {
-    let mut pg = config.database.pg.clone();
-    pg.application_name("pg2dns admin");
-    let (client, connection) = pg
-        .connect(NoTls)
-        .await
-        .map_err(sql("cannot connect to PostgreSQL"))?;
-    tokio::spawn(connection);
+    let (client, _connection) = crate::pgconn::connect(&config.database, "pg2dns admin").await?;
     Ok(client)
 }
 

@@ -15,6 +15,7 @@ pub mod dns;
 pub mod error;
 pub mod failpoint;
 pub mod metrics;
+pub mod pgconn;
 pub mod pipeline;
 pub mod reconcile;
 pub mod replication;
