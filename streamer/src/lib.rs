@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod reconcile;
 pub mod replication;
 pub mod setup;
+pub mod status;
 pub mod store;
 
 pub use config::Config;
