@@ -22,12 +22,13 @@ pg2dns_have() {
     command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]
 }
 
-# Installs PostgreSQL, BIND, its tools and Knot if any of them is missing.
+# Installs PostgreSQL, BIND, its tools, Knot and openssl (the TLS tests make
+# their certificates with it) if any of them is missing.
 pg2dns_install_servers() {
     local missing=()
     [[ -n "$(pg2dns_pg_bin)" ]] || missing+=(initdb)
     local tool
-    for tool in named dig nsupdate tsig-keygen knotd kdig psql; do
+    for tool in named dig nsupdate tsig-keygen knotd kdig psql openssl; do
         pg2dns_have "$tool" || missing+=("$tool")
     done
     if ((${#missing[@]} == 0)); then
@@ -37,7 +38,7 @@ pg2dns_install_servers() {
     local sudo=()
     if [[ $(id -u) -ne 0 ]]; then
         if ! command -v sudo >/dev/null 2>&1; then
-            echo "not root and no sudo: install postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils yourself" >&2
+            echo "not root and no sudo: install postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils openssl yourself" >&2
             return 1
         fi
         sudo=(sudo)
@@ -50,7 +51,7 @@ pg2dns_install_servers() {
     # The postgresql package may start a cluster on port 5432: harmless, the
     # tests and the demo run their own servers on free loopback ports.
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils
+        postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils openssl
 }
 
 # Whether python3 has dnspython 2.4 or newer (the presentation-format oracle;

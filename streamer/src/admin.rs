@@ -4,19 +4,11 @@
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 use crate::config::Config;
 use crate::store::{sql, StoreError};
 
 async fn connect(config: &Config) -> Result<tokio_postgres::Client, StoreError> {
-    let mut pg = config.database.pg.clone();
-    pg.application_name("pg2dns admin");
-    let (client, connection) = pg
-        .connect(NoTls)
-        .await
-        .map_err(sql("cannot connect to PostgreSQL"))?;
-    tokio::spawn(connection);
+    let (client, _connection) = crate::pgconn::connect(&config.database, "pg2dns admin").await?;
     Ok(client)
 }
 
@@ -84,7 +76,8 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
                     coalesce(requested_by, ''), coalesce(progress_lsn::text, ''), \
                     coalesce(confirmed_flush_lsn::text, ''), coalesce(slot_active, false), \
                     coalesce(lag_bytes, 0), coalesce(retained_wal_bytes, 0), rejected_last_hour, \
-                    updated::text \
+                    updated::text, coalesce(received_lsn::text, ''), lag_seconds, \
+                    coalesce(status_updated::text, ''), zones::text \
              FROM pg2dns.status WHERE slot = $1",
             &[slot],
         )
@@ -116,6 +109,11 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
         "retained_wal_bytes": r.get::<_, i64>(10),
         "rejected_last_hour": r.get::<_, i64>(11),
         "updated": r.get::<_, String>(12),
+        "received_lsn": r.get::<_, String>(13),
+        "lag_seconds": r.get::<_, f64>(14),
+        "status_updated": r.get::<_, String>(15),
+        "zones": serde_json::from_str::<serde_json::Value>(&r.get::<_, String>(16))
+            .unwrap_or_default(),
     });
     if json {
         println!("{fields}");
@@ -153,6 +151,32 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
         r.get::<_, i64>(9),
         r.get::<_, i64>(10)
     );
+    println!(
+        "  received {}, lag {:.1} s (status of {})",
+        r.get::<_, String>(13),
+        r.get::<_, f64>(14),
+        r.get::<_, String>(15)
+    );
     println!("  rejected rows in the last hour: {}", r.get::<_, i64>(11));
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if let Some(zones) = fields["zones"].as_array().filter(|z| !z.is_empty()) {
+        println!(
+            "  {:<30} {:>12} {:<32} {:>9}",
+            "zone", "SOA serial", "last acknowledged", "in flight"
+        );
+        for z in zones {
+            println!(
+                "  {:<30} {:>12} {:<32} {:>9}",
+                text(&z["zone"]),
+                text(&z["soa_serial"]),
+                text(&z["acked_at"]),
+                text(&z["in_flight"])
+            );
+        }
+    }
     Ok(())
 }

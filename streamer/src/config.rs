@@ -433,6 +433,10 @@ pub struct DatabaseConfig {
     pub slot: String,
     /// Publication name.
     pub publication: String,
+    /// The URL's `sslmode` and `sslrootcert` (see [`crate::pgconn`]).
+    pub tls: crate::pgconn::TlsSettings,
+    /// The TLS client built from them, the CA file read.
+    pub tls_client: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -445,6 +449,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("dbname", &self.dbname())
             .field("slot", &self.slot)
             .field("publication", &self.publication)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -560,11 +565,20 @@ impl Config {
         if let Some(publication) = env("PG2DNS_PUBLICATION") {
             spec.database.publication = publication;
         }
-        let pg: tokio_postgres::Config = spec
-            .database
-            .url
+        let (url_rest, tls) = crate::pgconn::split_url(&spec.database.url)
+            .map_err(|e| invalid(format!("database.url: {e}")))?;
+        let mut pg: tokio_postgres::Config = url_rest
             .parse()
             .map_err(|e| invalid(format!("database.url does not parse: {e}")))?;
+        if pg.get_password().is_none() {
+            if let Some(password) = env("PGPASSWORD") {
+                pg.password(password);
+            }
+        }
+        let tls_client = std::sync::Arc::new(
+            crate::pgconn::rustls_config(&tls)
+                .map_err(|e| invalid(format!("database.url: {e}")))?,
+        );
         for (key, value) in [
             ("database.slot", &spec.database.slot),
             ("database.publication", &spec.database.publication),
@@ -725,6 +739,8 @@ impl Config {
                 pg,
                 slot: spec.database.slot,
                 publication: spec.database.publication,
+                tls,
+                tls_client,
             },
             zones,
             limits: Limits {

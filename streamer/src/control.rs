@@ -27,7 +27,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use pg2dns_decoder::Lsn;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tracing::{info, warn};
 
 use crate::config::DatabaseConfig;
@@ -114,12 +114,7 @@ impl Drop for Control {
 impl Control {
     /// Connects and LISTENs on [`CHANNEL`].
     pub async fn connect(db: &DatabaseConfig) -> Result<Control, StoreError> {
-        let mut pg = db.pg.clone();
-        pg.application_name("pg2dns control");
-        let (client, mut connection) = pg
-            .connect(NoTls)
-            .await
-            .map_err(sql("cannot connect to PostgreSQL"))?;
+        let (client, mut connection) = crate::pgconn::connect_raw(db, "pg2dns control").await?;
         let (tx, notifications) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

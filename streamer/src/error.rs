@@ -10,6 +10,7 @@
 //! | DNS server unreachable, SERVFAIL, timeout       | retried by the zone's stream |
 //! | slot, publication or schema missing             | halt: run `pg2dns setup`     |
 //! | slot invalidated, wrong password, no privilege  | halt: fix the database side  |
+//! | TLS: certificate not verified, TLS refused      | halt: fix sslmode/sslrootcert|
 //! | BADKEY, BADSIG, BADTIME, REFUSED, NOTAUTH, …    | halt: fix the key or server  |
 //! | TRUNCATE of a mapped table                      | halt: DNS is not wiped       |
 //! | undecodable stream, change without its key      | halt: report the LSN         |
@@ -118,6 +119,9 @@ impl RunError {
         let halt = |hint: &str| Disposition::Halt { hint: hint.into() };
         match self {
             RunError::Store(e) => {
+                if e.is_certificate() {
+                    return halt(TLS_HINT);
+                }
                 if e.is_connection() {
                     return Disposition::Retry;
                 }
@@ -132,6 +136,7 @@ impl RunError {
                     PgWireError::Io(_) | PgWireError::Task(_) | PgWireError::Protocol(_) => {
                         Disposition::Retry
                     }
+                    PgWireError::Tls(_) => halt(TLS_HINT),
                     PgWireError::Auth(_) => halt("the database refused pg2dns's credentials: check the user and password in [database].url"),
                     PgWireError::Server(_) => match e.sqlstate() {
                         Some(code) => sql_disposition(code),
@@ -158,6 +163,9 @@ impl RunError {
         }
     }
 }
+
+/// The hint of a TLS failure that retrying cannot fix.
+const TLS_HINT: &str = "the TLS connection to PostgreSQL failed: check sslmode and sslrootcert in [database].url (the CA file must hold the CA that signed the server's certificate; verify-full also needs the URL's host named in the certificate) and the server's ssl settings";
 
 /// What a SQLSTATE means for pg2dns.
 fn sql_disposition(code: &str) -> Disposition {

@@ -16,10 +16,12 @@ pub mod dns;
 pub mod error;
 pub mod failpoint;
 pub mod metrics;
+pub mod pgconn;
 pub mod pipeline;
 pub mod reconcile;
 pub mod replication;
 pub mod setup;
+pub mod status;
 pub mod store;
 
 pub use config::Config;

@@ -6,7 +6,7 @@
 //! `axum`, listening on loopback by default (`[metrics] listen`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use axum::http::StatusCode;
@@ -69,6 +69,13 @@ pub struct Metrics {
     pub mode: Family<ModeLabel, Gauge>,
     /// Seconds from handing a transaction to a zone to its acknowledgement.
     pub ack_seconds: Family<ZoneLabel, Histogram>,
+    /// Age of the oldest received transaction not yet in DNS (0: none).
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    /// Each zone's SOA serial, as its primary answered after an
+    /// acknowledgement.
+    pub zone_soa_serial: Family<ZoneLabel, Gauge>,
+    /// Transactions handed to each zone and not yet acknowledged.
+    pub zone_in_flight: Family<ZoneLabel, Gauge>,
     ready: AtomicU8,
 }
 
@@ -94,6 +101,9 @@ impl Metrics {
             ack_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
+            lag_seconds: Gauge::default(),
+            zone_soa_serial: Family::default(),
+            zone_in_flight: Family::default(),
             ready: AtomicU8::new(0),
             registry: Registry::default(),
         };
@@ -148,6 +158,21 @@ impl Metrics {
             "ack_seconds",
             "Seconds from handing a transaction to a zone to the server's acknowledgement",
             m.ack_seconds.clone(),
+        );
+        registry.register(
+            "lag_seconds",
+            "Age in seconds of the oldest received transaction not yet acknowledged by every zone (0 when all is in DNS)",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "zone_soa_serial",
+            "Each zone's SOA serial as its primary answered after the last acknowledgement",
+            m.zone_soa_serial.clone(),
+        );
+        registry.register(
+            "zone_in_flight",
+            "Transactions handed to each zone and not yet acknowledged",
+            m.zone_in_flight.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -26,6 +26,7 @@
 //! coalesce the dispatches into full messages.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pg2dns_decoder::mapping::{self, Desired, Mapping, RowUpdate, RrTable};
@@ -46,7 +47,7 @@ use crate::dns::sink::{Dispatch, ZoneReport, ZoneSink};
 use crate::error::{Disposition, RunError};
 use crate::replication::{Frame, PgReplication, Replication};
 use crate::store::Store;
-use crate::{failpoint, metrics};
+use crate::{failpoint, metrics, status};
 
 /// Rows per flush: bounds memory and the size of one state round trip.
 pub const MAX_BATCH_ROWS: usize = 2_000;
@@ -123,10 +124,12 @@ struct Lanes {
     /// Refusals whose rows are still to be rejected: the checkpoint waits
     /// for them.
     refused: Vec<ServerRefusal>,
+    /// What the status publisher reads (numbers only, no I/O).
+    live: Arc<status::Live>,
 }
 
 impl Lanes {
-    fn start(config: &Config) -> Lanes {
+    fn start(config: &Config, live: Arc<status::Live>) -> Lanes {
         let (report_tx, reports) = mpsc::unbounded_channel();
         let mut lanes = Vec::new();
         let mut tasks = Vec::new();
@@ -147,6 +150,7 @@ impl Lanes {
             reports,
             tasks,
             refused: Vec::new(),
+            live,
         }
     }
 
@@ -160,6 +164,7 @@ impl Lanes {
             Some(ZoneReport::Acked { zone, upto }) => {
                 let lane = &mut self.lanes[usize::from(zone.0)];
                 lane.acked = lane.acked.max(upto);
+                self.live.acked(usize::from(zone.0), lane.acked);
                 Ok(())
             }
             Some(ZoneReport::Refused {
@@ -194,6 +199,7 @@ impl Lanes {
                 })
                 .inc_by(ops as u64);
             lane.dispatched += 1;
+            self.live.dispatched(usize::from(z.zone.0), lane.dispatched);
             lane.outbox.push(Dispatch {
                 id: lane.dispatched,
                 lsn,
@@ -519,6 +525,9 @@ async fn session(
     {
         info!(%table, "no rows of this zones table are known yet: read as it is now (`pg2dns reconcile --apply` makes them exact)");
     }
+    let live = status::Live::new(config);
+    let publisher = tokio::spawn(status::publish(live.clone(), config.clone()));
+    let _publisher = AbortOnDrop(publisher);
     let mut p = Pipeline {
         config,
         zones,
@@ -531,7 +540,7 @@ async fn session(
         skipping: false,
         batch: Vec::new(),
         batch_rows: 0,
-        lanes: Lanes::start(config),
+        lanes: Lanes::start(config, live.clone()),
         pending_end: None,
         pending_txns: 0,
         last_checkpoint: Instant::now(),
@@ -558,6 +567,15 @@ async fn session(
         }
     }
     result
+}
+
+/// Aborts the status publisher when the session ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Says which zones were added or removed since this instance last ran:
@@ -776,6 +794,11 @@ impl Pipeline<'_> {
             // The server sent this commit long after it happened: the stream
             // is working through a backlog, so batch it.
             self.backlog = self.server_time_micros - c.commit_time_micros > BACKLOG_MICROS;
+            self.lanes.live.commit_received(
+                c.end_lsn,
+                c.commit_time_micros,
+                self.server_time_micros,
+            );
         }
         let lsn = self.assembler.current().unwrap_or_default();
         let event = self
@@ -857,6 +880,7 @@ impl Pipeline<'_> {
                         // The checkpoint clock starts with the oldest
                         // transaction it will cover.
                         self.last_checkpoint = Instant::now();
+                        self.lanes.live.pending_starts();
                     }
                     self.pending_end = Some(end_lsn);
                     self.pending_txns += 1;
@@ -1184,6 +1208,7 @@ impl Pipeline<'_> {
         self.pending_end = None;
         self.pending_txns = 0;
         self.last_checkpoint = Instant::now();
+        self.lanes.live.all_acknowledged();
         Ok(())
     }
 }

@@ -183,7 +183,7 @@ fn replication_config(db: &DatabaseConfig, start: Lsn) -> ReplicationConfig {
     .with_application_name("pg2dns")
     // Text values must decode the same way every time.
     .with_options("-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3");
-    cfg.tls = pgwire_replication::TlsConfig::disabled();
+    cfg.tls = crate::pgconn::replication_tls(db);
     cfg
 }
 

@@ -20,6 +20,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_schema.sql")),
     (2, include_str!("../../sql/002_row_state.sql")),
     (3, include_str!("../../sql/003_control.sql")),
+    (4, include_str!("../../sql/004_status.sql")),
     (6, include_str!("../../sql/006_zone_ref.sql")),
 ];
 

@@ -26,8 +26,7 @@ use pg2dns_decoder::plan::{
     Loaded, NodeEntry, NodeKey, Outcome, Rejection, RowRef, SourceId, Waiting,
 };
 use pg2dns_decoder::{Lsn, Name, Owner, RType, Rdata, Record, ZoneName, Zones};
-use tokio_postgres::{Client, NoTls};
-use tracing::warn;
+use tokio_postgres::Client;
 
 use crate::config::DatabaseConfig;
 
@@ -62,6 +61,31 @@ impl StoreError {
             StoreError::Sql { source, .. } => source.code(),
             StoreError::Corrupt { .. } => None,
         }
+    }
+
+    /// Whether the server's TLS certificate was refused (a typed rustls
+    /// error in the driver's error chain): retrying cannot fix that.
+    pub fn is_certificate(&self) -> bool {
+        let StoreError::Sql { source, .. } = self else {
+            return false;
+        };
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = next {
+            // std's io::Error hides its payload from `source()`.
+            let inner = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+            for candidate in [Some(e), inner].into_iter().flatten() {
+                if let Some(rustls::Error::InvalidCertificate(_)) =
+                    candidate.downcast_ref::<rustls::Error>()
+                {
+                    return true;
+                }
+            }
+            next = e.source();
+        }
+        false
     }
 
     /// Whether the connection itself is gone, rather than a statement failing.
@@ -145,17 +169,7 @@ pub struct Orphans {
 impl Store {
     /// Connects to PostgreSQL.
     pub async fn connect(db: &DatabaseConfig) -> Result<Store, StoreError> {
-        let mut pg = db.pg.clone();
-        pg.application_name("pg2dns");
-        let (client, connection) = pg
-            .connect(NoTls)
-            .await
-            .map_err(sql("cannot connect to PostgreSQL"))?;
-        let connection = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                warn!(error = %e, "PostgreSQL connection ended");
-            }
-        });
+        let (client, connection) = crate::pgconn::connect(db, "pg2dns").await?;
         // Every state statement is an index lookup by design: keys come in
         // as arrays, and each is looked up through a LATERAL subquery fenced
         // with OFFSET 0, so the planner cannot flatten it into a join that

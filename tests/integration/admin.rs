@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use crate::harness::stack::FORWARD;
-use crate::harness::{Primary, Stack, DNS_DEADLINE};
+use crate::harness::{Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
 
 /// The `w<i>` owners present in the forward zone.
 async fn writer_rows_in_dns(stack: &Stack) -> Result<BTreeSet<u64>> {
@@ -353,5 +353,193 @@ async fn sighup_reads_the_fixed_configuration_and_clears_a_halt() -> Result<()> 
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     wait_for_mode(&stack, "running").await?;
     pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// The forward zone's SOA serial, as its primary answers it now.
+async fn primary_serial(stack: &Stack) -> Result<i64> {
+    let soa = stack.query(FORWARD, "SOA").await?;
+    let rdata = &soa.first().context("the primary answers an SOA")?.rdata;
+    rdata
+        .split_whitespace()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no serial in SOA {rdata}"))
+}
+
+/// The status entry of `zone`.
+fn zone_entry<'a>(s: &'a serde_json::Value, zone: &str) -> Option<&'a serde_json::Value> {
+    s["zones"].as_array()?.iter().find(|z| z["zone"] == zone)
+}
+
+/// Polls `pg2dns status --json` until `ok` holds (failing after `within`).
+async fn wait_for_status(
+    stack: &Stack,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = status(stack).await?;
+        if ok(&s) {
+            return Ok(s);
+        }
+        ensure!(Instant::now() < deadline, "status never showed {what}: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls `/metrics` until every `(line prefix, test)` holds.
+async fn wait_for_metrics(
+    addr: &str,
+    what: &str,
+    checks: &[(&str, &dyn Fn(f64) -> bool)],
+) -> Result<()> {
+    let deadline = Instant::now() + DNS_DEADLINE;
+    loop {
+        let (_, body) = http_get(addr, "/metrics").await?;
+        if checks
+            .iter()
+            .all(|(name, ok)| metric(&body, name).is_some_and(ok))
+        {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the metrics never showed {what}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_each_zones_serial_and_in_flight_and_lag_grows_while_bind_is_stopped_and_returns_to_zero(
+) -> Result<()> {
+    let mut stack = Stack::start("status-lag", Primary::Bind).await?;
+    let addr = format!("127.0.0.1:{}", crate::harness::free_port()?);
+    stack.append_config(&format!("[metrics]\nlisten = \"{addr}\"\n"))?;
+    let _pg2dns = stack.run()?;
+    let insert = |owner: &str| {
+        format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('{owner}', 300, 'A', '192.0.2.7')")
+    };
+    let serial_label = format!("pg2dns_zone_soa_serial{{zone=\"{FORWARD}\"}}");
+    let in_flight_label = format!("pg2dns_zone_in_flight{{zone=\"{FORWARD}\"}}");
+
+    // Each acknowledged change shows the serial the primary then has.
+    let mut serials = Vec::new();
+    for owner in ["s1.example.test.", "s2.example.test."] {
+        stack.exec(&insert(owner)).await?;
+        stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+        let serial = primary_serial(&stack).await?;
+        let s = wait_for_status(
+            &stack,
+            &format!("serial {serial} of {FORWARD} with nothing in flight"),
+            DNS_DEADLINE,
+            |s| {
+                zone_entry(s, FORWARD)
+                    .is_some_and(|z| z["soa_serial"] == serial && z["in_flight"] == 0)
+            },
+        )
+        .await?;
+        let z = zone_entry(&s, FORWARD).context("the zone's entry")?;
+        ensure!(
+            z["acked_at"].is_string(),
+            "the last acknowledgement has a time: {z}"
+        );
+        wait_for_metrics(
+            &addr,
+            "the zone's serial and nothing in flight",
+            &[
+                (&serial_label, &|v| v == serial as f64),
+                (&in_flight_label, &|v| v == 0.0),
+                ("pg2dns_lag_seconds", &|v| v == 0.0),
+            ],
+        )
+        .await?;
+        serials.push(serial);
+    }
+    ensure!(
+        serials[1] > serials[0],
+        "the serial advanced with the change: {serials:?}"
+    );
+
+    // BIND stops: what is received waits, and the lag grows.
+    stack.server_mut(Primary::Bind)?.stop().await?;
+    stack.exec(&insert("s3.example.test.")).await?;
+    let in_flight = |s: &serde_json::Value| {
+        zone_entry(s, FORWARD)
+            .and_then(|z| z["in_flight"].as_i64())
+            .unwrap_or(0)
+    };
+    let lag = |s: &serde_json::Value| s["lag_seconds"].as_f64().unwrap_or(0.0);
+    let bytes = |s: &serde_json::Value| s["lag_bytes"].as_i64().unwrap_or(0);
+    let first = wait_for_status(&stack, "a lag while BIND is stopped", DNS_DEADLINE, |s| {
+        lag(s) >= 1.0 && bytes(s) > 0 && in_flight(s) >= 1
+    })
+    .await?;
+    stack.exec(&insert("s4.example.test.")).await?;
+    let after_s4: String = stack
+        .db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    let after_s4: pg2dns_decoder::Lsn = after_s4.parse()?;
+    wait_for_status(&stack, "the lag growing", DNS_DEADLINE, |s| {
+        lag(s) >= lag(&first) + 1.0 && bytes(s) > bytes(&first)
+    })
+    .await?;
+    wait_for_metrics(
+        &addr,
+        "the lag and the change in flight",
+        &[
+            ("pg2dns_lag_seconds", &|v| v >= 1.0),
+            (&in_flight_label, &|v| v >= 1.0),
+        ],
+    )
+    .await?;
+
+    // BIND is back: everything arrives, the lag in seconds returns to zero
+    // and the slot confirms every change. (The bytes between the slot and
+    // the server's WAL end settle at the size of pg2dns's own last
+    // bookkeeping commit, which the server reports only in its next
+    // keepalive: README, "Status".)
+    let confirmed = |s: &serde_json::Value| {
+        s["confirmed_flush_lsn"]
+            .as_str()
+            .and_then(|l| l.parse::<pg2dns_decoder::Lsn>().ok())
+            .unwrap_or_default()
+    };
+    stack.server_mut(Primary::Bind)?.start_again().await?;
+    stack
+        .wait_until_dns_matches_table(RECOVERY_DEADLINE)
+        .await?;
+    let serial = primary_serial(&stack).await?;
+    ensure!(serial > serials[1], "the serial advanced again");
+    wait_for_status(
+        &stack,
+        "no lag and the new serial",
+        RECOVERY_DEADLINE,
+        |s| {
+            lag(s) == 0.0
+                && confirmed(s) >= after_s4
+                && bytes(s) < bytes(&first)
+                && s["zones"]
+                    .as_array()
+                    .is_some_and(|zs| zs.iter().all(|z| z["in_flight"] == 0))
+                && zone_entry(s, FORWARD).is_some_and(|z| z["soa_serial"] == serial)
+        },
+    )
+    .await?;
+    wait_for_metrics(
+        &addr,
+        "no lag",
+        &[
+            ("pg2dns_lag_seconds", &|v| v == 0.0),
+            (&in_flight_label, &|v| v == 0.0),
+            (&serial_label, &|v| v == serial as f64),
+        ],
+    )
+    .await?;
     Ok(())
 }

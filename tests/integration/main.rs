@@ -56,3 +56,4 @@ mod replication;
 mod sources;
 mod streaming;
 mod throughput;
+mod tls;

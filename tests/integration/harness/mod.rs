@@ -2,7 +2,8 @@
 //! loopback ports, each in its own temporary directory.
 //!
 //! - [`Postgres`]: a throwaway cluster (`initdb`, `wal_level = logical`), run
-//!   as the `postgres` user when the tests run as root;
+//!   as the `postgres` user when the tests run as root; optionally with TLS
+//!   and a SCRAM-authenticated `pg2dns` role ([`PgOptions`], [`tls::TestCa`]);
 //! - [`Server`]: a DNS server serving TSIG-protected dynamic zones, run by
 //!   one [`DnsServer`] program: [`Bind`] or [`Knot`] (chosen by [`Primary`]);
 //! - [`Pg2dns`]: one run of the `pg2dns` binary under test;
@@ -23,6 +24,7 @@ pub mod pg2dns;
 pub mod postgres;
 pub mod records;
 pub mod stack;
+pub mod tls;
 pub mod wait;
 
 use std::collections::HashSet;
@@ -39,7 +41,7 @@ pub use bind::Bind;
 pub use dns::{Primary, Server};
 pub use knot::Knot;
 pub use pg2dns::Pg2dns;
-pub use postgres::Postgres;
+pub use postgres::{PgOptions, Postgres};
 pub use records::Record;
 pub use stack::Stack;
 pub use wait::{wait_until, Check};

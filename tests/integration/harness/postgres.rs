@@ -6,6 +6,12 @@
 //! loopback (initdb's `--auth=trust`). PostgreSQL refuses to run as root, so
 //! when the tests run as root the cluster belongs to the `postgres` user and
 //! every server command goes through `runuser -u postgres --`.
+//!
+//! With [`PgOptions::tls`] the cluster also has `ssl = on` with a server
+//! certificate of a throwaway CA ([`TestCa`]) and a role [`TLS_ROLE`] with a
+//! SCRAM-SHA-256 password that `pg_hba.conf` admits only over TLS (`hostssl
+//! ... scram-sha-256`, for replication too; plain TCP is rejected). The
+//! superuser keeps trust over plain TCP, for the tests' own connections.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,8 +19,21 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::process::Command;
 
+use super::tls::TestCa;
 use super::wait::{wait_until, Check};
 use super::{free_port, log_tail, run, run_unchecked, tools};
+
+/// The role a TLS cluster admits only over TLS with a SCRAM password.
+pub const TLS_ROLE: &str = "pg2dns";
+/// Its password.
+pub const TLS_PASSWORD: &str = "scram-only-secret";
+
+/// How a cluster differs from the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PgOptions {
+    /// `ssl = on` and the [`TLS_ROLE`] role, admitted only over TLS.
+    pub tls: bool,
+}
 
 /// A running PostgreSQL cluster; stopped (`-m immediate`) on drop.
 #[derive(Debug)]
@@ -22,12 +41,18 @@ pub struct Postgres {
     data: PathBuf,
     log: PathBuf,
     port: u16,
+    ca: Option<TestCa>,
 }
 
 impl Postgres {
     /// Creates and starts a cluster in `dir/pg` and waits until
     /// `pg_isready` says it accepts connections.
     pub async fn start(dir: &Path) -> Result<Postgres> {
+        Postgres::start_with(dir, PgOptions::default()).await
+    }
+
+    /// [`Postgres::start`] with options.
+    pub async fn start_with(dir: &Path, options: PgOptions) -> Result<Postgres> {
         let tools = tools()?;
         let home = dir.join("pg");
         std::fs::create_dir_all(&home)?;
@@ -45,10 +70,11 @@ impl Postgres {
                 );
             }
         }
-        let pg = Postgres {
+        let mut pg = Postgres {
             data: home.join("data"),
             log: home.join("postgres.log"),
             port: free_port()?,
+            ca: None,
         };
         run(
             pg.command("initdb").arg("-D").arg(&pg.data).args([
@@ -82,15 +108,75 @@ impl Postgres {
         let conf = pg.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).context("reading postgresql.conf")?;
         text.push_str(&settings);
+        if options.tls {
+            let ca = TestCa::generate(&home.join("tls")).await?;
+            if tools.root {
+                let status = std::process::Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(home.join("tls"))
+                    .status()
+                    .context("running chown")?;
+                anyhow::ensure!(status.success(), "chown of the TLS files failed");
+            }
+            super::set_mode(&ca.server_key, 0o600)?;
+            text.push_str(&format!(
+                "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\npassword_encryption = 'scram-sha-256'\n",
+                ca.server_cert.display(),
+                ca.server_key.display()
+            ));
+            // First match wins: the role only over TLS with its password,
+            // everyone else as initdb set it up.
+            let hba = pg.data.join("pg_hba.conf");
+            let rest = std::fs::read_to_string(&hba).context("reading pg_hba.conf")?;
+            std::fs::write(
+                &hba,
+                format!(
+                    "hostssl all {TLS_ROLE} 127.0.0.1/32 scram-sha-256\n\
+                     hostssl replication {TLS_ROLE} 127.0.0.1/32 scram-sha-256\n\
+                     host all {TLS_ROLE} 0.0.0.0/0 reject\n\
+                     host replication {TLS_ROLE} 0.0.0.0/0 reject\n\
+                     {rest}"
+                ),
+            )
+            .context("writing pg_hba.conf")?;
+            pg.ca = Some(ca);
+        }
         std::fs::write(&conf, text).context("writing postgresql.conf")?;
         pg.pg_ctl(&["-W", "start"]).await?;
         pg.wait_ready().await?;
+        if options.tls {
+            // The role creates pg2dns's schema, tables, publication and slot
+            // itself (`pg2dns setup`), as README's least-privilege set-up does.
+            pg.connect()
+                .await?
+                .batch_execute(&format!(
+                    "CREATE ROLE {TLS_ROLE} LOGIN REPLICATION PASSWORD '{TLS_PASSWORD}';\
+                     GRANT CREATE ON DATABASE postgres TO {TLS_ROLE};"
+                ))
+                .await
+                .context("creating the TLS role")?;
+        }
         Ok(pg)
     }
 
     /// A connection URL for the superuser `postgres`, database `postgres`.
     pub fn url(&self) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The test CA, for a cluster started with [`PgOptions::tls`].
+    pub fn ca(&self) -> Option<&TestCa> {
+        self.ca.as_ref()
+    }
+
+    /// A URL for [`TLS_ROLE`] with `password`, over TLS with `sslmode` and
+    /// the CA file `root_cert`, to host `host` (`localhost` or `127.0.0.1`).
+    pub fn tls_url(&self, host: &str, password: &str, sslmode: &str, root_cert: &Path) -> String {
+        format!(
+            "postgresql://{TLS_ROLE}:{password}@{host}:{}/postgres?sslmode={sslmode}&sslrootcert={}",
+            self.port,
+            root_cert.display()
+        )
     }
 
     /// A new SQL connection (its connection task runs on the current runtime).

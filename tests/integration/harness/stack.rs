@@ -23,9 +23,10 @@ use pg2dns_decoder::{pgoutput, Lsn};
 
 use super::bind::write_key_file;
 use super::dns::{Primary, Server, KEY_NAME};
+use super::postgres::TLS_PASSWORD;
 use super::records::{canonical_name, zone_of, Record};
 use super::wait::{wait_until, Check};
-use super::{pg2dns, Pg2dns, Postgres, TempDir};
+use super::{pg2dns, Pg2dns, PgOptions, Postgres, TempDir};
 
 /// The forward zone every stack serves.
 pub const FORWARD: &str = "example.test.";
@@ -84,6 +85,7 @@ pub struct Stack {
     servers: Vec<(Primary, Server)>,
     zones: Vec<(String, Primary)>,
     config: PathBuf,
+    database_url: Mutex<String>,
     runs: Runs,
     dir: TempDir,
 }
@@ -101,6 +103,20 @@ impl Stack {
     pub async fn start_split(label: &str, zones: &[(&str, Primary)]) -> Result<Stack> {
         let dir = TempDir::new(label)?;
         let pg = Postgres::start(dir.path()).await?;
+        Stack::start_on(pg, dir, zones).await
+    }
+
+    /// [`Stack::start`] on a cluster with TLS and a SCRAM role
+    /// ([`PgOptions::tls`]); pg2dns connects as that role with
+    /// `sslmode=verify-full` and the right CA, also for `pg2dns setup`.
+    pub async fn start_tls(label: &str, primary: Primary) -> Result<Stack> {
+        let label = format!("{label}-{}", primary.label());
+        let dir = TempDir::new(&label)?;
+        let pg = Postgres::start_with(dir.path(), PgOptions { tls: true }).await?;
+        Stack::start_on(pg, dir, &[(FORWARD, primary), (REVERSE, primary)]).await
+    }
+
+    async fn start_on(pg: Postgres, dir: TempDir, zones: &[(&str, Primary)]) -> Result<Stack> {
         let mut servers = Vec::new();
         for primary in [Primary::Bind, Primary::Knot] {
             let on: Vec<&str> = zones
@@ -113,12 +129,17 @@ impl Stack {
             }
         }
         let db = pg.connect().await?;
+        let database_url = Mutex::new(match pg.ca() {
+            Some(ca) => pg.tls_url("localhost", TLS_PASSWORD, "verify-full", &ca.ca_cert),
+            None => pg.url(),
+        });
         let stack = Stack {
             db,
             pg,
             servers,
             zones: zones.iter().map(|(z, p)| (canonical_name(z), *p)).collect(),
             config: dir.path().join("pg2dns.toml"),
+            database_url,
             runs: Runs::new(dir.path()),
             dir,
         };
@@ -179,7 +200,7 @@ impl Stack {
              url = \"{}\"\n\
              slot = \"{SLOT}\"\n\
              publication = \"{SLOT}\"\n",
-            self.pg.url()
+            self.database_url.lock().unwrap()
         );
         for (zone, primary) in &self.zones {
             let server = self.server(*primary)?;
@@ -197,7 +218,13 @@ impl Stack {
         std::fs::write(&self.config, text).context("writing the pg2dns config")
     }
 
-    /// Appends TOML to the config, e.g. a `[limits]` table.
+    /// Sets `[database] url` and rewrites the config (other edits made
+    /// with [`Stack::append_config`] or [`Stack::set_zone_option`] are lost).
+    pub fn set_database_url(&self, url: &str) -> Result<()> {
+        *self.database_url.lock().unwrap() = url.to_owned();
+        self.write_config(&[])
+    }
+
     /// Adds a `key = value` line to one zone's table of the pg2dns config.
     pub fn set_zone_option(&self, zone: &str, line: &str) -> Result<()> {
         let text = std::fs::read_to_string(&self.config).context("reading the pg2dns config")?;

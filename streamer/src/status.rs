@@ -1,0 +1,346 @@
+//! What the running service says about its zones and its lag, for
+//! `pg2dns status`, the `pg2dns.status` view and the metrics.
+//!
+//! The pipeline only stores numbers in [`Live`] (atomics, and a lock taken
+//! once per checkpoint): no I/O on the per-transaction path. A background
+//! task ([`publish`]) reads them about once a second, asks each zone's
+//! primary for its SOA serial after new acknowledgements (an UPDATE's answer
+//! does not carry it), updates the metrics and upserts `pg2dns.stream_status`
+//! and `pg2dns.zone_status` when something changed.
+//!
+//! Lag in seconds is the age of the oldest transaction received but not yet
+//! acknowledged by every zone (0 when all is in DNS), from pgoutput's commit
+//! timestamps. Both clocks it reads are the server's: the view computes
+//! `now() - oldest_unacked_commit` in PostgreSQL, and the metric adds the
+//! local time elapsed since receipt to how old the transaction already was
+//! by the server's send timestamp, so a skew between hosts does not show.
+//! `pg_stat_replication.replay_lag` is not used: it exists only while the
+//! replication connection is up, goes NULL when idle, and measures when
+//! confirmations reached the server, not when DNS acknowledged.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pg2dns_decoder::{Lsn, ZoneName};
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::dns::Connection;
+use crate::metrics;
+
+/// How often the status is published (at most).
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// One zone's live numbers.
+#[derive(Debug)]
+pub struct ZoneLive {
+    name: ZoneName,
+    primary: SocketAddr,
+    dispatched: AtomicU64,
+    acked: AtomicU64,
+    /// Unix microseconds of the last acknowledgement (0: none yet).
+    acked_at: AtomicI64,
+}
+
+/// The oldest transaction received and not yet acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Its commit time, microseconds since 2000-01-01 (server clock).
+    commit_micros: i64,
+    /// How old it was by the server's clock when the server sent it.
+    age_at_receipt: Duration,
+    /// When it was received (local monotonic clock).
+    received: Instant,
+}
+
+/// What the pipeline records for the status; shared with [`publish`].
+#[derive(Debug)]
+pub struct Live {
+    zones: Vec<ZoneLive>,
+    received_lsn: AtomicU64,
+    last_commit_micros: AtomicI64,
+    last_server_micros: AtomicI64,
+    pending: Mutex<Option<Pending>>,
+}
+
+impl Live {
+    /// Fresh numbers for `config`'s zones (in configuration order).
+    pub fn new(config: &Config) -> Arc<Live> {
+        Arc::new(Live {
+            zones: config
+                .zones
+                .iter()
+                .map(|z| ZoneLive {
+                    name: z.name.clone(),
+                    primary: z.primary,
+                    dispatched: AtomicU64::new(0),
+                    acked: AtomicU64::new(0),
+                    acked_at: AtomicI64::new(0),
+                })
+                .collect(),
+            received_lsn: AtomicU64::new(0),
+            last_commit_micros: AtomicI64::new(0),
+            last_server_micros: AtomicI64::new(0),
+            pending: Mutex::new(None),
+        })
+    }
+
+    /// Zone `zone` has been handed `count` transactions in this session.
+    pub fn dispatched(&self, zone: usize, count: u64) {
+        if let Some(z) = self.zones.get(zone) {
+            z.dispatched.store(count, Ordering::Relaxed);
+        }
+    }
+
+    /// Zone `zone` acknowledged everything up to dispatch `upto`.
+    pub fn acked(&self, zone: usize, upto: u64) {
+        if let Some(z) = self.zones.get(zone) {
+            if z.acked.fetch_max(upto, Ordering::Relaxed) < upto {
+                z.acked_at
+                    .store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A Commit arrived (whether or not the transaction is applied).
+    pub fn commit_received(&self, end_lsn: Lsn, commit_micros: i64, server_micros: i64) {
+        self.received_lsn
+            .fetch_max(end_lsn.raw(), Ordering::Relaxed);
+        self.last_commit_micros
+            .store(commit_micros, Ordering::Relaxed);
+        self.last_server_micros
+            .store(server_micros, Ordering::Relaxed);
+    }
+
+    /// The transaction whose Commit arrived last is the oldest one not yet
+    /// acknowledged (nothing was pending before it).
+    pub fn pending_starts(&self) {
+        let commit_micros = self.last_commit_micros.load(Ordering::Relaxed);
+        let server_micros = self.last_server_micros.load(Ordering::Relaxed);
+        let age = u64::try_from(server_micros - commit_micros).unwrap_or(0);
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Pending {
+            commit_micros,
+            age_at_receipt: Duration::from_micros(age),
+            received: Instant::now(),
+        });
+    }
+
+    /// Everything received was acknowledged and checkpointed.
+    pub fn all_acknowledged(&self) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn pending(&self) -> Option<Pending> {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn unix_micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A zone's published state.
+#[derive(Debug, Clone, PartialEq)]
+struct ZoneRow {
+    in_flight: i64,
+    acked_at_micros: i64,
+    soa_serial: Option<u32>,
+    soa_at_micros: i64,
+}
+
+/// Asks `server` for `zone`'s SOA serial over TCP (unsigned: an SOA query
+/// needs no key), waiting at most `timeout`.
+pub async fn soa_serial(
+    zone: &ZoneName,
+    server: SocketAddr,
+    timeout: Duration,
+) -> Result<u32, String> {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RData;
+    let id = crate::dns::axfr::fresh_id();
+    let mut query = Vec::with_capacity(32);
+    query.extend_from_slice(&id.to_be_bytes());
+    query.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    query.extend_from_slice(zone.name().as_wire());
+    query.extend_from_slice(&6u16.to_be_bytes()); // SOA
+    query.extend_from_slice(&1u16.to_be_bytes()); // IN
+    let ask = async {
+        let mut conn = Connection::connect(server)
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.send(&query).await.map_err(|e| e.to_string())?;
+        let frame = conn
+            .recv()
+            .await
+            .ok_or("the server closed the connection")?
+            .map_err(|e| e.to_string())?;
+        let answer = Message::from_vec(&frame).map_err(|e| e.to_string())?;
+        if answer.id != id {
+            return Err("an answer to another query".to_string());
+        }
+        answer
+            .answers
+            .iter()
+            .find_map(|rr| match &rr.data {
+                RData::SOA(soa) => Some(soa.serial),
+                _ => None,
+            })
+            .ok_or_else(|| "no SOA in the answer".to_string())
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// Publishes `live` for `config`'s slot until aborted: metrics every
+/// [`PUBLISH_EVERY`], SOA queries after new acknowledgements (at most once
+/// per zone and period), and the status rows when they changed.
+pub async fn publish(live: Arc<Live>, config: Config) {
+    let slot = config.database.slot.clone();
+    let m = metrics::get();
+    let mut db: Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> = None;
+    let mut asked_at_ack: Vec<u64> = vec![0; live.zones.len()];
+    let mut rows: Vec<ZoneRow> = vec![
+        ZoneRow {
+            in_flight: 0,
+            acked_at_micros: 0,
+            soa_serial: None,
+            soa_at_micros: 0,
+        };
+        live.zones.len()
+    ];
+    let mut published: Option<(Vec<ZoneRow>, u64, Option<i64>)> = None;
+    let mut warned = false;
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (i, z) in live.zones.iter().enumerate() {
+            let label = metrics::ZoneLabel {
+                zone: z.name.to_string(),
+            };
+            let acked = z.acked.load(Ordering::Relaxed);
+            let in_flight = z.dispatched.load(Ordering::Relaxed).saturating_sub(acked);
+            rows[i].in_flight = i64::try_from(in_flight).unwrap_or(i64::MAX);
+            rows[i].acked_at_micros = z.acked_at.load(Ordering::Relaxed);
+            m.zone_in_flight
+                .get_or_create(&label)
+                .set(rows[i].in_flight);
+            if acked > asked_at_ack[i] {
+                match soa_serial(&z.name, z.primary, Duration::from_secs(2)).await {
+                    Ok(serial) => {
+                        asked_at_ack[i] = acked;
+                        rows[i].soa_serial = Some(serial);
+                        rows[i].soa_at_micros = unix_micros(SystemTime::now());
+                        m.zone_soa_serial
+                            .get_or_create(&label)
+                            .set(i64::from(serial));
+                    }
+                    Err(e) => {
+                        debug!(zone = %z.name, primary = %z.primary, error = %e, "SOA query failed; asking again later")
+                    }
+                }
+            }
+        }
+        let pending = live.pending();
+        let lag = pending.map_or(Duration::ZERO, |p| p.age_at_receipt + p.received.elapsed());
+        m.lag_seconds.set(lag.as_secs_f64());
+        // The newest of the last Commit and the last keepalive's WAL end.
+        let received = live
+            .received_lsn
+            .load(Ordering::Relaxed)
+            .max(u64::try_from(m.server_lsn.get()).unwrap_or(0));
+        let state = (rows.clone(), received, pending.map(|p| p.commit_micros));
+        if published.as_ref() == Some(&state) {
+            continue;
+        }
+        if db.is_none() {
+            match crate::pgconn::connect(&config.database, "pg2dns status").await {
+                Ok(c) => db = Some(c),
+                Err(e) => {
+                    if !warned {
+                        warn!(error = %crate::error::chain(&e), "cannot publish the status to PostgreSQL; trying again");
+                        warned = true;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some((client, _)) = &db else { continue };
+        match write(client, &slot, &live, &state).await {
+            Ok(()) => {
+                published = Some(state);
+                warned = false;
+            }
+            Err(e) => {
+                if !warned {
+                    warn!(error = %e, "cannot publish the status to PostgreSQL; trying again");
+                    warned = true;
+                }
+                if let Some((_, task)) = db.take() {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+async fn write(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    live: &Live,
+    (rows, received, oldest): &(Vec<ZoneRow>, u64, Option<i64>),
+) -> Result<(), tokio_postgres::Error> {
+    let seconds = |micros: i64| (micros != 0).then(|| micros as f64 / 1e6);
+    let zones: Vec<String> = live.zones.iter().map(|z| z.name.to_string()).collect();
+    let primaries: Vec<String> = live.zones.iter().map(|z| z.primary.to_string()).collect();
+    let in_flight: Vec<i64> = rows.iter().map(|r| r.in_flight).collect();
+    let acked_at: Vec<Option<f64>> = rows.iter().map(|r| seconds(r.acked_at_micros)).collect();
+    let serial: Vec<Option<i64>> = rows.iter().map(|r| r.soa_serial.map(i64::from)).collect();
+    let soa_at: Vec<Option<f64>> = rows.iter().map(|r| seconds(r.soa_at_micros)).collect();
+    let received = (*received != 0).then(|| Lsn::new(*received).to_string());
+    let oldest = oldest.map(|c| (c + PG_EPOCH_MICROS) as f64 / 1e6);
+    // Zones no longer configured are no longer reported.
+    client
+        .execute(
+            "DELETE FROM pg2dns.zone_status WHERE slot = $1 AND zone <> ALL($2::text[])",
+            &[&slot, &zones],
+        )
+        .await?;
+    client
+        .execute(
+            "INSERT INTO pg2dns.stream_status AS s (slot, received_lsn, oldest_unacked_commit, updated)
+             VALUES ($1, $2::text::pg_lsn, to_timestamp($3), now())
+             ON CONFLICT (slot) DO UPDATE SET
+                 received_lsn = coalesce(EXCLUDED.received_lsn, s.received_lsn),
+                 oldest_unacked_commit = EXCLUDED.oldest_unacked_commit,
+                 updated = now()",
+            &[&slot, &received, &oldest],
+        )
+        .await?;
+    client
+        .execute(
+            "INSERT INTO pg2dns.zone_status AS z
+                 (slot, zone, primary_addr, in_flight, acked_at, soa_serial, soa_at, updated)
+             SELECT $1, zone, primary_addr, in_flight, to_timestamp(acked_at), soa_serial, to_timestamp(soa_at), now()
+               FROM unnest($2::text[], $3::text[], $4::int8[], $5::float8[], $6::int8[], $7::float8[])
+                    AS u(zone, primary_addr, in_flight, acked_at, soa_serial, soa_at)
+             ON CONFLICT (slot, zone) DO UPDATE SET
+                 primary_addr = EXCLUDED.primary_addr,
+                 in_flight = EXCLUDED.in_flight,
+                 acked_at = coalesce(EXCLUDED.acked_at, z.acked_at),
+                 soa_serial = coalesce(EXCLUDED.soa_serial, z.soa_serial),
+                 soa_at = coalesce(EXCLUDED.soa_at, z.soa_at),
+                 updated = now()",
+            &[&slot, &zones, &primaries, &in_flight, &acked_at, &serial, &soa_at],
+        )
+        .await?;
+    Ok(())
+}
