@@ -498,6 +498,8 @@ async fn session(
         });
     }
     check_zone_set(&store, config).await?;
+    let mut store = store;
+    store.track_presence().await?;
     let mut replication = PgReplication::connect(&config.database, progress).await?;
     // Only the instance that holds the slot speaks for it (a standby fails
     // above, with the slot busy).
@@ -936,6 +938,10 @@ impl Pipeline<'_> {
             );
         }
         let outcome = planner.finish();
+        // 4. Dispatch first: the UPDATEs need only what was read, and a
+        //    crash before the state write replays the same operations.
+        let t_plan = started.elapsed();
+        self.lanes.send_outbox().await?;
         for r in &outcome.rejections {
             self.log_rejection(r);
         }
@@ -963,10 +969,6 @@ impl Pipeline<'_> {
                 "row published although the zone's check_names would refuse it (check_names = \"warn\")"
             );
         }
-        // 4. Dispatch first: the UPDATEs need only what was read, and a
-        //    crash before the state write replays the same operations.
-        let t_plan = started.elapsed();
-        self.lanes.send_outbox().await?;
         // 5. Write the new state (uncommitted until the checkpoint).
         self.store.write(&sources, &self.zones, &outcome).await?;
         let ms = |d: Duration| d.as_millis() as u64;
