@@ -211,8 +211,12 @@ impl Store {
         // planner's statistics do not count the rows written so far, so a
         // large transaction would otherwise turn the lookups into sequential
         // scans of everything it wrote: quadratic.
+        // The statements are prepared once (see `prepared`) and planned once:
+        // a custom plan per execution was most of the server's work for a
+        // lone live transaction, and the generic plan is the same index
+        // lookup.
         client
-            .batch_execute("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off")
+            .batch_execute("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off; SET plan_cache_mode = force_generic_plan")
             .await
             .map_err(sql("cannot set the session's planner options"))?;
         let maybe_waiting = match client
