@@ -28,6 +28,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -498,7 +499,9 @@ def drain_w1(args, kind, window=None, server="bind", txns=None):
     return run_trial(args, label, kind, body, window, server)
 
 
-def latency(args, kind, window=None):
+def latency(args, kind, window=None, load=None):
+    """Live latency; with `load`, while a second client commits `load`
+    one-row transactions as fast as it can (two pgbench connections)."""
     rate, secs = args.lat_rate, args.lat_secs
 
     def body(t):
@@ -509,6 +512,10 @@ def latency(args, kind, window=None):
         t.workload.append(f"{total} single-row INSERTs at {rate}/s over one connection (bench/pgwire.py); "
                           "each owner polled over UDP until it answers")
         lat, pending, i, by_commit = [], [], 0, []
+        background = None
+        if load:
+            background = threading.Thread(target=t.pgbench, args=(insert_script(p.table, "bg"), load, 2))
+            background.start()
         t0 = time.time()
         next_due = t0
         deadline = t0 + secs + 10
@@ -534,7 +541,10 @@ def latency(args, kind, window=None):
             # in proportion to the latency being measured.
             time.sleep(max(0.0, min(next_due - time.time(), 0.001 if pending else 0.005)))
         t_last = t0 + secs
-        res = measure(t, t0, t_last, t.sentinel(), total)
+        if background:
+            background.join()
+            t_last = time.time()
+        res = measure(t, t0, t_last, t.sentinel(), total + (load or 0))
         lat.sort()
         ms = [x * 1000 for x in lat]
 
@@ -547,7 +557,8 @@ def latency(args, kind, window=None):
                     "latencies_ms_in_commit_order": [round(x * 1000, 2) for x in by_commit]})
         return res
 
-    return run_trial(args, f"latency-{kind}" + (f"-w{window}" if window else ""), kind, body, window)
+    label = "latency_load" if load else "latency"
+    return run_trial(args, f"{label}-{kind}" + (f"-w{window}" if window else ""), kind, body, window)
 
 
 def blast(args, label, n, server="bind", per_message=None):
@@ -601,7 +612,7 @@ def big(args, window=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="*", default=["all"],
-                    help="w1 w2 w3 drain (= drain_w1 + drain_w3) latency big ingest windows knot all")
+                    help="w1 w2 w3 drain (= drain_w1 + drain_w3) latency latency_load big ingest windows knot all")
     ap.add_argument("--pg2dns", default=os.path.join(REPO, "target/release/pg2dns"))
     ap.add_argument("--blast", default=os.path.join(REPO, "target/release/examples/blast"))
     ap.add_argument("--outdir")
@@ -617,6 +628,8 @@ def main():
     ap.add_argument("--drain-w3-txns", type=int, default=20000)
     ap.add_argument("--lat-rate", type=int, default=20)
     ap.add_argument("--lat-secs", type=int, default=30)
+    ap.add_argument("--load-txns", type=int, default=100000,
+                    help="latency_load: one-row transactions committed by a second client meanwhile")
     ap.add_argument("--big-rows", type=int, default=1000000)
     ap.add_argument("--knot-txns", type=int, default=1000)
     args = ap.parse_args()
@@ -648,6 +661,8 @@ def main():
         results += [w3(args, k, drain=True) for k in sides]
     if "latency" in what:
         results += [latency(args, k) for k in sides]
+    if "latency_load" in what:
+        results += [latency(args, k, load=args.load_txns) for k in sides]
     if "big" in what and "pg2dns" in sides:
         results.append(big(args))
     if "knot" in what:

@@ -56,6 +56,11 @@ const BACKLOG_MICROS: i64 = 20_000;
 /// While working through a backlog, how long a pause in the stream flushes
 /// the batch (never used for a live stream, where a commit goes out at once).
 const BACKLOG_PAUSE: Duration = Duration::from_millis(2);
+/// How long an acknowledged transaction waits for others to share its
+/// checkpoint. Each checkpoint is a COMMIT, a WAL flush on the server and
+/// most of the server's work for a lone one-row transaction; the DNS
+/// already has the change, so only the slot's confirmation waits.
+const CHECKPOINT_GROUP: Duration = Duration::from_millis(100);
 /// Longest time between checkpoints while transactions keep arriving.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// How long a checkpoint waits for the last acknowledgements before the
@@ -511,6 +516,8 @@ async fn session(
         });
     }
     check_zone_set(&store, config).await?;
+    let mut store = store;
+    store.track_presence().await?;
     let mut replication = PgReplication::connect(&config.database, progress).await?;
     // Only the instance that holds the slot speaks for it (a standby fails
     // above, with the slot busy).
@@ -603,6 +610,8 @@ impl Pipeline<'_> {
         reload: &mut Option<watch::Receiver<u64>>,
     ) -> Result<SessionEnd, RunError> {
         loop {
+            let group_due = self.group_due();
+            let group_waiting = self.at_boundary() && self.lanes.all_acked();
             let frame = tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -618,10 +627,14 @@ impl Pipeline<'_> {
                     self.lanes.on_report(report)?;
                     self.reject_refused().await?;
                     // The last acknowledgement of an idle stream completes
-                    // the pending checkpoint.
-                    if self.at_boundary() && self.lanes.all_acked() {
+                    // the pending checkpoint, once its group time is over.
+                    if self.checkpoint_ready() {
                         self.checkpoint(replication, Duration::ZERO).await?;
                     }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(group_due), if group_waiting => {
+                    self.checkpoint(replication, Duration::ZERO).await?;
                     continue;
                 }
                 frame = replication.recv() => frame?,
@@ -692,8 +705,9 @@ impl Pipeline<'_> {
         self.maybe_checkpoint(replication).await
     }
 
-    /// At a transaction boundary: commits at once when everything is
-    /// acknowledged; otherwise leaves it to the last acknowledgement (see
+    /// At a transaction boundary: commits when everything is acknowledged
+    /// and the oldest transaction waited [`CHECKPOINT_GROUP`]; otherwise
+    /// leaves it to the last acknowledgement or the group timer (see
     /// `stream`), except that while transactions keep coming a checkpoint is
     /// forced every [`CHECKPOINT_EVERY`], waiting at most [`BARRIER_WAIT`].
     /// Never waiting on the way of a live transaction keeps a slow answer
@@ -702,13 +716,26 @@ impl Pipeline<'_> {
         if !self.at_boundary() {
             return Ok(());
         }
-        if self.lanes.all_acked() {
+        if self.checkpoint_ready() {
             self.checkpoint(replication, Duration::ZERO).await
         } else if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint(replication, BARRIER_WAIT).await
         } else {
             Ok(())
         }
+    }
+
+    /// Everything acknowledged at a boundary, and the oldest transaction
+    /// waited its group time.
+    fn checkpoint_ready(&self) -> bool {
+        self.at_boundary()
+            && self.lanes.all_acked()
+            && self.last_checkpoint.elapsed() >= CHECKPOINT_GROUP
+    }
+
+    /// When the pending checkpoint's group time is over.
+    fn group_due(&self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.last_checkpoint + CHECKPOINT_GROUP)
     }
 
     /// Between transactions, with everything flushed and something to checkpoint.
@@ -979,6 +1006,10 @@ impl Pipeline<'_> {
             );
         }
         let outcome = planner.finish();
+        // 4. Dispatch first: the UPDATEs need only what was read, and a
+        //    crash before the state write replays the same operations.
+        let t_plan = started.elapsed();
+        self.lanes.send_outbox().await?;
         for r in &outcome.rejections {
             self.log_rejection(r);
         }
@@ -1006,10 +1037,6 @@ impl Pipeline<'_> {
                 "row published although the zone's check_names would refuse it (check_names = \"warn\")"
             );
         }
-        // 4. Dispatch first: the UPDATEs need only what was read, and a
-        //    crash before the state write replays the same operations.
-        let t_plan = started.elapsed();
-        self.lanes.send_outbox().await?;
         // 5. Write the new state (uncommitted until the checkpoint).
         self.store.write(&sources, &self.zones, &outcome).await?;
         self.store.write_zone_refs(&ref_edits).await?;

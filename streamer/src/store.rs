@@ -19,14 +19,16 @@
 //! Every row of `pg2dns.row_state`, `pg2dns.progress` and `pg2dns.rejected`
 //! belongs to one instance, named by its slot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 
 use pg2dns_decoder::mapping::{Desired, RowKey};
 use pg2dns_decoder::plan::{
     Loaded, NodeEntry, NodeKey, Outcome, Rejection, RowRef, SourceId, Waiting,
 };
 use pg2dns_decoder::{Lsn, Name, Owner, RType, Rdata, Record, ZoneName, Zones};
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
 
 use crate::config::DatabaseConfig;
 
@@ -151,6 +153,54 @@ pub struct Store {
     /// Whether `pg2dns.waiting` may hold rows of this slot: almost never,
     /// so the lookups it needs are skipped while it holds none.
     maybe_waiting: bool,
+    /// The state statements, prepared once per connection: a statement
+    /// sent as text is parsed, described and planned again every time,
+    /// which costs a round trip and most of the backend's work.
+    statements: HashMap<&'static str, Statement>,
+    /// What the row state may hold, when tracked (see [`Presence`]).
+    presence: Option<Presence>,
+}
+
+/// Which rows and owners the row state of this slot may hold, as 64-bit
+/// hashes, kept by the one session that writes it. A batch whose rows and
+/// owners are all absent (a new name, the usual live change) needs no read
+/// before its UPDATE goes out. A hash is only ever added, never removed:
+/// a collision or a deleted row costs one read, never a wrong plan.
+#[derive(Debug, Default)]
+struct Presence {
+    rows: HashSet<u64>,
+    nodes: HashSet<u64>,
+}
+
+/// The most records whose keys a session keeps in memory (about 50 bytes
+/// each); beyond, every batch reads the state.
+const PRESENCE_MAX_RECORDS: usize = 4_000_000;
+
+fn row_hash(source: &str, key: &str) -> u64 {
+    // SipHash with fixed keys: stable within the process, which is all
+    // this needs.
+    let mut h = std::hash::DefaultHasher::new();
+    (source, key).hash(&mut h);
+    h.finish()
+}
+
+fn node_hash(zone: &str, owner: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (zone, owner).hash(&mut h);
+    h.finish()
+}
+
+impl Presence {
+    /// Whether any of `rows` or `owners` may have state.
+    fn any(&self, sources: &[&str], rows: &[RowRef], owners: &[NodeKey], zones: &Zones) -> bool {
+        rows.iter().any(|(s, k)| {
+            self.rows
+                .contains(&row_hash(source_name(sources, *s), &k.0))
+        }) || owners.iter().any(|(z, o)| {
+            self.nodes
+                .contains(&node_hash(&zones.name(*z).to_string(), o.name().as_wire()))
+        })
+    }
 }
 
 impl Drop for Store {
@@ -177,8 +227,12 @@ impl Store {
         // planner's statistics do not count the rows written so far, so a
         // large transaction would otherwise turn the lookups into sequential
         // scans of everything it wrote: quadratic.
+        // The statements are prepared once (see `prepared`) and planned once:
+        // a custom plan per execution was most of the server's work for a
+        // lone live transaction, and the generic plan is the same index
+        // lookup.
         client
-            .batch_execute("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off")
+            .batch_execute("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off; SET plan_cache_mode = force_generic_plan")
             .await
             .map_err(sql("cannot set the session's planner options"))?;
         let maybe_waiting = match client
@@ -198,6 +252,8 @@ impl Store {
             slot: db.slot.clone(),
             in_transaction: false,
             maybe_waiting,
+            statements: HashMap::new(),
+            presence: None,
         })
     }
 
@@ -313,6 +369,106 @@ impl Store {
         Ok(())
     }
 
+    /// The prepared statement for `text`, prepared on first use.
+    async fn prepared(&mut self, text: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.get(text) {
+            return Ok(s.clone());
+        }
+        let s = self
+            .client
+            .prepare(text)
+            .await
+            .map_err(sql("cannot prepare a pg2dns state statement"))?;
+        self.statements.insert(text, s.clone());
+        Ok(s)
+    }
+
+    /// Runs a prepared query in the checkpoint transaction, sending the
+    /// BEGIN that opens it in the same round trip (requests are pipelined).
+    async fn txn_query(
+        &mut self,
+        text: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &'static str,
+    ) -> Result<Vec<Row>, StoreError> {
+        let statement = self.prepared(text).await?;
+        if self.in_transaction {
+            return self
+                .client
+                .query(&statement, params)
+                .await
+                .map_err(sql(what));
+        }
+        let (begun, rows) = tokio::join!(
+            self.client.batch_execute("BEGIN"),
+            self.client.query(&statement, params)
+        );
+        begun.map_err(sql("cannot begin the checkpoint transaction"))?;
+        self.in_transaction = true;
+        rows.map_err(sql(what))
+    }
+
+    /// [`Store::txn_query`] for a statement that returns no rows.
+    async fn txn_execute(
+        &mut self,
+        text: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &'static str,
+    ) -> Result<u64, StoreError> {
+        let statement = self.prepared(text).await?;
+        if self.in_transaction {
+            return self
+                .client
+                .execute(&statement, params)
+                .await
+                .map_err(sql(what));
+        }
+        let (begun, n) = tokio::join!(
+            self.client.batch_execute("BEGIN"),
+            self.client.execute(&statement, params)
+        );
+        begun.map_err(sql("cannot begin the checkpoint transaction"))?;
+        self.in_transaction = true;
+        n.map_err(sql(what))
+    }
+
+    /// Reads the keys the row state of this slot holds, so that batches of
+    /// new rows at new owners skip the read (see [`Presence`]). Call once,
+    /// before the session writes anything; without it every batch reads.
+    pub async fn track_presence(&mut self) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
+        let slot: &(dyn ToSql + Sync) = &self.slot;
+        let rows = self
+            .client
+            .query_raw(
+                "SELECT source, row_key, zone, owner FROM pg2dns.row_state WHERE slot = $1",
+                [slot],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.row_state"))?;
+        futures_util::pin_mut!(rows);
+        let mut presence = Presence::default();
+        let mut records = 0usize;
+        while let Some(r) = rows
+            .try_next()
+            .await
+            .map_err(sql("cannot read pg2dns.row_state"))?
+        {
+            records += 1;
+            if records > PRESENCE_MAX_RECORDS {
+                tracing::info!(
+                    records = PRESENCE_MAX_RECORDS,
+                    "the row state is too large to keep its keys in memory: every batch reads it"
+                );
+                return Ok(());
+            }
+            presence.rows.insert(row_hash(r.get(0), r.get(1)));
+            presence.nodes.insert(node_hash(r.get(2), r.get(3)));
+        }
+        self.presence = Some(presence);
+        Ok(())
+    }
+
     /// Reads, in one round trip, what a batch needs: the stored records of
     /// the given rows, and every contribution at every owner those rows had
     /// or `owners` names.
@@ -323,12 +479,18 @@ impl Store {
         owners: &[NodeKey],
         zones: &Zones,
     ) -> Result<(Loaded, Orphans), StoreError> {
-        self.begin().await?;
+        if self
+            .presence
+            .as_ref()
+            .is_some_and(|p| !p.any(sources, rows, owners, zones))
+        {
+            return Ok((Loaded::default(), Orphans::default()));
+        }
         let (row_sources, row_keys) = row_columns(sources, rows);
         let (owner_zones, owner_names) = node_columns(zones, owners);
+        let slot = self.slot.clone();
         let result = self
-            .client
-            .query(
+            .txn_query(
                 concat!(
                     "WITH old AS ( \
                    SELECT r.source, r.row_key, r.zone, r.owner, r.rtype, r.rdata, r.ttl \
@@ -349,16 +511,10 @@ impl Store {
                    SELECT * FROM pg2dns.row_state x \
                    WHERE x.slot = $1 AND x.zone = n.zone AND x.owner = n.owner OFFSET 0) r"
                 ),
-                &[
-                    &self.slot,
-                    &row_sources,
-                    &row_keys,
-                    &owner_zones,
-                    &owner_names,
-                ],
+                &[&slot, &row_sources, &row_keys, &owner_zones, &owner_names],
+                "cannot read pg2dns.row_state",
             )
-            .await
-            .map_err(sql("cannot read pg2dns.row_state"))?;
+            .await?;
         let mut loaded = Loaded::default();
         let mut orphans = Orphans::default();
         let mut zone_ids: HashMap<String, Option<pg2dns_decoder::ZoneId>> = HashMap::new();
@@ -481,7 +637,6 @@ impl Store {
         rows: &[(RowRef, Vec<Desired>)],
         replaced: &[RowRef],
     ) -> Result<(), StoreError> {
-        self.begin().await?;
         let source_of = |s: SourceId| source_name(sources, s);
         // Only rows that held records have any to delete.
         let (del_sources, del_keys) = row_columns(sources, replaced);
@@ -507,10 +662,16 @@ impl Store {
                 targets.push(pointed_at(&d.record));
             }
         }
+        if let Some(p) = &mut self.presence {
+            for i in 0..srcs.len() {
+                p.rows.insert(row_hash(srcs[i], keys[i]));
+                p.nodes.insert(node_hash(zone_texts[i], owners[i]));
+            }
+        }
+        let slot = self.slot.clone();
         // One statement: the DELETE in the WITH clause and the INSERT see the
         // same snapshot, so the DELETE removes exactly the old rows.
-        self.client
-            .execute(
+        self.txn_execute(
                 concat!("WITH old AS ( \
                    DELETE FROM pg2dns.row_state WHERE ctid = ANY(ARRAY( \
                      SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
@@ -519,10 +680,10 @@ impl Store {
                        WHERE ", by_row!(), " OFFSET 0) r))) \
                  INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
                  SELECT $1, * FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[], $8::int[], $9::bytea[], $10::int[], $11::bytea[])"),
-                &[&self.slot, &del_sources, &del_keys, &srcs, &keys, &zone_texts, &owners, &rtypes, &rdatas, &ttls, &targets],
+                &[&slot, &del_sources, &del_keys, &srcs, &keys, &zone_texts, &owners, &rtypes, &rdatas, &ttls, &targets],
+                "cannot update pg2dns.row_state",
             )
-            .await
-            .map_err(sql("cannot update pg2dns.row_state"))?;
+            .await?;
         Ok(())
     }
 
@@ -532,7 +693,6 @@ impl Store {
         zones: &Zones,
         rejections: &[Rejection],
     ) -> Result<(), StoreError> {
-        self.begin().await?;
         let src: Vec<&str> = rejections
             .iter()
             .map(|r| source_name(sources, r.source))
@@ -551,15 +711,15 @@ impl Store {
             .iter()
             .map(|r| pg2dns_decoder::error_chain(&r.reason))
             .collect();
-        self.client
-            .execute(
+        let slot = self.slot.clone();
+        self.txn_execute(
                 "INSERT INTO pg2dns.rejected (slot, source, row_key, lsn, zone, owner, reason) \
                  SELECT $1, s, k, l::pg_lsn, z, o, r FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
                  AS t(s, k, l, z, o, r)",
-                &[&self.slot, &src, &keys, &lsns, &zone_texts, &owners, &reasons],
+                &[&slot, &src, &keys, &lsns, &zone_texts, &owners, &reasons],
+                "cannot record rejected rows in pg2dns.rejected",
             )
-            .await
-            .map_err(sql("cannot record rejected rows in pg2dns.rejected"))?;
+            .await?;
         Ok(())
     }
 
@@ -570,23 +730,22 @@ impl Store {
         sources: &[&str],
         rows: &[RowRef],
     ) -> Result<(), StoreError> {
-        self.begin().await?;
         let (srcs, keys) = row_columns(sources, rows);
-        self.client
-            .execute(
-                concat!(
-                    "DELETE FROM pg2dns.waiting WHERE ctid = ANY(ARRAY( \
+        let slot = self.slot.clone();
+        self.txn_execute(
+            concat!(
+                "DELETE FROM pg2dns.waiting WHERE ctid = ANY(ARRAY( \
                    SELECT w.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
                    CROSS JOIN LATERAL ( \
                      SELECT ctid FROM pg2dns.waiting x \
                      WHERE ",
-                    by_row!(),
-                    " OFFSET 0) w))"
-                ),
-                &[&self.slot, &srcs, &keys],
-            )
-            .await
-            .map_err(sql("cannot update pg2dns.waiting"))?;
+                by_row!(),
+                " OFFSET 0) w))"
+            ),
+            &[&slot, &srcs, &keys],
+            "cannot update pg2dns.waiting",
+        )
+        .await?;
         Ok(())
     }
 
@@ -639,20 +798,19 @@ impl Store {
         if targets.is_empty() || !self.maybe_waiting {
             return Ok(Vec::new());
         }
-        self.begin().await?;
         let (zone_texts, names) = node_columns(zones, targets);
+        let slot = self.slot.clone();
         let rows = self
-            .client
-            .query(
+            .txn_query(
                 "SELECT w.source, w.row_key, w.lsn::text, w.zone, w.target, w.owner, w.rtype, w.rdata, w.ttl \
                  FROM unnest($2::text[], $3::bytea[]) AS k(zone, target) \
                  CROSS JOIN LATERAL ( \
                    SELECT * FROM pg2dns.waiting x \
                    WHERE x.slot = $1 AND x.zone = k.zone AND x.target = k.target OFFSET 0) w",
-                &[&self.slot, &zone_texts, &names],
+                &[&slot, &zone_texts, &names],
+                "cannot read pg2dns.waiting",
             )
-            .await
-            .map_err(sql("cannot read pg2dns.waiting"))?;
+            .await?;
         let mut out: Vec<Waiting> = Vec::new();
         for r in rows {
             let source: String = r.get(0);
@@ -816,21 +974,27 @@ impl Store {
     }
 
     /// Commits the open transaction with the new progress LSN.
+    ///
+    /// One round trip: the progress write and the COMMIT are pipelined (or,
+    /// with nothing else to commit, the write commits on its own).
     pub async fn commit(&mut self, lsn: Lsn) -> Result<(), StoreError> {
-        self.begin().await?;
-        self.client
-            .execute(
+        let statement = self
+            .prepared(
                 "INSERT INTO pg2dns.progress (slot, lsn, updated) VALUES ($1, $2::text::pg_lsn, now()) \
                  ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, updated = excluded.updated",
-                &[&self.slot, &lsn.to_string()],
             )
-            .await
-            .map_err(sql("cannot write pg2dns.progress"))?;
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(sql("cannot commit the checkpoint"))?;
+            .await?;
+        let lsn = lsn.to_string();
+        let params: [&(dyn ToSql + Sync); 2] = [&self.slot, &lsn];
+        let write = self.client.execute(&statement, &params);
+        if !self.in_transaction {
+            write.await.map_err(sql("cannot write pg2dns.progress"))?;
+            return Ok(());
+        }
+        let (written, committed) = tokio::join!(write, self.client.batch_execute("COMMIT"));
         self.in_transaction = false;
+        written.map_err(sql("cannot write pg2dns.progress"))?;
+        committed.map_err(sql("cannot commit the checkpoint"))?;
         Ok(())
     }
 }
