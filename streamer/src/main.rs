@@ -107,10 +107,18 @@ fn main() -> ExitCode {
     } else {
         1
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The stream is a chain of hand-offs (replication reader, pipeline,
+    // SQL connection, one task per zone) with little work at each: on one
+    // thread they cost no cross-thread wake-ups, which were most of its CPU
+    // for a live transaction; PostgreSQL and the DNS server keep the other
+    // cores. The batch commands (reconcile's transfers and diffs) keep a
+    // thread per core.
+    let mut builder = if matches!(cli.command, Command::Run { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pg2dns: cannot start the runtime: {e}");
