@@ -584,6 +584,20 @@ impl Stack {
             .collect()
     }
 
+    /// `pg2dns.rejected` once it holds at least `n` rows (waiting up to
+    /// `deadline`): rejections are recorded with pg2dns's checkpoint, which
+    /// may come a moment after the DNS answers. The list as it then is.
+    pub async fn rejected_at_least(&self, n: usize, deadline: Duration) -> Result<Vec<Rejected>> {
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            let rejected = self.rejected().await?;
+            if rejected.len() >= n || std::time::Instant::now() >= end {
+                return Ok(rejected);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// pg2dns's row state: the records it holds as sent for each row key of
     /// `pg2dns.rr`, canonical and sorted.
     ///
