@@ -293,6 +293,10 @@ struct ZoneSpec {
     key_name: Option<String>,
     #[serde(default)]
     check_names: CheckNamesSpec,
+    #[serde(default)]
+    exclude_names: Vec<String>,
+    #[serde(default)]
+    exclude_types: Vec<String>,
 }
 
 /// The zone's `check_names`, as its primary applies it.
@@ -455,6 +459,9 @@ pub struct ZoneConfig {
     pub key_file: PathBuf,
     /// What to do with host names BIND's `check-names` refuses.
     pub check_names: CheckNames,
+    /// Names and types left to others (`exclude_names`, `exclude_types`):
+    /// the stream refuses rows there and reconcile ignores them.
+    pub exclusions: pg2dns_decoder::exclude::Exclusions,
 }
 
 /// Limits on messages and on the DNS server's patience.
@@ -585,7 +592,11 @@ impl Config {
                     }
                 }
             };
+            let exclusions =
+                pg2dns_decoder::exclude::Exclusions::parse(&name, &z.exclude_names, &z.exclude_types)
+                    .map_err(|e| invalid(format!("zone {name}: {e}")))?;
             zones.push(ZoneConfig {
+                exclusions,
                 name,
                 primary,
                 key,
@@ -688,6 +699,7 @@ impl Config {
                 })
                 .collect(),
             check_names: self.zones.iter().map(|z| z.check_names).collect(),
+            exclusions: self.zones.iter().map(|z| z.exclusions.clone()).collect(),
         }
     }
 }

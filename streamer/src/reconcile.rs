@@ -44,6 +44,7 @@ use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::tsig::{self, TsigError};
 use pg2dns_decoder::update::Budget;
 use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, ZoneName};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing::{info, warn};
 
 use crate::config::{Config, ZoneConfig};
@@ -74,6 +75,8 @@ pub struct Options {
     /// prerequisites against another SOA than they serve, such as BIND
     /// with inline signing); only safe while nothing else updates the zone.
     pub unguarded: bool,
+    /// Show a progress bar on stderr (drawn only when it is a terminal).
+    pub progress: bool,
 }
 
 /// Why reconciling failed as a whole (per-zone failures are in the report).
@@ -174,6 +177,13 @@ pub struct ZoneOutcome {
     pub transferred: usize,
     /// Time the first transfer took.
     pub axfr_time: Duration,
+    /// Time the first comparison took.
+    pub diff_time: Duration,
+    /// Time the repair took, its transfers included.
+    pub repair_time: Duration,
+    /// After a repair that left the zone in sync: the wanted MX and SRV
+    /// records still waiting for their target's address.
+    pub waiting_after: Vec<Record>,
     /// The repair was refused by the safety threshold.
     pub refused_by_threshold: bool,
     /// Repair messages the server accepted.
@@ -195,6 +205,10 @@ pub struct Report {
     pub refused_rows: usize,
     /// Time reading the table took.
     pub read_time: Duration,
+    /// Time the whole run took.
+    pub total_time: Duration,
+    /// How long a running service was held paused (`None`: none ran).
+    pub paused_time: Option<Duration>,
     /// Per zone, in configuration order.
     pub zones: Vec<ZoneOutcome>,
     /// Whether the repair was sent.
@@ -219,33 +233,57 @@ impl Report {
         }
     }
 
-    /// A short summary for people.
+    /// A short summary for people, with ANSI colour (print it through
+    /// `anstream`, which strips the colour when it is not wanted).
     pub fn human(&self) -> String {
+        use anstyle::{AnsiColor, Style};
+        let paint = |colour: AnsiColor, text: &str| {
+            let style = Style::new().fg_color(Some(colour.into()));
+            format!("{style}{text}{style:#}")
+        };
+        let (green, red, yellow, bold) = (
+            |t: &str| paint(AnsiColor::Green, t),
+            |t: &str| paint(AnsiColor::Red, t),
+            |t: &str| paint(AnsiColor::Yellow, t),
+            |t: &str| {
+                let style = Style::new().bold();
+                format!("{style}{t}{style:#}")
+            },
+        );
         let mut out = String::new();
         for z in &self.zones {
             let line = match (&z.diff, &z.error) {
-                (None, Some(e)) => format!("error: {}", crate::error::chain(e)),
+                (None, Some(e)) => red(&format!("error: {}", crate::error::chain(e))),
                 (Some(d), _) if d.is_in_sync() => {
-                    format!("in sync ({} records owned)", d.owned_actual)
+                    green(&format!("in sync ({} records owned)", d.owned_actual))
                 }
                 (Some(d), _) => format!(
-                    "{} missing, {} extra, {} TTL differences ({} owned records in DNS, {} wanted)",
-                    d.missing(),
-                    d.extra(),
-                    d.ttl_differences(),
+                    "{} ({} owned records in DNS, {} wanted)",
+                    yellow(&format!(
+                        "{} missing, {} extra, {} TTL differences",
+                        d.missing(),
+                        d.extra(),
+                        d.ttl_differences()
+                    )),
                     d.owned_actual,
                     d.desired
                 ),
                 (None, None) => "not compared".into(),
             };
-            out.push_str(&format!("{}: {line}\n", z.zone));
+            out.push_str(&format!("{}: {line}\n", bold(&z.zone.to_string())));
             if let Some(d) = &z.diff {
+                if !d.waiting.is_empty() {
+                    out.push_str(&format!(
+                        "  {} MX/SRV record(s) wait for their target's address, as the stream holds them back (--json lists them)\n",
+                        d.waiting.len()
+                    ));
+                }
                 for (owner, o) in d.owners.iter().take(20) {
                     for r in &o.missing {
-                        out.push_str(&format!("  + {r}\n"));
+                        out.push_str(&format!("  {}\n", green(&format!("+ {r}"))));
                     }
                     for r in &o.extra {
-                        out.push_str(&format!("  - {r}\n"));
+                        out.push_str(&format!("  {}\n", red(&format!("- {r}"))));
                     }
                     for t in &o.ttl {
                         out.push_str(&format!(
@@ -282,14 +320,17 @@ impl Report {
                 ));
             }
             if let Some(after) = z.in_sync_after {
-                out.push_str(if after {
-                    "  now in sync\n"
+                out.push_str(&if after {
+                    format!("  {}\n", green("now in sync"))
                 } else {
-                    "  still differs after the repair\n"
+                    format!("  {}\n", red("still differs after the repair"))
                 });
             }
             if let (Some(e), Some(_)) = (&z.error, &z.diff) {
-                out.push_str(&format!("  error: {}\n", crate::error::chain(e)));
+                out.push_str(&format!(
+                    "  {}\n",
+                    red(&format!("error: {}", crate::error::chain(e)))
+                ));
             }
         }
         out
@@ -306,6 +347,8 @@ impl Report {
                 let mut v = json!({
                     "zone": z.zone.to_string(),
                     "axfr_ms": z.axfr_time.as_millis() as u64,
+                    "diff_ms": z.diff_time.as_millis() as u64,
+                    "repair_ms": z.repair_time.as_millis() as u64,
                     "transferred": z.transferred,
                     "refused_by_threshold": z.refused_by_threshold,
                     "messages_applied": z.messages_applied,
@@ -322,6 +365,7 @@ impl Report {
                     v["owned"] = json!(d.owned_actual);
                     v["not_owned"] = json!(d.not_owned);
                     v["change_share"] = json!(d.change_share());
+                    v["waiting"] = json!(d.waiting.iter().map(rec).collect::<Vec<_>>());
                     v["missing"] = json!(all(&|o| o.missing.iter().map(rec).collect()));
                     v["extra"] = json!(all(&|o| o.extra.iter().map(rec).collect()));
                     v["ttl"] = json!(all(&|o| o
@@ -341,6 +385,9 @@ impl Report {
             "rows": self.rows,
             "refused_rows": self.refused_rows,
             "read_ms": self.read_time.as_millis() as u64,
+            "total_ms": self.total_time.as_millis() as u64,
+            "paused_ms": self.paused_time.map(|d| d.as_millis() as u64),
+            "peak_rss_kib": peak_rss_kib(),
             "applied": self.applied,
             "exit_code": self.exit_code(),
             "zones": zones,
@@ -369,6 +416,7 @@ async fn read_desired(
     store: &Store,
     config: &Config,
     snapshot: Option<&str>,
+    bar: &ProgressBar,
 ) -> Result<Desired, StoreError> {
     if let Some(name) = snapshot {
         // Snapshot names are generated by PostgreSQL (hex digits and dashes).
@@ -384,7 +432,7 @@ async fn read_desired(
             .await
             .map_err(sql("cannot read at the exported snapshot"))?;
     }
-    let desired = read_desired_now(store, config).await;
+    let desired = read_desired_now(store, config, bar).await;
     if snapshot.is_some() {
         store
             .client()
@@ -396,7 +444,11 @@ async fn read_desired(
 }
 
 /// Reads the source tables in the connection's current transaction.
-async fn read_desired_now(store: &Store, config: &Config) -> Result<Desired, StoreError> {
+async fn read_desired_now(
+    store: &Store,
+    config: &Config,
+    bar: &ProgressBar,
+) -> Result<Desired, StoreError> {
     let zones = config.zones();
     let limits = config.plan_limits();
     let mappings = crate::pipeline::mappings(config);
@@ -445,6 +497,9 @@ async fn read_desired_now(store: &Store, config: &Config) -> Result<Desired, Sto
                 continue;
             };
             rows += 1;
+            if rows % 4096 == 0 {
+                bar.set_position(rows as u64);
+            }
             let image = mapping.records(&row, &zones);
             planner.apply(
                 SourceId(i as u16),
@@ -515,7 +570,10 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
     // there while the zones are transferred (DESIGN §4).
     let frozen = freeze(&store, config).await?;
     let snapshot = frozen.as_ref().map(|f| f.snapshot.name.as_str());
-    let result = compare(config, options, &mut store, &selected, snapshot).await;
+    let mut result = compare(config, options, &mut store, &selected, snapshot).await;
+    if let (Some(f), Ok(report)) = (&frozen, &mut result) {
+        report.paused_time = Some(f.started.elapsed());
+    }
     if let Some(f) = &frozen {
         let resumed = store
             .client()
@@ -641,7 +699,9 @@ async fn compare(
     snapshot: Option<&str>,
 ) -> Result<Report, ReconcileError> {
     let started = Instant::now();
-    let desired = read_desired(store, config, snapshot).await?;
+    let bar = progress_bar(options.progress);
+    bar.set_message("reading the tables");
+    let desired = read_desired(store, config, snapshot, &bar).await?;
     let read_time = started.elapsed();
     info!(
         rows = desired.rows,
@@ -653,10 +713,13 @@ async fn compare(
     for &id in selected {
         let zc = &config.zones[usize::from(id.0)];
         let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-        let mut outcome = reconcile_zone(config, zc, wanted, options).await;
+        bar.set_message(format!("zone {}", zc.name));
+        let mut outcome = reconcile_zone(config, zc, wanted, options, &bar).await;
         if options.apply && outcome.error.is_none() && outcome.in_sync_after == Some(true) {
             // One transaction per source: every source's state of the
-            // zone, emptied ones included, is rewritten.
+            // zone, emptied ones included, is rewritten; a row with a
+            // record still waiting for its target's address is kept aside
+            // as the stream keeps it (pg2dns.waiting, no row state).
             for (i, name) in desired.sources.iter().enumerate() {
                 let rows = desired
                     .contributions
@@ -664,7 +727,18 @@ async fn compare(
                     .and_then(|by_source| by_source.get(&(i as u16)))
                     .map(Vec::as_slice)
                     .unwrap_or(&[]);
-                if let Err(source) = store.replace_zone_state(name, &zc.name, rows).await {
+                let (held, kept) = split_waiting(rows, &outcome.waiting_after);
+                let published: Vec<(RowKey, Vec<Record>)>;
+                let published = if held.is_empty() {
+                    rows
+                } else {
+                    published = kept.into_iter().cloned().collect();
+                    &published
+                };
+                if let Err(source) = store
+                    .replace_zone_state(name, &zc.name, published, &held)
+                    .await
+                {
                     outcome.error = Some(ZoneError::State {
                         zone: zc.name.clone(),
                         source,
@@ -675,10 +749,13 @@ async fn compare(
         }
         outcomes.push(outcome);
     }
+    bar.finish_and_clear();
     Ok(Report {
         rows: desired.rows,
         refused_rows: desired.refused,
         read_time,
+        total_time: started.elapsed(),
+        paused_time: None,
         zones: outcomes,
         applied: options.apply,
     })
@@ -689,12 +766,16 @@ async fn reconcile_zone(
     zc: &ZoneConfig,
     wanted: &[Record],
     options: &Options,
+    bar: &ProgressBar,
 ) -> ZoneOutcome {
     let mut outcome = ZoneOutcome {
         zone: zc.name.clone(),
         diff: None,
         transferred: 0,
         axfr_time: Duration::ZERO,
+        diff_time: Duration::ZERO,
+        repair_time: Duration::ZERO,
+        waiting_after: Vec::new(),
         refused_by_threshold: false,
         messages_applied: 0,
         retries: 0,
@@ -712,7 +793,15 @@ async fn reconcile_zone(
     };
     outcome.axfr_time = started.elapsed();
     outcome.transferred = transfer.records.len();
-    let first = diff::diff(&zc.name, wanted, &transfer.records);
+    bar.set_message(format!(
+        "zone {}: comparing {} records with {} wanted",
+        zc.name,
+        transfer.records.len(),
+        wanted.len()
+    ));
+    let started = Instant::now();
+    let first = diff::diff_excluding(&zc.name, wanted, &transfer.records, &zc.exclusions);
+    outcome.diff_time = started.elapsed();
     let needs_repair = !first.is_in_sync();
     outcome.refused_by_threshold = needs_repair
         && first.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
@@ -721,9 +810,12 @@ async fn reconcile_zone(
     if !options.apply || outcome.refused_by_threshold {
         return outcome;
     }
+    bar.set_message(format!("zone {}: repairing", zc.name));
+    let started = Instant::now();
     if let Err(e) = repair(config, zc, wanted, options, transfer, first, &mut outcome).await {
         outcome.error = Some(e);
     }
+    outcome.repair_time = started.elapsed();
     outcome
 }
 
@@ -808,7 +900,7 @@ async fn repair(
                         server: zc.primary,
                     });
                 }
-                current = diff::diff(zone, wanted, &transfer.records);
+                current = diff::diff_excluding(zone, wanted, &transfer.records, &zc.exclusions);
                 if current.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
                     && !options.force
                 {
@@ -821,8 +913,9 @@ async fn repair(
         }
         // Check: a fresh transfer must show the zone in sync.
         transfer = axfr::transfer(zone, zc.primary, &zc.key, timeout).await?;
-        current = diff::diff(zone, wanted, &transfer.records);
+        current = diff::diff_excluding(zone, wanted, &transfer.records, &zc.exclusions);
         outcome.in_sync_after = Some(current.is_in_sync());
+        outcome.waiting_after = current.waiting;
         return Ok(());
     }
 }
@@ -863,6 +956,60 @@ async fn send(
             Err(e) => Err(update_err(zc, crate::error::chain(&e))),
         };
     }
+}
+
+/// A spinner with a count and a message on stderr; hidden unless `shown`
+/// and stderr is a terminal (indicatif checks).
+fn progress_bar(shown: bool) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg} ({human_pos} rows read)")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// The rows of one source that contribute a record still waiting for its
+/// target's address (with that target and all the row's records), and the
+/// others.
+fn split_waiting<'a>(
+    rows: &'a [(RowKey, Vec<Record>)],
+    waiting: &[Record],
+) -> (
+    Vec<(RowKey, Owner, Vec<Record>)>,
+    Vec<&'a (RowKey, Vec<Record>)>,
+) {
+    let mut held = Vec::new();
+    let mut published = Vec::new();
+    for row in rows {
+        let target = row.1.iter().find_map(|r| {
+            waiting
+                .iter()
+                .any(|w| w.same_rr(r))
+                .then(|| pg2dns_decoder::rdata::target(r.rtype, r.rdata.as_wire()))
+                .flatten()
+        });
+        match target {
+            Some(t) => held.push((row.0.clone(), Owner::from_name(t), row.1.clone())),
+            None => published.push(row),
+        }
+    }
+    (held, published)
+}
+
+/// The process's peak resident set size in KiB (Linux: `VmHWM` of
+/// /proc/self/status), for the benchmark and for operators sizing a host.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn unix_now() -> u64 {
