@@ -125,9 +125,8 @@ pub fn diff_excluding(
     actual: &[Record],
     excluded: &Exclusions,
 ) -> ZoneDiff {
-    let is_owned = |r: &Record, apex_ns_owned: bool| {
-        is_owned(zone, r, apex_ns_owned) && !excluded.excludes(r)
-    };
+    let is_owned =
+        |r: &Record, apex_ns_owned: bool| is_owned(zone, r, apex_ns_owned) && !excluded.excludes(r);
     let apex_ns_owned = desired
         .iter()
         .any(|r| r.rtype == RType::NS && r.owner.name() == zone.name());
@@ -486,19 +485,21 @@ mod tests {
     #[test]
     fn excluded_names_and_types_are_neither_reported_nor_repaired() {
         let z = zone();
-        let excluded = Exclusions::parse(
-            &z,
-            &["_acme-challenge.*".to_string()],
-            &["TXT".to_string()],
-        )
-        .unwrap();
+        let excluded =
+            Exclusions::parse(&z, &["_acme-challenge.*".to_string()], &["TXT".to_string()])
+                .unwrap();
         let desired = vec![
             rec("www.example.test.", 300, "A", "192.0.2.1"),
             rec("www.example.test.", 300, "TXT", "\"wanted\""),
         ];
         let actual = vec![
             rec("www.example.test.", 300, "A", "192.0.2.1"),
-            rec("_acme-challenge.www.example.test.", 60, "CNAME", "x.acme.test."),
+            rec(
+                "_acme-challenge.www.example.test.",
+                60,
+                "CNAME",
+                "x.acme.test.",
+            ),
             rec("other.example.test.", 300, "TXT", "\"theirs\""),
         ];
         let d = diff_excluding(&z, &desired, &actual, &excluded);
@@ -512,7 +513,12 @@ mod tests {
     fn an_mx_whose_target_has_no_wanted_address_waits_instead_of_missing() {
         let z = zone();
         let mx = rec("example.test.", 300, "MX", "10 mail.example.test.");
-        let srv = rec("_sip._tcp.example.test.", 300, "SRV", "0 0 5060 sip.example.test.");
+        let srv = rec(
+            "_sip._tcp.example.test.",
+            300,
+            "SRV",
+            "0 0 5060 sip.example.test.",
+        );
         let outside = rec("ext.example.test.", 300, "MX", "10 mx.other.test.");
         // The target has an address in DNS only: it is extra, and is deleted.
         let rogue = rec("mail.example.test.", 300, "A", "192.0.2.9");

@@ -61,7 +61,11 @@ pub struct Exclusions {
 
 impl Exclusions {
     /// Parses a zone's `exclude_names` and `exclude_types`.
-    pub fn parse(zone: &ZoneName, names: &[String], types: &[String]) -> Result<Self, ExcludeError> {
+    pub fn parse(
+        zone: &ZoneName,
+        names: &[String],
+        types: &[String],
+    ) -> Result<Self, ExcludeError> {
         let mut out = Exclusions::default();
         for text in names {
             out.names.push((text.clone(), parse_pattern(zone, text)?));

@@ -592,9 +592,12 @@ impl Config {
                     }
                 }
             };
-            let exclusions =
-                pg2dns_decoder::exclude::Exclusions::parse(&name, &z.exclude_names, &z.exclude_types)
-                    .map_err(|e| invalid(format!("zone {name}: {e}")))?;
+            let exclusions = pg2dns_decoder::exclude::Exclusions::parse(
+                &name,
+                &z.exclude_names,
+                &z.exclude_types,
+            )
+            .map_err(|e| invalid(format!("zone {name}: {e}")))?;
             zones.push(ZoneConfig {
                 exclusions,
                 name,

@@ -36,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pg2dns_decoder::diff::{self, ZoneDiff};
 use pg2dns_decoder::mapping::{RowKey, RowUpdate};
 use pg2dns_decoder::plan::{Loaded, Planner, SourceId};
@@ -44,7 +45,6 @@ use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::tsig::{self, TsigError};
 use pg2dns_decoder::update::Budget;
 use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, ZoneName};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing::{info, warn};
 
 use crate::config::{Config, ZoneConfig};
