@@ -974,16 +974,16 @@ fn progress_bar(shown: bool) -> ProgressBar {
     bar
 }
 
+/// A row kept aside: its key, the target it waits at, its records.
+type HeldRow = (RowKey, Owner, Vec<Record>);
+
 /// The rows of one source that contribute a record still waiting for its
 /// target's address (with that target and all the row's records), and the
 /// others.
 fn split_waiting<'a>(
     rows: &'a [(RowKey, Vec<Record>)],
     waiting: &[Record],
-) -> (
-    Vec<(RowKey, Owner, Vec<Record>)>,
-    Vec<&'a (RowKey, Vec<Record>)>,
-) {
+) -> (Vec<HeldRow>, Vec<&'a (RowKey, Vec<Record>)>) {
     let mut held = Vec::new();
     let mut published = Vec::new();
     for row in rows {
