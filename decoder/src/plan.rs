@@ -1319,6 +1319,51 @@ mod tests {
     }
 
     #[test]
+    fn a_row_at_an_excluded_name_is_refused_and_an_earlier_record_of_it_withdrawn() {
+        let mut store = MemStore::default();
+        let mut l = limits(65_535, 100);
+        l.exclusions = vec![crate::exclude::Exclusions::parse(
+            &ZoneName::parse("example.test.").unwrap(),
+            &["_acme-challenge.*".to_string()],
+            &[],
+        )
+        .unwrap()];
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![vec![
+                update(
+                    "1",
+                    Ok(vec![want(
+                        "_acme-challenge.www.example.test.",
+                        60,
+                        "CNAME",
+                        "x.acme.test.",
+                    )]),
+                ),
+                update(
+                    "2",
+                    Ok(vec![want("www.example.test.", 300, "A", "192.0.2.1")]),
+                ),
+            ]],
+        );
+        assert_eq!(
+            ops_text(&g),
+            vec!["add www.example.test. 300 IN A 192.0.2.1"]
+        );
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].key, RowKey("1".into()));
+        assert!(
+            pg2dns_error(&rejected[0]).contains("exclude_names \"_acme-challenge.*\""),
+            "{rejected:?}"
+        );
+    }
+
+    fn pg2dns_error(r: &Rejection) -> String {
+        crate::error_chain(&r.reason)
+    }
+
+    #[test]
     fn a_record_leaves_dns_only_when_its_last_producer_goes() {
         let mut store = MemStore::default();
         let l = limits(65_535, 100);

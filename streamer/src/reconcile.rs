@@ -26,10 +26,15 @@
 //! serial one higher (BIND's and Knot's default); a server with another
 //! serial policy fails that guard too, which costs one transfer.
 //!
-//! The comparison is exact only while nothing else writes: the database is
-//! read now, DNS is transferred now, and a running `pg2dns run` may apply a
-//! transaction in between. Stop the service first (the exact pause of the
-//! admin commands will remove that need).
+//! Why it is exact while writers commit: a running service is paused at the
+//! consistent point of an exported snapshot, the tables are read at that
+//! snapshot and the zones transferred while it waits (see [`reconcile`]).
+//!
+//! Why names and types can be excluded, and rows can wait: the stream and
+//! reconcile must agree on what pg2dns owns. Excluded records are refused by
+//! the planner (so never desired) and not owned by the comparison; an MX or
+//! SRV whose target has no address yet is held back by both, and a repair
+//! rewrites `pg2dns.waiting` with the row state.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,11 +1,13 @@
 //! `pg2dns reconcile`: records changed behind pg2dns's back are reported
 //! exactly, `--apply` repairs them and the stream goes on from the repaired
 //! state; the safety threshold; a zone changed between the transfer and the
-//! repair makes the SOA prerequisite fail and the repair start again.
+//! repair makes the SOA prerequisite fail and the repair start again;
+//! excluded names and types; rows waiting for an address; DNSSEC records;
+//! exact under writers; the first deployment.
 //!
-//! Every scenario stops `pg2dns run` before reconciling: the comparison is
-//! exact only while nothing else writes (the exact pause lands with the
-//! admin commands).
+//! Most scenarios stop `pg2dns run` before reconciling, to compare a state
+//! they know; `reconcile_while_writers_commit_finds_no_false_difference`
+//! covers the exact pause of a running service.
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
