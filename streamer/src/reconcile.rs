@@ -527,6 +527,7 @@ async fn read_desired_now(
             planner.end_segment();
         }
     }
+    bar.set_position(rows as u64);
     let outcome = planner.finish();
     // One TTL per RRset: the smallest its rows give (as the stream publishes).
     let mut rrset_ttl: BTreeMap<(ZoneId, Owner, RType), u32> = BTreeMap::new();
