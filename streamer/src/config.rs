@@ -783,6 +783,23 @@ tsig_key_file = "k.key"
     }
 
     #[test]
+    fn exclusions_are_read_per_zone_and_a_bad_pattern_names_the_zone_and_the_pattern() {
+        let c = with_key_file(&format!(
+            "{GOOD}exclude_names = [\"_acme-challenge.*\"]\nexclude_types = [\"TXT\"]\n"
+        ))
+        .unwrap();
+        let txt = pg2dns_decoder::Record::parse("www.example.test.", 60, "TXT", "\"x\"").unwrap();
+        assert!(c.zones[0].exclusions.excludes(&txt));
+        assert!(c.plan_limits().exclusions[0].excludes(&txt));
+        let err = with_key_file(&format!("{GOOD}exclude_names = [\"a.*.b\"]\n")).unwrap_err();
+        let text = crate::error::chain(&err);
+        assert!(
+            text.contains("example.test.") && text.contains("a.*.b"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let dir = std::env::temp_dir().join(format!("pg2dns-config-env-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
