@@ -1319,7 +1319,7 @@ mod tests {
     }
 
     #[test]
-    fn a_row_at_an_excluded_name_is_refused_and_an_earlier_record_of_it_withdrawn() {
+    fn a_row_at_an_excluded_name_is_refused_with_the_rule_named() {
         let mut store = MemStore::default();
         let mut l = limits(65_535, 100);
         l.exclusions = vec![crate::exclude::Exclusions::parse(
