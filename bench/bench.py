@@ -34,6 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pgwire  # noqa: E402
+import reconcile as reconcile_bench  # noqa: E402
 from dnswire import Prober  # noqa: E402
 from servers import Bind, Knot, Postgres, ZONE, proc_cpu, proc_status, stop_proc  # noqa: E402
 
@@ -612,7 +613,7 @@ def big(args, window=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="*", default=["all"],
-                    help="w1 w2 w3 drain (= drain_w1 + drain_w3) latency latency_load big ingest windows knot all")
+                    help="w1 w2 w3 drain (= drain_w1 + drain_w3) latency latency_load big ingest windows knot reconcile all")
     ap.add_argument("--pg2dns", default=os.path.join(REPO, "target/release/pg2dns"))
     ap.add_argument("--blast", default=os.path.join(REPO, "target/release/examples/blast"))
     ap.add_argument("--outdir")
@@ -632,6 +633,9 @@ def main():
                     help="latency_load: one-row transactions committed by a second client meanwhile")
     ap.add_argument("--big-rows", type=int, default=1000000)
     ap.add_argument("--knot-txns", type=int, default=1000)
+    ap.add_argument("--reconcile-sizes", default="10000,100000,1000000",
+                    help="zone sizes of `reconcile` (records, comma-separated)")
+    ap.add_argument("--reconcile-reps", type=int, default=3)
     args = ap.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.outdir = args.outdir or os.path.join(HERE, "run", stamp)
@@ -667,6 +671,8 @@ def main():
         results.append(big(args))
     if "knot" in what:
         results += [drain_w1(args, k, server="knot", txns=args.knot_txns) for k in sides]
+    if "reconcile" in what:
+        results += reconcile_bench.run(args)
     if "windows" in what:
         for w in (1, 4, 16):
             results.append(w2(args, "pg2dns", w))
@@ -743,7 +749,7 @@ def report(meta, results):
                "| rows/s | RR ops/s | peak RSS MiB | pipeline CPU s | its PG backends CPU s | DNS server CPU s | DNS == table | errors | CPU pressure % |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        if r["pipeline"] == "blast":
+        if r["pipeline"] in ("blast", "reconcile"):
             continue
         if "failed" in r:
             out.append(f"| {r['label']} | FAILED: {r['failed'][:200]} | | | | | | | | | | {r.get('dns_equals_table')} "
@@ -805,6 +811,7 @@ def report(meta, results):
                        f"| {fmt(r.get('seconds'))} | {fmt(r.get('rr_per_s'))} | {fmt(r.get('msgs_per_s'))} "
                        f"| {fmt(r.get('p50_ms'))} | {'yes' if r.get('dns_equals_table') else 'NO: ' + str(r.get('verify'))} |")
         out.append("")
+    out.append(reconcile_bench.report(results))
     out.append("Commands:")
     out.append("")
     for r in results:

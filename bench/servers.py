@@ -20,6 +20,9 @@ from dnswire import Prober
 
 ZONE = "example.test."
 KEY_NAME = "bench-key"
+# Seconds a DNS server has to load its zone (the reconcile bench raises it
+# for zone files of a million records).
+SOA_WAIT = 30
 
 
 def pg_bindir():
@@ -203,7 +206,7 @@ class Knot:
 
 def wait_soa(port, proc, log):
     prober = Prober(port, timeout=0.2)
-    deadline = time.time() + 30
+    deadline = time.time() + SOA_WAIT
     try:
         while time.time() < deadline:
             if proc.poll() is not None:
@@ -213,7 +216,7 @@ def wait_soa(port, proc, log):
             time.sleep(0.05)
     finally:
         prober.close()
-    raise SystemExit(f"DNS server on port {port} did not answer SOA within 30 s; log:\n" + open(log).read()[-3000:])
+    raise SystemExit(f"DNS server on port {port} did not answer SOA within {SOA_WAIT} s; log:\n" + open(log).read()[-3000:])
 
 
 def stop_proc(proc, timeout=30):

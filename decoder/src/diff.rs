@@ -16,6 +16,19 @@
 //! lower-cased wire names, and record data in the canonical wire form
 //! [`crate::rdata::parse`] produces.
 //!
+//! Names and types the zone's configuration excludes
+//! ([`crate::exclude::Exclusions`]) are not owned either: they count with
+//! [`ZoneDiff::not_owned`].
+//!
+//! # Rows waiting for an address
+//!
+//! BIND refuses an MX or SRV whose target in the zone has no address record
+//! (its check-integrity); the stream keeps such a row aside until the target
+//! gets one ([`crate::plan::Waiting`]). The comparison agrees: a wanted MX or
+//! SRV that DNS lacks, whose target in the zone has no address among the
+//! wanted records, is listed in [`ZoneDiff::waiting`], not as missing, and
+//! the repair does not add it.
+//!
 //! # The repair
 //!
 //! Per owner, deletes before adds ([`group_by_owner`]); a TTL difference is
@@ -30,6 +43,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::exclude::Exclusions;
 use crate::rdata::RType;
 use crate::records::{Owner, Rdata, Record, ZoneName};
 use crate::update::{
@@ -84,8 +98,13 @@ pub struct ZoneDiff {
     /// Records of the zone pg2dns owns, as DNS has them.
     pub owned_actual: usize,
     /// Records of the zone pg2dns does not own (SOA, DNSSEC, other types,
-    /// apex NS when the database has none): never reported nor touched.
+    /// apex NS when the database has none, excluded names and types): never
+    /// reported nor touched.
     pub not_owned: usize,
+    /// Wanted MX and SRV records DNS lacks whose target in the zone has no
+    /// wanted address record: not differences (the stream holds them back
+    /// too), published once the target has an address.
+    pub waiting: Vec<Record>,
 }
 
 type RrKey = (Owner, RType, Rdata);
@@ -95,11 +114,24 @@ type RrKey = (Owner, RType, Rdata);
 /// outside the zone are ignored; when two desired records are the same RR,
 /// the smaller TTL counts.
 pub fn diff(zone: &ZoneName, desired: &[Record], actual: &[Record]) -> ZoneDiff {
+    diff_excluding(zone, desired, actual, &Exclusions::default())
+}
+
+/// [`diff`] for a zone whose configuration excludes names or types: records
+/// they match, on either side, are not owned.
+pub fn diff_excluding(
+    zone: &ZoneName,
+    desired: &[Record],
+    actual: &[Record],
+    excluded: &Exclusions,
+) -> ZoneDiff {
+    let is_owned =
+        |r: &Record, apex_ns_owned: bool| is_owned(zone, r, apex_ns_owned) && !excluded.excludes(r);
     let apex_ns_owned = desired
         .iter()
         .any(|r| r.rtype == RType::NS && r.owner.name() == zone.name());
     let mut want: BTreeMap<RrKey, u32> = BTreeMap::new();
-    for r in desired.iter().filter(|r| is_owned(zone, r, apex_ns_owned)) {
+    for r in desired.iter().filter(|r| is_owned(r, apex_ns_owned)) {
         let ttl = want
             .entry((r.owner.clone(), r.rtype, r.rdata.clone()))
             .or_insert(r.ttl);
@@ -108,7 +140,7 @@ pub fn diff(zone: &ZoneName, desired: &[Record], actual: &[Record]) -> ZoneDiff 
     let mut have: BTreeMap<RrKey, u32> = BTreeMap::new();
     let mut not_owned = 0;
     for r in actual {
-        if is_owned(zone, r, apex_ns_owned) {
+        if is_owned(r, apex_ns_owned) {
             have.insert((r.owner.clone(), r.rtype, r.rdata.clone()), r.ttl);
         } else {
             not_owned += 1;
@@ -120,9 +152,24 @@ pub fn diff(zone: &ZoneName, desired: &[Record], actual: &[Record]) -> ZoneDiff 
         ttl,
         rdata: rdata.clone(),
     };
+    // Owners with a wanted address record (for MX and SRV targets).
+    let addressed: std::collections::BTreeSet<&Owner> = want
+        .keys()
+        .filter(|(_, t, _)| *t == RType::A || *t == RType::AAAA)
+        .map(|(o, _, _)| o)
+        .collect();
+    let waits = |(_, rtype, rdata): &RrKey| {
+        matches!(*rtype, RType::MX | RType::SRV)
+            && crate::rdata::target(*rtype, rdata.as_wire()).is_some_and(|t| {
+                let t = Owner::from_name(t);
+                zone.contains(&t) && !addressed.contains(&t)
+            })
+    };
+    let mut waiting = Vec::new();
     let mut owners: BTreeMap<Owner, OwnerDiff> = BTreeMap::new();
     for (key, &ttl) in &want {
         match have.get(key) {
+            None if waits(key) => waiting.push(record(key, ttl)),
             None => owners
                 .entry(key.0.clone())
                 .or_default()
@@ -154,6 +201,7 @@ pub fn diff(zone: &ZoneName, desired: &[Record], actual: &[Record]) -> ZoneDiff 
         desired: want.len(),
         owned_actual: have.len(),
         not_owned,
+        waiting,
     }
 }
 
@@ -432,6 +480,63 @@ mod tests {
             max_message_bytes: max,
             tsig_record_len: 81,
         }
+    }
+
+    #[test]
+    fn excluded_names_and_types_are_neither_reported_nor_repaired() {
+        let z = zone();
+        let excluded =
+            Exclusions::parse(&z, &["_acme-challenge.*".to_string()], &["TXT".to_string()])
+                .unwrap();
+        let desired = vec![
+            rec("www.example.test.", 300, "A", "192.0.2.1"),
+            rec("www.example.test.", 300, "TXT", "\"wanted\""),
+        ];
+        let actual = vec![
+            rec("www.example.test.", 300, "A", "192.0.2.1"),
+            rec(
+                "_acme-challenge.www.example.test.",
+                60,
+                "CNAME",
+                "x.acme.test.",
+            ),
+            rec("other.example.test.", 300, "TXT", "\"theirs\""),
+        ];
+        let d = diff_excluding(&z, &desired, &actual, &excluded);
+        assert!(d.is_in_sync(), "{d:?}");
+        assert_eq!(d.not_owned, 2);
+        let plain = diff(&z, &desired, &actual);
+        assert_eq!((plain.missing(), plain.extra()), (1, 2));
+    }
+
+    #[test]
+    fn an_mx_whose_target_has_no_wanted_address_waits_instead_of_missing() {
+        let z = zone();
+        let mx = rec("example.test.", 300, "MX", "10 mail.example.test.");
+        let srv = rec(
+            "_sip._tcp.example.test.",
+            300,
+            "SRV",
+            "0 0 5060 sip.example.test.",
+        );
+        let outside = rec("ext.example.test.", 300, "MX", "10 mx.other.test.");
+        // The target has an address in DNS only: it is extra, and is deleted.
+        let rogue = rec("mail.example.test.", 300, "A", "192.0.2.9");
+        let d = diff(
+            &z,
+            &[mx.clone(), srv.clone(), outside.clone()],
+            std::slice::from_ref(&rogue),
+        );
+        assert_eq!(d.waiting, vec![srv.clone(), mx.clone()]);
+        assert_eq!((d.missing(), d.extra()), (1, 1), "{d:?}");
+        // With its address wanted, the MX is missing like any record.
+        let addr = rec("mail.example.test.", 300, "A", "192.0.2.25");
+        let d = diff(&z, &[mx.clone(), addr], &[]);
+        assert!(d.waiting.is_empty());
+        assert_eq!(d.missing(), 2);
+        // An MX DNS already holds is in sync, address or not.
+        let d = diff(&z, std::slice::from_ref(&mx), std::slice::from_ref(&mx));
+        assert!(d.is_in_sync() && d.waiting.is_empty(), "{d:?}");
     }
 
     #[test]

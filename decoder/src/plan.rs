@@ -188,6 +188,17 @@ pub enum Refusal {
         /// The target.
         target: Owner,
     },
+    /// A record at a name or of a type the zone's configuration excludes
+    /// (left to another tool; reconcile ignores it too).
+    #[error("the {rtype} record at {owner} is excluded by the zone's {rule}: pg2dns leaves that name or type to others and neither publishes nor reconciles it")]
+    Excluded {
+        /// The owner.
+        owner: Owner,
+        /// The type.
+        rtype: RType,
+        /// The rule, as configured.
+        rule: String,
+    },
     /// An MX, SRV or NS pointing at a name that is an alias.
     #[error("the {rtype} record of {owner} points at {target}, which is a CNAME; RFC 2181 §10.3 says such a target must not be an alias (BIND warns or refuses, resolvers may ignore it)")]
     TargetIsAlias {
@@ -284,6 +295,9 @@ pub struct PlanLimits {
     pub budgets: Vec<Budget>,
     /// The host-name rule of each zone, by [`ZoneId`] (missing: fail).
     pub check_names: Vec<CheckNames>,
+    /// Names and types each zone leaves to others, by [`ZoneId`] (missing:
+    /// none): a row with a record there is refused.
+    pub exclusions: Vec<crate::exclude::Exclusions>,
 }
 
 /// The operations of one segment for one zone.
@@ -573,6 +587,15 @@ impl<'z> Planner<'z> {
                 refusal = Some((Some((d.zone, d.record.owner.clone())), r));
                 break;
             }
+            if let Some(rule) = self.excluded(&d) {
+                let reason = Refusal::Excluded {
+                    owner: d.record.owner.clone(),
+                    rtype: d.record.rtype,
+                    rule,
+                };
+                refusal = Some((Some((d.zone, d.record.owner.clone())), reason));
+                break;
+            }
             if let Some(bad) = self.host_name_rule(&d) {
                 let at = Some((d.zone, d.record.owner.clone()));
                 match self.check_names(d.zone) {
@@ -637,6 +660,13 @@ impl<'z> Planner<'z> {
             .get(usize::from(zone.0))
             .copied()
             .unwrap_or_default()
+    }
+
+    fn excluded(&self, d: &Desired) -> Option<String> {
+        self.limits
+            .exclusions
+            .get(usize::from(d.zone.0))
+            .and_then(|e| e.rule_for(&d.record))
     }
 
     fn host_name_rule(&self, d: &Desired) -> Option<Refusal> {
@@ -1235,6 +1265,7 @@ mod tests {
                 tsig_record_len: 81,
             }],
             check_names: vec![CheckNames::Fail],
+            exclusions: Vec::new(),
         }
     }
 
@@ -1288,6 +1319,51 @@ mod tests {
                 UpdateOp::DeleteRrset { owner, rtype } => format!("delset {owner} {rtype}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_row_at_an_excluded_name_is_refused_with_the_rule_named() {
+        let mut store = MemStore::default();
+        let mut l = limits(65_535, 100);
+        l.exclusions = vec![crate::exclude::Exclusions::parse(
+            &ZoneName::parse("example.test.").unwrap(),
+            &["_acme-challenge.*".to_string()],
+            &[],
+        )
+        .unwrap()];
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![vec![
+                update(
+                    "1",
+                    Ok(vec![want(
+                        "_acme-challenge.www.example.test.",
+                        60,
+                        "CNAME",
+                        "x.acme.test.",
+                    )]),
+                ),
+                update(
+                    "2",
+                    Ok(vec![want("www.example.test.", 300, "A", "192.0.2.1")]),
+                ),
+            ]],
+        );
+        assert_eq!(
+            ops_text(&g),
+            vec!["add www.example.test. 300 IN A 192.0.2.1"]
+        );
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].key, RowKey("1".into()));
+        assert!(
+            pg2dns_error(&rejected[0]).contains("exclude_names \"_acme-challenge.*\""),
+            "{rejected:?}"
+        );
+    }
+
+    fn pg2dns_error(r: &Rejection) -> String {
+        crate::error_chain(&r.reason)
     }
 
     #[test]

@@ -342,6 +342,10 @@ struct ZoneSpec {
     key_name: Option<String>,
     #[serde(default)]
     check_names: CheckNamesSpec,
+    #[serde(default)]
+    exclude_names: Vec<String>,
+    #[serde(default)]
+    exclude_types: Vec<String>,
 }
 
 /// The zone's `check_names`, as its primary applies it.
@@ -509,6 +513,9 @@ pub struct ZoneConfig {
     pub key_file: PathBuf,
     /// What to do with host names BIND's `check-names` refuses.
     pub check_names: CheckNames,
+    /// Names and types left to others (`exclude_names`, `exclude_types`):
+    /// the stream refuses rows there and reconcile ignores them.
+    pub exclusions: pg2dns_decoder::exclude::Exclusions,
 }
 
 /// Limits on messages and on the DNS server's patience.
@@ -648,7 +655,14 @@ impl Config {
                     }
                 }
             };
+            let exclusions = pg2dns_decoder::exclude::Exclusions::parse(
+                &name,
+                &z.exclude_names,
+                &z.exclude_types,
+            )
+            .map_err(|e| invalid(format!("zone {name}: {e}")))?;
             zones.push(ZoneConfig {
+                exclusions,
                 name,
                 primary,
                 key,
@@ -793,6 +807,7 @@ impl Config {
                 })
                 .collect(),
             check_names: self.zones.iter().map(|z| z.check_names).collect(),
+            exclusions: self.zones.iter().map(|z| z.exclusions.clone()).collect(),
         }
     }
 }
@@ -870,6 +885,23 @@ tsig_key_file = "k.key"
     fn a_bad_primary_names_the_zone() {
         let err = with_key_file(&GOOD.replace("127.0.0.1:5353", "ns1")).unwrap_err();
         assert!(err.to_string().contains("example.test."), "{err}");
+    }
+
+    #[test]
+    fn exclusions_are_read_per_zone_and_a_bad_pattern_names_the_zone_and_the_pattern() {
+        let c = with_key_file(&format!(
+            "{GOOD}exclude_names = [\"_acme-challenge.*\"]\nexclude_types = [\"TXT\"]\n"
+        ))
+        .unwrap();
+        let txt = pg2dns_decoder::Record::parse("www.example.test.", 60, "TXT", "\"x\"").unwrap();
+        assert!(c.zones[0].exclusions.excludes(&txt));
+        assert!(c.plan_limits().exclusions[0].excludes(&txt));
+        let err = with_key_file(&format!("{GOOD}exclude_names = [\"a.*.b\"]\n")).unwrap_err();
+        let text = crate::error::chain(&err);
+        assert!(
+            text.contains("example.test.") && text.contains("a.*.b"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -258,12 +258,19 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 apply,
                 force,
                 unguarded,
+                // On stderr, and only when it is a terminal (indicatif
+                // hides the bar otherwise).
+                progress: !json,
             };
             let report = reconcile::reconcile(&config, &options).await?;
             if json {
                 println!("{}", report.json());
             } else {
-                print!("{}", report.human());
+                // anstream strips the colour when stdout is not a terminal
+                // or NO_COLOR is set.
+                use std::io::Write;
+                let mut out = anstream::stdout();
+                write!(out, "{}", report.human())?;
             }
             Ok(report.exit_code())
         }

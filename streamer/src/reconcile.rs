@@ -26,16 +26,23 @@
 //! serial one higher (BIND's and Knot's default); a server with another
 //! serial policy fails that guard too, which costs one transfer.
 //!
-//! The comparison is exact only while nothing else writes: the database is
-//! read now, DNS is transferred now, and a running `pg2dns run` may apply a
-//! transaction in between. Stop the service first (the exact pause of the
-//! admin commands will remove that need).
+//! Why it is exact while writers commit: a running service is paused at the
+//! consistent point of an exported snapshot, the tables are read at that
+//! snapshot and the zones transferred while it waits (see [`reconcile`]).
+//!
+//! Why names and types can be excluded, and rows can wait: the stream and
+//! reconcile must agree on what pg2dns owns. Excluded records are refused by
+//! the planner (so never desired) and not owned by the comparison; an MX or
+//! SRV whose target has no address yet is held back by both, and a repair
+//! rewrites `pg2dns.waiting` with the row state.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::TryStreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pg2dns_decoder::diff::{self, ZoneDiff};
 use pg2dns_decoder::mapping::{RowKey, RowUpdate};
 use pg2dns_decoder::plan::{Loaded, Planner, SourceId};
@@ -74,6 +81,8 @@ pub struct Options {
     /// prerequisites against another SOA than they serve, such as BIND
     /// with inline signing); only safe while nothing else updates the zone.
     pub unguarded: bool,
+    /// Show a progress bar on stderr (drawn only when it is a terminal).
+    pub progress: bool,
 }
 
 /// Why reconciling failed as a whole (per-zone failures are in the report).
@@ -174,6 +183,13 @@ pub struct ZoneOutcome {
     pub transferred: usize,
     /// Time the first transfer took.
     pub axfr_time: Duration,
+    /// Time the first comparison took.
+    pub diff_time: Duration,
+    /// Time the repair took, its transfers included.
+    pub repair_time: Duration,
+    /// After a repair that left the zone in sync: the wanted MX and SRV
+    /// records still waiting for their target's address.
+    pub waiting_after: Vec<Record>,
     /// The repair was refused by the safety threshold.
     pub refused_by_threshold: bool,
     /// Repair messages the server accepted.
@@ -195,6 +211,10 @@ pub struct Report {
     pub refused_rows: usize,
     /// Time reading the table took.
     pub read_time: Duration,
+    /// Time the whole run took.
+    pub total_time: Duration,
+    /// How long a running service was held paused (`None`: none ran).
+    pub paused_time: Option<Duration>,
     /// Per zone, in configuration order.
     pub zones: Vec<ZoneOutcome>,
     /// Whether the repair was sent.
@@ -219,33 +239,57 @@ impl Report {
         }
     }
 
-    /// A short summary for people.
+    /// A short summary for people, with ANSI colour (print it through
+    /// `anstream`, which strips the colour when it is not wanted).
     pub fn human(&self) -> String {
+        use anstyle::{AnsiColor, Style};
+        let paint = |colour: AnsiColor, text: &str| {
+            let style = Style::new().fg_color(Some(colour.into()));
+            format!("{style}{text}{style:#}")
+        };
+        let (green, red, yellow, bold) = (
+            |t: &str| paint(AnsiColor::Green, t),
+            |t: &str| paint(AnsiColor::Red, t),
+            |t: &str| paint(AnsiColor::Yellow, t),
+            |t: &str| {
+                let style = Style::new().bold();
+                format!("{style}{t}{style:#}")
+            },
+        );
         let mut out = String::new();
         for z in &self.zones {
             let line = match (&z.diff, &z.error) {
-                (None, Some(e)) => format!("error: {}", crate::error::chain(e)),
+                (None, Some(e)) => red(&format!("error: {}", crate::error::chain(e))),
                 (Some(d), _) if d.is_in_sync() => {
-                    format!("in sync ({} records owned)", d.owned_actual)
+                    green(&format!("in sync ({} records owned)", d.owned_actual))
                 }
                 (Some(d), _) => format!(
-                    "{} missing, {} extra, {} TTL differences ({} owned records in DNS, {} wanted)",
-                    d.missing(),
-                    d.extra(),
-                    d.ttl_differences(),
+                    "{} ({} owned records in DNS, {} wanted)",
+                    yellow(&format!(
+                        "{} missing, {} extra, {} TTL differences",
+                        d.missing(),
+                        d.extra(),
+                        d.ttl_differences()
+                    )),
                     d.owned_actual,
                     d.desired
                 ),
                 (None, None) => "not compared".into(),
             };
-            out.push_str(&format!("{}: {line}\n", z.zone));
+            out.push_str(&format!("{}: {line}\n", bold(&z.zone.to_string())));
             if let Some(d) = &z.diff {
+                if !d.waiting.is_empty() {
+                    out.push_str(&format!(
+                        "  {} MX/SRV record(s) wait for their target's address, as the stream holds them back (--json lists them)\n",
+                        d.waiting.len()
+                    ));
+                }
                 for (owner, o) in d.owners.iter().take(20) {
                     for r in &o.missing {
-                        out.push_str(&format!("  + {r}\n"));
+                        out.push_str(&format!("  {}\n", green(&format!("+ {r}"))));
                     }
                     for r in &o.extra {
-                        out.push_str(&format!("  - {r}\n"));
+                        out.push_str(&format!("  {}\n", red(&format!("- {r}"))));
                     }
                     for t in &o.ttl {
                         out.push_str(&format!(
@@ -282,14 +326,17 @@ impl Report {
                 ));
             }
             if let Some(after) = z.in_sync_after {
-                out.push_str(if after {
-                    "  now in sync\n"
+                out.push_str(&if after {
+                    format!("  {}\n", green("now in sync"))
                 } else {
-                    "  still differs after the repair\n"
+                    format!("  {}\n", red("still differs after the repair"))
                 });
             }
             if let (Some(e), Some(_)) = (&z.error, &z.diff) {
-                out.push_str(&format!("  error: {}\n", crate::error::chain(e)));
+                out.push_str(&format!(
+                    "  {}\n",
+                    red(&format!("error: {}", crate::error::chain(e)))
+                ));
             }
         }
         out
@@ -306,6 +353,8 @@ impl Report {
                 let mut v = json!({
                     "zone": z.zone.to_string(),
                     "axfr_ms": z.axfr_time.as_millis() as u64,
+                    "diff_ms": z.diff_time.as_millis() as u64,
+                    "repair_ms": z.repair_time.as_millis() as u64,
                     "transferred": z.transferred,
                     "refused_by_threshold": z.refused_by_threshold,
                     "messages_applied": z.messages_applied,
@@ -322,6 +371,7 @@ impl Report {
                     v["owned"] = json!(d.owned_actual);
                     v["not_owned"] = json!(d.not_owned);
                     v["change_share"] = json!(d.change_share());
+                    v["waiting"] = json!(d.waiting.iter().map(rec).collect::<Vec<_>>());
                     v["missing"] = json!(all(&|o| o.missing.iter().map(rec).collect()));
                     v["extra"] = json!(all(&|o| o.extra.iter().map(rec).collect()));
                     v["ttl"] = json!(all(&|o| o
@@ -341,6 +391,9 @@ impl Report {
             "rows": self.rows,
             "refused_rows": self.refused_rows,
             "read_ms": self.read_time.as_millis() as u64,
+            "total_ms": self.total_time.as_millis() as u64,
+            "paused_ms": self.paused_time.map(|d| d.as_millis() as u64),
+            "peak_rss_kib": peak_rss_kib(),
             "applied": self.applied,
             "exit_code": self.exit_code(),
             "zones": zones,
@@ -354,7 +407,8 @@ struct Desired {
     rows: usize,
     refused: usize,
     records: BTreeMap<ZoneId, Vec<Record>>,
-    /// Per zone and source (index as the stream numbers them).
+    /// Per zone and source (index as the stream numbers them); only kept
+    /// for `--apply`, which rewrites the row state.
     contributions: BTreeMap<ZoneId, BTreeMap<u16, Contributions>>,
     /// The sources' names, by index.
     sources: Vec<String>,
@@ -371,6 +425,8 @@ async fn read_desired(
     store: &Store,
     config: &Config,
     snapshot: Option<&str>,
+    bar: &ProgressBar,
+    keep_rows: bool,
 ) -> Result<Desired, StoreError> {
     if let Some(name) = snapshot {
         // Snapshot names are generated by PostgreSQL (hex digits and dashes).
@@ -386,7 +442,7 @@ async fn read_desired(
             .await
             .map_err(sql("cannot read at the exported snapshot"))?;
     }
-    let desired = read_desired_now(store, config).await;
+    let desired = read_desired_now(store, config, bar, keep_rows).await;
     if snapshot.is_some() {
         store
             .client()
@@ -398,7 +454,12 @@ async fn read_desired(
 }
 
 /// Reads the source tables in the connection's current transaction.
-async fn read_desired_now(store: &Store, config: &Config) -> Result<Desired, StoreError> {
+async fn read_desired_now(
+    store: &Store,
+    config: &Config,
+    bar: &ProgressBar,
+    keep_rows: bool,
+) -> Result<Desired, StoreError> {
     let mut zones = config.zones();
     // The zones tables first: the record rows resolve their zone through them.
     for t in config.zones_tables() {
@@ -425,13 +486,19 @@ async fn read_desired_now(store: &Store, config: &Config) -> Result<Desired, Sto
     let mut planner = Planner::new(&zones, &limits, Loaded::default());
     let mut rows = 0;
     for (i, (mapping, query)) in mappings.iter().zip(&queries).enumerate() {
+        // Streamed: a table of a million rows is never held as text.
         let messages = store
             .client()
-            .simple_query(query)
+            .simple_query_raw(query)
             .await
             .map_err(sql("cannot read a source table"))?;
+        futures_util::pin_mut!(messages);
         let mut columns: Option<Arc<[String]>> = None;
-        for m in messages {
+        while let Some(m) = messages
+            .try_next()
+            .await
+            .map_err(sql("cannot read a source table"))?
+        {
             let tokio_postgres::SimpleQueryMessage::Row(row) = m else {
                 continue;
             };
@@ -452,6 +519,9 @@ async fn read_desired_now(store: &Store, config: &Config) -> Result<Desired, Sto
                 continue;
             };
             rows += 1;
+            if rows % 4096 == 0 {
+                bar.set_position(rows as u64);
+            }
             let image = mapping.records(&row, &zones);
             planner.apply(
                 SourceId(i as u16),
@@ -464,6 +534,7 @@ async fn read_desired_now(store: &Store, config: &Config) -> Result<Desired, Sto
             planner.end_segment();
         }
     }
+    bar.set_position(rows as u64);
     let outcome = planner.finish();
     // One TTL per RRset: the smallest its rows give (as the stream publishes).
     let mut rrset_ttl: BTreeMap<(ZoneId, Owner, RType), u32> = BTreeMap::new();
@@ -484,6 +555,9 @@ async fn read_desired_now(store: &Store, config: &Config) -> Result<Desired, Sto
             published.ttl = rrset_ttl[&(d.zone, d.record.owner.clone(), d.record.rtype)];
             records.entry(d.zone).or_default().push(published);
             per_zone.entry(d.zone).or_default().push(d.record);
+        }
+        if !keep_rows {
+            continue;
         }
         for (zone, recs) in per_zone {
             contributions
@@ -523,7 +597,10 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
     // there while the zones are transferred (DESIGN §4).
     let frozen = freeze(&store, config).await?;
     let snapshot = frozen.as_ref().map(|f| f.snapshot.name.as_str());
-    let result = compare(config, options, &mut store, &selected, snapshot).await;
+    let mut result = compare(config, options, &mut store, &selected, snapshot).await;
+    if let (Some(f), Ok(report)) = (&frozen, &mut result) {
+        report.paused_time = Some(f.started.elapsed());
+    }
     if let Some(f) = &frozen {
         let resumed = store
             .client()
@@ -649,7 +726,10 @@ async fn compare(
     snapshot: Option<&str>,
 ) -> Result<Report, ReconcileError> {
     let started = Instant::now();
-    let desired = read_desired(store, config, snapshot).await?;
+    let bar = progress_bar(options.progress);
+    bar.set_message("reading the tables");
+    // What each row contributes is kept only to rewrite the row state.
+    let desired = read_desired(store, config, snapshot, &bar, options.apply).await?;
     let read_time = started.elapsed();
     info!(
         rows = desired.rows,
@@ -661,10 +741,13 @@ async fn compare(
     for &id in selected {
         let zc = &config.zones[usize::from(id.0)];
         let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-        let mut outcome = reconcile_zone(config, zc, wanted, options).await;
+        bar.set_message(format!("zone {}", zc.name));
+        let mut outcome = reconcile_zone(config, zc, wanted, options, &bar).await;
         if options.apply && outcome.error.is_none() && outcome.in_sync_after == Some(true) {
             // One transaction per source: every source's state of the
-            // zone, emptied ones included, is rewritten.
+            // zone, emptied ones included, is rewritten; a row with a
+            // record still waiting for its target's address is kept aside
+            // as the stream keeps it (pg2dns.waiting, no row state).
             for (i, name) in desired.sources.iter().enumerate() {
                 let rows = desired
                     .contributions
@@ -672,7 +755,18 @@ async fn compare(
                     .and_then(|by_source| by_source.get(&(i as u16)))
                     .map(Vec::as_slice)
                     .unwrap_or(&[]);
-                if let Err(source) = store.replace_zone_state(name, &zc.name, rows).await {
+                let (held, kept) = split_waiting(rows, &outcome.waiting_after);
+                let published: Vec<(RowKey, Vec<Record>)>;
+                let published = if held.is_empty() {
+                    rows
+                } else {
+                    published = kept.into_iter().cloned().collect();
+                    &published
+                };
+                if let Err(source) = store
+                    .replace_zone_state(name, &zc.name, published, &held)
+                    .await
+                {
                     outcome.error = Some(ZoneError::State {
                         zone: zc.name.clone(),
                         source,
@@ -683,6 +777,7 @@ async fn compare(
         }
         outcomes.push(outcome);
     }
+    bar.finish_and_clear();
     if options.apply {
         // The stream goes on from the moment the tables were read: it
         // resolves zone references as they were then.
@@ -694,6 +789,8 @@ async fn compare(
         rows: desired.rows,
         refused_rows: desired.refused,
         read_time,
+        total_time: started.elapsed(),
+        paused_time: None,
         zones: outcomes,
         applied: options.apply,
     })
@@ -704,12 +801,16 @@ async fn reconcile_zone(
     zc: &ZoneConfig,
     wanted: &[Record],
     options: &Options,
+    bar: &ProgressBar,
 ) -> ZoneOutcome {
     let mut outcome = ZoneOutcome {
         zone: zc.name.clone(),
         diff: None,
         transferred: 0,
         axfr_time: Duration::ZERO,
+        diff_time: Duration::ZERO,
+        repair_time: Duration::ZERO,
+        waiting_after: Vec::new(),
         refused_by_threshold: false,
         messages_applied: 0,
         retries: 0,
@@ -727,7 +828,15 @@ async fn reconcile_zone(
     };
     outcome.axfr_time = started.elapsed();
     outcome.transferred = transfer.records.len();
-    let first = diff::diff(&zc.name, wanted, &transfer.records);
+    bar.set_message(format!(
+        "zone {}: comparing {} records with {} wanted",
+        zc.name,
+        transfer.records.len(),
+        wanted.len()
+    ));
+    let started = Instant::now();
+    let first = diff::diff_excluding(&zc.name, wanted, &transfer.records, &zc.exclusions);
+    outcome.diff_time = started.elapsed();
     let needs_repair = !first.is_in_sync();
     outcome.refused_by_threshold = needs_repair
         && first.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
@@ -736,9 +845,12 @@ async fn reconcile_zone(
     if !options.apply || outcome.refused_by_threshold {
         return outcome;
     }
+    bar.set_message(format!("zone {}: repairing", zc.name));
+    let started = Instant::now();
     if let Err(e) = repair(config, zc, wanted, options, transfer, first, &mut outcome).await {
         outcome.error = Some(e);
     }
+    outcome.repair_time = started.elapsed();
     outcome
 }
 
@@ -823,7 +935,7 @@ async fn repair(
                         server: zc.primary,
                     });
                 }
-                current = diff::diff(zone, wanted, &transfer.records);
+                current = diff::diff_excluding(zone, wanted, &transfer.records, &zc.exclusions);
                 if current.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
                     && !options.force
                 {
@@ -836,8 +948,9 @@ async fn repair(
         }
         // Check: a fresh transfer must show the zone in sync.
         transfer = axfr::transfer(zone, zc.primary, &zc.key, timeout).await?;
-        current = diff::diff(zone, wanted, &transfer.records);
+        current = diff::diff_excluding(zone, wanted, &transfer.records, &zc.exclusions);
         outcome.in_sync_after = Some(current.is_in_sync());
+        outcome.waiting_after = current.waiting;
         return Ok(());
     }
 }
@@ -878,6 +991,60 @@ async fn send(
             Err(e) => Err(update_err(zc, crate::error::chain(&e))),
         };
     }
+}
+
+/// A spinner with a count and a message on stderr; hidden unless `shown`
+/// and stderr is a terminal (indicatif checks).
+fn progress_bar(shown: bool) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg} ({human_pos} rows read)")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// A row kept aside: its key, the target it waits at, its records.
+type HeldRow = (RowKey, Owner, Vec<Record>);
+
+/// The rows of one source that contribute a record still waiting for its
+/// target's address (with that target and all the row's records), and the
+/// others.
+fn split_waiting<'a>(
+    rows: &'a [(RowKey, Vec<Record>)],
+    waiting: &[Record],
+) -> (Vec<HeldRow>, Vec<&'a (RowKey, Vec<Record>)>) {
+    let mut held = Vec::new();
+    let mut published = Vec::new();
+    for row in rows {
+        let target = row.1.iter().find_map(|r| {
+            waiting
+                .iter()
+                .any(|w| w.same_rr(r))
+                .then(|| pg2dns_decoder::rdata::target(r.rtype, r.rdata.as_wire()))
+                .flatten()
+        });
+        match target {
+            Some(t) => held.push((row.0.clone(), Owner::from_name(t), row.1.clone())),
+            None => published.push(row),
+        }
+    }
+    (held, published)
+}
+
+/// The process's peak resident set size in KiB (Linux: `VmHWM` of
+/// /proc/self/status), for the benchmark and for operators sizing a host.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn unix_now() -> u64 {

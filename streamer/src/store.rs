@@ -918,6 +918,7 @@ impl Store {
         source: &str,
         zone: &ZoneName,
         rows: &[(RowKey, Vec<Record>)],
+        waiting: &[(RowKey, Owner, Vec<Record>)],
     ) -> Result<(), StoreError> {
         debug_assert!(!self.in_transaction, "a checkpoint transaction is open");
         let zone_text = zone.to_string();
@@ -955,6 +956,37 @@ impl Store {
                 )
                 .await
                 .map_err(sql("cannot write the zone's pg2dns.row_state"))?;
+            // What the source's rows wait for in the zone, as the stream
+            // keeps it: the rows the comparison found waiting, nothing else.
+            self.client
+                .execute(
+                    "DELETE FROM pg2dns.waiting WHERE slot = $1 AND source = $2 AND zone = $3",
+                    &[&self.slot, &source, &zone_text],
+                )
+                .await
+                .map_err(sql("cannot clear the zone's pg2dns.waiting"))?;
+            for (key, target, records) in waiting {
+                for r in records {
+                    self.client
+                        .execute(
+                            "INSERT INTO pg2dns.waiting (slot, source, row_key, lsn, target, zone, owner, rtype, rdata, ttl) \
+                             VALUES ($1, $2, $3, '0/0', $4, $5, $6, $7, $8, $9)",
+                            &[
+                                &self.slot,
+                                &source,
+                                &key.0,
+                                &target.name().as_wire(),
+                                &zone_text,
+                                &r.owner.name().as_wire(),
+                                &i32::from(r.rtype.0),
+                                &r.rdata.as_wire(),
+                                &i32::try_from(r.ttl).unwrap_or(i32::MAX),
+                            ],
+                        )
+                        .await
+                        .map_err(sql("cannot write pg2dns.waiting"))?;
+                }
+            }
             self.client
                 .batch_execute("COMMIT")
                 .await
@@ -965,6 +997,9 @@ impl Store {
             let _ = self.client.batch_execute("ROLLBACK").await;
         }
         self.in_transaction = false;
+        if result.is_ok() && !waiting.is_empty() {
+            self.maybe_waiting = true;
+        }
         result
     }
 

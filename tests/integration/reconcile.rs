@@ -1,11 +1,13 @@
 //! `pg2dns reconcile`: records changed behind pg2dns's back are reported
 //! exactly, `--apply` repairs them and the stream goes on from the repaired
 //! state; the safety threshold; a zone changed between the transfer and the
-//! repair makes the SOA prerequisite fail and the repair start again.
+//! repair makes the SOA prerequisite fail and the repair start again;
+//! excluded names and types; rows waiting for an address; DNSSEC records;
+//! exact under writers; the first deployment.
 //!
-//! Every scenario stops `pg2dns run` before reconciling: the comparison is
-//! exact only while nothing else writes (the exact pause lands with the
-//! admin commands).
+//! Most scenarios stop `pg2dns run` before reconciling, to compare a state
+//! they know; `reconcile_while_writers_commit_finds_no_false_difference`
+//! covers the exact pause of a running service.
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -566,5 +568,180 @@ async fn a_new_deployment_publishes_the_rows_the_database_already_holds_and_miss
         .await
         .with_context(|| run.log_tail(40))?;
     run.assert_running()?;
+    Ok(())
+}
+
+/// An MX whose target has no address yet waits, in the stream as in
+/// reconcile: it is listed as waiting, not missing; `--apply` repairs the
+/// rest without sending it (BIND would refuse it) and keeps the row waiting,
+/// so that the stream publishes it as soon as the target gets an address;
+/// afterwards the row state agrees with the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mx_waiting_for_its_targets_address_stays_waiting_through_a_repair_and_the_stream_publishes_it(
+) -> Result<()> {
+    let stack = Stack::start("reconcile-waiting", Primary::Bind).await?;
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('www.example.test.', 300, 'A', '192.0.2.10'),
+               ('example.test.', 300, 'MX', '10 mail.example.test.')",
+        )
+        .await?;
+    crate::harness::wait_until(DNS_DEADLINE, "the MX row waits for its target", || async {
+        let rejected = stack.rejected().await?;
+        Ok(
+            if rejected
+                .iter()
+                .any(|r| r.reason.contains("has no address record in the zone yet"))
+            {
+                crate::harness::Check::Done(())
+            } else {
+                crate::harness::Check::NotYet(format!("{rejected:?}"))
+            },
+        )
+    })
+    .await?;
+    stack
+        .wait_until_answers("www.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    pg2dns.terminate().await?;
+
+    let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    let forward = zone(&json, FORWARD)?;
+    ensure!(code == 0, "a waiting MX is not a difference: {json:#}");
+    ensure!(
+        lines(&forward["waiting"]) == vec!["example.test. 300 MX 10 mail.example.test."],
+        "the MX is listed as waiting: {forward:#}"
+    );
+
+    // Something to repair besides: the MX must not be sent with it.
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update add rogue.example.test. 300 A 192.0.2.99")
+        .await?;
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    ensure!(code == 0, "the repair leaves the zone in sync: {json:#}");
+    ensure!(
+        lines(&zone(&json, FORWARD)?["extra"]) == vec!["rogue.example.test. 300 A 192.0.2.99"],
+        "{json:#}"
+    );
+    ensure!(
+        stack.query("rogue.example.test.", "A").await?.is_empty(),
+        "the rogue record is deleted"
+    );
+
+    // The stream goes on: the address arrives, and the waiting MX follows
+    // without anyone touching its row.
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('mail.example.test.', 300, 'A', '192.0.2.25')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    pg2dns.terminate().await?;
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    ensure!(
+        code == 0 && zone(&json, FORWARD)?["waiting"] == serde_json::json!([]),
+        "{json:#}"
+    );
+    let state = stack.row_state().await?;
+    let table = stack.table().await?;
+    ensure!(
+        state.len() == table.len(),
+        "row state holds {} rows, the table {}: {state:?}",
+        state.len(),
+        table.len()
+    );
+    Ok(())
+}
+
+/// Names and types the zone's configuration excludes: the stream refuses
+/// rows there with a recorded reason, and reconcile neither reports nor
+/// deletes what another tool put there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluded_names_and_types_are_refused_by_the_stream_and_ignored_by_reconcile() -> Result<()>
+{
+    let stack = Stack::start("reconcile-excluded", Primary::Bind).await?;
+    stack.set_zone_option(
+        FORWARD,
+        "exclude_names = [\"_acme-challenge.*\", \"*.dyn\"]",
+    )?;
+    stack.set_zone_option(FORWARD, "exclude_types = [\"TXT\"]")?;
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('www.example.test.', 300, 'A', '192.0.2.10'),
+               ('_acme-challenge.www.example.test.', 300, 'CNAME', 'www.acme.test.'),
+               ('host.dyn.example.test.', 300, 'A', '192.0.2.11'),
+               ('txt.example.test.', 300, 'TXT', '\"hello\"');
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('after.example.test.', 300, 'A', '192.0.2.12')",
+        )
+        .await?;
+    stack
+        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    let rejected = stack.rejected().await?;
+    let mut refused: Vec<String> = rejected
+        .iter()
+        .filter(|r| r.reason.contains("is excluded by the zone's"))
+        .filter_map(|r| r.owner.clone())
+        .collect();
+    refused.sort();
+    ensure!(
+        refused
+            == vec![
+                "_acme-challenge.www.example.test.".to_string(),
+                "host.dyn.example.test.".to_string(),
+                "txt.example.test.".to_string(),
+            ],
+        "the three excluded rows are refused with the rule named: {rejected:?}"
+    );
+    let dns = stack.axfr(FORWARD).await?;
+    ensure!(
+        !dns.iter()
+            .any(|r| r.owner.starts_with("_acme") || r.owner.contains("dyn.") || r.rtype == "TXT"),
+        "nothing excluded is published: {dns:?}"
+    );
+    pg2dns.terminate().await?;
+
+    // Another tool writes at the excluded names; someone adds a rogue record.
+    stack
+        .server(Primary::Bind)?
+        .nsupdate(
+            "update add _acme-challenge.example.test. 60 TXT \"token\"\n\
+             update add laptop.dyn.example.test. 60 A 192.0.2.77\n\
+             update add www.example.test. 300 TXT \"theirs\"\n\
+             update add rogue.example.test. 300 A 192.0.2.99",
+        )
+        .await?;
+    let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    let forward = zone(&json, FORWARD)?;
+    ensure!(code == 1, "{json:#}");
+    ensure!(
+        lines(&forward["extra"]) == vec!["rogue.example.test. 300 A 192.0.2.99"]
+            && lines(&forward["missing"]).is_empty(),
+        "only the rogue record differs: {forward:#}"
+    );
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    ensure!(code == 0, "{json:#}");
+    let mut kept: Vec<String> = stack
+        .axfr(FORWARD)
+        .await?
+        .iter()
+        .map(|r| format!("{} {} {}", r.owner, r.rtype, r.rdata))
+        .collect();
+    kept.sort();
+    ensure!(
+        kept == vec![
+            "_acme-challenge.example.test. TXT \"token\"".to_string(),
+            "after.example.test. A 192.0.2.12".to_string(),
+            "laptop.dyn.example.test. A 192.0.2.77".to_string(),
+            "www.example.test. A 192.0.2.10".to_string(),
+            "www.example.test. TXT \"theirs\"".to_string(),
+        ],
+        "the other tool's records stay, the rogue one goes: {kept:?}"
+    );
     Ok(())
 }
