@@ -16,6 +16,13 @@
 //! lower-cased wire names, and record data in the canonical wire form
 //! [`crate::rdata::parse`] produces.
 //!
+//! The addresses of the zone's own name servers (A and AAAA at the target of
+//! an apex NS record) go with the apex NS: owned only when the database
+//! lists an address at that name. BIND refuses an update that leaves an
+//! in-zone name server without an address ("post update name server sanity
+//! check failed"), and a first load must not try to remove the zone file's
+//! name server addresses because the database never heard of them.
+//!
 //! Names and types the zone's configuration excludes
 //! ([`crate::exclude::Exclusions`]) are not owned either: they count with
 //! [`ZoneDiff::not_owned`].
@@ -125,11 +132,31 @@ pub fn diff_excluding(
     actual: &[Record],
     excluded: &Exclusions,
 ) -> ZoneDiff {
-    let is_owned =
-        |r: &Record, apex_ns_owned: bool| is_owned(zone, r, apex_ns_owned) && !excluded.excludes(r);
     let apex_ns_owned = desired
         .iter()
         .any(|r| r.rtype == RType::NS && r.owner.name() == zone.name());
+    let is_address = |r: &Record| r.rtype == RType::A || r.rtype == RType::AAAA;
+    // The zone's name servers, on either side, and the names the database
+    // gives an address.
+    let name_servers: std::collections::BTreeSet<Owner> = desired
+        .iter()
+        .chain(actual)
+        .filter(|r| r.rtype == RType::NS && r.owner.name() == zone.name())
+        .filter_map(|r| crate::rdata::target(r.rtype, r.rdata.as_wire()))
+        .map(Owner::from_name)
+        .collect();
+    let db_addressed: std::collections::BTreeSet<&Owner> = desired
+        .iter()
+        .filter(|r| is_address(r))
+        .map(|r| &r.owner)
+        .collect();
+    let is_owned = |r: &Record, apex_ns_owned: bool| {
+        is_owned(zone, r, apex_ns_owned)
+            && !excluded.excludes(r)
+            && !(is_address(r)
+                && name_servers.contains(&r.owner)
+                && !db_addressed.contains(&r.owner))
+    };
     let mut want: BTreeMap<RrKey, u32> = BTreeMap::new();
     for r in desired.iter().filter(|r| is_owned(r, apex_ns_owned)) {
         let ttl = want
@@ -480,6 +507,32 @@ mod tests {
             max_message_bytes: max,
             tsig_record_len: 81,
         }
+    }
+
+    #[test]
+    fn the_name_servers_addresses_go_with_the_apex_ns() {
+        let z = zone();
+        let actual = vec![
+            rec("example.test.", 3600, "NS", "NS1.Example.Test."),
+            rec("ns1.example.test.", 3600, "A", "192.0.2.53"),
+            rec("ns1.example.test.", 3600, "AAAA", "2001:db8::53"),
+            rec("stray.example.test.", 300, "A", "192.0.2.99"),
+        ];
+        // The database knows nothing of the name server: its addresses are
+        // the zone file's, like the apex NS; the stray address is extra.
+        let d = diff(&z, &[], &actual);
+        assert_eq!((d.missing(), d.extra()), (0, 1), "{d:?}");
+        assert_eq!(d.not_owned, 3);
+        // Once the database lists an address there, it owns that name's
+        // addresses: the one it lacks is extra.
+        let desired = vec![rec("ns1.example.test.", 3600, "A", "192.0.2.53")];
+        let d = diff(&z, &desired, &actual);
+        assert_eq!((d.missing(), d.extra()), (0, 2), "{d:?}");
+        let ns1 = Owner::parse("ns1.example.test.").unwrap();
+        assert_eq!(
+            d.owners[&ns1].extra,
+            vec![rec("ns1.example.test.", 3600, "AAAA", "2001:db8::53")]
+        );
     }
 
     #[test]
