@@ -20,6 +20,9 @@ const SCHEMA: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_schema.sql")),
     (2, include_str!("../../sql/002_row_state.sql")),
     (3, include_str!("../../sql/003_control.sql")),
+    // Version 4 may be absent: each version not yet installed is applied,
+    // in this order, whatever the gaps.
+    (5, include_str!("../../sql/005_rr_unique.sql")),
 ];
 
 /// What `setup` did.
