@@ -19,6 +19,7 @@
 
 pub mod checks;
 pub mod diff;
+pub mod guard;
 pub mod lsn;
 pub mod mapping;
 pub mod name;

@@ -60,6 +60,9 @@ pub enum Mode {
         /// The newest control request when the halt began: a resume must
         /// come after it.
         after: i64,
+        /// The commit LSN of the transaction the mass-delete guard holds,
+        /// when that is the halt's cause.
+        mass_delete: Option<Lsn>,
     },
 }
 
@@ -184,6 +187,7 @@ impl Control {
                 reason: r.get(2),
                 hint: r.get(3),
                 after: r.get(4),
+                mass_delete: None,
             },
             _ => Mode::Running,
         })
@@ -205,6 +209,7 @@ impl Control {
                 reason,
                 hint,
                 after,
+                ..
             } => ("halted", None, reason.clone(), hint.clone(), None, *after),
         };
         self.client
@@ -220,6 +225,21 @@ impl Control {
             )
             .await
             .map_err(sql("cannot write pg2dns.mode"))?;
+        // Which transaction `pg2dns resume --allow-mass-delete` releases
+        // (schema version 5; written only for such a halt).
+        if let Mode::Halted {
+            mass_delete: Some(lsn),
+            ..
+        } = mode
+        {
+            self.client
+                .execute(
+                    "UPDATE pg2dns.mode SET lsn = $2::text::pg_lsn, mass_delete_lsn = $2::text::pg_lsn WHERE slot = $1",
+                    &[&self.slot, &lsn.to_string()],
+                )
+                .await
+                .map_err(sql("cannot write pg2dns.mode (run `pg2dns setup` for schema version 5)"))?;
+        }
         Ok(())
     }
 

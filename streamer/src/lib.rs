@@ -14,6 +14,7 @@ pub mod control;
 pub mod dns;
 pub mod error;
 pub mod failpoint;
+pub mod guard;
 pub mod metrics;
 pub mod pipeline;
 pub mod reconcile;

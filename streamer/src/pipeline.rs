@@ -72,7 +72,25 @@ const IDLE_CONFIRM_EVERY: Duration = Duration::from_secs(10);
 /// A change or a commit, in stream order.
 enum Item {
     Change(SourceId, RowChange),
+    /// A TRUNCATE of a source's table, at the commit LSN of its transaction.
+    Truncate(SourceId, Lsn),
     Commit,
+}
+
+/// One step of a flush, in stream order.
+enum Step {
+    Row(SourceId, RowUpdate),
+    Truncate(SourceId, Lsn),
+    Commit,
+}
+
+impl Step {
+    fn update(&self) -> Option<(SourceId, &RowUpdate)> {
+        match self {
+            Step::Row(s, u) => Some((*s, u)),
+            _ => None,
+        }
+    }
 }
 
 /// The sources this configuration streams: the built-in `pg2dns.rr` first
@@ -234,6 +252,8 @@ pub struct Pipeline<'c> {
     config: &'c Config,
     zones: Zones,
     limits: PlanLimits,
+    /// The mass-delete guard of each zone, by `ZoneId`.
+    guards: Vec<pg2dns_decoder::guard::DeleteGuard>,
     mappings: Vec<Box<dyn Mapping>>,
     sources: Vec<String>,
     store: Store,
@@ -256,8 +276,9 @@ pub struct Pipeline<'c> {
     server_time_micros: i64,
     /// Whether the last commit arrived well after it happened.
     backlog: bool,
-    /// A mapped table truncated in the open transaction, and where.
-    truncated: Option<(String, Lsn)>,
+    /// What a transaction continuing past the last flush deleted so far
+    /// (the mass-delete guard judges a transaction as a whole).
+    guard_carry: crate::guard::Carry,
     /// When an idle slot was last moved.
     last_idle_confirm: Instant,
     /// A pause request seen in the open transaction.
@@ -327,7 +348,8 @@ pub async fn run(
                 if options.exit_on_halt {
                     return Err(e);
                 }
-                let halted = wait_while_halted(&config, reason, hint, &mut shutdown);
+                let held = e.mass_delete_lsn();
+                let halted = wait_while_halted(&config, reason, hint, held, &mut shutdown);
                 let resumed = tokio::select! {
                     r = halted => r,
                     _ = reload_asked(&mut reload) => {
@@ -407,6 +429,7 @@ async fn wait_while_halted(
     config: &Config,
     reason: String,
     hint: String,
+    mass_delete: Option<Lsn>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<()> {
     let mut backoff = Duration::from_millis(500);
@@ -419,6 +442,7 @@ async fn wait_while_halted(
                     reason: reason.clone(),
                     hint: hint.clone(),
                     after,
+                    mass_delete,
                 })
                 .await?;
             metrics::get().set_mode("halted");
@@ -509,6 +533,7 @@ async fn session(
         config,
         zones: config.zones(),
         limits: config.plan_limits(),
+        guards: config.zones.iter().map(|z| z.guard).collect(),
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
         mappings,
         store,
@@ -524,7 +549,7 @@ async fn session(
         confirmed: None,
         server_time_micros: 0,
         backlog: false,
-        truncated: None,
+        guard_carry: None,
         last_idle_confirm: Instant::now() - IDLE_CONFIRM_EVERY,
         pause_request: None,
         pause_at: None,
@@ -814,14 +839,16 @@ impl Pipeline<'_> {
                 relations,
                 ..
             } if !self.skipping => {
-                if let Some(r) = relations.iter().find(|r| {
-                    self.mappings
-                        .iter()
-                        .any(|m| m.matches(r.namespace.as_str(), &r.name))
-                }) {
-                    // The end LSN is not known before the Commit; the slot
-                    // hint needs it, so wait for it.
-                    self.truncated = Some((r.qualified_name(), final_lsn));
+                // Every row of the table leaves DNS, as a DELETE of each
+                // would; the mass-delete guard holds it if that is too much.
+                for r in &relations {
+                    let ns = r.namespace.as_str();
+                    if let Some(i) = self.mappings.iter().position(|m| m.matches(ns, &r.name)) {
+                        info!(table = %r.qualified_name(), lsn = %final_lsn, "TRUNCATE");
+                        self.batch
+                            .push(Item::Truncate(SourceId(i as u16), final_lsn));
+                        self.batch_rows += 1;
+                    }
                 }
             }
             Event::Truncate { .. } => {}
@@ -829,13 +856,6 @@ impl Pipeline<'_> {
                 debug!(prefix = %message.prefix, lsn = %message.lsn, in_transaction = final_lsn.is_some(), "logical message ignored");
             }
             Event::Commit { end_lsn, .. } => {
-                if let Some((table, _)) = self.truncated.take() {
-                    return Err(RunError::Truncate {
-                        table,
-                        end_lsn,
-                        slot: self.config.database.slot.clone(),
-                    });
-                }
                 if !self.skipping {
                     metrics::get().transactions.inc();
                     self.batch.push(Item::Commit);
@@ -867,32 +887,47 @@ impl Pipeline<'_> {
         let mut steps = Vec::with_capacity(items.len());
         for item in items {
             match item {
-                Item::Commit => steps.push(None),
+                Item::Commit => steps.push(Step::Commit),
+                Item::Truncate(source, lsn) => steps.push(Step::Truncate(source, lsn)),
                 Item::Change(source, change) => {
                     let mapping = &self.mappings[usize::from(source.0)];
                     for u in mapping::row_updates(mapping.as_ref(), &change, &self.zones)? {
-                        steps.push(Some((source, u)));
+                        steps.push(Step::Row(source, u));
                     }
                 }
             }
         }
         // 2. Read the row state of those rows and of the owners they touch.
         let mut seen = HashSet::new();
-        let rows: Vec<RowRef> = steps
+        let mut rows: Vec<RowRef> = steps
             .iter()
-            .flatten()
-            .map(|(s, u)| (*s, u.key.clone()))
+            .filter_map(Step::update)
+            .map(|(s, u)| (s, u.key.clone()))
             .filter(|r| seen.insert(r.clone()))
             .collect();
-        let mut owners = Planner::wanted_nodes(&self.zones, steps.iter().flatten().map(|(_, u)| u));
+        // A TRUNCATE removes every row of its source: load them all.
+        for step in &steps {
+            if let Step::Truncate(source, _) = step {
+                let name = &self.sources[usize::from(source.0)];
+                for key in crate::guard::source_rows(&self.store, name).await? {
+                    if seen.insert((*source, key.clone())) {
+                        rows.push((*source, key));
+                    }
+                }
+            }
+        }
+        let mut owners = Planner::wanted_nodes(
+            &self.zones,
+            steps.iter().filter_map(Step::update).map(|(_, u)| u),
+        );
         let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
         // Rows waiting for an address that this batch may give.
-        let targets = Planner::address_owners(steps.iter().flatten().map(|(_, u)| u));
+        let targets =
+            Planner::address_owners(steps.iter().filter_map(Step::update).map(|(_, u)| u));
         let waiting = self
             .store
             .waiting_for(&sources, &self.zones, &targets)
             .await?;
-        let mut rows = rows;
         for w in &waiting {
             rows.push(w.row.clone());
             owners.extend(w.records.iter().map(|d| (d.zone, d.record.owner.clone())));
@@ -910,23 +945,41 @@ impl Pipeline<'_> {
         planner.add_waiting(waiting);
         let mut lsn = self.assembler.current().unwrap_or_default();
         let mut open = false;
+        let mut segments: Vec<(Lsn, Vec<ZoneOps>)> = Vec::new();
         for step in steps {
             match step {
-                Some((source, update)) => {
+                Step::Row(source, update) => {
                     lsn = update.lsn;
                     open = true;
                     planner.apply(source, update);
                 }
-                None => {
-                    let ops = planner.end_segment();
-                    self.lanes.dispatch(lsn, ops);
+                Step::Truncate(source, at) => {
+                    lsn = at;
+                    open = true;
+                    planner.truncate(source, at);
+                }
+                Step::Commit => {
+                    segments.push((lsn, planner.end_segment()));
                     open = false;
                 }
             }
         }
         if open {
             // A transaction continuing past this batch.
-            let ops = planner.end_segment();
+            segments.push((lsn, planner.end_segment()));
+        }
+        // The mass-delete guard: a transaction deleting too much of a zone
+        // halts the session here, before anything of this batch is sent.
+        crate::guard::check(
+            &self.store,
+            &self.zones,
+            &self.guards,
+            &segments,
+            &mut self.guard_carry,
+            open,
+        )
+        .await?;
+        for (lsn, ops) in segments {
             self.lanes.dispatch(lsn, ops);
         }
         if planner.inconsistencies() > 0 {

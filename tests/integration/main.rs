@@ -45,6 +45,7 @@ mod config;
 mod crash;
 mod faithfulness;
 mod faults;
+mod guard;
 mod halts;
 mod harness_selftest;
 mod isolation;
