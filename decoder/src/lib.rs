@@ -28,6 +28,7 @@ pub mod plan;
 pub mod rdata;
 pub mod records;
 pub mod row;
+pub mod schema;
 pub mod session;
 pub mod tsig;
 pub mod txn;

@@ -13,6 +13,7 @@
 //! | BADKEY, BADSIG, BADTIME, REFUSED, NOTAUTH, …    | halt: fix the key or server  |
 //! | a mass delete (a DELETE FROM, a TRUNCATE)       | halt until released          |
 //! | undecodable stream, change without its key      | halt: report the LSN         |
+//! | a configured column dropped or retyped          | halt: name source and column |
 //! | a broken internal invariant                     | exit                         |
 //!
 //! Decisions read SQLSTATE codes and typed errors, never message text (the
@@ -79,6 +80,17 @@ pub enum RunError {
         /// Records the zone holds.
         records: usize,
         /// The transaction's commit LSN: what a release names.
+        lsn: Lsn,
+    },
+    /// A source's table no longer has a configured column, or has it with a
+    /// type it cannot be read as.
+    #[error("source {source_name}: the table's layout at LSN {lsn} no longer fits the configuration: {problem}")]
+    Schema {
+        /// The source (its table).
+        source_name: String,
+        /// What changed.
+        problem: pg2dns_decoder::schema::SchemaProblem,
+        /// The commit LSN of the first transaction with the new layout.
         lsn: Lsn,
     },
     /// The stream broke its own structure (a decoder error).
@@ -164,6 +176,9 @@ impl RunError {
             RunError::SchemaMissing => halt("run `pg2dns setup -c <config>`"),
             RunError::MassDelete { zone, lsn, .. } => Disposition::Halt {
                 hint: format!("if these deletes are intended, run `pg2dns resume --allow-mass-delete` to apply them (it releases only the transaction at {lsn}; the threshold is [guard] or the zone's max_delete_share / max_delete_records). If they are a mistake, restore the rows of zone {zone} in the database first: the release then deletes the records and the restore adds them back. Until then nothing after this transaction is sent either"),
+            },
+            RunError::Schema { lsn, .. } => Disposition::Halt {
+                hint: format!("nothing from the transaction at {lsn} on was sent. Give the column back (or its type), or change the source's configuration to the table's new layout, then `pg2dns resume` (it reads the configuration again); the transactions from {lsn} on are then read with it"),
             },
             RunError::Stream { .. } => Disposition::Retry,
             RunError::Internal(_) => Disposition::Exit,

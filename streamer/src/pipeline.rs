@@ -252,6 +252,10 @@ pub struct Pipeline<'c> {
     config: &'c Config,
     zones: Zones,
     limits: PlanLimits,
+    /// The columns each source reads (by `SourceId`), and the table layout
+    /// last found to hold them.
+    needed: Vec<Vec<pg2dns_decoder::schema::Needed>>,
+    checked: Vec<Option<std::sync::Arc<pg2dns_decoder::pgoutput::Relation>>>,
     /// The mass-delete guard of each zone, by `ZoneId`.
     guards: Vec<pg2dns_decoder::guard::DeleteGuard>,
     mappings: Vec<Box<dyn Mapping>>,
@@ -534,6 +538,15 @@ async fn session(
         zones: config.zones(),
         limits: config.plan_limits(),
         guards: config.zones.iter().map(|z| z.guard).collect(),
+        needed: std::iter::once(pg2dns_decoder::schema::rr_columns())
+            .chain(
+                config
+                    .sources
+                    .iter()
+                    .map(|s| pg2dns_decoder::schema::source_columns(s.spec())),
+            )
+            .collect(),
+        checked: vec![None; mappings.len()],
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
         mappings,
         store,
@@ -826,6 +839,20 @@ impl Pipeline<'_> {
                 let (ns, name) = (change.relation.namespace.as_str(), &change.relation.name);
                 match self.mappings.iter().position(|m| m.matches(ns, name)) {
                     Some(i) => {
+                        // A new table layout: does it still hold what the
+                        // source reads? (Once per Relation message.)
+                        let known = self.checked[i]
+                            .as_ref()
+                            .is_some_and(|r| std::sync::Arc::ptr_eq(r, &change.relation));
+                        if !known {
+                            pg2dns_decoder::schema::check(&self.needed[i], &change.relation)
+                                .map_err(|problem| RunError::Schema {
+                                    source_name: self.sources[i].clone(),
+                                    problem,
+                                    lsn: change.final_lsn,
+                                })?;
+                            self.checked[i] = Some(change.relation.clone());
+                        }
                         self.batch.push(Item::Change(SourceId(i as u16), change));
                         self.batch_rows += 1;
                         metrics::get().rows.inc();
