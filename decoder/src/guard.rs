@@ -75,6 +75,11 @@ impl DeleteGuard {
             || (records > self.min_zone_records && self.share_exceeded(deleted, records))
     }
 
+    /// Whether no transaction can ever be held (no number, a share of 1).
+    pub fn is_off(&self) -> bool {
+        self.max_delete_records.is_none() && self.max_delete_share >= 1.0
+    }
+
     fn share_exceeded(&self, deleted: usize, records: usize) -> bool {
         deleted > 0 && deleted as f64 > self.max_delete_share * records as f64
     }

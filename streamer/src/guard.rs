@@ -109,6 +109,48 @@ pub async fn check(
     Ok(())
 }
 
+/// The parts of a batch to send now, in order. A transaction larger than a
+/// batch is planned in parts; once such a transaction deletes anything in a
+/// guarded zone, its parts are kept in `held` (not sent) until the batch
+/// holding its commit, so that [`check`] judges it whole before any part of
+/// it reaches DNS. `carry` is what [`check`] left for the open transaction.
+pub fn ready_parts(
+    held: &mut Vec<(Lsn, Vec<ZoneOps>)>,
+    mut segments: Vec<(Lsn, Vec<ZoneOps>)>,
+    open: bool,
+    carry: &Carry,
+    guards: &[DeleteGuard],
+) -> Vec<(Lsn, Vec<ZoneOps>)> {
+    let mut held_now = std::mem::take(held);
+    let last = if open { segments.pop() } else { None };
+    let mut out = Vec::with_capacity(segments.len() + held_now.len() + 1);
+    if !segments.is_empty() {
+        // The held transaction (if any) committed in this batch: its parts
+        // go first, right before its last one.
+        out.append(&mut held_now);
+    }
+    out.extend(segments);
+    if let Some(part) = last {
+        let deleting = carry.as_ref().is_some_and(|(_, changes)| {
+            changes.iter().any(|(z, c)| {
+                c.deleted > 0
+                    && !guards
+                        .get(usize::from(z.0))
+                        .copied()
+                        .unwrap_or_default()
+                        .is_off()
+            })
+        });
+        if deleting || !held_now.is_empty() {
+            held_now.push(part);
+            *held = held_now;
+        } else {
+            out.push(part);
+        }
+    }
+    out
+}
+
 /// The records each of these zones holds, as the row state says (distinct
 /// records: two rows producing one record count once).
 async fn zone_records(

@@ -283,6 +283,8 @@ pub struct Pipeline<'c> {
     /// What a transaction continuing past the last flush deleted so far
     /// (the mass-delete guard judges a transaction as a whole).
     guard_carry: crate::guard::Carry,
+    /// The parts of that transaction not sent yet (see `guard::ready_parts`).
+    guard_held: Vec<(Lsn, Vec<ZoneOps>)>,
     /// When an idle slot was last moved.
     last_idle_confirm: Instant,
     /// A pause request seen in the open transaction.
@@ -563,6 +565,7 @@ async fn session(
         server_time_micros: 0,
         backlog: false,
         guard_carry: None,
+        guard_held: Vec::new(),
         last_idle_confirm: Instant::now() - IDLE_CONFIRM_EVERY,
         pause_request: None,
         pause_at: None,
@@ -1006,7 +1009,14 @@ impl Pipeline<'_> {
             open,
         )
         .await?;
-        for (lsn, ops) in segments {
+        let ready = crate::guard::ready_parts(
+            &mut self.guard_held,
+            segments,
+            open,
+            &self.guard_carry,
+            &self.guards,
+        );
+        for (lsn, ops) in ready {
             self.lanes.dispatch(lsn, ops);
         }
         if planner.inconsistencies() > 0 {

@@ -201,3 +201,44 @@ async fn a_truncate_of_a_large_table_is_held_until_released_and_then_empties_its
     pg2dns.assert_running()?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_delete_larger_than_one_batch_is_held_before_any_part_of_it_is_sent() -> Result<()> {
+    // 6,000 row changes: pg2dns plans such a transaction in parts (4,000
+    // changes, then the rest). With a limit of 5,000 deletes, the first part
+    // alone is under it: only the whole transaction is over.
+    let stack = Stack::start("guard-large", Primary::Bind).await?;
+    stack.append_config("[guard]\nmax_delete_share = 1.0\nmax_delete_records = 5000\n")?;
+    let mut pg2dns = stack.run_as_service()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'h' || g || '.example.test.', 300, 'A', '192.0.2.1'
+             FROM generate_series(1, 6000) AS g",
+        )
+        .await?;
+    let before = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(before[FORWARD].len() == 6000, "{}", before[FORWARD].len());
+
+    stack.exec("DELETE FROM pg2dns.rr").await?;
+    let held = wait_for_held(&stack, "").await?;
+    ensure!(
+        held["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("6000 of the 6000 records of zone example.test."),
+        "{held}"
+    );
+    let dns = stack.dns().await?;
+    ensure!(
+        dns == before,
+        "no part of a held transaction may reach DNS: {} records left of 6000",
+        dns[FORWARD].len()
+    );
+
+    stack.admin(&["resume", "--allow-mass-delete"]).await?;
+    let after = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(after[FORWARD].is_empty(), "{}", after[FORWARD].len());
+    pg2dns.assert_running()?;
+    Ok(())
+}
