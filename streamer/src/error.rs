@@ -178,7 +178,7 @@ impl RunError {
                 hint: format!("if these deletes are intended, run `pg2dns resume --allow-mass-delete` to apply them (it releases only the transaction at {lsn}; the threshold is [guard] or the zone's max_delete_share / max_delete_records). If they are a mistake, restore the rows of zone {zone} in the database first: the release then deletes the records and the restore adds them back. Until then nothing after this transaction is sent either"),
             },
             RunError::Schema { lsn, .. } => Disposition::Halt {
-                hint: format!("nothing from the transaction at {lsn} on was sent. Give the column back (or its type), or change the source's configuration to the table's new layout, then `pg2dns resume` (it reads the configuration again); the transactions from {lsn} on are then read with it"),
+                hint: format!("nothing from the transaction at {lsn} on was sent. Transactions committed while the table had this layout keep it in the stream, even if the column comes back later: change the source's configuration to the new layout (or remove the source), then `pg2dns resume`, which reads the configuration again"),
             },
             RunError::Stream { .. } => Disposition::Retry,
             RunError::Internal(_) => Disposition::Exit,
