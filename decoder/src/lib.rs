@@ -20,6 +20,7 @@
 pub mod checks;
 pub mod diff;
 pub mod exclude;
+pub mod guard;
 pub mod lsn;
 pub mod mapping;
 pub mod name;
@@ -28,6 +29,7 @@ pub mod plan;
 pub mod rdata;
 pub mod records;
 pub mod row;
+pub mod schema;
 pub mod session;
 pub mod tsig;
 pub mod txn;

@@ -215,6 +215,13 @@ pub enum Refusal {
         /// The owner.
         owner: Owner,
     },
+    /// An NS record at a zone's apex from a source not configured to manage
+    /// the apex NS RRset (the zone's delegation).
+    #[error("{owner} NS is at the apex of zone {owner}: this source may not change the zone's apex NS records; set manage_apex_ns = true for the source that owns them")]
+    ApexNs {
+        /// The owner (the apex).
+        owner: Owner,
+    },
 }
 
 /// A refusal with where it happened, when the row got that far.
@@ -298,6 +305,9 @@ pub struct PlanLimits {
     /// Names and types each zone leaves to others, by [`ZoneId`] (missing:
     /// none): a row with a record there is refused.
     pub exclusions: Vec<crate::exclude::Exclusions>,
+    /// Whether each source may add NS records at a zone's apex, by
+    /// [`SourceId`] (missing: it may not).
+    pub apex_ns_sources: Vec<bool>,
 }
 
 /// The operations of one segment for one zone.
@@ -614,6 +624,15 @@ impl<'z> Planner<'z> {
                     CheckNames::Ignore => {}
                 }
             }
+            if d.record.rtype == RType::NS
+                && d.record.owner.name() == self.zones.name(d.zone).name()
+                && !self.manages_apex_ns(source)
+            {
+                let at = Some((d.zone, d.record.owner.clone()));
+                let owner = d.record.owner.clone();
+                refusal = Some((at, Refusal::ApexNs { owner }));
+                break;
+            }
             if !new
                 .iter()
                 .any(|n| n.zone == d.zone && n.record.same_rr(&d.record))
@@ -641,6 +660,38 @@ impl<'z> Planner<'z> {
             }
         }
         self.rows.insert(row, new);
+    }
+
+    fn manages_apex_ns(&self, source: SourceId) -> bool {
+        self.limits
+            .apex_ns_sources
+            .get(usize::from(source.0))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// A TRUNCATE of a source's table: every row of that source the planner
+    /// knows (what the store loaded for it, and rows of this batch) leaves,
+    /// as if deleted one by one. The store must have loaded every row the
+    /// row state holds for the source.
+    pub fn truncate(&mut self, source: SourceId, lsn: Lsn) {
+        let mut keys: Vec<RowKey> = self
+            .rows
+            .keys()
+            .filter(|(s, _)| *s == source)
+            .map(|(_, k)| k.clone())
+            .collect();
+        keys.sort();
+        for key in keys {
+            self.apply(
+                source,
+                RowUpdate {
+                    key,
+                    lsn,
+                    image: Ok(Vec::new()),
+                },
+            );
+        }
     }
 
     fn budget(&self, zone: ZoneId) -> Budget {
@@ -1266,6 +1317,7 @@ mod tests {
             }],
             check_names: vec![CheckNames::Fail],
             exclusions: Vec::new(),
+            apex_ns_sources: vec![false],
         }
     }
 
@@ -1479,6 +1531,92 @@ mod tests {
             Refusal::OwnerGroupTooLarge { .. }
         ));
         assert!(store.rows.is_empty(), "nothing recorded as sent");
+    }
+
+    #[test]
+    fn apex_ns_records_are_refused_unless_the_source_manages_them() {
+        let apex_ns = |key: &str, target: &str| {
+            update(key, Ok(vec![want("example.test.", 300, "NS", target)]))
+        };
+        let delegation = update(
+            "3",
+            Ok(vec![want("sub.example.test.", 300, "NS", "ns.other.test.")]),
+        );
+        let mut store = MemStore::default();
+        let refusing = limits(65_535, 100);
+        let (groups, rejections) = run(
+            &mut store,
+            &refusing,
+            vec![vec![apex_ns("1", "ns1.other.test."), delegation]],
+        );
+        assert_eq!(
+            ops_text(&groups),
+            vec!["add sub.example.test. 300 IN NS ns.other.test."]
+        );
+        assert_eq!(rejections.len(), 1);
+        assert_eq!(rejections[0].key, RowKey("1".into()));
+        assert!(matches!(rejections[0].reason, Refusal::ApexNs { .. }));
+        let managing = PlanLimits {
+            apex_ns_sources: vec![true],
+            ..refusing
+        };
+        let (groups, rejections) = run(
+            &mut store,
+            &managing,
+            vec![vec![apex_ns("2", "ns2.other.test.")]],
+        );
+        assert!(rejections.is_empty(), "{rejections:?}");
+        assert_eq!(
+            ops_text(&groups),
+            vec!["add example.test. 300 IN NS ns2.other.test."]
+        );
+    }
+
+    #[test]
+    fn a_truncate_removes_every_row_of_its_source_including_rows_of_the_same_batch() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        run(
+            &mut store,
+            &l,
+            vec![vec![
+                update(
+                    "1",
+                    Ok(vec![want("a.example.test.", 300, "A", "192.0.2.1")]),
+                ),
+                update(
+                    "2",
+                    Ok(vec![want("b.example.test.", 300, "A", "192.0.2.2")]),
+                ),
+            ]],
+        );
+        let zones = zones();
+        let added = update(
+            "3",
+            Ok(vec![want("c.example.test.", 300, "A", "192.0.2.3")]),
+        );
+        // The store loads every row of the truncated source.
+        let mut loaded = store.load(&[
+            update("1", Ok(Vec::new())),
+            update("2", Ok(Vec::new())),
+            added.clone(),
+        ]);
+        loaded.nodes.retain(|_, v| !v.is_empty());
+        let mut planner = Planner::new(&zones, &l, loaded);
+        planner.apply(SourceId(0), added);
+        planner.truncate(SourceId(0), Lsn::new(0x200));
+        let ops = planner.end_segment();
+        let groups: Vec<OwnerGroup> = ops.into_iter().flat_map(|z| z.groups).collect();
+        assert_eq!(
+            ops_text(&groups),
+            vec![
+                "del a.example.test. A 192.0.2.1",
+                "del b.example.test. A 192.0.2.2",
+            ]
+        );
+        let outcome = planner.finish();
+        store.commit(&outcome);
+        assert!(store.rows.is_empty());
     }
 
     #[test]

@@ -66,6 +66,24 @@ pub async fn resume(config: &Config) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Releases the transaction the mass-delete guard holds (or the one
+/// committed at `lsn`, when not empty) and resumes the service.
+pub async fn allow_mass_delete(config: &Config, lsn: &str) -> Result<(), StoreError> {
+    let client = connect(config).await?;
+    let slot = &config.database.slot;
+    let lsn = (!lsn.trim().is_empty()).then(|| lsn.trim().to_owned());
+    let released: String = client
+        .query_one(
+            "SELECT pg2dns.allow_mass_delete($1, $2::text::pg_lsn)::text",
+            &[slot, &lsn],
+        )
+        .await
+        .map_err(sql("cannot call pg2dns.allow_mass_delete()"))?
+        .get(0);
+    println!("mass delete released: the transaction committed at {released} is applied, and streaming goes on");
+    Ok(())
+}
+
 /// Prints `pg2dns.status` for this slot.
 pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
     let client = connect(config).await?;

@@ -80,6 +80,55 @@ struct Spec {
     reconcile: ReconcileSpec,
     #[serde(default, rename = "source")]
     sources: Vec<SourceTableSpec>,
+    #[serde(default)]
+    guard: GuardSpec,
+    #[serde(default)]
+    rr: RrSpec,
+}
+
+/// `[guard]`: the mass-delete guard's defaults for every zone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardSpec {
+    max_delete_records: Option<usize>,
+    #[serde(default = "default_max_change_share")]
+    max_delete_share: f64,
+    #[serde(default = "default_min_zone_records")]
+    min_zone_records: usize,
+}
+
+impl Default for GuardSpec {
+    fn default() -> Self {
+        GuardSpec {
+            max_delete_records: None,
+            max_delete_share: default_max_change_share(),
+            min_zone_records: default_min_zone_records(),
+        }
+    }
+}
+
+fn default_min_zone_records() -> usize {
+    10
+}
+
+/// `[rr]`: the built-in `pg2dns.rr` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RrSpec {
+    #[serde(default = "default_true")]
+    manage_apex_ns: bool,
+}
+
+impl Default for RrSpec {
+    fn default() -> Self {
+        RrSpec {
+            manage_apex_ns: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One `[[source]]` table: a table of the application's and how its rows
@@ -110,6 +159,8 @@ struct SourceTableSpec {
     ptr: bool,
     #[serde(default)]
     filter: FilterSpec,
+    #[serde(default)]
+    manage_apex_ns: bool,
 }
 
 fn default_key() -> Vec<String> {
@@ -346,6 +397,8 @@ struct ZoneSpec {
     exclude_names: Vec<String>,
     #[serde(default)]
     exclude_types: Vec<String>,
+    max_delete_records: Option<usize>,
+    max_delete_share: Option<f64>,
 }
 
 /// The zone's `check_names`, as its primary applies it.
@@ -416,6 +469,9 @@ pub struct Config {
     /// The declarative sources (`[[source]]`), besides the built-in
     /// `pg2dns.rr`.
     pub sources: Vec<SourceMapping>,
+    /// Whether each source may change apex NS records: `pg2dns.rr` first,
+    /// then each `[[source]]` (the order of the pipeline's mappings).
+    pub apex_ns_sources: Vec<bool>,
 }
 
 /// How `pg2dns reconcile --apply` guards against a wrong database.
@@ -516,6 +572,8 @@ pub struct ZoneConfig {
     /// Names and types left to others (`exclude_names`, `exclude_types`):
     /// the stream refuses rows there and reconcile ignores them.
     pub exclusions: pg2dns_decoder::exclude::Exclusions,
+    /// The mass-delete guard's thresholds for this zone.
+    pub guard: pg2dns_decoder::guard::DeleteGuard,
 }
 
 /// Limits on messages and on the DNS server's patience.
@@ -661,8 +719,19 @@ impl Config {
                 &z.exclude_types,
             )
             .map_err(|e| invalid(format!("zone {name}: {e}")))?;
+            let share = z.max_delete_share.unwrap_or(spec.guard.max_delete_share);
+            if !(0.0..=1.0).contains(&share) {
+                return Err(invalid(format!(
+                    "zone {name}: max_delete_share = {share}: must be from 0 to 1"
+                )));
+            }
             zones.push(ZoneConfig {
                 exclusions,
+                guard: pg2dns_decoder::guard::DeleteGuard {
+                    max_delete_records: z.max_delete_records.or(spec.guard.max_delete_records),
+                    max_delete_share: share,
+                    min_zone_records: spec.guard.min_zone_records,
+                },
                 name,
                 primary,
                 key,
@@ -699,8 +768,10 @@ impl Config {
             )));
         }
         let mut sources: Vec<SourceMapping> = Vec::new();
+        let mut apex_ns_sources = vec![spec.rr.manage_apex_ns];
         for (i, table) in spec.sources.into_iter().enumerate() {
             let name = table.table.clone();
+            apex_ns_sources.push(table.manage_apex_ns);
             let source = table
                 .compile()
                 .map_err(|e| invalid(format!("[[source]] #{} (table {name:?}): {e}", i + 1)))?;
@@ -747,6 +818,7 @@ impl Config {
         Ok(Config {
             path: path.to_owned(),
             sources,
+            apex_ns_sources,
             reconcile: ReconcileConfig { max_change_share },
             database: DatabaseConfig {
                 url: spec.database.url,
@@ -808,6 +880,7 @@ impl Config {
                 .collect(),
             check_names: self.zones.iter().map(|z| z.check_names).collect(),
             exclusions: self.zones.iter().map(|z| z.exclusions.clone()).collect(),
+            apex_ns_sources: self.apex_ns_sources.clone(),
         }
     }
 }

@@ -60,6 +60,9 @@ pub enum Mode {
         /// The newest control request when the halt began: a resume must
         /// come after it.
         after: i64,
+        /// The commit LSN of the transaction the mass-delete guard holds,
+        /// when that is the halt's cause.
+        mass_delete: Option<Lsn>,
     },
 }
 
@@ -179,6 +182,7 @@ impl Control {
                 reason: r.get(2),
                 hint: r.get(3),
                 after: r.get(4),
+                mass_delete: None,
             },
             _ => Mode::Running,
         })
@@ -200,21 +204,54 @@ impl Control {
                 reason,
                 hint,
                 after,
-            } => ("halted", None, reason.clone(), hint.clone(), None, *after),
+                mass_delete,
+            } => (
+                "halted",
+                mass_delete.map(|l| l.to_string()),
+                reason.clone(),
+                hint.clone(),
+                None,
+                *after,
+            ),
+        };
+        // A mass-delete halt also says which transaction `pg2dns resume
+        // --allow-mass-delete` releases (schema version 5), in the same
+        // statement, so that no reader sees the halt without it.
+        let held = matches!(
+            mode,
+            Mode::Halted {
+                mass_delete: Some(_),
+                ..
+            }
+        );
+        let (extra_column, extra_value, extra_set) = if held {
+            (
+                ", mass_delete_lsn",
+                ", $3::text::pg_lsn",
+                ", mass_delete_lsn = excluded.mass_delete_lsn",
+            )
+        } else {
+            ("", "", "")
         };
         self.client
             .execute(
-                "INSERT INTO pg2dns.mode (slot, mode, since, lsn, reason, hint, requested_by, control_id, pid, updated) \
-                 VALUES ($1, $2, now(), $3::text::pg_lsn, $4, $5, $6, $7, pg_backend_pid(), now()) \
-                 ON CONFLICT (slot) DO UPDATE SET \
-                   since = CASE WHEN pg2dns.mode.mode = excluded.mode THEN pg2dns.mode.since ELSE now() END, \
-                   mode = excluded.mode, lsn = excluded.lsn, reason = excluded.reason, hint = excluded.hint, \
-                   requested_by = excluded.requested_by, control_id = excluded.control_id, \
-                   pid = excluded.pid, updated = now()",
+                &format!(
+                    "INSERT INTO pg2dns.mode (slot, mode, since, lsn, reason, hint, requested_by, control_id, pid, updated{extra_column}) \
+                     VALUES ($1, $2, now(), $3::text::pg_lsn, $4, $5, $6, $7, pg_backend_pid(), now(){extra_value}) \
+                     ON CONFLICT (slot) DO UPDATE SET \
+                       since = CASE WHEN pg2dns.mode.mode = excluded.mode THEN pg2dns.mode.since ELSE now() END, \
+                       mode = excluded.mode, lsn = excluded.lsn, reason = excluded.reason, hint = excluded.hint, \
+                       requested_by = excluded.requested_by, control_id = excluded.control_id, \
+                       pid = excluded.pid, updated = now(){extra_set}"
+                ),
                 &[&self.slot, &name, &lsn, &reason, &hint, &by, &control_id],
             )
             .await
-            .map_err(sql("cannot write pg2dns.mode"))?;
+            .map_err(sql(if held {
+                "cannot write pg2dns.mode (run `pg2dns setup` for schema version 5)"
+            } else {
+                "cannot write pg2dns.mode"
+            }))?;
         Ok(())
     }
 

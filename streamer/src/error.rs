@@ -12,8 +12,9 @@
 //! | slot invalidated, wrong password, no privilege  | halt: fix the database side  |
 //! | TLS: certificate not verified, TLS refused      | halt: fix sslmode/sslrootcert|
 //! | BADKEY, BADSIG, BADTIME, REFUSED, NOTAUTH, …    | halt: fix the key or server  |
-//! | TRUNCATE of a mapped table                      | halt: DNS is not wiped       |
+//! | a mass delete (a DELETE FROM, a TRUNCATE)       | halt until released          |
 //! | undecodable stream, change without its key      | halt: report the LSN         |
+//! | a configured column dropped or retyped          | halt: name source and column |
 //! | a broken internal invariant                     | exit                         |
 //!
 //! Decisions read SQLSTATE codes and typed errors, never message text (the
@@ -69,15 +70,29 @@ pub enum RunError {
     /// The `pg2dns` schema is not installed in the database.
     #[error("the pg2dns schema is not installed in this database")]
     SchemaMissing,
-    /// A mapped table was truncated.
-    #[error("TRUNCATE of {table} in the transaction that ends at LSN {end_lsn}")]
-    Truncate {
-        /// The table.
-        table: String,
-        /// The end LSN of the transaction (what to advance the slot to).
-        end_lsn: Lsn,
-        /// The slot, for the hint.
-        slot: String,
+    /// A transaction would delete more of a zone than the mass-delete
+    /// guard allows (see `pg2dns_decoder::guard`); nothing of it was sent.
+    #[error("mass delete held: the transaction committed at LSN {lsn} would delete {deleted} of the {records} records of zone {zone} (more than [guard] allows); nothing of it was sent")]
+    MassDelete {
+        /// The zone.
+        zone: String,
+        /// Records it would delete.
+        deleted: usize,
+        /// Records the zone holds.
+        records: usize,
+        /// The transaction's commit LSN: what a release names.
+        lsn: Lsn,
+    },
+    /// A source's table no longer has a configured column, or has it with a
+    /// type it cannot be read as.
+    #[error("source {source_name}: the table's layout at LSN {lsn} no longer fits the configuration: {problem}")]
+    Schema {
+        /// The source (its table).
+        source_name: String,
+        /// What changed.
+        problem: pg2dns_decoder::schema::SchemaProblem,
+        /// The commit LSN of the first transaction with the new layout.
+        lsn: Lsn,
     },
     /// The stream broke its own structure (a decoder error).
     #[error("the replication stream is out of order at LSN {lsn}")]
@@ -108,6 +123,15 @@ pub enum Disposition {
 }
 
 impl RunError {
+    /// The commit LSN of a held mass delete (what `pg2dns resume
+    /// --allow-mass-delete` releases).
+    pub fn mass_delete_lsn(&self) -> Option<Lsn> {
+        match self {
+            RunError::MassDelete { lsn, .. } => Some(*lsn),
+            _ => None,
+        }
+    }
+
     /// Whether another instance holds the replication slot (this one stands
     /// by and takes over when the slot is free).
     pub fn is_slot_busy(&self) -> bool {
@@ -155,8 +179,11 @@ impl RunError {
             RunError::SlotMissing { .. } => halt("run `pg2dns setup -c <config>` to create it (pg2dns never creates a slot while running: a new slot would silently skip every change made since the old one was lost)"),
             RunError::SlotGap { .. } => halt("resynchronise the zones from the database (DNS lacks what changed in between), then run `pg2dns setup --accept-gap -c <config>` to stream from the slot's position"),
             RunError::SchemaMissing => halt("run `pg2dns setup -c <config>`"),
-            RunError::Truncate { end_lsn, slot, .. } => Disposition::Halt {
-                hint: format!("pg2dns does not wipe DNS on TRUNCATE. If the records must go, restore the rows and DELETE them; to skip this TRUNCATE, stop pg2dns, run SELECT pg_replication_slot_advance('{slot}', '{end_lsn}'), then `pg2dns setup --accept-gap -c <config>`, and start it again"),
+            RunError::MassDelete { zone, lsn, .. } => Disposition::Halt {
+                hint: format!("if these deletes are intended, run `pg2dns resume --allow-mass-delete` to apply them (it releases only the transaction at {lsn}; the threshold is [guard] or the zone's max_delete_share / max_delete_records). If they are a mistake, restore the rows of zone {zone} in the database first: the release then deletes the records and the restore adds them back. Until then nothing after this transaction is sent either"),
+            },
+            RunError::Schema { lsn, .. } => Disposition::Halt {
+                hint: format!("nothing from the transaction at {lsn} on was sent. Transactions committed while the table had this layout keep it in the stream, even if the column comes back later: change the source's configuration to the new layout (or remove the source), then `pg2dns resume`, which reads the configuration again"),
             },
             RunError::Stream { .. } => Disposition::Retry,
             RunError::Internal(_) => Disposition::Exit,

@@ -15,6 +15,7 @@ pub mod control;
 pub mod dns;
 pub mod error;
 pub mod failpoint;
+pub mod guard;
 pub mod metrics;
 pub mod pgconn;
 pub mod pipeline;

@@ -52,7 +52,13 @@ enum Command {
         wait: bool,
     },
     /// Let a paused or halted service go on.
-    Resume,
+    Resume {
+        /// Release the transaction the mass-delete guard holds (that one
+        /// only): its deletes are applied. With an LSN, release the
+        /// transaction committed there instead.
+        #[arg(long, value_name = "LSN", num_args = 0..=1, default_missing_value = "")]
+        allow_mass_delete: Option<String>,
+    },
     /// Show what the service is doing and how far behind it is.
     Status {
         /// Print JSON.
@@ -209,8 +215,11 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             admin::pause(&config, &reason, wait).await?;
             Ok(0)
         }
-        Command::Resume => {
-            admin::resume(&config).await?;
+        Command::Resume { allow_mass_delete } => {
+            match allow_mass_delete {
+                Some(lsn) => admin::allow_mass_delete(&config, &lsn).await?,
+                None => admin::resume(&config).await?,
+            }
             Ok(0)
         }
         Command::Status { json } => {

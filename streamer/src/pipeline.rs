@@ -78,7 +78,25 @@ const IDLE_CONFIRM_EVERY: Duration = Duration::from_secs(10);
 /// A change or a commit, in stream order.
 enum Item {
     Change(SourceId, RowChange),
+    /// A TRUNCATE of a source's table, at the commit LSN of its transaction.
+    Truncate(SourceId, Lsn),
     Commit,
+}
+
+/// One step of a flush, in stream order.
+enum Step {
+    Row(SourceId, RowUpdate),
+    Truncate(SourceId, Lsn),
+    Commit,
+}
+
+impl Step {
+    fn update(&self) -> Option<(SourceId, &RowUpdate)> {
+        match self {
+            Step::Row(s, u) => Some((*s, u)),
+            _ => None,
+        }
+    }
 }
 
 /// The sources this configuration streams: the built-in `pg2dns.rr` first
@@ -252,6 +270,12 @@ pub struct Pipeline<'c> {
     config: &'c Config,
     zones: Zones,
     limits: PlanLimits,
+    /// The columns each source reads (by `SourceId`), and the table layout
+    /// last found to hold them.
+    needed: Vec<Vec<pg2dns_decoder::schema::Needed>>,
+    checked: Vec<Option<std::sync::Arc<pg2dns_decoder::pgoutput::Relation>>>,
+    /// The mass-delete guard of each zone, by `ZoneId`.
+    guards: Vec<pg2dns_decoder::guard::DeleteGuard>,
     mappings: Vec<Box<dyn Mapping>>,
     sources: Vec<String>,
     store: Store,
@@ -274,8 +298,11 @@ pub struct Pipeline<'c> {
     server_time_micros: i64,
     /// Whether the last commit arrived well after it happened.
     backlog: bool,
-    /// A mapped table truncated in the open transaction, and where.
-    truncated: Option<(String, Lsn)>,
+    /// What a transaction continuing past the last flush deleted so far
+    /// (the mass-delete guard judges a transaction as a whole).
+    guard_carry: crate::guard::Carry,
+    /// The parts of that transaction not sent yet (see `guard::ready_parts`).
+    guard_held: Vec<(Lsn, Vec<ZoneOps>)>,
     /// When an idle slot was last moved.
     last_idle_confirm: Instant,
     /// A pause request seen in the open transaction.
@@ -345,7 +372,8 @@ pub async fn run(
                 if options.exit_on_halt {
                     return Err(e);
                 }
-                let halted = wait_while_halted(&config, reason, hint, &mut shutdown);
+                let held = e.mass_delete_lsn();
+                let halted = wait_while_halted(&config, reason, hint, held, &mut shutdown);
                 let resumed = tokio::select! {
                     r = halted => r,
                     _ = reload_asked(&mut reload) => {
@@ -425,6 +453,7 @@ async fn wait_while_halted(
     config: &Config,
     reason: String,
     hint: String,
+    mass_delete: Option<Lsn>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<()> {
     let mut backoff = Duration::from_millis(500);
@@ -437,6 +466,7 @@ async fn wait_while_halted(
                     reason: reason.clone(),
                     hint: hint.clone(),
                     after,
+                    mass_delete,
                 })
                 .await?;
             metrics::get().set_mode("halted");
@@ -539,6 +569,16 @@ async fn session(
         config,
         zones,
         limits: config.plan_limits(),
+        guards: config.zones.iter().map(|z| z.guard).collect(),
+        needed: std::iter::once(pg2dns_decoder::schema::rr_columns())
+            .chain(
+                config
+                    .sources
+                    .iter()
+                    .map(|s| pg2dns_decoder::schema::source_columns(s.spec())),
+            )
+            .collect(),
+        checked: vec![None; mappings.len()],
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
         mappings,
         store,
@@ -554,7 +594,8 @@ async fn session(
         confirmed: None,
         server_time_micros: 0,
         backlog: false,
-        truncated: None,
+        guard_carry: None,
+        guard_held: Vec::new(),
         last_idle_confirm: Instant::now() - IDLE_CONFIRM_EVERY,
         pause_request: None,
         pause_at: None,
@@ -865,6 +906,20 @@ impl Pipeline<'_> {
                 let (ns, name) = (change.relation.namespace.as_str(), &change.relation.name);
                 match self.mappings.iter().position(|m| m.matches(ns, name)) {
                     Some(i) => {
+                        // A new table layout: does it still hold what the
+                        // source reads? (Once per Relation message.)
+                        let known = self.checked[i]
+                            .as_ref()
+                            .is_some_and(|r| std::sync::Arc::ptr_eq(r, &change.relation));
+                        if !known {
+                            pg2dns_decoder::schema::check(&self.needed[i], &change.relation)
+                                .map_err(|problem| RunError::Schema {
+                                    source_name: self.sources[i].clone(),
+                                    problem,
+                                    lsn: change.final_lsn,
+                                })?;
+                            self.checked[i] = Some(change.relation.clone());
+                        }
                         self.batch.push(Item::Change(SourceId(i as u16), change));
                         self.batch_rows += 1;
                         metrics::get().rows.inc();
@@ -878,14 +933,16 @@ impl Pipeline<'_> {
                 relations,
                 ..
             } if !self.skipping => {
-                if let Some(r) = relations.iter().find(|r| {
-                    self.mappings
-                        .iter()
-                        .any(|m| m.matches(r.namespace.as_str(), &r.name))
-                }) {
-                    // The end LSN is not known before the Commit; the slot
-                    // hint needs it, so wait for it.
-                    self.truncated = Some((r.qualified_name(), final_lsn));
+                // Every row of the table leaves DNS, as a DELETE of each
+                // would; the mass-delete guard holds it if that is too much.
+                for r in &relations {
+                    let ns = r.namespace.as_str();
+                    if let Some(i) = self.mappings.iter().position(|m| m.matches(ns, &r.name)) {
+                        info!(table = %r.qualified_name(), lsn = %final_lsn, "TRUNCATE");
+                        self.batch
+                            .push(Item::Truncate(SourceId(i as u16), final_lsn));
+                        self.batch_rows += 1;
+                    }
                 }
             }
             Event::Truncate { .. } => {}
@@ -893,13 +950,6 @@ impl Pipeline<'_> {
                 debug!(prefix = %message.prefix, lsn = %message.lsn, in_transaction = final_lsn.is_some(), "logical message ignored");
             }
             Event::Commit { end_lsn, .. } => {
-                if let Some((table, _)) = self.truncated.take() {
-                    return Err(RunError::Truncate {
-                        table,
-                        end_lsn,
-                        slot: self.config.database.slot.clone(),
-                    });
-                }
                 if !self.skipping {
                     metrics::get().transactions.inc();
                     self.batch.push(Item::Commit);
@@ -933,11 +983,12 @@ impl Pipeline<'_> {
         let mut ref_edits = Vec::new();
         for item in items {
             match item {
-                Item::Commit => steps.push(None),
+                Item::Commit => steps.push(Step::Commit),
+                Item::Truncate(source, lsn) => steps.push(Step::Truncate(source, lsn)),
                 Item::Change(source, change) => {
                     let mapping = &self.mappings[usize::from(source.0)];
                     for u in mapping::row_updates(mapping.as_ref(), &change, &self.zones)? {
-                        steps.push(Some((source, u)));
+                        steps.push(Step::Row(source, u));
                     }
                     // A zones table: later rows resolve against its new rows.
                     if let Some(table) = mapping.zones_table() {
@@ -948,21 +999,35 @@ impl Pipeline<'_> {
         }
         // 2. Read the row state of those rows and of the owners they touch.
         let mut seen = HashSet::new();
-        let rows: Vec<RowRef> = steps
+        let mut rows: Vec<RowRef> = steps
             .iter()
-            .flatten()
-            .map(|(s, u)| (*s, u.key.clone()))
+            .filter_map(Step::update)
+            .map(|(s, u)| (s, u.key.clone()))
             .filter(|r| seen.insert(r.clone()))
             .collect();
-        let mut owners = Planner::wanted_nodes(&self.zones, steps.iter().flatten().map(|(_, u)| u));
+        // A TRUNCATE removes every row of its source: load them all.
+        for step in &steps {
+            if let Step::Truncate(source, _) = step {
+                let name = &self.sources[usize::from(source.0)];
+                for key in crate::guard::source_rows(&self.store, name).await? {
+                    if seen.insert((*source, key.clone())) {
+                        rows.push((*source, key));
+                    }
+                }
+            }
+        }
+        let mut owners = Planner::wanted_nodes(
+            &self.zones,
+            steps.iter().filter_map(Step::update).map(|(_, u)| u),
+        );
         let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
         // Rows waiting for an address that this batch may give.
-        let targets = Planner::address_owners(steps.iter().flatten().map(|(_, u)| u));
+        let targets =
+            Planner::address_owners(steps.iter().filter_map(Step::update).map(|(_, u)| u));
         let waiting = self
             .store
             .waiting_for(&sources, &self.zones, &targets)
             .await?;
-        let mut rows = rows;
         for w in &waiting {
             rows.push(w.row.clone());
             owners.extend(w.records.iter().map(|d| (d.zone, d.record.owner.clone())));
@@ -980,23 +1045,48 @@ impl Pipeline<'_> {
         planner.add_waiting(waiting);
         let mut lsn = self.assembler.current().unwrap_or_default();
         let mut open = false;
+        let mut segments: Vec<(Lsn, Vec<ZoneOps>)> = Vec::new();
         for step in steps {
             match step {
-                Some((source, update)) => {
+                Step::Row(source, update) => {
                     lsn = update.lsn;
                     open = true;
                     planner.apply(source, update);
                 }
-                None => {
-                    let ops = planner.end_segment();
-                    self.lanes.dispatch(lsn, ops);
+                Step::Truncate(source, at) => {
+                    lsn = at;
+                    open = true;
+                    planner.truncate(source, at);
+                }
+                Step::Commit => {
+                    segments.push((lsn, planner.end_segment()));
                     open = false;
                 }
             }
         }
         if open {
             // A transaction continuing past this batch.
-            let ops = planner.end_segment();
+            segments.push((lsn, planner.end_segment()));
+        }
+        // The mass-delete guard: a transaction deleting too much of a zone
+        // halts the session here, before anything of this batch is sent.
+        crate::guard::check(
+            &self.store,
+            &self.zones,
+            &self.guards,
+            &segments,
+            &mut self.guard_carry,
+            open,
+        )
+        .await?;
+        let ready = crate::guard::ready_parts(
+            &mut self.guard_held,
+            segments,
+            open,
+            &self.guard_carry,
+            &self.guards,
+        );
+        for (lsn, ops) in ready {
             self.lanes.dispatch(lsn, ops);
         }
         if planner.inconsistencies() > 0 {

@@ -21,6 +21,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (2, include_str!("../../sql/002_row_state.sql")),
     (3, include_str!("../../sql/003_control.sql")),
     (4, include_str!("../../sql/004_status.sql")),
+    (5, include_str!("../../sql/005_rr_unique.sql")),
     (6, include_str!("../../sql/006_zone_ref.sql")),
 ];
 

@@ -262,6 +262,11 @@ impl Store {
         &self.client
     }
 
+    /// The slot whose state this store reads and writes.
+    pub fn slot(&self) -> &str {
+        &self.slot
+    }
+
     /// The durable progress LSN of this slot ([`Lsn::ZERO`] if none yet).
     pub async fn progress(&self) -> Result<Lsn, StoreError> {
         let row = self

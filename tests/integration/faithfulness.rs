@@ -5,7 +5,7 @@
 //! ignore are refused with the real reason and never half-published; a
 //! refused change still removes the record it replaced; `pg2dns.row_state`
 //! agrees with what DNS holds; and the conditions that would let DNS drift
-//! from the table (a re-created slot, a TRUNCATE, a zone dropped from the
+//! from the table (a re-created slot, a zone dropped from the
 //! config) halt or warn instead of passing silently.
 //!
 //! These tests read BIND's answers as `dig` prints them (raw presentation
@@ -1266,83 +1266,7 @@ async fn a_txt_record_near_the_tables_index_limit_is_published_and_the_stream_go
 }
 
 // ---------------------------------------------------------------------------
-// 10. TRUNCATE names the LSN to skip.
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_truncate_halt_gives_the_steps_that_skip_exactly_the_truncate() -> Result<()> {
-    let stack = Stack::start("faith-truncate", Primary::Bind).await?;
-    let config = write_instance_config(&stack, "truncate", SLOT, &[FORWARD, REVERSE])?;
-    let mut halted = run_instance(&stack, &config, "run-truncate")?;
-    insert(&stack, "www.example.test.", 300, "A", "192.0.2.70").await?;
-    wait_for_rrs(&stack, FORWARD, "www.example.test.", &["300 A 192.0.2.70"])
-        .await
-        .with_context(|| halted.log_tail(40))?;
-
-    stack.exec("BEGIN; TRUNCATE pg2dns.rr").await?;
-    let xid: String = stack
-        .db
-        .query_one("SELECT pg_current_xact_id()::xid::text", &[])
-        .await?
-        .get(0);
-    stack.exec("COMMIT").await?;
-    let status = halted.wait_exit(DNS_DEADLINE).await?;
-    let log = halted.log();
-    ensure!(
-        !status.success(),
-        "TRUNCATE halts pg2dns, yet it exited {status}"
-    );
-
-    // The transaction's end LSN, as the slot reports it: pgoutput's COMMIT
-    // message is written at the commit record's end.
-    let end_lsn = eventually("the slot to show the TRUNCATE", || async {
-        let peeked = stack
-            .db
-            .query(
-                "SELECT lsn::text, xid::text FROM pg_logical_slot_peek_binary_changes(
-                     $1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)",
-                &[&SLOT, &SLOT],
-            )
-            .await;
-        match peeked {
-            Ok(rows) => Ok(rows
-                .iter()
-                .filter(|r| r.get::<_, String>(1) == xid)
-                .map(|r| r.get::<_, String>(0))
-                .last()
-                .ok_or_else(|| format!("no change of {xid} in the slot"))),
-            Err(e) if format!("{e:?}").contains("is active") => Ok(Err(format!("{e}"))),
-            Err(e) => Err(e).context("peeking at the slot"),
-        }
-    })
-    .await?;
-    let statement = format!("pg_replication_slot_advance('{SLOT}', '{end_lsn}')");
-    ensure!(
-        log.contains(&statement),
-        "the halt gives `{statement}`; log:\n{log}"
-    );
-    ensure!(
-        log.contains("setup --accept-gap"),
-        "the halt says to accept the skipped range; log:\n{log}"
-    );
-    stack
-        .exec(&format!("SELECT {statement}"))
-        .await
-        .context("running the hint")?;
-    setup_ok(&config, &["--accept-gap"]).await?;
-
-    let mut resumed = run_instance(&stack, &config, "run-after-truncate")?;
-    insert(&stack, "after.example.test.", 300, "A", "192.0.2.71").await?;
-    wait_for_rrs(
-        &stack,
-        FORWARD,
-        "after.example.test.",
-        &["300 A 192.0.2.71"],
-    )
-    .await
-    .with_context(|| resumed.log_tail(40))?;
-    resumed.assert_running()?;
-    Ok(())
-}
+// 10. A TRUNCATE is a mass delete: see guard.rs (held until released).
 
 // ---------------------------------------------------------------------------
 // 11. Zone set changes.

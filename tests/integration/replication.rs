@@ -108,3 +108,78 @@ async fn a_ttl_update_of_a_row_with_a_toasted_rdata_keeps_the_data() -> Result<(
     ensure!(rejected.is_empty(), "{rejected:?}");
     Ok(())
 }
+
+/// `'"…" "…"'`: `strings` character-strings of 255 bytes each, distinct per
+/// `seed`, in zone-file form.
+fn long_txt(seed: &str, strings: usize) -> String {
+    (0..strings)
+        .map(|i| {
+            let text: String = format!("{seed}-{i}-")
+                .chars()
+                .chain(std::iter::repeat('x'))
+                .take(255)
+                .collect();
+            format!("\"{text}\"")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txt_records_of_10_and_60_kilobytes_are_stored_in_pg2dns_rr_and_published_and_a_duplicate_is_still_refused(
+) -> Result<()> {
+    let (stack, _pg2dns) = streaming_one_row("txt-size").await?;
+    // 40 and 235 strings of 255 bytes: 10,240 and 60,160 bytes of rdata,
+    // far past the 2,704 bytes a btree entry (schema version 1's unique
+    // index) could hold.
+    let ten = long_txt("ten", 40);
+    let sixty = long_txt("sixty", 235);
+    stack
+        .db
+        .execute(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('ten.example.test.', 300, 'TXT', $1), ('sixty.example.test.', 300, 'TXT', $2)",
+            &[&ten, &sixty],
+        )
+        .await?;
+    // An AXFR (over TCP) holds exactly what the table says.
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    // And a query (answered over TCP: the answers do not fit a UDP reply).
+    for (owner, rdata) in [("ten.example.test.", &ten), ("sixty.example.test.", &sixty)] {
+        let answer = stack.query(owner, "TXT").await?;
+        ensure!(
+            answer == vec![Record::new(owner, 300, "TXT", rdata)],
+            "{owner} TXT answered {} records, not the row's",
+            answer.len()
+        );
+    }
+    // The same (owner, type, rdata) twice is still refused, however long.
+    let duplicate = stack
+        .db
+        .execute(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('sixty.example.test.', 600, 'TXT', $1)",
+            &[&sixty],
+        )
+        .await;
+    let Err(e) = duplicate else {
+        bail!("a second row with the same owner, type and rdata was accepted");
+    };
+    ensure!(
+        e.code() == Some(&tokio_postgres::error::SqlState::EXCLUSION_VIOLATION),
+        "the duplicate must be refused by the uniqueness constraint: {e}"
+    );
+    // A different rdata of the same length, owner and type is no duplicate.
+    // (Not at `sixty`: BIND holds at most about 64 kB per RRset.)
+    let other = long_txt("teo", 40);
+    stack
+        .db
+        .execute(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('ten.example.test.', 300, 'TXT', $1)",
+            &[&other],
+        )
+        .await?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(dns[FORWARD].len() == 4, "{}", dns[FORWARD].len());
+    ensure!(stack.rejected().await?.is_empty());
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The mass-delete guard: a transaction that would delete more than a set
+//! number or share of a zone's records is held before anything of it is
+//! sent, until an operator releases that one transaction.
+//!
+//! # Why
+//!
+//! A mistaken `DELETE FROM hosts` (a missing `WHERE`) or a `TRUNCATE` is a
+//! valid transaction: streamed faithfully, it empties the zone within
+//! milliseconds, everywhere. The database keeps its WAL, but DNS has no undo.
+//! Like reconcile's threshold (octoDNS's safety idea), the stream refuses to
+//! apply such a transaction on its own: it halts, says which zone would lose
+//! how many of how many records at which LSN, and goes on only when told to
+//! (`pg2dns resume --allow-mass-delete`), for that transaction alone.
+//!
+//! # What counts
+//!
+//! A record *deleted* is one the transaction's net operations remove from
+//! the zone and do not add back (a TTL change deletes and adds the same RR:
+//! not counted). The share is of the records the zone held, as pg2dns's row
+//! state says, before the transaction. A zone of `min_zone_records` records
+//! or fewer is judged by the number alone (so a small zone can be emptied);
+//! with the default settings a transaction deleting 3 records or fewer of a
+//! zone is never held, so the zone's size is read only for larger ones.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::plan::ZoneOps;
+use crate::records::ZoneId;
+use crate::update::UpdateOp;
+
+/// The thresholds of one zone.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeleteGuard {
+    /// Hold a transaction deleting more than this many records of the zone
+    /// (`None`: no limit by number).
+    pub max_delete_records: Option<usize>,
+    /// Hold a transaction deleting more than this share (0 to 1) of the
+    /// zone's records, when the zone holds more than `min_zone_records`
+    /// (1: no limit by share).
+    pub max_delete_share: f64,
+    /// Zones of at most this many records are judged by number only.
+    pub min_zone_records: usize,
+}
+
+impl Default for DeleteGuard {
+    /// More than 30 % of a zone of more than 10 records, as reconcile's
+    /// threshold; no limit by number.
+    fn default() -> Self {
+        DeleteGuard {
+            max_delete_records: None,
+            max_delete_share: 0.3,
+            min_zone_records: 10,
+        }
+    }
+}
+
+impl DeleteGuard {
+    /// Whether the number alone holds a transaction deleting `deleted`
+    /// records.
+    pub fn exceeds_number(&self, deleted: usize) -> bool {
+        self.max_delete_records.is_some_and(|max| deleted > max)
+    }
+
+    /// Whether `deleted` records could be too large a share of some zone:
+    /// only then is the zone's size needed.
+    pub fn needs_zone_size(&self, deleted: usize) -> bool {
+        // The smallest zone that could hold `deleted` and is judged by share.
+        let smallest = deleted.max(self.min_zone_records + 1);
+        self.share_exceeded(deleted, smallest)
+    }
+
+    /// Whether deleting `deleted` of a zone's `records` records is held.
+    pub fn exceeded(&self, deleted: usize, records: usize) -> bool {
+        self.exceeds_number(deleted)
+            || (records > self.min_zone_records && self.share_exceeded(deleted, records))
+    }
+
+    /// Whether no transaction can ever be held (no number, a share of 1).
+    pub fn is_off(&self) -> bool {
+        self.max_delete_records.is_none() && self.max_delete_share >= 1.0
+    }
+
+    fn share_exceeded(&self, deleted: usize, records: usize) -> bool {
+        deleted > 0 && deleted as f64 > self.max_delete_share * records as f64
+    }
+}
+
+/// What one transaction (or the part of it seen so far) does to a zone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZoneChange {
+    /// Records it removes and does not add back.
+    pub deleted: usize,
+    /// Records it adds that were not there.
+    pub added: usize,
+}
+
+/// The net records each zone loses and gains through these operations
+/// (one transaction's, or one part of it).
+pub fn zone_changes(ops: &[ZoneOps]) -> BTreeMap<ZoneId, ZoneChange> {
+    let mut out: BTreeMap<ZoneId, ZoneChange> = BTreeMap::new();
+    for zone_ops in ops {
+        let change = out.entry(zone_ops.zone).or_default();
+        for group in &zone_ops.groups {
+            // A delete and an add of the same RR in one group is a TTL
+            // change, not a loss.
+            let added: HashSet<_> = group
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    UpdateOp::Add(r) => Some((r.rtype, &r.rdata)),
+                    _ => None,
+                })
+                .collect();
+            let deleted: HashSet<_> = group
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    UpdateOp::Delete(r) => Some((r.rtype, &r.rdata)),
+                    _ => None,
+                })
+                .collect();
+            change.deleted += deleted.difference(&added).count();
+            change.added += added.difference(&deleted).count();
+        }
+    }
+    out
+}
+
+/// A transaction the guard holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MassDelete {
+    /// The zone.
+    pub zone: ZoneId,
+    /// Records the transaction deletes from it.
+    pub deleted: usize,
+    /// Records the zone held before the transaction.
+    pub records: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{Owner, Record};
+    use crate::update::OwnerGroup;
+
+    #[test]
+    fn the_default_holds_more_than_30_percent_of_a_zone_of_more_than_10_records() {
+        let g = DeleteGuard::default();
+        assert!(!g.exceeded(3, 11));
+        assert!(g.exceeded(4, 11));
+        assert!(!g.exceeded(30, 100));
+        assert!(g.exceeded(31, 100));
+        // A zone of 10 records or fewer may be emptied.
+        assert!(!g.exceeded(10, 10));
+        // Three deletes can never be held, so no zone size is read.
+        assert!(!g.needs_zone_size(3));
+        assert!(g.needs_zone_size(4));
+        assert!(g.needs_zone_size(1_000));
+    }
+
+    #[test]
+    fn a_number_limit_holds_whatever_the_zone_size() {
+        let g = DeleteGuard {
+            max_delete_records: Some(5),
+            max_delete_share: 1.0,
+            min_zone_records: 10,
+        };
+        assert!(!g.exceeded(5, 1_000_000));
+        assert!(g.exceeded(6, 1_000_000));
+        assert!(g.exceeds_number(6));
+        assert!(
+            !g.needs_zone_size(1_000),
+            "a share of 1 never needs the size"
+        );
+    }
+
+    #[test]
+    fn a_ttl_change_is_no_delete_and_a_replaced_address_is_one_delete_and_one_add() {
+        let rec = |owner: &str, ttl, data: &str| Record::parse(owner, ttl, "A", data).unwrap();
+        let owner = Owner::parse("a.example.test.").unwrap();
+        let ops = vec![ZoneOps {
+            zone: ZoneId(0),
+            groups: vec![OwnerGroup {
+                owner,
+                ops: vec![
+                    UpdateOp::Delete(rec("a.example.test.", 300, "192.0.2.1")),
+                    UpdateOp::Delete(rec("a.example.test.", 300, "192.0.2.2")),
+                    UpdateOp::Add(rec("a.example.test.", 600, "192.0.2.1")),
+                    UpdateOp::Add(rec("a.example.test.", 600, "192.0.2.3")),
+                ],
+            }],
+        }];
+        assert_eq!(
+            zone_changes(&ops)[&ZoneId(0)],
+            ZoneChange {
+                deleted: 1,
+                added: 1
+            }
+        );
+    }
+}
