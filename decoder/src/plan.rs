@@ -53,6 +53,9 @@ use crate::rdata::RType;
 use crate::records::{Owner, Rdata, Record, RecordError, ZoneId, Zones};
 use crate::update::{Budget, OwnerGroup, UpdateOp};
 
+/// The largest DNS message (RFC 1035 §4.2.2: a two-byte length over TCP).
+const MAX_MESSAGE: usize = 65_535;
+
 /// Why a row's records were not published. The row's earlier records still
 /// leave DNS.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,6 +149,20 @@ pub enum Refusal {
         /// Records it would hold.
         count: usize,
         /// The limit.
+        limit: usize,
+    },
+    /// The RRset would not fit in one DNS message, so no server could
+    /// answer for it (BIND answers the UPDATE with SERVFAIL, "ran out of
+    /// space", and a resend would fail forever).
+    #[error("the {rtype} RRset of {owner} would need {bytes} bytes in an answer, more than the {limit} a DNS message can hold")]
+    RrsetTooLarge {
+        /// The owner.
+        owner: Owner,
+        /// The type.
+        rtype: RType,
+        /// Bytes of a message answering with the whole RRset.
+        bytes: usize,
+        /// The limit (65,535).
         limit: usize,
     },
     /// A CNAME and other data at one name (RFC 1034 §3.6.2; servers ignore
@@ -971,6 +988,28 @@ impl<'z> Planner<'z> {
                 }
             }
         }
+        // Each RRset fits one answer: header, question, then every record
+        // with its owner compressed to a pointer (RFC 1035 §4.1).
+        for (rtype, set) in &after.rrsets {
+            let question = 12 + owner.name().wire_len() + 4;
+            let bytes = question
+                + set
+                    .keys()
+                    .map(|d| 2 + 10 + d.as_wire().len())
+                    .sum::<usize>();
+            if bytes > MAX_MESSAGE {
+                let reason = Refusal::RrsetTooLarge {
+                    owner: owner.clone(),
+                    rtype: *rtype,
+                    bytes,
+                    limit: MAX_MESSAGE,
+                };
+                let rows = adders_of(*rtype);
+                if let Some((r, l)) = rows.last().cloned() {
+                    return vec![(r, l, reason)];
+                }
+            }
+        }
         // The owner group fits one message.
         let budget = self.budget(key.0);
         let group = self.group(key);
@@ -1778,6 +1817,35 @@ mod tests {
         assert_eq!(g[0].ops.len(), 2);
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].key, RowKey("3".into()));
+    }
+
+    #[test]
+    fn an_rrset_too_large_for_any_answer_refuses_the_row_that_would_make_it_so() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        // About 40 kB each: either fits a message alone, both do not.
+        let txt = |c: char| vec![format!("\"{}\"", c.to_string().repeat(255)); 157].join(" ");
+        let (_, rejected) = run(
+            &mut store,
+            &l,
+            vec![
+                vec![update(
+                    "1",
+                    Ok(vec![want("t.example.test.", 300, "TXT", &txt('a'))]),
+                )],
+                vec![update(
+                    "2",
+                    Ok(vec![want("t.example.test.", 300, "TXT", &txt('b'))]),
+                )],
+            ],
+        );
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].key, RowKey("2".into()));
+        assert!(
+            matches!(rejected[0].reason, Refusal::RrsetTooLarge { bytes, limit: 65_535, .. } if bytes > 80_000),
+            "{:?}",
+            rejected[0].reason
+        );
     }
 
     #[test]

@@ -94,6 +94,15 @@ pub fn rr_columns() -> Vec<Needed> {
     .collect()
 }
 
+/// What a zones table (`[source.zones_table]`) is read for: its key, and
+/// the zone's name.
+pub fn zones_table_columns(table: &crate::mapping::source::zones_table::ZonesTable) -> Vec<Needed> {
+    vec![
+        (table.key.clone(), ColumnKind::Any),
+        (table.name.clone(), ColumnKind::Text),
+    ]
+}
+
 /// What a declarative source reads: a column standing alone for a name or
 /// data must be text; the pieces of a longer template may be anything.
 pub fn source_columns(spec: &SourceSpec) -> Vec<Needed> {
@@ -114,8 +123,10 @@ pub fn source_columns(spec: &SourceSpec) -> Vec<Needed> {
         push(k, ColumnKind::Any);
     }
     template(&spec.owner, &mut push);
-    if let ZoneFrom::Column(c) = &spec.zone {
-        push(c, ColumnKind::Text);
+    match &spec.zone {
+        ZoneFrom::Column(c) => push(c, ColumnKind::Text),
+        ZoneFrom::Table { column, .. } => push(column, ColumnKind::Any),
+        ZoneFrom::Owner => {}
     }
     if let Some(c) = &spec.ttl.column {
         push(c, ColumnKind::Integer);

@@ -577,6 +577,12 @@ async fn session(
                     .iter()
                     .map(|s| pg2dns_decoder::schema::source_columns(s.spec())),
             )
+            .chain(
+                config
+                    .zones_tables()
+                    .iter()
+                    .map(pg2dns_decoder::schema::zones_table_columns),
+            )
             .collect(),
         checked: vec![None; mappings.len()],
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),

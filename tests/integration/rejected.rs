@@ -153,3 +153,51 @@ async fn unparsable_rdata_and_rows_outside_every_zone_are_rejected_and_the_strea
     pg2dns.assert_running()?;
     Ok(())
 }
+
+/// BIND answers an UPDATE that would make an RRset larger than any answer
+/// can hold with SERVFAIL ("ran out of space"): sent, it would be resent
+/// forever. The row that would make it so is refused instead, and the stream
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rrset_too_large_for_any_answer_is_refused_and_the_stream_goes_on() -> Result<()> {
+    let stack = Stack::start("rrset-too-large", Primary::Bind).await?;
+    let _pg2dns = stack.run()?;
+    // About 40 kB each (157 strings of 255 bytes): one fits, two do not.
+    let txt = |c: char| vec![format!("\"{}\"", c.to_string().repeat(255)); 157].join(" ");
+    insert(
+        &stack,
+        &format!("('big.example.test.', 300, 'TXT', '{}')", txt('a')),
+    )
+    .await?;
+    let second = insert(
+        &stack,
+        &format!("('big.example.test.', 300, 'TXT', '{}')", txt('b')),
+    )
+    .await?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.81')")
+        .await?;
+    let good: Vec<_> = stack
+        .table()
+        .await?
+        .into_iter()
+        .filter(|row| row.id != second.id)
+        .collect();
+    stack
+        .wait_until_dns_equals(&stack.expected(&good), DNS_DEADLINE)
+        .await?;
+    let rejected = stack.rejected_at_least(1, DNS_DEADLINE).await?;
+    ensure!(
+        rejected.len() == 1
+            && rejected[0].row_key == second.id.to_string()
+            && rejected[0]
+                .reason
+                .contains("more than the 65535 a DNS message can hold"),
+        "the second TXT row is refused, naming the limit: {rejected:?}"
+    );
+    ensure!(
+        second.before < rejected[0].lsn && rejected[0].lsn <= second.after,
+        "the rejection's LSN is its transaction's"
+    );
+    Ok(())
+}
