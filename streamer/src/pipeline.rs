@@ -680,11 +680,13 @@ impl Pipeline<'_> {
                     }
                     continue;
                 }
+                // A frame that is already there goes first: the grouped
+                // checkpoint can wait, a live transaction should not.
+                frame = replication.recv() => frame?,
                 _ = tokio::time::sleep_until(group_due), if group_waiting => {
                     self.checkpoint(replication, Duration::ZERO).await?;
                     continue;
                 }
-                frame = replication.recv() => frame?,
                 _ = tokio::time::sleep(BACKLOG_PAUSE), if !self.batch.is_empty() && !self.assembler.in_transaction() => {
                     self.flush().await?;
                     self.maybe_checkpoint(replication).await?;
