@@ -266,17 +266,20 @@ impl PgReplication {
 
     /// The next frame if one is ready now, without waiting.
     async fn try_recv(&mut self) -> Result<Option<Frame>, ReplicationError> {
+        use futures_util::FutureExt;
         loop {
-            // `Timeout` polls the receive once before looking at the clock, so
-            // a ready event is always taken; the channel receive is cancel-safe.
-            match tokio::time::timeout(Duration::ZERO, self.client.recv()).await {
-                Ok(Ok(Some(ev))) => {
+            // One poll, no timer: a zero `timeout` would wait for the timer
+            // wheel's next tick (up to a millisecond) whenever nothing is
+            // ready, which is every live commit. The channel receive is
+            // cancel-safe, so dropping it unfinished loses nothing.
+            match self.client.recv().now_or_never() {
+                Some(Ok(Some(ev))) => {
                     if let Some(frame) = convert(ev)? {
                         return Ok(Some(frame));
                     }
                 }
-                Ok(Ok(None)) | Err(_) => return Ok(None),
-                Ok(Err(e)) => return Err(e.into()),
+                Some(Ok(None)) | None => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
             }
         }
     }
