@@ -988,6 +988,21 @@ impl<'z> Planner<'z> {
                 }
             }
         }
+        // The owner group fits one message.
+        let budget = self.budget(key.0);
+        let group = self.group(key);
+        let bytes = budget.group_alone(self.zones.name(key.0), &group);
+        if bytes > budget.limit() && group.ops.iter().any(|op| !op.is_delete()) {
+            let reason = Refusal::OwnerGroupTooLarge {
+                owner: owner.clone(),
+                bytes,
+                budget: budget.limit(),
+            };
+            return adders
+                .into_iter()
+                .map(|(r, l)| (r, l, reason.clone()))
+                .collect();
+        }
         // Each RRset fits one answer: header, question, then every record
         // with its owner compressed to a pointer (RFC 1035 §4.1).
         for (rtype, set) in &after.rrsets {
@@ -1009,21 +1024,6 @@ impl<'z> Planner<'z> {
                     return vec![(r, l, reason)];
                 }
             }
-        }
-        // The owner group fits one message.
-        let budget = self.budget(key.0);
-        let group = self.group(key);
-        let bytes = budget.group_alone(self.zones.name(key.0), &group);
-        if bytes > budget.limit() && group.ops.iter().any(|op| !op.is_delete()) {
-            let reason = Refusal::OwnerGroupTooLarge {
-                owner: owner.clone(),
-                bytes,
-                budget: budget.limit(),
-            };
-            return adders
-                .into_iter()
-                .map(|(r, l)| (r, l, reason.clone()))
-                .collect();
         }
         Vec::new()
     }
