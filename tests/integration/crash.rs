@@ -115,11 +115,11 @@ async fn a_crash_between_the_dns_acknowledgement_and_the_checkpoint_loses_nothin
     // The replay did not count the acknowledged rows twice: pg2dns holds
     // exactly one record per row, the row's.
     let table = stack.table().await?;
-    let state = stack.row_state().await?;
     let rows: std::collections::BTreeMap<String, Vec<_>> = table
         .iter()
         .map(|row| (row.id.to_string(), vec![row.record.clone()]))
         .collect();
+    let state = stack.row_state_when(|s| *s == rows, DNS_DEADLINE).await?;
     ensure!(
         state == rows,
         "pg2dns's row state {state:?} differs from the table {rows:?}"

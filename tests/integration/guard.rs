@@ -190,7 +190,10 @@ async fn a_truncate_of_a_large_table_is_held_until_released_and_then_empties_its
     let after = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     ensure!(after[FORWARD].is_empty(), "{:?}", after[FORWARD]);
     ensure!(
-        stack.row_state().await?.is_empty(),
+        stack
+            .row_state_when(|s| s.is_empty(), DNS_DEADLINE)
+            .await?
+            .is_empty(),
         "the row state must be empty too"
     );
     // The stream goes on.

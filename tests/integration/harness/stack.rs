@@ -605,6 +605,28 @@ impl Stack {
     /// belongs to the service and changes with it); everything else is
     /// asserted on what the DNS servers serve and on `pg2dns.rejected`.
     pub async fn row_state(&self) -> Result<BTreeMap<String, Vec<Record>>> {
+        self.read_row_state().await
+    }
+
+    /// [`Stack::row_state`] once `settled` holds of it, waiting up to
+    /// `deadline`: pg2dns commits its row state with the checkpoint, up to
+    /// about 100 ms after the DNS answered. The state as it then is.
+    pub async fn row_state_when(
+        &self,
+        settled: impl Fn(&BTreeMap<String, Vec<Record>>) -> bool,
+        deadline: Duration,
+    ) -> Result<BTreeMap<String, Vec<Record>>> {
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            let state = self.read_row_state().await?;
+            if settled(&state) || std::time::Instant::now() >= end {
+                return Ok(state);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn read_row_state(&self) -> Result<BTreeMap<String, Vec<Record>>> {
         let rows = self
             .db
             .query(
