@@ -442,6 +442,7 @@ impl Store {
     /// before the session writes anything; without it every batch reads.
     pub async fn track_presence(&mut self) -> Result<(), StoreError> {
         use futures_util::TryStreamExt;
+        self.presence = None;
         let slot: &(dyn ToSql + Sync) = &self.slot;
         let rows = self
             .client
@@ -689,6 +690,16 @@ impl Store {
                 "cannot update pg2dns.row_state",
             )
             .await?;
+        if self
+            .presence
+            .as_ref()
+            .is_some_and(|p| p.rows.len() + p.nodes.len() > 2 * PRESENCE_MAX_RECORDS)
+        {
+            // Hashes are only ever added, so a long session of new rows
+            // outgrows what the state holds: read the keys again (this
+            // connection sees its own uncommitted writes).
+            self.track_presence().await?;
+        }
         Ok(())
     }
 
