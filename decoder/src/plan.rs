@@ -325,6 +325,30 @@ pub struct PlanLimits {
     /// Whether each source may add NS records at a zone's apex, by
     /// [`SourceId`] (missing: it may not).
     pub apex_ns_sources: Vec<bool>,
+    /// Zones that publish one PTR per name, by [`ZoneId`] (missing: every
+    /// PTR the rows give): see [`published`].
+    pub one_ptr: Vec<bool>,
+}
+
+/// The records of one RRset that a zone publishes, from everything its rows
+/// give (`wanted`, in any order): all of them, except that a zone with
+/// `one_ptr` publishes a PTR RRset as its single smallest record (the
+/// record whose wire form sorts first: the byte order of the lower-case
+/// target names, label lengths included). The rule
+/// depends on the set alone, not on which row came first, so the stream,
+/// a replay and reconcile agree.
+pub fn published<'a>(
+    one_ptr: bool,
+    rtype: RType,
+    wanted: impl Iterator<Item = &'a Rdata>,
+) -> Vec<&'a Rdata> {
+    let mut all: Vec<&Rdata> = wanted.collect();
+    all.sort();
+    all.dedup();
+    if one_ptr && rtype == RType::PTR {
+        all.truncate(1);
+    }
+    all
 }
 
 /// The operations of one segment for one zone.
@@ -796,30 +820,30 @@ impl<'z> Planner<'z> {
             ttl,
             rdata: rdata.clone(),
         };
+        let one_ptr = self
+            .limits
+            .one_ptr
+            .get(usize::from(key.0 .0))
+            .copied()
+            .unwrap_or(false);
         for rtype in types {
             let tb = before.ttl(rtype);
             let ta = after.ttl(rtype);
             let retimed = matches!((tb, ta), (Some(b), Some(a)) if a != b);
-            let mut gone: Vec<&Rdata> = before
-                .rrsets
-                .get(&rtype)
-                .map(|s| {
-                    s.keys()
-                        .filter(|d| retimed || !after.has(rtype, d))
-                        .collect()
-                })
-                .unwrap_or_default();
-            gone.sort();
-            let mut new: Vec<&Rdata> = after
-                .rrsets
-                .get(&rtype)
-                .map(|s| {
-                    s.keys()
-                        .filter(|d| retimed || !before.has(rtype, d))
-                        .collect()
-                })
-                .unwrap_or_default();
-            new.sort();
+            let shown = |node: &'_ Node| -> Vec<Rdata> {
+                node.rrsets
+                    .get(&rtype)
+                    .map(|s| {
+                        published(one_ptr, rtype, s.keys())
+                            .into_iter()
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let (was, is) = (shown(before), shown(after));
+            let gone: Vec<&Rdata> = was.iter().filter(|d| retimed || !is.contains(d)).collect();
+            let new: Vec<&Rdata> = is.iter().filter(|d| retimed || !was.contains(d)).collect();
             deletes.extend(
                 gone.into_iter()
                     .map(|d| UpdateOp::Delete(record(rtype, d, tb.unwrap_or(0)))),
@@ -1356,6 +1380,7 @@ mod tests {
             }],
             check_names: vec![CheckNames::Fail],
             exclusions: Vec::new(),
+            one_ptr: Vec::new(),
             apex_ns_sources: vec![false],
         }
     }
@@ -1846,6 +1871,56 @@ mod tests {
             "{:?}",
             rejected[0].reason
         );
+    }
+
+    #[test]
+    fn a_zone_with_one_ptr_publishes_the_smallest_target_and_the_next_when_it_goes() {
+        let mut store = MemStore::default();
+        let mut l = limits(65_535, 100);
+        l.one_ptr = vec![true];
+        let ptr = |key: &str, target: &str| {
+            update(key, Ok(vec![want("5.example.test.", 300, "PTR", target)]))
+        };
+        let (g, _) = run(&mut store, &l, vec![vec![ptr("1", "zz.example.test.")]]);
+        assert_eq!(
+            ops_text(&g),
+            ["add 5.example.test. 300 IN PTR zz.example.test."]
+        );
+        // A second name for the same address: only one PTR, the smaller.
+        let (g, _) = run(&mut store, &l, vec![vec![ptr("2", "aa.example.test.")]]);
+        assert_eq!(
+            ops_text(&g),
+            [
+                "del 5.example.test. PTR zz.example.test.",
+                "add 5.example.test. 300 IN PTR aa.example.test."
+            ]
+        );
+        // The same rows in the other order publish the same PTR.
+        let mut other = MemStore::default();
+        run(&mut other, &l, vec![vec![ptr("2", "aa.example.test.")]]);
+        let (g, _) = run(&mut other, &l, vec![vec![ptr("1", "zz.example.test.")]]);
+        assert!(ops_text(&g).is_empty(), "{:?}", ops_text(&g));
+        // The published one goes: the other takes its place.
+        let (g, _) = run(&mut store, &l, vec![vec![update("2", Ok(vec![]))]]);
+        assert_eq!(
+            ops_text(&g),
+            [
+                "del 5.example.test. PTR aa.example.test.",
+                "add 5.example.test. 300 IN PTR zz.example.test."
+            ]
+        );
+        // Without one_ptr both names are published.
+        let mut both = MemStore::default();
+        let l = limits(65_535, 100);
+        let (g, _) = run(
+            &mut both,
+            &l,
+            vec![vec![
+                ptr("1", "zz.example.test."),
+                ptr("2", "aa.example.test."),
+            ]],
+        );
+        assert_eq!(ops_text(&g).len(), 2);
     }
 
     #[test]

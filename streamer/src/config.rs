@@ -399,6 +399,8 @@ struct ZoneSpec {
     exclude_types: Vec<String>,
     max_delete_records: Option<usize>,
     max_delete_share: Option<f64>,
+    #[serde(default)]
+    one_ptr: bool,
 }
 
 /// The zone's `check_names`, as its primary applies it.
@@ -574,6 +576,9 @@ pub struct ZoneConfig {
     pub exclusions: pg2dns_decoder::exclude::Exclusions,
     /// The mass-delete guard's thresholds for this zone.
     pub guard: pg2dns_decoder::guard::DeleteGuard,
+    /// Publish one PTR per name (the smallest target) when several rows
+    /// claim one address (`one_ptr`).
+    pub one_ptr: bool,
 }
 
 /// Limits on messages and on the DNS server's patience.
@@ -727,6 +732,7 @@ impl Config {
             }
             zones.push(ZoneConfig {
                 exclusions,
+                one_ptr: z.one_ptr,
                 guard: pg2dns_decoder::guard::DeleteGuard {
                     max_delete_records: z.max_delete_records.or(spec.guard.max_delete_records),
                     max_delete_share: share,
@@ -880,6 +886,7 @@ impl Config {
                 .collect(),
             check_names: self.zones.iter().map(|z| z.check_names).collect(),
             exclusions: self.zones.iter().map(|z| z.exclusions.clone()).collect(),
+            one_ptr: self.zones.iter().map(|z| z.one_ptr).collect(),
             apex_ns_sources: self.apex_ns_sources.clone(),
         }
     }

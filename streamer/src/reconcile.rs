@@ -568,6 +568,28 @@ async fn read_desired_now(
                 .push((key.clone(), recs));
         }
     }
+    // A zone with one_ptr publishes one PTR per name, as the stream does
+    // (`plan::published`).
+    for (zone, recs) in records.iter_mut() {
+        if !limits
+            .one_ptr
+            .get(usize::from(zone.0))
+            .copied()
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        let mut keep: BTreeMap<Owner, pg2dns_decoder::Rdata> = BTreeMap::new();
+        for r in recs.iter().filter(|r| r.rtype == RType::PTR) {
+            let d = keep
+                .entry(r.owner.clone())
+                .or_insert_with(|| r.rdata.clone());
+            if r.rdata < *d {
+                *d = r.rdata.clone();
+            }
+        }
+        recs.retain(|r| r.rtype != RType::PTR || keep.get(&r.owner) == Some(&r.rdata));
+    }
     Ok(Desired {
         rows,
         refused: outcome.rejections.len(),

@@ -205,3 +205,52 @@ async fn apex_ns_records_come_only_from_a_source_that_manages_them() -> Result<(
     ensure!(stack.rejected().await?.len() == 1);
     Ok(())
 }
+
+/// Waits until the primary answers exactly `targets` for the PTR of
+/// 5.2.0.192.in-addr.arpa.
+async fn ptrs(stack: &Stack, targets: &[&str]) -> Result<()> {
+    crate::harness::wait_until(DNS_DEADLINE, "the PTR answer", || async {
+        let mut got: Vec<String> = stack
+            .query("5.2.0.192.in-addr.arpa.", "PTR")
+            .await?
+            .into_iter()
+            .map(|r| r.rdata)
+            .collect();
+        got.sort();
+        Ok(if got == targets {
+            crate::harness::Check::Done(())
+        } else {
+            crate::harness::Check::NotYet(format!("{got:?}"))
+        })
+    })
+    .await
+}
+
+/// A reverse zone with `one_ptr` publishes one PTR per address however many
+/// rows claim it: the smallest target, whichever row came first; when its
+/// row goes, the next takes its place; and reconcile agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverse_zone_with_one_ptr_publishes_one_name_per_address() -> Result<()> {
+    let stack = Stack::start("one-ptr", Primary::Bind).await?;
+    stack.set_zone_option(REVERSE, "one_ptr = true")?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('5.2.0.192.in-addr.arpa.', 300, 'PTR', 'zz.example.test.')")
+        .await?;
+    ptrs(&stack, &["zz.example.test."]).await?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('5.2.0.192.in-addr.arpa.', 300, 'PTR', 'aa.example.test.')")
+        .await?;
+    ptrs(&stack, &["aa.example.test."]).await?;
+    let in_sync = stack.reconcile(&[], &[]).await?;
+    ensure!(
+        in_sync.status.code() == Some(0),
+        "reconcile agrees with the stream: {}",
+        String::from_utf8_lossy(&in_sync.stdout)
+    );
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE rdata = 'aa.example.test.'")
+        .await?;
+    ptrs(&stack, &["zz.example.test."]).await?;
+    Ok(())
+}
