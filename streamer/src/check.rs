@@ -9,8 +9,9 @@
 //! pg2dns cannot tell which row went: the stream would halt on the first
 //! one. Saying so before the first DELETE is the point of this check.
 
-use pg2dns_decoder::mapping::source::{Data, Filter, SourceMapping, ZoneFrom};
+use pg2dns_decoder::mapping::source::{SourceMapping, ZoneFrom};
 use pg2dns_decoder::mapping::Mapping;
+use pg2dns_decoder::schema::{self, ColumnKind};
 use tokio_postgres::Client;
 
 use crate::config::Config;
@@ -156,31 +157,22 @@ fn judge(
     out
 }
 
-/// Each column a source reads, with what it is used for.
-fn uses(source: &SourceMapping) -> Vec<(&str, Use)> {
-    let spec = source.spec();
-    let mut out: Vec<(&str, Use)> = source
-        .columns()
+/// Each column a source reads, with what it is used for: the stream's own
+/// list ([`schema::source_columns`]), judged here on the catalog's type
+/// names rather than on type OIDs.
+fn uses(source: &SourceMapping) -> Vec<(String, Use)> {
+    schema::source_columns(source.spec())
         .into_iter()
-        .map(|c| (c, Use::Text))
-        .collect();
-    let mut set = |column: &str, usage: Use| {
-        if let Some(entry) = out.iter_mut().find(|(c, _)| *c == column) {
-            entry.1 = usage;
-        }
-    };
-    if let Data::Address { column, .. } = &spec.data {
-        set(column, Use::Address);
-    }
-    if let Some(c) = &spec.ttl.column {
-        set(c, Use::Ttl);
-    }
-    for f in &spec.filters {
-        if let Filter::IsTrue(c) | Filter::IsFalse(c) = f {
-            set(c, Use::Boolean);
-        }
-    }
-    out
+        .map(|(c, kind)| {
+            let usage = match kind {
+                ColumnKind::Any | ColumnKind::Text => Use::Text,
+                ColumnKind::Integer => Use::Ttl,
+                ColumnKind::Address => Use::Address,
+                ColumnKind::Boolean => Use::Boolean,
+            };
+            (c, usage)
+        })
+        .collect()
 }
 
 /// Checks every source table and zones table; the problems found, each a
@@ -191,10 +183,12 @@ pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> 
     let mut problems = Vec::new();
     for source in &config.sources {
         let table = describe(client, source.schema(), source.table()).await?;
+        let used = uses(source);
+        let used: Vec<(&str, Use)> = used.iter().map(|(c, u)| (c.as_str(), *u)).collect();
         problems.extend(judge(
             source.source(),
             table.as_ref(),
-            &uses(source),
+            &used,
             &source.spec().key,
         ));
         if let ZoneFrom::Table { table: zt, .. } = &source.spec().zone {

@@ -529,7 +529,7 @@ async fn session(
         // A restart is the operator's answer to a halt: try again.
         Mode::Halted { .. } | Mode::Running => {}
     }
-    let store = Store::connect(&config.database).await?;
+    let mut store = Store::connect(&config.database).await?;
     let Some(slot_at) = store.slot_confirmed().await? else {
         return Err(RunError::SlotMissing {
             slot: config.database.slot.clone(),
@@ -546,7 +546,6 @@ async fn session(
         });
     }
     check_zone_set(&store, config).await?;
-    let mut store = store;
     store.track_presence().await?;
     let mut replication = PgReplication::connect(&config.database, progress).await?;
     // Only the instance that holds the slot speaks for it (a standby fails

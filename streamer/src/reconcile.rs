@@ -579,16 +579,24 @@ async fn read_desired_now(
         {
             continue;
         }
-        let mut keep: BTreeMap<Owner, pg2dns_decoder::Rdata> = BTreeMap::new();
+        let mut ptrs: BTreeMap<Owner, Vec<pg2dns_decoder::Rdata>> = BTreeMap::new();
         for r in recs.iter().filter(|r| r.rtype == RType::PTR) {
-            let d = keep
-                .entry(r.owner.clone())
-                .or_insert_with(|| r.rdata.clone());
-            if r.rdata < *d {
-                *d = r.rdata.clone();
-            }
+            ptrs.entry(r.owner.clone())
+                .or_default()
+                .push(r.rdata.clone());
         }
-        recs.retain(|r| r.rtype != RType::PTR || keep.get(&r.owner) == Some(&r.rdata));
+        let keep: BTreeMap<&Owner, Vec<&pg2dns_decoder::Rdata>> = ptrs
+            .iter()
+            .map(|(o, ds)| {
+                (
+                    o,
+                    pg2dns_decoder::plan::published(true, RType::PTR, ds.iter()),
+                )
+            })
+            .collect();
+        recs.retain(|r| {
+            r.rtype != RType::PTR || keep.get(&r.owner).is_some_and(|k| k.contains(&&r.rdata))
+        });
     }
     Ok(Desired {
         rows,

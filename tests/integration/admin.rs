@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use crate::harness::stack::FORWARD;
-use crate::harness::{Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
+use crate::harness::{wait_until, Check, Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
 
 /// The `w<i>` owners present in the forward zone.
 async fn writer_rows_in_dns(stack: &Stack) -> Result<BTreeSet<u64>> {
@@ -382,15 +382,15 @@ async fn wait_for_status(
     within: Duration,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> Result<serde_json::Value> {
-    let deadline = Instant::now() + within;
-    loop {
+    wait_until(within, &format!("status shows {what}"), || async {
         let s = status(stack).await?;
-        if ok(&s) {
-            return Ok(s);
-        }
-        ensure!(Instant::now() < deadline, "status never showed {what}: {s}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok(if ok(&s) {
+            Check::Done(s)
+        } else {
+            Check::NotYet(s.to_string())
+        })
+    })
+    .await
 }
 
 /// Polls `/metrics` until every `(line prefix, test)` holds.
@@ -399,21 +399,24 @@ async fn wait_for_metrics(
     what: &str,
     checks: &[(&str, &dyn Fn(f64) -> bool)],
 ) -> Result<()> {
-    let deadline = Instant::now() + DNS_DEADLINE;
-    loop {
-        let (_, body) = http_get(addr, "/metrics").await?;
-        if checks
-            .iter()
-            .all(|(name, ok)| metric(&body, name).is_some_and(ok))
-        {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the metrics never showed {what}:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(
+        DNS_DEADLINE,
+        &format!("the metrics show {what}"),
+        || async {
+            let (_, body) = http_get(addr, "/metrics").await?;
+            Ok(
+                if checks
+                    .iter()
+                    .all(|(name, ok)| metric(&body, name).is_some_and(ok))
+                {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(body)
+                },
+            )
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

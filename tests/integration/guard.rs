@@ -4,8 +4,6 @@
 //! operator releases that one transaction with `pg2dns resume
 //! --allow-mass-delete`.
 
-use std::time::{Duration, Instant};
-
 use anyhow::{ensure, Context, Result};
 
 use crate::harness::stack::{difference, FORWARD};
@@ -20,19 +18,22 @@ async fn status(stack: &Stack) -> Result<serde_json::Value> {
 /// Waits until `status` says halted by the mass-delete guard with a reason
 /// other than `not`, and returns the status.
 async fn wait_for_held(stack: &Stack, not: &str) -> Result<serde_json::Value> {
-    let deadline = Instant::now() + DNS_DEADLINE;
-    loop {
-        let s = status(stack).await?;
-        let reason = s["reason"].as_str().unwrap_or_default();
-        if s["mode"] == "halted" && reason.contains("mass delete held") && reason != not {
-            return Ok(s);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "status never said a mass delete is held: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        DNS_DEADLINE,
+        "status to say a mass delete is held",
+        || async {
+            let s = status(stack).await?;
+            let reason = s["reason"].as_str().unwrap_or_default();
+            Ok(
+                if s["mode"] == "halted" && reason.contains("mass delete held") && reason != not {
+                    Check::Done(s)
+                } else {
+                    Check::NotYet(s.to_string())
+                },
+            )
+        },
+    )
+    .await
 }
 
 /// Inserts `n` A rows `{prefix}{i}.example.test.` in one transaction.

@@ -2,12 +2,10 @@
 //! dropped or retyped halts the stream instead of publishing wrong data,
 //! and apex NS records come only from a source allowed to manage them.
 
-use std::time::Duration;
-
 use anyhow::{ensure, Result};
 
 use crate::harness::stack::{ZoneRecords, FORWARD, REVERSE};
-use crate::harness::{Pg2dns, Primary, Record, Stack, DNS_DEADLINE};
+use crate::harness::{wait_until, Check, Pg2dns, Primary, Record, Stack, DNS_DEADLINE};
 
 fn forward_only(records: &[Record]) -> ZoneRecords {
     let mut out = ZoneRecords::new();
@@ -158,15 +156,15 @@ async fn apex_ns_records_come_only_from_a_source_that_manages_them() -> Result<(
     stack
         .wait_until_answers("www.example.test.", "A", DNS_DEADLINE)
         .await?;
-    let rejected = crate::harness::wait_until(
+    let rejected = wait_until(
         DNS_DEADLINE,
         "the apex NS row in pg2dns.rejected",
         || async {
             let rejected = stack.rejected().await?;
             Ok(if rejected.is_empty() {
-                crate::harness::Check::NotYet("none yet".into())
+                Check::NotYet("none yet".into())
             } else {
-                crate::harness::Check::Done(rejected)
+                Check::Done(rejected)
             })
         },
     )
@@ -186,22 +184,19 @@ async fn apex_ns_records_come_only_from_a_source_that_manages_them() -> Result<(
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('example.test.', 300, 'NS', 'ns8.other.test.')")
         .await?;
-    let deadline = std::time::Instant::now() + DNS_DEADLINE;
-    loop {
+    let apex = wait_until(DNS_DEADLINE, "pg2dns.rr's apex NS", || async {
         let apex = stack.query(FORWARD, "NS").await?;
-        if apex.iter().any(|r| r.rdata == "ns8.other.test.") {
-            ensure!(
-                !apex.iter().any(|r| r.rdata == "ns9.other.test."),
-                "{apex:?}"
-            );
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "pg2dns.rr's apex NS never arrived: {apex:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(if apex.iter().any(|r| r.rdata == "ns8.other.test.") {
+            Check::Done(apex)
+        } else {
+            Check::NotYet(format!("{apex:?}"))
+        })
+    })
+    .await?;
+    ensure!(
+        !apex.iter().any(|r| r.rdata == "ns9.other.test."),
+        "{apex:?}"
+    );
     ensure!(stack.rejected().await?.len() == 1);
     Ok(())
 }
@@ -209,7 +204,7 @@ async fn apex_ns_records_come_only_from_a_source_that_manages_them() -> Result<(
 /// Waits until the primary answers exactly `targets` for the PTR of
 /// 5.2.0.192.in-addr.arpa.
 async fn ptrs(stack: &Stack, targets: &[&str]) -> Result<()> {
-    crate::harness::wait_until(DNS_DEADLINE, "the PTR answer", || async {
+    wait_until(DNS_DEADLINE, "the PTR answer", || async {
         let mut got: Vec<String> = stack
             .query("5.2.0.192.in-addr.arpa.", "PTR")
             .await?
@@ -218,9 +213,9 @@ async fn ptrs(stack: &Stack, targets: &[&str]) -> Result<()> {
             .collect();
         got.sort();
         Ok(if got == targets {
-            crate::harness::Check::Done(())
+            Check::Done(())
         } else {
-            crate::harness::Check::NotYet(format!("{got:?}"))
+            Check::NotYet(format!("{got:?}"))
         })
     })
     .await

@@ -344,40 +344,13 @@ impl SourceMapping {
     }
 
     /// Every column the mapping reads (key, owner, zone, type, TTL, data,
-    /// filters), once each, for checks and documentation.
-    pub fn columns(&self) -> Vec<&str> {
-        let s = &self.spec;
-        let mut out: Vec<&str> = s.key.iter().map(String::as_str).collect();
-        out.extend(s.owner.columns());
-        match &s.zone {
-            ZoneFrom::Column(c) | ZoneFrom::Table { column: c, .. } => out.push(c),
-            ZoneFrom::Owner => {}
-        }
-        out.extend(s.ttl.column.as_deref());
-        match &s.data {
-            Data::Record {
-                rtype,
-                rdata,
-                by_type,
-            } => {
-                if let TypeFrom::Column(c) = rtype {
-                    out.push(c);
-                }
-                out.extend(rdata.columns());
-                for (_, t) in by_type {
-                    out.extend(t.columns());
-                }
-            }
-            Data::Address { column, .. } => out.push(column),
-        }
-        out.extend(s.filters.iter().map(Filter::column));
-        let mut seen = Vec::new();
-        out.retain(|c| {
-            let new = !seen.contains(c);
-            seen.push(*c);
-            new
-        });
-        out
+    /// filters), once each, for checks and documentation: the list the
+    /// stream's schema check uses ([`crate::schema::source_columns`]).
+    pub fn columns(&self) -> Vec<String> {
+        crate::schema::source_columns(&self.spec)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
     }
 
     /// What the source publishes, in one line for `pg2dns check-config`,

@@ -586,16 +586,18 @@ impl Stack {
 
     /// `pg2dns.rejected` once it holds at least `n` rows (waiting up to
     /// `deadline`): rejections are recorded with pg2dns's checkpoint, which
-    /// may come a moment after the DNS answers. The list as it then is.
+    /// may come a moment after the DNS answers. An error on timeout.
     pub async fn rejected_at_least(&self, n: usize, deadline: Duration) -> Result<Vec<Rejected>> {
-        let end = std::time::Instant::now() + deadline;
-        loop {
+        let what = format!("pg2dns.rejected holds {n} rows");
+        wait_until(deadline, &what, || async {
             let rejected = self.rejected().await?;
-            if rejected.len() >= n || std::time::Instant::now() >= end {
-                return Ok(rejected);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(if rejected.len() >= n {
+                Check::Done(rejected)
+            } else {
+                Check::NotYet(format!("{rejected:?}"))
+            })
+        })
+        .await
     }
 
     /// pg2dns's row state: the records it holds as sent for each row key of
@@ -610,20 +612,21 @@ impl Stack {
 
     /// [`Stack::row_state`] once `settled` holds of it, waiting up to
     /// `deadline`: pg2dns commits its row state with the checkpoint, up to
-    /// about 100 ms after the DNS answered. The state as it then is.
+    /// about 100 ms after the DNS answered. An error on timeout.
     pub async fn row_state_when(
         &self,
         settled: impl Fn(&BTreeMap<String, Vec<Record>>) -> bool,
         deadline: Duration,
     ) -> Result<BTreeMap<String, Vec<Record>>> {
-        let end = std::time::Instant::now() + deadline;
-        loop {
+        wait_until(deadline, "the row state to settle", || async {
             let state = self.read_row_state().await?;
-            if settled(&state) || std::time::Instant::now() >= end {
-                return Ok(state);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(if settled(&state) {
+                Check::Done(state)
+            } else {
+                Check::NotYet(format!("{state:?}"))
+            })
+        })
+        .await
     }
 
     async fn read_row_state(&self) -> Result<BTreeMap<String, Vec<Record>>> {
