@@ -18,6 +18,7 @@
 //! ```
 
 pub mod checks;
+pub mod confirm;
 pub mod diff;
 pub mod exclude;
 pub mod guard;

@@ -29,6 +29,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pg2dns_decoder::confirm::Confirmations;
 use pg2dns_decoder::mapping::{self, Desired, Mapping, RowUpdate, RrTable};
 use pg2dns_decoder::pgoutput::Message;
 use pg2dns_decoder::plan::{
@@ -46,7 +47,7 @@ use crate::control::{Control, ControlRequest, Mode};
 use crate::dns::sink::{Dispatch, ZoneReport, ZoneSink};
 use crate::error::{Disposition, RunError};
 use crate::replication::{Frame, PgReplication, Replication};
-use crate::store::Store;
+use crate::store::{Durability, Store};
 use crate::{failpoint, metrics, status};
 
 /// Rows per flush: bounds memory and the size of one state round trip.
@@ -63,6 +64,11 @@ const BACKLOG_PAUSE: Duration = Duration::from_millis(2);
 const CHECKPOINT_GROUP: Duration = Duration::from_millis(100);
 /// Longest time between checkpoints while transactions keep arriving.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How often the server is asked how far its WAL is flushed while a
+/// checkpoint committed without waiting for it is not confirmed yet (the
+/// WAL writer flushes at least every `wal_writer_delay`, 200 ms by default;
+/// any other commit on the server flushes it sooner).
+const FLUSH_POLL: Duration = Duration::from_millis(100);
 /// How long a checkpoint waits for the last acknowledgements before the
 /// stream goes on without it.
 const BARRIER_WAIT: Duration = Duration::from_millis(100);
@@ -294,6 +300,10 @@ pub struct Pipeline<'c> {
     last_checkpoint: Instant,
     /// What was last confirmed to the slot in this session.
     confirmed: Option<Lsn>,
+    /// Checkpoints committed without waiting for their WAL flush.
+    unflushed: Confirmations,
+    /// When the server is next asked how far its WAL is flushed.
+    flush_poll: Instant,
     /// The server's clock at its last message.
     server_time_micros: i64,
     /// Whether the last commit arrived well after it happened.
@@ -597,6 +607,8 @@ async fn session(
         pending_txns: 0,
         last_checkpoint: Instant::now(),
         confirmed: None,
+        unflushed: Confirmations::default(),
+        flush_poll: Instant::now(),
         server_time_micros: 0,
         backlog: false,
         guard_carry: None,
@@ -657,6 +669,7 @@ impl Pipeline<'_> {
     ) -> Result<SessionEnd, RunError> {
         loop {
             let group_due = self.group_due();
+            let flush_poll = tokio::time::Instant::from_std(self.flush_poll);
             let group_waiting = self.at_boundary() && self.lanes.all_acked();
             let frame = tokio::select! {
                 biased;
@@ -675,7 +688,7 @@ impl Pipeline<'_> {
                     // The last acknowledgement of an idle stream completes
                     // the pending checkpoint, once its group time is over.
                     if self.checkpoint_ready() {
-                        self.checkpoint(replication, Duration::ZERO).await?;
+                        self.checkpoint(replication, Duration::ZERO, Durability::Later).await?;
                     }
                     continue;
                 }
@@ -683,7 +696,12 @@ impl Pipeline<'_> {
                 // checkpoint can wait, a live transaction should not.
                 frame = replication.recv() => frame?,
                 _ = tokio::time::sleep_until(group_due), if group_waiting => {
-                    self.checkpoint(replication, Duration::ZERO).await?;
+                    self.checkpoint(replication, Duration::ZERO, Durability::Later).await?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(flush_poll), if self.unflushed.waiting() => {
+                    let flushed = self.store.wal_flushed().await?;
+                    self.confirm_flushed(replication, flushed);
                     continue;
                 }
                 _ = tokio::time::sleep(BACKLOG_PAUSE), if !self.batch.is_empty() && !self.assembler.in_transaction() => {
@@ -765,9 +783,11 @@ impl Pipeline<'_> {
             return Ok(());
         }
         if self.checkpoint_ready() {
-            self.checkpoint(replication, Duration::ZERO).await
+            self.checkpoint(replication, Duration::ZERO, Durability::Later)
+                .await
         } else if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-            self.checkpoint(replication, BARRIER_WAIT).await
+            self.checkpoint(replication, BARRIER_WAIT, Durability::Later)
+                .await
         } else {
             Ok(())
         }
@@ -798,9 +818,10 @@ impl Pipeline<'_> {
             self.flush().await?;
         }
         while self.pending_end.is_some() {
-            self.checkpoint(replication, Duration::from_secs(5)).await?;
+            self.checkpoint(replication, Duration::from_secs(5), Durability::Flushed)
+                .await?;
         }
-        Ok(())
+        self.settle(replication).await
     }
 
     /// Clean stop: finish what is complete, leave the rest to the next run.
@@ -813,7 +834,7 @@ impl Pipeline<'_> {
             if self.pending_end.is_some() {
                 let wait = tokio::time::timeout(
                     Duration::from_secs(5),
-                    self.checkpoint(replication, Duration::from_secs(5)),
+                    self.checkpoint(replication, Duration::from_secs(5), Durability::Flushed),
                 );
                 match wait.await {
                     Ok(r) => r?,
@@ -821,7 +842,7 @@ impl Pipeline<'_> {
                 }
             }
         }
-        Ok(())
+        self.settle(replication).await
     }
 
     async fn on_frame(
@@ -847,11 +868,11 @@ impl Pipeline<'_> {
                     && self.last_idle_confirm.elapsed() >= IDLE_CONFIRM_EVERY
                 {
                     self.last_idle_confirm = Instant::now();
-                    self.store.commit(wal_end).await?;
+                    // A flushed commit flushes every earlier one too.
+                    self.store.commit(wal_end, Durability::Flushed).await?;
                     self.progress = wal_end;
-                    replication.confirm(wal_end);
-                    metrics::get().confirmed(wal_end);
-                    self.confirmed = Some(wal_end);
+                    let end = self.unflushed.flushed_checkpoint(wal_end);
+                    self.confirm(replication, end);
                 }
                 return Ok(());
             }
@@ -1295,6 +1316,7 @@ impl Pipeline<'_> {
         &mut self,
         replication: &mut PgReplication,
         wait: Duration,
+        durability: Durability,
     ) -> Result<(), RunError> {
         let Some(end) = self.pending_end else {
             return Ok(());
@@ -1322,17 +1344,57 @@ impl Pipeline<'_> {
             self.reject_refused().await?;
         }
         failpoint::hit("after-dns-ack");
-        self.store.commit(end).await?;
+        let unflushed = self.store.commit(end, durability).await?;
         failpoint::hit("after-state-commit");
-        replication.confirm(end);
-        metrics::get().confirmed(end);
-        debug!(lsn = %end, transactions = self.pending_txns, total_ms = started.elapsed().as_millis() as u64, "checkpoint");
-        self.confirmed = Some(end);
+        debug!(lsn = %end, transactions = self.pending_txns, total_ms = started.elapsed().as_millis() as u64, ?durability, "checkpoint");
+        let confirm = match unflushed {
+            None => Some(self.unflushed.flushed_checkpoint(end)),
+            Some(u) => {
+                if !self.unflushed.waiting() {
+                    self.flush_poll = Instant::now() + FLUSH_POLL;
+                }
+                self.unflushed.unflushed_checkpoint(u.wal, end, u.flushed)
+            }
+        };
+        if let Some(end) = confirm {
+            self.confirm(replication, end);
+        }
         self.progress = end;
         self.pending_end = None;
         self.pending_txns = 0;
         self.last_checkpoint = Instant::now();
         self.lanes.live.all_acknowledged();
+        Ok(())
+    }
+
+    /// Confirms the newest transaction end whose checkpoint the WAL flush
+    /// (at `flushed`) has passed.
+    fn confirm_flushed(&mut self, replication: &mut PgReplication, flushed: Lsn) {
+        if let Some(end) = self.unflushed.flushed(flushed) {
+            self.confirm(replication, end);
+        }
+        self.flush_poll = Instant::now() + FLUSH_POLL;
+    }
+
+    fn confirm(&mut self, replication: &mut PgReplication, end: Lsn) {
+        replication.confirm(end);
+        metrics::get().confirmed(end);
+        self.confirmed = Some(end);
+    }
+
+    /// Before the session ends: waits (a little) for the flush of the
+    /// checkpoints committed without it, so that the slot confirms them.
+    /// Leaving one unconfirmed is safe: its progress makes the next run
+    /// skip what it covered.
+    async fn settle(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.unflushed.waiting() && Instant::now() < deadline {
+            let flushed = self.store.wal_flushed().await?;
+            self.confirm_flushed(replication, flushed);
+            if self.unflushed.waiting() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         Ok(())
     }
 }

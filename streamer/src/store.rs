@@ -1026,26 +1026,114 @@ impl Store {
 
     /// Commits the open transaction with the new progress LSN.
     ///
-    /// One round trip: the progress write and the COMMIT are pipelined (or,
-    /// with nothing else to commit, the write commits on its own).
-    pub async fn commit(&mut self, lsn: Lsn) -> Result<(), StoreError> {
-        let statement = self
+    /// One round trip: the progress write and the COMMIT are pipelined
+    /// (with [`Durability::Later`], so is the read of the WAL positions).
+    /// With [`Durability::Later`] the COMMIT does not wait for its WAL flush
+    /// and the answer says where the flush must reach before the slot may
+    /// confirm anything this commit covers.
+    pub async fn commit(
+        &mut self,
+        lsn: Lsn,
+        durability: Durability,
+    ) -> Result<Option<Unflushed>, StoreError> {
+        let write = self
             .prepared(
                 "INSERT INTO pg2dns.progress (slot, lsn, updated) VALUES ($1, $2::text::pg_lsn, now()) \
                  ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, updated = excluded.updated",
             )
             .await?;
+        let positions = match durability {
+            Durability::Flushed => None,
+            Durability::Later => Some(self.prepared(WAL_POSITIONS).await?),
+        };
         let lsn = lsn.to_string();
         let params: [&(dyn ToSql + Sync); 2] = [&self.slot, &lsn];
-        let write = self.client.execute(&statement, &params);
-        if !self.in_transaction {
-            write.await.map_err(sql("cannot write pg2dns.progress"))?;
-            return Ok(());
-        }
-        let (written, committed) = tokio::join!(write, self.client.batch_execute("COMMIT"));
+        let Some(positions) = positions else {
+            if !self.in_transaction {
+                self.client
+                    .execute(&write, &params)
+                    .await
+                    .map_err(sql("cannot write pg2dns.progress"))?;
+                return Ok(None);
+            }
+            let (written, committed) = tokio::join!(
+                self.client.execute(&write, &params),
+                self.client.batch_execute("COMMIT")
+            );
+            self.in_transaction = false;
+            written.map_err(sql("cannot write pg2dns.progress"))?;
+            committed.map_err(sql("cannot commit the checkpoint"))?;
+            return Ok(None);
+        };
+        // The insert position read after the COMMIT returned is at or past
+        // the end of its commit record.
+        let open = self.in_transaction;
+        let client = &self.client;
+        let (begun, written, committed, read) = tokio::join!(
+            async {
+                match open {
+                    true => Ok(()),
+                    false => client.batch_execute("BEGIN").await,
+                }
+            },
+            client.execute(&write, &params),
+            client.batch_execute("SET LOCAL synchronous_commit = off; COMMIT"),
+            client.query_one(&positions, &[])
+        );
         self.in_transaction = false;
+        begun.map_err(sql("cannot begin the checkpoint transaction"))?;
         written.map_err(sql("cannot write pg2dns.progress"))?;
         committed.map_err(sql("cannot commit the checkpoint"))?;
-        Ok(())
+        let read = read.map_err(sql("cannot read the WAL positions"))?;
+        Ok(Some(Unflushed {
+            wal: lsn_column(&read, 0)?,
+            flushed: lsn_column(&read, 1)?,
+        }))
     }
+
+    /// How far the server's WAL is flushed to disk.
+    pub async fn wal_flushed(&mut self) -> Result<Lsn, StoreError> {
+        let positions = self.prepared(WAL_POSITIONS).await?;
+        let read = self
+            .client
+            .query_one(&positions, &[])
+            .await
+            .map_err(sql("cannot read the WAL positions"))?;
+        lsn_column(&read, 1)
+    }
+}
+
+/// The server's WAL insert and flush positions, as text.
+const WAL_POSITIONS: &str =
+    "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text";
+
+fn lsn_column(row: &Row, i: usize) -> Result<Lsn, StoreError> {
+    let text: &str = row.get(i);
+    text.parse().map_err(|_| StoreError::Corrupt {
+        table: "pg_current_wal_flush_lsn()",
+        detail: format!("WAL position {text:?}"),
+    })
+}
+
+/// Whether a checkpoint's COMMIT waits for its WAL flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// It does: once it returns, the slot may confirm what it covers.
+    Flushed,
+    /// It does not (`synchronous_commit = off` for this transaction only):
+    /// its fsync leaves the path of the next transaction, and the slot may
+    /// confirm what it covers only once the flush passed [`Unflushed::wal`].
+    /// Until then a PostgreSQL crash may lose the commit, state and progress
+    /// together, and the slot, confirmed only behind flushed checkpoints,
+    /// replays what it covered.
+    Later,
+}
+
+/// Where the WAL stood right after an asynchronous COMMIT.
+#[derive(Clone, Copy, Debug)]
+pub struct Unflushed {
+    /// At or past the end of the commit record.
+    pub wal: Lsn,
+    /// How far the WAL was flushed at that moment.
+    pub flushed: Lsn,
 }

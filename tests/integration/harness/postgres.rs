@@ -197,6 +197,14 @@ impl Postgres {
         self.wait_ready().await
     }
 
+    /// A crash: `pg_ctl restart -m immediate` (every server process quits at
+    /// once; WAL not yet written is lost, recovery runs at the start), then
+    /// waits until the server is ready again.
+    pub async fn crash_restart(&self) -> Result<()> {
+        self.pg_ctl(&["-m", "immediate", "-W", "restart"]).await?;
+        self.wait_ready().await
+    }
+
     /// The server log's last lines.
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)

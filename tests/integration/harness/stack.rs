@@ -483,6 +483,14 @@ impl Stack {
         Ok(())
     }
 
+    /// Crashes PostgreSQL ([`Postgres::crash_restart`]) and reconnects
+    /// [`Stack::db`].
+    pub async fn crash_postgres(&mut self) -> Result<()> {
+        self.pg.crash_restart().await?;
+        self.db = self.pg.connect().await?;
+        Ok(())
+    }
+
     /// The transactions the slot would deliver next (read without consuming
     /// them, with `pg_logical_slot_peek_binary_changes`). The slot must be
     /// idle: pg2dns not running (the walsender may hold it a moment after
