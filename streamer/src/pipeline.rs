@@ -65,10 +65,11 @@ const CHECKPOINT_GROUP: Duration = Duration::from_millis(100);
 /// Longest time between checkpoints while transactions keep arriving.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// How often the server is asked how far its WAL is flushed while a
-/// checkpoint committed without waiting for it is not confirmed yet (the
-/// WAL writer flushes at least every `wal_writer_delay`, 200 ms by default;
-/// any other commit on the server flushes it sooner).
-const FLUSH_POLL: Duration = Duration::from_millis(100);
+/// checkpoint committed without waiting for it is not confirmed yet. The
+/// WAL writer flushes at least every `wal_writer_delay` (200 ms by default;
+/// any other commit on the server flushes it sooner), and the walsender's
+/// next keepalive usually tells first (see `on_frame`).
+const FLUSH_POLL: Duration = Duration::from_millis(300);
 /// How long a checkpoint waits for the last acknowledgements before the
 /// stream goes on without it.
 const BARRIER_WAIT: Duration = Duration::from_millis(100);
@@ -857,6 +858,13 @@ impl Pipeline<'_> {
             } => {
                 self.server_time_micros = server_time_micros;
                 metrics::get().server_at(wal_end);
+                // Logical decoding reads only WAL the server has flushed (the
+                // walsender waits for the flush pointer before it decodes),
+                // so the WAL end a keepalive reports is flushed: no need to
+                // ask for the flush position.
+                if self.unflushed.waiting() {
+                    self.confirm_flushed(replication, wal_end);
+                }
                 // Nothing in flight: let an idle slot move, or it pins WAL.
                 // The progress moves first, so that the slot never gets
                 // ahead of it (which is how a re-created slot is noticed).

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pg2dns_decoder::{Lsn, ZoneName};
+use tokio_postgres::types::ToSql;
 use tracing::{debug, warn};
 
 use crate::config::Config;
@@ -32,6 +33,10 @@ use crate::metrics;
 
 /// How often the status is published (at most).
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// How often a change of the server's WAL end alone is published. Each
+/// publication writes WAL, which moves the WAL end the next keepalive
+/// reports: published every second, an idle service would write forever.
+const WAL_END_EVERY: Duration = Duration::from_secs(10);
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -205,7 +210,7 @@ pub async fn soa_serial(
 pub async fn publish(live: Arc<Live>, config: Config) {
     let slot = config.database.slot.clone();
     let m = metrics::get();
-    let mut db: Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> = None;
+    let mut db: Option<StatusDb> = None;
     let mut asked_at_ack: Vec<u64> = vec![0; live.zones.len()];
     let mut rows: Vec<ZoneRow> = vec![
         ZoneRow {
@@ -217,6 +222,9 @@ pub async fn publish(live: Arc<Live>, config: Config) {
         live.zones.len()
     ];
     let mut published: Option<(Vec<ZoneRow>, u64, Option<i64>)> = None;
+    // What the last publication said of the last Commit received, and when.
+    let mut published_commit = 0u64;
+    let mut published_at = Instant::now();
     let mut warned = false;
     let mut tick = tokio::time::interval(PUBLISH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -253,16 +261,24 @@ pub async fn publish(live: Arc<Live>, config: Config) {
         let lag = pending.map_or(Duration::ZERO, |p| p.age_at_receipt + p.received.elapsed());
         m.lag_seconds.set(lag.as_secs_f64());
         // The newest of the last Commit and the last keepalive's WAL end.
-        let received = live
-            .received_lsn
-            .load(Ordering::Relaxed)
-            .max(u64::try_from(m.server_lsn.get()).unwrap_or(0));
+        let commit = live.received_lsn.load(Ordering::Relaxed);
+        let received = commit.max(u64::try_from(m.server_lsn.get()).unwrap_or(0));
         let state = (rows.clone(), received, pending.map(|p| p.commit_micros));
-        if published.as_ref() == Some(&state) {
+        let unchanged = match &published {
+            None => false,
+            Some(p) if p == &state => true,
+            // Only the WAL end moved (pg2dns's own writes among it).
+            Some((r, _, o)) => {
+                (r, o) == (&state.0, &state.2)
+                    && commit == published_commit
+                    && published_at.elapsed() < WAL_END_EVERY
+            }
+        };
+        if unchanged {
             continue;
         }
         if db.is_none() {
-            match crate::pgconn::connect(&config.database, "pg2dns status").await {
+            match StatusDb::connect(&config).await {
                 Ok(c) => db = Some(c),
                 Err(e) => {
                     if !warned {
@@ -273,10 +289,12 @@ pub async fn publish(live: Arc<Live>, config: Config) {
                 }
             }
         }
-        let Some((client, _)) = &db else { continue };
-        match write(client, &slot, &live, &state).await {
+        let Some(status_db) = &db else { continue };
+        match status_db.write(&slot, &live, &state).await {
             Ok(()) => {
                 published = Some(state);
+                published_commit = commit;
+                published_at = Instant::now();
                 warned = false;
             }
             Err(e) => {
@@ -284,63 +302,117 @@ pub async fn publish(live: Arc<Live>, config: Config) {
                     warn!(error = %e, "cannot publish the status to PostgreSQL; trying again");
                     warned = true;
                 }
-                if let Some((_, task)) = db.take() {
-                    task.abort();
+                if let Some(d) = db.take() {
+                    d.task.abort();
                 }
             }
         }
     }
 }
 
-async fn write(
-    client: &tokio_postgres::Client,
-    slot: &str,
-    live: &Live,
-    (rows, received, oldest): &(Vec<ZoneRow>, u64, Option<i64>),
-) -> Result<(), tokio_postgres::Error> {
-    let seconds = |micros: i64| (micros != 0).then(|| micros as f64 / 1e6);
-    let zones: Vec<String> = live.zones.iter().map(|z| z.name.to_string()).collect();
-    let primaries: Vec<String> = live.zones.iter().map(|z| z.primary.to_string()).collect();
-    let in_flight: Vec<i64> = rows.iter().map(|r| r.in_flight).collect();
-    let acked_at: Vec<Option<f64>> = rows.iter().map(|r| seconds(r.acked_at_micros)).collect();
-    let serial: Vec<Option<i64>> = rows.iter().map(|r| r.soa_serial.map(i64::from)).collect();
-    let soa_at: Vec<Option<f64>> = rows.iter().map(|r| seconds(r.soa_at_micros)).collect();
-    let received = (*received != 0).then(|| Lsn::new(*received).to_string());
-    let oldest = oldest.map(|c| (c + PG_EPOCH_MICROS) as f64 / 1e6);
-    // Zones no longer configured are no longer reported.
-    client
-        .execute(
-            "DELETE FROM pg2dns.zone_status WHERE slot = $1 AND zone <> ALL($2::text[])",
-            &[&slot, &zones],
-        )
-        .await?;
-    client
-        .execute(
-            "INSERT INTO pg2dns.stream_status AS s (slot, received_lsn, oldest_unacked_commit, updated)
-             VALUES ($1, $2::text::pg_lsn, to_timestamp($3), now())
-             ON CONFLICT (slot) DO UPDATE SET
-                 received_lsn = coalesce(EXCLUDED.received_lsn, s.received_lsn),
-                 oldest_unacked_commit = EXCLUDED.oldest_unacked_commit,
-                 updated = now()",
-            &[&slot, &received, &oldest],
-        )
-        .await?;
-    client
-        .execute(
-            "INSERT INTO pg2dns.zone_status AS z
-                 (slot, zone, primary_addr, in_flight, acked_at, soa_serial, soa_at, updated)
-             SELECT $1, zone, primary_addr, in_flight, to_timestamp(acked_at), soa_serial, to_timestamp(soa_at), now()
-               FROM unnest($2::text[], $3::text[], $4::int8[], $5::float8[], $6::int8[], $7::float8[])
-                    AS u(zone, primary_addr, in_flight, acked_at, soa_serial, soa_at)
-             ON CONFLICT (slot, zone) DO UPDATE SET
-                 primary_addr = EXCLUDED.primary_addr,
-                 in_flight = EXCLUDED.in_flight,
-                 acked_at = coalesce(EXCLUDED.acked_at, z.acked_at),
-                 soa_serial = coalesce(EXCLUDED.soa_serial, z.soa_serial),
-                 soa_at = coalesce(EXCLUDED.soa_at, z.soa_at),
-                 updated = now()",
-            &[&slot, &zones, &primaries, &in_flight, &acked_at, &serial, &soa_at],
-        )
-        .await?;
-    Ok(())
+/// The status connection and its statements, prepared once.
+struct StatusDb {
+    client: tokio_postgres::Client,
+    task: tokio::task::JoinHandle<()>,
+    forget_zones: tokio_postgres::Statement,
+    stream: tokio_postgres::Statement,
+    zones: tokio_postgres::Statement,
+}
+
+impl StatusDb {
+    async fn connect(config: &Config) -> Result<StatusDb, crate::store::StoreError> {
+        let (client, task) = crate::pgconn::connect(&config.database, "pg2dns status").await?;
+        let prepared = async {
+            // The status is a report, not state: its commits need not wait
+            // for a WAL flush.
+            client.batch_execute("SET synchronous_commit = off").await?;
+            let forget_zones = client
+                .prepare(
+                    "DELETE FROM pg2dns.zone_status WHERE slot = $1 AND zone <> ALL($2::text[])",
+                )
+                .await?;
+            let stream = client
+                .prepare(
+                    "INSERT INTO pg2dns.stream_status AS s (slot, received_lsn, oldest_unacked_commit, updated)
+                     VALUES ($1, $2::text::pg_lsn, to_timestamp($3), now())
+                     ON CONFLICT (slot) DO UPDATE SET
+                         received_lsn = coalesce(EXCLUDED.received_lsn, s.received_lsn),
+                         oldest_unacked_commit = EXCLUDED.oldest_unacked_commit,
+                         updated = now()",
+                )
+                .await?;
+            let zones = client
+                .prepare(
+                    "INSERT INTO pg2dns.zone_status AS z
+                         (slot, zone, primary_addr, in_flight, acked_at, soa_serial, soa_at, updated)
+                     SELECT $1, zone, primary_addr, in_flight, to_timestamp(acked_at), soa_serial, to_timestamp(soa_at), now()
+                       FROM unnest($2::text[], $3::text[], $4::int8[], $5::float8[], $6::int8[], $7::float8[])
+                            AS u(zone, primary_addr, in_flight, acked_at, soa_serial, soa_at)
+                     ON CONFLICT (slot, zone) DO UPDATE SET
+                         primary_addr = EXCLUDED.primary_addr,
+                         in_flight = EXCLUDED.in_flight,
+                         acked_at = coalesce(EXCLUDED.acked_at, z.acked_at),
+                         soa_serial = coalesce(EXCLUDED.soa_serial, z.soa_serial),
+                         soa_at = coalesce(EXCLUDED.soa_at, z.soa_at),
+                         updated = now()",
+                )
+                .await?;
+            Ok::<_, tokio_postgres::Error>((forget_zones, stream, zones))
+        };
+        match prepared.await {
+            Ok((forget_zones, stream, zones)) => Ok(StatusDb {
+                client,
+                task,
+                forget_zones,
+                stream,
+                zones,
+            }),
+            Err(e) => {
+                task.abort();
+                Err(crate::store::sql("cannot prepare the status statements")(e))
+            }
+        }
+    }
+
+    /// Writes the status in one transaction and one round trip.
+    async fn write(
+        &self,
+        slot: &str,
+        live: &Live,
+        (rows, received, oldest): &(Vec<ZoneRow>, u64, Option<i64>),
+    ) -> Result<(), tokio_postgres::Error> {
+        let seconds = |micros: i64| (micros != 0).then(|| micros as f64 / 1e6);
+        let zones: Vec<String> = live.zones.iter().map(|z| z.name.to_string()).collect();
+        let primaries: Vec<String> = live.zones.iter().map(|z| z.primary.to_string()).collect();
+        let in_flight: Vec<i64> = rows.iter().map(|r| r.in_flight).collect();
+        let acked_at: Vec<Option<f64>> = rows.iter().map(|r| seconds(r.acked_at_micros)).collect();
+        let serial: Vec<Option<i64>> = rows.iter().map(|r| r.soa_serial.map(i64::from)).collect();
+        let soa_at: Vec<Option<f64>> = rows.iter().map(|r| seconds(r.soa_at_micros)).collect();
+        let received = (*received != 0).then(|| Lsn::new(*received).to_string());
+        let oldest = oldest.map(|c| (c + PG_EPOCH_MICROS) as f64 / 1e6);
+        let c = &self.client;
+        let forget: [&(dyn ToSql + Sync); 2] = [&slot, &zones];
+        let stream: [&(dyn ToSql + Sync); 3] = [&slot, &received, &oldest];
+        let zone_rows: [&(dyn ToSql + Sync); 7] = [
+            &slot, &zones, &primaries, &in_flight, &acked_at, &serial, &soa_at,
+        ];
+        // Requests are pipelined in the order the futures are first polled.
+        // Zones no longer configured are no longer reported.
+        let (begun, forgotten, stream, zone_rows, committed) = tokio::join!(
+            c.batch_execute("BEGIN"),
+            c.execute(&self.forget_zones, &forget),
+            c.execute(&self.stream, &stream),
+            c.execute(&self.zones, &zone_rows),
+            c.batch_execute("COMMIT"),
+        );
+        let failed = [begun.err(), forgotten.err(), stream.err(), zone_rows.err()]
+            .into_iter()
+            .flatten()
+            .next();
+        match failed {
+            // After a failed statement the COMMIT rolls back.
+            Some(e) => Err(e),
+            None => committed,
+        }
+    }
 }
