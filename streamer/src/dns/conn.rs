@@ -39,7 +39,10 @@ impl Connection {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let (mut read, writer) = stream.into_split();
+        let (read, writer) = stream.into_split();
+        // Buffered: one read takes a whole answer (and its length) when it
+        // is there, rather than one read for the length and one for the rest.
+        let mut read = tokio::io::BufReader::with_capacity(64 * 1024, read);
         let (tx, frames) = mpsc::channel(64);
         // Reading runs in its own task so that callers wait on a channel,
         // which is cancel-safe, instead of on a half-read frame.
