@@ -29,7 +29,7 @@ pub type Carry = Option<(Lsn, BTreeMap<ZoneId, ZoneChange>)>;
 /// transaction begun in an earlier batch, and receives those of one that
 /// continues past this batch (`open`).
 pub async fn check(
-    store: &Store,
+    store: &mut Store,
     zones: &Zones,
     guards: &[DeleteGuard],
     segments: &[(Lsn, Vec<ZoneOps>)],
@@ -154,18 +154,20 @@ pub fn ready_parts(
 /// The records each of these zones holds, as the row state says (distinct
 /// records: two rows producing one record count once).
 async fn zone_records(
-    store: &Store,
+    store: &mut Store,
     zones: &Zones,
     wanted: &[ZoneId],
 ) -> Result<HashMap<ZoneId, usize>, StoreError> {
     let names: Vec<String> = wanted.iter().map(|z| zones.name(*z).to_string()).collect();
+    let slot = store.slot().to_owned();
     let rows = store
-        .client()
+        .settled_client()
+        .await?
         .query(
             "SELECT zone, count(*) FROM ( \
                SELECT DISTINCT zone, owner, rtype, rdata FROM pg2dns.row_state \
                WHERE slot = $1 AND zone = ANY($2)) d GROUP BY zone",
-            &[&store.slot(), &names],
+            &[&slot, &names],
         )
         .await
         .map_err(sql("cannot count a zone's records in pg2dns.row_state"))?;
@@ -181,13 +183,15 @@ async fn zone_records(
 }
 
 /// Whether an operator released the transaction committed at `lsn`.
-async fn released(store: &Store, lsn: Lsn) -> Result<bool, StoreError> {
+async fn released(store: &mut Store, lsn: Lsn) -> Result<bool, StoreError> {
+    let slot = store.slot().to_owned();
     let row = store
-        .client()
+        .settled_client()
+        .await?
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg2dns.control \
                WHERE slot = $1 AND action = 'resume' AND allow_mass_delete = $2::text::pg_lsn)",
-            &[&store.slot(), &lsn.to_string()],
+            &[&slot, &lsn.to_string()],
         )
         .await
         .map_err(sql(
@@ -198,12 +202,14 @@ async fn released(store: &Store, lsn: Lsn) -> Result<bool, StoreError> {
 
 /// Every row of a source the row state holds: what a TRUNCATE of its table
 /// removes.
-pub async fn source_rows(store: &Store, source: &str) -> Result<Vec<RowKey>, StoreError> {
+pub async fn source_rows(store: &mut Store, source: &str) -> Result<Vec<RowKey>, StoreError> {
+    let slot = store.slot().to_owned();
     let rows = store
-        .client()
+        .settled_client()
+        .await?
         .query(
             "SELECT DISTINCT row_key FROM pg2dns.row_state WHERE slot = $1 AND source = $2",
-            &[&store.slot(), &source],
+            &[&slot, &source],
         )
         .await
         .map_err(sql(

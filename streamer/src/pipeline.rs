@@ -87,14 +87,27 @@ enum Item {
     Change(SourceId, RowChange),
     /// A TRUNCATE of a source's table, at the commit LSN of its transaction.
     Truncate(SourceId, Lsn),
-    Commit,
+    /// A transaction's commit, with its end LSN.
+    Commit(Lsn),
 }
 
 /// One step of a flush, in stream order.
 enum Step {
     Row(SourceId, RowUpdate),
     Truncate(SourceId, Lsn),
-    Commit,
+    Commit(Lsn),
+}
+
+/// A flushed batch not yet checkpointed.
+struct Flushed {
+    /// Its number (see `Store::start_batch`).
+    seq: u64,
+    /// The end LSN of its last transaction, when it ends at a transaction
+    /// boundary: a checkpoint through it may set the progress there.
+    end: Option<Lsn>,
+    /// Each zone's dispatch count once it was dispatched: it is
+    /// acknowledged when every zone acknowledged that far.
+    marks: Vec<u64>,
 }
 
 impl Step {
@@ -184,8 +197,14 @@ impl Lanes {
         }
     }
 
-    fn all_acked(&self) -> bool {
-        self.lanes.iter().all(|l| l.acked >= l.dispatched)
+    /// Each zone's dispatch count now.
+    fn marks(&self) -> Vec<u64> {
+        self.lanes.iter().map(|l| l.dispatched).collect()
+    }
+
+    /// Whether every zone acknowledged as far as `marks`.
+    fn acked_through(&self, marks: &[u64]) -> bool {
+        self.lanes.iter().zip(marks).all(|(l, m)| l.acked >= *m)
     }
 
     fn on_report(&mut self, report: Option<ZoneReport>) -> Result<(), RunError> {
@@ -297,6 +316,10 @@ pub struct Pipeline<'c> {
     /// End LSN of the newest committed transaction not yet checkpointed.
     pending_end: Option<Lsn>,
     pending_txns: usize,
+    /// The flushed batches not yet checkpointed, oldest first.
+    flushed: std::collections::VecDeque<Flushed>,
+    /// The number of the last batch.
+    batch_seq: u64,
     /// When a checkpoint was last committed or forced.
     last_checkpoint: Instant,
     /// What was last confirmed to the slot in this session.
@@ -305,6 +328,8 @@ pub struct Pipeline<'c> {
     unflushed: Confirmations,
     /// When the server is next asked how far its WAL is flushed.
     flush_poll: Instant,
+    /// When the last frame arrived.
+    last_frame: Instant,
     /// The server's clock at its last message.
     server_time_micros: i64,
     /// Whether the last commit arrived well after it happened.
@@ -606,10 +631,13 @@ async fn session(
         lanes: Lanes::start(config, live.clone()),
         pending_end: None,
         pending_txns: 0,
+        flushed: std::collections::VecDeque::new(),
+        batch_seq: 0,
         last_checkpoint: Instant::now(),
         confirmed: None,
         unflushed: Confirmations::default(),
         flush_poll: Instant::now(),
+        last_frame: Instant::now(),
         server_time_micros: 0,
         backlog: false,
         guard_carry: None,
@@ -671,7 +699,10 @@ impl Pipeline<'_> {
         loop {
             let group_due = self.group_due();
             let flush_poll = tokio::time::Instant::from_std(self.flush_poll);
-            let group_waiting = self.at_boundary() && self.lanes.all_acked();
+            let group_waiting = self.pending_end.is_some() && self.committable().is_some();
+            // Measured from the last frame, so that no other branch firing
+            // meanwhile can put it off.
+            let pause_over = tokio::time::Instant::from_std(self.last_frame + BACKLOG_PAUSE);
             let frame = tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -705,7 +736,7 @@ impl Pipeline<'_> {
                     self.confirm_flushed(replication, flushed);
                     continue;
                 }
-                _ = tokio::time::sleep(BACKLOG_PAUSE), if !self.batch.is_empty() && !self.assembler.in_transaction() => {
+                _ = tokio::time::sleep_until(pause_over), if !self.batch.is_empty() && !self.assembler.in_transaction() => {
                     self.flush().await?;
                     self.maybe_checkpoint(replication).await?;
                     continue;
@@ -780,13 +811,16 @@ impl Pipeline<'_> {
     /// Never waiting on the way of a live transaction keeps a slow answer
     /// from delaying the next one.
     async fn maybe_checkpoint(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
-        if !self.at_boundary() {
-            return Ok(());
-        }
         if self.checkpoint_ready() {
             self.checkpoint(replication, Duration::ZERO, Durability::Later)
                 .await
-        } else if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+        } else if self.at_boundary()
+            && self.committable().is_none()
+            && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+        {
+            // The open transaction holds writes of batches still in flight
+            // (a batch read the row state, or wrote more than it holds
+            // back): only their acknowledgements let a checkpoint happen.
             self.checkpoint(replication, BARRIER_WAIT, Durability::Later)
                 .await
         } else {
@@ -794,12 +828,31 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Everything acknowledged at a boundary, and the oldest transaction
+    /// Acknowledged batches to checkpoint, and the oldest transaction
     /// waited its group time.
     fn checkpoint_ready(&self) -> bool {
-        self.at_boundary()
-            && self.lanes.all_acked()
-            && self.last_checkpoint.elapsed() >= CHECKPOINT_GROUP
+        self.last_checkpoint.elapsed() >= CHECKPOINT_GROUP && self.committable().is_some()
+    }
+
+    /// The newest flushed batch a checkpoint may cover now, and the
+    /// progress it sets: every batch up to it acknowledged, it ends at a
+    /// transaction boundary, the open transaction holds nothing of a later
+    /// batch, and no refusal waits to be turned into rejections.
+    fn committable(&self) -> Option<(u64, Lsn)> {
+        if !self.lanes.refused.is_empty() {
+            return None;
+        }
+        let mut newest = None;
+        for f in &self.flushed {
+            if !self.lanes.acked_through(&f.marks) {
+                break;
+            }
+            if let Some(end) = f.end {
+                newest = Some((f.seq, end));
+            }
+        }
+        let written = self.store.written();
+        newest.filter(|(seq, _)| written.is_none_or(|w| w <= *seq))
     }
 
     /// When the pending checkpoint's group time is over.
@@ -851,6 +904,7 @@ impl Pipeline<'_> {
         replication: &mut PgReplication,
         frame: Frame,
     ) -> Result<(), RunError> {
+        self.last_frame = Instant::now();
         let message = match frame {
             Frame::KeepAlive {
                 wal_end,
@@ -871,13 +925,16 @@ impl Pipeline<'_> {
                 if !self.assembler.in_transaction()
                     && self.batch.is_empty()
                     && self.pending_end.is_none()
+                    && self.flushed.is_empty()
                     && !self.store.in_transaction()
                     && wal_end > self.confirmed.unwrap_or(self.progress)
                     && self.last_idle_confirm.elapsed() >= IDLE_CONFIRM_EVERY
                 {
                     self.last_idle_confirm = Instant::now();
                     // A flushed commit flushes every earlier one too.
-                    self.store.commit(wal_end, Durability::Flushed).await?;
+                    self.store
+                        .commit(wal_end, Durability::Flushed, self.batch_seq)
+                        .await?;
                     self.progress = wal_end;
                     let end = self.unflushed.flushed_checkpoint(wal_end);
                     self.confirm(replication, end);
@@ -988,7 +1045,7 @@ impl Pipeline<'_> {
             Event::Commit { end_lsn, .. } => {
                 if !self.skipping {
                     metrics::get().transactions.inc();
-                    self.batch.push(Item::Commit);
+                    self.batch.push(Item::Commit(end_lsn));
                     if self.pending_end.is_none() {
                         // The checkpoint clock starts with the oldest
                         // transaction it will cover.
@@ -1014,12 +1071,14 @@ impl Pipeline<'_> {
         let rows_in_batch = self.batch_rows;
         let items = std::mem::take(&mut self.batch);
         self.batch_rows = 0;
+        self.batch_seq += 1;
+        self.store.start_batch(self.batch_seq);
         // 1. Map every change to row updates (what each row wants now).
         let mut steps = Vec::with_capacity(items.len());
         let mut ref_edits = Vec::new();
         for item in items {
             match item {
-                Item::Commit => steps.push(Step::Commit),
+                Item::Commit(end) => steps.push(Step::Commit(end)),
                 Item::Truncate(source, lsn) => steps.push(Step::Truncate(source, lsn)),
                 Item::Change(source, change) => {
                     let mapping = &self.mappings[usize::from(source.0)];
@@ -1045,7 +1104,7 @@ impl Pipeline<'_> {
         for step in &steps {
             if let Step::Truncate(source, _) = step {
                 let name = &self.sources[usize::from(source.0)];
-                for key in crate::guard::source_rows(&self.store, name).await? {
+                for key in crate::guard::source_rows(&mut self.store, name).await? {
                     if seen.insert((*source, key.clone())) {
                         rows.push((*source, key));
                     }
@@ -1081,6 +1140,7 @@ impl Pipeline<'_> {
         planner.add_waiting(waiting);
         let mut lsn = self.assembler.current().unwrap_or_default();
         let mut open = false;
+        let mut last_end = None;
         let mut segments: Vec<(Lsn, Vec<ZoneOps>)> = Vec::new();
         for step in steps {
             match step {
@@ -1094,7 +1154,8 @@ impl Pipeline<'_> {
                     open = true;
                     planner.truncate(source, at);
                 }
-                Step::Commit => {
+                Step::Commit(end) => {
+                    last_end = Some(end);
                     segments.push((lsn, planner.end_segment()));
                     open = false;
                 }
@@ -1107,7 +1168,7 @@ impl Pipeline<'_> {
         // The mass-delete guard: a transaction deleting too much of a zone
         // halts the session here, before anything of this batch is sent.
         crate::guard::check(
-            &self.store,
+            &mut self.store,
             &self.zones,
             &self.guards,
             &segments,
@@ -1131,7 +1192,7 @@ impl Pipeline<'_> {
                 "the row state lacked records it should hold; DNS may keep records the database no longer has (resync the zones)"
             );
         }
-        let outcome = planner.finish();
+        let mut outcome = planner.finish();
         // 4. Dispatch first: the UPDATEs need only what was read, and a
         //    crash before the state write replays the same operations.
         let t_plan = started.elapsed();
@@ -1163,9 +1224,17 @@ impl Pipeline<'_> {
                 "row published although the zone's check_names would refuse it (check_names = \"warn\")"
             );
         }
-        // 5. Write the new state (uncommitted until the checkpoint).
-        self.store.write(&sources, &self.zones, &outcome).await?;
+        // 5. Write the new state (uncommitted until the checkpoint, maybe
+        //    held back until then).
+        self.store
+            .write(&sources, &self.zones, &mut outcome)
+            .await?;
         self.store.write_zone_refs(&ref_edits).await?;
+        self.flushed.push_back(Flushed {
+            seq: self.batch_seq,
+            end: if open { None } else { last_end },
+            marks: self.lanes.marks(),
+        });
         let ms = |d: Duration| d.as_millis() as u64;
         debug!(
             rows = rows_in_batch,
@@ -1250,6 +1319,10 @@ impl Pipeline<'_> {
         }
         let rows: Vec<RowRef> = updates.iter().map(|(s, u)| (*s, u.key.clone())).collect();
         let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
+        // A batch of its own, which the checkpoint covering the refused
+        // transactions covers too.
+        self.batch_seq += 1;
+        self.store.start_batch(self.batch_seq);
         let (loaded, _) = self.store.load(&sources, &rows, &[], &self.zones).await?;
         let mut planner = Planner::new(&self.zones, &self.limits, loaded);
         let lsn = updates.last().map(|(_, u)| u.lsn).unwrap_or_default();
@@ -1258,16 +1331,24 @@ impl Pipeline<'_> {
         }
         let ops = planner.end_segment();
         self.lanes.dispatch(lsn, ops);
-        let outcome = planner.finish();
+        let mut outcome = planner.finish();
         for r in &outcome.rejections {
             self.log_rejection(r);
         }
         self.lanes.send_outbox().await?;
-        self.store.write(&sources, &self.zones, &outcome).await?;
+        self.store
+            .write(&sources, &self.zones, &mut outcome)
+            .await?;
         // After the write, which discards what the rows waited for before.
         self.store
             .add_waiting(&sources, &self.zones, &waiting)
             .await?;
+        let end = self.flushed.back().map_or(Some(self.progress), |f| f.end);
+        self.flushed.push_back(Flushed {
+            seq: self.batch_seq,
+            end,
+            marks: self.lanes.marks(),
+        });
         Ok(())
     }
 
@@ -1315,46 +1396,56 @@ impl Pipeline<'_> {
         );
     }
 
-    /// Commits state and progress once every dispatch was acknowledged,
-    /// waiting at most `wait` for the acknowledgements. A zone that does not
-    /// answer in time keeps the checkpoint pending but does not stop the
-    /// other zones: streaming goes on, and the checkpoint is tried again at
-    /// the next transaction boundary or acknowledgement.
+    /// Commits the state and progress of the acknowledged batches (see
+    /// [`Pipeline::committable`]); with a `wait`, first waits that long at
+    /// most for every flushed batch to be acknowledged, so that the
+    /// checkpoint covers them all. When nothing can be committed, the
+    /// checkpoint stays pending and the stream goes on: it is tried again at
+    /// the next acknowledgement or batch.
     async fn checkpoint(
         &mut self,
         replication: &mut PgReplication,
         wait: Duration,
         durability: Durability,
     ) -> Result<(), RunError> {
-        let Some(end) = self.pending_end else {
+        if self.pending_end.is_none() {
             return Ok(());
-        };
+        }
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            while !self.lanes.all_acked() {
-                match tokio::time::timeout_at(deadline, self.lanes.reports.recv()).await {
-                    Ok(report) => self.lanes.on_report(report)?,
-                    Err(_) => {
-                        debug!(
-                            waited_ms = started.elapsed().as_millis() as u64,
-                            "checkpoint postponed: acknowledgements pending"
-                        );
-                        self.last_checkpoint = Instant::now();
-                        return Ok(());
-                    }
-                }
-            }
             // A refused group's rows must leave the state before it commits.
-            if self.lanes.refused.is_empty() {
+            if !self.lanes.refused.is_empty() {
+                self.reject_refused().await?;
+                continue;
+            }
+            let everything = self.flushed.back().map(|f| f.seq);
+            let covers = self.committable().map(|(seq, _)| seq);
+            if wait.is_zero() || (covers.is_some() && covers == everything) {
                 break;
             }
-            self.reject_refused().await?;
+            match tokio::time::timeout_at(deadline, self.lanes.reports.recv()).await {
+                Ok(report) => self.lanes.on_report(report)?,
+                Err(_) => break,
+            }
         }
+        let Some((seq, end)) = self.committable() else {
+            if !wait.is_zero() {
+                debug!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint postponed: acknowledgements pending"
+                );
+                self.last_checkpoint = Instant::now();
+            }
+            return Ok(());
+        };
         failpoint::hit("after-dns-ack");
-        let unflushed = self.store.commit(end, durability).await?;
+        let unflushed = self.store.commit(end, durability, seq).await?;
         failpoint::hit("after-state-commit");
         debug!(lsn = %end, transactions = self.pending_txns, total_ms = started.elapsed().as_millis() as u64, ?durability, "checkpoint");
+        while self.flushed.front().is_some_and(|f| f.seq <= seq) {
+            self.flushed.pop_front();
+        }
         let confirm = match unflushed {
             None => Some(self.unflushed.flushed_checkpoint(end)),
             Some(u) => {
@@ -1368,10 +1459,16 @@ impl Pipeline<'_> {
             self.confirm(replication, end);
         }
         self.progress = end;
-        self.pending_end = None;
-        self.pending_txns = 0;
         self.last_checkpoint = Instant::now();
-        self.lanes.live.all_acknowledged();
+        if self.pending_end == Some(end) {
+            self.pending_end = None;
+            self.pending_txns = 0;
+            self.lanes.live.all_acknowledged();
+        } else {
+            // The lag counts from the newest transaction received, which
+            // is no older than the oldest one still pending.
+            self.lanes.live.pending_starts();
+        }
         Ok(())
     }
 

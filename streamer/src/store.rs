@@ -115,6 +115,80 @@ fn node_columns<'a>(zones: &Zones, nodes: &'a [NodeKey]) -> (Vec<String>, Vec<&'
         .unzip()
 }
 
+/// The arrays [`WRITE_ROWS`] unnests: the rows whose old records go, and
+/// one entry per new record.
+struct RowArrays<'a> {
+    del_sources: Vec<&'a str>,
+    del_keys: Vec<&'a str>,
+    sources: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    zones: Vec<&'a str>,
+    owners: Vec<&'a [u8]>,
+    rtypes: Vec<i32>,
+    rdatas: Vec<&'a [u8]>,
+    ttls: Vec<i32>,
+    targets: Vec<Option<Vec<u8>>>,
+}
+
+impl<'a> RowArrays<'a> {
+    fn new(
+        sources: &[&'a str],
+        zone_names: &'a [String],
+        rows: &'a [(RowRef, Vec<Desired>)],
+        replaced: &'a [RowRef],
+    ) -> RowArrays<'a> {
+        // Only rows that held records have any to delete.
+        let (del_sources, del_keys) = row_columns(sources, replaced);
+        let n = rows.iter().map(|(_, r)| r.len()).sum();
+        let mut a = RowArrays {
+            del_sources,
+            del_keys,
+            sources: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            zones: Vec::with_capacity(n),
+            owners: Vec::with_capacity(n),
+            rtypes: Vec::with_capacity(n),
+            rdatas: Vec::with_capacity(n),
+            ttls: Vec::with_capacity(n),
+            targets: Vec::with_capacity(n),
+        };
+        for ((s, k), records) in rows {
+            for d in records {
+                a.sources.push(source_name(sources, *s));
+                a.keys.push(k.0.as_str());
+                a.zones.push(
+                    zone_names
+                        .get(usize::from(d.zone.0))
+                        .map_or("", String::as_str),
+                );
+                a.owners.push(d.record.owner.name().as_wire());
+                a.rtypes.push(i32::from(d.record.rtype.0));
+                a.rdatas.push(d.record.rdata.as_wire());
+                // The plan never holds a TTL above 2^31 - 1 (RFC 2181 §8).
+                a.ttls.push(i32::try_from(d.record.ttl).unwrap_or(i32::MAX));
+                a.targets.push(pointed_at(&d.record));
+            }
+        }
+        a
+    }
+
+    fn params<'b>(&'b self, slot: &'b String) -> [&'b (dyn ToSql + Sync); 11] {
+        [
+            slot,
+            &self.del_sources,
+            &self.del_keys,
+            &self.sources,
+            &self.keys,
+            &self.zones,
+            &self.owners,
+            &self.rtypes,
+            &self.rdatas,
+            &self.ttls,
+            &self.targets,
+        ]
+    }
+}
+
 /// The name an MX or SRV record points at, in wire form.
 fn pointed_at(record: &Record) -> Option<Vec<u8>> {
     matches!(record.rtype, RType::MX | RType::SRV)
@@ -133,6 +207,22 @@ macro_rules! by_row {
          AND x.row_key = k.row_key"
     };
 }
+
+/// One statement replaces rows' records: the DELETE in the WITH clause and
+/// the INSERT see the same snapshot, so the DELETE removes exactly the old
+/// rows.
+const WRITE_ROWS: &str = concat!(
+    "WITH old AS ( \
+       DELETE FROM pg2dns.row_state WHERE ctid = ANY(ARRAY( \
+         SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
+         CROSS JOIN LATERAL ( \
+           SELECT ctid FROM pg2dns.row_state x \
+           WHERE ",
+    by_row!(),
+    " OFFSET 0) r))) \
+     INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
+     SELECT $1, * FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[], $8::int[], $9::bytea[], $10::int[], $11::bytea[])"
+);
 
 /// The source name of a source id (as row state and rejections store it).
 fn source_name<'a>(sources: &[&'a str], id: SourceId) -> &'a str {
@@ -159,7 +249,35 @@ pub struct Store {
     statements: HashMap<&'static str, Statement>,
     /// What the row state may hold, when tracked (see [`Presence`]).
     presence: Option<Presence>,
+    /// Row-state writes of flushed batches held back (see [`Store::write`]),
+    /// oldest first, by batch number.
+    held: Vec<(u64, Held)>,
+    /// The newest batch whose writes are in the open transaction.
+    written: Option<u64>,
+    /// The batch being flushed (see [`Store::start_batch`]).
+    batch: u64,
+    /// The source and zone names the held rows refer to (by index).
+    names: (Vec<String>, Vec<String>),
+    held_records: usize,
 }
+
+/// One batch's row-state write, held back: the rows' new records and the
+/// rows whose old ones go.
+#[derive(Debug, Default)]
+struct Held {
+    rows: Vec<(RowRef, Vec<Desired>)>,
+    replaced: Vec<RowRef>,
+}
+
+impl Held {
+    fn records(&self) -> usize {
+        self.rows.iter().map(|(_, r)| r.len()).sum::<usize>() + self.replaced.len()
+    }
+}
+
+/// Records held back at most before they are written at once (about a
+/// batch): bounds memory, and a large write is better started early.
+const HELD_MAX_RECORDS: usize = 2_000;
 
 /// Which rows and owners the row state of this slot may hold, as 64-bit
 /// hashes, kept by the one session that writes it. A batch whose rows and
@@ -254,12 +372,67 @@ impl Store {
             maybe_waiting,
             statements: HashMap::new(),
             presence: None,
+            held: Vec::new(),
+            written: None,
+            batch: 0,
+            names: (Vec::new(), Vec::new()),
+            held_records: 0,
         })
     }
 
-    /// The client, for set-up and control statements.
+    /// The client, for set-up and control statements (nothing may be held
+    /// back then: see [`Store::settled_client`]).
     pub fn client(&self) -> &Client {
+        debug_assert!(self.held.is_empty(), "row-state writes held back");
         &self.client
+    }
+
+    /// The client, once every held-back write is in the open transaction:
+    /// for reads of the row state outside this module.
+    pub async fn settled_client(&mut self) -> Result<&Client, StoreError> {
+        self.settle().await?;
+        Ok(&self.client)
+    }
+
+    /// Batch `batch` (numbered upwards) starts: whatever the open
+    /// transaction receives from now on is of it.
+    pub fn start_batch(&mut self, batch: u64) {
+        self.batch = batch;
+    }
+
+    /// The newest batch whose writes are in the open (uncommitted)
+    /// transaction: a checkpoint must cover it.
+    pub fn written(&self) -> Option<u64> {
+        self.written
+    }
+
+    /// Writes every held-back batch into the open transaction before a
+    /// statement of the current batch, which may read what they hold; that
+    /// transaction then holds the current batch's work (conservatively, for
+    /// a read).
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        self.written = self.written.max(Some(self.batch));
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let (rows, replaced) = self.take_held(u64::MAX);
+        self.write_rows(&rows, &replaced).await
+    }
+
+    /// Takes the held batches up to `upto`, as one write: no two held
+    /// batches touch one row or owner (a batch that touches what an earlier
+    /// one holds reads first, which writes the held ones), so their rows
+    /// and deletions simply add up.
+    fn take_held(&mut self, upto: u64) -> (Vec<(RowRef, Vec<Desired>)>, Vec<RowRef>) {
+        let split = self.held.partition_point(|(b, _)| *b <= upto);
+        let mut rows = Vec::new();
+        let mut replaced = Vec::new();
+        for (_, h) in self.held.drain(..split) {
+            rows.extend(h.rows);
+            replaced.extend(h.replaced);
+        }
+        self.held_records = self.held.iter().map(|(_, h)| h.records()).sum();
+        (rows, replaced)
     }
 
     /// The slot whose state this store reads and writes.
@@ -364,6 +537,11 @@ impl Store {
     }
 
     async fn begin(&mut self) -> Result<(), StoreError> {
+        self.settle().await?;
+        self.raw_begin().await
+    }
+
+    async fn raw_begin(&mut self) -> Result<(), StoreError> {
         if !self.in_transaction {
             self.client
                 .batch_execute("BEGIN")
@@ -396,6 +574,7 @@ impl Store {
         params: &[&(dyn ToSql + Sync)],
         what: &'static str,
     ) -> Result<Vec<Row>, StoreError> {
+        self.settle().await?;
         let statement = self.prepared(text).await?;
         if self.in_transaction {
             return self
@@ -415,6 +594,17 @@ impl Store {
 
     /// [`Store::txn_query`] for a statement that returns no rows.
     async fn txn_execute(
+        &mut self,
+        text: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &'static str,
+    ) -> Result<u64, StoreError> {
+        self.settle().await?;
+        self.raw_txn_execute(text, params, what).await
+    }
+
+    /// [`Store::txn_execute`] without writing the held-back batches first.
+    async fn raw_txn_execute(
         &mut self,
         text: &'static str,
         params: &[&(dyn ToSql + Sync)],
@@ -442,6 +632,7 @@ impl Store {
     /// before the session writes anything; without it every batch reads.
     pub async fn track_presence(&mut self) -> Result<(), StoreError> {
         use futures_util::TryStreamExt;
+        self.settle().await?;
         self.presence = None;
         let slot: &(dyn ToSql + Sync) = &self.slot;
         let rows = self
@@ -615,81 +806,42 @@ impl Store {
             .collect())
     }
 
-    /// Writes what a batch decided: the new records of every changed row
-    /// (replacing the old ones), and the rejections.
+    /// Writes what the current batch decided: the new records of every
+    /// changed row (replacing the old ones), and the rejections.
+    ///
+    /// The row-state part is held back when it is all the batch writes and
+    /// small: the checkpoint that covers the batch writes it, in its own
+    /// round trip, unless a statement of a later batch needs it first. A
+    /// live transaction then costs no round trip of its own, and a
+    /// checkpoint can cover the acknowledged batches while later ones are
+    /// still in flight (their writes, held back, are not in it).
     pub async fn write(
         &mut self,
         sources: &[&str],
         zones: &Zones,
-        outcome: &Outcome,
+        outcome: &mut Outcome,
     ) -> Result<(), StoreError> {
-        if !outcome.rows.is_empty() {
-            self.write_rows(sources, zones, &outcome.rows, &outcome.replaced)
-                .await?;
+        if self.names.0.len() != sources.len() || self.names.1.len() != zones.len() {
+            self.names = (
+                sources.iter().map(|s| (*s).to_owned()).collect(),
+                zones.iter().map(|(_, z)| z.to_string()).collect(),
+            );
         }
-        if self.maybe_waiting && !outcome.touched.is_empty() {
-            self.forget_waiting(sources, &outcome.touched).await?;
+        let held = Held {
+            rows: std::mem::take(&mut outcome.rows),
+            replaced: std::mem::take(&mut outcome.replaced),
+        };
+        if !held.rows.is_empty() || !held.replaced.is_empty() {
+            self.note_presence(&held.rows);
+            self.held_records += held.records();
+            self.held.push((self.batch, held));
         }
-        if !outcome.rejections.is_empty() {
-            self.reject(sources, zones, &outcome.rejections).await?;
+        let at_once = (self.maybe_waiting && !outcome.touched.is_empty())
+            || !outcome.rejections.is_empty()
+            || self.held_records > HELD_MAX_RECORDS;
+        if at_once {
+            self.settle().await?;
         }
-        Ok(())
-    }
-
-    async fn write_rows(
-        &mut self,
-        sources: &[&str],
-        zones: &Zones,
-        rows: &[(RowRef, Vec<Desired>)],
-        replaced: &[RowRef],
-    ) -> Result<(), StoreError> {
-        let source_of = |s: SourceId| source_name(sources, s);
-        // Only rows that held records have any to delete.
-        let (del_sources, del_keys) = row_columns(sources, replaced);
-        let mut srcs = Vec::new();
-        let mut keys = Vec::new();
-        let mut zone_texts = Vec::new();
-        let mut owners: Vec<&[u8]> = Vec::new();
-        let mut rtypes = Vec::new();
-        let mut rdatas: Vec<&[u8]> = Vec::new();
-        let mut ttls = Vec::new();
-        let mut targets: Vec<Option<Vec<u8>>> = Vec::new();
-        let names: Vec<String> = zones.iter().map(|(_, z)| z.to_string()).collect();
-        for ((s, k), records) in rows {
-            for d in records {
-                srcs.push(source_of(*s));
-                keys.push(k.0.as_str());
-                zone_texts.push(names[usize::from(d.zone.0)].as_str());
-                owners.push(d.record.owner.name().as_wire());
-                rtypes.push(i32::from(d.record.rtype.0));
-                rdatas.push(d.record.rdata.as_wire());
-                // The plan never holds a TTL above 2^31 - 1 (RFC 2181 §8).
-                ttls.push(i32::try_from(d.record.ttl).unwrap_or(i32::MAX));
-                targets.push(pointed_at(&d.record));
-            }
-        }
-        if let Some(p) = &mut self.presence {
-            for i in 0..srcs.len() {
-                p.rows.insert(row_hash(srcs[i], keys[i]));
-                p.nodes.insert(node_hash(zone_texts[i], owners[i]));
-            }
-        }
-        let slot = self.slot.clone();
-        // One statement: the DELETE in the WITH clause and the INSERT see the
-        // same snapshot, so the DELETE removes exactly the old rows.
-        self.txn_execute(
-                concat!("WITH old AS ( \
-                   DELETE FROM pg2dns.row_state WHERE ctid = ANY(ARRAY( \
-                     SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
-                     CROSS JOIN LATERAL ( \
-                       SELECT ctid FROM pg2dns.row_state x \
-                       WHERE ", by_row!(), " OFFSET 0) r))) \
-                 INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
-                 SELECT $1, * FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[], $8::int[], $9::bytea[], $10::int[], $11::bytea[])"),
-                &[&slot, &del_sources, &del_keys, &srcs, &keys, &zone_texts, &owners, &rtypes, &rdatas, &ttls, &targets],
-                "cannot update pg2dns.row_state",
-            )
-            .await?;
         if self
             .presence
             .as_ref()
@@ -700,7 +852,55 @@ impl Store {
             // connection sees its own uncommitted writes).
             self.track_presence().await?;
         }
+        if self.maybe_waiting && !outcome.touched.is_empty() {
+            self.forget_waiting(sources, &outcome.touched).await?;
+        }
+        if !outcome.rejections.is_empty() {
+            self.reject(sources, zones, &outcome.rejections).await?;
+        }
         Ok(())
+    }
+
+    /// Writes rows' new records in place of their old ones, in the open
+    /// transaction (the held-back batches are not written first: this is
+    /// how they are written).
+    async fn write_rows(
+        &mut self,
+        rows: &[(RowRef, Vec<Desired>)],
+        replaced: &[RowRef],
+    ) -> Result<(), StoreError> {
+        let (sources, zone_names) = self.names.clone();
+        let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+        let arrays = RowArrays::new(&sources, &zone_names, rows, replaced);
+        let slot = self.slot.clone();
+        self.raw_txn_execute(
+            WRITE_ROWS,
+            &arrays.params(&slot),
+            "cannot update pg2dns.row_state",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Adds the hashes of the rows and owners that now have records.
+    fn note_presence(&mut self, rows: &[(RowRef, Vec<Desired>)]) {
+        let Some(p) = &mut self.presence else {
+            return;
+        };
+        let (sources, zones) = &self.names;
+        fn name(names: &[String], i: usize) -> &str {
+            names.get(i).map_or("", String::as_str)
+        }
+        for ((s, k), records) in rows {
+            for d in records {
+                p.rows
+                    .insert(row_hash(name(sources, usize::from(s.0)), &k.0));
+                p.nodes.insert(node_hash(
+                    name(zones, usize::from(d.zone.0)),
+                    d.record.owner.name().as_wire(),
+                ));
+            }
+        }
     }
 
     async fn reject(
@@ -1024,19 +1224,25 @@ impl Store {
         self.in_transaction
     }
 
-    /// Commits the open transaction with the new progress LSN.
+    /// Commits the open transaction with the held-back writes of the
+    /// batches up to `upto` and the new progress LSN; later batches' writes
+    /// stay held back. The transaction must hold nothing of a later batch
+    /// (see [`Store::written`]).
     ///
-    /// One round trip: the progress write and the COMMIT are pipelined
-    /// (with [`Durability::Later`], so is the read of the WAL positions).
-    /// With [`Durability::Later`] the COMMIT does not wait for its WAL flush
-    /// and the answer says where the flush must reach before the slot may
-    /// confirm anything this commit covers.
+    /// One round trip: the held-back write, the progress write and the
+    /// COMMIT are pipelined (with [`Durability::Later`], so is the read of
+    /// the WAL positions). With [`Durability::Later`] the COMMIT does not
+    /// wait for its WAL flush and the answer says where the flush must reach
+    /// before the slot may confirm anything this commit covers.
     pub async fn commit(
         &mut self,
         lsn: Lsn,
         durability: Durability,
+        upto: u64,
     ) -> Result<Option<Unflushed>, StoreError> {
-        let write = self
+        debug_assert!(self.written.is_none_or(|w| w <= upto));
+        let (rows, replaced) = self.take_held(upto);
+        let progress = self
             .prepared(
                 "INSERT INTO pg2dns.progress (slot, lsn, updated) VALUES ($1, $2::text::pg_lsn, now()) \
                  ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, updated = excluded.updated",
@@ -1046,49 +1252,62 @@ impl Store {
             Durability::Flushed => None,
             Durability::Later => Some(self.prepared(WAL_POSITIONS).await?),
         };
+        let write_rows = self.prepared(WRITE_ROWS).await?;
+        let (sources, zone_names) = self.names.clone();
+        let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+        let arrays = (!rows.is_empty() || !replaced.is_empty())
+            .then(|| RowArrays::new(&sources, &zone_names, &rows, &replaced));
         let lsn = lsn.to_string();
-        let params: [&(dyn ToSql + Sync); 2] = [&self.slot, &lsn];
-        let Some(positions) = positions else {
-            if !self.in_transaction {
-                self.client
-                    .execute(&write, &params)
-                    .await
-                    .map_err(sql("cannot write pg2dns.progress"))?;
-                return Ok(None);
-            }
-            let (written, committed) = tokio::join!(
-                self.client.execute(&write, &params),
-                self.client.batch_execute("COMMIT")
-            );
-            self.in_transaction = false;
-            written.map_err(sql("cannot write pg2dns.progress"))?;
-            committed.map_err(sql("cannot commit the checkpoint"))?;
-            return Ok(None);
-        };
-        // The insert position read after the COMMIT returned is at or past
-        // the end of its commit record.
+        let slot = self.slot.clone();
+        let params: [&(dyn ToSql + Sync); 2] = [&slot, &lsn];
         let open = self.in_transaction;
         let client = &self.client;
-        let (begun, written, committed, read) = tokio::join!(
-            async {
-                match open {
-                    true => Ok(()),
-                    false => client.batch_execute("BEGIN").await,
-                }
-            },
-            client.execute(&write, &params),
-            client.batch_execute("SET LOCAL synchronous_commit = off; COMMIT"),
-            client.query_one(&positions, &[])
+        // Requests go out in the order the futures are first polled.
+        let begin = async {
+            match open {
+                true => Ok(()),
+                false => client.batch_execute("BEGIN").await,
+            }
+        };
+        let write = async {
+            match &arrays {
+                Some(a) => client
+                    .execute(&write_rows, &a.params(&slot))
+                    .await
+                    .map(drop),
+                None => Ok(()),
+            }
+        };
+        let commit = match durability {
+            Durability::Flushed => "COMMIT",
+            Durability::Later => "SET LOCAL synchronous_commit = off; COMMIT",
+        };
+        let read = async {
+            match &positions {
+                Some(p) => client.query_one(p, &[]).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (begun, written, progressed, committed, read) = tokio::join!(
+            begin,
+            write,
+            client.execute(&progress, &params),
+            client.batch_execute(commit),
+            read
         );
         self.in_transaction = false;
+        self.written = None;
         begun.map_err(sql("cannot begin the checkpoint transaction"))?;
-        written.map_err(sql("cannot write pg2dns.progress"))?;
+        written.map_err(sql("cannot update pg2dns.row_state"))?;
+        progressed.map_err(sql("cannot write pg2dns.progress"))?;
         committed.map_err(sql("cannot commit the checkpoint"))?;
-        let read = read.map_err(sql("cannot read the WAL positions"))?;
-        Ok(Some(Unflushed {
-            wal: lsn_column(&read, 0)?,
-            flushed: lsn_column(&read, 1)?,
-        }))
+        match read.map_err(sql("cannot read the WAL positions"))? {
+            None => Ok(None),
+            Some(read) => Ok(Some(Unflushed {
+                wal: lsn_column(&read, 0)?,
+                flushed: lsn_column(&read, 1)?,
+            })),
+        }
     }
 
     /// How far the server's WAL is flushed to disk.
