@@ -27,7 +27,8 @@ use pg2dns_decoder::plan::{
     Loaded, NodeEntry, NodeKey, Outcome, Rejection, RowRef, SourceId, Waiting,
 };
 use pg2dns_decoder::{Lsn, Name, Owner, RType, Rdata, Record, ZoneName, Zones};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::config::DatabaseConfig;
@@ -171,6 +172,27 @@ struct Presence {
     rows: HashSet<u64>,
     nodes: HashSet<u64>,
 }
+
+/// Records in one batch from which its row state is written with a binary
+/// COPY rather than one INSERT of unnested arrays: COPY costs a round trip
+/// more (the server's CopyInResponse) and a statement the server cannot
+/// keep planned, which a live one-row transaction would feel. For W2's
+/// 200,000-row transaction it cut the SQL backend's CPU by a quarter and
+/// the walsender's (which decodes these writes too) by a tenth.
+const COPY_FROM_RECORDS: usize = 256;
+
+/// The column types of `pg2dns.row_state`, in table order.
+const ROW_STATE_TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::INT4,
+    Type::BYTEA,
+    Type::INT4,
+    Type::BYTEA,
+];
 
 /// The most records whose keys a session keeps in memory (about 50 bytes
 /// each); beyond, every batch reads the state.
@@ -675,9 +697,63 @@ impl Store {
             }
         }
         let slot = self.slot.clone();
-        // One statement: the DELETE in the WITH clause and the INSERT see the
-        // same snapshot, so the DELETE removes exactly the old rows.
-        self.txn_execute(
+        if srcs.len() >= COPY_FROM_RECORDS {
+            // A large batch: the old rows go first, then the new ones come in
+            // with a binary COPY (one WAL record per page of rows, none of
+            // the arrays an INSERT … unnest would build and take apart).
+            if !del_keys.is_empty() {
+                self.txn_execute(
+                    concat!(
+                        "DELETE FROM pg2dns.row_state WHERE ctid = ANY(ARRAY( \
+                           SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
+                           CROSS JOIN LATERAL ( \
+                             SELECT ctid FROM pg2dns.row_state x \
+                             WHERE ",
+                        by_row!(),
+                        " OFFSET 0) r))"
+                    ),
+                    &[&slot, &del_sources, &del_keys],
+                    "cannot update pg2dns.row_state",
+                )
+                .await?;
+            }
+            self.begin().await?;
+            let statement = self
+                .prepared(
+                    "COPY pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
+                     FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            let what = "cannot update pg2dns.row_state";
+            let sink = self
+                .client
+                .copy_in::<_, bytes::Bytes>(&statement)
+                .await
+                .map_err(sql(what))?;
+            let writer = BinaryCopyInWriter::new(sink, ROW_STATE_TYPES);
+            futures_util::pin_mut!(writer);
+            for i in 0..srcs.len() {
+                writer
+                    .as_mut()
+                    .write(&[
+                        &slot,
+                        &srcs[i],
+                        &keys[i],
+                        &zone_texts[i],
+                        &owners[i],
+                        &rtypes[i],
+                        &rdatas[i],
+                        &ttls[i],
+                        &targets[i],
+                    ])
+                    .await
+                    .map_err(sql(what))?;
+            }
+            writer.finish().await.map_err(sql(what))?;
+        } else {
+            // One statement: the DELETE in the WITH clause and the INSERT see
+            // the same snapshot, so the DELETE removes exactly the old rows.
+            self.txn_execute(
                 concat!("WITH old AS ( \
                    DELETE FROM pg2dns.row_state WHERE ctid = ANY(ARRAY( \
                      SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
@@ -690,6 +766,7 @@ impl Store {
                 "cannot update pg2dns.row_state",
             )
             .await?;
+        }
         if self
             .presence
             .as_ref()
