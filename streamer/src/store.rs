@@ -125,8 +125,10 @@ fn pointed_at(record: &Record) -> Option<Vec<u8>> {
 }
 
 /// The condition that finds a row's state `x` for the key `k` (source,
-/// row_key) of an unnested array: equalities only, on the row index, and
-/// the key itself rechecked after its hash.
+/// row_key) of an unnested array: equalities only. `pg2dns.row_state`
+/// finds the key through its hash index on `row_key`, `pg2dns.waiting`
+/// through its btree over the key's 64-bit hash (the key itself is
+/// rechecked).
 macro_rules! by_row {
     () => {
         "x.slot = $1 AND x.source = k.source \
