@@ -862,10 +862,10 @@ impl<'z> Planner<'z> {
 
     /// The first check that fails at a touched owner: the rows to refuse.
     fn check(&self, key: &NodeKey) -> Vec<(RowRef, Lsn, Refusal)> {
-        let adders = self.segment.adders.get(key).cloned().unwrap_or_default();
-        if adders.is_empty() {
-            return Vec::new();
-        }
+        let adders = match self.segment.adders.get(key) {
+            Some(adders) if !adders.is_empty() => adders,
+            _ => return Vec::new(),
+        };
         let empty = Node::default();
         let before = self.segment.before.get(key).unwrap_or(&empty);
         let after = self.nodes.get(key).unwrap_or(&empty);
@@ -1023,8 +1023,8 @@ impl<'z> Planner<'z> {
                 budget: budget.limit(),
             };
             return adders
-                .into_iter()
-                .map(|(r, l)| (r, l, reason.clone()))
+                .iter()
+                .map(|(r, l)| (r.clone(), *l, reason.clone()))
                 .collect();
         }
         // Each RRset fits one answer: header, question, then every record

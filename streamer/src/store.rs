@@ -220,10 +220,14 @@ impl Presence {
         rows.iter().any(|(s, k)| {
             self.rows
                 .contains(&row_hash(source_name(sources, *s), &k.0))
-        }) || owners.iter().any(|(z, o)| {
-            self.nodes
-                .contains(&node_hash(&zones.name(*z).to_string(), o.name().as_wire()))
-        })
+        }) || {
+            // Zone names as the row state writes them, each made once.
+            let names: Vec<String> = zones.iter().map(|(_, z)| z.to_string()).collect();
+            owners.iter().any(|(z, o)| {
+                let zone = names.get(usize::from(z.0)).map_or("", String::as_str);
+                self.nodes.contains(&node_hash(zone, o.name().as_wire()))
+            })
+        }
     }
 }
 
