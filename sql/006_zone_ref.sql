@@ -12,4 +12,4 @@ CREATE TABLE IF NOT EXISTS pg2dns.zone_ref (
     PRIMARY KEY (slot, source, row_key)
 );
 
-INSERT INTO pg2dns.schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
+INSERT INTO pg2dns.schema_version (version) VALUES (6) ON CONFLICT DO NOTHING;

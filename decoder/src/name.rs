@@ -18,6 +18,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The longest label, in bytes (RFC 1035 §2.3.4).
 const MAX_LABEL: usize = 63;
@@ -28,8 +29,10 @@ const MAX_WIRE: usize = 255;
 /// (RFC 4343: names compare case-insensitively, so two spellings are one name).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name {
-    /// Wire bytes including the final root 0 byte; always valid.
-    wire: Vec<u8>,
+    /// Wire bytes including the final root 0 byte; always valid. Shared:
+    /// the planner keys several maps by each owner, and a clone is then a
+    /// reference count rather than an allocation and a copy.
+    wire: Arc<[u8]>,
 }
 
 /// Why a name was refused.
@@ -85,7 +88,9 @@ pub enum NameError {
 impl Name {
     /// The root name `.`.
     pub fn root() -> Name {
-        Name { wire: vec![0] }
+        Name {
+            wire: Arc::from(&[0u8][..]),
+        }
     }
 
     /// Parses presentation form; a missing final dot is added (used for owners and zone names from config/rows).
@@ -126,7 +131,7 @@ impl Name {
             wire.extend(label.iter().map(u8::to_ascii_lowercase));
             at += 1 + len;
             if len == 0 {
-                return Ok((Name { wire }, at));
+                return Ok((Name { wire: wire.into() }, at));
             }
         }
     }
@@ -162,9 +167,22 @@ impl Name {
 
     /// Whether self is `other` or below it.
     pub fn is_at_or_below(&self, other: &Name) -> bool {
-        let mine: Vec<&[u8]> = self.labels().collect();
-        let theirs: Vec<&[u8]> = other.labels().collect();
-        theirs.len() <= mine.len() && mine.get(mine.len() - theirs.len()..) == Some(&theirs[..])
+        // Both are valid wire names, so `other`'s labels end `self` exactly
+        // when `self`'s wire form, from one of its label boundaries on, is
+        // `other`'s wire form.
+        let theirs: &[u8] = &other.wire;
+        let mut rest: &[u8] = &self.wire;
+        loop {
+            if rest.len() <= theirs.len() {
+                return rest == theirs;
+            }
+            match rest.split_first() {
+                Some((&len, tail)) if len > 0 => {
+                    rest = tail.get(len as usize..).unwrap_or_default();
+                }
+                _ => return false,
+            }
+        }
     }
 }
 
@@ -229,7 +247,7 @@ fn parse_text(text: &str) -> Result<(Name, bool), NameError> {
         push_label(&mut wire, &label)?;
     }
     push_label(&mut wire, &[])?;
-    Ok((Name { wire }, absolute))
+    Ok((Name { wire: wire.into() }, absolute))
 }
 
 /// Appends the UTF-8 bytes of `c`, ASCII letters lower-cased.
@@ -440,6 +458,10 @@ mod tests {
         assert!(name.is_at_or_below(&Name::root()));
         assert!(!zone.is_at_or_below(&name));
         assert!(!Name::parse_fqdn("badexample.test")
+            .unwrap()
+            .is_at_or_below(&zone));
+        // The zone's wire form inside one label is no label boundary.
+        assert!(!Name::parse_fqdn("a\\007example\\004test")
             .unwrap()
             .is_at_or_below(&zone));
         assert_eq!(

@@ -861,11 +861,15 @@ impl<'z> Planner<'z> {
     }
 
     /// The first check that fails at a touched owner: the rows to refuse.
-    fn check(&self, key: &NodeKey) -> Vec<(RowRef, Lsn, Refusal)> {
-        let adders = self.segment.adders.get(key).cloned().unwrap_or_default();
-        if adders.is_empty() {
-            return Vec::new();
-        }
+    ///
+    /// The owner group it builds for the size check is left in `group`:
+    /// while a pass of checks refuses nothing the state does not change, so
+    /// that group is the one [`Planner::settle`] returns.
+    fn check(&self, key: &NodeKey, group: &mut Option<OwnerGroup>) -> Vec<(RowRef, Lsn, Refusal)> {
+        let adders = match self.segment.adders.get(key) {
+            Some(adders) if !adders.is_empty() => adders,
+            _ => return Vec::new(),
+        };
         let empty = Node::default();
         let before = self.segment.before.get(key).unwrap_or(&empty);
         let after = self.nodes.get(key).unwrap_or(&empty);
@@ -1014,8 +1018,8 @@ impl<'z> Planner<'z> {
         }
         // The owner group fits one message.
         let budget = self.budget(key.0);
-        let group = self.group(key);
-        let bytes = budget.group_alone(self.zones.name(key.0), &group);
+        let group: &OwnerGroup = group.insert(self.group(key));
+        let bytes = budget.group_alone(self.zones.name(key.0), group);
         if bytes > budget.limit() && group.ops.iter().any(|op| !op.is_delete()) {
             let reason = Refusal::OwnerGroupTooLarge {
                 owner: owner.clone(),
@@ -1023,8 +1027,8 @@ impl<'z> Planner<'z> {
                 budget: budget.limit(),
             };
             return adders
-                .into_iter()
-                .map(|(r, l)| (r, l, reason.clone()))
+                .iter()
+                .map(|(r, l)| (r.clone(), *l, reason.clone()))
                 .collect();
         }
         // Each RRset fits one answer: header, question, then every record
@@ -1125,17 +1129,21 @@ impl<'z> Planner<'z> {
     /// Runs the checks until none fails, then turns the touched owners into
     /// owner groups and starts a new segment.
     fn settle(&mut self) -> Vec<(NodeKey, OwnerGroup)> {
+        let mut checked: Vec<Option<OwnerGroup>>;
         loop {
             let mut refused = false;
             let order = self.segment.order.clone();
+            checked = Vec::with_capacity(order.len());
             for key in &order {
-                let offenders = self.check(key);
+                let mut group = None;
+                let offenders = self.check(key, &mut group);
                 for (row, lsn, reason) in offenders {
                     if !self.segment.refused.contains(&row) {
                         self.refuse_late(&row, lsn, key.clone(), reason);
                         refused = true;
                     }
                 }
+                checked.push(group);
             }
             if !refused {
                 break;
@@ -1151,11 +1159,17 @@ impl<'z> Planner<'z> {
                 self.lost_address.push(key.clone());
             }
         }
+        // The last pass refused nothing: the order is the one it checked,
+        // and the groups it built are current.
+        let mut checked = checked.into_iter();
         let groups: Vec<(NodeKey, OwnerGroup)> = self
             .segment
             .order
             .iter()
-            .map(|key| (key.clone(), self.group(key)))
+            .map(|key| {
+                let group = checked.next().flatten();
+                (key.clone(), group.unwrap_or_else(|| self.group(key)))
+            })
             .collect();
         self.segment = Segment::default();
         groups

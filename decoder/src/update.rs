@@ -389,9 +389,13 @@ fn labels_below<'a>(zone: &ZoneName, name: &'a Name) -> Option<Vec<&'a [u8]>> {
 /// Upper bound of an owner name written by `encode` the first time: its labels
 /// below the zone and a pointer; the whole name if it is outside the zone.
 fn owner_bound(zone: &ZoneName, owner: &Owner) -> usize {
-    match labels_below(zone, owner.name()) {
-        Some(labels) => labels.iter().map(|l| l.len() + 1).sum::<usize>() + 2,
-        None => owner.name().wire_len(),
+    let (name, apex) = (owner.name(), zone.name());
+    if name.is_at_or_below(apex) {
+        // Its labels below the zone, each with its length byte, and the
+        // pointer: the wire form less the zone's.
+        name.wire_len() - apex.wire_len() + 2
+    } else {
+        name.wire_len()
     }
 }
 

@@ -23,6 +23,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (4, include_str!("../../sql/004_status.sql")),
     (5, include_str!("../../sql/005_rr_unique.sql")),
     (6, include_str!("../../sql/006_zone_ref.sql")),
+    (7, include_str!("../../sql/007_row_state_indexes.sql")),
 ];
 
 /// What `setup` did.

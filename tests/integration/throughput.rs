@@ -40,6 +40,62 @@ async fn a_transaction_larger_than_one_update_is_split_and_arrives_whole() -> Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_replacing_every_row_leaves_exactly_the_new_records_in_the_row_state(
+) -> Result<()> {
+    let stack = Stack::start("replace-large", Primary::Bind).await?;
+    // Replacing every record of the zone is what this test does.
+    stack.append_config("[guard]\nmax_delete_share = 1.0\n")?;
+    let _pg2dns = stack.run()?;
+    // Batches this large write their row state with COPY, after deleting
+    // the replaced rows' old records.
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'r' || g || '.example.test.', 300, 'A', '10.1.' || (g / 256) || '.' || (g % 256)
+             FROM generate_series(1, 1500) AS g",
+        )
+        .await?;
+    stack
+        .wait_until_dns_matches_table(RECOVERY_DEADLINE)
+        .await?;
+    stack
+        .exec("UPDATE pg2dns.rr SET rdata = '10.2.' || (id % 256) || '.1', ttl = 600")
+        .await?;
+    let dns = stack
+        .wait_until_dns_matches_table(RECOVERY_DEADLINE)
+        .await?;
+    ensure!(
+        dns[FORWARD].len() == 1500,
+        "{} records in DNS",
+        dns[FORWARD].len()
+    );
+    let rows: std::collections::BTreeMap<String, Vec<_>> = stack
+        .table()
+        .await?
+        .iter()
+        .map(|row| (row.id.to_string(), vec![row.record.clone()]))
+        .collect();
+    let state = stack.row_state_when(|s| *s == rows, DNS_DEADLINE).await?;
+    ensure!(
+        state == rows,
+        "the row state holds other records than the table: {} keys against {}",
+        state.len(),
+        rows.len()
+    );
+    stack.exec("DELETE FROM pg2dns.rr").await?;
+    let dns = stack
+        .wait_until_dns_matches_table(RECOVERY_DEADLINE)
+        .await?;
+    ensure!(
+        dns[FORWARD].is_empty(),
+        "{} records left",
+        dns[FORWARD].len()
+    );
+    stack.row_state_when(|s| s.is_empty(), DNS_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_queued_while_pg2dns_was_stopped_are_coalesced_into_few_updates() -> Result<()>
 {
     let stack = Stack::start("coalesce", Primary::Bind).await?;
