@@ -682,7 +682,8 @@ async fn excluded_names_and_types_are_refused_by_the_stream_and_ignored_by_recon
     stack
         .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
         .await?;
-    let rejected = stack.rejected().await?;
+    // Rejections commit with the checkpoint, up to about 100 ms after DNS.
+    let rejected = stack.rejected_at_least(3, DNS_DEADLINE).await?;
     let mut refused: Vec<String> = rejected
         .iter()
         .filter(|r| r.reason.contains("is excluded by the zone's"))
