@@ -211,19 +211,32 @@ macro_rules! by_row {
     };
 }
 
+/// A DELETE of the rows of `pg2dns.$table` whose keys (source, row_key)
+/// are the unnested `$2` and `$3` of the slot `$1`.
+macro_rules! delete_by_row {
+    ($table:literal) => {
+        concat!(
+            "DELETE FROM pg2dns.",
+            $table,
+            " WHERE ctid = ANY(ARRAY( \
+               SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
+               CROSS JOIN LATERAL ( \
+                 SELECT ctid FROM pg2dns.",
+            $table,
+            " x WHERE ",
+            by_row!(),
+            " OFFSET 0) r))"
+        )
+    };
+}
+
 /// One statement replaces rows' records: the DELETE in the WITH clause and
 /// the INSERT see the same snapshot, so the DELETE removes exactly the old
 /// rows.
 const WRITE_ROWS: &str = concat!(
-    "WITH old AS ( \
-       DELETE FROM pg2dns.row_state WHERE ctid = ANY(ARRAY( \
-         SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
-         CROSS JOIN LATERAL ( \
-           SELECT ctid FROM pg2dns.row_state x \
-           WHERE ",
-    by_row!(),
-    " OFFSET 0) r))) \
-     INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
+    "WITH old AS (",
+    delete_by_row!("row_state"),
+    ") INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
      SELECT $1, * FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[], $8::int[], $9::bytea[], $10::int[], $11::bytea[])"
 );
 
@@ -912,15 +925,7 @@ impl Store {
         // arrays an INSERT … unnest would build and take apart).
         if !a.del_keys.is_empty() {
             self.raw_txn_execute(
-                concat!(
-                    "DELETE FROM pg2dns.row_state WHERE ctid = ANY(ARRAY( \
-                       SELECT r.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
-                       CROSS JOIN LATERAL ( \
-                         SELECT ctid FROM pg2dns.row_state x \
-                         WHERE ",
-                    by_row!(),
-                    " OFFSET 0) r))"
-                ),
+                delete_by_row!("row_state"),
                 &[&slot, &a.del_sources, &a.del_keys],
                 what,
             )
@@ -1028,15 +1033,7 @@ impl Store {
         let (srcs, keys) = row_columns(sources, rows);
         let slot = self.slot.clone();
         self.txn_execute(
-            concat!(
-                "DELETE FROM pg2dns.waiting WHERE ctid = ANY(ARRAY( \
-                   SELECT w.ctid FROM unnest($2::text[], $3::text[]) AS k(source, row_key) \
-                   CROSS JOIN LATERAL ( \
-                     SELECT ctid FROM pg2dns.waiting x \
-                     WHERE ",
-                by_row!(),
-                " OFFSET 0) w))"
-            ),
+            delete_by_row!("waiting"),
             &[&slot, &srcs, &keys],
             "cannot update pg2dns.waiting",
         )
