@@ -99,8 +99,8 @@ enum Step {
 }
 
 /// A flushed batch not yet checkpointed.
-struct Flushed {
-    /// Its number (see `Store::start_batch`).
+struct SentBatch {
+    /// Its number (from `Store::start_batch`).
     seq: u64,
     /// The end LSN of its last transaction, when it ends at a transaction
     /// boundary: a checkpoint through it may set the progress there.
@@ -317,9 +317,7 @@ pub struct Pipeline<'c> {
     pending_end: Option<Lsn>,
     pending_txns: usize,
     /// The flushed batches not yet checkpointed, oldest first.
-    flushed: std::collections::VecDeque<Flushed>,
-    /// The number of the last batch.
-    batch_seq: u64,
+    sent: std::collections::VecDeque<SentBatch>,
     /// When a checkpoint was last committed or forced.
     last_checkpoint: Instant,
     /// What was last confirmed to the slot in this session.
@@ -631,8 +629,7 @@ async fn session(
         lanes: Lanes::start(config, live.clone()),
         pending_end: None,
         pending_txns: 0,
-        flushed: std::collections::VecDeque::new(),
-        batch_seq: 0,
+        sent: std::collections::VecDeque::new(),
         last_checkpoint: Instant::now(),
         confirmed: None,
         unflushed: Confirmations::default(),
@@ -843,7 +840,7 @@ impl Pipeline<'_> {
             return None;
         }
         let mut newest = None;
-        for f in &self.flushed {
+        for f in &self.sent {
             if !self.lanes.acked_through(&f.marks) {
                 break;
             }
@@ -875,7 +872,7 @@ impl Pipeline<'_> {
             self.checkpoint(replication, Duration::from_secs(5), Durability::Flushed)
                 .await?;
         }
-        self.settle(replication).await
+        self.await_flush(replication).await
     }
 
     /// Clean stop: finish what is complete, leave the rest to the next run.
@@ -896,7 +893,7 @@ impl Pipeline<'_> {
                 }
             }
         }
-        self.settle(replication).await
+        self.await_flush(replication).await
     }
 
     async fn on_frame(
@@ -925,7 +922,7 @@ impl Pipeline<'_> {
                 if !self.assembler.in_transaction()
                     && self.batch.is_empty()
                     && self.pending_end.is_none()
-                    && self.flushed.is_empty()
+                    && self.sent.is_empty()
                     && !self.store.in_transaction()
                     && wal_end > self.confirmed.unwrap_or(self.progress)
                     && self.last_idle_confirm.elapsed() >= IDLE_CONFIRM_EVERY
@@ -933,7 +930,7 @@ impl Pipeline<'_> {
                     self.last_idle_confirm = Instant::now();
                     // A flushed commit flushes every earlier one too.
                     self.store
-                        .commit(wal_end, Durability::Flushed, self.batch_seq)
+                        .commit(wal_end, Durability::Flushed, u64::MAX)
                         .await?;
                     self.progress = wal_end;
                     let end = self.unflushed.flushed_checkpoint(wal_end);
@@ -1071,8 +1068,7 @@ impl Pipeline<'_> {
         let rows_in_batch = self.batch_rows;
         let items = std::mem::take(&mut self.batch);
         self.batch_rows = 0;
-        self.batch_seq += 1;
-        self.store.start_batch(self.batch_seq);
+        let batch = self.store.start_batch();
         // 1. Map every change to row updates (what each row wants now).
         let mut steps = Vec::with_capacity(items.len());
         let mut ref_edits = Vec::new();
@@ -1230,8 +1226,8 @@ impl Pipeline<'_> {
             .write(&sources, &self.zones, &mut outcome)
             .await?;
         self.store.write_zone_refs(&ref_edits).await?;
-        self.flushed.push_back(Flushed {
-            seq: self.batch_seq,
+        self.sent.push_back(SentBatch {
+            seq: batch,
             end: if open { None } else { last_end },
             marks: self.lanes.marks(),
         });
@@ -1321,8 +1317,7 @@ impl Pipeline<'_> {
         let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
         // A batch of its own, which the checkpoint covering the refused
         // transactions covers too.
-        self.batch_seq += 1;
-        self.store.start_batch(self.batch_seq);
+        let batch = self.store.start_batch();
         let (loaded, _) = self.store.load(&sources, &rows, &[], &self.zones).await?;
         let mut planner = Planner::new(&self.zones, &self.limits, loaded);
         let lsn = updates.last().map(|(_, u)| u.lsn).unwrap_or_default();
@@ -1343,9 +1338,9 @@ impl Pipeline<'_> {
         self.store
             .add_waiting(&sources, &self.zones, &waiting)
             .await?;
-        let end = self.flushed.back().map_or(Some(self.progress), |f| f.end);
-        self.flushed.push_back(Flushed {
-            seq: self.batch_seq,
+        let end = self.sent.back().map_or(Some(self.progress), |f| f.end);
+        self.sent.push_back(SentBatch {
+            seq: batch,
             end,
             marks: self.lanes.marks(),
         });
@@ -1419,7 +1414,7 @@ impl Pipeline<'_> {
                 self.reject_refused().await?;
                 continue;
             }
-            let everything = self.flushed.back().map(|f| f.seq);
+            let everything = self.sent.back().map(|f| f.seq);
             let covers = self.committable().map(|(seq, _)| seq);
             if wait.is_zero() || (covers.is_some() && covers == everything) {
                 break;
@@ -1443,8 +1438,8 @@ impl Pipeline<'_> {
         let unflushed = self.store.commit(end, durability, seq).await?;
         failpoint::hit("after-state-commit");
         debug!(lsn = %end, transactions = self.pending_txns, total_ms = started.elapsed().as_millis() as u64, ?durability, "checkpoint");
-        while self.flushed.front().is_some_and(|f| f.seq <= seq) {
-            self.flushed.pop_front();
+        while self.sent.front().is_some_and(|f| f.seq <= seq) {
+            self.sent.pop_front();
         }
         let confirm = match unflushed {
             None => Some(self.unflushed.flushed_checkpoint(end)),
@@ -1491,7 +1486,7 @@ impl Pipeline<'_> {
     /// checkpoints committed without it, so that the slot confirms them.
     /// Leaving one unconfirmed is safe: its progress makes the next run
     /// skip what it covered.
-    async fn settle(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
+    async fn await_flush(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
         let deadline = Instant::now() + Duration::from_secs(1);
         while self.unflushed.waiting() && Instant::now() < deadline {
             let flushed = self.store.wal_flushed().await?;

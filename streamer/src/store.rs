@@ -270,11 +270,10 @@ pub struct Store {
     held: Vec<(u64, Held)>,
     /// The newest batch whose writes are in the open transaction.
     written: Option<u64>,
-    /// The batch being flushed (see [`Store::start_batch`]).
+    /// The number of the batch being flushed (see [`Store::start_batch`]).
     batch: u64,
     /// The source and zone names the held rows refer to (by index).
     names: (Vec<String>, Vec<String>),
-    held_records: usize,
 }
 
 /// One batch's row-state write, held back: the rows' new records and the
@@ -417,7 +416,6 @@ impl Store {
             written: None,
             batch: 0,
             names: (Vec::new(), Vec::new()),
-            held_records: 0,
         })
     }
 
@@ -431,14 +429,15 @@ impl Store {
     /// The client, once every held-back write is in the open transaction:
     /// for reads of the row state outside this module.
     pub async fn settled_client(&mut self) -> Result<&Client, StoreError> {
-        self.settle().await?;
+        self.write_held().await?;
         Ok(&self.client)
     }
 
-    /// Batch `batch` (numbered upwards) starts: whatever the open
-    /// transaction receives from now on is of it.
-    pub fn start_batch(&mut self, batch: u64) {
-        self.batch = batch;
+    /// A new batch starts: whatever the open transaction receives from now
+    /// on is of it. Returns its number (batches are numbered upwards).
+    pub fn start_batch(&mut self) -> u64 {
+        self.batch += 1;
+        self.batch
     }
 
     /// The newest batch whose writes are in the open (uncommitted)
@@ -451,7 +450,7 @@ impl Store {
     /// statement of the current batch, which may read what they hold; that
     /// transaction then holds the current batch's work (conservatively, for
     /// a read).
-    async fn settle(&mut self) -> Result<(), StoreError> {
+    async fn write_held(&mut self) -> Result<(), StoreError> {
         self.written = self.written.max(Some(self.batch));
         if self.held.is_empty() {
             return Ok(());
@@ -472,7 +471,6 @@ impl Store {
             rows.extend(h.rows);
             replaced.extend(h.replaced);
         }
-        self.held_records = self.held.iter().map(|(_, h)| h.records()).sum();
         (rows, replaced)
     }
 
@@ -578,7 +576,7 @@ impl Store {
     }
 
     async fn begin(&mut self) -> Result<(), StoreError> {
-        self.settle().await?;
+        self.write_held().await?;
         self.raw_begin().await
     }
 
@@ -615,7 +613,7 @@ impl Store {
         params: &[&(dyn ToSql + Sync)],
         what: &'static str,
     ) -> Result<Vec<Row>, StoreError> {
-        self.settle().await?;
+        self.write_held().await?;
         let statement = self.prepared(text).await?;
         if self.in_transaction {
             return self
@@ -640,7 +638,7 @@ impl Store {
         params: &[&(dyn ToSql + Sync)],
         what: &'static str,
     ) -> Result<u64, StoreError> {
-        self.settle().await?;
+        self.write_held().await?;
         self.raw_txn_execute(text, params, what).await
     }
 
@@ -673,7 +671,7 @@ impl Store {
     /// before the session writes anything; without it every batch reads.
     pub async fn track_presence(&mut self) -> Result<(), StoreError> {
         use futures_util::TryStreamExt;
-        self.settle().await?;
+        self.write_held().await?;
         self.presence = None;
         let slot: &(dyn ToSql + Sync) = &self.slot;
         let rows = self
@@ -874,14 +872,13 @@ impl Store {
         };
         if !held.rows.is_empty() || !held.replaced.is_empty() {
             self.note_presence(&held.rows);
-            self.held_records += held.records();
             self.held.push((self.batch, held));
         }
         let at_once = (self.maybe_waiting && !outcome.touched.is_empty())
             || !outcome.rejections.is_empty()
-            || self.held_records > HELD_MAX_RECORDS;
+            || self.held.iter().map(|(_, h)| h.records()).sum::<usize>() > HELD_MAX_RECORDS;
         if at_once {
-            self.settle().await?;
+            self.write_held().await?;
         }
         if self
             .presence

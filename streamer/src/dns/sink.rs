@@ -125,7 +125,7 @@ impl ZoneSink {
         let mut pushed: std::collections::VecDeque<(u64, Instant)> =
             std::collections::VecDeque::new();
         // When a connection may be tried again after a failure.
-        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut retry_at: Option<Instant> = None;
         loop {
             while let Some(event) = self.session.poll_event() {
                 match event {
@@ -150,7 +150,7 @@ impl ZoneSink {
                         // Waited in the select below, which keeps taking
                         // dispatches meanwhile: a zone whose server is down
                         // must not fill its queue and so hold up the others.
-                        retry_at = Some(tokio::time::Instant::now() + backoff);
+                        retry_at = Some(Instant::now() + backoff);
                     }
                     Event::Refused { lsn, group, rcode } => {
                         warn!(zone = %self.session.config().zone, %lsn, owner = %group.owner, %rcode, "the primary refused an owner group on its own; its rows are rejected and the stream goes on");
@@ -173,7 +173,7 @@ impl ZoneSink {
             if !input_open && self.session.is_idle() {
                 return;
             }
-            let backing_off = retry_at.is_some_and(|t| t > tokio::time::Instant::now());
+            let backing_off = retry_at.is_some_and(|t| t > Instant::now());
             if conn.is_none() && self.session.wants_connection() && !backing_off {
                 retry_at = None;
                 match Connection::connect(self.server).await {
@@ -235,7 +235,7 @@ impl ZoneSink {
                     }
                 },
                 _ = sleep_until(deadline) => self.session.handle_timeout(Instant::now()),
-                _ = retry_after(retry_at) => retry_at = None,
+                _ = sleep_until(retry_at) => retry_at = None,
             }
         }
     }
@@ -244,13 +244,6 @@ impl ZoneSink {
 async fn recv(conn: &mut Option<Connection>) -> Option<std::io::Result<Vec<u8>>> {
     match conn {
         Some(c) => c.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn retry_after(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
 }
