@@ -131,10 +131,24 @@ fn main() -> ExitCode {
             return ExitCode::from(error_code);
         }
     };
-    match runtime.block_on(real_main(cli)) {
-        Ok(code) => ExitCode::from(code),
+    // The command runs as a spawned task, not as `block_on`'s own future:
+    // waking that future from another task writes the runtime's eventfd
+    // and costs an extra `epoll_wait`, where waking a task on its own
+    // thread is a push onto the run queue. Every hand-off of the stream
+    // (replication reader → pipeline, zone sink → pipeline) is such a wake.
+    let task = runtime.spawn(async move {
+        real_main(cli)
+            .await
+            .map_err(|e| pg2dns::error::chain(e.as_ref()))
+    });
+    match runtime.block_on(task) {
+        Ok(Ok(code)) => ExitCode::from(code),
+        Ok(Err(e)) => {
+            eprintln!("pg2dns: error: {e}");
+            ExitCode::from(error_code)
+        }
         Err(e) => {
-            eprintln!("pg2dns: error: {}", pg2dns::error::chain(e.as_ref()));
+            eprintln!("pg2dns: error: {e}");
             ExitCode::from(error_code)
         }
     }

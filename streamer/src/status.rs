@@ -135,7 +135,7 @@ impl Live {
         });
     }
 
-    /// Everything received was acknowledged and checkpointed.
+    /// Everything received was acknowledged.
     pub fn all_acknowledged(&self) {
         *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
