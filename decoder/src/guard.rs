@@ -22,7 +22,9 @@
 //! with the default settings a transaction deleting 3 records or fewer of a
 //! zone is never held, so the zone's size is read only for larger ones.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+use crate::HashSet;
 
 use crate::plan::ZoneOps;
 use crate::records::ZoneId;

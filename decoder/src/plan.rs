@@ -44,7 +44,9 @@
 //! split into several messages, deletes still before the adds of later
 //! segments.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use crate::{HashMap, HashSet};
 
 use crate::checks::{self, CheckNames};
 use crate::lsn::Lsn;
@@ -514,7 +516,7 @@ pub struct Planner<'z> {
 impl<'z> Planner<'z> {
     /// A planner over what the store loaded.
     pub fn new(zones: &'z Zones, limits: &'z PlanLimits, loaded: Loaded) -> Planner<'z> {
-        let mut nodes: HashMap<NodeKey, Node> = HashMap::new();
+        let mut nodes: HashMap<NodeKey, Node> = HashMap::default();
         for (key, entries) in loaded.nodes {
             let node = nodes.entry(key).or_default();
             for e in entries {
@@ -530,8 +532,8 @@ impl<'z> Planner<'z> {
             segment: Segment::default(),
             rejections: Vec::new(),
             warnings: Vec::new(),
-            updated_rows: HashSet::new(),
-            waiting: HashMap::new(),
+            updated_rows: HashSet::default(),
+            waiting: HashMap::default(),
             gained_address: Vec::new(),
             lost_address: Vec::new(),
             promoted: Vec::new(),
@@ -1187,7 +1189,7 @@ impl<'z> Planner<'z> {
     /// waiting for an address may become publishable.
     pub fn address_owners<'u>(updates: impl IntoIterator<Item = &'u RowUpdate>) -> Vec<NodeKey> {
         let mut out = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         for u in updates {
             let Ok(wanted) = &u.image else { continue };
             for w in wanted {
@@ -1249,7 +1251,7 @@ impl<'z> Planner<'z> {
         updates: impl IntoIterator<Item = &'u RowUpdate>,
     ) -> Vec<NodeKey> {
         let mut out: Vec<NodeKey> = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         let mut push = |key: NodeKey| {
             if seen.insert(key.clone()) {
                 out.push(key);
@@ -1331,7 +1333,7 @@ mod tests {
         /// What DNS must hold: every contributed record, each RRset at the
         /// smallest TTL of its producers.
         fn expected(&self) -> Dns {
-            let mut ttl: HashMap<(Owner, RType), u32> = HashMap::new();
+            let mut ttl: HashMap<(Owner, RType), u32> = HashMap::default();
             let mut sets: BTreeMap<(Owner, RType), BTreeSet<Rdata>> = BTreeMap::new();
             for d in self.rows.values().flatten() {
                 let k = (d.record.owner.clone(), d.record.rtype);

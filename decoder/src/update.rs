@@ -35,7 +35,7 @@
 //! limit of a 14-bit pointer), 10 bytes of type, class, TTL and length, and
 //! the record data.
 
-use std::collections::HashMap;
+use crate::HashMap;
 
 use crate::name::Name;
 use crate::rdata::RType;
@@ -182,7 +182,7 @@ pub struct OwnerGroup {
 /// old RR, add new RR) safe for RRsets that admit one record only (CNAME): the
 /// server never sees two at once.
 pub fn group_by_owner(ops: Vec<UpdateOp>) -> Vec<OwnerGroup> {
-    let mut index: HashMap<Owner, usize> = HashMap::new();
+    let mut index: HashMap<Owner, usize> = HashMap::default();
     let mut groups: Vec<(Owner, Vec<UpdateOp>, Vec<UpdateOp>)> = Vec::new();
     for op in ops {
         let owner = op.owner();
@@ -519,7 +519,7 @@ pub fn encode(
     let mut w = Writer {
         zone,
         buf: Vec::with_capacity(512),
-        written: HashMap::new(),
+        written: HashMap::default(),
     };
     w.u16(id);
     w.u16(OPCODE_UPDATE_FLAGS);

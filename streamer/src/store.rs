@@ -19,8 +19,8 @@
 //! Every row of `pg2dns.row_state`, `pg2dns.progress` and `pg2dns.rejected`
 //! belongs to one instance, named by its slot.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use pg2dns_decoder::mapping::{Desired, RowKey};
 use pg2dns_decoder::plan::{
@@ -301,8 +301,8 @@ const HELD_MAX_RECORDS: usize = 2_000;
 /// a collision or a deleted row costs one read, never a wrong plan.
 #[derive(Debug, Default)]
 struct Presence {
-    rows: HashSet<u64>,
-    nodes: HashSet<u64>,
+    rows: pg2dns_decoder::HashSet<u64>,
+    nodes: pg2dns_decoder::HashSet<u64>,
 }
 
 /// Records in one batch from which its row state is written with a binary
@@ -331,17 +331,14 @@ const ROW_STATE_TYPES: &[Type] = &[
 const PRESENCE_MAX_RECORDS: usize = 4_000_000;
 
 fn row_hash(source: &str, key: &str) -> u64 {
-    // SipHash with fixed keys: stable within the process, which is all
-    // this needs.
-    let mut h = std::hash::DefaultHasher::new();
-    (source, key).hash(&mut h);
-    h.finish()
+    // A fixed seed: stable within the process, which is all this needs. A
+    // crafted collision costs one read; the sets rehash these with a
+    // random seed, so colliding keys cannot pile up in one bucket.
+    foldhash::fast::FixedState::default().hash_one((source, key))
 }
 
 fn node_hash(zone: &str, owner: &[u8]) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    (zone, owner).hash(&mut h);
-    h.finish()
+    foldhash::fast::FixedState::default().hash_one((zone, owner))
 }
 
 impl Presence {
