@@ -619,6 +619,9 @@ def main():
     ap.add_argument("--outdir")
     ap.add_argument("--keep", action="store_true", help="keep PostgreSQL data directories")
     ap.add_argument("--only", choices=["naive", "pg2dns"], help="run one side only")
+    ap.add_argument("--pin", action="store_true",
+                    help="the DNS server on CPU 1, everything else (PostgreSQL, pg2dns, the naive "
+                         "pipeline, blast, this script) on CPU 0")
     ap.add_argument("--window", type=int, default=4)
     ap.add_argument("--naive-max-rrs", type=int, default=2500)
     ap.add_argument("--naive-tcp", action="store_true", help="nsupdate -v (TCP for every message)")
@@ -637,6 +640,12 @@ def main():
                     help="zone sizes of `reconcile` (records, comma-separated)")
     ap.add_argument("--reconcile-reps", type=int, default=3)
     args = ap.parse_args()
+    if args.pin:
+        # The fallback when two cores bound W2: BIND on one core, its
+        # client and PostgreSQL on the other. Children inherit CPU 0.
+        import servers
+        os.sched_setaffinity(0, {0})
+        servers.DNS_CPUS = {1}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.outdir = args.outdir or os.path.join(HERE, "run", stamp)
     os.makedirs(args.outdir, exist_ok=True)
