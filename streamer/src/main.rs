@@ -7,12 +7,6 @@ use clap::{Parser, Subcommand};
 use pg2dns::{admin, pipeline, reconcile, setup, Config};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: a large transaction's planning is
-/// mostly short-lived allocations (owner names, record data, per-batch
-/// maps), and glibc's malloc and free were 18 % of pg2dns's CPU on W2.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Streams PostgreSQL changes into DNS as TSIG-signed RFC 2136 UPDATEs.
 #[derive(Parser)]
 #[command(version, about)]
