@@ -21,6 +21,7 @@ pub mod checks;
 pub mod confirm;
 pub mod diff;
 pub mod exclude;
+pub mod filter;
 pub mod guard;
 pub mod lsn;
 pub mod mapping;

@@ -729,7 +729,11 @@ impl Pipeline<'_> {
                     self.lanes.on_report(report)?;
                     // The lag is what DNS has not answered yet, not what the
                     // slot has not confirmed.
-                    if self.lag_pending && self.batch.is_empty() && self.lanes.all_acked() {
+                    if self.lag_pending
+                        && self.batch.is_empty()
+                        && self.guard_held.is_empty()
+                        && self.lanes.all_acked()
+                    {
                         self.lag_pending = false;
                         self.lanes.live.all_acknowledged();
                     }

@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
+use pg2dns_decoder::filter::HashFilter;
 use pg2dns_decoder::mapping::{Desired, RowKey};
 use pg2dns_decoder::plan::{
     Loaded, NodeEntry, NodeKey, Outcome, Rejection, RowRef, SourceId, Waiting,
@@ -295,14 +296,15 @@ impl Held {
 const HELD_MAX_RECORDS: usize = 2_000;
 
 /// Which rows and owners the row state of this slot may hold, as 64-bit
-/// hashes, kept by the one session that writes it. A batch whose rows and
+/// hashes (in filters that may say "present" wrongly, never "absent"),
+/// kept by the one session that writes it. A batch whose rows and
 /// owners are all absent (a new name, the usual live change) needs no read
 /// before its UPDATE goes out. A hash is only ever added, never removed:
 /// a collision or a deleted row costs one read, never a wrong plan.
 #[derive(Debug, Default)]
 struct Presence {
-    rows: pg2dns_decoder::HashSet<u64>,
-    nodes: pg2dns_decoder::HashSet<u64>,
+    rows: HashFilter,
+    nodes: HashFilter,
 }
 
 /// Records in one batch from which its row state is written with a binary
@@ -326,14 +328,13 @@ const ROW_STATE_TYPES: &[Type] = &[
     Type::BYTEA,
 ];
 
-/// The most records whose keys a session keeps in memory (about 50 bytes
+/// The most records whose keys a session keeps in memory (about 4 bytes
 /// each); beyond, every batch reads the state.
 const PRESENCE_MAX_RECORDS: usize = 4_000_000;
 
 fn row_hash(source: &str, key: &str) -> u64 {
     // A fixed seed: stable within the process, which is all this needs. A
-    // crafted collision costs one read; the sets rehash these with a
-    // random seed, so colliding keys cannot pile up in one bucket.
+    // crafted collision costs one read.
     foldhash::fast::FixedState::default().hash_one((source, key))
 }
 
@@ -344,17 +345,16 @@ fn node_hash(zone: &str, owner: &[u8]) -> u64 {
 impl Presence {
     /// Whether any of `rows` or `owners` may have state.
     fn any(&self, sources: &[&str], rows: &[RowRef], owners: &[NodeKey], zones: &Zones) -> bool {
-        rows.iter().any(|(s, k)| {
-            self.rows
-                .contains(&row_hash(source_name(sources, *s), &k.0))
-        }) || {
-            // Zone names as the row state writes them, each made once.
-            let names: Vec<String> = zones.iter().map(|(_, z)| z.to_string()).collect();
-            owners.iter().any(|(z, o)| {
-                let zone = names.get(usize::from(z.0)).map_or("", String::as_str);
-                self.nodes.contains(&node_hash(zone, o.name().as_wire()))
-            })
-        }
+        rows.iter()
+            .any(|(s, k)| self.rows.contains(row_hash(source_name(sources, *s), &k.0)))
+            || {
+                // Zone names as the row state writes them, each made once.
+                let names: Vec<String> = zones.iter().map(|(_, z)| z.to_string()).collect();
+                owners.iter().any(|(z, o)| {
+                    let zone = names.get(usize::from(z.0)).map_or("", String::as_str);
+                    self.nodes.contains(node_hash(zone, o.name().as_wire()))
+                })
+            }
     }
 }
 
