@@ -24,11 +24,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::HashSet;
-
 use crate::plan::ZoneOps;
 use crate::records::ZoneId;
 use crate::update::UpdateOp;
+use crate::HashSet;
 
 /// The thresholds of one zone.
 #[derive(Clone, Copy, Debug, PartialEq)]

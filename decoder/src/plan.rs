@@ -46,14 +46,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::{HashMap, HashSet};
-
 use crate::checks::{self, CheckNames};
 use crate::lsn::Lsn;
 use crate::mapping::{Desired, RowKey, RowUpdate, Wanted};
 use crate::rdata::RType;
 use crate::records::{Owner, Rdata, Record, RecordError, ZoneId, Zones};
 use crate::update::{Budget, OwnerGroup, UpdateOp};
+use crate::{HashMap, HashSet};
 
 /// The largest DNS message (RFC 1035 §4.2.2: a two-byte length over TCP).
 const MAX_MESSAGE: usize = 65_535;

@@ -35,11 +35,10 @@
 //! limit of a 14-bit pointer), 10 bytes of type, class, TTL and length, and
 //! the record data.
 
-use crate::HashMap;
-
 use crate::name::Name;
 use crate::rdata::RType;
 use crate::records::{Owner, Rdata, Record, ZoneName};
+use crate::HashMap;
 
 /// Largest DNS message: the TCP length prefix has 16 bits.
 pub const MAX_MESSAGE_BYTES: usize = 65_535;
