@@ -19,7 +19,7 @@
 /// per full layer.
 const BITS_PER_ITEM: usize = 16;
 /// Bits set and tested per item.
-const PROBES: u64 = 4;
+const PROBES: usize = 4;
 /// Items the first layer holds before the next is added.
 const FIRST_CAPACITY: usize = 1 << 14;
 
@@ -27,7 +27,6 @@ const FIRST_CAPACITY: usize = 1 << 14;
 #[derive(Debug, Default)]
 pub struct HashFilter {
     layers: Vec<Layer>,
-    len: usize,
 }
 
 #[derive(Debug)]
@@ -48,21 +47,21 @@ impl Layer {
 
     /// The bit positions of `hash`, by double hashing over a remix (the
     /// caller's hashes may be weak in some bits).
-    fn positions(&self, hash: u64) -> impl Iterator<Item = usize> {
+    fn positions(&self, hash: u64) -> [usize; PROBES] {
         let mixed = mix(hash);
         let step = mix(hash ^ 0x9e37_79b9_7f4a_7c15) | 1;
         let mask = (self.bits.len() * 64 - 1) as u64;
-        (0..PROBES).map(move |i| (mixed.wrapping_add(i.wrapping_mul(step)) & mask) as usize)
+        std::array::from_fn(|i| (mixed.wrapping_add((i as u64).wrapping_mul(step)) & mask) as usize)
     }
 
     fn contains(&self, hash: u64) -> bool {
         self.positions(hash)
+            .iter()
             .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
     }
 
     fn insert(&mut self, hash: u64) {
-        let positions: Vec<usize> = self.positions(hash).collect();
-        for p in positions {
+        for p in self.positions(hash) {
             self.bits[p / 64] |= 1 << (p % 64);
         }
         self.len += 1;
@@ -97,18 +96,17 @@ impl HashFilter {
         if let Some(layer) = self.layers.last_mut() {
             layer.insert(hash);
         }
-        self.len += 1;
         true
     }
 
     /// Hashes inserted (those found already present not counted).
     pub fn len(&self) -> usize {
-        self.len
+        self.layers.iter().map(|l| l.len).sum()
     }
 
     /// Whether nothing was inserted.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.layers.is_empty()
     }
 
     /// Bytes of the bit arrays.

@@ -141,12 +141,12 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| pg2dns::error::chain(e.as_ref()))
     });
-    match runtime.block_on(task) {
-        Ok(Ok(code)) => ExitCode::from(code),
-        Ok(Err(e)) => {
-            eprintln!("pg2dns: error: {e}");
-            ExitCode::from(error_code)
-        }
+    // A panic of the task (its message already printed) ends here too.
+    match runtime
+        .block_on(task)
+        .unwrap_or_else(|e| Err(e.to_string()))
+    {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("pg2dns: error: {e}");
             ExitCode::from(error_code)

@@ -952,7 +952,9 @@ impl Pipeline<'_> {
                     && self.last_idle_confirm.elapsed() >= IDLE_CONFIRM_EVERY
                 {
                     self.last_idle_confirm = Instant::now();
-                    // A flushed commit flushes every earlier one too.
+                    // A flushed commit flushes every earlier one too. Every
+                    // batch is checkpointed: nothing is held back (`u64::MAX`
+                    // is "up to the newest batch").
                     self.store
                         .commit(wal_end, Durability::Flushed, u64::MAX)
                         .await?;
