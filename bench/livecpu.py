@@ -2,6 +2,8 @@
 
     python3 bench/livecpu.py BINARY [N] [RATE]          # e.g. target/release/pg2dns 400 20
     PERF=/tmp/live python3 bench/livecpu.py ...          # also perf record of pg2dns (prefix.data)
+    PERF=/tmp/live PERF_CALLGRAPH=fp ...                 # with call graphs (a frame-pointer build)
+    IDLE=0 python3 bench/livecpu.py ...                  # skip the 10 s idle measurement
 
 Starts its own PostgreSQL and BIND under /tmp, runs `pg2dns run`, measures
 it idle for 10 s, then commits N one-row INSERTs at RATE per second and
@@ -73,9 +75,11 @@ try:
     p.start()
     time.sleep(3)
     pid = p.proc.pid
-    a = on_cpu_ns(pid)
-    time.sleep(10)
-    print(f"pg2dns idle: {(on_cpu_ns(pid) - a) / 1e6:.2f} ms CPU in 10 s")
+    idle = float(os.environ.get("IDLE", "10"))
+    if idle:
+        a = on_cpu_ns(pid)
+        time.sleep(idle)
+        print(f"pg2dns idle: {(on_cpu_ns(pid) - a) / 1e6:.2f} ms CPU in {idle:g} s")
     names = {r[0]: f"{r[1] or '-'}/{r[2]}" for r in
              conn.query("SELECT pid::text, application_name, backend_type FROM pg_stat_activity")}
     a, s0, g0 = on_cpu_ns(pid), switches(pid), postgres_ns(names)
@@ -92,7 +96,8 @@ try:
         if ns / 1e6 / n >= 0.001:
             print(f"  postgres {name:26} {ns / 1e6 / n:.3f}")
     if os.environ.get("PERF"):
-        rec = subprocess.Popen(["perf", "record", "-F", "20000", "-o", os.environ["PERF"] + ".data",
+        graph = ["--call-graph", os.environ["PERF_CALLGRAPH"]] if os.environ.get("PERF_CALLGRAPH") else []
+        rec = subprocess.Popen(["perf", "record", "-F", "20000", *graph, "-o", os.environ["PERF"] + ".data",
                                 "-p", str(pid)])
         commits("perf")
         rec.send_signal(2)

@@ -99,16 +99,39 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
         .await
         .map_err(sql("cannot read pg_publication"))?
         .is_some();
+    // A partitioned source table's changes are published under its own
+    // name, not its partitions' (which pg2dns does not know and would skip):
+    // `publish_via_partition_root`. It changes nothing for other tables.
     if !exists {
         // Identifiers were checked to be [a-z0-9_] by the config loader.
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION \"{publication}\" FOR TABLE pg2dns.rr, pg2dns.control"
+                "CREATE PUBLICATION \"{publication}\" FOR TABLE pg2dns.rr, pg2dns.control \
+                 WITH (publish_via_partition_root = true)"
             ))
             .await
             .map_err(sql("cannot create the publication"))?;
         report.publication_created = true;
         info!(%publication, "publication created");
+    } else {
+        let via_root: bool = client
+            .query_one(
+                "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+                &[publication],
+            )
+            .await
+            .map_err(sql("cannot read pg_publication"))?
+            .get(0);
+        // Publications made by earlier versions lack it.
+        if !via_root {
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION \"{publication}\" SET (publish_via_partition_root = true)"
+                ))
+                .await
+                .map_err(sql("cannot set publish_via_partition_root on the publication"))?;
+            info!(%publication, "publication set to publish partitions' changes as their partitioned table's");
+        }
     }
     // The control table travels in the stream: that is how a pause is
     // exact (publications made by earlier versions lack it).

@@ -11,25 +11,25 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One TCP connection to a DNS server.
-pub struct Connection {
-    writer: OwnedWriteHalf,
-    frames: mpsc::Receiver<io::Result<Vec<u8>>>,
-    reader: tokio::task::JoinHandle<()>,
-}
+/// Room kept for one read: a whole answer and its length when it is there,
+/// rather than one read for the length and one for the rest.
+const READ_CHUNK: usize = 64 * 1024;
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
+/// One TCP connection to a DNS server.
+///
+/// Read in the caller's own task: what arrived stays in `received` across
+/// cancelled [`Connection::recv`]s, so no reader task (and no wake-up of one
+/// per answer, then of the caller) stands between the socket and the session.
+pub struct Connection {
+    stream: TcpStream,
+    received: BytesMut,
 }
 
 impl Connection {
@@ -39,33 +39,9 @@ impl Connection {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let (read, writer) = stream.into_split();
-        // Buffered: one read takes a whole answer (and its length) when it
-        // is there, rather than one read for the length and one for the rest.
-        let mut read = tokio::io::BufReader::with_capacity(64 * 1024, read);
-        let (tx, frames) = mpsc::channel(64);
-        // Reading runs in its own task so that callers wait on a channel,
-        // which is cancel-safe, instead of on a half-read frame.
-        let reader = tokio::spawn(async move {
-            loop {
-                let mut len = [0u8; 2];
-                let frame = async {
-                    read.read_exact(&mut len).await?;
-                    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                    read.read_exact(&mut buf).await?;
-                    Ok(buf)
-                }
-                .await;
-                let failed = frame.is_err();
-                if tx.send(frame).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
         Ok(Connection {
-            writer,
-            frames,
-            reader,
+            stream,
+            received: BytesMut::new(),
         })
     }
 
@@ -83,12 +59,71 @@ impl Connection {
         let mut frame = Vec::with_capacity(message.len() + 2);
         frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(message);
-        self.writer.write_all(&frame).await
+        self.stream.write_all(&frame).await
     }
 
-    /// The next message; `None` once the server closed the connection.
-    /// Cancel-safe.
+    /// The next message; `None` once the server closed the connection
+    /// between two messages, an `UnexpectedEof` error if it closed it inside
+    /// one. Cancel-safe: bytes read before a cancellation are kept for the
+    /// next call.
     pub async fn recv(&mut self) -> Option<io::Result<Vec<u8>>> {
-        self.frames.recv().await
+        loop {
+            if let Some(frame) = take_frame(&mut self.received) {
+                return Some(Ok(frame));
+            }
+            self.received.reserve(READ_CHUNK);
+            // `read_buf` is cancel-safe: a cancelled call read nothing.
+            match self.stream.read_buf(&mut self.received).await {
+                Ok(0) if self.received.is_empty() => return None,
+                Ok(0) => {
+                    return Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection inside a message",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// Splits the first whole length-prefixed message off `buf`, if there is one.
+fn take_frame(buf: &mut BytesMut) -> Option<Vec<u8>> {
+    let len = usize::from(u16::from_be_bytes([*buf.first()?, *buf.get(1)?]));
+    if buf.len() < 2 + len {
+        return None;
+    }
+    buf.advance(2);
+    Some(buf.split_to(len).to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_taken_whole_and_in_order_whatever_the_reads_cut() {
+        let stream = [&[0u8, 3, 1, 2, 3, 0, 0, 0][..], &[1, 9]].concat();
+        // Fed one byte at a time, as the worst reads would.
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for b in stream {
+            buf.extend_from_slice(&[b]);
+            while let Some(f) = take_frame(&mut buf) {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames, vec![vec![1, 2, 3], vec![], vec![9]]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_partial_frame_stays_in_the_buffer() {
+        let mut buf = BytesMut::from(&[0u8, 4, 1, 2][..]);
+        assert_eq!(take_frame(&mut buf), None);
+        assert_eq!(&buf[..], &[0, 4, 1, 2]);
+        let mut one = BytesMut::from(&[0u8][..]);
+        assert_eq!(take_frame(&mut one), None);
     }
 }
