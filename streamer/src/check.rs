@@ -24,6 +24,8 @@ struct Column {
     type_name: String,
     /// `pg_type.typcategory`: B boolean, N numeric, S string, I network…
     category: String,
+    /// A generated column (`GENERATED ALWAYS AS … STORED`).
+    generated: bool,
 }
 
 /// A table as the catalog describes it.
@@ -62,7 +64,8 @@ async fn describe(client: &Client, schema: &str, name: &str) -> Result<Option<Ta
     let identity: String = row.get(1);
     let columns = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typcategory::text \
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typcategory::text, \
+                    a.attgenerated <> '' \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&oid],
@@ -74,6 +77,7 @@ async fn describe(client: &Client, schema: &str, name: &str) -> Result<Option<Ta
             name: r.get(0),
             type_name: r.get(1),
             category: r.get(2),
+            generated: r.get(3),
         })
         .collect();
     let identity_columns = client
@@ -112,6 +116,16 @@ fn judge(
             out.push(format!("{qualified} has no column {name:?}"));
             continue;
         };
+        // pgoutput leaves generated columns out of its relations and rows
+        // (PostgreSQL 12 to 17): the stream would halt at the first change,
+        // saying the column is gone.
+        if c.generated {
+            out.push(format!(
+                "{qualified}.{name} is a generated column, which logical replication does not send: \
+                 read the columns it is computed from instead (a template such as \"{{host}}.{{domain}}\")"
+            ));
+            continue;
+        }
         let ok = match usage {
             // Every type has a text form, but bytea's is hex, not a name.
             Use::Text => c.type_name != "bytea",

@@ -129,7 +129,9 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
                     "ALTER PUBLICATION \"{publication}\" SET (publish_via_partition_root = true)"
                 ))
                 .await
-                .map_err(sql("cannot set publish_via_partition_root on the publication"))?;
+                .map_err(sql(
+                    "cannot set publish_via_partition_root on the publication",
+                ))?;
             info!(%publication, "publication set to publish partitions' changes as their partitioned table's");
         }
     }

@@ -144,13 +144,16 @@ one_of = { status = ["active"] }
         String::from_utf8_lossy(&output.stderr)
     );
 
-    // A dropped column, a retyped one, a key outside the replica identity
-    // and a missing zones table: each named, with the fix for the identity.
+    // A dropped column, a retyped one, a key outside the replica identity,
+    // a missing zones table and a generated column (which the stream never
+    // carries): each named, with the fix for the identity.
     stack
         .exec(
             "ALTER TABLE pdns.records DROP COLUMN prio;
              ALTER TABLE pdns.records ALTER COLUMN disabled TYPE text;
              ALTER TABLE ipam.hosts DROP CONSTRAINT hosts_pkey;
+             ALTER TABLE ipam.hosts DROP COLUMN name;
+             ALTER TABLE ipam.hosts ADD COLUMN name text GENERATED ALWAYS AS ('h' || id || '.example.test') STORED;
              DROP TABLE pdns.domains;",
         )
         .await?;
@@ -162,6 +165,7 @@ one_of = { status = ["active"] }
         "problem: table pdns.domains does not exist",
         "problem: ipam.hosts: key column(s) id are not in the replica identity (it has no primary key (REPLICA IDENTITY DEFAULT))",
         "ALTER TABLE ipam.hosts REPLICA IDENTITY FULL",
+        "problem: ipam.hosts.name is a generated column, which logical replication does not send",
     ] {
         ensure!(
             output.status.code() == Some(1) && stdout.contains(needle),

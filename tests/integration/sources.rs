@@ -691,10 +691,7 @@ async fn a_partitioned_source_table_publishes_the_rows_of_every_partition() -> R
              CREATE TABLE ipam.hosts_other_high PARTITION OF ipam.hosts_other FOR VALUES FROM (100) TO (MAXVALUE);",
         )
         .await?;
-    stack.append_config(&HOSTS.replace(
-        "ttl = 300\n",
-        "ttl = 300\nkey = [\"id\", \"vrf\"]\n",
-    ))?;
+    stack.append_config(&HOSTS.replace("ttl = 300\n", "ttl = 300\nkey = [\"id\", \"vrf\"]\n"))?;
     // The key is the partitioned table's primary key: its replica identity.
     let check = crate::harness::pg2dns::command("check-config", stack.config_path()).await?;
     ensure!(
