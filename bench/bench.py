@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -576,13 +577,18 @@ def blast(args, label, n, server="bind", per_message=None):
         if per_message:
             cmd += ["--per-message", str(per_message)]
         cpu0 = proc_cpu(dns.pid)
+        # The client's own CPU (it is this script's only child meanwhile).
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
             out = subprocess.run(cmd, capture_output=True, text=True)
         except OSError as e:
             out = subprocess.CompletedProcess(cmd, 127, "", str(e))
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         res = {"label": label, "pipeline": "blast", "server": server, "rows": n,
                "command": "cargo run --release -p pg2dns --example blast -- " +  " ".join(cmd[1:]).replace(root + "/", "").replace(str(dns.port), "$DNSPORT"),
-               "dns_cpu_s": round((proc_cpu(dns.pid) or 0) - (cpu0 or 0), 2)}
+               "dns_cpu_s": round((proc_cpu(dns.pid) or 0) - (cpu0 or 0), 2),
+               "client_cpu_s": round(children1.ru_utime + children1.ru_stime
+                                     - children0.ru_utime - children0.ru_stime, 2)}
         if out.returncode != 0:
             res["failed"] = (out.stdout + out.stderr)[-500:]
         for tok in out.stdout.split():
@@ -813,12 +819,14 @@ def report(meta, results):
                        f"| {ratio(r['apply_rr_per_s'], ref_rate, 2)} (end to end {ratio(r['rows_per_s'], ref_rate, 2)}) "
                        f"| {fmt(rss / 1024 if rss else None, 1)} |")
         out.append("")
-        out.append("| reference client | server | RRs | messages | s | RR/s | msgs/s | p50 ms/msg | all RRs in zone |")
-        out.append("|---|---|---|---|---|---|---|---|---|")
+        out.append("| reference client | server | RRs | messages | s | RR/s | msgs/s | p50 ms/msg | client CPU s "
+                   "| DNS server CPU s | all RRs in zone |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in refs:
             out.append(f"| {r['label']} | {r['server']} | {fmt(r['rows'])} | {fmt(r.get('messages'))} "
                        f"| {fmt(r.get('seconds'))} | {fmt(r.get('rr_per_s'))} | {fmt(r.get('msgs_per_s'))} "
-                       f"| {fmt(r.get('p50_ms'))} | {'yes' if r.get('dns_equals_table') else 'NO: ' + str(r.get('verify'))} |")
+                       f"| {fmt(r.get('p50_ms'))} | {fmt(r.get('client_cpu_s'))} | {fmt(r.get('dns_cpu_s'))} "
+                       f"| {'yes' if r.get('dns_equals_table') else 'NO: ' + str(r.get('verify'))} |")
         out.append("")
     out.append(reconcile_bench.report(results))
     out.append("Commands:")
