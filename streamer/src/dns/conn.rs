@@ -27,6 +27,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Read in the caller's own task: what arrived stays in `received` across
 /// cancelled [`Connection::recv`]s, so no reader task (and no wake-up of one
 /// per answer, then of the caller) stands between the socket and the session.
+/// Nothing reads while a `send` waits for room; the answers then wait in the
+/// socket, and there are at most `[limits] window` (≤ 64) of them, each a
+/// few hundred bytes: far below a receive buffer, so the server is never
+/// kept from answering, nor the send from finishing.
 pub struct Connection {
     stream: TcpStream,
     received: BytesMut,
