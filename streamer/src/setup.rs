@@ -91,18 +91,19 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
     }
     report.converted = convert_v1_state(&store, config).await?;
     let publication = &config.database.publication;
-    let exists = client
+    // Whether it exists, and whether it publishes partitions as their table.
+    let via_root: Option<bool> = client
         .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
             &[publication],
         )
         .await
         .map_err(sql("cannot read pg_publication"))?
-        .is_some();
+        .map(|row| row.get(0));
     // A partitioned source table's changes are published under its own
     // name, not its partitions' (which pg2dns does not know and would skip):
     // `publish_via_partition_root`. It changes nothing for other tables.
-    if !exists {
+    if via_root.is_none() {
         // Identifiers were checked to be [a-z0-9_] by the config loader.
         client
             .batch_execute(&format!(
@@ -113,27 +114,17 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
             .map_err(sql("cannot create the publication"))?;
         report.publication_created = true;
         info!(%publication, "publication created");
-    } else {
-        let via_root: bool = client
-            .query_one(
-                "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
-                &[publication],
-            )
-            .await
-            .map_err(sql("cannot read pg_publication"))?
-            .get(0);
+    } else if via_root == Some(false) {
         // Publications made by earlier versions lack it.
-        if !via_root {
-            client
-                .batch_execute(&format!(
-                    "ALTER PUBLICATION \"{publication}\" SET (publish_via_partition_root = true)"
-                ))
-                .await
-                .map_err(sql(
-                    "cannot set publish_via_partition_root on the publication",
-                ))?;
-            info!(%publication, "publication set to publish partitions' changes as their partitioned table's");
-        }
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION \"{publication}\" SET (publish_via_partition_root = true)"
+            ))
+            .await
+            .map_err(sql(
+                "cannot set publish_via_partition_root on the publication",
+            ))?;
+        info!(%publication, "publication set to publish partitions' changes as their partitioned table's");
     }
     // The control table travels in the stream: that is how a pause is
     // exact (publications made by earlier versions lack it).
