@@ -1,20 +1,21 @@
 //! The sans-IO core of pg2dns: bytes in, values out.
 //!
 //! This crate never touches sockets, clocks, files or the environment. The
-//! streamer feeds it pgoutput bytes, rows read with SQL, server answers and
+//! streamer feeds it pgoutput messages (as bytes; Begin, Commit and logical
+//! Message rebuilt from the transport's fields), rows read with SQL, server answers and
 //! the current time, and gets back committed transactions, record changes,
 //! planned RFC 2136 UPDATE messages and TSIG signatures.
 //!
 //! ```text
 //!  pgoutput bytes ─▶ pgoutput::parse ─▶ txn::Assembler ─▶ row ─▶ mapping (row → records)
 //!                                                                   │
-//!            state (row contributions, refcounts, net changes) ◀────┘
+//!            plan (row state, refcounts, net changes per owner; ◀───┘
+//!                  every refusal decided here, with checks and exclude)
 //!                     │
-//!                     ▼
-//!            plan (per-zone owner groups; every refusal decided here)
-//!                     │
-//!                     ▼
+//!                     ▼   guard (mass deletes, asked by the streamer)
 //!            session (per zone: window, coalescing, resend) ─▶ update::encode ─▶ tsig::sign
+//!
+//!  reconcile: AXFR records + desired records ─▶ diff (report, SOA-guarded repair)
 //! ```
 
 pub mod checks;

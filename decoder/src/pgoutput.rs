@@ -3,7 +3,7 @@
 //! # Why this module exists
 //!
 //! pg2dns reads changes through PostgreSQL's built-in `pgoutput` plugin, because
-//! a stock server needs no extension for it (DESIGN.md §3). Each `XLogData`
+//! a stock server needs no extension for it (docs/design.md §3). Each `XLogData`
 //! payload on the replication connection is exactly one pgoutput message; this
 //! module turns one such payload into a [`Message`] and does nothing else: no
 //! I/O, no state. Transaction structure and the relation cache live in
@@ -42,7 +42,7 @@
 //!   message is transactional."
 //!
 //! Only protocol version 1 is accepted: pg2dns keeps `streaming` off so that
-//! only committed transactions arrive (DESIGN.md §4). The streaming messages of
+//! only committed transactions arrive (docs/design.md §4). The streaming messages of
 //! protocol 2 and later (`S`, `E`, `c`, `A`) and the two-phase messages of
 //! protocol 3 are [`PgOutputError::UnknownTag`], as is anything else.
 //!

@@ -5,7 +5,7 @@
 //!
 //! Under `REPLICA IDENTITY DEFAULT` a DELETE carries only the row's key, so
 //! what the row had put in DNS must be remembered: the row state maps each
-//! source row to the records it contributes (DESIGN §4). Two rows may
+//! source row to the records it contributes (docs/design.md §4). Two rows may
 //! contribute the same record; the record leaves DNS only when the last of
 //! them goes, so every record keeps the TTLs of all its producers (a
 //! multiset) and is present while that multiset is not empty.

@@ -22,7 +22,7 @@
 //! delivered in any order [...] In some cases, it might be required that the
 //! earlier update not be applied after the later update". pg2dns keeps order
 //! with a small window of messages on one TCP connection: BIND and Knot answer
-//! them in order (`shared/notes/dns-servers.md` §3). But a failure of message
+//! them in order (`docs/notes/dns-servers.md` §3). But a failure of message
 //! k after k+1 was applied would reorder effects if only k were resent, and
 //! Knot merges queued UPDATEs into one transaction, so one failure fails its
 //! neighbours. So any failure (SERVFAIL, a timeout, a broken connection)

@@ -1,6 +1,6 @@
 //! The control plane: pause, resume and status, through PostgreSQL.
 //!
-//! Why in the database (DESIGN §5): admin commands then need only an SQL
+//! Why in the database (docs/design.md §5): admin commands then need only an SQL
 //! login, and PostgreSQL roles decide who may pause or resume
 //! (`pg2dns.pause()` and `pg2dns.resume()` are SECURITY DEFINER functions
 //! whose EXECUTE right the DBA grants). A pause is a row of

@@ -18,9 +18,9 @@
 //! | a broken internal invariant                     | exit                         |
 //!
 //! Decisions read SQLSTATE codes and typed errors, never message text (the
-//! server's `lc_messages` may be anything). A halt ends the run with a
-//! non-zero status and leaves the slot where it was, so nothing is lost: once
-//! the cause is fixed, `pg2dns run` resumes.
+//! server's `lc_messages` may be anything). A halt leaves the slot where it
+//! was and `pg2dns run` up, in mode halted, so nothing is lost: once the cause
+//! is fixed, `pg2dns resume` goes on (`--exit-on-halt` exits non-zero instead).
 
 use pg2dns_decoder::mapping::MapError;
 use pg2dns_decoder::Lsn;

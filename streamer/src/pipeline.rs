@@ -366,7 +366,8 @@ pub struct Pipeline<'c> {
 }
 
 /// Runs sessions until shutdown; transient failures are retried with
-/// backoff, a halt ends the run with the error (its hint logged).
+/// backoff; a halt leaves the service up, halted, until `pg2dns resume` (or
+/// exits with the error under `--exit-on-halt`).
 pub async fn run(
     mut config: Config,
     mut shutdown: watch::Receiver<bool>,

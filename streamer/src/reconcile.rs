@@ -624,7 +624,7 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
     }
     let mut store = Store::connect(&config.database).await?;
     // A running service is brought to the snapshot's exact point and held
-    // there while the zones are transferred (DESIGN §4).
+    // there while the zones are transferred (docs/design.md §4).
     let frozen = freeze(&store, config).await?;
     let snapshot = frozen.as_ref().map(|f| f.snapshot.name.as_str());
     let mut result = compare(config, options, &mut store, &selected, snapshot).await;

@@ -1,5 +1,5 @@
 //! The replication connection, behind a small trait so the transport can be
-//! replaced (and mocked).
+//! replaced (one implementation today, used directly by the pipeline).
 //!
 //! Why `pgwire-replication`: its background worker answers the server's
 //! keepalives and keeps sending status updates even while pg2dns waits for a
@@ -189,7 +189,7 @@ fn replication_config(db: &DatabaseConfig, start: Lsn) -> ReplicationConfig {
 
 /// A snapshot exported by a temporary logical slot: the database exactly as
 /// of `lsn` ("a transaction is visible in the snapshot iff its Begin
-/// final_lsn < L", DESIGN §4). Usable with `SET TRANSACTION SNAPSHOT` while
+/// final_lsn < L", docs/design.md §4). Usable with `SET TRANSACTION SNAPSHOT` while
 /// this value lives and sends nothing else on its session; dropping it ends
 /// the session and the temporary slot with it.
 pub struct ExportedSnapshot {

@@ -1,6 +1,6 @@
 //! Durable state in PostgreSQL: row state, rejected rows and the progress LSN.
 //!
-//! Why one long transaction: the row state of DESIGN §4 (the records each
+//! Why one long transaction: the row state of docs/design.md §4 (the records each
 //! source row contributed) must change in the same transaction as the
 //! progress LSN, or a crash between the two would make a replay compute the
 //! wrong deletes. pg2dns therefore keeps one transaction open on its SQL

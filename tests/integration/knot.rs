@@ -4,7 +4,7 @@
 //! `on_knot` tests of the other modules.)
 //!
 //! Knot answers NOTAUTH without a TSIG record for a zone it does not serve,
-//! and BADSIG/BADKEY unsigned (see shared/notes/dns-servers.md).
+//! and BADSIG/BADKEY unsigned (see docs/notes/dns-servers.md §3).
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! large transaction and a burst of small ones, on BIND and on Knot.
 //!
 //! Knot differs from BIND where it matters to these scenarios (see
-//! shared/notes/dns-servers.md): it ignores re-adding an existing record
+//! docs/notes/dns-servers.md §3): it ignores re-adding an existing record
 //! with another TTL (BIND retimes the RRset), and it merges the UPDATEs
 //! queued for a zone into one transaction.
 

@@ -46,7 +46,7 @@
 //! clock in Other Data; it is verified, then reported as
 //! [`TsigError::BadTime`] with both clocks.
 //!
-//! Measured against BIND 9.18 and Knot 3.2 (see `shared/notes/dns-servers.md`):
+//! Measured against BIND 9.18 and Knot 3.2 (see `docs/notes/dns-servers.md` §3):
 //! Knot answers NOTAUTH *without* any TSIG record for a zone it does not serve;
 //! that is [`TsigError::Unsigned`], which keeps the RCODE.
 //!

@@ -1,7 +1,7 @@
 //! The one way tests wait: ask a condition again and again, with a deadline.
 //!
-//! Nothing in the tests sleeps for a guessed time and then looks: a test
-//! states what it waits for, [`wait_until`] asks every [`POLL_INTERVAL`]
+//! A test should not sleep for a guessed time and then look (a few still do;
+//! move them here): it states what it waits for, [`wait_until`] asks every [`POLL_INTERVAL`]
 //! until it holds, and on timeout the error says what was awaited and what
 //! was seen last.
 
