@@ -125,7 +125,7 @@ class Pg2dns:
                 f.write(f'[[zone]]\nname = "{zone}"\nprimary = "127.0.0.1:{bind.port}"\n'
                         f'tsig_key_file = "{bind.key_file}"\n')
             # The workload deletes whole batches of hosts on purpose: the
-            # mass-delete guard would hold them (README "The mass-delete guard").
+            # mass-delete guard would hold them (docs/operations.md, "The mass-delete guard").
             f.write("[guard]\nmax_delete_share = 1.0\n")
         self.log = os.path.join(root, "pg2dns.log")
         self.env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))

@@ -1,6 +1,6 @@
 //! The admin commands: `pg2dns pause`, `resume` and `status`. They need only
 //! an SQL login allowed to run `pg2dns.pause()`/`pg2dns.resume()` and read
-//! `pg2dns.status` (see README, "Admin commands").
+//! `pg2dns.status` (see docs/operations.md, "Admin commands").
 
 use std::time::Duration;
 

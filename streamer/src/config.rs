@@ -132,7 +132,7 @@ fn default_true() -> bool {
 }
 
 /// One `[[source]]` table: a table of the application's and how its rows
-/// become records (see README "Sources").
+/// become records (see docs/sources.md).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SourceTableSpec {

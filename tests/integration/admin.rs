@@ -509,7 +509,7 @@ async fn status_shows_each_zones_serial_and_in_flight_and_lag_grows_while_bind_i
     // and the slot confirms every change. (The bytes between the slot and
     // the server's WAL end settle at the size of pg2dns's own last
     // bookkeeping commit, which the server reports only in its next
-    // keepalive: README, "Status".)
+    // keepalive: docs/operations.md, "Status".)
     let confirmed = |s: &serde_json::Value| {
         s["confirmed_flush_lsn"]
             .as_str()

@@ -468,7 +468,7 @@ fn exact_byte_cases() -> Vec<Case> {
 enum NameCase {
     /// Byte for byte.
     AsSent,
-    /// pg2dns publishes names lower-case (the README says so: DNS compares
+    /// pg2dns publishes names lower-case (docs/sources.md says so: DNS compares
     /// names without case, and BIND treats both spellings as one record, so
     /// two rows differing only in case must be one record to pg2dns too).
     Lower,

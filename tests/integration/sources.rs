@@ -745,7 +745,7 @@ async fn a_partitioned_source_table_publishes_the_rows_of_every_partition() -> R
 
     // A TRUNCATE of the partitioned table empties every partition, and
     // comes as the table's own (a TRUNCATE of one partition alone is not
-    // published at all: see the README).
+    // published at all: see docs/sources.md).
     stack.exec("TRUNCATE ipam.hosts").await?;
     stack
         .exec("INSERT INTO ipam.hosts (id, name, address, status, vrf) VALUES (300, 'probe.example.test', '192.0.2.9/24', 'active', 'blue')")

@@ -146,7 +146,7 @@ impl Postgres {
         pg.wait_ready().await?;
         if options.tls {
             // The role creates pg2dns's schema, tables, publication and slot
-            // itself (`pg2dns setup`), as README's least-privilege set-up does.
+            // itself (`pg2dns setup`), as the least-privilege role of docs/setup.md does.
             pg.connect()
                 .await?
                 .batch_execute(&format!(
