@@ -39,7 +39,8 @@ demo_pace() {
 
 # demo_fail MESSAGE: names the step and exits non-zero.
 demo_fail() {
-    printf '%sdemo failed at "%s": %s%s\n' "$DEMO_RED" "${DEMO_STEP:-start}" "$1" "$DEMO_OFF" >&2
+    DEMO_FAILED=$(printf 'demo failed at "%s": %s' "${DEMO_STEP:-start}" "$1")
+    printf '%s%s%s\n' "$DEMO_RED" "$DEMO_FAILED" "$DEMO_OFF" >&2
     exit 1
 }
 
