@@ -31,7 +31,7 @@ demo_pace() {
         return 0
     fi
     if [[ -t 0 && -t 1 ]]; then
-        read -r -s -t "$DEMO_PACE" || true
+        read -r -t "$DEMO_PACE" || true
     else
         sleep "$DEMO_PACE"
     fi
