@@ -47,8 +47,7 @@ max_replication_slots = 10
 max_wal_senders = 10
 CONF
     pg2dns_as_pg pg_ctl -D "$dir/data" -l "$dir/postgres.log" -W start >/dev/null
-    local i
-    for i in $(seq 1 300); do
+    for _ in $(seq 1 300); do
         if pg2dns_as_pg pg_isready -q -h 127.0.0.1 -p "$port" -U postgres -t 1; then
             return 0
         fi
@@ -87,7 +86,9 @@ pg2dns_start_named() {
     local dir="$1/bind" port="$2"
     shift 2
     mkdir -p "$dir"
-    tsig-keygen -a hmac-sha256 pg2dns-key >"$dir/tsig.key"
+    # Readable by its owner only (named runs as the same user), so that
+    # pg2dns has no reason to warn about it.
+    (umask 077 && tsig-keygen -a hmac-sha256 pg2dns-key >"$dir/tsig.key")
     cat >"$dir/named.conf" <<CONF
 include "$dir/tsig.key";
 options {
@@ -118,9 +119,8 @@ CONF
     echo "starting named on 127.0.0.1:$port" >&2
     "$(pg2dns_named_binary "$dir")" -g -n 1 -c "$dir/named.conf" >"$dir/named.log" 2>&1 &
     echo $! >"$dir/named.bgpid"
-    local i
     for zone in "$@"; do
-        for i in $(seq 1 300); do
+        for _ in $(seq 1 300); do
             if dig +short +time=1 +tries=1 SOA "$zone" @127.0.0.1 -p "$port" | grep -q hostmaster; then
                 continue 2
             fi
