@@ -55,6 +55,7 @@ mod harness_selftest;
 mod isolation;
 mod knot;
 mod outages;
+mod primaries;
 mod reconcile;
 mod rejected;
 mod replication;
