@@ -62,7 +62,8 @@ async fn a_latin1_database_is_set_up_and_its_accented_text_reaches_dns_as_utf8()
     stack
         .exec(
             "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES \
-             ('cafe.example.test.', 300, 'TXT', '\"café\" \"über\"')",
+             ('cafe.example.test.', 300, 'TXT', '\"café\" \"über\"'), \
+             ('münchen.example.test.', 300, 'TXT', '\"ß\"')",
         )
         .await?;
     let stored: i32 = stack
@@ -74,13 +75,18 @@ async fn a_latin1_database_is_set_up_and_its_accented_text_reaches_dns_as_utf8()
         .await?
         .get(0);
     ensure!(stored == 13, "the LATIN1 text takes {stored} bytes, not 13");
-    // ... and published as UTF-8 (é = 195 169, ü = 195 188).
-    let expected = forward_zone(&[Record::new(
-        "cafe.example.test.",
-        300,
-        "TXT",
-        r#""caf\195\169" "\195\188ber""#,
-    )]);
+    // ... and published as UTF-8 (é = 195 169, ü = 195 188, ß = 195 159),
+    // in owner names too: a label's characters become their UTF-8 bytes (not
+    // IDNA's xn--), as `\DDD` in presentation form.
+    let expected = forward_zone(&[
+        Record::new(
+            "cafe.example.test.",
+            300,
+            "TXT",
+            r#""caf\195\169" "\195\188ber""#,
+        ),
+        Record::new(r"m\195\188nchen.example.test.", 300, "TXT", r#""\195\159""#),
+    ]);
     stack.wait_until_dns_equals(&expected, DNS_DEADLINE).await?;
     reconcile_finds_no_difference(&stack).await?;
     pg2dns.assert_running()?;
@@ -122,7 +128,7 @@ async fn an_euc_jp_database_sends_japanese_text_as_utf8() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sql_ascii_database_passes_utf8_bytes_and_halts_before_bytes_that_are_not_utf8(
+async fn a_sql_ascii_database_passes_utf8_bytes_and_halts_before_bytes_that_are_not_utf8_until_the_row_is_corrected(
 ) -> Result<()> {
     let stack =
         Stack::start_in_database("enc-sqlascii", Primary::Bind, &database_in("SQL_ASCII")).await?;
@@ -177,5 +183,38 @@ async fn a_sql_ascii_database_passes_utf8_bytes_and_halts_before_bytes_that_are_
         confirmed <= before,
         "confirmed_flush_lsn {confirmed} moved past the unsent transaction after {before}"
     );
+
+    // The way out the hint gives: correct the row, advance the slot past
+    // the old transaction, accept the gap, reconcile; then the stream goes
+    // on.
+    stack
+        .exec(
+            "UPDATE pg2dns.rr SET rdata = '\"café\"' WHERE owner = 'latin1.example.test.'; \
+             SELECT pg_replication_slot_advance('pg2dns', pg_current_wal_lsn());",
+        )
+        .await?;
+    stack.admin(&["setup", "--accept-gap"]).await?;
+    let output = stack.reconcile(&["--apply"], &[]).await?;
+    ensure!(
+        output.status.code() != Some(2),
+        "reconcile --apply failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES \
+             ('later.example.test.', 300, 'TXT', '\"ü\"')",
+        )
+        .await?;
+    let expected = forward_zone(&[
+        Record::new("utf8.example.test.", 300, "TXT", r#""caf\195\169""#),
+        Record::new("latin1.example.test.", 300, "TXT", r#""caf\195\169""#),
+        Record::new("after.example.test.", 300, "TXT", r#""next""#),
+        Record::new("later.example.test.", 300, "TXT", r#""\195\188""#),
+    ]);
+    stack.wait_until_dns_equals(&expected, DNS_DEADLINE).await?;
+    reconcile_finds_no_difference(&stack).await?;
     Ok(())
 }
