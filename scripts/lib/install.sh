@@ -22,11 +22,13 @@ pg2dns_have() {
     command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]
 }
 
-# Installs PostgreSQL, BIND, its tools, Knot and openssl (the TLS tests make
-# their certificates with it) if any of them is missing.
+# Installs PostgreSQL, BIND, its tools, Knot, PowerDNS with its SQLite
+# backend and openssl (the TLS tests make their certificates with it) if any
+# of them is missing.
 pg2dns_install_servers() {
     local missing=()
     [[ -n "$(pg2dns_pg_bin)" ]] || missing+=(initdb)
+    [[ -e /usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql ]] || missing+=(pdns-backend-sqlite3)
     local tool
     for tool in named dig nsupdate tsig-keygen knotd kdig pdns_server pdnsutil sqlite3 psql openssl; do
         pg2dns_have "$tool" || missing+=("$tool")
