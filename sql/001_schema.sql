@@ -1,7 +1,7 @@
 -- pg2dns schema, version 1.
 --
 -- Installed by `pg2dns setup`; every statement is idempotent, so running setup
--- again is harmless. Later versions add files 002_*.sql, … and record
+-- again is harmless. Later versions add files 002_*.sql, ... and record
 -- themselves in pg2dns.schema_version.
 
 CREATE SCHEMA IF NOT EXISTS pg2dns;
@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS pg2dns.rr (
     CONSTRAINT rr_owner_type_rdata_key UNIQUE (owner, type, rdata)
 );
 
--- Row state (docs/design.md §4): the records each source row contributed, as last
+-- Row state (docs/design.md section 4): the records each source row contributed, as last
 -- sent to DNS. Under REPLICA IDENTITY DEFAULT a DELETE carries only the key,
 -- so this is how pg2dns knows what to delete. A record leaves DNS only when
 -- the last row contributing it goes: the number of rows contributing a record

@@ -8,7 +8,7 @@
 -- database never touch each other's state; `pg2dns setup` converts the
 -- version 1 rows and drops the old table.
 
--- Row state (docs/design.md §4): the records each source row contributes, as last
+-- Row state (docs/design.md section 4): the records each source row contributes, as last
 -- sent to DNS. A record leaves DNS only when the last row contributing it
 -- goes: the rows here with its (slot, zone, owner, rtype, rdata).
 -- Written in the same transaction as pg2dns.progress.

@@ -1,7 +1,7 @@
 -- pg2dns schema, version 3: the control plane (pause, resume, status).
 --
 -- Admin commands need only database access, so PostgreSQL roles decide who
--- may pause or resume (docs/design.md §5). A pause is a row of pg2dns.control: the
+-- may pause or resume (docs/design.md section 5). A pause is a row of pg2dns.control: the
 -- table is in pg2dns's publication, so the running service sees the pause in
 -- the replication stream, in commit order, and stops exactly after the
 -- transaction that wrote it. Only roles that may execute pg2dns.pause() (or

@@ -17,7 +17,7 @@
 --
 -- What changes for an application: a duplicate row is refused with SQLSTATE
 -- 23P01 (exclusion_violation) instead of 23505 (unique_violation);
--- `INSERT … ON CONFLICT DO NOTHING` still works, `ON CONFLICT (owner, type,
+-- `INSERT ... ON CONFLICT DO NOTHING` still works, `ON CONFLICT (owner, type,
 -- rdata)` (a conflict target) does not.
 
 -- A composite type, because an index cannot hold an anonymous ROW().

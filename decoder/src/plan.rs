@@ -218,7 +218,7 @@ pub enum Refusal {
         rule: String,
     },
     /// An MX, SRV or NS pointing at a name that is an alias.
-    #[error("the {rtype} record of {owner} points at {target}, which is a CNAME; RFC 2181 §10.3 says such a target must not be an alias (BIND warns or refuses, resolvers may ignore it)")]
+    #[error("the {rtype} record of {owner} points at {target}, which is a CNAME; RFC 2181 section 10.3 says such a target must not be an alias (BIND warns or refuses, resolvers may ignore it)")]
     TargetIsAlias {
         /// The owner.
         owner: Owner,

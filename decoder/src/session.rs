@@ -195,7 +195,7 @@ impl Rcode {
             2 => "the server failed; pg2dns retries",
             3 | 6..=8 => "a prerequisite failed; check that nothing else edits the zone",
             4 => "the server does not implement dynamic UPDATE",
-            5 => "the server refuses this update: check allow-update/update-policy for this key and zone, check-names, and whether the zone is frozen (BIND: rndc thaw) or not dynamic",
+            5 => "the server refuses this update: check allow-update/update-policy for this key and zone (PowerDNS: TSIG-ALLOW-DNSUPDATE, and that it holds the same secret, as it answers a bad signature with REFUSED), check-names, and whether the zone is frozen (BIND: rndc thaw) or not dynamic",
             9 => "the server is not authoritative for this zone or did not accept the key: check the zone name and primary address",
             10 => "a record is outside the zone: check the zone configuration",
             _ => "see the server's log",

@@ -38,7 +38,7 @@
 use crate::name::Name;
 use crate::rdata::RType;
 use crate::records::{Owner, Rdata, Record, ZoneName};
-use crate::HashMap;
+use crate::{HashMap, HashSet};
 
 /// Largest DNS message: the TCP length prefix has 16 bits.
 pub const MAX_MESSAGE_BYTES: usize = 65_535;
@@ -288,11 +288,22 @@ pub enum PushError {
 
 /// Fills one UPDATE message for one zone with whole owner groups, keeping an
 /// upper bound of its encoded size.
+///
+/// A message never holds a delete at an owner after an add at that owner
+/// (two groups of one owner, from two coalesced transactions): such a group
+/// starts the next message instead ([`PushError::Full`]). RFC 2136 §3.4.2
+/// has the server apply the Update section in order, but PowerDNS 4 applies
+/// every delete of a message first, then the adds (`rfc2136handler.cc`), so
+/// "add X" then "delete X" in one message leaves X in its zone, and a CNAME
+/// and another type both added at one name are refused with FORMERR.
+/// Within one group deletes already come first ([`group_by_owner`]).
 #[derive(Clone, Debug)]
 pub struct Packer {
     zone: ZoneName,
     budget: Budget,
     groups: Vec<OwnerGroup>,
+    /// The owners the current message adds records at.
+    added: HashSet<Owner>,
     ops: usize,
     /// Upper bound of the encoded, unsigned message.
     size: usize,
@@ -306,6 +317,7 @@ impl Packer {
             zone,
             budget,
             groups: Vec::new(),
+            added: HashSet::default(),
             ops: 0,
             size,
         }
@@ -325,17 +337,23 @@ impl Packer {
                 budget: limit,
             });
         }
+        let deletes_after_add =
+            self.added.contains(&group.owner) && group.ops.iter().any(UpdateOp::is_delete);
         let added = group_size(&self.zone, &group, self.size);
-        if self
-            .size
-            .saturating_add(added)
-            .saturating_add(self.budget.tsig_record_len)
-            > limit
+        if deletes_after_add
+            || self
+                .size
+                .saturating_add(added)
+                .saturating_add(self.budget.tsig_record_len)
+                > limit
         {
             return Err(PushError::Full(group));
         }
         self.size += added;
         self.ops += group.ops.len();
+        if group.ops.iter().any(|op| !op.is_delete()) {
+            self.added.insert(group.owner.clone());
+        }
         self.groups.push(group);
         Ok(())
     }
@@ -371,6 +389,7 @@ impl Packer {
     pub fn take_groups(&mut self) -> Vec<OwnerGroup> {
         self.size = base_size(&self.zone);
         self.ops = 0;
+        self.added.clear();
         std::mem::take(&mut self.groups)
     }
 }
@@ -660,7 +679,8 @@ mod tests {
         assert!(wire.len() <= estimate(&ops));
     }
 
-    /// The packer's bound for `ops` as one group each.
+    /// The packer's bound for `ops`, grouped by owner (a packer takes no
+    /// delete after an add at one owner, which `ops` may have).
     fn estimate(ops: &[UpdateOp]) -> usize {
         let mut packer = Packer::new(
             zone(),
@@ -669,13 +689,8 @@ mod tests {
                 tsig_record_len: 0,
             },
         );
-        for op in ops {
-            packer
-                .try_push(OwnerGroup {
-                    owner: op.owner().clone(),
-                    ops: vec![op.clone()],
-                })
-                .unwrap();
+        for group in group_by_owner(ops.to_vec()) {
+            packer.try_push(group).unwrap();
         }
         packer.estimated_size()
     }
@@ -763,6 +778,37 @@ mod tests {
         assert_eq!(packer.take().len(), 3);
         packer.try_push(fourth).unwrap();
         assert_eq!(packer.len(), 1);
+    }
+
+    #[test]
+    fn a_delete_after_an_add_at_the_same_owner_starts_a_new_message() {
+        let budget = Budget {
+            max_message_bytes: 65_535,
+            tsig_record_len: 81,
+        };
+        let mut packer = Packer::new(zone(), budget);
+        let added = group_by_owner(vec![add("b2.example.test.", "A", "192.0.2.3")]).remove(0);
+        packer.try_push(added).unwrap();
+        // Adds elsewhere and more adds at the owner still fit.
+        packer
+            .try_push(group_by_owner(vec![add("b3.example.test.", "A", "192.0.2.4")]).remove(0))
+            .unwrap();
+        packer
+            .try_push(group_by_owner(vec![add("b2.example.test.", "TXT", "\"x\"")]).remove(0))
+            .unwrap();
+        let deleted = group_by_owner(vec![delete("b2.example.test.", "A", "192.0.2.3")]).remove(0);
+        assert_eq!(
+            packer.try_push(deleted.clone()),
+            Err(PushError::Full(deleted.clone())),
+            "PowerDNS would apply the delete before the add"
+        );
+        assert_eq!(packer.take().len(), 3);
+        packer.try_push(deleted).unwrap();
+        // A message that only deleted at the owner may add there after.
+        packer
+            .try_push(group_by_owner(vec![add("b2.example.test.", "A", "192.0.2.5")]).remove(0))
+            .unwrap();
+        assert_eq!(packer.len(), 2);
     }
 
     #[test]

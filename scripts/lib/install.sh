@@ -22,13 +22,15 @@ pg2dns_have() {
     command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]
 }
 
-# Installs PostgreSQL, BIND, its tools, Knot and openssl (the TLS tests make
-# their certificates with it) if any of them is missing.
+# Installs PostgreSQL, BIND, its tools, Knot, PowerDNS with its SQLite
+# backend and openssl (the TLS tests make their certificates with it) if any
+# of them is missing.
 pg2dns_install_servers() {
     local missing=()
     [[ -n "$(pg2dns_pg_bin)" ]] || missing+=(initdb)
+    [[ -e /usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql ]] || missing+=(pdns-backend-sqlite3)
     local tool
-    for tool in named dig nsupdate tsig-keygen knotd kdig psql openssl; do
+    for tool in named dig nsupdate tsig-keygen knotd kdig pdns_server pdnsutil sqlite3 psql openssl; do
         pg2dns_have "$tool" || missing+=("$tool")
     done
     if ((${#missing[@]} == 0)); then
@@ -38,20 +40,25 @@ pg2dns_install_servers() {
     local sudo=()
     if [[ $(id -u) -ne 0 ]]; then
         if ! command -v sudo >/dev/null 2>&1; then
-            echo "not root and no sudo: install postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils openssl yourself" >&2
+            echo "not root and no sudo: install postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils pdns-server pdns-backend-sqlite3 sqlite3 openssl yourself" >&2
             return 1
         fi
         sudo=(sudo)
     fi
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "no apt-get: install PostgreSQL (15 or newer), BIND 9 (named, dig, nsupdate, tsig-keygen) and Knot yourself" >&2
+        echo "no apt-get: install PostgreSQL (15 or newer), BIND 9 (named, dig, nsupdate, tsig-keygen), Knot and PowerDNS yourself" >&2
         return 1
     fi
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
     # The postgresql package may start a cluster on port 5432: harmless, the
-    # tests and the demo run their own servers on free loopback ports.
+    # tests and the demo run their own servers on free loopback ports. The
+    # pdns-server package may start a pdns service on port 53: stopped below.
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils openssl
+        postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils \
+        pdns-server pdns-backend-sqlite3 sqlite3 openssl
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet pdns 2>/dev/null; then
+        "${sudo[@]}" systemctl disable --now pdns || true
+    fi
 }
 
 # Whether python3 has dnspython 2.4 or newer (the presentation-format oracle;

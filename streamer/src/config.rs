@@ -558,13 +558,140 @@ impl DatabaseConfig {
     }
 }
 
+/// A zone's `primary` as written: an IP address or a host name, and a port
+/// (53 when none is given). Forms: `192.0.2.53`, `192.0.2.53:5353`,
+/// `2001:db8::53`, `[2001:db8::53]:5353`, `ns1.example.net`,
+/// `ns1.example.net:5353`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryAddr {
+    host: String,
+    port: u16,
+}
+
+impl PrimaryAddr {
+    /// The DNS port, used when `primary` names none.
+    pub const DEFAULT_PORT: u16 = 53;
+
+    /// Parses a `primary` value; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<PrimaryAddr, String> {
+        let text = text.trim();
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(PrimaryAddr {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            });
+        }
+        if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+            return Ok(PrimaryAddr {
+                host: ip.to_string(),
+                port: Self::DEFAULT_PORT,
+            });
+        }
+        if let Some(v6) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            let ip: std::net::Ipv6Addr = v6
+                .parse()
+                .map_err(|_| format!("{v6:?} is not an IPv6 address"))?;
+            return Ok(PrimaryAddr {
+                host: ip.to_string(),
+                port: Self::DEFAULT_PORT,
+            });
+        }
+        let (host, port) = match text.rsplit_once(':') {
+            Some((host, port)) => {
+                let port: u16 = port
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{port:?} is not a port from 1 to 65535"))?;
+                (host, port)
+            }
+            None => (text, Self::DEFAULT_PORT),
+        };
+        let host = host.trim_end_matches('.');
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            return Err(format!("{host:?} is not an IP address or a host name"));
+        }
+        Ok(PrimaryAddr {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// The host: an IP address or a name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The addresses to try, in order: the IP address, or what the system
+    /// resolver gives for the name (asked anew on every call, so a
+    /// reconnect follows a changed name).
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, self.port)]);
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} has no address", self.host),
+            ));
+        }
+        Ok(addrs)
+    }
+
+    /// [`PrimaryAddr::resolve`] for start-up, outside the runtime.
+    fn resolve_blocking(&self) -> std::io::Result<SocketAddr> {
+        use std::net::ToSocketAddrs;
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{} has no address", self.host),
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for PrimaryAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// One zone and how to update it.
 #[derive(Debug, Clone)]
 pub struct ZoneConfig {
     /// The zone apex.
     pub name: ZoneName,
-    /// The primary server's address.
+    /// The primary server's address, resolved when the config was read.
     pub primary: SocketAddr,
+    /// The primary as configured (a name is resolved again on reconnect).
+    pub primary_addr: PrimaryAddr,
     /// The TSIG key (secret redacted in `Debug`).
     pub key: TsigKey,
     /// The file the key came from.
@@ -675,10 +802,17 @@ impl Config {
             if zones.iter().any(|o| o.name == name) {
                 return Err(invalid(format!("zone {name} is configured twice")));
             }
-            let primary: SocketAddr = z.primary.parse().map_err(|_| {
+            let primary_addr = PrimaryAddr::parse(&z.primary).map_err(|e| {
                 invalid(format!(
-                    "zone {name}: primary = {:?} is not an address:port such as \"192.0.2.53:53\"",
+                    "zone {name}: primary = {:?}: {e}; use an address or host name, with :port unless it is 53 (\"192.0.2.53\", \"[2001:db8::53]:5353\", \"ns1.example.net\")",
                     z.primary
+                ))
+            })?;
+            let primary = primary_addr.resolve_blocking().map_err(|e| {
+                invalid(format!(
+                    "zone {name}: primary = {:?}: cannot resolve {}: {e}",
+                    z.primary,
+                    primary_addr.host()
                 ))
             })?;
             let key_file = if z.tsig_key_file.is_absolute() {
@@ -740,6 +874,7 @@ impl Config {
                 },
                 name,
                 primary,
+                primary_addr,
                 key,
                 key_file,
                 check_names: match z.check_names {
@@ -959,6 +1094,51 @@ tsig_key_file = "k.key"
         let err =
             with_key_file(&GOOD.replace("[database]", "[database]\nslto = \"x\"")).unwrap_err();
         assert!(format!("{:?}", err).contains("slto"), "{err:?}");
+    }
+
+    #[test]
+    fn a_primary_is_an_address_or_a_host_name_with_port_53_by_default() {
+        let parsed = |text: &str| PrimaryAddr::parse(text).map(|p| p.to_string());
+        assert_eq!(parsed("192.0.2.53"), Ok("192.0.2.53:53".into()));
+        assert_eq!(parsed("192.0.2.53:5353"), Ok("192.0.2.53:5353".into()));
+        assert_eq!(parsed("2001:db8::53"), Ok("[2001:db8::53]:53".into()));
+        assert_eq!(parsed("[2001:db8::53]"), Ok("[2001:db8::53]:53".into()));
+        assert_eq!(
+            parsed("[2001:db8::53]:5353"),
+            Ok("[2001:db8::53]:5353".into())
+        );
+        assert_eq!(parsed("NS1.Example.net"), Ok("ns1.example.net:53".into()));
+        assert_eq!(
+            parsed("ns1.example.net.:5353"),
+            Ok("ns1.example.net:5353".into())
+        );
+        assert_eq!(parsed("localhost"), Ok("localhost:53".into()));
+        for bad in [
+            "",
+            "ns1:0",
+            "ns1:99999",
+            "ns1:x",
+            "[ns1]:53",
+            "ns 1",
+            "a..b",
+            "http://ns1",
+        ] {
+            assert!(parsed(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_host_name_primary_is_resolved_when_the_config_is_read() {
+        let c = with_key_file(&GOOD.replace("127.0.0.1:5353", "localhost:5353")).unwrap();
+        assert_eq!(c.zones[0].primary_addr.to_string(), "localhost:5353");
+        assert_eq!(c.zones[0].primary.port(), 5353);
+        assert!(
+            c.zones[0].primary.ip().is_loopback(),
+            "{}",
+            c.zones[0].primary
+        );
+        let c = with_key_file(&GOOD.replace("127.0.0.1:5353", "127.0.0.1")).unwrap();
+        assert_eq!(c.zones[0].primary.to_string(), "127.0.0.1:53");
     }
 
     #[test]

@@ -194,6 +194,10 @@ impl RunError {
 /// The hint of a TLS failure that retrying cannot fix.
 const TLS_HINT: &str = "the TLS connection to PostgreSQL failed: check sslmode and sslrootcert in [database].url (the CA file must hold the CA that signed the server's certificate; verify-full also needs the URL's host named in the certificate) and the server's ssl settings";
 
+/// The hint when PostgreSQL cannot convert a value to UTF-8 for pg2dns
+/// (which always asks for `client_encoding = UTF8`).
+const ENCODING_HINT: &str = "a value in the database is not valid in UTF-8 (a SQL_ASCII database stores bytes unchecked) and PostgreSQL refuses to send it to pg2dns; nothing from that transaction on was sent. Correct the row to UTF-8, then skip the old transaction, which the slot still holds: SELECT pg_replication_slot_advance('<slot>', pg_current_wal_lsn()); then `pg2dns setup --accept-gap -c <config>` and `pg2dns reconcile --apply -c <config>`";
+
 /// What a SQLSTATE means for pg2dns.
 fn sql_disposition(code: &str) -> Disposition {
     let halt = |hint: &str| Disposition::Halt { hint: hint.into() };
@@ -205,6 +209,8 @@ fn sql_disposition(code: &str) -> Disposition {
         c if c == SqlState::INSUFFICIENT_PRIVILEGE.code() => halt("grant the pg2dns role the REPLICATION attribute and access to the pg2dns schema and the source tables"),
         c if c.starts_with("28") => halt("the database refused pg2dns's credentials: check the user and password in [database].url"),
         c if c == SqlState::PROGRAM_LIMIT_EXCEEDED.code() => halt("a value exceeded a PostgreSQL limit in pg2dns's own tables; report it as a pg2dns bug with the row"),
+        c if c == SqlState::CHARACTER_NOT_IN_REPERTOIRE.code() => halt(ENCODING_HINT),
+        c if c == SqlState::UNTRANSLATABLE_CHARACTER.code() => halt("a character has no equivalent in the database's encoding or in UTF-8; pg2dns's own messages are ASCII, so if it was writing one (a rejection, the status), report it as a pg2dns bug with this message"),
         c if ["08", "57", "53", "40", "58"].contains(&c.get(..2).unwrap_or("")) => Disposition::Retry,
         c if c == SqlState::CANNOT_CONNECT_NOW.code() => Disposition::Retry,
         _ => halt("an unexpected database error; see the cause"),
@@ -226,7 +232,7 @@ mod tests {
         assert_eq!(sql_disposition("57P01"), Disposition::Retry);
         assert_eq!(sql_disposition("55006"), Disposition::Retry);
         for code in [
-            "42P01", "42704", "55000", "42501", "28P01", "54000", "22P02",
+            "42P01", "42704", "55000", "42501", "28P01", "54000", "22P02", "22021", "22P05",
         ] {
             assert!(
                 matches!(sql_disposition(code), Disposition::Halt { .. }),

@@ -166,9 +166,13 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 config.database.publication
             );
             for z in &config.zones {
+                let primary = match z.primary_addr.to_string() {
+                    written if written == z.primary.to_string() => written,
+                    written => format!("{written} ({})", z.primary),
+                };
                 println!(
-                    "  zone {} → {} with key {} ({})",
-                    z.name, z.primary, z.key.name, z.key.algorithm
+                    "  zone {} → {primary} with key {} ({})",
+                    z.name, z.key.name, z.key.algorithm
                 );
             }
             let zones = config.zones();

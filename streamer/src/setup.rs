@@ -314,3 +314,24 @@ async fn convert_v1_state(store: &Store, config: &Config) -> Result<u64, StoreEr
     info!(converted, "row state converted from schema version 1");
     Ok(converted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SCHEMA;
+
+    /// The schema files are sent as they are, in the client encoding UTF8,
+    /// which PostgreSQL converts to the database's encoding: a character
+    /// that encoding lacks (LATIN1 has no `…`) fails `setup`. ASCII converts
+    /// to every server encoding.
+    #[test]
+    fn every_schema_file_is_pure_ascii() {
+        for (version, text) in SCHEMA {
+            if let Some((line, _)) = text.lines().enumerate().find(|(_, line)| !line.is_ascii()) {
+                panic!(
+                    "sql file of schema version {version} has a non-ASCII character on line {}",
+                    line + 1
+                );
+            }
+        }
+    }
+}

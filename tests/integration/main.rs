@@ -1,11 +1,11 @@
-//! Integration tests for pg2dns: real PostgreSQL, BIND, Knot and pg2dns
-//! processes.
+//! Integration tests for pg2dns: real PostgreSQL, BIND, Knot, PowerDNS and
+//! pg2dns processes.
 //!
 //! One test binary (built as part of the `pg2dns` package, so cargo builds
 //! the binary under test first) with one module per scenario group. Every
 //! test starts its own servers on free loopback ports in its own temporary
-//! directory, so tests run in parallel. PostgreSQL 15 (or newer), BIND 9 and
-//! Knot 3 must be installed: `scripts/test` installs them on Debian. A missing
+//! directory, so tests run in parallel. PostgreSQL 15 (or newer), BIND 9,
+//! Knot 3 and PowerDNS 4 (with its SQLite backend) must be installed: `scripts/test` installs them on Debian. A missing
 //! server is a failure, never a skip.
 //!
 //! Every assertion is about what the servers answer: an AXFR of each zone
@@ -16,14 +16,17 @@
 //! A behaviour that does not depend on the DNS server is a scenario
 //! function taking the [`harness::Primary`], run once per server by
 //! [`on_each_primary!`]: `streaming::on_bind::a_deleted_row_leaves_dns` and
-//! `streaming::on_knot::a_deleted_row_leaves_dns` are one scenario.
+//! `streaming::on_knot::a_deleted_row_leaves_dns` (and `on_powerdns`) are
+//! one scenario.
 
 /// For each scenario `async fn NAME(primary: Primary) -> Result<()>` of the
-/// calling module, a test `on_bind::NAME` and a test `on_knot::NAME`.
+/// calling module, a test `on_bind::NAME`, `on_knot::NAME` and
+/// `on_powerdns::NAME`.
 macro_rules! on_each_primary {
     ($($scenario:ident),+ $(,)?) => {
         on_each_primary!(@on on_bind, Bind, $($scenario),+);
         on_each_primary!(@on on_knot, Knot, $($scenario),+);
+        on_each_primary!(@on on_powerdns, PowerDns, $($scenario),+);
     };
     (@on $module:ident, $primary:ident, $($scenario:ident),+) => {
         /// The module's scenarios with this primary.
@@ -43,6 +46,7 @@ mod harness;
 mod admin;
 mod config;
 mod crash;
+mod encodings;
 mod faithfulness;
 mod faults;
 mod guard;
@@ -51,6 +55,7 @@ mod harness_selftest;
 mod isolation;
 mod knot;
 mod outages;
+mod primaries;
 mod reconcile;
 mod rejected;
 mod replication;

@@ -67,7 +67,10 @@ fn unix_now() -> u64 {
 /// The per-zone sender. Runs until its input closes or it halts.
 pub struct ZoneSink {
     zone: ZoneId,
+    /// The address last connected to (for logs).
     server: std::net::SocketAddr,
+    /// The primary as configured, resolved on every connect.
+    primary: crate::config::PrimaryAddr,
     session: Session,
     reports: mpsc::UnboundedSender<ZoneReport>,
 }
@@ -104,6 +107,7 @@ impl ZoneSink {
         ZoneSink {
             zone,
             server: config.primary,
+            primary: config.primary_addr.clone(),
             session,
             reports,
         }
@@ -176,7 +180,22 @@ impl ZoneSink {
             let backing_off = retry_at.is_some_and(|t| t > Instant::now());
             if conn.is_none() && self.session.wants_connection() && !backing_off {
                 retry_at = None;
-                match Connection::connect(self.server).await {
+                // A host name is resolved again (the server may have moved);
+                // its addresses are tried in turn.
+                let mut connected = Err(std::io::Error::other("no address tried"));
+                match self.primary.resolve().await {
+                    Ok(addrs) => {
+                        for addr in addrs {
+                            self.server = addr;
+                            connected = Connection::connect(addr).await;
+                            if connected.is_ok() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => connected = Err(e),
+                }
+                match connected {
                     Ok(c) => {
                         conn = Some(c);
                         self.session.on_connected(Instant::now());

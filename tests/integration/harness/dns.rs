@@ -25,7 +25,7 @@ use tokio::process::Command;
 
 use super::records::{canonical_name, parse_dig_answer, Record};
 use super::wait::{wait_until, Check};
-use super::{bind, free_port, log_tail, run, run_unchecked, tools, Bind, Knot};
+use super::{bind, free_port, log_tail, run, run_unchecked, tools, Bind, Knot, PowerDns};
 
 /// The name of the TSIG key the test servers trust.
 pub const KEY_NAME: &str = "pg2dns-test-key";
@@ -43,7 +43,8 @@ pub struct ServerConfig<'a> {
     pub key_file: &'a Path,
 }
 
-/// One DNS server program: BIND's `named` or Knot's `knotd`.
+/// One DNS server program: BIND's `named`, Knot's `knotd` or PowerDNS's
+/// `pdns_server`.
 pub trait DnsServer: fmt::Debug + Send + Sync {
     /// The program, as messages and logs name it (`named`).
     fn program(&self) -> &'static str;
@@ -54,13 +55,15 @@ pub trait DnsServer: fmt::Debug + Send + Sync {
     fn configure(&self, config: &ServerConfig<'_>) -> Result<std::process::Command>;
 }
 
-/// The servers a zone can be on; scenarios that apply to both take one.
+/// The servers a zone can be on; scenarios that apply to all take one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Primary {
     /// BIND 9 (`named`).
     Bind,
     /// Knot DNS 3 (`knotd`).
     Knot,
+    /// PowerDNS Authoritative 4 (`pdns_server`).
+    PowerDns,
 }
 
 impl Primary {
@@ -69,6 +72,7 @@ impl Primary {
         match self {
             Primary::Bind => Box::new(Bind),
             Primary::Knot => Box::new(Knot),
+            Primary::PowerDns => Box::new(PowerDns),
         }
     }
 
@@ -77,6 +81,7 @@ impl Primary {
         match self {
             Primary::Bind => "bind",
             Primary::Knot => "knot",
+            Primary::PowerDns => "powerdns",
         }
     }
 }

@@ -5,7 +5,8 @@
 //!   as the `postgres` user when the tests run as root; optionally with TLS
 //!   and a SCRAM-authenticated `pg2dns` role ([`PgOptions`], [`tls::TestCa`]);
 //! - [`Server`]: a DNS server serving TSIG-protected dynamic zones, run by
-//!   one [`DnsServer`] program: [`Bind`] or [`Knot`] (chosen by [`Primary`]);
+//!   one [`DnsServer`] program: [`Bind`], [`Knot`] or [`PowerDns`] (chosen by
+//!   [`Primary`]);
 //! - [`Pg2dns`]: one run of the `pg2dns` binary under test;
 //! - [`Stack`]: the three wired together, with the helpers scenario tests
 //!   use (SQL, AXFR-versus-table comparison);
@@ -22,6 +23,7 @@ pub mod dns;
 pub mod knot;
 pub mod pg2dns;
 pub mod postgres;
+pub mod powerdns;
 pub mod records;
 pub mod stack;
 pub mod tls;
@@ -42,6 +44,7 @@ pub use dns::{Primary, Server};
 pub use knot::Knot;
 pub use pg2dns::Pg2dns;
 pub use postgres::{PgOptions, Postgres};
+pub use powerdns::PowerDns;
 pub use records::Record;
 pub use stack::Stack;
 pub use wait::{wait_until, Check};

@@ -179,11 +179,22 @@ impl Postgres {
         )
     }
 
+    /// [`Postgres::url`] for database `dbname`.
+    pub fn url_for(&self, dbname: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{dbname}", self.port)
+    }
+
     /// A new SQL connection (its connection task runs on the current runtime).
     pub async fn connect(&self) -> Result<tokio_postgres::Client> {
-        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+        self.connect_to("postgres").await
+    }
+
+    /// [`Postgres::connect`] to database `dbname`.
+    pub async fn connect_to(&self, dbname: &str) -> Result<tokio_postgres::Client> {
+        let url = self.url_for(dbname);
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
-            .with_context(|| format!("connecting to {}", self.url()))?;
+            .with_context(|| format!("connecting to {url}"))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });

@@ -116,9 +116,35 @@ impl Stack {
         Stack::start_on(pg, dir, &[(FORWARD, primary), (REVERSE, primary)]).await
     }
 
+    /// [`Stack::start`] with pg2dns in a database of its own, made with
+    /// `CREATE DATABASE pg2dns {options}` (e.g. `ENCODING 'LATIN1' LC_COLLATE
+    /// 'C' LC_CTYPE 'C' TEMPLATE template0`); [`Stack::db`] is connected to
+    /// it.
+    pub async fn start_in_database(label: &str, primary: Primary, options: &str) -> Result<Stack> {
+        let label = format!("{label}-{}", primary.label());
+        let dir = TempDir::new(&label)?;
+        let pg = Postgres::start(dir.path()).await?;
+        pg.connect()
+            .await?
+            .batch_execute(&format!("CREATE DATABASE pg2dns {options}"))
+            .await
+            .with_context(|| format!("CREATE DATABASE pg2dns {options}"))?;
+        let zones = [(FORWARD, primary), (REVERSE, primary)];
+        Stack::start_in(pg, dir, &zones, "pg2dns").await
+    }
+
     async fn start_on(pg: Postgres, dir: TempDir, zones: &[(&str, Primary)]) -> Result<Stack> {
+        Stack::start_in(pg, dir, zones, "postgres").await
+    }
+
+    async fn start_in(
+        pg: Postgres,
+        dir: TempDir,
+        zones: &[(&str, Primary)],
+        dbname: &str,
+    ) -> Result<Stack> {
         let mut servers = Vec::new();
-        for primary in [Primary::Bind, Primary::Knot] {
+        for primary in [Primary::Bind, Primary::Knot, Primary::PowerDns] {
             let on: Vec<&str> = zones
                 .iter()
                 .filter(|(_, p)| *p == primary)
@@ -128,10 +154,10 @@ impl Stack {
                 servers.push((primary, Server::start(primary, dir.path(), &on).await?));
             }
         }
-        let db = pg.connect().await?;
+        let db = pg.connect_to(dbname).await?;
         let database_url = Mutex::new(match pg.ca() {
             Some(ca) => pg.tls_url("localhost", TLS_PASSWORD, "verify-full", &ca.ca_cert),
-            None => pg.url(),
+            None => pg.url_for(dbname),
         });
         let stack = Stack {
             db,
