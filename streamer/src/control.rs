@@ -17,10 +17,14 @@
 //!     │        (flush, all acknowledged,                                      ▲
 //!     │         checkpoint at its end LSN)                                    │
 //!     └──── a halt (bad key, TRUNCATE, gap…) ──▶ halted ── resume ────────────┘
+//!
+//!  running or halted ── SIGTERM, --exit-on-halt ──▶ stopped ── pg2dns run ──▶ running
 //! ```
 //!
 //! `pg2dns.mode` holds what the service says of itself; it survives
-//! restarts, so a paused service that restarts stays paused.
+//! restarts, so a paused service that restarts stays paused (a stop does not
+//! overwrite a pause). Only the instance that holds the slot writes it: a
+//! standby says what it does in its own metrics and `/readyz`.
 
 use std::time::Duration;
 
@@ -63,6 +67,14 @@ pub enum Mode {
         /// The commit LSN of the transaction the mass-delete guard holds,
         /// when that is the halt's cause.
         mass_delete: Option<Lsn>,
+    },
+    /// The process ended (a signal, `--exit-on-halt`, a bug); the next
+    /// `pg2dns run` streams again.
+    Stopped {
+        /// Why.
+        reason: String,
+        /// What to do, if anything.
+        hint: String,
     },
 }
 
@@ -184,6 +196,10 @@ impl Control {
                 after: r.get(4),
                 mass_delete: None,
             },
+            "stopped" => Mode::Stopped {
+                reason: r.get(2),
+                hint: r.get(3),
+            },
             _ => Mode::Running,
         })
     }
@@ -213,6 +229,16 @@ impl Control {
                 None,
                 *after,
             ),
+            Mode::Stopped { reason, hint } => {
+                ("stopped", None, reason.clone(), hint.clone(), None, 0)
+            }
+        };
+        // A stop never overwrites a pause (it survives restarts) nor the
+        // mode another instance wrote since.
+        let only_when = if matches!(mode, Mode::Stopped { .. }) {
+            " WHERE pg2dns.mode.mode IN ('running', 'halted', 'stopped')"
+        } else {
+            ""
         };
         // A mass-delete halt also says which transaction `pg2dns resume
         // --allow-mass-delete` releases (schema version 5), in the same
@@ -242,7 +268,7 @@ impl Control {
                        since = CASE WHEN pg2dns.mode.mode = excluded.mode THEN pg2dns.mode.since ELSE now() END, \
                        mode = excluded.mode, lsn = excluded.lsn, reason = excluded.reason, hint = excluded.hint, \
                        requested_by = excluded.requested_by, control_id = excluded.control_id, \
-                       pid = excluded.pid, updated = now(){extra_set}"
+                       pid = excluded.pid, updated = now(){extra_set}{only_when}"
                 ),
                 &[&self.slot, &name, &lsn, &reason, &hint, &by, &control_id],
             )
