@@ -5,10 +5,13 @@
 //! Built on `prometheus-client` (the Prometheus project's Rust client) and
 //! `axum`, listening on loopback by default (`[metrics] listen`).
 //!
-//! The encoder writes OpenMetrics 1.0 (`# EOF`, counters declared without
-//! their `_total` suffix), so `/metrics` says so in its content type: served
-//! as `text/plain`, Prometheus parses it as the older text format and loses
-//! every counter's type and help.
+//! `/metrics` speaks the format the scraper asks for, as Prometheus's own
+//! clients do: OpenMetrics 1.0 when the `Accept` header names
+//! `application/openmetrics-text` (Prometheus does), else the Prometheus
+//! text format 0.0.4 (curl, `promtool check metrics`). Each answer's content
+//! type says which: OpenMetrics sent as `text/plain` (as before) made
+//! Prometheus parse it as the older format and lose every counter's type and
+//! help.
 //!
 //! Ready means: this process holds the slot and streams ([`State::Running`])
 //! and no zone's primary has left pending changes unanswered for longer than
@@ -35,6 +38,8 @@ use tracing::{debug, info, warn};
 
 /// The content type of what [`Metrics::render`] writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of what [`Metrics::render_text`] writes.
+pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// What this process is doing, as `/readyz` and `pg2dns_mode` say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -517,6 +522,14 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+
+    /// The metrics in the Prometheus text format 0.0.4
+    /// ([`TEXT_CONTENT_TYPE`]).
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
 }
 
 /// The process's metrics.
@@ -539,8 +552,20 @@ pub async fn serve(addr: SocketAddr) {
     let app = Router::new()
         .route(
             "/metrics",
-            routing::get(move || async move {
-                ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render())
+            routing::get(move |headers: axum::http::HeaderMap| async move {
+                let openmetrics = headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains("application/openmetrics-text"));
+                if openmetrics {
+                    ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render())
+                } else {
+                    (
+                        [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)],
+                        metrics.render_text(),
+                    )
+                }
             }),
         )
         .route("/healthz", routing::get(|| async { "ok\n" }))

@@ -37,10 +37,16 @@ async fn wait_for_status(
 
 /// GET `path` from a metrics listener: (status code, headers and body).
 async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    http_get_with(addr, path, "").await
+}
+
+/// [`http_get`] with extra header lines (each ending in CRLF).
+async fn http_get_with(addr: &str, path: &str, headers: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await?;
     let mut text = String::new();
@@ -519,16 +525,47 @@ async fn a_slot_lost_while_paused_shows_in_status_and_metrics() -> Result<()> {
     Ok(())
 }
 
+/// The metric families of an exposition whose `# HELP` and `# TYPE` lines
+/// agree, or why not.
+fn families(body: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut helped = std::collections::BTreeSet::new();
+    let mut typed = std::collections::BTreeMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split(' ').next().unwrap_or("").to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split(' ');
+            let name = words.next().unwrap_or("").to_owned();
+            typed.insert(name, words.next().unwrap_or("").to_owned());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            // Every sample belongs to a declared family.
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            ensure!(
+                typed.keys().any(|f| name.starts_with(f.as_str())),
+                "sample {line:?} has no family declared before it"
+            );
+        }
+    }
+    ensure!(
+        helped == typed.keys().cloned().collect(),
+        "HELP {helped:?}\nTYPE {typed:?}"
+    );
+    Ok(typed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_openmetrics_with_help_for_every_family() -> Result<()> {
+async fn metrics_speak_openmetrics_to_prometheus_and_text_to_others_with_help_for_every_family(
+) -> Result<()> {
     let stack = Stack::start("health-openmetrics", Primary::Bind).await?;
     let addr = metrics_addr()?;
     stack.append_config(&format!("[metrics]\nlisten = \"{addr}\"\n"))?;
     let _pg2dns = stack.run()?;
-    let text = wait_for_http(&addr, "/metrics", "metrics", DNS_DEADLINE, |c, t| {
-        c == 200 && t.contains("pg2dns_mode{mode=\"running\"} 1")
-    })
-    .await?;
+    wait_for_http(&addr, "/readyz", "ready", DNS_DEADLINE, |c, _| c == 200).await?;
+
+    // What Prometheus sends.
+    let accept = "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+    let (code, text) = http_get_with(&addr, "/metrics", accept).await?;
+    ensure!(code == 200, "{text}");
     let (head, body) = text.split_once("\r\n\r\n").context("headers and body")?;
     ensure!(
         head.to_ascii_lowercase()
@@ -536,31 +573,45 @@ async fn metrics_are_openmetrics_with_help_for_every_family() -> Result<()> {
         "{head}"
     );
     ensure!(body.trim_end().ends_with("# EOF"), "{body}");
-    let families = |prefix: &str| -> std::collections::BTreeSet<String> {
-        body.lines()
-            .filter_map(|l| l.strip_prefix(prefix)?.split(' ').next().map(str::to_owned))
-            .collect()
-    };
-    let (helped, typed) = (families("# HELP "), families("# TYPE "));
-    ensure!(helped == typed, "HELP {helped:?}\nTYPE {typed:?}");
-    for family in [
-        "pg2dns_build",
-        "pg2dns_errors",
-        "pg2dns_dns_retries",
-        "pg2dns_slot_retained_wal_bytes",
-        "pg2dns_ready",
-        "process_cpu_seconds",
-        "process_resident_memory_bytes",
-        "process_open_fds",
-        "process_start_time_seconds",
+    let typed = families(body)?;
+    for (family, kind) in [
+        ("pg2dns_build", "info"),
+        ("pg2dns_errors", "counter"),
+        ("pg2dns_dns_retries", "counter"),
+        ("pg2dns_slot_retained_wal_bytes", "gauge"),
+        ("pg2dns_ready", "gauge"),
+        ("process_cpu_seconds", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
     ] {
-        ensure!(typed.contains(family), "no {family} in\n{body}");
+        ensure!(
+            typed.get(family).map(String::as_str) == Some(kind),
+            "{family} is not a {kind} in\n{body}"
+        );
     }
     ensure!(
         metric(body, "process_open_fds").is_some_and(|v| v > 0.0),
         "{body}"
     );
     ensure!(metric(body, "pg2dns_ready") == Some(1.0), "{body}");
+
+    // Anyone else (curl, promtool check metrics): the text format 0.0.4,
+    // where a counter's family carries its `_total` name.
+    let (code, text) = http_get(&addr, "/metrics").await?;
+    ensure!(code == 200, "{text}");
+    let (head, body) = text.split_once("\r\n\r\n").context("headers and body")?;
+    ensure!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{head}"
+    );
+    let typed = families(body)?;
+    ensure!(
+        typed.get("pg2dns_errors_total").map(String::as_str) == Some("counter"),
+        "{body}"
+    );
+    ensure!(!body.contains("# EOF"), "{body}");
     Ok(())
 }
 
