@@ -1,12 +1,26 @@
 -- pg2dns schema, version 8: health. The status view says what the service
 -- is doing as one state (running, unreachable, inactive, paused, halted,
--- held, stopped), shows the slot's WAL (wal_status, retained and safe
--- size), and reads only the slot of this database.
+-- held, stopped), lists the instances standing by, shows the slot's WAL
+-- (wal_status, retained and safe size), and reads only the slot of this
+-- database.
 
 -- Since when a zone's primary has answered none of the changes pending for
 -- it, once that lasted longer than [limits] unreachable_after_s; NULL while
 -- it answers.
 ALTER TABLE pg2dns.zone_status ADD COLUMN IF NOT EXISTS unreachable_since timestamptz;
+
+-- The instances standing by for a slot another instance streams from: each
+-- says so when it starts waiting and every 10 s while it waits, and removes
+-- its row when it takes over. Rows not seen for 30 s are stale (the
+-- instance stopped) and not shown.
+CREATE TABLE IF NOT EXISTS pg2dns.standby (
+    slot      text NOT NULL,
+    -- host:pid of the waiting process.
+    instance  text NOT NULL,
+    since     timestamptz NOT NULL DEFAULT now(),
+    seen      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot, instance)
+);
 
 -- The view of version 4 with columns added at its end (CREATE OR REPLACE
 -- keeps its grants). Changed: a slot of the same name in another database
@@ -67,7 +81,12 @@ SELECT m.slot,
            ELSE m.mode
        END AS state,
        s.safe_wal_size,
-       s.active_pid AS slot_active_pid
+       s.active_pid AS slot_active_pid,
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                    'instance', b.instance, 'since', b.since, 'seen', b.seen) ORDER BY b.since)
+                   FROM pg2dns.standby b
+                  WHERE b.slot = m.slot AND b.seen > now() - interval '30 seconds'), '[]'::jsonb)
+           AS standbys
 FROM pg2dns.mode m
 LEFT JOIN pg2dns.progress p ON p.slot = m.slot
 LEFT JOIN pg_replication_slots s ON s.slot_name = m.slot AND s.database = current_database()

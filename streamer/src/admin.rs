@@ -161,7 +161,7 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
                     coalesce(lag_bytes, 0), coalesce(retained_wal_bytes, 0), rejected_last_hour, \
                     updated::text, coalesce(received_lsn::text, ''), lag_seconds, \
                     coalesce(status_updated::text, ''), zones::text, \
-                    state, coalesce(wal_status, ''), safe_wal_size, slot_active_pid \
+                    state, coalesce(wal_status, ''), safe_wal_size, slot_active_pid, standbys::text \
              FROM pg2dns.status WHERE slot = $1",
             &[slot],
         )
@@ -185,6 +185,7 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
     let (retained, safe): (i64, Option<i64>) = (r.get(10), r.get(19));
     let warning = crate::status::slot_warning(&wal_status, retained, safe);
     let zones = serde_json::from_str::<serde_json::Value>(&text(16)).unwrap_or_default();
+    let standbys = serde_json::from_str::<serde_json::Value>(&text(21)).unwrap_or_default();
     let fields = serde_json::json!({
         "slot": slot,
         "state": state,
@@ -209,6 +210,7 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
         "lag_seconds": r.get::<_, f64>(14),
         "status_updated": text(15),
         "zones": zones,
+        "standbys": standbys,
     });
     if json {
         say!("{fields}");
@@ -255,6 +257,13 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
             value(&z["primary"]),
             value(&z["in_flight"]),
             value(&z["unreachable_since"])
+        ));
+    }
+    for b in standbys.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n  standby: {} waits to take over (since {})",
+            value(&b["instance"]),
+            value(&b["since"])
         ));
     }
     say!("{out}");

@@ -112,6 +112,20 @@ pub async fn paused_for(
         .map(|r| r.get(0)))
 }
 
+/// How often a standby says again that it waits.
+const STANDBY_SEEN_EVERY: Duration = Duration::from_secs(10);
+
+/// When this process last said that it stands by (`None`: it does not).
+static STANDBY_SAID: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// This process as `pg2dns.standby` names it: `host:pid`.
+fn instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    format!("{host}:{}", std::process::id())
+}
+
 /// A connection for control statements, with notifications.
 pub struct Control {
     client: tokio_postgres::Client,
@@ -279,6 +293,56 @@ impl Control {
                 "cannot write pg2dns.mode"
             }))?;
         Ok(())
+    }
+
+    /// Says in `pg2dns.standby` that this process waits for the slot (at
+    /// most every [`STANDBY_SEEN_EVERY`]). Best effort: a standby that
+    /// cannot say so still waits.
+    pub async fn standing_by(&self) {
+        let due = {
+            let said = STANDBY_SAID.lock().unwrap_or_else(|e| e.into_inner());
+            said.is_none_or(|t| t.elapsed() >= STANDBY_SEEN_EVERY)
+        };
+        if !due {
+            return;
+        }
+        let written = self
+            .client
+            .execute(
+                "INSERT INTO pg2dns.standby (slot, instance) VALUES ($1, $2) \
+                 ON CONFLICT (slot, instance) DO UPDATE SET seen = now()",
+                &[&self.slot, &instance()],
+            )
+            .await;
+        match written {
+            Ok(_) => {
+                *STANDBY_SAID.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(std::time::Instant::now())
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot record the standby in pg2dns.standby"),
+        }
+    }
+
+    /// This process holds the slot now: it no longer stands by.
+    pub async fn took_over(&self) {
+        if STANDBY_SAID
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_none()
+        {
+            return;
+        }
+        if let Err(e) = self
+            .client
+            .execute(
+                "DELETE FROM pg2dns.standby WHERE slot = $1 AND instance = $2",
+                &[&self.slot, &instance()],
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "cannot remove the standby from pg2dns.standby");
+        }
     }
 
     /// The newest control request's id for this slot (0 when none).

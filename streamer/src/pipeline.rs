@@ -645,6 +645,7 @@ async fn session(
     // Another instance streams: stand by without asking for the slot (the
     // server would log an error for each try).
     if let Some(pid) = slot.active_pid {
+        control.standing_by().await;
         return Err(RunError::SlotBusy {
             slot: config.database.slot.clone(),
             pid,
@@ -667,15 +668,18 @@ async fn session(
         Ok(r) => r,
         // Another instance took the slot since it was looked at.
         Err(e) if e.sqlstate() == Some(tokio_postgres::error::SqlState::OBJECT_IN_USE.code()) => {
+            control.standing_by().await;
+            let slot = store.slot_info().await.ok().flatten();
             return Err(RunError::SlotBusy {
                 slot: config.database.slot.clone(),
-                pid: 0,
-            })
+                pid: slot.and_then(|s| s.active_pid).unwrap_or(0),
+            });
         }
         Err(e) => return Err(e.into()),
     };
     // Only the instance that holds the slot speaks for it (a standby fails
     // above, with the slot busy).
+    control.took_over().await;
     control.set_mode(&Mode::Running).await?;
     metrics::get().set_state(metrics::State::Running);
     info!(slot = %config.database.slot, progress = %progress, "streaming");

@@ -569,3 +569,27 @@ pub fn slot_warning(wal_status: &str, retained: i64, safe: Option<i64>) -> Optio
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slot_warns_past_three_quarters_of_its_limit_and_when_lost() {
+        const MB: i64 = 1 << 20;
+        // No max_slot_wal_keep_size: never near.
+        assert!(!wal_near_limit(100 * MB, None));
+        assert_eq!(slot_warning("reserved", 100 * MB, None), None);
+        // 70 MB of 100 used: not yet; 80 of 100: warn.
+        assert!(!wal_near_limit(70 * MB, Some(30 * MB)));
+        assert!(wal_near_limit(80 * MB, Some(20 * MB)));
+        let w = slot_warning("reserved", 80 * MB, Some(20 * MB)).unwrap_or_default();
+        assert!(w.contains("lost after 20971520 more bytes"), "{w}");
+        assert!(slot_warning("unreserved", 120 * MB, Some(0))
+            .unwrap_or_default()
+            .contains("unreserved"));
+        assert!(slot_warning("lost", 0, None)
+            .unwrap_or_default()
+            .contains("slot is lost"));
+    }
+}

@@ -151,8 +151,23 @@ async fn a_standby_is_not_ready_logs_once_and_is_ready_after_taking_over() -> Re
         "{metrics}"
     );
     ensure!(metric(&metrics, "pg2dns_ready") == Some(0.0), "{metrics}");
-    // The active instance's status is not the standby's to overwrite.
-    ensure!(status(&stack).await?["state"] == "running");
+    // The active instance's state is not the standby's to overwrite; the
+    // status lists the standby beside it.
+    let me = format!(":{}", standby.pid());
+    let s = wait_for_status(&stack, "the standby listed", DNS_DEADLINE, |s| {
+        s["standbys"].as_array().is_some_and(|b| {
+            b.len() == 1 && b[0]["instance"].as_str().is_some_and(|i| i.ends_with(&me))
+        })
+    })
+    .await?;
+    ensure!(s["state"] == "running", "{s}");
+    let text = String::from_utf8(stack.admin(&["status"]).await?.stdout)?;
+    ensure!(
+        text.contains(&format!("slot {SLOT}: running since"))
+            && text.contains("standby: ")
+            && text.contains("waits to take over"),
+        "{text}"
+    );
 
     // Five more retries: one INFO line said it, the retries only at debug.
     let loud = |text: &str| -> Vec<String> {
@@ -215,7 +230,10 @@ async fn a_standby_is_not_ready_logs_once_and_is_ready_after_taking_over() -> Re
         ))
         .await?;
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
-    wait_for_status(&stack, "running", DNS_DEADLINE, |s| s["state"] == "running").await?;
+    wait_for_status(&stack, "running, with no standby left", DNS_DEADLINE, |s| {
+        s["state"] == "running" && s["standbys"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await?;
     standby.assert_running()?;
     Ok(())
 }
@@ -309,6 +327,18 @@ async fn a_stop_by_sigterm_or_by_exit_on_halt_is_recorded_as_stopped() -> Result
     let s = status(&stack).await?;
     ensure!(s["state"] == "stopped", "after SIGTERM: {s}");
     ensure!(!s["slot_active"].as_bool().unwrap_or(true), "{s}");
+
+    // A stop does not overwrite a pause: it survives the restart.
+    let mut pg2dns = stack.run()?;
+    wait_for_status(&stack, "running again", DNS_DEADLINE, |s| {
+        s["state"] == "running"
+    })
+    .await?;
+    stack.admin(&["pause", "--wait"]).await?;
+    let exit = pg2dns.terminate().await?;
+    ensure!(exit.success(), "SIGTERM while paused exits 0: {exit}");
+    let s = status(&stack).await?;
+    ensure!(s["state"] == "paused", "a pause outlives SIGTERM: {s}");
     Ok(())
 }
 
