@@ -302,7 +302,11 @@ impl Metrics {
             "Server WAL position minus the confirmed position",
             m.lag_bytes.clone(),
         );
-        registry.register("mode", "1 for the current mode", m.mode.clone());
+        registry.register(
+            "mode",
+            "1 for this process's state: starting, standby, running, paused, halted, held (by the mass-delete guard) or stopped",
+            m.mode.clone(),
+        );
         registry.register(
             "ack_seconds",
             "Seconds from handing a transaction to a zone to the server's acknowledgement",

@@ -377,6 +377,10 @@ pub async fn run(
     // A standby says so once at INFO, then only at debug while it waits.
     let mut standing_by = false;
     let _slot_watch = AbortOnDrop(tokio::spawn(status::watch_slot(config.clone())));
+    // Every zone's series exist from start, a standby's too.
+    for z in &config.zones {
+        metrics::get().zone(&z.name.to_string(), &z.primary.to_string());
+    }
     loop {
         let started = Instant::now();
         let e = match session(&config, &mut shutdown, &mut reload).await {
