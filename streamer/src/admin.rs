@@ -2,10 +2,47 @@
 //! an SQL login allowed to run `pg2dns.pause()`/`pg2dns.resume()` and read
 //! `pg2dns.status` (see docs/operations.md, "Admin commands").
 
-use std::time::Duration;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::store::{sql, StoreError};
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// A PostgreSQL statement or connection failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `pause --wait` with no service streaming: nothing would ever pause.
+    #[error("no pg2dns run is streaming slot {slot} (status: {state}); the pause is recorded (request {request}) and takes effect when the service streams again")]
+    NotStreaming {
+        /// The slot.
+        slot: String,
+        /// What `pg2dns.status` says.
+        state: String,
+        /// The pause request.
+        request: i64,
+    },
+}
+
+/// How long `pause --wait` waits for a service to stream from the slot
+/// before it says that none does.
+const NOT_STREAMING_AFTER: Duration = Duration::from_secs(3);
+
+/// `println!` through [`print`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        print(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes `text` to stdout. A reader that went away (`pg2dns status | head`)
+/// is not an error: the output is simply not wanted any more.
+fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
 
 async fn connect(config: &Config) -> Result<tokio_postgres::Client, StoreError> {
     let (client, _connection) = crate::pgconn::connect(&config.database, "pg2dns admin").await?;
@@ -14,7 +51,7 @@ async fn connect(config: &Config) -> Result<tokio_postgres::Client, StoreError> 
 
 /// Asks the service to pause; with `wait`, returns once it has and prints
 /// the LSN it stopped at.
-pub async fn pause(config: &Config, reason: &str, wait: bool) -> Result<(), StoreError> {
+pub async fn pause(config: &Config, reason: &str, wait: bool) -> Result<(), AdminError> {
     let client = connect(config).await?;
     let slot = &config.database.slot;
     let id: i64 = client
@@ -23,15 +60,43 @@ pub async fn pause(config: &Config, reason: &str, wait: bool) -> Result<(), Stor
         .map_err(sql("cannot call pg2dns.pause()"))?
         .get(0);
     if !wait {
-        println!("pause requested (request {id}); `pg2dns status` shows when it is reached");
+        print(&format!(
+            "pause requested (request {id}); `pg2dns status` shows when it is reached\n"
+        ));
         return Ok(());
     }
+    // Since when no process has streamed from the slot.
+    let mut idle_since: Option<Instant> = None;
     loop {
         if let Some(lsn) = crate::control::paused_for(&client, slot, id).await? {
-            println!(
-                "paused at {lsn}: every transaction committed before it is in DNS, none after"
-            );
+            print(&format!(
+                "paused at {lsn}: every transaction committed before it is in DNS, none after\n"
+            ));
             return Ok(());
+        }
+        let active: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots \
+                  WHERE slot_name = $1 AND database = current_database() AND active)",
+                &[slot],
+            )
+            .await
+            .map_err(sql("cannot read pg_replication_slots"))?
+            .get(0);
+        if active {
+            idle_since = None;
+        } else if idle_since.get_or_insert_with(Instant::now).elapsed() > NOT_STREAMING_AFTER {
+            let state = client
+                .query_opt("SELECT state FROM pg2dns.status WHERE slot = $1", &[slot])
+                .await
+                .ok()
+                .flatten()
+                .map_or_else(|| "never started".to_owned(), |r| r.get(0));
+            return Err(AdminError::NotStreaming {
+                slot: slot.clone(),
+                state,
+                request: id,
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -54,14 +119,14 @@ pub async fn resume(config: &Config) -> Result<(), StoreError> {
         .map_err(sql("cannot call pg2dns.resume()"))?
         .get(0);
     match row {
-        Some(r) if r.get::<_, String>(0) == "paused" => println!(
+        Some(r) if r.get::<_, String>(0) == "paused" => say!(
             "resume requested (request {id}): streaming continues after {}",
             r.get::<_, String>(1)
         ),
         Some(r) if r.get::<_, String>(0) == "halted" => {
-            println!("resume requested (request {id}): the halted service tries again")
+            say!("resume requested (request {id}): the halted service tries again")
         }
-        _ => println!("resume requested (request {id}); the service was not paused"),
+        _ => say!("resume requested (request {id}); the service was not paused"),
     }
     Ok(())
 }
@@ -80,7 +145,7 @@ pub async fn allow_mass_delete(config: &Config, lsn: &str) -> Result<(), StoreEr
         .await
         .map_err(sql("cannot call pg2dns.allow_mass_delete()"))?
         .get(0);
-    println!("mass delete released: the transaction committed at {released} is applied, and streaming goes on");
+    say!("mass delete released: the transaction committed at {released} is applied, and streaming goes on");
     Ok(())
 }
 
@@ -95,104 +160,160 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
                     coalesce(confirmed_flush_lsn::text, ''), coalesce(slot_active, false), \
                     coalesce(lag_bytes, 0), coalesce(retained_wal_bytes, 0), rejected_last_hour, \
                     updated::text, coalesce(received_lsn::text, ''), lag_seconds, \
-                    coalesce(status_updated::text, ''), zones::text \
+                    coalesce(status_updated::text, ''), zones::text, \
+                    state, coalesce(wal_status, ''), safe_wal_size, slot_active_pid, standbys::text \
              FROM pg2dns.status WHERE slot = $1",
             &[slot],
         )
         .await
-        .map_err(sql("cannot read pg2dns.status"))?;
+        .map_err(sql(
+            "cannot read pg2dns.status (run `pg2dns setup` for schema version 8)",
+        ))?;
     let Some(r) = row else {
         if json {
-            println!(
+            say!(
                 "{}",
-                serde_json::json!({ "slot": slot, "mode": "never started" })
+                serde_json::json!({ "slot": slot, "mode": "never started", "state": "never started" })
             );
         } else {
-            println!("slot {slot}: no pg2dns instance has run yet");
+            say!("slot {slot}: no pg2dns instance has run yet");
         }
         return Ok(());
     };
+    let text = |i: usize| r.get::<_, String>(i);
+    let (state, wal_status): (String, String) = (r.get(17), r.get(18));
+    let (retained, safe): (i64, Option<i64>) = (r.get(10), r.get(19));
+    let warning = crate::status::slot_warning(&wal_status, retained, safe);
+    let zones = serde_json::from_str::<serde_json::Value>(&text(16)).unwrap_or_default();
+    let standbys = serde_json::from_str::<serde_json::Value>(&text(21)).unwrap_or_default();
     let fields = serde_json::json!({
         "slot": slot,
-        "mode": r.get::<_, String>(0),
-        "since": r.get::<_, String>(1),
-        "mode_lsn": r.get::<_, String>(2),
-        "reason": r.get::<_, String>(3),
-        "hint": r.get::<_, String>(4),
-        "requested_by": r.get::<_, String>(5),
-        "progress_lsn": r.get::<_, String>(6),
-        "confirmed_flush_lsn": r.get::<_, String>(7),
+        "state": state,
+        "mode": text(0),
+        "since": text(1),
+        "mode_lsn": text(2),
+        "reason": text(3),
+        "hint": text(4),
+        "requested_by": text(5),
+        "progress_lsn": text(6),
+        "confirmed_flush_lsn": text(7),
         "slot_active": r.get::<_, bool>(8),
+        "slot_active_pid": r.get::<_, Option<i32>>(20),
         "lag_bytes": r.get::<_, i64>(9),
-        "retained_wal_bytes": r.get::<_, i64>(10),
+        "wal_status": wal_status,
+        "retained_wal_bytes": retained,
+        "safe_wal_bytes": safe,
+        "warning": warning,
         "rejected_last_hour": r.get::<_, i64>(11),
-        "updated": r.get::<_, String>(12),
-        "received_lsn": r.get::<_, String>(13),
+        "updated": text(12),
+        "received_lsn": text(13),
         "lag_seconds": r.get::<_, f64>(14),
-        "status_updated": r.get::<_, String>(15),
-        "zones": serde_json::from_str::<serde_json::Value>(&r.get::<_, String>(16))
-            .unwrap_or_default(),
+        "status_updated": text(15),
+        "zones": zones,
+        "standbys": standbys,
     });
     if json {
-        println!("{fields}");
+        say!("{fields}");
         return Ok(());
     }
-    let mode: String = r.get(0);
-    let mut line = format!("slot {slot}: {mode} since {}", r.get::<_, String>(1));
-    match mode.as_str() {
-        "paused" => line.push_str(&format!(
+    let mut out = format!("slot {slot}: {state} since {}", text(1));
+    match state.as_str() {
+        "paused" => out.push_str(&format!(
             " at {} by {}{}",
-            r.get::<_, String>(2),
-            r.get::<_, String>(5),
-            match r.get::<_, String>(3) {
+            text(2),
+            text(5),
+            match text(3) {
                 reason if reason.is_empty() => String::new(),
                 reason => format!(" ({reason})"),
             }
         )),
-        "halted" => line.push_str(&format!(
-            "\n  reason: {}\n  hint:   {}",
-            r.get::<_, String>(3),
-            r.get::<_, String>(4)
+        "held" => out.push_str(&format!(
+            "\n  the mass-delete guard holds the transaction committed at {}",
+            text(2)
         )),
+        "inactive" => out.push_str(
+            "\n  no pg2dns run streams from the slot (killed, crashed, or reconnecting); start `pg2dns run`",
+        ),
         _ => {}
     }
-    println!("{line}");
-    println!(
-        "  progress {}, slot confirmed {} ({}), lag {} bytes, WAL retained {} bytes",
-        r.get::<_, String>(6),
-        r.get::<_, String>(7),
-        if r.get::<_, bool>(8) {
-            "active"
-        } else {
-            "inactive"
-        },
-        r.get::<_, i64>(9),
-        r.get::<_, i64>(10)
-    );
-    println!(
-        "  received {}, lag {:.1} s (status of {})",
-        r.get::<_, String>(13),
-        r.get::<_, f64>(14),
-        r.get::<_, String>(15)
-    );
-    println!("  rejected rows in the last hour: {}", r.get::<_, i64>(11));
-    let text = |v: &serde_json::Value| match v {
+    if matches!(state.as_str(), "halted" | "held" | "stopped") {
+        if !text(3).is_empty() {
+            out.push_str(&format!("\n  reason: {}", text(3)));
+        }
+        if !text(4).is_empty() {
+            out.push_str(&format!("\n  hint:   {}", text(4)));
+        }
+    }
+    let value = |v: &serde_json::Value| match v {
         serde_json::Value::Null => "-".to_string(),
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    if let Some(zones) = fields["zones"].as_array().filter(|z| !z.is_empty()) {
-        println!(
+    let zones = zones.as_array().cloned().unwrap_or_default();
+    for z in zones.iter().filter(|z| !z["unreachable_since"].is_null()) {
+        out.push_str(&format!(
+            "\n  unreachable: zone {} primary {} has answered none of {} pending transaction(s) since {}",
+            value(&z["zone"]),
+            value(&z["primary"]),
+            value(&z["in_flight"]),
+            value(&z["unreachable_since"])
+        ));
+    }
+    for b in standbys.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n  standby: {} waits to take over (since {})",
+            value(&b["instance"]),
+            value(&b["since"])
+        ));
+    }
+    say!("{out}");
+    let active = match r.get::<_, Option<i32>>(20) {
+        Some(pid) => format!("active, PID {pid}"),
+        None => "inactive".to_string(),
+    };
+    say!(
+        "  progress {}, slot confirmed {} ({active}), lag {} bytes",
+        text(6),
+        text(7),
+        r.get::<_, i64>(9)
+    );
+    say!(
+        "  slot WAL: {}, retained {retained} bytes, {}",
+        if wal_status.is_empty() {
+            "no slot"
+        } else {
+            &wal_status
+        },
+        match safe {
+            Some(bytes) => format!("{bytes} bytes more before max_slot_wal_keep_size"),
+            None => "no max_slot_wal_keep_size limit".to_string(),
+        }
+    );
+    if let Some(w) = &warning {
+        say!("  warning: {w}");
+    }
+    say!(
+        "  received {}, lag {:.1} s (status of {})",
+        text(13),
+        r.get::<_, f64>(14),
+        text(15)
+    );
+    say!("  rejected rows in the last hour: {}", r.get::<_, i64>(11));
+    if !zones.is_empty() {
+        say!(
             "  {:<30} {:>12} {:<32} {:>9}",
-            "zone", "SOA serial", "last acknowledged", "in flight"
+            "zone",
+            "SOA serial",
+            "last acknowledged",
+            "in flight"
         );
-        for z in zones {
-            println!(
+        for z in &zones {
+            say!(
                 "  {:<30} {:>12} {:<32} {:>9}",
-                text(&z["zone"]),
-                text(&z["soa_serial"]),
-                text(&z["acked_at"]),
-                text(&z["in_flight"])
+                value(&z["zone"]),
+                value(&z["soa_serial"]),
+                value(&z["acked_at"]),
+                value(&z["in_flight"])
             );
         }
     }

@@ -424,6 +424,8 @@ struct LimitsSpec {
     window: usize,
     #[serde(default = "default_timeout_ms")]
     dns_timeout_ms: u64,
+    #[serde(default = "default_unreachable_after_s")]
+    unreachable_after_s: u64,
 }
 
 impl Default for LimitsSpec {
@@ -433,8 +435,13 @@ impl Default for LimitsSpec {
             max_records_per_rrset: default_max_records_per_rrset(),
             window: default_window(),
             dns_timeout_ms: default_timeout_ms(),
+            unreachable_after_s: default_unreachable_after_s(),
         }
     }
+}
+
+fn default_unreachable_after_s() -> u64 {
+    30
 }
 
 fn default_max_message_bytes() -> usize {
@@ -719,6 +726,9 @@ pub struct Limits {
     pub window: usize,
     /// How long to wait for a DNS answer before reconnecting.
     pub dns_timeout: Duration,
+    /// How long a zone's primary may leave pending changes unanswered
+    /// before the service says it is unreachable (and is not ready).
+    pub unreachable_after: Duration,
 }
 
 impl Config {
@@ -975,6 +985,7 @@ impl Config {
                 max_records_per_rrset: l.max_records_per_rrset,
                 window: l.window,
                 dns_timeout: Duration::from_millis(l.dns_timeout_ms.max(100)),
+                unreachable_after: Duration::from_secs(l.unreachable_after_s.max(1)),
             },
             metrics_listen: match spec.metrics.listen.trim() {
                 "" => None,

@@ -17,10 +17,14 @@
 //!     │        (flush, all acknowledged,                                      ▲
 //!     │         checkpoint at its end LSN)                                    │
 //!     └──── a halt (bad key, TRUNCATE, gap…) ──▶ halted ── resume ────────────┘
+//!
+//!  running or halted ── SIGTERM, --exit-on-halt ──▶ stopped ── pg2dns run ──▶ running
 //! ```
 //!
 //! `pg2dns.mode` holds what the service says of itself; it survives
-//! restarts, so a paused service that restarts stays paused.
+//! restarts, so a paused service that restarts stays paused (a stop does not
+//! overwrite a pause). Only the instance that holds the slot writes it: a
+//! standby says what it does in its own metrics and `/readyz`.
 
 use std::time::Duration;
 
@@ -64,6 +68,14 @@ pub enum Mode {
         /// when that is the halt's cause.
         mass_delete: Option<Lsn>,
     },
+    /// The process ended (a signal, `--exit-on-halt`, a bug); the next
+    /// `pg2dns run` streams again.
+    Stopped {
+        /// Why.
+        reason: String,
+        /// What to do, if anything.
+        hint: String,
+    },
 }
 
 /// A row of `pg2dns.control`.
@@ -98,6 +110,20 @@ pub async fn paused_for(
         .await
         .map_err(sql("cannot read pg2dns.mode"))?
         .map(|r| r.get(0)))
+}
+
+/// How often a standby says again that it waits.
+const STANDBY_SEEN_EVERY: Duration = Duration::from_secs(10);
+
+/// When this process last said that it stands by (`None`: it does not).
+static STANDBY_SAID: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// This process as `pg2dns.standby` names it: `host:pid`.
+fn instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    format!("{host}:{}", std::process::id())
 }
 
 /// A connection for control statements, with notifications.
@@ -184,6 +210,10 @@ impl Control {
                 after: r.get(4),
                 mass_delete: None,
             },
+            "stopped" => Mode::Stopped {
+                reason: r.get(2),
+                hint: r.get(3),
+            },
             _ => Mode::Running,
         })
     }
@@ -213,6 +243,16 @@ impl Control {
                 None,
                 *after,
             ),
+            Mode::Stopped { reason, hint } => {
+                ("stopped", None, reason.clone(), hint.clone(), None, 0)
+            }
+        };
+        // A stop never overwrites a pause (it survives restarts) nor the
+        // mode another instance wrote since.
+        let only_when = if matches!(mode, Mode::Stopped { .. }) {
+            " WHERE pg2dns.mode.mode IN ('running', 'halted', 'stopped')"
+        } else {
+            ""
         };
         // A mass-delete halt also says which transaction `pg2dns resume
         // --allow-mass-delete` releases (schema version 5), in the same
@@ -242,7 +282,7 @@ impl Control {
                        since = CASE WHEN pg2dns.mode.mode = excluded.mode THEN pg2dns.mode.since ELSE now() END, \
                        mode = excluded.mode, lsn = excluded.lsn, reason = excluded.reason, hint = excluded.hint, \
                        requested_by = excluded.requested_by, control_id = excluded.control_id, \
-                       pid = excluded.pid, updated = now(){extra_set}"
+                       pid = excluded.pid, updated = now(){extra_set}{only_when}"
                 ),
                 &[&self.slot, &name, &lsn, &reason, &hint, &by, &control_id],
             )
@@ -253,6 +293,56 @@ impl Control {
                 "cannot write pg2dns.mode"
             }))?;
         Ok(())
+    }
+
+    /// Says in `pg2dns.standby` that this process waits for the slot (at
+    /// most every [`STANDBY_SEEN_EVERY`]). Best effort: a standby that
+    /// cannot say so still waits.
+    pub async fn standing_by(&self) {
+        let due = {
+            let said = STANDBY_SAID.lock().unwrap_or_else(|e| e.into_inner());
+            said.is_none_or(|t| t.elapsed() >= STANDBY_SEEN_EVERY)
+        };
+        if !due {
+            return;
+        }
+        let written = self
+            .client
+            .execute(
+                "INSERT INTO pg2dns.standby (slot, instance) VALUES ($1, $2) \
+                 ON CONFLICT (slot, instance) DO UPDATE SET seen = now()",
+                &[&self.slot, &instance()],
+            )
+            .await;
+        match written {
+            Ok(_) => {
+                *STANDBY_SAID.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(std::time::Instant::now())
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot record the standby in pg2dns.standby"),
+        }
+    }
+
+    /// This process holds the slot now: it no longer stands by.
+    pub async fn took_over(&self) {
+        if STANDBY_SAID
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_none()
+        {
+            return;
+        }
+        if let Err(e) = self
+            .client
+            .execute(
+                "DELETE FROM pg2dns.standby WHERE slot = $1 AND instance = $2",
+                &[&self.slot, &instance()],
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "cannot remove the standby from pg2dns.standby");
+        }
     }
 
     /// The newest control request's id for this slot (0 when none).

@@ -5,15 +5,17 @@
 //! |------------------------------------------------|------------------------------|
 //! | PostgreSQL unreachable, connection lost         | retry (SQLSTATE class 08)    |
 //! | server shutting down, out of resources          | retry (classes 57, 53, 40)   |
-//! | replication slot busy (another consumer)        | retry (55006)                |
+//! | replication slot busy (another consumer)        | standby (55006): retry, quiet|
 //! | replication stream ended or broke               | retry                        |
 //! | DNS server unreachable, SERVFAIL, timeout       | retried by the zone's stream |
 //! | slot, publication or schema missing             | halt: run `pg2dns setup`     |
+//! | slot of that name belongs to another database   | halt: name another slot      |
 //! | slot invalidated, wrong password, no privilege  | halt: fix the database side  |
 //! | TLS: certificate not verified, TLS refused      | halt: fix sslmode/sslrootcert|
 //! | BADKEY, BADSIG, BADTIME, REFUSED, NOTAUTH, …    | halt: fix the key or server  |
 //! | a mass delete (a DELETE FROM, a TRUNCATE)       | halt until released          |
 //! | undecodable stream, change without its key      | halt: report the LSN         |
+//! | stream out of order (assembler)                 | retry                        |
 //! | a configured column dropped or retyped          | halt: name source and column |
 //! | a broken internal invariant                     | exit                         |
 //!
@@ -67,6 +69,22 @@ pub enum RunError {
         /// The slot's confirmed position.
         slot_at: Lsn,
     },
+    /// Another process streams from the slot: this instance stands by.
+    #[error("replication slot {slot:?} is active for PID {pid}")]
+    SlotBusy {
+        /// The slot name.
+        slot: String,
+        /// The server process streaming from it.
+        pid: i32,
+    },
+    /// A slot of pg2dns's name exists, but for another database.
+    #[error("replication slot {slot:?} belongs to database {database:?}, not to the one pg2dns is connected to")]
+    SlotElsewhere {
+        /// The slot name.
+        slot: String,
+        /// Its database.
+        database: String,
+    },
     /// The `pg2dns` schema is not installed in the database.
     #[error("the pg2dns schema is not installed in this database")]
     SchemaMissing,
@@ -113,6 +131,9 @@ pub enum RunError {
 pub enum Disposition {
     /// Transient: start a new session after a backoff.
     Retry,
+    /// Another instance holds the slot: try again soon, quietly, and take
+    /// over when it is free.
+    Standby,
     /// The operator must act; the hint says how.
     Halt {
         /// What to do.
@@ -132,12 +153,6 @@ impl RunError {
         }
     }
 
-    /// Whether another instance holds the replication slot (this one stands
-    /// by and takes over when the slot is free).
-    pub fn is_slot_busy(&self) -> bool {
-        matches!(self, RunError::Replication(e) if e.sqlstate() == Some(SqlState::OBJECT_IN_USE.code()))
-    }
-
     /// The one classification of failures.
     pub fn disposition(&self) -> Disposition {
         let halt = |hint: &str| Disposition::Halt { hint: hint.into() };
@@ -154,6 +169,10 @@ impl RunError {
                     Some(code) => sql_disposition(code.code()),
                 }
             }
+            RunError::SlotBusy { .. } => Disposition::Standby,
+            RunError::SlotElsewhere { database, .. } => Disposition::Halt {
+                hint: format!("a logical slot decodes one database: set another [database].slot (or PG2DNS_SLOT) for this database and run `pg2dns setup`, or connect to {database:?} if that is the one meant"),
+            },
             RunError::Replication(e) => match e {
                 ReplicationError::Decode { .. } => halt("the stream cannot be decoded at that LSN; report it as a pg2dns bug with the PostgreSQL version"),
                 ReplicationError::Transport(t) => match t {
@@ -205,7 +224,7 @@ fn sql_disposition(code: &str) -> Disposition {
         c if c == SqlState::UNDEFINED_TABLE.code() => halt("the pg2dns schema is missing or old: run `pg2dns setup -c <config>`"),
         c if c == SqlState::UNDEFINED_OBJECT.code() => halt("the replication slot or the publication does not exist: run `pg2dns setup -c <config>`; if the publication was dropped and created again, the slot must be recreated too (its position predates the new publication)"),
         c if c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE.code() => halt("the replication slot can no longer be used (invalidated, e.g. by max_slot_wal_keep_size): changes since its position are lost to the stream; recreate the slot with `pg2dns setup` and resynchronise the zones"),
-        c if c == SqlState::OBJECT_IN_USE.code() => Disposition::Retry,
+        c if c == SqlState::OBJECT_IN_USE.code() => Disposition::Standby,
         c if c == SqlState::INSUFFICIENT_PRIVILEGE.code() => halt("grant the pg2dns role the REPLICATION attribute and access to the pg2dns schema and the source tables"),
         c if c.starts_with("28") => halt("the database refused pg2dns's credentials: check the user and password in [database].url"),
         c if c == SqlState::PROGRAM_LIMIT_EXCEEDED.code() => halt("a value exceeded a PostgreSQL limit in pg2dns's own tables; report it as a pg2dns bug with the row"),
@@ -230,7 +249,7 @@ mod tests {
     fn sqlstates_decide_retry_or_halt() {
         assert_eq!(sql_disposition("08006"), Disposition::Retry);
         assert_eq!(sql_disposition("57P01"), Disposition::Retry);
-        assert_eq!(sql_disposition("55006"), Disposition::Retry);
+        assert_eq!(sql_disposition("55006"), Disposition::Standby);
         for code in [
             "42P01", "42704", "55000", "42501", "28P01", "54000", "22P02", "22021", "22P05",
         ] {

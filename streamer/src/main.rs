@@ -75,8 +75,9 @@ enum Command {
         offline: bool,
     },
     /// Compare pg2dns.rr with each zone's records (AXFR) and, with --apply,
-    /// repair the zones. Exit 0 in sync, 1 differences, 2 error. Stop
-    /// `pg2dns run` first for an exact comparison.
+    /// repair the zones. Exit 0 in sync, 1 differences, 2 error. A running
+    /// service is paused for the comparison and resumed by it: no need to
+    /// stop `pg2dns run`.
     Reconcile {
         /// Only this zone (repeatable; default: every configured zone).
         #[arg(long = "zone")]

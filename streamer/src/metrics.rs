@@ -1,15 +1,29 @@
-//! Metrics and health over HTTP: `/metrics` (Prometheus text format),
-//! `/healthz` (the process is alive) and `/readyz` (streaming, not paused or
-//! halted).
+//! Metrics and health over HTTP: `/metrics` (OpenMetrics text),
+//! `/healthz` (the process is alive) and `/readyz` (changes reach every
+//! primary).
 //!
 //! Built on `prometheus-client` (the Prometheus project's Rust client) and
 //! `axum`, listening on loopback by default (`[metrics] listen`).
+//!
+//! `/metrics` speaks the format the scraper asks for, as Prometheus's own
+//! clients do: OpenMetrics 1.0 when the `Accept` header names
+//! `application/openmetrics-text` (Prometheus does), else the Prometheus
+//! text format 0.0.4 (curl, `promtool check metrics`). Each answer's content
+//! type says which: OpenMetrics sent as `text/plain` (as before) made
+//! Prometheus parse it as the older format and lose every counter's type and
+//! help.
+//!
+//! Ready means: this process holds the slot and streams ([`State::Running`])
+//! and no zone's primary has left pending changes unanswered for longer than
+//! `[limits] unreachable_after_s`. Every other state answers 503 naming it.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::routing;
 use axum::Router;
 use prometheus_client::encoding::text::encode;
@@ -18,8 +32,87 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
-use tracing::{info, warn};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use tracing::{debug, info, warn};
+
+/// The content type of what [`Metrics::render`] writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of what [`Metrics::render_text`] writes.
+pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// What this process is doing, as `/readyz` and `pg2dns_mode` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Connecting, or between sessions.
+    Starting,
+    /// Another instance streams from the slot; this one takes over when it
+    /// is free.
+    Standby,
+    /// Streaming.
+    Running,
+    /// Paused by an operator.
+    Paused,
+    /// Halted until an operator acts.
+    Halted,
+    /// Halted: the mass-delete guard holds a transaction.
+    Held,
+    /// Stopped (SIGTERM, or `--exit-on-halt`).
+    Stopped,
+}
+
+impl State {
+    /// Every state, in the order of `pg2dns_mode`'s series.
+    pub const ALL: [State; 7] = [
+        State::Starting,
+        State::Standby,
+        State::Running,
+        State::Paused,
+        State::Halted,
+        State::Held,
+        State::Stopped,
+    ];
+
+    /// Its name in metrics and `/readyz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Standby => "standby",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Halted => "halted",
+            State::Held => "held",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// The error kinds `pg2dns_errors_total` counts (each present from start).
+pub const ERROR_KINDS: [&str; 3] = ["retry", "halt", "exit"];
+
+/// The reasons `pg2dns_dns_retries_total` counts.
+pub const RETRY_REASONS: [&str; 5] = [
+    "servfail",
+    "timeout",
+    "disconnected",
+    "unreachable",
+    "malformed",
+];
+
+/// The label of a [`RetryReason`](pg2dns_decoder::session::RetryReason).
+pub fn retry_reason(reason: &pg2dns_decoder::session::RetryReason) -> &'static str {
+    use pg2dns_decoder::session::RetryReason;
+    match reason {
+        RetryReason::ServFail => "servfail",
+        RetryReason::Timeout { .. } => "timeout",
+        RetryReason::Disconnected => "disconnected",
+        RetryReason::Unreachable => "unreachable",
+        RetryReason::Malformed { .. } => "malformed",
+    }
+}
+
+/// The `wal_status` values of `pg_replication_slots`.
+pub const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
 /// Labels naming a zone.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,8 +131,40 @@ pub struct KindLabel {
 /// Labels naming a mode.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabel {
-    /// `running`, `paused`, `halted` or `starting`.
+    /// One of [`State::as_str`].
     pub mode: String,
+}
+
+/// Labels naming a zone, its primary and why an UPDATE is resent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabel {
+    /// The zone apex.
+    pub zone: String,
+    /// One of [`RETRY_REASONS`].
+    pub reason: String,
+}
+
+/// Labels naming a zone and its primary.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// The zone apex.
+    pub zone: String,
+    /// The primary's address.
+    pub server: String,
+}
+
+/// Labels naming a slot's `wal_status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WalStatusLabel {
+    /// One of [`WAL_STATUSES`].
+    pub status: String,
+}
+
+/// Labels of `pg2dns_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: String,
+    revision: String,
 }
 
 /// Every metric pg2dns exports.
@@ -76,7 +201,22 @@ pub struct Metrics {
     pub zone_soa_serial: Family<ZoneLabel, Gauge>,
     /// Transactions handed to each zone and not yet acknowledged.
     pub zone_in_flight: Family<ZoneLabel, Gauge>,
-    ready: AtomicU8,
+    /// UPDATE messages resent (and connections retried) by zone and reason.
+    pub dns_retries: Family<RetryLabel, Counter>,
+    /// 1 while a zone's primary has left pending changes unanswered longer
+    /// than `unreachable_after_s`.
+    pub zone_unreachable: Family<ServerLabel, Gauge>,
+    /// 1 when `/readyz` answers 200.
+    pub ready: Gauge,
+    /// WAL the slot keeps from removal (`pg_current_wal_lsn() - restart_lsn`).
+    pub slot_retained_wal_bytes: Gauge,
+    /// WAL that can still be written before the slot is lost
+    /// (`safe_wal_size`; -1 without `max_slot_wal_keep_size`).
+    pub slot_safe_wal_bytes: Gauge,
+    /// 1 for the slot's current `wal_status`.
+    pub slot_wal_status: Family<WalStatusLabel, Gauge>,
+    state: AtomicU8,
+    unreachable: Mutex<BTreeSet<(String, String)>>,
 }
 
 fn lsn_gauge(lsn: pg2dns_decoder::Lsn) -> i64 {
@@ -85,7 +225,9 @@ fn lsn_gauge(lsn: pg2dns_decoder::Lsn) -> i64 {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("pg2dns");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("pg2dns");
         let m = Metrics {
             transactions: Counter::default(),
             rows: Counter::default(),
@@ -104,7 +246,14 @@ impl Metrics {
             lag_seconds: Gauge::default(),
             zone_soa_serial: Family::default(),
             zone_in_flight: Family::default(),
-            ready: AtomicU8::new(0),
+            dns_retries: Family::default(),
+            zone_unreachable: Family::default(),
+            ready: Gauge::default(),
+            slot_retained_wal_bytes: Gauge::default(),
+            slot_safe_wal_bytes: Gauge::default(),
+            slot_wal_status: Family::default(),
+            state: AtomicU8::new(0),
+            unreachable: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -153,7 +302,11 @@ impl Metrics {
             "Server WAL position minus the confirmed position",
             m.lag_bytes.clone(),
         );
-        registry.register("mode", "1 for the current mode", m.mode.clone());
+        registry.register(
+            "mode",
+            "1 for this process's state: starting, standby, running, paused, halted, held (by the mass-delete guard) or stopped",
+            m.mode.clone(),
+        );
         registry.register(
             "ack_seconds",
             "Seconds from handing a transaction to a zone to the server's acknowledgement",
@@ -174,18 +327,173 @@ impl Metrics {
             "Transactions handed to each zone and not yet acknowledged",
             m.zone_in_flight.clone(),
         );
-        Metrics { registry, ..m }
+        registry.register(
+            "dns_retries",
+            "UPDATE messages resent and connections retried, by zone and reason (servfail, timeout, disconnected, unreachable: connection refused or failed, malformed)",
+            m.dns_retries.clone(),
+        );
+        registry.register(
+            "zone_unreachable",
+            "1 while the zone's primary has left pending changes unanswered for longer than [limits] unreachable_after_s",
+            m.zone_unreachable.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200: streaming, and every primary answers",
+            m.ready.clone(),
+        );
+        registry.register_with_unit(
+            "slot_retained_wal",
+            "WAL the replication slot keeps from removal (pg_current_wal_lsn() - restart_lsn)",
+            Unit::Bytes,
+            m.slot_retained_wal_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "slot_safe_wal",
+            "WAL that can still be written before the slot is lost (pg_replication_slots.safe_wal_size; -1 when max_slot_wal_keep_size is unlimited)",
+            Unit::Bytes,
+            m.slot_safe_wal_bytes.clone(),
+        );
+        registry.register(
+            "slot_wal_status",
+            "1 for the replication slot's wal_status (reserved, extended, unreserved, lost)",
+            m.slot_wal_status.clone(),
+        );
+        registry.register(
+            "build",
+            "The pg2dns version and the revision it was built from",
+            Info::new(BuildLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+                revision: option_env!("PG2DNS_REVISION").unwrap_or("unknown").into(),
+            }),
+        );
+        // Every series that would otherwise appear only with its first
+        // event exists from start, at 0.
+        for kind in ERROR_KINDS {
+            drop(m.errors.get_or_create(&KindLabel { kind: kind.into() }));
+        }
+        for status in WAL_STATUSES {
+            drop(m.slot_wal_status.get_or_create(&WalStatusLabel {
+                status: status.into(),
+            }));
+        }
+        let _ = registry;
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
-    /// Records the mode (and readiness: only `running` is ready).
-    pub fn set_mode(&self, mode: &str) {
-        for m in ["starting", "running", "paused", "halted"] {
-            self.mode
-                .get_or_create(&ModeLabel { mode: m.into() })
-                .set(i64::from(m == mode));
+    /// Creates the series of a zone (at 0) so that they exist from start.
+    pub fn zone(&self, zone: &str, server: &str) {
+        let label = ZoneLabel { zone: zone.into() };
+        drop(self.operations.get_or_create(&label));
+        drop(self.messages.get_or_create(&label));
+        drop(self.bytes.get_or_create(&label));
+        drop(self.zone_in_flight.get_or_create(&label));
+        for reason in RETRY_REASONS {
+            drop(self.dns_retries.get_or_create(&RetryLabel {
+                zone: zone.into(),
+                reason: reason.into(),
+            }));
         }
-        self.ready
-            .store(u8::from(mode == "running"), Ordering::Relaxed);
+        drop(self.zone_unreachable.get_or_create(&ServerLabel {
+            zone: zone.into(),
+            server: server.into(),
+        }));
+    }
+
+    /// Records the state (and readiness).
+    pub fn set_state(&self, state: State) {
+        for s in State::ALL {
+            self.mode
+                .get_or_create(&ModeLabel {
+                    mode: s.as_str().into(),
+                })
+                .set(i64::from(s == state));
+        }
+        let index = State::ALL.iter().position(|s| *s == state).unwrap_or(0);
+        self.state
+            .store(u8::try_from(index).unwrap_or(0), Ordering::Relaxed);
+        self.update_ready();
+    }
+
+    /// The state last recorded.
+    pub fn state(&self) -> State {
+        State::ALL
+            .get(usize::from(self.state.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(State::Starting)
+    }
+
+    /// Records whether `zone`'s primary `server` is unreachable.
+    pub fn set_unreachable(&self, zone: &str, server: &str, unreachable: bool) {
+        self.zone_unreachable
+            .get_or_create(&ServerLabel {
+                zone: zone.into(),
+                server: server.into(),
+            })
+            .set(i64::from(unreachable));
+        {
+            let mut set = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (zone.to_owned(), server.to_owned());
+            if unreachable {
+                set.insert(key);
+            } else {
+                set.remove(&key);
+            }
+        }
+        self.update_ready();
+    }
+
+    /// Forgets every zone's unreachability (a session ended).
+    pub fn clear_unreachable(&self) {
+        let zones: Vec<(String, String)> = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for (zone, server) in zones {
+            self.set_unreachable(&zone, &server, false);
+        }
+    }
+
+    /// Records the slot's `wal_status`, retained WAL and `safe_wal_size`.
+    pub fn slot_wal(&self, status: &str, retained: i64, safe: Option<i64>) {
+        for s in WAL_STATUSES {
+            self.slot_wal_status
+                .get_or_create(&WalStatusLabel { status: s.into() })
+                .set(i64::from(s == status));
+        }
+        self.slot_retained_wal_bytes.set(retained);
+        self.slot_safe_wal_bytes.set(safe.unwrap_or(-1));
+    }
+
+    fn update_ready(&self) {
+        self.ready.set(i64::from(self.readiness().is_ok()));
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let state = self.state();
+        if state != State::Running {
+            return Err(match state {
+                State::Standby => "standby: another instance streams from the slot".into(),
+                State::Held => "held: the mass-delete guard holds a transaction".into(),
+                other => other.as_str().to_owned(),
+            });
+        }
+        let set = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        if set.is_empty() {
+            return Ok(());
+        }
+        Err(set
+            .iter()
+            .map(|(zone, server)| format!("zone {zone}: primary {server} unreachable"))
+            .collect::<Vec<_>>()
+            .join("; "))
     }
 
     /// Records a confirmation to the slot.
@@ -212,15 +520,19 @@ impl Metrics {
             .inc();
     }
 
-    /// The metrics in Prometheus text format.
+    /// The metrics in OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
     }
 
-    fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) == 1
+    /// The metrics in the Prometheus text format 0.0.4
+    /// ([`TEXT_CONTENT_TYPE`]).
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
     }
 }
 
@@ -229,44 +541,230 @@ pub fn get() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| {
         let m = Metrics::new();
-        m.set_mode("starting");
+        m.set_state(State::Starting);
         m
     })
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` in the background.
-/// A listener that cannot bind is a warning, not a failure: the stream
-/// matters more than its dashboard.
+/// A port that cannot be bound (another instance on this host holds it, as
+/// with a standby) is tried again every [`BIND_RETRY`], so that the instance
+/// that takes over the slot also takes over the health checks; it is a
+/// warning, never a failure: the stream matters more than its dashboard.
 pub async fn serve(addr: SocketAddr) {
     let metrics: &'static Metrics = get();
     let app = Router::new()
         .route(
             "/metrics",
-            routing::get(move || async move { metrics.render() }),
+            routing::get(move |headers: axum::http::HeaderMap| async move {
+                let openmetrics = headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains("application/openmetrics-text"));
+                if openmetrics {
+                    ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render())
+                } else {
+                    (
+                        [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)],
+                        metrics.render_text(),
+                    )
+                }
+            }),
         )
         .route("/healthz", routing::get(|| async { "ok\n" }))
         .route(
             "/readyz",
             routing::get(move || async move {
-                if metrics.is_ready() {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (
+                match metrics.readiness() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                    Err(why) => (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "not streaming (paused, halted or starting)\n",
-                    )
+                        format!("not ready: {why}\n"),
+                    ),
                 }
             }),
         );
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(%addr, error = %e, "cannot listen for metrics; continuing without them");
-            return;
+    let mut warned = false;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if !warned => {
+                warn!(%addr, error = %e, "cannot listen for metrics and health; trying again every {BIND_RETRY:?}");
+                warned = true;
+            }
+            Err(e) => debug!(%addr, error = %e, "cannot listen for metrics and health yet"),
         }
+        tokio::time::sleep(BIND_RETRY).await;
     };
     info!(%addr, "metrics and health on http://{addr}/metrics, /healthz, /readyz");
     if let Err(e) = axum::serve(listener, app).await {
         warn!(error = %e, "the metrics listener stopped");
+    }
+}
+
+/// How often a metrics port that is taken is tried again.
+pub const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// The standard `process_*` metrics, read from `/proc/self` at each scrape.
+///
+/// Why by hand: `prometheus-client` has no process collector (the older
+/// `prometheus` crate has one, but pulling a second metrics library in for
+/// four numbers is not worth it). Linux only, as pg2dns is; on another
+/// system, or if `/proc` is unreadable, the series are left out.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// Clock ticks per second of `/proc/self/stat` (`sysconf(_SC_CLK_TCK)`,
+/// 100 on every Linux architecture pg2dns builds for).
+const CLOCK_TICKS: f64 = 100.0;
+
+impl ProcessCollector {
+    /// (CPU seconds, start time in Unix seconds, resident bytes).
+    fn stat() -> Option<(f64, f64, i64)> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name (field 2) may hold spaces: fields after it are
+        // counted from its closing parenthesis.
+        let rest = stat.get(stat.rfind(')')? + 2..)?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // Field n of proc(5) is fields[n - 3].
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+        let cpu = (field(14)? + field(15)?) / CLOCK_TICKS;
+        let start_ticks = field(22)?;
+        let rss_pages = field(24)?;
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs_f64();
+        let start = now - uptime + start_ticks / CLOCK_TICKS;
+        // Pages of 4 KiB on x86_64 and aarch64 as configured by default.
+        Some((cpu, start, (rss_pages * 4096.0) as i64))
+    }
+
+    fn open_fds() -> Option<i64> {
+        Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as i64)
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        if let Some((cpu, start, rss)) = Self::stat() {
+            let c = ConstCounter::new(cpu);
+            c.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                c.metric_type(),
+            )?)?;
+            let g = ConstGauge::new(start);
+            g.encode(encoder.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                None,
+                g.metric_type(),
+            )?)?;
+            let g = ConstGauge::new(rss);
+            g.encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        if let Some(fds) = Self::open_fds() {
+            let g = ConstGauge::new(fds);
+            g.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family has HELP and TYPE, the counters' samples end in
+    /// `_total`, and the exposition ends with `# EOF` (OpenMetrics).
+    #[test]
+    fn every_family_has_help_and_type_and_counters_exist_from_start() {
+        let m = Metrics::new();
+        m.zone("example.com.", "127.0.0.1:53");
+        m.set_state(State::Standby);
+        let text = m.render();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let mut helped = BTreeSet::new();
+        let mut typed = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.insert(rest.split(' ').next().unwrap_or("").to_owned());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split(' ');
+                let name = it.next().unwrap_or("").to_owned();
+                typed.insert(name, it.next().unwrap_or("").to_owned());
+            }
+        }
+        assert_eq!(helped, typed.keys().cloned().collect::<BTreeSet<_>>());
+        for family in [
+            "pg2dns_errors",
+            "pg2dns_dns_retries",
+            "pg2dns_zone_unreachable",
+            "pg2dns_ready",
+            "pg2dns_slot_retained_wal_bytes",
+            "pg2dns_slot_wal_status",
+            "pg2dns_build",
+            "process_cpu_seconds",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(typed.contains_key(family), "{family} missing in\n{text}");
+        }
+        assert_eq!(typed["pg2dns_errors"], "counter");
+        assert!(
+            text.contains("pg2dns_errors_total{kind=\"retry\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pg2dns_dns_retries_total{zone=\"example.com.\",reason=\"timeout\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("pg2dns_build_info{version=\""), "{text}");
+        assert!(text.contains("pg2dns_mode{mode=\"standby\"} 1"), "{text}");
+        assert!(text.contains("pg2dns_ready 0"), "{text}");
+    }
+
+    #[test]
+    fn ready_only_while_running_and_every_primary_answers() {
+        let m = Metrics::new();
+        m.zone("example.com.", "127.0.0.1:53");
+        m.set_state(State::Standby);
+        assert!(m.readiness().unwrap_err().starts_with("standby"));
+        m.set_state(State::Running);
+        assert_eq!(m.readiness(), Ok(()));
+        m.set_unreachable("example.com.", "127.0.0.1:53", true);
+        assert_eq!(
+            m.readiness(),
+            Err("zone example.com.: primary 127.0.0.1:53 unreachable".into())
+        );
+        assert_eq!(m.ready.get(), 0);
+        m.set_unreachable("example.com.", "127.0.0.1:53", false);
+        assert_eq!(m.ready.get(), 1);
     }
 }

@@ -375,6 +375,13 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let mut backoff = Duration::from_millis(200);
     let mut reload = options.reload.clone();
+    // A standby says so once at INFO, then only at debug while it waits.
+    let mut standing_by = false;
+    let _slot_watch = AbortOnDrop(tokio::spawn(status::watch_slot(config.clone())));
+    // Every zone's series exist from start, a standby's too.
+    for z in &config.zones {
+        metrics::get().zone(&z.name.to_string(), &z.primary.to_string());
+    }
     loop {
         let started = Instant::now();
         let e = match session(&config, &mut shutdown, &mut reload).await {
@@ -388,22 +395,33 @@ pub async fn run(
             Err(e) => e,
         };
         let disposition = e.disposition();
-        metrics::get().error(match &disposition {
-            Disposition::Retry if e.is_slot_busy() => "standby",
-            Disposition::Retry => "retry",
-            Disposition::Halt { .. } => "halt",
-            Disposition::Exit => "exit",
-        });
+        match &disposition {
+            // Waiting for the slot is not a failure.
+            Disposition::Standby => {}
+            Disposition::Retry => metrics::get().error("retry"),
+            Disposition::Halt { .. } => metrics::get().error("halt"),
+            Disposition::Exit => metrics::get().error("exit"),
+        }
+        if disposition != Disposition::Standby {
+            standing_by = false;
+        }
         match disposition {
-            Disposition::Retry if e.is_slot_busy() => {
-                // A standby: try the slot again soon, quietly.
-                debug!("another instance streams from the slot; standing by");
+            Disposition::Standby => {
+                // Try the slot again soon, quietly.
+                metrics::get().set_state(metrics::State::Standby);
+                if standing_by {
+                    debug!(error = %e, "still standing by");
+                } else {
+                    info!("standing by: {e}; taking over when it is free");
+                    standing_by = true;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(STANDBY_RETRY) => {}
                     _ = shutdown.changed() => return Ok(()),
                 }
             }
             Disposition::Retry => {
+                metrics::get().set_state(metrics::State::Starting);
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(200);
                 }
@@ -418,10 +436,17 @@ pub async fn run(
                 let reason = crate::error::chain(&e);
                 error!(error = %reason, %hint, "halted");
                 if options.exit_on_halt {
+                    record_stopped(
+                        &config,
+                        format!("halted, and exited (--exit-on-halt): {reason}"),
+                        hint,
+                    )
+                    .await;
                     return Err(e);
                 }
                 let held = e.mass_delete_lsn();
-                let halted = wait_while_halted(&config, reason, hint, held, &mut shutdown);
+                let halted =
+                    wait_while_halted(&config, reason.clone(), hint.clone(), held, &mut shutdown);
                 let resumed = tokio::select! {
                     r = halted => r,
                     _ = reload_asked(&mut reload) => {
@@ -435,11 +460,40 @@ pub async fn run(
                         info!("resuming after the halt");
                         backoff = Duration::from_millis(200);
                     }
-                    None => return Err(e),
+                    None => {
+                        record_stopped(&config, format!("stopped while halted: {reason}"), hint)
+                            .await;
+                        return Err(e);
+                    }
                 }
             }
-            Disposition::Exit => return Err(e),
+            Disposition::Exit => {
+                record_stopped(
+                    &config,
+                    crate::error::chain(&e),
+                    "report this as a pg2dns bug, with the log".into(),
+                )
+                .await;
+                return Err(e);
+            }
         }
+    }
+}
+
+/// Says in `pg2dns.mode` that the service stopped, when it was running or
+/// halted (a pause stays: it survives restarts), on its own connection and
+/// with a bounded wait: the process is exiting.
+async fn record_stopped(config: &Config, reason: String, hint: String) {
+    let write = async {
+        let control = Control::connect(&config.database).await?;
+        control.set_mode(&Mode::Stopped { reason, hint }).await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), write).await {
+        Ok(Ok(())) => metrics::get().set_state(metrics::State::Stopped),
+        Ok(Err(e)) => {
+            warn!(error = %crate::error::chain(&e), "cannot record the stop in pg2dns.mode")
+        }
+        Err(_) => warn!("cannot record the stop in pg2dns.mode: PostgreSQL did not answer in time"),
     }
 }
 
@@ -517,7 +571,11 @@ async fn wait_while_halted(
                     mass_delete,
                 })
                 .await?;
-            metrics::get().set_mode("halted");
+            metrics::get().set_state(if mass_delete.is_some() {
+                metrics::State::Held
+            } else {
+                metrics::State::Halted
+            });
             info!("halted: waiting for `pg2dns resume`");
             control.wait_for_resume(after, shutdown).await
         };
@@ -558,7 +616,7 @@ async fn session(
     let mut stop_at: Option<(Lsn, ControlRequest)> = None;
     match control.mode().await.map_err(schema_or_store)? {
         Mode::Paused { lsn, request } => {
-            metrics::get().set_mode("paused");
+            metrics::get().set_state(metrics::State::Paused);
             info!(%lsn, by = %request.requested_by, reason = %request.reason, "paused: waiting for `pg2dns resume`");
             let waited = tokio::select! {
                 r = control.wait_for_resume(request.id, shutdown) => r?,
@@ -575,14 +633,30 @@ async fn session(
             }
         }
         // A restart is the operator's answer to a halt: try again.
-        Mode::Halted { .. } | Mode::Running => {}
+        Mode::Halted { .. } | Mode::Running | Mode::Stopped { .. } => {}
     }
     let mut store = Store::connect(&config.database).await?;
-    let Some(slot_at) = store.slot_confirmed().await? else {
+    let Some(slot) = store.slot_info().await? else {
         return Err(RunError::SlotMissing {
             slot: config.database.slot.clone(),
         });
     };
+    if !slot.ours {
+        return Err(RunError::SlotElsewhere {
+            slot: config.database.slot.clone(),
+            database: slot.database,
+        });
+    }
+    // Another instance streams: stand by without asking for the slot (the
+    // server would log an error for each try).
+    if let Some(pid) = slot.active_pid {
+        control.standing_by().await;
+        return Err(RunError::SlotBusy {
+            slot: config.database.slot.clone(),
+            pid,
+        });
+    }
+    let slot_at = slot.confirmed;
     let progress = store.progress().await.map_err(schema_or_store)?;
     // pg2dns confirms only what its progress holds, so a slot ahead of the
     // progress was not the one pg2dns streamed from: a gap.
@@ -595,11 +669,24 @@ async fn session(
     }
     check_zone_set(&store, config).await?;
     store.track_presence().await?;
-    let mut replication = PgReplication::connect(&config.database, progress).await?;
+    let mut replication = match PgReplication::connect(&config.database, progress).await {
+        Ok(r) => r,
+        // Another instance took the slot since it was looked at.
+        Err(e) if e.sqlstate() == Some(tokio_postgres::error::SqlState::OBJECT_IN_USE.code()) => {
+            control.standing_by().await;
+            let slot = store.slot_info().await.ok().flatten();
+            return Err(RunError::SlotBusy {
+                slot: config.database.slot.clone(),
+                pid: slot.and_then(|s| s.active_pid).unwrap_or(0),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Only the instance that holds the slot speaks for it (a standby fails
     // above, with the slot busy).
+    control.took_over().await;
     control.set_mode(&Mode::Running).await?;
-    metrics::get().set_mode("running");
+    metrics::get().set_state(metrics::State::Running);
     info!(slot = %config.database.slot, progress = %progress, "streaming");
     let mappings = mappings(config);
     let mut zones = config.zones();
@@ -662,13 +749,29 @@ async fn session(
         stopping: false,
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
+    if let Ok(SessionEnd::Stopped) = result {
+        // Said while this instance still holds the slot, so that it cannot
+        // overwrite the mode of a standby that takes over.
+        if let Err(e) = control
+            .set_mode(&Mode::Stopped {
+                reason: "stopped by a signal".into(),
+                hint: String::new(),
+            })
+            .await
+        {
+            warn!(error = %crate::error::chain(&e), "cannot record the stop in pg2dns.mode");
+        } else {
+            metrics::get().set_state(metrics::State::Stopped);
+        }
+    }
+    metrics::get().clear_unreachable();
     if result.is_ok() && p.confirmed.is_some() {
         replication.shutdown().await;
     }
     if let Ok(SessionEnd::Paused) = result {
         if let Some((lsn, request)) = p.paused.take() {
             control.set_mode(&Mode::Paused { lsn, request }).await?;
-            metrics::get().set_mode("paused");
+            metrics::get().set_state(metrics::State::Paused);
             info!(%lsn, "paused: every transaction committed before the pause is in DNS");
         }
     }

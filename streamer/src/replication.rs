@@ -245,12 +245,15 @@ pub async fn create_slot_exporting(
 
 impl PgReplication {
     /// Connects and starts streaming the slot from `start` (the server
-    /// starts at the slot's confirmed position if that is later).
+    /// starts at the slot's confirmed position if that is later). Returns
+    /// once the server accepted START_REPLICATION, so that only the instance
+    /// that holds the slot goes on to speak for it.
     pub async fn connect(
         db: &DatabaseConfig,
         start: Lsn,
     ) -> Result<PgReplication, ReplicationError> {
-        let client = ReplicationClient::connect(replication_config(db, start)).await?;
+        let mut client = ReplicationClient::connect(replication_config(db, start)).await?;
+        client.wait_started().await?;
         Ok(PgReplication {
             client,
             peeked: None,

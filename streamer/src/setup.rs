@@ -24,6 +24,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (5, include_str!("../../sql/005_rr_unique.sql")),
     (6, include_str!("../../sql/006_zone_ref.sql")),
     (7, include_str!("../../sql/007_row_state_indexes.sql")),
+    (8, include_str!("../../sql/008_health.sql")),
 ];
 
 /// What `setup` did.

@@ -17,6 +17,19 @@
 //! `pg_stat_replication.replay_lag` is not used: it exists only while the
 //! replication connection is up, goes NULL when idle, and measures when
 //! confirmations reached the server, not when DNS acknowledged.
+//!
+//! A zone's primary is *unreachable* when the zone has had changes in flight
+//! for longer than `[limits] unreachable_after_s` without any being
+//! acknowledged (connections refused, timeouts, SERVFAIL: the sink retries
+//! them all the same). The service is then not ready, the metric
+//! `pg2dns_zone_unreachable` is 1 and `zone_status.unreachable_since` says
+//! since when; the first acknowledgement clears it.
+//!
+//! [`watch_slot`] runs for the whole process, whatever the mode: it reads
+//! the slot's retained WAL and `wal_status` every few seconds (a paused
+//! service keeps WAL too, and that is when `max_slot_wal_keep_size` can
+//! lose the slot), and makes the lag of a transaction the mass-delete guard
+//! holds grow while it is held.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -25,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pg2dns_decoder::{Lsn, ZoneName};
 use tokio_postgres::types::ToSql;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::dns::Connection;
@@ -71,11 +84,15 @@ pub struct Live {
     last_commit_micros: AtomicI64,
     last_server_micros: AtomicI64,
     pending: Mutex<Option<Pending>>,
+    unreachable_after: Duration,
 }
 
 impl Live {
     /// Fresh numbers for `config`'s zones (in configuration order).
     pub fn new(config: &Config) -> Arc<Live> {
+        for z in &config.zones {
+            metrics::get().zone(&z.name.to_string(), &z.primary.to_string());
+        }
         Arc::new(Live {
             zones: config
                 .zones
@@ -92,6 +109,7 @@ impl Live {
             last_commit_micros: AtomicI64::new(0),
             last_server_micros: AtomicI64::new(0),
             pending: Mutex::new(None),
+            unreachable_after: config.limits.unreachable_after,
         })
     }
 
@@ -158,6 +176,9 @@ struct ZoneRow {
     acked_at_micros: i64,
     soa_serial: Option<u32>,
     soa_at_micros: i64,
+    /// Unix microseconds since the primary counts as unreachable (0: it
+    /// answers).
+    unreachable_since_micros: i64,
 }
 
 /// Asks `server` for `zone`'s SOA serial over TCP (unsigned: an SOA query
@@ -218,9 +239,14 @@ pub async fn publish(live: Arc<Live>, config: Config) {
             acked_at_micros: 0,
             soa_serial: None,
             soa_at_micros: 0,
+            unreachable_since_micros: 0,
         };
         live.zones.len()
     ];
+    // Per zone: since when changes wait for an answer with none coming, and
+    // the acknowledgement count last seen.
+    let mut waiting_since: Vec<Option<Instant>> = vec![None; live.zones.len()];
+    let mut acked_seen: Vec<u64> = vec![0; live.zones.len()];
     let mut published: Option<(Vec<ZoneRow>, u64, Option<i64>)> = None;
     // What the last publication said of the last Commit received, and when.
     let mut published_commit = 0u64;
@@ -238,6 +264,29 @@ pub async fn publish(live: Arc<Live>, config: Config) {
             let in_flight = z.dispatched.load(Ordering::Relaxed).saturating_sub(acked);
             rows[i].in_flight = i64::try_from(in_flight).unwrap_or(i64::MAX);
             rows[i].acked_at_micros = z.acked_at.load(Ordering::Relaxed);
+            // An acknowledgement, or nothing to send, restarts the clock.
+            if in_flight == 0 || acked > acked_seen[i] {
+                waiting_since[i] = None;
+            }
+            acked_seen[i] = acked;
+            if in_flight > 0 && waiting_since[i].is_none() {
+                waiting_since[i] = Some(Instant::now());
+            }
+            let unreachable =
+                waiting_since[i].is_some_and(|t| t.elapsed() > live.unreachable_after);
+            if unreachable != (rows[i].unreachable_since_micros != 0) {
+                let (zone, server) = (z.name.to_string(), z.primary.to_string());
+                if unreachable {
+                    let since = SystemTime::now()
+                        - waiting_since[i].map_or(Duration::ZERO, |t| t.elapsed());
+                    rows[i].unreachable_since_micros = unix_micros(since);
+                    warn!(%zone, %server, in_flight, "the primary has answered none of the pending changes for longer than unreachable_after_s: not ready");
+                } else {
+                    rows[i].unreachable_since_micros = 0;
+                    info!(%zone, %server, "the primary answers again");
+                }
+                m.set_unreachable(&zone, &server, unreachable);
+            }
             m.zone_in_flight
                 .get_or_create(&label)
                 .set(rows[i].in_flight);
@@ -344,16 +393,17 @@ impl StatusDb {
             let zones = client
                 .prepare(
                     "INSERT INTO pg2dns.zone_status AS z
-                         (slot, zone, primary_addr, in_flight, acked_at, soa_serial, soa_at, updated)
-                     SELECT $1, zone, primary_addr, in_flight, to_timestamp(acked_at), soa_serial, to_timestamp(soa_at), now()
-                       FROM unnest($2::text[], $3::text[], $4::int8[], $5::float8[], $6::int8[], $7::float8[])
-                            AS u(zone, primary_addr, in_flight, acked_at, soa_serial, soa_at)
+                         (slot, zone, primary_addr, in_flight, acked_at, soa_serial, soa_at, unreachable_since, updated)
+                     SELECT $1, zone, primary_addr, in_flight, to_timestamp(acked_at), soa_serial, to_timestamp(soa_at), to_timestamp(unreachable_since), now()
+                       FROM unnest($2::text[], $3::text[], $4::int8[], $5::float8[], $6::int8[], $7::float8[], $8::float8[])
+                            AS u(zone, primary_addr, in_flight, acked_at, soa_serial, soa_at, unreachable_since)
                      ON CONFLICT (slot, zone) DO UPDATE SET
                          primary_addr = EXCLUDED.primary_addr,
                          in_flight = EXCLUDED.in_flight,
                          acked_at = coalesce(EXCLUDED.acked_at, z.acked_at),
                          soa_serial = coalesce(EXCLUDED.soa_serial, z.soa_serial),
                          soa_at = coalesce(EXCLUDED.soa_at, z.soa_at),
+                         unreachable_since = EXCLUDED.unreachable_since,
                          updated = now()",
                 )
                 .await?;
@@ -388,13 +438,24 @@ impl StatusDb {
         let acked_at: Vec<Option<f64>> = rows.iter().map(|r| seconds(r.acked_at_micros)).collect();
         let serial: Vec<Option<i64>> = rows.iter().map(|r| r.soa_serial.map(i64::from)).collect();
         let soa_at: Vec<Option<f64>> = rows.iter().map(|r| seconds(r.soa_at_micros)).collect();
+        let unreachable: Vec<Option<f64>> = rows
+            .iter()
+            .map(|r| seconds(r.unreachable_since_micros))
+            .collect();
         let received = (*received != 0).then(|| Lsn::new(*received).to_string());
         let oldest = oldest.map(|c| (c + PG_EPOCH_MICROS) as f64 / 1e6);
         let c = &self.client;
         let forget: [&(dyn ToSql + Sync); 2] = [&slot, &zones];
         let stream: [&(dyn ToSql + Sync); 3] = [&slot, &received, &oldest];
-        let zone_rows: [&(dyn ToSql + Sync); 7] = [
-            &slot, &zones, &primaries, &in_flight, &acked_at, &serial, &soa_at,
+        let zone_rows: [&(dyn ToSql + Sync); 8] = [
+            &slot,
+            &zones,
+            &primaries,
+            &in_flight,
+            &acked_at,
+            &serial,
+            &soa_at,
+            &unreachable,
         ];
         // Requests are pipelined in the order the futures are first polled.
         // Zones no longer configured are no longer reported.
@@ -414,5 +475,121 @@ impl StatusDb {
             Some(e) => Err(e),
             None => committed,
         }
+    }
+}
+
+/// How often [`watch_slot`] reads `pg_replication_slots`.
+const SLOT_EVERY: Duration = Duration::from_secs(5);
+
+/// For the whole process: the slot's retained WAL and `wal_status` in the
+/// metrics (with a warning when it nears `max_slot_wal_keep_size` or is
+/// lost), and the lag of a held transaction growing while it is held.
+pub async fn watch_slot(config: Config) {
+    let m = metrics::get();
+    let slot = config.database.slot.clone();
+    let mut client: Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> = None;
+    let mut warned_status = String::from("reserved");
+    let mut warned_near = false;
+    // Since when a transaction is held, and its lag then.
+    let mut held: Option<(Instant, f64)> = None;
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_read: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        if m.state() == metrics::State::Held {
+            let (since, base) = *held.get_or_insert((Instant::now(), m.lag_seconds.get()));
+            m.lag_seconds.set(base + since.elapsed().as_secs_f64());
+        } else {
+            held = None;
+        }
+        if last_read.is_some_and(|t| t.elapsed() < SLOT_EVERY) {
+            continue;
+        }
+        last_read = Some(Instant::now());
+        if client.is_none() {
+            match crate::pgconn::connect(&config.database, "pg2dns slot watch").await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    debug!(error = %crate::error::chain(&e), "cannot read the slot's WAL yet");
+                    continue;
+                }
+            }
+        }
+        let Some((c, _)) = &client else { continue };
+        let row = c
+            .query_opt(
+                "SELECT coalesce(wal_status, ''), \
+                        coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8, \
+                        safe_wal_size \
+                 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+                &[&slot],
+            )
+            .await;
+        let r = match row {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                debug!(error = %e, "cannot read the slot's WAL");
+                if let Some((_, task)) = client.take() {
+                    task.abort();
+                }
+                continue;
+            }
+        };
+        let (status, retained, safe): (String, i64, Option<i64>) = (r.get(0), r.get(1), r.get(2));
+        m.slot_wal(&status, retained, safe);
+        if status != warned_status && (status == "unreserved" || status == "lost") {
+            warn!(%slot, wal_status = %status, retained_wal_bytes = retained, "{}", slot_warning(&status, retained, safe).unwrap_or_default());
+        }
+        warned_status = status.clone();
+        let near = wal_near_limit(retained, safe);
+        if near && !warned_near && status != "lost" {
+            warn!(%slot, retained_wal_bytes = retained, safe_wal_bytes = safe.unwrap_or(-1), "{}", slot_warning(&status, retained, safe).unwrap_or_default());
+        }
+        warned_near = near;
+    }
+}
+
+/// Whether the slot has used more than three quarters of
+/// `max_slot_wal_keep_size` (`safe` is NULL when that is unlimited).
+pub fn wal_near_limit(retained: i64, safe: Option<i64>) -> bool {
+    safe.is_some_and(|safe| safe.saturating_mul(4) < retained.saturating_add(safe))
+}
+
+/// What an operator should know about the slot's WAL, if anything.
+pub fn slot_warning(wal_status: &str, retained: i64, safe: Option<i64>) -> Option<String> {
+    match wal_status {
+        "lost" => Some("the slot is lost (wal_status lost): WAL it needed was removed past max_slot_wal_keep_size, and the changes in it can no longer be streamed; recreate the slot with `pg2dns setup` and resynchronise the zones".into()),
+        "unreserved" => Some(format!("the slot's WAL is past max_slot_wal_keep_size (wal_status unreserved, {retained} bytes retained): it will be lost at the next checkpoint unless the service streams again now")),
+        _ if wal_near_limit(retained, safe) => Some(format!(
+            "the slot retains {retained} bytes of WAL and will be lost after {} more bytes (max_slot_wal_keep_size): resume or start the service",
+            safe.unwrap_or(0)
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slot_warns_past_three_quarters_of_its_limit_and_when_lost() {
+        const MB: i64 = 1 << 20;
+        // No max_slot_wal_keep_size: never near.
+        assert!(!wal_near_limit(100 * MB, None));
+        assert_eq!(slot_warning("reserved", 100 * MB, None), None);
+        // 70 MB of 100 used: not yet; 80 of 100: warn.
+        assert!(!wal_near_limit(70 * MB, Some(30 * MB)));
+        assert!(wal_near_limit(80 * MB, Some(20 * MB)));
+        let w = slot_warning("reserved", 80 * MB, Some(20 * MB)).unwrap_or_default();
+        assert!(w.contains("lost after 20971520 more bytes"), "{w}");
+        assert!(slot_warning("unreserved", 120 * MB, Some(0))
+            .unwrap_or_default()
+            .contains("unreserved"));
+        assert!(slot_warning("lost", 0, None)
+            .unwrap_or_default()
+            .contains("slot is lost"));
     }
 }

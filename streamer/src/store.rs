@@ -251,6 +251,19 @@ pub fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreErr
     move |source| StoreError::Sql { what, source }
 }
 
+/// What `pg_replication_slots` says of pg2dns's slot.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    /// Its confirmed position.
+    pub confirmed: Lsn,
+    /// The server process streaming from it, if one does.
+    pub active_pid: Option<i32>,
+    /// The database it belongs to (a logical slot decodes one database).
+    pub database: String,
+    /// Whether that is the database pg2dns is connected to.
+    pub ours: bool,
+}
+
 /// The SQL connection and the open checkpoint transaction.
 pub struct Store {
     client: Client,
@@ -585,6 +598,32 @@ impl Store {
                 })
             }
         }
+    }
+
+    /// The slot as `pg_replication_slots` shows it: its confirmed position,
+    /// the PID of the process streaming from it (if any) and its database.
+    pub async fn slot_info(&self) -> Result<Option<SlotInfo>, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT coalesce(confirmed_flush_lsn, '0/0')::text, active_pid, coalesce(database::text, ''), \
+                        coalesce(database = current_database(), false) \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql("cannot read pg_replication_slots"))?;
+        let Some(r) = row else { return Ok(None) };
+        let text: String = r.get(0);
+        Ok(Some(SlotInfo {
+            confirmed: text.parse().map_err(|_| StoreError::Corrupt {
+                table: "pg_replication_slots",
+                detail: format!("confirmed_flush_lsn {text:?}"),
+            })?,
+            active_pid: r.get(1),
+            database: r.get(2),
+            ours: r.get(3),
+        }))
     }
 
     async fn begin(&mut self) -> Result<(), StoreError> {

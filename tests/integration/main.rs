@@ -52,6 +52,7 @@ mod faults;
 mod guard;
 mod halts;
 mod harness_selftest;
+mod health;
 mod isolation;
 mod knot;
 mod outages;

@@ -150,6 +150,12 @@ impl ZoneSink {
                         backoff,
                     } => {
                         warn!(zone = %self.session.config().zone, server = %self.server, %lsn, %reason, retry_in = ?backoff, "UPDATE not acknowledged; will resend in order");
+                        m.dns_retries
+                            .get_or_create(&metrics::RetryLabel {
+                                zone: label.zone.clone(),
+                                reason: metrics::retry_reason(&reason).into(),
+                            })
+                            .inc();
                         conn = None;
                         // Waited in the select below, which keeps taking
                         // dispatches meanwhile: a zone whose server is down
