@@ -6,7 +6,9 @@
 //! server), `after-dns-send` (it was written, its answer not yet read),
 //! `after-dns-ack` (every UPDATE of the pending transactions was
 //! acknowledged, the checkpoint is not yet committed), `after-state-commit`
-//! (the checkpoint committed, the slot not yet confirmed).
+//! (the checkpoint committed, the slot not yet confirmed),
+//! `reconcile-after-pause` (`pg2dns reconcile` asked the running service to
+//! pause, holding the pause lease).
 
 use std::sync::OnceLock;
 
