@@ -438,11 +438,19 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
     if !problems.is_empty() {
         return Err(SetupError::NoReplicaIdentity(problems));
     }
-    let state = slot_state(&store, &slot).await?;
+    let mut state = slot_state(&store, &slot).await?;
     let progress_before = has_progress(&store).await?;
+    // A slot ahead of pg2dns's progress (dropped and made again) is as
+    // good as lost to pg2dns: --recreate-slot replaces it too.
+    if options.recreate_slot && progress_before && matches!(state, SlotState::Usable(_)) {
+        let slot_at = store.slot_confirmed().await?.unwrap_or(Lsn::ZERO);
+        if slot_at > store.progress().await? {
+            state = SlotState::Lost;
+        }
+    }
     match &state {
         SlotState::Lost if !options.recreate_slot => return Err(SetupError::SlotLost(slot)),
-        SlotState::Usable(status) if options.recreate_slot => {
+        SlotState::Usable(status) if options.recreate_slot && progress_before => {
             return Err(SetupError::SlotUsable {
                 slot,
                 status: status.clone(),
@@ -552,8 +560,9 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
     }
     let recreate = options.recreate_slot && progress_before;
     if recreate && state == SlotState::Lost {
-        // Its changes since its position are gone from the WAL: a new slot
-        // and a load at its snapshot replace them exactly.
+        // Its changes since pg2dns's progress are gone from the WAL (or
+        // were never in the slot): a new slot and a load at its snapshot
+        // replace them exactly.
         let old = store.slot_confirmed().await?;
         store
             .client()
