@@ -752,3 +752,39 @@ async fn convert_v1_state(store: &Store, config: &Config) -> Result<u64, StoreEr
     info!(converted, "row state converted from schema version 1");
     Ok(converted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_load_runs_for_a_new_slot_without_progress_or_a_recreated_one() {
+        let plain = SetupOptions::default();
+        let recreate = SetupOptions {
+            recreate_slot: true,
+            ..SetupOptions::default()
+        };
+        assert!(loads(&SlotState::Missing, false, &plain));
+        // A slot gone while pg2dns has progress is a gap, not a first load…
+        assert!(!loads(&SlotState::Missing, true, &plain));
+        // …unless the operator asks for a new slot and a load.
+        assert!(loads(&SlotState::Missing, true, &recreate));
+        assert!(loads(&SlotState::Lost, true, &recreate));
+        assert!(!loads(&SlotState::Lost, true, &plain));
+        assert!(!loads(&SlotState::Usable("reserved".into()), true, &plain));
+    }
+
+    #[test]
+    fn an_identity_problem_names_the_alter_table_to_run() {
+        let p = IdentityProblem {
+            table: "\"public\".\"hosts\"".into(),
+            identity: "n".into(),
+        };
+        let text = p.to_string();
+        assert!(text.contains("replica identity NOTHING"), "{text}");
+        assert!(
+            text.contains("ALTER TABLE \"public\".\"hosts\" REPLICA IDENTITY FULL"),
+            "{text}"
+        );
+    }
+}
