@@ -763,6 +763,7 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
         // A running service is brought to the snapshot's exact point and
         // held there while the zones are transferred (DESIGN §4).
         let frozen = freeze(&store, config, &hold).await?;
+        crate::failpoint::panic_at("reconcile-panic");
         let snapshot = frozen.as_ref().map(|f| f.snapshot.name.clone());
         let result = compare(
             config,
@@ -1188,7 +1189,18 @@ async fn reconcile_zone(
     }
     bar.set_message(format!("zone {}: repairing", zc.name));
     let started = Instant::now();
-    if let Err(e) = repair(config, zc, wanted, options, transfer, first, &mut outcome).await {
+    if let Err(e) = repair(
+        config,
+        zc,
+        wanted,
+        options,
+        owned,
+        transfer,
+        first,
+        &mut outcome,
+    )
+    .await
+    {
         outcome.error = Some(e);
     }
     outcome.repair_time = started.elapsed();
@@ -1197,11 +1209,13 @@ async fn reconcile_zone(
 
 /// Sends the repair, starting again from a fresh transfer when the SOA guard
 /// fails; ends with a transfer that checks the zone is in sync.
+#[allow(clippy::too_many_arguments)]
 async fn repair(
     config: &Config,
     zc: &ZoneConfig,
     wanted: &[Record],
     options: &Options,
+    owned: Option<&std::collections::HashSet<RecordKey>>,
     mut transfer: Transfer,
     mut current: ZoneDiff,
     outcome: &mut ZoneOutcome,
@@ -1277,6 +1291,23 @@ async fn repair(
                     });
                 }
                 current = diff::diff_excluding(zone, wanted, &transfer.records, &zc.exclusions);
+                // A first load refuses records that appeared meanwhile as
+                // it refuses those it saw first.
+                if let (Some(owned), false) = (owned, options.force) {
+                    let unowned: Vec<Record> = current
+                        .owners
+                        .values()
+                        .flat_map(|o| o.extra.iter())
+                        .filter(|r| !owned.contains(&record_key(r)))
+                        .cloned()
+                        .collect();
+                    if !unowned.is_empty() {
+                        outcome.unowned_deletes = unowned;
+                        outcome.refused_unowned = true;
+                        outcome.in_sync_after = Some(false);
+                        return Ok(());
+                    }
+                }
                 if current.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
                     && !options.force
                 {

@@ -1021,3 +1021,40 @@ async fn reconcile_piped_into_head_ends_without_a_panic_and_leaves_the_service_r
     }
     streams_again(&stack, "after-head.example.test.").await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_that_panics_while_it_holds_the_service_paused_resumes_it_first() -> Result<()>
+{
+    let (stack, run) = service_with_a_stray_record("lease-panic").await?;
+    let output = stack
+        .reconcile(&["--apply"], &[("PG2DNS_FAILPOINT", "reconcile-panic")])
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2)
+            && stderr.contains("failpoint reconcile-panic reached")
+            && stderr.contains("resumed"),
+        "reconcile panics, resumes the service and exits 2: {}\n{stderr}",
+        output.status
+    );
+    let newest: String = stack
+        .db
+        .query_one(
+            "SELECT action FROM pg2dns.control WHERE slot = 'pg2dns' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(newest == "resume", "the newest control request is {newest}");
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update delete stray.example.test. A")
+        .await?;
+    streams_again(&stack, "after-panic.example.test.").await?;
+    ensure!(
+        !run.log().contains("resuming by itself"),
+        "the panicking reconcile resumed the service itself:\n{}",
+        run.log_tail(30)
+    );
+    Ok(())
+}
