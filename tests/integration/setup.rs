@@ -388,3 +388,74 @@ async fn a_lost_slot_is_replaced_by_setup_recreate_slot_and_dns_ends_equal_to_th
         .with_context(|| run.log_tail(30))?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_slot_is_replaced_by_setup_recreate_slot_and_the_rows_changed_meanwhile_reach_dns(
+) -> Result<()> {
+    let stack = Stack::start("setup-dropped-slot", Primary::Bind).await?;
+    let mut run = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('keep.example.test.', 300, 'A', '192.0.2.1'),
+               ('gone.example.test.', 300, 'A', '192.0.2.2')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    run.terminate().await?;
+    wait_until(DNS_DEADLINE, "the slot is dropped", || async {
+        match stack
+            .db
+            .execute("SELECT pg_drop_replication_slot('pg2dns')", &[])
+            .await
+        {
+            Ok(_) => Ok(Check::Done(())),
+            Err(e) if format!("{e:?}").contains("is active") => Ok(Check::NotYet(e.to_string())),
+            Err(e) => Err(e).context("dropping the slot"),
+        }
+    })
+    .await?;
+    stack
+        .exec(
+            "DELETE FROM pg2dns.rr WHERE owner = 'gone.example.test.';
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('new.example.test.', 300, 'A', '192.0.2.4')",
+        )
+        .await?;
+    // The preview shows what the load changes.
+    let dry = pg2dns(
+        &["setup", "--dry-run", "--recreate-slot"],
+        stack.config_path(),
+    )
+    .await?;
+    let text = printed(&dry);
+    ensure!(
+        dry.status.code() == Some(0)
+            && text.contains("- gone.example.test.")
+            && text.contains("+ new.example.test."),
+        "{text}"
+    );
+    let recreated = pg2dns(&["setup", "--recreate-slot"], stack.config_path()).await?;
+    ensure!(
+        recreated.status.code() == Some(0),
+        "{}",
+        printed(&recreated)
+    );
+    // The load happened at setup, before any run.
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    // A usable slot of an instance in line is not replaced.
+    let again = pg2dns(&["setup", "--recreate-slot"], stack.config_path()).await?;
+    ensure!(
+        again.status.code() == Some(1) && printed(&again).contains("can still be used"),
+        "{}",
+        printed(&again)
+    );
+    let run = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('later.example.test.', 300, 'A', '192.0.2.5')")
+        .await?;
+    stack
+        .wait_until_dns_matches_table(DNS_DEADLINE)
+        .await
+        .with_context(|| run.log_tail(30))?;
+    Ok(())
+}
