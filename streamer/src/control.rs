@@ -353,6 +353,12 @@ impl Control {
                 return Ok(Some(resume));
             }
             if self.lease_ended(request.id).await? {
+                // The holder may have resumed just before its session
+                // ended (between the two reads above): its resume counts.
+                if let Some(resume) = self.resume_after(request.id).await? {
+                    info!(by = %resume.requested_by, "resume requested");
+                    return Ok(Some(resume));
+                }
                 warn!(
                     request = request.id,
                     by = %request.requested_by,

@@ -305,7 +305,7 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             };
             let report = match reconcile::reconcile(&config, &options).await {
                 Err(reconcile::ReconcileError::Interrupted(signal)) => {
-                    eprintln!("pg2dns: reconcile interrupted by {signal}; nothing more was sent, and a service it paused was resumed");
+                    eprintln!("pg2dns: reconcile interrupted by {signal}; nothing more was sent");
                     return Ok(signal.exit_code());
                 }
                 r => r?,

@@ -957,7 +957,8 @@ async fn a_reconcile_ended_by_sigterm_resumes_the_service_and_exits_143() -> Res
         "reconcile exits 143 after SIGTERM: {status}\n{rest}"
     );
     ensure!(
-        rest.contains("resumed"),
+        rest.contains("interrupted by SIGTERM")
+            && rest.contains("paused at the snapshot for the comparison; resumed"),
         "it says it resumed the service:\n{rest}"
     );
     // The reconcile's own resume, not the lease's end.
@@ -977,7 +978,7 @@ async fn a_reconcile_ended_by_sigterm_resumes_the_service_and_exits_143() -> Res
     streams_again(&stack, "after-term.example.test.").await?;
     ensure!(
         !run.log().contains("resuming by itself"),
-        "reconcile resumed the service itself, before its lease ended:\n{}",
+        "reconcile resumed the service itself, before its lease ended:\n{}\nreconcile:\n{rest}",
         run.log_tail(30)
     );
     Ok(())
@@ -1033,7 +1034,7 @@ async fn a_reconcile_that_panics_while_it_holds_the_service_paused_resumes_it_fi
     ensure!(
         output.status.code() == Some(2)
             && stderr.contains("failpoint reconcile-panic reached")
-            && stderr.contains("resumed"),
+            && stderr.contains("paused at the snapshot for the comparison; resumed"),
         "reconcile panics, resumes the service and exits 2: {}\n{stderr}",
         output.status
     );
