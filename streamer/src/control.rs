@@ -398,3 +398,76 @@ impl Control {
         }
     }
 }
+
+/// Leases: a reconcile's pause ends when the reconcile does.
+///
+/// `pg2dns reconcile` holds a session-level advisory lock for the slot while
+/// it pauses the service, and `pg2dns.pause()` / `pg2dns.resume(until)`
+/// record its backend PID on the request (schema version 9). A paused service
+/// whose request is such a lease asks, at every poll, whether the holder's
+/// session still holds the lock; PostgreSQL drops a session's advisory locks
+/// when it ends, however the reconcile ended (signal, panic, lost
+/// connection, kill -9). An operator's `pg2dns pause` holds no lock and
+/// stays until `pg2dns resume`.
+impl Control {
+    /// Whether the session that made control request `request` a lease is
+    /// gone. `false` for a request that is no lease, and before schema
+    /// version 9 (no leases then).
+    pub async fn lease_ended(&self, request: i64) -> Result<bool, StoreError> {
+        match self
+            .client
+            .query_one("SELECT pg2dns.lease_alive($1)", &[&request])
+            .await
+        {
+            Ok(row) => Ok(!row.get::<_, bool>(0)),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+                Ok(false)
+            }
+            Err(e) => Err(sql("cannot ask whether the pause's lease holder is there")(
+                e,
+            )),
+        }
+    }
+
+    /// [`Control::wait_for_resume`] for a service paused by request
+    /// `request`: also ends, with a resume of this service's own making,
+    /// once that request's lease holder is gone.
+    pub async fn wait_for_resume_or_lease_end(
+        &mut self,
+        request: &ControlRequest,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<ControlRequest>, StoreError> {
+        loop {
+            if let Some(resume) = self.resume_after(request.id).await? {
+                info!(by = %resume.requested_by, "resume requested");
+                return Ok(Some(resume));
+            }
+            if self.lease_ended(request.id).await? {
+                // The holder may have resumed just before its session
+                // ended (between the two reads above): its resume counts.
+                if let Some(resume) = self.resume_after(request.id).await? {
+                    info!(by = %resume.requested_by, "resume requested");
+                    return Ok(Some(resume));
+                }
+                warn!(
+                    request = request.id,
+                    by = %request.requested_by,
+                    reason = %request.reason,
+                    "the session that paused the service (a lease: pg2dns reconcile) is gone without resuming it: resuming by itself"
+                );
+                return Ok(Some(ControlRequest {
+                    id: request.id,
+                    action: "resume".into(),
+                    requested_by: "pg2dns (lease ended)".into(),
+                    reason: String::new(),
+                    until: None,
+                }));
+            }
+            tokio::select! {
+                _ = self.notifications.recv() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.changed() => return Ok(None),
+            }
+        }
+    }
+}

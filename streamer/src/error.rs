@@ -195,8 +195,8 @@ impl RunError {
                 _ => halt("report this as a pg2dns bug, with the log"),
             },
             RunError::Map(_) => halt("set REPLICA IDENTITY DEFAULT (with a primary key) or FULL on the table, then restart"),
-            RunError::SlotMissing { .. } => halt("run `pg2dns setup -c <config>` to create it (pg2dns never creates a slot while running: a new slot would silently skip every change made since the old one was lost)"),
-            RunError::SlotGap { .. } => halt("resynchronise the zones from the database (DNS lacks what changed in between), then run `pg2dns setup --accept-gap -c <config>` to stream from the slot's position"),
+            RunError::SlotMissing { .. } => halt("run `pg2dns setup --recreate-slot -c <config>`: it creates a new slot and brings every zone in line with the tables at its consistent point (pg2dns never creates a slot while running: a new slot would silently skip every change made since the old one was lost)"),
+            RunError::SlotGap { .. } => halt("DNS lacks what changed in between: run `pg2dns setup --recreate-slot -c <config>` to replace the slot and bring every zone in line at its consistent point (or resynchronise the zones yourself, then `pg2dns setup --accept-gap -c <config>`)"),
             RunError::SchemaMissing => halt("run `pg2dns setup -c <config>`"),
             RunError::MassDelete { zone, lsn, .. } => Disposition::Halt {
                 hint: format!("if these deletes are intended, run `pg2dns resume --allow-mass-delete` to apply them (it releases only the transaction at {lsn}; the threshold is [guard] or the zone's max_delete_share / max_delete_records). If they are a mistake, restore the rows of zone {zone} in the database first: the release then deletes the records and the restore adds them back. Until then nothing after this transaction is sent either"),
@@ -223,7 +223,7 @@ fn sql_disposition(code: &str) -> Disposition {
     match code {
         c if c == SqlState::UNDEFINED_TABLE.code() => halt("the pg2dns schema is missing or old: run `pg2dns setup -c <config>`"),
         c if c == SqlState::UNDEFINED_OBJECT.code() => halt("the replication slot or the publication does not exist: run `pg2dns setup -c <config>`; if the publication was dropped and created again, the slot must be recreated too (its position predates the new publication)"),
-        c if c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE.code() => halt("the replication slot can no longer be used (invalidated, e.g. by max_slot_wal_keep_size): changes since its position are lost to the stream; recreate the slot with `pg2dns setup` and resynchronise the zones"),
+        c if c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE.code() => halt("the replication slot can no longer be used (invalidated, e.g. by max_slot_wal_keep_size): changes since its position are lost to the stream; run `pg2dns setup --recreate-slot -c <config>`, which replaces the slot and brings every zone in line with the tables at the new slot's point"),
         c if c == SqlState::OBJECT_IN_USE.code() => Disposition::Standby,
         c if c == SqlState::INSUFFICIENT_PRIVILEGE.code() => halt("grant the pg2dns role the REPLICATION attribute and access to the pg2dns schema and the source tables"),
         c if c.starts_with("28") => halt("the database refused pg2dns's credentials: check the user and password in [database].url"),

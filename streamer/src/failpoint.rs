@@ -6,7 +6,11 @@
 //! server), `after-dns-send` (it was written, its answer not yet read),
 //! `after-dns-ack` (every UPDATE of the pending transactions was
 //! acknowledged, the checkpoint is not yet committed), `after-state-commit`
-//! (the checkpoint committed, the slot not yet confirmed).
+//! (the checkpoint committed, the slot not yet confirmed),
+//! `reconcile-after-pause` (`pg2dns reconcile` asked the running service to
+//! pause, holding the pause lease). `reconcile-panic` panics instead (where
+//! reconcile holds the service paused at the snapshot), to test that a panic
+//! still resumes it.
 
 use std::sync::OnceLock;
 
@@ -26,5 +30,12 @@ pub fn hit(name: &str) {
     if armed() == Some(name) {
         eprintln!("pg2dns: failpoint {name} reached: aborting");
         std::process::abort();
+    }
+}
+
+/// Panics if `name` is the armed failpoint.
+pub fn panic_at(name: &str) {
+    if armed() == Some(name) {
+        panic!("failpoint {name} reached");
     }
 }

@@ -26,13 +26,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install the pg2dns schema, create the publication and the replication slot (idempotent).
+    /// Install the pg2dns schema, create the publication and the replication
+    /// slot, and load the tables into DNS at the slot's consistent point
+    /// (idempotent). Exit 0 done, 1 refused or failed (nothing changed), 2 set
+    /// up but a zone's first load did not complete (the output says how to
+    /// finish).
     Setup {
         /// Accept that the slot starts after pg2dns's progress (it was
         /// dropped and re-created): stream from the slot, once the zones were
         /// resynchronised from the database.
         #[arg(long)]
         accept_gap: bool,
+        /// Print what setup would do and the first load's plan per zone
+        /// (records added and deleted), changing nothing. Exit 0, or 2 when
+        /// setup would refuse.
+        #[arg(long)]
+        dry_run: bool,
+        /// Let the first load delete records that no row holds and pg2dns
+        /// never published (made by hand or by another tool).
+        #[arg(long)]
+        force: bool,
+        /// Replace a lost replication slot (wal_status = lost, or dropped)
+        /// with a new one, and bring every zone in line with the tables at
+        /// its consistent point.
+        #[arg(long, conflicts_with = "accept_gap")]
+        recreate_slot: bool,
     },
     /// Stream changes to the DNS servers until stopped (SIGINT/SIGTERM).
     Run {
@@ -196,39 +214,32 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             }
             Ok(1)
         }
-        Command::Setup { accept_gap } => {
-            let report = setup::setup(&config, accept_gap).await?;
-            if let Some(rows) = report.loaded {
-                println!("first load: the {rows} rows the database holds at the new slot's consistent point are in DNS");
+        Command::Setup {
+            accept_gap,
+            dry_run,
+            force,
+            recreate_slot,
+        } => {
+            let options = setup::SetupOptions {
+                accept_gap,
+                force,
+                recreate_slot,
+            };
+            if dry_run {
+                let dry = setup::dry_run(&config, &options).await?;
+                print_quietly(&dry.human(&config.database.slot));
+                return Ok(dry.exit_code());
             }
-            if let Some(problem) = &report.load_problem {
-                println!("warning: the first load did not complete: {problem}");
-            }
-            if let Some((progress, slot_at)) = report.gap {
-                if report.gap_accepted {
-                    println!("gap accepted: streaming continues from {slot_at} (pg2dns had applied changes up to {progress})");
-                } else {
-                    println!("warning: slot {} starts at {slot_at} but pg2dns applied changes only up to {progress}: the changes in between were never streamed. Resynchronise the zones from the database, then run `pg2dns setup --accept-gap`; until then `pg2dns run` halts", config.database.slot);
+            let report = match setup::setup(&config, &options).await {
+                Err(setup::SetupError::LoadRefused { why, preview }) => {
+                    print_quietly(&preview.human());
+                    eprintln!("pg2dns: setup refused: {why}; nothing was changed (`pg2dns setup --dry-run` shows the plan)");
+                    return Ok(1);
                 }
-            }
-            println!(
-                "setup done: schema versions applied {:?}, publication {}, slot {}",
-                report.applied,
-                if report.publication_created {
-                    "created"
-                } else {
-                    "already there"
-                },
-                if report.slot_created {
-                    "created"
-                } else {
-                    "already there"
-                },
-            );
-            for table in &report.sources_added {
-                println!("source table {table} added to the publication");
-            }
-            Ok(0)
+                r => r?,
+            };
+            print_quietly(&setup_summary(&report, &config));
+            Ok(report.exit_code())
         }
         Command::Pause { reason, wait } => {
             admin::pause(&config, &reason, wait).await?;
@@ -281,6 +292,11 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             unguarded,
             json,
         } => {
+            // A signal ends it after resuming a service it paused.
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(async move {
+                let _ = tx.send(Some(reconcile_signal().await));
+            });
             let options = reconcile::Options {
                 zones,
                 apply,
@@ -289,19 +305,91 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 // On stderr, and only when it is a terminal (indicatif
                 // hides the bar otherwise).
                 progress: !json,
+                protect_unowned: false,
+                interrupt: Some(rx),
             };
-            let report = reconcile::reconcile(&config, &options).await?;
+            let report = match reconcile::reconcile(&config, &options).await {
+                Err(reconcile::ReconcileError::Interrupted(signal)) => {
+                    eprintln!("pg2dns: reconcile interrupted by {signal}; nothing more was sent");
+                    return Ok(signal.exit_code());
+                }
+                r => r?,
+            };
             if json {
-                println!("{}", report.json());
+                print_quietly(&format!("{}\n", report.json()));
             } else {
-                // anstream strips the colour when stdout is not a terminal
-                // or NO_COLOR is set.
-                use std::io::Write;
-                let mut out = anstream::stdout();
-                write!(out, "{}", report.human())?;
+                print_quietly(&report.human());
             }
             Ok(report.exit_code())
         }
+    }
+}
+
+/// Writes to stdout (colour stripped when it is not a terminal or NO_COLOR is
+/// set); a closed stdout (`| head`) ends the output quietly, never a panic.
+fn print_quietly(text: &str) {
+    use std::io::Write;
+    let mut out = anstream::stdout();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// What `pg2dns setup` did, for people.
+fn setup_summary(report: &setup::SetupReport, config: &Config) -> String {
+    let mut out = String::new();
+    if let Some(old) = report.slot_recreated {
+        out.push_str(&format!("slot {} replaced: the lost slot (confirmed up to {old}) was dropped and a new one created\n", config.database.slot));
+    }
+    if let Some(rows) = report.loaded {
+        out.push_str(&format!("first load: the {rows} rows the database holds at the new slot's consistent point are in DNS\n"));
+    }
+    if let Some(load) = &report.load {
+        out.push_str(&load.human());
+    }
+    if let Some(problem) = &report.load_problem {
+        out.push_str(&format!(
+            "error: the first load did not complete:\n{problem}\n"
+        ));
+    }
+    if report.resumed {
+        out.push_str("the halted service was asked to resume from the new slot\n");
+    }
+    if let Some((progress, slot_at)) = report.gap {
+        if report.gap_accepted {
+            out.push_str(&format!("gap accepted: streaming continues from {slot_at} (pg2dns had applied changes up to {progress})\n"));
+        } else {
+            out.push_str(&format!("warning: slot {} starts at {slot_at} but pg2dns applied changes only up to {progress}: the changes in between were never streamed. Run `pg2dns setup --recreate-slot` to load every zone at a new slot's point (or resynchronise the zones yourself, then `pg2dns setup --accept-gap`); until then `pg2dns run` halts\n", config.database.slot));
+        }
+    }
+    out.push_str(&format!(
+        "setup done: schema versions applied {:?}, publication {}, slot {}\n",
+        report.applied,
+        if report.publication_created {
+            "created"
+        } else {
+            "already there"
+        },
+        if report.slot_created {
+            "created"
+        } else {
+            "already there"
+        },
+    ));
+    for table in &report.sources_added {
+        out.push_str(&format!("source table {table} added to the publication\n"));
+    }
+    out
+}
+
+/// The first SIGINT or SIGTERM.
+async fn reconcile_signal() -> reconcile::Signal {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => reconcile::Signal::Interrupt,
+        _ = term.recv() => reconcile::Signal::Terminate,
     }
 }
 

@@ -619,7 +619,7 @@ async fn session(
             metrics::get().set_state(metrics::State::Paused);
             info!(%lsn, by = %request.requested_by, reason = %request.reason, "paused: waiting for `pg2dns resume`");
             let waited = tokio::select! {
-                r = control.wait_for_resume(request.id, shutdown) => r?,
+                r = control.wait_for_resume_or_lease_end(&request, shutdown) => r?,
                 // Still paused: the next session reads the new configuration.
                 _ = reload_asked(reload) => return Ok(SessionEnd::Reload),
             };

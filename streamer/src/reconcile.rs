@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::TryStreamExt;
+use futures_util::{FutureExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pg2dns_decoder::diff::{self, ZoneDiff};
 use pg2dns_decoder::mapping::{RowKey, RowUpdate};
@@ -83,6 +83,40 @@ pub struct Options {
     pub unguarded: bool,
     /// Show a progress bar on stderr (drawn only when it is a terminal).
     pub progress: bool,
+    /// A first load: refuse to delete, in a zone, records that pg2dns never
+    /// published (none of this slot's row state holds them), unless `force`.
+    pub protect_unowned: bool,
+    /// Ends the run early (a signal): a paused service is resumed first,
+    /// then [`ReconcileError::Interrupted`] is returned.
+    pub interrupt: Option<tokio::sync::watch::Receiver<Option<Signal>>>,
+}
+
+/// A signal that ends a reconcile early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl Signal {
+    /// The shell's exit status for a process ended by this signal.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+        }
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        })
+    }
 }
 
 /// Why reconciling failed as a whole (per-zone failures are in the report).
@@ -97,6 +131,18 @@ pub enum ReconcileError {
     /// The snapshot to compare at could not be exported.
     #[error("cannot export a snapshot to compare at")]
     Snapshot(#[from] crate::replication::ReplicationError),
+    /// A signal ended the run (a service it paused was resumed).
+    #[error("interrupted by {0}")]
+    Interrupted(Signal),
+    /// The run panicked (a service it paused was resumed).
+    #[error("reconcile failed unexpectedly (a panic; report it as a pg2dns bug with the log)")]
+    Panicked,
+    /// `--apply` before `pg2dns setup`.
+    #[error("the pg2dns schema is not installed: run `pg2dns setup` first (it loads the zones from the tables; `pg2dns setup --dry-run` shows what it would change)")]
+    NoSchema,
+    /// Another reconcile of this slot holds the pause lease.
+    #[error("another `pg2dns reconcile` of slot {0} is running; wait for it to end")]
+    Busy(String),
     /// The running service did not reach the comparison point in time.
     #[error("the running pg2dns did not pause at {what} within {waited:?}; is it halted? (`pg2dns status`)")]
     NoPause {
@@ -192,6 +238,11 @@ pub struct ZoneOutcome {
     pub waiting_after: Vec<Record>,
     /// The repair was refused by the safety threshold.
     pub refused_by_threshold: bool,
+    /// A first load ([`Options::protect_unowned`]): the records the repair
+    /// would delete that pg2dns never published.
+    pub unowned_deletes: Vec<Record>,
+    /// The repair was refused because of those (no `--force`).
+    pub refused_unowned: bool,
     /// Repair messages the server accepted.
     pub messages_applied: usize,
     /// Times the repair started again from a fresh transfer.
@@ -314,6 +365,22 @@ impl Report {
                     z.diff.as_ref().map_or(0.0, ZoneDiff::change_share) * 100.0
                 ));
             }
+            if !z.unowned_deletes.is_empty() {
+                out.push_str(&format!(
+                    "  {} {} record(s) that no row holds and pg2dns never published (made by hand or another tool):\n",
+                    if z.refused_unowned { "refused to delete" } else { "deletes" },
+                    z.unowned_deletes.len()
+                ));
+                for r in z.unowned_deletes.iter().take(20) {
+                    out.push_str(&format!("    {}\n", red(&format!("- {r}"))));
+                }
+                if z.unowned_deletes.len() > 20 {
+                    out.push_str(&format!(
+                        "    … and {} more\n",
+                        z.unowned_deletes.len() - 20
+                    ));
+                }
+            }
             if self.applied && z.messages_applied > 0 {
                 out.push_str(&format!(
                     "  repaired with {} UPDATE(s){}\n",
@@ -357,6 +424,8 @@ impl Report {
                     "repair_ms": z.repair_time.as_millis() as u64,
                     "transferred": z.transferred,
                     "refused_by_threshold": z.refused_by_threshold,
+                    "unowned_deletes": z.unowned_deletes.iter().map(rec).collect::<Vec<_>>(),
+                    "refused_unowned": z.refused_unowned,
                     "messages_applied": z.messages_applied,
                     "retries": z.retries,
                     "in_sync_after": z.in_sync_after,
@@ -428,6 +497,7 @@ async fn read_desired(
     bar: &ProgressBar,
     keep_rows: bool,
 ) -> Result<Desired, StoreError> {
+    let with_rr = has_schema(store).await?;
     if let Some(name) = snapshot {
         // Snapshot names are generated by PostgreSQL (hex digits and dashes).
         let name: String = name
@@ -442,7 +512,7 @@ async fn read_desired(
             .await
             .map_err(sql("cannot read at the exported snapshot"))?;
     }
-    let desired = read_desired_now(store, config, bar, keep_rows).await;
+    let desired = read_desired_now(store, config, bar, keep_rows, with_rr).await;
     if snapshot.is_some() {
         store
             .client()
@@ -459,6 +529,7 @@ async fn read_desired_now(
     config: &Config,
     bar: &ProgressBar,
     keep_rows: bool,
+    with_rr: bool,
 ) -> Result<Desired, StoreError> {
     let mut zones = config.zones();
     // The zones tables first: the record rows resolve their zone through them.
@@ -468,7 +539,12 @@ async fn read_desired_now(
     }
     let limits = config.plan_limits();
     let mappings = crate::pipeline::mappings(config);
-    let mut queries = vec!["SELECT * FROM pg2dns.rr ORDER BY id".to_owned()];
+    // Before `pg2dns setup` there is no pg2dns.rr: it holds no rows.
+    let mut queries = vec![if with_rr {
+        "SELECT * FROM pg2dns.rr ORDER BY id".to_owned()
+    } else {
+        String::new()
+    }];
     for source in &config.sources {
         let order: Vec<String> = source
             .spec()
@@ -486,6 +562,9 @@ async fn read_desired_now(
     let mut planner = Planner::new(&zones, &limits, Loaded::default());
     let mut rows = 0;
     for (i, (mapping, query)) in mappings.iter().zip(&queries).enumerate() {
+        if query.is_empty() {
+            continue;
+        }
         // Streamed: a table of a million rows is never held as text.
         let messages = store
             .client()
@@ -608,8 +687,18 @@ async fn read_desired_now(
     })
 }
 
-/// Compares (and with `--apply` repairs) the selected zones.
-pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, ReconcileError> {
+/// Whether the pg2dns schema is installed (`pg2dns.rr` exists).
+pub(crate) async fn has_schema(store: &Store) -> Result<bool, StoreError> {
+    Ok(store
+        .client()
+        .query_one("SELECT to_regclass('pg2dns.rr') IS NOT NULL", &[])
+        .await
+        .map_err(sql("cannot look for the pg2dns schema"))?
+        .get(0))
+}
+
+/// The zones `--zone` names, or every configured zone.
+fn select_zones(config: &Config, options: &Options) -> Result<Vec<ZoneId>, ReconcileError> {
     let zones = config.zones();
     let mut selected: Vec<ZoneId> = Vec::new();
     for name in &options.zones {
@@ -622,51 +711,237 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
     if selected.is_empty() {
         selected = zones.iter().map(|(id, _)| id).collect();
     }
+    Ok(selected)
+}
+
+/// What a reconcile knows of the pause it asked for.
+#[derive(Default)]
+struct Hold {
+    /// When it asked the service to pause (`None`: it did not).
+    since: std::sync::Mutex<Option<Instant>>,
+    /// The snapshot's consistent point the service was brought to.
+    lsn: std::sync::Mutex<Option<Lsn>>,
+}
+
+impl Hold {
+    fn since(&self) -> Option<Instant> {
+        *self.since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn lsn(&self) -> Option<Lsn> {
+        *self.lsn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How the work of a reconcile ended.
+enum Ended {
+    Done(Result<Report, ReconcileError>),
+    Panicked,
+    Signal(Signal),
+}
+
+/// Compares (and with `--apply` repairs) the selected zones.
+///
+/// A running service is paused for the comparison, and resumed on every
+/// way out: the end, an error, a signal ([`Options::interrupt`]), a panic.
+/// What no code can catch (kill -9, a lost connection) ends the pause as a
+/// lease: see [`crate::control::Control::lease_ended`].
+pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, ReconcileError> {
+    let selected = select_zones(config, options)?;
     let mut store = Store::connect(&config.database).await?;
-    // A running service is brought to the snapshot's exact point and held
-    // there while the zones are transferred (docs/design.md §4).
-    let frozen = freeze(&store, config).await?;
-    let snapshot = frozen.as_ref().map(|f| f.snapshot.name.as_str());
-    let mut result = compare(config, options, &mut store, &selected, snapshot).await;
-    if let (Some(f), Ok(report)) = (&frozen, &mut result) {
-        report.paused_time = Some(f.started.elapsed());
+    if !has_schema(&store).await? {
+        // Before `pg2dns setup`: no service to pause, no row state; the
+        // comparison shows what the first load would change.
+        if options.apply {
+            return Err(ReconcileError::NoSchema);
+        }
+        info!("the pg2dns schema is not installed: comparing read-only, as the first load of `pg2dns setup` would");
+        return compare(config, options, &mut store, &selected, None, None).await;
     }
-    if let Some(f) = &frozen {
-        let resumed = store
-            .client()
-            .query_one("SELECT pg2dns.resume($1)", &[&config.database.slot])
-            .await;
-        info!(
-            lsn = %f.snapshot.lsn,
-            paused_ms = f.started.elapsed().as_millis() as u64,
-            "the service was paused at the snapshot for the comparison; resumed"
-        );
-        resumed.map_err(sql("cannot call pg2dns.resume()"))?;
+    let hold = Hold::default();
+    let mut interrupt = options.interrupt.clone();
+    let work = async {
+        // A running service is brought to the snapshot's exact point and
+        // held there while the zones are transferred (DESIGN §4).
+        let frozen = freeze(&store, config, &hold).await?;
+        crate::failpoint::panic_at("reconcile-panic");
+        let snapshot = frozen.as_ref().map(|f| f.snapshot.name.clone());
+        let result = compare(
+            config,
+            options,
+            &mut store,
+            &selected,
+            snapshot.as_deref(),
+            None,
+        )
+        .await;
+        // The exported snapshot lives until here.
+        drop(frozen);
+        result
+    };
+    let ended = tokio::select! {
+        r = std::panic::AssertUnwindSafe(work).catch_unwind() => match r {
+            Ok(r) => Ended::Done(r),
+            Err(_) => Ended::Panicked,
+        },
+        signal = interrupted(&mut interrupt) => Ended::Signal(signal),
+    };
+    if let Some(since) = hold.since() {
+        // After a signal or a panic the connection may be inside the
+        // snapshot's transaction: resume on a new one.
+        let resumed = match &ended {
+            Ended::Done(_) => resume(&store, config).await,
+            _ => match Store::connect(&config.database).await {
+                Ok(fresh) => resume(&fresh, config).await,
+                Err(e) => Err(e),
+            },
+        };
+        match resumed {
+            Ok(()) => info!(
+                lsn = %hold.lsn().map_or_else(|| "-".to_owned(), |l| l.to_string()),
+                paused_ms = since.elapsed().as_millis() as u64,
+                "the service was paused at the snapshot for the comparison; resumed"
+            ),
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "cannot resume the service; it resumes by itself once this reconcile's database session has ended (the pause is a lease)");
+                if let Ended::Done(Ok(_)) = ended {
+                    return Err(e.into());
+                }
+            }
+        }
     }
-    result
+    match ended {
+        Ended::Done(mut result) => {
+            if let (Some(since), Ok(report)) = (hold.since(), &mut result) {
+                report.paused_time = Some(since.elapsed());
+            }
+            result
+        }
+        Ended::Panicked => Err(ReconcileError::Panicked),
+        Ended::Signal(signal) => Err(ReconcileError::Interrupted(signal)),
+    }
+}
+
+/// Resolves with the first signal sent on `interrupt` (never without one).
+async fn interrupted(
+    interrupt: &mut Option<tokio::sync::watch::Receiver<Option<Signal>>>,
+) -> Signal {
+    if let Some(rx) = interrupt {
+        loop {
+            if let Some(signal) = *rx.borrow_and_update() {
+                return signal;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+    std::future::pending().await
+}
+
+async fn resume(store: &Store, config: &Config) -> Result<(), StoreError> {
+    store
+        .client()
+        .query_one("SELECT pg2dns.resume($1)", &[&config.database.slot])
+        .await
+        .map_err(sql("cannot call pg2dns.resume()"))?;
+    Ok(())
 }
 
 /// The first deployment's load: every zone brought in line with the tables
 /// as the exported snapshot sees them (a new slot's consistent point), and
 /// the row state written, so that streaming from the slot misses nothing and
-/// applies nothing twice.
+/// applies nothing twice. Records pg2dns never published are not deleted
+/// unless `force` (their zone is left as it was, and reported).
 pub async fn load_at(
     config: &Config,
     store: &mut Store,
     snapshot: &str,
+    force: bool,
 ) -> Result<Report, ReconcileError> {
     let options = Options {
         apply: true,
+        force,
+        protect_unowned: true,
         ..Options::default()
     };
     let selected: Vec<ZoneId> = config.zones().iter().map(|(id, _)| id).collect();
-    compare(config, &options, store, &selected, Some(snapshot)).await
+    let owned = published_records(store).await?;
+    compare(
+        config,
+        &options,
+        store,
+        &selected,
+        Some(snapshot),
+        Some(&owned),
+    )
+    .await
+}
+
+/// What the first load would change, without changing anything: the tables
+/// read in a plain REPEATABLE READ transaction (a preview, not an exact
+/// point), each zone transferred and compared.
+pub async fn preview_load(config: &Config, force: bool) -> Result<Report, ReconcileError> {
+    let options = Options {
+        force,
+        protect_unowned: true,
+        ..Options::default()
+    };
+    let selected: Vec<ZoneId> = config.zones().iter().map(|(id, _)| id).collect();
+    let mut store = Store::connect(&config.database).await?;
+    let owned = published_records(&store).await?;
+    store
+        .client()
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(sql("cannot begin the preview's transaction"))?;
+    let report = compare(config, &options, &mut store, &selected, None, Some(&owned)).await;
+    // Nothing was written: the transaction only gave the read one snapshot.
+    let _ = store.client().batch_execute("ROLLBACK").await;
+    report
+}
+
+/// A record as pg2dns.row_state keys it: owner, type and rdata in wire form.
+type RecordKey = (Vec<u8>, u16, Vec<u8>);
+
+/// The records this slot's row state says pg2dns published, per zone
+/// (none before the schema is installed).
+async fn published_records(
+    store: &Store,
+) -> Result<BTreeMap<String, std::collections::HashSet<RecordKey>>, StoreError> {
+    let mut out: BTreeMap<String, std::collections::HashSet<RecordKey>> = BTreeMap::new();
+    if !has_schema(store).await? {
+        return Ok(out);
+    }
+    let rows = store
+        .client()
+        .query(
+            "SELECT zone, owner, rtype, rdata FROM pg2dns.row_state WHERE slot = $1",
+            &[&store.slot()],
+        )
+        .await
+        .map_err(sql("cannot read pg2dns.row_state"))?;
+    for r in rows {
+        let rtype: i32 = r.get(2);
+        out.entry(r.get(0)).or_default().insert((
+            r.get::<_, Vec<u8>>(1).to_ascii_lowercase(),
+            u16::try_from(rtype).unwrap_or(0),
+            r.get(3),
+        ));
+    }
+    Ok(out)
+}
+
+fn record_key(r: &Record) -> RecordKey {
+    (
+        r.owner.name().as_wire().to_ascii_lowercase(),
+        r.rtype.0,
+        r.rdata.as_wire().to_vec(),
+    )
 }
 
 /// A running service held at an exported snapshot's point.
 struct Frozen {
     snapshot: crate::replication::ExportedSnapshot,
-    started: Instant,
 }
 
 /// How long reconcile waits for the service to pause.
@@ -675,7 +950,11 @@ const PAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// If a service streams this slot: pauses it, exports a snapshot (its
 /// consistent point L), and lets the service run until exactly L, so that
 /// DNS holds every transaction the snapshot sees and none it does not.
-async fn freeze(store: &Store, config: &Config) -> Result<Option<Frozen>, ReconcileError> {
+async fn freeze(
+    store: &Store,
+    config: &Config,
+    hold: &Hold,
+) -> Result<Option<Frozen>, ReconcileError> {
     let slot = &config.database.slot;
     let client = store.client();
     // A resume still on its way (an earlier reconcile's, say) is let
@@ -703,12 +982,28 @@ async fn freeze(store: &Store, config: &Config) -> Result<Option<Frozen>, Reconc
     if !running {
         return Ok(None);
     }
+    // The pause is a lease: this session's advisory lock (the key
+    // sql/008_lease.sql gives) makes pg2dns.pause() record it, and the
+    // service resumes by itself once the lock is gone with the session.
+    let locked: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock(1885811300, hashtext('pg2dns lease ' || $1) & 2147483647)",
+            &[slot],
+        )
+        .await
+        .map_err(sql("cannot take the pause lease (an advisory lock)"))?
+        .get(0);
+    if !locked {
+        return Err(ReconcileError::Busy(slot.clone()));
+    }
     let started = Instant::now();
+    *hold.since.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
     let id: i64 = client
         .query_one("SELECT pg2dns.pause('reconcile', $1)", &[slot])
         .await
         .map_err(sql("cannot call pg2dns.pause()"))?
         .get(0);
+    crate::failpoint::hit("reconcile-after-pause");
     wait_paused(client, slot, id, "its current position").await?;
     let snapshot = crate::replication::export_snapshot(&config.database).await?;
     let id: i64 = client
@@ -719,9 +1014,10 @@ async fn freeze(store: &Store, config: &Config) -> Result<Option<Frozen>, Reconc
         .await
         .map_err(sql("cannot call pg2dns.resume()"))?
         .get(0);
+    *hold.lsn.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot.lsn);
     wait_paused(client, slot, id, &snapshot.lsn.to_string()).await?;
     info!(lsn = %snapshot.lsn, "the service stands at the snapshot's consistent point");
-    Ok(Some(Frozen { snapshot, started }))
+    Ok(Some(Frozen { snapshot }))
 }
 
 async fn wait_paused(
@@ -754,6 +1050,7 @@ async fn compare(
     store: &mut Store,
     selected: &[ZoneId],
     snapshot: Option<&str>,
+    owned: Option<&BTreeMap<String, std::collections::HashSet<RecordKey>>>,
 ) -> Result<Report, ReconcileError> {
     let started = Instant::now();
     let bar = progress_bar(options.progress);
@@ -772,7 +1069,9 @@ async fn compare(
         let zc = &config.zones[usize::from(id.0)];
         let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
         bar.set_message(format!("zone {}", zc.name));
-        let mut outcome = reconcile_zone(config, zc, wanted, options, &bar).await;
+        let empty = std::collections::HashSet::new();
+        let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
+        let mut outcome = reconcile_zone(config, zc, wanted, options, owned, &bar).await;
         if options.apply && outcome.error.is_none() && outcome.in_sync_after == Some(true) {
             // One transaction per source: every source's state of the
             // zone, emptied ones included, is rewritten; a row with a
@@ -831,6 +1130,7 @@ async fn reconcile_zone(
     zc: &ZoneConfig,
     wanted: &[Record],
     options: &Options,
+    owned: Option<&std::collections::HashSet<RecordKey>>,
     bar: &ProgressBar,
 ) -> ZoneOutcome {
     let mut outcome = ZoneOutcome {
@@ -842,6 +1142,8 @@ async fn reconcile_zone(
         repair_time: Duration::ZERO,
         waiting_after: Vec::new(),
         refused_by_threshold: false,
+        unowned_deletes: Vec::new(),
+        refused_unowned: false,
         messages_applied: 0,
         retries: 0,
         in_sync_after: None,
@@ -871,13 +1173,34 @@ async fn reconcile_zone(
     outcome.refused_by_threshold = needs_repair
         && first.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
         && !options.force;
+    if let Some(owned) = owned {
+        outcome.unowned_deletes = first
+            .owners
+            .values()
+            .flat_map(|o| o.extra.iter())
+            .filter(|r| !owned.contains(&record_key(r)))
+            .cloned()
+            .collect();
+        outcome.refused_unowned = !outcome.unowned_deletes.is_empty() && !options.force;
+    }
     outcome.diff = Some(first.clone());
-    if !options.apply || outcome.refused_by_threshold {
+    if !options.apply || outcome.refused_by_threshold || outcome.refused_unowned {
         return outcome;
     }
     bar.set_message(format!("zone {}: repairing", zc.name));
     let started = Instant::now();
-    if let Err(e) = repair(config, zc, wanted, options, transfer, first, &mut outcome).await {
+    if let Err(e) = repair(
+        config,
+        zc,
+        wanted,
+        options,
+        owned,
+        transfer,
+        first,
+        &mut outcome,
+    )
+    .await
+    {
         outcome.error = Some(e);
     }
     outcome.repair_time = started.elapsed();
@@ -886,11 +1209,13 @@ async fn reconcile_zone(
 
 /// Sends the repair, starting again from a fresh transfer when the SOA guard
 /// fails; ends with a transfer that checks the zone is in sync.
+#[allow(clippy::too_many_arguments)]
 async fn repair(
     config: &Config,
     zc: &ZoneConfig,
     wanted: &[Record],
     options: &Options,
+    owned: Option<&std::collections::HashSet<RecordKey>>,
     mut transfer: Transfer,
     mut current: ZoneDiff,
     outcome: &mut ZoneOutcome,
@@ -966,6 +1291,23 @@ async fn repair(
                     });
                 }
                 current = diff::diff_excluding(zone, wanted, &transfer.records, &zc.exclusions);
+                // A first load refuses records that appeared meanwhile as
+                // it refuses those it saw first.
+                if let (Some(owned), false) = (owned, options.force) {
+                    let unowned: Vec<Record> = current
+                        .owners
+                        .values()
+                        .flat_map(|o| o.extra.iter())
+                        .filter(|r| !owned.contains(&record_key(r)))
+                        .cloned()
+                        .collect();
+                    if !unowned.is_empty() {
+                        outcome.unowned_deletes = unowned;
+                        outcome.refused_unowned = true;
+                        outcome.in_sync_after = Some(false);
+                        return Ok(());
+                    }
+                }
                 if current.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
                     && !options.force
                 {

@@ -13,6 +13,7 @@ use tokio_postgres::error::SqlState;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::reconcile::Report;
 use crate::store::{sql, Store, StoreError};
 
 /// The schema files, in order.
@@ -25,7 +26,21 @@ const SCHEMA: &[(i32, &str)] = &[
     (6, include_str!("../../sql/006_zone_ref.sql")),
     (7, include_str!("../../sql/007_row_state_indexes.sql")),
     (8, include_str!("../../sql/008_health.sql")),
+    (9, include_str!("../../sql/009_lease.sql")),
 ];
+
+/// What the operator asked `setup` for.
+#[derive(Debug, Clone, Default)]
+pub struct SetupOptions {
+    /// A slot that starts after pg2dns's progress is accepted: the progress
+    /// moves to the slot (the operator resynchronised the zones).
+    pub accept_gap: bool,
+    /// The first load may delete records pg2dns never published.
+    pub force: bool,
+    /// Replace a lost slot (`wal_status = lost`, or dropped while pg2dns has
+    /// progress) with a new one and bring every zone in line at its snapshot.
+    pub recreate_slot: bool,
+}
 
 /// What `setup` did.
 #[derive(Debug, Default)]
@@ -38,6 +53,8 @@ pub struct SetupReport {
     pub publication_created: bool,
     /// Whether the slot was created now.
     pub slot_created: bool,
+    /// A lost slot was dropped and created again (its old confirmed LSN).
+    pub slot_recreated: Option<Lsn>,
     /// Source tables added to the publication now.
     pub sources_added: Vec<String>,
     /// The slot starts after pg2dns's progress (progress, slot position):
@@ -47,8 +64,48 @@ pub struct SetupReport {
     pub gap_accepted: bool,
     /// Rows loaded into DNS from the new slot's snapshot.
     pub loaded: Option<usize>,
+    /// The first load, zone by zone (when one ran).
+    pub load: Option<Report>,
     /// Why the first load did not complete.
     pub load_problem: Option<String>,
+    /// A halted service was asked to resume (after `--recreate-slot`).
+    pub resumed: bool,
+}
+
+impl SetupReport {
+    /// 0 when done, 2 when set up but a zone is not in line with the tables
+    /// (the first load did not complete).
+    pub fn exit_code(&self) -> u8 {
+        if self.load_problem.is_some() {
+            2
+        } else {
+            0
+        }
+    }
+}
+
+/// A source table whose application writes would fail once published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityProblem {
+    /// `schema.table`.
+    pub table: String,
+    /// Its replica identity as `pg_class.relreplident` says (`d`, `n`, `i`).
+    pub identity: String,
+}
+
+impl std::fmt::Display for IdentityProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.identity.as_str() {
+            "n" => "replica identity NOTHING",
+            "i" => "replica identity USING INDEX, and that index is gone",
+            _ => "no primary key and replica identity DEFAULT",
+        };
+        write!(
+            f,
+            "{}: {what}; once published, the application's UPDATE and DELETE on it fail. Run `ALTER TABLE {} REPLICA IDENTITY FULL` (or add a primary key, or `REPLICA IDENTITY USING INDEX` on a unique index of NOT NULL columns), then `pg2dns setup` again",
+            self.table, self.table
+        )
+    }
 }
 
 /// Why setup failed.
@@ -62,24 +119,363 @@ pub enum SetupError {
         "cannot create the replication slot (is wal_level = logical, and may the role replicate?)"
     )]
     Slot(#[source] Box<crate::replication::ReplicationError>),
+    /// Source tables the publication cannot take (nothing was changed).
+    #[error("refused: {} source table(s) cannot be published without breaking the application's writes; nothing was changed:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    NoReplicaIdentity(Vec<IdentityProblem>),
+    /// The first load would delete records pg2dns does not own, or a zone
+    /// cannot be loaded (nothing was changed).
+    #[error("refused: {why}; nothing was changed")]
+    LoadRefused {
+        /// Why.
+        why: String,
+        /// The preview, zone by zone.
+        preview: Box<Report>,
+    },
+    /// The preview of the first load could not be computed.
+    #[error("cannot compute the first load's plan")]
+    Preview(#[source] Box<crate::reconcile::ReconcileError>),
+    /// The slot is invalidated.
+    #[error("replication slot {0} is lost (wal_status = lost: PostgreSQL removed WAL it still needed, e.g. past max_slot_wal_keep_size): run `pg2dns setup --recreate-slot` to replace it and bring every zone in line with the tables")]
+    SlotLost(String),
+    /// `--recreate-slot` on a slot that can still be used.
+    #[error(
+        "replication slot {slot} can still be used (wal_status = {status}): nothing to recreate"
+    )]
+    SlotUsable {
+        /// The slot.
+        slot: String,
+        /// Its wal_status.
+        status: String,
+    },
+    /// `--recreate-slot` before any first setup.
+    #[error("--recreate-slot replaces the slot of an instance that streamed before; this one never did: run `pg2dns setup`")]
+    NothingToRecreate,
 }
 
-/// Installs the schema, creates the publication and the slot. With
-/// `accept_gap`, a slot that starts after pg2dns's progress is accepted: the
-/// progress moves to the slot (the operator resynchronised the zones).
-pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, SetupError> {
-    let mut store = Store::connect(&config.database).await?;
+/// What the slot is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotState {
+    /// No such slot.
+    Missing,
+    /// There, with its `wal_status` (`reserved`, `extended`, `unreserved`).
+    Usable(String),
+    /// Invalidated: `wal_status = lost`.
+    Lost,
+}
+
+async fn slot_state(store: &Store, slot: &str) -> Result<SlotState, StoreError> {
+    let row = store
+        .client()
+        .query_opt(
+            "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(sql("cannot read pg_replication_slots"))?;
+    Ok(match row.map(|r| r.get::<_, String>(0)) {
+        None => SlotState::Missing,
+        Some(s) if s == "lost" => SlotState::Lost,
+        Some(s) => SlotState::Usable(s),
+    })
+}
+
+/// Whether this slot has progress (false before the schema exists).
+async fn has_progress(store: &Store) -> Result<bool, StoreError> {
+    if !crate::reconcile::has_schema(store).await? {
+        return Ok(false);
+    }
+    store.has_progress().await
+}
+
+/// The configured source and zones tables not yet in the publication:
+/// (schema, table, source name).
+async fn unpublished_tables(
+    client: &tokio_postgres::Client,
+    config: &Config,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    let publication = &config.database.publication;
+    let zones_tables = config.zones_tables();
+    let tables = config
+        .sources
+        .iter()
+        .map(|s| (s.schema(), s.table(), s.source()))
+        .chain(
+            zones_tables
+                .iter()
+                .map(|t| (t.schema(), t.table_name(), t.table.as_str())),
+        );
+    let mut out = Vec::new();
+    for (schema, table, source) in tables {
+        let published = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[publication, &schema, &table],
+            )
+            .await
+            .map_err(sql("cannot read pg_publication_tables"))?
+            .is_some();
+        if !published && !out.iter().any(|(s, t, _)| s == schema && t == table) {
+            out.push((schema.to_owned(), table.to_owned(), source.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// The tables among `tables` whose UPDATE and DELETE would fail once
+/// published: no replica identity ("cannot update table … because it does
+/// not have a replica identity and publishes updates"). A table that does
+/// not exist is left to the publication step, which names it.
+pub async fn identity_problems(
+    client: &tokio_postgres::Client,
+    tables: &[(String, String, String)],
+) -> Result<Vec<IdentityProblem>, StoreError> {
+    let mut out = Vec::new();
+    for (schema, table, _) in tables {
+        let row = client
+            .query_opt(
+                "SELECT c.relreplident::text, \
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[schema, table],
+            )
+            .await
+            .map_err(sql("cannot read a source table's replica identity"))?;
+        let Some(row) = row else { continue };
+        let (identity, primary, index): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        let usable = match identity.as_str() {
+            "f" => true,
+            "d" => primary,
+            "i" => index,
+            _ => false,
+        };
+        if !usable {
+            out.push(IdentityProblem {
+                table: format!("{}.{}", quote_ident(schema), quote_ident(table)),
+                identity,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What `setup --dry-run` found: what setup would do, changing nothing.
+#[derive(Debug)]
+pub struct DryRun {
+    /// Tables setup would refuse.
+    pub identity: Vec<IdentityProblem>,
+    /// Schema versions setup would apply.
+    pub schema_to_apply: Vec<i32>,
+    /// Whether the publication exists.
+    pub publication_exists: bool,
+    /// Tables setup would add to the publication.
+    pub tables_to_add: Vec<String>,
+    /// The slot now.
+    pub slot: SlotState,
+    /// Whether pg2dns has progress for the slot.
+    pub has_progress: bool,
+    /// The first load's plan, when setup would run one.
+    pub load: Option<Report>,
+    /// Why setup (with the same flags) would stop, if it would.
+    pub refusal: Option<String>,
+}
+
+impl DryRun {
+    /// 0 when setup with the same flags would go through, 2 when it would
+    /// refuse or a zone cannot be loaded.
+    pub fn exit_code(&self) -> u8 {
+        if self.refusal.is_some() {
+            2
+        } else {
+            0
+        }
+    }
+
+    /// The report for people.
+    pub fn human(&self, slot: &str) -> String {
+        let mut out = String::from("setup --dry-run: nothing is changed\n");
+        for p in &self.identity {
+            out.push_str(&format!("would refuse: {p}\n"));
+        }
+        if !self.schema_to_apply.is_empty() {
+            out.push_str(&format!(
+                "would install schema versions {:?}\n",
+                self.schema_to_apply
+            ));
+        }
+        if !self.publication_exists {
+            out.push_str("would create the publication\n");
+        }
+        for t in &self.tables_to_add {
+            out.push_str(&format!("would add {t} to the publication\n"));
+        }
+        out.push_str(&match &self.slot {
+            SlotState::Missing if self.has_progress => format!("slot {slot} is missing but pg2dns streamed from it before: `pg2dns setup --recreate-slot` replaces it\n"),
+            SlotState::Missing => format!("would create slot {slot} and load the tables into DNS at its consistent point\n"),
+            SlotState::Lost => format!("slot {slot} is lost: `pg2dns setup --recreate-slot` replaces it and loads every zone at the new slot's point\n"),
+            SlotState::Usable(s) => format!("slot {slot} is there (wal_status {s}): no first load\n"),
+        });
+        if let Some(load) = &self.load {
+            out.push_str(&format!(
+                "the first load (tables read now, {} rows; the real load reads them at the new slot's point):\n",
+                load.rows
+            ));
+            out.push_str(&load.human());
+        }
+        if let Some(why) = &self.refusal {
+            out.push_str(&format!("setup would refuse: {why}\n"));
+        }
+        out
+    }
+}
+
+/// Whether setup (not a dry run) runs a first load: a new slot for an
+/// instance without progress, or `--recreate-slot`.
+fn loads(slot: &SlotState, has_progress: bool, options: &SetupOptions) -> bool {
+    (*slot == SlotState::Missing && !has_progress)
+        || (options.recreate_slot && (*slot == SlotState::Lost || *slot == SlotState::Missing))
+}
+
+/// Why a first load with this preview must not go ahead (without `--force`
+/// for records pg2dns does not own).
+fn load_refusal(preview: &Report) -> Option<String> {
+    let mut why = Vec::new();
+    for z in &preview.zones {
+        if let Some(e) = &z.error {
+            why.push(format!(
+                "zone {} cannot be loaded ({}); fix it, then run `pg2dns setup` again",
+                z.zone,
+                crate::error::chain(e)
+            ));
+        } else if z.refused_unowned {
+            why.push(format!("zone {} holds {} record(s) that no row holds and pg2dns never published, which the load would delete (listed above); keep them by adding rows for them or excluding their names in the zone's config, or delete them with `pg2dns setup --force`", z.zone, z.unowned_deletes.len()));
+        } else if z.refused_by_threshold {
+            why.push(format!("zone {} would lose or change more than reconcile.max_change_share of its records; check the tables, then `pg2dns setup --force`", z.zone));
+        }
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// `setup --dry-run`: what setup would do, changing nothing (no schema, no
+/// publication, no slot, no DNS update).
+pub async fn dry_run(config: &Config, options: &SetupOptions) -> Result<DryRun, SetupError> {
+    let store = Store::connect(&config.database).await?;
     let client = store.client();
-    let mut report = SetupReport::default();
-    let installed: Vec<i32> = match client
+    let installed = installed_versions(client).await?;
+    let unpublished = unpublished_tables(client, config).await?;
+    let identity = identity_problems(client, &unpublished).await?;
+    let publication_exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&config.database.publication],
+        )
+        .await
+        .map_err(sql("cannot read pg_publication"))?
+        .is_some();
+    let slot = slot_state(&store, &config.database.slot).await?;
+    let progress = has_progress(&store).await?;
+    let mut dry = DryRun {
+        schema_to_apply: SCHEMA
+            .iter()
+            .map(|(v, _)| *v)
+            .filter(|v| !installed.contains(v))
+            .collect(),
+        publication_exists,
+        tables_to_add: unpublished.into_iter().map(|(_, _, s)| s).collect(),
+        refusal: (!identity.is_empty()).then(|| {
+            format!(
+                "{} table(s) without a usable replica identity",
+                identity.len()
+            )
+        }),
+        identity,
+        slot,
+        has_progress: progress,
+        load: None,
+    };
+    if loads(&dry.slot, dry.has_progress, options) {
+        let preview = crate::reconcile::preview_load(config, options.force)
+            .await
+            .map_err(|e| SetupError::Preview(Box::new(e)))?;
+        if dry.refusal.is_none() {
+            dry.refusal = load_refusal(&preview);
+        }
+        dry.load = Some(preview);
+    } else if dry.slot == SlotState::Lost {
+        dry.refusal = Some(format!(
+            "slot {} is lost; run `pg2dns setup --recreate-slot`",
+            config.database.slot
+        ));
+    }
+    Ok(dry)
+}
+
+async fn installed_versions(client: &tokio_postgres::Client) -> Result<Vec<i32>, StoreError> {
+    match client
         .query("SELECT version FROM pg2dns.schema_version", &[])
         .await
     {
-        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Vec::new(),
-        Err(e) if e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) => Vec::new(),
-        Err(e) => return Err(sql("cannot read pg2dns.schema_version")(e).into()),
-    };
+        Ok(rows) => Ok(rows.iter().map(|r| r.get(0)).collect()),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(Vec::new()),
+        Err(e) if e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) => Ok(Vec::new()),
+        Err(e) => Err(sql("cannot read pg2dns.schema_version")(e)),
+    }
+}
+
+/// Installs the schema, creates the publication and the slot, and loads the
+/// tables into DNS at a new slot's consistent point.
+///
+/// Before changing anything it refuses source tables without a usable
+/// replica identity, and, when a first load is due, previews it: a zone
+/// that cannot be transferred, or whose load would delete records pg2dns
+/// never published (without `force`), stops setup with nothing changed.
+pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupReport, SetupError> {
+    let mut store = Store::connect(&config.database).await?;
+    let slot = config.database.slot.clone();
+    // Checks first: nothing is changed unless all pass.
+    let unpublished = unpublished_tables(store.client(), config).await?;
+    let problems = identity_problems(store.client(), &unpublished).await?;
+    if !problems.is_empty() {
+        return Err(SetupError::NoReplicaIdentity(problems));
+    }
+    let mut state = slot_state(&store, &slot).await?;
+    let progress_before = has_progress(&store).await?;
+    // A slot ahead of pg2dns's progress (dropped and made again) is as
+    // good as lost to pg2dns: --recreate-slot replaces it too.
+    if options.recreate_slot && progress_before && matches!(state, SlotState::Usable(_)) {
+        let slot_at = store.slot_confirmed().await?.unwrap_or(Lsn::ZERO);
+        if slot_at > store.progress().await? {
+            state = SlotState::Lost;
+        }
+    }
+    match &state {
+        SlotState::Lost if !options.recreate_slot => return Err(SetupError::SlotLost(slot)),
+        SlotState::Usable(status) if options.recreate_slot && progress_before => {
+            return Err(SetupError::SlotUsable {
+                slot,
+                status: status.clone(),
+            })
+        }
+        SlotState::Missing if options.recreate_slot && !progress_before => {
+            return Err(SetupError::NothingToRecreate)
+        }
+        _ => {}
+    }
+    if loads(&state, progress_before, options) {
+        let preview = crate::reconcile::preview_load(config, options.force)
+            .await
+            .map_err(|e| SetupError::Preview(Box::new(e)))?;
+        if let Some(why) = load_refusal(&preview) {
+            return Err(SetupError::LoadRefused {
+                why,
+                preview: Box::new(preview),
+            });
+        }
+    }
+    let client = store.client();
+    let mut report = SetupReport::default();
+    let installed = installed_versions(client).await?;
     for (version, text) in SCHEMA {
         if !installed.contains(version) {
             client
@@ -91,6 +487,7 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
         }
     }
     report.converted = convert_v1_state(&store, config).await?;
+    let client = store.client();
     let publication = &config.database.publication;
     // Whether it exists, and whether it publishes partitions as their table.
     let via_root: Option<bool> = client
@@ -147,47 +544,44 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
         info!(%publication, "pg2dns.control added to the publication");
     }
     // Each configured source's table travels in the stream too, and so do
-    // the zones tables they reference.
-    let zones_tables = config.zones_tables();
-    let tables = config
-        .sources
-        .iter()
-        .map(|s| (s.schema(), s.table(), s.source()))
-        .chain(
-            zones_tables
-                .iter()
-                .map(|t| (t.schema(), t.table_name(), t.table.as_str())),
-        );
-    for (schema, table, source) in tables {
-        let published = client
-            .query_opt(
-                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-                &[publication, &schema, &table],
-            )
+    // the zones tables they reference (checked above).
+    for (schema, table, source) in unpublished {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION \"{publication}\" ADD TABLE {}.{}",
+                quote_ident(&schema),
+                quote_ident(&table)
+            ))
             .await
-            .map_err(sql("cannot read pg_publication_tables"))?
-            .is_some();
-        if !published {
-            client
-                .batch_execute(&format!(
-                    "ALTER PUBLICATION \"{publication}\" ADD TABLE {}.{}",
-                    quote_ident(schema),
-                    quote_ident(table)
-                ))
-                .await
-                .map_err(sql(
-                    "cannot add a source table to the publication (does it exist?)",
-                ))?;
-            report.sources_added.push(source.to_owned());
-            info!(%publication, table = %source, "source table added to the publication");
-        }
+            .map_err(sql(
+                "cannot add a source table to the publication (does it exist?)",
+            ))?;
+        info!(%publication, table = %source, "source table added to the publication");
+        report.sources_added.push(source);
     }
-    let slot = &config.database.slot;
+    let recreate = options.recreate_slot && progress_before;
+    if recreate && state == SlotState::Lost {
+        // Its changes since pg2dns's progress are gone from the WAL (or
+        // were never in the slot): a new slot and a load at its snapshot
+        // replace them exactly.
+        let old = store.slot_confirmed().await?;
+        store
+            .client()
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(sql(
+                "cannot drop the lost slot (is a pg2dns run still attached to it?)",
+            ))?;
+        warn!(%slot, "lost replication slot dropped");
+        report.slot_recreated = old.or(Some(Lsn::ZERO));
+    } else if recreate {
+        report.slot_recreated = Some(store.progress().await?);
+    }
     let mut exported = None;
     if store.slot_confirmed().await?.is_none() {
         // Over the replication protocol, to export the snapshot of the
         // slot's consistent point: what a first deployment loads.
-        let snapshot = crate::replication::create_slot_exporting(&config.database, slot, false)
+        let snapshot = crate::replication::create_slot_exporting(&config.database, &slot, false)
             .await
             .map_err(|e| SetupError::Slot(Box::new(e)))?;
         report.slot_created = true;
@@ -195,43 +589,87 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
         exported = Some(snapshot);
     }
     let slot_at = store.slot_confirmed().await?.unwrap_or(Lsn::ZERO);
-    if !store.has_progress().await? {
-        // A new instance. What the tables hold at the slot's consistent
-        // point is loaded into DNS and the row state now; the stream takes
-        // over from there. Its progress starts where its slot does, so that
-        // a slot dropped and re-created later is noticed.
+    if !store.has_progress().await? || recreate {
+        // A new instance (or one whose slot was lost). What the tables hold
+        // at the slot's consistent point is loaded into DNS and the row
+        // state now; the stream takes over from there. Its progress starts
+        // where its slot does, so that a slot dropped and re-created later
+        // is noticed.
         if let Some(snapshot) = &exported {
-            match crate::reconcile::load_at(config, &mut store, &snapshot.name).await {
+            match crate::reconcile::load_at(config, &mut store, &snapshot.name, options.force).await
+            {
                 Ok(load) if load.exit_code() == 0 => {
                     info!(rows = load.rows, "the tables as of the new slot are in DNS");
                     report.loaded = Some(load.rows);
+                    report.load = Some(load);
                 }
                 Ok(load) => {
-                    warn!(summary = %load.human(), "the first load did not bring every zone in line; run `pg2dns reconcile --apply` (with --force if a zone must lose most of its records)");
-                    report.load_problem = Some(load.human());
+                    warn!(summary = %load.human(), "the first load did not bring every zone in line");
+                    report.load_problem = Some(finish_hint(&load));
+                    report.load = Some(load);
                 }
                 Err(e) => {
                     let e = crate::error::chain(&e);
                     warn!(error = %e, "the first load failed; run `pg2dns reconcile --apply`");
-                    report.load_problem = Some(e);
+                    report.load_problem = Some(format!(
+                        "{e}; finish with `pg2dns reconcile --apply` (it pauses a running service)"
+                    ));
                 }
             }
         }
         store.set_progress(slot_at).await?;
+        if recreate {
+            // A service halted by the lost slot goes on from the new one.
+            let halted = store
+                .client()
+                .query_opt(
+                    "SELECT 1 FROM pg2dns.mode WHERE slot = $1 AND mode = 'halted'",
+                    &[&slot],
+                )
+                .await
+                .map_err(sql("cannot read pg2dns.mode"))?
+                .is_some();
+            if halted {
+                store
+                    .client()
+                    .query_one("SELECT pg2dns.resume($1)", &[&slot])
+                    .await
+                    .map_err(sql("cannot call pg2dns.resume()"))?;
+                report.resumed = true;
+            }
+        }
     } else {
         let progress = store.progress().await?;
         if slot_at > progress {
             report.gap = Some((progress, slot_at));
-            if accept_gap {
+            if options.accept_gap {
                 store.set_progress(slot_at).await?;
                 report.gap_accepted = true;
                 warn!(%slot, %progress, %slot_at, "gap accepted: pg2dns streams from the slot's position");
             } else {
-                warn!(%slot, %progress, %slot_at, "the slot starts after pg2dns's progress: the changes in between were never streamed; resynchronise the zones, then run setup --accept-gap");
+                warn!(%slot, %progress, %slot_at, "the slot starts after pg2dns's progress: the changes in between were never streamed; run setup --recreate-slot (or resynchronise the zones, then setup --accept-gap)");
             }
         }
     }
     Ok(report)
+}
+
+/// Per zone the load left out of line: why, and the command that finishes.
+fn finish_hint(load: &Report) -> String {
+    let mut lines = Vec::new();
+    for z in &load.zones {
+        let zone = &z.zone;
+        if let Some(e) = &z.error {
+            lines.push(format!("zone {zone}: {}; fix it, then finish with `pg2dns reconcile --apply --zone {zone}`", crate::error::chain(e)));
+        } else if z.refused_unowned {
+            lines.push(format!("zone {zone}: not loaded: it holds {} record(s) pg2dns never published that the load would delete; review with `pg2dns reconcile --zone {zone}`, then finish with `pg2dns reconcile --apply --zone {zone}`", z.unowned_deletes.len()));
+        } else if z.refused_by_threshold {
+            lines.push(format!("zone {zone}: not loaded: past the safety threshold; finish with `pg2dns reconcile --apply --force --zone {zone}`"));
+        } else if z.in_sync_after == Some(false) {
+            lines.push(format!("zone {zone}: still differs after the load; finish with `pg2dns reconcile --apply --zone {zone}`"));
+        }
+    }
+    lines.join("\n")
 }
 
 /// An SQL identifier, quoted (`"` doubled), so any table name is safe.
@@ -318,7 +756,7 @@ async fn convert_v1_state(store: &Store, config: &Config) -> Result<u64, StoreEr
 
 #[cfg(test)]
 mod tests {
-    use super::SCHEMA;
+    use super::*;
 
     /// The schema files are sent as they are, in the client encoding UTF8,
     /// which PostgreSQL converts to the database's encoding: a character
@@ -334,5 +772,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_first_load_runs_for_a_new_slot_without_progress_or_a_recreated_one() {
+        let plain = SetupOptions::default();
+        let recreate = SetupOptions {
+            recreate_slot: true,
+            ..SetupOptions::default()
+        };
+        assert!(loads(&SlotState::Missing, false, &plain));
+        // A slot gone while pg2dns has progress is a gap, not a first load…
+        assert!(!loads(&SlotState::Missing, true, &plain));
+        // …unless the operator asks for a new slot and a load.
+        assert!(loads(&SlotState::Missing, true, &recreate));
+        assert!(loads(&SlotState::Lost, true, &recreate));
+        assert!(!loads(&SlotState::Lost, true, &plain));
+        assert!(!loads(&SlotState::Usable("reserved".into()), true, &plain));
+    }
+
+    #[test]
+    fn an_identity_problem_names_the_alter_table_to_run() {
+        let p = IdentityProblem {
+            table: "\"public\".\"hosts\"".into(),
+            identity: "n".into(),
+        };
+        let text = p.to_string();
+        assert!(text.contains("replica identity NOTHING"), "{text}");
+        assert!(
+            text.contains("ALTER TABLE \"public\".\"hosts\" REPLICA IDENTITY FULL"),
+            "{text}"
+        );
     }
 }

@@ -746,3 +746,316 @@ async fn excluded_names_and_types_are_refused_by_the_stream_and_ignored_by_recon
     );
     Ok(())
 }
+
+/// `pg2dns reconcile ARGS… -c CONFIG` as a child process, stderr piped (the
+/// test reads it to know where the reconcile is); killed on drop.
+fn spawn_reconcile(
+    stack: &Stack,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(crate::harness::pg2dns::binary());
+    command
+        .arg("reconcile")
+        .args(args)
+        .arg("-c")
+        .arg(stack.config_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG2DNS_") {
+            command.env_remove(&key);
+        }
+    }
+    command.env("RUST_LOG", "info");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    Ok(command.spawn()?)
+}
+
+/// Reads the child's stderr until a line contains `needle`; returns what it
+/// read.
+async fn read_until(child: &mut tokio::process::Child, needle: &str) -> Result<String> {
+    let stderr = child.stderr.as_mut().context("stderr is not piped")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await? {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(needle) {
+                return anyhow::Ok(true);
+            }
+        }
+        anyhow::Ok(false)
+    })
+    .await;
+    match found {
+        Ok(Ok(true)) => Ok(seen),
+        _ => bail!("reconcile never printed {needle:?}:\n{seen}"),
+    }
+}
+
+/// `pg2dns.mode`'s mode and requested_by for the stack's slot.
+async fn mode(stack: &Stack) -> Result<(String, String)> {
+    let row = stack
+        .db
+        .query_one(
+            "SELECT mode, coalesce(requested_by, '') FROM pg2dns.mode WHERE slot = 'pg2dns'",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Waits until the service says it runs, then checks that a new row
+/// reaches DNS (it streams again).
+async fn streams_again(stack: &Stack, owner: &str) -> Result<()> {
+    crate::harness::wait::wait_until(DNS_DEADLINE, "pg2dns.mode says running", || async {
+        let (mode, by) = mode(stack).await?;
+        Ok(if mode == "running" {
+            crate::harness::wait::Check::Done(())
+        } else {
+            crate::harness::wait::Check::NotYet(format!("{mode} (by {by})"))
+        })
+    })
+    .await?;
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('{owner}', 300, 'A', '192.0.2.200')"
+        ))
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok(())
+}
+
+/// A running service with one row in DNS and one record added behind its
+/// back (so that `reconcile --apply` has a repair to hold the pause for).
+async fn service_with_a_stray_record(label: &str) -> Result<(Stack, crate::harness::Pg2dns)> {
+    let stack = Stack::start(label, Primary::Bind).await?;
+    let run = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.example.test.', 300, 'A', '192.0.2.10')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update add stray.example.test. 300 A 192.0.2.99")
+        .await?;
+    Ok((stack, run))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_killed_while_it_holds_the_service_paused_is_resumed_by_the_service(
+) -> Result<()> {
+    let (stack, run) = service_with_a_stray_record("lease-kill").await?;
+    // The repair waits (a test hook) with the service paused at the
+    // snapshot's point: long enough to be killed there.
+    let mut reconcile = spawn_reconcile(
+        &stack,
+        &["--apply"],
+        &[("PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS", "600000")],
+    )?;
+    read_until(&mut reconcile, "before the repair").await?;
+    let (held, by) = mode(&stack).await?;
+    ensure!(
+        held == "paused",
+        "the reconcile holds the service paused: {held} by {by}"
+    );
+    reconcile.start_kill()?;
+    let status = reconcile.wait().await?;
+    ensure!(
+        status.code().is_none(),
+        "reconcile was killed by SIGKILL: {status}"
+    );
+    // Nothing resumed it but the lease's end.
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update delete stray.example.test. A")
+        .await?;
+    streams_again(&stack, "after-kill.example.test.").await?;
+    ensure!(
+        run.log().contains("resuming by itself"),
+        "the service says why it resumed:\n{}",
+        run.log_tail(30)
+    );
+    // An operator's pause is no lease: it stays.
+    let paused = stack.admin(&["pause", "--wait"]).await?;
+    ensure!(paused.status.success(), "{paused:?}");
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('while-paused.example.test.', 300, 'A', '192.0.2.201')")
+        .await?;
+    let resumed = stack.admin(&["resume"]).await?;
+    ensure!(resumed.status.success(), "{resumed:?}");
+    let polls = run.log().matches("resuming by itself").count();
+    ensure!(
+        polls == 1,
+        "an operator's pause was taken for a lease:\n{}",
+        run.log_tail(30)
+    );
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_aborted_right_after_asking_for_the_pause_leaves_the_service_running(
+) -> Result<()> {
+    let (stack, run) = service_with_a_stray_record("lease-abort").await?;
+    let output = stack
+        .reconcile(
+            &["--apply"],
+            &[("PG2DNS_FAILPOINT", "reconcile-after-pause")],
+        )
+        .await?;
+    ensure!(
+        output.status.code().is_none(),
+        "reconcile aborted at the failpoint: {output:?}"
+    );
+    // The service pauses when the pause reaches it in the stream, after
+    // its holder is gone, and goes on by itself.
+    crate::harness::wait::wait_until(DNS_DEADLINE, "the service resumes by itself", || async {
+        Ok(if run.log().contains("resuming by itself") {
+            crate::harness::wait::Check::Done(())
+        } else {
+            crate::harness::wait::Check::NotYet(run.log_tail(5))
+        })
+    })
+    .await?;
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update delete stray.example.test. A")
+        .await?;
+    streams_again(&stack, "after-abort.example.test.").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_ended_by_sigterm_resumes_the_service_and_exits_143() -> Result<()> {
+    let (stack, run) = service_with_a_stray_record("lease-term").await?;
+    let mut reconcile = spawn_reconcile(
+        &stack,
+        &["--apply"],
+        &[("PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS", "600000")],
+    )?;
+    read_until(&mut reconcile, "before the repair").await?;
+    let (held, by) = mode(&stack).await?;
+    ensure!(
+        held == "paused",
+        "the reconcile holds the service paused: {held} by {by}"
+    );
+    let pid = reconcile.id().context("no pid")?;
+    crate::harness::signal(pid, "TERM")?;
+    let status = tokio::time::timeout(Duration::from_secs(60), reconcile.wait()).await??;
+    let mut rest = String::new();
+    if let Some(mut stderr) = reconcile.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut rest).await?;
+    }
+    ensure!(
+        status.code() == Some(143),
+        "reconcile exits 143 after SIGTERM: {status}\n{rest}"
+    );
+    ensure!(
+        rest.contains("interrupted by SIGTERM")
+            && rest.contains("paused at the snapshot for the comparison; resumed"),
+        "it says it resumed the service:\n{rest}"
+    );
+    // The reconcile's own resume, not the lease's end.
+    let newest: String = stack
+        .db
+        .query_one(
+            "SELECT action FROM pg2dns.control WHERE slot = 'pg2dns' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(newest == "resume", "the newest control request is {newest}");
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update delete stray.example.test. A")
+        .await?;
+    streams_again(&stack, "after-term.example.test.").await?;
+    ensure!(
+        !run.log().contains("resuming by itself"),
+        "reconcile resumed the service itself, before its lease ended:\n{}\nreconcile:\n{rest}",
+        run.log_tail(30)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_piped_into_head_ends_without_a_panic_and_leaves_the_service_running(
+) -> Result<()> {
+    let (stack, _run) = service_with_a_stray_record("lease-head").await?;
+    // A report far larger than a pipe's buffer: 3000 records nobody asked for.
+    for batch in 0..2 {
+        let lines: String = (0..1500)
+            .map(|i| format!("update add extra{batch}-{i}.example.test. 300 A 192.0.2.1\n"))
+            .collect();
+        stack.server(Primary::Bind)?.nsupdate(&lines).await?;
+    }
+    let mut command = tokio::process::Command::new("bash");
+    command
+        .arg("-c")
+        .arg("\"$0\" reconcile --json -c \"$1\" | head -c 100 >/dev/null; exit ${PIPESTATUS[0]}")
+        .arg(crate::harness::pg2dns::binary())
+        .arg(stack.config_path())
+        .env("RUST_LOG", "info");
+    let output = crate::harness::run_unchecked(&mut command, Duration::from_secs(120)).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(1) && !stderr.contains("panicked"),
+        "reconcile | head: exit 1 (differences), no panic: {}\n{stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains("paused at the snapshot"),
+        "the service was paused:\n{stderr}"
+    );
+    for batch in 0..2 {
+        let mut deletes = String::from("update delete stray.example.test. A\n");
+        for i in 0..1500 {
+            deletes.push_str(&format!("update delete extra{batch}-{i}.example.test. A\n"));
+        }
+        stack.server(Primary::Bind)?.nsupdate(&deletes).await?;
+    }
+    streams_again(&stack, "after-head.example.test.").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_that_panics_while_it_holds_the_service_paused_resumes_it_first() -> Result<()>
+{
+    let (stack, run) = service_with_a_stray_record("lease-panic").await?;
+    let output = stack
+        .reconcile(&["--apply"], &[("PG2DNS_FAILPOINT", "reconcile-panic")])
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2)
+            && stderr.contains("failpoint reconcile-panic reached")
+            && stderr.contains("paused at the snapshot for the comparison; resumed"),
+        "reconcile panics, resumes the service and exits 2: {}\n{stderr}",
+        output.status
+    );
+    let newest: String = stack
+        .db
+        .query_one(
+            "SELECT action FROM pg2dns.control WHERE slot = 'pg2dns' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(newest == "resume", "the newest control request is {newest}");
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update delete stray.example.test. A")
+        .await?;
+    streams_again(&stack, "after-panic.example.test.").await?;
+    ensure!(
+        !run.log().contains("resuming by itself"),
+        "the panicking reconcile resumed the service itself:\n{}",
+        run.log_tail(30)
+    );
+    Ok(())
+}
