@@ -24,6 +24,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (5, include_str!("../../sql/005_rr_unique.sql")),
     (6, include_str!("../../sql/006_zone_ref.sql")),
     (7, include_str!("../../sql/007_row_state_indexes.sql")),
+    (9, include_str!("../../sql/009_roles.sql")),
 ];
 
 /// What `setup` did.
@@ -56,6 +57,31 @@ pub enum SetupError {
     /// A statement failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A source's key does not name one row (see `check::key_problems`).
+    #[error("{}", .0.join("; "))]
+    KeyNotUnique(Vec<String>),
+    /// The role may not add a source table to the publication.
+    #[error("cannot add {table} to publication {publication}: only a superuser, or the owner of both the table and the publication, may; as a superuser run `ALTER PUBLICATION \"{publication}\" ADD TABLE {table}` (the publication stays this role's), then run setup again (README, \"Roles and grants\")")]
+    NotOwner {
+        /// The table, `schema.table`.
+        table: String,
+        /// The publication.
+        publication: String,
+        /// PostgreSQL's refusal.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A `[roles]` grant failed.
+    #[error("cannot grant {what} to role {role} of [roles] (does the role exist, and does this role own the pg2dns schema?)")]
+    Grant {
+        /// The role.
+        role: String,
+        /// What was granted.
+        what: &'static str,
+        /// PostgreSQL's refusal.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The replication slot could not be created.
     #[error(
         "cannot create the replication slot (is wal_level = logical, and may the role replicate?)"
@@ -69,6 +95,7 @@ pub enum SetupError {
 pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, SetupError> {
     let mut store = Store::connect(&config.database).await?;
     let client = store.client();
+    refuse_keys_not_unique(client, config).await?;
     let mut report = SetupReport::default();
     let installed: Vec<i32> = match client
         .query("SELECT version FROM pg2dns.schema_version", &[])
@@ -90,6 +117,7 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
         }
     }
     report.converted = convert_v1_state(&store, config).await?;
+    grant_roles(client, &config.roles).await?;
     let publication = &config.database.publication;
     // Whether it exists, and whether it publishes partitions as their table.
     let via_root: Option<bool> = client
@@ -174,9 +202,7 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
                     quote_ident(table)
                 ))
                 .await
-                .map_err(sql(
-                    "cannot add a source table to the publication (does it exist?)",
-                ))?;
+                .map_err(|e| add_table_error(e, source, publication))?;
             report.sources_added.push(source.to_owned());
             info!(%publication, table = %source, "source table added to the publication");
         }
@@ -231,6 +257,73 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
         }
     }
     Ok(report)
+}
+
+/// Refuses sources whose key is not unique: two rows with one key would
+/// replace and delete each other's records.
+async fn refuse_keys_not_unique(
+    client: &tokio_postgres::Client,
+    config: &Config,
+) -> Result<(), SetupError> {
+    let problems = crate::check::key_problems(client, config).await?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SetupError::KeyNotUnique(problems))
+    }
+}
+
+/// Why a source table could not be added to the publication: a role that
+/// does not own it (and the publication) gets the way out; anything else
+/// is reported as it is.
+fn add_table_error(e: tokio_postgres::Error, table: &str, publication: &str) -> SetupError {
+    if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+        SetupError::NotOwner {
+            table: table.to_owned(),
+            publication: publication.to_owned(),
+            source: e,
+        }
+    } else {
+        sql("cannot add a source table to the publication (does it exist?)")(e).into()
+    }
+}
+
+/// Grants the `[roles]` what README's "Roles and grants" says each needs.
+/// GRANT is idempotent, so this runs on every setup and covers objects a
+/// newer schema version added.
+async fn grant_roles(
+    client: &tokio_postgres::Client,
+    roles: &crate::config::Roles,
+) -> Result<(), SetupError> {
+    const OPERATOR: &str = "GRANT USAGE ON SCHEMA pg2dns TO {role}; \
+         GRANT EXECUTE ON FUNCTION pg2dns.pause(text, text), pg2dns.resume(text, pg_lsn), \
+             pg2dns.allow_mass_delete(text, pg_lsn), pg2dns.mode_of(text) TO {role}; \
+         GRANT SELECT ON pg2dns.status TO {role}";
+    const WRITER: &str = "GRANT USAGE ON SCHEMA pg2dns TO {role}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON pg2dns.rr TO {role}; \
+         GRANT USAGE ON SEQUENCE pg2dns.rr_id_seq TO {role}";
+    let grants = roles
+        .operators
+        .iter()
+        .map(|r| (r, OPERATOR, "the operator's rights"))
+        .chain(
+            roles
+                .writers
+                .iter()
+                .map(|r| (r, WRITER, "the writer's rights on pg2dns.rr")),
+        );
+    for (role, statements, what) in grants {
+        client
+            .batch_execute(&statements.replace("{role}", &quote_ident(role)))
+            .await
+            .map_err(|source| SetupError::Grant {
+                role: role.clone(),
+                what,
+                source,
+            })?;
+        info!(%role, what, "granted");
+    }
+    Ok(())
 }
 
 /// An SQL identifier, quoted (`"` doubled), so any table name is safe.
