@@ -54,6 +54,7 @@ mod outages;
 mod reconcile;
 mod rejected;
 mod replication;
+mod roles;
 mod source_rules;
 mod sources;
 mod streaming;

@@ -116,7 +116,22 @@ impl Stack {
         Stack::start_on(pg, dir, &[(FORWARD, primary), (REVERSE, primary)]).await
     }
 
+    /// [`Stack::start`] without `pg2dns setup`: for a test that sets up
+    /// as some other role than the superuser.
+    pub async fn start_before_setup(label: &str, primary: Primary) -> Result<Stack> {
+        let label = format!("{label}-{}", primary.label());
+        let dir = TempDir::new(&label)?;
+        let pg = Postgres::start(dir.path()).await?;
+        Stack::start_unset(pg, dir, &[(FORWARD, primary), (REVERSE, primary)]).await
+    }
+
     async fn start_on(pg: Postgres, dir: TempDir, zones: &[(&str, Primary)]) -> Result<Stack> {
+        let stack = Stack::start_unset(pg, dir, zones).await?;
+        stack.setup().await?;
+        Ok(stack)
+    }
+
+    async fn start_unset(pg: Postgres, dir: TempDir, zones: &[(&str, Primary)]) -> Result<Stack> {
         let mut servers = Vec::new();
         for primary in [Primary::Bind, Primary::Knot] {
             let on: Vec<&str> = zones
@@ -144,7 +159,6 @@ impl Stack {
             dir,
         };
         stack.write_config(&[])?;
-        stack.setup().await?;
         Ok(stack)
     }
 
