@@ -5,11 +5,13 @@
 //! primaries (a key they do not know, a wrong secret or algorithm, a zone
 //! not served, not updatable or not transferable by the key).
 
+use std::time::Duration;
+
 use anyhow::{ensure, Result};
 
 use crate::harness::dns::{Access, KEY_NAME};
 use crate::harness::stack::{FORWARD, REVERSE, SLOT};
-use crate::harness::{bind, pg2dns, Primary, Server, Stack, TempDir};
+use crate::harness::{bind, pg2dns, wait_until, Check, Primary, Server, Stack, TempDir};
 
 /// `pg2dns check-config --offline`: the file and its key files only.
 async fn offline_check(config: &std::path::Path) -> Result<std::process::Output> {
@@ -365,7 +367,8 @@ async fn check_config_names_a_role_that_may_not_replicate_and_wal_level_replica(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_that_is_not_unique_is_named_by_check_config_and_refused_by_setup() -> Result<()> {
+async fn a_key_that_is_not_unique_is_named_by_check_config_refused_by_setup_and_halts_run(
+) -> Result<()> {
     let stack = Stack::start("check-unique", Primary::Bind).await?;
     stack
         .exec(
@@ -425,5 +428,52 @@ address_column = "address"
         "a NOT NULL unique index makes the key unique:\n{text}"
     );
     stack.setup().await?;
+    // The index dropped while pg2dns is stopped: the next run halts, naming
+    // the key, and goes on once the index is back and it is resumed.
+    stack.exec("DROP INDEX app.hosts_host").await?;
+    let mut service = stack.run_as_service()?;
+    let mode = |wanted: &'static str| {
+        let stack = &stack;
+        async move {
+            wait_until(
+                Duration::from_secs(60),
+                &format!("pg2dns is {wanted}"),
+                || async {
+                    let row = stack
+                        .db
+                        .query_opt(
+                            "SELECT mode, reason, hint FROM pg2dns.mode WHERE slot = $1",
+                            &[&SLOT],
+                        )
+                        .await?;
+                    Ok(match row {
+                        Some(r) if r.get::<_, String>(0) == wanted => {
+                            Check::Done((r.get::<_, String>(1), r.get::<_, String>(2)))
+                        }
+                        other => Check::NotYet(format!("{other:?}")),
+                    })
+                },
+            )
+            .await
+        }
+    };
+    let (reason, hint) = mode("halted").await?;
+    ensure!(
+        reason.contains(needle) && hint.contains("add a UNIQUE index"),
+        "the halt must name the key and the fix: {reason} / {hint}"
+    );
+    stack
+        .exec("CREATE UNIQUE INDEX hosts_host ON app.hosts (host)")
+        .await?;
+    let resume = stack.admin(&["resume"]).await?;
+    ensure!(resume.status.success(), "resume: {resume:?}");
+    mode("running").await?;
+    stack
+        .exec("INSERT INTO app.hosts (host, address) VALUES ('after', '192.0.2.9')")
+        .await?;
+    stack
+        .wait_until_answers("after.example.test.", "A", Duration::from_secs(60))
+        .await?;
+    service.terminate().await?;
     Ok(())
 }
