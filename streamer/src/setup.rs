@@ -154,24 +154,27 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
             ))?;
         info!(%publication, "publication set to publish partitions' changes as their partitioned table's");
     }
-    // The control table travels in the stream: that is how a pause is
-    // exact (publications made by earlier versions lack it).
-    let has_control = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'pg2dns' AND tablename = 'control'",
-            &[publication],
-        )
-        .await
-        .map_err(sql("cannot read pg_publication_tables"))?
-        .is_some();
-    if !has_control {
-        client
-            .batch_execute(&format!(
-                "ALTER PUBLICATION \"{publication}\" ADD TABLE pg2dns.control"
-            ))
+    // pg2dns's own tables travel in the stream: pg2dns.rr, and the control
+    // table, which is how a pause is exact (publications made by earlier
+    // versions lack it, and one a DBA created for the sources lacks both).
+    for table in ["rr", "control"] {
+        let published = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'pg2dns' AND tablename = $2",
+                &[publication, &table],
+            )
             .await
-            .map_err(sql("cannot add pg2dns.control to the publication"))?;
-        info!(%publication, "pg2dns.control added to the publication");
+            .map_err(sql("cannot read pg_publication_tables"))?
+            .is_some();
+        if !published {
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION \"{publication}\" ADD TABLE pg2dns.{table}"
+                ))
+                .await
+                .map_err(sql("cannot add pg2dns's own tables to the publication"))?;
+            info!(%publication, table, "pg2dns table added to the publication");
+        }
     }
     // Each configured source's table travels in the stream too, and so do
     // the zones tables they reference.

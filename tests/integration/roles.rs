@@ -65,11 +65,11 @@ async fn wait_for_address(stack: &Stack, name: &str, address: &str) -> Result<()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_whole_life_cycle_runs_with_non_superuser_service_operator_and_writer_roles(
-) -> Result<()> {
-    let stack = Stack::start_before_setup("roles", Primary::Bind).await?;
-    // The DBA's part, as README's "Roles and grants" has it.
+/// The DBA's and the application's part, as README's "Roles and grants"
+/// has it: the three roles and an application-owned source table holding
+/// one row, readable by the service; the config logs in as the service and
+/// names the operators and writers. Returns the application's connection.
+async fn prepare(stack: &Stack) -> Result<tokio_postgres::Client> {
     stack
         .exec(
             "CREATE ROLE app_owner LOGIN;
@@ -80,8 +80,7 @@ async fn the_whole_life_cycle_runs_with_non_superuser_service_operator_and_write
              CREATE SCHEMA app AUTHORIZATION app_owner;",
         )
         .await?;
-    // The application's part: its table, readable by the service.
-    let app = connect_as(&stack, "app_owner").await?;
+    let app = connect_as(stack, "app_owner").await?;
     app.batch_execute(
         "CREATE TABLE app.hosts (id serial PRIMARY KEY, name text NOT NULL, address inet NOT NULL);
          INSERT INTO app.hosts (name, address) VALUES ('before.example.test.', '192.0.2.1');
@@ -89,7 +88,7 @@ async fn the_whole_life_cycle_runs_with_non_superuser_service_operator_and_write
          GRANT SELECT ON app.hosts TO pg2dns_svc;",
     )
     .await?;
-    stack.set_database_url(&url_as(&stack, "pg2dns_svc"))?;
+    stack.set_database_url(&url_as(stack, "pg2dns_svc"))?;
     stack.append_config(
         r#"
 [roles]
@@ -102,6 +101,14 @@ owner_column = "name"
 address_column = "address"
 "#,
     )?;
+    Ok(app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_life_cycle_runs_with_non_superuser_service_operator_and_writer_roles(
+) -> Result<()> {
+    let stack = Stack::start_before_setup("roles", Primary::Bind).await?;
+    let app = prepare(&stack).await?;
 
     // Setup as the service: it may not add a table it does not own to the
     // publication, and says what to run instead.
@@ -214,6 +221,51 @@ address_column = "address"
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    service.assert_running()?;
+    service.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_as_the_service_completes_a_publication_a_superuser_created_for_the_application_tables(
+) -> Result<()> {
+    let stack = Stack::start_before_setup("roles-publication", Primary::Bind).await?;
+    let app = prepare(&stack).await?;
+    stack
+        .exec(&format!(
+            "CREATE PUBLICATION {SLOT} FOR TABLE app.hosts WITH (publish_via_partition_root = true);
+             ALTER PUBLICATION {SLOT} OWNER TO pg2dns_svc;"
+        ))
+        .await?;
+    stack.setup().await?;
+    let published: Vec<String> = stack
+        .db
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
+            &[&SLOT],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ensure!(
+        published == ["app.hosts", "pg2dns.control", "pg2dns.rr"],
+        "setup adds pg2dns's own tables to the DBA's publication: {published:?}"
+    );
+    wait_for_address(&stack, "before.example.test.", "192.0.2.1").await?;
+    let mut service = stack.run()?;
+    connect_as(&stack, "dns_writer")
+        .await?
+        .batch_execute(
+            "INSERT INTO pg2dns.rr (owner, type, rdata) VALUES ('w.example.test.', 'A', '192.0.2.10')",
+        )
+        .await?;
+    app.batch_execute(
+        "INSERT INTO app.hosts (name, address) VALUES ('app.example.test.', '192.0.2.2')",
+    )
+    .await?;
+    wait_for_address(&stack, "w.example.test.", "192.0.2.10").await?;
+    wait_for_address(&stack, "app.example.test.", "192.0.2.2").await?;
     service.assert_running()?;
     service.terminate().await?;
     Ok(())
