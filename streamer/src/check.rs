@@ -342,3 +342,34 @@ fn keyed_tables(config: &Config) -> Vec<(String, String, String, Vec<String>)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::not_unique;
+
+    fn cols(c: &[&str]) -> Vec<String> {
+        c.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_key_is_unique_when_a_unique_key_lies_within_it() {
+        let pk = vec![cols(&["id"])];
+        assert_eq!(not_unique("app.hosts", &cols(&["id"]), &pk), None);
+        // A superset of a unique key is unique too.
+        assert_eq!(not_unique("app.hosts", &cols(&["id", "vrf"]), &pk), None);
+        let two = vec![cols(&["host", "vrf"])];
+        assert_eq!(not_unique("app.hosts", &cols(&["vrf", "host"]), &two), None);
+    }
+
+    #[test]
+    fn a_key_narrower_than_every_unique_key_is_named_with_the_fix() {
+        let problem = not_unique("app.hosts", &cols(&["host"]), &[cols(&["host", "vrf"])]);
+        let problem = problem.expect("host alone is not unique");
+        assert!(
+            problem
+                .starts_with("key (host) of app.hosts is not unique: add a UNIQUE index on (host)"),
+            "{problem}"
+        );
+        assert!(not_unique("app.hosts", &cols(&["host"]), &[]).is_some());
+    }
+}

@@ -1134,4 +1134,16 @@ is_false = ["disabled"]
         let err = with_key_file(&GOOD.replace("version = 1", "version = 2")).unwrap_err();
         assert!(err.to_string().contains("version = 2"), "{err}");
     }
+
+    #[test]
+    fn roles_are_read_and_default_to_none() {
+        assert_eq!(with_key_file(GOOD).unwrap().roles, Roles::default());
+        let roles = "[roles]\noperators = [\"ops\"]\nwriters = [\"app\", \"etl\"]\n";
+        let c = with_key_file(&GOOD.replace("[[zone]]", &format!("{roles}[[zone]]"))).unwrap();
+        assert_eq!(c.roles.operators, ["ops"]);
+        assert_eq!(c.roles.writers, ["app", "etl"]);
+        let err = with_key_file(&GOOD.replace("[[zone]]", "[roles]\noperator = []\n[[zone]]"))
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("operator"), "{err:?}");
+    }
 }
