@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 
 use crate::harness::stack::SLOT;
-use crate::harness::{pg2dns, Primary, Stack};
+use crate::harness::{pg2dns, wait_until, Check, Primary, Stack};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -139,7 +139,7 @@ async fn the_whole_life_cycle_runs_with_non_superuser_service_operator_and_write
     wait_for_address(&stack, "before.example.test.", "192.0.2.1").await?;
 
     // Run as the service; the writer and the application write.
-    let mut service = stack.run()?;
+    let mut service = stack.run_as_service()?;
     let writer = connect_as(&stack, "dns_writer").await?;
     writer
         .batch_execute(
@@ -196,6 +196,53 @@ async fn the_whole_life_cycle_runs_with_non_superuser_service_operator_and_write
         "resume as the operator must say where streaming continues: {code:?}\n{text}"
     );
     wait_for_address(&stack, "paused.example.test.", "192.0.2.20").await?;
+    // A mass delete by the writer is held; the operator releases it.
+    writer
+        .batch_execute(
+            "INSERT INTO pg2dns.rr (owner, type, rdata)
+             SELECT 'm' || g || '.example.test.', 'A', '192.0.2.' || (100 + g) FROM generate_series(1, 20) AS g",
+        )
+        .await?;
+    wait_for_address(&stack, "m20.example.test.", "192.0.2.120").await?;
+    writer
+        .batch_execute("DELETE FROM pg2dns.rr WHERE owner LIKE 'm%'")
+        .await?;
+    wait_until(
+        WAIT,
+        "the operator's status says a mass delete is held",
+        || async {
+            let (code, text) = pg2dns_with(&["status", "--json"], &ops).await?;
+            let status: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or(""))
+                .with_context(|| format!("status --json as the operator ({code:?}): {text}"))?;
+            Ok(
+                if status["mode"] == "halted"
+                    && status["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("mass delete held"))
+                {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(status.to_string())
+                },
+            )
+        },
+    )
+    .await?;
+    let (code, text) = pg2dns_with(&["resume", "--allow-mass-delete"], &ops).await?;
+    ensure!(
+        code == Some(0) && text.contains("mass delete released"),
+        "resume --allow-mass-delete as the operator: {code:?}\n{text}"
+    );
+    wait_until(WAIT, "the mass delete reaches DNS", || async {
+        let left = stack.query("m20.example.test.", "A").await?;
+        Ok(if left.is_empty() {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("{left:?}"))
+        })
+    })
+    .await?;
+
     let operator = connect_as(&stack, "dns_ops").await?;
     for statement in [
         "SELECT 1 FROM pg2dns.mode",
