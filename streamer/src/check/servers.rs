@@ -159,7 +159,7 @@ pub async fn check_zone(zone: &ZoneConfig) -> Vec<String> {
         rtype: RType::SOA,
     };
     let denied = format!(
-        "{at} does not let key {k} update the zone: add `allow-update {{ key {k}; }};` to the zone in named.conf (in knot.conf, an `acl` with `key: {k}` and `action: update` on the zone)"
+        "{at} does not let key {k} update the zone: add `allow-update {{ key {k}; }};` to the zone in named.conf (in knot.conf, an `acl` with `key: {k}` and `action: update` on the zone), or, if this server is a secondary, point `primary` at the zone's primary"
     );
     match update::encode(name, crate::dns::axfr::fresh_id(), &[probe], &[]) {
         Err(e) => out.push(format!("zone {name}: cannot encode an UPDATE: {e}")),
