@@ -202,6 +202,7 @@ pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> 
     let store = Store::connect(&config.database).await?;
     let client = store.client();
     let mut problems = cluster_problems(client).await?;
+    problems.extend(missing_roles(client, config).await?);
     for source in &config.sources {
         let table = describe(client, source.schema(), source.table()).await?;
         let used = uses(source);
@@ -254,6 +255,27 @@ async fn cluster_problems(client: &Client) -> Result<Vec<String>, StoreError> {
             "role {role} may not replicate: run `ALTER ROLE {} REPLICATION` as a superuser (README, \"Roles and grants\")",
             crate::setup::quote_ident(&role)
         ));
+    }
+    Ok(out)
+}
+
+/// The `[roles]` that do not exist: `setup` would fail granting to them.
+async fn missing_roles(client: &Client, config: &Config) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let named = (config.roles.operators.iter().map(|r| (r, "operators")))
+        .chain(config.roles.writers.iter().map(|r| (r, "writers")));
+    for (role, list) in named {
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
+            .await
+            .map_err(sql("cannot read pg_roles"))?
+            .is_some();
+        if !exists {
+            out.push(format!(
+                "role {role} of [roles] {list} does not exist, and setup grants to it: create it (`CREATE ROLE {}`) or remove it",
+                crate::setup::quote_ident(role)
+            ));
+        }
     }
     Ok(out)
 }

@@ -338,14 +338,17 @@ async fn check_config_names_a_role_that_may_not_replicate_and_wal_level_replica(
     stack.exec("CREATE ROLE norepl LOGIN").await?;
     let url = stack.pg.url().replace("postgres@", "norepl@");
     stack.set_database_url(&url)?;
+    stack.append_config("[roles]\noperators = [\"norepl\", \"no_such_role\"]\n")?;
     let (code, text) = check_config(stack.config_path()).await?;
     ensure!(
         code == Some(1)
             && text.contains(
                 "problem: role norepl may not replicate: run `ALTER ROLE \"norepl\" REPLICATION` as a superuser"
             )
+            && text.contains("problem: role no_such_role of [roles] operators does not exist")
+            && !text.contains("role norepl of [roles]")
             && !text.contains("wal_level"),
-        "check-config must name the role without REPLICATION; it exited {code:?} with:\n{text}"
+        "check-config must name the role without REPLICATION and the missing role; it exited {code:?} with:\n{text}"
     );
     stack.set_database_url(&stack.pg.url())?;
     // PostgreSQL does not start at wal_level replica while a logical slot
