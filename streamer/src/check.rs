@@ -203,6 +203,7 @@ pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> 
     let client = store.client();
     let mut problems = cluster_problems(client).await?;
     problems.extend(missing_roles(client, config).await?);
+    problems.extend(access_problems(client, config).await?);
     for source in &config.sources {
         let table = describe(client, source.schema(), source.table()).await?;
         let used = uses(source);
@@ -277,6 +278,48 @@ async fn missing_roles(client: &Client, config: &Config) -> Result<Vec<String>, 
             ));
         }
     }
+    Ok(out)
+}
+
+/// What the role may not do with the source and zones tables that setup,
+/// run or reconcile will ask of it: read them, and (before they are in the
+/// publication) add them to it, which PostgreSQL allows only a superuser or
+/// the owner of the table (and of the publication).
+async fn access_problems(client: &Client, config: &Config) -> Result<Vec<String>, StoreError> {
+    let publication = &config.database.publication;
+    let mut out = Vec::new();
+    for (schema, table, qualified, _) in keyed_tables(config) {
+        let Some(row) = client
+            .query_opt(
+                "SELECT current_user::text, has_table_privilege(c.oid, 'SELECT'), \
+                        pg_has_role(c.relowner, 'USAGE') \
+                            OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
+                        EXISTS (SELECT 1 FROM pg_publication_tables p \
+                                WHERE p.pubname = $3 AND p.schemaname = $1 AND p.tablename = $2) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&schema, &table, publication],
+            )
+            .await
+            .map_err(sql("cannot read the privileges on a source table"))?
+        else {
+            continue;
+        };
+        let (role, reads, owns, published): (String, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let role = crate::setup::quote_ident(&role);
+        if !reads {
+            out.push(format!(
+                "role {role} may not read {qualified}, which the first load and reconcile read: run `GRANT SELECT ON {qualified} TO {role}` (and USAGE on its schema) as its owner"
+            ));
+        }
+        if !owns && !published {
+            out.push(format!(
+                "setup will stop at {qualified}: role {role} does not own it, so it may not add it to publication {publication}; once setup has created the publication, run `ALTER PUBLICATION \"{publication}\" ADD TABLE {qualified}` as a superuser and setup again (or have a superuser create the publication beforehand; README, \"Roles and grants\")"
+            ));
+        }
+    }
+    out.dedup();
     Ok(out)
 }
 

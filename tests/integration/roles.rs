@@ -110,6 +110,14 @@ async fn the_whole_life_cycle_runs_with_non_superuser_service_operator_and_write
     let stack = Stack::start_before_setup("roles", Primary::Bind).await?;
     let app = prepare(&stack).await?;
 
+    // check-config as the service says so before setup.
+    let (code, text) = pg2dns_with(&["check-config"], stack.config_path()).await?;
+    ensure!(
+        code == Some(1)
+            && text.contains("problem: setup will stop at app.hosts: role \"pg2dns_svc\" does not own it")
+            && text.matches("problem:").count() == 1,
+        "check-config as the service must name the table setup cannot publish, and nothing else; it exited {code:?} with:\n{text}"
+    );
     // Setup as the service: it may not add a table it does not own to the
     // publication, and says what to run instead.
     let (code, text) = pg2dns_with(&["setup"], stack.config_path()).await?;
@@ -137,6 +145,23 @@ async fn the_whole_life_cycle_runs_with_non_superuser_service_operator_and_write
     );
     // The first load, as the service, from the application's table.
     wait_for_address(&stack, "before.example.test.", "192.0.2.1").await?;
+    let (code, text) = pg2dns_with(&["check-config"], stack.config_path()).await?;
+    ensure!(
+        code == Some(0),
+        "check-config as the service passes once set up; it exited {code:?} with:\n{text}"
+    );
+    stack
+        .exec("REVOKE SELECT ON app.hosts FROM pg2dns_svc")
+        .await?;
+    let (code, text) = pg2dns_with(&["check-config"], stack.config_path()).await?;
+    ensure!(
+        code == Some(1)
+            && text.contains("problem: role \"pg2dns_svc\" may not read app.hosts, which the first load and reconcile read: run `GRANT SELECT ON app.hosts TO \"pg2dns_svc\"`"),
+        "check-config names a source table the service may not read; it exited {code:?} with:\n{text}"
+    );
+    stack
+        .exec("GRANT SELECT ON app.hosts TO pg2dns_svc")
+        .await?;
 
     // Run as the service; the writer and the application write.
     let mut service = stack.run_as_service()?;
