@@ -1,8 +1,9 @@
 //! `pg2dns check-config` against the database: `wal_level = logical`, a
-//! role that may replicate, every source table and zones table exists,
-//! every column a source reads is there with a type it can use, the key is
-//! unique, and the replica identity carries the key columns. The zones'
-//! primaries are checked in [`servers`].
+//! role that may replicate, the `[roles]` exist, every source table and
+//! zones table exists, every column a source reads is there with a type it
+//! can use, the key is unique, the replica identity carries the key
+//! columns, and the role may read each table and add it to the publication.
+//! The zones' primaries are checked in [`servers`].
 //!
 //! Why the replica identity matters: "DELETE … contains the old values of
 //! the columns of the replica identity" and an UPDATE carries the old key
