@@ -1,6 +1,7 @@
 //! The admin commands: `pg2dns pause`, `resume` and `status`. They need only
-//! an SQL login allowed to run `pg2dns.pause()`/`pg2dns.resume()` and read
-//! `pg2dns.status` (see docs/operations.md, "Admin commands").
+//! an SQL login allowed to run `pg2dns.pause()`, `pg2dns.resume()` and
+//! `pg2dns.mode_of()` and read `pg2dns.status` (the operator role of docs/setup.md,
+//! "Roles and grants"): they read no table.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -108,11 +109,13 @@ pub async fn resume(config: &Config) -> Result<(), StoreError> {
     let slot = &config.database.slot;
     let row = client
         .query_opt(
-            "SELECT mode, coalesce(lsn::text, '') FROM pg2dns.mode WHERE slot = $1",
+            // Through the SECURITY DEFINER function: an operator may not
+            // read pg2dns.mode itself (README, "Roles and grants").
+            "SELECT mode, coalesce(lsn::text, '') FROM pg2dns.mode_of($1)",
             &[slot],
         )
         .await
-        .map_err(sql("cannot read pg2dns.mode"))?;
+        .map_err(sql("cannot call pg2dns.mode_of()"))?;
     let id: i64 = client
         .query_one("SELECT pg2dns.resume($1)", &[slot])
         .await

@@ -1,6 +1,9 @@
-//! `pg2dns check-config` against the database: every source table and
+//! `pg2dns check-config` against the database: `wal_level = logical`, a
+//! role that may replicate, the `[roles]` exist, every source table and
 //! zones table exists, every column a source reads is there with a type it
-//! can use, and the replica identity carries the key columns.
+//! can use, the key is unique, the replica identity carries the key
+//! columns, and the role may read each table and add it to the publication.
+//! The zones' primaries are checked in [`servers`].
 //!
 //! Why the replica identity matters: "DELETE … contains the old values of
 //! the columns of the replica identity" and an UPDATE carries the old key
@@ -8,6 +11,10 @@
 //! `ALTER TABLE`). A key column outside it arrives NULL in a DELETE, so
 //! pg2dns cannot tell which row went: the stream would halt on the first
 //! one. Saying so before the first DELETE is the point of this check.
+
+mod servers;
+
+pub use servers::{check_servers, check_zone};
 
 use pg2dns_decoder::mapping::source::{SourceMapping, ZoneFrom};
 use pg2dns_decoder::mapping::Mapping;
@@ -189,12 +196,15 @@ fn uses(source: &SourceMapping) -> Vec<(String, Use)> {
         .collect()
 }
 
-/// Checks every source table and zones table; the problems found, each a
-/// sentence naming the table and column.
+/// Checks the cluster's settings, the role, and every source table and
+/// zones table; the problems found, each a sentence naming the table and
+/// column (or the setting) and the fix.
 pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> {
     let store = Store::connect(&config.database).await?;
     let client = store.client();
-    let mut problems = Vec::new();
+    let mut problems = cluster_problems(client).await?;
+    problems.extend(missing_roles(client, config).await?);
+    problems.extend(access_problems(client, config).await?);
     for source in &config.sources {
         let table = describe(client, source.schema(), source.table()).await?;
         let used = uses(source);
@@ -215,6 +225,217 @@ pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> 
             ));
         }
     }
+    problems.extend(key_problems(client, config).await?);
     problems.dedup();
     Ok(problems)
+}
+
+/// The cluster-wide settings the stream needs: `wal_level = logical` and a
+/// role that may replicate. Both make `setup` or the first `run` fail.
+async fn cluster_problems(client: &Client) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let wal_level: String = client
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(sql("cannot read wal_level"))?
+        .get(0);
+    if wal_level != "logical" {
+        out.push(format!(
+            "wal_level is {wal_level}, but logical decoding needs logical: set `wal_level = logical` in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL"
+        ));
+    }
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(sql("cannot read pg_roles"))?;
+    let (role, replicates): (String, bool) = (row.get(0), row.get(1));
+    if !replicates {
+        out.push(format!(
+            "role {role} may not replicate: run `ALTER ROLE {} REPLICATION` as a superuser (README, \"Roles and grants\")",
+            crate::setup::quote_ident(&role)
+        ));
+    }
+    Ok(out)
+}
+
+/// The `[roles]` that do not exist: `setup` would fail granting to them.
+async fn missing_roles(client: &Client, config: &Config) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let named = (config.roles.operators.iter().map(|r| (r, "operators")))
+        .chain(config.roles.writers.iter().map(|r| (r, "writers")));
+    for (role, list) in named {
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
+            .await
+            .map_err(sql("cannot read pg_roles"))?
+            .is_some();
+        if !exists {
+            out.push(format!(
+                "role {role} of [roles] {list} does not exist, and setup grants to it: create it (`CREATE ROLE {}`) or remove it",
+                crate::setup::quote_ident(role)
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// What the role may not do with the source and zones tables that setup,
+/// run or reconcile will ask of it: read them, and (before they are in the
+/// publication) add them to it, which PostgreSQL allows only a superuser or
+/// the owner of the table (and of the publication).
+async fn access_problems(client: &Client, config: &Config) -> Result<Vec<String>, StoreError> {
+    let publication = &config.database.publication;
+    let mut out = Vec::new();
+    for (schema, table, qualified, _) in keyed_tables(config) {
+        let Some(row) = client
+            .query_opt(
+                "SELECT current_user::text, has_table_privilege(c.oid, 'SELECT'), \
+                        pg_has_role(c.relowner, 'USAGE') \
+                            OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
+                        EXISTS (SELECT 1 FROM pg_publication_tables p \
+                                WHERE p.pubname = $3 AND p.schemaname = $1 AND p.tablename = $2) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&schema, &table, publication],
+            )
+            .await
+            .map_err(sql("cannot read the privileges on a source table"))?
+        else {
+            continue;
+        };
+        let (role, reads, owns, published): (String, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let role = crate::setup::quote_ident(&role);
+        if !reads {
+            out.push(format!(
+                "role {role} may not read {qualified}, which the first load and reconcile read: run `GRANT SELECT ON {qualified} TO {role}` (and USAGE on its schema) as its owner"
+            ));
+        }
+        if !owns && !published {
+            out.push(format!(
+                "setup will stop at {qualified}: role {role} does not own it, so it may not add it to publication {publication}; once setup has created the publication, run `ALTER PUBLICATION \"{publication}\" ADD TABLE {qualified}` as a superuser and setup again (or have a superuser create the publication beforehand; README, \"Roles and grants\")"
+            ));
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// The unique keys of a table: the key columns of each unique index that
+/// is not partial, has no expression and whose columns are all NOT NULL
+/// (the primary key among them). A NULL never equals another NULL, so a
+/// unique index over a nullable column admits two rows with the same key.
+async fn unique_keys(client: &Client, oid: u32) -> Result<Vec<Vec<String>>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
+               AND k.n <= i.indnkeyatts \
+             GROUP BY i.indexrelid HAVING bool_and(a.attnotnull)",
+            &[&oid],
+        )
+        .await
+        .map_err(sql("cannot read pg_index"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Why `key` does not name one row of `qualified`, if it does not: no
+/// unique key of the table lies within it. Two rows with one key would
+/// share one row state: the second would replace the first's records, and
+/// deleting either would remove the other's.
+fn not_unique(qualified: &str, key: &[String], unique: &[Vec<String>]) -> Option<String> {
+    if unique
+        .iter()
+        .any(|index| index.iter().all(|c| key.contains(c)))
+    {
+        return None;
+    }
+    let key = key.join(", ");
+    Some(format!(
+        "key ({key}) of {qualified} is not unique: add a UNIQUE index on ({key}) over NOT NULL columns, or set `key` to the primary key's columns (two rows with one key would replace and delete each other's records)"
+    ))
+}
+
+/// The tables whose key is not unique (sources and the zones tables they
+/// reference), one sentence each; a table that does not exist is left to
+/// the other checks. `setup` refuses to start on these, and so does `run`.
+pub async fn key_problems(client: &Client, config: &Config) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for (schema, table, qualified, key) in keyed_tables(config) {
+        let Some(row) = client
+            .query_opt(
+                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&schema, &table],
+            )
+            .await
+            .map_err(sql("cannot read pg_class"))?
+        else {
+            continue;
+        };
+        let unique = unique_keys(client, row.get(0)).await?;
+        out.extend(not_unique(&qualified, &key, &unique));
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// Each source table and referenced zones table with its key columns.
+fn keyed_tables(config: &Config) -> Vec<(String, String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for source in &config.sources {
+        out.push((
+            source.schema().to_owned(),
+            source.table().to_owned(),
+            source.source().to_owned(),
+            source.spec().key.clone(),
+        ));
+        if let ZoneFrom::Table { table: zt, .. } = &source.spec().zone {
+            out.push((
+                zt.schema().to_owned(),
+                zt.table_name().to_owned(),
+                zt.table.clone(),
+                vec![zt.key.clone()],
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::not_unique;
+
+    fn cols(c: &[&str]) -> Vec<String> {
+        c.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_key_is_unique_when_a_unique_key_lies_within_it() {
+        let pk = vec![cols(&["id"])];
+        assert_eq!(not_unique("app.hosts", &cols(&["id"]), &pk), None);
+        // A superset of a unique key is unique too.
+        assert_eq!(not_unique("app.hosts", &cols(&["id", "vrf"]), &pk), None);
+        let two = vec![cols(&["host", "vrf"])];
+        assert_eq!(not_unique("app.hosts", &cols(&["vrf", "host"]), &two), None);
+    }
+
+    #[test]
+    fn a_key_narrower_than_every_unique_key_is_named_with_the_fix() {
+        let problem = not_unique("app.hosts", &cols(&["host"]), &[cols(&["host", "vrf"])]);
+        let problem = problem.expect("host alone is not unique");
+        assert!(
+            problem
+                .starts_with("key (host) of app.hosts is not unique: add a UNIQUE index on (host)"),
+            "{problem}"
+        );
+        assert!(not_unique("app.hosts", &cols(&["host"]), &[]).is_some());
+    }
 }

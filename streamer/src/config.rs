@@ -84,6 +84,22 @@ struct Spec {
     guard: GuardSpec,
     #[serde(default)]
     rr: RrSpec,
+    #[serde(default)]
+    roles: Roles,
+}
+
+/// `[roles]`: the PostgreSQL roles `pg2dns setup` grants to (README, "Roles
+/// and grants"). The roles must exist; setup grants again on every run, so
+/// objects a new schema version adds are granted too.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roles {
+    /// Roles that may pause, resume and read the status.
+    #[serde(default)]
+    pub operators: Vec<String>,
+    /// Roles that may write `pg2dns.rr`.
+    #[serde(default)]
+    pub writers: Vec<String>,
 }
 
 /// `[guard]`: the mass-delete guard's defaults for every zone.
@@ -481,6 +497,8 @@ pub struct Config {
     /// Whether each source may change apex NS records: `pg2dns.rr` first,
     /// then each `[[source]]` (the order of the pipeline's mappings).
     pub apex_ns_sources: Vec<bool>,
+    /// The roles `setup` grants to (`[roles]`).
+    pub roles: Roles,
 }
 
 /// How `pg2dns reconcile --apply` guards against a wrong database.
@@ -970,6 +988,7 @@ impl Config {
             path: path.to_owned(),
             sources,
             apex_ns_sources,
+            roles: spec.roles,
             reconcile: ReconcileConfig { max_change_share },
             database: DatabaseConfig {
                 url: spec.database.url,
@@ -1305,5 +1324,17 @@ is_false = ["disabled"]
     fn a_wrong_version_is_refused() {
         let err = with_key_file(&GOOD.replace("version = 1", "version = 2")).unwrap_err();
         assert!(err.to_string().contains("version = 2"), "{err}");
+    }
+
+    #[test]
+    fn roles_are_read_and_default_to_none() {
+        assert_eq!(with_key_file(GOOD).unwrap().roles, Roles::default());
+        let roles = "[roles]\noperators = [\"ops\"]\nwriters = [\"app\", \"etl\"]\n";
+        let c = with_key_file(&GOOD.replace("[[zone]]", &format!("{roles}[[zone]]"))).unwrap();
+        assert_eq!(c.roles.operators, ["ops"]);
+        assert_eq!(c.roles.writers, ["app", "etl"]);
+        let err = with_key_file(&GOOD.replace("[[zone]]", "[roles]\noperator = []\n[[zone]]"))
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("operator"), "{err:?}");
     }
 }

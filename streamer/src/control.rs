@@ -103,12 +103,14 @@ pub async fn paused_for(
 ) -> Result<Option<String>, StoreError> {
     Ok(client
         .query_opt(
-            "SELECT coalesce(lsn::text, '') FROM pg2dns.mode \
-             WHERE slot = $1 AND mode = 'paused' AND control_id >= $2",
+            // Through the SECURITY DEFINER function, so that an operator
+            // who may only pause can wait for it (`pause --wait`).
+            "SELECT coalesce(lsn::text, '') FROM pg2dns.mode_of($1) \
+             WHERE mode = 'paused' AND control_id >= $2",
             &[&slot, &request],
         )
         .await
-        .map_err(sql("cannot read pg2dns.mode"))?
+        .map_err(sql("cannot call pg2dns.mode_of()"))?
         .map(|r| r.get(0)))
 }
 

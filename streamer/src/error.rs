@@ -88,6 +88,14 @@ pub enum RunError {
     /// The `pg2dns` schema is not installed in the database.
     #[error("the pg2dns schema is not installed in this database")]
     SchemaMissing,
+    /// A source's key does not name one row (no unique index or primary
+    /// key lies within it): rows sharing a key would replace and delete
+    /// each other's records. Checked when a session starts.
+    #[error("{}", .problems.join("; "))]
+    KeyNotUnique {
+        /// One sentence per table (`check::key_problems`).
+        problems: Vec<String>,
+    },
     /// A transaction would delete more of a zone than the mass-delete
     /// guard allows (see `pg2dns_decoder::guard`); nothing of it was sent.
     #[error("mass delete held: the transaction committed at LSN {lsn} would delete {deleted} of the {records} records of zone {zone} (more than [guard] allows); nothing of it was sent")]
@@ -198,6 +206,7 @@ impl RunError {
             RunError::SlotMissing { .. } => halt("run `pg2dns setup --recreate-slot -c <config>`: it creates a new slot and brings every zone in line with the tables at its consistent point (pg2dns never creates a slot while running: a new slot would silently skip every change made since the old one was lost)"),
             RunError::SlotGap { .. } => halt("DNS lacks what changed in between: run `pg2dns setup --recreate-slot -c <config>` to replace the slot and bring every zone in line at its consistent point (or resynchronise the zones yourself, then `pg2dns setup --accept-gap -c <config>`)"),
             RunError::SchemaMissing => halt("run `pg2dns setup -c <config>`"),
+            RunError::KeyNotUnique { .. } => halt("add a UNIQUE index over NOT NULL columns on the key (or set `key` to the primary key's columns), then `pg2dns resume`; `pg2dns check-config` lists every such table"),
             RunError::MassDelete { zone, lsn, .. } => Disposition::Halt {
                 hint: format!("if these deletes are intended, run `pg2dns resume --allow-mass-delete` to apply them (it releases only the transaction at {lsn}; the threshold is [guard] or the zone's max_delete_share / max_delete_records). If they are a mistake, restore the rows of zone {zone} in the database first: the release then deletes the records and the restore adds them back. Until then nothing after this transaction is sent either"),
             },

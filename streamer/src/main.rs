@@ -202,10 +202,14 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             if offline {
                 return Ok(0);
             }
-            let problems = pg2dns::check::check_database(&config).await?;
+            let mut problems = pg2dns::check::check_database(&config).await?;
+            problems.extend(pg2dns::check::check_servers(&config).await);
             if problems.is_empty() {
                 println!(
-                    "database: every source table and column is there, and each key is in its table's replica identity"
+                    "database: every source table and column is there, and each key is unique and in its table's replica identity"
+                );
+                println!(
+                    "dns: each zone's primary knows its key, serves the zone, and lets the key update and transfer it"
                 );
                 return Ok(0);
             }

@@ -668,6 +668,12 @@ async fn session(
         });
     }
     check_zone_set(&store, config).await?;
+    // A key that stopped being unique (an index dropped) halts here; a
+    // Relation message does not carry indexes, so the stream cannot see it.
+    let problems = crate::check::key_problems(store.client(), config).await?;
+    if !problems.is_empty() {
+        return Err(RunError::KeyNotUnique { problems });
+    }
     store.track_presence().await?;
     let mut replication = match PgReplication::connect(&config.database, progress).await {
         Ok(r) => r,

@@ -27,6 +27,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (7, include_str!("../../sql/007_row_state_indexes.sql")),
     (8, include_str!("../../sql/008_health.sql")),
     (9, include_str!("../../sql/009_lease.sql")),
+    (10, include_str!("../../sql/010_roles.sql")),
 ];
 
 /// What the operator asked `setup` for.
@@ -114,6 +115,31 @@ pub enum SetupError {
     /// A statement failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A source's key does not name one row (see `check::key_problems`).
+    #[error("{}", .0.join("; "))]
+    KeyNotUnique(Vec<String>),
+    /// The role may not add a source table to the publication.
+    #[error("cannot add {table} to publication {publication}: only a superuser, or the owner of both the table and the publication, may; as a superuser run `ALTER PUBLICATION \"{publication}\" ADD TABLE {table}` (the publication stays this role's), then run setup again (README, \"Roles and grants\")")]
+    NotOwner {
+        /// The table, `schema.table`.
+        table: String,
+        /// The publication.
+        publication: String,
+        /// PostgreSQL's refusal.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A `[roles]` grant failed.
+    #[error("cannot grant {what} to role {role} of [roles] (does the role exist, and does this role own the pg2dns schema?)")]
+    Grant {
+        /// The role.
+        role: String,
+        /// What was granted.
+        what: &'static str,
+        /// PostgreSQL's refusal.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The replication slot could not be created.
     #[error(
         "cannot create the replication slot (is wal_level = logical, and may the role replicate?)"
@@ -365,6 +391,7 @@ pub async fn dry_run(config: &Config, options: &SetupOptions) -> Result<DryRun, 
     let installed = installed_versions(client).await?;
     let unpublished = unpublished_tables(client, config).await?;
     let identity = identity_problems(client, &unpublished).await?;
+    let keys = crate::check::key_problems(client, config).await?;
     let publication_exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -383,12 +410,16 @@ pub async fn dry_run(config: &Config, options: &SetupOptions) -> Result<DryRun, 
             .collect(),
         publication_exists,
         tables_to_add: unpublished.into_iter().map(|(_, _, s)| s).collect(),
-        refusal: (!identity.is_empty()).then(|| {
-            format!(
+        refusal: if !identity.is_empty() {
+            Some(format!(
                 "{} table(s) without a usable replica identity",
                 identity.len()
-            )
-        }),
+            ))
+        } else if !keys.is_empty() {
+            Some(format!("a source key is not unique: {}", keys.join("; ")))
+        } else {
+            None
+        },
         identity,
         slot,
         has_progress: progress,
@@ -439,6 +470,7 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
     if !problems.is_empty() {
         return Err(SetupError::NoReplicaIdentity(problems));
     }
+    refuse_keys_not_unique(store.client(), config).await?;
     let mut state = slot_state(&store, &slot).await?;
     let progress_before = has_progress(&store).await?;
     // A slot ahead of pg2dns's progress (dropped and made again) is as
@@ -488,6 +520,7 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
     }
     report.converted = convert_v1_state(&store, config).await?;
     let client = store.client();
+    grant_roles(client, &config.roles).await?;
     let publication = &config.database.publication;
     // Whether it exists, and whether it publishes partitions as their table.
     let via_root: Option<bool> = client
@@ -524,24 +557,27 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
             ))?;
         info!(%publication, "publication set to publish partitions' changes as their partitioned table's");
     }
-    // The control table travels in the stream: that is how a pause is
-    // exact (publications made by earlier versions lack it).
-    let has_control = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'pg2dns' AND tablename = 'control'",
-            &[publication],
-        )
-        .await
-        .map_err(sql("cannot read pg_publication_tables"))?
-        .is_some();
-    if !has_control {
-        client
-            .batch_execute(&format!(
-                "ALTER PUBLICATION \"{publication}\" ADD TABLE pg2dns.control"
-            ))
+    // pg2dns's own tables travel in the stream: pg2dns.rr, and the control
+    // table, which is how a pause is exact (publications made by earlier
+    // versions lack it, and one a DBA created for the sources lacks both).
+    for table in ["rr", "control"] {
+        let published = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'pg2dns' AND tablename = $2",
+                &[publication, &table],
+            )
             .await
-            .map_err(sql("cannot add pg2dns.control to the publication"))?;
-        info!(%publication, "pg2dns.control added to the publication");
+            .map_err(sql("cannot read pg_publication_tables"))?
+            .is_some();
+        if !published {
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION \"{publication}\" ADD TABLE pg2dns.{table}"
+                ))
+                .await
+                .map_err(sql("cannot add pg2dns's own tables to the publication"))?;
+            info!(%publication, table, "pg2dns table added to the publication");
+        }
     }
     // Each configured source's table travels in the stream too, and so do
     // the zones tables they reference (checked above).
@@ -553,9 +589,7 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
                 quote_ident(&table)
             ))
             .await
-            .map_err(sql(
-                "cannot add a source table to the publication (does it exist?)",
-            ))?;
+            .map_err(|e| add_table_error(e, &source, publication))?;
         info!(%publication, table = %source, "source table added to the publication");
         report.sources_added.push(source);
     }
@@ -670,6 +704,73 @@ fn finish_hint(load: &Report) -> String {
         }
     }
     lines.join("\n")
+}
+
+/// Refuses sources whose key is not unique: two rows with one key would
+/// replace and delete each other's records.
+async fn refuse_keys_not_unique(
+    client: &tokio_postgres::Client,
+    config: &Config,
+) -> Result<(), SetupError> {
+    let problems = crate::check::key_problems(client, config).await?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SetupError::KeyNotUnique(problems))
+    }
+}
+
+/// Why a source table could not be added to the publication: a role that
+/// does not own it (and the publication) gets the way out; anything else
+/// is reported as it is.
+fn add_table_error(e: tokio_postgres::Error, table: &str, publication: &str) -> SetupError {
+    if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+        SetupError::NotOwner {
+            table: table.to_owned(),
+            publication: publication.to_owned(),
+            source: e,
+        }
+    } else {
+        sql("cannot add a source table to the publication (does it exist?)")(e).into()
+    }
+}
+
+/// Grants the `[roles]` what README's "Roles and grants" says each needs.
+/// GRANT is idempotent, so this runs on every setup and covers objects a
+/// newer schema version added.
+async fn grant_roles(
+    client: &tokio_postgres::Client,
+    roles: &crate::config::Roles,
+) -> Result<(), SetupError> {
+    const OPERATOR: &str = "GRANT USAGE ON SCHEMA pg2dns TO {role}; \
+         GRANT EXECUTE ON FUNCTION pg2dns.pause(text, text), pg2dns.resume(text, pg_lsn), \
+             pg2dns.allow_mass_delete(text, pg_lsn), pg2dns.mode_of(text) TO {role}; \
+         GRANT SELECT ON pg2dns.status TO {role}";
+    const WRITER: &str = "GRANT USAGE ON SCHEMA pg2dns TO {role}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON pg2dns.rr TO {role}; \
+         GRANT USAGE ON SEQUENCE pg2dns.rr_id_seq TO {role}";
+    let grants = roles
+        .operators
+        .iter()
+        .map(|r| (r, OPERATOR, "the operator's rights"))
+        .chain(
+            roles
+                .writers
+                .iter()
+                .map(|r| (r, WRITER, "the writer's rights on pg2dns.rr")),
+        );
+    for (role, statements, what) in grants {
+        client
+            .batch_execute(&statements.replace("{role}", &quote_ident(role)))
+            .await
+            .map_err(|source| SetupError::Grant {
+                role: role.clone(),
+                what,
+                source,
+            })?;
+        info!(%role, what, "granted");
+    }
+    Ok(())
 }
 
 /// An SQL identifier, quoted (`"` doubled), so any table name is safe.

@@ -60,6 +60,7 @@ mod primaries;
 mod reconcile;
 mod rejected;
 mod replication;
+mod roles;
 mod setup;
 mod source_rules;
 mod sources;

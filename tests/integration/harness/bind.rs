@@ -45,21 +45,23 @@ impl DnsServer for Bind {
              \trecursion no;\n\
              \tdnssec-validation no;\n\
              \tnotify no;\n\
-             \tallow-transfer {{ key {KEY_NAME}; }};\n\
+             \tallow-transfer {{ {transfer} }};\n\
              }};\n\
              controls {{ }};\n",
             key = config.key_file.display(),
             not_allowed = not_allowed.display(),
             port = config.port,
+            transfer = allow(config.access.transfer),
         );
         for (zone, file) in config.zones {
             conf.push_str(&format!(
                 "zone \"{zone}\" {{\n\
                  \ttype primary;\n\
                  \tfile \"{file}\";\n\
-                 \tallow-update {{ key {KEY_NAME}; }};\n\
+                 \tallow-update {{ {update} }};\n\
                  }};\n",
-                file = file.display()
+                file = file.display(),
+                update = allow(config.access.update),
             ));
         }
         let conf_path = config.dir.join("named.conf");
@@ -71,6 +73,15 @@ impl DnsServer for Bind {
             .arg(&conf_path)
             .args(["-n", "1"]);
         Ok(command)
+    }
+}
+
+/// An address match list: the test key, or nobody.
+fn allow(allowed: bool) -> String {
+    if allowed {
+        format!("key {KEY_NAME};")
+    } else {
+        "none;".to_owned()
     }
 }
 

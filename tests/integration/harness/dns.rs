@@ -41,6 +41,27 @@ pub struct ServerConfig<'a> {
     pub zones: &'a [(String, PathBuf)],
     /// The key file (tsig-keygen's format) of the key [`KEY_NAME`].
     pub key_file: &'a Path,
+    /// What the key may do (both, unless a test needs a misconfigured
+    /// server).
+    pub access: Access,
+}
+
+/// What the test key may do with every zone of a server.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    /// UPDATE (BIND's `allow-update`, Knot's acl `action: update`).
+    pub update: bool,
+    /// AXFR (BIND's `allow-transfer`, Knot's acl `action: transfer`).
+    pub transfer: bool,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            update: true,
+            transfer: true,
+        }
+    }
 }
 
 /// One DNS server program: BIND's `named`, Knot's `knotd` or PowerDNS's
@@ -106,12 +127,39 @@ impl Server {
         Server::start_program(primary.program(), &dir.join(primary.label()), zones).await
     }
 
+    /// [`Server::start`] with a key that may do only what `access` allows,
+    /// in `dir/<label>-<label of zones[0]>` (so several fit in one test).
+    pub async fn start_with_access(
+        primary: Primary,
+        dir: &Path,
+        zones: &[&str],
+        access: Access,
+    ) -> Result<Server> {
+        let dir = dir.join(format!(
+            "{}-{}",
+            primary.label(),
+            zones.first().copied().unwrap_or("none")
+        ));
+        Server::start_program_with(primary.program(), &dir, zones, access).await
+    }
+
     /// Writes the key, the zone files and the configuration in `dir`, starts
     /// the server and waits until it answers an SOA query for every zone.
     pub async fn start_program(
         program: Box<dyn DnsServer>,
         dir: &Path,
         zones: &[&str],
+    ) -> Result<Server> {
+        Server::start_program_with(program, dir, zones, Access::default()).await
+    }
+
+    /// [`Server::start_program`] with a key that may do only what `access`
+    /// allows.
+    async fn start_program_with(
+        program: Box<dyn DnsServer>,
+        dir: &Path,
+        zones: &[&str],
+        access: Access,
     ) -> Result<Server> {
         std::fs::create_dir_all(dir)?;
         let key_file = dir.join("tsig.key");
@@ -134,6 +182,7 @@ impl Server {
             port,
             zones: &zone_files,
             key_file: &key_file,
+            access,
         })?;
         let mut server = Server {
             log: dir.join(format!("{}.log", program.program())),

@@ -56,7 +56,7 @@ impl DnsServer for Knot {
              acl:\n\
              \x20 - id: pg2dns\n\
              \x20   key: {KEY_NAME}\n\
-             \x20   action: [update, transfer]\n\
+             \x20   action: [{actions}]\n\
              template:\n\
              \x20 - id: default\n\
              \x20   storage: \"{dir}\"\n\
@@ -66,6 +66,15 @@ impl DnsServer for Knot {
              zone:\n",
             dir = config.dir.display(),
             port = config.port,
+            actions = [
+                (config.access.update, "update"),
+                (config.access.transfer, "transfer")
+            ]
+            .iter()
+            .filter(|(allowed, _)| *allowed)
+            .map(|(_, action)| *action)
+            .collect::<Vec<_>>()
+            .join(", "),
         );
         for (zone, file) in config.zones {
             writeln!(conf, "  - domain: {zone}\n    file: \"{}\"", file.display())?;

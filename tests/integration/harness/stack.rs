@@ -133,11 +133,32 @@ impl Stack {
         Stack::start_in(pg, dir, &zones, "pg2dns").await
     }
 
+    /// [`Stack::start`] without `pg2dns setup`: for a test that sets up
+    /// as some other role than the superuser.
+    pub async fn start_before_setup(label: &str, primary: Primary) -> Result<Stack> {
+        let label = format!("{label}-{}", primary.label());
+        let dir = TempDir::new(&label)?;
+        let pg = Postgres::start(dir.path()).await?;
+        let zones = [(FORWARD, primary), (REVERSE, primary)];
+        Stack::start_unset(pg, dir, &zones, "postgres").await
+    }
+
     async fn start_on(pg: Postgres, dir: TempDir, zones: &[(&str, Primary)]) -> Result<Stack> {
         Stack::start_in(pg, dir, zones, "postgres").await
     }
 
     async fn start_in(
+        pg: Postgres,
+        dir: TempDir,
+        zones: &[(&str, Primary)],
+        dbname: &str,
+    ) -> Result<Stack> {
+        let stack = Stack::start_unset(pg, dir, zones, dbname).await?;
+        stack.setup().await?;
+        Ok(stack)
+    }
+
+    async fn start_unset(
         pg: Postgres,
         dir: TempDir,
         zones: &[(&str, Primary)],
@@ -170,7 +191,6 @@ impl Stack {
             dir,
         };
         stack.write_config(&[])?;
-        stack.setup().await?;
         Ok(stack)
     }
 
