@@ -206,7 +206,7 @@ pub async fn setup(config: &Config, accept_gap: bool) -> Result<SetupReport, Set
                     report.loaded = Some(load.rows);
                 }
                 Ok(load) => {
-                    warn!(summary = %load.human(), "the first load did not bring every zone in line; run `pg2dns reconcile --apply` (with --force if a zone must lose most of its records)");
+                    warn!(summary = %anstream::adapter::strip_str(&load.human()), "the first load did not bring every zone in line; run `pg2dns reconcile --apply` (with --force if a zone must lose most of its records)");
                     report.load_problem = Some(load.human());
                 }
                 Err(e) => {
