@@ -51,6 +51,7 @@ mod harness_selftest;
 mod isolation;
 mod knot;
 mod outages;
+mod packaging;
 mod reconcile;
 mod rejected;
 mod replication;
