@@ -278,6 +278,10 @@ async fn the_containers_bind_configuration_and_zones_load_in_named_checkconf() -
             "named-checkconf did not load {zone}:\n{printed}"
         );
     }
+    // The entrypoint that copies the zones and starts named parses.
+    let mut command = tokio::process::Command::new("sh");
+    command.arg("-n").arg(docker.join("bind/entrypoint.sh"));
+    crate::harness::run(&mut command, DEADLINE).await?;
     Ok(())
 }
 
@@ -813,22 +817,95 @@ async fn every_metric_the_alerting_rules_and_the_dashboard_use_is_exported() -> 
         used.values().map(BTreeSet::len).sum::<usize>() > 10,
         "the rules and the dashboard name almost no metric: {used:?}"
     );
-    // promtool, when installed, checks the rules' syntax too.
-    if let Ok(output) = std::process::Command::new("promtool")
-        .arg("check")
-        .arg("rules")
-        .arg(repo().join("packaging/prometheus/pg2dns.rules.yml"))
-        .output()
-    {
+    // promtool, when installed, checks the rules' syntax and runs their
+    // unit tests (packaging/prometheus/pg2dns.rules.test.yml).
+    for args in [
+        ["check", "rules", "pg2dns.rules.yml"],
+        ["test", "rules", "pg2dns.rules.test.yml"],
+    ] {
+        let Ok(output) = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(repo().join("packaging/prometheus"))
+            .output()
+        else {
+            eprintln!(
+                "promtool is not installed: `promtool {}` skipped",
+                args.join(" ")
+            );
+            continue;
+        };
         ensure!(
             output.status.success(),
-            "promtool check rules:\n{}{}",
+            "promtool {}:\n{}{}",
+            args.join(" "),
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-    } else {
-        eprintln!("promtool is not installed: `promtool check rules` skipped");
     }
+    Ok(())
+}
+
+/// The container's health check, as docker-compose.yml runs it in the
+/// pg2dns service (the Dockerfile's HEALTHCHECK is the same command).
+fn health_check_command() -> Result<Vec<String>> {
+    let compose = yaml("docker-compose.yml")?;
+    let test = strings(service(&compose, "pg2dns")?.pointer("/healthcheck/test"));
+    ensure!(
+        test.first().map(String::as_str) == Some("CMD"),
+        "the health check is {test:?}"
+    );
+    let dockerfile = read("Dockerfile")?.replace("\\\n", " ");
+    let in_image = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("HEALTHCHECK"))
+        .and_then(|l| l.split_once("CMD "))
+        .context("the Dockerfile has no HEALTHCHECK … CMD")?
+        .1;
+    let in_image: Vec<String> = serde_json::from_str(in_image.trim())
+        .with_context(|| format!("the HEALTHCHECK's CMD {in_image:?} is not a JSON array"))?;
+    ensure!(
+        in_image == test[1..],
+        "the Dockerfile checks {in_image:?}, docker-compose.yml {:?}",
+        &test[1..]
+    );
+    Ok(test[1..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_containers_health_check_passes_while_streaming_and_fails_while_paused() -> Result<()> {
+    let check = health_check_command()?;
+    let stack = Stack::start("health-check", Primary::Bind).await?;
+    let port = crate::harness::free_port()?;
+    stack.append_config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"))?;
+    let run = stack.run()?;
+    // The same command, on this test's port.
+    let healthy = || async {
+        let mut command = tokio::process::Command::new(&check[0]);
+        command.args(
+            check[1..]
+                .iter()
+                .map(|a| a.replace("9153", &port.to_string())),
+        );
+        let output = crate::harness::run_unchecked(&mut command, DEADLINE).await?;
+        anyhow::Ok(output.status.success())
+    };
+    wait_until(DEADLINE, "the health check passes", || async {
+        Ok(if healthy().await? {
+            Check::Done(())
+        } else {
+            Check::NotYet(run.log_tail(20))
+        })
+    })
+    .await?;
+    stack.admin(&["pause", "--wait"]).await?;
+    wait_until(DEADLINE, "the health check fails while paused", || async {
+        Ok(if healthy().await? {
+            Check::NotYet(run.log_tail(20))
+        } else {
+            Check::Done(())
+        })
+    })
+    .await?;
     Ok(())
 }
 
