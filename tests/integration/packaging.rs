@@ -543,6 +543,34 @@ async fn run_tells_systemd_it_is_ready_once_streaming_reloading_on_sighup_and_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_service_tells_systemd_it_is_ready_and_why() -> Result<()> {
+    let stack = Stack::start("notify-halt", Primary::Bind).await?;
+    let wrong = stack.write_wrong_key_file().await?;
+    stack.write_config(&[(crate::harness::stack::FORWARD, &wrong)])?;
+    let path = stack.dir().join("notify.sock");
+    let socket = UnixDatagram::bind(&path)?;
+    socket.set_nonblocking(true)?;
+    // As a service runs it: a halt leaves the process up.
+    let run = crate::harness::Pg2dns::spawn_run(
+        stack.config_path(),
+        &stack.dir().join("notify-halt.log"),
+        &[("NOTIFY_SOCKET", &path.display().to_string())],
+        &[],
+    )?;
+    let mut seen = Vec::new();
+    wait_for_notification(&socket, &mut seen, "READY=1", &run).await?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('halt.example.test.', 300, 'A', '192.0.2.5')")
+        .await?;
+    let halted = wait_for_notification(&socket, &mut seen, "READY=1", &run).await?;
+    ensure!(
+        halted.contains("STATUS=halted: ") && halted.contains("hint: "),
+        "the halt was notified as {halted:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_in_a_file_carry_no_colour_and_json_logs_are_one_object_a_line() -> Result<()> {
     let stack = Stack::start("logs", Primary::Bind).await?;
     // Text, as a service writes it: stderr into a file, NO_COLOR unset.
