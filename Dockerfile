@@ -11,7 +11,10 @@ COPY . .
 # The build context has no .git: `pg2dns --version` names this revision.
 ARG PG2DNS_GIT_REVISION=unknown
 ENV PG2DNS_GIT_REVISION=${PG2DNS_GIT_REVISION}
-RUN cargo build --release --locked -p pg2dns --bin pg2dns \
+# The registry and target caches survive between builds (BuildKit).
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p pg2dns --bin pg2dns \
     && install -m 0755 target/release/pg2dns /usr/local/bin/pg2dns
 
 FROM debian:bookworm-slim
