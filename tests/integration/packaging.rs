@@ -234,12 +234,11 @@ async fn the_config_mounted_into_the_pg2dns_container_passes_check_config_offlin
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_containers_bind_configuration_and_zones_load_in_named_checkconf() -> Result<()> {
-    // The container's paths, under a temporary root, laid out as the
-    // compose mounts and the entrypoint (zones copied to /var/lib/bind) do.
-    let root = TempDir::new("docker-bind")?;
-    let at = |p: &str| root.path().join(p.trim_start_matches('/'));
+/// The BIND container's paths under `root`, laid out as the compose mounts
+/// and the entrypoint (zones copied to /var/lib/bind) do; returns its
+/// named.conf, whose paths point under `root`.
+fn lay_out_bind_container(root: &Path) -> Result<PathBuf> {
+    let at = |p: &str| root.join(p.trim_start_matches('/'));
     let docker = repo().join("packaging/docker");
     for dir in ["/etc/bind", "/var/lib/bind", "/var/cache/bind"] {
         std::fs::create_dir_all(at(dir))?;
@@ -258,6 +257,14 @@ async fn the_containers_bind_configuration_and_zones_load_in_named_checkconf() -
     }
     let conf_path = at("/etc/bind/named.conf");
     std::fs::write(&conf_path, conf)?;
+    Ok(conf_path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_containers_bind_configuration_and_zones_load_in_named_checkconf() -> Result<()> {
+    let root = TempDir::new("docker-bind")?;
+    let conf_path = lay_out_bind_container(root.path())?;
+    let docker = repo().join("packaging/docker");
     let mut command = tokio::process::Command::new("named-checkconf");
     command.arg("-z").arg(&conf_path);
     let output = crate::harness::run_unchecked(&mut command, DEADLINE)
@@ -282,6 +289,137 @@ async fn the_containers_bind_configuration_and_zones_load_in_named_checkconf() -
     let mut command = tokio::process::Command::new("sh");
     command.arg("-n").arg(docker.join("bind/entrypoint.sh"));
     crate::harness::run(&mut command, DEADLINE).await?;
+    Ok(())
+}
+
+/// A server process, killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `text` with `from` replaced by `to`; fails when `from` is not there.
+fn replaced(text: &str, from: &str, to: &str) -> Result<String> {
+    ensure!(text.contains(from), "no {from:?} in:\n{text}");
+    Ok(text.replace(from, to))
+}
+
+/// What `dig +short NAME TYPE` answers from the server on `port`.
+async fn dig(port: u16, name: &str, rtype: &str) -> Result<String> {
+    let mut command = tokio::process::Command::new(&crate::harness::tools()?.dig);
+    command.args([
+        "+short",
+        "+norec",
+        "+time=1",
+        "+tries=1",
+        "-p",
+        &port.to_string(),
+        "@127.0.0.1",
+        name,
+        rtype,
+    ]);
+    let output = crate::harness::run_unchecked(&mut command, DEADLINE).await?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The closest to `docker compose up` without Docker: the BIND container's
+/// named.conf, zones and key, and the pg2dns container's config, on
+/// loopback (addresses and ports rewritten, the harness's PostgreSQL for
+/// the compose one): a row written reaches the zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_containers_bind_and_pg2dns_configurations_stream_a_row_together() -> Result<()> {
+    let root = TempDir::new("docker-demo")?;
+    let conf_path = lay_out_bind_container(root.path())?;
+    let dns_port = crate::harness::free_port()?;
+    let conf = replaced(
+        &std::fs::read_to_string(&conf_path)?,
+        "listen-on port 53 { any; };",
+        &format!("listen-on port {dns_port} {{ 127.0.0.1; }};"),
+    )?;
+    std::fs::write(&conf_path, conf)?;
+    let named_log = root.path().join("named.log");
+    let log_file = std::fs::File::create(&named_log)?;
+    let _named = Killed(
+        std::process::Command::new(&crate::harness::tools()?.named)
+            .args(["-g", "-n", "1", "-c"])
+            .arg(&conf_path)
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting named")?,
+    );
+    let named_tail = || crate::harness::log_tail(&named_log, 30);
+    for zone in ["example.test", "2.0.192.in-addr.arpa"] {
+        wait_until(DEADLINE, &format!("named serves {zone}"), || async {
+            let soa = dig(dns_port, zone, "SOA").await?;
+            Ok(if soa.contains("hostmaster") {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("SOA {soa:?}; named's log:\n{}", named_tail()))
+            })
+        })
+        .await?;
+    }
+    let pg = crate::harness::Postgres::start(root.path()).await?;
+    let mut config = read("packaging/docker/pg2dns.toml")?;
+    for (from, to) in [
+        ("postgresql://pg2dns@postgres:5432/dns".to_owned(), pg.url()),
+        (
+            "172.28.53.53:53".to_owned(),
+            format!("127.0.0.1:{dns_port}"),
+        ),
+        (
+            "/etc/pg2dns/tsig.key".to_owned(),
+            root.path().join("etc/bind/tsig.key").display().to_string(),
+        ),
+        (
+            "0.0.0.0:9153".to_owned(),
+            format!("127.0.0.1:{}", crate::harness::free_port()?),
+        ),
+    ] {
+        config = replaced(&config, &from, &to)?;
+    }
+    let config_path = root.path().join("pg2dns.toml");
+    std::fs::write(&config_path, config)?;
+    let setup = pg2dns::command("setup", &config_path).await?;
+    ensure!(
+        setup.status.success(),
+        "setup:\n{}{}",
+        String::from_utf8_lossy(&setup.stdout),
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let run =
+        crate::harness::Pg2dns::spawn_run(&config_path, &root.path().join("pg2dns.log"), &[], &[])?;
+    pg.connect()
+        .await?
+        .batch_execute(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('www.example.test.', 300, 'A', '192.0.2.10'),
+               ('10.2.0.192.in-addr.arpa.', 300, 'PTR', 'www.example.test.')",
+        )
+        .await?;
+    for (name, rtype, wanted) in [
+        ("www.example.test", "A", "192.0.2.10"),
+        ("10.2.0.192.in-addr.arpa", "PTR", "www.example.test."),
+    ] {
+        wait_until(DEADLINE, &format!("{name} {rtype} is {wanted}"), || async {
+            let answer = dig(dns_port, name, rtype).await?;
+            Ok(if answer == wanted {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!(
+                    "{answer:?}; pg2dns's log:\n{}named's log:\n{}",
+                    run.log_tail(20),
+                    named_tail()
+                ))
+            })
+        })
+        .await?;
+    }
     Ok(())
 }
 
