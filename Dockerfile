@@ -15,7 +15,7 @@ ENV PG2DNS_GIT_REVISION=${PG2DNS_GIT_REVISION}
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p pg2dns --bin pg2dns \
-    && install -m 0755 target/release/pg2dns /usr/local/bin/pg2dns
+    && install -s -m 0755 target/release/pg2dns /usr/local/bin/pg2dns
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --user-group --no-create-home \
