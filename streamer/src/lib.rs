@@ -17,6 +17,7 @@ pub mod error;
 pub mod failpoint;
 pub mod guard;
 pub mod metrics;
+pub mod notify;
 pub mod pgconn;
 pub mod pipeline;
 pub mod reconcile;

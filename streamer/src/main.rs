@@ -3,14 +3,34 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use pg2dns::{admin, pipeline, reconcile, setup, Config};
 use tracing_subscriber::EnvFilter;
 
+/// `pg2dns --version`: the package version and the git revision it was
+/// built from (streamer/build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("PG2DNS_GIT_REVISION"),
+    ")"
+);
+
 /// Streams PostgreSQL changes into DNS as TSIG-signed RFC 2136 UPDATEs.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "pg2dns", version = VERSION, about)]
 struct Cli {
+    /// The log format on stderr: `text` for people (coloured only on a
+    /// terminal without NO_COLOR), `json` (one object a line) for log
+    /// shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "PG2DNS_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     /// The configuration file.
     #[arg(
         short,
@@ -116,16 +136,70 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script on stdout.
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout.
+    #[command(hide = true)]
+    Man,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Logs on stderr. Colour only when stderr is a terminal and NO_COLOR is
+/// unset (or empty): under systemd or in a file, ANSI codes are noise.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            builder
+                .with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .init()
+        }
+    }
+}
+
+/// The `pg2dns completions` and `pg2dns man` output.
+fn generate(command: &Command) -> std::io::Result<()> {
+    let mut cli = Cli::command();
+    let mut out = std::io::stdout();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "pg2dns", &mut out);
+            Ok(())
+        }
+        _ => clap_mangen::Man::new(cli).render(&mut out),
+    }
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Completions { .. } | Command::Man) {
+        return match generate(&cli.command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pg2dns: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging(cli.log_format);
     // reconcile exits 1 for "differences", so its errors exit 2.
     let error_code = if matches!(cli.command, Command::Reconcile { .. }) {
         2
@@ -264,6 +338,7 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;
+                pg2dns::notify::stopping();
                 let _ = tx.send(true);
             });
             if let Some(addr) = config.metrics_listen {
@@ -278,6 +353,7 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 let mut count = 0u64;
                 while hup.recv().await.is_some() {
                     count += 1;
+                    pg2dns::notify::reloading();
                     let _ = reload_tx.send(count);
                 }
             });
@@ -287,6 +363,10 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 reload: Some(reload_rx),
             };
             pipeline::run(config, rx, options).await?;
+            Ok(0)
+        }
+        Command::Completions { .. } | Command::Man => {
+            generate(&cli.command)?;
             Ok(0)
         }
         Command::Reconcile {

@@ -426,6 +426,7 @@ pub async fn run(
                     backoff = Duration::from_millis(200);
                 }
                 warn!(error = %crate::error::chain(&e), retry_in = ?backoff, "session failed; retrying");
+                crate::notify::status(&format!("retrying: {}", crate::error::chain(&e)));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return Ok(()),
@@ -577,6 +578,7 @@ async fn wait_while_halted(
                 metrics::State::Halted
             });
             info!("halted: waiting for `pg2dns resume`");
+            crate::notify::ready(&format!("halted: {reason} (hint: {hint})"));
             control.wait_for_resume(after, shutdown).await
         };
         match attempt.await {
@@ -618,6 +620,7 @@ async fn session(
         Mode::Paused { lsn, request } => {
             metrics::get().set_state(metrics::State::Paused);
             info!(%lsn, by = %request.requested_by, reason = %request.reason, "paused: waiting for `pg2dns resume`");
+            crate::notify::ready(&format!("paused at {lsn}: waiting for `pg2dns resume`"));
             let waited = tokio::select! {
                 r = control.wait_for_resume_or_lease_end(&request, shutdown) => r?,
                 // Still paused: the next session reads the new configuration.
@@ -694,6 +697,10 @@ async fn session(
     control.set_mode(&Mode::Running).await?;
     metrics::get().set_state(metrics::State::Running);
     info!(slot = %config.database.slot, progress = %progress, "streaming");
+    crate::notify::ready(&format!(
+        "streaming from slot {} at {progress}",
+        config.database.slot
+    ));
     let mappings = mappings(config);
     let mut zones = config.zones();
     for table in store

@@ -638,7 +638,7 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
                     report.load = Some(load);
                 }
                 Ok(load) => {
-                    warn!(summary = %load.human(), "the first load did not bring every zone in line");
+                    warn!(summary = %anstream::adapter::strip_str(&load.human()), "the first load did not bring every zone in line");
                     report.load_problem = Some(finish_hint(&load));
                     report.load = Some(load);
                 }

@@ -56,6 +56,7 @@ mod health;
 mod isolation;
 mod knot;
 mod outages;
+mod packaging;
 mod primaries;
 mod reconcile;
 mod rejected;
