@@ -30,7 +30,7 @@ pg2dns_install_servers() {
     [[ -n "$(pg2dns_pg_bin)" ]] || missing+=(initdb)
     [[ -e /usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql ]] || missing+=(pdns-backend-sqlite3)
     local tool
-    for tool in named dig nsupdate tsig-keygen knotd kdig pdns_server pdnsutil sqlite3 psql openssl; do
+    for tool in named dig nsupdate tsig-keygen knotd kdig pdns_server pdnsutil sqlite3 psql openssl promtool; do
         pg2dns_have "$tool" || missing+=("$tool")
     done
     if ((${#missing[@]} == 0)); then
@@ -40,7 +40,7 @@ pg2dns_install_servers() {
     local sudo=()
     if [[ $(id -u) -ne 0 ]]; then
         if ! command -v sudo >/dev/null 2>&1; then
-            echo "not root and no sudo: install postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils pdns-server pdns-backend-sqlite3 sqlite3 openssl yourself" >&2
+            echo "not root and no sudo: install postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils pdns-server pdns-backend-sqlite3 sqlite3 openssl prometheus (for promtool) yourself" >&2
             return 1
         fi
         sudo=(sudo)
@@ -55,7 +55,12 @@ pg2dns_install_servers() {
     # pdns-server package may start a pdns service on port 53: stopped below.
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils \
-        pdns-server pdns-backend-sqlite3 sqlite3 openssl
+        pdns-server pdns-backend-sqlite3 sqlite3 openssl prometheus
+    # prometheus brings promtool, which checks packaging/prometheus's rules;
+    # its own service is not needed.
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+        "${sudo[@]}" systemctl disable --now prometheus || true
+    fi
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet pdns 2>/dev/null; then
         "${sudo[@]}" systemctl disable --now pdns || true
     fi
