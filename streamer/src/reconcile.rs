@@ -144,11 +144,11 @@ pub enum ReconcileError {
     #[error("another `pg2dns reconcile` of slot {0} is running; wait for it to end")]
     Busy(String),
     /// The running service did not reach the comparison point in time.
-    #[error("the running pg2dns did not pause at {what} within {waited:?}; is it halted? (`pg2dns status`)")]
+    #[error("the running pg2dns did not pause at {what}: its slot confirmed nothing new for {waited:?}; is it halted? (`pg2dns status`)")]
     NoPause {
         /// Which pause.
         what: String,
-        /// How long reconcile waited.
+        /// How long reconcile waited without progress.
         waited: std::time::Duration,
     },
 }
@@ -944,7 +944,8 @@ struct Frozen {
     snapshot: crate::replication::ExportedSnapshot,
 }
 
-/// How long reconcile waits for the service to pause.
+/// How long reconcile waits for the service to pause while its slot confirms
+/// nothing new (a service catching up a backlog keeps confirming).
 const PAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// If a service streams this slot: pauses it, exports a snapshot (its
@@ -1026,7 +1027,12 @@ async fn wait_paused(
     request: i64,
     what: &str,
 ) -> Result<(), ReconcileError> {
-    let started = Instant::now();
+    // A service catching up a backlog on its way to the pause point may
+    // take longer than any fixed time: it fails only when its slot's
+    // confirmed position stops moving (the service checkpoints about once a
+    // second while it streams).
+    let mut last_progress = Instant::now();
+    let mut confirmed: Option<String> = None;
     loop {
         if crate::control::paused_for(client, slot, request)
             .await?
@@ -1034,7 +1040,20 @@ async fn wait_paused(
         {
             return Ok(());
         }
-        if started.elapsed() > PAUSE_WAIT {
+        let now_confirmed: Option<String> = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND database = current_database()",
+                &[&slot],
+            )
+            .await
+            .map_err(sql("cannot read pg_replication_slots"))?
+            .and_then(|r| r.get(0));
+        if now_confirmed != confirmed {
+            confirmed = now_confirmed;
+            last_progress = Instant::now();
+        }
+        if last_progress.elapsed() > PAUSE_WAIT {
             return Err(ReconcileError::NoPause {
                 what: what.to_owned(),
                 waited: PAUSE_WAIT,
