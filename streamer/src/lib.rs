@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pgconn;
 pub mod pipeline;
 pub mod reconcile;
+pub mod relations;
 pub mod replication;
 pub mod setup;
 pub mod status;

@@ -310,6 +310,17 @@ pub struct Pipeline<'c> {
     /// last found to hold them.
     needed: Vec<Vec<pg2dns_decoder::schema::Needed>>,
     checked: Vec<Option<std::sync::Arc<pg2dns_decoder::pgoutput::Relation>>>,
+    /// Each source table's OID at the session start (see `relations`).
+    oids: Vec<u32>,
+    /// The source each table (by OID) resolved to, for its last Relation
+    /// message (`None`: ignored).
+    resolved: std::collections::HashMap<
+        u32,
+        (
+            std::sync::Arc<pg2dns_decoder::pgoutput::Relation>,
+            Option<usize>,
+        ),
+    >,
     /// The mass-delete guard of each zone, by `ZoneId`.
     guards: Vec<pg2dns_decoder::guard::DeleteGuard>,
     mappings: Vec<Box<dyn Mapping>>,
@@ -601,6 +612,15 @@ async fn session(
     metrics::get().set_mode("running");
     info!(slot = %config.database.slot, progress = %progress, "streaming");
     let mappings = mappings(config);
+    // Every source's table exists and is published, and is followed by OID.
+    let tables: Vec<&str> = mappings.iter().map(|m| m.source()).collect();
+    let oids =
+        crate::relations::check_at_start(store.client(), &config.database.publication, &tables)
+            .await
+            .map_err(|e| match e {
+                crate::relations::CheckError::Problem(p) => RunError::Relation(p),
+                crate::relations::CheckError::Store(e) => e.into(),
+            })?;
     let mut zones = config.zones();
     for table in store
         .load_zone_refs(&config.zones_tables(), zones.refs_mut())
@@ -631,6 +651,8 @@ async fn session(
             )
             .collect(),
         checked: vec![None; mappings.len()],
+        oids,
+        resolved: std::collections::HashMap::new(),
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
         mappings,
         store,
@@ -1019,28 +1041,25 @@ impl Pipeline<'_> {
                 }
             }
             Event::Change(change) if !self.skipping => {
-                let (ns, name) = (change.relation.namespace.as_str(), &change.relation.name);
-                match self.mappings.iter().position(|m| m.matches(ns, name)) {
-                    Some(i) => {
-                        // A new table layout: does it still hold what the
-                        // source reads? (Once per Relation message.)
-                        let known = self.checked[i]
-                            .as_ref()
-                            .is_some_and(|r| std::sync::Arc::ptr_eq(r, &change.relation));
-                        if !known {
-                            pg2dns_decoder::schema::check(&self.needed[i], &change.relation)
-                                .map_err(|problem| RunError::Schema {
-                                    source_name: self.sources[i].clone(),
-                                    problem,
-                                    lsn: change.final_lsn,
-                                })?;
-                            self.checked[i] = Some(change.relation.clone());
-                        }
-                        self.batch.push(Item::Change(SourceId(i as u16), change));
-                        self.batch_rows += 1;
-                        metrics::get().rows.inc();
+                if let Some(i) = self.source_of(&change.relation, change.final_lsn).await? {
+                    // A new table layout: does it still hold what the
+                    // source reads? (Once per Relation message.)
+                    let known = self.checked[i]
+                        .as_ref()
+                        .is_some_and(|r| std::sync::Arc::ptr_eq(r, &change.relation));
+                    if !known {
+                        pg2dns_decoder::schema::check(&self.needed[i], &change.relation).map_err(
+                            |problem| RunError::Schema {
+                                source_name: self.sources[i].clone(),
+                                problem,
+                                lsn: change.final_lsn,
+                            },
+                        )?;
+                        self.checked[i] = Some(change.relation.clone());
                     }
-                    None => debug!(relation = %name, "change of an unmapped table ignored"),
+                    self.batch.push(Item::Change(SourceId(i as u16), change));
+                    self.batch_rows += 1;
+                    metrics::get().rows.inc();
                 }
             }
             Event::Change(_) => {}
@@ -1052,8 +1071,7 @@ impl Pipeline<'_> {
                 // Every row of the table leaves DNS, as a DELETE of each
                 // would; the mass-delete guard holds it if that is too much.
                 for r in &relations {
-                    let ns = r.namespace.as_str();
-                    if let Some(i) = self.mappings.iter().position(|m| m.matches(ns, &r.name)) {
+                    if let Some(i) = self.source_of(r, final_lsn).await? {
                         info!(table = %r.qualified_name(), lsn = %final_lsn, "TRUNCATE");
                         self.batch
                             .push(Item::Truncate(SourceId(i as u16), final_lsn));
@@ -1089,6 +1107,77 @@ impl Pipeline<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The source a change's table belongs to, by OID (see `relations`):
+    /// `None` for a table to ignore, an error for DDL that must halt.
+    async fn source_of(
+        &mut self,
+        relation: &std::sync::Arc<pg2dns_decoder::pgoutput::Relation>,
+        lsn: Lsn,
+    ) -> Result<Option<usize>, RunError> {
+        use crate::relations::{oid_of, table_now, RelationProblem};
+        let (ns, name) = (relation.namespace.as_str(), relation.name.as_str());
+        let by_name = self.mappings.iter().position(|m| m.matches(ns, name));
+        if let Some(i) = by_name {
+            if self.oids.get(i) == Some(&relation.oid) {
+                return Ok(Some(i));
+            }
+        }
+        if let Some((known, source)) = self.resolved.get(&relation.oid) {
+            if std::sync::Arc::ptr_eq(known, relation) {
+                return Ok(*source);
+            }
+        }
+        // Rare: a Relation message that does not match the session's
+        // start; ask the catalog what the table is now.
+        let client = self.store.settled_client().await?;
+        let mut now_named = None;
+        for (i, m) in self.mappings.iter().enumerate() {
+            if oid_of(client, m.source()).await? == Some(relation.oid) {
+                now_named = Some(i);
+                break;
+            }
+        }
+        let table = relation.qualified_name();
+        let source = match (now_named, by_name) {
+            (Some(i), Some(j)) if i == j => {
+                let before = self.oids.get(i).copied().unwrap_or_default();
+                return Err(RelationProblem::Recreated {
+                    source_name: self.sources[i].clone(),
+                    before,
+                    now: relation.oid,
+                    lsn,
+                }
+                .into());
+            }
+            (Some(i), _) => {
+                info!(source = %self.sources[i], %table, %lsn, "changes of the source's table made while it was named {table}");
+                Some(i)
+            }
+            // An earlier table of that name, dropped since.
+            (None, Some(j)) => Some(j),
+            (None, None) => {
+                let publication = &self.config.database.publication;
+                let now = table_now(client, publication, relation.oid).await?;
+                if let Some(i) = self.oids.iter().position(|o| *o == relation.oid) {
+                    return Err(RelationProblem::Renamed {
+                        source_name: self.sources[i].clone(),
+                        now: now.map_or(table, |(n, _)| n),
+                        lsn,
+                    }
+                    .into());
+                }
+                if now.as_ref().is_some_and(|(_, published)| *published) {
+                    return Err(RelationProblem::Unmapped { table, lsn }.into());
+                }
+                warn!(%table, %lsn, "change of a table that no source maps and that is no longer in the publication: ignored");
+                None
+            }
+        };
+        self.resolved
+            .insert(relation.oid, (relation.clone(), source));
+        Ok(source)
     }
 
     /// Plans the batch, dispatches its operations and writes its row state.

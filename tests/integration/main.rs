@@ -43,6 +43,7 @@ mod harness;
 mod admin;
 mod config;
 mod crash;
+mod ddl;
 mod faithfulness;
 mod faults;
 mod guard;

@@ -1,0 +1,223 @@
+//! Which table each source follows: by OID, not by name, so that DDL on a
+//! source table never drops its changes in silence.
+//!
+//! # Why
+//!
+//! pgoutput names a table in its Relation message as the table was named
+//! when the change was made (decoding reads the catalog as of that point of
+//! the WAL), and with it the table's OID, which a rename keeps: "The
+//! Relation message ... Relation ID (Int32): OID of the relation"
+//! (PostgreSQL, "Logical Replication Message Formats"). Matching changes to
+//! sources by name alone made `ALTER TABLE … RENAME` and `ALTER SCHEMA …
+//! RENAME` stop a source's publication without a word.
+//!
+//! At the start of every session (and so after SIGHUP and after a resume),
+//! each source table must exist and be in the publication; pg2dns notes its
+//! OID. In the stream, a change whose table is not a source by name, or a
+//! source's name under another OID, is resolved against the catalog as it
+//! is *now*:
+//!
+//! | change's table                               | now in the catalog                         | pg2dns                     |
+//! |----------------------------------------------|--------------------------------------------|----------------------------|
+//! | a source's name and OID at the session start | —                                          | publishes                  |
+//! | any name, OID of a source's table            | that table has the configured name          | publishes (renamed back, or changed under an older name) |
+//! | a source's name, another OID                 | the name's table has this OID               | halts: dropped and created again since the session started |
+//! | a source's name, another OID                 | the name's table has another OID or none    | publishes (an earlier table of that name) |
+//! | another name, OID of a source's table at the start | the table has another name           | halts: renamed (table or schema) |
+//! | a table no source maps                       | in the publication                         | halts: unmapped table      |
+//! | a table no source maps                       | not in the publication (any more)          | ignored, with a warning    |
+//!
+//! Every halt happens before the change is batched, so nothing from its
+//! transaction on is confirmed: after the fix, `pg2dns resume` replays it.
+
+use tokio_postgres::Client;
+
+use pg2dns_decoder::lsn::Lsn;
+
+use crate::store::{sql, StoreError};
+
+/// What is wrong with a source's table or the publication's tables.
+#[derive(Debug, thiserror::Error)]
+pub enum RelationProblem {
+    /// A source's table does not exist.
+    #[error("source {source_name}: its table does not exist{}", renamed_to(.unmapped))]
+    Missing {
+        /// The source (its configured table).
+        source_name: String,
+        /// Tables of the publication no source maps (a rename target?).
+        unmapped: Vec<String>,
+    },
+    /// A source's table is not in the publication, so PostgreSQL does not
+    /// send its changes.
+    #[error("source {source_name}: its table is not in publication {publication} (ALTER PUBLICATION … DROP TABLE?), so its changes do not reach pg2dns")]
+    NotPublished {
+        /// The source.
+        source_name: String,
+        /// The publication.
+        publication: String,
+    },
+    /// A source's table was renamed (table or schema) while pg2dns streamed.
+    #[error("source {source_name}: its table was renamed to {now} (ALTER TABLE … RENAME or ALTER SCHEMA … RENAME) before the transaction at LSN {lsn}, which changes it")]
+    Renamed {
+        /// The source (the configured name).
+        source_name: String,
+        /// The table's name now.
+        now: String,
+        /// The commit LSN of the first change under the new name.
+        lsn: Lsn,
+    },
+    /// A source's table was dropped and created again while pg2dns streamed.
+    #[error("source {source_name}: its table was dropped and created again (OID {before} → {now}) before the transaction at LSN {lsn}; DROP TABLE sends no deletes, so the records of the dropped table's rows are still in DNS")]
+    Recreated {
+        /// The source.
+        source_name: String,
+        /// The OID at the session start.
+        before: u32,
+        /// The OID now.
+        now: u32,
+        /// The commit LSN of the first change of the new table.
+        lsn: Lsn,
+    },
+    /// A table of the publication that no source maps changed.
+    #[error("table {table} is in the publication but no source maps it; its change in the transaction at LSN {lsn} would be lost")]
+    Unmapped {
+        /// The table, as the change names it.
+        table: String,
+        /// The commit LSN.
+        lsn: Lsn,
+    },
+}
+
+fn renamed_to(unmapped: &[String]) -> String {
+    if unmapped.is_empty() {
+        " (renamed, or dropped?)".into()
+    } else {
+        format!(
+            " (renamed? the publication holds {}, which no source maps)",
+            unmapped.join(", ")
+        )
+    }
+}
+
+impl RelationProblem {
+    /// What the operator does about it.
+    pub fn hint(&self) -> String {
+        match self {
+            RelationProblem::Missing { source_name, .. } | RelationProblem::Renamed { source_name, .. } => format!(
+                "rename the table back to {source_name} (ALTER TABLE … RENAME TO, or ALTER SCHEMA … RENAME TO), then `pg2dns resume`: the changes made under the other name are published, nothing is lost. Pointing the source's `table` at the new name instead makes it a new source whose row state starts empty (run `pg2dns reconcile --apply` after). If the table was dropped, remove the source and remove its records with `pg2dns reconcile --apply`"
+            ),
+            RelationProblem::NotPublished { source_name, publication } => format!(
+                "add it back (`ALTER PUBLICATION \"{publication}\" ADD TABLE {source_name}`, or `pg2dns setup`), then `pg2dns resume` and `pg2dns reconcile --apply`: changes made while it was out of the publication were never sent by PostgreSQL"
+            ),
+            RelationProblem::Recreated { lsn, .. } => format!(
+                "nothing from the transaction at {lsn} on was sent. `pg2dns resume` follows the new table from there; then `pg2dns reconcile --apply` removes the dropped rows' records"
+            ),
+            RelationProblem::Unmapped { table, .. } => format!(
+                "configure a source for {table} (or, if it is a renamed source table, rename it back), or remove it from the publication (ALTER PUBLICATION … DROP TABLE {table}), then `pg2dns resume`"
+            ),
+        }
+    }
+}
+
+/// An error of the start check: a problem, or the catalog unreadable.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// A source's table is wrong.
+    #[error(transparent)]
+    Problem(#[from] RelationProblem),
+    /// The catalog could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `schema.table` split at its first dot (`pg2dns.rr`, `app.hosts`).
+fn split(qualified: &str) -> (&str, &str) {
+    qualified.split_once('.').unwrap_or(("public", qualified))
+}
+
+/// The OID of the table called `qualified` now, if there is one.
+pub async fn oid_of(client: &Client, qualified: &str) -> Result<Option<u32>, StoreError> {
+    let (schema, table) = split(qualified);
+    Ok(client
+        .query_opt(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(sql("cannot read pg_class"))?
+        .map(|r| r.get(0)))
+}
+
+/// The name of the table with this OID now, and whether the publication
+/// holds it (or its partitioned root), if it exists.
+pub async fn table_now(
+    client: &Client,
+    publication: &str,
+    oid: u32,
+) -> Result<Option<(String, bool)>, StoreError> {
+    Ok(client
+        .query_opt(
+            "SELECT n.nspname || '.' || c.relname, \
+                    EXISTS (SELECT 1 FROM pg_publication_tables p \
+                             WHERE p.pubname = $1 AND p.schemaname = n.nspname AND p.tablename = c.relname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $2",
+            &[&publication, &oid],
+        )
+        .await
+        .map_err(sql("cannot read pg_class"))?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// The tables of the publication, as `schema.table`.
+async fn published(client: &Client, publication: &str) -> Result<Vec<String>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
+            &[&publication],
+        )
+        .await
+        .map_err(sql("cannot read pg_publication_tables"))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Checks at the start of a session that every source's table (`tables`,
+/// by source index, qualified) exists and is in the publication; returns
+/// their OIDs. Tables of the publication that no source maps are logged
+/// (a change to one halts the stream).
+pub async fn check_at_start(
+    client: &Client,
+    publication: &str,
+    tables: &[&str],
+) -> Result<Vec<u32>, CheckError> {
+    let in_publication = published(client, publication).await?;
+    let unmapped: Vec<String> = in_publication
+        .iter()
+        .filter(|t| t.as_str() != "pg2dns.control" && !tables.contains(&t.as_str()))
+        .cloned()
+        .collect();
+    let mut oids = Vec::with_capacity(tables.len());
+    for table in tables {
+        let Some(oid) = oid_of(client, table).await? else {
+            return Err(RelationProblem::Missing {
+                source_name: (*table).to_owned(),
+                unmapped,
+            }
+            .into());
+        };
+        if !in_publication.iter().any(|t| t == table) {
+            return Err(RelationProblem::NotPublished {
+                source_name: (*table).to_owned(),
+                publication: publication.to_owned(),
+            }
+            .into());
+        }
+        oids.push(oid);
+    }
+    for table in &unmapped {
+        tracing::warn!(%table, %publication, "a table of the publication that no source maps: a change to it halts the stream (configure a source for it, or drop it from the publication)");
+    }
+    Ok(oids)
+}
