@@ -634,7 +634,10 @@ async fn session(
     let mut p = Pipeline {
         config,
         zones,
-        limits: config.plan_limits(),
+        limits: pg2dns_decoder::plan::PlanLimits {
+            held: held_outside(config).await,
+            ..config.plan_limits()
+        },
         guards: config.zones.iter().map(|z| z.guard).collect(),
         needed: std::iter::once(pg2dns_decoder::schema::rr_columns())
             .chain(
@@ -703,6 +706,28 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// What the zones with exclusions hold at names and types left to other
+/// tools, by a zone transfer (see `pg2dns_decoder::held`): the plan then
+/// refuses a CNAME beside them, or data beside such a CNAME. The apex needs
+/// no transfer. A failed transfer is logged and leaves that zone unknown.
+pub(crate) async fn held_outside(config: &Config) -> pg2dns_decoder::held::Held {
+    let mut held = pg2dns_decoder::held::Held::default();
+    for (i, zc) in config.zones.iter().enumerate() {
+        if zc.exclusions.is_empty() {
+            continue;
+        }
+        let transfer =
+            crate::dns::axfr::transfer(&zc.name, zc.primary, &zc.key, config.limits.dns_timeout);
+        match transfer.await {
+            Ok(t) => held.learn(ZoneId(i as u16), &zc.exclusions, &t.records),
+            Err(e) => {
+                warn!(zone = %zc.name, error = %crate::error::chain(&e), "cannot read what the zone holds at its excluded names and types: a CNAME there beside a row's records (or the reverse) is not refused before sending")
+            }
+        }
+    }
+    held
 }
 
 /// Says which zones were added or removed since this instance last ran:
