@@ -321,6 +321,8 @@ pub struct Pipeline<'c> {
             Option<usize>,
         ),
     >,
+    /// When the source tables were last checked (see `relations`).
+    relations_checked: Instant,
     /// The mass-delete guard of each zone, by `ZoneId`.
     guards: Vec<pg2dns_decoder::guard::DeleteGuard>,
     mappings: Vec<Box<dyn Mapping>>,
@@ -606,21 +608,20 @@ async fn session(
     check_zone_set(&store, config).await?;
     store.track_presence().await?;
     let mut replication = PgReplication::connect(&config.database, progress).await?;
+    // Every source's table exists and is published, and is followed by OID.
+    let tables: Vec<String> = mappings(config)
+        .iter()
+        .map(|m| m.source().to_owned())
+        .collect();
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let publication = &config.database.publication;
+    let oids = crate::relations::check_tables(store.client(), publication, &tables, true).await?;
     // Only the instance that holds the slot speaks for it (a standby fails
     // above, with the slot busy).
     control.set_mode(&Mode::Running).await?;
     metrics::get().set_mode("running");
     info!(slot = %config.database.slot, progress = %progress, "streaming");
     let mappings = mappings(config);
-    // Every source's table exists and is published, and is followed by OID.
-    let tables: Vec<&str> = mappings.iter().map(|m| m.source()).collect();
-    let oids =
-        crate::relations::check_at_start(store.client(), &config.database.publication, &tables)
-            .await
-            .map_err(|e| match e {
-                crate::relations::CheckError::Problem(p) => RunError::Relation(p),
-                crate::relations::CheckError::Store(e) => e.into(),
-            })?;
     let mut zones = config.zones();
     for table in store
         .load_zone_refs(&config.zones_tables(), zones.refs_mut())
@@ -656,6 +657,7 @@ async fn session(
         checked: vec![None; mappings.len()],
         oids,
         resolved: std::collections::HashMap::new(),
+        relations_checked: Instant::now(),
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
         mappings,
         store,
@@ -973,6 +975,13 @@ impl Pipeline<'_> {
         frame: Frame,
     ) -> Result<(), RunError> {
         self.last_frame = Instant::now();
+        if self.relations_checked.elapsed() >= crate::relations::CHECK_EVERY {
+            self.relations_checked = Instant::now();
+            let tables: Vec<&str> = self.mappings.iter().map(|m| m.source()).collect();
+            let publication = &self.config.database.publication;
+            let client = self.store.settled_client().await?;
+            crate::relations::check_tables(client, publication, &tables, false).await?;
+        }
         let message = match frame {
             Frame::KeepAlive {
                 wal_end,

@@ -29,6 +29,11 @@
 //!
 //! Every halt happens before the change is batched, so nothing from its
 //! transaction on is confirmed: after the fix, `pg2dns resume` replays it.
+//!
+//! `DROP TABLE` and `ALTER PUBLICATION … DROP TABLE` put nothing in the
+//! stream (PostgreSQL just stops sending the table's changes), so a
+//! streaming session also checks its tables every [`CHECK_EVERY`], when a
+//! frame arrives (a keepalive at least every `wal_sender_timeout / 2`).
 
 use tokio_postgres::Client;
 
@@ -130,6 +135,18 @@ pub enum CheckError {
     Store(#[from] StoreError),
 }
 
+/// How often a streaming session checks its source tables.
+pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl From<CheckError> for crate::RunError {
+    fn from(e: CheckError) -> crate::RunError {
+        match e {
+            CheckError::Problem(p) => crate::RunError::Relation(p),
+            CheckError::Store(e) => e.into(),
+        }
+    }
+}
+
 /// `schema.table` split at its first dot (`pg2dns.rr`, `app.hosts`).
 fn split(qualified: &str) -> (&str, &str) {
     qualified.split_once('.').unwrap_or(("public", qualified))
@@ -183,14 +200,17 @@ async fn published(client: &Client, publication: &str) -> Result<Vec<String>, St
         .collect())
 }
 
-/// Checks at the start of a session that every source's table (`tables`,
-/// by source index, qualified) exists and is in the publication; returns
-/// their OIDs. Tables of the publication that no source maps are logged
-/// (a change to one halts the stream).
-pub async fn check_at_start(
+/// Checks that every source's table (`tables`, by source index, qualified)
+/// exists and is in the publication; returns their OIDs. At the start of a
+/// session (`at_start`), tables of the publication that no source maps are
+/// logged (a change to one halts the stream). While streaming, this runs
+/// every [`CHECK_EVERY`]: `DROP TABLE` and `ALTER PUBLICATION … DROP TABLE`
+/// put nothing in the stream.
+pub async fn check_tables(
     client: &Client,
     publication: &str,
     tables: &[&str],
+    at_start: bool,
 ) -> Result<Vec<u32>, CheckError> {
     let in_publication = published(client, publication).await?;
     let unmapped: Vec<String> = in_publication
@@ -216,7 +236,7 @@ pub async fn check_at_start(
         }
         oids.push(oid);
     }
-    for table in &unmapped {
+    for table in unmapped.iter().filter(|_| at_start) {
         tracing::warn!(%table, %publication, "a table of the publication that no source maps: a change to it halts the stream (configure a source for it, or drop it from the publication)");
     }
     Ok(oids)

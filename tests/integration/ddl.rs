@@ -3,6 +3,8 @@
 //! LSN, after which nothing committed since is lost (see the README's "DDL
 //! on source tables" table).
 
+use std::time::Duration;
+
 use anyhow::{ensure, Context, Result};
 
 use crate::harness::stack::{ZoneRecords, FORWARD, REVERSE, SLOT};
@@ -50,7 +52,13 @@ async fn status(stack: &Stack) -> Result<serde_json::Value> {
 
 /// Waits until pg2dns says it is halted, and returns (reason, hint).
 async fn halted(stack: &Stack) -> Result<(String, String)> {
-    wait_until(DNS_DEADLINE, "pg2dns to say it is halted", || async {
+    halted_within(stack, DNS_DEADLINE).await
+}
+
+/// [`halted`], for a halt that a periodic check finds (every 15 s, on the
+/// next frame: a keepalive comes at least every 30 s when idle).
+async fn halted_within(stack: &Stack, deadline: Duration) -> Result<(String, String)> {
+    wait_until(deadline, "pg2dns to say it is halted", || async {
         let s = status(stack).await?;
         Ok(if s["mode"] == "halted" {
             Check::Done((
@@ -392,5 +400,46 @@ async fn replica_identity_full_and_back_keep_publishing() -> Result<()> {
         .wait_until_dns_equals(&forward(&[("a", "192.0.2.9")]), DNS_DEADLINE)
         .await?;
     pg2dns.assert_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_publication_drop_table_while_streaming_halts_naming_the_publication() -> Result<()> {
+    let stack = hosts_stack("ddl-publication-drop-live").await?;
+    let _pg2dns = stack.run_as_service()?;
+    running(&stack).await?;
+    stack
+        .exec(&format!(
+            "ALTER PUBLICATION \"{SLOT}\" DROP TABLE app.hosts;
+             INSERT INTO app.hosts (name, address) VALUES ('a.example.test', '192.0.2.1');"
+        ))
+        .await?;
+    let (reason, hint) = halted_within(&stack, Duration::from_secs(90)).await?;
+    ensure!(
+        reason.contains("source app.hosts")
+            && reason.contains(&format!("not in publication {SLOT}")),
+        "{reason}"
+    );
+    ensure!(hint.contains("reconcile --apply"), "{hint}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_table_of_a_source_while_streaming_halts_naming_it() -> Result<()> {
+    let stack = hosts_stack("ddl-drop-table").await?;
+    let _pg2dns = stack.run_as_service()?;
+    stack
+        .exec("INSERT INTO app.hosts (name, address) VALUES ('a.example.test', '192.0.2.1')")
+        .await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("a", "192.0.2.1")]), DNS_DEADLINE)
+        .await?;
+    stack.exec("DROP TABLE app.hosts").await?;
+    let (reason, hint) = halted_within(&stack, Duration::from_secs(90)).await?;
+    ensure!(
+        reason.contains("source app.hosts: its table does not exist"),
+        "{reason}"
+    );
+    ensure!(hint.contains("remove the source"), "{hint}");
     Ok(())
 }
