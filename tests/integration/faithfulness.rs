@@ -1306,6 +1306,8 @@ async fn a_zone_removed_from_the_config_is_named_in_a_warning_at_start() -> Resu
 on_each_primary!(
     a_cname_at_the_apex_is_refused_before_sending_and_reconcile_names_the_refusal,
     a_cname_beside_records_left_to_another_tool_is_refused_before_sending,
+    a_delegation_with_glue_and_a_name_below_it_are_published_as_the_table_says,
+    deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_finds_the_zone_in_sync,
 );
 
 /// `pg2dns reconcile --apply` exits 0, and its report names `refusal`
@@ -1456,5 +1458,75 @@ async fn a_rejection_leaves_pg2dns_rejected_once_its_row_is_published() -> Resul
         rejections(&stack, other).await?.len() == 1,
         "the rejection of a row still unpublished stays"
     );
+    Ok(())
+}
+
+/// Records below a delegation (the glue and an occluded name) are zone
+/// data like any other to BIND and Knot: an UPDATE adds them, a transfer
+/// shows them, and reconcile finds the zone in sync (resolvers are
+/// referred to the child for them; pg2dns publishes what the rows say).
+async fn a_delegation_with_glue_and_a_name_below_it_are_published_as_the_table_says(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("delegation", primary).await?;
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('sub.example.test.', 300, 'NS', 'ns.sub.example.test.'),
+               ('ns.sub.example.test.', 300, 'A', '192.0.2.53'),
+               ('www.sub.example.test.', 300, 'A', '192.0.2.80')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let out = stack.reconcile(&[], &[]).await?;
+    ensure!(
+        out.status.code() == Some(0),
+        "reconcile must find the zone in sync:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE owner LIKE '%sub.example.test.'")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// The zone's own apex NS (from its zone file) claimed by a row and then
+/// deleted: servers ignore deleting the last apex NS (RFC 2136 §3.4.2.4),
+/// and must, since a zone needs one. Harmless: the zone keeps its NS, and
+/// reconcile, which leaves the apex NS of a zone it holds outside pg2dns
+/// alone, finds it in sync instead of reporting a difference it cannot
+/// repair.
+async fn deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_finds_the_zone_in_sync(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("last-apex-ns", primary).await?;
+    let mut pg2dns = stack.run()?;
+    let id = insert(&stack, "example.test.", 300, "NS", "ns.pg2dns.invalid.").await?;
+    insert(&stack, "after1.example.test.", 300, "A", "192.0.2.1").await?;
+    stack
+        .wait_until_answers("after1.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    stack
+        .exec(&format!("DELETE FROM pg2dns.rr WHERE id = {id}"))
+        .await?;
+    insert(&stack, "after2.example.test.", 300, "A", "192.0.2.2").await?;
+    stack
+        .wait_until_answers("after2.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    let ns = stack.query("example.test.", "NS").await?;
+    ensure!(
+        ns.len() == 1 && ns[0].rdata == "ns.pg2dns.invalid.",
+        "{primary:?} keeps the zone's last NS: {ns:?}"
+    );
+    let out = stack.reconcile(&["--apply"], &[]).await?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(0) && !printed.contains("still differs"),
+        "reconcile --apply must find the zone in sync:\n{printed}"
+    );
+    pg2dns.assert_running()?;
     Ok(())
 }
