@@ -1150,7 +1150,7 @@ impl Pipeline<'_> {
         relation: &std::sync::Arc<pg2dns_decoder::pgoutput::Relation>,
         lsn: Lsn,
     ) -> Result<Option<usize>, RunError> {
-        use crate::relations::{oid_of, table_now, RelationProblem};
+        use crate::relations::{oid_of, table_now};
         let (ns, name) = (relation.namespace.as_str(), relation.name.as_str());
         let by_name = self.mappings.iter().position(|m| m.matches(ns, name));
         if let Some(i) = by_name {
@@ -1166,49 +1166,31 @@ impl Pipeline<'_> {
         // Rare: a Relation message that does not match the session's
         // start; ask the catalog what the table is now.
         let client = self.store.settled_client().await?;
-        let mut now_named = None;
+        let mut now = crate::relations::Now::default();
         for (i, m) in self.mappings.iter().enumerate() {
             if oid_of(client, m.source()).await? == Some(relation.oid) {
-                now_named = Some(i);
+                now.named = Some(i);
                 break;
             }
         }
+        let publication = &self.config.database.publication;
+        now.table = table_now(client, publication, relation.oid).await?;
         let table = relation.qualified_name();
-        let source = match (now_named, by_name) {
-            (Some(i), Some(j)) if i == j => {
-                let before = self.oids.get(i).copied().unwrap_or_default();
-                return Err(RelationProblem::Recreated {
-                    source_name: self.sources[i].clone(),
-                    before,
-                    now: relation.oid,
-                    lsn,
-                }
-                .into());
-            }
-            (Some(i), _) => {
-                info!(source = %self.sources[i], %table, %lsn, "changes of the source's table made while it was named {table}");
-                Some(i)
-            }
-            // An earlier table of that name, dropped since.
-            (None, Some(j)) => Some(j),
-            (None, None) => {
-                let publication = &self.config.database.publication;
-                let now = table_now(client, publication, relation.oid).await?;
-                if let Some(i) = self.oids.iter().position(|o| *o == relation.oid) {
-                    return Err(RelationProblem::Renamed {
-                        source_name: self.sources[i].clone(),
-                        now: now.map_or(table, |(n, _)| n),
-                        lsn,
-                    }
-                    .into());
-                }
-                if now.as_ref().is_some_and(|(_, published)| *published) {
-                    return Err(RelationProblem::Unmapped { table, lsn }.into());
-                }
-                warn!(%table, %lsn, "change of a table that no source maps and that is no longer in the publication: ignored");
-                None
-            }
+        let seen = crate::relations::Seen {
+            oid: relation.oid,
+            name: &table,
+            by_name,
         };
+        let source = crate::relations::resolve(&seen, &self.oids, now, &self.sources, lsn)?;
+        match source {
+            Some(i) if by_name != Some(i) => {
+                info!(source = %self.sources[i], %table, %lsn, "changes of the source's table made while it was named {table}")
+            }
+            Some(_) => {}
+            None => {
+                warn!(%table, %lsn, "change of a table that no source maps and that is no longer in the publication: ignored")
+            }
+        }
         self.resolved
             .insert(relation.oid, (relation.clone(), source));
         Ok(source)

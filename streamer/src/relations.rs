@@ -138,6 +138,69 @@ pub enum CheckError {
 /// How often a streaming session checks its source tables.
 pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// What a change's table is, for [`resolve`].
+#[derive(Debug, Clone)]
+pub struct Seen<'a> {
+    /// The table's OID, as the Relation message gives it.
+    pub oid: u32,
+    /// Its name as the Relation message gives it (`schema.table`).
+    pub name: &'a str,
+    /// The source whose configured table has that name, if any.
+    pub by_name: Option<usize>,
+}
+
+/// What the catalog says now, for [`resolve`].
+#[derive(Debug, Clone, Default)]
+pub struct Now {
+    /// The source whose configured name is now the table with this OID.
+    pub named: Option<usize>,
+    /// The table's name now, and whether the publication holds it.
+    pub table: Option<(String, bool)>,
+}
+
+/// Which source a change belongs to, decided by the table of the module
+/// documentation: `Ok(None)` to ignore it (logged by the caller).
+/// `start` holds each source's OID at the session start, `sources` their
+/// names.
+pub fn resolve(
+    seen: &Seen<'_>,
+    start: &[u32],
+    now: Now,
+    sources: &[String],
+    lsn: Lsn,
+) -> Result<Option<usize>, RelationProblem> {
+    let name = |i: usize| sources.get(i).cloned().unwrap_or_default();
+    match (now.named, seen.by_name) {
+        (Some(i), Some(j)) if i == j => Err(RelationProblem::Recreated {
+            source_name: name(i),
+            before: start.get(i).copied().unwrap_or_default(),
+            now: seen.oid,
+            lsn,
+        }),
+        // The table has its configured name again (or the change was made
+        // under an earlier name).
+        (Some(i), _) => Ok(Some(i)),
+        // An earlier table of that name, dropped since.
+        (None, Some(j)) => Ok(Some(j)),
+        (None, None) => {
+            if let Some(i) = start.iter().position(|o| *o == seen.oid) {
+                return Err(RelationProblem::Renamed {
+                    source_name: name(i),
+                    now: now.table.map_or_else(|| seen.name.to_owned(), |(n, _)| n),
+                    lsn,
+                });
+            }
+            if now.table.is_some_and(|(_, published)| published) {
+                return Err(RelationProblem::Unmapped {
+                    table: seen.name.to_owned(),
+                    lsn,
+                });
+            }
+            Ok(None)
+        }
+    }
+}
+
 impl From<CheckError> for crate::RunError {
     fn from(e: CheckError) -> crate::RunError {
         match e {
@@ -240,4 +303,123 @@ pub async fn check_tables(
         tracing::warn!(%table, %publication, "a table of the publication that no source maps: a change to it halts the stream (configure a source for it, or drop it from the publication)");
     }
     Ok(oids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources() -> Vec<String> {
+        vec!["pg2dns.rr".into(), "app.hosts".into()]
+    }
+
+    fn lsn() -> Lsn {
+        "0/16B3748".parse().unwrap()
+    }
+
+    #[test]
+    fn a_table_renamed_back_is_followed_under_its_old_name() {
+        let seen = Seen {
+            oid: 20,
+            name: "app.hosts_renamed",
+            by_name: None,
+        };
+        let now = Now {
+            named: Some(1),
+            table: None,
+        };
+        assert_eq!(
+            resolve(&seen, &[10, 20], now, &sources(), lsn()).unwrap(),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_table_renamed_since_the_start_halts_naming_its_new_name() {
+        let seen = Seen {
+            oid: 20,
+            name: "app.hosts_renamed",
+            by_name: None,
+        };
+        let now = Now {
+            named: None,
+            table: Some(("app.hosts_renamed".into(), true)),
+        };
+        let e = resolve(&seen, &[10, 20], now, &sources(), lsn()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "source app.hosts: its table was renamed to app.hosts_renamed (ALTER TABLE … RENAME or ALTER SCHEMA … RENAME) before the transaction at LSN 0/16B3748, which changes it"
+        );
+        assert!(e.hint().starts_with("rename the table back to app.hosts"));
+    }
+
+    #[test]
+    fn a_table_created_again_under_the_name_halts_and_an_earlier_one_is_followed() {
+        let seen = Seen {
+            oid: 30,
+            name: "app.hosts",
+            by_name: Some(1),
+        };
+        let now = Now {
+            named: Some(1),
+            table: Some(("app.hosts".into(), true)),
+        };
+        let e = resolve(&seen, &[10, 20], now, &sources(), lsn()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RelationProblem::Recreated {
+                    before: 20,
+                    now: 30,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // After the resume the new table is the start's; the dropped one's
+        // changes still replaying belong to the source.
+        let old = Seen {
+            oid: 20,
+            name: "app.hosts",
+            by_name: Some(1),
+        };
+        let now = Now {
+            named: None,
+            table: None,
+        };
+        assert_eq!(
+            resolve(&old, &[10, 30], now, &sources(), lsn()).unwrap(),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn an_unmapped_table_halts_while_published_and_is_ignored_once_it_is_not() {
+        let seen = Seen {
+            oid: 40,
+            name: "app.other",
+            by_name: None,
+        };
+        let now = Now {
+            named: None,
+            table: Some(("app.other".into(), true)),
+        };
+        let e = resolve(&seen, &[10, 20], now, &sources(), lsn()).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("table app.other is in the publication but no source maps it"));
+        let now = Now {
+            named: None,
+            table: Some(("app.other".into(), false)),
+        };
+        assert_eq!(
+            resolve(&seen, &[10, 20], now, &sources(), lsn()).unwrap(),
+            None
+        );
+        let dropped = Now::default();
+        assert_eq!(
+            resolve(&seen, &[10, 20], dropped, &sources(), lsn()).unwrap(),
+            None
+        );
+    }
 }
