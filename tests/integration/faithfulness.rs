@@ -1308,6 +1308,7 @@ on_each_primary!(
     a_cname_beside_records_left_to_another_tool_is_refused_before_sending,
     a_delegation_with_glue_and_a_name_below_it_are_published_as_the_table_says,
     deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_finds_the_zone_in_sync,
+    a_name_below_another_tools_dname_is_published_on_bind_and_rejected_on_knot,
 );
 
 /// `pg2dns reconcile --apply` exits 0, and its report names `refusal`
@@ -1527,6 +1528,54 @@ async fn deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_find
         out.status.code() == Some(0) && !printed.contains("still differs"),
         "reconcile --apply must find the zone in sync:\n{printed}"
     );
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// A name below a DNAME that another tool keeps (measured 2026-12-07):
+/// BIND takes it as zone data (occluded, like a name below a delegation),
+/// Knot refuses the UPDATE; pg2dns then rejects the row with Knot's answer
+/// and the stream goes on. Neither is silent.
+async fn a_name_below_another_tools_dname_is_published_on_bind_and_rejected_on_knot(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("below-dname", primary).await?;
+    stack.set_zone_option(FORWARD, "exclude_types = [\"TYPE39\"]")?;
+    stack
+        .server(primary)?
+        .nsupdate("update add old.example.test. 300 DNAME new.example.test.")
+        .await?;
+    let mut pg2dns = stack.run()?;
+    let id = insert(&stack, "x.old.example.test.", 300, "A", "192.0.2.7").await?;
+    match primary {
+        Primary::Bind => {
+            eventually("BIND to hold the name below the DNAME", || async {
+                let zone = stack.axfr(FORWARD).await?;
+                Ok(
+                    if zone
+                        .iter()
+                        .any(|r| r.owner == "x.old.example.test." && r.rtype == "A")
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("{zone:?}"))
+                    },
+                )
+            })
+            .await?;
+        }
+        _ => {
+            let reason = wait_for_rejection(&stack, id).await?;
+            ensure!(
+                reason.contains("answered REFUSED") && reason.contains("x.old.example.test."),
+                "{reason}"
+            );
+        }
+    }
+    insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
+    stack
+        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
+        .await?;
     pg2dns.assert_running()?;
     Ok(())
 }
