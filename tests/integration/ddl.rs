@@ -443,3 +443,170 @@ async fn drop_table_of_a_source_while_streaming_halts_naming_it() -> Result<()> 
     ensure!(hint.contains("remove the source"), "{hint}");
     Ok(())
 }
+
+/// `reconcile --apply` exits 0.
+async fn reconcile_apply(stack: &Stack) -> Result<()> {
+    let out = stack.reconcile(&["--apply"], &[]).await?;
+    ensure!(
+        out.status.code() == Some(0),
+        "reconcile --apply:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// PostgreSQL publishes nothing for a TRUNCATE of one partition (under
+/// `publish_via_partition_root`), nor for ATTACH or DETACH PARTITION: the
+/// records stay as they were, as documented, until `reconcile --apply`,
+/// after which DNS equals the table and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_attach_and_detach_of_a_partition_reach_dns_through_reconcile() -> Result<()> {
+    let stack = Stack::start("ddl-partitions", Primary::Bind).await?;
+    stack
+        .exec(
+            "CREATE SCHEMA app;
+             CREATE TABLE app.hosts (id int, name text NOT NULL, address inet NOT NULL, vrf text NOT NULL,
+                                     PRIMARY KEY (id, vrf)) PARTITION BY LIST (vrf);
+             CREATE TABLE app.hosts_red PARTITION OF app.hosts FOR VALUES IN ('red');
+             CREATE TABLE app.hosts_blue PARTITION OF app.hosts FOR VALUES IN ('blue');",
+        )
+        .await?;
+    stack.append_config(&HOSTS.replace("ttl = 300\n", "ttl = 300\nkey = [\"id\", \"vrf\"]\n"))?;
+    stack.setup().await?;
+    let mut pg2dns = stack.run_as_service()?;
+    let insert = |id: i32, name: &str, last: u8, vrf: &str| {
+        format!(
+            "INSERT INTO app.hosts VALUES ({id}, '{name}.example.test', '192.0.2.{last}', '{vrf}')"
+        )
+    };
+    stack
+        .exec(&format!(
+            "{}; {}",
+            insert(1, "a", 1, "red"),
+            insert(2, "b", 2, "blue")
+        ))
+        .await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("b", "192.0.2.2")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+
+    // TRUNCATE of one partition: nothing in the stream (a later change
+    // arrives, b stays), until reconcile.
+    stack.exec("TRUNCATE app.hosts_blue").await?;
+    stack.exec(&insert(3, "c", 3, "red")).await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("c", "192.0.2.3")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    reconcile_apply(&stack).await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("c", "192.0.2.3")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+
+    // DETACH: its rows leave the table without a DELETE.
+    stack
+        .exec("ALTER TABLE app.hosts DETACH PARTITION app.hosts_red")
+        .await?;
+    stack.exec(&insert(4, "d", 4, "blue")).await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("c", "192.0.2.3"), ("d", "192.0.2.4")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    reconcile_apply(&stack).await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("d", "192.0.2.4")]), DNS_DEADLINE)
+        .await?;
+
+    // ATTACH: its rows come in without an INSERT.
+    stack
+        .exec("ALTER TABLE app.hosts ATTACH PARTITION app.hosts_red FOR VALUES IN ('red')")
+        .await?;
+    stack.exec(&insert(5, "e", 5, "blue")).await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("d", "192.0.2.4"), ("e", "192.0.2.5")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    reconcile_apply(&stack).await?;
+    let all = forward(&[
+        ("a", "192.0.2.1"),
+        ("c", "192.0.2.3"),
+        ("d", "192.0.2.4"),
+        ("e", "192.0.2.5"),
+    ]);
+    stack.wait_until_dns_equals(&all, DNS_DEADLINE).await?;
+    // The stream goes on from the repaired state: a row of the attached
+    // partition deleted now leaves DNS.
+    stack.exec("DELETE FROM app.hosts WHERE id = 1").await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("c", "192.0.2.3"), ("d", "192.0.2.4"), ("e", "192.0.2.5")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// A zones table is followed by OID like a source table: renamed while
+/// streaming, its next change halts naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_table_rename_of_a_zones_table_halts_naming_it() -> Result<()> {
+    let stack = Stack::start("ddl-rename-zones-table", Primary::Bind).await?;
+    stack
+        .exec(
+            "CREATE SCHEMA pdns;
+             CREATE TABLE pdns.domains (id int PRIMARY KEY, name text NOT NULL UNIQUE);
+             CREATE TABLE pdns.records (id bigserial PRIMARY KEY, domain_id int,
+                 name text, type text, content text);",
+        )
+        .await?;
+    stack.append_config(
+        r#"
+[[source]]
+table = "pdns.records"
+owner_column = "name"
+type_column = "type"
+rdata_column = "content"
+ttl = 300
+[source.zones_table]
+table = "pdns.domains"
+column = "domain_id"
+"#,
+    )?;
+    stack.setup().await?;
+    let _pg2dns = stack.run_as_service()?;
+    stack
+        .exec(
+            "INSERT INTO pdns.domains VALUES (1, 'example.test');
+             INSERT INTO pdns.records (domain_id, name, type, content) VALUES (1, 'a.example.test', 'A', '192.0.2.1');",
+        )
+        .await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("a", "192.0.2.1")]), DNS_DEADLINE)
+        .await?;
+    stack
+        .exec(
+            "ALTER TABLE pdns.domains RENAME TO zones;
+             INSERT INTO pdns.zones VALUES (2, 'other.test');",
+        )
+        .await?;
+    let (reason, _) = halted(&stack).await?;
+    ensure!(
+        reason.contains("source pdns.domains") && reason.contains("renamed to pdns.zones"),
+        "{reason}"
+    );
+    Ok(())
+}
