@@ -323,6 +323,8 @@ pub struct Pipeline<'c> {
     >,
     /// When the source tables were last checked (see `relations`).
     relations_checked: Instant,
+    /// The partitions of each source's table at the session start.
+    partitions: Vec<std::collections::BTreeSet<(u32, String)>>,
     /// The mass-delete guard of each zone, by `ZoneId`.
     guards: Vec<pg2dns_decoder::guard::DeleteGuard>,
     mappings: Vec<Box<dyn Mapping>>,
@@ -616,6 +618,7 @@ async fn session(
     let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
     let publication = &config.database.publication;
     let oids = crate::relations::check_tables(store.client(), publication, &tables, true).await?;
+    let partitions = crate::relations::partitions(store.client(), &oids).await?;
     // Only the instance that holds the slot speaks for it (a standby fails
     // above, with the slot busy).
     control.set_mode(&Mode::Running).await?;
@@ -658,6 +661,7 @@ async fn session(
         oids,
         resolved: std::collections::HashMap::new(),
         relations_checked: Instant::now(),
+        partitions,
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
         mappings,
         store,
@@ -980,7 +984,18 @@ impl Pipeline<'_> {
             let tables: Vec<&str> = self.mappings.iter().map(|m| m.source()).collect();
             let publication = &self.config.database.publication;
             let client = self.store.settled_client().await?;
-            crate::relations::check_tables(client, publication, &tables, false).await?;
+            let oids = crate::relations::check_tables(client, publication, &tables, false).await?;
+            // A re-created table is the stream's to name (see `source_of`).
+            if oids == self.oids {
+                let now = crate::relations::partitions(client, &oids).await?;
+                for (i, (before, now)) in self.partitions.iter().zip(&now).enumerate() {
+                    if let Some(p) =
+                        crate::relations::partitions_changed(&self.sources[i], before, now)
+                    {
+                        return Err(p.into());
+                    }
+                }
+            }
         }
         let message = match frame {
             Frame::KeepAlive {

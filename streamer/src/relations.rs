@@ -83,6 +83,15 @@ pub enum RelationProblem {
         /// The commit LSN of the first change of the new table.
         lsn: Lsn,
     },
+    /// Partitions were attached to or detached from a source's table while
+    /// pg2dns streamed: PostgreSQL sends no rows for that.
+    #[error("source {source_name}: {changes} (ALTER TABLE … ATTACH or DETACH PARTITION); PostgreSQL sends no rows for that, so DNS does not show it")]
+    Partitions {
+        /// The source.
+        source_name: String,
+        /// What changed, e.g. `partition app.hosts_red detached`.
+        changes: String,
+    },
     /// A table of the publication that no source maps changed.
     #[error("table {table} is in the publication but no source maps it; its change in the transaction at LSN {lsn} would be lost")]
     Unmapped {
@@ -117,6 +126,7 @@ impl RelationProblem {
             RelationProblem::Recreated { lsn, .. } => format!(
                 "nothing from the transaction at {lsn} on was sent. `pg2dns resume` follows the new table from there; then `pg2dns reconcile --apply` removes the dropped rows' records"
             ),
+            RelationProblem::Partitions { .. } => "run `pg2dns reconcile --apply`, which publishes the rows of attached partitions and removes the records of detached ones (and sets the row state to match), then `pg2dns resume`".to_owned(),
             RelationProblem::Unmapped { table, .. } => format!(
                 "configure a source for {table} (or, if it is a renamed source table, rename it back), or remove it from the publication (ALTER PUBLICATION … DROP TABLE {table}), then `pg2dns resume`"
             ),
@@ -247,6 +257,52 @@ pub async fn table_now(
         .await
         .map_err(sql("cannot read pg_class"))?
         .map(|r| (r.get(0), r.get(1))))
+}
+
+/// The partitions (at every level) of each table in `oids`, by its index:
+/// OID and name.
+pub async fn partitions(
+    client: &Client,
+    oids: &[u32],
+) -> Result<Vec<std::collections::BTreeSet<(u32, String)>>, StoreError> {
+    let mut out = vec![std::collections::BTreeSet::new(); oids.len()];
+    let rows = client
+        .query(
+            "SELECT (s.i - 1)::int4, p.relid::oid, p.relid::regclass::text \
+             FROM unnest($1::oid[]) WITH ORDINALITY AS s(oid, i), pg_partition_tree(s.oid) AS p \
+             WHERE p.relid <> s.oid",
+            &[&oids],
+        )
+        .await
+        .map_err(sql("cannot read pg_partition_tree"))?;
+    for r in rows {
+        let i: i32 = r.get(0);
+        if let Some(set) = out.get_mut(i as usize) {
+            set.insert((r.get(1), r.get(2)));
+        }
+    }
+    Ok(out)
+}
+
+/// What changed between two partition sets of a source, if anything.
+pub fn partitions_changed(
+    source_name: &str,
+    before: &std::collections::BTreeSet<(u32, String)>,
+    now: &std::collections::BTreeSet<(u32, String)>,
+) -> Option<RelationProblem> {
+    let mut changes: Vec<String> = now
+        .difference(before)
+        .map(|(_, n)| format!("partition {n} attached"))
+        .collect();
+    changes.extend(
+        before
+            .difference(now)
+            .map(|(_, n)| format!("partition {n} detached")),
+    );
+    (!changes.is_empty()).then(|| RelationProblem::Partitions {
+        source_name: source_name.to_owned(),
+        changes: changes.join(", "),
+    })
 }
 
 /// The tables of the publication, as `schema.table`.
@@ -391,6 +447,25 @@ mod tests {
             resolve(&old, &[10, 30], now, &sources(), lsn()).unwrap(),
             Some(1)
         );
+    }
+
+    #[test]
+    fn attached_and_detached_partitions_are_named() {
+        let set = |parts: &[(u32, &str)]| {
+            parts
+                .iter()
+                .map(|(o, n)| (*o, (*n).to_owned()))
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let before = set(&[(1, "app.hosts_red"), (2, "app.hosts_blue")]);
+        assert!(partitions_changed("app.hosts", &before, &before).is_none());
+        let now = set(&[(2, "app.hosts_blue"), (3, "app.hosts_green")]);
+        let e = partitions_changed("app.hosts", &before, &now).unwrap();
+        assert_eq!(
+            e.to_string(),
+            "source app.hosts: partition app.hosts_green attached, partition app.hosts_red detached (ALTER TABLE … ATTACH or DETACH PARTITION); PostgreSQL sends no rows for that, so DNS does not show it"
+        );
+        assert!(e.hint().starts_with("run `pg2dns reconcile --apply`"));
     }
 
     #[test]
