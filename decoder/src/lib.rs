@@ -24,6 +24,7 @@ pub mod diff;
 pub mod exclude;
 pub mod filter;
 pub mod guard;
+pub mod held;
 pub mod lsn;
 pub mod mapping;
 pub mod name;

@@ -227,6 +227,25 @@ pub enum Refusal {
         /// The target.
         target: String,
     },
+    /// A CNAME at a zone's apex, which always holds the zone's SOA and NS
+    /// records (RFC 1912 §2.4; servers ignore the CNAME and answer NOERROR).
+    #[error("a CNAME cannot be at the zone apex ({owner} holds the zone's SOA and NS records); the server would silently ignore it")]
+    CnameAtApex {
+        /// The owner (the apex).
+        owner: Owner,
+    },
+    /// A CNAME where the zone holds other data pg2dns does not own, or
+    /// other data where it holds a CNAME pg2dns does not own (names and
+    /// types the zone's configuration leaves to other tools).
+    #[error("{owner} holds {held} in the zone, left to another tool (exclude_names, exclude_types); a CNAME must be alone at its name, and the server would silently ignore this {rtype}")]
+    BesideHeld {
+        /// The owner.
+        owner: Owner,
+        /// The type of the refused record.
+        rtype: RType,
+        /// The types held outside pg2dns.
+        held: String,
+    },
     /// Two different CNAMEs at one name.
     #[error("{owner} would have two CNAME records; a name has at most one, and the server would silently replace the first")]
     TwoCnames {
@@ -329,6 +348,8 @@ pub struct PlanLimits {
     /// Zones that publish one PTR per name, by [`ZoneId`] (missing: every
     /// PTR the rows give): see [`published`].
     pub one_ptr: Vec<bool>,
+    /// What the zones hold that pg2dns does not own (see [`crate::held`]).
+    pub held: crate::held::Held,
 }
 
 /// The records of one RRset that a zone publishes, from everything its rows
@@ -675,6 +696,14 @@ impl<'z> Planner<'z> {
                 refusal = Some((at, Refusal::ApexNs { owner }));
                 break;
             }
+            if d.record.rtype == RType::CNAME
+                && d.record.owner.name() == self.zones.name(d.zone).name()
+            {
+                let at = Some((d.zone, d.record.owner.clone()));
+                let owner = d.record.owner.clone();
+                refusal = Some((at, Refusal::CnameAtApex { owner }));
+                break;
+            }
             if !new
                 .iter()
                 .any(|n| n.zone == d.zone && n.record.same_rr(&d.record))
@@ -891,6 +920,43 @@ impl<'z> Planner<'z> {
                 .cloned()
                 .collect()
         };
+        // Beside what the zone holds outside pg2dns: a CNAME must still be
+        // alone at its name.
+        if let Some(held) = self.limits.held.at(key.0, &key.1) {
+            let refused: Vec<RType> = if held.contains(&RType::CNAME) {
+                after
+                    .rrsets
+                    .keys()
+                    .copied()
+                    .filter(|t| !t.is_dnssec())
+                    .collect()
+            } else if after.rrsets.contains_key(&RType::CNAME) {
+                vec![RType::CNAME]
+            } else {
+                Vec::new()
+            };
+            let held = held
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rows: Vec<(RowRef, Lsn, Refusal)> = refused
+                .into_iter()
+                .flat_map(|rtype| {
+                    let reason = Refusal::BesideHeld {
+                        owner: owner.clone(),
+                        rtype,
+                        held: held.clone(),
+                    };
+                    adders_of(rtype)
+                        .into_iter()
+                        .map(move |(r, l)| (r, l, reason.clone()))
+                })
+                .collect();
+            if !rows.is_empty() {
+                return rows;
+            }
+        }
         // One CNAME per name.
         if let Some(cnames) = after.rrsets.get(&RType::CNAME) {
             if cnames.len() > 1 {
@@ -1397,6 +1463,7 @@ mod tests {
             exclusions: Vec::new(),
             one_ptr: Vec::new(),
             apex_ns_sources: vec![false],
+            held: crate::held::Held::default(),
         }
     }
 
@@ -1696,6 +1763,105 @@ mod tests {
         let outcome = planner.finish();
         store.commit(&outcome);
         assert!(store.rows.is_empty());
+    }
+
+    #[test]
+    fn a_cname_at_the_apex_is_refused_and_claims_nothing() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![vec![update(
+                "apex",
+                Ok(vec![want("example.test.", 300, "CNAME", "other.test.")]),
+            )]],
+        );
+        assert!(g.iter().all(|g| g.ops.is_empty()), "{g:?}");
+        assert_eq!(rejected.len(), 1);
+        assert!(
+            matches!(&rejected[0].reason, Refusal::CnameAtApex { owner } if owner.to_string() == "example.test."),
+            "{:?}",
+            rejected[0].reason
+        );
+        assert!(rejected[0]
+            .reason
+            .to_string()
+            .contains("holds the zone's SOA and NS"));
+        assert!(store.rows.values().all(Vec::is_empty));
+        // Other data at the apex is published.
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![vec![update(
+                "mx",
+                Ok(vec![want(
+                    "example.test.",
+                    300,
+                    "MX",
+                    "10 mail.example.test.",
+                )]),
+            )]],
+        );
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(ops_text(&g).len(), 1);
+    }
+
+    #[test]
+    fn a_cname_beside_data_held_outside_pg2dns_is_refused_and_so_is_data_beside_a_held_cname() {
+        let mut store = MemStore::default();
+        let mut l = limits(65_535, 100);
+        let acme = Owner::parse("_acme-challenge.www.example.test.").unwrap();
+        let legacy = Owner::parse("legacy.example.test.").unwrap();
+        l.held.insert(ZoneId(0), acme, RType::TXT);
+        l.held.insert(ZoneId(0), legacy, RType::CNAME);
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![vec![
+                update(
+                    "c",
+                    Ok(vec![want(
+                        "_acme-challenge.www.example.test.",
+                        300,
+                        "CNAME",
+                        "x.example.test.",
+                    )]),
+                ),
+                update(
+                    "a",
+                    Ok(vec![want("legacy.example.test.", 300, "A", "192.0.2.1")]),
+                ),
+                update(
+                    "ok",
+                    Ok(vec![want("www.example.test.", 300, "A", "192.0.2.2")]),
+                ),
+            ]],
+        );
+        assert_eq!(
+            ops_text(&g),
+            vec!["add www.example.test. 300 IN A 192.0.2.2"]
+        );
+        let mut reasons: Vec<String> = rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.key.0, r.reason))
+            .collect();
+        reasons.sort();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with(
+                "a: legacy.example.test. holds CNAME in the zone, left to another tool"
+            ),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].starts_with("c: _acme-challenge.www.example.test. holds TXT"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].contains("silently ignore this CNAME"),
+            "{reasons:?}"
+        );
     }
 
     #[test]

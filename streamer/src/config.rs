@@ -1053,6 +1053,7 @@ impl Config {
             exclusions: self.zones.iter().map(|z| z.exclusions.clone()).collect(),
             one_ptr: self.zones.iter().map(|z| z.one_ptr).collect(),
             apex_ns_sources: self.apex_ns_sources.clone(),
+            held: pg2dns_decoder::held::Held::default(),
         }
     }
 }

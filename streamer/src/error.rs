@@ -120,6 +120,10 @@ pub enum RunError {
         /// The commit LSN of the first transaction with the new layout.
         lsn: Lsn,
     },
+    /// DDL on a source table, or a table of the publication no source
+    /// maps (see `crate::relations`).
+    #[error(transparent)]
+    Relation(#[from] crate::relations::RelationProblem),
     /// The stream broke its own structure (a decoder error).
     #[error("the replication stream is out of order at LSN {lsn}")]
     Stream {
@@ -212,6 +216,9 @@ impl RunError {
             },
             RunError::Schema { lsn, .. } => Disposition::Halt {
                 hint: format!("nothing from the transaction at {lsn} on was sent. Transactions committed while the table had this layout keep it in the stream, even if the column comes back later: change the source's configuration to the new layout (or remove the source), then `pg2dns resume`, which reads the configuration again"),
+            },
+            RunError::Relation(problem) => Disposition::Halt {
+                hint: problem.hint(),
             },
             RunError::Stream { .. } => Disposition::Retry,
             RunError::Internal(_) => Disposition::Exit,

@@ -21,6 +21,7 @@ pub mod notify;
 pub mod pgconn;
 pub mod pipeline;
 pub mod reconcile;
+pub mod relations;
 pub mod replication;
 pub mod setup;
 pub mod status;

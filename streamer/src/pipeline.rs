@@ -310,6 +310,21 @@ pub struct Pipeline<'c> {
     /// last found to hold them.
     needed: Vec<Vec<pg2dns_decoder::schema::Needed>>,
     checked: Vec<Option<std::sync::Arc<pg2dns_decoder::pgoutput::Relation>>>,
+    /// Each source table's OID at the session start (see `relations`).
+    oids: Vec<u32>,
+    /// The source each table (by OID) resolved to, for its last Relation
+    /// message (`None`: ignored).
+    resolved: std::collections::HashMap<
+        u32,
+        (
+            std::sync::Arc<pg2dns_decoder::pgoutput::Relation>,
+            Option<usize>,
+        ),
+    >,
+    /// When the source tables were last checked (see `relations`).
+    relations_checked: Instant,
+    /// The partitions of each source's table at the session start.
+    partitions: Vec<std::collections::BTreeSet<(u32, String)>>,
     /// The mass-delete guard of each zone, by `ZoneId`.
     guards: Vec<pg2dns_decoder::guard::DeleteGuard>,
     mappings: Vec<Box<dyn Mapping>>,
@@ -691,6 +706,15 @@ async fn session(
         }
         Err(e) => return Err(e.into()),
     };
+    // Every source's table exists and is published, and is followed by OID.
+    let tables: Vec<String> = mappings(config)
+        .iter()
+        .map(|m| m.source().to_owned())
+        .collect();
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let publication = &config.database.publication;
+    let oids = crate::relations::check_tables(store.client(), publication, &tables, true).await?;
+    let partitions = crate::relations::partitions(store.client(), &oids).await?;
     // Only the instance that holds the slot speaks for it (a standby fails
     // above, with the slot busy).
     control.took_over().await;
@@ -715,7 +739,10 @@ async fn session(
     let mut p = Pipeline {
         config,
         zones,
-        limits: config.plan_limits(),
+        limits: pg2dns_decoder::plan::PlanLimits {
+            held: held_outside(config).await,
+            ..config.plan_limits()
+        },
         guards: config.zones.iter().map(|z| z.guard).collect(),
         needed: std::iter::once(pg2dns_decoder::schema::rr_columns())
             .chain(
@@ -732,6 +759,10 @@ async fn session(
             )
             .collect(),
         checked: vec![None; mappings.len()],
+        oids,
+        resolved: std::collections::HashMap::new(),
+        relations_checked: Instant::now(),
+        partitions,
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
         mappings,
         store,
@@ -798,6 +829,28 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// What the zones with exclusions hold at names and types left to other
+/// tools, by a zone transfer (see `pg2dns_decoder::held`): the plan then
+/// refuses a CNAME beside them, or data beside such a CNAME. The apex needs
+/// no transfer. A failed transfer is logged and leaves that zone unknown.
+pub(crate) async fn held_outside(config: &Config) -> pg2dns_decoder::held::Held {
+    let mut held = pg2dns_decoder::held::Held::default();
+    for (i, zc) in config.zones.iter().enumerate() {
+        if zc.exclusions.is_empty() {
+            continue;
+        }
+        let transfer =
+            crate::dns::axfr::transfer(&zc.name, zc.primary, &zc.key, config.limits.dns_timeout);
+        match transfer.await {
+            Ok(t) => held.learn(ZoneId(i as u16), &zc.exclusions, &t.records),
+            Err(e) => {
+                warn!(zone = %zc.name, error = %crate::error::chain(&e), "cannot read what the zone holds at its excluded names and types: a CNAME there beside a row's records (or the reverse) is not refused before sending")
+            }
+        }
+    }
+    held
 }
 
 /// Says which zones were added or removed since this instance last ran:
@@ -1043,6 +1096,24 @@ impl Pipeline<'_> {
         frame: Frame,
     ) -> Result<(), RunError> {
         self.last_frame = Instant::now();
+        if self.relations_checked.elapsed() >= crate::relations::CHECK_EVERY {
+            self.relations_checked = Instant::now();
+            let tables: Vec<&str> = self.mappings.iter().map(|m| m.source()).collect();
+            let publication = &self.config.database.publication;
+            let client = self.store.settled_client().await?;
+            let oids = crate::relations::check_tables(client, publication, &tables, false).await?;
+            // A re-created table is the stream's to name (see `source_of`).
+            if oids == self.oids {
+                let now = crate::relations::partitions(client, &oids).await?;
+                for (i, (before, now)) in self.partitions.iter().zip(&now).enumerate() {
+                    if let Some(p) =
+                        crate::relations::partitions_changed(&self.sources[i], before, now)
+                    {
+                        return Err(p.into());
+                    }
+                }
+            }
+        }
         let message = match frame {
             Frame::KeepAlive {
                 wal_end,
@@ -1136,28 +1207,25 @@ impl Pipeline<'_> {
                 }
             }
             Event::Change(change) if !self.skipping => {
-                let (ns, name) = (change.relation.namespace.as_str(), &change.relation.name);
-                match self.mappings.iter().position(|m| m.matches(ns, name)) {
-                    Some(i) => {
-                        // A new table layout: does it still hold what the
-                        // source reads? (Once per Relation message.)
-                        let known = self.checked[i]
-                            .as_ref()
-                            .is_some_and(|r| std::sync::Arc::ptr_eq(r, &change.relation));
-                        if !known {
-                            pg2dns_decoder::schema::check(&self.needed[i], &change.relation)
-                                .map_err(|problem| RunError::Schema {
-                                    source_name: self.sources[i].clone(),
-                                    problem,
-                                    lsn: change.final_lsn,
-                                })?;
-                            self.checked[i] = Some(change.relation.clone());
-                        }
-                        self.batch.push(Item::Change(SourceId(i as u16), change));
-                        self.batch_rows += 1;
-                        metrics::get().rows.inc();
+                if let Some(i) = self.source_of(&change.relation, change.final_lsn).await? {
+                    // A new table layout: does it still hold what the
+                    // source reads? (Once per Relation message.)
+                    let known = self.checked[i]
+                        .as_ref()
+                        .is_some_and(|r| std::sync::Arc::ptr_eq(r, &change.relation));
+                    if !known {
+                        pg2dns_decoder::schema::check(&self.needed[i], &change.relation).map_err(
+                            |problem| RunError::Schema {
+                                source_name: self.sources[i].clone(),
+                                problem,
+                                lsn: change.final_lsn,
+                            },
+                        )?;
+                        self.checked[i] = Some(change.relation.clone());
                     }
-                    None => debug!(relation = %name, "change of an unmapped table ignored"),
+                    self.batch.push(Item::Change(SourceId(i as u16), change));
+                    self.batch_rows += 1;
+                    metrics::get().rows.inc();
                 }
             }
             Event::Change(_) => {}
@@ -1169,8 +1237,7 @@ impl Pipeline<'_> {
                 // Every row of the table leaves DNS, as a DELETE of each
                 // would; the mass-delete guard holds it if that is too much.
                 for r in &relations {
-                    let ns = r.namespace.as_str();
-                    if let Some(i) = self.mappings.iter().position(|m| m.matches(ns, &r.name)) {
+                    if let Some(i) = self.source_of(r, final_lsn).await? {
                         info!(table = %r.qualified_name(), lsn = %final_lsn, "TRUNCATE");
                         self.batch
                             .push(Item::Truncate(SourceId(i as u16), final_lsn));
@@ -1206,6 +1273,59 @@ impl Pipeline<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The source a change's table belongs to, by OID (see `relations`):
+    /// `None` for a table to ignore, an error for DDL that must halt.
+    async fn source_of(
+        &mut self,
+        relation: &std::sync::Arc<pg2dns_decoder::pgoutput::Relation>,
+        lsn: Lsn,
+    ) -> Result<Option<usize>, RunError> {
+        use crate::relations::{oid_of, table_now};
+        let (ns, name) = (relation.namespace.as_str(), relation.name.as_str());
+        let by_name = self.mappings.iter().position(|m| m.matches(ns, name));
+        if let Some(i) = by_name {
+            if self.oids.get(i) == Some(&relation.oid) {
+                return Ok(Some(i));
+            }
+        }
+        if let Some((known, source)) = self.resolved.get(&relation.oid) {
+            if std::sync::Arc::ptr_eq(known, relation) {
+                return Ok(*source);
+            }
+        }
+        // Rare: a Relation message that does not match the session's
+        // start; ask the catalog what the table is now.
+        let client = self.store.settled_client().await?;
+        let mut now = crate::relations::Now::default();
+        for (i, m) in self.mappings.iter().enumerate() {
+            if oid_of(client, m.source()).await? == Some(relation.oid) {
+                now.named = Some(i);
+                break;
+            }
+        }
+        let publication = &self.config.database.publication;
+        now.table = table_now(client, publication, relation.oid).await?;
+        let table = relation.qualified_name();
+        let seen = crate::relations::Seen {
+            oid: relation.oid,
+            name: &table,
+            by_name,
+        };
+        let source = crate::relations::resolve(&seen, &self.oids, now, &self.sources, lsn)?;
+        match source {
+            Some(i) if by_name != Some(i) => {
+                info!(source = %self.sources[i], %table, %lsn, "changes of the source's table made while it was named {table}")
+            }
+            Some(_) => {}
+            None => {
+                warn!(%table, %lsn, "change of a table that no source maps and that is no longer in the publication: ignored")
+            }
+        }
+        self.resolved
+            .insert(relation.oid, (relation.clone(), source));
+        Ok(source)
     }
 
     /// Plans the batch, dispatches its operations and writes its row state.

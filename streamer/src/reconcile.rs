@@ -251,6 +251,9 @@ pub struct ZoneOutcome {
     pub in_sync_after: Option<bool>,
     /// The error that stopped this zone.
     pub error: Option<ZoneError>,
+    /// Rows with records in this zone that are not published, and why
+    /// (`source row_key: reason`), as the stream refuses them.
+    pub refusals: Vec<String>,
 }
 
 /// The whole run.
@@ -359,6 +362,15 @@ impl Report {
                     ));
                 }
             }
+            if !z.refusals.is_empty() {
+                out.push_str(&format!(
+                    "  {} row(s) refused and not published, as the stream refuses them (--json lists all):\n",
+                    z.refusals.len()
+                ));
+                for r in z.refusals.iter().take(5) {
+                    out.push_str(&format!("    {}\n", yellow(r)));
+                }
+            }
             if z.refused_by_threshold {
                 out.push_str(&format!(
                     "  repair refused: it would delete or change {:.0}% of the zone's records; check the database, then use --force\n",
@@ -429,6 +441,7 @@ impl Report {
                     "messages_applied": z.messages_applied,
                     "retries": z.retries,
                     "in_sync_after": z.in_sync_after,
+                    "refusals": z.refusals,
                     "error": z.error.as_ref().map(|e| crate::error::chain(e)),
                 });
                 if let Some(d) = &z.diff {
@@ -475,6 +488,8 @@ impl Report {
 struct Desired {
     rows: usize,
     refused: usize,
+    /// Per zone, the refused rows (`source row_key: reason`).
+    refusals: BTreeMap<ZoneId, Vec<String>>,
     records: BTreeMap<ZoneId, Vec<Record>>,
     /// Per zone and source (index as the stream numbers them); only kept
     /// for `--apply`, which rewrites the row state.
@@ -537,7 +552,12 @@ async fn read_desired_now(
         let rows = crate::store::zone_ref::read_zones_table(store.client(), &t).await?;
         zones.refs_mut().replace(&t.table, rows);
     }
-    let limits = config.plan_limits();
+    // What the zones hold outside pg2dns: a row's CNAME beside it is
+    // refused here as in the stream, not left as a difference.
+    let limits = pg2dns_decoder::plan::PlanLimits {
+        held: crate::pipeline::held_outside(config).await,
+        ..config.plan_limits()
+    };
     let mappings = crate::pipeline::mappings(config);
     // Before `pg2dns setup` there is no pg2dns.rr: it holds no rows.
     let mut queries = vec![if with_rr {
@@ -677,9 +697,23 @@ async fn read_desired_now(
             r.rtype != RType::PTR || keep.get(&r.owner).is_some_and(|k| k.contains(&&r.rdata))
         });
     }
+    let mut refusals: BTreeMap<ZoneId, Vec<String>> = BTreeMap::new();
+    for r in &outcome.rejections {
+        if let Some(zone) = r.zone {
+            let source = mappings
+                .get(usize::from(r.source.0))
+                .map_or("", |m| m.source());
+            refusals.entry(zone).or_default().push(format!(
+                "{source} {}: {}",
+                r.key,
+                pg2dns_decoder::error_chain(&r.reason)
+            ));
+        }
+    }
     Ok(Desired {
         rows,
         refused: outcome.rejections.len(),
+        refusals,
         records,
         contributions,
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
@@ -1091,6 +1125,7 @@ async fn compare(
         let empty = std::collections::HashSet::new();
         let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
         let mut outcome = reconcile_zone(config, zc, wanted, options, owned, &bar).await;
+        outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
         if options.apply && outcome.error.is_none() && outcome.in_sync_after == Some(true) {
             // One transaction per source: every source's state of the
             // zone, emptied ones included, is rewritten; a row with a
@@ -1167,6 +1202,7 @@ async fn reconcile_zone(
         retries: 0,
         in_sync_after: None,
         error: None,
+        refusals: Vec::new(),
     };
     let timeout = config.limits.dns_timeout;
     let started = Instant::now();

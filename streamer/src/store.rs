@@ -273,6 +273,10 @@ pub struct Store {
     /// Whether `pg2dns.waiting` may hold rows of this slot: almost never,
     /// so the lookups it needs are skipped while it holds none.
     maybe_waiting: bool,
+    /// Hashes of the rows `pg2dns.rejected` holds a rejection of (for this
+    /// slot): a later change of such a row removes them, so that the table
+    /// describes what is unpublished now.
+    rejected_rows: std::collections::HashSet<u64>,
     /// The state statements, prepared once per connection: a statement
     /// sent as text is parsed, described and planned again every time,
     /// which costs a round trip and most of the backend's work.
@@ -429,12 +433,24 @@ impl Store {
             // Before the schema exists (setup) there is nothing to wait for.
             Err(_) => false,
         };
+        let rejected_rows = match client
+            .query(
+                "SELECT DISTINCT source, row_key FROM pg2dns.rejected WHERE slot = $1",
+                &[&db.slot],
+            )
+            .await
+        {
+            Ok(rows) => rows.iter().map(|r| row_hash(r.get(0), r.get(1))).collect(),
+            // Before the schema exists (setup) there is nothing rejected.
+            Err(_) => std::collections::HashSet::new(),
+        };
         Ok(Store {
             client,
             connection,
             slot: db.slot.clone(),
             in_transaction: false,
             maybe_waiting,
+            rejected_rows,
             statements: HashMap::new(),
             presence: None,
             held: Vec::new(),
@@ -948,9 +964,45 @@ impl Store {
         if self.maybe_waiting && !outcome.touched.is_empty() {
             self.forget_waiting(sources, &outcome.touched).await?;
         }
+        self.forget_rejections(sources, &outcome.touched).await?;
         if !outcome.rejections.is_empty() {
             self.reject(sources, zones, &outcome.rejections).await?;
         }
+        Ok(())
+    }
+
+    /// Removes the rejections of rows changed or published since (a
+    /// waiting MX published once its target has an address, a refused row
+    /// corrected): a rejection names what is unpublished now. Rows refused
+    /// again in this batch get their new rejection after.
+    async fn forget_rejections(
+        &mut self,
+        sources: &[&str],
+        touched: &[RowRef],
+    ) -> Result<(), StoreError> {
+        if self.rejected_rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<RowRef> = touched
+            .iter()
+            .filter(|(s, k)| {
+                self.rejected_rows
+                    .remove(&row_hash(source_name(sources, *s), &k.0))
+            })
+            .cloned()
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (srcs, keys) = row_columns(sources, &rows);
+        let slot = self.slot.clone();
+        self.txn_execute(
+            "DELETE FROM pg2dns.rejected x USING unnest($2::text[], $3::text[]) AS k(source, row_key) \
+             WHERE x.slot = $1 AND x.source = k.source AND x.row_key = k.row_key",
+            &[&slot, &srcs, &keys],
+            "cannot update pg2dns.rejected",
+        )
+        .await?;
         Ok(())
     }
 
@@ -1063,6 +1115,9 @@ impl Store {
             .iter()
             .map(|r| pg2dns_decoder::error_chain(&r.reason))
             .collect();
+        for (s, k) in src.iter().zip(&keys) {
+            self.rejected_rows.insert(row_hash(s, k));
+        }
         let slot = self.slot.clone();
         self.txn_execute(
                 "INSERT INTO pg2dns.rejected (slot, source, row_key, lsn, zone, owner, reason) \

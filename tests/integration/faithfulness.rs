@@ -1302,3 +1302,280 @@ async fn a_zone_removed_from_the_config_is_named_in_a_warning_at_start() -> Resu
     one.assert_running()?;
     Ok(())
 }
+
+on_each_primary!(
+    a_cname_at_the_apex_is_refused_before_sending_and_reconcile_names_the_refusal,
+    a_cname_beside_records_left_to_another_tool_is_refused_before_sending,
+    a_delegation_with_glue_and_a_name_below_it_are_published_as_the_table_says,
+    deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_finds_the_zone_in_sync,
+    a_name_below_another_tools_dname_is_published_on_bind_and_rejected_on_knot,
+);
+
+/// `pg2dns reconcile --apply` exits 0, and its report names `refusal`
+/// among the rows it does not publish, never "still differs".
+async fn reconcile_repairs_nothing_and_names(stack: &Stack, refusal: &str) -> Result<()> {
+    let out = stack.reconcile(&["--apply"], &[]).await?;
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.code() == Some(0) && !printed.contains("still differs"),
+        "reconcile --apply must find the zone in sync:\n{printed}"
+    );
+    ensure!(
+        printed.contains("refused and not published") && printed.contains(refusal),
+        "reconcile must name the refused row's reason {refusal:?}:\n{printed}"
+    );
+    Ok(())
+}
+
+/// The apex always holds SOA and NS, so the server would ignore a CNAME
+/// there (NOERROR): refused before sending, recorded, not claimed by the
+/// row state, and explained by reconcile.
+async fn a_cname_at_the_apex_is_refused_before_sending_and_reconcile_names_the_refusal(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("apex-cname", primary).await?;
+    let mut pg2dns = stack.run()?;
+    let id = insert(&stack, "example.test.", 300, "CNAME", "other.test.").await?;
+    let reason = wait_for_rejection(&stack, id).await?;
+    let why =
+        "a CNAME cannot be at the zone apex (example.test. holds the zone's SOA and NS records)";
+    ensure!(reason.contains(why), "{reason}");
+    insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
+    stack
+        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    ensure!(
+        stack.query("example.test.", "CNAME").await?.is_empty(),
+        "{primary:?} must not hold the apex CNAME"
+    );
+    ensure!(
+        !row_state(&stack)
+            .await?
+            .iter()
+            .any(|r| r.row_key == id.to_string()),
+        "the row state must not claim the refused CNAME"
+    );
+    reconcile_repairs_nothing_and_names(&stack, why).await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// A zone that leaves TXT records to another tool (`exclude_types`) holds
+/// one at a name where a row then wants a CNAME: the server would ignore
+/// the CNAME, so pg2dns, which read the zone at start, refuses it.
+async fn a_cname_beside_records_left_to_another_tool_is_refused_before_sending(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("held-cname", primary).await?;
+    stack.set_zone_option(FORWARD, "exclude_types = [\"TXT\"]")?;
+    stack
+        .server(primary)?
+        .nsupdate("update add alias.example.test. 300 TXT \"owned by another tool\"")
+        .await?;
+    let mut pg2dns = stack.run()?;
+    let id = insert(
+        &stack,
+        "alias.example.test.",
+        300,
+        "CNAME",
+        "www.example.test.",
+    )
+    .await?;
+    let reason = wait_for_rejection(&stack, id).await?;
+    let why = "alias.example.test. holds TXT in the zone, left to another tool";
+    ensure!(
+        reason.contains(why) && reason.contains("silently ignore this CNAME"),
+        "{reason}"
+    );
+    insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
+    stack
+        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    ensure!(
+        stack
+            .query("alias.example.test.", "CNAME")
+            .await?
+            .is_empty()
+            && stack.query("alias.example.test.", "TXT").await?.len() == 1,
+        "{primary:?} must keep the other tool's TXT and hold no CNAME"
+    );
+    reconcile_repairs_nothing_and_names(&stack, why).await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// `pg2dns.rejected` describes what is unpublished now: the rejection of
+/// an MX that waited for its target's address goes when the MX is
+/// published, that of a row corrected later goes with the correction, and
+/// any other stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_leaves_pg2dns_rejected_once_its_row_is_published() -> Result<()> {
+    let stack = Stack::start("rejection-leaves", Primary::Bind).await?;
+    let _pg2dns = stack.run()?;
+    let mx = insert(&stack, "example.test.", 300, "MX", "10 mail.example.test.").await?;
+    let bad = insert(&stack, "bad.example.test.", 300, "A", "not-an-address").await?;
+    let other = insert(&stack, "other.example.test.", 300, "A", "nor-this").await?;
+    let waiting = wait_for_rejection(&stack, mx).await?;
+    ensure!(waiting.contains("has no address record"), "{waiting}");
+    wait_for_rejection(&stack, bad).await?;
+    wait_for_rejection(&stack, other).await?;
+
+    insert(&stack, "mail.example.test.", 300, "A", "192.0.2.25").await?;
+    stack
+        .wait_until_answers("example.test.", "MX", DNS_DEADLINE)
+        .await?;
+    eventually("the published MX's rejection to leave", || async {
+        let left = rejections(&stack, mx).await?;
+        Ok(if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        })
+    })
+    .await?;
+
+    stack
+        .exec(&format!(
+            "UPDATE pg2dns.rr SET rdata = '192.0.2.9' WHERE id = {bad}"
+        ))
+        .await?;
+    stack
+        .wait_until_answers("bad.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    eventually("the corrected row's rejection to leave", || async {
+        let left = rejections(&stack, bad).await?;
+        Ok(if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        })
+    })
+    .await?;
+    ensure!(
+        rejections(&stack, other).await?.len() == 1,
+        "the rejection of a row still unpublished stays"
+    );
+    Ok(())
+}
+
+/// Records below a delegation (the glue and an occluded name) are zone
+/// data like any other to BIND and Knot: an UPDATE adds them, a transfer
+/// shows them, and reconcile finds the zone in sync (resolvers are
+/// referred to the child for them; pg2dns publishes what the rows say).
+async fn a_delegation_with_glue_and_a_name_below_it_are_published_as_the_table_says(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("delegation", primary).await?;
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('sub.example.test.', 300, 'NS', 'ns.sub.example.test.'),
+               ('ns.sub.example.test.', 300, 'A', '192.0.2.53'),
+               ('www.sub.example.test.', 300, 'A', '192.0.2.80')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let out = stack.reconcile(&[], &[]).await?;
+    ensure!(
+        out.status.code() == Some(0),
+        "reconcile must find the zone in sync:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE owner LIKE '%sub.example.test.'")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// The zone's own apex NS (from its zone file) claimed by a row and then
+/// deleted: servers ignore deleting the last apex NS (RFC 2136 §3.4.2.4),
+/// and must, since a zone needs one. Harmless: the zone keeps its NS, and
+/// reconcile, which leaves the apex NS of a zone it holds outside pg2dns
+/// alone, finds it in sync instead of reporting a difference it cannot
+/// repair.
+async fn deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_finds_the_zone_in_sync(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("last-apex-ns", primary).await?;
+    let mut pg2dns = stack.run()?;
+    let id = insert(&stack, "example.test.", 300, "NS", "ns.pg2dns.invalid.").await?;
+    insert(&stack, "after1.example.test.", 300, "A", "192.0.2.1").await?;
+    stack
+        .wait_until_answers("after1.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    stack
+        .exec(&format!("DELETE FROM pg2dns.rr WHERE id = {id}"))
+        .await?;
+    insert(&stack, "after2.example.test.", 300, "A", "192.0.2.2").await?;
+    stack
+        .wait_until_answers("after2.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    let ns = stack.query("example.test.", "NS").await?;
+    ensure!(
+        ns.len() == 1 && ns[0].rdata == "ns.pg2dns.invalid.",
+        "{primary:?} keeps the zone's last NS: {ns:?}"
+    );
+    let out = stack.reconcile(&["--apply"], &[]).await?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(0) && !printed.contains("still differs"),
+        "reconcile --apply must find the zone in sync:\n{printed}"
+    );
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// A name below a DNAME that another tool keeps (measured 2026-12-07):
+/// BIND takes it as zone data (occluded, like a name below a delegation),
+/// Knot refuses the UPDATE; pg2dns then rejects the row with Knot's answer
+/// and the stream goes on. Neither is silent.
+async fn a_name_below_another_tools_dname_is_published_on_bind_and_rejected_on_knot(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("below-dname", primary).await?;
+    stack.set_zone_option(FORWARD, "exclude_types = [\"TYPE39\"]")?;
+    stack
+        .server(primary)?
+        .nsupdate("update add old.example.test. 300 DNAME new.example.test.")
+        .await?;
+    let mut pg2dns = stack.run()?;
+    let id = insert(&stack, "x.old.example.test.", 300, "A", "192.0.2.7").await?;
+    match primary {
+        Primary::Bind => {
+            eventually("BIND to hold the name below the DNAME", || async {
+                let zone = stack.axfr(FORWARD).await?;
+                Ok(
+                    if zone
+                        .iter()
+                        .any(|r| r.owner == "x.old.example.test." && r.rtype == "A")
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("{zone:?}"))
+                    },
+                )
+            })
+            .await?;
+        }
+        _ => {
+            let reason = wait_for_rejection(&stack, id).await?;
+            ensure!(
+                reason.contains("answered REFUSED") && reason.contains("x.old.example.test."),
+                "{reason}"
+            );
+        }
+    }
+    insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
+    stack
+        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}

@@ -46,6 +46,7 @@ mod harness;
 mod admin;
 mod config;
 mod crash;
+mod ddl;
 mod encodings;
 mod faithfulness;
 mod faults;

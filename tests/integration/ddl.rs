@@ -1,0 +1,618 @@
+//! DDL a DBA may run on a source table while pg2dns streams or is stopped:
+//! each ends in correct publishing, or in a halt that names the DDL and the
+//! LSN, after which nothing committed since is lost (see the README's "DDL
+//! on source tables" table).
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::harness::stack::{ZoneRecords, FORWARD, REVERSE, SLOT};
+use crate::harness::{wait_until, Check, Primary, Record, Stack, DNS_DEADLINE};
+
+const HOSTS: &str = r#"
+[[source]]
+table = "app.hosts"
+owner_column = "name"
+address_column = "address"
+ttl = 300
+"#;
+
+fn forward(names: &[(&str, &str)]) -> ZoneRecords {
+    let mut records: Vec<Record> = names
+        .iter()
+        .map(|(n, a)| Record::new(&format!("{n}.example.test."), 300, "A", a))
+        .collect();
+    records.sort();
+    let mut out = ZoneRecords::new();
+    out.insert(FORWARD.to_string(), records);
+    out.insert(REVERSE.to_string(), Vec::new());
+    out
+}
+
+/// A stack with `app.hosts` as a source, set up, one host published.
+async fn hosts_stack(label: &str) -> Result<Stack> {
+    let stack = Stack::start(label, Primary::Bind).await?;
+    stack
+        .exec(
+            "CREATE SCHEMA app;
+             CREATE TABLE app.hosts (id serial PRIMARY KEY, name text NOT NULL, address inet NOT NULL);",
+        )
+        .await?;
+    stack.append_config(HOSTS)?;
+    stack.setup().await?;
+    Ok(stack)
+}
+
+/// `pg2dns status --json`.
+async fn status(stack: &Stack) -> Result<serde_json::Value> {
+    let out = stack.admin(&["status", "--json"]).await?;
+    serde_json::from_slice(&out.stdout).context("status --json")
+}
+
+/// Waits until pg2dns says it is halted, and returns (reason, hint).
+async fn halted(stack: &Stack) -> Result<(String, String)> {
+    halted_within(stack, DNS_DEADLINE).await
+}
+
+/// [`halted`], for a halt that a periodic check finds (every 15 s, on the
+/// next frame: a keepalive comes at least every 30 s when idle).
+async fn halted_within(stack: &Stack, deadline: Duration) -> Result<(String, String)> {
+    wait_until(deadline, "pg2dns to say it is halted", || async {
+        let s = status(stack).await?;
+        Ok(if s["mode"] == "halted" {
+            Check::Done((
+                s["reason"].as_str().unwrap_or_default().to_owned(),
+                s["hint"].as_str().unwrap_or_default().to_owned(),
+            ))
+        } else {
+            Check::NotYet(s.to_string())
+        })
+    })
+    .await
+}
+
+/// Waits until pg2dns says it streams.
+async fn running(stack: &Stack) -> Result<()> {
+    wait_until(DNS_DEADLINE, "pg2dns to say it is running", || async {
+        let s = status(stack).await?;
+        Ok(if s["mode"] == "running" {
+            Check::Done(())
+        } else {
+            Check::NotYet(s.to_string())
+        })
+    })
+    .await
+}
+
+/// The slot still holds the transaction that inserted the row named
+/// `name` into `table`: its confirmed position is not past its first change.
+async fn slot_holds(stack: &Stack, table: &str, name: &str) -> Result<()> {
+    let xid: String = stack
+        .db
+        .query_one(
+            &format!("SELECT xmin::text FROM {table} WHERE name = $1"),
+            &[&name],
+        )
+        .await?
+        .get(0);
+    let confirmed = stack.confirmed_flush_lsn().await?;
+    let pending = stack.pending_transactions().await?;
+    let ours = pending
+        .iter()
+        .find(|t| t.xid == xid)
+        .with_context(|| format!("the slot no longer holds {name}'s transaction {xid}"))?;
+    ensure!(
+        confirmed <= ours.first_change,
+        "confirmed_flush_lsn {confirmed} moved past the unapplied change at {}",
+        ours.first_change
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_table_rename_of_a_source_table_halts_naming_it_and_loses_nothing_once_renamed_back(
+) -> Result<()> {
+    let (ddl, renamed, back) = (
+        "ALTER TABLE app.hosts RENAME TO hosts_renamed",
+        "app.hosts_renamed",
+        "ALTER TABLE app.hosts_renamed RENAME TO hosts",
+    );
+    let stack = hosts_stack("ddl-rename-table").await?;
+    let mut pg2dns = stack.run_as_service()?;
+    stack
+        .exec("INSERT INTO app.hosts (name, address) VALUES ('a.example.test', '192.0.2.1')")
+        .await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("a", "192.0.2.1")]), DNS_DEADLINE)
+        .await?;
+
+    stack.exec(ddl).await?;
+    stack
+        .exec(&format!(
+            "INSERT INTO {renamed} (name, address) VALUES ('b.example.test', '192.0.2.2')"
+        ))
+        .await?;
+    let (reason, hint) = halted(&stack).await?;
+    ensure!(
+        reason.contains("source app.hosts")
+            && reason.contains(&format!("renamed to {renamed}"))
+            && reason.contains("RENAME")
+            && reason.contains("at LSN "),
+        "the halt must name the source, its new name, the DDL and the LSN: {reason}"
+    );
+    ensure!(
+        hint.contains("rename the table back") && hint.contains("pg2dns resume"),
+        "the hint must say how to go on: {hint}"
+    );
+    slot_holds(&stack, renamed, "b.example.test").await?;
+    ensure!(
+        stack.dns().await? == forward(&[("a", "192.0.2.1")]),
+        "nothing after the rename may be published while halted"
+    );
+
+    // Renamed back: the change made under the other name, and one made
+    // after, are both published.
+    stack.exec(back).await?;
+    stack
+        .exec("INSERT INTO app.hosts (name, address) VALUES ('c.example.test', '192.0.2.3')")
+        .await?;
+    let out = stack.admin(&["resume"]).await?;
+    ensure!(out.status.success(), "resume: {out:?}");
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("c", "192.0.2.3")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    running(&stack).await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// PostgreSQL sends a table's new schema name only in a new session (a
+/// schema rename does not invalidate the Relation message it sent): the
+/// change is published as the table's, and the next start halts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_schema_rename_of_a_source_schema_is_followed_then_halts_at_the_next_start_and_loses_nothing(
+) -> Result<()> {
+    let stack = hosts_stack("ddl-rename-schema").await?;
+    let mut pg2dns = stack.run_as_service()?;
+    stack
+        .exec("INSERT INTO app.hosts (name, address) VALUES ('a.example.test', '192.0.2.1')")
+        .await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("a", "192.0.2.1")]), DNS_DEADLINE)
+        .await?;
+    stack
+        .exec(
+            "ALTER SCHEMA app RENAME TO app2;
+             INSERT INTO app2.hosts (name, address) VALUES ('b.example.test', '192.0.2.2');",
+        )
+        .await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("b", "192.0.2.2")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    pg2dns.kill()?;
+    stack
+        .exec("INSERT INTO app2.hosts (name, address) VALUES ('c.example.test', '192.0.2.3')")
+        .await?;
+    let mut pg2dns = stack.run_as_service()?;
+    let (reason, hint) = halted(&stack).await?;
+    ensure!(
+        reason.contains("source app.hosts: its table does not exist")
+            && reason.contains("app2.hosts"),
+        "the halt must name the source and the table under its new name: {reason}"
+    );
+    ensure!(hint.contains("ALTER SCHEMA"), "{hint}");
+    slot_holds(&stack, "app2.hosts", "c.example.test").await?;
+    stack.exec("ALTER SCHEMA app2 RENAME TO app").await?;
+    stack.admin(&["resume"]).await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("c", "192.0.2.3")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    running(&stack).await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_table_renamed_while_pg2dns_is_stopped_halts_at_start_naming_the_new_name(
+) -> Result<()> {
+    let stack = hosts_stack("ddl-rename-stopped").await?;
+    stack
+        .exec(
+            "ALTER TABLE app.hosts RENAME TO hosts_renamed;
+             INSERT INTO app.hosts_renamed (name, address) VALUES ('b.example.test', '192.0.2.2');",
+        )
+        .await?;
+    let mut pg2dns = stack.run_as_service()?;
+    let (reason, hint) = halted(&stack).await?;
+    ensure!(
+        reason.contains("source app.hosts: its table does not exist")
+            && reason.contains("app.hosts_renamed"),
+        "the halt must name the source and the unmapped table of the publication: {reason}"
+    );
+    ensure!(hint.contains("rename the table back"), "{hint}");
+    stack
+        .exec("ALTER TABLE app.hosts_renamed RENAME TO hosts")
+        .await?;
+    stack.admin(&["resume"]).await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("b", "192.0.2.2")]), DNS_DEADLINE)
+        .await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_publication_drop_table_of_a_source_halts_at_the_next_start_naming_the_publication(
+) -> Result<()> {
+    let stack = hosts_stack("ddl-publication-drop").await?;
+    stack
+        .exec(&format!(
+            "ALTER PUBLICATION \"{SLOT}\" DROP TABLE app.hosts"
+        ))
+        .await?;
+    let mut pg2dns = stack.run_as_service()?;
+    let (reason, hint) = halted(&stack).await?;
+    ensure!(
+        reason.contains("source app.hosts")
+            && reason.contains(&format!("not in publication {SLOT}")),
+        "the halt must name the source and the publication: {reason}"
+    );
+    ensure!(
+        hint.contains("ALTER PUBLICATION") && hint.contains("reconcile --apply"),
+        "{hint}"
+    );
+    stack
+        .exec(&format!("ALTER PUBLICATION \"{SLOT}\" ADD TABLE app.hosts"))
+        .await?;
+    stack.admin(&["resume"]).await?;
+    running(&stack).await?;
+    stack
+        .exec("INSERT INTO app.hosts (name, address) VALUES ('a.example.test', '192.0.2.1')")
+        .await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("a", "192.0.2.1")]), DNS_DEADLINE)
+        .await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_a_published_table_no_source_maps_halts_until_it_leaves_the_publication(
+) -> Result<()> {
+    let stack = hosts_stack("ddl-unmapped").await?;
+    let mut pg2dns = stack.run_as_service()?;
+    running(&stack).await?;
+    stack
+        .exec(&format!(
+            "CREATE TABLE app.other (id serial PRIMARY KEY, name text);
+             ALTER PUBLICATION \"{SLOT}\" ADD TABLE app.other;
+             INSERT INTO app.other (name) VALUES ('x');"
+        ))
+        .await?;
+    let (reason, _) = halted(&stack).await?;
+    ensure!(
+        reason.contains("table app.other is in the publication but no source maps it")
+            && reason.contains("at LSN "),
+        "{reason}"
+    );
+    // Taken out of the publication: its past change is passed over, and
+    // the stream goes on.
+    stack
+        .exec(&format!(
+            "ALTER PUBLICATION \"{SLOT}\" DROP TABLE app.other;
+             INSERT INTO app.hosts (name, address) VALUES ('a.example.test', '192.0.2.1');"
+        ))
+        .await?;
+    stack.admin(&["resume"]).await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("a", "192.0.2.1")]), DNS_DEADLINE)
+        .await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_table_dropped_and_created_again_halts_then_follows_the_new_table() -> Result<()> {
+    let stack = hosts_stack("ddl-recreate").await?;
+    let mut pg2dns = stack.run_as_service()?;
+    stack
+        .exec("INSERT INTO app.hosts (name, address) VALUES ('a.example.test', '192.0.2.1')")
+        .await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("a", "192.0.2.1")]), DNS_DEADLINE)
+        .await?;
+    stack
+        .exec(&format!(
+            "DROP TABLE app.hosts;
+             CREATE TABLE app.hosts (id serial PRIMARY KEY, name text NOT NULL, address inet NOT NULL);
+             ALTER PUBLICATION \"{SLOT}\" ADD TABLE app.hosts;
+             INSERT INTO app.hosts (id, name, address) VALUES (2, 'b.example.test', '192.0.2.2');"
+        ))
+        .await?;
+    let (reason, hint) = halted(&stack).await?;
+    ensure!(
+        reason.contains("source app.hosts: its table was dropped and created again")
+            && reason.contains("at LSN "),
+        "{reason}"
+    );
+    ensure!(hint.contains("reconcile --apply"), "{hint}");
+    slot_holds(&stack, "app.hosts", "b.example.test").await?;
+    stack.admin(&["resume"]).await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("b", "192.0.2.2")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    // The dropped row's record goes with a repair.
+    let out = stack.reconcile(&["--apply"], &[]).await?;
+    ensure!(out.status.success(), "reconcile --apply: {out:?}");
+    stack
+        .wait_until_dns_equals(&forward(&[("b", "192.0.2.2")]), DNS_DEADLINE)
+        .await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_column_the_source_reads_halts_naming_the_column() -> Result<()> {
+    let stack = hosts_stack("ddl-rename-column").await?;
+    let _pg2dns = stack.run_as_service()?;
+    stack
+        .exec(
+            "ALTER TABLE app.hosts RENAME COLUMN address TO addr;
+             INSERT INTO app.hosts (name, addr) VALUES ('b.example.test', '192.0.2.2');",
+        )
+        .await?;
+    let (reason, _) = halted(&stack).await?;
+    ensure!(
+        reason.contains("source app.hosts") && reason.contains("\"address\""),
+        "the halt must name the source and the column: {reason}"
+    );
+    slot_holds(&stack, "app.hosts", "b.example.test").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_identity_full_and_back_keep_publishing() -> Result<()> {
+    let stack = hosts_stack("ddl-identity").await?;
+    let mut pg2dns = stack.run_as_service()?;
+    stack
+        .exec(
+            "ALTER TABLE app.hosts REPLICA IDENTITY FULL;
+             INSERT INTO app.hosts (name, address) VALUES ('a.example.test', '192.0.2.1'), ('b.example.test', '192.0.2.2');
+             UPDATE app.hosts SET address = '192.0.2.9' WHERE name = 'a.example.test';
+             ALTER TABLE app.hosts REPLICA IDENTITY DEFAULT;
+             DELETE FROM app.hosts WHERE name = 'b.example.test';",
+        )
+        .await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("a", "192.0.2.9")]), DNS_DEADLINE)
+        .await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_publication_drop_table_while_streaming_halts_naming_the_publication() -> Result<()> {
+    let stack = hosts_stack("ddl-publication-drop-live").await?;
+    let _pg2dns = stack.run_as_service()?;
+    running(&stack).await?;
+    stack
+        .exec(&format!(
+            "ALTER PUBLICATION \"{SLOT}\" DROP TABLE app.hosts;
+             INSERT INTO app.hosts (name, address) VALUES ('a.example.test', '192.0.2.1');"
+        ))
+        .await?;
+    let (reason, hint) = halted_within(&stack, Duration::from_secs(90)).await?;
+    ensure!(
+        reason.contains("source app.hosts")
+            && reason.contains(&format!("not in publication {SLOT}")),
+        "{reason}"
+    );
+    ensure!(hint.contains("reconcile --apply"), "{hint}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_table_of_a_source_while_streaming_halts_naming_it() -> Result<()> {
+    let stack = hosts_stack("ddl-drop-table").await?;
+    let _pg2dns = stack.run_as_service()?;
+    stack
+        .exec("INSERT INTO app.hosts (name, address) VALUES ('a.example.test', '192.0.2.1')")
+        .await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("a", "192.0.2.1")]), DNS_DEADLINE)
+        .await?;
+    stack.exec("DROP TABLE app.hosts").await?;
+    let (reason, hint) = halted_within(&stack, Duration::from_secs(90)).await?;
+    ensure!(
+        reason.contains("source app.hosts: its table does not exist"),
+        "{reason}"
+    );
+    ensure!(hint.contains("remove the source"), "{hint}");
+    Ok(())
+}
+
+/// `reconcile --apply` exits 0.
+async fn reconcile_apply(stack: &Stack) -> Result<()> {
+    let out = stack.reconcile(&["--apply"], &[]).await?;
+    ensure!(
+        out.status.code() == Some(0),
+        "reconcile --apply:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// PostgreSQL publishes nothing for a TRUNCATE of one partition (under
+/// `publish_via_partition_root`), nor for ATTACH or DETACH PARTITION. The
+/// TRUNCATE leaves the records as they were, as documented, until
+/// `reconcile --apply`; an ATTACH or DETACH halts naming the partition
+/// (found by the periodic check), and `reconcile --apply` then `resume`
+/// make DNS equal to the table, the stream going on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_partition_waits_for_reconcile_and_attach_or_detach_partition_halts_naming_it(
+) -> Result<()> {
+    let stack = Stack::start("ddl-partitions", Primary::Bind).await?;
+    stack
+        .exec(
+            "CREATE SCHEMA app;
+             CREATE TABLE app.hosts (id int, name text NOT NULL, address inet NOT NULL, vrf text NOT NULL,
+                                     PRIMARY KEY (id, vrf)) PARTITION BY LIST (vrf);
+             CREATE TABLE app.hosts_red PARTITION OF app.hosts FOR VALUES IN ('red');
+             CREATE TABLE app.hosts_blue PARTITION OF app.hosts FOR VALUES IN ('blue');",
+        )
+        .await?;
+    stack.append_config(&HOSTS.replace("ttl = 300\n", "ttl = 300\nkey = [\"id\", \"vrf\"]\n"))?;
+    stack.setup().await?;
+    let mut pg2dns = stack.run_as_service()?;
+    let insert = |id: i32, name: &str, last: u8, vrf: &str| {
+        format!(
+            "INSERT INTO app.hosts VALUES ({id}, '{name}.example.test', '192.0.2.{last}', '{vrf}')"
+        )
+    };
+    stack
+        .exec(&format!(
+            "{}; {}",
+            insert(1, "a", 1, "red"),
+            insert(2, "b", 2, "blue")
+        ))
+        .await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("b", "192.0.2.2")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+
+    // TRUNCATE of one partition: nothing in the stream (a later change
+    // arrives, b stays), until reconcile.
+    stack.exec("TRUNCATE app.hosts_blue").await?;
+    stack.exec(&insert(3, "c", 3, "red")).await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("c", "192.0.2.3")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    reconcile_apply(&stack).await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("c", "192.0.2.3")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+
+    // DETACH: its rows leave the table without a DELETE: a halt names it.
+    stack
+        .exec("ALTER TABLE app.hosts DETACH PARTITION app.hosts_red")
+        .await?;
+    let (reason, hint) = halted_within(&stack, Duration::from_secs(90)).await?;
+    ensure!(
+        reason.contains("source app.hosts: partition app.hosts_red detached"),
+        "{reason}"
+    );
+    ensure!(hint.contains("reconcile --apply"), "{hint}");
+    reconcile_apply(&stack).await?;
+    stack.admin(&["resume"]).await?;
+    running(&stack).await?;
+    stack.exec(&insert(4, "d", 4, "blue")).await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("d", "192.0.2.4")]), DNS_DEADLINE)
+        .await?;
+
+    // ATTACH: its rows come in without an INSERT.
+    stack
+        .exec("ALTER TABLE app.hosts ATTACH PARTITION app.hosts_red FOR VALUES IN ('red')")
+        .await?;
+    let (reason, _) = halted_within(&stack, Duration::from_secs(90)).await?;
+    ensure!(
+        reason.contains("partition app.hosts_red attached"),
+        "{reason}"
+    );
+    reconcile_apply(&stack).await?;
+    stack.admin(&["resume"]).await?;
+    running(&stack).await?;
+    stack.exec(&insert(5, "e", 5, "blue")).await?;
+    let all = forward(&[
+        ("a", "192.0.2.1"),
+        ("c", "192.0.2.3"),
+        ("d", "192.0.2.4"),
+        ("e", "192.0.2.5"),
+    ]);
+    stack.wait_until_dns_equals(&all, DNS_DEADLINE).await?;
+    // The stream goes on from the repaired state: a row of the attached
+    // partition deleted now leaves DNS.
+    stack.exec("DELETE FROM app.hosts WHERE id = 1").await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("c", "192.0.2.3"), ("d", "192.0.2.4"), ("e", "192.0.2.5")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// A zones table is followed by OID like a source table: renamed while
+/// streaming, its next change halts naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_table_rename_of_a_zones_table_halts_naming_it() -> Result<()> {
+    let stack = Stack::start("ddl-rename-zones-table", Primary::Bind).await?;
+    stack
+        .exec(
+            "CREATE SCHEMA pdns;
+             CREATE TABLE pdns.domains (id int PRIMARY KEY, name text NOT NULL UNIQUE);
+             CREATE TABLE pdns.records (id bigserial PRIMARY KEY, domain_id int,
+                 name text, type text, content text);",
+        )
+        .await?;
+    stack.append_config(
+        r#"
+[[source]]
+table = "pdns.records"
+owner_column = "name"
+type_column = "type"
+rdata_column = "content"
+ttl = 300
+[source.zones_table]
+table = "pdns.domains"
+column = "domain_id"
+"#,
+    )?;
+    stack.setup().await?;
+    let _pg2dns = stack.run_as_service()?;
+    stack
+        .exec(
+            "INSERT INTO pdns.domains VALUES (1, 'example.test');
+             INSERT INTO pdns.records (domain_id, name, type, content) VALUES (1, 'a.example.test', 'A', '192.0.2.1');",
+        )
+        .await?;
+    stack
+        .wait_until_dns_equals(&forward(&[("a", "192.0.2.1")]), DNS_DEADLINE)
+        .await?;
+    stack
+        .exec(
+            "ALTER TABLE pdns.domains RENAME TO zones;
+             INSERT INTO pdns.zones VALUES (2, 'other.test');",
+        )
+        .await?;
+    let (reason, _) = halted(&stack).await?;
+    ensure!(
+        reason.contains("source pdns.domains") && reason.contains("renamed to pdns.zones"),
+        "{reason}"
+    );
+    Ok(())
+}
