@@ -40,6 +40,10 @@
 
 use std::fmt::Write as _;
 
+use std::collections::BTreeMap;
+
+use crate::diff::{diff_excluding, ZoneDiff};
+use crate::exclude::Exclusions;
 use crate::name::Name;
 use crate::rdata::{self, RType};
 use crate::records::{Owner, Rdata, Record, RecordError, ZoneName, MAX_TTL};
@@ -616,6 +620,133 @@ fn format_soa(wire: &[u8]) -> String {
         ))
     })();
     parsed.unwrap_or_else(|| generic(wire))
+}
+
+/// Where one record stands on the three sides: its TTL on each side that
+/// holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreeWayRecord {
+    /// The record (TTL: the database's, else the file's, else DNS's).
+    pub record: Record,
+    /// Its TTL in the zone file, if the file holds it.
+    pub file: Option<u32>,
+    /// Its TTL as the database wants it, if it does.
+    pub database: Option<u32>,
+    /// Its TTL in DNS, if DNS holds it (`None` outside: DNS not compared).
+    pub dns: Option<Option<u32>>,
+}
+
+/// The zone file against the database's desired records and, when DNS was
+/// compared, against DNS: only the records some side disagrees on, under
+/// the ownership rules of [`crate::diff`] (what pg2dns does not own, such as
+/// the SOA, is never a difference).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreeWay {
+    /// The zone file compared with the database (the file as the "actual"
+    /// side).
+    pub file_vs_database: ZoneDiff,
+    /// Every record some side disagrees on, in owner order.
+    pub records: Vec<ThreeWayRecord>,
+}
+
+impl ThreeWay {
+    /// Whether the three sides (two without DNS) agree.
+    pub fn agrees(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// Compares a zone file with the desired records of `zone` and with the
+/// comparison of those with DNS (`dns`, from [`crate::diff::diff_excluding`]
+/// with the same `excluded`), when there is one.
+pub fn three_way(
+    zone: &ZoneName,
+    file: &ZoneFile,
+    desired: &[Record],
+    dns: Option<&ZoneDiff>,
+    excluded: &Exclusions,
+) -> ThreeWay {
+    let file_vs_database = diff_excluding(zone, desired, &file.records, excluded);
+    // Where a record stands in one comparison of the database (wanted) with
+    // another side: absent means the two agree on it.
+    #[derive(Clone, Copy)]
+    enum Stand {
+        Missing(u32),
+        Extra(u32),
+        Ttl { wanted: u32, actual: u32 },
+    }
+    type Key = (Owner, RType, Rdata);
+    fn stands(d: &ZoneDiff) -> BTreeMap<Key, (Record, Stand)> {
+        let mut out = BTreeMap::new();
+        let key = |r: &Record| (r.owner.clone(), r.rtype, r.rdata.clone());
+        for o in d.owners.values() {
+            for r in &o.missing {
+                out.insert(key(r), (r.clone(), Stand::Missing(r.ttl)));
+            }
+            for r in &o.extra {
+                out.insert(key(r), (r.clone(), Stand::Extra(r.ttl)));
+            }
+            for t in &o.ttl {
+                let stand = Stand::Ttl {
+                    wanted: t.wanted.ttl,
+                    actual: t.actual_ttl,
+                };
+                out.insert(key(&t.wanted), (t.wanted.clone(), stand));
+            }
+        }
+        out
+    }
+    let by_file = stands(&file_vs_database);
+    let by_dns = dns.map(stands);
+    let mut keys: std::collections::BTreeSet<&Key> = by_file.keys().collect();
+    if let Some(d) = &by_dns {
+        keys.extend(d.keys());
+    }
+    let mut records = Vec::new();
+    for key in keys {
+        let f = by_file.get(key);
+        let n = by_dns.as_ref().map(|d| d.get(key));
+        let stand_list = [f.map(|s| s.1), n.flatten().map(|s| s.1)];
+        // The database holds it unless a side has it as extra.
+        let database = if stand_list
+            .iter()
+            .flatten()
+            .any(|s| matches!(s, Stand::Extra(_)))
+        {
+            None
+        } else {
+            stand_list.iter().flatten().find_map(|s| match *s {
+                Stand::Missing(t) => Some(t),
+                Stand::Ttl { wanted, .. } => Some(wanted),
+                Stand::Extra(_) => None,
+            })
+        };
+        let side = |s: Option<Stand>| match s {
+            None => database,
+            Some(Stand::Missing(_)) => None,
+            Some(Stand::Extra(t)) => Some(t),
+            Some(Stand::Ttl { actual, .. }) => Some(actual),
+        };
+        let file_ttl = side(f.map(|s| s.1));
+        let dns_ttl = n.map(|s| side(s.map(|s| s.1)));
+        let Some(mut record) = f.or(n.flatten()).map(|s| s.0.clone()) else {
+            continue;
+        };
+        record.ttl = database
+            .or(file_ttl)
+            .or(dns_ttl.flatten())
+            .unwrap_or(record.ttl);
+        records.push(ThreeWayRecord {
+            record,
+            file: file_ttl,
+            database,
+            dns: dns_ttl,
+        });
+    }
+    ThreeWay {
+        file_vs_database,
+        records,
+    }
 }
 
 #[cfg(test)]

@@ -189,6 +189,100 @@ fn the_written_zone_reads_back_the_same() {
     assert_eq!(again.skipped.len(), 1);
 }
 
+fn rec(text: &str) -> Record {
+    let mut parts = text.splitn(4, ' ');
+    let (o, t, ty, d) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    Record::parse(o, t.parse().unwrap(), ty, d).unwrap()
+}
+
+#[test]
+fn the_three_way_comparison_names_the_sides_that_hold_each_record() {
+    let file = read(
+        "$ORIGIN example.test.\n$TTL 300\n\
+         @ SOA ns1 hm 1 2 3 4 5\n\
+         @ NS ns1\n\
+         ns1 A 192.0.2.1\n\
+         same A 192.0.2.10\n\
+         fileonly A 192.0.2.20\n\
+         ttl 600 A 192.0.2.30\n\
+         notindns A 192.0.2.40\n",
+    )
+    .unwrap();
+    let desired = [
+        rec("same.example.test. 300 A 192.0.2.10"),
+        rec("ttl.example.test. 300 A 192.0.2.30"),
+        rec("notindns.example.test. 300 A 192.0.2.40"),
+        rec("dbonly.example.test. 300 A 192.0.2.50"),
+    ];
+    let mut actual = file.records.clone();
+    actual.retain(|r| !r.owner.to_string().starts_with("notindns"));
+    actual.push(rec("dnsonly.example.test. 300 A 192.0.2.60"));
+    actual.push(rec("dbonly.example.test. 300 A 192.0.2.50"));
+    let dns = crate::diff::diff(&zone(), &desired, &actual);
+    let t = three_way(&zone(), &file, &desired, Some(&dns), &Exclusions::default());
+    type Sides = (String, Option<u32>, Option<u32>, Option<Option<u32>>);
+    let got: Vec<Sides> = t
+        .records
+        .iter()
+        .map(|r| (r.record.owner.to_string(), r.file, r.database, r.dns))
+        .collect();
+    // Hand-checked: the SOA, the apex NS and its address are not owned (the
+    // database lists no apex NS); `same` agrees everywhere. Owners come in
+    // wire order (a shorter first label first).
+    assert_eq!(
+        got,
+        [
+            (
+                "ttl.example.test.".into(),
+                Some(600),
+                Some(300),
+                Some(Some(600))
+            ),
+            (
+                "dbonly.example.test.".into(),
+                None,
+                Some(300),
+                Some(Some(300))
+            ),
+            ("dnsonly.example.test.".into(), None, None, Some(Some(300))),
+            (
+                "fileonly.example.test.".into(),
+                Some(300),
+                None,
+                Some(Some(300))
+            ),
+            (
+                "notindns.example.test.".into(),
+                Some(300),
+                Some(300),
+                Some(None)
+            ),
+        ]
+    );
+    assert!(!t.agrees());
+    assert_eq!(t.file_vs_database.missing(), 1);
+    assert_eq!(t.file_vs_database.extra(), 1);
+    assert_eq!(t.file_vs_database.ttl_differences(), 1);
+    // Without DNS: two sides.
+    let t = three_way(&zone(), &file, &desired, None, &Exclusions::default());
+    assert_eq!(t.records.len(), 3);
+    assert!(t.records.iter().all(|r| r.dns.is_none()));
+    // All agree.
+    let wanted: Vec<Record> = file
+        .records
+        .iter()
+        .filter(|r| r.rtype == RType::A && r.owner.to_string() != "ns1.example.test.")
+        .cloned()
+        .collect();
+    let dns = crate::diff::diff(&zone(), &wanted, &file.records);
+    assert!(three_way(&zone(), &file, &wanted, Some(&dns), &Exclusions::default()).agrees());
+}
+
 proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
