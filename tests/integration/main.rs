@@ -66,3 +66,4 @@ mod sources;
 mod streaming;
 mod throughput;
 mod tls;
+mod zonefile;
