@@ -290,3 +290,48 @@ async fn a_verifier_that_fails_or_times_out_blocks_the_repair_and_one_that_passe
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     Ok(())
 }
+
+/// The first load of a new instance (`pg2dns setup` with a new slot) goes
+/// through the same verifier: refused, nothing is sent, setup exits 2 naming
+/// the verifier and the command that finishes the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_that_fails_blocks_the_first_load() -> Result<()> {
+    let stack = Stack::start("verify-first-load", Primary::Bind).await?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('www.example.test.', 300, 'A', '192.0.2.10')",
+        )
+        .await?;
+    let before = stack.server(Primary::Bind)?.axfr(FORWARD).await?;
+    let fresh = stack.dir().join("fresh.toml");
+    let text = std::fs::read_to_string(stack.config_path())?
+        .replacen("slot = \"pg2dns\"", "slot = \"pg2dns_fresh\"", 1)
+        .replacen(
+            &format!("name = \"{FORWARD}\"\n"),
+            &format!("name = \"{FORWARD}\"\nverify = [\"sh\", \"-c\", \"echo no loads today; exit 5\"]\n"),
+            1,
+        );
+    ensure!(text.contains("verify ="), "no zone to add the verifier to");
+    std::fs::write(&fresh, text)?;
+    let setup = crate::harness::pg2dns::command("setup", &fresh).await?;
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&setup.stdout),
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    ensure!(
+        setup.status.code() == Some(2)
+            && printed.contains("exited with status 5")
+            && printed.contains("| no loads today")
+            && printed.contains("pg2dns reconcile --apply --zone example.test."),
+        "exit {:?}:\n{printed}",
+        setup.status.code()
+    );
+    let after = stack.server(Primary::Bind)?.axfr(FORWARD).await?;
+    ensure!(
+        after == before,
+        "the refused load changed the zone: {after:?}"
+    );
+    Ok(())
+}
