@@ -113,6 +113,24 @@ fn ttl_and_class_come_in_either_order_and_default_from_ttl_then_the_previous_rec
 }
 
 #[test]
+fn a_reverse_zone_with_numeric_owners_and_relative_targets_reads() {
+    let zone = ZoneName::parse("2.0.192.in-addr.arpa.").unwrap();
+    let text = "$TTL 300\r\n@ SOA ns1.example.net. hm.example.net. 1 2 3 4 5\r\n\
+                10 PTR www.example.test.\r\n\
+                11 600 PTR host\r\n\
+                $ORIGIN 1.2.0.192.in-addr.arpa.\n";
+    let z = parse(&zone, "rev", text, &mut no_files()).unwrap();
+    let text: Vec<String> = z.records.iter().skip(1).map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "10.2.0.192.in-addr.arpa. 300 IN PTR www.example.test.",
+            "11.2.0.192.in-addr.arpa. 600 IN PTR host.2.0.192.in-addr.arpa.",
+        ]
+    );
+}
+
+#[test]
 fn an_unreadable_line_names_the_file_and_line() {
     let err =
         read("$TTL 300\n@ SOA ns1 hm 1 2 3 4 5\nok A 192.0.2.1\nbad A 192.0.2.300\n").unwrap_err();
