@@ -69,7 +69,7 @@ impl ZoneFile {
 
 /// A line of a master file that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file} line {line}: {kind}")]
+#[error("{file} line {line}")]
 pub struct ZoneFileError {
     /// The file, as the caller or the `$INCLUDE` named it.
     pub file: String,

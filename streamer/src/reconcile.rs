@@ -161,7 +161,7 @@ pub enum ReconcileError {
         source: std::io::Error,
     },
     /// A `--zone-file` holds a line pg2dns cannot read.
-    #[error("zone file of {zone}: {source}")]
+    #[error("zone {zone}: cannot read its zone file")]
     ZoneFile {
         /// The zone.
         zone: ZoneName,
@@ -1769,9 +1769,8 @@ async fn verify(
     let result = run_verifier(&args, zone, &file_text, verifier.timeout).await;
     let _ = std::fs::remove_dir_all(&dir);
     match result {
-        Ok((status, output)) if status.success() => {
+        Ok((status, _)) if status.success() => {
             info!(zone = %zone, command = %shown, "the verifier accepted the repaired zone");
-            let _ = output;
             Ok(())
         }
         Ok((status, output)) => Err(refuse(
