@@ -18,11 +18,13 @@
 //! What is read (RFC 1035 §5.1, RFC 2308 §4 for `$TTL`):
 //!
 //! - `$ORIGIN name`, `$TTL ttl`, `$INCLUDE file [origin]` (the file is
-//!   fetched through the caller's loader: this crate does no I/O; the
-//!   including file's origin and owner are restored after it, as §5.1 says:
-//!   "the origin for the parent file is unchanged"). `$GENERATE` is refused.
-//! - `@` for the origin, relative names completed with it, a blank owner
-//!   for the previous record's owner.
+//!   fetched through the caller's loader: this crate does no I/O). §5.1: "a
+//!   $INCLUDE entry never changes the relative origin of the parent file,
+//!   regardless of changes to the relative origin made within the included
+//!   file". `$GENERATE` (BIND's) is refused.
+//! - `@` for the origin, relative names completed with it; §5.1: "If an RR
+//!   begins with a blank, then the RR is assumed to be owned by the last
+//!   stated owner".
 //! - TTL and class, each optional, in either order; TTLs with BIND's units
 //!   (`1h30m`). A record without a TTL takes `$TTL`, else the previous
 //!   record's TTL, else (an SOA) its minimum field.
