@@ -3,7 +3,7 @@
 //! `pg2dns reconcile --zone-file` compares the zone file the legacy batch
 //! job generates with the database and DNS, and the verifier
 //! (`[[zone]] verify`) is handed the zone as a master file; this module
-//! reads the one ([`parse`]) and writes the other ([`write`]).
+//! reads the one ([`parse`]) and writes the other ([`write()`]).
 //!
 //! Why by hand: hickory-proto's reader (`serialize::txt::Parser`, behind its
 //! `txt` feature, used by hickory-server) builds hickory's own `Name` and
