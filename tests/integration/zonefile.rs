@@ -389,3 +389,36 @@ async fn the_zone_file_reader_agrees_with_named_compilezone_run_now() -> Result<
     ensure!(ours == bind, "ours: {ours:#?}\nBIND's: {bind:#?}");
     Ok(())
 }
+
+/// Before `pg2dns setup` (no pg2dns schema: here dropped) the comparison is
+/// read-only and still three-way: the first step of a first deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_file_is_compared_before_setup() -> Result<()> {
+    let stack = Stack::start("zonefile-before-setup", Primary::Bind).await?;
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update add www.example.test. 300 A 192.0.2.10")
+        .await?;
+    stack.exec("DROP SCHEMA pg2dns CASCADE").await?;
+    let db = stack.dir().join("db.example.test");
+    std::fs::write(
+        &db,
+        "$TTL 300\n@ SOA ns1.example.net. hm.example.net. 1 2 3 4 5\nwww A 192.0.2.10\nmail A 192.0.2.25\n",
+    )?;
+    let arg = format!("{FORWARD}={}", db.display());
+    let (code, json) = report(
+        &stack
+            .reconcile(&["--json", "--zone-file", &arg], &[])
+            .await?,
+    )?;
+    ensure!(code == 1, "exit {code}: {json:#}");
+    ensure!(
+        three_way(forward(&json)?)
+            == [
+                "mail.example.test. A 192.0.2.25 300/-/-",
+                "www.example.test. A 192.0.2.10 300/-/300",
+            ],
+        "{json:#}"
+    );
+    Ok(())
+}
