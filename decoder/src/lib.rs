@@ -38,6 +38,7 @@ pub mod session;
 pub mod tsig;
 pub mod txn;
 pub mod update;
+pub mod zonefile;
 
 /// The hash map of the planner and the update packer. Their keys (owner
 /// names, record data, row keys) come from database rows, so the hash must

@@ -417,6 +417,8 @@ struct ZoneSpec {
     max_delete_share: Option<f64>,
     #[serde(default)]
     one_ptr: bool,
+    verify: Option<Vec<String>>,
+    verify_timeout_s: Option<u64>,
 }
 
 /// The zone's `check_names`, as its primary applies it.
@@ -731,6 +733,19 @@ pub struct ZoneConfig {
     /// Publish one PTR per name (the smallest target) when several rows
     /// claim one address (`one_ptr`).
     pub one_ptr: bool,
+    /// The command that checks the zone before a repair (`verify`).
+    pub verify: Option<Verifier>,
+}
+
+/// A zone's verifier: a command run on the zone as it will be after a
+/// repair, before the repair is sent (see `reconcile::verify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verifier {
+    /// The program and its arguments; `{zone}` and `{file}` are replaced.
+    pub command: Vec<String>,
+    /// How long it may run (`verify_timeout_s`, default 30 s); longer is a
+    /// refusal.
+    pub timeout: Duration,
 }
 
 /// Limits on messages and on the DNS server's patience.
@@ -892,8 +907,32 @@ impl Config {
                     "zone {name}: max_delete_share = {share}: must be from 0 to 1"
                 )));
             }
+            let verify = match (z.verify, z.verify_timeout_s) {
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(invalid(format!(
+                        "zone {name}: verify_timeout_s is set but verify is not"
+                    )))
+                }
+                (Some(command), timeout) => {
+                    if command.first().is_none_or(|p| p.trim().is_empty()) {
+                        return Err(invalid(format!("zone {name}: verify must name a program: a non-empty array such as [\"named-checkzone\", \"-q\", \"{{zone}}\", \"{{file}}\"]")));
+                    }
+                    let timeout = timeout.unwrap_or(30);
+                    if timeout == 0 {
+                        return Err(invalid(format!(
+                            "zone {name}: verify_timeout_s must be at least 1"
+                        )));
+                    }
+                    Some(Verifier {
+                        command,
+                        timeout: Duration::from_secs(timeout),
+                    })
+                }
+            };
             zones.push(ZoneConfig {
                 exclusions,
+                verify,
                 one_ptr: z.one_ptr,
                 guard: pg2dns_decoder::guard::DeleteGuard {
                     max_delete_records: z.max_delete_records.or(spec.guard.max_delete_records),
@@ -1170,6 +1209,38 @@ tsig_key_file = "k.key"
         );
         let c = with_key_file(&GOOD.replace("127.0.0.1:5353", "127.0.0.1")).unwrap();
         assert_eq!(c.zones[0].primary.to_string(), "127.0.0.1:53");
+    }
+
+    #[test]
+    fn a_verifier_is_a_non_empty_command_with_a_timeout() {
+        let c = with_key_file(GOOD).unwrap();
+        assert_eq!(c.zones[0].verify, None);
+        let c = with_key_file(&format!(
+            "{GOOD}verify = [\"named-checkzone\", \"-q\", \"{{zone}}\", \"{{file}}\"]\n"
+        ))
+        .unwrap();
+        let v = c.zones[0].verify.as_ref().unwrap();
+        assert_eq!(v.command[0], "named-checkzone");
+        assert_eq!(v.command[2], "{zone}");
+        assert_eq!(v.timeout, Duration::from_secs(30));
+        let c = with_key_file(&format!(
+            "{GOOD}verify = [\"true\"]\nverify_timeout_s = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.zones[0].verify.as_ref().unwrap().timeout,
+            Duration::from_secs(5)
+        );
+        for (bad, words) in [
+            ("verify = []\n", "verify must name a program"),
+            ("verify = [\"\"]\n", "verify must name a program"),
+            ("verify = \"named-checkzone\"\n", "verify"),
+            ("verify = [\"true\"]\nverify_timeout_s = 0\n", "at least 1"),
+            ("verify_timeout_s = 5\n", "verify is not"),
+        ] {
+            let err = with_key_file(&format!("{GOOD}{bad}")).unwrap_err();
+            assert!(crate::error::chain(&err).contains(words), "{bad}: {err}");
+        }
     }
 
     #[test]

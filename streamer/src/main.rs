@@ -135,6 +135,11 @@ enum Command {
         /// Print the full report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// ZONE=PATH: also compare the legacy generator's master file of
+        /// ZONE with the database and DNS (repeatable; read-only, so not
+        /// with --apply).
+        #[arg(long = "zone-file", value_name = "ZONE=PATH", conflicts_with = "apply")]
+        zone_files: Vec<String>,
     },
     /// Print a shell completion script on stdout.
     #[command(hide = true)]
@@ -375,7 +380,19 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             force,
             unguarded,
             json,
+            zone_files,
         } => {
+            let zone_files = zone_files
+                .iter()
+                .map(|arg| match arg.split_once('=') {
+                    Some((zone, path)) if !zone.is_empty() && !path.is_empty() => {
+                        Ok((zone.to_owned(), std::path::PathBuf::from(path)))
+                    }
+                    _ => Err(reconcile::ReconcileError::ZoneFileArg(format!(
+                        "{arg}: write ZONE=PATH, e.g. example.test.=/var/lib/legacy/db.example.test"
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             // A signal ends it after resuming a service it paused.
             let (tx, rx) = tokio::sync::watch::channel(None);
             tokio::spawn(async move {
@@ -391,6 +408,8 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 progress: !json,
                 protect_unowned: false,
                 interrupt: Some(rx),
+                zone_files,
+                ..Default::default()
             };
             let report = match reconcile::reconcile(&config, &options).await {
                 Err(reconcile::ReconcileError::Interrupted(signal)) => {

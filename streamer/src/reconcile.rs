@@ -50,6 +50,7 @@ use pg2dns_decoder::row::TextRow;
 use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::tsig::{self, TsigError};
 use pg2dns_decoder::update::Budget;
+use pg2dns_decoder::zonefile::{self, ThreeWay, ZoneFile, ZoneFileError};
 use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, ZoneName};
 use tracing::{info, warn};
 
@@ -89,6 +90,13 @@ pub struct Options {
     /// Ends the run early (a signal): a paused service is resumed first,
     /// then [`ReconcileError::Interrupted`] is returned.
     pub interrupt: Option<tokio::sync::watch::Receiver<Option<Signal>>>,
+    /// `--zone-file ZONE=PATH`: the legacy generator's master file of a
+    /// zone, compared three ways (file, database, DNS). Read-only: main
+    /// refuses it with `--apply`.
+    pub zone_files: Vec<(String, std::path::PathBuf)>,
+    /// The zone files read: [`reconcile`] fills it from `zone_files` before
+    /// anything else (leave it empty).
+    pub read_files: Arc<BTreeMap<ZoneId, (std::path::PathBuf, ZoneFile)>>,
 }
 
 /// A signal that ends a reconcile early.
@@ -143,6 +151,27 @@ pub enum ReconcileError {
     /// Another reconcile of this slot holds the pause lease.
     #[error("another `pg2dns reconcile` of slot {0} is running; wait for it to end")]
     Busy(String),
+    /// A `--zone-file` cannot be read.
+    #[error("cannot read the zone file {path}")]
+    ZoneFileRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `--zone-file` holds a line pg2dns cannot read.
+    #[error("zone {zone}: cannot read its zone file")]
+    ZoneFile {
+        /// The zone.
+        zone: ZoneName,
+        /// The file and line.
+        #[source]
+        source: ZoneFileError,
+    },
+    /// A `--zone-file` is not `ZONE=PATH` or its zone is not compared.
+    #[error("--zone-file {0}")]
+    ZoneFileArg(String),
     /// The running service did not reach the comparison point in time.
     #[error("the running pg2dns did not pause at {what}: its slot confirmed nothing new for {waited:?}; is it halted? (`pg2dns status`)")]
     NoPause {
@@ -254,6 +283,36 @@ pub struct ZoneOutcome {
     /// Rows with records in this zone that are not published, and why
     /// (`source row_key: reason`), as the stream refuses them.
     pub refusals: Vec<String>,
+    /// `--zone-file`: the file compared with the database and DNS.
+    pub zone_file: Option<FileSide>,
+    /// The zone's verifier refused the repair (nothing was sent).
+    pub verify_refused: Option<VerifyRefusal>,
+    /// The zone's verifier accepted the repair.
+    pub verified: bool,
+}
+
+/// A zone file compared with the database and DNS.
+#[derive(Debug)]
+pub struct FileSide {
+    /// The file given.
+    pub path: std::path::PathBuf,
+    /// Records in the file (SOA included, skipped types not).
+    pub records: usize,
+    /// Records of types pg2dns does not read (DNSSEC, DNAME…).
+    pub skipped: usize,
+    /// The comparison.
+    pub three_way: ThreeWay,
+}
+
+/// Why a verifier refused a zone's repair.
+#[derive(Debug, Clone)]
+pub struct VerifyRefusal {
+    /// The command as run (placeholders replaced).
+    pub command: String,
+    /// How it ended: an exit status, a timeout, or why it could not start.
+    pub reason: String,
+    /// Its stdout and stderr, truncated to [`VERIFY_OUTPUT_MAX`] bytes.
+    pub output: String,
 }
 
 /// The whole run.
@@ -281,6 +340,13 @@ impl Report {
     pub fn exit_code(&self) -> u8 {
         if self.zones.iter().any(|z| z.error.is_some()) {
             return 2;
+        }
+        if self
+            .zones
+            .iter()
+            .any(|z| z.zone_file.as_ref().is_some_and(|f| !f.three_way.agrees()))
+        {
+            return 1;
         }
         let in_sync = |z: &ZoneOutcome| match z.in_sync_after {
             Some(after) => after,
@@ -371,6 +437,23 @@ impl Report {
                     out.push_str(&format!("    {}\n", yellow(r)));
                 }
             }
+            if let Some(f) = &z.zone_file {
+                out.push_str(&file_side_human(f, &green, &red));
+            }
+            if let Some(v) = &z.verify_refused {
+                out.push_str(&format!(
+                    "  {}\n",
+                    red(&format!(
+                        "repair refused by the verifier: `{}` {}; nothing was sent",
+                        v.command, v.reason
+                    ))
+                ));
+                for line in v.output.lines() {
+                    out.push_str(&format!("    | {line}\n"));
+                }
+            } else if z.verified {
+                out.push_str("  the verifier accepted the zone as repaired\n");
+            }
             if z.refused_by_threshold {
                 out.push_str(&format!(
                     "  repair refused: it would delete or change {:.0}% of the zone's records; check the database, then use --force\n",
@@ -443,7 +526,16 @@ impl Report {
                     "in_sync_after": z.in_sync_after,
                     "refusals": z.refusals,
                     "error": z.error.as_ref().map(|e| crate::error::chain(e)),
+                    "verified": z.verified,
+                    "verify_refused": z.verify_refused.as_ref().map(|v| json!({
+                        "command": v.command,
+                        "reason": v.reason,
+                        "output": v.output,
+                    })),
                 });
+                if let Some(f) = &z.zone_file {
+                    v["zone_file"] = file_side_json(f, &rec);
+                }
                 if let Some(d) = &z.diff {
                     let all = |f: &dyn Fn(&diff::OwnerDiff) -> Vec<serde_json::Value>| {
                         d.owners.values().flat_map(f).collect::<Vec<_>>()
@@ -781,6 +873,16 @@ enum Ended {
 /// lease: see [`crate::control::Control::lease_ended`].
 pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, ReconcileError> {
     let selected = select_zones(config, options)?;
+    // The zone files are read before anything is paused: a line pg2dns
+    // cannot read ends the run at once.
+    let mut with_files;
+    let options = if options.zone_files.is_empty() {
+        options
+    } else {
+        with_files = options.clone();
+        with_files.read_files = Arc::new(read_zone_files(config, options, &selected)?);
+        &with_files
+    };
     let mut store = Store::connect(&config.database).await?;
     if !has_schema(&store).await? {
         // Before `pg2dns setup`: no service to pause, no row state; the
@@ -1126,6 +1228,20 @@ async fn compare(
         let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
         let mut outcome = reconcile_zone(config, zc, wanted, options, owned, &bar).await;
         outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
+        if let Some((path, file)) = options.read_files.get(&id) {
+            outcome.zone_file = Some(FileSide {
+                path: path.clone(),
+                records: file.records.len(),
+                skipped: file.skipped.len(),
+                three_way: zonefile::three_way(
+                    &zc.name,
+                    file,
+                    wanted,
+                    outcome.diff.as_ref(),
+                    &zc.exclusions,
+                ),
+            });
+        }
         if options.apply && outcome.error.is_none() && outcome.in_sync_after == Some(true) {
             // One transaction per source: every source's state of the
             // zone, emptied ones included, is rewritten; a row with a
@@ -1203,6 +1319,9 @@ async fn reconcile_zone(
         in_sync_after: None,
         error: None,
         refusals: Vec::new(),
+        zone_file: None,
+        verify_refused: None,
+        verified: false,
     };
     let timeout = config.limits.dns_timeout;
     let started = Instant::now();
@@ -1241,6 +1360,18 @@ async fn reconcile_zone(
     outcome.diff = Some(first.clone());
     if !options.apply || outcome.refused_by_threshold || outcome.refused_unowned {
         return outcome;
+    }
+    if let Some(verifier) = &zc.verify {
+        bar.set_message(format!("zone {}: verifying the repaired zone", zc.name));
+        let repaired = after_repair(&transfer.records, &first);
+        match verify(&zc.name, verifier, &repaired).await {
+            Ok(()) => outcome.verified = true,
+            Err(refusal) => {
+                warn!(zone = %zc.name, command = %refusal.command, reason = %refusal.reason, "the verifier refused the repair; nothing was sent");
+                outcome.verify_refused = Some(refusal);
+                return outcome;
+            }
+        }
     }
     bar.set_message(format!("zone {}: repairing", zc.name));
     let started = Instant::now();
@@ -1489,5 +1620,274 @@ async fn test_pause() {
     {
         eprintln!("pg2dns: pausing {ms} ms before the repair ({PAUSE_BEFORE_REPAIR_ENV})");
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// Reads every `--zone-file ZONE=PATH` (an `$INCLUDE` relative to the file
+/// that includes it).
+fn read_zone_files(
+    config: &Config,
+    options: &Options,
+    selected: &[ZoneId],
+) -> Result<BTreeMap<ZoneId, (std::path::PathBuf, ZoneFile)>, ReconcileError> {
+    let zones = config.zones();
+    let mut out = BTreeMap::new();
+    for (zone, path) in &options.zone_files {
+        let id = ZoneName::parse(zone)
+            .ok()
+            .and_then(|z| zones.id_of(&z))
+            .ok_or_else(|| ReconcileError::UnknownZone(zone.clone()))?;
+        if !selected.contains(&id) {
+            return Err(ReconcileError::ZoneFileArg(format!(
+                "{zone}={}: zone {zone} is not among the --zone given",
+                path.display()
+            )));
+        }
+        let name = zones.name(id).clone();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ReconcileError::ZoneFileRead {
+                path: path.clone(),
+                source,
+            })?;
+        let mut load = |inc: &str, from: &str| -> Result<zonefile::Loaded, String> {
+            let inc_path = std::path::Path::new(from)
+                .parent()
+                .unwrap_or(std::path::Path::new(""))
+                .join(inc);
+            let text = std::fs::read_to_string(&inc_path).map_err(|e| e.to_string())?;
+            Ok(zonefile::Loaded {
+                name: inc_path.display().to_string(),
+                text,
+            })
+        };
+        let file = zonefile::parse(&name, &path.display().to_string(), &text, &mut load).map_err(
+            |source| ReconcileError::ZoneFile {
+                zone: name.clone(),
+                source,
+            },
+        )?;
+        info!(zone = %name, file = %path.display(), records = file.records.len(), skipped = file.skipped.len(), "read the zone file");
+        out.insert(id, (path.clone(), file));
+    }
+    Ok(out)
+}
+
+/// A TTL on one side, or `—` where the side lacks the record.
+fn side_ttl(ttl: Option<u32>) -> String {
+    ttl.map_or_else(|| "—".to_owned(), |t| t.to_string())
+}
+
+fn file_side_human(
+    f: &FileSide,
+    green: &dyn Fn(&str) -> String,
+    red: &dyn Fn(&str) -> String,
+) -> String {
+    let t = &f.three_way;
+    let dns = t.records.first().is_some_and(|r| r.dns.is_some());
+    let mut out = format!(
+        "  zone file {} ({} records read, {} of types pg2dns does not own skipped): ",
+        f.path.display(),
+        f.records,
+        f.skipped
+    );
+    if t.agrees() {
+        out.push_str(&green("agrees with the database and DNS"));
+        out.push('\n');
+        return out;
+    }
+    let d = &t.file_vs_database;
+    out.push_str(&red(&format!(
+        "{} record(s) differ; the file lacks {} the database wants, has {} it does not, {} with another TTL",
+        t.records.len(),
+        d.missing(),
+        d.extra(),
+        d.ttl_differences()
+    )));
+    out.push('\n');
+    out.push_str(if dns {
+        "    TTL in: file / database / DNS (— where the side lacks the record)\n"
+    } else {
+        "    TTL in: file / database (— where the side lacks the record)\n"
+    });
+    for r in t.records.iter().take(40) {
+        let mut sides = format!("{} / {}", side_ttl(r.file), side_ttl(r.database));
+        if let Some(d) = r.dns {
+            sides.push_str(&format!(" / {}", side_ttl(d)));
+        }
+        out.push_str(&format!(
+            "    {} {} {}   {sides}\n",
+            r.record.owner,
+            r.record.rtype,
+            r.record.rdata_text()
+        ));
+    }
+    if t.records.len() > 40 {
+        out.push_str(&format!(
+            "    … and {} more (--json lists all)\n",
+            t.records.len() - 40
+        ));
+    }
+    out
+}
+
+fn file_side_json(f: &FileSide, rec: &dyn Fn(&Record) -> serde_json::Value) -> serde_json::Value {
+    use serde_json::json;
+    let t = &f.three_way;
+    let d = &t.file_vs_database;
+    json!({
+        "path": f.path.display().to_string(),
+        "records": f.records,
+        "skipped": f.skipped,
+        "agrees": t.agrees(),
+        "file_lacks": d.missing(),
+        "file_extra": d.extra(),
+        "file_ttl_differences": d.ttl_differences(),
+        "differences": t.records.iter().map(|r| {
+            let mut v = rec(&r.record);
+            v["file_ttl"] = json!(r.file);
+            v["database_ttl"] = json!(r.database);
+            // Absent when DNS was not compared; null when DNS lacks it.
+            if let Some(dns) = r.dns {
+                v["dns_ttl"] = json!(dns);
+            }
+            v
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// The zone as it will be after the repair: the transfer (SOA and records
+/// pg2dns does not own included) with the difference applied.
+fn after_repair(transferred: &[Record], d: &ZoneDiff) -> Vec<Record> {
+    let removed: std::collections::HashSet<(&Owner, RType, &pg2dns_decoder::Rdata)> = d
+        .owners
+        .values()
+        .flat_map(|o| o.extra.iter().chain(o.ttl.iter().map(|t| &t.wanted)))
+        .map(|r| (&r.owner, r.rtype, &r.rdata))
+        .collect();
+    let mut out: Vec<Record> = transferred
+        .iter()
+        .filter(|r| !removed.contains(&(&r.owner, r.rtype, &r.rdata)))
+        .cloned()
+        .collect();
+    for o in d.owners.values() {
+        out.extend(o.missing.iter().cloned());
+        out.extend(o.ttl.iter().map(|t| t.wanted.clone()));
+    }
+    out
+}
+
+/// The verifier's output kept in the report, in bytes.
+pub const VERIFY_OUTPUT_MAX: usize = 4096;
+
+/// Writes `records` as a master file in a private temporary directory and
+/// runs the zone's verifier on it (`{zone}` and `{file}` in its arguments,
+/// `PG2DNS_ZONE` and `PG2DNS_ZONE_FILE` in its environment). A non-zero
+/// exit, a signal, a timeout (the verifier's process group is killed) or a
+/// verifier that cannot start refuse the repair.
+async fn verify(
+    zone: &ZoneName,
+    verifier: &crate::config::Verifier,
+    records: &[Record],
+) -> Result<(), VerifyRefusal> {
+    use std::os::unix::fs::DirBuilderExt;
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("pg2dns-verify-{}-{run}", std::process::id()));
+    let zone_text = zone.to_string();
+    let file = dir.join(format!("db.{}", zone_text.trim_end_matches('.')));
+    let file_text = file.display().to_string();
+    let args: Vec<String> = verifier
+        .command
+        .iter()
+        .map(|a| {
+            a.replace("{zone}", &zone_text)
+                .replace("{file}", &file_text)
+        })
+        .collect();
+    let shown = args.join(" ");
+    let refuse = |reason: String, output: String| VerifyRefusal {
+        command: shown.clone(),
+        reason,
+        output,
+    };
+    let written = std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| std::fs::write(&file, zonefile::write(zone, records)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(refuse(
+            format!("could not run: cannot write {file_text}: {e}"),
+            String::new(),
+        ));
+    }
+    let result = run_verifier(&args, zone, &file_text, verifier.timeout).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok((status, _)) if status.success() => {
+            info!(zone = %zone, command = %shown, "the verifier accepted the repaired zone");
+            Ok(())
+        }
+        Ok((status, output)) => Err(refuse(
+            match status.code() {
+                Some(code) => format!("exited with status {code}"),
+                None => format!("ended by {status}"),
+            },
+            output,
+        )),
+        Err(reason) => Err(refuse(reason, String::new())),
+    }
+}
+
+/// Runs the verifier; its status and output, or why it did not finish.
+async fn run_verifier(
+    args: &[String],
+    zone: &ZoneName,
+    file: &str,
+    timeout: Duration,
+) -> Result<(std::process::ExitStatus, String), String> {
+    let (program, rest) = args.split_first().ok_or("the command is empty")?;
+    let child = tokio::process::Command::new(program)
+        .args(rest)
+        .env("PG2DNS_ZONE", zone.to_string())
+        .env("PG2DNS_ZONE_FILE", file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Its own process group, so that a timeout kills what it started.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("could not start {program:?}: {e}"))?;
+    let pid = child.id();
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            if text.len() > VERIFY_OUTPUT_MAX {
+                let mut cut = VERIFY_OUTPUT_MAX;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                text.push_str("\n… (output truncated)");
+            }
+            Ok((out.status, text))
+        }
+        Ok(Err(e)) => Err(format!("failed while running: {e}")),
+        Err(_) => {
+            // The child was dropped (killed); its process group goes too.
+            if let Some(pid) = pid {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+            Err(format!(
+                "did not finish within verify_timeout_s = {} s (killed)",
+                timeout.as_secs()
+            ))
+        }
     }
 }

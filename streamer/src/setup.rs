@@ -695,6 +695,8 @@ fn finish_hint(load: &Report) -> String {
         let zone = &z.zone;
         if let Some(e) = &z.error {
             lines.push(format!("zone {zone}: {}; fix it, then finish with `pg2dns reconcile --apply --zone {zone}`", crate::error::chain(e)));
+        } else if let Some(v) = &z.verify_refused {
+            lines.push(format!("zone {zone}: not loaded: its verifier `{}` {} on the zone as loaded; fix the rows or the verifier, then finish with `pg2dns reconcile --apply --zone {zone}`", v.command, v.reason));
         } else if z.refused_unowned {
             lines.push(format!("zone {zone}: not loaded: it holds {} record(s) pg2dns never published that the load would delete; review with `pg2dns reconcile --zone {zone}`, then finish with `pg2dns reconcile --apply --zone {zone}`", z.unowned_deletes.len()));
         } else if z.refused_by_threshold {

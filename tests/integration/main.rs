@@ -69,3 +69,4 @@ mod sources;
 mod streaming;
 mod throughput;
 mod tls;
+mod zonefile;
