@@ -462,6 +462,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// The zones pg2dns updates.
     pub zones: Vec<ZoneConfig>,
+    /// `zones`' names indexed once, checked within the zone limit.
+    zone_ids: pg2dns_decoder::Zones,
     /// Message and server limits.
     pub limits: Limits,
     /// Where metrics and health are served, if anywhere.
@@ -669,10 +671,15 @@ impl Config {
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let mut zones: Vec<ZoneConfig> = Vec::new();
+        let mut seen: std::collections::HashSet<ZoneName> = std::collections::HashSet::new();
+        // Each key file is read (and its mode warned about) once, however
+        // many zones share it.
+        let mut key_texts: std::collections::HashMap<PathBuf, String> =
+            std::collections::HashMap::new();
         for z in spec.zones {
             let name = ZoneName::parse(&z.name)
                 .map_err(|e| invalid(format!("zone name {:?}: {e}", z.name)))?;
-            if zones.iter().any(|o| o.name == name) {
+            if !seen.insert(name.clone()) {
                 return Err(invalid(format!("zone {name} is configured twice")));
             }
             let primary: SocketAddr = z.primary.parse().map_err(|_| {
@@ -691,12 +698,16 @@ impl Config {
                 key_file: key_file.clone(),
                 what,
             };
-            let key_text = std::fs::read_to_string(&key_file)
-                .map_err(|e| key_err(format!("cannot read it: {e}")))?;
-            warn_if_readable_by_others(&key_file);
+            if !key_texts.contains_key(&key_file) {
+                let text = std::fs::read_to_string(&key_file)
+                    .map_err(|e| key_err(format!("cannot read it: {e}")))?;
+                warn_if_readable_by_others(&key_file);
+                key_texts.insert(key_file.clone(), text);
+            }
+            let key_text = key_texts.get(&key_file).map_or("", String::as_str);
             // The key file error's causes (bad algorithm, bad base64…) are
             // sources: keep them in the message.
-            let keys = TsigKey::parse_keygen_file(&key_text)
+            let keys = TsigKey::parse_keygen_file(key_text)
                 .map_err(|e| key_err(crate::error::chain(&e)))?;
             let key = match &z.key_name {
                 Some(wanted) => {
@@ -821,8 +832,11 @@ impl Config {
                 None => followed.push(table),
             }
         }
+        let zone_ids = pg2dns_decoder::Zones::new(zones.iter().map(|z| z.name.clone()).collect())
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(Config {
             path: path.to_owned(),
+            zone_ids,
             sources,
             apex_ns_sources,
             reconcile: ReconcileConfig { max_change_share },
@@ -869,7 +883,7 @@ impl Config {
     /// The configured zones, indexed by [`pg2dns_decoder::ZoneId`] in
     /// configuration order.
     pub fn zones(&self) -> pg2dns_decoder::Zones {
-        pg2dns_decoder::Zones::new(self.zones.iter().map(|z| z.name.clone()).collect())
+        self.zone_ids.clone()
     }
 
     /// The limits the plan enforces, with each zone's message budget.
