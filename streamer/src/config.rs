@@ -674,7 +674,7 @@ impl Config {
         let mut seen: std::collections::HashSet<ZoneName> = std::collections::HashSet::new();
         // Each key file is read (and its mode warned about) once, however
         // many zones share it.
-        let mut key_texts: std::collections::HashMap<PathBuf, String> =
+        let mut key_files: std::collections::HashMap<PathBuf, Vec<TsigKey>> =
             std::collections::HashMap::new();
         for z in spec.zones {
             let name = ZoneName::parse(&z.name)
@@ -698,17 +698,17 @@ impl Config {
                 key_file: key_file.clone(),
                 what,
             };
-            if !key_texts.contains_key(&key_file) {
+            if !key_files.contains_key(&key_file) {
                 let text = std::fs::read_to_string(&key_file)
                     .map_err(|e| key_err(format!("cannot read it: {e}")))?;
                 warn_if_readable_by_others(&key_file);
-                key_texts.insert(key_file.clone(), text);
+                // The key file error's causes (bad algorithm, bad base64…)
+                // are sources: keep them in the message.
+                let keys = TsigKey::parse_keygen_file(&text)
+                    .map_err(|e| key_err(crate::error::chain(&e)))?;
+                key_files.insert(key_file.clone(), keys);
             }
-            let key_text = key_texts.get(&key_file).map_or("", String::as_str);
-            // The key file error's causes (bad algorithm, bad base64…) are
-            // sources: keep them in the message.
-            let keys = TsigKey::parse_keygen_file(key_text)
-                .map_err(|e| key_err(crate::error::chain(&e)))?;
+            let keys = key_files.get(&key_file).cloned().unwrap_or_default();
             let key = match &z.key_name {
                 Some(wanted) => {
                     let wanted_lc = wanted.trim_end_matches('.').to_ascii_lowercase();
