@@ -602,6 +602,36 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+        /// The lookup by hash gives what the definition says: the longest
+        /// configured zone at or above the owner, or none.
+        #[test]
+        fn zone_lookup_is_the_longest_configured_suffix(
+            zones in proptest::collection::btree_set(
+                proptest::collection::vec("[aAbB]{1,2}", 1..4), 1..12),
+            owners in proptest::collection::vec(
+                proptest::collection::vec("[aAbB]{1,2}", 1..6), 1..24),
+        ) {
+            let names: Vec<ZoneName> = zones
+                .iter()
+                .map(|labels| ZoneName::parse(&labels.join(".")).unwrap())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let z = Zones::new(names).unwrap();
+            for labels in &owners {
+                let owner = Owner::parse(&labels.join(".")).unwrap();
+                let scan = z
+                    .iter()
+                    .filter(|(_, n)| n.contains(&owner))
+                    .max_by_key(|(_, n)| n.name().label_count())
+                    .map(|(id, _)| id);
+                proptest::prop_assert_eq!(z.zone_for(&owner), scan, "{}", owner);
+            }
+        }
+    }
+
     #[test]
     fn record_identity_ignores_ttl_and_case() {
         let a = Record::parse("h.example.test", 300, "cname", "Target.Example.Test.").unwrap();

@@ -976,6 +976,40 @@ tsig_key_file = "k.key"
     }
 
     #[test]
+    fn zones_sharing_a_key_file_are_indexed_in_order_and_one_listed_twice_is_refused() {
+        let zone = |name: &str| {
+            format!("[[zone]]\nname = \"{name}\"\nprimary = \"127.0.0.1:5353\"\ntsig_key_file = \"k.key\"\n")
+        };
+        let c = with_key_file(&format!(
+            "{GOOD}{}{}",
+            zone("sub.example.test"),
+            zone("2.0.192.in-addr.arpa.")
+        ))
+        .unwrap();
+        let zones = c.zones();
+        let names: Vec<String> = zones.iter().map(|(_, z)| z.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "example.test.",
+                "sub.example.test.",
+                "2.0.192.in-addr.arpa."
+            ]
+        );
+        let owner = pg2dns_decoder::Owner::parse("www.SUB.example.test").unwrap();
+        assert_eq!(zones.zone_for(&owner), Some(pg2dns_decoder::ZoneId(1)));
+        // The key file is parsed once and every zone gets its key.
+        assert!(c.zones.iter().all(|z| z.key.name.to_string() == "k1."
+            && z.key.record_len() == c.zones[0].key.record_len()));
+        let err = with_key_file(&format!("{GOOD}{}", zone("EXAMPLE.test."))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("zone example.test. is configured twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_bad_primary_names_the_zone() {
         let err = with_key_file(&GOOD.replace("127.0.0.1:5353", "ns1")).unwrap_err();
         assert!(err.to_string().contains("example.test."), "{err}");
