@@ -768,7 +768,7 @@ impl<'z> Planner<'z> {
     fn budget(&self, zone: ZoneId) -> Budget {
         self.limits
             .budgets
-            .get(usize::from(zone.0))
+            .get(zone.index())
             .copied()
             .unwrap_or(Budget {
                 max_message_bytes: crate::update::MAX_MESSAGE_BYTES,
@@ -779,7 +779,7 @@ impl<'z> Planner<'z> {
     fn check_names(&self, zone: ZoneId) -> CheckNames {
         self.limits
             .check_names
-            .get(usize::from(zone.0))
+            .get(zone.index())
             .copied()
             .unwrap_or_default()
     }
@@ -787,7 +787,7 @@ impl<'z> Planner<'z> {
     fn excluded(&self, d: &Desired) -> Option<String> {
         self.limits
             .exclusions
-            .get(usize::from(d.zone.0))
+            .get(d.zone.index())
             .and_then(|e| e.rule_for(&d.record))
     }
 
@@ -853,7 +853,7 @@ impl<'z> Planner<'z> {
         let one_ptr = self
             .limits
             .one_ptr
-            .get(usize::from(key.0 .0))
+            .get(key.0.index())
             .copied()
             .unwrap_or(false);
         for rtype in types {
@@ -1449,7 +1449,7 @@ mod tests {
     }
 
     fn zones() -> Zones {
-        Zones::new(vec![ZoneName::parse("example.test.").unwrap()])
+        Zones::new(vec![ZoneName::parse("example.test.").unwrap()]).unwrap()
     }
 
     fn limits(max_message_bytes: usize, rrset: usize) -> PlanLimits {

@@ -487,6 +487,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// The zones pg2dns updates.
     pub zones: Vec<ZoneConfig>,
+    /// `zones`' names indexed once, checked within the zone limit.
+    zone_ids: pg2dns_decoder::Zones,
     /// Message and server limits.
     pub limits: Limits,
     /// Where metrics and health are served, if anywhere.
@@ -839,10 +841,15 @@ impl Config {
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let mut zones: Vec<ZoneConfig> = Vec::new();
+        let mut seen: std::collections::HashSet<ZoneName> = std::collections::HashSet::new();
+        // Each key file is read (and its mode warned about) once, however
+        // many zones share it.
+        let mut key_files: std::collections::HashMap<PathBuf, Vec<TsigKey>> =
+            std::collections::HashMap::new();
         for z in spec.zones {
             let name = ZoneName::parse(&z.name)
                 .map_err(|e| invalid(format!("zone name {:?}: {e}", z.name)))?;
-            if zones.iter().any(|o| o.name == name) {
+            if !seen.insert(name.clone()) {
                 return Err(invalid(format!("zone {name} is configured twice")));
             }
             let primary_addr = PrimaryAddr::parse(&z.primary).map_err(|e| {
@@ -868,13 +875,17 @@ impl Config {
                 key_file: key_file.clone(),
                 what,
             };
-            let key_text = std::fs::read_to_string(&key_file)
-                .map_err(|e| key_err(format!("cannot read it: {e}")))?;
-            warn_if_readable_by_others(&key_file);
-            // The key file error's causes (bad algorithm, bad base64…) are
-            // sources: keep them in the message.
-            let keys = TsigKey::parse_keygen_file(&key_text)
-                .map_err(|e| key_err(crate::error::chain(&e)))?;
+            if !key_files.contains_key(&key_file) {
+                let text = std::fs::read_to_string(&key_file)
+                    .map_err(|e| key_err(format!("cannot read it: {e}")))?;
+                warn_if_readable_by_others(&key_file);
+                // The key file error's causes (bad algorithm, bad base64…)
+                // are sources: keep them in the message.
+                let keys = TsigKey::parse_keygen_file(&text)
+                    .map_err(|e| key_err(crate::error::chain(&e)))?;
+                key_files.insert(key_file.clone(), keys);
+            }
+            let keys = key_files.get(&key_file).cloned().unwrap_or_default();
             let key = match &z.key_name {
                 Some(wanted) => {
                     let wanted_lc = wanted.trim_end_matches('.').to_ascii_lowercase();
@@ -1023,8 +1034,11 @@ impl Config {
                 None => followed.push(table),
             }
         }
+        let zone_ids = pg2dns_decoder::Zones::new(zones.iter().map(|z| z.name.clone()).collect())
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(Config {
             path: path.to_owned(),
+            zone_ids,
             sources,
             apex_ns_sources,
             roles: spec.roles,
@@ -1073,7 +1087,7 @@ impl Config {
     /// The configured zones, indexed by [`pg2dns_decoder::ZoneId`] in
     /// configuration order.
     pub fn zones(&self) -> pg2dns_decoder::Zones {
-        pg2dns_decoder::Zones::new(self.zones.iter().map(|z| z.name.clone()).collect())
+        self.zone_ids.clone()
     }
 
     /// The limits the plan enforces, with each zone's message budget.
@@ -1241,6 +1255,40 @@ tsig_key_file = "k.key"
             let err = with_key_file(&format!("{GOOD}{bad}")).unwrap_err();
             assert!(crate::error::chain(&err).contains(words), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn zones_sharing_a_key_file_are_indexed_in_order_and_one_listed_twice_is_refused() {
+        let zone = |name: &str| {
+            format!("[[zone]]\nname = \"{name}\"\nprimary = \"127.0.0.1:5353\"\ntsig_key_file = \"k.key\"\n")
+        };
+        let c = with_key_file(&format!(
+            "{GOOD}{}{}",
+            zone("sub.example.test"),
+            zone("2.0.192.in-addr.arpa.")
+        ))
+        .unwrap();
+        let zones = c.zones();
+        let names: Vec<String> = zones.iter().map(|(_, z)| z.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "example.test.",
+                "sub.example.test.",
+                "2.0.192.in-addr.arpa."
+            ]
+        );
+        let owner = pg2dns_decoder::Owner::parse("www.SUB.example.test").unwrap();
+        assert_eq!(zones.zone_for(&owner), Some(pg2dns_decoder::ZoneId(1)));
+        // The key file is parsed once and every zone gets its key.
+        assert!(c.zones.iter().all(|z| z.key.name.to_string() == "k1."
+            && z.key.record_len() == c.zones[0].key.record_len()));
+        let err = with_key_file(&format!("{GOOD}{}", zone("EXAMPLE.test."))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("zone example.test. is configured twice"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub async fn check(
     carry: &mut Carry,
     open: bool,
 ) -> Result<(), RunError> {
-    let guard_of = |z: ZoneId| guards.get(usize::from(z.0)).copied().unwrap_or_default();
+    let guard_of = |z: ZoneId| guards.get(z.index()).copied().unwrap_or_default();
     // What each segment's whole transaction does, as far as seen.
     let mut totals: Vec<(Lsn, BTreeMap<ZoneId, ZoneChange>)> = Vec::new();
     let mut carried = None;
@@ -133,12 +133,7 @@ pub fn ready_parts(
     if let Some(part) = last {
         let deleting = carry.as_ref().is_some_and(|(_, changes)| {
             changes.iter().any(|(z, c)| {
-                c.deleted > 0
-                    && !guards
-                        .get(usize::from(z.0))
-                        .copied()
-                        .unwrap_or_default()
-                        .is_off()
+                c.deleted > 0 && !guards.get(z.index()).copied().unwrap_or_default().is_off()
             })
         });
         if deleting || !held_now.is_empty() {

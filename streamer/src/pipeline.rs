@@ -181,9 +181,10 @@ impl Lanes {
         let (report_tx, reports) = mpsc::unbounded_channel();
         let mut lanes = Vec::new();
         let mut tasks = Vec::new();
-        for (i, z) in config.zones.iter().enumerate() {
+        let ids = config.zones();
+        for ((id, _), z) in ids.iter().zip(&config.zones) {
             let (tx, rx) = mpsc::channel(4);
-            let sink = ZoneSink::new(ZoneId(i as u16), z, &config.limits, report_tx.clone());
+            let sink = ZoneSink::new(id, z, &config.limits, report_tx.clone());
             tasks.push(tokio::spawn(sink.run(rx)));
             lanes.push(ZoneLane {
                 name: z.name.to_string(),
@@ -221,9 +222,9 @@ impl Lanes {
         match report {
             None => Err(RunError::Internal("every zone stream ended".into())),
             Some(ZoneReport::Acked { zone, upto }) => {
-                let lane = &mut self.lanes[usize::from(zone.0)];
+                let lane = &mut self.lanes[zone.index()];
                 lane.acked = lane.acked.max(upto);
-                self.live.acked(usize::from(zone.0), lane.acked);
+                self.live.acked(zone.index(), lane.acked);
                 Ok(())
             }
             Some(ZoneReport::Refused {
@@ -249,7 +250,7 @@ impl Lanes {
             if z.groups.is_empty() {
                 continue;
             }
-            let lane = &mut self.lanes[usize::from(z.zone.0)];
+            let lane = &mut self.lanes[z.zone.index()];
             let ops: usize = z.groups.iter().map(|g| g.ops.len()).sum();
             metrics::get()
                 .operations
@@ -258,7 +259,7 @@ impl Lanes {
                 })
                 .inc_by(ops as u64);
             lane.dispatched += 1;
-            self.live.dispatched(usize::from(z.zone.0), lane.dispatched);
+            self.live.dispatched(z.zone.index(), lane.dispatched);
             lane.outbox.push(Dispatch {
                 id: lane.dispatched,
                 lsn,
@@ -837,14 +838,15 @@ impl Drop for AbortOnDrop {
 /// no transfer. A failed transfer is logged and leaves that zone unknown.
 pub(crate) async fn held_outside(config: &Config) -> pg2dns_decoder::held::Held {
     let mut held = pg2dns_decoder::held::Held::default();
-    for (i, zc) in config.zones.iter().enumerate() {
+    let ids = config.zones();
+    for ((id, _), zc) in ids.iter().zip(&config.zones) {
         if zc.exclusions.is_empty() {
             continue;
         }
         let transfer =
             crate::dns::axfr::transfer(&zc.name, zc.primary, &zc.key, config.limits.dns_timeout);
         match transfer.await {
-            Ok(t) => held.learn(ZoneId(i as u16), &zc.exclusions, &t.records),
+            Ok(t) => held.learn(id, &zc.exclusions, &t.records),
             Err(e) => {
                 warn!(zone = %zc.name, error = %crate::error::chain(&e), "cannot read what the zone holds at its excluded names and types: a CNAME there beside a row's records (or the reverse) is not refused before sending")
             }

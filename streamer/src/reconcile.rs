@@ -762,12 +762,7 @@ async fn read_desired_now(
     // A zone with one_ptr publishes one PTR per name, as the stream does
     // (`plan::published`).
     for (zone, recs) in records.iter_mut() {
-        if !limits
-            .one_ptr
-            .get(usize::from(zone.0))
-            .copied()
-            .unwrap_or(false)
-        {
+        if !limits.one_ptr.get(zone.index()).copied().unwrap_or(false) {
             continue;
         }
         let mut ptrs: BTreeMap<Owner, Vec<pg2dns_decoder::Rdata>> = BTreeMap::new();
@@ -1221,7 +1216,7 @@ async fn compare(
     );
     let mut outcomes = Vec::new();
     for &id in selected {
-        let zc = &config.zones[usize::from(id.0)];
+        let zc = &config.zones[id.index()];
         let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
         bar.set_message(format!("zone {}", zc.name));
         let empty = std::collections::HashSet::new();

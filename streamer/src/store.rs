@@ -158,11 +158,8 @@ impl<'a> RowArrays<'a> {
             for d in records {
                 a.sources.push(source_name(sources, *s));
                 a.keys.push(k.0.as_str());
-                a.zones.push(
-                    zone_names
-                        .get(usize::from(d.zone.0))
-                        .map_or("", String::as_str),
-                );
+                a.zones
+                    .push(zone_names.get(d.zone.index()).map_or("", String::as_str));
                 a.owners.push(d.record.owner.name().as_wire());
                 a.rtypes.push(i32::from(d.record.rtype.0));
                 a.rdatas.push(d.record.rdata.as_wire());
@@ -381,7 +378,7 @@ impl Presence {
         let owners = owners
             .iter()
             .filter(|(z, o)| {
-                let zone = names.get(usize::from(z.0)).map_or("", String::as_str);
+                let zone = names.get(z.index()).map_or("", String::as_str);
                 self.nodes.contains(node_hash(zone, o.name().as_wire()))
             })
             .cloned()
@@ -1084,7 +1081,7 @@ impl Store {
                 p.rows
                     .insert(row_hash(name(sources, usize::from(s.0)), &k.0));
                 p.nodes.insert(node_hash(
-                    name(zones, usize::from(d.zone.0)),
+                    name(zones, d.zone.index()),
                     d.record.owner.name().as_wire(),
                 ));
             }

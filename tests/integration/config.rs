@@ -101,6 +101,46 @@ async fn a_key_file_readable_by_other_users_is_warned_about_and_a_private_one_is
 }
 
 #[tokio::test]
+async fn a_key_file_shared_by_many_zones_is_warned_about_once_per_file() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("key-mode-shared")?;
+    let config = example_in(&dir).await?;
+    let shared = dir.path().join("pg2dns.key");
+    let other = dir.path().join("other.key");
+    bind::write_key_file(&other, "other-key").await?;
+    for key in [&shared, &other] {
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644))?;
+    }
+    // The example's two zones already share pg2dns.key; 500 more share it
+    // too, and 100 share other.key.
+    let mut text = std::fs::read_to_string(&config)?;
+    for i in 0..600 {
+        let key = if i < 500 { &shared } else { &other };
+        text.push_str(&format!(
+            "\n[[zone]]\nname = \"z{i}.many.test.\"\nprimary = \"192.0.2.53:53\"\ntsig_key_file = \"{}\"\n",
+            key.display()
+        ));
+    }
+    std::fs::write(&config, text)?;
+    let output = offline_check(&config).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let warning = "the TSIG key file is readable by other users";
+    let warned = |key: &std::path::Path| {
+        stderr
+            .lines()
+            .filter(|l| l.contains(warning) && l.contains(&*key.display().to_string()))
+            .count()
+    };
+    ensure!(
+        output.status.success() && warned(&shared) == 1 && warned(&other) == 1,
+        "each shared 644 key file draws exactly one warning (pg2dns.key: {}, other.key: {}):\n{stderr}",
+        warned(&shared),
+        warned(&other)
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn check_config_finds_missing_columns_bad_types_and_a_key_outside_the_replica_identity(
 ) -> Result<()> {
     let stack = Stack::start("check-config", Primary::Bind).await?;

@@ -251,7 +251,7 @@ mod tests {
     use crate::row::TextRow;
 
     fn zones() -> Zones {
-        Zones::new(vec![ZoneName::parse("example.test.").unwrap()])
+        Zones::new(vec![ZoneName::parse("example.test.").unwrap()]).unwrap()
     }
 
     fn rr(values: [Option<&str>; 6]) -> TextRow {

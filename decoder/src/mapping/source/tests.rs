@@ -17,6 +17,7 @@ fn zones() -> Zones {
         .map(|z| ZoneName::parse(z).unwrap())
         .collect(),
     )
+    .unwrap()
 }
 
 fn row(pairs: &[(&str, Option<&str>)]) -> TextRow {
