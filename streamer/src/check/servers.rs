@@ -8,7 +8,9 @@
 //!    8945 §5.2: "the server MUST generate an error response with RCODE 9
 //!    (NOTAUTH) and TSIG ERROR 17 (BADKEY)", 16 for a MAC that does not
 //!    verify) says the server does not know the key or its secret; an answer
-//!    without the zone's SOA, or REFUSED/NOTAUTH, that it does not serve it.
+//!    without the zone's SOA, or REFUSED/NOTAUTH, that it does not serve it,
+//!    unless the same query unsigned finds the SOA: then the server rejects
+//!    the key without saying why (PowerDNS's plain NOTAUTH).
 //! 2. an UPDATE whose only content is the prerequisite "the apex SOA RRset
 //!    exists" (RFC 2136 §2.4.1): the stream's own probe. A primary that lets
 //!    the key update answers NOERROR and changes nothing; BIND answers
@@ -100,6 +102,21 @@ async fn ask(server: SocketAddr, key: &TsigKey, message: &[u8]) -> Answer {
     }
 }
 
+/// Sends `message` unsigned and returns the first message of the answer.
+async fn ask_unsigned(server: SocketAddr, message: &[u8]) -> Option<Vec<u8>> {
+    let exchange = async {
+        let mut conn = Connection::connect(server).await?;
+        conn.send(message).await?;
+        conn.recv().await.unwrap_or_else(|| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection without answering",
+            ))
+        })
+    };
+    tokio::time::timeout(TIMEOUT, exchange).await.ok()?.ok()
+}
+
 /// The key's name as a server's configuration writes it (no final dot).
 fn key_name(key: &TsigKey) -> String {
     key.name.to_string().trim_end_matches('.').to_owned()
@@ -127,7 +144,7 @@ pub async fn check_zone(zone: &ZoneConfig) -> Vec<String> {
         Answer::Io(e) => return vec![format!("{at} cannot be asked for the SOA: {e}")],
         Answer::Tsig(TsigError::BadKey { .. }) => {
             return vec![format!(
-                "{at} does not know key {k} with algorithm {} (TSIG BADKEY): add the key file to the server's configuration (`include` it in named.conf; in knot.conf, a `key:` entry with the same id, algorithm and secret)",
+                "{at} does not know key {k} with algorithm {} (TSIG BADKEY): add the key file to the server's configuration (`include` it in named.conf; in knot.conf, a `key:` entry with the same id, algorithm and secret; for PowerDNS, `pdnsutil import-tsig-key`)",
                 key.algorithm
             )]
         }
@@ -137,10 +154,26 @@ pub async fn check_zone(zone: &ZoneConfig) -> Vec<String> {
             )]
         }
         Answer::Tsig(TsigError::Unsigned { rcode }) => {
-            return vec![format!(
-                "{at} does not serve the zone as primary (it answered {} unsigned): add the zone to its configuration, or point `primary` at the server that does",
-                Rcode(rcode)
-            )]
+            // PowerDNS answers a signature it cannot check (a key it does
+            // not know, another secret or algorithm) with a plain NOTAUTH,
+            // as if it did not serve the zone: an unsigned query tells the
+            // two apart.
+            let served = ask_unsigned(server, &query(name, TYPE_SOA))
+                .await
+                .is_some_and(|frame| holds_soa(&frame, name));
+            return vec![if served {
+                format!(
+                    "{at} serves the zone but rejects key {k} with algorithm {} (it answered the signed query {} unsigned, as PowerDNS does for a key it does not know or whose secret differs): give the server the same key file (for PowerDNS, `pdnsutil import-tsig-key {k} {} <secret>`)",
+                    key.algorithm,
+                    Rcode(rcode),
+                    key.algorithm
+                )
+            } else {
+                format!(
+                    "{at} does not serve the zone as primary (it answered {} unsigned): add the zone to its configuration, or point `primary` at the server that does",
+                    Rcode(rcode)
+                )
+            }];
         }
         Answer::Tsig(e) => return vec![format!("{at} answered a signed SOA query: {e}")],
         Answer::Signed(rcode, frame) => {
@@ -159,7 +192,7 @@ pub async fn check_zone(zone: &ZoneConfig) -> Vec<String> {
         rtype: RType::SOA,
     };
     let denied = format!(
-        "{at} does not let key {k} update the zone: add `allow-update {{ key {k}; }};` to the zone in named.conf (in knot.conf, an `acl` with `key: {k}` and `action: update` on the zone), or, if this server is a secondary, point `primary` at the zone's primary"
+        "{at} does not let key {k} update the zone: add `allow-update {{ key {k}; }};` to the zone in named.conf (in knot.conf, an `acl` with `key: {k}` and `action: update` on the zone; for PowerDNS, `dnsupdate=yes`, pg2dns's address in `allow-dnsupdate-from` and `pdnsutil set-meta {name} TSIG-ALLOW-DNSUPDATE {k}`), or, if this server is a secondary, point `primary` at the zone's primary"
     );
     match update::encode(name, crate::dns::axfr::fresh_id(), &[probe], &[]) {
         Err(e) => out.push(format!("zone {name}: cannot encode an UPDATE: {e}")),
@@ -183,7 +216,7 @@ pub async fn check_zone(zone: &ZoneConfig) -> Vec<String> {
         Answer::Signed(Rcode::NOERROR, _) => {}
         Answer::Signed(Rcode::REFUSED | Rcode::NOTAUTH, _)
         | Answer::Tsig(TsigError::BadKey { .. } | TsigError::Unsigned { .. }) => out.push(format!(
-            "{at} does not let key {k} transfer the zone, which `pg2dns reconcile` and the first load need: add `allow-transfer {{ key {k}; }};` to the zone in named.conf (in knot.conf, `action: transfer` in the key's `acl`)"
+            "{at} does not let key {k} transfer the zone, which `pg2dns reconcile` and the first load need: add `allow-transfer {{ key {k}; }};` to the zone in named.conf (in knot.conf, `action: transfer` in the key's `acl`; for PowerDNS, pg2dns's address in `allow-axfr-ips` and `pdnsutil set-meta {name} TSIG-ALLOW-AXFR {k}`)"
         )),
         Answer::Signed(rcode, _) => out.push(format!("{at} answers {rcode} to a zone transfer")),
         Answer::Tsig(e) => out.push(format!("{at} answered the zone transfer: {e}")),

@@ -75,13 +75,25 @@ impl DnsServer for PowerDns {
              webserver=no\n\
              api=no\n\
              dnsupdate=yes\n\
-             allow-dnsupdate-from=127.0.0.0/8\n\
+             allow-dnsupdate-from={update_from}\n\
              primary=yes\n\
              disable-axfr=no\n\
-             allow-axfr-ips=127.0.0.0/8\n",
+             allow-axfr-ips={axfr_from}\n",
             database = database.display(),
             port = config.port,
             dir = dir.display(),
+            // A right withheld (a misconfigured server, for check-config's
+            // tests) is withheld from loopback as well as from the key.
+            update_from = if config.access.update {
+                "127.0.0.0/8"
+            } else {
+                "192.0.2.1/32"
+            },
+            axfr_from = if config.access.transfer {
+                "127.0.0.0/8"
+            } else {
+                "192.0.2.1/32"
+            },
         );
         std::fs::write(dir.join("pdns.conf"), conf)?;
 
@@ -100,8 +112,12 @@ impl DnsServer for PowerDns {
                 .to_str()
                 .context("a zone file path that is not UTF-8")?;
             pdnsutil(&["load-zone", zone, file])?;
-            pdnsutil(&["set-meta", zone, "TSIG-ALLOW-DNSUPDATE", KEY_NAME])?;
-            pdnsutil(&["set-meta", zone, "TSIG-ALLOW-AXFR", KEY_NAME])?;
+            if config.access.update {
+                pdnsutil(&["set-meta", zone, "TSIG-ALLOW-DNSUPDATE", KEY_NAME])?;
+            }
+            if config.access.transfer {
+                pdnsutil(&["set-meta", zone, "TSIG-ALLOW-AXFR", KEY_NAME])?;
+            }
             pdnsutil(&["set-meta", zone, "SOA-EDIT-DNSUPDATE", "INCREASE"])?;
         }
 
