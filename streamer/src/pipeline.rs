@@ -1787,11 +1787,25 @@ fn control_request(change: &RowChange, slot: &str) -> Option<ControlRequest> {
     if text("slot")? != slot {
         return None;
     }
-    Some(ControlRequest {
-        id: text("id")?.parse().ok()?,
-        action: text("action")?,
-        requested_by: text("requested_by").unwrap_or_default(),
-        reason: text("reason").unwrap_or_default(),
-        until: text("until_lsn").and_then(|t| t.parse().ok()),
-    })
+    let request = (|| {
+        Some(ControlRequest {
+            id: text("id")?.parse().ok()?,
+            action: text("action")?,
+            requested_by: text("requested_by").unwrap_or_default(),
+            reason: text("reason").unwrap_or_default(),
+            until: match text("until_lsn") {
+                None => None,
+                Some(t) => Some(t.parse().ok()?),
+            },
+        })
+    })();
+    if request.is_none() {
+        // Only pg2dns.pause() and pg2dns.resume() write this table: a row
+        // they did not write (or a changed table) is said, not dropped.
+        warn!(
+            slot,
+            "a row of pg2dns.control for this slot without a readable id, action or until_lsn is ignored; use pg2dns.pause() and pg2dns.resume()"
+        );
+    }
+    request
 }

@@ -419,27 +419,38 @@ impl Store {
             .batch_execute("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off; SET plan_cache_mode = force_generic_plan")
             .await
             .map_err(sql("cannot set the session's planner options"))?;
-        let maybe_waiting = match client
+        // Before the schema exists (setup) nothing waits and nothing was
+        // rejected; once it does, a failed read is an error, never `false`.
+        let schema = client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg2dns.waiting WHERE slot = $1)",
-                &[&db.slot],
+                "SELECT to_regclass('pg2dns.waiting') IS NOT NULL, to_regclass('pg2dns.rejected') IS NOT NULL",
+                &[],
             )
             .await
-        {
-            Ok(row) => row.get(0),
-            // Before the schema exists (setup) there is nothing to wait for.
-            Err(_) => false,
-        };
-        let rejected_rows = match client
-            .query(
-                "SELECT DISTINCT source, row_key FROM pg2dns.rejected WHERE slot = $1",
-                &[&db.slot],
-            )
-            .await
-        {
-            Ok(rows) => rows.iter().map(|r| row_hash(r.get(0), r.get(1))).collect(),
-            // Before the schema exists (setup) there is nothing rejected.
-            Err(_) => std::collections::HashSet::new(),
+            .map_err(sql("cannot look up pg2dns's tables"))?;
+        let (has_waiting, has_rejected): (bool, bool) = (schema.get(0), schema.get(1));
+        let maybe_waiting = has_waiting
+            && client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg2dns.waiting WHERE slot = $1)",
+                    &[&db.slot],
+                )
+                .await
+                .map_err(sql("cannot read pg2dns.waiting"))?
+                .get::<_, bool>(0);
+        let rejected_rows = if has_rejected {
+            client
+                .query(
+                    "SELECT DISTINCT source, row_key FROM pg2dns.rejected WHERE slot = $1",
+                    &[&db.slot],
+                )
+                .await
+                .map_err(sql("cannot read pg2dns.rejected"))?
+                .iter()
+                .map(|r| row_hash(r.get(0), r.get(1)))
+                .collect()
+        } else {
+            std::collections::HashSet::new()
         };
         Ok(Store {
             client,

@@ -1308,7 +1308,7 @@ on_each_primary!(
     a_cname_beside_records_left_to_another_tool_is_refused_before_sending,
     a_delegation_with_glue_and_a_name_below_it_are_published_as_the_table_says,
     deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_finds_the_zone_in_sync,
-    a_name_below_another_tools_dname_is_published_on_bind_and_rejected_on_knot,
+    a_name_below_another_tools_dname_is_published_on_bind_and_powerdns_and_rejected_on_knot,
 );
 
 /// `pg2dns reconcile --apply` exits 0, and its report names `refusal`
@@ -1536,7 +1536,7 @@ async fn deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_find
 /// BIND takes it as zone data (occluded, like a name below a delegation),
 /// Knot refuses the UPDATE; pg2dns then rejects the row with Knot's answer
 /// and the stream goes on. Neither is silent.
-async fn a_name_below_another_tools_dname_is_published_on_bind_and_rejected_on_knot(
+async fn a_name_below_another_tools_dname_is_published_on_bind_and_powerdns_and_rejected_on_knot(
     primary: Primary,
 ) -> Result<()> {
     let stack = Stack::start("below-dname", primary).await?;
@@ -1548,8 +1548,9 @@ async fn a_name_below_another_tools_dname_is_published_on_bind_and_rejected_on_k
     let mut pg2dns = stack.run()?;
     let id = insert(&stack, "x.old.example.test.", 300, "A", "192.0.2.7").await?;
     match primary {
-        Primary::Bind => {
-            eventually("BIND to hold the name below the DNAME", || async {
+        // PowerDNS, like BIND, keeps the occluded name as zone data.
+        Primary::Bind | Primary::PowerDns => {
+            eventually("the server to hold the name below the DNAME", || async {
                 let zone = stack.axfr(FORWARD).await?;
                 Ok(
                     if zone
