@@ -17,7 +17,10 @@
 //! the confirmed LSN is the commit `end_lsn` of the newest transaction such
 //! that it and every earlier one were fully acknowledged and their state
 //! committed, because confirming happens only after the checkpoint commit,
-//! which happens only after every dispatch was acknowledged.
+//! which happens only after every dispatch was acknowledged. Which
+//! checkpoint is safe is decided by the sans-IO ledger
+//! (`pg2dns_decoder::checkpoint::Ledger`); the pipeline feeds it and keeps
+//! the clock.
 //!
 //! Batching: a live transaction (sent by the server right after it
 //! committed) is flushed as soon as nothing else is ready, with no timer.
