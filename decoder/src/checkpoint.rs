@@ -162,8 +162,13 @@ impl Ledger {
     }
 
     /// A zone acknowledged its dispatches up to `upto` (counts only grow).
-    /// Returns the zone's acknowledged count now.
+    /// Returns the zone's acknowledged count now. A zone outside the
+    /// session's (a driver bug) holds nothing: it has no batch to hold.
     pub fn handle_acked(&mut self, zone: ZoneId, upto: u64) -> u64 {
+        debug_assert!(
+            usize::from(zone.0) < self.acked.len(),
+            "unknown zone {zone:?}"
+        );
         match self.acked.get_mut(usize::from(zone.0)) {
             Some(acked) => {
                 *acked = (*acked).max(upto);
