@@ -18,6 +18,7 @@
 //!  reconcile: AXFR records + desired records ─▶ diff (report, SOA-guarded repair)
 //! ```
 
+pub mod checkpoint;
 pub mod checks;
 pub mod confirm;
 pub mod diff;

@@ -17,7 +17,10 @@
 //! the confirmed LSN is the commit `end_lsn` of the newest transaction such
 //! that it and every earlier one were fully acknowledged and their state
 //! committed, because confirming happens only after the checkpoint commit,
-//! which happens only after every dispatch was acknowledged.
+//! which happens only after every dispatch was acknowledged. Which
+//! checkpoint is safe is decided by the sans-IO ledger
+//! (`pg2dns_decoder::checkpoint::Ledger`); the pipeline feeds it and keeps
+//! the clock.
 //!
 //! Batching: a live transaction (sent by the server right after it
 //! committed) is flushed as soon as nothing else is ready, with no timer.
@@ -29,7 +32,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pg2dns_decoder::confirm::Confirmations;
+use pg2dns_decoder::checkpoint::{self, BatchSeq, Ledger, SentBatch, ServerRefusal};
 use pg2dns_decoder::mapping::{self, Desired, Mapping, RowUpdate, RrTable};
 use pg2dns_decoder::pgoutput::Message;
 use pg2dns_decoder::plan::{
@@ -37,7 +40,7 @@ use pg2dns_decoder::plan::{
 };
 use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::txn::{Assembler, Event, RowChange};
-use pg2dns_decoder::update::{OwnerGroup, UpdateOp};
+use pg2dns_decoder::update::UpdateOp;
 use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, Zones};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -103,18 +106,6 @@ enum Step {
     Commit(Lsn),
 }
 
-/// A flushed batch not yet checkpointed.
-struct SentBatch {
-    /// Its number (from `Store::start_batch`).
-    seq: u64,
-    /// The end LSN of its last transaction, when it ends at a transaction
-    /// boundary: a checkpoint through it may set the progress there.
-    end: Option<Lsn>,
-    /// Each zone's dispatch count once it was dispatched: it is
-    /// acknowledged when every zone acknowledged that far.
-    marks: Vec<u64>,
-}
-
 impl Step {
     fn update(&self) -> Option<(SourceId, &RowUpdate)> {
         match self {
@@ -151,17 +142,8 @@ struct ZoneLane {
     name: String,
     tx: mpsc::Sender<Vec<Dispatch>>,
     dispatched: u64,
-    acked: u64,
     /// Dispatches of the current flush, handed over at its end.
     outbox: Vec<Dispatch>,
-}
-
-/// An owner group a server refused for its content.
-struct ServerRefusal {
-    zone: ZoneId,
-    lsn: Lsn,
-    group: OwnerGroup,
-    rcode: Rcode,
 }
 
 /// The zones' streams and what they acknowledged.
@@ -169,15 +151,15 @@ struct Lanes {
     lanes: Vec<ZoneLane>,
     reports: mpsc::UnboundedReceiver<ZoneReport>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Refusals whose rows are still to be rejected: the checkpoint waits
-    /// for them.
-    refused: Vec<ServerRefusal>,
+    /// What was dispatched and acknowledged or refused, and which
+    /// checkpoint that allows.
+    ledger: Ledger,
     /// What the status publisher reads (numbers only, no I/O).
     live: Arc<status::Live>,
 }
 
 impl Lanes {
-    fn start(config: &Config, live: Arc<status::Live>) -> Lanes {
+    fn start(config: &Config, live: Arc<status::Live>, progress: Lsn) -> Lanes {
         let (report_tx, reports) = mpsc::unbounded_channel();
         let mut lanes = Vec::new();
         let mut tasks = Vec::new();
@@ -190,7 +172,6 @@ impl Lanes {
                 name: z.name.to_string(),
                 tx,
                 dispatched: 0,
-                acked: 0,
                 outbox: Vec::new(),
             });
         }
@@ -198,7 +179,7 @@ impl Lanes {
             lanes,
             reports,
             tasks,
-            refused: Vec::new(),
+            ledger: Ledger::new(config.zones.len(), progress),
             live,
         }
     }
@@ -210,21 +191,15 @@ impl Lanes {
 
     /// Whether every zone acknowledged everything dispatched to it.
     fn all_acked(&self) -> bool {
-        self.lanes.iter().all(|l| l.acked >= l.dispatched)
-    }
-
-    /// Whether every zone acknowledged as far as `marks`.
-    fn acked_through(&self, marks: &[u64]) -> bool {
-        self.lanes.iter().zip(marks).all(|(l, m)| l.acked >= *m)
+        self.ledger.acked_through(&self.marks())
     }
 
     fn on_report(&mut self, report: Option<ZoneReport>) -> Result<(), RunError> {
         match report {
             None => Err(RunError::Internal("every zone stream ended".into())),
             Some(ZoneReport::Acked { zone, upto }) => {
-                let lane = &mut self.lanes[zone.index()];
-                lane.acked = lane.acked.max(upto);
-                self.live.acked(zone.index(), lane.acked);
+                let acked = self.ledger.handle_acked(zone, upto);
+                self.live.acked(zone.index(), acked);
                 Ok(())
             }
             Some(ZoneReport::Refused {
@@ -233,7 +208,7 @@ impl Lanes {
                 group,
                 rcode,
             }) => {
-                self.refused.push(ServerRefusal {
+                self.ledger.handle_refused(ServerRefusal {
                     zone,
                     lsn,
                     group,
@@ -332,27 +307,18 @@ pub struct Pipeline<'c> {
     sources: Vec<String>,
     store: Store,
     assembler: Assembler,
-    /// Durable progress: transactions with a commit LSN before it are done.
-    progress: Lsn,
     /// Whether the open transaction was applied before and is skipped.
     skipping: bool,
     batch: Vec<Item>,
     batch_rows: usize,
     lanes: Lanes,
-    /// End LSN of the newest committed transaction not yet checkpointed.
-    pending_end: Option<Lsn>,
-    pending_txns: usize,
     /// A transaction received is not acknowledged yet: the status's lag
     /// counts from the oldest such one.
     lag_pending: bool,
-    /// The flushed batches not yet checkpointed, oldest first.
-    sent: std::collections::VecDeque<SentBatch>,
     /// When a checkpoint was last committed or forced.
     last_checkpoint: Instant,
     /// What was last confirmed to the slot in this session.
     confirmed: Option<Lsn>,
-    /// Checkpoints committed without waiting for their WAL flush.
-    unflushed: Confirmations,
     /// When the server is next asked how far its WAL is flushed.
     flush_poll: Instant,
     /// When the last frame arrived.
@@ -768,18 +734,13 @@ async fn session(
         mappings,
         store,
         assembler: Assembler::new(),
-        progress,
         skipping: false,
         batch: Vec::new(),
         batch_rows: 0,
-        lanes: Lanes::start(config, live.clone()),
-        pending_end: None,
-        pending_txns: 0,
+        lanes: Lanes::start(config, live.clone(), progress),
         lag_pending: false,
-        sent: std::collections::VecDeque::new(),
         last_checkpoint: Instant::now(),
         confirmed: None,
-        unflushed: Confirmations::default(),
         flush_poll: Instant::now(),
         last_frame: Instant::now(),
         server_time_micros: 0,
@@ -882,7 +843,8 @@ impl Pipeline<'_> {
         loop {
             let group_due = self.group_due();
             let flush_poll = tokio::time::Instant::from_std(self.flush_poll);
-            let group_waiting = self.pending_end.is_some() && self.committable().is_some();
+            let group_waiting =
+                self.lanes.ledger.pending().is_some() && self.committable().is_some();
             // Measured from the last frame, so that no other branch firing
             // meanwhile can put it off.
             let pause_over = tokio::time::Instant::from_std(self.last_frame + BACKLOG_PAUSE);
@@ -924,7 +886,7 @@ impl Pipeline<'_> {
                     self.checkpoint(replication, Duration::ZERO, Durability::Later).await?;
                     continue;
                 }
-                _ = tokio::time::sleep_until(flush_poll), if self.unflushed.waiting() => {
+                _ = tokio::time::sleep_until(flush_poll), if self.lanes.ledger.awaiting_flush() => {
                     let flushed = self.store.wal_flushed().await?;
                     self.confirm_flushed(replication, flushed);
                     continue;
@@ -1023,29 +985,17 @@ impl Pipeline<'_> {
 
     /// Acknowledged batches to checkpoint, and the oldest transaction
     /// waited its group time.
-    fn checkpoint_ready(&self) -> bool {
+    fn checkpoint_ready(&mut self) -> bool {
         self.last_checkpoint.elapsed() >= CHECKPOINT_GROUP && self.committable().is_some()
     }
 
     /// The newest flushed batch a checkpoint may cover now, and the
-    /// progress it sets: every batch up to it acknowledged, it ends at a
-    /// transaction boundary, the open transaction holds nothing of a later
-    /// batch, and no refusal waits to be turned into rejections.
-    fn committable(&self) -> Option<(u64, Lsn)> {
-        if !self.lanes.refused.is_empty() {
-            return None;
-        }
-        let mut newest = None;
-        for f in &self.sent {
-            if !self.lanes.acked_through(&f.marks) {
-                break;
-            }
-            if let Some(end) = f.end {
-                newest = Some((f.seq, end));
-            }
-        }
-        let written = self.store.written();
-        newest.filter(|(seq, _)| written.is_none_or(|w| w <= *seq))
+    /// progress it sets (see `checkpoint::Ledger::poll_checkpoint`), told
+    /// first which batches the store's open transaction holds.
+    fn committable(&mut self) -> Option<checkpoint::Checkpoint> {
+        let written = self.store.written().map(BatchSeq);
+        self.lanes.ledger.handle_written(written);
+        self.lanes.ledger.poll_checkpoint()
     }
 
     /// When the pending checkpoint's group time is over.
@@ -1055,7 +1005,9 @@ impl Pipeline<'_> {
 
     /// Between transactions, with everything flushed and something to checkpoint.
     fn at_boundary(&self) -> bool {
-        !self.assembler.in_transaction() && self.batch.is_empty() && self.pending_end.is_some()
+        !self.assembler.in_transaction()
+            && self.batch.is_empty()
+            && self.lanes.ledger.pending().is_some()
     }
 
     /// Flushes and waits until everything received is acknowledged and
@@ -1064,7 +1016,7 @@ impl Pipeline<'_> {
         if !self.batch.is_empty() {
             self.flush().await?;
         }
-        while self.pending_end.is_some() {
+        while self.lanes.ledger.pending().is_some() {
             self.checkpoint(replication, Duration::from_secs(5), Durability::Flushed)
                 .await?;
         }
@@ -1078,7 +1030,7 @@ impl Pipeline<'_> {
             if !self.batch.is_empty() {
                 self.flush().await?;
             }
-            if self.pending_end.is_some() {
+            if self.lanes.ledger.pending().is_some() {
                 let wait = tokio::time::timeout(
                     Duration::from_secs(5),
                     self.checkpoint(replication, Duration::from_secs(5), Durability::Flushed),
@@ -1127,7 +1079,7 @@ impl Pipeline<'_> {
                 // walsender waits for the flush pointer before it decodes),
                 // so the WAL end a keepalive reports is flushed: no need to
                 // ask for the flush position.
-                if self.unflushed.waiting() {
+                if self.lanes.ledger.awaiting_flush() {
                     self.confirm_flushed(replication, wal_end);
                 }
                 // Nothing in flight: let an idle slot move, or it pins WAL.
@@ -1135,10 +1087,9 @@ impl Pipeline<'_> {
                 // ahead of it (which is how a re-created slot is noticed).
                 if !self.assembler.in_transaction()
                     && self.batch.is_empty()
-                    && self.pending_end.is_none()
-                    && self.sent.is_empty()
+                    && self.lanes.ledger.is_idle()
                     && !self.store.in_transaction()
-                    && wal_end > self.confirmed.unwrap_or(self.progress)
+                    && wal_end > self.confirmed.unwrap_or(self.lanes.ledger.progress())
                     && self.last_idle_confirm.elapsed() >= IDLE_CONFIRM_EVERY
                 {
                     self.last_idle_confirm = Instant::now();
@@ -1148,8 +1099,7 @@ impl Pipeline<'_> {
                     self.store
                         .commit(wal_end, Durability::Flushed, u64::MAX)
                         .await?;
-                    self.progress = wal_end;
-                    let end = self.unflushed.flushed_checkpoint(wal_end);
+                    let end = self.lanes.ledger.handle_idle_committed(wal_end);
                     self.confirm(replication, end);
                 }
                 return Ok(());
@@ -1186,7 +1136,7 @@ impl Pipeline<'_> {
             Event::Begin { final_lsn, .. } => {
                 // A transaction whose commit precedes the durable progress was
                 // applied and checkpointed before: skip it outright.
-                self.skipping = final_lsn < self.progress;
+                self.skipping = final_lsn < self.lanes.ledger.progress();
                 if self
                     .stop_at
                     .as_ref()
@@ -1255,7 +1205,7 @@ impl Pipeline<'_> {
                 if !self.skipping {
                     metrics::get().transactions.inc();
                     self.batch.push(Item::Commit(end_lsn));
-                    if self.pending_end.is_none() {
+                    if self.lanes.ledger.handle_received(end_lsn) {
                         // The checkpoint clock starts with the oldest
                         // transaction it will cover.
                         self.last_checkpoint = Instant::now();
@@ -1264,8 +1214,6 @@ impl Pipeline<'_> {
                         self.lag_pending = true;
                         self.lanes.live.pending_starts();
                     }
-                    self.pending_end = Some(end_lsn);
-                    self.pending_txns += 1;
                     if let Some(request) = self.pause_request.take() {
                         self.pause_at = Some((end_lsn, request));
                     }
@@ -1336,7 +1284,7 @@ impl Pipeline<'_> {
         let rows_in_batch = self.batch_rows;
         let items = std::mem::take(&mut self.batch);
         self.batch_rows = 0;
-        let batch = self.store.start_batch();
+        let batch = BatchSeq(self.store.start_batch());
         // 1. Map every change to row updates (what each row wants now).
         let mut steps = Vec::with_capacity(items.len());
         let mut ref_edits = Vec::new();
@@ -1494,7 +1442,7 @@ impl Pipeline<'_> {
             .write(&sources, &self.zones, &mut outcome)
             .await?;
         self.store.write_zone_refs(&ref_edits).await?;
-        self.sent.push_back(SentBatch {
+        self.lanes.ledger.handle_dispatched(SentBatch {
             seq: batch,
             end: if open { None } else { last_end },
             marks: self.lanes.marks(),
@@ -1517,10 +1465,10 @@ impl Pipeline<'_> {
     /// state, and whatever else they contributed leaves DNS, as for any
     /// refused row. Runs before the checkpoint that covers them.
     async fn reject_refused(&mut self) -> Result<(), RunError> {
-        if self.lanes.refused.is_empty() {
+        if !self.lanes.ledger.refusals_pending() {
             return Ok(());
         }
-        let refused = std::mem::take(&mut self.lanes.refused);
+        let refused = self.lanes.ledger.take_refused();
         let mut records: Vec<(ZoneId, Record)> = Vec::new();
         let mut origin: Vec<(Lsn, Rcode)> = Vec::new();
         for r in &refused {
@@ -1585,7 +1533,7 @@ impl Pipeline<'_> {
         let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
         // A batch of its own, which the checkpoint covering the refused
         // transactions covers too.
-        let batch = self.store.start_batch();
+        let batch = BatchSeq(self.store.start_batch());
         let (loaded, _) = self.store.load(&sources, &rows, &[], &self.zones).await?;
         let mut planner = Planner::new(&self.zones, &self.limits, loaded);
         let lsn = updates.last().map(|(_, u)| u.lsn).unwrap_or_default();
@@ -1606,8 +1554,8 @@ impl Pipeline<'_> {
         self.store
             .add_waiting(&sources, &self.zones, &waiting)
             .await?;
-        let end = self.sent.back().map_or(Some(self.progress), |f| f.end);
-        self.sent.push_back(SentBatch {
+        let end = self.lanes.ledger.rejection_end();
+        self.lanes.ledger.handle_dispatched(SentBatch {
             seq: batch,
             end,
             marks: self.lanes.marks(),
@@ -1671,19 +1619,19 @@ impl Pipeline<'_> {
         wait: Duration,
         durability: Durability,
     ) -> Result<(), RunError> {
-        if self.pending_end.is_none() {
+        if self.lanes.ledger.pending().is_none() {
             return Ok(());
         }
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // A refused group's rows must leave the state before it commits.
-            if !self.lanes.refused.is_empty() {
+            if self.lanes.ledger.refusals_pending() {
                 self.reject_refused().await?;
                 continue;
             }
-            let everything = self.sent.back().map(|f| f.seq);
-            let covers = self.committable().map(|(seq, _)| seq);
+            let everything = self.lanes.ledger.newest_batch();
+            let covers = self.committable().map(|cp| cp.batch);
             if wait.is_zero() || (covers.is_some() && covers == everything) {
                 break;
             }
@@ -1692,7 +1640,7 @@ impl Pipeline<'_> {
                 Err(_) => break,
             }
         }
-        let Some((seq, end)) = self.committable() else {
+        let Some(cp) = self.committable() else {
             if !wait.is_zero() {
                 debug!(
                     waited_ms = started.elapsed().as_millis() as u64,
@@ -1703,29 +1651,26 @@ impl Pipeline<'_> {
             return Ok(());
         };
         failpoint::hit("after-dns-ack");
-        let unflushed = self.store.commit(end, durability, seq).await?;
+        let unflushed = self.store.commit(cp.end, durability, cp.batch.0).await?;
         failpoint::hit("after-state-commit");
-        debug!(lsn = %end, transactions = self.pending_txns, total_ms = started.elapsed().as_millis() as u64, ?durability, "checkpoint");
-        while self.sent.front().is_some_and(|f| f.seq <= seq) {
-            self.sent.pop_front();
-        }
-        let confirm = match unflushed {
-            None => Some(self.unflushed.flushed_checkpoint(end)),
+        debug!(lsn = %cp.end, transactions = self.lanes.ledger.pending_transactions(), total_ms = started.elapsed().as_millis() as u64, ?durability, "checkpoint");
+        let committed = match unflushed {
+            None => checkpoint::Durability::Flushed,
             Some(u) => {
-                if !self.unflushed.waiting() {
+                if !self.lanes.ledger.awaiting_flush() {
                     self.flush_poll = Instant::now() + FLUSH_POLL;
                 }
-                self.unflushed.unflushed_checkpoint(u.wal, end, u.flushed)
+                checkpoint::Durability::Unflushed {
+                    wal: u.wal,
+                    flushed: u.flushed,
+                }
             }
         };
-        if let Some(end) = confirm {
+        if let Some(end) = self.lanes.ledger.handle_committed(cp, committed) {
             self.confirm(replication, end);
         }
-        self.progress = end;
         self.last_checkpoint = Instant::now();
-        if self.pending_end == Some(end) {
-            self.pending_end = None;
-            self.pending_txns = 0;
+        if self.lanes.ledger.pending().is_none() {
             self.lag_pending = false;
             self.lanes.live.all_acknowledged();
         } else if self.lag_pending {
@@ -1739,7 +1684,7 @@ impl Pipeline<'_> {
     /// Confirms the newest transaction end whose checkpoint the WAL flush
     /// (at `flushed`) has passed.
     fn confirm_flushed(&mut self, replication: &mut PgReplication, flushed: Lsn) {
-        if let Some(end) = self.unflushed.flushed(flushed) {
+        if let Some(end) = self.lanes.ledger.handle_wal_flushed(flushed) {
             self.confirm(replication, end);
         }
         self.flush_poll = Instant::now() + FLUSH_POLL;
@@ -1757,10 +1702,10 @@ impl Pipeline<'_> {
     /// skip what it covered.
     async fn await_flush(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
         let deadline = Instant::now() + Duration::from_secs(1);
-        while self.unflushed.waiting() && Instant::now() < deadline {
+        while self.lanes.ledger.awaiting_flush() && Instant::now() < deadline {
             let flushed = self.store.wal_flushed().await?;
             self.confirm_flushed(replication, flushed);
-            if self.unflushed.waiting() {
+            if self.lanes.ledger.awaiting_flush() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
