@@ -173,7 +173,7 @@ pub enum ReconcileError {
     #[error("--zone-file {0}")]
     ZoneFileArg(String),
     /// The running service did not reach the comparison point in time.
-    #[error("the running pg2dns did not pause at {what}: its slot confirmed nothing new for {waited:?}; is it halted? (`pg2dns status`)")]
+    #[error("the running pg2dns did not pause at {what}: it received and confirmed nothing new for {waited:?}; is it halted? (`pg2dns status`)")]
     NoPause {
         /// Which pause.
         what: String,
@@ -1159,9 +1159,8 @@ async fn wait_paused(
     what: &str,
 ) -> Result<(), ReconcileError> {
     // A service catching up a backlog on its way to the pause point may
-    // take longer than any fixed time: it fails only when its slot's
-    // confirmed position stops moving (the service checkpoints about once a
-    // second while it streams).
+    // take longer than any fixed time: it fails only when it stops moving,
+    // neither receiving nor confirming anything new.
     let mut last_progress = Instant::now();
     let mut confirmed: Option<String> = None;
     loop {
@@ -1171,14 +1170,18 @@ async fn wait_paused(
         {
             return Ok(());
         }
+        // What it received (published about once a second, even inside a
+        // large transaction) and what its slot confirmed.
         let now_confirmed: Option<String> = client
             .query_opt(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
-                 WHERE slot_name = $1 AND database = current_database()",
+                "SELECT concat_ws(' ', \
+                    (SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
+                      WHERE slot_name = $1 AND database = current_database()), \
+                    (SELECT received_lsn::text FROM pg2dns.stream_status WHERE slot = $1))",
                 &[&slot],
             )
             .await
-            .map_err(sql("cannot read pg_replication_slots"))?
+            .map_err(sql("cannot read the service's progress"))?
             .and_then(|r| r.get(0));
         if now_confirmed != confirmed {
             confirmed = now_confirmed;

@@ -230,7 +230,9 @@ async fn setup_refuses_a_source_table_without_replica_identity_before_touching_t
     let stack = Stack::start("setup-identity", Primary::Bind).await?;
     stack
         .exec(
-            "CREATE TABLE nokey (name text, address inet);
+            // A unique key (setup needs one) but no primary key: REPLICA
+            // IDENTITY DEFAULT then identifies nothing.
+            "CREATE TABLE nokey (name text NOT NULL UNIQUE, address inet);
              INSERT INTO nokey VALUES ('a.example.test', '192.0.2.41');",
         )
         .await?;
