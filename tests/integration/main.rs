@@ -58,6 +58,7 @@ mod knot;
 mod outages;
 mod primaries;
 mod reconcile;
+mod reconcile_paused;
 mod rejected;
 mod replication;
 mod setup;
