@@ -228,3 +228,141 @@ async fn reconcile_during_an_operators_pause_compares_as_of_the_pause_and_apply_
     );
     Ok(())
 }
+
+/// A paused service (paused by an operator, with a row committed during the
+/// pause) and a record added behind its back, so that `reconcile --apply`
+/// has a repair to wait before (the test hook), holding the pause.
+async fn paused_service_with_a_stray_record(
+    label: &str,
+) -> Result<(Stack, crate::harness::Pg2dns, tokio::process::Child)> {
+    let stack = Stack::start(label, Primary::Bind).await?;
+    let run = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.example.test.', 300, 'A', '192.0.2.10')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    stack.admin(&["pause", "--wait"]).await?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('paused.example.test.', 300, 'A', '192.0.2.50')")
+        .await?;
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update add stray.example.test. 300 A 192.0.2.99")
+        .await?;
+    let mut reconcile = crate::reconcile::spawn_reconcile(
+        &stack,
+        &["--apply"],
+        &[("PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS", "600000")],
+    )?;
+    crate::reconcile::read_until(&mut reconcile, "before the repair").await?;
+    Ok((stack, run, reconcile))
+}
+
+/// SIGTERM to the reconcile and its exit status and the rest of its stderr.
+async fn terminate(reconcile: &mut tokio::process::Child) -> Result<(Option<i32>, String)> {
+    let pid = reconcile.id().context("no pid")?;
+    crate::harness::signal(pid, "TERM")?;
+    let status =
+        tokio::time::timeout(std::time::Duration::from_secs(60), reconcile.wait()).await??;
+    let mut rest = String::new();
+    if let Some(mut stderr) = reconcile.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut rest).await?;
+    }
+    Ok((status.code(), rest))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_interrupted_during_an_operators_pause_leaves_the_service_paused() -> Result<()>
+{
+    let (stack, _run, mut reconcile) = paused_service_with_a_stray_record("paused-term").await?;
+    let (_, lsn) = mode(&stack).await?;
+    let (code, rest) = terminate(&mut reconcile).await?;
+    ensure!(
+        code == Some(143),
+        "reconcile exits 143 after SIGTERM: {code:?}\n{rest}"
+    );
+    ensure!(
+        !rest.contains("resumed"),
+        "a reconcile that found the service paused must not resume it:\n{rest}"
+    );
+    ensure!(
+        mode(&stack).await? == ("paused".to_owned(), lsn.clone()),
+        "still paused at {lsn}: {:?}",
+        mode(&stack).await?
+    );
+    let newest: String = stack
+        .db
+        .query_one(
+            "SELECT action FROM pg2dns.control WHERE slot = 'pg2dns' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        newest == "pause",
+        "reconcile made no control request (the operator's pause is the newest): {newest}"
+    );
+    ensure!(
+        stack.query("paused.example.test.", "A").await?.is_empty(),
+        "the row committed during the pause reached DNS"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_asked_while_reconcile_holds_an_operators_pause_takes_effect_when_it_ends(
+) -> Result<()> {
+    let (stack, _run, mut reconcile) = paused_service_with_a_stray_record("paused-resume").await?;
+    stack.admin(&["resume"]).await?;
+    // The resumed service's first write (its mode: running) waits for the
+    // reconcile's lock on the pg2dns.mode row.
+    wait_until(
+        DNS_DEADLINE,
+        "the resumed service to wait for the reconcile's lock on pg2dns.mode",
+        || async {
+            let waiting: i64 = stack
+                .db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity a \
+                     WHERE a.wait_event_type = 'Lock' AND a.query LIKE '%pg2dns.mode%'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            Ok(if waiting > 0 {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("mode {:?}", mode(&stack).await?))
+            })
+        },
+    )
+    .await?;
+    ensure!(
+        mode(&stack).await?.0 == "paused",
+        "the service ran while reconcile held the pause: {:?}",
+        mode(&stack).await?
+    );
+    ensure!(
+        stack.query("paused.example.test.", "A").await?.is_empty(),
+        "the row committed during the pause reached DNS while reconcile held the pause"
+    );
+    let (code, rest) = terminate(&mut reconcile).await?;
+    ensure!(
+        code == Some(143),
+        "reconcile exits 143 after SIGTERM: {code:?}\n{rest}"
+    );
+    // Once the reconcile is gone, the resume takes effect.
+    stack
+        .wait_until_answers("paused.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    wait_until(DNS_DEADLINE, "pg2dns.mode says running", || async {
+        let (mode, lsn) = mode(&stack).await?;
+        Ok(if mode == "running" {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("{mode} at {lsn}"))
+        })
+    })
+    .await?;
+    Ok(())
+}
