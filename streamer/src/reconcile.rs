@@ -29,6 +29,9 @@
 //! Why it is exact while writers commit: a running service is paused at the
 //! consistent point of an exported snapshot, the tables are read at that
 //! snapshot and the zones transferred while it waits (see [`reconcile`]).
+//! A service an operator paused at P is held paused, and the desired side
+//! is its row state, which is DNS as of P (see `read_desired_paused`): the
+//! tables hold what was committed since, which is not a difference.
 //!
 //! Why names and types can be excluded, and rows can wait: the stream and
 //! reconcile must agree on what pg2dns owns. Excluded records are refused by
