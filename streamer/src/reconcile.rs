@@ -29,6 +29,9 @@
 //! Why it is exact while writers commit: a running service is paused at the
 //! consistent point of an exported snapshot, the tables are read at that
 //! snapshot and the zones transferred while it waits (see [`reconcile`]).
+//! A service an operator paused at P is held paused, and the desired side
+//! is its row state, which is DNS as of P (see `read_desired_paused`): the
+//! tables hold what was committed since, which is not a difference.
 //!
 //! Why names and types can be excluded, and rows can wait: the stream and
 //! reconcile must agree on what pg2dns owns. Excluded records are refused by
@@ -172,6 +175,14 @@ pub enum ReconcileError {
     /// A `--zone-file` is not `ZONE=PATH` or its zone is not compared.
     #[error("--zone-file {0}")]
     ZoneFileArg(String),
+    /// An operator's pause whose checkpoint is not in `pg2dns.progress`.
+    #[error("the service says it paused at {lsn}, but pg2dns.progress is at {progress}: the row state is not committed through the pause, so reconcile cannot compare as of it; run `pg2dns resume`, then reconcile again (and report this as a pg2dns bug)")]
+    PauseNotCheckpointed {
+        /// Where the mode says it paused.
+        lsn: Lsn,
+        /// Where the progress stands.
+        progress: Lsn,
+    },
     /// The running service did not reach the comparison point in time.
     #[error("the running pg2dns did not pause at {what}: it received and confirmed nothing new for {waited:?}; is it halted? (`pg2dns status`)")]
     NoPause {
@@ -332,6 +343,34 @@ pub struct Report {
     pub zones: Vec<ZoneOutcome>,
     /// Whether the repair was sent.
     pub applied: bool,
+    /// Set when an operator had paused the service: DNS was compared with
+    /// pg2dns's row state as of the pause, not with the tables.
+    pub paused_at: Option<OperatorPause>,
+}
+
+/// A pause an operator made (`pg2dns pause`), as reconcile found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorPause {
+    /// Where the service stopped: every transaction committed before is in
+    /// DNS and in the row state, none after.
+    pub lsn: Lsn,
+    /// The database's WAL position when the row state was read: what was
+    /// committed between the two is not in DNS yet, and not a difference.
+    pub wal: Lsn,
+    /// Who paused.
+    pub requested_by: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl OperatorPause {
+    /// What the comparison is, in a sentence.
+    fn describe(&self) -> String {
+        format!(
+            "compared as of the pause at {} (pg2dns's row state): transactions committed since (the WAL is at {} now) are not in DNS yet and are not differences; `pg2dns resume` publishes them",
+            self.lsn, self.wal
+        )
+    }
 }
 
 impl Report {
@@ -377,6 +416,9 @@ impl Report {
             },
         );
         let mut out = String::new();
+        if let Some(p) = &self.paused_at {
+            out.push_str(&format!("{}\n", p.describe()));
+        }
         for z in &self.zones {
             let line = match (&z.diff, &z.error) {
                 (None, Some(e)) => red(&format!("error: {}", crate::error::chain(e))),
@@ -569,6 +611,12 @@ impl Report {
             "paused_ms": self.paused_time.map(|d| d.as_millis() as u64),
             "peak_rss_kib": peak_rss_kib(),
             "applied": self.applied,
+            "as_of_pause": self.paused_at.as_ref().map(|p| json!({
+                "lsn": p.lsn.to_string(),
+                "wal_lsn": p.wal.to_string(),
+                "requested_by": p.requested_by,
+                "reason": p.reason,
+            })),
             "exit_code": self.exit_code(),
             "zones": zones,
         })
@@ -727,24 +775,12 @@ async fn read_desired_now(
     }
     bar.set_position(rows as u64);
     let outcome = planner.finish();
-    // One TTL per RRset: the smallest its rows give (as the stream publishes).
-    let mut rrset_ttl: BTreeMap<(ZoneId, Owner, RType), u32> = BTreeMap::new();
-    for (_, records) in &outcome.rows {
-        for d in records {
-            let ttl = rrset_ttl
-                .entry((d.zone, d.record.owner.clone(), d.record.rtype))
-                .or_insert(d.record.ttl);
-            *ttl = (*ttl).min(d.record.ttl);
-        }
-    }
     let mut records: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
     let mut contributions: BTreeMap<ZoneId, BTreeMap<u16, Contributions>> = BTreeMap::new();
     for ((source, key), desired) in outcome.rows {
         let mut per_zone: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
         for d in desired {
-            let mut published = d.record.clone();
-            published.ttl = rrset_ttl[&(d.zone, d.record.owner.clone(), d.record.rtype)];
-            records.entry(d.zone).or_default().push(published);
+            records.entry(d.zone).or_default().push(d.record.clone());
             per_zone.entry(d.zone).or_default().push(d.record);
         }
         if !keep_rows {
@@ -759,31 +795,7 @@ async fn read_desired_now(
                 .push((key.clone(), recs));
         }
     }
-    // A zone with one_ptr publishes one PTR per name, as the stream does
-    // (`plan::published`).
-    for (zone, recs) in records.iter_mut() {
-        if !limits.one_ptr.get(zone.index()).copied().unwrap_or(false) {
-            continue;
-        }
-        let mut ptrs: BTreeMap<Owner, Vec<pg2dns_decoder::Rdata>> = BTreeMap::new();
-        for r in recs.iter().filter(|r| r.rtype == RType::PTR) {
-            ptrs.entry(r.owner.clone())
-                .or_default()
-                .push(r.rdata.clone());
-        }
-        let keep: BTreeMap<&Owner, Vec<&pg2dns_decoder::Rdata>> = ptrs
-            .iter()
-            .map(|(o, ds)| {
-                (
-                    o,
-                    pg2dns_decoder::plan::published(true, RType::PTR, ds.iter()),
-                )
-            })
-            .collect();
-        recs.retain(|r| {
-            r.rtype != RType::PTR || keep.get(&r.owner).is_some_and(|k| k.contains(&&r.rdata))
-        });
-    }
+    as_published(&mut records, &limits.one_ptr);
     let mut refusals: BTreeMap<ZoneId, Vec<String>> = BTreeMap::new();
     for r in &outcome.rejections {
         if let Some(zone) = r.zone {
@@ -805,6 +817,89 @@ async fn read_desired_now(
         contributions,
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
         refs: zones.refs().clone(),
+    })
+}
+
+/// What the stream publishes of each zone's records (every row's record,
+/// each at its own TTL): one TTL per RRset, the smallest its rows give, and
+/// in a zone with `one_ptr` one PTR per name (`plan::published`), as the
+/// planner decides them.
+fn as_published(records: &mut BTreeMap<ZoneId, Vec<Record>>, one_ptr: &[bool]) {
+    for (zone, recs) in records.iter_mut() {
+        let mut rrset_ttl: BTreeMap<(&Owner, RType), u32> = BTreeMap::new();
+        for r in recs.iter() {
+            let ttl = rrset_ttl.entry((&r.owner, r.rtype)).or_insert(r.ttl);
+            *ttl = (*ttl).min(r.ttl);
+        }
+        let rrset_ttl: BTreeMap<(Owner, RType), u32> = rrset_ttl
+            .into_iter()
+            .map(|((o, t), ttl)| ((o.clone(), t), ttl))
+            .collect();
+        for r in recs.iter_mut() {
+            r.ttl = rrset_ttl[&(r.owner.clone(), r.rtype)];
+        }
+        if !one_ptr.get(zone.index()).copied().unwrap_or(false) {
+            continue;
+        }
+        let mut ptrs: BTreeMap<Owner, Vec<pg2dns_decoder::Rdata>> = BTreeMap::new();
+        for r in recs.iter().filter(|r| r.rtype == RType::PTR) {
+            ptrs.entry(r.owner.clone())
+                .or_default()
+                .push(r.rdata.clone());
+        }
+        let keep: BTreeMap<&Owner, Vec<&pg2dns_decoder::Rdata>> = ptrs
+            .iter()
+            .map(|(o, ds)| {
+                (
+                    o,
+                    pg2dns_decoder::plan::published(true, RType::PTR, ds.iter()),
+                )
+            })
+            .collect();
+        recs.retain(|r| {
+            r.rtype != RType::PTR || keep.get(&r.owner).is_some_and(|k| k.contains(&&r.rdata))
+        });
+    }
+}
+
+/// The desired side while an operator has paused the service at P: the row
+/// state, read in the transaction that holds the pause (see
+/// [`hold_operator_pause`]).
+///
+/// Why the row state: it holds, per source row, the records last sent to
+/// DNS, committed with the progress LSN, and the pause commits its
+/// checkpoint at P before `pg2dns.mode` says paused. So it is exactly what
+/// DNS held after every transaction before P and none after, whereas the
+/// tables hold what was committed since, which the service has not read yet
+/// (the slot keeps it). Its records are published as the planner publishes
+/// them (one TTL per RRset, `one_ptr`); rows refused or kept waiting for an
+/// address are not in it, as they are not in DNS.
+async fn read_desired_paused(
+    store: &Store,
+    config: &Config,
+    selected: &[ZoneId],
+) -> Result<Desired, StoreError> {
+    let zones = config.zones();
+    let names: Vec<String> = selected
+        .iter()
+        .map(|&id| config.zones[id.index()].name.to_string())
+        .collect();
+    let state = store.zone_state(&names).await?;
+    let mut records: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
+    for (zone, record) in state.records {
+        if let Some(id) = ZoneName::parse(&zone).ok().and_then(|z| zones.id_of(&z)) {
+            records.entry(id).or_default().push(record);
+        }
+    }
+    as_published(&mut records, &config.plan_limits().one_ptr);
+    Ok(Desired {
+        rows: state.rows,
+        refused: 0,
+        refusals: BTreeMap::new(),
+        records,
+        contributions: BTreeMap::new(),
+        sources: Vec::new(),
+        refs: Default::default(),
     })
 }
 
@@ -886,16 +981,22 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
             return Err(ReconcileError::NoSchema);
         }
         info!("the pg2dns schema is not installed: comparing read-only, as the first load of `pg2dns setup` would");
-        return compare(config, options, &mut store, &selected, None, None).await;
+        return compare(config, options, &mut store, &selected, None, None, None).await;
     }
     let hold = Hold::default();
     let mut interrupt = options.interrupt.clone();
     let work = async {
         // A running service is brought to the snapshot's exact point and
         // held there while the zones are transferred (DESIGN §4).
+        // A service an operator paused is held paused instead, and DNS is
+        // compared with its row state as of the pause.
         let frozen = freeze(&store, config, &hold).await?;
         crate::failpoint::panic_at("reconcile-panic");
-        let snapshot = frozen.as_ref().map(|f| f.snapshot.name.clone());
+        let (snapshot, paused) = match &frozen {
+            Some(Frozen::Snapshot(s)) => (Some(s.name.clone()), None),
+            Some(Frozen::Paused(p)) => (None, Some(p.clone())),
+            None => (None, None),
+        };
         let result = compare(
             config,
             options,
@@ -903,8 +1004,17 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
             &selected,
             snapshot.as_deref(),
             None,
+            paused.as_ref(),
         )
         .await;
+        if paused.is_some() {
+            // Ends the transaction that held the operator's pause.
+            store
+                .client()
+                .batch_execute("COMMIT")
+                .await
+                .map_err(sql("cannot end the transaction that held the pause"))?;
+        }
         // The exported snapshot lives until here.
         drop(frozen);
         result
@@ -1004,6 +1114,7 @@ pub async fn load_at(
         &selected,
         Some(snapshot),
         Some(&owned),
+        None,
     )
     .await
 }
@@ -1025,7 +1136,16 @@ pub async fn preview_load(config: &Config, force: bool) -> Result<Report, Reconc
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(sql("cannot begin the preview's transaction"))?;
-    let report = compare(config, &options, &mut store, &selected, None, Some(&owned)).await;
+    let report = compare(
+        config,
+        &options,
+        &mut store,
+        &selected,
+        None,
+        Some(&owned),
+        None,
+    )
+    .await;
     // Nothing was written: the transaction only gave the read one snapshot.
     let _ = store.client().batch_execute("ROLLBACK").await;
     report
@@ -1070,9 +1190,13 @@ fn record_key(r: &Record) -> RecordKey {
     )
 }
 
-/// A running service held at an exported snapshot's point.
-struct Frozen {
-    snapshot: crate::replication::ExportedSnapshot,
+/// Where reconcile holds the service while it compares.
+enum Frozen {
+    /// A running service, held at an exported snapshot's point.
+    Snapshot(crate::replication::ExportedSnapshot),
+    /// A service an operator paused, held paused by the open transaction of
+    /// the store's connection (see [`hold_operator_pause`]).
+    Paused(OperatorPause),
 }
 
 /// How long reconcile waits for the service to pause while its slot confirms
@@ -1082,6 +1206,8 @@ const PAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// If a service streams this slot: pauses it, exports a snapshot (its
 /// consistent point L), and lets the service run until exactly L, so that
 /// DNS holds every transaction the snapshot sees and none it does not.
+/// If an operator paused it: holds it paused and reads where
+/// ([`hold_operator_pause`]). `None`: no service streams nor is paused.
 async fn freeze(
     store: &Store,
     config: &Config,
@@ -1089,30 +1215,60 @@ async fn freeze(
 ) -> Result<Option<Frozen>, ReconcileError> {
     let slot = &config.database.slot;
     let client = store.client();
-    // A resume still on its way (an earlier reconcile's, say) is let
-    // through first. The service is running when its mode says so and the
-    // control connection that wrote it is still there.
-    let settling = Instant::now();
-    let running = loop {
-        let row = client
-            .query_one(
-                "SELECT coalesce((SELECT m.mode = 'running' AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.pid) \
-                                  FROM pg2dns.mode m WHERE m.slot = $1), false), \
-                        coalesce((SELECT c.action = 'resume' AND c.id > m.control_id FROM pg2dns.control c \
-                                    JOIN pg2dns.mode m ON m.slot = c.slot \
-                                  WHERE c.slot = $1 AND m.mode = 'paused' ORDER BY c.id DESC LIMIT 1), false)",
-                &[slot],
-            )
-            .await
-            .map_err(sql("cannot read pg2dns.mode"))?;
-        let (running, resuming): (bool, bool) = (row.get(0), row.get(1));
-        if !resuming || settling.elapsed() > PAUSE_WAIT {
-            break running;
+    let mut attempts = 0;
+    loop {
+        // A resume still on its way (an earlier reconcile's, say) is let
+        // through first, and so is a pause whose reconcile is gone (its
+        // lease ended: the service resumes by itself). The service is
+        // running when its mode says so and the control connection that
+        // wrote it is still there.
+        let settling = Instant::now();
+        let (running, paused, leased) = loop {
+            let row = client
+                .query_one(
+                    "SELECT coalesce((SELECT m.mode = 'running' AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.pid) \
+                                      FROM pg2dns.mode m WHERE m.slot = $1), false), \
+                            coalesce((SELECT c.action = 'resume' AND c.id > m.control_id FROM pg2dns.control c \
+                                        JOIN pg2dns.mode m ON m.slot = c.slot \
+                                      WHERE c.slot = $1 AND m.mode = 'paused' ORDER BY c.id DESC LIMIT 1), false), \
+                            coalesce((SELECT m.mode = 'paused' FROM pg2dns.mode m WHERE m.slot = $1), false), \
+                            coalesce((SELECT c.lease_pid IS NOT NULL FROM pg2dns.mode m JOIN pg2dns.control c ON c.id = m.control_id \
+                                      WHERE m.slot = $1 AND m.mode = 'paused'), false), \
+                            coalesce((SELECT pg2dns.lease_alive(m.control_id) FROM pg2dns.mode m \
+                                      WHERE m.slot = $1 AND m.mode = 'paused'), false)",
+                    &[slot],
+                )
+                .await
+                .map_err(sql("cannot read pg2dns.mode"))?;
+            let (running, resuming, paused, lease, alive): (bool, bool, bool, bool, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            let lease_ended = paused && lease && !alive;
+            if !(resuming || lease_ended) || settling.elapsed() > PAUSE_WAIT {
+                break (running, paused, paused && lease && alive);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        if running {
+            break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    if !running {
-        return Ok(None);
+        if leased {
+            // Another reconcile paused it and will resume it.
+            return Err(ReconcileError::Busy(slot.clone()));
+        }
+        if !paused {
+            return Ok(None);
+        }
+        if let Some(pause) = hold_operator_pause(store, slot).await? {
+            return Ok(Some(Frozen::Paused(pause)));
+        }
+        // Resumed meanwhile: look again.
+        attempts += 1;
+        if attempts >= MAX_HOLD_ATTEMPTS {
+            return Err(ReconcileError::NoPause {
+                what: "the operator's pause (it kept changing)".into(),
+                waited: PAUSE_WAIT,
+            });
+        }
     }
     // The pause is a lease: this session's advisory lock (the key
     // sql/008_lease.sql gives) makes pg2dns.pause() record it, and the
@@ -1149,7 +1305,88 @@ async fn freeze(
     *hold.lsn.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot.lsn);
     wait_paused(client, slot, id, &snapshot.lsn.to_string()).await?;
     info!(lsn = %snapshot.lsn, "the service stands at the snapshot's consistent point");
-    Ok(Some(Frozen { snapshot }))
+    Ok(Some(Frozen::Snapshot(snapshot)))
+}
+
+/// How many times reconcile tries to hold an operator's pause that changes
+/// under it (resumed, paused again) before it gives up.
+const MAX_HOLD_ATTEMPTS: usize = 3;
+
+/// Holds a service an operator paused: opens a REPEATABLE READ transaction
+/// on the store's connection and share-locks the slot's `pg2dns.mode` row,
+/// so that a service resumed meanwhile cannot say it runs (its first write
+/// waits for the lock) and so streams nothing until reconcile ends; the row
+/// state is then read in the same transaction. `None` (transaction ended):
+/// the service is no longer paused.
+///
+/// Why the row state is exact as of the pause's LSN: the pipeline drains
+/// and commits its checkpoint (row state and progress together) before it
+/// writes `paused` into `pg2dns.mode`, so a paused mode implies a row state
+/// committed through the pause. A pause request's LSN is the end of the
+/// pausing transaction and the progress equals it; a resume with `until`
+/// stops before L with the progress at the last transaction before L.
+async fn hold_operator_pause(
+    store: &Store,
+    slot: &str,
+) -> Result<Option<OperatorPause>, ReconcileError> {
+    let client = store.client();
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .map_err(sql("cannot begin the transaction that holds the pause"))?;
+    let row = client
+        .query_opt(
+            "SELECT m.lsn::text, coalesce(c.action, ''), coalesce(m.requested_by, ''), coalesce(m.reason, ''), \
+                    coalesce((SELECT p.lsn::text FROM pg2dns.progress p WHERE p.slot = m.slot), '0/0'), \
+                    pg_current_wal_lsn()::text \
+             FROM pg2dns.mode m LEFT JOIN pg2dns.control c ON c.id = m.control_id \
+             WHERE m.slot = $1 AND m.mode = 'paused' AND m.lsn IS NOT NULL FOR SHARE OF m",
+            &[&slot],
+        )
+        .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        // Resumed since it was read (a serialization failure: the row
+        // changed after this transaction's snapshot).
+        Ok(None) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Ok(None);
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Ok(None);
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(sql("cannot hold the operator's pause (SELECT … FOR SHARE on pg2dns.mode: the role needs UPDATE on it)")(e).into());
+        }
+    };
+    let lsn = |i: usize| -> Result<Lsn, ReconcileError> {
+        let text: String = row.get(i);
+        text.parse().map_err(|_| {
+            ReconcileError::Store(StoreError::Corrupt {
+                table: "mode",
+                detail: format!("LSN {text:?}"),
+            })
+        })
+    };
+    let pause = OperatorPause {
+        lsn: lsn(0)?,
+        requested_by: row.get(2),
+        reason: row.get(3),
+        wal: lsn(5)?,
+    };
+    let progress = lsn(4)?;
+    let action: String = row.get(1);
+    if action == "pause" && progress < pause.lsn {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(ReconcileError::PauseNotCheckpointed {
+            lsn: pause.lsn,
+            progress,
+        });
+    }
+    info!(lsn = %pause.lsn, by = %pause.requested_by, reason = %pause.reason, "the service is paused by an operator: held paused while reconcile compares DNS with the row state");
+    Ok(Some(pause))
 }
 
 async fn wait_paused(
@@ -1204,19 +1441,33 @@ async fn compare(
     selected: &[ZoneId],
     snapshot: Option<&str>,
     owned: Option<&BTreeMap<String, std::collections::HashSet<RecordKey>>>,
+    paused: Option<&OperatorPause>,
 ) -> Result<Report, ReconcileError> {
     let started = Instant::now();
     let bar = progress_bar(options.progress);
-    bar.set_message("reading the tables");
-    // What each row contributes is kept only to rewrite the row state.
-    let desired = read_desired(store, config, snapshot, &bar, options.apply).await?;
+    let desired = match paused {
+        // Paused by an operator: DNS as of the pause is the row state (and
+        // stays so: the row state is not rewritten).
+        Some(pause) => {
+            bar.set_message("reading pg2dns's row state");
+            let desired = read_desired_paused(store, config, selected).await?;
+            info!(lsn = %pause.lsn, wal = %pause.wal, rows = desired.rows, "{}", pause.describe());
+            desired
+        }
+        None => {
+            bar.set_message("reading the tables");
+            // What each row contributes is kept only to rewrite the row state.
+            let desired = read_desired(store, config, snapshot, &bar, options.apply).await?;
+            info!(
+                rows = desired.rows,
+                refused = desired.refused,
+                ms = started.elapsed().as_millis() as u64,
+                "read pg2dns.rr and the source tables"
+            );
+            desired
+        }
+    };
     let read_time = started.elapsed();
-    info!(
-        rows = desired.rows,
-        refused = desired.refused,
-        ms = read_time.as_millis() as u64,
-        "read pg2dns.rr and the source tables"
-    );
     let mut outcomes = Vec::new();
     for &id in selected {
         let zc = &config.zones[id.index()];
@@ -1240,7 +1491,11 @@ async fn compare(
                 ),
             });
         }
-        if options.apply && outcome.error.is_none() && outcome.in_sync_after == Some(true) {
+        if options.apply
+            && paused.is_none()
+            && outcome.error.is_none()
+            && outcome.in_sync_after == Some(true)
+        {
             // One transaction per source: every source's state of the
             // zone, emptied ones included, is rewritten; a row with a
             // record still waiting for its target's address is kept aside
@@ -1275,7 +1530,7 @@ async fn compare(
         outcomes.push(outcome);
     }
     bar.finish_and_clear();
-    if options.apply {
+    if options.apply && paused.is_none() {
         // The stream goes on from the moment the tables were read: it
         // resolves zone references as they were then.
         store
@@ -1290,6 +1545,7 @@ async fn compare(
         paused_time: None,
         zones: outcomes,
         applied: options.apply,
+        paused_at: paused.cloned(),
     })
 }
 

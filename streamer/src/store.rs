@@ -393,6 +393,16 @@ impl Drop for Store {
     }
 }
 
+/// A slot's row state in some zones, as [`Store::zone_state`] reads it.
+#[derive(Debug, Default)]
+pub struct ZoneState {
+    /// Rows (source and key) that contribute a record to those zones.
+    pub rows: usize,
+    /// Each distinct record with its zone (as written, `example.test.`),
+    /// at the smallest TTL of the rows that contribute it.
+    pub records: Vec<(String, Record)>,
+}
+
 /// Counts of what a load found that the configuration no longer explains.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Orphans {
@@ -1313,6 +1323,56 @@ impl Store {
                 ))
             })
             .collect())
+    }
+
+    /// This slot's row state in `zones` (named as pg2dns writes them,
+    /// `example.test.`), read in the connection's current transaction: each
+    /// distinct record (zone, owner, type, data) with the smallest TTL among
+    /// the rows that contribute it, and how many rows contribute to those
+    /// zones. While an operator has paused the service this is exactly what
+    /// it sent to DNS up to the pause (`pg2dns.waiting` holds what it kept
+    /// back): what `pg2dns reconcile` compares DNS with then.
+    pub async fn zone_state(&self, zones: &[String]) -> Result<ZoneState, StoreError> {
+        let rows: i64 = self
+            .client
+            .query_one(
+                "SELECT count(*) FROM (SELECT DISTINCT source, row_key FROM pg2dns.row_state \
+                 WHERE slot = $1 AND zone = ANY($2)) AS r",
+                &[&self.slot, &zones],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.row_state"))?
+            .get(0);
+        let result = self
+            .client
+            .query(
+                "SELECT zone, owner, rtype, rdata, min(ttl) FROM pg2dns.row_state \
+                 WHERE slot = $1 AND zone = ANY($2) GROUP BY zone, owner, rtype, rdata",
+                &[&self.slot, &zones],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.row_state"))?;
+        let mut records = Vec::with_capacity(result.len());
+        for r in result {
+            let (name, _) =
+                Name::from_wire(&r.get::<_, Vec<u8>>(1)).map_err(|e| StoreError::Corrupt {
+                    table: "row_state",
+                    detail: format!("owner name: {e}"),
+                })?;
+            records.push((
+                r.get::<_, String>(0),
+                Record {
+                    owner: Owner::from_name(name),
+                    rtype: RType(u16::try_from(r.get::<_, i32>(2)).unwrap_or(0)),
+                    ttl: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+                    rdata: Rdata::from_wire(&r.get::<_, Vec<u8>>(3)),
+                },
+            ));
+        }
+        Ok(ZoneState {
+            rows: usize::try_from(rows).unwrap_or(0),
+            records,
+        })
     }
 
     /// Replaces, in one transaction of its own, this slot's row state of

@@ -60,6 +60,7 @@ mod outages;
 mod packaging;
 mod primaries;
 mod reconcile;
+mod reconcile_paused;
 mod rejected;
 mod replication;
 mod roles;

@@ -749,7 +749,7 @@ async fn excluded_names_and_types_are_refused_by_the_stream_and_ignored_by_recon
 
 /// `pg2dns reconcile ARGS… -c CONFIG` as a child process, stderr piped (the
 /// test reads it to know where the reconcile is); killed on drop.
-fn spawn_reconcile(
+pub(crate) fn spawn_reconcile(
     stack: &Stack,
     args: &[&str],
     env: &[(&str, &str)],
@@ -778,7 +778,7 @@ fn spawn_reconcile(
 
 /// Reads the child's stderr until a line contains `needle`; returns what it
 /// read.
-async fn read_until(child: &mut tokio::process::Child, needle: &str) -> Result<String> {
+pub(crate) async fn read_until(child: &mut tokio::process::Child, needle: &str) -> Result<String> {
     let stderr = child.stderr.as_mut().context("stderr is not piped")?;
     let mut lines = BufReader::new(stderr).lines();
     let mut seen = String::new();
