@@ -25,7 +25,7 @@ on_each_primary!(
 );
 
 /// The exit code and the JSON report of a `reconcile --json` run.
-fn report(output: &Output) -> Result<(i32, Value)> {
+pub(crate) fn report(output: &Output) -> Result<(i32, Value)> {
     let code = output.status.code().context("reconcile was killed")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let json: Value = serde_json::from_str(&stdout).with_context(|| {
@@ -37,7 +37,8 @@ fn report(output: &Output) -> Result<(i32, Value)> {
     Ok((code, json))
 }
 
-fn zone<'v>(report: &'v Value, name: &str) -> Result<&'v Value> {
+/// A zone's part of a reconcile report.
+pub(crate) fn zone<'v>(report: &'v Value, name: &str) -> Result<&'v Value> {
     report["zones"]
         .as_array()
         .context("no zones in the report")?
@@ -46,8 +47,9 @@ fn zone<'v>(report: &'v Value, name: &str) -> Result<&'v Value> {
         .with_context(|| format!("zone {name} is not in the report: {report}"))
 }
 
-/// The records of a report list, as `owner ttl type rdata` lines, sorted.
-fn lines(list: &Value) -> Vec<String> {
+/// The records of a report list, as `owner ttl type rdata` lines, sorted
+/// (with ` (DNS: ttl)` where the report gives the TTL DNS holds).
+pub(crate) fn lines(list: &Value) -> Vec<String> {
     let mut out: Vec<String> = list
         .as_array()
         .map(|a| {

@@ -4,62 +4,16 @@
 //! that state, leaves the row state alone and the service paused; `pg2dns
 //! resume` then delivers what was committed meanwhile.
 
-use std::process::Output;
-
 use anyhow::{ensure, Context, Result};
-use serde_json::Value;
 
 use crate::harness::stack::{ZoneRecords, FORWARD, REVERSE};
 use crate::harness::wait::{wait_until, Check};
 use crate::harness::{Primary, Stack, DNS_DEADLINE};
+use crate::reconcile::{lines, report, zone};
 
 on_each_primary!(
     reconcile_during_an_operators_pause_compares_as_of_the_pause_and_apply_keeps_it_paused,
 );
-
-/// The exit code and the JSON report of a `reconcile --json` run.
-fn report(output: &Output) -> Result<(i32, Value)> {
-    let code = output.status.code().context("reconcile was killed")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let json: Value = serde_json::from_str(&stdout).with_context(|| {
-        format!(
-            "reconcile printed no JSON (exit {code}):\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })?;
-    Ok((code, json))
-}
-
-fn zone<'v>(report: &'v Value, name: &str) -> Result<&'v Value> {
-    report["zones"]
-        .as_array()
-        .context("no zones in the report")?
-        .iter()
-        .find(|z| z["zone"] == name)
-        .with_context(|| format!("zone {name} is not in the report: {report}"))
-}
-
-/// The records of a report list, as `owner ttl type rdata` lines, sorted.
-fn lines(list: &Value) -> Vec<String> {
-    let mut out: Vec<String> = list
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    format!(
-                        "{} {} {} {}",
-                        r["owner"].as_str().unwrap_or("?"),
-                        r["ttl"],
-                        r["type"].as_str().unwrap_or("?"),
-                        r["rdata"].as_str().unwrap_or("?")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
-}
 
 /// What DNS should hold for the table now: `multi.example.test.`'s A RRset
 /// has rows of TTL 300 and 600, published at the smaller.
