@@ -431,34 +431,50 @@ impl Store {
             .map_err(sql("cannot set the session's planner options"))?;
         // Before the schema exists (setup) nothing waits and nothing was
         // rejected; once it does, a failed read is an error, never `false`.
+        // A role that may not read them (check-config as a role without the
+        // grants, which it then names) cannot stream either: it keeps the
+        // conservative answers (maybe waiting) and nothing more.
         let schema = client
             .query_one(
-                "SELECT to_regclass('pg2dns.waiting') IS NOT NULL, to_regclass('pg2dns.rejected') IS NOT NULL",
+                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                                 WHERE n.nspname = 'pg2dns' AND c.relname = 'waiting'), \
+                        EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                                 WHERE n.nspname = 'pg2dns' AND c.relname = 'rejected')",
                 &[],
             )
             .await
             .map_err(sql("cannot look up pg2dns's tables"))?;
         let (has_waiting, has_rejected): (bool, bool) = (schema.get(0), schema.get(1));
-        let maybe_waiting = has_waiting
-            && client
+        let denied = |e: &tokio_postgres::Error| {
+            e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        };
+        let maybe_waiting = if has_waiting {
+            match client
                 .query_one(
                     "SELECT EXISTS (SELECT 1 FROM pg2dns.waiting WHERE slot = $1)",
                     &[&db.slot],
                 )
                 .await
-                .map_err(sql("cannot read pg2dns.waiting"))?
-                .get::<_, bool>(0);
+            {
+                Ok(row) => row.get::<_, bool>(0),
+                Err(e) if denied(&e) => true,
+                Err(e) => return Err(sql("cannot read pg2dns.waiting")(e)),
+            }
+        } else {
+            false
+        };
         let rejected_rows = if has_rejected {
-            client
+            match client
                 .query(
                     "SELECT DISTINCT source, row_key FROM pg2dns.rejected WHERE slot = $1",
                     &[&db.slot],
                 )
                 .await
-                .map_err(sql("cannot read pg2dns.rejected"))?
-                .iter()
-                .map(|r| row_hash(r.get(0), r.get(1)))
-                .collect()
+            {
+                Ok(rows) => rows.iter().map(|r| row_hash(r.get(0), r.get(1))).collect(),
+                Err(e) if denied(&e) => std::collections::HashSet::new(),
+                Err(e) => return Err(sql("cannot read pg2dns.rejected")(e)),
+            }
         } else {
             std::collections::HashSet::new()
         };
