@@ -57,6 +57,7 @@ mod isolation;
 mod knot;
 mod outages;
 mod packaging;
+mod plugin;
 mod primaries;
 mod reconcile;
 mod rejected;
