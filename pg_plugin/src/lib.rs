@@ -65,7 +65,9 @@ fn check_record(
         Ok(record) => record.to_string(),
         Err(refusal) => {
             let code = match refusal {
-                Refusal::Record(RecordError::Null(_)) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                Refusal::Record(RecordError::Null(_)) => {
+                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED
+                }
                 _ => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             };
             ErrorReport::new(

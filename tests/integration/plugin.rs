@@ -206,6 +206,7 @@ async fn with_the_check_installed_a_writers_bad_row_fails_with_the_streams_reaso
             == "record data \"192.0.2\" is not valid A: invalid address \"192.0.2\" in A record data: not a dotted-quad IPv4 address",
         "{e:?}"
     );
+    stack.exec("RESET ROLE").await?;
     let rows = stack.table().await?;
     ensure!(rows.len() == 2, "only the good rows are stored: {rows:?}");
     let expected = stack.expected(&rows);
@@ -219,6 +220,32 @@ async fn with_the_check_installed_a_writers_bad_row_fails_with_the_streams_reaso
         "nothing reaches pg2dns.rejected"
     );
     pg2dns.assert_running()?;
+    // docs/plugin.md's removal leaves pg2dns.rr as it was before.
+    stack
+        .exec(
+            "DROP TRIGGER rr_check ON pg2dns.rr;
+             DROP FUNCTION pg2dns.rr_check();
+             DROP EXTENSION pg2dns_plugin CASCADE;",
+        )
+        .await?;
+    let left: i64 = stack
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname IN ('pg2dns', 'pg2dns_plugin')
+                AND p.proname IN ('check_record', 'record_is_valid', 'rr_check')",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        left == 0,
+        "{left} functions of the check are left after removal"
+    );
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, type, ttl, rdata) VALUES ('bad.example.test.', 'A', 300, 'not-an-ip')")
+        .await
+        .context("after removal a bad row is stored again, for the stream to reject")?;
     Ok(())
 }
 
