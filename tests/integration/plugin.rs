@@ -206,6 +206,21 @@ async fn with_the_check_installed_a_writers_bad_row_fails_with_the_streams_reaso
             == "record data \"192.0.2\" is not valid A: invalid address \"192.0.2\" in A record data: not a dotted-quad IPv4 address",
         "{e:?}"
     );
+    // The wrappers in schema pg2dns, as an application calls them.
+    let row = stack
+        .db
+        .query_one(
+            "SELECT pg2dns.check_record('WWW.Example.Test', 'a', 300, '192.0.2.1'),
+                    pg2dns.record_is_valid('h.example.test.', 'MX', 300, '10 mail'),
+                    pg2dns.record_is_valid(owner => 'h.example.test.', type => 'MX', ttl => 300, rdata => '10 mail.example.test.')",
+            &[],
+        )
+        .await?;
+    let (text, bad, good): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    ensure!(
+        text == "www.example.test. 300 IN A 192.0.2.1" && !bad && good,
+        "pg2dns.check_record and pg2dns.record_is_valid: {text:?} {bad} {good}"
+    );
     stack.exec("RESET ROLE").await?;
     let rows = stack.table().await?;
     ensure!(rows.len() == 2, "only the good rows are stored: {rows:?}");
