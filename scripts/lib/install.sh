@@ -86,3 +86,55 @@ pg2dns_install_dnspython() {
         python3 -m pip install --quiet --break-system-packages -U 'dnspython>=2.4'
     pg2dns_have_dnspython
 }
+
+# The cargo-pgrx that builds pg_plugin/, pinned: pgrx in pg_plugin/Cargo.toml
+# must be the same version, and 0.18.1 is the newest that builds with rustc
+# 1.95 (0.19 needs 1.96).
+PG2DNS_PGRX_VERSION=0.18.1
+
+# Builds the pg2dns_plugin extension (pg_plugin/, docs/plugin.md) and
+# installs it into the PostgreSQL the tests run: installs PostgreSQL's server
+# headers and libclang (bindgen reads the headers) if missing, cargo-pgrx if
+# missing or another version, runs `cargo pgrx init` for that PostgreSQL
+# once (nothing is downloaded but crates), then `cargo pgrx install`. Prints
+# how long each step took.
+pg2dns_install_plugin() {
+    local pg_config major sudo=() step_start
+    pg_config="$(pg2dns_pg_bin)/pg_config"
+    if [[ ! -x "$pg_config" ]]; then
+        echo "no pg_config next to initdb ($pg_config): install postgresql-server-dev-<major>" >&2
+    fi
+    major=$("$pg_config" --version 2>/dev/null | sed -E 's/^PostgreSQL ([0-9]+).*/\1/') || true
+    if [[ $(id -u) -ne 0 ]]; then
+        sudo=(sudo)
+    fi
+    step_start=$SECONDS
+    if [[ ! -x "$pg_config" || ! -e "$("$pg_config" --includedir-server)/postgres.h" ]] ||
+        ! command -v clang >/dev/null 2>&1 ||
+        ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+        echo "installing PostgreSQL's server headers and libclang with apt-get" >&2
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            "postgresql-server-dev-${major:-all}" libclang-dev clang
+        major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+    fi
+    echo "plugin: headers and libclang $((SECONDS - step_start)) s" >&2
+    step_start=$SECONDS
+    if [[ "$(cargo pgrx --version 2>/dev/null)" != "cargo-pgrx $PG2DNS_PGRX_VERSION" ]]; then
+        echo "installing cargo-pgrx $PG2DNS_PGRX_VERSION (several minutes the first time)" >&2
+        cargo install cargo-pgrx --version "$PG2DNS_PGRX_VERSION" --locked
+    fi
+    echo "plugin: cargo-pgrx $((SECONDS - step_start)) s" >&2
+    step_start=$SECONDS
+    if ! grep -qs "^pg$major = \"$pg_config\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+        cargo pgrx init "--pg$major" "$pg_config"
+    fi
+    echo "plugin: cargo pgrx init $((SECONDS - step_start)) s" >&2
+    step_start=$SECONDS
+    local install=(cargo pgrx install --pg-config "$pg_config" --no-default-features --features "pg$major")
+    if ((${#sudo[@]})); then
+        install+=(--sudo)
+    fi
+    (cd pg_plugin && "${install[@]}")
+    echo "plugin: build and install $((SECONDS - step_start)) s" >&2
+}

@@ -58,6 +58,7 @@ mod isolation;
 mod knot;
 mod outages;
 mod packaging;
+mod plugin;
 mod primaries;
 mod reconcile;
 mod reconcile_paused;

@@ -12,6 +12,7 @@
 //! identity columns changed", pgoutput documentation), so the key is all a
 //! mapping may rely on for the old side of a change.
 
+pub mod row_check;
 pub mod source;
 
 use std::fmt;
