@@ -53,7 +53,8 @@ pub fn rr_row(columns: RrColumns<'_>) -> Result<Record, Refusal> {
     .to_vec();
     let row = TextRow::new(names, values);
     let root = ZoneName::parse(".").expect("the root is a zone name");
-    match RrTable.records(&row, &Zones::new(vec![root])) {
+    let zones = Zones::new(vec![root]).expect("one zone is within every limit");
+    match RrTable.records(&row, &zones) {
         Ok(wanted) => match wanted.into_iter().next() {
             Some(Wanted::Record(d)) => Ok(d.record),
             // A text row never carries an unchanged TOAST value, and the
