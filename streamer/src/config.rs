@@ -349,12 +349,16 @@ struct MetricsSpec {
     /// address:port for /metrics, /healthz and /readyz; "" turns it off.
     #[serde(default = "default_metrics_listen")]
     listen: String,
+    /// Label the zone families by zone (and server), not by server alone.
+    #[serde(default)]
+    per_zone: bool,
 }
 
 impl Default for MetricsSpec {
     fn default() -> Self {
         MetricsSpec {
             listen: default_metrics_listen(),
+            per_zone: false,
         }
     }
 }
@@ -493,6 +497,9 @@ pub struct Config {
     pub limits: Limits,
     /// Where metrics and health are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[metrics] per_zone`: the zone families labelled by zone, not only
+    /// by server.
+    pub metrics_per_zone: bool,
     /// The batch comparison's safety threshold.
     pub reconcile: ReconcileConfig,
     /// The declarative sources (`[[source]]`), besides the built-in
@@ -1059,6 +1066,7 @@ impl Config {
                 dns_timeout: Duration::from_millis(l.dns_timeout_ms.max(100)),
                 unreachable_after: Duration::from_secs(l.unreachable_after_s.max(1)),
             },
+            metrics_per_zone: spec.metrics.per_zone,
             metrics_listen: match spec.metrics.listen.trim() {
                 "" => None,
                 text => Some(text.parse().map_err(|_| {

@@ -257,9 +257,6 @@ pub async fn publish(live: Arc<Live>, config: Config) {
     loop {
         tick.tick().await;
         for (i, z) in live.zones.iter().enumerate() {
-            let label = metrics::ZoneLabel {
-                zone: z.name.to_string(),
-            };
             let acked = z.acked.load(Ordering::Relaxed);
             let in_flight = z.dispatched.load(Ordering::Relaxed).saturating_sub(acked);
             rows[i].in_flight = i64::try_from(in_flight).unwrap_or(i64::MAX);
@@ -287,18 +284,13 @@ pub async fn publish(live: Arc<Live>, config: Config) {
                 }
                 m.set_unreachable(&zone, &server, unreachable);
             }
-            m.zone_in_flight
-                .get_or_create(&label)
-                .set(rows[i].in_flight);
             if acked > asked_at_ack[i] {
                 match soa_serial(&z.name, z.primary, Duration::from_secs(2)).await {
                     Ok(serial) => {
                         asked_at_ack[i] = acked;
                         rows[i].soa_serial = Some(serial);
                         rows[i].soa_at_micros = unix_micros(SystemTime::now());
-                        m.zone_soa_serial
-                            .get_or_create(&label)
-                            .set(i64::from(serial));
+                        m.soa_serial(&z.name.to_string(), &z.primary.to_string(), serial);
                     }
                     Err(e) => {
                         debug!(zone = %z.name, primary = %z.primary, error = %e, "SOA query failed; asking again later")
@@ -306,6 +298,17 @@ pub async fn publish(live: Arc<Live>, config: Config) {
                 }
             }
         }
+        let names: Vec<(String, String)> = live
+            .zones
+            .iter()
+            .map(|z| (z.name.to_string(), z.primary.to_string()))
+            .collect();
+        m.in_flight(
+            names
+                .iter()
+                .zip(&rows)
+                .map(|((zone, server), row)| (zone.as_str(), server.as_str(), row.in_flight)),
+        );
         let pending = live.pending();
         let lag = pending.map_or(Duration::ZERO, |p| p.age_at_receipt + p.received.elapsed());
         m.lag_seconds.set(lag.as_secs_f64());
