@@ -993,6 +993,10 @@ impl Config {
                 "reconcile.max_change_share = {max_change_share}: must be from 0 to 1"
             )));
         }
+        // Refused before compiling them: pg2dns.rr and each [[source]] get a
+        // SourceId (the zones tables are counted below).
+        pg2dns_decoder::plan::SourceId::check_count(1 + spec.sources.len())
+            .map_err(|e| invalid(e.to_string()))?;
         let mut sources: Vec<SourceMapping> = Vec::new();
         let mut apex_ns_sources = vec![spec.rr.manage_apex_ns];
         for (i, table) in spec.sources.into_iter().enumerate() {
@@ -1042,6 +1046,10 @@ impl Config {
             }
         }
         let zone_ids = pg2dns_decoder::Zones::new(zones.iter().map(|z| z.name.clone()).collect())
+            .map_err(|e| invalid(e.to_string()))?;
+        // pg2dns.rr, each source and each zones table gets a SourceId:
+        // never wrapped.
+        pg2dns_decoder::plan::SourceId::check_count(1 + sources.len() + followed.len())
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Config {
             path: path.to_owned(),
@@ -1367,6 +1375,27 @@ ttl_column = "ttl"
 [source.filter]
 is_false = ["disabled"]
 "#;
+
+    #[test]
+    fn more_sources_than_source_ids_are_refused_naming_count_and_limit() {
+        let limit = pg2dns_decoder::plan::MAX_SOURCES;
+        // pg2dns.rr is the first source: `limit` [[source]] tables are one
+        // too many (with `as u16` the last became pg2dns.rr's id 0).
+        let mut text = GOOD.to_owned();
+        for i in 0..limit {
+            text.push_str(&format!(
+                "[[source]]\ntable = \"app.t{i}\"\nowner_column = \"name\"\naddress_column = \"address\"\n"
+            ));
+        }
+        let err = with_key_file(&text).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "{} sources are configured (pg2dns.rr, the [[source]] tables and the zones tables they reference), more than the {limit} pg2dns can tell apart",
+                limit + 1
+            )),
+            "{err}"
+        );
+    }
 
     #[test]
     fn sources_compile_with_their_defaults() {

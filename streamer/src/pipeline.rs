@@ -1174,7 +1174,7 @@ impl Pipeline<'_> {
                         )?;
                         self.checked[i] = Some(change.relation.clone());
                     }
-                    self.batch.push(Item::Change(SourceId(i as u16), change));
+                    self.batch.push(Item::Change(SourceId::new(i)?, change));
                     self.batch_rows += 1;
                     metrics::get().rows.inc();
                 }
@@ -1191,7 +1191,7 @@ impl Pipeline<'_> {
                     if let Some(i) = self.source_of(r, final_lsn).await? {
                         info!(table = %r.qualified_name(), lsn = %final_lsn, "TRUNCATE");
                         self.batch
-                            .push(Item::Truncate(SourceId(i as u16), final_lsn));
+                            .push(Item::Truncate(SourceId::new(i)?, final_lsn));
                         self.batch_rows += 1;
                     }
                 }
