@@ -299,9 +299,60 @@ pub struct Rejection {
     pub reason: Refusal,
 }
 
-/// Which source a row belongs to (index into the configured mappings).
+/// Which source a row belongs to (index into the configured mappings:
+/// the `[[source]]` tables, then the zones tables they reference).
+///
+/// Built by [`SourceId::new`], checked: with `as` casts the 65,537th
+/// source was given the first source's id and its rows were taken for that
+/// table's (issue #24). The configuration refuses more than
+/// [`MAX_SOURCES`], so the check never fails in a running pg2dns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceId(pub u16);
+
+/// The most sources one configuration may hold: one per [`SourceId`].
+pub const MAX_SOURCES: usize = u16::MAX as usize + 1;
+
+/// Why a source was given no id.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SourcesError {
+    /// More sources than there are [`SourceId`]s.
+    #[error("{count} sources are configured (pg2dns.rr, the [[source]] tables and the zones tables they reference), more than the {limit} pg2dns can tell apart")]
+    TooMany {
+        /// How many sources were given (at least).
+        count: usize,
+        /// The most allowed.
+        limit: usize,
+    },
+}
+
+impl SourceId {
+    /// The id of the source at `index` among the configured mappings;
+    /// refused past [`MAX_SOURCES`], never wrapped.
+    pub fn new(index: usize) -> Result<SourceId, SourcesError> {
+        u16::try_from(index)
+            .map(SourceId)
+            .map_err(|_| SourcesError::TooMany {
+                count: index.saturating_add(1),
+                limit: MAX_SOURCES,
+            })
+    }
+
+    /// Refuses `count` sources if they are more than [`MAX_SOURCES`].
+    pub fn check_count(count: usize) -> Result<(), SourcesError> {
+        if count > MAX_SOURCES {
+            return Err(SourcesError::TooMany {
+                count,
+                limit: MAX_SOURCES,
+            });
+        }
+        Ok(())
+    }
+
+    /// The source's position among the configured mappings.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
 
 /// A source row: its source and key.
 pub type RowRef = (SourceId, RowKey);
@@ -2287,5 +2338,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_source_past_the_limit_is_refused_never_wrapped() {
+        assert_eq!(SourceId::new(0), Ok(SourceId(0)));
+        let last = SourceId::new(MAX_SOURCES - 1).unwrap();
+        assert_eq!(last.index(), 65_535);
+        // The 65,537th source: with `as u16` it became source 0.
+        let err = SourceId::new(MAX_SOURCES).unwrap_err();
+        assert_eq!(
+            err,
+            SourcesError::TooMany {
+                count: 65_537,
+                limit: 65_536
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "65537 sources are configured (pg2dns.rr, the [[source]] tables and the zones tables they reference), more than the 65536 pg2dns can tell apart"
+        );
+        assert!(SourceId::new(usize::MAX).is_err());
+        assert_eq!(SourceId::check_count(MAX_SOURCES), Ok(()));
+        assert_eq!(
+            SourceId::check_count(MAX_SOURCES + 1),
+            Err(SourcesError::TooMany {
+                count: 65_537,
+                limit: 65_536
+            })
+        );
     }
 }

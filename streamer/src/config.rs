@@ -349,12 +349,16 @@ struct MetricsSpec {
     /// address:port for /metrics, /healthz and /readyz; "" turns it off.
     #[serde(default = "default_metrics_listen")]
     listen: String,
+    /// Label the zone families by zone (and server), not by server alone.
+    #[serde(default)]
+    per_zone: bool,
 }
 
 impl Default for MetricsSpec {
     fn default() -> Self {
         MetricsSpec {
             listen: default_metrics_listen(),
+            per_zone: false,
         }
     }
 }
@@ -493,6 +497,9 @@ pub struct Config {
     pub limits: Limits,
     /// Where metrics and health are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[metrics] per_zone`: the zone families labelled by zone, not only
+    /// by server.
+    pub metrics_per_zone: bool,
     /// The batch comparison's safety threshold.
     pub reconcile: ReconcileConfig,
     /// The declarative sources (`[[source]]`), besides the built-in
@@ -986,6 +993,10 @@ impl Config {
                 "reconcile.max_change_share = {max_change_share}: must be from 0 to 1"
             )));
         }
+        // Refused before compiling them: pg2dns.rr and each [[source]] get a
+        // SourceId (the zones tables are counted below).
+        pg2dns_decoder::plan::SourceId::check_count(1 + spec.sources.len())
+            .map_err(|e| invalid(e.to_string()))?;
         let mut sources: Vec<SourceMapping> = Vec::new();
         let mut apex_ns_sources = vec![spec.rr.manage_apex_ns];
         for (i, table) in spec.sources.into_iter().enumerate() {
@@ -1036,6 +1047,10 @@ impl Config {
         }
         let zone_ids = pg2dns_decoder::Zones::new(zones.iter().map(|z| z.name.clone()).collect())
             .map_err(|e| invalid(e.to_string()))?;
+        // pg2dns.rr, each source and each zones table gets a SourceId:
+        // never wrapped.
+        pg2dns_decoder::plan::SourceId::check_count(1 + sources.len() + followed.len())
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(Config {
             path: path.to_owned(),
             zone_ids,
@@ -1059,6 +1074,7 @@ impl Config {
                 dns_timeout: Duration::from_millis(l.dns_timeout_ms.max(100)),
                 unreachable_after: Duration::from_secs(l.unreachable_after_s.max(1)),
             },
+            metrics_per_zone: spec.metrics.per_zone,
             metrics_listen: match spec.metrics.listen.trim() {
                 "" => None,
                 text => Some(text.parse().map_err(|_| {
@@ -1359,6 +1375,27 @@ ttl_column = "ttl"
 [source.filter]
 is_false = ["disabled"]
 "#;
+
+    #[test]
+    fn more_sources_than_source_ids_are_refused_naming_count_and_limit() {
+        let limit = pg2dns_decoder::plan::MAX_SOURCES;
+        // pg2dns.rr is the first source: `limit` [[source]] tables are one
+        // too many (with `as u16` the last became pg2dns.rr's id 0).
+        let mut text = GOOD.to_owned();
+        for i in 0..limit {
+            text.push_str(&format!(
+                "[[source]]\ntable = \"app.t{i}\"\nowner_column = \"name\"\naddress_column = \"address\"\n"
+            ));
+        }
+        let err = with_key_file(&text).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "{} sources are configured (pg2dns.rr, the [[source]] tables and the zones tables they reference), more than the {limit} pg2dns can tell apart",
+                limit + 1
+            )),
+            "{err}"
+        );
+    }
 
     #[test]
     fn sources_compile_with_their_defaults() {

@@ -136,6 +136,9 @@ pub enum RunError {
     /// A bug: an internal invariant broke.
     #[error("internal error: {0}")]
     Internal(String),
+    /// More sources than ids (the configuration refuses them first).
+    #[error(transparent)]
+    Sources(#[from] pg2dns_decoder::plan::SourcesError),
 }
 
 /// What happens after a failure.
@@ -172,6 +175,9 @@ impl RunError {
             RunError::Store(e) => {
                 if e.is_certificate() {
                     return halt(TLS_HINT);
+                }
+                if matches!(e, StoreError::Sources(_)) {
+                    return halt(&sources_hint());
                 }
                 if e.is_connection() {
                     return Disposition::Retry;
@@ -222,8 +228,15 @@ impl RunError {
             },
             RunError::Stream { .. } => Disposition::Retry,
             RunError::Internal(_) => Disposition::Exit,
+            RunError::Sources(_) => halt(&sources_hint()),
         }
     }
+}
+
+/// The hint when there are more sources than [`pg2dns_decoder::plan::SourceId`]s
+/// (the configuration refuses them first).
+fn sources_hint() -> String {
+    format!("configure fewer sources: pg2dns.rr, the [[source]] tables and the zones tables they reference count together, at most {} (`pg2dns check-config` refuses more); then `pg2dns resume`", pg2dns_decoder::plan::MAX_SOURCES)
 }
 
 /// The hint of a TLS failure that retrying cannot fix.

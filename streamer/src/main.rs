@@ -346,6 +346,7 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 pg2dns::notify::stopping();
                 let _ = tx.send(true);
             });
+            pg2dns::metrics::get().set_per_zone(config.metrics_per_zone);
             if let Some(addr) = config.metrics_listen {
                 tokio::spawn(pg2dns::metrics::serve(addr));
             }

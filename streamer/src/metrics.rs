@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use axum::http::{header, StatusCode};
 use axum::routing;
 use axum::Router;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -114,11 +114,33 @@ pub fn retry_reason(reason: &pg2dns_decoder::session::RetryReason) -> &'static s
 /// The `wal_status` values of `pg_replication_slots`.
 pub const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
-/// Labels naming a zone.
+/// Labels naming a primary and, with `[metrics] per_zone = true`, a zone:
+/// the series of the zone families (`pg2dns_update_*`, `pg2dns_ack_seconds`,
+/// `pg2dns_zone_*`, `pg2dns_dns_retries_total`). Built by
+/// [`Metrics::series`]; by default every zone of a primary shares its
+/// series, so that a scrape does not grow with the zone count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SeriesLabel {
+    /// The zone apex, with `per_zone` only.
+    pub zone: Option<String>,
+    /// The primary's address.
+    pub server: String,
+}
+
+impl EncodeLabelSet for SeriesLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(zone) = &self.zone {
+            ("zone", zone.as_str()).encode(encoder.encode_label())?;
+        }
+        ("server", self.server.as_str()).encode(encoder.encode_label())
+    }
+}
+
+/// Labels naming why an UPDATE is resent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ZoneLabel {
-    /// The zone apex.
-    pub zone: String,
+pub struct ReasonLabel {
+    /// One of [`RETRY_REASONS`].
+    pub reason: String,
 }
 
 /// Labels naming an error kind.
@@ -133,24 +155,6 @@ pub struct KindLabel {
 pub struct ModeLabel {
     /// One of [`State::as_str`].
     pub mode: String,
-}
-
-/// Labels naming a zone, its primary and why an UPDATE is resent.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RetryLabel {
-    /// The zone apex.
-    pub zone: String,
-    /// One of [`RETRY_REASONS`].
-    pub reason: String,
-}
-
-/// Labels naming a zone and its primary.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerLabel {
-    /// The zone apex.
-    pub zone: String,
-    /// The primary's address.
-    pub server: String,
 }
 
 /// Labels naming a slot's `wal_status`.
@@ -176,12 +180,12 @@ pub struct Metrics {
     pub rows: Counter,
     /// Rows refused (pg2dns.rejected).
     pub rejected: Counter,
-    /// UPDATE operations handed to each zone.
-    pub operations: Family<ZoneLabel, Counter>,
-    /// UPDATE messages written to each zone's primary.
-    pub messages: Family<ZoneLabel, Counter>,
+    /// UPDATE operations handed to each primary (or zone).
+    pub operations: Family<SeriesLabel, Counter>,
+    /// UPDATE messages written to each primary (or zone).
+    pub messages: Family<SeriesLabel, Counter>,
     /// Bytes of those messages.
-    pub bytes: Family<ZoneLabel, Counter>,
+    pub bytes: Family<SeriesLabel, Counter>,
     /// Failures by kind.
     pub errors: Family<KindLabel, Counter>,
     /// The LSN confirmed to the slot.
@@ -193,19 +197,21 @@ pub struct Metrics {
     /// 1 for the current mode, 0 for the others.
     pub mode: Family<ModeLabel, Gauge>,
     /// Seconds from handing a transaction to a zone to its acknowledgement.
-    pub ack_seconds: Family<ZoneLabel, Histogram>,
+    pub ack_seconds: Family<SeriesLabel, Histogram>,
     /// Age of the oldest received transaction not yet in DNS (0: none).
     pub lag_seconds: Gauge<f64, AtomicU64>,
     /// Each zone's SOA serial, as its primary answered after an
-    /// acknowledgement.
-    pub zone_soa_serial: Family<ZoneLabel, Gauge>,
-    /// Transactions handed to each zone and not yet acknowledged.
-    pub zone_in_flight: Family<ZoneLabel, Gauge>,
-    /// UPDATE messages resent (and connections retried) by zone and reason.
-    pub dns_retries: Family<RetryLabel, Counter>,
-    /// 1 while a zone's primary has left pending changes unanswered longer
-    /// than `unreachable_after_s`.
-    pub zone_unreachable: Family<ServerLabel, Gauge>,
+    /// acknowledgement (with `per_zone` only: see [`Metrics::soa_serial`]).
+    pub zone_soa_serial: Family<SeriesLabel, Gauge>,
+    /// Transactions handed to the zones of each primary (or to each zone)
+    /// and not yet acknowledged.
+    pub zone_in_flight: Family<SeriesLabel, Gauge>,
+    /// UPDATE messages resent (and connections retried) by primary (or
+    /// zone) and reason.
+    pub dns_retries: Family<(SeriesLabel, ReasonLabel), Counter>,
+    /// 1 while a primary has left pending changes of a zone (of this zone,
+    /// with `per_zone`) unanswered longer than `unreachable_after_s`.
+    pub zone_unreachable: Family<SeriesLabel, Gauge>,
     /// 1 when `/readyz` answers 200.
     pub ready: Gauge,
     /// WAL the slot keeps from removal (`pg_current_wal_lsn() - restart_lsn`).
@@ -216,6 +222,8 @@ pub struct Metrics {
     /// 1 for the slot's current `wal_status`.
     pub slot_wal_status: Family<WalStatusLabel, Gauge>,
     state: AtomicU8,
+    /// `[metrics] per_zone`: a `zone` label on the zone families.
+    per_zone: AtomicBool,
     unreachable: Mutex<BTreeSet<(String, String)>>,
 }
 
@@ -253,6 +261,7 @@ impl Metrics {
             slot_safe_wal_bytes: Gauge::default(),
             slot_wal_status: Family::default(),
             state: AtomicU8::new(0),
+            per_zone: AtomicBool::new(false),
             unreachable: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
         };
@@ -273,12 +282,12 @@ impl Metrics {
         );
         registry.register(
             "update_operations",
-            "UPDATE operations handed to each zone",
+            "UPDATE operations handed to the zones of each primary (each zone with [metrics] per_zone)",
             m.operations.clone(),
         );
         registry.register(
             "update_messages",
-            "UPDATE messages written to each zone's primary",
+            "UPDATE messages written to each primary (by zone with [metrics] per_zone)",
             m.messages.clone(),
         );
         registry.register(
@@ -319,22 +328,22 @@ impl Metrics {
         );
         registry.register(
             "zone_soa_serial",
-            "Each zone's SOA serial as its primary answered after the last acknowledgement",
+            "Each zone's SOA serial as its primary answered after the last acknowledgement (only with [metrics] per_zone = true)",
             m.zone_soa_serial.clone(),
         );
         registry.register(
             "zone_in_flight",
-            "Transactions handed to each zone and not yet acknowledged",
+            "Transactions handed to the zones of each primary (each zone with [metrics] per_zone) and not yet acknowledged",
             m.zone_in_flight.clone(),
         );
         registry.register(
             "dns_retries",
-            "UPDATE messages resent and connections retried, by zone and reason (servfail, timeout, disconnected, unreachable: connection refused or failed, malformed)",
+            "UPDATE messages resent and connections retried, by primary (and zone with [metrics] per_zone) and reason (servfail, timeout, disconnected, unreachable: connection refused or failed, malformed)",
             m.dns_retries.clone(),
         );
         registry.register(
             "zone_unreachable",
-            "1 while the zone's primary has left pending changes unanswered for longer than [limits] unreachable_after_s",
+            "1 while the primary has left pending changes of one of its zones (of this zone with [metrics] per_zone) unanswered for longer than [limits] unreachable_after_s",
             m.zone_unreachable.clone(),
         );
         registry.register(
@@ -384,23 +393,66 @@ impl Metrics {
         }
     }
 
+    /// Sets `[metrics] per_zone`: read once, before the first zone's series
+    /// are created.
+    pub fn set_per_zone(&self, per_zone: bool) {
+        self.per_zone.store(per_zone, Ordering::Relaxed);
+    }
+
+    /// Whether the zone families are labelled by zone.
+    pub fn per_zone(&self) -> bool {
+        self.per_zone.load(Ordering::Relaxed)
+    }
+
+    /// The series of `zone` on its primary `server`: labelled by the server
+    /// alone unless `per_zone`.
+    pub fn series(&self, zone: &str, server: &str) -> SeriesLabel {
+        SeriesLabel {
+            zone: self.per_zone().then(|| zone.to_owned()),
+            server: server.to_owned(),
+        }
+    }
+
     /// Creates the series of a zone (at 0) so that they exist from start.
     pub fn zone(&self, zone: &str, server: &str) {
-        let label = ZoneLabel { zone: zone.into() };
+        let label = self.series(zone, server);
         drop(self.operations.get_or_create(&label));
         drop(self.messages.get_or_create(&label));
         drop(self.bytes.get_or_create(&label));
         drop(self.zone_in_flight.get_or_create(&label));
         for reason in RETRY_REASONS {
-            drop(self.dns_retries.get_or_create(&RetryLabel {
-                zone: zone.into(),
-                reason: reason.into(),
-            }));
+            drop(self.dns_retries.get_or_create(&(
+                label.clone(),
+                ReasonLabel {
+                    reason: reason.into(),
+                },
+            )));
         }
-        drop(self.zone_unreachable.get_or_create(&ServerLabel {
-            zone: zone.into(),
-            server: server.into(),
-        }));
+        drop(self.zone_unreachable.get_or_create(&label));
+    }
+
+    /// Records `zone`'s SOA serial as its primary `server` answered; a
+    /// serial is a zone's own, so without `per_zone` it is not exported
+    /// (`pg2dns status` shows each zone's).
+    pub fn soa_serial(&self, zone: &str, server: &str, serial: u32) {
+        if self.per_zone() {
+            self.zone_soa_serial
+                .get_or_create(&self.series(zone, server))
+                .set(i64::from(serial));
+        }
+    }
+
+    /// Sets the in-flight gauges: `in_flight` holds (zone, server, count)
+    /// of every zone; without `per_zone` each primary's zones are summed.
+    pub fn in_flight<'a>(&self, in_flight: impl IntoIterator<Item = (&'a str, &'a str, i64)>) {
+        let mut sums: std::collections::BTreeMap<SeriesLabel, i64> =
+            std::collections::BTreeMap::new();
+        for (zone, server, count) in in_flight {
+            *sums.entry(self.series(zone, server)).or_insert(0) += count;
+        }
+        for (label, sum) in sums {
+            self.zone_in_flight.get_or_create(&label).set(sum);
+        }
     }
 
     /// Records the state (and readiness).
@@ -426,15 +478,10 @@ impl Metrics {
             .unwrap_or(State::Starting)
     }
 
-    /// Records whether `zone`'s primary `server` is unreachable.
+    /// Records whether `zone`'s primary `server` is unreachable. Without
+    /// `per_zone` the server's gauge is 1 while any of its zones is.
     pub fn set_unreachable(&self, zone: &str, server: &str, unreachable: bool) {
-        self.zone_unreachable
-            .get_or_create(&ServerLabel {
-                zone: zone.into(),
-                server: server.into(),
-            })
-            .set(i64::from(unreachable));
-        {
+        let value = {
             let mut set = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
             let key = (zone.to_owned(), server.to_owned());
             if unreachable {
@@ -442,7 +489,15 @@ impl Metrics {
             } else {
                 set.remove(&key);
             }
-        }
+            if self.per_zone() {
+                unreachable
+            } else {
+                set.iter().any(|(_, s)| s == server)
+            }
+        };
+        self.zone_unreachable
+            .get_or_create(&self.series(zone, server))
+            .set(i64::from(value));
         self.update_ready();
     }
 
@@ -705,6 +760,7 @@ mod tests {
     #[test]
     fn every_family_has_help_and_type_and_counters_exist_from_start() {
         let m = Metrics::new();
+        m.set_per_zone(true);
         m.zone("example.com.", "127.0.0.1:53");
         m.set_state(State::Standby);
         let text = m.render();
@@ -742,7 +798,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("pg2dns_dns_retries_total{zone=\"example.com.\",reason=\"timeout\"} 0"),
+            text.contains("pg2dns_dns_retries_total{zone=\"example.com.\",server=\"127.0.0.1:53\",reason=\"timeout\"} 0"),
             "{text}"
         );
         assert!(text.contains("pg2dns_build_info{version=\""), "{text}");
@@ -766,5 +822,99 @@ mod tests {
         assert_eq!(m.ready.get(), 0);
         m.set_unreachable("example.com.", "127.0.0.1:53", false);
         assert_eq!(m.ready.get(), 1);
+    }
+
+    /// Every zone of a primary fed the way the pipeline and the status
+    /// publisher do: its series created, an operation, a message, an
+    /// acknowledgement, a retry, its in-flight count, an unreachable spell
+    /// and its SOA serial.
+    fn feed(m: &Metrics, zones: usize, server: &str) -> String {
+        let names: Vec<String> = (0..zones).map(|i| format!("z{i}.example.")).collect();
+        for zone in &names {
+            m.zone(zone, server);
+            let label = m.series(zone, server);
+            m.operations.get_or_create(&label).inc_by(3);
+            m.messages.get_or_create(&label).inc();
+            m.bytes.get_or_create(&label).inc_by(120);
+            m.ack_seconds.get_or_create(&label).observe(0.004);
+            m.dns_retries
+                .get_or_create(&(
+                    label,
+                    ReasonLabel {
+                        reason: "timeout".into(),
+                    },
+                ))
+                .inc();
+            m.soa_serial(zone, server, 7);
+        }
+        m.in_flight(names.iter().map(|z| (z.as_str(), server, 1)));
+        m.set_unreachable(&names[0], server, true);
+        // Without the process_* lines, whose numbers vary between renders.
+        m.render()
+            .lines()
+            .filter(|l| !l.contains("process_"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn by_default_a_thousand_zones_on_one_primary_scrape_as_one_zone_does() {
+        let one = feed(&Metrics::new(), 1, "192.0.2.53:53");
+        let thousand = feed(&Metrics::new(), 1000, "192.0.2.53:53");
+        // The same series; only the counts (3 vs 3000 operations …) differ.
+        assert!(
+            thousand.len() <= one.len() + 200,
+            "1 zone: {} bytes, 1000 zones: {} bytes\n{thousand}",
+            one.len(),
+            thousand.len()
+        );
+        assert!(!thousand.contains("zone=\""), "{thousand}");
+        assert!(!thousand.contains("pg2dns_zone_soa_serial{"), "{thousand}");
+        for sample in [
+            "pg2dns_update_operations_total{server=\"192.0.2.53:53\"} 3000",
+            "pg2dns_update_messages_total{server=\"192.0.2.53:53\"} 1000",
+            "pg2dns_ack_seconds_count{server=\"192.0.2.53:53\"} 1000",
+            "pg2dns_dns_retries_total{server=\"192.0.2.53:53\",reason=\"timeout\"} 1000",
+            "pg2dns_zone_in_flight{server=\"192.0.2.53:53\"} 1000",
+            "pg2dns_zone_unreachable{server=\"192.0.2.53:53\"} 1",
+        ] {
+            assert!(thousand.contains(sample), "{sample} missing in\n{thousand}");
+        }
+        // per_zone: every zone its own series, and its serial.
+        let m = Metrics::new();
+        m.set_per_zone(true);
+        let per_zone = feed(&m, 1000, "192.0.2.53:53");
+        assert!(
+            per_zone.len() > 100 * one.len(),
+            "per_zone: {} bytes",
+            per_zone.len()
+        );
+        for sample in [
+            "pg2dns_update_operations_total{zone=\"z999.example.\",server=\"192.0.2.53:53\"} 3",
+            "pg2dns_zone_soa_serial{zone=\"z5.example.\",server=\"192.0.2.53:53\"} 7",
+            "pg2dns_zone_in_flight{zone=\"z5.example.\",server=\"192.0.2.53:53\"} 1",
+            "pg2dns_zone_unreachable{zone=\"z0.example.\",server=\"192.0.2.53:53\"} 1",
+            "pg2dns_zone_unreachable{zone=\"z1.example.\",server=\"192.0.2.53:53\"} 0",
+        ] {
+            assert!(per_zone.contains(sample), "{sample} missing");
+        }
+    }
+
+    #[test]
+    fn a_primary_is_unreachable_while_any_of_its_zones_is() {
+        let m = Metrics::new();
+        let gauge = |m: &Metrics| {
+            m.zone_unreachable
+                .get_or_create(&m.series("a.test.", "192.0.2.1:53"))
+                .get()
+        };
+        m.zone("a.test.", "192.0.2.1:53");
+        m.zone("b.test.", "192.0.2.1:53");
+        m.set_unreachable("a.test.", "192.0.2.1:53", true);
+        m.set_unreachable("b.test.", "192.0.2.1:53", true);
+        m.set_unreachable("a.test.", "192.0.2.1:53", false);
+        assert_eq!(gauge(&m), 1, "b.test. still waits");
+        m.set_unreachable("b.test.", "192.0.2.1:53", false);
+        assert_eq!(gauge(&m), 0);
     }
 }

@@ -138,8 +138,8 @@ pub fn mappings(config: &Config) -> Vec<Box<dyn Mapping>> {
 
 /// Per-zone dispatch bookkeeping.
 struct ZoneLane {
-    /// The zone's name, for metrics.
-    name: String,
+    /// The zone's `pg2dns_update_operations_total` series.
+    operations: prometheus_client::metrics::counter::Counter,
     tx: mpsc::Sender<Vec<Dispatch>>,
     dispatched: u64,
     /// Dispatches of the current flush, handed over at its end.
@@ -168,8 +168,12 @@ impl Lanes {
             let (tx, rx) = mpsc::channel(4);
             let sink = ZoneSink::new(id, z, &config.limits, report_tx.clone());
             tasks.push(tokio::spawn(sink.run(rx)));
+            let m = metrics::get();
             lanes.push(ZoneLane {
-                name: z.name.to_string(),
+                operations: m
+                    .operations
+                    .get_or_create(&m.series(&z.name.to_string(), &z.primary.to_string()))
+                    .clone(),
                 tx,
                 dispatched: 0,
                 outbox: Vec::new(),
@@ -227,12 +231,7 @@ impl Lanes {
             }
             let lane = &mut self.lanes[z.zone.index()];
             let ops: usize = z.groups.iter().map(|g| g.ops.len()).sum();
-            metrics::get()
-                .operations
-                .get_or_create(&metrics::ZoneLabel {
-                    zone: lane.name.clone(),
-                })
-                .inc_by(ops as u64);
+            lane.operations.inc_by(ops as u64);
             lane.dispatched += 1;
             self.live.dispatched(z.zone.index(), lane.dispatched);
             lane.outbox.push(Dispatch {
@@ -1175,7 +1174,7 @@ impl Pipeline<'_> {
                         )?;
                         self.checked[i] = Some(change.relation.clone());
                     }
-                    self.batch.push(Item::Change(SourceId(i as u16), change));
+                    self.batch.push(Item::Change(SourceId::new(i)?, change));
                     self.batch_rows += 1;
                     metrics::get().rows.inc();
                 }
@@ -1192,7 +1191,7 @@ impl Pipeline<'_> {
                     if let Some(i) = self.source_of(r, final_lsn).await? {
                         info!(table = %r.qualified_name(), lsn = %final_lsn, "TRUNCATE");
                         self.batch
-                            .push(Item::Truncate(SourceId(i as u16), final_lsn));
+                            .push(Item::Truncate(SourceId::new(i)?, final_lsn));
                         self.batch_rows += 1;
                     }
                 }

@@ -633,7 +633,7 @@ struct Desired {
     records: BTreeMap<ZoneId, Vec<Record>>,
     /// Per zone and source (index as the stream numbers them); only kept
     /// for `--apply`, which rewrites the row state.
-    contributions: BTreeMap<ZoneId, BTreeMap<u16, Contributions>>,
+    contributions: BTreeMap<ZoneId, BTreeMap<SourceId, Contributions>>,
     /// The sources' names, by index.
     sources: Vec<String>,
     /// The rows of the referenced zones tables, as read.
@@ -763,7 +763,7 @@ async fn read_desired_now(
             }
             let image = mapping.records(&row, &zones);
             planner.apply(
-                SourceId(i as u16),
+                SourceId::new(i)?,
                 RowUpdate {
                     key,
                     lsn: Lsn::ZERO,
@@ -776,7 +776,7 @@ async fn read_desired_now(
     bar.set_position(rows as u64);
     let outcome = planner.finish();
     let mut records: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
-    let mut contributions: BTreeMap<ZoneId, BTreeMap<u16, Contributions>> = BTreeMap::new();
+    let mut contributions: BTreeMap<ZoneId, BTreeMap<SourceId, Contributions>> = BTreeMap::new();
     for ((source, key), desired) in outcome.rows {
         let mut per_zone: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
         for d in desired {
@@ -790,7 +790,7 @@ async fn read_desired_now(
             contributions
                 .entry(zone)
                 .or_default()
-                .entry(source.0)
+                .entry(source)
                 .or_default()
                 .push((key.clone(), recs));
         }
@@ -1501,10 +1501,11 @@ async fn compare(
             // record still waiting for its target's address is kept aside
             // as the stream keeps it (pg2dns.waiting, no row state).
             for (i, name) in desired.sources.iter().enumerate() {
+                let source = SourceId::new(i).map_err(StoreError::from)?;
                 let rows = desired
                     .contributions
                     .get(&id)
-                    .and_then(|by_source| by_source.get(&(i as u16)))
+                    .and_then(|by_source| by_source.get(&source))
                     .map(Vec::as_slice)
                     .unwrap_or(&[]);
                 let (held, kept) = split_waiting(rows, &outcome.waiting_after);

@@ -181,6 +181,42 @@ struct ZoneRow {
     unreachable_since_micros: i64,
 }
 
+/// SOA queries the status publisher has open at once per primary (issue
+/// #24: after one transaction touching every zone, each zone's SOA is
+/// asked; thousands of connections at once would crowd out the UPDATEs).
+pub const SOA_QUERIES_PER_SERVER: usize = 8;
+
+/// Asks each `(index, zone, primary)` of `asks` for the zone's SOA serial
+/// ([`soa_serial`]), at most `per_server` queries open at once to any one
+/// primary (each waiting at most `timeout` once sent); the answers come
+/// back with their index, in the order they arrive.
+pub async fn soa_serials(
+    asks: Vec<(usize, ZoneName, SocketAddr)>,
+    per_server: usize,
+    timeout: Duration,
+) -> Vec<(usize, Result<u32, String>)> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut permits: std::collections::HashMap<SocketAddr, Arc<tokio::sync::Semaphore>> =
+        std::collections::HashMap::new();
+    let queries: FuturesUnordered<_> = asks
+        .into_iter()
+        .map(|(i, zone, server)| {
+            let permits = permits
+                .entry(server)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(per_server.max(1))))
+                .clone();
+            async move {
+                // Never closed: the semaphore lives as long as this future.
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return (i, Err("no permit to ask".to_string()));
+                };
+                (i, soa_serial(&zone, server, timeout).await)
+            }
+        })
+        .collect();
+    queries.collect().await
+}
+
 /// Asks `server` for `zone`'s SOA serial over TCP (unsigned: an SOA query
 /// needs no key), waiting at most `timeout`.
 pub async fn soa_serial(
@@ -247,6 +283,7 @@ pub async fn publish(live: Arc<Live>, config: Config) {
     // the acknowledgement count last seen.
     let mut waiting_since: Vec<Option<Instant>> = vec![None; live.zones.len()];
     let mut acked_seen: Vec<u64> = vec![0; live.zones.len()];
+    let mut asks: Vec<(usize, ZoneName, SocketAddr)> = Vec::new();
     let mut published: Option<(Vec<ZoneRow>, u64, Option<i64>)> = None;
     // What the last publication said of the last Commit received, and when.
     let mut published_commit = 0u64;
@@ -257,9 +294,6 @@ pub async fn publish(live: Arc<Live>, config: Config) {
     loop {
         tick.tick().await;
         for (i, z) in live.zones.iter().enumerate() {
-            let label = metrics::ZoneLabel {
-                zone: z.name.to_string(),
-            };
             let acked = z.acked.load(Ordering::Relaxed);
             let in_flight = z.dispatched.load(Ordering::Relaxed).saturating_sub(acked);
             rows[i].in_flight = i64::try_from(in_flight).unwrap_or(i64::MAX);
@@ -287,25 +321,39 @@ pub async fn publish(live: Arc<Live>, config: Config) {
                 }
                 m.set_unreachable(&zone, &server, unreachable);
             }
-            m.zone_in_flight
-                .get_or_create(&label)
-                .set(rows[i].in_flight);
             if acked > asked_at_ack[i] {
-                match soa_serial(&z.name, z.primary, Duration::from_secs(2)).await {
-                    Ok(serial) => {
-                        asked_at_ack[i] = acked;
-                        rows[i].soa_serial = Some(serial);
-                        rows[i].soa_at_micros = unix_micros(SystemTime::now());
-                        m.zone_soa_serial
-                            .get_or_create(&label)
-                            .set(i64::from(serial));
-                    }
-                    Err(e) => {
-                        debug!(zone = %z.name, primary = %z.primary, error = %e, "SOA query failed; asking again later")
-                    }
+                asks.push((i, z.name.clone(), z.primary));
+            }
+        }
+        // The SOAs of the zones acknowledged since, a few at once per
+        // primary.
+        let asked = std::mem::take(&mut asks);
+        for (i, answer) in soa_serials(asked, SOA_QUERIES_PER_SERVER, Duration::from_secs(2)).await
+        {
+            let z = &live.zones[i];
+            match answer {
+                Ok(serial) => {
+                    asked_at_ack[i] = acked_seen[i];
+                    rows[i].soa_serial = Some(serial);
+                    rows[i].soa_at_micros = unix_micros(SystemTime::now());
+                    m.soa_serial(&z.name.to_string(), &z.primary.to_string(), serial);
+                }
+                Err(e) => {
+                    debug!(zone = %z.name, primary = %z.primary, error = %e, "SOA query failed; asking again later")
                 }
             }
         }
+        let names: Vec<(String, String)> = live
+            .zones
+            .iter()
+            .map(|z| (z.name.to_string(), z.primary.to_string()))
+            .collect();
+        m.in_flight(
+            names
+                .iter()
+                .zip(&rows)
+                .map(|((zone, server), row)| (zone.as_str(), server.as_str(), row.in_flight)),
+        );
         let pending = live.pending();
         let lag = pending.map_or(Duration::ZERO, |p| p.age_at_receipt + p.received.elapsed());
         m.lag_seconds.set(lag.as_secs_f64());
@@ -591,5 +639,91 @@ mod tests {
         assert!(slot_warning("lost", 0, None)
             .unwrap_or_default()
             .contains("slot is lost"));
+    }
+
+    /// A DNS server on loopback that holds SOA queries until `batch` are
+    /// open, then takes any more that arrive in the next moment, then
+    /// answers all it holds (serial 7); it records the most it ever held. A
+    /// client that keeps `batch` open makes progress and is seen with
+    /// exactly `batch` (the moment only delays it: a slow machine cannot
+    /// make it fail); one that opens more is seen with more; one that opens
+    /// fewer never gets an answer.
+    async fn batching_server(batch: usize) -> (SocketAddr, Arc<Mutex<usize>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let most = Arc::new(Mutex::new(0usize));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+            Vec<u8>,
+            tokio::sync::oneshot::Sender<Vec<u8>>,
+        )>();
+        let seen = most.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(q) = rx.recv().await {
+                held.push(q);
+                if held.len() >= batch {
+                    while let Ok(Some(q)) =
+                        tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+                    {
+                        held.push(q);
+                    }
+                }
+                let mut m = seen.lock().unwrap();
+                *m = (*m).max(held.len());
+                drop(m);
+                if held.len() >= batch {
+                    for (query, reply) in held.drain(..) {
+                        // Header (QR, one question, one answer), the
+                        // question, then the SOA with a pointer to it.
+                        let mut a = query[..2].to_vec();
+                        a.extend_from_slice(&[0x84, 0, 0, 1, 0, 1, 0, 0, 0, 0]);
+                        a.extend_from_slice(&query[12..]);
+                        a.extend_from_slice(&[0xc0, 12, 0, 6, 0, 1, 0, 0, 0, 60, 0, 22, 0, 0]);
+                        for v in [7u32, 1, 1, 1, 1] {
+                            a.extend_from_slice(&v.to_be_bytes());
+                        }
+                        let _ = reply.send(a);
+                    }
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let len = tcp.read_u16().await.unwrap_or(0);
+                    let mut query = vec![0; usize::from(len)];
+                    if tcp.read_exact(&mut query).await.is_err() {
+                        return;
+                    }
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let _ = tx.send((query, reply));
+                    if let Ok(a) = answer.await {
+                        let _ = tcp.write_u16(a.len() as u16).await;
+                        let _ = tcp.write_all(&a).await;
+                    }
+                });
+            }
+        });
+        (addr, most)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn soa_queries_keep_at_most_eight_open_per_primary() {
+        let (server, most) = batching_server(SOA_QUERIES_PER_SERVER).await;
+        let asks: Vec<(usize, ZoneName, SocketAddr)> = (0..3 * SOA_QUERIES_PER_SERVER)
+            .map(|i| (i, ZoneName::parse(&format!("z{i}.test.")).unwrap(), server))
+            .collect();
+        // Generous: an answer comes as soon as eight are open.
+        let answers = soa_serials(asks, SOA_QUERIES_PER_SERVER, Duration::from_secs(60)).await;
+        assert_eq!(answers.len(), 24);
+        let mut indexes: Vec<usize> = answers.iter().map(|(i, _)| *i).collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, (0..24).collect::<Vec<_>>());
+        for (i, a) in &answers {
+            assert_eq!(a, &Ok(7), "zone {i}");
+        }
+        assert_eq!(*most.lock().unwrap(), SOA_QUERIES_PER_SERVER);
     }
 }

@@ -56,6 +56,9 @@ pub enum StoreError {
         /// What is wrong.
         detail: String,
     },
+    /// More sources than ids (the configuration refuses them first).
+    #[error(transparent)]
+    Sources(#[from] pg2dns_decoder::plan::SourcesError),
 }
 
 impl StoreError {
@@ -63,7 +66,7 @@ impl StoreError {
     pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
             StoreError::Sql { source, .. } => source.code(),
-            StoreError::Corrupt { .. } => None,
+            StoreError::Corrupt { .. } | StoreError::Sources(_) => None,
         }
     }
 
@@ -96,7 +99,7 @@ impl StoreError {
     pub fn is_connection(&self) -> bool {
         match self {
             StoreError::Sql { source, .. } => source.is_closed() || source.code().is_none(),
-            StoreError::Corrupt { .. } => false,
+            StoreError::Corrupt { .. } | StoreError::Sources(_) => false,
         }
     }
 }
@@ -885,7 +888,7 @@ impl Store {
                 let Some(s) = sources.iter().position(|x| *x == source) else {
                     continue;
                 };
-                let row = (SourceId(s as u16), RowKey(r.get(2)));
+                let row = (SourceId::new(s)?, RowKey(r.get(2)));
                 loaded.rows.entry(row).or_default().push(Desired {
                     zone,
                     record: Record {
@@ -939,15 +942,18 @@ impl Store {
             )
             .await
             .map_err(sql("cannot read pg2dns.row_state"))?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let source: String = r.get(0);
-                let s = sources.iter().position(|x| *x == source)?;
-                let i = usize::try_from(r.get::<_, i64>(2) - 1).ok()?;
-                Some(((SourceId(s as u16), RowKey(r.get(1))), i))
-            })
-            .collect())
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let source: String = r.get(0);
+            let Some(s) = sources.iter().position(|x| *x == source) else {
+                continue;
+            };
+            let Ok(i) = usize::try_from(r.get::<_, i64>(2) - 1) else {
+                continue;
+            };
+            out.push(((SourceId::new(s)?, RowKey(r.get(1))), i));
+        }
+        Ok(out)
     }
 
     /// Writes what the current batch decided: the new records of every
@@ -1263,7 +1269,7 @@ impl Store {
             };
             let (target, _) = Name::from_wire(&r.get::<_, Vec<u8>>(4)).map_err(corrupt)?;
             let (owner, _) = Name::from_wire(&r.get::<_, Vec<u8>>(5)).map_err(corrupt)?;
-            let row = (SourceId(s as u16), RowKey(r.get(1)));
+            let row = (SourceId::new(s)?, RowKey(r.get(1)));
             let lsn_text: String = r.get(2);
             let record = Desired {
                 zone,

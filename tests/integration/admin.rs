@@ -277,6 +277,8 @@ async fn metrics_count_the_work_and_the_health_endpoints_answer() -> Result<()> 
     let addr = format!("127.0.0.1:{}", crate::harness::free_port()?);
     stack.append_config(&format!("[metrics]\nlisten = \"{addr}\"\n"))?;
     let _pg2dns = stack.run()?;
+    // By default the zone series name the primary ([metrics] per_zone).
+    let server = stack.server(Primary::Bind)?.addr().to_string();
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('m.example.test.', 300, 'A', '192.0.2.9'), ('n.example.test.', 300, 'A', 'bad')")
         .await?;
@@ -300,13 +302,19 @@ async fn metrics_count_the_work_and_the_health_endpoints_answer() -> Result<()> 
         ("pg2dns_transactions_total", 1.0),
         ("pg2dns_rows_total", 2.0),
         ("pg2dns_rejected_rows_total", 1.0),
-        ("pg2dns_update_messages_total{zone=\"example.test.\"}", 1.0),
         (
-            "pg2dns_update_operations_total{zone=\"example.test.\"}",
+            &format!("pg2dns_update_messages_total{{server=\"{server}\"}}"),
+            1.0,
+        ),
+        (
+            &format!("pg2dns_update_operations_total{{server=\"{server}\"}}"),
             1.0,
         ),
         ("pg2dns_mode{mode=\"running\"}", 1.0),
-        ("pg2dns_ack_seconds_count{zone=\"example.test.\"}", 1.0),
+        (
+            &format!("pg2dns_ack_seconds_count{{server=\"{server}\"}}"),
+            1.0,
+        ),
     ] {
         let v = metric(&body, name).with_context(|| format!("no {name} in\n{body}"))?;
         ensure!(v >= at_least, "{name} = {v}, expected at least {at_least}");
@@ -424,13 +432,18 @@ async fn status_shows_each_zones_serial_and_in_flight_and_lag_grows_while_bind_i
 ) -> Result<()> {
     let mut stack = Stack::start("status-lag", Primary::Bind).await?;
     let addr = format!("127.0.0.1:{}", crate::harness::free_port()?);
-    stack.append_config(&format!("[metrics]\nlisten = \"{addr}\"\n"))?;
+    // The zone's own series and serial: per_zone.
+    stack.append_config(&format!(
+        "[metrics]\nlisten = \"{addr}\"\nper_zone = true\n"
+    ))?;
     let _pg2dns = stack.run()?;
+    let server = stack.server(Primary::Bind)?.addr().to_string();
     let insert = |owner: &str| {
         format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('{owner}', 300, 'A', '192.0.2.7')")
     };
-    let serial_label = format!("pg2dns_zone_soa_serial{{zone=\"{FORWARD}\"}}");
-    let in_flight_label = format!("pg2dns_zone_in_flight{{zone=\"{FORWARD}\"}}");
+    let serial_label = format!("pg2dns_zone_soa_serial{{zone=\"{FORWARD}\",server=\"{server}\"}}");
+    let in_flight_label =
+        format!("pg2dns_zone_in_flight{{zone=\"{FORWARD}\",server=\"{server}\"}}");
 
     // Each acknowledged change shows the serial the primary then has.
     let mut serials = Vec::new();

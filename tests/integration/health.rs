@@ -106,6 +106,128 @@ fn config_listening_on(stack: &Stack, addr: &str) -> Result<PathBuf> {
 
 const INSERT: &str = "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES";
 
+/// The `pg2dns_*` samples of `body` whose family is one of the zone
+/// families, as (series with labels, value).
+fn zone_family_samples(body: &str) -> Vec<(String, f64)> {
+    const FAMILIES: [&str; 8] = [
+        "pg2dns_update_operations_total{",
+        "pg2dns_update_messages_total{",
+        "pg2dns_update_bytes_total{",
+        "pg2dns_ack_seconds_count{",
+        "pg2dns_zone_in_flight{",
+        "pg2dns_zone_soa_serial{",
+        "pg2dns_dns_retries_total{",
+        "pg2dns_zone_unreachable{",
+    ];
+    body.lines()
+        .filter(|l| FAMILIES.iter().any(|f| l.starts_with(f)))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zone_series_name_the_primary_by_default_and_each_zone_with_per_zone() -> Result<()> {
+    let stack = Stack::start("health-per-zone", Primary::Bind).await?;
+    let server = stack.server(Primary::Bind)?.addr().to_string();
+    let addr = metrics_addr()?;
+    stack.append_config(&format!("[metrics]\nlisten = \"{addr}\"\n"))?;
+    let mut run = stack.run()?;
+    stack
+        .exec(&format!(
+            "{INSERT} ('one.example.test.', 300, 'A', '192.0.2.1')"
+        ))
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    // Default: one series per family for the one primary of both zones,
+    // the acknowledgement counted, and no zone label anywhere.
+    let messages = format!("pg2dns_update_messages_total{{server=\"{server}\"}}");
+    let acks = format!("pg2dns_ack_seconds_count{{server=\"{server}\"}}");
+    let body = wait_for_http(
+        &addr,
+        "/metrics",
+        "the acknowledgement counted",
+        DNS_DEADLINE,
+        |_, t| metric(t, &acks).is_some_and(|v| v >= 1.0),
+    )
+    .await?;
+    ensure!(metric(&body, &messages).is_some_and(|v| v >= 1.0), "{body}");
+    ensure!(
+        metric(
+            &body,
+            &format!("pg2dns_zone_in_flight{{server=\"{server}\"}}")
+        )
+        .is_some(),
+        "{body}"
+    );
+    let samples = zone_family_samples(&body);
+    ensure!(samples.len() >= 8, "too few zone-family samples:\n{body}");
+    for (series, _) in &samples {
+        ensure!(
+            !series.contains("zone=\"") && series.contains(&format!("server=\"{server}\"")),
+            "{series} is not labelled by the primary alone:\n{body}"
+        );
+    }
+    ensure!(
+        !body.contains("pg2dns_zone_soa_serial{"),
+        "a serial without per_zone:\n{body}"
+    );
+    run.terminate().await?;
+
+    // per_zone = true: each zone its own series (both exist from start),
+    // with its primary, and its SOA serial once acknowledged.
+    let per_zone_addr = metrics_addr()?;
+    let text = std::fs::read_to_string(stack.config_path())?;
+    let start = text.find("[metrics]").context("the [metrics] table")?;
+    let config = stack.dir().join("per-zone.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[metrics]\nlisten = \"{per_zone_addr}\"\nper_zone = true\n",
+            &text[..start]
+        ),
+    )?;
+    let _per_zone = Pg2dns::spawn(&config, &stack.dir().join("per-zone.log"), &[])?;
+    stack
+        .exec(&format!(
+            "{INSERT} ('two.example.test.', 300, 'A', '192.0.2.2')"
+        ))
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let serial = format!("pg2dns_zone_soa_serial{{zone=\"{FORWARD}\",server=\"{server}\"}}");
+    let body = wait_for_http(
+        &per_zone_addr,
+        "/metrics",
+        "the zone's serial",
+        DNS_DEADLINE,
+        |_, t| metric(t, &serial).is_some_and(|v| v >= 1.0),
+    )
+    .await?;
+    for zone in stack.zones() {
+        for family in ["pg2dns_update_messages_total", "pg2dns_zone_unreachable"] {
+            let series = format!("{family}{{zone=\"{zone}\",server=\"{server}\"}}");
+            ensure!(metric(&body, &series).is_some(), "no {series} in\n{body}");
+        }
+    }
+    ensure!(
+        metric(
+            &body,
+            &format!("pg2dns_update_messages_total{{zone=\"{FORWARD}\",server=\"{server}\"}}")
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{body}"
+    );
+    for (series, _) in zone_family_samples(&body) {
+        ensure!(
+            series.contains("zone=\"") && series.contains(&format!("server=\"{server}\"")),
+            "{series} names no zone:\n{body}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_is_not_ready_logs_once_and_is_ready_after_taking_over() -> Result<()> {
     let stack = Stack::start("health-standby", Primary::Bind).await?;
@@ -353,10 +475,11 @@ async fn an_unanswering_primary_is_named_unready_and_counted_until_it_answers_ag
     let _pg2dns = stack.run()?;
     wait_for_http(&addr, "/readyz", "ready", DNS_DEADLINE, |c, _| c == 200).await?;
     let server = stack.server(Primary::Bind)?.addr().to_string();
-    let unreachable = format!("pg2dns_zone_unreachable{{zone=\"{FORWARD}\",server=\"{server}\"}}");
+    // By default the series name the primary ([metrics] per_zone = false).
+    let unreachable = format!("pg2dns_zone_unreachable{{server=\"{server}\"}}");
     let retries = |body: &str| -> f64 {
         body.lines()
-            .filter(|l| l.starts_with(&format!("pg2dns_dns_retries_total{{zone=\"{FORWARD}\"")))
+            .filter(|l| l.starts_with(&format!("pg2dns_dns_retries_total{{server=\"{server}\"")))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
@@ -365,7 +488,7 @@ async fn an_unanswering_primary_is_named_unready_and_counted_until_it_answers_ag
     ensure!(
         metric(
             &before,
-            &format!("pg2dns_dns_retries_total{{zone=\"{FORWARD}\",reason=\"unreachable\"}}")
+            &format!("pg2dns_dns_retries_total{{server=\"{server}\",reason=\"unreachable\"}}")
         ) == Some(0.0),
         "{before}"
     );

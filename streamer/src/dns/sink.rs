@@ -118,10 +118,11 @@ impl ZoneSink {
     pub async fn run(mut self, mut input: mpsc::Receiver<Vec<Dispatch>>) {
         let mut conn: Option<Connection> = None;
         let mut input_open = true;
-        let label = metrics::ZoneLabel {
-            zone: self.session.config().zone.to_string(),
-        };
         let m = metrics::get();
+        let label = m.series(
+            &self.session.config().zone.to_string(),
+            &self.server.to_string(),
+        );
         let messages = m.messages.get_or_create(&label).clone();
         let bytes = m.bytes.get_or_create(&label).clone();
         let ack_seconds = m.ack_seconds.get_or_create(&label).clone();
@@ -151,10 +152,12 @@ impl ZoneSink {
                     } => {
                         warn!(zone = %self.session.config().zone, server = %self.server, %lsn, %reason, retry_in = ?backoff, "UPDATE not acknowledged; will resend in order");
                         m.dns_retries
-                            .get_or_create(&metrics::RetryLabel {
-                                zone: label.zone.clone(),
-                                reason: metrics::retry_reason(&reason).into(),
-                            })
+                            .get_or_create(&(
+                                label.clone(),
+                                metrics::ReasonLabel {
+                                    reason: metrics::retry_reason(&reason).into(),
+                                },
+                            ))
                             .inc();
                         conn = None;
                         // Waited in the select below, which keeps taking
