@@ -226,8 +226,31 @@ pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> 
         }
     }
     problems.extend(key_problems(client, config).await?);
+    problems.extend(truncate_trigger_problems(client, config).await?);
     problems.dedup();
     Ok(problems)
+}
+
+/// Partitions of a source table without pg2dns's TRUNCATE trigger: a
+/// TRUNCATE of one of them alone would publish nothing.
+async fn truncate_trigger_problems(
+    client: &Client,
+    config: &Config,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for mapping in crate::pipeline::mappings(config) {
+        let table = mapping.source();
+        let Some(oid) = crate::relations::oid_of(client, table).await? else {
+            continue;
+        };
+        for partition in crate::relations::partitions_without_trigger(client, &[oid]).await? {
+            out.push(format!(
+                "source {table}: partition {partition} has no pg2dns TRUNCATE trigger, so a TRUNCATE of it alone would not reach pg2dns (PostgreSQL publishes nothing for it); run `pg2dns setup`, or as the partition's owner: {};",
+                crate::relations::truncate_trigger_sql(&partition)
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The cluster-wide settings the stream needs: `wal_level = logical` and a
