@@ -382,9 +382,22 @@ pub async fn partitions_without_trigger(
     client: &Client,
     oids: &[u32],
 ) -> Result<Vec<String>, StoreError> {
+    Ok(without_trigger(client, oids)
+        .await?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect())
+}
+
+/// [`partitions_without_trigger`], each with its owner (quoted).
+async fn without_trigger(
+    client: &Client,
+    oids: &[u32],
+) -> Result<Vec<(String, String)>, StoreError> {
     Ok(client
         .query(
-            "SELECT DISTINCT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+            "SELECT DISTINCT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
+                    quote_ident(pg_get_userbyid(c.relowner)) \
              FROM unnest($1::oid[]) AS s(oid), pg_partition_tree(s.oid) AS p \
              JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE p.relid <> s.oid AND NOT EXISTS \
@@ -395,17 +408,26 @@ pub async fn partitions_without_trigger(
         .await
         .map_err(sql("cannot read pg_trigger"))?
         .into_iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect())
 }
 
+/// A partition this role could not put pg2dns's TRUNCATE trigger on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerRefused {
+    /// The partition's owner (quoted).
+    pub owner: String,
+    /// The `CREATE TRIGGER` its owner runs.
+    pub statement: String,
+}
+
 /// Puts pg2dns's TRUNCATE trigger on every partition of the tables in
-/// `oids` that lacks it. Returns, for each one it could not (the role does
-/// not own it), the SQL its owner runs.
+/// `oids` that lacks it. Returns each one it could not (the role does not
+/// own it), with the SQL its owner runs.
 pub async fn install_truncate_triggers(
     client: &Client,
     oids: &[u32],
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<TriggerRefused>, StoreError> {
     let has_function = client
         .query_one(
             "SELECT to_regprocedure('pg2dns.truncate_partition()') IS NOT NULL",
@@ -418,15 +440,18 @@ pub async fn install_truncate_triggers(
         return Ok(Vec::new());
     }
     let mut refused = Vec::new();
-    for partition in partitions_without_trigger(client, oids).await? {
+    for (partition, owner) in without_trigger(client, oids).await? {
         let statement = truncate_trigger_sql(&partition);
         match client.batch_execute(&statement).await {
             Ok(()) => {
                 tracing::info!(%partition, "TRUNCATE trigger installed on the partition")
             }
             Err(e) => {
-                tracing::warn!(%partition, error = %e, sql = %statement, "cannot put pg2dns's TRUNCATE trigger on the partition (a TRUNCATE of it alone would not reach pg2dns): its owner must run the SQL");
-                refused.push(format!("{statement};"));
+                tracing::warn!(%partition, %owner, error = %e, sql = %statement, "cannot put pg2dns's TRUNCATE trigger on the partition (a TRUNCATE of it alone would not reach pg2dns): its owner must run the SQL (`pg2dns setup` prints it)");
+                refused.push(TriggerRefused {
+                    owner,
+                    statement: format!("{statement};"),
+                });
             }
         }
     }
@@ -839,6 +864,59 @@ mod tests {
             e.to_string(),
             "source app.hosts: partition app.hosts_green attached, partition app.hosts_red detached (ALTER TABLE … ATTACH or DETACH PARTITION); PostgreSQL sends no rows for that, so DNS does not show it"
         );
+        assert!(e.hint().starts_with("run `pg2dns reconcile --apply`"));
+    }
+
+    #[test]
+    fn only_pg2dns_truncate_messages_name_a_partition() {
+        let body = br#"{"truncate_partition": "app.hosts_blue", "oid": 16410}"#;
+        assert_eq!(
+            truncated_partition("pg2dns", body),
+            Some((Some(16410), "app.hosts_blue".to_owned()))
+        );
+        assert_eq!(
+            truncated_partition("pg2dns", br#"{"truncate_partition": "app.x"}"#),
+            Some((None, "app.x".to_owned()))
+        );
+        assert_eq!(truncated_partition("other", body), None);
+        assert_eq!(truncated_partition("pg2dns", b"not json"), None);
+        assert_eq!(truncated_partition("pg2dns", br#"{"pause": 1}"#), None);
+        assert_eq!(
+            truncated_partition("pg2dns", br#"{"truncate_partition": 5}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn a_renamed_partition_is_no_attach_or_detach() {
+        let before: PartitionSet = [(1, "app.hosts_red".to_owned())].into_iter().collect();
+        let now: PartitionSet = [(1, "app.hosts_rouge".to_owned())].into_iter().collect();
+        assert!(partitions_changed("app.hosts", &before, &now).is_none());
+    }
+
+    #[test]
+    fn halts_on_ddl_while_stopped_name_it_and_say_resume_before_reconcile() {
+        let e = RelationProblem::RecreatedWhileStopped {
+            source_name: "app.hosts".into(),
+            before: 10,
+            now: 30,
+        };
+        assert!(e
+            .to_string()
+            .starts_with("source app.hosts: its table was dropped and created again while pg2dns was stopped (OID 10 → 30)"));
+        let hint = e.hint();
+        assert!(
+            hint.find("pg2dns resume").unwrap() < hint.find("reconcile --apply").unwrap(),
+            "{hint}"
+        );
+        let e = RelationProblem::TruncatedPartition {
+            source_name: "app.hosts".into(),
+            partition: "app.hosts_blue".into(),
+            lsn: lsn(),
+        };
+        assert!(e.to_string().contains(
+            "its partition app.hosts_blue was truncated (TRUNCATE of one partition) in the transaction at LSN 0/16B3748"
+        ));
         assert!(e.hint().starts_with("run `pg2dns reconcile --apply`"));
     }
 

@@ -716,8 +716,22 @@ async fn truncate_triggers(
         }
     }
     let refused = crate::relations::install_truncate_triggers(client, &oids).await?;
+    // The owner's CREATE TRIGGER names pg2dns.truncate_partition(): it
+    // needs to look the function up (nothing of pg2dns's tables is granted
+    // with it).
+    let mut owners: Vec<&str> = refused.iter().map(|r| r.owner.as_str()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    for owner in owners {
+        if let Err(e) = client
+            .batch_execute(&format!("GRANT USAGE ON SCHEMA pg2dns TO {owner}"))
+            .await
+        {
+            warn!(%owner, error = %e, "cannot grant USAGE on schema pg2dns to the partition's owner, which its CREATE TRIGGER needs: a superuser runs it");
+        }
+    }
     crate::relations::record_new(client, &config.database.slot, &found, &oids).await?;
-    Ok(refused)
+    Ok(refused.into_iter().map(|r| r.statement).collect())
 }
 
 /// Per zone the load left out of line: why, and the command that finishes.

@@ -887,3 +887,133 @@ column = "domain_id"
     );
     Ok(())
 }
+
+/// A SQL connection to the stack's database as `role` (trust
+/// authentication, as the test cluster has).
+async fn connect_as(stack: &Stack, role: &str) -> Result<tokio_postgres::Client> {
+    let url = stack.pg.url().replacen("postgres@", &format!("{role}@"), 1);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting as {role}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A service role that does not own the partitions cannot put the TRUNCATE
+/// trigger on them: `setup` says so and prints the SQL for their owner,
+/// `check-config` names each partition; once the owner ran it, a TRUNCATE
+/// of one partition by the application halts naming it; the repair and the
+/// resume make DNS equal to the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_as_a_role_that_does_not_own_the_partitions_prints_the_trigger_sql_for_their_owner(
+) -> Result<()> {
+    let stack = Stack::start_before_setup("ddl-truncate-trigger-owner", Primary::Bind).await?;
+    stack
+        .exec(
+            "CREATE ROLE app_owner LOGIN;
+             CREATE ROLE pg2dns_svc LOGIN REPLICATION;
+             GRANT CREATE ON DATABASE postgres TO pg2dns_svc;
+             CREATE SCHEMA app AUTHORIZATION app_owner;",
+        )
+        .await?;
+    let app = connect_as(&stack, "app_owner").await?;
+    app.batch_execute(
+        "CREATE TABLE app.hosts (id int, name text NOT NULL, address inet NOT NULL, vrf text NOT NULL,
+                                 PRIMARY KEY (id, vrf)) PARTITION BY LIST (vrf);
+         CREATE TABLE app.hosts_red PARTITION OF app.hosts FOR VALUES IN ('red');
+         CREATE TABLE app.hosts_blue PARTITION OF app.hosts FOR VALUES IN ('blue');
+         INSERT INTO app.hosts VALUES (1, 'a.example.test', '192.0.2.1', 'red'),
+                                      (2, 'b.example.test', '192.0.2.2', 'blue');
+         GRANT USAGE ON SCHEMA app TO pg2dns_svc;
+         GRANT SELECT ON app.hosts TO pg2dns_svc;",
+    )
+    .await?;
+    // The DBA's publication, given to the service (only a table's owner
+    // may add it to one).
+    stack
+        .exec(&format!(
+            "CREATE PUBLICATION {SLOT} FOR TABLE app.hosts WITH (publish_via_partition_root = true);
+             ALTER PUBLICATION {SLOT} OWNER TO pg2dns_svc;"
+        ))
+        .await?;
+    stack.set_database_url(&stack.pg.url().replacen("postgres@", "pg2dns_svc@", 1))?;
+    stack.append_config(&HOSTS.replace("ttl = 300\n", "ttl = 300\nkey = [\"id\", \"vrf\"]\n"))?;
+    let out = crate::harness::pg2dns::command("setup", stack.config_path()).await?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "setup failed:\n{said}");
+    let statements: Vec<&str> = said
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("CREATE TRIGGER pg2dns_truncate_partition"))
+        .collect();
+    ensure!(
+        said.contains("this role does not own these partitions")
+            && statements.len() == 2
+            && statements.iter().any(|s| s.contains("ON app.hosts_blue"))
+            && statements.iter().any(|s| s.contains("ON app.hosts_red")),
+        "setup must print the SQL for each partition's owner:\n{said}"
+    );
+    let check = check_config(&stack).await?;
+    ensure!(
+        check.contains("partition app.hosts_blue has no pg2dns TRUNCATE trigger")
+            && check.contains("partition app.hosts_red has no pg2dns TRUNCATE trigger"),
+        "{check}"
+    );
+    // The owner runs what setup printed.
+    for statement in &statements {
+        app.batch_execute(statement).await?;
+    }
+    let check = check_config(&stack).await?;
+    ensure!(!check.contains("TRUNCATE trigger"), "{check}");
+
+    let mut pg2dns = stack.run_as_service()?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("b", "192.0.2.2")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    running(&stack).await?;
+    // Messages that are not pg2dns's TRUNCATE messages change nothing: other
+    // prefixes, a non-transactional one, one naming no partition of a source.
+    app.batch_execute(
+        "SELECT pg_logical_emit_message(true, 'other', '{\"truncate_partition\": \"app.hosts_blue\"}');
+         SELECT pg_logical_emit_message(false, 'pg2dns', '{\"truncate_partition\": \"app.hosts_blue\"}');
+         SELECT pg_logical_emit_message(true, 'pg2dns', '{\"truncate_partition\": \"app.nothing\"}');
+         INSERT INTO app.hosts VALUES (3, 'c.example.test', '192.0.2.3', 'red');",
+    )
+    .await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("c", "192.0.2.3")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    running(&stack).await?;
+
+    app.batch_execute("TRUNCATE app.hosts_blue").await?;
+    let (reason, _) = halted(&stack).await?;
+    ensure!(
+        reason.contains("its partition app.hosts_blue was truncated"),
+        "{reason}"
+    );
+    reconcile_apply(&stack).await?;
+    stack.admin(&["resume"]).await?;
+    running(&stack).await?;
+    app.batch_execute("INSERT INTO app.hosts VALUES (4, 'd.example.test', '192.0.2.4', 'blue')")
+        .await?;
+    stack
+        .wait_until_dns_equals(
+            &forward(&[("a", "192.0.2.1"), ("c", "192.0.2.3"), ("d", "192.0.2.4")]),
+            DNS_DEADLINE,
+        )
+        .await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
