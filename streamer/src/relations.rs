@@ -430,7 +430,8 @@ pub async fn install_truncate_triggers(
 ) -> Result<Vec<TriggerRefused>, StoreError> {
     let has_function = client
         .query_one(
-            "SELECT to_regprocedure('pg2dns.truncate_partition()') IS NOT NULL",
+            "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'pg2dns' AND p.proname = 'truncate_partition')",
             &[],
         )
         .await
@@ -478,8 +479,8 @@ fn partition_columns(set: &PartitionSet) -> (Vec<u32>, Vec<String>) {
 async fn has_recorded_state(client: &Client) -> Result<bool, StoreError> {
     Ok(client
         .query_one(
-            "SELECT to_regclass('pg2dns.source_tables') IS NOT NULL \
-                AND to_regclass('pg2dns.truncate_halts') IS NOT NULL",
+            "SELECT count(*) = 2 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'pg2dns' AND c.relname IN ('source_tables', 'truncate_halts')",
             &[],
         )
         .await
