@@ -226,8 +226,54 @@ pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> 
         }
     }
     problems.extend(key_problems(client, config).await?);
+    problems.extend(truncate_trigger_problems(client, config).await?);
     problems.dedup();
     Ok(problems)
+}
+
+/// Partitions of a source table without pg2dns's TRUNCATE trigger: a
+/// TRUNCATE of one of them alone would publish nothing. Before `setup`
+/// (no `pg2dns.truncate_partition()` yet, or the table not in the
+/// publication yet), setup is what puts them there.
+async fn truncate_trigger_problems(
+    client: &Client,
+    config: &Config,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let set_up: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'pg2dns' AND p.proname = 'truncate_partition')",
+            &[],
+        )
+        .await
+        .map_err(sql("cannot read pg_proc"))?
+        .get(0);
+    if !set_up {
+        return Ok(out);
+    }
+    for mapping in crate::pipeline::mappings(config) {
+        let table = mapping.source();
+        let Some(oid) = crate::relations::oid_of(client, table).await? else {
+            continue;
+        };
+        // A table setup has not added to the publication yet gets its
+        // triggers with it.
+        let publication = &config.database.publication;
+        if !crate::relations::table_now(client, publication, oid)
+            .await?
+            .is_some_and(|(_, published)| published)
+        {
+            continue;
+        }
+        for partition in crate::relations::partitions_without_trigger(client, &[oid]).await? {
+            out.push(format!(
+                "source {table}: partition {partition} has no pg2dns TRUNCATE trigger, so a TRUNCATE of it alone would not reach pg2dns (PostgreSQL publishes nothing for it); run `pg2dns setup`, or as the partition's owner: {};",
+                crate::relations::truncate_trigger_sql(&partition)
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The cluster-wide settings the stream needs: `wal_level = logical` and a

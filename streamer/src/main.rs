@@ -481,6 +481,12 @@ fn setup_summary(report: &setup::SetupReport, config: &Config) -> String {
     for table in &report.sources_added {
         out.push_str(&format!("source table {table} added to the publication\n"));
     }
+    if !report.truncate_triggers_missing.is_empty() {
+        out.push_str("this role does not own these partitions, so a TRUNCATE of one of them alone would not reach pg2dns; their owner runs:\n");
+        for statement in &report.truncate_triggers_missing {
+            out.push_str(&format!("  {statement}\n"));
+        }
+    }
     out
 }
 

@@ -276,6 +276,10 @@ impl Drop for Lanes {
     }
 }
 
+/// How long a halt on DDL waits for DNS to acknowledge the transactions
+/// before it (see `Pipeline::settle_before_halt`).
+const HALT_SETTLE: Duration = Duration::from_secs(30);
+
 /// Runs one session: connections, streaming, until shutdown or an error.
 pub struct Pipeline<'c> {
     config: &'c Config,
@@ -681,6 +685,18 @@ async fn session(
     let publication = &config.database.publication;
     let oids = crate::relations::check_tables(store.client(), publication, &tables, true).await?;
     let partitions = crate::relations::partitions(store.client(), &oids).await?;
+    // DDL made while no pg2dns ran for this slot halts here.
+    crate::relations::settle_recorded(
+        store.client(),
+        &config.database.slot,
+        &tables,
+        &oids,
+        &partitions,
+    )
+    .await?;
+    // Partitions attached since setup get the TRUNCATE trigger when this
+    // role may put it there (a warning with the SQL otherwise).
+    crate::relations::install_truncate_triggers(store.client(), &oids).await?;
     // Only the instance that holds the slot speaks for it (a standby fails
     // above, with the slot busy).
     control.took_over().await;
@@ -1062,6 +1078,8 @@ impl Pipeline<'_> {
                     if let Some(p) =
                         crate::relations::partitions_changed(&self.sources[i], before, now)
                     {
+                        self.record_pending(i, oids[i]).await;
+                        self.settle_before_halt(replication).await;
                         return Err(p.into());
                     }
                 }
@@ -1197,6 +1215,22 @@ impl Pipeline<'_> {
                 }
             }
             Event::Truncate { .. } => {}
+            Event::Message {
+                final_lsn: Some(lsn),
+                message,
+            } if !self.skipping && message.transactional => {
+                match crate::relations::truncated_partition(&message.prefix, &message.content) {
+                    Some((oid, partition)) => {
+                        if let Err(e) = self.on_truncated_partition(lsn, oid, &partition).await {
+                            self.settle_before_halt(replication).await;
+                            return Err(e);
+                        }
+                    }
+                    None => {
+                        debug!(prefix = %message.prefix, lsn = %message.lsn, "logical message ignored")
+                    }
+                }
+            }
             Event::Message { final_lsn, message } => {
                 debug!(prefix = %message.prefix, lsn = %message.lsn, in_transaction = final_lsn.is_some(), "logical message ignored");
             }
@@ -1222,6 +1256,110 @@ impl Pipeline<'_> {
             }
         }
         Ok(())
+    }
+
+    /// pg2dns's trigger says a partition was truncated in the transaction
+    /// committing at `lsn`: PostgreSQL published nothing for it, so this
+    /// halts before the transaction, unless the partitioned table itself
+    /// was truncated in it (its TRUNCATE carries the partition's rows), or
+    /// a `pg2dns resume` came after the halt on this very TRUNCATE (the
+    /// operator ran `pg2dns reconcile --apply`). A message for a table that
+    /// was no partition of a source at the session start is ignored.
+    async fn on_truncated_partition(
+        &mut self,
+        lsn: Lsn,
+        oid: Option<u32>,
+        partition: &str,
+    ) -> Result<(), RunError> {
+        let Some(i) = self.partitions.iter().position(|set| {
+            set.iter()
+                .any(|(o, n)| oid.map_or(n == partition, |oid| *o == oid))
+        }) else {
+            warn!(%partition, %lsn, "a TRUNCATE message for a table that is no partition of a source: ignored");
+            return Ok(());
+        };
+        let covered = self
+            .batch
+            .iter()
+            .any(|item| matches!(item, Item::Truncate(s, l) if usize::from(s.0) == i && *l == lsn));
+        if covered {
+            return Ok(());
+        }
+        let (client, _task) = crate::pgconn::connect(&self.config.database, "pg2dns").await?;
+        if crate::relations::truncate_passes(&client, &self.config.database.slot, lsn, partition)
+            .await?
+        {
+            info!(source = %self.sources[i], %partition, %lsn, "TRUNCATE of one partition, halted on before and resumed since: passed");
+            return Ok(());
+        }
+        Err(crate::relations::RelationProblem::TruncatedPartition {
+            source_name: self.sources[i].clone(),
+            partition: partition.to_owned(),
+            lsn,
+        }
+        .into())
+    }
+
+    /// Before a halt at the open transaction (DDL that put nothing in the
+    /// stream): applies and checkpoints every transaction before it and
+    /// drops what the batch holds of it, so that the halt is exact and a
+    /// `pg2dns reconcile --apply` while halted is not undone by replaying
+    /// earlier transactions after the resume. When the open transaction was
+    /// already partly sent (a huge one), or DNS does not answer within
+    /// [`HALT_SETTLE`], the earlier transactions are replayed instead.
+    async fn settle_before_halt(&mut self, replication: &mut PgReplication) {
+        let open = self.assembler.current();
+        if open.is_some()
+            && self
+                .guard_carry
+                .as_ref()
+                .is_some_and(|(lsn, _)| Some(*lsn) == open)
+        {
+            warn!("the halted transaction was partly sent already: the transactions before it are replayed after the resume");
+            return;
+        }
+        let keep = self
+            .batch
+            .iter()
+            .rposition(|item| matches!(item, Item::Commit(_)))
+            .map_or(0, |p| p + 1);
+        self.batch.truncate(keep);
+        self.batch_rows = self
+            .batch
+            .iter()
+            .filter(|item| !matches!(item, Item::Commit(_)))
+            .count();
+        match tokio::time::timeout(HALT_SETTLE, self.drain(replication)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %crate::error::chain(&e), "cannot apply the transactions before the halt: they are replayed after the resume")
+            }
+            Err(_) => {
+                warn!("DNS did not acknowledge the transactions before the halt in time: they are replayed after the resume")
+            }
+        }
+    }
+
+    /// Records the state of source `i`'s table now (`oid`, its partitions)
+    /// as the one a halt named, which the next `pg2dns resume` accepts (see
+    /// `relations::settle_recorded`). On its own connection: the store's
+    /// open transaction is rolled back by the halt.
+    async fn record_pending(&self, i: usize, oid: u32) {
+        let attempt = async {
+            let (client, _task) = crate::pgconn::connect(&self.config.database, "pg2dns").await?;
+            let parts = crate::relations::partitions(&client, &[oid]).await?;
+            crate::relations::record_pending(
+                &client,
+                &self.config.database.slot,
+                &self.sources[i],
+                oid,
+                &parts.into_iter().next().unwrap_or_default(),
+            )
+            .await
+        };
+        if let Err(e) = attempt.await {
+            warn!(error = %crate::error::chain(&e), "cannot record the new state of the source's table: the next start halts on it again");
+        }
     }
 
     /// The source a change's table belongs to, by OID (see `relations`):
@@ -1262,7 +1400,17 @@ impl Pipeline<'_> {
             name: &table,
             by_name,
         };
-        let source = crate::relations::resolve(&seen, &self.oids, now, &self.sources, lsn)?;
+        let source = match crate::relations::resolve(&seen, &self.oids, now, &self.sources, lsn) {
+            Ok(source) => source,
+            Err(p) => {
+                if let crate::relations::RelationProblem::Recreated { .. } = &p {
+                    if let Some(i) = by_name {
+                        self.record_pending(i, relation.oid).await;
+                    }
+                }
+                return Err(p.into());
+            }
+        };
         match source {
             Some(i) if by_name != Some(i) => {
                 info!(source = %self.sources[i], %table, %lsn, "changes of the source's table made while it was named {table}")

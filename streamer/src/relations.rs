@@ -92,6 +92,38 @@ pub enum RelationProblem {
         /// What changed, e.g. `partition app.hosts_red detached`.
         changes: String,
     },
+    /// A partition of a source's table was truncated: under
+    /// `publish_via_partition_root` PostgreSQL publishes nothing for it;
+    /// pg2dns's trigger on the partition said so in the stream.
+    #[error("source {source_name}: its partition {partition} was truncated (TRUNCATE of one partition) in the transaction at LSN {lsn}; PostgreSQL publishes no deletes for that, so the records of its rows are still in DNS")]
+    TruncatedPartition {
+        /// The source.
+        source_name: String,
+        /// The partition, as the trigger named it.
+        partition: String,
+        /// The commit LSN of the truncating transaction.
+        lsn: Lsn,
+    },
+    /// A source's table was dropped and created again while no pg2dns ran
+    /// (the OID recorded when pg2dns last ran differs).
+    #[error("source {source_name}: its table was dropped and created again while pg2dns was stopped (OID {before} → {now}); DROP TABLE sends no deletes, so the records of the dropped table's rows are still in DNS")]
+    RecreatedWhileStopped {
+        /// The source.
+        source_name: String,
+        /// The OID recorded when pg2dns last ran.
+        before: u32,
+        /// The OID now.
+        now: u32,
+    },
+    /// Partitions were attached to or detached from a source's table while
+    /// no pg2dns ran (the partitions recorded when pg2dns last ran differ).
+    #[error("source {source_name}: {changes} while pg2dns was stopped (ALTER TABLE … ATTACH or DETACH PARTITION); PostgreSQL sends no rows for that, so DNS does not show it")]
+    PartitionsWhileStopped {
+        /// The source.
+        source_name: String,
+        /// What changed, e.g. `partition app.hosts_red detached`.
+        changes: String,
+    },
     /// A table of the publication that no source maps changed.
     #[error("table {table} is in the publication but no source maps it; its change in the transaction at LSN {lsn} would be lost")]
     Unmapped {
@@ -126,6 +158,10 @@ impl RelationProblem {
             RelationProblem::Recreated { lsn, .. } => format!(
                 "nothing from the transaction at {lsn} on was sent. `pg2dns resume` follows the new table from there; then `pg2dns reconcile --apply` removes the dropped rows' records"
             ),
+            RelationProblem::TruncatedPartition { lsn, .. } => format!(
+                "run `pg2dns reconcile --apply`, which removes the truncated rows' records (and sets the row state to match), then `pg2dns resume`: the transaction at {lsn} and everything after it are replayed, and this TRUNCATE passes"
+            ),
+            RelationProblem::RecreatedWhileStopped { .. } | RelationProblem::PartitionsWhileStopped { .. } => "run `pg2dns resume`, which records the tables as they are now and publishes what the slot still holds, then `pg2dns reconcile --apply`, which brings DNS in line with the tables (in this order: changes still in the slot from before the DDL, replayed after a reconcile, would bring back records the DDL removed)".to_owned(),
             RelationProblem::Partitions { .. } => "run `pg2dns reconcile --apply`, which publishes the rows of attached partitions and removes the records of detached ones (and sets the row state to match), then `pg2dns resume`".to_owned(),
             RelationProblem::Unmapped { table, .. } => format!(
                 "configure a source for {table} (or, if it is a renamed source table, rename it back), or remove it from the publication (ALTER PUBLICATION … DROP TABLE {table}), then `pg2dns resume`"
@@ -261,10 +297,7 @@ pub async fn table_now(
 
 /// The partitions (at every level) of each table in `oids`, by its index:
 /// OID and name.
-pub async fn partitions(
-    client: &Client,
-    oids: &[u32],
-) -> Result<Vec<std::collections::BTreeSet<(u32, String)>>, StoreError> {
+pub async fn partitions(client: &Client, oids: &[u32]) -> Result<Vec<PartitionSet>, StoreError> {
     let mut out = vec![std::collections::BTreeSet::new(); oids.len()];
     let rows = client
         .query(
@@ -284,25 +317,392 @@ pub async fn partitions(
     Ok(out)
 }
 
-/// What changed between two partition sets of a source, if anything.
+/// The partitions of a table: OID and name.
+pub type PartitionSet = std::collections::BTreeSet<(u32, String)>;
+
+/// What changed between two partition sets of a source, if anything. A
+/// partition is the same partition under another name (compared by OID).
 pub fn partitions_changed(
     source_name: &str,
-    before: &std::collections::BTreeSet<(u32, String)>,
-    now: &std::collections::BTreeSet<(u32, String)>,
+    before: &PartitionSet,
+    now: &PartitionSet,
 ) -> Option<RelationProblem> {
+    let has = |set: &PartitionSet, oid: u32| set.iter().any(|(o, _)| *o == oid);
     let mut changes: Vec<String> = now
-        .difference(before)
+        .iter()
+        .filter(|(o, _)| !has(before, *o))
         .map(|(_, n)| format!("partition {n} attached"))
         .collect();
     changes.extend(
         before
-            .difference(now)
+            .iter()
+            .filter(|(o, _)| !has(now, *o))
             .map(|(_, n)| format!("partition {n} detached")),
     );
     (!changes.is_empty()).then(|| RelationProblem::Partitions {
         source_name: source_name.to_owned(),
         changes: changes.join(", "),
     })
+}
+
+/// The trigger `pg2dns setup` puts on each partition of a partitioned
+/// source table (`sql/011_truncate_partition.sql`).
+pub const TRUNCATE_TRIGGER: &str = "pg2dns_truncate_partition";
+
+/// The prefix of pg2dns's logical messages.
+pub const MESSAGE_PREFIX: &str = "pg2dns";
+
+/// The partition a pg2dns logical message says was truncated (its OID, if
+/// given, and its name); `None` for any other message.
+pub fn truncated_partition(prefix: &str, content: &[u8]) -> Option<(Option<u32>, String)> {
+    if prefix != MESSAGE_PREFIX {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(content).ok()?;
+    let name = v.get("truncate_partition")?.as_str()?.to_owned();
+    let oid = v
+        .get("oid")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|o| u32::try_from(o).ok());
+    Some((oid, name))
+}
+
+/// The `CREATE TRIGGER` that makes a TRUNCATE of `partition` (quoted,
+/// qualified) reach pg2dns.
+pub fn truncate_trigger_sql(partition: &str) -> String {
+    format!(
+        "CREATE TRIGGER {TRUNCATE_TRIGGER} AFTER TRUNCATE ON {partition} \
+         FOR EACH STATEMENT EXECUTE FUNCTION pg2dns.truncate_partition()"
+    )
+}
+
+/// The partitions of the tables in `oids` (at every level) that lack
+/// pg2dns's TRUNCATE trigger, as quoted qualified names.
+pub async fn partitions_without_trigger(
+    client: &Client,
+    oids: &[u32],
+) -> Result<Vec<String>, StoreError> {
+    Ok(without_trigger(client, oids)
+        .await?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect())
+}
+
+/// [`partitions_without_trigger`], each with its owner (quoted).
+async fn without_trigger(
+    client: &Client,
+    oids: &[u32],
+) -> Result<Vec<(String, String)>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT DISTINCT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
+                    quote_ident(pg_get_userbyid(c.relowner)) \
+             FROM unnest($1::oid[]) AS s(oid), pg_partition_tree(s.oid) AS p \
+             JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE p.relid <> s.oid AND NOT EXISTS \
+                 (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p.relid AND t.tgname = $2) \
+             ORDER BY 1",
+            &[&oids, &TRUNCATE_TRIGGER],
+        )
+        .await
+        .map_err(sql("cannot read pg_trigger"))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// A partition this role could not put pg2dns's TRUNCATE trigger on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerRefused {
+    /// The partition's owner (quoted).
+    pub owner: String,
+    /// The `CREATE TRIGGER` its owner runs.
+    pub statement: String,
+}
+
+/// Puts pg2dns's TRUNCATE trigger on every partition of the tables in
+/// `oids` that lacks it. Returns each one it could not (the role does not
+/// own it), with the SQL its owner runs.
+pub async fn install_truncate_triggers(
+    client: &Client,
+    oids: &[u32],
+) -> Result<Vec<TriggerRefused>, StoreError> {
+    let has_function = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'pg2dns' AND p.proname = 'truncate_partition')",
+            &[],
+        )
+        .await
+        .map_err(sql("cannot read pg_proc"))?
+        .get::<_, bool>(0);
+    if !has_function {
+        return Ok(Vec::new());
+    }
+    let mut refused = Vec::new();
+    for (partition, owner) in without_trigger(client, oids).await? {
+        let statement = truncate_trigger_sql(&partition);
+        match client.batch_execute(&statement).await {
+            Ok(()) => {
+                tracing::info!(%partition, "TRUNCATE trigger installed on the partition")
+            }
+            Err(e) => {
+                tracing::warn!(%partition, %owner, error = %e, sql = %statement, "cannot put pg2dns's TRUNCATE trigger on the partition (a TRUNCATE of it alone would not reach pg2dns): its owner must run the SQL (`pg2dns setup` prints it)");
+                refused.push(TriggerRefused {
+                    owner,
+                    statement: format!("{statement};"),
+                });
+            }
+        }
+    }
+    Ok(refused)
+}
+
+/// A source table's state as pg2dns last accepted it (see
+/// [`settle_recorded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Recorded {
+    oid: u32,
+    partitions: PartitionSet,
+}
+
+fn partition_set(oids: Vec<u32>, names: Vec<String>) -> PartitionSet {
+    oids.into_iter().zip(names).collect()
+}
+
+fn partition_columns(set: &PartitionSet) -> (Vec<u32>, Vec<String>) {
+    set.iter().cloned().unzip()
+}
+
+/// Whether schema version 11 (`pg2dns.source_tables`) is installed.
+async fn has_recorded_state(client: &Client) -> Result<bool, StoreError> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) = 2 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'pg2dns' AND c.relname IN ('source_tables', 'truncate_halts')",
+            &[],
+        )
+        .await
+        .map_err(sql("cannot read pg_class"))?
+        .get(0))
+}
+
+/// Records, for setup, the state of each source table that has none
+/// recorded yet (a state recorded before is left for the next session
+/// start to compare).
+pub async fn record_new(
+    client: &Client,
+    slot: &str,
+    tables: &[&str],
+    oids: &[u32],
+) -> Result<(), StoreError> {
+    if !has_recorded_state(client).await? {
+        return Ok(());
+    }
+    let parts = partitions(client, oids).await?;
+    for ((table, oid), set) in tables.iter().zip(oids).zip(&parts) {
+        let (p_oids, p_names) = partition_columns(set);
+        client
+            .execute(
+                "INSERT INTO pg2dns.source_tables (slot, source, table_oid, partition_oids, partition_names) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&slot, table, oid, &p_oids, &p_names],
+            )
+            .await
+            .map_err(sql("cannot write pg2dns.source_tables"))?;
+    }
+    Ok(())
+}
+
+/// Records `now` as the new state of `source` that a halt named: the first
+/// `pg2dns resume` after this accepts it (see [`settle_recorded`]).
+pub async fn record_pending(
+    client: &Client,
+    slot: &str,
+    source: &str,
+    oid: u32,
+    now: &PartitionSet,
+) -> Result<(), StoreError> {
+    if !has_recorded_state(client).await? {
+        return Ok(());
+    }
+    let (p_oids, p_names) = partition_columns(now);
+    client
+        .execute(
+            "UPDATE pg2dns.source_tables SET pending_oid = $3, pending_partition_oids = $4, \
+                    pending_partition_names = $5, \
+                    pending_since = (SELECT coalesce(max(id), 0) FROM pg2dns.control WHERE slot = $1) \
+             WHERE slot = $1 AND source = $2",
+            &[&slot, &source, &oid, &p_oids, &p_names],
+        )
+        .await
+        .map_err(sql("cannot write pg2dns.source_tables"))?;
+    Ok(())
+}
+
+/// At a session start, once the checks passed: compares each source
+/// table's OID and partitions (`oids`, `parts`) with those recorded when
+/// pg2dns last ran for `slot`. DDL made while no pg2dns ran (`DROP TABLE`
+/// and `CREATE TABLE` again, `ATTACH` or `DETACH PARTITION`) halts naming
+/// it; the new state is recorded as pending, and the first `pg2dns resume`
+/// after the halt accepts it. Without a difference, the state now is
+/// recorded.
+pub async fn settle_recorded(
+    client: &Client,
+    slot: &str,
+    tables: &[&str],
+    oids: &[u32],
+    parts: &[PartitionSet],
+) -> Result<(), CheckError> {
+    if !has_recorded_state(client).await? {
+        tracing::warn!("pg2dns.source_tables is missing: DDL on source tables while pg2dns is stopped goes unnoticed (run `pg2dns setup` for schema version 11)");
+        return Ok(());
+    }
+    let mut first = None;
+    for ((table, oid), set) in tables.iter().zip(oids).zip(parts) {
+        let now = Recorded {
+            oid: *oid,
+            partitions: set.clone(),
+        };
+        let row = client
+            .query_opt(
+                "SELECT table_oid, partition_oids, partition_names, pending_oid, \
+                        pending_partition_oids, pending_partition_names, \
+                        EXISTS (SELECT 1 FROM pg2dns.control c WHERE c.slot = $1 \
+                                 AND c.action = 'resume' AND c.id > pending_since) \
+                 FROM pg2dns.source_tables WHERE slot = $1 AND source = $2",
+                &[&slot, table],
+            )
+            .await
+            .map_err(sql("cannot read pg2dns.source_tables"))?;
+        let problem = row.as_ref().and_then(|r| {
+            let before = Recorded {
+                oid: r.get(0),
+                partitions: partition_set(r.get(1), r.get(2)),
+            };
+            if before.oid != now.oid {
+                Some(RelationProblem::RecreatedWhileStopped {
+                    source_name: (*table).to_owned(),
+                    before: before.oid,
+                    now: now.oid,
+                })
+            } else {
+                partitions_changed(table, &before.partitions, &now.partitions).map(|p| match p {
+                    RelationProblem::Partitions {
+                        source_name,
+                        changes,
+                    } => RelationProblem::PartitionsWhileStopped {
+                        source_name,
+                        changes,
+                    },
+                    other => other,
+                })
+            }
+        });
+        let accepted = match (&row, &problem) {
+            (_, None) => true,
+            (Some(r), Some(_)) => {
+                let pending = r.get::<_, Option<u32>>(3).map(|oid| Recorded {
+                    oid,
+                    partitions: partition_set(
+                        r.get::<_, Option<Vec<u32>>>(4).unwrap_or_default(),
+                        r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
+                    ),
+                });
+                let resumed: bool = r.get(6);
+                let same = |a: &Recorded, b: &Recorded| {
+                    a.oid == b.oid
+                        && a.partitions
+                            .iter()
+                            .map(|(o, _)| o)
+                            .eq(b.partitions.iter().map(|(o, _)| o))
+                };
+                let named = pending.as_ref().is_some_and(|p| same(p, &now));
+                if !named {
+                    record_pending(client, slot, table, now.oid, &now.partitions).await?;
+                }
+                named && resumed
+            }
+            (None, Some(_)) => true,
+        };
+        if accepted {
+            if let Some(p) = &problem {
+                tracing::info!(problem = %p, "accepted after `pg2dns resume`");
+            }
+            let (p_oids, p_names) = partition_columns(&now.partitions);
+            client
+                .execute(
+                    "INSERT INTO pg2dns.source_tables (slot, source, table_oid, partition_oids, partition_names) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (slot, source) DO UPDATE SET \
+                         table_oid = EXCLUDED.table_oid, partition_oids = EXCLUDED.partition_oids, \
+                         partition_names = EXCLUDED.partition_names, pending_oid = NULL, \
+                         pending_partition_oids = NULL, pending_partition_names = NULL, \
+                         pending_since = NULL, recorded = now()",
+                    &[&slot, table, oid, &p_oids, &p_names],
+                )
+                .await
+                .map_err(sql("cannot write pg2dns.source_tables"))?;
+        } else if first.is_none() {
+            first = problem;
+        }
+    }
+    if let Some(p) = first {
+        return Err(p.into());
+    }
+    let tables: Vec<String> = tables.iter().map(|t| (*t).to_owned()).collect();
+    client
+        .execute(
+            "DELETE FROM pg2dns.source_tables WHERE slot = $1 AND NOT (source = ANY($2))",
+            &[&slot, &tables],
+        )
+        .await
+        .map_err(sql("cannot write pg2dns.source_tables"))?;
+    Ok(())
+}
+
+/// Whether pg2dns halted on the TRUNCATE of `partition` in the transaction
+/// at `lsn` before and `pg2dns resume` was asked for since: then the
+/// replayed transaction passes. Otherwise records the halt (the first
+/// resume after it lets the transaction pass) and returns false.
+pub async fn truncate_passes(
+    client: &Client,
+    slot: &str,
+    lsn: Lsn,
+    partition: &str,
+) -> Result<bool, StoreError> {
+    if !has_recorded_state(client).await? {
+        return Ok(false);
+    }
+    let lsn = lsn.to_string();
+    let resumed = client
+        .query_opt(
+            "SELECT EXISTS (SELECT 1 FROM pg2dns.control c WHERE c.slot = h.slot \
+                     AND c.action = 'resume' AND c.id > h.since) \
+             FROM pg2dns.truncate_halts h \
+             WHERE h.slot = $1 AND h.lsn = $2::text::pg_lsn AND h.partition = $3",
+            &[&slot, &lsn, &partition],
+        )
+        .await
+        .map_err(sql("cannot read pg2dns.truncate_halts"))?
+        .map(|r| r.get::<_, bool>(0));
+    match resumed {
+        Some(true) => Ok(true),
+        Some(false) => Ok(false),
+        None => {
+            client
+                .execute(
+                    "INSERT INTO pg2dns.truncate_halts (slot, lsn, partition, since) \
+                     VALUES ($1, $2::text::pg_lsn, $3, \
+                             (SELECT coalesce(max(id), 0) FROM pg2dns.control WHERE slot = $1)) \
+                     ON CONFLICT DO NOTHING",
+                    &[&slot, &lsn, &partition],
+                )
+                .await
+                .map_err(sql("cannot write pg2dns.truncate_halts"))?;
+            Ok(false)
+        }
+    }
 }
 
 /// The tables of the publication, as `schema.table`.
@@ -465,6 +865,59 @@ mod tests {
             e.to_string(),
             "source app.hosts: partition app.hosts_green attached, partition app.hosts_red detached (ALTER TABLE … ATTACH or DETACH PARTITION); PostgreSQL sends no rows for that, so DNS does not show it"
         );
+        assert!(e.hint().starts_with("run `pg2dns reconcile --apply`"));
+    }
+
+    #[test]
+    fn only_pg2dns_truncate_messages_name_a_partition() {
+        let body = br#"{"truncate_partition": "app.hosts_blue", "oid": 16410}"#;
+        assert_eq!(
+            truncated_partition("pg2dns", body),
+            Some((Some(16410), "app.hosts_blue".to_owned()))
+        );
+        assert_eq!(
+            truncated_partition("pg2dns", br#"{"truncate_partition": "app.x"}"#),
+            Some((None, "app.x".to_owned()))
+        );
+        assert_eq!(truncated_partition("other", body), None);
+        assert_eq!(truncated_partition("pg2dns", b"not json"), None);
+        assert_eq!(truncated_partition("pg2dns", br#"{"pause": 1}"#), None);
+        assert_eq!(
+            truncated_partition("pg2dns", br#"{"truncate_partition": 5}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn a_renamed_partition_is_no_attach_or_detach() {
+        let before: PartitionSet = [(1, "app.hosts_red".to_owned())].into_iter().collect();
+        let now: PartitionSet = [(1, "app.hosts_rouge".to_owned())].into_iter().collect();
+        assert!(partitions_changed("app.hosts", &before, &now).is_none());
+    }
+
+    #[test]
+    fn halts_on_ddl_while_stopped_name_it_and_say_resume_before_reconcile() {
+        let e = RelationProblem::RecreatedWhileStopped {
+            source_name: "app.hosts".into(),
+            before: 10,
+            now: 30,
+        };
+        assert!(e
+            .to_string()
+            .starts_with("source app.hosts: its table was dropped and created again while pg2dns was stopped (OID 10 → 30)"));
+        let hint = e.hint();
+        assert!(
+            hint.find("pg2dns resume").unwrap() < hint.find("reconcile --apply").unwrap(),
+            "{hint}"
+        );
+        let e = RelationProblem::TruncatedPartition {
+            source_name: "app.hosts".into(),
+            partition: "app.hosts_blue".into(),
+            lsn: lsn(),
+        };
+        assert!(e.to_string().contains(
+            "its partition app.hosts_blue was truncated (TRUNCATE of one partition) in the transaction at LSN 0/16B3748"
+        ));
         assert!(e.hint().starts_with("run `pg2dns reconcile --apply`"));
     }
 

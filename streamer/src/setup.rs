@@ -28,6 +28,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (8, include_str!("../../sql/008_health.sql")),
     (9, include_str!("../../sql/009_lease.sql")),
     (10, include_str!("../../sql/010_roles.sql")),
+    (11, include_str!("../../sql/011_truncate_partition.sql")),
 ];
 
 /// What the operator asked `setup` for.
@@ -71,6 +72,9 @@ pub struct SetupReport {
     pub load_problem: Option<String>,
     /// A halted service was asked to resume (after `--recreate-slot`).
     pub resumed: bool,
+    /// The SQL a table owner runs for each partition that could not get
+    /// pg2dns's TRUNCATE trigger (this role does not own it).
+    pub truncate_triggers_missing: Vec<String>,
 }
 
 impl SetupReport {
@@ -593,6 +597,7 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
         info!(%publication, table = %source, "source table added to the publication");
         report.sources_added.push(source);
     }
+    report.truncate_triggers_missing = truncate_triggers(store.client(), config).await?;
     let recreate = options.recreate_slot && progress_before;
     if recreate && state == SlotState::Lost {
         // Its changes since pg2dns's progress are gone from the WAL (or
@@ -686,6 +691,47 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
         }
     }
     Ok(report)
+}
+
+/// Puts pg2dns's TRUNCATE trigger on each partition of a partitioned
+/// source table (a TRUNCATE of one partition alone publishes nothing:
+/// docs/sources.md, "DDL on source tables"), and records each source
+/// table's OID and partitions for the next session start to compare when
+/// none is recorded yet. Returns the SQL a table owner runs for each
+/// partition this role could not put the trigger on.
+async fn truncate_triggers(
+    client: &tokio_postgres::Client,
+    config: &Config,
+) -> Result<Vec<String>, StoreError> {
+    let tables: Vec<String> = crate::pipeline::mappings(config)
+        .iter()
+        .map(|m| m.source().to_owned())
+        .collect();
+    let mut found = Vec::new();
+    let mut oids = Vec::new();
+    for table in &tables {
+        if let Some(oid) = crate::relations::oid_of(client, table).await? {
+            found.push(table.as_str());
+            oids.push(oid);
+        }
+    }
+    let refused = crate::relations::install_truncate_triggers(client, &oids).await?;
+    // The owner's CREATE TRIGGER names pg2dns.truncate_partition(): it
+    // needs to look the function up (nothing of pg2dns's tables is granted
+    // with it).
+    let mut owners: Vec<&str> = refused.iter().map(|r| r.owner.as_str()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    for owner in owners {
+        if let Err(e) = client
+            .batch_execute(&format!("GRANT USAGE ON SCHEMA pg2dns TO {owner}"))
+            .await
+        {
+            warn!(%owner, error = %e, "cannot grant USAGE on schema pg2dns to the partition's owner, which its CREATE TRIGGER needs: a superuser runs it");
+        }
+    }
+    crate::relations::record_new(client, &config.database.slot, &found, &oids).await?;
+    Ok(refused.into_iter().map(|r| r.statement).collect())
 }
 
 /// Per zone the load left out of line: why, and the command that finishes.
