@@ -9,6 +9,7 @@ use anyhow::{ensure, Context, Result};
 
 use crate::harness::stack::FORWARD;
 use crate::harness::{wait_until, Check, Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
+use crate::health::http_get;
 
 /// The `w<i>` owners present in the forward zone.
 async fn writer_rows_in_dns(stack: &Stack) -> Result<BTreeSet<u64>> {
@@ -25,7 +26,7 @@ async fn writer_rows_in_dns(stack: &Stack) -> Result<BTreeSet<u64>> {
 }
 
 /// `pg2dns status --json` as a JSON value.
-async fn status(stack: &Stack) -> Result<serde_json::Value> {
+pub(crate) async fn status(stack: &Stack) -> Result<serde_json::Value> {
     let out = stack.admin(&["status", "--json"]).await?;
     serde_json::from_slice(&out.stdout).context("status --json")
 }
@@ -246,24 +247,6 @@ async fn a_standby_on_the_same_slot_takes_over_when_the_active_instance_dies() -
     Ok(())
 }
 
-/// GET `path` from the metrics listener: (status code, body).
-async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).await?;
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("an HTTP status line")?;
-    Ok((code, text))
-}
-
 /// The value of a metric line starting with `name` (labels included).
 fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines()
@@ -384,7 +367,7 @@ fn zone_entry<'a>(s: &'a serde_json::Value, zone: &str) -> Option<&'a serde_json
 }
 
 /// Polls `pg2dns status --json` until `ok` holds (failing after `within`).
-async fn wait_for_status(
+pub(crate) async fn wait_for_status(
     stack: &Stack,
     what: &str,
     within: Duration,

@@ -8,35 +8,12 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
+use crate::admin::{status, wait_for_status};
 use crate::harness::stack::{FORWARD, SLOT};
 use crate::harness::{wait_until, Check, Pg2dns, Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
 
-/// `pg2dns status --json` as a JSON value.
-async fn status(stack: &Stack) -> Result<serde_json::Value> {
-    let out = stack.admin(&["status", "--json"]).await?;
-    serde_json::from_slice(&out.stdout).context("status --json")
-}
-
-/// Polls `pg2dns status --json` until `ok` holds.
-async fn wait_for_status(
-    stack: &Stack,
-    what: &str,
-    within: Duration,
-    ok: impl Fn(&serde_json::Value) -> bool,
-) -> Result<serde_json::Value> {
-    wait_until(within, &format!("status shows {what}"), || async {
-        let s = status(stack).await?;
-        Ok(if ok(&s) {
-            Check::Done(s)
-        } else {
-            Check::NotYet(s.to_string())
-        })
-    })
-    .await
-}
-
 /// GET `path` from a metrics listener: (status code, headers and body).
-async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+pub(crate) async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     http_get_with(addr, path, "").await
 }
 

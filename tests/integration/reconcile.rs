@@ -837,6 +837,36 @@ async fn streams_again(stack: &Stack, owner: &str) -> Result<()> {
     Ok(())
 }
 
+/// The newest control request is the reconcile's own resume (not the
+/// lease's end): the service streams again (`owner` reaches DNS once the
+/// stray record is gone) and never resumed by itself.
+async fn resumed_by_the_reconcile(
+    stack: &Stack,
+    run: &crate::harness::Pg2dns,
+    owner: &str,
+) -> Result<()> {
+    let newest: String = stack
+        .db
+        .query_one(
+            "SELECT action FROM pg2dns.control WHERE slot = 'pg2dns' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(newest == "resume", "the newest control request is {newest}");
+    stack
+        .server(Primary::Bind)?
+        .nsupdate("update delete stray.example.test. A")
+        .await?;
+    streams_again(stack, owner).await?;
+    ensure!(
+        !run.log().contains("resuming by itself"),
+        "the reconcile's end was taken for its lease's: the service resumed by itself:\n{}",
+        run.log_tail(30)
+    );
+    Ok(())
+}
+
 /// A running service with one row in DNS and one record added behind its
 /// back (so that `reconcile --apply` has a repair to hold the pause for).
 async fn service_with_a_stray_record(label: &str) -> Result<(Stack, crate::harness::Pg2dns)> {
@@ -967,26 +997,7 @@ async fn a_reconcile_ended_by_sigterm_resumes_the_service_and_exits_143() -> Res
         "it says it resumed the service:\n{rest}"
     );
     // The reconcile's own resume, not the lease's end.
-    let newest: String = stack
-        .db
-        .query_one(
-            "SELECT action FROM pg2dns.control WHERE slot = 'pg2dns' ORDER BY id DESC LIMIT 1",
-            &[],
-        )
-        .await?
-        .get(0);
-    ensure!(newest == "resume", "the newest control request is {newest}");
-    stack
-        .server(Primary::Bind)?
-        .nsupdate("update delete stray.example.test. A")
-        .await?;
-    streams_again(&stack, "after-term.example.test.").await?;
-    ensure!(
-        !run.log().contains("resuming by itself"),
-        "reconcile resumed the service itself, before its lease ended:\n{}\nreconcile:\n{rest}",
-        run.log_tail(30)
-    );
-    Ok(())
+    resumed_by_the_reconcile(&stack, &run, "after-term.example.test.").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1043,24 +1054,5 @@ async fn a_reconcile_that_panics_while_it_holds_the_service_paused_resumes_it_fi
         "reconcile panics, resumes the service and exits 2: {}\n{stderr}",
         output.status
     );
-    let newest: String = stack
-        .db
-        .query_one(
-            "SELECT action FROM pg2dns.control WHERE slot = 'pg2dns' ORDER BY id DESC LIMIT 1",
-            &[],
-        )
-        .await?
-        .get(0);
-    ensure!(newest == "resume", "the newest control request is {newest}");
-    stack
-        .server(Primary::Bind)?
-        .nsupdate("update delete stray.example.test. A")
-        .await?;
-    streams_again(&stack, "after-panic.example.test.").await?;
-    ensure!(
-        !run.log().contains("resuming by itself"),
-        "the panicking reconcile resumed the service itself:\n{}",
-        run.log_tail(30)
-    );
-    Ok(())
+    resumed_by_the_reconcile(&stack, &run, "after-panic.example.test.").await
 }
