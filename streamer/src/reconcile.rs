@@ -42,7 +42,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -1783,7 +1783,7 @@ async fn send(
     wire: &[u8],
     timeout: Duration,
 ) -> Result<Rcode, ZoneError> {
-    let request = tsig::sign(wire, &zc.key, unix_now(), tsig::DEFAULT_FUDGE)
+    let request = tsig::sign(wire, &zc.key, axfr::unix_now(), tsig::DEFAULT_FUDGE)
         .map_err(|e| update_err(zc, crate::error::chain(&e)))?;
     conn.send(&request.wire)
         .await
@@ -1798,7 +1798,7 @@ async fn send(
         if answer.get(..2) != Some(&request.id.to_be_bytes()[..]) {
             continue;
         }
-        return match tsig::verify_response(&answer, &zc.key, &request, unix_now()) {
+        return match tsig::verify_response(&answer, &zc.key, &request, axfr::unix_now()) {
             Ok(v) => Ok(Rcode(v.rcode)),
             Err(TsigError::Unsigned { rcode }) if rcode != 0 => Ok(Rcode(rcode)),
             Err(e) => Err(update_err(zc, crate::error::chain(&e))),
@@ -1858,13 +1858,6 @@ fn peak_rss_kib() -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The test hook [`PAUSE_BEFORE_REPAIR_ENV`].

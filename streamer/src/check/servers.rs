@@ -24,7 +24,7 @@
 //! key it has but does not let update.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
@@ -34,15 +34,15 @@ use pg2dns_decoder::update::{self, Prerequisite};
 use pg2dns_decoder::{Owner, RType, ZoneName};
 
 use crate::config::{Config, ZoneConfig};
+use crate::dns::axfr::unix_now;
 use crate::dns::Connection;
 
 /// How long each request may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// QTYPE SOA and AXFR, class IN.
+/// QTYPE SOA and AXFR.
 const TYPE_SOA: u16 = 6;
 const TYPE_AXFR: u16 = 252;
-const CLASS_IN: u16 = 1;
 
 /// What one signed request got back.
 enum Answer {
@@ -54,23 +54,9 @@ enum Answer {
     Io(String),
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// A query for `zone`'s apex of type `qtype`.
+/// A query for `zone`'s apex of type `qtype`, with a fresh ID.
 fn query(zone: &ZoneName, qtype: u16) -> Vec<u8> {
-    let id = crate::dns::axfr::fresh_id();
-    let mut q = Vec::with_capacity(32);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    q.extend_from_slice(zone.name().as_wire());
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&CLASS_IN.to_be_bytes());
-    q
+    crate::dns::axfr::query(zone, qtype, crate::dns::axfr::fresh_id())
 }
 
 /// Sends `message` signed with `key` to `server` and verifies the first

@@ -114,7 +114,8 @@ pub enum AxfrError {
     },
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the epoch: the `now` the core's TSIG functions take.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -130,13 +131,13 @@ pub(crate) fn fresh_id() -> u16 {
     (nanos ^ (nanos >> 16)) as u16
 }
 
-/// The AXFR query for `zone`, unsigned.
-fn query(zone: &ZoneName, id: u16) -> Vec<u8> {
+/// A query for `zone`'s apex of type `qtype` (class IN), unsigned.
+pub(crate) fn query(zone: &ZoneName, qtype: u16, id: u16) -> Vec<u8> {
     let mut q = Vec::with_capacity(32);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
     q.extend_from_slice(zone.name().as_wire());
-    q.extend_from_slice(&TYPE_AXFR.to_be_bytes());
+    q.extend_from_slice(&qtype.to_be_bytes());
     q.extend_from_slice(&CLASS_IN.to_be_bytes());
     q
 }
@@ -165,7 +166,7 @@ pub async fn transfer(
         detail,
     };
     let request = tsig::sign(
-        &query(zone, fresh_id()),
+        &query(zone, TYPE_AXFR, fresh_id()),
         key,
         unix_now(),
         tsig::DEFAULT_FUDGE,
@@ -303,7 +304,7 @@ mod tests {
     #[test]
     fn the_query_asks_for_an_axfr_of_the_zone() {
         let zone = ZoneName::parse("Example.Test").unwrap();
-        let q = query(&zone, 0x1234);
+        let q = query(&zone, TYPE_AXFR, 0x1234);
         let m = Message::from_vec(&q).unwrap();
         assert_eq!(m.metadata.id, 0x1234);
         assert_eq!(m.queries[0].name().to_string(), "example.test.");

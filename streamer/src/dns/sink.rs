@@ -57,13 +57,6 @@ pub enum ZoneReport {
     },
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The per-zone sender. Runs until its input closes or it halts.
 pub struct ZoneSink {
     zone: ZoneId,
@@ -217,7 +210,10 @@ impl ZoneSink {
                 continue;
             }
             if let Some(c) = conn.as_mut() {
-                while let Some(message) = self.session.poll_transmit(Instant::now(), unix_now()) {
+                while let Some(message) = self
+                    .session
+                    .poll_transmit(Instant::now(), super::axfr::unix_now())
+                {
                     failpoint::hit("before-dns-send");
                     messages.inc();
                     bytes.inc_by(message.len() as u64);
@@ -253,7 +249,7 @@ impl ZoneSink {
                     None => input_open = false,
                 },
                 frame = recv(&mut conn) => match frame {
-                    Some(Ok(frame)) => self.session.handle_response(&frame, Instant::now(), unix_now()),
+                    Some(Ok(frame)) => self.session.handle_response(&frame, Instant::now(), super::axfr::unix_now()),
                     _ => {
                         // Servers close idle connections (BIND after its
                         // tcp-idle-timeout); the session tells a loss that
