@@ -31,6 +31,7 @@ pub mod mapping;
 pub mod name;
 pub mod pgoutput;
 pub mod plan;
+pub mod pool;
 pub mod rdata;
 pub mod records;
 pub mod row;

@@ -2,7 +2,9 @@
 //!
 //! # Why
 //!
-//! Each zone gets one TCP connection to its primary and one [`Session`]. Work
+//! Each zone gets one [`Session`]; its messages in flight share one TCP
+//! connection to its primary (other zones' messages may share it too: see
+//! [`crate::pool`], which also hands out the message IDs). Work
 //! arrives as [`Dispatch`]es (the net changes of one transaction, or of one
 //! part of a large one) in commit order, and must be applied by the server in
 //! that order. The session decides what to send, when to resend and when to
@@ -74,7 +76,7 @@
 //!     while let Some(event) = session.poll_event() { report it; on Retrying drop the
 //!         connection and sleep `backoff`; on Halted stop }
 //!     if session.wants_connection() { connect: Ok → on_connected(now), Err → on_connect_failed(now) }
-//!     while let Some(msg) = session.poll_transmit(now, unix_time) { write len-prefixed msg }
+//!     while let Some(msg) = session.poll_transmit(now, unix_time, free_id) { write len-prefixed msg }
 //!     select {
 //!         dispatch from the pipeline, if session.has_room() => session.push(dispatch),
 //!         frame from the connection => session.handle_response(&frame, now, unix_time),
@@ -455,7 +457,6 @@ pub struct Session {
     queued_ops: usize,
     /// Packed messages not yet released, in order.
     messages: VecDeque<Message>,
-    next_id: u16,
     /// Messages still to be released one at a time after a reconnect.
     careful: usize,
     connected: bool,
@@ -465,9 +466,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session with nothing queued and no connection; message IDs start at
-    /// `first_id` (pick it at random) and increase, wrapping.
-    pub fn new(config: SessionConfig, first_id: u16) -> Session {
+    /// A session with nothing queued and no connection. Message IDs come
+    /// from the driver ([`Session::poll_transmit`]): they must be unique per
+    /// connection, and several zones may share one.
+    pub fn new(config: SessionConfig) -> Session {
         let packer = Packer::new(config.zone.clone(), config.budget);
         Session {
             config,
@@ -475,7 +477,6 @@ impl Session {
             queue: VecDeque::new(),
             queued_ops: 0,
             messages: VecDeque::new(),
-            next_id: first_id,
             careful: 0,
             connected: false,
             halted: false,
@@ -582,10 +583,16 @@ impl Session {
     }
 
     /// The next signed message to write (the driver adds the TCP length
-    /// prefix), or `None` when the window is full, nothing is queued, the
-    /// session is not connected or it halted. Packs queued dispatches into
-    /// messages as the window opens. Call it until it returns `None`.
-    pub fn poll_transmit(&mut self, now: Instant, unix_time: u64) -> Option<Vec<u8>> {
+    /// prefix), with message ID `id`, or `None` when the window is full,
+    /// nothing is queued, the session is not connected or it halted. Packs
+    /// queued dispatches into messages as the window opens. Call it until it
+    /// returns `None`, with an ID not in flight on the connection each time.
+    ///
+    /// The driver picks the ID because IDs must be unique per connection,
+    /// not per zone, and the TSIG MAC covers the message with its ID (RFC
+    /// 8945 §4.3), so it cannot be rewritten after signing. `None` did not
+    /// use `id`.
+    pub fn poll_transmit(&mut self, now: Instant, unix_time: u64, id: u16) -> Option<Vec<u8>> {
         if self.halted || !self.connected {
             return None;
         }
@@ -604,7 +611,7 @@ impl Session {
                 .iter()
                 .position(|m| matches!(m.state, State::Unsent))
             {
-                return self.transmit(i, now, unix_time);
+                return self.transmit(i, now, unix_time, id);
             }
             if self.messages.len() >= limit {
                 return None;
@@ -957,10 +964,8 @@ impl Session {
         })
     }
 
-    /// Encodes and signs message `i` with a new ID.
-    fn transmit(&mut self, i: usize, now: Instant, unix_time: u64) -> Option<Vec<u8>> {
-        let id = self.next_id;
-        self.next_id = id.wrapping_add(1);
+    /// Encodes and signs message `i` with ID `id`.
+    fn transmit(&mut self, i: usize, now: Instant, unix_time: u64, id: u16) -> Option<Vec<u8>> {
         let zone = self.config.zone.clone();
         let lsn = self.messages[i].lsn;
         let message = &self.messages[i];
@@ -1113,7 +1118,22 @@ mod tests {
             server: "192.0.2.53:53".into(),
         };
         // Close to the end of the ID space: IDs wrap.
-        Session::new(config, 0xfffe)
+        NEXT_ID.with(|n| n.set(0xfffe));
+        Session::new(config)
+    }
+
+    thread_local! {
+        /// The fake driver's next message ID (one connection per test).
+        static NEXT_ID: std::cell::Cell<u16> = const { std::cell::Cell::new(0) };
+    }
+
+    /// What a driver does: offers the next ID, and moves on only when the
+    /// session used it.
+    fn poll(s: &mut Session, now: Instant) -> Option<Vec<u8>> {
+        let id = NEXT_ID.with(|n| n.get());
+        let wire = s.poll_transmit(now, NOW, id)?;
+        NEXT_ID.with(|n| n.set(id.wrapping_add(1)));
+        Some(wire)
     }
 
     fn events(s: &mut Session) -> Vec<Event> {
@@ -1122,7 +1142,7 @@ mod tests {
 
     /// Everything `poll_transmit` gives now, as the fake server reads it.
     fn transmit_all(s: &mut Session, now: Instant) -> Vec<Request> {
-        std::iter::from_fn(|| s.poll_transmit(now, NOW))
+        std::iter::from_fn(|| poll(s, now))
             .map(|wire| Request::parse(&wire))
             .collect()
     }
@@ -1257,7 +1277,7 @@ mod tests {
         assert!(!s.wants_connection());
         s.push(one(1));
         assert!(s.wants_connection());
-        assert!(s.poll_transmit(t0, NOW).is_none());
+        assert!(poll(&mut s, t0).is_none());
         assert_eq!(s.poll_timeout(), None);
         s.on_connected(t0);
         assert!(!s.wants_connection());
@@ -1379,10 +1399,7 @@ mod tests {
                 }
             ]
         );
-        assert!(
-            s.poll_transmit(t0, NOW).is_none(),
-            "the driver reconnects first"
-        );
+        assert!(poll(&mut s, t0).is_none(), "the driver reconnects first");
         assert!(s.wants_connection());
 
         let t1 = t0 + INITIAL_BACKOFF;
@@ -1772,7 +1789,7 @@ mod tests {
         s.handle_timeout(t0 + TIMEOUT * 10);
         s.on_disconnected(t0);
         s.on_connect_failed(t0);
-        assert!(s.poll_transmit(t0, NOW).is_none());
+        assert!(poll(&mut s, t0).is_none());
         assert_eq!(s.poll_timeout(), None);
         assert!(!s.wants_connection());
         assert!(events(&mut s).is_empty());

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         timeout: Duration::from_secs(1),
         server: "fuzz".into(),
     };
-    let mut session = Session::new(config, 0);
+    let mut session = Session::new(config);
     let now = Instant::now();
     session.on_connected(now);
     for id in 1..=3u64 {
@@ -36,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
             groups: group_by_owner(vec![UpdateOp::Add(record)]),
         });
     }
-    while session.poll_transmit(now, 1_800_000_000).is_some() {}
+    let mut next_id = 0u16;
+    while session.poll_transmit(now, 1_800_000_000, next_id).is_some() {
+        next_id = next_id.wrapping_add(1);
+    }
     let mut rest = data;
     while let [hi, lo, tail @ ..] = rest {
         let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
@@ -46,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
         // the fuzzer's.
         session.handle_response(frame, now, 1_800_000_000);
         while session.poll_event().is_some() {}
-        while session.poll_transmit(now, 1_800_000_000).is_some() {}
+        while session.poll_transmit(now, 1_800_000_000, next_id).is_some() {
+            next_id = next_id.wrapping_add(1);
+        }
     }
 });

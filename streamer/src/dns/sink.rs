@@ -66,6 +66,8 @@ pub struct ZoneSink {
     primary: crate::config::PrimaryAddr,
     session: Session,
     reports: mpsc::UnboundedSender<ZoneReport>,
+    /// The next message ID on this zone's own connection.
+    next_id: u16,
 }
 
 impl ZoneSink {
@@ -86,23 +88,21 @@ impl ZoneSink {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let session = Session::new(
-            SessionConfig {
-                zone: config.name.clone(),
-                key: config.key.clone(),
-                budget,
-                window: limits.window,
-                timeout: limits.dns_timeout,
-                server: config.primary.to_string(),
-            },
-            (seed & 0xffff) as u16,
-        );
+        let session = Session::new(SessionConfig {
+            zone: config.name.clone(),
+            key: config.key.clone(),
+            budget,
+            window: limits.window,
+            timeout: limits.dns_timeout,
+            server: config.primary.to_string(),
+        });
         ZoneSink {
             zone,
             server: config.primary,
             primary: config.primary_addr.clone(),
             session,
             reports,
+            next_id: (seed & 0xffff) as u16,
         }
     }
 
@@ -210,10 +210,12 @@ impl ZoneSink {
                 continue;
             }
             if let Some(c) = conn.as_mut() {
-                while let Some(message) = self
-                    .session
-                    .poll_transmit(Instant::now(), super::axfr::unix_now())
-                {
+                while let Some(message) = self.session.poll_transmit(
+                    Instant::now(),
+                    super::axfr::unix_now(),
+                    self.next_id,
+                ) {
+                    self.next_id = self.next_id.wrapping_add(1);
                     failpoint::hit("before-dns-send");
                     messages.inc();
                     bytes.inc_by(message.len() as u64);
