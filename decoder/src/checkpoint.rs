@@ -15,7 +15,7 @@
 //!
 //! ```text
 //!  handle_received(end) ──┐   a committed transaction to cover
-//!  handle_dispatched(b) ──┤   a flushed batch: its number, end, per-zone marks
+//!  handle_dispatched(b) ──┤   a flushed batch: its number, end, marks of the zones it touched
 //!  handle_acked(z, upto) ─┼─▶ Ledger ─▶ poll_checkpoint() → (batch, end)
 //!  handle_refused(r) ─────┤                │  the driver commits it, then
 //!  handle_written(seq) ───┘                ▼
@@ -64,9 +64,12 @@ pub struct SentBatch {
     /// The end LSN of its last transaction, when it ends at a transaction
     /// boundary: a checkpoint through it may set the progress there.
     pub end: Option<Lsn>,
-    /// Each zone's dispatch count once it was dispatched (by `ZoneId`): it
-    /// is acknowledged when every zone acknowledged that far.
-    pub marks: Vec<u64>,
+    /// The dispatch count of each zone it dispatched to, once it was
+    /// dispatched: it is acknowledged when each of those zones acknowledged
+    /// that far. Zones it did not touch are left out (a batch costs what it
+    /// touched, not the zone count); the earlier batches, acknowledged
+    /// first, cover them.
+    pub marks: Vec<(ZoneId, u64)>,
 }
 
 /// What a checkpoint may cover now: the batches up to `batch`, with the
@@ -157,7 +160,10 @@ impl Ledger {
     /// numbers.
     pub fn handle_dispatched(&mut self, batch: SentBatch) {
         debug_assert!(self.sent.back().is_none_or(|b| b.seq < batch.seq));
-        debug_assert_eq!(batch.marks.len(), self.acked.len());
+        debug_assert!(batch
+            .marks
+            .iter()
+            .all(|(z, _)| z.index() < self.acked.len()));
         self.sent.push_back(batch);
     }
 
@@ -293,9 +299,9 @@ impl Ledger {
         self.acked.get(zone.index()).copied().unwrap_or(0)
     }
 
-    /// Whether every zone acknowledged as far as `marks` (by `ZoneId`).
-    pub fn acked_through(&self, marks: &[u64]) -> bool {
-        self.acked.iter().zip(marks).all(|(a, m)| a >= m)
+    /// Whether each zone of `marks` acknowledged as far as its mark.
+    pub fn acked_through(&self, marks: &[(ZoneId, u64)]) -> bool {
+        marks.iter().all(|(z, m)| self.acked(*z) >= *m)
     }
 
     fn confirm_after(&mut self, end: Lsn, durability: Durability) -> Option<Lsn> {

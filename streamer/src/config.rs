@@ -86,6 +86,67 @@ struct Spec {
     rr: RrSpec,
     #[serde(default)]
     roles: Roles,
+    #[serde(default, rename = "server")]
+    servers: Vec<ServerSpec>,
+}
+
+/// `[[server]]`: how much of one primary pg2dns may use, matched to the
+/// zones by `address` (as their `primary` is written).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSpec {
+    address: String,
+    #[serde(default = "default_connections")]
+    connections: usize,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: usize,
+    #[serde(default = "default_idle_close_ms")]
+    idle_close_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    connect_timeout_ms: u64,
+}
+
+fn default_connections() -> usize {
+    4
+}
+
+fn default_max_in_flight() -> usize {
+    64
+}
+
+fn default_idle_close_ms() -> u64 {
+    5_000
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+/// How much of one DNS server the zones on it may use together: its
+/// connections are shared by all of them (see `pg2dns_decoder::pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// TCP connections at most (`connections`, default 4, at most 16).
+    pub connections: usize,
+    /// UPDATEs awaiting an answer at most, all zones together
+    /// (`max_in_flight`, default 64: below BIND's update-quota of 100).
+    pub max_in_flight: usize,
+    /// A connection unused this long is closed (`idle_close_ms`, default
+    /// 5 s: before BIND's tcp-idle-timeout of 30 s).
+    pub idle_close: Duration,
+    /// How long a connect may take (`connect_timeout_ms`, default 5 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            connections: default_connections(),
+            max_in_flight: default_max_in_flight(),
+            idle_close: Duration::from_millis(default_idle_close_ms()),
+            connect_timeout: Duration::from_millis(default_connect_timeout_ms()),
+        }
+    }
 }
 
 /// `[roles]`: the PostgreSQL roles `pg2dns setup` grants to (README, "Roles
@@ -510,6 +571,9 @@ pub struct Config {
     pub apex_ns_sources: Vec<bool>,
     /// The roles `setup` grants to (`[roles]`).
     pub roles: Roles,
+    /// `[[server]]` limits by address; a primary without one gets
+    /// [`ServerLimits::default`].
+    pub server_limits: Vec<(PrimaryAddr, ServerLimits)>,
 }
 
 /// How `pg2dns reconcile --apply` guards against a wrong database.
@@ -969,6 +1033,38 @@ impl Config {
                 },
             });
         }
+        let mut server_limits: Vec<(PrimaryAddr, ServerLimits)> = Vec::new();
+        for sv in &spec.servers {
+            let address = PrimaryAddr::parse(&sv.address)
+                .map_err(|e| invalid(format!("server address = {:?}: {e}", sv.address)))?;
+            if server_limits.iter().any(|(a, _)| *a == address) {
+                return Err(invalid(format!(
+                    "server {address} is declared twice ([[server]] address)"
+                )));
+            }
+            if !(1..=pg2dns_decoder::pool::MAX_CONNECTIONS).contains(&sv.connections) {
+                return Err(invalid(format!(
+                    "server {address}: connections = {}: must be from 1 to {}",
+                    sv.connections,
+                    pg2dns_decoder::pool::MAX_CONNECTIONS
+                )));
+            }
+            if !(1..=1000).contains(&sv.max_in_flight) {
+                return Err(invalid(format!(
+                    "server {address}: max_in_flight = {}: must be from 1 to 1000 (BIND drops UPDATEs beyond its update-quota, 100 by default)",
+                    sv.max_in_flight
+                )));
+            }
+            server_limits.push((
+                address,
+                ServerLimits {
+                    connections: sv.connections,
+                    max_in_flight: sv.max_in_flight,
+                    idle_close: Duration::from_millis(sv.idle_close_ms.max(100)),
+                    connect_timeout: Duration::from_millis(sv.connect_timeout_ms.max(100)),
+                },
+            ));
+        }
         let l = spec.limits;
         if !(512..=65_535).contains(&l.max_message_bytes) {
             return Err(invalid(format!(
@@ -1057,6 +1153,7 @@ impl Config {
             sources,
             apex_ns_sources,
             roles: spec.roles,
+            server_limits,
             reconcile: ReconcileConfig { max_change_share },
             database: DatabaseConfig {
                 url: spec.database.url,
@@ -1098,6 +1195,16 @@ impl Config {
             }
         }
         out
+    }
+
+    /// The limits of the server at `primary` (its `[[server]]`, else the
+    /// defaults).
+    pub fn server_limits(&self, primary: &PrimaryAddr) -> ServerLimits {
+        self.server_limits
+            .iter()
+            .find(|(a, _)| a == primary)
+            .map(|(_, l)| *l)
+            .unwrap_or_default()
     }
 
     /// The configured zones, indexed by [`pg2dns_decoder::ZoneId`] in

@@ -136,6 +136,13 @@ impl EncodeLabelSet for SeriesLabel {
     }
 }
 
+/// Labels naming a DNS server (a primary's address as configured).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// The primary's address.
+    pub server: String,
+}
+
 /// Labels naming why an UPDATE is resent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -221,6 +228,12 @@ pub struct Metrics {
     pub slot_safe_wal_bytes: Gauge,
     /// 1 for the slot's current `wal_status`.
     pub slot_wal_status: Family<WalStatusLabel, Gauge>,
+    /// TCP connections open (or opening) to each server for UPDATEs.
+    pub server_connections: Family<ServerLabel, Gauge>,
+    /// The most connections open at once to each server since start.
+    pub server_connections_max: Family<ServerLabel, Gauge>,
+    /// UPDATEs awaiting an answer from each server, all zones together.
+    pub server_in_flight: Family<ServerLabel, Gauge>,
     state: AtomicU8,
     /// `[metrics] per_zone`: a `zone` label on the zone families.
     per_zone: AtomicBool,
@@ -260,6 +273,9 @@ impl Metrics {
             slot_retained_wal_bytes: Gauge::default(),
             slot_safe_wal_bytes: Gauge::default(),
             slot_wal_status: Family::default(),
+            server_connections: Family::default(),
+            server_connections_max: Family::default(),
+            server_in_flight: Family::default(),
             state: AtomicU8::new(0),
             per_zone: AtomicBool::new(false),
             unreachable: Mutex::new(BTreeSet::new()),
@@ -367,6 +383,21 @@ impl Metrics {
             "slot_wal_status",
             "1 for the replication slot's wal_status (reserved, extended, unreserved, lost)",
             m.slot_wal_status.clone(),
+        );
+        registry.register(
+            "server_connections",
+            "TCP connections open or opening to each server for UPDATEs, shared by its zones (at most its [[server]] connections)",
+            m.server_connections.clone(),
+        );
+        registry.register(
+            "server_connections_max",
+            "The most TCP connections open at once to each server for UPDATEs since start",
+            m.server_connections_max.clone(),
+        );
+        registry.register(
+            "server_in_flight",
+            "UPDATE messages awaiting an answer from each server, all its zones together (at most its [[server]] max_in_flight)",
+            m.server_in_flight.clone(),
         );
         registry.register(
             "build",

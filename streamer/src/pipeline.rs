@@ -47,7 +47,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::control::{Control, ControlRequest, Mode};
-use crate::dns::sink::{Dispatch, ZoneReport, ZoneSink};
+use crate::dns::server::{ServerInput, ServerTask};
+use crate::dns::sink::{Dispatch, ZoneReport};
 use crate::error::{Disposition, RunError};
 use crate::replication::{Frame, PgReplication, Replication};
 use crate::store::{Durability, Store};
@@ -140,15 +141,26 @@ pub fn mappings(config: &Config) -> Vec<Box<dyn Mapping>> {
 struct ZoneLane {
     /// The zone's `pg2dns_update_operations_total` series.
     operations: prometheus_client::metrics::counter::Counter,
-    tx: mpsc::Sender<Vec<Dispatch>>,
+    /// Its server's task (an index into `Lanes::servers`).
+    server: usize,
     dispatched: u64,
     /// Dispatches of the current flush, handed over at its end.
     outbox: Vec<Dispatch>,
 }
 
-/// The zones' streams and what they acknowledged.
+/// The zones' streams (one task per server, see [`ServerTask`]) and what
+/// they acknowledged.
 struct Lanes {
     lanes: Vec<ZoneLane>,
+    /// Each server task's input.
+    servers: Vec<mpsc::Sender<ServerInput>>,
+    /// Zones with dispatches in their outbox, in first-dispatch order.
+    touched: Vec<ZoneId>,
+    /// Zones dispatched to since the last batch was marked, with their
+    /// dispatch count (see [`Lanes::mark_batch`]).
+    marks: pg2dns_decoder::HashMap<ZoneId, u64>,
+    /// Zones that have dispatches not yet acknowledged.
+    unacked: usize,
     reports: mpsc::UnboundedReceiver<ZoneReport>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// What was dispatched and acknowledged or refused, and which
@@ -162,25 +174,49 @@ impl Lanes {
     fn start(config: &Config, live: Arc<status::Live>, progress: Lsn) -> Lanes {
         let (report_tx, reports) = mpsc::unbounded_channel();
         let mut lanes = Vec::new();
-        let mut tasks = Vec::new();
+        // One task per server: zones naming the same primary share it.
+        let mut by_address: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::new();
+        let mut servers_tasks: Vec<ServerTask> = Vec::new();
         let ids = config.zones();
         for ((id, _), z) in ids.iter().zip(&config.zones) {
-            let (tx, rx) = mpsc::channel(4);
-            let sink = ZoneSink::new(id, z, &config.limits, report_tx.clone());
-            tasks.push(tokio::spawn(sink.run(rx)));
+            let server = *by_address
+                .entry(z.primary_addr.to_string())
+                .or_insert_with(|| {
+                    servers_tasks.push(ServerTask::new(
+                        z.primary_addr.clone(),
+                        z.primary.to_string(),
+                        config.server_limits(&z.primary_addr),
+                        &config.limits,
+                        report_tx.clone(),
+                    ));
+                    servers_tasks.len() - 1
+                });
+            servers_tasks[server].add_zone(id, z);
             let m = metrics::get();
             lanes.push(ZoneLane {
                 operations: m
                     .operations
                     .get_or_create(&m.series(&z.name.to_string(), &z.primary.to_string()))
                     .clone(),
-                tx,
+                server,
                 dispatched: 0,
                 outbox: Vec::new(),
             });
         }
+        let mut servers = Vec::new();
+        let mut tasks = Vec::new();
+        for task in servers_tasks {
+            let (tx, rx) = mpsc::channel(4);
+            tasks.push(tokio::spawn(task.run(rx)));
+            servers.push(tx);
+        }
         Lanes {
             lanes,
+            servers,
+            touched: Vec::new(),
+            marks: pg2dns_decoder::HashMap::default(),
+            unacked: 0,
             reports,
             tasks,
             ledger: Ledger::new(config.zones.len(), progress),
@@ -188,21 +224,30 @@ impl Lanes {
         }
     }
 
-    /// Each zone's dispatch count now.
-    fn marks(&self) -> Vec<u64> {
-        self.lanes.iter().map(|l| l.dispatched).collect()
+    /// Batch `seq` was flushed: the ledger learns it, with the marks of
+    /// the zones dispatched to since the previous batch (their dispatch
+    /// counts now), not of every zone.
+    fn mark_batch(&mut self, seq: BatchSeq, end: Option<Lsn>) {
+        let marks = self.marks.drain().collect();
+        self.ledger.handle_dispatched(SentBatch { seq, end, marks });
     }
 
     /// Whether every zone acknowledged everything dispatched to it.
     fn all_acked(&self) -> bool {
-        self.ledger.acked_through(&self.marks())
+        self.unacked == 0
     }
 
     fn on_report(&mut self, report: Option<ZoneReport>) -> Result<(), RunError> {
         match report {
             None => Err(RunError::Internal("every zone stream ended".into())),
             Some(ZoneReport::Acked { zone, upto }) => {
+                let before = self.ledger.acked(zone);
                 let acked = self.ledger.handle_acked(zone, upto);
+                if let Some(lane) = self.lanes.get(zone.index()) {
+                    if before < lane.dispatched && acked >= lane.dispatched {
+                        self.unacked -= 1;
+                    }
+                }
                 self.live.acked(zone.index(), acked);
                 Ok(())
             }
@@ -229,11 +274,19 @@ impl Lanes {
             if z.groups.is_empty() {
                 continue;
             }
+            let acked = self.ledger.acked(z.zone);
             let lane = &mut self.lanes[z.zone.index()];
             let ops: usize = z.groups.iter().map(|g| g.ops.len()).sum();
             lane.operations.inc_by(ops as u64);
+            if acked >= lane.dispatched {
+                self.unacked += 1;
+            }
             lane.dispatched += 1;
             self.live.dispatched(z.zone.index(), lane.dispatched);
+            self.marks.insert(z.zone, lane.dispatched);
+            if lane.outbox.is_empty() {
+                self.touched.push(z.zone);
+            }
             lane.outbox.push(Dispatch {
                 id: lane.dispatched,
                 lsn,
@@ -242,22 +295,27 @@ impl Lanes {
         }
     }
 
-    /// Hands each zone the dispatches of this flush at once, so that a zone
-    /// working through a backlog can pack them into full messages.
+    /// Hands each server the dispatches of this flush at once, so that a
+    /// zone working through a backlog can pack them into full messages.
     async fn send_outbox(&mut self) -> Result<(), RunError> {
-        for zone in 0..self.lanes.len() {
-            if self.lanes[zone].outbox.is_empty() {
+        let mut per_server: Vec<Vec<(ZoneId, Vec<Dispatch>)>> =
+            (0..self.servers.len()).map(|_| Vec::new()).collect();
+        for zone in std::mem::take(&mut self.touched) {
+            let lane = &mut self.lanes[zone.index()];
+            per_server[lane.server].push((zone, std::mem::take(&mut lane.outbox)));
+        }
+        for (server, batch) in per_server.into_iter().enumerate() {
+            if batch.is_empty() {
                 continue;
             }
-            let batch = std::mem::take(&mut self.lanes[zone].outbox);
-            // Keep reading reports while a zone's queue is full, so that a
+            // Keep reading reports while a server's queue is full, so that a
             // halt elsewhere is seen.
-            let tx = self.lanes[zone].tx.clone();
-            let mut send = std::pin::pin!(tx.send(batch));
+            let tx = self.servers[server].clone();
+            let mut send = std::pin::pin!(tx.send(ServerInput::Dispatch(batch)));
             loop {
                 tokio::select! {
                     r = &mut send => {
-                        r.map_err(|_| RunError::Internal(format!("the stream of zone #{zone} ended")))?;
+                        r.map_err(|_| RunError::Internal(format!("the stream of server #{server} ended")))?;
                         break;
                     }
                     report = self.reports.recv() => self.on_report(report)?,
@@ -1589,11 +1647,8 @@ impl Pipeline<'_> {
             .write(&sources, &self.zones, &mut outcome)
             .await?;
         self.store.write_zone_refs(&ref_edits).await?;
-        self.lanes.ledger.handle_dispatched(SentBatch {
-            seq: batch,
-            end: if open { None } else { last_end },
-            marks: self.lanes.marks(),
-        });
+        self.lanes
+            .mark_batch(batch, if open { None } else { last_end });
         let ms = |d: Duration| d.as_millis() as u64;
         debug!(
             rows = rows_in_batch,
@@ -1702,11 +1757,7 @@ impl Pipeline<'_> {
             .add_waiting(&sources, &self.zones, &waiting)
             .await?;
         let end = self.lanes.ledger.rejection_end();
-        self.lanes.ledger.handle_dispatched(SentBatch {
-            seq: batch,
-            end,
-            marks: self.lanes.marks(),
-        });
+        self.lanes.mark_batch(batch, end);
         Ok(())
     }
 

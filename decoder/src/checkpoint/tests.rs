@@ -7,11 +7,18 @@ fn l(raw: u64) -> Lsn {
     Lsn::new(raw)
 }
 
+/// Batch `seq` with each zone's dispatch count (by index); zones at 0
+/// were not touched and are left out, as the pipeline leaves them.
 fn batch(seq: u64, end: Option<u64>, marks: &[u64]) -> SentBatch {
     SentBatch {
         seq: BatchSeq(seq),
         end: end.map(l),
-        marks: marks.to_vec(),
+        marks: marks
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| **m > 0)
+            .map(|(z, m)| (ZoneId(z as u32), *m))
+            .collect(),
     }
 }
 
@@ -226,6 +233,8 @@ struct Model {
     open: bool,
     /// Each zone's dispatches in this session: dispatched and acknowledged.
     dispatched: Vec<u64>,
+    /// `dispatched` at the previous batch.
+    marked: Vec<u64>,
     acked: Vec<u64>,
     /// For each transaction sent in this session, every (zone, dispatch
     /// count) that must be acknowledged before it is in DNS.
@@ -251,6 +260,7 @@ impl Model {
             next: 0,
             open: false,
             dispatched: vec![0; ZONES],
+            marked: vec![0; ZONES],
             acked: vec![0; ZONES],
             batch: 0,
             written: None,
@@ -269,6 +279,7 @@ impl Model {
         self.next = self.txns.partition_point(|(end, _)| *end <= self.durable);
         self.open = false;
         self.dispatched = vec![0; ZONES];
+        self.marked = vec![0; ZONES];
         self.acked = vec![0; ZONES];
         self.batch = 0;
         self.written = None;
@@ -316,10 +327,11 @@ impl Model {
         if write {
             self.written = Some(seq);
         }
+        let marks = self.sparse_marks();
         self.ledger.handle_dispatched(SentBatch {
             seq,
             end: if cut { None } else { end },
-            marks: self.dispatched.clone(),
+            marks,
         });
     }
 
@@ -370,11 +382,23 @@ impl Model {
                 }
             }
         }
+        let marks = self.sparse_marks();
         self.ledger.handle_dispatched(SentBatch {
             seq,
             end: self.ledger.rejection_end(),
             marks,
         });
+    }
+
+    /// As the pipeline marks a batch: only the zones dispatched to since
+    /// the previous batch, with their counts.
+    fn sparse_marks(&mut self) -> Vec<(ZoneId, u64)> {
+        let marks = (0..ZONES)
+            .filter(|&z| self.dispatched[z] != self.marked[z])
+            .map(|z| (ZoneId(z as u32), self.dispatched[z]))
+            .collect();
+        self.marked = self.dispatched.clone();
+        marks
     }
 
     fn in_dns(&self, t: usize) -> bool {

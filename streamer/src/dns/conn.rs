@@ -93,7 +93,7 @@ impl Connection {
 }
 
 /// Splits the first whole length-prefixed message off `buf`, if there is one.
-fn take_frame(buf: &mut BytesMut) -> Option<Vec<u8>> {
+pub(crate) fn take_frame(buf: &mut BytesMut) -> Option<Vec<u8>> {
     let len = usize::from(u16::from_be_bytes([*buf.first()?, *buf.get(1)?]));
     if buf.len() < 2 + len {
         return None;

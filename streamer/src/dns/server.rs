@@ -1,0 +1,709 @@
+//! One DNS server's UPDATE streams: a thin driver of
+//! [`pg2dns_decoder::pool::ServerPool`] and of the active zones'
+//! [`Session`]s.
+//!
+//! One task per server (per distinct `primary`) owns a few pipelined TCP
+//! connections and every zone of that server: the pool decides which
+//! connection a zone's next message goes on and how many may be in flight;
+//! each zone's session decides what to send, what an answer means and when
+//! to resend, as before. Work arrives from the pipeline as batches of
+//! [`Dispatch`]es per zone, in commit order; acknowledgements, refusals and
+//! halts go back as [`ZoneReport`]s, exactly as one task per zone sent them.
+//!
+//! ```text
+//!  pipeline ─ServerInput─▶ sessions[lane].push ─▶ ready (round robin)
+//!        ready ─▶ pool.assign → conn, pool.free_id → id ─▶ session.poll_transmit(id) ─▶ writer[conn]
+//!  reader[conn] (a task per connection) ─frame─▶ pool.on_answer(id) → lane ─▶ session.handle_response
+//!  pipeline ◀─ZoneReport─ session.poll_event
+//! ```
+//!
+//! Sessions exist only for zones with work (memory follows the active zones,
+//! not the configured ones). Connects run in their own tasks, so a server
+//! that does not answer holds up none of its other connections. A timeout
+//! drops the connection it happened on: every zone in flight there resends
+//! from its first unacknowledged message, as a zone's own connection did.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use pg2dns_decoder::pool::{Answer, ConnId, LaneId, PoolLimits, ServerPool};
+use pg2dns_decoder::session::{Event, RetryReason, Session, SessionConfig};
+use pg2dns_decoder::update::Budget;
+use pg2dns_decoder::{HashMap, ZoneId};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+pub use crate::dns::sink::{Dispatch, ZoneReport};
+
+use crate::config::{Limits, PrimaryAddr, ServerLimits, ZoneConfig};
+use crate::{failpoint, metrics};
+
+/// What the pipeline hands a server task.
+#[derive(Debug)]
+pub enum ServerInput {
+    /// The dispatches of one flush, per zone, each zone's in order.
+    Dispatch(Vec<(ZoneId, Vec<Dispatch>)>),
+    /// A zone to serve from now on (zones defined at run time).
+    AddZone(ZoneId, Box<ZoneConfig>),
+    /// A zone to stop serving; what it still had queued is dropped.
+    RemoveZone(ZoneId),
+}
+
+/// A zone of this server, active or not.
+struct Lane {
+    zone: ZoneId,
+    session: SessionConfig,
+    messages: Counter,
+    bytes: Counter,
+    ack_seconds: Histogram,
+    retries: metrics::SeriesLabel,
+}
+
+/// A zone with work: its session and what the driver keeps for it.
+struct Active {
+    session: Session,
+    /// When each dispatch was handed over, for the acknowledgement latency.
+    pushed: VecDeque<(u64, Instant)>,
+    /// No resend before this (the session's backoff after a failure).
+    retry_at: Option<Instant>,
+    /// It was told once that the server cannot be reached (one
+    /// `Unreachable` per zone and outage, not one per connect attempt).
+    told_unreachable: bool,
+}
+
+/// A connection slot's I/O.
+enum Io {
+    Connecting(u64),
+    Up {
+        generation: u64,
+        writer: OwnedWriteHalf,
+        reader: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Io {
+    fn generation(&self) -> u64 {
+        match self {
+            Io::Connecting(g) | Io::Up { generation: g, .. } => *g,
+        }
+    }
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        if let Io::Up { reader, .. } = self {
+            reader.abort();
+        }
+    }
+}
+
+/// What the connect and reader tasks report.
+enum ConnEvent {
+    Connected(OwnedWriteHalf, tokio::net::tcp::OwnedReadHalf, SocketAddr),
+    ConnectFailed(std::io::Error),
+    Frame(Vec<u8>),
+    Closed(Option<std::io::Error>),
+}
+
+/// The task of one DNS server. Runs until its input closes and every zone
+/// is idle, or until the pipeline drops it.
+pub struct ServerTask {
+    /// The server as configured (for logs).
+    name: String,
+    primary: PrimaryAddr,
+    limits: ServerLimits,
+    zone_limits: Limits,
+    pool: ServerPool,
+    lanes: HashMap<LaneId, Lane>,
+    active: HashMap<LaneId, Active>,
+    halted: HashSet<LaneId>,
+    /// Lanes that may have something to send, served round robin.
+    ready: VecDeque<LaneId>,
+    queued: HashSet<LaneId>,
+    /// Active lanes whose session has no room for more dispatches.
+    full: HashSet<LaneId>,
+    /// Answer deadlines and resend times (lazy: stale entries are skipped).
+    timers: BinaryHeap<Reverse<(Instant, LaneId)>>,
+    io: Vec<Option<Io>>,
+    generation: u64,
+    events_tx: mpsc::UnboundedSender<(ConnId, u64, ConnEvent)>,
+    events: mpsc::UnboundedReceiver<(ConnId, u64, ConnEvent)>,
+    reports: mpsc::UnboundedSender<ZoneReport>,
+    connections: Gauge,
+    connections_max: Gauge,
+    in_flight: Gauge,
+}
+
+fn lane_of(zone: ZoneId) -> LaneId {
+    LaneId(zone.index() as u32)
+}
+
+impl ServerTask {
+    /// The task of the server at `primary`, with no zones yet.
+    pub fn new(
+        primary: PrimaryAddr,
+        name: String,
+        limits: ServerLimits,
+        zone_limits: &Limits,
+        reports: mpsc::UnboundedSender<ZoneReport>,
+    ) -> ServerTask {
+        // Message IDs start somewhere unpredictable (RFC 5452 §9.2 asks it of
+        // queries; here it only keeps restarts from reusing IDs).
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let pool = ServerPool::new(
+            PoolLimits {
+                connections: limits.connections,
+                max_in_flight: limits.max_in_flight,
+                idle_close: limits.idle_close,
+                connects_at_once: 1,
+            },
+            (seed & 0xffff) as u16,
+            Instant::now(),
+        );
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let m = metrics::get();
+        let label = metrics::ServerLabel {
+            server: name.clone(),
+        };
+        ServerTask {
+            io: (0..pool.limits().connections).map(|_| None).collect(),
+            pool,
+            primary,
+            limits,
+            zone_limits: zone_limits.clone(),
+            lanes: HashMap::default(),
+            active: HashMap::default(),
+            halted: HashSet::new(),
+            ready: VecDeque::new(),
+            queued: HashSet::new(),
+            full: HashSet::new(),
+            timers: BinaryHeap::new(),
+            generation: 0,
+            events_tx,
+            events,
+            reports,
+            connections: m.server_connections.get_or_create(&label).clone(),
+            connections_max: m.server_connections_max.get_or_create(&label).clone(),
+            in_flight: m.server_in_flight.get_or_create(&label).clone(),
+            name,
+        }
+    }
+
+    /// Serves `zone` (whose primary is this server) from now on.
+    pub fn add_zone(&mut self, zone: ZoneId, config: &ZoneConfig) {
+        let m = metrics::get();
+        let label = m.series(&config.name.to_string(), &config.primary.to_string());
+        let lane = Lane {
+            zone,
+            session: SessionConfig {
+                zone: config.name.clone(),
+                key: config.key.clone(),
+                budget: Budget {
+                    max_message_bytes: self.zone_limits.max_message_bytes,
+                    tsig_record_len: config.key.record_len(),
+                },
+                window: self.zone_limits.window,
+                timeout: self.zone_limits.dns_timeout,
+                server: config.primary.to_string(),
+            },
+            messages: m.messages.get_or_create(&label).clone(),
+            bytes: m.bytes.get_or_create(&label).clone(),
+            ack_seconds: m.ack_seconds.get_or_create(&label).clone(),
+            retries: label,
+        };
+        self.lanes.insert(lane_of(zone), lane);
+    }
+
+    /// Stops serving `zone`: its session and what it had queued go.
+    pub fn remove_zone(&mut self, zone: ZoneId) {
+        let lane = lane_of(zone);
+        self.pool.forget(lane, Instant::now());
+        self.active.remove(&lane);
+        self.full.remove(&lane);
+        self.lanes.remove(&lane);
+    }
+
+    /// Runs until `input` closes and every zone is idle (a clean stop).
+    pub async fn run(mut self, mut input: mpsc::Receiver<ServerInput>) {
+        let mut input_open = true;
+        loop {
+            let now = Instant::now();
+            while let Some(conn) = self.pool.poll_idle(now) {
+                debug!(server = %self.name, conn = conn.0, "closing an idle connection");
+                self.io[conn.index()] = None;
+            }
+            if !input_open && self.active.is_empty() {
+                return;
+            }
+            self.connect(now);
+            self.send(now).await;
+            self.publish();
+            let deadline = self.next_deadline();
+            tokio::select! {
+                batch = input.recv(), if input_open && self.full.is_empty() => match batch {
+                    Some(first) => {
+                        self.take(first);
+                        // Take what else is already waiting, so it can be coalesced.
+                        while self.full.is_empty() {
+                            match input.try_recv() {
+                                Ok(more) => self.take(more),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => input_open = false,
+                },
+                Some((conn, generation, event)) = self.events.recv() => {
+                    self.on_conn_event(conn, generation, event);
+                    // Answers come in bursts: take those already there.
+                    while let Ok((conn, generation, event)) = self.events.try_recv() {
+                        self.on_conn_event(conn, generation, event);
+                    }
+                }
+                _ = sleep_until(deadline) => self.on_timers(Instant::now()),
+            }
+        }
+    }
+
+    fn take(&mut self, input: ServerInput) {
+        match input {
+            ServerInput::Dispatch(batch) => {
+                let now = Instant::now();
+                for (zone, dispatches) in batch {
+                    self.push(lane_of(zone), dispatches, now);
+                }
+            }
+            ServerInput::AddZone(zone, config) => self.add_zone(zone, &config),
+            ServerInput::RemoveZone(zone) => self.remove_zone(zone),
+        }
+    }
+
+    fn push(&mut self, lane: LaneId, dispatches: Vec<Dispatch>, now: Instant) {
+        if self.halted.contains(&lane) {
+            return;
+        }
+        let Some(config) = self.lanes.get(&lane) else {
+            debug_assert!(false, "a dispatch for {lane}, not a zone of this server");
+            return;
+        };
+        let a = self.active.entry(lane).or_insert_with(|| Active {
+            session: Session::new(config.session.clone()),
+            pushed: VecDeque::new(),
+            retry_at: None,
+            told_unreachable: false,
+        });
+        for d in dispatches {
+            a.pushed.push_back((d.id, now));
+            a.session.push(d);
+        }
+        if !a.session.has_room() {
+            self.full.insert(lane);
+        }
+        self.events_of(lane, now);
+        self.make_ready(lane);
+    }
+
+    fn make_ready(&mut self, lane: LaneId) {
+        if self.active.contains_key(&lane) && self.queued.insert(lane) {
+            self.ready.push_back(lane);
+        }
+    }
+
+    /// Opens a connection when zones wait for one.
+    fn connect(&mut self, now: Instant) {
+        let waiting = self
+            .ready
+            .iter()
+            .filter(|l| self.pool.assigned(**l).is_none())
+            .take(1)
+            .count();
+        let Some(conn) = self.pool.poll_connect(now, waiting) else {
+            return;
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        self.io[conn.index()] = Some(Io::Connecting(generation));
+        let primary = self.primary.clone();
+        let timeout = self.limits.connect_timeout;
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            let event = match open(&primary, timeout).await {
+                Ok((stream, addr)) => {
+                    let (read, write) = stream.into_split();
+                    ConnEvent::Connected(write, read, addr)
+                }
+                Err(e) => ConnEvent::ConnectFailed(e),
+            };
+            let _ = tx.send((conn, generation, event));
+        });
+    }
+
+    /// Sends what the pool's cap and the zones' windows allow, one message
+    /// per ready zone in turn.
+    async fn send(&mut self, now: Instant) {
+        let unix = super::axfr::unix_now();
+        while self.pool.has_room() {
+            let Some(lane) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(a) = self.active.get_mut(&lane) else {
+                self.queued.remove(&lane);
+                continue;
+            };
+            if a.retry_at.is_some_and(|t| t > now) || a.session.is_idle() {
+                // Its timer makes it ready again.
+                self.queued.remove(&lane);
+                continue;
+            }
+            let Some(conn) = self.pool.assign(lane) else {
+                // No connection is up (a lost one takes its lanes with it,
+                // so no other lane can send either): wait for one.
+                self.ready.push_front(lane);
+                break;
+            };
+            if a.session.wants_connection() {
+                a.told_unreachable = false;
+                a.session.on_connected(now);
+            }
+            let id = self.pool.free_id(conn);
+            let Some(message) = a.session.poll_transmit(now, unix, id) else {
+                // Window full or nothing packed: an answer makes it ready.
+                self.queued.remove(&lane);
+                if a.session.has_room() {
+                    self.full.remove(&lane);
+                }
+                self.events_of(lane, now);
+                continue;
+            };
+            if a.session.has_room() {
+                self.full.remove(&lane);
+            }
+            if let Some(deadline) = a.session.poll_timeout() {
+                self.timers.push(Reverse((deadline, lane)));
+            }
+            self.pool.on_sent(conn, id, lane, now);
+            if let Some(l) = self.lanes.get(&lane) {
+                l.messages.inc();
+                l.bytes.inc_by(message.len() as u64);
+            }
+            failpoint::hit("before-dns-send");
+            let written = match self.io[conn.index()].as_mut() {
+                Some(Io::Up { writer, .. }) => write_frame(writer, &message).await,
+                _ => Err(std::io::Error::other("the connection is not up")),
+            };
+            match written {
+                Ok(()) => failpoint::hit("after-dns-send"),
+                Err(e) => {
+                    debug!(server = %self.name, conn = conn.0, error = %e, "write failed");
+                    self.lost(conn, now);
+                }
+            }
+            self.ready.push_back(lane);
+        }
+    }
+
+    fn on_conn_event(&mut self, conn: ConnId, generation: u64, event: ConnEvent) {
+        let current = self.io[conn.index()]
+            .as_ref()
+            .is_some_and(|io| io.generation() == generation);
+        if !current {
+            return;
+        }
+        let now = Instant::now();
+        match event {
+            ConnEvent::Connected(writer, read, addr) => {
+                debug!(server = %self.name, %addr, conn = conn.0, "connected");
+                let tx = self.events_tx.clone();
+                let reader = tokio::spawn(read_frames(read, conn, generation, tx));
+                self.io[conn.index()] = Some(Io::Up {
+                    generation,
+                    writer,
+                    reader,
+                });
+                self.pool.on_connected(conn, now);
+            }
+            ConnEvent::ConnectFailed(e) => {
+                self.io[conn.index()] = None;
+                let wait = self.pool.on_connect_failed(conn, now);
+                let waiting: Vec<LaneId> = self
+                    .ready
+                    .iter()
+                    .copied()
+                    .filter(|l| self.pool.assigned(*l).is_none())
+                    .collect();
+                warn!(server = %self.name, error = %e, zones_waiting = waiting.len(), retry_in = ?wait, "cannot connect to the server; changes wait");
+                // Each waiting zone hears it once per outage.
+                for lane in waiting {
+                    if let Some(a) = self.active.get_mut(&lane) {
+                        if !a.told_unreachable {
+                            a.told_unreachable = true;
+                            a.session.on_connect_failed(now);
+                            self.events_of(lane, now);
+                        }
+                    }
+                }
+            }
+            ConnEvent::Frame(frame) => {
+                let Some(id) = frame.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+                    // Too short to carry an ID: whose it is is unknown, so
+                    // the connection is not to be trusted.
+                    debug!(server = %self.name, len = frame.len(), "an answer too short for a DNS message");
+                    self.lost(conn, now);
+                    return;
+                };
+                if let Answer::Live(lane) = self.pool.on_answer(conn, id, now) {
+                    if let Some(a) = self.active.get_mut(&lane) {
+                        a.session
+                            .handle_response(&frame, now, super::axfr::unix_now());
+                    }
+                    self.events_of(lane, now);
+                    self.make_ready(lane);
+                }
+            }
+            ConnEvent::Closed(error) => {
+                debug!(server = %self.name, conn = conn.0, error = ?error, "connection closed");
+                self.lost(conn, now);
+            }
+        }
+    }
+
+    /// `conn` is gone: every zone on it is told, and resends if it awaited
+    /// answers there.
+    fn lost(&mut self, conn: ConnId, now: Instant) {
+        self.io[conn.index()] = None;
+        for lane in self.pool.on_lost(conn, now) {
+            if let Some(a) = self.active.get_mut(&lane) {
+                a.session.on_disconnected(now);
+            }
+            self.events_of(lane, now);
+            self.make_ready(lane);
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, lane))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(a) = self.active.get_mut(&lane) else {
+                continue;
+            };
+            if a.retry_at.is_some_and(|t| t <= now) {
+                a.retry_at = None;
+            }
+            a.session.handle_timeout(now);
+            self.events_of(lane, now);
+            self.make_ready(lane);
+        }
+    }
+
+    /// Reports what `lane`'s session said, and drops the session once idle.
+    fn events_of(&mut self, lane: LaneId, now: Instant) {
+        let mut work = vec![lane];
+        while let Some(lane) = work.pop() {
+            // Zones of a connection dropped for this one's timeout.
+            let mut dropped: Vec<LaneId> = Vec::new();
+            let (Some(a), Some(l)) = (self.active.get_mut(&lane), self.lanes.get(&lane)) else {
+                continue;
+            };
+            while let Some(event) = a.session.poll_event() {
+                match event {
+                    Event::Acked { upto } => {
+                        while a.pushed.front().is_some_and(|(id, _)| *id <= upto) {
+                            if let Some((_, at)) = a.pushed.pop_front() {
+                                l.ack_seconds.observe(at.elapsed().as_secs_f64());
+                            }
+                        }
+                        let _ = self.reports.send(ZoneReport::Acked { zone: l.zone, upto });
+                    }
+                    Event::Retrying {
+                        lsn,
+                        reason,
+                        backoff,
+                    } => {
+                        metrics::get()
+                            .dns_retries
+                            .get_or_create(&(
+                                l.retries.clone(),
+                                metrics::ReasonLabel {
+                                    reason: metrics::retry_reason(&reason).into(),
+                                },
+                            ))
+                            .inc();
+                        if reason == RetryReason::Unreachable {
+                            // Said once for the server; the pool backs off.
+                            debug!(zone = %l.session.zone, server = %self.name, %lsn, "waiting for a connection");
+                            continue;
+                        }
+                        warn!(zone = %l.session.zone, server = %self.name, %lsn, %reason, retry_in = ?backoff, "UPDATE not acknowledged; will resend in order");
+                        a.retry_at = Some(now + backoff);
+                        self.timers.push(Reverse((now + backoff, lane)));
+                        if let Some(conn) = self.pool.assigned(lane) {
+                            if matches!(reason, RetryReason::Timeout { .. }) {
+                                // Its late copies may still be applied: the
+                                // connection goes, and every zone on it resends.
+                                self.io[conn.index()] = None;
+                                dropped.extend(
+                                    self.pool
+                                        .on_lost(conn, now)
+                                        .into_iter()
+                                        .filter(|o| *o != lane),
+                                );
+                            } else {
+                                // SERVFAIL or a malformed answer concern
+                                // this zone: it resends on the same
+                                // connection, behind its given-up copies.
+                                self.pool.release(lane);
+                            }
+                        }
+                    }
+                    Event::Refused { lsn, group, rcode } => {
+                        warn!(zone = %l.session.zone, %lsn, owner = %group.owner, %rcode, "the primary refused an owner group on its own; its rows are rejected and the stream goes on");
+                        let _ = self.reports.send(ZoneReport::Refused {
+                            zone: l.zone,
+                            lsn,
+                            group,
+                            rcode,
+                        });
+                    }
+                    Event::Halted(error) => {
+                        let _ = self.reports.send(ZoneReport::Halted {
+                            zone: l.zone,
+                            error,
+                        });
+                        self.halted.insert(lane);
+                        break;
+                    }
+                }
+            }
+            for other in dropped {
+                if let Some(o) = self.active.get_mut(&other) {
+                    o.session.on_disconnected(now);
+                }
+                work.push(other);
+                self.make_ready(other);
+            }
+            let Some(a) = self.active.get(&lane) else {
+                continue;
+            };
+            if self.halted.contains(&lane) {
+                self.pool.forget(lane, now);
+                self.active.remove(&lane);
+                self.full.remove(&lane);
+            } else if a.session.is_idle() && self.pool.unassign(lane, now) {
+                self.active.remove(&lane);
+                self.full.remove(&lane);
+            }
+        }
+    }
+
+    fn next_deadline(&mut self) -> Option<Instant> {
+        // Stale entries (zones gone or idle) are dropped here, lazily.
+        while let Some(Reverse((_, lane))) = self.timers.peek() {
+            if self.active.contains_key(lane) {
+                break;
+            }
+            self.timers.pop();
+        }
+        let lanes = self.timers.peek().map(|Reverse((at, _))| *at);
+        [lanes, self.pool.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn publish(&self) {
+        self.connections.set(self.pool.open() as i64);
+        self.connections_max.set(self.pool.high_water() as i64);
+        self.in_flight.set(self.pool.in_flight() as i64);
+    }
+}
+
+/// Resolves `primary` (a host name again each time: the server may have
+/// moved) and connects to its addresses in turn.
+async fn open(
+    primary: &PrimaryAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let mut last = std::io::Error::other("no address tried");
+    for addr in primary.resolve().await? {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                stream.set_nodelay(true)?;
+                return Ok((stream, addr));
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+        }
+    }
+    Err(last)
+}
+
+async fn write_frame(writer: &mut OwnedWriteHalf, message: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(message.len()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a {}-byte DNS message does not fit TCP framing",
+                message.len()
+            ),
+        )
+    })?;
+    let mut frame = Vec::with_capacity(message.len() + 2);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(message);
+    writer.write_all(&frame).await
+}
+
+/// A connection's reader: every whole frame to the server task, then how
+/// the connection ended.
+async fn read_frames(
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    conn: ConnId,
+    generation: u64,
+    tx: mpsc::UnboundedSender<(ConnId, u64, ConnEvent)>,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        while let Some(frame) = super::conn::take_frame(&mut buf) {
+            if tx
+                .send((conn, generation, ConnEvent::Frame(frame)))
+                .is_err()
+            {
+                return;
+            }
+        }
+        buf.reserve(64 * 1024);
+        let end = match read.read_buf(&mut buf).await {
+            Ok(0) if buf.is_empty() => None,
+            Ok(0) => Some(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection inside a message",
+            )),
+            Ok(_) => continue,
+            Err(e) => Some(e),
+        };
+        let _ = tx.send((conn, generation, ConnEvent::Closed(end)));
+        return;
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
