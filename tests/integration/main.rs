@@ -56,6 +56,7 @@ mod harness_selftest;
 mod health;
 mod isolation;
 mod knot;
+mod many_zones;
 mod outages;
 mod packaging;
 mod plugin;

@@ -1,0 +1,227 @@
+//! Thousands of zones on one server share a few connections
+//! (`docs/design-many-zones.md`): with one connection per zone, BIND's
+//! `tcp-clients` quota (150 by default) left most zones waiting minutes.
+//! Each test runs the server at its defaults and compares every zone's AXFR
+//! with the table.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use pg2dns::config::Config;
+use pg2dns_decoder::{RType, Record};
+
+use crate::harness::{free_port, wait_until, Check, Primary, Stack};
+
+/// The zones of each test.
+const ZONES: usize = 2_000;
+/// The pool the tests configure (pg2dns's default).
+const CONNECTIONS: usize = 4;
+
+fn zone_name(i: usize) -> String {
+    format!("z{i:04}.many.test.")
+}
+
+/// A stack with [`ZONES`] zones on `primary`, a metrics listener and the
+/// server's limits written out; returns it with the metrics address.
+async fn many_zones(label: &str, primary: Primary) -> Result<(Stack, String)> {
+    let names: Vec<String> = (0..ZONES).map(zone_name).collect();
+    let zones: Vec<(&str, Primary)> = names.iter().map(|z| (z.as_str(), primary)).collect();
+    let stack = Stack::start_split(&format!("{label}-{}", primary.label()), &zones).await?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let server = stack.server(primary)?.addr();
+    stack.append_config(&format!(
+        "[metrics]\nlisten = \"{metrics}\"\n\n\
+         [[server]]\naddress = \"{server}\"\nconnections = {CONNECTIONS}\nmax_in_flight = 64\n"
+    ))?;
+    Ok((stack, metrics))
+}
+
+/// Waits until the slot confirmed everything written so far: every
+/// transaction before is acknowledged by its zone's server.
+async fn wait_until_confirmed(stack: &Stack, within: Duration) -> Result<()> {
+    let target = stack.current_wal_lsn().await?;
+    wait_until(within, &format!("the slot confirms {target}"), || async {
+        let confirmed = stack.confirmed_flush_lsn().await?;
+        Ok(if confirmed >= target {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("confirmed {confirmed}"))
+        })
+    })
+    .await
+}
+
+/// Every zone's records, as a TSIG-signed AXFR from its primary gives them
+/// (apex SOA and NS left out), compared with what `pg2dns.rr` says; the
+/// transfers run a few at a time. Returns the zones that differ, with both
+/// sides.
+async fn zones_differing_from_table(stack: &Stack) -> Result<Vec<String>> {
+    let config = Config::load(stack.config_path())?;
+    let mut expected: std::collections::BTreeMap<String, Vec<String>> = config
+        .zones
+        .iter()
+        .map(|z| (z.name.to_string(), Vec::new()))
+        .collect();
+    for row in stack.table().await? {
+        let r = &row.record;
+        let record = Record::parse(&r.owner, r.ttl, &r.rtype, &r.rdata)
+            .with_context(|| format!("row {}", row.id))?;
+        let zone = r.owner.split_once('.').map(|(_, z)| z.to_owned());
+        let list = zone
+            .and_then(|z| expected.get_mut(&z))
+            .with_context(|| format!("row {} is in none of the zones", row.id))?;
+        list.push(record.to_string());
+    }
+    let transfers: Vec<(String, Vec<String>)> = stream::iter(config.zones.iter())
+        .map(|z| async move {
+            let t =
+                pg2dns::dns::axfr::transfer(&z.name, z.primary, &z.key, Duration::from_secs(10))
+                    .await
+                    .with_context(|| format!("AXFR of {}", z.name))?;
+            let apex = z.name.to_string();
+            let mut records: Vec<String> = t
+                .records
+                .into_iter()
+                .filter(|r| {
+                    !(r.owner.to_string() == apex && matches!(r.rtype, RType::SOA | RType::NS))
+                })
+                .map(|r| r.to_string())
+                .collect();
+            records.sort();
+            records.dedup();
+            anyhow::Ok((apex, records))
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    let mut differing = Vec::new();
+    for (zone, dns) in transfers {
+        let mut want = expected.remove(&zone).unwrap_or_default();
+        want.sort();
+        want.dedup();
+        if want != dns {
+            differing.push(format!("{zone}: table {want:?}, DNS {dns:?}"));
+        }
+    }
+    Ok(differing)
+}
+
+/// The value of the metric sample `name{labels}` in a scrape.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A pseudo-random sequence (an LCG) that a failing run can repeat.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+async fn two_thousand_zones_over_a_few_connections_match_the_table(primary: Primary) -> Result<()> {
+    let (stack, metrics) = many_zones("many-zones", primary).await?;
+    let server = stack.server(primary)?.addr();
+    let mut run = stack.run()?;
+    // One transaction touching every zone.
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) \
+             SELECT 'h.z' || lpad(i::text, 4, '0') || '.many.test.', 300, 'A', '192.0.2.' || (i % 250 + 1) \
+             FROM generate_series(0, {}) AS i",
+            ZONES - 1
+        ))
+        .await?;
+    wait_until_confirmed(&stack, Duration::from_secs(180)).await?;
+    run.assert_running()?;
+    // Then transactions in random zones: additions, replacements, deletions,
+    // some touching several zones.
+    let mut rng = Lcg(0x5eed_0024);
+    for t in 0..200 {
+        let mut sql = String::from("BEGIN;\n");
+        for _ in 0..1 + rng.below(3) {
+            let z = rng.below(ZONES);
+            let owner = format!("h.z{z:04}.many.test.");
+            match rng.below(4) {
+                0 => sql.push_str(&format!(
+                    "DELETE FROM pg2dns.rr WHERE owner = '{owner}' AND type = 'A';\n"
+                )),
+                1 => sql.push_str(&format!(
+                    "UPDATE pg2dns.rr SET rdata = '198.51.100.{}' WHERE owner = '{owner}' AND type = 'A';\n",
+                    rng.below(250) + 1
+                )),
+                _ => sql.push_str(&format!(
+                    "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('t{t}.z{z:04}.many.test.', 60, 'TXT', '\"load {t} \\\\\"q\\\\\" é\"');\n"
+                )),
+            }
+        }
+        sql.push_str("COMMIT;\n");
+        stack.exec(&sql).await?;
+    }
+    wait_until_confirmed(&stack, Duration::from_secs(120)).await?;
+    run.assert_running()?;
+    let differing = zones_differing_from_table(&stack).await?;
+    ensure!(
+        differing.is_empty(),
+        "{} zones differ from the table, e.g. {:?}",
+        differing.len(),
+        &differing[..differing.len().min(3)]
+    );
+    // A few zones through dig too, as every other test compares them.
+    for z in [0, 1, ZONES / 2, ZONES - 1] {
+        let zone = zone_name(z);
+        let table = stack.expected_in(&stack.table().await?, std::slice::from_ref(&zone));
+        let dns = stack.dns_in(std::slice::from_ref(&zone)).await?;
+        ensure!(table == dns, "{zone}: table {table:?}, dig {dns:?}");
+    }
+    let (_, body) = crate::health::http_get(&metrics, "/metrics").await?;
+    let label = format!("{{server=\"{server}\"}}");
+    let max = sample(&body, &format!("pg2dns_server_connections_max{label}"))
+        .with_context(|| format!("no pg2dns_server_connections_max{label} in:\n{body}"))?;
+    ensure!(
+        (1.0..=CONNECTIONS as f64).contains(&max),
+        "pg2dns held {max} connections to {server} at once; the pool is {CONNECTIONS}"
+    );
+    let in_flight = sample(&body, &format!("pg2dns_server_in_flight{label}"));
+    ensure!(
+        in_flight == Some(0.0),
+        "in flight after the load: {in_flight:?}"
+    );
+    let s = stack.server(primary)?;
+    let log = std::fs::read_to_string(s.dir().join(format!("{}.log", s.program())))?;
+    ensure!(
+        !log.to_lowercase().contains("quota"),
+        "the server logged a quota:{}",
+        s.report()
+    );
+    Ok(())
+}
+
+/// Run on BIND and Knot at their defaults (PowerDNS serves zones from its
+/// database: nothing per zone to share).
+mod on_bind {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_thousand_zones_over_a_few_connections_match_the_table() -> anyhow::Result<()> {
+        super::two_thousand_zones_over_a_few_connections_match_the_table(
+            crate::harness::Primary::Bind,
+        )
+        .await
+    }
+}
+
+mod on_knot {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_thousand_zones_over_a_few_connections_match_the_table() -> anyhow::Result<()> {
+        super::two_thousand_zones_over_a_few_connections_match_the_table(
+            crate::harness::Primary::Knot,
+        )
+        .await
+    }
+}
