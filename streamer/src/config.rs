@@ -1297,6 +1297,51 @@ tsig_key_file = "k.key"
     }
 
     #[test]
+    fn server_limits_default_to_a_small_pool_and_a_server_table_matches_by_address() {
+        let c = with_key_file(GOOD).unwrap();
+        let limits = c.server_limits(&c.zones[0].primary_addr);
+        assert_eq!(limits, ServerLimits::default());
+        assert_eq!((limits.connections, limits.max_in_flight), (4, 64));
+        assert_eq!(limits.idle_close, Duration::from_secs(5));
+        let c = with_key_file(&format!(
+            "{GOOD}\n[[server]]\naddress = \"127.0.0.1:5353\"\nconnections = 16\nmax_in_flight = 90\nidle_close_ms = 2500\n\n[[server]]\naddress = \"192.0.2.1\"\nconnections = 1\n"
+        ))
+        .unwrap();
+        let limits = c.server_limits(&c.zones[0].primary_addr);
+        assert_eq!((limits.connections, limits.max_in_flight), (16, 90));
+        assert_eq!(limits.idle_close, Duration::from_millis(2500));
+        assert_eq!(
+            c.server_limits(&PrimaryAddr::parse("192.0.2.1:53").unwrap())
+                .connections,
+            1,
+            "port 53 is the default port"
+        );
+        for (bad, says) in [
+            ("connections = 17", "connections = 17: must be from 1 to 16"),
+            ("connections = 0", "connections = 0: must be from 1 to 16"),
+            (
+                "max_in_flight = 0",
+                "max_in_flight = 0: must be from 1 to 1000",
+            ),
+            ("pipelining = true", "unknown field `pipelining`"),
+        ] {
+            let e = with_key_file(&format!(
+                "{GOOD}\n[[server]]\naddress = \"127.0.0.1:5353\"\n{bad}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.to_string().contains(says) || format!("{e:?}").contains(says),
+                "{bad}: {e}"
+            );
+        }
+        let twice = with_key_file(&format!(
+            "{GOOD}\n[[server]]\naddress = \"127.0.0.1:5353\"\n\n[[server]]\naddress = \"127.0.0.1:5353\"\n"
+        ))
+        .unwrap_err();
+        assert!(twice.to_string().contains("declared twice"), "{twice}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err =
             with_key_file(&GOOD.replace("[database]", "[database]\nslto = \"x\"")).unwrap_err();

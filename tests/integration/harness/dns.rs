@@ -395,6 +395,11 @@ impl Server {
         )
     }
 
+    /// The running server's process id (to `kill -STOP` it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child().as_ref().map(Child::id)
+    }
+
     fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
         self.child.lock().unwrap_or_else(|e| e.into_inner())
     }
