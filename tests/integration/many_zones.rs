@@ -219,6 +219,7 @@ async fn two_thousand_zones_over_a_few_connections_match_the_table(primary: Prim
         (1.0..=CONNECTIONS as f64).contains(&max),
         "pg2dns held {max} connections to {server} at once; the pool is {CONNECTIONS}"
     );
+    eprintln!("pg2dns held at most {max} connections to {server}");
     let in_flight = sample(&body, &format!("pg2dns_server_in_flight{label}"));
     ensure!(
         in_flight == Some(0.0),
