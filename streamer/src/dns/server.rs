@@ -444,6 +444,23 @@ impl ServerTask {
                     .filter(|l| self.pool.assigned(*l).is_none())
                     .collect();
                 warn!(server = %self.name, error = %e, zones_waiting = waiting.len(), retry_in = ?wait, "cannot connect to the server; changes wait");
+                // One connection retried: counted once per series (per
+                // server, or per zone with [metrics] per_zone).
+                let series: HashSet<&metrics::SeriesLabel> = waiting
+                    .iter()
+                    .filter_map(|l| self.lanes.get(l).map(|l| &l.retries))
+                    .collect();
+                let m = metrics::get();
+                for label in series {
+                    m.dns_retries
+                        .get_or_create(&(
+                            label.clone(),
+                            metrics::ReasonLabel {
+                                reason: "unreachable".into(),
+                            },
+                        ))
+                        .inc();
+                }
                 // Each waiting zone hears it once per outage.
                 for lane in waiting {
                     if let Some(a) = self.active.get_mut(&lane) {
@@ -534,6 +551,12 @@ impl ServerTask {
                         reason,
                         backoff,
                     } => {
+                        if reason == RetryReason::Unreachable {
+                            // Counted per connect attempt (above); said
+                            // once for the server; the pool backs off.
+                            debug!(zone = %l.session.zone, server = %self.name, %lsn, "waiting for a connection");
+                            continue;
+                        }
                         metrics::get()
                             .dns_retries
                             .get_or_create(&(
@@ -543,11 +566,6 @@ impl ServerTask {
                                 },
                             ))
                             .inc();
-                        if reason == RetryReason::Unreachable {
-                            // Said once for the server; the pool backs off.
-                            debug!(zone = %l.session.zone, server = %self.name, %lsn, "waiting for a connection");
-                            continue;
-                        }
                         warn!(zone = %l.session.zone, server = %self.name, %lsn, %reason, retry_in = ?backoff, "UPDATE not acknowledged; will resend in order");
                         a.retry_at = Some(now + backoff);
                         self.timers.push(Reverse((now + backoff, lane)));
