@@ -142,8 +142,32 @@ impl Postgres {
             pg.ca = Some(ca);
         }
         std::fs::write(&conf, text).context("writing postgresql.conf")?;
-        pg.pg_ctl(&["-W", "start"]).await?;
-        pg.wait_ready().await?;
+        // The port was free when `free_port` looked, but another process
+        // (another test binary, another developer's cluster) may take it
+        // before the postmaster binds it: then the postmaster exits, and a
+        // server answering on that port is not ours. Try a few ports.
+        let mut attempts = 0;
+        loop {
+            pg.pg_ctl(&["-W", "start"]).await?;
+            match pg.wait_ready().await {
+                Ok(()) => break,
+                Err(e) if attempts < 3 && pg.lost_its_port() => {
+                    attempts += 1;
+                    // Keep the failed attempt's log beside, out of the checks' way.
+                    let _ = std::fs::rename(&pg.log, home.join(format!("postgres.log.{attempts}")));
+                    pg.port = free_port()?;
+                    let mut text =
+                        std::fs::read_to_string(&conf).context("reading postgresql.conf")?;
+                    text.push_str(&format!("port = {}\n", pg.port));
+                    std::fs::write(&conf, text).context("writing postgresql.conf")?;
+                    eprintln!(
+                        "postgres: port taken before it bound it ({e:#}); retrying on {}",
+                        pg.port
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if options.tls {
             // The role creates pg2dns's schema, tables, publication and slot
             // itself (`pg2dns setup`), as the least-privilege role of docs/setup.md does.
@@ -241,14 +265,36 @@ impl Postgres {
         })
     }
 
-    /// Polls `pg_isready` until the server accepts connections.
+    /// Whether the server log says the postmaster could not bind its port.
+    fn lost_its_port(&self) -> bool {
+        let log = self.log_tail(40);
+        log.contains("could not bind") || log.contains("could not create any TCP/IP sockets")
+    }
+
+    /// Polls `pg_isready` until the server accepts connections. It asks
+    /// through the cluster's own Unix socket directory, so a server of
+    /// someone else's that took the port cannot pass for this one (a
+    /// postmaster that cannot bind its TCP port does not start at all).
     async fn wait_ready(&self) -> Result<()> {
         let what = format!("PostgreSQL on port {} accepts connections", self.port);
+        let socket_dir = self
+            .data
+            .parent()
+            .unwrap_or(&self.data)
+            .display()
+            .to_string();
         wait_until(Duration::from_secs(60), &what, || async {
+            if self.lost_its_port() {
+                bail!(
+                    "the postmaster could not bind port {}; server log:\n{}",
+                    self.port,
+                    self.log_tail(40)
+                );
+            }
             let output = run_unchecked(
                 self.command("pg_isready").args([
                     "-h",
-                    "127.0.0.1",
+                    &socket_dir,
                     "-p",
                     &self.port.to_string(),
                     "-U",
