@@ -63,6 +63,15 @@ def a_rdata(i):
 # ---------------------------------------------------------------- processes
 
 
+def cpu_pressure_total():
+    """/proc/pressure/cpu's `some` total (µs), or None."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().split("total=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def fd_count(pid):
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -505,6 +514,7 @@ def trial(args, zones):
     os.makedirs(root)
     os.chmod(root, 0o755)
     res = {"label": label, "pipeline": "zones", "server": "bind", "zones": zones}
+    started_trial, psi0 = time.time(), cpu_pressure_total()
     dns = pg = svc = conn = None
     try:
         dns = ManyZonesBind(root, zones, args.zones_bind_timeout)
@@ -571,6 +581,9 @@ def trial(args, zones):
             dns.stop()
         if pg:
             pg.stop()
+    psi1 = cpu_pressure_total()
+    if psi0 is not None and psi1 is not None:
+        res["cpu_pressure_pct"] = round((psi1 - psi0) / 1e6 / (time.time() - started_trial) * 100, 1)
     print(json.dumps(res), flush=True)
     return res
 
@@ -598,7 +611,8 @@ def report(results):
     for r in rows:
         z = r["zones"]
         out.append(f"**{z:,} zones** — BIND loaded them in {r.get('bind_start_s', '-')} s, "
-                   f"RSS {mib(r.get('bind_rss_kib'))} MiB.")
+                   f"RSS {mib(r.get('bind_rss_kib'))} MiB; CPU pressure during the trial "
+                   f"{r.get('cpu_pressure_pct', '-')} %.")
         out.append("")
         if "failed" in r:
             out.append(f"FAILED: {r['failed']}")
