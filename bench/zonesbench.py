@@ -102,15 +102,19 @@ def connections_to(pid, port):
     """pg2dns's TCP sockets to 127.0.0.1:port, by state: its socket inodes
     matched in /proc/net/tcp (the remote port is the DNS server's)."""
     inodes = socket_inodes(pid)
-    states = {}
+    # /proc/net/tcp is not read atomically: a socket may show twice while
+    # the table changes, so each inode counts once.
+    by_inode = {}
     with open("/proc/net/tcp") as f:
         next(f)
         for line in f:
             parts = line.split()
             rem_port = int(parts[2].split(":")[1], 16)
             if rem_port == port and parts[9] in inodes:
-                state = TCP_STATES.get(parts[3], parts[3])
-                states[state] = states.get(state, 0) + 1
+                by_inode[parts[9]] = TCP_STATES.get(parts[3], parts[3])
+    states = {}
+    for state in by_inode.values():
+        states[state] = states.get(state, 0) + 1
     return states
 
 
