@@ -350,22 +350,30 @@ class Service:
         self.proc = None
 
     def warnings(self):
-        counts = {"warn": 0, "error": 0, "cannot connect": 0, "no answer": 0}
-        try:
-            with open(self.log, errors="replace") as f:
-                for line in f:
-                    if " WARN " in line:
-                        counts["warn"] += 1
-                    if " ERROR " in line:
-                        counts["error"] += 1
-                    low = line.lower()
-                    if "cannot connect" in low or "connect" in low and "timed out" in low:
-                        counts["cannot connect"] += 1
-                    if "no answer" in low:
-                        counts["no answer"] += 1
-        except OSError:
-            pass
-        return counts
+        return log_counts(self.log)
+
+
+def log_counts(path):
+    """pg2dns's WARN and ERROR lines (check-config's and setup's output
+    left out), and among them those about connecting, "no answer" and
+    "Too many open files"."""
+    counts = {"warn": 0, "error": 0, "cannot connect": 0, "no answer": 0, "emfile": 0}
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                if " WARN " not in line and " ERROR " not in line:
+                    continue
+                counts["warn" if " WARN " in line else "error"] += 1
+                low = line.lower()
+                if "cannot connect" in low or ("connect" in low and "timed out" in low):
+                    counts["cannot connect"] += 1
+                if "no answer" in low:
+                    counts["no answer"] += 1
+                if "too many open files" in low:
+                    counts["emfile"] += 1
+    except OSError:
+        pass
+    return counts
 
 
 # ---------------------------------------------------------------- phases
@@ -650,6 +658,10 @@ def report(results):
             out.append(f"| ≤ 16 connections to the server | peak TCP connections pg2dns → BIND "
                        f"(sampled every 0.25 s) | {pc:,} (established at most {r['txn_peak_established']:,}) "
                        f"| {verdict(pc <= 16)} |")
+        if r.get("lat_commits") and r.get("lat_p50_ms") is None:
+            out.append(f"| 20 txn/s random zone: p50 ≤ 5 ms, p99 ≤ 20 ms | commit → answer over "
+                       f"{r['lat_secs']} s at {r['lat_rate']}/s | none of {r['lat_commits']} rows answered "
+                       f"within 30 s of the last commit | **misses** |")
         if r.get("lat_p50_ms") is not None:
             out.append(f"| 20 txn/s random zone: p50 ≤ 5 ms, p99 ≤ 20 ms | commit → answer over "
                        f"{r['lat_secs']} s at {r['lat_rate']}/s | p50 {r['lat_p50_ms']:,} ms, p90 "
@@ -678,8 +690,9 @@ def report(results):
             out.append(f"| | one /metrics scrape | {r['metrics_bytes']:,} bytes, {r['metrics_lines']:,} lines | |")
         lc = r.get("log_counts")
         if lc:
-            out.append(f"| | pg2dns log (RUST_LOG=warn) | {lc['warn']:,} WARN ({lc['cannot connect']:,} about "
-                       f"connecting, {lc['no answer']:,} \"no answer\"), {lc['error']:,} ERROR | |")
+            out.append(f"| | pg2dns log (RUST_LOG=warn) | {lc['warn']:,} WARN, {lc['error']:,} ERROR; of them "
+                       f"{lc['cannot connect']:,} about connecting, {lc['no answer']:,} \"no answer\", "
+                       f"{lc.get('emfile', 0):,} \"Too many open files\" | |")
         if "verify" in r:
             why = ""
             if not r["dns_equals_table"] and r.get("lat_lost"):
