@@ -35,7 +35,7 @@ import json
 import os
 import random
 import re
-import signal
+import shutil
 import socket
 import struct
 import subprocess
@@ -626,6 +626,8 @@ def trial(args, zones):
             dns.stop()
         if pg:
             pg.stop()
+            if not args.keep:
+                shutil.rmtree(pg.dir, ignore_errors=True)
     psi1 = cpu_pressure_total()
     if psi0 is not None and psi1 is not None:
         res["cpu_pressure_pct"] = round((psi1 - psi0) / 1e6 / (time.time() - started_trial) * 100, 1)
