@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pgwire  # noqa: E402
 import reconcile as reconcile_bench  # noqa: E402
+import zonesbench  # noqa: E402
 from dnswire import Prober  # noqa: E402
 from servers import Bind, Knot, Postgres, ZONE, proc_cpu, proc_status, stop_proc  # noqa: E402
 
@@ -619,7 +620,8 @@ def big(args, window=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="*", default=["all"],
-                    help="w1 w2 w3 drain (= drain_w1 + drain_w3) latency latency_load big ingest windows knot reconcile all")
+                    help="w1 w2 w3 drain (= drain_w1 + drain_w3) latency latency_load big ingest windows knot reconcile "
+                         "zones all")
     ap.add_argument("--pg2dns", default=os.path.join(REPO, "target/release/pg2dns"))
     ap.add_argument("--blast", default=os.path.join(REPO, "target/release/examples/blast"))
     ap.add_argument("--outdir")
@@ -645,6 +647,21 @@ def main():
     ap.add_argument("--reconcile-sizes", default="10000,100000,1000000",
                     help="zone sizes of `reconcile` (records, comma-separated)")
     ap.add_argument("--reconcile-reps", type=int, default=3)
+    ap.add_argument("--zones", default="50000",
+                    help="zone counts of `zones` (comma-separated; default 50000)")
+    ap.add_argument("--zones-apply-timeout", type=int, default=1200,
+                    help="zones: seconds the one transaction may take before it is reported incomplete")
+    ap.add_argument("--zones-lat-rate", type=int, default=20)
+    ap.add_argument("--zones-lat-secs", type=int, default=60)
+    ap.add_argument("--zones-settle", type=int, default=40,
+                    help="zones: seconds after the load before RSS, fds and connections are read again")
+    ap.add_argument("--zones-blast-connections", type=int, default=16)
+    ap.add_argument("--zones-blast-in-flight", type=int, default=64,
+                    help="zones: blast's cap on unanswered UPDATEs (BIND's update-quota is 100)")
+    ap.add_argument("--zones-bind-timeout", type=int, default=1800,
+                    help="zones: seconds BIND may take to load the zones")
+    ap.add_argument("--zones-cmd-timeout", type=int, default=1800,
+                    help="zones: seconds check-config, setup and the start of run may take each")
     args = ap.parse_args()
     if args.pin:
         # The fallback when two cores bound W2: BIND on one core, its
@@ -688,6 +705,8 @@ def main():
         results += [drain_w1(args, k, server="knot", txns=args.knot_txns) for k in sides]
     if "reconcile" in what:
         results += reconcile_bench.run(args)
+    if "zones" in what:
+        results += zonesbench.run(args)
     if "windows" in what:
         for w in (1, 4, 16):
             results.append(w2(args, "pg2dns", w))
@@ -764,7 +783,7 @@ def report(meta, results):
                "| rows/s | RR ops/s | peak RSS MiB | pipeline CPU s | its PG backends CPU s | DNS server CPU s | DNS == table | errors | CPU pressure % |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        if r["pipeline"] in ("blast", "reconcile"):
+        if r["pipeline"] in ("blast", "reconcile", "zones"):
             continue
         if "failed" in r:
             out.append(f"| {r['label']} | FAILED: {r['failed'][:200]} | | | | | | | | | | {r.get('dns_equals_table')} "
@@ -829,6 +848,7 @@ def report(meta, results):
                        f"| {'yes' if r.get('dns_equals_table') else 'NO: ' + str(r.get('verify'))} |")
         out.append("")
     out.append(reconcile_bench.report(results))
+    out.append(zonesbench.report(results))
     out.append("Commands:")
     out.append("")
     for r in results:
