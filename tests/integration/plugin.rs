@@ -9,7 +9,8 @@
 use anyhow::{ensure, Context, Result};
 use pg2dns_decoder::mapping::row_check::{rr_row, RrColumns};
 
-use crate::harness::stack::FORWARD;
+use crate::harness::stack::{FORWARD, REVERSE};
+use crate::harness::wait::{wait_until, Check};
 use crate::harness::{Postgres, Primary, Stack, DNS_DEADLINE};
 
 include!("../../decoder/tests/cases/record_cases.rs");
@@ -292,5 +293,385 @@ async fn without_the_extension_the_stream_rejects_the_same_rows_with_the_same_re
         "pg2dns.rejected holds the reasons the extension gives: want {want:?}, got {got:?}"
     );
     pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// The decoding plugin's library, as `output_plugin_libraries` and
+/// `pg_recvlogical -P` name it.
+const PLUGIN: &str = "pg2dns_plugin";
+
+/// Lets every role use the plugin (PostgreSQL 15.20+ from Debian: "only
+/// let roles use output plugins listed in output_plugin_libraries",
+/// superusers too) the way docs/plugin.md says: the list form of ALTER
+/// SYSTEM, a reload, and a wait until the server has read it.
+async fn allow_plugin(db: &tokio_postgres::Client) -> Result<()> {
+    // Two statements: ALTER SYSTEM cannot run in a transaction block.
+    db.batch_execute(&format!(
+        "ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, {PLUGIN}"
+    ))
+    .await
+    .context("allowing the plugin in output_plugin_libraries")?;
+    db.batch_execute("SELECT pg_reload_conf()").await?;
+    wait_until(DNS_DEADLINE, "the server allows the plugin", || async {
+        let row = db.query_one("SHOW output_plugin_libraries", &[]).await?;
+        let value: String = row.get(0);
+        Ok(if value.split(',').any(|l| l.trim() == PLUGIN) {
+            Check::Done(())
+        } else {
+            Check::NotYet(value)
+        })
+    })
+    .await
+}
+
+/// `pg_recvlogical … -P pg2dns_plugin -o format=nsupdate … | nsupdate -k
+/// key`, as docs/plugin.md's recipe writes it; everything pg_recvlogical
+/// prints is also kept in a file, to check what the plugin wrote.
+struct NsupdatePipe {
+    recv: std::process::Child,
+    nsupdate: std::process::Child,
+    copier: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    output: std::path::PathBuf,
+    nsupdate_log: std::path::PathBuf,
+    recv_log: std::path::PathBuf,
+}
+
+impl NsupdatePipe {
+    fn start(stack: &Stack, slot: &str, extra: &[&str]) -> Result<NsupdatePipe> {
+        use std::process::{Command, Stdio};
+        let tools = crate::harness::tools()?;
+        let server = stack.server(Primary::Bind)?;
+        let (host, port) = server
+            .addr()
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_owned(), p.to_owned()))
+            .context("server address")?;
+        let dir = stack.dir();
+        let output = dir.join("nsupdate-input.txt");
+        let nsupdate_log = dir.join("nsupdate.log");
+        let recv_log = dir.join("pg_recvlogical.log");
+        let zones = format!("zones={FORWARD},{REVERSE}");
+        let server_option = format!("server={host} {port}");
+        let mut recv = Command::new(tools.pg_bin.join("pg_recvlogical"))
+            .args(["-d", &stack.pg.url(), "--slot", slot, "--start", "-f", "-"])
+            .args(["-P", PLUGIN, "-o", "format=nsupdate", "-o", &zones])
+            .args(["-o", &server_option])
+            .args(extra.iter().flat_map(|o| ["-o", o]))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&recv_log)?)
+            .spawn()
+            .context("starting pg_recvlogical")?;
+        let mut nsupdate = Command::new(&tools.nsupdate)
+            .arg("-k")
+            .arg(server.key_file())
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&nsupdate_log)?)
+            .stderr(std::fs::File::options().append(true).open(&nsupdate_log)?)
+            .spawn()
+            .context("starting nsupdate")?;
+        let mut from = recv.stdout.take().context("pg_recvlogical's stdout")?;
+        let mut to = nsupdate.stdin.take().context("nsupdate's stdin")?;
+        let mut copy = std::fs::File::create(&output)?;
+        let copier = std::thread::spawn(move || -> std::io::Result<()> {
+            use std::io::{Read, Write};
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = from.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                copy.write_all(&buf[..n])?;
+                to.write_all(&buf[..n])?;
+                to.flush()?;
+            }
+        });
+        Ok(NsupdatePipe {
+            recv,
+            nsupdate,
+            copier: Some(copier),
+            output,
+            nsupdate_log,
+            recv_log,
+        })
+    }
+
+    /// What pg_recvlogical printed so far.
+    fn output(&self) -> Result<String> {
+        std::fs::read_to_string(&self.output).context("reading the plugin's output")
+    }
+
+    /// Both programs' messages, for a failure report.
+    fn logs(&self) -> String {
+        format!(
+            "pg_recvlogical: {}\nnsupdate: {}",
+            std::fs::read_to_string(&self.recv_log).unwrap_or_default(),
+            std::fs::read_to_string(&self.nsupdate_log).unwrap_or_default()
+        )
+    }
+
+    /// Fails if either program has exited.
+    fn assert_running(&mut self) -> Result<()> {
+        let recv = self.recv.try_wait()?;
+        let nsupdate = self.nsupdate.try_wait()?;
+        ensure!(
+            recv.is_none() && nsupdate.is_none(),
+            "the pipe stopped (pg_recvlogical {recv:?}, nsupdate {nsupdate:?}):\n{}",
+            self.logs()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for NsupdatePipe {
+    fn drop(&mut self) {
+        let _ = self.recv.kill();
+        let _ = self.recv.wait();
+        if let Some(copier) = self.copier.take() {
+            let _ = copier.join();
+        }
+        let _ = self.nsupdate.kill();
+        let _ = self.nsupdate.wait();
+    }
+}
+
+/// A stack whose `pg2dns.rr` has REPLICA IDENTITY FULL (what format
+/// nsupdate needs), the plugin allowed, and a slot `slot` of the plugin.
+async fn plugin_stack(label: &str, slot: &str) -> Result<Stack> {
+    let stack = Stack::start(label, Primary::Bind).await?;
+    allow_plugin(&stack.db).await?;
+    // Separate statements: a slot cannot be created in a transaction
+    // that has written.
+    stack
+        .exec("ALTER TABLE pg2dns.rr REPLICA IDENTITY FULL")
+        .await?;
+    stack
+        .exec(&format!(
+            "SELECT pg_create_logical_replication_slot('{slot}', '{PLUGIN}')"
+        ))
+        .await
+        .context("creating the plugin's slot")?;
+    Ok(stack)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_recvlogical_with_format_nsupdate_piped_into_nsupdate_makes_bind_hold_the_table_after_a_random_workload_with_5000_row_transactions(
+) -> Result<()> {
+    use crate::faults::workload::{seed, Mix, Workload, BULK_ROWS};
+    let stack = plugin_stack("plugin-nsupdate", "nsupdate").await?;
+    let mut pipe = NsupdatePipe::start(&stack, "nsupdate", &[])?;
+    // What users write: mixed case, no final dot, escapes, UTF-8 text, a
+    // TXT too large and too random for PostgreSQL to keep it inline (its
+    // TTL change leaves the value an unchanged TOAST pointer in the WAL),
+    // a CNAME replacing an A, and a bad row the stream would refuse until
+    // it is fixed.
+    stack
+        .exec(
+            r#"INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+                 ('Mixed.Case.Example.Test', 300, 'a', '192.0.2.77'),
+                 ('M\195\188nchen\032Platz.example.test.', 300, 'TXT', '"caf\195\169 ☕ \"quoted\""'),
+                 ('mail.example.test.', 300, 'MX', '10 Mixed.Case.Example.Test.'),
+                 ('alias.example.test.', 300, 'A', '192.0.2.78'),
+                 ('77.2.0.192.in-addr.arpa.', 300, 'PTR', 'Mixed.Case.example.test.'),
+                 ('broken.example.test.', 300, 'A', 'not-an-ip');
+               INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+               SELECT 'toast.example.test.', 300, 'TXT',
+                      string_agg('"' || md5(g::text) || md5((g * 7)::text) || '"', ' ')
+               FROM generate_series(1, 120) g;"#,
+        )
+        .await?;
+    stack
+        .exec(
+            "BEGIN;
+             DELETE FROM pg2dns.rr WHERE owner = 'alias.example.test.';
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('alias.example.test.', 300, 'CNAME', 'mail.example.test.');
+             COMMIT;
+             UPDATE pg2dns.rr SET ttl = 900 WHERE owner = 'toast.example.test.';
+             UPDATE pg2dns.rr SET rdata = '192.0.2.79' WHERE owner = 'broken.example.test.';",
+        )
+        .await?;
+    // The fault suite's seeded mix: inserts, updates, deletes, both
+    // zones, rolled-back transactions and savepoints, and a 5,000-row
+    // insert as its 50th transaction.
+    let seed = seed("plugin nsupdate")?;
+    let mut workload = Workload::new(seed, Mix { bulk: true });
+    for _ in 0..120 {
+        let sql = workload.transaction();
+        stack
+            .exec(&sql)
+            .await
+            .with_context(|| format!("seed {seed}: {sql}"))?;
+    }
+    // A 5,000-row UPDATE and a 5,000-row DELETE of that batch, each
+    // larger than one message.
+    stack
+        .exec(
+            "UPDATE pg2dns.rr SET rdata = '10.251.' || ((id / 256) % 256) || '.' || (id % 256)
+              WHERE owner LIKE 'b0-%';",
+        )
+        .await?;
+    let bulk: i64 = stack
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg2dns.rr WHERE owner LIKE 'b0-%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        bulk == i64::from(BULK_ROWS),
+        "seed {seed}: the workload's 50th transaction inserted a batch of {BULK_ROWS}: {bulk}"
+    );
+    let expected = stack.expected(&stack.table().await?);
+    let waited = stack
+        .wait_until_dns_equals(&expected, DNS_DEADLINE * 6)
+        .await;
+    if let Err(e) = waited {
+        pipe.assert_running()?;
+        return Err(e.context(format!("seed {seed}:\n{}", pipe.logs())));
+    }
+    ensure!(
+        expected[FORWARD].len() > BULK_ROWS as usize,
+        "the batch is in DNS"
+    );
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE owner LIKE 'b%-%'")
+        .await?;
+    let expected = stack.expected(&stack.table().await?);
+    stack
+        .wait_until_dns_equals(&expected, DNS_DEADLINE * 6)
+        .await
+        .with_context(|| format!("seed {seed}:\n{}", pipe.logs()))?;
+    pipe.assert_running()?;
+    // What the plugin wrote: the refused row as a comment with the
+    // stream's reason, large transactions in several messages, owner
+    // names never split between two.
+    let output = pipe.output()?;
+    let reason = rr_row(RrColumns {
+        owner: Some("broken.example.test."),
+        ttl: Some("300"),
+        class: Some("IN"),
+        rtype: Some("A"),
+        rdata: Some("not-an-ip"),
+    })
+    .map(|r| r.to_string())
+    .expect_err("a bad row");
+    let reason = pg2dns_decoder::error_chain(&reason);
+    ensure!(
+        output
+            .lines()
+            .any(|l| l.starts_with(';') && l.contains(&reason)),
+        "the refused row is a comment with the stream's reason {reason:?}"
+    );
+    let split: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("; pg2dns_plugin: transaction") && l.contains(" message 2 of "))
+        .collect();
+    ensure!(
+        split.len() >= 3,
+        "the 5,000-row insert, update and delete each take several messages: {split:?}"
+    );
+    let mut owners_seen: std::collections::HashMap<String, usize> = Default::default();
+    for (block, text) in output.split("\nsend").enumerate() {
+        let header = text
+            .lines()
+            .find(|l| l.contains("; pg2dns_plugin: transaction"));
+        let Some(header) = header else { continue };
+        let txn = header
+            .split(" committed")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        for owner in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("update "))
+            .filter_map(|l| l.split_whitespace().nth(1))
+        {
+            let at = owners_seen.entry(format!("{txn} {owner}")).or_insert(block);
+            ensure!(
+                *at == block,
+                "{txn}: the changes of {owner} are split between two messages"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_nsupdate_refuses_a_delete_written_under_replica_identity_default_naming_the_fix(
+) -> Result<()> {
+    let stack = Stack::start("plugin-identity", Primary::Bind).await?;
+    allow_plugin(&stack.db).await?;
+    stack
+        .exec(&format!(
+            "SELECT pg_create_logical_replication_slot('nsupdate', '{PLUGIN}')"
+        ))
+        .await?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('h.example.test.', 300, 'A', '192.0.2.1');
+             DELETE FROM pg2dns.rr WHERE owner = 'h.example.test.';",
+        )
+        .await?;
+    let peek = format!(
+        "SELECT data FROM pg_logical_slot_peek_changes('nsupdate', NULL, NULL,
+             'format', 'nsupdate', 'zones', '{FORWARD},{REVERSE}')"
+    );
+    let e = stack
+        .db
+        .query(&peek, &[])
+        .await
+        .expect_err("a DELETE without the old row is refused");
+    let db = e.as_db_error().context("an error from the server")?;
+    ensure!(
+        db.message()
+            .contains("needs the old row of every UPDATE and DELETE of pg2dns.rr")
+            && db.message().contains("REPLICA IDENTITY DEFAULT")
+            && db
+                .hint()
+                .is_some_and(|h| h.contains("ALTER TABLE pg2dns.rr REPLICA IDENTITY FULL")),
+        "{db:?}"
+    );
+    // Nothing was consumed: after the fix, a new slot decodes every change.
+    stack
+        .exec("ALTER TABLE pg2dns.rr REPLICA IDENTITY FULL")
+        .await?;
+    stack
+        .exec(&format!(
+            "SELECT pg_create_logical_replication_slot('nsupdate2', '{PLUGIN}')"
+        ))
+        .await?;
+    // Two transactions (one simple query would be one transaction, whose
+    // net effect is the delete alone).
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('h.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE owner = 'h.example.test.'")
+        .await?;
+    let rows = stack
+        .db
+        .query(&peek.replace("'nsupdate', NULL", "'nsupdate2', NULL"), &[])
+        .await?;
+    let text: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let text = text.join("\n");
+    ensure!(
+        text.contains("update add h.example.test. 300 IN A 192.0.2.1")
+            && text.contains("update delete h.example.test. IN A 192.0.2.1"),
+        "{text}"
+    );
+    // A bad option is an error naming the options.
+    let e = stack
+        .db
+        .query(
+            "SELECT data FROM pg_logical_slot_peek_changes('nsupdate2', NULL, NULL, 'format', 'nsupdate', 'zone', 'example.test.')",
+            &[],
+        )
+        .await
+        .expect_err("a misspelt option is refused");
+    ensure!(
+        e.as_db_error()
+            .is_some_and(|d| d.message().contains("unknown option \"zone\"")),
+        "{e:?}"
+    );
     Ok(())
 }

@@ -137,6 +137,18 @@ pub enum ReplicaIdentity {
     Nothing,
 }
 
+impl ReplicaIdentity {
+    /// As `ALTER TABLE … REPLICA IDENTITY` spells it.
+    pub fn sql(self) -> &'static str {
+        match self {
+            ReplicaIdentity::Default => "DEFAULT",
+            ReplicaIdentity::Index => "USING INDEX",
+            ReplicaIdentity::Full => "FULL",
+            ReplicaIdentity::Nothing => "NOTHING",
+        }
+    }
+}
+
 /// One column of a relation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Column {

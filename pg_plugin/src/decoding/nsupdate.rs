@@ -248,10 +248,10 @@ fn needs_full(relation: &Relation, change_lsn: u64) -> DecodingError {
     DecodingError {
         code: PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         message: format!(
-            "format nsupdate needs the old row of every UPDATE and DELETE of {}, and the change at {} was written under REPLICA IDENTITY {:?}, which leaves it out",
+            "format nsupdate needs the old row of every UPDATE and DELETE of {}, and the change at {} was written under REPLICA IDENTITY {}, which leaves it out",
             relation.qualified_name(),
             lsn(change_lsn),
-            relation.identity
+            relation.identity.sql()
         ),
         hint: Some(format!(
             "run ALTER TABLE {} REPLICA IDENTITY FULL; changes written before it cannot be decoded by this format: create the slot after it, or advance this one past them (pg_replication_slot_advance)",
