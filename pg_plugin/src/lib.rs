@@ -19,6 +19,7 @@
 //! wrappers in schema `pg2dns` and the trigger on `pg2dns.rr`.
 
 pub mod decoding;
+pub mod source_check;
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;

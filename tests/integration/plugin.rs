@@ -675,3 +675,228 @@ async fn format_nsupdate_refuses_a_delete_written_under_replica_identity_default
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_says_how_to_allow_the_plugin_when_a_slot_of_it_exists_but_output_plugin_libraries_leaves_it_out(
+) -> Result<()> {
+    let stack = Stack::start("plugin-allowed", Primary::Bind).await?;
+    let check = || async {
+        let output = crate::harness::pg2dns::command("check-config", stack.config_path()).await?;
+        anyhow::Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ))
+    };
+    // No slot of the plugin: nothing to say, whatever the setting.
+    let (ok, text) = check().await?;
+    ensure!(ok && !text.contains("output_plugin_libraries"), "{text}");
+    allow_plugin(&stack.db).await?;
+    stack
+        .exec(&format!(
+            "SELECT pg_create_logical_replication_slot('dns_feed', '{PLUGIN}')"
+        ))
+        .await?;
+    let (ok, text) = check().await?;
+    ensure!(ok, "allowed and in use is fine: {text}");
+    // As after a minor upgrade that brought the setting: the slot exists,
+    // the library is not listed.
+    stack
+        .exec("ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding")
+        .await?;
+    stack.exec("SELECT pg_reload_conf()").await?;
+    wait_until(DNS_DEADLINE, "the server reloaded", || async {
+        let value: String = stack
+            .db
+            .query_one("SHOW output_plugin_libraries", &[])
+            .await?
+            .get(0);
+        Ok(if value.contains(PLUGIN) {
+            Check::NotYet(value)
+        } else {
+            Check::Done(())
+        })
+    })
+    .await?;
+    let (ok, text) = check().await?;
+    ensure!(
+        !ok && text.contains(
+            "problem: replication slot dns_feed decodes with pg2dns_plugin, but output_plugin_libraries (\"pgoutput, test_decoding\") does not allow it"
+        ) && text.contains(
+            "`ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, pg2dns_plugin`"
+        ),
+        "{text}"
+    );
+    // The setting it names is the fix.
+    allow_plugin(&stack.db).await?;
+    let (ok, text) = check().await?;
+    ensure!(ok, "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_with_plugin_installs_the_check_so_a_writers_bad_row_fails_with_the_streams_reason(
+) -> Result<()> {
+    let stack = Stack::start("plugin-setup", Primary::Bind).await?;
+    for run in ["first", "second"] {
+        let output = crate::harness::pg2dns::command_with(
+            &["setup", "--with-plugin"],
+            stack.config_path(),
+            &[],
+        )
+        .await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        ensure!(
+            output.status.success() && stdout.contains("record checks: pg2dns_plugin"),
+            "{run} setup --with-plugin: {}\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let insert = "INSERT INTO pg2dns.rr (owner, type, ttl, rdata) VALUES ($1, $2, $3, $4)";
+    for (owner, rtype, ttl, rdata, reason) in bad_rows() {
+        let e = stack
+            .db
+            .execute(insert, &[&owner, &rtype, &ttl, &rdata])
+            .await
+            .expect_err("the trigger refuses the row");
+        let (code, message) = db_error(&e)?;
+        ensure!(
+            message == reason && code == "22023",
+            "INSERT of {owner} {rtype} {rdata}: want 22023 {reason:?}, got {code} {message:?}"
+        );
+    }
+    let mut pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, type, ttl, rdata) VALUES ('Good.Example.Test', 'a', 300, '192.0.2.10')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(stack.rejected().await?.is_empty(), "nothing is rejected");
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// A generic records table with a zone column and relative names, as
+/// `sources::a_generic_records_table_…` configures it.
+const RECORDS_SOURCE: &str = r#"
+[[source]]
+table = "app.records"
+owner_column = "name"
+names = "relative"
+zone_column = "zone"
+type_column = "type"
+rdata_column = "content"
+rdata_by_type = { MX = "{prio} {content}", SRV = "{prio} {content}" }
+ttl_column = "ttl"
+[source.filter]
+is_false = ["disabled"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_with_plugin_checks_a_source_tables_rows_with_the_sources_own_mapping_and_the_streams_reasons(
+) -> Result<()> {
+    let stack = Stack::start_before_setup("plugin-source", Primary::Bind).await?;
+    stack
+        .exec(
+            "CREATE SCHEMA app;
+             CREATE TABLE app.records (id serial PRIMARY KEY, zone text, name text, type text,
+                                       content text, ttl int, prio int, disabled bool NOT NULL DEFAULT false);",
+        )
+        .await?;
+    stack.append_config(RECORDS_SOURCE)?;
+    stack.setup().await?;
+    let mut pg2dns = stack.run()?;
+    // What users write wrong, each refused by the stream first (no check
+    // installed yet): the reasons pg2dns.rejected holds.
+    let bad = [
+        ("example.test", "bad", "A", "not-an-ip", None::<i32>),
+        ("example.test", "spf", "TXT", "v=spf1 -all", None),
+        ("Example.Test.", "mx", "MX", "mail.example.test.", None),
+    ];
+    let long_label = "l".repeat(64);
+    let bad: Vec<_> = bad
+        .into_iter()
+        .chain([("example.test", long_label.as_str(), "A", "192.0.2.5", None)])
+        .collect();
+    let insert = "INSERT INTO app.records (zone, name, type, content, ttl, prio) VALUES ($1, $2, $3, $4, 300, $5)";
+    for (zone, name, rtype, content, prio) in &bad {
+        stack
+            .db
+            .execute(insert, &[zone, name, rtype, content, prio])
+            .await?;
+    }
+    let rejected = stack.rejected_at_least(bad.len(), DNS_DEADLINE).await?;
+    let mut want: Vec<String> = rejected.iter().map(|r| r.reason.clone()).collect();
+    want.sort();
+    stack
+        .exec("DELETE FROM app.records; DELETE FROM pg2dns.rejected")
+        .await?;
+    for run in ["first", "second"] {
+        let output = crate::harness::pg2dns::command_with(
+            &["setup", "--with-plugin"],
+            stack.config_path(),
+            &[],
+        )
+        .await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        ensure!(
+            output.status.success()
+                && stdout.contains("record checks: trigger pg2dns_source_check on app.records"),
+            "{run} setup --with-plugin: {}\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut got = Vec::new();
+    for (zone, name, rtype, content, prio) in &bad {
+        let e = stack
+            .db
+            .execute(insert, &[zone, name, rtype, content, prio])
+            .await
+            .expect_err("the source's check refuses the row");
+        let (code, message) = db_error(&e)?;
+        ensure!(code == "22023", "{name}: SQLSTATE {code}");
+        got.push(message);
+    }
+    got.sort();
+    ensure!(
+        got == want,
+        "the check's reasons are pg2dns.rejected's: want {want:?}, got {got:?}"
+    );
+    // A row the filter leaves out publishes nothing, so nothing refuses it;
+    // good rows pass and reach BIND; an UPDATE to a bad value fails.
+    stack
+        .exec(
+            "INSERT INTO app.records (zone, name, type, content, ttl, prio, disabled) VALUES
+               ('example.test', 'off', 'A', 'not-an-ip', 300, NULL, true),
+               ('Example.Test', 'Good', 'A', '192.0.2.10', 300, NULL, false),
+               ('example.test', '', 'MX', 'good', 300, 10, false)",
+        )
+        .await
+        .context("good rows and a filtered-out row pass the check")?;
+    let e = stack
+        .db
+        .execute(
+            "UPDATE app.records SET content = '192.0.2' WHERE name = 'Good'",
+            &[],
+        )
+        .await
+        .expect_err("an UPDATE to a bad value is refused");
+    ensure!(
+        db_error(&e)?
+            .1
+            .starts_with("record data \"192.0.2\" is not valid A"),
+        "{e:?}"
+    );
+    stack
+        .wait_until_answers("good.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    stack
+        .wait_until_answers("example.test.", "MX", DNS_DEADLINE)
+        .await?;
+    ensure!(
+        stack.rejected().await?.is_empty(),
+        "nothing reaches pg2dns.rejected"
+    );
+    pg2dns.assert_running()?;
+    Ok(())
+}

@@ -508,7 +508,38 @@ unsafe fn tuple_of(
         return None;
     }
     let tuple = &mut (*buf).tuple as *mut pg_sys::HeapTupleData;
-    let desc = (*rel).rd_att;
+    Some(heap_tuple((*rel).rd_att, names, tuple, false))
+}
+
+/// The live column names of a tuple descriptor.
+///
+/// # Safety
+/// `desc` is a valid tuple descriptor.
+pub(crate) unsafe fn column_names(desc: pg_sys::TupleDesc) -> Arc<[String]> {
+    let natts = (*desc).natts as usize;
+    (*desc)
+        .attrs
+        .as_slice(natts)
+        .iter()
+        .filter(|a| !a.attisdropped)
+        .map(|a| cstr(a.attname.data.as_ptr()))
+        .collect()
+}
+
+/// A heap tuple's values as text (each type's output function: the text
+/// pgoutput sends). In decoding (`detoast` false) an on-disk TOAST pointer
+/// is [`Value::UnchangedToast`]: the value is not in the WAL record, and
+/// the TOAST table is not read; a trigger (`detoast` true) reads it.
+///
+/// # Safety
+/// `tuple` is a valid heap tuple of `desc`, and `names` its
+/// [`column_names`].
+pub(crate) unsafe fn heap_tuple(
+    desc: pg_sys::TupleDesc,
+    names: &Arc<[String]>,
+    tuple: *mut pg_sys::HeapTupleData,
+    detoast: bool,
+) -> Tuple {
     let natts = (*desc).natts as usize;
     let attrs = (*desc).attrs.as_slice(natts);
     let mut values = Vec::with_capacity(names.len());
@@ -522,7 +553,7 @@ unsafe fn tuple_of(
             values.push(Value::Null);
             continue;
         }
-        if attr.attlen == -1 && is_external_ondisk(datum) {
+        if !detoast && attr.attlen == -1 && is_external_ondisk(datum) {
             values.push(Value::UnchangedToast);
             continue;
         }
@@ -533,10 +564,10 @@ unsafe fn tuple_of(
         values.push(Value::Text(cstr(text)));
         pg_sys::pfree(text.cast());
     }
-    Some(Tuple {
+    Tuple {
         columns: Arc::clone(names),
         values,
-    })
+    }
 }
 
 #[pg_guard]
