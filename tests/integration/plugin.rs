@@ -324,8 +324,8 @@ async fn allow_plugin(db: &tokio_postgres::Client) -> Result<()> {
     .await
 }
 
-/// `pg_recvlogical … -P pg2dns_plugin -o format=nsupdate … | nsupdate -k
-/// key`, as docs/plugin.md's recipe writes it; everything pg_recvlogical
+/// `pg_recvlogical … -P pg2dns_plugin -o format=nsupdate … | nsupdate -v
+/// -k key`, as docs/plugin.md's recipe writes it; everything pg_recvlogical
 /// prints is also kept in a file, to check what the plugin wrote.
 struct NsupdatePipe {
     recv: std::process::Child,
@@ -361,7 +361,10 @@ impl NsupdatePipe {
             .stderr(std::fs::File::create(&recv_log)?)
             .spawn()
             .context("starting pg_recvlogical")?;
+        // -v: TCP for every message, as docs/plugin.md's recipe says (over
+        // UDP nsupdate gives up on an update after a few short retries).
         let mut nsupdate = Command::new(&tools.nsupdate)
+            .arg("-v")
             .arg("-k")
             .arg(server.key_file())
             .stdin(Stdio::piped())

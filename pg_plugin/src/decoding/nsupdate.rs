@@ -4,7 +4,7 @@
 //! ```text
 //! pg_recvlogical -d DB --slot S --start -f - -P pg2dns_plugin \
 //!     -o format=nsupdate -o zones=example.test.,2.0.192.in-addr.arpa. \
-//!     -o server='192.0.2.53 53' | nsupdate -k /etc/bind/pg2dns.key
+//!     -o server='192.0.2.53 53' | nsupdate -v -k /etc/bind/pg2dns.key
 //! ```
 //!
 //! Per committed transaction, one block per zone:
