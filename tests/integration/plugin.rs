@@ -493,8 +493,8 @@ async fn pg_recvlogical_with_format_nsupdate_piped_into_nsupdate_makes_bind_hold
         )
         .await?;
     // The fault suite's seeded mix: inserts, updates, deletes, both
-    // zones, rolled-back transactions and savepoints, and a 5,000-row
-    // insert as its 50th transaction.
+    // zones, rolled-back transactions and savepoints, and 5,000-row
+    // inserts, updates or deletes (the 50th transaction and at random).
     let seed = seed("plugin nsupdate")?;
     let mut workload = Workload::new(seed, Mix { bulk: true });
     for _ in 0..120 {
@@ -504,26 +504,22 @@ async fn pg_recvlogical_with_format_nsupdate_piped_into_nsupdate_makes_bind_hold
             .await
             .with_context(|| format!("seed {seed}: {sql}"))?;
     }
-    // A 5,000-row UPDATE and a 5,000-row DELETE of that batch, each
-    // larger than one message.
+    // Whatever the seed's random bulk transactions did: a 5,000-row
+    // INSERT and a 5,000-row UPDATE of the same rows, each larger than one
+    // message (a DELETE of them follows below).
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'p' || g || '.{FORWARD}', 300, 'A', '10.251.' || (g / 256) || '.' || (g % 256)
+             FROM generate_series(1, {BULK_ROWS}) g"
+        ))
+        .await?;
     stack
         .exec(
-            "UPDATE pg2dns.rr SET rdata = '10.251.' || ((id / 256) % 256) || '.' || (id % 256)
-              WHERE owner LIKE 'b0-%';",
+            "UPDATE pg2dns.rr SET rdata = '10.252.' || ((id / 256) % 256) || '.' || (id % 256)
+              WHERE owner LIKE 'p%'",
         )
         .await?;
-    let bulk: i64 = stack
-        .db
-        .query_one(
-            "SELECT count(*) FROM pg2dns.rr WHERE owner LIKE 'b0-%'",
-            &[],
-        )
-        .await?
-        .get(0);
-    ensure!(
-        bulk == i64::from(BULK_ROWS),
-        "seed {seed}: the workload's 50th transaction inserted a batch of {BULK_ROWS}: {bulk}"
-    );
     let expected = stack.expected(&stack.table().await?);
     let waited = stack
         .wait_until_dns_equals(&expected, DNS_DEADLINE * 6)
@@ -537,7 +533,7 @@ async fn pg_recvlogical_with_format_nsupdate_piped_into_nsupdate_makes_bind_hold
         "the batch is in DNS"
     );
     stack
-        .exec("DELETE FROM pg2dns.rr WHERE owner LIKE 'b%-%'")
+        .exec("DELETE FROM pg2dns.rr WHERE owner LIKE 'p%' OR owner LIKE 'b%-%'")
         .await?;
     let expected = stack.expected(&stack.table().await?);
     stack
@@ -901,5 +897,45 @@ async fn setup_with_plugin_checks_a_source_tables_rows_with_the_sources_own_mapp
         "nothing reaches pg2dns.rejected"
     );
     pg2dns.assert_running()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_nsupdate_reads_a_latin1_databases_text_as_the_stream_does() -> Result<()> {
+    let stack = Stack::start_in_database(
+        "plugin-latin1",
+        Primary::Bind,
+        "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    )
+    .await?;
+    allow_plugin(&stack.db).await?;
+    stack
+        .exec("ALTER TABLE pg2dns.rr REPLICA IDENTITY FULL")
+        .await?;
+    stack
+        .exec(&format!(
+            "SELECT pg_create_logical_replication_slot('nsupdate', '{PLUGIN}')"
+        ))
+        .await?;
+    // The client speaks UTF-8; the database stores LATIN1 (é is one byte).
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('latin.example.test.', 300, 'TXT', '\"café\"')")
+        .await?;
+    let rows = stack
+        .db
+        .query(
+            &format!(
+                "SELECT data FROM pg_logical_slot_peek_changes('nsupdate', NULL, NULL,
+                     'format', 'nsupdate', 'zones', '{FORWARD}')"
+            ),
+            &[],
+        )
+        .await?;
+    let text: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let text = text.join("\n");
+    ensure!(
+        text.contains(r#"update add latin.example.test. 300 IN TXT "caf\195\169""#),
+        "é is the two UTF-8 bytes the stream publishes:\n{text}"
+    );
     Ok(())
 }

@@ -373,6 +373,23 @@ unsafe fn cstr(p: *const c_char) -> String {
     }
 }
 
+/// A type output function's text, in the database's encoding, as UTF-8
+/// (what pg2dns reads: its connections ask for client_encoding UTF8), so
+/// that a LATIN1 database's `café` is the same record here as in the stream.
+unsafe fn utf8(text: *const c_char) -> String {
+    let len = CStr::from_ptr(text).to_bytes().len();
+    let converted = pg_sys::pg_server_to_any(
+        text,
+        len as std::ffi::c_int,
+        pg_sys::pg_enc::PG_UTF8 as std::ffi::c_int,
+    );
+    let out = cstr(converted);
+    if !std::ptr::eq(converted, text) {
+        pg_sys::pfree(converted.cast());
+    }
+    out
+}
+
 /// The options of `ctx` (a List of DefElem whose arg is a String node or
 /// NULL).
 unsafe fn read_options(ctx: &pg_sys::LogicalDecodingContext) -> Options {
@@ -561,7 +578,7 @@ pub(crate) unsafe fn heap_tuple(
         let mut varlena = false;
         pg_sys::getTypeOutputInfo(attr.atttypid, &mut output, &mut varlena);
         let text = pg_sys::OidOutputFunctionCall(output, datum);
-        values.push(Value::Text(cstr(text)));
+        values.push(Value::Text(utf8(text)));
         pg_sys::pfree(text.cast());
     }
     Tuple {
