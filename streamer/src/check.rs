@@ -227,6 +227,9 @@ pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> 
     }
     problems.extend(key_problems(client, config).await?);
     problems.extend(truncate_trigger_problems(client, config).await?);
+    // `false` until `[database] plugin` exists (issue #22's protobuf
+    // format): then whether it names the extension.
+    problems.extend(output_plugin_problems(client, false).await?);
     problems.dedup();
     Ok(problems)
 }
@@ -274,6 +277,79 @@ async fn truncate_trigger_problems(
         }
     }
     Ok(out)
+}
+
+/// The library of the `pg2dns_plugin` extension, as `pg_recvlogical -P`,
+/// a slot's plugin and `output_plugin_libraries` name it (docs/plugin.md).
+pub const PLUGIN_LIBRARY: &str = "pg2dns_plugin";
+
+/// Whether PostgreSQL lets roles decode with the extension's output plugin.
+/// Debian's PostgreSQL 15.20+, 16.15+ and 17.11+ only load output plugins
+/// listed in `output_plugin_libraries`, superusers included ("library … may
+/// not be used as an output plugin"). It matters when the plugin is
+/// `configured` for `pg2dns run`, or in use: a replication slot of the
+/// plugin exists. A PostgreSQL without the setting allows every plugin.
+/// Only superusers and members of `pg_read_all_settings` may read the
+/// setting; for another role, that is the problem reported.
+pub async fn output_plugin_problems(
+    client: &Client,
+    configured: bool,
+) -> Result<Vec<String>, StoreError> {
+    // The setting is readable only by superusers and pg_read_all_settings
+    // (GUC_SUPERUSER_ONLY): read it only when it matters.
+    let row = client
+        .query_one(
+            "SELECT (SELECT string_agg(slot_name::text, ', ' ORDER BY slot_name) \
+                       FROM pg_replication_slots WHERE plugin = $1), \
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+                    OR pg_has_role(current_user, 'pg_read_all_settings', 'USAGE'), \
+                    current_user::text",
+            &[&PLUGIN_LIBRARY],
+        )
+        .await
+        .map_err(sql("cannot read pg_replication_slots"))?;
+    let (slots, may_read, role): (Option<String>, bool, String) =
+        (row.get(0), row.get(1), row.get(2));
+    if !configured && slots.is_none() {
+        return Ok(Vec::new());
+    }
+    let why = match (configured, &slots) {
+        (true, _) => "[database] plugin names the pg2dns_plugin output plugin".to_owned(),
+        (false, Some(slots)) => format!("replication slot {slots} decodes with pg2dns_plugin"),
+        (false, None) => unreachable!("returned above"),
+    };
+    if !may_read {
+        return Ok(vec![format!(
+            "{why}, and this role may not read output_plugin_libraries (superusers and pg_read_all_settings may) to check that PostgreSQL allows it: run `SHOW output_plugin_libraries` as a superuser, or `GRANT pg_read_all_settings TO {}`; docs/plugin.md",
+            crate::setup::quote_ident(&role)
+        )]);
+    }
+    let allowed: Option<String> = client
+        .query_one(
+            "SELECT current_setting('output_plugin_libraries', true)",
+            &[],
+        )
+        .await
+        .map_err(sql("cannot read output_plugin_libraries"))?
+        .get(0);
+    let Some(allowed) = allowed else {
+        return Ok(Vec::new());
+    };
+    let listed: Vec<&str> = allowed
+        .split(',')
+        .map(|l| l.trim().trim_matches('"'))
+        .filter(|l| !l.is_empty())
+        .collect();
+    if listed.contains(&PLUGIN_LIBRARY) {
+        return Ok(Vec::new());
+    }
+    let mut wanted = listed.clone();
+    wanted.push(PLUGIN_LIBRARY);
+    Ok(vec![format!(
+        "{why}, but output_plugin_libraries ({allowed:?}) does not allow it, so PostgreSQL refuses to decode with it: as a superuser run `ALTER SYSTEM SET output_plugin_libraries = {}` and `SELECT pg_reload_conf()` (or set `output_plugin_libraries = '{}'` in postgresql.conf and reload); docs/plugin.md",
+        wanted.join(", "),
+        wanted.join(", ")
+    )])
 }
 
 /// The cluster-wide settings the stream needs: `wal_level = logical` and a

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pgconn;
 pub mod pipeline;
+pub mod plugin_checks;
 pub mod reconcile;
 pub mod relations;
 pub mod replication;

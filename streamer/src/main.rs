@@ -71,6 +71,12 @@ enum Command {
         /// its consistent point.
         #[arg(long, conflicts_with = "accept_gap")]
         recreate_slot: bool,
+        /// Also install the pg2dns_plugin extension's record checks (it
+        /// must be installed in the server; docs/plugin.md): a row of
+        /// pg2dns.rr or of a [[source]] table that the stream would refuse
+        /// fails the writer's INSERT or UPDATE with the reason.
+        #[arg(long, conflicts_with = "dry_run")]
+        with_plugin: bool,
     },
     /// Stream changes to the DNS servers until stopped (SIGINT/SIGTERM).
     Run {
@@ -302,6 +308,7 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             dry_run,
             force,
             recreate_slot,
+            with_plugin,
         } => {
             let options = setup::SetupOptions {
                 accept_gap,
@@ -322,6 +329,26 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 r => r?,
             };
             print_quietly(&setup_summary(&report, &config));
+            if with_plugin {
+                let installed = pg2dns::plugin_checks::install(&config).await?;
+                print_quietly(&format!(
+                    "record checks: pg2dns_plugin {} ({}), trigger rr_check on pg2dns.rr\n",
+                    installed.version,
+                    if installed.extension_created {
+                        "created now"
+                    } else {
+                        "was there"
+                    }
+                ));
+                for table in &installed.sources {
+                    print_quietly(&format!(
+                        "record checks: trigger pg2dns_source_check on {table}\n"
+                    ));
+                }
+                for (table, why) in &installed.skipped {
+                    print_quietly(&format!("record checks: none on {table}: {why}\n"));
+                }
+            }
             Ok(report.exit_code())
         }
         Command::Pause { reason, wait } => {

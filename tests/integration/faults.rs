@@ -10,7 +10,7 @@
 //! The last test checks the other promise a crash tends to break: no TSIG
 //! secret in anything pg2dns prints, even at `RUST_LOG=trace`.
 
-mod workload;
+pub(crate) mod workload;
 
 use std::time::{Duration, Instant};
 

@@ -56,6 +56,11 @@ pub enum SpecError {
 
 /// A text with `{column}` placeholders; `{{` and `}}` are literal braces.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "String", into = "String")
+)]
 pub struct Template {
     text: String,
     pieces: Vec<Piece>,
@@ -166,6 +171,7 @@ impl fmt::Display for Template {
 
 /// How a name without a final dot is read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Names {
     /// Fully qualified: `www.example.test` is `www.example.test.`.
     #[default]
@@ -177,6 +183,7 @@ pub enum Names {
 
 /// Where a row's zone comes from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ZoneFrom {
     /// The configured zone with the longest suffix matching the owner.
     #[default]
@@ -195,15 +202,17 @@ pub enum ZoneFrom {
 
 /// Where a record's type comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum TypeFrom {
     /// Every row has this type.
-    Fixed(RType),
+    Fixed(#[cfg_attr(feature = "serde", serde(with = "rtype_text"))] RType),
     /// A column holding the mnemonic (`MX`); a NULL type skips the row.
     Column(String),
 }
 
 /// Where a record's TTL comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TtlFrom {
     /// A column holding the TTL, if any.
     pub column: Option<String>,
@@ -213,6 +222,7 @@ pub struct TtlFrom {
 
 /// What a row publishes.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Data {
     /// One record of a type and data given by the row.
     Record {
@@ -222,6 +232,7 @@ pub enum Data {
         rdata: Template,
         /// The data of some types in another form, e.g. MX as
         /// `{prio} {content}` where only MX and SRV rows fill `prio`.
+        #[cfg_attr(feature = "serde", serde(with = "by_type_text"))]
         by_type: Vec<(RType, Template)>,
     },
     /// An `inet` column: an A or AAAA record by address family (the host
@@ -237,6 +248,7 @@ pub enum Data {
 
 /// A condition a row must meet to publish anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Filter {
     /// A boolean column is true (SQL `IS TRUE`: NULL fails).
     IsTrue(String),
@@ -270,6 +282,7 @@ impl fmt::Display for Filter {
 
 /// A declarative source, as configured: pure data.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SourceSpec {
     /// The table, `schema.table`.
     pub table: String,
@@ -796,6 +809,69 @@ impl Mapping for SourceMapping {
 }
 
 pub mod zones_table;
+
+#[cfg(feature = "serde")]
+impl TryFrom<String> for Template {
+    type Error = SpecError;
+    fn try_from(text: String) -> Result<Template, SpecError> {
+        Template::parse(&text)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl From<Template> for String {
+    fn from(template: Template) -> String {
+        template.text
+    }
+}
+
+/// A type as its mnemonic in JSON.
+#[cfg(feature = "serde")]
+mod rtype_text {
+    use super::RType;
+
+    pub fn serialize<S: serde::Serializer>(rtype: &RType, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(rtype)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RType, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        RType::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `Data::Record::by_type` as `[[mnemonic, template]…]` in JSON.
+#[cfg(feature = "serde")]
+mod by_type_text {
+    use super::{RType, Template};
+
+    pub fn serialize<S: serde::Serializer>(
+        by_type: &[(RType, Template)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(by_type.len()))?;
+        for (rtype, template) in by_type {
+            seq.serialize_element(&(rtype.to_string(), String::from(template.clone())))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(RType, Template)>, D::Error> {
+        let pairs = <Vec<(String, String)> as serde::Deserialize>::deserialize(d)?;
+        pairs
+            .into_iter()
+            .map(|(rtype, template)| {
+                Ok((
+                    RType::parse(&rtype).map_err(serde::de::Error::custom)?,
+                    Template::parse(&template).map_err(serde::de::Error::custom)?,
+                ))
+            })
+            .collect()
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -796,3 +796,26 @@ fn names_without_final_dot_inside_record_data_are_absolute_or_relative_as_config
     assert_eq!(rel(RType::MX, "mail"), "mail");
     assert!(one("MX", "mail extra").is_err());
 }
+
+/// `pg2dns setup --with-plugin` hands a source's spec to the extension's
+/// trigger as JSON: it must come back the same, templates and types included.
+#[cfg(feature = "serde")]
+#[test]
+fn a_spec_survives_json_with_its_templates_types_and_filters() {
+    let mut records = records_table().spec().clone();
+    records.data = Data::Record {
+        rtype: TypeFrom::Fixed(RType::parse("MX").unwrap()),
+        rdata: Template::parse("{prio} {content} {{literal}}").unwrap(),
+        by_type: vec![(
+            RType::parse("SRV").unwrap(),
+            Template::parse("{prio} {content}").unwrap(),
+        )],
+    };
+    for spec in [hosts(true).spec().clone(), records] {
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: SourceSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec, "{json}");
+    }
+    let bad = r#"{"table":"a.b","key":["id"],"owner":"{name","names":"Absolute","zone":"Owner","ttl":{"column":null,"default":300},"data":{"Address":{"column":"a","ptr":false}},"filters":[]}"#;
+    assert!(serde_json::from_str::<SourceSpec>(bad).is_err());
+}

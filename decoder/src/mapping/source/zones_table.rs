@@ -126,6 +126,7 @@ pub struct RefEdit {
 
 /// A zones table that sources reference: `table(key, name)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ZonesTable {
     /// The table, `schema.table`.
     pub table: String,
