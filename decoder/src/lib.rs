@@ -39,6 +39,8 @@ pub mod session;
 pub mod tsig;
 pub mod txn;
 pub mod update;
+#[cfg(feature = "wire")]
+pub mod wire;
 pub mod zonefile;
 
 /// The hash map of the planner and the update packer. Their keys (owner
