@@ -394,6 +394,45 @@ struct DatabaseSpec {
     slot: String,
     #[serde(default = "default_publication")]
     publication: String,
+    #[serde(default)]
+    plugin: OutputPlugin,
+}
+
+/// The logical decoding output plugin of pg2dns's slot (`[database] plugin`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputPlugin {
+    /// PostgreSQL's built-in `pgoutput` (the default: no extension needed).
+    #[default]
+    Pgoutput,
+    /// pg2dns_plugin's `protobuf` format (docs/plugin.md).
+    Pg2dns,
+}
+
+impl OutputPlugin {
+    /// The plugin's library name, as `CREATE_REPLICATION_SLOT` and
+    /// `pg_replication_slots.plugin` spell it.
+    pub fn library(self) -> &'static str {
+        match self {
+            OutputPlugin::Pgoutput => "pgoutput",
+            OutputPlugin::Pg2dns => "pg2dns_plugin",
+        }
+    }
+
+    /// The value of `[database] plugin` that selects it.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            OutputPlugin::Pgoutput => "pgoutput",
+            OutputPlugin::Pg2dns => "pg2dns",
+        }
+    }
+
+    /// The configuration value for a slot whose plugin is `library`.
+    pub fn from_library(library: &str) -> Option<OutputPlugin> {
+        [OutputPlugin::Pgoutput, OutputPlugin::Pg2dns]
+            .into_iter()
+            .find(|p| p.library() == library)
+    }
 }
 
 fn default_slot() -> String {
@@ -531,6 +570,8 @@ pub struct DatabaseConfig {
     pub slot: String,
     /// Publication name.
     pub publication: String,
+    /// The slot's output plugin.
+    pub plugin: OutputPlugin,
     /// The URL's `sslmode` and `sslrootcert` (see [`crate::pgconn`]).
     pub tls: crate::pgconn::TlsSettings,
     /// The TLS client built from them, the CA file read.
@@ -547,6 +588,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("dbname", &self.dbname())
             .field("slot", &self.slot)
             .field("publication", &self.publication)
+            .field("plugin", &self.plugin)
             .field("tls", &self.tls)
             .finish()
     }
@@ -1063,6 +1105,7 @@ impl Config {
                 pg,
                 slot: spec.database.slot,
                 publication: spec.database.publication,
+                plugin: spec.database.plugin,
                 tls,
                 tls_client,
             },
