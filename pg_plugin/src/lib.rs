@@ -18,6 +18,8 @@
 //! `schema`), which `CREATE EXTENSION` creates; `sql/check_rr.sql` adds
 //! wrappers in schema `pg2dns` and the trigger on `pg2dns.rr`.
 
+pub mod decoding;
+
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
