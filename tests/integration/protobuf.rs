@@ -113,7 +113,7 @@ fn workload(seed: u64) -> Vec<String> {
         }
         for k in 0..=rng.next(5) {
             let n = rng.next(60);
-            let host = if n % 2 == 0 {
+            let host = if n.is_multiple_of(2) {
                 format!("h{n}.example.test.")
             } else {
                 format!("Mixed{n}.EXAMPLE.test.")
