@@ -24,6 +24,7 @@
 //! Each event is one `CopyData` message (the framework writes them at
 //! commit, in order), encoded without a length prefix.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CString;
 
@@ -61,7 +62,7 @@ pub fn build(options: &Options) -> Result<Box<dyn Format>, DecodingError> {
             )));
         }
     }
-    let publications: Vec<String> = options
+    let publications: Vec<CString> = options
         .value("publication_names")?
         .ok_or_else(|| {
             DecodingError::option(
@@ -71,7 +72,11 @@ pub fn build(options: &Options) -> Result<Box<dyn Format>, DecodingError> {
         .split(',')
         .map(|p| p.trim().trim_matches('"').to_owned())
         .filter(|p| !p.is_empty())
-        .collect();
+        .map(|p| {
+            CString::new(p.as_str())
+                .map_err(|_| DecodingError::option(format!("publication name {p:?} has a NUL")))
+        })
+        .collect::<Result<_, _>>()?;
     let messages = match options.get("messages") {
         None => false,
         Some(None) => true,
@@ -81,7 +86,7 @@ pub fn build(options: &Options) -> Result<Box<dyn Format>, DecodingError> {
         publications,
         messages,
         described: HashMap::new(),
-        published: HashMap::new(),
+        published: RefCell::new(HashMap::new()),
         out: Vec::new(),
         changed: false,
     }))
@@ -98,13 +103,13 @@ enum Published {
 
 /// The protobuf format's state for one decoding session.
 pub struct Protobuf {
-    publications: Vec<String>,
+    publications: Vec<CString>,
     messages: bool,
     /// The relations described to the client in this session, as described.
     described: HashMap<u32, Relation>,
     /// Publication membership, looked up once per table and transaction
     /// (in the transaction's historic catalog snapshot).
-    published: HashMap<u32, Published>,
+    published: RefCell<HashMap<u32, Published>>,
     /// This transaction's events.
     out: Vec<Vec<u8>>,
     /// Whether the transaction has sent anything but its Begin.
@@ -146,35 +151,33 @@ impl Protobuf {
         self.described.insert(relation.oid, relation.clone());
     }
 
-    fn membership(&mut self, relation: &Relation) -> Result<Published, DecodingError> {
-        if let Some(p) = self.published.get(&relation.oid) {
-            return Ok(*p);
+    fn membership(&self, relation: &Relation) -> Published {
+        if let Some(p) = self.published.borrow().get(&relation.oid) {
+            return *p;
         }
         // SAFETY: called from a decoding callback, inside the transaction
         // PostgreSQL sets up with the historic catalog snapshot.
-        let p = unsafe { membership(relation.oid, &self.publications) }?;
-        self.published.insert(relation.oid, p);
-        Ok(p)
+        let p = unsafe { membership(relation.oid, &self.publications) };
+        self.published.borrow_mut().insert(relation.oid, p);
+        p
     }
 }
 
 /// Looks `relid` up in the publications named `names`.
-unsafe fn membership(relid: u32, names: &[String]) -> Result<Published, DecodingError> {
+unsafe fn membership(relid: u32, names: &[CString]) -> Published {
     let oid = pg_sys::Oid::from(relid);
     let direct = pg_sys::GetRelationPublications(oid);
     let schema = pg_sys::GetSchemaPublications(pg_sys::get_rel_namespace(oid));
     let partition = pg_sys::get_rel_relispartition(oid);
     for name in names {
-        let c = CString::new(name.as_str())
-            .map_err(|_| DecodingError::option(format!("publication name {name:?} has a NUL")))?;
         // Raises "publication … does not exist", as pgoutput does.
-        let publication = pg_sys::GetPublicationByName(c.as_ptr(), false);
+        let publication = pg_sys::GetPublicationByName(name.as_ptr(), false);
         let pub_oid = (*publication).oid;
         if (*publication).alltables
             || pg_sys::list_member_oid(direct, pub_oid)
             || pg_sys::list_member_oid(schema, pub_oid)
         {
-            return Ok(Published::Yes);
+            return Published::Yes;
         }
         if partition {
             let leaves = pg_sys::GetPublicationRelations(
@@ -182,11 +185,11 @@ unsafe fn membership(relid: u32, names: &[String]) -> Result<Published, Decoding
                 pg_sys::PublicationPartOpt::PUBLICATION_PART_LEAF,
             );
             if pg_sys::list_member_oid(leaves, oid) {
-                return Ok(Published::ThroughRoot);
+                return Published::ThroughRoot;
             }
         }
     }
-    Ok(Published::No)
+    Published::No
 }
 
 /// A tuple's values, typed by their columns' types.
@@ -210,15 +213,15 @@ impl Format for Protobuf {
         true
     }
 
-    fn wants(&self, _relation: &Relation) -> bool {
-        // Decided in `change` and `truncate`, which may look the
-        // publications up (this takes `&self`).
-        true
+    fn wants(&self, relation: &Relation) -> bool {
+        // Before the framework deforms the tuples: pg2dns's own tables
+        // (row state, progress) change in every checkpoint.
+        self.membership(relation) != Published::No
     }
 
     fn begin(&mut self, txn: &Txn) -> Result<(), DecodingError> {
         self.out.clear();
-        self.published.clear();
+        self.published.borrow_mut().clear();
         self.changed = false;
         self.push(E::Begin(w::Begin {
             final_lsn: txn.commit_lsn,
@@ -234,7 +237,7 @@ impl Format for Protobuf {
         relation: &Relation,
         change: Change,
     ) -> Result<(), DecodingError> {
-        match self.membership(relation)? {
+        match self.membership(relation) {
             Published::No => return Ok(()),
             Published::ThroughRoot => {
                 return Err(DecodingError::unsupported(
@@ -289,7 +292,7 @@ impl Format for Protobuf {
     fn truncate(&mut self, _lsn: u64, relations: &[Relation]) -> Result<(), DecodingError> {
         let mut oids = Vec::new();
         for relation in relations {
-            if self.membership(relation)? == Published::Yes {
+            if self.membership(relation) == Published::Yes {
                 self.describe(relation);
                 oids.push(relation.oid);
             }
