@@ -1215,6 +1215,26 @@ tsig_key_file = "k.key"
 "#;
 
     #[test]
+    fn the_output_plugin_is_pgoutput_unless_the_config_names_pg2dns() {
+        let c = with_key_file(GOOD).unwrap();
+        assert_eq!(c.database.plugin, OutputPlugin::Pgoutput);
+        assert_eq!(c.database.plugin.library(), "pgoutput");
+        let c =
+            with_key_file(&GOOD.replace("[database]", "[database]\nplugin = \"pg2dns\"")).unwrap();
+        assert_eq!(c.database.plugin, OutputPlugin::Pg2dns);
+        assert_eq!(c.database.plugin.library(), "pg2dns_plugin");
+        assert_eq!(
+            OutputPlugin::from_library("pg2dns_plugin"),
+            Some(OutputPlugin::Pg2dns)
+        );
+        assert_eq!(OutputPlugin::from_library("wal2json"), None);
+        let e = with_key_file(&GOOD.replace("[database]", "[database]\nplugin = \"wal2json\""))
+            .unwrap_err();
+        let e = pg2dns_decoder::error_chain(&e);
+        assert!(e.contains("wal2json"), "{e}");
+    }
+
+    #[test]
     fn a_minimal_config_gets_defaults_and_a_relative_key_file() {
         let c = with_key_file(GOOD).unwrap();
         assert_eq!(c.database.slot, "pg2dns");
