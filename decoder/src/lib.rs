@@ -6,6 +6,9 @@
 //! the current time, and gets back committed transactions, record changes,
 //! planned RFC 2136 UPDATE messages and TSIG signatures.
 //!
+//! With the `wire` feature, [`wire::decode`] turns pg2dns_plugin's protobuf
+//! events (proto/pg2dns.proto) into the same pgoutput messages.
+//!
 //! ```text
 //!  pgoutput bytes ─▶ pgoutput::parse ─▶ txn::Assembler ─▶ row ─▶ mapping (row → records)
 //!                                                                   │
