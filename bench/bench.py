@@ -147,15 +147,17 @@ class Pg2dns:
     name = "pg2dns"
     table = "pg2dns.rr"
 
-    def __init__(self, pg, dns, root, binary, window):
+    def __init__(self, pg, dns, root, binary, window, plugin="pgoutput"):
         self.pg, self.dns, self.root, self.binary = pg, dns, root, binary
         self.window = window
         self.proc = None
         self.config = os.path.join(root, "pg2dns.toml")
+        # Only when not the default, so that older binaries read the config.
+        plugin_line = f'plugin = "{plugin}"\n' if plugin != "pgoutput" else ""
         with open(self.config, "w") as f:
             f.write(
                 "version = 1\n[database]\n"
-                f'url = "{pg.url}"\nslot = "pg2dns"\npublication = "pg2dns"\n'
+                f'url = "{pg.url}"\nslot = "pg2dns"\npublication = "pg2dns"\n{plugin_line}'
                 f'[[zone]]\nname = "{ZONE}"\nprimary = "127.0.0.1:{dns.port}"\n'
                 f'tsig_key_file = "{dns.key_file}"\n'
                 f"[limits]\nwindow = {window}\n"

@@ -6,6 +6,9 @@
 //! the current time, and gets back committed transactions, record changes,
 //! planned RFC 2136 UPDATE messages and TSIG signatures.
 //!
+//! With the `wire` feature, [`wire::decode`] turns pg2dns_plugin's protobuf
+//! events (proto/pg2dns.proto) into the same pgoutput messages.
+//!
 //! ```text
 //!  pgoutput bytes ─▶ pgoutput::parse ─▶ txn::Assembler ─▶ row ─▶ mapping (row → records)
 //!                                                                   │
@@ -40,6 +43,8 @@ pub mod session;
 pub mod tsig;
 pub mod txn;
 pub mod update;
+#[cfg(feature = "wire")]
+pub mod wire;
 pub mod zonefile;
 
 /// The hash map of the planner and the update packer. Their keys (owner

@@ -455,6 +455,45 @@ struct DatabaseSpec {
     slot: String,
     #[serde(default = "default_publication")]
     publication: String,
+    #[serde(default)]
+    plugin: OutputPlugin,
+}
+
+/// The logical decoding output plugin of pg2dns's slot (`[database] plugin`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputPlugin {
+    /// PostgreSQL's built-in `pgoutput` (the default: no extension needed).
+    #[default]
+    Pgoutput,
+    /// pg2dns_plugin's `protobuf` format (docs/plugin.md).
+    Pg2dns,
+}
+
+impl OutputPlugin {
+    /// The plugin's library name, as `CREATE_REPLICATION_SLOT` and
+    /// `pg_replication_slots.plugin` spell it.
+    pub fn library(self) -> &'static str {
+        match self {
+            OutputPlugin::Pgoutput => "pgoutput",
+            OutputPlugin::Pg2dns => "pg2dns_plugin",
+        }
+    }
+
+    /// The value of `[database] plugin` that selects it.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            OutputPlugin::Pgoutput => "pgoutput",
+            OutputPlugin::Pg2dns => "pg2dns",
+        }
+    }
+
+    /// The configuration value for a slot whose plugin is `library`.
+    pub fn from_library(library: &str) -> Option<OutputPlugin> {
+        [OutputPlugin::Pgoutput, OutputPlugin::Pg2dns]
+            .into_iter()
+            .find(|p| p.library() == library)
+    }
 }
 
 fn default_slot() -> String {
@@ -595,6 +634,8 @@ pub struct DatabaseConfig {
     pub slot: String,
     /// Publication name.
     pub publication: String,
+    /// The slot's output plugin.
+    pub plugin: OutputPlugin,
     /// The URL's `sslmode` and `sslrootcert` (see [`crate::pgconn`]).
     pub tls: crate::pgconn::TlsSettings,
     /// The TLS client built from them, the CA file read.
@@ -611,6 +652,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("dbname", &self.dbname())
             .field("slot", &self.slot)
             .field("publication", &self.publication)
+            .field("plugin", &self.plugin)
             .field("tls", &self.tls)
             .finish()
     }
@@ -1160,6 +1202,7 @@ impl Config {
                 pg,
                 slot: spec.database.slot,
                 publication: spec.database.publication,
+                plugin: spec.database.plugin,
                 tls,
                 tls_client,
             },
@@ -1277,6 +1320,26 @@ name = "Example.Test"
 primary = "127.0.0.1:5353"
 tsig_key_file = "k.key"
 "#;
+
+    #[test]
+    fn the_output_plugin_is_pgoutput_unless_the_config_names_pg2dns() {
+        let c = with_key_file(GOOD).unwrap();
+        assert_eq!(c.database.plugin, OutputPlugin::Pgoutput);
+        assert_eq!(c.database.plugin.library(), "pgoutput");
+        let c =
+            with_key_file(&GOOD.replace("[database]", "[database]\nplugin = \"pg2dns\"")).unwrap();
+        assert_eq!(c.database.plugin, OutputPlugin::Pg2dns);
+        assert_eq!(c.database.plugin.library(), "pg2dns_plugin");
+        assert_eq!(
+            OutputPlugin::from_library("pg2dns_plugin"),
+            Some(OutputPlugin::Pg2dns)
+        );
+        assert_eq!(OutputPlugin::from_library("wal2json"), None);
+        let e = with_key_file(&GOOD.replace("[database]", "[database]\nplugin = \"wal2json\""))
+            .unwrap_err();
+        let e = pg2dns_decoder::error_chain(&e);
+        assert!(e.contains("wal2json"), "{e}");
+    }
 
     #[test]
     fn a_minimal_config_gets_defaults_and_a_relative_key_file() {

@@ -85,6 +85,19 @@ pub enum RunError {
         /// Its database.
         database: String,
     },
+    /// The slot was created with another output plugin than `[database]
+    /// plugin` names (a slot's plugin is fixed when it is created).
+    #[error("replication slot {slot:?} decodes with output plugin {slot_plugin:?}, but [database] plugin = {configured:?} needs {wanted:?}")]
+    SlotPlugin {
+        /// The slot name.
+        slot: String,
+        /// `pg_replication_slots.plugin`.
+        slot_plugin: String,
+        /// The configured value of `[database] plugin`.
+        configured: &'static str,
+        /// The library that value needs.
+        wanted: &'static str,
+    },
     /// The `pg2dns` schema is not installed in the database.
     #[error("the pg2dns schema is not installed in this database")]
     SchemaMissing,
@@ -188,11 +201,15 @@ impl RunError {
                 }
             }
             RunError::SlotBusy { .. } => Disposition::Standby,
+            RunError::SlotPlugin { slot, slot_plugin, .. } => Disposition::Halt {
+                hint: slot_plugin_hint(slot, slot_plugin),
+            },
             RunError::SlotElsewhere { database, .. } => Disposition::Halt {
                 hint: format!("a logical slot decodes one database: set another [database].slot (or PG2DNS_SLOT) for this database and run `pg2dns setup`, or connect to {database:?} if that is the one meant"),
             },
             RunError::Replication(e) => match e {
                 ReplicationError::Decode { .. } => halt("the stream cannot be decoded at that LSN; report it as a pg2dns bug with the PostgreSQL version"),
+                ReplicationError::DecodeProtobuf { .. } => halt("the pg2dns_plugin installed in PostgreSQL writes a format this pg2dns does not read: install the pg2dns_plugin of the same pg2dns version (docs/plugin.md), then restart"),
                 ReplicationError::Transport(t) => match t {
                     PgWireError::Io(_) | PgWireError::Task(_) | PgWireError::Protocol(_) => {
                         Disposition::Retry
@@ -231,6 +248,14 @@ impl RunError {
             RunError::Sources(_) => halt(&sources_hint()),
         }
     }
+}
+
+/// What to do when the slot's output plugin is not the configured one.
+pub fn slot_plugin_hint(slot: &str, slot_plugin: &str) -> String {
+    let back = crate::config::OutputPlugin::from_library(slot_plugin)
+        .map(|p| format!("set [database] plugin = \"{}\" back, or ", p.config_name()))
+        .unwrap_or_default();
+    format!("{back}stop pg2dns, drop the slot (`SELECT pg_drop_replication_slot('{slot}')`) and run `pg2dns setup --recreate-slot -c <config>`: it creates the slot with the configured plugin and brings every zone in line with the tables at its consistent point")
 }
 
 /// The hint when there are more sources than [`pg2dns_decoder::plan::SourceId`]s

@@ -693,6 +693,14 @@ async fn session(
             database: slot.database,
         });
     }
+    if slot.plugin != config.database.plugin.library() {
+        return Err(RunError::SlotPlugin {
+            slot: config.database.slot.clone(),
+            slot_plugin: slot.plugin,
+            configured: config.database.plugin.config_name(),
+            wanted: config.database.plugin.library(),
+        });
+    }
     // Another instance streams: stand by without asking for the slot (the
     // server would log an error for each try).
     if let Some(pid) = slot.active_pid {

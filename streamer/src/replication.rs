@@ -16,16 +16,24 @@
 //! byte is "currently unused" per the protocol documentation: always 0.)
 //! Every other payload reaches the decoder's own parser as raw bytes.
 //!
+//! With `[database] plugin = "pg2dns"` the slot's plugin is pg2dns_plugin,
+//! which accepts the same `START_REPLICATION` options and writes each message
+//! as one protobuf `Event` (proto/pg2dns.proto); [`wire::decode`] turns it
+//! into the same [`pgoutput::Message`], so nothing after this module knows
+//! which plugin the slot has. An `Event` never starts with pgoutput's `B`,
+//! `C` or `M`, so the transport hands every one of them over as raw bytes.
+//!
 //! Protocol version 1 with `streaming` off: PostgreSQL sends a transaction
 //! only after it committed, so nothing pg2dns receives can later abort.
 
 use std::time::Duration;
 
 use pg2dns_decoder::pgoutput::{self, Begin, Commit, LogicalMessage, Message, PgOutputError};
+use pg2dns_decoder::wire::{self, WireError};
 use pg2dns_decoder::Lsn;
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, OutputPlugin};
 
 /// How often confirmed positions reach PostgreSQL.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -64,6 +72,15 @@ pub enum ReplicationError {
         #[source]
         source: PgOutputError,
     },
+    /// A payload of pg2dns_plugin's protobuf format does not decode.
+    #[error("cannot decode the pg2dns_plugin protobuf message at LSN {lsn}")]
+    DecodeProtobuf {
+        /// The WAL position of the message.
+        lsn: Lsn,
+        /// The decoder's error.
+        #[source]
+        source: WireError,
+    },
 }
 
 impl ReplicationError {
@@ -100,9 +117,10 @@ pub trait Replication {
 pub struct PgReplication {
     client: ReplicationClient,
     peeked: Option<Frame>,
+    plugin: OutputPlugin,
 }
 
-fn convert(ev: ReplicationEvent) -> Result<Option<Frame>, ReplicationError> {
+fn convert(ev: ReplicationEvent, plugin: OutputPlugin) -> Result<Option<Frame>, ReplicationError> {
     let lsn = |l: pgwire_replication::Lsn| Lsn::new(l.as_u64());
     let message = |message| Frame::Message {
         message,
@@ -153,10 +171,20 @@ fn convert(ev: ReplicationEvent) -> Result<Option<Frame>, ReplicationError> {
             wal_start,
             ..
         } => Frame::Message {
-            message: pgoutput::parse_bytes(&data).map_err(|source| ReplicationError::Decode {
-                lsn: lsn(wal_start),
-                source,
-            })?,
+            message: match plugin {
+                OutputPlugin::Pgoutput => {
+                    pgoutput::parse_bytes(&data).map_err(|source| ReplicationError::Decode {
+                        lsn: lsn(wal_start),
+                        source,
+                    })?
+                }
+                OutputPlugin::Pg2dns => {
+                    wire::decode(&data).map_err(|source| ReplicationError::DecodeProtobuf {
+                        lsn: lsn(wal_start),
+                        source,
+                    })?
+                }
+            },
             server_time_micros: Some(server_time_micros),
         },
         ReplicationEvent::StoppedAt { .. } => return Ok(None),
@@ -204,22 +232,24 @@ pub struct ExportedSnapshot {
 /// replication protocol (the SQL function cannot export one).
 pub async fn export_snapshot(db: &DatabaseConfig) -> Result<ExportedSnapshot, ReplicationError> {
     let slot = format!("pg2dns_snapshot_{}", std::process::id());
-    create_slot_exporting(db, &slot, true).await
+    create_slot_exporting(db, &slot, true, OutputPlugin::Pgoutput).await
 }
 
-/// Creates the logical slot `slot` (kept, unless `temporary`) and exports
-/// the snapshot of its consistent point.
+/// Creates the logical slot `slot` (kept, unless `temporary`) with the
+/// output plugin `plugin` and exports the snapshot of its consistent point.
 pub async fn create_slot_exporting(
     db: &DatabaseConfig,
     slot: &str,
     temporary: bool,
+    plugin: OutputPlugin,
 ) -> Result<ExportedSnapshot, ReplicationError> {
     let mut session = ReplicationClient::connect_gated(replication_config(db, Lsn::ZERO)).await?;
     let slot = slot.replace('"', "\"\"");
     let kind = if temporary { "TEMPORARY " } else { "" };
     let rows = session
         .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT \"{slot}\" {kind}LOGICAL pgoutput (SNAPSHOT 'export')"
+            "CREATE_REPLICATION_SLOT \"{slot}\" {kind}LOGICAL {} (SNAPSHOT 'export')",
+            plugin.library()
         ))
         .await?;
     let field = |i: usize| {
@@ -257,6 +287,7 @@ impl PgReplication {
         Ok(PgReplication {
             client,
             peeked: None,
+            plugin: db.plugin,
         })
     }
 
@@ -277,7 +308,7 @@ impl PgReplication {
             // cancel-safe, so dropping it unfinished loses nothing.
             match self.client.recv().now_or_never() {
                 Some(Ok(Some(ev))) => {
-                    if let Some(frame) = convert(ev)? {
+                    if let Some(frame) = convert(ev, self.plugin)? {
                         return Ok(Some(frame));
                     }
                 }
@@ -297,7 +328,7 @@ impl Replication for PgReplication {
             match self.client.recv().await? {
                 None => return Ok(None),
                 Some(ev) => {
-                    if let Some(frame) = convert(ev)? {
+                    if let Some(frame) = convert(ev, self.plugin)? {
                         return Ok(Some(frame));
                     }
                 }

@@ -149,6 +149,18 @@ pub enum SetupError {
         "cannot create the replication slot (is wal_level = logical, and may the role replicate?)"
     )]
     Slot(#[source] Box<crate::replication::ReplicationError>),
+    /// The slot exists with another output plugin than `[database] plugin`.
+    #[error("replication slot {slot:?} decodes with output plugin {slot_plugin:?}, but [database] plugin = {configured:?} needs {wanted:?}; {}", crate::error::slot_plugin_hint(slot, slot_plugin))]
+    SlotPlugin {
+        /// The slot name.
+        slot: String,
+        /// `pg_replication_slots.plugin`.
+        slot_plugin: String,
+        /// The configured value of `[database] plugin`.
+        configured: &'static str,
+        /// The library that value needs.
+        wanted: &'static str,
+    },
     /// Source tables the publication cannot take (nothing was changed).
     #[error("refused: {} source table(s) cannot be published without breaking the application's writes; nothing was changed:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     NoReplicaIdentity(Vec<IdentityProblem>),
@@ -476,6 +488,17 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
     }
     refuse_keys_not_unique(store.client(), config).await?;
     let mut state = slot_state(&store, &slot).await?;
+    if let Some(info) = store.slot_info().await? {
+        let plugin = config.database.plugin;
+        if info.plugin != plugin.library() && state != SlotState::Lost {
+            return Err(SetupError::SlotPlugin {
+                slot,
+                slot_plugin: info.plugin,
+                configured: plugin.config_name(),
+                wanted: plugin.library(),
+            });
+        }
+    }
     let progress_before = has_progress(&store).await?;
     // A slot ahead of pg2dns's progress (dropped and made again) is as
     // good as lost to pg2dns: --recreate-slot replaces it too.
@@ -620,9 +643,14 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
     if store.slot_confirmed().await?.is_none() {
         // Over the replication protocol, to export the snapshot of the
         // slot's consistent point: what a first deployment loads.
-        let snapshot = crate::replication::create_slot_exporting(&config.database, &slot, false)
-            .await
-            .map_err(|e| SetupError::Slot(Box::new(e)))?;
+        let snapshot = crate::replication::create_slot_exporting(
+            &config.database,
+            &slot,
+            false,
+            config.database.plugin,
+        )
+        .await
+        .map_err(|e| SetupError::Slot(Box::new(e)))?;
         report.slot_created = true;
         info!(%slot, lsn = %snapshot.lsn, "replication slot created");
         exported = Some(snapshot);

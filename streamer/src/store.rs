@@ -262,6 +262,8 @@ pub struct SlotInfo {
     pub database: String,
     /// Whether that is the database pg2dns is connected to.
     pub ours: bool,
+    /// Its output plugin (`pgoutput`, `pg2dns_plugin`).
+    pub plugin: String,
 }
 
 /// The SQL connection and the open checkpoint transaction.
@@ -660,7 +662,7 @@ impl Store {
             .client
             .query_opt(
                 "SELECT coalesce(confirmed_flush_lsn, '0/0')::text, active_pid, coalesce(database::text, ''), \
-                        coalesce(database = current_database(), false) \
+                        coalesce(database = current_database(), false), coalesce(plugin::text, '') \
                  FROM pg_replication_slots WHERE slot_name = $1",
                 &[&self.slot],
             )
@@ -676,6 +678,7 @@ impl Store {
             active_pid: r.get(1),
             database: r.get(2),
             ours: r.get(3),
+            plugin: r.get(4),
         }))
     }
 

@@ -61,6 +61,7 @@ mod outages;
 mod packaging;
 mod plugin;
 mod primaries;
+mod protobuf;
 mod reconcile;
 mod reconcile_paused;
 mod rejected;

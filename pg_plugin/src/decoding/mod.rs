@@ -158,6 +158,9 @@ pub struct Column {
     pub type_oid: u32,
     /// Its type modifier.
     pub typmod: i32,
+    /// Part of the replica identity (every column under FULL), as
+    /// pgoutput flags it.
+    pub is_key: bool,
 }
 
 /// The relation a change is about, as of the change (the historic
@@ -266,6 +269,8 @@ pub struct Txn {
     pub commit_lsn: u64,
     /// The LSN just after its commit record: where a client resumes.
     pub end_lsn: u64,
+    /// Commit time, microseconds since 2000-01-01 00:00 UTC.
+    pub commit_time: i64,
 }
 
 /// An output format: what the plugin writes for the transactions it
@@ -299,6 +304,12 @@ pub trait Format {
     /// one is one `CopyData` message; `pg_recvlogical` prints each
     /// followed by a newline).
     fn commit(&mut self, txn: &Txn, slot: &str) -> Result<Vec<Vec<u8>>, DecodingError>;
+
+    /// A transactional `pg_logical_emit_message` inside the transaction
+    /// (non-transactional ones are not passed on).
+    fn message(&mut self, _lsn: u64, _prefix: &str, _content: &[u8]) -> Result<(), DecodingError> {
+        Ok(())
+    }
 }
 
 /// The formats the plugin writes (`-o format=…`).
@@ -327,8 +338,13 @@ impl FormatName {
 }
 
 /// Builds the format the options name. `format` is required, except when
-/// PostgreSQL only creates the slot (`is_init` with no options).
+/// PostgreSQL only creates the slot (`is_init` with no options) and for a
+/// client that passes pgoutput's `proto_version` (`pg2dns run` on a slot
+/// of this plugin), which gets `protobuf`.
 pub fn build(options: &Options) -> Result<Box<dyn Format>, DecodingError> {
+    if options.get("format").is_none() && options.get("proto_version").is_some() {
+        return protobuf::build(options);
+    }
     let name = options.value("format")?.ok_or_else(|| {
         DecodingError::option(format!(
             "option format is required: -o format=<{}>",
@@ -362,6 +378,7 @@ pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPl
     cb.change_cb = Some(change);
     cb.truncate_cb = Some(truncate);
     cb.commit_cb = Some(commit);
+    cb.message_cb = Some(message);
     cb.shutdown_cb = Some(shutdown);
 }
 
@@ -452,6 +469,8 @@ fn txn_of(txn: &pg_sys::ReorderBufferTXN, commit_lsn: u64) -> Txn {
         xid: txn.xid.into_inner(),
         commit_lsn,
         end_lsn: txn.end_lsn,
+        // SAFETY: a committed transaction's union holds its commit time.
+        commit_time: unsafe { txn.xact_time.commit_time },
     }
 }
 
@@ -484,15 +503,32 @@ unsafe fn relation_of(rel: pg_sys::Relation) -> Relation {
     let desc = (*rel).rd_att;
     let natts = (*desc).natts as usize;
     let attrs = (*desc).attrs.as_slice(natts);
+    let full = form.relreplident as u8 == pg_sys::REPLICA_IDENTITY_FULL;
+    let key = if full {
+        std::ptr::null_mut()
+    } else {
+        pg_sys::RelationGetIndexAttrBitmap(
+            rel,
+            pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_IDENTITY_KEY,
+        )
+    };
     let columns: Vec<Column> = attrs
         .iter()
-        .filter(|a| !a.attisdropped)
+        .filter(|a| live(a))
         .map(|a| Column {
             name: cstr(a.attname.data.as_ptr()),
             type_oid: a.atttypid.to_u32(),
             typmod: a.atttypmod,
+            is_key: full
+                || pg_sys::bms_is_member(
+                    a.attnum as i32 - pg_sys::FirstLowInvalidHeapAttributeNumber,
+                    key,
+                ),
         })
         .collect();
+    if !key.is_null() {
+        pg_sys::bms_free(key);
+    }
     Relation {
         oid: (*rel).rd_id.to_u32(),
         namespace: cstr(pg_sys::get_namespace_name(form.relnamespace)),
@@ -505,6 +541,12 @@ unsafe fn relation_of(rel: pg_sys::Relation) -> Relation {
         },
         columns: columns.into(),
     }
+}
+
+/// Whether a column is in what pgoutput publishes: neither dropped nor
+/// generated ("generated columns are not replicated", PostgreSQL 15).
+fn live(attr: &pg_sys::FormData_pg_attribute) -> bool {
+    !attr.attisdropped && attr.attgenerated == 0
 }
 
 /// Whether a varlena datum is a TOAST pointer to data on disk: in a
@@ -561,7 +603,7 @@ pub(crate) unsafe fn heap_tuple(
     let attrs = (*desc).attrs.as_slice(natts);
     let mut values = Vec::with_capacity(names.len());
     for (i, attr) in attrs.iter().enumerate() {
-        if attr.attisdropped {
+        if !live(attr) {
             continue;
         }
         let mut isnull = false;
@@ -649,6 +691,30 @@ unsafe extern "C-unwind" fn truncate(
         return;
     }
     if let Err(e) = format.truncate((*change).lsn, &wanted) {
+        e.raise()
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn message(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    lsn: pg_sys::XLogRecPtr,
+    transactional: bool,
+    prefix: *const c_char,
+    size: pg_sys::Size,
+    content: *const c_char,
+) {
+    if !transactional {
+        return;
+    }
+    let prefix = cstr(prefix);
+    let content = if content.is_null() {
+        &[][..]
+    } else {
+        std::slice::from_raw_parts(content.cast::<u8>(), size)
+    };
+    if let Err(e) = format_of(&mut state(ctx).format).message(lsn, &prefix, content) {
         e.raise()
     }
 }

@@ -12,8 +12,17 @@ use super::wait::{wait_until, Check};
 use super::{log_tail, run_unchecked, signal};
 
 /// The binary under test.
+///
+/// `PG2DNS_IT_BINARY` names another one: developers who share one target
+/// directory build into the same `debug/pg2dns`, so a test run can point at
+/// its own copy.
 pub fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_pg2dns"))
+    static BINARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var_os("PG2DNS_IT_BINARY")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_pg2dns").into())
+    })
 }
 
 /// The environment a pg2dns child gets: the test process's, without any
