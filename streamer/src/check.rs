@@ -227,9 +227,8 @@ pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> 
     }
     problems.extend(key_problems(client, config).await?);
     problems.extend(truncate_trigger_problems(client, config).await?);
-    // `false` until `[database] plugin` exists (issue #22's protobuf
-    // format): then whether it names the extension.
-    problems.extend(output_plugin_problems(client, false).await?);
+    let configured = config.database.plugin == crate::config::OutputPlugin::Pg2dns;
+    problems.extend(output_plugin_problems(client, configured).await?);
     problems.dedup();
     Ok(problems)
 }
