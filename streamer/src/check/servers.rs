@@ -121,7 +121,8 @@ fn holds_soa(frame: &[u8], zone: &ZoneName) -> bool {
 }
 
 /// The problems of one zone's primary, each a sentence with the fix.
-pub async fn check_zone(zone: &ZoneConfig) -> Vec<String> {
+/// `transfers` bounds the server's zone transfers at once.
+pub async fn check_zone(zone: &ZoneConfig, transfers: &tokio::sync::Semaphore) -> Vec<String> {
     let (name, server, key) = (&zone.name, zone.primary, &zone.key);
     let k = key_name(key);
     let at = format!("zone {name}: the primary {server}");
@@ -198,7 +199,10 @@ pub async fn check_zone(zone: &ZoneConfig) -> Vec<String> {
         },
     }
     // 3. The transfer: only its first message.
-    match ask(server, key, &query(name, TYPE_AXFR)).await {
+    let turn = transfers.acquire().await.ok();
+    let transfer = ask(server, key, &query(name, TYPE_AXFR)).await;
+    drop(turn);
+    match transfer {
         Answer::Signed(Rcode::NOERROR, _) => {}
         Answer::Signed(Rcode::REFUSED | Rcode::NOTAUTH, _)
         | Answer::Tsig(TsigError::BadKey { .. } | TsigError::Unsigned { .. }) => out.push(format!(
@@ -211,9 +215,44 @@ pub async fn check_zone(zone: &ZoneConfig) -> Vec<String> {
     out
 }
 
-/// Checks every zone's primary, the zones in parallel.
+/// Zones checked at once per server. Each check opens a connection per
+/// request: BIND admits 150 TCP clients by default (`tcp-clients`) and logs
+/// nothing when full, so thousands of zones checked all at once turned into
+/// false "cannot be asked" problems.
+const ZONES_AT_ONCE: usize = 8;
+
+/// Zone transfers at once per server: below BIND's `transfers-out` (10),
+/// over which it answers SERVFAIL ("quota reached"), a false problem.
+const TRANSFERS_AT_ONCE: usize = 4;
+
+/// What bounds the checks of one server.
+struct ServerBounds {
+    zones: tokio::sync::Semaphore,
+    transfers: tokio::sync::Semaphore,
+}
+
+/// Checks every zone's primary, the zones of one server a few at once
+/// ([`ZONES_AT_ONCE`]), the servers in parallel; problems in the
+/// configuration's order.
 pub async fn check_servers(config: &Config) -> Vec<String> {
-    let checks = config.zones.iter().map(check_zone);
+    let mut bounds: std::collections::HashMap<SocketAddr, std::sync::Arc<ServerBounds>> =
+        std::collections::HashMap::new();
+    let checks = config.zones.iter().map(|zone| {
+        let bound = bounds
+            .entry(zone.primary)
+            .or_insert_with(|| {
+                std::sync::Arc::new(ServerBounds {
+                    zones: tokio::sync::Semaphore::new(ZONES_AT_ONCE),
+                    transfers: tokio::sync::Semaphore::new(TRANSFERS_AT_ONCE),
+                })
+            })
+            .clone();
+        async move {
+            // Never closed: acquire fails only on a closed semaphore.
+            let _turn = bound.zones.acquire().await.ok();
+            check_zone(zone, &bound.transfers).await
+        }
+    });
     futures_util::future::join_all(checks)
         .await
         .into_iter()
