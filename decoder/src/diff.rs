@@ -634,7 +634,10 @@ mod tests {
         );
         assert_eq!((d.missing(), d.extra(), d.not_owned), (2, 0, 2), "{d:?}");
         // Present with another TTL: retimed like any record.
-        let retimed = Record { ttl: 60, ..ours.clone() };
+        let retimed = Record {
+            ttl: 60,
+            ..ours.clone()
+        };
         let d = diff(&z, std::slice::from_ref(&ours), &[retimed, signers.clone()]);
         assert_eq!((d.missing(), d.extra(), d.ttl_differences()), (0, 0, 1));
         // No row wants a DNSKEY: nothing of the signer's is touched, while a
