@@ -459,7 +459,22 @@ pub fn parse(rtype: RType, text: &str) -> Result<Vec<u8>, RdataError> {
         RType::CSYNC => {
             // RFC 7477 §2.1: SOA serial, flags, type bit map.
             out.extend(fields.u32("serial")?.to_be_bytes());
-            out.extend(fields.u16("flags")?.to_be_bytes());
+            // RFC 7477 §2.1.1.2: "The remaining flags are reserved for use
+            // by future specifications. Undefined flags MUST be set to 0".
+            // hickory-proto 0.26.3, which reads pg2dns's zone transfers,
+            // fails the whole transfer on a CSYNC with one set (measured).
+            let tok = fields.tokens.get(fields.at);
+            let flags = fields.u16("flags")?;
+            if flags & !CSYNC_DEFINED_FLAGS != 0 {
+                let value = tok.map(|t| t.raw).unwrap_or_default().to_owned();
+                return Err(RdataError::BadField {
+                    rtype,
+                    field: "flags",
+                    value,
+                    reason: "only 1 (immediate) and 2 (soaminimum) are defined; RFC 7477 says the others must be 0".into(),
+                });
+            }
+            out.extend(flags.to_be_bytes());
             let mut types = Vec::new();
             while !fields.is_empty() {
                 let tok = fields.next("type")?;
@@ -1468,6 +1483,15 @@ fn format_svcb(r: &mut Reader<'_>, out: &mut String) -> Result<(), RdataError> {
 // ---------------------------------------------------------------------------
 // LOC (RFC 1876)
 
+/// The CSYNC flags RFC 7477 §2.1.1.2 defines: immediate (1), soaminimum (2).
+const CSYNC_DEFINED_FLAGS: u16 = 0b11;
+
+/// The largest LOC size or precision pg2dns writes, in centimetres:
+/// 40,000,000 m. The format reaches 90,000,000 m, but PowerDNS 4.7 keeps
+/// these in 32 bits of centimetres and answers 50,000,000 m as 7,000,000 m
+/// (measured 2026-12-07); the Earth's circumference is about 40,000 km.
+const LOC_MAX_SIZE: i64 = 4_000_000_000;
+
 /// 2^31: the equator and the prime meridian (RFC 1876 §2).
 const LOC_ZERO: u32 = 1 << 31;
 /// 100,000 m below the WGS 84 spheroid, in centimetres: altitude 0 on the wire.
@@ -1514,6 +1538,13 @@ fn parse_loc(fields: &mut Fields<'_, '_>, out: &mut Vec<u8>) -> Result<(), Rdata
                     "must be metres with at most two decimals".into(),
                 )
             })?;
+            if cm > LOC_MAX_SIZE {
+                return Err(fields.bad(
+                    tok,
+                    field,
+                    "at most 40000000m (PowerDNS 4.7 cannot hold more)".into(),
+                ));
+            }
             loc_size_byte(cm).ok_or_else(|| {
                 fields.bad(tok, field, "a LOC size or precision is one digit times a power of ten centimetres (0.01m, 0.3m, 1m, 20m … 90000000m), so the record cannot hold this value".into())
             })?
