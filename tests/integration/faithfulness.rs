@@ -1384,6 +1384,7 @@ async fn a_zone_removed_from_the_config_is_named_in_a_warning_at_start() -> Resu
 
 on_each_primary!(
     registry_and_multi_signer_types_reach_the_server_byte_for_byte_and_reconcile_finds_them_in_sync,
+    a_second_dname_an_apex_dname_and_a_ds_outside_a_delegation_are_refused_before_sending,
     a_cname_at_the_apex_is_refused_before_sending_and_reconcile_names_the_refusal,
     a_cname_beside_records_left_to_another_tool_is_refused_before_sending,
     a_delegation_with_glue_and_a_name_below_it_are_published_as_the_table_says,
@@ -1486,6 +1487,97 @@ async fn registry_and_multi_signer_types_reach_the_server_byte_for_byte_and_reco
             "reconcile must find the zone in sync:\n{printed}"
         );
     }
+    Ok(())
+}
+
+/// What the servers refuse, ignore or crash on around DNAME and DS
+/// (docs/notes/dns-servers.md §3c) is refused before sending, with the
+/// reason: a second DNAME at a name (Knot 3.2.6 crashes on it), a DNAME at
+/// the apex, a DS at the apex or where the rows give no NS. The server
+/// keeps serving, the first DNAME stays, and a DNAME replaced by a row
+/// update is replaced.
+async fn a_second_dname_an_apex_dname_and_a_ds_outside_a_delegation_are_refused_before_sending(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("dname-rules", primary).await?;
+    let mut pg2dns = stack.run()?;
+    let first = insert(
+        &stack,
+        "Old.Example.Test.",
+        300,
+        "DNAME",
+        "new.example.net.",
+    )
+    .await?;
+    insert(
+        &stack,
+        "old.example.test.",
+        300,
+        "TXT",
+        "\"beside the DNAME\"",
+    )
+    .await?;
+    let refused = [
+        (
+            insert(
+                &stack,
+                "old.example.test.",
+                300,
+                "DNAME",
+                "other.example.net.",
+            )
+            .await?,
+            "old.example.test. would have two DNAME records",
+        ),
+        (
+            insert(&stack, "example.test.", 300, "DNAME", "example.net.").await?,
+            "a DNAME cannot be at the zone apex (example.test.)",
+        ),
+        (
+            insert(&stack, "example.test.", 300, "DS", "1 13 99 ab").await?,
+            "a DS record cannot be at the zone apex (example.test.)",
+        ),
+        (
+            insert(&stack, "nodeleg.example.test.", 300, "DS", "1 13 99 ab").await?,
+            "nodeleg.example.test. has no NS records among the rows",
+        ),
+    ];
+    for (id, why) in refused {
+        let reason = wait_for_rejection(&stack, id).await?;
+        ensure!(reason.contains(why), "row {id}: {reason}");
+    }
+    stack
+        .db
+        .execute(
+            "UPDATE pg2dns.rr SET rdata = 'newer.example.net.' WHERE id = $1",
+            &[&first],
+        )
+        .await?;
+    insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
+    stack
+        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    eventually("the replaced DNAME and the TXT beside it", || async {
+        let zone = stack.axfr(FORWARD).await?;
+        let mut at_old: Vec<String> = zone
+            .iter()
+            .filter(|r| r.owner == "old.example.test.")
+            .map(|r| format!("{} {}", r.rtype, r.rdata))
+            .collect();
+        at_old.sort();
+        let apex_bad = zone
+            .iter()
+            .any(|r| r.owner == "example.test." && (r.rtype == "DNAME" || r.rtype == "DS"));
+        Ok(
+            if at_old == ["DNAME newer.example.net.", "TXT \"beside the DNAME\""] && !apex_bad {
+                Ok(())
+            } else {
+                Err(format!("{at_old:?}, apex DNAME or DS: {apex_bad}"))
+            },
+        )
+    })
+    .await?;
+    pg2dns.assert_running()?;
     Ok(())
 }
 
