@@ -322,3 +322,24 @@ proptest! {
         let _ = read(&format!("$TTL 1\n{text}"));
     }
 }
+
+#[test]
+fn relative_names_in_dname_rp_and_afsdb_are_completed_from_the_origin() {
+    let text = "$ORIGIN example.test.\n$TTL 300\n\
+                old DNAME new\n\
+                @ RP admin info.other.test.\n\
+                afs AFSDB 1 db1\n\
+                loc LOC 52 22 23 N 4 53 32 E -2m\n";
+    let zone = read(text).unwrap();
+    let got: Vec<String> = zone.records.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            "old.example.test. 300 IN DNAME new.example.test.",
+            "example.test. 300 IN RP admin.example.test. info.other.test.",
+            "afs.example.test. 300 IN AFSDB 1 db1.example.test.",
+            "loc.example.test. 300 IN LOC 52 22 23.000 N 4 53 32.000 E -2.00m 1.00m 10000.00m 10.00m",
+        ]
+    );
+    assert!(zone.skipped.is_empty());
+}
