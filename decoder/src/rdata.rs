@@ -24,6 +24,24 @@
 //! - RFC 8659 §4.1: the CAA value is "the remainder of the RDATA", with no
 //!   length octet.
 //!
+//! - RFC 4034 §2.2 and §5.3 (DNSKEY, DS; CDNSKEY and CDS by RFC 7344): the
+//!   key in base64 and the digest in hex, "whitespace is allowed within"
+//!   them; a digest's length must match its type (SHA-1 20 bytes, SHA-256
+//!   and GOST 32, SHA-384 48), except type 0 for CDS "0 0 0 00" (RFC 8078).
+//! - RFC 7477 §2.1 (CSYNC) and RFC 4034 §4.1.2: the type bit map, one block
+//!   per 256 types, "Trailing zero octets in the bitmap MUST be omitted".
+//! - RFC 1876 (LOC): sizes as one digit times a power of ten centimetres;
+//!   values the wire cannot hold exactly are refused, not rounded as BIND
+//!   and dnspython round them.
+//! - RFC 7553 §4.5 (URI): the target is a quoted string, the rest of the
+//!   record data.
+//!
+//! Every type is encoded here, none by hickory-proto: its presentation
+//! parser is wrong for character-strings and relative names (above), and
+//! its CSYNC decoder fails on reserved flags, so it serves as no reference.
+//! Each type is checked byte for byte against dnspython
+//! (`tests/presentation_oracle.rs`) and BIND (`faithfulness::`).
+//!
 //! A row's record data is one line: there are no comments (`;` is data, and
 //! unquoted TXT containing it is refused with the quoted form to write
 //! instead), no parentheses and no line breaks. Names inside record data must
