@@ -59,11 +59,17 @@ use crate::update::{
 };
 
 /// Whether pg2dns owns `record` of `zone`: a type it publishes (so never the
-/// SOA, never DNSSEC records), inside the zone, and at the apex an NS record
-/// only when `apex_ns_owned` (the database lists apex NS records).
+/// SOA, never signatures or NSEC records), inside the zone, and at the apex
+/// an NS record only when `apex_ns_owned` (the database lists apex NS
+/// records). A DNSKEY, CDS or CDNSKEY ([`RType::is_shared_with_signer`]) is
+/// owned when the database wants it; one DNS holds beside them is the
+/// signer's, and [`diff_excluding`] never reports it as extra.
 pub fn is_owned(zone: &ZoneName, record: &Record, apex_ns_owned: bool) -> bool {
     let rtype = record.rtype;
-    if !rtype.is_supported() || rtype.is_dnssec() || !zone.contains(&record.owner) {
+    if !rtype.is_supported()
+        || (rtype.is_dnssec() && !rtype.is_shared_with_signer())
+        || !zone.contains(&record.owner)
+    {
         return false;
     }
     if rtype == RType::NS && record.owner.name() == zone.name() {
@@ -167,8 +173,11 @@ pub fn diff_excluding(
     let mut have: BTreeMap<RrKey, u32> = BTreeMap::new();
     let mut not_owned = 0;
     for r in actual {
-        if is_owned(r, apex_ns_owned) {
-            have.insert((r.owner.clone(), r.rtype, r.rdata.clone()), r.ttl);
+        let key = (r.owner.clone(), r.rtype, r.rdata.clone());
+        // A signer's own DNSKEY, CDS or CDNSKEY is not pg2dns's to remove.
+        let signers = r.rtype.is_shared_with_signer() && !want.contains_key(&key);
+        if is_owned(r, apex_ns_owned) && !signers {
+            have.insert(key, r.ttl);
         } else {
             not_owned += 1;
         }
@@ -608,6 +617,33 @@ mod tests {
         assert!(is_owned(&z, &deleg, false));
         let outside = rec("www.other.test.", 300, "A", "192.0.2.1");
         assert!(!is_owned(&z, &outside, true));
+    }
+
+    #[test]
+    fn a_rows_dnskey_is_repaired_and_the_signers_own_keys_are_never_extra() {
+        let z = zone();
+        let ours = rec("example.test.", 300, "DNSKEY", "257 3 13 AAAA");
+        let signers = rec("example.test.", 300, "DNSKEY", "257 3 13 BBBB");
+        let signers_cds = rec("example.test.", 300, "CDS", "1 13 99 ab");
+        let ds = rec("sub.example.test.", 300, "DS", "1 13 99 ab");
+        // Missing: ours and the DS are added, the signer's keys stay.
+        let d = diff(
+            &z,
+            &[ours.clone(), ds.clone()],
+            &[signers.clone(), signers_cds.clone()],
+        );
+        assert_eq!((d.missing(), d.extra(), d.not_owned), (2, 0, 2), "{d:?}");
+        // Present with another TTL: retimed like any record.
+        let retimed = Record {
+            ttl: 60,
+            ..ours.clone()
+        };
+        let d = diff(&z, std::slice::from_ref(&ours), &[retimed, signers.clone()]);
+        assert_eq!((d.missing(), d.extra(), d.ttl_differences()), (0, 0, 1));
+        // No row wants a DNSKEY: nothing of the signer's is touched, while a
+        // DS no row wants is extra like any record.
+        let d = diff(&z, &[], &[signers, signers_cds, ds]);
+        assert_eq!((d.missing(), d.extra(), d.not_owned), (0, 1, 2), "{d:?}");
     }
 
     #[test]

@@ -33,6 +33,8 @@
 //! | records per RRset ≤ the limit   | BIND ≥ 9.18.28 answers SERVFAIL past `max-records-per-type`     |
 //! | CNAME alone at its name        | RFC 2136 §3.4.2.2: the server ignores the CNAME or the data, NOERROR |
 //! | one CNAME per name             | a second CNAME silently replaces the first                     |
+//! | one DNAME per name; none at the apex | BIND replaces the first, PowerDNS keeps both, Knot 3.2 crashes; BIND and Knot refuse an apex DNAME |
+//! | DS only at a delegation, never at the apex | BIND ignores it elsewhere, NOERROR                     |
 //! | host names (per zone: fail, warn, ignore) | BIND's `check-names` refuses the whole UPDATE     |
 //! | MX, SRV, NS not pointing at a CNAME | RFC 2181 §10.3; checked where the target is in a configured zone |
 //!
@@ -249,6 +251,35 @@ pub enum Refusal {
     /// Two different CNAMEs at one name.
     #[error("{owner} would have two CNAME records; a name has at most one, and the server would silently replace the first")]
     TwoCnames {
+        /// The owner.
+        owner: Owner,
+    },
+    /// A DNAME at a zone's apex: BIND 9.18 and Knot 3.2 answer REFUSED
+    /// (measured 2026-12-07; PowerDNS 4.7 takes it).
+    #[error("a DNAME cannot be at the zone apex ({owner}): BIND and Knot refuse it; redirect the zone from its parent instead")]
+    DnameAtApex {
+        /// The owner (the apex).
+        owner: Owner,
+    },
+    /// Two different DNAMEs at one name (RFC 6672 §2.4: "There MUST NOT
+    /// be more than one DNAME RR per owner name").
+    #[error("{owner} would have two DNAME records; a name has at most one (RFC 6672), and the server would silently replace the first (BIND), keep both (PowerDNS) or crash (Knot 3.2)")]
+    TwoDnames {
+        /// The owner.
+        owner: Owner,
+    },
+    /// A DS at a zone's apex: it belongs in the parent zone, and BIND
+    /// ignores it while answering NOERROR.
+    #[error("a DS record cannot be at the zone apex ({owner}): it belongs in the parent zone, and BIND would silently ignore it")]
+    DsAtApex {
+        /// The owner (the apex).
+        owner: Owner,
+    },
+    /// A DS at a name without NS records, which is no delegation (RFC 4034
+    /// §5: "The DS resource record refers to a DNSKEY RR ... of a delegated
+    /// zone"); BIND ignores it while answering NOERROR.
+    #[error("{owner} has no NS records among the rows, so it is no delegation and a DS record there would be silently ignored (BIND); publish the delegation's NS records with it")]
+    DsWithoutDelegation {
         /// The owner.
         owner: Owner,
     },
@@ -747,13 +778,18 @@ impl<'z> Planner<'z> {
                 refusal = Some((at, Refusal::ApexNs { owner }));
                 break;
             }
-            if d.record.rtype == RType::CNAME
-                && d.record.owner.name() == self.zones.name(d.zone).name()
-            {
-                let at = Some((d.zone, d.record.owner.clone()));
+            if d.record.owner.name() == self.zones.name(d.zone).name() {
                 let owner = d.record.owner.clone();
-                refusal = Some((at, Refusal::CnameAtApex { owner }));
-                break;
+                let at_apex = match d.record.rtype {
+                    RType::CNAME => Some(Refusal::CnameAtApex { owner }),
+                    RType::DNAME => Some(Refusal::DnameAtApex { owner }),
+                    RType::DS => Some(Refusal::DsAtApex { owner }),
+                    _ => None,
+                };
+                if let Some(reason) = at_apex {
+                    refusal = Some((Some((d.zone, d.record.owner.clone())), reason));
+                    break;
+                }
             }
             if !new
                 .iter()
@@ -1057,6 +1093,48 @@ impl<'z> Planner<'z> {
                     owner: owner.clone(),
                     other,
                 };
+                return rows
+                    .into_iter()
+                    .map(|(r, l)| (r, l, reason.clone()))
+                    .collect();
+            }
+        }
+        // One DNAME per name (RFC 6672 §2.4). Knot 3.2.6 crashes on an
+        // UPDATE adding a second one; BIND replaces the first, PowerDNS
+        // keeps both.
+        if after.rrsets.get(&RType::DNAME).is_some_and(|s| s.len() > 1) {
+            let mut rows = adders_of(RType::DNAME);
+            if before
+                .rrsets
+                .get(&RType::DNAME)
+                .is_none_or(|s| s.is_empty())
+                && !rows.is_empty()
+            {
+                rows.remove(0);
+            }
+            let reason = Refusal::TwoDnames {
+                owner: owner.clone(),
+            };
+            return rows
+                .into_iter()
+                .map(|(r, l)| (r, l, reason.clone()))
+                .collect();
+        }
+        // A DS only at a delegation (BIND ignores one elsewhere).
+        let held_ns = self
+            .limits
+            .held
+            .at(key.0, &key.1)
+            .is_some_and(|h| h.contains(&RType::NS));
+        if after.rrsets.contains_key(&RType::DS)
+            && !after.rrsets.contains_key(&RType::NS)
+            && !held_ns
+        {
+            let reason = Refusal::DsWithoutDelegation {
+                owner: owner.clone(),
+            };
+            let rows = adders_of(RType::DS);
+            if !rows.is_empty() {
                 return rows
                     .into_iter()
                     .map(|(r, l)| (r, l, reason.clone()))
@@ -1912,6 +1990,103 @@ mod tests {
         assert!(
             reasons[1].contains("silently ignore this CNAME"),
             "{reasons:?}"
+        );
+    }
+
+    /// What BIND, Knot and PowerDNS refuse, ignore or crash on around a
+    /// DNAME and a DS (docs/notes/dns-servers.md §1.5), refused before
+    /// sending; what all three take goes out.
+    #[test]
+    fn dname_and_ds_rules_refuse_what_servers_refuse_ignore_or_crash_on() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        let one = |key: &str, owner: &str, rtype: &str, data: &str| {
+            vec![update(key, Ok(vec![want(owner, 300, rtype, data)]))]
+        };
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![
+                // Taken by all three: a DNAME beside other data.
+                one("txt", "old.example.test.", "TXT", "\"kept\""),
+                one("d1", "Old.Example.Test.", "DNAME", "new.example.org."),
+                // A second DNAME: Knot 3.2.6 crashes on it.
+                one("d2", "old.example.test.", "DNAME", "other.example.org."),
+                // CNAME and DNAME at one name: BIND and Knot ignore one.
+                one("c", "old.example.test.", "CNAME", "x.example.org."),
+                // At the apex: BIND and Knot refuse a DNAME, BIND ignores a DS.
+                one("apex", "example.test.", "DNAME", "example.org."),
+                one("apexds", "example.test.", "DS", "1 13 99 ab"),
+                // A DS without NS is no delegation; with NS it is published.
+                one("ds", "nodeleg.example.test.", "DS", "1 13 99 ab"),
+                vec![
+                    update(
+                        "ns",
+                        Ok(vec![want(
+                            "sub.example.test.",
+                            300,
+                            "NS",
+                            "ns.example.org.",
+                        )]),
+                    ),
+                    update(
+                        "subds",
+                        Ok(vec![want("sub.example.test.", 300, "DS", "1 13 99 ab")]),
+                    ),
+                ],
+            ],
+        );
+        assert_eq!(
+            ops_text(&g),
+            [
+                "add old.example.test. 300 IN TXT \"kept\"",
+                "add old.example.test. 300 IN DNAME new.example.org.",
+                "add sub.example.test. 300 IN NS ns.example.org.",
+                "add sub.example.test. 300 IN DS 1 13 99 ab",
+            ]
+        );
+        let why: Vec<String> = rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.key.0, r.reason))
+            .collect();
+        let expect = [
+            ("d2", "old.example.test. would have two DNAME records"),
+            (
+                "c",
+                "old.example.test. would have a CNAME and other data (TXT, DNAME)",
+            ),
+            ("apex", "a DNAME cannot be at the zone apex (example.test.)"),
+            (
+                "apexds",
+                "a DS record cannot be at the zone apex (example.test.)",
+            ),
+            (
+                "ds",
+                "nodeleg.example.test. has no NS records among the rows",
+            ),
+        ];
+        assert_eq!(why.len(), expect.len(), "{why:#?}");
+        for ((key, start), got) in expect.iter().zip(&why) {
+            assert!(got.starts_with(&format!("{key}: {start}")), "{got}");
+        }
+        // Replacing the DNAME (delete and add in one group) is no second one.
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![one(
+                "d1",
+                "old.example.test.",
+                "DNAME",
+                "newer.example.org.",
+            )],
+        );
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(
+            ops_text(&g),
+            [
+                "del old.example.test. DNAME new.example.org.",
+                "add old.example.test. 300 IN DNAME newer.example.org.",
+            ]
         );
     }
 

@@ -24,6 +24,24 @@
 //! - RFC 8659 §4.1: the CAA value is "the remainder of the RDATA", with no
 //!   length octet.
 //!
+//! - RFC 4034 §2.2 and §5.3 (DNSKEY, DS; CDNSKEY and CDS by RFC 7344): the
+//!   key in base64 and the digest in hex, "whitespace is allowed within"
+//!   them; a digest's length must match its type (SHA-1 20 bytes, SHA-256
+//!   and GOST 32, SHA-384 48), except type 0 for CDS "0 0 0 00" (RFC 8078).
+//! - RFC 7477 §2.1 (CSYNC) and RFC 4034 §4.1.2: the type bit map, one block
+//!   per 256 types, "Trailing zero octets in the bitmap MUST be omitted".
+//! - RFC 1876 (LOC): sizes as one digit times a power of ten centimetres;
+//!   values the wire cannot hold exactly are refused, not rounded as BIND
+//!   and dnspython round them.
+//! - RFC 7553 §4.5 (URI): the target is a quoted string, the rest of the
+//!   record data.
+//!
+//! Every type is encoded here, none by hickory-proto: its presentation
+//! parser is wrong for character-strings and relative names (above), and
+//! its CSYNC decoder fails on reserved flags, so it serves as no reference.
+//! Each type is checked byte for byte against dnspython
+//! (`tests/presentation_oracle.rs`) and BIND (`faithfulness::`).
+//!
 //! A row's record data is one line: there are no comments (`;` is data, and
 //! unquoted TXT containing it is refused with the quoted form to write
 //! instead), no parentheses and no line breaks. Names inside record data must
@@ -53,9 +71,14 @@ const MNEMONICS: &[(&str, RType)] = &[
     ("HINFO", RType::HINFO),
     ("MX", RType::MX),
     ("TXT", RType::TXT),
+    ("RP", RType::RP),
+    ("AFSDB", RType::AFSDB),
     ("AAAA", RType::AAAA),
+    ("LOC", RType::LOC),
     ("SRV", RType::SRV),
     ("NAPTR", RType::NAPTR),
+    ("CERT", RType::CERT),
+    ("DNAME", RType::DNAME),
     ("DS", RType::DS),
     ("SSHFP", RType::SSHFP),
     ("RRSIG", RType::RRSIG),
@@ -64,10 +87,14 @@ const MNEMONICS: &[(&str, RType)] = &[
     ("NSEC3", RType::NSEC3),
     ("NSEC3PARAM", RType::NSEC3PARAM),
     ("TLSA", RType::TLSA),
+    ("SMIMEA", RType::SMIMEA),
     ("CDS", RType::CDS),
     ("CDNSKEY", RType::CDNSKEY),
+    ("OPENPGPKEY", RType::OPENPGPKEY),
+    ("CSYNC", RType::CSYNC),
     ("SVCB", RType::SVCB),
     ("HTTPS", RType::HTTPS),
+    ("URI", RType::URI),
     ("CAA", RType::CAA),
 ];
 
@@ -88,12 +115,22 @@ impl RType {
     pub const MX: RType = RType(15);
     /// Text strings (RFC 1035).
     pub const TXT: RType = RType(16);
+    /// Responsible person (RFC 1183).
+    pub const RP: RType = RType(17);
+    /// AFS database location (RFC 1183).
+    pub const AFSDB: RType = RType(18);
     /// IPv6 address (RFC 3596).
     pub const AAAA: RType = RType(28);
+    /// Location (RFC 1876).
+    pub const LOC: RType = RType(29);
     /// Service location (RFC 2782).
     pub const SRV: RType = RType(33);
     /// Naming authority pointer (RFC 3403).
     pub const NAPTR: RType = RType(35);
+    /// Certificate (RFC 4398).
+    pub const CERT: RType = RType(37);
+    /// Redirection of a subtree (RFC 6672).
+    pub const DNAME: RType = RType(39);
     /// Delegation signer (RFC 4034).
     pub const DS: RType = RType(43);
     /// SSH key fingerprint (RFC 4255).
@@ -110,14 +147,22 @@ impl RType {
     pub const NSEC3PARAM: RType = RType(51);
     /// TLS certificate association (RFC 6698).
     pub const TLSA: RType = RType(52);
+    /// S/MIME certificate association (RFC 8162).
+    pub const SMIMEA: RType = RType(53);
     /// Child DS (RFC 7344).
     pub const CDS: RType = RType(59);
     /// Child DNSKEY (RFC 7344).
     pub const CDNSKEY: RType = RType(60);
+    /// OpenPGP public key (RFC 7929).
+    pub const OPENPGPKEY: RType = RType(61);
+    /// Child-to-parent synchronisation (RFC 7477).
+    pub const CSYNC: RType = RType(62);
     /// Service binding (RFC 9460).
     pub const SVCB: RType = RType(64);
     /// HTTPS service binding (RFC 9460).
     pub const HTTPS: RType = RType(65);
+    /// Uniform resource identifier (RFC 7553).
+    pub const URI: RType = RType(256);
     /// Certification authority authorization (RFC 8659).
     pub const CAA: RType = RType(257);
 
@@ -143,13 +188,13 @@ impl RType {
         digits.parse::<u16>().map(RType).map_err(|_| unknown())
     }
 
-    /// Whether pg2dns publishes this type: A AAAA CNAME MX NS PTR SRV TXT CAA SSHFP TLSA NAPTR HINFO SVCB HTTPS.
+    /// Whether pg2dns publishes this type: A AAAA CNAME MX NS PTR SRV TXT CAA SSHFP TLSA NAPTR HINFO SVCB HTTPS, and for registries and multi-signer set-ups DS CDS CDNSKEY DNSKEY CSYNC DNAME URI LOC OPENPGPKEY SMIMEA CERT RP AFSDB.
     pub fn is_supported(self) -> bool {
         RType::SUPPORTED.contains(&self)
     }
 
     /// Every type pg2dns publishes.
-    pub const SUPPORTED: [RType; 15] = [
+    pub const SUPPORTED: [RType; 28] = [
         RType::A,
         RType::AAAA,
         RType::CNAME,
@@ -165,9 +210,31 @@ impl RType {
         RType::HINFO,
         RType::SVCB,
         RType::HTTPS,
+        RType::DS,
+        RType::CDS,
+        RType::CDNSKEY,
+        RType::DNSKEY,
+        RType::CSYNC,
+        RType::DNAME,
+        RType::URI,
+        RType::LOC,
+        RType::OPENPGPKEY,
+        RType::SMIMEA,
+        RType::CERT,
+        RType::RP,
+        RType::AFSDB,
     ];
 
-    /// DNSSEC and signer types pg2dns never owns: RRSIG NSEC NSEC3 NSEC3PARAM DNSKEY CDS CDNSKEY (plus the type 65534 private type BIND's signer uses).
+    /// Types a DNSSEC signer writes too: DNSKEY CDS CDNSKEY. pg2dns publishes
+    /// the rows' records of these types (a multi-signer set-up adds the other
+    /// signer's keys, RFC 8901 §2.1.2), but a zone's own signer keeps its
+    /// keys beside them, so a comparison never counts one that no row gives
+    /// as extra (see [`crate::diff`]).
+    pub fn is_shared_with_signer(self) -> bool {
+        matches!(self, RType::DNSKEY | RType::CDS | RType::CDNSKEY)
+    }
+
+    /// DNSSEC and signer types: RRSIG NSEC NSEC3 NSEC3PARAM DNSKEY CDS CDNSKEY (plus the type 65534 private type BIND's signer uses). pg2dns never owns the first four; of DNSKEY CDS CDNSKEY it owns only what rows give ([`RType::is_shared_with_signer`]).
     pub fn is_dnssec(self) -> bool {
         matches!(
             self,
@@ -377,6 +444,114 @@ pub fn parse(rtype: RType, text: &str) -> Result<Vec<u8>, RdataError> {
             out.extend(fields.digest("certificate association data", matching, &digest_len)?);
         }
         RType::SVCB | RType::HTTPS => parse_svcb(&mut fields, &mut out)?,
+        RType::DNAME => {
+            out.extend(fields.name("target")?.as_wire());
+        }
+        RType::RP => {
+            out.extend(fields.name("mailbox")?.as_wire());
+            out.extend(fields.name("text name")?.as_wire());
+        }
+        RType::AFSDB => {
+            out.extend(fields.u16("subtype")?.to_be_bytes());
+            out.extend(fields.name("hostname")?.as_wire());
+        }
+        RType::DS | RType::CDS => {
+            // RFC 4034 §5.3: key tag, algorithm, digest type, digest in hex.
+            out.extend(fields.u16("key tag")?.to_be_bytes());
+            out.push(fields.algorithm()?);
+            let digest_type = fields.u8("digest type")?;
+            out.push(digest_type);
+            // SHA-1 (RFC 4034), SHA-256 (RFC 4509), GOST (RFC 5933),
+            // SHA-384 (RFC 6605). CDS "0 0 0 00" asks the parent to delete
+            // the DS (RFC 8078 §4): digest type 0 takes any length.
+            let digest_len = [(1, 20), (2, 32), (3, 32), (4, 48)];
+            out.extend(fields.digest("digest", digest_type, &digest_len)?);
+        }
+        RType::DNSKEY | RType::CDNSKEY => {
+            // RFC 4034 §2.2: flags, protocol, algorithm, key in base64.
+            out.extend(fields.u16("flags")?.to_be_bytes());
+            out.push(fields.u8("protocol")?);
+            out.push(fields.algorithm()?);
+            out.extend(fields.base64_rest("public key")?);
+        }
+        RType::CSYNC => {
+            // RFC 7477 §2.1: SOA serial, flags, type bit map.
+            out.extend(fields.u32("serial")?.to_be_bytes());
+            // RFC 7477 §2.1.1.2: "The remaining flags are reserved for use
+            // by future specifications. Undefined flags MUST be set to 0".
+            // hickory-proto 0.26.3, which reads pg2dns's zone transfers,
+            // fails the whole transfer on a CSYNC with one set (measured).
+            let tok = fields.tokens.get(fields.at);
+            let flags = fields.u16("flags")?;
+            if flags & !CSYNC_DEFINED_FLAGS != 0 {
+                let value = tok.map(|t| t.raw).unwrap_or_default().to_owned();
+                return Err(RdataError::BadField {
+                    rtype,
+                    field: "flags",
+                    value,
+                    reason: "only 1 (immediate) and 2 (soaminimum) are defined; RFC 7477 says the others must be 0".into(),
+                });
+            }
+            out.extend(flags.to_be_bytes());
+            let mut types = Vec::new();
+            while !fields.is_empty() {
+                let tok = fields.next("type")?;
+                let text = fields.bare(tok, "type")?;
+                let rtype = RType::parse(text).map_err(|_| {
+                    fields.bad(
+                        tok,
+                        "type",
+                        "not a record type (a mnemonic or TYPEnnn)".into(),
+                    )
+                })?;
+                types.push(rtype.0);
+            }
+            push_type_bitmap(&mut out, &types);
+        }
+        RType::URI => {
+            // RFC 7553 §4.5: "The Target field ... as a quoted string".
+            out.extend(fields.u16("priority")?.to_be_bytes());
+            out.extend(fields.u16("weight")?.to_be_bytes());
+            let tok = fields.next("target")?;
+            if tok.quoting != Quoting::Quoted {
+                return Err(fields.bad(tok, "target", "must be a quoted string".into()));
+            }
+            if tok.bytes.is_empty() {
+                return Err(fields.bad(tok, "target", "must not be empty".into()));
+            }
+            out.extend(&tok.bytes);
+        }
+        RType::LOC => parse_loc(&mut fields, &mut out)?,
+        RType::OPENPGPKEY => out.extend(fields.base64_rest("public key")?),
+        RType::SMIMEA => {
+            // RFC 8162 §2: the TLSA fields.
+            out.push(fields.u8("certificate usage")?);
+            out.push(fields.u8("selector")?);
+            let matching = fields.u8("matching type")?;
+            out.push(matching);
+            let digest_len = [(1, 32), (2, 64)];
+            out.extend(fields.digest("certificate association data", matching, &digest_len)?);
+        }
+        RType::CERT => {
+            // RFC 4398 §2.2: type (a mnemonic or a number), key tag,
+            // algorithm, certificate in base64.
+            let tok = fields.next("certificate type")?;
+            let text = fields.bare(tok, "certificate type")?;
+            let cert_type = match CERT_TYPES.iter().find(|(n, _)| n.eq_ignore_ascii_case(text)) {
+                Some(&(_, n)) => n,
+                None => decimal_u16(text).ok_or_else(|| {
+                    fields.bad(
+                        tok,
+                        "certificate type",
+                        "must be PKIX, SPKI, PGP, IPKIX, ISPKI, IPGP, ACPKIX, IACPKIX, URI, OID or a number from 0 to 65535".into(),
+                    )
+                })?,
+            };
+            out.extend(cert_type.to_be_bytes());
+            out.extend(fields.u16("key tag")?.to_be_bytes());
+            out.push(fields.algorithm()?);
+            out.extend(fields.base64_rest("certificate")?);
+        }
         _ => {
             return Err(RdataError::UnsupportedType {
                 rtype: rtype.to_string(),
@@ -476,6 +651,53 @@ pub fn format(rtype: RType, wire: &[u8]) -> Result<String, RdataError> {
             write!(out, "{usage} {selector} {matching} {}", hex(data)).ok();
         }
         RType::SVCB | RType::HTTPS => format_svcb(&mut r, &mut out)?,
+        RType::DNAME => {
+            write!(out, "{}", r.name()?).ok();
+        }
+        RType::RP => {
+            let mailbox = r.name()?;
+            write!(out, "{mailbox} {}", r.name()?).ok();
+        }
+        RType::AFSDB => {
+            let subtype = r.u16()?;
+            write!(out, "{subtype} {}", r.name()?).ok();
+        }
+        RType::DS | RType::CDS => {
+            let (tag, alg, digest_type) = (r.u16()?, r.u8()?, r.u8()?);
+            let digest = r.rest_nonempty()?;
+            write!(out, "{tag} {alg} {digest_type} {}", hex(digest)).ok();
+        }
+        RType::DNSKEY | RType::CDNSKEY => {
+            let (flags, protocol, alg) = (r.u16()?, r.u8()?, r.u8()?);
+            let key = r.rest_nonempty()?;
+            write!(out, "{flags} {protocol} {alg} {}", base64(key)).ok();
+        }
+        RType::CSYNC => {
+            let serial = u32::from_be_bytes(r.array::<4>()?);
+            let flags = r.u16()?;
+            write!(out, "{serial} {flags}").ok();
+            for t in read_type_bitmap(&mut r)? {
+                write!(out, " {t}").ok();
+            }
+        }
+        RType::URI => {
+            let (priority, weight) = (r.u16()?, r.u16()?);
+            let target = r.rest_nonempty()?;
+            write!(out, "{priority} {weight} ").ok();
+            quote_into(&mut out, target);
+        }
+        RType::LOC => format_loc(&mut r, &mut out)?,
+        RType::OPENPGPKEY => out.push_str(&base64(r.rest_nonempty()?)),
+        RType::SMIMEA => {
+            let (usage, selector, matching) = (r.u8()?, r.u8()?, r.u8()?);
+            let data = r.rest_nonempty()?;
+            write!(out, "{usage} {selector} {matching} {}", hex(data)).ok();
+        }
+        RType::CERT => {
+            let (cert_type, tag, alg) = (r.u16()?, r.u16()?, r.u8()?);
+            let cert = r.rest_nonempty()?;
+            write!(out, "{cert_type} {tag} {alg} {}", base64(cert)).ok();
+        }
         _ => {
             return Err(RdataError::UnsupportedType {
                 rtype: rtype.to_string(),
@@ -488,12 +710,12 @@ pub fn format(rtype: RType, wire: &[u8]) -> Result<String, RdataError> {
     Ok(out)
 }
 
-/// The domain name a record points at, for types that have one: CNAME, NS, PTR (the name), MX (exchange), SRV (target), NAPTR (replacement), SVCB/HTTPS (target). None otherwise.
+/// The domain name a record points at, for types that have one: CNAME, NS, PTR, DNAME (the name), MX (exchange), SRV (target), NAPTR (replacement), SVCB/HTTPS (target), AFSDB (hostname). None otherwise.
 pub fn target(rtype: RType, wire: &[u8]) -> Option<Name> {
     let mut r = Reader { rtype, wire, at: 0 };
     match rtype {
-        RType::CNAME | RType::NS | RType::PTR => {}
-        RType::MX | RType::SVCB | RType::HTTPS => {
+        RType::CNAME | RType::NS | RType::PTR | RType::DNAME => {}
+        RType::MX | RType::SVCB | RType::HTTPS | RType::AFSDB => {
             r.take(2).ok()?;
         }
         RType::SRV => {
@@ -701,6 +923,73 @@ impl<'t, 'a> Fields<'t, 'a> {
 
     fn u16(&mut self, field: &'static str) -> Result<u16, RdataError> {
         self.number(field, u16::MAX)
+    }
+
+    /// A decimal number from 0 to 4294967295.
+    fn u32(&mut self, field: &'static str) -> Result<u32, RdataError> {
+        let tok = self.next(field)?;
+        let text = self.bare(tok, field)?;
+        let ok = !text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit());
+        ok.then(|| text.parse::<u32>().ok())
+            .flatten()
+            .ok_or_else(|| {
+                self.bad(
+                    tok,
+                    field,
+                    "must be a decimal number from 0 to 4294967295".into(),
+                )
+            })
+    }
+
+    /// A DNSSEC algorithm: a number from 0 to 255 or its mnemonic (RFC 4034
+    /// Appendix A.1, as the IANA registry names them).
+    fn algorithm(&mut self) -> Result<u8, RdataError> {
+        let field = "algorithm";
+        let tok = self.next(field)?;
+        let text = self.bare(tok, field)?;
+        if let Some(&(_, n)) = ALGORITHMS
+            .iter()
+            .find(|(m, _)| m.eq_ignore_ascii_case(text))
+        {
+            return Ok(n);
+        }
+        decimal_u16(text)
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| {
+                self.bad(
+                    tok,
+                    field,
+                    "must be a number from 0 to 255 or a mnemonic such as ECDSAP256SHA256".into(),
+                )
+            })
+    }
+
+    /// One or more base64 tokens, concatenated (RFC 4034 §2.2: "The Public
+    /// Key field is represented as a Base64 encoding ... whitespace is
+    /// allowed within the Base64 text"). Padding is required, as BIND and
+    /// dnspython require it.
+    fn base64_rest(&mut self, field: &'static str) -> Result<Vec<u8>, RdataError> {
+        let first = self.next(field)?;
+        let mut text = String::from(self.bare(first, field)?);
+        while !self.is_empty() {
+            let tok = self.next(field)?;
+            text.push_str(self.bare(tok, field)?);
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&text)
+            .map_err(|e| RdataError::BadField {
+                rtype: self.rtype,
+                field,
+                value: text.clone(),
+                reason: format!("must be base64 ({e})"),
+            })?;
+        if bytes.is_empty() {
+            return Err(RdataError::MissingField {
+                rtype: self.rtype,
+                field,
+            });
+        }
+        Ok(bytes)
     }
 
     fn u8(&mut self, field: &'static str) -> Result<u8, RdataError> {
@@ -1210,6 +1499,257 @@ fn format_svcb(r: &mut Reader<'_>, out: &mut String) -> Result<(), RdataError> {
 }
 
 // ---------------------------------------------------------------------------
+// LOC (RFC 1876)
+
+/// The CSYNC flags RFC 7477 §2.1.1.2 defines: immediate (1), soaminimum (2).
+const CSYNC_DEFINED_FLAGS: u16 = 0b11;
+
+/// The largest LOC size or precision pg2dns writes, in centimetres:
+/// 40,000,000 m. The format reaches 90,000,000 m, but PowerDNS 4.7 keeps
+/// these in 32 bits of centimetres and answers 50,000,000 m as 7,000,000 m
+/// (measured 2026-12-07); the Earth's circumference is about 40,000 km.
+const LOC_MAX_SIZE: i64 = 4_000_000_000;
+
+/// 2^31: the equator and the prime meridian (RFC 1876 §2).
+const LOC_ZERO: u32 = 1 << 31;
+/// 100,000 m below the WGS 84 spheroid, in centimetres: altitude 0 on the wire.
+const LOC_ALT_BASE: i64 = 10_000_000;
+/// The default size (1 m), horizontal (10,000 m) and vertical (10 m)
+/// precision, in centimetres (RFC 1876 §3).
+const LOC_DEFAULTS: [i64; 3] = [100, 1_000_000, 1_000];
+
+/// Parses `d1 [m1 [s1]] {N|S} d2 [m2 [s2]] {E|W} alt[m] [siz[m] [hp[m]
+/// [vp[m]]]]` (RFC 1876 §3). Values the wire cannot hold exactly are
+/// refused rather than rounded (BIND and dnspython write `1.5m` as 1 m and
+/// `1.234m` as 1.23 m): a size or precision is one digit times a power of
+/// ten centimetres, an altitude has at most two decimals, seconds three.
+fn parse_loc(fields: &mut Fields<'_, '_>, out: &mut Vec<u8>) -> Result<(), RdataError> {
+    let lat = loc_coordinate(fields, "latitude", 90, ["N", "S"])?;
+    let lon = loc_coordinate(fields, "longitude", 180, ["E", "W"])?;
+    let tok = fields.next("altitude")?;
+    let alt = loc_metres(fields.bare(tok, "altitude")?, true)
+        .filter(|cm| (-LOC_ALT_BASE..=i64::from(u32::MAX) - LOC_ALT_BASE).contains(cm))
+        .ok_or_else(|| {
+            fields.bad(
+                tok,
+                "altitude",
+                "must be metres from -100000.00 to 42849672.95 with at most two decimals".into(),
+            )
+        })?;
+    let mut sizes = [0u8; 3];
+    for (i, field) in ["size", "horizontal precision", "vertical precision"]
+        .into_iter()
+        .enumerate()
+    {
+        let byte = if fields.is_empty() {
+            LOC_DEFAULTS
+                .get(i)
+                .copied()
+                .and_then(loc_size_byte)
+                .unwrap_or(0)
+        } else {
+            let tok = fields.next(field)?;
+            let cm = loc_metres(fields.bare(tok, field)?, false).ok_or_else(|| {
+                fields.bad(
+                    tok,
+                    field,
+                    "must be metres with at most two decimals".into(),
+                )
+            })?;
+            if cm > LOC_MAX_SIZE {
+                return Err(fields.bad(
+                    tok,
+                    field,
+                    "at most 40000000m (PowerDNS 4.7 cannot hold more)".into(),
+                ));
+            }
+            loc_size_byte(cm).ok_or_else(|| {
+                fields.bad(tok, field, "a LOC size or precision is one digit times a power of ten centimetres (0.01m, 0.3m, 1m, 20m … 90000000m), so the record cannot hold this value".into())
+            })?
+        };
+        if let Some(slot) = sizes.get_mut(i) {
+            *slot = byte;
+        }
+    }
+    out.push(0);
+    out.extend(sizes);
+    out.extend(lat.to_be_bytes());
+    out.extend(lon.to_be_bytes());
+    out.extend(((alt + LOC_ALT_BASE) as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Degrees, optional minutes and seconds, then the hemisphere letter:
+/// the wire value (2^31 ± thousandths of a second of arc).
+fn loc_coordinate(
+    fields: &mut Fields<'_, '_>,
+    field: &'static str,
+    max_degrees: u32,
+    [plus, minus]: [&str; 2],
+) -> Result<u32, RdataError> {
+    let mut parts: Vec<&str> = Vec::new();
+    loop {
+        let tok = fields.next(field)?;
+        let text = fields.bare(tok, field)?;
+        let sign = if text == plus {
+            1
+        } else if text == minus {
+            -1
+        } else if parts.len() < 3 {
+            parts.push(text);
+            continue;
+        } else {
+            return Err(fields.bad(
+                tok,
+                field,
+                format!("expected the hemisphere, {plus} or {minus}"),
+            ));
+        };
+        let whole = |t: &str, max: u32| -> Option<u32> {
+            (!t.is_empty() && t.len() <= 3 && t.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse::<u32>().ok())
+                .flatten()
+                .filter(|n| *n <= max)
+        };
+        let millis_of_second = |t: &str| -> Option<u32> {
+            let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+            let secs = whole(int, 59)?;
+            if frac.len() > 3
+                || !frac.bytes().all(|b| b.is_ascii_digit())
+                || (t.contains('.') && frac.is_empty())
+            {
+                return None;
+            }
+            let frac_ms = format!("{frac:0<3}").parse::<u32>().ok()?;
+            Some(secs * 1000 + frac_ms)
+        };
+        let reason = format!(
+            "must be degrees (0 to {max_degrees}), then optionally minutes (0 to 59) and seconds (0 to 59.999), then {plus} or {minus}, at most {max_degrees} degrees in all"
+        );
+        let value = parts.join(" ");
+        let bad = || RdataError::BadField {
+            rtype: fields.rtype,
+            field,
+            value: format!("{value} {text}"),
+            reason: reason.clone(),
+        };
+        let degrees = parts
+            .first()
+            .and_then(|t| whole(t, max_degrees))
+            .ok_or_else(bad)?;
+        let minutes = match parts.get(1) {
+            Some(t) => whole(t, 59).ok_or_else(bad)?,
+            None => 0,
+        };
+        let millis = match parts.get(2) {
+            Some(t) => millis_of_second(t).ok_or_else(bad)?,
+            None => 0,
+        };
+        let total = (degrees * 60 + minutes) * 60_000 + millis;
+        if total > max_degrees * 3_600_000 {
+            return Err(bad());
+        }
+        return Ok(if sign > 0 {
+            LOC_ZERO + total
+        } else {
+            LOC_ZERO - total
+        });
+    }
+}
+
+/// Metres with at most two decimals and an optional `m`, in centimetres.
+fn loc_metres(text: &str, signed: bool) -> Option<i64> {
+    let text = text.strip_suffix('m').unwrap_or(text);
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) if signed => (true, rest),
+        Some(_) => return None,
+        None => (false, text),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty()
+        || int.len() > 10
+        || !all_digits(int)
+        || frac.len() > 2
+        || !all_digits(frac)
+        || (digits.contains('.') && frac.is_empty())
+    {
+        return None;
+    }
+    let cm = int.parse::<i64>().ok()? * 100 + format!("{frac:0<2}").parse::<i64>().ok()?;
+    Some(if negative { -cm } else { cm })
+}
+
+/// A size or precision in centimetres as RFC 1876's byte: the digit in the
+/// high nibble, the power of ten in the low one. `None` when not exact.
+fn loc_size_byte(mut cm: i64) -> Option<u8> {
+    if cm == 0 {
+        return Some(0);
+    }
+    let mut exponent = 0u8;
+    while cm % 10 == 0 {
+        cm /= 10;
+        exponent += 1;
+    }
+    (cm <= 9 && exponent <= 9).then_some(((cm as u8) << 4) | exponent)
+}
+
+fn format_loc(r: &mut Reader<'_>, out: &mut String) -> Result<(), RdataError> {
+    let version_at = r.at;
+    if r.u8()? != 0 {
+        return Err(RdataError::BadWire {
+            rtype: r.rtype,
+            offset: version_at,
+        });
+    }
+    let mut sizes = [0i64; 3];
+    for size in &mut sizes {
+        let at = r.at;
+        let byte = r.u8()?;
+        let (digit, exponent) = (byte >> 4, byte & 0x0f);
+        // Zero has one spelling (0x00), so that printing and parsing again
+        // gives the same bytes.
+        if digit > 9 || exponent > 9 || (digit == 0 && exponent != 0) {
+            return Err(RdataError::BadWire {
+                rtype: r.rtype,
+                offset: at,
+            });
+        }
+        *size = i64::from(digit) * 10i64.pow(u32::from(exponent));
+    }
+    for (max_degrees, [plus, minus]) in [(90u32, ['N', 'S']), (180, ['E', 'W'])] {
+        let at = r.at;
+        let value = u32::from_be_bytes(r.array::<4>()?);
+        let (total, hemisphere) = if value >= LOC_ZERO {
+            (value - LOC_ZERO, plus)
+        } else {
+            (LOC_ZERO - value, minus)
+        };
+        if total > max_degrees * 3_600_000 {
+            return Err(RdataError::BadWire {
+                rtype: r.rtype,
+                offset: at,
+            });
+        }
+        let (degrees, minutes, millis) = (total / 3_600_000, total / 60_000 % 60, total % 60_000);
+        write!(
+            out,
+            "{degrees} {minutes} {}.{:03} {hemisphere} ",
+            millis / 1000,
+            millis % 1000
+        )
+        .ok();
+    }
+    let alt = i64::from(u32::from_be_bytes(r.array::<4>()?)) - LOC_ALT_BASE;
+    let sign = if alt < 0 { "-" } else { "" };
+    write!(out, "{sign}{}.{:02}m", alt.abs() / 100, alt.abs() % 100).ok();
+    for cm in sizes {
+        write!(out, " {}.{:02}m", cm / 100, cm % 100).ok();
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // Wire reading and text helpers
 
 /// A cursor over wire record data that reports where it failed.
@@ -1243,6 +1783,14 @@ impl<'w> Reader<'w> {
 
     fn u8(&mut self) -> Result<u8, RdataError> {
         Ok(*self.take(1)?.first().ok_or_else(|| self.bad())?)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], RdataError> {
+        let at = self.at;
+        self.take(N)?.try_into().map_err(|_| RdataError::BadWire {
+            rtype: self.rtype,
+            offset: at,
+        })
     }
 
     fn u16(&mut self) -> Result<u16, RdataError> {
@@ -1295,6 +1843,105 @@ fn quote_into(out: &mut String, bytes: &[u8]) {
         }
     }
     out.push('"');
+}
+
+/// Base64 with padding, in one token.
+fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A decimal number from 0 to 65535 written without sign or spaces.
+fn decimal_u16(text: &str) -> Option<u16> {
+    let ok = !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| text.parse::<u16>().ok()).flatten()
+}
+
+/// DNSSEC algorithm mnemonics (IANA "DNS Security Algorithm Numbers") that
+/// BIND, Knot and dnspython spell alike; 6, 7 and 12 are spelt differently
+/// by each, so they are written as numbers.
+const ALGORITHMS: &[(&str, u8)] = &[
+    ("RSAMD5", 1),
+    ("DH", 2),
+    ("DSA", 3),
+    ("RSASHA1", 5),
+    ("RSASHA256", 8),
+    ("RSASHA512", 10),
+    ("ECDSAP256SHA256", 13),
+    ("ECDSAP384SHA384", 14),
+    ("ED25519", 15),
+    ("ED448", 16),
+    ("INDIRECT", 252),
+    ("PRIVATEDNS", 253),
+    ("PRIVATEOID", 254),
+];
+
+/// CERT type mnemonics (RFC 4398 §2.1).
+const CERT_TYPES: &[(&str, u16)] = &[
+    ("PKIX", 1),
+    ("SPKI", 2),
+    ("PGP", 3),
+    ("IPKIX", 4),
+    ("ISPKI", 5),
+    ("IPGP", 6),
+    ("ACPKIX", 7),
+    ("IACPKIX", 8),
+    ("URI", 253),
+    ("OID", 254),
+];
+
+/// Appends an NSEC-style type bit map (RFC 4034 §4.1.2, used by CSYNC, RFC
+/// 7477 §2.1.1): one block per 256 types present, in increasing order, each
+/// "Window Block # | Bitmap Length | Bitmap" with trailing zero octets
+/// omitted. A type listed twice is one bit.
+fn push_type_bitmap(out: &mut Vec<u8>, types: &[u16]) {
+    let mut windows: std::collections::BTreeMap<u8, [u8; 32]> = std::collections::BTreeMap::new();
+    for &t in types {
+        let [window, low] = t.to_be_bytes();
+        let bits = windows.entry(window).or_insert([0; 32]);
+        if let Some(byte) = bits.get_mut(usize::from(low / 8)) {
+            *byte |= 0x80 >> (low % 8);
+        }
+    }
+    for (window, bits) in windows {
+        let len = bits.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        out.push(window);
+        out.push(len as u8);
+        out.extend(bits.get(..len).unwrap_or_default());
+    }
+}
+
+/// Reads a type bit map to the end of the data: the types in increasing
+/// order. Refuses what [`push_type_bitmap`] never writes (windows out of
+/// order, empty or over 32 octets, trailing zero octets).
+fn read_type_bitmap(r: &mut Reader<'_>) -> Result<Vec<RType>, RdataError> {
+    let mut types = Vec::new();
+    let mut last_window: Option<u8> = None;
+    while !r.done() {
+        let at = r.at;
+        let window = r.u8()?;
+        let len = r.u8()?;
+        let bits = r.take(usize::from(len))?;
+        let bad = RdataError::BadWire {
+            rtype: r.rtype,
+            offset: at,
+        };
+        if last_window.is_some_and(|w| w >= window)
+            || bits.is_empty()
+            || bits.len() > 32
+            || bits.last() == Some(&0)
+        {
+            return Err(bad);
+        }
+        last_window = Some(window);
+        for (i, &byte) in bits.iter().enumerate() {
+            for bit in 0..8u16 {
+                if byte & (0x80 >> bit) != 0 {
+                    types.push(RType((u16::from(window) << 8) | ((i as u16) * 8 + bit)));
+                }
+            }
+        }
+    }
+    Ok(types)
 }
 
 /// Lower-case hexadecimal.

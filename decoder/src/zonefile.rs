@@ -33,7 +33,7 @@
 //! - Class IN only; another class is an error.
 //! - Every type pg2dns publishes, and the SOA (read, never owned: the
 //!   comparison leaves it to the server as it does in a transfer). Other
-//!   types (DNSSEC, DNAME, LOC…) are counted and skipped: pg2dns owns none
+//!   types (RRSIG, NSEC, NSEC3…) are counted and skipped: pg2dns owns none
 //!   of them.
 //!
 //! Any line that cannot be read is a [`ZoneFileError`] naming the file and
@@ -58,7 +58,7 @@ pub const MAX_INCLUDE_DEPTH: usize = 16;
 pub struct ZoneFile {
     /// Every record of a type pg2dns publishes, and the SOA, in file order.
     pub records: Vec<Record>,
-    /// Records of other types (DNSSEC, DNAME…), skipped: `(owner, type)`.
+    /// Records of other types (RRSIG, NSEC…), skipped: `(owner, type)`.
     pub skipped: Vec<(Owner, RType)>,
 }
 
@@ -369,8 +369,9 @@ fn absolute(name: &str, origin: &Name) -> Result<Name, ErrorKind> {
 /// The position among the data's tokens of the names to complete.
 fn name_fields(rtype: RType) -> &'static [usize] {
     match rtype {
-        RType::NS | RType::CNAME | RType::PTR => &[0],
-        RType::MX | RType::SVCB | RType::HTTPS => &[1],
+        RType::NS | RType::CNAME | RType::PTR | RType::DNAME => &[0],
+        RType::RP => &[0, 1],
+        RType::MX | RType::SVCB | RType::HTTPS | RType::AFSDB => &[1],
         RType::SRV => &[3],
         RType::NAPTR => &[5],
         _ => &[],

@@ -442,6 +442,13 @@ fn exact_byte_cases() -> Vec<Case> {
             "2 cdn.example.net. alpn=h2 no-default-alpn",
         ),
     ];
+    // The registry and multi-signer types (#23). A DS needs a delegation,
+    // so it is checked by `registry_and_multi_signer_types_…` instead.
+    cases.extend(
+        registry_type_cases()
+            .into_iter()
+            .filter(|c| c.rtype != "DS"),
+    );
     // Owner names: escapes, mixed case, a 63-byte label, a 255-byte name
     // (3 × 64 + 46 + 17 octets with the suffix `.pg.example.test.`).
     cases.push(Case {
@@ -461,6 +468,75 @@ fn exact_byte_cases() -> Vec<Case> {
     );
     cases.push(case(&long, "TXT", "\"at the 255-byte name limit\""));
     cases
+}
+
+/// A value of each type added for registries and multi-signer set-ups
+/// (DS, CDS, CDNSKEY, DNSKEY, CSYNC, DNAME, URI, LOC, OPENPGPKEY, SMIMEA,
+/// CERT, RP, AFSDB): digests and keys split over several tokens, mnemonics,
+/// UTF-8 and escapes, values at their limits. None is at a zone's apex.
+fn registry_type_cases() -> Vec<Case> {
+    let hex64 = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855";
+    let key =
+        "5zVy3oaNG65m9tD29O7+0RwbPImN2M4V4Jrm1CMn5x/VLsgiFg+OwPSi Kni2b2NllJ06SlLzQFYvuIdSDs/R9w==";
+    vec![
+        case(
+            "ds",
+            "DS",
+            &format!("60485 ECDSAP256SHA256 2 {} {}", &hex64[..32], &hex64[32..]),
+        ),
+        case(
+            "ds-sha1",
+            "DS",
+            "60485 5 1 2BB183AF5F22588179A53B0A98631FAD1A292118",
+        ),
+        case("cds", "CDS", &format!("2371 13 2 {hex64}")),
+        case("cds-delete", "CDS", "0 0 0 00"),
+        case("dnskey", "DNSKEY", &format!("257 3 13 {key}")),
+        case(
+            "dnskey-zsk",
+            "DNSKEY",
+            "256 3 15 l02Woi0iS8Aa25FQkUd9RMzZHJpBoRQwAQEX1SxZJA4=",
+        ),
+        case("cdnskey", "CDNSKEY", &format!("257 3 13 {key}")),
+        case("cdnskey-delete", "CDNSKEY", "0 3 0 AA=="),
+        case("csync", "CSYNC", "66 3 A NS AAAA"),
+        case("csync-max", "CSYNC", "4294967295 3 CAA TYPE65535 URI"),
+        case("dname", "DNAME", "new.example.net."),
+        case("dname-escape", "DNAME", "a\\032b.example.net."),
+        case("uri", "URI", "10 1 \"ftp://ftp1.example.net/public\""),
+        case(
+            "uri-utf8",
+            "URI",
+            "65535 65535 \"https://gr\\195\\188\\195\\159e.example/\\034q\\034\"",
+        ),
+        case(
+            "loc",
+            "LOC",
+            "52 22 23.500 N 4 53 32.000 E -2.00m 1m 10000m 10m",
+        ),
+        case("loc-short", "LOC", "42 21 54 N 71 6 18 W -24m 30m"),
+        case(
+            "loc-max",
+            "LOC",
+            "90 0 0 S 180 0 0 W 42849672.95m 40000000m 0.01m 0m",
+        ),
+        case(
+            "openpgpkey",
+            "OPENPGPKEY",
+            "mQENBFVHm5sBCADZ mQENBFVHm5sBCADZ",
+        ),
+        case("smimea", "SMIMEA", &format!("3 1 1 {hex64}")),
+        case(
+            "smimea-full",
+            "SMIMEA",
+            "0 0 0 30820122300d06092a864886f70d01010105000382010f00",
+        ),
+        case("cert", "CERT", "PGP 0 0 mQENBFVHm5sBCADZ"),
+        case("cert-numbers", "CERT", "65535 65535 255 AAAA"),
+        case("rp", "RP", "admin\\.root.example.net. info.example.net."),
+        case("rp-root", "RP", "admin.example.net. ."),
+        case("afsdb", "AFSDB", "1 afs.example.net."),
+    ]
 }
 
 /// How names inside record data compare with what nsupdate sent.
@@ -490,6 +566,9 @@ fn mixed_case_rdata_name_cases() -> Vec<Case> {
         ),
         case("https-alias", "HTTPS", "0 www.Example.net."),
         case("srv", "SRV", "0 5 5060 SIP.example.net."),
+        case("dname", "DNAME", "New.Example.NET."),
+        case("rp", "RP", "Admin.Example.net. Info.example.NET."),
+        case("afsdb", "AFSDB", "2 AFS.example.net."),
     ]
 }
 
@@ -1304,12 +1383,214 @@ async fn a_zone_removed_from_the_config_is_named_in_a_warning_at_start() -> Resu
 }
 
 on_each_primary!(
+    registry_and_multi_signer_types_reach_the_server_byte_for_byte_and_reconcile_finds_them_in_sync,
+    a_second_dname_an_apex_dname_and_a_ds_outside_a_delegation_are_refused_before_sending,
     a_cname_at_the_apex_is_refused_before_sending_and_reconcile_names_the_refusal,
     a_cname_beside_records_left_to_another_tool_is_refused_before_sending,
     a_delegation_with_glue_and_a_name_below_it_are_published_as_the_table_says,
     deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_finds_the_zone_in_sync,
     a_name_below_another_tools_dname_is_published_on_bind_and_powerdns_and_rejected_on_knot,
 );
+
+/// Every registry and multi-signer type published through the stream and
+/// read back by a transfer: the server's presentation of each record parses
+/// to the bytes of the row's. A DS goes with its delegation's NS. PowerDNS
+/// takes no DNSKEY, CDS or CDNSKEY by UPDATE (it answers NOERROR and keeps
+/// none: it manages DNSSEC keys itself; measured 2026-12-07), so on
+/// PowerDNS those are checked to be absent, and reconcile, which compares
+/// them, is run on BIND and Knot only.
+async fn registry_and_multi_signer_types_reach_the_server_byte_for_byte_and_reconcile_finds_them_in_sync(
+    primary: Primary,
+) -> Result<()> {
+    use pg2dns_decoder::rdata::{self, RType};
+    let stack = Stack::start("registry-types", primary).await?;
+    let _pg2dns = stack.run()?;
+    let mut rows: Vec<(String, &str, String)> = registry_type_cases()
+        .into_iter()
+        .map(|c| {
+            let owner = if c.rtype == "DS" {
+                format!("{}.deleg.example.test.", c.prefix)
+            } else {
+                format!("{}.types.example.test.", c.prefix)
+            };
+            (owner, c.rtype, c.rdata)
+        })
+        .collect();
+    // The delegations first: a DS where the rows give no NS is refused.
+    for prefix in ["ds", "ds-sha1"] {
+        rows.insert(
+            0,
+            (
+                format!("{prefix}.deleg.example.test."),
+                "NS",
+                "ns1.example.net.".into(),
+            ),
+        );
+    }
+    for (owner, rtype, rdata) in &rows {
+        insert(&stack, owner, 300, rtype, rdata).await?;
+    }
+    let ignored_by_powerdns = |t: &str| matches!(t, "DNSKEY" | "CDS" | "CDNSKEY");
+    let expected: Vec<&(String, &str, String)> = rows
+        .iter()
+        .filter(|(_, t, _)| primary != Primary::PowerDns || !ignored_by_powerdns(t))
+        .collect();
+    eventually("every record in a transfer, byte for byte", || async {
+        let rejected = rejections_all(&stack).await?;
+        if !rejected.is_empty() {
+            bail!("pg2dns refused rows: {rejected:#?}");
+        }
+        let zone = stack.axfr(FORWARD).await?;
+        let mut wrong = Vec::new();
+        for (owner, rtype, rdata) in &expected {
+            let t = RType::parse(rtype).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let want =
+                rdata::parse(t, rdata).map_err(|e| anyhow::anyhow!("{rtype} {rdata}: {e}"))?;
+            let got: Vec<&crate::harness::records::Record> = zone
+                .iter()
+                .filter(|r| r.owner == *owner && r.rtype == *rtype)
+                .collect();
+            let same = got.len() == 1
+                && got
+                    .iter()
+                    .all(|r| rdata::parse(t, &r.rdata).as_ref() == Ok(&want));
+            if !same {
+                wrong.push(format!("{owner} {rtype} {rdata}: the server has {got:?}"));
+            }
+        }
+        Ok(if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("\n"))
+        })
+    })
+    .await?;
+    if primary == Primary::PowerDns {
+        let zone = stack.axfr(FORWARD).await?;
+        let kept: Vec<_> = zone
+            .iter()
+            .filter(|r| ignored_by_powerdns(&r.rtype))
+            .collect();
+        ensure!(
+            kept.is_empty(),
+            "PowerDNS now keeps DNSKEY, CDS or CDNSKEY from an UPDATE: {kept:?}; update docs/sources.md and this test"
+        );
+    } else {
+        let out = stack.reconcile(&[], &[]).await?;
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            out.status.code() == Some(0),
+            "reconcile must find the zone in sync:\n{printed}"
+        );
+    }
+    Ok(())
+}
+
+/// What the servers refuse, ignore or crash on around DNAME and DS
+/// (docs/notes/dns-servers.md §3c) is refused before sending, with the
+/// reason: a second DNAME at a name (Knot 3.2.6 crashes on it), a DNAME at
+/// the apex, a DS at the apex or where the rows give no NS. The server
+/// keeps serving, the first DNAME stays, and a DNAME replaced by a row
+/// update is replaced.
+async fn a_second_dname_an_apex_dname_and_a_ds_outside_a_delegation_are_refused_before_sending(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("dname-rules", primary).await?;
+    let mut pg2dns = stack.run()?;
+    let first = insert(
+        &stack,
+        "Old.Example.Test.",
+        300,
+        "DNAME",
+        "new.example.net.",
+    )
+    .await?;
+    insert(
+        &stack,
+        "old.example.test.",
+        300,
+        "TXT",
+        "\"beside the DNAME\"",
+    )
+    .await?;
+    let refused = [
+        (
+            insert(
+                &stack,
+                "old.example.test.",
+                300,
+                "DNAME",
+                "other.example.net.",
+            )
+            .await?,
+            "old.example.test. would have two DNAME records",
+        ),
+        (
+            insert(&stack, "example.test.", 300, "DNAME", "example.net.").await?,
+            "a DNAME cannot be at the zone apex (example.test.)",
+        ),
+        (
+            insert(&stack, "example.test.", 300, "DS", "1 13 99 ab").await?,
+            "a DS record cannot be at the zone apex (example.test.)",
+        ),
+        (
+            insert(&stack, "nodeleg.example.test.", 300, "DS", "1 13 99 ab").await?,
+            "nodeleg.example.test. has no NS records among the rows",
+        ),
+    ];
+    for (id, why) in refused {
+        let reason = wait_for_rejection(&stack, id).await?;
+        ensure!(reason.contains(why), "row {id}: {reason}");
+    }
+    stack
+        .db
+        .execute(
+            "UPDATE pg2dns.rr SET rdata = 'newer.example.net.' WHERE id = $1",
+            &[&first],
+        )
+        .await?;
+    insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
+    stack
+        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    eventually("the replaced DNAME and the TXT beside it", || async {
+        let zone = stack.axfr(FORWARD).await?;
+        let mut at_old: Vec<String> = zone
+            .iter()
+            .filter(|r| r.owner == "old.example.test.")
+            .map(|r| format!("{} {}", r.rtype, r.rdata))
+            .collect();
+        at_old.sort();
+        let apex_bad = zone
+            .iter()
+            .any(|r| r.owner == "example.test." && (r.rtype == "DNAME" || r.rtype == "DS"));
+        Ok(
+            if at_old == ["DNAME newer.example.net.", "TXT \"beside the DNAME\""] && !apex_bad {
+                Ok(())
+            } else {
+                Err(format!("{at_old:?}, apex DNAME or DS: {apex_bad}"))
+            },
+        )
+    })
+    .await?;
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// Every reason in `pg2dns.rejected`, with its row key.
+async fn rejections_all(stack: &Stack) -> Result<Vec<String>> {
+    Ok(stack
+        .db
+        .query("SELECT row_key || ': ' || reason FROM pg2dns.rejected", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
 
 /// `pg2dns reconcile --apply` exits 0, and its report names `refusal`
 /// among the rows it does not publish, never "still differs".

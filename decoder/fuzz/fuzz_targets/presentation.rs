@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use pg2dns_decoder::rdata::{self, RType};
 use pg2dns_decoder::Name;
 
-const TYPES: [RType; 15] = RType::SUPPORTED;
+const TYPES: [RType; 28] = RType::SUPPORTED;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
