@@ -104,6 +104,20 @@ impl StoreError {
     }
 }
 
+/// A stored record's type and TTL (`int` columns), or what is wrong with
+/// them: a value out of range is a corrupt table, never a type 0 or a TTL 0.
+fn type_and_ttl(table: &'static str, rtype: i32, ttl: i32) -> Result<(RType, u32), StoreError> {
+    let rtype = u16::try_from(rtype).map_err(|_| StoreError::Corrupt {
+        table,
+        detail: format!("record type {rtype} is out of range"),
+    })?;
+    let ttl = u32::try_from(ttl).map_err(|_| StoreError::Corrupt {
+        table,
+        detail: format!("TTL {ttl} is out of range"),
+    })?;
+    Ok((RType(rtype), ttl))
+}
+
 /// Rows as the two arrays a query unnests: source names and keys.
 fn row_columns<'a>(sources: &[&'a str], rows: &'a [RowRef]) -> (Vec<&'a str>, Vec<&'a str>) {
     rows.iter()
@@ -883,9 +897,8 @@ impl Store {
                     table: "row_state",
                     detail: format!("owner name: {e}"),
                 })?;
-            let rtype = RType(u16::try_from(r.get::<_, i32>(5)).unwrap_or(0));
+            let (rtype, ttl) = type_and_ttl("row_state", r.get(5), r.get(7))?;
             let rdata = Rdata::from_wire(&r.get::<_, Vec<u8>>(6));
-            let ttl = u32::try_from(r.get::<_, i32>(7)).unwrap_or(0);
             if r.get::<_, bool>(0) {
                 let source: String = r.get(1);
                 let Some(s) = sources.iter().position(|x| *x == source) else {
@@ -1254,6 +1267,9 @@ impl Store {
             )
             .await?;
         let mut out: Vec<Waiting> = Vec::new();
+        // Where each row's entry is in `out` (a scan per record was
+        // quadratic in the rows waiting).
+        let mut index: HashMap<(SourceId, RowKey), usize> = HashMap::new();
         for r in rows {
             let source: String = r.get(0);
             let Some(s) = sources.iter().position(|x| *x == source) else {
@@ -1274,22 +1290,33 @@ impl Store {
             let (owner, _) = Name::from_wire(&r.get::<_, Vec<u8>>(5)).map_err(corrupt)?;
             let row = (SourceId::new(s)?, RowKey(r.get(1)));
             let lsn_text: String = r.get(2);
+            let lsn: Lsn = lsn_text.parse().map_err(|_| StoreError::Corrupt {
+                table: "waiting",
+                detail: format!(
+                    "LSN {lsn_text:?} of row {} is not an LSN",
+                    r.get::<_, String>(1)
+                ),
+            })?;
+            let (rtype, ttl) = type_and_ttl("waiting", r.get(6), r.get(8))?;
             let record = Desired {
                 zone,
                 record: Record {
                     owner: Owner::from_name(owner),
-                    rtype: RType(u16::try_from(r.get::<_, i32>(6)).unwrap_or(0)),
+                    rtype,
                     rdata: Rdata::from_wire(&r.get::<_, Vec<u8>>(7)),
-                    ttl: u32::try_from(r.get::<_, i32>(8)).unwrap_or(0),
+                    ttl,
                 },
             };
-            match out.iter_mut().find(|w| w.row == row) {
-                Some(w) => w.records.push(record),
-                None => out.push(Waiting {
-                    row,
-                    lsn: lsn_text.parse().unwrap_or_default(),
-                    records: vec![record],
-                    target: (zone, Owner::from_name(target)),
+            match index.get(&row) {
+                Some(&i) => out[i].records.push(record),
+                None => out.push({
+                    index.insert(row.clone(), out.len());
+                    Waiting {
+                        row,
+                        lsn,
+                        records: vec![record],
+                        target: (zone, Owner::from_name(target)),
+                    }
                 }),
             }
         }
@@ -1384,12 +1411,13 @@ impl Store {
                     table: "row_state",
                     detail: format!("owner name: {e}"),
                 })?;
+            let (rtype, ttl) = type_and_ttl("row_state", r.get(2), r.get(4))?;
             records.push((
                 r.get::<_, String>(0),
                 Record {
                     owner: Owner::from_name(name),
-                    rtype: RType(u16::try_from(r.get::<_, i32>(2)).unwrap_or(0)),
-                    ttl: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+                    rtype,
+                    ttl,
                     rdata: Rdata::from_wire(&r.get::<_, Vec<u8>>(3)),
                 },
             ));
