@@ -648,12 +648,9 @@ impl Session {
         let State::Sent { request, .. } = &self.messages[i].state else {
             return;
         };
-        let rcode = match tsig::verify_response(message, &self.config.key, request, unix_time) {
-            Ok(verified) => Rcode(verified.rcode),
-            // An unsigned error answer (BADKEY/BADSIG come unsigned, Knot's
-            // NOTAUTH for a zone it does not serve has no TSIG) is judged by
-            // its RCODE; an unsigned NOERROR is never success.
-            Err(TsigError::Unsigned { rcode }) if rcode != 0 => Rcode(rcode),
+        let verified = tsig::verify_response(message, &self.config.key, request, unix_time);
+        let rcode = match tsig::judged_rcode(verified.map(|v| v.rcode)) {
+            Ok(rcode) => Rcode(rcode),
             Err(source) => {
                 let zone = self.config.zone.clone();
                 let server = self.config.server.clone();

@@ -51,7 +51,7 @@ use pg2dns_decoder::mapping::{RowKey, RowUpdate};
 use pg2dns_decoder::plan::{Loaded, Planner, SourceId};
 use pg2dns_decoder::row::TextRow;
 use pg2dns_decoder::session::Rcode;
-use pg2dns_decoder::tsig::{self, TsigError};
+use pg2dns_decoder::tsig;
 use pg2dns_decoder::update::Budget;
 use pg2dns_decoder::zonefile::{self, ThreeWay, ZoneFile, ZoneFileError};
 use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, ZoneName};
@@ -1798,9 +1798,9 @@ async fn send(
         if answer.get(..2) != Some(&request.id.to_be_bytes()[..]) {
             continue;
         }
-        return match tsig::verify_response(&answer, &zc.key, &request, axfr::unix_now()) {
-            Ok(v) => Ok(Rcode(v.rcode)),
-            Err(TsigError::Unsigned { rcode }) if rcode != 0 => Ok(Rcode(rcode)),
+        let verified = tsig::verify_response(&answer, &zc.key, &request, axfr::unix_now());
+        return match tsig::judged_rcode(verified.map(|v| v.rcode)) {
+            Ok(rcode) => Ok(Rcode(rcode)),
             Err(e) => Err(update_err(zc, crate::error::chain(&e))),
         };
     }

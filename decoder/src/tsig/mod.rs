@@ -95,6 +95,21 @@ pub use key::{Algorithm, KeyError, TsigKey};
 pub use sign::{sign, SignedRequest};
 pub use verify::{verify_response, StreamVerifier, VerifiedMessage, VerifiedResponse};
 
+/// The RCODE an answer is judged by, the one rule of every exchange pg2dns
+/// has with a server (the stream's UPDATEs, reconcile's repairs, transfers):
+/// a verified answer's RCODE, or an *unsigned error* answer's (BADKEY and
+/// BADSIG come unsigned, RFC 8945 §5.3.2; Knot's NOTAUTH for a zone it does
+/// not serve and PowerDNS's for a key it does not know carry no TSIG). An
+/// unsigned NOERROR is never success: it stays the error it is, as does
+/// every other verification failure. `verified` is the verifier's result
+/// reduced to its RCODE.
+pub fn judged_rcode(verified: Result<u16, TsigError>) -> Result<u16, TsigError> {
+    match verified {
+        Err(TsigError::Unsigned { rcode }) if rcode != 0 => Ok(rcode),
+        other => other,
+    }
+}
+
 /// The fudge pg2dns puts in its requests: the ±5 minutes RFC 8945 §10
 /// recommends ("a fudge value of 300 seconds is recommended").
 pub const DEFAULT_FUDGE: u16 = 300;
@@ -235,4 +250,22 @@ pub enum TsigError {
         /// The signed length.
         len: usize,
     },
+}
+
+#[cfg(test)]
+mod judged_rcode_tests {
+    use super::{judged_rcode, TsigError};
+
+    #[test]
+    fn an_unsigned_error_answer_is_judged_by_its_rcode_and_an_unsigned_noerror_never_succeeds() {
+        assert_eq!(judged_rcode(Ok(0)), Ok(0));
+        assert_eq!(judged_rcode(Ok(5)), Ok(5));
+        assert_eq!(judged_rcode(Err(TsigError::Unsigned { rcode: 9 })), Ok(9));
+        assert_eq!(
+            judged_rcode(Err(TsigError::Unsigned { rcode: 0 })),
+            Err(TsigError::Unsigned { rcode: 0 })
+        );
+        let forged = TsigError::BadMac { key: "k.".into() };
+        assert_eq!(judged_rcode(Err(forged.clone())), Err(forged));
+    }
 }

@@ -197,9 +197,8 @@ pub async fn transfer(
             Ok(Some(frame)) => frame.map_err(io_err)?,
         };
         messages += 1;
-        let rcode = match verifier.verify(&frame, unix_now()) {
-            Ok(v) => v.rcode,
-            Err(TsigError::Unsigned { rcode }) if rcode != 0 => rcode,
+        let rcode = match tsig::judged_rcode(verifier.verify(&frame, unix_now()).map(|v| v.rcode)) {
+            Ok(rcode) => rcode,
             Err(e) => return Err(tsig_err(e)),
         };
         if rcode != 0 {
