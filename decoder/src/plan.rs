@@ -424,6 +424,41 @@ pub fn published<'a>(
     all
 }
 
+/// The records the zones publish, by zone: every owner's RRsets, each at
+/// the smallest TTL its producers give and with the records [`published`]
+/// keeps. The planner's own projection of its owners (the one its update
+/// groups are made of), so that what reconcile expects and what the stream
+/// publishes agree by construction.
+fn project(nodes: &HashMap<NodeKey, Node>, one_ptr: &[bool]) -> BTreeMap<ZoneId, Vec<Record>> {
+    let mut out: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
+    for ((zone, owner), node) in nodes {
+        let one_ptr = one_ptr.get(zone.index()).copied().unwrap_or(false);
+        out.entry(*zone)
+            .or_default()
+            .extend(node.published_records(owner, one_ptr));
+    }
+    out
+}
+
+/// What the zones publish when their rows contribute `contributions` (each
+/// row's records at the row's own TTL, such as the row state holds them):
+/// the projection the planner publishes its state by (see
+/// [`Planner::published`]).
+pub fn publish(
+    contributions: impl IntoIterator<Item = Desired>,
+    one_ptr: &[bool],
+) -> BTreeMap<ZoneId, Vec<Record>> {
+    let mut nodes: HashMap<NodeKey, Node> = HashMap::default();
+    for d in contributions {
+        nodes.entry((d.zone, d.record.owner)).or_default().add(
+            d.record.rtype,
+            d.record.rdata,
+            d.record.ttl,
+        );
+    }
+    project(&nodes, one_ptr)
+}
+
 /// The operations of one segment for one zone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZoneOps {
@@ -525,6 +560,30 @@ impl Node {
             .min()
     }
 
+    /// What the zone publishes of the RRset of `rtype` here: its TTL (the
+    /// smallest its producers give) and its records ([`published`]).
+    fn shown(&self, rtype: RType, one_ptr: bool) -> Option<(u32, Vec<&Rdata>)> {
+        let set = self.rrsets.get(&rtype)?;
+        Some((self.ttl(rtype)?, published(one_ptr, rtype, set.keys())))
+    }
+
+    /// Every record the zone publishes at this owner.
+    fn published_records<'a>(
+        &'a self,
+        owner: &'a Owner,
+        one_ptr: bool,
+    ) -> impl Iterator<Item = Record> + 'a {
+        self.rrsets.keys().flat_map(move |&rtype| {
+            let (ttl, data) = self.shown(rtype, one_ptr).unwrap_or_default();
+            data.into_iter().map(move |rdata| Record {
+                owner: owner.clone(),
+                rtype,
+                ttl,
+                rdata: rdata.clone(),
+            })
+        })
+    }
+
     fn has(&self, rtype: RType, rdata: &Rdata) -> bool {
         self.rrsets
             .get(&rtype)
@@ -610,6 +669,13 @@ impl<'z> Planner<'z> {
             promoted: Vec::new(),
             inconsistencies: 0,
         }
+    }
+
+    /// What the zones publish now, by zone: every record of the planner's
+    /// owners, one TTL per RRset (the smallest), one PTR per name in a zone
+    /// with `one_ptr`. Reconcile's desired side.
+    pub fn published(&self) -> BTreeMap<ZoneId, Vec<Record>> {
+        project(&self.nodes, &self.limits.one_ptr)
     }
 
     /// How many contributions the loaded state lacked (0 when consistent).
@@ -912,14 +978,8 @@ impl<'z> Planner<'z> {
             let ta = after.ttl(rtype);
             let retimed = matches!((tb, ta), (Some(b), Some(a)) if a != b);
             let shown = |node: &'_ Node| -> Vec<Rdata> {
-                node.rrsets
-                    .get(&rtype)
-                    .map(|s| {
-                        published(one_ptr, rtype, s.keys())
-                            .into_iter()
-                            .cloned()
-                            .collect()
-                    })
+                node.shown(rtype, one_ptr)
+                    .map(|(_, data)| data.into_iter().cloned().collect())
                     .unwrap_or_default()
             };
             let (was, is) = (shown(before), shown(after));
@@ -1467,6 +1527,80 @@ mod tests {
 
     /// A zone as a server holds it.
     type Dns = BTreeMap<(Owner, RType), (u32, BTreeSet<Rdata>)>;
+
+    /// Records as a zone: every RRset must have one TTL.
+    fn as_dns(records: &[Record]) -> Dns {
+        let mut dns = Dns::new();
+        for r in records {
+            let e = dns
+                .entry((r.owner.clone(), r.rtype))
+                .or_insert((r.ttl, BTreeSet::new()));
+            assert_eq!(e.0, r.ttl, "{} {} has two TTLs", r.owner, r.rtype);
+            assert!(e.1.insert(r.rdata.clone()), "{r} twice");
+        }
+        dns
+    }
+
+    #[test]
+    fn what_the_planner_publishes_is_what_its_operations_built() {
+        // Rows planned one segment each, as reconcile plans the tables: an
+        // RRset whose rows give two TTLs, a PTR name two rows give, a CNAME
+        // beside an address (refused), a row refused from its columns.
+        let zones = zones();
+        for one_ptr in [false, true] {
+            let mut l = limits(65_535, 100);
+            l.one_ptr = vec![one_ptr];
+            let mut planner = Planner::new(&zones, &l, Loaded::default());
+            let rows = [
+                ("1", want("www.example.test.", 3600, "A", "192.0.2.1")),
+                ("2", want("www.example.test.", 300, "A", "192.0.2.2")),
+                (
+                    "3",
+                    want("1.2.0.192.example.test.", 600, "PTR", "zz.example.test."),
+                ),
+                (
+                    "4",
+                    want("1.2.0.192.example.test.", 900, "PTR", "aa.example.test."),
+                ),
+                (
+                    "5",
+                    want("www.example.test.", 300, "CNAME", "other.example.test."),
+                ),
+                (
+                    "6",
+                    want("MiXeD.Example.TEST.", 60, "TXT", "\"caf\u{e9} \\\"q\\\"\""),
+                ),
+            ];
+            let mut dns = Dns::new();
+            for (key, w) in rows {
+                planner.apply(SourceId(0), update(key, Ok(vec![w])));
+                for z in planner.end_segment() {
+                    apply_ops(&mut dns, &z.groups);
+                }
+            }
+            planner.apply(
+                SourceId(0),
+                update("7", Err(Refusal::NotText("rdata".into()))),
+            );
+            planner.end_segment();
+            let published = planner.published();
+            let zone = published.get(&ZoneId(0)).map_or(&[][..], Vec::as_slice);
+            assert_eq!(as_dns(zone), dns, "one_ptr {one_ptr}");
+            let www = Owner::parse("www.example.test.").unwrap();
+            assert_eq!(dns[&(www, RType::A)].0, 300, "the smallest TTL");
+            let ptr = Owner::parse("1.2.0.192.example.test.").unwrap();
+            assert_eq!(dns[&(ptr, RType::PTR)].1.len(), if one_ptr { 1 } else { 2 });
+            // The same rows as row state give the same zone.
+            let outcome = planner.finish();
+            assert_eq!(outcome.rejections.len(), 2);
+            let state = outcome.rows.into_iter().flat_map(|(_, d)| d);
+            let again = publish(state, &l.one_ptr);
+            assert_eq!(
+                as_dns(again.get(&ZoneId(0)).map_or(&[][..], Vec::as_slice)),
+                dns
+            );
+        }
+    }
 
     /// Applies operations with BIND's TTL rule: any add retimes the whole
     /// RRset, even the re-add of an RR it holds. (Knot ignores such a re-add,
@@ -2329,6 +2463,9 @@ mod tests {
                 }
                 apply_ops(&mut dns, &g);
                 prop_assert_eq!(&dns, &store.expected());
+                // Reconcile's desired side from the row state is that zone.
+                let desired = publish(store.rows.values().flatten().cloned(), &l.one_ptr);
+                prop_assert_eq!(&as_dns(desired.get(&ZoneId(0)).map_or(&[][..], Vec::as_slice)), &dns);
                 for ((owner, rtype), (_, set)) in &dns {
                     prop_assert!(set.len() <= rrset_limit, "{} {} has {}", owner, rtype, set.len());
                     if *rtype == RType::CNAME {
