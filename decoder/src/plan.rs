@@ -506,25 +506,128 @@ pub struct Waiting {
     pub target: NodeKey,
 }
 
-/// TTL multiset of one record's producers.
-type Producers = BTreeMap<u32, u32>;
+/// A small map kept as a vector sorted by key.
+///
+/// Why not a `BTreeMap` or a `HashMap`: the planner keeps one node per
+/// owner of every zone it plans (a million for reconcile's desired side of
+/// a million-record zone), and almost every node holds one type with one
+/// record from one producer. An ordered map's first leaf or a hash table's
+/// first buckets cost hundreds of bytes for that one entry, a vector of one
+/// entry its size (BENCHMARKS.md "Reconcile at scale"). Lookups are binary
+/// searches; the rare large RRset (bounded by `max_records_per_rrset`)
+/// pays a shift per insert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct VecMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for VecMap<K, V> {
+    fn default() -> Self {
+        VecMap(Vec::new())
+    }
+}
+
+impl<K: Ord, V> VecMap<K, V> {
+    fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.0.binary_search_by(|(k, _)| k.borrow().cmp(key))
+    }
+
+    fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.find(key).ok().map(|i| &mut self.0[i].1)
+    }
+
+    fn contains_key<Q: Ord + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.find(key).is_ok()
+    }
+
+    fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        let i = self.find(key).ok()?;
+        let (_, v) = self.0.remove(i);
+        if self.0.is_empty() {
+            // An emptied node gives its memory back.
+            self.0 = Vec::new();
+        }
+        Some(v)
+    }
+
+    /// The value at `key`, inserted as the default when absent.
+    fn or_default(&mut self, key: K) -> &mut V
+    where
+        V: Default,
+    {
+        let i = match self.find(&key) {
+            Ok(i) => i,
+            Err(i) => {
+                if self.0.capacity() == 0 {
+                    // Most maps hold one entry: room for one, not four.
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (key, V::default()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a VecMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+/// TTL multiset of one record's producers (ascending TTLs).
+type Producers = VecMap<u32, u32>;
 
 /// The records at one owner: per type, per data, the producers' TTLs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Node {
-    rrsets: BTreeMap<RType, HashMap<Rdata, Producers>>,
+    rrsets: VecMap<RType, VecMap<Rdata, Producers>>,
 }
 
 impl Node {
     fn add(&mut self, rtype: RType, rdata: Rdata, ttl: u32) {
         *self
             .rrsets
-            .entry(rtype)
-            .or_default()
-            .entry(rdata)
-            .or_default()
-            .entry(ttl)
-            .or_insert(0) += 1;
+            .or_default(rtype)
+            .or_default(rdata)
+            .or_default(ttl) += 1;
     }
 
     /// Removes one producer; false if there was none (the state was wrong).
@@ -641,6 +744,9 @@ pub struct Planner<'z> {
     /// Contributions the state should have held but did not (a bug or an
     /// edited state table); reported, never fatal.
     inconsistencies: usize,
+    /// Drop each row's state when its segment ends (see
+    /// [`Planner::forgetting_rows`]).
+    forget_rows: bool,
 }
 
 impl<'z> Planner<'z> {
@@ -668,7 +774,18 @@ impl<'z> Planner<'z> {
             lost_address: Vec::new(),
             promoted: Vec::new(),
             inconsistencies: 0,
+            forget_rows: false,
         }
+    }
+
+    /// A planner for a pass that applies every row once, one segment each,
+    /// and wants only what the zones publish ([`Planner::published`]), as
+    /// reconcile's comparison does: each row's state is dropped when its
+    /// segment ends, so memory holds the owners, not the rows too.
+    /// [`Planner::finish`] then returns no rows.
+    pub fn forgetting_rows(mut self) -> Self {
+        self.forget_rows = true;
+        self
     }
 
     /// What the zones publish now, by zone: every record of the planner's
@@ -1298,10 +1415,16 @@ impl<'z> Planner<'z> {
                 }
             }
         }
-        per_zone
+        let ops = per_zone
             .into_iter()
             .map(|(zone, groups)| ZoneOps { zone, groups })
-            .collect()
+            .collect();
+        if self.forget_rows {
+            // Rows only change within their segment (refusals included).
+            self.rows.clear();
+            self.updated_rows.clear();
+        }
+        ops
     }
 
     /// Runs the checks until none fails, then turns the touched owners into
@@ -1572,7 +1695,7 @@ mod tests {
                 ),
             ];
             let mut dns = Dns::new();
-            for (key, w) in rows {
+            for (key, w) in rows.clone() {
                 planner.apply(SourceId(0), update(key, Ok(vec![w])));
                 for z in planner.end_segment() {
                     apply_ops(&mut dns, &z.groups);
@@ -1590,8 +1713,31 @@ mod tests {
             assert_eq!(dns[&(www, RType::A)].0, 300, "the smallest TTL");
             let ptr = Owner::parse("1.2.0.192.example.test.").unwrap();
             assert_eq!(dns[&(ptr, RType::PTR)].1.len(), if one_ptr { 1 } else { 2 });
+            // A planner that forgets each row after its segment publishes
+            // the same and refuses the same rows.
+            let mut forgetting = Planner::new(&zones, &l, Loaded::default()).forgetting_rows();
+            for (key, w) in rows.clone() {
+                forgetting.apply(SourceId(0), update(key, Ok(vec![w])));
+                forgetting.end_segment();
+            }
+            forgetting.apply(
+                SourceId(0),
+                update("7", Err(Refusal::NotText("rdata".into()))),
+            );
+            forgetting.end_segment();
+            let mut a = forgetting
+                .published()
+                .remove(&ZoneId(0))
+                .unwrap_or_default();
+            let mut b = published.get(&ZoneId(0)).cloned().unwrap_or_default();
+            a.sort_by(|x, y| (&x.owner, x.rtype, &x.rdata).cmp(&(&y.owner, y.rtype, &y.rdata)));
+            b.sort_by(|x, y| (&x.owner, x.rtype, &x.rdata).cmp(&(&y.owner, y.rtype, &y.rdata)));
+            assert_eq!(a, b);
+            let forgot = forgetting.finish();
+            assert!(forgot.rows.is_empty());
             // The same rows as row state give the same zone.
             let outcome = planner.finish();
+            assert_eq!(forgot.rejections, outcome.rejections);
             assert_eq!(outcome.rejections.len(), 2);
             let state = outcome.rows.into_iter().flat_map(|(_, d)| d);
             let again = publish(state, &l.one_ptr);

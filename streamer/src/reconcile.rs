@@ -720,6 +720,10 @@ async fn read_desired_now(
         ));
     }
     let mut planner = Planner::new(&zones, &limits, Loaded::default());
+    if !keep_rows {
+        // The comparison needs what the zones publish, not each row's part.
+        planner = planner.forgetting_rows();
+    }
     let mut rows = 0;
     for (i, (mapping, query)) in mappings.iter().zip(&queries).enumerate() {
         if query.is_empty() {
