@@ -645,6 +645,11 @@ def main():
     ap.add_argument("--reconcile-sizes", default="10000,100000,1000000",
                     help="zone sizes of `reconcile` (records, comma-separated)")
     ap.add_argument("--reconcile-reps", type=int, default=3)
+    ap.add_argument("--reconcile-drift", type=int, default=0,
+                    help="reconcile: also change this percentage of the rows (deletes, adds, TTL changes), "
+                         "report, then --apply (0: zones in sync only)")
+    ap.add_argument("--no-reconcile-baseline", dest="reconcile_baseline", action="store_false",
+                    help="reconcile: skip the COPY + dig + ldns-compare-zones baseline (for 10M records)")
     args = ap.parse_args()
     if args.pin:
         # The fallback when two cores bound W2: BIND on one core, its
