@@ -62,6 +62,7 @@ mod plugin;
 mod primaries;
 mod reconcile;
 mod reconcile_paused;
+mod reconcile_scale;
 mod rejected;
 mod replication;
 mod roles;
