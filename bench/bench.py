@@ -664,6 +664,11 @@ def main():
                     help="zones: seconds BIND may take to load the zones")
     ap.add_argument("--zones-cmd-timeout", type=int, default=1800,
                     help="zones: seconds check-config, setup and the start of run may take each")
+    ap.add_argument("--reconcile-drift", type=int, default=0,
+                    help="reconcile: also change this percentage of the rows (deletes, adds, TTL changes), "
+                         "report, then --apply (0: zones in sync only)")
+    ap.add_argument("--no-reconcile-baseline", dest="reconcile_baseline", action="store_false",
+                    help="reconcile: skip the COPY + dig + ldns-compare-zones baseline (for 10M records)")
     args = ap.parse_args()
     if args.pin:
         # The fallback when two cores bound W2: BIND on one core, its

@@ -78,6 +78,11 @@ def trial(args, n, reps):
                     f'[[zone]]\nname = "{ZONE}"\nprimary = "127.0.0.1:{dns.port}"\n'
                     f'tsig_key_file = "{dns.key_file}"\n')
         env = dict(os.environ, RUST_LOG="warn")
+        os.chmod(dns.key_file, 0o600)
+        # The slot first: `setup` then runs no first load (which would
+        # refuse to delete the N records no row holds yet); the rows come
+        # after setup, as if the stream had published them.
+        pg.psql("SELECT pg_create_logical_replication_slot('pg2dns', 'pgoutput')")
         subprocess.run([args.pg2dns, "setup", "-c", config], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t = time.time()
@@ -89,23 +94,13 @@ def trial(args, n, reps):
         pg.psql("VACUUM ANALYZE pg2dns.rr")
         res["db_load_s"] = round(time.time() - t, 1)
         res["command"] = "RUST_LOG=warn /usr/bin/time -f '%e %M' pg2dns reconcile -c pg2dns.toml --json"
-        runs = []
-        for _ in range(reps):
-            wall, rss, out, rc, err = timed([args.pg2dns, "reconcile", "-c", config, "--json"], env=env)
-            try:
-                report = json.loads(out)
-            except ValueError:
-                raise RuntimeError(f"reconcile printed no JSON (exit {rc}): {out[-300:]} {err[-500:]}")
-            z = report["zones"][0]
-            runs.append({"wall_s": wall, "rss_kib": rss, "exit": rc,
-                         "read_s": report["read_ms"] / 1000, "axfr_s": z["axfr_ms"] / 1000,
-                         "diff_s": z["diff_ms"] / 1000, "total_s": report["total_ms"] / 1000,
-                         "transferred": z["transferred"], "in_sync": z.get("in_sync")})
-            print(json.dumps(runs[-1]), flush=True)
+        runs = [pg2dns_run(args, config, env) for _ in range(reps)]
         res["pg2dns"] = runs
-        res["baseline"] = [baseline(pg, dns, root) for _ in range(reps)]
+        res["baseline"] = [baseline(pg, dns, root) for _ in range(reps if args.reconcile_baseline else 0)]
         res["dns_equals_table"] = all(r["exit"] == 0 and r["in_sync"] for r in runs) and \
             all(b["in_sync"] for b in res["baseline"])
+        if args.reconcile_drift > 0:
+            res.update(drift(args, pg, dns, root, config, env, n, reps))
     finally:
         dns.stop()
         pg.stop()
@@ -117,8 +112,54 @@ def trial(args, n, reps):
                     os.remove(os.path.join(root, f))
                 except OSError:
                     pass
-    print(json.dumps({k: v for k, v in res.items() if k not in ("pg2dns", "baseline")}), flush=True)
+    print(json.dumps({k: v for k, v in res.items()
+                      if k not in ("pg2dns", "baseline", "pg2dns_drift", "baseline_drift")}), flush=True)
     return res
+
+
+def pg2dns_run(args, config, env, extra=()):
+    """One `pg2dns reconcile --json` under /usr/bin/time, as a result row."""
+    wall, rss, out, rc, err = timed([args.pg2dns, "reconcile", "-c", config, "--json", *extra], env=env)
+    try:
+        report = json.loads(out)
+    except ValueError:
+        raise RuntimeError(f"reconcile printed no JSON (exit {rc}): {out[-300:]} {err[-500:]}")
+    z = report["zones"][0]
+    row = {"wall_s": wall, "rss_kib": rss, "exit": rc,
+           "read_s": report["read_ms"] / 1000, "axfr_s": z["axfr_ms"] / 1000,
+           "diff_s": z["diff_ms"] / 1000, "repair_s": z.get("repair_ms", 0) / 1000,
+           "total_s": report["total_ms"] / 1000, "transferred": z["transferred"],
+           "in_sync": z.get("in_sync"), "in_sync_after": z.get("in_sync_after"),
+           "missing": len(z.get("missing", [])), "extra": len(z.get("extra", [])),
+           "ttl": len(z.get("ttl", [])), "messages_applied": z.get("messages_applied")}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def drift(args, pg, dns, root, config, env, n, reps):
+    """`--reconcile-drift P`: P % of the rows changed in the database (a
+    third deleted, a third added, a third given another TTL, spread over
+    the zone by id), so DNS holds P % differences; then the report under
+    time (pg2dns and the baseline, `reps` each), and one `--apply` (repair
+    time, UPDATE rate) followed by a check that the zone is in sync."""
+    k = max(3, n * args.reconcile_drift // 100) // 3
+    step = max(1, n // k)
+    pg.psql(f"DELETE FROM pg2dns.rr WHERE id IN (SELECT id FROM pg2dns.rr WHERE id % {step} = 3 LIMIT {k});"
+            f"UPDATE pg2dns.rr SET ttl = 600 WHERE id IN (SELECT id FROM pg2dns.rr WHERE id % {step} = 4 LIMIT {k});"
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) "
+            "SELECT 'new' || g || '.example.test.', 3600, 'AAAA', '2001:db8::' || to_hex(g) "
+            f"FROM generate_series(1, {k}) AS g")
+    pg.psql("VACUUM ANALYZE pg2dns.rr")
+    out = {"drift_records": 3 * k}
+    out["pg2dns_drift"] = [pg2dns_run(args, config, env) for _ in range(reps)]
+    out["baseline_drift"] = [baseline(pg, dns, root) for _ in range(reps if args.reconcile_baseline else 0)]
+    # The report must be exact: k missing, k extra, k TTL differences.
+    out["drift_exact"] = all(r["exit"] == 1 and r["missing"] == k and r["extra"] == k and r["ttl"] == k
+                             for r in out["pg2dns_drift"])
+    out["apply"] = pg2dns_run(args, config, env, ("--apply",))
+    out["after_apply"] = pg2dns_run(args, config, env)
+    out["apply_ok"] = out["apply"]["exit"] == 0 and out["after_apply"]["exit"] == 0
+    return out
 
 
 def baseline(pg, dns, root):
@@ -173,8 +214,8 @@ def report(results):
         return ""
     out = ["", "### reconcile, zone in sync (medians of the repetitions)", "",
            "| records | pg2dns total s | DB read s | AXFR s | diff s | peak RSS MiB | baseline total s "
-           "(COPY / AXFR / to zone / compare) | baseline peak RSS MiB | in sync (both) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "(COPY / AXFR / to zone / compare) | baseline peak RSS MiB | ratio | in sync (both) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p, b = r.get("pg2dns", []), r.get("baseline", [])
         if not p:
@@ -186,5 +227,26 @@ def report(results):
             f"| {r['rows']:,} | **{m('wall_s'):.2f}** | {m('read_s'):.2f} | {m('axfr_s'):.2f} | {m('diff_s'):.2f} "
             f"| {max(x['rss_kib'] for x in p) / 1024:.1f} | **{m('total_s', b):.2f}** ({m('copy_s', b):.2f} / "
             f"{m('axfr_s', b):.2f} / {m('to_zone_s', b):.2f} / {m('compare_s', b):.2f}) | {brss / 1024:.1f} "
+            f"| {m('wall_s') / m('total_s', b):.2f} "
+            f"| {'yes' if r.get('dns_equals_table') else 'NO'} |") if b else out.append(
+            f"| {r['rows']:,} | **{m('wall_s'):.2f}** | {m('read_s'):.2f} | {m('axfr_s'):.2f} | {m('diff_s'):.2f} "
+            f"| {max(x['rss_kib'] for x in p) / 1024:.1f} | - | - | - "
             f"| {'yes' if r.get('dns_equals_table') else 'NO'} |")
+    drifted = [r for r in rows if r.get("pg2dns_drift")]
+    if drifted:
+        out += ["", "### reconcile, 1 in 100 records drifted, then `--apply` (medians of the repetitions)", "",
+                "| records | drifted | pg2dns report s | peak RSS MiB | exact | baseline s | ratio | "
+                "--apply s | repair s | UPDATE rate records/s | peak RSS MiB | in sync after |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in drifted:
+            p, b, a = r["pg2dns_drift"], r.get("baseline_drift", []), r["apply"]
+            pw = median([x["wall_s"] for x in p])
+            bw = median([x["total_s"] for x in b]) if b else None
+            changed = r["drift_records"] + r["drift_records"] // 3  # a TTL change is a delete and an add
+            rate = changed / a["repair_s"] if a["repair_s"] else 0
+            out.append(
+                f"| {r['rows']:,} | {r['drift_records']:,} | **{pw:.2f}** | {max(x['rss_kib'] for x in p) / 1024:.1f} "
+                f"| {'yes' if r.get('drift_exact') else 'NO'} | {f'{bw:.2f}' if bw else '-'} "
+                f"| {f'{pw / bw:.2f}' if bw else '-'} | {a['wall_s']:.2f} | {a['repair_s']:.2f} | {rate:,.0f} "
+                f"| {a['rss_kib'] / 1024:.1f} | {'yes' if r.get('apply_ok') else 'NO'} |")
     return "\n".join(out) + "\n"

@@ -151,9 +151,11 @@ pub fn diff_excluding(
         .filter_map(|r| crate::rdata::target(r.rtype, r.rdata.as_wire()))
         .map(Owner::from_name)
         .collect();
+    // Only the name servers' addresses matter here: a set of every
+    // addressed owner would cost a node per record.
     let db_addressed: std::collections::BTreeSet<&Owner> = desired
         .iter()
-        .filter(|r| is_address(r))
+        .filter(|r| is_address(r) && name_servers.contains(&r.owner))
         .map(|r| &r.owner)
         .collect();
     let is_owned = |r: &Record, apex_ns_owned: bool| {
@@ -163,72 +165,98 @@ pub fn diff_excluding(
                 && name_servers.contains(&r.owner)
                 && !db_addressed.contains(&r.owner))
     };
-    let mut want: BTreeMap<RrKey, u32> = BTreeMap::new();
-    for r in desired.iter().filter(|r| is_owned(r, apex_ns_owned)) {
-        let ttl = want
-            .entry((r.owner.clone(), r.rtype, r.rdata.clone()))
-            .or_insert(r.ttl);
-        *ttl = (*ttl).min(r.ttl);
-    }
-    let mut have: BTreeMap<RrKey, u32> = BTreeMap::new();
+    // Both sides as vectors sorted by RR (owner, type, data) and merged:
+    // a million records cost their keys, not an ordered map's nodes too.
+    let key = |r: &Record| (r.owner.clone(), r.rtype, r.rdata.clone());
+    let mut want: Vec<(RrKey, u32)> = desired
+        .iter()
+        .filter(|r| is_owned(r, apex_ns_owned))
+        .map(|r| (key(r), r.ttl))
+        .collect();
+    want.sort_unstable();
+    // The same RR twice: the smaller TTL counts (sorted first).
+    want.dedup_by(|later, first| later.0 == first.0);
     let mut not_owned = 0;
+    let mut have: Vec<(RrKey, u32)> = Vec::with_capacity(actual.len());
     for r in actual {
-        let key = (r.owner.clone(), r.rtype, r.rdata.clone());
+        let k = key(r);
         // A signer's own DNSKEY, CDS or CDNSKEY is not pg2dns's to remove.
-        let signers = r.rtype.is_shared_with_signer() && !want.contains_key(&key);
+        let signers = r.rtype.is_shared_with_signer()
+            && want.binary_search_by(|(w, _)| w.cmp(&k)).is_err();
         if is_owned(r, apex_ns_owned) && !signers {
-            have.insert(key, r.ttl);
+            have.push((k, r.ttl));
         } else {
             not_owned += 1;
         }
     }
+    have.sort_unstable();
+    have.dedup_by(|later, first| later.0 == first.0);
     let record = |(owner, rtype, rdata): &RrKey, ttl: u32| Record {
         owner: owner.clone(),
         rtype: *rtype,
         ttl,
         rdata: rdata.clone(),
     };
-    // Owners with a wanted address record (for MX and SRV targets).
-    let addressed: std::collections::BTreeSet<&Owner> = want
-        .keys()
-        .filter(|(_, t, _)| *t == RType::A || *t == RType::AAAA)
-        .map(|(o, _, _)| o)
-        .collect();
+    // Whether an owner has a wanted address record (for MX and SRV targets).
+    let addressed = |t: &Owner| {
+        [RType::A, RType::AAAA].into_iter().any(|rtype| {
+            let at = want.partition_point(|((o, ty, _), _)| (o, *ty) < (t, rtype));
+            want.get(at)
+                .is_some_and(|((o, ty, _), _)| o == t && *ty == rtype)
+        })
+    };
     let waits = |(_, rtype, rdata): &RrKey| {
         matches!(*rtype, RType::MX | RType::SRV)
             && crate::rdata::target(*rtype, rdata.as_wire()).is_some_and(|t| {
                 let t = Owner::from_name(t);
-                zone.contains(&t) && !addressed.contains(&t)
+                zone.contains(&t) && !addressed(&t)
             })
     };
     let mut waiting = Vec::new();
     let mut owners: BTreeMap<Owner, OwnerDiff> = BTreeMap::new();
-    for (key, &ttl) in &want {
-        match have.get(key) {
-            None if waits(key) => waiting.push(record(key, ttl)),
-            None => owners
-                .entry(key.0.clone())
-                .or_default()
-                .missing
-                .push(record(key, ttl)),
-            Some(&actual_ttl) if actual_ttl != ttl => owners
-                .entry(key.0.clone())
-                .or_default()
-                .ttl
-                .push(TtlDifference {
-                    wanted: record(key, ttl),
-                    actual_ttl,
-                }),
-            Some(_) => {}
-        }
-    }
-    for (key, &ttl) in &have {
-        if !want.contains_key(key) {
-            owners
-                .entry(key.0.clone())
-                .or_default()
-                .extra
-                .push(record(key, ttl));
+    let (mut w, mut h) = (want.iter().peekable(), have.iter().peekable());
+    loop {
+        let order = match (w.peek(), h.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let (key, ttl) = w.next().expect("peeked");
+                if waits(key) {
+                    waiting.push(record(key, *ttl));
+                } else {
+                    owners
+                        .entry(key.0.clone())
+                        .or_default()
+                        .missing
+                        .push(record(key, *ttl));
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                let (key, ttl) = h.next().expect("peeked");
+                owners
+                    .entry(key.0.clone())
+                    .or_default()
+                    .extra
+                    .push(record(key, *ttl));
+            }
+            std::cmp::Ordering::Equal => {
+                let (key, ttl) = w.next().expect("peeked");
+                let (_, actual_ttl) = h.next().expect("peeked");
+                if actual_ttl != ttl {
+                    owners
+                        .entry(key.0.clone())
+                        .or_default()
+                        .ttl
+                        .push(TtlDifference {
+                            wanted: record(key, *ttl),
+                            actual_ttl: *actual_ttl,
+                        });
+                }
+            }
         }
     }
     ZoneDiff {

@@ -455,6 +455,41 @@ pub fn published<'a>(
     all
 }
 
+/// The records the zones publish, by zone: every owner's RRsets, each at
+/// the smallest TTL its producers give and with the records [`published`]
+/// keeps. The planner's own projection of its owners (the one its update
+/// groups are made of), so that what reconcile expects and what the stream
+/// publishes agree by construction.
+fn project(nodes: &HashMap<NodeKey, Node>, one_ptr: &[bool]) -> BTreeMap<ZoneId, Vec<Record>> {
+    let mut out: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
+    for ((zone, owner), node) in nodes {
+        let one_ptr = one_ptr.get(zone.index()).copied().unwrap_or(false);
+        out.entry(*zone)
+            .or_default()
+            .extend(node.published_records(owner, one_ptr));
+    }
+    out
+}
+
+/// What the zones publish when their rows contribute `contributions` (each
+/// row's records at the row's own TTL, such as the row state holds them):
+/// the projection the planner publishes its state by (see
+/// [`Planner::published`]).
+pub fn publish(
+    contributions: impl IntoIterator<Item = Desired>,
+    one_ptr: &[bool],
+) -> BTreeMap<ZoneId, Vec<Record>> {
+    let mut nodes: HashMap<NodeKey, Node> = HashMap::default();
+    for d in contributions {
+        nodes.entry((d.zone, d.record.owner)).or_default().add(
+            d.record.rtype,
+            d.record.rdata,
+            d.record.ttl,
+        );
+    }
+    project(&nodes, one_ptr)
+}
+
 /// The operations of one segment for one zone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZoneOps {
@@ -502,25 +537,128 @@ pub struct Waiting {
     pub target: NodeKey,
 }
 
-/// TTL multiset of one record's producers.
-type Producers = BTreeMap<u32, u32>;
+/// A small map kept as a vector sorted by key.
+///
+/// Why not a `BTreeMap` or a `HashMap`: the planner keeps one node per
+/// owner of every zone it plans (a million for reconcile's desired side of
+/// a million-record zone), and almost every node holds one type with one
+/// record from one producer. An ordered map's first leaf or a hash table's
+/// first buckets cost hundreds of bytes for that one entry, a vector of one
+/// entry its size (BENCHMARKS.md "Reconcile at scale"). Lookups are binary
+/// searches; the rare large RRset (bounded by `max_records_per_rrset`)
+/// pays a shift per insert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct VecMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for VecMap<K, V> {
+    fn default() -> Self {
+        VecMap(Vec::new())
+    }
+}
+
+impl<K: Ord, V> VecMap<K, V> {
+    fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.0.binary_search_by(|(k, _)| k.borrow().cmp(key))
+    }
+
+    fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.find(key).ok().map(|i| &mut self.0[i].1)
+    }
+
+    fn contains_key<Q: Ord + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.find(key).is_ok()
+    }
+
+    fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        let i = self.find(key).ok()?;
+        let (_, v) = self.0.remove(i);
+        if self.0.is_empty() {
+            // An emptied node gives its memory back.
+            self.0 = Vec::new();
+        }
+        Some(v)
+    }
+
+    /// The value at `key`, inserted as the default when absent.
+    fn or_default(&mut self, key: K) -> &mut V
+    where
+        V: Default,
+    {
+        let i = match self.find(&key) {
+            Ok(i) => i,
+            Err(i) => {
+                if self.0.capacity() == 0 {
+                    // Most maps hold one entry: room for one, not four.
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (key, V::default()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a VecMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+/// TTL multiset of one record's producers (ascending TTLs).
+type Producers = VecMap<u32, u32>;
 
 /// The records at one owner: per type, per data, the producers' TTLs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Node {
-    rrsets: BTreeMap<RType, HashMap<Rdata, Producers>>,
+    rrsets: VecMap<RType, VecMap<Rdata, Producers>>,
 }
 
 impl Node {
     fn add(&mut self, rtype: RType, rdata: Rdata, ttl: u32) {
         *self
             .rrsets
-            .entry(rtype)
-            .or_default()
-            .entry(rdata)
-            .or_default()
-            .entry(ttl)
-            .or_insert(0) += 1;
+            .or_default(rtype)
+            .or_default(rdata)
+            .or_default(ttl) += 1;
     }
 
     /// Removes one producer; false if there was none (the state was wrong).
@@ -554,6 +692,30 @@ impl Node {
             .values()
             .filter_map(|p| p.keys().next().copied())
             .min()
+    }
+
+    /// What the zone publishes of the RRset of `rtype` here: its TTL (the
+    /// smallest its producers give) and its records ([`published`]).
+    fn shown(&self, rtype: RType, one_ptr: bool) -> Option<(u32, Vec<&Rdata>)> {
+        let set = self.rrsets.get(&rtype)?;
+        Some((self.ttl(rtype)?, published(one_ptr, rtype, set.keys())))
+    }
+
+    /// Every record the zone publishes at this owner.
+    fn published_records<'a>(
+        &'a self,
+        owner: &'a Owner,
+        one_ptr: bool,
+    ) -> impl Iterator<Item = Record> + 'a {
+        self.rrsets.keys().flat_map(move |&rtype| {
+            let (ttl, data) = self.shown(rtype, one_ptr).unwrap_or_default();
+            data.into_iter().map(move |rdata| Record {
+                owner: owner.clone(),
+                rtype,
+                ttl,
+                rdata: rdata.clone(),
+            })
+        })
     }
 
     fn has(&self, rtype: RType, rdata: &Rdata) -> bool {
@@ -613,6 +775,9 @@ pub struct Planner<'z> {
     /// Contributions the state should have held but did not (a bug or an
     /// edited state table); reported, never fatal.
     inconsistencies: usize,
+    /// Drop each row's state when its segment ends (see
+    /// [`Planner::forgetting_rows`]).
+    forget_rows: bool,
 }
 
 impl<'z> Planner<'z> {
@@ -640,7 +805,25 @@ impl<'z> Planner<'z> {
             lost_address: Vec::new(),
             promoted: Vec::new(),
             inconsistencies: 0,
+            forget_rows: false,
         }
+    }
+
+    /// A planner for a pass that applies every row once, one segment each,
+    /// and wants only what the zones publish ([`Planner::published`]), as
+    /// reconcile's comparison does: each row's state is dropped when its
+    /// segment ends, so memory holds the owners, not the rows too.
+    /// [`Planner::finish`] then returns no rows.
+    pub fn forgetting_rows(mut self) -> Self {
+        self.forget_rows = true;
+        self
+    }
+
+    /// What the zones publish now, by zone: every record of the planner's
+    /// owners, one TTL per RRset (the smallest), one PTR per name in a zone
+    /// with `one_ptr`. Reconcile's desired side.
+    pub fn published(&self) -> BTreeMap<ZoneId, Vec<Record>> {
+        project(&self.nodes, &self.limits.one_ptr)
     }
 
     /// How many contributions the loaded state lacked (0 when consistent).
@@ -948,14 +1131,8 @@ impl<'z> Planner<'z> {
             let ta = after.ttl(rtype);
             let retimed = matches!((tb, ta), (Some(b), Some(a)) if a != b);
             let shown = |node: &'_ Node| -> Vec<Rdata> {
-                node.rrsets
-                    .get(&rtype)
-                    .map(|s| {
-                        published(one_ptr, rtype, s.keys())
-                            .into_iter()
-                            .cloned()
-                            .collect()
-                    })
+                node.shown(rtype, one_ptr)
+                    .map(|(_, data)| data.into_iter().cloned().collect())
                     .unwrap_or_default()
             };
             let (was, is) = (shown(before), shown(after));
@@ -1316,10 +1493,16 @@ impl<'z> Planner<'z> {
                 }
             }
         }
-        per_zone
+        let ops = per_zone
             .into_iter()
             .map(|(zone, groups)| ZoneOps { zone, groups })
-            .collect()
+            .collect();
+        if self.forget_rows {
+            // Rows only change within their segment (refusals included).
+            self.rows.clear();
+            self.updated_rows.clear();
+        }
+        ops
     }
 
     /// Runs the checks until none fails, then turns the touched owners into
@@ -1545,6 +1728,103 @@ mod tests {
 
     /// A zone as a server holds it.
     type Dns = BTreeMap<(Owner, RType), (u32, BTreeSet<Rdata>)>;
+
+    /// Records as a zone: every RRset must have one TTL.
+    fn as_dns(records: &[Record]) -> Dns {
+        let mut dns = Dns::new();
+        for r in records {
+            let e = dns
+                .entry((r.owner.clone(), r.rtype))
+                .or_insert((r.ttl, BTreeSet::new()));
+            assert_eq!(e.0, r.ttl, "{} {} has two TTLs", r.owner, r.rtype);
+            assert!(e.1.insert(r.rdata.clone()), "{r} twice");
+        }
+        dns
+    }
+
+    #[test]
+    fn what_the_planner_publishes_is_what_its_operations_built() {
+        // Rows planned one segment each, as reconcile plans the tables: an
+        // RRset whose rows give two TTLs, a PTR name two rows give, a CNAME
+        // beside an address (refused), a row refused from its columns.
+        let zones = zones();
+        for one_ptr in [false, true] {
+            let mut l = limits(65_535, 100);
+            l.one_ptr = vec![one_ptr];
+            let mut planner = Planner::new(&zones, &l, Loaded::default());
+            let rows = [
+                ("1", want("www.example.test.", 3600, "A", "192.0.2.1")),
+                ("2", want("www.example.test.", 300, "A", "192.0.2.2")),
+                (
+                    "3",
+                    want("1.2.0.192.example.test.", 600, "PTR", "zz.example.test."),
+                ),
+                (
+                    "4",
+                    want("1.2.0.192.example.test.", 900, "PTR", "aa.example.test."),
+                ),
+                (
+                    "5",
+                    want("www.example.test.", 300, "CNAME", "other.example.test."),
+                ),
+                (
+                    "6",
+                    want("MiXeD.Example.TEST.", 60, "TXT", "\"caf\u{e9} \\\"q\\\"\""),
+                ),
+            ];
+            let mut dns = Dns::new();
+            for (key, w) in rows.clone() {
+                planner.apply(SourceId(0), update(key, Ok(vec![w])));
+                for z in planner.end_segment() {
+                    apply_ops(&mut dns, &z.groups);
+                }
+            }
+            planner.apply(
+                SourceId(0),
+                update("7", Err(Refusal::NotText("rdata".into()))),
+            );
+            planner.end_segment();
+            let published = planner.published();
+            let zone = published.get(&ZoneId(0)).map_or(&[][..], Vec::as_slice);
+            assert_eq!(as_dns(zone), dns, "one_ptr {one_ptr}");
+            let www = Owner::parse("www.example.test.").unwrap();
+            assert_eq!(dns[&(www, RType::A)].0, 300, "the smallest TTL");
+            let ptr = Owner::parse("1.2.0.192.example.test.").unwrap();
+            assert_eq!(dns[&(ptr, RType::PTR)].1.len(), if one_ptr { 1 } else { 2 });
+            // A planner that forgets each row after its segment publishes
+            // the same and refuses the same rows.
+            let mut forgetting = Planner::new(&zones, &l, Loaded::default()).forgetting_rows();
+            for (key, w) in rows.clone() {
+                forgetting.apply(SourceId(0), update(key, Ok(vec![w])));
+                forgetting.end_segment();
+            }
+            forgetting.apply(
+                SourceId(0),
+                update("7", Err(Refusal::NotText("rdata".into()))),
+            );
+            forgetting.end_segment();
+            let mut a = forgetting
+                .published()
+                .remove(&ZoneId(0))
+                .unwrap_or_default();
+            let mut b = published.get(&ZoneId(0)).cloned().unwrap_or_default();
+            a.sort_by(|x, y| (&x.owner, x.rtype, &x.rdata).cmp(&(&y.owner, y.rtype, &y.rdata)));
+            b.sort_by(|x, y| (&x.owner, x.rtype, &x.rdata).cmp(&(&y.owner, y.rtype, &y.rdata)));
+            assert_eq!(a, b);
+            let forgot = forgetting.finish();
+            assert!(forgot.rows.is_empty());
+            // The same rows as row state give the same zone.
+            let outcome = planner.finish();
+            assert_eq!(forgot.rejections, outcome.rejections);
+            assert_eq!(outcome.rejections.len(), 2);
+            let state = outcome.rows.into_iter().flat_map(|(_, d)| d);
+            let again = publish(state, &l.one_ptr);
+            assert_eq!(
+                as_dns(again.get(&ZoneId(0)).map_or(&[][..], Vec::as_slice)),
+                dns
+            );
+        }
+    }
 
     /// Applies operations with BIND's TTL rule: any add retimes the whole
     /// RRset, even the re-add of an RR it holds. (Knot ignores such a re-add,
@@ -2504,6 +2784,9 @@ mod tests {
                 }
                 apply_ops(&mut dns, &g);
                 prop_assert_eq!(&dns, &store.expected());
+                // Reconcile's desired side from the row state is that zone.
+                let desired = publish(store.rows.values().flatten().cloned(), &l.one_ptr);
+                prop_assert_eq!(&as_dns(desired.get(&ZoneId(0)).map_or(&[][..], Vec::as_slice)), &dns);
                 for ((owner, rtype), (_, set)) in &dns {
                     prop_assert!(set.len() <= rrset_limit, "{} {} has {}", owner, rtype, set.len());
                     if *rtype == RType::CNAME {

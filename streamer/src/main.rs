@@ -221,9 +221,16 @@ fn main() -> ExitCode {
     // SQL connection, one task per zone) with little work at each: on one
     // thread they cost no cross-thread wake-ups, which were most of its CPU
     // for a live transaction; PostgreSQL and the DNS server keep the other
-    // cores. The batch commands (reconcile's transfers and diffs) keep a
-    // thread per core.
-    let mut builder = if matches!(cli.command, Command::Run { .. }) {
+    // cores. Reconcile and setup (its first load) run on one thread too:
+    // with a thread per core glibc gives each its own malloc arena, and
+    // memory the planner freed on one was not reused by the transfer on
+    // the other (a 200,000-record report peaked at 98 or at 274 MiB, by
+    // where its task ran). The other commands keep a thread per core.
+    let one_thread = matches!(
+        cli.command,
+        Command::Run { .. } | Command::Reconcile { .. } | Command::Setup { .. }
+    );
+    let mut builder = if one_thread {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

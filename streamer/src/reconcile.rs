@@ -720,6 +720,10 @@ async fn read_desired_now(
         ));
     }
     let mut planner = Planner::new(&zones, &limits, Loaded::default());
+    if !keep_rows {
+        // The comparison needs what the zones publish, not each row's part.
+        planner = planner.forgetting_rows();
+    }
     let mut rows = 0;
     for (i, (mapping, query)) in mappings.iter().zip(&queries).enumerate() {
         if query.is_empty() {
@@ -774,17 +778,17 @@ async fn read_desired_now(
         }
     }
     bar.set_position(rows as u64);
+    // What the stream publishes: the planner's own projection of its state.
+    let records = planner.published();
     let outcome = planner.finish();
-    let mut records: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
     let mut contributions: BTreeMap<ZoneId, BTreeMap<SourceId, Contributions>> = BTreeMap::new();
     for ((source, key), desired) in outcome.rows {
+        if !keep_rows {
+            break;
+        }
         let mut per_zone: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
         for d in desired {
-            records.entry(d.zone).or_default().push(d.record.clone());
             per_zone.entry(d.zone).or_default().push(d.record);
-        }
-        if !keep_rows {
-            continue;
         }
         for (zone, recs) in per_zone {
             contributions
@@ -795,7 +799,6 @@ async fn read_desired_now(
                 .push((key.clone(), recs));
         }
     }
-    as_published(&mut records, &limits.one_ptr);
     let mut refusals: BTreeMap<ZoneId, Vec<String>> = BTreeMap::new();
     for r in &outcome.rejections {
         if let Some(zone) = r.zone {
@@ -818,48 +821,6 @@ async fn read_desired_now(
         sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
         refs: zones.refs().clone(),
     })
-}
-
-/// What the stream publishes of each zone's records (every row's record,
-/// each at its own TTL): one TTL per RRset, the smallest its rows give, and
-/// in a zone with `one_ptr` one PTR per name (`plan::published`), as the
-/// planner decides them.
-fn as_published(records: &mut BTreeMap<ZoneId, Vec<Record>>, one_ptr: &[bool]) {
-    for (zone, recs) in records.iter_mut() {
-        let mut rrset_ttl: BTreeMap<(&Owner, RType), u32> = BTreeMap::new();
-        for r in recs.iter() {
-            let ttl = rrset_ttl.entry((&r.owner, r.rtype)).or_insert(r.ttl);
-            *ttl = (*ttl).min(r.ttl);
-        }
-        let rrset_ttl: BTreeMap<(Owner, RType), u32> = rrset_ttl
-            .into_iter()
-            .map(|((o, t), ttl)| ((o.clone(), t), ttl))
-            .collect();
-        for r in recs.iter_mut() {
-            r.ttl = rrset_ttl[&(r.owner.clone(), r.rtype)];
-        }
-        if !one_ptr.get(zone.index()).copied().unwrap_or(false) {
-            continue;
-        }
-        let mut ptrs: BTreeMap<Owner, Vec<pg2dns_decoder::Rdata>> = BTreeMap::new();
-        for r in recs.iter().filter(|r| r.rtype == RType::PTR) {
-            ptrs.entry(r.owner.clone())
-                .or_default()
-                .push(r.rdata.clone());
-        }
-        let keep: BTreeMap<&Owner, Vec<&pg2dns_decoder::Rdata>> = ptrs
-            .iter()
-            .map(|(o, ds)| {
-                (
-                    o,
-                    pg2dns_decoder::plan::published(true, RType::PTR, ds.iter()),
-                )
-            })
-            .collect();
-        recs.retain(|r| {
-            r.rtype != RType::PTR || keep.get(&r.owner).is_some_and(|k| k.contains(&&r.rdata))
-        });
-    }
 }
 
 /// The desired side while an operator has paused the service at P: the row
@@ -885,13 +846,12 @@ async fn read_desired_paused(
         .map(|&id| config.zones[id.index()].name.to_string())
         .collect();
     let state = store.zone_state(&names).await?;
-    let mut records: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
-    for (zone, record) in state.records {
-        if let Some(id) = ZoneName::parse(&zone).ok().and_then(|z| zones.id_of(&z)) {
-            records.entry(id).or_default().push(record);
-        }
-    }
-    as_published(&mut records, &config.plan_limits().one_ptr);
+    // Published as the planner publishes its state.
+    let contributions = state.records.into_iter().filter_map(|(zone, record)| {
+        let zone = ZoneName::parse(&zone).ok().and_then(|z| zones.id_of(&z))?;
+        Some(pg2dns_decoder::mapping::Desired { zone, record })
+    });
+    let records = pg2dns_decoder::plan::publish(contributions, &config.plan_limits().one_ptr);
     Ok(Desired {
         rows: state.rows,
         refused: 0,

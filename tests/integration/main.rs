@@ -64,6 +64,7 @@ mod primaries;
 mod protobuf;
 mod reconcile;
 mod reconcile_paused;
+mod reconcile_scale;
 mod rejected;
 mod replication;
 mod roles;
