@@ -52,6 +52,16 @@ pub enum ConfigError {
         /// Which key and why.
         what: String,
     },
+    /// A server's TSIG key file could not be used.
+    #[error("server {server:?}: TSIG key file {key_file}: {what}")]
+    ServerKey {
+        /// The server's name.
+        server: String,
+        /// The key file.
+        key_file: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// A zone's TSIG key file could not be used.
     #[error("zone {zone}: TSIG key file {key_file}: {what}")]
     Key {
@@ -72,6 +82,8 @@ struct Spec {
     database: DatabaseSpec,
     #[serde(default, rename = "zone")]
     zones: Vec<ZoneSpec>,
+    #[serde(default, rename = "server")]
+    servers: Vec<ServerSpec>,
     #[serde(default)]
     limits: LimitsSpec,
     #[serde(default)]
@@ -408,8 +420,11 @@ fn default_publication() -> String {
 #[serde(deny_unknown_fields)]
 struct ZoneSpec {
     name: String,
-    primary: String,
-    tsig_key_file: PathBuf,
+    /// Either `server` (a `[[server]]`'s name) or `primary` and
+    /// `tsig_key_file`.
+    server: Option<String>,
+    primary: Option<String>,
+    tsig_key_file: Option<PathBuf>,
     key_name: Option<String>,
     #[serde(default)]
     check_names: CheckNamesSpec,
@@ -423,6 +438,18 @@ struct ZoneSpec {
     one_ptr: bool,
     verify: Option<Vec<String>>,
     verify_timeout_s: Option<u64>,
+}
+
+/// `[[server]]`: a primary server and its key, declared once and named by
+/// zones (`server = "name"` in a `[[zone]]`, or a row of `pg2dns.zones`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSpec {
+    name: String,
+    /// host:port, 53 when no port is given (as a zone's `primary`).
+    address: String,
+    tsig_key_file: PathBuf,
+    key_name: Option<String>,
 }
 
 /// The zone's `check_names`, as its primary applies it.
@@ -489,8 +516,14 @@ pub struct Config {
     pub path: PathBuf,
     /// Database connection and replication names.
     pub database: DatabaseConfig,
-    /// The zones pg2dns updates.
+    /// The zones pg2dns updates: the `[[zone]]`s, then (in a session's
+    /// configuration, see [`Config::with_table_zones`]) those of
+    /// `pg2dns.zones`.
     pub zones: Vec<ZoneConfig>,
+    /// The `[[server]]`s, in configuration order.
+    pub servers: Vec<ServerConfig>,
+    /// The mass-delete guard of a zone that sets none of its own (`[guard]`).
+    pub default_guard: pg2dns_decoder::guard::DeleteGuard,
     /// `zones`' names indexed once, checked within the zone limit.
     zone_ids: pg2dns_decoder::Zones,
     /// Message and server limits.
@@ -744,6 +777,8 @@ pub struct ZoneConfig {
     pub one_ptr: bool,
     /// The command that checks the zone before a repair (`verify`).
     pub verify: Option<Verifier>,
+    /// Listed in `pg2dns.zones` (not in the configuration file).
+    pub from_table: bool,
 }
 
 /// A zone's verifier: a command run on the zone as it will be after a
@@ -843,74 +878,64 @@ impl Config {
                 )));
             }
         }
-        if spec.zones.is_empty() {
-            return Err(invalid("no [[zone]] is configured".into()));
+        if spec.zones.is_empty() && spec.servers.is_empty() {
+            return Err(invalid(
+                "no [[zone]] is configured (nor a [[server]] for the zones of pg2dns.zones)".into(),
+            ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let mut zones: Vec<ZoneConfig> = Vec::new();
         let mut seen: std::collections::HashSet<ZoneName> = std::collections::HashSet::new();
         // Each key file is read (and its mode warned about) once, however
-        // many zones share it.
-        let mut key_files: std::collections::HashMap<PathBuf, Vec<TsigKey>> =
-            std::collections::HashMap::new();
+        // many zones and servers share it.
+        let mut key_files = KeyFiles::new(base);
+        let servers = read_servers(spec.servers, &mut key_files, path)?;
         for z in spec.zones {
             let name = ZoneName::parse(&z.name)
                 .map_err(|e| invalid(format!("zone name {:?}: {e}", z.name)))?;
             if !seen.insert(name.clone()) {
                 return Err(invalid(format!("zone {name} is configured twice")));
             }
-            let primary_addr = PrimaryAddr::parse(&z.primary).map_err(|e| {
-                invalid(format!(
-                    "zone {name}: primary = {:?}: {e}; use an address or host name, with :port unless it is 53 (\"192.0.2.53\", \"[2001:db8::53]:5353\", \"ns1.example.net\")",
-                    z.primary
-                ))
-            })?;
-            let primary = primary_addr.resolve_blocking().map_err(|e| {
-                invalid(format!(
-                    "zone {name}: primary = {:?}: cannot resolve {}: {e}",
-                    z.primary,
-                    primary_addr.host()
-                ))
-            })?;
-            let key_file = if z.tsig_key_file.is_absolute() {
-                z.tsig_key_file.clone()
-            } else {
-                base.join(&z.tsig_key_file)
-            };
-            let key_err = |what: String| ConfigError::Key {
-                zone: name.to_string(),
-                key_file: key_file.clone(),
-                what,
-            };
-            if !key_files.contains_key(&key_file) {
-                let text = std::fs::read_to_string(&key_file)
-                    .map_err(|e| key_err(format!("cannot read it: {e}")))?;
-                warn_if_readable_by_others(&key_file);
-                // The key file error's causes (bad algorithm, bad base64…)
-                // are sources: keep them in the message.
-                let keys = TsigKey::parse_keygen_file(&text)
-                    .map_err(|e| key_err(crate::error::chain(&e)))?;
-                key_files.insert(key_file.clone(), keys);
-            }
-            let keys = key_files.get(&key_file).cloned().unwrap_or_default();
-            let key = match &z.key_name {
-                Some(wanted) => {
-                    let wanted_lc = wanted.trim_end_matches('.').to_ascii_lowercase();
-                    keys.into_iter()
-                        .find(|k| k.name.to_string().trim_end_matches('.') == wanted_lc)
-                        .ok_or_else(|| key_err(format!("holds no key named {wanted:?}")))?
+            let (primary_addr, primary, key, key_file) = match (z.server, z.primary, z.tsig_key_file) {
+                (Some(server), None, None) if z.key_name.is_none() => {
+                    let s = servers.iter().find(|s| s.name == server).ok_or_else(|| {
+                        invalid(format!(
+                            "zone {name}: server = {server:?} is not a declared [[server]] ({})",
+                            server_names(&servers)
+                        ))
+                    })?;
+                    (s.primary_addr.clone(), s.primary, s.key.clone(), s.key_file.clone())
                 }
-                None => {
-                    let mut keys = keys;
-                    match keys.len() {
-                        0 => return Err(key_err("holds no key".into())),
-                        1 => keys.remove(0),
-                        n => {
-                            return Err(key_err(format!(
-                                "holds {n} keys: set key_name to choose one"
-                            )))
-                        }
-                    }
+                (Some(server), _, _) => {
+                    return Err(invalid(format!(
+                        "zone {name}: server = {server:?} names the primary and its key: remove primary, tsig_key_file and key_name"
+                    )))
+                }
+                (None, Some(primary_text), Some(tsig_key_file)) => {
+                    let primary_addr = PrimaryAddr::parse(&primary_text).map_err(|e| {
+                        invalid(format!(
+                            "zone {name}: primary = {primary_text:?}: {e}; use an address or host name, with :port unless it is 53 (\"192.0.2.53\", \"[2001:db8::53]:5353\", \"ns1.example.net\")"
+                        ))
+                    })?;
+                    let primary = primary_addr.resolve_blocking().map_err(|e| {
+                        invalid(format!(
+                            "zone {name}: primary = {primary_text:?}: cannot resolve {}: {e}",
+                            primary_addr.host()
+                        ))
+                    })?;
+                    let (key, key_file) = key_files
+                        .key(&tsig_key_file, z.key_name.as_deref())
+                        .map_err(|(key_file, what)| ConfigError::Key {
+                            zone: name.to_string(),
+                            key_file,
+                            what,
+                        })?;
+                    (primary_addr, primary, key, key_file)
+                }
+                (None, _, _) => {
+                    return Err(invalid(format!(
+                        "zone {name}: set server = \"name\" of a [[server]], or both primary and tsig_key_file"
+                    )))
                 }
             };
             let exclusions = pg2dns_decoder::exclude::Exclusions::parse(
@@ -962,6 +987,7 @@ impl Config {
                 primary_addr,
                 key,
                 key_file,
+                from_table: false,
                 check_names: match z.check_names {
                     CheckNamesSpec::Fail => CheckNames::Fail,
                     CheckNamesSpec::Warn => CheckNames::Warn,
@@ -1054,6 +1080,12 @@ impl Config {
         Ok(Config {
             path: path.to_owned(),
             zone_ids,
+            servers,
+            default_guard: pg2dns_decoder::guard::DeleteGuard {
+                max_delete_records: spec.guard.max_delete_records,
+                max_delete_share: spec.guard.max_delete_share,
+                min_zone_records: spec.guard.min_zone_records,
+            },
             sources,
             apex_ns_sources,
             roles: spec.roles,
@@ -1106,6 +1138,77 @@ impl Config {
         self.zone_ids.clone()
     }
 
+    /// This configuration with the zones of `pg2dns.zones` (its rows as
+    /// read, `limit` zones at most in all): each row names a `[[server]]`,
+    /// whose address and key the zone takes, with every zone option at its
+    /// default. A row that cannot be followed (a bad name, an unknown
+    /// server, a second spelling of a zone) is returned with the reason;
+    /// a zone both in the file and in the table, or more zones than
+    /// `limit`, refuses the whole set.
+    pub fn with_table_zones(
+        &self,
+        rows: &[TableZone],
+        limit: usize,
+    ) -> Result<(Config, Vec<TableZoneRefusal>), TableZonesError> {
+        let mut out = self.clone();
+        let mut refused = Vec::new();
+        let mut by_name: std::collections::HashSet<ZoneName> =
+            self.zones.iter().map(|z| z.name.clone()).collect();
+        for row in rows {
+            let refuse = |reason: String| TableZoneRefusal {
+                row: row.clone(),
+                reason,
+            };
+            let name = match ZoneName::parse(&row.name) {
+                Ok(name) => name,
+                Err(e) => {
+                    refused.push(refuse(format!("zone name {:?}: {e}", row.name)));
+                    continue;
+                }
+            };
+            if self.zones.iter().any(|z| z.name == name) {
+                return Err(TableZonesError::InBoth {
+                    zone: name.to_string(),
+                    path: self.path.clone(),
+                });
+            }
+            if !by_name.insert(name.clone()) {
+                refused.push(refuse(format!(
+                    "zone {name} is listed twice (another row spells it differently)"
+                )));
+                continue;
+            }
+            let Some(server) = self.servers.iter().find(|s| s.name == row.server) else {
+                by_name.remove(&name);
+                refused.push(refuse(format!(
+                    "server {:?} is not a declared [[server]] of {} ({}): add it and send SIGHUP, or correct the row",
+                    row.server,
+                    self.path.display(),
+                    server_names(&self.servers)
+                )));
+                continue;
+            };
+            out.zones.push(ZoneConfig {
+                exclusions: Default::default(),
+                verify: None,
+                one_ptr: false,
+                guard: self.default_guard,
+                primary: server.primary,
+                primary_addr: server.primary_addr.clone(),
+                key: server.key.clone(),
+                key_file: server.key_file.clone(),
+                check_names: CheckNames::Fail,
+                from_table: true,
+                name,
+            });
+        }
+        out.zone_ids = pg2dns_decoder::Zones::with_limit(
+            out.zones.iter().map(|z| z.name.clone()).collect(),
+            limit,
+        )?;
+        Ok((out, refused))
+    }
+
     /// The limits the plan enforces, with each zone's message budget.
     pub fn plan_limits(&self) -> pg2dns_decoder::plan::PlanLimits {
         pg2dns_decoder::plan::PlanLimits {
@@ -1125,6 +1228,176 @@ impl Config {
             held: pg2dns_decoder::held::Held::default(),
         }
     }
+}
+
+/// A row of `pg2dns.zones`: a zone and the `[[server]]` it is published to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableZone {
+    /// The `name` column, as the table holds it.
+    pub name: String,
+    /// The `server` column: a `[[server]]`'s name.
+    pub server: String,
+}
+
+/// A row of `pg2dns.zones` that is not followed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableZoneRefusal {
+    /// The row.
+    pub row: TableZone,
+    /// Why (for `pg2dns.rejected` and the log).
+    pub reason: String,
+}
+
+/// Why the zones of `pg2dns.zones` cannot be followed at all.
+#[derive(Debug, thiserror::Error)]
+pub enum TableZonesError {
+    /// A zone listed both in the file and in the table.
+    #[error("zone {zone} is both a [[zone]] of {path} and a row of pg2dns.zones")]
+    InBoth {
+        /// The zone.
+        zone: String,
+        /// The configuration file.
+        path: PathBuf,
+    },
+    /// More zones than pg2dns can tell apart.
+    #[error(transparent)]
+    Zones(#[from] pg2dns_decoder::records::ZonesError),
+}
+
+/// A `[[server]]`: a primary and the key that signs for its zones.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Its `name`, which zones give as `server`.
+    pub name: String,
+    /// Its address, resolved when the config was read.
+    pub primary: SocketAddr,
+    /// The address as configured.
+    pub primary_addr: PrimaryAddr,
+    /// The TSIG key (secret redacted in `Debug`).
+    pub key: TsigKey,
+    /// The file the key came from.
+    pub key_file: PathBuf,
+}
+
+/// The key files read so far, each once however many zones and servers
+/// share it (so its mode is warned about once).
+struct KeyFiles<'a> {
+    base: &'a Path,
+    read: std::collections::HashMap<PathBuf, Vec<TsigKey>>,
+}
+
+impl<'a> KeyFiles<'a> {
+    fn new(base: &'a Path) -> KeyFiles<'a> {
+        KeyFiles {
+            base,
+            read: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The key of `file` (relative to the config's directory) named
+    /// `key_name`, or its only key; the error is the file and what is wrong.
+    fn key(
+        &mut self,
+        file: &Path,
+        key_name: Option<&str>,
+    ) -> Result<(TsigKey, PathBuf), (PathBuf, String)> {
+        let key_file = if file.is_absolute() {
+            file.to_owned()
+        } else {
+            self.base.join(file)
+        };
+        if !self.read.contains_key(&key_file) {
+            let text = std::fs::read_to_string(&key_file)
+                .map_err(|e| (key_file.clone(), format!("cannot read it: {e}")))?;
+            warn_if_readable_by_others(&key_file);
+            // The key file error's causes (bad algorithm, bad base64…) are
+            // sources: keep them in the message.
+            let keys = TsigKey::parse_keygen_file(&text)
+                .map_err(|e| (key_file.clone(), crate::error::chain(&e)))?;
+            self.read.insert(key_file.clone(), keys);
+        }
+        let mut keys = self.read.get(&key_file).cloned().unwrap_or_default();
+        let key = match key_name {
+            Some(wanted) => {
+                let wanted_lc = wanted.trim_end_matches('.').to_ascii_lowercase();
+                keys.into_iter()
+                    .find(|k| k.name.to_string().trim_end_matches('.') == wanted_lc)
+                    .ok_or_else(|| (key_file.clone(), format!("holds no key named {wanted:?}")))?
+            }
+            None => match keys.len() {
+                0 => return Err((key_file, "holds no key".into())),
+                1 => keys.remove(0),
+                n => {
+                    return Err((
+                        key_file,
+                        format!("holds {n} keys: set key_name to choose one"),
+                    ))
+                }
+            },
+        };
+        Ok((key, key_file))
+    }
+}
+
+/// Reads the `[[server]]` declarations: a unique name, an address (port 53
+/// by default) resolved now, and a key. (The pool's per-server limits are
+/// read beside these.)
+fn read_servers(
+    specs: Vec<ServerSpec>,
+    key_files: &mut KeyFiles<'_>,
+    path: &Path,
+) -> Result<Vec<ServerConfig>, ConfigError> {
+    let invalid = |what: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        what,
+    };
+    let mut servers: Vec<ServerConfig> = Vec::with_capacity(specs.len());
+    for (i, s) in specs.into_iter().enumerate() {
+        let name = s.name.trim().to_owned();
+        if name.is_empty() {
+            return Err(invalid(format!("[[server]] #{}: name is empty", i + 1)));
+        }
+        if servers.iter().any(|o| o.name == name) {
+            return Err(invalid(format!("server {name:?} is declared twice")));
+        }
+        let primary_addr = PrimaryAddr::parse(&s.address).map_err(|e| {
+            invalid(format!(
+                "server {name:?}: address = {:?}: {e}; use an address or host name, with :port unless it is 53",
+                s.address
+            ))
+        })?;
+        let primary = primary_addr.resolve_blocking().map_err(|e| {
+            invalid(format!(
+                "server {name:?}: address = {:?}: cannot resolve {}: {e}",
+                s.address,
+                primary_addr.host()
+            ))
+        })?;
+        let (key, key_file) = key_files
+            .key(&s.tsig_key_file, s.key_name.as_deref())
+            .map_err(|(key_file, what)| ConfigError::ServerKey {
+                server: name.clone(),
+                key_file,
+                what,
+            })?;
+        servers.push(ServerConfig {
+            name,
+            primary,
+            primary_addr,
+            key,
+            key_file,
+        });
+    }
+    Ok(servers)
+}
+
+/// The declared servers' names, for messages.
+fn server_names(servers: &[ServerConfig]) -> String {
+    if servers.is_empty() {
+        return "no [[server]] is declared".into();
+    }
+    let names: Vec<String> = servers.iter().map(|s| format!("{:?}", s.name)).collect();
+    format!("declared: {}", names.join(", "))
 }
 
 /// A TSIG secret lets anyone who reads it rewrite the zone: say so when the
@@ -1304,6 +1577,153 @@ tsig_key_file = "k.key"
             err.to_string()
                 .contains("zone example.test. is configured twice"),
             "{err}"
+        );
+    }
+
+    const SERVERS: &str = r#"
+version = 1
+[database]
+url = "postgresql://postgres:pw@127.0.0.1:5433/app"
+[[server]]
+name = "ns1"
+address = "127.0.0.1:5353"
+tsig_key_file = "k.key"
+[[server]]
+name = "ns2"
+address = "127.0.0.2"
+tsig_key_file = "k.key"
+key_name = "K1"
+"#;
+
+    #[test]
+    fn a_zone_names_a_declared_server_and_takes_its_address_and_key() {
+        let c = with_key_file(&format!(
+            "{SERVERS}[[zone]]\nname = \"a.test\"\nserver = \"ns1\"\n[[zone]]\nname = \"b.test\"\nserver = \"ns2\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.zones[0].primary, "127.0.0.1:5353".parse().unwrap());
+        // Port 53 when the address names none.
+        assert_eq!(c.zones[1].primary, "127.0.0.2:53".parse().unwrap());
+        assert_eq!(c.zones[1].key.name.to_string(), "k1.");
+        assert!(!c.zones[0].from_table);
+        // Servers alone are a configuration: the zones are in pg2dns.zones.
+        assert!(with_key_file(SERVERS).unwrap().zones.is_empty());
+    }
+
+    #[test]
+    fn a_server_or_a_zone_naming_servers_wrongly_is_refused_with_the_reason() {
+        let cases = [
+            (
+                format!("{SERVERS}[[zone]]\nname = \"a.test\"\nserver = \"ns9\"\n"),
+                "zone a.test.: server = \"ns9\" is not a declared [[server]] (declared: \"ns1\", \"ns2\")",
+            ),
+            (
+                format!("{SERVERS}[[zone]]\nname = \"a.test\"\nserver = \"ns1\"\nprimary = \"127.0.0.1\"\n"),
+                "remove primary, tsig_key_file and key_name",
+            ),
+            (
+                format!("{SERVERS}[[zone]]\nname = \"a.test\"\nprimary = \"127.0.0.1\"\n"),
+                "set server = \"name\" of a [[server]], or both primary and tsig_key_file",
+            ),
+            (
+                format!("{SERVERS}[[server]]\nname = \"ns1\"\naddress = \"127.0.0.3\"\ntsig_key_file = \"k.key\"\n"),
+                "server \"ns1\" is declared twice",
+            ),
+            (
+                format!("{SERVERS}[[server]]\nname = \"ns3\"\naddress = \"127.0.0.3:99999\"\ntsig_key_file = \"k.key\"\n"),
+                "server \"ns3\": address = \"127.0.0.3:99999\"",
+            ),
+            (
+                format!("{SERVERS}[[server]]\nname = \"ns3\"\naddress = \"127.0.0.3\"\ntsig_key_file = \"k.key\"\nkey_name = \"nope\"\n"),
+                "server \"ns3\": TSIG key file",
+            ),
+        ];
+        for (body, wanted) in cases {
+            let err = with_key_file(&body).unwrap_err();
+            let text = format!("{err}");
+            assert!(text.contains(wanted), "{text:?} lacks {wanted:?}");
+        }
+    }
+
+    #[test]
+    fn table_zones_take_their_servers_and_bad_rows_are_refused_with_a_reason() {
+        let c = with_key_file(&format!(
+            "{SERVERS}[[zone]]\nname = \"file.test\"\nserver = \"ns1\"\n"
+        ))
+        .unwrap();
+        let row = |name: &str, server: &str| TableZone {
+            name: name.into(),
+            server: server.into(),
+        };
+        let rows = [
+            row("Ünï.test", "ns2"),
+            row("a.test", "ns2"),
+            row("A.Test.", "ns1"),
+            row("b.test", "nowhere"),
+            row("bad..test", "ns1"),
+        ];
+        let (s, refused) = c.with_table_zones(&rows, 10).unwrap();
+        let names: Vec<String> = s.zones.iter().map(|z| z.name.to_string()).collect();
+        // A UTF-8 label is a zone name as any other (escaped as BIND does).
+        assert_eq!(
+            names,
+            ["file.test.", "\\195\\156n\\195\\175.test.", "a.test."]
+        );
+        assert!(!s.zones[0].from_table && s.zones[1].from_table && s.zones[2].from_table);
+        assert_eq!(s.zones[2].primary, "127.0.0.2:53".parse().unwrap());
+        assert_eq!(s.zones().len(), 3);
+        let reasons: Vec<(&str, &str)> = refused
+            .iter()
+            .map(|r| (r.row.name.as_str(), r.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|(n, r)| *n == "A.Test." && r.contains("listed twice")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|(n, r)| *n == "b.test"
+                && r.contains("server \"nowhere\" is not a declared [[server]]")
+                && r.contains("declared: \"ns1\", \"ns2\"")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|(n, r)| *n == "bad..test" && r.contains("zone name")),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn a_zone_both_in_the_file_and_the_table_or_past_the_limit_refuses_the_set() {
+        let c = with_key_file(&format!(
+            "{SERVERS}[[zone]]\nname = \"file.test\"\nserver = \"ns1\"\n"
+        ))
+        .unwrap();
+        let row = |name: &str| TableZone {
+            name: name.into(),
+            server: "ns1".into(),
+        };
+        let err = c.with_table_zones(&[row("FILE.test.")], 10).unwrap_err();
+        assert!(
+            matches!(&err, TableZonesError::InBoth { zone, .. } if zone == "file.test."),
+            "{err}"
+        );
+        // The file's zone and three rows: one past a limit of three, never
+        // wrapped onto another zone's id.
+        let rows = [row("a.test"), row("b.test"), row("c.test")];
+        let err = c.with_table_zones(&rows, 3).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "4 zones are configured, more than the 3 pg2dns can tell apart"
+        );
+        assert_eq!(
+            c.with_table_zones(&rows[..2], 3).unwrap().0.zones().len(),
+            3
         );
     }
 

@@ -150,6 +150,9 @@ struct ZoneLane {
 struct Lanes {
     lanes: Vec<ZoneLane>,
     reports: mpsc::UnboundedReceiver<ZoneReport>,
+    /// Keeps `reports` open with no zone at all (every zone in an empty
+    /// `pg2dns.zones`).
+    _reporting: mpsc::UnboundedSender<ZoneReport>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// What was dispatched and acknowledged or refused, and which
     /// checkpoint that allows.
@@ -182,6 +185,7 @@ impl Lanes {
         Lanes {
             lanes,
             reports,
+            _reporting: report_tx,
             tasks,
             ledger: Ledger::new(config.zones.len(), progress),
             live,
@@ -348,6 +352,16 @@ pub struct Pipeline<'c> {
     stop_at: Option<(Lsn, ControlRequest)>,
     /// That transaction began: drain what came before it, then pause.
     stopping: bool,
+    /// The rows of `pg2dns.zones` this session's zones were built from.
+    table_rows: Vec<crate::config::TableZone>,
+    /// The open transaction changed a row of `pg2dns.zones`.
+    zones_touched: bool,
+    /// Where the open transaction's items start in the batch (and the row
+    /// count then); `None` once part of it was flushed.
+    txn_start: Option<(usize, usize)>,
+    /// A transaction changed what `pg2dns.zones` holds: the session drains
+    /// what came before it and ends.
+    zones_changed: bool,
 }
 
 /// Runs sessions until shutdown; transient failures are retried with
@@ -377,6 +391,7 @@ pub async fn run(
                 reload_config(&mut config, options.config_path.as_deref());
                 continue;
             }
+            Ok(SessionEnd::ZonesChanged) => continue,
             Err(e) => e,
         };
         let disposition = e.disposition();
@@ -533,6 +548,9 @@ enum SessionEnd {
     Paused,
     /// SIGHUP: read the configuration again and start a new session.
     Reload,
+    /// `pg2dns.zones` changed: stopped right before the transaction that
+    /// changed it; the next session reads the zones again.
+    ZonesChanged,
 }
 
 /// Stays halted (and says so in `pg2dns.mode`) until `pg2dns resume`;
@@ -655,6 +673,10 @@ async fn session(
             slot_at,
         });
     }
+    // The zones of pg2dns.zones join the configuration's (zones added
+    // since the last session are loaded here).
+    let zone_set = crate::zone_set::for_session(config, &mut store).await?;
+    let config = &zone_set.config;
     check_zone_set(&store, config).await?;
     // A key that stopped being unique (an index dropped) halts here; a
     // Relation message does not carry indexes, so the stream cannot see it.
@@ -768,6 +790,10 @@ async fn session(
         paused: None,
         stop_at,
         stopping: false,
+        table_rows: zone_set.rows.clone(),
+        zones_touched: false,
+        txn_start: None,
+        zones_changed: false,
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
     if let Ok(SessionEnd::Stopped) = result {
@@ -837,7 +863,14 @@ pub(crate) async fn held_outside(config: &Config) -> pg2dns_decoder::held::Held 
 async fn check_zone_set(store: &Store, config: &Config) -> Result<(), RunError> {
     let now: Vec<String> = config.zones.iter().map(|z| z.name.to_string()).collect();
     if let Some(before) = store.instance_zones().await? {
-        for added in now.iter().filter(|z| !before.contains(z)) {
+        // Zones of pg2dns.zones were loaded when they were added (`zone_set`).
+        let from_file = |z: &&String| {
+            config
+                .zones
+                .iter()
+                .any(|c| !c.from_table && c.name.to_string() == **z)
+        };
+        for added in now.iter().filter(|z| !before.contains(z)).filter(from_file) {
             warn!(zone = %added, "zone added since the last run: rows committed before now that belong to it were not published; resynchronise it");
         }
         for removed in before.iter().filter(|z| !now.contains(z)) {
@@ -925,6 +958,13 @@ impl Pipeline<'_> {
                     return Ok(SessionEnd::Stopped);
                 }
             }
+            if self.zones_changed {
+                tokio::select! {
+                    r = self.drain(replication) => r?,
+                    _ = shutdown.changed() => return Ok(SessionEnd::Stopped),
+                }
+                return Ok(SessionEnd::ZonesChanged);
+            }
             if self.stopping {
                 if let Some((until, request)) = self.stop_at.take() {
                     tokio::select! {
@@ -968,6 +1008,10 @@ impl Pipeline<'_> {
         let full =
             (self.batch_rows >= MAX_BATCH_ROWS && !in_txn) || self.batch_rows >= 2 * MAX_BATCH_ROWS;
         if full || (idle && !self.batch.is_empty()) {
+            if in_txn {
+                // Part of the open transaction goes out now.
+                self.txn_start = None;
+            }
             self.flush().await?;
         }
         self.maybe_checkpoint(replication).await
@@ -1151,6 +1195,8 @@ impl Pipeline<'_> {
         };
         match event {
             Event::Begin { final_lsn, .. } => {
+                self.txn_start = Some((self.batch.len(), self.batch_rows));
+                self.zones_touched = false;
                 // A transaction whose commit precedes the durable progress was
                 // applied and checkpointed before: skip it outright.
                 self.skipping = final_lsn < self.lanes.ledger.progress();
@@ -1166,6 +1212,10 @@ impl Pipeline<'_> {
                 if self.skipping {
                     debug!(lsn = %final_lsn, "skipping a transaction applied before");
                 }
+            }
+            Event::Change(change) if !self.skipping && is_zones_table(&change) => {
+                debug!(lsn = %change.final_lsn, "a row of pg2dns.zones changed");
+                self.zones_touched = true;
             }
             Event::Change(change) if !self.skipping && is_control(&change) => {
                 if let Some(request) = control_request(&change, &self.config.database.slot) {
@@ -1235,6 +1285,22 @@ impl Pipeline<'_> {
                 debug!(prefix = %message.prefix, lsn = %message.lsn, in_transaction = final_lsn.is_some(), "logical message ignored");
             }
             Event::Commit { end_lsn, .. } => {
+                if !self.skipping && self.zones_touched && self.zones_table_changed().await? {
+                    self.zones_changed = true;
+                    if let Some((len, rows)) = self.txn_start {
+                        // Stop right before it: the next session adds or
+                        // removes the zones, then streams it.
+                        info!(lsn = %end_lsn, "pg2dns.zones changed: applying what came before this transaction, then reading the zones again");
+                        self.batch.truncate(len);
+                        self.batch_rows = rows;
+                        self.pause_request = None;
+                        self.skipping = false;
+                        return Ok(());
+                    }
+                    // Part of it went out already (a very large
+                    // transaction): apply it, then read the zones again.
+                    info!(lsn = %end_lsn, "pg2dns.zones changed: applying this transaction, then reading the zones again (its rows of added zones are loaded then)");
+                }
                 if !self.skipping {
                     metrics::get().transactions.inc();
                     self.batch.push(Item::Commit(end_lsn));
@@ -1828,6 +1894,14 @@ impl Pipeline<'_> {
         Ok(())
     }
 
+    /// Whether `pg2dns.zones` now holds other rows than this session's
+    /// zones were built from. The table as it is now, not the change the
+    /// stream carries, decides: a transaction replayed after the table
+    /// changed again must not end every session that replays it.
+    async fn zones_table_changed(&mut self) -> Result<bool, RunError> {
+        Ok(self.store.table_zones().await? != self.table_rows)
+    }
+
     /// Confirms the newest transaction end whose checkpoint the WAL flush
     /// (at `flushed`) has passed.
     fn confirm_flushed(&mut self, replication: &mut PgReplication, flushed: Lsn) {
@@ -1858,6 +1932,11 @@ impl Pipeline<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether a change is of `pg2dns.zones` (zones as data, see `zone_set`).
+fn is_zones_table(change: &RowChange) -> bool {
+    change.relation.namespace == "pg2dns" && change.relation.name == "zones"
 }
 
 /// Whether a change is of pg2dns's control table.

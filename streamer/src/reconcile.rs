@@ -1119,6 +1119,27 @@ pub async fn load_at(
     .await
 }
 
+/// The first load of zones added while the service runs (rows of
+/// `pg2dns.zones`), made by the service itself between two sessions: the
+/// tables read now, each zone transferred, compared and repaired
+/// (SOA-guarded), and its row state written. The stream then goes on from
+/// before the transaction that added them: what it replays of those zones
+/// is already there, and changes them to what they are now again. Records
+/// pg2dns never published are not deleted (the zone's outcome says so).
+pub async fn load_added_zones(
+    config: &Config,
+    store: &mut Store,
+    zones: &[ZoneId],
+) -> Result<Report, ReconcileError> {
+    let options = Options {
+        apply: true,
+        protect_unowned: true,
+        ..Options::default()
+    };
+    let owned = published_records(store).await?;
+    compare(config, &options, store, zones, None, Some(&owned), None).await
+}
+
 /// What the first load would change, without changing anything: the tables
 /// read in a plain REPEATABLE READ transaction (a preview, not an exact
 /// point), each zone transferred and compared.
