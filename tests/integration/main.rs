@@ -72,3 +72,4 @@ mod streaming;
 mod throughput;
 mod tls;
 mod zonefile;
+mod zones_data;

@@ -1,0 +1,234 @@
+//! Zones as data (issue #24): zones listed in `pg2dns.zones`, each naming a
+//! `[[server]]` of the configuration, are added and removed by a row while
+//! the service streams or is paused; a row naming no declared server is
+//! refused with the reason in `pg2dns.rejected`, and the others go on.
+
+use anyhow::{ensure, Context, Result};
+
+use crate::harness::stack::{FORWARD, REVERSE};
+use crate::harness::{wait_until, Check, Primary, Record, Stack, DNS_DEADLINE};
+
+/// The zone the tests add through the table (served by the primary from the
+/// start, empty, but not in the configuration file).
+const ADDED: &str = "added.test.";
+
+on_each_primary!(
+    a_zone_added_and_removed_through_the_table_while_streaming_is_loaded_then_left_as_is
+);
+
+fn file_zones() -> Vec<String> {
+    vec![FORWARD.to_owned(), REVERSE.to_owned()]
+}
+
+/// The rows of `pg2dns.rejected` refusing rows of `pg2dns.zones`, as
+/// (row_key, reason).
+async fn zone_rejections(stack: &Stack) -> Result<Vec<(String, String)>> {
+    Ok(stack
+        .db
+        .query(
+            "SELECT row_key, reason FROM pg2dns.rejected WHERE source = 'pg2dns.zones' ORDER BY id",
+            &[],
+        )
+        .await
+        .context("reading pg2dns.rejected")?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+async fn a_zone_added_and_removed_through_the_table_while_streaming_is_loaded_then_left_as_is(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start_zones_as_data("zones-stream", primary, &[ADDED]).await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.example.test.', 300, 'A', '192.0.2.10');
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('early.added.test.', 300, 'A', '192.0.2.20')",
+        )
+        .await?;
+    stack
+        .wait_until_zones_match_table(&file_zones(), DNS_DEADLINE)
+        .await?;
+    // Committed before the zone was followed: outside every zone, so not
+    // sent then; the zone's first load publishes it.
+    ensure!(
+        stack.axfr(ADDED).await?.is_empty(),
+        "the zone is not followed yet"
+    );
+    // The zone row, spelled as users do, and a record of it, in one
+    // transaction; then a change of the zone streamed after it.
+    stack
+        .exec(
+            "BEGIN;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('Mail.Added.Test', 600, 'A', '192.0.2.21');
+             INSERT INTO pg2dns.zones (name, server) VALUES ('Added.TEST', 'primary');
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('added.test.', 300, 'TXT', '\"zone row and records in one transaction\"');
+             COMMIT;
+             UPDATE pg2dns.rr SET rdata = '192.0.2.22' WHERE owner = 'early.added.test.';
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www2.example.test.', 300, 'A', '192.0.2.11')",
+        )
+        .await?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let added = dns.get(ADDED).cloned().unwrap_or_default();
+    ensure!(
+        added.contains(&Record::new("mail.added.test.", 600, "A", "192.0.2.21"))
+            && added.contains(&Record::new("early.added.test.", 300, "A", "192.0.2.22"))
+            && !added.contains(&Record::new("early.added.test.", 300, "A", "192.0.2.20")),
+        "the added zone holds its rows as they are now: {added:?}"
+    );
+    // Followed from now on, like any zone.
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('later.added.test.', 300, 'AAAA', '2001:db8::7')")
+        .await?;
+    let before_removal = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(
+        zone_rejections(&stack).await?.is_empty(),
+        "no row of pg2dns.zones was refused"
+    );
+
+    // Removed: pg2dns stops publishing to it and leaves its records as
+    // they are. A row of it committed after the removal is outside every
+    // zone; the forward zone goes on.
+    stack
+        .exec(
+            "DELETE FROM pg2dns.zones WHERE name = 'Added.TEST';
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('gone.added.test.', 300, 'A', '192.0.2.23');
+             DELETE FROM pg2dns.rr WHERE owner = 'mail.added.test.';
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.12')",
+        )
+        .await?;
+    stack
+        .wait_until_zones_match_table(&file_zones(), DNS_DEADLINE)
+        .await?;
+    let rejected = stack.rejected_at_least(1, DNS_DEADLINE).await?;
+    ensure!(
+        rejected
+            .iter()
+            .any(|r| r.owner.as_deref() == Some("gone.added.test.")
+                && r.reason.contains("in no configured zone")),
+        "a row of the removed zone is refused as outside every zone: {rejected:?}"
+    );
+    ensure!(
+        stack.axfr(ADDED).await? == before_removal[ADDED],
+        "the removed zone keeps the records pg2dns published, and gets no more"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_added_while_paused_is_loaded_at_resume() -> Result<()> {
+    let stack = Stack::start_zones_as_data("zones-paused", Primary::Bind, &[ADDED]).await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.example.test.', 300, 'A', '192.0.2.10')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let out = stack
+        .admin(&["pause", "--wait", "--reason", "zones"])
+        .await?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).starts_with("paused at "),
+        "pause --wait: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stack
+        .exec(
+            "INSERT INTO pg2dns.zones (name, server) VALUES ('added.test', 'primary');
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.added.test.', 300, 'A', '192.0.2.30')",
+        )
+        .await?;
+    // While paused nothing is sent: the zone (already served, empty) stays
+    // empty; the status shows the service paused.
+    let s = crate::admin::status(&stack).await?;
+    ensure!(s["mode"] == "paused", "still paused: {s}");
+    ensure!(
+        stack.axfr(ADDED).await?.is_empty(),
+        "nothing is loaded while paused"
+    );
+    stack.admin(&["resume"]).await?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(
+        dns[ADDED] == vec![Record::new("www.added.test.", 300, "A", "192.0.2.30")],
+        "the zone added while paused is loaded at resume: {dns:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_row_naming_an_unknown_server_is_refused_with_the_reason_and_the_others_go_on(
+) -> Result<()> {
+    let stack = Stack::start_zones_as_data("zones-unknown", Primary::Bind, &[ADDED]).await?;
+    let _pg2dns = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.zones (name, server) VALUES ('added.test.', 'ns-nowhere');
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.added.test.', 300, 'A', '192.0.2.40');
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.example.test.', 300, 'A', '192.0.2.10')",
+        )
+        .await?;
+    let rejections = wait_until(DNS_DEADLINE, "pg2dns.zones's row is refused", || async {
+        let r = zone_rejections(&stack).await?;
+        Ok(if r.is_empty() {
+            Check::NotYet("no rejection yet".into())
+        } else {
+            Check::Done(r)
+        })
+    })
+    .await?;
+    ensure!(
+        rejections.len() == 1
+            && rejections[0].0 == "added.test."
+            && rejections[0]
+                .1
+                .contains("server \"ns-nowhere\" is not a declared [[server]]")
+            && rejections[0].1.contains("declared: \"primary\""),
+        "the refusal names the row, the server and the declared ones: {rejections:?}"
+    );
+    // The other zones go on.
+    stack
+        .wait_until_zones_match_table(&file_zones(), DNS_DEADLINE)
+        .await?;
+    ensure!(
+        stack.axfr(ADDED).await?.is_empty(),
+        "the refused zone is not published"
+    );
+    // Corrected, it is added and loaded.
+    stack
+        .exec("UPDATE pg2dns.zones SET server = 'primary' WHERE name = 'added.test.'")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(
+        zone_rejections(&stack).await?.len() == 1,
+        "the refusal is recorded once, not at every session start"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_both_in_the_file_and_in_the_table_halts_naming_it() -> Result<()> {
+    let stack = Stack::start_zones_as_data("zones-both", Primary::Bind, &[]).await?;
+    stack
+        .exec("INSERT INTO pg2dns.zones (name, server) VALUES ('EXAMPLE.test', 'primary')")
+        .await?;
+    let _pg2dns = stack.run()?;
+    // The harness runs with --exit-on-halt: the status says it halted.
+    let s = wait_until(DNS_DEADLINE, "the service halts", || async {
+        let s = crate::admin::status(&stack).await?;
+        let reason = s["reason"].as_str().unwrap_or_default();
+        Ok(if s["mode"] == "halted" || reason.starts_with("halted") {
+            Check::Done(s)
+        } else {
+            Check::NotYet(s.to_string())
+        })
+    })
+    .await?;
+    let reason = s["reason"].as_str().unwrap_or_default();
+    let hint = s["hint"].as_str().unwrap_or_default();
+    ensure!(
+        reason.contains("zone example.test. is both a [[zone]] of")
+            && hint.contains("pg2dns.zones"),
+        "the halt names the zone and says how to fix it: {s}"
+    );
+    Ok(())
+}
