@@ -152,6 +152,14 @@ async fn a_zone_added_while_paused_is_loaded_at_resume() -> Result<()> {
         dns[ADDED] == vec![Record::new("www.added.test.", 300, "A", "192.0.2.30")],
         "the zone added while paused is loaded at resume: {dns:?}"
     );
+    // `pg2dns reconcile` knows the zones of the table too.
+    let out = stack.reconcile(&["--zone", "ADDED.test"], &[]).await?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(0) && printed.contains("added.test."),
+        "reconcile --zone of a zone of pg2dns.zones finds it in sync:\n{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
