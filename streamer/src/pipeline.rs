@@ -47,7 +47,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::control::{Control, ControlRequest, Mode};
-use crate::dns::sink::{Dispatch, ZoneReport, ZoneSink};
+use crate::dns::kept::{Kept, ZoneStream};
+use crate::dns::sink::{Dispatch, ZoneReport};
 use crate::error::{Disposition, RunError};
 use crate::replication::{Frame, PgReplication, Replication};
 use crate::store::{Durability, Store};
@@ -140,7 +141,8 @@ pub fn mappings(config: &Config) -> Vec<Box<dyn Mapping>> {
 struct ZoneLane {
     /// The zone's `pg2dns_update_operations_total` series.
     operations: prometheus_client::metrics::counter::Counter,
-    tx: mpsc::Sender<Vec<Dispatch>>,
+    /// The zone's sink (kept across sessions while its settings stay).
+    stream: ZoneStream,
     dispatched: u64,
     /// Dispatches of the current flush, handed over at its end.
     outbox: Vec<Dispatch>,
@@ -153,7 +155,6 @@ struct Lanes {
     /// Keeps `reports` open with no zone at all (every zone in an empty
     /// `pg2dns.zones`).
     _reporting: mpsc::UnboundedSender<ZoneReport>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
     /// What was dispatched and acknowledged or refused, and which
     /// checkpoint that allows.
     ledger: Ledger,
@@ -162,34 +163,71 @@ struct Lanes {
 }
 
 impl Lanes {
-    fn start(config: &Config, live: Arc<status::Live>, progress: Lsn) -> Lanes {
+    /// The zones' streams: those `kept` from the last session with the same
+    /// settings go on (their dispatch ids too); the others start.
+    fn start(config: &Config, live: Arc<status::Live>, progress: Lsn, kept: &mut Kept) -> Lanes {
         let (report_tx, reports) = mpsc::unbounded_channel();
         let mut lanes = Vec::new();
-        let mut tasks = Vec::new();
+        let mut ledger = Ledger::new(config.zones.len(), progress);
         let ids = config.zones();
+        let mut reused = 0usize;
         for ((id, _), z) in ids.iter().zip(&config.zones) {
-            let (tx, rx) = mpsc::channel(4);
-            let sink = ZoneSink::new(id, z, &config.limits, report_tx.clone());
-            tasks.push(tokio::spawn(sink.run(rx)));
+            let (stream, dispatched) = match kept.take(z, &config.limits) {
+                Some((stream, dispatched)) => {
+                    stream.rebind(id, report_tx.clone());
+                    // Everything it was handed was acknowledged.
+                    ledger.handle_acked(id, dispatched);
+                    live.dispatched(id.index(), dispatched);
+                    live.acked(id.index(), dispatched);
+                    reused += 1;
+                    (stream, dispatched)
+                }
+                None => (
+                    ZoneStream::start(id, z, &config.limits, report_tx.clone()),
+                    0,
+                ),
+            };
             let m = metrics::get();
             lanes.push(ZoneLane {
                 operations: m
                     .operations
                     .get_or_create(&m.series(&z.name.to_string(), &z.primary.to_string()))
                     .clone(),
-                tx,
-                dispatched: 0,
+                stream,
+                dispatched,
                 outbox: Vec::new(),
             });
         }
+        if reused > 0 || !kept.is_empty() {
+            info!(
+                kept = reused,
+                rebuilt = config.zones.len() - reused,
+                dropped = kept.len(),
+                "zone streams: unchanged zones keep theirs"
+            );
+        }
+        // Streams of zones gone or changed stop here.
+        *kept = Kept::default();
         Lanes {
             lanes,
             reports,
             _reporting: report_tx,
-            tasks,
-            ledger: Ledger::new(config.zones.len(), progress),
+            ledger,
             live,
         }
+    }
+
+    /// At a clean end of the session: the zones' streams, for the next
+    /// session to reuse, when every dispatch was acknowledged (none
+    /// otherwise: what is unacknowledged is replayed by new streams).
+    fn keep(&mut self) -> Kept {
+        let mut kept = Kept::default();
+        if self.all_acked() {
+            for lane in std::mem::take(&mut self.lanes) {
+                kept.keep(lane.stream, lane.dispatched);
+            }
+        }
+        kept
     }
 
     /// Each zone's dispatch count now.
@@ -256,7 +294,7 @@ impl Lanes {
             let batch = std::mem::take(&mut self.lanes[zone].outbox);
             // Keep reading reports while a zone's queue is full, so that a
             // halt elsewhere is seen.
-            let tx = self.lanes[zone].tx.clone();
+            let tx = self.lanes[zone].stream.tx.clone();
             let mut send = std::pin::pin!(tx.send(batch));
             loop {
                 tokio::select! {
@@ -269,14 +307,6 @@ impl Lanes {
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for Lanes {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
     }
 }
 
@@ -374,6 +404,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let mut backoff = Duration::from_millis(200);
     let mut reload = options.reload.clone();
+    // Zone streams a clean session end leaves to the next one.
+    let mut kept = Kept::default();
     // A standby says so once at INFO, then only at debug while it waits.
     let mut standing_by = false;
     let _slot_watch = AbortOnDrop(tokio::spawn(status::watch_slot(config.clone())));
@@ -383,7 +415,7 @@ pub async fn run(
     }
     loop {
         let started = Instant::now();
-        let e = match session(&config, &mut shutdown, &mut reload).await {
+        let e = match session(&config, &mut shutdown, &mut reload, &mut kept).await {
             Ok(SessionEnd::Stopped) => return Ok(()),
             // The next session waits for the resume.
             Ok(SessionEnd::Paused) => continue,
@@ -613,6 +645,7 @@ async fn session(
     config: &Config,
     shutdown: &mut watch::Receiver<bool>,
     reload: &mut Option<watch::Receiver<u64>>,
+    kept: &mut Kept,
 ) -> Result<SessionEnd, RunError> {
     let mut control = Control::connect(&config.database)
         .await
@@ -774,7 +807,7 @@ async fn session(
         skipping: false,
         batch: Vec::new(),
         batch_rows: 0,
-        lanes: Lanes::start(config, live.clone(), progress),
+        lanes: Lanes::start(config, live.clone(), progress, kept),
         lag_pending: false,
         last_checkpoint: Instant::now(),
         confirmed: None,
@@ -796,6 +829,9 @@ async fn session(
         zones_changed: false,
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
+    if let Ok(SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused) = result {
+        *kept = p.lanes.keep();
+    }
     if let Ok(SessionEnd::Stopped) = result {
         // Said while this instance still holds the slot, so that it cannot
         // overwrite the mode of a standby that takes over.

@@ -240,3 +240,116 @@ async fn a_zone_both_in_the_file_and_in_the_table_halts_naming_it() -> Result<()
     );
     Ok(())
 }
+
+/// The local ports of `pid`'s established TCP connections to `port`
+/// (read from /proc: which socket inodes the process holds, and where
+/// each goes).
+fn connections_to(pid: u32, port: u16) -> Result<std::collections::BTreeSet<u16>> {
+    let mut inodes = std::collections::HashSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).context("listing pg2dns's fds")? {
+        if let Ok(target) = std::fs::read_link(fd?.path()) {
+            if let Some(inode) = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_owned());
+            }
+        }
+    }
+    let port_of = |a: &str| {
+        a.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st ... inode (10th field)
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" || !inodes.contains(f[9]) {
+                continue;
+            }
+            if port_of(f[2]) == Some(port) {
+                out.extend(port_of(f[1]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_with_one_zone_changed_keeps_the_other_zones_stream_and_connection() -> Result<()>
+{
+    let stack = Stack::start("sighup-kept", Primary::Bind).await?;
+    let run = stack.run()?;
+    let addr = stack.server(Primary::Bind)?.addr();
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .context("the server's address has a port")?
+        .parse()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.example.test.', 300, 'A', '192.0.2.10');
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('10.2.0.192.in-addr.arpa.', 300, 'PTR', 'www.example.test.')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let pid = run.pid();
+    let before = wait_until(DNS_DEADLINE, "one connection per zone", || async {
+        let c = connections_to(pid, port)?;
+        Ok(if c.len() == 2 {
+            Check::Done(c)
+        } else {
+            Check::NotYet(format!("{c:?}"))
+        })
+    })
+    .await?;
+    // The reverse zone's primary written another way (the same server):
+    // its stream is rebuilt, the forward zone's is kept.
+    let config = std::fs::read_to_string(stack.config_path())?;
+    let from = format!("name = \"{REVERSE}\"\nprimary = \"{addr}\"");
+    ensure!(
+        config.contains(&from),
+        "the config lists {REVERSE} as expected:\n{config}"
+    );
+    std::fs::write(
+        stack.config_path(),
+        config.replace(
+            &from,
+            &format!("name = \"{REVERSE}\"\nprimary = \"localhost:{port}\""),
+        ),
+    )?;
+    crate::harness::signal(pid, "HUP")?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www2.example.test.', 300, 'A', '192.0.2.11');
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('11.2.0.192.in-addr.arpa.', 300, 'PTR', 'www2.example.test.')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let after = wait_until(
+        DNS_DEADLINE,
+        "the forward zone's connection kept, the reverse zone's new",
+        || async {
+            let c = connections_to(pid, port)?;
+            let kept = c.intersection(&before).count();
+            Ok(if c.len() == 2 && kept == 1 {
+                Check::Done(c)
+            } else {
+                Check::NotYet(format!("before {before:?}, now {c:?}"))
+            })
+        },
+    )
+    .await?;
+    ensure!(
+        run.log().contains("kept=1 rebuilt=1"),
+        "the log says one stream was kept and one rebuilt ({before:?} → {after:?}):\n{}",
+        run.log_tail(20)
+    );
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 pub mod axfr;
 pub mod conn;
+pub mod kept;
 pub mod sink;
 
 pub use conn::Connection;
