@@ -42,6 +42,13 @@ pub struct ZoneSet {
 /// the zones new to this instance, and records the zones it now streams.
 pub async fn for_session(config: &Config, store: &mut Store) -> Result<ZoneSet, RunError> {
     let rows = store.table_zones().await?;
+    if !rows.is_empty()
+        && !store
+            .zones_table_published(&config.database.publication)
+            .await?
+    {
+        warn!(publication = %config.database.publication, "pg2dns.zones is not in the publication: its changes are seen only at the next start or SIGHUP; run `pg2dns setup` to add it");
+    }
     let (mut session, mut refused) =
         config.with_table_zones(&rows, pg2dns_decoder::records::MAX_ZONES)?;
     let before = store.instance_zones().await?;

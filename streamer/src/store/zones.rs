@@ -41,6 +41,21 @@ impl Store {
             .collect())
     }
 
+    /// Whether `pg2dns.zones` is in `publication` (setup adds it; a schema
+    /// upgraded without running setup again lacks it).
+    pub async fn zones_table_published(&mut self, publication: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .settled_client()
+            .await?
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'pg2dns' AND tablename = 'zones'",
+                &[&publication],
+            )
+            .await
+            .map_err(sql("cannot read pg_publication_tables"))?
+            .is_some())
+    }
+
     /// Records rows of `pg2dns.zones` that are not followed, in a
     /// transaction of their own; a row refused for the same reason by its
     /// newest rejection is not recorded again (each session start reads the
