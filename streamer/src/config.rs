@@ -1824,6 +1824,57 @@ key_name = "K1"
     }
 
     #[test]
+    fn one_server_table_names_a_primary_with_its_key_and_limits_for_every_zone_of_its_address() {
+        // ns1 (127.0.0.1:5353) is named by one zone; another zone gives the
+        // same address as its own primary: both share ns1's limits.
+        let c = with_key_file(&format!(
+            "{SERVERS}[[server]]\naddress = \"192.0.2.9\"\n[[zone]]\nname = \"a.test\"\nserver = \"ns1\"\n[[zone]]\nname = \"b.test\"\nprimary = \"127.0.0.1:5353\"\ntsig_key_file = \"k.key\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let a = &c.zones[0];
+        let b = &c.zones[1];
+        assert_eq!(a.primary_addr, b.primary_addr);
+        assert_eq!(
+            c.server_limits(&a.primary_addr).connections,
+            4,
+            "ns1 sets none"
+        );
+        assert_eq!(c.servers.len(), 3);
+        assert_eq!(c.servers[2].name, None, "a server of limits only");
+        assert!(c.servers[2].key.is_none());
+        for (body, wanted) in [
+            (
+                format!("{SERVERS}[[server]]\nname = \"ns3\"\naddress = \"127.0.0.3\"\n"),
+                "server \"ns3\": set tsig_key_file",
+            ),
+            (
+                format!("{SERVERS}[[server]]\naddress = \"127.0.0.3\"\ntsig_key_file = \"k.key\"\n"),
+                "server 127.0.0.3: tsig_key_file needs a name",
+            ),
+            (
+                format!("{SERVERS}[[server]]\nname = \"ns3\"\naddress = \"127.0.0.1:5353\"\ntsig_key_file = \"k.key\"\n"),
+                "declared twice ([[server]] address)",
+            ),
+            (
+                format!("{SERVERS}[[server]]\naddress = \"127.0.0.3\"\n[[zone]]\nname = \"a.test\"\nserver = \"127.0.0.3\"\n"),
+                "is not a declared [[server]] (declared: \"ns1\", \"ns2\")",
+            ),
+        ] {
+            let err = with_key_file(&body).unwrap_err();
+            let text = format!("{err}");
+            assert!(text.contains(wanted), "{text:?} lacks {wanted:?}");
+        }
+        // Limits given in a named server apply to the zones naming it.
+        let c = with_key_file(&format!(
+            "{}\nconnections = 2\nmax_in_flight = 30\n[[zone]]\nname = \"a.test\"\nserver = \"ns2\"\n",
+            SERVERS.trim_end()
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let limits = c.server_limits(&c.zones[0].primary_addr);
+        assert_eq!((limits.connections, limits.max_in_flight), (2, 30));
+    }
+
+    #[test]
     fn table_zones_take_their_servers_and_bad_rows_are_refused_with_a_reason() {
         let c = with_key_file(&format!(
             "{SERVERS}[[zone]]\nname = \"file.test\"\nserver = \"ns1\"\n"
