@@ -367,3 +367,91 @@ async fn a_sighup_moving_one_zone_keeps_its_servers_connection_and_the_other_zon
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_renumbering_the_zones_keeps_the_connection_and_acknowledges_under_the_new_numbers(
+) -> Result<()> {
+    let stack = Stack::start("sighup-renumbered", Primary::Bind).await?;
+    let addr = stack.server(Primary::Bind)?.addr();
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .context("the server's address has a port")?
+        .parse()?;
+    let server =
+        format!("\n[[server]]\naddress = \"{addr}\"\nconnections = 1\nidle_close_ms = 3600000\n");
+    let config = std::fs::read_to_string(stack.config_path())?;
+    std::fs::write(stack.config_path(), format!("{config}{server}"))?;
+    let run = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.example.test.', 300, 'A', '192.0.2.10');
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('10.2.0.192.in-addr.arpa.', 300, 'PTR', 'www.example.test.')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let pid = run.pid();
+    let before = wait_until(DNS_DEADLINE, "the server's one connection", || async {
+        let c = connections_to(pid, port)?;
+        Ok(if c.len() == 1 {
+            Check::Done(c)
+        } else {
+            Check::NotYet(format!("{c:?}"))
+        })
+    })
+    .await?;
+    // The same zones in the other order: each is numbered differently in
+    // the next session, on the same server task.
+    let parts: Vec<&str> = config.split("\n[[zone]]\n").collect();
+    ensure!(
+        parts.len() == 3 && parts[1].contains(FORWARD) && parts[2].contains(REVERSE),
+        "the config lists {FORWARD} then {REVERSE}:\n{config}"
+    );
+    std::fs::write(
+        stack.config_path(),
+        format!(
+            "{}\n[[zone]]\n{}\n[[zone]]\n{}{server}",
+            parts[0],
+            parts[2].trim_end(),
+            parts[1]
+        ),
+    )?;
+    crate::harness::signal(pid, "HUP")?;
+    wait_until(DNS_DEADLINE, "the reloaded session", || async {
+        Ok(if run.log().contains("kept=1 started=0 dropped=0") {
+            Check::Done(())
+        } else {
+            Check::NotYet(run.log_tail(5))
+        })
+    })
+    .await?;
+    // A change in one zone only (once second, now first): were its
+    // acknowledgement reported under its old number, the slot would never
+    // confirm it.
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('11.2.0.192.in-addr.arpa.', 300, 'PTR', 'www2.example.test.')",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let target = stack.current_wal_lsn().await?;
+    wait_until(
+        DNS_DEADLINE,
+        &format!("the slot confirms {target}"),
+        || async {
+            let confirmed = stack.confirmed_flush_lsn().await?;
+            Ok(if confirmed >= target {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("confirmed {confirmed}"))
+            })
+        },
+    )
+    .await?;
+    let after = connections_to(pid, port)?;
+    ensure!(
+        after == before,
+        "the server's connection is the same after the SIGHUP: before {before:?}, after {after:?}"
+    );
+    Ok(())
+}
