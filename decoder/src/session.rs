@@ -125,7 +125,7 @@ pub struct Dispatch {
 }
 
 /// What a session needs to know about its zone and server.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionConfig {
     /// The zone every UPDATE is for.
     pub zone: ZoneName,

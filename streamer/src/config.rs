@@ -52,6 +52,16 @@ pub enum ConfigError {
         /// Which key and why.
         what: String,
     },
+    /// A server's TSIG key file could not be used.
+    #[error("server {server:?}: TSIG key file {key_file}: {what}")]
+    ServerKey {
+        /// The server's name.
+        server: String,
+        /// The key file.
+        key_file: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// A zone's TSIG key file could not be used.
     #[error("zone {zone}: TSIG key file {key_file}: {what}")]
     Key {
@@ -72,6 +82,8 @@ struct Spec {
     database: DatabaseSpec,
     #[serde(default, rename = "zone")]
     zones: Vec<ZoneSpec>,
+    #[serde(default, rename = "server")]
+    servers: Vec<ServerSpec>,
     #[serde(default)]
     limits: LimitsSpec,
     #[serde(default)]
@@ -86,16 +98,20 @@ struct Spec {
     rr: RrSpec,
     #[serde(default)]
     roles: Roles,
-    #[serde(default, rename = "server")]
-    servers: Vec<ServerSpec>,
 }
 
-/// `[[server]]`: how much of one primary pg2dns may use, matched to the
-/// zones by `address` (as their `primary` is written).
+/// `[[server]]`: one primary server. Named, with a key, zones name it
+/// (`server = "name"` in a `[[zone]]` or a row of `pg2dns.zones`); with or
+/// without a name, it sets how much of that server pg2dns may use, for
+/// every zone whose primary is its `address`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerSpec {
+    name: Option<String>,
+    /// host:port, 53 when no port is given (as a zone's `primary`).
     address: String,
+    tsig_key_file: Option<PathBuf>,
+    key_name: Option<String>,
     #[serde(default = "default_connections")]
     connections: usize,
     #[serde(default = "default_max_in_flight")]
@@ -508,8 +524,11 @@ fn default_publication() -> String {
 #[serde(deny_unknown_fields)]
 struct ZoneSpec {
     name: String,
-    primary: String,
-    tsig_key_file: PathBuf,
+    /// Either `server` (a `[[server]]`'s name) or `primary` and
+    /// `tsig_key_file`.
+    server: Option<String>,
+    primary: Option<String>,
+    tsig_key_file: Option<PathBuf>,
     key_name: Option<String>,
     #[serde(default)]
     check_names: CheckNamesSpec,
@@ -589,8 +608,14 @@ pub struct Config {
     pub path: PathBuf,
     /// Database connection and replication names.
     pub database: DatabaseConfig,
-    /// The zones pg2dns updates.
+    /// The zones pg2dns updates: the `[[zone]]`s, then (in a session's
+    /// configuration, see [`Config::with_table_zones`]) those of
+    /// `pg2dns.zones`.
     pub zones: Vec<ZoneConfig>,
+    /// The `[[server]]`s, in configuration order (named or not).
+    pub servers: Vec<ServerConfig>,
+    /// The mass-delete guard of a zone that sets none of its own (`[guard]`).
+    pub default_guard: pg2dns_decoder::guard::DeleteGuard,
     /// `zones`' names indexed once, checked within the zone limit.
     zone_ids: pg2dns_decoder::Zones,
     /// Message and server limits.
@@ -610,9 +635,6 @@ pub struct Config {
     pub apex_ns_sources: Vec<bool>,
     /// The roles `setup` grants to (`[roles]`).
     pub roles: Roles,
-    /// `[[server]]` limits by address; a primary without one gets
-    /// [`ServerLimits::default`].
-    pub server_limits: Vec<(PrimaryAddr, ServerLimits)>,
 }
 
 /// How `pg2dns reconcile --apply` guards against a wrong database.
@@ -850,6 +872,8 @@ pub struct ZoneConfig {
     pub one_ptr: bool,
     /// The command that checks the zone before a repair (`verify`).
     pub verify: Option<Verifier>,
+    /// Listed in `pg2dns.zones` (not in the configuration file).
+    pub from_table: bool,
 }
 
 /// A zone's verifier: a command run on the zone as it will be after a
@@ -949,74 +973,65 @@ impl Config {
                 )));
             }
         }
-        if spec.zones.is_empty() {
-            return Err(invalid("no [[zone]] is configured".into()));
-        }
         let base = path.parent().unwrap_or(Path::new("."));
         let mut zones: Vec<ZoneConfig> = Vec::new();
         let mut seen: std::collections::HashSet<ZoneName> = std::collections::HashSet::new();
         // Each key file is read (and its mode warned about) once, however
-        // many zones share it.
-        let mut key_files: std::collections::HashMap<PathBuf, Vec<TsigKey>> =
-            std::collections::HashMap::new();
+        // many zones and servers share it.
+        let mut key_files = KeyFiles::new(base);
+        let servers = read_servers(spec.servers, &mut key_files, path)?;
+        if spec.zones.is_empty() && !servers.iter().any(|s| s.key.is_some()) {
+            return Err(invalid(
+                "no [[zone]] is configured (nor a named [[server]] for the zones of pg2dns.zones)"
+                    .into(),
+            ));
+        }
         for z in spec.zones {
             let name = ZoneName::parse(&z.name)
                 .map_err(|e| invalid(format!("zone name {:?}: {e}", z.name)))?;
             if !seen.insert(name.clone()) {
                 return Err(invalid(format!("zone {name} is configured twice")));
             }
-            let primary_addr = PrimaryAddr::parse(&z.primary).map_err(|e| {
-                invalid(format!(
-                    "zone {name}: primary = {:?}: {e}; use an address or host name, with :port unless it is 53 (\"192.0.2.53\", \"[2001:db8::53]:5353\", \"ns1.example.net\")",
-                    z.primary
-                ))
-            })?;
-            let primary = primary_addr.resolve_blocking().map_err(|e| {
-                invalid(format!(
-                    "zone {name}: primary = {:?}: cannot resolve {}: {e}",
-                    z.primary,
-                    primary_addr.host()
-                ))
-            })?;
-            let key_file = if z.tsig_key_file.is_absolute() {
-                z.tsig_key_file.clone()
-            } else {
-                base.join(&z.tsig_key_file)
-            };
-            let key_err = |what: String| ConfigError::Key {
-                zone: name.to_string(),
-                key_file: key_file.clone(),
-                what,
-            };
-            if !key_files.contains_key(&key_file) {
-                let text = std::fs::read_to_string(&key_file)
-                    .map_err(|e| key_err(format!("cannot read it: {e}")))?;
-                warn_if_readable_by_others(&key_file);
-                // The key file error's causes (bad algorithm, bad base64…)
-                // are sources: keep them in the message.
-                let keys = TsigKey::parse_keygen_file(&text)
-                    .map_err(|e| key_err(crate::error::chain(&e)))?;
-                key_files.insert(key_file.clone(), keys);
-            }
-            let keys = key_files.get(&key_file).cloned().unwrap_or_default();
-            let key = match &z.key_name {
-                Some(wanted) => {
-                    let wanted_lc = wanted.trim_end_matches('.').to_ascii_lowercase();
-                    keys.into_iter()
-                        .find(|k| k.name.to_string().trim_end_matches('.') == wanted_lc)
-                        .ok_or_else(|| key_err(format!("holds no key named {wanted:?}")))?
+            let (primary_addr, primary, key, key_file) = match (z.server, z.primary, z.tsig_key_file) {
+                (Some(server), None, None) if z.key_name.is_none() => {
+                    let (s, key, key_file) = named(&servers, &server).ok_or_else(|| {
+                        invalid(format!(
+                            "zone {name}: server = {server:?} is not a declared [[server]] ({})",
+                            server_names(&servers)
+                        ))
+                    })?;
+                    (s.primary_addr.clone(), s.primary, key.clone(), key_file.clone())
                 }
-                None => {
-                    let mut keys = keys;
-                    match keys.len() {
-                        0 => return Err(key_err("holds no key".into())),
-                        1 => keys.remove(0),
-                        n => {
-                            return Err(key_err(format!(
-                                "holds {n} keys: set key_name to choose one"
-                            )))
-                        }
-                    }
+                (Some(server), _, _) => {
+                    return Err(invalid(format!(
+                        "zone {name}: server = {server:?} names the primary and its key: remove primary, tsig_key_file and key_name"
+                    )))
+                }
+                (None, Some(primary_text), Some(tsig_key_file)) => {
+                    let primary_addr = PrimaryAddr::parse(&primary_text).map_err(|e| {
+                        invalid(format!(
+                            "zone {name}: primary = {primary_text:?}: {e}; use an address or host name, with :port unless it is 53 (\"192.0.2.53\", \"[2001:db8::53]:5353\", \"ns1.example.net\")"
+                        ))
+                    })?;
+                    let primary = primary_addr.resolve_blocking().map_err(|e| {
+                        invalid(format!(
+                            "zone {name}: primary = {primary_text:?}: cannot resolve {}: {e}",
+                            primary_addr.host()
+                        ))
+                    })?;
+                    let (key, key_file) = key_files
+                        .key(&tsig_key_file, z.key_name.as_deref())
+                        .map_err(|(key_file, what)| ConfigError::Key {
+                            zone: name.to_string(),
+                            key_file,
+                            what,
+                        })?;
+                    (primary_addr, primary, key, key_file)
+                }
+                (None, _, _) => {
+                    return Err(invalid(format!(
+                        "zone {name}: set server = \"name\" of a [[server]], or both primary and tsig_key_file"
+                    )))
                 }
             };
             let exclusions = pg2dns_decoder::exclude::Exclusions::parse(
@@ -1068,44 +1083,13 @@ impl Config {
                 primary_addr,
                 key,
                 key_file,
+                from_table: false,
                 check_names: match z.check_names {
                     CheckNamesSpec::Fail => CheckNames::Fail,
                     CheckNamesSpec::Warn => CheckNames::Warn,
                     CheckNamesSpec::Ignore => CheckNames::Ignore,
                 },
             });
-        }
-        let mut server_limits: Vec<(PrimaryAddr, ServerLimits)> = Vec::new();
-        for sv in &spec.servers {
-            let address = PrimaryAddr::parse(&sv.address)
-                .map_err(|e| invalid(format!("server address = {:?}: {e}", sv.address)))?;
-            if server_limits.iter().any(|(a, _)| *a == address) {
-                return Err(invalid(format!(
-                    "server {address} is declared twice ([[server]] address)"
-                )));
-            }
-            if !(1..=pg2dns_decoder::pool::MAX_CONNECTIONS).contains(&sv.connections) {
-                return Err(invalid(format!(
-                    "server {address}: connections = {}: must be from 1 to {}",
-                    sv.connections,
-                    pg2dns_decoder::pool::MAX_CONNECTIONS
-                )));
-            }
-            if !(1..=1000).contains(&sv.max_in_flight) {
-                return Err(invalid(format!(
-                    "server {address}: max_in_flight = {}: must be from 1 to 1000 (BIND drops UPDATEs beyond its update-quota, 100 by default)",
-                    sv.max_in_flight
-                )));
-            }
-            server_limits.push((
-                address,
-                ServerLimits {
-                    connections: sv.connections,
-                    max_in_flight: sv.max_in_flight,
-                    idle_close: Duration::from_millis(sv.idle_close_ms.max(100)),
-                    connect_timeout: Duration::from_millis(sv.connect_timeout_ms.max(100)),
-                },
-            ));
         }
         let l = spec.limits;
         if !(512..=65_535).contains(&l.max_message_bytes) {
@@ -1192,10 +1176,15 @@ impl Config {
         Ok(Config {
             path: path.to_owned(),
             zone_ids,
+            servers,
+            default_guard: pg2dns_decoder::guard::DeleteGuard {
+                max_delete_records: spec.guard.max_delete_records,
+                max_delete_share: spec.guard.max_delete_share,
+                min_zone_records: spec.guard.min_zone_records,
+            },
             sources,
             apex_ns_sources,
             roles: spec.roles,
-            server_limits,
             reconcile: ReconcileConfig { max_change_share },
             database: DatabaseConfig {
                 url: spec.database.url,
@@ -1243,10 +1232,10 @@ impl Config {
     /// The limits of the server at `primary` (its `[[server]]`, else the
     /// defaults).
     pub fn server_limits(&self, primary: &PrimaryAddr) -> ServerLimits {
-        self.server_limits
+        self.servers
             .iter()
-            .find(|(a, _)| a == primary)
-            .map(|(_, l)| *l)
+            .find(|s| s.primary_addr == *primary)
+            .map(|s| s.limits)
             .unwrap_or_default()
     }
 
@@ -1254,6 +1243,77 @@ impl Config {
     /// configuration order.
     pub fn zones(&self) -> pg2dns_decoder::Zones {
         self.zone_ids.clone()
+    }
+
+    /// This configuration with the zones of `pg2dns.zones` (its rows as
+    /// read, `limit` zones at most in all): each row names a `[[server]]`,
+    /// whose address and key the zone takes, with every zone option at its
+    /// default. A row that cannot be followed (a bad name, an unknown
+    /// server, a second spelling of a zone) is returned with the reason;
+    /// a zone both in the file and in the table, or more zones than
+    /// `limit`, refuses the whole set.
+    pub fn with_table_zones(
+        &self,
+        rows: &[TableZone],
+        limit: usize,
+    ) -> Result<(Config, Vec<TableZoneRefusal>), TableZonesError> {
+        let mut out = self.clone();
+        let mut refused = Vec::new();
+        let mut by_name: std::collections::HashSet<ZoneName> =
+            self.zones.iter().map(|z| z.name.clone()).collect();
+        for row in rows {
+            let refuse = |reason: String| TableZoneRefusal {
+                row: row.clone(),
+                reason,
+            };
+            let name = match ZoneName::parse(&row.name) {
+                Ok(name) => name,
+                Err(e) => {
+                    refused.push(refuse(format!("zone name {:?}: {e}", row.name)));
+                    continue;
+                }
+            };
+            if self.zones.iter().any(|z| z.name == name) {
+                return Err(TableZonesError::InBoth {
+                    zone: name.to_string(),
+                    path: self.path.clone(),
+                });
+            }
+            if !by_name.insert(name.clone()) {
+                refused.push(refuse(format!(
+                    "zone {name} is listed twice (another row spells it differently)"
+                )));
+                continue;
+            }
+            let Some((server, key, key_file)) = named(&self.servers, &row.server) else {
+                by_name.remove(&name);
+                refused.push(refuse(format!(
+                    "server {:?} is not a declared [[server]] of {} ({}): add it and send SIGHUP, or correct the row",
+                    row.server,
+                    self.path.display(),
+                    server_names(&self.servers)
+                )));
+                continue;
+            };
+            out.zones.push(ZoneConfig {
+                exclusions: Default::default(),
+                verify: None,
+                one_ptr: false,
+                guard: self.default_guard,
+                primary: server.primary,
+                primary_addr: server.primary_addr.clone(),
+                key: key.clone(),
+                key_file: key_file.clone(),
+                check_names: CheckNames::Fail,
+                from_table: true,
+                name,
+            });
+        }
+        out.zone_ids = pg2dns_decoder::Zones::with_limit(
+            out.zones.iter().map(|z| z.name.clone()).collect(),
+            limit,
+        )?;
+        Ok((out, refused))
     }
 
     /// The limits the plan enforces, with each zone's message budget.
@@ -1275,6 +1335,244 @@ impl Config {
             held: pg2dns_decoder::held::Held::default(),
         }
     }
+}
+
+/// A row of `pg2dns.zones`: a zone and the `[[server]]` it is published to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableZone {
+    /// The `name` column, as the table holds it.
+    pub name: String,
+    /// The `server` column: a `[[server]]`'s name.
+    pub server: String,
+}
+
+/// A row of `pg2dns.zones` that is not followed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableZoneRefusal {
+    /// The row.
+    pub row: TableZone,
+    /// Why (for `pg2dns.rejected` and the log).
+    pub reason: String,
+}
+
+/// Why the zones of `pg2dns.zones` cannot be followed at all.
+#[derive(Debug, thiserror::Error)]
+pub enum TableZonesError {
+    /// A zone listed both in the file and in the table.
+    #[error("zone {zone} is both a [[zone]] of {path} and a row of pg2dns.zones")]
+    InBoth {
+        /// The zone.
+        zone: String,
+        /// The configuration file.
+        path: PathBuf,
+    },
+    /// More zones than pg2dns can tell apart.
+    #[error(transparent)]
+    Zones(#[from] pg2dns_decoder::records::ZonesError),
+}
+
+/// A `[[server]]`: a primary, the key that signs for the zones naming it,
+/// and how much of it pg2dns may use.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Its `name`, which zones give as `server`; `None` for a declaration
+    /// of limits only (matched to zones by address).
+    pub name: Option<String>,
+    /// Its address, resolved when the config was read.
+    pub primary: SocketAddr,
+    /// The address as configured.
+    pub primary_addr: PrimaryAddr,
+    /// The TSIG key of a named server (secret redacted in `Debug`) and the
+    /// file it came from.
+    pub key: Option<(TsigKey, PathBuf)>,
+    /// Its connections and in-flight cap, shared by every zone whose
+    /// primary is this address.
+    pub limits: ServerLimits,
+}
+
+/// The named server `name` and its key.
+fn named<'s>(
+    servers: &'s [ServerConfig],
+    name: &str,
+) -> Option<(&'s ServerConfig, &'s TsigKey, &'s PathBuf)> {
+    servers.iter().find_map(|s| match (&s.name, &s.key) {
+        (Some(n), Some((key, file))) if n == name => Some((s, key, file)),
+        _ => None,
+    })
+}
+
+/// The key files read so far, each once however many zones and servers
+/// share it (so its mode is warned about once).
+struct KeyFiles<'a> {
+    base: &'a Path,
+    read: std::collections::HashMap<PathBuf, Vec<TsigKey>>,
+}
+
+impl<'a> KeyFiles<'a> {
+    fn new(base: &'a Path) -> KeyFiles<'a> {
+        KeyFiles {
+            base,
+            read: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The key of `file` (relative to the config's directory) named
+    /// `key_name`, or its only key; the error is the file and what is wrong.
+    fn key(
+        &mut self,
+        file: &Path,
+        key_name: Option<&str>,
+    ) -> Result<(TsigKey, PathBuf), (PathBuf, String)> {
+        let key_file = if file.is_absolute() {
+            file.to_owned()
+        } else {
+            self.base.join(file)
+        };
+        if !self.read.contains_key(&key_file) {
+            let text = std::fs::read_to_string(&key_file)
+                .map_err(|e| (key_file.clone(), format!("cannot read it: {e}")))?;
+            warn_if_readable_by_others(&key_file);
+            // The key file error's causes (bad algorithm, bad base64…) are
+            // sources: keep them in the message.
+            let keys = TsigKey::parse_keygen_file(&text)
+                .map_err(|e| (key_file.clone(), crate::error::chain(&e)))?;
+            self.read.insert(key_file.clone(), keys);
+        }
+        let mut keys = self.read.get(&key_file).cloned().unwrap_or_default();
+        let key = match key_name {
+            Some(wanted) => {
+                let wanted_lc = wanted.trim_end_matches('.').to_ascii_lowercase();
+                keys.into_iter()
+                    .find(|k| k.name.to_string().trim_end_matches('.') == wanted_lc)
+                    .ok_or_else(|| (key_file.clone(), format!("holds no key named {wanted:?}")))?
+            }
+            None => match keys.len() {
+                0 => return Err((key_file, "holds no key".into())),
+                1 => keys.remove(0),
+                n => {
+                    return Err((
+                        key_file,
+                        format!("holds {n} keys: set key_name to choose one"),
+                    ))
+                }
+            },
+        };
+        Ok((key, key_file))
+    }
+}
+
+/// Reads the `[[server]]` declarations: an address (port 53 by default)
+/// resolved now and declared once, the pool's limits, and for a named
+/// server (unique name) its key.
+fn read_servers(
+    specs: Vec<ServerSpec>,
+    key_files: &mut KeyFiles<'_>,
+    path: &Path,
+) -> Result<Vec<ServerConfig>, ConfigError> {
+    let invalid = |what: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        what,
+    };
+    let mut servers: Vec<ServerConfig> = Vec::with_capacity(specs.len());
+    for (i, s) in specs.into_iter().enumerate() {
+        let name = s.name.as_deref().map(|n| n.trim().to_owned());
+        // How the server is called in messages.
+        let called = match &name {
+            Some(n) => format!("server {n:?}"),
+            None => format!("server {}", s.address),
+        };
+        if name.as_deref() == Some("") {
+            return Err(invalid(format!("[[server]] #{}: name is empty", i + 1)));
+        }
+        if let Some(n) = &name {
+            if servers.iter().any(|o| o.name.as_ref() == Some(n)) {
+                return Err(invalid(format!("server {n:?} is declared twice")));
+            }
+        }
+        let primary_addr = PrimaryAddr::parse(&s.address).map_err(|e| {
+            invalid(format!(
+                "{called}: address = {:?}: {e}; use an address or host name, with :port unless it is 53",
+                s.address
+            ))
+        })?;
+        if servers.iter().any(|o| o.primary_addr == primary_addr) {
+            return Err(invalid(format!(
+                "server {primary_addr} is declared twice ([[server]] address): its zones share its connections, so declare it once"
+            )));
+        }
+        if !(1..=pg2dns_decoder::pool::MAX_CONNECTIONS).contains(&s.connections) {
+            return Err(invalid(format!(
+                "{called}: connections = {}: must be from 1 to {}",
+                s.connections,
+                pg2dns_decoder::pool::MAX_CONNECTIONS
+            )));
+        }
+        if !(1..=1000).contains(&s.max_in_flight) {
+            return Err(invalid(format!(
+                "{called}: max_in_flight = {}: must be from 1 to 1000 (BIND drops UPDATEs beyond its update-quota, 100 by default)",
+                s.max_in_flight
+            )));
+        }
+        let primary = primary_addr.resolve_blocking().map_err(|e| {
+            invalid(format!(
+                "{called}: address = {:?}: cannot resolve {}: {e}",
+                s.address,
+                primary_addr.host()
+            ))
+        })?;
+        let key = match (&name, s.tsig_key_file) {
+            (Some(n), Some(file)) => Some(key_files.key(&file, s.key_name.as_deref()).map_err(
+                |(key_file, what)| ConfigError::ServerKey {
+                    server: n.clone(),
+                    key_file,
+                    what,
+                },
+            )?),
+            (Some(n), None) => {
+                return Err(invalid(format!(
+                    "server {n:?}: set tsig_key_file (the key that signs the UPDATEs of the zones naming it)"
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(format!(
+                    "{called}: tsig_key_file needs a name: zones name a server to use its key (or give the key in each [[zone]] with primary)"
+                )))
+            }
+            (None, None) if s.key_name.is_some() => {
+                return Err(invalid(format!("{called}: key_name needs tsig_key_file and a name")))
+            }
+            (None, None) => None,
+        };
+        servers.push(ServerConfig {
+            name,
+            primary,
+            primary_addr,
+            key,
+            limits: ServerLimits {
+                connections: s.connections,
+                max_in_flight: s.max_in_flight,
+                idle_close: Duration::from_millis(s.idle_close_ms.max(100)),
+                connect_timeout: Duration::from_millis(s.connect_timeout_ms.max(100)),
+            },
+        });
+    }
+    Ok(servers)
+}
+
+/// The declared servers' names, for messages.
+fn server_names(servers: &[ServerConfig]) -> String {
+    if servers.is_empty() {
+        return "no [[server]] is declared".into();
+    }
+    let names: Vec<String> = servers
+        .iter()
+        .filter_map(|s| s.key.as_ref().and(s.name.as_ref()))
+        .map(|n| format!("{n:?}"))
+        .collect();
+    if names.is_empty() {
+        return "no [[server]] is declared with a name".into();
+    }
+    format!("declared: {}", names.join(", "))
 }
 
 /// A TSIG secret lets anyone who reads it rewrite the zone: say so when the
@@ -1519,6 +1817,204 @@ tsig_key_file = "k.key"
             err.to_string()
                 .contains("zone example.test. is configured twice"),
             "{err}"
+        );
+    }
+
+    const SERVERS: &str = r#"
+version = 1
+[database]
+url = "postgresql://postgres:pw@127.0.0.1:5433/app"
+[[server]]
+name = "ns1"
+address = "127.0.0.1:5353"
+tsig_key_file = "k.key"
+[[server]]
+name = "ns2"
+address = "127.0.0.2"
+tsig_key_file = "k.key"
+key_name = "K1"
+"#;
+
+    #[test]
+    fn a_zone_names_a_declared_server_and_takes_its_address_and_key() {
+        let c = with_key_file(&format!(
+            "{SERVERS}[[zone]]\nname = \"a.test\"\nserver = \"ns1\"\n[[zone]]\nname = \"b.test\"\nserver = \"ns2\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.zones[0].primary, "127.0.0.1:5353".parse().unwrap());
+        // Port 53 when the address names none.
+        assert_eq!(c.zones[1].primary, "127.0.0.2:53".parse().unwrap());
+        assert_eq!(c.zones[1].key.name.to_string(), "k1.");
+        assert!(!c.zones[0].from_table);
+        // Servers alone are a configuration: the zones are in pg2dns.zones.
+        assert!(with_key_file(SERVERS).unwrap().zones.is_empty());
+    }
+
+    #[test]
+    fn a_server_or_a_zone_naming_servers_wrongly_is_refused_with_the_reason() {
+        let cases = [
+            (
+                format!("{SERVERS}[[zone]]\nname = \"a.test\"\nserver = \"ns9\"\n"),
+                "zone a.test.: server = \"ns9\" is not a declared [[server]] (declared: \"ns1\", \"ns2\")",
+            ),
+            (
+                format!("{SERVERS}[[zone]]\nname = \"a.test\"\nserver = \"ns1\"\nprimary = \"127.0.0.1\"\n"),
+                "remove primary, tsig_key_file and key_name",
+            ),
+            (
+                format!("{SERVERS}[[zone]]\nname = \"a.test\"\nprimary = \"127.0.0.1\"\n"),
+                "set server = \"name\" of a [[server]], or both primary and tsig_key_file",
+            ),
+            (
+                format!("{SERVERS}[[server]]\nname = \"ns1\"\naddress = \"127.0.0.3\"\ntsig_key_file = \"k.key\"\n"),
+                "server \"ns1\" is declared twice",
+            ),
+            (
+                format!("{SERVERS}[[server]]\nname = \"ns3\"\naddress = \"127.0.0.3:99999\"\ntsig_key_file = \"k.key\"\n"),
+                "server \"ns3\": address = \"127.0.0.3:99999\"",
+            ),
+            (
+                format!("{SERVERS}[[server]]\nname = \"ns3\"\naddress = \"127.0.0.3\"\ntsig_key_file = \"k.key\"\nkey_name = \"nope\"\n"),
+                "server \"ns3\": TSIG key file",
+            ),
+        ];
+        for (body, wanted) in cases {
+            let err = with_key_file(&body).unwrap_err();
+            let text = format!("{err}");
+            assert!(text.contains(wanted), "{text:?} lacks {wanted:?}");
+        }
+    }
+
+    #[test]
+    fn one_server_table_names_a_primary_with_its_key_and_limits_for_every_zone_of_its_address() {
+        // ns1 (127.0.0.1:5353) is named by one zone; another zone gives the
+        // same address as its own primary: both share ns1's limits.
+        let c = with_key_file(&format!(
+            "{SERVERS}[[server]]\naddress = \"192.0.2.9\"\n[[zone]]\nname = \"a.test\"\nserver = \"ns1\"\n[[zone]]\nname = \"b.test\"\nprimary = \"127.0.0.1:5353\"\ntsig_key_file = \"k.key\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let a = &c.zones[0];
+        let b = &c.zones[1];
+        assert_eq!(a.primary_addr, b.primary_addr);
+        assert_eq!(
+            c.server_limits(&a.primary_addr).connections,
+            4,
+            "ns1 sets none"
+        );
+        assert_eq!(c.servers.len(), 3);
+        assert_eq!(c.servers[2].name, None, "a server of limits only");
+        assert!(c.servers[2].key.is_none());
+        for (body, wanted) in [
+            (
+                format!("{SERVERS}[[server]]\nname = \"ns3\"\naddress = \"127.0.0.3\"\n"),
+                "server \"ns3\": set tsig_key_file",
+            ),
+            (
+                format!("{SERVERS}[[server]]\naddress = \"127.0.0.3\"\ntsig_key_file = \"k.key\"\n"),
+                "server 127.0.0.3: tsig_key_file needs a name",
+            ),
+            (
+                format!("{SERVERS}[[server]]\nname = \"ns3\"\naddress = \"127.0.0.1:5353\"\ntsig_key_file = \"k.key\"\n"),
+                "declared twice ([[server]] address)",
+            ),
+            (
+                format!("{SERVERS}[[server]]\naddress = \"127.0.0.3\"\n[[zone]]\nname = \"a.test\"\nserver = \"127.0.0.3\"\n"),
+                "is not a declared [[server]] (declared: \"ns1\", \"ns2\")",
+            ),
+        ] {
+            let err = with_key_file(&body).unwrap_err();
+            let text = format!("{err}");
+            assert!(text.contains(wanted), "{text:?} lacks {wanted:?}");
+        }
+        // Limits given in a named server apply to the zones naming it.
+        let c = with_key_file(&format!(
+            "{}\nconnections = 2\nmax_in_flight = 30\n[[zone]]\nname = \"a.test\"\nserver = \"ns2\"\n",
+            SERVERS.trim_end()
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let limits = c.server_limits(&c.zones[0].primary_addr);
+        assert_eq!((limits.connections, limits.max_in_flight), (2, 30));
+    }
+
+    #[test]
+    fn table_zones_take_their_servers_and_bad_rows_are_refused_with_a_reason() {
+        let c = with_key_file(&format!(
+            "{SERVERS}[[zone]]\nname = \"file.test\"\nserver = \"ns1\"\n"
+        ))
+        .unwrap();
+        let row = |name: &str, server: &str| TableZone {
+            name: name.into(),
+            server: server.into(),
+        };
+        let rows = [
+            row("Ünï.test", "ns2"),
+            row("a.test", "ns2"),
+            row("A.Test.", "ns1"),
+            row("b.test", "nowhere"),
+            row("bad..test", "ns1"),
+        ];
+        let (s, refused) = c.with_table_zones(&rows, 10).unwrap();
+        let names: Vec<String> = s.zones.iter().map(|z| z.name.to_string()).collect();
+        // A UTF-8 label is a zone name as any other (escaped as BIND does).
+        assert_eq!(
+            names,
+            ["file.test.", "\\195\\156n\\195\\175.test.", "a.test."]
+        );
+        assert!(!s.zones[0].from_table && s.zones[1].from_table && s.zones[2].from_table);
+        assert_eq!(s.zones[2].primary, "127.0.0.2:53".parse().unwrap());
+        assert_eq!(s.zones().len(), 3);
+        let reasons: Vec<(&str, &str)> = refused
+            .iter()
+            .map(|r| (r.row.name.as_str(), r.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|(n, r)| *n == "A.Test." && r.contains("listed twice")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|(n, r)| *n == "b.test"
+                && r.contains("server \"nowhere\" is not a declared [[server]]")
+                && r.contains("declared: \"ns1\", \"ns2\"")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|(n, r)| *n == "bad..test" && r.contains("zone name")),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn a_zone_both_in_the_file_and_the_table_or_past_the_limit_refuses_the_set() {
+        let c = with_key_file(&format!(
+            "{SERVERS}[[zone]]\nname = \"file.test\"\nserver = \"ns1\"\n"
+        ))
+        .unwrap();
+        let row = |name: &str| TableZone {
+            name: name.into(),
+            server: "ns1".into(),
+        };
+        let err = c.with_table_zones(&[row("FILE.test.")], 10).unwrap_err();
+        assert!(
+            matches!(&err, TableZonesError::InBoth { zone, .. } if zone == "file.test."),
+            "{err}"
+        );
+        // The file's zone and three rows: one past a limit of three, never
+        // wrapped onto another zone's id.
+        let rows = [row("a.test"), row("b.test"), row("c.test")];
+        let err = c.with_table_zones(&rows, 3).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "4 zones are configured, more than the 3 pg2dns can tell apart"
+        );
+        assert_eq!(
+            c.with_table_zones(&rows[..2], 3).unwrap().0.zones().len(),
+            3
         );
     }
 

@@ -109,6 +109,11 @@ pub enum RunError {
         /// One sentence per table (`check::key_problems`).
         problems: Vec<String>,
     },
+    /// The zones of `pg2dns.zones` cannot be followed together with the
+    /// configuration's (a zone in both, or more zones than pg2dns can tell
+    /// apart). Checked when a session starts.
+    #[error("pg2dns.zones")]
+    TableZones(#[from] crate::config::TableZonesError),
     /// A transaction would delete more of a zone than the mass-delete
     /// guard allows (see `pg2dns_decoder::guard`); nothing of it was sent.
     #[error("mass delete held: the transaction committed at LSN {lsn} would delete {deleted} of the {records} records of zone {zone} (more than [guard] allows); nothing of it was sent")]
@@ -234,6 +239,10 @@ impl RunError {
             RunError::SlotGap { .. } => halt("DNS lacks what changed in between: run `pg2dns setup --recreate-slot -c <config>` to replace the slot and bring every zone in line at its consistent point (or resynchronise the zones yourself, then `pg2dns setup --accept-gap -c <config>`)"),
             RunError::SchemaMissing => halt("run `pg2dns setup -c <config>`"),
             RunError::KeyNotUnique { .. } => halt("add a UNIQUE index over NOT NULL columns on the key (or set `key` to the primary key's columns), then `pg2dns resume`; `pg2dns check-config` lists every such table"),
+            RunError::TableZones(crate::config::TableZonesError::InBoth { zone, .. }) => Disposition::Halt {
+                hint: format!("list zone {zone} in one place: delete its row of pg2dns.zones, or remove its [[zone]] from the configuration; then `pg2dns resume` (which reads both again)"),
+            },
+            RunError::TableZones(crate::config::TableZonesError::Zones(_)) => halt("delete rows of pg2dns.zones (or [[zone]]s) until the count is within the limit, then `pg2dns resume`"),
             RunError::MassDelete { zone, lsn, .. } => Disposition::Halt {
                 hint: format!("if these deletes are intended, run `pg2dns resume --allow-mass-delete` to apply them (it releases only the transaction at {lsn}; the threshold is [guard] or the zone's max_delete_share / max_delete_records). If they are a mistake, restore the rows of zone {zone} in the database first: the release then deletes the records and the restore adds them back. Until then nothing after this transaction is sent either"),
             },

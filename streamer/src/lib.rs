@@ -27,6 +27,7 @@ pub mod replication;
 pub mod setup;
 pub mod status;
 pub mod store;
+pub mod zone_set;
 
 pub use config::Config;
 pub use error::RunError;

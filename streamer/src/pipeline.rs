@@ -47,7 +47,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::control::{Control, ControlRequest, Mode};
-use crate::dns::server::{ServerInput, ServerTask};
+use crate::dns::kept::{Kept, ServerKey, ServerStream};
+use crate::dns::server::ServerInput;
 use crate::dns::sink::{Dispatch, ZoneReport};
 use crate::error::{Disposition, RunError};
 use crate::replication::{Frame, PgReplication, Replication};
@@ -141,6 +142,8 @@ pub fn mappings(config: &Config) -> Vec<Box<dyn Mapping>> {
 struct ZoneLane {
     /// The zone's `pg2dns_update_operations_total` series.
     operations: prometheus_client::metrics::counter::Counter,
+    /// The zone (its dispatch count is kept across sessions by name).
+    name: pg2dns_decoder::ZoneName,
     /// Its server's task (an index into `Lanes::servers`).
     server: usize,
     dispatched: u64,
@@ -148,12 +151,14 @@ struct ZoneLane {
     outbox: Vec<Dispatch>,
 }
 
-/// The zones' streams (one task per server, see [`ServerTask`]) and what
-/// they acknowledged.
+/// The zones' streams (one task per server, see
+/// [`crate::dns::server::ServerTask`]) and what they acknowledged.
 struct Lanes {
     lanes: Vec<ZoneLane>,
     /// Each server task's input.
     servers: Vec<mpsc::Sender<ServerInput>>,
+    /// The server tasks (kept across sessions while their settings stay).
+    streams: Vec<ServerStream>,
     /// Zones with dispatches in their outbox, in first-dispatch order.
     touched: Vec<ZoneId>,
     /// Zones dispatched to since the last batch was marked, with their
@@ -162,7 +167,9 @@ struct Lanes {
     /// Zones that have dispatches not yet acknowledged.
     unacked: usize,
     reports: mpsc::UnboundedReceiver<ZoneReport>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Keeps `reports` open with no zone at all (every zone in an empty
+    /// `pg2dns.zones`).
+    _reporting: mpsc::UnboundedSender<ZoneReport>,
     /// What was dispatched and acknowledged or refused, and which
     /// checkpoint that allows.
     ledger: Ledger,
@@ -171,55 +178,102 @@ struct Lanes {
 }
 
 impl Lanes {
-    fn start(config: &Config, live: Arc<status::Live>, progress: Lsn) -> Lanes {
+    /// The zones' streams, one task per server: the tasks `kept` from the
+    /// last session with the same address and limits go on, with their
+    /// connections (and their zones' dispatch ids); the others start.
+    async fn start(
+        config: &Config,
+        live: Arc<status::Live>,
+        progress: Lsn,
+        kept: &mut Kept,
+    ) -> Lanes {
         let (report_tx, reports) = mpsc::unbounded_channel();
         let mut lanes = Vec::new();
+        let mut ledger = Ledger::new(config.zones.len(), progress);
         // One task per server: zones naming the same primary share it.
-        let mut by_address: std::collections::HashMap<String, usize> =
-            std::collections::HashMap::new();
-        let mut servers_tasks: Vec<ServerTask> = Vec::new();
+        let mut keys: Vec<ServerKey> = Vec::new();
+        let mut zones_of: Vec<Vec<(ZoneId, Box<crate::config::ZoneConfig>)>> = Vec::new();
         let ids = config.zones();
         for ((id, _), z) in ids.iter().zip(&config.zones) {
-            let server = *by_address
-                .entry(z.primary_addr.to_string())
-                .or_insert_with(|| {
-                    servers_tasks.push(ServerTask::new(
-                        z.primary_addr.clone(),
-                        z.primary.to_string(),
-                        config.server_limits(&z.primary_addr),
-                        &config.limits,
-                        report_tx.clone(),
-                    ));
-                    servers_tasks.len() - 1
-                });
-            servers_tasks[server].add_zone(id, z);
+            let key = ServerKey {
+                primary_addr: z.primary_addr.clone(),
+                primary: z.primary,
+                limits: config.server_limits(&z.primary_addr),
+            };
+            let server = match keys.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    keys.push(key);
+                    zones_of.push(Vec::new());
+                    keys.len() - 1
+                }
+            };
+            zones_of[server].push((id, Box::new(z.clone())));
+            // Everything it was handed in earlier sessions was acknowledged.
+            let dispatched = kept.dispatched(&z.name);
+            if dispatched > 0 {
+                ledger.handle_acked(id, dispatched);
+                live.dispatched(id.index(), dispatched);
+                live.acked(id.index(), dispatched);
+            }
             let m = metrics::get();
             lanes.push(ZoneLane {
                 operations: m
                     .operations
                     .get_or_create(&m.series(&z.name.to_string(), &z.primary.to_string()))
                     .clone(),
+                name: z.name.clone(),
                 server,
-                dispatched: 0,
+                dispatched,
                 outbox: Vec::new(),
             });
         }
         let mut servers = Vec::new();
-        let mut tasks = Vec::new();
-        for task in servers_tasks {
-            let (tx, rx) = mpsc::channel(4);
-            tasks.push(tokio::spawn(task.run(rx)));
-            servers.push(tx);
+        let mut streams = Vec::new();
+        let mut reused = 0usize;
+        for (key, zones) in keys.into_iter().zip(zones_of) {
+            let mut stream = match kept.take_server(&key) {
+                Some(stream) => {
+                    reused += 1;
+                    stream
+                }
+                None => ServerStream::start(key.clone(), &config.limits, report_tx.clone()),
+            };
+            let session = |zones| ServerInput::Session {
+                reports: report_tx.clone(),
+                zones,
+                limits: config.limits.clone(),
+            };
+            if let Err(mpsc::error::SendError(ServerInput::Session { zones, .. })) =
+                stream.tx.send(session(zones)).await
+            {
+                // It stopped in between: a new one.
+                stream = ServerStream::start(key, &config.limits, report_tx.clone());
+                let _ = stream.tx.send(session(zones)).await;
+            }
+            servers.push(stream.tx.clone());
+            streams.push(stream);
         }
+        if reused > 0 || kept.servers() > 0 {
+            info!(
+                kept = reused,
+                started = streams.len() - reused,
+                dropped = kept.servers(),
+                "server connections: unchanged servers keep theirs"
+            );
+        }
+        // Tasks of servers gone or changed stop here.
+        *kept = Kept::default();
         Lanes {
             lanes,
             servers,
+            streams,
             touched: Vec::new(),
             marks: pg2dns_decoder::HashMap::default(),
             unacked: 0,
             reports,
-            tasks,
-            ledger: Ledger::new(config.zones.len(), progress),
+            _reporting: report_tx,
+            ledger,
             live,
         }
     }
@@ -230,6 +284,20 @@ impl Lanes {
     fn mark_batch(&mut self, seq: BatchSeq, end: Option<Lsn>) {
         let marks = self.marks.drain().collect();
         self.ledger.handle_dispatched(SentBatch { seq, end, marks });
+    }
+
+    /// At a clean end of the session: the server tasks, for the next
+    /// session to reuse, when every dispatch was acknowledged (none
+    /// otherwise: what is unacknowledged is replayed by new tasks, and the
+    /// old ones stop, so that no old copy follows a newer change).
+    fn keep(&mut self) -> Kept {
+        if !self.all_acked() {
+            return Kept::default();
+        }
+        Kept::new(
+            std::mem::take(&mut self.streams),
+            self.lanes.iter().map(|l| (l.name.clone(), l.dispatched)),
+        )
     }
 
     /// Whether every zone acknowledged everything dispatched to it.
@@ -326,14 +394,6 @@ impl Lanes {
     }
 }
 
-impl Drop for Lanes {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
 /// How long a halt on DDL waits for DNS to acknowledge the transactions
 /// before it (see `Pipeline::settle_before_halt`).
 const HALT_SETTLE: Duration = Duration::from_secs(30);
@@ -406,6 +466,16 @@ pub struct Pipeline<'c> {
     stop_at: Option<(Lsn, ControlRequest)>,
     /// That transaction began: drain what came before it, then pause.
     stopping: bool,
+    /// The rows of `pg2dns.zones` this session's zones were built from.
+    table_rows: Vec<crate::config::TableZone>,
+    /// The open transaction changed a row of `pg2dns.zones`.
+    zones_touched: bool,
+    /// Where the open transaction's items start in the batch (and the row
+    /// count then); `None` once part of it was flushed.
+    txn_start: Option<(usize, usize)>,
+    /// A transaction changed what `pg2dns.zones` holds: the session drains
+    /// what came before it and ends.
+    zones_changed: bool,
 }
 
 /// Runs sessions until shutdown; transient failures are retried with
@@ -418,6 +488,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let mut backoff = Duration::from_millis(200);
     let mut reload = options.reload.clone();
+    // Zone streams a clean session end leaves to the next one.
+    let mut kept = Kept::default();
     // A standby says so once at INFO, then only at debug while it waits.
     let mut standing_by = false;
     let _slot_watch = AbortOnDrop(tokio::spawn(status::watch_slot(config.clone())));
@@ -427,7 +499,7 @@ pub async fn run(
     }
     loop {
         let started = Instant::now();
-        let e = match session(&config, &mut shutdown, &mut reload).await {
+        let e = match session(&config, &mut shutdown, &mut reload, &mut kept).await {
             Ok(SessionEnd::Stopped) => return Ok(()),
             // The next session waits for the resume.
             Ok(SessionEnd::Paused) => continue,
@@ -435,6 +507,7 @@ pub async fn run(
                 reload_config(&mut config, options.config_path.as_deref());
                 continue;
             }
+            Ok(SessionEnd::ZonesChanged) => continue,
             Err(e) => e,
         };
         let disposition = e.disposition();
@@ -591,6 +664,9 @@ enum SessionEnd {
     Paused,
     /// SIGHUP: read the configuration again and start a new session.
     Reload,
+    /// `pg2dns.zones` changed: stopped right before the transaction that
+    /// changed it; the next session reads the zones again.
+    ZonesChanged,
 }
 
 /// Stays halted (and says so in `pg2dns.mode`) until `pg2dns resume`;
@@ -653,6 +729,7 @@ async fn session(
     config: &Config,
     shutdown: &mut watch::Receiver<bool>,
     reload: &mut Option<watch::Receiver<u64>>,
+    kept: &mut Kept,
 ) -> Result<SessionEnd, RunError> {
     let mut control = Control::connect(&config.database)
         .await
@@ -721,6 +798,10 @@ async fn session(
             slot_at,
         });
     }
+    // The zones of pg2dns.zones join the configuration's (zones added
+    // since the last session are loaded here).
+    let zone_set = crate::zone_set::for_session(config, &mut store).await?;
+    let config = &zone_set.config;
     check_zone_set(&store, config).await?;
     // A key that stopped being unique (an index dropped) halts here; a
     // Relation message does not carry indexes, so the stream cannot see it.
@@ -784,6 +865,7 @@ async fn session(
     let live = status::Live::new(config);
     let publisher = tokio::spawn(status::publish(live.clone(), config.clone()));
     let _publisher = AbortOnDrop(publisher);
+    let lanes = Lanes::start(config, live.clone(), progress, kept).await;
     let mut p = Pipeline {
         config,
         zones,
@@ -818,7 +900,7 @@ async fn session(
         skipping: false,
         batch: Vec::new(),
         batch_rows: 0,
-        lanes: Lanes::start(config, live.clone(), progress),
+        lanes,
         lag_pending: false,
         last_checkpoint: Instant::now(),
         confirmed: None,
@@ -834,8 +916,15 @@ async fn session(
         paused: None,
         stop_at,
         stopping: false,
+        table_rows: zone_set.rows.clone(),
+        zones_touched: false,
+        txn_start: None,
+        zones_changed: false,
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
+    if let Ok(SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused) = result {
+        *kept = p.lanes.keep();
+    }
     if let Ok(SessionEnd::Stopped) = result {
         // Said while this instance still holds the slot, so that it cannot
         // overwrite the mode of a standby that takes over.
@@ -903,7 +992,14 @@ pub(crate) async fn held_outside(config: &Config) -> pg2dns_decoder::held::Held 
 async fn check_zone_set(store: &Store, config: &Config) -> Result<(), RunError> {
     let now: Vec<String> = config.zones.iter().map(|z| z.name.to_string()).collect();
     if let Some(before) = store.instance_zones().await? {
-        for added in now.iter().filter(|z| !before.contains(z)) {
+        // Zones of pg2dns.zones were loaded when they were added (`zone_set`).
+        let from_file = |z: &&String| {
+            config
+                .zones
+                .iter()
+                .any(|c| !c.from_table && c.name.to_string() == **z)
+        };
+        for added in now.iter().filter(|z| !before.contains(z)).filter(from_file) {
             warn!(zone = %added, "zone added since the last run: rows committed before now that belong to it were not published; resynchronise it");
         }
         for removed in before.iter().filter(|z| !now.contains(z)) {
@@ -991,6 +1087,13 @@ impl Pipeline<'_> {
                     return Ok(SessionEnd::Stopped);
                 }
             }
+            if self.zones_changed {
+                tokio::select! {
+                    r = self.drain(replication) => r?,
+                    _ = shutdown.changed() => return Ok(SessionEnd::Stopped),
+                }
+                return Ok(SessionEnd::ZonesChanged);
+            }
             if self.stopping {
                 if let Some((until, request)) = self.stop_at.take() {
                     tokio::select! {
@@ -1034,6 +1137,10 @@ impl Pipeline<'_> {
         let full =
             (self.batch_rows >= MAX_BATCH_ROWS && !in_txn) || self.batch_rows >= 2 * MAX_BATCH_ROWS;
         if full || (idle && !self.batch.is_empty()) {
+            if in_txn {
+                // Part of the open transaction goes out now.
+                self.txn_start = None;
+            }
             self.flush().await?;
         }
         self.maybe_checkpoint(replication).await
@@ -1217,6 +1324,8 @@ impl Pipeline<'_> {
         };
         match event {
             Event::Begin { final_lsn, .. } => {
+                self.txn_start = Some((self.batch.len(), self.batch_rows));
+                self.zones_touched = false;
                 // A transaction whose commit precedes the durable progress was
                 // applied and checkpointed before: skip it outright.
                 self.skipping = final_lsn < self.lanes.ledger.progress();
@@ -1232,6 +1341,10 @@ impl Pipeline<'_> {
                 if self.skipping {
                     debug!(lsn = %final_lsn, "skipping a transaction applied before");
                 }
+            }
+            Event::Change(change) if !self.skipping && is_zones_table(&change) => {
+                debug!(lsn = %change.final_lsn, "a row of pg2dns.zones changed");
+                self.zones_touched = true;
             }
             Event::Change(change) if !self.skipping && is_control(&change) => {
                 if let Some(request) = control_request(&change, &self.config.database.slot) {
@@ -1301,6 +1414,22 @@ impl Pipeline<'_> {
                 debug!(prefix = %message.prefix, lsn = %message.lsn, in_transaction = final_lsn.is_some(), "logical message ignored");
             }
             Event::Commit { end_lsn, .. } => {
+                if !self.skipping && self.zones_touched && self.zones_table_changed().await? {
+                    self.zones_changed = true;
+                    if let Some((len, rows)) = self.txn_start {
+                        // Stop right before it: the next session adds or
+                        // removes the zones, then streams it.
+                        info!(lsn = %end_lsn, "pg2dns.zones changed: applying what came before this transaction, then reading the zones again");
+                        self.batch.truncate(len);
+                        self.batch_rows = rows;
+                        self.pause_request = None;
+                        self.skipping = false;
+                        return Ok(());
+                    }
+                    // Part of it went out already (a very large
+                    // transaction): apply it, then read the zones again.
+                    info!(lsn = %end_lsn, "pg2dns.zones changed: applying this transaction, then reading the zones again (its rows of added zones are loaded then)");
+                }
                 if !self.skipping {
                     metrics::get().transactions.inc();
                     self.batch.push(Item::Commit(end_lsn));
@@ -1887,6 +2016,14 @@ impl Pipeline<'_> {
         Ok(())
     }
 
+    /// Whether `pg2dns.zones` now holds other rows than this session's
+    /// zones were built from. The table as it is now, not the change the
+    /// stream carries, decides: a transaction replayed after the table
+    /// changed again must not end every session that replays it.
+    async fn zones_table_changed(&mut self) -> Result<bool, RunError> {
+        Ok(self.store.table_zones().await? != self.table_rows)
+    }
+
     /// Confirms the newest transaction end whose checkpoint the WAL flush
     /// (at `flushed`) has passed.
     fn confirm_flushed(&mut self, replication: &mut PgReplication, flushed: Lsn) {
@@ -1917,6 +2054,11 @@ impl Pipeline<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether a change is of `pg2dns.zones` (zones as data, see `zone_set`).
+fn is_zones_table(change: &RowChange) -> bool {
+    change.relation.namespace == "pg2dns" && change.relation.name == "zones"
 }
 
 /// Whether a change is of pg2dns's control table.

@@ -133,6 +133,9 @@ impl std::fmt::Display for Signal {
 /// Why reconciling failed as a whole (per-zone failures are in the report).
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
+    /// The zones of `pg2dns.zones` cannot join the configuration's.
+    #[error("pg2dns.zones")]
+    TableZones(#[from] crate::config::TableZonesError),
     /// A `--zone` names no configured zone.
     #[error("zone {0} is not configured")]
     UnknownZone(String),
@@ -922,6 +925,10 @@ enum Ended {
 /// What no code can catch (kill -9, a lost connection) ends the pause as a
 /// lease: see [`crate::control::Control::lease_ended`].
 pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, ReconcileError> {
+    let mut store = Store::connect(&config.database).await?;
+    // The zones of pg2dns.zones are reconciled as the file's are.
+    let with_table = with_table_zones(config, &mut store).await?;
+    let config = &with_table;
     let selected = select_zones(config, options)?;
     // The zone files are read before anything is paused: a line pg2dns
     // cannot read ends the run at once.
@@ -933,7 +940,6 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
         with_files.read_files = Arc::new(read_zone_files(config, options, &selected)?);
         &with_files
     };
-    let mut store = Store::connect(&config.database).await?;
     if !has_schema(&store).await? {
         // Before `pg2dns setup`: no service to pause, no row state; the
         // comparison shows what the first load would change.
@@ -1065,6 +1071,8 @@ pub async fn load_at(
         protect_unowned: true,
         ..Options::default()
     };
+    let with_table = with_table_zones(config, store).await?;
+    let config = &with_table;
     let selected: Vec<ZoneId> = config.zones().iter().map(|(id, _)| id).collect();
     let owned = published_records(store).await?;
     compare(
@@ -1077,6 +1085,45 @@ pub async fn load_at(
         None,
     )
     .await
+}
+
+/// The first load of zones added while the service runs (rows of
+/// `pg2dns.zones`), made by the service itself between two sessions: the
+/// tables read now, each zone transferred, compared and repaired
+/// (SOA-guarded), and its row state written. The stream then goes on from
+/// before the transaction that added them: what it replays of those zones
+/// is already there, and changes them to what they are now again. Records
+/// pg2dns never published are not deleted (the zone's outcome says so).
+pub async fn load_added_zones(
+    config: &Config,
+    store: &mut Store,
+    zones: &[ZoneId],
+) -> Result<Report, ReconcileError> {
+    let options = Options {
+        apply: true,
+        protect_unowned: true,
+        ..Options::default()
+    };
+    let owned = published_records(store).await?;
+    compare(config, &options, store, zones, None, Some(&owned), None).await
+}
+
+/// `config` with the zones of `pg2dns.zones` (none before the schema has
+/// the table); rows the service would not follow are left out, and said.
+async fn with_table_zones(config: &Config, store: &mut Store) -> Result<Config, ReconcileError> {
+    if !has_schema(store).await? {
+        return Ok(config.clone());
+    }
+    let rows = store.table_zones().await?;
+    if rows.is_empty() {
+        return Ok(config.clone());
+    }
+    let (with_table, refused) =
+        config.with_table_zones(&rows, pg2dns_decoder::records::MAX_ZONES)?;
+    for r in refused {
+        warn!(zone = %r.row.name, reason = %r.reason, "a row of pg2dns.zones is left out");
+    }
+    Ok(with_table)
 }
 
 /// What the first load would change, without changing anything: the tables

@@ -734,7 +734,10 @@ pub async fn check_tables(
     let in_publication = published(client, publication).await?;
     let unmapped: Vec<String> = in_publication
         .iter()
-        .filter(|t| t.as_str() != "pg2dns.control" && !tables.contains(&t.as_str()))
+        .filter(|t| {
+            !matches!(t.as_str(), "pg2dns.control" | "pg2dns.zones")
+                && !tables.contains(&t.as_str())
+        })
         .cloned()
         .collect();
     let mut oids = Vec::with_capacity(tables.len());

@@ -29,6 +29,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (9, include_str!("../../sql/009_lease.sql")),
     (10, include_str!("../../sql/010_roles.sql")),
     (11, include_str!("../../sql/011_truncate_partition.sql")),
+    (12, include_str!("../../sql/012_zones.sql")),
 ];
 
 /// What the operator asked `setup` for.
@@ -587,7 +588,8 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
     // pg2dns's own tables travel in the stream: pg2dns.rr, and the control
     // table, which is how a pause is exact (publications made by earlier
     // versions lack it, and one a DBA created for the sources lacks both).
-    for table in ["rr", "control"] {
+    // And the zones table (zones as data, followed like the control table).
+    for table in ["rr", "control", "zones"] {
         let published = client
             .query_opt(
                 "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'pg2dns' AND tablename = $2",
@@ -824,6 +826,7 @@ async fn grant_roles(
          GRANT SELECT ON pg2dns.status TO {role}";
     const WRITER: &str = "GRANT USAGE ON SCHEMA pg2dns TO {role}; \
          GRANT SELECT, INSERT, UPDATE, DELETE ON pg2dns.rr TO {role}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON pg2dns.zones TO {role}; \
          GRANT USAGE ON SEQUENCE pg2dns.rr_id_seq TO {role}";
     let grants = roles
         .operators

@@ -35,6 +35,7 @@ use tokio_postgres::{Client, Row, Statement};
 use crate::config::DatabaseConfig;
 
 pub mod zone_ref;
+pub mod zones;
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]

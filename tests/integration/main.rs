@@ -75,3 +75,4 @@ mod streaming;
 mod throughput;
 mod tls;
 mod zonefile;
+mod zones_data;

@@ -321,7 +321,7 @@ async fn setup_as_the_service_completes_a_publication_a_superuser_created_for_th
         .map(|r| r.get(0))
         .collect();
     ensure!(
-        published == ["app.hosts", "pg2dns.control", "pg2dns.rr"],
+        published == ["app.hosts", "pg2dns.control", "pg2dns.rr", "pg2dns.zones"],
         "setup adds pg2dns's own tables to the DBA's publication: {published:?}"
     );
     wait_for_address(&stack, "before.example.test.", "192.0.2.1").await?;

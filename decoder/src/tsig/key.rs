@@ -112,6 +112,16 @@ pub struct TsigKey {
     secret: Vec<u8>,
 }
 
+/// Two keys are equal when name, algorithm and secret are (used to tell
+/// whether a zone's stream must be rebuilt after a configuration reload).
+impl PartialEq for TsigKey {
+    fn eq(&self, other: &TsigKey) -> bool {
+        self.name == other.name && self.algorithm == other.algorithm && self.secret == other.secret
+    }
+}
+
+impl Eq for TsigKey {}
+
 impl fmt::Debug for TsigKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TsigKey")

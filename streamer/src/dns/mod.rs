@@ -3,6 +3,7 @@
 
 pub mod axfr;
 pub mod conn;
+pub mod kept;
 pub mod server;
 pub mod sink;
 

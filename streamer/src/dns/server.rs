@@ -56,6 +56,21 @@ pub enum ServerInput {
     AddZone(ZoneId, Box<ZoneConfig>),
     /// A zone to stop serving; what it still had queued is dropped.
     RemoveZone(ZoneId),
+    /// A new session of the pipeline (the task outlives sessions, see
+    /// `dns::kept`): its reports go to `reports` from now on, and
+    /// `zones` are this server's zones under the session's ids. A zone
+    /// served before under the same settings keeps its lane (it is only
+    /// renamed to its new id, so late answers still find it); the others
+    /// are removed or added. The pipeline hands a task over only when
+    /// every zone was idle, so nothing queued is lost.
+    Session {
+        /// Where the session reads reports.
+        reports: mpsc::UnboundedSender<ZoneReport>,
+        /// The session's zones of this server.
+        zones: Vec<(ZoneId, Box<ZoneConfig>)>,
+        /// The session's message limits.
+        limits: Limits,
+    },
 }
 
 /// A zone of this server, active or not.
@@ -124,6 +139,11 @@ pub struct ServerTask {
     zone_limits: Limits,
     pool: ServerPool,
     lanes: HashMap<LaneId, Lane>,
+    /// The lane of each zone, by the current session's id. Lanes are
+    /// numbered by the task and never reused, so an answer to a zone
+    /// removed in between reaches no other zone.
+    by_zone: HashMap<ZoneId, LaneId>,
+    next_lane: u32,
     active: HashMap<LaneId, Active>,
     halted: HashSet<LaneId>,
     /// Lanes that may have something to send, served round robin.
@@ -141,10 +161,6 @@ pub struct ServerTask {
     connections: Gauge,
     connections_max: Gauge,
     in_flight: Gauge,
-}
-
-fn lane_of(zone: ZoneId) -> LaneId {
-    LaneId(zone.index() as u32)
 }
 
 impl ServerTask {
@@ -184,6 +200,8 @@ impl ServerTask {
             limits,
             zone_limits: zone_limits.clone(),
             lanes: HashMap::default(),
+            by_zone: HashMap::default(),
+            next_lane: 0,
             active: HashMap::default(),
             halted: HashSet::new(),
             ready: VecDeque::new(),
@@ -201,38 +219,107 @@ impl ServerTask {
         }
     }
 
+    /// The session settings of `config` under this task's zone limits.
+    fn session_config(&self, config: &ZoneConfig) -> SessionConfig {
+        SessionConfig {
+            zone: config.name.clone(),
+            key: config.key.clone(),
+            budget: Budget {
+                max_message_bytes: self.zone_limits.max_message_bytes,
+                tsig_record_len: config.key.record_len(),
+            },
+            window: self.zone_limits.window,
+            timeout: self.zone_limits.dns_timeout,
+            server: config.primary.to_string(),
+        }
+    }
+
     /// Serves `zone` (whose primary is this server) from now on.
     pub fn add_zone(&mut self, zone: ZoneId, config: &ZoneConfig) {
+        if let Some(old) = self.by_zone.get(&zone).copied() {
+            self.remove_lane(old);
+        }
         let m = metrics::get();
         let label = m.series(&config.name.to_string(), &config.primary.to_string());
         let lane = Lane {
             zone,
-            session: SessionConfig {
-                zone: config.name.clone(),
-                key: config.key.clone(),
-                budget: Budget {
-                    max_message_bytes: self.zone_limits.max_message_bytes,
-                    tsig_record_len: config.key.record_len(),
-                },
-                window: self.zone_limits.window,
-                timeout: self.zone_limits.dns_timeout,
-                server: config.primary.to_string(),
-            },
+            session: self.session_config(config),
             messages: m.messages.get_or_create(&label).clone(),
             bytes: m.bytes.get_or_create(&label).clone(),
             ack_seconds: m.ack_seconds.get_or_create(&label).clone(),
             retries: label,
         };
-        self.lanes.insert(lane_of(zone), lane);
+        let id = LaneId(self.next_lane);
+        self.next_lane = self.next_lane.wrapping_add(1);
+        self.lanes.insert(id, lane);
+        self.by_zone.insert(zone, id);
     }
 
     /// Stops serving `zone`: its session and what it had queued go.
     pub fn remove_zone(&mut self, zone: ZoneId) {
-        let lane = lane_of(zone);
+        if let Some(lane) = self.by_zone.remove(&zone) {
+            self.remove_lane(lane);
+        }
+    }
+
+    fn remove_lane(&mut self, lane: LaneId) {
         self.pool.forget(lane, Instant::now());
         self.active.remove(&lane);
         self.full.remove(&lane);
-        self.lanes.remove(&lane);
+        self.halted.remove(&lane);
+        if let Some(l) = self.lanes.remove(&lane) {
+            if self.by_zone.get(&l.zone) == Some(&lane) {
+                self.by_zone.remove(&l.zone);
+            }
+        }
+    }
+
+    /// A new session's zones of this server (see [`ServerInput::Session`]).
+    fn start_session(
+        &mut self,
+        reports: mpsc::UnboundedSender<ZoneReport>,
+        zones: Vec<(ZoneId, Box<ZoneConfig>)>,
+        limits: Limits,
+    ) {
+        self.reports = reports;
+        self.zone_limits = limits;
+        let mut by_name: HashMap<pg2dns_decoder::ZoneName, LaneId> = self
+            .lanes
+            .iter()
+            .map(|(id, l)| (l.session.zone.clone(), *id))
+            .collect();
+        self.by_zone.clear();
+        let mut added = Vec::new();
+        let mut kept = 0usize;
+        for (zone, config) in zones {
+            let settings = self.session_config(&config);
+            match by_name.remove(&config.name) {
+                Some(lane)
+                    if !self.halted.contains(&lane)
+                        && self.lanes.get(&lane).is_some_and(|l| l.session == settings) =>
+                {
+                    if let Some(l) = self.lanes.get_mut(&lane) {
+                        l.zone = zone;
+                    }
+                    self.by_zone.insert(zone, lane);
+                    kept += 1;
+                }
+                Some(lane) => {
+                    self.remove_lane(lane);
+                    added.push((zone, config));
+                }
+                None => added.push((zone, config)),
+            }
+        }
+        let removed = by_name.len();
+        for (_, lane) in by_name {
+            self.remove_lane(lane);
+        }
+        let new = added.len();
+        for (zone, config) in added {
+            self.add_zone(zone, &config);
+        }
+        debug!(server = %self.name, kept, added = new, removed, "a new session's zones");
     }
 
     /// Runs until `input` closes and every zone is idle (a clean stop).
@@ -282,11 +369,20 @@ impl ServerTask {
             ServerInput::Dispatch(batch) => {
                 let now = Instant::now();
                 for (zone, dispatches) in batch {
-                    self.push(lane_of(zone), dispatches, now);
+                    let Some(lane) = self.by_zone.get(&zone).copied() else {
+                        debug_assert!(false, "a dispatch for {zone:?}, not a zone of this server");
+                        continue;
+                    };
+                    self.push(lane, dispatches, now);
                 }
             }
             ServerInput::AddZone(zone, config) => self.add_zone(zone, &config),
             ServerInput::RemoveZone(zone) => self.remove_zone(zone),
+            ServerInput::Session {
+                reports,
+                zones,
+                limits,
+            } => self.start_session(reports, zones, limits),
         }
     }
 

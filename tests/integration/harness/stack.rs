@@ -143,6 +143,48 @@ impl Stack {
         Stack::start_unset(pg, dir, &zones, "postgres").await
     }
 
+    /// Zones as data: `primary` serves [`FORWARD`], [`REVERSE`] and
+    /// `table_zones`, but the config lists only the first two as `[[zone]]`s
+    /// and declares `primary` once, as `[[server]] name = "primary"`; the
+    /// others are added through `pg2dns.zones`. Runs `pg2dns setup`.
+    pub async fn start_zones_as_data(
+        label: &str,
+        primary: Primary,
+        table_zones: &[&str],
+    ) -> Result<Stack> {
+        let label = format!("{label}-{}", primary.label());
+        let dir = TempDir::new(&label)?;
+        let pg = Postgres::start(dir.path()).await?;
+        let mut zones = vec![(FORWARD, primary), (REVERSE, primary)];
+        zones.extend(table_zones.iter().map(|z| (*z, primary)));
+        let stack = Stack::start_unset(pg, dir, &zones, "postgres").await?;
+        let server = stack.server(primary)?;
+        let mut text = format!(
+            "# written by the pg2dns integration tests: zones as data\n\
+             version = 1\n\n\
+             [database]\n\
+             url = \"{}\"\n\
+             slot = \"{SLOT}\"\n\
+             publication = \"{SLOT}\"\n\n\
+             [[server]]\n\
+             name = \"primary\"\n\
+             address = \"{}\"\n\
+             tsig_key_file = \"{}\"\n",
+            stack.database_url.lock().unwrap(),
+            server.addr(),
+            server.key_file().display()
+        );
+        for zone in [FORWARD, REVERSE] {
+            write!(
+                text,
+                "\n[[zone]]\nname = \"{zone}\"\nserver = \"primary\"\n"
+            )?;
+        }
+        std::fs::write(&stack.config, text).context("writing the pg2dns config")?;
+        stack.setup().await?;
+        Ok(stack)
+    }
+
     async fn start_on(pg: Postgres, dir: TempDir, zones: &[(&str, Primary)]) -> Result<Stack> {
         Stack::start_in(pg, dir, zones, "postgres").await
     }
