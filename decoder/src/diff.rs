@@ -181,8 +181,8 @@ pub fn diff_excluding(
     for r in actual {
         let k = key(r);
         // A signer's own DNSKEY, CDS or CDNSKEY is not pg2dns's to remove.
-        let signers = r.rtype.is_shared_with_signer()
-            && want.binary_search_by(|(w, _)| w.cmp(&k)).is_err();
+        let signers =
+            r.rtype.is_shared_with_signer() && want.binary_search_by(|(w, _)| w.cmp(&k)).is_err();
         if is_owned(r, apex_ns_owned) && !signers {
             have.push((k, r.ttl));
         } else {

@@ -417,29 +417,10 @@ async fn drive(mut conn: Connection, shared: &Shared) -> Result<Vec<Duration>> {
             bail!(
                 "the update of {} was answered {} (rcode {})",
                 update.zone,
-                rcode_name(verified.rcode),
+                pg2dns_decoder::session::Rcode(verified.rcode),
                 verified.rcode
             );
         }
         latencies.push(sent.elapsed());
-    }
-}
-
-/// The mnemonic of the RCODEs an UPDATE can be answered with (RFC 2136 §2.2).
-fn rcode_name(rcode: u16) -> &'static str {
-    match rcode {
-        0 => "NOERROR",
-        1 => "FORMERR",
-        2 => "SERVFAIL",
-        3 => "NXDOMAIN",
-        4 => "NOTIMP",
-        5 => "REFUSED",
-        6 => "YXDOMAIN",
-        7 => "YXRRSET",
-        8 => "NXRRSET",
-        9 => "NOTAUTH",
-        10 => "NOTZONE",
-        16 => "BADSIG",
-        _ => "an unexpected rcode",
     }
 }

@@ -51,19 +51,7 @@ impl Connection {
 
     /// Writes one message with its length prefix.
     pub async fn send(&mut self, message: &[u8]) -> io::Result<()> {
-        let len = u16::try_from(message.len()).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a {}-byte DNS message does not fit TCP framing",
-                    message.len()
-                ),
-            )
-        })?;
-        let mut frame = Vec::with_capacity(message.len() + 2);
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(message);
-        self.stream.write_all(&frame).await
+        self.stream.write_all(&frame(message)?).await
     }
 
     /// The next message; `None` once the server closed the connection
@@ -100,6 +88,24 @@ pub(crate) fn take_frame(buf: &mut BytesMut) -> Option<Vec<u8>> {
     }
     buf.advance(2);
     Some(buf.split_to(len).to_vec())
+}
+
+/// `message` with its TCP length prefix (RFC 1035 §4.2.2), or why it cannot
+/// have one.
+pub fn frame(message: &[u8]) -> io::Result<Vec<u8>> {
+    let len = u16::try_from(message.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a {}-byte DNS message does not fit TCP framing",
+                message.len()
+            ),
+        )
+    })?;
+    let mut frame = Vec::with_capacity(message.len() + 2);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(message);
+    Ok(frame)
 }
 
 #[cfg(test)]

@@ -767,19 +767,7 @@ async fn open(
 }
 
 async fn write_frame(writer: &mut OwnedWriteHalf, message: &[u8]) -> std::io::Result<()> {
-    let len = u16::try_from(message.len()).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "a {}-byte DNS message does not fit TCP framing",
-                message.len()
-            ),
-        )
-    })?;
-    let mut frame = Vec::with_capacity(message.len() + 2);
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(message);
-    writer.write_all(&frame).await
+    writer.write_all(&super::conn::frame(message)?).await
 }
 
 /// A connection's reader: every whole frame to the server task, then how
