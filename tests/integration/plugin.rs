@@ -774,21 +774,8 @@ async fn setup_with_plugin_installs_the_check_so_a_writers_bad_row_fails_with_th
     Ok(())
 }
 
-/// A generic records table with a zone column and relative names, as
-/// `sources::a_generic_records_table_…` configures it.
-const RECORDS_SOURCE: &str = r#"
-[[source]]
-table = "app.records"
-owner_column = "name"
-names = "relative"
-zone_column = "zone"
-type_column = "type"
-rdata_column = "content"
-rdata_by_type = { MX = "{prio} {content}", SRV = "{prio} {content}" }
-ttl_column = "ttl"
-[source.filter]
-is_false = ["disabled"]
-"#;
+/// The generic records table of `sources::`.
+use crate::sources::RECORDS as RECORDS_SOURCE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_with_plugin_checks_a_source_tables_rows_with_the_sources_own_mapping_and_the_streams_reasons(

@@ -187,7 +187,9 @@ async fn an_ipam_hosts_table_publishes_addresses_and_ptrs_as_rows_come_move_and_
     Ok(())
 }
 
-const RECORDS: &str = r#"
+/// A generic records table with a zone column and relative names (also
+/// `plugin::`'s source).
+pub(crate) const RECORDS: &str = r#"
 [[source]]
 table = "app.records"
 owner_column = "name"
