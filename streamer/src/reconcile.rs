@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, TryStreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pg2dns_decoder::diff::{self, ZoneDiff};
 use pg2dns_decoder::mapping::{RowKey, RowUpdate};
@@ -61,6 +61,13 @@ use crate::config::{Config, ZoneConfig};
 use crate::dns::axfr::{self, AxfrError, Transfer};
 use crate::dns::Connection;
 use crate::store::{sql, Store, StoreError};
+
+/// How many zones of one server reconcile and setup's first load transfer
+/// and repair at once: below BIND's `transfers-out` (10 by default, past
+/// which it answers SERVFAIL "quota reached") and Knot's and PowerDNS's
+/// limits, and a bound on memory (at most this many transfers held at once
+/// per server).
+pub const TRANSFERS_PER_SERVER: usize = 4;
 
 /// Zones with at most this many owned records are never refused by the
 /// safety threshold.
@@ -1429,13 +1436,38 @@ async fn compare(
     };
     let read_time = started.elapsed();
     let mut outcomes = Vec::new();
+    // Zones are transferred, compared and repaired several at once, at most
+    // TRANSFERS_PER_SERVER per server; outcomes come back (and the row state
+    // is written) in configuration order.
+    let mut per_server: std::collections::HashMap<SocketAddr, Arc<tokio::sync::Semaphore>> =
+        std::collections::HashMap::new();
     for &id in selected {
+        per_server
+            .entry(config.zones[id.index()].primary)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(TRANSFERS_PER_SERVER)));
+    }
+    let window = TRANSFERS_PER_SERVER * per_server.len().max(1);
+    let empty = std::collections::HashSet::new();
+    let mut zones = futures_util::stream::iter(selected.iter().copied().map(|id| {
         let zc = &config.zones[id.index()];
         let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-        bar.set_message(format!("zone {}", zc.name));
-        let empty = std::collections::HashSet::new();
         let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
-        let mut outcome = reconcile_zone(config, zc, wanted, options, owned, &bar).await;
+        let server = Arc::clone(&per_server[&zc.primary]);
+        let bar = &bar;
+        async move {
+            // The semaphore is never closed: a permit always comes.
+            let _permit = server.acquire_owned().await;
+            bar.set_message(format!("zone {}", zc.name));
+            (
+                id,
+                reconcile_zone(config, zc, wanted, options, owned, bar).await,
+            )
+        }
+    }))
+    .buffered(window);
+    while let Some((id, mut outcome)) = zones.next().await {
+        let zc = &config.zones[id.index()];
+        let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
         outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
         if let Some((path, file)) = options.read_files.get(&id) {
             outcome.zone_file = Some(FileSide {
