@@ -1465,63 +1465,78 @@ async fn compare(
         }
     }))
     .buffered(window);
-    while let Some((id, mut outcome)) = zones.next().await {
-        let zc = &config.zones[id.index()];
-        let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-        outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
-        if let Some((path, file)) = options.read_files.get(&id) {
-            outcome.zone_file = Some(FileSide {
-                path: path.clone(),
-                records: file.records.len(),
-                skipped: file.skipped.len(),
-                three_way: zonefile::three_way(
-                    &zc.name,
-                    file,
-                    wanted,
-                    outcome.diff.as_ref(),
-                    &zc.exclusions,
-                ),
-            });
-        }
-        if options.apply
-            && paused.is_none()
-            && outcome.error.is_none()
-            && outcome.in_sync_after == Some(true)
-        {
-            // One transaction per source: every source's state of the
-            // zone, emptied ones included, is rewritten; a row with a
-            // record still waiting for its target's address is kept aside
-            // as the stream keeps it (pg2dns.waiting, no row state).
-            for (i, name) in desired.sources.iter().enumerate() {
-                let source = SourceId::new(i).map_err(StoreError::from)?;
-                let rows = desired
-                    .contributions
-                    .get(&id)
-                    .and_then(|by_source| by_source.get(&source))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                let (held, kept) = split_waiting(rows, &outcome.waiting_after);
-                let published: Vec<(RowKey, Vec<Record>)>;
-                let published = if held.is_empty() {
-                    rows
-                } else {
-                    published = kept.into_iter().cloned().collect();
-                    &published
-                };
-                if let Err(source) = store
-                    .replace_zone_state(name, &zc.name, published, &held)
-                    .await
-                {
-                    outcome.error = Some(ZoneError::State {
-                        zone: zc.name.clone(),
-                        source,
-                    });
-                    break;
-                }
+    // The row state is written (one zone after the other, in order) while
+    // the next zones' transfers go on; at most `window` outcomes wait.
+    let (send, mut done) = tokio::sync::mpsc::channel(window);
+    let produce = async move {
+        while let Some(item) = zones.next().await {
+            if send.send(item).await.is_err() {
+                break;
             }
         }
-        outcomes.push(outcome);
-    }
+    };
+    let consume = async {
+        while let Some((id, mut outcome)) = done.recv().await {
+            let zc = &config.zones[id.index()];
+            let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
+            outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
+            if let Some((path, file)) = options.read_files.get(&id) {
+                outcome.zone_file = Some(FileSide {
+                    path: path.clone(),
+                    records: file.records.len(),
+                    skipped: file.skipped.len(),
+                    three_way: zonefile::three_way(
+                        &zc.name,
+                        file,
+                        wanted,
+                        outcome.diff.as_ref(),
+                        &zc.exclusions,
+                    ),
+                });
+            }
+            if options.apply
+                && paused.is_none()
+                && outcome.error.is_none()
+                && outcome.in_sync_after == Some(true)
+            {
+                // One transaction per source: every source's state of the
+                // zone, emptied ones included, is rewritten; a row with a
+                // record still waiting for its target's address is kept aside
+                // as the stream keeps it (pg2dns.waiting, no row state).
+                for (i, name) in desired.sources.iter().enumerate() {
+                    let source = SourceId::new(i).map_err(StoreError::from)?;
+                    let rows = desired
+                        .contributions
+                        .get(&id)
+                        .and_then(|by_source| by_source.get(&source))
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]);
+                    let (held, kept) = split_waiting(rows, &outcome.waiting_after);
+                    let published: Vec<(RowKey, Vec<Record>)>;
+                    let published = if held.is_empty() {
+                        rows
+                    } else {
+                        published = kept.into_iter().cloned().collect();
+                        &published
+                    };
+                    if let Err(source) = store
+                        .replace_zone_state(name, &zc.name, published, &held)
+                        .await
+                    {
+                        outcome.error = Some(ZoneError::State {
+                            zone: zc.name.clone(),
+                            source,
+                        });
+                        break;
+                    }
+                }
+            }
+            outcomes.push(outcome);
+        }
+        Ok::<(), ReconcileError>(())
+    };
+    let ((), consumed) = tokio::join!(produce, consume);
+    consumed?;
     bar.finish_and_clear();
     if options.apply && paused.is_none() {
         // The stream goes on from the moment the tables were read: it
