@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, TryStreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pg2dns_decoder::diff::{self, ZoneDiff};
 use pg2dns_decoder::mapping::{RowKey, RowUpdate};
@@ -61,6 +61,13 @@ use crate::config::{Config, ZoneConfig};
 use crate::dns::axfr::{self, AxfrError, Transfer};
 use crate::dns::Connection;
 use crate::store::{sql, Store, StoreError};
+
+/// How many zones of one server reconcile and setup's first load transfer
+/// and repair at once: below BIND's `transfers-out` (10 by default, past
+/// which it answers SERVFAIL "quota reached") and Knot's and PowerDNS's
+/// limits, and a bound on memory (at most this many transfers held at once
+/// per server).
+pub const TRANSFERS_PER_SERVER: usize = 4;
 
 /// Zones with at most this many owned records are never refused by the
 /// safety threshold.
@@ -1476,67 +1483,107 @@ async fn compare(
     };
     let read_time = started.elapsed();
     let mut outcomes = Vec::new();
+    // Zones are transferred, compared and repaired several at once, at most
+    // TRANSFERS_PER_SERVER per server; outcomes come back (and the row state
+    // is written) in configuration order.
+    let mut per_server: std::collections::HashMap<SocketAddr, Arc<tokio::sync::Semaphore>> =
+        std::collections::HashMap::new();
     for &id in selected {
+        per_server
+            .entry(config.zones[id.index()].primary)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(TRANSFERS_PER_SERVER)));
+    }
+    let window = TRANSFERS_PER_SERVER * per_server.len().max(1);
+    let empty = std::collections::HashSet::new();
+    let mut zones = futures_util::stream::iter(selected.iter().copied().map(|id| {
         let zc = &config.zones[id.index()];
         let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-        bar.set_message(format!("zone {}", zc.name));
-        let empty = std::collections::HashSet::new();
         let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
-        let mut outcome = reconcile_zone(config, zc, wanted, options, owned, &bar).await;
-        outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
-        if let Some((path, file)) = options.read_files.get(&id) {
-            outcome.zone_file = Some(FileSide {
-                path: path.clone(),
-                records: file.records.len(),
-                skipped: file.skipped.len(),
-                three_way: zonefile::three_way(
-                    &zc.name,
-                    file,
-                    wanted,
-                    outcome.diff.as_ref(),
-                    &zc.exclusions,
-                ),
-            });
+        let server = Arc::clone(&per_server[&zc.primary]);
+        let bar = &bar;
+        async move {
+            // The semaphore is never closed: a permit always comes.
+            let _permit = server.acquire_owned().await;
+            bar.set_message(format!("zone {}", zc.name));
+            (
+                id,
+                reconcile_zone(config, zc, wanted, options, owned, bar).await,
+            )
         }
-        if options.apply
-            && paused.is_none()
-            && outcome.error.is_none()
-            && outcome.in_sync_after == Some(true)
-        {
-            // One transaction per source: every source's state of the
-            // zone, emptied ones included, is rewritten; a row with a
-            // record still waiting for its target's address is kept aside
-            // as the stream keeps it (pg2dns.waiting, no row state).
-            for (i, name) in desired.sources.iter().enumerate() {
-                let source = SourceId::new(i).map_err(StoreError::from)?;
-                let rows = desired
-                    .contributions
-                    .get(&id)
-                    .and_then(|by_source| by_source.get(&source))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                let (held, kept) = split_waiting(rows, &outcome.waiting_after);
-                let published: Vec<(RowKey, Vec<Record>)>;
-                let published = if held.is_empty() {
-                    rows
-                } else {
-                    published = kept.into_iter().cloned().collect();
-                    &published
-                };
-                if let Err(source) = store
-                    .replace_zone_state(name, &zc.name, published, &held)
-                    .await
-                {
-                    outcome.error = Some(ZoneError::State {
-                        zone: zc.name.clone(),
-                        source,
-                    });
-                    break;
-                }
+    }))
+    .buffered(window);
+    // The row state is written (one zone after the other, in order) while
+    // the next zones' transfers go on; at most `window` outcomes wait.
+    let (send, mut done) = tokio::sync::mpsc::channel(window);
+    let produce = async move {
+        while let Some(item) = zones.next().await {
+            if send.send(item).await.is_err() {
+                break;
             }
         }
-        outcomes.push(outcome);
-    }
+    };
+    let consume = async {
+        while let Some((id, mut outcome)) = done.recv().await {
+            let zc = &config.zones[id.index()];
+            let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
+            outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
+            if let Some((path, file)) = options.read_files.get(&id) {
+                outcome.zone_file = Some(FileSide {
+                    path: path.clone(),
+                    records: file.records.len(),
+                    skipped: file.skipped.len(),
+                    three_way: zonefile::three_way(
+                        &zc.name,
+                        file,
+                        wanted,
+                        outcome.diff.as_ref(),
+                        &zc.exclusions,
+                    ),
+                });
+            }
+            if options.apply
+                && paused.is_none()
+                && outcome.error.is_none()
+                && outcome.in_sync_after == Some(true)
+            {
+                // One transaction per source: every source's state of the
+                // zone, emptied ones included, is rewritten; a row with a
+                // record still waiting for its target's address is kept aside
+                // as the stream keeps it (pg2dns.waiting, no row state).
+                for (i, name) in desired.sources.iter().enumerate() {
+                    let source = SourceId::new(i).map_err(StoreError::from)?;
+                    let rows = desired
+                        .contributions
+                        .get(&id)
+                        .and_then(|by_source| by_source.get(&source))
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]);
+                    let (held, kept) = split_waiting(rows, &outcome.waiting_after);
+                    let published: Vec<(RowKey, Vec<Record>)>;
+                    let published = if held.is_empty() {
+                        rows
+                    } else {
+                        published = kept.into_iter().cloned().collect();
+                        &published
+                    };
+                    if let Err(source) = store
+                        .replace_zone_state(name, &zc.name, published, &held)
+                        .await
+                    {
+                        outcome.error = Some(ZoneError::State {
+                            zone: zc.name.clone(),
+                            source,
+                        });
+                        break;
+                    }
+                }
+            }
+            outcomes.push(outcome);
+        }
+        Ok::<(), ReconcileError>(())
+    };
+    let ((), consumed) = tokio::join!(produce, consume);
+    consumed?;
     bar.finish_and_clear();
     if options.apply && paused.is_none() {
         // The stream goes on from the moment the tables were read: it

@@ -63,6 +63,7 @@ mod plugin;
 mod primaries;
 mod protobuf;
 mod reconcile;
+mod reconcile_many_zones;
 mod reconcile_paused;
 mod reconcile_scale;
 mod rejected;

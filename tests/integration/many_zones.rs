@@ -18,7 +18,7 @@ const ZONES: usize = 2_000;
 /// The pool the tests configure (pg2dns's default).
 const CONNECTIONS: usize = 4;
 
-fn zone_name(i: usize) -> String {
+pub(crate) fn zone_name(i: usize) -> String {
     format!("z{i:04}.many.test.")
 }
 
@@ -56,7 +56,7 @@ async fn wait_until_confirmed(stack: &Stack, within: Duration) -> Result<()> {
 /// (apex SOA and NS left out), compared with what `pg2dns.rr` says; the
 /// transfers run a few at a time. Returns the zones that differ, with both
 /// sides.
-async fn zones_differing_from_table(stack: &Stack) -> Result<Vec<String>> {
+pub(crate) async fn zones_differing_from_table(stack: &Stack) -> Result<Vec<String>> {
     let config = Config::load(stack.config_path())?;
     let mut expected: std::collections::BTreeMap<String, Vec<String>> = config
         .zones
