@@ -221,9 +221,10 @@ pub async fn check_zone(zone: &ZoneConfig, transfers: &tokio::sync::Semaphore) -
 /// false "cannot be asked" problems.
 const ZONES_AT_ONCE: usize = 8;
 
-/// Zone transfers at once per server: below BIND's `transfers-out` (10),
-/// over which it answers SERVFAIL ("quota reached"), a false problem.
-const TRANSFERS_AT_ONCE: usize = 4;
+/// Zone transfers at once per server: reconcile's bound, below BIND's
+/// `transfers-out` (10), over which it answers SERVFAIL ("quota reached"),
+/// a false problem.
+const TRANSFERS_AT_ONCE: usize = crate::reconcile::TRANSFERS_PER_SERVER;
 
 /// What bounds the checks of one server.
 struct ServerBounds {
