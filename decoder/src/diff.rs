@@ -165,32 +165,37 @@ pub fn diff_excluding(
                 && name_servers.contains(&r.owner)
                 && !db_addressed.contains(&r.owner))
     };
-    // Both sides as vectors sorted by RR (owner, type, data) and merged:
-    // a million records cost their keys, not an ordered map's nodes too.
+    // Both sides as vectors of references sorted by RR (owner, type, data)
+    // and merged: a million records cost a pointer each on either side, not
+    // a copy of their keys (the records themselves are the caller's).
     let key = |r: &Record| (r.owner.clone(), r.rtype, r.rdata.clone());
-    let mut want: Vec<(RrKey, u32)> = desired
+    fn rr(r: &Record) -> (&Owner, RType, &Rdata) {
+        (&r.owner, r.rtype, &r.rdata)
+    }
+    fn rr_ttl(r: &Record) -> (&Owner, RType, &Rdata, u32) {
+        (&r.owner, r.rtype, &r.rdata, r.ttl)
+    }
+    let mut want: Vec<&Record> = desired
         .iter()
         .filter(|r| is_owned(r, apex_ns_owned))
-        .map(|r| (key(r), r.ttl))
         .collect();
-    want.sort_unstable();
+    want.sort_unstable_by(|a, b| rr_ttl(a).cmp(&rr_ttl(b)));
     // The same RR twice: the smaller TTL counts (sorted first).
-    want.dedup_by(|later, first| later.0 == first.0);
+    want.dedup_by(|later, first| rr(later) == rr(first));
     let mut not_owned = 0;
-    let mut have: Vec<(RrKey, u32)> = Vec::with_capacity(actual.len());
+    let mut have: Vec<&Record> = Vec::with_capacity(actual.len());
     for r in actual {
-        let k = key(r);
         // A signer's own DNSKEY, CDS or CDNSKEY is not pg2dns's to remove.
-        let signers =
-            r.rtype.is_shared_with_signer() && want.binary_search_by(|(w, _)| w.cmp(&k)).is_err();
+        let signers = r.rtype.is_shared_with_signer()
+            && want.binary_search_by(|w| rr(w).cmp(&rr(r))).is_err();
         if is_owned(r, apex_ns_owned) && !signers {
-            have.push((k, r.ttl));
+            have.push(r);
         } else {
             not_owned += 1;
         }
     }
-    have.sort_unstable();
-    have.dedup_by(|later, first| later.0 == first.0);
+    have.sort_unstable_by(|a, b| rr_ttl(a).cmp(&rr_ttl(b)));
+    have.dedup_by(|later, first| rr(later) == rr(first));
     let record = |(owner, rtype, rdata): &RrKey, ttl: u32| Record {
         owner: owner.clone(),
         rtype: *rtype,
@@ -200,9 +205,9 @@ pub fn diff_excluding(
     // Whether an owner has a wanted address record (for MX and SRV targets).
     let addressed = |t: &Owner| {
         [RType::A, RType::AAAA].into_iter().any(|rtype| {
-            let at = want.partition_point(|((o, ty, _), _)| (o, *ty) < (t, rtype));
+            let at = want.partition_point(|w| (&w.owner, w.rtype) < (t, rtype));
             want.get(at)
-                .is_some_and(|((o, ty, _), _)| o == t && *ty == rtype)
+                .is_some_and(|w| &w.owner == t && w.rtype == rtype)
         })
     };
     let waits = |(_, rtype, rdata): &RrKey| {
@@ -220,40 +225,43 @@ pub fn diff_excluding(
             (None, None) => break,
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((a, _)), Some((b, _))) => a.cmp(b),
+            (Some(a), Some(b)) => rr(a).cmp(&rr(b)),
         };
         match order {
             std::cmp::Ordering::Less => {
-                let (key, ttl) = w.next().expect("peeked");
-                if waits(key) {
-                    waiting.push(record(key, *ttl));
+                let r = w.next().expect("peeked");
+                let key = key(r);
+                if waits(&key) {
+                    waiting.push(record(&key, r.ttl));
                 } else {
                     owners
                         .entry(key.0.clone())
                         .or_default()
                         .missing
-                        .push(record(key, *ttl));
+                        .push(record(&key, r.ttl));
                 }
             }
             std::cmp::Ordering::Greater => {
-                let (key, ttl) = h.next().expect("peeked");
+                let r = h.next().expect("peeked");
+                let key = key(r);
                 owners
                     .entry(key.0.clone())
                     .or_default()
                     .extra
-                    .push(record(key, *ttl));
+                    .push(record(&key, r.ttl));
             }
             std::cmp::Ordering::Equal => {
-                let (key, ttl) = w.next().expect("peeked");
-                let (_, actual_ttl) = h.next().expect("peeked");
-                if actual_ttl != ttl {
+                let r = w.next().expect("peeked");
+                let actual_ttl = h.next().expect("peeked").ttl;
+                if actual_ttl != r.ttl {
+                    let key = key(r);
                     owners
                         .entry(key.0.clone())
                         .or_default()
                         .ttl
                         .push(TtlDifference {
-                            wanted: record(key, *ttl),
-                            actual_ttl: *actual_ttl,
+                            wanted: record(&key, r.ttl),
+                            actual_ttl,
                         });
                 }
             }
