@@ -122,6 +122,26 @@ async fn the_extension_gives_every_case_of_the_shared_table_the_cores_verdict_an
     Ok(())
 }
 
+/// Inserts each of [`bad_rows`] into `pg2dns.rr` and checks the check
+/// refuses it with SQLSTATE 22023 and the stream's reason.
+async fn every_bad_row_is_refused_with_the_streams_reason(
+    db: &tokio_postgres::Client,
+) -> Result<()> {
+    let insert = "INSERT INTO pg2dns.rr (owner, type, ttl, rdata) VALUES ($1, $2, $3, $4)";
+    for (owner, rtype, ttl, rdata, reason) in bad_rows() {
+        let e = db
+            .execute(insert, &[&owner, &rtype, &ttl, &rdata])
+            .await
+            .expect_err("the trigger refuses the row");
+        let (code, message) = db_error(&e)?;
+        ensure!(
+            message == reason && code == "22023",
+            "INSERT of {owner} {rtype} {rdata}: want 22023 {reason:?}, got {code} {message:?}"
+        );
+    }
+    Ok(())
+}
+
 /// The rows a test inserts: a valid one and bad ones, with the reason the
 /// stream gives each bad one.
 fn bad_rows() -> Vec<(&'static str, &'static str, i32, &'static str, String)> {
@@ -173,19 +193,7 @@ async fn with_the_check_installed_a_writers_bad_row_fails_with_the_streams_reaso
         )
         .await?;
     let mut pg2dns = stack.run()?;
-    let insert = "INSERT INTO pg2dns.rr (owner, type, ttl, rdata) VALUES ($1, $2, $3, $4)";
-    for (owner, rtype, ttl, rdata, reason) in bad_rows() {
-        let e = stack
-            .db
-            .execute(insert, &[&owner, &rtype, &ttl, &rdata])
-            .await
-            .expect_err("the trigger refuses the row");
-        let (code, message) = db_error(&e)?;
-        ensure!(
-            message == reason && code == "22023",
-            "INSERT of {owner} {rtype} {rdata}: want 22023 {reason:?}, got {code} {message:?}"
-        );
-    }
+    every_bad_row_is_refused_with_the_streams_reason(&stack.db).await?;
     stack
         .exec(
             "INSERT INTO pg2dns.rr (owner, type, ttl, rdata) VALUES
@@ -751,19 +759,7 @@ async fn setup_with_plugin_installs_the_check_so_a_writers_bad_row_fails_with_th
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let insert = "INSERT INTO pg2dns.rr (owner, type, ttl, rdata) VALUES ($1, $2, $3, $4)";
-    for (owner, rtype, ttl, rdata, reason) in bad_rows() {
-        let e = stack
-            .db
-            .execute(insert, &[&owner, &rtype, &ttl, &rdata])
-            .await
-            .expect_err("the trigger refuses the row");
-        let (code, message) = db_error(&e)?;
-        ensure!(
-            message == reason && code == "22023",
-            "INSERT of {owner} {rtype} {rdata}: want 22023 {reason:?}, got {code} {message:?}"
-        );
-    }
+    every_bad_row_is_refused_with_the_streams_reason(&stack.db).await?;
     let mut pg2dns = stack.run()?;
     stack
         .exec("INSERT INTO pg2dns.rr (owner, type, ttl, rdata) VALUES ('Good.Example.Test', 'a', 300, '192.0.2.10')")

@@ -281,23 +281,25 @@ fn connections_to(pid: u32, port: u16) -> Result<std::collections::BTreeSet<u16>
     Ok(out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sighup_moving_one_zone_keeps_its_servers_connection_and_the_other_zone_streaming(
-) -> Result<()> {
-    let stack = Stack::start("sighup-kept", Primary::Bind).await?;
-    let addr = stack.server(Primary::Bind)?.addr();
-    let port: u16 = addr
-        .rsplit(':')
-        .next()
-        .context("the server's address has a port")?
-        .parse()?;
-    // One connection to the server, never closed for idleness during the
-    // test: the same local port after the SIGHUP is the same connection.
-    let server = |address: &str| {
-        format!("\n[[server]]\naddress = \"{address}\"\nconnections = 1\nidle_close_ms = 3600000\n")
-    };
+/// A `[[server]]` entry for `address` with one connection, never closed for
+/// idleness during a test: the same local port later is the same connection.
+fn one_connection_server(address: &str) -> String {
+    format!("\n[[server]]\naddress = \"{address}\"\nconnections = 1\nidle_close_ms = 3600000\n")
+}
+
+/// Runs pg2dns with one connection to the server at `addr` (`port`), streams
+/// a record into each zone, and returns the service with that connection's
+/// local port once it is the only one.
+async fn streaming_over_one_connection(
+    stack: &Stack,
+    addr: &str,
+    port: u16,
+) -> Result<(crate::harness::Pg2dns, std::collections::BTreeSet<u16>)> {
     let config = std::fs::read_to_string(stack.config_path())?;
-    std::fs::write(stack.config_path(), format!("{config}{}", server(&addr)))?;
+    std::fs::write(
+        stack.config_path(),
+        format!("{config}{}", one_connection_server(addr)),
+    )?;
     let run = stack.run()?;
     stack
         .exec(
@@ -316,6 +318,23 @@ async fn a_sighup_moving_one_zone_keeps_its_servers_connection_and_the_other_zon
         })
     })
     .await?;
+    Ok((run, before))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_moving_one_zone_keeps_its_servers_connection_and_the_other_zone_streaming(
+) -> Result<()> {
+    let stack = Stack::start("sighup-kept", Primary::Bind).await?;
+    let addr = stack.server(Primary::Bind)?.addr();
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .context("the server's address has a port")?
+        .parse()?;
+    // One connection to the server, never closed for idleness during the
+    // test: the same local port after the SIGHUP is the same connection.
+    let (run, before) = streaming_over_one_connection(&stack, &addr, port).await?;
+    let pid = run.pid();
     // The reverse zone's primary written another way (the same BIND, but
     // another server to pg2dns): it moves to a new server task and its
     // connection; the forward zone stays on the kept one.
@@ -334,7 +353,7 @@ async fn a_sighup_moving_one_zone_keeps_its_servers_connection_and_the_other_zon
                 &from,
                 &format!("name = \"{REVERSE}\"\nprimary = \"{moved}\""),
             ),
-            server(&moved)
+            one_connection_server(&moved)
         ),
     )?;
     crate::harness::signal(pid, "HUP")?;
@@ -378,28 +397,10 @@ async fn a_sighup_renumbering_the_zones_keeps_the_connection_and_acknowledges_un
         .next()
         .context("the server's address has a port")?
         .parse()?;
-    let server =
-        format!("\n[[server]]\naddress = \"{addr}\"\nconnections = 1\nidle_close_ms = 3600000\n");
+    // The configuration as the stack wrote it, before the server entry.
     let config = std::fs::read_to_string(stack.config_path())?;
-    std::fs::write(stack.config_path(), format!("{config}{server}"))?;
-    let run = stack.run()?;
-    stack
-        .exec(
-            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('www.example.test.', 300, 'A', '192.0.2.10');
-             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('10.2.0.192.in-addr.arpa.', 300, 'PTR', 'www.example.test.')",
-        )
-        .await?;
-    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let (run, before) = streaming_over_one_connection(&stack, &addr, port).await?;
     let pid = run.pid();
-    let before = wait_until(DNS_DEADLINE, "the server's one connection", || async {
-        let c = connections_to(pid, port)?;
-        Ok(if c.len() == 1 {
-            Check::Done(c)
-        } else {
-            Check::NotYet(format!("{c:?}"))
-        })
-    })
-    .await?;
     // The same zones in the other order: each is numbered differently in
     // the next session, on the same server task.
     let parts: Vec<&str> = config.split("\n[[zone]]\n").collect();
@@ -410,10 +411,11 @@ async fn a_sighup_renumbering_the_zones_keeps_the_connection_and_acknowledges_un
     std::fs::write(
         stack.config_path(),
         format!(
-            "{}\n[[zone]]\n{}\n[[zone]]\n{}{server}",
+            "{}\n[[zone]]\n{}\n[[zone]]\n{}{}",
             parts[0],
             parts[2].trim_end(),
-            parts[1]
+            parts[1],
+            one_connection_server(&addr)
         ),
     )?;
     crate::harness::signal(pid, "HUP")?;
