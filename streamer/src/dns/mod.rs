@@ -4,6 +4,7 @@
 pub mod axfr;
 pub mod conn;
 pub mod kept;
+pub mod lanes;
 pub mod server;
 pub mod sink;
 
