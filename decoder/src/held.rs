@@ -57,6 +57,20 @@ impl Held {
             .filter(|s| !s.is_empty())
     }
 
+    /// The names strictly below `owner` in `zone` that hold something
+    /// outside pg2dns (a scan: only the excluded names are held).
+    pub fn below<'a>(&'a self, zone: ZoneId, owner: &'a Owner) -> impl Iterator<Item = &'a Owner> {
+        self.nodes
+            .iter()
+            .filter(move |((z, o), types)| {
+                *z == zone
+                    && o != owner
+                    && o.name().is_at_or_below(owner.name())
+                    && !types.is_empty()
+            })
+            .map(|((_, o), _)| o)
+    }
+
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()

@@ -165,6 +165,19 @@ impl Name {
         })
     }
 
+    /// The name one label up (`www.example.test.` → `example.test.`); the
+    /// root has none.
+    pub fn parent(&self) -> Option<Name> {
+        let (&len, tail) = self.wire.split_first()?;
+        if len == 0 {
+            return None;
+        }
+        let rest = tail.get(usize::from(len)..)?;
+        Some(Name {
+            wire: Arc::from(rest),
+        })
+    }
+
     /// Whether self is `other` or below it.
     pub fn is_at_or_below(&self, other: &Name) -> bool {
         // Both are valid wire names, so `other`'s labels end `self` exactly
@@ -464,6 +477,16 @@ mod tests {
         assert!(!Name::parse_fqdn("a\\007example\\004test")
             .unwrap()
             .is_at_or_below(&zone));
+        assert_eq!(name.parent(), Some(zone.clone()));
+        assert_eq!(
+            Name::parse_fqdn("a\\.b.example.test").unwrap().parent(),
+            Some(zone.clone())
+        );
+        assert_eq!(
+            Name::parse_fqdn("test").unwrap().parent(),
+            Some(Name::root())
+        );
+        assert_eq!(Name::root().parent(), None);
         assert_eq!(
             "a.b".parse::<Name>().unwrap(),
             Name::parse_fqdn("A.B.").unwrap()

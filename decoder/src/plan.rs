@@ -34,6 +34,7 @@
 //! | CNAME alone at its name        | RFC 2136 §3.4.2.2: the server ignores the CNAME or the data, NOERROR |
 //! | one CNAME per name             | a second CNAME silently replaces the first                     |
 //! | one DNAME per name; none at the apex | BIND replaces the first, PowerDNS keeps both, Knot 3.2 crashes; BIND and Knot refuse an apex DNAME |
+//! | nothing below a DNAME          | BIND and PowerDNS keep the data unanswered (occluded), Knot refuses the UPDATE; the DNAME is refused if names below hold records, a record below an existing DNAME otherwise |
 //! | DS only at a delegation, never at the apex | BIND ignores it elsewhere, NOERROR                     |
 //! | host names (per zone: fail, warn, ignore) | BIND's `check-names` refuses the whole UPDATE     |
 //! | MX, SRV, NS not pointing at a CNAME | RFC 2181 §10.3; checked where the target is in a configured zone |
@@ -267,6 +268,25 @@ pub enum Refusal {
     TwoDnames {
         /// The owner.
         owner: Owner,
+    },
+    /// A record at a name below a DNAME (RFC 6672 §2.3: a DNAME "MUST
+    /// NOT" have data below it; measured 2026-12-07: BIND and PowerDNS
+    /// keep it unanswered, Knot 3.2 refuses the UPDATE).
+    #[error("{owner} is below the DNAME at {dname}, which redirects every name under it: BIND and PowerDNS would keep this record without ever answering it and Knot refuses it; delete the DNAME row first or give the record another name")]
+    BelowDname {
+        /// The owner of the refused record.
+        owner: Owner,
+        /// The owner of the DNAME above it.
+        dname: Owner,
+    },
+    /// A DNAME above names that hold records (same measurements as
+    /// [`Refusal::BelowDname`]).
+    #[error("a DNAME at {owner} would redirect the names below it, and {below} holds records: BIND and PowerDNS would stop answering them and Knot refuses the DNAME; delete the rows below {owner} first")]
+    DnameAboveNames {
+        /// The owner of the refused DNAME.
+        owner: Owner,
+        /// A name below it that holds records.
+        below: Owner,
     },
     /// A DS at a zone's apex: it belongs in the parent zone, and BIND
     /// ignores it while answering NOERROR.
@@ -1154,6 +1174,61 @@ impl<'z> Planner<'z> {
         }
     }
 
+    /// The nearest name above `key` (up to its zone's apex) holding a DNAME
+    /// that is older than this segment: a row's (loaded through
+    /// [`Planner::wanted_nodes`]) or another tool's. A DNAME new in this
+    /// segment is left to its own check, which refuses it instead.
+    fn dname_above(&self, key: &NodeKey) -> Option<Owner> {
+        let apex = self.zones.name(key.0).name();
+        let mut at = key.1.name().parent();
+        while let Some(name) = at {
+            if !name.is_at_or_below(apex) {
+                break;
+            }
+            let above = (key.0, Owner::from_name(name));
+            let held = self
+                .limits
+                .held
+                .at(above.0, &above.1)
+                .is_some_and(|h| h.contains(&RType::DNAME));
+            let row = self
+                .nodes
+                .get(&above)
+                .is_some_and(|n| n.rrsets.contains_key(&RType::DNAME));
+            let new = self
+                .segment
+                .before
+                .get(&above)
+                .is_some_and(|b| !b.rrsets.contains_key(&RType::DNAME));
+            if held || (row && !new) {
+                return Some(above.1);
+            }
+            at = above.1.name().parent();
+        }
+        None
+    }
+
+    /// A name strictly below `key` that holds records (the smallest such
+    /// name, so that the reason is the same on a replay): among the
+    /// planner's owners (the store loads those below a DNAME a batch adds,
+    /// see [`Planner::dname_owners`]) and what other tools hold.
+    ///
+    /// A scan of the owners the planner holds: in the stream, those of one
+    /// batch; in reconcile's pass over every row, all of them, once per
+    /// DNAME added (DNAMEs are few).
+    fn occupied_below(&self, key: &NodeKey) -> Option<Owner> {
+        let top = key.1.name();
+        let rows = self
+            .nodes
+            .iter()
+            .filter(|((z, o), n)| {
+                *z == key.0 && o != &key.1 && o.name().is_at_or_below(top) && !n.rrsets.is_empty()
+            })
+            .map(|((_, o), _)| o);
+        let held = self.limits.held.below(key.0, &key.1);
+        rows.chain(held).min().cloned()
+    }
+
     /// The first check that fails at a touched owner: the rows to refuse.
     ///
     /// The owner group it builds for the size check is left in `group`:
@@ -1296,6 +1371,47 @@ impl<'z> Planner<'z> {
                 .into_iter()
                 .map(|(r, l)| (r, l, reason.clone()))
                 .collect();
+        }
+        // Nothing below a DNAME (RFC 6672 §2.3). Like the CNAME rule, what
+        // was there first stays: a DNAME new in this segment is refused
+        // while names below it hold records; else the records new below an
+        // older DNAME are. Checked on the segment's end state, so a
+        // transaction that deletes the one and adds the other goes out.
+        if after.rrsets.contains_key(&RType::DNAME) && !before.rrsets.contains_key(&RType::DNAME) {
+            if let Some(below) = self.occupied_below(key) {
+                let reason = Refusal::DnameAboveNames {
+                    owner: owner.clone(),
+                    below,
+                };
+                let rows = adders_of(RType::DNAME);
+                if !rows.is_empty() {
+                    return rows
+                        .into_iter()
+                        .map(|(r, l)| (r, l, reason.clone()))
+                        .collect();
+                }
+            }
+        }
+        if let Some(dname) = self.dname_above(key) {
+            let reason = Refusal::BelowDname {
+                owner: owner.clone(),
+                dname,
+            };
+            let rows: Vec<(RowRef, Lsn, Refusal)> = adders
+                .iter()
+                .filter(|(row, _)| {
+                    self.rows.get(row).is_some_and(|recs| {
+                        recs.iter().any(|d| {
+                            (d.zone, &d.record.owner) == (key.0, &key.1)
+                                && !before.has(d.record.rtype, &d.record.rdata)
+                        })
+                    })
+                })
+                .map(|(r, l)| (r.clone(), *l, reason.clone()))
+                .collect();
+            if !rows.is_empty() {
+                return rows;
+            }
         }
         // A DS only at a delegation (BIND ignores one elsewhere).
         let held_ns = self
@@ -1637,15 +1753,47 @@ impl<'z> Planner<'z> {
         for u in updates {
             let Ok(wanted) = &u.image else { continue };
             for w in wanted {
-                match w {
+                let (zone, owner) = match w {
                     Wanted::Record(d) => {
-                        push((d.zone, d.record.owner.clone()));
                         // Where an MX, SRV or NS points, to check it is no alias.
                         if let Some(target) = alias_checked_target(zones, &d.record) {
                             push(target);
                         }
+                        (d.zone, &d.record.owner)
                     }
-                    Wanted::FromState { zone, owner, .. } => push((*zone, owner.clone())),
+                    Wanted::FromState { zone, owner, .. } => (*zone, owner),
+                };
+                push((zone, owner.clone()));
+                // The names between it and the apex, which may hold a DNAME
+                // (none at the apex: refused there). Most owners are one
+                // label below their apex and have none.
+                let apex = zones.name(zone).name();
+                let mut at = owner.name().parent();
+                while let Some(name) = at.filter(|n| n != apex && n.is_at_or_below(apex)) {
+                    at = name.parent();
+                    push((zone, Owner::from_name(name)));
+                }
+            }
+        }
+        out
+    }
+
+    /// The owners where the given updates want a DNAME: the store loads
+    /// the names below each (which hold records), so that a DNAME above
+    /// them is refused (see [`Refusal::DnameAboveNames`]). Usually none.
+    pub fn dname_owners<'u>(updates: impl IntoIterator<Item = &'u RowUpdate>) -> Vec<NodeKey> {
+        let mut out: Vec<NodeKey> = Vec::new();
+        for u in updates {
+            let Ok(wanted) = &u.image else { continue };
+            for w in wanted {
+                let (zone, owner, rtype) = match w {
+                    Wanted::Record(d) => (d.zone, &d.record.owner, d.record.rtype),
+                    Wanted::FromState {
+                        zone, owner, rtype, ..
+                    } => (*zone, owner, *rtype),
+                };
+                if rtype == RType::DNAME && !out.iter().any(|(z, o)| *z == zone && o == owner) {
+                    out.push((zone, owner.clone()));
                 }
             }
         }
@@ -1675,6 +1823,18 @@ mod tests {
             let mut owners: HashSet<NodeKey> = Planner::wanted_nodes(&zones(), updates)
                 .into_iter()
                 .collect();
+            // The names below a DNAME the updates add, as the store's
+            // `names_below` finds them.
+            for (zone, top) in Planner::dname_owners(updates) {
+                owners.extend(
+                    self.rows
+                        .values()
+                        .flatten()
+                        .filter(|d| d.zone == zone && d.record.owner != top)
+                        .filter(|d| d.record.owner.name().is_at_or_below(top.name()))
+                        .map(|d| (d.zone, d.record.owner.clone())),
+                );
+            }
             for u in updates {
                 let row = (SourceId(0), u.key.clone());
                 if let Some(records) = self.rows.get(&row) {
@@ -2370,6 +2530,152 @@ mod tests {
         );
     }
 
+    /// Nothing below a DNAME (docs/notes/dns-servers.md §3c: BIND and
+    /// PowerDNS keep it unanswered, Knot refuses it), in both orders and
+    /// across batches; a transaction that deletes one side lets the other
+    /// through.
+    #[test]
+    fn names_below_a_dname_and_a_dname_above_names_are_refused_naming_the_dname() {
+        let mut store = MemStore::default();
+        let l = limits(65_535, 100);
+        let one = |key: &str, owner: &str, rtype: &str, data: &str| {
+            vec![update(key, Ok(vec![want(owner, 300, rtype, data)]))]
+        };
+        let reasons = |rejected: &[Rejection]| -> Vec<String> {
+            rejected
+                .iter()
+                .map(|r| format!("{} {}: {}", r.key.0, r.owner.as_ref().unwrap(), r.reason))
+                .collect()
+        };
+        // The DNAME first, in a batch of its own, and a name below.
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![
+                one("d", "Old.Example.Test.", "DNAME", "new.example.org."),
+                one("a", "a.sub.example.test.", "A", "192.0.2.1"),
+            ],
+        );
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(g.len(), 2);
+        // Later batches: records below the DNAME (one and two labels down)
+        // are refused, a record beside it is published; a DNAME above a
+        // name with records is refused; in one transaction a new DNAME and
+        // a new name below it: the DNAME is refused.
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![
+                one("x", "x.old.example.test.", "A", "192.0.2.7"),
+                one("y", "Y.Z.old.example.test.", "TXT", "\"grüße\""),
+                one("t", "old.example.test.", "TXT", "\"beside\""),
+                one("s", "sub.example.test.", "DNAME", "elsewhere.example.org."),
+                vec![
+                    update(
+                        "n",
+                        Ok(vec![want(
+                            "n.example.test.",
+                            300,
+                            "DNAME",
+                            "n.example.org.",
+                        )]),
+                    ),
+                    update(
+                        "h",
+                        Ok(vec![want("h.n.example.test.", 300, "AAAA", "2001:db8::1")]),
+                    ),
+                ],
+            ],
+        );
+        assert_eq!(
+            ops_text(&g),
+            [
+                "add old.example.test. 300 IN TXT \"beside\"",
+                "add h.n.example.test. 300 IN AAAA 2001:db8::1",
+            ]
+        );
+        let why = reasons(&rejected);
+        assert_eq!(why.len(), 4, "{why:#?}");
+        assert!(why[0].starts_with("x x.old.example.test.: x.old.example.test. is below the DNAME at old.example.test."), "{why:#?}");
+        assert!(why[1].starts_with("y y.z.old.example.test.: y.z.old.example.test. is below the DNAME at old.example.test."), "{why:#?}");
+        assert!(why[2].starts_with("s sub.example.test.: a DNAME at sub.example.test. would redirect the names below it, and a.sub.example.test. holds records"), "{why:#?}");
+        assert!(why[3].starts_with("n n.example.test.: a DNAME at n.example.test. would redirect the names below it, and h.n.example.test. holds records"), "{why:#?}");
+        assert!(matches!(rejected[0].reason, Refusal::BelowDname { .. }));
+        assert!(matches!(
+            rejected[2].reason,
+            Refusal::DnameAboveNames { .. }
+        ));
+        // Deleting the name below and adding the DNAME in one transaction,
+        // and deleting a DNAME and adding a name below it in another: both
+        // go out.
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![
+                vec![
+                    update("a", Ok(vec![])),
+                    update(
+                        "s",
+                        Ok(vec![want(
+                            "sub.example.test.",
+                            300,
+                            "DNAME",
+                            "elsewhere.example.org.",
+                        )]),
+                    ),
+                ],
+                vec![
+                    update("d", Ok(vec![])),
+                    update(
+                        "x",
+                        Ok(vec![want("x.old.example.test.", 300, "A", "192.0.2.7")]),
+                    ),
+                ],
+            ],
+        );
+        assert!(rejected.is_empty(), "{:#?}", reasons(&rejected));
+        assert_eq!(
+            ops_text(&g),
+            [
+                "del a.sub.example.test. A 192.0.2.1",
+                "add sub.example.test. 300 IN DNAME elsewhere.example.org.",
+                "del old.example.test. DNAME new.example.org.",
+                "add x.old.example.test. 300 IN A 192.0.2.7",
+            ]
+        );
+        // Another tool's DNAME, and another tool's name below a row's DNAME.
+        let mut l = limits(65_535, 100);
+        l.held.insert(
+            ZoneId(0),
+            Owner::parse("legacy.example.test.").unwrap(),
+            RType::DNAME,
+        );
+        l.held.insert(
+            ZoneId(0),
+            Owner::parse("_acme-challenge.t.example.test.").unwrap(),
+            RType::TXT,
+        );
+        let (g, rejected) = run(
+            &mut store,
+            &l,
+            vec![
+                one("w", "w.legacy.example.test.", "A", "192.0.2.9"),
+                one("td", "t.example.test.", "DNAME", "t.example.org."),
+            ],
+        );
+        assert!(ops_text(&g).is_empty(), "{g:?}");
+        let why = reasons(&rejected);
+        assert_eq!(why.len(), 2, "{why:#?}");
+        assert!(
+            why[0].contains("is below the DNAME at legacy.example.test."),
+            "{why:#?}"
+        );
+        assert!(
+            why[1].contains("and _acme-challenge.t.example.test. holds records"),
+            "{why:#?}"
+        );
+    }
+
     #[test]
     fn a_cname_beside_other_data_and_a_second_cname_are_refused() {
         let mut store = MemStore::default();
@@ -2713,8 +3019,14 @@ mod tests {
         let image = match data {
             None => Ok(vec![]),
             Some(d) => {
-                let owner = format!("o{}.example.test.", owner % 4);
-                let w = match d % 6 {
+                // Half the names are below another: a DNAME there may
+                // redirect them.
+                let owner = match owner % 8 {
+                    o @ 0..=3 => format!("o{o}.example.test."),
+                    o => format!("x.o{}.example.test.", o % 4),
+                };
+                let w = match d % 7 {
+                    6 => want(&owner, 300, "DNAME", &format!("t{}.example.org.", d % 2)),
                     0..=2 => want(
                         &owner,
                         u32::from(ttl % 3) * 100,
@@ -2792,6 +3104,13 @@ mod tests {
                     if *rtype == RType::CNAME {
                         prop_assert_eq!(set.len(), 1);
                         prop_assert!(!dns.keys().any(|(o, t)| o == owner && *t != RType::CNAME));
+                    }
+                    if *rtype == RType::DNAME {
+                        prop_assert_eq!(set.len(), 1);
+                        prop_assert!(
+                            !dns.keys().any(|(o, _)| o != owner && o.name().is_at_or_below(owner.name())),
+                            "a name below the DNAME at {}", owner
+                        );
                     }
                 }
             }
