@@ -1423,6 +1423,9 @@ impl Pipeline<'_> {
             rows.push(w.row.clone());
             owners.extend(w.records.iter().map(|d| (d.zone, d.record.owner.clone())));
         }
+        // The names below a DNAME this batch adds (rare): see `names_below`.
+        let dnames = Planner::dname_owners(steps.iter().filter_map(Step::update).map(|(_, u)| u));
+        owners.extend(self.store.names_below(&self.zones, &dnames).await?);
         let (loaded, orphans) = self
             .store
             .load(&sources, &rows, &owners, &self.zones)

@@ -926,6 +926,61 @@ impl Store {
         Ok((loaded, orphans))
     }
 
+    /// The owners strictly below any of `tops` (in the same zone) where
+    /// the row state holds records, in the open transaction's view: where
+    /// a batch adds a DNAME ([`Planner::dname_owners`]), the names [`load`]
+    /// must read too, so that the plan refuses a DNAME above them.
+    ///
+    /// No index serves a suffix of the owner's wire form: this reads the
+    /// slot's row state (an index-only scan), once per batch that adds a
+    /// DNAME, which few do. The suffix is checked again on label
+    /// boundaries here (a label may hold the bytes of a name's wire form).
+    ///
+    /// [`Planner::dname_owners`]: pg2dns_decoder::plan::Planner::dname_owners
+    /// [`load`]: Store::load
+    pub async fn names_below(
+        &mut self,
+        zones: &Zones,
+        tops: &[NodeKey],
+    ) -> Result<Vec<NodeKey>, StoreError> {
+        if tops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (zone_texts, names) = node_columns(zones, tops);
+        let slot = self.slot.clone();
+        let rows = self
+            .txn_query(
+                "SELECT DISTINCT k.i, x.owner \
+                 FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS k(zone, top, i) \
+                 CROSS JOIN LATERAL ( \
+                   SELECT owner FROM pg2dns.row_state x \
+                   WHERE x.slot = $1 AND x.zone = k.zone AND length(x.owner) > length(k.top) \
+                     AND substr(x.owner, length(x.owner) - length(k.top) + 1) = k.top OFFSET 0) x",
+                &[&slot, &zone_texts, &names],
+                "cannot read pg2dns.row_state",
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (zone, top) = usize::try_from(r.get::<_, i64>(0) - 1)
+                .ok()
+                .and_then(|i| tops.get(i))
+                .ok_or_else(|| StoreError::Corrupt {
+                    table: "row_state",
+                    detail: "a lookup of the names below a DNAME answered for no DNAME".into(),
+                })?;
+            let owner_wire: Vec<u8> = r.get(1);
+            let (name, _) = Name::from_wire(&owner_wire).map_err(|e| StoreError::Corrupt {
+                table: "row_state",
+                detail: format!("owner name: {e}"),
+            })?;
+            if name.is_at_or_below(top.name()) {
+                out.push((*zone, Owner::from_name(name)));
+            }
+        }
+        Ok(out)
+    }
+
     /// The rows that contribute each of the given records (zone, owner,
     /// type, data), in the open transaction's view, with the index of the
     /// record they contribute.

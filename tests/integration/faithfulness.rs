@@ -1389,7 +1389,8 @@ on_each_primary!(
     a_cname_beside_records_left_to_another_tool_is_refused_before_sending,
     a_delegation_with_glue_and_a_name_below_it_are_published_as_the_table_says,
     deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_finds_the_zone_in_sync,
-    a_name_below_another_tools_dname_is_published_on_bind_and_powerdns_and_rejected_on_knot,
+    a_name_below_another_tools_dname_is_refused_before_sending,
+    records_below_a_dname_and_a_dname_above_records_are_refused_naming_the_dname,
 );
 
 /// Every registry and multi-signer type published through the stream and
@@ -1814,10 +1815,10 @@ async fn deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_find
 }
 
 /// A name below a DNAME that another tool keeps (measured 2026-12-07):
-/// BIND takes it as zone data (occluded, like a name below a delegation),
-/// Knot refuses the UPDATE; pg2dns then rejects the row with Knot's answer
-/// and the stream goes on. Neither is silent.
-async fn a_name_below_another_tools_dname_is_published_on_bind_and_powerdns_and_rejected_on_knot(
+/// BIND and PowerDNS would keep it unanswered (occluded), Knot refuses the
+/// UPDATE. pg2dns refuses the row before sending on every server, naming
+/// the DNAME, and the stream goes on.
+async fn a_name_below_another_tools_dname_is_refused_before_sending(
     primary: Primary,
 ) -> Result<()> {
     let stack = Stack::start("below-dname", primary).await?;
@@ -1828,36 +1829,128 @@ async fn a_name_below_another_tools_dname_is_published_on_bind_and_powerdns_and_
         .await?;
     let mut pg2dns = stack.run()?;
     let id = insert(&stack, "x.old.example.test.", 300, "A", "192.0.2.7").await?;
-    match primary {
-        // PowerDNS, like BIND, keeps the occluded name as zone data.
-        Primary::Bind | Primary::PowerDns => {
-            eventually("the server to hold the name below the DNAME", || async {
-                let zone = stack.axfr(FORWARD).await?;
-                Ok(
-                    if zone
-                        .iter()
-                        .any(|r| r.owner == "x.old.example.test." && r.rtype == "A")
-                    {
-                        Ok(())
-                    } else {
-                        Err(format!("{zone:?}"))
-                    },
-                )
-            })
-            .await?;
-        }
-        _ => {
-            let reason = wait_for_rejection(&stack, id).await?;
-            ensure!(
-                reason.contains("answered REFUSED") && reason.contains("x.old.example.test."),
-                "{reason}"
-            );
-        }
-    }
+    let reason = wait_for_rejection(&stack, id).await?;
+    ensure!(
+        reason.starts_with("x.old.example.test. is below the DNAME at old.example.test."),
+        "{reason}"
+    );
     insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
     stack
         .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
         .await?;
+    let zone = stack.axfr(FORWARD).await?;
+    ensure!(
+        !zone.iter().any(|r| r.owner == "x.old.example.test."),
+        "the refused name reached the zone: {zone:?}"
+    );
+    pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// Nothing below a DNAME, in both orders (docs/notes/dns-servers.md §3c:
+/// BIND and PowerDNS keep such data unanswered, Knot refuses it): records
+/// added below a row's DNAME, one and two labels down, are refused naming
+/// the DNAME; a DNAME added above a name with records is refused naming
+/// that name; a record beside the DNAME is published. A transaction that
+/// deletes the name below and touches the refused DNAME publishes it. The
+/// zone ends equal to the rows that were not refused.
+async fn records_below_a_dname_and_a_dname_above_records_are_refused_naming_the_dname(
+    primary: Primary,
+) -> Result<()> {
+    let stack = Stack::start("dname-subtree", primary).await?;
+    let mut pg2dns = stack.run()?;
+    insert(
+        &stack,
+        "Old.Example.Test.",
+        300,
+        "DNAME",
+        "new.example.net.",
+    )
+    .await?;
+    let host = insert(&stack, "host.sub.example.test.", 300, "A", "192.0.2.1").await?;
+    stack
+        .wait_until_answers("host.sub.example.test.", "A", DNS_DEADLINE)
+        .await?;
+    let below = insert(&stack, "x.old.example.test.", 300, "A", "192.0.2.7").await?;
+    let deeper = insert(
+        &stack,
+        "Mail.Deep.OLD.example.test.",
+        300,
+        "TXT",
+        "\"grüße \\\"quoted\\\"\"",
+    )
+    .await?;
+    let above = insert(
+        &stack,
+        "sub.example.test.",
+        300,
+        "DNAME",
+        "elsewhere.example.net.",
+    )
+    .await?;
+    insert(
+        &stack,
+        "old.example.test.",
+        300,
+        "TXT",
+        "\"beside the DNAME\"",
+    )
+    .await?;
+    for (id, why) in [
+        (below, "x.old.example.test. is below the DNAME at old.example.test."),
+        (
+            deeper,
+            "mail.deep.old.example.test. is below the DNAME at old.example.test.",
+        ),
+        (
+            above,
+            "a DNAME at sub.example.test. would redirect the names below it, and host.sub.example.test. holds records",
+        ),
+    ] {
+        let reason = wait_for_rejection(&stack, id).await?;
+        ensure!(reason.starts_with(why), "row {id}: {reason}");
+    }
+    let rejected = stack.rejected().await?;
+    let at = |id: i64| rejected.iter().find(|r| r.row_key == id.to_string());
+    ensure!(
+        at(above).is_some_and(|r| r.owner.as_deref() == Some("sub.example.test.")),
+        "{rejected:?}"
+    );
+    // Deleting the name below and touching the DNAME row in one
+    // transaction publishes the DNAME.
+    stack
+        .exec(&format!(
+            "BEGIN; DELETE FROM pg2dns.rr WHERE id = {host}; \
+             UPDATE pg2dns.rr SET ttl = 600 WHERE id = {above}; COMMIT"
+        ))
+        .await?;
+    let accepted: Vec<_> = stack
+        .table()
+        .await?
+        .into_iter()
+        .filter(|r| r.id != below && r.id != deeper)
+        .collect();
+    stack
+        .wait_until_dns_equals(&stack.expected(&accepted), DNS_DEADLINE)
+        .await?;
+    eventually("the published DNAME's rejection to be gone", || async {
+        let left: Vec<String> = stack
+            .rejected()
+            .await?
+            .into_iter()
+            .map(|r| r.row_key)
+            .collect();
+        let mut want = vec![below.to_string(), deeper.to_string()];
+        want.sort();
+        let mut have = left.clone();
+        have.sort();
+        Ok(if have == want {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        })
+    })
+    .await?;
     pg2dns.assert_running()?;
     Ok(())
 }
