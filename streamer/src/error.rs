@@ -197,6 +197,15 @@ impl RunError {
                 if matches!(e, StoreError::Sources(_)) {
                     return halt(&sources_hint());
                 }
+                // What pg2dns reads back is wrong: a retry reads the same.
+                if let StoreError::Corrupt { table, .. } = e {
+                    return Disposition::Halt {
+                        hint: corrupt_hint(table),
+                    };
+                }
+                if let StoreError::NotAnLsn { .. } = e {
+                    return halt("report it as a pg2dns bug, with the PostgreSQL version");
+                }
                 if e.is_connection() {
                     return Disposition::Retry;
                 }
@@ -273,6 +282,11 @@ fn sources_hint() -> String {
     format!("configure fewer sources: pg2dns.rr, the [[source]] tables and the zones tables they reference count together, at most {} (`pg2dns check-config` refuses more); then `pg2dns resume`", pg2dns_decoder::plan::MAX_SOURCES)
 }
 
+/// The hint when one of pg2dns's tables holds a value pg2dns never writes.
+fn corrupt_hint(table: &str) -> String {
+    format!("pg2dns.{table} was changed outside pg2dns (or by another pg2dns version): correct or delete the row the message names, then `pg2dns reconcile --apply -c <config>` brings the zones and pg2dns's state in line with the tables (`pg2dns setup --recreate-slot -c <config>` rebuilds all of it); then `pg2dns resume`")
+}
+
 /// The hint of a TLS failure that retrying cannot fix.
 const TLS_HINT: &str = "the TLS connection to PostgreSQL failed: check sslmode and sslrootcert in [database].url (the CA file must hold the CA that signed the server's certificate; verify-full also needs the URL's host named in the certificate) and the server's ssl settings";
 
@@ -321,6 +335,31 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn a_value_pg2dns_cannot_read_back_halts_naming_the_table_never_retries() {
+        let corrupt = StoreError::Corrupt {
+            table: "progress",
+            detail: "LSN \"16/zz\" of slot pg2dns".into(),
+        };
+        assert_eq!(
+            corrupt.to_string(),
+            "pg2dns.progress holds a value pg2dns cannot read: LSN \"16/zz\" of slot pg2dns"
+        );
+        let e = RunError::Store(corrupt);
+        match e.disposition() {
+            Disposition::Halt { hint } => assert!(
+                hint.starts_with("pg2dns.progress was changed outside pg2dns"),
+                "{hint}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let e = RunError::Store(StoreError::NotAnLsn {
+            what: "pg_current_wal_flush_lsn()",
+            value: "x".into(),
+        });
+        assert!(matches!(e.disposition(), Disposition::Halt { .. }));
     }
 
     #[test]

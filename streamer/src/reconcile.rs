@@ -857,10 +857,23 @@ async fn read_desired_paused(
         .collect();
     let state = store.zone_state(&names).await?;
     // Published as the planner publishes its state.
-    let contributions = state.records.into_iter().filter_map(|(zone, record)| {
-        let zone = ZoneName::parse(&zone).ok().and_then(|z| zones.id_of(&z))?;
-        Some(pg2dns_decoder::mapping::Desired { zone, record })
-    });
+    // The state was read for the selected zones only: a record of another
+    // zone left out would be deleted from DNS by the repair.
+    let contributions = state
+        .records
+        .into_iter()
+        .map(|(zone, record)| {
+            let id = ZoneName::parse(&zone).ok().and_then(|z| zones.id_of(&z));
+            let zone = id.ok_or_else(|| StoreError::Corrupt {
+                table: "row_state",
+                detail: format!(
+                    "zone {zone:?} of {} {}, which is not configured",
+                    record.owner, record.rtype
+                ),
+            })?;
+            Ok(pg2dns_decoder::mapping::Desired { zone, record })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let records = pg2dns_decoder::plan::publish(contributions, &config.plan_limits().one_ptr);
     Ok(Desired {
         rows: state.rows,
@@ -1187,9 +1200,15 @@ async fn published_records(
         .map_err(sql("cannot read pg2dns.row_state"))?;
     for r in rows {
         let rtype: i32 = r.get(2);
+        // Type 0 would own no record: the repair would take a record pg2dns
+        // sent for another tool's.
+        let rtype = u16::try_from(rtype).map_err(|_| StoreError::Corrupt {
+            table: "row_state",
+            detail: format!("record type {rtype} is out of range"),
+        })?;
         out.entry(r.get(0)).or_default().insert((
             r.get::<_, Vec<u8>>(1).to_ascii_lowercase(),
-            u16::try_from(rtype).unwrap_or(0),
+            rtype,
             r.get(3),
         ));
     }

@@ -886,7 +886,13 @@ async fn convert_v1_state(store: &Store, config: &Config) -> Result<u64, StoreEr
     for r in &rows {
         let (zone, owner, rtype, rdata): (String, String, String, String) =
             (r.get(2), r.get(3), r.get(4), r.get(5));
-        let ttl = u32::try_from(r.get::<_, i32>(6)).unwrap_or(0);
+        // A negative TTL is as unreadable as a record that does not parse
+        // (never TTL 0): left out with a warning.
+        let stored_ttl: i32 = r.get(6);
+        let Ok(ttl) = u32::try_from(stored_ttl) else {
+            warn!(owner = %owner, rtype = %rtype, ttl = stored_ttl, "a version 1 row state record has a negative TTL; left out");
+            continue;
+        };
         let record = match Record::parse(&owner, ttl, &rtype, &rdata) {
             Ok(rec) => rec,
             Err(e) => {

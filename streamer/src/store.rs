@@ -52,10 +52,18 @@ pub enum StoreError {
     /// A stored value cannot be read back.
     #[error("pg2dns.{table} holds a value pg2dns cannot read: {detail}")]
     Corrupt {
-        /// The table.
+        /// The table, in schema `pg2dns`.
         table: &'static str,
-        /// What is wrong.
+        /// What is wrong, naming the value.
         detail: String,
+    },
+    /// PostgreSQL answered a position that is no LSN.
+    #[error("PostgreSQL gave {what} as {value:?}, which is not an LSN")]
+    NotAnLsn {
+        /// What was asked (`pg_replication_slots.confirmed_flush_lsn`).
+        what: &'static str,
+        /// The text it answered.
+        value: String,
     },
     /// More sources than ids (the configuration refuses them first).
     #[error(transparent)]
@@ -67,7 +75,9 @@ impl StoreError {
     pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
             StoreError::Sql { source, .. } => source.code(),
-            StoreError::Corrupt { .. } | StoreError::Sources(_) => None,
+            StoreError::Corrupt { .. } | StoreError::NotAnLsn { .. } | StoreError::Sources(_) => {
+                None
+            }
         }
     }
 
@@ -100,7 +110,9 @@ impl StoreError {
     pub fn is_connection(&self) -> bool {
         match self {
             StoreError::Sql { source, .. } => source.is_closed() || source.code().is_none(),
-            StoreError::Corrupt { .. } | StoreError::Sources(_) => false,
+            StoreError::Corrupt { .. } | StoreError::NotAnLsn { .. } | StoreError::Sources(_) => {
+                false
+            }
         }
     }
 }
@@ -117,6 +129,13 @@ fn type_and_ttl(table: &'static str, rtype: i32, ttl: i32) -> Result<(RType, u32
         detail: format!("TTL {ttl} is out of range"),
     })?;
     Ok((RType(rtype), ttl))
+}
+
+/// A TTL as the `int` columns store it. A [`Record`]'s TTL is at most
+/// [`pg2dns_decoder::records::MAX_TTL`] (2^31 − 1, RFC 2181 §8), which
+/// `int` holds, so the bound is never reached.
+fn ttl_column(ttl: u32) -> i32 {
+    i32::try_from(ttl).unwrap_or(i32::MAX)
 }
 
 /// Rows as the two arrays a query unnests: source names and keys.
@@ -182,7 +201,7 @@ impl<'a> RowArrays<'a> {
                 a.rtypes.push(i32::from(d.record.rtype.0));
                 a.rdatas.push(d.record.rdata.as_wire());
                 // The plan never holds a TTL above 2^31 - 1 (RFC 2181 §8).
-                a.ttls.push(i32::try_from(d.record.ttl).unwrap_or(i32::MAX));
+                a.ttls.push(ttl_column(d.record.ttl));
                 a.targets.push(pointed_at(&d.record));
             }
         }
@@ -258,6 +277,8 @@ const WRITE_ROWS: &str = concat!(
 
 /// The source name of a source id (as row state and rejections store it).
 fn source_name<'a>(sources: &[&'a str], id: SourceId) -> &'a str {
+    // Ids are made from the same list (`SourceId::new` over the mappings),
+    // so every id has a name; an empty one would match no row.
     sources.get(usize::from(id.0)).copied().unwrap_or("")
 }
 
@@ -662,9 +683,9 @@ impl Store {
             None => Ok(None),
             Some(r) => {
                 let text: String = r.get(0);
-                text.parse().map(Some).map_err(|_| StoreError::Corrupt {
-                    table: "pg_replication_slots",
-                    detail: format!("confirmed_flush_lsn {text:?}"),
+                text.parse().map(Some).map_err(|_| StoreError::NotAnLsn {
+                    what: "pg_replication_slots.confirmed_flush_lsn",
+                    value: text,
                 })
             }
         }
@@ -686,9 +707,9 @@ impl Store {
         let Some(r) = row else { return Ok(None) };
         let text: String = r.get(0);
         Ok(Some(SlotInfo {
-            confirmed: text.parse().map_err(|_| StoreError::Corrupt {
-                table: "pg_replication_slots",
-                detail: format!("confirmed_flush_lsn {text:?}"),
+            confirmed: text.parse().map_err(|_| StoreError::NotAnLsn {
+                what: "pg_replication_slots.confirmed_flush_lsn",
+                value: text.clone(),
             })?,
             active_pid: r.get(1),
             database: r.get(2),
@@ -903,7 +924,14 @@ impl Store {
             if r.get::<_, bool>(0) {
                 let source: String = r.get(1);
                 let Some(s) = sources.iter().position(|x| *x == source) else {
-                    continue;
+                    // The query matches `x.source` to the sources asked
+                    // for, so this is a bug, never a row to skip.
+                    return Err(StoreError::Corrupt {
+                        table: "row_state",
+                        detail: format!(
+                            "a read of the rows of {sources:?} answered a row of source {source:?}"
+                        ),
+                    });
                 };
                 let row = (SourceId::new(s)?, RowKey(r.get(2)));
                 loaded.rows.entry(row).or_default().push(Desired {
@@ -1018,8 +1046,11 @@ impl Store {
         for r in &rows {
             let source: String = r.get(0);
             let Some(s) = sources.iter().position(|x| *x == source) else {
+                // A row of a source no longer configured contributes the
+                // record too; it is none of this configuration's rows.
                 continue;
             };
+            // WITH ORDINALITY counts from 1.
             let Ok(i) = usize::try_from(r.get::<_, i64>(2) - 1) else {
                 continue;
             };
@@ -1289,7 +1320,7 @@ impl Store {
                             &d.record.owner.name().as_wire(),
                             &i32::from(d.record.rtype.0),
                             &d.record.rdata.as_wire(),
-                            &i32::try_from(d.record.ttl).unwrap_or(i32::MAX),
+                            &ttl_column(d.record.ttl),
                         ],
                     )
                     .await
@@ -1327,6 +1358,9 @@ impl Store {
         // quadratic in the rows waiting).
         let mut index: HashMap<(SourceId, RowKey), usize> = HashMap::new();
         for r in rows {
+            // A row of a source or zone no longer configured waits for
+            // nothing this configuration publishes: it stays until that
+            // source's or zone's state is dropped (resync), as its row state.
             let source: String = r.get(0);
             let Some(s) = sources.iter().position(|x| *x == source) else {
                 continue;
@@ -1418,19 +1452,27 @@ impl Store {
             )
             .await
             .map_err(sql("cannot read pg2dns.row_state"))?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let (owner, _) = Name::from_wire(&r.get::<_, Vec<u8>>(1)).ok()?;
-                let (target, _) = Name::from_wire(&r.get::<_, Vec<u8>>(3)).ok()?;
-                Some((
+        // A name or type that cannot be read is a corrupt table, never an
+        // MX left out of the warning about its dangling target.
+        let name = |wire: Vec<u8>, what: &str| {
+            Name::from_wire(&wire)
+                .map(|(n, _)| Owner::from_name(n))
+                .map_err(|e| StoreError::Corrupt {
+                    table: "row_state",
+                    detail: format!("{what} name: {e}"),
+                })
+        };
+        rows.iter()
+            .map(|r| {
+                let (rtype, _) = type_and_ttl("row_state", r.get(2), 0)?;
+                Ok((
                     r.get(0),
-                    Owner::from_name(owner),
-                    RType(u16::try_from(r.get::<_, i32>(2)).ok()?),
-                    Owner::from_name(target),
+                    name(r.get(1), "owner")?,
+                    rtype,
+                    name(r.get(3), "target")?,
                 ))
             })
-            .collect())
+            .collect()
     }
 
     /// This slot's row state in `zones` (named as pg2dns writes them,
@@ -1479,6 +1521,7 @@ impl Store {
             ));
         }
         Ok(ZoneState {
+            // A count is never negative.
             rows: usize::try_from(rows).unwrap_or(0),
             records,
         })
@@ -1510,7 +1553,7 @@ impl Store {
                 owners.push(r.owner.name().as_wire());
                 rtypes.push(i32::from(r.rtype.0));
                 rdatas.push(r.rdata.as_wire());
-                ttls.push(i32::try_from(r.ttl).unwrap_or(i32::MAX));
+                ttls.push(ttl_column(r.ttl));
                 targets.push(pointed_at(r));
             }
         }
@@ -1556,7 +1599,7 @@ impl Store {
                                 &r.owner.name().as_wire(),
                                 &i32::from(r.rtype.0),
                                 &r.rdata.as_wire(),
-                                &i32::try_from(r.ttl).unwrap_or(i32::MAX),
+                                &ttl_column(r.ttl),
                             ],
                         )
                         .await
@@ -1570,6 +1613,8 @@ impl Store {
         }
         .await;
         if result.is_err() {
+            // The first failure is the one to report; if the ROLLBACK fails
+            // too, the connection is gone and its next statement says so.
             let _ = self.client.batch_execute("ROLLBACK").await;
         }
         self.in_transaction = false;
@@ -1694,9 +1739,13 @@ const WAL_POSITIONS: &str =
 
 fn lsn_column(row: &Row, i: usize) -> Result<Lsn, StoreError> {
     let text: &str = row.get(i);
-    text.parse().map_err(|_| StoreError::Corrupt {
-        table: "pg_current_wal_flush_lsn()",
-        detail: format!("WAL position {text:?}"),
+    text.parse().map_err(|_| StoreError::NotAnLsn {
+        what: if i == 0 {
+            "pg_current_wal_insert_lsn()"
+        } else {
+            "pg_current_wal_flush_lsn()"
+        },
+        value: text.to_owned(),
     })
 }
 

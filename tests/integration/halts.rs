@@ -137,3 +137,71 @@ async fn a_truncate_of_a_small_table_removes_its_records_and_the_stream_goes_on(
     pg2dns.assert_running()?;
     Ok(())
 }
+
+/// A value in pg2dns's own tables that pg2dns never writes (here a record
+/// type out of range in the row state, edited by hand) halts the stream
+/// naming the table and the value, with a hint; it is never read as type 0
+/// nor retried forever, and the change that needed it is not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_state_value_pg2dns_cannot_read_halts_naming_the_table_and_the_value() -> Result<()> {
+    let stack = Stack::start("corrupt-state", Primary::Bind).await?;
+    let mut pg2dns = stack.run()?;
+    let id: i64 = stack
+        .db
+        .query_one(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             VALUES ('www.example.test.', 300, 'A', '192.0.2.10') RETURNING id",
+            &[],
+        )
+        .await?
+        .get(0);
+    let key = id.to_string();
+    stack
+        .row_state_when(|s| s.contains_key(&key), DNS_DEADLINE)
+        .await?;
+    stack
+        .db
+        .execute(
+            "UPDATE pg2dns.row_state SET rtype = 70000 WHERE row_key = $1",
+            &[&key],
+        )
+        .await?;
+    stack
+        .db
+        .execute(
+            "UPDATE pg2dns.rr SET rdata = '192.0.2.11' WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    // The harness runs pg2dns with --exit-on-halt.
+    let status = pg2dns.wait_exit(DNS_DEADLINE).await?;
+    ensure!(
+        !status.success(),
+        "pg2dns must halt, yet exited with {status}"
+    );
+    let out = stack.admin(&["status", "--json"]).await?;
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).context("status --json")?;
+    let (reason, hint) = (
+        s["reason"].as_str().unwrap_or_default(),
+        s["hint"].as_str().unwrap_or_default(),
+    );
+    ensure!(
+        reason.contains(
+            "pg2dns.row_state holds a value pg2dns cannot read: record type 70000 is out of range"
+        ),
+        "{reason}"
+    );
+    ensure!(
+        hint.starts_with("pg2dns.row_state was changed outside pg2dns"),
+        "{hint}"
+    );
+    let www: Vec<String> = stack
+        .axfr(FORWARD)
+        .await?
+        .iter()
+        .filter(|r| r.owner == "www.example.test.")
+        .map(|r| r.rdata.clone())
+        .collect();
+    ensure!(www == ["192.0.2.10"], "the change went out: {www:?}");
+    Ok(())
+}

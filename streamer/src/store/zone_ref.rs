@@ -108,6 +108,8 @@ impl Store {
         }
         .await;
         if result.is_err() {
+            // The first failure is the one to report; if the ROLLBACK fails
+            // too, the connection is gone and its next statement says so.
             let _ = self.client.batch_execute("ROLLBACK").await;
         }
         self.in_transaction = false;
