@@ -1180,6 +1180,17 @@ impl<'z> Planner<'z> {
     /// segment is left to its own check, which refuses it instead.
     fn dname_above(&self, key: &NodeKey) -> Option<Owner> {
         let apex = self.zones.name(key.0).name();
+        // Rows never hold a DNAME at the apex (refused there), so a name
+        // one label below it, most names, has nothing above it to look up
+        // unless another tool holds names.
+        let depth = key
+            .1
+            .name()
+            .label_count()
+            .saturating_sub(apex.label_count());
+        if depth < 2 && self.limits.held.is_empty() {
+            return None;
+        }
         let mut at = key.1.name().parent();
         while let Some(name) = at {
             if !name.is_at_or_below(apex) {
@@ -1768,6 +1779,9 @@ impl<'z> Planner<'z> {
                 // (none at the apex: refused there). Most owners are one
                 // label below their apex and have none.
                 let apex = zones.name(zone).name();
+                if owner.name().label_count() < apex.label_count() + 2 {
+                    continue;
+                }
                 let mut at = owner.name().parent();
                 while let Some(name) = at.filter(|n| n != apex && n.is_at_or_below(apex)) {
                     at = name.parent();
