@@ -1853,7 +1853,7 @@ async fn a_name_below_another_tools_dname_is_refused_before_sending(
 /// the DNAME; a DNAME added above a name with records is refused naming
 /// that name; a record beside the DNAME is published. A transaction that
 /// deletes the name below and touches the refused DNAME publishes it. The
-/// zone ends equal to the rows that were not refused.
+/// zone ends equal to the rows that were not refused, and reconcile agrees.
 async fn records_below_a_dname_and_a_dname_above_records_are_refused_naming_the_dname(
     primary: Primary,
 ) -> Result<()> {
@@ -1950,6 +1950,12 @@ async fn records_below_a_dname_and_a_dname_above_records_are_refused_naming_the_
             Err(format!("{left:?}"))
         })
     })
+    .await?;
+    // Reconcile plans the rows by the same rules and agrees.
+    reconcile_repairs_nothing_and_names(
+        &stack,
+        "x.old.example.test. is below the DNAME at old.example.test.",
+    )
     .await?;
     pg2dns.assert_running()?;
     Ok(())
