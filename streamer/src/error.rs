@@ -338,6 +338,18 @@ mod tests {
     }
 
     #[test]
+    fn a_localised_server_error_is_classified_by_its_code() {
+        let e = RunError::Replication(ReplicationError::Transport(PgWireError::Server(
+            "le slot de réplication « s » n'existe pas (SQLSTATE 42704)".into(),
+        )));
+        assert!(matches!(e.disposition(), Disposition::Halt { .. }));
+        let e = RunError::Replication(ReplicationError::Transport(PgWireError::Server(
+            "le système de bases de données s'arrête (SQLSTATE 57P03)".into(),
+        )));
+        assert_eq!(e.disposition(), Disposition::Retry);
+    }
+
+    #[test]
     fn a_value_pg2dns_cannot_read_back_halts_naming_the_table_never_retries() {
         let corrupt = StoreError::Corrupt {
             table: "progress",
@@ -360,17 +372,5 @@ mod tests {
             value: "x".into(),
         });
         assert!(matches!(e.disposition(), Disposition::Halt { .. }));
-    }
-
-    #[test]
-    fn a_localised_server_error_is_classified_by_its_code() {
-        let e = RunError::Replication(ReplicationError::Transport(PgWireError::Server(
-            "le slot de réplication « s » n'existe pas (SQLSTATE 42704)".into(),
-        )));
-        assert!(matches!(e.disposition(), Disposition::Halt { .. }));
-        let e = RunError::Replication(ReplicationError::Transport(PgWireError::Server(
-            "le système de bases de données s'arrête (SQLSTATE 57P03)".into(),
-        )));
-        assert_eq!(e.disposition(), Disposition::Retry);
     }
 }

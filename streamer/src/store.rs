@@ -1553,7 +1553,7 @@ impl Store {
                 owners.push(r.owner.name().as_wire());
                 rtypes.push(i32::from(r.rtype.0));
                 rdatas.push(r.rdata.as_wire());
-                ttls.push(ttl_column(r.ttl));
+                ttls.push(i32::try_from(r.ttl).unwrap_or(i32::MAX));
                 targets.push(pointed_at(r));
             }
         }
@@ -1599,7 +1599,7 @@ impl Store {
                                 &r.owner.name().as_wire(),
                                 &i32::from(r.rtype.0),
                                 &r.rdata.as_wire(),
-                                &ttl_column(r.ttl),
+                                &i32::try_from(r.ttl).unwrap_or(i32::MAX),
                             ],
                         )
                         .await
@@ -1613,8 +1613,6 @@ impl Store {
         }
         .await;
         if result.is_err() {
-            // The first failure is the one to report; if the ROLLBACK fails
-            // too, the connection is gone and its next statement says so.
             let _ = self.client.batch_execute("ROLLBACK").await;
         }
         self.in_transaction = false;
