@@ -40,6 +40,7 @@ pub mod records;
 pub mod row;
 pub mod schema;
 pub mod session;
+pub mod stream;
 pub mod tsig;
 pub mod txn;
 pub mod update;
