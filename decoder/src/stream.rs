@@ -354,6 +354,8 @@ pub struct StreamConfig {
     /// A resume's `until`: pause before the first transaction committing
     /// at or after it.
     pub stop_at: Option<(Lsn, ControlRequest)>,
+    /// Rows per flush ([`MAX_BATCH_ROWS`]; tests make it small).
+    pub max_batch_rows: usize,
 }
 
 /// The stream of one session (see the module documentation).
@@ -362,6 +364,7 @@ pub struct Stream {
     slot: String,
     ledger: Ledger,
     guards: Vec<DeleteGuard>,
+    max_batch_rows: usize,
     // The open transaction.
     /// Its commit LSN, from Begin to Commit.
     open: Option<Lsn>,
@@ -408,6 +411,7 @@ impl Stream {
             slot: config.slot,
             ledger: Ledger::new(config.zones, config.progress),
             guards: config.guards,
+            max_batch_rows: config.max_batch_rows.max(1),
             open: None,
             skipping: false,
             txn_start: None,
@@ -620,8 +624,8 @@ impl Stream {
     pub fn handle_frame_done(&mut self, more_ready: bool) {
         let in_txn = self.open.is_some();
         let idle = !in_txn && !self.backlog && !more_ready;
-        let full =
-            (self.batch_rows >= MAX_BATCH_ROWS && !in_txn) || self.batch_rows >= 2 * MAX_BATCH_ROWS;
+        let full = (self.batch_rows >= self.max_batch_rows && !in_txn)
+            || self.batch_rows >= 2 * self.max_batch_rows;
         if full || (idle && !self.batch.is_empty()) {
             if in_txn {
                 // Part of the open transaction goes out now.

@@ -538,6 +538,7 @@ async fn session(
             guards: config.zones.iter().map(|z| z.guard).collect(),
             progress,
             stop_at,
+            max_batch_rows: MAX_BATCH_ROWS,
         },
         Instant::now(),
     );
