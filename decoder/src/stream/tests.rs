@@ -742,8 +742,8 @@ impl World {
                             // stop) sometimes stops again two
                             // transactions on.
                             let t = (lsn.raw() / 1_000) as usize;
-                            let until =
-                                (request.action == "pause" && t % 2 == 0).then(|| final_lsn(t + 1));
+                            let until = (request.action == "pause" && t.is_multiple_of(2))
+                                .then(|| final_lsn(t + 1));
                             SessionOver::Paused { until }
                         }
                         other => panic!("drained for {other:?}"),
