@@ -477,16 +477,15 @@ async fn session(
     store.track_presence().await?;
     let mut replication = match PgReplication::connect(&config.database, progress).await {
         Ok(r) => r,
-        // Another instance took the slot since it was looked at.
-        Err(e) if e.sqlstate() == Some(tokio_postgres::error::SqlState::OBJECT_IN_USE.code()) => {
-            control.standing_by().await;
-            let slot = store.slot_info().await.ok().flatten();
-            return Err(RunError::SlotBusy {
-                slot: config.database.slot.clone(),
-                pid: slot.and_then(|s| s.active_pid).unwrap_or(0),
-            });
+        Err(e) => {
+            let e = RunError::from(e);
+            // Another instance took the slot since it was looked at (the
+            // one table, `RunError::disposition`, says so).
+            if e.disposition() == Disposition::Standby {
+                control.standing_by().await;
+            }
+            return Err(e);
         }
-        Err(e) => return Err(e.into()),
     };
     // Every source's table exists and is published, and is followed by OID.
     let tables: Vec<String> = mappings(config)
