@@ -18,6 +18,10 @@
 //!                     ▼   guard (mass deletes, asked by the streamer)
 //!            session (per zone: window, coalescing, resend) ─▶ update::encode ─▶ tsig::sign
 //!
+//!  stream: the stream's state machine around all of it (batching, checkpoint
+//!          ledger, confirmations, skip/pause/until, control rows, the guard's
+//!          carry): frames and acknowledgements in, actions out
+//!
 //!  reconcile: AXFR records + desired records ─▶ diff (report, SOA-guarded repair)
 //! ```
 

@@ -159,6 +159,24 @@ pub enum ControlRowError {
     },
 }
 
+impl ControlRowError {
+    /// The row's id as the stream carries it (`?` when unreadable).
+    pub fn row(&self) -> &str {
+        match self {
+            ControlRowError::Unreadable { row, .. }
+            | ControlRowError::UnknownAction { row, .. } => row,
+        }
+    }
+
+    /// The commit LSN of the transaction that inserted the row.
+    pub fn lsn(&self) -> Lsn {
+        match self {
+            ControlRowError::Unreadable { lsn, .. }
+            | ControlRowError::UnknownAction { lsn, .. } => *lsn,
+        }
+    }
+}
+
 /// Reads a change of `pg2dns.control`: a request inserted for `slot`
 /// (`Ok(None)` for another slot's rows and for updates and deletes, which
 /// the functions never make on the stream's behalf).

@@ -28,9 +28,9 @@
 //! | more sources than ids                           | halt: fewer sources          |
 //! | a broken internal invariant                     | exit                         |
 //!
-//! Not failures: a row of `pg2dns.control` this slot cannot read is logged
-//! with its id and LSN and counted as rejected (the stream goes on); a row
-//! refused by the planner or a server is recorded in `pg2dns.rejected`.
+//! Not failures: a row of `pg2dns.control` this slot cannot read, and a
+//! row refused by the planner or a server, are recorded in
+//! `pg2dns.rejected` with their LSN, and the stream goes on.
 //!
 //! Decisions read SQLSTATE codes and typed errors, never message text (the
 //! server's `lc_messages` may be anything). A halt does not exit: it leaves

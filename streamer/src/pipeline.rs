@@ -981,9 +981,11 @@ impl Pipeline<'_> {
                 Ok(_) => {}
                 Err(e) => {
                     // Only pg2dns.pause() and pg2dns.resume() write this
-                    // table: a row they did not write is said, not dropped.
+                    // table: a row they did not write is rejected (said and
+                    // recorded), not dropped.
+                    warn!(slot = %self.config.database.slot, row = %e.row(), lsn = %e.lsn(), error = %e, "control request not followed: use pg2dns.pause() and pg2dns.resume()");
+                    self.store.reject_control_row(&e).await?;
                     metrics::get().rejected.inc();
-                    warn!(slot = %self.config.database.slot, lsn = %change.final_lsn, error = %e, "control request not followed: use pg2dns.pause() and pg2dns.resume()");
                 }
             },
             Event::Change(change) => {
