@@ -214,11 +214,10 @@ impl Lanes {
         match report {
             None => Err(RunError::Internal("every zone stream ended".into())),
             Some(ZoneReport::Acked { zone, upto }) => {
+                // A zone outside the session's (a driver bug) holds nothing.
+                debug_assert!(zone.index() < self.lanes.len(), "unknown zone {zone:?}");
                 let Some(lane) = self.lanes.get_mut(zone.index()) else {
-                    return Err(RunError::Internal(format!(
-                        "an acknowledgement of unknown zone #{}",
-                        zone.index()
-                    )));
+                    return Ok(());
                 };
                 let before = lane.acked;
                 lane.acked = lane.acked.max(upto);
