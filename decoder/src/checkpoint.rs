@@ -7,8 +7,8 @@
 //! PostgreSQL never sends again what it was told is done. So a position is
 //! confirmed only behind a *checkpoint* (row state and progress committed in
 //! one transaction), and a checkpoint covers a transaction only when every
-//! zone it touched acknowledged it. The driver (`streamer/src/pipeline.rs`)
-//! flushes transactions in *batches*, each dispatched to the zones that it
+//! zone it touched acknowledged it. The stream core ([`crate::stream`],
+//! driven by `streamer/src/pipeline.rs`) flushes transactions in *batches*, each dispatched to the zones that it
 //! touches and numbered by the store; the zones answer in order, each
 //! independently. This ledger keeps what was dispatched and what came back,
 //! and decides the newest checkpoint that is safe:
@@ -35,7 +35,7 @@
 //!
 //! What the checkpoint then lets the slot confirm waits for the WAL flush of
 //! its commit (see [`crate::confirm`]). The clock (how long a checkpoint may
-//! wait for others to share it) stays with the driver.
+//! wait for others to share it) is the stream core's.
 
 use std::collections::VecDeque;
 use std::fmt;

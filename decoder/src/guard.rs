@@ -28,6 +28,7 @@ use crate::plan::ZoneOps;
 use crate::records::ZoneId;
 use crate::update::UpdateOp;
 use crate::HashSet;
+use crate::Lsn;
 
 /// The thresholds of one zone.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -136,6 +137,171 @@ pub struct MassDelete {
     pub deleted: usize,
     /// Records the zone held before the transaction.
     pub records: usize,
+    /// The transaction's commit LSN: what a release names.
+    pub lsn: Lsn,
+}
+
+/// What a transaction does to each zone it touches.
+pub type Changes = BTreeMap<ZoneId, ZoneChange>;
+
+/// A transaction continuing past a batch: its commit LSN and what its
+/// parts so far did to each zone.
+pub type Carry = Option<(Lsn, Changes)>;
+
+/// One segment of a batch: a transaction (or the batch's part of one),
+/// with its commit LSN and its net operations per zone.
+pub type Segment = (Lsn, Vec<ZoneOps>);
+
+/// What each segment's whole transaction does, as far as seen: a carried
+/// transaction's earlier parts are added to the first segment's when it is
+/// the same transaction. Returns the totals and the carried changes used.
+fn totals(segments: &[Segment], carry: &Carry) -> (Vec<(Lsn, Changes)>, Option<Changes>) {
+    let mut totals = Vec::with_capacity(segments.len());
+    let mut carried = None;
+    for (i, (lsn, ops)) in segments.iter().enumerate() {
+        let mut total = zone_changes(ops);
+        if i == 0 {
+            if let Some((_, before)) = carry.as_ref().filter(|(at, _)| at == lsn) {
+                for (zone, c) in before {
+                    let t = total.entry(*zone).or_default();
+                    t.deleted += c.deleted;
+                    t.added += c.added;
+                }
+                carried = Some(before.clone());
+            }
+        }
+        totals.push((*lsn, total));
+    }
+    (totals, carried)
+}
+
+/// The zones whose size the judgement of these segments needs: those a
+/// transaction deletes enough of to be held at all (usually none, so the
+/// driver reads no zone size).
+pub fn suspects(guards: &[DeleteGuard], segments: &[Segment], carry: &Carry) -> Vec<ZoneId> {
+    let guard_of = |z: ZoneId| guards.get(z.index()).copied().unwrap_or_default();
+    let (totals, _) = totals(segments, carry);
+    let mut out: Vec<ZoneId> = totals
+        .iter()
+        .flat_map(|(_, t)| t.iter())
+        .filter(|(z, c)| {
+            let g = guard_of(**z);
+            g.exceeds_number(c.deleted) || g.needs_zone_size(c.deleted)
+        })
+        .map(|(z, _)| *z)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The guard's verdict on a batch that may go on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Verdict {
+    /// What the batch leaves for its open transaction's next part (see
+    /// [`judge`]).
+    pub carry: Carry,
+    /// Transactions over the threshold that an operator released: applied,
+    /// and worth a line in the log.
+    pub released: Vec<MassDelete>,
+}
+
+/// Judges each segment of a batch (in order) before anything of it is
+/// sent. `carry` holds the changes of a transaction begun in an earlier
+/// batch; `open` says the last segment continues past this batch (the
+/// verdict carries its changes on). `records` is what the row state holds
+/// of each of [`suspects`]'s zones before the batch; `released` the commit
+/// LSNs an operator released. The first transaction held is the error.
+///
+/// The records a zone holds before each segment: the stored count, moved
+/// by this batch's earlier segments (not written yet), and before the
+/// parts of a carried transaction already written.
+pub fn judge(
+    guards: &[DeleteGuard],
+    segments: &[Segment],
+    carry: &Carry,
+    open: bool,
+    records: &BTreeMap<ZoneId, usize>,
+    released: &std::collections::BTreeSet<Lsn>,
+) -> Result<Verdict, MassDelete> {
+    let guard_of = |z: ZoneId| guards.get(z.index()).copied().unwrap_or_default();
+    let (mut totals, carried) = totals(segments, carry);
+    let mut verdict = Verdict::default();
+    if !suspects(guards, segments, carry).is_empty() {
+        let mut moved: BTreeMap<ZoneId, i64> = BTreeMap::new();
+        for (i, (lsn, total)) in totals.iter().enumerate() {
+            for (zone, change) in total {
+                let stored = records.get(zone).copied().unwrap_or(0) as i64;
+                let undone = match (i, &carried) {
+                    (0, Some(before)) => before
+                        .get(zone)
+                        .map_or(0, |c| c.deleted as i64 - c.added as i64),
+                    _ => 0,
+                };
+                let held = (stored + moved.get(zone).copied().unwrap_or(0) + undone).max(0);
+                let held = usize::try_from(held).unwrap_or(0);
+                if guard_of(*zone).exceeded(change.deleted, held) {
+                    let mass = MassDelete {
+                        zone: *zone,
+                        deleted: change.deleted,
+                        records: held,
+                        lsn: *lsn,
+                    };
+                    if released.contains(lsn) {
+                        verdict.released.push(mass);
+                        continue;
+                    }
+                    return Err(mass);
+                }
+            }
+            if let Some((_, ops)) = segments.get(i) {
+                for (zone, c) in zone_changes(ops) {
+                    *moved.entry(zone).or_default() += c.added as i64 - c.deleted as i64;
+                }
+            }
+        }
+    }
+    if open {
+        verdict.carry = totals.pop();
+    }
+    Ok(verdict)
+}
+
+/// The parts of a batch to send now, in order. A transaction larger than a
+/// batch is planned in parts; once such a transaction deletes anything in a
+/// guarded zone, its parts are kept in `held` (not sent) until the batch
+/// holding its commit, so that [`judge`] judges it whole before any part of
+/// it reaches DNS. `carry` is what [`judge`] left for the open transaction.
+pub fn ready_parts(
+    held: &mut Vec<Segment>,
+    mut segments: Vec<Segment>,
+    open: bool,
+    carry: &Carry,
+    guards: &[DeleteGuard],
+) -> Vec<Segment> {
+    let mut held_now = std::mem::take(held);
+    let last = if open { segments.pop() } else { None };
+    let mut out = Vec::with_capacity(segments.len() + held_now.len() + 1);
+    if !segments.is_empty() {
+        // The held transaction (if any) committed in this batch: its parts
+        // go first, right before its last one.
+        out.append(&mut held_now);
+    }
+    out.extend(segments);
+    if let Some(part) = last {
+        let deleting = carry.as_ref().is_some_and(|(_, changes)| {
+            changes.iter().any(|(z, c)| {
+                c.deleted > 0 && !guards.get(z.index()).copied().unwrap_or_default().is_off()
+            })
+        });
+        if deleting || !held_now.is_empty() {
+            held_now.push(part);
+            *held = held_now;
+        } else {
+            out.push(part);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

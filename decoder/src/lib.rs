@@ -18,6 +18,10 @@
 //!                     ▼   guard (mass deletes, asked by the streamer)
 //!            session (per zone: window, coalescing, resend) ─▶ update::encode ─▶ tsig::sign
 //!
+//!  stream: the stream's state machine around all of it (batching, checkpoint
+//!          ledger, confirmations, skip/pause/until, control rows, the guard's
+//!          carry): frames and acknowledgements in, actions out
+//!
 //!  reconcile: AXFR records + desired records ─▶ diff (report, SOA-guarded repair)
 //! ```
 
@@ -40,6 +44,7 @@ pub mod records;
 pub mod row;
 pub mod schema;
 pub mod session;
+pub mod stream;
 pub mod tsig;
 pub mod txn;
 pub mod update;

@@ -78,21 +78,9 @@ pub enum Mode {
     },
 }
 
-/// A row of `pg2dns.control`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlRequest {
-    /// Its id (increasing).
-    pub id: i64,
-    /// `pause` or `resume`.
-    pub action: String,
-    /// Who asked.
-    pub requested_by: String,
-    /// Why.
-    pub reason: String,
-    /// For a resume: pause again before the first transaction committing
-    /// at or after this LSN.
-    pub until: Option<Lsn>,
-}
+/// A row of `pg2dns.control` (read from the stream by the core, see
+/// `pg2dns_decoder::stream::control_request`).
+pub use pg2dns_decoder::stream::ControlRequest;
 
 /// Where the service paused in answer to control request `request` (or a
 /// later one), if it has: the LSN `pg2dns.mode` gives.

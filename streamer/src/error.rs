@@ -5,24 +5,38 @@
 //! |------------------------------------------------|------------------------------|
 //! | PostgreSQL unreachable, connection lost         | retry (SQLSTATE class 08)    |
 //! | server shutting down, out of resources          | retry (classes 57, 53, 40)   |
-//! | replication slot busy (another consumer)        | standby (55006): retry, quiet|
+//! | replication slot busy (another consumer: seen   | standby: retry, quiet        |
+//! | active, or 55006 when asking for it)            |                              |
 //! | replication stream ended or broke               | retry                        |
+//! | stream out of order (`Stream`, the assembler)   | retry                        |
 //! | DNS server unreachable, SERVFAIL, timeout       | retried by the zone's stream |
 //! | slot, publication or schema missing             | halt: run `pg2dns setup`     |
 //! | slot of that name belongs to another database   | halt: name another slot      |
+//! | slot made with another output plugin            | halt: plugin or new slot     |
+//! | slot ahead of pg2dns's progress (a gap)         | halt: `setup --recreate-slot`|
 //! | slot invalidated, wrong password, no privilege  | halt: fix the database side  |
 //! | TLS: certificate not verified, TLS refused      | halt: fix sslmode/sslrootcert|
+//! | a value PostgreSQL cannot send in UTF-8         | halt: correct the row        |
 //! | BADKEY, BADSIG, BADTIME, REFUSED, NOTAUTH, …    | halt: fix the key or server  |
 //! | a mass delete (a DELETE FROM, a TRUNCATE)       | halt until released          |
 //! | undecodable stream, change without its key      | halt: report the LSN         |
-//! | stream out of order (assembler)                 | retry                        |
+//! | pg2dns_plugin of another version                | halt: install the same one   |
 //! | a configured column dropped or retyped          | halt: name source and column |
+//! | DDL on a source table (rename, re-create, …)    | halt: the relation's hint    |
+//! | a source key that is not unique                 | halt: add the unique index   |
+//! | a zone in both pg2dns.zones and the file        | halt: list it in one place   |
+//! | more sources than ids                           | halt: fewer sources          |
 //! | a broken internal invariant                     | exit                         |
 //!
+//! Not failures: a row of `pg2dns.control` this slot cannot read, and a
+//! row refused by the planner or a server, are recorded in
+//! `pg2dns.rejected` with their LSN, and the stream goes on.
+//!
 //! Decisions read SQLSTATE codes and typed errors, never message text (the
-//! server's `lc_messages` may be anything). A halt leaves the slot where it
-//! was and `pg2dns run` up, in mode halted, so nothing is lost: once the cause
-//! is fixed, `pg2dns resume` goes on (`--exit-on-halt` exits non-zero instead).
+//! server's `lc_messages` may be anything). A halt does not exit: it leaves
+//! the slot where it was and `pg2dns run` up, in mode halted, so nothing is
+//! lost; once the cause is fixed, `pg2dns resume` goes on (`--exit-on-halt`
+//! exits non-zero instead).
 
 use pg2dns_decoder::mapping::MapError;
 use pg2dns_decoder::Lsn;
@@ -335,6 +349,30 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn a_slot_taken_by_another_instance_is_a_standby_whichever_way_it_is_seen() {
+        let seen_active = RunError::SlotBusy {
+            slot: "pg2dns".into(),
+            pid: 4242,
+        };
+        assert_eq!(seen_active.disposition(), Disposition::Standby);
+        let refused = RunError::Replication(ReplicationError::Transport(PgWireError::Server(
+            "replication slot \"pg2dns\" is active for PID 4242 (SQLSTATE 55006)".into(),
+        )));
+        assert_eq!(refused.disposition(), Disposition::Standby);
+    }
+
+    #[test]
+    fn an_out_of_order_stream_is_retried() {
+        let e = RunError::Stream {
+            lsn: Lsn::new(0x16_B374_D848),
+            source: pg2dns_decoder::txn::TxnError::CommitWithoutBegin {
+                commit_lsn: Lsn::new(0x16_B374_D848),
+            },
+        };
+        assert_eq!(e.disposition(), Disposition::Retry);
     }
 
     #[test]

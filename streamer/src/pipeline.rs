@@ -2,42 +2,39 @@
 //! confirmed LSN moved only behind them.
 //!
 //! ```text
-//!  replication ─▶ Assembler ─▶ batch ─▶ flush: map rows (decoder::mapping),
-//!                                        read their row state (one query),
-//!                                        plan (decoder::plan: net operations,
-//!                                        every refusal), dispatch to the zones'
-//!                                        streams, write the new state (uncommitted)
-//!                                              │
-//!  at a transaction boundary, once every dispatch was acknowledged:
-//!     COMMIT row state + progress ─▶ confirm the last transaction's end_lsn
+//!  replication ─▶ Assembler ─▶ stream core ─▶ Flush: map rows (decoder::mapping),
+//!                  (txn)       (decoder::     read their row state (one query),
+//!                               stream)       plan (decoder::plan: net operations,
+//!                                             every refusal), guard, dispatch to the
+//!                                             zones' streams, write the new state
+//!                                             (uncommitted)
+//!  zones' acks ─▶ stream core ─▶ Commit: row state + progress ─▶ Confirm end_lsn
 //! ```
 //!
-//! The pipeline is a driver: what a row means, what goes to DNS and what is
-//! refused are decided by the sans-IO decoder. It owns the order of things:
-//! the confirmed LSN is the commit `end_lsn` of the newest transaction such
-//! that it and every earlier one were fully acknowledged and their state
-//! committed, because confirming happens only after the checkpoint commit,
-//! which happens only after every dispatch was acknowledged. Which
-//! checkpoint is safe is decided by the sans-IO ledger
-//! (`pg2dns_decoder::checkpoint::Ledger`); the pipeline feeds it and keeps
-//! the clock.
-//!
-//! Batching: a live transaction (sent by the server right after it
-//! committed) is flushed as soon as nothing else is ready, with no timer.
-//! A backlog (the server's send time well after the commit time) is batched
-//! up to [`MAX_BATCH_ROWS`] rows and flushed on a 2 ms pause; the zones then
-//! coalesce the dispatches into full messages.
+//! The pipeline is a driver, a select loop around the sans-IO stream core
+//! (`pg2dns_decoder::stream::Stream`), as `dns/server.rs` drives the zones'
+//! `Session`s: each branch is "I/O happened → `core.handle_*`", then the
+//! core's actions are done in order (`act`: flush, reject, commit, confirm,
+//! poll the WAL flush, wait for acknowledgements). What a row means, what
+//! goes to DNS and what is refused are decided by the decoder's mapping and
+//! planner; when to flush, checkpoint and confirm, which transactions are
+//! skipped, where a pause stops and what the mass-delete guard holds are
+//! decided by the stream core. The pipeline keeps the SQL (the store), the
+//! DNS streams (`dns::lanes`), the replication connection and the clock.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use pg2dns_decoder::checkpoint::{self, BatchSeq};
+use pg2dns_decoder::checkpoint::{self, BatchSeq, Checkpoint, ServerRefusal};
 use pg2dns_decoder::mapping::{self, Desired, Mapping, RowUpdate, RrTable};
 use pg2dns_decoder::pgoutput::Message;
 use pg2dns_decoder::plan::{
     PlanLimits, Planner, Refusal, Refused, Rejection, RowRef, SourceId, Waiting, ZoneOps,
 };
 use pg2dns_decoder::session::Rcode;
+use pg2dns_decoder::stream::{
+    Action, Batch, CommitMode, Committed, End, Item, Stream, StreamConfig,
+};
 use pg2dns_decoder::txn::{Assembler, Event, RowChange};
 use pg2dns_decoder::update::UpdateOp;
 use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, Zones};
@@ -47,57 +44,22 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::control::{Control, ControlRequest, Mode};
 use crate::dns::kept::Kept;
-use crate::dns::lanes::Lanes;
+use crate::dns::lanes::{Heard, Lanes};
+use crate::dns::sink::ZoneReport;
 use crate::error::{Disposition, RunError};
 use crate::replication::{Frame, PgReplication, Replication};
 use crate::store::{Durability, Store};
 use crate::{failpoint, metrics, status};
 
-/// Rows per flush: bounds memory and the size of one state round trip.
-pub const MAX_BATCH_ROWS: usize = 2_000;
-/// A commit sent this long after it happened means a backlog.
-const BACKLOG_MICROS: i64 = 20_000;
-/// While working through a backlog, how long a pause in the stream flushes
-/// the batch (never used for a live stream, where a commit goes out at once).
-const BACKLOG_PAUSE: Duration = Duration::from_millis(2);
-/// How long an acknowledged transaction waits for others to share its
-/// checkpoint. The DNS already has the change: only the slot's
-/// confirmation and the row state's commit wait (the state is held in
-/// memory meanwhile, see `Store::write`). A checkpoint is a round trip, a
-/// COMMIT and WAL on the server, and a confirmation that the walsender
-/// answers: at 20 one-row transactions a second, checkpoints 100 ms apart
-/// were 85 % of the SQL backend's CPU and a third of pg2dns's, 1 s apart
-/// they are a twentieth. What a crash replays grows to one second of
-/// transactions, which replay exactly.
-const CHECKPOINT_GROUP: Duration = Duration::from_secs(1);
-/// Longest time between checkpoints while transactions keep arriving.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// How often the server is asked how far its WAL is flushed while a
-/// checkpoint committed without waiting for it is not confirmed yet. The
-/// WAL writer flushes at least every `wal_writer_delay` (200 ms by default;
-/// any other commit on the server flushes it sooner), and the walsender's
-/// next keepalive usually tells first (see `on_frame`).
-const FLUSH_POLL: Duration = Duration::from_millis(300);
-/// How long a checkpoint waits for the last acknowledgements before the
-/// stream goes on without it.
-const BARRIER_WAIT: Duration = Duration::from_millis(100);
+/// Rows per flush (see `pg2dns_decoder::stream::MAX_BATCH_ROWS`).
+pub const MAX_BATCH_ROWS: usize = pg2dns_decoder::stream::MAX_BATCH_ROWS;
 
 /// How often a standby tries the slot another instance holds.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
 
-/// How often an idle slot is moved. Each move writes the progress row,
-/// which itself writes WAL that the next keepalive reports: without a pause
-/// the two would chase each other.
-const IDLE_CONFIRM_EVERY: Duration = Duration::from_secs(10);
-
-/// A change or a commit, in stream order.
-enum Item {
-    Change(SourceId, RowChange),
-    /// A TRUNCATE of a source's table, at the commit LSN of its transaction.
-    Truncate(SourceId, Lsn),
-    /// A transaction's commit, with its end LSN.
-    Commit(Lsn),
-}
+/// How long a clean stop waits, at most, for its last checkpoint and the
+/// WAL flush (the core's own limits are shorter; this bounds the SQL too).
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// One step of a flush, in stream order.
 enum Step {
@@ -164,60 +126,21 @@ pub struct Pipeline<'c> {
     relations_checked: Instant,
     /// The partitions of each source's table at the session start.
     partitions: Vec<std::collections::BTreeSet<(u32, String)>>,
-    /// The mass-delete guard of each zone, by `ZoneId`.
-    guards: Vec<pg2dns_decoder::guard::DeleteGuard>,
     mappings: Vec<Box<dyn Mapping>>,
     sources: Vec<String>,
     store: Store,
     assembler: Assembler,
-    /// Whether the open transaction was applied before and is skipped.
-    skipping: bool,
-    batch: Vec<Item>,
-    batch_rows: usize,
+    /// The stream's decisions: batching, checkpoints, confirmations,
+    /// skips, pauses, the mass-delete guard's carry.
+    core: Stream,
     lanes: Lanes,
     /// A transaction received is not acknowledged yet: the status's lag
     /// counts from the oldest such one.
     lag_pending: bool,
-    /// When a checkpoint was last committed or forced.
-    last_checkpoint: Instant,
-    /// What was last confirmed to the slot in this session.
-    confirmed: Option<Lsn>,
-    /// When the server is next asked how far its WAL is flushed.
-    flush_poll: Instant,
-    /// When the last frame arrived.
-    last_frame: Instant,
-    /// The server's clock at its last message.
-    server_time_micros: i64,
-    /// Whether the last commit arrived well after it happened.
-    backlog: bool,
-    /// What a transaction continuing past the last flush deleted so far
-    /// (the mass-delete guard judges a transaction as a whole).
-    guard_carry: crate::guard::Carry,
-    /// The parts of that transaction not sent yet (see `guard::ready_parts`).
-    guard_held: Vec<(Lsn, Vec<ZoneOps>)>,
-    /// When an idle slot was last moved.
-    last_idle_confirm: Instant,
-    /// A pause request seen in the open transaction.
-    pause_request: Option<ControlRequest>,
-    /// A committed pause: stop after the transaction that ends here.
-    pause_at: Option<(Lsn, ControlRequest)>,
     /// Where the session paused.
     paused: Option<(Lsn, ControlRequest)>,
-    /// A resume that pauses again before the first transaction committing
-    /// at or after this LSN.
-    stop_at: Option<(Lsn, ControlRequest)>,
-    /// That transaction began: drain what came before it, then pause.
-    stopping: bool,
     /// The rows of `pg2dns.zones` this session's zones were built from.
     table_rows: Vec<crate::config::TableZone>,
-    /// The open transaction changed a row of `pg2dns.zones`.
-    zones_touched: bool,
-    /// Where the open transaction's items start in the batch (and the row
-    /// count then); `None` once part of it was flushed.
-    txn_start: Option<(usize, usize)>,
-    /// A transaction changed what `pg2dns.zones` holds: the session drains
-    /// what came before it and ends.
-    zones_changed: bool,
 }
 
 /// Runs sessions until shutdown; transient failures are retried with
@@ -554,16 +477,15 @@ async fn session(
     store.track_presence().await?;
     let mut replication = match PgReplication::connect(&config.database, progress).await {
         Ok(r) => r,
-        // Another instance took the slot since it was looked at.
-        Err(e) if e.sqlstate() == Some(tokio_postgres::error::SqlState::OBJECT_IN_USE.code()) => {
-            control.standing_by().await;
-            let slot = store.slot_info().await.ok().flatten();
-            return Err(RunError::SlotBusy {
-                slot: config.database.slot.clone(),
-                pid: slot.and_then(|s| s.active_pid).unwrap_or(0),
-            });
+        Err(e) => {
+            let e = RunError::from(e);
+            // Another instance took the slot since it was looked at (the
+            // one table, `RunError::disposition`, says so).
+            if e.disposition() == Disposition::Standby {
+                control.standing_by().await;
+            }
+            return Err(e);
         }
-        Err(e) => return Err(e.into()),
     };
     // Every source's table exists and is published, and is followed by OID.
     let tables: Vec<String> = mappings(config)
@@ -607,7 +529,24 @@ async fn session(
     let live = status::Live::new(config);
     let publisher = tokio::spawn(status::publish(live.clone(), config.clone()));
     let _publisher = AbortOnDrop(publisher);
-    let lanes = Lanes::start(config, live.clone(), progress, kept).await;
+    let lanes = Lanes::start(config, live.clone(), kept).await;
+    let mut core = Stream::new(
+        StreamConfig {
+            slot: config.database.slot.clone(),
+            zones: config.zones.len(),
+            guards: config.zones.iter().map(|z| z.guard).collect(),
+            progress,
+            stop_at,
+            max_batch_rows: MAX_BATCH_ROWS,
+        },
+        Instant::now(),
+    );
+    // Everything an earlier session's streams were handed was acknowledged.
+    for (zone, acked) in lanes.acked_counts() {
+        if acked > 0 {
+            core.handle_acked(zone, acked);
+        }
+    }
     let mut p = Pipeline {
         config,
         zones,
@@ -615,7 +554,6 @@ async fn session(
             held: held_outside(config).await,
             ..config.plan_limits()
         },
-        guards: config.zones.iter().map(|z| z.guard).collect(),
         needed: std::iter::once(pg2dns_decoder::schema::rr_columns())
             .chain(
                 config
@@ -639,29 +577,11 @@ async fn session(
         mappings,
         store,
         assembler: Assembler::new(),
-        skipping: false,
-        batch: Vec::new(),
-        batch_rows: 0,
+        core,
         lanes,
         lag_pending: false,
-        last_checkpoint: Instant::now(),
-        confirmed: None,
-        flush_poll: Instant::now(),
-        last_frame: Instant::now(),
-        server_time_micros: 0,
-        backlog: false,
-        guard_carry: None,
-        guard_held: Vec::new(),
-        last_idle_confirm: Instant::now() - IDLE_CONFIRM_EVERY,
-        pause_request: None,
-        pause_at: None,
         paused: None,
-        stop_at,
-        stopping: false,
         table_rows: zone_set.rows.clone(),
-        zones_touched: false,
-        txn_start: None,
-        zones_changed: false,
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
     if let Ok(SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused) = result {
@@ -683,7 +603,7 @@ async fn session(
         }
     }
     metrics::get().clear_unreachable();
-    if result.is_ok() && p.confirmed.is_some() {
+    if result.is_ok() && p.core.confirmed().is_some() {
         replication.shutdown().await;
     }
     if let Ok(SessionEnd::Paused) = result {
@@ -760,13 +680,9 @@ impl Pipeline<'_> {
         reload: &mut Option<watch::Receiver<u64>>,
     ) -> Result<SessionEnd, RunError> {
         loop {
-            let group_due = self.group_due();
-            let flush_poll = tokio::time::Instant::from_std(self.flush_poll);
-            let group_waiting =
-                self.lanes.ledger.pending().is_some() && self.committable().is_some();
-            // Measured from the last frame, so that no other branch firing
-            // meanwhile can put it off.
-            let pause_over = tokio::time::Instant::from_std(self.last_frame + BACKLOG_PAUSE);
+            self.sync_written();
+            let timeout = self.core.poll_timeout();
+            let wake = tokio::time::Instant::from_std(timeout.unwrap_or_else(Instant::now));
             let frame = tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -779,40 +695,26 @@ impl Pipeline<'_> {
                     return Ok(SessionEnd::Reload);
                 }
                 report = self.lanes.reports.recv() => {
-                    self.lanes.on_report(report)?;
+                    self.on_report(report)?;
                     // The lag is what DNS has not answered yet, not what the
                     // slot has not confirmed.
                     if self.lag_pending
-                        && self.batch.is_empty()
-                        && self.guard_held.is_empty()
+                        && self.core.batch_is_empty()
+                        && !self.core.guard_holds()
                         && self.lanes.all_acked()
                     {
                         self.lag_pending = false;
                         self.lanes.live.all_acknowledged();
                     }
-                    self.reject_refused().await?;
-                    // The last acknowledgement of an idle stream completes
-                    // the pending checkpoint, once its group time is over.
-                    if self.checkpoint_ready() {
-                        self.checkpoint(replication, Duration::ZERO, Durability::Later).await?;
-                    }
+                    self.act(replication).await?;
                     continue;
                 }
                 // A frame that is already there goes first: the grouped
                 // checkpoint can wait, a live transaction should not.
                 frame = replication.recv() => frame?,
-                _ = tokio::time::sleep_until(group_due), if group_waiting => {
-                    self.checkpoint(replication, Duration::ZERO, Durability::Later).await?;
-                    continue;
-                }
-                _ = tokio::time::sleep_until(flush_poll), if self.lanes.ledger.awaiting_flush() => {
-                    let flushed = self.store.wal_flushed().await?;
-                    self.confirm_flushed(replication, flushed);
-                    continue;
-                }
-                _ = tokio::time::sleep_until(pause_over), if !self.batch.is_empty() && !self.assembler.in_transaction() => {
-                    self.flush().await?;
-                    self.maybe_checkpoint(replication).await?;
+                _ = tokio::time::sleep_until(wake), if timeout.is_some() => {
+                    self.core.handle_timeout(Instant::now());
+                    self.act(replication).await?;
                     continue;
                 }
             };
@@ -829,34 +731,22 @@ impl Pipeline<'_> {
                     return Ok(SessionEnd::Stopped);
                 }
             }
-            if self.zones_changed {
-                tokio::select! {
-                    r = self.drain(replication) => r?,
-                    _ = shutdown.changed() => return Ok(SessionEnd::Stopped),
-                }
-                return Ok(SessionEnd::ZonesChanged);
-            }
-            if self.stopping {
-                if let Some((until, request)) = self.stop_at.take() {
-                    tokio::select! {
-                        r = self.drain(replication) => r?,
-                        _ = shutdown.changed() => return Ok(SessionEnd::Stopped),
-                    }
-                    self.paused = Some((until, request));
-                    return Ok(SessionEnd::Paused);
-                }
-            }
-            if let Some((lsn, request)) = self.pause_at.take() {
-                // Everything up to the pausing transaction, and nothing after.
+            if let Some(end) = self.core.poll_end() {
+                // Everything up to the end, and nothing after.
                 tokio::select! {
                     r = self.drain(replication) => r?,
                     _ = shutdown.changed() => {
-                        info!("stopping before the pause was reached; it will be on the next start");
+                        info!("stopping before the pause or the zones' reload was reached; it will be on the next start");
                         return Ok(SessionEnd::Stopped);
                     }
                 }
-                self.paused = Some((lsn, request));
-                return Ok(SessionEnd::Paused);
+                return Ok(match end {
+                    End::ZonesChanged => SessionEnd::ZonesChanged,
+                    End::Paused { lsn, request } => {
+                        self.paused = Some((lsn, request));
+                        SessionEnd::Paused
+                    }
+                });
             }
         }
     }
@@ -867,111 +757,143 @@ impl Pipeline<'_> {
         frame: Frame,
     ) -> Result<(), RunError> {
         self.on_frame(replication, frame).await?;
-        // Flush and checkpoint when the stream has nothing more ready now:
-        // a lone commit goes out at once, a backlog is batched. A
-        // transaction is never cut because its rest is late (PostgreSQL
-        // sends it whole, after its commit): an owner's changes stay in one
-        // segment unless the transaction outgrows two batches.
-        let in_txn = self.assembler.in_transaction();
-        let idle = !in_txn && !self.backlog && !replication.has_ready().await?;
-        // A full batch is flushed at a transaction boundary, so that a
-        // checkpoint can follow; a huge transaction is flushed in parts.
-        let full =
-            (self.batch_rows >= MAX_BATCH_ROWS && !in_txn) || self.batch_rows >= 2 * MAX_BATCH_ROWS;
-        if full || (idle && !self.batch.is_empty()) {
-            if in_txn {
-                // Part of the open transaction goes out now.
-                self.txn_start = None;
-            }
-            self.flush().await?;
-        }
-        self.maybe_checkpoint(replication).await
-    }
-
-    /// At a transaction boundary: commits when everything is acknowledged
-    /// and the oldest transaction waited [`CHECKPOINT_GROUP`]; otherwise
-    /// leaves it to the last acknowledgement or the group timer (see
-    /// `stream`), except that while transactions keep coming a checkpoint is
-    /// forced every [`CHECKPOINT_EVERY`], waiting at most [`BARRIER_WAIT`].
-    /// Never waiting on the way of a live transaction keeps a slow answer
-    /// from delaying the next one.
-    async fn maybe_checkpoint(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
-        if self.checkpoint_ready() {
-            self.checkpoint(replication, Duration::ZERO, Durability::Later)
-                .await
-        } else if self.at_boundary()
-            && self.committable().is_none()
-            && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
-        {
-            // The open transaction holds writes of batches still in flight
-            // (a batch read the row state, or wrote more than it holds
-            // back): only their acknowledgements let a checkpoint happen.
-            self.checkpoint(replication, BARRIER_WAIT, Durability::Later)
-                .await
+        let more_ready = if self.core.wants_ready_probe() {
+            replication.has_ready().await?
         } else {
-            Ok(())
+            true
+        };
+        self.core.handle_frame_done(more_ready);
+        self.act(replication).await
+    }
+
+    /// Tells the core which batches the store's open transaction holds
+    /// (what a checkpoint must cover).
+    fn sync_written(&mut self) {
+        let written = self.store.written().map(BatchSeq);
+        self.core.handle_written(written);
+    }
+
+    /// A zone's report: the lanes count it, the core hears it.
+    fn on_report(&mut self, report: Option<ZoneReport>) -> Result<(), RunError> {
+        self.lanes.on_report(report)?;
+        self.hear();
+        Ok(())
+    }
+
+    /// Hands the core what the zones said (also while a flush handed the
+    /// servers their dispatches).
+    fn hear(&mut self) {
+        for heard in self.lanes.take_heard() {
+            match heard {
+                Heard::Acked { zone, upto } => self.core.handle_acked(zone, upto),
+                Heard::Refused(refusal) => self.core.handle_refused(refusal),
+            }
         }
     }
 
-    /// Acknowledged batches to checkpoint, and the oldest transaction
-    /// waited its group time.
-    fn checkpoint_ready(&mut self) -> bool {
-        self.last_checkpoint.elapsed() >= CHECKPOINT_GROUP && self.committable().is_some()
+    /// Does what the core asks, in order, until it asks nothing more (or
+    /// says a drain is done).
+    async fn act(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
+        loop {
+            self.sync_written();
+            let Some(action) = self.core.poll_action(Instant::now()) else {
+                return Ok(());
+            };
+            match action {
+                Action::Flush(batch) => {
+                    self.flush(batch).await?;
+                    self.hear();
+                }
+                Action::Reject(refused) => {
+                    self.reject_refused(refused).await?;
+                    self.hear();
+                }
+                Action::Commit(cp, mode) => self.commit(cp, mode).await?,
+                Action::CommitIdle(end) => {
+                    // A flushed commit flushes every earlier one too. Every
+                    // batch is checkpointed: nothing is held back
+                    // (`u64::MAX` is "up to the newest batch").
+                    self.store
+                        .commit(end, Durability::Flushed, u64::MAX)
+                        .await?;
+                    self.core.handle_idle_committed(end);
+                }
+                Action::PollFlush => {
+                    let flushed = self.store.wal_flushed().await?;
+                    self.core.handle_wal_flushed(flushed, Instant::now());
+                }
+                Action::Confirm(end) => {
+                    replication.confirm(end);
+                    metrics::get().confirmed(end);
+                }
+                Action::Wait(until) => {
+                    let report = match until {
+                        Some(t) => {
+                            let t = tokio::time::Instant::from_std(t);
+                            tokio::time::timeout_at(t, self.lanes.reports.recv())
+                                .await
+                                .ok()
+                        }
+                        None => Some(self.lanes.reports.recv().await),
+                    };
+                    if let Some(report) = report {
+                        self.on_report(report)?;
+                    }
+                }
+                Action::Drained => return Ok(()),
+            }
+        }
     }
 
-    /// The newest flushed batch a checkpoint may cover now, and the
-    /// progress it sets (see `checkpoint::Ledger::poll_checkpoint`), told
-    /// first which batches the store's open transaction holds.
-    fn committable(&mut self) -> Option<checkpoint::Checkpoint> {
-        let written = self.store.written().map(BatchSeq);
-        self.lanes.ledger.handle_written(written);
-        self.lanes.ledger.poll_checkpoint()
-    }
-
-    /// When the pending checkpoint's group time is over.
-    fn group_due(&self) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.last_checkpoint + CHECKPOINT_GROUP)
-    }
-
-    /// Between transactions, with everything flushed and something to checkpoint.
-    fn at_boundary(&self) -> bool {
-        !self.assembler.in_transaction()
-            && self.batch.is_empty()
-            && self.lanes.ledger.pending().is_some()
+    /// Commits the state and progress of a checkpoint the core chose.
+    async fn commit(&mut self, cp: Checkpoint, mode: CommitMode) -> Result<(), RunError> {
+        let durability = match mode {
+            CommitMode::Later => Durability::Later,
+            CommitMode::Flushed => Durability::Flushed,
+        };
+        let started = Instant::now();
+        failpoint::hit("after-dns-ack");
+        let unflushed = self.store.commit(cp.end, durability, cp.batch.0).await?;
+        failpoint::hit("after-state-commit");
+        debug!(lsn = %cp.end, transactions = self.core.pending_transactions(), total_ms = started.elapsed().as_millis() as u64, ?durability, "checkpoint");
+        let committed = match unflushed {
+            None => checkpoint::Durability::Flushed,
+            Some(u) => checkpoint::Durability::Unflushed {
+                wal: u.wal,
+                flushed: u.flushed,
+            },
+        };
+        self.core.handle_committed(cp, committed, Instant::now());
+        if self.core.pending().is_none() {
+            self.lag_pending = false;
+            self.lanes.live.all_acknowledged();
+        } else if self.lag_pending {
+            // The lag counts from the newest transaction received, which
+            // is no older than the oldest one still pending.
+            self.lanes.live.pending_starts();
+        }
+        Ok(())
     }
 
     /// Flushes and waits until everything received is acknowledged and
     /// checkpointed (however long DNS takes): the exact stop of a pause.
     async fn drain(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
-        if !self.batch.is_empty() {
-            self.flush().await?;
-        }
-        while self.lanes.ledger.pending().is_some() {
-            self.checkpoint(replication, Duration::from_secs(5), Durability::Flushed)
-                .await?;
-        }
-        self.await_flush(replication).await
+        self.core.drain();
+        self.act(replication).await
     }
 
     /// Clean stop: finish what is complete, leave the rest to the next run.
     async fn stop(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
         info!("stopping");
-        if !self.assembler.in_transaction() {
-            if !self.batch.is_empty() {
-                self.flush().await?;
-            }
-            if self.lanes.ledger.pending().is_some() {
-                let wait = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    self.checkpoint(replication, Duration::from_secs(5), Durability::Flushed),
-                );
-                match wait.await {
-                    Ok(r) => r?,
-                    Err(_) => warn!("DNS acknowledgements did not arrive in time; the unconfirmed transactions will be replayed on the next start"),
-                }
-            }
+        self.core.stop();
+        match tokio::time::timeout(STOP_WAIT, self.act(replication)).await {
+            Ok(r) => r?,
+            Err(_) => warn!("PostgreSQL did not commit the last checkpoint in time; the unconfirmed transactions will be replayed on the next start"),
         }
-        self.await_flush(replication).await
+        if self.core.pending().is_some() {
+            warn!("DNS acknowledgements did not arrive in time; the unconfirmed transactions will be replayed on the next start");
+        }
+        Ok(())
     }
 
     async fn on_frame(
@@ -979,7 +901,8 @@ impl Pipeline<'_> {
         replication: &mut PgReplication,
         frame: Frame,
     ) -> Result<(), RunError> {
-        self.last_frame = Instant::now();
+        let now = Instant::now();
+        self.core.handle_frame(now);
         if self.relations_checked.elapsed() >= crate::relations::CHECK_EVERY {
             self.relations_checked = Instant::now();
             let tables: Vec<&str> = self.mappings.iter().map(|m| m.source()).collect();
@@ -1005,35 +928,11 @@ impl Pipeline<'_> {
                 wal_end,
                 server_time_micros,
             } => {
-                self.server_time_micros = server_time_micros;
                 metrics::get().server_at(wal_end);
-                // Logical decoding reads only WAL the server has flushed (the
-                // walsender waits for the flush pointer before it decodes),
-                // so the WAL end a keepalive reports is flushed: no need to
-                // ask for the flush position.
-                if self.lanes.ledger.awaiting_flush() {
-                    self.confirm_flushed(replication, wal_end);
-                }
-                // Nothing in flight: let an idle slot move, or it pins WAL.
-                // The progress moves first, so that the slot never gets
-                // ahead of it (which is how a re-created slot is noticed).
-                if !self.assembler.in_transaction()
-                    && self.batch.is_empty()
-                    && self.lanes.ledger.is_idle()
-                    && !self.store.in_transaction()
-                    && wal_end > self.confirmed.unwrap_or(self.lanes.ledger.progress())
-                    && self.last_idle_confirm.elapsed() >= IDLE_CONFIRM_EVERY
-                {
-                    self.last_idle_confirm = Instant::now();
-                    // A flushed commit flushes every earlier one too. Every
-                    // batch is checkpointed: nothing is held back (`u64::MAX`
-                    // is "up to the newest batch").
-                    self.store
-                        .commit(wal_end, Durability::Flushed, u64::MAX)
-                        .await?;
-                    let end = self.lanes.ledger.handle_idle_committed(wal_end);
-                    self.confirm(replication, end);
-                }
+                // Confirms what the WAL flush passed, and moves an idle slot.
+                let store_idle = !self.store.in_transaction();
+                self.core
+                    .handle_keepalive(wal_end, server_time_micros, store_idle, now);
                 return Ok(());
             }
             Frame::Message {
@@ -1041,19 +940,17 @@ impl Pipeline<'_> {
                 server_time_micros,
             } => {
                 if let Some(t) = server_time_micros {
-                    self.server_time_micros = t;
+                    self.core.handle_server_time(t);
                 }
                 message
             }
         };
         if let Message::Commit(c) = &message {
-            // The server sent this commit long after it happened: the stream
-            // is working through a backlog, so batch it.
-            self.backlog = self.server_time_micros - c.commit_time_micros > BACKLOG_MICROS;
+            self.core.handle_commit_time(c.commit_time_micros);
             self.lanes.live.commit_received(
                 c.end_lsn,
                 c.commit_time_micros,
-                self.server_time_micros,
+                self.core.server_time_micros(),
             );
         }
         let lsn = self.assembler.current().unwrap_or_default();
@@ -1064,39 +961,34 @@ impl Pipeline<'_> {
         let Some(event) = event else {
             return Ok(());
         };
+        let skipping = self.core.skipping();
         match event {
             Event::Begin { final_lsn, .. } => {
-                self.txn_start = Some((self.batch.len(), self.batch_rows));
-                self.zones_touched = false;
-                // A transaction whose commit precedes the durable progress was
-                // applied and checkpointed before: skip it outright.
-                self.skipping = final_lsn < self.lanes.ledger.progress();
-                if self
-                    .stop_at
-                    .as_ref()
-                    .is_some_and(|(until, _)| final_lsn >= *until)
-                {
-                    // Not applied: the stream stops right before it.
-                    self.skipping = true;
-                    self.stopping = true;
-                }
-                if self.skipping {
+                if !self.core.handle_begin(final_lsn) {
                     debug!(lsn = %final_lsn, "skipping a transaction applied before");
                 }
             }
-            Event::Change(change) if !self.skipping && is_zones_table(&change) => {
+            Event::Change(_) if skipping => {}
+            Event::Change(change) if is_zones_table(&change) => {
                 debug!(lsn = %change.final_lsn, "a row of pg2dns.zones changed");
-                self.zones_touched = true;
+                self.core.handle_zones_touched();
             }
-            Event::Change(change) if !self.skipping && is_control(&change) => {
-                if let Some(request) = control_request(&change, &self.config.database.slot) {
-                    if request.action == "pause" {
-                        info!(by = %request.requested_by, reason = %request.reason, lsn = %change.final_lsn, "pause requested");
-                        self.pause_request = Some(request);
-                    }
+            Event::Change(change) if is_control(&change) => match self.core.handle_control(&change)
+            {
+                Ok(Some(request)) if request.action == "pause" => {
+                    info!(by = %request.requested_by, reason = %request.reason, lsn = %change.final_lsn, "pause requested");
                 }
-            }
-            Event::Change(change) if !self.skipping => {
+                Ok(_) => {}
+                Err(e) => {
+                    // Only pg2dns.pause() and pg2dns.resume() write this
+                    // table: a row they did not write is rejected (said and
+                    // recorded), not dropped.
+                    warn!(slot = %self.config.database.slot, row = %e.row(), lsn = %e.lsn(), error = %e, "control request not followed: use pg2dns.pause() and pg2dns.resume()");
+                    self.store.reject_control_row(&e).await?;
+                    metrics::get().rejected.inc();
+                }
+            },
+            Event::Change(change) => {
                 if let Some(i) = self.source_of(&change.relation, change.final_lsn).await? {
                     // A new table layout: does it still hold what the
                     // source reads? (Once per Relation message.)
@@ -1113,25 +1005,21 @@ impl Pipeline<'_> {
                         )?;
                         self.checked[i] = Some(change.relation.clone());
                     }
-                    self.batch.push(Item::Change(SourceId::new(i)?, change));
-                    self.batch_rows += 1;
+                    self.core.handle_change(SourceId::new(i)?, change);
                     metrics::get().rows.inc();
                 }
             }
-            Event::Change(_) => {}
             Event::Truncate {
                 final_lsn,
                 relations,
                 ..
-            } if !self.skipping => {
+            } if !skipping => {
                 // Every row of the table leaves DNS, as a DELETE of each
                 // would; the mass-delete guard holds it if that is too much.
                 for r in &relations {
                     if let Some(i) = self.source_of(r, final_lsn).await? {
                         info!(table = %r.qualified_name(), lsn = %final_lsn, "TRUNCATE");
-                        self.batch
-                            .push(Item::Truncate(SourceId::new(i)?, final_lsn));
-                        self.batch_rows += 1;
+                        self.core.handle_truncate(SourceId::new(i)?, final_lsn);
                     }
                 }
             }
@@ -1139,7 +1027,7 @@ impl Pipeline<'_> {
             Event::Message {
                 final_lsn: Some(lsn),
                 message,
-            } if !self.skipping && message.transactional => {
+            } if !skipping && message.transactional => {
                 match crate::relations::truncated_partition(&message.prefix, &message.content) {
                     Some((oid, partition)) => {
                         if let Err(e) = self.on_truncated_partition(lsn, oid, &partition).await {
@@ -1156,40 +1044,30 @@ impl Pipeline<'_> {
                 debug!(prefix = %message.prefix, lsn = %message.lsn, in_transaction = final_lsn.is_some(), "logical message ignored");
             }
             Event::Commit { end_lsn, .. } => {
-                if !self.skipping && self.zones_touched && self.zones_table_changed().await? {
-                    self.zones_changed = true;
-                    if let Some((len, rows)) = self.txn_start {
-                        // Stop right before it: the next session adds or
-                        // removes the zones, then streams it.
+                let zones_changed = self.core.zones_touched() && self.zones_table_changed().await?;
+                match self
+                    .core
+                    .handle_commit(end_lsn, zones_changed, Instant::now())
+                {
+                    Committed::Skipped => {}
+                    Committed::CutBeforeZones => {
+                        // The next session adds or removes the zones, then
+                        // streams it.
                         info!(lsn = %end_lsn, "pg2dns.zones changed: applying what came before this transaction, then reading the zones again");
-                        self.batch.truncate(len);
-                        self.batch_rows = rows;
-                        self.pause_request = None;
-                        self.skipping = false;
-                        return Ok(());
                     }
-                    // Part of it went out already (a very large
-                    // transaction): apply it, then read the zones again.
-                    info!(lsn = %end_lsn, "pg2dns.zones changed: applying this transaction, then reading the zones again (its rows of added zones are loaded then)");
-                }
-                if !self.skipping {
-                    metrics::get().transactions.inc();
-                    self.batch.push(Item::Commit(end_lsn));
-                    if self.lanes.ledger.handle_received(end_lsn) {
-                        // The checkpoint clock starts with the oldest
-                        // transaction it will cover.
-                        self.last_checkpoint = Instant::now();
-                    }
-                    if !self.lag_pending {
-                        self.lag_pending = true;
-                        self.lanes.live.pending_starts();
-                    }
-                    if let Some(request) = self.pause_request.take() {
-                        self.pause_at = Some((end_lsn, request));
+                    outcome @ (Committed::Applied | Committed::AppliedBeforeZones) => {
+                        if outcome == Committed::AppliedBeforeZones {
+                            // Part of it went out already (a very large
+                            // transaction): apply it, then read the zones again.
+                            info!(lsn = %end_lsn, "pg2dns.zones changed: applying this transaction, then reading the zones again (its rows of added zones are loaded then)");
+                        }
+                        metrics::get().transactions.inc();
+                        if !self.lag_pending {
+                            self.lag_pending = true;
+                            self.lanes.live.pending_starts();
+                        }
                     }
                 }
-                self.pause_request = None;
-                self.skipping = false;
             }
         }
         Ok(())
@@ -1215,11 +1093,7 @@ impl Pipeline<'_> {
             warn!(%partition, %lsn, "a TRUNCATE message for a table that is no partition of a source: ignored");
             return Ok(());
         };
-        let covered = self
-            .batch
-            .iter()
-            .any(|item| matches!(item, Item::Truncate(s, l) if usize::from(s.0) == i && *l == lsn));
-        if covered {
+        if self.core.has_truncate(SourceId::new(i)?, lsn) {
             return Ok(());
         }
         let (client, _task) = crate::pgconn::connect(&self.config.database, "pg2dns").await?;
@@ -1239,33 +1113,17 @@ impl Pipeline<'_> {
 
     /// Before a halt at the open transaction (DDL that put nothing in the
     /// stream): applies and checkpoints every transaction before it and
-    /// drops what the batch holds of it, so that the halt is exact and a
+    /// drops what the batch holds of it (the core decides, see
+    /// `Stream::settle_before_halt`), so that the halt is exact and a
     /// `pg2dns reconcile --apply` while halted is not undone by replaying
     /// earlier transactions after the resume. When the open transaction was
     /// already partly sent (a huge one), or DNS does not answer within
     /// [`HALT_SETTLE`], the earlier transactions are replayed instead.
     async fn settle_before_halt(&mut self, replication: &mut PgReplication) {
-        let open = self.assembler.current();
-        if open.is_some()
-            && self
-                .guard_carry
-                .as_ref()
-                .is_some_and(|(lsn, _)| Some(*lsn) == open)
-        {
+        if !self.core.settle_before_halt() {
             warn!("the halted transaction was partly sent already: the transactions before it are replayed after the resume");
             return;
         }
-        let keep = self
-            .batch
-            .iter()
-            .rposition(|item| matches!(item, Item::Commit(_)))
-            .map_or(0, |p| p + 1);
-        self.batch.truncate(keep);
-        self.batch_rows = self
-            .batch
-            .iter()
-            .filter(|item| !matches!(item, Item::Commit(_)))
-            .count();
         match tokio::time::timeout(HALT_SETTLE, self.drain(replication)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -1363,11 +1221,10 @@ impl Pipeline<'_> {
     }
 
     /// Plans the batch, dispatches its operations and writes its row state.
-    async fn flush(&mut self) -> Result<(), RunError> {
+    async fn flush(&mut self, flushed: Batch) -> Result<(), RunError> {
         let started = Instant::now();
-        let rows_in_batch = self.batch_rows;
-        let items = std::mem::take(&mut self.batch);
-        self.batch_rows = 0;
+        let rows_in_batch = flushed.rows;
+        let items = flushed.items;
         let batch = BatchSeq(self.store.start_batch());
         // 1. Map every change to row updates (what each row wants now).
         let mut steps = Vec::with_capacity(items.len());
@@ -1437,7 +1294,7 @@ impl Pipeline<'_> {
         // 3. Plan: net operations per transaction and zone, and refusals.
         let mut planner = Planner::new(&self.zones, &self.limits, loaded);
         planner.add_waiting(waiting);
-        let mut lsn = self.assembler.current().unwrap_or_default();
+        let mut lsn = flushed.open.unwrap_or_default();
         let mut open = false;
         let mut last_end = None;
         let mut segments: Vec<(Lsn, Vec<ZoneOps>)> = Vec::new();
@@ -1466,22 +1323,15 @@ impl Pipeline<'_> {
         }
         // The mass-delete guard: a transaction deleting too much of a zone
         // halts the session here, before anything of this batch is sent.
-        crate::guard::check(
+        guard(
+            &mut self.core,
             &mut self.store,
             &self.zones,
-            &self.guards,
             &segments,
-            &mut self.guard_carry,
             open,
         )
         .await?;
-        let ready = crate::guard::ready_parts(
-            &mut self.guard_held,
-            segments,
-            open,
-            &self.guard_carry,
-            &self.guards,
-        );
+        let ready = self.core.guard_ready(segments, open);
         for (lsn, ops) in ready {
             self.lanes.dispatch(lsn, ops);
         }
@@ -1529,15 +1379,17 @@ impl Pipeline<'_> {
             .write(&sources, &self.zones, &mut outcome)
             .await?;
         self.store.write_zone_refs(&ref_edits).await?;
-        self.lanes
+        let sent = self
+            .lanes
             .mark_batch(batch, if open { None } else { last_end });
+        self.core.handle_flushed(sent);
         let ms = |d: Duration| d.as_millis() as u64;
         debug!(
             rows = rows_in_batch,
             read_ms = ms(t_read),
             plan_ms = ms(t_plan - t_read),
             write_ms = ms(started.elapsed() - t_plan),
-            backlog = self.backlog,
+            backlog = self.core.backlog(),
             "flushed"
         );
         Ok(())
@@ -1548,11 +1400,7 @@ impl Pipeline<'_> {
     /// checked that the key and zone are fine): their records leave the row
     /// state, and whatever else they contributed leaves DNS, as for any
     /// refused row. Runs before the checkpoint that covers them.
-    async fn reject_refused(&mut self) -> Result<(), RunError> {
-        if !self.lanes.ledger.refusals_pending() {
-            return Ok(());
-        }
-        let refused = self.lanes.ledger.take_refused();
+    async fn reject_refused(&mut self, refused: Vec<ServerRefusal>) -> Result<(), RunError> {
         let mut records: Vec<(ZoneId, Record)> = Vec::new();
         let mut origin: Vec<(Lsn, Rcode)> = Vec::new();
         for r in &refused {
@@ -1638,8 +1486,9 @@ impl Pipeline<'_> {
         self.store
             .add_waiting(&sources, &self.zones, &waiting)
             .await?;
-        let end = self.lanes.ledger.rejection_end();
-        self.lanes.mark_batch(batch, end);
+        let end = self.core.rejection_end();
+        let sent = self.lanes.mark_batch(batch, end);
+        self.core.handle_flushed(sent);
         Ok(())
     }
 
@@ -1687,117 +1536,12 @@ impl Pipeline<'_> {
         );
     }
 
-    /// Commits the state and progress of the acknowledged batches (see
-    /// [`Pipeline::committable`]); with a `wait`, first waits that long at
-    /// most for every flushed batch to be acknowledged, so that the
-    /// checkpoint covers them all. When nothing can be committed, the
-    /// checkpoint stays pending and the stream goes on: it is tried again at
-    /// the next acknowledgement or batch.
-    async fn checkpoint(
-        &mut self,
-        replication: &mut PgReplication,
-        wait: Duration,
-        durability: Durability,
-    ) -> Result<(), RunError> {
-        if self.lanes.ledger.pending().is_none() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // A refused group's rows must leave the state before it commits.
-            if self.lanes.ledger.refusals_pending() {
-                self.reject_refused().await?;
-                continue;
-            }
-            let everything = self.lanes.ledger.newest_batch();
-            let covers = self.committable().map(|cp| cp.batch);
-            if wait.is_zero() || (covers.is_some() && covers == everything) {
-                break;
-            }
-            match tokio::time::timeout_at(deadline, self.lanes.reports.recv()).await {
-                Ok(report) => self.lanes.on_report(report)?,
-                Err(_) => break,
-            }
-        }
-        let Some(cp) = self.committable() else {
-            if !wait.is_zero() {
-                debug!(
-                    waited_ms = started.elapsed().as_millis() as u64,
-                    "checkpoint postponed: acknowledgements pending"
-                );
-                self.last_checkpoint = Instant::now();
-            }
-            return Ok(());
-        };
-        failpoint::hit("after-dns-ack");
-        let unflushed = self.store.commit(cp.end, durability, cp.batch.0).await?;
-        failpoint::hit("after-state-commit");
-        debug!(lsn = %cp.end, transactions = self.lanes.ledger.pending_transactions(), total_ms = started.elapsed().as_millis() as u64, ?durability, "checkpoint");
-        let committed = match unflushed {
-            None => checkpoint::Durability::Flushed,
-            Some(u) => {
-                if !self.lanes.ledger.awaiting_flush() {
-                    self.flush_poll = Instant::now() + FLUSH_POLL;
-                }
-                checkpoint::Durability::Unflushed {
-                    wal: u.wal,
-                    flushed: u.flushed,
-                }
-            }
-        };
-        if let Some(end) = self.lanes.ledger.handle_committed(cp, committed) {
-            self.confirm(replication, end);
-        }
-        self.last_checkpoint = Instant::now();
-        if self.lanes.ledger.pending().is_none() {
-            self.lag_pending = false;
-            self.lanes.live.all_acknowledged();
-        } else if self.lag_pending {
-            // The lag counts from the newest transaction received, which
-            // is no older than the oldest one still pending.
-            self.lanes.live.pending_starts();
-        }
-        Ok(())
-    }
-
     /// Whether `pg2dns.zones` now holds other rows than this session's
     /// zones were built from. The table as it is now, not the change the
     /// stream carries, decides: a transaction replayed after the table
     /// changed again must not end every session that replays it.
     async fn zones_table_changed(&mut self) -> Result<bool, RunError> {
         Ok(self.store.table_zones().await? != self.table_rows)
-    }
-
-    /// Confirms the newest transaction end whose checkpoint the WAL flush
-    /// (at `flushed`) has passed.
-    fn confirm_flushed(&mut self, replication: &mut PgReplication, flushed: Lsn) {
-        if let Some(end) = self.lanes.ledger.handle_wal_flushed(flushed) {
-            self.confirm(replication, end);
-        }
-        self.flush_poll = Instant::now() + FLUSH_POLL;
-    }
-
-    fn confirm(&mut self, replication: &mut PgReplication, end: Lsn) {
-        replication.confirm(end);
-        metrics::get().confirmed(end);
-        self.confirmed = Some(end);
-    }
-
-    /// Before the session ends: waits (a little) for the flush of the
-    /// checkpoints committed without it, so that the slot confirms them.
-    /// Leaving one unconfirmed is safe: its progress makes the next run
-    /// skip what it covered.
-    async fn await_flush(&mut self, replication: &mut PgReplication) -> Result<(), RunError> {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while self.lanes.ledger.awaiting_flush() && Instant::now() < deadline {
-            let flushed = self.store.wal_flushed().await?;
-            self.confirm_flushed(replication, flushed);
-            if self.lanes.ledger.awaiting_flush() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1811,39 +1555,41 @@ fn is_control(change: &RowChange) -> bool {
     change.relation.namespace == "pg2dns" && change.relation.name == "control"
 }
 
-/// A control request inserted for this slot.
-fn control_request(change: &RowChange, slot: &str) -> Option<ControlRequest> {
-    use pg2dns_decoder::row::{Cell, RowView};
-    if change.kind != pg2dns_decoder::txn::ChangeKind::Insert {
-        return None;
-    }
-    let row = change.new.as_ref()?;
-    let text = |column: &str| match row.cell(column) {
-        Some(Cell::Text(t)) => Some(t.to_owned()),
-        _ => None,
+/// The mass-delete guard's judgement of a batch's segments (the core
+/// decides; the store says how many records the suspect zones hold and
+/// whether an operator released a held transaction).
+async fn guard(
+    core: &mut Stream,
+    store: &mut Store,
+    zones: &Zones,
+    segments: &[(Lsn, Vec<ZoneOps>)],
+    open: bool,
+) -> Result<(), RunError> {
+    let suspects = core.guard_suspects(segments);
+    let records = if suspects.is_empty() {
+        BTreeMap::new()
+    } else {
+        crate::guard::zone_records(store, zones, &suspects).await?
     };
-    if text("slot")? != slot {
-        return None;
+    let released = loop {
+        match core.guard_judge(segments, open, &records) {
+            Ok(released) => break released,
+            Err(held) => {
+                if crate::guard::released(store, held.lsn).await? {
+                    core.guard_release(held.lsn);
+                    continue;
+                }
+                return Err(RunError::MassDelete {
+                    zone: zones.name(held.zone).to_string(),
+                    deleted: held.deleted,
+                    records: held.records,
+                    lsn: held.lsn,
+                });
+            }
+        }
+    };
+    for m in released {
+        warn!(zone = %zones.name(m.zone), deleted = m.deleted, records = m.records, lsn = %m.lsn, "mass delete released by an operator: applying it");
     }
-    let request = (|| {
-        Some(ControlRequest {
-            id: text("id")?.parse().ok()?,
-            action: text("action")?,
-            requested_by: text("requested_by").unwrap_or_default(),
-            reason: text("reason").unwrap_or_default(),
-            until: match text("until_lsn") {
-                None => None,
-                Some(t) => Some(t.parse().ok()?),
-            },
-        })
-    })();
-    if request.is_none() {
-        // Only pg2dns.pause() and pg2dns.resume() write this table: a row
-        // they did not write (or a changed table) is said, not dropped.
-        warn!(
-            slot,
-            "a row of pg2dns.control for this slot without a readable id, action or until_lsn is ignored; use pg2dns.pause() and pg2dns.resume()"
-        );
-    }
-    request
+    Ok(())
 }

@@ -545,3 +545,66 @@ async fn status_shows_each_zones_serial_and_in_flight_and_lag_grows_while_bind_i
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_row_pg2dns_cannot_read_is_rejected_naming_its_row_and_lsn_and_the_stream_goes_on(
+) -> Result<()> {
+    let stack = Stack::start("control-row", Primary::Bind).await?;
+    let _pg2dns = stack.run()?;
+    // Only pg2dns.pause() and pg2dns.resume() write pg2dns.control; a table
+    // changed by hand lets a row through that neither would write.
+    stack
+        .exec("ALTER TABLE pg2dns.control DROP CONSTRAINT control_action_check")
+        .await?;
+    let row = stack
+        .db
+        .query_one(
+            "WITH c AS (INSERT INTO pg2dns.control (slot, action, requested_by, reason) \
+               VALUES ($1, 'Pause', 'tester', 'written by hand') RETURNING id) \
+             SELECT id::text FROM c",
+            &[&crate::harness::stack::SLOT],
+        )
+        .await?;
+    let id: String = row.get(0);
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after-control.example.test.', 300, 'A', '192.0.2.77')")
+        .await?;
+    // Not a pause: the stream goes on past it.
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(
+        stack
+            .query("after-control.example.test.", "A")
+            .await?
+            .iter()
+            .any(|r| r.rdata == "192.0.2.77"),
+        "the row after the control row reached DNS"
+    );
+    let (lsn, reason) = wait_until(
+        DNS_DEADLINE,
+        "the control row is recorded in pg2dns.rejected",
+        || async {
+            let rows = stack
+                .db
+                .query(
+                    "SELECT lsn::text, reason FROM pg2dns.rejected \
+                     WHERE source = 'pg2dns.control' AND row_key = $1",
+                    &[&id],
+                )
+                .await?;
+            Ok(match rows.first() {
+                Some(r) => Check::Done((r.get::<_, String>(0), r.get::<_, String>(1))),
+                None => Check::NotYet("no rejection".into()),
+            })
+        },
+    )
+    .await?;
+    ensure!(
+        reason.contains(&format!("row {id} of pg2dns.control"))
+            && reason.contains(&format!("at LSN {lsn}"))
+            && reason.contains("\"Pause\""),
+        "the rejection names the row, its LSN and the action: {reason}"
+    );
+    let s = status(&stack).await?;
+    ensure!(s["mode"] == "running", "the service did not pause: {s}");
+    Ok(())
+}

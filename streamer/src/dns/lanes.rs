@@ -1,10 +1,12 @@
 //! The zones' streams as the pipeline sees them: one task per server (see
 //! [`crate::dns::server::ServerTask`]), each zone's dispatch count, and
-//! what the zones acknowledged or refused, fed to the checkpoint ledger.
+//! what the zones acknowledged or refused, handed to the stream's core
+//! (`pg2dns_decoder::stream`, which keeps the checkpoint ledger) as
+//! zone-level [`Heard`] news.
 
 use std::sync::Arc;
 
-use pg2dns_decoder::checkpoint::{BatchSeq, Ledger, SentBatch, ServerRefusal};
+use pg2dns_decoder::checkpoint::{BatchSeq, SentBatch, ServerRefusal};
 use pg2dns_decoder::plan::ZoneOps;
 use pg2dns_decoder::{Lsn, ZoneId};
 use tokio::sync::mpsc;
@@ -17,6 +19,21 @@ use crate::dns::sink::{Dispatch, ZoneReport};
 use crate::error::RunError;
 use crate::{metrics, status};
 
+/// What a zone said, zone-level (the core's [`pg2dns_decoder::stream::Stream`]
+/// takes it as `handle_acked` / `handle_refused`).
+#[derive(Debug)]
+pub(crate) enum Heard {
+    /// The zone acknowledged its dispatches up to `upto`.
+    Acked {
+        /// The zone.
+        zone: ZoneId,
+        /// Its acknowledged dispatch count.
+        upto: u64,
+    },
+    /// A server refused an owner group for its content.
+    Refused(ServerRefusal),
+}
+
 /// Per-zone dispatch bookkeeping.
 pub(crate) struct ZoneLane {
     /// The zone's `pg2dns_update_operations_total` series.
@@ -26,6 +43,8 @@ pub(crate) struct ZoneLane {
     /// Its server's task (an index into `Lanes::servers`).
     server: usize,
     dispatched: u64,
+    /// What the zone acknowledged (its dispatch count so far).
+    acked: u64,
     /// Dispatches of the current flush, handed over at its end.
     outbox: Vec<Dispatch>,
 }
@@ -49,9 +68,8 @@ pub(crate) struct Lanes {
     /// Keeps `reports` open with no zone at all (every zone in an empty
     /// `pg2dns.zones`).
     _reporting: mpsc::UnboundedSender<ZoneReport>,
-    /// What was dispatched and acknowledged or refused, and which
-    /// checkpoint that allows.
-    pub(crate) ledger: Ledger,
+    /// What the zones said and the stream's core has not heard yet.
+    heard: Vec<Heard>,
     /// What the status publisher reads (numbers only, no I/O).
     pub(crate) live: Arc<status::Live>,
 }
@@ -60,15 +78,9 @@ impl Lanes {
     /// The zones' streams, one task per server: the tasks `kept` from the
     /// last session with the same address and limits go on, with their
     /// connections (and their zones' dispatch ids); the others start.
-    pub(crate) async fn start(
-        config: &Config,
-        live: Arc<status::Live>,
-        progress: Lsn,
-        kept: &mut Kept,
-    ) -> Lanes {
+    pub(crate) async fn start(config: &Config, live: Arc<status::Live>, kept: &mut Kept) -> Lanes {
         let (report_tx, reports) = mpsc::unbounded_channel();
         let mut lanes = Vec::new();
-        let mut ledger = Ledger::new(config.zones.len(), progress);
         // One task per server: zones naming the same primary share it.
         let mut keys: Vec<ServerKey> = Vec::new();
         let mut zones_of: Vec<Vec<(ZoneId, Box<crate::config::ZoneConfig>)>> = Vec::new();
@@ -91,7 +103,6 @@ impl Lanes {
             // Everything it was handed in earlier sessions was acknowledged.
             let dispatched = kept.dispatched(&z.name);
             if dispatched > 0 {
-                ledger.handle_acked(id, dispatched);
                 live.dispatched(id.index(), dispatched);
                 live.acked(id.index(), dispatched);
             }
@@ -104,6 +115,7 @@ impl Lanes {
                 name: z.name.clone(),
                 server,
                 dispatched,
+                acked: dispatched,
                 outbox: Vec::new(),
             });
         }
@@ -152,17 +164,31 @@ impl Lanes {
             unacked: 0,
             reports,
             _reporting: report_tx,
-            ledger,
+            heard: Vec::new(),
             live,
         }
     }
 
-    /// Batch `seq` was flushed: the ledger learns it, with the marks of
-    /// the zones dispatched to since the previous batch (their dispatch
-    /// counts now), not of every zone.
-    pub(crate) fn mark_batch(&mut self, seq: BatchSeq, end: Option<Lsn>) {
+    /// Batch `seq` was flushed: what the stream's core learns of it, with
+    /// the marks of the zones dispatched to since the previous batch (their
+    /// dispatch counts now), not of every zone.
+    pub(crate) fn mark_batch(&mut self, seq: BatchSeq, end: Option<Lsn>) -> SentBatch {
         let marks = self.marks.drain().collect();
-        self.ledger.handle_dispatched(SentBatch { seq, end, marks });
+        SentBatch { seq, end, marks }
+    }
+
+    /// Each zone's acknowledged dispatch count now (what an earlier
+    /// session's streams already acknowledged, at the start).
+    pub(crate) fn acked_counts(&self) -> impl Iterator<Item = (ZoneId, u64)> + '_ {
+        self.lanes
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (ZoneId(i as u32), l.acked))
+    }
+
+    /// What the zones said since the last call, for the stream's core.
+    pub(crate) fn take_heard(&mut self) -> Vec<Heard> {
+        std::mem::take(&mut self.heard)
     }
 
     /// At a clean end of the session: the server tasks, for the next
@@ -188,14 +214,19 @@ impl Lanes {
         match report {
             None => Err(RunError::Internal("every zone stream ended".into())),
             Some(ZoneReport::Acked { zone, upto }) => {
-                let before = self.ledger.acked(zone);
-                let acked = self.ledger.handle_acked(zone, upto);
-                if let Some(lane) = self.lanes.get(zone.index()) {
-                    if before < lane.dispatched && acked >= lane.dispatched {
-                        self.unacked -= 1;
-                    }
+                // A zone outside the session's (a driver bug) holds nothing.
+                debug_assert!(zone.index() < self.lanes.len(), "unknown zone {zone:?}");
+                let Some(lane) = self.lanes.get_mut(zone.index()) else {
+                    return Ok(());
+                };
+                let before = lane.acked;
+                lane.acked = lane.acked.max(upto);
+                let acked = lane.acked;
+                if before < lane.dispatched && acked >= lane.dispatched {
+                    self.unacked -= 1;
                 }
                 self.live.acked(zone.index(), acked);
+                self.heard.push(Heard::Acked { zone, upto: acked });
                 Ok(())
             }
             Some(ZoneReport::Refused {
@@ -204,12 +235,12 @@ impl Lanes {
                 group,
                 rcode,
             }) => {
-                self.ledger.handle_refused(ServerRefusal {
+                self.heard.push(Heard::Refused(ServerRefusal {
                     zone,
                     lsn,
                     group,
                     rcode,
-                });
+                }));
                 Ok(())
             }
             Some(ZoneReport::Halted { error, .. }) => Err(RunError::Sink(Box::new(error))),
@@ -221,8 +252,8 @@ impl Lanes {
             if z.groups.is_empty() {
                 continue;
             }
-            let acked = self.ledger.acked(z.zone);
             let lane = &mut self.lanes[z.zone.index()];
+            let acked = lane.acked;
             let ops: usize = z.groups.iter().map(|g| g.ops.len()).sum();
             lane.operations.inc_by(ops as u64);
             if acked >= lane.dispatched {
