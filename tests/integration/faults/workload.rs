@@ -349,6 +349,36 @@ impl Writer {
         Writer { stop, done, task }
     }
 
+    /// Starts committing `sql(1)`, `sql(2)`, … in order on one connection
+    /// to `url` (each call's SQL is one implicit transaction), `pause`
+    /// between them (none if zero), until stopped. Any error ends the writer.
+    pub fn sequence(
+        url: String,
+        pause: Duration,
+        mut sql: impl FnMut(u64) -> String + Send + 'static,
+    ) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (stop2, done2) = (stop.clone(), done.clone());
+        let task = tokio::spawn(async move {
+            let mut report = Report::default();
+            let db = connect(&url).await?;
+            while !stop2.load(Ordering::Relaxed) {
+                let sql = sql(report.transactions + 1);
+                db.batch_execute(&sql)
+                    .await
+                    .with_context(|| format!("the writer's SQL: {sql}"))?;
+                report.transactions += 1;
+                done2.store(report.transactions, Ordering::Relaxed);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            Ok(report)
+        });
+        Writer { stop, done, task }
+    }
+
     /// Transactions sent so far.
     pub fn transactions(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
