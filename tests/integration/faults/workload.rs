@@ -22,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use tokio::task::JoinHandle;
 
+use crate::harness::wait::wait_until_every;
+use crate::harness::Check;
+
 /// The environment variable that fixes the seed of a run.
 pub const SEED_VAR: &str = "PG2DNS_FAULTS_SEED";
 
@@ -386,23 +389,18 @@ impl Writer {
 
     /// Waits until the writer has sent `n` transactions in all.
     pub async fn wait_for(&self, n: u64, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        while self.transactions() < n {
+        let what = format!("the writer has sent {n} transactions");
+        wait_until_every(Duration::from_millis(20), timeout, &what, || async {
+            let sent = self.transactions();
+            if sent >= n {
+                return Ok(Check::Done(()));
+            }
             if self.task.is_finished() {
-                bail!(
-                    "the writer stopped after {} transactions",
-                    self.transactions()
-                );
+                bail!("the writer stopped after {sent} transactions");
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "the writer sent {} of {n} transactions within {timeout:?}",
-                    self.transactions()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+            Ok(Check::NotYet(format!("{sent} transactions")))
+        })
+        .await
     }
 
     /// Stops after the transaction in progress and returns the report.
