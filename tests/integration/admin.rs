@@ -47,27 +47,17 @@ async fn wait_for_mode(stack: &Stack, mode: &str) -> Result<serde_json::Value> {
 /// What a paused service logs before it waits for `pg2dns resume`.
 const WAITING_FOR_RESUME: &str = "paused: waiting for `pg2dns resume`";
 
-/// How many times the log (shared by the stack's runs) says
-/// [`WAITING_FOR_RESUME`].
-fn times_waiting(pg2dns: &Pg2dns) -> usize {
-    pg2dns.log().matches(WAITING_FOR_RESUME).count()
-}
-
-/// Waits until `pg2dns` says it waits for `pg2dns resume` (a paused service
-/// reads its mode before it streams) more often than `before` times, and no
-/// process streams from the slot: from then on nothing can reach DNS
-/// before a resume, so a test may look at DNS and expect it unchanged
-/// without guessing how long to wait.
-async fn wait_until_paused_and_not_streaming(
-    stack: &Stack,
-    pg2dns: &Pg2dns,
-    before: usize,
-) -> Result<()> {
+/// Waits until this run of pg2dns says in its own log (each run has one)
+/// that it waits for `pg2dns resume` (a paused service reads its mode
+/// before it streams), and no process streams from the slot: from then on
+/// nothing can reach DNS before a resume, so a test may look at DNS and
+/// expect it unchanged without guessing how long to wait.
+async fn wait_until_paused_and_not_streaming(stack: &Stack, pg2dns: &Pg2dns) -> Result<()> {
     wait_until(
         DNS_DEADLINE,
         "pg2dns waits for `pg2dns resume` and nothing streams from the slot",
         || async {
-            let waiting = times_waiting(pg2dns) > before;
+            let waiting = pg2dns.log().contains(WAITING_FOR_RESUME);
             let active: bool = stack
                 .db
                 .query_one(
@@ -114,7 +104,6 @@ async fn a_pause_stops_exactly_at_a_transaction_boundary_while_writers_go_on_and
         },
     )
     .await?;
-    let waiting_before = times_waiting(&pg2dns);
     let out = stack
         .admin(&["pause", "--wait", "--reason", "test"])
         .await?;
@@ -133,7 +122,7 @@ async fn a_pause_stops_exactly_at_a_transaction_boundary_while_writers_go_on_and
     // Writers go on; DNS does not move. Once pg2dns waits for the resume
     // without streaming, 20 more transactions are committed, then DNS must
     // still hold the same prefix.
-    wait_until_paused_and_not_streaming(&stack, &pg2dns, waiting_before).await?;
+    wait_until_paused_and_not_streaming(&stack, &pg2dns).await?;
     writer
         .wait_for(writer.transactions() + 20, DNS_DEADLINE)
         .await?;
@@ -178,17 +167,22 @@ async fn a_paused_service_stays_paused_across_a_kill_and_a_restart() -> Result<(
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     stack.admin(&["pause", "--wait"]).await?;
     pg2dns.kill()?;
-    let waiting_before = times_waiting(&pg2dns);
+    let paused_at = stack.confirmed_flush_lsn().await?;
     let again = stack.run()?;
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.2')")
         .await?;
     // The row is committed; once the restarted service says it waits for the
     // resume (it reads its mode before streaming), the row must not be in DNS.
-    wait_until_paused_and_not_streaming(&stack, &again, waiting_before).await?;
+    wait_until_paused_and_not_streaming(&stack, &again).await?;
     ensure!(
         stack.query("after.example.test.", "A").await?.is_empty(),
         "a restarted paused service published a row committed after the pause"
+    );
+    let confirmed = stack.confirmed_flush_lsn().await?;
+    ensure!(
+        confirmed == paused_at,
+        "a restarted paused service moved the slot from {paused_at} to {confirmed}"
     );
     wait_for_mode(&stack, "paused").await?;
     stack.admin(&["resume"]).await?;
