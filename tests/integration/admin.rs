@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use crate::harness::stack::FORWARD;
-use crate::harness::{wait_until, Check, Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
+use crate::faults::workload::Writer;
+use crate::harness::stack::{FORWARD, SLOT};
+use crate::harness::{wait_until, Check, Pg2dns, Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
 use crate::health::http_get;
 
 /// The `w<i>` owners present in the forward zone.
@@ -32,44 +33,77 @@ pub(crate) async fn status(stack: &Stack) -> Result<serde_json::Value> {
 }
 
 async fn wait_for_mode(stack: &Stack, mode: &str) -> Result<serde_json::Value> {
-    let deadline = Instant::now() + DNS_DEADLINE;
-    loop {
+    wait_until(DNS_DEADLINE, &format!("status says {mode}"), || async {
         let s = status(stack).await?;
-        if s["mode"] == mode {
-            return Ok(s);
-        }
-        ensure!(Instant::now() < deadline, "status never said {mode}: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(if s["mode"] == mode {
+            Check::Done(s)
+        } else {
+            Check::NotYet(s.to_string())
+        })
+    })
+    .await
+}
+
+/// What a paused service logs before it waits for `pg2dns resume`.
+const WAITING_FOR_RESUME: &str = "paused: waiting for `pg2dns resume`";
+
+/// Waits until this run of pg2dns says in its own log (each run has one)
+/// that it waits for `pg2dns resume` (a paused service reads its mode
+/// before it streams), and no process streams from the slot: from then on
+/// nothing can reach DNS before a resume, so a test may look at DNS and
+/// expect it unchanged without guessing how long to wait.
+async fn wait_until_paused_and_not_streaming(stack: &Stack, pg2dns: &Pg2dns) -> Result<()> {
+    wait_until(
+        DNS_DEADLINE,
+        "pg2dns waits for `pg2dns resume` and nothing streams from the slot",
+        || async {
+            let waiting = pg2dns.log().contains(WAITING_FOR_RESUME);
+            let active: bool = stack
+                .db
+                .query_one(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&SLOT],
+                )
+                .await?
+                .get(0);
+            Ok(if waiting && !active {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!(
+                    "the log says it waits: {waiting}; the slot is active: {active}; log:\n{}",
+                    pg2dns.log_tail(10)
+                ))
+            })
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_stops_exactly_at_a_transaction_boundary_while_writers_go_on_and_resume_delivers_the_rest(
 ) -> Result<()> {
     let stack = Stack::start("pause", Primary::Bind).await?;
-    let _pg2dns = stack.run()?;
-    // One writer commits one row per transaction, in order, without pause.
-    let url = stack.pg.url();
-    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                i += 1;
-                db.execute(
-                    "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ($1, 300, 'A', '192.0.2.1')",
-                    &[&format!("w{i}.example.test.")],
-                )
-                .await?;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            anyhow::Ok(i)
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pg2dns = stack.run()?;
+    // One writer commits one row per transaction, in order, 5 ms apart.
+    let writer = Writer::sequence(stack.pg.url(), Duration::from_millis(5), |i| {
+        format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('w{i}.example.test.', 300, 'A', '192.0.2.1')"
+        )
+    });
+    // Pause while pg2dns is visibly applying the writer's rows.
+    wait_until(
+        DNS_DEADLINE,
+        "DNS holds more than 10 of the writer's rows",
+        || async {
+            let seen = writer_rows_in_dns(&stack).await?.len();
+            Ok(if seen > 10 {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{seen} rows"))
+            })
+        },
+    )
+    .await?;
     let out = stack
         .admin(&["pause", "--wait", "--reason", "test"])
         .await?;
@@ -79,14 +113,19 @@ async fn a_pause_stops_exactly_at_a_transaction_boundary_while_writers_go_on_and
         "pause --wait printed {printed:?}"
     );
     let first = writer_rows_in_dns(&stack).await?;
+    // More than 10: the wait above saw them, and this writer only inserts.
     let k = first.len() as u64;
-    ensure!(k > 10, "rows committed before the pause are in DNS: {k}");
     ensure!(
         first == (1..=k).collect(),
         "DNS holds exactly the rows committed before the pause, a prefix of the writer's: {first:?}"
     );
-    // Writers go on; DNS does not move.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Writers go on; DNS does not move. Once pg2dns waits for the resume
+    // without streaming, 20 more transactions are committed, then DNS must
+    // still hold the same prefix.
+    wait_until_paused_and_not_streaming(&stack, &pg2dns).await?;
+    writer
+        .wait_for(writer.transactions() + 20, DNS_DEADLINE)
+        .await?;
     ensure!(
         writer_rows_in_dns(&stack).await? == first,
         "DNS changed while paused"
@@ -111,8 +150,7 @@ async fn a_pause_stops_exactly_at_a_transaction_boundary_while_writers_go_on_and
         "resume says where it continues: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let written = writer.await??;
+    let written = writer.stop().await?.transactions;
     ensure!(written > k, "the writer went on past the pause");
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     wait_for_mode(&stack, "running").await?;
@@ -129,14 +167,22 @@ async fn a_paused_service_stays_paused_across_a_kill_and_a_restart() -> Result<(
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     stack.admin(&["pause", "--wait"]).await?;
     pg2dns.kill()?;
-    let _again = stack.run()?;
+    let paused_at = stack.confirmed_flush_lsn().await?;
+    let again = stack.run()?;
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.2')")
         .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The row is committed; once the restarted service says it waits for the
+    // resume (it reads its mode before streaming), the row must not be in DNS.
+    wait_until_paused_and_not_streaming(&stack, &again).await?;
     ensure!(
         stack.query("after.example.test.", "A").await?.is_empty(),
         "a restarted paused service published a row committed after the pause"
+    );
+    let confirmed = stack.confirmed_flush_lsn().await?;
+    ensure!(
+        confirmed == paused_at,
+        "a restarted paused service moved the slot from {paused_at} to {confirmed}"
     );
     wait_for_mode(&stack, "paused").await?;
     stack.admin(&["resume"]).await?;
@@ -268,19 +314,18 @@ async fn metrics_count_the_work_and_the_health_endpoints_answer() -> Result<()> 
     stack
         .wait_until_answers("m.example.test.", "A", DNS_DEADLINE)
         .await?;
-    let deadline = Instant::now() + DNS_DEADLINE;
-    let body = loop {
+    let body = wait_until(DNS_DEADLINE, "the metrics show a confirmed LSN", || async {
         let (code, body) = http_get(&addr, "/metrics").await?;
         ensure!(code == 200, "/metrics answered {code}");
-        if metric(&body, "pg2dns_confirmed_lsn").unwrap_or(0.0) > 0.0 {
-            break body;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "nothing confirmed in the metrics:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        Ok(
+            if metric(&body, "pg2dns_confirmed_lsn").unwrap_or(0.0) > 0.0 {
+                Check::Done(body)
+            } else {
+                Check::NotYet(format!("\n{body}"))
+            },
+        )
+    })
+    .await?;
     for (name, at_least) in [
         ("pg2dns_transactions_total", 1.0),
         ("pg2dns_rows_total", 2.0),

@@ -16,12 +16,14 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::harness::stack::{FORWARD, REVERSE, SLOT};
-use crate::harness::{pg2dns, run, run_unchecked, tools, Pg2dns, Primary, Stack, DNS_DEADLINE};
+use crate::harness::{
+    pg2dns, run, run_unchecked, tools, wait_until, Check, Pg2dns, Primary, Stack, DNS_DEADLINE,
+};
 
 /// One record as `dig` prints it in an AXFR: the text exactly as printed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -112,25 +114,23 @@ async fn at(stack: &Stack, zone: &str, owner: &str) -> Result<Vec<Printed>> {
         .collect())
 }
 
-/// Polls `probe` every 100 ms until it yields a value, at most
-/// [`DNS_DEADLINE`]; on timeout the error says what was awaited and the
-/// probe's last account of what it saw instead.
+/// [`wait_until`] for at most [`DNS_DEADLINE`], with a probe that answers
+/// `Ok(value)` once the condition holds and `Err(what it saw)` until then.
 async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Result<T, String>>>,
 {
-    let deadline = Instant::now() + DNS_DEADLINE;
-    loop {
-        let seen = match probe().await? {
-            Ok(value) => return Ok(value),
-            Err(seen) => seen,
-        };
-        if Instant::now() > deadline {
-            bail!("after {DNS_DEADLINE:?}, still waiting for {what}; last seen: {seen}");
+    wait_until(DNS_DEADLINE, what, || {
+        let answer = probe();
+        async move {
+            Ok(match answer.await? {
+                Ok(value) => Check::Done(value),
+                Err(seen) => Check::NotYet(seen),
+            })
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until BIND holds exactly `want` (as printed, owners lower-cased)

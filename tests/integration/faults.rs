@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use crate::harness::stack::{ZoneRecords, FORWARD, REVERSE};
-use crate::harness::{Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
+use crate::harness::wait::wait_until_every;
+use crate::harness::{wait_until, Check, Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
 use workload::{Mix, Report, Rng, Workload, Writer};
 
 const FAILPOINT: &str = "PG2DNS_FAILPOINT";
@@ -173,18 +174,18 @@ async fn bind_stopped_during_a_large_transaction_and_started_again_loses_nothing
              FROM generate_series(1, 5000) g",
         )
         .await?;
-    let deadline = Instant::now() + DNS_DEADLINE;
-    loop {
-        let seen = large_rows(&stack.dns().await?);
-        if seen > 0 {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no row of the large transaction reached DNS within {DNS_DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_every(
+        Duration::from_millis(10),
+        DNS_DEADLINE,
+        "a row of the large transaction reaches DNS",
+        || async {
+            Ok(match large_rows(&stack.dns().await?) {
+                0 => Check::NotYet("none of its rows".to_string()),
+                _ => Check::Done(()),
+            })
+        },
+    )
+    .await?;
     stack.server_mut(Primary::Bind)?.stop().await?;
 
     // Writes go on while BIND is down; pg2dns retries and must not halt.
@@ -236,26 +237,27 @@ async fn terminating_the_walsender_while_writes_flow_loses_nothing() -> Result<(
             .wait_for(writer.transactions() + 20, DNS_DEADLINE)
             .await?;
         // pg2dns reconnects after each termination: wait for its walsender.
-        let deadline = Instant::now() + RECOVERY_DEADLINE;
-        loop {
-            let terminated: i64 = stack
-                .db
-                .query_one(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) AS done
-                     FROM pg_stat_replication WHERE application_name = 'pg2dns') t WHERE done",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if terminated > 0 {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "round {round}: pg2dns had no walsender to terminate within {RECOVERY_DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(
+            RECOVERY_DEADLINE,
+            &format!("round {round}: pg2dns has a walsender to terminate"),
+            || async {
+                let terminated: i64 = stack
+                    .db
+                    .query_one(
+                        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) AS done
+                         FROM pg_stat_replication WHERE application_name = 'pg2dns') t WHERE done",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                Ok(if terminated > 0 {
+                    Check::Done(())
+                } else {
+                    Check::NotYet("no walsender of pg2dns".to_string())
+                })
+            },
+        )
+        .await?;
     }
     writer
         .wait_for(writer.transactions() + AFTER_RESTART, DNS_DEADLINE)

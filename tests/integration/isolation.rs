@@ -6,41 +6,43 @@
 //! no address and an owner name with an underscore (`check-names`). Knot
 //! makes neither check.
 
-use std::time::Duration;
-
 use anyhow::{ensure, Result};
 
-use crate::harness::stack::FORWARD;
-use crate::harness::{Primary, Stack, DNS_DEADLINE};
+use crate::harness::stack::{difference, FORWARD};
+use crate::harness::{wait_until, Check, Primary, Stack, DNS_DEADLINE};
 
 /// Waits until DNS holds the table minus the rejected rows, and returns the
 /// rejected row ids.
 async fn wait_until_dns_is_table_minus_rejected(stack: &Stack) -> Result<Vec<String>> {
-    let deadline = std::time::Instant::now() + DNS_DEADLINE;
-    loop {
-        let rejected: Vec<String> = stack
-            .rejected()
-            .await?
-            .into_iter()
-            .map(|r| r.row_key)
-            .collect();
-        let rows: Vec<_> = stack
-            .table()
-            .await?
-            .into_iter()
-            .filter(|r| !rejected.contains(&r.id.to_string()))
-            .collect();
-        let expected = stack.expected(&rows);
-        if stack.dns().await? == expected {
-            return Ok(rejected);
-        }
-        if std::time::Instant::now() > deadline {
-            stack
-                .wait_until_dns_equals(&expected, Duration::from_millis(1))
-                .await?;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        DNS_DEADLINE,
+        "DNS holds the table minus the rejected rows",
+        || async {
+            let rejected: Vec<String> = stack
+                .rejected()
+                .await?
+                .into_iter()
+                .map(|r| r.row_key)
+                .collect();
+            let rows: Vec<_> = stack
+                .table()
+                .await?
+                .into_iter()
+                .filter(|r| !rejected.contains(&r.id.to_string()))
+                .collect();
+            let expected = stack.expected(&rows);
+            let dns = stack.dns().await?;
+            Ok(if dns == expected {
+                Check::Done(rejected)
+            } else {
+                Check::NotYet(format!(
+                    "rejected {rejected:?}\n{}",
+                    difference(&expected, &dns)
+                ))
+            })
+        },
+    )
+    .await
 }
 
 async fn id_of(stack: &Stack, owner: &str, rtype: &str) -> Result<String> {
@@ -69,18 +71,19 @@ async fn an_mx_committed_before_its_targets_address_ends_in_dns_without_touching
     if primary == Primary::Bind {
         // The MX goes alone (in one UPDATE with the address BIND would
         // accept both: it checks the message's end state) and is refused.
-        let deadline = std::time::Instant::now() + DNS_DEADLINE;
-        let rejected = loop {
-            let rejected = stack.rejected().await?;
-            if !rejected.is_empty() {
-                break rejected;
-            }
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "the MX without an address was not rejected"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let rejected = wait_until(
+            DNS_DEADLINE,
+            "the MX without an address is rejected",
+            || async {
+                let rejected = stack.rejected().await?;
+                Ok(if rejected.is_empty() {
+                    Check::NotYet("no rejected row".to_string())
+                } else {
+                    Check::Done(rejected)
+                })
+            },
+        )
+        .await?;
         let mx = id_of(&stack, "example.test.", "MX").await?;
         ensure!(
             rejected.len() == 1

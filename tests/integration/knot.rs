@@ -6,12 +6,10 @@
 //! Knot answers NOTAUTH without a TSIG record for a zone it does not serve,
 //! and BADSIG/BADKEY unsigned (see docs/notes/dns-servers.md §3).
 
-use std::time::Duration;
-
 use anyhow::{ensure, Result};
 
 use crate::harness::stack::{FORWARD, REVERSE};
-use crate::harness::{Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
+use crate::harness::{wait_until, Check, Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zones_on_two_servers_do_not_wait_for_each_other() -> Result<()> {
@@ -80,8 +78,26 @@ async fn zones_on_two_servers_do_not_wait_for_each_other() -> Result<()> {
          zone's first unacknowledged transaction"
     );
 
-    // More reverse-zone changes while the forward zone is still stuck.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // More reverse-zone changes while the forward zone is still stuck: once
+    // the status shows its transactions handed to BIND and unacknowledged.
+    wait_until(
+        DNS_DEADLINE,
+        "status shows the forward zone's transactions in flight",
+        || async {
+            let s = crate::admin::status(&stack).await?;
+            let in_flight = s["zones"]
+                .as_array()
+                .and_then(|zones| zones.iter().find(|z| z["zone"] == FORWARD))
+                .and_then(|z| z["in_flight"].as_i64())
+                .unwrap_or(0);
+            Ok(if in_flight > 0 {
+                Check::Done(())
+            } else {
+                Check::NotYet(s.to_string())
+            })
+        },
+    )
+    .await?;
     stack
         .exec("DELETE FROM pg2dns.rr WHERE owner = '2.2.0.192.in-addr.arpa.'")
         .await?;

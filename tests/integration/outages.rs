@@ -42,6 +42,8 @@ async fn changes_made_while_the_primary_is_down_arrive_when_it_returns(
                 )
                 .await?;
         }
+        // Pacing, not a wait: the writes spread over the outage, so pg2dns
+        // retries while changes keep coming.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     pg2dns.assert_running()?;

@@ -16,6 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::faults::workload::Writer;
 use crate::harness::stack::{FORWARD, REVERSE};
 use crate::harness::{Primary, Stack, DNS_DEADLINE};
 
@@ -468,27 +469,15 @@ async fn reconcile_while_writers_commit_finds_no_false_difference() -> Result<()
     // 200 transactions a second. Unpaced, one connection outran the service
     // on a loaded two-core machine, and a backlog that only grows never
     // lets the service reach a later snapshot point, whatever reconcile does.
-    let (db, connection) = tokio_postgres::connect(&stack.pg.url(), tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                i += 1;
-                let sql = match i % 3 {
-                    0 => format!("DELETE FROM pg2dns.rr WHERE owner = 'h{}.example.test.'", i - 2),
-                    1 => format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('h{i}.example.test.', 300, 'A', '192.0.2.{}')", i % 250 + 1),
-                    _ => format!("UPDATE pg2dns.rr SET rdata = '198.51.100.{}' WHERE owner = 'h{}.example.test.'", i % 250 + 1, i - 1),
-                };
-                db.batch_execute(&sql).await?;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            anyhow::Ok(i)
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writer = Writer::sequence(stack.pg.url(), Duration::from_millis(5), |i| {
+        match i % 3 {
+        0 => format!("DELETE FROM pg2dns.rr WHERE owner = 'h{}.example.test.'", i - 2),
+        1 => format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('h{i}.example.test.', 300, 'A', '192.0.2.{}')", i % 250 + 1),
+        _ => format!("UPDATE pg2dns.rr SET rdata = '198.51.100.{}' WHERE owner = 'h{}.example.test.'", i % 250 + 1, i - 1),
+    }
+    });
+    // Reconcile while the writers are under way.
+    writer.wait_for(50, DNS_DEADLINE).await?;
     for round in 0..10 {
         let output = stack.reconcile(&["--json"], &[]).await?;
         let (code, json) = report(&output)?;
@@ -503,8 +492,7 @@ async fn reconcile_while_writers_commit_finds_no_false_difference() -> Result<()
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let written = writer.await??;
+    let written = writer.stop().await?.transactions;
     ensure!(
         written > 100,
         "the writers committed {written} transactions"
@@ -533,25 +521,14 @@ async fn a_new_deployment_publishes_the_rows_the_database_already_holds_and_miss
         &fresh,
         text.replacen("slot = \"pg2dns\"", "slot = \"pg2dns_fresh\"", 1),
     )?;
-    let (db, connection) = tokio_postgres::connect(&stack.pg.url(), tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                i += 1;
-                db.batch_execute(&format!(
-                    "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('new{i}.example.test.', 300, 'A', '198.51.100.{}');
-                     DELETE FROM pg2dns.rr WHERE owner = 'old{i}.example.test.'",
-                    i % 250 + 1
-                ))
-                .await?;
-            }
-            anyhow::Ok(i)
-        })
-    };
+    let writer = Writer::sequence(stack.pg.url(), Duration::ZERO, |i| {
+        format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('new{i}.example.test.', 300, 'A', '198.51.100.{}');
+             DELETE FROM pg2dns.rr WHERE owner = 'old{i}.example.test.'",
+            i % 250 + 1
+        )
+    });
+    let before_setup = writer.transactions();
     let setup = crate::harness::pg2dns::command("setup", &fresh).await?;
     let printed = String::from_utf8_lossy(&setup.stdout).to_string();
     ensure!(
@@ -560,13 +537,16 @@ async fn a_new_deployment_publishes_the_rows_the_database_already_holds_and_miss
         String::from_utf8_lossy(&setup.stderr)
     );
     let log = stack.dir().join("fresh-run.log");
+    let during_setup = writer.transactions() - before_setup;
     let mut run = crate::harness::Pg2dns::spawn(&fresh, &log, &[])?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let written = writer.await??;
+    // And 20 more while the new instance starts streaming.
+    writer
+        .wait_for(writer.transactions() + 20, DNS_DEADLINE)
+        .await?;
+    let written = writer.stop().await?.transactions;
     ensure!(
-        written > 20,
-        "the writer committed {written} transactions during the load"
+        during_setup > 0,
+        "the writer committed no transaction while setup loaded ({written} in all)"
     );
     stack
         .wait_until_dns_matches_table(DNS_DEADLINE)

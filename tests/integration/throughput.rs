@@ -3,7 +3,7 @@
 //! truncated. Every check is on what BIND serves: the zone's content, and its
 //! SOA serial, which BIND bumps once per applied UPDATE message.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::harness::stack::FORWARD;
 use crate::harness::{Primary, Record, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
@@ -75,23 +75,26 @@ async fn a_large_transaction_replacing_every_row_leaves_exactly_the_new_records_
         .iter()
         .map(|row| (row.id.to_string(), vec![row.record.clone()]))
         .collect();
-    let state = stack.row_state_when(|s| *s == rows, DNS_DEADLINE).await?;
-    ensure!(
-        state == rows,
-        "the row state holds other records than the table: {} keys against {}",
-        state.len(),
-        rows.len()
-    );
+    // The wait is the assertion: on timeout it names the last state seen.
+    stack
+        .row_state_when(|s| *s == rows, DNS_DEADLINE)
+        .await
+        .with_context(|| {
+            format!(
+                "the row state should hold exactly the table's {} records",
+                rows.len()
+            )
+        })?;
     stack.exec("DELETE FROM pg2dns.rr").await?;
-    let dns = stack
-        .wait_until_dns_matches_table(RECOVERY_DEADLINE)
-        .await?;
-    ensure!(
-        dns[FORWARD].is_empty(),
-        "{} records left",
-        dns[FORWARD].len()
-    );
-    stack.row_state_when(|s| s.is_empty(), DNS_DEADLINE).await?;
+    // An empty zone, not "whatever the table says": DNS must lose all 1,500.
+    stack
+        .wait_until_dns_equals(&stack.expected(&[]), RECOVERY_DEADLINE)
+        .await
+        .context("every record deleted from the table must leave DNS")?;
+    stack
+        .row_state_when(|s| s.is_empty(), DNS_DEADLINE)
+        .await
+        .context("the row state must be empty after deleting every row")?;
     Ok(())
 }
 

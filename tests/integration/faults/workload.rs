@@ -22,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use tokio::task::JoinHandle;
 
+use crate::harness::wait::wait_until_every;
+use crate::harness::Check;
+
 /// The environment variable that fixes the seed of a run.
 pub const SEED_VAR: &str = "PG2DNS_FAULTS_SEED";
 
@@ -349,6 +352,36 @@ impl Writer {
         Writer { stop, done, task }
     }
 
+    /// Starts committing `sql(1)`, `sql(2)`, … in order on one connection
+    /// to `url` (each call's SQL is one implicit transaction), `pause`
+    /// between them (none if zero), until stopped. Any error ends the writer.
+    pub fn sequence(
+        url: String,
+        pause: Duration,
+        mut sql: impl FnMut(u64) -> String + Send + 'static,
+    ) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (stop2, done2) = (stop.clone(), done.clone());
+        let task = tokio::spawn(async move {
+            let mut report = Report::default();
+            let db = connect(&url).await?;
+            while !stop2.load(Ordering::Relaxed) {
+                let sql = sql(report.transactions + 1);
+                db.batch_execute(&sql)
+                    .await
+                    .with_context(|| format!("the writer's SQL: {sql}"))?;
+                report.transactions += 1;
+                done2.store(report.transactions, Ordering::Relaxed);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            Ok(report)
+        });
+        Writer { stop, done, task }
+    }
+
     /// Transactions sent so far.
     pub fn transactions(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
@@ -356,23 +389,18 @@ impl Writer {
 
     /// Waits until the writer has sent `n` transactions in all.
     pub async fn wait_for(&self, n: u64, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        while self.transactions() < n {
+        let what = format!("the writer has sent {n} transactions");
+        wait_until_every(Duration::from_millis(20), timeout, &what, || async {
+            let sent = self.transactions();
+            if sent >= n {
+                return Ok(Check::Done(()));
+            }
             if self.task.is_finished() {
-                bail!(
-                    "the writer stopped after {} transactions",
-                    self.transactions()
-                );
+                bail!("the writer stopped after {sent} transactions");
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "the writer sent {} of {n} transactions within {timeout:?}",
-                    self.transactions()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+            Ok(Check::NotYet(format!("{sent} transactions")))
+        })
+        .await
     }
 
     /// Stops after the transaction in progress and returns the report.

@@ -1,9 +1,11 @@
 //! The one way tests wait: ask a condition again and again, with a deadline.
 //!
-//! A test should not sleep for a guessed time and then look (a few still do;
-//! move them here): it states what it waits for, [`wait_until`] asks every [`POLL_INTERVAL`]
-//! until it holds, and on timeout the error says what was awaited and what
-//! was seen last.
+//! A test does not sleep for a guessed time and then look: it states what it
+//! waits for, [`wait_until`] asks every [`POLL_INTERVAL`] until it holds, and
+//! on timeout the error says what was awaited and what was seen last. The
+//! sleeps left in tests pace a workload (a writer's gap between
+//! transactions, a fault's random moment); they are what the test does, not
+//! a wait for something to happen.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -26,7 +28,23 @@ pub enum Check<T> {
 /// Asks `check` until it answers [`Check::Done`], at most `timeout`. An
 /// error from `check` ends the wait at once. On timeout the error reads
 /// "after T, still waiting until WHAT; last seen: …".
-pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Check<T>>>,
+{
+    wait_until_every(POLL_INTERVAL, timeout, what, check).await
+}
+
+/// [`wait_until`], asking every `interval`: for a test that must act as soon
+/// as the condition holds (e.g. stop a server while a transaction is still
+/// in flight).
+pub async fn wait_until_every<T, F, Fut>(
+    interval: Duration,
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Check<T>>>,
@@ -40,6 +58,6 @@ where
         if Instant::now() > deadline {
             bail!("after {timeout:?}, still waiting until {what}; last seen: {seen}");
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        tokio::time::sleep(interval).await;
     }
 }
