@@ -73,14 +73,15 @@ pub struct ZoneSpec {
 
 /// A primary took what another refused: the zone cannot go on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("zone {zone}: the primaries diverge at LSN {lsn}, owner {owner}: {accepted_by} accepted the change, {refused_by} answered {answer}")]
+#[error("zone {zone}: the primaries diverge at LSN {lsn}{}: {accepted_by} accepted the change, {refused_by} answered {answer}", .owner.as_ref().map(|o| format!(", owner {o}")).unwrap_or_default())]
 pub struct Divergence {
     /// The zone.
     pub zone: ZoneName,
     /// The transaction.
     pub lsn: Lsn,
-    /// The owner name refused (or the message's first, for a halt).
-    pub owner: String,
+    /// The owner name refused (none for a halt, which concerns a whole
+    /// message).
+    pub owner: Option<String>,
     /// A primary that acknowledged it.
     pub accepted_by: String,
     /// The primary that refused it.
@@ -169,7 +170,6 @@ struct PendingHalt {
     id: u64,
     lsn: Lsn,
     answer: String,
-    owner: String,
     until: Instant,
 }
 
@@ -349,8 +349,8 @@ impl Primaries {
         self.settle_zone(zone.index(), now);
     }
 
-    /// `lane` of `zone` halted at the message of transaction `lsn` (first
-    /// owner `owner`), answering `answer`. With one primary the halt is
+    /// `lane` of `zone` halted at the message of transaction `lsn`,
+    /// answering `answer`. With one primary the halt is
     /// reported at once; with several, once the others answered that
     /// dispatch or `settle` passed.
     pub fn handle_halted(
@@ -358,7 +358,6 @@ impl Primaries {
         zone: ZoneId,
         lane: usize,
         lsn: Lsn,
-        owner: String,
         answer: String,
         now: Instant,
     ) {
@@ -381,7 +380,6 @@ impl Primaries {
             id,
             lsn,
             answer,
-            owner,
             until: now + settle,
         });
         self.settle_zone(zone.index(), now);
@@ -435,7 +433,7 @@ impl Primaries {
                 self.events.push_back(Event::Divergent(Box::new(Divergence {
                     zone: z.spec.name.clone(),
                     lsn: h.lsn,
-                    owner: h.owner.clone(),
+                    owner: None,
                     accepted_by: z.name(other),
                     refused_by: z.name(h.lane),
                     answer: h.answer.clone(),
@@ -488,7 +486,7 @@ impl Primaries {
                 self.events.push_back(Event::Divergent(Box::new(Divergence {
                     zone: z.spec.name.clone(),
                     lsn: k.refusal.lsn,
-                    owner: k.refusal.group.owner.to_string(),
+                    owner: Some(k.refusal.group.owner.to_string()),
                     accepted_by: z.spec.primaries.get(other).cloned().unwrap_or_default(),
                     refused_by: z
                         .spec

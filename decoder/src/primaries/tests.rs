@@ -164,7 +164,7 @@ fn a_halted_primary_whose_peer_took_the_message_is_a_divergence() {
     let t = Instant::now();
     let mut p = Primaries::new(vec![spec(2, Policy::Hold)], Duration::from_secs(5));
     p.handle_dispatched(Z, 1, lsn(1), t);
-    p.handle_halted(Z, 1, lsn(1), "a.test.".into(), "NOTAUTH".into(), t);
+    p.handle_halted(Z, 1, lsn(1), "NOTAUTH".into(), t);
     assert_eq!(events(&mut p), vec![], "waits for ns1's answer");
     p.handle_acked(Z, 0, 1, t);
     let e = events(&mut p);
@@ -180,7 +180,7 @@ fn a_halted_primary_alone_halts_after_the_settle_time() {
     let settle = Duration::from_secs(5);
     let mut p = Primaries::new(vec![spec(2, Policy::Hold)], settle);
     p.handle_dispatched(Z, 1, lsn(1), t);
-    p.handle_halted(Z, 0, lsn(1), "a.test.".into(), "NOTAUTH".into(), t);
+    p.handle_halted(Z, 0, lsn(1), "NOTAUTH".into(), t);
     assert_eq!(p.poll_timeout(), Some(t + settle));
     p.handle_timeout(t + settle);
     assert_eq!(events(&mut p), vec![Event::Halted { zone: Z, lane: 0 }]);

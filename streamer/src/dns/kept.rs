@@ -26,7 +26,7 @@ use pg2dns_decoder::ZoneName;
 use tokio::sync::mpsc;
 
 use super::server::{ServerInput, ServerTask};
-use super::sink::ZoneReport;
+use super::sink::LaneReport;
 use crate::config::{Limits, PrimaryAddr, ServerLimits};
 
 /// What a server task is built from: a task is reused only when these are
@@ -57,7 +57,7 @@ impl ServerStream {
     pub fn start(
         key: ServerKey,
         zone_limits: &Limits,
-        reports: mpsc::UnboundedSender<ZoneReport>,
+        reports: mpsc::UnboundedSender<LaneReport>,
     ) -> ServerStream {
         let task = ServerTask::new(
             key.primary_addr.clone(),

@@ -1,19 +1,29 @@
 //! The zones' streams as the pipeline sees them: one task per server (see
 //! [`crate::dns::server::ServerTask`]), each zone's dispatch count, and
 //! what the zones acknowledged or refused, fed to the checkpoint ledger.
+//!
+//! A zone with several primaries (`primaries`, `server_group`) has one lane
+//! per primary, on that primary's server task: every dispatch goes to each
+//! (each with its own session, window and backoff). The lanes' answers are
+//! combined by [`pg2dns_decoder::primaries`] before the ledger sees them,
+//! so the ledger still sees one zone: acknowledged as far as every
+//! non-degraded primary is, a refusal only when all agree, and a halt when
+//! they diverge.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pg2dns_decoder::checkpoint::{BatchSeq, Ledger, SentBatch, ServerRefusal};
 use pg2dns_decoder::plan::ZoneOps;
+use pg2dns_decoder::primaries::{Event as PrimaryEvent, Primaries, Refusal, ZoneSpec};
 use pg2dns_decoder::{Lsn, ZoneId};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dns::kept::{Kept, ServerKey, ServerStream};
 use crate::dns::server::ServerInput;
-use crate::dns::sink::{Dispatch, ZoneReport};
+use crate::dns::sink::{Dispatch, LaneReport, ZoneReport};
 use crate::error::RunError;
 use crate::{metrics, status};
 
@@ -23,11 +33,23 @@ pub(crate) struct ZoneLane {
     operations: prometheus_client::metrics::counter::Counter,
     /// The zone (its dispatch count is kept across sessions by name).
     name: pg2dns_decoder::ZoneName,
-    /// Its server's task (an index into `Lanes::servers`).
-    server: usize,
+    /// Its primaries' server tasks (indexes into `Lanes::servers`), the
+    /// first primary first.
+    servers: Vec<usize>,
+    /// The `pg2dns_primary_*` series of each primary, for a zone of
+    /// several.
+    series: Vec<PrimarySeries>,
     dispatched: u64,
     /// Dispatches of the current flush, handed over at its end.
     outbox: Vec<Dispatch>,
+}
+
+/// One primary's series of a zone with several.
+struct PrimarySeries {
+    acked: prometheus_client::metrics::gauge::Gauge,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+    degraded: prometheus_client::metrics::gauge::Gauge,
+    name: String,
 }
 
 /// The zones' streams (one task per server, see
@@ -45,15 +67,31 @@ pub(crate) struct Lanes {
     marks: pg2dns_decoder::HashMap<ZoneId, u64>,
     /// Zones that have dispatches not yet acknowledged.
     unacked: usize,
-    pub(crate) reports: mpsc::UnboundedReceiver<ZoneReport>,
+    pub(crate) reports: mpsc::UnboundedReceiver<LaneReport>,
     /// Keeps `reports` open with no zone at all (every zone in an empty
     /// `pg2dns.zones`).
-    _reporting: mpsc::UnboundedSender<ZoneReport>,
+    _reporting: mpsc::UnboundedSender<LaneReport>,
+    /// The zones' primaries' answers combined (one lane per zone unless
+    /// it has several primaries).
+    primaries: Primaries,
+    /// Halts of lanes of zones with several primaries, until the others
+    /// answered the same dispatch.
+    halts: pg2dns_decoder::HashMap<(ZoneId, usize), pg2dns_decoder::session::Halt>,
+    /// Sends [`LaneReport::Tick`] while some zone has several primaries.
+    ticker: Option<tokio::task::JoinHandle<()>>,
     /// What was dispatched and acknowledged or refused, and which
     /// checkpoint that allows.
     pub(crate) ledger: Ledger,
     /// What the status publisher reads (numbers only, no I/O).
     pub(crate) live: Arc<status::Live>,
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+    }
 }
 
 impl Lanes {
@@ -73,21 +111,51 @@ impl Lanes {
         let mut keys: Vec<ServerKey> = Vec::new();
         let mut zones_of: Vec<Vec<(ZoneId, Box<crate::config::ZoneConfig>)>> = Vec::new();
         let ids = config.zones();
+        let mut specs = Vec::with_capacity(config.zones.len());
+        let mut several = false;
+        let m = metrics::get();
         for ((id, _), z) in ids.iter().zip(&config.zones) {
-            let key = ServerKey {
-                primary_addr: z.primary_addr.clone(),
-                primary: z.primary,
-                limits: config.server_limits(&z.primary_addr),
-            };
-            let server = match keys.iter().position(|k| *k == key) {
-                Some(i) => i,
-                None => {
-                    keys.push(key);
-                    zones_of.push(Vec::new());
-                    keys.len() - 1
-                }
-            };
-            zones_of[server].push((id, Box::new(z.clone())));
+            let mut servers = Vec::with_capacity(1 + z.more_primaries.len());
+            let mut series = Vec::new();
+            let primaries = z.primaries();
+            for p in &primaries {
+                let key = ServerKey {
+                    primary_addr: p.primary_addr.clone(),
+                    primary: p.primary,
+                    limits: config.server_limits(&p.primary_addr),
+                };
+                let server = match keys.iter().position(|k| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        keys.push(key);
+                        zones_of.push(Vec::new());
+                        keys.len() - 1
+                    }
+                };
+                let lane = if primaries.len() == 1 {
+                    z.clone()
+                } else {
+                    let label = metrics::PrimaryLabel {
+                        zone: z.name.to_string(),
+                        primary: p.name.clone(),
+                    };
+                    series.push(PrimarySeries {
+                        acked: m.primary_acked.get_or_create(&label).clone(),
+                        in_flight: m.primary_in_flight.get_or_create(&label).clone(),
+                        degraded: m.primary_degraded.get_or_create(&label).clone(),
+                        name: p.name.clone(),
+                    });
+                    z.for_primary(p)
+                };
+                zones_of[server].push((id, Box::new(lane)));
+                servers.push(server);
+            }
+            several |= primaries.len() > 1;
+            specs.push(ZoneSpec {
+                name: z.name.clone(),
+                primaries: primaries.into_iter().map(|p| p.name).collect(),
+                policy: z.policy,
+            });
             // Everything it was handed in earlier sessions was acknowledged.
             let dispatched = kept.dispatched(&z.name);
             if dispatched > 0 {
@@ -95,14 +163,14 @@ impl Lanes {
                 live.dispatched(id.index(), dispatched);
                 live.acked(id.index(), dispatched);
             }
-            let m = metrics::get();
             lanes.push(ZoneLane {
+                servers,
+                series,
                 operations: m
                     .operations
                     .get_or_create(&m.series(&z.name.to_string(), &z.primary.to_string()))
                     .clone(),
                 name: z.name.clone(),
-                server,
                 dispatched,
                 outbox: Vec::new(),
             });
@@ -110,7 +178,7 @@ impl Lanes {
         let mut servers = Vec::new();
         let mut streams = Vec::new();
         let mut reused = 0usize;
-        for (key, zones) in keys.into_iter().zip(zones_of) {
+        for (index, (key, zones)) in keys.into_iter().zip(zones_of).enumerate() {
             let mut stream = match kept.take_server(&key) {
                 Some(stream) => {
                     reused += 1;
@@ -120,6 +188,7 @@ impl Lanes {
             };
             let session = |zones| ServerInput::Session {
                 reports: report_tx.clone(),
+                server: index,
                 zones,
                 limits: config.limits.clone(),
             };
@@ -143,7 +212,33 @@ impl Lanes {
         }
         // Tasks of servers gone or changed stop here.
         *kept = Kept::default();
+        // A halt waits this long for the zone's other primaries to answer
+        // the same message (they answer within their timeout, or retry).
+        let settle = config.limits.dns_timeout + Duration::from_secs(1);
+        let mut primaries = Primaries::new(specs, settle);
+        for (i, lane) in lanes.iter().enumerate() {
+            if lane.dispatched > 0 {
+                if let Ok(i) = u32::try_from(i) {
+                    primaries.handle_restored(ZoneId(i), lane.dispatched);
+                }
+            }
+        }
+        let ticker = several.then(|| {
+            let tx = report_tx.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    if tx.send(LaneReport::Tick).is_err() {
+                        return;
+                    }
+                }
+            })
+        });
         Lanes {
+            primaries,
+            halts: pg2dns_decoder::HashMap::default(),
+            ticker,
             lanes,
             servers,
             streams,
@@ -170,7 +265,7 @@ impl Lanes {
     /// otherwise: what is unacknowledged is replayed by new tasks, and the
     /// old ones stop, so that no old copy follows a newer change).
     pub(crate) fn keep(&mut self) -> Kept {
-        if !self.all_acked() {
+        if !self.all_acked() || !self.every_primary_caught_up() {
             return Kept::default();
         }
         Kept::new(
@@ -179,41 +274,133 @@ impl Lanes {
         )
     }
 
+    /// Whether every primary of every zone (degraded ones included)
+    /// acknowledged everything dispatched to it.
+    fn every_primary_caught_up(&self) -> bool {
+        self.lanes.iter().enumerate().all(|(i, l)| {
+            l.servers.len() == 1
+                || u32::try_from(i).is_ok_and(|i| {
+                    (0..l.servers.len()).all(|p| self.primaries.acked(ZoneId(i), p) >= l.dispatched)
+                })
+        })
+    }
+
     /// Whether every zone acknowledged everything dispatched to it.
     pub(crate) fn all_acked(&self) -> bool {
         self.unacked == 0
     }
 
-    pub(crate) fn on_report(&mut self, report: Option<ZoneReport>) -> Result<(), RunError> {
+    pub(crate) fn on_report(&mut self, report: Option<LaneReport>) -> Result<(), RunError> {
+        let now = Instant::now();
         match report {
-            None => Err(RunError::Internal("every zone stream ended".into())),
-            Some(ZoneReport::Acked { zone, upto }) => {
-                let before = self.ledger.acked(zone);
-                let acked = self.ledger.handle_acked(zone, upto);
-                if let Some(lane) = self.lanes.get(zone.index()) {
-                    if before < lane.dispatched && acked >= lane.dispatched {
-                        self.unacked -= 1;
+            None => return Err(RunError::Internal("every zone stream ended".into())),
+            Some(LaneReport::Tick) => self.primaries.handle_timeout(now),
+            Some(LaneReport::Zone { server, report }) => {
+                let zone = match &report {
+                    ZoneReport::Acked { zone, .. }
+                    | ZoneReport::Refused { zone, .. }
+                    | ZoneReport::Halted { zone, .. } => *zone,
+                };
+                let Some(lane) = self.lanes.get(zone.index()) else {
+                    return Err(RunError::Internal(format!(
+                        "a report of an unknown zone {zone:?}"
+                    )));
+                };
+                let Some(p) = lane.servers.iter().position(|s| *s == server) else {
+                    return Err(RunError::Internal(format!(
+                        "a report of zone {} from a server not its primary",
+                        lane.name
+                    )));
+                };
+                match report {
+                    ZoneReport::Acked { zone, upto } => {
+                        if let Some(s) = lane.series.get(p) {
+                            s.acked.set(i64::try_from(upto).unwrap_or(i64::MAX));
+                            s.in_flight.set(
+                                i64::try_from(lane.dispatched.saturating_sub(upto)).unwrap_or(0),
+                            );
+                        }
+                        self.primaries.handle_acked(zone, p, upto, now);
+                    }
+                    ZoneReport::Refused {
+                        zone,
+                        lsn,
+                        group,
+                        rcode,
+                    } => {
+                        self.primaries
+                            .handle_refused(zone, p, Refusal { lsn, group, rcode }, now);
+                    }
+                    ZoneReport::Halted { zone, error } => {
+                        if lane.servers.len() == 1 {
+                            return Err(RunError::Sink(Box::new(error)));
+                        }
+                        let lsn = error.lsn();
+                        let answer = crate::error::chain(&error);
+                        self.halts.insert((zone, p), error);
+                        self.primaries.handle_halted(zone, p, lsn, answer, now);
                     }
                 }
-                self.live.acked(zone.index(), acked);
-                Ok(())
             }
-            Some(ZoneReport::Refused {
-                zone,
-                lsn,
-                group,
-                rcode,
-            }) => {
-                self.ledger.handle_refused(ServerRefusal {
-                    zone,
-                    lsn,
-                    group,
-                    rcode,
-                });
-                Ok(())
-            }
-            Some(ZoneReport::Halted { error, .. }) => Err(RunError::Sink(Box::new(error))),
         }
+        self.primary_events()
+    }
+
+    /// Feeds the ledger what the zones' primaries agree on.
+    fn primary_events(&mut self) -> Result<(), RunError> {
+        while let Some(event) = self.primaries.poll_event() {
+            match event {
+                PrimaryEvent::Acked { zone, upto } => {
+                    let before = self.ledger.acked(zone);
+                    let acked = self.ledger.handle_acked(zone, upto);
+                    if let Some(lane) = self.lanes.get(zone.index()) {
+                        if before < lane.dispatched && acked >= lane.dispatched {
+                            self.unacked -= 1;
+                        }
+                    }
+                    self.live.acked(zone.index(), acked);
+                }
+                PrimaryEvent::Refused { zone, refusal } => {
+                    self.ledger.handle_refused(ServerRefusal {
+                        zone,
+                        lsn: refusal.lsn,
+                        group: refusal.group,
+                        rcode: refusal.rcode,
+                    });
+                }
+                PrimaryEvent::Degraded { zone, lane } => {
+                    if let Some((l, s)) = self
+                        .lanes
+                        .get(zone.index())
+                        .and_then(|l| Some((l, l.series.get(lane)?)))
+                    {
+                        s.degraded.set(1);
+                        warn!(zone = %l.name, primary = %s.name, acked = self.primaries.acked(zone, lane), dispatched = l.dispatched, "a primary made no progress for its degrade_after: the zone goes on without it; it catches up when it answers again");
+                    }
+                }
+                PrimaryEvent::Rejoined { zone, lane } => {
+                    if let Some((l, s)) = self
+                        .lanes
+                        .get(zone.index())
+                        .and_then(|l| Some((l, l.series.get(lane)?)))
+                    {
+                        s.degraded.set(0);
+                        info!(zone = %l.name, primary = %s.name, "a degraded primary caught up: the zone waits for it again");
+                    }
+                }
+                PrimaryEvent::Divergent(d) => return Err(RunError::Divergent(d)),
+                PrimaryEvent::Halted { zone, lane } => {
+                    return match self.halts.remove(&(zone, lane)) {
+                        Some(h) => Err(RunError::Sink(Box::new(h))),
+                        None => Err(RunError::Internal(format!(
+                            "a halt of zone #{} that was not kept",
+                            zone.0
+                        ))),
+                    };
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn dispatch(&mut self, lsn: Lsn, ops: Vec<ZoneOps>) {
@@ -229,6 +416,11 @@ impl Lanes {
                 self.unacked += 1;
             }
             lane.dispatched += 1;
+            self.primaries
+                .handle_dispatched(z.zone, lane.dispatched, lsn, Instant::now());
+            for s in &lane.series {
+                s.in_flight.inc();
+            }
             self.live.dispatched(z.zone.index(), lane.dispatched);
             self.marks.insert(z.zone, lane.dispatched);
             if lane.outbox.is_empty() {
@@ -249,7 +441,13 @@ impl Lanes {
             (0..self.servers.len()).map(|_| Vec::new()).collect();
         for zone in std::mem::take(&mut self.touched) {
             let lane = &mut self.lanes[zone.index()];
-            per_server[lane.server].push((zone, std::mem::take(&mut lane.outbox)));
+            let outbox = std::mem::take(&mut lane.outbox);
+            if let Some((last, others)) = lane.servers.split_last() {
+                for server in others {
+                    per_server[*server].push((zone, outbox.clone()));
+                }
+                per_server[*last].push((zone, outbox));
+            }
         }
         for (server, batch) in per_server.into_iter().enumerate() {
             if batch.is_empty() {
