@@ -407,3 +407,80 @@ async fn sigkill_at_random_moments_with_two_primaries_loses_nothing_on_either() 
     two.wait_both_match(RECOVERY_DEADLINE).await?;
     last.assert_running()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_compares_and_repairs_each_primary_or_only_the_one_named() -> Result<()> {
+    let two = Two::start("two-reconcile", Primary::Bind, Primary::Bind, "").await?;
+    let mut pg2dns = two.stack.run()?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('kept.example.test.', 300, 'A', '192.0.2.10'), ('Gone.Example.TEST.', 300, 'TXT', '\"caf\u{e9}\"')")
+        .await?;
+    two.wait_both_match(DNS_DEADLINE).await?;
+    pg2dns.terminate().await?;
+    // Someone changes ns2 behind pg2dns's back.
+    two.second
+        .nsupdate(
+            "update delete gone.example.test. TXT\nupdate add stray.example.test. 300 A 192.0.2.99",
+        )
+        .await?;
+
+    let json = |out: &std::process::Output| -> Result<(i32, serde_json::Value)> {
+        Ok((
+            out.status.code().unwrap_or(-1),
+            serde_json::from_slice(&out.stdout)
+                .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?,
+        ))
+    };
+    let zones_of = |v: &serde_json::Value| -> Vec<(String, String, bool)> {
+        v["zones"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|z| {
+                (
+                    z["zone"].as_str().unwrap_or("").to_owned(),
+                    z["primary"].as_str().unwrap_or("").to_owned(),
+                    z["in_sync"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect()
+    };
+    // Every primary by default: ns2's zone differs, ns1's does not.
+    let (code, all) = json(&two.stack.reconcile(&["--json"], &[]).await?)?;
+    ensure!(code == 1, "differences exit 1, got {code}: {all}");
+    let zones = zones_of(&all);
+    ensure!(
+        zones.contains(&(FORWARD.into(), "ns1".into(), true))
+            && zones.contains(&(FORWARD.into(), "ns2".into(), false))
+            && zones.len() == 4,
+        "each zone is compared on each primary: {zones:?}"
+    );
+    let (code, one) = json(
+        &two.stack
+            .reconcile(&["--json", "--primary", "ns1"], &[])
+            .await?,
+    )?;
+    ensure!(code == 0, "ns1 alone is in sync, got {code}: {one}");
+    ensure!(
+        zones_of(&one).iter().all(|(_, p, _)| p == "ns1"),
+        "--primary ns1 compares ns1 only: {one}"
+    );
+    let (code, repaired) = json(
+        &two.stack
+            .reconcile(&["--json", "--primary", "ns2", "--apply"], &[])
+            .await?,
+    )?;
+    ensure!(
+        code == 0,
+        "the repair of ns2 leaves it in sync, got {code}: {repaired}"
+    );
+    two.wait_both_match(DNS_DEADLINE).await?;
+    let unknown = two.stack.reconcile(&["--primary", "ns9"], &[]).await?;
+    ensure!(
+        unknown.status.code() == Some(2)
+            && String::from_utf8_lossy(&unknown.stderr).contains("--primary ns9"),
+        "an unknown primary is an error naming it: {}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    Ok(())
+}
