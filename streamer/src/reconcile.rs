@@ -1068,6 +1068,11 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
     }
 }
 
+/// One comparison of [`primary_passes`]: the configuration seen through one
+/// primary per zone, the zones to compare, and the zones of several
+/// primaries (whose outcomes name the primary).
+type PrimaryPass = (Config, Vec<ZoneId>, Vec<ZoneId>);
+
 /// The comparisons a reconcile makes: the configuration as is when no
 /// selected zone has several primaries; else one per primary position,
 /// each zone seen through its k-th primary alone (zone ids unchanged),
@@ -1077,7 +1082,7 @@ fn primary_passes(
     config: &Config,
     selected: &[ZoneId],
     primary: Option<&str>,
-) -> Result<Vec<(Config, Vec<ZoneId>, Vec<ZoneId>)>, ReconcileError> {
+) -> Result<Vec<PrimaryPass>, ReconcileError> {
     let several: Vec<ZoneId> = selected
         .iter()
         .copied()
