@@ -150,6 +150,8 @@ pub enum Event {
 struct Lane {
     acked: u64,
     degraded: bool,
+    /// Receives nothing this session: degraded until it ends.
+    detached: bool,
     /// Since when it has had work without progress.
     waiting_since: Option<Instant>,
 }
@@ -195,8 +197,14 @@ impl Zone {
             .unwrap_or(self.dispatched)
     }
 
+    /// The least any lane that receives dispatches acknowledged.
     fn slowest(&self) -> u64 {
-        self.lanes.iter().map(|l| l.acked).min().unwrap_or(0)
+        self.lanes
+            .iter()
+            .filter(|l| !l.detached)
+            .map(|l| l.acked)
+            .min()
+            .unwrap_or(0)
     }
 
     /// The last dispatch id of transaction `lsn` (the newest dispatch when
@@ -238,6 +246,7 @@ impl Primaries {
                         Lane {
                             acked: 0,
                             degraded: false,
+                            detached: false,
                             waiting_since: None,
                         };
                         spec.primaries.len().max(1)
@@ -288,6 +297,27 @@ impl Primaries {
             for l in &mut z.lanes {
                 l.acked = l.acked.max(id);
             }
+        }
+    }
+
+    /// `lane` of `zone` receives nothing this session (it could not be
+    /// brought in line when the session started): it is degraded, and
+    /// stays so; the zone goes on with its other primaries. One lane of a
+    /// zone always counts: the last one not detached stays.
+    pub fn handle_detached(&mut self, zone: ZoneId, lane: usize) {
+        if let Some(l) = self
+            .zones
+            .get_mut(zone.index())
+            .filter(|z| {
+                z.lanes
+                    .iter()
+                    .enumerate()
+                    .any(|(i, l)| i != lane && !l.detached)
+            })
+            .and_then(|z| z.lanes.get_mut(lane))
+        {
+            l.degraded = true;
+            l.detached = true;
         }
     }
 
@@ -466,7 +496,7 @@ impl Primaries {
         // Degraded lanes that caught up rejoin.
         let ack = z.ack();
         for i in 0..z.lanes.len() {
-            if z.lanes[i].degraded && z.lanes[i].acked >= ack {
+            if z.lanes[i].degraded && !z.lanes[i].detached && z.lanes[i].acked >= ack {
                 z.lanes[i].degraded = false;
                 z.lanes[i].waiting_since = (z.lanes[i].acked < z.dispatched).then_some(now);
                 self.events.push_back(Event::Rejoined { zone, lane: i });

@@ -607,6 +607,8 @@ async fn session(
     let live = status::Live::new(config);
     let publisher = tokio::spawn(status::publish(live.clone(), config.clone()));
     let _publisher = AbortOnDrop(publisher);
+    // Primaries the last session left degraded are brought in line first.
+    Lanes::catch_up(config, &mut store, progress, kept).await;
     let lanes = Lanes::start(config, live.clone(), progress, kept).await;
     let mut p = Pipeline {
         config,
@@ -666,6 +668,8 @@ async fn session(
     let result = p.stream(&mut replication, shutdown, reload).await;
     if let Ok(SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused) = result {
         *kept = p.lanes.keep();
+    } else {
+        kept.note_behind(p.lanes.behind());
     }
     if let Ok(SessionEnd::Stopped) = result {
         // Said while this instance still holds the slot, so that it cannot

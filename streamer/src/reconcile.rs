@@ -1121,6 +1121,41 @@ fn primary_passes(
     }
 }
 
+/// Brings `primary` of `zone` in line with pg2dns's row state, which is
+/// DNS as of `at`: the catch-up of a primary that was degraded when a
+/// streaming session ended (its queue went with the session), run when the
+/// next session starts, before anything is streamed from `at`. As any
+/// repair: SOA-guarded, within the safety threshold, the row state left as
+/// it is.
+pub async fn catch_up(
+    config: &Config,
+    store: &mut Store,
+    zone: ZoneId,
+    primary: &crate::config::Primary,
+    at: Lsn,
+) -> Result<ZoneOutcome, ReconcileError> {
+    let mut pass = config.clone();
+    let Some(zc) = config.zones.get(zone.index()) else {
+        return Err(ReconcileError::UnknownZone(format!("#{}", zone.0)));
+    };
+    pass.zones[zone.index()] = zc.for_primary(primary);
+    let as_of = OperatorPause {
+        lsn: at,
+        wal: at,
+        requested_by: "pg2dns".into(),
+        reason: format!("catching up primary {}", primary.name),
+    };
+    let options = Options {
+        apply: true,
+        ..Default::default()
+    };
+    let mut report = compare(&pass, &options, store, &[zone], None, None, Some(&as_of)).await?;
+    report
+        .zones
+        .pop()
+        .ok_or_else(|| ReconcileError::UnknownZone(zc.name.to_string()))
+}
+
 /// Names the primary in the outcomes of zones with several primaries.
 fn name_primaries(report: &mut Report, pass: &Config, several: &[ZoneId]) {
     for z in &mut report.zones {

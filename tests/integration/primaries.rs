@@ -484,3 +484,63 @@ async fn reconcile_compares_and_repairs_each_primary_or_only_the_one_named() -> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_degraded_when_the_session_ends_is_brought_in_line_by_a_reconcile_once_it_answers(
+) -> Result<()> {
+    let two = Two::start(
+        "two-catch-up",
+        Primary::Bind,
+        Primary::Bind,
+        "degrade_after = \"2s\"",
+    )
+    .await?;
+    let mut pg2dns = two.stack.run()?;
+    let first = two.stack.server(Primary::Bind)?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('before.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    two.wait_both_match(DNS_DEADLINE).await?;
+    let log_has = |what: &'static str, n: usize| {
+        let pg2dns = &pg2dns;
+        async move {
+            wait_until(RECOVERY_DEADLINE, what, || async {
+                let count = pg2dns.log().matches(what).count();
+                Ok(if count >= n {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(format!("{count} times"))
+                })
+            })
+            .await
+        }
+    };
+
+    let pid = two.second.pid().context("ns2 runs")?;
+    signal(pid, "STOP")?;
+    let outcome = async {
+        two.stack.exec(&big_transaction("left", 500)).await?;
+        two.wait_matches(first, "ns1", RECOVERY_DEADLINE).await?;
+        log_has("made no progress for its degrade_after", 1).await?;
+        // The session ends with ns2 degraded (its queue goes with it); the
+        // next one cannot reach ns2 and streams without it.
+        signal(pg2dns.pid(), "HUP")?;
+        log_has("this session streams without the primary", 1).await?;
+        two.stack
+            .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('during.example.test.', 300, 'A', '192.0.2.2'); DELETE FROM pg2dns.rr WHERE owner = 'left7.example.test.'")
+            .await?;
+        two.wait_matches(first, "ns1", RECOVERY_DEADLINE).await
+    }
+    .await;
+    signal(pid, "CONT")?;
+    outcome?;
+    // Once ns2 answers, the next session brings it in line, then streams
+    // to it again.
+    signal(pg2dns.pid(), "HUP")?;
+    log_has("was brought in line with the row state", 1).await?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.3')")
+        .await?;
+    two.wait_both_match(RECOVERY_DEADLINE).await?;
+    pg2dns.assert_running()
+}

@@ -258,3 +258,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_detached_primary_never_holds_the_zone_and_the_last_one_counting_stays() {
+    let t = Instant::now();
+    let mut p = Primaries::new(
+        vec![spec(2, Policy::DegradeAfter(Duration::from_secs(60)))],
+        Duration::from_secs(5),
+    );
+    p.handle_detached(Z, 1);
+    p.handle_detached(Z, 0);
+    assert!(p.is_degraded(Z, 1));
+    assert!(!p.is_degraded(Z, 0), "one primary always counts");
+    p.handle_dispatched(Z, 1, lsn(1), t);
+    p.handle_acked(Z, 0, 1, t);
+    assert_eq!(acked(&events(&mut p)), Some(1));
+    p.handle_acked(Z, 1, 1, t);
+    assert_eq!(
+        events(&mut p),
+        vec![],
+        "a detached primary does not rejoin this session"
+    );
+}

@@ -44,6 +44,10 @@ pub(crate) struct ZoneLane {
     outbox: Vec<Dispatch>,
 }
 
+/// The server of a primary the session streams without (see
+/// [`Kept::is_detached`]).
+const DETACHED: usize = usize::MAX;
+
 /// One primary's series of a zone with several.
 struct PrimarySeries {
     acked: prometheus_client::metrics::gauge::Gauge,
@@ -132,6 +136,35 @@ impl Lanes {
                         keys.len() - 1
                     }
                 };
+                if primaries.len() > 1 && kept.is_detached(&z.name, &p.name) {
+                    warn!(zone = %z.name, primary = %p.name, "this session streams without the primary: it could not be brought in line; it is, at the next session's start (SIGHUP) once it answers");
+                    servers.push(DETACHED);
+                    series.push(PrimarySeries {
+                        acked: m
+                            .primary_acked
+                            .get_or_create(&metrics::PrimaryLabel {
+                                zone: z.name.to_string(),
+                                primary: p.name.clone(),
+                            })
+                            .clone(),
+                        in_flight: m
+                            .primary_in_flight
+                            .get_or_create(&metrics::PrimaryLabel {
+                                zone: z.name.to_string(),
+                                primary: p.name.clone(),
+                            })
+                            .clone(),
+                        degraded: m
+                            .primary_degraded
+                            .get_or_create(&metrics::PrimaryLabel {
+                                zone: z.name.to_string(),
+                                primary: p.name.clone(),
+                            })
+                            .clone(),
+                        name: p.name.clone(),
+                    });
+                    continue;
+                }
                 let lane = if primaries.len() == 1 {
                     z.clone()
                 } else {
@@ -210,6 +243,17 @@ impl Lanes {
                 "server connections: unchanged servers keep theirs"
             );
         }
+        let detached: Vec<(usize, usize)> = lanes
+            .iter()
+            .enumerate()
+            .flat_map(|(z, l)| {
+                l.servers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| **s == DETACHED)
+                    .map(move |(p, _)| (z, p))
+            })
+            .collect();
         // Tasks of servers gone or changed stop here.
         *kept = Kept::default();
         // A halt waits this long for the zone's other primaries to answer
@@ -220,6 +264,14 @@ impl Lanes {
             if lane.dispatched > 0 {
                 if let Ok(i) = u32::try_from(i) {
                     primaries.handle_restored(ZoneId(i), lane.dispatched);
+                }
+            }
+        }
+        for (z, p) in detached {
+            if let Ok(z) = u32::try_from(z) {
+                primaries.handle_detached(ZoneId(z), p);
+                if let Some(s) = lanes[z as usize].series.get(p) {
+                    s.degraded.set(1);
                 }
             }
         }
@@ -265,13 +317,82 @@ impl Lanes {
     /// otherwise: what is unacknowledged is replayed by new tasks, and the
     /// old ones stop, so that no old copy follows a newer change).
     pub(crate) fn keep(&mut self) -> Kept {
-        if !self.all_acked() || !self.every_primary_caught_up() {
-            return Kept::default();
+        let mut kept = if !self.all_acked() || !self.every_primary_caught_up() {
+            Kept::default()
+        } else {
+            Kept::new(
+                std::mem::take(&mut self.streams),
+                self.lanes.iter().map(|l| (l.name.clone(), l.dispatched)),
+            )
+        };
+        kept.note_behind(self.behind());
+        kept
+    }
+
+    /// The primaries (zone, name) degraded now: if the session ends, their
+    /// queue goes with it, and the next session must bring them in line.
+    pub(crate) fn behind(&self) -> Vec<(pg2dns_decoder::ZoneName, String)> {
+        let mut behind = Vec::new();
+        for (i, l) in self.lanes.iter().enumerate() {
+            let Ok(zone) = u32::try_from(i) else { continue };
+            for (p, s) in l.series.iter().enumerate() {
+                if self.primaries.is_degraded(ZoneId(zone), p) {
+                    behind.push((l.name.clone(), s.name.clone()));
+                }
+            }
         }
-        Kept::new(
-            std::mem::take(&mut self.streams),
-            self.lanes.iter().map(|l| (l.name.clone(), l.dispatched)),
-        )
+        behind
+    }
+
+    /// Before a session streams from `progress`: brings each primary the
+    /// last session left behind in line with the row state (which is DNS
+    /// as of `progress`), with a SOA-guarded reconcile of that primary
+    /// alone. Those that cannot be (still down, the repair refused) are
+    /// streamed without in this session, and tried again at the next.
+    pub(crate) async fn catch_up(
+        config: &Config,
+        store: &mut crate::store::Store,
+        progress: Lsn,
+        kept: &mut Kept,
+    ) {
+        let behind = kept.take_behind();
+        if behind.is_empty() {
+            return;
+        }
+        let ids = config.zones();
+        let mut detached = Vec::new();
+        for (zone, name) in behind {
+            let found = ids.id_of(&zone).and_then(|id| {
+                let p = config
+                    .zones
+                    .get(id.index())?
+                    .primaries()
+                    .into_iter()
+                    .find(|p| p.name == name)?;
+                Some((id, p))
+            });
+            let Some((id, primary)) = found else {
+                continue;
+            };
+            match crate::reconcile::catch_up(config, store, id, &primary, progress).await {
+                Ok(outcome) if outcome.error.is_none() && outcome.in_sync_after != Some(false) => {
+                    info!(%zone, primary = %name, lsn = %progress, repaired = outcome.messages_applied, "a primary left behind was brought in line with the row state; it rejoins the stream");
+                }
+                Ok(outcome) => {
+                    let why = outcome.error.as_ref().map_or_else(
+                        || "the repair did not leave it in sync (or the safety threshold refused it)".to_owned(),
+                        |e| crate::error::chain(e),
+                    );
+                    warn!(%zone, primary = %name, reason = %why, "a primary left behind cannot be brought in line yet: this session goes on without it (or run `pg2dns reconcile --primary NAME --apply`)");
+                    detached.push((zone, name));
+                }
+                Err(e) => {
+                    warn!(%zone, primary = %name, error = %crate::error::chain(&e), "a primary left behind cannot be brought in line yet: this session goes on without it");
+                    detached.push((zone, name));
+                }
+            }
+        }
+        kept.set_detached(detached);
     }
 
     /// Whether every primary of every zone (degraded ones included)
@@ -418,8 +539,10 @@ impl Lanes {
             lane.dispatched += 1;
             self.primaries
                 .handle_dispatched(z.zone, lane.dispatched, lsn, Instant::now());
-            for s in &lane.series {
-                s.in_flight.inc();
+            for (s, server) in lane.series.iter().zip(&lane.servers) {
+                if *server != DETACHED {
+                    s.in_flight.inc();
+                }
             }
             self.live.dispatched(z.zone.index(), lane.dispatched);
             self.marks.insert(z.zone, lane.dispatched);
@@ -442,11 +565,14 @@ impl Lanes {
         for zone in std::mem::take(&mut self.touched) {
             let lane = &mut self.lanes[zone.index()];
             let outbox = std::mem::take(&mut lane.outbox);
-            if let Some((last, others)) = lane.servers.split_last() {
-                for server in others {
+            let mut to = lane.servers.iter().filter(|s| **s != DETACHED).peekable();
+            while let Some(server) = to.next() {
+                if to.peek().is_some() {
                     per_server[*server].push((zone, outbox.clone()));
+                } else {
+                    per_server[*server].push((zone, outbox));
+                    break;
                 }
-                per_server[*last].push((zone, outbox));
             }
         }
         for (server, batch) in per_server.into_iter().enumerate() {
