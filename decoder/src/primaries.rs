@@ -227,36 +227,47 @@ impl Zone {
 }
 
 /// The zones' primaries (see the module documentation).
+///
+/// Only zones of several primaries are kept: a zone of one primary passes
+/// its lane's answers through as they come (no memory per such zone, so
+/// 50,000 zones of one primary cost nothing here).
 #[derive(Debug)]
 pub struct Primaries {
-    zones: Vec<Zone>,
+    zones: crate::HashMap<ZoneId, Zone>,
     events: VecDeque<Event>,
     settle: Duration,
 }
 
 impl Primaries {
-    /// The zones, by [`ZoneId`] index; a lane's halt waits up to `settle`
-    /// for the zone's other primaries to answer.
-    pub fn new(zones: Vec<ZoneSpec>, settle: Duration) -> Primaries {
+    /// The zones of several primaries (the others need not be given); a
+    /// lane's halt waits up to `settle` for the zone's other primaries to
+    /// answer.
+    pub fn new(zones: impl IntoIterator<Item = (ZoneId, ZoneSpec)>, settle: Duration) -> Primaries {
         Primaries {
             zones: zones
                 .into_iter()
-                .map(|spec| Zone {
-                    lanes: vec![
-                        Lane {
-                            acked: 0,
-                            degraded: false,
-                            detached: false,
-                            waiting_since: None,
-                        };
-                        spec.primaries.len().max(1)
-                    ],
-                    spec,
-                    dispatched: 0,
-                    lsns: VecDeque::new(),
-                    refusals: Vec::new(),
-                    reported: 0,
-                    halt: None,
+                .filter(|(_, spec)| spec.primaries.len() > 1)
+                .map(|(id, spec)| {
+                    (
+                        id,
+                        Zone {
+                            lanes: vec![
+                                Lane {
+                                    acked: 0,
+                                    degraded: false,
+                                    detached: false,
+                                    waiting_since: None,
+                                };
+                                spec.primaries.len().max(1)
+                            ],
+                            spec,
+                            dispatched: 0,
+                            lsns: VecDeque::new(),
+                            refusals: Vec::new(),
+                            reported: 0,
+                            halt: None,
+                        },
+                    )
                 })
                 .collect(),
             events: VecDeque::new(),
@@ -264,9 +275,9 @@ impl Primaries {
         }
     }
 
-    /// How many primaries `zone` has.
+    /// How many primaries `zone` has (1 for a zone not given).
     pub fn lanes(&self, zone: ZoneId) -> usize {
-        self.zones.get(zone.index()).map_or(0, |z| z.lanes.len())
+        self.zones.get(&zone).map_or(1, |z| z.lanes.len())
     }
 
     /// Whether `lane` of `zone` is degraded.
@@ -279,19 +290,20 @@ impl Primaries {
         self.lane(zone, lane).map_or(0, |l| l.acked)
     }
 
-    /// What `zone` acknowledged (the minimum over its non-degraded lanes).
+    /// What `zone` acknowledged (the minimum over its non-degraded lanes;
+    /// 0 for a zone of one primary, whose answers pass through).
     pub fn zone_acked(&self, zone: ZoneId) -> u64 {
-        self.zones.get(zone.index()).map_or(0, Zone::ack)
+        self.zones.get(&zone).map_or(0, Zone::ack)
     }
 
     fn lane(&self, zone: ZoneId, lane: usize) -> Option<&Lane> {
-        self.zones.get(zone.index())?.lanes.get(lane)
+        self.zones.get(&zone)?.lanes.get(lane)
     }
 
     /// Everything up to `id` was acknowledged by every lane in an earlier
     /// session (the ids go on from there).
     pub fn handle_restored(&mut self, zone: ZoneId, id: u64) {
-        if let Some(z) = self.zones.get_mut(zone.index()) {
+        if let Some(z) = self.zones.get_mut(&zone) {
             z.dispatched = z.dispatched.max(id);
             z.reported = z.reported.max(id);
             for l in &mut z.lanes {
@@ -307,7 +319,7 @@ impl Primaries {
     pub fn handle_detached(&mut self, zone: ZoneId, lane: usize) {
         if let Some(l) = self
             .zones
-            .get_mut(zone.index())
+            .get_mut(&zone)
             .filter(|z| {
                 z.lanes
                     .iter()
@@ -323,7 +335,7 @@ impl Primaries {
 
     /// Dispatch `id` (transaction `lsn`) went to every lane of `zone`.
     pub fn handle_dispatched(&mut self, zone: ZoneId, id: u64, lsn: Lsn, now: Instant) {
-        let Some(z) = self.zones.get_mut(zone.index()) else {
+        let Some(z) = self.zones.get_mut(&zone) else {
             return;
         };
         for l in &mut z.lanes {
@@ -339,7 +351,8 @@ impl Primaries {
 
     /// `lane` of `zone` acknowledged every dispatch up to `upto`.
     pub fn handle_acked(&mut self, zone: ZoneId, lane: usize, upto: u64, now: Instant) {
-        let Some(z) = self.zones.get_mut(zone.index()) else {
+        let Some(z) = self.zones.get_mut(&zone) else {
+            self.events.push_back(Event::Acked { zone, upto });
             return;
         };
         let Some(l) = z.lanes.get_mut(lane) else {
@@ -349,13 +362,14 @@ impl Primaries {
             l.acked = upto;
             l.waiting_since = (upto < z.dispatched).then_some(now);
         }
-        self.settle_zone(zone.index(), now);
+        self.settle_zone(zone, now);
     }
 
     /// `lane` of `zone` refused an owner group for its content (and went
     /// on).
     pub fn handle_refused(&mut self, zone: ZoneId, lane: usize, refusal: Refusal, now: Instant) {
-        let Some(z) = self.zones.get_mut(zone.index()) else {
+        let Some(z) = self.zones.get_mut(&zone) else {
+            self.events.push_back(Event::Refused { zone, refusal });
             return;
         };
         let id = z.id_of(refusal.lsn);
@@ -376,7 +390,7 @@ impl Primaries {
                 agreed: false,
             }),
         }
-        self.settle_zone(zone.index(), now);
+        self.settle_zone(zone, now);
     }
 
     /// `lane` of `zone` halted at the message of transaction `lsn`,
@@ -392,13 +406,10 @@ impl Primaries {
         now: Instant,
     ) {
         let settle = self.settle;
-        let Some(z) = self.zones.get_mut(zone.index()) else {
-            return;
-        };
-        if z.lanes.len() <= 1 {
+        let Some(z) = self.zones.get_mut(&zone) else {
             self.events.push_back(Event::Halted { zone, lane });
             return;
-        }
+        };
         if z.halt.is_some() {
             return;
         }
@@ -412,21 +423,22 @@ impl Primaries {
             answer,
             until: now + settle,
         });
-        self.settle_zone(zone.index(), now);
+        self.settle_zone(zone, now);
     }
 
     /// Time passed: degrade lanes without progress, report halts whose
     /// wait is over.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for i in 0..self.zones.len() {
-            self.settle_zone(i, now);
+        let zones: Vec<ZoneId> = self.zones.keys().copied().collect();
+        for zone in zones {
+            self.settle_zone(zone, now);
         }
     }
 
     /// When [`Primaries::handle_timeout`] should be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.zones
-            .iter()
+            .values()
             .flat_map(|z| {
                 let degrade = match z.spec.policy {
                     Policy::DegradeAfter(after) => z
@@ -448,11 +460,10 @@ impl Primaries {
         self.events.pop_front()
     }
 
-    fn settle_zone(&mut self, index: usize, now: Instant) {
-        let (Ok(id), Some(z)) = (u32::try_from(index), self.zones.get_mut(index)) else {
+    fn settle_zone(&mut self, zone: ZoneId, now: Instant) {
+        let Some(z) = self.zones.get_mut(&zone) else {
             return;
         };
-        let zone = ZoneId(id);
         // A halted lane: once the others answered its dispatch (or the
         // wait is over), say whether they took it.
         if let Some(h) = z.halt.clone() {

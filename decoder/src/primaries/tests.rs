@@ -46,7 +46,7 @@ fn acked(events: &[Event]) -> Option<u64> {
 #[test]
 fn one_primary_is_acknowledged_as_it_answers() {
     let t = Instant::now();
-    let mut p = Primaries::new(vec![spec(1, Policy::Hold)], Duration::from_secs(5));
+    let mut p = Primaries::new(vec![(Z, spec(1, Policy::Hold))], Duration::from_secs(5));
     p.handle_dispatched(Z, 1, lsn(1), t);
     p.handle_acked(Z, 0, 1, t);
     assert_eq!(events(&mut p), vec![Event::Acked { zone: Z, upto: 1 }]);
@@ -57,7 +57,7 @@ fn the_zone_ack_is_the_min_over_non_degraded_primaries() {
     let t = Instant::now();
     let after = Duration::from_secs(60);
     let mut p = Primaries::new(
-        vec![spec(2, Policy::DegradeAfter(after))],
+        vec![(Z, spec(2, Policy::DegradeAfter(after)))],
         Duration::from_secs(5),
     );
     for id in 1..=3 {
@@ -94,7 +94,7 @@ fn the_zone_ack_is_the_min_over_non_degraded_primaries() {
 #[test]
 fn under_hold_a_silent_primary_holds_the_zone_forever() {
     let t = Instant::now();
-    let mut p = Primaries::new(vec![spec(2, Policy::Hold)], Duration::from_secs(5));
+    let mut p = Primaries::new(vec![(Z, spec(2, Policy::Hold))], Duration::from_secs(5));
     p.handle_dispatched(Z, 1, lsn(1), t);
     p.handle_acked(Z, 0, 1, t);
     assert_eq!(p.poll_timeout(), None);
@@ -106,7 +106,7 @@ fn under_hold_a_silent_primary_holds_the_zone_forever() {
 #[test]
 fn a_primary_refusing_what_another_accepted_halts_naming_both() {
     let t = Instant::now();
-    let mut p = Primaries::new(vec![spec(2, Policy::Hold)], Duration::from_secs(5));
+    let mut p = Primaries::new(vec![(Z, spec(2, Policy::Hold))], Duration::from_secs(5));
     p.handle_dispatched(Z, 1, lsn(7), t);
     p.handle_refused(Z, 1, refusal(7, "www.example.test."), t);
     p.handle_acked(Z, 1, 1, t);
@@ -139,7 +139,7 @@ fn a_primary_refusing_what_another_accepted_halts_naming_both() {
 #[test]
 fn a_refusal_every_primary_makes_is_reported_once_before_the_ack_passing_it() {
     let t = Instant::now();
-    let mut p = Primaries::new(vec![spec(2, Policy::Hold)], Duration::from_secs(5));
+    let mut p = Primaries::new(vec![(Z, spec(2, Policy::Hold))], Duration::from_secs(5));
     p.handle_dispatched(Z, 1, lsn(1), t);
     p.handle_dispatched(Z, 2, lsn(2), t);
     p.handle_refused(Z, 0, refusal(2, "a.example.test."), t);
@@ -162,7 +162,7 @@ fn a_refusal_every_primary_makes_is_reported_once_before_the_ack_passing_it() {
 #[test]
 fn a_halted_primary_whose_peer_took_the_message_is_a_divergence() {
     let t = Instant::now();
-    let mut p = Primaries::new(vec![spec(2, Policy::Hold)], Duration::from_secs(5));
+    let mut p = Primaries::new(vec![(Z, spec(2, Policy::Hold))], Duration::from_secs(5));
     p.handle_dispatched(Z, 1, lsn(1), t);
     p.handle_halted(Z, 1, lsn(1), "NOTAUTH".into(), t);
     assert_eq!(events(&mut p), vec![], "waits for ns1's answer");
@@ -178,7 +178,7 @@ fn a_halted_primary_whose_peer_took_the_message_is_a_divergence() {
 fn a_halted_primary_alone_halts_after_the_settle_time() {
     let t = Instant::now();
     let settle = Duration::from_secs(5);
-    let mut p = Primaries::new(vec![spec(2, Policy::Hold)], settle);
+    let mut p = Primaries::new(vec![(Z, spec(2, Policy::Hold))], settle);
     p.handle_dispatched(Z, 1, lsn(1), t);
     p.handle_halted(Z, 0, lsn(1), "NOTAUTH".into(), t);
     assert_eq!(p.poll_timeout(), Some(t + settle));
@@ -216,7 +216,7 @@ proptest! {
         steps in proptest::collection::vec(step(), 0..200),
     ) {
         let policy = degrade.map_or(Policy::Hold, |s| Policy::DegradeAfter(Duration::from_secs(s)));
-        let mut p = Primaries::new(vec![spec(lanes, policy)], Duration::from_secs(5));
+        let mut p = Primaries::new(vec![(Z, spec(lanes, policy))], Duration::from_secs(5));
         let start = Instant::now();
         let mut now = start;
         let mut dispatched = 0u64;
@@ -263,7 +263,7 @@ proptest! {
 fn a_detached_primary_never_holds_the_zone_and_the_last_one_counting_stays() {
     let t = Instant::now();
     let mut p = Primaries::new(
-        vec![spec(2, Policy::DegradeAfter(Duration::from_secs(60)))],
+        vec![(Z, spec(2, Policy::DegradeAfter(Duration::from_secs(60))))],
         Duration::from_secs(5),
     );
     p.handle_detached(Z, 1);

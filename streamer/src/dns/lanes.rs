@@ -184,11 +184,16 @@ impl Lanes {
                 servers.push(server);
             }
             several |= primaries.len() > 1;
-            specs.push(ZoneSpec {
-                name: z.name.clone(),
-                primaries: primaries.into_iter().map(|p| p.name).collect(),
-                policy: z.policy,
-            });
+            if primaries.len() > 1 {
+                specs.push((
+                    id,
+                    ZoneSpec {
+                        name: z.name.clone(),
+                        primaries: primaries.into_iter().map(|p| p.name).collect(),
+                        policy: z.policy,
+                    },
+                ));
+            }
             // Everything it was handed in earlier sessions was acknowledged.
             let dispatched = kept.dispatched(&z.name);
             if dispatched > 0 {
