@@ -289,6 +289,12 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                     "  zone {} → {primary} with key {} ({})",
                     z.name, z.key.name, z.key.algorithm
                 );
+                for p in &z.more_primaries {
+                    println!(
+                        "    and → {} {} with key {} ({}), policy {}",
+                        p.name, p.primary, p.key.name, p.key.algorithm, z.policy
+                    );
+                }
             }
             let zones = config.zones();
             println!("  source pg2dns.rr (built in): one record per row");
