@@ -121,7 +121,29 @@ impl Lanes {
         for ((id, _), z) in ids.iter().zip(&config.zones) {
             let mut servers = Vec::with_capacity(1 + z.more_primaries.len());
             let mut series = Vec::new();
-            let primaries = z.primaries();
+            // A zone of one primary (most): no copy of its primary.
+            let primaries = if z.more_primaries.is_empty() {
+                Vec::new()
+            } else {
+                z.primaries()
+            };
+            if primaries.is_empty() {
+                let key = ServerKey {
+                    primary_addr: z.primary_addr.clone(),
+                    primary: z.primary,
+                    limits: config.server_limits(&z.primary_addr),
+                };
+                let server = match keys.iter().position(|k| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        keys.push(key);
+                        zones_of.push(Vec::new());
+                        keys.len() - 1
+                    }
+                };
+                zones_of[server].push((id, Box::new(z.clone())));
+                servers.push(server);
+            }
             for p in &primaries {
                 let key = ServerKey {
                     primary_addr: p.primary_addr.clone(),
@@ -136,7 +158,7 @@ impl Lanes {
                         keys.len() - 1
                     }
                 };
-                if primaries.len() > 1 && kept.is_detached(&z.name, &p.name) {
+                if kept.is_detached(&z.name, &p.name) {
                     warn!(zone = %z.name, primary = %p.name, "this session streams without the primary: it could not be brought in line; it is, at the next session's start (SIGHUP) once it answers");
                     servers.push(DETACHED);
                     series.push(PrimarySeries {
@@ -165,22 +187,17 @@ impl Lanes {
                     });
                     continue;
                 }
-                let lane = if primaries.len() == 1 {
-                    z.clone()
-                } else {
-                    let label = metrics::PrimaryLabel {
-                        zone: z.name.to_string(),
-                        primary: p.name.clone(),
-                    };
-                    series.push(PrimarySeries {
-                        acked: m.primary_acked.get_or_create(&label).clone(),
-                        in_flight: m.primary_in_flight.get_or_create(&label).clone(),
-                        degraded: m.primary_degraded.get_or_create(&label).clone(),
-                        name: p.name.clone(),
-                    });
-                    z.for_primary(p)
+                let label = metrics::PrimaryLabel {
+                    zone: z.name.to_string(),
+                    primary: p.name.clone(),
                 };
-                zones_of[server].push((id, Box::new(lane)));
+                series.push(PrimarySeries {
+                    acked: m.primary_acked.get_or_create(&label).clone(),
+                    in_flight: m.primary_in_flight.get_or_create(&label).clone(),
+                    degraded: m.primary_degraded.get_or_create(&label).clone(),
+                    name: p.name.clone(),
+                });
+                zones_of[server].push((id, Box::new(z.for_primary(p))));
                 servers.push(server);
             }
             several |= primaries.len() > 1;
