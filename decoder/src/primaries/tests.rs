@@ -280,3 +280,70 @@ fn a_detached_primary_never_holds_the_zone_and_the_last_one_counting_stays() {
         "a detached primary does not rejoin this session"
     );
 }
+
+proptest! {
+    /// Primaries that refuse the same groups, answering in any
+    /// interleaving: never a divergence, each refusal reported once and
+    /// before the acknowledgement that passes its dispatch. A group one
+    /// primary refuses and another takes is always a divergence.
+    #[test]
+    fn agreed_refusals_come_once_before_their_ack_and_a_disagreement_always_halts(
+        refused in proptest::collection::vec(any::<bool>(), 1..20),
+        order in proptest::collection::vec(0usize..2, 0..80),
+        disagree in proptest::option::of(0usize..20),
+    ) {
+        let t = Instant::now();
+        let mut p = Primaries::new(vec![(Z, spec(2, Policy::Hold))], Duration::from_secs(5));
+        let n = refused.len() as u64;
+        for id in 1..=n {
+            p.handle_dispatched(Z, id, lsn(id), t);
+        }
+        // The one group lane 1 takes although lane 0 refuses it.
+        let disagree = disagree.filter(|d| refused[*d % refused.len()]).map(|d| d % refused.len());
+        let mut next = [1u64, 1u64];
+        let mut steps: Vec<usize> = order;
+        steps.extend(std::iter::repeat_n(0, refused.len()));
+        steps.extend(std::iter::repeat_n(1, refused.len()));
+        let mut reported: Vec<u64> = Vec::new();
+        let mut acked = 0u64;
+        let mut diverged = false;
+        for lane in steps {
+            let id = next[lane];
+            if id > n {
+                continue;
+            }
+            let i = (id - 1) as usize;
+            let refuses = refused[i] && !(lane == 1 && disagree == Some(i));
+            if refuses {
+                p.handle_refused(Z, lane, refusal(id, &format!("g{id}.example.test.")), t);
+            }
+            p.handle_acked(Z, lane, id, t);
+            next[lane] += 1;
+            for e in events(&mut p) {
+                match e {
+                    Event::Refused { refusal: r, .. } => {
+                        let rid = r.lsn.raw() / 100;
+                        prop_assert!(rid > acked, "refusal of {rid} after the ack {acked} passed it");
+                        prop_assert!(!reported.contains(&rid), "refusal of {rid} twice");
+                        reported.push(rid);
+                    }
+                    Event::Acked { upto, .. } => acked = upto,
+                    Event::Divergent(d) => {
+                        prop_assert_eq!(Some(d.lsn), disagree.map(|d| lsn(d as u64 + 1)));
+                        diverged = true;
+                    }
+                    other => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+            if diverged {
+                break;
+            }
+        }
+        prop_assert_eq!(diverged, disagree.is_some(), "a disagreement halts, agreement never");
+        if !diverged {
+            let want: Vec<u64> = (1..=n).filter(|id| refused[(*id - 1) as usize]).collect();
+            prop_assert_eq!(reported, want);
+            prop_assert_eq!(acked, n);
+        }
+    }
+}
