@@ -228,6 +228,13 @@ async fn two_primaries_of_one_zone_end_equal_to_the_table_after_a_random_workloa
     second: Primary,
 ) -> Result<()> {
     let two = Two::start("two-random", first, second, "").await?;
+    let checked = two.stack.admin(&["check-config", "--offline"]).await?;
+    let text = String::from_utf8_lossy(&checked.stdout);
+    ensure!(
+        checked.status.success() && text.contains(&format!("and → ns2 {}", two.second.addr())),
+        "check-config lists the second primary:\n{text}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
     let mut pg2dns = two.stack.run()?;
     let mut rng = Xorshift::seeded();
     for i in 0..120 {
