@@ -147,19 +147,26 @@ class Pg2dns:
     name = "pg2dns"
     table = "pg2dns.rr"
 
-    def __init__(self, pg, dns, root, binary, window, plugin="pgoutput"):
+    def __init__(self, pg, dns, root, binary, window, plugin="pgoutput", second=None):
         self.pg, self.dns, self.root, self.binary = pg, dns, root, binary
         self.window = window
         self.proc = None
         self.config = os.path.join(root, "pg2dns.toml")
         # Only when not the default, so that older binaries read the config.
         plugin_line = f'plugin = "{plugin}"\n' if plugin != "pgoutput" else ""
+        if second is None:
+            zone = (f'[[zone]]\nname = "{ZONE}"\nprimary = "127.0.0.1:{dns.port}"\n'
+                    f'tsig_key_file = "{dns.key_file}"\n')
+        else:
+            # Two primaries for the zone, each with its own key (#23).
+            zone = "".join(f'[[server]]\nname = "{n}"\naddress = "127.0.0.1:{d.port}"\ntsig_key_file = "{d.key_file}"\n'
+                           for n, d in (("ns1", dns), ("ns2", second)))
+            zone += f'[[zone]]\nname = "{ZONE}"\nprimaries = ["ns1", "ns2"]\n'
         with open(self.config, "w") as f:
             f.write(
                 "version = 1\n[database]\n"
                 f'url = "{pg.url}"\nslot = "pg2dns"\npublication = "pg2dns"\n{plugin_line}'
-                f'[[zone]]\nname = "{ZONE}"\nprimary = "127.0.0.1:{dns.port}"\n'
-                f'tsig_key_file = "{dns.key_file}"\n'
+                f"{zone}"
                 f"[limits]\nwindow = {window}\n"
             )
         self.log = os.path.join(root, "pg2dns.log")
@@ -204,7 +211,7 @@ class Pg2dns:
 class Trial:
     """One workload through one pipeline on fresh servers."""
 
-    def __init__(self, args, label, server="bind"):
+    def __init__(self, args, label, server="bind", primaries=1):
         self.args = args
         self.label = label
         self.root = os.path.join(args.outdir, label)
@@ -213,9 +220,13 @@ class Trial:
         wait_quiet()
         self.pg = Postgres(self.root)
         self.dns = Bind(self.root) if server == "bind" else Knot(self.root)
+        # A second primary of the zone (pg2dns only): a change is visible
+        # when both answer it.
+        self.second = Bind(self.root, name="bind2") if primaries > 1 else None
         self.server = server
         self.conn = pgwire.Connection("127.0.0.1", self.pg.port)
         self.prober = Prober(self.dns.port)
+        self.prober2 = Prober(self.second.port) if self.second else None
         self.pipeline = None
         self.sentinels = 0
         self.workload = []
@@ -224,7 +235,8 @@ class Trial:
         if kind == "naive":
             self.pipeline = Naive(self.pg, self.dns, self.root, self.args.naive_max_rrs, self.args.naive_tcp)
         else:
-            self.pipeline = Pg2dns(self.pg, self.dns, self.root, self.args.pg2dns, window or self.args.window)
+            self.pipeline = Pg2dns(self.pg, self.dns, self.root, self.args.pg2dns, window or self.args.window,
+                                   second=self.second)
         self.conn.query("CREATE SEQUENCE public.bench_seq")
         return self.pipeline
 
@@ -289,6 +301,9 @@ class Trial:
             self.pipeline.stop()
         self.conn.close()
         self.prober.close()
+        if self.second:
+            self.prober2.close()
+            self.second.stop()
         self.dns.stop()
         self.pg.stop()
         if not self.args.keep:
@@ -369,11 +384,11 @@ def finish(trial, res, started_psi, started):
     return res
 
 
-def run_trial(args, label, kind, body, window=None, server="bind"):
+def run_trial(args, label, kind, body, window=None, server="bind", primaries=1):
     """Runs `body(trial)` on fresh servers; always stops them."""
     print(f"--- {label}", flush=True)
     started, psi = time.time(), cpu_pressure_total()
-    trial = Trial(args, label, server)
+    trial = Trial(args, label, server, primaries)
     try:
         trial.use(kind, window)
         res = body(trial)
@@ -387,7 +402,7 @@ def run_trial(args, label, kind, body, window=None, server="bind"):
             res["verify"] = f"verify failed too: {e2}"
     finally:
         trial.close()
-    res.update({"label": label, "pipeline": kind, "server": server,
+    res.update({"label": label, "pipeline": kind, "server": server, "primaries": primaries,
                 "window": (window or args.window) if kind == "pg2dns" else None})
     print(json.dumps(res), flush=True)
     return res
@@ -504,9 +519,10 @@ def drain_w1(args, kind, window=None, server="bind", txns=None):
     return run_trial(args, label, kind, body, window, server)
 
 
-def latency(args, kind, window=None, load=None):
+def latency(args, kind, window=None, load=None, primaries=1):
     """Live latency; with `load`, while a second client commits `load`
-    one-row transactions as fast as it can (two pgbench connections)."""
+    one-row transactions as fast as it can (two pgbench connections); with
+    two `primaries`, until both answer."""
     rate, secs = args.lat_rate, args.lat_secs
 
     def body(t):
@@ -535,7 +551,7 @@ def latency(args, kind, window=None, load=None):
                 continue
             still = []
             for owner, tc in pending:
-                if t.prober.answers(owner):
+                if t.prober.answers(owner) and (t.prober2 is None or t.prober2.answers(owner)):
                     lat.append(time.time() - tc)
                     by_commit.append(lat[-1])
                 else:
@@ -562,8 +578,9 @@ def latency(args, kind, window=None, load=None):
                     "latencies_ms_in_commit_order": [round(x * 1000, 2) for x in by_commit]})
         return res
 
-    label = "latency_load" if load else "latency"
-    return run_trial(args, f"{label}-{kind}" + (f"-w{window}" if window else ""), kind, body, window)
+    label = ("latency_load" if load else "latency") + ("2" if primaries > 1 else "")
+    return run_trial(args, f"{label}-{kind}" + (f"-w{window}" if window else ""), kind, body, window,
+                     primaries=primaries)
 
 
 def blast(args, label, n, server="bind", per_message=None):
@@ -622,7 +639,7 @@ def big(args, window=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="*", default=["all"],
-                    help="w1 w2 w3 drain (= drain_w1 + drain_w3) latency latency_load big ingest windows knot reconcile "
+                    help="w1 w2 w3 drain (= drain_w1 + drain_w3) latency latency2 (two primaries too) latency_load big ingest windows knot reconcile "
                          "zones all")
     ap.add_argument("--pg2dns", default=os.path.join(REPO, "target/release/pg2dns"))
     ap.add_argument("--blast", default=os.path.join(REPO, "target/release/examples/blast"))
@@ -704,6 +721,12 @@ def main():
         results += [w3(args, k, drain=True) for k in sides]
     if "latency" in what:
         results += [latency(args, k) for k in sides]
+    if "latency2" in what:
+        # One primary and two, against the naive pipeline, in one run.
+        if "latency" not in what:
+            results += [latency(args, k) for k in sides]
+        if "pg2dns" in sides:
+            results.append(latency(args, "pg2dns", primaries=2))
     if "latency_load" in what:
         results += [latency(args, k, load=args.load_txns) for k in sides]
     if "big" in what and "pg2dns" in sides:

@@ -39,6 +39,7 @@ pub mod name;
 pub mod pgoutput;
 pub mod plan;
 pub mod pool;
+pub mod primaries;
 pub mod rdata;
 pub mod records;
 pub mod row;

@@ -84,6 +84,8 @@ struct Spec {
     zones: Vec<ZoneSpec>,
     #[serde(default, rename = "server")]
     servers: Vec<ServerSpec>,
+    #[serde(default, rename = "server_group")]
+    server_groups: Vec<ServerGroupSpec>,
     #[serde(default)]
     limits: LimitsSpec,
     #[serde(default)]
@@ -120,6 +122,71 @@ struct ServerSpec {
     idle_close_ms: u64,
     #[serde(default = "default_connect_timeout_ms")]
     connect_timeout_ms: u64,
+}
+
+/// `[[server_group]]`: named `[[server]]`s that several zones use together
+/// as their primaries (`server_group = "name"` in a `[[zone]]` or in the
+/// `server` column of `pg2dns.zones`), with the zones' policy when one of
+/// them stops answering.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerGroupSpec {
+    name: String,
+    servers: Vec<String>,
+    policy: Option<String>,
+    degrade_after: Option<String>,
+}
+
+/// A checked `[[server_group]]`.
+#[derive(Debug, Clone)]
+pub struct ServerGroup {
+    /// Its name.
+    pub name: String,
+    /// Its servers' names, in order (the first is the zones' `primary`).
+    pub servers: Vec<String>,
+    /// Its zones' policy.
+    pub policy: Policy,
+}
+
+pub use pg2dns_decoder::primaries::Policy;
+
+/// Reads `policy` and `degrade_after` (of a zone or a group named `what`).
+fn read_policy(
+    what: &str,
+    policy: Option<&str>,
+    degrade_after: Option<&str>,
+) -> Result<Option<Policy>, String> {
+    match (policy, degrade_after) {
+        (None, None) => Ok(None),
+        (Some("hold"), None) => Ok(Some(Policy::Hold)),
+        (Some(p), None) => Err(format!(
+            "{what}: policy = {p:?}: the policy is \"hold\" (the default), or give degrade_after = \"60s\" instead"
+        )),
+        (Some(_), Some(_)) => Err(format!(
+            "{what}: policy and degrade_after are both set: keep policy = \"hold\" to hold the zone while a primary is down, or degrade_after to go on without it"
+        )),
+        (None, Some(text)) => match parse_duration(text) {
+            Some(d) if d >= Duration::from_secs(1) => Ok(Some(Policy::DegradeAfter(d))),
+            _ => Err(format!(
+                "{what}: degrade_after = {text:?}: give a duration of at least 1s, such as \"60s\", \"5m\" or \"1h\""
+            )),
+        },
+    }
+}
+
+/// `"500ms"`, `"60s"`, `"5m"`, `"1h"`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        _ => None,
+    }
 }
 
 fn default_connections() -> usize {
@@ -524,9 +591,14 @@ fn default_publication() -> String {
 #[serde(deny_unknown_fields)]
 struct ZoneSpec {
     name: String,
-    /// Either `server` (a `[[server]]`'s name) or `primary` and
+    /// Either `server` (a `[[server]]`'s name), `primaries` (several),
+    /// `server_group` (a `[[server_group]]`'s name) or `primary` and
     /// `tsig_key_file`.
     server: Option<String>,
+    primaries: Option<Vec<String>>,
+    server_group: Option<String>,
+    policy: Option<String>,
+    degrade_after: Option<String>,
     primary: Option<String>,
     tsig_key_file: Option<PathBuf>,
     key_name: Option<String>,
@@ -614,6 +686,8 @@ pub struct Config {
     pub zones: Vec<ZoneConfig>,
     /// The `[[server]]`s, in configuration order (named or not).
     pub servers: Vec<ServerConfig>,
+    /// The `[[server_group]]`s.
+    pub server_groups: Vec<ServerGroup>,
     /// The mass-delete guard of a zone that sets none of its own (`[guard]`).
     pub default_guard: pg2dns_decoder::guard::DeleteGuard,
     /// `zones`' names indexed once, checked within the zone limit.
@@ -874,6 +948,63 @@ pub struct ZoneConfig {
     pub verify: Option<Verifier>,
     /// Listed in `pg2dns.zones` (not in the configuration file).
     pub from_table: bool,
+    /// The name of the first primary's `[[server]]` (`None` for a
+    /// `primary` written in the zone).
+    pub server_name: Option<String>,
+    /// The zone's further primaries (`primaries`, `server_group`), after
+    /// the first one above; each receives every change, in order.
+    pub more_primaries: Vec<Primary>,
+    /// What the zone does when one of its primaries stops answering.
+    pub policy: Policy,
+}
+
+/// One primary of a zone, with its own key.
+#[derive(Debug, Clone)]
+pub struct Primary {
+    /// How logs, status and metrics name it: its `[[server]]`'s name, or
+    /// its address.
+    pub name: String,
+    /// Its address, resolved when the config was read.
+    pub primary: SocketAddr,
+    /// Its address as configured.
+    pub primary_addr: PrimaryAddr,
+    /// The key that signs for it.
+    pub key: TsigKey,
+    /// The file the key came from.
+    pub key_file: PathBuf,
+}
+
+impl ZoneConfig {
+    /// Every primary of the zone, the first (`primary`, `key`) first.
+    pub fn primaries(&self) -> Vec<Primary> {
+        let first = Primary {
+            name: self
+                .server_name
+                .clone()
+                .unwrap_or_else(|| self.primary_addr.to_string()),
+            primary: self.primary,
+            primary_addr: self.primary_addr.clone(),
+            key: self.key.clone(),
+            key_file: self.key_file.clone(),
+        };
+        std::iter::once(first)
+            .chain(self.more_primaries.iter().cloned())
+            .collect()
+    }
+
+    /// The zone as seen by its primary `p` alone (what reconcile compares
+    /// and repairs one primary with).
+    pub fn for_primary(&self, p: &Primary) -> ZoneConfig {
+        ZoneConfig {
+            primary: p.primary,
+            primary_addr: p.primary_addr.clone(),
+            key: p.key.clone(),
+            key_file: p.key_file.clone(),
+            server_name: Some(p.name.clone()),
+            more_primaries: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// A zone's verifier: a command run on the zone as it will be after a
@@ -980,6 +1111,7 @@ impl Config {
         // many zones and servers share it.
         let mut key_files = KeyFiles::new(base);
         let servers = read_servers(spec.servers, &mut key_files, path)?;
+        let server_groups = read_groups(spec.server_groups, &servers).map_err(invalid)?;
         if spec.zones.is_empty() && !servers.iter().any(|s| s.key.is_some()) {
             return Err(invalid(
                 "no [[zone]] is configured (nor a named [[server]] for the zones of pg2dns.zones)"
@@ -992,8 +1124,78 @@ impl Config {
             if !seen.insert(name.clone()) {
                 return Err(invalid(format!("zone {name} is configured twice")));
             }
-            let (primary_addr, primary, key, key_file) = match (z.server, z.primary, z.tsig_key_file) {
+            let mut policy = read_policy(
+                &format!("zone {name}"),
+                z.policy.as_deref(),
+                z.degrade_after.as_deref(),
+            )
+            .map_err(invalid)?;
+            let mut server_name = None;
+            let mut more_primaries = Vec::new();
+            // Several primaries: `primaries = [..]` or `server_group = ".."`,
+            // each naming [[server]]s, the first standing as `server`.
+            let several = match (&z.primaries, &z.server_group) {
+                (Some(_), Some(_)) => return Err(invalid(format!("zone {name}: primaries and server_group are both set: list the servers in primaries, or name the [[server_group]] that lists them, not both"))),
+                (Some(list), None) => Some(list.clone()),
+                (None, Some(group)) => {
+                    let g = server_groups.iter().find(|g| g.name == *group).ok_or_else(|| invalid(format!("zone {name}: server_group = {group:?} is not a declared [[server_group]] ({})", group_names(&server_groups))))?;
+                    match (policy, g.policy) {
+                        (Some(_), Policy::DegradeAfter(_)) => return Err(invalid(format!("zone {name}: server_group {group:?} sets degrade_after already: remove the zone's policy or degrade_after, or the group's"))),
+                        (None, p) => policy = Some(p),
+                        (Some(_), Policy::Hold) => {}
+                    }
+                    Some(g.servers.clone())
+                }
+                (None, None) => None,
+            };
+            let server = match several {
+                None => z.server,
+                Some(list) => {
+                    if z.server.is_some()
+                        || z.primary.is_some()
+                        || z.tsig_key_file.is_some()
+                        || z.key_name.is_some()
+                    {
+                        return Err(invalid(format!("zone {name}: primaries (or server_group) name the servers and their keys: remove server, primary, tsig_key_file and key_name")));
+                    }
+                    let mut seen_servers = std::collections::HashSet::new();
+                    for s in &list {
+                        if !seen_servers.insert(s) {
+                            return Err(invalid(format!(
+                                "zone {name}: server {s:?} is listed twice among its primaries"
+                            )));
+                        }
+                        if named(&servers, s).is_none() {
+                            return Err(invalid(format!("zone {name}: primary {s:?} is not a declared [[server]] with a name and tsig_key_file ({})", server_names(&servers))));
+                        }
+                    }
+                    let Some((first, rest)) = list.split_first() else {
+                        return Err(invalid(format!(
+                            "zone {name}: primaries is empty: list one [[server]] name or more"
+                        )));
+                    };
+                    more_primaries = rest
+                        .iter()
+                        .filter_map(|s| {
+                            named(&servers, s).map(|(c, key, file)| Primary {
+                                name: s.clone(),
+                                primary: c.primary,
+                                primary_addr: c.primary_addr.clone(),
+                                key: key.clone(),
+                                key_file: file.clone(),
+                            })
+                        })
+                        .collect();
+                    Some(first.clone())
+                }
+            };
+            if matches!(policy, Some(Policy::DegradeAfter(_))) && more_primaries.is_empty() {
+                return Err(invalid(format!("zone {name}: degrade_after needs several primaries (primaries = [..] or server_group): with one, the zone always waits for it")));
+            }
+            let policy = policy.unwrap_or_default();
+            let (primary_addr, primary, key, key_file) = match (server, z.primary, z.tsig_key_file) {
                 (Some(server), None, None) if z.key_name.is_none() => {
+                    server_name = Some(server.clone());
                     let (s, key, key_file) = named(&servers, &server).ok_or_else(|| {
                         invalid(format!(
                             "zone {name}: server = {server:?} is not a declared [[server]] ({})",
@@ -1030,7 +1232,7 @@ impl Config {
                 }
                 (None, _, _) => {
                     return Err(invalid(format!(
-                        "zone {name}: set server = \"name\" of a [[server]], or both primary and tsig_key_file"
+                        "zone {name}: set server = \"name\" of a [[server]], or both primary and tsig_key_file (for several primaries: primaries = [\"name\", ..] or server_group = \"name\")"
                     )))
                 }
             };
@@ -1084,6 +1286,9 @@ impl Config {
                 key,
                 key_file,
                 from_table: false,
+                server_name,
+                more_primaries,
+                policy,
                 check_names: match z.check_names {
                     CheckNamesSpec::Fail => CheckNames::Fail,
                     CheckNamesSpec::Warn => CheckNames::Warn,
@@ -1177,6 +1382,7 @@ impl Config {
             path: path.to_owned(),
             zone_ids,
             servers,
+            server_groups,
             default_guard: pg2dns_decoder::guard::DeleteGuard {
                 max_delete_records: spec.guard.max_delete_records,
                 max_delete_share: spec.guard.max_delete_share,
@@ -1285,7 +1491,11 @@ impl Config {
                 )));
                 continue;
             }
-            let Some((server, key, key_file)) = named(&self.servers, &row.server) else {
+            // A row's server may name a [[server_group]]: its zones have
+            // several primaries.
+            let group = self.server_groups.iter().find(|g| g.name == row.server);
+            let first = group.and_then(|g| g.servers.first()).unwrap_or(&row.server);
+            let Some((server, key, key_file)) = named(&self.servers, first) else {
                 by_name.remove(&name);
                 refused.push(refuse(format!(
                     "server {:?} is not a declared [[server]] of {} ({}): add it and send SIGHUP, or correct the row",
@@ -1306,6 +1516,24 @@ impl Config {
                 key_file: key_file.clone(),
                 check_names: CheckNames::Fail,
                 from_table: true,
+                server_name: Some(first.clone()),
+                more_primaries: group
+                    .map(|g| {
+                        g.servers[1..]
+                            .iter()
+                            .filter_map(|s| {
+                                named(&self.servers, s).map(|(c, key, file)| Primary {
+                                    name: s.clone(),
+                                    primary: c.primary,
+                                    primary_addr: c.primary_addr.clone(),
+                                    key: key.clone(),
+                                    key_file: file.clone(),
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                policy: group.map(|g| g.policy).unwrap_or_default(),
                 name,
             });
         }
@@ -1557,6 +1785,67 @@ fn read_servers(
         });
     }
     Ok(servers)
+}
+
+/// Checks the `[[server_group]]`s against the servers.
+fn read_groups(
+    specs: Vec<ServerGroupSpec>,
+    servers: &[ServerConfig],
+) -> Result<Vec<ServerGroup>, String> {
+    let mut groups: Vec<ServerGroup> = Vec::with_capacity(specs.len());
+    for g in specs {
+        let name = g.name.trim().to_owned();
+        let called = format!("server_group {name:?}");
+        if name.is_empty() {
+            return Err("a [[server_group]] has an empty name".into());
+        }
+        if groups.iter().any(|o| o.name == name) {
+            return Err(format!("{called} is declared twice"));
+        }
+        if servers
+            .iter()
+            .any(|s| s.name.as_deref() == Some(name.as_str()))
+        {
+            return Err(format!(
+                "{called}: a [[server]] has the same name, and rows of pg2dns.zones name either in their server column: rename one"
+            ));
+        }
+        if g.servers.len() < 2 {
+            return Err(format!(
+                "{called}: servers lists {} server(s): a group lists two or more (a zone with one primary names it with server = \"name\")",
+                g.servers.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &g.servers {
+            if !seen.insert(s) {
+                return Err(format!("{called}: server {s:?} is listed twice"));
+            }
+            if named(servers, s).is_none() {
+                return Err(format!(
+                    "{called}: {s:?} is not a declared [[server]] with a name and tsig_key_file ({})",
+                    server_names(servers)
+                ));
+            }
+        }
+        let policy = read_policy(&called, g.policy.as_deref(), g.degrade_after.as_deref())?
+            .unwrap_or_default();
+        groups.push(ServerGroup {
+            name,
+            servers: g.servers,
+            policy,
+        });
+    }
+    Ok(groups)
+}
+
+/// The declared groups' names, for messages.
+fn group_names(groups: &[ServerGroup]) -> String {
+    if groups.is_empty() {
+        return "no [[server_group]] is declared".into();
+    }
+    let names: Vec<String> = groups.iter().map(|g| format!("{:?}", g.name)).collect();
+    format!("declared: {}", names.join(", "))
 }
 
 /// The declared servers' names, for messages.
@@ -1881,6 +2170,88 @@ key_name = "K1"
         ];
         for (body, wanted) in cases {
             let err = with_key_file(&body).unwrap_err();
+            let text = format!("{err}");
+            assert!(text.contains(wanted), "{text:?} lacks {wanted:?}");
+        }
+    }
+
+    #[test]
+    fn a_zone_lists_several_primaries_directly_or_by_a_group_with_its_policy() {
+        let c = with_key_file(&format!(
+            "{SERVERS}[[server_group]]\nname = \"both\"\nservers = [\"ns2\", \"ns1\"]\ndegrade_after = \"90s\"\n\
+             [[zone]]\nname = \"a.test\"\nprimaries = [\"ns1\", \"ns2\"]\n\
+             [[zone]]\nname = \"b.test\"\nserver_group = \"both\"\n\
+             [[zone]]\nname = \"c.test\"\nprimaries = [\"ns1\", \"ns2\"]\ndegrade_after = \"2m\"\n\
+             [[zone]]\nname = \"d.test\"\nserver = \"ns1\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let names =
+            |z: &ZoneConfig| -> Vec<String> { z.primaries().into_iter().map(|p| p.name).collect() };
+        assert_eq!(names(&c.zones[0]), ["ns1", "ns2"]);
+        assert_eq!(c.zones[0].policy, Policy::Hold, "hold is the default");
+        assert_eq!(
+            c.zones[0].more_primaries[0].primary,
+            "127.0.0.2:53".parse().unwrap()
+        );
+        assert_eq!(
+            c.zones[0].more_primaries[0].key.name.to_string(),
+            "k1.",
+            "each primary has its own key"
+        );
+        assert_eq!(names(&c.zones[1]), ["ns2", "ns1"], "the group's order");
+        assert_eq!(
+            c.zones[1].policy,
+            Policy::DegradeAfter(Duration::from_secs(90))
+        );
+        assert_eq!(
+            c.zones[2].policy,
+            Policy::DegradeAfter(Duration::from_secs(120))
+        );
+        assert_eq!(names(&c.zones[3]), ["ns1"], "one primary as before");
+        let one = c.zones[0].for_primary(&c.zones[0].primaries()[1]);
+        assert_eq!(
+            (one.primary, one.more_primaries.len()),
+            ("127.0.0.2:53".parse().unwrap(), 0)
+        );
+        // A row of pg2dns.zones may name the group in its server column.
+        let (t, refused) = c
+            .with_table_zones(
+                &[TableZone {
+                    name: "e.test".into(),
+                    server: "both".into(),
+                }],
+                pg2dns_decoder::records::MAX_ZONES,
+            )
+            .unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(names(&t.zones[4]), ["ns2", "ns1"]);
+        assert_eq!(
+            t.zones[4].policy,
+            Policy::DegradeAfter(Duration::from_secs(90))
+        );
+    }
+
+    #[test]
+    fn ambiguous_or_wrong_primaries_are_refused_naming_the_fix() {
+        let group = "[[server_group]]\nname = \"g\"\nservers = [\"ns1\", \"ns2\"]\n";
+        let cases = [
+            ("[[zone]]\nname = \"a.test\"\nprimaries = [\"ns1\", \"ns9\"]\n".to_string(), "primary \"ns9\" is not a declared [[server]]"),
+            ("[[zone]]\nname = \"a.test\"\nprimaries = [\"ns1\", \"ns1\"]\n".into(), "server \"ns1\" is listed twice"),
+            ("[[zone]]\nname = \"a.test\"\nprimaries = []\n".into(), "primaries is empty"),
+            ("[[zone]]\nname = \"a.test\"\nprimaries = [\"ns1\", \"ns2\"]\nserver = \"ns1\"\n".into(), "remove server, primary, tsig_key_file and key_name"),
+            (format!("{group}[[zone]]\nname = \"a.test\"\nprimaries = [\"ns1\"]\nserver_group = \"g\"\n"), "primaries and server_group are both set"),
+            ("[[zone]]\nname = \"a.test\"\nserver_group = \"nope\"\n".into(), "server_group = \"nope\" is not a declared [[server_group]] (no [[server_group]] is declared)"),
+            ("[[zone]]\nname = \"a.test\"\nserver = \"ns1\"\ndegrade_after = \"60s\"\n".into(), "degrade_after needs several primaries"),
+            ("[[zone]]\nname = \"a.test\"\nprimaries = [\"ns1\", \"ns2\"]\npolicy = \"hold\"\ndegrade_after = \"60s\"\n".into(), "policy and degrade_after are both set"),
+            ("[[zone]]\nname = \"a.test\"\nprimaries = [\"ns1\", \"ns2\"]\ndegrade_after = \"soon\"\n".into(), "degrade_after = \"soon\": give a duration"),
+            ("[[zone]]\nname = \"a.test\"\nprimaries = [\"ns1\", \"ns2\"]\npolicy = \"degrade\"\n".into(), "policy = \"degrade\""),
+            ("[[server_group]]\nname = \"g\"\nservers = [\"ns1\"]\n".into(), "a group lists two or more"),
+            ("[[server_group]]\nname = \"ns1\"\nservers = [\"ns1\", \"ns2\"]\n".into(), "a [[server]] has the same name"),
+            (format!("{group}{group}"), "server_group \"g\" is declared twice"),
+            (format!("{}[[zone]]\nname = \"a.test\"\nserver_group = \"g\"\ndegrade_after = \"5s\"\n", group.replace("\"ns2\"]\n", "\"ns2\"]\ndegrade_after = \"60s\"\n")), "sets degrade_after already"),
+        ];
+        for (body, wanted) in cases {
+            let err = with_key_file(&format!("{SERVERS}{body}")).unwrap_err();
             let text = format!("{err}");
             assert!(text.contains(wanted), "{text:?} lacks {wanted:?}");
         }

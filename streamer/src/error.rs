@@ -62,6 +62,9 @@ pub enum RunError {
     /// A zone's DNS stream needs the operator.
     #[error(transparent)]
     Sink(Box<Halt>),
+    /// A zone's primaries disagree: one took what another refused.
+    #[error(transparent)]
+    Divergent(Box<pg2dns_decoder::primaries::Divergence>),
     /// A change could not be mapped at all.
     #[error(transparent)]
     Map(#[from] MapError),
@@ -256,6 +259,9 @@ impl RunError {
                 Halt::Tsig { .. } => halt("check that the key file holds the key the server allows to update this zone (BIND: allow-update or update-policy; Knot: acl), and that both clocks are right"),
                 Halt::Rcode { rcode, .. } => halt(rcode.hint()),
                 _ => halt("report this as a pg2dns bug, with the log"),
+            },
+            RunError::Divergent(d) => Disposition::Halt {
+                hint: format!("the primaries of zone {} no longer hold the same data: find why {} refused (its key, update-policy or zone settings), fix it, then `pg2dns reconcile --primary {} --apply -c <config>` and `pg2dns resume`; nothing from LSN {} on was confirmed", d.zone, d.refused_by, d.refused_by, d.lsn),
             },
             RunError::Map(_) => halt("set REPLICA IDENTITY DEFAULT (with a primary key) or FULL on the table, then restart"),
             RunError::SlotMissing { .. } => halt("run `pg2dns setup --recreate-slot -c <config>`: it creates a new slot and brings every zone in line with the tables at its consistent point (pg2dns never creates a slot while running: a new slot would silently skip every change made since the old one was lost)"),

@@ -146,6 +146,10 @@ enum Command {
         /// with --apply).
         #[arg(long = "zone-file", value_name = "ZONE=PATH", conflicts_with = "apply")]
         zone_files: Vec<String>,
+        /// Only this primary (a [[server]] name) of zones with several
+        /// primaries; default: each primary of each zone.
+        #[arg(long, value_name = "NAME")]
+        primary: Option<String>,
     },
     /// Print a shell completion script on stdout.
     #[command(hide = true)]
@@ -285,6 +289,12 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                     "  zone {} → {primary} with key {} ({})",
                     z.name, z.key.name, z.key.algorithm
                 );
+                for p in &z.more_primaries {
+                    println!(
+                        "    and → {} {} with key {} ({}), policy {}",
+                        p.name, p.primary, p.key.name, p.key.algorithm, z.policy
+                    );
+                }
             }
             let zones = config.zones();
             println!("  source pg2dns.rr (built in): one record per row");
@@ -416,6 +426,7 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             unguarded,
             json,
             zone_files,
+            primary,
         } => {
             let zone_files = zone_files
                 .iter()
@@ -444,6 +455,7 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 protect_unowned: false,
                 interrupt: Some(rx),
                 zone_files,
+                primary,
                 ..Default::default()
             };
             let report = match reconcile::reconcile(&config, &options).await {

@@ -143,6 +143,16 @@ pub struct ServerLabel {
     pub server: String,
 }
 
+/// Labels naming one primary of a zone with several (`primaries`,
+/// `server_group`): the `pg2dns_primary_*` families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrimaryLabel {
+    /// The zone apex.
+    pub zone: String,
+    /// The primary's `[[server]]` name.
+    pub primary: String,
+}
+
 /// Labels naming why an UPDATE is resent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -234,6 +244,13 @@ pub struct Metrics {
     pub server_connections_max: Family<ServerLabel, Gauge>,
     /// UPDATEs awaiting an answer from each server, all zones together.
     pub server_in_flight: Family<ServerLabel, Gauge>,
+    /// `pg2dns_primary_acked`: the dispatches each primary of a zone of
+    /// several acknowledged.
+    pub primary_acked: Family<PrimaryLabel, Gauge>,
+    /// `pg2dns_primary_in_flight`: dispatched to it, not yet acknowledged.
+    pub primary_in_flight: Family<PrimaryLabel, Gauge>,
+    /// `pg2dns_primary_degraded`: 1 while the zone goes on without it.
+    pub primary_degraded: Family<PrimaryLabel, Gauge>,
     state: AtomicU8,
     /// `[metrics] per_zone`: a `zone` label on the zone families.
     per_zone: AtomicBool,
@@ -276,6 +293,9 @@ impl Metrics {
             server_connections: Family::default(),
             server_connections_max: Family::default(),
             server_in_flight: Family::default(),
+            primary_acked: Family::default(),
+            primary_in_flight: Family::default(),
+            primary_degraded: Family::default(),
             state: AtomicU8::new(0),
             per_zone: AtomicBool::new(false),
             unreachable: Mutex::new(BTreeSet::new()),
@@ -398,6 +418,21 @@ impl Metrics {
             "server_in_flight",
             "UPDATE messages awaiting an answer from each server, all its zones together (at most its [[server]] max_in_flight)",
             m.server_in_flight.clone(),
+        );
+        registry.register(
+            "primary_acked",
+            "Transactions (dispatches) each primary of a zone with several primaries acknowledged in this session",
+            m.primary_acked.clone(),
+        );
+        registry.register(
+            "primary_in_flight",
+            "Transactions handed to each primary of a zone with several primaries and not yet acknowledged by it",
+            m.primary_in_flight.clone(),
+        );
+        registry.register(
+            "primary_degraded",
+            "1 while a primary of a zone with several primaries made no progress for its degrade_after and the zone goes on without it",
+            m.primary_degraded.clone(),
         );
         registry.register(
             "build",

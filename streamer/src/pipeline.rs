@@ -45,7 +45,7 @@ use crate::config::Config;
 use crate::control::{Control, ControlRequest, Mode};
 use crate::dns::kept::Kept;
 use crate::dns::lanes::{Heard, Lanes};
-use crate::dns::sink::ZoneReport;
+use crate::dns::sink::LaneReport;
 use crate::error::{Disposition, RunError};
 use crate::replication::{Frame, PgReplication, Replication};
 use crate::store::{Durability, Store};
@@ -529,6 +529,8 @@ async fn session(
     let live = status::Live::new(config);
     let publisher = tokio::spawn(status::publish(live.clone(), config.clone()));
     let _publisher = AbortOnDrop(publisher);
+    // Primaries the last session left degraded are brought in line first.
+    Lanes::catch_up(config, &mut store, progress, kept).await;
     let lanes = Lanes::start(config, live.clone(), kept).await;
     let mut core = Stream::new(
         StreamConfig {
@@ -586,6 +588,8 @@ async fn session(
     let result = p.stream(&mut replication, shutdown, reload).await;
     if let Ok(SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused) = result {
         *kept = p.lanes.keep();
+    } else {
+        kept.note_behind(p.lanes.behind());
     }
     if let Ok(SessionEnd::Stopped) = result {
         // Said while this instance still holds the slot, so that it cannot
@@ -774,7 +778,7 @@ impl Pipeline<'_> {
     }
 
     /// A zone's report: the lanes count it, the core hears it.
-    fn on_report(&mut self, report: Option<ZoneReport>) -> Result<(), RunError> {
+    fn on_report(&mut self, report: Option<LaneReport>) -> Result<(), RunError> {
         self.lanes.on_report(report)?;
         self.hear();
         Ok(())

@@ -107,6 +107,9 @@ pub struct Options {
     /// The zone files read: [`reconcile`] fills it from `zone_files` before
     /// anything else (leave it empty).
     pub read_files: Arc<BTreeMap<ZoneId, (std::path::PathBuf, ZoneFile)>>,
+    /// `--primary NAME`: compare (and repair) only that primary of zones
+    /// with several; `None`: each primary of each zone in turn.
+    pub primary: Option<String>,
 }
 
 /// A signal that ends a reconcile early.
@@ -146,6 +149,9 @@ pub enum ReconcileError {
     /// A `--zone` names no configured zone.
     #[error("zone {0} is not configured")]
     UnknownZone(String),
+    /// `--primary` names no primary of the zones selected.
+    #[error("--primary {0}: no selected zone has a primary of that name (a [[server]] name listed in primaries or a server_group)")]
+    UnknownPrimary(String),
     /// The database could not be read or the row state written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -306,6 +312,8 @@ pub struct ZoneOutcome {
     pub refusals: Vec<String>,
     /// `--zone-file`: the file compared with the database and DNS.
     pub zone_file: Option<FileSide>,
+    /// The primary compared, for a zone with several (`None` for one).
+    pub primary: Option<String>,
     /// The zone's verifier refused the repair (nothing was sent).
     pub verify_refused: Option<VerifyRefusal>,
     /// The zone's verifier accepted the repair.
@@ -448,7 +456,11 @@ impl Report {
                 ),
                 (None, None) => "not compared".into(),
             };
-            out.push_str(&format!("{}: {line}\n", bold(&z.zone.to_string())));
+            let zone = match &z.primary {
+                Some(p) => format!("{} (primary {p})", z.zone),
+                None => z.zone.to_string(),
+            };
+            out.push_str(&format!("{}: {line}\n", bold(&zone)));
             if let Some(d) = &z.diff {
                 if !d.waiting.is_empty() {
                     out.push_str(&format!(
@@ -566,6 +578,7 @@ impl Report {
             .map(|z| {
                 let mut v = json!({
                     "zone": z.zone.to_string(),
+                    "primary": z.primary,
                     "axfr_ms": z.axfr_time.as_millis() as u64,
                     "diff_ms": z.diff_time.as_millis() as u64,
                     "repair_ms": z.repair_time.as_millis() as u64,
@@ -950,6 +963,7 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
     let with_table = with_table_zones(config, &mut store).await?;
     let config = &with_table;
     let selected = select_zones(config, options)?;
+    let passes = primary_passes(config, &selected, options.primary.as_deref())?;
     // The zone files are read before anything is paused: a line pg2dns
     // cannot read ends the run at once.
     let mut with_files;
@@ -983,16 +997,35 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
             Some(Frozen::Paused(p)) => (None, Some(p.clone())),
             None => (None, None),
         };
-        let result = compare(
-            config,
-            options,
-            &mut store,
-            &selected,
-            snapshot.as_deref(),
-            None,
-            paused.as_ref(),
-        )
-        .await;
+        // One comparison per primary of zones with several (the same
+        // snapshot for each).
+        let mut result: Option<Result<Report, ReconcileError>> = None;
+        for (pass, selected, several) in &passes {
+            let r = compare(
+                pass,
+                options,
+                &mut store,
+                selected,
+                snapshot.as_deref(),
+                None,
+                paused.as_ref(),
+            )
+            .await;
+            result = Some(match (result, r) {
+                (None, r) => r.map(|mut r| {
+                    name_primaries(&mut r, pass, several);
+                    r
+                }),
+                (Some(Ok(mut all)), Ok(mut r)) => {
+                    name_primaries(&mut r, pass, several);
+                    all.zones.append(&mut r.zones);
+                    all.total_time += r.total_time;
+                    Ok(all)
+                }
+                (Some(Err(e)), _) | (Some(Ok(_)), Err(e)) => Err(e),
+            });
+        }
+        let result = result.unwrap_or_else(|| compare_nothing(options));
         if paused.is_some() {
             // Ends the transaction that held the operator's pause.
             store
@@ -1046,6 +1079,121 @@ pub async fn reconcile(config: &Config, options: &Options) -> Result<Report, Rec
         Ended::Panicked => Err(ReconcileError::Panicked),
         Ended::Signal(signal) => Err(ReconcileError::Interrupted(signal)),
     }
+}
+
+/// One comparison of [`primary_passes`]: the configuration seen through one
+/// primary per zone, the zones to compare, and the zones of several
+/// primaries (whose outcomes name the primary).
+type PrimaryPass = (Config, Vec<ZoneId>, Vec<ZoneId>);
+
+/// The comparisons a reconcile makes: the configuration as is when no
+/// selected zone has several primaries; else one per primary position,
+/// each zone seen through its k-th primary alone (zone ids unchanged),
+/// with the zones that have one, filtered by `--primary`. The third item
+/// lists the zones of several primaries (their outcomes name it).
+fn primary_passes(
+    config: &Config,
+    selected: &[ZoneId],
+    primary: Option<&str>,
+) -> Result<Vec<PrimaryPass>, ReconcileError> {
+    let several: Vec<ZoneId> = selected
+        .iter()
+        .copied()
+        .filter(|id| !config.zones[id.index()].more_primaries.is_empty())
+        .collect();
+    if several.is_empty() && primary.is_none() {
+        return Ok(vec![(config.clone(), selected.to_vec(), Vec::new())]);
+    }
+    let most = selected
+        .iter()
+        .map(|id| 1 + config.zones[id.index()].more_primaries.len())
+        .max()
+        .unwrap_or(1);
+    let mut passes = Vec::new();
+    for k in 0..most {
+        let mut pass = config.clone();
+        let mut chosen = Vec::new();
+        for id in selected {
+            let z = &config.zones[id.index()];
+            let Some(p) = z.primaries().into_iter().nth(k) else {
+                continue;
+            };
+            if primary.is_some_and(|name| name != p.name) {
+                continue;
+            }
+            pass.zones[id.index()] = z.for_primary(&p);
+            chosen.push(*id);
+        }
+        if !chosen.is_empty() {
+            passes.push((pass, chosen, several.clone()));
+        }
+    }
+    match (passes.is_empty(), primary) {
+        (true, Some(name)) => Err(ReconcileError::UnknownPrimary(name.to_owned())),
+        _ => Ok(passes),
+    }
+}
+
+/// Brings `primary` of `zone` in line with pg2dns's row state, which is
+/// DNS as of `at`: the catch-up of a primary that was degraded when a
+/// streaming session ended (its queue went with the session), run when the
+/// next session starts, before anything is streamed from `at`. As any
+/// repair: SOA-guarded, within the safety threshold, the row state left as
+/// it is.
+pub async fn catch_up(
+    config: &Config,
+    store: &mut Store,
+    zone: ZoneId,
+    primary: &crate::config::Primary,
+    at: Lsn,
+) -> Result<ZoneOutcome, ReconcileError> {
+    let mut pass = config.clone();
+    let Some(zc) = config.zones.get(zone.index()) else {
+        return Err(ReconcileError::UnknownZone(format!("#{}", zone.0)));
+    };
+    pass.zones[zone.index()] = zc.for_primary(primary);
+    let as_of = OperatorPause {
+        lsn: at,
+        wal: at,
+        requested_by: "pg2dns".into(),
+        reason: format!("catching up primary {}", primary.name),
+    };
+    let options = Options {
+        apply: true,
+        ..Default::default()
+    };
+    let mut report = compare(&pass, &options, store, &[zone], None, None, Some(&as_of)).await?;
+    report
+        .zones
+        .pop()
+        .ok_or_else(|| ReconcileError::UnknownZone(zc.name.to_string()))
+}
+
+/// Names the primary in the outcomes of zones with several primaries.
+fn name_primaries(report: &mut Report, pass: &Config, several: &[ZoneId]) {
+    for z in &mut report.zones {
+        if let Some(zc) = several
+            .iter()
+            .map(|id| &pass.zones[id.index()])
+            .find(|zc| zc.name == z.zone)
+        {
+            z.primary = zc.server_name.clone();
+        }
+    }
+}
+
+/// The report of a reconcile that compared no zone.
+fn compare_nothing(options: &Options) -> Result<Report, ReconcileError> {
+    Ok(Report {
+        rows: 0,
+        refused_rows: 0,
+        read_time: Duration::ZERO,
+        total_time: Duration::ZERO,
+        paused_time: None,
+        zones: Vec::new(),
+        applied: options.apply,
+        paused_at: None,
+    })
 }
 
 /// Resolves with the first signal sent on `interrupt` (never without one).
@@ -1648,6 +1796,7 @@ async fn reconcile_zone(
         error: None,
         refusals: Vec::new(),
         zone_file: None,
+        primary: None,
         verify_refused: None,
         verified: false,
     };

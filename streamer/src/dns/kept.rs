@@ -26,7 +26,7 @@ use pg2dns_decoder::ZoneName;
 use tokio::sync::mpsc;
 
 use super::server::{ServerInput, ServerTask};
-use super::sink::ZoneReport;
+use super::sink::LaneReport;
 use crate::config::{Limits, PrimaryAddr, ServerLimits};
 
 /// What a server task is built from: a task is reused only when these are
@@ -57,7 +57,7 @@ impl ServerStream {
     pub fn start(
         key: ServerKey,
         zone_limits: &Limits,
-        reports: mpsc::UnboundedSender<ZoneReport>,
+        reports: mpsc::UnboundedSender<LaneReport>,
     ) -> ServerStream {
         let task = ServerTask::new(
             key.primary_addr.clone(),
@@ -87,6 +87,13 @@ impl Drop for ServerStream {
 pub struct Kept {
     servers: Vec<ServerStream>,
     dispatched: HashMap<ZoneName, u64>,
+    /// Primaries (zone, `[[server]]` name) that were degraded when the
+    /// session ended: their queue is gone, so the next session brings them
+    /// in line (see `Lanes::catch_up`) before it streams.
+    behind: Vec<(ZoneName, String)>,
+    /// Of those, the ones that could not be brought in line: the session
+    /// streams without them (see `Lanes::start`).
+    detached: Vec<(ZoneName, String)>,
 }
 
 impl Kept {
@@ -102,6 +109,7 @@ impl Kept {
                 .filter(|s| !s.task.is_finished())
                 .collect(),
             dispatched: dispatched.into_iter().collect(),
+            ..Kept::default()
         }
     }
 
@@ -123,5 +131,25 @@ impl Kept {
     /// How many server tasks are kept.
     pub fn servers(&self) -> usize {
         self.servers.len()
+    }
+
+    /// Notes primaries left behind by the session that ends.
+    pub fn note_behind(&mut self, behind: Vec<(ZoneName, String)>) {
+        self.behind = behind;
+    }
+
+    /// The primaries left behind by the last session.
+    pub fn take_behind(&mut self) -> Vec<(ZoneName, String)> {
+        std::mem::take(&mut self.behind)
+    }
+
+    /// Primaries the next session streams without.
+    pub fn set_detached(&mut self, detached: Vec<(ZoneName, String)>) {
+        self.detached = detached;
+    }
+
+    /// Whether the session streams without `primary` of `zone`.
+    pub fn is_detached(&self, zone: &ZoneName, primary: &str) -> bool {
+        self.detached.iter().any(|(z, p)| z == zone && p == primary)
     }
 }

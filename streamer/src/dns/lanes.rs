@@ -3,19 +3,30 @@
 //! what the zones acknowledged or refused, handed to the stream's core
 //! (`pg2dns_decoder::stream`, which keeps the checkpoint ledger) as
 //! zone-level [`Heard`] news.
+//!
+//!
+//! A zone with several primaries (`primaries`, `server_group`) has one lane
+//! per primary, on that primary's server task: every dispatch goes to each
+//! (each with its own session, window and backoff). The lanes' answers are
+//! combined by [`pg2dns_decoder::primaries`] before the core hears them,
+//! so the core still sees one zone: acknowledged as far as every
+//! non-degraded primary is, a refusal only when all agree, and a halt when
+//! they diverge.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pg2dns_decoder::checkpoint::{BatchSeq, SentBatch, ServerRefusal};
 use pg2dns_decoder::plan::ZoneOps;
+use pg2dns_decoder::primaries::{Event as PrimaryEvent, Primaries, Refusal, ZoneSpec};
 use pg2dns_decoder::{Lsn, ZoneId};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dns::kept::{Kept, ServerKey, ServerStream};
 use crate::dns::server::ServerInput;
-use crate::dns::sink::{Dispatch, ZoneReport};
+use crate::dns::sink::{Dispatch, LaneReport, ZoneReport};
 use crate::error::RunError;
 use crate::{metrics, status};
 
@@ -40,13 +51,29 @@ pub(crate) struct ZoneLane {
     operations: prometheus_client::metrics::counter::Counter,
     /// The zone (its dispatch count is kept across sessions by name).
     name: pg2dns_decoder::ZoneName,
-    /// Its server's task (an index into `Lanes::servers`).
-    server: usize,
+    /// Its primaries' server tasks (indexes into `Lanes::servers`), the
+    /// first primary first.
+    servers: Vec<usize>,
+    /// The `pg2dns_primary_*` series of each primary, for a zone of
+    /// several.
+    series: Vec<PrimarySeries>,
     dispatched: u64,
     /// What the zone acknowledged (its dispatch count so far).
     acked: u64,
     /// Dispatches of the current flush, handed over at its end.
     outbox: Vec<Dispatch>,
+}
+
+/// The server of a primary the session streams without (see
+/// [`Kept::is_detached`]).
+const DETACHED: usize = usize::MAX;
+
+/// One primary's series of a zone with several.
+struct PrimarySeries {
+    acked: prometheus_client::metrics::gauge::Gauge,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+    degraded: prometheus_client::metrics::gauge::Gauge,
+    name: String,
 }
 
 /// The zones' streams (one task per server, see
@@ -64,14 +91,30 @@ pub(crate) struct Lanes {
     marks: pg2dns_decoder::HashMap<ZoneId, u64>,
     /// Zones that have dispatches not yet acknowledged.
     unacked: usize,
-    pub(crate) reports: mpsc::UnboundedReceiver<ZoneReport>,
+    pub(crate) reports: mpsc::UnboundedReceiver<LaneReport>,
     /// Keeps `reports` open with no zone at all (every zone in an empty
     /// `pg2dns.zones`).
-    _reporting: mpsc::UnboundedSender<ZoneReport>,
+    _reporting: mpsc::UnboundedSender<LaneReport>,
     /// What the zones said and the stream's core has not heard yet.
     heard: Vec<Heard>,
+    /// The zones' primaries' answers combined (one lane per zone unless
+    /// it has several primaries).
+    primaries: Primaries,
+    /// Halts of lanes of zones with several primaries, until the others
+    /// answered the same dispatch.
+    halts: pg2dns_decoder::HashMap<(ZoneId, usize), pg2dns_decoder::session::Halt>,
+    /// Sends [`LaneReport::Tick`] while some zone has several primaries.
+    ticker: Option<tokio::task::JoinHandle<()>>,
     /// What the status publisher reads (numbers only, no I/O).
     pub(crate) live: Arc<status::Live>,
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+    }
 }
 
 impl Lanes {
@@ -85,35 +128,116 @@ impl Lanes {
         let mut keys: Vec<ServerKey> = Vec::new();
         let mut zones_of: Vec<Vec<(ZoneId, Box<crate::config::ZoneConfig>)>> = Vec::new();
         let ids = config.zones();
+        let mut specs = Vec::with_capacity(config.zones.len());
+        let mut several = false;
+        let m = metrics::get();
         for ((id, _), z) in ids.iter().zip(&config.zones) {
-            let key = ServerKey {
-                primary_addr: z.primary_addr.clone(),
-                primary: z.primary,
-                limits: config.server_limits(&z.primary_addr),
+            let mut servers = Vec::with_capacity(1 + z.more_primaries.len());
+            let mut series = Vec::new();
+            // A zone of one primary (most): no copy of its primary.
+            let primaries = if z.more_primaries.is_empty() {
+                Vec::new()
+            } else {
+                z.primaries()
             };
-            let server = match keys.iter().position(|k| *k == key) {
-                Some(i) => i,
-                None => {
-                    keys.push(key);
-                    zones_of.push(Vec::new());
-                    keys.len() - 1
+            if primaries.is_empty() {
+                let key = ServerKey {
+                    primary_addr: z.primary_addr.clone(),
+                    primary: z.primary,
+                    limits: config.server_limits(&z.primary_addr),
+                };
+                let server = match keys.iter().position(|k| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        keys.push(key);
+                        zones_of.push(Vec::new());
+                        keys.len() - 1
+                    }
+                };
+                zones_of[server].push((id, Box::new(z.clone())));
+                servers.push(server);
+            }
+            for p in &primaries {
+                let key = ServerKey {
+                    primary_addr: p.primary_addr.clone(),
+                    primary: p.primary,
+                    limits: config.server_limits(&p.primary_addr),
+                };
+                let server = match keys.iter().position(|k| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        keys.push(key);
+                        zones_of.push(Vec::new());
+                        keys.len() - 1
+                    }
+                };
+                if kept.is_detached(&z.name, &p.name) {
+                    warn!(zone = %z.name, primary = %p.name, "this session streams without the primary: it could not be brought in line; it is, at the next session's start (SIGHUP) once it answers");
+                    servers.push(DETACHED);
+                    series.push(PrimarySeries {
+                        acked: m
+                            .primary_acked
+                            .get_or_create(&metrics::PrimaryLabel {
+                                zone: z.name.to_string(),
+                                primary: p.name.clone(),
+                            })
+                            .clone(),
+                        in_flight: m
+                            .primary_in_flight
+                            .get_or_create(&metrics::PrimaryLabel {
+                                zone: z.name.to_string(),
+                                primary: p.name.clone(),
+                            })
+                            .clone(),
+                        degraded: m
+                            .primary_degraded
+                            .get_or_create(&metrics::PrimaryLabel {
+                                zone: z.name.to_string(),
+                                primary: p.name.clone(),
+                            })
+                            .clone(),
+                        name: p.name.clone(),
+                    });
+                    continue;
                 }
-            };
-            zones_of[server].push((id, Box::new(z.clone())));
+                let label = metrics::PrimaryLabel {
+                    zone: z.name.to_string(),
+                    primary: p.name.clone(),
+                };
+                series.push(PrimarySeries {
+                    acked: m.primary_acked.get_or_create(&label).clone(),
+                    in_flight: m.primary_in_flight.get_or_create(&label).clone(),
+                    degraded: m.primary_degraded.get_or_create(&label).clone(),
+                    name: p.name.clone(),
+                });
+                zones_of[server].push((id, Box::new(z.for_primary(p))));
+                servers.push(server);
+            }
+            several |= primaries.len() > 1;
+            if primaries.len() > 1 {
+                specs.push((
+                    id,
+                    ZoneSpec {
+                        name: z.name.clone(),
+                        primaries: primaries.into_iter().map(|p| p.name).collect(),
+                        policy: z.policy,
+                    },
+                ));
+            }
             // Everything it was handed in earlier sessions was acknowledged.
             let dispatched = kept.dispatched(&z.name);
             if dispatched > 0 {
                 live.dispatched(id.index(), dispatched);
                 live.acked(id.index(), dispatched);
             }
-            let m = metrics::get();
             lanes.push(ZoneLane {
+                servers,
+                series,
                 operations: m
                     .operations
                     .get_or_create(&m.series(&z.name.to_string(), &z.primary.to_string()))
                     .clone(),
                 name: z.name.clone(),
-                server,
                 dispatched,
                 acked: dispatched,
                 outbox: Vec::new(),
@@ -122,7 +246,7 @@ impl Lanes {
         let mut servers = Vec::new();
         let mut streams = Vec::new();
         let mut reused = 0usize;
-        for (key, zones) in keys.into_iter().zip(zones_of) {
+        for (index, (key, zones)) in keys.into_iter().zip(zones_of).enumerate() {
             let mut stream = match kept.take_server(&key) {
                 Some(stream) => {
                     reused += 1;
@@ -132,6 +256,7 @@ impl Lanes {
             };
             let session = |zones| ServerInput::Session {
                 reports: report_tx.clone(),
+                server: index,
                 zones,
                 limits: config.limits.clone(),
             };
@@ -153,9 +278,54 @@ impl Lanes {
                 "server connections: unchanged servers keep theirs"
             );
         }
+        let detached: Vec<(usize, usize)> = lanes
+            .iter()
+            .enumerate()
+            .flat_map(|(z, l)| {
+                l.servers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| **s == DETACHED)
+                    .map(move |(p, _)| (z, p))
+            })
+            .collect();
         // Tasks of servers gone or changed stop here.
         *kept = Kept::default();
+        // A halt waits this long for the zone's other primaries to answer
+        // the same message (they answer within their timeout, or retry).
+        let settle = config.limits.dns_timeout + Duration::from_secs(1);
+        let mut primaries = Primaries::new(specs, settle);
+        for (i, lane) in lanes.iter().enumerate() {
+            if lane.dispatched > 0 {
+                if let Ok(i) = u32::try_from(i) {
+                    primaries.handle_restored(ZoneId(i), lane.dispatched);
+                }
+            }
+        }
+        for (z, p) in detached {
+            if let Ok(z) = u32::try_from(z) {
+                primaries.handle_detached(ZoneId(z), p);
+                if let Some(s) = lanes[z as usize].series.get(p) {
+                    s.degraded.set(1);
+                }
+            }
+        }
+        let ticker = several.then(|| {
+            let tx = report_tx.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    if tx.send(LaneReport::Tick).is_err() {
+                        return;
+                    }
+                }
+            })
+        });
         Lanes {
+            primaries,
+            halts: pg2dns_decoder::HashMap::default(),
+            ticker,
             lanes,
             servers,
             streams,
@@ -196,13 +366,93 @@ impl Lanes {
     /// otherwise: what is unacknowledged is replayed by new tasks, and the
     /// old ones stop, so that no old copy follows a newer change).
     pub(crate) fn keep(&mut self) -> Kept {
-        if !self.all_acked() {
-            return Kept::default();
+        let mut kept = if !self.all_acked() || !self.every_primary_caught_up() {
+            Kept::default()
+        } else {
+            Kept::new(
+                std::mem::take(&mut self.streams),
+                self.lanes.iter().map(|l| (l.name.clone(), l.dispatched)),
+            )
+        };
+        kept.note_behind(self.behind());
+        kept
+    }
+
+    /// The primaries (zone, name) degraded now: if the session ends, their
+    /// queue goes with it, and the next session must bring them in line.
+    pub(crate) fn behind(&self) -> Vec<(pg2dns_decoder::ZoneName, String)> {
+        let mut behind = Vec::new();
+        for (i, l) in self.lanes.iter().enumerate() {
+            let Ok(zone) = u32::try_from(i) else { continue };
+            for (p, s) in l.series.iter().enumerate() {
+                if self.primaries.is_degraded(ZoneId(zone), p) {
+                    behind.push((l.name.clone(), s.name.clone()));
+                }
+            }
         }
-        Kept::new(
-            std::mem::take(&mut self.streams),
-            self.lanes.iter().map(|l| (l.name.clone(), l.dispatched)),
-        )
+        behind
+    }
+
+    /// Before a session streams from `progress`: brings each primary the
+    /// last session left behind in line with the row state (which is DNS
+    /// as of `progress`), with a SOA-guarded reconcile of that primary
+    /// alone. Those that cannot be (still down, the repair refused) are
+    /// streamed without in this session, and tried again at the next.
+    pub(crate) async fn catch_up(
+        config: &Config,
+        store: &mut crate::store::Store,
+        progress: Lsn,
+        kept: &mut Kept,
+    ) {
+        let behind = kept.take_behind();
+        if behind.is_empty() {
+            return;
+        }
+        let ids = config.zones();
+        let mut detached = Vec::new();
+        for (zone, name) in behind {
+            let found = ids.id_of(&zone).and_then(|id| {
+                let p = config
+                    .zones
+                    .get(id.index())?
+                    .primaries()
+                    .into_iter()
+                    .find(|p| p.name == name)?;
+                Some((id, p))
+            });
+            let Some((id, primary)) = found else {
+                continue;
+            };
+            match crate::reconcile::catch_up(config, store, id, &primary, progress).await {
+                Ok(outcome) if outcome.error.is_none() && outcome.in_sync_after != Some(false) => {
+                    info!(%zone, primary = %name, lsn = %progress, repaired = outcome.messages_applied, "a primary left behind was brought in line with the row state; it rejoins the stream");
+                }
+                Ok(outcome) => {
+                    let why = outcome.error.as_ref().map_or_else(
+                        || "the repair did not leave it in sync (or the safety threshold refused it)".to_owned(),
+                        |e| crate::error::chain(e),
+                    );
+                    warn!(%zone, primary = %name, reason = %why, "a primary left behind cannot be brought in line yet: this session goes on without it (or run `pg2dns reconcile --primary NAME --apply`)");
+                    detached.push((zone, name));
+                }
+                Err(e) => {
+                    warn!(%zone, primary = %name, error = %crate::error::chain(&e), "a primary left behind cannot be brought in line yet: this session goes on without it");
+                    detached.push((zone, name));
+                }
+            }
+        }
+        kept.set_detached(detached);
+    }
+
+    /// Whether every primary of every zone (degraded ones included)
+    /// acknowledged everything dispatched to it.
+    fn every_primary_caught_up(&self) -> bool {
+        self.lanes.iter().enumerate().all(|(i, l)| {
+            l.servers.len() == 1
+                || u32::try_from(i).is_ok_and(|i| {
+                    (0..l.servers.len()).all(|p| self.primaries.acked(ZoneId(i), p) >= l.dispatched)
+                })
+        })
     }
 
     /// Whether every zone acknowledged everything dispatched to it.
@@ -210,41 +460,122 @@ impl Lanes {
         self.unacked == 0
     }
 
-    pub(crate) fn on_report(&mut self, report: Option<ZoneReport>) -> Result<(), RunError> {
+    pub(crate) fn on_report(&mut self, report: Option<LaneReport>) -> Result<(), RunError> {
+        let now = Instant::now();
         match report {
-            None => Err(RunError::Internal("every zone stream ended".into())),
-            Some(ZoneReport::Acked { zone, upto }) => {
-                // A zone outside the session's (a driver bug) holds nothing.
-                debug_assert!(zone.index() < self.lanes.len(), "unknown zone {zone:?}");
-                let Some(lane) = self.lanes.get_mut(zone.index()) else {
-                    return Ok(());
+            None => return Err(RunError::Internal("every zone stream ended".into())),
+            Some(LaneReport::Tick) => self.primaries.handle_timeout(now),
+            Some(LaneReport::Zone { server, report }) => {
+                let zone = match &report {
+                    ZoneReport::Acked { zone, .. }
+                    | ZoneReport::Refused { zone, .. }
+                    | ZoneReport::Halted { zone, .. } => *zone,
                 };
-                let before = lane.acked;
-                lane.acked = lane.acked.max(upto);
-                let acked = lane.acked;
-                if before < lane.dispatched && acked >= lane.dispatched {
-                    self.unacked -= 1;
+                let Some(lane) = self.lanes.get(zone.index()) else {
+                    return Err(RunError::Internal(format!(
+                        "a report of an unknown zone {zone:?}"
+                    )));
+                };
+                let Some(p) = lane.servers.iter().position(|s| *s == server) else {
+                    return Err(RunError::Internal(format!(
+                        "a report of zone {} from a server not its primary",
+                        lane.name
+                    )));
+                };
+                match report {
+                    ZoneReport::Acked { zone, upto } => {
+                        if let Some(s) = lane.series.get(p) {
+                            s.acked.set(i64::try_from(upto).unwrap_or(i64::MAX));
+                            s.in_flight.set(
+                                i64::try_from(lane.dispatched.saturating_sub(upto)).unwrap_or(0),
+                            );
+                        }
+                        self.primaries.handle_acked(zone, p, upto, now);
+                    }
+                    ZoneReport::Refused {
+                        zone,
+                        lsn,
+                        group,
+                        rcode,
+                    } => {
+                        self.primaries
+                            .handle_refused(zone, p, Refusal { lsn, group, rcode }, now);
+                    }
+                    ZoneReport::Halted { zone, error } => {
+                        if lane.servers.len() == 1 {
+                            return Err(RunError::Sink(Box::new(error)));
+                        }
+                        let lsn = error.lsn();
+                        let answer = crate::error::chain(&error);
+                        self.halts.insert((zone, p), error);
+                        self.primaries.handle_halted(zone, p, lsn, answer, now);
+                    }
                 }
-                self.live.acked(zone.index(), acked);
-                self.heard.push(Heard::Acked { zone, upto: acked });
-                Ok(())
             }
-            Some(ZoneReport::Refused {
-                zone,
-                lsn,
-                group,
-                rcode,
-            }) => {
-                self.heard.push(Heard::Refused(ServerRefusal {
-                    zone,
-                    lsn,
-                    group,
-                    rcode,
-                }));
-                Ok(())
-            }
-            Some(ZoneReport::Halted { error, .. }) => Err(RunError::Sink(Box::new(error))),
         }
+        self.primary_events()
+    }
+
+    /// Hands the stream's core what the zones' primaries agree on.
+    fn primary_events(&mut self) -> Result<(), RunError> {
+        while let Some(event) = self.primaries.poll_event() {
+            match event {
+                PrimaryEvent::Acked { zone, upto } => {
+                    // A zone outside the session's (a driver bug) holds nothing.
+                    debug_assert!(zone.index() < self.lanes.len(), "unknown zone {zone:?}");
+                    let Some(lane) = self.lanes.get_mut(zone.index()) else {
+                        continue;
+                    };
+                    let before = lane.acked;
+                    lane.acked = lane.acked.max(upto);
+                    let acked = lane.acked;
+                    if before < lane.dispatched && acked >= lane.dispatched {
+                        self.unacked -= 1;
+                    }
+                    self.live.acked(zone.index(), acked);
+                    self.heard.push(Heard::Acked { zone, upto: acked });
+                }
+                PrimaryEvent::Refused { zone, refusal } => {
+                    self.heard.push(Heard::Refused(ServerRefusal {
+                        zone,
+                        lsn: refusal.lsn,
+                        group: refusal.group,
+                        rcode: refusal.rcode,
+                    }));
+                }
+                PrimaryEvent::Degraded { zone, lane } => {
+                    if let Some((l, s)) = self
+                        .lanes
+                        .get(zone.index())
+                        .and_then(|l| Some((l, l.series.get(lane)?)))
+                    {
+                        s.degraded.set(1);
+                        warn!(zone = %l.name, primary = %s.name, acked = self.primaries.acked(zone, lane), dispatched = l.dispatched, "a primary made no progress for its degrade_after: the zone goes on without it; it catches up when it answers again");
+                    }
+                }
+                PrimaryEvent::Rejoined { zone, lane } => {
+                    if let Some((l, s)) = self
+                        .lanes
+                        .get(zone.index())
+                        .and_then(|l| Some((l, l.series.get(lane)?)))
+                    {
+                        s.degraded.set(0);
+                        info!(zone = %l.name, primary = %s.name, "a degraded primary caught up: the zone waits for it again");
+                    }
+                }
+                PrimaryEvent::Divergent(d) => return Err(RunError::Divergent(d)),
+                PrimaryEvent::Halted { zone, lane } => {
+                    return match self.halts.remove(&(zone, lane)) {
+                        Some(h) => Err(RunError::Sink(Box::new(h))),
+                        None => Err(RunError::Internal(format!(
+                            "a halt of zone #{} that was not kept",
+                            zone.0
+                        ))),
+                    };
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn dispatch(&mut self, lsn: Lsn, ops: Vec<ZoneOps>) {
@@ -260,6 +591,13 @@ impl Lanes {
                 self.unacked += 1;
             }
             lane.dispatched += 1;
+            self.primaries
+                .handle_dispatched(z.zone, lane.dispatched, lsn, Instant::now());
+            for (s, server) in lane.series.iter().zip(&lane.servers) {
+                if *server != DETACHED {
+                    s.in_flight.inc();
+                }
+            }
             self.live.dispatched(z.zone.index(), lane.dispatched);
             self.marks.insert(z.zone, lane.dispatched);
             if lane.outbox.is_empty() {
@@ -280,7 +618,16 @@ impl Lanes {
             (0..self.servers.len()).map(|_| Vec::new()).collect();
         for zone in std::mem::take(&mut self.touched) {
             let lane = &mut self.lanes[zone.index()];
-            per_server[lane.server].push((zone, std::mem::take(&mut lane.outbox)));
+            let outbox = std::mem::take(&mut lane.outbox);
+            let mut to = lane.servers.iter().filter(|s| **s != DETACHED).peekable();
+            while let Some(server) = to.next() {
+                if to.peek().is_some() {
+                    per_server[*server].push((zone, outbox.clone()));
+                } else {
+                    per_server[*server].push((zone, outbox));
+                    break;
+                }
+            }
         }
         for (server, batch) in per_server.into_iter().enumerate() {
             if batch.is_empty() {

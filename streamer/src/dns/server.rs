@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-pub use crate::dns::sink::{Dispatch, ZoneReport};
+pub use crate::dns::sink::{Dispatch, LaneReport, ZoneReport};
 
 use crate::config::{Limits, PrimaryAddr, ServerLimits, ZoneConfig};
 use crate::{failpoint, metrics};
@@ -65,7 +65,9 @@ pub enum ServerInput {
     /// every zone was idle, so nothing queued is lost.
     Session {
         /// Where the session reads reports.
-        reports: mpsc::UnboundedSender<ZoneReport>,
+        reports: mpsc::UnboundedSender<LaneReport>,
+        /// This task's index in the session (its reports carry it).
+        server: usize,
         /// The session's zones of this server.
         zones: Vec<(ZoneId, Box<ZoneConfig>)>,
         /// The session's message limits.
@@ -157,7 +159,9 @@ pub struct ServerTask {
     generation: u64,
     events_tx: mpsc::UnboundedSender<(ConnId, u64, ConnEvent)>,
     events: mpsc::UnboundedReceiver<(ConnId, u64, ConnEvent)>,
-    reports: mpsc::UnboundedSender<ZoneReport>,
+    reports: mpsc::UnboundedSender<LaneReport>,
+    /// This task's index in the current session.
+    index: usize,
     connections: Gauge,
     connections_max: Gauge,
     in_flight: Gauge,
@@ -170,7 +174,7 @@ impl ServerTask {
         name: String,
         limits: ServerLimits,
         zone_limits: &Limits,
-        reports: mpsc::UnboundedSender<ZoneReport>,
+        reports: mpsc::UnboundedSender<LaneReport>,
     ) -> ServerTask {
         // Message IDs start somewhere unpredictable (RFC 5452 §9.2 asks it of
         // queries; here it only keeps restarts from reusing IDs).
@@ -212,6 +216,7 @@ impl ServerTask {
             events_tx,
             events,
             reports,
+            index: 0,
             connections: m.server_connections.get_or_create(&label).clone(),
             connections_max: m.server_connections_max.get_or_create(&label).clone(),
             in_flight: m.server_in_flight.get_or_create(&label).clone(),
@@ -277,11 +282,13 @@ impl ServerTask {
     /// A new session's zones of this server (see [`ServerInput::Session`]).
     fn start_session(
         &mut self,
-        reports: mpsc::UnboundedSender<ZoneReport>,
+        reports: mpsc::UnboundedSender<LaneReport>,
+        server: usize,
         zones: Vec<(ZoneId, Box<ZoneConfig>)>,
         limits: Limits,
     ) {
         self.reports = reports;
+        self.index = server;
         self.zone_limits = limits;
         let mut by_name: HashMap<pg2dns_decoder::ZoneName, LaneId> = self
             .lanes
@@ -380,9 +387,10 @@ impl ServerTask {
             ServerInput::RemoveZone(zone) => self.remove_zone(zone),
             ServerInput::Session {
                 reports,
+                server,
                 zones,
                 limits,
-            } => self.start_session(reports, zones, limits),
+            } => self.start_session(reports, server, zones, limits),
         }
     }
 
@@ -625,6 +633,7 @@ impl ServerTask {
 
     /// Reports what `lane`'s session said, and drops the session once idle.
     fn events_of(&mut self, lane: LaneId, now: Instant) {
+        let (reports, index) = (self.reports.clone(), self.index);
         let mut work = vec![lane];
         while let Some(lane) = work.pop() {
             // Zones of a connection dropped for this one's timeout.
@@ -640,7 +649,7 @@ impl ServerTask {
                                 l.ack_seconds.observe(at.elapsed().as_secs_f64());
                             }
                         }
-                        let _ = self.reports.send(ZoneReport::Acked { zone: l.zone, upto });
+                        let _ = report(&reports, index, ZoneReport::Acked { zone: l.zone, upto });
                     }
                     Event::Retrying {
                         lsn,
@@ -686,18 +695,26 @@ impl ServerTask {
                     }
                     Event::Refused { lsn, group, rcode } => {
                         warn!(zone = %l.session.zone, %lsn, owner = %group.owner, %rcode, "the primary refused an owner group on its own; its rows are rejected and the stream goes on");
-                        let _ = self.reports.send(ZoneReport::Refused {
-                            zone: l.zone,
-                            lsn,
-                            group,
-                            rcode,
-                        });
+                        let _ = report(
+                            &reports,
+                            index,
+                            ZoneReport::Refused {
+                                zone: l.zone,
+                                lsn,
+                                group,
+                                rcode,
+                            },
+                        );
                     }
                     Event::Halted(error) => {
-                        let _ = self.reports.send(ZoneReport::Halted {
-                            zone: l.zone,
-                            error,
-                        });
+                        let _ = report(
+                            &reports,
+                            index,
+                            ZoneReport::Halted {
+                                zone: l.zone,
+                                error,
+                            },
+                        );
                         self.halted.insert(lane);
                         break;
                     }
@@ -801,6 +818,17 @@ async fn read_frames(
         let _ = tx.send((conn, generation, ConnEvent::Closed(end)));
         return;
     }
+}
+
+/// Sends a lane's report, tagged with its server task's index.
+fn report(
+    reports: &mpsc::UnboundedSender<LaneReport>,
+    server: usize,
+    report: ZoneReport,
+) -> Result<(), ()> {
+    reports
+        .send(LaneReport::Zone { server, report })
+        .map_err(|_| ())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -37,3 +37,20 @@ pub enum ZoneReport {
         error: Halt,
     },
 }
+
+/// What the server tasks tell the pipeline's [`crate::dns::lanes::Lanes`]:
+/// a zone's report, tagged with the server (of this session) whose lane
+/// made it, so that a zone of several primaries knows which one answered.
+#[derive(Debug)]
+pub enum LaneReport {
+    /// A lane's report.
+    Zone {
+        /// The server task's index in this session.
+        server: usize,
+        /// What the zone's lane on that server said.
+        report: ZoneReport,
+    },
+    /// Time passed (sent once a second while some zone has several
+    /// primaries: their halts settle and their lanes degrade on time).
+    Tick,
+}
