@@ -38,6 +38,7 @@ pub mod pool;
 pub mod rdata;
 pub mod records;
 pub mod row;
+pub mod runs;
 pub mod schema;
 pub mod session;
 pub mod tsig;
