@@ -55,6 +55,19 @@ impl RunBuffer {
     /// Adds an entry (call [`RunBuffer::is_full`] after, and write the run
     /// out when it is).
     pub fn push(&mut self, key: &[u8], value: &[u8]) {
+        // Grow by doubling, but not far past the budget: a full buffer's
+        // allocation is about its budget, not twice it.
+        let needed = self.arena.len() + key.len() + value.len();
+        if needed > self.arena.capacity() {
+            let grown = (self.arena.capacity() * 2).clamp(4096, self.limit);
+            self.arena
+                .reserve_exact(grown.max(needed) - self.arena.len());
+        }
+        if self.index.len() == self.index.capacity() {
+            let grown = (self.index.capacity() * 2).clamp(256, self.limit / ENTRY_OVERHEAD + 1);
+            self.index
+                .reserve_exact(grown.max(self.index.len() + 1) - self.index.len());
+        }
         let at = self.arena.len() as u32;
         self.arena.extend_from_slice(key);
         self.arena.extend_from_slice(value);
@@ -145,8 +158,11 @@ impl<R: BufRead> Iterator for RunReader<R> {
 pub struct Merge<R> {
     runs: Vec<RunReader<R>>,
     /// The head of each run not yet exhausted: (key, run, value).
-    heads: BinaryHeap<Reverse<(Vec<u8>, usize, Vec<u8>)>>,
+    heads: BinaryHeap<Reverse<Head>>,
 }
+
+/// A run's next entry in the merge: its key, the run, its value.
+type Head = (Vec<u8>, usize, Vec<u8>);
 
 impl<R: BufRead> Merge<R> {
     /// Merges `runs`, each sorted by key.
@@ -189,6 +205,26 @@ impl<R: BufRead> Iterator for Merge<R> {
     fn next(&mut self) -> Option<Self::Item> {
         self.next_entry().transpose()
     }
+}
+
+/// Writes one entry of a run (for a sequence already in key order, written
+/// as it is produced).
+pub fn write_entry<W: Write>(out: &mut W, key: &[u8], value: &[u8]) -> io::Result<()> {
+    out.write_all(&(key.len() as u32).to_le_bytes())?;
+    out.write_all(&(value.len() as u32).to_le_bytes())?;
+    out.write_all(key)?;
+    out.write_all(value)
+}
+
+/// Bytes [`write_entry`] writes for an entry.
+pub fn entry_len(key: &[u8], value: &[u8]) -> u64 {
+    8 + key.len() as u64 + value.len() as u64
+}
+
+/// Appends `bytes` with its length (u32 BE) to `out`.
+pub fn put_bytes32(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// Appends `bytes` with its length (u16 BE) to `out`.
@@ -247,6 +283,12 @@ impl<'a> Fields<'a> {
     /// Bytes written by [`put_bytes16`].
     pub fn bytes16(&mut self) -> Result<&'a [u8], Damaged> {
         let n = self.u16()? as usize;
+        self.take(n)
+    }
+
+    /// Bytes written by [`put_bytes32`].
+    pub fn bytes32(&mut self) -> Result<&'a [u8], Damaged> {
+        let n = self.u32()? as usize;
         self.take(n)
     }
 
@@ -316,9 +358,7 @@ mod tests {
 
     #[test]
     fn equal_keys_come_out_in_the_order_they_were_pushed_across_runs() {
-        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..50u8)
-            .map(|i| (vec![i % 3], vec![i]))
-            .collect();
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..50u8).map(|i| (vec![i % 3], vec![i])).collect();
         // A budget of about two entries: 25 runs.
         let runs = runs_of(&entries, 2 * (ENTRY_OVERHEAD + 2));
         assert!(runs.len() > 10);
