@@ -59,12 +59,14 @@ impl RunBuffer {
         // allocation is about its budget, not twice it.
         let needed = self.arena.len() + key.len() + value.len();
         if needed > self.arena.capacity() {
-            let grown = (self.arena.capacity() * 2).clamp(4096, self.limit);
+            let grown = (self.arena.capacity() * 2).max(4096).min(self.limit);
             self.arena
                 .reserve_exact(grown.max(needed) - self.arena.len());
         }
         if self.index.len() == self.index.capacity() {
-            let grown = (self.index.capacity() * 2).clamp(256, self.limit / ENTRY_OVERHEAD + 1);
+            let grown = (self.index.capacity() * 2)
+                .max(256)
+                .min(self.limit / ENTRY_OVERHEAD + 1);
             self.index
                 .reserve_exact(grown.max(self.index.len() + 1) - self.index.len());
         }

@@ -58,7 +58,7 @@ use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, ZoneName};
 use tracing::{info, warn};
 
 use crate::config::{Config, ZoneConfig};
-use crate::dns::axfr::{self, AxfrError, Transfer};
+use crate::dns::axfr::{self, AxfrError};
 use crate::dns::Connection;
 use crate::store::{sql, Store, StoreError};
 
@@ -376,6 +376,9 @@ pub struct Report {
     /// Set when an operator had paused the service: DNS was compared with
     /// pg2dns's row state as of the pause, not with the tables.
     pub paused_at: Option<OperatorPause>,
+    /// Sorted runs written to disk (0: everything fit `[reconcile]
+    /// memory_mib`).
+    pub spilled_runs: usize,
 }
 
 /// A pause an operator made (`pg2dns pause`), as reconcile found it.
@@ -640,6 +643,7 @@ impl Report {
             "total_ms": self.total_time.as_millis() as u64,
             "paused_ms": self.paused_time.map(|d| d.as_millis() as u64),
             "peak_rss_kib": peak_rss_kib(),
+            "spilled_runs": self.spilled_runs,
             "applied": self.applied,
             "as_of_pause": self.paused_at.as_ref().map(|p| json!({
                 "lsn": p.lsn.to_string(),
@@ -1520,7 +1524,7 @@ async fn compare(
     owned: Option<&BTreeMap<String, std::collections::HashSet<RecordKey>>>,
     paused: Option<&OperatorPause>,
 ) -> Result<Report, ReconcileError> {
-    if !options.apply && paused.is_none() {
+    if paused.is_none() {
         return compare_bounded(config, options, store, selected, snapshot, owned).await;
     }
     let started = Instant::now();
@@ -1667,11 +1671,14 @@ async fn compare(
         zones: outcomes,
         applied: options.apply,
         paused_at: paused.cloned(),
+        spilled_runs: 0,
     })
 }
 
-/// [`compare`] without a repair, in bounded memory: the desired side and
-/// each transfer go through sorted runs on disk (see [`bounded`]).
+/// [`compare`] of the tables (not of an operator's pause) in bounded
+/// memory: the desired side and each transfer go through sorted runs on
+/// disk (see [`bounded`]), and `--apply` writes the row state back from
+/// them in batches.
 async fn compare_bounded(
     config: &Config,
     options: &Options,
@@ -1695,7 +1702,15 @@ async fn compare_bounded(
     })?;
     let with_rr = has_schema(store).await?;
     begin_snapshot(store, snapshot).await?;
-    let desired = bounded::read_desired(store, config, &bar, with_rr, Arc::clone(&dir)).await;
+    let desired = bounded::read_desired(
+        store,
+        config,
+        &bar,
+        with_rr,
+        options.apply,
+        Arc::clone(&dir),
+    )
+    .await;
     end_snapshot(store, snapshot).await?;
     let desired = desired?;
     info!(
@@ -1719,66 +1734,103 @@ async fn compare_bounded(
     let budget = spill::budget(config.reconcile.memory_mib, 0.5 / window as f64);
     let empty = std::collections::HashSet::new();
     let desired = &desired;
-    let outcomes: Vec<ZoneOutcome> =
-        futures_util::stream::iter(selected.iter().copied().map(|id| {
-            let zc = &config.zones[id.index()];
-            let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
-            let server = Arc::clone(&per_server[&zc.primary]);
-            let bar = &bar;
-            async move {
-                let _permit = server.acquire_owned().await;
-                bar.set_message(format!("zone {}", zc.name));
-                let mut outcome = empty_outcome(zc);
-                match bounded::compare_zone(desired, id, zc, config.limits.dns_timeout, budget)
-                    .await
-                {
-                    Err(bounded::ZoneCompareError::Axfr(e)) => outcome.error = Some(e.into()),
-                    Err(bounded::ZoneCompareError::Spill(source)) => {
-                        outcome.error = Some(ZoneError::Spill {
-                            zone: zc.name.clone(),
-                            source,
-                        })
-                    }
-                    Ok(c) => {
-                        outcome.axfr_time = c.axfr_time;
-                        outcome.diff_time = c.diff_time;
-                        outcome.transferred = c.transferred;
-                        judge(config, options, owned, &c.diff, &mut outcome);
-                        outcome.diff = Some(c.diff);
-                    }
+    let mut zones = futures_util::stream::iter(selected.iter().copied().map(|id| {
+        let zc = &config.zones[id.index()];
+        let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
+        let server = Arc::clone(&per_server[&zc.primary]);
+        let bar = &bar;
+        async move {
+            // The semaphore is never closed: a permit always comes.
+            let _permit = server.acquire_owned().await;
+            bar.set_message(format!("zone {}", zc.name));
+            let outcome =
+                reconcile_zone_bounded(config, zc, id, desired, options, owned, budget).await;
+            (id, outcome)
+        }
+    }))
+    .buffered(window);
+    let mut outcomes = Vec::new();
+    // The row state is written (one zone after the other, in order) while
+    // the next zones' transfers go on; at most `window` outcomes wait.
+    let (send, mut done) = tokio::sync::mpsc::channel(window);
+    let produce = async move {
+        while let Some(item) = zones.next().await {
+            if send.send(item).await.is_err() {
+                break;
+            }
+        }
+    };
+    let consume = async {
+        let mut state = match &desired.contributions {
+            Some(sorted) => Some(bounded::StateRows::new(sorted).map_err(|source| {
+                bounded::BoundedError::Spill {
+                    dir: dir.path().to_path_buf(),
+                    source,
                 }
-                outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
-                if let Some((path, file)) = options.read_files.get(&id) {
-                    match desired.zone_records(id) {
-                        Ok(wanted) => {
-                            outcome.zone_file = Some(FileSide {
-                                path: path.clone(),
-                                records: file.records.len(),
-                                skipped: file.skipped.len(),
-                                three_way: zonefile::three_way(
-                                    &zc.name,
-                                    file,
-                                    &wanted,
-                                    outcome.diff.as_ref(),
-                                    &zc.exclusions,
-                                ),
-                            })
-                        }
-                        Err(source) => {
-                            outcome.error = Some(ZoneError::Spill {
+            })?),
+            None => None,
+        };
+        while let Some((id, mut outcome)) = done.recv().await {
+            let zc = &config.zones[id.index()];
+            if let (Some(state), true, None, Some(true)) = (
+                state.as_mut(),
+                options.apply,
+                outcome.error.as_ref(),
+                outcome.in_sync_after,
+            ) {
+                // One transaction per source: every source's state of the
+                // zone, emptied ones included, is rewritten; a row with a
+                // record still waiting for its target's address is kept
+                // aside as the stream keeps it (pg2dns.waiting, no row state).
+                for (i, name) in desired.sources.iter().enumerate() {
+                    let source = SourceId::new(i).map_err(StoreError::from)?;
+                    let waiting = &outcome.waiting_after;
+                    let written = store
+                        .replace_zone_state_batched(name, &zc.name, || {
+                            let Some(rows) = state.batch(id, source)? else {
+                                return Ok(None);
+                            };
+                            let (held, kept) = split_waiting(&rows, waiting);
+                            let rows = if held.is_empty() {
+                                rows
+                            } else {
+                                kept.into_iter().cloned().collect()
+                            };
+                            Ok(Some(crate::store::ZoneStateBatch {
+                                rows,
+                                waiting: held,
+                            }))
+                        })
+                        .await;
+                    if let Err(e) = written {
+                        outcome.error = Some(match e {
+                            bounded::BoundedError::Store(source) => ZoneError::State {
                                 zone: zc.name.clone(),
                                 source,
-                            })
-                        }
+                            },
+                            source => ZoneError::Spill {
+                                zone: zc.name.clone(),
+                                source,
+                            },
+                        });
+                        break;
                     }
                 }
-                outcome
             }
-        }))
-        .buffered(window)
-        .collect()
-        .await;
+            outcomes.push(outcome);
+        }
+        Ok::<(), ReconcileError>(())
+    };
+    let ((), consumed) = tokio::join!(produce, consume);
+    consumed?;
     bar.finish_and_clear();
+    if options.apply {
+        // The stream goes on from the moment the tables were read: it
+        // resolves zone references as they were then.
+        store
+            .replace_zone_refs(&config.zones_tables(), &desired.refs)
+            .await?;
+    }
     Ok(Report {
         rows: desired.rows,
         refused_rows: desired.refused,
@@ -1786,9 +1838,124 @@ async fn compare_bounded(
         total_time: started.elapsed(),
         paused_time: None,
         zones: outcomes,
-        applied: false,
+        applied: options.apply,
         paused_at: None,
+        spilled_runs: dir.runs_written(),
     })
+}
+
+/// One zone compared (and with `--apply` repaired) in bounded memory.
+async fn reconcile_zone_bounded(
+    config: &Config,
+    zc: &ZoneConfig,
+    id: ZoneId,
+    desired: &bounded::BoundedDesired,
+    options: &Options,
+    owned: Option<&std::collections::HashSet<RecordKey>>,
+    budget: usize,
+) -> ZoneOutcome {
+    let mut outcome = empty_outcome(zc);
+    outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
+    let timeout = config.limits.dns_timeout;
+    let spill_error = |source| ZoneError::Spill {
+        zone: zc.name.clone(),
+        source,
+    };
+    let compared = |e: bounded::ZoneCompareError| match e {
+        bounded::ZoneCompareError::Axfr(e) => ZoneError::from(e),
+        bounded::ZoneCompareError::Spill(source) => spill_error(source),
+    };
+    let first = match bounded::compare_zone(desired, id, zc, timeout, budget).await {
+        Err(e) => {
+            outcome.error = Some(compared(e));
+            return outcome;
+        }
+        Ok(c) => c,
+    };
+    outcome.axfr_time = first.axfr_time;
+    outcome.diff_time = first.diff_time;
+    outcome.transferred = first.transferred;
+    judge(config, options, owned, &first.diff, &mut outcome);
+    outcome.diff = Some(first.diff.clone());
+    if let Some((path, file)) = options.read_files.get(&id) {
+        match desired.zone_records(id) {
+            Ok(wanted) => {
+                outcome.zone_file = Some(FileSide {
+                    path: path.clone(),
+                    records: file.records.len(),
+                    skipped: file.skipped.len(),
+                    three_way: zonefile::three_way(
+                        &zc.name,
+                        file,
+                        &wanted,
+                        outcome.diff.as_ref(),
+                        &zc.exclusions,
+                    ),
+                })
+            }
+            Err(source) => {
+                outcome.error = Some(spill_error(source));
+                return outcome;
+            }
+        }
+    }
+    if !options.apply || outcome.refused_by_threshold || outcome.refused_unowned {
+        return outcome;
+    }
+    if first.diff.is_in_sync() {
+        // Nothing to send, nothing to verify: in sync as transferred.
+        outcome.in_sync_after = Some(true);
+        return outcome;
+    }
+    if let Some(verifier) = &zc.verify {
+        // The verifier reads the zone as repaired, whole: a zone with a
+        // verifier is held in memory for it.
+        bar_less_verify_note(zc);
+        let transfer = match axfr::transfer(&zc.name, zc.primary, &zc.key, timeout).await {
+            Ok(t) => t,
+            Err(e) => {
+                outcome.error = Some(e.into());
+                return outcome;
+            }
+        };
+        let repaired = after_repair(&transfer.records, &first.diff);
+        drop(transfer);
+        match verify(&zc.name, verifier, &repaired).await {
+            Ok(()) => outcome.verified = true,
+            Err(refusal) => {
+                warn!(zone = %zc.name, command = %refusal.command, reason = %refusal.reason, "the verifier refused the repair; nothing was sent");
+                outcome.verify_refused = Some(refusal);
+                return outcome;
+            }
+        }
+    }
+    let started = Instant::now();
+    let rediff = move || async move {
+        let c = bounded::compare_zone(desired, id, zc, timeout, budget)
+            .await
+            .map_err(compared)?;
+        Ok((c.soa.rdata, c.diff))
+    };
+    if let Err(e) = repair(
+        config,
+        zc,
+        options,
+        owned,
+        first.soa.rdata.clone(),
+        first.diff,
+        &mut outcome,
+        rediff,
+    )
+    .await
+    {
+        outcome.error = Some(e);
+    }
+    outcome.repair_time = started.elapsed();
+    outcome
+}
+
+fn bar_less_verify_note(zc: &ZoneConfig) {
+    info!(zone = %zc.name, "verifying the repaired zone (held in memory for the verifier)");
 }
 
 /// A zone's outcome before anything was done.
@@ -1888,15 +2055,20 @@ async fn reconcile_zone(
     }
     bar.set_message(format!("zone {}: repairing", zc.name));
     let started = Instant::now();
+    let rediff = move || async move {
+        let t = axfr::transfer(&zc.name, zc.primary, &zc.key, timeout).await?;
+        let d = diff::diff_excluding(&zc.name, wanted, &t.records, &zc.exclusions);
+        Ok((t.soa.rdata, d))
+    };
     if let Err(e) = repair(
         config,
         zc,
-        wanted,
         options,
         owned,
-        transfer,
+        transfer.soa.rdata.clone(),
         first,
         &mut outcome,
+        rediff,
     )
     .await
     {
@@ -1909,16 +2081,19 @@ async fn reconcile_zone(
 /// Sends the repair, starting again from a fresh transfer when the SOA guard
 /// fails; ends with a transfer that checks the zone is in sync.
 #[allow(clippy::too_many_arguments)]
-async fn repair(
+async fn repair<Rediff>(
     config: &Config,
     zc: &ZoneConfig,
-    wanted: &[Record],
     options: &Options,
     owned: Option<&std::collections::HashSet<RecordKey>>,
-    mut transfer: Transfer,
+    mut soa_seen: pg2dns_decoder::Rdata,
     mut current: ZoneDiff,
     outcome: &mut ZoneOutcome,
-) -> Result<(), ZoneError> {
+    rediff: impl Fn() -> Rediff,
+) -> Result<(), ZoneError>
+where
+    Rediff: std::future::Future<Output = Result<(pg2dns_decoder::Rdata, ZoneDiff), ZoneError>>,
+{
     let timeout = config.limits.dns_timeout;
     let zone = &zc.name;
     // The stream's budget for this zone (see `Config::plan_limits`).
@@ -1930,16 +2105,18 @@ async fn repair(
     let mut first_attempt = true;
     loop {
         if !current.is_in_sync() {
-            let messages = diff::repair_messages(&current, transfer.soa.rdata.len(), budget)
-                .map_err(|source| ZoneError::Plan {
-                    zone: zone.clone(),
-                    source,
+            let messages =
+                diff::repair_messages(&current, soa_seen.len(), budget).map_err(|source| {
+                    ZoneError::Plan {
+                        zone: zone.clone(),
+                        source,
+                    }
                 })?;
             if first_attempt {
                 test_pause().await;
                 first_attempt = false;
             }
-            let mut soa = transfer.soa.rdata.clone();
+            let mut soa = soa_seen.clone();
             let mut conn = Connection::connect(zc.primary)
                 .await
                 .map_err(|e| update_err(zc, format!("cannot connect: {e}")))?;
@@ -1982,14 +2159,13 @@ async fn repair(
                         attempts: failures,
                     });
                 }
-                transfer = axfr::transfer(zone, zc.primary, &zc.key, timeout).await?;
-                if transfer.soa.rdata == expected {
+                (soa_seen, current) = rediff().await?;
+                if soa_seen == expected {
                     return Err(ZoneError::GuardUnusable {
                         zone: zone.clone(),
                         server: zc.primary,
                     });
                 }
-                current = diff::diff_excluding(zone, wanted, &transfer.records, &zc.exclusions);
                 // A first load refuses records that appeared meanwhile as
                 // it refuses those it saw first.
                 if let (Some(owned), false) = (owned, options.force) {
@@ -2018,8 +2194,7 @@ async fn repair(
             }
         }
         // Check: a fresh transfer must show the zone in sync.
-        transfer = axfr::transfer(zone, zc.primary, &zc.key, timeout).await?;
-        current = diff::diff_excluding(zone, wanted, &transfer.records, &zc.exclusions);
+        (_, current) = rediff().await?;
         outcome.in_sync_after = Some(current.is_in_sync());
         outcome.waiting_after = current.waiting;
         return Ok(());

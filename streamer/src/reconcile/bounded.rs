@@ -104,6 +104,13 @@ pub(super) struct BoundedDesired {
     pub facts: HashMap<ZoneId, ZoneFacts>,
     /// Passes over the parts (1 unless refusals crossed owners).
     pub passes: usize,
+    /// The sources' names, by index.
+    pub sources: Vec<String>,
+    /// The rows of the referenced zones tables, as read.
+    pub refs: pg2dns_decoder::mapping::source::zones_table::ZoneRefs,
+    /// With `keep_rows`: what each row contributes, by zone, source and
+    /// row (see [`StateRows`]).
+    pub contributions: Option<Sorted>,
     /// The spill directory (kept while the desired side is used).
     pub dir: Arc<SpillDir>,
 }
@@ -246,6 +253,7 @@ pub(super) async fn read_desired(
     config: &Config,
     bar: &ProgressBar,
     with_rr: bool,
+    keep_rows: bool,
     dir: Arc<SpillDir>,
 ) -> Result<BoundedDesired, BoundedError> {
     let spill_err = |source| BoundedError::Spill {
@@ -331,12 +339,20 @@ pub(super) async fn read_desired(
     let published = dir.file("published");
     loop {
         passes += 1;
-        let pass = plan_pass(&zones, &limits, &parts, &cnames, &excluded, &published).map_err(
-            |e| match e {
-                BoundedError::Spill { source, .. } => spill_err(source),
-                other => other,
-            },
-        )?;
+        let contributions = keep_rows.then(|| Sorter::new(Arc::clone(&dir), "state", budget));
+        let pass = plan_pass(
+            &zones,
+            &limits,
+            &parts,
+            &cnames,
+            &excluded,
+            &published,
+            contributions,
+        )
+        .map_err(|e| match e {
+            BoundedError::Spill { source, .. } => spill_err(source),
+            other => other,
+        })?;
         if pass.culprits.is_empty() {
             let mut rejections = early_rejections;
             rejections.extend(excluded.into_values());
@@ -362,6 +378,9 @@ pub(super) async fn read_desired(
                 ranges: pass.ranges,
                 facts: pass.facts,
                 passes,
+                contributions: pass.contributions,
+                sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
+                refs: zones.refs().clone(),
                 dir,
             });
         }
@@ -385,6 +404,8 @@ struct Pass {
     rejections: Vec<Rejection>,
     /// Rows whose refusal came too late for this pass, with it.
     culprits: HashMap<u64, Rejection>,
+    /// What each row contributes (when asked for).
+    contributions: Option<Sorted>,
 }
 
 /// Feeds the parts owner by owner to a planner, writes what each owner
@@ -396,6 +417,7 @@ fn plan_pass(
     cnames: &HashMap<NodeKey, Vec<u64>>,
     excluded: &HashMap<u64, Rejection>,
     out: &std::path::Path,
+    mut contributions: Option<Sorter>,
 ) -> Result<Pass, BoundedError> {
     let io_err = |source| BoundedError::Spill {
         dir: PathBuf::new(),
@@ -452,7 +474,17 @@ fn plan_pass(
                         image: Ok(part.wanted),
                     },
                 );
-                planner.end_segment();
+                if let Some(sorter) = contributions.as_mut() {
+                    let (_, rows) = planner.end_segment_taking_rows();
+                    for ((source, key), records) in rows {
+                        if !records.is_empty() {
+                            let (k, v) = state_entry(zone, source, seq, &key, &records);
+                            sorter.push(&k, &v).map_err(io_err)?;
+                        }
+                    }
+                } else {
+                    planner.end_segment();
+                }
                 if planner.rejections().len() > before {
                     refused.insert(seq, (lead, planner.rejections()[before..].to_vec()));
                 }
@@ -503,6 +535,10 @@ fn plan_pass(
         facts,
         rejections,
         culprits,
+        contributions: contributions
+            .map(Sorter::finish)
+            .transpose()
+            .map_err(io_err)?,
     })
 }
 
@@ -550,6 +586,8 @@ impl BoundedDesired {
 
 /// One zone compared in bounded memory.
 pub(super) struct ZoneCompared {
+    /// The apex SOA the transfer saw.
+    pub soa: Record,
     /// Records transferred (SOA included).
     pub transferred: usize,
     /// The comparison (differences only).
@@ -589,7 +627,7 @@ pub(super) async fn compare_zone(
     let started = Instant::now();
     let mut facts = desired.facts.get(&id).cloned().unwrap_or_default();
     let mut sorter = Sorter::new(Arc::clone(dir), "axfr", budget);
-    let (_soa, _messages) = axfr::transfer_each(zone, zc.primary, &zc.key, timeout, |r| {
+    let (soa, _messages) = axfr::transfer_each(zone, zc.primary, &zc.key, timeout, |r| {
         facts.actual(zone, &r);
         sorter.push(r.owner.name().as_wire(), &record_value(&r))
     })
@@ -600,6 +638,7 @@ pub(super) async fn compare_zone(
     let started = Instant::now();
     let diff = merge_zone(desired, id, zone, facts, &zc.exclusions, &actual)?;
     Ok(ZoneCompared {
+        soa,
         transferred,
         diff,
         axfr_time,
@@ -670,4 +709,106 @@ fn merge_zone(
         }
     }
     Ok(merge.finish(&addressed))
+}
+
+/// What a row contributes to a zone, as an entry of the state runs: key
+/// zone, source, row position; value the row's key and its records.
+fn state_entry(
+    zone: ZoneId,
+    source: SourceId,
+    seq: u64,
+    key: &RowKey,
+    records: &[Desired],
+) -> (Vec<u8>, Vec<u8>) {
+    let mut k = Vec::with_capacity(14);
+    k.extend_from_slice(&zone.0.to_be_bytes());
+    k.extend_from_slice(&source.0.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    let mut v = Vec::new();
+    runs::put_bytes32(&mut v, key.0.as_bytes());
+    v.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    for d in records {
+        runs::put_bytes16(&mut v, d.record.owner.name().as_wire());
+        v.extend_from_slice(&record_value(&d.record));
+    }
+    (k, v)
+}
+
+/// The state runs read back zone by zone, source by source, in batches of
+/// rows (a row split over several owners comes back whole).
+pub(super) struct StateRows {
+    merge: pg2dns_decoder::runs::Merge<spill::RunInput>,
+    next: Option<pg2dns_decoder::runs::Entry>,
+}
+
+/// Rows per batch written to the row state.
+const STATE_BATCH_ROWS: usize = 10_000;
+
+impl StateRows {
+    /// Reads `sorted` (the desired side's contributions) from the start.
+    pub fn new(sorted: &Sorted) -> io::Result<StateRows> {
+        let mut merge = sorted.merge()?;
+        let next = merge.next_entry()?;
+        Ok(StateRows { merge, next })
+    }
+
+    /// The next batch of the rows of `source` in `zone` (`None` when there
+    /// are no more); rows of earlier zones or sources are skipped. Zones
+    /// and sources must be asked for in increasing order.
+    pub fn batch(
+        &mut self,
+        zone: ZoneId,
+        source: SourceId,
+    ) -> Result<Option<Vec<(RowKey, Vec<Record>)>>, BoundedError> {
+        let io_err = |source| BoundedError::Spill {
+            dir: PathBuf::new(),
+            source,
+        };
+        let mut want = Vec::with_capacity(6);
+        want.extend_from_slice(&zone.0.to_be_bytes());
+        want.extend_from_slice(&source.0.to_be_bytes());
+        // Skip what comes before.
+        while self
+            .next
+            .as_ref()
+            .is_some_and(|e| e.key.get(..6).is_none_or(|k| k < &want[..]))
+        {
+            self.next = self.merge.next_entry().map_err(io_err)?;
+        }
+        let mut rows: Vec<(RowKey, Vec<Record>)> = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
+        while let Some(e) = self
+            .next
+            .as_ref()
+            .filter(|e| e.key.get(..6) == Some(&want[..]))
+        {
+            let same_row = last.as_deref() == Some(&e.key[..]);
+            if !same_row && rows.len() >= STATE_BATCH_ROWS {
+                break;
+            }
+            let mut f = Fields::new(&e.value);
+            let key = RowKey(String::from_utf8(f.bytes32()?.to_vec()).map_err(|_| Damaged)?);
+            let n = f.u32()?;
+            let mut records = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let owner = owner_of(f.bytes16()?)?;
+                let rtype = RType(f.u16()?);
+                let ttl = f.u32()?;
+                let rdata = Rdata::from_wire(f.bytes16()?);
+                records.push(Record {
+                    owner,
+                    rtype,
+                    ttl,
+                    rdata,
+                });
+            }
+            match rows.last_mut() {
+                Some((_, recs)) if same_row => recs.extend(records),
+                _ => rows.push((key, records)),
+            }
+            last = Some(e.key.clone());
+            self.next = self.merge.next_entry().map_err(io_err)?;
+        }
+        Ok((!rows.is_empty()).then_some(rows))
+    }
 }
