@@ -759,7 +759,7 @@ impl StateRows {
         &mut self,
         zone: ZoneId,
         source: SourceId,
-    ) -> Result<Option<Vec<(RowKey, Vec<Record>)>>, BoundedError> {
+    ) -> Result<Option<super::Contributions>, BoundedError> {
         let io_err = |source| BoundedError::Spill {
             dir: PathBuf::new(),
             source,
@@ -775,7 +775,7 @@ impl StateRows {
         {
             self.next = self.merge.next_entry().map_err(io_err)?;
         }
-        let mut rows: Vec<(RowKey, Vec<Record>)> = Vec::new();
+        let mut rows: super::Contributions = Vec::new();
         let mut last: Option<Vec<u8>> = None;
         while let Some(e) = self
             .next
