@@ -1700,19 +1700,49 @@ async fn compare_bounded(
             source,
         }
     })?;
+    let mut per_server: std::collections::HashMap<SocketAddr, Arc<tokio::sync::Semaphore>> =
+        std::collections::HashMap::new();
+    for &id in selected {
+        per_server
+            .entry(config.zones[id.index()].primary)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(TRANSFERS_PER_SERVER)));
+    }
+    let window = TRANSFERS_PER_SERVER * per_server.len().max(1);
+    // The transfers running at once share half the budget, the tables'
+    // runs the other half.
+    let budget = spill::budget(config.reconcile.memory_mib, 0.5 / window as f64);
+    let timeout = config.limits.dns_timeout;
     let with_rr = has_schema(store).await?;
-    begin_snapshot(store, snapshot).await?;
-    let desired = bounded::read_desired(
-        store,
-        config,
-        &bar,
-        with_rr,
-        options.apply,
-        Arc::clone(&dir),
-    )
-    .await;
-    end_snapshot(store, snapshot).await?;
+    // The first zones are transferred while the tables are read: the
+    // database and the DNS server work at once (the transfer needs nothing
+    // of the desired side until the merge).
+    let read = async {
+        begin_snapshot(store, snapshot).await?;
+        let desired = bounded::read_desired(
+            store,
+            config,
+            &bar,
+            with_rr,
+            options.apply,
+            Arc::clone(&dir),
+        )
+        .await;
+        end_snapshot(store, snapshot).await?;
+        Ok::<_, ReconcileError>(desired?)
+    };
+    let prefetch = futures_util::future::join_all(selected.iter().take(window).map(|&id| {
+        let zc = &config.zones[id.index()];
+        let server = Arc::clone(&per_server[&zc.primary]);
+        let dir = &dir;
+        async move {
+            let _permit = server.acquire_owned().await;
+            (id, bounded::transfer_zone(dir, zc, timeout, budget).await)
+        }
+    }));
+    let (desired, prefetched) = tokio::join!(read, prefetch);
     let desired = desired?;
+    let prefetched: std::sync::Mutex<std::collections::HashMap<ZoneId, _>> =
+        std::sync::Mutex::new(prefetched.into_iter().collect());
     info!(
         rows = desired.rows,
         refused = desired.refused,
@@ -1722,16 +1752,6 @@ async fn compare_bounded(
         "read pg2dns.rr and the source tables"
     );
     let read_time = started.elapsed();
-    let mut per_server: std::collections::HashMap<SocketAddr, Arc<tokio::sync::Semaphore>> =
-        std::collections::HashMap::new();
-    for &id in selected {
-        per_server
-            .entry(config.zones[id.index()].primary)
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(TRANSFERS_PER_SERVER)));
-    }
-    let window = TRANSFERS_PER_SERVER * per_server.len().max(1);
-    // The transfers running at once share half the budget.
-    let budget = spill::budget(config.reconcile.memory_mib, 0.5 / window as f64);
     let empty = std::collections::HashSet::new();
     let desired = &desired;
     let mut zones = futures_util::stream::iter(selected.iter().copied().map(|id| {
@@ -1739,12 +1759,18 @@ async fn compare_bounded(
         let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
         let server = Arc::clone(&per_server[&zc.primary]);
         let bar = &bar;
+        let prefetched = &prefetched;
         async move {
             // The semaphore is never closed: a permit always comes.
             let _permit = server.acquire_owned().await;
             bar.set_message(format!("zone {}", zc.name));
+            let early = prefetched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             let outcome =
-                reconcile_zone_bounded(config, zc, id, desired, options, owned, budget).await;
+                reconcile_zone_bounded(config, zc, id, desired, options, owned, budget, early)
+                    .await;
             (id, outcome)
         }
     }))
@@ -1845,6 +1871,7 @@ async fn compare_bounded(
 }
 
 /// One zone compared (and with `--apply` repaired) in bounded memory.
+#[allow(clippy::too_many_arguments)]
 async fn reconcile_zone_bounded(
     config: &Config,
     zc: &ZoneConfig,
@@ -1853,6 +1880,7 @@ async fn reconcile_zone_bounded(
     options: &Options,
     owned: Option<&std::collections::HashSet<RecordKey>>,
     budget: usize,
+    early: Option<Result<bounded::Transferred, bounded::ZoneCompareError>>,
 ) -> ZoneOutcome {
     let mut outcome = empty_outcome(zc);
     outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
@@ -1862,10 +1890,16 @@ async fn reconcile_zone_bounded(
         source,
     };
     let compared = |e: bounded::ZoneCompareError| match e {
-        bounded::ZoneCompareError::Axfr(e) => ZoneError::from(e),
+        bounded::ZoneCompareError::Axfr(e) => ZoneError::from(*e),
         bounded::ZoneCompareError::Spill(source) => spill_error(source),
     };
-    let first = match bounded::compare_zone(desired, id, zc, timeout, budget).await {
+    let compared_first = match early {
+        Some(transferred) => {
+            transferred.and_then(|t| bounded::compare_transferred(desired, id, zc, t))
+        }
+        None => bounded::compare_zone(desired, id, zc, timeout, budget).await,
+    };
+    let first = match compared_first {
         Err(e) => {
             outcome.error = Some(compared(e));
             return outcome;
@@ -1876,7 +1910,9 @@ async fn reconcile_zone_bounded(
     outcome.diff_time = first.diff_time;
     outcome.transferred = first.transferred;
     judge(config, options, owned, &first.diff, &mut outcome);
-    outcome.diff = Some(first.diff.clone());
+    let first_soa = first.soa.rdata;
+    let in_sync = first.diff.is_in_sync();
+    outcome.diff = Some(first.diff);
     if let Some((path, file)) = options.read_files.get(&id) {
         match desired.zone_records(id) {
             Ok(wanted) => {
@@ -1902,7 +1938,7 @@ async fn reconcile_zone_bounded(
     if !options.apply || outcome.refused_by_threshold || outcome.refused_unowned {
         return outcome;
     }
-    if first.diff.is_in_sync() {
+    if in_sync {
         // Nothing to send, nothing to verify: in sync as transferred.
         outcome.in_sync_after = Some(true);
         return outcome;
@@ -1918,7 +1954,7 @@ async fn reconcile_zone_bounded(
                 return outcome;
             }
         };
-        let repaired = after_repair(&transfer.records, &first.diff);
+        let repaired = after_repair(&transfer.records, outcome.diff.as_ref().expect("compared"));
         drop(transfer);
         match verify(&zc.name, verifier, &repaired).await {
             Ok(()) => outcome.verified = true,
@@ -1936,13 +1972,15 @@ async fn reconcile_zone_bounded(
             .map_err(compared)?;
         Ok((c.soa.rdata, c.diff))
     };
+    // Only the differences are held: the report's and the repair's.
+    let first_diff = outcome.diff.take().expect("compared");
     if let Err(e) = repair(
         config,
         zc,
         options,
         owned,
-        first.soa.rdata.clone(),
-        first.diff,
+        first_soa,
+        &first_diff,
         &mut outcome,
         rediff,
     )
@@ -1950,6 +1988,7 @@ async fn reconcile_zone_bounded(
     {
         outcome.error = Some(e);
     }
+    outcome.diff = Some(first_diff);
     outcome.repair_time = started.elapsed();
     outcome
 }
@@ -2066,7 +2105,7 @@ async fn reconcile_zone(
         options,
         owned,
         transfer.soa.rdata.clone(),
-        first,
+        &first,
         &mut outcome,
         rediff,
     )
@@ -2087,7 +2126,7 @@ async fn repair<Rediff>(
     options: &Options,
     owned: Option<&std::collections::HashSet<RecordKey>>,
     mut soa_seen: pg2dns_decoder::Rdata,
-    mut current: ZoneDiff,
+    first: &ZoneDiff,
     outcome: &mut ZoneOutcome,
     rediff: impl Fn() -> Rediff,
 ) -> Result<(), ZoneError>
@@ -2103,10 +2142,13 @@ where
     };
     let mut failures = 0;
     let mut first_attempt = true;
+    // The comparison after a failed guard (the first one until then).
+    let mut fresh: Option<ZoneDiff> = None;
     loop {
+        let current = fresh.as_ref().unwrap_or(first);
         if !current.is_in_sync() {
             let messages =
-                diff::repair_messages(&current, soa_seen.len(), budget).map_err(|source| {
+                diff::repair_messages(current, soa_seen.len(), budget).map_err(|source| {
                     ZoneError::Plan {
                         zone: zone.clone(),
                         source,
@@ -2159,7 +2201,9 @@ where
                         attempts: failures,
                     });
                 }
-                (soa_seen, current) = rediff().await?;
+                let (soa, again) = rediff().await?;
+                soa_seen = soa;
+                let current = fresh.insert(again);
                 if soa_seen == expected {
                     return Err(ZoneError::GuardUnusable {
                         zone: zone.clone(),
@@ -2194,9 +2238,9 @@ where
             }
         }
         // Check: a fresh transfer must show the zone in sync.
-        (_, current) = rediff().await?;
-        outcome.in_sync_after = Some(current.is_in_sync());
-        outcome.waiting_after = current.waiting;
+        let (_, last) = rediff().await?;
+        outcome.in_sync_after = Some(last.is_in_sync());
+        outcome.waiting_after = last.waiting;
         return Ok(());
     }
 }

@@ -603,10 +603,78 @@ pub(super) struct ZoneCompared {
 pub enum ZoneCompareError {
     /// The transfer failed.
     #[error(transparent)]
-    Axfr(#[from] axfr::AxfrError),
+    Axfr(Box<axfr::AxfrError>),
     /// The runs could not be written or read.
     #[error(transparent)]
     Spill(#[from] BoundedError),
+}
+
+impl From<axfr::AxfrError> for ZoneCompareError {
+    fn from(e: axfr::AxfrError) -> Self {
+        ZoneCompareError::Axfr(Box::new(e))
+    }
+}
+
+/// A zone transferred into sorted runs, not compared yet.
+pub(super) struct Transferred {
+    soa: Record,
+    transferred: usize,
+    actual: Sorted,
+    /// The apex NS targets the transfer holds.
+    facts: ZoneFacts,
+    axfr_time: Duration,
+}
+
+/// Transfers the zone, spilled in sorted runs as it arrives (this needs
+/// nothing of the desired side: it may run while the tables are read).
+pub(super) async fn transfer_zone(
+    dir: &Arc<SpillDir>,
+    zc: &ZoneConfig,
+    timeout: Duration,
+    budget: usize,
+) -> Result<Transferred, ZoneCompareError> {
+    let zone = &zc.name;
+    let started = Instant::now();
+    let mut facts = ZoneFacts::default();
+    let mut sorter = Sorter::new(Arc::clone(dir), "axfr", budget);
+    let (soa, _messages) = axfr::transfer_each(zone, zc.primary, &zc.key, timeout, |r| {
+        facts.actual(zone, &r);
+        sorter.push(r.owner.name().as_wire(), &record_value(&r))
+    })
+    .await?;
+    let transferred = sorter.len();
+    let actual = sorter.finish().map_err(|source| BoundedError::Spill {
+        dir: dir.path().to_path_buf(),
+        source,
+    })?;
+    Ok(Transferred {
+        soa,
+        transferred,
+        actual,
+        facts,
+        axfr_time: started.elapsed(),
+    })
+}
+
+/// Merges a transferred zone with the database's published records, owner
+/// by owner.
+pub(super) fn compare_transferred(
+    desired: &BoundedDesired,
+    id: ZoneId,
+    zc: &ZoneConfig,
+    t: Transferred,
+) -> Result<ZoneCompared, ZoneCompareError> {
+    let started = Instant::now();
+    let mut facts = desired.facts.get(&id).cloned().unwrap_or_default();
+    facts.name_servers.extend(t.facts.name_servers);
+    let diff = merge_zone(desired, id, &zc.name, facts, &zc.exclusions, &t.actual)?;
+    Ok(ZoneCompared {
+        soa: t.soa,
+        transferred: t.transferred,
+        diff,
+        axfr_time: t.axfr_time,
+        diff_time: started.elapsed(),
+    })
 }
 
 /// Transfers the zone (spilled in sorted runs as it arrives) and merges it
@@ -618,32 +686,8 @@ pub(super) async fn compare_zone(
     timeout: Duration,
     budget: usize,
 ) -> Result<ZoneCompared, ZoneCompareError> {
-    let dir = &desired.dir;
-    let spill_err = |source| BoundedError::Spill {
-        dir: dir.path().to_path_buf(),
-        source,
-    };
-    let zone = &zc.name;
-    let started = Instant::now();
-    let mut facts = desired.facts.get(&id).cloned().unwrap_or_default();
-    let mut sorter = Sorter::new(Arc::clone(dir), "axfr", budget);
-    let (soa, _messages) = axfr::transfer_each(zone, zc.primary, &zc.key, timeout, |r| {
-        facts.actual(zone, &r);
-        sorter.push(r.owner.name().as_wire(), &record_value(&r))
-    })
-    .await?;
-    let transferred = sorter.len();
-    let actual = sorter.finish().map_err(spill_err)?;
-    let axfr_time = started.elapsed();
-    let started = Instant::now();
-    let diff = merge_zone(desired, id, zone, facts, &zc.exclusions, &actual)?;
-    Ok(ZoneCompared {
-        soa,
-        transferred,
-        diff,
-        axfr_time,
-        diff_time: started.elapsed(),
-    })
+    let t = transfer_zone(&desired.dir, zc, timeout, budget).await?;
+    compare_transferred(desired, id, zc, t)
 }
 
 /// The comparison of the database's records of `id` with the transferred
