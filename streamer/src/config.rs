@@ -2090,6 +2090,24 @@ key_name = "K1"
         assert!(err.to_string().contains("max_change_share"), "{err}");
     }
 
+    #[test]
+    fn the_reconcile_memory_defaults_to_96_mib_and_must_hold_the_runs() {
+        let c = with_key_file(GOOD).unwrap();
+        assert_eq!(c.reconcile.memory_mib, 96);
+        assert_eq!(c.reconcile.spill_dir, None);
+        let c = with_key_file(&format!(
+            "{GOOD}\n[reconcile]\nmemory_mib = 256\nspill_dir = \"/var/tmp/pg2dns\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.reconcile.memory_mib, 256);
+        assert_eq!(
+            c.reconcile.spill_dir.as_deref(),
+            Some(std::path::Path::new("/var/tmp/pg2dns"))
+        );
+        let err = with_key_file(&format!("{GOOD}\n[reconcile]\nmemory_mib = 8\n")).unwrap_err();
+        assert!(err.to_string().contains("memory_mib = 8"), "{err}");
+    }
+
     const SOURCES: &str = r#"
 [[source]]
 table = "ipam.hosts"
