@@ -692,6 +692,63 @@ mod tests {
     }
 
     #[test]
+    fn owners_fed_in_any_order_give_the_comparison_of_the_whole_zone() {
+        let z = zone();
+        let desired = vec![
+            rec("example.test.", 3600, "NS", "ns1.example.test."),
+            rec("ns1.example.test.", 3600, "A", "192.0.2.53"),
+            rec("mail.example.test.", 300, "MX", "10 mx.example.test."),
+            rec("mail2.example.test.", 300, "MX", "10 nowhere.example.test."),
+            rec("mx.example.test.", 300, "A", "192.0.2.25"),
+            rec("Www.Example.Test.", 60, "TXT", "\"caf\\195\\169\" \"two\""),
+        ];
+        let actual = vec![
+            rec("example.test.", 3600, "NS", "ns2.example.test."),
+            rec("ns2.example.test.", 3600, "A", "192.0.2.54"),
+            rec("mx.example.test.", 300, "A", "192.0.2.25"),
+            rec("www.example.test.", 300, "TXT", "\"caf\\195\\169\" \"two\""),
+            rec("old.example.test.", 300, "A", "192.0.2.9"),
+        ];
+        let whole = diff(&z, &desired, &actual);
+        // Owner by owner, in reverse order, as a caller holding one owner
+        // at a time would.
+        let mut facts = ZoneFacts::default();
+        desired.iter().for_each(|r| facts.desired(&z, r));
+        actual.iter().for_each(|r| facts.actual(&z, r));
+        let excluded = Exclusions::default();
+        let mut merge = OwnerMerge::new(&z, facts, &excluded);
+        let mut owners: Vec<&Owner> = desired.iter().chain(&actual).map(|r| &r.owner).collect();
+        owners.sort();
+        owners.dedup();
+        for owner in owners.into_iter().rev() {
+            let at = |side: &[Record]| -> Vec<Record> {
+                side.iter().filter(|r| &r.owner == owner).cloned().collect()
+            };
+            merge.owner(&at(&desired), &at(&actual));
+        }
+        let targets = merge.waiting_targets();
+        let addressed = targets
+            .iter()
+            .filter(|t| {
+                desired
+                    .iter()
+                    .any(|r| &r.owner == *t && merge.is_owned_address(r))
+            })
+            .cloned()
+            .collect();
+        let streamed = merge.finish(&addressed);
+        assert_eq!(streamed, whole);
+        // And the comparison says what it should: the MX whose target has
+        // an address is missing, the other waits; the TTL, the stray.
+        assert_eq!(whole.waiting.len(), 1, "{whole:?}");
+        assert_eq!(
+            (whole.missing(), whole.extra(), whole.ttl_differences()),
+            (3, 2, 1),
+            "{whole:?}"
+        );
+    }
+
+    #[test]
     fn the_name_servers_addresses_go_with_the_apex_ns() {
         let z = zone();
         let actual = vec![

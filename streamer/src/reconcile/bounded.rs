@@ -75,7 +75,7 @@ pub enum BoundedError {
         source: io::Error,
     },
     /// Refusals kept moving between passes.
-    #[error("the rows refused at several owners kept changing after {MAX_PASSES} passes; run reconcile with a larger [reconcile] memory_mib is no help here: report it as a pg2dns bug")]
+    #[error("the rows refused at several owners kept changing after {MAX_PASSES} passes over the tables' runs (a pg2dns bug: report it with the log)")]
     Unsettled,
 }
 
