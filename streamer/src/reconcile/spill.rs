@@ -34,6 +34,7 @@ impl SpillDir {
         use std::os::unix::fs::DirBuilderExt;
         static DIRS: AtomicUsize = AtomicUsize::new(0);
         let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        remove_stale(&parent);
         let path = parent.join(format!(
             "pg2dns-reconcile-{}-{}",
             std::process::id(),
@@ -63,6 +64,38 @@ impl SpillDir {
     /// Runs written to disk so far (for the report and the tests).
     pub fn runs_written(&self) -> usize {
         self.runs.load(Ordering::Relaxed)
+    }
+}
+
+/// Removes the spill directories of runs that can no longer remove their
+/// own (a reconcile killed with SIGKILL, or by the OOM killer): those named
+/// `pg2dns-reconcile-<pid>-<n>`, owned by this user, whose process is gone.
+fn remove_stale(parent: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    // This user: the owner of this process's /proc entry.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("pg2dns-reconcile-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let ours = entry
+            .metadata()
+            .is_ok_and(|m| m.is_dir() && Some(m.uid()) == me);
+        let gone = !Path::new(&format!("/proc/{pid}")).exists();
+        if ours && gone && pid != std::process::id() {
+            tracing::info!(dir = %entry.path().display(), "removing the spill directory of a reconcile that ended without removing it");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -239,6 +272,25 @@ mod tests {
         assert!(path.exists());
         drop(sorted);
         assert!(!path.exists(), "the spill directory is removed");
+    }
+
+    #[test]
+    fn a_dead_runs_spill_directory_is_removed_and_a_live_ones_kept() {
+        let parent = std::env::temp_dir().join(format!("pg2dns-spill-test-{}", std::process::id()));
+        std::fs::create_dir_all(&parent).unwrap();
+        // PID 2^22 + 1 is above Linux's pid_max: never a live process.
+        let dead = parent.join("pg2dns-reconcile-4194305-0");
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("parts-0"), b"x").unwrap();
+        let other = parent.join("not-ours");
+        std::fs::create_dir_all(&other).unwrap();
+        let live = SpillDir::create(Some(&parent)).unwrap();
+        assert!(!dead.exists(), "the dead run's directory is removed");
+        assert!(other.exists(), "other directories are left alone");
+        let again = SpillDir::create(Some(&parent)).unwrap();
+        assert!(live.path().exists(), "a live run's directory is kept");
+        drop((live, again));
+        std::fs::remove_dir_all(&parent).unwrap();
     }
 
     #[test]
