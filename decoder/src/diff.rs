@@ -120,8 +120,6 @@ pub struct ZoneDiff {
     pub waiting: Vec<Record>,
 }
 
-type RrKey = (Owner, RType, Rdata);
-
 /// Compares the records the database wants in `zone` with those DNS holds
 /// (`actual`: a zone transfer, everything included). Records of `desired`
 /// outside the zone are ignored; when two desired records are the same RR,
@@ -132,148 +130,285 @@ pub fn diff(zone: &ZoneName, desired: &[Record], actual: &[Record]) -> ZoneDiff 
 
 /// [`diff`] for a zone whose configuration excludes names or types: records
 /// they match, on either side, are not owned.
+///
+/// Both sides in memory; reconcile streams them instead through
+/// [`OwnerMerge`], which this is written on (one implementation).
 pub fn diff_excluding(
     zone: &ZoneName,
     desired: &[Record],
     actual: &[Record],
     excluded: &Exclusions,
 ) -> ZoneDiff {
-    let apex_ns_owned = desired
-        .iter()
-        .any(|r| r.rtype == RType::NS && r.owner.name() == zone.name());
-    let is_address = |r: &Record| r.rtype == RType::A || r.rtype == RType::AAAA;
-    // The zone's name servers, on either side, and the names the database
-    // gives an address.
-    let name_servers: std::collections::BTreeSet<Owner> = desired
-        .iter()
-        .chain(actual)
-        .filter(|r| r.rtype == RType::NS && r.owner.name() == zone.name())
-        .filter_map(|r| crate::rdata::target(r.rtype, r.rdata.as_wire()))
-        .map(Owner::from_name)
-        .collect();
-    // Only the name servers' addresses matter here: a set of every
-    // addressed owner would cost a node per record.
-    let db_addressed: std::collections::BTreeSet<&Owner> = desired
-        .iter()
-        .filter(|r| is_address(r) && name_servers.contains(&r.owner))
-        .map(|r| &r.owner)
-        .collect();
-    let is_owned = |r: &Record, apex_ns_owned: bool| {
-        is_owned(zone, r, apex_ns_owned)
-            && !excluded.excludes(r)
-            && !(is_address(r)
-                && name_servers.contains(&r.owner)
-                && !db_addressed.contains(&r.owner))
-    };
-    // Both sides as vectors of references sorted by RR (owner, type, data)
-    // and merged: a million records cost a pointer each on either side, not
-    // a copy of their keys (the records themselves are the caller's).
-    let key = |r: &Record| (r.owner.clone(), r.rtype, r.rdata.clone());
-    fn rr(r: &Record) -> (&Owner, RType, &Rdata) {
-        (&r.owner, r.rtype, &r.rdata)
+    let mut facts = ZoneFacts::default();
+    for r in desired {
+        facts.desired(zone, r);
     }
-    fn rr_ttl(r: &Record) -> (&Owner, RType, &Rdata, u32) {
-        (&r.owner, r.rtype, &r.rdata, r.ttl)
-    }
-    let mut want: Vec<&Record> = desired
-        .iter()
-        .filter(|r| is_owned(r, apex_ns_owned))
-        .collect();
-    want.sort_unstable_by(|a, b| rr_ttl(a).cmp(&rr_ttl(b)));
-    // The same RR twice: the smaller TTL counts (sorted first).
-    want.dedup_by(|later, first| rr(later) == rr(first));
-    let mut not_owned = 0;
-    let mut have: Vec<&Record> = Vec::with_capacity(actual.len());
     for r in actual {
-        // A signer's own DNSKEY, CDS or CDNSKEY is not pg2dns's to remove.
-        let signers = r.rtype.is_shared_with_signer()
-            && want.binary_search_by(|w| rr(w).cmp(&rr(r))).is_err();
-        if is_owned(r, apex_ns_owned) && !signers {
-            have.push(r);
-        } else {
-            not_owned += 1;
-        }
+        facts.actual(zone, r);
     }
-    have.sort_unstable_by(|a, b| rr_ttl(a).cmp(&rr_ttl(b)));
-    have.dedup_by(|later, first| rr(later) == rr(first));
-    let record = |(owner, rtype, rdata): &RrKey, ttl: u32| Record {
-        owner: owner.clone(),
-        rtype: *rtype,
-        ttl,
-        rdata: rdata.clone(),
-    };
-    // Whether an owner has a wanted address record (for MX and SRV targets).
-    let addressed = |t: &Owner| {
-        [RType::A, RType::AAAA].into_iter().any(|rtype| {
-            let at = want.partition_point(|w| (&w.owner, w.rtype) < (t, rtype));
-            want.get(at)
-                .is_some_and(|w| &w.owner == t && w.rtype == rtype)
-        })
-    };
-    let waits = |(_, rtype, rdata): &RrKey| {
-        matches!(*rtype, RType::MX | RType::SRV)
-            && crate::rdata::target(*rtype, rdata.as_wire()).is_some_and(|t| {
-                let t = Owner::from_name(t);
-                zone.contains(&t) && !addressed(&t)
-            })
-    };
-    let mut waiting = Vec::new();
-    let mut owners: BTreeMap<Owner, OwnerDiff> = BTreeMap::new();
-    let (mut w, mut h) = (want.iter().peekable(), have.iter().peekable());
-    loop {
-        let order = match (w.peek(), h.peek()) {
+    fn by_owner(records: &[Record]) -> Vec<&Record> {
+        let mut refs: Vec<&Record> = records.iter().collect();
+        refs.sort_by(|a, b| a.owner.cmp(&b.owner));
+        refs
+    }
+    let (want, have) = (by_owner(desired), by_owner(actual));
+    let mut merge = OwnerMerge::new(zone, facts, excluded);
+    let (mut w, mut h) = (0, 0);
+    let (mut wg, mut hg): (Vec<Record>, Vec<Record>) = (Vec::new(), Vec::new());
+    while w < want.len() || h < have.len() {
+        let owner = match (want.get(w), have.get(h)) {
+            (Some(a), Some(b)) => std::cmp::min(&a.owner, &b.owner),
+            (Some(a), None) => &a.owner,
+            (None, Some(b)) => &b.owner,
             (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(a), Some(b)) => rr(a).cmp(&rr(b)),
+        }
+        .clone();
+        wg.clear();
+        hg.clear();
+        while let Some(r) = want.get(w).filter(|r| r.owner == owner) {
+            wg.push((*r).clone());
+            w += 1;
+        }
+        while let Some(r) = have.get(h).filter(|r| r.owner == owner) {
+            hg.push((*r).clone());
+            h += 1;
+        }
+        merge.owner(&wg, &hg);
+    }
+    let addressed: std::collections::BTreeSet<Owner> = merge
+        .waiting_targets()
+        .into_iter()
+        .filter(|t| {
+            want.iter()
+                .any(|r| &r.owner == t && merge.is_owned_address(r))
+        })
+        .collect();
+    merge.finish(&addressed)
+}
+
+/// What the comparison of one owner needs to know of the others: whether
+/// the database lists apex NS records, and the zone's name servers (the
+/// targets of the apex NS records on either side). Both are at the apex,
+/// a few records, noted while the sides are read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZoneFacts {
+    /// The database wants apex NS records.
+    pub apex_ns_owned: bool,
+    /// The targets of the apex NS records, on either side.
+    pub name_servers: std::collections::BTreeSet<Owner>,
+}
+
+impl ZoneFacts {
+    fn apex_ns_target(zone: &ZoneName, r: &Record) -> Option<Owner> {
+        (r.rtype == RType::NS && r.owner.name() == zone.name())
+            .then(|| crate::rdata::target(r.rtype, r.rdata.as_wire()))
+            .flatten()
+            .map(Owner::from_name)
+    }
+
+    /// Notes a record of the desired side.
+    pub fn desired(&mut self, zone: &ZoneName, r: &Record) {
+        if r.rtype == RType::NS && r.owner.name() == zone.name() {
+            self.apex_ns_owned = true;
+        }
+        if let Some(t) = Self::apex_ns_target(zone, r) {
+            self.name_servers.insert(t);
+        }
+    }
+
+    /// Notes a record of the transfer.
+    pub fn actual(&mut self, zone: &ZoneName, r: &Record) {
+        if let Some(t) = Self::apex_ns_target(zone, r) {
+            self.name_servers.insert(t);
+        }
+    }
+}
+
+/// The comparison fed owner by owner, in any order of owners: each owner's
+/// records on both sides are compared as [`diff_excluding`] compares them,
+/// and only the differences are kept. A wanted MX or SRV that DNS lacks and
+/// whose target in the zone may have no address is kept aside until
+/// [`OwnerMerge::finish`] is told which of those targets the database gives
+/// an address ([`OwnerMerge::waiting_targets`]).
+#[derive(Debug)]
+pub struct OwnerMerge<'a> {
+    zone: &'a ZoneName,
+    facts: ZoneFacts,
+    excluded: &'a Exclusions,
+    owners: BTreeMap<Owner, OwnerDiff>,
+    desired: usize,
+    owned_actual: usize,
+    not_owned: usize,
+    /// Missing MX and SRV records whose target is in the zone.
+    candidates: Vec<Record>,
+    /// Whether the owner being compared has a wanted address (a name
+    /// server's addresses are owned only then).
+    db_addressed: bool,
+}
+
+impl<'a> OwnerMerge<'a> {
+    /// A comparison of `zone`, knowing its [`ZoneFacts`].
+    pub fn new(zone: &'a ZoneName, facts: ZoneFacts, excluded: &'a Exclusions) -> OwnerMerge<'a> {
+        OwnerMerge {
+            zone,
+            facts,
+            excluded,
+            owners: BTreeMap::new(),
+            desired: 0,
+            owned_actual: 0,
+            not_owned: 0,
+            candidates: Vec::new(),
+            db_addressed: false,
+        }
+    }
+
+    fn owned(&self, r: &Record) -> bool {
+        let is_address = r.rtype == RType::A || r.rtype == RType::AAAA;
+        is_owned(self.zone, r, self.facts.apex_ns_owned)
+            && !self.excluded.excludes(r)
+            && !(is_address && self.facts.name_servers.contains(&r.owner) && !self.db_addressed)
+    }
+
+    /// Whether a wanted record is an owned address record (what makes an MX
+    /// or SRV target addressed).
+    pub fn is_owned_address(&self, r: &Record) -> bool {
+        (r.rtype == RType::A || r.rtype == RType::AAAA)
+            && is_owned(self.zone, r, self.facts.apex_ns_owned)
+            && !self.excluded.excludes(r)
+    }
+
+    /// Compares one owner: `desired` and `actual` hold every record of that
+    /// owner on their side (either may be empty), in any order.
+    pub fn owner(&mut self, desired: &[Record], actual: &[Record]) {
+        let is_address = |r: &Record| r.rtype == RType::A || r.rtype == RType::AAAA;
+        self.db_addressed = desired
+            .iter()
+            .any(|r| is_address(r) && self.facts.name_servers.contains(&r.owner));
+        fn rr(r: &Record) -> (&Owner, RType, &Rdata) {
+            (&r.owner, r.rtype, &r.rdata)
+        }
+        fn rr_ttl(r: &Record) -> (&Owner, RType, &Rdata, u32) {
+            (&r.owner, r.rtype, &r.rdata, r.ttl)
+        }
+        let mut want: Vec<&Record> = desired.iter().filter(|r| self.owned(r)).collect();
+        want.sort_unstable_by(|a, b| rr_ttl(a).cmp(&rr_ttl(b)));
+        // The same RR twice: the smaller TTL counts (sorted first).
+        want.dedup_by(|later, first| rr(later) == rr(first));
+        let mut have: Vec<&Record> = Vec::with_capacity(actual.len());
+        for r in actual {
+            // A signer's own DNSKEY, CDS or CDNSKEY is not pg2dns's to remove.
+            let signers = r.rtype.is_shared_with_signer()
+                && want.binary_search_by(|w| rr(w).cmp(&rr(r))).is_err();
+            if self.owned(r) && !signers {
+                have.push(r);
+            } else {
+                self.not_owned += 1;
+            }
+        }
+        have.sort_unstable_by(|a, b| rr_ttl(a).cmp(&rr_ttl(b)));
+        have.dedup_by(|later, first| rr(later) == rr(first));
+        self.desired += want.len();
+        self.owned_actual += have.len();
+        let zone = self.zone;
+        let may_wait = |r: &Record| {
+            matches!(r.rtype, RType::MX | RType::SRV)
+                && crate::rdata::target(r.rtype, r.rdata.as_wire())
+                    .is_some_and(|t| zone.contains(&Owner::from_name(t)))
         };
-        match order {
-            std::cmp::Ordering::Less => {
-                let r = w.next().expect("peeked");
-                let key = key(r);
-                if waits(&key) {
-                    waiting.push(record(&key, r.ttl));
-                } else {
-                    owners
-                        .entry(key.0.clone())
-                        .or_default()
-                        .missing
-                        .push(record(&key, r.ttl));
+        let (mut w, mut h) = (want.iter().peekable(), have.iter().peekable());
+        loop {
+            let order = match (w.peek(), h.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(a), Some(b)) => rr(a).cmp(&rr(b)),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let r = w.next().expect("peeked");
+                    if may_wait(r) {
+                        self.candidates.push((*r).clone());
+                    } else {
+                        self.owners
+                            .entry(r.owner.clone())
+                            .or_default()
+                            .missing
+                            .push((*r).clone());
+                    }
                 }
-            }
-            std::cmp::Ordering::Greater => {
-                let r = h.next().expect("peeked");
-                let key = key(r);
-                owners
-                    .entry(key.0.clone())
-                    .or_default()
-                    .extra
-                    .push(record(&key, r.ttl));
-            }
-            std::cmp::Ordering::Equal => {
-                let r = w.next().expect("peeked");
-                let actual_ttl = h.next().expect("peeked").ttl;
-                if actual_ttl != r.ttl {
-                    let key = key(r);
-                    owners
-                        .entry(key.0.clone())
+                std::cmp::Ordering::Greater => {
+                    let r = h.next().expect("peeked");
+                    self.owners
+                        .entry(r.owner.clone())
                         .or_default()
-                        .ttl
-                        .push(TtlDifference {
-                            wanted: record(&key, r.ttl),
-                            actual_ttl,
-                        });
+                        .extra
+                        .push((*r).clone());
+                }
+                std::cmp::Ordering::Equal => {
+                    let r = w.next().expect("peeked");
+                    let actual_ttl = h.next().expect("peeked").ttl;
+                    if actual_ttl != r.ttl {
+                        self.owners
+                            .entry(r.owner.clone())
+                            .or_default()
+                            .ttl
+                            .push(TtlDifference {
+                                wanted: (*r).clone(),
+                                actual_ttl,
+                            });
+                    }
                 }
             }
         }
     }
-    ZoneDiff {
-        zone: zone.clone(),
-        owners,
-        desired: want.len(),
-        owned_actual: have.len(),
-        not_owned,
-        waiting,
+
+    /// The targets whose wanted address decides whether a missing MX or SRV
+    /// waits ([`ZoneDiff::waiting`]) or is missing: look each up among the
+    /// wanted records ([`OwnerMerge::is_owned_address`]).
+    pub fn waiting_targets(&self) -> std::collections::BTreeSet<Owner> {
+        self.candidates
+            .iter()
+            .filter_map(|r| crate::rdata::target(r.rtype, r.rdata.as_wire()))
+            .map(Owner::from_name)
+            .collect()
+    }
+
+    /// The comparison, given which of [`OwnerMerge::waiting_targets`] the
+    /// database gives an address.
+    pub fn finish(mut self, addressed: &std::collections::BTreeSet<Owner>) -> ZoneDiff {
+        let mut waiting = Vec::new();
+        let mut resorted = std::collections::BTreeSet::new();
+        for r in std::mem::take(&mut self.candidates) {
+            let has = crate::rdata::target(r.rtype, r.rdata.as_wire())
+                .is_some_and(|t| addressed.contains(&Owner::from_name(t)));
+            if has {
+                resorted.insert(r.owner.clone());
+                self.owners
+                    .entry(r.owner.clone())
+                    .or_default()
+                    .missing
+                    .push(r);
+            } else {
+                waiting.push(r);
+            }
+        }
+        for owner in resorted {
+            if let Some(o) = self.owners.get_mut(&owner) {
+                o.missing
+                    .sort_by(|a, b| (a.rtype, &a.rdata, a.ttl).cmp(&(b.rtype, &b.rdata, b.ttl)));
+            }
+        }
+        waiting.sort_by(|a, b| {
+            (&a.owner, a.rtype, &a.rdata, a.ttl).cmp(&(&b.owner, b.rtype, &b.rdata, b.ttl))
+        });
+        ZoneDiff {
+            zone: self.zone.clone(),
+            owners: self.owners,
+            desired: self.desired,
+            owned_actual: self.owned_actual,
+            not_owned: self.not_owned,
+            waiting,
+        }
     }
 }
 
@@ -519,6 +654,8 @@ mod tests {
 
     use super::*;
 
+    type RrKey = (Owner, RType, Rdata);
+
     fn zone() -> ZoneName {
         ZoneName::parse("example.test.").unwrap()
     }
@@ -552,6 +689,63 @@ mod tests {
             max_message_bytes: max,
             tsig_record_len: 81,
         }
+    }
+
+    #[test]
+    fn owners_fed_in_any_order_give_the_comparison_of_the_whole_zone() {
+        let z = zone();
+        let desired = vec![
+            rec("example.test.", 3600, "NS", "ns1.example.test."),
+            rec("ns1.example.test.", 3600, "A", "192.0.2.53"),
+            rec("mail.example.test.", 300, "MX", "10 mx.example.test."),
+            rec("mail2.example.test.", 300, "MX", "10 nowhere.example.test."),
+            rec("mx.example.test.", 300, "A", "192.0.2.25"),
+            rec("Www.Example.Test.", 60, "TXT", "\"caf\\195\\169\" \"two\""),
+        ];
+        let actual = vec![
+            rec("example.test.", 3600, "NS", "ns2.example.test."),
+            rec("ns2.example.test.", 3600, "A", "192.0.2.54"),
+            rec("mx.example.test.", 300, "A", "192.0.2.25"),
+            rec("www.example.test.", 300, "TXT", "\"caf\\195\\169\" \"two\""),
+            rec("old.example.test.", 300, "A", "192.0.2.9"),
+        ];
+        let whole = diff(&z, &desired, &actual);
+        // Owner by owner, in reverse order, as a caller holding one owner
+        // at a time would.
+        let mut facts = ZoneFacts::default();
+        desired.iter().for_each(|r| facts.desired(&z, r));
+        actual.iter().for_each(|r| facts.actual(&z, r));
+        let excluded = Exclusions::default();
+        let mut merge = OwnerMerge::new(&z, facts, &excluded);
+        let mut owners: Vec<&Owner> = desired.iter().chain(&actual).map(|r| &r.owner).collect();
+        owners.sort();
+        owners.dedup();
+        for owner in owners.into_iter().rev() {
+            let at = |side: &[Record]| -> Vec<Record> {
+                side.iter().filter(|r| &r.owner == owner).cloned().collect()
+            };
+            merge.owner(&at(&desired), &at(&actual));
+        }
+        let targets = merge.waiting_targets();
+        let addressed = targets
+            .iter()
+            .filter(|t| {
+                desired
+                    .iter()
+                    .any(|r| &r.owner == *t && merge.is_owned_address(r))
+            })
+            .cloned()
+            .collect();
+        let streamed = merge.finish(&addressed);
+        assert_eq!(streamed, whole);
+        // And the comparison says what it should: the MX whose target has
+        // an address is missing, the other waits; the TTL, the stray.
+        assert_eq!(whole.waiting.len(), 1, "{whole:?}");
+        assert_eq!(
+            (whole.missing(), whole.extra(), whole.ttl_differences()),
+            (3, 2, 1),
+            "{whole:?}"
+        );
     }
 
     #[test]

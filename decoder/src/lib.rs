@@ -43,6 +43,7 @@ pub mod primaries;
 pub mod rdata;
 pub mod records;
 pub mod row;
+pub mod runs;
 pub mod schema;
 pub mod session;
 pub mod stream;

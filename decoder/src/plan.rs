@@ -798,7 +798,14 @@ pub struct Planner<'z> {
     /// Drop each row's state when its segment ends (see
     /// [`Planner::forgetting_rows`]).
     forget_rows: bool,
+    /// Whether an owner the planner does not hold is an alias (see
+    /// [`Planner::with_aliases`]).
+    aliases: Option<AliasOracle<'z>>,
 }
+
+/// Answers whether an owner holds a CNAME, for a planner that does not hold
+/// every owner.
+pub type AliasOracle<'z> = Box<dyn Fn(&NodeKey) -> bool + Send + Sync + 'z>;
 
 impl<'z> Planner<'z> {
     /// A planner over what the store loaded.
@@ -826,6 +833,7 @@ impl<'z> Planner<'z> {
             promoted: Vec::new(),
             inconsistencies: 0,
             forget_rows: false,
+            aliases: None,
         }
     }
 
@@ -837,6 +845,41 @@ impl<'z> Planner<'z> {
     pub fn forgetting_rows(mut self) -> Self {
         self.forget_rows = true;
         self
+    }
+
+    /// For a planner fed owner by owner (reconcile's bounded pass, which
+    /// forgets each owner with [`Planner::take_published`]): `is_alias`
+    /// says whether an owner it does not hold has a CNAME, for the rule that
+    /// an MX, SRV or NS must not point at an alias.
+    pub fn with_aliases(mut self, is_alias: impl Fn(&NodeKey) -> bool + Send + Sync + 'z) -> Self {
+        self.aliases = Some(Box::new(is_alias));
+        self
+    }
+
+    /// What the owners the planner holds publish (as [`Planner::published`]),
+    /// and forgets them: a pass that feeds every row of an owner, then takes
+    /// it, holds one owner at a time.
+    pub fn take_published(&mut self) -> BTreeMap<ZoneId, Vec<Record>> {
+        let out = project(&self.nodes, &self.limits.one_ptr);
+        self.nodes.clear();
+        out
+    }
+
+    /// The rows refused so far.
+    pub fn rejections(&self) -> &[Rejection] {
+        &self.rejections
+    }
+
+    /// [`Planner::end_segment`] for a planner [`Planner::forgetting_rows`]
+    /// that still wants each row's part: the rows of the segment with the
+    /// records each contributes now (none when refused).
+    pub fn end_segment_taking_rows(&mut self) -> (Vec<ZoneOps>, Vec<(RowRef, Vec<Desired>)>) {
+        let forget = std::mem::replace(&mut self.forget_rows, false);
+        let ops = self.end_segment();
+        self.forget_rows = forget;
+        let rows = self.rows.drain().collect();
+        self.updated_rows.clear();
+        (ops, rows)
     }
 
     /// What the zones publish now, by zone: every record of the planner's
@@ -1462,9 +1505,11 @@ impl<'z> Planner<'z> {
                         rdata: (*d).clone(),
                     };
                     alias_checked_target(self.zones, &record).is_some_and(|t| {
-                        self.nodes
-                            .get(&t)
-                            .is_some_and(|n| n.rrsets.contains_key(&RType::CNAME))
+                        match self.nodes.get(&t) {
+                            Some(n) => n.rrsets.contains_key(&RType::CNAME),
+                            // An owner a planner fed owner by owner does not hold.
+                            None => self.aliases.as_ref().is_some_and(|is_alias| is_alias(&t)),
+                        }
                     })
                 })
                 .cloned()

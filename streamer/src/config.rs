@@ -516,14 +516,25 @@ fn default_metrics_listen() -> String {
 struct ReconcileSpec {
     #[serde(default = "default_max_change_share")]
     max_change_share: f64,
+    #[serde(default = "default_reconcile_memory_mib")]
+    memory_mib: u64,
+    #[serde(default)]
+    spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ReconcileSpec {
     fn default() -> Self {
         ReconcileSpec {
             max_change_share: default_max_change_share(),
+            memory_mib: default_reconcile_memory_mib(),
+            spill_dir: None,
         }
     }
+}
+
+/// `[reconcile] memory_mib`: what reconcile's sorted runs may buffer.
+fn default_reconcile_memory_mib() -> u64 {
+    crate::reconcile::DEFAULT_MEMORY_MIB
 }
 
 fn default_max_change_share() -> f64 {
@@ -712,11 +723,17 @@ pub struct Config {
 }
 
 /// How `pg2dns reconcile --apply` guards against a wrong database.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReconcileConfig {
     /// The largest share (0 to 1) of a zone's owned records one repair may
     /// delete or change without `--force` (zones of more than 10 records).
     pub max_change_share: f64,
+    /// `[reconcile] memory_mib`: the bytes reconcile, `--apply` and the
+    /// first load buffer before they spill sorted runs to disk.
+    pub memory_mib: u64,
+    /// `[reconcile] spill_dir`: where the runs go (the system's temporary
+    /// directory when unset).
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 /// How to reach PostgreSQL.
@@ -1320,6 +1337,12 @@ impl Config {
                 "reconcile.max_change_share = {max_change_share}: must be from 0 to 1"
             )));
         }
+        let memory_mib = spec.reconcile.memory_mib;
+        if !(16..=1 << 20).contains(&memory_mib) {
+            return Err(invalid(format!(
+                "reconcile.memory_mib = {memory_mib}: must be from 16 to 1048576"
+            )));
+        }
         // Refused before compiling them: pg2dns.rr and each [[source]] get a
         // SourceId (the zones tables are counted below).
         pg2dns_decoder::plan::SourceId::check_count(1 + spec.sources.len())
@@ -1391,7 +1414,11 @@ impl Config {
             sources,
             apex_ns_sources,
             roles: spec.roles,
-            reconcile: ReconcileConfig { max_change_share },
+            reconcile: ReconcileConfig {
+                max_change_share,
+                memory_mib,
+                spill_dir: spec.reconcile.spill_dir,
+            },
             database: DatabaseConfig {
                 url: spec.database.url,
                 pg,
@@ -2432,6 +2459,24 @@ key_name = "K1"
         let err =
             with_key_file(&format!("{GOOD}\n[reconcile]\nmax_change_share = 30\n")).unwrap_err();
         assert!(err.to_string().contains("max_change_share"), "{err}");
+    }
+
+    #[test]
+    fn the_reconcile_memory_defaults_to_96_mib_and_must_hold_the_runs() {
+        let c = with_key_file(GOOD).unwrap();
+        assert_eq!(c.reconcile.memory_mib, 96);
+        assert_eq!(c.reconcile.spill_dir, None);
+        let c = with_key_file(&format!(
+            "{GOOD}\n[reconcile]\nmemory_mib = 256\nspill_dir = \"/var/tmp/pg2dns\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.reconcile.memory_mib, 256);
+        assert_eq!(
+            c.reconcile.spill_dir.as_deref(),
+            Some(std::path::Path::new("/var/tmp/pg2dns"))
+        );
+        let err = with_key_file(&format!("{GOOD}\n[reconcile]\nmemory_mib = 8\n")).unwrap_err();
+        assert!(err.to_string().contains("memory_mib = 8"), "{err}");
     }
 
     const SOURCES: &str = r#"

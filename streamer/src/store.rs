@@ -226,6 +226,17 @@ impl<'a> RowArrays<'a> {
     }
 }
 
+/// Rows of one source in one zone for [`Store::replace_zone_state_batched`]:
+/// each row with the records it contributes, and rows kept aside waiting for
+/// an address (with the owner they wait at).
+#[derive(Debug, Default)]
+pub struct ZoneStateBatch {
+    /// Rows and their records.
+    pub rows: Vec<(RowKey, Vec<Record>)>,
+    /// Rows waiting, with their target and records.
+    pub waiting: Vec<(RowKey, Owner, Vec<Record>)>,
+}
+
 /// The name an MX or SRV record points at, in wire form.
 fn pointed_at(record: &Record) -> Option<Vec<u8>> {
     matches!(record.rtype, RType::MX | RType::SRV)
@@ -1540,24 +1551,26 @@ impl Store {
         rows: &[(RowKey, Vec<Record>)],
         waiting: &[(RowKey, Owner, Vec<Record>)],
     ) -> Result<(), StoreError> {
+        let mut once = Some(ZoneStateBatch {
+            rows: rows.to_vec(),
+            waiting: waiting.to_vec(),
+        });
+        self.replace_zone_state_batched(source, zone, || Ok::<_, StoreError>(once.take()))
+            .await
+    }
+
+    /// [`Store::replace_zone_state`] with the rows in batches, as `next`
+    /// gives them until `None` (reconcile in bounded memory reads them back
+    /// from disk): still one transaction.
+    pub async fn replace_zone_state_batched<E: From<StoreError>>(
+        &mut self,
+        source: &str,
+        zone: &ZoneName,
+        mut next: impl FnMut() -> Result<Option<ZoneStateBatch>, E>,
+    ) -> Result<(), E> {
         debug_assert!(!self.in_transaction, "a checkpoint transaction is open");
         let zone_text = zone.to_string();
-        let mut keys = Vec::new();
-        let mut owners: Vec<&[u8]> = Vec::new();
-        let mut rtypes = Vec::new();
-        let mut rdatas: Vec<&[u8]> = Vec::new();
-        let mut ttls = Vec::new();
-        let mut targets: Vec<Option<Vec<u8>>> = Vec::new();
-        for (key, records) in rows {
-            for r in records {
-                keys.push(key.0.as_str());
-                owners.push(r.owner.name().as_wire());
-                rtypes.push(i32::from(r.rtype.0));
-                rdatas.push(r.rdata.as_wire());
-                ttls.push(i32::try_from(r.ttl).unwrap_or(i32::MAX));
-                targets.push(pointed_at(r));
-            }
-        }
+        let mut any_waiting = false;
         self.begin().await?;
         let result = async {
             self.client
@@ -1567,15 +1580,6 @@ impl Store {
                 )
                 .await
                 .map_err(sql("cannot clear the zone's pg2dns.row_state"))?;
-            self.client
-                .execute(
-                    "INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
-                     SELECT $1, $2, k, $3, o, t, d, l, g FROM unnest($4::text[], $5::bytea[], $6::int[], $7::bytea[], $8::int[], $9::bytea[]) \
-                     AS x(k, o, t, d, l, g)",
-                    &[&self.slot, &source, &zone_text, &keys, &owners, &rtypes, &rdatas, &ttls, &targets],
-                )
-                .await
-                .map_err(sql("cannot write the zone's pg2dns.row_state"))?;
             // What the source's rows wait for in the zone, as the stream
             // keeps it: the rows the comparison found waiting, nothing else.
             self.client
@@ -1585,39 +1589,69 @@ impl Store {
                 )
                 .await
                 .map_err(sql("cannot clear the zone's pg2dns.waiting"))?;
-            for (key, target, records) in waiting {
-                for r in records {
+            while let Some(batch) = next()? {
+                let mut keys = Vec::new();
+                let mut owners: Vec<&[u8]> = Vec::new();
+                let mut rtypes = Vec::new();
+                let mut rdatas: Vec<&[u8]> = Vec::new();
+                let mut ttls = Vec::new();
+                let mut targets: Vec<Option<Vec<u8>>> = Vec::new();
+                for (key, records) in &batch.rows {
+                    for r in records {
+                        keys.push(key.0.as_str());
+                        owners.push(r.owner.name().as_wire());
+                        rtypes.push(i32::from(r.rtype.0));
+                        rdatas.push(r.rdata.as_wire());
+                        ttls.push(i32::try_from(r.ttl).unwrap_or(i32::MAX));
+                        targets.push(pointed_at(r));
+                    }
+                }
+                if !keys.is_empty() {
                     self.client
                         .execute(
-                            "INSERT INTO pg2dns.waiting (slot, source, row_key, lsn, target, zone, owner, rtype, rdata, ttl) \
-                             VALUES ($1, $2, $3, '0/0', $4, $5, $6, $7, $8, $9)",
-                            &[
-                                &self.slot,
-                                &source,
-                                &key.0,
-                                &target.name().as_wire(),
-                                &zone_text,
-                                &r.owner.name().as_wire(),
-                                &i32::from(r.rtype.0),
-                                &r.rdata.as_wire(),
-                                &i32::try_from(r.ttl).unwrap_or(i32::MAX),
-                            ],
+                            "INSERT INTO pg2dns.row_state (slot, source, row_key, zone, owner, rtype, rdata, ttl, target) \
+                             SELECT $1, $2, k, $3, o, t, d, l, g FROM unnest($4::text[], $5::bytea[], $6::int[], $7::bytea[], $8::int[], $9::bytea[]) \
+                             AS x(k, o, t, d, l, g)",
+                            &[&self.slot, &source, &zone_text, &keys, &owners, &rtypes, &rdatas, &ttls, &targets],
                         )
                         .await
-                        .map_err(sql("cannot write pg2dns.waiting"))?;
+                        .map_err(sql("cannot write the zone's pg2dns.row_state"))?;
+                }
+                any_waiting |= !batch.waiting.is_empty();
+                for (key, target, records) in &batch.waiting {
+                    for r in records {
+                        self.client
+                            .execute(
+                                "INSERT INTO pg2dns.waiting (slot, source, row_key, lsn, target, zone, owner, rtype, rdata, ttl) \
+                                 VALUES ($1, $2, $3, '0/0', $4, $5, $6, $7, $8, $9)",
+                                &[
+                                    &self.slot,
+                                    &source,
+                                    &key.0,
+                                    &target.name().as_wire(),
+                                    &zone_text,
+                                    &r.owner.name().as_wire(),
+                                    &i32::from(r.rtype.0),
+                                    &r.rdata.as_wire(),
+                                    &i32::try_from(r.ttl).unwrap_or(i32::MAX),
+                                ],
+                            )
+                            .await
+                            .map_err(sql("cannot write pg2dns.waiting"))?;
+                    }
                 }
             }
             self.client
                 .batch_execute("COMMIT")
                 .await
-                .map_err(sql("cannot commit the zone's pg2dns.row_state"))
+                .map_err(|e| E::from(sql("cannot commit the zone's pg2dns.row_state")(e)))
         }
         .await;
         if result.is_err() {
             let _ = self.client.batch_execute("ROLLBACK").await;
         }
         self.in_transaction = false;
-        if result.is_ok() && !waiting.is_empty() {
+        if result.is_ok() && any_waiting {
             self.maybe_waiting = true;
         }
         result

@@ -1,6 +1,7 @@
 //! `pg2dns reconcile` at scale under a memory cap: a 200,000-record zone
 //! is loaded, drifted with nsupdate, reported exactly under
-//! [`REPORT_CAP_MIB`] of data memory and repaired under [`REPAIR_CAP_MIB`].
+//! [`REPORT_CAP_MIB`] of data memory and repaired under [`REPAIR_CAP_MIB`];
+//! and a small zone spilled in dozens of sorted runs is compared exactly.
 //!
 //! Why `prlimit --data` (`ulimit -d`) rather than `--as` (`ulimit -v`):
 //! the address-space limit counts what the process reserves, not what it
@@ -10,8 +11,9 @@
 //! capacity not yet touched: it sits above the RSS). Before the planner
 //! kept owners in vectors sized to their entries and the comparison merged
 //! sorted vectors, a report of this zone needed about 280 MiB of RSS
-//! (debug build), so more data; now 98 MiB of RSS, and its cap is below
-//! what it needed before.
+//! (debug build), so more data; then 98 MiB; with sorted runs on disk
+//! (bounded by `[reconcile] memory_mib`) about 55 MiB, and its cap is below
+//! what the design before the runs needed.
 
 use std::time::Duration;
 
@@ -25,10 +27,15 @@ use crate::reconcile::{lines, report, zone};
 /// Records in the zone.
 const RECORDS: u32 = 200_000;
 /// The data memory (heap and written anonymous mappings) a report may use,
-/// in MiB.
-const REPORT_CAP_MIB: u64 = 192;
-/// The same for a repair (`--apply` keeps every row's records too).
-const REPAIR_CAP_MIB: u64 = 512;
+/// in MiB: below what the design before sorted runs needed (about 280 MiB
+/// of RSS for this zone), above the runs' budget (`[reconcile] memory_mib`,
+/// 96 MiB by default, of which the runs buffer half at once).
+const REPORT_CAP_MIB: u64 = 96;
+/// The same for a repair (the differences, and the row state's runs).
+const REPAIR_CAP_MIB: u64 = 128;
+/// The same for the load: every record is missing, and the differences
+/// (the whole zone here) are held.
+const LOAD_CAP_MIB: u64 = 768;
 /// Drifted records of each kind (deleted, added, retimed).
 const DRIFT: u32 = 300;
 
@@ -42,6 +49,16 @@ async fn capped(
     stack: &Stack,
     args: &[&str],
     cap_mib: Option<u64>,
+) -> Result<std::process::Output> {
+    capped_with(stack, args, cap_mib, &[]).await
+}
+
+/// [`capped`] with `env` added to pg2dns's environment.
+async fn capped_with(
+    stack: &Stack,
+    args: &[&str],
+    cap_mib: Option<u64>,
+    env: &[(&str, &str)],
 ) -> Result<std::process::Output> {
     let mut command = tokio::process::Command::new("prlimit");
     match cap_mib {
@@ -60,6 +77,9 @@ async fn capped(
         if key.to_string_lossy().starts_with("PG2DNS_") {
             command.env_remove(key);
         }
+    }
+    for (key, value) in env {
+        command.env(key, value);
     }
     crate::harness::run_unchecked(&mut command, Duration::from_secs(900)).await
 }
@@ -104,18 +124,23 @@ async fn drift_in_a_200k_record_zone_is_reported_exactly_and_repaired_under_a_me
         ))
         .await?;
 
-    // The load, without a cap (a load keeps every row's records and the
-    // repair of 200,000 missing ones: not bounded yet, see
-    // docs/reconcile.md): every record is missing, then sent.
-    let output = capped(&stack, &["--apply"], None).await?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The load under a cap too: every record is missing, then sent, and
+    // the row state written back from the runs in batches.
+    let output = capped(&stack, &["--apply", "--json"], Some(LOAD_CAP_MIB)).await?;
+    let (code, json) = report(&output).with_context(|| {
+        format!(
+            "the load under a {LOAD_CAP_MIB} MiB data cap: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    eprintln!("the load: peak RSS {} KiB", json["peak_rss_kib"]);
+    let forward = zone(&json, FORWARD)?;
     ensure!(
-        output.status.code() == Some(0)
-            && stdout.contains(&format!("{RECORDS} missing, 0 extra, 0 TTL differences")),
-        "the load must add {RECORDS} records and leave the zone in sync (exit {:?}):\n{}\n{}",
-        output.status.code(),
-        stdout.lines().take(5).collect::<Vec<_>>().join("\n"),
-        String::from_utf8_lossy(&output.stderr)
+        code == 0
+            && forward["in_sync_after"] == true
+            && forward["missing"].as_array().map(Vec::len) == Some(RECORDS as usize),
+        "the load must add {RECORDS} records and leave the zone in sync (exit {code}): {}",
+        forward["error"]
     );
     let (code, _) = capped_reconcile(&stack, &[]).await?;
     ensure!(code == 0, "after the load the zone must be in sync");
@@ -197,6 +222,202 @@ async fn drift_in_a_200k_record_zone_is_reported_exactly_and_repaired_under_a_me
     ensure!(
         rows == RECORDS as usize,
         "the row state holds {rows} records, the table {RECORDS}"
+    );
+    Ok(())
+}
+
+/// Bytes each sorted run may buffer in
+/// [`a_spilled_reconcile_is_exact_for_drift_of_every_kind`]: a few dozen
+/// rows, so a zone of 800 records spills dozens of runs.
+const SMALL_RUNS: &str = "2048";
+
+/// `pg2dns reconcile ARGS --json` with runs of [`SMALL_RUNS`] bytes (or the
+/// configuration's budget when `small` is false): exit code and report.
+async fn spilling(stack: &Stack, args: &[&str], small: bool) -> Result<(i32, Value)> {
+    let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+    let env: &[(&str, &str)] = if small {
+        &[("PG2DNS_TEST_SPILL_BYTES", SMALL_RUNS)]
+    } else {
+        &[]
+    };
+    let output = capped_with(stack, &args, None, env).await?;
+    report(&output).with_context(|| {
+        format!(
+            "reconcile {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// `owner ttl type` of each record of a report list, sorted (with
+/// ` (DNS: ttl)` where the report gives the TTL DNS holds).
+fn owners(list: &Value) -> Vec<String> {
+    let mut out: Vec<String> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    let mut line = format!(
+                        "{} {} {}",
+                        r["owner"].as_str().unwrap_or("?"),
+                        r["ttl"],
+                        r["type"].as_str().unwrap_or("?")
+                    );
+                    if let Some(actual) = r.get("actual_ttl") {
+                        line.push_str(&format!(" (DNS: {actual})"));
+                    }
+                    line
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_reconcile_is_exact_for_drift_of_every_kind() -> Result<()> {
+    let stack = Stack::start("reconcile-spill", Primary::Bind).await?;
+    // What users write: mixed-case owners, UTF-8 and escaped quotes in
+    // multi-string TXT records, an MX with its target's address.
+    stack
+        .exec(
+            r#"INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+               SELECT 'h' || g || '.example.test.', 3600, 'A', '10.0.' || (g >> 8) || '.' || (g & 255)
+               FROM generate_series(1, 600) AS g;
+               INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+               SELECT 'Mixed' || g || '.Example.TEST.', 600, 'AAAA', '2001:db8::' || to_hex(g)
+               FROM generate_series(1, 100) AS g;
+               INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+               SELECT 'txt' || g || '.example.test.', 300, 'TXT',
+                      '"café ☕ \"nº ' || g || '\"" "second string"'
+               FROM generate_series(1, 100) AS g;
+               INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+                 ('Mail.Example.TEST.', 3600, 'MX', '10 mx1.example.test.'),
+                 ('mx1.example.test.', 3600, 'A', '192.0.2.25')"#,
+        )
+        .await?;
+    let rows = 600 + 100 + 100 + 2;
+
+    // The first load, spilled: every record missing, then sent.
+    let (code, json) = spilling(&stack, &["--apply"], true).await?;
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        code == 0 && forward["in_sync_after"] == true,
+        "the spilled load must leave the zone in sync (exit {code}): {}",
+        forward["error"]
+    );
+    ensure!(
+        forward["missing"].as_array().map(Vec::len) == Some(rows),
+        "the load adds every row's record: {}",
+        forward["missing"].as_array().map_or(0, Vec::len)
+    );
+    ensure!(
+        json["spilled_runs"].as_u64().is_some_and(|n| n > 10),
+        "runs of {SMALL_RUNS} bytes must spill: {} runs",
+        json["spilled_runs"]
+    );
+
+    // Drift behind pg2dns's back, and in the table.
+    stack
+        .server(Primary::Bind)?
+        .nsupdate(
+            "update delete h10.example.test. A 10.0.0.10\n\
+             update add rogue1.example.test. 300 A 192.0.2.1\n\
+             update delete h20.example.test. A 10.0.0.20\n\
+             update add h20.example.test. 900 A 10.0.0.20\n\
+             update delete txt5.example.test. TXT\n\
+             update add Rogue2.Example.TEST. 300 TXT \"caf\\195\\169\" \"two\"\n\
+             send\n",
+        )
+        .await?;
+    stack
+        .exec(
+            r#"UPDATE pg2dns.rr SET ttl = 60 WHERE owner = 'Mixed5.Example.TEST.';
+               DELETE FROM pg2dns.rr WHERE owner = 'h30.example.test.';
+               INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+               VALUES ('New.Example.TEST.', 120, 'TXT', '"über \"quoted\"" "☕"')"#,
+        )
+        .await?;
+
+    let (code, spilled) = spilling(&stack, &[], true).await?;
+    ensure!(code == 1, "differences must exit 1, got {code}");
+    ensure!(
+        spilled["spilled_runs"].as_u64().is_some_and(|n| n > 10),
+        "the report must spill: {} runs",
+        spilled["spilled_runs"]
+    );
+    let forward = zone(&spilled, FORWARD)?;
+    ensure!(
+        owners(&forward["missing"])
+            == [
+                "h10.example.test. 3600 A",
+                "new.example.test. 120 TXT",
+                "txt5.example.test. 300 TXT",
+            ],
+        "missing: {:?}",
+        lines(&forward["missing"])
+    );
+    ensure!(
+        owners(&forward["extra"])
+            == [
+                "h30.example.test. 3600 A",
+                "rogue1.example.test. 300 A",
+                "rogue2.example.test. 300 TXT",
+            ],
+        "extra: {:?}",
+        lines(&forward["extra"])
+    );
+    ensure!(
+        owners(&forward["ttl"])
+            == [
+                "h20.example.test. 3600 A (DNS: 900)",
+                "mixed5.example.test. 60 AAAA (DNS: 600)",
+            ],
+        "ttl: {:?}",
+        lines(&forward["ttl"])
+    );
+    // The data too: the spilled comparison says what the one held in
+    // memory says, record for record.
+    let (code, whole) = spilling(&stack, &[], false).await?;
+    ensure!(
+        code == 1 && whole["spilled_runs"] == 0,
+        "without small runs nothing spills (exit {code}, {} runs)",
+        whole["spilled_runs"]
+    );
+    let whole = zone(&whole, FORWARD)?;
+    for list in ["missing", "extra", "ttl", "waiting"] {
+        ensure!(
+            lines(&forward[list]) == lines(&whole[list]),
+            "{list} differs between spilled and in-memory runs: {:?} vs {:?}",
+            lines(&forward[list]),
+            lines(&whole[list])
+        );
+    }
+    let txt5 = lines(&forward["missing"])
+        .into_iter()
+        .find(|l| l.starts_with("txt5."))
+        .unwrap_or_default();
+    ensure!(
+        txt5.contains("second string") && txt5.contains(" 5"),
+        "the multi-string TXT comes back whole: {txt5}"
+    );
+
+    // The repair, spilled, and the row state written back from the runs.
+    let (code, json) = spilling(&stack, &["--apply"], true).await?;
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        code == 0 && forward["in_sync_after"] == true,
+        "the spilled repair must leave the zone in sync (exit {code}): {}",
+        forward["error"]
+    );
+    let (code, _) = spilling(&stack, &[], true).await?;
+    ensure!(code == 0, "a second run must find the zone in sync");
+    let state = stack.row_state().await?;
+    let held: usize = state.values().map(Vec::len).sum();
+    ensure!(
+        held == rows,
+        "the row state holds {held} records, the table {rows}"
     );
     Ok(())
 }

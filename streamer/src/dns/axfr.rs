@@ -102,6 +102,19 @@ pub enum AxfrError {
         /// What to check.
         hint: &'static str,
     },
+    /// The records could not be spilled to disk as they arrived.
+    #[error(
+        "zone {zone}: cannot spill the transfer from {server} to disk ([reconcile] spill_dir)"
+    )]
+    Spill {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// A message or record does not make sense as a transfer of this zone.
     #[error("zone {zone}: malformed transfer from {server}: {detail}")]
     Malformed {
@@ -150,6 +163,36 @@ pub async fn transfer(
     key: &TsigKey,
     timeout: Duration,
 ) -> Result<Transfer, AxfrError> {
+    let mut records: Vec<Record> = Vec::new();
+    let (soa, messages) = transfer_each(zone, server, key, timeout, |r| {
+        records.push(r);
+        Ok(())
+    })
+    .await?;
+    Ok(Transfer {
+        soa,
+        records,
+        messages,
+    })
+}
+
+/// [`transfer`] that hands each record (the SOA once, first) to `each` as
+/// it arrives instead of holding them: reconcile spills them to disk. An
+/// error of `each` ends the transfer ([`AxfrError::Spill`]). Returns the
+/// apex SOA and how many messages the transfer took.
+pub async fn transfer_each(
+    zone: &ZoneName,
+    server: SocketAddr,
+    key: &TsigKey,
+    timeout: Duration,
+    mut each: impl FnMut(Record) -> io::Result<()>,
+) -> Result<(Record, usize), AxfrError> {
+    let spill_err = |source| AxfrError::Spill {
+        zone: zone.clone(),
+        server,
+        source,
+    };
+    let mut count = 0usize;
     let io_err = |source| AxfrError::Io {
         zone: zone.clone(),
         server,
@@ -175,7 +218,6 @@ pub async fn transfer(
     let mut conn = Connection::connect(server).await.map_err(io_err)?;
     conn.send(&request.wire).await.map_err(io_err)?;
     let mut verifier = StreamVerifier::new(&request, key);
-    let mut records: Vec<Record> = Vec::new();
     let mut soa: Option<Record> = None;
     let mut messages = 0;
     loop {
@@ -191,7 +233,7 @@ pub async fn transfer(
                 return Err(AxfrError::Truncated {
                     zone: zone.clone(),
                     server,
-                    records: records.len(),
+                    records: count,
                 })
             }
             Ok(Some(frame)) => frame.map_err(io_err)?,
@@ -228,7 +270,8 @@ pub async fn transfer(
                 match &soa {
                     None => {
                         soa = Some(record.clone());
-                        records.push(record);
+                        count += 1;
+                        each(record).map_err(spill_err)?;
                     }
                     Some(first) if first.rdata == record.rdata => done = true,
                     Some(_) => {
@@ -245,7 +288,8 @@ pub async fn transfer(
                     record.owner, record.rtype
                 )));
             }
-            records.push(record);
+            count += 1;
+            each(record).map_err(spill_err)?;
         }
         if done {
             break;
@@ -253,11 +297,7 @@ pub async fn transfer(
     }
     verifier.finish().map_err(tsig_err)?;
     let soa = soa.ok_or_else(|| malformed("no SOA".into()))?;
-    Ok(Transfer {
-        soa,
-        records,
-        messages,
-    })
+    Ok((soa, messages))
 }
 
 /// One transferred RR as pg2dns's record: names lower-case, data of the
