@@ -801,7 +801,23 @@ pub struct Planner<'z> {
     /// Whether an owner the planner does not hold is an alias (see
     /// [`Planner::with_aliases`]).
     aliases: Option<AliasOracle<'z>>,
+    /// The DNAMEs and the names below them that a planner fed owner by
+    /// owner does not hold (see [`Planner::with_dnames`]).
+    dnames: Option<DnameOracle<'z>>,
 }
+
+/// Answers, for a planner that does not hold every owner, the DNAME facts
+/// that cross owners (see [`Planner::with_dnames`]).
+pub struct DnameOracle<'z> {
+    /// Whether an owner holds a DNAME that stays.
+    pub is_dname: Box<dyn Fn(&NodeKey) -> bool + Send + Sync + 'z>,
+    /// The smallest name strictly below an owner that holds records that
+    /// stay, if any.
+    pub occupied_below: OwnerFinder<'z>,
+}
+
+/// Finds an owner related to the one asked about (see [`DnameOracle`]).
+pub type OwnerFinder<'z> = Box<dyn Fn(&NodeKey) -> Option<Owner> + Send + Sync + 'z>;
 
 /// Answers whether an owner holds a CNAME, for a planner that does not hold
 /// every owner.
@@ -834,6 +850,7 @@ impl<'z> Planner<'z> {
             inconsistencies: 0,
             forget_rows: false,
             aliases: None,
+            dnames: None,
         }
     }
 
@@ -853,6 +870,16 @@ impl<'z> Planner<'z> {
     /// an MX, SRV or NS must not point at an alias.
     pub fn with_aliases(mut self, is_alias: impl Fn(&NodeKey) -> bool + Send + Sync + 'z) -> Self {
         self.aliases = Some(Box::new(is_alias));
+        self
+    }
+
+    /// For a planner fed owner by owner: the DNAME rule's facts about owners
+    /// it does not hold, whether a name above holds a DNAME and which name
+    /// below a new DNAME holds records (see [`Refusal::BelowDname`] and
+    /// [`Refusal::DnameAboveNames`]). The oracle decides which rows came
+    /// first, as the stream's order does.
+    pub fn with_dnames(mut self, oracle: DnameOracle<'z>) -> Self {
+        self.dnames = Some(oracle);
         self
     }
 
@@ -1254,7 +1281,10 @@ impl<'z> Planner<'z> {
                 .before
                 .get(&above)
                 .is_some_and(|b| !b.rrsets.contains_key(&RType::DNAME));
-            if held || (row && !new) {
+            // An owner a planner fed owner by owner does not hold.
+            let told = !self.nodes.contains_key(&above)
+                && self.dnames.as_ref().is_some_and(|o| (o.is_dname)(&above));
+            if held || (row && !new) || told {
                 return Some(above.1);
             }
             at = above.1.name().parent();
@@ -1280,7 +1310,9 @@ impl<'z> Planner<'z> {
             })
             .map(|((_, o), _)| o);
         let held = self.limits.held.below(key.0, &key.1);
-        rows.chain(held).min().cloned()
+        // Names a planner fed owner by owner does not hold.
+        let told = self.dnames.as_ref().and_then(|o| (o.occupied_below)(key));
+        rows.chain(held).chain(told.as_ref()).min().cloned()
     }
 
     /// The first check that fails at a touched owner: the rows to refuse.

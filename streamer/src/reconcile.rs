@@ -1260,6 +1260,7 @@ fn compare_nothing(options: &Options) -> Result<Report, ReconcileError> {
         zones: Vec::new(),
         applied: options.apply,
         paused_at: None,
+        spilled_runs: 0,
     })
 }
 
