@@ -2621,6 +2621,84 @@ mod tests {
         );
     }
 
+    /// A planner fed owner by owner (reconcile's bounded pass) learns the
+    /// DNAME rule's facts about owners it does not hold from its oracle,
+    /// and refuses as the stream does, naming the same names.
+    #[test]
+    fn a_planner_fed_owner_by_owner_refuses_by_the_dname_facts_it_is_told() {
+        let zones = zones();
+        let l = limits(65_535, 100);
+        let key = |o: &str| (ZoneId(0), Owner::parse(o).unwrap());
+        let dname_at = key("Old.Example.Test.");
+        let occupied = key("sub.example.test.");
+        let below = Owner::parse("host.SUB.example.test.").unwrap();
+        let told = below.clone();
+        let mut planner = Planner::new(&zones, &l, Loaded::default())
+            .forgetting_rows()
+            .with_dnames(DnameOracle {
+                is_dname: Box::new(move |t| *t == dname_at),
+                occupied_below: Box::new(move |t| (*t == occupied).then(|| told.clone())),
+            });
+        let feed = |p: &mut Planner, k: &str, owner: &str, rtype: &str, data: &str| {
+            let before = p.rejections().len();
+            p.apply(
+                SourceId(0),
+                update(k, Ok(vec![want(owner, 300, rtype, data)])),
+            );
+            p.end_segment();
+            let published = p.take_published().remove(&ZoneId(0)).unwrap_or_default();
+            (published, p.rejections()[before..].to_vec())
+        };
+        // One and two labels below the told DNAME: refused, naming it.
+        for (k, owner) in [
+            ("x", "x.old.example.test."),
+            ("y", "Mail.Deep.OLD.example.test."),
+        ] {
+            let (published, refused) = feed(&mut planner, k, owner, "TXT", "\"grüße\"");
+            assert!(published.is_empty(), "{published:?}");
+            assert_eq!(refused.len(), 1, "{refused:?}");
+            assert_eq!(
+                refused[0].reason,
+                Refusal::BelowDname {
+                    owner: Owner::parse(owner).unwrap(),
+                    dname: Owner::parse("old.example.test.").unwrap(),
+                }
+            );
+        }
+        // Beside the DNAME, and a name elsewhere: published.
+        for owner in ["old.example.test.", "x.other.example.test."] {
+            let (published, refused) = feed(&mut planner, "t", owner, "TXT", "\"beside\"");
+            assert!(refused.is_empty(), "{refused:?}");
+            assert_eq!(published.len(), 1);
+        }
+        // A DNAME above a name the oracle says holds records: refused,
+        // naming that name; a DNAME above nothing: published.
+        let (published, refused) = feed(
+            &mut planner,
+            "s",
+            "sub.example.test.",
+            "DNAME",
+            "elsewhere.example.org.",
+        );
+        assert!(published.is_empty(), "{published:?}");
+        assert_eq!(
+            refused.iter().map(|r| r.reason.clone()).collect::<Vec<_>>(),
+            [Refusal::DnameAboveNames {
+                owner: Owner::parse("sub.example.test.").unwrap(),
+                below,
+            }]
+        );
+        let (published, refused) = feed(
+            &mut planner,
+            "n",
+            "free.example.test.",
+            "DNAME",
+            "n.example.org.",
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(published.len(), 1);
+    }
+
     /// Nothing below a DNAME (docs/notes/dns-servers.md §3c: BIND and
     /// PowerDNS keep it unanswered, Knot refuses it), in both orders and
     /// across batches; a transaction that deletes one side lets the other
