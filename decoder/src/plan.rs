@@ -801,7 +801,23 @@ pub struct Planner<'z> {
     /// Whether an owner the planner does not hold is an alias (see
     /// [`Planner::with_aliases`]).
     aliases: Option<AliasOracle<'z>>,
+    /// The DNAMEs and the names below them that a planner fed owner by
+    /// owner does not hold (see [`Planner::with_dnames`]).
+    dnames: Option<DnameOracle<'z>>,
 }
+
+/// Answers, for a planner that does not hold every owner, the DNAME facts
+/// that cross owners (see [`Planner::with_dnames`]).
+pub struct DnameOracle<'z> {
+    /// Whether an owner holds a DNAME that stays.
+    pub is_dname: Box<dyn Fn(&NodeKey) -> bool + Send + Sync + 'z>,
+    /// The smallest name strictly below an owner that holds records that
+    /// stay, if any.
+    pub occupied_below: OwnerFinder<'z>,
+}
+
+/// Finds an owner related to the one asked about (see [`DnameOracle`]).
+pub type OwnerFinder<'z> = Box<dyn Fn(&NodeKey) -> Option<Owner> + Send + Sync + 'z>;
 
 /// Answers whether an owner holds a CNAME, for a planner that does not hold
 /// every owner.
@@ -834,6 +850,7 @@ impl<'z> Planner<'z> {
             inconsistencies: 0,
             forget_rows: false,
             aliases: None,
+            dnames: None,
         }
     }
 
@@ -853,6 +870,16 @@ impl<'z> Planner<'z> {
     /// an MX, SRV or NS must not point at an alias.
     pub fn with_aliases(mut self, is_alias: impl Fn(&NodeKey) -> bool + Send + Sync + 'z) -> Self {
         self.aliases = Some(Box::new(is_alias));
+        self
+    }
+
+    /// For a planner fed owner by owner: the DNAME rule's facts about owners
+    /// it does not hold, whether a name above holds a DNAME and which name
+    /// below a new DNAME holds records (see [`Refusal::BelowDname`] and
+    /// [`Refusal::DnameAboveNames`]). The oracle decides which rows came
+    /// first, as the stream's order does.
+    pub fn with_dnames(mut self, oracle: DnameOracle<'z>) -> Self {
+        self.dnames = Some(oracle);
         self
     }
 
@@ -1254,7 +1281,10 @@ impl<'z> Planner<'z> {
                 .before
                 .get(&above)
                 .is_some_and(|b| !b.rrsets.contains_key(&RType::DNAME));
-            if held || (row && !new) {
+            // An owner a planner fed owner by owner does not hold.
+            let told = !self.nodes.contains_key(&above)
+                && self.dnames.as_ref().is_some_and(|o| (o.is_dname)(&above));
+            if held || (row && !new) || told {
                 return Some(above.1);
             }
             at = above.1.name().parent();
@@ -1280,7 +1310,9 @@ impl<'z> Planner<'z> {
             })
             .map(|((_, o), _)| o);
         let held = self.limits.held.below(key.0, &key.1);
-        rows.chain(held).min().cloned()
+        // Names a planner fed owner by owner does not hold.
+        let told = self.dnames.as_ref().and_then(|o| (o.occupied_below)(key));
+        rows.chain(held).chain(told.as_ref()).min().cloned()
     }
 
     /// The first check that fails at a touched owner: the rows to refuse.
@@ -2587,6 +2619,84 @@ mod tests {
                 "add old.example.test. 300 IN DNAME newer.example.org.",
             ]
         );
+    }
+
+    /// A planner fed owner by owner (reconcile's bounded pass) learns the
+    /// DNAME rule's facts about owners it does not hold from its oracle,
+    /// and refuses as the stream does, naming the same names.
+    #[test]
+    fn a_planner_fed_owner_by_owner_refuses_by_the_dname_facts_it_is_told() {
+        let zones = zones();
+        let l = limits(65_535, 100);
+        let key = |o: &str| (ZoneId(0), Owner::parse(o).unwrap());
+        let dname_at = key("Old.Example.Test.");
+        let occupied = key("sub.example.test.");
+        let below = Owner::parse("host.SUB.example.test.").unwrap();
+        let told = below.clone();
+        let mut planner = Planner::new(&zones, &l, Loaded::default())
+            .forgetting_rows()
+            .with_dnames(DnameOracle {
+                is_dname: Box::new(move |t| *t == dname_at),
+                occupied_below: Box::new(move |t| (*t == occupied).then(|| told.clone())),
+            });
+        let feed = |p: &mut Planner, k: &str, owner: &str, rtype: &str, data: &str| {
+            let before = p.rejections().len();
+            p.apply(
+                SourceId(0),
+                update(k, Ok(vec![want(owner, 300, rtype, data)])),
+            );
+            p.end_segment();
+            let published = p.take_published().remove(&ZoneId(0)).unwrap_or_default();
+            (published, p.rejections()[before..].to_vec())
+        };
+        // One and two labels below the told DNAME: refused, naming it.
+        for (k, owner) in [
+            ("x", "x.old.example.test."),
+            ("y", "Mail.Deep.OLD.example.test."),
+        ] {
+            let (published, refused) = feed(&mut planner, k, owner, "TXT", "\"grüße\"");
+            assert!(published.is_empty(), "{published:?}");
+            assert_eq!(refused.len(), 1, "{refused:?}");
+            assert_eq!(
+                refused[0].reason,
+                Refusal::BelowDname {
+                    owner: Owner::parse(owner).unwrap(),
+                    dname: Owner::parse("old.example.test.").unwrap(),
+                }
+            );
+        }
+        // Beside the DNAME, and a name elsewhere: published.
+        for owner in ["old.example.test.", "x.other.example.test."] {
+            let (published, refused) = feed(&mut planner, "t", owner, "TXT", "\"beside\"");
+            assert!(refused.is_empty(), "{refused:?}");
+            assert_eq!(published.len(), 1);
+        }
+        // A DNAME above a name the oracle says holds records: refused,
+        // naming that name; a DNAME above nothing: published.
+        let (published, refused) = feed(
+            &mut planner,
+            "s",
+            "sub.example.test.",
+            "DNAME",
+            "elsewhere.example.org.",
+        );
+        assert!(published.is_empty(), "{published:?}");
+        assert_eq!(
+            refused.iter().map(|r| r.reason.clone()).collect::<Vec<_>>(),
+            [Refusal::DnameAboveNames {
+                owner: Owner::parse("sub.example.test.").unwrap(),
+                below,
+            }]
+        );
+        let (published, refused) = feed(
+            &mut planner,
+            "n",
+            "free.example.test.",
+            "DNAME",
+            "n.example.org.",
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(published.len(), 1);
     }
 
     /// Nothing below a DNAME (docs/notes/dns-servers.md §3c: BIND and

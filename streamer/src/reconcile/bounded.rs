@@ -28,7 +28,14 @@
 //! - the zone's name servers (apex NS targets, few) are noted while the
 //!   sides are read, and whether an MX or SRV target has a wanted address is
 //!   answered by a second read of the desired side for those targets only
-//!   (see [`pg2dns_decoder::diff::OwnerMerge`]).
+//!   (see [`pg2dns_decoder::diff::OwnerMerge`]);
+//! - nothing below a DNAME: the owners rows want a DNAME at are collected
+//!   while reading (few), then, when there are any, one more read of the
+//!   parts collects the names below them (few in a database the stream
+//!   agrees with: their rows are refused); the planner asks about owners it
+//!   does not hold, a row counting when it comes before the asking row in
+//!   the tables' order (as the CNAME rule's rows do), and a counted row
+//!   refused in the pass makes it run again without it.
 //!
 //! Memory: the sorters' buffers (`[reconcile] memory_mib`), one owner's
 //! records, the owners that hold a CNAME, and the differences.
@@ -45,7 +52,7 @@ use pg2dns_decoder::diff::{OwnerMerge, ZoneDiff, ZoneFacts};
 use pg2dns_decoder::exclude::Exclusions;
 use pg2dns_decoder::mapping::{Desired, RowKey, RowUpdate, Wanted};
 use pg2dns_decoder::name::Name;
-use pg2dns_decoder::plan::{Loaded, NodeKey, Planner, Rejection, SourceId};
+use pg2dns_decoder::plan::{DnameOracle, Loaded, NodeKey, Planner, Rejection, SourceId};
 use pg2dns_decoder::runs::{self, Damaged, Fields, RunReader};
 use pg2dns_decoder::{Lsn, Owner, RType, Rdata, Record, ZoneId, ZoneName};
 
@@ -269,6 +276,8 @@ pub(super) async fn read_desired(
     let mut early = Planner::new(&zones, &limits, Loaded::default()).forgetting_rows();
     // Per owner, the positions of the rows that want a CNAME there.
     let mut cnames: HashMap<NodeKey, Vec<u64>> = HashMap::new();
+    // Per owner, the positions of the rows that want a DNAME there.
+    let mut dnames: HashMap<NodeKey, Vec<u64>> = HashMap::new();
     let mut rows = 0usize;
     let mut seq = 0u64;
     for (i, (mapping, query)) in mappings.iter().zip(&queries).enumerate() {
@@ -299,8 +308,13 @@ pub(super) async fn read_desired(
                     let mut by_owner: BTreeMap<(ZoneId, &Owner), Vec<&Wanted>> = BTreeMap::new();
                     for w in &wanted {
                         let (zone, owner, rtype) = wanted_at(w);
-                        if rtype == RType::CNAME {
-                            let at = cnames.entry((zone, owner.clone())).or_default();
+                        let seen = match rtype {
+                            RType::CNAME => Some(&mut cnames),
+                            RType::DNAME => Some(&mut dnames),
+                            _ => None,
+                        };
+                        if let Some(seen) = seen {
+                            let at = seen.entry((zone, owner.clone())).or_default();
                             if at.last() != Some(&seq) {
                                 at.push(seq);
                             }
@@ -327,6 +341,15 @@ pub(super) async fn read_desired(
     bar.set_position(rows as u64);
     let early_rejections: Vec<Rejection> = early.finish().rejections;
     let parts = parts.finish().map_err(spill_err)?;
+    let below = names_below(&zones, &parts, &dnames).map_err(|e| match e {
+        BoundedError::Spill { source, .. } => spill_err(source),
+        other => other,
+    })?;
+    let crossing = Crossing {
+        cnames,
+        dnames,
+        below,
+    };
     bar.set_message(format!(
         "planning {} parts ({} runs on disk)",
         parts.len(),
@@ -344,7 +367,7 @@ pub(super) async fn read_desired(
             &zones,
             &limits,
             &parts,
-            &cnames,
+            &crossing,
             &excluded,
             &published,
             contributions,
@@ -396,6 +419,70 @@ pub(super) async fn read_desired(
     }
 }
 
+/// What rows want that crosses owners, with the rows' positions.
+struct Crossing {
+    /// Per owner, the positions of the rows that want a CNAME there.
+    cnames: HashMap<NodeKey, Vec<u64>>,
+    /// Per owner, the positions of the rows that want a DNAME there.
+    dnames: HashMap<NodeKey, Vec<u64>>,
+    /// Per DNAME owner, the names strictly below it that rows want records
+    /// at, with the rows' positions.
+    below: HashMap<NodeKey, Vec<(Owner, u64)>>,
+}
+
+/// The names strictly below the owners in `dnames` that rows want records
+/// at: one more read of the parts, only when some row wants a DNAME.
+fn names_below(
+    zones: &pg2dns_decoder::Zones,
+    parts: &Sorted,
+    dnames: &HashMap<NodeKey, Vec<u64>>,
+) -> Result<HashMap<NodeKey, Vec<(Owner, u64)>>, BoundedError> {
+    let io_err = |source| BoundedError::Spill {
+        dir: PathBuf::new(),
+        source,
+    };
+    let mut below: HashMap<NodeKey, Vec<(Owner, u64)>> = HashMap::new();
+    if dnames.is_empty() {
+        return Ok(below);
+    }
+    let mut merge = parts.merge().map_err(io_err)?;
+    // The DNAMEs above the owner of the last group read.
+    let mut group: Option<(Vec<u8>, Owner, Vec<NodeKey>)> = None;
+    while let Some(e) = merge.next_entry().map_err(io_err)? {
+        if e.key.len() < 12 {
+            return Err(Damaged.into());
+        }
+        let (head, tail) = e.key.split_at(e.key.len() - 8);
+        if group.as_ref().is_none_or(|(g, _, _)| g[..] != *head) {
+            let zone = ZoneId(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+            let owner = owner_of(&head[4..])?;
+            let apex = zones.name(zone).name();
+            let mut above = Vec::new();
+            let mut at = owner.name().parent();
+            while let Some(name) = at {
+                if !name.is_at_or_below(apex) {
+                    break;
+                }
+                let key = (zone, Owner::from_name(name));
+                if dnames.contains_key(&key) {
+                    above.push(key.clone());
+                }
+                at = key.1.name().parent();
+            }
+            group = Some((head.to_vec(), owner, above));
+        }
+        let (_, owner, above) = group.as_ref().expect("just set");
+        let seq = u64::from_be_bytes(tail.try_into().map_err(|_| Damaged)?);
+        for key in above {
+            below
+                .entry(key.clone())
+                .or_default()
+                .push((owner.clone(), seq));
+        }
+    }
+    Ok(below)
+}
+
 /// What one pass over the parts gave.
 struct Pass {
     ranges: HashMap<ZoneId, (u64, u64, usize)>,
@@ -414,7 +501,7 @@ fn plan_pass(
     zones: &pg2dns_decoder::Zones,
     limits: &pg2dns_decoder::plan::PlanLimits,
     parts: &Sorted,
-    cnames: &HashMap<NodeKey, Vec<u64>>,
+    crossing: &Crossing,
     excluded: &HashMap<u64, Rejection>,
     out: &std::path::Path,
     mut contributions: Option<Sorter>,
@@ -423,6 +510,7 @@ fn plan_pass(
         dir: PathBuf::new(),
         source,
     };
+    let cnames = &crossing.cnames;
     let current = AtomicU64::new(0);
     let asked: Mutex<HashSet<NodeKey>> = Mutex::new(HashSet::new());
     let is_alias = |t: &NodeKey| {
@@ -438,9 +526,40 @@ fn plan_pass(
         }
         alias
     };
+    // The rows a DNAME answer counted.
+    let relied: Mutex<HashSet<u64>> = Mutex::new(HashSet::new());
+    let earlier = |s: u64| s < current.load(Ordering::Relaxed) && !excluded.contains_key(&s);
+    let rely = |seqs: &mut dyn Iterator<Item = u64>| {
+        relied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(seqs);
+    };
+    let is_dname = |t: &NodeKey| {
+        let seqs: Vec<u64> = crossing
+            .dnames
+            .get(t)
+            .map(|at| at.iter().copied().filter(|s| earlier(*s)).collect())
+            .unwrap_or_default();
+        rely(&mut seqs.iter().copied());
+        !seqs.is_empty()
+    };
+    let occupied_below = |t: &NodeKey| {
+        let names: Vec<&(Owner, u64)> = crossing
+            .below
+            .get(t)
+            .map(|b| b.iter().filter(|(_, s)| earlier(*s)).collect())
+            .unwrap_or_default();
+        rely(&mut names.iter().map(|(_, s)| *s));
+        names.into_iter().map(|(o, _)| o).min().cloned()
+    };
     let mut planner = Planner::new(zones, limits, Loaded::default())
         .forgetting_rows()
-        .with_aliases(is_alias);
+        .with_aliases(is_alias)
+        .with_dnames(DnameOracle {
+            is_dname: Box::new(is_dname),
+            occupied_below: Box::new(occupied_below),
+        });
     let mut writer = BufWriter::with_capacity(1 << 16, std::fs::File::create(out).map_err(io_err)?);
     let mut offset = 0u64;
     let mut ranges: HashMap<ZoneId, (u64, u64, usize)> = HashMap::new();
@@ -510,18 +629,20 @@ fn plan_pass(
     writer.flush().map_err(io_err)?;
     drop(planner);
     let asked = asked.into_inner().unwrap_or_else(|e| e.into_inner());
-    // Rows that want a CNAME at an owner the planner was told is an alias.
-    let counted: HashSet<u64> = asked
+    // Rows that want a CNAME at an owner the planner was told is an alias,
+    // and rows a DNAME answer counted.
+    let mut counted: HashSet<u64> = asked
         .iter()
         .filter_map(|t| cnames.get(t))
         .flatten()
         .copied()
         .collect();
+    counted.extend(relied.into_inner().unwrap_or_else(|e| e.into_inner()));
     let mut rejections = Vec::new();
     let mut culprits = HashMap::new();
     for (seq, (lead, why)) in refused {
         // Refused after its first part was published, or a CNAME another
-        // row was refused for pointing at.
+        // row was refused for pointing at, or a row a DNAME answer counted.
         if !lead || counted.contains(&seq) {
             if let Some(first) = why.into_iter().next() {
                 culprits.insert(seq, first);
