@@ -610,14 +610,16 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// The zones pg2dns updates: the `[[zone]]`s, then (in a session's
     /// configuration, see [`Config::with_table_zones`]) those of
-    /// `pg2dns.zones`.
-    pub zones: Vec<ZoneConfig>,
+    /// `pg2dns.zones`. Shared: a session's configuration and the tasks
+    /// that read it are clones of one `Config`, and at 50,000 zones each
+    /// copy of the list would cost tens of MiB.
+    pub zones: ZoneList,
     /// The `[[server]]`s, in configuration order (named or not).
     pub servers: Vec<ServerConfig>,
     /// The mass-delete guard of a zone that sets none of its own (`[guard]`).
     pub default_guard: pg2dns_decoder::guard::DeleteGuard,
     /// `zones`' names indexed once, checked within the zone limit.
-    zone_ids: pg2dns_decoder::Zones,
+    zone_ids: std::sync::Arc<pg2dns_decoder::Zones>,
     /// Message and server limits.
     pub limits: Limits,
     /// Where metrics and health are served, if anywhere.
@@ -874,6 +876,33 @@ pub struct ZoneConfig {
     pub verify: Option<Verifier>,
     /// Listed in `pg2dns.zones` (not in the configuration file).
     pub from_table: bool,
+}
+
+/// The configured zones: a list shared by every clone of the [`Config`]
+/// (read like a `Vec`), copied only when a clone adds zones to it.
+#[derive(Debug, Clone, Default)]
+pub struct ZoneList(std::sync::Arc<Vec<ZoneConfig>>);
+
+impl ZoneList {
+    /// The list to change: copied first if another `Config` shares it.
+    fn make_mut(&mut self) -> &mut Vec<ZoneConfig> {
+        std::sync::Arc::make_mut(&mut self.0)
+    }
+}
+
+impl std::ops::Deref for ZoneList {
+    type Target = Vec<ZoneConfig>;
+    fn deref(&self) -> &Vec<ZoneConfig> {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a ZoneList {
+    type Item = &'a ZoneConfig;
+    type IntoIter = std::slice::Iter<'a, ZoneConfig>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 /// A zone's verifier: a command run on the zone as it will be after a
@@ -1175,7 +1204,7 @@ impl Config {
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Config {
             path: path.to_owned(),
-            zone_ids,
+            zone_ids: std::sync::Arc::new(zone_ids),
             servers,
             default_guard: pg2dns_decoder::guard::DeleteGuard {
                 max_delete_records: spec.guard.max_delete_records,
@@ -1195,7 +1224,7 @@ impl Config {
                 tls,
                 tls_client,
             },
-            zones,
+            zones: ZoneList(std::sync::Arc::new(zones)),
             limits: Limits {
                 max_message_bytes: l.max_message_bytes,
                 max_records_per_rrset: l.max_records_per_rrset,
@@ -1242,7 +1271,7 @@ impl Config {
     /// The configured zones, indexed by [`pg2dns_decoder::ZoneId`] in
     /// configuration order.
     pub fn zones(&self) -> pg2dns_decoder::Zones {
-        self.zone_ids.clone()
+        (*self.zone_ids).clone()
     }
 
     /// This configuration with the zones of `pg2dns.zones` (its rows as
@@ -1295,7 +1324,7 @@ impl Config {
                 )));
                 continue;
             };
-            out.zones.push(ZoneConfig {
+            out.zones.make_mut().push(ZoneConfig {
                 exclusions: Default::default(),
                 verify: None,
                 one_ptr: false,
@@ -1309,10 +1338,10 @@ impl Config {
                 name,
             });
         }
-        out.zone_ids = pg2dns_decoder::Zones::with_limit(
+        out.zone_ids = std::sync::Arc::new(pg2dns_decoder::Zones::with_limit(
             out.zones.iter().map(|z| z.name.clone()).collect(),
             limit,
-        )?;
+        )?);
         Ok((out, refused))
     }
 
