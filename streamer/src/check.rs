@@ -237,9 +237,21 @@ pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> 
 /// follow them (so that their primaries are checked too), and a problem
 /// for each row a session would refuse, or for the whole table when a
 /// session would halt on it. Before `setup` there is no table: no zones.
+/// A table the role may not read is a problem too (its zones go unchecked).
 pub async fn with_table_zones(config: &Config) -> Result<(Config, Vec<String>), StoreError> {
     let mut store = Store::connect(&config.database).await?;
-    let rows = store.table_zones().await?;
+    let rows = match store.table_zones().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            return Ok((
+                config.clone(),
+                vec![format!(
+                    "pg2dns.zones cannot be read, so the zones it lists are not checked: {}",
+                    crate::error::chain(&e)
+                )],
+            ))
+        }
+    };
     if rows.is_empty() {
         return Ok((config.clone(), Vec::new()));
     }

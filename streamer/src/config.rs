@@ -879,29 +879,34 @@ pub struct ZoneConfig {
 }
 
 /// The configured zones: a list shared by every clone of the [`Config`]
-/// (read like a `Vec`), copied only when a clone adds zones to it.
+/// (read like a `Vec`), copied only when a clone adds zones to it, and
+/// then only as pointers: each zone is one shared [`ZoneConfig`], which the
+/// server tasks hold too.
 #[derive(Debug, Clone, Default)]
-pub struct ZoneList(std::sync::Arc<Vec<ZoneConfig>>);
+pub struct ZoneList(std::sync::Arc<Vec<std::sync::Arc<ZoneConfig>>>);
 
 impl ZoneList {
     /// The list to change: copied first if another `Config` shares it.
-    fn make_mut(&mut self) -> &mut Vec<ZoneConfig> {
+    fn make_mut(&mut self) -> &mut Vec<std::sync::Arc<ZoneConfig>> {
         std::sync::Arc::make_mut(&mut self.0)
     }
 }
 
 impl std::ops::Deref for ZoneList {
-    type Target = Vec<ZoneConfig>;
-    fn deref(&self) -> &Vec<ZoneConfig> {
+    type Target = Vec<std::sync::Arc<ZoneConfig>>;
+    fn deref(&self) -> &Vec<std::sync::Arc<ZoneConfig>> {
         &self.0
     }
 }
 
 impl<'a> IntoIterator for &'a ZoneList {
     type Item = &'a ZoneConfig;
-    type IntoIter = std::slice::Iter<'a, ZoneConfig>;
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, std::sync::Arc<ZoneConfig>>,
+        fn(&std::sync::Arc<ZoneConfig>) -> &ZoneConfig,
+    >;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.0.iter().map(|z| &**z)
     }
 }
 
@@ -1003,7 +1008,7 @@ impl Config {
             }
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut zones: Vec<ZoneConfig> = Vec::new();
+        let mut zones: Vec<std::sync::Arc<ZoneConfig>> = Vec::with_capacity(spec.zones.len());
         let mut seen: std::collections::HashSet<ZoneName> = std::collections::HashSet::new();
         // Each key file is read (and its mode warned about) once, however
         // many zones and servers share it.
@@ -1098,7 +1103,7 @@ impl Config {
                     })
                 }
             };
-            zones.push(ZoneConfig {
+            zones.push(std::sync::Arc::new(ZoneConfig {
                 exclusions,
                 verify,
                 one_ptr: z.one_ptr,
@@ -1118,7 +1123,7 @@ impl Config {
                     CheckNamesSpec::Warn => CheckNames::Warn,
                     CheckNamesSpec::Ignore => CheckNames::Ignore,
                 },
-            });
+            }));
         }
         let l = spec.limits;
         if !(512..=65_535).contains(&l.max_message_bytes) {
@@ -1324,7 +1329,7 @@ impl Config {
                 )));
                 continue;
             };
-            out.zones.make_mut().push(ZoneConfig {
+            out.zones.make_mut().push(std::sync::Arc::new(ZoneConfig {
                 exclusions: Default::default(),
                 verify: None,
                 one_ptr: false,
@@ -1336,7 +1341,7 @@ impl Config {
                 check_names: CheckNames::Fail,
                 from_table: true,
                 name,
-            });
+            }));
         }
         out.zone_ids = std::sync::Arc::new(pg2dns_decoder::Zones::with_limit(
             out.zones.iter().map(|z| z.name.clone()).collect(),

@@ -400,7 +400,7 @@ pub struct ServersCheck {
 /// `every_zone`), the servers in parallel; problems in the configuration's
 /// order.
 pub async fn check_servers(config: &Config, every_zone: bool) -> ServersCheck {
-    check_zones(&config.zones.iter().collect::<Vec<_>>(), every_zone).await
+    check_zones(&config.zones.into_iter().collect::<Vec<_>>(), every_zone).await
 }
 
 /// [`check_servers`] for the zones given.

@@ -71,9 +71,9 @@ impl Lanes {
         let mut ledger = Ledger::new(config.zones.len(), progress);
         // One task per server: zones naming the same primary share it.
         let mut keys: Vec<ServerKey> = Vec::new();
-        let mut zones_of: Vec<Vec<(ZoneId, Box<crate::config::ZoneConfig>)>> = Vec::new();
+        let mut zones_of: Vec<Vec<(ZoneId, Arc<crate::config::ZoneConfig>)>> = Vec::new();
         let ids = config.zones();
-        for ((id, _), z) in ids.iter().zip(&config.zones) {
+        for ((id, _), z) in ids.iter().zip(config.zones.iter()) {
             let key = ServerKey {
                 primary_addr: z.primary_addr.clone(),
                 primary: z.primary,
@@ -87,7 +87,7 @@ impl Lanes {
                     keys.len() - 1
                 }
             };
-            zones_of[server].push((id, Box::new(z.clone())));
+            zones_of[server].push((id, z.clone()));
             // Everything it was handed in earlier sessions was acknowledged.
             let dispatched = kept.dispatched(&z.name);
             if dispatched > 0 {
