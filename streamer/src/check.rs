@@ -14,7 +14,7 @@
 
 mod servers;
 
-pub use servers::{check_servers, check_zone};
+pub use servers::{check_servers, check_zone, check_zones};
 
 use pg2dns_decoder::mapping::source::{SourceMapping, ZoneFrom};
 use pg2dns_decoder::mapping::Mapping;
@@ -231,6 +231,53 @@ pub async fn check_database(config: &Config) -> Result<Vec<String>, StoreError> 
     problems.extend(output_plugin_problems(client, configured).await?);
     problems.dedup();
     Ok(problems)
+}
+
+/// The configuration with the zones of `pg2dns.zones` as a session would
+/// follow them (so that their primaries are checked too), and a problem
+/// for each row a session would refuse, or for the whole table when a
+/// session would halt on it. Before `setup` there is no table: no zones.
+/// A table the role may not read is a problem too (its zones go unchecked).
+pub async fn with_table_zones(config: &Config) -> Result<(Config, Vec<String>), StoreError> {
+    let mut store = Store::connect(&config.database).await?;
+    let rows = match store.table_zones().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            return Ok((
+                config.clone(),
+                vec![format!(
+                    "pg2dns.zones cannot be read, so the zones it lists are not checked: {}",
+                    crate::error::chain(&e)
+                )],
+            ))
+        }
+    };
+    if rows.is_empty() {
+        return Ok((config.clone(), Vec::new()));
+    }
+    Ok(
+        match config.with_table_zones(&rows, pg2dns_decoder::records::MAX_ZONES) {
+            Ok((with, refused)) => {
+                let problems = refused
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "pg2dns.zones: the row of zone {:?} (server {:?}) would not be followed: {}",
+                            r.row.name, r.row.server, r.reason
+                        )
+                    })
+                    .collect();
+                (with, problems)
+            }
+            Err(e) => (
+                config.clone(),
+                vec![format!(
+                    "pg2dns.zones: {}: the stream would halt on it",
+                    crate::error::chain(&e)
+                )],
+            ),
+        },
+    )
 }
 
 /// Partitions of a source table without pg2dns's TRUNCATE trigger: a

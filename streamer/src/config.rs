@@ -693,8 +693,10 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// The zones pg2dns updates: the `[[zone]]`s, then (in a session's
     /// configuration, see [`Config::with_table_zones`]) those of
-    /// `pg2dns.zones`.
-    pub zones: Vec<ZoneConfig>,
+    /// `pg2dns.zones`. Shared: a session's configuration and the tasks
+    /// that read it are clones of one `Config`, and at 50,000 zones each
+    /// copy of the list would cost tens of MiB.
+    pub zones: ZoneList,
     /// The `[[server]]`s, in configuration order (named or not).
     pub servers: Vec<ServerConfig>,
     /// The `[[server_group]]`s.
@@ -702,7 +704,7 @@ pub struct Config {
     /// The mass-delete guard of a zone that sets none of its own (`[guard]`).
     pub default_guard: pg2dns_decoder::guard::DeleteGuard,
     /// `zones`' names indexed once, checked within the zone limit.
-    zone_ids: pg2dns_decoder::Zones,
+    zone_ids: std::sync::Arc<pg2dns_decoder::Zones>,
     /// Message and server limits.
     pub limits: Limits,
     /// Where metrics and health are served, if anywhere.
@@ -1024,6 +1026,38 @@ impl ZoneConfig {
     }
 }
 
+/// The configured zones: a list shared by every clone of the [`Config`]
+/// (read like a `Vec`), copied only when a clone adds zones to it, and
+/// then only as pointers: each zone is one shared [`ZoneConfig`], which the
+/// server tasks hold too.
+#[derive(Debug, Clone, Default)]
+pub struct ZoneList(std::sync::Arc<Vec<std::sync::Arc<ZoneConfig>>>);
+
+impl ZoneList {
+    /// The list to change: copied first if another `Config` shares it.
+    pub(crate) fn make_mut(&mut self) -> &mut Vec<std::sync::Arc<ZoneConfig>> {
+        std::sync::Arc::make_mut(&mut self.0)
+    }
+}
+
+impl std::ops::Deref for ZoneList {
+    type Target = Vec<std::sync::Arc<ZoneConfig>>;
+    fn deref(&self) -> &Vec<std::sync::Arc<ZoneConfig>> {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a ZoneList {
+    type Item = &'a ZoneConfig;
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, std::sync::Arc<ZoneConfig>>,
+        fn(&std::sync::Arc<ZoneConfig>) -> &ZoneConfig,
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|z| &**z)
+    }
+}
+
 /// A zone's verifier: a command run on the zone as it will be after a
 /// repair, before the repair is sent (see `reconcile::verify`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1122,7 +1156,7 @@ impl Config {
             }
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut zones: Vec<ZoneConfig> = Vec::new();
+        let mut zones: Vec<std::sync::Arc<ZoneConfig>> = Vec::with_capacity(spec.zones.len());
         let mut seen: std::collections::HashSet<ZoneName> = std::collections::HashSet::new();
         // Each key file is read (and its mode warned about) once, however
         // many zones and servers share it.
@@ -1288,7 +1322,7 @@ impl Config {
                     })
                 }
             };
-            zones.push(ZoneConfig {
+            zones.push(std::sync::Arc::new(ZoneConfig {
                 exclusions,
                 verify,
                 one_ptr: z.one_ptr,
@@ -1311,7 +1345,7 @@ impl Config {
                     CheckNamesSpec::Warn => CheckNames::Warn,
                     CheckNamesSpec::Ignore => CheckNames::Ignore,
                 },
-            });
+            }));
         }
         let l = spec.limits;
         if !(512..=65_535).contains(&l.max_message_bytes) {
@@ -1403,7 +1437,7 @@ impl Config {
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Config {
             path: path.to_owned(),
-            zone_ids,
+            zone_ids: std::sync::Arc::new(zone_ids),
             servers,
             server_groups,
             default_guard: pg2dns_decoder::guard::DeleteGuard {
@@ -1428,7 +1462,7 @@ impl Config {
                 tls,
                 tls_client,
             },
-            zones,
+            zones: ZoneList(std::sync::Arc::new(zones)),
             limits: Limits {
                 max_message_bytes: l.max_message_bytes,
                 max_records_per_rrset: l.max_records_per_rrset,
@@ -1475,7 +1509,7 @@ impl Config {
     /// The configured zones, indexed by [`pg2dns_decoder::ZoneId`] in
     /// configuration order.
     pub fn zones(&self) -> pg2dns_decoder::Zones {
-        self.zone_ids.clone()
+        (*self.zone_ids).clone()
     }
 
     /// This configuration with the zones of `pg2dns.zones` (its rows as
@@ -1532,7 +1566,7 @@ impl Config {
                 )));
                 continue;
             };
-            out.zones.push(ZoneConfig {
+            out.zones.make_mut().push(std::sync::Arc::new(ZoneConfig {
                 exclusions: Default::default(),
                 verify: None,
                 one_ptr: false,
@@ -1562,12 +1596,12 @@ impl Config {
                     .unwrap_or_default(),
                 policy: group.map(|g| g.policy).unwrap_or_default(),
                 name,
-            });
+            }));
         }
-        out.zone_ids = pg2dns_decoder::Zones::with_limit(
+        out.zone_ids = std::sync::Arc::new(pg2dns_decoder::Zones::with_limit(
             out.zones.iter().map(|z| z.name.clone()).collect(),
             limit,
-        )?;
+        )?);
         Ok((out, refused))
     }
 

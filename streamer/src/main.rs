@@ -117,6 +117,12 @@ enum Command {
         /// Check only the file and the key files, without connecting.
         #[arg(long)]
         offline: bool,
+        /// Ask every zone's primary about the key and the update and
+        /// transfer rights, not a sample of 256 per server when a server
+        /// has more than 1,000 zones (each zone is asked for its SOA
+        /// either way).
+        #[arg(long)]
+        every_zone: bool,
     },
     /// Compare pg2dns.rr with each zone's records (AXFR) and, with --apply,
     /// repair the zones. Exit 0 in sync, 1 differences, 2 error. A running
@@ -272,7 +278,10 @@ fn main() -> ExitCode {
 async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
     let config = Config::load(&cli.config)?;
     match cli.command {
-        Command::CheckConfig { offline } => {
+        Command::CheckConfig {
+            offline,
+            every_zone,
+        } => {
             println!(
                 "{}: ok ({} zone(s), slot {}, publication {})",
                 config.path.display(),
@@ -280,32 +289,49 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 config.database.slot,
                 config.database.publication
             );
-            for z in &config.zones {
-                let primary = match z.primary_addr.to_string() {
-                    written if written == z.primary.to_string() => written,
-                    written => format!("{written} ({})", z.primary),
-                };
-                println!(
-                    "  zone {} → {primary} with key {} ({})",
-                    z.name, z.key.name, z.key.algorithm
-                );
-                for p in &z.more_primaries {
-                    println!(
-                        "    and → {} {} with key {} ({}), policy {}",
-                        p.name, p.primary, p.key.name, p.key.algorithm, z.policy
-                    );
+            {
+                // One write for thousands of zones, not one per line.
+                use std::io::Write as _;
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                for z in &config.zones {
+                    let primary = match z.primary_addr.to_string() {
+                        written if written == z.primary.to_string() => written,
+                        written => format!("{written} ({})", z.primary),
+                    };
+                    writeln!(
+                        out,
+                        "  zone {} → {primary} with key {} ({})",
+                        z.name, z.key.name, z.key.algorithm
+                    )?;
+                    for p in &z.more_primaries {
+                        writeln!(
+                            out,
+                            "    and → {} {} with key {} ({}), policy {}",
+                            p.name, p.primary, p.key.name, p.key.algorithm, z.policy
+                        )?;
+                    }
                 }
-            }
-            let zones = config.zones();
-            println!("  source pg2dns.rr (built in): one record per row");
-            for source in &config.sources {
-                println!("  source {}", source.describe(&zones));
+                let zones = config.zones();
+                writeln!(out, "  source pg2dns.rr (built in): one record per row")?;
+                for source in &config.sources {
+                    writeln!(out, "  source {}", source.describe(&zones))?;
+                }
+                out.flush()?;
             }
             if offline {
                 return Ok(0);
             }
             let mut problems = pg2dns::check::check_database(&config).await?;
-            problems.extend(pg2dns::check::check_servers(&config).await);
+            // The zones of pg2dns.zones are checked as the configuration's.
+            let (with_table, table_problems) = pg2dns::check::with_table_zones(&config).await?;
+            problems.extend(table_problems);
+            let dns = pg2dns::check::check_servers(&with_table, every_zone).await;
+            problems.extend(dns.problems);
+            for (server, zones, signed) in &dns.sampled {
+                println!(
+                    "dns: {zones} zones on {server}: each asked for its SOA; the key and the update and transfer rights asked of {signed} of them (--every-zone asks each)"
+                );
+            }
             if problems.is_empty() {
                 println!(
                     "database: every source table and column is there, and each key is unique and in its table's replica identity"

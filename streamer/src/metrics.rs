@@ -593,7 +593,16 @@ impl Metrics {
     }
 
     fn update_ready(&self) {
-        self.ready.set(i64::from(self.readiness().is_ok()));
+        // Not `readiness()`, which names every unreachable zone: called for
+        // each of 50,000 zones turning unreachable, that was quadratic and
+        // stalled the service for minutes.
+        let ready = self.state() == State::Running
+            && self
+                .unreachable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+        self.ready.set(i64::from(ready));
     }
 
     /// `Ok` when ready, else why not.

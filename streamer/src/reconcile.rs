@@ -1188,7 +1188,7 @@ fn primary_passes(
             if primary.is_some_and(|name| name != p.name) {
                 continue;
             }
-            pass.zones[id.index()] = z.for_primary(&p);
+            pass.zones.make_mut()[id.index()] = std::sync::Arc::new(z.for_primary(&p));
             chosen.push(*id);
         }
         if !chosen.is_empty() {
@@ -1218,7 +1218,7 @@ pub async fn catch_up(
     let Some(zc) = config.zones.get(zone.index()) else {
         return Err(ReconcileError::UnknownZone(format!("#{}", zone.0)));
     };
-    pass.zones[zone.index()] = zc.for_primary(primary);
+    pass.zones.make_mut()[zone.index()] = std::sync::Arc::new(zc.for_primary(primary));
     let as_of = OperatorPause {
         lsn: at,
         wal: at,

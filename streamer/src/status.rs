@@ -41,7 +41,6 @@ use tokio_postgres::types::ToSql;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::dns::Connection;
 use crate::metrics;
 
 /// How often the status is published (at most).
@@ -181,84 +180,67 @@ struct ZoneRow {
     unreachable_since_micros: i64,
 }
 
-/// SOA queries the status publisher has open at once per primary (issue
-/// #24: after one transaction touching every zone, each zone's SOA is
-/// asked; thousands of connections at once would crowd out the UPDATEs).
-pub const SOA_QUERIES_PER_SERVER: usize = 8;
+/// How the status publisher asks the primaries for SOA serials (issue #24:
+/// after one transaction touching every zone, each zone's SOA is asked):
+/// over two pipelined connections per primary, 32 queries open on each, so
+/// that 50,000 zones are 50,000 queries on two sockets rather than 50,000
+/// connections crowding out the UPDATEs (BIND admits 150 TCP clients).
+pub const SOA_QUERIES: crate::dns::pipelined::Bounds = crate::dns::pipelined::Bounds {
+    connections: 2,
+    in_flight: 32,
+    timeout: Duration::from_secs(2),
+};
 
-/// Asks each `(index, zone, primary)` of `asks` for the zone's SOA serial
-/// ([`soa_serial`]), at most `per_server` queries open at once to any one
-/// primary (each waiting at most `timeout` once sent); the answers come
-/// back with their index, in the order they arrive.
+/// Asks each `(index, zone, primary)` of `asks` for the zone's SOA serial,
+/// the queries to one primary pipelined within `bounds`, the primaries in
+/// parallel; the answers come back with their index.
 pub async fn soa_serials(
     asks: Vec<(usize, ZoneName, SocketAddr)>,
-    per_server: usize,
-    timeout: Duration,
+    bounds: crate::dns::pipelined::Bounds,
 ) -> Vec<(usize, Result<u32, String>)> {
-    use futures_util::stream::{FuturesUnordered, StreamExt};
-    let mut permits: std::collections::HashMap<SocketAddr, Arc<tokio::sync::Semaphore>> =
+    let mut per_server: std::collections::HashMap<SocketAddr, Vec<(usize, ZoneName)>> =
         std::collections::HashMap::new();
-    let queries: FuturesUnordered<_> = asks
-        .into_iter()
-        .map(|(i, zone, server)| {
-            let permits = permits
-                .entry(server)
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(per_server.max(1))))
-                .clone();
-            async move {
-                // Never closed: the semaphore lives as long as this future.
-                let Ok(_permit) = permits.acquire_owned().await else {
-                    return (i, Err("no permit to ask".to_string()));
-                };
-                (i, soa_serial(&zone, server, timeout).await)
-            }
+    for (i, zone, server) in asks {
+        per_server.entry(server).or_default().push((i, zone));
+    }
+    let servers = per_server.into_iter().map(|(server, zones)| async move {
+        let answers = crate::dns::pipelined::ask_all(server, zones.len(), bounds, |i, id| {
+            crate::dns::axfr::query(&zones[i].1, 6, id)
         })
-        .collect();
-    queries.collect().await
+        .await;
+        zones
+            .iter()
+            .zip(answers)
+            .map(|((i, _), answer)| {
+                (
+                    *i,
+                    answer
+                        .map_err(|e| crate::error::chain(&e))
+                        .and_then(|frame| serial_of(&frame)),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    futures_util::future::join_all(servers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
-/// Asks `server` for `zone`'s SOA serial over TCP (unsigned: an SOA query
-/// needs no key), waiting at most `timeout`.
-pub async fn soa_serial(
-    zone: &ZoneName,
-    server: SocketAddr,
-    timeout: Duration,
-) -> Result<u32, String> {
+/// The SOA serial in an answer to an SOA query.
+fn serial_of(frame: &[u8]) -> Result<u32, String> {
     use hickory_proto::op::Message;
     use hickory_proto::rr::RData;
-    let id = crate::dns::axfr::fresh_id();
-    let mut query = Vec::with_capacity(32);
-    query.extend_from_slice(&id.to_be_bytes());
-    query.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    query.extend_from_slice(zone.name().as_wire());
-    query.extend_from_slice(&6u16.to_be_bytes()); // SOA
-    query.extend_from_slice(&1u16.to_be_bytes()); // IN
-    let ask = async {
-        let mut conn = Connection::connect(server)
-            .await
-            .map_err(|e| e.to_string())?;
-        conn.send(&query).await.map_err(|e| e.to_string())?;
-        let frame = conn
-            .recv()
-            .await
-            .ok_or("the server closed the connection")?
-            .map_err(|e| e.to_string())?;
-        let answer = Message::from_vec(&frame).map_err(|e| e.to_string())?;
-        if answer.id != id {
-            return Err("an answer to another query".to_string());
-        }
-        answer
-            .answers
-            .iter()
-            .find_map(|rr| match &rr.data {
-                RData::SOA(soa) => Some(soa.serial),
-                _ => None,
-            })
-            .ok_or_else(|| "no SOA in the answer".to_string())
-    };
-    tokio::time::timeout(timeout, ask)
-        .await
-        .map_err(|_| "timed out".to_string())?
+    let answer = Message::from_vec(frame).map_err(|e| e.to_string())?;
+    answer
+        .answers
+        .iter()
+        .find_map(|rr| match &rr.data {
+            RData::SOA(soa) => Some(soa.serial),
+            _ => None,
+        })
+        .ok_or_else(|| "no SOA in the answer".to_string())
 }
 
 /// Publishes `live` for `config`'s slot until aborted: metrics every
@@ -285,6 +267,20 @@ pub async fn publish(live: Arc<Live>, config: Config) {
     let mut acked_seen: Vec<u64> = vec![0; live.zones.len()];
     let mut asks: Vec<(usize, ZoneName, SocketAddr)> = Vec::new();
     let mut published: Option<(Vec<ZoneRow>, u64, Option<i64>)> = None;
+    let mut series: Vec<metrics::SeriesLabel> = Vec::new();
+    let mut series_of: Vec<usize> = Vec::with_capacity(live.zones.len());
+    {
+        let mut index: std::collections::HashMap<metrics::SeriesLabel, usize> =
+            std::collections::HashMap::new();
+        for z in &live.zones {
+            let label = m.series(&z.name.to_string(), &z.primary.to_string());
+            let k = *index.entry(label.clone()).or_insert_with(|| {
+                series.push(label);
+                series.len() - 1
+            });
+            series_of.push(k);
+        }
+    }
     // What the last publication said of the last Commit received, and when.
     let mut published_commit = 0u64;
     let mut published_at = Instant::now();
@@ -328,8 +324,7 @@ pub async fn publish(live: Arc<Live>, config: Config) {
         // The SOAs of the zones acknowledged since, a few at once per
         // primary.
         let asked = std::mem::take(&mut asks);
-        for (i, answer) in soa_serials(asked, SOA_QUERIES_PER_SERVER, Duration::from_secs(2)).await
-        {
+        for (i, answer) in soa_serials(asked, SOA_QUERIES).await {
             let z = &live.zones[i];
             match answer {
                 Ok(serial) => {
@@ -343,17 +338,15 @@ pub async fn publish(live: Arc<Live>, config: Config) {
                 }
             }
         }
-        let names: Vec<(String, String)> = live
-            .zones
-            .iter()
-            .map(|z| (z.name.to_string(), z.primary.to_string()))
-            .collect();
-        m.in_flight(
-            names
-                .iter()
-                .zip(&rows)
-                .map(|((zone, server), row)| (zone.as_str(), server.as_str(), row.in_flight)),
-        );
+        // Summed per series (per primary unless `per_zone`), each zone's
+        // series found once rather than named again every second.
+        let mut sums = vec![0i64; series.len()];
+        for (row, k) in rows.iter().zip(&series_of) {
+            sums[*k] = sums[*k].saturating_add(row.in_flight);
+        }
+        for (label, sum) in series.iter().zip(sums) {
+            m.zone_in_flight.get_or_create(label).set(sum);
+        }
         let pending = live.pending();
         let lag = pending.map_or(Duration::ZERO, |p| p.age_at_receipt + p.received.elapsed());
         m.lag_seconds.set(lag.as_secs_f64());
@@ -387,7 +380,19 @@ pub async fn publish(live: Arc<Live>, config: Config) {
             }
         }
         let Some(status_db) = &db else { continue };
-        match status_db.write(&slot, &live, &state).await {
+        // Only the zones whose row changed (all of them the first time,
+        // which also forgets zones no longer configured): at 50,000 zones
+        // the whole table every second would load the database while the
+        // zones work.
+        let changed: Option<Vec<usize>> = published.as_ref().map(|(before, _, _)| {
+            (0..state.0.len())
+                .filter(|&i| before.get(i) != state.0.get(i))
+                .collect()
+        });
+        match status_db
+            .write(&slot, &live, &state, changed.as_deref())
+            .await
+        {
             Ok(()) => {
                 published = Some(state);
                 published_commit = commit;
@@ -472,30 +477,79 @@ impl StatusDb {
         }
     }
 
-    /// Writes the status in one transaction and one round trip.
+    /// Writes the status in one transaction: the stream's row, and the
+    /// rows of the zones in `changed` (every zone when `None`, which also
+    /// forgets zones no longer configured), [`ZONE_ROWS_PER_STATEMENT`] at a
+    /// time so that 50,000 zones are not one 20 MB statement.
     async fn write(
         &self,
         slot: &str,
         live: &Live,
-        (rows, received, oldest): &(Vec<ZoneRow>, u64, Option<i64>),
+        (all_rows, received, oldest): &(Vec<ZoneRow>, u64, Option<i64>),
+        changed: Option<&[usize]>,
     ) -> Result<(), tokio_postgres::Error> {
-        let seconds = |micros: i64| (micros != 0).then(|| micros as f64 / 1e6);
-        let zones: Vec<String> = live.zones.iter().map(|z| z.name.to_string()).collect();
-        let primaries: Vec<String> = live.zones.iter().map(|z| z.primary.to_string()).collect();
-        let in_flight: Vec<i64> = rows.iter().map(|r| r.in_flight).collect();
-        let acked_at: Vec<Option<f64>> = rows.iter().map(|r| seconds(r.acked_at_micros)).collect();
-        let serial: Vec<Option<i64>> = rows.iter().map(|r| r.soa_serial.map(i64::from)).collect();
-        let soa_at: Vec<Option<f64>> = rows.iter().map(|r| seconds(r.soa_at_micros)).collect();
-        let unreachable: Vec<Option<f64>> = rows
-            .iter()
-            .map(|r| seconds(r.unreachable_since_micros))
-            .collect();
-        let received = (*received != 0).then(|| Lsn::new(*received).to_string());
-        let oldest = oldest.map(|c| (c + PG_EPOCH_MICROS) as f64 / 1e6);
         let c = &self.client;
-        let forget: [&(dyn ToSql + Sync); 2] = [&slot, &zones];
-        let stream: [&(dyn ToSql + Sync); 3] = [&slot, &received, &oldest];
-        let zone_rows: [&(dyn ToSql + Sync); 8] = [
+        let written = async {
+            c.batch_execute("BEGIN").await?;
+            if changed.is_none() {
+                let every_zone: Vec<String> =
+                    live.zones.iter().map(|z| z.name.to_string()).collect();
+                c.execute(&self.forget_zones, &[&slot, &every_zone]).await?;
+            }
+            let received = (*received != 0).then(|| Lsn::new(*received).to_string());
+            let oldest = oldest.map(|c| (c + PG_EPOCH_MICROS) as f64 / 1e6);
+            c.execute(&self.stream, &[&slot, &received, &oldest])
+                .await?;
+            let every: Vec<usize>;
+            let picked = match changed {
+                Some(c) => c,
+                None => {
+                    every = (0..all_rows.len()).collect();
+                    &every
+                }
+            };
+            for chunk in picked.chunks(ZONE_ROWS_PER_STATEMENT) {
+                self.write_zones(slot, live, all_rows, chunk).await?;
+            }
+            c.batch_execute("COMMIT").await
+        }
+        .await;
+        if written.is_err() {
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+        written
+    }
+
+    /// Upserts the rows of the zones `picked`.
+    async fn write_zones(
+        &self,
+        slot: &str,
+        live: &Live,
+        all_rows: &[ZoneRow],
+        picked: &[usize],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let seconds = |micros: i64| (micros != 0).then(|| micros as f64 / 1e6);
+        let both: Vec<(&ZoneLive, &ZoneRow)> = picked
+            .iter()
+            .filter_map(|&i| Some((live.zones.get(i)?, all_rows.get(i)?)))
+            .collect();
+        let zones: Vec<String> = both.iter().map(|(z, _)| z.name.to_string()).collect();
+        let primaries: Vec<String> = both.iter().map(|(z, _)| z.primary.to_string()).collect();
+        let in_flight: Vec<i64> = both.iter().map(|(_, r)| r.in_flight).collect();
+        let acked_at: Vec<Option<f64>> = both
+            .iter()
+            .map(|(_, r)| seconds(r.acked_at_micros))
+            .collect();
+        let serial: Vec<Option<i64>> = both
+            .iter()
+            .map(|(_, r)| r.soa_serial.map(i64::from))
+            .collect();
+        let soa_at: Vec<Option<f64>> = both.iter().map(|(_, r)| seconds(r.soa_at_micros)).collect();
+        let unreachable: Vec<Option<f64>> = both
+            .iter()
+            .map(|(_, r)| seconds(r.unreachable_since_micros))
+            .collect();
+        let params: [&(dyn ToSql + Sync); 8] = [
             &slot,
             &zones,
             &primaries,
@@ -505,26 +559,12 @@ impl StatusDb {
             &soa_at,
             &unreachable,
         ];
-        // Requests are pipelined in the order the futures are first polled.
-        // Zones no longer configured are no longer reported.
-        let (begun, forgotten, stream, zone_rows, committed) = tokio::join!(
-            c.batch_execute("BEGIN"),
-            c.execute(&self.forget_zones, &forget),
-            c.execute(&self.stream, &stream),
-            c.execute(&self.zones, &zone_rows),
-            c.batch_execute("COMMIT"),
-        );
-        let failed = [begun.err(), forgotten.err(), stream.err(), zone_rows.err()]
-            .into_iter()
-            .flatten()
-            .next();
-        match failed {
-            // After a failed statement the COMMIT rolls back.
-            Some(e) => Err(e),
-            None => committed,
-        }
+        self.client.execute(&self.zones, &params).await
     }
 }
+
+/// Zone rows written by one statement of the status publisher.
+const ZONE_ROWS_PER_STATEMENT: usize = 5_000;
 
 /// How often [`watch_slot`] reads `pg_replication_slots`.
 const SLOT_EVERY: Duration = Duration::from_secs(5);
@@ -643,20 +683,19 @@ mod tests {
 
     /// A DNS server on loopback that holds SOA queries until `batch` are
     /// open, then takes any more that arrive in the next moment, then
-    /// answers all it holds (serial 7); it records the most it ever held. A
+    /// answers all it holds (serial 7, each on its own connection); it
+    /// records the most queries it ever held and the connections opened. A
     /// client that keeps `batch` open makes progress and is seen with
     /// exactly `batch` (the moment only delays it: a slow machine cannot
     /// make it fail); one that opens more is seen with more; one that opens
     /// fewer never gets an answer.
-    async fn batching_server(batch: usize) -> (SocketAddr, Arc<Mutex<usize>>) {
+    async fn batching_server(batch: usize) -> (SocketAddr, Arc<Mutex<(usize, usize)>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        type Reply = tokio::sync::mpsc::UnboundedSender<Vec<u8>>;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let most = Arc::new(Mutex::new(0usize));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
-            Vec<u8>,
-            tokio::sync::oneshot::Sender<Vec<u8>>,
-        )>();
+        let most = Arc::new(Mutex::new((0usize, 0usize)));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Reply)>();
         let seen = most.clone();
         tokio::spawn(async move {
             let mut held = Vec::new();
@@ -670,7 +709,7 @@ mod tests {
                     }
                 }
                 let mut m = seen.lock().unwrap();
-                *m = (*m).max(held.len());
+                m.0 = m.0.max(held.len());
                 drop(m);
                 if held.len() >= batch {
                     for (query, reply) in held.drain(..) {
@@ -688,20 +727,29 @@ mod tests {
                 }
             }
         });
+        let opened = most.clone();
         tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = listener.accept().await {
+            while let Ok((tcp, _)) = listener.accept().await {
+                opened.lock().unwrap().1 += 1;
                 let tx = tx.clone();
+                let (mut read, mut write) = tcp.into_split();
+                let (reply, mut answers) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
                 tokio::spawn(async move {
-                    let len = tcp.read_u16().await.unwrap_or(0);
-                    let mut query = vec![0; usize::from(len)];
-                    if tcp.read_exact(&mut query).await.is_err() {
-                        return;
+                    while let Some(a) = answers.recv().await {
+                        let _ = write.write_u16(a.len() as u16).await;
+                        let _ = write.write_all(&a).await;
                     }
-                    let (reply, answer) = tokio::sync::oneshot::channel();
-                    let _ = tx.send((query, reply));
-                    if let Ok(a) = answer.await {
-                        let _ = tcp.write_u16(a.len() as u16).await;
-                        let _ = tcp.write_all(&a).await;
+                });
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(len) = read.read_u16().await else {
+                            return;
+                        };
+                        let mut query = vec![0; usize::from(len)];
+                        if read.read_exact(&mut query).await.is_err() {
+                            return;
+                        }
+                        let _ = tx.send((query, reply.clone()));
                     }
                 });
             }
@@ -710,20 +758,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn soa_queries_keep_at_most_eight_open_per_primary() {
-        let (server, most) = batching_server(SOA_QUERIES_PER_SERVER).await;
-        let asks: Vec<(usize, ZoneName, SocketAddr)> = (0..3 * SOA_QUERIES_PER_SERVER)
+    async fn soa_queries_keep_their_bound_open_over_few_connections_per_primary() {
+        let bounds = crate::dns::pipelined::Bounds {
+            connections: 2,
+            in_flight: 4,
+            timeout: Duration::from_secs(60),
+        };
+        let open = bounds.connections * bounds.in_flight;
+        let (server, most) = batching_server(open).await;
+        let asks: Vec<(usize, ZoneName, SocketAddr)> = (0..10 * open)
             .map(|i| (i, ZoneName::parse(&format!("z{i}.test.")).unwrap(), server))
             .collect();
         // Generous: an answer comes as soon as eight are open.
-        let answers = soa_serials(asks, SOA_QUERIES_PER_SERVER, Duration::from_secs(60)).await;
-        assert_eq!(answers.len(), 24);
+        let answers = soa_serials(asks, bounds).await;
+        assert_eq!(answers.len(), 10 * open);
         let mut indexes: Vec<usize> = answers.iter().map(|(i, _)| *i).collect();
         indexes.sort_unstable();
-        assert_eq!(indexes, (0..24).collect::<Vec<_>>());
+        assert_eq!(indexes, (0..10 * open).collect::<Vec<_>>());
         for (i, a) in &answers {
             assert_eq!(a, &Ok(7), "zone {i}");
         }
-        assert_eq!(*most.lock().unwrap(), SOA_QUERIES_PER_SERVER);
+        let (held, connections) = *most.lock().unwrap();
+        assert_eq!(held, open, "queries open at once");
+        assert_eq!(connections, bounds.connections, "connections opened");
     }
 }

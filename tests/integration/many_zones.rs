@@ -235,6 +235,50 @@ async fn two_thousand_zones_over_a_few_connections_match_the_table(primary: Prim
     Ok(())
 }
 
+/// At 2,000 zones on one BIND at its defaults, `check-config` asks every
+/// zone for its SOA but the key and the update and transfer rights of a
+/// sample only, says so, and still names a zone outside the sample that
+/// the server does not serve (the last one, which no sample index reaches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_at_two_thousand_zones_samples_the_signed_probes_and_names_an_unserved_zone(
+) -> Result<()> {
+    let (stack, _metrics) = many_zones("many-zones-check", Primary::Bind, ZONES).await?;
+    let server = stack.server(Primary::Bind)?;
+    stack.append_config(&format!(
+        "\n[[zone]]\nname = \"Unserved.Many.Test.\"\nprimary = \"{}\"\ntsig_key_file = \"{}\"\n",
+        server.addr(),
+        server.key_file().display()
+    ))?;
+    let output = crate::harness::pg2dns::command("check-config", stack.config_path()).await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let problems: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("problem: "))
+        .collect();
+    let sampled = format!(
+        "dns: {} zones on {}: each asked for its SOA; the key and the update and transfer rights asked of 256 of them",
+        ZONES + 1,
+        server.addr()
+    );
+    ensure!(
+        output.status.code() == Some(1)
+            && problems.len() == 1
+            && problems[0].contains("zone unserved.many.test.: the primary")
+            && problems[0].contains("does not serve the zone as primary")
+            && text.contains(&sampled),
+        "check-config must sample the signed probes, say so ({sampled:?}) and name only the unserved zone:\n{}",
+        text.lines()
+            .filter(|l| !l.starts_with("  zone "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
+
 /// BIND stops answering (SIGSTOP) while a transaction touching 1,000 zones
 /// is in flight on the pool's connections, past `dns_timeout_ms`: the
 /// connection is dropped, and every zone that had messages on it resends

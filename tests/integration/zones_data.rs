@@ -164,6 +164,42 @@ async fn a_zone_added_while_paused_is_loaded_at_resume() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_checks_the_zones_of_pg2dns_zones_as_the_files() -> Result<()> {
+    let stack = Stack::start_zones_as_data("zones-check", Primary::Bind, &[ADDED]).await?;
+    // A zone the server serves, one it does not, and one naming no
+    // declared server (with a name in mixed case, as users write it).
+    stack
+        .exec(
+            "INSERT INTO pg2dns.zones (name, server) VALUES
+                 ('added.test.', 'primary'),
+                 ('Unserved.Test.', 'primary'),
+                 ('elsewhere.test.', 'ns-nowhere')",
+        )
+        .await?;
+    let output = crate::harness::pg2dns::command("check-config", stack.config_path()).await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let problems: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("problem: "))
+        .collect();
+    let naming = |needle: &str| problems.iter().filter(|p| p.contains(needle)).count();
+    ensure!(
+        output.status.code() == Some(1)
+            && problems.len() == 2
+            && naming("zone unserved.test.: the primary") == 1
+            && naming("does not serve the zone as primary") == 1
+            && naming("pg2dns.zones: the row of zone \"elsewhere.test.\" (server \"ns-nowhere\") would not be followed") == 1
+            && naming("added.test.") == 0,
+        "check-config must name the unserved table zone and the row with an unknown server, and nothing about the sound ones:\n{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zone_row_naming_an_unknown_server_is_refused_with_the_reason_and_the_others_go_on(
 ) -> Result<()> {
     let stack = Stack::start_zones_as_data("zones-unknown", Primary::Bind, &[ADDED]).await?;

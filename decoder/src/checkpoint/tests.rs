@@ -54,6 +54,31 @@ fn nothing_is_checkpointed_before_every_zone_a_batch_touched_acknowledged_it() {
 }
 
 #[test]
+fn a_batch_of_many_zones_resumes_its_scan_yet_waits_for_each_zone_in_any_order() {
+    // Acknowledgements in an order that leaves a gap behind the scan's
+    // resume point: the checkpoint waits for the gap, then the batch after.
+    let mut ledger = Ledger::new(5, l(10));
+    ledger.handle_received(l(100));
+    ledger.handle_dispatched(batch(1, Some(100), &[1, 1, 1, 1, 1]));
+    ledger.handle_received(l(200));
+    ledger.handle_dispatched(batch(2, Some(200), &[0, 0, 0, 2, 0]));
+    for zone in [0, 3, 4] {
+        ledger.handle_acked(ZoneId(zone), 1);
+        assert_eq!(
+            ledger.poll_checkpoint(),
+            None,
+            "zones 1 and 2 have not answered"
+        );
+    }
+    ledger.handle_acked(ZoneId(2), 1);
+    assert_eq!(ledger.poll_checkpoint(), None, "zone 1 has not answered");
+    ledger.handle_acked(ZoneId(1), 1);
+    assert_eq!(ledger.poll_checkpoint(), Some(cp(1, 100)));
+    ledger.handle_acked(ZoneId(3), 2);
+    assert_eq!(ledger.poll_checkpoint(), Some(cp(2, 200)));
+}
+
+#[test]
 fn a_zone_a_batch_never_touched_does_not_hold_its_checkpoint() {
     // Zone 1 had nothing dispatched (mark 0): its silence holds nothing.
     let mut ledger = Ledger::new(2, l(10));

@@ -103,13 +103,16 @@ impl FromStr for Algorithm {
 }
 
 /// A shared TSIG key. `Debug` never shows the secret.
+///
+/// A clone shares the secret: every zone holds its key, and thousands of
+/// zones usually share one.
 #[derive(Clone)]
 pub struct TsigKey {
     /// The key's name, lower-case and fully qualified (`ddns-key.`).
     pub name: Name,
     /// The MAC algorithm.
     pub algorithm: Algorithm,
-    secret: Vec<u8>,
+    secret: std::sync::Arc<[u8]>,
 }
 
 /// Two keys are equal when name, algorithm and secret are (used to tell
@@ -152,7 +155,7 @@ impl TsigKey {
         Ok(TsigKey {
             name: parsed,
             algorithm,
-            secret,
+            secret: secret.into(),
         })
     }
 

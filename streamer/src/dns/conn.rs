@@ -54,6 +54,12 @@ impl Connection {
         self.stream.write_all(&frame(message)?).await
     }
 
+    /// Writes messages already framed (each with its length prefix, see
+    /// [`frame`]) in one go: a burst of pipelined requests.
+    pub async fn send_framed(&mut self, frames: &[u8]) -> io::Result<()> {
+        self.stream.write_all(frames).await
+    }
+
     /// The next message; `None` once the server closed the connection
     /// between two messages, an `UnexpectedEof` error if it closed it inside
     /// one. Cancel-safe: bytes read before a cancellation are kept for the

@@ -126,12 +126,12 @@ impl Lanes {
         let mut lanes = Vec::new();
         // One task per server: zones naming the same primary share it.
         let mut keys: Vec<ServerKey> = Vec::new();
-        let mut zones_of: Vec<Vec<(ZoneId, Box<crate::config::ZoneConfig>)>> = Vec::new();
+        let mut zones_of: Vec<Vec<(ZoneId, Arc<crate::config::ZoneConfig>)>> = Vec::new();
         let ids = config.zones();
         let mut specs = Vec::with_capacity(config.zones.len());
         let mut several = false;
         let m = metrics::get();
-        for ((id, _), z) in ids.iter().zip(&config.zones) {
+        for ((id, _), z) in ids.iter().zip(config.zones.iter()) {
             let mut servers = Vec::with_capacity(1 + z.more_primaries.len());
             let mut series = Vec::new();
             // A zone of one primary (most): no copy of its primary.
@@ -154,7 +154,7 @@ impl Lanes {
                         keys.len() - 1
                     }
                 };
-                zones_of[server].push((id, Box::new(z.clone())));
+                zones_of[server].push((id, z.clone()));
                 servers.push(server);
             }
             for p in &primaries {
@@ -210,7 +210,7 @@ impl Lanes {
                     degraded: m.primary_degraded.get_or_create(&label).clone(),
                     name: p.name.clone(),
                 });
-                zones_of[server].push((id, Box::new(z.for_primary(p))));
+                zones_of[server].push((id, Arc::new(z.for_primary(p))));
                 servers.push(server);
             }
             several |= primaries.len() > 1;

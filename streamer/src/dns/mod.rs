@@ -5,6 +5,7 @@ pub mod axfr;
 pub mod conn;
 pub mod kept;
 pub mod lanes;
+pub mod pipelined;
 pub mod server;
 pub mod sink;
 

@@ -53,7 +53,7 @@ pub enum ServerInput {
     /// The dispatches of one flush, per zone, each zone's in order.
     Dispatch(Vec<(ZoneId, Vec<Dispatch>)>),
     /// A zone to serve from now on (zones defined at run time).
-    AddZone(ZoneId, Box<ZoneConfig>),
+    AddZone(ZoneId, std::sync::Arc<ZoneConfig>),
     /// A zone to stop serving; what it still had queued is dropped.
     RemoveZone(ZoneId),
     /// A new session of the pipeline (the task outlives sessions, see
@@ -69,16 +69,17 @@ pub enum ServerInput {
         /// This task's index in the session (its reports carry it).
         server: usize,
         /// The session's zones of this server.
-        zones: Vec<(ZoneId, Box<ZoneConfig>)>,
+        zones: Vec<(ZoneId, std::sync::Arc<ZoneConfig>)>,
         /// The session's message limits.
         limits: Limits,
     },
 }
 
-/// A zone of this server, active or not.
+/// A zone of this server, active or not. Small: a server may have 50,000
+/// of them; the session settings are made when the zone has work.
 struct Lane {
     zone: ZoneId,
-    session: SessionConfig,
+    config: std::sync::Arc<ZoneConfig>,
     messages: Counter,
     bytes: Counter,
     ack_seconds: Histogram,
@@ -224,23 +225,23 @@ impl ServerTask {
         }
     }
 
-    /// The session settings of `config` under this task's zone limits.
-    fn session_config(&self, config: &ZoneConfig) -> SessionConfig {
+    /// The session settings of `config` under the zone limits `limits`.
+    fn session_config(limits: &Limits, config: &ZoneConfig) -> SessionConfig {
         SessionConfig {
             zone: config.name.clone(),
             key: config.key.clone(),
             budget: Budget {
-                max_message_bytes: self.zone_limits.max_message_bytes,
+                max_message_bytes: limits.max_message_bytes,
                 tsig_record_len: config.key.record_len(),
             },
-            window: self.zone_limits.window,
-            timeout: self.zone_limits.dns_timeout,
+            window: limits.window,
+            timeout: limits.dns_timeout,
             server: config.primary.to_string(),
         }
     }
 
     /// Serves `zone` (whose primary is this server) from now on.
-    pub fn add_zone(&mut self, zone: ZoneId, config: &ZoneConfig) {
+    pub fn add_zone(&mut self, zone: ZoneId, config: &std::sync::Arc<ZoneConfig>) {
         if let Some(old) = self.by_zone.get(&zone).copied() {
             self.remove_lane(old);
         }
@@ -248,7 +249,7 @@ impl ServerTask {
         let label = m.series(&config.name.to_string(), &config.primary.to_string());
         let lane = Lane {
             zone,
-            session: self.session_config(config),
+            config: config.clone(),
             messages: m.messages.get_or_create(&label).clone(),
             bytes: m.bytes.get_or_create(&label).clone(),
             ack_seconds: m.ack_seconds.get_or_create(&label).clone(),
@@ -284,26 +285,33 @@ impl ServerTask {
         &mut self,
         reports: mpsc::UnboundedSender<LaneReport>,
         server: usize,
-        zones: Vec<(ZoneId, Box<ZoneConfig>)>,
+        zones: Vec<(ZoneId, std::sync::Arc<ZoneConfig>)>,
         limits: Limits,
     ) {
         self.reports = reports;
         self.index = server;
-        self.zone_limits = limits;
+        let before = std::mem::replace(&mut self.zone_limits, limits);
         let mut by_name: HashMap<pg2dns_decoder::ZoneName, LaneId> = self
             .lanes
             .iter()
-            .map(|(id, l)| (l.session.zone.clone(), *id))
+            .map(|(id, l)| (l.config.name.clone(), *id))
             .collect();
         self.by_zone.clear();
+        // Room for every zone at once: no table rehashed (twice its size)
+        // zone by zone.
+        self.by_zone.reserve(zones.len());
+        self.lanes
+            .reserve(zones.len().saturating_sub(self.lanes.len()));
         let mut added = Vec::new();
         let mut kept = 0usize;
         for (zone, config) in zones {
-            let settings = self.session_config(&config);
+            let settings = Self::session_config(&self.zone_limits, &config);
             match by_name.remove(&config.name) {
                 Some(lane)
                     if !self.halted.contains(&lane)
-                        && self.lanes.get(&lane).is_some_and(|l| l.session == settings) =>
+                        && self.lanes.get(&lane).is_some_and(|l| {
+                            Self::session_config(&before, &l.config) == settings
+                        }) =>
                 {
                     if let Some(l) = self.lanes.get_mut(&lane) {
                         l.zone = zone;
@@ -403,7 +411,7 @@ impl ServerTask {
             return;
         };
         let a = self.active.entry(lane).or_insert_with(|| Active {
-            session: Session::new(config.session.clone()),
+            session: Session::new(Self::session_config(&self.zone_limits, &config.config)),
             pushed: VecDeque::new(),
             retry_at: None,
             told_unreachable: false,
@@ -659,7 +667,7 @@ impl ServerTask {
                         if reason == RetryReason::Unreachable {
                             // Counted per connect attempt (above); said
                             // once for the server; the pool backs off.
-                            debug!(zone = %l.session.zone, server = %self.name, %lsn, "waiting for a connection");
+                            debug!(zone = %l.config.name, server = %self.name, %lsn, "waiting for a connection");
                             continue;
                         }
                         metrics::get()
@@ -671,7 +679,7 @@ impl ServerTask {
                                 },
                             ))
                             .inc();
-                        warn!(zone = %l.session.zone, server = %self.name, %lsn, %reason, retry_in = ?backoff, "UPDATE not acknowledged; will resend in order");
+                        warn!(zone = %l.config.name, server = %self.name, %lsn, %reason, retry_in = ?backoff, "UPDATE not acknowledged; will resend in order");
                         a.retry_at = Some(now + backoff);
                         self.timers.push(Reverse((now + backoff, lane)));
                         if let Some(conn) = self.pool.assigned(lane) {
@@ -694,7 +702,7 @@ impl ServerTask {
                         }
                     }
                     Event::Refused { lsn, group, rcode } => {
-                        warn!(zone = %l.session.zone, %lsn, owner = %group.owner, %rcode, "the primary refused an owner group on its own; its rows are rejected and the stream goes on");
+                        warn!(zone = %l.config.name, %lsn, owner = %group.owner, %rcode, "the primary refused an owner group on its own; its rows are rejected and the stream goes on");
                         let _ = report(
                             &reports,
                             index,
@@ -738,6 +746,21 @@ impl ServerTask {
                 self.active.remove(&lane);
                 self.full.remove(&lane);
             }
+        }
+        self.shrink_when_idle();
+    }
+
+    /// Gives back the tables a burst touching thousands of zones grew (a
+    /// hash map never shrinks by itself; at 50,000 zones `active` alone is
+    /// tens of MiB), once no zone has work.
+    fn shrink_when_idle(&mut self) {
+        const KEEP: usize = 1024;
+        if self.active.is_empty() && self.active.capacity() > KEEP {
+            self.active = HashMap::default();
+            self.full = HashSet::new();
+            self.queued = HashSet::new();
+            self.ready = VecDeque::new();
+            self.timers = BinaryHeap::new();
         }
     }
 
