@@ -76,6 +76,22 @@ struct PrimarySeries {
     name: String,
 }
 
+impl PrimarySeries {
+    /// The `pg2dns_primary_*` series of `primary` for `zone`.
+    fn of(m: &metrics::Metrics, zone: &pg2dns_decoder::ZoneName, primary: &str) -> PrimarySeries {
+        let label = metrics::PrimaryLabel {
+            zone: zone.to_string(),
+            primary: primary.to_string(),
+        };
+        PrimarySeries {
+            acked: m.primary_acked.get_or_create(&label).clone(),
+            in_flight: m.primary_in_flight.get_or_create(&label).clone(),
+            degraded: m.primary_degraded.get_or_create(&label).clone(),
+            name: primary.to_string(),
+        }
+    }
+}
+
 /// The zones' streams (one task per server, see
 /// [`crate::dns::server::ServerTask`]) and what they acknowledged.
 pub(crate) struct Lanes {
@@ -117,6 +133,23 @@ impl Drop for Lanes {
     }
 }
 
+/// The index of `key`'s server task among those of the session, added
+/// (with no zone yet) when it is new.
+fn server_of(
+    keys: &mut Vec<ServerKey>,
+    zones_of: &mut Vec<Vec<(ZoneId, Arc<crate::config::ZoneConfig>)>>,
+    key: ServerKey,
+) -> usize {
+    match keys.iter().position(|k| *k == key) {
+        Some(i) => i,
+        None => {
+            keys.push(key);
+            zones_of.push(Vec::new());
+            keys.len() - 1
+        }
+    }
+}
+
 impl Lanes {
     /// The zones' streams, one task per server: the tasks `kept` from the
     /// last session with the same address and limits go on, with their
@@ -146,14 +179,7 @@ impl Lanes {
                     primary: z.primary,
                     limits: config.server_limits(&z.primary_addr),
                 };
-                let server = match keys.iter().position(|k| *k == key) {
-                    Some(i) => i,
-                    None => {
-                        keys.push(key);
-                        zones_of.push(Vec::new());
-                        keys.len() - 1
-                    }
-                };
+                let server = server_of(&mut keys, &mut zones_of, key);
                 zones_of[server].push((id, z.clone()));
                 servers.push(server);
             }
@@ -163,53 +189,14 @@ impl Lanes {
                     primary: p.primary,
                     limits: config.server_limits(&p.primary_addr),
                 };
-                let server = match keys.iter().position(|k| *k == key) {
-                    Some(i) => i,
-                    None => {
-                        keys.push(key);
-                        zones_of.push(Vec::new());
-                        keys.len() - 1
-                    }
-                };
+                let server = server_of(&mut keys, &mut zones_of, key);
                 if kept.is_detached(&z.name, &p.name) {
                     warn!(zone = %z.name, primary = %p.name, "this session streams without the primary: it could not be brought in line; it is, at the next session's start (SIGHUP) once it answers");
                     servers.push(DETACHED);
-                    series.push(PrimarySeries {
-                        acked: m
-                            .primary_acked
-                            .get_or_create(&metrics::PrimaryLabel {
-                                zone: z.name.to_string(),
-                                primary: p.name.clone(),
-                            })
-                            .clone(),
-                        in_flight: m
-                            .primary_in_flight
-                            .get_or_create(&metrics::PrimaryLabel {
-                                zone: z.name.to_string(),
-                                primary: p.name.clone(),
-                            })
-                            .clone(),
-                        degraded: m
-                            .primary_degraded
-                            .get_or_create(&metrics::PrimaryLabel {
-                                zone: z.name.to_string(),
-                                primary: p.name.clone(),
-                            })
-                            .clone(),
-                        name: p.name.clone(),
-                    });
+                    series.push(PrimarySeries::of(m, &z.name, &p.name));
                     continue;
                 }
-                let label = metrics::PrimaryLabel {
-                    zone: z.name.to_string(),
-                    primary: p.name.clone(),
-                };
-                series.push(PrimarySeries {
-                    acked: m.primary_acked.get_or_create(&label).clone(),
-                    in_flight: m.primary_in_flight.get_or_create(&label).clone(),
-                    degraded: m.primary_degraded.get_or_create(&label).clone(),
-                    name: p.name.clone(),
-                });
+                series.push(PrimarySeries::of(m, &z.name, &p.name));
                 zones_of[server].push((id, Arc::new(z.for_primary(p))));
                 servers.push(server);
             }
