@@ -49,6 +49,10 @@ pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// publication writes WAL, which moves the WAL end the next keepalive
 /// reports: published every second, an idle service would write forever.
 const WAL_END_EVERY: Duration = Duration::from_secs(10);
+/// Zones named one by one when many become unreachable (or answer again)
+/// at once; the rest are counted in one line. A server down behind 50,000
+/// zones otherwise logged 50,000 warnings at once.
+const ZONES_LOGGED_PER_TICK: usize = 8;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -289,6 +293,8 @@ pub async fn publish(live: Arc<Live>, config: Config) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // Zones that became unreachable, or answer again, this tick.
+        let (mut lost, mut back) = (0usize, 0usize);
         for (i, z) in live.zones.iter().enumerate() {
             let acked = z.acked.load(Ordering::Relaxed);
             let in_flight = z.dispatched.load(Ordering::Relaxed).saturating_sub(acked);
@@ -310,16 +316,34 @@ pub async fn publish(live: Arc<Live>, config: Config) {
                     let since = SystemTime::now()
                         - waiting_since[i].map_or(Duration::ZERO, |t| t.elapsed());
                     rows[i].unreachable_since_micros = unix_micros(since);
-                    warn!(%zone, %server, in_flight, "the primary has answered none of the pending changes for longer than unreachable_after_s: not ready");
+                    lost += 1;
+                    if lost <= ZONES_LOGGED_PER_TICK {
+                        warn!(%zone, %server, in_flight, "the primary has answered none of the pending changes for longer than unreachable_after_s: not ready");
+                    }
                 } else {
                     rows[i].unreachable_since_micros = 0;
-                    info!(%zone, %server, "the primary answers again");
+                    back += 1;
+                    if back <= ZONES_LOGGED_PER_TICK {
+                        info!(%zone, %server, "the primary answers again");
+                    }
                 }
                 m.set_unreachable(&zone, &server, unreachable);
             }
             if acked > asked_at_ack[i] {
                 asks.push((i, z.name.clone(), z.primary));
             }
+        }
+        if lost > ZONES_LOGGED_PER_TICK {
+            warn!(
+                zones = lost - ZONES_LOGGED_PER_TICK,
+                "and more zones whose primary has answered none of the pending changes for longer than unreachable_after_s (`pg2dns status` lists them)"
+            );
+        }
+        if back > ZONES_LOGGED_PER_TICK {
+            info!(
+                zones = back - ZONES_LOGGED_PER_TICK,
+                "and more zones whose primary answers again"
+            );
         }
         // The SOAs of the zones acknowledged since, a few at once per
         // primary.
