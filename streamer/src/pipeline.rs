@@ -347,7 +347,17 @@ async fn wait_while_halted(
     loop {
         let attempt = async {
             let mut control = Control::connect(&config.database).await?;
-            let after = control.newest_request().await?;
+            // The same halt again (a restart that finds the same fault): a
+            // resume the operator gave for it meanwhile still counts, so
+            // the halt keeps its start; a new halt starts now.
+            let after = match control.mode().await? {
+                Mode::Halted {
+                    reason: same,
+                    after,
+                    ..
+                } if same == reason => after,
+                _ => control.newest_request().await?,
+            };
             control
                 .set_mode(&Mode::Halted {
                     reason: reason.clone(),
