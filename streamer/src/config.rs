@@ -53,25 +53,48 @@ pub enum ConfigError {
         what: String,
     },
     /// A server's TSIG key file could not be used.
-    #[error("server {server:?}: TSIG key file {key_file}: {what}")]
+    #[error("server {server:?}: TSIG key file {key_file}")]
     ServerKey {
         /// The server's name.
         server: String,
         /// The key file.
         key_file: PathBuf,
         /// What is wrong.
-        what: String,
+        #[source]
+        source: KeyFileError,
     },
     /// A zone's TSIG key file could not be used.
-    #[error("zone {zone}: TSIG key file {key_file}: {what}")]
+    #[error("zone {zone}: TSIG key file {key_file}")]
     Key {
         /// The zone.
         zone: String,
         /// The key file.
         key_file: PathBuf,
         /// What is wrong.
-        what: String,
+        #[source]
+        source: KeyFileError,
     },
+}
+
+/// Why a TSIG key file gives no key (the cause of [`ConfigError::Key`] and
+/// [`ConfigError::ServerKey`], which name the file).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The file could not be read.
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
+    /// The file is not what `tsig-keygen` writes.
+    #[error(transparent)]
+    Parse(#[from] pg2dns_decoder::tsig::KeyError),
+    /// `key_name` names a key the file does not hold.
+    #[error("holds no key named {0:?}")]
+    NoKeyNamed(String),
+    /// The file holds no key.
+    #[error("holds no key")]
+    Empty,
+    /// The file holds several keys and no `key_name` chooses one.
+    #[error("holds {0} keys: set key_name to choose one")]
+    Several(usize),
 }
 
 /// The file as written by the operator.
@@ -1274,10 +1297,10 @@ impl Config {
                     })?;
                     let (key, key_file) = key_files
                         .key(&tsig_key_file, z.key_name.as_deref())
-                        .map_err(|(key_file, what)| ConfigError::Key {
+                        .map_err(|(key_file, source)| ConfigError::Key {
                             zone: name.to_string(),
                             key_file,
-                            what,
+                            source,
                         })?;
                     (primary_addr, primary, key, key_file)
                 }
@@ -1711,7 +1734,7 @@ impl<'a> KeyFiles<'a> {
         &mut self,
         file: &Path,
         key_name: Option<&str>,
-    ) -> Result<(TsigKey, PathBuf), (PathBuf, String)> {
+    ) -> Result<(TsigKey, PathBuf), (PathBuf, KeyFileError)> {
         let key_file = if file.is_absolute() {
             file.to_owned()
         } else {
@@ -1719,12 +1742,10 @@ impl<'a> KeyFiles<'a> {
         };
         if !self.read.contains_key(&key_file) {
             let text = std::fs::read_to_string(&key_file)
-                .map_err(|e| (key_file.clone(), format!("cannot read it: {e}")))?;
+                .map_err(|e| (key_file.clone(), KeyFileError::Read(e)))?;
             warn_if_readable_by_others(&key_file);
-            // The key file error's causes (bad algorithm, bad base64…) are
-            // sources: keep them in the message.
             let keys = TsigKey::parse_keygen_file(&text)
-                .map_err(|e| (key_file.clone(), crate::error::chain(&e)))?;
+                .map_err(|e| (key_file.clone(), KeyFileError::Parse(e)))?;
             self.read.insert(key_file.clone(), keys);
         }
         let mut keys = self.read.get(&key_file).cloned().unwrap_or_default();
@@ -1733,17 +1754,17 @@ impl<'a> KeyFiles<'a> {
                 let wanted_lc = wanted.trim_end_matches('.').to_ascii_lowercase();
                 keys.into_iter()
                     .find(|k| k.name.to_string().trim_end_matches('.') == wanted_lc)
-                    .ok_or_else(|| (key_file.clone(), format!("holds no key named {wanted:?}")))?
+                    .ok_or_else(|| {
+                        (
+                            key_file.clone(),
+                            KeyFileError::NoKeyNamed(wanted.to_owned()),
+                        )
+                    })?
             }
             None => match keys.len() {
-                0 => return Err((key_file, "holds no key".into())),
+                0 => return Err((key_file, KeyFileError::Empty)),
                 1 => keys.remove(0),
-                n => {
-                    return Err((
-                        key_file,
-                        format!("holds {n} keys: set key_name to choose one"),
-                    ))
-                }
+                n => return Err((key_file, KeyFileError::Several(n))),
             },
         };
         Ok((key, key_file))
@@ -1811,10 +1832,10 @@ fn read_servers(
         })?;
         let key = match (&name, s.tsig_key_file) {
             (Some(n), Some(file)) => Some(key_files.key(&file, s.key_name.as_deref()).map_err(
-                |(key_file, what)| ConfigError::ServerKey {
+                |(key_file, source)| ConfigError::ServerKey {
                     server: n.clone(),
                     key_file,
-                    what,
+                    source,
                 },
             )?),
             (Some(n), None) => {
@@ -1968,6 +1989,67 @@ name = "Example.Test"
 primary = "127.0.0.1:5353"
 tsig_key_file = "k.key"
 "#;
+
+    #[test]
+    fn an_unusable_key_file_names_the_zone_the_file_and_the_typed_cause() {
+        let zone = |extra: &str, file: &str| {
+            let body = GOOD.replace(
+                "tsig_key_file = \"k.key\"",
+                &format!("tsig_key_file = \"{file}\"\n{extra}"),
+            );
+            with_key_file(&body).unwrap_err()
+        };
+        type IsCause = fn(&KeyFileError) -> bool;
+        let cases: Vec<(ConfigError, IsCause, &str)> = vec![
+            (
+                zone("", "missing.key"),
+                |e| matches!(e, KeyFileError::Read(_)),
+                "missing.key: cannot read it: No such file or directory",
+            ),
+            (
+                zone("key_name = \"Other.Key\"", "k.key"),
+                |e| matches!(e, KeyFileError::NoKeyNamed(n) if n == "Other.Key"),
+                "k.key: holds no key named \"Other.Key\"",
+            ),
+        ];
+        for (err, is_cause, wanted) in cases {
+            let ConfigError::Key { zone, source, .. } = &err else {
+                panic!("not a key error: {err:?}");
+            };
+            assert_eq!(zone, "example.test.");
+            assert!(is_cause(source), "{source:?}");
+            let text = crate::error::chain(&err);
+            assert!(
+                text.starts_with("zone example.test.: TSIG key file "),
+                "{text}"
+            );
+            assert!(text.contains(wanted), "{text:?} lacks {wanted:?}");
+        }
+        // Two keys and no key_name; a file that is not a key file.
+        let two = format!("{KEY}{}", KEY.replace("k1", "k2"));
+        for (text, wanted) in [
+            (two.as_str(), "holds 2 keys: set key_name to choose one"),
+            ("key \"k1\" {\n", "key file line"),
+        ] {
+            let dir = std::env::temp_dir().join(format!(
+                "pg2dns-config-keys-{}-{}",
+                std::process::id(),
+                wanted.len()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("k.key"), text).unwrap();
+            let err = Config::from_toml(&dir.join("pg2dns.toml"), GOOD, |_| None).unwrap_err();
+            let ConfigError::Key { source, .. } = &err else {
+                panic!("not a key error: {err:?}");
+            };
+            match source {
+                KeyFileError::Several(2) | KeyFileError::Parse(_) => {}
+                other => panic!("cause {other:?}"),
+            }
+            let text = crate::error::chain(&err);
+            assert!(text.contains(wanted), "{text:?} lacks {wanted:?}");
+        }
+    }
 
     #[test]
     fn the_output_plugin_is_pgoutput_unless_the_config_names_pg2dns() {

@@ -245,14 +245,15 @@ pub enum ZoneError {
         source: diff::RepairError,
     },
     /// A repair UPDATE failed.
-    #[error("zone {zone}: repair UPDATE to {server} failed: {detail}")]
+    #[error("zone {zone}: repair UPDATE to {server} failed")]
     Update {
         /// The zone.
         zone: ZoneName,
         /// The server.
         server: SocketAddr,
         /// What happened.
-        detail: String,
+        #[source]
+        source: UpdateFailure,
     },
     /// The server refused a repair UPDATE.
     #[error("zone {zone}: {server} answered a repair UPDATE with {rcode}: {hint}")]
@@ -292,6 +293,33 @@ pub enum ZoneError {
         #[source]
         source: StoreError,
     },
+}
+
+/// Why a repair UPDATE got no usable answer (the cause of
+/// [`ZoneError::Update`], which names the zone and the server).
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateFailure {
+    /// No connection to the primary.
+    #[error("cannot connect")]
+    Connect(#[source] std::io::Error),
+    /// The UPDATE could not be signed.
+    #[error(transparent)]
+    Sign(pg2dns_decoder::tsig::TsigError),
+    /// The UPDATE could not be written.
+    #[error("cannot send")]
+    Send(#[source] std::io::Error),
+    /// No answer within the timeout.
+    #[error("no answer in time")]
+    Timeout,
+    /// The server closed the connection before answering.
+    #[error("the server closed the connection")]
+    Closed,
+    /// The answer could not be read.
+    #[error("cannot read")]
+    Read(#[source] std::io::Error),
+    /// The answer failed TSIG verification or is malformed.
+    #[error(transparent)]
+    Answer(pg2dns_decoder::tsig::TsigError),
 }
 
 /// What was done to one zone.
@@ -2330,7 +2358,7 @@ where
             let mut soa = soa_seen.clone();
             let mut conn = Connection::connect(zc.primary)
                 .await
-                .map_err(|e| update_err(zc, format!("cannot connect: {e}")))?;
+                .map_err(|e| update_err(zc, UpdateFailure::Connect(e)))?;
             // The SOA a failed guard expected.
             let mut guard_failed = None;
             for ops in &messages {
@@ -2414,11 +2442,11 @@ where
     }
 }
 
-fn update_err(zc: &ZoneConfig, detail: String) -> ZoneError {
+fn update_err(zc: &ZoneConfig, source: UpdateFailure) -> ZoneError {
     ZoneError::Update {
         zone: zc.name.clone(),
         server: zc.primary,
-        detail,
+        source,
     }
 }
 
@@ -2430,15 +2458,15 @@ async fn send(
     timeout: Duration,
 ) -> Result<Rcode, ZoneError> {
     let request = tsig::sign(wire, &zc.key, axfr::unix_now(), tsig::DEFAULT_FUDGE)
-        .map_err(|e| update_err(zc, crate::error::chain(&e)))?;
+        .map_err(|e| update_err(zc, UpdateFailure::Sign(e)))?;
     conn.send(&request.wire)
         .await
-        .map_err(|e| update_err(zc, format!("cannot send: {e}")))?;
+        .map_err(|e| update_err(zc, UpdateFailure::Send(e)))?;
     loop {
         let answer = match tokio::time::timeout(timeout, conn.recv()).await {
-            Err(_) => return Err(update_err(zc, "no answer in time".into())),
-            Ok(None) => return Err(update_err(zc, "the server closed the connection".into())),
-            Ok(Some(Err(e))) => return Err(update_err(zc, format!("cannot read: {e}"))),
+            Err(_) => return Err(update_err(zc, UpdateFailure::Timeout)),
+            Ok(None) => return Err(update_err(zc, UpdateFailure::Closed)),
+            Ok(Some(Err(e))) => return Err(update_err(zc, UpdateFailure::Read(e))),
             Ok(Some(Ok(a))) => a,
         };
         if answer.get(..2) != Some(&request.id.to_be_bytes()[..]) {
@@ -2447,7 +2475,7 @@ async fn send(
         let verified = tsig::verify_response(&answer, &zc.key, &request, axfr::unix_now());
         return match tsig::judged_rcode(verified.map(|v| v.rcode)) {
             Ok(rcode) => Ok(Rcode(rcode)),
-            Err(e) => Err(update_err(zc, crate::error::chain(&e))),
+            Err(e) => Err(update_err(zc, UpdateFailure::Answer(e))),
         };
     }
 }
