@@ -2142,6 +2142,21 @@ mod tests {
         }
     }
 
+    /// A row that wants one record (TTL 300).
+    fn row(key: &str, owner: &str, rtype: &str, data: &str) -> RowUpdate {
+        update(key, Ok(vec![want(owner, 300, rtype, data)]))
+    }
+
+    /// A transaction of one row that wants one record (TTL 300).
+    fn one(key: &str, owner: &str, rtype: &str, data: &str) -> Vec<RowUpdate> {
+        vec![row(key, owner, rtype, data)]
+    }
+
+    /// A row that now wants no record.
+    fn gone(key: &str) -> RowUpdate {
+        update(key, Ok(vec![]))
+    }
+
     /// Runs batches (each a list of transactions) through the planner and a
     /// store; returns the groups of every segment and the rejections.
     fn run(
@@ -2531,9 +2546,6 @@ mod tests {
     fn dname_and_ds_rules_refuse_what_servers_refuse_ignore_or_crash_on() {
         let mut store = MemStore::default();
         let l = limits(65_535, 100);
-        let one = |key: &str, owner: &str, rtype: &str, data: &str| {
-            vec![update(key, Ok(vec![want(owner, 300, rtype, data)]))]
-        };
         let (g, rejected) = run(
             &mut store,
             &l,
@@ -2551,19 +2563,8 @@ mod tests {
                 // A DS without NS is no delegation; with NS it is published.
                 one("ds", "nodeleg.example.test.", "DS", "1 13 99 ab"),
                 vec![
-                    update(
-                        "ns",
-                        Ok(vec![want(
-                            "sub.example.test.",
-                            300,
-                            "NS",
-                            "ns.example.org.",
-                        )]),
-                    ),
-                    update(
-                        "subds",
-                        Ok(vec![want("sub.example.test.", 300, "DS", "1 13 99 ab")]),
-                    ),
+                    row("ns", "sub.example.test.", "NS", "ns.example.org."),
+                    row("subds", "sub.example.test.", "DS", "1 13 99 ab"),
                 ],
             ],
         );
@@ -2641,10 +2642,7 @@ mod tests {
             });
         let feed = |p: &mut Planner, k: &str, owner: &str, rtype: &str, data: &str| {
             let before = p.rejections().len();
-            p.apply(
-                SourceId(0),
-                update(k, Ok(vec![want(owner, 300, rtype, data)])),
-            );
+            p.apply(SourceId(0), row(k, owner, rtype, data));
             p.end_segment();
             let published = p.take_published().remove(&ZoneId(0)).unwrap_or_default();
             (published, p.rejections()[before..].to_vec())
@@ -2707,9 +2705,6 @@ mod tests {
     fn names_below_a_dname_and_a_dname_above_names_are_refused_naming_the_dname() {
         let mut store = MemStore::default();
         let l = limits(65_535, 100);
-        let one = |key: &str, owner: &str, rtype: &str, data: &str| {
-            vec![update(key, Ok(vec![want(owner, 300, rtype, data)]))]
-        };
         let reasons = |rejected: &[Rejection]| -> Vec<String> {
             rejected
                 .iter()
@@ -2740,19 +2735,8 @@ mod tests {
                 one("t", "old.example.test.", "TXT", "\"beside\""),
                 one("s", "sub.example.test.", "DNAME", "elsewhere.example.org."),
                 vec![
-                    update(
-                        "n",
-                        Ok(vec![want(
-                            "n.example.test.",
-                            300,
-                            "DNAME",
-                            "n.example.org.",
-                        )]),
-                    ),
-                    update(
-                        "h",
-                        Ok(vec![want("h.n.example.test.", 300, "AAAA", "2001:db8::1")]),
-                    ),
+                    row("n", "n.example.test.", "DNAME", "n.example.org."),
+                    row("h", "h.n.example.test.", "AAAA", "2001:db8::1"),
                 ],
             ],
         );
@@ -2782,24 +2766,10 @@ mod tests {
             &l,
             vec![
                 vec![
-                    update("a", Ok(vec![])),
-                    update(
-                        "s",
-                        Ok(vec![want(
-                            "sub.example.test.",
-                            300,
-                            "DNAME",
-                            "elsewhere.example.org.",
-                        )]),
-                    ),
+                    gone("a"),
+                    row("s", "sub.example.test.", "DNAME", "elsewhere.example.org."),
                 ],
-                vec![
-                    update("d", Ok(vec![])),
-                    update(
-                        "x",
-                        Ok(vec![want("x.old.example.test.", 300, "A", "192.0.2.7")]),
-                    ),
-                ],
+                vec![gone("d"), row("x", "x.old.example.test.", "A", "192.0.2.7")],
             ],
         );
         assert!(rejected.is_empty(), "{:#?}", reasons(&rejected));
