@@ -1554,10 +1554,7 @@ async fn a_second_dname_an_apex_dname_and_a_ds_outside_a_delegation_are_refused_
             &[&first],
         )
         .await?;
-    insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
-    stack
-        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
-        .await?;
+    answered_after(&stack, "after.example.test.", "192.0.2.1").await?;
     eventually("the replaced DNAME and the TXT beside it", || async {
         let zone = stack.axfr(FORWARD).await?;
         let mut at_old: Vec<String> = zone
@@ -1580,6 +1577,30 @@ async fn a_second_dname_an_apex_dname_and_a_ds_outside_a_delegation_are_refused_
     .await?;
     pg2dns.assert_running()?;
     Ok(())
+}
+
+/// Inserts an A record at `owner` and waits until the server answers it:
+/// committed after the rows before it, its arrival means those were
+/// decided.
+async fn answered_after(stack: &Stack, owner: &str, address: &str) -> Result<()> {
+    insert(stack, owner, 300, "A", address).await?;
+    stack.wait_until_answers(owner, "A", DNS_DEADLINE).await?;
+    Ok(())
+}
+
+/// A stack whose forward zone leaves `excluded` records to another tool,
+/// which has published one with `nsupdate` (`update add …`) before pg2dns
+/// starts.
+async fn with_another_tools_record(
+    label: &str,
+    primary: Primary,
+    excluded: &str,
+    update: &str,
+) -> Result<Stack> {
+    let stack = Stack::start(label, primary).await?;
+    stack.set_zone_option(FORWARD, &format!("exclude_types = [\"{excluded}\"]"))?;
+    stack.server(primary)?.nsupdate(update).await?;
+    Ok(stack)
 }
 
 /// Every reason in `pg2dns.rejected`, with its row key.
@@ -1626,10 +1647,7 @@ async fn a_cname_at_the_apex_is_refused_before_sending_and_reconcile_names_the_r
     let why =
         "a CNAME cannot be at the zone apex (example.test. holds the zone's SOA and NS records)";
     ensure!(reason.contains(why), "{reason}");
-    insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
-    stack
-        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
-        .await?;
+    answered_after(&stack, "after.example.test.", "192.0.2.1").await?;
     ensure!(
         stack.query("example.test.", "CNAME").await?.is_empty(),
         "{primary:?} must not hold the apex CNAME"
@@ -1652,12 +1670,13 @@ async fn a_cname_at_the_apex_is_refused_before_sending_and_reconcile_names_the_r
 async fn a_cname_beside_records_left_to_another_tool_is_refused_before_sending(
     primary: Primary,
 ) -> Result<()> {
-    let stack = Stack::start("held-cname", primary).await?;
-    stack.set_zone_option(FORWARD, "exclude_types = [\"TXT\"]")?;
-    stack
-        .server(primary)?
-        .nsupdate("update add alias.example.test. 300 TXT \"owned by another tool\"")
-        .await?;
+    let stack = with_another_tools_record(
+        "held-cname",
+        primary,
+        "TXT",
+        "update add alias.example.test. 300 TXT \"owned by another tool\"",
+    )
+    .await?;
     let mut pg2dns = stack.run()?;
     let id = insert(
         &stack,
@@ -1673,10 +1692,7 @@ async fn a_cname_beside_records_left_to_another_tool_is_refused_before_sending(
         reason.contains(why) && reason.contains("silently ignore this CNAME"),
         "{reason}"
     );
-    insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
-    stack
-        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
-        .await?;
+    answered_after(&stack, "after.example.test.", "192.0.2.1").await?;
     ensure!(
         stack
             .query("alias.example.test.", "CNAME")
@@ -1788,17 +1804,11 @@ async fn deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_find
     let stack = Stack::start("last-apex-ns", primary).await?;
     let mut pg2dns = stack.run()?;
     let id = insert(&stack, "example.test.", 300, "NS", "ns.pg2dns.invalid.").await?;
-    insert(&stack, "after1.example.test.", 300, "A", "192.0.2.1").await?;
-    stack
-        .wait_until_answers("after1.example.test.", "A", DNS_DEADLINE)
-        .await?;
+    answered_after(&stack, "after1.example.test.", "192.0.2.1").await?;
     stack
         .exec(&format!("DELETE FROM pg2dns.rr WHERE id = {id}"))
         .await?;
-    insert(&stack, "after2.example.test.", 300, "A", "192.0.2.2").await?;
-    stack
-        .wait_until_answers("after2.example.test.", "A", DNS_DEADLINE)
-        .await?;
+    answered_after(&stack, "after2.example.test.", "192.0.2.2").await?;
     let ns = stack.query("example.test.", "NS").await?;
     ensure!(
         ns.len() == 1 && ns[0].rdata == "ns.pg2dns.invalid.",
@@ -1821,12 +1831,13 @@ async fn deleting_the_row_of_the_zones_last_apex_ns_leaves_it_and_reconcile_find
 async fn a_name_below_another_tools_dname_is_refused_before_sending(
     primary: Primary,
 ) -> Result<()> {
-    let stack = Stack::start("below-dname", primary).await?;
-    stack.set_zone_option(FORWARD, "exclude_types = [\"TYPE39\"]")?;
-    stack
-        .server(primary)?
-        .nsupdate("update add old.example.test. 300 DNAME new.example.test.")
-        .await?;
+    let stack = with_another_tools_record(
+        "below-dname",
+        primary,
+        "TYPE39",
+        "update add old.example.test. 300 DNAME new.example.test.",
+    )
+    .await?;
     let mut pg2dns = stack.run()?;
     let id = insert(&stack, "x.old.example.test.", 300, "A", "192.0.2.7").await?;
     let reason = wait_for_rejection(&stack, id).await?;
@@ -1834,10 +1845,7 @@ async fn a_name_below_another_tools_dname_is_refused_before_sending(
         reason.starts_with("x.old.example.test. is below the DNAME at old.example.test."),
         "{reason}"
     );
-    insert(&stack, "after.example.test.", 300, "A", "192.0.2.1").await?;
-    stack
-        .wait_until_answers("after.example.test.", "A", DNS_DEADLINE)
-        .await?;
+    answered_after(&stack, "after.example.test.", "192.0.2.1").await?;
     let zone = stack.axfr(FORWARD).await?;
     ensure!(
         !zone.iter().any(|r| r.owner == "x.old.example.test."),

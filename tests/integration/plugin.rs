@@ -770,22 +770,11 @@ async fn setup_with_plugin_installs_the_check_so_a_writers_bad_row_fails_with_th
     Ok(())
 }
 
-/// The generic records table of `sources::`.
-use crate::sources::RECORDS as RECORDS_SOURCE;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_with_plugin_checks_a_source_tables_rows_with_the_sources_own_mapping_and_the_streams_reasons(
 ) -> Result<()> {
     let stack = Stack::start_before_setup("plugin-source", Primary::Bind).await?;
-    stack
-        .exec(
-            "CREATE SCHEMA app;
-             CREATE TABLE app.records (id serial PRIMARY KEY, zone text, name text, type text,
-                                       content text, ttl int, prio int, disabled bool NOT NULL DEFAULT false);",
-        )
-        .await?;
-    stack.append_config(RECORDS_SOURCE)?;
-    stack.setup().await?;
+    crate::sources::with_records_table(&stack).await?;
     let mut pg2dns = stack.run()?;
     // What users write wrong, each refused by the stream first (no check
     // installed yet): the reasons pg2dns.rejected holds.

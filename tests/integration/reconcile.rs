@@ -51,18 +51,27 @@ pub(crate) fn zone<'v>(report: &'v Value, name: &str) -> Result<&'v Value> {
 /// The records of a report list, as `owner ttl type rdata` lines, sorted
 /// (with ` (DNS: ttl)` where the report gives the TTL DNS holds).
 pub(crate) fn lines(list: &Value) -> Vec<String> {
+    record_lines(list, true)
+}
+
+/// The records of a report list, as `owner ttl type` lines (with ` rdata`
+/// if `rdata`), sorted (with ` (DNS: ttl)` where the report gives the TTL
+/// DNS holds).
+pub(crate) fn record_lines(list: &Value, rdata: bool) -> Vec<String> {
     let mut out: Vec<String> = list
         .as_array()
         .map(|a| {
             a.iter()
                 .map(|r| {
                     let mut line = format!(
-                        "{} {} {} {}",
+                        "{} {} {}",
                         r["owner"].as_str().unwrap_or("?"),
                         r["ttl"],
                         r["type"].as_str().unwrap_or("?"),
-                        r["rdata"].as_str().unwrap_or("?")
                     );
+                    if rdata {
+                        line.push_str(&format!(" {}", r["rdata"].as_str().unwrap_or("?")));
+                    }
                     if let Some(actual) = r.get("actual_ttl") {
                         line.push_str(&format!(" (DNS: {actual})"));
                     }

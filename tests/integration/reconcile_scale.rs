@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::harness::stack::FORWARD;
 use crate::harness::{Primary, Stack};
-use crate::reconcile::{lines, report, zone};
+use crate::reconcile::{lines, record_lines, report, zone};
 
 /// Records in the zone.
 const RECORDS: u32 = 200_000;
@@ -253,27 +253,7 @@ async fn spilling(stack: &Stack, args: &[&str], small: bool) -> Result<(i32, Val
 /// `owner ttl type` of each record of a report list, sorted (with
 /// ` (DNS: ttl)` where the report gives the TTL DNS holds).
 fn owners(list: &Value) -> Vec<String> {
-    let mut out: Vec<String> = list
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    let mut line = format!(
-                        "{} {} {}",
-                        r["owner"].as_str().unwrap_or("?"),
-                        r["ttl"],
-                        r["type"].as_str().unwrap_or("?")
-                    );
-                    if let Some(actual) = r.get("actual_ttl") {
-                        line.push_str(&format!(" (DNS: {actual})"));
-                    }
-                    line
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
+    record_lines(list, false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,10 +203,9 @@ ttl_column = "ttl"
 is_false = ["disabled"]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_generic_records_table_with_a_zone_column_publishes_every_type_and_follows_disabled(
-) -> Result<()> {
-    let stack = Stack::start("sources-records", Primary::Bind).await?;
+/// Creates `app.records` (the table [`RECORDS`] follows), adds the source
+/// to the config and runs setup.
+pub(crate) async fn with_records_table(stack: &Stack) -> Result<()> {
     stack
         .exec(
             "CREATE SCHEMA app;
@@ -215,7 +214,14 @@ async fn a_generic_records_table_with_a_zone_column_publishes_every_type_and_fol
         )
         .await?;
     stack.append_config(RECORDS)?;
-    stack.setup().await?;
+    stack.setup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generic_records_table_with_a_zone_column_publishes_every_type_and_follows_disabled(
+) -> Result<()> {
+    let stack = Stack::start("sources-records", Primary::Bind).await?;
+    with_records_table(&stack).await?;
     let _pg2dns = stack.run()?;
 
     stack

@@ -357,16 +357,23 @@ async fn streaming_over_one_connection(
     Ok((run, before))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sighup_moving_one_zone_keeps_its_servers_connection_and_the_other_zone_streaming(
-) -> Result<()> {
-    let stack = Stack::start("sighup-kept", Primary::Bind).await?;
+/// The BIND server's address (`host:port`) as the config writes it, and
+/// its port.
+fn bind_address_and_port(stack: &Stack) -> Result<(String, u16)> {
     let addr = stack.server(Primary::Bind)?.addr();
     let port: u16 = addr
         .rsplit(':')
         .next()
         .context("the server's address has a port")?
         .parse()?;
+    Ok((addr, port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_moving_one_zone_keeps_its_servers_connection_and_the_other_zone_streaming(
+) -> Result<()> {
+    let stack = Stack::start("sighup-kept", Primary::Bind).await?;
+    let (addr, port) = bind_address_and_port(&stack)?;
     // One connection to the server, never closed for idleness during the
     // test: the same local port after the SIGHUP is the same connection.
     let (run, before) = streaming_over_one_connection(&stack, &addr, port).await?;
@@ -427,12 +434,7 @@ async fn a_sighup_moving_one_zone_keeps_its_servers_connection_and_the_other_zon
 async fn a_sighup_renumbering_the_zones_keeps_the_connection_and_acknowledges_under_the_new_numbers(
 ) -> Result<()> {
     let stack = Stack::start("sighup-renumbered", Primary::Bind).await?;
-    let addr = stack.server(Primary::Bind)?.addr();
-    let port: u16 = addr
-        .rsplit(':')
-        .next()
-        .context("the server's address has a port")?
-        .parse()?;
+    let (addr, port) = bind_address_and_port(&stack)?;
     // The configuration as the stack wrote it, before the server entry.
     let config = std::fs::read_to_string(stack.config_path())?;
     let (run, before) = streaming_over_one_connection(&stack, &addr, port).await?;
