@@ -141,17 +141,34 @@ def pin_dns(pid):
         os.sched_setaffinity(int(tid), DNS_CPUS)
 
 
-class Bind:
-    """named -g serving the dynamic zone example.test. with a TSIG update ACL."""
+def zone_statement(zone, path):
+    """A named.conf primary zone statement for `zone` (no trailing dot) from
+    `path`, updated and transferred with the bench key."""
+    return (f'zone "{zone}" {{ type primary; file "{path}"; '
+            f"allow-update {{ key {KEY_NAME}; }}; allow-transfer {{ key {KEY_NAME}; }}; }};\n")
 
-    def __init__(self, root, name="bind"):
+
+class Bind:
+    """named -g serving the dynamic zone example.test. with a TSIG update ACL.
+
+    `options`: extra statements for named.conf's `options { }` block.
+    `zones`: an iterable of (zone, zone file path) served instead of
+    example.test. (written while named.conf is, so a generator may create
+    the files). `ready(bind)`: waits until named serves what it should
+    (default: example.test.'s SOA within SOA_WAIT seconds).
+    """
+
+    def __init__(self, root, name="bind", options="", zones=None, ready=None):
         self.dir = os.path.join(root, name)
-        os.makedirs(self.dir)
+        os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
         self.key_file = os.path.join(self.dir, "tsig.key")
         make_key(self.key_file)
-        with open(os.path.join(self.dir, "example.test.zone"), "w") as f:
-            f.write(ZONE_FILE)
+        if zones is None:
+            path = os.path.join(self.dir, "example.test.zone")
+            with open(path, "w") as f:
+                f.write(ZONE_FILE)
+            zones = [(ZONE[:-1], path)]
         self.conf = os.path.join(self.dir, "named.conf")
         with open(self.conf, "w") as f:
             f.write(
@@ -162,23 +179,32 @@ class Bind:
                 f"  listen-on port {self.port} {{ 127.0.0.1; }};\n"
                 "  listen-on-v6 { none; };\n"
                 "  recursion no;\n  minimal-responses yes;\n  notify no;\n"
-                "};\n"
+                + "".join(f"  {line}\n" for line in options.splitlines() if line.strip())
+                + "};\n"
                 "controls { };\n"
-                f'zone "example.test" {{\n  type primary;\n  file "{self.dir}/example.test.zone";\n'
-                f"  allow-update {{ key {KEY_NAME}; }};\n  allow-transfer {{ key {KEY_NAME}; }};\n}};\n"
             )
-        self.logf = open(os.path.join(self.dir, "named.log"), "w")
+            for zone, path in zones:
+                f.write(zone_statement(zone, path))
+        self.log = os.path.join(self.dir, "named.log")
+        self.logf = open(self.log, "w")
         self.proc = subprocess.Popen(["named", "-g", "-n", "2", "-c", self.conf],
                                      stdout=self.logf, stderr=subprocess.STDOUT)
-        wait_soa(self.port, self.proc, os.path.join(self.dir, "named.log"))
+        try:
+            if ready is None:
+                wait_soa(self.port, self.proc, self.log)
+            else:
+                ready(self)
+        except BaseException:
+            self.stop()
+            raise
         pin_dns(self.proc.pid)
 
     @property
     def pid(self):
         return self.proc.pid
 
-    def stop(self):
-        stop_proc(self.proc)
+    def stop(self, timeout=30):
+        stop_proc(self.proc, timeout)
         self.logf.close()
 
 

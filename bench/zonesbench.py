@@ -45,7 +45,7 @@ import urllib.request
 
 import pgwire
 from dnswire import _encode_name, TYPE_A, TYPE_SOA
-from servers import KEY_NAME, Postgres, free_port, make_key, proc_status, stop_proc
+from servers import Bind, Postgres, free_port, proc_status, stop_proc
 
 SUFFIX = "bench."
 ZONE_FILE = """$TTL 3600
@@ -194,41 +194,29 @@ class BatchProber:
         self.sock.close()
 
 
-class ManyZonesBind:
+class ManyZonesBind(Bind):
     """named -g serving Z zones at BIND's defaults (tcp-clients, update-quota)."""
 
     def __init__(self, root, zones, timeout):
-        self.dir = os.path.join(root, "bind")
-        zdir = os.path.join(self.dir, "zones")
+        zdir = os.path.join(root, "bind", "zones")
         os.makedirs(zdir)
-        self.port = free_port()
-        self.key_file = os.path.join(self.dir, "tsig.key")
-        make_key(self.key_file)
-        template = os.path.join(self.dir, "template.zone")
+        template = os.path.join(root, "bind", "template.zone")
         with open(template, "w") as f:
             f.write(ZONE_FILE)
-        self.conf = os.path.join(self.dir, "named.conf")
-        with open(self.conf, "w") as f:
-            f.write(
-                f'include "{self.key_file}";\n'
-                "options {\n"
-                f'  directory "{self.dir}";\n'
-                f'  pid-file "{self.dir}/named.pid";\n'
-                f"  listen-on port {self.port} {{ 127.0.0.1; }};\n"
-                "  listen-on-v6 { none; };\n"
-                "  recursion no;\n  minimal-responses yes;\n  notify no;\n"
-                "};\n"
-                "controls { };\n")
+
+        def zone_files():
             for i in range(1, zones + 1):
                 path = os.path.join(zdir, f"z{i}.zone")
                 os.link(template, path)
-                f.write(f'zone "{zone_name(i)[:-1]}" {{ type primary; file "{path}"; '
-                        f"allow-update {{ key {KEY_NAME}; }}; allow-transfer {{ key {KEY_NAME}; }}; }};\n")
-        self.log = os.path.join(self.dir, "named.log")
-        self.logf = open(self.log, "w")
+                yield zone_name(i)[:-1], path
+
         started = time.time()
-        self.proc = subprocess.Popen(["named", "-g", "-n", "2", "-c", self.conf],
-                                     stdout=self.logf, stderr=subprocess.STDOUT)
+        super().__init__(root, zones=zone_files(),
+                         ready=lambda bind: bind.wait_loaded(zones, started, timeout))
+        self.start_s = round(time.time() - started, 2)
+
+    def wait_loaded(self, zones, started, timeout):
+        """Until named answers the first and last zone's SOA and says it runs."""
         prober = BatchProber(self.port, timeout=0.2)
         last = zone_name(zones)
         try:
@@ -246,15 +234,9 @@ class ManyZonesBind:
                 time.sleep(0.1)
         finally:
             prober.close()
-        self.start_s = round(time.time() - started, 2)
 
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def stop(self):
-        stop_proc(self.proc, timeout=120)
-        self.logf.close()
+    def stop(self, timeout=120):
+        super().stop(timeout)
 
 
 def tail(path, n=1500):
