@@ -164,9 +164,11 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
                     coalesce(lag_bytes, 0), coalesce(retained_wal_bytes, 0), rejected_last_hour, \
                     updated::text, coalesce(received_lsn::text, ''), lag_seconds, \
                     coalesce(status_updated::text, ''), zones::text, \
-                    state, coalesce(wal_status, ''), safe_wal_size, slot_active_pid, standbys::text \
+                    state, coalesce(wal_status, ''), safe_wal_size, slot_active_pid, standbys::text, \
+                    EXISTS (SELECT 1 FROM pg_stat_activity \
+                             WHERE application_name = $2 AND datname = current_database()) \
              FROM pg2dns.status WHERE slot = $1",
-            &[slot],
+            &[slot, &crate::control::waiting_application_name(slot)],
         )
         .await
         .map_err(sql(
@@ -176,7 +178,7 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
         if json {
             say!(
                 "{}",
-                serde_json::json!({ "slot": slot, "mode": "never started", "state": "never started" })
+                serde_json::json!({ "slot": slot, "mode": "never started", "state": "never started", "stream": "closed" })
             );
         } else {
             say!("slot {slot}: no pg2dns instance has run yet");
@@ -189,9 +191,17 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
     let warning = crate::status::slot_warning(&wal_status, retained, safe);
     let zones = serde_json::from_str::<serde_json::Value>(&text(16)).unwrap_or_default();
     let standbys = serde_json::from_str::<serde_json::Value>(&text(21)).unwrap_or_default();
+    // Whether changes can reach DNS: a stream is open from the slot, or a
+    // service waits for `pg2dns resume` with none open, or neither.
+    let stream = match (r.get::<_, bool>(8), r.get::<_, bool>(22)) {
+        (true, _) => "open",
+        (false, true) => "paused",
+        (false, false) => "closed",
+    };
     let fields = serde_json::json!({
         "slot": slot,
         "state": state,
+        "stream": stream,
         "mode": text(0),
         "since": text(1),
         "mode_lsn": text(2),

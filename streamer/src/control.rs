@@ -43,6 +43,16 @@ pub const CHANNEL: &str = "pg2dns_control";
 /// notification.
 pub const POLL: Duration = Duration::from_secs(2);
 
+/// The `application_name` of a paused service's control connection while
+/// it waits for `pg2dns resume` (PostgreSQL keeps its first 63 bytes; slot
+/// names are ASCII): `pg2dns status` reports `"stream": "paused"` while
+/// `pg_stat_activity` shows it.
+pub fn waiting_application_name(slot: &str) -> String {
+    let mut name = format!("pg2dns paused {slot}");
+    name.truncate(63);
+    name
+}
+
 /// What the service is doing, as `pg2dns.mode` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
@@ -423,6 +433,30 @@ impl Control {
     /// `request`: also ends, with a resume of this service's own making,
     /// once that request's lease holder is gone.
     pub async fn wait_for_resume_or_lease_end(
+        &mut self,
+        request: &ControlRequest,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<ControlRequest>, StoreError> {
+        // Said where `pg2dns status` looks (its `stream` field): the name
+        // goes with this connection, so a killed service stops saying it.
+        self.client
+            .execute(
+                "SELECT set_config('application_name', $1, false)",
+                &[&waiting_application_name(&self.slot)],
+            )
+            .await
+            .map_err(sql("cannot say that the service waits for a resume"))?;
+        let waited = self.wait_paused(request, shutdown).await;
+        if waited.is_ok() {
+            self.client
+                .batch_execute("SET application_name = 'pg2dns control'")
+                .await
+                .map_err(sql("cannot say that the service no longer waits"))?;
+        }
+        waited
+    }
+
+    async fn wait_paused(
         &mut self,
         request: &ControlRequest,
         shutdown: &mut watch::Receiver<bool>,

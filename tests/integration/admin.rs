@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use crate::faults::workload::Writer;
-use crate::harness::stack::{FORWARD, SLOT};
-use crate::harness::{wait_until, Check, Pg2dns, Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
+use crate::harness::stack::FORWARD;
+use crate::harness::{wait_until, Check, Primary, Stack, DNS_DEADLINE, RECOVERY_DEADLINE};
 use crate::health::http_get;
 
 /// The `w<i>` owners present in the forward zone.
@@ -44,35 +44,21 @@ async fn wait_for_mode(stack: &Stack, mode: &str) -> Result<serde_json::Value> {
     .await
 }
 
-/// What a paused service logs before it waits for `pg2dns resume`.
-const WAITING_FOR_RESUME: &str = "paused: waiting for `pg2dns resume`";
-
-/// Waits until this run of pg2dns says in its own log (each run has one)
-/// that it waits for `pg2dns resume` (a paused service reads its mode
-/// before it streams), and no process streams from the slot: from then on
-/// nothing can reach DNS before a resume, so a test may look at DNS and
-/// expect it unchanged without guessing how long to wait.
-async fn wait_until_paused_and_not_streaming(stack: &Stack, pg2dns: &Pg2dns) -> Result<()> {
+/// Waits until `pg2dns status --json` says `"stream": want`: `"paused"`
+/// once a paused service waits for `pg2dns resume` and no process streams
+/// from the slot (from then on nothing can reach DNS before a resume, so a
+/// test may look at DNS and expect it unchanged without guessing how long
+/// to wait), `"closed"` once no service streams or waits.
+async fn wait_for_stream(stack: &Stack, want: &str) -> Result<serde_json::Value> {
     wait_until(
         DNS_DEADLINE,
-        "pg2dns waits for `pg2dns resume` and nothing streams from the slot",
+        &format!("status says the stream is {want}"),
         || async {
-            let waiting = pg2dns.log().contains(WAITING_FOR_RESUME);
-            let active: bool = stack
-                .db
-                .query_one(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&SLOT],
-                )
-                .await?
-                .get(0);
-            Ok(if waiting && !active {
-                Check::Done(())
+            let s = status(stack).await?;
+            Ok(if s["stream"] == want {
+                Check::Done(s)
             } else {
-                Check::NotYet(format!(
-                    "the log says it waits: {waiting}; the slot is active: {active}; log:\n{}",
-                    pg2dns.log_tail(10)
-                ))
+                Check::NotYet(s.to_string())
             })
         },
     )
@@ -83,7 +69,7 @@ async fn wait_until_paused_and_not_streaming(stack: &Stack, pg2dns: &Pg2dns) -> 
 async fn a_pause_stops_exactly_at_a_transaction_boundary_while_writers_go_on_and_resume_delivers_the_rest(
 ) -> Result<()> {
     let stack = Stack::start("pause", Primary::Bind).await?;
-    let pg2dns = stack.run()?;
+    let _pg2dns = stack.run()?;
     // One writer commits one row per transaction, in order, 5 ms apart.
     let writer = Writer::sequence(stack.pg.url(), Duration::from_millis(5), |i| {
         format!(
@@ -122,7 +108,7 @@ async fn a_pause_stops_exactly_at_a_transaction_boundary_while_writers_go_on_and
     // Writers go on; DNS does not move. Once pg2dns waits for the resume
     // without streaming, 20 more transactions are committed, then DNS must
     // still hold the same prefix.
-    wait_until_paused_and_not_streaming(&stack, &pg2dns).await?;
+    wait_for_stream(&stack, "paused").await?;
     writer
         .wait_for(writer.transactions() + 20, DNS_DEADLINE)
         .await?;
@@ -154,6 +140,7 @@ async fn a_pause_stops_exactly_at_a_transaction_boundary_while_writers_go_on_and
     ensure!(written > k, "the writer went on past the pause");
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     wait_for_mode(&stack, "running").await?;
+    wait_for_stream(&stack, "open").await?;
     Ok(())
 }
 
@@ -167,14 +154,16 @@ async fn a_paused_service_stays_paused_across_a_kill_and_a_restart() -> Result<(
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     stack.admin(&["pause", "--wait"]).await?;
     pg2dns.kill()?;
+    // The killed run's control connection (which said it waits) is gone.
+    wait_for_stream(&stack, "closed").await?;
     let paused_at = stack.confirmed_flush_lsn().await?;
-    let again = stack.run()?;
+    let _again = stack.run()?;
     stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.2')")
         .await?;
     // The row is committed; once the restarted service says it waits for the
     // resume (it reads its mode before streaming), the row must not be in DNS.
-    wait_until_paused_and_not_streaming(&stack, &again).await?;
+    wait_for_stream(&stack, "paused").await?;
     ensure!(
         stack.query("after.example.test.", "A").await?.is_empty(),
         "a restarted paused service published a row committed after the pause"
