@@ -116,15 +116,63 @@ pub enum AxfrError {
         source: io::Error,
     },
     /// A message or record does not make sense as a transfer of this zone.
-    #[error("zone {zone}: malformed transfer from {server}: {detail}")]
+    #[error("zone {zone}: malformed transfer from {server}")]
     Malformed {
         /// The zone.
         zone: ZoneName,
         /// The server.
         server: SocketAddr,
         /// What is wrong.
-        detail: String,
+        #[source]
+        source: Malformed,
     },
+}
+
+/// What makes a transfer malformed (the cause of [`AxfrError::Malformed`],
+/// which names the zone and the server).
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    /// A message is not a DNS message.
+    #[error(transparent)]
+    Message(hickory_proto::serialize::binary::DecodeError),
+    /// A record's owner name cannot be read.
+    #[error("owner {owner}")]
+    Owner {
+        /// The name as the decoder read it.
+        owner: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A record's data cannot be encoded again.
+    #[error("data of {owner}")]
+    Data {
+        /// The record's owner.
+        owner: Owner,
+        /// Why.
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
+    /// Records follow the closing SOA.
+    #[error("records after the closing SOA")]
+    AfterClosingSoa,
+    /// An SOA record below the apex.
+    #[error("an SOA at {0}")]
+    SoaBelowApex(Owner),
+    /// The closing SOA is not the opening one.
+    #[error("the closing SOA differs from the opening one (the zone changed during the transfer: try again)")]
+    ClosingSoaDiffers,
+    /// The transfer does not start with the zone's SOA.
+    #[error("the first record is {owner} {rtype}, not the zone's SOA")]
+    FirstNotSoa {
+        /// The first record's owner.
+        owner: Owner,
+        /// Its type.
+        rtype: RType,
+    },
+    /// The transfer ended without an SOA.
+    #[error("no SOA")]
+    NoSoa,
 }
 
 /// Seconds since the epoch: the `now` the core's TSIG functions take.
@@ -203,10 +251,10 @@ pub async fn transfer_each(
         server,
         source,
     };
-    let malformed = |detail: String| AxfrError::Malformed {
+    let malformed = |source: Malformed| AxfrError::Malformed {
         zone: zone.clone(),
         server,
-        detail,
+        source,
     };
     let request = tsig::sign(
         &query(zone, TYPE_AXFR, fresh_id()),
@@ -256,16 +304,16 @@ pub async fn transfer_each(
                 },
             });
         }
-        let message = Message::from_vec(&frame).map_err(|e| malformed(e.to_string()))?;
+        let message = Message::from_vec(&frame).map_err(|e| malformed(Malformed::Message(e)))?;
         let mut done = false;
         for rr in &message.answers {
             if done {
-                return Err(malformed("records after the closing SOA".into()));
+                return Err(malformed(Malformed::AfterClosingSoa));
             }
             let record = convert(rr).map_err(&malformed)?;
             if record.rtype == RType::SOA {
                 if record.owner.name() != zone.name() {
-                    return Err(malformed(format!("an SOA at {}", record.owner)));
+                    return Err(malformed(Malformed::SoaBelowApex(record.owner)));
                 }
                 match &soa {
                     None => {
@@ -274,19 +322,15 @@ pub async fn transfer_each(
                         each(record).map_err(spill_err)?;
                     }
                     Some(first) if first.rdata == record.rdata => done = true,
-                    Some(_) => {
-                        return Err(malformed(
-                            "the closing SOA differs from the opening one (the zone changed during the transfer: try again)".into(),
-                        ))
-                    }
+                    Some(_) => return Err(malformed(Malformed::ClosingSoaDiffers)),
                 }
                 continue;
             }
             if soa.is_none() {
-                return Err(malformed(format!(
-                    "the first record is {} {}, not the zone's SOA",
-                    record.owner, record.rtype
-                )));
+                return Err(malformed(Malformed::FirstNotSoa {
+                    owner: record.owner,
+                    rtype: record.rtype,
+                }));
             }
             count += 1;
             each(record).map_err(spill_err)?;
@@ -296,27 +340,34 @@ pub async fn transfer_each(
         }
     }
     verifier.finish().map_err(tsig_err)?;
-    let soa = soa.ok_or_else(|| malformed("no SOA".into()))?;
+    let soa = soa.ok_or_else(|| malformed(Malformed::NoSoa))?;
     Ok((soa, messages))
 }
 
 /// One transferred RR as pg2dns's record: names lower-case, data of the
 /// types pg2dns publishes in the canonical form its parser gives.
-fn convert(rr: &hickory_proto::rr::Record) -> Result<Record, String> {
+fn convert(rr: &hickory_proto::rr::Record) -> Result<Record, Malformed> {
     let mut name = Vec::new();
     let mut encoder = BinEncoder::new(&mut name);
     encoder.set_name_encoding(NameEncoding::Uncompressed);
+    let bad_owner = |source: Box<dyn std::error::Error + Send + Sync>| Malformed::Owner {
+        owner: rr.name.to_string(),
+        source,
+    };
     rr.name
         .emit(&mut encoder)
-        .map_err(|e| format!("owner {}: {e}", rr.name))?;
-    let (owner, _) = Name::from_wire(&name).map_err(|e| format!("owner {}: {e}", rr.name))?;
+        .map_err(|e| bad_owner(Box::new(e)))?;
+    let (owner, _) = Name::from_wire(&name).map_err(|e| bad_owner(Box::new(e)))?;
     let owner = Owner::from_name(owner);
     let mut wire = Vec::new();
     let mut encoder = BinEncoder::new(&mut wire);
     encoder.set_name_encoding(NameEncoding::Uncompressed);
     rr.data
         .emit(&mut encoder)
-        .map_err(|e| format!("data of {owner}: {e}"))?;
+        .map_err(|source| Malformed::Data {
+            owner: owner.clone(),
+            source,
+        })?;
     let rtype = RType(u16::from(rr.record_type()));
     if rtype.is_supported() {
         let canonical = rdata::format(rtype, &wire)
@@ -348,5 +399,42 @@ mod tests {
         assert_eq!(m.metadata.id, 0x1234);
         assert_eq!(m.queries[0].name().to_string(), "example.test.");
         assert_eq!(u16::from(m.queries[0].query_type()), TYPE_AXFR);
+    }
+
+    #[test]
+    fn a_malformed_transfer_names_zone_server_and_the_typed_cause() {
+        let zone = ZoneName::parse("Example.Test").unwrap();
+        let server: SocketAddr = "192.0.2.53:5353".parse().unwrap();
+        let err = |source| AxfrError::Malformed {
+            zone: zone.clone(),
+            server,
+            source,
+        };
+        let first = err(Malformed::FirstNotSoa {
+            owner: Owner::parse("WWW.example.test.").unwrap(),
+            rtype: RType::A,
+        });
+        assert_eq!(
+            crate::error::chain(&first),
+            "zone example.test.: malformed transfer from 192.0.2.53:5353: the first record is www.example.test. A, not the zone's SOA"
+        );
+        // A frame too short for a DNS header: the decoder's error is the
+        // source, not text.
+        let short = Message::from_vec(&[0x12]).unwrap_err();
+        let e = err(Malformed::Message(short));
+        assert!(matches!(
+            &e,
+            AxfrError::Malformed {
+                source: Malformed::Message(_),
+                ..
+            }
+        ));
+        let text = crate::error::chain(&e);
+        assert!(
+            text.starts_with("zone example.test.: malformed transfer from 192.0.2.53:5353: ")
+                && text.len()
+                    > "zone example.test.: malformed transfer from 192.0.2.53:5353: ".len(),
+            "{text}"
+        );
     }
 }
