@@ -52,6 +52,16 @@ pub enum ConfigError {
         /// Which key and why.
         what: String,
     },
+    /// The TLS settings of `[database].url` give no client configuration
+    /// (the CA file cannot be read, or holds no certificate).
+    #[error("config file {path}: database.url")]
+    Tls {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::pgconn::TlsConfigError,
+    },
     /// A server's TSIG key file could not be used.
     #[error("server {server:?}: TSIG key file {key_file}")]
     ServerKey {
@@ -1159,10 +1169,13 @@ impl Config {
                 pg.password(password);
             }
         }
-        let tls_client = std::sync::Arc::new(
-            crate::pgconn::rustls_config(&tls)
-                .map_err(|e| invalid(format!("database.url: {e}")))?,
-        );
+        let tls_client =
+            std::sync::Arc::new(crate::pgconn::rustls_config(&tls).map_err(|source| {
+                ConfigError::Tls {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?);
         for (key, value) in [
             ("database.slot", &spec.database.slot),
             ("database.publication", &spec.database.publication),
@@ -2048,6 +2061,42 @@ tsig_key_file = "k.key"
             }
             let text = crate::error::chain(&err);
             assert!(text.contains(wanted), "{text:?} lacks {wanted:?}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_that_gives_no_certificate_names_the_file_and_the_typed_cause() {
+        let dir = std::env::temp_dir().join(format!("pg2dns-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty ca.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let missing = dir.join("missing-ca.pem");
+        for (file, wanted) in [
+            (&missing, "missing-ca.pem: "),
+            (&empty, "empty ca.pem: holds no PEM certificate"),
+        ] {
+            let url = format!(
+                "postgresql://postgres:pw@127.0.0.1:5433/app?sslmode=verify-full&sslrootcert={}",
+                file.display().to_string().replace(' ', "%20")
+            );
+            let body = GOOD.replace("postgresql://postgres:pw@127.0.0.1:5433/app", &url);
+            let err = with_key_file(&body).unwrap_err();
+            let ConfigError::Tls { source, .. } = &err else {
+                panic!("not a TLS error: {err:?}");
+            };
+            assert!(
+                matches!(
+                    source,
+                    crate::pgconn::TlsConfigError::Pem { .. }
+                        | crate::pgconn::TlsConfigError::Empty { .. }
+                ),
+                "{source:?}"
+            );
+            let text = crate::error::chain(&err);
+            assert!(
+                text.contains(": database.url: sslrootcert ") && text.contains(wanted),
+                "{text:?} lacks {wanted:?}"
+            );
         }
     }
 

@@ -225,10 +225,45 @@ pub async fn connect_raw(
         .map_err(sql("cannot connect to PostgreSQL"))
 }
 
+/// Why the TLS settings of `[database].url` give no client configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// The CA file cannot be read or holds a bad PEM block.
+    #[error("sslrootcert {}", path.display())]
+    Pem {
+        /// The CA file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate of the CA file is refused as a trust anchor.
+    #[error("sslrootcert {}", path.display())]
+    Anchor {
+        /// The CA file.
+        path: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The CA file holds no certificate.
+    #[error("sslrootcert {}: holds no PEM certificate", path.display())]
+    Empty {
+        /// The CA file.
+        path: PathBuf,
+    },
+    /// The protocol versions cannot be set up.
+    #[error("TLS set-up")]
+    Setup(#[source] rustls::Error),
+    /// The certificate verifier cannot be built.
+    #[error("TLS set-up")]
+    Verifier(#[source] rustls::client::VerifierBuilderError),
+}
+
 /// The rustls client configuration for `tls` (the CA file is read here,
 /// when the configuration is loaded, so a missing one is a configuration
 /// error).
-pub fn rustls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, String> {
+pub fn rustls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, TlsConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = Arc::new(match &tls.root_cert {
         Some(path) => load_roots(path)?,
@@ -236,13 +271,13 @@ pub fn rustls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, String> 
     });
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?;
+        .map_err(TlsConfigError::Setup)?;
     let verifier: Arc<dyn ServerCertVerifier> = match tls.effective_mode() {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(AnyCertificate(provider)),
         mode => {
             let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
-                .map_err(|e| format!("TLS set-up: {e}"))?;
+                .map_err(TlsConfigError::Verifier)?;
             if mode == SslMode::VerifyFull {
                 inner
             } else {
@@ -256,17 +291,25 @@ pub fn rustls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, String> 
         .with_no_client_auth())
 }
 
-fn load_roots(path: &Path) -> Result<RootCertStore, String> {
-    let what = |e: &dyn std::fmt::Display| format!("sslrootcert {}: {e}", path.display());
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsConfigError> {
+    let pem = |source| TlsConfigError::Pem {
+        path: path.to_owned(),
+        source,
+    };
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| what(&e))?;
+    let certs = CertificateDer::pem_file_iter(path).map_err(pem)?;
     for cert in certs {
         roots
-            .add(cert.map_err(|e| what(&e))?)
-            .map_err(|e| what(&e))?;
+            .add(cert.map_err(pem)?)
+            .map_err(|source| TlsConfigError::Anchor {
+                path: path.to_owned(),
+                source,
+            })?;
     }
     if roots.is_empty() {
-        return Err(what(&"holds no PEM certificate"));
+        return Err(TlsConfigError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(roots)
 }
