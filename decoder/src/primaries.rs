@@ -40,6 +40,11 @@
 //!   acknowledgement ignores it, its own progress is kept, and it rejoins
 //!   once it caught up with the others. At least one lane is never
 //!   degraded.
+//! - **A bounded queue.** A degraded lane's dispatches wait in its server's
+//!   queue. Past [`Primaries::with_queue_bound`] dispatches behind, the
+//!   lane is *dropped* ([`Event::Dropped`]): detached for the rest of the
+//!   session, its queue discarded by the driver, and brought in line from
+//!   the row state (a catch-up reconcile) before it rejoins.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -127,6 +132,15 @@ pub enum Event {
         /// The lane (index into the zone's primaries).
         lane: usize,
     },
+    /// `lane`, degraded, fell more than the queue bound behind: it
+    /// receives nothing more this session (the driver drops its queue) and
+    /// needs a catch-up before it rejoins.
+    Dropped {
+        /// The zone.
+        zone: ZoneId,
+        /// The lane.
+        lane: usize,
+    },
     /// `lane` caught up with the others and counts again.
     Rejoined {
         /// The zone.
@@ -149,6 +163,9 @@ pub enum Event {
 #[derive(Clone, Debug)]
 struct Lane {
     acked: u64,
+    /// The transaction of the newest dispatch it acknowledged in this
+    /// session.
+    acked_lsn: Option<Lsn>,
     degraded: bool,
     /// Receives nothing this session: degraded until it ends.
     detached: bool,
@@ -236,6 +253,8 @@ pub struct Primaries {
     zones: crate::HashMap<ZoneId, Zone>,
     events: VecDeque<Event>,
     settle: Duration,
+    /// Dispatches a degraded lane may lag before it is dropped.
+    queue_bound: u64,
 }
 
 impl Primaries {
@@ -254,6 +273,7 @@ impl Primaries {
                             lanes: vec![
                                 Lane {
                                     acked: 0,
+                                    acked_lsn: None,
                                     degraded: false,
                                     detached: false,
                                     waiting_since: None,
@@ -272,7 +292,16 @@ impl Primaries {
                 .collect(),
             events: VecDeque::new(),
             settle,
+            queue_bound: u64::MAX,
         }
+    }
+
+    /// A degraded lane more than `bound` dispatches behind its zone is
+    /// dropped ([`Event::Dropped`]); unbounded unless set.
+    #[must_use]
+    pub fn with_queue_bound(mut self, bound: u64) -> Primaries {
+        self.queue_bound = bound.max(1);
+        self
     }
 
     /// How many primaries `zone` has (1 for a zone not given).
@@ -283,6 +312,17 @@ impl Primaries {
     /// Whether `lane` of `zone` is degraded.
     pub fn is_degraded(&self, zone: ZoneId, lane: usize) -> bool {
         self.lane(zone, lane).is_some_and(|l| l.degraded)
+    }
+
+    /// Whether `lane` of `zone` receives nothing this session.
+    pub fn is_detached(&self, zone: ZoneId, lane: usize) -> bool {
+        self.lane(zone, lane).is_some_and(|l| l.detached)
+    }
+
+    /// The transaction of the newest dispatch `lane` of `zone`
+    /// acknowledged in this session, if known.
+    pub fn acked_lsn(&self, zone: ZoneId, lane: usize) -> Option<Lsn> {
+        self.lane(zone, lane).and_then(|l| l.acked_lsn)
     }
 
     /// What `lane` of `zone` acknowledged.
@@ -347,6 +387,22 @@ impl Primaries {
         if z.lanes.len() > 1 {
             z.lsns.push_back((id, lsn));
         }
+        // A degraded lane too far behind: dropped (the last lane that
+        // receives dispatches never is).
+        for i in 0..z.lanes.len() {
+            let l = &z.lanes[i];
+            if l.degraded
+                && !l.detached
+                && z.dispatched.saturating_sub(l.acked) > self.queue_bound
+                && z.lanes
+                    .iter()
+                    .enumerate()
+                    .any(|(j, o)| j != i && !o.detached)
+            {
+                z.lanes[i].detached = true;
+                self.events.push_back(Event::Dropped { zone, lane: i });
+            }
+        }
     }
 
     /// `lane` of `zone` acknowledged every dispatch up to `upto`.
@@ -361,6 +417,11 @@ impl Primaries {
         if upto > l.acked {
             l.acked = upto;
             l.waiting_since = (upto < z.dispatched).then_some(now);
+            // The newest dispatch at or below `upto` (ids increase).
+            let at = z.lsns.partition_point(|(id, _)| *id <= upto);
+            if let Some((_, lsn)) = at.checked_sub(1).and_then(|i| z.lsns.get(i)) {
+                l.acked_lsn = Some(*lsn);
+            }
         }
         self.settle_zone(zone, now);
     }
@@ -440,14 +501,20 @@ impl Primaries {
         self.zones
             .values()
             .flat_map(|z| {
+                // Only a lane that lags another, while another counts,
+                // is degraded on time (the rest are decided when an answer
+                // comes): a time handle_timeout would not act on would
+                // wake the driver in a loop.
+                let best = z.lanes.iter().map(|l| l.acked).max().unwrap_or(0);
+                let live = z.lanes.iter().filter(|l| !l.degraded).count();
                 let degrade = match z.spec.policy {
-                    Policy::DegradeAfter(after) => z
+                    Policy::DegradeAfter(after) if live > 1 => z
                         .lanes
                         .iter()
-                        .filter(|l| !l.degraded)
+                        .filter(|l| !l.degraded && l.acked < best)
                         .filter_map(|l| l.waiting_since.map(|t| t + after))
                         .min(),
-                    Policy::Hold => None,
+                    _ => None,
                 };
                 [degrade, z.halt.as_ref().map(|h| h.until)]
             })
