@@ -246,9 +246,9 @@ async fn write_durable(
                 }
             }
         }
-        if done.send(()).is_err() {
-            return;
-        }
+        // Written even when the session ended meanwhile (the next one
+        // reads it): go on until every write handed over is done.
+        let _ = done.send(());
     }
 }
 
@@ -626,6 +626,14 @@ impl Lanes {
 
     fn report(&mut self, report: Option<LaneReport>) -> Result<(), RunError> {
         let now = Instant::now();
+        // Reports that keep coming must not starve the primaries' time or
+        // the writes done (`Reports::recv` prefers reports).
+        while let Ok(()) = self.reports.written_rx.try_recv() {
+            self.reports.written += 1;
+        }
+        if self.reports.deadline.is_some_and(|d| d <= now) {
+            self.primaries.handle_timeout(now);
+        }
         match report {
             None => return Err(RunError::Internal("every zone stream ended".into())),
             Some(LaneReport::Tick) => self.primaries.handle_timeout(now),
