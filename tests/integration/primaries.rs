@@ -828,7 +828,8 @@ async fn check_config_probes_every_primary_of_a_zone_and_names_the_one_at_fault(
     let two = Two::start("two-check", Primary::Bind, Primary::Bind, "").await?;
     let wrong = two.stack.write_wrong_key_file().await?;
     two.write_config(&wrong, "")?;
-    let output = two.stack.admin(&["check-config"]).await?;
+    let config = two.stack.config_path();
+    let output = crate::harness::pg2dns::command("check-config", config).await?;
     let text = String::from_utf8_lossy(&output.stdout);
     ensure!(
         output.status.code() == Some(1),
@@ -852,7 +853,7 @@ async fn check_config_probes_every_primary_of_a_zone_and_names_the_one_at_fault(
     );
     // With the right key on both, both are fine.
     two.write_config(two.second.key_file(), "")?;
-    let output = two.stack.admin(&["check-config"]).await?;
+    let output = crate::harness::pg2dns::command("check-config", config).await?;
     let text = String::from_utf8_lossy(&output.stdout);
     ensure!(output.status.success(), "check-config passes:\n{text}");
     Ok(())
