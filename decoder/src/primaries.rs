@@ -202,9 +202,34 @@ struct Zone {
     refusals: Vec<Kept>,
     reported: u64,
     halt: Option<PendingHalt>,
+    /// When it needs [`Primaries::handle_timeout`] (its entry in
+    /// `Primaries::deadlines`).
+    deadline: Option<Instant>,
 }
 
 impl Zone {
+    /// When time alone changes something: a lane that lags another (while
+    /// another counts) is degraded, a pending halt reported. The rest is
+    /// decided when an answer comes; a time `handle_timeout` would not act
+    /// on would wake the driver in a loop.
+    fn next_deadline(&self) -> Option<Instant> {
+        let best = self.lanes.iter().map(|l| l.acked).max().unwrap_or(0);
+        let live = self.lanes.iter().filter(|l| !l.degraded).count();
+        let degrade = match self.spec.policy {
+            Policy::DegradeAfter(after) if live > 1 => self
+                .lanes
+                .iter()
+                .filter(|l| !l.degraded && l.acked < best)
+                .filter_map(|l| l.waiting_since.map(|t| t + after))
+                .min(),
+            _ => None,
+        };
+        [degrade, self.halt.as_ref().map(|h| h.until)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
     fn ack(&self) -> u64 {
         self.lanes
             .iter()
@@ -255,6 +280,10 @@ pub struct Primaries {
     settle: Duration,
     /// Dispatches a degraded lane may lag before it is dropped.
     queue_bound: u64,
+    /// Each zone's next deadline, soonest first: `poll_timeout` and
+    /// `handle_timeout` cost a zone due, not every zone of several
+    /// primaries (there may be thousands).
+    deadlines: std::collections::BTreeSet<(Instant, ZoneId)>,
 }
 
 impl Primaries {
@@ -286,6 +315,7 @@ impl Primaries {
                             refusals: Vec::new(),
                             reported: 0,
                             halt: None,
+                            deadline: None,
                         },
                     )
                 })
@@ -293,6 +323,7 @@ impl Primaries {
             events: VecDeque::new(),
             settle,
             queue_bound: u64::MAX,
+            deadlines: std::collections::BTreeSet::new(),
         }
     }
 
@@ -350,6 +381,7 @@ impl Primaries {
                 l.acked = l.acked.max(id);
             }
         }
+        self.refresh(zone);
     }
 
     /// `lane` of `zone` receives nothing this session (it could not be
@@ -371,6 +403,7 @@ impl Primaries {
             l.degraded = true;
             l.detached = true;
         }
+        self.refresh(zone);
     }
 
     /// Dispatch `id` (transaction `lsn`) went to every lane of `zone`.
@@ -403,6 +436,7 @@ impl Primaries {
                 self.events.push_back(Event::Dropped { zone, lane: i });
             }
         }
+        self.refresh(zone);
     }
 
     /// `lane` of `zone` acknowledged every dispatch up to `upto`.
@@ -490,36 +524,37 @@ impl Primaries {
     /// Time passed: degrade lanes without progress, report halts whose
     /// wait is over.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let zones: Vec<ZoneId> = self.zones.keys().copied().collect();
-        for zone in zones {
+        let due: Vec<ZoneId> = self
+            .deadlines
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, zone)| *zone)
+            .collect();
+        for zone in due {
             self.settle_zone(zone, now);
         }
     }
 
     /// When [`Primaries::handle_timeout`] should be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.zones
-            .values()
-            .flat_map(|z| {
-                // Only a lane that lags another, while another counts,
-                // is degraded on time (the rest are decided when an answer
-                // comes): a time handle_timeout would not act on would
-                // wake the driver in a loop.
-                let best = z.lanes.iter().map(|l| l.acked).max().unwrap_or(0);
-                let live = z.lanes.iter().filter(|l| !l.degraded).count();
-                let degrade = match z.spec.policy {
-                    Policy::DegradeAfter(after) if live > 1 => z
-                        .lanes
-                        .iter()
-                        .filter(|l| !l.degraded && l.acked < best)
-                        .filter_map(|l| l.waiting_since.map(|t| t + after))
-                        .min(),
-                    _ => None,
-                };
-                [degrade, z.halt.as_ref().map(|h| h.until)]
-            })
-            .flatten()
-            .min()
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// Files `zone`'s next deadline anew.
+    fn refresh(&mut self, zone: ZoneId) {
+        let Some(z) = self.zones.get_mut(&zone) else {
+            return;
+        };
+        let next = z.next_deadline();
+        if next != z.deadline {
+            if let Some(old) = z.deadline {
+                self.deadlines.remove(&(old, zone));
+            }
+            if let Some(new) = next {
+                self.deadlines.insert((new, zone));
+            }
+            z.deadline = next;
+        }
     }
 
     /// The next thing to tell the driver.
@@ -528,6 +563,11 @@ impl Primaries {
     }
 
     fn settle_zone(&mut self, zone: ZoneId, now: Instant) {
+        self.settle_zone_now(zone, now);
+        self.refresh(zone);
+    }
+
+    fn settle_zone_now(&mut self, zone: ZoneId, now: Instant) {
         let Some(z) = self.zones.get_mut(&zone) else {
             return;
         };

@@ -418,3 +418,42 @@ fn each_primary_knows_the_transaction_it_acknowledged_last() {
     assert_eq!(p.acked_lsn(Z, 0), Some(lsn(3)));
     assert_eq!(p.acked_lsn(Z, 1), Some(lsn(3)));
 }
+
+#[test]
+fn the_next_timeout_is_the_soonest_over_every_zone_and_only_zones_due_are_settled() {
+    const Y: ZoneId = ZoneId(1);
+    let t = Instant::now();
+    let after = Duration::from_secs(10);
+    let mut p = Primaries::new(
+        vec![
+            (Z, spec(2, Policy::DegradeAfter(after))),
+            (Y, spec(2, Policy::DegradeAfter(after))),
+        ],
+        Duration::from_secs(5),
+    );
+    assert_eq!(p.poll_timeout(), None, "nothing waits");
+    p.handle_dispatched(Z, 1, lsn(1), t);
+    p.handle_dispatched(Y, 1, lsn(1), t + Duration::from_secs(3));
+    assert_eq!(p.poll_timeout(), None, "no lane lags another yet");
+    p.handle_acked(Y, 0, 1, t + Duration::from_secs(3));
+    p.handle_acked(Z, 0, 1, t + Duration::from_secs(4));
+    assert_eq!(
+        p.poll_timeout(),
+        Some(t + after),
+        "zone Z's ns2 waits since t"
+    );
+    let _ = events(&mut p);
+    p.handle_timeout(t + after);
+    assert_eq!(
+        events(&mut p),
+        vec![
+            Event::Degraded { zone: Z, lane: 1 },
+            Event::Acked { zone: Z, upto: 1 }
+        ]
+    );
+    assert!(!p.is_degraded(Y, 1));
+    assert_eq!(p.poll_timeout(), Some(t + Duration::from_secs(3) + after));
+    p.handle_timeout(t + Duration::from_secs(3) + after);
+    assert!(p.is_degraded(Y, 1));
+    assert_eq!(p.poll_timeout(), None);
+}
