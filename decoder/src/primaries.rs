@@ -40,6 +40,11 @@
 //!   acknowledgement ignores it, its own progress is kept, and it rejoins
 //!   once it caught up with the others. At least one lane is never
 //!   degraded.
+//! - **A bounded queue.** A degraded lane's dispatches wait in its server's
+//!   queue. Past [`Primaries::with_queue_bound`] dispatches behind, the
+//!   lane is *dropped* ([`Event::Dropped`]): detached for the rest of the
+//!   session, its queue discarded by the driver, and brought in line from
+//!   the row state (a catch-up reconcile) before it rejoins.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -127,6 +132,15 @@ pub enum Event {
         /// The lane (index into the zone's primaries).
         lane: usize,
     },
+    /// `lane`, degraded, fell more than the queue bound behind: it
+    /// receives nothing more this session (the driver drops its queue) and
+    /// needs a catch-up before it rejoins.
+    Dropped {
+        /// The zone.
+        zone: ZoneId,
+        /// The lane.
+        lane: usize,
+    },
     /// `lane` caught up with the others and counts again.
     Rejoined {
         /// The zone.
@@ -149,6 +163,9 @@ pub enum Event {
 #[derive(Clone, Debug)]
 struct Lane {
     acked: u64,
+    /// The transaction of the newest dispatch it acknowledged in this
+    /// session.
+    acked_lsn: Option<Lsn>,
     degraded: bool,
     /// Receives nothing this session: degraded until it ends.
     detached: bool,
@@ -185,9 +202,34 @@ struct Zone {
     refusals: Vec<Kept>,
     reported: u64,
     halt: Option<PendingHalt>,
+    /// When it needs [`Primaries::handle_timeout`] (its entry in
+    /// `Primaries::deadlines`).
+    deadline: Option<Instant>,
 }
 
 impl Zone {
+    /// When time alone changes something: a lane that lags another (while
+    /// another counts) is degraded, a pending halt reported. The rest is
+    /// decided when an answer comes; a time `handle_timeout` would not act
+    /// on would wake the driver in a loop.
+    fn next_deadline(&self) -> Option<Instant> {
+        let best = self.lanes.iter().map(|l| l.acked).max().unwrap_or(0);
+        let live = self.lanes.iter().filter(|l| !l.degraded).count();
+        let degrade = match self.spec.policy {
+            Policy::DegradeAfter(after) if live > 1 => self
+                .lanes
+                .iter()
+                .filter(|l| !l.degraded && l.acked < best)
+                .filter_map(|l| l.waiting_since.map(|t| t + after))
+                .min(),
+            _ => None,
+        };
+        [degrade, self.halt.as_ref().map(|h| h.until)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
     fn ack(&self) -> u64 {
         self.lanes
             .iter()
@@ -236,6 +278,12 @@ pub struct Primaries {
     zones: crate::HashMap<ZoneId, Zone>,
     events: VecDeque<Event>,
     settle: Duration,
+    /// Dispatches a degraded lane may lag before it is dropped.
+    queue_bound: u64,
+    /// Each zone's next deadline, soonest first: `poll_timeout` and
+    /// `handle_timeout` cost a zone due, not every zone of several
+    /// primaries (there may be thousands).
+    deadlines: std::collections::BTreeSet<(Instant, ZoneId)>,
 }
 
 impl Primaries {
@@ -254,6 +302,7 @@ impl Primaries {
                             lanes: vec![
                                 Lane {
                                     acked: 0,
+                                    acked_lsn: None,
                                     degraded: false,
                                     detached: false,
                                     waiting_since: None,
@@ -266,13 +315,24 @@ impl Primaries {
                             refusals: Vec::new(),
                             reported: 0,
                             halt: None,
+                            deadline: None,
                         },
                     )
                 })
                 .collect(),
             events: VecDeque::new(),
             settle,
+            queue_bound: u64::MAX,
+            deadlines: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// A degraded lane more than `bound` dispatches behind its zone is
+    /// dropped ([`Event::Dropped`]); unbounded unless set.
+    #[must_use]
+    pub fn with_queue_bound(mut self, bound: u64) -> Primaries {
+        self.queue_bound = bound.max(1);
+        self
     }
 
     /// How many primaries `zone` has (1 for a zone not given).
@@ -283,6 +343,17 @@ impl Primaries {
     /// Whether `lane` of `zone` is degraded.
     pub fn is_degraded(&self, zone: ZoneId, lane: usize) -> bool {
         self.lane(zone, lane).is_some_and(|l| l.degraded)
+    }
+
+    /// Whether `lane` of `zone` receives nothing this session.
+    pub fn is_detached(&self, zone: ZoneId, lane: usize) -> bool {
+        self.lane(zone, lane).is_some_and(|l| l.detached)
+    }
+
+    /// The transaction of the newest dispatch `lane` of `zone`
+    /// acknowledged in this session, if known.
+    pub fn acked_lsn(&self, zone: ZoneId, lane: usize) -> Option<Lsn> {
+        self.lane(zone, lane).and_then(|l| l.acked_lsn)
     }
 
     /// What `lane` of `zone` acknowledged.
@@ -310,6 +381,7 @@ impl Primaries {
                 l.acked = l.acked.max(id);
             }
         }
+        self.refresh(zone);
     }
 
     /// `lane` of `zone` receives nothing this session (it could not be
@@ -331,6 +403,7 @@ impl Primaries {
             l.degraded = true;
             l.detached = true;
         }
+        self.refresh(zone);
     }
 
     /// Dispatch `id` (transaction `lsn`) went to every lane of `zone`.
@@ -347,6 +420,23 @@ impl Primaries {
         if z.lanes.len() > 1 {
             z.lsns.push_back((id, lsn));
         }
+        // A degraded lane too far behind: dropped (the last lane that
+        // receives dispatches never is).
+        for i in 0..z.lanes.len() {
+            let l = &z.lanes[i];
+            if l.degraded
+                && !l.detached
+                && z.dispatched.saturating_sub(l.acked) > self.queue_bound
+                && z.lanes
+                    .iter()
+                    .enumerate()
+                    .any(|(j, o)| j != i && !o.detached)
+            {
+                z.lanes[i].detached = true;
+                self.events.push_back(Event::Dropped { zone, lane: i });
+            }
+        }
+        self.refresh(zone);
     }
 
     /// `lane` of `zone` acknowledged every dispatch up to `upto`.
@@ -361,6 +451,11 @@ impl Primaries {
         if upto > l.acked {
             l.acked = upto;
             l.waiting_since = (upto < z.dispatched).then_some(now);
+            // The newest dispatch at or below `upto` (ids increase).
+            let at = z.lsns.partition_point(|(id, _)| *id <= upto);
+            if let Some((_, lsn)) = at.checked_sub(1).and_then(|i| z.lsns.get(i)) {
+                l.acked_lsn = Some(*lsn);
+            }
         }
         self.settle_zone(zone, now);
     }
@@ -429,30 +524,37 @@ impl Primaries {
     /// Time passed: degrade lanes without progress, report halts whose
     /// wait is over.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let zones: Vec<ZoneId> = self.zones.keys().copied().collect();
-        for zone in zones {
+        let due: Vec<ZoneId> = self
+            .deadlines
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, zone)| *zone)
+            .collect();
+        for zone in due {
             self.settle_zone(zone, now);
         }
     }
 
     /// When [`Primaries::handle_timeout`] should be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.zones
-            .values()
-            .flat_map(|z| {
-                let degrade = match z.spec.policy {
-                    Policy::DegradeAfter(after) => z
-                        .lanes
-                        .iter()
-                        .filter(|l| !l.degraded)
-                        .filter_map(|l| l.waiting_since.map(|t| t + after))
-                        .min(),
-                    Policy::Hold => None,
-                };
-                [degrade, z.halt.as_ref().map(|h| h.until)]
-            })
-            .flatten()
-            .min()
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// Files `zone`'s next deadline anew.
+    fn refresh(&mut self, zone: ZoneId) {
+        let Some(z) = self.zones.get_mut(&zone) else {
+            return;
+        };
+        let next = z.next_deadline();
+        if next != z.deadline {
+            if let Some(old) = z.deadline {
+                self.deadlines.remove(&(old, zone));
+            }
+            if let Some(new) = next {
+                self.deadlines.insert((new, zone));
+            }
+            z.deadline = next;
+        }
     }
 
     /// The next thing to tell the driver.
@@ -461,6 +563,11 @@ impl Primaries {
     }
 
     fn settle_zone(&mut self, zone: ZoneId, now: Instant) {
+        self.settle_zone_now(zone, now);
+        self.refresh(zone);
+    }
+
+    fn settle_zone_now(&mut self, zone: ZoneId, now: Instant) {
         let Some(z) = self.zones.get_mut(&zone) else {
             return;
         };

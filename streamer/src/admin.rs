@@ -189,7 +189,19 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
     let (state, wal_status): (String, String) = (r.get(17), r.get(18));
     let (retained, safe): (i64, Option<i64>) = (r.get(10), r.get(19));
     let warning = crate::status::slot_warning(&wal_status, retained, safe);
-    let zones = serde_json::from_str::<serde_json::Value>(&text(16)).unwrap_or_default();
+    let mut zones = serde_json::from_str::<serde_json::Value>(&text(16)).unwrap_or_default();
+    let primaries = primaries_of(&client, slot).await;
+    // Each zone of several primaries lists them.
+    for z in zones.as_array_mut().into_iter().flatten() {
+        let of: Vec<serde_json::Value> = primaries
+            .iter()
+            .filter(|p| p["zone"] == z["zone"])
+            .cloned()
+            .collect();
+        if !of.is_empty() {
+            z["primaries"] = serde_json::Value::Array(of);
+        }
+    }
     let standbys = serde_json::from_str::<serde_json::Value>(&text(21)).unwrap_or_default();
     // Whether changes can reach DNS: a stream is open from the slot, or a
     // service waits for `pg2dns resume` with none open, or neither.
@@ -223,6 +235,7 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
         "lag_seconds": r.get::<_, f64>(14),
         "status_updated": text(15),
         "zones": zones,
+        "primaries": primaries,
         "standbys": standbys,
     });
     if json {
@@ -270,6 +283,16 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
             value(&z["primary"]),
             value(&z["in_flight"]),
             value(&z["unreachable_since"])
+        ));
+    }
+    for p in primaries.iter().filter(|p| !p["degraded_since"].is_null()) {
+        out.push_str(&format!(
+            "\n  degraded: zone {} primary {} since {} (acknowledged up to {}): {}",
+            value(&p["zone"]),
+            value(&p["primary"]),
+            value(&p["degraded_since"]),
+            value(&p["degraded_lsn"]),
+            value(&p["last_error"])
         ));
     }
     for b in standbys.as_array().into_iter().flatten() {
@@ -330,5 +353,56 @@ pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
             );
         }
     }
+    if !primaries.is_empty() {
+        say!(
+            "  {:<30} {:<16} {:>14} {:>9}  {}",
+            "zone",
+            "primary",
+            "acked LSN",
+            "in flight",
+            "state"
+        );
+        for p in &primaries {
+            let state = if p["degraded_since"].is_null() {
+                "in line".to_string()
+            } else {
+                format!("degraded since {}", value(&p["degraded_since"]))
+            };
+            say!(
+                "  {:<30} {:<16} {:>14} {:>9}  {}{}",
+                value(&p["zone"]),
+                value(&p["primary"]),
+                value(&p["acked_lsn"]),
+                value(&p["in_flight"]),
+                state,
+                match &p["last_error"] {
+                    serde_json::Value::String(e) => format!(" (last error: {e})"),
+                    _ => String::new(),
+                }
+            );
+        }
+    }
     Ok(())
+}
+
+/// The primaries of the zones with several (`pg2dns.status`'s
+/// `primaries`, schema version 13; none before it).
+async fn primaries_of(client: &tokio_postgres::Client, slot: &str) -> Vec<serde_json::Value> {
+    let text: Option<String> = match client
+        .query_opt(
+            "SELECT primaries::text FROM pg2dns.status WHERE slot = $1",
+            &[&slot],
+        )
+        .await
+    {
+        Ok(row) => row.map(|r| r.get(0)),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the zones' primaries from pg2dns.status");
+            None
+        }
+    };
+    text.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
 }

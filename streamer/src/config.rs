@@ -683,6 +683,8 @@ struct LimitsSpec {
     dns_timeout_ms: u64,
     #[serde(default = "default_unreachable_after_s")]
     unreachable_after_s: u64,
+    #[serde(default = "default_degraded_queue")]
+    degraded_queue: u64,
 }
 
 impl Default for LimitsSpec {
@@ -693,12 +695,17 @@ impl Default for LimitsSpec {
             window: default_window(),
             dns_timeout_ms: default_timeout_ms(),
             unreachable_after_s: default_unreachable_after_s(),
+            degraded_queue: default_degraded_queue(),
         }
     }
 }
 
 fn default_unreachable_after_s() -> u64 {
     30
+}
+
+fn default_degraded_queue() -> u64 {
+    10_000
 }
 
 fn default_max_message_bytes() -> usize {
@@ -1116,6 +1123,9 @@ pub struct Limits {
     /// How long a zone's primary may leave pending changes unanswered
     /// before the service says it is unreachable (and is not ready).
     pub unreachable_after: Duration,
+    /// Transactions a degraded primary may lag behind its zone before its
+    /// queue is dropped (it is brought in line by a catch-up reconcile).
+    pub degraded_queue: u64,
 }
 
 impl Config {
@@ -1505,6 +1515,7 @@ impl Config {
                 window: l.window,
                 dns_timeout: Duration::from_millis(l.dns_timeout_ms.max(100)),
                 unreachable_after: Duration::from_secs(l.unreachable_after_s.max(1)),
+                degraded_queue: l.degraded_queue.max(1),
             },
             metrics_per_zone: spec.metrics.per_zone,
             metrics_listen: match spec.metrics.listen.trim() {

@@ -30,6 +30,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (10, include_str!("../../sql/010_roles.sql")),
     (11, include_str!("../../sql/011_truncate_partition.sql")),
     (12, include_str!("../../sql/012_zones.sql")),
+    (13, include_str!("../../sql/013_primary_status.sql")),
 ];
 
 /// What the operator asked `setup` for.

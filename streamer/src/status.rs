@@ -68,6 +68,21 @@ pub struct ZoneLive {
     acked_at: AtomicI64,
 }
 
+/// One primary's live numbers, of a zone with several.
+#[derive(Debug)]
+pub struct PrimaryLive {
+    /// Its zone's index.
+    zone: usize,
+    name: String,
+    address: String,
+    /// The zone's dispatches it acknowledged.
+    acked: AtomicU64,
+    /// The transaction of the newest of them (0: not known).
+    acked_lsn: AtomicU64,
+    /// Unix microseconds of its last acknowledgement (0: none yet).
+    acked_at: AtomicI64,
+}
+
 /// The oldest transaction received and not yet acknowledged.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -83,6 +98,10 @@ struct Pending {
 #[derive(Debug)]
 pub struct Live {
     zones: Vec<ZoneLive>,
+    /// The primaries of zones with several, zone by zone.
+    primaries: Vec<PrimaryLive>,
+    /// Where each zone of several primaries starts in `primaries`.
+    first_primary: std::collections::HashMap<usize, usize>,
     received_lsn: AtomicU64,
     last_commit_micros: AtomicI64,
     last_server_micros: AtomicI64,
@@ -108,6 +127,33 @@ impl Live {
                     acked_at: AtomicI64::new(0),
                 })
                 .collect(),
+            primaries: config
+                .zones
+                .iter()
+                .enumerate()
+                .filter(|(_, z)| !z.more_primaries.is_empty())
+                .flat_map(|(i, z)| {
+                    z.primaries().into_iter().map(move |p| PrimaryLive {
+                        zone: i,
+                        name: p.name,
+                        address: p.primary.to_string(),
+                        acked: AtomicU64::new(0),
+                        acked_lsn: AtomicU64::new(0),
+                        acked_at: AtomicI64::new(0),
+                    })
+                })
+                .collect(),
+            first_primary: {
+                let mut first = std::collections::HashMap::new();
+                let mut at = 0;
+                for (i, z) in config.zones.iter().enumerate() {
+                    if !z.more_primaries.is_empty() {
+                        first.insert(i, at);
+                        at += 1 + z.more_primaries.len();
+                    }
+                }
+                first
+            },
             received_lsn: AtomicU64::new(0),
             last_commit_micros: AtomicI64::new(0),
             last_server_micros: AtomicI64::new(0),
@@ -130,6 +176,26 @@ impl Live {
                 z.acked_at
                     .store(unix_micros(SystemTime::now()), Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Primary `lane` of zone `zone` (of several) acknowledged the zone's
+    /// dispatches up to `upto`, the newest of transaction `lsn`.
+    pub fn primary_acked(&self, zone: usize, lane: usize, upto: u64, lsn: Option<Lsn>) {
+        let Some(p) = self
+            .first_primary
+            .get(&zone)
+            .and_then(|first| self.primaries.get(first + lane))
+            .filter(|p| p.zone == zone)
+        else {
+            return;
+        };
+        if let Some(lsn) = lsn {
+            p.acked_lsn.fetch_max(lsn.raw(), Ordering::Relaxed);
+        }
+        if p.acked.fetch_max(upto, Ordering::Relaxed) < upto {
+            p.acked_at
+                .store(unix_micros(SystemTime::now()), Ordering::Relaxed);
         }
     }
 
@@ -303,6 +369,8 @@ pub async fn publish(live: Arc<Live>, config: Config) {
     let mut published_commit = 0u64;
     let mut published_at = Instant::now();
     let mut warned = false;
+    let mut published_primaries: Option<Vec<PrimaryRow>> = None;
+    let mut primaries_missing = false;
     let mut tick = tokio::time::interval(PUBLISH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -385,6 +453,7 @@ pub async fn publish(live: Arc<Live>, config: Config) {
         for (label, sum) in series.iter().zip(sums) {
             m.zone_in_flight.get_or_create(label).set(sum);
         }
+        let primary_rows = primary_rows(&live);
         let pending = live.pending();
         let lag = pending.map_or(Duration::ZERO, |p| p.age_at_receipt + p.received.elapsed());
         m.lag_seconds.set(lag.as_secs_f64());
@@ -402,7 +471,9 @@ pub async fn publish(live: Arc<Live>, config: Config) {
                     && published_at.elapsed() < WAL_END_EVERY
             }
         };
-        if unchanged {
+        let primaries_changed =
+            !primaries_missing && published_primaries.as_ref() != Some(&primary_rows);
+        if unchanged && !primaries_changed {
             continue;
         }
         if db.is_none() {
@@ -436,6 +507,22 @@ pub async fn publish(live: Arc<Live>, config: Config) {
                 published_commit = commit;
                 published_at = Instant::now();
                 warned = false;
+                if primaries_changed {
+                    let first = published_primaries.is_none();
+                    match status_db
+                        .write_primaries(&slot, &live, &primary_rows, first)
+                        .await
+                    {
+                        Ok(()) => published_primaries = Some(primary_rows),
+                        Err(e) if crate::store::primary_status::is_missing(&e) => {
+                            warn!("pg2dns.primary_status is missing: `pg2dns status` does not list the zones' primaries (run `pg2dns setup` for schema version 13)");
+                            primaries_missing = true;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "cannot publish the primaries' status; trying again")
+                        }
+                    }
+                }
             }
             Err(e) => {
                 if !warned {
@@ -448,6 +535,36 @@ pub async fn publish(live: Arc<Live>, config: Config) {
             }
         }
     }
+}
+
+/// A primary's published state (of a zone with several).
+#[derive(Debug, Clone, PartialEq)]
+struct PrimaryRow {
+    in_flight: i64,
+    acked_lsn: Option<Lsn>,
+    acked_at_micros: i64,
+}
+
+/// The primaries' rows now, in `live.primaries`'s order.
+fn primary_rows(live: &Live) -> Vec<PrimaryRow> {
+    live.primaries
+        .iter()
+        .map(|p| {
+            let dispatched = live
+                .zones
+                .get(p.zone)
+                .map_or(0, |z| z.dispatched.load(Ordering::Relaxed));
+            let lsn = p.acked_lsn.load(Ordering::Relaxed);
+            PrimaryRow {
+                in_flight: i64::try_from(
+                    dispatched.saturating_sub(p.acked.load(Ordering::Relaxed)),
+                )
+                .unwrap_or(i64::MAX),
+                acked_lsn: (lsn != 0).then(|| Lsn::new(lsn)),
+                acked_at_micros: p.acked_at.load(Ordering::Relaxed),
+            }
+        })
+        .collect()
 }
 
 /// The status connection and its statements, prepared once.
@@ -556,6 +673,67 @@ impl StatusDb {
             let _ = c.batch_execute("ROLLBACK").await;
         }
         written
+    }
+
+    /// Upserts the primaries' rows (`pg2dns.primary_status`'s published
+    /// columns; the degraded state is the stream's, see
+    /// `store::primary_status`); the `first` time, forgets the primaries no
+    /// longer configured.
+    async fn write_primaries(
+        &self,
+        slot: &str,
+        live: &Live,
+        rows: &[PrimaryRow],
+        first: bool,
+    ) -> Result<(), tokio_postgres::Error> {
+        let zones: Vec<String> = live
+            .primaries
+            .iter()
+            .map(|p| {
+                live.zones
+                    .get(p.zone)
+                    .map_or_else(String::new, |z| z.name.to_string())
+            })
+            .collect();
+        let names: Vec<&str> = live.primaries.iter().map(|p| p.name.as_str()).collect();
+        let addresses: Vec<&str> = live.primaries.iter().map(|p| p.address.as_str()).collect();
+        let in_flight: Vec<i64> = rows.iter().map(|r| r.in_flight).collect();
+        let lsns: Vec<Option<String>> = rows
+            .iter()
+            .map(|r| r.acked_lsn.map(|l| l.to_string()))
+            .collect();
+        let acked_at: Vec<Option<f64>> = rows
+            .iter()
+            .map(|r| (r.acked_at_micros != 0).then(|| r.acked_at_micros as f64 / 1e6))
+            .collect();
+        let c = &self.client;
+        if first {
+            c.execute(
+                "DELETE FROM pg2dns.primary_status ps WHERE slot = $1 AND NOT EXISTS (
+                     SELECT 1 FROM unnest($2::text[], $3::text[]) AS u(zone, name)
+                      WHERE u.zone = ps.zone AND u.name = ps.primary_name)",
+                &[&slot, &zones, &names],
+            )
+            .await?;
+        }
+        c.execute(
+            "INSERT INTO pg2dns.primary_status AS ps
+                 (slot, zone, primary_name, primary_addr, in_flight, acked_lsn, acked_at, updated)
+             SELECT $1, zone, name, address, in_flight, lsn::pg_lsn, to_timestamp(acked_at), now()
+               FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::float8[])
+                    AS u(zone, name, address, in_flight, lsn, acked_at)
+             ON CONFLICT (slot, zone, primary_name) DO UPDATE SET
+                 primary_addr = EXCLUDED.primary_addr,
+                 in_flight = EXCLUDED.in_flight,
+                 acked_lsn = coalesce(EXCLUDED.acked_lsn, ps.acked_lsn),
+                 acked_at = coalesce(EXCLUDED.acked_at, ps.acked_at),
+                 updated = now()",
+            &[
+                &slot, &zones, &names, &addresses, &in_flight, &lsns, &acked_at,
+            ],
+        )
+        .await
+        .map(drop)
     }
 
     /// Upserts the rows of the zones `picked`.

@@ -35,6 +35,7 @@ use tokio_postgres::{Client, Row, Statement};
 use crate::config::DatabaseConfig;
 
 mod control_rows;
+pub mod primary_status;
 pub mod zone_ref;
 pub mod zones;
 

@@ -551,3 +551,310 @@ async fn a_primary_degraded_when_the_session_ends_is_brought_in_line_by_a_reconc
     two.wait_both_match(RECOVERY_DEADLINE).await?;
     pg2dns.assert_running()
 }
+
+// ---------------------------------------------------------------------------
+// Each primary seen in `status`, its degraded state kept across restarts,
+// and a degraded primary's queue bounded.
+
+/// The primary `name` of `zone` in `status --json`'s `primaries`.
+fn primary_in(status: &serde_json::Value, zone: &str, name: &str) -> Option<serde_json::Value> {
+    status["primaries"]
+        .as_array()?
+        .iter()
+        .find(|p| p["zone"] == zone && p["primary"] == name)
+        .cloned()
+}
+
+/// Waits until `status --json` lists `name` of `zone` and `check` holds
+/// for it.
+async fn wait_primary_status(
+    stack: &Stack,
+    zone: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    wait_until(RECOVERY_DEADLINE, what, || async {
+        let status = crate::admin::status(stack).await?;
+        Ok(match primary_in(&status, zone, name) {
+            Some(p) if check(&p) => Check::Done(status),
+            Some(p) => Check::NotYet(p.to_string()),
+            None => Check::NotYet(format!("no {name} of {zone}: {}", status["primaries"])),
+        })
+    })
+    .await
+}
+
+/// Waits until `pg2dns`'s log says `what` at least `n` times.
+async fn log_says(pg2dns: &crate::harness::Pg2dns, what: &str, n: usize) -> Result<()> {
+    wait_until(RECOVERY_DEADLINE, what, || async {
+        let count = pg2dns.log().matches(what).count();
+        Ok(if count >= n {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("{count} times"))
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_degraded_before_a_kill_9_stays_degraded_while_down_and_is_caught_up_once_back(
+) -> Result<()> {
+    let two = Two::start(
+        "two-durable",
+        Primary::Bind,
+        Primary::Bind,
+        "degrade_after = \"2s\"",
+    )
+    .await?;
+    two.stack
+        .append_config("[limits]\ndns_timeout_ms = 2000\n")?;
+    let zone = FORWARD;
+    let mut pg2dns = two.stack.run()?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('before.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    two.wait_both_match(DNS_DEADLINE).await?;
+    // Status lists both primaries of the zone, in line, with the LSN each
+    // acknowledged.
+    let before = two.stack.current_wal_lsn().await?;
+    for name in ["ns1", "ns2"] {
+        wait_primary_status(
+            &two.stack,
+            zone,
+            name,
+            "status lists the primary in line with an acknowledged LSN",
+            |p| {
+                p["degraded_since"].is_null()
+                    && p["in_flight"] == 0
+                    && p["acked_lsn"]
+                        .as_str()
+                        .and_then(|l| l.parse::<pg2dns_decoder::Lsn>().ok())
+                        .is_some_and(|l| l <= before && l.raw() > 0)
+            },
+        )
+        .await?;
+    }
+
+    let pid = two.second.pid().context("ns2 runs")?;
+    signal(pid, "STOP")?;
+    let outcome = async {
+        two.stack.exec(&big_transaction("durable", 500)).await?;
+        let end = two.stack.current_wal_lsn().await?;
+        let first = two.stack.server(Primary::Bind)?;
+        two.wait_matches(first, "ns1", RECOVERY_DEADLINE).await?;
+        two.wait_confirmed(end).await?;
+        // The slot confirmed past ns2: its degraded state is on record.
+        wait_primary_status(&two.stack, zone, "ns2", "status says ns2 is degraded", |p| {
+            !p["degraded_since"].is_null()
+                && p["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("degrade_after"))
+        })
+        .await?;
+        // A crash, and a start while ns2 is still down: ns2 stays degraded
+        // and does not hold the zone.
+        pg2dns.kill()?;
+        pg2dns = two.stack.run()?;
+        log_says(&pg2dns, "this session streams without the primary", 1).await?;
+        two.stack
+            .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('while-down.example.test.', 300, 'A', '192.0.2.2')")
+            .await?;
+        let end = two.stack.current_wal_lsn().await?;
+        two.wait_matches(first, "ns1", RECOVERY_DEADLINE).await?;
+        two.wait_confirmed(end).await?;
+        let status = wait_primary_status(
+            &two.stack,
+            zone,
+            "ns2",
+            "status says ns2 stays degraded, and why it could not be brought in line",
+            |p| {
+                !p["degraded_since"].is_null()
+                    && p["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("cannot be brought in line"))
+            },
+        )
+        .await?;
+        let text = two.stack.admin(&["status"]).await?;
+        let text = String::from_utf8_lossy(&text.stdout);
+        ensure!(
+            text.contains(&format!("degraded: zone {zone} primary ns2 since")),
+            "the status text names the degraded primary:\n{text}"
+        );
+        ensure!(
+            primary_in(&status, zone, "ns1").is_some_and(|p| p["degraded_since"].is_null()),
+            "ns1 is in line: {}",
+            status["primaries"]
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    signal(pid, "CONT")?;
+    outcome?;
+    // Another crash, ns2 back: the start brings it in line (from the row
+    // state), it rejoins and ends equal to the table.
+    pg2dns.kill()?;
+    let mut pg2dns = two.stack.run()?;
+    log_says(&pg2dns, "was brought in line with the row state", 1).await?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.3')")
+        .await?;
+    two.wait_both_match(RECOVERY_DEADLINE).await?;
+    wait_primary_status(
+        &two.stack,
+        zone,
+        "ns2",
+        "status says ns2 is in line again",
+        |p| p["degraded_since"].is_null(),
+    )
+    .await?;
+    pg2dns.assert_running()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_primary_past_the_queue_bound_is_dropped_and_brought_in_line_at_the_next_session(
+) -> Result<()> {
+    let two = Two::start(
+        "two-bounded",
+        Primary::Bind,
+        Primary::Bind,
+        "degrade_after = \"2s\"",
+    )
+    .await?;
+    two.stack
+        .append_config("[limits]\ndns_timeout_ms = 2000\ndegraded_queue = 5\n")?;
+    let mut pg2dns = two.stack.run()?;
+    let first = two.stack.server(Primary::Bind)?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('before.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    two.wait_both_match(DNS_DEADLINE).await?;
+
+    let pid = two.second.pid().context("ns2 runs")?;
+    signal(pid, "STOP")?;
+    let outcome = async {
+        two.stack
+            .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('first.example.test.', 300, 'A', '192.0.2.2')")
+            .await?;
+        log_says(&pg2dns, "made no progress for its degrade_after", 1).await?;
+        // Ten more transactions, one by one: ns2 falls past the bound.
+        for i in 0..10 {
+            two.stack
+                .exec(&format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('q{i}.example.test.', 300, 'AAAA', '2001:db8::{i:x}')"))
+                .await?;
+        }
+        log_says(&pg2dns, "its queue is dropped", 1).await?;
+        two.wait_matches(first, "ns1", RECOVERY_DEADLINE).await?;
+        let end = two.stack.current_wal_lsn().await?;
+        two.wait_confirmed(end).await?;
+        wait_primary_status(
+            &two.stack,
+            FORWARD,
+            "ns2",
+            "status says ns2 needs a catch-up",
+            |p| {
+                !p["degraded_since"].is_null()
+                    && p["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("degraded_queue = 5"))
+            },
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    signal(pid, "CONT")?;
+    outcome?;
+    // Its queue is gone: the next session brings it in line from the row
+    // state, and it ends equal to the table.
+    signal(pg2dns.pid(), "HUP")?;
+    log_says(&pg2dns, "was brought in line with the row state", 1).await?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.3')")
+        .await?;
+    two.wait_both_match(RECOVERY_DEADLINE).await?;
+    pg2dns.assert_running()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_over_a_schema_12_database_adds_the_per_primary_status_and_runs_again_unchanged(
+) -> Result<()> {
+    let two = Two::start("two-schema-13", Primary::Bind, Primary::Bind, "").await?;
+    // The database as schema version 12 left it: no primary_status, the
+    // status view of version 8.
+    two.stack
+        .exec(&format!(
+            "DROP TABLE pg2dns.primary_status CASCADE; {} DELETE FROM pg2dns.schema_version WHERE version = 13",
+            include_str!("../../sql/008_health.sql")
+        ))
+        .await?;
+    // The service runs on it (no per-primary status yet), and says so.
+    let pg2dns = two.stack.run()?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('old.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    two.wait_both_match(DNS_DEADLINE).await?;
+    let status = crate::admin::status(&two.stack).await?;
+    ensure!(
+        status["primaries"] == serde_json::json!([]),
+        "no primaries before version 13: {status}"
+    );
+    drop(pg2dns);
+    two.stack.setup().await?;
+    two.stack.setup().await?;
+    let pg2dns = two.stack.run()?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('new.example.test.', 300, 'A', '192.0.2.2')")
+        .await?;
+    two.wait_both_match(DNS_DEADLINE).await?;
+    for name in ["ns1", "ns2"] {
+        wait_primary_status(
+            &two.stack,
+            FORWARD,
+            name,
+            "status lists the primary after the upgrade",
+            |p| p["acked_lsn"].is_string() && p["degraded_since"].is_null(),
+        )
+        .await?;
+    }
+    let mut pg2dns = pg2dns;
+    pg2dns.assert_running()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_probes_every_primary_of_a_zone_and_names_the_one_at_fault() -> Result<()> {
+    let two = Two::start("two-check", Primary::Bind, Primary::Bind, "").await?;
+    let wrong = two.stack.write_wrong_key_file().await?;
+    two.write_config(&wrong, "")?;
+    let config = two.stack.config_path();
+    let output = crate::harness::pg2dns::command("check-config", config).await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.code() == Some(1),
+        "check-config fails ({}):\n{text}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for zone in [FORWARD, REVERSE] {
+        let at = format!(
+            "problem: zone {zone}: the primary ns2 ({}) rejects the signature",
+            two.second.addr()
+        );
+        ensure!(
+            text.contains(&at),
+            "check-config names ns2 of {zone}:\n{text}"
+        );
+    }
+    ensure!(
+        !text.contains("the primary ns1"),
+        "ns1 signs with the right key and has no problem:\n{text}"
+    );
+    // With the right key on both, both are fine.
+    two.write_config(two.second.key_file(), "")?;
+    let output = crate::harness::pg2dns::command("check-config", config).await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "check-config passes:\n{text}");
+    Ok(())
+}

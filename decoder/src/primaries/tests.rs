@@ -238,6 +238,11 @@ proptest! {
                 Step::Wait(s) => {
                     now += Duration::from_secs(s);
                     p.handle_timeout(now);
+                    // The driver sleeps until poll_timeout: a time already
+                    // past that handle_timeout does not act on would spin.
+                    if let Some(next) = p.poll_timeout() {
+                        prop_assert!(next > now, "poll_timeout {:?} after handle_timeout", next - start);
+                    }
                 }
             }
             for e in events(&mut p) {
@@ -346,4 +351,109 @@ proptest! {
             prop_assert_eq!(acked, n);
         }
     }
+}
+
+#[test]
+fn a_degraded_primary_past_the_queue_bound_is_dropped_and_never_rejoins_this_session() {
+    let t = Instant::now();
+    let after = Duration::from_secs(60);
+    let mut p = Primaries::new(
+        vec![(Z, spec(2, Policy::DegradeAfter(after)))],
+        Duration::from_secs(5),
+    )
+    .with_queue_bound(3);
+    p.handle_dispatched(Z, 1, lsn(1), t);
+    p.handle_acked(Z, 0, 1, t);
+    p.handle_timeout(t + after);
+    assert!(p.is_degraded(Z, 1));
+    let _ = events(&mut p);
+    // Three behind: still queued for it.
+    for id in 2..=3 {
+        p.handle_dispatched(Z, id, lsn(id), t + after);
+    }
+    assert!(!p.is_detached(Z, 1));
+    assert_eq!(events(&mut p), vec![]);
+    // Four behind: dropped, once.
+    p.handle_dispatched(Z, 4, lsn(4), t + after);
+    assert_eq!(events(&mut p), vec![Event::Dropped { zone: Z, lane: 1 }]);
+    assert!(p.is_detached(Z, 1) && p.is_degraded(Z, 1));
+    p.handle_dispatched(Z, 5, lsn(5), t + after);
+    assert_eq!(events(&mut p), vec![]);
+    // Late answers of what it still had do not make it count again.
+    p.handle_acked(Z, 0, 5, t + after);
+    p.handle_acked(Z, 1, 5, t + after);
+    assert_eq!(acked(&events(&mut p)), Some(5));
+    assert!(p.is_degraded(Z, 1), "it needs a catch-up first");
+}
+
+#[test]
+fn a_non_degraded_primary_is_never_dropped_however_far_behind() {
+    let t = Instant::now();
+    let mut p = Primaries::new(vec![(Z, spec(2, Policy::Hold))], Duration::from_secs(5))
+        .with_queue_bound(1);
+    for id in 1..=10 {
+        p.handle_dispatched(Z, id, lsn(id), t);
+    }
+    p.handle_acked(Z, 0, 10, t);
+    assert!(events(&mut p)
+        .iter()
+        .all(|e| !matches!(e, Event::Dropped { .. })));
+    assert!(!p.is_detached(Z, 1));
+}
+
+#[test]
+fn each_primary_knows_the_transaction_it_acknowledged_last() {
+    let t = Instant::now();
+    let mut p = Primaries::new(vec![(Z, spec(2, Policy::Hold))], Duration::from_secs(5));
+    for id in 1..=3 {
+        p.handle_dispatched(Z, id, lsn(id), t);
+    }
+    assert_eq!(p.acked_lsn(Z, 0), None);
+    p.handle_acked(Z, 0, 2, t);
+    p.handle_acked(Z, 1, 1, t);
+    assert_eq!(p.acked_lsn(Z, 0), Some(lsn(2)));
+    assert_eq!(p.acked_lsn(Z, 1), Some(lsn(1)));
+    p.handle_acked(Z, 1, 3, t);
+    p.handle_acked(Z, 0, 3, t);
+    assert_eq!(p.acked_lsn(Z, 0), Some(lsn(3)));
+    assert_eq!(p.acked_lsn(Z, 1), Some(lsn(3)));
+}
+
+#[test]
+fn the_next_timeout_is_the_soonest_over_every_zone_and_only_zones_due_are_settled() {
+    const Y: ZoneId = ZoneId(1);
+    let t = Instant::now();
+    let after = Duration::from_secs(10);
+    let mut p = Primaries::new(
+        vec![
+            (Z, spec(2, Policy::DegradeAfter(after))),
+            (Y, spec(2, Policy::DegradeAfter(after))),
+        ],
+        Duration::from_secs(5),
+    );
+    assert_eq!(p.poll_timeout(), None, "nothing waits");
+    p.handle_dispatched(Z, 1, lsn(1), t);
+    p.handle_dispatched(Y, 1, lsn(1), t + Duration::from_secs(3));
+    assert_eq!(p.poll_timeout(), None, "no lane lags another yet");
+    p.handle_acked(Y, 0, 1, t + Duration::from_secs(3));
+    p.handle_acked(Z, 0, 1, t + Duration::from_secs(4));
+    assert_eq!(
+        p.poll_timeout(),
+        Some(t + after),
+        "zone Z's ns2 waits since t"
+    );
+    let _ = events(&mut p);
+    p.handle_timeout(t + after);
+    assert_eq!(
+        events(&mut p),
+        vec![
+            Event::Degraded { zone: Z, lane: 1 },
+            Event::Acked { zone: Z, upto: 1 }
+        ]
+    );
+    assert!(!p.is_degraded(Y, 1));
+    assert_eq!(p.poll_timeout(), Some(t + Duration::from_secs(3) + after));
+    p.handle_timeout(t + Duration::from_secs(3) + after);
+    assert!(p.is_degraded(Y, 1));
+    assert_eq!(p.poll_timeout(), None);
 }

@@ -403,8 +403,40 @@ pub async fn check_servers(config: &Config, every_zone: bool) -> ServersCheck {
     check_zones(&config.zones.into_iter().collect::<Vec<_>>(), every_zone).await
 }
 
-/// [`check_servers`] for the zones given.
-pub async fn check_zones(zones: &[&ZoneConfig], every_zone: bool) -> ServersCheck {
+/// [`check_servers`] for the zones given. A zone of several primaries
+/// (`primaries`, `server_group`) is checked on each, every primary with its
+/// own key, and its problems name the primary.
+pub async fn check_zones(given: &[&ZoneConfig], every_zone: bool) -> ServersCheck {
+    // Each zone of several primaries as one zone per primary.
+    let mut per_primary: Vec<ZoneConfig> = Vec::new();
+    let mut names: Vec<Option<String>> = Vec::new();
+    for zone in given {
+        if !zone.more_primaries.is_empty() {
+            for p in zone.primaries() {
+                names.push(Some(p.name.clone()));
+                per_primary.push(zone.for_primary(&p));
+            }
+        }
+    }
+    let mut expanded = per_primary.iter();
+    let mut zones: Vec<&ZoneConfig> = Vec::with_capacity(given.len());
+    let mut named: Vec<Option<String>> = Vec::with_capacity(given.len());
+    let mut names = names.into_iter();
+    for zone in given {
+        if zone.more_primaries.is_empty() {
+            zones.push(zone);
+            named.push(None);
+        } else {
+            for _ in 0..=zone.more_primaries.len() {
+                if let (Some(z), Some(n)) = (expanded.next(), names.next()) {
+                    zones.push(z);
+                    named.push(n);
+                }
+            }
+        }
+    }
+    let zones = &zones[..];
+    let named = &named[..];
     let mut by_server: std::collections::HashMap<SocketAddr, Vec<usize>> =
         std::collections::HashMap::new();
     for (i, zone) in zones.iter().enumerate() {
@@ -412,7 +444,21 @@ pub async fn check_zones(zones: &[&ZoneConfig], every_zone: bool) -> ServersChec
     }
     let servers = by_server.into_iter().map(|(server, indexes)| async move {
         let of_server: Vec<&ZoneConfig> = indexes.iter().map(|&i| zones[i]).collect();
-        let checked = check_server(server, &of_server, every_zone).await;
+        let mut checked = check_server(server, &of_server, every_zone).await;
+        // A zone's problem on one of its several primaries names it.
+        for (&i, problems) in indexes.iter().zip(&mut checked.problems) {
+            if let Some(name) = named[i]
+                .as_ref()
+                .filter(|n| **n != zones[i].primary.to_string())
+            {
+                let zone = zones[i];
+                let at = format!("zone {}: the primary {}", zone.name, zone.primary);
+                let named = format!("zone {}: the primary {name} ({})", zone.name, zone.primary);
+                for p in problems.iter_mut() {
+                    *p = p.replacen(&at, &named, 1);
+                }
+            }
+        }
         let sampled =
             (checked.signed < indexes.len()).then_some((server, indexes.len(), checked.signed));
         (

@@ -12,6 +12,19 @@
 //! so the core still sees one zone: acknowledged as far as every
 //! non-degraded primary is, a refusal only when all agree, and a halt when
 //! they diverge.
+//!
+//! A primary's degraded state is durable (`store::primary_status`): when
+//! one is degraded, what the zone acknowledged past it is held back from
+//! the core until that is written, so the slot never confirms a change a
+//! degraded primary lacks without a record saying it must be brought in
+//! line. [`Lanes::catch_up`] reads that record at the next session's start
+//! (after a restart too). A degraded primary more than `[limits]
+//! degraded_queue` transactions behind is dropped: its server forgets the
+//! zone's queue and the catch-up repairs it from the row state instead.
+//!
+//! Time for the primaries (degrading, settling halts) is
+//! [`Primaries::poll_timeout`]: [`Reports::recv`] wakes then, with a
+//! [`LaneReport::Tick`], and no task ticks meanwhile.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +41,7 @@ use crate::dns::kept::{Kept, ServerKey, ServerStream};
 use crate::dns::server::ServerInput;
 use crate::dns::sink::{Dispatch, LaneReport, ZoneReport};
 use crate::error::RunError;
+use crate::store::primary_status;
 use crate::{metrics, status};
 
 /// What a zone said, zone-level (the core's [`pg2dns_decoder::stream::Stream`]
@@ -107,7 +121,7 @@ pub(crate) struct Lanes {
     marks: pg2dns_decoder::HashMap<ZoneId, u64>,
     /// Zones that have dispatches not yet acknowledged.
     unacked: usize,
-    pub(crate) reports: mpsc::UnboundedReceiver<LaneReport>,
+    pub(crate) reports: Reports,
     /// Keeps `reports` open with no zone at all (every zone in an empty
     /// `pg2dns.zones`).
     _reporting: mpsc::UnboundedSender<LaneReport>,
@@ -119,17 +133,122 @@ pub(crate) struct Lanes {
     /// Halts of lanes of zones with several primaries, until the others
     /// answered the same dispatch.
     halts: pg2dns_decoder::HashMap<(ZoneId, usize), pg2dns_decoder::session::Halt>,
-    /// Sends [`LaneReport::Tick`] while some zone has several primaries.
-    ticker: Option<tokio::task::JoinHandle<()>>,
+    /// The primaries' events not handled yet: an acknowledgement (or
+    /// refusal) waits here, in order, while a degraded state is written.
+    events: std::collections::VecDeque<PrimaryEvent>,
+    /// Writes the primaries' degraded state (zones of several only).
+    durable: Option<mpsc::UnboundedSender<DurableWrite>>,
+    /// Writes handed to `durable`.
+    durable_sent: u64,
+    /// Lanes dropped this session (zone, server): their late answers are
+    /// ignored.
+    dropped: std::collections::HashSet<(ZoneId, usize)>,
+    /// Servers to tell to forget a dropped lane's zone (and its queue).
+    removals: Vec<(usize, ZoneId)>,
+    /// `[limits] degraded_queue`, for messages.
+    degraded_queue: u64,
     /// What the status publisher reads (numbers only, no I/O).
     pub(crate) live: Arc<status::Live>,
 }
 
-impl Drop for Lanes {
-    fn drop(&mut self) {
-        if let Some(t) = self.ticker.take() {
-            t.abort();
+/// The servers' reports, and time passed for the zones' primaries: what
+/// the pipeline waits on.
+pub(crate) struct Reports {
+    rx: mpsc::UnboundedReceiver<LaneReport>,
+    /// When the primaries need [`Primaries::handle_timeout`].
+    deadline: Option<Instant>,
+    /// One `()` per durable write done.
+    written_rx: mpsc::UnboundedReceiver<()>,
+    written: u64,
+}
+
+impl Reports {
+    /// The next report; a [`LaneReport::Tick`] when the primaries' time
+    /// came or a degraded state was written. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Option<LaneReport> {
+        let deadline = self.deadline.map(tokio::time::Instant::from_std);
+        tokio::select! {
+            biased;
+            report = self.rx.recv() => report,
+            Some(()) = self.written_rx.recv() => {
+                self.written += 1;
+                Some(LaneReport::Tick)
+            }
+            _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() => {
+                self.deadline = None;
+                Some(LaneReport::Tick)
+            }
         }
+    }
+}
+
+/// A change of a primary's durable state.
+struct DurableWrite {
+    zone: pg2dns_decoder::ZoneName,
+    primary: String,
+    /// Degraded (having acknowledged up to this LSN, for this reason), or
+    /// counting again.
+    degraded: Option<(Option<Lsn>, String)>,
+}
+
+/// Writes `writes` to `pg2dns.primary_status` in order, each until it is
+/// written (a missing schema version 13 counts as written, with a
+/// warning), and says so on `done`.
+async fn write_durable(
+    config: Config,
+    mut writes: mpsc::UnboundedReceiver<DurableWrite>,
+    done: mpsc::UnboundedSender<()>,
+) {
+    let slot = config.database.slot.clone();
+    let mut client: Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> = None;
+    let mut warned_missing = false;
+    while let Some(w) = writes.recv().await {
+        let mut warned = false;
+        loop {
+            if client.is_none() {
+                match crate::pgconn::connect(&config.database, "pg2dns primaries").await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => {
+                        if !warned {
+                            warn!(zone = %w.zone, primary = %w.primary, error = %crate::error::chain(&e), "cannot record the primary's degraded state yet: the zone's acknowledgements past it wait; trying again");
+                            warned = true;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some((c, _)) = &client else { continue };
+            let written = match &w.degraded {
+                Some((lsn, why)) => {
+                    primary_status::mark_degraded(c, &slot, &w.zone, &w.primary, *lsn, why).await
+                }
+                None => primary_status::clear_degraded(c, &slot, &w.zone, &w.primary).await,
+            };
+            match written {
+                Ok(()) => break,
+                Err(e) if primary_status::is_missing(&e) => {
+                    if !warned_missing {
+                        warn!("pg2dns.primary_status is missing: a degraded primary is not remembered across restarts (run `pg2dns setup` for schema version 13)");
+                        warned_missing = true;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if !warned {
+                        warn!(zone = %w.zone, primary = %w.primary, error = %e, "cannot record the primary's degraded state yet: the zone's acknowledgements past it wait; trying again");
+                        warned = true;
+                    }
+                    if let Some((_, task)) = client.take() {
+                        task.abort();
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        // Written even when the session ended meanwhile (the next one
+        // reads it): go on until every write handed over is done.
+        let _ = done.send(());
     }
 }
 
@@ -284,8 +403,13 @@ impl Lanes {
         let mut primaries = Primaries::new(specs, settle);
         for (i, lane) in lanes.iter().enumerate() {
             if lane.dispatched > 0 {
-                if let Ok(i) = u32::try_from(i) {
-                    primaries.handle_restored(ZoneId(i), lane.dispatched);
+                if let Ok(z) = u32::try_from(i) {
+                    primaries.handle_restored(ZoneId(z), lane.dispatched);
+                }
+                if lane.servers.len() > 1 {
+                    for p in 0..lane.servers.len() {
+                        live.primary_acked(i, p, lane.dispatched, None);
+                    }
                 }
             }
         }
@@ -297,29 +421,37 @@ impl Lanes {
                 }
             }
         }
-        let ticker = several.then(|| {
-            let tx = report_tx.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    every.tick().await;
-                    if tx.send(LaneReport::Tick).is_err() {
-                        return;
-                    }
-                }
-            })
+        // The primaries' degraded state is written by a task of its own,
+        // in order; it ends when the session drops its sender, after the
+        // writes handed to it.
+        let (written_tx, written_rx) = mpsc::unbounded_channel();
+        let durable = several.then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_durable(config.clone(), rx, written_tx));
+            tx
         });
+        let primaries = primaries.with_queue_bound(config.limits.degraded_queue);
         Lanes {
+            reports: Reports {
+                rx: reports,
+                deadline: primaries.poll_timeout(),
+                written_rx,
+                written: 0,
+            },
             primaries,
             halts: pg2dns_decoder::HashMap::default(),
-            ticker,
+            events: std::collections::VecDeque::new(),
+            durable,
+            durable_sent: 0,
+            dropped: std::collections::HashSet::new(),
+            removals: Vec::new(),
+            degraded_queue: config.limits.degraded_queue,
             lanes,
             servers,
             streams,
             touched: Vec::new(),
             marks: pg2dns_decoder::HashMap::default(),
             unacked: 0,
-            reports,
             _reporting: report_tx,
             heard: Vec::new(),
             live,
@@ -385,13 +517,32 @@ impl Lanes {
     /// as of `progress`), with a SOA-guarded reconcile of that primary
     /// alone. Those that cannot be (still down, the repair refused) are
     /// streamed without in this session, and tried again at the next.
+    /// Besides those the last session of this process left, the primaries
+    /// `pg2dns.primary_status` records degraded (a restart, kill -9
+    /// included) are brought in line too, and the record is cleared only
+    /// once they are.
     pub(crate) async fn catch_up(
         config: &Config,
         store: &mut crate::store::Store,
         progress: Lsn,
         kept: &mut Kept,
     ) {
-        let behind = kept.take_behind();
+        let mut behind = kept.take_behind();
+        let several = config.zones.iter().any(|z| !z.more_primaries.is_empty());
+        if several {
+            match store.degraded_primaries().await {
+                Ok(recorded) => {
+                    for r in recorded {
+                        if !behind.contains(&r) {
+                            behind.push(r);
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %crate::error::chain(&e), "cannot read which primaries were left degraded: only those this process knows of are brought in line");
+                }
+            }
+        }
         if behind.is_empty() {
             return;
         }
@@ -413,6 +564,9 @@ impl Lanes {
             match crate::reconcile::catch_up(config, store, id, &primary, progress).await {
                 Ok(outcome) if outcome.error.is_none() && outcome.in_sync_after != Some(false) => {
                     info!(%zone, primary = %name, lsn = %progress, repaired = outcome.messages_applied, "a primary left behind was brought in line with the row state; it rejoins the stream");
+                    if let Err(e) = store.primary_caught_up(&zone, &name, Ok(())).await {
+                        warn!(%zone, primary = %name, error = %crate::error::chain(&e), "cannot record that the primary was brought in line: the next start brings it in line again");
+                    }
                 }
                 Ok(outcome) => {
                     let why = outcome.error.as_ref().map_or_else(
@@ -420,15 +574,32 @@ impl Lanes {
                         |e| crate::error::chain(e),
                     );
                     warn!(%zone, primary = %name, reason = %why, "a primary left behind cannot be brought in line yet: this session goes on without it (or run `pg2dns reconcile --primary NAME --apply`)");
+                    Self::still_behind(store, &zone, &name, &why).await;
                     detached.push((zone, name));
                 }
                 Err(e) => {
-                    warn!(%zone, primary = %name, error = %crate::error::chain(&e), "a primary left behind cannot be brought in line yet: this session goes on without it");
+                    let why = crate::error::chain(&e);
+                    warn!(%zone, primary = %name, error = %why, "a primary left behind cannot be brought in line yet: this session goes on without it");
+                    Self::still_behind(store, &zone, &name, &why).await;
                     detached.push((zone, name));
                 }
             }
         }
         kept.set_detached(detached);
+    }
+
+    /// Records that `primary` of `zone` stays degraded, with why it could
+    /// not be brought in line.
+    async fn still_behind(
+        store: &crate::store::Store,
+        zone: &pg2dns_decoder::ZoneName,
+        primary: &str,
+        why: &str,
+    ) {
+        let why = format!("cannot be brought in line: {why}");
+        if let Err(e) = store.primary_caught_up(zone, primary, Err(&why)).await {
+            warn!(%zone, %primary, error = %crate::error::chain(&e), "cannot record that the primary stays degraded");
+        }
     }
 
     /// Whether every primary of every zone (degraded ones included)
@@ -448,7 +619,21 @@ impl Lanes {
     }
 
     pub(crate) fn on_report(&mut self, report: Option<LaneReport>) -> Result<(), RunError> {
+        let result = self.report(report);
+        self.reports.deadline = self.primaries.poll_timeout();
+        result
+    }
+
+    fn report(&mut self, report: Option<LaneReport>) -> Result<(), RunError> {
         let now = Instant::now();
+        // Reports that keep coming must not starve the primaries' time or
+        // the writes done (`Reports::recv` prefers reports).
+        while let Ok(()) = self.reports.written_rx.try_recv() {
+            self.reports.written += 1;
+        }
+        if self.reports.deadline.is_some_and(|d| d <= now) {
+            self.primaries.handle_timeout(now);
+        }
         match report {
             None => return Err(RunError::Internal("every zone stream ended".into())),
             Some(LaneReport::Tick) => self.primaries.handle_timeout(now),
@@ -458,6 +643,10 @@ impl Lanes {
                     | ZoneReport::Refused { zone, .. }
                     | ZoneReport::Halted { zone, .. } => *zone,
                 };
+                if self.dropped.contains(&(zone, server)) {
+                    // A late answer of a lane dropped this session.
+                    return self.primary_events();
+                }
                 let Some(lane) = self.lanes.get(zone.index()) else {
                     return Err(RunError::Internal(format!(
                         "a report of an unknown zone {zone:?}"
@@ -478,6 +667,14 @@ impl Lanes {
                             );
                         }
                         self.primaries.handle_acked(zone, p, upto, now);
+                        if lane.servers.len() > 1 {
+                            self.live.primary_acked(
+                                zone.index(),
+                                p,
+                                upto,
+                                self.primaries.acked_lsn(zone, p),
+                            );
+                        }
                     }
                     ZoneReport::Refused {
                         zone,
@@ -503,9 +700,48 @@ impl Lanes {
         self.primary_events()
     }
 
-    /// Hands the stream's core what the zones' primaries agree on.
+    /// Whether a degraded state handed to the writer is not written yet.
+    fn unwritten(&self) -> bool {
+        self.reports.written < self.durable_sent
+    }
+
+    /// Hands `primary` of `zone` (degraded or not) to the durable writer.
+    fn write_durable(&mut self, zone: ZoneId, lane: usize, degraded: Option<String>) {
+        let Some(tx) = &self.durable else { return };
+        let Some((l, s)) = self
+            .lanes
+            .get(zone.index())
+            .and_then(|l| Some((l, l.series.get(lane)?)))
+        else {
+            return;
+        };
+        let write = DurableWrite {
+            zone: l.name.clone(),
+            primary: s.name.clone(),
+            degraded: degraded.map(|why| (self.primaries.acked_lsn(zone, lane), why)),
+        };
+        if tx.send(write).is_ok() {
+            self.durable_sent += 1;
+        }
+    }
+
+    /// Hands the stream's core what the zones' primaries agree on, in
+    /// order; an acknowledgement or refusal waits while a degraded state
+    /// is being written (see the module documentation).
     fn primary_events(&mut self) -> Result<(), RunError> {
         while let Some(event) = self.primaries.poll_event() {
+            self.events.push_back(event);
+        }
+        while let Some(event) = self.events.pop_front() {
+            if self.unwritten()
+                && matches!(
+                    event,
+                    PrimaryEvent::Acked { .. } | PrimaryEvent::Refused { .. }
+                )
+            {
+                self.events.push_front(event);
+                return Ok(());
+            }
             match event {
                 PrimaryEvent::Acked { zone, upto } => {
                     // A zone outside the session's (a driver bug) holds nothing.
@@ -539,6 +775,34 @@ impl Lanes {
                         s.degraded.set(1);
                         warn!(zone = %l.name, primary = %s.name, acked = self.primaries.acked(zone, lane), dispatched = l.dispatched, "a primary made no progress for its degrade_after: the zone goes on without it; it catches up when it answers again");
                     }
+                    self.write_durable(
+                        zone,
+                        lane,
+                        Some(
+                            "no progress for its degrade_after: the zone went on without it".into(),
+                        ),
+                    );
+                }
+                PrimaryEvent::Dropped { zone, lane } => {
+                    let bound = self.degraded_queue;
+                    if let Some(l) = self.lanes.get_mut(zone.index()) {
+                        if let Some(server) = l.servers.get_mut(lane) {
+                            if *server != DETACHED {
+                                self.dropped.insert((zone, *server));
+                                self.removals.push((*server, zone));
+                                *server = DETACHED;
+                            }
+                        }
+                        if let Some(s) = l.series.get(lane) {
+                            s.in_flight.set(0);
+                            warn!(zone = %l.name, primary = %s.name, behind = l.dispatched.saturating_sub(self.primaries.acked(zone, lane)), degraded_queue = bound, "a degraded primary fell more than [limits] degraded_queue transactions behind: its queue is dropped; it is brought in line from the row state (a catch-up reconcile) at the next session's start (SIGHUP or restart), or by `pg2dns reconcile --primary NAME --apply`");
+                        }
+                    }
+                    self.write_durable(
+                        zone,
+                        lane,
+                        Some(format!("its queue passed [limits] degraded_queue = {bound} transactions while it was degraded and was dropped: it needs a catch-up")),
+                    );
                 }
                 PrimaryEvent::Rejoined { zone, lane } => {
                     if let Some((l, s)) = self
@@ -549,6 +813,7 @@ impl Lanes {
                         s.degraded.set(0);
                         info!(zone = %l.name, primary = %s.name, "a degraded primary caught up: the zone waits for it again");
                     }
+                    self.write_durable(zone, lane, None);
                 }
                 PrimaryEvent::Divergent(d) => return Err(RunError::Divergent(d)),
                 PrimaryEvent::Halted { zone, lane } => {
@@ -601,6 +866,16 @@ impl Lanes {
     /// Hands each server the dispatches of this flush at once, so that a
     /// zone working through a backlog can pack them into full messages.
     pub(crate) async fn send_outbox(&mut self) -> Result<(), RunError> {
+        // Lanes dropped by these dispatches: their servers forget the zone
+        // (and its queue) before anything more is sent.
+        self.primary_events()?;
+        self.reports.deadline = self.primaries.poll_timeout();
+        for (server, zone) in std::mem::take(&mut self.removals) {
+            self.servers[server]
+                .send(ServerInput::RemoveZone(zone))
+                .await
+                .map_err(|_| RunError::Internal(format!("the stream of server #{server} ended")))?;
+        }
         let mut per_server: Vec<Vec<(ZoneId, Vec<Dispatch>)>> =
             (0..self.servers.len()).map(|_| Vec::new()).collect();
         for zone in std::mem::take(&mut self.touched) {

@@ -50,7 +50,9 @@ pub enum LaneReport {
         /// What the zone's lane on that server said.
         report: ZoneReport,
     },
-    /// Time passed (sent once a second while some zone has several
-    /// primaries: their halts settle and their lanes degrade on time).
+    /// Time passed for the zones' primaries (their halts settle and their
+    /// lanes degrade on time), or a primary's degraded state was written:
+    /// made by `Lanes`' `Reports::recv` when `Primaries::poll_timeout`
+    /// comes, never sent by a task.
     Tick,
 }
