@@ -276,23 +276,32 @@ fn main() -> ExitCode {
 }
 
 async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
-    let config = Config::load(&cli.config)?;
+    // The operator's commands need only an SQL login: they read `[database]`
+    // alone, so they work without the service's TSIG key files.
+    let config = match &cli.command {
+        Command::Pause { .. } | Command::Resume { .. } | Command::Status { .. } => {
+            let database = pg2dns::config::DatabaseConfig::load(&cli.config)?;
+            return operator_command(cli.command, &database).await;
+        }
+        _ => Config::load(&cli.config)?,
+    };
     match cli.command {
         Command::CheckConfig {
             offline,
             every_zone,
         } => {
-            println!(
-                "{}: ok ({} zone(s), slot {}, publication {})",
-                config.path.display(),
-                config.zones.len(),
-                config.database.slot,
-                config.database.publication
-            );
             {
-                // One write for thousands of zones, not one per line.
-                use std::io::Write as _;
-                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                // One write for thousands of zones, not one per line; a
+                // reader that went away (`check-config | head`) ends the
+                // output, not the checks (their exit code still counts).
+                use std::fmt::Write as _;
+                let mut out = format!(
+                    "{}: ok ({} zone(s), slot {}, publication {})\n",
+                    config.path.display(),
+                    config.zones.len(),
+                    config.database.slot,
+                    config.database.publication
+                );
                 for z in &config.zones {
                     let primary = match z.primary_addr.to_string() {
                         written if written == z.primary.to_string() => written,
@@ -316,7 +325,7 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 for source in &config.sources {
                     writeln!(out, "  source {}", source.describe(&zones))?;
                 }
-                out.flush()?;
+                print_quietly(&out);
             }
             if offline {
                 return Ok(0);
@@ -327,23 +336,24 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             problems.extend(table_problems);
             let dns = pg2dns::check::check_servers(&with_table, every_zone).await;
             problems.extend(dns.problems);
+            let mut out = String::new();
             for (server, zones, signed) in &dns.sampled {
-                println!(
-                    "dns: {zones} zones on {server}: each asked for its SOA; the key and the update and transfer rights asked of {signed} of them (--every-zone asks each)"
-                );
+                out.push_str(&format!(
+                    "dns: {zones} zones on {server}: each asked for its SOA; the key and the update and transfer rights asked of {signed} of them (--every-zone asks each)\n"
+                ));
             }
             if problems.is_empty() {
-                println!(
-                    "database: every source table and column is there, and each key is unique and in its table's replica identity"
+                out.push_str(
+                    "database: every source table and column is there, and each key is unique and in its table's replica identity\n\
+                     dns: each zone's primary knows its key, serves the zone, and lets the key update and transfer it\n",
                 );
-                println!(
-                    "dns: each zone's primary knows its key, serves the zone, and lets the key update and transfer it"
-                );
+                print_quietly(&out);
                 return Ok(0);
             }
             for p in &problems {
-                println!("problem: {p}");
+                out.push_str(&format!("problem: {p}\n"));
             }
+            print_quietly(&out);
             Ok(1)
         }
         Command::Setup {
@@ -394,20 +404,8 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             }
             Ok(report.exit_code())
         }
-        Command::Pause { reason, wait } => {
-            admin::pause(&config, &reason, wait).await?;
-            Ok(0)
-        }
-        Command::Resume { allow_mass_delete } => {
-            match allow_mass_delete {
-                Some(lsn) => admin::allow_mass_delete(&config, &lsn).await?,
-                None => admin::resume(&config).await?,
-            }
-            Ok(0)
-        }
-        Command::Status { json } => {
-            admin::status(&config, json).await?;
-            Ok(0)
+        command @ (Command::Pause { .. } | Command::Resume { .. } | Command::Status { .. }) => {
+            operator_command(command, &config.database).await
         }
         Command::Run { exit_on_halt } => {
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -560,6 +558,25 @@ fn setup_summary(report: &setup::SetupReport, config: &Config) -> String {
         }
     }
     out
+}
+
+/// `pause`, `resume` and `status`: SQL on `database`, nothing else.
+async fn operator_command(
+    command: Command,
+    database: &pg2dns::config::DatabaseConfig,
+) -> Result<u8, Box<dyn std::error::Error>> {
+    match command {
+        Command::Pause { reason, wait } => admin::pause(database, &reason, wait).await?,
+        Command::Resume {
+            allow_mass_delete: Some(lsn),
+        } => admin::allow_mass_delete(database, &lsn).await?,
+        Command::Resume {
+            allow_mass_delete: None,
+        } => admin::resume(database).await?,
+        Command::Status { json } => admin::status(database, json).await?,
+        _ => return Err("not an operator's command".into()),
+    }
+    Ok(0)
 }
 
 /// The first SIGINT or SIGTERM.
