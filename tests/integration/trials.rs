@@ -478,3 +478,168 @@ async fn a_latin1_zone_on_two_primaries_ends_equal_on_both_and_each_primary_coun
     service.assert_running()?;
     Ok(())
 }
+
+// --------------------------------------- Ctrl-C in the middle of a repair
+
+/// Ctrl-C (SIGINT) while a spilling `reconcile --apply` holds the running
+/// service paused before its repair: it exits 130 saying it was
+/// interrupted, its spill directory is gone, the service runs again (not
+/// left paused), and a second `reconcile --apply` finishes the repair: DNS
+/// equals the table and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_spilling_repair_resumes_the_service_removes_the_spill_and_a_second_apply_finishes(
+) -> Result<()> {
+    let stack = Stack::start("trial-ctrl-c", Primary::Bind).await?;
+    let spill = stack.dir().join("spill");
+    std::fs::create_dir_all(&spill)?;
+    stack.append_config(&format!(
+        "[reconcile]\nmemory_mib = 16\nspill_dir = \"{}\"\n",
+        spill.display()
+    ))?;
+    let mut service = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'h' || i || '.example.test.', 300, 'A', '192.0.2.' || (i % 250 + 1)
+             FROM generate_series(1, 800) i",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    // Drift behind pg2dns's back: 200 records gone, 50 strays.
+    let mut drift = String::new();
+    for i in 1..=200 {
+        drift.push_str(&format!("update delete h{i}.example.test. A\n"));
+    }
+    for i in 1..=50 {
+        drift.push_str(&format!(
+            "update add stray{i}.example.test. 300 A 192.0.2.99\n"
+        ));
+    }
+    stack.server(Primary::Bind)?.nsupdate(&drift).await?;
+
+    let mut reconcile = crate::reconcile::spawn_reconcile(
+        &stack,
+        &["--apply"],
+        &[
+            ("PG2DNS_TEST_SPILL_BYTES", "2048"),
+            ("PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS", "600000"),
+        ],
+    )?;
+    let seen = crate::reconcile::read_until(&mut reconcile, "before the repair").await?;
+    let spilled: Vec<_> = std::fs::read_dir(&spill)?.collect::<Result<_, _>>()?;
+    ensure!(
+        spilled.len() == 1,
+        "the reconcile spills into one directory of {}: {spilled:?}\n{seen}",
+        spill.display()
+    );
+    crate::harness::signal(reconcile.id().context("no pid")?, "INT")?;
+    let status = tokio::time::timeout(Duration::from_secs(60), reconcile.wait()).await??;
+    let mut rest = String::new();
+    if let Some(mut stderr) = reconcile.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut rest).await?;
+    }
+    ensure!(
+        status.code() == Some(130) && rest.contains("reconcile interrupted by SIGINT"),
+        "reconcile after SIGINT: {status}\n{seen}{rest}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&spill)?.collect::<Result<_, _>>()?;
+    ensure!(left.is_empty(), "the spill directory is left: {left:?}");
+    wait_until(DNS_DEADLINE, "the service runs again", || async {
+        let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
+        let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+        Ok(if s["state"] == "running" {
+            Check::Done(())
+        } else {
+            Check::NotYet(s.to_string())
+        })
+    })
+    .await?;
+
+    let (code, out, err) = pg2dns_out(
+        &["reconcile", "--apply"],
+        stack.config_path(),
+        &[("PG2DNS_TEST_SPILL_BYTES", "2048")],
+    )
+    .await?;
+    ensure!(
+        code == Some(0),
+        "the second reconcile --apply exited {code:?}: {out}{err}"
+    );
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.8')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    service.assert_running()?;
+    let left: Vec<_> = std::fs::read_dir(&spill)?.collect::<Result<_, _>>()?;
+    ensure!(
+        left.is_empty(),
+        "the second reconcile left its spill directory: {left:?}"
+    );
+    Ok(())
+}
+
+// ------------------------------- Ctrl-C of `pg2dns run` with work in flight
+
+/// SIGINT to `pg2dns run` while a 500-row transaction waits for a stopped
+/// BIND: the service stops (exit 0, state *stopped*, its log says the
+/// unacknowledged transactions will be replayed), the slot has not confirmed
+/// the transaction, and the next run delivers it: DNS equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_of_run_with_a_transaction_in_flight_stops_and_the_next_run_delivers_it(
+) -> Result<()> {
+    let mut stack = Stack::start("trial-run-ctrl-c", Primary::Bind).await?;
+    let mut run = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('before.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    stack.server_mut(Primary::Bind)?.stop().await?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'f' || i || '.example.test.', 300, 'A', '192.0.2.' || (i % 250 + 1)
+             FROM generate_series(1, 500) i",
+        )
+        .await?;
+    wait_until(
+        DNS_DEADLINE,
+        "status shows the transaction in flight",
+        || async {
+            let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
+            let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+            let in_flight: u64 = s["zones"]
+                .as_array()
+                .map(|zones| zones.iter().filter_map(|z| z["in_flight"].as_u64()).sum())
+                .unwrap_or(0);
+            Ok(if in_flight > 0 {
+                Check::Done(())
+            } else {
+                Check::NotYet(s.to_string())
+            })
+        },
+    )
+    .await?;
+    crate::harness::signal(run.pid(), "INT")?;
+    let status = run.wait_exit(Duration::from_secs(30)).await?;
+    ensure!(
+        status.success() && run.log().contains("will be replayed"),
+        "pg2dns run after SIGINT: {status}\n{}",
+        run.log_tail(20)
+    );
+    let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
+    let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+    ensure!(s["state"] == "stopped", "status after SIGINT: {s}");
+    let pending = stack.pending_transactions().await?;
+    ensure!(
+        !pending.is_empty(),
+        "the slot confirmed a transaction BIND never acknowledged"
+    );
+
+    stack.server_mut(Primary::Bind)?.start_again().await?;
+    let mut again = stack.run()?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(dns[FORWARD].len() == 501, "{} records", dns[FORWARD].len());
+    again.assert_running()?;
+    Ok(())
+}
