@@ -236,6 +236,10 @@ fn main() -> ExitCode {
     // memory the planner freed on one was not reused by the transfer on
     // the other (a 200,000-record report peaked at 98 or at 274 MiB, by
     // where its task ran). The other commands keep a thread per core.
+    let operator = matches!(
+        cli.command,
+        Command::Pause { .. } | Command::Resume { .. } | Command::Status { .. }
+    );
     let one_thread = matches!(
         cli.command,
         Command::Run { .. } | Command::Reconcile { .. } | Command::Setup { .. }
@@ -258,9 +262,13 @@ fn main() -> ExitCode {
     // thread is a push onto the run queue. Every hand-off of the stream
     // (replication reader → pipeline, zone sink → pipeline) is such a wake.
     let task = runtime.spawn(async move {
-        real_main(cli)
-            .await
-            .map_err(|e| pg2dns::error::chain(e.as_ref()))
+        real_main(cli).await.map_err(|e| {
+            let mut message = pg2dns::error::chain(e.as_ref());
+            if let Some(hint) = privilege_hint(e.as_ref(), operator) {
+                message.push_str(hint);
+            }
+            message
+        })
     });
     // A panic of the task (its message already printed) ends here too.
     match runtime
@@ -558,6 +566,26 @@ fn setup_summary(report: &setup::SetupReport, config: &Config) -> String {
         }
     }
     out
+}
+
+/// What to do when PostgreSQL refused a privilege (SQLSTATE 42501): which
+/// role the command runs as. The operator role runs `pause`, `resume` and
+/// `status`; every other command reads the tables as the service does.
+fn privilege_hint(e: &(dyn std::error::Error + 'static), operator: bool) -> Option<&'static str> {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
+            if pg.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                return Some(if operator {
+                    "; this role lacks the operator's grants: list it in [roles] operators and run `pg2dns setup` again as the service (docs/setup.md, roles and grants)"
+                } else {
+                    "; this command reads pg2dns's tables as the service does: run it with the service's configuration and role (docs/setup.md, roles and grants); an operator role runs pause, resume and status"
+                });
+            }
+        }
+        cause = err.source();
+    }
+    None
 }
 
 /// `pause`, `resume` and `status`: SQL on `database`, nothing else.

@@ -128,7 +128,8 @@ fn metric(body: &str, series: &str) -> Option<f64> {
 /// but not its TSIG key file (mode 600, the service's secret): `status`,
 /// `pause --wait` and `resume` work with it as the least-privilege
 /// operator role, while the service's own commands still refuse a key file
-/// they cannot read, naming it.
+/// they cannot read, naming it, and `reconcile` run as the operator says
+/// which role runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_role_pauses_resumes_and_reads_status_without_the_tsig_key_file() -> Result<()>
 {
@@ -194,6 +195,27 @@ async fn the_operator_role_pauses_resumes_and_reads_status_without_the_tsig_key_
     ensure!(
         code == Some(1) && err.contains(&missing.display().to_string()),
         "check-config without the key file exited {code:?}: {out}{err}"
+    );
+    // Reconcile is the service's (docs/setup.md): as the operator role,
+    // even with the key, it fails naming the table and the role to use.
+    let with_key = stack.dir().join("operator-with-key.toml");
+    std::fs::write(
+        &with_key,
+        std::fs::read_to_string(&operator)?.replace(
+            &missing.display().to_string(),
+            &stack
+                .server(Primary::Bind)?
+                .key_file()
+                .display()
+                .to_string(),
+        ),
+    )?;
+    let (code, out, err) = pg2dns_out(&["reconcile"], &with_key, &[]).await?;
+    ensure!(
+        code == Some(2)
+            && err.contains("permission denied")
+            && err.contains("run it with the service's configuration and role"),
+        "reconcile as dns_ops exited {code:?}: {out}{err}"
     );
     Ok(())
 }
