@@ -2021,6 +2021,45 @@ tsig_key_file = "k.key"
 "#;
 
     #[test]
+    fn the_operators_commands_read_the_database_section_without_the_key_files() {
+        let dir = std::env::temp_dir().join(format!("pg2dns-config-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The service's config, on a host without its key file.
+        let path = dir.join("pg2dns.toml");
+        std::fs::write(
+            &path,
+            GOOD.replace("[database]", "[database]\nslot = \"ops\""),
+        )
+        .unwrap();
+        let database = DatabaseConfig::load(&path).unwrap();
+        assert_eq!(database.slot, "ops");
+        assert_eq!(database.user(), "postgres");
+        let e = pg2dns_decoder::error_chain(&Config::load(&path).unwrap_err());
+        assert!(e.contains("k.key"), "{e}");
+        // Only version and [database]; [database] itself is still checked.
+        std::fs::write(
+            &path,
+            "version = 1\n[database]\nurl = \"postgresql://ops@db/app\"\n",
+        )
+        .unwrap();
+        assert_eq!(DatabaseConfig::load(&path).unwrap().slot, "pg2dns");
+        std::fs::write(
+            &path,
+            "version = 1\n[database]\nurl = \"postgresql://ops@db/app\"\nslott = \"x\"\n",
+        )
+        .unwrap();
+        let e = pg2dns_decoder::error_chain(&DatabaseConfig::load(&path).unwrap_err());
+        assert!(e.contains("slott"), "{e}");
+        std::fs::write(
+            &path,
+            "version = 2\n[database]\nurl = \"postgresql://ops@db/app\"\n",
+        )
+        .unwrap();
+        assert!(DatabaseConfig::load(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_output_plugin_is_pgoutput_unless_the_config_names_pg2dns() {
         let c = with_key_file(GOOD).unwrap();
         assert_eq!(c.database.plugin, OutputPlugin::Pgoutput);
