@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::DatabaseConfig;
 use crate::store::{sql, StoreError};
 
 /// Why an admin command failed.
@@ -45,16 +45,16 @@ fn print(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
-async fn connect(config: &Config) -> Result<tokio_postgres::Client, StoreError> {
-    let (client, _connection) = crate::pgconn::connect(&config.database, "pg2dns admin").await?;
+async fn connect(database: &DatabaseConfig) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, _connection) = crate::pgconn::connect(database, "pg2dns admin").await?;
     Ok(client)
 }
 
 /// Asks the service to pause; with `wait`, returns once it has and prints
 /// the LSN it stopped at.
-pub async fn pause(config: &Config, reason: &str, wait: bool) -> Result<(), AdminError> {
-    let client = connect(config).await?;
-    let slot = &config.database.slot;
+pub async fn pause(database: &DatabaseConfig, reason: &str, wait: bool) -> Result<(), AdminError> {
+    let client = connect(database).await?;
+    let slot = &database.slot;
     let id: i64 = client
         .query_one("SELECT pg2dns.pause($1, $2)", &[&reason, slot])
         .await
@@ -104,9 +104,9 @@ pub async fn pause(config: &Config, reason: &str, wait: bool) -> Result<(), Admi
 }
 
 /// Asks a paused or halted service to go on, and says from where.
-pub async fn resume(config: &Config) -> Result<(), StoreError> {
-    let client = connect(config).await?;
-    let slot = &config.database.slot;
+pub async fn resume(database: &DatabaseConfig) -> Result<(), StoreError> {
+    let client = connect(database).await?;
+    let slot = &database.slot;
     let row = client
         .query_opt(
             // Through the SECURITY DEFINER function: an operator may not
@@ -136,9 +136,9 @@ pub async fn resume(config: &Config) -> Result<(), StoreError> {
 
 /// Releases the transaction the mass-delete guard holds (or the one
 /// committed at `lsn`, when not empty) and resumes the service.
-pub async fn allow_mass_delete(config: &Config, lsn: &str) -> Result<(), StoreError> {
-    let client = connect(config).await?;
-    let slot = &config.database.slot;
+pub async fn allow_mass_delete(database: &DatabaseConfig, lsn: &str) -> Result<(), StoreError> {
+    let client = connect(database).await?;
+    let slot = &database.slot;
     let lsn = (!lsn.trim().is_empty()).then(|| lsn.trim().to_owned());
     let released: String = client
         .query_one(
@@ -153,9 +153,9 @@ pub async fn allow_mass_delete(config: &Config, lsn: &str) -> Result<(), StoreEr
 }
 
 /// Prints `pg2dns.status` for this slot.
-pub async fn status(config: &Config, json: bool) -> Result<(), StoreError> {
-    let client = connect(config).await?;
-    let slot = &config.database.slot;
+pub async fn status(database: &DatabaseConfig, json: bool) -> Result<(), StoreError> {
+    let client = connect(database).await?;
+    let slot = &database.slot;
     let row = client
         .query_opt(
             "SELECT mode, since::text, coalesce(mode_lsn::text, ''), reason, hint, \

@@ -1150,7 +1150,7 @@ impl Config {
             path: path.to_owned(),
             what,
         };
-        let mut spec: Spec = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let spec: Spec = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
@@ -1160,47 +1160,7 @@ impl Config {
                 spec.version
             )));
         }
-        if let Some(url) = env("PG2DNS_DATABASE_URL") {
-            spec.database.url = url;
-        }
-        if let Some(slot) = env("PG2DNS_SLOT") {
-            spec.database.slot = slot;
-        }
-        if let Some(publication) = env("PG2DNS_PUBLICATION") {
-            spec.database.publication = publication;
-        }
-        let (url_rest, tls) = crate::pgconn::split_url(&spec.database.url)
-            .map_err(|e| invalid(format!("database.url: {e}")))?;
-        let mut pg: tokio_postgres::Config = url_rest
-            .parse()
-            .map_err(|e| invalid(format!("database.url does not parse: {e}")))?;
-        if pg.get_password().is_none() {
-            if let Some(password) = env("PGPASSWORD") {
-                pg.password(password);
-            }
-        }
-        let tls_client =
-            std::sync::Arc::new(crate::pgconn::rustls_config(&tls).map_err(|source| {
-                ConfigError::Tls {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?);
-        for (key, value) in [
-            ("database.slot", &spec.database.slot),
-            ("database.publication", &spec.database.publication),
-        ] {
-            let ok = !value.is_empty()
-                && value.len() <= 63
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-            if !ok {
-                return Err(invalid(format!(
-                    "{key} = {value:?}: use 1 to 63 lower-case letters, digits or '_'"
-                )));
-            }
-        }
+        let database = database_of(path, spec.database, &env)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut zones: Vec<std::sync::Arc<ZoneConfig>> = Vec::with_capacity(spec.zones.len());
         let mut seen: std::collections::HashSet<ZoneName> = std::collections::HashSet::new();
@@ -1499,15 +1459,7 @@ impl Config {
                 memory_mib,
                 spill_dir: spec.reconcile.spill_dir,
             },
-            database: DatabaseConfig {
-                url: spec.database.url,
-                pg,
-                slot: spec.database.slot,
-                publication: spec.database.publication,
-                plugin: spec.database.plugin,
-                tls,
-                tls_client,
-            },
+            database,
             zones: ZoneList(std::sync::Arc::new(zones)),
             limits: Limits {
                 max_message_bytes: l.max_message_bytes,
@@ -1735,6 +1687,105 @@ fn named<'s>(
         (Some(n), Some((key, file))) if n == name => Some((s, key, file)),
         _ => None,
     })
+}
+
+/// `[database]` as the commands use it: `PG2DNS_*` overrides applied, the URL
+/// parsed (password from `PGPASSWORD` when it has none), the TLS client
+/// built, slot and publication names checked.
+fn database_of(
+    path: &Path,
+    mut database: DatabaseSpec,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<DatabaseConfig, ConfigError> {
+    let invalid = |what: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        what,
+    };
+    if let Some(url) = env("PG2DNS_DATABASE_URL") {
+        database.url = url;
+    }
+    if let Some(slot) = env("PG2DNS_SLOT") {
+        database.slot = slot;
+    }
+    if let Some(publication) = env("PG2DNS_PUBLICATION") {
+        database.publication = publication;
+    }
+    let (url_rest, tls) = crate::pgconn::split_url(&database.url)
+        .map_err(|e| invalid(format!("database.url: {e}")))?;
+    let mut pg: tokio_postgres::Config = url_rest
+        .parse()
+        .map_err(|e| invalid(format!("database.url does not parse: {e}")))?;
+    if pg.get_password().is_none() {
+        if let Some(password) = env("PGPASSWORD") {
+            pg.password(password);
+        }
+    }
+    let tls_client = std::sync::Arc::new(crate::pgconn::rustls_config(&tls).map_err(|source| {
+        ConfigError::Tls {
+            path: path.to_owned(),
+            source,
+        }
+    })?);
+    for (key, value) in [
+        ("database.slot", &database.slot),
+        ("database.publication", &database.publication),
+    ] {
+        let ok = !value.is_empty()
+            && value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            return Err(invalid(format!(
+                "{key} = {value:?}: use 1 to 63 lower-case letters, digits or '_'"
+            )));
+        }
+    }
+    Ok(DatabaseConfig {
+        url: database.url,
+        pg,
+        slot: database.slot,
+        publication: database.publication,
+        plugin: database.plugin,
+        tls,
+        tls_client,
+    })
+}
+
+/// What the operator's commands (`pause`, `resume`, `status`) read of a
+/// config file: `version` and `[database]`. The rest is not read, so an
+/// operator's copy of the config works without the TSIG key files (the
+/// service's secrets) and may leave out the zones.
+#[derive(Debug, Deserialize)]
+struct AdminSpec {
+    version: u32,
+    database: DatabaseSpec,
+}
+
+impl DatabaseConfig {
+    /// Reads `[database]` of a config file (and its `version`), with the
+    /// `PG2DNS_*` overrides, for the commands that need only an SQL login:
+    /// the key files and zones are not read.
+    pub fn load(path: &Path) -> Result<DatabaseConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let spec: AdminSpec = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        if spec.version != CONFIG_VERSION {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                what: format!(
+                    "version = {} is not supported; this pg2dns reads version = {CONFIG_VERSION}",
+                    spec.version
+                ),
+            });
+        }
+        database_of(path, spec.database, &|k| std::env::var(k).ok())
+    }
 }
 
 /// The key files read so far, each once however many zones and servers
@@ -2109,6 +2160,45 @@ tsig_key_file = "k.key"
                 "{text:?} lacks {wanted:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_operators_commands_read_the_database_section_without_the_key_files() {
+        let dir = std::env::temp_dir().join(format!("pg2dns-config-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The service's config, on a host without its key file.
+        let path = dir.join("pg2dns.toml");
+        std::fs::write(
+            &path,
+            GOOD.replace("[database]", "[database]\nslot = \"ops\""),
+        )
+        .unwrap();
+        let database = DatabaseConfig::load(&path).unwrap();
+        assert_eq!(database.slot, "ops");
+        assert_eq!(database.user(), "postgres");
+        let e = pg2dns_decoder::error_chain(&Config::load(&path).unwrap_err());
+        assert!(e.contains("k.key"), "{e}");
+        // Only version and [database]; [database] itself is still checked.
+        std::fs::write(
+            &path,
+            "version = 1\n[database]\nurl = \"postgresql://ops@db/app\"\n",
+        )
+        .unwrap();
+        assert_eq!(DatabaseConfig::load(&path).unwrap().slot, "pg2dns");
+        std::fs::write(
+            &path,
+            "version = 1\n[database]\nurl = \"postgresql://ops@db/app\"\nslott = \"x\"\n",
+        )
+        .unwrap();
+        let e = pg2dns_decoder::error_chain(&DatabaseConfig::load(&path).unwrap_err());
+        assert!(e.contains("slott"), "{e}");
+        std::fs::write(
+            &path,
+            "version = 2\n[database]\nurl = \"postgresql://ops@db/app\"\n",
+        )
+        .unwrap();
+        assert!(DatabaseConfig::load(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -236,6 +236,10 @@ fn main() -> ExitCode {
     // memory the planner freed on one was not reused by the transfer on
     // the other (a 200,000-record report peaked at 98 or at 274 MiB, by
     // where its task ran). The other commands keep a thread per core.
+    let operator = matches!(
+        cli.command,
+        Command::Pause { .. } | Command::Resume { .. } | Command::Status { .. }
+    );
     let one_thread = matches!(
         cli.command,
         Command::Run { .. } | Command::Reconcile { .. } | Command::Setup { .. }
@@ -258,9 +262,13 @@ fn main() -> ExitCode {
     // thread is a push onto the run queue. Every hand-off of the stream
     // (replication reader → pipeline, zone sink → pipeline) is such a wake.
     let task = runtime.spawn(async move {
-        real_main(cli)
-            .await
-            .map_err(|e| pg2dns::error::chain(e.as_ref()))
+        real_main(cli).await.map_err(|e| {
+            let mut message = pg2dns::error::chain(e.as_ref());
+            if let Some(hint) = privilege_hint(e.as_ref(), operator) {
+                message.push_str(hint);
+            }
+            message
+        })
     });
     // A panic of the task (its message already printed) ends here too.
     match runtime
@@ -276,23 +284,32 @@ fn main() -> ExitCode {
 }
 
 async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
-    let config = Config::load(&cli.config)?;
+    // The operator's commands need only an SQL login: they read `[database]`
+    // alone, so they work without the service's TSIG key files.
+    let config = match &cli.command {
+        Command::Pause { .. } | Command::Resume { .. } | Command::Status { .. } => {
+            let database = pg2dns::config::DatabaseConfig::load(&cli.config)?;
+            return operator_command(cli.command, &database).await;
+        }
+        _ => Config::load(&cli.config)?,
+    };
     match cli.command {
         Command::CheckConfig {
             offline,
             every_zone,
         } => {
-            println!(
-                "{}: ok ({} zone(s), slot {}, publication {})",
-                config.path.display(),
-                config.zones.len(),
-                config.database.slot,
-                config.database.publication
-            );
             {
-                // One write for thousands of zones, not one per line.
-                use std::io::Write as _;
-                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                // One write for thousands of zones, not one per line; a
+                // reader that went away (`check-config | head`) ends the
+                // output, not the checks (their exit code still counts).
+                use std::fmt::Write as _;
+                let mut out = format!(
+                    "{}: ok ({} zone(s), slot {}, publication {})\n",
+                    config.path.display(),
+                    config.zones.len(),
+                    config.database.slot,
+                    config.database.publication
+                );
                 for z in &config.zones {
                     let primary = match z.primary_addr.to_string() {
                         written if written == z.primary.to_string() => written,
@@ -316,7 +333,7 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                 for source in &config.sources {
                     writeln!(out, "  source {}", source.describe(&zones))?;
                 }
-                out.flush()?;
+                print_quietly(&out);
             }
             if offline {
                 return Ok(0);
@@ -327,23 +344,24 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             problems.extend(table_problems);
             let dns = pg2dns::check::check_servers(&with_table, every_zone).await;
             problems.extend(dns.problems);
+            let mut out = String::new();
             for (server, zones, signed) in &dns.sampled {
-                println!(
-                    "dns: {zones} zones on {server}: each asked for its SOA; the key and the update and transfer rights asked of {signed} of them (--every-zone asks each)"
-                );
+                out.push_str(&format!(
+                    "dns: {zones} zones on {server}: each asked for its SOA; the key and the update and transfer rights asked of {signed} of them (--every-zone asks each)\n"
+                ));
             }
             if problems.is_empty() {
-                println!(
-                    "database: every source table and column is there, and each key is unique and in its table's replica identity"
+                out.push_str(
+                    "database: every source table and column is there, and each key is unique and in its table's replica identity\n\
+                     dns: each zone's primary knows its key, serves the zone, and lets the key update and transfer it\n",
                 );
-                println!(
-                    "dns: each zone's primary knows its key, serves the zone, and lets the key update and transfer it"
-                );
+                print_quietly(&out);
                 return Ok(0);
             }
             for p in &problems {
-                println!("problem: {p}");
+                out.push_str(&format!("problem: {p}\n"));
             }
+            print_quietly(&out);
             Ok(1)
         }
         Command::Setup {
@@ -394,20 +412,8 @@ async fn real_main(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             }
             Ok(report.exit_code())
         }
-        Command::Pause { reason, wait } => {
-            admin::pause(&config, &reason, wait).await?;
-            Ok(0)
-        }
-        Command::Resume { allow_mass_delete } => {
-            match allow_mass_delete {
-                Some(lsn) => admin::allow_mass_delete(&config, &lsn).await?,
-                None => admin::resume(&config).await?,
-            }
-            Ok(0)
-        }
-        Command::Status { json } => {
-            admin::status(&config, json).await?;
-            Ok(0)
+        command @ (Command::Pause { .. } | Command::Resume { .. } | Command::Status { .. }) => {
+            operator_command(command, &config.database).await
         }
         Command::Run { exit_on_halt } => {
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -560,6 +566,45 @@ fn setup_summary(report: &setup::SetupReport, config: &Config) -> String {
         }
     }
     out
+}
+
+/// What to do when PostgreSQL refused a privilege (SQLSTATE 42501): which
+/// role the command runs as. The operator role runs `pause`, `resume` and
+/// `status`; every other command reads the tables as the service does.
+fn privilege_hint(e: &(dyn std::error::Error + 'static), operator: bool) -> Option<&'static str> {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
+            if pg.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                return Some(if operator {
+                    "; this role lacks the operator's grants: list it in [roles] operators and run `pg2dns setup` again as the service (docs/setup.md, roles and grants)"
+                } else {
+                    "; this command reads pg2dns's tables as the service does: run it with the service's configuration and role (docs/setup.md, roles and grants); an operator role runs pause, resume and status"
+                });
+            }
+        }
+        cause = err.source();
+    }
+    None
+}
+
+/// `pause`, `resume` and `status`: SQL on `database`, nothing else.
+async fn operator_command(
+    command: Command,
+    database: &pg2dns::config::DatabaseConfig,
+) -> Result<u8, Box<dyn std::error::Error>> {
+    match command {
+        Command::Pause { reason, wait } => admin::pause(database, &reason, wait).await?,
+        Command::Resume {
+            allow_mass_delete: Some(lsn),
+        } => admin::allow_mass_delete(database, &lsn).await?,
+        Command::Resume {
+            allow_mass_delete: None,
+        } => admin::resume(database).await?,
+        Command::Status { json } => admin::status(database, json).await?,
+        _ => return Err("not an operator's command".into()),
+    }
+    Ok(0)
 }
 
 /// The first SIGINT or SIGTERM.

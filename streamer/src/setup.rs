@@ -223,6 +223,39 @@ async fn slot_state(store: &Store, slot: &str) -> Result<SlotState, StoreError> 
     })
 }
 
+/// Whether `slot` is one a setup made and never finished loading: it is in
+/// this database while pg2dns's schema is there without progress for it.
+///
+/// Setup creates the slot after the schema and writes the progress only
+/// once the first load is done, so such a slot belongs to a setup that
+/// ended in between (SIGTERM, kill -9, a lost connection). Nothing streamed
+/// from it, and the snapshot of its consistent point ended with that setup:
+/// kept, the next setup would skip the load and the rows the tables held
+/// before would never reach DNS. Setup makes it again and loads at the new
+/// slot's point.
+async fn unloaded_slot(
+    store: &Store,
+    slot: &str,
+    state: &SlotState,
+    progress_before: bool,
+) -> Result<bool, StoreError> {
+    if progress_before
+        || *state == SlotState::Missing
+        || !crate::reconcile::has_schema(store).await?
+    {
+        return Ok(false);
+    }
+    Ok(store
+        .client()
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+            &[&slot],
+        )
+        .await
+        .map_err(sql("cannot read pg_replication_slots"))?
+        .is_some())
+}
+
 /// Whether this slot has progress (false before the schema exists).
 async fn has_progress(store: &Store) -> Result<bool, StoreError> {
     if !crate::reconcile::has_schema(store).await? {
@@ -418,8 +451,11 @@ pub async fn dry_run(config: &Config, options: &SetupOptions) -> Result<DryRun, 
         .await
         .map_err(sql("cannot read pg_publication"))?
         .is_some();
-    let slot = slot_state(&store, &config.database.slot).await?;
+    let mut slot = slot_state(&store, &config.database.slot).await?;
     let progress = has_progress(&store).await?;
+    if unloaded_slot(&store, &config.database.slot, &slot, progress).await? {
+        slot = SlotState::Missing;
+    }
     let mut dry = DryRun {
         schema_to_apply: SCHEMA
             .iter()
@@ -502,6 +538,10 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
         }
     }
     let progress_before = has_progress(&store).await?;
+    let unloaded = unloaded_slot(&store, &slot, &state, progress_before).await?;
+    if unloaded {
+        state = SlotState::Missing;
+    }
     // A slot ahead of pg2dns's progress (dropped and made again) is as
     // good as lost to pg2dns: --recreate-slot replaces it too.
     if options.recreate_slot && progress_before && matches!(state, SlotState::Usable(_)) {
@@ -642,6 +682,16 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
     } else if recreate {
         report.slot_recreated = Some(store.progress().await?);
     }
+    if unloaded {
+        store
+            .client()
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(sql(
+                "cannot drop the slot of a setup that did not finish its first load (is a pg2dns run attached to it?)",
+            ))?;
+        warn!(%slot, "the slot has no progress: a setup ended before its first load was done; the slot is made again and the tables are loaded at its point");
+    }
     let mut exported = None;
     if store.slot_confirmed().await?.is_none() {
         // Over the replication protocol, to export the snapshot of the
@@ -656,6 +706,9 @@ pub async fn setup(config: &Config, options: &SetupOptions) -> Result<SetupRepor
         .map_err(|e| SetupError::Slot(Box::new(e)))?;
         report.slot_created = true;
         info!(%slot, lsn = %snapshot.lsn, "replication slot created");
+        // A setup ended here (SIGTERM, kill -9) leaves a slot without a
+        // load: the next setup makes it again (see `unloaded_slot`).
+        crate::failpoint::hit("setup-after-slot");
         exported = Some(snapshot);
     }
     let slot_at = store.slot_confirmed().await?.unwrap_or(Lsn::ZERO);

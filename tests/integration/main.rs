@@ -75,5 +75,6 @@ mod sources;
 mod streaming;
 mod throughput;
 mod tls;
+mod trials;
 mod zonefile;
 mod zones_data;

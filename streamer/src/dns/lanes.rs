@@ -84,6 +84,9 @@ const DETACHED: usize = usize::MAX;
 
 /// One primary's series of a zone with several.
 struct PrimarySeries {
+    /// Its `pg2dns_update_operations_total{server}`: each primary receives
+    /// every operation of the zone.
+    operations: prometheus_client::metrics::counter::Counter,
     acked: prometheus_client::metrics::gauge::Gauge,
     in_flight: prometheus_client::metrics::gauge::Gauge,
     degraded: prometheus_client::metrics::gauge::Gauge,
@@ -91,13 +94,22 @@ struct PrimarySeries {
 }
 
 impl PrimarySeries {
-    /// The `pg2dns_primary_*` series of `primary` for `zone`.
-    fn of(m: &metrics::Metrics, zone: &pg2dns_decoder::ZoneName, primary: &str) -> PrimarySeries {
+    /// The `pg2dns_primary_*` series of `primary` (at `address`) for `zone`.
+    fn of(
+        m: &metrics::Metrics,
+        zone: &pg2dns_decoder::ZoneName,
+        primary: &str,
+        address: &str,
+    ) -> PrimarySeries {
         let label = metrics::PrimaryLabel {
             zone: zone.to_string(),
             primary: primary.to_string(),
         };
         PrimarySeries {
+            operations: m
+                .operations
+                .get_or_create(&m.series(&zone.to_string(), address))
+                .clone(),
             acked: m.primary_acked.get_or_create(&label).clone(),
             in_flight: m.primary_in_flight.get_or_create(&label).clone(),
             degraded: m.primary_degraded.get_or_create(&label).clone(),
@@ -312,10 +324,20 @@ impl Lanes {
                 if kept.is_detached(&z.name, &p.name) {
                     warn!(zone = %z.name, primary = %p.name, "this session streams without the primary: it could not be brought in line; it is, at the next session's start (SIGHUP) once it answers");
                     servers.push(DETACHED);
-                    series.push(PrimarySeries::of(m, &z.name, &p.name));
+                    series.push(PrimarySeries::of(
+                        m,
+                        &z.name,
+                        &p.name,
+                        &p.primary.to_string(),
+                    ));
                     continue;
                 }
-                series.push(PrimarySeries::of(m, &z.name, &p.name));
+                series.push(PrimarySeries::of(
+                    m,
+                    &z.name,
+                    &p.name,
+                    &p.primary.to_string(),
+                ));
                 zones_of[server].push((id, Arc::new(z.for_primary(p))));
                 servers.push(server);
             }
@@ -838,7 +860,14 @@ impl Lanes {
             let lane = &mut self.lanes[z.zone.index()];
             let acked = lane.acked;
             let ops: usize = z.groups.iter().map(|g| g.ops.len()).sum();
-            lane.operations.inc_by(ops as u64);
+            if lane.series.is_empty() {
+                lane.operations.inc_by(ops as u64);
+            }
+            for (s, server) in lane.series.iter().zip(&lane.servers) {
+                if *server != DETACHED {
+                    s.operations.inc_by(ops as u64);
+                }
+            }
             if acked >= lane.dispatched {
                 self.unacked += 1;
             }

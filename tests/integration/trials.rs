@@ -1,0 +1,667 @@
+//! Operators' trials: what an operator does by hand, following the docs
+//! (Ctrl-C in the middle of a repair, the least-privilege operator role,
+//! several primaries on a LATIN1 database, output piped into `head`,
+//! signals at awkward moments, Prometheus scraping), each turned into a
+//! test of the behaviour the docs promise.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use tokio::io::AsyncBufReadExt;
+
+use crate::harness::dns::Access;
+use crate::harness::stack::{ZoneRecords, FORWARD, REVERSE, SLOT};
+use crate::harness::{pg2dns, wait_until, Check, Primary, Record, Server, Stack, DNS_DEADLINE};
+
+/// A LATIN1 database, `first` and `second` both primary for both zones
+/// (`ns1`, `ns2`), and an operator role `dns_ops` that `setup` granted.
+struct Trial {
+    stack: Stack,
+    second: Server,
+}
+
+impl Trial {
+    async fn start(label: &str, first: Primary, second: Primary) -> Result<Trial> {
+        let stack = Stack::start_in_database(
+            label,
+            first,
+            "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+        )
+        .await?;
+        let second =
+            Server::start_with_access(second, stack.dir(), &[FORWARD, REVERSE], Access::default())
+                .await?;
+        let trial = Trial { stack, second };
+        trial.write_config(first, "")?;
+        trial.stack.exec("CREATE ROLE dns_ops LOGIN").await?;
+        trial
+            .stack
+            .append_config("[roles]\noperators = [\"dns_ops\"]\n")?;
+        trial.stack.setup().await?;
+        Ok(trial)
+    }
+
+    /// The config: the stack's `[database]`, `ns1` and `ns2`, both zones on
+    /// both, `zone_lines` added to each `[[zone]]`.
+    fn write_config(&self, first: Primary, zone_lines: &str) -> Result<()> {
+        let text = std::fs::read_to_string(self.stack.config_path())?;
+        let head = &text[..text.find("\n[[").context("the config has tables")?];
+        let ns1 = self.stack.server(first)?;
+        let mut out = format!(
+            "{head}\n\n[[server]]\nname = \"ns1\"\naddress = \"{}\"\ntsig_key_file = \"{}\"\n\n\
+             [[server]]\nname = \"ns2\"\naddress = \"{}\"\ntsig_key_file = \"{}\"\n",
+            ns1.addr(),
+            ns1.key_file().display(),
+            self.second.addr(),
+            self.second.key_file().display()
+        );
+        for zone in [FORWARD, REVERSE] {
+            out.push_str(&format!(
+                "\n[[zone]]\nname = \"{zone}\"\nprimaries = [\"ns1\", \"ns2\"]\n{zone_lines}\n"
+            ));
+        }
+        std::fs::write(self.stack.config_path(), out)?;
+        Ok(())
+    }
+
+    /// A copy of the config that logs in as `role`.
+    fn config_as(&self, role: &str) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(self.stack.config_path())?;
+        let path = self.stack.dir().join(format!("pg2dns-{role}.toml"));
+        std::fs::write(&path, text.replace("postgres@", &format!("{role}@")))?;
+        Ok(path)
+    }
+}
+
+/// Not a test: a LATIN1 database with two primaries, left up for trials by
+/// hand until the file `stop` appears in its directory
+/// (`cargo test … -- trials::sandbox --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a sandbox for trials by hand"]
+async fn sandbox() -> Result<()> {
+    let trial = Trial::start("trial-sandbox", Primary::Bind, Primary::Knot).await?;
+    let operator = trial.config_as("dns_ops")?;
+    println!(
+        "config {}\noperator config {}\npsql: {}\nns1 {} ns2 {}",
+        trial.stack.config_path().display(),
+        operator.display(),
+        trial.stack.pg.url_for("pg2dns"),
+        trial.stack.server(Primary::Bind)?.addr(),
+        trial.second.addr()
+    );
+    let stop: &Path = &trial.stack.dir().join("stop");
+    while !stop.exists() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// `pg2dns ARGS -c CONFIG` with extra environment: exit code, stdout, stderr.
+async fn pg2dns_out(
+    args: &[&str],
+    config: &Path,
+    env: &[(&str, &str)],
+) -> Result<(Option<i32>, String, String)> {
+    let output = pg2dns::command_with(args, config, env).await?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// The value of the `/metrics` line that starts with `series` (name and
+/// labels as printed).
+fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+// ------------------------------------------------- the operator's commands
+
+/// docs/operations.md: the admin commands each need "only an SQL login".
+/// The operator's copy of the configuration has the service's `[[zone]]`s
+/// but not its TSIG key file (mode 600, the service's secret): `status`,
+/// `pause --wait` and `resume` work with it as the least-privilege
+/// operator role, while the service's own commands still refuse a key file
+/// they cannot read, naming it, and `reconcile` run as the operator says
+/// which role runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_role_pauses_resumes_and_reads_status_without_the_tsig_key_file() -> Result<()>
+{
+    let stack = Stack::start("trial-operator", Primary::Bind).await?;
+    stack.exec("CREATE ROLE dns_ops LOGIN").await?;
+    stack.append_config("[roles]\noperators = [\"dns_ops\"]\n")?;
+    stack.setup().await?;
+    let missing = stack.dir().join("not-on-this-host/tsig.key");
+    let operator = stack.dir().join("operator.toml");
+    std::fs::write(
+        &operator,
+        format!(
+            "version = 1\n\n[database]\nurl = \"{}\"\nslot = \"{SLOT}\"\npublication = \"{SLOT}\"\n\n\
+             [[zone]]\nname = \"{FORWARD}\"\nprimary = \"{}\"\ntsig_key_file = \"{}\"\n",
+            stack.pg.url().replacen("postgres@", "dns_ops@", 1),
+            stack.server(Primary::Bind)?.addr(),
+            missing.display()
+        ),
+    )?;
+    let mut service = stack.run()?;
+
+    let running = wait_until(DNS_DEADLINE, "status as dns_ops says running", || async {
+        let (code, out, err) = pg2dns_out(&["status", "--json"], &operator, &[]).await?;
+        ensure!(
+            code == Some(0),
+            "status as dns_ops exited {code:?}: {out}{err}"
+        );
+        let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+        Ok(if s["state"] == "running" {
+            Check::Done(s)
+        } else {
+            Check::NotYet(s.to_string())
+        })
+    })
+    .await?;
+    ensure!(running["mode"] == "running", "{running}");
+
+    let (code, out, err) =
+        pg2dns_out(&["pause", "--wait", "--reason", "trial"], &operator, &[]).await?;
+    ensure!(
+        code == Some(0),
+        "pause --wait as dns_ops exited {code:?}: {out}{err}"
+    );
+    let (_, out, _) = pg2dns_out(&["status", "--json"], &operator, &[]).await?;
+    let paused: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+    ensure!(
+        paused["mode"] == "paused" && paused["requested_by"] == "dns_ops",
+        "status after pause --wait: {paused}"
+    );
+    let (code, out, err) = pg2dns_out(&["resume"], &operator, &[]).await?;
+    ensure!(
+        code == Some(0),
+        "resume as dns_ops exited {code:?}: {out}{err}"
+    );
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.8')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    service.assert_running()?;
+
+    // The commands that sign with the key still need it, and say which.
+    let (code, out, err) = pg2dns_out(&["check-config", "--offline"], &operator, &[]).await?;
+    ensure!(
+        code == Some(1) && err.contains(&missing.display().to_string()),
+        "check-config without the key file exited {code:?}: {out}{err}"
+    );
+    // Reconcile is the service's (docs/setup.md): as the operator role,
+    // even with the key, it fails naming the table and the role to use.
+    let with_key = stack.dir().join("operator-with-key.toml");
+    std::fs::write(
+        &with_key,
+        std::fs::read_to_string(&operator)?.replace(
+            &missing.display().to_string(),
+            &stack
+                .server(Primary::Bind)?
+                .key_file()
+                .display()
+                .to_string(),
+        ),
+    )?;
+    let (code, out, err) = pg2dns_out(&["reconcile"], &with_key, &[]).await?;
+    ensure!(
+        code == Some(2)
+            && err.contains("permission denied")
+            && err.contains("run it with the service's configuration and role"),
+        "reconcile as dns_ops exited {code:?}: {out}{err}"
+    );
+    Ok(())
+}
+
+// ------------------------------------------------ check-config | head
+
+/// `pg2dns check-config` with `zones` zones on the stack's BIND, which
+/// serves only the stack's two: exit code, stdout and stderr, or, with
+/// `close_after`, the stderr and exit code of a run whose reader stopped
+/// once a line matched (as `| head` does).
+async fn check_config_read_until(
+    config: &Path,
+    close_after: impl Fn(usize, &str) -> bool,
+) -> Result<(Option<i32>, String)> {
+    let mut child = tokio::process::Command::new(pg2dns::binary())
+        .args(["check-config", "-c"])
+        .arg(config)
+        .env_remove("PG2DNS_FAILPOINT")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting pg2dns check-config")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut n = 0;
+    while let Some(line) = lines.next_line().await? {
+        n += 1;
+        if close_after(n, &line) {
+            break;
+        }
+    }
+    drop(lines);
+    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .context("check-config did not end")??;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// `check-config | head -3` at 2,000 zones, and a reader that goes away
+/// after the zone list, before the problems: the output ends there, the
+/// checks go on and give the exit code they give with the whole output;
+/// neither a panic ("failed printing to stdout") nor an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_into_a_pipe_closed_early_ends_its_output_quietly_and_keeps_its_exit_code(
+) -> Result<()> {
+    let stack = Stack::start("trial-check-head", Primary::Bind).await?;
+    let bind = stack.server(Primary::Bind)?;
+    let mut text = std::fs::read_to_string(stack.config_path())?;
+    for i in 0..2000 {
+        text.push_str(&format!(
+            "\n[[zone]]\nname = \"z{i}.example.net.\"\nprimary = \"{}\"\ntsig_key_file = \"{}\"\n",
+            bind.addr(),
+            bind.key_file().display()
+        ));
+    }
+    let config = stack.dir().join("many.toml");
+    std::fs::write(&config, text)?;
+
+    let (full, out, err) = pg2dns_out(&["check-config"], &config, &[("RUST_LOG", "warn")]).await?;
+    ensure!(
+        full == Some(1) && out.contains("problem: zone z1999.example.net.: the primary"),
+        "the whole check-config exited {full:?}:\n{}\n{err}",
+        out.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+    let quiet = |err: &str| !err.contains("panicked") && !err.contains("pg2dns: error");
+
+    // head -3: the zone list (one write, larger than a pipe) is cut short.
+    let (code, err) = check_config_read_until(&config, |n, _| n == 3).await?;
+    ensure!(
+        code == full && quiet(&err),
+        "check-config | head -3 exited {code:?} (the whole run: {full:?}):\n{err}"
+    );
+    // The reader leaves after the zone list, before the problems.
+    let (code, err) =
+        check_config_read_until(&config, |_, line| line.starts_with("  source pg2dns.rr")).await?;
+    ensure!(
+        code == full && quiet(&err),
+        "check-config closed after the zone list exited {code:?} (the whole run: {full:?}):\n{err}"
+    );
+    Ok(())
+}
+
+// ------------------------------------------- setup ended during its load
+
+/// A setup ended (SIGTERM, kill -9) after it created the slot and before
+/// its first load finished leaves a slot and no progress. The next `pg2dns
+/// setup` makes the slot again and loads the tables at its point: the rows
+/// the database held before pg2dns reach DNS, and the stream goes on from
+/// there. (Before, it kept the slot, skipped the load and said "setup
+/// done": those rows never reached DNS.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_ended_before_its_first_load_finished_loads_the_tables_when_run_again() -> Result<()>
+{
+    let stack = Stack::start_before_setup("trial-setup-ended", Primary::Bind).await?;
+    stack
+        .exec(
+            "CREATE TABLE public.hosts (id serial PRIMARY KEY, name text NOT NULL, address inet NOT NULL);
+             INSERT INTO public.hosts (name, address)
+               SELECT 'h' || i || '.example.test.', ('192.0.2.' || (i % 250 + 1))::inet
+               FROM generate_series(1, 300) i;",
+        )
+        .await?;
+    stack.append_config(
+        "[[source]]\ntable = \"public.hosts\"\nowner_column = \"name\"\naddress_column = \"address\"\n",
+    )?;
+    let (code, out, err) = pg2dns_out(
+        &["setup"],
+        stack.config_path(),
+        &[("PG2DNS_FAILPOINT", "setup-after-slot")],
+    )
+    .await?;
+    ensure!(
+        code != Some(0) && err.contains("failpoint setup-after-slot reached"),
+        "setup should have ended at the failpoint, exited {code:?}: {out}{err}"
+    );
+    let slots: i64 = stack
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&SLOT],
+        )
+        .await?
+        .get(0);
+    let progress: i64 = stack
+        .db
+        .query_one("SELECT count(*) FROM pg2dns.progress", &[])
+        .await?
+        .get(0);
+    ensure!(
+        slots == 1 && progress == 0,
+        "the ended setup left {slots} slot(s) and {progress} progress row(s)"
+    );
+
+    let (code, out, err) = pg2dns_out(&["setup"], stack.config_path(), &[]).await?;
+    ensure!(
+        code == Some(0) && out.contains("first load: the 300 rows"),
+        "setup run again exited {code:?}: {out}{err}"
+    );
+    ensure!(
+        err.contains("the slot has no progress"),
+        "setup should say why it made the slot again: {err}"
+    );
+    let hosts = |n: u32| -> Vec<Record> {
+        (1..=n)
+            .map(|i| {
+                Record::new(
+                    &format!("h{i}.example.test."),
+                    3600,
+                    "A",
+                    &format!("192.0.2.{}", i % 250 + 1),
+                )
+            })
+            .collect()
+    };
+    let expected = |n: u32| -> ZoneRecords {
+        let mut forward = hosts(n);
+        forward.sort();
+        BTreeMap::from([
+            (FORWARD.to_string(), forward),
+            (REVERSE.to_string(), vec![]),
+        ])
+    };
+    stack
+        .wait_until_dns_equals(&expected(300), DNS_DEADLINE)
+        .await?;
+
+    let mut service = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO public.hosts (name, address) VALUES ('h301.example.test.', '192.0.2.52')",
+        )
+        .await?;
+    stack
+        .wait_until_dns_equals(&expected(301), DNS_DEADLINE)
+        .await?;
+    service.assert_running()?;
+    Ok(())
+}
+
+// ------------------------------- LATIN1, two primaries, metrics per primary
+
+/// A LATIN1 database and a zone on two primaries (BIND and Knot): rows with
+/// é/ü/ß in TXT and in names reach both as the same UTF-8 bytes, an A
+/// record whose owner is not a host name is refused on both (row and
+/// reason in `pg2dns.rejected`), and `pg2dns_update_operations_total`
+/// counts what went to each primary, not only to the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latin1_zone_on_two_primaries_ends_equal_on_both_and_each_primary_counts_its_operations(
+) -> Result<()> {
+    let trial = Trial::start("trial-latin1-two", Primary::Bind, Primary::Knot).await?;
+    let stack = &trial.stack;
+    let addr = format!("127.0.0.1:{}", crate::harness::free_port()?);
+    stack.append_config(&format!("[metrics]\nlisten = \"{addr}\"\n"))?;
+    let mut service = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES \
+             ('café.example.test.', 300, 'TXT', '\"crème brûlée\" \"über\"'), \
+             ('München.Example.Test', 300, 'TXT', '\"ß\"'), \
+             ('esc\\233.example.test.', 300, 'TXT', '\"a\\233b\"'), \
+             ('Grüße.example.test.', 300, 'A', '192.0.2.7')",
+        )
+        .await?;
+    let mut forward = vec![
+        Record::new(
+            r"caf\195\169.example.test.",
+            300,
+            "TXT",
+            r#""cr\195\168me br\195\187l\195\169e" "\195\188ber""#,
+        ),
+        Record::new(r"m\195\188nchen.example.test.", 300, "TXT", r#""\195\159""#),
+        Record::new(r"esc\233.example.test.", 300, "TXT", r#""a\233b""#),
+    ];
+    forward.sort();
+    let expected = BTreeMap::from([
+        (FORWARD.to_string(), forward),
+        (REVERSE.to_string(), vec![]),
+    ]);
+    for (who, server) in [
+        ("ns1 (BIND)", stack.server(Primary::Bind)?),
+        ("ns2 (Knot)", &trial.second),
+    ] {
+        wait_until(
+            DNS_DEADLINE,
+            &format!("{who} holds the UTF-8 records"),
+            || async {
+                let mut dns = ZoneRecords::new();
+                for zone in [FORWARD, REVERSE] {
+                    dns.insert(zone.to_string(), server.axfr(zone).await?);
+                }
+                Ok(if dns == expected {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(crate::harness::stack::difference(&expected, &dns))
+                })
+            },
+        )
+        .await?;
+    }
+    let rejected = stack.rejected_at_least(1, DNS_DEADLINE).await?;
+    ensure!(
+        rejected.len() == 1
+            && rejected[0].owner.as_deref() == Some(r"gr\195\188\195\159e.example.test.")
+            && rejected[0].reason.contains("not a host name"),
+        "{rejected:?}"
+    );
+
+    let ns1 = stack.server(Primary::Bind)?.addr().to_string();
+    let ns2 = trial.second.addr().to_string();
+    let body = wait_until(
+        DNS_DEADLINE,
+        "both primaries' operations are counted",
+        || async {
+            let (_, body) = crate::health::http_get(&addr, "/metrics").await?;
+            let of = |s: &str| {
+                metric(
+                    &body,
+                    &format!("pg2dns_update_operations_total{{server=\"{s}\"}}"),
+                )
+            };
+            Ok(match (of(&ns1), of(&ns2)) {
+                (Some(a), Some(b)) if a >= 3.0 && a == b => Check::Done(body),
+                seen => Check::NotYet(format!("{seen:?} in\n{body}")),
+            })
+        },
+    )
+    .await?;
+    // The per-zone series without `per_zone` are the documented
+    // pg2dns_primary_* of zones with several primaries.
+    for line in body.lines().filter(|l| l.contains("zone=\"")) {
+        ensure!(
+            line.starts_with("pg2dns_primary_"),
+            "a per-zone series without per_zone: {line}"
+        );
+    }
+    service.assert_running()?;
+    Ok(())
+}
+
+// --------------------------------------- Ctrl-C in the middle of a repair
+
+/// Ctrl-C (SIGINT) while a spilling `reconcile --apply` holds the running
+/// service paused before its repair: it exits 130 saying it was
+/// interrupted, its spill directory is gone, the service runs again (not
+/// left paused), and a second `reconcile --apply` finishes the repair: DNS
+/// equals the table and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_spilling_repair_resumes_the_service_removes_the_spill_and_a_second_apply_finishes(
+) -> Result<()> {
+    let stack = Stack::start("trial-ctrl-c", Primary::Bind).await?;
+    let spill = stack.dir().join("spill");
+    std::fs::create_dir_all(&spill)?;
+    stack.append_config(&format!(
+        "[reconcile]\nmemory_mib = 16\nspill_dir = \"{}\"\n",
+        spill.display()
+    ))?;
+    let mut service = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'h' || i || '.example.test.', 300, 'A', '192.0.2.' || (i % 250 + 1)
+             FROM generate_series(1, 800) i",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    // Drift behind pg2dns's back: 200 records gone, 50 strays.
+    let mut drift = String::new();
+    for i in 1..=200 {
+        drift.push_str(&format!("update delete h{i}.example.test. A\n"));
+    }
+    for i in 1..=50 {
+        drift.push_str(&format!(
+            "update add stray{i}.example.test. 300 A 192.0.2.99\n"
+        ));
+    }
+    stack.server(Primary::Bind)?.nsupdate(&drift).await?;
+
+    let mut reconcile = crate::reconcile::spawn_reconcile(
+        &stack,
+        &["--apply"],
+        &[
+            ("PG2DNS_TEST_SPILL_BYTES", "2048"),
+            ("PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS", "600000"),
+        ],
+    )?;
+    let seen = crate::reconcile::read_until(&mut reconcile, "before the repair").await?;
+    let spilled: Vec<_> = std::fs::read_dir(&spill)?.collect::<Result<_, _>>()?;
+    ensure!(
+        spilled.len() == 1,
+        "the reconcile spills into one directory of {}: {spilled:?}\n{seen}",
+        spill.display()
+    );
+    crate::harness::signal(reconcile.id().context("no pid")?, "INT")?;
+    let status = tokio::time::timeout(Duration::from_secs(60), reconcile.wait()).await??;
+    let mut rest = String::new();
+    if let Some(mut stderr) = reconcile.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut rest).await?;
+    }
+    ensure!(
+        status.code() == Some(130) && rest.contains("reconcile interrupted by SIGINT"),
+        "reconcile after SIGINT: {status}\n{seen}{rest}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&spill)?.collect::<Result<_, _>>()?;
+    ensure!(left.is_empty(), "the spill directory is left: {left:?}");
+    wait_until(DNS_DEADLINE, "the service runs again", || async {
+        let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
+        let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+        Ok(if s["state"] == "running" {
+            Check::Done(())
+        } else {
+            Check::NotYet(s.to_string())
+        })
+    })
+    .await?;
+
+    let (code, out, err) = pg2dns_out(
+        &["reconcile", "--apply"],
+        stack.config_path(),
+        &[("PG2DNS_TEST_SPILL_BYTES", "2048")],
+    )
+    .await?;
+    ensure!(
+        code == Some(0),
+        "the second reconcile --apply exited {code:?}: {out}{err}"
+    );
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.8')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    service.assert_running()?;
+    let left: Vec<_> = std::fs::read_dir(&spill)?.collect::<Result<_, _>>()?;
+    ensure!(
+        left.is_empty(),
+        "the second reconcile left its spill directory: {left:?}"
+    );
+    Ok(())
+}
+
+// ------------------------------- Ctrl-C of `pg2dns run` with work in flight
+
+/// SIGINT to `pg2dns run` while a 500-row transaction waits for a stopped
+/// BIND: the service stops (exit 0, state *stopped*, its log says the
+/// unacknowledged transactions will be replayed), the slot has not confirmed
+/// the transaction, and the next run delivers it: DNS equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_of_run_with_a_transaction_in_flight_stops_and_the_next_run_delivers_it(
+) -> Result<()> {
+    let mut stack = Stack::start("trial-run-ctrl-c", Primary::Bind).await?;
+    let mut run = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('before.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    stack.server_mut(Primary::Bind)?.stop().await?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'f' || i || '.example.test.', 300, 'A', '192.0.2.' || (i % 250 + 1)
+             FROM generate_series(1, 500) i",
+        )
+        .await?;
+    wait_until(
+        DNS_DEADLINE,
+        "status shows the transaction in flight",
+        || async {
+            let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
+            let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+            let in_flight: u64 = s["zones"]
+                .as_array()
+                .map(|zones| zones.iter().filter_map(|z| z["in_flight"].as_u64()).sum())
+                .unwrap_or(0);
+            Ok(if in_flight > 0 {
+                Check::Done(())
+            } else {
+                Check::NotYet(s.to_string())
+            })
+        },
+    )
+    .await?;
+    crate::harness::signal(run.pid(), "INT")?;
+    let status = run.wait_exit(Duration::from_secs(30)).await?;
+    ensure!(
+        status.success() && run.log().contains("will be replayed"),
+        "pg2dns run after SIGINT: {status}\n{}",
+        run.log_tail(20)
+    );
+    let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
+    let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+    ensure!(s["state"] == "stopped", "status after SIGINT: {s}");
+    let pending = stack.pending_transactions().await?;
+    ensure!(
+        !pending.is_empty(),
+        "the slot confirmed a transaction BIND never acknowledged"
+    );
+
+    stack.server_mut(Primary::Bind)?.start_again().await?;
+    let mut again = stack.run()?;
+    let dns = stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    ensure!(dns[FORWARD].len() == 501, "{} records", dns[FORWARD].len());
+    again.assert_running()?;
+    Ok(())
+}
