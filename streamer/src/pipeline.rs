@@ -2,11 +2,10 @@
 //! confirmed LSN moved only behind them.
 //!
 //! ```text
-//!  replication ─▶ Assembler ─▶ stream core ─▶ Flush: map rows (decoder::mapping),
-//!                  (txn)       (decoder::     read their row state (one query),
-//!                               stream)       plan (decoder::plan: net operations,
-//!                                             every refusal), guard, dispatch to the
-//!                                             zones' streams, write the new state
+//!  replication ─▶ Assembler ─▶ stream core ─▶ Find / LoadState: the row state
+//!                  (txn)       (decoder::     the core asks for (SQL) ─▶ the core
+//!                               stream)       maps, plans and guards ─▶ Dispatch to
+//!                                             the zones' streams ─▶ WriteState
 //!                                             (uncommitted)
 //!  zones' acks ─▶ stream core ─▶ Commit: row state + progress ─▶ Confirm end_lsn
 //! ```
@@ -14,30 +13,31 @@
 //! The pipeline is a driver, a select loop around the sans-IO stream core
 //! (`pg2dns_decoder::stream::Stream`), as `dns/server.rs` drives the zones'
 //! `Session`s: each branch is "I/O happened → `core.handle_*`", then the
-//! core's actions are done in order (`act`: flush, reject, commit, confirm,
-//! poll the WAL flush, wait for acknowledgements). What a row means, what
-//! goes to DNS and what is refused are decided by the decoder's mapping and
-//! planner; when to flush, checkpoint and confirm, which transactions are
-//! skipped, where a pause stops and what the mass-delete guard holds are
-//! decided by the stream core. The pipeline keeps the SQL (the store), the
-//! DNS streams (`dns::lanes`), the replication connection and the clock.
+//! core's actions are done in order (`act`: look up and load row state,
+//! count a zone's records, ask for a release, dispatch, write state,
+//! reject, commit, confirm, poll the WAL flush, wait for acknowledgements).
+//! What a row means, what goes to DNS and what is refused are decided by
+//! the decoder's mapping and planner; the order of a flush, when to flush,
+//! checkpoint and confirm, which transactions are skipped, where a pause
+//! stops and what the mass-delete guard holds are decided by the stream
+//! core. The pipeline keeps the SQL (the store), the DNS streams
+//! (`dns::lanes`), the replication connection and the clock.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use pg2dns_decoder::checkpoint::{self, BatchSeq, Checkpoint, ServerRefusal};
-use pg2dns_decoder::mapping::{self, Desired, Mapping, RowUpdate, RrTable};
+use pg2dns_decoder::mapping::{Desired, Mapping, RowUpdate, RrTable};
 use pg2dns_decoder::pgoutput::Message;
-use pg2dns_decoder::plan::{
-    PlanLimits, Planner, Refusal, Refused, Rejection, RowRef, SourceId, Waiting, ZoneOps,
-};
+use pg2dns_decoder::plan::{Planner, Refusal, Refused, Rejection, RowRef, SourceId, Waiting};
 use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::stream::{
-    Action, Batch, CommitMode, Committed, End, Item, Stream, StreamConfig,
+    Action, CommitMode, Committed, Dispatch, End, Find, Found, Halt, Planning, StateRead,
+    Stream, StreamConfig, WriteState,
 };
 use pg2dns_decoder::txn::{Assembler, Event, RowChange};
 use pg2dns_decoder::update::UpdateOp;
-use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, Zones};
+use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
@@ -60,22 +60,6 @@ const STANDBY_RETRY: Duration = Duration::from_secs(1);
 /// How long a clean stop waits, at most, for its last checkpoint and the
 /// WAL flush (the core's own limits are shorter; this bounds the SQL too).
 const STOP_WAIT: Duration = Duration::from_secs(10);
-
-/// One step of a flush, in stream order.
-enum Step {
-    Row(SourceId, RowUpdate),
-    Truncate(SourceId, Lsn),
-    Commit(Lsn),
-}
-
-impl Step {
-    fn update(&self) -> Option<(SourceId, &RowUpdate)> {
-        match self {
-            Step::Row(s, u) => Some((*s, u)),
-            _ => None,
-        }
-    }
-}
 
 /// The sources this configuration streams: the built-in `pg2dns.rr` first
 /// (its index, 0, is what row state written by earlier versions used), then
@@ -105,8 +89,6 @@ const HALT_SETTLE: Duration = Duration::from_secs(30);
 /// Runs one session: connections, streaming, until shutdown or an error.
 pub struct Pipeline<'c> {
     config: &'c Config,
-    zones: Zones,
-    limits: PlanLimits,
     /// The columns each source reads (by `SourceId`), and the table layout
     /// last found to hold them.
     needed: Vec<Vec<pg2dns_decoder::schema::Needed>>,
@@ -126,7 +108,6 @@ pub struct Pipeline<'c> {
     relations_checked: Instant,
     /// The partitions of each source's table at the session start.
     partitions: Vec<std::collections::BTreeSet<(u32, String)>>,
-    mappings: Vec<Box<dyn Mapping>>,
     sources: Vec<String>,
     store: Store,
     assembler: Assembler,
@@ -141,6 +122,28 @@ pub struct Pipeline<'c> {
     paused: Option<(Lsn, ControlRequest)>,
     /// The rows of `pg2dns.zones` this session's zones were built from.
     table_rows: Vec<crate::config::TableZone>,
+    /// The store's batch of the flush in progress.
+    flush_batch: BatchSeq,
+    /// How long the flush in progress took to read and to plan.
+    flush_clock: FlushClock,
+}
+
+/// When a flush started, and how far into it the row state was read and
+/// the plan dispatched (for its debug line).
+struct FlushClock {
+    started: Instant,
+    read: Duration,
+    plan: Duration,
+}
+
+impl FlushClock {
+    fn start() -> FlushClock {
+        FlushClock {
+            started: Instant::now(),
+            read: Duration::ZERO,
+            plan: Duration::ZERO,
+        }
+    }
 }
 
 /// Runs sessions until shutdown; transient failures are retried with
@@ -529,6 +532,7 @@ async fn session(
         config.database.slot
     ));
     let mappings = mappings(config);
+    let sources: Vec<String> = mappings.iter().map(|m| m.source().to_owned()).collect();
     let mut zones = config.zones();
     for table in store
         .load_zone_refs(&config.zones_tables(), zones.refs_mut())
@@ -550,6 +554,14 @@ async fn session(
             progress,
             stop_at,
             max_batch_rows: MAX_BATCH_ROWS,
+            planning: Planning {
+                limits: pg2dns_decoder::plan::PlanLimits {
+                    held: held_outside(config).await,
+                    ..config.plan_limits()
+                },
+                mappings,
+                zones,
+            },
         },
         Instant::now(),
     );
@@ -561,11 +573,6 @@ async fn session(
     }
     let mut p = Pipeline {
         config,
-        zones,
-        limits: pg2dns_decoder::plan::PlanLimits {
-            held: held_outside(config).await,
-            ..config.plan_limits()
-        },
         needed: std::iter::once(pg2dns_decoder::schema::rr_columns())
             .chain(
                 config
@@ -580,13 +587,12 @@ async fn session(
                     .map(pg2dns_decoder::schema::zones_table_columns),
             )
             .collect(),
-        checked: vec![None; mappings.len()],
+        checked: vec![None; sources.len()],
         oids,
         resolved: std::collections::HashMap::new(),
         relations_checked: Instant::now(),
         partitions,
-        sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
-        mappings,
+        sources,
         store,
         assembler: Assembler::new(),
         core,
@@ -594,6 +600,8 @@ async fn session(
         lag_pending: false,
         paused: None,
         table_rows: zone_set.rows.clone(),
+        flush_batch: BatchSeq(0),
+        flush_clock: FlushClock::start(),
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
     if let Ok(SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused) = result {
@@ -814,8 +822,24 @@ impl Pipeline<'_> {
                 return Ok(());
             };
             match action {
-                Action::Flush(batch) => {
-                    self.flush(batch).await?;
+                Action::Find(find) => self.find(find).await?,
+                Action::LoadState(read) => self.load_state(read).await?,
+                Action::CountRecords(zones) => {
+                    let records =
+                        crate::guard::zone_records(&mut self.store, self.core.zones(), &zones)
+                            .await?;
+                    self.core.handle_counted(records);
+                }
+                Action::AskRelease(lsn) => {
+                    let released = crate::guard::released(&mut self.store, lsn).await?;
+                    self.core.handle_release(lsn, released);
+                }
+                // The mass-delete guard (or a change without a key) halts
+                // the session here, before anything of the batch is sent.
+                Action::Halt(halt) => return Err(self.halted(halt)),
+                Action::Dispatch(dispatch) => self.dispatch(dispatch).await?,
+                Action::WriteState(write) => {
+                    self.write_state(write).await?;
                     self.hear();
                 }
                 Action::Reject(refused) => {
@@ -919,7 +943,7 @@ impl Pipeline<'_> {
         self.core.handle_frame(now);
         if self.relations_checked.elapsed() >= crate::relations::CHECK_EVERY {
             self.relations_checked = Instant::now();
-            let tables: Vec<&str> = self.mappings.iter().map(|m| m.source()).collect();
+            let tables: Vec<&str> = self.core.mappings().iter().map(|m| m.source()).collect();
             let publication = &self.config.database.publication;
             let client = self.store.settled_client().await?;
             let oids = crate::relations::check_tables(client, publication, &tables, false).await?;
@@ -1180,7 +1204,7 @@ impl Pipeline<'_> {
     ) -> Result<Option<usize>, RunError> {
         use crate::relations::{oid_of, table_now};
         let (ns, name) = (relation.namespace.as_str(), relation.name.as_str());
-        let by_name = self.mappings.iter().position(|m| m.matches(ns, name));
+        let by_name = self.core.mappings().iter().position(|m| m.matches(ns, name));
         if let Some(i) = by_name {
             if self.oids.get(i) == Some(&relation.oid) {
                 return Ok(Some(i));
@@ -1195,7 +1219,7 @@ impl Pipeline<'_> {
         // start; ask the catalog what the table is now.
         let client = self.store.settled_client().await?;
         let mut now = crate::relations::Now::default();
-        for (i, m) in self.mappings.iter().enumerate() {
+        for (i, m) in self.core.mappings().iter().enumerate() {
             if oid_of(client, m.source()).await? == Some(relation.oid) {
                 now.named = Some(i);
                 break;
@@ -1234,132 +1258,75 @@ impl Pipeline<'_> {
         Ok(source)
     }
 
-    /// Plans the batch, dispatches its operations and writes its row state.
-    async fn flush(&mut self, flushed: Batch) -> Result<(), RunError> {
-        let started = Instant::now();
-        let rows_in_batch = flushed.rows;
-        let items = flushed.items;
-        let batch = BatchSeq(self.store.start_batch());
-        // 1. Map every change to row updates (what each row wants now).
-        let mut steps = Vec::with_capacity(items.len());
-        let mut ref_edits = Vec::new();
-        for item in items {
-            match item {
-                Item::Commit(end) => steps.push(Step::Commit(end)),
-                Item::Truncate(source, lsn) => steps.push(Step::Truncate(source, lsn)),
-                Item::Change(source, change) => {
-                    let mapping = &self.mappings[usize::from(source.0)];
-                    for u in mapping::row_updates(mapping.as_ref(), &change, &self.zones)? {
-                        steps.push(Step::Row(source, u));
-                    }
-                    // A zones table: later rows resolve against its new rows.
-                    if let Some(table) = mapping.zones_table() {
-                        ref_edits.extend(table.follow(&change, self.zones.refs_mut()));
-                    }
-                }
-            }
-        }
-        // 2. Read the row state of those rows and of the owners they touch.
-        let mut seen = HashSet::new();
-        let mut rows: Vec<RowRef> = steps
-            .iter()
-            .filter_map(Step::update)
-            .map(|(s, u)| (s, u.key.clone()))
-            .filter(|r| seen.insert(r.clone()))
-            .collect();
+    /// The first step of a flush: a new batch of the store, and the
+    /// look-ups the core asks for before it reads the row state.
+    async fn find(&mut self, find: Find) -> Result<(), RunError> {
+        self.flush_clock = FlushClock::start();
+        self.flush_batch = BatchSeq(self.store.start_batch());
+        let mut found = Found::default();
         // A TRUNCATE removes every row of its source: load them all.
-        for step in &steps {
-            if let Step::Truncate(source, _) = step {
-                let name = &self.sources[usize::from(source.0)];
-                for key in crate::guard::source_rows(&mut self.store, name).await? {
-                    if seen.insert((*source, key.clone())) {
-                        rows.push((*source, key));
-                    }
-                }
-            }
+        for source in find.truncated {
+            let name = &self.sources[source.index()];
+            let keys = crate::guard::source_rows(&mut self.store, name).await?;
+            found.truncated.push((source, keys));
         }
-        let mut owners = Planner::wanted_nodes(
-            &self.zones,
-            steps.iter().filter_map(Step::update).map(|(_, u)| u),
-        );
         let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
         // Rows waiting for an address that this batch may give.
-        let targets =
-            Planner::address_owners(steps.iter().filter_map(Step::update).map(|(_, u)| u));
-        let waiting = self
+        found.waiting = self
             .store
-            .waiting_for(&sources, &self.zones, &targets)
+            .waiting_for(&sources, self.core.zones(), &find.targets)
             .await?;
-        for w in &waiting {
-            rows.push(w.row.clone());
-            owners.extend(w.records.iter().map(|d| (d.zone, d.record.owner.clone())));
-        }
         // The names below a DNAME this batch adds (rare): see `names_below`.
-        let dnames = Planner::dname_owners(steps.iter().filter_map(Step::update).map(|(_, u)| u));
-        owners.extend(self.store.names_below(&self.zones, &dnames).await?);
+        found.below = self
+            .store
+            .names_below(self.core.zones(), &find.dnames)
+            .await?;
+        self.core.handle_found(found);
+        Ok(())
+    }
+
+    /// Reads the row state the core plans the batch against.
+    async fn load_state(&mut self, read: StateRead) -> Result<(), RunError> {
+        let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
         let (loaded, orphans) = self
             .store
-            .load(&sources, &rows, &owners, &self.zones)
+            .load(&sources, &read.rows, &read.owners, self.core.zones())
             .await?;
         if orphans.records > 0 {
             warn!(records = orphans.records, "the row state holds records of zones no longer configured; they are not sent (resync those zones)");
         }
-        let t_read = started.elapsed();
-        // 3. Plan: net operations per transaction and zone, and refusals.
-        let mut planner = Planner::new(&self.zones, &self.limits, loaded);
-        planner.add_waiting(waiting);
-        let mut lsn = flushed.open.unwrap_or_default();
-        let mut open = false;
-        let mut last_end = None;
-        let mut segments: Vec<(Lsn, Vec<ZoneOps>)> = Vec::new();
-        for step in steps {
-            match step {
-                Step::Row(source, update) => {
-                    lsn = update.lsn;
-                    open = true;
-                    planner.apply(source, update);
-                }
-                Step::Truncate(source, at) => {
-                    lsn = at;
-                    open = true;
-                    planner.truncate(source, at);
-                }
-                Step::Commit(end) => {
-                    last_end = Some(end);
-                    segments.push((lsn, planner.end_segment()));
-                    open = false;
-                }
-            }
+        self.flush_clock.read = self.flush_clock.started.elapsed();
+        self.core.handle_loaded(loaded);
+        Ok(())
+    }
+
+    /// Hands a planned and judged batch's operations to the zones'
+    /// streams. First: the UPDATEs need only what was read, and a crash
+    /// before the state write replays the same operations.
+    async fn dispatch(&mut self, dispatch: Dispatch) -> Result<(), RunError> {
+        for m in dispatch.released {
+            warn!(zone = %self.core.zones().name(m.zone), deleted = m.deleted, records = m.records, lsn = %m.lsn, "mass delete released by an operator: applying it");
         }
-        if open {
-            // A transaction continuing past this batch.
-            segments.push((lsn, planner.end_segment()));
-        }
-        // The mass-delete guard: a transaction deleting too much of a zone
-        // halts the session here, before anything of this batch is sent.
-        guard(
-            &mut self.core,
-            &mut self.store,
-            &self.zones,
-            &segments,
-            open,
-        )
-        .await?;
-        let ready = self.core.guard_ready(segments, open);
-        for (lsn, ops) in ready {
+        for (lsn, ops) in dispatch.segments {
             self.lanes.dispatch(lsn, ops);
         }
-        if planner.inconsistencies() > 0 {
+        self.flush_clock.plan = self.flush_clock.started.elapsed();
+        self.lanes.send_outbox().await?;
+        self.core.handle_dispatched();
+        Ok(())
+    }
+
+    /// Writes a dispatched batch's row state (uncommitted until the
+    /// checkpoint, maybe held back until then) and says what the plan
+    /// refused or noticed.
+    async fn write_state(&mut self, write: WriteState) -> Result<(), RunError> {
+        if write.inconsistencies > 0 {
             warn!(
-                missing = planner.inconsistencies(),
+                missing = write.inconsistencies,
                 "the row state lacked records it should hold; DNS may keep records the database no longer has (resync the zones)"
             );
         }
-        let mut outcome = planner.finish();
-        // 4. Dispatch first: the UPDATEs need only what was read, and a
-        //    crash before the state write replays the same operations.
-        let t_plan = started.elapsed();
-        self.lanes.send_outbox().await?;
+        let mut outcome = write.outcome;
         for r in &outcome.rejections {
             self.log_rejection(r);
         }
@@ -1367,12 +1334,12 @@ impl Pipeline<'_> {
             .rejected
             .inc_by(outcome.rejections.len() as u64);
         for row in &outcome.promoted {
-            info!(source = %self.sources[usize::from(row.0 .0)], row = %row.1, "a row that waited for its target's address is published");
+            info!(source = %self.sources[row.0.index()], row = %row.1, "a row that waited for its target's address is published");
         }
         if !outcome.lost_address.is_empty() {
             for (row, owner, rtype, target) in self
                 .store
-                .pointing_at(&self.zones, &outcome.lost_address)
+                .pointing_at(self.core.zones(), &outcome.lost_address)
                 .await?
             {
                 warn!(%row, %owner, %rtype, %target, "{owner} {rtype} points at {target}, which no longer has an address record (the server keeps it, as the database says)");
@@ -1380,33 +1347,44 @@ impl Pipeline<'_> {
         }
         for w in &outcome.warnings {
             warn!(
-                source = %self.sources[usize::from(w.source.0)],
+                source = %self.sources[w.source.index()],
                 row = %w.key,
                 lsn = %w.lsn,
                 reason = %pg2dns_decoder::error_chain(&w.reason),
                 "row published although the zone's check_names would refuse it (check_names = \"warn\")"
             );
         }
-        // 5. Write the new state (uncommitted until the checkpoint, maybe
-        //    held back until then).
+        let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
         self.store
-            .write(&sources, &self.zones, &mut outcome)
+            .write(&sources, self.core.zones(), &mut outcome)
             .await?;
-        self.store.write_zone_refs(&ref_edits).await?;
-        let sent = self
-            .lanes
-            .mark_batch(batch, if open { None } else { last_end });
+        self.store.write_zone_refs(&write.ref_edits).await?;
+        let sent = self.lanes.mark_batch(self.flush_batch, write.end);
         self.core.handle_flushed(sent);
         let ms = |d: Duration| d.as_millis() as u64;
+        let clock = &self.flush_clock;
         debug!(
-            rows = rows_in_batch,
-            read_ms = ms(t_read),
-            plan_ms = ms(t_plan - t_read),
-            write_ms = ms(started.elapsed() - t_plan),
+            rows = write.rows,
+            read_ms = ms(clock.read),
+            plan_ms = ms(clock.plan.saturating_sub(clock.read)),
+            write_ms = ms(clock.started.elapsed().saturating_sub(clock.plan)),
             backlog = self.core.backlog(),
             "flushed"
         );
         Ok(())
+    }
+
+    /// The error a flush halts with.
+    fn halted(&self, halt: Halt) -> RunError {
+        match halt {
+            Halt::MassDelete(held) => RunError::MassDelete {
+                zone: self.core.zones().name(held.zone).to_string(),
+                deleted: held.deleted,
+                records: held.records,
+                lsn: held.lsn,
+            },
+            Halt::Unmappable(e) => e.into(),
+        }
     }
 
     /// Rejects the rows whose records a server refused for their content
@@ -1428,7 +1406,7 @@ impl Pipeline<'_> {
         let producers = {
             let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
             self.store
-                .producers(&sources, &self.zones, &records)
+                .producers(&sources, self.core.zones(), &records)
                 .await?
         };
         let mut seen = HashSet::new();
@@ -1480,8 +1458,8 @@ impl Pipeline<'_> {
         // A batch of its own, which the checkpoint covering the refused
         // transactions covers too.
         let batch = BatchSeq(self.store.start_batch());
-        let (loaded, _) = self.store.load(&sources, &rows, &[], &self.zones).await?;
-        let mut planner = Planner::new(&self.zones, &self.limits, loaded);
+        let (loaded, _) = self.store.load(&sources, &rows, &[], self.core.zones()).await?;
+        let mut planner = Planner::new(self.core.zones(), self.core.limits(), loaded);
         let lsn = updates.last().map(|(_, u)| u.lsn).unwrap_or_default();
         for (source, update) in updates {
             planner.apply(source, update);
@@ -1494,11 +1472,11 @@ impl Pipeline<'_> {
         }
         self.lanes.send_outbox().await?;
         self.store
-            .write(&sources, &self.zones, &mut outcome)
+            .write(&sources, self.core.zones(), &mut outcome)
             .await?;
         // After the write, which discards what the rows waited for before.
         self.store
-            .add_waiting(&sources, &self.zones, &waiting)
+            .add_waiting(&sources, self.core.zones(), &waiting)
             .await?;
         let end = self.core.rejection_end();
         let sent = self.lanes.mark_batch(batch, end);
@@ -1522,17 +1500,17 @@ impl Pipeline<'_> {
             return Ok(None);
         };
         let target = Owner::from_name(target);
-        if self.zones.zone_for(&target) != Some(zone) {
+        if self.core.zones().zone_for(&target) != Some(zone) {
             return Ok(None);
         }
-        let has = self.store.has_address(&self.zones, zone, &target).await?;
+        let has = self.store.has_address(self.core.zones(), zone, &target).await?;
         Ok((!has).then_some(target))
     }
 
     fn log_rejection(&self, r: &Rejection) {
         let zone = r
             .zone
-            .map(|z| self.zones.name(z).to_string())
+            .map(|z| self.core.zones().name(z).to_string())
             .unwrap_or_else(|| "-".into());
         let owner = r
             .owner
@@ -1567,43 +1545,4 @@ fn is_zones_table(change: &RowChange) -> bool {
 /// Whether a change is of pg2dns's control table.
 fn is_control(change: &RowChange) -> bool {
     change.relation.namespace == "pg2dns" && change.relation.name == "control"
-}
-
-/// The mass-delete guard's judgement of a batch's segments (the core
-/// decides; the store says how many records the suspect zones hold and
-/// whether an operator released a held transaction).
-async fn guard(
-    core: &mut Stream,
-    store: &mut Store,
-    zones: &Zones,
-    segments: &[(Lsn, Vec<ZoneOps>)],
-    open: bool,
-) -> Result<(), RunError> {
-    let suspects = core.guard_suspects(segments);
-    let records = if suspects.is_empty() {
-        BTreeMap::new()
-    } else {
-        crate::guard::zone_records(store, zones, &suspects).await?
-    };
-    let released = loop {
-        match core.guard_judge(segments, open, &records) {
-            Ok(released) => break released,
-            Err(held) => {
-                if crate::guard::released(store, held.lsn).await? {
-                    core.guard_release(held.lsn);
-                    continue;
-                }
-                return Err(RunError::MassDelete {
-                    zone: zones.name(held.zone).to_string(),
-                    deleted: held.deleted,
-                    records: held.records,
-                    lsn: held.lsn,
-                });
-            }
-        }
-    };
-    for m in released {
-        warn!(zone = %zones.name(m.zone), deleted = m.deleted, records = m.records, lsn = %m.lsn, "mass delete released by an operator: applying it");
-    }
-    Ok(())
 }
