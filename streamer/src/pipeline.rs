@@ -32,8 +32,8 @@ use pg2dns_decoder::pgoutput::Message;
 use pg2dns_decoder::plan::{Planner, Refusal, Refused, Rejection, RowRef, SourceId, Waiting};
 use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::stream::{
-    Action, CommitMode, Committed, Dispatch, End, Find, Found, Halt, Planning, StateRead,
-    Stream, StreamConfig, WriteState,
+    Action, CommitMode, Committed, Dispatch, End, Find, Found, Halt, Planning, StateRead, Stream,
+    StreamConfig, WriteState,
 };
 use pg2dns_decoder::txn::{Assembler, Event, RowChange};
 use pg2dns_decoder::update::UpdateOp;
@@ -1204,7 +1204,11 @@ impl Pipeline<'_> {
     ) -> Result<Option<usize>, RunError> {
         use crate::relations::{oid_of, table_now};
         let (ns, name) = (relation.namespace.as_str(), relation.name.as_str());
-        let by_name = self.core.mappings().iter().position(|m| m.matches(ns, name));
+        let by_name = self
+            .core
+            .mappings()
+            .iter()
+            .position(|m| m.matches(ns, name));
         if let Some(i) = by_name {
             if self.oids.get(i) == Some(&relation.oid) {
                 return Ok(Some(i));
@@ -1458,7 +1462,10 @@ impl Pipeline<'_> {
         // A batch of its own, which the checkpoint covering the refused
         // transactions covers too.
         let batch = BatchSeq(self.store.start_batch());
-        let (loaded, _) = self.store.load(&sources, &rows, &[], self.core.zones()).await?;
+        let (loaded, _) = self
+            .store
+            .load(&sources, &rows, &[], self.core.zones())
+            .await?;
         let mut planner = Planner::new(self.core.zones(), self.core.limits(), loaded);
         let lsn = updates.last().map(|(_, u)| u.lsn).unwrap_or_default();
         for (source, update) in updates {
@@ -1503,7 +1510,10 @@ impl Pipeline<'_> {
         if self.core.zones().zone_for(&target) != Some(zone) {
             return Ok(None);
         }
-        let has = self.store.has_address(self.core.zones(), zone, &target).await?;
+        let has = self
+            .store
+            .has_address(self.core.zones(), zone, &target)
+            .await?;
         Ok((!has).then_some(target))
     }
 

@@ -200,10 +200,7 @@ impl Flush {
 /// Maps a batch's changes to row updates (what each row wants now); a
 /// zones table's changes move the zones' references, which later rows
 /// resolve against.
-fn map(
-    planning: &mut Planning,
-    items: Vec<Item>,
-) -> Result<(Vec<Step>, Vec<RefEdit>), MapError> {
+fn map(planning: &mut Planning, items: Vec<Item>) -> Result<(Vec<Step>, Vec<RefEdit>), MapError> {
     let mut steps = Vec::with_capacity(items.len());
     let mut ref_edits = Vec::new();
     for item in items {
