@@ -1,0 +1,184 @@
+//! Which source a change's table is, and the DDL that halts: a table
+//! re-created or renamed since the session started (resolved against the
+//! catalog by OID, see `crate::relations`), a partition truncated alone, and
+//! a change of `pg2dns.zones` that ends the session.
+
+use pg2dns_decoder::plan::SourceId;
+use pg2dns_decoder::txn::RowChange;
+use pg2dns_decoder::Lsn;
+use tracing::{info, warn};
+
+use super::{Pipeline, HALT_SETTLE};
+use crate::error::RunError;
+use crate::replication::PgReplication;
+
+impl Pipeline<'_> {
+    /// pg2dns's trigger says a partition was truncated in the transaction
+    /// committing at `lsn`: PostgreSQL published nothing for it, so this
+    /// halts before the transaction, unless the partitioned table itself
+    /// was truncated in it (its TRUNCATE carries the partition's rows), or
+    /// a `pg2dns resume` came after the halt on this very TRUNCATE (the
+    /// operator ran `pg2dns reconcile --apply`). A message for a table that
+    /// was no partition of a source at the session start is ignored.
+    pub(super) async fn on_truncated_partition(
+        &mut self,
+        lsn: Lsn,
+        oid: Option<u32>,
+        partition: &str,
+    ) -> Result<(), RunError> {
+        let Some(i) = self.partitions.iter().position(|set| {
+            set.iter()
+                .any(|(o, n)| oid.map_or(n == partition, |oid| *o == oid))
+        }) else {
+            warn!(%partition, %lsn, "a TRUNCATE message for a table that is no partition of a source: ignored");
+            return Ok(());
+        };
+        if self.core.has_truncate(SourceId::new(i)?, lsn) {
+            return Ok(());
+        }
+        let (client, _task) = crate::pgconn::connect(&self.config.database, "pg2dns").await?;
+        if crate::relations::truncate_passes(&client, &self.config.database.slot, lsn, partition)
+            .await?
+        {
+            info!(source = %self.sources[i], %partition, %lsn, "TRUNCATE of one partition, halted on before and resumed since: passed");
+            return Ok(());
+        }
+        Err(crate::relations::RelationProblem::TruncatedPartition {
+            source_name: self.sources[i].clone(),
+            partition: partition.to_owned(),
+            lsn,
+        }
+        .into())
+    }
+
+    /// Before a halt at the open transaction (DDL that put nothing in the
+    /// stream): applies and checkpoints every transaction before it and
+    /// drops what the batch holds of it (the core decides, see
+    /// `Stream::settle_before_halt`), so that the halt is exact and a
+    /// `pg2dns reconcile --apply` while halted is not undone by replaying
+    /// earlier transactions after the resume. When the open transaction was
+    /// already partly sent (a huge one), or DNS does not answer within
+    /// [`HALT_SETTLE`], the earlier transactions are replayed instead.
+    pub(super) async fn settle_before_halt(&mut self, replication: &mut PgReplication) {
+        if !self.core.settle_before_halt() {
+            warn!("the halted transaction was partly sent already: the transactions before it are replayed after the resume");
+            return;
+        }
+        match tokio::time::timeout(HALT_SETTLE, self.drain(replication)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %crate::error::chain(&e), "cannot apply the transactions before the halt: they are replayed after the resume")
+            }
+            Err(_) => {
+                warn!("DNS did not acknowledge the transactions before the halt in time: they are replayed after the resume")
+            }
+        }
+    }
+
+    /// Records the state of source `i`'s table now (`oid`, its partitions)
+    /// as the one a halt named, which the next `pg2dns resume` accepts (see
+    /// `relations::settle_recorded`). On its own connection: the store's
+    /// open transaction is rolled back by the halt.
+    pub(super) async fn record_pending(&self, i: usize, oid: u32) {
+        let attempt = async {
+            let (client, _task) = crate::pgconn::connect(&self.config.database, "pg2dns").await?;
+            let parts = crate::relations::partitions(&client, &[oid]).await?;
+            crate::relations::record_pending(
+                &client,
+                &self.config.database.slot,
+                &self.sources[i],
+                oid,
+                &parts.into_iter().next().unwrap_or_default(),
+            )
+            .await
+        };
+        if let Err(e) = attempt.await {
+            warn!(error = %crate::error::chain(&e), "cannot record the new state of the source's table: the next start halts on it again");
+        }
+    }
+
+    /// The source a change's table belongs to, by OID (see `relations`):
+    /// `None` for a table to ignore, an error for DDL that must halt.
+    pub(super) async fn source_of(
+        &mut self,
+        relation: &std::sync::Arc<pg2dns_decoder::pgoutput::Relation>,
+        lsn: Lsn,
+    ) -> Result<Option<usize>, RunError> {
+        use crate::relations::{oid_of, table_now};
+        let (ns, name) = (relation.namespace.as_str(), relation.name.as_str());
+        let by_name = self
+            .core
+            .mappings()
+            .iter()
+            .position(|m| m.matches(ns, name));
+        if let Some(i) = by_name {
+            if self.oids.get(i) == Some(&relation.oid) {
+                return Ok(Some(i));
+            }
+        }
+        if let Some((known, source)) = self.resolved.get(&relation.oid) {
+            if std::sync::Arc::ptr_eq(known, relation) {
+                return Ok(*source);
+            }
+        }
+        // Rare: a Relation message that does not match the session's
+        // start; ask the catalog what the table is now.
+        let client = self.store.settled_client().await?;
+        let mut now = crate::relations::Now::default();
+        for (i, m) in self.core.mappings().iter().enumerate() {
+            if oid_of(client, m.source()).await? == Some(relation.oid) {
+                now.named = Some(i);
+                break;
+            }
+        }
+        let publication = &self.config.database.publication;
+        now.table = table_now(client, publication, relation.oid).await?;
+        let table = relation.qualified_name();
+        let seen = crate::relations::Seen {
+            oid: relation.oid,
+            name: &table,
+            by_name,
+        };
+        let source = match crate::relations::resolve(&seen, &self.oids, now, &self.sources, lsn) {
+            Ok(source) => source,
+            Err(p) => {
+                if let crate::relations::RelationProblem::Recreated { .. } = &p {
+                    if let Some(i) = by_name {
+                        self.record_pending(i, relation.oid).await;
+                    }
+                }
+                return Err(p.into());
+            }
+        };
+        match source {
+            Some(i) if by_name != Some(i) => {
+                info!(source = %self.sources[i], %table, %lsn, "changes of the source's table made while it was named {table}")
+            }
+            Some(_) => {}
+            None => {
+                warn!(%table, %lsn, "change of a table that no source maps and that is no longer in the publication: ignored")
+            }
+        }
+        self.resolved
+            .insert(relation.oid, (relation.clone(), source));
+        Ok(source)
+    }
+
+    /// Whether `pg2dns.zones` now holds other rows than this session's
+    /// zones were built from. The table as it is now, not the change the
+    /// stream carries, decides: a transaction replayed after the table
+    /// changed again must not end every session that replays it.
+    pub(super) async fn zones_table_changed(&mut self) -> Result<bool, RunError> {
+        Ok(self.store.table_zones().await? != self.table_rows)
+    }
+}
+
+/// Whether a change is of `pg2dns.zones` (zones as data, see `zone_set`).
+pub(super) fn is_zones_table(change: &RowChange) -> bool {
+    change.relation.namespace == "pg2dns" && change.relation.name == "zones"
+}
+
+/// Whether a change is of pg2dns's control table.
+pub(super) fn is_control(change: &RowChange) -> bool {
+    change.relation.namespace == "pg2dns" && change.relation.name == "control"
+}
