@@ -31,7 +31,6 @@ mod sources;
 use std::time::{Duration, Instant};
 
 use pg2dns_decoder::checkpoint::{self, BatchSeq, Checkpoint};
-use pg2dns_decoder::mapping::{Mapping, RrTable};
 use pg2dns_decoder::pgoutput::Message;
 use pg2dns_decoder::plan::SourceId;
 use pg2dns_decoder::stream::{Action, CommitMode, Committed, End, Stream};
@@ -52,6 +51,7 @@ use crate::{failpoint, metrics, status};
 use flush::FlushClock;
 pub(crate) use session::held_outside;
 use session::session;
+pub use sources::mappings;
 use sources::{is_control, is_zones_table};
 
 /// Rows per flush (see `pg2dns_decoder::stream::MAX_BATCH_ROWS`).
@@ -63,27 +63,6 @@ const STANDBY_RETRY: Duration = Duration::from_secs(1);
 /// How long a clean stop waits, at most, for its last checkpoint and the
 /// WAL flush (the core's own limits are shorter; this bounds the SQL too).
 const STOP_WAIT: Duration = Duration::from_secs(10);
-
-/// The sources this configuration streams: the built-in `pg2dns.rr` first
-/// (its index, 0, is what row state written by earlier versions used), then
-/// each `[[source]]` in configuration order, then the zones tables they
-/// reference (which publish nothing themselves).
-pub fn mappings(config: &Config) -> Vec<Box<dyn Mapping>> {
-    let mut out: Vec<Box<dyn Mapping>> = vec![Box::new(RrTable)];
-    out.extend(
-        config
-            .sources
-            .iter()
-            .map(|s| Box::new(s.clone()) as Box<dyn Mapping>),
-    );
-    out.extend(
-        config
-            .zones_tables()
-            .into_iter()
-            .map(|t| Box::new(t) as Box<dyn Mapping>),
-    );
-    out
-}
 
 /// How long a halt on DDL waits for DNS to acknowledge the transactions
 /// before it (see `Pipeline::settle_before_halt`).
@@ -637,24 +616,7 @@ impl Pipeline<'_> {
         let now = Instant::now();
         self.core.handle_frame(now);
         if self.relations_checked.elapsed() >= crate::relations::CHECK_EVERY {
-            self.relations_checked = Instant::now();
-            let tables: Vec<&str> = self.core.mappings().iter().map(|m| m.source()).collect();
-            let publication = &self.config.database.publication;
-            let client = self.store.settled_client().await?;
-            let oids = crate::relations::check_tables(client, publication, &tables, false).await?;
-            // A re-created table is the stream's to name (see `source_of`).
-            if oids == self.oids {
-                let now = crate::relations::partitions(client, &oids).await?;
-                for (i, (before, now)) in self.partitions.iter().zip(&now).enumerate() {
-                    if let Some(p) =
-                        crate::relations::partitions_changed(&self.sources[i], before, now)
-                    {
-                        self.record_pending(i, oids[i]).await;
-                        self.settle_before_halt(replication).await;
-                        return Err(p.into());
-                    }
-                }
-            }
+            self.check_relations(replication).await?;
         }
         let message = match frame {
             Frame::KeepAlive {
@@ -721,27 +683,7 @@ impl Pipeline<'_> {
                     metrics::get().rejected.inc();
                 }
             },
-            Event::Change(change) => {
-                if let Some(i) = self.source_of(&change.relation, change.final_lsn).await? {
-                    // A new table layout: does it still hold what the
-                    // source reads? (Once per Relation message.)
-                    let known = self.checked[i]
-                        .as_ref()
-                        .is_some_and(|r| std::sync::Arc::ptr_eq(r, &change.relation));
-                    if !known {
-                        pg2dns_decoder::schema::check(&self.needed[i], &change.relation).map_err(
-                            |problem| RunError::Schema {
-                                source_name: self.sources[i].clone(),
-                                problem,
-                                lsn: change.final_lsn,
-                            },
-                        )?;
-                        self.checked[i] = Some(change.relation.clone());
-                    }
-                    self.core.handle_change(SourceId::new(i)?, change);
-                    metrics::get().rows.inc();
-                }
-            }
+            Event::Change(change) => self.on_change(change).await?,
             Event::Truncate {
                 final_lsn,
                 relations,

@@ -3,16 +3,73 @@
 //! catalog by OID, see `crate::relations`), a partition truncated alone, and
 //! a change of `pg2dns.zones` that ends the session.
 
+use pg2dns_decoder::mapping::{Mapping, RrTable};
 use pg2dns_decoder::plan::SourceId;
 use pg2dns_decoder::txn::RowChange;
 use pg2dns_decoder::Lsn;
+use std::time::Instant;
 use tracing::{info, warn};
 
 use super::{Pipeline, HALT_SETTLE};
+use crate::config::Config;
 use crate::error::RunError;
+use crate::metrics;
 use crate::replication::PgReplication;
 
 impl Pipeline<'_> {
+    /// Every [`crate::relations::CHECK_EVERY`]: are the sources' tables
+    /// still the ones the session started with, and their partitions too?
+    /// A partition attached or detached halts (after applying what came
+    /// before); a re-created table is the stream's to name (see
+    /// `source_of`).
+    pub(super) async fn check_relations(
+        &mut self,
+        replication: &mut PgReplication,
+    ) -> Result<(), RunError> {
+        self.relations_checked = Instant::now();
+        let tables: Vec<&str> = self.core.mappings().iter().map(|m| m.source()).collect();
+        let publication = &self.config.database.publication;
+        let client = self.store.settled_client().await?;
+        let oids = crate::relations::check_tables(client, publication, &tables, false).await?;
+        if oids != self.oids {
+            return Ok(());
+        }
+        let now = crate::relations::partitions(client, &oids).await?;
+        for (i, (before, now)) in self.partitions.iter().zip(&now).enumerate() {
+            if let Some(p) = crate::relations::partitions_changed(&self.sources[i], before, now) {
+                self.record_pending(i, oids[i]).await;
+                self.settle_before_halt(replication).await;
+                return Err(p.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// A change of some table: to the core if it is a source's (whose
+    /// table layout, once per Relation message, must still hold what the
+    /// source reads).
+    pub(super) async fn on_change(&mut self, change: RowChange) -> Result<(), RunError> {
+        let Some(i) = self.source_of(&change.relation, change.final_lsn).await? else {
+            return Ok(());
+        };
+        let known = self.checked[i]
+            .as_ref()
+            .is_some_and(|r| std::sync::Arc::ptr_eq(r, &change.relation));
+        if !known {
+            pg2dns_decoder::schema::check(&self.needed[i], &change.relation).map_err(
+                |problem| RunError::Schema {
+                    source_name: self.sources[i].clone(),
+                    problem,
+                    lsn: change.final_lsn,
+                },
+            )?;
+            self.checked[i] = Some(change.relation.clone());
+        }
+        self.core.handle_change(SourceId::new(i)?, change);
+        metrics::get().rows.inc();
+        Ok(())
+    }
+
     /// pg2dns's trigger says a partition was truncated in the transaction
     /// committing at `lsn`: PostgreSQL published nothing for it, so this
     /// halts before the transaction, unless the partitioned table itself
@@ -181,4 +238,25 @@ pub(super) fn is_zones_table(change: &RowChange) -> bool {
 /// Whether a change is of pg2dns's control table.
 pub(super) fn is_control(change: &RowChange) -> bool {
     change.relation.namespace == "pg2dns" && change.relation.name == "control"
+}
+
+/// The sources this configuration streams: the built-in `pg2dns.rr` first
+/// (its index, 0, is what row state written by earlier versions used), then
+/// each `[[source]]` in configuration order, then the zones tables they
+/// reference (which publish nothing themselves).
+pub fn mappings(config: &Config) -> Vec<Box<dyn Mapping>> {
+    let mut out: Vec<Box<dyn Mapping>> = vec![Box::new(RrTable)];
+    out.extend(
+        config
+            .sources
+            .iter()
+            .map(|s| Box::new(s.clone()) as Box<dyn Mapping>),
+    );
+    out.extend(
+        config
+            .zones_tables()
+            .into_iter()
+            .map(|t| Box::new(t) as Box<dyn Mapping>),
+    );
+    out
 }
