@@ -34,6 +34,8 @@ pub(super) fn schema_or_store(e: crate::store::StoreError) -> RunError {
     }
 }
 
+/// One session: set up (see the module documentation), stream until it
+/// ends, and record how it ended (a stop, a pause).
 pub(super) async fn session(
     config: &Config,
     shutdown: &mut watch::Receiver<bool>,
@@ -44,69 +46,12 @@ pub(super) async fn session(
         .await
         .map_err(schema_or_store)?;
     // A pause survives restarts: wait for the resume before streaming.
-    let mut stop_at: Option<(Lsn, ControlRequest)> = None;
-    match control.mode().await.map_err(schema_or_store)? {
-        Mode::Paused { lsn, request } => {
-            metrics::get().set_state(metrics::State::Paused);
-            info!(%lsn, by = %request.requested_by, reason = %request.reason, "paused: waiting for `pg2dns resume`");
-            crate::notify::ready(&format!("paused at {lsn}: waiting for `pg2dns resume`"));
-            let waited = tokio::select! {
-                r = control.wait_for_resume_or_lease_end(&request, shutdown) => r?,
-                // Still paused: the next session reads the new configuration.
-                _ = reload_asked(reload) => return Ok(SessionEnd::Reload),
-            };
-            let Some(resume) = waited else {
-                return Ok(SessionEnd::Stopped);
-            };
-            info!(%lsn, "resumed: streaming continues after {lsn}");
-            if let Some(until) = resume.until {
-                info!(%until, "pausing again before the first transaction committed at or after {until}");
-                stop_at = Some((until, resume));
-            }
-        }
-        // A restart is the operator's answer to a halt: try again.
-        Mode::Halted { .. } | Mode::Running | Mode::Stopped { .. } => {}
-    }
-    let mut store = Store::connect(&config.database).await?;
-    let Some(slot) = store.slot_info().await? else {
-        return Err(RunError::SlotMissing {
-            slot: config.database.slot.clone(),
-        });
+    let stop_at = match wait_out_pause(&mut control, shutdown, reload).await? {
+        Ok(stop_at) => stop_at,
+        Err(end) => return Ok(end),
     };
-    if !slot.ours {
-        return Err(RunError::SlotElsewhere {
-            slot: config.database.slot.clone(),
-            database: slot.database,
-        });
-    }
-    if slot.plugin != config.database.plugin.library() {
-        return Err(RunError::SlotPlugin {
-            slot: config.database.slot.clone(),
-            slot_plugin: slot.plugin,
-            configured: config.database.plugin.config_name(),
-            wanted: config.database.plugin.library(),
-        });
-    }
-    // Another instance streams: stand by without asking for the slot (the
-    // server would log an error for each try).
-    if let Some(pid) = slot.active_pid {
-        control.standing_by().await;
-        return Err(RunError::SlotBusy {
-            slot: config.database.slot.clone(),
-            pid,
-        });
-    }
-    let slot_at = slot.confirmed;
-    let progress = store.progress().await.map_err(schema_or_store)?;
-    // pg2dns confirms only what its progress holds, so a slot ahead of the
-    // progress was not the one pg2dns streamed from: a gap.
-    if store.has_progress().await? && slot_at > progress {
-        return Err(RunError::SlotGap {
-            slot: config.database.slot.clone(),
-            progress,
-            slot_at,
-        });
-    }
+    let mut store = Store::connect(&config.database).await?;
+    let progress = check_slot(&mut store, &control, config).await?;
     // The zones of pg2dns.zones join the configuration's (zones added
     // since the last session are loaded here).
     let zone_set = crate::zone_set::for_session(config, &mut store).await?;
@@ -131,27 +76,7 @@ pub(super) async fn session(
             return Err(e);
         }
     };
-    // Every source's table exists and is published, and is followed by OID.
-    let tables: Vec<String> = mappings(config)
-        .iter()
-        .map(|m| m.source().to_owned())
-        .collect();
-    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
-    let publication = &config.database.publication;
-    let oids = crate::relations::check_tables(store.client(), publication, &tables, true).await?;
-    let partitions = crate::relations::partitions(store.client(), &oids).await?;
-    // DDL made while no pg2dns ran for this slot halts here.
-    crate::relations::settle_recorded(
-        store.client(),
-        &config.database.slot,
-        &tables,
-        &oids,
-        &partitions,
-    )
-    .await?;
-    // Partitions attached since setup get the TRUNCATE trigger when this
-    // role may put it there (a warning with the SQL otherwise).
-    crate::relations::install_truncate_triggers(store.client(), &oids).await?;
+    let (oids, partitions) = check_sources(&store, config).await?;
     // Only the instance that holds the slot speaks for it (a standby fails
     // above, with the slot busy).
     control.took_over().await;
@@ -267,6 +192,120 @@ pub(super) async fn session(
         }
     }
     result
+}
+
+/// Waits out a pause that an earlier session recorded: `Ok(stop_at)` once
+/// resumed (with the resume's `until`, if any), `Err(end)` when the session
+/// ends still paused (a stop, a reload).
+async fn wait_out_pause(
+    control: &mut Control,
+    shutdown: &mut watch::Receiver<bool>,
+    reload: &mut Option<watch::Receiver<u64>>,
+) -> Result<Result<Option<(Lsn, ControlRequest)>, SessionEnd>, RunError> {
+    let mut stop_at: Option<(Lsn, ControlRequest)> = None;
+    match control.mode().await.map_err(schema_or_store)? {
+        Mode::Paused { lsn, request } => {
+            metrics::get().set_state(metrics::State::Paused);
+            info!(%lsn, by = %request.requested_by, reason = %request.reason, "paused: waiting for `pg2dns resume`");
+            crate::notify::ready(&format!("paused at {lsn}: waiting for `pg2dns resume`"));
+            let waited = tokio::select! {
+                r = control.wait_for_resume_or_lease_end(&request, shutdown) => r?,
+                // Still paused: the next session reads the new configuration.
+                _ = reload_asked(reload) => return Ok(Err(SessionEnd::Reload)),
+            };
+            let Some(resume) = waited else {
+                return Ok(Err(SessionEnd::Stopped));
+            };
+            info!(%lsn, "resumed: streaming continues after {lsn}");
+            if let Some(until) = resume.until {
+                info!(%until, "pausing again before the first transaction committed at or after {until}");
+                stop_at = Some((until, resume));
+            }
+        }
+        // A restart is the operator's answer to a halt: try again.
+        Mode::Halted { .. } | Mode::Running | Mode::Stopped { .. } => {}
+    }
+    Ok(Ok(stop_at))
+}
+
+/// The slot is there, in this database, of the configured plugin, not held
+/// by another instance (then this one stands by), and not ahead of the
+/// durable progress: the progress the session starts from.
+async fn check_slot(
+    store: &mut Store,
+    control: &Control,
+    config: &Config,
+) -> Result<Lsn, RunError> {
+    let Some(slot) = store.slot_info().await? else {
+        return Err(RunError::SlotMissing {
+            slot: config.database.slot.clone(),
+        });
+    };
+    if !slot.ours {
+        return Err(RunError::SlotElsewhere {
+            slot: config.database.slot.clone(),
+            database: slot.database,
+        });
+    }
+    if slot.plugin != config.database.plugin.library() {
+        return Err(RunError::SlotPlugin {
+            slot: config.database.slot.clone(),
+            slot_plugin: slot.plugin,
+            configured: config.database.plugin.config_name(),
+            wanted: config.database.plugin.library(),
+        });
+    }
+    // Another instance streams: stand by without asking for the slot (the
+    // server would log an error for each try).
+    if let Some(pid) = slot.active_pid {
+        control.standing_by().await;
+        return Err(RunError::SlotBusy {
+            slot: config.database.slot.clone(),
+            pid,
+        });
+    }
+    let slot_at = slot.confirmed;
+    let progress = store.progress().await.map_err(schema_or_store)?;
+    // pg2dns confirms only what its progress holds, so a slot ahead of the
+    // progress was not the one pg2dns streamed from: a gap.
+    if store.has_progress().await? && slot_at > progress {
+        return Err(RunError::SlotGap {
+            slot: config.database.slot.clone(),
+            progress,
+            slot_at,
+        });
+    }
+    Ok(progress)
+}
+
+/// Every source's table exists and is published, and is followed by OID
+/// (with its partitions); DDL made while no pg2dns ran for this slot halts
+/// here.
+async fn check_sources(
+    store: &Store,
+    config: &Config,
+) -> Result<(Vec<u32>, Vec<std::collections::BTreeSet<(u32, String)>>), RunError> {
+    let tables: Vec<String> = mappings(config)
+        .iter()
+        .map(|m| m.source().to_owned())
+        .collect();
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let publication = &config.database.publication;
+    let oids = crate::relations::check_tables(store.client(), publication, &tables, true).await?;
+    let partitions = crate::relations::partitions(store.client(), &oids).await?;
+    // DDL made while no pg2dns ran for this slot halts here.
+    crate::relations::settle_recorded(
+        store.client(),
+        &config.database.slot,
+        &tables,
+        &oids,
+        &partitions,
+    )
+    .await?;
+    // Partitions attached since setup get the TRUNCATE trigger when this
+    // role may put it there (a warning with the SQL otherwise).
+    crate::relations::install_truncate_triggers(store.client(), &oids).await?;
+    Ok((oids, partitions))
 }
 
 /// What the zones with exclusions hold at names and types left to other
