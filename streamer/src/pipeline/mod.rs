@@ -108,6 +108,8 @@ pub struct Pipeline<'c> {
     flush_batch: BatchSeq,
     /// How long the flush in progress took to read and to plan.
     flush_clock: FlushClock,
+    /// The transaction id of the transaction being received.
+    xid: u32,
 }
 
 /// Aborts a spawned task (the status publisher, the slot watch) when
@@ -658,7 +660,8 @@ impl Pipeline<'_> {
         };
         let skipping = self.core.skipping();
         match event {
-            Event::Begin { final_lsn, .. } => {
+            Event::Begin { final_lsn, xid, .. } => {
+                self.xid = xid;
                 if !self.core.handle_begin(final_lsn) {
                     debug!(lsn = %final_lsn, "skipping a transaction applied before");
                 }

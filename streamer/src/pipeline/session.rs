@@ -158,6 +158,7 @@ pub(super) async fn session(
         table_rows: zone_set.rows.clone(),
         flush_batch: BatchSeq(0),
         flush_clock: FlushClock::start(),
+        xid: 0,
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
     if let Ok(SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused) = result {

@@ -8,7 +8,7 @@ use pg2dns_decoder::plan::SourceId;
 use pg2dns_decoder::txn::RowChange;
 use pg2dns_decoder::Lsn;
 use std::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Pipeline, HALT_SETTLE};
 use crate::config::Config;
@@ -179,8 +179,10 @@ impl Pipeline<'_> {
             }
         }
         // Rare: a Relation message that does not match the session's
-        // start; ask the catalog what the table is now.
+        // start; ask the catalog what the table is now, once the catalog
+        // shows the transaction that changed it.
         let client = self.store.settled_client().await?;
+        wait_visible(client, self.xid).await?;
         let mut now = crate::relations::Now::default();
         for (i, m) in self.core.mappings().iter().enumerate() {
             if oid_of(client, m.source()).await? == Some(relation.oid) {
@@ -259,4 +261,41 @@ pub fn mappings(config: &Config) -> Vec<Box<dyn Mapping>> {
             .map(|t| Box::new(t) as Box<dyn Mapping>),
     );
     out
+}
+
+/// How often, and how many times, [`wait_visible`] looks.
+const VISIBLE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+const VISIBLE_TRIES: u32 = 400;
+
+/// Waits until transaction `xid` (being streamed, so committed) is visible
+/// to new snapshots. PostgreSQL flushes a commit's WAL, which wakes the
+/// walsender, before it marks the transaction done for other sessions: a
+/// catalog read made right after the stream delivered a transaction that
+/// created a table can miss that table. Gives up (and lets the read
+/// happen) after [`VISIBLE_TRIES`].
+async fn wait_visible(client: &tokio_postgres::Client, xid: u32) -> Result<(), RunError> {
+    for tried in 0..VISIBLE_TRIES {
+        // The 64-bit id of `xid`: the epoch of the snapshot's xmax, or the
+        // one before when that would put it at or past xmax (an assigned
+        // id is always below xmax).
+        let visible: bool = client
+            .query_one(
+                "WITH s AS (SELECT pg_current_snapshot() AS snap),                       m AS (SELECT snap, pg_snapshot_xmax(snap)::text::numeric AS xmax FROM s),                       f AS (SELECT snap, xmax, trunc(xmax / 4294967296) * 4294967296 + $1::int8 AS id64 FROM m)                  SELECT pg_visible_in_snapshot(                           (CASE WHEN id64 >= xmax THEN id64 - 4294967296 ELSE id64 END)::text::xid8, snap)                  FROM f",
+                &[&i64::from(xid)],
+            )
+            .await
+            .map_err(crate::store::sql("cannot read the current snapshot"))?
+            .get(0);
+        if visible {
+            if tried > 0 {
+                debug!(
+                    xid,
+                    tried, "the streamed transaction became visible to the catalog read"
+                );
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(VISIBLE_POLL).await;
+    }
+    Ok(())
 }
