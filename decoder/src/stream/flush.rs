@@ -282,6 +282,7 @@ impl Stream {
     /// state ([`Action::LoadState`]).
     pub fn handle_found(&mut self, found: Found) {
         let Some(flush) = self.flush.as_mut() else {
+            debug_assert!(false, "a flush step answered with no flush in progress");
             return;
         };
         flush.expect(Awaiting::Found);
@@ -320,6 +321,7 @@ impl Stream {
     /// guard judges it.
     pub fn handle_loaded(&mut self, loaded: Loaded) {
         let Some(flush) = self.flush.as_mut() else {
+            debug_assert!(false, "a flush step answered with no flush in progress");
             return;
         };
         flush.expect(Awaiting::Loaded);
@@ -370,6 +372,7 @@ impl Stream {
     /// [`Action::CountRecords`] named.
     pub fn handle_counted(&mut self, records: BTreeMap<ZoneId, usize>) {
         let Some(flush) = self.flush.as_mut() else {
+            debug_assert!(false, "a flush step answered with no flush in progress");
             return;
         };
         flush.expect(Awaiting::Counted);
@@ -381,6 +384,7 @@ impl Stream {
     /// [`Action::AskRelease`]: it is then judged again, or the flush halts.
     pub fn handle_release(&mut self, lsn: Lsn, released: bool) {
         let Some(flush) = self.flush.as_mut() else {
+            debug_assert!(false, "a flush step answered with no flush in progress");
             return;
         };
         flush.expect(Awaiting::Release(lsn));
@@ -396,6 +400,7 @@ impl Stream {
     /// [`Action::Dispatch`]; a held transaction is asked about, once.
     fn judge(&mut self) {
         let Some(flush) = self.flush.as_mut() else {
+            debug_assert!(false, "a flush step answered with no flush in progress");
             return;
         };
         match guard::judge(
@@ -434,6 +439,7 @@ impl Stream {
     /// (sent or queued): the flush asks to write the row state.
     pub fn handle_dispatched(&mut self) {
         let Some(flush) = self.flush.as_mut() else {
+            debug_assert!(false, "a flush step answered with no flush in progress");
             return;
         };
         flush.expect(Awaiting::Dispatched);
