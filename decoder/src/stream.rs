@@ -33,7 +33,9 @@
 //! - the reading of `pg2dns.control` rows: a row for this slot that does
 //!   not parse is a [`ControlRowError`] naming the row and LSN, never
 //!   dropped in silence;
-//! - the mass-delete guard's carry and held parts (see [`crate::guard`]).
+//! - the mass-delete guard's carry and held parts (see [`crate::guard`]);
+//! - the order of each flush: map, look up, read the row state, plan,
+//!   guard, dispatch, write (see [`flush`]).
 //!
 //! # Driving it
 //!
@@ -46,8 +48,15 @@
 //!  timer  ──▶ handle_timeout(now)            (at poll_timeout())
 //!
 //!  loop { match poll_action(now) {
-//!     Flush(batch)        → map, read state, plan, guard, dispatch, write;
+//!     Find(find)          → look up truncated rows, waiting rows, names below
+//!                           DNAMEs; handle_found(found)
+//!     LoadState(read)     → read the row state; handle_loaded(loaded)
+//!     CountRecords(zones) → count their records; handle_counted(counts)
+//!     AskRelease(lsn)     → did an operator release it; handle_release(lsn, ..)
+//!     Dispatch(d)         → hand the segments to the zones; handle_dispatched
+//!     WriteState(w)       → write the row state (uncommitted);
 //!                           handle_flushed(sent batch), handle_written(..)
+//!     Halt(why)           → end the session with the error
 //!     Reject(refusals)    → reject their rows in a batch of their own; handle_flushed
 //!     Commit(cp, mode)    → COMMIT state + progress; handle_committed(cp, durability, now)
 //!     CommitIdle(end)     → COMMIT the progress alone; handle_idle_committed(end)
@@ -59,18 +68,26 @@
 //! ```
 //!
 //! The order of effects is the promise: a [`Action::Confirm`] follows only
-//! the commit of a checkpoint (and its WAL flush), and a checkpoint covers
-//! only batches every zone acknowledged (see [`crate::checkpoint`]).
+//! the commit of a checkpoint (and its WAL flush), a checkpoint covers
+//! only batches every zone acknowledged (see [`crate::checkpoint`]), and a
+//! batch's operations are dispatched before its row state is written (a
+//! crash between the two replays the same operations; see [`flush`]).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::{self, BatchSeq, Checkpoint, Ledger, SentBatch, ServerRefusal};
-use crate::guard::{self, Carry, DeleteGuard, MassDelete, Segment, Verdict};
+use crate::guard::{Carry, DeleteGuard, Segment};
+use crate::mapping::Mapping;
+use crate::plan::PlanLimits;
 use crate::plan::SourceId;
 use crate::row::{Cell, RowView};
 use crate::txn::{ChangeKind, RowChange};
-use crate::{Lsn, ZoneId};
+use crate::{Lsn, ZoneId, Zones};
+
+pub mod flush;
+
+pub use flush::{Dispatch, Find, Found, Halt, Planning, StateRead, WriteState};
 
 /// Rows per flush: bounds memory and the size of one state round trip.
 pub const MAX_BATCH_ROWS: usize = 2_000;
@@ -276,9 +293,24 @@ pub enum CommitMode {
 /// What the driver does next.
 #[derive(Debug, Clone)]
 pub enum Action {
-    /// Map, read the row state, plan, guard, dispatch and write this batch,
-    /// then [`Stream::handle_flushed`].
-    Flush(Batch),
+    /// A flush begins (its batch is mapped): look these up, then
+    /// [`Stream::handle_found`].
+    Find(Find),
+    /// Read this row state, then [`Stream::handle_loaded`].
+    LoadState(StateRead),
+    /// Count the records the row state holds of these zones (the
+    /// mass-delete guard's suspects), then [`Stream::handle_counted`].
+    CountRecords(Vec<ZoneId>),
+    /// The guard holds the transaction committed at this LSN: ask whether
+    /// an operator released it, then [`Stream::handle_release`].
+    AskRelease(Lsn),
+    /// Hand these operations to the zones' streams, then
+    /// [`Stream::handle_dispatched`].
+    Dispatch(Dispatch),
+    /// Write this row state (uncommitted), then [`Stream::handle_flushed`].
+    WriteState(WriteState),
+    /// The session ends here, before anything of the batch is sent.
+    Halt(Halt),
     /// Servers refused these owner groups for their content: reject their
     /// rows in a batch of their own (ending at [`Stream::rejection_end`]),
     /// then [`Stream::handle_flushed`].
@@ -359,7 +391,7 @@ struct Barrier {
 }
 
 /// Settings of one session's stream.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StreamConfig {
     /// The replication slot (whose `pg2dns.control` rows are ours).
     pub slot: String,
@@ -374,6 +406,8 @@ pub struct StreamConfig {
     pub stop_at: Option<(Lsn, ControlRequest)>,
     /// Rows per flush ([`MAX_BATCH_ROWS`]; tests make it small).
     pub max_batch_rows: usize,
+    /// What flushes map and plan with.
+    pub planning: Planning,
 }
 
 /// The stream of one session (see the module documentation).
@@ -420,6 +454,9 @@ pub struct Stream {
     carry: Carry,
     held: Vec<Segment>,
     released: BTreeSet<Lsn>,
+    // Flushes.
+    planning: Planning,
+    flush: Option<flush::Flush>,
 }
 
 impl Stream {
@@ -456,6 +493,8 @@ impl Stream {
             carry: None,
             held: Vec::new(),
             released: BTreeSet::new(),
+            planning: config.planning,
+            flush: None,
         }
     }
 
@@ -687,9 +726,11 @@ impl Stream {
 
     // ---- results of actions ----
 
-    /// A batch (of a [`Action::Flush`] or [`Action::Reject`]) was
-    /// dispatched and its state written or held back.
+    /// A batch (of a flush's [`Action::WriteState`] or an
+    /// [`Action::Reject`]) was dispatched and its state written or held
+    /// back.
     pub fn handle_flushed(&mut self, batch: SentBatch) {
+        self.flush = None;
         self.ledger.handle_dispatched(batch);
     }
 
@@ -830,42 +871,6 @@ impl Stream {
 
     // ---- the guard ----
 
-    /// The zones whose record count the guard needs for these segments.
-    pub fn guard_suspects(&self, segments: &[Segment]) -> Vec<ZoneId> {
-        guard::suspects(&self.guards, segments, &self.carry)
-    }
-
-    /// Judges a batch's segments (see [`guard::judge`]); on success the
-    /// open transaction's changes are carried to the next batch.
-    pub fn guard_judge(
-        &mut self,
-        segments: &[Segment],
-        open: bool,
-        records: &BTreeMap<ZoneId, usize>,
-    ) -> Result<Vec<MassDelete>, MassDelete> {
-        let Verdict { carry, released } = guard::judge(
-            &self.guards,
-            segments,
-            &self.carry,
-            open,
-            records,
-            &self.released,
-        )?;
-        self.carry = carry;
-        Ok(released)
-    }
-
-    /// An operator released the transaction committed at `lsn`.
-    pub fn guard_release(&mut self, lsn: Lsn) {
-        self.released.insert(lsn);
-    }
-
-    /// The parts of a judged batch to dispatch now (see
-    /// [`guard::ready_parts`]).
-    pub fn guard_ready(&mut self, segments: Vec<Segment>, open: bool) -> Vec<Segment> {
-        guard::ready_parts(&mut self.held, segments, open, &self.carry, &self.guards)
-    }
-
     /// Whether parts of an open transaction are held back by the guard.
     pub fn guard_holds(&self) -> bool {
         !self.held.is_empty()
@@ -877,6 +882,10 @@ impl Stream {
     /// and reports its result before polling again.
     pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
         loop {
+            // A flush in progress goes first, and nothing else meanwhile.
+            if let Some(next) = self.poll_flush() {
+                return next;
+            }
             if let Some(a) = self.actions.pop_front() {
                 return Some(a);
             }
@@ -888,7 +897,8 @@ impl Stream {
             if self.flush_due {
                 self.flush_due = false;
                 if !self.batch.is_empty() {
-                    return Some(Action::Flush(self.take_batch()));
+                    let batch = self.take_batch();
+                    return Some(self.start_flush(batch));
                 }
             }
             if let Some(b) = self.barrier {
@@ -938,7 +948,8 @@ impl Stream {
             match self.drain? {
                 Drain::Checkpoint { once, tried } => {
                     if !tried && !self.batch.is_empty() {
-                        return Some(Action::Flush(self.take_batch()));
+                        let batch = self.take_batch();
+                        return Some(self.start_flush(batch));
                     }
                     if self.ledger.pending().is_some() && !(once && tried) {
                         self.drain = Some(Drain::Checkpoint { once, tried: true });
@@ -1001,6 +1012,27 @@ impl Stream {
     }
 
     // ---- what the driver reads ----
+
+    /// The zones flushes plan for (with the zones tables' references as
+    /// the stream moved them).
+    pub fn zones(&self) -> &Zones {
+        &self.planning.zones
+    }
+
+    /// The sources' mappings, by [`SourceId`].
+    pub fn mappings(&self) -> &[Box<dyn Mapping>] {
+        &self.planning.mappings
+    }
+
+    /// The limits flushes plan with.
+    pub fn limits(&self) -> &PlanLimits {
+        &self.planning.limits
+    }
+
+    /// Whether a flush waits for the driver's answer.
+    pub fn flushing(&self) -> bool {
+        self.flush.is_some()
+    }
 
     /// The end a batch of rejections takes (see
     /// [`Ledger::rejection_end`]).

@@ -2,7 +2,9 @@
 //!
 //! The property tests drive [`Stream`] the way `streamer/src/pipeline.rs`
 //! does, with a model of what the driver's I/O does: a store with a
-//! committed and an uncommitted side (what a crash loses), zones that
+//! committed and an uncommitted side (what a crash loses) that answers the
+//! flushes' look-ups and loads (the core maps the rows with a real mapping
+//! and plans them with the real planner), zones that
 //! apply dispatches in order when an interleaving says they answer (and
 //! refuse the groups holding a value of 250 or more), a slot that resends
 //! every transaction after its confirmed position. Any interleaving of
@@ -17,14 +19,17 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
+use crate::checks::CheckNames;
+use crate::mapping::{Desired, RowKey, Wanted};
 use crate::pgoutput::{
     Begin, ColumnInfo, Commit, Insert, Message, Relation, ReplicaIdentity, Value,
 };
-use crate::plan::ZoneOps;
+use crate::plan::{Loaded, NodeEntry, Outcome, Refused, ZoneOps};
 use crate::rdata::RType;
-use crate::records::{Owner, Record};
+use crate::records::{Owner, Record, ZoneName};
 use crate::session::Rcode;
 use crate::txn::{Assembler, Event};
+use crate::update::Budget;
 use crate::update::{OwnerGroup, UpdateOp};
 
 const ZONES: usize = 3;
@@ -115,6 +120,9 @@ enum Op {
     WalFlush,
     /// pg2dns dies (each zone may have applied a prefix of what it holds).
     Crash { applied: usize },
+    /// pg2dns dies in the next flush, after its dispatch and before its
+    /// state write (each zone may have applied a prefix of what it holds).
+    CrashBeforeWrite { applied: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -125,6 +133,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::KeepAlive),
         1 => Just(Op::WalFlush),
         1 => (0usize..4).prop_map(|applied| Op::Crash { applied }),
+        1 => (0usize..4).prop_map(|applied| Op::CrashBeforeWrite { applied }),
     ]
 }
 
@@ -237,6 +246,114 @@ fn key_of(owner: &Owner) -> u8 {
     text[1..text.find('.').unwrap()].parse().unwrap()
 }
 
+/// The table `public.t(id, value)`: row `k` is the A record
+/// `k<k>.z<zone>.test. 192.0.2.<value>` (a NULL value: no record).
+struct TestTable;
+
+impl Mapping for TestTable {
+    fn source(&self) -> &str {
+        "public.t"
+    }
+
+    fn matches(&self, namespace: &str, table: &str) -> bool {
+        namespace == "public" && table == "t"
+    }
+
+    fn key(&self, row: &dyn RowView) -> Option<RowKey> {
+        match row.cell("id")? {
+            Cell::Text(t) => Some(RowKey(t.to_owned())),
+            _ => None,
+        }
+    }
+
+    fn records(&self, row: &dyn RowView, _zones: &Zones) -> Result<Vec<Wanted>, Refused> {
+        let key: u8 = match row.cell("id") {
+            Some(Cell::Text(t)) => t.parse().unwrap_or(0),
+            _ => 0,
+        };
+        Ok(match row.cell("value") {
+            Some(Cell::Text(v)) => vec![Wanted::Record(desired(key, v.parse().unwrap()))],
+            _ => Vec::new(),
+        })
+    }
+}
+
+fn desired(key: u8, value: u8) -> Desired {
+    Desired {
+        zone: ZoneId(zone_of(key) as u32),
+        record: record(key, value),
+    }
+}
+
+fn planning() -> Planning {
+    let names = (0..ZONES)
+        .map(|z| ZoneName::parse(&format!("z{z}.test.")).unwrap())
+        .collect();
+    Planning {
+        mappings: vec![Box::new(TestTable)],
+        zones: Zones::new(names).unwrap(),
+        limits: PlanLimits {
+            max_records_per_rrset: 100,
+            budgets: vec![
+                Budget {
+                    max_message_bytes: 65_535,
+                    tsig_record_len: 81,
+                };
+                ZONES
+            ],
+            check_names: vec![CheckNames::Fail; ZONES],
+            exclusions: Vec::new(),
+            one_ptr: Vec::new(),
+            apex_ns_sources: vec![false],
+            held: crate::held::Held::default(),
+        },
+    }
+}
+
+/// What a store holding `state` (key → value) reads for a flush.
+fn load(state: &BTreeMap<u8, u8>, read: &StateRead) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut owners: BTreeSet<(ZoneId, Owner)> = read.owners.iter().cloned().collect();
+    for (source, key) in &read.rows {
+        let k: u8 = key.0.parse().unwrap();
+        if let Some(v) = state.get(&k) {
+            loaded
+                .rows
+                .insert((*source, key.clone()), vec![desired(k, *v)]);
+            owners.insert((ZoneId(zone_of(k) as u32), owner(k)));
+        }
+    }
+    for (zone, o) in owners {
+        let k = key_of(&o);
+        if let Some(v) = state.get(&k) {
+            let r = record(k, *v);
+            loaded.nodes.insert(
+                (zone, o),
+                vec![NodeEntry {
+                    rtype: r.rtype,
+                    rdata: r.rdata,
+                    ttl: r.ttl,
+                }],
+            );
+        }
+    }
+    loaded
+}
+
+/// The writes of a flush's outcome: each row's new value (`None`: none).
+fn writes_of(outcome: &Outcome) -> Vec<(u8, Option<u8>)> {
+    outcome
+        .rows
+        .iter()
+        .map(|((_, key), records)| {
+            (
+                key.0.parse().unwrap(),
+                records.first().map(|d| value_of(&d.record)),
+            )
+        })
+        .collect()
+}
+
 /// A dispatch held by a zone's server.
 #[derive(Clone, Debug)]
 struct Sent {
@@ -337,6 +454,11 @@ struct World {
     control_errors: usize,
     /// The end of the last transaction sent in this session.
     fed_end: Lsn,
+    /// The store's batch of the flush in progress.
+    flush_seq: BatchSeq,
+    /// Die at the next flush's state write, each zone applying at most
+    /// this many of its dispatches.
+    crash_before_write: Option<usize>,
 }
 
 fn guards() -> Vec<DeleteGuard> {
@@ -370,6 +492,7 @@ fn new_core(progress: Lsn, stop_at: Option<Lsn>, now: Instant) -> Stream {
             progress,
             stop_at: stop_at.map(|u| (u, request(u))),
             max_batch_rows: 4,
+            planning: planning(),
         },
         now,
     )
@@ -405,6 +528,8 @@ impl World {
             over: None,
             control_errors: 0,
             fed_end: Lsn::new(1),
+            flush_seq: BatchSeq(0),
+            crash_before_write: None,
         };
         w.start_session(None);
         w
@@ -524,100 +649,20 @@ impl World {
         }
     }
 
-    /// The driver's flush: plan the rows against the state, judge, dispatch
-    /// and write (uncommitted).
-    fn flush(&mut self, batch: Batch) -> Result<(), SessionOver> {
-        self.batch += 1;
-        let seq = BatchSeq(self.batch);
-        let mut state = self.state();
-        let mut segments: Vec<Segment> = Vec::new();
-        // Each owner's value before the segment (the planner nets a
-        // transaction's changes per owner).
-        let mut before: BTreeMap<u8, Option<u8>> = BTreeMap::new();
-        let mut writes = Vec::new();
-        let mut lsn = batch.open.unwrap_or_default();
-        let mut open = false;
-        let mut last_end = None;
-        let net = |before: &mut BTreeMap<u8, Option<u8>>, state: &BTreeMap<u8, u8>| {
-            let mut ops: BTreeMap<usize, Vec<OwnerGroup>> = BTreeMap::new();
-            for (key, old) in std::mem::take(before) {
-                let new = state.get(&key).copied();
-                if old == new {
-                    continue;
-                }
-                let mut group = Vec::new();
-                if let Some(old) = old {
-                    group.push(UpdateOp::Delete(record(key, old)));
-                }
-                if let Some(v) = new {
-                    group.push(UpdateOp::Add(record(key, v)));
-                }
-                ops.entry(zone_of(key)).or_default().push(OwnerGroup {
-                    owner: owner(key),
-                    ops: group,
-                });
-            }
-            ops.into_iter()
-                .map(|(z, groups)| ZoneOps {
-                    zone: ZoneId(z as u32),
-                    groups,
-                })
-                .collect::<Vec<_>>()
-        };
-        for item in batch.items {
-            match item {
-                Item::Change(_, change) => {
-                    let row = change.new.as_ref().unwrap();
-                    let key: u8 = match row.cell("id") {
-                        Some(Cell::Text(t)) => t.parse().unwrap(),
-                        other => panic!("{other:?}"),
-                    };
-                    let value: Option<u8> = match row.cell("value") {
-                        Some(Cell::Text(t)) => Some(t.parse().unwrap()),
-                        _ => None,
-                    };
-                    lsn = change.final_lsn;
-                    open = true;
-                    before
-                        .entry(key)
-                        .or_insert_with(|| state.get(&key).copied());
-                    match value {
-                        Some(v) => state.insert(key, v),
-                        None => state.remove(&key),
-                    };
-                    writes.push((seq, key, value));
-                }
-                Item::Truncate(..) => unreachable!("no truncates in this model"),
-                Item::Commit(end) => {
-                    last_end = Some(end);
-                    segments.push((lsn, net(&mut before, &state)));
-                    open = false;
-                }
-            }
-        }
-        if open {
-            segments.push((lsn, net(&mut before, &state)));
-        }
-        // The mass-delete guard, as the driver asks it (its record counts
-        // do not matter to a guard by number).
-        let records = BTreeMap::new();
-        loop {
-            match self.core.guard_judge(&segments, open, &records) {
-                Ok(_) => break,
-                Err(held) if self.released.contains(&held.lsn) => self.core.guard_release(held.lsn),
-                Err(held) => return Err(SessionOver::Held(held.lsn)),
-            }
-        }
-        let ready = self.core.guard_ready(segments, open);
-        self.dispatch(ready);
-        self.writes.extend(writes);
-        // Some writes go into the open transaction at once.
-        if self.batch.is_multiple_of(2) {
+    /// The driver's part of a flush's [`Action::WriteState`]: the rows'
+    /// new values go into the store's open transaction (some at once).
+    fn write_state(&mut self, write: WriteState) {
+        let seq = self.flush_seq;
+        self.writes.extend(
+            writes_of(&write.outcome)
+                .into_iter()
+                .map(|(k, v)| (seq, k, v)),
+        );
+        if seq.0.is_multiple_of(2) {
             self.written = Some(seq);
         }
-        let sent = self.sent_batch(seq, if open { None } else { last_end });
+        let sent = self.sent_batch(seq, write.end);
         self.core.handle_flushed(sent);
-        Ok(())
     }
 
     /// The driver's rejection of refused rows: those whose state still
@@ -709,10 +754,52 @@ impl World {
                 return Ok(());
             };
             match action {
-                Action::Flush(batch) => {
-                    if let Err(over) = self.flush(batch) {
-                        self.over = Some(over);
+                Action::Find(find) => {
+                    prop_assert!(find.truncated.is_empty() && find.dnames.is_empty());
+                    self.batch += 1;
+                    self.flush_seq = BatchSeq(self.batch);
+                    self.core.handle_found(Found::default());
+                }
+                Action::LoadState(read) => {
+                    let loaded = load(&self.state(), &read);
+                    self.core.handle_loaded(loaded);
+                }
+                Action::CountRecords(zones) => {
+                    let state = self.state();
+                    let counts = zones
+                        .iter()
+                        .map(|z| {
+                            let n = state.keys().filter(|k| zone_of(**k) == z.index()).count();
+                            (*z, n)
+                        })
+                        .collect();
+                    self.core.handle_counted(counts);
+                }
+                Action::AskRelease(lsn) => {
+                    let released = self.released.contains(&lsn);
+                    self.core.handle_release(lsn, released);
+                }
+                Action::Halt(Halt::MassDelete(held)) => {
+                    prop_assert!(
+                        !self.released.contains(&held.lsn),
+                        "a released transaction held"
+                    );
+                    self.over = Some(SessionOver::Held(held.lsn));
+                }
+                Action::Halt(other) => panic!("{other:?}"),
+                Action::Dispatch(dispatch) => {
+                    self.dispatch(dispatch.segments);
+                    self.core.handle_dispatched();
+                }
+                Action::WriteState(write) => {
+                    if let Some(applied) = self.crash_before_write.take() {
+                        // Dispatched, not written: the replay plans the
+                        // same operations from the same state.
+                        self.over = Some(SessionOver::Crashed);
+                        self.crash(applied);
+                        return Ok(());
                     }
+                    self.write_state(write);
                 }
                 Action::Reject(refused) => self.reject(refused),
                 Action::Commit(cp, mode) => self.commit(cp, mode)?,
@@ -875,6 +962,10 @@ impl World {
             Op::Crash { applied } => {
                 self.over = Some(SessionOver::Crashed);
                 self.crash(*applied);
+                Ok(())
+            }
+            Op::CrashBeforeWrite { applied } => {
+                self.crash_before_write = Some(*applied);
                 Ok(())
             }
         }
@@ -1139,7 +1230,13 @@ fn a_live_commit_is_flushed_at_once_and_a_backlog_waits_for_a_pause_in_the_strea
     core.handle_commit(Lsn::new(2_500), false, now);
     assert!(core.wants_ready_probe());
     core.handle_frame_done(false);
-    assert!(matches!(core.poll_action(now), Some(Action::Flush(b)) if b.rows == 1));
+    let (_, write) = run_flush(&mut core, now, &BTreeMap::new());
+    assert_eq!(write.rows, 1);
+    core.handle_flushed(SentBatch {
+        seq: BatchSeq(1),
+        end: write.end,
+        marks: Vec::new(),
+    });
     // A backlog: batched until the stream pauses for BACKLOG_PAUSE.
     core.handle_server_time(10_000_000);
     core.handle_begin(Lsn::new(3_000));
@@ -1149,11 +1246,12 @@ fn a_live_commit_is_flushed_at_once_and_a_backlog_waits_for_a_pause_in_the_strea
     assert!(!core.wants_ready_probe());
     core.handle_frame(now);
     core.handle_frame_done(true);
-    assert!(!matches!(core.poll_action(now), Some(Action::Flush(_))));
+    assert!(!matches!(core.poll_action(now), Some(Action::Find(_))));
     let due = core.poll_timeout().unwrap();
     assert_eq!(due, now + BACKLOG_PAUSE);
     core.handle_timeout(due);
-    assert!(matches!(core.poll_action(due), Some(Action::Flush(b)) if b.rows == 1));
+    let (_, write) = run_flush(&mut core, due, &BTreeMap::new());
+    assert_eq!(write.rows, 1);
 }
 
 #[test]
@@ -1164,7 +1262,7 @@ fn a_checkpoint_waits_for_every_zone_and_its_group_time_then_confirms_after_the_
     core.handle_change(SourceId(0), control_change("1", "elsewhere", "pause", None));
     core.handle_commit(Lsn::new(2_500), false, now);
     core.handle_frame_done(false);
-    assert!(matches!(core.poll_action(now), Some(Action::Flush(_))));
+    run_flush(&mut core, now, &BTreeMap::new());
     core.handle_flushed(SentBatch {
         seq: BatchSeq(1),
         end: Some(Lsn::new(2_500)),
@@ -1198,4 +1296,370 @@ fn a_checkpoint_waits_for_every_zone_and_its_group_time_then_confirms_after_the_
     assert!(matches!(core.poll_action(poll), Some(Action::PollFlush)));
     core.handle_wal_flushed(Lsn::new(9_000), poll);
     assert!(matches!(core.poll_action(poll), Some(Action::Confirm(l)) if l == Lsn::new(2_500)));
+}
+
+/// Drives the flush the core starts now against a store holding `state`
+/// (key → value), answering each step in order and checking that nothing
+/// else is asked meanwhile: the segments dispatched and the state to
+/// write (not reported written: the caller says [`Stream::handle_flushed`]).
+fn run_flush(
+    core: &mut Stream,
+    now: Instant,
+    state: &BTreeMap<u8, u8>,
+) -> (Vec<Segment>, WriteState) {
+    let mut steps = Vec::new();
+    let mut dispatched = None;
+    loop {
+        let action = core.poll_action(now);
+        match action {
+            Some(Action::Find(find)) => {
+                steps.push("find");
+                assert!(find.truncated.is_empty());
+                core.handle_found(Found::default());
+            }
+            Some(Action::LoadState(read)) => {
+                steps.push("load");
+                core.handle_loaded(load(state, &read));
+            }
+            Some(Action::CountRecords(zones)) => {
+                steps.push("count");
+                let counts = zones
+                    .iter()
+                    .map(|z| {
+                        (
+                            *z,
+                            state.keys().filter(|k| zone_of(**k) == z.index()).count(),
+                        )
+                    })
+                    .collect();
+                core.handle_counted(counts);
+            }
+            Some(Action::Dispatch(d)) => {
+                steps.push("dispatch");
+                dispatched = Some(d.segments);
+                assert!(
+                    core.poll_action(now).is_none(),
+                    "asked something before the dispatch was done"
+                );
+                core.handle_dispatched();
+            }
+            Some(Action::WriteState(w)) => {
+                steps.push("write");
+                assert!(
+                    core.poll_action(now).is_none(),
+                    "asked something before the write was done"
+                );
+                assert_eq!(steps.first(), Some(&"find"), "{steps:?}");
+                assert_eq!(
+                    &steps[steps.len() - 3..],
+                    &["load", "dispatch", "write"][..],
+                    "{steps:?}"
+                );
+                return (dispatched.expect("written before dispatched"), w);
+            }
+            other => panic!("{other:?} in a flush ({steps:?})"),
+        }
+    }
+}
+
+/// Feeds one transaction of rows `(key, value)` (`None`: NULL) to the core,
+/// ending at `end`, committed live.
+fn feed(core: &mut Stream, final_lsn: Lsn, end: Lsn, rows: &[(u8, Option<u8>)], now: Instant) {
+    core.handle_server_time(1_000);
+    assert!(core.handle_begin(final_lsn));
+    for (k, v) in rows {
+        let value = v.map_or(Value::Null, |v| text(&v.to_string()));
+        core.handle_change(
+            SourceId(0),
+            table_change(final_lsn, text(&k.to_string()), value),
+        );
+    }
+    core.handle_commit_time(1_000);
+    core.handle_commit(end, false, now);
+    core.handle_frame_done(false);
+}
+
+fn ops_of(segments: &[Segment]) -> Vec<(Lsn, ZoneId, Vec<UpdateOp>)> {
+    segments
+        .iter()
+        .flat_map(|(lsn, zones)| {
+            zones.iter().map(move |z| {
+                (
+                    *lsn,
+                    z.zone,
+                    z.groups.iter().flat_map(|g| g.ops.clone()).collect(),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_flush_looks_up_then_loads_then_dispatches_then_writes_and_asks_nothing_else_meanwhile() {
+    let now = base();
+    let mut core = new_core(Lsn::new(1), None, now);
+    let state = BTreeMap::from([(1, 10)]);
+    feed(
+        &mut core,
+        Lsn::new(2_000),
+        Lsn::new(2_500),
+        &[(1, Some(11)), (2, Some(20))],
+        now,
+    );
+    // The flush begins with what it must look up, naming the address
+    // owners its rows give (where rows may wait for an address).
+    let Some(Action::Find(find)) = core.poll_action(now) else {
+        panic!("the flush did not begin with its look-ups")
+    };
+    assert!(find.targets.contains(&(ZoneId(1), owner(1))), "{find:?}");
+    assert!(core.flushing());
+    // A refusal heard meanwhile waits for the flush to end.
+    core.handle_refused(ServerRefusal {
+        zone: ZoneId(0),
+        lsn: Lsn::new(1_500),
+        group: crate::update::OwnerGroup {
+            owner: owner(0),
+            ops: Vec::new(),
+        },
+        rcode: Rcode(5),
+    });
+    assert!(
+        core.poll_action(now).is_none(),
+        "asked something before the look-ups came back"
+    );
+    core.handle_found(Found::default());
+    let Some(Action::LoadState(read)) = core.poll_action(now) else {
+        panic!("no state read")
+    };
+    // The rows it changes and the owners they want.
+    assert!(read.rows.contains(&(SourceId(0), RowKey("1".into()))));
+    assert!(read.rows.contains(&(SourceId(0), RowKey("2".into()))));
+    assert!(read.owners.contains(&(ZoneId(2), owner(2))));
+    core.handle_loaded(load(&state, &read));
+    let Some(Action::Dispatch(d)) = core.poll_action(now) else {
+        panic!("no dispatch")
+    };
+    let ops = ops_of(&d.segments);
+    assert!(
+        ops.contains(&(
+            Lsn::new(2_000),
+            ZoneId(1),
+            vec![
+                UpdateOp::Delete(record(1, 10)),
+                UpdateOp::Add(record(1, 11))
+            ]
+        )),
+        "{ops:?}"
+    );
+    assert!(
+        ops.contains(&(
+            Lsn::new(2_000),
+            ZoneId(2),
+            vec![UpdateOp::Add(record(2, 20))]
+        )),
+        "{ops:?}"
+    );
+    core.handle_dispatched();
+    let Some(Action::WriteState(w)) = core.poll_action(now) else {
+        panic!("no state write")
+    };
+    assert_eq!(w.end, Some(Lsn::new(2_500)));
+    assert_eq!(writes_of(&w.outcome), vec![(1, Some(11)), (2, Some(20))]);
+    core.handle_flushed(SentBatch {
+        seq: BatchSeq(1),
+        end: w.end,
+        marks: vec![(ZoneId(1), 1), (ZoneId(2), 1)],
+    });
+    // Only now the refusal's rows are rejected.
+    assert!(matches!(core.poll_action(now), Some(Action::Reject(_))));
+}
+
+#[test]
+fn a_crash_between_dispatch_and_state_write_replays_the_same_operations() {
+    let now = base();
+    let state = BTreeMap::from([(1, 10), (4, 40)]);
+    let txn: &[(u8, Option<u8>)] = &[(1, Some(11)), (4, None), (5, Some(50))];
+    let mut core = new_core(Lsn::new(1), None, now);
+    feed(&mut core, Lsn::new(2_000), Lsn::new(2_500), txn, now);
+    let (first, _) = run_flush(&mut core, now, &state);
+    assert!(!first.is_empty());
+    // The process dies here: the state was not written, the slot resends.
+    let mut core = new_core(Lsn::new(1), None, now);
+    feed(&mut core, Lsn::new(2_000), Lsn::new(2_500), txn, now);
+    let (replayed, write) = run_flush(&mut core, now, &state);
+    assert_eq!(ops_of(&replayed), ops_of(&first));
+    assert_eq!(
+        writes_of(&write.outcome),
+        vec![(1, Some(11)), (4, None), (5, Some(50))]
+    );
+}
+
+#[test]
+fn a_mass_delete_is_counted_then_asked_about_and_halts_before_anything_is_dispatched() {
+    let now = base();
+    // Zone 0 (keys 0, 3, 6, 9) holds a transaction deleting more than one
+    // of its records.
+    let state = BTreeMap::from([(0, 1), (3, 3), (6, 6)]);
+    let mut core = new_core(Lsn::new(1), None, now);
+    feed(
+        &mut core,
+        Lsn::new(2_000),
+        Lsn::new(2_500),
+        &[(0, None), (3, None)],
+        now,
+    );
+    assert!(matches!(core.poll_action(now), Some(Action::Find(_))));
+    core.handle_found(Found::default());
+    let Some(Action::LoadState(read)) = core.poll_action(now) else {
+        panic!("no state read")
+    };
+    core.handle_loaded(load(&state, &read));
+    let Some(Action::CountRecords(zones)) = core.poll_action(now) else {
+        panic!("the guard did not ask for the zone's size")
+    };
+    assert_eq!(zones, vec![ZoneId(0)]);
+    core.handle_counted(BTreeMap::from([(ZoneId(0), 3)]));
+    let Some(Action::AskRelease(lsn)) = core.poll_action(now) else {
+        panic!("the guard did not ask for a release")
+    };
+    assert_eq!(lsn, Lsn::new(2_000));
+    core.handle_release(lsn, false);
+    match core.poll_action(now) {
+        Some(Action::Halt(Halt::MassDelete(m))) => {
+            assert_eq!(
+                (m.zone, m.deleted, m.records, m.lsn),
+                (ZoneId(0), 2, 3, Lsn::new(2_000))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!core.flushing());
+    assert!(
+        core.poll_action(now).is_none(),
+        "something dispatched after the halt"
+    );
+}
+
+#[test]
+fn a_released_mass_delete_is_dispatched_and_named() {
+    let now = base();
+    let state = BTreeMap::from([(0, 1), (3, 3), (6, 6)]);
+    let mut core = new_core(Lsn::new(1), None, now);
+    feed(
+        &mut core,
+        Lsn::new(2_000),
+        Lsn::new(2_500),
+        &[(0, None), (3, None)],
+        now,
+    );
+    assert!(matches!(core.poll_action(now), Some(Action::Find(_))));
+    core.handle_found(Found::default());
+    let Some(Action::LoadState(read)) = core.poll_action(now) else {
+        panic!("no state read")
+    };
+    core.handle_loaded(load(&state, &read));
+    assert!(matches!(
+        core.poll_action(now),
+        Some(Action::CountRecords(_))
+    ));
+    core.handle_counted(BTreeMap::from([(ZoneId(0), 3)]));
+    let Some(Action::AskRelease(lsn)) = core.poll_action(now) else {
+        panic!("no release asked")
+    };
+    core.handle_release(lsn, true);
+    let Some(Action::Dispatch(d)) = core.poll_action(now) else {
+        panic!("a released transaction was not dispatched")
+    };
+    assert_eq!(d.released.len(), 1);
+    assert_eq!(d.released[0].lsn, Lsn::new(2_000));
+    let ops = ops_of(&d.segments);
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!(ops[0].2.len(), 2, "both deletes go out: {ops:?}");
+}
+
+#[test]
+fn a_row_without_its_key_halts_the_flush_naming_the_table_and_lsn() {
+    let now = base();
+    let mut core = new_core(Lsn::new(1), None, now);
+    assert!(core.handle_begin(Lsn::new(0x16_B374_D848)));
+    core.handle_change(
+        SourceId(0),
+        table_change(Lsn::new(0x16_B374_D848), Value::Null, text("1")),
+    );
+    core.handle_commit(Lsn::new(0x16_B374_D900), false, now);
+    core.handle_frame_done(false);
+    match core.poll_action(now) {
+        Some(Action::Halt(Halt::Unmappable(e))) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("public.t") && text.contains("16/B374D848"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!core.flushing());
+}
+
+#[test]
+fn a_truncate_asks_for_every_row_of_its_source_and_deletes_them() {
+    let now = base();
+    let state = BTreeMap::from([(1, 10), (2, 20)]);
+    let mut core = new_core(Lsn::new(1), None, now);
+    assert!(core.handle_begin(Lsn::new(2_000)));
+    core.handle_truncate(SourceId(0), Lsn::new(2_000));
+    core.handle_commit(Lsn::new(2_500), false, now);
+    core.handle_frame_done(false);
+    let Some(Action::Find(find)) = core.poll_action(now) else {
+        panic!("no look-ups")
+    };
+    assert_eq!(find.truncated, vec![SourceId(0)]);
+    core.handle_found(Found {
+        truncated: vec![(SourceId(0), vec![RowKey("1".into()), RowKey("2".into())])],
+        ..Found::default()
+    });
+    let Some(Action::LoadState(read)) = core.poll_action(now) else {
+        panic!("no state read")
+    };
+    assert_eq!(read.rows.len(), 2, "{read:?}");
+    core.handle_loaded(load(&state, &read));
+    let Some(Action::Dispatch(d)) = core.poll_action(now) else {
+        panic!("no dispatch")
+    };
+    let ops = ops_of(&d.segments);
+    assert!(
+        ops.iter()
+            .any(|(_, z, o)| *z == ZoneId(1) && o.contains(&UpdateOp::Delete(record(1, 10)))),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .any(|(_, z, o)| *z == ZoneId(2) && o.contains(&UpdateOp::Delete(record(2, 20)))),
+        "{ops:?}"
+    );
+}
+
+/// An insert into `public.t` in the transaction committing at `final_lsn`.
+fn table_change(final_lsn: Lsn, id: Value, value: Value) -> RowChange {
+    let mut asm = Assembler::new();
+    asm.push(Message::Relation(relation(
+        TABLE_OID,
+        "public",
+        "t",
+        &["id", "value"],
+    )))
+    .unwrap();
+    asm.push(Message::Begin(Begin {
+        final_lsn,
+        commit_time_micros: 0,
+        xid: 1,
+    }))
+    .unwrap();
+    match asm.push(Message::Insert(Insert {
+        relation_oid: TABLE_OID,
+        new: vec![id, value],
+    })) {
+        Ok(Some(Event::Change(change))) => change,
+        other => panic!("{other:?}"),
+    }
 }
