@@ -242,6 +242,9 @@ pub struct Metrics {
     pub server_connections: Family<ServerLabel, Gauge>,
     /// The most connections open at once to each server since start.
     pub server_connections_max: Family<ServerLabel, Gauge>,
+    /// The most zones of each server with an UPDATE session at once since
+    /// start (a zone has one from its turn to send until acknowledged).
+    pub server_sessions_max: Family<ServerLabel, Gauge>,
     /// UPDATEs awaiting an answer from each server, all zones together.
     pub server_in_flight: Family<ServerLabel, Gauge>,
     /// `pg2dns_primary_acked`: the dispatches each primary of a zone of
@@ -322,6 +325,7 @@ impl Metrics {
             slot_wal_status: Family::default(),
             server_connections: Family::default(),
             server_connections_max: Family::default(),
+            server_sessions_max: Family::default(),
             server_in_flight: Family::default(),
             primary_acked: Family::default(),
             primary_in_flight: Family::default(),
@@ -443,6 +447,11 @@ impl Metrics {
             "server_connections_max",
             "The most TCP connections open at once to each server for UPDATEs since start",
             m.server_connections_max.clone(),
+        );
+        registry.register(
+            "server_sessions_max",
+            "The most zones of the server with an UPDATE session at once since start: a zone has one from its turn to send until its changes are acknowledged, so about [[server]] max_in_flight at most however many zones a transaction touches",
+            m.server_sessions_max.clone(),
         );
         registry.register(
             "server_in_flight",

@@ -183,6 +183,9 @@ pub struct ServerTask {
     connections: Gauge,
     connections_max: Gauge,
     in_flight: Gauge,
+    /// The most sessions at once (`pg2dns_server_sessions_max`).
+    sessions_max: Gauge,
+    sessions_high: usize,
 }
 
 impl ServerTask {
@@ -239,6 +242,8 @@ impl ServerTask {
             connections: m.server_connections.get_or_create(&label).clone(),
             connections_max: m.server_connections_max.get_or_create(&label).clone(),
             in_flight: m.server_in_flight.get_or_create(&label).clone(),
+            sessions_max: m.server_sessions_max.get_or_create(&label).clone(),
+            sessions_high: 0,
             name,
         }
     }
@@ -479,6 +484,7 @@ impl ServerTask {
             self.full.insert(lane);
         }
         self.active.insert(lane, a);
+        self.sessions_high = self.sessions_high.max(self.active.len());
         self.events_of(lane, now);
         self.active.contains_key(&lane)
     }
@@ -849,6 +855,8 @@ impl ServerTask {
         self.connections.set(self.pool.open() as i64);
         self.connections_max.set(self.pool.high_water() as i64);
         self.in_flight.set(self.pool.in_flight() as i64);
+        self.sessions_max
+            .set(i64::try_from(self.sessions_high).unwrap_or(i64::MAX));
     }
 }
 
