@@ -399,6 +399,33 @@ class LogFollower:
         self.f.close()
 
 
+class Profile:
+    """`perf record -g` of pg2dns over one phase, when PG2DNS_BENCH_PERF
+    names a directory (how the profiles in BENCHMARKS.md were taken):
+    PG2DNS_BENCH_PERF=/tmp/prof bench/bench zones --zones 20000, then
+    `perf report -i /tmp/prof/zones-20000-txn.data --no-children`."""
+
+    def __init__(self, pid, name):
+        self.proc = None
+        where = os.environ.get("PG2DNS_BENCH_PERF")
+        if where and shutil.which("perf"):
+            os.makedirs(where, exist_ok=True)
+            out = os.path.join(where, f"{name}.data")
+            self.proc = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", out],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 def one_transaction(svc, conn, dns, zones, timeout, sampler):
     """Inserts big.zI.bench. into every zone in one transaction. A zone's
     time is when its name first answers over UDP; a name is queried only
@@ -575,10 +602,12 @@ def trial(args, zones):
 
         sampler = Sampler(svc.proc.pid, dns.port)
         sampler.start()
-        res.update(one_transaction(svc, conn, dns, zones, args.zones_apply_timeout, sampler))
+        with Profile(svc.proc.pid, f"{label}-txn"):
+            res.update(one_transaction(svc, conn, dns, zones, args.zones_apply_timeout, sampler))
         print(f"one transaction: {res['txn_zones_answered']}/{zones} zones answered, "
               f"all after {res['txn_all_s']} s", flush=True)
-        res.update(random_load(svc, conn, dns, zones, args.zones_lat_rate, args.zones_lat_secs))
+        with Profile(svc.proc.pid, f"{label}-lat"):
+            res.update(random_load(svc, conn, dns, zones, args.zones_lat_rate, args.zones_lat_secs))
         sampler.stop()
         res["load_peak_conns"], res["load_peak_fds"] = sampler.max_conns, sampler.max_fds
         print(f"random load: p50 {res['lat_p50_ms']} ms, p99 {res['lat_p99_ms']} ms, "

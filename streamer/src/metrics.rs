@@ -242,6 +242,9 @@ pub struct Metrics {
     pub server_connections: Family<ServerLabel, Gauge>,
     /// The most connections open at once to each server since start.
     pub server_connections_max: Family<ServerLabel, Gauge>,
+    /// The most zones of each server with an UPDATE session at once since
+    /// start (a zone has one from its turn to send until acknowledged).
+    pub server_sessions_max: Family<ServerLabel, Gauge>,
     /// UPDATEs awaiting an answer from each server, all zones together.
     pub server_in_flight: Family<ServerLabel, Gauge>,
     /// `pg2dns_primary_acked`: the dispatches each primary of a zone of
@@ -254,7 +257,37 @@ pub struct Metrics {
     state: AtomicU8,
     /// `[metrics] per_zone`: a `zone` label on the zone families.
     per_zone: AtomicBool,
-    unreachable: Mutex<BTreeSet<(String, String)>>,
+    unreachable: Mutex<Unreachable>,
+}
+
+/// The (zone, server) pairs unreachable, and how many per server (the
+/// server's gauge without a scan of 50,000 zones per change).
+#[derive(Debug, Default)]
+struct Unreachable {
+    zones: BTreeSet<(String, String)>,
+    per_server: std::collections::HashMap<String, usize>,
+}
+
+/// Zones `/readyz` names at most; the others are counted. A server down
+/// behind 50,000 zones would otherwise answer with megabytes naming each.
+pub const READYZ_ZONES: usize = 8;
+
+/// Why not ready: the first [`READYZ_ZONES`] unreachable zones (in name
+/// order), then how many more.
+fn unreachable_reason(set: &BTreeSet<(String, String)>) -> String {
+    let mut why = set
+        .iter()
+        .take(READYZ_ZONES)
+        .map(|(zone, server)| format!("zone {zone}: primary {server} unreachable"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let more = set.len().saturating_sub(READYZ_ZONES);
+    if more > 0 {
+        why.push_str(&format!(
+            "; and {more} more zones whose primary is unreachable (`pg2dns status` lists them)"
+        ));
+    }
+    why
 }
 
 fn lsn_gauge(lsn: pg2dns_decoder::Lsn) -> i64 {
@@ -292,13 +325,14 @@ impl Metrics {
             slot_wal_status: Family::default(),
             server_connections: Family::default(),
             server_connections_max: Family::default(),
+            server_sessions_max: Family::default(),
             server_in_flight: Family::default(),
             primary_acked: Family::default(),
             primary_in_flight: Family::default(),
             primary_degraded: Family::default(),
             state: AtomicU8::new(0),
             per_zone: AtomicBool::new(false),
-            unreachable: Mutex::new(BTreeSet::new()),
+            unreachable: Mutex::new(Unreachable::default()),
             registry: Registry::default(),
         };
         registry.register(
@@ -413,6 +447,11 @@ impl Metrics {
             "server_connections_max",
             "The most TCP connections open at once to each server for UPDATEs since start",
             m.server_connections_max.clone(),
+        );
+        registry.register(
+            "server_sessions_max",
+            "The most zones of the server with an UPDATE session at once since start: a zone has one from its turn to send until its changes are acknowledged, so about [[server]] max_in_flight at most however many zones a transaction touches",
+            m.server_sessions_max.clone(),
         );
         registry.register(
             "server_in_flight",
@@ -551,14 +590,21 @@ impl Metrics {
             let mut set = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
             let key = (zone.to_owned(), server.to_owned());
             if unreachable {
-                set.insert(key);
-            } else {
-                set.remove(&key);
+                if set.zones.insert(key) {
+                    *set.per_server.entry(server.to_owned()).or_default() += 1;
+                }
+            } else if set.zones.remove(&key) {
+                if let Some(n) = set.per_server.get_mut(server) {
+                    *n -= 1;
+                    if *n == 0 {
+                        set.per_server.remove(server);
+                    }
+                }
             }
             if self.per_zone() {
                 unreachable
             } else {
-                set.iter().any(|(_, s)| s == server)
+                set.per_server.contains_key(server)
             }
         };
         self.zone_unreachable
@@ -573,6 +619,7 @@ impl Metrics {
             .unreachable
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .zones
             .iter()
             .cloned()
             .collect();
@@ -593,14 +640,15 @@ impl Metrics {
     }
 
     fn update_ready(&self) {
-        // Not `readiness()`, which names every unreachable zone: called for
-        // each of 50,000 zones turning unreachable, that was quadratic and
-        // stalled the service for minutes.
+        // Not `readiness()`, which formats its message: called for each of
+        // 50,000 zones turning unreachable, that was quadratic (when it
+        // named every zone) and stalled the service for minutes.
         let ready = self.state() == State::Running
             && self
                 .unreachable
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .zones
                 .is_empty();
         self.ready.set(i64::from(ready));
     }
@@ -616,14 +664,10 @@ impl Metrics {
             });
         }
         let set = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        if set.is_empty() {
+        if set.zones.is_empty() {
             return Ok(());
         }
-        Err(set
-            .iter()
-            .map(|(zone, server)| format!("zone {zone}: primary {server} unreachable"))
-            .collect::<Vec<_>>()
-            .join("; "))
+        Err(unreachable_reason(&set.zones))
     }
 
     /// Records a confirmation to the slot.
@@ -896,6 +940,36 @@ mod tests {
         );
         assert_eq!(m.ready.get(), 0);
         m.set_unreachable("example.com.", "127.0.0.1:53", false);
+        assert_eq!(m.ready.get(), 1);
+    }
+
+    #[test]
+    fn readyz_names_the_first_zones_and_counts_the_rest() {
+        let m = Metrics::new();
+        m.set_state(State::Running);
+        for i in 0..50_000 {
+            m.set_unreachable(&format!("z{i:05}.example."), "127.0.0.1:53", true);
+        }
+        let why = m.readiness().unwrap_err();
+        assert!(
+            why.starts_with(
+                "zone z00000.example.: primary 127.0.0.1:53 unreachable; zone z00001.example.:"
+            ),
+            "{why}"
+        );
+        assert_eq!(why.matches("zone z").count(), READYZ_ZONES, "{why}");
+        assert!(
+            why.ends_with(
+                "; and 49992 more zones whose primary is unreachable (`pg2dns status` lists them)"
+            ),
+            "{why}"
+        );
+        assert!(why.len() < 1024, "{} bytes", why.len());
+        assert_eq!(m.ready.get(), 0);
+        for i in 0..50_000 {
+            m.set_unreachable(&format!("z{i:05}.example."), "127.0.0.1:53", false);
+        }
+        assert_eq!(m.readiness(), Ok(()));
         assert_eq!(m.ready.get(), 1);
     }
 

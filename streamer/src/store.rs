@@ -427,12 +427,18 @@ impl Presence {
             .filter(|(s, k)| self.rows.contains(row_hash(source_name(sources, *s), &k.0)))
             .cloned()
             .collect();
-        // Zone names as the row state writes them, each made once.
-        let names: Vec<String> = zones.iter().map(|(_, z)| z.to_string()).collect();
+        // Zone names as the row state writes them, each made once, and only
+        // those of the owners asked about: a one-row transaction among
+        // 50,000 zones formatted every zone's name here (half of pg2dns's
+        // CPU at 20 txn/s, `perf` in BENCHMARKS.md).
+        let mut names: pg2dns_decoder::HashMap<pg2dns_decoder::ZoneId, String> =
+            pg2dns_decoder::HashMap::default();
         let owners = owners
             .iter()
             .filter(|(z, o)| {
-                let zone = names.get(z.index()).map_or("", String::as_str);
+                let zone = names
+                    .entry(*z)
+                    .or_insert_with(|| zones.name(*z).to_string());
                 self.nodes.contains(node_hash(zone, o.name().as_wire()))
             })
             .cloned()

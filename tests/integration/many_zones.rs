@@ -220,6 +220,16 @@ async fn two_thousand_zones_over_a_few_connections_match_the_table(primary: Prim
         "pg2dns held {max} connections to {server} at once; the pool is {CONNECTIONS}"
     );
     eprintln!("pg2dns held at most {max} connections to {server}");
+    // A zone's session is made when its turn to send comes, not when the
+    // transaction touching all 2,000 zones is dispatched: about
+    // max_in_flight (64) at once, not one per zone.
+    let sessions = sample(&body, &format!("pg2dns_server_sessions_max{label}"))
+        .with_context(|| format!("no pg2dns_server_sessions_max{label} in:\n{body}"))?;
+    ensure!(
+        (1.0..=128.0).contains(&sessions),
+        "{sessions} zones of {server} had a session at once; max_in_flight is 64"
+    );
+    eprintln!("at most {sessions} zone sessions at once");
     let in_flight = sample(&body, &format!("pg2dns_server_in_flight{label}"));
     ensure!(
         in_flight == Some(0.0),

@@ -17,8 +17,12 @@
 //!  pipeline ◀─ZoneReport─ session.poll_event
 //! ```
 //!
-//! Sessions exist only for zones with work (memory follows the active zones,
-//! not the configured ones). Connects run in their own tasks, so a server
+//! Sessions exist only for zones with a message to send or in flight:
+//! a zone given work while the server's in-flight cap is full keeps only
+//! its dispatches ([`Waiting`]) until its turn to send comes, and its
+//! session goes once everything is acknowledged. One transaction touching
+//! 50,000 zones so makes about `max_in_flight` sessions at a time, not
+//! 50,000 (memory follows what is in flight, not the zones touched). Connects run in their own tasks, so a server
 //! that does not answer holds up none of its other connections. A timeout
 //! drops the connection it happened on: every zone in flight there resends
 //! from its first unacknowledged message, as a zone's own connection did.
@@ -30,7 +34,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use pg2dns_decoder::pool::{Answer, ConnId, LaneId, PoolLimits, ServerPool};
-use pg2dns_decoder::session::{Event, RetryReason, Session, SessionConfig};
+use pg2dns_decoder::session::{
+    Event, RetryReason, Session, SessionConfig, MAX_QUEUED_DISPATCHES, MAX_QUEUED_OPS,
+};
 use pg2dns_decoder::update::Budget;
 use pg2dns_decoder::{HashMap, ZoneId};
 use prometheus_client::metrics::counter::Counter;
@@ -98,6 +104,15 @@ struct Active {
     told_unreachable: bool,
 }
 
+/// A zone with work but no session yet: what was pushed, in order, until
+/// the zone's turn to send (see [`ServerTask::activate`]).
+#[derive(Default)]
+struct Waiting {
+    dispatches: Vec<(Dispatch, Instant)>,
+    /// Operations in `dispatches` (the session's queue bound, kept here too).
+    ops: usize,
+}
+
 /// A connection slot's I/O.
 enum Io {
     Connecting(u64),
@@ -148,6 +163,8 @@ pub struct ServerTask {
     by_zone: HashMap<ZoneId, LaneId>,
     next_lane: u32,
     active: HashMap<LaneId, Active>,
+    /// Zones with work and no session yet (never also in `active`).
+    waiting: HashMap<LaneId, Waiting>,
     halted: HashSet<LaneId>,
     /// Lanes that may have something to send, served round robin.
     ready: VecDeque<LaneId>,
@@ -166,6 +183,9 @@ pub struct ServerTask {
     connections: Gauge,
     connections_max: Gauge,
     in_flight: Gauge,
+    /// The most sessions at once (`pg2dns_server_sessions_max`).
+    sessions_max: Gauge,
+    sessions_high: usize,
 }
 
 impl ServerTask {
@@ -208,6 +228,7 @@ impl ServerTask {
             by_zone: HashMap::default(),
             next_lane: 0,
             active: HashMap::default(),
+            waiting: HashMap::default(),
             halted: HashSet::new(),
             ready: VecDeque::new(),
             queued: HashSet::new(),
@@ -221,6 +242,8 @@ impl ServerTask {
             connections: m.server_connections.get_or_create(&label).clone(),
             connections_max: m.server_connections_max.get_or_create(&label).clone(),
             in_flight: m.server_in_flight.get_or_create(&label).clone(),
+            sessions_max: m.server_sessions_max.get_or_create(&label).clone(),
+            sessions_high: 0,
             name,
         }
     }
@@ -271,6 +294,7 @@ impl ServerTask {
     fn remove_lane(&mut self, lane: LaneId) {
         self.pool.forget(lane, Instant::now());
         self.active.remove(&lane);
+        self.waiting.remove(&lane);
         self.full.remove(&lane);
         self.halted.remove(&lane);
         if let Some(l) = self.lanes.remove(&lane) {
@@ -346,7 +370,7 @@ impl ServerTask {
                 debug!(server = %self.name, conn = conn.0, "closing an idle connection");
                 self.io[conn.index()] = None;
             }
-            if !input_open && self.active.is_empty() {
+            if !input_open && self.active.is_empty() && self.waiting.is_empty() {
                 return;
             }
             self.connect(now);
@@ -406,16 +430,25 @@ impl ServerTask {
         if self.halted.contains(&lane) {
             return;
         }
-        let Some(config) = self.lanes.get(&lane) else {
+        if !self.lanes.contains_key(&lane) {
             debug_assert!(false, "a dispatch for {lane}, not a zone of this server");
             return;
+        }
+        let Some(a) = self.active.get_mut(&lane) else {
+            // No session yet: the dispatches wait for the zone's turn.
+            let w = self.waiting.entry(lane).or_default();
+            for d in dispatches {
+                w.ops += d.groups.iter().map(|g| g.ops.len()).sum::<usize>();
+                w.dispatches.push((d, now));
+            }
+            if w.dispatches.len() >= MAX_QUEUED_DISPATCHES || w.ops >= MAX_QUEUED_OPS {
+                // As much as a session holds: it takes them (and says it is
+                // full, which stops the input until it has room again).
+                self.activate(lane, now);
+            }
+            self.make_ready(lane);
+            return;
         };
-        let a = self.active.entry(lane).or_insert_with(|| Active {
-            session: Session::new(Self::session_config(&self.zone_limits, &config.config)),
-            pushed: VecDeque::new(),
-            retry_at: None,
-            told_unreachable: false,
-        });
         for d in dispatches {
             a.pushed.push_back((d.id, now));
             a.session.push(d);
@@ -427,8 +460,39 @@ impl ServerTask {
         self.make_ready(lane);
     }
 
+    /// Makes the session of a waiting zone (its turn to send came) and
+    /// hands it what waited. Whether the zone still has work: dispatches
+    /// without operations are acknowledged at once, and the session goes.
+    fn activate(&mut self, lane: LaneId, now: Instant) -> bool {
+        let Some(w) = self.waiting.remove(&lane) else {
+            return self.active.contains_key(&lane);
+        };
+        let Some(l) = self.lanes.get(&lane) else {
+            return false;
+        };
+        let mut a = Active {
+            session: Session::new(Self::session_config(&self.zone_limits, &l.config)),
+            pushed: VecDeque::with_capacity(w.dispatches.len()),
+            retry_at: None,
+            told_unreachable: false,
+        };
+        for (d, at) in w.dispatches {
+            a.pushed.push_back((d.id, at));
+            a.session.push(d);
+        }
+        if !a.session.has_room() {
+            self.full.insert(lane);
+        }
+        self.active.insert(lane, a);
+        self.sessions_high = self.sessions_high.max(self.active.len());
+        self.events_of(lane, now);
+        self.active.contains_key(&lane)
+    }
+
     fn make_ready(&mut self, lane: LaneId) {
-        if self.active.contains_key(&lane) && self.queued.insert(lane) {
+        if (self.active.contains_key(&lane) || self.waiting.contains_key(&lane))
+            && self.queued.insert(lane)
+        {
             self.ready.push_back(lane);
         }
     }
@@ -470,6 +534,10 @@ impl ServerTask {
             let Some(lane) = self.ready.pop_front() else {
                 break;
             };
+            if self.waiting.contains_key(&lane) && !self.activate(lane, now) {
+                self.queued.remove(&lane);
+                continue;
+            }
             let Some(a) = self.active.get_mut(&lane) else {
                 self.queued.remove(&lane);
                 continue;
@@ -755,8 +823,12 @@ impl ServerTask {
     /// tens of MiB), once no zone has work.
     fn shrink_when_idle(&mut self) {
         const KEEP: usize = 1024;
-        if self.active.is_empty() && self.active.capacity() > KEEP {
+        if self.active.is_empty()
+            && self.waiting.is_empty()
+            && (self.active.capacity() > KEEP || self.waiting.capacity() > KEEP)
+        {
             self.active = HashMap::default();
+            self.waiting = HashMap::default();
             self.full = HashSet::new();
             self.queued = HashSet::new();
             self.ready = VecDeque::new();
@@ -783,6 +855,8 @@ impl ServerTask {
         self.connections.set(self.pool.open() as i64);
         self.connections_max.set(self.pool.high_water() as i64);
         self.in_flight.set(self.pool.in_flight() as i64);
+        self.sessions_max
+            .set(i64::try_from(self.sessions_high).unwrap_or(i64::MAX));
     }
 }
 
