@@ -83,6 +83,12 @@ pub const MIN_RECORDS_FOR_THRESHOLD: usize = 10;
 /// How many times a repair starts again from a fresh transfer without
 /// progress before it gives up.
 pub const MAX_GUARD_FAILURES: usize = 3;
+
+/// Owners with differences a zone's report lists (the counts count them
+/// all), and records pg2dns never published a first load lists: a first
+/// load of a million records, every one a difference, holds a thousand.
+/// A zone compared with a zone file (`--zone-file`) lists them all.
+pub const REPORT_SAMPLE: usize = 1000;
 /// Test hook: milliseconds to wait between the transfer and the first
 /// repair message (lets a test change the zone meanwhile).
 pub const PAUSE_BEFORE_REPAIR_ENV: &str = "PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS";
@@ -315,8 +321,11 @@ pub struct ZoneOutcome {
     /// The repair was refused by the safety threshold.
     pub refused_by_threshold: bool,
     /// A first load ([`Options::protect_unowned`]): the records the repair
-    /// would delete that pg2dns never published.
+    /// would delete that pg2dns never published (the first
+    /// [`REPORT_SAMPLE`] of them).
     pub unowned_deletes: Vec<Record>,
+    /// How many records those are, all of them.
+    pub unowned_count: usize,
     /// The repair was refused because of those (no `--force`).
     pub refused_unowned: bool,
     /// Repair messages the server accepted.
@@ -508,10 +517,15 @@ impl Report {
                         ));
                     }
                 }
-                if d.owners.len() > 20 {
+                if d.owners_differing > 20 {
                     out.push_str(&format!(
-                        "  … and {} more owners (--json lists all)\n",
-                        d.owners.len() - 20
+                        "  … and {} more owners (--json lists {})\n",
+                        d.owners_differing - 20,
+                        if d.is_sampled() {
+                            format!("the first {}", d.owners.len())
+                        } else {
+                            "all".to_string()
+                        }
                     ));
                 }
             }
@@ -547,20 +561,17 @@ impl Report {
                     z.diff.as_ref().map_or(0.0, ZoneDiff::change_share) * 100.0
                 ));
             }
-            if !z.unowned_deletes.is_empty() {
+            if z.unowned_count > 0 {
                 out.push_str(&format!(
                     "  {} {} record(s) that no row holds and pg2dns never published (made by hand or another tool):\n",
                     if z.refused_unowned { "refused to delete" } else { "deletes" },
-                    z.unowned_deletes.len()
+                    z.unowned_count
                 ));
                 for r in z.unowned_deletes.iter().take(20) {
                     out.push_str(&format!("    {}\n", red(&format!("- {r}"))));
                 }
-                if z.unowned_deletes.len() > 20 {
-                    out.push_str(&format!(
-                        "    … and {} more\n",
-                        z.unowned_deletes.len() - 20
-                    ));
+                if z.unowned_count > 20 {
+                    out.push_str(&format!("    … and {} more\n", z.unowned_count - 20));
                 }
             }
             if self.applied && z.messages_applied > 0 {
@@ -608,6 +619,7 @@ impl Report {
                     "transferred": z.transferred,
                     "refused_by_threshold": z.refused_by_threshold,
                     "unowned_deletes": z.unowned_deletes.iter().map(rec).collect::<Vec<_>>(),
+                    "unowned_count": z.unowned_count,
                     "refused_unowned": z.refused_unowned,
                     "messages_applied": z.messages_applied,
                     "retries": z.retries,
@@ -636,6 +648,11 @@ impl Report {
                     v["waiting"] = json!(d.waiting.iter().map(rec).collect::<Vec<_>>());
                     v["missing"] = json!(all(&|o| o.missing.iter().map(rec).collect()));
                     v["extra"] = json!(all(&|o| o.extra.iter().map(rec).collect()));
+                    v["missing_count"] = json!(d.missing());
+                    v["extra_count"] = json!(d.extra());
+                    v["ttl_count"] = json!(d.ttl_differences());
+                    v["owners_differing"] = json!(d.owners_differing);
+                    v["sampled"] = json!(d.is_sampled());
                     v["ttl"] = json!(all(&|o| o
                         .ttl
                         .iter()
@@ -2038,7 +2055,52 @@ async fn compare_bounded(
     })
 }
 
-/// One zone compared (and with `--apply` repaired) in bounded memory.
+/// The records a first load would delete that pg2dns never published,
+/// counted as the merge finds them (the first [`REPORT_SAMPLE`] kept).
+struct Unowned<'o> {
+    owned: Option<&'o std::collections::HashSet<RecordKey>>,
+    count: usize,
+    sample: Vec<Record>,
+}
+
+impl<'o> Unowned<'o> {
+    fn new(owned: Option<&'o std::collections::HashSet<RecordKey>>) -> Unowned<'o> {
+        Unowned {
+            owned,
+            count: 0,
+            sample: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, d: &diff::OwnerDiff) {
+        let Some(owned) = self.owned else { return };
+        for r in &d.extra {
+            if !owned.contains(&record_key(r)) {
+                self.count += 1;
+                if self.sample.len() < REPORT_SAMPLE {
+                    self.sample.push(r.clone());
+                }
+            }
+        }
+    }
+
+    /// Whether the repair is refused for them (a first load without
+    /// `--force`); notes them in `outcome`.
+    fn judge(self, options: &Options, outcome: &mut ZoneOutcome) -> bool {
+        if self.owned.is_none() {
+            return false;
+        }
+        outcome.unowned_count = self.count;
+        outcome.unowned_deletes = self.sample;
+        outcome.refused_unowned = outcome.unowned_count > 0 && !options.force;
+        outcome.refused_unowned
+    }
+}
+
+/// One zone compared (and with `--apply` repaired) in bounded memory: the
+/// report keeps counts and the first [`REPORT_SAMPLE`] owners; the
+/// verifier's file and the repair are made by merging the runs again, owner
+/// by owner, as the merge produces them.
 #[allow(clippy::too_many_arguments)]
 async fn reconcile_zone_bounded(
     config: &Config,
@@ -2057,19 +2119,28 @@ async fn reconcile_zone_bounded(
         zone: zc.name.clone(),
         source,
     };
-    let compared = |e: bounded::ZoneCompareError| match e {
-        bounded::ZoneCompareError::Axfr(e) => ZoneError::from(*e),
-        bounded::ZoneCompareError::Spill(source) => spill_error(source),
+    // A zone compared with a zone file lists every difference: the
+    // three-way report is made from them.
+    let sample = if options.read_files.contains_key(&id) {
+        usize::MAX
+    } else {
+        REPORT_SAMPLE
     };
+    let mut unowned = Unowned::new(owned);
     let compared_first = match early {
-        Some(transferred) => {
-            transferred.and_then(|t| bounded::compare_transferred(desired, id, zc, t))
+        Some(transferred) => transferred.and_then(|t| {
+            bounded::compare_transferred(desired, id, zc, t, sample, &mut |d| unowned.note(d))
+        }),
+        None => {
+            bounded::compare_zone(desired, id, zc, timeout, budget, sample, &mut |d| {
+                unowned.note(d)
+            })
+            .await
         }
-        None => bounded::compare_zone(desired, id, zc, timeout, budget).await,
     };
-    let first = match compared_first {
+    let mut first = match compared_first {
         Err(e) => {
-            outcome.error = Some(compared(e));
+            outcome.error = Some(compared(zc, e));
             return outcome;
         }
         Ok(c) => c,
@@ -2077,10 +2148,18 @@ async fn reconcile_zone_bounded(
     outcome.axfr_time = first.axfr_time;
     outcome.diff_time = first.diff_time;
     outcome.transferred = first.transferred;
-    judge(config, options, owned, &first.diff, &mut outcome);
-    let first_soa = first.soa.rdata;
+    let needs_repair = !first.diff.is_in_sync();
+    outcome.refused_by_threshold = needs_repair
+        && first
+            .diff
+            .exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
+        && !options.force;
+    unowned.judge(options, &mut outcome);
     let in_sync = first.diff.is_in_sync();
-    outcome.diff = Some(first.diff);
+    let placeholder = diff::OwnerMerge::new(&zc.name, Default::default(), &zc.exclusions)
+        .finish(&Default::default());
+    let first_diff = std::mem::replace(&mut first.diff, placeholder);
+    outcome.diff = Some(first_diff);
     if let Some((path, file)) = options.read_files.get(&id) {
         match desired.zone_records(id) {
             Ok(wanted) => {
@@ -2112,19 +2191,11 @@ async fn reconcile_zone_bounded(
         return outcome;
     }
     if let Some(verifier) = &zc.verify {
-        // The verifier reads the zone as repaired, whole: a zone with a
-        // verifier is held in memory for it.
+        // The zone as repaired is written to the verifier's file from one
+        // more merge of the same runs, owner by owner.
         bar_less_verify_note(zc);
-        let transfer = match axfr::transfer(&zc.name, zc.primary, &zc.key, timeout).await {
-            Ok(t) => t,
-            Err(e) => {
-                outcome.error = Some(e.into());
-                return outcome;
-            }
-        };
-        let repaired = after_repair(&transfer.records, outcome.diff.as_ref().expect("compared"));
-        drop(transfer);
-        match verify(&zc.name, verifier, &repaired).await {
+        let written = |path: &std::path::Path| write_repaired(path, desired, id, zc, &first);
+        match verify(&zc.name, verifier, written).await {
             Ok(()) => outcome.verified = true,
             Err(refusal) => {
                 warn!(zone = %zc.name, command = %refusal.command, reason = %refusal.reason, "the verifier refused the repair; nothing was sent");
@@ -2134,35 +2205,243 @@ async fn reconcile_zone_bounded(
         }
     }
     let started = Instant::now();
-    let rediff = move || async move {
-        let c = bounded::compare_zone(desired, id, zc, timeout, budget)
-            .await
-            .map_err(compared)?;
-        Ok((c.soa.rdata, c.diff))
-    };
-    // Only the differences are held: the report's and the repair's.
-    let first_diff = outcome.diff.take().expect("compared");
-    if let Err(e) = repair(
-        config,
-        zc,
-        options,
-        owned,
-        first_soa,
-        &first_diff,
-        &mut outcome,
-        rediff,
-    )
-    .await
+    if let Err(e) =
+        repair_streamed(config, zc, id, desired, options, owned, budget, first, &mut outcome).await
     {
         outcome.error = Some(e);
     }
-    outcome.diff = Some(first_diff);
     outcome.repair_time = started.elapsed();
     outcome
 }
 
+/// A bounded comparison's failure as the zone's error.
+fn compared(zc: &ZoneConfig, e: bounded::ZoneCompareError) -> ZoneError {
+    match e {
+        bounded::ZoneCompareError::Axfr(e) => ZoneError::from(*e),
+        bounded::ZoneCompareError::Spill(source) => ZoneError::Spill {
+            zone: zc.name.clone(),
+            source,
+        },
+    }
+}
+
+/// Writes the zone as it will be after the repair to `path`: the transfer
+/// (SOA and records pg2dns does not own included) with each owner's
+/// differences applied, from a merge of the compared runs, owner by owner.
+fn write_repaired(
+    path: &std::path::Path,
+    desired: &bounded::BoundedDesired,
+    id: ZoneId,
+    zc: &ZoneConfig,
+    compared: &bounded::ZoneCompared,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let other = |e: bounded::BoundedError| std::io::Error::other(crate::error::chain(&e));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut line = format!("$ORIGIN {}\n", zc.name);
+    zonefile::write_record(&mut line, &compared.soa);
+    out.write_all(line.as_bytes())?;
+    let mut m = bounded::ZoneMerge::new(
+        desired,
+        id,
+        &zc.name,
+        compared.facts.clone(),
+        &zc.exclusions,
+        &compared.actual,
+    )
+    .map_err(other)?;
+    m.merge = m.merge.with_sample(0);
+    let mut write = |records: &mut dyn Iterator<Item = &Record>| -> std::io::Result<()> {
+        line.clear();
+        for r in records.filter(|r| r.rtype != RType::SOA) {
+            zonefile::write_record(&mut line, r);
+        }
+        out.write_all(line.as_bytes())
+    };
+    while let Some((_, d)) = m.next_owner().map_err(other)? {
+        match d {
+            None => write(&mut m.actual().iter())?,
+            Some(d) => write(&mut after_repair_owner(m.actual(), &d).iter())?,
+        }
+    }
+    let addressed = m.addressed().map_err(other)?;
+    for (_, d) in m.merge.addressed_missing(&addressed) {
+        write(&mut d.missing.iter())?;
+    }
+    out.flush()
+}
+
+/// One owner as it will be after the repair: what DNS holds at it, the
+/// records deleted or changed taken out, the missing and changed put in.
+fn after_repair_owner(actual: &[Record], d: &diff::OwnerDiff) -> Vec<Record> {
+    let removed = |r: &Record| {
+        d.extra
+            .iter()
+            .chain(d.ttl.iter().map(|t| &t.wanted))
+            .any(|x| x.rtype == r.rtype && x.rdata == r.rdata)
+    };
+    let mut out: Vec<Record> = actual.iter().filter(|r| !removed(r)).cloned().collect();
+    out.extend(d.missing.iter().cloned());
+    out.extend(d.ttl.iter().map(|t| t.wanted.clone()));
+    out
+}
+
+/// Sends the repair owner by owner as a merge of the compared runs
+/// produces it (packed into guarded UPDATEs as the stream packs them); when
+/// the SOA guard fails, transfers the zone again, judges the fresh
+/// comparison as the first, and starts over from it; ends with a transfer
+/// that checks the zone is in sync. Nothing but the message being filled
+/// is held.
+#[allow(clippy::too_many_arguments)]
+async fn repair_streamed(
+    config: &Config,
+    zc: &ZoneConfig,
+    id: ZoneId,
+    desired: &bounded::BoundedDesired,
+    options: &Options,
+    owned: Option<&std::collections::HashSet<RecordKey>>,
+    runs_budget: usize,
+    mut current: bounded::ZoneCompared,
+    outcome: &mut ZoneOutcome,
+) -> Result<(), ZoneError> {
+    let timeout = config.limits.dns_timeout;
+    let zone = &zc.name;
+    let spill = |source| ZoneError::Spill {
+        zone: zone.clone(),
+        source,
+    };
+    let plan = |source| ZoneError::Plan {
+        zone: zone.clone(),
+        source,
+    };
+    // The stream's budget for this zone (see `Config::plan_limits`).
+    let budget = Budget {
+        max_message_bytes: config.limits.max_message_bytes,
+        tsig_record_len: zc.key.record_len(),
+    };
+    let mut failures = 0;
+    let mut first_attempt = true;
+    loop {
+        let soa_seen = current.soa.rdata.clone();
+        // The SOA a failed guard expected.
+        let mut guard_failed = None;
+        {
+            let mut m = bounded::ZoneMerge::new(
+                desired,
+                id,
+                zone,
+                current.facts.clone(),
+                &zc.exclusions,
+                &current.actual,
+            )
+            .map_err(spill)?;
+            m.merge = m.merge.with_sample(0);
+            let mut stream = diff::RepairStream::new(zone, soa_seen.len(), budget);
+            let mut conn: Option<Connection> = None;
+            let mut soa = soa_seen.clone();
+            let mut merged = false;
+            'pass: while !merged {
+                match m.next_owner().map_err(spill)? {
+                    Some((owner, Some(d))) => stream.push(&owner, &d).map_err(plan)?,
+                    Some((_, None)) => continue,
+                    None => {
+                        let addressed = m.addressed().map_err(spill)?;
+                        for (owner, d) in m.merge.addressed_missing(&addressed) {
+                            stream.push(&owner, &d).map_err(plan)?;
+                        }
+                        stream.finish().map_err(plan)?;
+                        merged = true;
+                    }
+                }
+                for ops in stream.take_ready() {
+                    if first_attempt {
+                        test_pause().await;
+                        first_attempt = false;
+                    }
+                    let c = match &mut conn {
+                        Some(c) => c,
+                        None => conn.insert(
+                            Connection::connect(zc.primary)
+                                .await
+                                .map_err(|e| update_err(zc, format!("cannot connect: {e}")))?,
+                        ),
+                    };
+                    let msg_id = axfr::fresh_id();
+                    let guard = (!options.unguarded).then_some(&soa);
+                    let wire = diff::encode_repair(zone, msg_id, guard, &ops).map_err(plan)?;
+                    let rcode = send(c, zc, &wire, timeout).await?;
+                    if rcode == Rcode::NOERROR {
+                        outcome.messages_applied += 1;
+                        failures = 0;
+                        soa = diff::next_serial(&soa).unwrap_or(soa);
+                    } else if (rcode == Rcode::NXRRSET || rcode == Rcode::YXRRSET)
+                        && !options.unguarded
+                    {
+                        guard_failed = Some(soa.clone());
+                        break 'pass;
+                    } else {
+                        return Err(ZoneError::Refused {
+                            zone: zone.clone(),
+                            server: zc.primary,
+                            rcode,
+                            hint: rcode.hint(),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(expected) = guard_failed {
+            failures += 1;
+            outcome.retries += 1;
+            warn!(zone = %zone, failures, "the zone changed since the transfer (SOA prerequisite failed): transferring it again");
+            if failures >= MAX_GUARD_FAILURES {
+                return Err(ZoneError::KeepsChanging {
+                    zone: zone.clone(),
+                    attempts: failures,
+                });
+            }
+            // A first load refuses records that appeared meanwhile as it
+            // refuses those it saw first.
+            let mut unowned = Unowned::new(owned);
+            let again = bounded::compare_zone(desired, id, zc, timeout, runs_budget, 0, &mut |d| {
+                unowned.note(d)
+            })
+            .await
+            .map_err(|e| compared(zc, e))?;
+            if again.soa.rdata == expected {
+                return Err(ZoneError::GuardUnusable {
+                    zone: zone.clone(),
+                    server: zc.primary,
+                });
+            }
+            if !options.force && unowned.judge(options, outcome) {
+                outcome.in_sync_after = Some(false);
+                return Ok(());
+            }
+            if again
+                .diff
+                .exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
+                && !options.force
+            {
+                outcome.refused_by_threshold = true;
+                outcome.in_sync_after = Some(false);
+                return Ok(());
+            }
+            current = again;
+            continue;
+        }
+        // Check: a fresh transfer must show the zone in sync.
+        let last = bounded::compare_zone(desired, id, zc, timeout, runs_budget, 0, &mut |_| {})
+            .await
+            .map_err(|e| compared(zc, e))?;
+        outcome.in_sync_after = Some(last.diff.is_in_sync());
+        outcome.waiting_after = last.diff.waiting;
+        return Ok(());
+    }
+}
+
 fn bar_less_verify_note(zc: &ZoneConfig) {
-    info!(zone = %zc.name, "verifying the repaired zone (held in memory for the verifier)");
+    info!(zone = %zc.name, "verifying the zone as repaired (written to the verifier's file owner by owner)");
 }
 
 /// A zone's outcome before anything was done.
@@ -2177,6 +2456,7 @@ fn empty_outcome(zc: &ZoneConfig) -> ZoneOutcome {
         waiting_after: Vec::new(),
         refused_by_threshold: false,
         unowned_deletes: Vec::new(),
+        unowned_count: 0,
         refused_unowned: false,
         messages_applied: 0,
         retries: 0,
@@ -2211,6 +2491,7 @@ fn judge(
             .filter(|r| !owned.contains(&record_key(r)))
             .cloned()
             .collect();
+        outcome.unowned_count = outcome.unowned_deletes.len();
         outcome.refused_unowned = !outcome.unowned_deletes.is_empty() && !options.force;
     }
 }
@@ -2252,7 +2533,8 @@ async fn reconcile_zone(
     if let Some(verifier) = &zc.verify {
         bar.set_message(format!("zone {}: verifying the repaired zone", zc.name));
         let repaired = after_repair(&transfer.records, &first);
-        match verify(&zc.name, verifier, &repaired).await {
+        let written = |path: &std::path::Path| std::fs::write(path, zonefile::write(&zc.name, &repaired));
+        match verify(&zc.name, verifier, written).await {
             Ok(()) => outcome.verified = true,
             Err(refusal) => {
                 warn!(zone = %zc.name, command = %refusal.command, reason = %refusal.reason, "the verifier refused the repair; nothing was sent");
@@ -2390,6 +2672,7 @@ where
                         .cloned()
                         .collect();
                     if !unowned.is_empty() {
+                        outcome.unowned_count = unowned.len();
                         outcome.unowned_deletes = unowned;
                         outcome.refused_unowned = true;
                         outcome.in_sync_after = Some(false);
@@ -2673,15 +2956,16 @@ fn after_repair(transferred: &[Record], d: &ZoneDiff) -> Vec<Record> {
 /// The verifier's output kept in the report, in bytes.
 pub const VERIFY_OUTPUT_MAX: usize = 4096;
 
-/// Writes `records` as a master file in a private temporary directory and
-/// runs the zone's verifier on it (`{zone}` and `{file}` in its arguments,
+/// Writes the zone as repaired (`write` writes it to the path given) as a
+/// master file in a private temporary directory and runs the zone's
+/// verifier on it (`{zone}` and `{file}` in its arguments,
 /// `PG2DNS_ZONE` and `PG2DNS_ZONE_FILE` in its environment). A non-zero
 /// exit, a signal, a timeout (the verifier's process group is killed) or a
 /// verifier that cannot start refuse the repair.
 async fn verify(
     zone: &ZoneName,
     verifier: &crate::config::Verifier,
-    records: &[Record],
+    write: impl FnOnce(&std::path::Path) -> std::io::Result<()>,
 ) -> Result<(), VerifyRefusal> {
     use std::os::unix::fs::DirBuilderExt;
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -2707,7 +2991,7 @@ async fn verify(
     let written = std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
-        .and_then(|()| std::fs::write(&file, zonefile::write(zone, records)));
+        .and_then(|()| write(&file));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(refuse(

@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use pg2dns_decoder::diff::{OwnerMerge, ZoneDiff, ZoneFacts};
+use pg2dns_decoder::diff::{OwnerDiff, OwnerMerge, ZoneDiff, ZoneFacts};
 use pg2dns_decoder::exclude::Exclusions;
 use pg2dns_decoder::mapping::{Desired, RowKey, RowUpdate, Wanted};
 use pg2dns_decoder::name::Name;
@@ -717,6 +717,11 @@ pub(super) struct ZoneCompared {
     pub axfr_time: Duration,
     /// Time the merge took.
     pub diff_time: Duration,
+    /// The transfer, in runs (merged again by the verifier's and the
+    /// repair's passes).
+    pub actual: Sorted,
+    /// What the merge knew of the zone.
+    pub facts: ZoneFacts,
 }
 
 /// Why comparing one zone in bounded memory failed.
@@ -778,102 +783,169 @@ pub(super) async fn transfer_zone(
 }
 
 /// Merges a transferred zone with the database's published records, owner
-/// by owner.
+/// by owner: the differences are counted, the first `sample` owners' kept,
+/// and each is shown to `each` (as the merge produces it).
 pub(super) fn compare_transferred(
     desired: &BoundedDesired,
     id: ZoneId,
     zc: &ZoneConfig,
     t: Transferred,
+    sample: usize,
+    each: &mut dyn FnMut(&OwnerDiff),
 ) -> Result<ZoneCompared, ZoneCompareError> {
     let started = Instant::now();
     let mut facts = desired.facts.get(&id).cloned().unwrap_or_default();
     facts.name_servers.extend(t.facts.name_servers);
-    let diff = merge_zone(desired, id, &zc.name, facts, &zc.exclusions, &t.actual)?;
+    let mut m = ZoneMerge::new(desired, id, &zc.name, facts.clone(), &zc.exclusions, &t.actual)?;
+    m.merge = m.merge.with_sample(sample);
+    while let Some((_, d)) = m.next_owner()? {
+        if let Some(d) = d {
+            each(&d);
+        }
+    }
+    let addressed = m.addressed()?;
+    let diff = m.merge.finish(&addressed);
     Ok(ZoneCompared {
         soa: t.soa,
         transferred: t.transferred,
         diff,
         axfr_time: t.axfr_time,
         diff_time: started.elapsed(),
+        actual: t.actual,
+        facts,
     })
 }
 
 /// Transfers the zone (spilled in sorted runs as it arrives) and merges it
-/// with the database's published records, owner by owner.
+/// with the database's published records, owner by owner (see
+/// [`compare_transferred`]).
 pub(super) async fn compare_zone(
     desired: &BoundedDesired,
     id: ZoneId,
     zc: &ZoneConfig,
     timeout: Duration,
     budget: usize,
+    sample: usize,
+    each: &mut (dyn FnMut(&OwnerDiff) + Send),
 ) -> Result<ZoneCompared, ZoneCompareError> {
     let t = transfer_zone(&desired.dir, zc, timeout, budget).await?;
-    compare_transferred(desired, id, zc, t)
+    compare_transferred(desired, id, zc, t, sample, each)
 }
 
-/// The comparison of the database's records of `id` with the transferred
-/// runs, owner by owner.
-fn merge_zone(
-    desired: &BoundedDesired,
+/// The database's records of a zone merged with a transfer's runs, owner by
+/// owner, as a cursor: [`ZoneMerge::next_owner`] gives each owner's
+/// differences as the merge reaches it, so a pass that sends (the repair)
+/// or writes (the verifier's file) them holds one owner at a time.
+pub(super) struct ZoneMerge<'a> {
+    desired: &'a BoundedDesired,
     id: ZoneId,
-    zone: &ZoneName,
-    facts: ZoneFacts,
-    exclusions: &Exclusions,
-    actual: &Sorted,
-) -> Result<ZoneDiff, BoundedError> {
-    let spill_err = |source| BoundedError::Spill {
-        dir: desired.dir.path().to_path_buf(),
-        source,
-    };
-    let mut want = desired.zone_run(id).map_err(spill_err)?;
-    let mut have = actual.merge().map_err(spill_err)?;
-    let mut merge = OwnerMerge::new(zone, facts, exclusions);
-    let mut w = want.next_entry().map_err(spill_err)?;
-    let mut h = have.next_entry().map_err(spill_err)?;
-    let (mut wg, mut hg): (Vec<Record>, Vec<Record>) = (Vec::new(), Vec::new());
-    loop {
-        let wire: Vec<u8> = match (&w, &h) {
+    want: ZoneRun,
+    have: pg2dns_decoder::runs::Merge<spill::RunInput>,
+    w: Option<pg2dns_decoder::runs::Entry>,
+    h: Option<pg2dns_decoder::runs::Entry>,
+    /// The comparison (counts, sample, the MX/SRV that may wait).
+    pub merge: OwnerMerge<'a>,
+    wg: Vec<Record>,
+    hg: Vec<Record>,
+}
+
+impl<'a> ZoneMerge<'a> {
+    /// A merge of `desired`'s records of `id` with `actual` from the start.
+    pub fn new(
+        desired: &'a BoundedDesired,
+        id: ZoneId,
+        zone: &'a ZoneName,
+        facts: ZoneFacts,
+        exclusions: &'a Exclusions,
+        actual: &Sorted,
+    ) -> Result<ZoneMerge<'a>, BoundedError> {
+        let spill_err = |source| BoundedError::Spill {
+            dir: desired.dir.path().to_path_buf(),
+            source,
+        };
+        let mut want = desired.zone_run(id).map_err(spill_err)?;
+        let mut have = actual.merge().map_err(spill_err)?;
+        let w = want.next_entry().map_err(spill_err)?;
+        let h = have.next_entry().map_err(spill_err)?;
+        Ok(ZoneMerge {
+            desired,
+            id,
+            want,
+            have,
+            w,
+            h,
+            merge: OwnerMerge::new(zone, facts, exclusions),
+            wg: Vec::new(),
+            hg: Vec::new(),
+        })
+    }
+
+    fn spill_err(&self, source: io::Error) -> BoundedError {
+        BoundedError::Spill {
+            dir: self.desired.dir.path().to_path_buf(),
+            source,
+        }
+    }
+
+    /// The next owner: `None` after the last, else the owner and its
+    /// differences (`None` when it has none). Its records in DNS are
+    /// [`ZoneMerge::actual`].
+    pub fn next_owner(&mut self) -> Result<Option<(Owner, Option<OwnerDiff>)>, BoundedError> {
+        let wire: Vec<u8> = match (&self.w, &self.h) {
             (Some(a), Some(b)) => {
                 std::cmp::min(a.key.get(4..).ok_or(Damaged)?, &b.key[..]).to_vec()
             }
             (Some(a), None) => a.key.get(4..).ok_or(Damaged)?.to_vec(),
             (None, Some(b)) => b.key.clone(),
-            (None, None) => break,
+            (None, None) => return Ok(None),
         };
         let owner = owner_of(&wire)?;
-        wg.clear();
-        hg.clear();
-        while let Some(e) = w.as_ref().filter(|e| e.key.get(4..) == Some(&wire[..])) {
-            wg.push(decode_record(&owner, &e.value)?);
-            w = want.next_entry().map_err(spill_err)?;
+        self.wg.clear();
+        self.hg.clear();
+        while let Some(e) = self.w.as_ref().filter(|e| e.key.get(4..) == Some(&wire[..])) {
+            self.wg.push(decode_record(&owner, &e.value)?);
+            self.w = self.want.next_entry().map_err(|e| self.spill_err(e))?;
         }
-        while let Some(e) = h.as_ref().filter(|e| e.key == wire) {
-            hg.push(decode_record(&owner, &e.value)?);
-            h = have.next_entry().map_err(spill_err)?;
+        while let Some(e) = self.h.as_ref().filter(|e| e.key == wire) {
+            self.hg.push(decode_record(&owner, &e.value)?);
+            self.h = self.have.next_entry().map_err(|e| self.spill_err(e))?;
         }
-        merge.owner(&wg, &hg);
+        let d = self.merge.owner(&self.wg, &self.hg);
+        Ok(Some((owner, d)))
     }
-    // Whether the targets of missing MX and SRV records have a wanted
-    // address: a second read of the desired side, for those names only.
-    let targets = merge.waiting_targets();
-    let mut addressed = BTreeSet::new();
-    if !targets.is_empty() {
+
+    /// The records DNS holds at the owner [`ZoneMerge::next_owner`] gave
+    /// last (SOA, signatures and other records pg2dns does not own
+    /// included).
+    pub fn actual(&self) -> &[Record] {
+        &self.hg
+    }
+
+    /// After the last owner: whether the targets of missing MX and SRV
+    /// records have a wanted address (a second read of the desired side,
+    /// for those names only).
+    pub fn addressed(&self) -> Result<BTreeSet<Owner>, BoundedError> {
+        let targets = self.merge.waiting_targets();
+        let mut addressed = BTreeSet::new();
+        if targets.is_empty() {
+            return Ok(addressed);
+        }
         let wires: HashSet<Vec<u8>> = targets
             .iter()
             .map(|t| t.name().as_wire().to_vec())
             .collect();
-        let mut want = desired.zone_run(id).map_err(spill_err)?;
-        while let Some(e) = want.next_entry().map_err(spill_err)? {
+        let mut want = self.desired.zone_run(self.id).map_err(|e| self.spill_err(e))?;
+        while let Some(e) = want.next_entry().map_err(|e| self.spill_err(e))? {
             let wire = e.key.get(4..).ok_or(Damaged)?;
             if wires.contains(wire) {
                 let r = decode_record(&owner_of(wire)?, &e.value)?;
-                if merge.is_owned_address(&r) {
+                if self.merge.is_owned_address(&r) {
                     addressed.insert(r.owner);
                 }
             }
         }
+        Ok(addressed)
     }
-    Ok(merge.finish(&addressed))
 }
 
 /// What a row contributes to a zone, as an entry of the state runs: key
