@@ -126,7 +126,7 @@ impl OwnerDiff {
 /// The comparison of one zone.
 ///
 /// The counts are of every difference; [`ZoneDiff::owners`] may hold only
-/// the first of them (a sample, [`OwnerMerge::with_sample`]): a comparison
+/// the first owners (a sample, [`OwnerMerge::with_sample`]): a comparison
 /// of a million differences does not keep them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZoneDiff {
@@ -281,8 +281,11 @@ pub struct OwnerMerge<'a> {
     /// Whether the owner being compared has a wanted address (a name
     /// server's addresses are owned only then).
     db_addressed: bool,
-    /// Owners with differences kept in `owners` (the sample's size).
+    /// Differences (records) the sample in `owners` may hold: owners are
+    /// kept whole while fewer are kept.
     sample: usize,
+    /// Differences kept in `owners`.
+    kept: usize,
     owners_differing: usize,
     missing_count: usize,
     extra_count: usize,
@@ -305,6 +308,7 @@ impl<'a> OwnerMerge<'a> {
             candidates: Vec::new(),
             db_addressed: false,
             sample: usize::MAX,
+            kept: 0,
             owners_differing: 0,
             missing_count: 0,
             extra_count: 0,
@@ -313,10 +317,11 @@ impl<'a> OwnerMerge<'a> {
         }
     }
 
-    /// Keeps only the first `owners` owners with differences (in the order
-    /// they are fed) in [`ZoneDiff::owners`]; the counts count them all.
-    pub fn with_sample(mut self, owners: usize) -> OwnerMerge<'a> {
-        self.sample = owners;
+    /// Keeps in [`ZoneDiff::owners`] only the first owners with
+    /// differences (in the order they are fed), whole, while fewer than
+    /// `differences` records are kept; the counts count them all.
+    pub fn with_sample(mut self, differences: usize) -> OwnerMerge<'a> {
+        self.sample = differences;
         self
     }
 
@@ -329,12 +334,15 @@ impl<'a> OwnerMerge<'a> {
         self.missing_count += d.missing.len();
         self.extra_count += d.extra.len();
         self.ttl_count += d.ttl.len();
+        let n = d.missing.len() + d.extra.len() + d.ttl.len();
         if let Some(kept) = self.owners.get_mut(owner) {
             kept.missing.extend(d.missing.iter().cloned());
             kept.extra.extend(d.extra.iter().cloned());
             kept.ttl.extend(d.ttl.iter().cloned());
-        } else if self.owners.len() < self.sample {
+            self.kept += n;
+        } else if self.kept < self.sample {
             self.owners.insert(owner.clone(), d.clone());
+            self.kept += n;
         }
     }
 
@@ -1293,7 +1301,9 @@ mod tests {
             prop_assert_eq!(sampled.owners_differing, whole.owners.len());
             prop_assert_eq!(sampled.is_in_sync(), whole.is_in_sync());
             prop_assert_eq!(&sampled.waiting, &whole.waiting);
-            prop_assert!(sampled.owners.len() <= sample);
+            let kept: usize = sampled.owners.values().map(|o| o.missing.len() + o.extra.len() + o.ttl.len()).sum();
+            prop_assert!(sampled.owners.len() <= sample || kept < sample + 8, "{kept} kept of a sample of {sample}");
+            prop_assert_eq!(sampled.is_sampled(), sampled.owners.len() < whole.owners.len());
             for (o, d) in &sampled.owners {
                 prop_assert_eq!(Some(d), whole.owners.get(o));
             }

@@ -84,11 +84,12 @@ pub const MIN_RECORDS_FOR_THRESHOLD: usize = 10;
 /// progress before it gives up.
 pub const MAX_GUARD_FAILURES: usize = 3;
 
-/// Owners with differences a zone's report lists (the counts count them
-/// all), and records pg2dns never published a first load lists: a first
-/// load of a million records, every one a difference, holds a thousand.
-/// A zone compared with a zone file (`--zone-file`) lists them all.
-pub const REPORT_SAMPLE: usize = 1000;
+/// Differences a zone's report lists (the first owners' whole, up to this
+/// many records; the counts count them all), and records pg2dns never
+/// published a first load lists: a first load of a million records, every
+/// one a difference, holds ten thousand. A zone compared with a zone file
+/// (`--zone-file`) lists them all.
+pub const REPORT_SAMPLE: usize = 10_000;
 /// Test hook: milliseconds to wait between the transfer and the first
 /// repair message (lets a test change the zone meanwhile).
 pub const PAUSE_BEFORE_REPAIR_ENV: &str = "PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS";
@@ -2098,7 +2099,7 @@ impl<'o> Unowned<'o> {
 }
 
 /// One zone compared (and with `--apply` repaired) in bounded memory: the
-/// report keeps counts and the first [`REPORT_SAMPLE`] owners; the
+/// report keeps counts and the first [`REPORT_SAMPLE`] differences; the
 /// verifier's file and the repair are made by merging the runs again, owner
 /// by owner, as the merge produces them.
 #[allow(clippy::too_many_arguments)]
@@ -2205,8 +2206,18 @@ async fn reconcile_zone_bounded(
         }
     }
     let started = Instant::now();
-    if let Err(e) =
-        repair_streamed(config, zc, id, desired, options, owned, budget, first, &mut outcome).await
+    if let Err(e) = repair_streamed(
+        config,
+        zc,
+        id,
+        desired,
+        options,
+        owned,
+        budget,
+        first,
+        &mut outcome,
+    )
+    .await
     {
         outcome.error = Some(e);
     }
@@ -2533,7 +2544,8 @@ async fn reconcile_zone(
     if let Some(verifier) = &zc.verify {
         bar.set_message(format!("zone {}: verifying the repaired zone", zc.name));
         let repaired = after_repair(&transfer.records, &first);
-        let written = |path: &std::path::Path| std::fs::write(path, zonefile::write(&zc.name, &repaired));
+        let written =
+            |path: &std::path::Path| std::fs::write(path, zonefile::write(&zc.name, &repaired));
         match verify(&zc.name, verifier, written).await {
             Ok(()) => outcome.verified = true,
             Err(refusal) => {

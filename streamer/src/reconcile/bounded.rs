@@ -796,7 +796,14 @@ pub(super) fn compare_transferred(
     let started = Instant::now();
     let mut facts = desired.facts.get(&id).cloned().unwrap_or_default();
     facts.name_servers.extend(t.facts.name_servers);
-    let mut m = ZoneMerge::new(desired, id, &zc.name, facts.clone(), &zc.exclusions, &t.actual)?;
+    let mut m = ZoneMerge::new(
+        desired,
+        id,
+        &zc.name,
+        facts.clone(),
+        &zc.exclusions,
+        &t.actual,
+    )?;
     m.merge = m.merge.with_sample(sample);
     while let Some((_, d)) = m.next_owner()? {
         if let Some(d) = d {
@@ -902,7 +909,11 @@ impl<'a> ZoneMerge<'a> {
         let owner = owner_of(&wire)?;
         self.wg.clear();
         self.hg.clear();
-        while let Some(e) = self.w.as_ref().filter(|e| e.key.get(4..) == Some(&wire[..])) {
+        while let Some(e) = self
+            .w
+            .as_ref()
+            .filter(|e| e.key.get(4..) == Some(&wire[..]))
+        {
             self.wg.push(decode_record(&owner, &e.value)?);
             self.w = self.want.next_entry().map_err(|e| self.spill_err(e))?;
         }
@@ -934,7 +945,10 @@ impl<'a> ZoneMerge<'a> {
             .iter()
             .map(|t| t.name().as_wire().to_vec())
             .collect();
-        let mut want = self.desired.zone_run(self.id).map_err(|e| self.spill_err(e))?;
+        let mut want = self
+            .desired
+            .zone_run(self.id)
+            .map_err(|e| self.spill_err(e))?;
         while let Some(e) = want.next_entry().map_err(|e| self.spill_err(e))? {
             let wire = e.key.get(4..).ok_or(Damaged)?;
             if wires.contains(wire) {
