@@ -47,8 +47,8 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pg2dns_decoder::diff::{self, ZoneDiff};
-use pg2dns_decoder::mapping::{RowKey, RowUpdate};
-use pg2dns_decoder::plan::{Loaded, Planner, SourceId};
+use pg2dns_decoder::mapping::RowKey;
+use pg2dns_decoder::plan::SourceId;
 use pg2dns_decoder::row::TextRow;
 use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::tsig;
@@ -688,41 +688,8 @@ impl Report {
     }
 }
 
-/// What the database wants: per zone, the desired records, and per row the
-/// records it contributes (for the row state).
-struct Desired {
-    rows: usize,
-    refused: usize,
-    /// Per zone, the refused rows (`source row_key: reason`).
-    refusals: BTreeMap<ZoneId, Vec<String>>,
-    records: BTreeMap<ZoneId, Vec<Record>>,
-    /// Per zone and source (index as the stream numbers them); only kept
-    /// for `--apply`, which rewrites the row state.
-    contributions: BTreeMap<ZoneId, BTreeMap<SourceId, Contributions>>,
-    /// The sources' names, by index.
-    sources: Vec<String>,
-    /// The rows of the referenced zones tables, as read.
-    refs: pg2dns_decoder::mapping::source::zones_table::ZoneRefs,
-}
-
 /// Rows of one source in one zone, each with the records it contributes.
 type Contributions = Vec<(RowKey, Vec<Record>)>;
-
-/// Reads `pg2dns.rr` and every `[[source]]` table now and plans their rows
-/// together as the stream would (source ids as the stream numbers them).
-async fn read_desired(
-    store: &Store,
-    config: &Config,
-    snapshot: Option<&str>,
-    bar: &ProgressBar,
-    keep_rows: bool,
-) -> Result<Desired, StoreError> {
-    let with_rr = has_schema(store).await?;
-    begin_snapshot(store, snapshot).await?;
-    let desired = read_desired_now(store, config, bar, keep_rows, with_rr).await;
-    end_snapshot(store, snapshot).await?;
-    desired
-}
 
 /// Reads at the exported `snapshot` from now on (nothing when `None`).
 async fn begin_snapshot(store: &Store, snapshot: Option<&str>) -> Result<(), StoreError> {
@@ -753,93 +720,6 @@ async fn end_snapshot(store: &Store, snapshot: Option<&str>) -> Result<(), Store
             .map_err(sql("cannot end the snapshot's transaction"))?;
     }
     Ok(())
-}
-
-/// Reads the source tables in the connection's current transaction.
-async fn read_desired_now(
-    store: &Store,
-    config: &Config,
-    bar: &ProgressBar,
-    keep_rows: bool,
-    with_rr: bool,
-) -> Result<Desired, StoreError> {
-    let (zones, limits) = plan_context(store, config).await?;
-    let mappings = crate::pipeline::mappings(config);
-    let queries = source_queries(config, with_rr);
-    let mut planner = Planner::new(&zones, &limits, Loaded::default());
-    if !keep_rows {
-        // The comparison needs what the zones publish, not each row's part.
-        planner = planner.forgetting_rows();
-    }
-    let mut rows = 0;
-    for (i, (mapping, query)) in mappings.iter().zip(&queries).enumerate() {
-        let source = SourceId::new(i)?;
-        each_row(store, query, |row| {
-            let Some(key) = mapping.key(&row) else {
-                return Ok(());
-            };
-            rows += 1;
-            if rows % 4096 == 0 {
-                bar.set_position(rows as u64);
-            }
-            let image = mapping.records(&row, &zones);
-            planner.apply(
-                source,
-                RowUpdate {
-                    key,
-                    lsn: Lsn::ZERO,
-                    image,
-                },
-            );
-            planner.end_segment();
-            Ok::<(), StoreError>(())
-        })
-        .await?;
-    }
-    bar.set_position(rows as u64);
-    // What the stream publishes: the planner's own projection of its state.
-    let records = planner.published();
-    let outcome = planner.finish();
-    let mut contributions: BTreeMap<ZoneId, BTreeMap<SourceId, Contributions>> = BTreeMap::new();
-    for ((source, key), desired) in outcome.rows {
-        if !keep_rows {
-            break;
-        }
-        let mut per_zone: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
-        for d in desired {
-            per_zone.entry(d.zone).or_default().push(d.record);
-        }
-        for (zone, recs) in per_zone {
-            contributions
-                .entry(zone)
-                .or_default()
-                .entry(source)
-                .or_default()
-                .push((key.clone(), recs));
-        }
-    }
-    let mut refusals: BTreeMap<ZoneId, Vec<String>> = BTreeMap::new();
-    for r in &outcome.rejections {
-        if let Some(zone) = r.zone {
-            let source = mappings
-                .get(usize::from(r.source.0))
-                .map_or("", |m| m.source());
-            refusals.entry(zone).or_default().push(format!(
-                "{source} {}: {}",
-                r.key,
-                pg2dns_decoder::error_chain(&r.reason)
-            ));
-        }
-    }
-    Ok(Desired {
-        rows,
-        refused: outcome.rejections.len(),
-        refusals,
-        records,
-        contributions,
-        sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
-        refs: zones.refs().clone(),
-    })
 }
 
 /// The zones (with the zones tables' rows, read in the current transaction)
@@ -929,59 +809,6 @@ async fn each_row<E: From<StoreError>>(
         each(TextRow::new(cols, values))?;
     }
     Ok(())
-}
-
-/// The desired side while an operator has paused the service at P: the row
-/// state, read in the transaction that holds the pause (see
-/// [`hold_operator_pause`]).
-///
-/// Why the row state: it holds, per source row, the records last sent to
-/// DNS, committed with the progress LSN, and the pause commits its
-/// checkpoint at P before `pg2dns.mode` says paused. So it is exactly what
-/// DNS held after every transaction before P and none after, whereas the
-/// tables hold what was committed since, which the service has not read yet
-/// (the slot keeps it). Its records are published as the planner publishes
-/// them (one TTL per RRset, `one_ptr`); rows refused or kept waiting for an
-/// address are not in it, as they are not in DNS.
-async fn read_desired_paused(
-    store: &Store,
-    config: &Config,
-    selected: &[ZoneId],
-) -> Result<Desired, StoreError> {
-    let zones = config.zones();
-    let names: Vec<String> = selected
-        .iter()
-        .map(|&id| config.zones[id.index()].name.to_string())
-        .collect();
-    let state = store.zone_state(&names).await?;
-    // Published as the planner publishes its state.
-    // The state was read for the selected zones only: a record of another
-    // zone left out would be deleted from DNS by the repair.
-    let contributions = state
-        .records
-        .into_iter()
-        .map(|(zone, record)| {
-            let id = ZoneName::parse(&zone).ok().and_then(|z| zones.id_of(&z));
-            let zone = id.ok_or_else(|| StoreError::Corrupt {
-                table: "row_state",
-                detail: format!(
-                    "zone {zone:?} of {} {}, which is not configured",
-                    record.owner, record.rtype
-                ),
-            })?;
-            Ok(pg2dns_decoder::mapping::Desired { zone, record })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    let records = pg2dns_decoder::plan::publish(contributions, &config.plan_limits().one_ptr);
-    Ok(Desired {
-        rows: state.rows,
-        refused: 0,
-        refusals: BTreeMap::new(),
-        records,
-        contributions: BTreeMap::new(),
-        sources: Vec::new(),
-        refs: Default::default(),
-    })
 }
 
 /// Whether the pg2dns schema is installed (`pg2dns.rr` exists).
@@ -1710,161 +1537,13 @@ async fn compare(
     owned: Option<&BTreeMap<String, std::collections::HashSet<RecordKey>>>,
     paused: Option<&OperatorPause>,
 ) -> Result<Report, ReconcileError> {
-    if paused.is_none() {
-        return compare_bounded(config, options, store, selected, snapshot, owned).await;
-    }
-    let started = Instant::now();
-    let bar = progress_bar(options.progress);
-    let desired = match paused {
-        // Paused by an operator: DNS as of the pause is the row state (and
-        // stays so: the row state is not rewritten).
-        Some(pause) => {
-            bar.set_message("reading pg2dns's row state");
-            let desired = read_desired_paused(store, config, selected).await?;
-            info!(lsn = %pause.lsn, wal = %pause.wal, rows = desired.rows, "{}", pause.describe());
-            desired
-        }
-        None => {
-            bar.set_message("reading the tables");
-            // What each row contributes is kept only to rewrite the row state.
-            let desired = read_desired(store, config, snapshot, &bar, options.apply).await?;
-            info!(
-                rows = desired.rows,
-                refused = desired.refused,
-                ms = started.elapsed().as_millis() as u64,
-                "read pg2dns.rr and the source tables"
-            );
-            desired
-        }
-    };
-    let read_time = started.elapsed();
-    let mut outcomes = Vec::new();
-    // Zones are transferred, compared and repaired several at once, at most
-    // TRANSFERS_PER_SERVER per server; outcomes come back (and the row state
-    // is written) in configuration order.
-    let mut per_server: std::collections::HashMap<SocketAddr, Arc<tokio::sync::Semaphore>> =
-        std::collections::HashMap::new();
-    for &id in selected {
-        per_server
-            .entry(config.zones[id.index()].primary)
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(TRANSFERS_PER_SERVER)));
-    }
-    let window = TRANSFERS_PER_SERVER * per_server.len().max(1);
-    let empty = std::collections::HashSet::new();
-    let mut zones = futures_util::stream::iter(selected.iter().copied().map(|id| {
-        let zc = &config.zones[id.index()];
-        let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-        let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
-        let server = Arc::clone(&per_server[&zc.primary]);
-        let bar = &bar;
-        async move {
-            // The semaphore is never closed: a permit always comes.
-            let _permit = server.acquire_owned().await;
-            bar.set_message(format!("zone {}", zc.name));
-            (
-                id,
-                reconcile_zone(config, zc, wanted, options, owned, bar).await,
-            )
-        }
-    }))
-    .buffered(window);
-    // The row state is written (one zone after the other, in order) while
-    // the next zones' transfers go on; at most `window` outcomes wait.
-    let (send, mut done) = tokio::sync::mpsc::channel(window);
-    let produce = async move {
-        while let Some(item) = zones.next().await {
-            if send.send(item).await.is_err() {
-                break;
-            }
-        }
-    };
-    let consume = async {
-        while let Some((id, mut outcome)) = done.recv().await {
-            let zc = &config.zones[id.index()];
-            let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-            outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
-            if let Some((path, file)) = options.read_files.get(&id) {
-                outcome.zone_file = Some(FileSide {
-                    path: path.clone(),
-                    records: file.records.len(),
-                    skipped: file.skipped.len(),
-                    three_way: zonefile::three_way(
-                        &zc.name,
-                        file,
-                        wanted,
-                        outcome.diff.as_ref(),
-                        &zc.exclusions,
-                    ),
-                });
-            }
-            if options.apply
-                && paused.is_none()
-                && outcome.error.is_none()
-                && outcome.in_sync_after == Some(true)
-            {
-                // One transaction per source: every source's state of the
-                // zone, emptied ones included, is rewritten; a row with a
-                // record still waiting for its target's address is kept aside
-                // as the stream keeps it (pg2dns.waiting, no row state).
-                for (i, name) in desired.sources.iter().enumerate() {
-                    let source = SourceId::new(i).map_err(StoreError::from)?;
-                    let rows = desired
-                        .contributions
-                        .get(&id)
-                        .and_then(|by_source| by_source.get(&source))
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[]);
-                    let (held, kept) = split_waiting(rows, &outcome.waiting_after);
-                    let published: Vec<(RowKey, Vec<Record>)>;
-                    let published = if held.is_empty() {
-                        rows
-                    } else {
-                        published = kept.into_iter().cloned().collect();
-                        &published
-                    };
-                    if let Err(source) = store
-                        .replace_zone_state(name, &zc.name, published, &held)
-                        .await
-                    {
-                        outcome.error = Some(ZoneError::State {
-                            zone: zc.name.clone(),
-                            source,
-                        });
-                        break;
-                    }
-                }
-            }
-            outcomes.push(outcome);
-        }
-        Ok::<(), ReconcileError>(())
-    };
-    let ((), consumed) = tokio::join!(produce, consume);
-    consumed?;
-    bar.finish_and_clear();
-    if options.apply && paused.is_none() {
-        // The stream goes on from the moment the tables were read: it
-        // resolves zone references as they were then.
-        store
-            .replace_zone_refs(&config.zones_tables(), &desired.refs)
-            .await?;
-    }
-    Ok(Report {
-        rows: desired.rows,
-        refused_rows: desired.refused,
-        read_time,
-        total_time: started.elapsed(),
-        paused_time: None,
-        zones: outcomes,
-        applied: options.apply,
-        paused_at: paused.cloned(),
-        spilled_runs: 0,
-    })
+    compare_bounded(config, options, store, selected, snapshot, owned, paused).await
 }
 
-/// [`compare`] of the tables (not of an operator's pause) in bounded
-/// memory: the desired side and each transfer go through sorted runs on
-/// disk (see [`bounded`]), and `--apply` writes the row state back from
-/// them in batches.
+/// [`compare`] in bounded memory: the desired side (the tables, or the row
+/// state of a service an operator paused) and each transfer go through
+/// sorted runs on disk (see [`bounded`]), and `--apply` of the tables
+/// writes the row state back from them in batches.
 async fn compare_bounded(
     config: &Config,
     options: &Options,
@@ -1872,6 +1551,7 @@ async fn compare_bounded(
     selected: &[ZoneId],
     snapshot: Option<&str>,
     owned: Option<&BTreeMap<String, std::collections::HashSet<RecordKey>>>,
+    paused: Option<&OperatorPause>,
 ) -> Result<Report, ReconcileError> {
     let started = Instant::now();
     let bar = progress_bar(options.progress);
@@ -1903,6 +1583,14 @@ async fn compare_bounded(
     // database and the DNS server work at once (the transfer needs nothing
     // of the desired side until the merge).
     let read = async {
+        if let Some(pause) = paused {
+            // Paused by an operator: DNS as of the pause is the row state
+            // (and stays so: the row state is not rewritten).
+            bar.set_message("reading pg2dns's row state");
+            let desired = bounded::read_paused(store, config, selected, Arc::clone(&dir)).await?;
+            info!(lsn = %pause.lsn, wal = %pause.wal, rows = desired.rows, "{}", pause.describe());
+            return Ok(desired);
+        }
         begin_snapshot(store, snapshot).await?;
         let desired = bounded::read_desired(
             store,
@@ -2036,7 +1724,7 @@ async fn compare_bounded(
     let ((), consumed) = tokio::join!(produce, consume);
     consumed?;
     bar.finish_and_clear();
-    if options.apply {
+    if options.apply && paused.is_none() {
         // The stream goes on from the moment the tables were read: it
         // resolves zone references as they were then.
         store
@@ -2051,7 +1739,7 @@ async fn compare_bounded(
         paused_time: None,
         zones: outcomes,
         applied: options.apply,
-        paused_at: None,
+        paused_at: paused.cloned(),
         spilled_runs: dir.runs_written(),
     })
 }
@@ -2481,234 +2169,6 @@ fn empty_outcome(zc: &ZoneConfig) -> ZoneOutcome {
     }
 }
 
-/// What the safety rules say of a repair of `first`: past the share
-/// threshold, or deleting records pg2dns never published (a first load).
-fn judge(
-    config: &Config,
-    options: &Options,
-    owned: Option<&std::collections::HashSet<RecordKey>>,
-    first: &ZoneDiff,
-    outcome: &mut ZoneOutcome,
-) {
-    let needs_repair = !first.is_in_sync();
-    outcome.refused_by_threshold = needs_repair
-        && first.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
-        && !options.force;
-    if let Some(owned) = owned {
-        outcome.unowned_deletes = first
-            .owners
-            .values()
-            .flat_map(|o| o.extra.iter())
-            .filter(|r| !owned.contains(&record_key(r)))
-            .cloned()
-            .collect();
-        outcome.unowned_count = outcome.unowned_deletes.len();
-        outcome.refused_unowned = !outcome.unowned_deletes.is_empty() && !options.force;
-    }
-}
-
-async fn reconcile_zone(
-    config: &Config,
-    zc: &ZoneConfig,
-    wanted: &[Record],
-    options: &Options,
-    owned: Option<&std::collections::HashSet<RecordKey>>,
-    bar: &ProgressBar,
-) -> ZoneOutcome {
-    let mut outcome = empty_outcome(zc);
-    let timeout = config.limits.dns_timeout;
-    let started = Instant::now();
-    let transfer = match axfr::transfer(&zc.name, zc.primary, &zc.key, timeout).await {
-        Ok(t) => t,
-        Err(e) => {
-            outcome.error = Some(e.into());
-            return outcome;
-        }
-    };
-    outcome.axfr_time = started.elapsed();
-    outcome.transferred = transfer.records.len();
-    bar.set_message(format!(
-        "zone {}: comparing {} records with {} wanted",
-        zc.name,
-        transfer.records.len(),
-        wanted.len()
-    ));
-    let started = Instant::now();
-    let first = diff::diff_excluding(&zc.name, wanted, &transfer.records, &zc.exclusions);
-    outcome.diff_time = started.elapsed();
-    judge(config, options, owned, &first, &mut outcome);
-    outcome.diff = Some(first.clone());
-    if !options.apply || outcome.refused_by_threshold || outcome.refused_unowned {
-        return outcome;
-    }
-    if let Some(verifier) = &zc.verify {
-        bar.set_message(format!("zone {}: verifying the repaired zone", zc.name));
-        let repaired = after_repair(&transfer.records, &first);
-        let written =
-            |path: &std::path::Path| std::fs::write(path, zonefile::write(&zc.name, &repaired));
-        match verify(&zc.name, verifier, written).await {
-            Ok(()) => outcome.verified = true,
-            Err(refusal) => {
-                warn!(zone = %zc.name, command = %refusal.command, reason = %refusal.reason, "the verifier refused the repair; nothing was sent");
-                outcome.verify_refused = Some(refusal);
-                return outcome;
-            }
-        }
-    }
-    bar.set_message(format!("zone {}: repairing", zc.name));
-    let started = Instant::now();
-    let rediff = move || async move {
-        let t = axfr::transfer(&zc.name, zc.primary, &zc.key, timeout).await?;
-        let d = diff::diff_excluding(&zc.name, wanted, &t.records, &zc.exclusions);
-        Ok((t.soa.rdata, d))
-    };
-    if let Err(e) = repair(
-        config,
-        zc,
-        options,
-        owned,
-        transfer.soa.rdata.clone(),
-        &first,
-        &mut outcome,
-        rediff,
-    )
-    .await
-    {
-        outcome.error = Some(e);
-    }
-    outcome.repair_time = started.elapsed();
-    outcome
-}
-
-/// Sends the repair, starting again from a fresh transfer when the SOA guard
-/// fails; ends with a transfer that checks the zone is in sync.
-#[allow(clippy::too_many_arguments)]
-async fn repair<Rediff>(
-    config: &Config,
-    zc: &ZoneConfig,
-    options: &Options,
-    owned: Option<&std::collections::HashSet<RecordKey>>,
-    mut soa_seen: pg2dns_decoder::Rdata,
-    first: &ZoneDiff,
-    outcome: &mut ZoneOutcome,
-    rediff: impl Fn() -> Rediff,
-) -> Result<(), ZoneError>
-where
-    Rediff: std::future::Future<Output = Result<(pg2dns_decoder::Rdata, ZoneDiff), ZoneError>>,
-{
-    let timeout = config.limits.dns_timeout;
-    let zone = &zc.name;
-    // The stream's budget for this zone (see `Config::plan_limits`).
-    let budget = Budget {
-        max_message_bytes: config.limits.max_message_bytes,
-        tsig_record_len: zc.key.record_len(),
-    };
-    let mut failures = 0;
-    let mut first_attempt = true;
-    // The comparison after a failed guard (the first one until then).
-    let mut fresh: Option<ZoneDiff> = None;
-    loop {
-        let current = fresh.as_ref().unwrap_or(first);
-        if !current.is_in_sync() {
-            let messages =
-                diff::repair_messages(current, soa_seen.len(), budget).map_err(|source| {
-                    ZoneError::Plan {
-                        zone: zone.clone(),
-                        source,
-                    }
-                })?;
-            if first_attempt {
-                test_pause().await;
-                first_attempt = false;
-            }
-            let mut soa = soa_seen.clone();
-            let mut conn = Connection::connect(zc.primary)
-                .await
-                .map_err(|e| update_err(zc, format!("cannot connect: {e}")))?;
-            // The SOA a failed guard expected.
-            let mut guard_failed = None;
-            for ops in &messages {
-                let id = axfr::fresh_id();
-                let guard = (!options.unguarded).then_some(&soa);
-                let wire = diff::encode_repair(zone, id, guard, ops).map_err(|source| {
-                    ZoneError::Plan {
-                        zone: zone.clone(),
-                        source,
-                    }
-                })?;
-                let rcode = send(&mut conn, zc, &wire, timeout).await?;
-                if rcode == Rcode::NOERROR {
-                    outcome.messages_applied += 1;
-                    failures = 0;
-                    soa = diff::next_serial(&soa).unwrap_or(soa);
-                } else if (rcode == Rcode::NXRRSET || rcode == Rcode::YXRRSET) && !options.unguarded
-                {
-                    guard_failed = Some(soa.clone());
-                    break;
-                } else {
-                    return Err(ZoneError::Refused {
-                        zone: zone.clone(),
-                        server: zc.primary,
-                        rcode,
-                        hint: rcode.hint(),
-                    });
-                }
-            }
-            if let Some(expected) = guard_failed {
-                failures += 1;
-                outcome.retries += 1;
-                warn!(zone = %zone, failures, "the zone changed since the transfer (SOA prerequisite failed): transferring it again");
-                if failures >= MAX_GUARD_FAILURES {
-                    return Err(ZoneError::KeepsChanging {
-                        zone: zone.clone(),
-                        attempts: failures,
-                    });
-                }
-                let (soa, again) = rediff().await?;
-                soa_seen = soa;
-                let current = fresh.insert(again);
-                if soa_seen == expected {
-                    return Err(ZoneError::GuardUnusable {
-                        zone: zone.clone(),
-                        server: zc.primary,
-                    });
-                }
-                // A first load refuses records that appeared meanwhile as
-                // it refuses those it saw first.
-                if let (Some(owned), false) = (owned, options.force) {
-                    let unowned: Vec<Record> = current
-                        .owners
-                        .values()
-                        .flat_map(|o| o.extra.iter())
-                        .filter(|r| !owned.contains(&record_key(r)))
-                        .cloned()
-                        .collect();
-                    if !unowned.is_empty() {
-                        outcome.unowned_count = unowned.len();
-                        outcome.unowned_deletes = unowned;
-                        outcome.refused_unowned = true;
-                        outcome.in_sync_after = Some(false);
-                        return Ok(());
-                    }
-                }
-                if current.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
-                    && !options.force
-                {
-                    outcome.refused_by_threshold = true;
-                    outcome.in_sync_after = Some(false);
-                    return Ok(());
-                }
-                continue;
-            }
-        }
-        // Check: a fresh transfer must show the zone in sync.
-        let (_, last) = rediff().await?;
-        outcome.in_sync_after = Some(last.is_in_sync());
-        outcome.waiting_after = last.waiting;
-        return Ok(());
-    }
-}
-
 fn update_err(zc: &ZoneConfig, detail: String) -> ZoneError {
     ZoneError::Update {
         zone: zc.name.clone(),
@@ -2942,27 +2402,6 @@ fn file_side_json(f: &FileSide, rec: &dyn Fn(&Record) -> serde_json::Value) -> s
             v
         }).collect::<Vec<_>>(),
     })
-}
-
-/// The zone as it will be after the repair: the transfer (SOA and records
-/// pg2dns does not own included) with the difference applied.
-fn after_repair(transferred: &[Record], d: &ZoneDiff) -> Vec<Record> {
-    let removed: std::collections::HashSet<(&Owner, RType, &pg2dns_decoder::Rdata)> = d
-        .owners
-        .values()
-        .flat_map(|o| o.extra.iter().chain(o.ttl.iter().map(|t| &t.wanted)))
-        .map(|r| (&r.owner, r.rtype, &r.rdata))
-        .collect();
-    let mut out: Vec<Record> = transferred
-        .iter()
-        .filter(|r| !removed.contains(&(&r.owner, r.rtype, &r.rdata)))
-        .cloned()
-        .collect();
-    for o in d.owners.values() {
-        out.extend(o.missing.iter().cloned());
-        out.extend(o.ttl.iter().map(|t| t.wanted.clone()));
-    }
-    out
 }
 
 /// The verifier's output kept in the report, in bytes.

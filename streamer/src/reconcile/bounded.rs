@@ -1063,3 +1063,158 @@ impl StateRows {
         Ok((!rows.is_empty()).then_some(rows))
     }
 }
+
+/// The desired side of a service an operator paused: this slot's row state
+/// of the `selected` zones (what DNS held after every transaction before
+/// the pause), streamed into sorted runs by (zone, owner) and published
+/// owner by owner as the planner publishes its state (`plan::publish`: one
+/// TTL per RRset, `one_ptr`), into the same file of published records the
+/// tables' read writes: then compared by the same merge.
+pub(super) async fn read_paused(
+    store: &Store,
+    config: &Config,
+    selected: &[ZoneId],
+    dir: Arc<SpillDir>,
+) -> Result<BoundedDesired, BoundedError> {
+    use futures_util::TryStreamExt;
+    let spill_err = |source| BoundedError::Spill {
+        dir: dir.path().to_path_buf(),
+        source,
+    };
+    let read = crate::store::sql("cannot read pg2dns.row_state");
+    let corrupt = |detail: String| {
+        BoundedError::Store(StoreError::Corrupt {
+            table: "row_state",
+            detail,
+        })
+    };
+    let zones = config.zones();
+    let names: Vec<String> = selected
+        .iter()
+        .map(|&id| config.zones[id.index()].name.to_string())
+        .collect();
+    let slot = store.slot().to_owned();
+    let rows: i64 = store
+        .client()
+        .query_one(
+            "SELECT count(*) FROM (SELECT DISTINCT source, row_key FROM pg2dns.row_state \
+             WHERE slot = $1 AND zone = ANY($2)) AS r",
+            &[&slot, &names],
+        )
+        .await
+        .map_err(crate::store::sql("cannot read pg2dns.row_state"))?
+        .get(0);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&slot, &names];
+    let stream = store
+        .client()
+        .query_raw(
+            "SELECT zone, owner, rtype, rdata, min(ttl) FROM pg2dns.row_state \
+             WHERE slot = $1 AND zone = ANY($2) GROUP BY zone, owner, rtype, rdata",
+            params,
+        )
+        .await
+        .map_err(read)?;
+    futures_util::pin_mut!(stream);
+    let budget = spill::budget(config.reconcile.memory_mib, 0.5);
+    let mut state = Sorter::new(Arc::clone(&dir), "paused", budget);
+    let mut ids: HashMap<String, ZoneId> = HashMap::new();
+    while let Some(r) = stream
+        .try_next()
+        .await
+        .map_err(crate::store::sql("cannot read pg2dns.row_state"))?
+    {
+        let zone: String = r.get(0);
+        let id = match ids.get(&zone) {
+            Some(id) => *id,
+            None => {
+                // The state was read for the selected zones only: a record
+                // of another zone left out would be deleted from DNS.
+                let id = ZoneName::parse(&zone)
+                    .ok()
+                    .and_then(|z| zones.id_of(&z))
+                    .ok_or_else(|| corrupt(format!("zone {zone:?} is not configured")))?;
+                ids.insert(zone, id);
+                id
+            }
+        };
+        let owner: Vec<u8> = r.get(1);
+        let rtype: i32 = r.get(2);
+        let rtype = u16::try_from(rtype)
+            .map_err(|_| corrupt(format!("record type {rtype} is out of range")))?;
+        let ttl: i32 = r.get(4);
+        let ttl = u32::try_from(ttl).map_err(|_| corrupt(format!("TTL {ttl} is out of range")))?;
+        let rdata: Vec<u8> = r.get(3);
+        let owner =
+            owner_of(&owner).map_err(|_| corrupt(format!("owner name {owner:?} is not a name")))?;
+        let record = Record {
+            owner,
+            rtype: RType(rtype),
+            ttl,
+            rdata: Rdata::from_wire(&rdata),
+        };
+        state
+            .push(&owner_key(id, &record.owner), &record_value(&record))
+            .map_err(spill_err)?;
+    }
+    let sorted = state.finish().map_err(spill_err)?;
+    let one_ptr = config.plan_limits().one_ptr;
+    let published = dir.file("published-paused");
+    let mut writer = BufWriter::new(std::fs::File::create(&published).map_err(spill_err)?);
+    let mut ranges: HashMap<ZoneId, (u64, u64, usize)> = HashMap::new();
+    let mut facts: HashMap<ZoneId, ZoneFacts> = HashMap::new();
+    let mut offset = 0u64;
+    let mut merge = sorted.merge().map_err(spill_err)?;
+    let mut next = merge.next_entry().map_err(spill_err)?;
+    let mut group: Vec<Desired> = Vec::new();
+    while let Some(first) = next.take() {
+        let key = first.key.clone();
+        let zone = ZoneId(u32::from_be_bytes(
+            key.get(..4)
+                .and_then(|k| k.try_into().ok())
+                .ok_or(Damaged)?,
+        ));
+        let owner = owner_of(key.get(4..).ok_or(Damaged)?)?;
+        group.clear();
+        group.push(Desired {
+            zone,
+            record: decode_record(&owner, &first.value)?,
+        });
+        next = merge.next_entry().map_err(spill_err)?;
+        while let Some(e) = next.as_ref().filter(|e| e.key == key) {
+            group.push(Desired {
+                zone,
+                record: decode_record(&owner, &e.value)?,
+            });
+            next = merge.next_entry().map_err(spill_err)?;
+        }
+        for (zone, records) in pg2dns_decoder::plan::publish(group.drain(..), &one_ptr) {
+            let zone_name = zones.name(zone);
+            let f = facts.entry(zone).or_default();
+            let range = ranges.entry(zone).or_insert((offset, offset, 0));
+            for r in records {
+                f.desired(zone_name, &r);
+                let key = owner_key(zone, &r.owner);
+                let value = record_value(&r);
+                runs::write_entry(&mut writer, &key, &value).map_err(spill_err)?;
+                offset += runs::entry_len(&key, &value);
+                range.1 = offset;
+                range.2 += 1;
+            }
+        }
+    }
+    writer.flush().map_err(spill_err)?;
+    Ok(BoundedDesired {
+        // A count is never negative.
+        rows: usize::try_from(rows).unwrap_or(0),
+        refused: 0,
+        refusals: BTreeMap::new(),
+        published,
+        ranges,
+        facts,
+        passes: 1,
+        sources: Vec::new(),
+        refs: Default::default(),
+        contributions: None,
+        dir,
+    })
+}
