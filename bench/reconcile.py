@@ -230,8 +230,8 @@ def firstload(args, n):
                 "INSERT INTO ipam.hosts "
                 "SELECT g, 'h' || g || '.example.test', "
                 "('10.' || (g >> 16) || '.' || ((g >> 8) & 255) || '.' || (g & 255))::inet "
-                f"FROM generate_series(1, {n}) AS g;"
-                "VACUUM ANALYZE ipam.hosts")
+                f"FROM generate_series(1, {n}) AS g")
+        pg.psql("VACUUM ANALYZE ipam.hosts")
         res["db_load_s"] = round(time.time() - t, 1)
         config = os.path.join(root, "pg2dns.toml")
         with open(config, "w") as f:
@@ -256,8 +256,8 @@ def firstload(args, n):
                 f"WHERE id IN (SELECT id FROM ipam.hosts WHERE id % {step} = 4 LIMIT {k});"
                 "INSERT INTO ipam.hosts "
                 "SELECT 100000000 + g, 'new' || g || '.example.test', ('2001:db8::' || to_hex(g))::inet "
-                f"FROM generate_series(1, {k}) AS g;"
-                "VACUUM ANALYZE ipam.hosts")
+                f"FROM generate_series(1, {k}) AS g")
+        pg.psql("VACUUM ANALYZE ipam.hosts")
         res["drift_records"] = 3 * k
         res["apply"] = pg2dns_run(args, config, env, ("--apply",))
         res["after_apply"] = pg2dns_run(args, config, env)
