@@ -639,7 +639,7 @@ def big(args, window=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="*", default=["all"],
-                    help="w1 w2 w3 drain (= drain_w1 + drain_w3) latency latency2 (two primaries too) latency_load big ingest windows knot reconcile "
+                    help="w1 w2 w3 drain (= drain_w1 + drain_w3) latency latency2 (two primaries too) latency_load big ingest windows knot reconcile firstload "
                          "zones all")
     ap.add_argument("--pg2dns", default=os.path.join(REPO, "target/release/pg2dns"))
     ap.add_argument("--blast", default=os.path.join(REPO, "target/release/examples/blast"))
@@ -666,6 +666,8 @@ def main():
     ap.add_argument("--reconcile-sizes", default="10000,100000,1000000",
                     help="zone sizes of `reconcile` (records, comma-separated)")
     ap.add_argument("--reconcile-reps", type=int, default=3)
+    ap.add_argument("--firstload-rows", default="1000000",
+                    help="firstload: rows of the IPAM table setup loads into an empty zone (comma-separated)")
     ap.add_argument("--zones", default="50000",
                     help="zone counts of `zones` (comma-separated; default 50000)")
     ap.add_argument("--zones-apply-timeout", type=int, default=1200,
@@ -735,6 +737,8 @@ def main():
         results += [drain_w1(args, k, server="knot", txns=args.knot_txns) for k in sides]
     if "reconcile" in what:
         results += reconcile_bench.run(args)
+    if "firstload" in what:
+        results += reconcile_bench.run_firstload(args)
     if "zones" in what:
         results += zonesbench.run(args)
     if "windows" in what:
@@ -813,7 +817,7 @@ def report(meta, results):
                "| rows/s | RR ops/s | peak RSS MiB | pipeline CPU s | its PG backends CPU s | DNS server CPU s | DNS == table | errors | CPU pressure % |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        if r["pipeline"] in ("blast", "reconcile", "zones"):
+        if r["pipeline"] in ("blast", "reconcile", "firstload", "zones"):
             continue
         if "failed" in r:
             out.append(f"| {r['label']} | FAILED: {r['failed'][:200]} | | | | | | | | | | {r.get('dns_equals_table')} "

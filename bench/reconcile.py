@@ -130,8 +130,9 @@ def pg2dns_run(args, config, env, extra=()):
            "diff_s": z["diff_ms"] / 1000, "repair_s": z.get("repair_ms", 0) / 1000,
            "total_s": report["total_ms"] / 1000, "transferred": z["transferred"],
            "in_sync": z.get("in_sync"), "in_sync_after": z.get("in_sync_after"),
-           "missing": len(z.get("missing", [])), "extra": len(z.get("extra", [])),
-           "ttl": len(z.get("ttl", [])), "messages_applied": z.get("messages_applied")}
+           "missing": z.get("missing_count", len(z.get("missing", []))),
+           "extra": z.get("extra_count", len(z.get("extra", []))),
+           "ttl": z.get("ttl_count", len(z.get("ttl", []))), "messages_applied": z.get("messages_applied")}
     print(json.dumps(row), flush=True)
     return row
 
@@ -202,13 +203,107 @@ def run(args):
     return [trial(args, n, args.reconcile_reps) for n in sizes]
 
 
+def run_firstload(args):
+    sizes = [int(s) for s in args.firstload_rows.split(",")]
+    return [firstload(args, n) for n in sizes]
+
+
+def firstload(args, n):
+    """`bench/bench firstload`: `pg2dns setup`'s first load of an IPAM table
+    of N rows into an empty BIND zone (wall time, peak RSS), a check that
+    the zone is in sync after, then 1 % of the rows changed (a third
+    deleted, a third inserted, a third given another address) and
+    `pg2dns reconcile --apply` of that drift (repair time, UPDATE rate,
+    peak RSS), then a check again."""
+    label = f"firstload-{n}"
+    print(f"--- {label}", flush=True)
+    root = os.path.join(args.outdir, label)
+    os.makedirs(root)
+    os.chmod(root, 0o755)
+    res = {"label": label, "pipeline": "firstload", "server": "bind", "rows": n}
+    pg = Postgres(root)
+    dns = Bind(root)
+    try:
+        t = time.time()
+        pg.psql("CREATE SCHEMA ipam;"
+                "CREATE TABLE ipam.hosts (id bigint PRIMARY KEY, name text NOT NULL, address inet NOT NULL);"
+                "INSERT INTO ipam.hosts "
+                "SELECT g, 'h' || g || '.example.test', "
+                "('10.' || (g >> 16) || '.' || ((g >> 8) & 255) || '.' || (g & 255))::inet "
+                f"FROM generate_series(1, {n}) AS g")
+        pg.psql("VACUUM ANALYZE ipam.hosts")
+        res["db_load_s"] = round(time.time() - t, 1)
+        config = os.path.join(root, "pg2dns.toml")
+        with open(config, "w") as f:
+            f.write("version = 1\n[database]\n"
+                    f'url = "{pg.url}"\nslot = "pg2dns"\npublication = "pg2dns"\n'
+                    f'[[zone]]\nname = "{ZONE}"\nprimary = "127.0.0.1:{dns.port}"\n'
+                    f'tsig_key_file = "{dns.key_file}"\n'
+                    '[[source]]\ntable = "ipam.hosts"\nowner_column = "name"\n'
+                    'address_column = "address"\nttl = 3600\n')
+        env = dict(os.environ, RUST_LOG="warn")
+        os.chmod(dns.key_file, 0o600)
+        res["command"] = "RUST_LOG=warn /usr/bin/time -f '%e %M' pg2dns setup -c pg2dns.toml"
+        wall, rss, out, rc, err = timed([args.pg2dns, "setup", "-c", config], env=env)
+        res["setup"] = {"wall_s": wall, "rss_kib": rss, "exit": rc, "stderr": err[-300:]}
+        print(json.dumps(res["setup"]), flush=True)
+        after = pg2dns_run(args, config, env)
+        res["loaded_in_sync"] = rc == 0 and after["exit"] == 0 and after["in_sync"]
+        k = max(3, n // 100) // 3
+        step = max(1, n // k)
+        pg.psql(f"DELETE FROM ipam.hosts WHERE id IN (SELECT id FROM ipam.hosts WHERE id % {step} = 3 LIMIT {k});"
+                "UPDATE ipam.hosts SET address = ('172.16.' || ((id >> 8) & 255) || '.' || (id & 255))::inet "
+                f"WHERE id IN (SELECT id FROM ipam.hosts WHERE id % {step} = 4 LIMIT {k});"
+                "INSERT INTO ipam.hosts "
+                "SELECT 100000000 + g, 'new' || g || '.example.test', ('2001:db8::' || to_hex(g))::inet "
+                f"FROM generate_series(1, {k}) AS g")
+        pg.psql("VACUUM ANALYZE ipam.hosts")
+        res["drift_records"] = 3 * k
+        res["apply"] = pg2dns_run(args, config, env, ("--apply",))
+        res["after_apply"] = pg2dns_run(args, config, env)
+        res["apply_ok"] = res["apply"]["exit"] == 0 and res["after_apply"]["exit"] == 0
+    finally:
+        dns.stop()
+        pg.stop()
+        if not args.keep:
+            import shutil
+            shutil.rmtree(os.path.join(root, "pg"), ignore_errors=True)
+    print(json.dumps({k: v for k, v in res.items() if k not in ("apply", "after_apply")}), flush=True)
+    return res
+
+
 def median(values):
     values = sorted(values)
     return values[len(values) // 2] if values else None
 
 
 def report(results):
-    """The markdown table of the reconcile trials."""
+    """The markdown tables of the reconcile and first-load trials."""
+    return report_reconcile(results) + report_firstload(results)
+
+
+def report_firstload(results):
+    rows = [r for r in results if r.get("pipeline") == "firstload"]
+    if not rows:
+        return ""
+    out = ["", "### setup's first load into an empty zone, then `reconcile --apply` of 1 % drift", "",
+           "| rows | setup s | setup peak RSS MiB | in sync after | drifted | --apply s | repair s "
+           "| UPDATE rate record ops/s | UPDATEs | --apply peak RSS MiB | in sync after |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s, a = r.get("setup", {}), r.get("apply", {})
+        # A changed address is a delete and an add.
+        ops = r.get("drift_records", 0) // 3 * 4
+        rate = ops / a["repair_s"] if a.get("repair_s") else 0
+        out.append(
+            f"| {r['rows']:,} | **{s.get('wall_s', 0):.1f}** | **{s.get('rss_kib', 0) / 1024:.1f}** "
+            f"| {'yes' if r.get('loaded_in_sync') else 'NO'} | {r.get('drift_records', 0):,} "
+            f"| {a.get('wall_s', 0):.2f} | {a.get('repair_s', 0):.2f} | {rate:,.0f} | {a.get('messages_applied')} "
+            f"| {a.get('rss_kib', 0) / 1024:.1f} | {'yes' if r.get('apply_ok') else 'NO'} |")
+    return "\n".join(out) + "\n"
+
+
+def report_reconcile(results):
     rows = [r for r in results if r.get("pipeline") == "reconcile"]
     if not rows:
         return ""

@@ -38,7 +38,7 @@
 //!
 //! # The repair
 //!
-//! Per owner, deletes before adds ([`group_by_owner`]); a TTL difference is
+//! Per owner, deletes before adds ([`update::group_by_owner`]); a TTL difference is
 //! the RR deleted and added again with the wanted TTL (Knot ignores the re-add
 //! of an existing RR with a new TTL). Owner groups are packed under the
 //! zone's [`Budget`] with [`Packer`], and each message is guarded by the
@@ -54,8 +54,7 @@ use crate::exclude::Exclusions;
 use crate::rdata::RType;
 use crate::records::{Owner, Rdata, Record, ZoneName};
 use crate::update::{
-    self, group_by_owner, Budget, EncodeError, OwnerGroup, Packer, Prerequisite, PushError,
-    UpdateOp,
+    self, Budget, EncodeError, OwnerGroup, Packer, Prerequisite, PushError, UpdateOp,
 };
 
 /// Whether pg2dns owns `record` of `zone`: a type it publishes (so never the
@@ -98,14 +97,52 @@ pub struct OwnerDiff {
     pub ttl: Vec<TtlDifference>,
 }
 
+impl OwnerDiff {
+    /// Whether this owner has no difference.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.ttl.is_empty()
+    }
+
+    /// The repair of this owner: deletes (the extra records, the old TTL of
+    /// each TTL difference) before adds (the new TTL, the missing records).
+    pub fn repair_group(&self, owner: &Owner) -> OwnerGroup {
+        let mut ops =
+            Vec::with_capacity(self.extra.len() + 2 * self.ttl.len() + self.missing.len());
+        ops.extend(self.extra.iter().cloned().map(UpdateOp::Delete));
+        for t in &self.ttl {
+            let mut old = t.wanted.clone();
+            old.ttl = t.actual_ttl;
+            ops.push(UpdateOp::Delete(old));
+        }
+        ops.extend(self.ttl.iter().map(|t| UpdateOp::Add(t.wanted.clone())));
+        ops.extend(self.missing.iter().cloned().map(UpdateOp::Add));
+        OwnerGroup {
+            owner: owner.clone(),
+            ops,
+        }
+    }
+}
+
 /// The comparison of one zone.
+///
+/// The counts are of every difference; [`ZoneDiff::owners`] may hold only
+/// the first owners (a sample, [`OwnerMerge::with_sample`]): a comparison
+/// of a million differences does not keep them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZoneDiff {
     /// The zone.
     pub zone: ZoneName,
     /// Owners with differences, in name order (wire order of the lower-cased
-    /// names).
+    /// names): all of them, or the first [`OwnerMerge::with_sample`] kept.
     pub owners: BTreeMap<Owner, OwnerDiff>,
+    /// Owners with differences, all of them (sampled or not).
+    pub owners_differing: usize,
+    /// Records missing from DNS, all of them.
+    pub missing_count: usize,
+    /// Records DNS has that the database does not want, all of them.
+    pub extra_count: usize,
+    /// Records with the wrong TTL, all of them.
+    pub ttl_count: usize,
     /// Records the database wants in the zone.
     pub desired: usize,
     /// Records of the zone pg2dns owns, as DNS has them.
@@ -244,6 +281,17 @@ pub struct OwnerMerge<'a> {
     /// Whether the owner being compared has a wanted address (a name
     /// server's addresses are owned only then).
     db_addressed: bool,
+    /// Differences (records) the sample in `owners` may hold: owners are
+    /// kept whole while fewer are kept.
+    sample: usize,
+    /// Differences kept in `owners`.
+    kept: usize,
+    owners_differing: usize,
+    missing_count: usize,
+    extra_count: usize,
+    ttl_count: usize,
+    /// Whether each candidate's owner had another difference.
+    candidate_owner_differs: Vec<bool>,
 }
 
 impl<'a> OwnerMerge<'a> {
@@ -259,6 +307,42 @@ impl<'a> OwnerMerge<'a> {
             not_owned: 0,
             candidates: Vec::new(),
             db_addressed: false,
+            sample: usize::MAX,
+            kept: 0,
+            owners_differing: 0,
+            missing_count: 0,
+            extra_count: 0,
+            ttl_count: 0,
+            candidate_owner_differs: Vec::new(),
+        }
+    }
+
+    /// Keeps in [`ZoneDiff::owners`] only the first owners with
+    /// differences (in the order they are fed), whole, while fewer than
+    /// `differences` records are kept; the counts count them all.
+    pub fn with_sample(mut self, differences: usize) -> OwnerMerge<'a> {
+        self.sample = differences;
+        self
+    }
+
+    /// Counts one owner's differences and keeps them if the sample has
+    /// room.
+    fn note(&mut self, owner: &Owner, d: &OwnerDiff, new_owner: bool) {
+        if new_owner {
+            self.owners_differing += 1;
+        }
+        self.missing_count += d.missing.len();
+        self.extra_count += d.extra.len();
+        self.ttl_count += d.ttl.len();
+        let n = d.missing.len() + d.extra.len() + d.ttl.len();
+        if let Some(kept) = self.owners.get_mut(owner) {
+            kept.missing.extend(d.missing.iter().cloned());
+            kept.extra.extend(d.extra.iter().cloned());
+            kept.ttl.extend(d.ttl.iter().cloned());
+            self.kept += n;
+        } else if self.kept < self.sample {
+            self.owners.insert(owner.clone(), d.clone());
+            self.kept += n;
         }
     }
 
@@ -278,8 +362,12 @@ impl<'a> OwnerMerge<'a> {
     }
 
     /// Compares one owner: `desired` and `actual` hold every record of that
-    /// owner on their side (either may be empty), in any order.
-    pub fn owner(&mut self, desired: &[Record], actual: &[Record]) {
+    /// owner on their side (either may be empty), in any order. Returns the
+    /// owner's differences (a missing MX or SRV that may wait for its
+    /// target's address is not among them: see [`OwnerMerge::finish`] and
+    /// [`OwnerMerge::addressed_missing`]).
+    pub fn owner(&mut self, desired: &[Record], actual: &[Record]) -> Option<OwnerDiff> {
+        let mut d = OwnerDiff::default();
         let is_address = |r: &Record| r.rtype == RType::A || r.rtype == RType::AAAA;
         self.db_addressed = desired
             .iter()
@@ -329,37 +417,88 @@ impl<'a> OwnerMerge<'a> {
                     if may_wait(r) {
                         self.candidates.push((*r).clone());
                     } else {
-                        self.owners
-                            .entry(r.owner.clone())
-                            .or_default()
-                            .missing
-                            .push((*r).clone());
+                        d.missing.push((*r).clone());
                     }
                 }
                 std::cmp::Ordering::Greater => {
                     let r = h.next().expect("peeked");
-                    self.owners
-                        .entry(r.owner.clone())
-                        .or_default()
-                        .extra
-                        .push((*r).clone());
+                    d.extra.push((*r).clone());
                 }
                 std::cmp::Ordering::Equal => {
                     let r = w.next().expect("peeked");
                     let actual_ttl = h.next().expect("peeked").ttl;
                     if actual_ttl != r.ttl {
-                        self.owners
-                            .entry(r.owner.clone())
-                            .or_default()
-                            .ttl
-                            .push(TtlDifference {
-                                wanted: (*r).clone(),
-                                actual_ttl,
-                            });
+                        d.ttl.push(TtlDifference {
+                            wanted: (*r).clone(),
+                            actual_ttl,
+                        });
                     }
                 }
             }
         }
+        let differs = !d.is_empty();
+        self.candidate_owner_differs
+            .resize(self.candidates.len(), differs);
+        if !differs {
+            return None;
+        }
+        let owner = desired
+            .first()
+            .or(actual.first())
+            .map(|r| r.owner.clone())
+            .expect("an owner with differences has records");
+        self.note(&owner, &d, true);
+        Some(d)
+    }
+
+    /// Takes the missing MX and SRV records whose target the database gives
+    /// an address (they are differences after all), grouped by owner; the
+    /// others stay waiting. For a pass that streams the differences (the
+    /// repair, the verifier's file): call it once, after the last owner.
+    pub fn addressed_missing(
+        &mut self,
+        addressed: &std::collections::BTreeSet<Owner>,
+    ) -> Vec<(Owner, OwnerDiff)> {
+        self.split_candidates(addressed)
+            .into_iter()
+            .map(|(owner, d, _)| (owner, d))
+            .collect()
+    }
+
+    /// Splits the candidates: those addressed, grouped by owner (with
+    /// whether that owner had other differences), are removed.
+    fn split_candidates(
+        &mut self,
+        addressed: &std::collections::BTreeSet<Owner>,
+    ) -> Vec<(Owner, OwnerDiff, bool)> {
+        let mut out: Vec<(Owner, OwnerDiff, bool)> = Vec::new();
+        let mut kept = Vec::new();
+        let mut kept_differs = Vec::new();
+        let candidates = std::mem::take(&mut self.candidates);
+        let differs = std::mem::take(&mut self.candidate_owner_differs);
+        for (r, owner_differs) in candidates.into_iter().zip(differs) {
+            let has = crate::rdata::target(r.rtype, r.rdata.as_wire())
+                .is_some_and(|t| addressed.contains(&Owner::from_name(t)));
+            if !has {
+                kept.push(r);
+                kept_differs.push(owner_differs);
+                continue;
+            }
+            match out.last_mut() {
+                Some((owner, d, _)) if *owner == r.owner => d.missing.push(r),
+                _ => out.push((
+                    r.owner.clone(),
+                    OwnerDiff {
+                        missing: vec![r],
+                        ..OwnerDiff::default()
+                    },
+                    owner_differs,
+                )),
+            }
+        }
+        self.candidates = kept;
+        self.candidate_owner_differs = kept_differs;
+        out
     }
 
     /// The targets whose wanted address decides whether a missing MX or SRV
@@ -376,21 +515,10 @@ impl<'a> OwnerMerge<'a> {
     /// The comparison, given which of [`OwnerMerge::waiting_targets`] the
     /// database gives an address.
     pub fn finish(mut self, addressed: &std::collections::BTreeSet<Owner>) -> ZoneDiff {
-        let mut waiting = Vec::new();
         let mut resorted = std::collections::BTreeSet::new();
-        for r in std::mem::take(&mut self.candidates) {
-            let has = crate::rdata::target(r.rtype, r.rdata.as_wire())
-                .is_some_and(|t| addressed.contains(&Owner::from_name(t)));
-            if has {
-                resorted.insert(r.owner.clone());
-                self.owners
-                    .entry(r.owner.clone())
-                    .or_default()
-                    .missing
-                    .push(r);
-            } else {
-                waiting.push(r);
-            }
+        for (owner, d, owner_differs) in self.split_candidates(addressed) {
+            resorted.insert(owner.clone());
+            self.note(&owner, &d, !owner_differs);
         }
         for owner in resorted {
             if let Some(o) = self.owners.get_mut(&owner) {
@@ -398,12 +526,17 @@ impl<'a> OwnerMerge<'a> {
                     .sort_by(|a, b| (a.rtype, &a.rdata, a.ttl).cmp(&(b.rtype, &b.rdata, b.ttl)));
             }
         }
+        let mut waiting = std::mem::take(&mut self.candidates);
         waiting.sort_by(|a, b| {
             (&a.owner, a.rtype, &a.rdata, a.ttl).cmp(&(&b.owner, b.rtype, &b.rdata, b.ttl))
         });
         ZoneDiff {
             zone: self.zone.clone(),
             owners: self.owners,
+            owners_differing: self.owners_differing,
+            missing_count: self.missing_count,
+            extra_count: self.extra_count,
+            ttl_count: self.ttl_count,
             desired: self.desired,
             owned_actual: self.owned_actual,
             not_owned: self.not_owned,
@@ -415,22 +548,28 @@ impl<'a> OwnerMerge<'a> {
 impl ZoneDiff {
     /// Whether DNS holds exactly what the database wants.
     pub fn is_in_sync(&self) -> bool {
-        self.owners.is_empty()
+        self.owners_differing == 0
+    }
+
+    /// Whether [`ZoneDiff::owners`] holds only the first of the owners with
+    /// differences.
+    pub fn is_sampled(&self) -> bool {
+        self.owners.len() < self.owners_differing
     }
 
     /// Records missing from DNS.
     pub fn missing(&self) -> usize {
-        self.owners.values().map(|o| o.missing.len()).sum()
+        self.missing_count
     }
 
     /// Records DNS has that the database does not want.
     pub fn extra(&self) -> usize {
-        self.owners.values().map(|o| o.extra.len()).sum()
+        self.extra_count
     }
 
     /// Records with the wrong TTL.
     pub fn ttl_differences(&self) -> usize {
-        self.owners.values().map(|o| o.ttl.len()).sum()
+        self.ttl_count
     }
 
     /// The share of the owned records DNS holds that a repair deletes or
@@ -450,23 +589,15 @@ impl ZoneDiff {
 
     /// The repair's operations per owner, deletes before adds; a TTL
     /// difference is a delete and an add of the same RR.
+    ///
+    /// Of a sampled comparison ([`ZoneDiff::is_sampled`]) only the sample's:
+    /// a repair of every difference streams them ([`RepairStream`]).
     pub fn repair_groups(&self) -> Vec<OwnerGroup> {
-        let mut ops = Vec::new();
-        for o in self.owners.values() {
-            for r in &o.extra {
-                ops.push(UpdateOp::Delete(r.clone()));
-            }
-            for t in &o.ttl {
-                let mut old = t.wanted.clone();
-                old.ttl = t.actual_ttl;
-                ops.push(UpdateOp::Delete(old));
-                ops.push(UpdateOp::Add(t.wanted.clone()));
-            }
-            for r in &o.missing {
-                ops.push(UpdateOp::Add(r.clone()));
-            }
-        }
-        group_by_owner(ops)
+        self.owners
+            .iter()
+            .map(|(owner, o)| o.repair_group(owner))
+            .filter(|g| !g.ops.is_empty())
+            .collect()
     }
 }
 
@@ -548,22 +679,58 @@ pub fn repair_messages(
     soa_len: usize,
     budget: Budget,
 ) -> Result<Vec<Vec<UpdateOp>>, RepairError> {
-    let zone = &diff.zone;
-    // The packer does not count prerequisites; its bound also assumes owners
-    // start where it thinks they do, so leave room for the guard twice over
-    // (its bytes, and the offsets it shifts past the 14-bit pointer limit
-    // are checked after encoding below).
-    let inner = Budget {
-        max_message_bytes: budget.limit().saturating_sub(guard_len(soa_len)),
-        tsig_record_len: budget.tsig_record_len,
-    };
-    let mut packer = Packer::new(zone.clone(), inner);
-    let mut messages: Vec<Vec<UpdateOp>> = Vec::new();
-    let mut pending: Vec<OwnerGroup> = Vec::new();
-    for group in diff.repair_groups() {
+    let mut stream = RepairStream::new(&diff.zone, soa_len, budget);
+    for (owner, o) in &diff.owners {
+        stream.push(owner, o)?;
+    }
+    stream.finish()?;
+    Ok(stream.take_ready())
+}
+
+/// [`repair_messages`] fed owner by owner: the messages filled so far are
+/// taken as the owners come ([`RepairStream::take_ready`]), so a repair of
+/// a million records never holds more than a message or two.
+#[derive(Debug)]
+pub struct RepairStream {
+    zone: ZoneName,
+    soa_len: usize,
+    budget: Budget,
+    inner: Budget,
+    packer: Packer,
+    ready: Vec<Vec<UpdateOp>>,
+}
+
+impl RepairStream {
+    /// A repair of `zone` guarded by a SOA of `soa_len` bytes of data.
+    pub fn new(zone: &ZoneName, soa_len: usize, budget: Budget) -> RepairStream {
+        // The packer does not count prerequisites; its bound also assumes
+        // owners start where it thinks they do, so leave room for the guard
+        // twice over (its bytes, and the offsets it shifts past the 14-bit
+        // pointer limit are checked when a message is full).
+        let inner = Budget {
+            max_message_bytes: budget.limit().saturating_sub(guard_len(soa_len)),
+            tsig_record_len: budget.tsig_record_len,
+        };
+        RepairStream {
+            zone: zone.clone(),
+            soa_len,
+            budget,
+            inner,
+            packer: Packer::new(zone.clone(), inner),
+            ready: Vec::new(),
+        }
+    }
+
+    /// Adds the repair of one owner (owners in any order, each once).
+    pub fn push(&mut self, owner: &Owner, d: &OwnerDiff) -> Result<(), RepairError> {
+        let group = d.repair_group(owner);
+        if group.ops.is_empty() {
+            return Ok(());
+        }
+        let zone = &self.zone.clone();
+        let inner = self.inner;
         if inner.fits_alone(zone, &group) {
-            pending.push(group);
-            continue;
+            return self.pack(group);
         }
         let mut part = OwnerGroup {
             owner: group.owner.clone(),
@@ -581,8 +748,8 @@ pub fn repair_messages(
                     return Err(RepairError::RecordTooLarge {
                         zone: zone.clone(),
                         owner: group.owner.clone(),
-                        bytes: inner.group_alone(zone, &alone) + guard_len(soa_len),
-                        budget: budget.limit(),
+                        bytes: inner.group_alone(zone, &alone) + guard_len(self.soa_len),
+                        budget: self.budget.limit(),
                     });
                 }
                 let full = std::mem::replace(
@@ -592,45 +759,61 @@ pub fn repair_messages(
                         ops: vec![op],
                     },
                 );
-                pending.push(full);
+                self.pack(full)?;
             }
         }
         if !part.ops.is_empty() {
-            pending.push(part);
+            self.pack(part)?;
         }
+        Ok(())
     }
-    for group in pending {
-        match packer.try_push(group) {
-            Ok(()) => {}
+
+    fn pack(&mut self, group: OwnerGroup) -> Result<(), RepairError> {
+        match self.packer.try_push(group) {
+            Ok(()) => Ok(()),
             Err(PushError::Full(group)) => {
-                messages.push(packer.take());
-                packer
+                let full = self.packer.take();
+                self.seal(full)?;
+                self.packer
                     .try_push(group)
-                    .map_err(|e| too_large(zone, e, budget))?;
+                    .map_err(|e| too_large(&self.zone, e, self.budget))
             }
-            Err(e) => return Err(too_large(zone, e, budget)),
+            Err(e) => Err(too_large(&self.zone, e, self.budget)),
         }
     }
-    if !packer.is_empty() {
-        messages.push(packer.take());
-    }
-    // The guard shifts every owner by its length: check the real size, and
-    // halve a message that (rarely) outgrew the budget.
-    let soa = Rdata::from_wire(&vec![0; soa_len]);
-    let mut out = Vec::with_capacity(messages.len());
-    let mut stack: Vec<Vec<UpdateOp>> = messages.into_iter().rev().collect();
-    while let Some(ops) = stack.pop() {
-        let len = encode_repair(zone, 0, Some(&soa), &ops)?.len();
-        if len + budget.tsig_record_len <= budget.limit() || ops.len() < 2 {
-            out.push(ops);
-        } else {
-            let mut first = ops;
-            let second = first.split_off(first.len() / 2);
-            stack.push(second);
-            stack.push(first);
+
+    /// The guard shifts every owner by its length: check the real size, and
+    /// halve a message that (rarely) outgrew the budget.
+    fn seal(&mut self, ops: Vec<UpdateOp>) -> Result<(), RepairError> {
+        let soa = Rdata::from_wire(&vec![0; self.soa_len]);
+        let mut stack: Vec<Vec<UpdateOp>> = vec![ops];
+        while let Some(ops) = stack.pop() {
+            let len = encode_repair(&self.zone, 0, Some(&soa), &ops)?.len();
+            if len + self.budget.tsig_record_len <= self.budget.limit() || ops.len() < 2 {
+                self.ready.push(ops);
+            } else {
+                let mut first = ops;
+                let second = first.split_off(first.len() / 2);
+                stack.push(second);
+                stack.push(first);
+            }
         }
+        Ok(())
     }
-    Ok(out)
+
+    /// Closes the last message (after the last owner).
+    pub fn finish(&mut self) -> Result<(), RepairError> {
+        if !self.packer.is_empty() {
+            let last = self.packer.take();
+            self.seal(last)?;
+        }
+        Ok(())
+    }
+
+    /// The messages filled so far, in order.
+    pub fn take_ready(&mut self) -> Vec<Vec<UpdateOp>> {
+        std::mem::take(&mut self.ready)
+    }
 }
 
 fn too_large(zone: &ZoneName, e: PushError, budget: Budget) -> RepairError {
@@ -1061,6 +1244,74 @@ mod tests {
             }
             let again = diff(&z, &desired, &after);
             prop_assert!(again.is_in_sync(), "{:?}", again.owners);
+        }
+
+        #[test]
+        fn a_sampled_comparison_counts_every_difference_and_the_streamed_repair_sends_them_all(
+            want in proptest::collection::vec((0..120u8, prop_oneof![Just(300u32), Just(60)]), 0..80),
+            have in proptest::collection::vec((0..120u8, prop_oneof![Just(300u32), Just(60)]), 0..80),
+            sample in 0..6usize,
+        ) {
+            let z = zone();
+            let desired: Vec<Record> = want.iter().map(|&(i, t)| pool(i, t)).collect();
+            let mut actual: Vec<Record> = Vec::new();
+            for &(i, t) in &have {
+                let r = pool(i, t);
+                if !actual.iter().any(|a| a.same_rr(&r)) {
+                    actual.push(r);
+                }
+            }
+            let whole = diff(&z, &desired, &actual);
+            // The same comparison fed owner by owner, keeping `sample`
+            // owners, each owner's differences streamed out as they come.
+            let mut facts = ZoneFacts::default();
+            desired.iter().for_each(|r| facts.desired(&z, r));
+            actual.iter().for_each(|r| facts.actual(&z, r));
+            let none = Exclusions::default();
+            let mut owners: Vec<Owner> = desired.iter().chain(&actual).map(|r| r.owner.clone()).collect();
+            owners.sort();
+            owners.dedup();
+            let budget = budget(1_200);
+            let mut stream = RepairStream::new(&z, 40, budget);
+            // Two passes, as reconcile makes them: the report's (sampled),
+            // then the repair's (streamed).
+            let mut merge = OwnerMerge::new(&z, facts.clone(), &none).with_sample(sample);
+            let mut repair = OwnerMerge::new(&z, facts, &none).with_sample(0);
+            for o in &owners {
+                let wg: Vec<Record> = desired.iter().filter(|r| &r.owner == o).cloned().collect();
+                let hg: Vec<Record> = actual.iter().filter(|r| &r.owner == o).cloned().collect();
+                merge.owner(&wg, &hg);
+                if let Some(d) = repair.owner(&wg, &hg) {
+                    stream.push(o, &d).unwrap();
+                }
+            }
+            let addressed: std::collections::BTreeSet<Owner> = merge
+                .waiting_targets()
+                .into_iter()
+                .filter(|t| desired.iter().any(|r| &r.owner == t && merge.is_owned_address(r)))
+                .collect();
+            for (o, d) in repair.addressed_missing(&addressed) {
+                stream.push(&o, &d).unwrap();
+            }
+            stream.finish().unwrap();
+            let sampled = merge.finish(&addressed);
+            prop_assert_eq!(sampled.missing(), whole.missing());
+            prop_assert_eq!(sampled.extra(), whole.extra());
+            prop_assert_eq!(sampled.ttl_differences(), whole.ttl_differences());
+            prop_assert_eq!(sampled.owners_differing, whole.owners.len());
+            prop_assert_eq!(sampled.is_in_sync(), whole.is_in_sync());
+            prop_assert_eq!(&sampled.waiting, &whole.waiting);
+            let kept: usize = sampled.owners.values().map(|o| o.missing.len() + o.extra.len() + o.ttl.len()).sum();
+            prop_assert!(sampled.owners.len() <= sample || kept < sample + 8, "{kept} kept of a sample of {sample}");
+            prop_assert_eq!(sampled.is_sampled(), sampled.owners.len() < whole.owners.len());
+            for (o, d) in &sampled.owners {
+                prop_assert_eq!(Some(d), whole.owners.get(o));
+            }
+            let mut streamed: Vec<String> = stream.take_ready().concat().iter().map(|op| format!("{op:?}")).collect();
+            let mut at_once: Vec<String> = repair_messages(&whole, 40, budget).unwrap().concat().iter().map(|op| format!("{op:?}")).collect();
+            streamed.sort();
+            at_once.sort();
+            prop_assert_eq!(streamed, at_once);
         }
     }
 }

@@ -583,15 +583,22 @@ pub fn write(zone: &ZoneName, records: &[Record]) -> String {
         .filter(|r| r.rtype == RType::SOA)
         .chain(records.iter().filter(|r| r.rtype != RType::SOA));
     for r in soa_first {
-        let _ = write!(out, "{} {} IN {} ", r.owner, r.ttl, r.rtype);
-        match (r.rtype, rdata::format(r.rtype, r.rdata.as_wire())) {
-            (RType::SOA, _) => out.push_str(&format_soa(r.rdata.as_wire())),
-            (_, Ok(text)) => out.push_str(&text),
-            (_, Err(_)) => out.push_str(&generic(r.rdata.as_wire())),
-        }
-        out.push('\n');
+        write_record(&mut out, r);
     }
     out
+}
+
+/// Appends one record of [`write`]'s master file to `out`, as a line (a
+/// file written record by record: `$ORIGIN` first, the SOA before the
+/// others).
+pub fn write_record(out: &mut String, r: &Record) {
+    let _ = write!(out, "{} {} IN {} ", r.owner, r.ttl, r.rtype);
+    match (r.rtype, rdata::format(r.rtype, r.rdata.as_wire())) {
+        (RType::SOA, _) => out.push_str(&format_soa(r.rdata.as_wire())),
+        (_, Ok(text)) => out.push_str(&text),
+        (_, Err(_)) => out.push_str(&generic(r.rdata.as_wire())),
+    }
+    out.push('\n');
 }
 
 fn generic(wire: &[u8]) -> String {

@@ -47,8 +47,8 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pg2dns_decoder::diff::{self, ZoneDiff};
-use pg2dns_decoder::mapping::{RowKey, RowUpdate};
-use pg2dns_decoder::plan::{Loaded, Planner, SourceId};
+use pg2dns_decoder::mapping::RowKey;
+use pg2dns_decoder::plan::SourceId;
 use pg2dns_decoder::row::TextRow;
 use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::tsig;
@@ -83,6 +83,13 @@ pub const MIN_RECORDS_FOR_THRESHOLD: usize = 10;
 /// How many times a repair starts again from a fresh transfer without
 /// progress before it gives up.
 pub const MAX_GUARD_FAILURES: usize = 3;
+
+/// Differences a zone's report lists (the first owners' whole, up to this
+/// many records; the counts count them all), and records pg2dns never
+/// published a first load lists: a first load of a million records, every
+/// one a difference, holds ten thousand. A zone compared with a zone file
+/// (`--zone-file`) lists them all.
+pub const REPORT_SAMPLE: usize = 10_000;
 /// Test hook: milliseconds to wait between the transfer and the first
 /// repair message (lets a test change the zone meanwhile).
 pub const PAUSE_BEFORE_REPAIR_ENV: &str = "PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS";
@@ -343,8 +350,11 @@ pub struct ZoneOutcome {
     /// The repair was refused by the safety threshold.
     pub refused_by_threshold: bool,
     /// A first load ([`Options::protect_unowned`]): the records the repair
-    /// would delete that pg2dns never published.
+    /// would delete that pg2dns never published (the first
+    /// [`REPORT_SAMPLE`] of them).
     pub unowned_deletes: Vec<Record>,
+    /// How many records those are, all of them.
+    pub unowned_count: usize,
     /// The repair was refused because of those (no `--force`).
     pub refused_unowned: bool,
     /// Repair messages the server accepted.
@@ -536,10 +546,15 @@ impl Report {
                         ));
                     }
                 }
-                if d.owners.len() > 20 {
+                if d.owners_differing > 20 {
                     out.push_str(&format!(
-                        "  … and {} more owners (--json lists all)\n",
-                        d.owners.len() - 20
+                        "  … and {} more owners (--json lists {})\n",
+                        d.owners_differing - 20,
+                        if d.is_sampled() {
+                            format!("the first {}", d.owners.len())
+                        } else {
+                            "all".to_string()
+                        }
                     ));
                 }
             }
@@ -575,20 +590,17 @@ impl Report {
                     z.diff.as_ref().map_or(0.0, ZoneDiff::change_share) * 100.0
                 ));
             }
-            if !z.unowned_deletes.is_empty() {
+            if z.unowned_count > 0 {
                 out.push_str(&format!(
                     "  {} {} record(s) that no row holds and pg2dns never published (made by hand or another tool):\n",
                     if z.refused_unowned { "refused to delete" } else { "deletes" },
-                    z.unowned_deletes.len()
+                    z.unowned_count
                 ));
                 for r in z.unowned_deletes.iter().take(20) {
                     out.push_str(&format!("    {}\n", red(&format!("- {r}"))));
                 }
-                if z.unowned_deletes.len() > 20 {
-                    out.push_str(&format!(
-                        "    … and {} more\n",
-                        z.unowned_deletes.len() - 20
-                    ));
+                if z.unowned_count > 20 {
+                    out.push_str(&format!("    … and {} more\n", z.unowned_count - 20));
                 }
             }
             if self.applied && z.messages_applied > 0 {
@@ -636,6 +648,7 @@ impl Report {
                     "transferred": z.transferred,
                     "refused_by_threshold": z.refused_by_threshold,
                     "unowned_deletes": z.unowned_deletes.iter().map(rec).collect::<Vec<_>>(),
+                    "unowned_count": z.unowned_count,
                     "refused_unowned": z.refused_unowned,
                     "messages_applied": z.messages_applied,
                     "retries": z.retries,
@@ -664,6 +677,11 @@ impl Report {
                     v["waiting"] = json!(d.waiting.iter().map(rec).collect::<Vec<_>>());
                     v["missing"] = json!(all(&|o| o.missing.iter().map(rec).collect()));
                     v["extra"] = json!(all(&|o| o.extra.iter().map(rec).collect()));
+                    v["missing_count"] = json!(d.missing());
+                    v["extra_count"] = json!(d.extra());
+                    v["ttl_count"] = json!(d.ttl_differences());
+                    v["owners_differing"] = json!(d.owners_differing);
+                    v["sampled"] = json!(d.is_sampled());
                     v["ttl"] = json!(all(&|o| o
                         .ttl
                         .iter()
@@ -698,41 +716,8 @@ impl Report {
     }
 }
 
-/// What the database wants: per zone, the desired records, and per row the
-/// records it contributes (for the row state).
-struct Desired {
-    rows: usize,
-    refused: usize,
-    /// Per zone, the refused rows (`source row_key: reason`).
-    refusals: BTreeMap<ZoneId, Vec<String>>,
-    records: BTreeMap<ZoneId, Vec<Record>>,
-    /// Per zone and source (index as the stream numbers them); only kept
-    /// for `--apply`, which rewrites the row state.
-    contributions: BTreeMap<ZoneId, BTreeMap<SourceId, Contributions>>,
-    /// The sources' names, by index.
-    sources: Vec<String>,
-    /// The rows of the referenced zones tables, as read.
-    refs: pg2dns_decoder::mapping::source::zones_table::ZoneRefs,
-}
-
 /// Rows of one source in one zone, each with the records it contributes.
 type Contributions = Vec<(RowKey, Vec<Record>)>;
-
-/// Reads `pg2dns.rr` and every `[[source]]` table now and plans their rows
-/// together as the stream would (source ids as the stream numbers them).
-async fn read_desired(
-    store: &Store,
-    config: &Config,
-    snapshot: Option<&str>,
-    bar: &ProgressBar,
-    keep_rows: bool,
-) -> Result<Desired, StoreError> {
-    let with_rr = has_schema(store).await?;
-    begin_snapshot(store, snapshot).await?;
-    let desired = read_desired_now(store, config, bar, keep_rows, with_rr).await;
-    end_snapshot(store, snapshot).await?;
-    desired
-}
 
 /// Reads at the exported `snapshot` from now on (nothing when `None`).
 async fn begin_snapshot(store: &Store, snapshot: Option<&str>) -> Result<(), StoreError> {
@@ -763,93 +748,6 @@ async fn end_snapshot(store: &Store, snapshot: Option<&str>) -> Result<(), Store
             .map_err(sql("cannot end the snapshot's transaction"))?;
     }
     Ok(())
-}
-
-/// Reads the source tables in the connection's current transaction.
-async fn read_desired_now(
-    store: &Store,
-    config: &Config,
-    bar: &ProgressBar,
-    keep_rows: bool,
-    with_rr: bool,
-) -> Result<Desired, StoreError> {
-    let (zones, limits) = plan_context(store, config).await?;
-    let mappings = crate::pipeline::mappings(config);
-    let queries = source_queries(config, with_rr);
-    let mut planner = Planner::new(&zones, &limits, Loaded::default());
-    if !keep_rows {
-        // The comparison needs what the zones publish, not each row's part.
-        planner = planner.forgetting_rows();
-    }
-    let mut rows = 0;
-    for (i, (mapping, query)) in mappings.iter().zip(&queries).enumerate() {
-        let source = SourceId::new(i)?;
-        each_row(store, query, |row| {
-            let Some(key) = mapping.key(&row) else {
-                return Ok(());
-            };
-            rows += 1;
-            if rows % 4096 == 0 {
-                bar.set_position(rows as u64);
-            }
-            let image = mapping.records(&row, &zones);
-            planner.apply(
-                source,
-                RowUpdate {
-                    key,
-                    lsn: Lsn::ZERO,
-                    image,
-                },
-            );
-            planner.end_segment();
-            Ok::<(), StoreError>(())
-        })
-        .await?;
-    }
-    bar.set_position(rows as u64);
-    // What the stream publishes: the planner's own projection of its state.
-    let records = planner.published();
-    let outcome = planner.finish();
-    let mut contributions: BTreeMap<ZoneId, BTreeMap<SourceId, Contributions>> = BTreeMap::new();
-    for ((source, key), desired) in outcome.rows {
-        if !keep_rows {
-            break;
-        }
-        let mut per_zone: BTreeMap<ZoneId, Vec<Record>> = BTreeMap::new();
-        for d in desired {
-            per_zone.entry(d.zone).or_default().push(d.record);
-        }
-        for (zone, recs) in per_zone {
-            contributions
-                .entry(zone)
-                .or_default()
-                .entry(source)
-                .or_default()
-                .push((key.clone(), recs));
-        }
-    }
-    let mut refusals: BTreeMap<ZoneId, Vec<String>> = BTreeMap::new();
-    for r in &outcome.rejections {
-        if let Some(zone) = r.zone {
-            let source = mappings
-                .get(usize::from(r.source.0))
-                .map_or("", |m| m.source());
-            refusals.entry(zone).or_default().push(format!(
-                "{source} {}: {}",
-                r.key,
-                pg2dns_decoder::error_chain(&r.reason)
-            ));
-        }
-    }
-    Ok(Desired {
-        rows,
-        refused: outcome.rejections.len(),
-        refusals,
-        records,
-        contributions,
-        sources: mappings.iter().map(|m| m.source().to_owned()).collect(),
-        refs: zones.refs().clone(),
-    })
 }
 
 /// The zones (with the zones tables' rows, read in the current transaction)
@@ -939,59 +837,6 @@ async fn each_row<E: From<StoreError>>(
         each(TextRow::new(cols, values))?;
     }
     Ok(())
-}
-
-/// The desired side while an operator has paused the service at P: the row
-/// state, read in the transaction that holds the pause (see
-/// [`hold_operator_pause`]).
-///
-/// Why the row state: it holds, per source row, the records last sent to
-/// DNS, committed with the progress LSN, and the pause commits its
-/// checkpoint at P before `pg2dns.mode` says paused. So it is exactly what
-/// DNS held after every transaction before P and none after, whereas the
-/// tables hold what was committed since, which the service has not read yet
-/// (the slot keeps it). Its records are published as the planner publishes
-/// them (one TTL per RRset, `one_ptr`); rows refused or kept waiting for an
-/// address are not in it, as they are not in DNS.
-async fn read_desired_paused(
-    store: &Store,
-    config: &Config,
-    selected: &[ZoneId],
-) -> Result<Desired, StoreError> {
-    let zones = config.zones();
-    let names: Vec<String> = selected
-        .iter()
-        .map(|&id| config.zones[id.index()].name.to_string())
-        .collect();
-    let state = store.zone_state(&names).await?;
-    // Published as the planner publishes its state.
-    // The state was read for the selected zones only: a record of another
-    // zone left out would be deleted from DNS by the repair.
-    let contributions = state
-        .records
-        .into_iter()
-        .map(|(zone, record)| {
-            let id = ZoneName::parse(&zone).ok().and_then(|z| zones.id_of(&z));
-            let zone = id.ok_or_else(|| StoreError::Corrupt {
-                table: "row_state",
-                detail: format!(
-                    "zone {zone:?} of {} {}, which is not configured",
-                    record.owner, record.rtype
-                ),
-            })?;
-            Ok(pg2dns_decoder::mapping::Desired { zone, record })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    let records = pg2dns_decoder::plan::publish(contributions, &config.plan_limits().one_ptr);
-    Ok(Desired {
-        rows: state.rows,
-        refused: 0,
-        refusals: BTreeMap::new(),
-        records,
-        contributions: BTreeMap::new(),
-        sources: Vec::new(),
-        refs: Default::default(),
-    })
 }
 
 /// Whether the pg2dns schema is installed (`pg2dns.rr` exists).
@@ -1720,161 +1565,13 @@ async fn compare(
     owned: Option<&BTreeMap<String, std::collections::HashSet<RecordKey>>>,
     paused: Option<&OperatorPause>,
 ) -> Result<Report, ReconcileError> {
-    if paused.is_none() {
-        return compare_bounded(config, options, store, selected, snapshot, owned).await;
-    }
-    let started = Instant::now();
-    let bar = progress_bar(options.progress);
-    let desired = match paused {
-        // Paused by an operator: DNS as of the pause is the row state (and
-        // stays so: the row state is not rewritten).
-        Some(pause) => {
-            bar.set_message("reading pg2dns's row state");
-            let desired = read_desired_paused(store, config, selected).await?;
-            info!(lsn = %pause.lsn, wal = %pause.wal, rows = desired.rows, "{}", pause.describe());
-            desired
-        }
-        None => {
-            bar.set_message("reading the tables");
-            // What each row contributes is kept only to rewrite the row state.
-            let desired = read_desired(store, config, snapshot, &bar, options.apply).await?;
-            info!(
-                rows = desired.rows,
-                refused = desired.refused,
-                ms = started.elapsed().as_millis() as u64,
-                "read pg2dns.rr and the source tables"
-            );
-            desired
-        }
-    };
-    let read_time = started.elapsed();
-    let mut outcomes = Vec::new();
-    // Zones are transferred, compared and repaired several at once, at most
-    // TRANSFERS_PER_SERVER per server; outcomes come back (and the row state
-    // is written) in configuration order.
-    let mut per_server: std::collections::HashMap<SocketAddr, Arc<tokio::sync::Semaphore>> =
-        std::collections::HashMap::new();
-    for &id in selected {
-        per_server
-            .entry(config.zones[id.index()].primary)
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(TRANSFERS_PER_SERVER)));
-    }
-    let window = TRANSFERS_PER_SERVER * per_server.len().max(1);
-    let empty = std::collections::HashSet::new();
-    let mut zones = futures_util::stream::iter(selected.iter().copied().map(|id| {
-        let zc = &config.zones[id.index()];
-        let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-        let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
-        let server = Arc::clone(&per_server[&zc.primary]);
-        let bar = &bar;
-        async move {
-            // The semaphore is never closed: a permit always comes.
-            let _permit = server.acquire_owned().await;
-            bar.set_message(format!("zone {}", zc.name));
-            (
-                id,
-                reconcile_zone(config, zc, wanted, options, owned, bar).await,
-            )
-        }
-    }))
-    .buffered(window);
-    // The row state is written (one zone after the other, in order) while
-    // the next zones' transfers go on; at most `window` outcomes wait.
-    let (send, mut done) = tokio::sync::mpsc::channel(window);
-    let produce = async move {
-        while let Some(item) = zones.next().await {
-            if send.send(item).await.is_err() {
-                break;
-            }
-        }
-    };
-    let consume = async {
-        while let Some((id, mut outcome)) = done.recv().await {
-            let zc = &config.zones[id.index()];
-            let wanted = desired.records.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-            outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
-            if let Some((path, file)) = options.read_files.get(&id) {
-                outcome.zone_file = Some(FileSide {
-                    path: path.clone(),
-                    records: file.records.len(),
-                    skipped: file.skipped.len(),
-                    three_way: zonefile::three_way(
-                        &zc.name,
-                        file,
-                        wanted,
-                        outcome.diff.as_ref(),
-                        &zc.exclusions,
-                    ),
-                });
-            }
-            if options.apply
-                && paused.is_none()
-                && outcome.error.is_none()
-                && outcome.in_sync_after == Some(true)
-            {
-                // One transaction per source: every source's state of the
-                // zone, emptied ones included, is rewritten; a row with a
-                // record still waiting for its target's address is kept aside
-                // as the stream keeps it (pg2dns.waiting, no row state).
-                for (i, name) in desired.sources.iter().enumerate() {
-                    let source = SourceId::new(i).map_err(StoreError::from)?;
-                    let rows = desired
-                        .contributions
-                        .get(&id)
-                        .and_then(|by_source| by_source.get(&source))
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[]);
-                    let (held, kept) = split_waiting(rows, &outcome.waiting_after);
-                    let published: Vec<(RowKey, Vec<Record>)>;
-                    let published = if held.is_empty() {
-                        rows
-                    } else {
-                        published = kept.into_iter().cloned().collect();
-                        &published
-                    };
-                    if let Err(source) = store
-                        .replace_zone_state(name, &zc.name, published, &held)
-                        .await
-                    {
-                        outcome.error = Some(ZoneError::State {
-                            zone: zc.name.clone(),
-                            source,
-                        });
-                        break;
-                    }
-                }
-            }
-            outcomes.push(outcome);
-        }
-        Ok::<(), ReconcileError>(())
-    };
-    let ((), consumed) = tokio::join!(produce, consume);
-    consumed?;
-    bar.finish_and_clear();
-    if options.apply && paused.is_none() {
-        // The stream goes on from the moment the tables were read: it
-        // resolves zone references as they were then.
-        store
-            .replace_zone_refs(&config.zones_tables(), &desired.refs)
-            .await?;
-    }
-    Ok(Report {
-        rows: desired.rows,
-        refused_rows: desired.refused,
-        read_time,
-        total_time: started.elapsed(),
-        paused_time: None,
-        zones: outcomes,
-        applied: options.apply,
-        paused_at: paused.cloned(),
-        spilled_runs: 0,
-    })
+    compare_bounded(config, options, store, selected, snapshot, owned, paused).await
 }
 
-/// [`compare`] of the tables (not of an operator's pause) in bounded
-/// memory: the desired side and each transfer go through sorted runs on
-/// disk (see [`bounded`]), and `--apply` writes the row state back from
-/// them in batches.
+/// [`compare`] in bounded memory: the desired side (the tables, or the row
+/// state of a service an operator paused) and each transfer go through
+/// sorted runs on disk (see [`bounded`]), and `--apply` of the tables
+/// writes the row state back from them in batches.
 async fn compare_bounded(
     config: &Config,
     options: &Options,
@@ -1882,6 +1579,7 @@ async fn compare_bounded(
     selected: &[ZoneId],
     snapshot: Option<&str>,
     owned: Option<&BTreeMap<String, std::collections::HashSet<RecordKey>>>,
+    paused: Option<&OperatorPause>,
 ) -> Result<Report, ReconcileError> {
     let started = Instant::now();
     let bar = progress_bar(options.progress);
@@ -1913,6 +1611,14 @@ async fn compare_bounded(
     // database and the DNS server work at once (the transfer needs nothing
     // of the desired side until the merge).
     let read = async {
+        if let Some(pause) = paused {
+            // Paused by an operator: DNS as of the pause is the row state
+            // (and stays so: the row state is not rewritten).
+            bar.set_message("reading pg2dns's row state");
+            let desired = bounded::read_paused(store, config, selected, Arc::clone(&dir)).await?;
+            info!(lsn = %pause.lsn, wal = %pause.wal, rows = desired.rows, "{}", pause.describe());
+            return Ok(desired);
+        }
         begin_snapshot(store, snapshot).await?;
         let desired = bounded::read_desired(
             store,
@@ -2046,7 +1752,7 @@ async fn compare_bounded(
     let ((), consumed) = tokio::join!(produce, consume);
     consumed?;
     bar.finish_and_clear();
-    if options.apply {
+    if options.apply && paused.is_none() {
         // The stream goes on from the moment the tables were read: it
         // resolves zone references as they were then.
         store
@@ -2061,12 +1767,57 @@ async fn compare_bounded(
         paused_time: None,
         zones: outcomes,
         applied: options.apply,
-        paused_at: None,
+        paused_at: paused.cloned(),
         spilled_runs: dir.runs_written(),
     })
 }
 
-/// One zone compared (and with `--apply` repaired) in bounded memory.
+/// The records a first load would delete that pg2dns never published,
+/// counted as the merge finds them (the first [`REPORT_SAMPLE`] kept).
+struct Unowned<'o> {
+    owned: Option<&'o std::collections::HashSet<RecordKey>>,
+    count: usize,
+    sample: Vec<Record>,
+}
+
+impl<'o> Unowned<'o> {
+    fn new(owned: Option<&'o std::collections::HashSet<RecordKey>>) -> Unowned<'o> {
+        Unowned {
+            owned,
+            count: 0,
+            sample: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, d: &diff::OwnerDiff) {
+        let Some(owned) = self.owned else { return };
+        for r in &d.extra {
+            if !owned.contains(&record_key(r)) {
+                self.count += 1;
+                if self.sample.len() < REPORT_SAMPLE {
+                    self.sample.push(r.clone());
+                }
+            }
+        }
+    }
+
+    /// Whether the repair is refused for them (a first load without
+    /// `--force`); notes them in `outcome`.
+    fn judge(self, options: &Options, outcome: &mut ZoneOutcome) -> bool {
+        if self.owned.is_none() {
+            return false;
+        }
+        outcome.unowned_count = self.count;
+        outcome.unowned_deletes = self.sample;
+        outcome.refused_unowned = outcome.unowned_count > 0 && !options.force;
+        outcome.refused_unowned
+    }
+}
+
+/// One zone compared (and with `--apply` repaired) in bounded memory: the
+/// report keeps counts and the first [`REPORT_SAMPLE`] differences; the
+/// verifier's file and the repair are made by merging the runs again, owner
+/// by owner, as the merge produces them.
 #[allow(clippy::too_many_arguments)]
 async fn reconcile_zone_bounded(
     config: &Config,
@@ -2085,19 +1836,28 @@ async fn reconcile_zone_bounded(
         zone: zc.name.clone(),
         source,
     };
-    let compared = |e: bounded::ZoneCompareError| match e {
-        bounded::ZoneCompareError::Axfr(e) => ZoneError::from(*e),
-        bounded::ZoneCompareError::Spill(source) => spill_error(source),
+    // A zone compared with a zone file lists every difference: the
+    // three-way report is made from them.
+    let sample = if options.read_files.contains_key(&id) {
+        usize::MAX
+    } else {
+        REPORT_SAMPLE
     };
+    let mut unowned = Unowned::new(owned);
     let compared_first = match early {
-        Some(transferred) => {
-            transferred.and_then(|t| bounded::compare_transferred(desired, id, zc, t))
+        Some(transferred) => transferred.and_then(|t| {
+            bounded::compare_transferred(desired, id, zc, t, sample, &mut |d| unowned.note(d))
+        }),
+        None => {
+            bounded::compare_zone(desired, id, zc, timeout, budget, sample, &mut |d| {
+                unowned.note(d)
+            })
+            .await
         }
-        None => bounded::compare_zone(desired, id, zc, timeout, budget).await,
     };
-    let first = match compared_first {
+    let mut first = match compared_first {
         Err(e) => {
-            outcome.error = Some(compared(e));
+            outcome.error = Some(compared(zc, e));
             return outcome;
         }
         Ok(c) => c,
@@ -2105,10 +1865,18 @@ async fn reconcile_zone_bounded(
     outcome.axfr_time = first.axfr_time;
     outcome.diff_time = first.diff_time;
     outcome.transferred = first.transferred;
-    judge(config, options, owned, &first.diff, &mut outcome);
-    let first_soa = first.soa.rdata;
+    let needs_repair = !first.diff.is_in_sync();
+    outcome.refused_by_threshold = needs_repair
+        && first
+            .diff
+            .exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
+        && !options.force;
+    unowned.judge(options, &mut outcome);
     let in_sync = first.diff.is_in_sync();
-    outcome.diff = Some(first.diff);
+    let placeholder = diff::OwnerMerge::new(&zc.name, Default::default(), &zc.exclusions)
+        .finish(&Default::default());
+    let first_diff = std::mem::replace(&mut first.diff, placeholder);
+    outcome.diff = Some(first_diff);
     if let Some((path, file)) = options.read_files.get(&id) {
         match desired.zone_records(id) {
             Ok(wanted) => {
@@ -2140,19 +1908,11 @@ async fn reconcile_zone_bounded(
         return outcome;
     }
     if let Some(verifier) = &zc.verify {
-        // The verifier reads the zone as repaired, whole: a zone with a
-        // verifier is held in memory for it.
+        // The zone as repaired is written to the verifier's file from one
+        // more merge of the same runs, owner by owner.
         bar_less_verify_note(zc);
-        let transfer = match axfr::transfer(&zc.name, zc.primary, &zc.key, timeout).await {
-            Ok(t) => t,
-            Err(e) => {
-                outcome.error = Some(e.into());
-                return outcome;
-            }
-        };
-        let repaired = after_repair(&transfer.records, outcome.diff.as_ref().expect("compared"));
-        drop(transfer);
-        match verify(&zc.name, verifier, &repaired).await {
+        let written = |path: &std::path::Path| write_repaired(path, desired, id, zc, &first);
+        match verify(&zc.name, verifier, written).await {
             Ok(()) => outcome.verified = true,
             Err(refusal) => {
                 warn!(zone = %zc.name, command = %refusal.command, reason = %refusal.reason, "the verifier refused the repair; nothing was sent");
@@ -2162,35 +1922,253 @@ async fn reconcile_zone_bounded(
         }
     }
     let started = Instant::now();
-    let rediff = move || async move {
-        let c = bounded::compare_zone(desired, id, zc, timeout, budget)
-            .await
-            .map_err(compared)?;
-        Ok((c.soa.rdata, c.diff))
-    };
-    // Only the differences are held: the report's and the repair's.
-    let first_diff = outcome.diff.take().expect("compared");
-    if let Err(e) = repair(
+    if let Err(e) = repair_streamed(
         config,
         zc,
+        id,
+        desired,
         options,
         owned,
-        first_soa,
-        &first_diff,
+        budget,
+        first,
         &mut outcome,
-        rediff,
     )
     .await
     {
         outcome.error = Some(e);
     }
-    outcome.diff = Some(first_diff);
     outcome.repair_time = started.elapsed();
     outcome
 }
 
+/// A bounded comparison's failure as the zone's error.
+fn compared(zc: &ZoneConfig, e: bounded::ZoneCompareError) -> ZoneError {
+    match e {
+        bounded::ZoneCompareError::Axfr(e) => ZoneError::from(*e),
+        bounded::ZoneCompareError::Spill(source) => ZoneError::Spill {
+            zone: zc.name.clone(),
+            source,
+        },
+    }
+}
+
+/// Writes the zone as it will be after the repair to `path`: the transfer
+/// (SOA and records pg2dns does not own included) with each owner's
+/// differences applied, from a merge of the compared runs, owner by owner.
+fn write_repaired(
+    path: &std::path::Path,
+    desired: &bounded::BoundedDesired,
+    id: ZoneId,
+    zc: &ZoneConfig,
+    compared: &bounded::ZoneCompared,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let other = |e: bounded::BoundedError| std::io::Error::other(crate::error::chain(&e));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut line = format!("$ORIGIN {}\n", zc.name);
+    zonefile::write_record(&mut line, &compared.soa);
+    out.write_all(line.as_bytes())?;
+    let mut m = bounded::ZoneMerge::new(
+        desired,
+        id,
+        &zc.name,
+        compared.facts.clone(),
+        &zc.exclusions,
+        &compared.actual,
+    )
+    .map_err(other)?;
+    m.merge = m.merge.with_sample(0);
+    let mut write = |records: &mut dyn Iterator<Item = &Record>| -> std::io::Result<()> {
+        line.clear();
+        for r in records.filter(|r| r.rtype != RType::SOA) {
+            zonefile::write_record(&mut line, r);
+        }
+        out.write_all(line.as_bytes())
+    };
+    while let Some((_, d)) = m.next_owner().map_err(other)? {
+        match d {
+            None => write(&mut m.actual().iter())?,
+            Some(d) => write(&mut after_repair_owner(m.actual(), &d).iter())?,
+        }
+    }
+    let addressed = m.addressed().map_err(other)?;
+    for (_, d) in m.merge.addressed_missing(&addressed) {
+        write(&mut d.missing.iter())?;
+    }
+    out.flush()
+}
+
+/// One owner as it will be after the repair: what DNS holds at it, the
+/// records deleted or changed taken out, the missing and changed put in.
+fn after_repair_owner(actual: &[Record], d: &diff::OwnerDiff) -> Vec<Record> {
+    let removed = |r: &Record| {
+        d.extra
+            .iter()
+            .chain(d.ttl.iter().map(|t| &t.wanted))
+            .any(|x| x.rtype == r.rtype && x.rdata == r.rdata)
+    };
+    let mut out: Vec<Record> = actual.iter().filter(|r| !removed(r)).cloned().collect();
+    out.extend(d.missing.iter().cloned());
+    out.extend(d.ttl.iter().map(|t| t.wanted.clone()));
+    out
+}
+
+/// Sends the repair owner by owner as a merge of the compared runs
+/// produces it (packed into guarded UPDATEs as the stream packs them); when
+/// the SOA guard fails, transfers the zone again, judges the fresh
+/// comparison as the first, and starts over from it; ends with a transfer
+/// that checks the zone is in sync. Nothing but the message being filled
+/// is held.
+#[allow(clippy::too_many_arguments)]
+async fn repair_streamed(
+    config: &Config,
+    zc: &ZoneConfig,
+    id: ZoneId,
+    desired: &bounded::BoundedDesired,
+    options: &Options,
+    owned: Option<&std::collections::HashSet<RecordKey>>,
+    runs_budget: usize,
+    mut current: bounded::ZoneCompared,
+    outcome: &mut ZoneOutcome,
+) -> Result<(), ZoneError> {
+    let timeout = config.limits.dns_timeout;
+    let zone = &zc.name;
+    let spill = |source| ZoneError::Spill {
+        zone: zone.clone(),
+        source,
+    };
+    let plan = |source| ZoneError::Plan {
+        zone: zone.clone(),
+        source,
+    };
+    // The stream's budget for this zone (see `Config::plan_limits`).
+    let budget = Budget {
+        max_message_bytes: config.limits.max_message_bytes,
+        tsig_record_len: zc.key.record_len(),
+    };
+    let mut failures = 0;
+    let mut first_attempt = true;
+    loop {
+        let soa_seen = current.soa.rdata.clone();
+        // The SOA a failed guard expected.
+        let mut guard_failed = None;
+        {
+            let mut m = bounded::ZoneMerge::new(
+                desired,
+                id,
+                zone,
+                current.facts.clone(),
+                &zc.exclusions,
+                &current.actual,
+            )
+            .map_err(spill)?;
+            m.merge = m.merge.with_sample(0);
+            let mut stream = diff::RepairStream::new(zone, soa_seen.len(), budget);
+            let mut conn: Option<Connection> = None;
+            let mut soa = soa_seen.clone();
+            let mut merged = false;
+            'pass: while !merged {
+                match m.next_owner().map_err(spill)? {
+                    Some((owner, Some(d))) => stream.push(&owner, &d).map_err(plan)?,
+                    Some((_, None)) => continue,
+                    None => {
+                        let addressed = m.addressed().map_err(spill)?;
+                        for (owner, d) in m.merge.addressed_missing(&addressed) {
+                            stream.push(&owner, &d).map_err(plan)?;
+                        }
+                        stream.finish().map_err(plan)?;
+                        merged = true;
+                    }
+                }
+                for ops in stream.take_ready() {
+                    if first_attempt {
+                        test_pause().await;
+                        first_attempt = false;
+                    }
+                    let c = match &mut conn {
+                        Some(c) => c,
+                        None => conn.insert(
+                            Connection::connect(zc.primary)
+                                .await
+                                .map_err(|e| update_err(zc, UpdateFailure::Connect(e)))?,
+                        ),
+                    };
+                    let msg_id = axfr::fresh_id();
+                    let guard = (!options.unguarded).then_some(&soa);
+                    let wire = diff::encode_repair(zone, msg_id, guard, &ops).map_err(plan)?;
+                    let rcode = send(c, zc, &wire, timeout).await?;
+                    if rcode == Rcode::NOERROR {
+                        outcome.messages_applied += 1;
+                        failures = 0;
+                        soa = diff::next_serial(&soa).unwrap_or(soa);
+                    } else if (rcode == Rcode::NXRRSET || rcode == Rcode::YXRRSET)
+                        && !options.unguarded
+                    {
+                        guard_failed = Some(soa.clone());
+                        break 'pass;
+                    } else {
+                        return Err(ZoneError::Refused {
+                            zone: zone.clone(),
+                            server: zc.primary,
+                            rcode,
+                            hint: rcode.hint(),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(expected) = guard_failed {
+            failures += 1;
+            outcome.retries += 1;
+            warn!(zone = %zone, failures, "the zone changed since the transfer (SOA prerequisite failed): transferring it again");
+            if failures >= MAX_GUARD_FAILURES {
+                return Err(ZoneError::KeepsChanging {
+                    zone: zone.clone(),
+                    attempts: failures,
+                });
+            }
+            // A first load refuses records that appeared meanwhile as it
+            // refuses those it saw first.
+            let mut unowned = Unowned::new(owned);
+            let again = bounded::compare_zone(desired, id, zc, timeout, runs_budget, 0, &mut |d| {
+                unowned.note(d)
+            })
+            .await
+            .map_err(|e| compared(zc, e))?;
+            if again.soa.rdata == expected {
+                return Err(ZoneError::GuardUnusable {
+                    zone: zone.clone(),
+                    server: zc.primary,
+                });
+            }
+            if !options.force && unowned.judge(options, outcome) {
+                outcome.in_sync_after = Some(false);
+                return Ok(());
+            }
+            if again
+                .diff
+                .exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
+                && !options.force
+            {
+                outcome.refused_by_threshold = true;
+                outcome.in_sync_after = Some(false);
+                return Ok(());
+            }
+            current = again;
+            continue;
+        }
+        // Check: a fresh transfer must show the zone in sync.
+        let last = bounded::compare_zone(desired, id, zc, timeout, runs_budget, 0, &mut |_| {})
+            .await
+            .map_err(|e| compared(zc, e))?;
+        outcome.in_sync_after = Some(last.diff.is_in_sync());
+        outcome.waiting_after = last.diff.waiting;
+        return Ok(());
+    }
+}
+
 fn bar_less_verify_note(zc: &ZoneConfig) {
-    info!(zone = %zc.name, "verifying the repaired zone (held in memory for the verifier)");
+    info!(zone = %zc.name, "verifying the zone as repaired (written to the verifier's file owner by owner)");
 }
 
 /// A zone's outcome before anything was done.
@@ -2205,6 +2183,7 @@ fn empty_outcome(zc: &ZoneConfig) -> ZoneOutcome {
         waiting_after: Vec::new(),
         refused_by_threshold: false,
         unowned_deletes: Vec::new(),
+        unowned_count: 0,
         refused_unowned: false,
         messages_applied: 0,
         retries: 0,
@@ -2215,230 +2194,6 @@ fn empty_outcome(zc: &ZoneConfig) -> ZoneOutcome {
         primary: None,
         verify_refused: None,
         verified: false,
-    }
-}
-
-/// What the safety rules say of a repair of `first`: past the share
-/// threshold, or deleting records pg2dns never published (a first load).
-fn judge(
-    config: &Config,
-    options: &Options,
-    owned: Option<&std::collections::HashSet<RecordKey>>,
-    first: &ZoneDiff,
-    outcome: &mut ZoneOutcome,
-) {
-    let needs_repair = !first.is_in_sync();
-    outcome.refused_by_threshold = needs_repair
-        && first.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
-        && !options.force;
-    if let Some(owned) = owned {
-        outcome.unowned_deletes = first
-            .owners
-            .values()
-            .flat_map(|o| o.extra.iter())
-            .filter(|r| !owned.contains(&record_key(r)))
-            .cloned()
-            .collect();
-        outcome.refused_unowned = !outcome.unowned_deletes.is_empty() && !options.force;
-    }
-}
-
-async fn reconcile_zone(
-    config: &Config,
-    zc: &ZoneConfig,
-    wanted: &[Record],
-    options: &Options,
-    owned: Option<&std::collections::HashSet<RecordKey>>,
-    bar: &ProgressBar,
-) -> ZoneOutcome {
-    let mut outcome = empty_outcome(zc);
-    let timeout = config.limits.dns_timeout;
-    let started = Instant::now();
-    let transfer = match axfr::transfer(&zc.name, zc.primary, &zc.key, timeout).await {
-        Ok(t) => t,
-        Err(e) => {
-            outcome.error = Some(e.into());
-            return outcome;
-        }
-    };
-    outcome.axfr_time = started.elapsed();
-    outcome.transferred = transfer.records.len();
-    bar.set_message(format!(
-        "zone {}: comparing {} records with {} wanted",
-        zc.name,
-        transfer.records.len(),
-        wanted.len()
-    ));
-    let started = Instant::now();
-    let first = diff::diff_excluding(&zc.name, wanted, &transfer.records, &zc.exclusions);
-    outcome.diff_time = started.elapsed();
-    judge(config, options, owned, &first, &mut outcome);
-    outcome.diff = Some(first.clone());
-    if !options.apply || outcome.refused_by_threshold || outcome.refused_unowned {
-        return outcome;
-    }
-    if let Some(verifier) = &zc.verify {
-        bar.set_message(format!("zone {}: verifying the repaired zone", zc.name));
-        let repaired = after_repair(&transfer.records, &first);
-        match verify(&zc.name, verifier, &repaired).await {
-            Ok(()) => outcome.verified = true,
-            Err(refusal) => {
-                warn!(zone = %zc.name, command = %refusal.command, reason = %refusal.reason, "the verifier refused the repair; nothing was sent");
-                outcome.verify_refused = Some(refusal);
-                return outcome;
-            }
-        }
-    }
-    bar.set_message(format!("zone {}: repairing", zc.name));
-    let started = Instant::now();
-    let rediff = move || async move {
-        let t = axfr::transfer(&zc.name, zc.primary, &zc.key, timeout).await?;
-        let d = diff::diff_excluding(&zc.name, wanted, &t.records, &zc.exclusions);
-        Ok((t.soa.rdata, d))
-    };
-    if let Err(e) = repair(
-        config,
-        zc,
-        options,
-        owned,
-        transfer.soa.rdata.clone(),
-        &first,
-        &mut outcome,
-        rediff,
-    )
-    .await
-    {
-        outcome.error = Some(e);
-    }
-    outcome.repair_time = started.elapsed();
-    outcome
-}
-
-/// Sends the repair, starting again from a fresh transfer when the SOA guard
-/// fails; ends with a transfer that checks the zone is in sync.
-#[allow(clippy::too_many_arguments)]
-async fn repair<Rediff>(
-    config: &Config,
-    zc: &ZoneConfig,
-    options: &Options,
-    owned: Option<&std::collections::HashSet<RecordKey>>,
-    mut soa_seen: pg2dns_decoder::Rdata,
-    first: &ZoneDiff,
-    outcome: &mut ZoneOutcome,
-    rediff: impl Fn() -> Rediff,
-) -> Result<(), ZoneError>
-where
-    Rediff: std::future::Future<Output = Result<(pg2dns_decoder::Rdata, ZoneDiff), ZoneError>>,
-{
-    let timeout = config.limits.dns_timeout;
-    let zone = &zc.name;
-    // The stream's budget for this zone (see `Config::plan_limits`).
-    let budget = Budget {
-        max_message_bytes: config.limits.max_message_bytes,
-        tsig_record_len: zc.key.record_len(),
-    };
-    let mut failures = 0;
-    let mut first_attempt = true;
-    // The comparison after a failed guard (the first one until then).
-    let mut fresh: Option<ZoneDiff> = None;
-    loop {
-        let current = fresh.as_ref().unwrap_or(first);
-        if !current.is_in_sync() {
-            let messages =
-                diff::repair_messages(current, soa_seen.len(), budget).map_err(|source| {
-                    ZoneError::Plan {
-                        zone: zone.clone(),
-                        source,
-                    }
-                })?;
-            if first_attempt {
-                test_pause().await;
-                first_attempt = false;
-            }
-            let mut soa = soa_seen.clone();
-            let mut conn = Connection::connect(zc.primary)
-                .await
-                .map_err(|e| update_err(zc, UpdateFailure::Connect(e)))?;
-            // The SOA a failed guard expected.
-            let mut guard_failed = None;
-            for ops in &messages {
-                let id = axfr::fresh_id();
-                let guard = (!options.unguarded).then_some(&soa);
-                let wire = diff::encode_repair(zone, id, guard, ops).map_err(|source| {
-                    ZoneError::Plan {
-                        zone: zone.clone(),
-                        source,
-                    }
-                })?;
-                let rcode = send(&mut conn, zc, &wire, timeout).await?;
-                if rcode == Rcode::NOERROR {
-                    outcome.messages_applied += 1;
-                    failures = 0;
-                    soa = diff::next_serial(&soa).unwrap_or(soa);
-                } else if (rcode == Rcode::NXRRSET || rcode == Rcode::YXRRSET) && !options.unguarded
-                {
-                    guard_failed = Some(soa.clone());
-                    break;
-                } else {
-                    return Err(ZoneError::Refused {
-                        zone: zone.clone(),
-                        server: zc.primary,
-                        rcode,
-                        hint: rcode.hint(),
-                    });
-                }
-            }
-            if let Some(expected) = guard_failed {
-                failures += 1;
-                outcome.retries += 1;
-                warn!(zone = %zone, failures, "the zone changed since the transfer (SOA prerequisite failed): transferring it again");
-                if failures >= MAX_GUARD_FAILURES {
-                    return Err(ZoneError::KeepsChanging {
-                        zone: zone.clone(),
-                        attempts: failures,
-                    });
-                }
-                let (soa, again) = rediff().await?;
-                soa_seen = soa;
-                let current = fresh.insert(again);
-                if soa_seen == expected {
-                    return Err(ZoneError::GuardUnusable {
-                        zone: zone.clone(),
-                        server: zc.primary,
-                    });
-                }
-                // A first load refuses records that appeared meanwhile as
-                // it refuses those it saw first.
-                if let (Some(owned), false) = (owned, options.force) {
-                    let unowned: Vec<Record> = current
-                        .owners
-                        .values()
-                        .flat_map(|o| o.extra.iter())
-                        .filter(|r| !owned.contains(&record_key(r)))
-                        .cloned()
-                        .collect();
-                    if !unowned.is_empty() {
-                        outcome.unowned_deletes = unowned;
-                        outcome.refused_unowned = true;
-                        outcome.in_sync_after = Some(false);
-                        return Ok(());
-                    }
-                }
-                if current.exceeds(config.reconcile.max_change_share, MIN_RECORDS_FOR_THRESHOLD)
-                    && !options.force
-                {
-                    outcome.refused_by_threshold = true;
-                    outcome.in_sync_after = Some(false);
-                    return Ok(());
-                }
-                continue;
-            }
-        }
-        // Check: a fresh transfer must show the zone in sync.
-        let (_, last) = rediff().await?;
-        outcome.in_sync_after = Some(last.is_in_sync());
-        outcome.waiting_after = last.waiting;
-        return Ok(());
     }
 }
 
@@ -2677,39 +2432,19 @@ fn file_side_json(f: &FileSide, rec: &dyn Fn(&Record) -> serde_json::Value) -> s
     })
 }
 
-/// The zone as it will be after the repair: the transfer (SOA and records
-/// pg2dns does not own included) with the difference applied.
-fn after_repair(transferred: &[Record], d: &ZoneDiff) -> Vec<Record> {
-    let removed: std::collections::HashSet<(&Owner, RType, &pg2dns_decoder::Rdata)> = d
-        .owners
-        .values()
-        .flat_map(|o| o.extra.iter().chain(o.ttl.iter().map(|t| &t.wanted)))
-        .map(|r| (&r.owner, r.rtype, &r.rdata))
-        .collect();
-    let mut out: Vec<Record> = transferred
-        .iter()
-        .filter(|r| !removed.contains(&(&r.owner, r.rtype, &r.rdata)))
-        .cloned()
-        .collect();
-    for o in d.owners.values() {
-        out.extend(o.missing.iter().cloned());
-        out.extend(o.ttl.iter().map(|t| t.wanted.clone()));
-    }
-    out
-}
-
 /// The verifier's output kept in the report, in bytes.
 pub const VERIFY_OUTPUT_MAX: usize = 4096;
 
-/// Writes `records` as a master file in a private temporary directory and
-/// runs the zone's verifier on it (`{zone}` and `{file}` in its arguments,
+/// Writes the zone as repaired (`write` writes it to the path given) as a
+/// master file in a private temporary directory and runs the zone's
+/// verifier on it (`{zone}` and `{file}` in its arguments,
 /// `PG2DNS_ZONE` and `PG2DNS_ZONE_FILE` in its environment). A non-zero
 /// exit, a signal, a timeout (the verifier's process group is killed) or a
 /// verifier that cannot start refuse the repair.
 async fn verify(
     zone: &ZoneName,
     verifier: &crate::config::Verifier,
-    records: &[Record],
+    write: impl FnOnce(&std::path::Path) -> std::io::Result<()>,
 ) -> Result<(), VerifyRefusal> {
     use std::os::unix::fs::DirBuilderExt;
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -2735,7 +2470,7 @@ async fn verify(
     let written = std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
-        .and_then(|()| std::fs::write(&file, zonefile::write(zone, records)));
+        .and_then(|()| write(&file));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(refuse(

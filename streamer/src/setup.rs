@@ -426,7 +426,7 @@ fn load_refusal(preview: &Report) -> Option<String> {
                 crate::error::chain(e)
             ));
         } else if z.refused_unowned {
-            why.push(format!("zone {} holds {} record(s) that no row holds and pg2dns never published, which the load would delete (listed above); keep them by adding rows for them or excluding their names in the zone's config, or delete them with `pg2dns setup --force`", z.zone, z.unowned_deletes.len()));
+            why.push(format!("zone {} holds {} record(s) that no row holds and pg2dns never published, which the load would delete (listed above); keep them by adding rows for them or excluding their names in the zone's config, or delete them with `pg2dns setup --force`", z.zone, z.unowned_count));
         } else if z.refused_by_threshold {
             why.push(format!("zone {} would lose or change more than reconcile.max_change_share of its records; check the tables, then `pg2dns setup --force`", z.zone));
         }
@@ -828,7 +828,7 @@ fn finish_hint(load: &Report) -> String {
         } else if let Some(v) = &z.verify_refused {
             lines.push(format!("zone {zone}: not loaded: its verifier `{}` {} on the zone as loaded; fix the rows or the verifier, then finish with `pg2dns reconcile --apply --zone {zone}`", v.command, v.reason));
         } else if z.refused_unowned {
-            lines.push(format!("zone {zone}: not loaded: it holds {} record(s) pg2dns never published that the load would delete; review with `pg2dns reconcile --zone {zone}`, then finish with `pg2dns reconcile --apply --zone {zone}`", z.unowned_deletes.len()));
+            lines.push(format!("zone {zone}: not loaded: it holds {} record(s) pg2dns never published that the load would delete; review with `pg2dns reconcile --zone {zone}`, then finish with `pg2dns reconcile --apply --zone {zone}`", z.unowned_count));
         } else if z.refused_by_threshold {
             lines.push(format!("zone {zone}: not loaded: past the safety threshold; finish with `pg2dns reconcile --apply --force --zone {zone}`"));
         } else if z.in_sync_after == Some(false) {

@@ -87,7 +87,7 @@ pub async fn for_session(config: &Config, store: &mut Store) -> Result<ZoneSet, 
             } else if outcome.refused_unowned {
                 Some(format!(
                     "its first load would delete {} records pg2dns never published (e.g. {}): delete them from the zone, or load it with `pg2dns reconcile --zone {} --apply --force`, then send SIGHUP",
-                    outcome.unowned_deletes.len(),
+                    outcome.unowned_count,
                     outcome
                         .unowned_deletes
                         .first()

@@ -34,9 +34,14 @@ const RECORDS: u32 = 200_000;
 const REPORT_CAP_MIB: u64 = 64;
 /// The same for a repair (the differences, and the row state's runs).
 const REPAIR_CAP_MIB: u64 = 128;
-/// The same for the load: every record is missing, and the differences
-/// (the whole zone here) are held.
-const LOAD_CAP_MIB: u64 = 768;
+/// The same for the load, where every record is missing: the report keeps
+/// counts and the first 10,000 differences, and the repair is sent owner by
+/// owner as the merge produces it. The binary before (`41a1dd0`, which
+/// held every difference, about 800 bytes per missing record) needed
+/// 768 MiB here.
+const LOAD_CAP_MIB: u64 = REPAIR_CAP_MIB;
+/// Differences a report lists (`reconcile::REPORT_SAMPLE`).
+const REPORT_SAMPLE: usize = 10_000;
 /// Drifted records of each kind (deleted, added, retimed).
 const DRIFT: u32 = 300;
 
@@ -139,9 +144,15 @@ async fn drift_in_a_200k_record_zone_is_reported_exactly_and_repaired_under_a_me
     ensure!(
         code == 0
             && forward["in_sync_after"] == true
-            && forward["missing"].as_array().map(Vec::len) == Some(RECORDS as usize),
+            && forward["missing_count"] == u64::from(RECORDS),
         "the load must add {RECORDS} records and leave the zone in sync (exit {code}): {}",
         forward["error"]
+    );
+    // The report lists the first differences, in owner order, and says so.
+    let listed = forward["missing"].as_array().map(Vec::len).unwrap_or(0);
+    ensure!(
+        forward["sampled"] == true && (REPORT_SAMPLE..REPORT_SAMPLE + 10).contains(&listed),
+        "the report must list the first {REPORT_SAMPLE} of {RECORDS} differences, not {listed}"
     );
     let (code, _) = capped_reconcile(&stack, &[]).await?;
     ensure!(code == 0, "after the load the zone must be in sync");
@@ -400,5 +411,65 @@ async fn a_spilled_reconcile_is_exact_for_drift_of_every_kind() -> Result<()> {
         held == rows,
         "the row state holds {held} records, the table {rows}"
     );
+    Ok(())
+}
+
+/// A repair of more differences than the report lists goes through the
+/// verifier whole: the zone as repaired is written to the verifier's file
+/// from a merge of the runs (every record, not the report's sample), and a
+/// refusal sends nothing; once the refused row is gone the same repair is
+/// verified and sent owner by owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_refusing_a_repair_larger_than_the_report_sends_nothing() -> Result<()> {
+    const ROWS: usize = REPORT_SAMPLE + 2_000;
+    let stack = Stack::start("reconcile-verify-stream", Primary::Bind).await?;
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'h' || g || '.Example.TEST.', 3600, 'A',
+                    '10.' || (g >> 16) || '.' || ((g >> 8) & 255) || '.' || (g & 255)
+             FROM generate_series(1, {ROWS}) AS g;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
+               ('forbidden.example.test.', 300, 'TXT', '\"caf\u{e9} \u{2615} refused\"')"
+        ))
+        .await?;
+    let server = stack.server(Primary::Bind)?;
+    let before = server.axfr(FORWARD).await?;
+    // The site script counts the address records of the file (all of them
+    // must be there) before it refuses the forbidden name.
+    stack.set_zone_option(
+        FORWARD,
+        &format!(
+            r#"verify = ["sh", "-c", "n=$(grep -c ' IN A ' \"$1\"); test \"$n\" -ge {ROWS} || {{ echo \"only $n address records\"; exit 4; }}; if grep -q '^forbidden\\.' \"$1\"; then echo \"forbidden would be published\"; exit 3; fi", "verifier", "{{file}}"]"#
+        ),
+    )?;
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        code == 1
+            && forward["verify_refused"]["reason"] == "exited with status 3"
+            && forward["missing_count"] == ROWS as u64 + 1
+            && forward["sampled"] == true
+            && forward["messages_applied"] == 0,
+        "exit {code}: {:#}",
+        forward["verify_refused"]
+    );
+    let now = server.axfr(FORWARD).await?;
+    ensure!(now == before, "a refused repair changed the zone");
+
+    stack
+        .exec("DELETE FROM pg2dns.rr WHERE owner = 'forbidden.example.test.'")
+        .await?;
+    let (code, json) = report(&stack.reconcile(&["--json", "--apply"], &[]).await?)?;
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        code == 0
+            && forward["verified"] == true
+            && forward["in_sync_after"] == true
+            && forward["messages_applied"].as_u64().is_some_and(|n| n > 1),
+        "exit {code}: {forward:#}"
+    );
+    let (code, _) = report(&stack.reconcile(&["--json"], &[]).await?)?;
+    ensure!(code == 0, "after the repair the zone must be in sync");
     Ok(())
 }

@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use pg2dns_decoder::diff::{OwnerMerge, ZoneDiff, ZoneFacts};
+use pg2dns_decoder::diff::{OwnerDiff, OwnerMerge, ZoneDiff, ZoneFacts};
 use pg2dns_decoder::exclude::Exclusions;
 use pg2dns_decoder::mapping::{Desired, RowKey, RowUpdate, Wanted};
 use pg2dns_decoder::name::Name;
@@ -717,6 +717,11 @@ pub(super) struct ZoneCompared {
     pub axfr_time: Duration,
     /// Time the merge took.
     pub diff_time: Duration,
+    /// The transfer, in runs (merged again by the verifier's and the
+    /// repair's passes).
+    pub actual: Sorted,
+    /// What the merge knew of the zone.
+    pub facts: ZoneFacts,
 }
 
 /// Why comparing one zone in bounded memory failed.
@@ -778,102 +783,183 @@ pub(super) async fn transfer_zone(
 }
 
 /// Merges a transferred zone with the database's published records, owner
-/// by owner.
+/// by owner: the differences are counted, the first `sample` owners' kept,
+/// and each is shown to `each` (as the merge produces it).
 pub(super) fn compare_transferred(
     desired: &BoundedDesired,
     id: ZoneId,
     zc: &ZoneConfig,
     t: Transferred,
+    sample: usize,
+    each: &mut dyn FnMut(&OwnerDiff),
 ) -> Result<ZoneCompared, ZoneCompareError> {
     let started = Instant::now();
     let mut facts = desired.facts.get(&id).cloned().unwrap_or_default();
     facts.name_servers.extend(t.facts.name_servers);
-    let diff = merge_zone(desired, id, &zc.name, facts, &zc.exclusions, &t.actual)?;
+    let mut m = ZoneMerge::new(
+        desired,
+        id,
+        &zc.name,
+        facts.clone(),
+        &zc.exclusions,
+        &t.actual,
+    )?;
+    m.merge = m.merge.with_sample(sample);
+    while let Some((_, d)) = m.next_owner()? {
+        if let Some(d) = d {
+            each(&d);
+        }
+    }
+    let addressed = m.addressed()?;
+    let diff = m.merge.finish(&addressed);
     Ok(ZoneCompared {
         soa: t.soa,
         transferred: t.transferred,
         diff,
         axfr_time: t.axfr_time,
         diff_time: started.elapsed(),
+        actual: t.actual,
+        facts,
     })
 }
 
 /// Transfers the zone (spilled in sorted runs as it arrives) and merges it
-/// with the database's published records, owner by owner.
+/// with the database's published records, owner by owner (see
+/// [`compare_transferred`]).
 pub(super) async fn compare_zone(
     desired: &BoundedDesired,
     id: ZoneId,
     zc: &ZoneConfig,
     timeout: Duration,
     budget: usize,
+    sample: usize,
+    each: &mut (dyn FnMut(&OwnerDiff) + Send),
 ) -> Result<ZoneCompared, ZoneCompareError> {
     let t = transfer_zone(&desired.dir, zc, timeout, budget).await?;
-    compare_transferred(desired, id, zc, t)
+    compare_transferred(desired, id, zc, t, sample, each)
 }
 
-/// The comparison of the database's records of `id` with the transferred
-/// runs, owner by owner.
-fn merge_zone(
-    desired: &BoundedDesired,
+/// The database's records of a zone merged with a transfer's runs, owner by
+/// owner, as a cursor: [`ZoneMerge::next_owner`] gives each owner's
+/// differences as the merge reaches it, so a pass that sends (the repair)
+/// or writes (the verifier's file) them holds one owner at a time.
+pub(super) struct ZoneMerge<'a> {
+    desired: &'a BoundedDesired,
     id: ZoneId,
-    zone: &ZoneName,
-    facts: ZoneFacts,
-    exclusions: &Exclusions,
-    actual: &Sorted,
-) -> Result<ZoneDiff, BoundedError> {
-    let spill_err = |source| BoundedError::Spill {
-        dir: desired.dir.path().to_path_buf(),
-        source,
-    };
-    let mut want = desired.zone_run(id).map_err(spill_err)?;
-    let mut have = actual.merge().map_err(spill_err)?;
-    let mut merge = OwnerMerge::new(zone, facts, exclusions);
-    let mut w = want.next_entry().map_err(spill_err)?;
-    let mut h = have.next_entry().map_err(spill_err)?;
-    let (mut wg, mut hg): (Vec<Record>, Vec<Record>) = (Vec::new(), Vec::new());
-    loop {
-        let wire: Vec<u8> = match (&w, &h) {
+    want: ZoneRun,
+    have: pg2dns_decoder::runs::Merge<spill::RunInput>,
+    w: Option<pg2dns_decoder::runs::Entry>,
+    h: Option<pg2dns_decoder::runs::Entry>,
+    /// The comparison (counts, sample, the MX/SRV that may wait).
+    pub merge: OwnerMerge<'a>,
+    wg: Vec<Record>,
+    hg: Vec<Record>,
+}
+
+impl<'a> ZoneMerge<'a> {
+    /// A merge of `desired`'s records of `id` with `actual` from the start.
+    pub fn new(
+        desired: &'a BoundedDesired,
+        id: ZoneId,
+        zone: &'a ZoneName,
+        facts: ZoneFacts,
+        exclusions: &'a Exclusions,
+        actual: &Sorted,
+    ) -> Result<ZoneMerge<'a>, BoundedError> {
+        let spill_err = |source| BoundedError::Spill {
+            dir: desired.dir.path().to_path_buf(),
+            source,
+        };
+        let mut want = desired.zone_run(id).map_err(spill_err)?;
+        let mut have = actual.merge().map_err(spill_err)?;
+        let w = want.next_entry().map_err(spill_err)?;
+        let h = have.next_entry().map_err(spill_err)?;
+        Ok(ZoneMerge {
+            desired,
+            id,
+            want,
+            have,
+            w,
+            h,
+            merge: OwnerMerge::new(zone, facts, exclusions),
+            wg: Vec::new(),
+            hg: Vec::new(),
+        })
+    }
+
+    fn spill_err(&self, source: io::Error) -> BoundedError {
+        BoundedError::Spill {
+            dir: self.desired.dir.path().to_path_buf(),
+            source,
+        }
+    }
+
+    /// The next owner: `None` after the last, else the owner and its
+    /// differences (`None` when it has none). Its records in DNS are
+    /// [`ZoneMerge::actual`].
+    pub fn next_owner(&mut self) -> Result<Option<(Owner, Option<OwnerDiff>)>, BoundedError> {
+        let wire: Vec<u8> = match (&self.w, &self.h) {
             (Some(a), Some(b)) => {
                 std::cmp::min(a.key.get(4..).ok_or(Damaged)?, &b.key[..]).to_vec()
             }
             (Some(a), None) => a.key.get(4..).ok_or(Damaged)?.to_vec(),
             (None, Some(b)) => b.key.clone(),
-            (None, None) => break,
+            (None, None) => return Ok(None),
         };
         let owner = owner_of(&wire)?;
-        wg.clear();
-        hg.clear();
-        while let Some(e) = w.as_ref().filter(|e| e.key.get(4..) == Some(&wire[..])) {
-            wg.push(decode_record(&owner, &e.value)?);
-            w = want.next_entry().map_err(spill_err)?;
+        self.wg.clear();
+        self.hg.clear();
+        while let Some(e) = self
+            .w
+            .as_ref()
+            .filter(|e| e.key.get(4..) == Some(&wire[..]))
+        {
+            self.wg.push(decode_record(&owner, &e.value)?);
+            self.w = self.want.next_entry().map_err(|e| self.spill_err(e))?;
         }
-        while let Some(e) = h.as_ref().filter(|e| e.key == wire) {
-            hg.push(decode_record(&owner, &e.value)?);
-            h = have.next_entry().map_err(spill_err)?;
+        while let Some(e) = self.h.as_ref().filter(|e| e.key == wire) {
+            self.hg.push(decode_record(&owner, &e.value)?);
+            self.h = self.have.next_entry().map_err(|e| self.spill_err(e))?;
         }
-        merge.owner(&wg, &hg);
+        let d = self.merge.owner(&self.wg, &self.hg);
+        Ok(Some((owner, d)))
     }
-    // Whether the targets of missing MX and SRV records have a wanted
-    // address: a second read of the desired side, for those names only.
-    let targets = merge.waiting_targets();
-    let mut addressed = BTreeSet::new();
-    if !targets.is_empty() {
+
+    /// The records DNS holds at the owner [`ZoneMerge::next_owner`] gave
+    /// last (SOA, signatures and other records pg2dns does not own
+    /// included).
+    pub fn actual(&self) -> &[Record] {
+        &self.hg
+    }
+
+    /// After the last owner: whether the targets of missing MX and SRV
+    /// records have a wanted address (a second read of the desired side,
+    /// for those names only).
+    pub fn addressed(&self) -> Result<BTreeSet<Owner>, BoundedError> {
+        let targets = self.merge.waiting_targets();
+        let mut addressed = BTreeSet::new();
+        if targets.is_empty() {
+            return Ok(addressed);
+        }
         let wires: HashSet<Vec<u8>> = targets
             .iter()
             .map(|t| t.name().as_wire().to_vec())
             .collect();
-        let mut want = desired.zone_run(id).map_err(spill_err)?;
-        while let Some(e) = want.next_entry().map_err(spill_err)? {
+        let mut want = self
+            .desired
+            .zone_run(self.id)
+            .map_err(|e| self.spill_err(e))?;
+        while let Some(e) = want.next_entry().map_err(|e| self.spill_err(e))? {
             let wire = e.key.get(4..).ok_or(Damaged)?;
             if wires.contains(wire) {
                 let r = decode_record(&owner_of(wire)?, &e.value)?;
-                if merge.is_owned_address(&r) {
+                if self.merge.is_owned_address(&r) {
                     addressed.insert(r.owner);
                 }
             }
         }
+        Ok(addressed)
     }
-    Ok(merge.finish(&addressed))
 }
 
 /// What a row contributes to a zone, as an entry of the state runs: key
@@ -976,4 +1062,159 @@ impl StateRows {
         }
         Ok((!rows.is_empty()).then_some(rows))
     }
+}
+
+/// The desired side of a service an operator paused: this slot's row state
+/// of the `selected` zones (what DNS held after every transaction before
+/// the pause), streamed into sorted runs by (zone, owner) and published
+/// owner by owner as the planner publishes its state (`plan::publish`: one
+/// TTL per RRset, `one_ptr`), into the same file of published records the
+/// tables' read writes: then compared by the same merge.
+pub(super) async fn read_paused(
+    store: &Store,
+    config: &Config,
+    selected: &[ZoneId],
+    dir: Arc<SpillDir>,
+) -> Result<BoundedDesired, BoundedError> {
+    use futures_util::TryStreamExt;
+    let spill_err = |source| BoundedError::Spill {
+        dir: dir.path().to_path_buf(),
+        source,
+    };
+    let read = crate::store::sql("cannot read pg2dns.row_state");
+    let corrupt = |detail: String| {
+        BoundedError::Store(StoreError::Corrupt {
+            table: "row_state",
+            detail,
+        })
+    };
+    let zones = config.zones();
+    let names: Vec<String> = selected
+        .iter()
+        .map(|&id| config.zones[id.index()].name.to_string())
+        .collect();
+    let slot = store.slot().to_owned();
+    let rows: i64 = store
+        .client()
+        .query_one(
+            "SELECT count(*) FROM (SELECT DISTINCT source, row_key FROM pg2dns.row_state \
+             WHERE slot = $1 AND zone = ANY($2)) AS r",
+            &[&slot, &names],
+        )
+        .await
+        .map_err(crate::store::sql("cannot read pg2dns.row_state"))?
+        .get(0);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&slot, &names];
+    let stream = store
+        .client()
+        .query_raw(
+            "SELECT zone, owner, rtype, rdata, min(ttl) FROM pg2dns.row_state \
+             WHERE slot = $1 AND zone = ANY($2) GROUP BY zone, owner, rtype, rdata",
+            params,
+        )
+        .await
+        .map_err(read)?;
+    futures_util::pin_mut!(stream);
+    let budget = spill::budget(config.reconcile.memory_mib, 0.5);
+    let mut state = Sorter::new(Arc::clone(&dir), "paused", budget);
+    let mut ids: HashMap<String, ZoneId> = HashMap::new();
+    while let Some(r) = stream
+        .try_next()
+        .await
+        .map_err(crate::store::sql("cannot read pg2dns.row_state"))?
+    {
+        let zone: String = r.get(0);
+        let id = match ids.get(&zone) {
+            Some(id) => *id,
+            None => {
+                // The state was read for the selected zones only: a record
+                // of another zone left out would be deleted from DNS.
+                let id = ZoneName::parse(&zone)
+                    .ok()
+                    .and_then(|z| zones.id_of(&z))
+                    .ok_or_else(|| corrupt(format!("zone {zone:?} is not configured")))?;
+                ids.insert(zone, id);
+                id
+            }
+        };
+        let owner: Vec<u8> = r.get(1);
+        let rtype: i32 = r.get(2);
+        let rtype = u16::try_from(rtype)
+            .map_err(|_| corrupt(format!("record type {rtype} is out of range")))?;
+        let ttl: i32 = r.get(4);
+        let ttl = u32::try_from(ttl).map_err(|_| corrupt(format!("TTL {ttl} is out of range")))?;
+        let rdata: Vec<u8> = r.get(3);
+        let owner =
+            owner_of(&owner).map_err(|_| corrupt(format!("owner name {owner:?} is not a name")))?;
+        let record = Record {
+            owner,
+            rtype: RType(rtype),
+            ttl,
+            rdata: Rdata::from_wire(&rdata),
+        };
+        state
+            .push(&owner_key(id, &record.owner), &record_value(&record))
+            .map_err(spill_err)?;
+    }
+    let sorted = state.finish().map_err(spill_err)?;
+    let one_ptr = config.plan_limits().one_ptr;
+    let published = dir.file("published-paused");
+    let mut writer = BufWriter::new(std::fs::File::create(&published).map_err(spill_err)?);
+    let mut ranges: HashMap<ZoneId, (u64, u64, usize)> = HashMap::new();
+    let mut facts: HashMap<ZoneId, ZoneFacts> = HashMap::new();
+    let mut offset = 0u64;
+    let mut merge = sorted.merge().map_err(spill_err)?;
+    let mut next = merge.next_entry().map_err(spill_err)?;
+    let mut group: Vec<Desired> = Vec::new();
+    while let Some(first) = next.take() {
+        let key = first.key.clone();
+        let zone = ZoneId(u32::from_be_bytes(
+            key.get(..4)
+                .and_then(|k| k.try_into().ok())
+                .ok_or(Damaged)?,
+        ));
+        let owner = owner_of(key.get(4..).ok_or(Damaged)?)?;
+        group.clear();
+        group.push(Desired {
+            zone,
+            record: decode_record(&owner, &first.value)?,
+        });
+        next = merge.next_entry().map_err(spill_err)?;
+        while let Some(e) = next.as_ref().filter(|e| e.key == key) {
+            group.push(Desired {
+                zone,
+                record: decode_record(&owner, &e.value)?,
+            });
+            next = merge.next_entry().map_err(spill_err)?;
+        }
+        for (zone, records) in pg2dns_decoder::plan::publish(group.drain(..), &one_ptr) {
+            let zone_name = zones.name(zone);
+            let f = facts.entry(zone).or_default();
+            let range = ranges.entry(zone).or_insert((offset, offset, 0));
+            for r in records {
+                f.desired(zone_name, &r);
+                let key = owner_key(zone, &r.owner);
+                let value = record_value(&r);
+                runs::write_entry(&mut writer, &key, &value).map_err(spill_err)?;
+                offset += runs::entry_len(&key, &value);
+                range.1 = offset;
+                range.2 += 1;
+            }
+        }
+    }
+    writer.flush().map_err(spill_err)?;
+    Ok(BoundedDesired {
+        // A count is never negative.
+        rows: usize::try_from(rows).unwrap_or(0),
+        refused: 0,
+        refusals: BTreeMap::new(),
+        published,
+        ranges,
+        facts,
+        passes: 1,
+        sources: Vec::new(),
+        refs: Default::default(),
+        contributions: None,
+        dir,
+    })
 }
