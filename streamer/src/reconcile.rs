@@ -1844,6 +1844,18 @@ async fn reconcile_zone_bounded(
         REPORT_SAMPLE
     };
     let mut unowned = Unowned::new(owned);
+    // A transfer made while the tables were read can be cut by the server
+    // when this one thread was busy reading them (Knot closes a transfer
+    // whose reader stalls past its `tcp-io-timeout`, 500 ms by default):
+    // the zone is transferred again, now with nothing else to do. An error
+    // the second transfer meets too is the zone's error.
+    let early = match early {
+        Some(Err(e)) => {
+            warn!(zone = %zc.name, error = %crate::error::chain(&e), "the transfer made while the tables were read failed; transferring the zone again");
+            None
+        }
+        other => other,
+    };
     let compared_first = match early {
         Some(transferred) => transferred.and_then(|t| {
             bounded::compare_transferred(desired, id, zc, t, sample, &mut |d| unowned.note(d))

@@ -1045,3 +1045,92 @@ async fn a_reconcile_that_panics_while_it_holds_the_service_paused_resumes_it_fi
     );
     resumed_by_the_reconcile(&stack, &run, "after-panic.example.test.").await
 }
+
+/// A TCP relay to `to` on a free loopback port: its first connection is cut
+/// after `keep` bytes of the server's answer (a transfer a server closed
+/// halfway, as Knot does when its reader stalls past `tcp-io-timeout`), the
+/// others are relayed whole.
+async fn relay_cutting_the_first_connection(
+    to: std::net::SocketAddr,
+    keep: usize,
+) -> Result<std::net::SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let cut = std::mem::replace(&mut first, false);
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                if !cut {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    return;
+                }
+                let (mut from_server, mut to_server) = server.into_split();
+                let (mut from_client, mut to_client) = client.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                });
+                let mut head = vec![0u8; keep];
+                if from_server.read_exact(&mut head).await.is_ok() {
+                    let _ = to_client.write_all(&head).await;
+                }
+                up.abort();
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_cut_while_the_tables_are_read_is_made_again_and_the_zone_compared() -> Result<()>
+{
+    let stack = Stack::start("reconcile-cut-transfer", Primary::Bind).await?;
+    let mut pg2dns = stack.run()?;
+    let values: Vec<String> = (1..=50)
+        .map(|i| format!("('h{i}.example.test.', 300, 'TXT', '\"Grüße {i}\" \"zwei\"')"))
+        .collect();
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES {}",
+            values.join(", ")
+        ))
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    pg2dns.terminate().await?;
+    // The forward zone's primary reached through the relay: reconcile's
+    // first transfer of it (made while the tables are read) is cut inside
+    // its first message.
+    let bind = stack.server(Primary::Bind)?.addr();
+    let relay = relay_cutting_the_first_connection(bind.parse()?, 10).await?;
+    let config = std::fs::read_to_string(stack.config_path())?;
+    let from = format!("name = \"{FORWARD}\"\nprimary = \"{bind}\"");
+    ensure!(
+        config.contains(&from),
+        "the config lists {FORWARD} as expected:\n{config}"
+    );
+    std::fs::write(
+        stack.config_path(),
+        config.replace(
+            &from,
+            &format!("name = \"{FORWARD}\"\nprimary = \"{relay}\""),
+        ),
+    )?;
+    let output = stack.reconcile(&["--json"], &[]).await?;
+    let (code, json) = report(&output)?;
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        code == 0 && forward["in_sync"] == true,
+        "the zone is transferred again and found in sync (exit {code}): {json:#}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(
+        String::from_utf8_lossy(&output.stderr).contains("transferring the zone again"),
+        "the cut transfer is said: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
