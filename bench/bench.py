@@ -519,10 +519,81 @@ def drain_w1(args, kind, window=None, server="bind", txns=None):
     return run_trial(args, label, kind, body, window, server)
 
 
+class FsyncProbe:
+    """A thread writing 512 bytes and fsyncing them every 50 ms in `root`:
+    what one fsync costs on this disk meanwhile. BIND's journal and
+    PostgreSQL's WAL both wait for one per change, so a slow disk shows in
+    every pipeline's tail, not in one pipeline's alone."""
+
+    def __init__(self, root):
+        self.path = os.path.join(root, "fsync-probe.dat")
+        self.samples = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            while not self.stopping.wait(0.05):
+                t0 = time.time()
+                os.pwrite(fd, b"x" * 512, 0)
+                os.fsync(fd)
+                self.samples.append((t0, time.time() - t0))
+        finally:
+            os.close(fd)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        return self.samples
+
+
+def named_added(named_log, prefix):
+    """{owner label: time} of BIND's "updating zone …: adding an RR at
+    'PREFIX-N.…'" lines (named -g logs in local time, to the millisecond):
+    when the UPDATE reached the server, before its journal is written."""
+    import datetime
+    import re
+    pat = re.compile(r"^(\d\d-\w{3}-\d{4} \d\d:\d\d:\d\d\.\d+) .*adding an RR at '(" + re.escape(prefix)
+                     + r"-\d+)\.")
+    out = {}
+    try:
+        with open(named_log, errors="replace") as f:
+            for line in f:
+                m = pat.match(line)
+                if m:
+                    t = datetime.datetime.strptime(m.group(1), "%d-%b-%Y %H:%M:%S.%f").timestamp()
+                    out.setdefault(m.group(2), t)
+    except OSError:
+        pass
+    return out
+
+
+def pcts(xs, prefix):
+    """p50, p99 and max of `xs` (seconds) in ms, under keys PREFIX_p50_ms…"""
+    if not xs:
+        return {}
+    xs = sorted(x * 1000 for x in xs)
+    return {f"{prefix}_p50_ms": round(xs[len(xs) // 2], 2),
+            f"{prefix}_p99_ms": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))], 2),
+            f"{prefix}_max_ms": round(xs[-1], 2)}
+
+
 def latency(args, kind, window=None, load=None, primaries=1):
     """Live latency; with `load`, while a second client commits `load`
     one-row transactions as fast as it can (two pgbench connections); with
-    two `primaries`, until both answer."""
+    two `primaries`, until both answer.
+
+    Each transaction's latency is split where BIND logs the UPDATE's
+    "adding an RR" (the last primary's, with two): commit → at the server
+    (PostgreSQL's walsender and the pipeline) and at the server → visible
+    (BIND's journal write and fsync, its answer to the probe). A fsync
+    probe on the same disk runs meanwhile."""
     rate, secs = args.lat_rate, args.lat_secs
 
     def body(t):
@@ -532,11 +603,12 @@ def latency(args, kind, window=None, load=None, primaries=1):
         total = rate * secs
         t.workload.append(f"{total} single-row INSERTs at {rate}/s over one connection (bench/pgwire.py); "
                           "each owner polled over UDP until it answers")
-        lat, pending, i, by_commit = [], [], 0, []
+        lat, pending, i, trace = [], [], 0, []
         background = None
         if load:
             background = threading.Thread(target=t.pgbench, args=(insert_script(p.table, "bg"), load, 2))
             background.start()
+        probe = FsyncProbe(t.root)
         t0 = time.time()
         next_due = t0
         deadline = t0 + secs + 10
@@ -552,8 +624,9 @@ def latency(args, kind, window=None, load=None, primaries=1):
             still = []
             for owner, tc in pending:
                 if t.prober.answers(owner) and (t.prober2 is None or t.prober2.answers(owner)):
-                    lat.append(time.time() - tc)
-                    by_commit.append(lat[-1])
+                    seen = time.time()
+                    lat.append(seen - tc)
+                    trace.append((owner, round(tc, 4), round(seen, 4)))
                 else:
                     still.append((owner, tc))
             pending = still
@@ -561,6 +634,7 @@ def latency(args, kind, window=None, load=None, primaries=1):
             # polling would load the DNS server (and the 2 shared cores)
             # in proportion to the latency being measured.
             time.sleep(max(0.0, min(next_due - time.time(), 0.001 if pending else 0.005)))
+        fsyncs = probe.stop()
         t_last = t0 + secs
         if background:
             background.join()
@@ -572,10 +646,23 @@ def latency(args, kind, window=None, load=None, primaries=1):
         def pct(q):
             return round(ms[min(len(ms) - 1, int(q * len(ms)))], 2) if ms else None
 
+        trace.sort(key=lambda x: x[1])
         res.update({"latency_n": len(ms), "latency_lost": len(pending), "p50_ms": pct(0.50),
                     "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": round(ms[-1], 2) if ms else None,
                     "mean_ms": round(statistics.mean(ms), 2) if ms else None,
-                    "latencies_ms_in_commit_order": [round(x * 1000, 2) for x in by_commit]})
+                    "latencies_ms_in_commit_order": [round((seen - tc) * 1000, 2) for _, tc, seen in trace],
+                    # Wall-clock commit and answer times (epoch s), to line a
+                    # slow transaction up with a pipeline's debug log.
+                    "trace": trace})
+        added = {}
+        for dns in (t.dns, t.second):
+            if isinstance(dns, Bind):
+                for k, v in named_added(os.path.join(dns.dir, "named.log"), "lat").items():
+                    added[k] = max(added.get(k, v), v)
+        split = [(added[o.split(".")[0]], tc, seen) for o, tc, seen in trace if o.split(".")[0] in added]
+        res.update(pcts([a - tc for a, tc, _ in split], "to_server"))
+        res.update(pcts([seen - a for a, _, seen in split], "server_to_visible"))
+        res.update(pcts([d for _, d in fsyncs], "fsync"))
         return res
 
     label = ("latency_load" if load else "latency") + ("2" if primaries > 1 else "")
@@ -851,11 +938,20 @@ def report(meta, results):
         out.append("")
     lat = [r for r in results if r["label"].startswith("latency") and "failed" not in r]
     if lat:
-        out.append("| latency trial | commits | seen in DNS | p50 ms | p90 ms | p99 ms | max ms | mean ms |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("| latency trial | commits | seen in DNS | p50 ms | p90 ms | p99 ms | max ms | mean ms "
+                   "| commit → at BIND p50/p99/max ms | at BIND → visible p50/p99/max ms | fsync p99/max ms "
+                   "| CPU pressure % |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+        def three(r, k):
+            return "/".join(fmt(r.get(f"{k}_{q}_ms")) for q in ("p50", "p99", "max"))
+
         for r in lat:
             out.append(f"| {r['label']} | {r['rows']} | {r['latency_n']} | {fmt(r['p50_ms'])} | {fmt(r['p90_ms'])} "
-                       f"| {fmt(r['p99_ms'])} | {fmt(r['max_ms'])} | {fmt(r['mean_ms'])} |")
+                       f"| {fmt(r['p99_ms'])} | {fmt(r['max_ms'])} | {fmt(r['mean_ms'])} "
+                       f"| {three(r, 'to_server')} | {three(r, 'server_to_visible')} "
+                       f"| {fmt(r.get('fsync_p99_ms'))}/{fmt(r.get('fsync_max_ms'))} "
+                       f"| {fmt(r.get('cpu_pressure_pct'), 0)} |")
         out.append("")
     apply = [r for r in results if r["pipeline"] != "blast" and "apply_rr_per_s" in r]
     refs = [r for r in results if r["pipeline"] == "blast"]
