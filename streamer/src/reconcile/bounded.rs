@@ -106,7 +106,7 @@ pub(super) struct BoundedDesired {
     /// The published records, all zones, one run in key order.
     published: PathBuf,
     /// Per zone: its byte range in `published`, and its record count.
-    ranges: HashMap<ZoneId, (u64, u64, usize)>,
+    ranges: ZoneRanges,
     /// Per zone: the apex NS the database publishes.
     pub facts: HashMap<ZoneId, ZoneFacts>,
     /// Passes over the parts (1 unless refusals crossed owners).
@@ -485,7 +485,7 @@ fn names_below(
 
 /// What one pass over the parts gave.
 struct Pass {
-    ranges: HashMap<ZoneId, (u64, u64, usize)>,
+    ranges: ZoneRanges,
     facts: HashMap<ZoneId, ZoneFacts>,
     /// Rows refused in this pass (not excluded ones).
     rejections: Vec<Rejection>,
@@ -560,10 +560,7 @@ fn plan_pass(
             is_dname: Box::new(is_dname),
             occupied_below: Box::new(occupied_below),
         });
-    let mut writer = BufWriter::with_capacity(1 << 16, std::fs::File::create(out).map_err(io_err)?);
-    let mut offset = 0u64;
-    let mut ranges: HashMap<ZoneId, (u64, u64, usize)> = HashMap::new();
-    let mut facts: HashMap<ZoneId, ZoneFacts> = HashMap::new();
+    let mut file = PublishedFile::create(out).map_err(io_err)?;
     // Rows refused in this pass (their later parts are skipped): whether
     // at their first part, and why.
     let mut refused: HashMap<u64, (bool, Vec<Rejection>)> = HashMap::new();
@@ -612,21 +609,11 @@ fn plan_pass(
         }
         // The owner is complete: publish it and forget it.
         for (zone, records) in planner.take_published() {
-            let zone_name = zones.name(zone);
-            let f = facts.entry(zone).or_default();
-            let range = ranges.entry(zone).or_insert((offset, offset, 0));
-            for r in records {
-                f.desired(zone_name, &r);
-                let key = owner_key(zone, &r.owner);
-                let value = record_value(&r);
-                runs::write_entry(&mut writer, &key, &value).map_err(io_err)?;
-                offset += runs::entry_len(&key, &value);
-                range.1 = offset;
-                range.2 += 1;
-            }
+            file.append(zones.name(zone), zone, records)
+                .map_err(io_err)?;
         }
     }
-    writer.flush().map_err(io_err)?;
+    let (ranges, facts) = file.finish().map_err(io_err)?;
     drop(planner);
     let asked = asked.into_inner().unwrap_or_else(|e| e.into_inner());
     // Rows that want a CNAME at an owner the planner was told is an alias,
@@ -1159,10 +1146,7 @@ pub(super) async fn read_paused(
     let sorted = state.finish().map_err(spill_err)?;
     let one_ptr = config.plan_limits().one_ptr;
     let published = dir.file("published-paused");
-    let mut writer = BufWriter::new(std::fs::File::create(&published).map_err(spill_err)?);
-    let mut ranges: HashMap<ZoneId, (u64, u64, usize)> = HashMap::new();
-    let mut facts: HashMap<ZoneId, ZoneFacts> = HashMap::new();
-    let mut offset = 0u64;
+    let mut file = PublishedFile::create(&published).map_err(spill_err)?;
     let mut merge = sorted.merge().map_err(spill_err)?;
     let mut next = merge.next_entry().map_err(spill_err)?;
     let mut group: Vec<Desired> = Vec::new();
@@ -1188,21 +1172,11 @@ pub(super) async fn read_paused(
             next = merge.next_entry().map_err(spill_err)?;
         }
         for (zone, records) in pg2dns_decoder::plan::publish(group.drain(..), &one_ptr) {
-            let zone_name = zones.name(zone);
-            let f = facts.entry(zone).or_default();
-            let range = ranges.entry(zone).or_insert((offset, offset, 0));
-            for r in records {
-                f.desired(zone_name, &r);
-                let key = owner_key(zone, &r.owner);
-                let value = record_value(&r);
-                runs::write_entry(&mut writer, &key, &value).map_err(spill_err)?;
-                offset += runs::entry_len(&key, &value);
-                range.1 = offset;
-                range.2 += 1;
-            }
+            file.append(zones.name(zone), zone, records)
+                .map_err(spill_err)?;
         }
     }
-    writer.flush().map_err(spill_err)?;
+    let (ranges, facts) = file.finish().map_err(spill_err)?;
     Ok(BoundedDesired {
         // A count is never negative.
         rows: usize::try_from(rows).unwrap_or(0),
@@ -1217,4 +1191,58 @@ pub(super) async fn read_paused(
         contributions: None,
         dir,
     })
+}
+
+/// Each zone's range in a file of published records: start, end, count.
+type ZoneRanges = HashMap<ZoneId, (u64, u64, usize)>;
+
+/// The desired side's file of published records, written owner by owner
+/// in merge order: each zone's records are one range of it (start, end,
+/// count), and the zone's facts are gathered on the way.
+struct PublishedFile {
+    writer: BufWriter<std::fs::File>,
+    offset: u64,
+    ranges: ZoneRanges,
+    facts: HashMap<ZoneId, ZoneFacts>,
+}
+
+impl PublishedFile {
+    fn create(path: &std::path::Path) -> io::Result<Self> {
+        Ok(Self {
+            writer: BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?),
+            offset: 0,
+            ranges: HashMap::new(),
+            facts: HashMap::new(),
+        })
+    }
+
+    /// Appends one owner's published records of `zone`.
+    fn append(
+        &mut self,
+        zone_name: &ZoneName,
+        zone: ZoneId,
+        records: impl IntoIterator<Item = Record>,
+    ) -> io::Result<()> {
+        let f = self.facts.entry(zone).or_default();
+        let range = self
+            .ranges
+            .entry(zone)
+            .or_insert((self.offset, self.offset, 0));
+        for r in records {
+            f.desired(zone_name, &r);
+            let key = owner_key(zone, &r.owner);
+            let value = record_value(&r);
+            runs::write_entry(&mut self.writer, &key, &value)?;
+            self.offset += runs::entry_len(&key, &value);
+            range.1 = self.offset;
+            range.2 += 1;
+        }
+        Ok(())
+    }
+
+    /// Flushes the file: the zones' ranges and facts.
+    fn finish(mut self) -> io::Result<(ZoneRanges, HashMap<ZoneId, ZoneFacts>)> {
+        self.writer.flush()?;
+        Ok((self.ranges, self.facts))
+    }
 }
