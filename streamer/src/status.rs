@@ -8,9 +8,10 @@
 //! does not carry it), updates the metrics and upserts `pg2dns.stream_status`
 //! and `pg2dns.zone_status` when something changed.
 //!
-//! Lag in seconds is the age of the oldest transaction received but not yet
-//! acknowledged by every zone (0 when all is in DNS), from pgoutput's commit
-//! timestamps. Both clocks it reads are the server's: the view computes
+//! Lag in seconds is the age of the oldest transaction received (or being
+//! received: from its first change, a large one streams for a while before
+//! its Commit) but not yet acknowledged by every zone (0 when all is in
+//! DNS), from pgoutput's commit timestamps. Both clocks it reads are the server's: the view computes
 //! `now() - oldest_unacked_commit` in PostgreSQL, and the metric adds the
 //! local time elapsed since receipt to how old the transaction already was
 //! by the server's send timestamp, so a skew between hosts does not show.
@@ -212,8 +213,16 @@ impl Live {
     /// The transaction whose Commit arrived last is the oldest one not yet
     /// acknowledged (nothing was pending before it).
     pub fn pending_starts(&self) {
-        let commit_micros = self.last_commit_micros.load(Ordering::Relaxed);
-        let server_micros = self.last_server_micros.load(Ordering::Relaxed);
+        self.pending_since(
+            self.last_commit_micros.load(Ordering::Relaxed),
+            self.last_server_micros.load(Ordering::Relaxed),
+        );
+    }
+
+    /// The transaction committed at `commit_micros`, being received (its
+    /// Commit has not arrived yet), is the oldest one not yet acknowledged;
+    /// `server_micros` is the server's clock as last heard.
+    pub fn pending_since(&self, commit_micros: i64, server_micros: i64) {
         let age = u64::try_from(server_micros - commit_micros).unwrap_or(0);
         *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Pending {
             commit_micros,

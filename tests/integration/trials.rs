@@ -665,3 +665,78 @@ async fn ctrl_c_of_run_with_a_transaction_in_flight_stops_and_the_next_run_deliv
     again.assert_running()?;
     Ok(())
 }
+
+// ------------------------------------------ the lag of a large transaction
+
+/// A large transaction streams for a while before its Commit reaches
+/// pg2dns (its first chunks go to DNS meanwhile). Found in the trials:
+/// `pg2dns_lag_seconds` (and `status`) said 0 all that time, with the
+/// transaction committed in PostgreSQL and not in DNS. The lag now counts
+/// from its commit time (in its Begin) once its first change arrives: it
+/// shows while `pg2dns_transactions_total` has not yet counted the
+/// transaction's Commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_not_yet_in_dns_shows_its_lag_before_its_commit_arrives() -> Result<()>
+{
+    let stack = Stack::start("trial-lag-large", Primary::Bind).await?;
+    let addr = format!("127.0.0.1:{}", crate::harness::free_port()?);
+    stack.append_config(&format!("[metrics]\nlisten = \"{addr}\"\n"))?;
+    let mut service = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('first.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let scrape = || async {
+        let (_, body) = crate::health::http_get(&addr, "/metrics").await?;
+        Ok::<_, anyhow::Error>((
+            metric(&body, "pg2dns_lag_seconds").unwrap_or(0.0),
+            metric(&body, "pg2dns_transactions_total").context("pg2dns_transactions_total")?,
+        ))
+    };
+    let (_, applied) = wait_until(DNS_DEADLINE, "the first transaction counted", || async {
+        let (lag, applied) = scrape().await?;
+        Ok(if applied >= 1.0 && lag == 0.0 {
+            Check::Done((lag, applied))
+        } else {
+            Check::NotYet(format!("lag {lag}, transactions {applied}"))
+        })
+    })
+    .await?;
+    // DNS stops answering: the transaction's first chunks stay in flight.
+    let pid = stack.server(Primary::Bind)?.pid().context("BIND runs")?;
+    crate::harness::signal(pid, "STOP")?;
+    let inserted = stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) \
+             SELECT 'h' || i || '.Example.Test.', 300, 'TXT', '\"Grüße ' || i || '\" \"zwei\"' \
+             FROM generate_series(1, 100000) AS i",
+        )
+        .await;
+    let seen = wait_until(
+        crate::harness::RECOVERY_DEADLINE,
+        "a lag while the transaction's Commit is not yet counted",
+        || async {
+            let (lag, now) = scrape().await?;
+            ensure!(
+                now <= applied,
+                "the Commit was counted ({now} transactions) before any lag showed ({lag} s)"
+            );
+            Ok(if lag >= 0.5 {
+                Check::Done(lag)
+            } else {
+                Check::NotYet(format!("lag {lag}, transactions {now}"))
+            })
+        },
+    )
+    .await;
+    let resumed = crate::harness::signal(pid, "CONT");
+    inserted?;
+    seen?;
+    resumed?;
+    // 100,000 records, on a loaded machine.
+    stack
+        .wait_until_dns_matches_table(3 * crate::harness::RECOVERY_DEADLINE)
+        .await?;
+    service.assert_running()?;
+    Ok(())
+}

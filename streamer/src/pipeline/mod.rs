@@ -110,6 +110,8 @@ pub struct Pipeline<'c> {
     flush_clock: FlushClock,
     /// The transaction id of the transaction being received.
     xid: u32,
+    /// The commit time of the transaction being received (from its Begin).
+    begin_commit_micros: i64,
 }
 
 /// Aborts a spawned task (the status publisher, the slot watch) when
@@ -660,8 +662,13 @@ impl Pipeline<'_> {
         };
         let skipping = self.core.skipping();
         match event {
-            Event::Begin { final_lsn, xid, .. } => {
+            Event::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
                 self.xid = xid;
+                self.begin_commit_micros = commit_time_micros;
                 if !self.core.handle_begin(final_lsn) {
                     debug!(lsn = %final_lsn, "skipping a transaction applied before");
                 }
@@ -686,7 +693,18 @@ impl Pipeline<'_> {
                     metrics::get().rejected.inc();
                 }
             },
-            Event::Change(change) => self.on_change(change).await?,
+            Event::Change(change) => {
+                // A transaction being received is behind in DNS already: a
+                // large one streams for a while before its Commit arrives,
+                // and its lag counts from its commit time (in its Begin).
+                if !self.lag_pending {
+                    self.lag_pending = true;
+                    self.lanes
+                        .live
+                        .pending_since(self.begin_commit_micros, self.core.server_time_micros());
+                }
+                self.on_change(change).await?
+            }
             Event::Truncate {
                 final_lsn,
                 relations,

@@ -159,6 +159,7 @@ pub(super) async fn session(
         flush_batch: BatchSeq(0),
         flush_clock: FlushClock::start(),
         xid: 0,
+        begin_commit_micros: 0,
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
     if let Ok(SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused) = result {
