@@ -1494,11 +1494,10 @@ fn a_crash_between_dispatch_and_state_write_replays_the_same_operations() {
     );
 }
 
-#[test]
-fn a_mass_delete_is_counted_then_asked_about_and_halts_before_anything_is_dispatched() {
-    let now = base();
-    // Zone 0 (keys 0, 3, 6, 9) holds a transaction deleting more than one
-    // of its records.
+/// A core whose flush holds a transaction deleting two of zone 0's three
+/// records (zone 0: keys 0, 3, 6, 9), looked up and loaded: the guard's
+/// questions come next.
+fn a_mass_delete_loaded(now: Instant) -> Stream {
     let state = BTreeMap::from([(0, 1), (3, 3), (6, 6)]);
     let mut core = new_core(Lsn::new(1), None, now);
     feed(
@@ -1514,6 +1513,13 @@ fn a_mass_delete_is_counted_then_asked_about_and_halts_before_anything_is_dispat
         panic!("no state read")
     };
     core.handle_loaded(load(&state, &read));
+    core
+}
+
+#[test]
+fn a_mass_delete_is_counted_then_asked_about_and_halts_before_anything_is_dispatched() {
+    let now = base();
+    let mut core = a_mass_delete_loaded(now);
     let Some(Action::CountRecords(zones)) = core.poll_action(now) else {
         panic!("the guard did not ask for the zone's size")
     };
@@ -1543,21 +1549,7 @@ fn a_mass_delete_is_counted_then_asked_about_and_halts_before_anything_is_dispat
 #[test]
 fn a_released_mass_delete_is_dispatched_and_named() {
     let now = base();
-    let state = BTreeMap::from([(0, 1), (3, 3), (6, 6)]);
-    let mut core = new_core(Lsn::new(1), None, now);
-    feed(
-        &mut core,
-        Lsn::new(2_000),
-        Lsn::new(2_500),
-        &[(0, None), (3, None)],
-        now,
-    );
-    assert!(matches!(core.poll_action(now), Some(Action::Find(_))));
-    core.handle_found(Found::default());
-    let Some(Action::LoadState(read)) = core.poll_action(now) else {
-        panic!("no state read")
-    };
-    core.handle_loaded(load(&state, &read));
+    let mut core = a_mass_delete_loaded(now);
     assert!(matches!(
         core.poll_action(now),
         Some(Action::CountRecords(_))
