@@ -292,6 +292,9 @@ pub struct OwnerMerge<'a> {
     ttl_count: usize,
     /// Whether each candidate's owner had another difference.
     candidate_owner_differs: Vec<bool>,
+    /// Differences the whole run may still keep, shared by the zones
+    /// compared in it (see [`OwnerMerge::with_shared_sample`]).
+    shared: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl<'a> OwnerMerge<'a> {
@@ -314,7 +317,32 @@ impl<'a> OwnerMerge<'a> {
             extra_count: 0,
             ttl_count: 0,
             candidate_owner_differs: Vec::new(),
+            shared: None,
         }
+    }
+
+    /// Keeps an owner's differences only while `left` (shared by every
+    /// zone of a run, whatever their number) has room, and takes them from
+    /// it: the report's sample is bounded per run, not per zone. Owners
+    /// are kept whole, so the run may keep one owner's more than `left`.
+    pub fn with_shared_sample(
+        mut self,
+        left: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> OwnerMerge<'a> {
+        self.shared = Some(left);
+        self
+    }
+
+    /// Takes `n` differences from the run's shared sample (always room
+    /// without one).
+    fn take_shared(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.shared.as_ref().is_none_or(|left| {
+            left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+                (l > 0).then(|| l.saturating_sub(n))
+            })
+            .is_ok()
+        })
     }
 
     /// Keeps in [`ZoneDiff::owners`] only the first owners with
@@ -340,7 +368,7 @@ impl<'a> OwnerMerge<'a> {
             kept.extra.extend(d.extra.iter().cloned());
             kept.ttl.extend(d.ttl.iter().cloned());
             self.kept += n;
-        } else if self.kept < self.sample {
+        } else if self.kept < self.sample && self.take_shared(n) {
             self.owners.insert(owner.clone(), d.clone());
             self.kept += n;
         }

@@ -44,7 +44,7 @@ use std::fmt::Write as _;
 
 use std::collections::BTreeMap;
 
-use crate::diff::{diff_excluding, ZoneDiff};
+use crate::diff::{diff_excluding, OwnerDiff, ZoneDiff};
 use crate::exclude::Exclusions;
 use crate::name::Name;
 use crate::rdata::{self, RType};
@@ -129,23 +129,51 @@ pub fn parse(
     text: &str,
     load: &mut dyn FnMut(&str, &str) -> Result<Loaded, String>,
 ) -> Result<ZoneFile, ZoneFileError> {
+    let mut out = ZoneFile::default();
+    parse_each(zone, file, text, load, &mut |read| match read {
+        Read::Record(r) => out.records.push(r),
+        Read::Skipped(owner, rtype) => out.skipped.push((owner, rtype)),
+    })?;
+    Ok(out)
+}
+
+/// One thing [`parse_each`] read: a record (of a type pg2dns publishes, or
+/// the SOA), or the owner and type of a record it skips.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// A record, in file order.
+    Record(Record),
+    /// A record of a type pg2dns does not publish (RRSIG, NSEC…).
+    Skipped(Owner, RType),
+}
+
+/// [`parse`] that hands each record to `each` as it is read instead of
+/// collecting them: what reads a zone file of any size without holding its
+/// records (reconcile spills them to sorted runs). On an error, `each` has
+/// seen the records before the line.
+pub fn parse_each(
+    zone: &ZoneName,
+    file: &str,
+    text: &str,
+    load: &mut dyn FnMut(&str, &str) -> Result<Loaded, String>,
+    each: &mut dyn FnMut(Read),
+) -> Result<(), ZoneFileError> {
     let mut state = State {
         zone: zone.clone(),
         ttl: None,
         last_ttl: None,
-        out: ZoneFile::default(),
+        each,
     };
-    state.read(file, text, zone.name().clone(), load, 0)?;
-    Ok(state.out)
+    state.read(file, text, zone.name().clone(), load, 0)
 }
 
-struct State {
+struct State<'e> {
     zone: ZoneName,
     /// `$TTL`.
     ttl: Option<u32>,
     /// The previous record's TTL.
     last_ttl: Option<u32>,
-    out: ZoneFile,
+    each: &'e mut dyn FnMut(Read),
 }
 
 /// One token of an entry: its raw text (quotes and escapes kept, since the
@@ -163,7 +191,7 @@ struct Entry<'a> {
     tokens: Vec<Token<'a>>,
 }
 
-impl State {
+impl State<'_> {
     fn read(
         &mut self,
         file: &str,
@@ -289,12 +317,12 @@ impl State {
                 let (wire, minimum) = parse_soa(&data, &origin).map_err(err)?;
                 let ttl = ttl.or(self.ttl).or(self.last_ttl).unwrap_or(minimum);
                 self.last_ttl = Some(ttl);
-                self.out.records.push(Record {
+                (self.each)(Read::Record(Record {
                     owner: this_owner,
                     rtype,
                     ttl,
                     rdata: Rdata::from_wire(&wire),
-                });
+                }));
                 continue;
             }
             let ttl = ttl.or(self.ttl).or(self.last_ttl).ok_or_else(|| {
@@ -302,13 +330,13 @@ impl State {
             })?;
             self.last_ttl = Some(ttl);
             if !rtype.is_supported() {
-                self.out.skipped.push((this_owner, rtype));
+                (self.each)(Read::Skipped(this_owner, rtype));
                 continue;
             }
             let text = rdata_text(rtype, &data, &origin);
             let record = Record::parse_data(this_owner, ttl, rtype, &text)
                 .map_err(|e| err(ErrorKind::Record(e)))?;
-            self.out.records.push(record);
+            (self.each)(Read::Record(record));
         }
         Ok(())
     }
@@ -677,38 +705,66 @@ pub fn three_way(
     excluded: &Exclusions,
 ) -> ThreeWay {
     let file_vs_database = diff_excluding(zone, desired, &file.records, excluded);
-    // Where a record stands in one comparison of the database (wanted) with
-    // another side: absent means the two agree on it.
-    #[derive(Clone, Copy)]
-    enum Stand {
-        Missing(u32),
-        Extra(u32),
-        Ttl { wanted: u32, actual: u32 },
+    let mut owners: std::collections::BTreeSet<&Owner> = file_vs_database.owners.keys().collect();
+    if let Some(d) = dns {
+        owners.extend(d.owners.keys());
     }
-    type Key = (Owner, RType, Rdata);
-    fn stands(d: &ZoneDiff) -> BTreeMap<Key, (Record, Stand)> {
-        let mut out = BTreeMap::new();
-        let key = |r: &Record| (r.owner.clone(), r.rtype, r.rdata.clone());
-        for o in d.owners.values() {
-            for r in &o.missing {
-                out.insert(key(r), (r.clone(), Stand::Missing(r.ttl)));
-            }
-            for r in &o.extra {
-                out.insert(key(r), (r.clone(), Stand::Extra(r.ttl)));
-            }
-            for t in &o.ttl {
-                let stand = Stand::Ttl {
-                    wanted: t.wanted.ttl,
-                    actual: t.actual_ttl,
-                };
-                out.insert(key(&t.wanted), (t.wanted.clone(), stand));
-            }
-        }
-        out
+    let mut records = Vec::new();
+    for owner in owners {
+        records.extend(three_way_owner(
+            file_vs_database.owners.get(owner),
+            dns.map(|d| d.owners.get(owner)),
+        ));
     }
-    let by_file = stands(&file_vs_database);
-    let by_dns = dns.map(stands);
-    let mut keys: std::collections::BTreeSet<&Key> = by_file.keys().collect();
+    ThreeWay {
+        file_vs_database,
+        records,
+    }
+}
+
+/// Where a record stands in one comparison of the database (wanted) with
+/// another side: absent means the two agree on it.
+#[derive(Clone, Copy)]
+enum Stand {
+    Missing(u32),
+    Extra(u32),
+    Ttl { wanted: u32, actual: u32 },
+}
+
+type StandKey = (Owner, RType, Rdata);
+
+fn stands(o: &OwnerDiff) -> BTreeMap<StandKey, (Record, Stand)> {
+    let mut out = BTreeMap::new();
+    let key = |r: &Record| (r.owner.clone(), r.rtype, r.rdata.clone());
+    for r in &o.missing {
+        out.insert(key(r), (r.clone(), Stand::Missing(r.ttl)));
+    }
+    for r in &o.extra {
+        out.insert(key(r), (r.clone(), Stand::Extra(r.ttl)));
+    }
+    for t in &o.ttl {
+        let stand = Stand::Ttl {
+            wanted: t.wanted.ttl,
+            actual: t.actual_ttl,
+        };
+        out.insert(key(&t.wanted), (t.wanted.clone(), stand));
+    }
+    out
+}
+
+/// The three-way records of one owner, from its differences between the
+/// database and the file (`file`: `None` when they agree) and between the
+/// database and DNS (`dns`: `None` when DNS was not compared, `Some(None)`
+/// when they agree): what [`three_way`] gives for that owner, in
+/// (type, data) order. Reconcile calls it owner by owner as its merge of
+/// the three sides reaches each, holding one owner.
+pub fn three_way_owner(
+    file: Option<&OwnerDiff>,
+    dns: Option<Option<&OwnerDiff>>,
+) -> Vec<ThreeWayRecord> {
+    let by_file = file.map(stands).unwrap_or_default();
+    let by_dns = dns.map(|d| d.map(stands).unwrap_or_default());
+    let mut keys: std::collections::BTreeSet<&StandKey> = by_file.keys().collect();
     if let Some(d) = &by_dns {
         keys.extend(d.keys());
     }
@@ -753,10 +809,7 @@ pub fn three_way(
             dns: dns_ttl,
         });
     }
-    ThreeWay {
-        file_vs_database,
-        records,
-    }
+    records
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ use pg2dns_decoder::row::TextRow;
 use pg2dns_decoder::session::Rcode;
 use pg2dns_decoder::tsig;
 use pg2dns_decoder::update::Budget;
-use pg2dns_decoder::zonefile::{self, ThreeWay, ZoneFile, ZoneFileError};
+use pg2dns_decoder::zonefile::{self, ZoneFileError};
 use pg2dns_decoder::{Lsn, Owner, RType, Record, ZoneId, ZoneName};
 use tracing::{info, warn};
 
@@ -76,6 +76,7 @@ pub const DEFAULT_MEMORY_MIB: u64 = 96;
 
 pub mod bounded;
 pub mod spill;
+pub mod zone_file;
 
 /// Zones with at most this many owned records are never refused by the
 /// safety threshold.
@@ -84,12 +85,35 @@ pub const MIN_RECORDS_FOR_THRESHOLD: usize = 10;
 /// progress before it gives up.
 pub const MAX_GUARD_FAILURES: usize = 3;
 
-/// Differences a zone's report lists (the first owners' whole, up to this
-/// many records; the counts count them all), and records pg2dns never
-/// published a first load lists: a first load of a million records, every
-/// one a difference, holds ten thousand. A zone compared with a zone file
-/// (`--zone-file`) lists them all.
+/// Differences a report lists (the first owners' whole, up to this many
+/// records in all the zones of a run; the counts count them all), and
+/// likewise the records pg2dns never published a first load lists and the
+/// three-way differences of `--zone-file`: a first load of a million
+/// records, every one a difference, or of 50,000 zones, holds ten thousand.
 pub const REPORT_SAMPLE: usize = 10_000;
+
+/// The report's samples of one run, shared by all its zones (whatever
+/// their number): what each list may still hold.
+#[derive(Clone, Debug)]
+struct Samples {
+    /// Differences (missing, extra, TTL).
+    diffs: Arc<std::sync::atomic::AtomicUsize>,
+    /// Records a first load would delete that pg2dns never published.
+    unowned: Arc<std::sync::atomic::AtomicUsize>,
+    /// `--zone-file`'s three-way differences.
+    files: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Samples {
+    fn new() -> Samples {
+        let one = || Arc::new(std::sync::atomic::AtomicUsize::new(REPORT_SAMPLE));
+        Samples {
+            diffs: one(),
+            unowned: one(),
+            files: one(),
+        }
+    }
+}
 /// Test hook: milliseconds to wait between the transfer and the first
 /// repair message (lets a test change the zone meanwhile).
 pub const PAUSE_BEFORE_REPAIR_ENV: &str = "PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS";
@@ -119,9 +143,9 @@ pub struct Options {
     /// zone, compared three ways (file, database, DNS). Read-only: main
     /// refuses it with `--apply`.
     pub zone_files: Vec<(String, std::path::PathBuf)>,
-    /// The zone files read: [`reconcile`] fills it from `zone_files` before
-    /// anything else (leave it empty).
-    pub read_files: Arc<BTreeMap<ZoneId, (std::path::PathBuf, ZoneFile)>>,
+    /// The zone files read (into sorted runs): [`reconcile`] fills it from
+    /// `zone_files` before anything else (leave it empty).
+    pub read_files: Arc<BTreeMap<ZoneId, zone_file::ReadFile>>,
     /// `--primary NAME`: compare (and repair) only that primary of zones
     /// with several; `None`: each primary of each zone in turn.
     pub primary: Option<String>,
@@ -387,8 +411,8 @@ pub struct FileSide {
     pub records: usize,
     /// Records of types pg2dns does not read (DNSSEC, DNAME…).
     pub skipped: usize,
-    /// The comparison.
-    pub three_way: ThreeWay,
+    /// The comparison (counts, and the run's first differences).
+    pub three_way: zone_file::FileCompared,
 }
 
 /// Why a verifier refused a zone's repair.
@@ -1656,6 +1680,8 @@ async fn compare_bounded(
     let read_time = started.elapsed();
     let empty = std::collections::HashSet::new();
     let desired = &desired;
+    // One sample for the whole run, however many zones it compares.
+    let samples = &Samples::new();
     let mut zones = futures_util::stream::iter(selected.iter().copied().map(|id| {
         let zc = &config.zones[id.index()];
         let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
@@ -1670,9 +1696,10 @@ async fn compare_bounded(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
-            let outcome =
-                reconcile_zone_bounded(config, zc, id, desired, options, owned, budget, early)
-                    .await;
+            let outcome = reconcile_zone_bounded(
+                config, zc, id, desired, options, owned, budget, early, samples,
+            )
+            .await;
             (id, outcome)
         }
     }))
@@ -1778,14 +1805,20 @@ struct Unowned<'o> {
     owned: Option<&'o std::collections::HashSet<RecordKey>>,
     count: usize,
     sample: Vec<Record>,
+    /// What the run's list may still hold.
+    left: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl<'o> Unowned<'o> {
-    fn new(owned: Option<&'o std::collections::HashSet<RecordKey>>) -> Unowned<'o> {
+    fn new(
+        owned: Option<&'o std::collections::HashSet<RecordKey>>,
+        samples: &Samples,
+    ) -> Unowned<'o> {
         Unowned {
             owned,
             count: 0,
             sample: Vec::new(),
+            left: Arc::clone(&samples.unowned),
         }
     }
 
@@ -1794,7 +1827,15 @@ impl<'o> Unowned<'o> {
         for r in &d.extra {
             if !owned.contains(&record_key(r)) {
                 self.count += 1;
-                if self.sample.len() < REPORT_SAMPLE {
+                let room = self
+                    .left
+                    .fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |l| l.checked_sub(1),
+                    )
+                    .is_ok();
+                if room {
                     self.sample.push(r.clone());
                 }
             }
@@ -1828,6 +1869,7 @@ async fn reconcile_zone_bounded(
     owned: Option<&std::collections::HashSet<RecordKey>>,
     budget: usize,
     early: Option<Result<bounded::Transferred, bounded::ZoneCompareError>>,
+    samples: &Samples,
 ) -> ZoneOutcome {
     let mut outcome = empty_outcome(zc);
     outcome.refusals = desired.refusals.get(&id).cloned().unwrap_or_default();
@@ -1836,14 +1878,8 @@ async fn reconcile_zone_bounded(
         zone: zc.name.clone(),
         source,
     };
-    // A zone compared with a zone file lists every difference: the
-    // three-way report is made from them.
-    let sample = if options.read_files.contains_key(&id) {
-        usize::MAX
-    } else {
-        REPORT_SAMPLE
-    };
-    let mut unowned = Unowned::new(owned);
+    let sample = Some(&samples.diffs);
+    let mut unowned = Unowned::new(owned, samples);
     // A transfer made while the tables were read can be cut by the server
     // when this one thread was busy reading them (Knot closes a transfer
     // whose reader stalls past its `tcp-io-timeout`, 500 ms by default):
@@ -1889,20 +1925,23 @@ async fn reconcile_zone_bounded(
         .finish(&Default::default());
     let first_diff = std::mem::replace(&mut first.diff, placeholder);
     outcome.diff = Some(first_diff);
-    if let Some((path, file)) = options.read_files.get(&id) {
-        match desired.zone_records(id) {
-            Ok(wanted) => {
+    if let Some(file) = options.read_files.get(&id) {
+        // The file, the database and DNS merged once more, owner by owner.
+        match zone_file::compare(
+            desired,
+            id,
+            zc,
+            file,
+            &first.actual,
+            &first.facts,
+            &samples.files,
+        ) {
+            Ok(three_way) => {
                 outcome.zone_file = Some(FileSide {
-                    path: path.clone(),
-                    records: file.records.len(),
-                    skipped: file.skipped.len(),
-                    three_way: zonefile::three_way(
-                        &zc.name,
-                        file,
-                        &wanted,
-                        outcome.diff.as_ref(),
-                        &zc.exclusions,
-                    ),
+                    path: file.path.clone(),
+                    records: file.records,
+                    skipped: file.skipped,
+                    three_way,
                 })
             }
             Err(source) => {
@@ -1944,6 +1983,7 @@ async fn reconcile_zone_bounded(
         budget,
         first,
         &mut outcome,
+        samples,
     )
     .await
     {
@@ -2042,6 +2082,7 @@ async fn repair_streamed(
     runs_budget: usize,
     mut current: bounded::ZoneCompared,
     outcome: &mut ZoneOutcome,
+    samples: &Samples,
 ) -> Result<(), ZoneError> {
     let timeout = config.limits.dns_timeout;
     let zone = &zc.name;
@@ -2141,12 +2182,13 @@ async fn repair_streamed(
             }
             // A first load refuses records that appeared meanwhile as it
             // refuses those it saw first.
-            let mut unowned = Unowned::new(owned);
-            let again = bounded::compare_zone(desired, id, zc, timeout, runs_budget, 0, &mut |d| {
-                unowned.note(d)
-            })
-            .await
-            .map_err(|e| compared(zc, e))?;
+            let mut unowned = Unowned::new(owned, samples);
+            let again =
+                bounded::compare_zone(desired, id, zc, timeout, runs_budget, None, &mut |d| {
+                    unowned.note(d)
+                })
+                .await
+                .map_err(|e| compared(zc, e))?;
             if again.soa.rdata == expected {
                 return Err(ZoneError::GuardUnusable {
                     zone: zone.clone(),
@@ -2170,7 +2212,7 @@ async fn repair_streamed(
             continue;
         }
         // Check: a fresh transfer must show the zone in sync.
-        let last = bounded::compare_zone(desired, id, zc, timeout, runs_budget, 0, &mut |_| {})
+        let last = bounded::compare_zone(desired, id, zc, timeout, runs_budget, None, &mut |_| {})
             .await
             .map_err(|e| compared(zc, e))?;
         outcome.in_sync_after = Some(last.diff.is_in_sync());
@@ -2313,14 +2355,31 @@ async fn test_pause() {
 }
 
 /// Reads every `--zone-file ZONE=PATH` (an `$INCLUDE` relative to the file
-/// that includes it).
+/// that includes it) into sorted runs: the records are spilled as they are
+/// read, not held (see [`zone_file`]).
 fn read_zone_files(
     config: &Config,
     options: &Options,
     selected: &[ZoneId],
-) -> Result<BTreeMap<ZoneId, (std::path::PathBuf, ZoneFile)>, ReconcileError> {
+) -> Result<BTreeMap<ZoneId, zone_file::ReadFile>, ReconcileError> {
     let zones = config.zones();
     let mut out = BTreeMap::new();
+    let spill_dir = || {
+        spill::SpillDir::create(config.reconcile.spill_dir.as_deref()).map_err(|source| {
+            bounded::BoundedError::Spill {
+                dir: config
+                    .reconcile
+                    .spill_dir
+                    .clone()
+                    .unwrap_or_else(std::env::temp_dir),
+                source,
+            }
+        })
+    };
+    let mut dir = None;
+    // The files are read one after the other, before the tables: the
+    // tables' budget.
+    let budget = spill::budget(config.reconcile.memory_mib, 0.5);
     for (zone, path) in &options.zone_files {
         let id = ZoneName::parse(zone)
             .ok()
@@ -2349,14 +2408,30 @@ fn read_zone_files(
                 text,
             })
         };
-        let file = zonefile::parse(&name, &path.display().to_string(), &text, &mut load).map_err(
-            |source| ReconcileError::ZoneFile {
+        let dir = match &dir {
+            Some(d) => d,
+            None => dir.insert(spill_dir()?),
+        };
+        let file = zone_file::read(
+            &name,
+            path.clone(),
+            &path.display().to_string(),
+            &text,
+            &mut load,
+            dir,
+            budget,
+        )
+        .map_err(|e| match e {
+            zone_file::ReadError::Parse(source) => ReconcileError::ZoneFile {
                 zone: name.clone(),
                 source,
             },
-        )?;
-        info!(zone = %name, file = %path.display(), records = file.records.len(), skipped = file.skipped.len(), "read the zone file");
-        out.insert(id, (path.clone(), file));
+            zone_file::ReadError::Spill { dir, source } => {
+                bounded::BoundedError::Spill { dir, source }.into()
+            }
+        })?;
+        info!(zone = %name, file = %path.display(), records = file.records, skipped = file.skipped, "read the zone file");
+        out.insert(id, file);
     }
     Ok(out)
 }
@@ -2384,13 +2459,12 @@ fn file_side_human(
         out.push('\n');
         return out;
     }
-    let d = &t.file_vs_database;
     out.push_str(&red(&format!(
         "{} record(s) differ; the file lacks {} the database wants, has {} it does not, {} with another TTL",
-        t.records.len(),
-        d.missing(),
-        d.extra(),
-        d.ttl_differences()
+        t.differences,
+        t.file_lacks,
+        t.file_extra,
+        t.file_ttl_differences
     )));
     out.push('\n');
     out.push_str(if dns {
@@ -2410,10 +2484,15 @@ fn file_side_human(
             r.record.rdata_text()
         ));
     }
-    if t.records.len() > 40 {
+    if t.differences > 40 {
         out.push_str(&format!(
-            "    … and {} more (--json lists all)\n",
-            t.records.len() - 40
+            "    … and {} more (--json lists {})\n",
+            t.differences - 40,
+            if t.is_sampled() {
+                format!("the first {}", t.records.len())
+            } else {
+                "all".to_string()
+            }
         ));
     }
     out
@@ -2422,15 +2501,16 @@ fn file_side_human(
 fn file_side_json(f: &FileSide, rec: &dyn Fn(&Record) -> serde_json::Value) -> serde_json::Value {
     use serde_json::json;
     let t = &f.three_way;
-    let d = &t.file_vs_database;
     json!({
         "path": f.path.display().to_string(),
         "records": f.records,
         "skipped": f.skipped,
         "agrees": t.agrees(),
-        "file_lacks": d.missing(),
-        "file_extra": d.extra(),
-        "file_ttl_differences": d.ttl_differences(),
+        "file_lacks": t.file_lacks,
+        "file_extra": t.file_extra,
+        "file_ttl_differences": t.file_ttl_differences,
+        "differences_count": t.differences,
+        "sampled": t.is_sampled(),
         "differences": t.records.iter().map(|r| {
             let mut v = rec(&r.record);
             v["file_ttl"] = json!(r.file);

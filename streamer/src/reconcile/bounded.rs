@@ -655,7 +655,7 @@ type ZoneRun = RunReader<BufReader<io::Take<std::fs::File>>>;
 
 impl BoundedDesired {
     /// The records the database wants in `zone`, in owner order.
-    fn zone_run(&self, zone: ZoneId) -> io::Result<ZoneRun> {
+    pub(super) fn zone_run(&self, zone: ZoneId) -> io::Result<ZoneRun> {
         let (start, end, _) = self.ranges.get(&zone).copied().unwrap_or((0, 0, 0));
         let mut file = std::fs::File::open(&self.published)?;
         file.seek(SeekFrom::Start(start))?;
@@ -663,32 +663,6 @@ impl BoundedDesired {
             64 << 10,
             file.take(end - start),
         )))
-    }
-
-    /// How many records the database wants in `zone`.
-    pub fn count(&self, zone: ZoneId) -> usize {
-        self.ranges.get(&zone).map_or(0, |r| r.2)
-    }
-
-    /// The records the database wants in `zone`, in memory (for a zone
-    /// compared with a zone file, which is in memory too).
-    pub fn zone_records(&self, zone: ZoneId) -> Result<Vec<Record>, BoundedError> {
-        let spill_err = |source| BoundedError::Spill {
-            dir: self.dir.path().to_path_buf(),
-            source,
-        };
-        let mut out = Vec::with_capacity(self.count(zone));
-        let mut run = self.zone_run(zone).map_err(spill_err)?;
-        let mut owner: Option<(Vec<u8>, Owner)> = None;
-        while let Some(e) = run.next_entry().map_err(spill_err)? {
-            let wire = e.key.get(4..).ok_or(Damaged)?;
-            if owner.as_ref().is_none_or(|(w, _)| w != wire) {
-                owner = Some((wire.to_vec(), owner_of(wire)?));
-            }
-            let (_, o) = owner.as_ref().expect("just set");
-            out.push(decode_record(o, &e.value)?);
-        }
-        Ok(out)
     }
 }
 
@@ -770,14 +744,15 @@ pub(super) async fn transfer_zone(
 }
 
 /// Merges a transferred zone with the database's published records, owner
-/// by owner: the differences are counted, the first `sample` owners' kept,
-/// and each is shown to `each` (as the merge produces it).
+/// by owner: the differences are counted, the first owners' kept while the
+/// run's shared `sample` has room (none without one), and each is shown to
+/// `each` (as the merge produces it).
 pub(super) fn compare_transferred(
     desired: &BoundedDesired,
     id: ZoneId,
     zc: &ZoneConfig,
     t: Transferred,
-    sample: usize,
+    sample: Option<&Arc<std::sync::atomic::AtomicUsize>>,
     each: &mut dyn FnMut(&OwnerDiff),
 ) -> Result<ZoneCompared, ZoneCompareError> {
     let started = Instant::now();
@@ -791,7 +766,10 @@ pub(super) fn compare_transferred(
         &zc.exclusions,
         &t.actual,
     )?;
-    m.merge = m.merge.with_sample(sample);
+    m.merge = match sample {
+        Some(left) => m.merge.with_shared_sample(Arc::clone(left)),
+        None => m.merge.with_sample(0),
+    };
     while let Some((_, d)) = m.next_owner()? {
         if let Some(d) = d {
             each(&d);
@@ -819,7 +797,7 @@ pub(super) async fn compare_zone(
     zc: &ZoneConfig,
     timeout: Duration,
     budget: usize,
-    sample: usize,
+    sample: Option<&Arc<std::sync::atomic::AtomicUsize>>,
     each: &mut (dyn FnMut(&OwnerDiff) + Send),
 ) -> Result<ZoneCompared, ZoneCompareError> {
     let t = transfer_zone(&desired.dir, zc, timeout, budget).await?;
