@@ -1207,7 +1207,7 @@ pub async fn load_at(
     let with_table = with_table_zones(config, store).await?;
     let config = &with_table;
     let selected: Vec<ZoneId> = config.zones().iter().map(|(id, _)| id).collect();
-    let owned = published_records(store).await?;
+    let owned = published_records(store, config).await?;
     compare(
         config,
         &options,
@@ -1237,7 +1237,7 @@ pub async fn load_added_zones(
         protect_unowned: true,
         ..Options::default()
     };
-    let owned = published_records(store).await?;
+    let owned = published_records(store, config).await?;
     compare(config, &options, store, zones, None, Some(&owned), None).await
 }
 
@@ -1270,7 +1270,7 @@ pub async fn preview_load(config: &Config, force: bool) -> Result<Report, Reconc
     };
     let selected: Vec<ZoneId> = config.zones().iter().map(|(id, _)| id).collect();
     let mut store = Store::connect(&config.database).await?;
-    let owned = published_records(&store).await?;
+    let owned = published_records(&store, config).await?;
     store
         .client()
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -1291,27 +1291,142 @@ pub async fn preview_load(config: &Config, force: bool) -> Result<Report, Reconc
     report
 }
 
-/// A record as pg2dns.row_state keys it: owner, type and rdata in wire form.
-type RecordKey = (Vec<u8>, u16, Vec<u8>);
+/// The records this slot's row state says pg2dns published (what a first
+/// load may delete without `--force`), in one file sorted by zone, owner,
+/// type and data, each zone a range of it: a zone's part is read in owner
+/// order as its comparison reaches each owner ([`OwnedCursor`]), so that
+/// `setup --recreate-slot` of a zone of millions of records holds one
+/// owner's, not the zone's (none before the schema is installed).
+struct Published {
+    file: std::path::PathBuf,
+    /// Per zone (as `pg2dns.row_state` names it): its bytes in `file`.
+    ranges: std::collections::HashMap<String, (u64, u64)>,
+    _dir: Arc<spill::SpillDir>,
+}
 
-/// The records this slot's row state says pg2dns published, per zone
-/// (none before the schema is installed).
-async fn published_records(
-    store: &Store,
-) -> Result<BTreeMap<String, std::collections::HashSet<RecordKey>>, StoreError> {
-    let mut out: BTreeMap<String, std::collections::HashSet<RecordKey>> = BTreeMap::new();
-    if !has_schema(store).await? {
-        return Ok(out);
+impl Published {
+    /// This zone's published records, read in owner order.
+    fn zone(&self, zone: &ZoneName) -> std::io::Result<OwnedCursor> {
+        use std::io::{Read, Seek};
+        let Some(&(start, end)) = self.ranges.get(&zone.to_string()) else {
+            return Ok(OwnedCursor::default());
+        };
+        let mut file = std::fs::File::open(&self.file)?;
+        file.seek(std::io::SeekFrom::Start(start))?;
+        let mut run = pg2dns_decoder::runs::RunReader::new(Box::new(
+            std::io::BufReader::with_capacity(32 << 10, file.take(end - start)),
+        ) as spill::RunInput);
+        let next = run.next_entry()?;
+        Ok(OwnedCursor {
+            run: Some(run),
+            next,
+            ..OwnedCursor::default()
+        })
     }
+}
+
+/// One zone's published records, read as the comparison's owners come (in
+/// their order: the lower-cased wire form's bytes).
+#[derive(Default)]
+struct OwnedCursor {
+    run: Option<pg2dns_decoder::runs::RunReader<spill::RunInput>>,
+    next: Option<pg2dns_decoder::runs::Entry>,
+    /// The owner last asked about, and its published (type, data).
+    owner: Vec<u8>,
+    here: std::collections::HashSet<(u16, Vec<u8>)>,
+}
+
+impl OwnedCursor {
+    /// Whether pg2dns published `r`; owners must be asked about in
+    /// increasing order (one asked out of order finds nothing: its record
+    /// counts as never published, which refuses its deletion).
+    fn contains(&mut self, r: &Record) -> Result<bool, std::io::Error> {
+        let wire = r.owner.name().as_wire();
+        if wire != self.owner.as_slice() {
+            self.here.clear();
+            self.owner = wire.to_vec();
+            while let Some(e) = &self.next {
+                let (owner, rtype, rdata) = published_fields(&e.value)?;
+                match owner.cmp(wire) {
+                    std::cmp::Ordering::Greater => break,
+                    std::cmp::Ordering::Equal => {
+                        self.here.insert((rtype, rdata.to_vec()));
+                    }
+                    std::cmp::Ordering::Less => {}
+                }
+                self.next = match self.run.as_mut() {
+                    Some(run) => run.next_entry()?,
+                    None => None,
+                };
+            }
+        }
+        Ok(self.here.contains(&(r.rtype.0, r.rdata.as_wire().to_vec())))
+    }
+}
+
+/// A published record's owner (lower-cased wire), type and data.
+fn published_fields(value: &[u8]) -> Result<(&[u8], u16, &[u8]), std::io::Error> {
+    let damaged = |_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a spilled published record is damaged",
+        )
+    };
+    let mut f = pg2dns_decoder::runs::Fields::new(value);
+    let owner = f.bytes16().map_err(damaged)?;
+    let rtype = f.u16().map_err(damaged)?;
+    let rdata = f.bytes32().map_err(damaged)?;
+    Ok((owner, rtype, rdata))
+}
+
+/// Reads [`Published`] from this slot's row state, through sorted runs.
+async fn published_records(store: &Store, config: &Config) -> Result<Published, ReconcileError> {
+    let spill_err = |dir: &std::path::Path, source| bounded::BoundedError::Spill {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let dir = spill::SpillDir::create(config.reconcile.spill_dir.as_deref()).map_err(|source| {
+        spill_err(
+            &config
+                .reconcile
+                .spill_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+            source,
+        )
+    })?;
+    let file = dir.file("published-set");
+    let mut ranges = std::collections::HashMap::new();
+    if !has_schema(store).await? {
+        return Ok(Published {
+            file,
+            ranges,
+            _dir: dir,
+        });
+    }
+    let read = sql("cannot read pg2dns.row_state");
+    let slot = store.slot().to_owned();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
     let rows = store
         .client()
-        .query(
+        .query_raw(
             "SELECT zone, owner, rtype, rdata FROM pg2dns.row_state WHERE slot = $1",
-            &[&store.slot()],
+            params,
         )
         .await
-        .map_err(sql("cannot read pg2dns.row_state"))?;
-    for r in rows {
+        .map_err(read)?;
+    futures_util::pin_mut!(rows);
+    let mut sorter = spill::Sorter::new(
+        Arc::clone(&dir),
+        "published",
+        spill::budget(config.reconcile.memory_mib, 0.5),
+    );
+    while let Some(r) = rows
+        .try_next()
+        .await
+        .map_err(sql("cannot read pg2dns.row_state"))?
+    {
+        let zone: String = r.get(0);
         let rtype: i32 = r.get(2);
         // Type 0 would own no record: the repair would take a record pg2dns
         // sent for another tool's.
@@ -1319,21 +1434,52 @@ async fn published_records(
             table: "row_state",
             detail: format!("record type {rtype} is out of range"),
         })?;
-        out.entry(r.get(0)).or_default().insert((
-            r.get::<_, Vec<u8>>(1).to_ascii_lowercase(),
-            rtype,
-            r.get(3),
-        ));
+        let owner = r.get::<_, Vec<u8>>(1).to_ascii_lowercase();
+        let rdata: Vec<u8> = r.get(3);
+        // Sorted by zone (a zone's text holds no NUL), owner, type, data.
+        let mut key = Vec::with_capacity(zone.len() + owner.len() + rdata.len() + 3);
+        key.extend_from_slice(zone.as_bytes());
+        key.push(0);
+        key.extend_from_slice(&owner);
+        key.extend_from_slice(&rtype.to_be_bytes());
+        key.extend_from_slice(&rdata);
+        let mut value = Vec::with_capacity(owner.len() + rdata.len() + 8);
+        pg2dns_decoder::runs::put_bytes16(&mut value, &owner);
+        value.extend_from_slice(&rtype.to_be_bytes());
+        pg2dns_decoder::runs::put_bytes32(&mut value, &rdata);
+        sorter
+            .push(&key, &value)
+            .map_err(|e| spill_err(dir.path(), e))?;
     }
-    Ok(out)
-}
-
-fn record_key(r: &Record) -> RecordKey {
-    (
-        r.owner.name().as_wire().to_ascii_lowercase(),
-        r.rtype.0,
-        r.rdata.as_wire().to_vec(),
-    )
+    let sorted = sorter.finish().map_err(|e| spill_err(dir.path(), e))?;
+    // One file, each zone's entries one range of it.
+    let write = || -> std::io::Result<std::collections::HashMap<String, (u64, u64)>> {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&file)?);
+        let mut offset = 0u64;
+        let mut merge = sorted.merge()?;
+        while let Some(e) = merge.next_entry()? {
+            let zone_end = e.key.iter().position(|&b| b == 0).unwrap_or(e.key.len());
+            let zone = String::from_utf8_lossy(&e.key[..zone_end]);
+            let len = pg2dns_decoder::runs::entry_len(&e.key, &e.value);
+            match ranges.get_mut(zone.as_ref()) {
+                Some((_, end)) => *end = offset + len,
+                None => {
+                    ranges.insert(zone.into_owned(), (offset, offset + len));
+                }
+            }
+            pg2dns_decoder::runs::write_entry(&mut out, &e.key, &e.value)?;
+            offset += len;
+        }
+        out.flush()?;
+        Ok(ranges)
+    };
+    let ranges = write().map_err(|e| spill_err(dir.path(), e))?;
+    Ok(Published {
+        file,
+        ranges,
+        _dir: dir,
+    })
 }
 
 /// Where reconcile holds the service while it compares.
@@ -1586,7 +1732,7 @@ async fn compare(
     store: &mut Store,
     selected: &[ZoneId],
     snapshot: Option<&str>,
-    owned: Option<&BTreeMap<String, std::collections::HashSet<RecordKey>>>,
+    owned: Option<&Published>,
     paused: Option<&OperatorPause>,
 ) -> Result<Report, ReconcileError> {
     compare_bounded(config, options, store, selected, snapshot, owned, paused).await
@@ -1602,7 +1748,7 @@ async fn compare_bounded(
     store: &mut Store,
     selected: &[ZoneId],
     snapshot: Option<&str>,
-    owned: Option<&BTreeMap<String, std::collections::HashSet<RecordKey>>>,
+    owned: Option<&Published>,
     paused: Option<&OperatorPause>,
 ) -> Result<Report, ReconcileError> {
     let started = Instant::now();
@@ -1678,13 +1824,11 @@ async fn compare_bounded(
         "read pg2dns.rr and the source tables"
     );
     let read_time = started.elapsed();
-    let empty = std::collections::HashSet::new();
     let desired = &desired;
     // One sample for the whole run, however many zones it compares.
     let samples = &Samples::new();
     let mut zones = futures_util::stream::iter(selected.iter().copied().map(|id| {
         let zc = &config.zones[id.index()];
-        let owned = owned.map(|o| o.get(&zc.name.to_string()).unwrap_or(&empty));
         let server = Arc::clone(&per_server[&zc.primary]);
         let bar = &bar;
         let prefetched = &prefetched;
@@ -1801,21 +1945,27 @@ async fn compare_bounded(
 
 /// The records a first load would delete that pg2dns never published,
 /// counted as the merge finds them (the first [`REPORT_SAMPLE`] kept).
-struct Unowned<'o> {
-    owned: Option<&'o std::collections::HashSet<RecordKey>>,
+struct Unowned {
+    owned: Option<OwnedCursor>,
+    /// Why the published records could not be read (the zone's error).
+    error: Option<std::io::Error>,
     count: usize,
     sample: Vec<Record>,
     /// What the run's list may still hold.
     left: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl<'o> Unowned<'o> {
-    fn new(
-        owned: Option<&'o std::collections::HashSet<RecordKey>>,
-        samples: &Samples,
-    ) -> Unowned<'o> {
+impl Unowned {
+    fn new(owned: Option<&Published>, zone: &ZoneName, samples: &Samples) -> Unowned {
+        let (owned, error) = match owned.map(|p| p.zone(zone)) {
+            None => (None, None),
+            Some(Ok(cursor)) => (Some(cursor), None),
+            // Nothing counts as published: a deletion is refused, never made.
+            Some(Err(e)) => (Some(OwnedCursor::default()), Some(e)),
+        };
         Unowned {
             owned,
+            error,
             count: 0,
             sample: Vec::new(),
             left: Arc::clone(&samples.unowned),
@@ -1823,9 +1973,19 @@ impl<'o> Unowned<'o> {
     }
 
     fn note(&mut self, d: &diff::OwnerDiff) {
-        let Some(owned) = self.owned else { return };
+        let Some(owned) = self.owned.as_mut() else {
+            return;
+        };
         for r in &d.extra {
-            if !owned.contains(&record_key(r)) {
+            let published = match owned.contains(r) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Counted as never published: its deletion is refused.
+                    self.error.get_or_insert(e);
+                    false
+                }
+            };
+            if !published {
                 self.count += 1;
                 let room = self
                     .left
@@ -1843,10 +2003,22 @@ impl<'o> Unowned<'o> {
     }
 
     /// Whether the repair is refused for them (a first load without
-    /// `--force`); notes them in `outcome`.
+    /// `--force`); notes them in `outcome`. The published records that
+    /// could not be read refuse it, as the zone's error.
     fn judge(self, options: &Options, outcome: &mut ZoneOutcome) -> bool {
         if self.owned.is_none() {
             return false;
+        }
+        if let Some(source) = self.error {
+            outcome.error = Some(ZoneError::Spill {
+                zone: outcome.zone.clone(),
+                source: bounded::BoundedError::Spill {
+                    dir: std::path::PathBuf::new(),
+                    source,
+                },
+            });
+            outcome.refused_unowned = true;
+            return true;
         }
         outcome.unowned_count = self.count;
         outcome.unowned_deletes = self.sample;
@@ -1866,7 +2038,7 @@ async fn reconcile_zone_bounded(
     id: ZoneId,
     desired: &bounded::BoundedDesired,
     options: &Options,
-    owned: Option<&std::collections::HashSet<RecordKey>>,
+    owned: Option<&Published>,
     budget: usize,
     early: Option<Result<bounded::Transferred, bounded::ZoneCompareError>>,
     samples: &Samples,
@@ -1879,7 +2051,7 @@ async fn reconcile_zone_bounded(
         source,
     };
     let sample = Some(&samples.diffs);
-    let mut unowned = Unowned::new(owned, samples);
+    let mut unowned = Unowned::new(owned, &zc.name, samples);
     // A transfer made while the tables were read can be cut by the server
     // when this one thread was busy reading them (Knot closes a transfer
     // whose reader stalls past its `tcp-io-timeout`, 500 ms by default):
@@ -2078,7 +2250,7 @@ async fn repair_streamed(
     id: ZoneId,
     desired: &bounded::BoundedDesired,
     options: &Options,
-    owned: Option<&std::collections::HashSet<RecordKey>>,
+    owned: Option<&Published>,
     runs_budget: usize,
     mut current: bounded::ZoneCompared,
     outcome: &mut ZoneOutcome,
@@ -2182,7 +2354,7 @@ async fn repair_streamed(
             }
             // A first load refuses records that appeared meanwhile as it
             // refuses those it saw first.
-            let mut unowned = Unowned::new(owned, samples);
+            let mut unowned = Unowned::new(owned, &zc.name, samples);
             let again =
                 bounded::compare_zone(desired, id, zc, timeout, runs_budget, None, &mut |d| {
                     unowned.note(d)

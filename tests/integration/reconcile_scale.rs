@@ -473,3 +473,193 @@ async fn a_verifier_refusing_a_repair_larger_than_the_report_sends_nothing() -> 
     ensure!(code == 0, "after the repair the zone must be in sync");
     Ok(())
 }
+
+/// What `reconcile --zone-file` lists of one record of
+/// [`a_200k_record_zone_file_is_compared_three_ways_under_a_memory_cap`]:
+/// `owner type rdata file/database/dns` (`-` where a side lacks it), from
+/// its owner alone (the drift is made by rule).
+fn expected_three_way(owner: &str, rtype: &str, rdata: &str) -> Option<String> {
+    let side = |file: &str, db: &str| format!("{owner} {rtype} {rdata} {file}/{db}/-");
+    if let Some(g) = owner
+        .strip_prefix('h')
+        .and_then(|o| o.strip_suffix(".example.test."))
+        .and_then(|g| g.parse::<u32>().ok())
+    {
+        if rtype != "A" || rdata != address(g) {
+            return None;
+        }
+        return Some(if g % 600 == 0 && g / 600 <= DRIFT {
+            side("-", "3600")
+        } else if g % 600 == 1 && g / 600 >= 1 && g / 600 <= DRIFT {
+            side("900", "3600")
+        } else {
+            side("3600", "3600")
+        });
+    }
+    if let Some(i) = owner
+        .strip_prefix("legacy")
+        .and_then(|o| o.strip_suffix(".example.test."))
+        .and_then(|i| i.parse::<u32>().ok())
+    {
+        return (rdata == format!("192.0.2.{}", i % 250 + 1)).then(|| side("300", "-"));
+    }
+    let g = owner
+        .strip_prefix("txt")
+        .and_then(|o| o.strip_suffix(".example.test."))?;
+    // The data ends `… {g}\""` however its UTF-8 is written.
+    (rtype == "TXT" && rdata.ends_with(&format!(" {g}\\\"\""))).then(|| side("300", "300"))
+}
+
+/// The legacy generator's zone file of a 200,000-record zone, compared
+/// three ways under the report's data cap: the file's records go to sorted
+/// runs as they are read and the three sides are merged owner by owner, so
+/// the cap holds whatever the file's size. The design before (file,
+/// desired records and every difference in memory) needs several times
+/// the cap here. DNS is the empty zone before the first load (step 2 of
+/// the first deployment), so every wanted record is a difference: the
+/// counts count them all, the list holds the run's sample.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200k_record_zone_file_is_compared_three_ways_under_a_memory_cap() -> Result<()> {
+    let stack = Stack::start("zonefile-scale", Primary::Bind).await?;
+    let addresses = RECORDS - 1000;
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'h' || g || '.example.test.', 3600, 'A',
+                    '10.' || (g >> 16) || '.' || ((g >> 8) & 255) || '.' || (g & 255)
+             FROM generate_series(1, {addresses}) AS g;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'Txt' || g || '.Example.TEST.', 300, 'TXT',
+                    '\"caf\u{e9} \u{2615} \\\"n\u{ba} ' || g || '\\\"\"'
+             FROM generate_series(1, 1000) AS g",
+        ))
+        .await?;
+    // As a generator writes it: $ORIGIN and $TTL, relative names, a
+    // multi-line SOA, mixed case, UTF-8 and escaped quotes; drifted by
+    // rule: h{600 i} left out, h{600 i + 1} with TTL 900, legacy{i} added.
+    let mut text = String::from(
+        "$ORIGIN example.test.\n$TTL 3600\n@ 86400 IN SOA ns1.example.net. hostmaster.example.net. (\n  2026120701 ; serial\n  7200 900 1209600 300 )\n",
+    );
+    for g in 1..=addresses {
+        let i = g / 600;
+        if g % 600 == 0 && i <= DRIFT {
+            continue;
+        }
+        if g % 600 == 1 && (1..=DRIFT).contains(&i) {
+            text.push_str(&format!("h{g} 900 IN A {}\n", address(g)));
+        } else {
+            text.push_str(&format!("h{g} A {}\n", address(g)));
+        }
+    }
+    for g in 1..=1000 {
+        text.push_str(&format!(
+            "TXT{g} IN 300 TXT \"caf\u{e9} \u{2615} \\\"n\u{ba} {g}\\\"\"\n"
+        ));
+    }
+    for i in 1..=DRIFT {
+        text.push_str(&format!("legacy{i} 300 A 192.0.2.{}\n", i % 250 + 1));
+    }
+    let db = stack.dir().join("db.example.test");
+    std::fs::write(&db, &text)?;
+    let arg = format!("{FORWARD}={}", db.display());
+    let (code, json) = capped_reconcile(&stack, &["--zone-file", &arg]).await?;
+    ensure!(code == 1, "differences must exit 1, got {code}");
+    let forward = zone(&json, FORWARD)?;
+    let f = &forward["zone_file"];
+    let drift = u64::from(DRIFT);
+    let wanted = u64::from(RECORDS);
+    ensure!(
+        f["records"] == wanted + 1
+            && f["file_lacks"] == drift
+            && f["file_extra"] == drift
+            && f["file_ttl_differences"] == drift
+            && f["agrees"] == false,
+        "the file's counts: {}",
+        serde_json::json!({"records": f["records"], "file_lacks": f["file_lacks"], "file_extra": f["file_extra"], "file_ttl_differences": f["file_ttl_differences"]})
+    );
+    // Every wanted record is missing from DNS, and each record only the
+    // file holds differs too.
+    ensure!(
+        f["differences_count"] == wanted + drift && forward["missing_count"] == wanted,
+        "differences: {} (three-way), {} (missing from DNS)",
+        f["differences_count"],
+        forward["missing_count"]
+    );
+    let listed = f["differences"].as_array().map(Vec::len).unwrap_or(0);
+    ensure!(
+        f["sampled"] == true && (REPORT_SAMPLE..REPORT_SAMPLE + 10).contains(&listed),
+        "the report must list the first {REPORT_SAMPLE} three-way differences, not {listed}"
+    );
+    // Each listed difference says what the rule made of its record.
+    let ttl = |v: &Value| v.as_u64().map_or("-".to_owned(), |t| t.to_string());
+    for r in f["differences"].as_array().into_iter().flatten() {
+        let (owner, rtype, rdata) = (
+            r["owner"].as_str().unwrap_or("?"),
+            r["type"].as_str().unwrap_or("?"),
+            r["rdata"].as_str().unwrap_or("?"),
+        );
+        let got = format!(
+            "{owner} {rtype} {rdata} {}/{}/{}",
+            ttl(&r["file_ttl"]),
+            ttl(&r["database_ttl"]),
+            ttl(&r["dns_ttl"])
+        );
+        ensure!(
+            expected_three_way(owner, rtype, rdata).as_deref() == Some(got.as_str()),
+            "listed {got}, expected {:?}",
+            expected_three_way(owner, rtype, rdata)
+        );
+    }
+    Ok(())
+}
+
+/// The report's lists are bounded per run, not per zone: two zones with
+/// 6,000 differences each (12,000, where each zone alone is under the
+/// sample) list 10,000 in all, and count every one per zone. Before, each
+/// zone listed its own 10,000, so 50,000 small zones could list them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_lists_its_sample_across_all_zones_and_counts_each_zone_exactly() -> Result<()> {
+    const EACH: u64 = 6_000;
+    let stack = Stack::start("sample-per-run", Primary::Bind).await?;
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'h' || g || '.example.test.', 3600, 'A',
+                    '10.' || (g >> 16) || '.' || ((g >> 8) & 255) || '.' || (g & 255)
+             FROM generate_series(1, {EACH}) AS g;
+             INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'T' || g || '.2.0.192.in-addr.arpa.', 300, 'TXT',
+                    '\"r\u{e9}verse ' || g || '\"'
+             FROM generate_series(1, {EACH}) AS g",
+        ))
+        .await?;
+    let (code, json) = capped_reconcile(&stack, &[]).await?;
+    ensure!(code == 1, "differences must exit 1, got {code}");
+    let mut listed = 0;
+    for name in [FORWARD, crate::harness::stack::REVERSE] {
+        let z = zone(&json, name)?;
+        ensure!(
+            z["missing_count"] == EACH && z["owners_differing"] == EACH,
+            "{name}: every difference is counted: {} missing",
+            z["missing_count"]
+        );
+        let here = z["missing"].as_array().map(Vec::len).unwrap_or(0);
+        ensure!(
+            (z["sampled"] == true) == (here < EACH as usize),
+            "{name}: `sampled` must say whether the list is whole ({here} listed)"
+        );
+        for r in z["missing"].as_array().into_iter().flatten() {
+            let owner = r["owner"].as_str().unwrap_or("?");
+            ensure!(
+                owner.ends_with(name) && r["ttl"].as_u64().is_some(),
+                "{name} lists {r}"
+            );
+        }
+        listed += here;
+    }
+    ensure!(
+        listed == REPORT_SAMPLE,
+        "the run lists {listed} differences in all, not its sample of {REPORT_SAMPLE}"
+    );
+    Ok(())
+}
