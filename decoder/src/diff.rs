@@ -903,6 +903,40 @@ mod tests {
     }
 
     #[test]
+    fn zones_sharing_a_runs_sample_keep_it_in_all_and_count_every_difference() {
+        // Two zones (two merges) share a sample of 5 differences; each has
+        // 4 owners with one missing record and one with two (kept whole).
+        let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(5));
+        let excluded = Exclusions::default();
+        let zone = zone();
+        let mut kept = 0;
+        for z in 0..2 {
+            let mut m = OwnerMerge::new(&zone, ZoneFacts::default(), &excluded)
+                .with_shared_sample(std::sync::Arc::clone(&left));
+            for i in 0..4 {
+                let owner = format!("h{z}-{i}.example.test.");
+                m.owner(&[rec(&owner, 300, "A", "192.0.2.1")], &[]);
+            }
+            m.owner(
+                &[
+                    rec("Caf\195\169.example.test.", 300, "TXT", "\"caf\195\169\""),
+                    rec("Caf\195\169.example.test.", 300, "A", "192.0.2.9"),
+                ],
+                &[],
+            );
+            let d = m.finish(&std::collections::BTreeSet::new());
+            assert_eq!(d.missing_count, 6, "every difference is counted");
+            assert_eq!(d.owners_differing, 5);
+            kept += d.owners.values().map(|o| o.missing.len()).sum::<usize>();
+            assert_eq!(d.is_sampled(), d.owners.len() < 5);
+        }
+        // The first zone keeps its 4 single owners and, with 1 left, its
+        // pair whole (6 > 5); the second keeps nothing.
+        assert_eq!(kept, 6, "the run's sample, one owner past it at most");
+        assert_eq!(left.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn owners_fed_in_any_order_give_the_comparison_of_the_whole_zone() {
         let z = zone();
         let desired = vec![
