@@ -919,8 +919,8 @@ mod tests {
             }
             m.owner(
                 &[
-                    rec("Caf\195\169.example.test.", 300, "TXT", "\"caf\195\169\""),
-                    rec("Caf\195\169.example.test.", 300, "A", "192.0.2.9"),
+                    rec(r"Caf\195\169.example.test.", 300, "TXT", r#""caf\195\169""#),
+                    rec(r"Caf\195\169.example.test.", 300, "A", "192.0.2.9"),
                 ],
                 &[],
             );
