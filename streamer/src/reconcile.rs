@@ -1409,7 +1409,10 @@ async fn freeze(
     let started = Instant::now();
     *hold.since.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
     let id: i64 = client
-        .query_one("SELECT pg2dns.pause('reconcile', $1)", &[slot])
+        .query_one(
+            "SELECT pg2dns.pause(format('reconcile by %s pid %s', session_user, $2::text), $1)",
+            &[slot, &std::process::id().to_string()],
+        )
         .await
         .map_err(sql("cannot call pg2dns.pause()"))?
         .get(0);

@@ -858,7 +858,9 @@ async fn resumed_by_the_reconcile(
 
 /// A running service with one row in DNS and one record added behind its
 /// back (so that `reconcile --apply` has a repair to hold the pause for).
-async fn service_with_a_stray_record(label: &str) -> Result<(Stack, crate::harness::Pg2dns)> {
+pub(crate) async fn service_with_a_stray_record(
+    label: &str,
+) -> Result<(Stack, crate::harness::Pg2dns)> {
     let stack = Stack::start(label, Primary::Bind).await?;
     let run = stack.run()?;
     stack
