@@ -1293,7 +1293,7 @@ async fn published_records(
         // sent for another tool's.
         let rtype = u16::try_from(rtype).map_err(|_| StoreError::Corrupt {
             table: "row_state",
-            detail: format!("record type {rtype} is out of range"),
+            value: crate::store::Corrupt::RType(rtype),
         })?;
         out.entry(r.get(0)).or_default().insert((
             r.get::<_, Vec<u8>>(1).to_ascii_lowercase(),
@@ -1491,7 +1491,7 @@ async fn hold_operator_pause(
         text.parse().map_err(|_| {
             ReconcileError::Store(StoreError::Corrupt {
                 table: "mode",
-                detail: format!("LSN {text:?}"),
+                value: crate::store::Corrupt::Lsn { text, of: None },
             })
         })
     };
