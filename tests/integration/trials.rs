@@ -20,6 +20,7 @@ use crate::harness::{pg2dns, wait_until, Check, Primary, Record, Server, Stack, 
 /// (`ns1`, `ns2`), and an operator role `dns_ops` that `setup` granted.
 struct Trial {
     stack: Stack,
+    first: Primary,
     second: Server,
 }
 
@@ -34,7 +35,11 @@ impl Trial {
         let second =
             Server::start_with_access(second, stack.dir(), &[FORWARD, REVERSE], Access::default())
                 .await?;
-        let trial = Trial { stack, second };
+        let trial = Trial {
+            stack,
+            first,
+            second,
+        };
         trial.write_config(first, "")?;
         trial.stack.exec("CREATE ROLE dns_ops LOGIN").await?;
         trial
@@ -67,6 +72,25 @@ impl Trial {
         Ok(())
     }
 
+    /// Waits until each primary (`ns1`, then `ns2`) holds `want`.
+    async fn wait_both_hold(&self, want: &ZoneRecords) -> Result<()> {
+        for (who, server) in [
+            ("ns1", self.stack.server(self.first)?),
+            ("ns2", &self.second),
+        ] {
+            wait_until(DNS_DEADLINE, &format!("{who} holds the rows"), || async {
+                let dns = zones_on(server).await?;
+                Ok(if dns == *want {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(crate::harness::stack::difference(want, &dns))
+                })
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// A copy of the config that logs in as `role`.
     fn config_as(&self, role: &str) -> Result<PathBuf> {
         let text = std::fs::read_to_string(self.stack.config_path())?;
@@ -74,6 +98,15 @@ impl Trial {
         std::fs::write(&path, text.replace("postgres@", &format!("{role}@")))?;
         Ok(path)
     }
+}
+
+/// A primary's two zones, as AXFR shows them.
+async fn zones_on(server: &Server) -> Result<ZoneRecords> {
+    let mut dns = ZoneRecords::new();
+    for zone in [FORWARD, REVERSE] {
+        dns.insert(zone.to_string(), server.axfr(zone).await?);
+    }
+    Ok(dns)
 }
 
 /// Not a test: a LATIN1 database with two primaries, left up for trials by
@@ -440,27 +473,7 @@ async fn a_latin1_zone_on_two_primaries_ends_equal_on_both_and_each_primary_coun
         (FORWARD.to_string(), forward),
         (REVERSE.to_string(), vec![]),
     ]);
-    for (who, server) in [
-        ("ns1 (BIND)", stack.server(Primary::Bind)?),
-        ("ns2 (Knot)", &trial.second),
-    ] {
-        wait_until(
-            DNS_DEADLINE,
-            &format!("{who} holds the UTF-8 records"),
-            || async {
-                let mut dns = ZoneRecords::new();
-                for zone in [FORWARD, REVERSE] {
-                    dns.insert(zone.to_string(), server.axfr(zone).await?);
-                }
-                Ok(if dns == expected {
-                    Check::Done(())
-                } else {
-                    Check::NotYet(crate::harness::stack::difference(&expected, &dns))
-                })
-            },
-        )
-        .await?;
-    }
+    trial.wait_both_hold(&expected).await?;
     let rejected = stack.rejected_at_least(1, DNS_DEADLINE).await?;
     ensure!(
         rejected.len() == 1
@@ -743,15 +756,6 @@ async fn a_large_transaction_not_yet_in_dns_shows_its_lag_before_its_commit_arri
 
 // ------------------------------ reconcile --primary as the operator role
 
-/// Both primaries' zones, as AXFR shows them.
-async fn zones_on(server: &Server) -> Result<ZoneRecords> {
-    let mut dns = ZoneRecords::new();
-    for zone in [FORWARD, REVERSE] {
-        dns.insert(zone.to_string(), server.axfr(zone).await?);
-    }
-    Ok(dns)
-}
-
 /// docs/operations.md: a primary left behind is brought in line with
 /// `pg2dns reconcile --primary NAME --apply`. Tried as the least-privilege
 /// operator role, also granted read of the source table (`pg2dns.rr`),
@@ -790,17 +794,7 @@ async fn reconcile_of_one_primary_as_the_operator_role_is_refused_untouched_and_
         (REVERSE.to_string(), vec![]),
     ]);
     let ns1 = stack.server(Primary::Bind)?;
-    for server in [ns1, &trial.second] {
-        wait_until(DNS_DEADLINE, "both primaries hold the rows", || async {
-            let dns = zones_on(server).await?;
-            Ok(if dns == want {
-                Check::Done(())
-            } else {
-                Check::NotYet(crate::harness::stack::difference(&want, &dns))
-            })
-        })
-        .await?;
-    }
+    trial.wait_both_hold(&want).await?;
     trial
         .second
         .nsupdate("update add stray.example.test. 300 A 192.0.2.99")
