@@ -2182,6 +2182,42 @@ mod tests {
         (groups, outcome.rejections)
     }
 
+    /// Each rejection as `key owner: reason`.
+    fn reasons(rejected: &[Rejection]) -> Vec<String> {
+        rejected
+            .iter()
+            .map(|r| {
+                let owner = r.owner.as_ref().map_or("-".to_owned(), |o| o.to_string());
+                format!("{} {owner}: {}", r.key.0, r.reason)
+            })
+            .collect()
+    }
+
+    /// The rejections are exactly `expect`, in order, each
+    /// (`key owner`, the start of its reason).
+    fn assert_refused(rejected: &[Rejection], expect: &[(&str, &str)]) {
+        let why = reasons(rejected);
+        assert_eq!(why.len(), expect.len(), "{why:#?}");
+        for ((key, start), got) in expect.iter().zip(&why) {
+            assert!(got.starts_with(&format!("{key}: {start}")), "{got}");
+        }
+    }
+
+    /// Runs `txns` (see [`run`]) and asserts the operations sent and the
+    /// rejections (see [`assert_refused`]); returns the rejections.
+    fn assert_planned(
+        store: &mut MemStore,
+        limits: &PlanLimits,
+        txns: Vec<Vec<RowUpdate>>,
+        ops: &[&str],
+        refused: &[(&str, &str)],
+    ) -> Vec<Rejection> {
+        let (g, rejected) = run(store, limits, txns);
+        assert_eq!(ops_text(&g), ops);
+        assert_refused(&rejected, refused);
+        rejected
+    }
+
     fn ops_text(groups: &[OwnerGroup]) -> Vec<String> {
         groups
             .iter()
@@ -2546,7 +2582,7 @@ mod tests {
     fn dname_and_ds_rules_refuse_what_servers_refuse_ignore_or_crash_on() {
         let mut store = MemStore::default();
         let l = limits(65_535, 100);
-        let (g, rejected) = run(
+        assert_planned(
             &mut store,
             &l,
             vec![
@@ -2567,42 +2603,37 @@ mod tests {
                     row("subds", "sub.example.test.", "DS", "1 13 99 ab"),
                 ],
             ],
-        );
-        assert_eq!(
-            ops_text(&g),
-            [
+            &[
                 "add old.example.test. 300 IN TXT \"kept\"",
                 "add old.example.test. 300 IN DNAME new.example.org.",
                 "add sub.example.test. 300 IN NS ns.example.org.",
                 "add sub.example.test. 300 IN DS 1 13 99 ab",
-            ]
+            ],
+            &[
+                (
+                    "d2 old.example.test.",
+                    "old.example.test. would have two DNAME records",
+                ),
+                (
+                    "c old.example.test.",
+                    "old.example.test. would have a CNAME and other data (TXT, DNAME)",
+                ),
+                (
+                    "apex example.test.",
+                    "a DNAME cannot be at the zone apex (example.test.)",
+                ),
+                (
+                    "apexds example.test.",
+                    "a DS record cannot be at the zone apex (example.test.)",
+                ),
+                (
+                    "ds nodeleg.example.test.",
+                    "nodeleg.example.test. has no NS records among the rows",
+                ),
+            ],
         );
-        let why: Vec<String> = rejected
-            .iter()
-            .map(|r| format!("{}: {}", r.key.0, r.reason))
-            .collect();
-        let expect = [
-            ("d2", "old.example.test. would have two DNAME records"),
-            (
-                "c",
-                "old.example.test. would have a CNAME and other data (TXT, DNAME)",
-            ),
-            ("apex", "a DNAME cannot be at the zone apex (example.test.)"),
-            (
-                "apexds",
-                "a DS record cannot be at the zone apex (example.test.)",
-            ),
-            (
-                "ds",
-                "nodeleg.example.test. has no NS records among the rows",
-            ),
-        ];
-        assert_eq!(why.len(), expect.len(), "{why:#?}");
-        for ((key, start), got) in expect.iter().zip(&why) {
-            assert!(got.starts_with(&format!("{key}: {start}")), "{got}");
-        }
         // Replacing the DNAME (delete and add in one group) is no second one.
-        let (g, rejected) = run(
+        assert_planned(
             &mut store,
             &l,
             vec![one(
@@ -2611,14 +2642,11 @@ mod tests {
                 "DNAME",
                 "newer.example.org.",
             )],
-        );
-        assert!(rejected.is_empty(), "{rejected:?}");
-        assert_eq!(
-            ops_text(&g),
-            [
+            &[
                 "del old.example.test. DNAME new.example.org.",
                 "add old.example.test. 300 IN DNAME newer.example.org.",
-            ]
+            ],
+            &[],
         );
     }
 
@@ -2705,12 +2733,6 @@ mod tests {
     fn names_below_a_dname_and_a_dname_above_names_are_refused_naming_the_dname() {
         let mut store = MemStore::default();
         let l = limits(65_535, 100);
-        let reasons = |rejected: &[Rejection]| -> Vec<String> {
-            rejected
-                .iter()
-                .map(|r| format!("{} {}: {}", r.key.0, r.owner.as_ref().unwrap(), r.reason))
-                .collect()
-        };
         // The DNAME first, in a batch of its own, and a name below.
         let (g, rejected) = run(
             &mut store,
@@ -2726,7 +2748,7 @@ mod tests {
         // are refused, a record beside it is published; a DNAME above a
         // name with records is refused; in one transaction a new DNAME and
         // a new name below it: the DNAME is refused.
-        let (g, rejected) = run(
+        let rejected = assert_planned(
             &mut store,
             &l,
             vec![
@@ -2739,20 +2761,29 @@ mod tests {
                     row("h", "h.n.example.test.", "AAAA", "2001:db8::1"),
                 ],
             ],
-        );
-        assert_eq!(
-            ops_text(&g),
-            [
+            &[
                 "add old.example.test. 300 IN TXT \"beside\"",
                 "add h.n.example.test. 300 IN AAAA 2001:db8::1",
-            ]
+            ],
+            &[
+                (
+                    "x x.old.example.test.",
+                    "x.old.example.test. is below the DNAME at old.example.test.",
+                ),
+                (
+                    "y y.z.old.example.test.",
+                    "y.z.old.example.test. is below the DNAME at old.example.test.",
+                ),
+                (
+                    "s sub.example.test.",
+                    "a DNAME at sub.example.test. would redirect the names below it, and a.sub.example.test. holds records",
+                ),
+                (
+                    "n n.example.test.",
+                    "a DNAME at n.example.test. would redirect the names below it, and h.n.example.test. holds records",
+                ),
+            ],
         );
-        let why = reasons(&rejected);
-        assert_eq!(why.len(), 4, "{why:#?}");
-        assert!(why[0].starts_with("x x.old.example.test.: x.old.example.test. is below the DNAME at old.example.test."), "{why:#?}");
-        assert!(why[1].starts_with("y y.z.old.example.test.: y.z.old.example.test. is below the DNAME at old.example.test."), "{why:#?}");
-        assert!(why[2].starts_with("s sub.example.test.: a DNAME at sub.example.test. would redirect the names below it, and a.sub.example.test. holds records"), "{why:#?}");
-        assert!(why[3].starts_with("n n.example.test.: a DNAME at n.example.test. would redirect the names below it, and h.n.example.test. holds records"), "{why:#?}");
         assert!(matches!(rejected[0].reason, Refusal::BelowDname { .. }));
         assert!(matches!(
             rejected[2].reason,
@@ -2761,7 +2792,7 @@ mod tests {
         // Deleting the name below and adding the DNAME in one transaction,
         // and deleting a DNAME and adding a name below it in another: both
         // go out.
-        let (g, rejected) = run(
+        assert_planned(
             &mut store,
             &l,
             vec![
@@ -2771,16 +2802,13 @@ mod tests {
                 ],
                 vec![gone("d"), row("x", "x.old.example.test.", "A", "192.0.2.7")],
             ],
-        );
-        assert!(rejected.is_empty(), "{:#?}", reasons(&rejected));
-        assert_eq!(
-            ops_text(&g),
-            [
+            &[
                 "del a.sub.example.test. A 192.0.2.1",
                 "add sub.example.test. 300 IN DNAME elsewhere.example.org.",
                 "del old.example.test. DNAME new.example.org.",
                 "add x.old.example.test. 300 IN A 192.0.2.7",
-            ]
+            ],
+            &[],
         );
         // Another tool's DNAME, and another tool's name below a row's DNAME.
         let mut l = limits(65_535, 100);

@@ -405,59 +405,107 @@ struct FilterSpec {
     one_of: std::collections::BTreeMap<String, Vec<String>>,
 }
 
+/// Why a `[[source]]` table does not compile into a mapping; each names the
+/// key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceSpecError {
+    /// A key given both as a template and as a column.
+    #[error("set {0} or {0}_column, not both")]
+    Both(&'static str),
+    /// No owner.
+    #[error("owner or owner_column is required")]
+    NoOwner,
+    /// `rdata_by_type` beside `address_column`.
+    #[error("rdata_by_type needs rdata or rdata_column, not address_column")]
+    ByTypeWithAddress,
+    /// A type beside `address_column`.
+    #[error("address_column publishes A/AAAA by address family: leave out type and type_column")]
+    TypeWithAddress,
+    /// Both `address_column` and rdata.
+    #[error("set address_column or rdata/rdata_column, not both")]
+    AddressAndRdata,
+    /// No data at all.
+    #[error("set rdata, rdata_column or address_column")]
+    NoData,
+    /// `ptr = true` without addresses.
+    #[error("ptr = true needs address_column")]
+    PtrWithoutAddress,
+    /// No record type.
+    #[error("type or type_column is required")]
+    NoType,
+    /// Both a zone column and a zones table.
+    #[error("set zone_column or [source.zones_table], not both")]
+    ZoneTwice,
+    /// A zones table named without its schema.
+    #[error("zones_table.table {0:?} must be schema-qualified, as schema.table")]
+    Unqualified(String),
+    /// A template that does not parse, or a mapping the core refuses.
+    #[error(transparent)]
+    Spec(#[from] pg2dns_decoder::mapping::source::SpecError),
+    /// `type` names no record type.
+    #[error(transparent)]
+    Type(#[from] pg2dns_decoder::records::RecordError),
+    /// A key of `rdata_by_type` names no record type.
+    #[error("rdata_by_type")]
+    ByTypeType(#[source] pg2dns_decoder::records::RecordError),
+    /// A template of `rdata_by_type` does not parse.
+    #[error("rdata_by_type.{rtype}")]
+    ByTypeTemplate {
+        /// The key, as written.
+        rtype: String,
+        /// Why.
+        #[source]
+        source: pg2dns_decoder::mapping::source::SpecError,
+    },
+}
+
 /// The TTL of a source's records when neither `ttl` nor its column says.
 pub const DEFAULT_SOURCE_TTL: u32 = 3600;
 
 impl SourceTableSpec {
     /// Compiles the table into a mapping; the error names the key at fault.
-    fn compile(self) -> Result<SourceMapping, String> {
+    fn compile(self) -> Result<SourceMapping, SourceSpecError> {
+        use SourceSpecError as E;
         let table = self.table.clone();
-        let one_of = |a: Option<String>, b: Option<String>, what: &str| match (a, b) {
-            (Some(t), None) => Template::parse(&t).map(Some).map_err(|e| e.to_string()),
+        let one_of = |a: Option<String>, b: Option<String>, what: &'static str| match (a, b) {
+            (Some(t), None) => Ok(Some(Template::parse(&t)?)),
             (None, Some(c)) => Ok(Some(Template::column(&c))),
             (None, None) => Ok(None),
-            (Some(_), Some(_)) => Err(format!("set {what} or {what}_column, not both")),
+            (Some(_), Some(_)) => Err(E::Both(what)),
         };
-        let owner = one_of(self.owner, self.owner_column, "owner")?
-            .ok_or("owner or owner_column is required")?;
+        let owner = one_of(self.owner, self.owner_column, "owner")?.ok_or(E::NoOwner)?;
         let rdata = one_of(self.rdata, self.rdata_column, "rdata")?;
         let data = match (self.address_column, rdata) {
-            (Some(_), _) if !self.rdata_by_type.is_empty() => {
-                return Err("rdata_by_type needs rdata or rdata_column, not address_column".into())
-            }
+            (Some(_), _) if !self.rdata_by_type.is_empty() => return Err(E::ByTypeWithAddress),
             (Some(column), None) => {
                 if self.rtype.is_some() || self.type_column.is_some() {
-                    return Err("address_column publishes A/AAAA by address family: leave out type and type_column".into());
+                    return Err(E::TypeWithAddress);
                 }
                 Data::Address {
                     column,
                     ptr: self.ptr,
                 }
             }
-            (Some(_), Some(_)) => {
-                return Err("set address_column or rdata/rdata_column, not both".into())
-            }
-            (None, None) => {
-                return Err("set rdata, rdata_column or address_column".into());
-            }
+            (Some(_), Some(_)) => return Err(E::AddressAndRdata),
+            (None, None) => return Err(E::NoData),
             (None, Some(rdata)) => {
                 if self.ptr {
-                    return Err("ptr = true needs address_column".into());
+                    return Err(E::PtrWithoutAddress);
                 }
                 let rtype = match (self.rtype, self.type_column) {
-                    (Some(t), None) => TypeFrom::Fixed(
-                        pg2dns_decoder::records::parse_type(&t).map_err(|e| e.to_string())?,
-                    ),
+                    (Some(t), None) => TypeFrom::Fixed(pg2dns_decoder::records::parse_type(&t)?),
                     (None, Some(c)) => TypeFrom::Column(c),
-                    (None, None) => return Err("type or type_column is required".into()),
-                    (Some(_), Some(_)) => return Err("set type or type_column, not both".into()),
+                    (None, None) => return Err(E::NoType),
+                    (Some(_), Some(_)) => return Err(E::Both("type")),
                 };
                 let mut by_type = Vec::new();
                 for (t, template) in self.rdata_by_type {
-                    let rtype = pg2dns_decoder::records::parse_type(&t)
-                        .map_err(|e| format!("rdata_by_type: {e}"))?;
-                    let template = Template::parse(&template)
-                        .map_err(|e| format!("rdata_by_type.{t}: {e}"))?;
+                    let rtype = pg2dns_decoder::records::parse_type(&t).map_err(E::ByTypeType)?;
+                    let template =
+                        Template::parse(&template).map_err(|source| E::ByTypeTemplate {
+                            rtype: t.clone(),
+                            source,
+                        })?;
                     by_type.push((rtype, template));
                 }
                 Data::Record {
@@ -483,9 +531,7 @@ impl SourceTableSpec {
                 NamesSpec::Relative => Names::Relative,
             },
             zone: match (self.zone_column, self.zones_table) {
-                (Some(_), Some(_)) => {
-                    return Err("set zone_column or [source.zones_table], not both".into())
-                }
+                (Some(_), Some(_)) => return Err(E::ZoneTwice),
                 (Some(c), None) => ZoneFrom::Column(c),
                 (None, Some(t)) => {
                     let qualified = t
@@ -493,10 +539,7 @@ impl SourceTableSpec {
                         .split_once('.')
                         .is_some_and(|(s, n)| !s.is_empty() && !n.is_empty() && !n.contains('.'));
                     if !qualified {
-                        return Err(format!(
-                            "zones_table.table {:?} must be schema-qualified, as schema.table",
-                            t.table
-                        ));
+                        return Err(E::Unqualified(t.table));
                     }
                     ZoneFrom::Table {
                         column: t.column,
@@ -516,7 +559,7 @@ impl SourceTableSpec {
             data,
             filters,
         })
-        .map_err(|e| e.to_string())
+        .map_err(E::from)
     }
 }
 
@@ -855,6 +898,20 @@ impl DatabaseConfig {
     }
 }
 
+/// Why a `primary` (or `[[server]]` address) is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrimaryAddrError {
+    /// Brackets around something that is no IPv6 address.
+    #[error("{0:?} is not an IPv6 address")]
+    NotIpv6(String),
+    /// A port that is not 1 to 65535.
+    #[error("{0:?} is not a port from 1 to 65535")]
+    Port(String),
+    /// Neither an IP address nor a host name.
+    #[error("{0:?} is not an IP address or a host name")]
+    Host(String),
+}
+
 /// A zone's `primary` as written: an IP address or a host name, and a port
 /// (53 when none is given). Forms: `192.0.2.53`, `192.0.2.53:5353`,
 /// `2001:db8::53`, `[2001:db8::53]:5353`, `ns1.example.net`,
@@ -870,7 +927,7 @@ impl PrimaryAddr {
     pub const DEFAULT_PORT: u16 = 53;
 
     /// Parses a `primary` value; the error says what is wrong.
-    pub fn parse(text: &str) -> Result<PrimaryAddr, String> {
+    pub fn parse(text: &str) -> Result<PrimaryAddr, PrimaryAddrError> {
         let text = text.trim();
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(PrimaryAddr {
@@ -887,7 +944,7 @@ impl PrimaryAddr {
         if let Some(v6) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
             let ip: std::net::Ipv6Addr = v6
                 .parse()
-                .map_err(|_| format!("{v6:?} is not an IPv6 address"))?;
+                .map_err(|_| PrimaryAddrError::NotIpv6(v6.to_owned()))?;
             return Ok(PrimaryAddr {
                 host: ip.to_string(),
                 port: Self::DEFAULT_PORT,
@@ -899,7 +956,7 @@ impl PrimaryAddr {
                     .parse()
                     .ok()
                     .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("{port:?} is not a port from 1 to 65535"))?;
+                    .ok_or_else(|| PrimaryAddrError::Port(port.to_owned()))?;
                 (host, port)
             }
             None => (text, Self::DEFAULT_PORT),
@@ -915,7 +972,7 @@ impl PrimaryAddr {
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             });
         if !valid {
-            return Err(format!("{host:?} is not an IP address or a host name"));
+            return Err(PrimaryAddrError::Host(host.to_owned()));
         }
         Ok(PrimaryAddr {
             host: host.to_ascii_lowercase(),
@@ -1392,9 +1449,13 @@ impl Config {
         for (i, table) in spec.sources.into_iter().enumerate() {
             let name = table.table.clone();
             apex_ns_sources.push(table.manage_apex_ns);
-            let source = table
-                .compile()
-                .map_err(|e| invalid(format!("[[source]] #{} (table {name:?}): {e}", i + 1)))?;
+            let source = table.compile().map_err(|e| {
+                invalid(format!(
+                    "[[source]] #{} (table {name:?}): {}",
+                    i + 1,
+                    pg2dns_decoder::error_chain(&e)
+                ))
+            })?;
             if source.schema() == "pg2dns" {
                 return Err(invalid(format!(
                     "[[source]] #{}: table {name:?} is pg2dns's own; pg2dns.rr is always published",

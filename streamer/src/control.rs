@@ -194,7 +194,10 @@ impl Control {
             "paused" => Mode::Paused {
                 lsn: lsn_text.parse().map_err(|_| StoreError::Corrupt {
                     table: "mode",
-                    detail: format!("lsn {lsn_text:?}"),
+                    value: crate::store::Corrupt::Lsn {
+                        text: lsn_text.clone(),
+                        of: None,
+                    },
                 })?,
                 request: ControlRequest {
                     id: r.get(4),

@@ -397,10 +397,13 @@ mod tests {
     fn a_value_pg2dns_cannot_read_back_halts_naming_the_table_never_retries() {
         let corrupt = StoreError::Corrupt {
             table: "progress",
-            detail: "LSN \"16/zz\" of slot pg2dns".into(),
+            value: crate::store::Corrupt::Lsn {
+                text: "16/zz".into(),
+                of: Some("slot pg2dns".into()),
+            },
         };
         assert_eq!(
-            corrupt.to_string(),
+            chain(&corrupt),
             "pg2dns.progress holds a value pg2dns cannot read: LSN \"16/zz\" of slot pg2dns"
         );
         let e = RunError::Store(corrupt);

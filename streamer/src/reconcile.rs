@@ -1432,7 +1432,7 @@ async fn published_records(store: &Store, config: &Config) -> Result<Published, 
         // sent for another tool's.
         let rtype = u16::try_from(rtype).map_err(|_| StoreError::Corrupt {
             table: "row_state",
-            detail: format!("record type {rtype} is out of range"),
+            value: crate::store::Corrupt::RType(rtype),
         })?;
         let owner = r.get::<_, Vec<u8>>(1).to_ascii_lowercase();
         let rdata: Vec<u8> = r.get(3);
@@ -1579,7 +1579,10 @@ async fn freeze(
     let started = Instant::now();
     *hold.since.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
     let id: i64 = client
-        .query_one("SELECT pg2dns.pause('reconcile', $1)", &[slot])
+        .query_one(
+            "SELECT pg2dns.pause(format('reconcile by %s pid %s', session_user, $2::text), $1)",
+            &[slot, &std::process::id().to_string()],
+        )
         .await
         .map_err(sql("cannot call pg2dns.pause()"))?
         .get(0);
@@ -1658,7 +1661,7 @@ async fn hold_operator_pause(
         text.parse().map_err(|_| {
             ReconcileError::Store(StoreError::Corrupt {
                 table: "mode",
-                detail: format!("LSN {text:?}"),
+                value: crate::store::Corrupt::Lsn { text, of: None },
             })
         })
     };

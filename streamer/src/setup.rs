@@ -31,6 +31,7 @@ const SCHEMA: &[(i32, &str)] = &[
     (11, include_str!("../../sql/011_truncate_partition.sql")),
     (12, include_str!("../../sql/012_zones.sql")),
     (13, include_str!("../../sql/013_primary_status.sql")),
+    (14, include_str!("../../sql/014_lease_reason.sql")),
 ];
 
 /// What the operator asked `setup` for.

@@ -52,12 +52,13 @@ pub enum StoreError {
         source: tokio_postgres::Error,
     },
     /// A stored value cannot be read back.
-    #[error("pg2dns.{table} holds a value pg2dns cannot read: {detail}")]
+    #[error("pg2dns.{table} holds a value pg2dns cannot read")]
     Corrupt {
         /// The table, in schema `pg2dns`.
         table: &'static str,
         /// What is wrong, naming the value.
-        detail: String,
+        #[source]
+        value: Corrupt,
     },
     /// PostgreSQL answered a position that is no LSN.
     #[error("PostgreSQL gave {what} as {value:?}, which is not an LSN")]
@@ -70,6 +71,52 @@ pub enum StoreError {
     /// More sources than ids (the configuration refuses them first).
     #[error(transparent)]
     Sources(#[from] pg2dns_decoder::plan::SourcesError),
+}
+
+/// What is wrong with a value pg2dns reads back from one of its tables.
+#[derive(Debug, thiserror::Error)]
+pub enum Corrupt {
+    /// A record type outside 0..=65535.
+    #[error("record type {0} is out of range")]
+    RType(i32),
+    /// A TTL outside 0..=2^32-1.
+    #[error("TTL {0} is out of range")]
+    Ttl(i32),
+    /// An LSN that does not parse, and whose it is (a slot, a row).
+    #[error("LSN {text:?}{}", of.as_ref().map(|o| format!(" of {o}")).unwrap_or_default())]
+    Lsn {
+        /// The text stored.
+        text: String,
+        /// Whose LSN, when it matters.
+        of: Option<String>,
+    },
+    /// A name that is no wire-format name.
+    #[error("{what} name")]
+    Name {
+        /// Which name (`owner`, `target`).
+        what: &'static str,
+        /// Why it does not parse.
+        #[source]
+        source: pg2dns_decoder::name::NameError,
+    },
+    /// A zone the configuration does not list, where only its zones were
+    /// read.
+    #[error("zone {0:?} is not configured")]
+    Zone(String),
+    /// A name that does not decode as an owner.
+    #[error("owner name {0:?} is not a name")]
+    Owner(Vec<u8>),
+    /// A read of some sources' rows answered a row of another.
+    #[error("a read of the rows of {asked:?} answered a row of source {got:?}")]
+    Source {
+        /// The sources asked for.
+        asked: Vec<String>,
+        /// The source of the row answered.
+        got: String,
+    },
+    /// A lookup below DNAMEs answered for a DNAME it was not asked about.
+    #[error("a lookup of the names below a DNAME answered for no DNAME")]
+    NoSuchDname,
 }
 
 impl StoreError {
@@ -124,11 +171,11 @@ impl StoreError {
 fn type_and_ttl(table: &'static str, rtype: i32, ttl: i32) -> Result<(RType, u32), StoreError> {
     let rtype = u16::try_from(rtype).map_err(|_| StoreError::Corrupt {
         table,
-        detail: format!("record type {rtype} is out of range"),
+        value: Corrupt::RType(rtype),
     })?;
     let ttl = u32::try_from(ttl).map_err(|_| StoreError::Corrupt {
         table,
-        detail: format!("TTL {ttl} is out of range"),
+        value: Corrupt::Ttl(ttl),
     })?;
     Ok((RType(rtype), ttl))
 }
@@ -630,7 +677,10 @@ impl Store {
                 let text: String = r.get(0);
                 text.parse().map_err(|_| StoreError::Corrupt {
                     table: "progress",
-                    detail: format!("LSN {text:?} of slot {}", self.slot),
+                    value: Corrupt::Lsn {
+                        text,
+                        of: Some(format!("slot {}", self.slot)),
+                    },
                 })
             }
         }
@@ -934,9 +984,12 @@ impl Store {
             let owner_wire: Vec<u8> = r.get(4);
             let owner = Name::from_wire(&owner_wire)
                 .map(|(n, _)| Owner::from_name(n))
-                .map_err(|e| StoreError::Corrupt {
+                .map_err(|source| StoreError::Corrupt {
                     table: "row_state",
-                    detail: format!("owner name: {e}"),
+                    value: Corrupt::Name {
+                        what: "owner",
+                        source,
+                    },
                 })?;
             let (rtype, ttl) = type_and_ttl("row_state", r.get(5), r.get(7))?;
             let rdata = Rdata::from_wire(&r.get::<_, Vec<u8>>(6));
@@ -947,9 +1000,10 @@ impl Store {
                     // for, so this is a bug, never a row to skip.
                     return Err(StoreError::Corrupt {
                         table: "row_state",
-                        detail: format!(
-                            "a read of the rows of {sources:?} answered a row of source {source:?}"
-                        ),
+                        value: Corrupt::Source {
+                            asked: sources.iter().map(|s| s.to_string()).collect(),
+                            got: source,
+                        },
                     });
                 };
                 let row = (SourceId::new(s)?, RowKey(r.get(2)));
@@ -1012,14 +1066,17 @@ impl Store {
             let (zone, top) = usize::try_from(r.get::<_, i64>(0) - 1)
                 .ok()
                 .and_then(|i| tops.get(i))
-                .ok_or_else(|| StoreError::Corrupt {
+                .ok_or(StoreError::Corrupt {
                     table: "row_state",
-                    detail: "a lookup of the names below a DNAME answered for no DNAME".into(),
+                    value: Corrupt::NoSuchDname,
                 })?;
             let owner_wire: Vec<u8> = r.get(1);
-            let (name, _) = Name::from_wire(&owner_wire).map_err(|e| StoreError::Corrupt {
+            let (name, _) = Name::from_wire(&owner_wire).map_err(|source| StoreError::Corrupt {
                 table: "row_state",
-                detail: format!("owner name: {e}"),
+                value: Corrupt::Name {
+                    what: "owner",
+                    source,
+                },
             })?;
             if name.is_at_or_below(top.name()) {
                 out.push((*zone, Owner::from_name(name)));
@@ -1391,20 +1448,23 @@ impl Store {
             else {
                 continue;
             };
-            let corrupt = |e: pg2dns_decoder::name::NameError| StoreError::Corrupt {
-                table: "waiting",
-                detail: format!("name: {e}"),
+            let corrupt = |what| {
+                move |source| StoreError::Corrupt {
+                    table: "waiting",
+                    value: Corrupt::Name { what, source },
+                }
             };
-            let (target, _) = Name::from_wire(&r.get::<_, Vec<u8>>(4)).map_err(corrupt)?;
-            let (owner, _) = Name::from_wire(&r.get::<_, Vec<u8>>(5)).map_err(corrupt)?;
+            let (target, _) =
+                Name::from_wire(&r.get::<_, Vec<u8>>(4)).map_err(corrupt("target"))?;
+            let (owner, _) = Name::from_wire(&r.get::<_, Vec<u8>>(5)).map_err(corrupt("owner"))?;
             let row = (SourceId::new(s)?, RowKey(r.get(1)));
             let lsn_text: String = r.get(2);
             let lsn: Lsn = lsn_text.parse().map_err(|_| StoreError::Corrupt {
                 table: "waiting",
-                detail: format!(
-                    "LSN {lsn_text:?} of row {} is not an LSN",
-                    r.get::<_, String>(1)
-                ),
+                value: Corrupt::Lsn {
+                    text: lsn_text.clone(),
+                    of: Some(format!("row {}", r.get::<_, String>(1))),
+                },
             })?;
             let (rtype, ttl) = type_and_ttl("waiting", r.get(6), r.get(8))?;
             let record = Desired {
@@ -1473,12 +1533,12 @@ impl Store {
             .map_err(sql("cannot read pg2dns.row_state"))?;
         // A name or type that cannot be read is a corrupt table, never an
         // MX left out of the warning about its dangling target.
-        let name = |wire: Vec<u8>, what: &str| {
+        let name = |wire: Vec<u8>, what: &'static str| {
             Name::from_wire(&wire)
                 .map(|(n, _)| Owner::from_name(n))
-                .map_err(|e| StoreError::Corrupt {
+                .map_err(|source| StoreError::Corrupt {
                     table: "row_state",
-                    detail: format!("{what} name: {e}"),
+                    value: Corrupt::Name { what, source },
                 })
         };
         rows.iter()
@@ -1524,9 +1584,12 @@ impl Store {
         let mut records = Vec::with_capacity(result.len());
         for r in result {
             let (name, _) =
-                Name::from_wire(&r.get::<_, Vec<u8>>(1)).map_err(|e| StoreError::Corrupt {
+                Name::from_wire(&r.get::<_, Vec<u8>>(1)).map_err(|source| StoreError::Corrupt {
                     table: "row_state",
-                    detail: format!("owner name: {e}"),
+                    value: Corrupt::Name {
+                        what: "owner",
+                        source,
+                    },
                 })?;
             let (rtype, ttl) = type_and_ttl("row_state", r.get(2), r.get(4))?;
             records.push((

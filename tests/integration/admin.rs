@@ -642,3 +642,110 @@ async fn a_control_row_pg2dns_cannot_read_is_rejected_naming_its_row_and_lsn_and
     ensure!(s["mode"] == "running", "the service did not pause: {s}");
     Ok(())
 }
+
+/// The definition of `pg2dns.resume` and the installed schema versions:
+/// what a `setup` that changes nothing leaves as it was.
+async fn schema_fingerprint(stack: &Stack) -> Result<(String, Vec<i32>)> {
+    let resume: String = stack
+        .db
+        .query_one(
+            "SELECT md5(string_agg(pg_get_functiondef(oid), '' ORDER BY oid)) \
+             FROM pg_proc WHERE proname = 'resume' \
+               AND pronamespace = 'pg2dns'::regnamespace",
+            &[],
+        )
+        .await?
+        .get(0);
+    let versions = stack
+        .db
+        .query(
+            "SELECT version FROM pg2dns.schema_version ORDER BY version",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok((resume, versions))
+}
+
+/// Starts `pg2dns reconcile --apply` that holds the service paused at its
+/// snapshot (a test hook makes it wait before the repair); returns it with
+/// `status --json` read while it holds the pause.
+async fn status_during_a_reconciles_pause(
+    stack: &Stack,
+) -> Result<(tokio::process::Child, serde_json::Value)> {
+    let mut reconcile = crate::reconcile::spawn_reconcile(
+        stack,
+        &["--apply"],
+        &[("PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS", "600000")],
+    )?;
+    crate::reconcile::read_until(&mut reconcile, "before the repair").await?;
+    let s = status(stack).await?;
+    ensure!(s["state"] == "paused", "the reconcile holds the pause: {s}");
+    Ok((reconcile, s))
+}
+
+/// Ends a reconcile with SIGTERM (it resumes the service, exits 143) and
+/// waits until the service runs again.
+async fn end_reconcile(stack: &Stack, mut reconcile: tokio::process::Child) -> Result<()> {
+    crate::harness::signal(reconcile.id().context("no pid")?, "TERM")?;
+    let exit = tokio::time::timeout(Duration::from_secs(60), reconcile.wait()).await??;
+    ensure!(exit.code() == Some(143), "reconcile exits 143: {exit}");
+    wait_for_mode(stack, "running").await?;
+    Ok(())
+}
+
+/// A reconcile pauses the running service at its snapshot's point (a
+/// `pg2dns.resume(slot, until)` by the lease holder). From schema version
+/// 14 that pause keeps the reconcile's reason, so `status` names it: the
+/// reconcile, its role and its process. A schema-13 database shows no
+/// reason; `setup` migrates it, and a second `setup` changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_reconcile_holding_the_service_paused_after_setup_migrates_schema_13(
+) -> Result<()> {
+    let (stack, run) = crate::reconcile::service_with_a_stray_record("pause-reason").await?;
+    // The database as schema version 13 left it: version 9's resume().
+    stack
+        .exec(&format!(
+            "{} DELETE FROM pg2dns.schema_version WHERE version = 14",
+            include_str!("../../sql/009_lease.sql")
+        ))
+        .await?;
+    let (reconcile, s) = status_during_a_reconciles_pause(&stack).await?;
+    ensure!(
+        s["reason"] == "",
+        "before version 14 the pause at the snapshot has no reason: {s}"
+    );
+    end_reconcile(&stack, reconcile).await?;
+
+    drop(run);
+    stack.setup().await?;
+    let migrated = schema_fingerprint(&stack).await?;
+    ensure!(migrated.1.last() == Some(&14), "{migrated:?}");
+    stack.setup().await?;
+    ensure!(
+        schema_fingerprint(&stack).await? == migrated,
+        "a second setup changed the schema"
+    );
+    let _run = stack.run()?;
+    wait_for_stream(&stack, "open").await?;
+
+    let (reconcile, s) = status_during_a_reconciles_pause(&stack).await?;
+    let role = s["requested_by"].as_str().unwrap_or_default();
+    let want = format!(
+        "reconcile by {role} pid {}",
+        reconcile.id().context("no pid")?
+    );
+    ensure!(
+        !role.is_empty() && s["reason"] == want.as_str(),
+        "status --json names the reconcile ({want}): {s}"
+    );
+    let text = stack.admin(&["status"]).await?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    ensure!(
+        text.contains(&format!("({want})")),
+        "status names the reconcile ({want}):\n{text}"
+    );
+    end_reconcile(&stack, reconcile).await
+}

@@ -1500,16 +1500,7 @@ async fn registry_and_multi_signer_types_reach_the_server_byte_for_byte_and_reco
 async fn a_second_dname_an_apex_dname_and_a_ds_outside_a_delegation_are_refused_before_sending(
     primary: Primary,
 ) -> Result<()> {
-    let stack = Stack::start("dname-rules", primary).await?;
-    let mut pg2dns = stack.run()?;
-    let first = insert(
-        &stack,
-        "Old.Example.Test.",
-        300,
-        "DNAME",
-        "new.example.net.",
-    )
-    .await?;
+    let (stack, mut pg2dns, first) = running_with_a_dname("dname-rules", primary).await?;
     insert(
         &stack,
         "old.example.test.",
@@ -1543,10 +1534,7 @@ async fn a_second_dname_an_apex_dname_and_a_ds_outside_a_delegation_are_refused_
             "nodeleg.example.test. has no NS records among the rows",
         ),
     ];
-    for (id, why) in refused {
-        let reason = wait_for_rejection(&stack, id).await?;
-        ensure!(reason.contains(why), "row {id}: {reason}");
-    }
+    refused_naming(&stack, &refused).await?;
     stack
         .db
         .execute(
@@ -1576,6 +1564,33 @@ async fn a_second_dname_an_apex_dname_and_a_ds_outside_a_delegation_are_refused_
     })
     .await?;
     pg2dns.assert_running()?;
+    Ok(())
+}
+
+/// A stack with pg2dns running and a row's DNAME at `Old.Example.Test.`
+/// (to `new.example.net.`), the DNS scenarios' common start; with the
+/// row's id.
+async fn running_with_a_dname(label: &str, primary: Primary) -> Result<(Stack, Pg2dns, i64)> {
+    let stack = Stack::start(label, primary).await?;
+    let pg2dns = stack.run()?;
+    let id = insert(
+        &stack,
+        "Old.Example.Test.",
+        300,
+        "DNAME",
+        "new.example.net.",
+    )
+    .await?;
+    Ok((stack, pg2dns, id))
+}
+
+/// Waits for each row to be refused, with a reason starting with the
+/// given text.
+async fn refused_naming(stack: &Stack, refused: &[(i64, &str)]) -> Result<()> {
+    for &(id, why) in refused {
+        let reason = wait_for_rejection(stack, id).await?;
+        ensure!(reason.starts_with(why), "row {id}: {reason}");
+    }
     Ok(())
 }
 
@@ -1865,16 +1880,7 @@ async fn a_name_below_another_tools_dname_is_refused_before_sending(
 async fn records_below_a_dname_and_a_dname_above_records_are_refused_naming_the_dname(
     primary: Primary,
 ) -> Result<()> {
-    let stack = Stack::start("dname-subtree", primary).await?;
-    let mut pg2dns = stack.run()?;
-    insert(
-        &stack,
-        "Old.Example.Test.",
-        300,
-        "DNAME",
-        "new.example.net.",
-    )
-    .await?;
+    let (stack, mut pg2dns, _) = running_with_a_dname("dname-subtree", primary).await?;
     let host = insert(&stack, "host.sub.example.test.", 300, "A", "192.0.2.1").await?;
     stack
         .wait_until_answers("host.sub.example.test.", "A", DNS_DEADLINE)
@@ -1904,20 +1910,21 @@ async fn records_below_a_dname_and_a_dname_above_records_are_refused_naming_the_
         "\"beside the DNAME\"",
     )
     .await?;
-    for (id, why) in [
-        (below, "x.old.example.test. is below the DNAME at old.example.test."),
-        (
-            deeper,
-            "mail.deep.old.example.test. is below the DNAME at old.example.test.",
-        ),
-        (
-            above,
-            "a DNAME at sub.example.test. would redirect the names below it, and host.sub.example.test. holds records",
-        ),
-    ] {
-        let reason = wait_for_rejection(&stack, id).await?;
-        ensure!(reason.starts_with(why), "row {id}: {reason}");
-    }
+    refused_naming(
+        &stack,
+        &[
+            (below, "x.old.example.test. is below the DNAME at old.example.test."),
+            (
+                deeper,
+                "mail.deep.old.example.test. is below the DNAME at old.example.test.",
+            ),
+            (
+                above,
+                "a DNAME at sub.example.test. would redirect the names below it, and host.sub.example.test. holds records",
+            ),
+        ],
+    )
+    .await?;
     let rejected = stack.rejected().await?;
     let at = |id: i64| rejected.iter().find(|r| r.row_key == id.to_string());
     ensure!(

@@ -84,23 +84,36 @@ pub(crate) fn record_lines(list: &Value, rdata: bool) -> Vec<String> {
     out
 }
 
-async fn records_changed_behind_pg2dns_are_reported_repaired_and_the_stream_goes_on(
-    primary: Primary,
-) -> Result<()> {
-    let stack = Stack::start("reconcile", primary).await?;
+/// A stack whose forward and reverse zones hold `rows` (SQL `VALUES`
+/// tuples of `pg2dns.rr`'s owner, ttl, type and rdata), streamed by
+/// `pg2dns run` until DNS matches the table, then stopped: the known state
+/// most scenarios reconcile against.
+async fn stack_with_rows(label: &str, primary: Primary, rows: &str) -> Result<Stack> {
+    let stack = Stack::start(label, primary).await?;
     let mut pg2dns = stack.run()?;
     stack
-        .exec(
-            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
-               ('www.example.test.', 300, 'A', '192.0.2.10'),
-               ('gone.example.test.', 300, 'A', '192.0.2.30'),
-               ('retimed.example.test.', 300, 'A', '192.0.2.40'),
-               ('txt.example.test.', 300, 'TXT', '\"hello\"'),
-               ('10.2.0.192.in-addr.arpa.', 300, 'PTR', 'www.example.test.')",
-        )
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES {rows}"
+        ))
         .await?;
     stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     pg2dns.terminate().await?;
+    Ok(stack)
+}
+
+async fn records_changed_behind_pg2dns_are_reported_repaired_and_the_stream_goes_on(
+    primary: Primary,
+) -> Result<()> {
+    let stack = stack_with_rows(
+        "reconcile",
+        primary,
+        "('www.example.test.', 300, 'A', '192.0.2.10'),
+         ('gone.example.test.', 300, 'A', '192.0.2.30'),
+         ('retimed.example.test.', 300, 'A', '192.0.2.40'),
+         ('txt.example.test.', 300, 'TXT', '\"hello\"'),
+         ('10.2.0.192.in-addr.arpa.', 300, 'PTR', 'www.example.test.')",
+    )
+    .await?;
 
     // In sync before anyone touches DNS.
     let (code, json) = report(&stack.reconcile(&["--json"], &[]).await?)?;
@@ -231,19 +244,10 @@ async fn thousands_of_unpublished_rows_are_loaded_in_several_guarded_messages(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_safety_threshold_refuses_a_plan_deleting_most_of_a_zone() -> Result<()> {
-    let stack = Stack::start("reconcile-threshold", Primary::Bind).await?;
-    let mut pg2dns = stack.run()?;
     let values: Vec<String> = (1..=20)
         .map(|i| format!("('h{i}.example.test.', 300, 'A', '192.0.2.{i}')"))
         .collect();
-    stack
-        .exec(&format!(
-            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES {}",
-            values.join(", ")
-        ))
-        .await?;
-    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
-    pg2dns.terminate().await?;
+    let stack = stack_with_rows("reconcile-threshold", Primary::Bind, &values.join(", ")).await?;
     // A database that lost most of its rows while pg2dns was stopped (say,
     // a wrong restore): reconcile must not empty the zone on its own.
     stack
@@ -282,16 +286,12 @@ async fn the_safety_threshold_refuses_a_plan_deleting_most_of_a_zone() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zone_changed_between_transfer_and_repair_is_transferred_again() -> Result<()> {
-    let stack = Stack::start("reconcile-race", Primary::Bind).await?;
-    let mut pg2dns = stack.run()?;
-    stack
-        .exec(
-            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES
-               ('www.example.test.', 300, 'A', '192.0.2.10')",
-        )
-        .await?;
-    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
-    pg2dns.terminate().await?;
+    let stack = stack_with_rows(
+        "reconcile-race",
+        Primary::Bind,
+        "('www.example.test.', 300, 'A', '192.0.2.10')",
+    )
+    .await?;
     let server = stack.server(Primary::Bind)?;
     server
         .nsupdate("update add rogue1.example.test. 300 A 192.0.2.98")
@@ -858,7 +858,9 @@ async fn resumed_by_the_reconcile(
 
 /// A running service with one row in DNS and one record added behind its
 /// back (so that `reconcile --apply` has a repair to hold the pause for).
-async fn service_with_a_stray_record(label: &str) -> Result<(Stack, crate::harness::Pg2dns)> {
+pub(crate) async fn service_with_a_stray_record(
+    label: &str,
+) -> Result<(Stack, crate::harness::Pg2dns)> {
     let stack = Stack::start(label, Primary::Bind).await?;
     let run = stack.run()?;
     stack
@@ -1088,19 +1090,11 @@ async fn relay_cutting_the_first_connection(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_cut_while_the_tables_are_read_is_made_again_and_the_zone_compared() -> Result<()>
 {
-    let stack = Stack::start("reconcile-cut-transfer", Primary::Bind).await?;
-    let mut pg2dns = stack.run()?;
     let values: Vec<String> = (1..=50)
         .map(|i| format!("('h{i}.example.test.', 300, 'TXT', '\"Grüße {i}\" \"zwei\"')"))
         .collect();
-    stack
-        .exec(&format!(
-            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES {}",
-            values.join(", ")
-        ))
-        .await?;
-    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
-    pg2dns.terminate().await?;
+    let stack =
+        stack_with_rows("reconcile-cut-transfer", Primary::Bind, &values.join(", ")).await?;
     // The forward zone's primary reached through the relay: reconcile's
     // first transfer of it (made while the tables are read) is cut inside
     // its first message.

@@ -20,6 +20,7 @@ use crate::harness::{pg2dns, wait_until, Check, Primary, Record, Server, Stack, 
 /// (`ns1`, `ns2`), and an operator role `dns_ops` that `setup` granted.
 struct Trial {
     stack: Stack,
+    first: Primary,
     second: Server,
 }
 
@@ -34,7 +35,11 @@ impl Trial {
         let second =
             Server::start_with_access(second, stack.dir(), &[FORWARD, REVERSE], Access::default())
                 .await?;
-        let trial = Trial { stack, second };
+        let trial = Trial {
+            stack,
+            first,
+            second,
+        };
         trial.write_config(first, "")?;
         trial.stack.exec("CREATE ROLE dns_ops LOGIN").await?;
         trial
@@ -67,6 +72,25 @@ impl Trial {
         Ok(())
     }
 
+    /// Waits until each primary (`ns1`, then `ns2`) holds `want`.
+    async fn wait_both_hold(&self, want: &ZoneRecords) -> Result<()> {
+        for (who, server) in [
+            ("ns1", self.stack.server(self.first)?),
+            ("ns2", &self.second),
+        ] {
+            wait_until(DNS_DEADLINE, &format!("{who} holds the rows"), || async {
+                let dns = zones_on(server).await?;
+                Ok(if dns == *want {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(crate::harness::stack::difference(want, &dns))
+                })
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// A copy of the config that logs in as `role`.
     fn config_as(&self, role: &str) -> Result<PathBuf> {
         let text = std::fs::read_to_string(self.stack.config_path())?;
@@ -74,6 +98,15 @@ impl Trial {
         std::fs::write(&path, text.replace("postgres@", &format!("{role}@")))?;
         Ok(path)
     }
+}
+
+/// A primary's two zones, as AXFR shows them.
+async fn zones_on(server: &Server) -> Result<ZoneRecords> {
+    let mut dns = ZoneRecords::new();
+    for zone in [FORWARD, REVERSE] {
+        dns.insert(zone.to_string(), server.axfr(zone).await?);
+    }
+    Ok(dns)
 }
 
 /// Not a test: a LATIN1 database with two primaries, left up for trials by
@@ -440,27 +473,7 @@ async fn a_latin1_zone_on_two_primaries_ends_equal_on_both_and_each_primary_coun
         (FORWARD.to_string(), forward),
         (REVERSE.to_string(), vec![]),
     ]);
-    for (who, server) in [
-        ("ns1 (BIND)", stack.server(Primary::Bind)?),
-        ("ns2 (Knot)", &trial.second),
-    ] {
-        wait_until(
-            DNS_DEADLINE,
-            &format!("{who} holds the UTF-8 records"),
-            || async {
-                let mut dns = ZoneRecords::new();
-                for zone in [FORWARD, REVERSE] {
-                    dns.insert(zone.to_string(), server.axfr(zone).await?);
-                }
-                Ok(if dns == expected {
-                    Check::Done(())
-                } else {
-                    Check::NotYet(crate::harness::stack::difference(&expected, &dns))
-                })
-            },
-        )
-        .await?;
-    }
+    trial.wait_both_hold(&expected).await?;
     let rejected = stack.rejected_at_least(1, DNS_DEADLINE).await?;
     ensure!(
         rejected.len() == 1
@@ -737,6 +750,119 @@ async fn a_large_transaction_not_yet_in_dns_shows_its_lag_before_its_commit_arri
     stack
         .wait_until_dns_matches_table(3 * crate::harness::RECOVERY_DEADLINE)
         .await?;
+    service.assert_running()?;
+    Ok(())
+}
+
+// ------------------------------ reconcile --primary as the operator role
+
+/// docs/operations.md: a primary left behind is brought in line with
+/// `pg2dns reconcile --primary NAME --apply`. Tried as the least-privilege
+/// operator role, also granted read of the source table (`pg2dns.rr`),
+/// with two primaries and a running service: reconcile reads pg2dns's own
+/// tables (and exports a snapshot over a replication connection), so it is
+/// refused before it pauses or changes anything, naming the table and the
+/// role to run it as (docs/setup.md, roles and grants). Run as the
+/// service, it repairs the record added behind pg2dns's back on `ns2` only,
+/// `ns1` is left as it was, and the service runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_of_one_primary_as_the_operator_role_is_refused_untouched_and_the_services_role_repairs_it(
+) -> Result<()> {
+    let trial = Trial::start("trial-reconcile-primary", Primary::Bind, Primary::Knot).await?;
+    let stack = &trial.stack;
+    stack.exec("GRANT SELECT ON pg2dns.rr TO dns_ops").await?;
+    let mut service = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES \
+             ('www.example.test.', 300, 'A', '192.0.2.10'), \
+             ('Grüße.Example.Test.', 300, 'TXT', '\"ä \\\"q\\\"\"')",
+        )
+        .await?;
+    let mut forward = vec![
+        Record::new("www.example.test.", 300, "A", "192.0.2.10"),
+        Record::new(
+            r"gr\195\188\195\159e.example.test.",
+            300,
+            "TXT",
+            r#""\195\164 \"q\"""#,
+        ),
+    ];
+    forward.sort();
+    let want = BTreeMap::from([
+        (FORWARD.to_string(), forward),
+        (REVERSE.to_string(), vec![]),
+    ]);
+    let ns1 = stack.server(Primary::Bind)?;
+    trial.wait_both_hold(&want).await?;
+    trial
+        .second
+        .nsupdate("update add stray.example.test. 300 A 192.0.2.99")
+        .await?;
+    let on_ns2 = zones_on(&trial.second).await?;
+    ensure!(on_ns2 != want, "the stray record is on ns2: {on_ns2:?}");
+
+    let operator = trial.config_as("dns_ops")?;
+    let (code, out, err) = pg2dns_out(
+        &["reconcile", "--primary", "ns2", "--apply", "--json"],
+        &operator,
+        &[],
+    )
+    .await?;
+    ensure!(
+        code == Some(2)
+            && err.contains("permission denied for table zones")
+            && err.contains("run it with the service's configuration and role"),
+        "reconcile --primary ns2 --apply as dns_ops exited {code:?}:\n{out}\n{err}"
+    );
+    let requests: i64 = stack
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg2dns.control WHERE requested_by = 'dns_ops'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(requests == 0, "the refused reconcile paused the service");
+    ensure!(
+        zones_on(&trial.second).await? == on_ns2 && zones_on(ns1).await? == want,
+        "the refused reconcile changed a primary"
+    );
+
+    let (code, out, err) = pg2dns_out(
+        &["reconcile", "--primary", "ns2", "--apply", "--json"],
+        stack.config_path(),
+        &[],
+    )
+    .await?;
+    ensure!(
+        code == Some(0),
+        "reconcile --primary ns2 --apply as the service exited {code:?}:\n{out}\n{err}"
+    );
+    ensure!(
+        zones_on(&trial.second).await? == want && zones_on(ns1).await? == want,
+        "ns2 is repaired and ns1 left as it was"
+    );
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.11')")
+        .await?;
+    for server in [ns1, &trial.second] {
+        wait_until(DNS_DEADLINE, "the stream goes on to both", || async {
+            Ok(
+                if server
+                    .axfr(FORWARD)
+                    .await?
+                    .iter()
+                    .any(|r| r.owner == "after.example.test.")
+                {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(String::new())
+                },
+            )
+        })
+        .await?;
+    }
     service.assert_running()?;
     Ok(())
 }

@@ -59,7 +59,21 @@ enum Answer {
     /// An answer the key could not vouch for.
     Tsig(TsigError),
     /// No answer: the server could not be reached, or said nothing.
-    Io(String),
+    Io(NoAnswer),
+}
+
+/// Why a signed request got no answer to judge.
+#[derive(Debug, thiserror::Error)]
+enum NoAnswer {
+    /// The request could not be encoded.
+    #[error("cannot encode the request")]
+    Encode(#[source] update::EncodeError),
+    /// The exchange with the server failed.
+    #[error(transparent)]
+    Ask(#[from] pipelined::AskError),
+    /// No request was made for this zone (a bug).
+    #[error("no request was made")]
+    NotMade,
 }
 
 /// A query for `zone`'s apex of type `qtype`, with a fresh ID.
@@ -112,7 +126,7 @@ enum Probe {
 
 impl Probe {
     /// The request for `zone` with message ID `id`, unsigned.
-    fn message(self, zone: &ZoneName, id: u16) -> Result<Vec<u8>, String> {
+    fn message(self, zone: &ZoneName, id: u16) -> Result<Vec<u8>, update::EncodeError> {
         match self {
             Probe::Soa => Ok(crate::dns::axfr::query(zone, TYPE_SOA, id)),
             Probe::Transfer => Ok(crate::dns::axfr::query(zone, TYPE_AXFR, id)),
@@ -121,7 +135,7 @@ impl Probe {
                     owner: Owner::from_name(zone.name().clone()),
                     rtype: RType::SOA,
                 };
-                update::encode(zone, id, &[probe], &[]).map_err(|e| e.to_string())
+                update::encode(zone, id, &[probe], &[])
             }
         }
     }
@@ -162,7 +176,7 @@ async fn ask_each(server: SocketAddr, zones: &[&ZoneConfig], probe: Probe) -> Ve
         let zone = zones[i];
         let request = probe
             .message(&zone.name, id)
-            .map_err(|e| Answer::Io(format!("cannot encode the request: {e}")))
+            .map_err(|e| Answer::Io(NoAnswer::Encode(e)))
             .and_then(|m| {
                 tsig::sign(&m, &zone.key, unix_now(), tsig::DEFAULT_FUDGE).map_err(Answer::Tsig)
             });
@@ -185,8 +199,8 @@ async fn ask_each(server: SocketAddr, zones: &[&ZoneConfig], probe: Probe) -> Ve
         .zip(frames)
         .map(|((zone, request), frame)| match (request, frame) {
             (Some(Err(made)), _) => made,
-            (None, Err(e)) | (Some(Ok(_)), Err(e)) => Answer::Io(crate::error::chain(&e)),
-            (None, Ok(_)) => Answer::Io("no request was made".into()),
+            (None, Err(e)) | (Some(Ok(_)), Err(e)) => Answer::Io(NoAnswer::Ask(e)),
+            (None, Ok(_)) => Answer::Io(NoAnswer::NotMade),
             (Some(Ok(request)), Ok(frame)) => {
                 match StreamVerifier::new(&request, &zone.key).verify(&frame, unix_now()) {
                     Ok(v) => Answer::Signed(Rcode(v.rcode), frame),
@@ -204,7 +218,7 @@ async fn judge_soa(zone: &ZoneConfig, answer: Answer) -> Option<String> {
     let k = key_name(key);
     let at = format!("zone {name}: the primary {server}");
     match answer {
-        Answer::Io(e) => Some(format!("{at} cannot be asked for the SOA: {e}")),
+        Answer::Io(e) => Some(format!("{at} cannot be asked for the SOA: {}", crate::error::chain(&e))),
         Answer::Tsig(TsigError::BadKey { .. }) => Some(format!(
             "{at} does not know key {k} with algorithm {} (TSIG BADKEY): add the key file to the server's configuration (`include` it in named.conf; in knot.conf, a `key:` entry with the same id, algorithm and secret; for PowerDNS, `pdnsutil import-tsig-key`)",
             key.algorithm
@@ -261,7 +275,7 @@ fn judge_update(zone: &ZoneConfig, answer: Answer) -> Option<String> {
             "{at} answers {rcode} to an UPDATE whose only prerequisite is the apex SOA: the stream would halt on it"
         )),
         Answer::Tsig(e) => Some(format!("{at} answered the UPDATE probe: {e}")),
-        Answer::Io(e) => Some(format!("{at} did not answer the UPDATE probe: {e}")),
+        Answer::Io(e) => Some(format!("{at} did not answer the UPDATE probe: {}", crate::error::chain(&e))),
     }
 }
 
@@ -278,7 +292,7 @@ fn judge_transfer(zone: &ZoneConfig, answer: Answer) -> Option<String> {
         )),
         Answer::Signed(rcode, _) => Some(format!("{at} answers {rcode} to a zone transfer")),
         Answer::Tsig(e) => Some(format!("{at} answered the zone transfer: {e}")),
-        Answer::Io(e) => Some(format!("{at} did not answer the zone transfer: {e}")),
+        Answer::Io(e) => Some(format!("{at} did not answer the zone transfer: {}", crate::error::chain(&e))),
     }
 }
 

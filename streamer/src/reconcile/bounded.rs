@@ -1047,10 +1047,10 @@ pub(super) async fn read_paused(
         source,
     };
     let read = crate::store::sql("cannot read pg2dns.row_state");
-    let corrupt = |detail: String| {
+    let corrupt = |value: crate::store::Corrupt| {
         BoundedError::Store(StoreError::Corrupt {
             table: "row_state",
-            detail,
+            value,
         })
     };
     let zones = config.zones();
@@ -1097,20 +1097,20 @@ pub(super) async fn read_paused(
                 let id = ZoneName::parse(&zone)
                     .ok()
                     .and_then(|z| zones.id_of(&z))
-                    .ok_or_else(|| corrupt(format!("zone {zone:?} is not configured")))?;
+                    .ok_or_else(|| corrupt(crate::store::Corrupt::Zone(zone.clone())))?;
                 ids.insert(zone, id);
                 id
             }
         };
         let owner: Vec<u8> = r.get(1);
         let rtype: i32 = r.get(2);
-        let rtype = u16::try_from(rtype)
-            .map_err(|_| corrupt(format!("record type {rtype} is out of range")))?;
+        let rtype =
+            u16::try_from(rtype).map_err(|_| corrupt(crate::store::Corrupt::RType(rtype)))?;
         let ttl: i32 = r.get(4);
-        let ttl = u32::try_from(ttl).map_err(|_| corrupt(format!("TTL {ttl} is out of range")))?;
+        let ttl = u32::try_from(ttl).map_err(|_| corrupt(crate::store::Corrupt::Ttl(ttl)))?;
         let rdata: Vec<u8> = r.get(3);
         let owner =
-            owner_of(&owner).map_err(|_| corrupt(format!("owner name {owner:?} is not a name")))?;
+            owner_of(&owner).map_err(|_| corrupt(crate::store::Corrupt::Owner(owner.clone())))?;
         let record = Record {
             owner,
             rtype: RType(rtype),
