@@ -2575,7 +2575,7 @@ key_name = "K1"
         assert_eq!(a.primary_addr, b.primary_addr);
         assert_eq!(
             c.server_limits(&a.primary_addr).connections,
-            4,
+            14,
             "ns1 sets none"
         );
         assert_eq!(c.servers.len(), 3);
