@@ -764,6 +764,8 @@ def main():
     ap.add_argument("--zones-settle", type=int, default=40,
                     help="zones: seconds after the load before RSS, fds and connections are read again")
     ap.add_argument("--zones-blast-connections", type=int, default=16)
+    ap.add_argument("--zones-connections", type=int, default=None,
+                    help="zones: a [[server]] for BIND with this many connections (default: pg2dns's default)")
     ap.add_argument("--zones-blast-in-flight", type=int, default=64,
                     help="zones: blast's cap on unanswered UPDATEs (BIND's update-quota is 100)")
     ap.add_argument("--zones-bind-timeout", type=int, default=1800,

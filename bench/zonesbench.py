@@ -144,6 +144,81 @@ class Sampler(threading.Thread):
         self.join()
 
 
+class Timeline(threading.Thread):
+    """pg2dns's UPDATEs written and awaiting an answer over time: its
+    /metrics scraped every `every` s (`pg2dns_update_messages_total` summed,
+    `pg2dns_server_in_flight` summed), as (seconds since `t0`, messages,
+    in flight). With BIND's log lines of the same phase it makes the
+    timeline of `bench/zones-timeline` (when the first UPDATE left, the
+    send rate and the in-flight count against blast's)."""
+
+    def __init__(self, metrics_port, t0, every=0.1):
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.t0, self.every = t0, every
+        self.stop_ev = threading.Event()
+        self.samples = []
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            at = time.time()
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    body = r.read().decode(errors="replace")
+            except OSError:
+                body = ""
+            sent = flying = 0.0
+            for line in body.splitlines():
+                if line.startswith("pg2dns_update_messages_total"):
+                    sent += float(line.rsplit(None, 1)[1])
+                elif line.startswith("pg2dns_server_in_flight"):
+                    flying += float(line.rsplit(None, 1)[1])
+            if body:
+                self.samples.append((round(at - self.t0, 3), int(sent), int(flying)))
+            self.stop_ev.wait(max(0.0, self.every - (time.time() - at)))
+
+    def stop(self):
+        self.stop_ev.set()
+        self.join()
+
+
+def buckets(times, width=0.1):
+    """How many of `times` (s) fall in each `width`-s bucket from 0."""
+    counts = {}
+    for t in times:
+        b = int(t // width)
+        counts[b] = counts.get(b, 0) + 1
+    return counts
+
+
+def rate_summary(times, width=1.0):
+    """First and last time, and the median and peak count per `width` s
+    between them (the steady rate), of sorted `times`."""
+    if not times:
+        return {}
+    c = buckets(times, width)
+    lo, hi = int(times[0] // width), int(times[-1] // width)
+    per = sorted(c.get(b, 0) for b in range(lo, hi + 1))
+    return {"first_s": round(times[0], 3), "last_s": round(times[-1], 3),
+            "median_per_s": per[len(per) // 2] / width, "peak_per_s": per[-1] / width}
+
+
+def write_timeline(path, bind_times, visible_times, samples, width=0.1):
+    """CSV per `width` s: BIND's additions logged, names answering, and
+    pg2dns's messages written and in flight at the bucket's last sample."""
+    added, seen = buckets(bind_times, width), buckets(visible_times, width)
+    by_bucket = {}
+    for t, sent, flying in samples:
+        by_bucket[int(t // width)] = (sent, flying)
+    last = max([0] + list(added) + list(seen) + list(by_bucket))
+    prev = (0, 0)
+    with open(path, "w") as f:
+        f.write("t_s,bind_added,answering,pg2dns_sent_total,pg2dns_in_flight\n")
+        for b in range(0, last + 1):
+            prev = by_bucket.get(b, prev)
+            f.write(f"{b * width:.1f},{added.get(b, 0)},{seen.get(b, 0)},{prev[0]},{prev[1]}\n")
+
+
 def snapshot(pid, port):
     conns = connections_to(pid, port)
     return {"rss_kib": proc_status(pid, "VmRSS"), "hwm_kib": proc_status(pid, "VmHWM"),
@@ -272,7 +347,7 @@ def axfr_zone(port, key_file, zone):
 class Service:
     """`pg2dns run` on a config of Z [[zone]] entries."""
 
-    def __init__(self, binary, root, pg, dns, zones):
+    def __init__(self, binary, root, pg, dns, zones, connections=None):
         self.binary, self.root = binary, root
         self.config = os.path.join(root, "pg2dns.toml")
         self.metrics_port = free_port()
@@ -280,6 +355,8 @@ class Service:
             f.write("version = 1\n[database]\n"
                     f'url = "{pg.url}"\nslot = "pg2dns"\npublication = "pg2dns"\n'
                     f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n')
+            if connections:
+                f.write(f'[[server]]\naddress = "127.0.0.1:{dns.port}"\nconnections = {connections}\n')
             for i in range(1, zones + 1):
                 f.write(f'[[zone]]\nname = "{zone_name(i)}"\nprimary = "127.0.0.1:{dns.port}"\n'
                         f'tsig_key_file = "{dns.key_file}"\n')
@@ -426,7 +503,7 @@ class Profile:
                 self.proc.kill()
 
 
-def one_transaction(svc, conn, dns, zones, timeout, sampler):
+def one_transaction(svc, conn, dns, zones, timeout, sampler, timeline_path=None):
     """Inserts big.zI.bench. into every zone in one transaction. A zone's
     time is when its name first answers over UDP; a name is queried only
     once BIND has logged adding it (its own log, ms), so probes stay about
@@ -439,6 +516,8 @@ def one_transaction(svc, conn, dns, zones, timeout, sampler):
     log = LogFollower(dns.log)
     prober = BatchProber(dns.port, timeout=0.5)
     t0 = time.time()
+    trace = Timeline(svc.metrics_port, t0)
+    trace.start()
     conn.query(sql)
     committed = time.time()
     logged, visible, waiting = {}, {}, {}
@@ -462,6 +541,7 @@ def one_transaction(svc, conn, dns, zones, timeout, sampler):
     finally:
         log.close()
         prober.close()
+        trace.stop()
     seen_at = sorted(t - committed for t in visible.values())
     logged_at = sorted(t - committed for t in logged.values())
     complete = len(visible) == zones
@@ -475,6 +555,22 @@ def one_transaction(svc, conn, dns, zones, timeout, sampler):
            "txn_last_logged_s": round(logged_at[-1], 3) if logged_at else None,
            "txn_peak_conns": sampler.max_conns, "txn_peak_established": sampler.max_established,
            "txn_peak_fds": sampler.max_fds}
+    # The timeline: when BIND logged the first addition, its steady rate,
+    # and pg2dns's first message and in-flight count (from its /metrics).
+    res["txn_bind_added"] = rate_summary(logged_at)
+    base = committed - t0
+    samples = [(round(t - base, 3), sent, flying) for t, sent, flying in trace.samples]
+    sent0 = samples[0][1] if samples else 0
+    first_sent = next((t for t, sent, _ in samples if sent > sent0), None)
+    res["txn_first_sent_s"] = first_sent
+    busy = [flying for t, sent, flying in samples if first_sent is not None and t >= first_sent
+            and (not seen_at or t <= seen_at[-1])]
+    if busy:
+        busy.sort()
+        res["txn_in_flight_median"] = busy[len(busy) // 2]
+        res["txn_in_flight_p10"] = busy[len(busy) // 10]
+    if timeline_path:
+        write_timeline(timeline_path, logged_at, seen_at, [s for s in samples if s[0] >= 0])
     if not complete:
         res["txn_missing_example"] = [zone_name(i) for i in range(1, zones + 1) if i not in visible][:3]
     return res
@@ -486,7 +582,7 @@ def random_load(svc, conn, dns, zones, rate, secs):
     rng = random.Random(24)
     prober = BatchProber(dns.port, timeout=0.5)
     total = rate * secs
-    lat, pending, i = [], {}, 0
+    lat, pending, i, trace = [], {}, 0, []
     t0 = time.time()
     next_due = t0
     deadline = t0 + secs + 30
@@ -505,7 +601,9 @@ def random_load(svc, conn, dns, zones, rate, secs):
                 got = prober.answering(list(pending))
                 now = time.time()
                 for owner in got:
-                    lat.append(now - pending.pop(owner))
+                    tc = pending.pop(owner)
+                    lat.append(now - tc)
+                    trace.append((owner, tc, now))
             if not svc.alive():
                 break
             time.sleep(max(0.0, min(next_due - time.time(), 0.001 if pending else 0.005)))
@@ -516,9 +614,49 @@ def random_load(svc, conn, dns, zones, rate, secs):
     def pct(q):
         return round(ms[min(len(ms) - 1, int(q * len(ms)))], 2) if ms else None
 
-    return {"lat_rate": rate, "lat_secs": secs, "lat_commits": i, "lat_seen": len(ms), "lat_lost": len(pending),
-            "lat_p50_ms": pct(0.5), "lat_p90_ms": pct(0.9), "lat_p99_ms": pct(0.99),
-            "lat_max_ms": round(ms[-1], 2) if ms else None}
+    res = {"lat_rate": rate, "lat_secs": secs, "lat_commits": i, "lat_seen": len(ms), "lat_lost": len(pending),
+           "lat_p50_ms": pct(0.5), "lat_p90_ms": pct(0.9), "lat_p99_ms": pct(0.99),
+           "lat_max_ms": round(ms[-1], 2) if ms else None}
+    # Each transaction split where BIND logs adding its record (as `bench
+    # latency` does): commit → at the server (PostgreSQL's walsender and
+    # pg2dns) and at the server → visible (BIND's journal, its answer).
+    added = named_added(dns.log, "lat")
+    split = [(added[o.split(".")[0]], tc, seen) for o, tc, seen in trace if o.split(".")[0] in added]
+    res.update(pcts([a - tc for a, tc, _ in split], "lat_to_server"))
+    res.update(pcts([seen - a for a, _, seen in split], "lat_server_to_visible"))
+    # The slowest, with wall-clock times to line up with pg2dns's log.
+    slow = sorted(split, key=lambda x: x[1] - x[2])[:10]
+    res["lat_slowest"] = [{"commit": round(tc, 3), "to_server_ms": round((a - tc) * 1000, 1),
+                           "to_visible_ms": round((seen - a) * 1000, 1)} for a, tc, seen in slow]
+    return res
+
+
+def named_added(named_log, prefix):
+    """{owner label: time} of BIND's "adding an RR at 'PREFIX-N.…'" lines
+    (named -g logs in local time, to the millisecond)."""
+    pat = re.compile(r"^(\d\d-\w{3}-\d{4} \d\d:\d\d:\d\d\.\d+) .*adding an RR at '(" + re.escape(prefix)
+                     + r"-\d+)\.")
+    out = {}
+    try:
+        with open(named_log, errors="replace") as f:
+            for line in f:
+                m = pat.match(line)
+                if m:
+                    t = datetime.datetime.strptime(m.group(1), "%d-%b-%Y %H:%M:%S.%f").timestamp()
+                    out.setdefault(m.group(2), t)
+    except OSError:
+        pass
+    return out
+
+
+def pcts(xs, prefix):
+    """p50, p99 and max of `xs` (seconds) in ms, under keys PREFIX_p50_ms…"""
+    if not xs:
+        return {}
+    xs = sorted(x * 1000 for x in xs)
+    return {f"{prefix}_p50_ms": round(xs[len(xs) // 2], 2),
+            f"{prefix}_p99_ms": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))], 2),
+            f"{prefix}_max_ms": round(xs[-1], 2)}
 
 
 def verify_sample(pg, dns, zones, n=20):
@@ -542,7 +680,30 @@ def verify_sample(pg, dns, zones, n=20):
     return not bad, (f"{len(sample)} zones' AXFR equal the table" if not bad else "; ".join(bad[:5]))
 
 
-def blast(args, dns, zones_file, zones, connections):
+BLAST_ADDED = re.compile(r"^(\d\d-\w{3}-\d{4} \d\d:\d\d:\d\d\.\d{3}) .*adding an RR at 'blast(\d+)\.z(\d+)\.bench' A ")
+
+
+def blast(args, dns, zones_file, zones, connections, timeline_path=None):
+    log = LogFollower(dns.log)
+    try:
+        res = blast_run(args, dns, zones_file, zones, connections)
+        logged = []
+        for line in log.lines():
+            m = BLAST_ADDED.match(line)
+            if m and int(m.group(2)) == connections:
+                logged.append(datetime.datetime.strptime(m.group(1), "%d-%b-%Y %H:%M:%S.%f").timestamp())
+    finally:
+        log.close()
+    if logged:
+        logged.sort()
+        rel = [t - logged[0] for t in logged]
+        res["bind_added"] = rate_summary(rel)
+        if timeline_path:
+            write_timeline(timeline_path, rel, [], [])
+    return res
+
+
+def blast_run(args, dns, zones_file, zones, connections):
     cmd = [args.blast, "--server", f"127.0.0.1:{dns.port}", "--key-file", dns.key_file,
            "--zones-file", zones_file, "--connections", str(connections),
            "--in-flight", str(args.zones_blast_in_flight), "--prefix", f"blast{connections}"]
@@ -583,7 +744,8 @@ def trial(args, zones):
         with open(zones_file, "w") as f:
             f.writelines(zone_name(i) + "\n" for i in range(1, zones + 1))
         pg = Postgres(root)
-        svc = Service(args.pg2dns, root, pg, dns, zones)
+        svc = Service(args.pg2dns, root, pg, dns, zones, getattr(args, "zones_connections", None))
+        res["connections_config"] = getattr(args, "zones_connections", None)
         res["check_config_s"], res["check_config_rc"] = svc.command("check-config", args.zones_cmd_timeout)
         res["setup_s"], res["setup_rc"] = svc.command("setup", args.zones_cmd_timeout)
         print(f"check-config {res['check_config_s']} s (exit {res['check_config_rc']}), "
@@ -603,7 +765,8 @@ def trial(args, zones):
         sampler = Sampler(svc.proc.pid, dns.port)
         sampler.start()
         with Profile(svc.proc.pid, f"{label}-txn"):
-            res.update(one_transaction(svc, conn, dns, zones, args.zones_apply_timeout, sampler))
+            res.update(one_transaction(svc, conn, dns, zones, args.zones_apply_timeout, sampler,
+                                       os.path.join(root, "timeline-txn.csv")))
         print(f"one transaction: {res['txn_zones_answered']}/{zones} zones answered, "
               f"all after {res['txn_all_s']} s", flush=True)
         with Profile(svc.proc.pid, f"{label}-lat"):
@@ -621,7 +784,8 @@ def trial(args, zones):
         ok, detail = verify_sample(pg, dns, zones)
         res["dns_equals_table"], res["verify"] = ok, detail
 
-        res["blast"] = [blast(args, dns, zones_file, zones, args.zones_blast_connections)]
+        res["blast"] = [blast(args, dns, zones_file, zones, args.zones_blast_connections,
+                              os.path.join(root, "timeline-blast.csv"))]
         peak = min(max(res.get("txn_peak_conns") or 1, 1), 140)
         if peak != args.zones_blast_connections:
             res["blast"].append(blast(args, dns, zones_file, zones, peak))
@@ -699,6 +863,16 @@ def report(results):
                        f"{r['txn_timeout_s']} s: {r['txn_zones_answered']:,} of {z:,} zones answered "
                        f"(median of those {r['txn_median_zone_s']} s) vs blast "
                        f"{ref['seconds'] if ref else '-'} s | **misses** |")
+        ba = r.get("txn_bind_added") or {}
+        if ba:
+            bb = next((b.get("bind_added") for b in r.get("blast", []) if b.get("bind_added")), None) or {}
+            out.append(f"| (timeline) | commit → first UPDATE written, BIND's first and last addition; "
+                       f"BIND's additions a second (median, peak); in flight (median, p10) | "
+                       f"first sent {r.get('txn_first_sent_s', '-')} s, added {ba['first_s']} → {ba['last_s']} s; "
+                       f"{ba['median_per_s']:,.0f}/s (peak {ba['peak_per_s']:,.0f}); in flight "
+                       f"{r.get('txn_in_flight_median', '-')} (p10 {r.get('txn_in_flight_p10', '-')})"
+                       + (f"; blast: {bb['median_per_s']:,.0f}/s (peak {bb['peak_per_s']:,.0f}) over "
+                          f"{bb['last_s']} s" if bb else "") + " | |")
         for b in r.get("blast", []):
             if "failed" in b:
                 out.append(f"| (reference) | blast over {b['connections']} connections | FAILED: "
@@ -722,6 +896,10 @@ def report(results):
                        f"{r['lat_p90_ms']:,} ms, p99 {r['lat_p99_ms']:,} ms, max {r['lat_max_ms']:,} ms; "
                        f"{r['lat_seen']} of {r['lat_commits']} seen ({r['lat_lost']} not within 30 s) "
                        f"| {verdict(r['lat_p50_ms'] <= 5 and r['lat_p99_ms'] <= 20 and not r['lat_lost'])} |")
+        if r.get("lat_to_server_p50_ms") is not None:
+            out.append(f"| (split) | commit → BIND logs the addition; → answering | p50 "
+                       f"{r['lat_to_server_p50_ms']} / p99 {r['lat_to_server_p99_ms']} ms; p50 "
+                       f"{r['lat_server_to_visible_p50_ms']} / p99 {r['lat_server_to_visible_p99_ms']} ms | |")
         for key, what in (("idle", "idle"), ("after_load", "right after the load"),
                           ("settled", f"{r.get('settle_s', '?')} s after the load")):
             s = r.get(key)
