@@ -57,7 +57,10 @@
 //!     WriteState(w)       → write the row state (uncommitted);
 //!                           handle_flushed(sent batch), handle_written(..)
 //!     Halt(why)           → end the session with the error
-//!     Reject(refusals)    → reject their rows in a batch of their own; handle_flushed
+//!     FindProducers(f)    → a rejection of refused rows begins: which rows
+//!                           produced the records, which targets have an
+//!                           address; handle_producers (then LoadState,
+//!                           Dispatch, WriteState as a flush; see [`reject`])
 //!     Commit(cp, mode)    → COMMIT state + progress; handle_committed(cp, durability, now)
 //!     CommitIdle(end)     → COMMIT the progress alone; handle_idle_committed(end)
 //!     PollFlush           → ask the WAL flush position; handle_wal_flushed(lsn, now)
@@ -86,8 +89,10 @@ use crate::txn::{ChangeKind, RowChange};
 use crate::{Lsn, ZoneId, Zones};
 
 pub mod flush;
+pub mod reject;
 
 pub use flush::{Dispatch, Find, Found, Halt, Planning, StateRead, WriteState};
+pub use reject::{FindProducers, Producers};
 
 /// Rows per flush: bounds memory and the size of one state round trip.
 pub const MAX_BATCH_ROWS: usize = 2_000;
@@ -311,10 +316,11 @@ pub enum Action {
     WriteState(WriteState),
     /// The session ends here, before anything of the batch is sent.
     Halt(Halt),
-    /// Servers refused these owner groups for their content: reject their
-    /// rows in a batch of their own (ending at [`Stream::rejection_end`]),
-    /// then [`Stream::handle_flushed`].
-    Reject(Vec<ServerRefusal>),
+    /// Servers refused owner groups for their content: a rejection (see
+    /// [`reject`]) begins. Look up which rows produced these records and
+    /// which targets have an address, then [`Stream::handle_producers`];
+    /// its next steps are a flush's (LoadState, Dispatch, WriteState).
+    FindProducers(FindProducers),
     /// Commit the row state and progress of this checkpoint, then
     /// [`Stream::handle_committed`].
     Commit(Checkpoint, CommitMode),
@@ -726,9 +732,8 @@ impl Stream {
 
     // ---- results of actions ----
 
-    /// A batch (of a flush's [`Action::WriteState`] or an
-    /// [`Action::Reject`]) was dispatched and its state written or held
-    /// back.
+    /// A batch (of a flush's or a rejection's [`Action::WriteState`]) was
+    /// dispatched and its state written or held back.
     pub fn handle_flushed(&mut self, batch: SentBatch) {
         self.flush = None;
         self.ledger.handle_dispatched(batch);
@@ -892,7 +897,8 @@ impl Stream {
             // A refused group's rows must leave the state before any
             // checkpoint covers them.
             if self.ledger.refusals_pending() {
-                return Some(Action::Reject(self.ledger.take_refused()));
+                let refused = self.ledger.take_refused();
+                return Some(self.start_reject(refused));
             }
             if self.flush_due {
                 self.flush_due = false;

@@ -15,7 +15,7 @@
 //! `Session`s: each branch is "I/O happened → `core.handle_*`", then the
 //! core's actions are done in order (`act`: look up and load row state,
 //! count a zone's records, ask for a release, dispatch, write state,
-//! reject, commit, confirm, poll the WAL flush, wait for acknowledgements).
+//! look up the rows behind a server's refusal, commit, confirm, poll the WAL flush, wait for acknowledgements).
 //! What a row means, what goes to DNS and what is refused are decided by
 //! the decoder's mapping and planner; the order of a flush, when to flush,
 //! checkpoint and confirm, which transactions are skipped, where a pause
@@ -520,10 +520,7 @@ impl Pipeline<'_> {
                     self.write_state(write).await?;
                     self.hear();
                 }
-                Action::Reject(refused) => {
-                    self.reject_refused(refused).await?;
-                    self.hear();
-                }
+                Action::FindProducers(find) => self.find_producers(find).await?,
                 Action::Commit(cp, mode) => self.commit(cp, mode).await?,
                 Action::CommitIdle(end) => {
                     // A flushed commit flushes every earlier one too. Every
