@@ -359,6 +359,10 @@ pub enum Committed {
 pub enum End {
     /// `pg2dns.zones` changed.
     ZonesChanged,
+    /// A primary the session streams without answers again (see
+    /// [`Stream::handle_catch_up`]): the next session brings it in line
+    /// from the row state, at the progress this one drains to.
+    CatchUp,
     /// Paused by a request, every transaction through `lsn` applied.
     Paused {
         /// Where.
@@ -455,6 +459,8 @@ pub struct Stream {
     stop_at: Option<(Lsn, ControlRequest)>,
     stopping: bool,
     zones_changed: bool,
+    /// A primary left behind answers again: end between transactions.
+    catch_up: bool,
     drain: Option<Drain>,
     // The mass-delete guard.
     carry: Carry,
@@ -495,6 +501,7 @@ impl Stream {
             stop_at: config.stop_at,
             stopping: false,
             zones_changed: false,
+            catch_up: false,
             drain: None,
             carry: None,
             held: Vec::new(),
@@ -699,12 +706,17 @@ impl Stream {
         self.check = self.check.max(Check::Full);
     }
 
-    /// Why the session ends, once known (after a frame): the driver then
-    /// drains ([`Stream::drain`]) and ends it.
+    /// Why the session ends, once known (after a frame or a report): the
+    /// driver then drains ([`Stream::drain`]) and ends it. Never inside a
+    /// transaction, except a resume's `until` (which skips it whole).
     pub fn poll_end(&mut self) -> Option<End> {
         if self.zones_changed {
             self.zones_changed = false;
             return Some(End::ZonesChanged);
+        }
+        if self.catch_up && self.open.is_none() {
+            self.catch_up = false;
+            return Some(End::CatchUp);
         }
         if self.stopping {
             if let Some((lsn, request)) = self.stop_at.take() {
@@ -714,6 +726,17 @@ impl Stream {
         self.pause_at
             .take()
             .map(|(lsn, request)| End::Paused { lsn, request })
+    }
+
+    /// A primary the session streams without (dropped past `[limits]
+    /// degraded_queue`, or left out at the start) answers again: the
+    /// session ends at the next transaction boundary ([`End::CatchUp`]),
+    /// drained like a pause, so that the next one brings it in line with
+    /// the row state as of a known progress. Nothing the other primaries
+    /// did not acknowledge is confirmed meanwhile: the drain waits for
+    /// them as any checkpoint does.
+    pub fn handle_catch_up(&mut self) {
+        self.catch_up = true;
     }
 
     // ---- acknowledgements ----

@@ -1911,3 +1911,47 @@ fn a_rejection_runs_before_any_checkpoint_and_the_checkpoint_after_covers_it() {
     assert_eq!(cp.batch, BatchSeq(2));
     assert_eq!(cp.end, Lsn::new(2_500));
 }
+
+#[test]
+fn a_primary_answering_again_ends_the_session_between_transactions_and_the_drain_checkpoints_all() {
+    let now = base();
+    let mut core = new_core(Lsn::new(1), None, now);
+    core.handle_server_time(1_000);
+    assert!(core.handle_begin(Lsn::new(2_000)));
+    core.handle_change(
+        SourceId(0),
+        table_change(Lsn::new(2_000), text("1"), text("11")),
+    );
+    // Asked inside a transaction: not before its commit.
+    core.handle_catch_up();
+    assert_eq!(core.poll_end(), None, "not inside a transaction");
+    core.handle_commit_time(1_000);
+    core.handle_commit(Lsn::new(2_500), false, now);
+    assert_eq!(core.poll_end(), Some(End::CatchUp));
+    assert_eq!(core.poll_end(), None, "once");
+    // The drain flushes and checkpoints everything received, waiting for
+    // every zone's acknowledgement, before the session ends.
+    core.drain();
+    let (_, w) = run_flush(&mut core, now, &BTreeMap::new());
+    core.handle_flushed(SentBatch {
+        seq: BatchSeq(1),
+        end: w.end,
+        marks: vec![(ZoneId(1), 1)],
+    });
+    core.handle_written(Some(BatchSeq(1)));
+    assert!(
+        matches!(core.poll_action(now), Some(Action::Wait(_))),
+        "the drain waits for the zone"
+    );
+    core.handle_acked(ZoneId(1), 1);
+    let Some(Action::Commit(cp, CommitMode::Flushed)) = core.poll_action(now) else {
+        panic!("no flushed checkpoint")
+    };
+    assert_eq!(cp.end, Lsn::new(2_500));
+    core.handle_committed(cp, checkpoint::Durability::Flushed, now);
+    assert_eq!(
+        core.poll_action(now).map(|a| format!("{a:?}")),
+        Some(format!("{:?}", Action::Confirm(Lsn::new(2_500))))
+    );
+    assert!(matches!(core.poll_action(now), Some(Action::Drained)));
+}

@@ -154,6 +154,8 @@ pub async fn run(
                 continue;
             }
             Ok(SessionEnd::ZonesChanged) => continue,
+            // The next session brings the primary in line, then streams.
+            Ok(SessionEnd::CatchUp) => continue,
             Err(e) => e,
         };
         let disposition = e.disposition();
@@ -313,6 +315,9 @@ enum SessionEnd {
     /// `pg2dns.zones` changed: stopped right before the transaction that
     /// changed it; the next session reads the zones again.
     ZonesChanged,
+    /// A primary the session streamed without answers again: everything
+    /// received is checkpointed; the next session brings it in line.
+    CatchUp,
 }
 
 /// Stays halted (and says so in `pg2dns.mode`) until `pg2dns resume`;
@@ -407,6 +412,9 @@ impl Pipeline<'_> {
                         self.lanes.live.all_acknowledged();
                     }
                     self.act(replication).await?;
+                    if let Some(end) = self.end_if_due(replication, shutdown).await? {
+                        return Ok(end);
+                    }
                     continue;
                 }
                 // A frame that is already there goes first: the grouped
@@ -431,24 +439,39 @@ impl Pipeline<'_> {
                     return Ok(SessionEnd::Stopped);
                 }
             }
-            if let Some(end) = self.core.poll_end() {
-                // Everything up to the end, and nothing after.
-                tokio::select! {
-                    r = self.drain(replication) => r?,
-                    _ = shutdown.changed() => {
-                        info!("stopping before the pause or the zones' reload was reached; it will be on the next start");
-                        return Ok(SessionEnd::Stopped);
-                    }
-                }
-                return Ok(match end {
-                    End::ZonesChanged => SessionEnd::ZonesChanged,
-                    End::Paused { lsn, request } => {
-                        self.paused = Some((lsn, request));
-                        SessionEnd::Paused
-                    }
-                });
+            if let Some(end) = self.end_if_due(replication, shutdown).await? {
+                return Ok(end);
             }
         }
+    }
+
+    /// When the core says the session ends (a pause, `pg2dns.zones`
+    /// changed, a primary to bring in line): drains to exactly there, and
+    /// says how it ended.
+    async fn end_if_due(
+        &mut self,
+        replication: &mut PgReplication,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<SessionEnd>, RunError> {
+        let Some(end) = self.core.poll_end() else {
+            return Ok(None);
+        };
+        // Everything up to the end, and nothing after.
+        tokio::select! {
+            r = self.drain(replication) => r?,
+            _ = shutdown.changed() => {
+                info!("stopping before the pause or the zones' reload was reached; it will be on the next start");
+                return Ok(Some(SessionEnd::Stopped));
+            }
+        }
+        Ok(Some(match end {
+            End::ZonesChanged => SessionEnd::ZonesChanged,
+            End::CatchUp => SessionEnd::CatchUp,
+            End::Paused { lsn, request } => {
+                self.paused = Some((lsn, request));
+                SessionEnd::Paused
+            }
+        }))
     }
 
     async fn process(
@@ -487,6 +510,10 @@ impl Pipeline<'_> {
             match heard {
                 Heard::Acked { zone, upto } => self.core.handle_acked(zone, upto),
                 Heard::Refused(refusal) => self.core.handle_refused(refusal),
+                Heard::CatchUp { zone } => {
+                    debug!(zone = %self.core.zones().name(zone), "the session ends at the next transaction boundary to bring a primary in line");
+                    self.core.handle_catch_up();
+                }
             }
         }
     }

@@ -162,7 +162,10 @@ pub(super) async fn session(
         begin_commit_micros: 0,
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
-    if let Ok(SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused) = result {
+    if let Ok(
+        SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused | SessionEnd::CatchUp,
+    ) = result
+    {
         *kept = p.lanes.keep();
     } else {
         kept.note_behind(p.lanes.behind());
