@@ -61,7 +61,9 @@
 //!                           produced the records, which targets have an
 //!                           address; handle_producers (then LoadState,
 //!                           Dispatch, WriteState as a flush; see [`reject`])
-//!     Commit(cp, mode)    → COMMIT state + progress; handle_committed(cp, durability, now)
+//!     Commit(cp, mode)    → COMMIT state + progress, beside the frames (the
+//!                           core asks nothing of the store until then);
+//!                           handle_committed(cp, durability, now)
 //!     CommitIdle(end)     → COMMIT the progress alone; handle_idle_committed(end)
 //!     PollFlush           → ask the WAL flush position; handle_wal_flushed(lsn, now)
 //!     Confirm(end)        → tell the slot
@@ -322,7 +324,9 @@ pub enum Action {
     /// its next steps are a flush's (LoadState, Dispatch, WriteState).
     FindProducers(FindProducers),
     /// Commit the row state and progress of this checkpoint, then
-    /// [`Stream::handle_committed`].
+    /// [`Stream::handle_committed`]. Frames may be handled meanwhile (the
+    /// COMMIT runs beside them): until then the core asks only for
+    /// confirmations of earlier checkpoints, nothing of the store.
     Commit(Checkpoint, CommitMode),
     /// Nothing is in flight: commit the progress at this WAL end (flushed),
     /// then [`Stream::handle_idle_committed`].
@@ -453,6 +457,9 @@ pub struct Stream {
     last_frame: Instant,
     last_idle_confirm: Option<Instant>,
     confirmed: Option<Lsn>,
+    /// A checkpoint's COMMIT is under way (from its [`Action::Commit`] to
+    /// [`Stream::handle_committed`]).
+    committing: bool,
     actions: VecDeque<Action>,
     // Pauses and ends.
     pause_at: Option<(Lsn, ControlRequest)>,
@@ -496,6 +503,7 @@ impl Stream {
             last_frame: now,
             last_idle_confirm: None,
             confirmed: None,
+            committing: false,
             actions: VecDeque::new(),
             pause_at: None,
             stop_at: config.stop_at,
@@ -780,6 +788,7 @@ impl Stream {
         {
             self.flush_poll = now + FLUSH_POLL;
         }
+        self.committing = false;
         if let Some(end) = self.ledger.handle_committed(cp, durability) {
             self.confirm(end);
         }
@@ -914,6 +923,16 @@ impl Stream {
             if let Some(next) = self.poll_flush() {
                 return next;
             }
+            if self.committing {
+                // The COMMIT runs beside the frames (they go on filling
+                // the batch): nothing that needs the store until it is
+                // done. Confirmations of earlier checkpoints need none.
+                let confirm = self
+                    .actions
+                    .iter()
+                    .position(|a| matches!(a, Action::Confirm(_)));
+                return confirm.and_then(|i| self.actions.remove(i));
+            }
             if let Some(a) = self.actions.pop_front() {
                 return Some(a);
             }
@@ -938,7 +957,10 @@ impl Stream {
                 }
                 self.barrier = None;
                 match self.ledger.poll_checkpoint() {
-                    Some(cp) => return Some(Action::Commit(cp, b.mode)),
+                    Some(cp) => {
+                        self.committing = true;
+                        return Some(Action::Commit(cp, b.mode));
+                    }
                     None if b.waits => {
                         // Postponed: tried again at the next
                         // acknowledgement or batch.
@@ -1061,6 +1083,17 @@ impl Stream {
     /// Whether a flush waits for the driver's answer.
     pub fn flushing(&self) -> bool {
         self.flush.is_some()
+    }
+
+    /// Whether a checkpoint's COMMIT is under way: the driver reads frames
+    /// meanwhile, and reports it with [`Stream::handle_committed`].
+    pub fn committing(&self) -> bool {
+        self.committing
+    }
+
+    /// Whether a drain ([`Stream::drain`], [`Stream::stop`]) is under way.
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
     }
 
     /// The end a batch of rejections takes (see

@@ -122,6 +122,8 @@ enum Op {
     /// pg2dns dies in the next flush, after its dispatch and before its
     /// state write (each zone may have applied a prefix of what it holds).
     CrashBeforeWrite { applied: usize },
+    /// The checkpoint's COMMIT under way answers.
+    Committed,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -133,6 +135,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::WalFlush),
         1 => (0usize..4).prop_map(|applied| Op::Crash { applied }),
         1 => (0usize..4).prop_map(|applied| Op::CrashBeforeWrite { applied }),
+        3 => Just(Op::Committed),
     ]
 }
 
@@ -461,6 +464,8 @@ struct World {
     /// Die at the next flush's state write, each zone applying at most
     /// this many of its dispatches.
     crash_before_write: Option<usize>,
+    /// A checkpoint's COMMIT sent and not answered yet (frames go on).
+    committing: Option<(Checkpoint, CommitMode)>,
 }
 
 fn guards() -> Vec<DeleteGuard> {
@@ -533,6 +538,7 @@ impl World {
             fed_end: Lsn::new(1),
             flush_seq: BatchSeq(0),
             crash_before_write: None,
+            committing: None,
         };
         w.start_session(None);
         w
@@ -587,6 +593,7 @@ impl World {
         self.waiting = false;
         self.draining = None;
         self.over = None;
+        self.committing = None;
         self.fed_end = self.slot_confirmed;
     }
 
@@ -698,9 +705,28 @@ impl World {
         Ok(())
     }
 
-    fn commit(&mut self, cp: Checkpoint, mode: CommitMode) -> Result<(), TestCaseError> {
+    /// The driver sends a checkpoint's COMMIT; it is answered later (the
+    /// frames go on meanwhile), at [`Op::Committed`] or when a drain
+    /// waits for it.
+    fn start_commit(&mut self, cp: Checkpoint, mode: CommitMode) -> Result<(), TestCaseError> {
         self.check_covered(cp.end, "checkpoint")?;
         prop_assert!(self.written.is_none_or(|w| w <= cp.batch));
+        prop_assert!(self.committing.is_none(), "two COMMITs at once");
+        // What the store sends from now on is in a transaction of its own.
+        self.written = None;
+        self.committing = Some((cp, mode));
+        Ok(())
+    }
+
+    /// The COMMIT under way answers (or, at a crash, took effect).
+    fn finish_commit(&mut self) -> Result<(), TestCaseError> {
+        let Some((cp, mode)) = self.committing.take() else {
+            return Ok(());
+        };
+        self.commit(cp, mode)
+    }
+
+    fn commit(&mut self, cp: Checkpoint, mode: CommitMode) -> Result<(), TestCaseError> {
         let (done, kept): (Vec<_>, Vec<_>) =
             self.writes.iter().partition(|(b, _, _)| *b <= cp.batch);
         for (_, k, v) in done {
@@ -712,7 +738,6 @@ impl World {
         self.writes = kept;
         prop_assert!(cp.end >= self.committed_progress);
         self.committed_progress = cp.end;
-        self.written = None;
         self.wal = Lsn::new(self.wal.max(self.fed_end).raw() + 1);
         let durability = match mode {
             CommitMode::Flushed => {
@@ -724,7 +749,9 @@ impl World {
                 flushed: self.wal_flushed,
             },
         };
-        self.core.handle_committed(cp, durability, self.now);
+        if self.over.is_none() {
+            self.core.handle_committed(cp, durability, self.now);
+        }
         Ok(())
     }
 
@@ -746,6 +773,11 @@ impl World {
         while self.over.is_none() {
             self.core.handle_written(self.written);
             let Some(action) = self.core.poll_action(self.now) else {
+                if self.core.draining() && self.committing.is_some() {
+                    // A drain waits for the COMMIT under way.
+                    self.finish_commit()?;
+                    continue;
+                }
                 return Ok(());
             };
             match action {
@@ -797,7 +829,7 @@ impl World {
                     self.write_state(write);
                 }
                 Action::FindProducers(find) => self.find_producers(find)?,
-                Action::Commit(cp, mode) => self.commit(cp, mode)?,
+                Action::Commit(cp, mode) => self.start_commit(cp, mode)?,
                 Action::CommitIdle(end) => {
                     prop_assert!(self.writes.is_empty() && self.written.is_none());
                     prop_assert!(end >= self.committed_progress);
@@ -956,12 +988,21 @@ impl World {
             }
             Op::Crash { applied } => {
                 self.over = Some(SessionOver::Crashed);
+                // A COMMIT under way may have reached the server or not;
+                // either way nothing it covers was confirmed.
+                if applied % 2 == 1 {
+                    self.finish_commit()?;
+                }
                 self.crash(*applied);
                 Ok(())
             }
             Op::CrashBeforeWrite { applied } => {
                 self.crash_before_write = Some(*applied);
                 Ok(())
+            }
+            Op::Committed => {
+                self.finish_commit()?;
+                self.act()
             }
         }
     }
@@ -990,6 +1031,11 @@ impl World {
         for _ in 0..10_000 {
             if let Some(over) = self.over.take() {
                 self.restart(over);
+            }
+            if self.committing.is_some() {
+                self.finish_commit()?;
+                self.act()?;
+                continue;
             }
             let busy = self.next_frame < self.frames.len()
                 || self.servers.iter().any(|s| !s.queue.is_empty())

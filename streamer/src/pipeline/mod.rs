@@ -112,6 +112,34 @@ pub struct Pipeline<'c> {
     xid: u32,
     /// The commit time of the transaction being received (from its Begin).
     begin_commit_micros: i64,
+    /// The checkpoint whose COMMIT is under way, beside the frames.
+    committing: Option<InFlight>,
+}
+
+/// A checkpoint's COMMIT under way. It used to block the frame loop for
+/// its round trip (0–18 ms about once a second, BENCHMARKS.md); now the
+/// loop keeps reading frames meanwhile (the core batches them, and asks
+/// nothing of the store until the answer). Its requests are on the store's
+/// connection before anything sent later, and the slot confirms nothing
+/// it covers before the answer: the confirmed LSN still never passes a
+/// change not acknowledged and committed.
+struct InFlight {
+    cp: Checkpoint,
+    durability: Durability,
+    started: Instant,
+    /// How many transactions it covers (for its log line).
+    transactions: usize,
+    committing: crate::store::Committing,
+}
+
+/// The answer to the COMMIT under way (never, without one). Cancel-safe.
+async fn commit_answered(
+    committing: &mut Option<InFlight>,
+) -> Result<Option<crate::store::Unflushed>, crate::store::StoreError> {
+    match committing {
+        Some(f) => (&mut f.committing).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Aborts a spawned task (the status publisher, the slot watch) when
@@ -417,6 +445,15 @@ impl Pipeline<'_> {
                     }
                     continue;
                 }
+                // The checkpoint's COMMIT answered: the slot may confirm it.
+                answer = commit_answered(&mut self.committing), if self.committing.is_some() => {
+                    self.finish_commit(answer)?;
+                    self.act(replication).await?;
+                    if let Some(end) = self.end_if_due(replication, shutdown).await? {
+                        return Ok(end);
+                    }
+                    continue;
+                }
                 // A frame that is already there goes first: the grouped
                 // checkpoint can wait, a live transaction should not.
                 frame = replication.recv() => frame?,
@@ -524,6 +561,12 @@ impl Pipeline<'_> {
         loop {
             self.sync_written();
             let Some(action) = self.core.poll_action(Instant::now()) else {
+                if self.core.draining() && self.committing.is_some() {
+                    // A drain waits for the COMMIT under way.
+                    let answer = commit_answered(&mut self.committing).await;
+                    self.finish_commit(answer)?;
+                    continue;
+                }
                 return Ok(());
             };
             match action {
@@ -585,7 +628,9 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Commits the state and progress of a checkpoint the core chose.
+    /// Sends the COMMIT of the state and progress of a checkpoint the core
+    /// chose; it runs beside the frames (see `InFlight`) until its answer
+    /// comes (`finish_commit`).
     async fn commit(&mut self, cp: Checkpoint, mode: CommitMode) -> Result<(), RunError> {
         let durability = match mode {
             CommitMode::Later => Durability::Later,
@@ -593,9 +638,32 @@ impl Pipeline<'_> {
         };
         let started = Instant::now();
         failpoint::hit("after-dns-ack");
-        let unflushed = self.store.commit(cp.end, durability, cp.batch.0).await?;
+        let committing = self
+            .store
+            .start_commit(cp.end, durability, cp.batch.0)
+            .await?;
+        self.committing = Some(InFlight {
+            cp,
+            durability,
+            started,
+            transactions: self.core.pending_transactions(),
+            committing,
+        });
+        Ok(())
+    }
+
+    /// The answer to the checkpoint's COMMIT: the core learns it is
+    /// committed (and may then confirm it).
+    fn finish_commit(
+        &mut self,
+        answer: Result<Option<crate::store::Unflushed>, crate::store::StoreError>,
+    ) -> Result<(), RunError> {
+        let Some(f) = self.committing.take() else {
+            return Ok(());
+        };
+        let unflushed = answer?;
         failpoint::hit("after-state-commit");
-        debug!(lsn = %cp.end, transactions = self.core.pending_transactions(), total_ms = started.elapsed().as_millis() as u64, ?durability, "checkpoint");
+        debug!(lsn = %f.cp.end, transactions = f.transactions, total_ms = f.started.elapsed().as_millis() as u64, durability = ?f.durability, "checkpoint");
         let committed = match unflushed {
             None => checkpoint::Durability::Flushed,
             Some(u) => checkpoint::Durability::Unflushed {
@@ -603,7 +671,7 @@ impl Pipeline<'_> {
                 flushed: u.flushed,
             },
         };
-        self.core.handle_committed(cp, committed, Instant::now());
+        self.core.handle_committed(f.cp, committed, Instant::now());
         if self.core.pending().is_none() {
             self.lag_pending = false;
             self.lanes.live.all_acknowledged();

@@ -160,6 +160,7 @@ pub(super) async fn session(
         flush_clock: FlushClock::start(),
         xid: 0,
         begin_commit_micros: 0,
+        committing: None,
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
     if let Ok(
