@@ -301,27 +301,13 @@ pub fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreErr
 }
 
 /// A checkpoint's COMMIT under way (see [`Store::start_commit`]): resolves
-/// to what [`Store::commit`] returns. Cancel-safe when polled by reference
-/// (`&mut committing`).
+/// to what [`Store::commit`] returns. Its round trip runs as a task of its
+/// own, so that its answers are always read: the connection hands each
+/// request's answers over in order and would wait on an unread one, and
+/// with it every statement sent after. Cancel-safe when polled by
+/// reference (`&mut committing`).
 pub struct Committing {
-    /// In a mutex only to be `Sync` (the pipeline is shared by reference
-    /// across awaits); polled through `get_mut`, never locked.
-    round_trip: std::sync::Mutex<RoundTrip>,
-    /// Its result, when the first poll already had it.
-    done: Option<Result<Option<Unflushed>, StoreError>>,
-}
-
-/// The COMMIT's round trip.
-type RoundTrip = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Option<Unflushed>, StoreError>> + Send>,
->;
-
-impl Committing {
-    fn round_trip(&mut self) -> &mut RoundTrip {
-        self.round_trip
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+    task: tokio::task::JoinHandle<Result<Option<Unflushed>, StoreError>>,
 }
 
 impl std::future::Future for Committing {
@@ -331,10 +317,14 @@ impl std::future::Future for Committing {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        if let Some(done) = self.done.take() {
-            return std::task::Poll::Ready(done);
+        match std::future::Future::poll(std::pin::Pin::new(&mut self.task), cx) {
+            std::task::Poll::Ready(Ok(answer)) => std::task::Poll::Ready(answer),
+            std::task::Poll::Ready(Err(e)) if e.is_panic() => {
+                std::panic::resume_unwind(e.into_panic())
+            }
+            // Cancelled: only when the runtime shuts down.
+            std::task::Poll::Ready(Err(_)) | std::task::Poll::Pending => std::task::Poll::Pending,
         }
-        self.round_trip().as_mut().poll(cx)
     }
 }
 
@@ -1817,18 +1807,17 @@ impl Store {
                 })),
             }
         };
-        let mut committing = Committing {
-            round_trip: std::sync::Mutex::new(Box::pin(round_trip)),
-            done: None,
-        };
         // The first poll queues every request on the connection (each
         // client call sends before it first waits): from here on, what the
-        // store sends comes after this COMMIT.
+        // store sends comes after this COMMIT. Then a task reads the
+        // answers.
+        let mut round_trip = Box::pin(round_trip);
         let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
-        if let std::task::Poll::Ready(r) = committing.round_trip().as_mut().poll(&mut cx) {
-            committing.done = Some(r);
-        }
-        Ok(committing)
+        let task = match std::future::Future::poll(round_trip.as_mut(), &mut cx) {
+            std::task::Poll::Ready(answer) => tokio::spawn(async move { answer }),
+            std::task::Poll::Pending => tokio::spawn(round_trip),
+        };
+        Ok(Committing { task })
     }
 
     /// How far the server's WAL is flushed to disk.
