@@ -2001,3 +2001,55 @@ fn a_primary_answering_again_ends_the_session_between_transactions_and_the_drain
     );
     assert!(matches!(core.poll_action(now), Some(Action::Drained)));
 }
+
+#[test]
+fn frames_go_on_while_a_checkpoint_commits_and_nothing_is_asked_of_the_store_until_it_answers() {
+    let now = base();
+    let mut core = new_core(Lsn::new(1), None, now);
+    feed(
+        &mut core,
+        Lsn::new(2_000),
+        Lsn::new(2_500),
+        &[(1, Some(11))],
+        now,
+    );
+    let (_, w) = run_flush(&mut core, now, &BTreeMap::new());
+    core.handle_flushed(SentBatch {
+        seq: BatchSeq(1),
+        end: w.end,
+        marks: vec![(ZoneId(1), 1)],
+    });
+    core.handle_written(Some(BatchSeq(1)));
+    core.handle_acked(ZoneId(1), 1);
+    let later = now + CHECKPOINT_GROUP;
+    core.handle_timeout(later);
+    let Some(Action::Commit(cp, CommitMode::Later)) = core.poll_action(later) else {
+        panic!("no checkpoint")
+    };
+    assert!(core.committing());
+    // The next transaction arrives meanwhile: the core takes it, but asks
+    // for no flush (nor another checkpoint, nor the WAL flush) until the
+    // COMMIT answered; and it confirms nothing of it yet.
+    feed(
+        &mut core,
+        Lsn::new(3_000),
+        Lsn::new(3_500),
+        &[(2, Some(20))],
+        later,
+    );
+    core.handle_timeout(later + FLUSH_POLL);
+    assert!(core.poll_action(later).is_none());
+    assert_eq!(core.confirmed(), None);
+    core.handle_committed(
+        cp,
+        checkpoint::Durability::Unflushed {
+            wal: Lsn::new(9_000),
+            flushed: Lsn::new(1),
+        },
+        later,
+    );
+    assert!(!core.committing());
+    // Not flushed yet: no confirmation; the batch's flush goes first.
+    assert!(matches!(core.poll_action(later), Some(Action::Find(_))));
+    assert_eq!(core.confirmed(), None);
+}
