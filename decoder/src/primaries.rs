@@ -44,7 +44,12 @@
 //!   queue. Past [`Primaries::with_queue_bound`] dispatches behind, the
 //!   lane is *dropped* ([`Event::Dropped`]): detached for the rest of the
 //!   session, its queue discarded by the driver, and brought in line from
-//!   the row state (a catch-up reconcile) before it rejoins.
+//!   the row state (a catch-up reconcile) before it rejoins. The driver
+//!   probes such a lane; once it answers ([`Primaries::handle_answering`])
+//!   the lanes ask for the catch-up ([`Event::CatchUp`]): the session ends
+//!   at a transaction boundary with everything checkpointed, and the next
+//!   one, in the same process, catches the primary up at that progress and
+//!   streams to it again.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -141,6 +146,17 @@ pub enum Event {
         /// The lane.
         lane: usize,
     },
+    /// `lane`, detached (dropped, or left out at the session's start),
+    /// answers again: the session should end at a transaction boundary,
+    /// once what it holds is checkpointed, so that the next one brings the
+    /// primary in line with the row state (SOA-guarded) before it streams
+    /// to it again. Asked once per lane and session.
+    CatchUp {
+        /// The zone.
+        zone: ZoneId,
+        /// The lane.
+        lane: usize,
+    },
     /// `lane` caught up with the others and counts again.
     Rejoined {
         /// The zone.
@@ -169,6 +185,8 @@ struct Lane {
     degraded: bool,
     /// Receives nothing this session: degraded until it ends.
     detached: bool,
+    /// Detached, it answered again and its catch-up was asked for.
+    catch_up_asked: bool,
     /// Since when it has had work without progress.
     waiting_since: Option<Instant>,
 }
@@ -305,6 +323,7 @@ impl Primaries {
                                     acked_lsn: None,
                                     degraded: false,
                                     detached: false,
+                                    catch_up_asked: false,
                                     waiting_since: None,
                                 };
                                 spec.primaries.len().max(1)
@@ -404,6 +423,23 @@ impl Primaries {
             l.detached = true;
         }
         self.refresh(zone);
+    }
+
+    /// `lane` of `zone` answered the driver's probe: when it receives
+    /// nothing this session, [`Event::CatchUp`] (once). A lane that still
+    /// receives dispatches catches up on its own ([`Event::Rejoined`]).
+    pub fn handle_answering(&mut self, zone: ZoneId, lane: usize) {
+        let Some(l) = self
+            .zones
+            .get_mut(&zone)
+            .and_then(|z| z.lanes.get_mut(lane))
+        else {
+            return;
+        };
+        if l.detached && !l.catch_up_asked {
+            l.catch_up_asked = true;
+            self.events.push_back(Event::CatchUp { zone, lane });
+        }
     }
 
     /// Dispatch `id` (transaction `lsn`) went to every lane of `zone`.

@@ -57,8 +57,13 @@
 //!     WriteState(w)       → write the row state (uncommitted);
 //!                           handle_flushed(sent batch), handle_written(..)
 //!     Halt(why)           → end the session with the error
-//!     Reject(refusals)    → reject their rows in a batch of their own; handle_flushed
-//!     Commit(cp, mode)    → COMMIT state + progress; handle_committed(cp, durability, now)
+//!     FindProducers(f)    → a rejection of refused rows begins: which rows
+//!                           produced the records, which targets have an
+//!                           address; handle_producers (then LoadState,
+//!                           Dispatch, WriteState as a flush; see [`reject`])
+//!     Commit(cp, mode)    → COMMIT state + progress, beside the frames (the
+//!                           core asks nothing of the store until then);
+//!                           handle_committed(cp, durability, now)
 //!     CommitIdle(end)     → COMMIT the progress alone; handle_idle_committed(end)
 //!     PollFlush           → ask the WAL flush position; handle_wal_flushed(lsn, now)
 //!     Confirm(end)        → tell the slot
@@ -86,8 +91,10 @@ use crate::txn::{ChangeKind, RowChange};
 use crate::{Lsn, ZoneId, Zones};
 
 pub mod flush;
+pub mod reject;
 
 pub use flush::{Dispatch, Find, Found, Halt, Planning, StateRead, WriteState};
+pub use reject::{FindProducers, Producers};
 
 /// Rows per flush: bounds memory and the size of one state round trip.
 pub const MAX_BATCH_ROWS: usize = 2_000;
@@ -311,12 +318,15 @@ pub enum Action {
     WriteState(WriteState),
     /// The session ends here, before anything of the batch is sent.
     Halt(Halt),
-    /// Servers refused these owner groups for their content: reject their
-    /// rows in a batch of their own (ending at [`Stream::rejection_end`]),
-    /// then [`Stream::handle_flushed`].
-    Reject(Vec<ServerRefusal>),
+    /// Servers refused owner groups for their content: a rejection (see
+    /// [`reject`]) begins. Look up which rows produced these records and
+    /// which targets have an address, then [`Stream::handle_producers`];
+    /// its next steps are a flush's (LoadState, Dispatch, WriteState).
+    FindProducers(FindProducers),
     /// Commit the row state and progress of this checkpoint, then
-    /// [`Stream::handle_committed`].
+    /// [`Stream::handle_committed`]. Frames may be handled meanwhile (the
+    /// COMMIT runs beside them): until then the core asks only for
+    /// confirmations of earlier checkpoints, nothing of the store.
     Commit(Checkpoint, CommitMode),
     /// Nothing is in flight: commit the progress at this WAL end (flushed),
     /// then [`Stream::handle_idle_committed`].
@@ -353,6 +363,10 @@ pub enum Committed {
 pub enum End {
     /// `pg2dns.zones` changed.
     ZonesChanged,
+    /// A primary the session streams without answers again (see
+    /// [`Stream::handle_catch_up`]): the next session brings it in line
+    /// from the row state, at the progress this one drains to.
+    CatchUp,
     /// Paused by a request, every transaction through `lsn` applied.
     Paused {
         /// Where.
@@ -443,12 +457,17 @@ pub struct Stream {
     last_frame: Instant,
     last_idle_confirm: Option<Instant>,
     confirmed: Option<Lsn>,
+    /// A checkpoint's COMMIT is under way (from its [`Action::Commit`] to
+    /// [`Stream::handle_committed`]).
+    committing: bool,
     actions: VecDeque<Action>,
     // Pauses and ends.
     pause_at: Option<(Lsn, ControlRequest)>,
     stop_at: Option<(Lsn, ControlRequest)>,
     stopping: bool,
     zones_changed: bool,
+    /// A primary left behind answers again: end between transactions.
+    catch_up: bool,
     drain: Option<Drain>,
     // The mass-delete guard.
     carry: Carry,
@@ -484,11 +503,13 @@ impl Stream {
             last_frame: now,
             last_idle_confirm: None,
             confirmed: None,
+            committing: false,
             actions: VecDeque::new(),
             pause_at: None,
             stop_at: config.stop_at,
             stopping: false,
             zones_changed: false,
+            catch_up: false,
             drain: None,
             carry: None,
             held: Vec::new(),
@@ -693,12 +714,17 @@ impl Stream {
         self.check = self.check.max(Check::Full);
     }
 
-    /// Why the session ends, once known (after a frame): the driver then
-    /// drains ([`Stream::drain`]) and ends it.
+    /// Why the session ends, once known (after a frame or a report): the
+    /// driver then drains ([`Stream::drain`]) and ends it. Never inside a
+    /// transaction, except a resume's `until` (which skips it whole).
     pub fn poll_end(&mut self) -> Option<End> {
         if self.zones_changed {
             self.zones_changed = false;
             return Some(End::ZonesChanged);
+        }
+        if self.catch_up && self.open.is_none() {
+            self.catch_up = false;
+            return Some(End::CatchUp);
         }
         if self.stopping {
             if let Some((lsn, request)) = self.stop_at.take() {
@@ -708,6 +734,17 @@ impl Stream {
         self.pause_at
             .take()
             .map(|(lsn, request)| End::Paused { lsn, request })
+    }
+
+    /// A primary the session streams without (dropped past `[limits]
+    /// degraded_queue`, or left out at the start) answers again: the
+    /// session ends at the next transaction boundary ([`End::CatchUp`]),
+    /// drained like a pause, so that the next one brings it in line with
+    /// the row state as of a known progress. Nothing the other primaries
+    /// did not acknowledge is confirmed meanwhile: the drain waits for
+    /// them as any checkpoint does.
+    pub fn handle_catch_up(&mut self) {
+        self.catch_up = true;
     }
 
     // ---- acknowledgements ----
@@ -726,9 +763,8 @@ impl Stream {
 
     // ---- results of actions ----
 
-    /// A batch (of a flush's [`Action::WriteState`] or an
-    /// [`Action::Reject`]) was dispatched and its state written or held
-    /// back.
+    /// A batch (of a flush's or a rejection's [`Action::WriteState`]) was
+    /// dispatched and its state written or held back.
     pub fn handle_flushed(&mut self, batch: SentBatch) {
         self.flush = None;
         self.ledger.handle_dispatched(batch);
@@ -752,6 +788,7 @@ impl Stream {
         {
             self.flush_poll = now + FLUSH_POLL;
         }
+        self.committing = false;
         if let Some(end) = self.ledger.handle_committed(cp, durability) {
             self.confirm(end);
         }
@@ -886,13 +923,24 @@ impl Stream {
             if let Some(next) = self.poll_flush() {
                 return next;
             }
+            if self.committing {
+                // The COMMIT runs beside the frames (they go on filling
+                // the batch): nothing that needs the store until it is
+                // done. Confirmations of earlier checkpoints need none.
+                let confirm = self
+                    .actions
+                    .iter()
+                    .position(|a| matches!(a, Action::Confirm(_)));
+                return confirm.and_then(|i| self.actions.remove(i));
+            }
             if let Some(a) = self.actions.pop_front() {
                 return Some(a);
             }
             // A refused group's rows must leave the state before any
             // checkpoint covers them.
             if self.ledger.refusals_pending() {
-                return Some(Action::Reject(self.ledger.take_refused()));
+                let refused = self.ledger.take_refused();
+                return Some(self.start_reject(refused));
             }
             if self.flush_due {
                 self.flush_due = false;
@@ -909,7 +957,10 @@ impl Stream {
                 }
                 self.barrier = None;
                 match self.ledger.poll_checkpoint() {
-                    Some(cp) => return Some(Action::Commit(cp, b.mode)),
+                    Some(cp) => {
+                        self.committing = true;
+                        return Some(Action::Commit(cp, b.mode));
+                    }
                     None if b.waits => {
                         // Postponed: tried again at the next
                         // acknowledgement or batch.
@@ -1032,6 +1083,17 @@ impl Stream {
     /// Whether a flush waits for the driver's answer.
     pub fn flushing(&self) -> bool {
         self.flush.is_some()
+    }
+
+    /// Whether a checkpoint's COMMIT is under way: the driver reads frames
+    /// meanwhile, and reports it with [`Stream::handle_committed`].
+    pub fn committing(&self) -> bool {
+        self.committing
+    }
+
+    /// Whether a drain ([`Stream::drain`], [`Stream::stop`]) is under way.
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
     }
 
     /// The end a batch of rejections takes (see

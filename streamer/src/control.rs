@@ -372,12 +372,22 @@ impl Control {
             )
             .await
             .map_err(sql("cannot read pg2dns.control"))?;
-        Ok(row.map(|r| ControlRequest {
+        let Some(r) = row else { return Ok(None) };
+        // A resume's `until` that does not read as an LSN is an error, never
+        // a resume without its stop.
+        let until = match r.get::<_, Option<String>>(4) {
+            None => None,
+            Some(t) => Some(t.parse().map_err(|_| StoreError::NotAnLsn {
+                what: "pg2dns.control.until_lsn",
+                value: t,
+            })?),
+        };
+        Ok(Some(ControlRequest {
             id: r.get(0),
             action: r.get(1),
             requested_by: r.get(2),
             reason: r.get(3),
-            until: r.get::<_, Option<String>>(4).and_then(|t| t.parse().ok()),
+            until,
         }))
     }
 

@@ -347,6 +347,34 @@ pub fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreErr
     move |source| StoreError::Sql { what, source }
 }
 
+/// A checkpoint's COMMIT under way (see [`Store::start_commit`]): resolves
+/// to what [`Store::commit`] returns. Its round trip runs as a task of its
+/// own, so that its answers are always read: the connection hands each
+/// request's answers over in order and would wait on an unread one, and
+/// with it every statement sent after. Cancel-safe when polled by
+/// reference (`&mut committing`).
+pub struct Committing {
+    task: tokio::task::JoinHandle<Result<Option<Unflushed>, StoreError>>,
+}
+
+impl std::future::Future for Committing {
+    type Output = Result<Option<Unflushed>, StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match std::future::Future::poll(std::pin::Pin::new(&mut self.task), cx) {
+            std::task::Poll::Ready(Ok(answer)) => std::task::Poll::Ready(answer),
+            std::task::Poll::Ready(Err(e)) if e.is_panic() => {
+                std::panic::resume_unwind(e.into_panic())
+            }
+            // Cancelled: only when the runtime shuts down.
+            std::task::Poll::Ready(Err(_)) | std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
 /// What `pg_replication_slots` says of pg2dns's slot.
 #[derive(Debug, Clone)]
 pub struct SlotInfo {
@@ -364,7 +392,8 @@ pub struct SlotInfo {
 
 /// The SQL connection and the open checkpoint transaction.
 pub struct Store {
-    client: Client,
+    /// Shared with a checkpoint's COMMIT under way (see [`Committing`]).
+    client: std::sync::Arc<Client>,
     connection: tokio::task::JoinHandle<()>,
     slot: String,
     in_transaction: bool,
@@ -586,7 +615,7 @@ impl Store {
             std::collections::HashSet::new()
         };
         Ok(Store {
-            client,
+            client: std::sync::Arc::new(client),
             connection,
             slot: db.slot.clone(),
             in_transaction: false,
@@ -612,7 +641,7 @@ impl Store {
     /// for reads of the row state outside this module.
     pub async fn settled_client(&mut self) -> Result<&Client, StoreError> {
         self.write_held().await?;
-        Ok(&self.client)
+        Ok(&*self.client)
     }
 
     /// A new batch starts: whatever the open transaction receives from now
@@ -1748,6 +1777,22 @@ impl Store {
         durability: Durability,
         upto: u64,
     ) -> Result<Option<Unflushed>, StoreError> {
+        self.start_commit(lsn, durability, upto).await?.await
+    }
+
+    /// [`Store::commit`], begun: every request of its round trip is sent
+    /// (queued on the connection, in order) before this returns, so any
+    /// statement the store sends afterwards runs after the COMMIT, in a
+    /// transaction of its own; the [`Committing`] resolves once the server
+    /// answered. The caller may read frames meanwhile (the checkpoint no
+    /// longer blocks the stream), but must not let the slot confirm
+    /// anything this commit covers before it resolved.
+    pub async fn start_commit(
+        &mut self,
+        lsn: Lsn,
+        durability: Durability,
+        upto: u64,
+    ) -> Result<Committing, StoreError> {
         debug_assert!(self.written.is_none_or(|w| w <= upto));
         let (mut rows, mut replaced) = self.take_held(upto);
         let records: usize = rows.iter().map(|(_, r)| r.len()).sum();
@@ -1768,60 +1813,74 @@ impl Store {
         };
         let write_rows = self.prepared(WRITE_ROWS).await?;
         let (sources, zone_names) = self.names.clone();
-        let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
-        let arrays = (!rows.is_empty() || !replaced.is_empty())
-            .then(|| RowArrays::new(&sources, &zone_names, &rows, &replaced));
         let lsn = lsn.to_string();
         let slot = self.slot.clone();
-        let params: [&(dyn ToSql + Sync); 2] = [&slot, &lsn];
         let open = self.in_transaction;
-        let client = &self.client;
-        // Requests go out in the order the futures are first polled.
-        let begin = async {
-            match open {
-                true => Ok(()),
-                false => client.batch_execute("BEGIN").await,
-            }
-        };
-        let write = async {
-            match &arrays {
-                Some(a) => client
-                    .execute(&write_rows, &a.params(&slot))
-                    .await
-                    .map(drop),
-                None => Ok(()),
-            }
-        };
-        let commit = match durability {
-            Durability::Flushed => "COMMIT",
-            Durability::Later => "SET LOCAL synchronous_commit = off; COMMIT",
-        };
-        let read = async {
-            match &positions {
-                Some(p) => client.query_one(p, &[]).await.map(Some),
-                None => Ok(None),
-            }
-        };
-        let (begun, written, progressed, committed, read) = tokio::join!(
-            begin,
-            write,
-            client.execute(&progress, &params),
-            client.batch_execute(commit),
-            read
-        );
+        let client = self.client.clone();
         self.in_transaction = false;
         self.written = None;
-        begun.map_err(sql("cannot begin the checkpoint transaction"))?;
-        written.map_err(sql("cannot update pg2dns.row_state"))?;
-        progressed.map_err(sql("cannot write pg2dns.progress"))?;
-        committed.map_err(sql("cannot commit the checkpoint"))?;
-        match read.map_err(sql("cannot read the WAL positions"))? {
-            None => Ok(None),
-            Some(read) => Ok(Some(Unflushed {
-                wal: lsn_column(&read, 0)?,
-                flushed: lsn_column(&read, 1)?,
-            })),
-        }
+        let round_trip = async move {
+            let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+            let arrays = (!rows.is_empty() || !replaced.is_empty())
+                .then(|| RowArrays::new(&sources, &zone_names, &rows, &replaced));
+            let params: [&(dyn ToSql + Sync); 2] = [&slot, &lsn];
+            let client = &client;
+            // Requests go out in the order the futures are first polled.
+            let begin = async {
+                match open {
+                    true => Ok(()),
+                    false => client.batch_execute("BEGIN").await,
+                }
+            };
+            let write = async {
+                match &arrays {
+                    Some(a) => client
+                        .execute(&write_rows, &a.params(&slot))
+                        .await
+                        .map(drop),
+                    None => Ok(()),
+                }
+            };
+            let commit = match durability {
+                Durability::Flushed => "COMMIT",
+                Durability::Later => "SET LOCAL synchronous_commit = off; COMMIT",
+            };
+            let read = async {
+                match &positions {
+                    Some(p) => client.query_one(p, &[]).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (begun, written, progressed, committed, read) = tokio::join!(
+                begin,
+                write,
+                client.execute(&progress, &params),
+                client.batch_execute(commit),
+                read
+            );
+            begun.map_err(sql("cannot begin the checkpoint transaction"))?;
+            written.map_err(sql("cannot update pg2dns.row_state"))?;
+            progressed.map_err(sql("cannot write pg2dns.progress"))?;
+            committed.map_err(sql("cannot commit the checkpoint"))?;
+            match read.map_err(sql("cannot read the WAL positions"))? {
+                None => Ok(None),
+                Some(read) => Ok(Some(Unflushed {
+                    wal: lsn_column(&read, 0)?,
+                    flushed: lsn_column(&read, 1)?,
+                })),
+            }
+        };
+        // The first poll queues every request on the connection (each
+        // client call sends before it first waits): from here on, what the
+        // store sends comes after this COMMIT. Then a task reads the
+        // answers.
+        let mut round_trip = Box::pin(round_trip);
+        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        let task = match std::future::Future::poll(round_trip.as_mut(), &mut cx) {
+            std::task::Poll::Ready(answer) => tokio::spawn(async move { answer }),
+            std::task::Poll::Pending => tokio::spawn(round_trip),
+        };
+        Ok(Committing { task })
     }
 
     /// How far the server's WAL is flushed to disk.

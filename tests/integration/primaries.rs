@@ -787,6 +787,88 @@ async fn a_degraded_primary_past_the_queue_bound_is_dropped_and_brought_in_line_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_dropped_past_the_queue_bound_rejoins_within_the_session_once_it_answers_again(
+) -> Result<()> {
+    let two = Two::start(
+        "two-rejoin",
+        Primary::Bind,
+        Primary::Bind,
+        "degrade_after = \"2s\"",
+    )
+    .await?;
+    two.stack
+        .append_config("[limits]\ndns_timeout_ms = 2000\ndegraded_queue = 3\n")?;
+    let mut pg2dns = two.stack.run()?;
+    let first = two.stack.server(Primary::Bind)?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('before.example.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    two.wait_both_match(DNS_DEADLINE).await?;
+
+    let pid = two.second.pid().context("ns2 runs")?;
+    signal(pid, "STOP")?;
+    let outcome = async {
+        two.stack
+            .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('first.example.test.', 300, 'A', '192.0.2.2')")
+            .await?;
+        log_says(&pg2dns, "made no progress for its degrade_after", 1).await?;
+        // Transactions one by one, with what users write (mixed case, an
+        // escaped byte, UTF-8 in TXT): ns2 falls past the bound.
+        for i in 0..8 {
+            two.stack
+                .exec(&format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('Q{i}.Example.test.', 300, 'AAAA', '2001:db8::{i:x}'), ('t{i}.example.test.', 300, 'TXT', '\"caf\\233 {i} ünïcødé\"')"))
+                .await?;
+        }
+        two.stack
+            .exec("DELETE FROM pg2dns.rr WHERE owner = 'first.example.test.'")
+            .await?;
+        log_says(&pg2dns, "its queue is dropped", 1).await?;
+        two.wait_matches(first, "ns1", RECOVERY_DEADLINE).await?;
+        let end = two.stack.current_wal_lsn().await?;
+        two.wait_confirmed(end).await?;
+        wait_primary_status(
+            &two.stack,
+            FORWARD,
+            "ns2",
+            "status says ns2 needs a catch-up",
+            |p| {
+                !p["degraded_since"].is_null()
+                    && p["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("degraded_queue = 3"))
+            },
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    signal(pid, "CONT")?;
+    outcome?;
+    // No signal, no restart: once ns2 answers, the service brings it in
+    // line from the row state and streams to it again.
+    log_says(&pg2dns, "a primary left behind answers again", 1).await?;
+    log_says(&pg2dns, "was brought in line with the row state", 1).await?;
+    two.stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.3')")
+        .await?;
+    two.wait_both_match(RECOVERY_DEADLINE).await?;
+    wait_primary_status(
+        &two.stack,
+        FORWARD,
+        "ns2",
+        "status says ns2 is in line again",
+        |p| p["degraded_since"].is_null(),
+    )
+    .await?;
+    ensure!(
+        !pg2dns.log().contains("SIGHUP"),
+        "the rejoin needed no reload:\n{}",
+        pg2dns.log()
+    );
+    pg2dns.assert_running()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_over_a_schema_12_database_adds_the_per_primary_status_and_runs_again_unchanged(
 ) -> Result<()> {
     let two = Two::start("two-schema-13", Primary::Bind, Primary::Bind, "").await?;

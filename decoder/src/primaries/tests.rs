@@ -457,3 +457,54 @@ fn the_next_timeout_is_the_soonest_over_every_zone_and_only_zones_due_are_settle
     assert!(p.is_degraded(Y, 1));
     assert_eq!(p.poll_timeout(), None);
 }
+
+#[test]
+fn a_dropped_primary_that_answers_again_asks_for_its_catch_up_once_and_a_counting_one_does_not() {
+    let t = Instant::now();
+    let after = Duration::from_secs(60);
+    let mut p = Primaries::new(
+        vec![(Z, spec(3, Policy::DegradeAfter(after)))],
+        Duration::from_secs(5),
+    )
+    .with_queue_bound(1);
+    p.handle_dispatched(Z, 1, lsn(1), t);
+    p.handle_acked(Z, 0, 1, t);
+    p.handle_acked(Z, 2, 1, t);
+    // A primary that receives dispatches answering is no news.
+    p.handle_answering(Z, 0);
+    assert!(events(&mut p)
+        .iter()
+        .all(|e| !matches!(e, Event::CatchUp { .. })));
+    p.handle_timeout(t + after);
+    assert!(p.is_degraded(Z, 1));
+    // Degraded but still queued for: it catches up by itself.
+    p.handle_answering(Z, 1);
+    assert!(events(&mut p)
+        .iter()
+        .all(|e| !matches!(e, Event::CatchUp { .. })));
+    for id in 2..=3 {
+        p.handle_dispatched(Z, id, lsn(id), t + after);
+    }
+    assert!(events(&mut p).contains(&Event::Dropped { zone: Z, lane: 1 }));
+    // Dropped: answering again asks for the catch-up, once.
+    p.handle_answering(Z, 1);
+    p.handle_answering(Z, 1);
+    assert_eq!(events(&mut p), vec![Event::CatchUp { zone: Z, lane: 1 }]);
+    // It still does not count until the next session brought it in line.
+    p.handle_acked(Z, 0, 3, t + after);
+    p.handle_acked(Z, 2, 3, t + after);
+    assert_eq!(acked(&events(&mut p)), Some(3));
+    assert!(p.is_degraded(Z, 1));
+}
+
+#[test]
+fn a_primary_left_out_at_the_start_asks_for_its_catch_up_when_it_answers() {
+    let mut p = Primaries::new(vec![(Z, spec(2, Policy::Hold))], Duration::from_secs(5));
+    p.handle_detached(Z, 1);
+    p.handle_answering(Z, 1);
+    assert_eq!(events(&mut p), vec![Event::CatchUp { zone: Z, lane: 1 }]);
+    // A zone of one primary has nothing to catch up.
+    let mut one = Primaries::new(vec![(Z, spec(1, Policy::Hold))], Duration::from_secs(5));
+    one.handle_answering(Z, 0);
+    assert_eq!(events(&mut one), vec![]);
+}

@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
+use super::reject::Rejecting;
 use super::{Action, Batch, Item, Stream};
 use crate::guard::{self, MassDelete, Segment, Verdict};
 use crate::mapping::source::zones_table::RefEdit;
@@ -121,6 +122,10 @@ pub struct WriteState {
     /// Records the row state should have held and did not (see
     /// [`Planner::inconsistencies`]).
     pub inconsistencies: usize,
+    /// Rows that wait for an MX or SRV target's address (a rejection's):
+    /// recorded after the row state is written, which discards what they
+    /// waited for before.
+    pub waiting: Vec<Waiting>,
 }
 
 /// Why the stream stops at a flush, before anything of its batch is sent.
@@ -135,7 +140,7 @@ pub enum Halt {
 
 /// One step of a flush, in stream order.
 #[derive(Debug)]
-enum Step {
+pub(super) enum Step {
     Row(SourceId, RowUpdate),
     Truncate(SourceId, Lsn),
     Commit(Lsn),
@@ -152,8 +157,10 @@ impl Step {
 
 /// What the flush waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Awaiting {
+pub(super) enum Awaiting {
     Found,
+    /// A rejection's look-up (see [`super::reject`]).
+    Producers,
     Loaded,
     Counted,
     Release(Lsn),
@@ -165,11 +172,11 @@ enum Awaiting {
 #[derive(Debug)]
 pub(super) struct Flush {
     /// The next action, until polled.
-    next: Option<Action>,
-    awaiting: Awaiting,
-    steps: Vec<Step>,
+    pub(super) next: Option<Action>,
+    pub(super) awaiting: Awaiting,
+    pub(super) steps: Vec<Step>,
     ref_edits: Vec<RefEdit>,
-    rows: usize,
+    pub(super) rows: usize,
     /// The open transaction's commit LSN, when the batch ends inside it.
     open_lsn: Option<Lsn>,
     waiting: Vec<Waiting>,
@@ -182,14 +189,46 @@ pub(super) struct Flush {
     counts: BTreeMap<ZoneId, usize>,
     /// The transaction the guard holds, while asking for its release.
     held: Option<MassDelete>,
+    /// A rejection of refused rows rather than a batch's flush: not judged
+    /// by the guard, and ending at [`Stream::rejection_end`].
+    pub(super) rejecting: Option<Rejecting>,
 }
 
 impl Flush {
+    fn new(steps: Vec<Step>, ref_edits: Vec<RefEdit>, rows: usize, open_lsn: Option<Lsn>) -> Flush {
+        Flush {
+            next: None,
+            awaiting: Awaiting::Found,
+            steps,
+            ref_edits,
+            rows,
+            open_lsn,
+            waiting: Vec::new(),
+            segments: Vec::new(),
+            open: false,
+            end: None,
+            outcome: None,
+            inconsistencies: 0,
+            counts: BTreeMap::new(),
+            held: None,
+            rejecting: None,
+        }
+    }
+
+    /// A rejection (see [`super::reject`]), awaiting `awaiting` first.
+    pub(super) fn rejecting(rejecting: Rejecting, awaiting: Awaiting) -> Flush {
+        Flush {
+            awaiting,
+            rejecting: Some(rejecting),
+            ..Flush::new(Vec::new(), Vec::new(), 0, None)
+        }
+    }
+
     fn updates(&self) -> impl Iterator<Item = &RowUpdate> {
         self.steps.iter().filter_map(Step::update)
     }
 
-    fn expect(&self, awaiting: Awaiting) {
+    pub(super) fn expect(&self, awaiting: Awaiting) {
         debug_assert_eq!(
             self.awaiting, awaiting,
             "the driver answered a flush step it was not asked"
@@ -233,22 +272,7 @@ impl Stream {
             Ok(mapped) => mapped,
             Err(e) => return Action::Halt(Halt::Unmappable(e)),
         };
-        let mut flush = Flush {
-            next: None,
-            awaiting: Awaiting::Found,
-            steps,
-            ref_edits,
-            rows: batch.rows,
-            open_lsn: batch.open,
-            waiting: Vec::new(),
-            segments: Vec::new(),
-            open: false,
-            end: None,
-            outcome: None,
-            inconsistencies: 0,
-            counts: BTreeMap::new(),
-            held: None,
-        };
+        let mut flush = Flush::new(steps, ref_edits, batch.rows, batch.open);
         let mut truncated = Vec::new();
         for step in &flush.steps {
             if let Step::Truncate(source, _) = step {
@@ -359,6 +383,16 @@ impl Stream {
         flush.segments = segments;
         flush.open = open;
         flush.end = end;
+        if flush.rejecting.is_some() {
+            // What refused rows held leaves DNS whatever its size: the
+            // guard judges transactions, and these were judged already.
+            flush.awaiting = Awaiting::Dispatched;
+            flush.next = Some(Action::Dispatch(Dispatch {
+                segments: std::mem::take(&mut flush.segments),
+                released: Vec::new(),
+            }));
+            return;
+        }
         let suspects = guard::suspects(&self.guards, &flush.segments, &self.carry);
         if suspects.is_empty() {
             self.judge();
@@ -444,12 +478,19 @@ impl Stream {
         };
         flush.expect(Awaiting::Dispatched);
         flush.awaiting = Awaiting::Flushed;
+        let (end, waiting) = match flush.rejecting.as_mut() {
+            // A batch of its own, which the checkpoint covering the
+            // refused transactions covers too.
+            Some(r) => (self.ledger.rejection_end(), std::mem::take(&mut r.waiting)),
+            None => (if flush.open { None } else { flush.end }, Vec::new()),
+        };
         flush.next = Some(Action::WriteState(WriteState {
             outcome: flush.outcome.take().unwrap_or_default(),
             ref_edits: std::mem::take(&mut flush.ref_edits),
-            end: if flush.open { None } else { flush.end },
+            end,
             rows: flush.rows,
             inconsistencies: flush.inconsistencies,
+            waiting,
         }));
     }
 }

@@ -24,8 +24,7 @@ use crate::mapping::{Desired, RowKey, Wanted};
 use crate::pgoutput::{
     Begin, ColumnInfo, Commit, Insert, Message, Relation, ReplicaIdentity, Value,
 };
-use crate::plan::{Loaded, NodeEntry, Outcome, Refused, ZoneOps};
-use crate::rdata::RType;
+use crate::plan::{Loaded, NodeEntry, Outcome, Refusal, Refused, RowRef};
 use crate::records::{Owner, Record, ZoneName};
 use crate::session::Rcode;
 use crate::txn::{Assembler, Event};
@@ -123,6 +122,8 @@ enum Op {
     /// pg2dns dies in the next flush, after its dispatch and before its
     /// state write (each zone may have applied a prefix of what it holds).
     CrashBeforeWrite { applied: usize },
+    /// The checkpoint's COMMIT under way answers.
+    Committed,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -134,6 +135,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::WalFlush),
         1 => (0usize..4).prop_map(|applied| Op::Crash { applied }),
         1 => (0usize..4).prop_map(|applied| Op::CrashBeforeWrite { applied }),
+        3 => Just(Op::Committed),
     ]
 }
 
@@ -447,6 +449,9 @@ struct World {
     sent: Vec<(usize, u64, Lsn)>,
     /// Refusals heard and not yet rejected, by the commit LSN they are of.
     unrejected: Vec<Lsn>,
+    /// The rejection in progress covers the first this many of
+    /// `unrejected` (`None`: the flush in progress is a batch's).
+    rejecting: Option<usize>,
     waiting: bool,
     draining: Option<End>,
     over: Option<SessionOver>,
@@ -459,6 +464,8 @@ struct World {
     /// Die at the next flush's state write, each zone applying at most
     /// this many of its dispatches.
     crash_before_write: Option<usize>,
+    /// A checkpoint's COMMIT sent and not answered yet (frames go on).
+    committing: Option<(Checkpoint, CommitMode)>,
 }
 
 fn guards() -> Vec<DeleteGuard> {
@@ -523,6 +530,7 @@ impl World {
             marks: BTreeMap::new(),
             sent: Vec::new(),
             unrejected: Vec::new(),
+            rejecting: None,
             waiting: false,
             draining: None,
             over: None,
@@ -530,6 +538,7 @@ impl World {
             fed_end: Lsn::new(1),
             flush_seq: BatchSeq(0),
             crash_before_write: None,
+            committing: None,
         };
         w.start_session(None);
         w
@@ -580,9 +589,11 @@ impl World {
         self.marks.clear();
         self.sent.clear();
         self.unrejected.clear();
+        self.rejecting = None;
         self.waiting = false;
         self.draining = None;
         self.over = None;
+        self.committing = None;
         self.fed_end = self.slot_confirmed;
     }
 
@@ -650,7 +661,8 @@ impl World {
     }
 
     /// The driver's part of a flush's [`Action::WriteState`]: the rows'
-    /// new values go into the store's open transaction (some at once).
+    /// new values go into the store's open transaction (some at once; a
+    /// rejection's at once).
     fn write_state(&mut self, write: WriteState) {
         let seq = self.flush_seq;
         self.writes.extend(
@@ -658,54 +670,63 @@ impl World {
                 .into_iter()
                 .map(|(k, v)| (seq, k, v)),
         );
-        if seq.0.is_multiple_of(2) {
+        if let Some(n) = self.rejecting.take() {
+            self.unrejected.drain(..n);
+            self.written = Some(seq);
+        } else if seq.0.is_multiple_of(2) {
             self.written = Some(seq);
         }
         let sent = self.sent_batch(seq, write.end);
         self.core.handle_flushed(sent);
     }
 
-    /// The driver's rejection of refused rows: those whose state still
-    /// holds the refused value leave the state and the zone.
-    fn reject(&mut self, refused: Vec<ServerRefusal>) {
+    /// The driver's look-up for a rejection the core begins: the rows
+    /// whose state holds a refused record (no MX or SRV here: no target).
+    fn find_producers(&mut self, find: FindProducers) -> Result<(), TestCaseError> {
+        prop_assert!(find.targets.is_empty());
         self.batch += 1;
-        let seq = BatchSeq(self.batch);
+        self.flush_seq = BatchSeq(self.batch);
+        self.rejecting = Some(self.unrejected.len());
         let state = self.state();
-        let mut segments = Vec::new();
-        for r in &refused {
-            self.unrejected.retain(|l| *l != r.lsn);
-            for op in &r.group.ops {
-                let UpdateOp::Add(rec) = op else { continue };
+        let rows = find
+            .records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, rec))| {
                 let key = key_of(&rec.owner);
-                if state.get(&key) == Some(&value_of(rec)) {
-                    self.writes.push((seq, key, None));
-                    segments.push((
-                        r.lsn,
-                        vec![ZoneOps {
-                            zone: r.zone,
-                            groups: vec![OwnerGroup {
-                                owner: rec.owner.clone(),
-                                ops: vec![UpdateOp::DeleteRrset {
-                                    owner: rec.owner.clone(),
-                                    rtype: RType::A,
-                                }],
-                            }],
-                        }],
-                    ));
-                }
-            }
-        }
-        self.dispatch(segments);
-        // The rejections' state is written at once.
-        self.written = Some(seq);
-        let end = self.core.rejection_end();
-        let sent = self.sent_batch(seq, end);
-        self.core.handle_flushed(sent);
+                (state.get(&key) == Some(&value_of(rec)))
+                    .then(|| ((SourceId(0), RowKey(key.to_string())), i))
+            })
+            .collect();
+        self.core.handle_producers(Producers {
+            rows,
+            addressed: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// The driver sends a checkpoint's COMMIT; it is answered later (the
+    /// frames go on meanwhile), at [`Op::Committed`] or when a drain
+    /// waits for it.
+    fn start_commit(&mut self, cp: Checkpoint, mode: CommitMode) -> Result<(), TestCaseError> {
+        self.check_covered(cp.end, "checkpoint")?;
+        prop_assert!(self.written.is_none_or(|w| w <= cp.batch));
+        prop_assert!(self.committing.is_none(), "two COMMITs at once");
+        // What the store sends from now on is in a transaction of its own.
+        self.written = None;
+        self.committing = Some((cp, mode));
+        Ok(())
+    }
+
+    /// The COMMIT under way answers (or, at a crash, took effect).
+    fn finish_commit(&mut self) -> Result<(), TestCaseError> {
+        let Some((cp, mode)) = self.committing.take() else {
+            return Ok(());
+        };
+        self.commit(cp, mode)
     }
 
     fn commit(&mut self, cp: Checkpoint, mode: CommitMode) -> Result<(), TestCaseError> {
-        self.check_covered(cp.end, "checkpoint")?;
-        prop_assert!(self.written.is_none_or(|w| w <= cp.batch));
         let (done, kept): (Vec<_>, Vec<_>) =
             self.writes.iter().partition(|(b, _, _)| *b <= cp.batch);
         for (_, k, v) in done {
@@ -717,7 +738,6 @@ impl World {
         self.writes = kept;
         prop_assert!(cp.end >= self.committed_progress);
         self.committed_progress = cp.end;
-        self.written = None;
         self.wal = Lsn::new(self.wal.max(self.fed_end).raw() + 1);
         let durability = match mode {
             CommitMode::Flushed => {
@@ -729,7 +749,9 @@ impl World {
                 flushed: self.wal_flushed,
             },
         };
-        self.core.handle_committed(cp, durability, self.now);
+        if self.over.is_none() {
+            self.core.handle_committed(cp, durability, self.now);
+        }
         Ok(())
     }
 
@@ -751,6 +773,11 @@ impl World {
         while self.over.is_none() {
             self.core.handle_written(self.written);
             let Some(action) = self.core.poll_action(self.now) else {
+                if self.core.draining() && self.committing.is_some() {
+                    // A drain waits for the COMMIT under way.
+                    self.finish_commit()?;
+                    continue;
+                }
                 return Ok(());
             };
             match action {
@@ -801,8 +828,8 @@ impl World {
                     }
                     self.write_state(write);
                 }
-                Action::Reject(refused) => self.reject(refused),
-                Action::Commit(cp, mode) => self.commit(cp, mode)?,
+                Action::FindProducers(find) => self.find_producers(find)?,
+                Action::Commit(cp, mode) => self.start_commit(cp, mode)?,
                 Action::CommitIdle(end) => {
                     prop_assert!(self.writes.is_empty() && self.written.is_none());
                     prop_assert!(end >= self.committed_progress);
@@ -961,12 +988,21 @@ impl World {
             }
             Op::Crash { applied } => {
                 self.over = Some(SessionOver::Crashed);
+                // A COMMIT under way may have reached the server or not;
+                // either way nothing it covers was confirmed.
+                if applied % 2 == 1 {
+                    self.finish_commit()?;
+                }
                 self.crash(*applied);
                 Ok(())
             }
             Op::CrashBeforeWrite { applied } => {
                 self.crash_before_write = Some(*applied);
                 Ok(())
+            }
+            Op::Committed => {
+                self.finish_commit()?;
+                self.act()
             }
         }
     }
@@ -995,6 +1031,11 @@ impl World {
         for _ in 0..10_000 {
             if let Some(over) = self.over.take() {
                 self.restart(over);
+            }
+            if self.committing.is_some() {
+                self.finish_commit()?;
+                self.act()?;
+                continue;
             }
             let busy = self.next_frame < self.frames.len()
                 || self.servers.iter().any(|s| !s.queue.is_empty())
@@ -1471,7 +1512,10 @@ fn a_flush_looks_up_then_loads_then_dispatches_then_writes_and_asks_nothing_else
         marks: vec![(ZoneId(1), 1), (ZoneId(2), 1)],
     });
     // Only now the refusal's rows are rejected.
-    assert!(matches!(core.poll_action(now), Some(Action::Reject(_))));
+    assert!(matches!(
+        core.poll_action(now),
+        Some(Action::FindProducers(_))
+    ));
 }
 
 #[test]
@@ -1654,4 +1698,358 @@ fn table_change(final_lsn: Lsn, id: Value, value: Value) -> RowChange {
         Ok(Some(Event::Change(change))) => change,
         other => panic!("{other:?}"),
     }
+}
+
+// ---- rejections (see `reject`) ----
+
+fn refusal(zone: u32, lsn: u64, records: &[Record]) -> ServerRefusal {
+    ServerRefusal {
+        zone: ZoneId(zone),
+        lsn: Lsn::new(lsn),
+        group: OwnerGroup {
+            owner: records[0].owner.clone(),
+            ops: records.iter().cloned().map(UpdateOp::Add).collect(),
+        },
+        rcode: Rcode(5),
+    }
+}
+
+fn row(key: u8) -> RowRef {
+    (SourceId(0), RowKey(key.to_string()))
+}
+
+/// Drives a rejection the core begins now from its look-up on: `answer`
+/// gives the producers; the rest is answered from `state`. Returns the
+/// look-up, the state read, the segments dispatched and the write.
+fn run_reject(
+    core: &mut Stream,
+    now: Instant,
+    state: &BTreeMap<u8, u8>,
+    answer: impl FnOnce(&FindProducers) -> Producers,
+) -> (FindProducers, StateRead, Vec<Segment>, WriteState) {
+    let Some(Action::FindProducers(find)) = core.poll_action(now) else {
+        panic!("the rejection did not begin with its look-up")
+    };
+    assert!(core.flushing());
+    assert!(core.poll_action(now).is_none(), "asked something meanwhile");
+    core.handle_producers(answer(&find));
+    let Some(Action::LoadState(read)) = core.poll_action(now) else {
+        panic!("no state read")
+    };
+    core.handle_loaded(load(state, &read));
+    let Some(Action::Dispatch(d)) = core.poll_action(now) else {
+        panic!("no dispatch (the guard is not asked about refused rows)")
+    };
+    assert!(d.released.is_empty());
+    assert!(core.poll_action(now).is_none(), "asked something meanwhile");
+    core.handle_dispatched();
+    let Some(Action::WriteState(w)) = core.poll_action(now) else {
+        panic!("no state write")
+    };
+    (find, read, d.segments, w)
+}
+
+#[test]
+fn a_refused_group_rejects_the_rows_holding_its_records_naming_row_zone_owner_lsn_and_answer() {
+    let now = base();
+    let mut core = new_core(Lsn::new(1), None, now);
+    // Row 1 holds the refused record; row 4 (same zone) is not involved.
+    let state = BTreeMap::from([(1, 250), (4, 40)]);
+    core.handle_refused(refusal(1, 2_000, &[record(1, 250)]));
+    let (find, read, segments, w) = run_reject(&mut core, now, &state, |find| Producers {
+        rows: vec![(row(1), 0)],
+        addressed: find.targets.clone(),
+    });
+    assert_eq!(find.records, vec![(ZoneId(1), record(1, 250))]);
+    assert!(find.targets.is_empty(), "an A record has no target");
+    // Only the producer's row is read.
+    assert_eq!(read.rows, vec![row(1)]);
+    assert!(read.owners.is_empty());
+    // What it held leaves DNS (the server refused the addition; a delete
+    // of it is harmless and a replay's order stays right).
+    assert_eq!(
+        ops_of(&segments),
+        vec![(
+            Lsn::new(2_000),
+            ZoneId(1),
+            vec![UpdateOp::Delete(record(1, 250))]
+        )]
+    );
+    // The row leaves the row state, named with its key, zone, owner, LSN
+    // and the server's answer.
+    assert_eq!(writes_of(&w.outcome), vec![(1, None)]);
+    let [r] = &w.outcome.rejections[..] else {
+        panic!("{:?}", w.outcome.rejections)
+    };
+    assert_eq!(
+        (r.source, &r.key, r.lsn, r.zone, r.owner.as_ref()),
+        (
+            SourceId(0),
+            &RowKey("1".into()),
+            Lsn::new(2_000),
+            Some(ZoneId(1)),
+            Some(&owner(1))
+        )
+    );
+    assert_eq!(
+        r.reason,
+        Refusal::ServerRefused {
+            rcode: Rcode(5),
+            record: record(1, 250).to_string(),
+        }
+    );
+    assert!(w.waiting.is_empty());
+    // Nothing was sent before: the rejection ends at the progress.
+    assert_eq!(w.end, Some(Lsn::new(1)));
+}
+
+#[test]
+fn a_row_behind_several_refused_records_is_rejected_once_for_the_first() {
+    let now = base();
+    let mut core = new_core(Lsn::new(1), None, now);
+    let state = BTreeMap::from([(1, 251)]);
+    core.handle_refused(refusal(1, 2_000, &[record(1, 251)]));
+    core.handle_refused(refusal(1, 3_000, &[record(1, 252)]));
+    let (find, read, _, w) = run_reject(&mut core, now, &state, |_| Producers {
+        rows: vec![(row(1), 1), (row(1), 0)],
+        addressed: Vec::new(),
+    });
+    assert_eq!(find.records.len(), 2);
+    assert_eq!(read.rows, vec![row(1)]);
+    let [r] = &w.outcome.rejections[..] else {
+        panic!("{:?}", w.outcome.rejections)
+    };
+    assert_eq!(r.lsn, Lsn::new(2_000));
+    assert_eq!(
+        r.reason,
+        Refusal::ServerRefused {
+            rcode: Rcode(5),
+            record: record(1, 251).to_string(),
+        }
+    );
+}
+
+#[test]
+fn a_refused_mx_whose_in_zone_target_has_no_address_waits_for_it_and_one_with_an_address_is_refused(
+) {
+    let now = base();
+    let mut core = new_core(Lsn::new(1), None, now);
+    let mx = |key: u8, target: &str| {
+        Record::parse(
+            &format!("k{key}.z1.test."),
+            300,
+            "MX",
+            &format!("10 {target}"),
+        )
+        .unwrap()
+    };
+    let lacking = mx(1, "Mail.z1.test.");
+    let addressed = mx(4, "mx2.z1.test.");
+    let outside = mx(7, "mail.example.");
+    let state = BTreeMap::from([(1, 10), (4, 40), (7, 70)]);
+    core.handle_refused(refusal(1, 2_000, std::slice::from_ref(&lacking)));
+    core.handle_refused(refusal(1, 2_000, std::slice::from_ref(&addressed)));
+    core.handle_refused(refusal(1, 3_000, std::slice::from_ref(&outside)));
+    let target = |name: &str| (ZoneId(1), Owner::parse(name).unwrap());
+    let (find, _, _, w) = run_reject(&mut core, now, &state, |_| Producers {
+        rows: vec![(row(1), 0), (row(4), 1), (row(7), 2)],
+        addressed: vec![target("mx2.z1.test.")],
+    });
+    // Only the in-zone targets are asked about (names compare without
+    // case, as DNS does).
+    assert_eq!(
+        find.targets,
+        vec![target("mail.z1.test."), target("mx2.z1.test.")]
+    );
+    let reasons: BTreeMap<String, Refusal> = w
+        .outcome
+        .rejections
+        .iter()
+        .map(|r| (r.key.0.clone(), r.reason.clone()))
+        .collect();
+    assert_eq!(
+        reasons["1"],
+        Refusal::WaitingForAddress {
+            rcode: Rcode(5),
+            record: lacking.to_string(),
+            target: Owner::parse("mail.z1.test.").unwrap(),
+        }
+    );
+    assert_eq!(
+        reasons["4"],
+        Refusal::ServerRefused {
+            rcode: Rcode(5),
+            record: addressed.to_string(),
+        }
+    );
+    assert_eq!(
+        reasons["7"],
+        Refusal::ServerRefused {
+            rcode: Rcode(5),
+            record: outside.to_string(),
+        }
+    );
+    // The row that waits is recorded with the record it wants, so that an
+    // address for its target publishes it.
+    let [waiting] = &w.waiting[..] else {
+        panic!("{:?}", w.waiting)
+    };
+    assert_eq!(waiting.row, row(1));
+    assert_eq!(waiting.lsn, Lsn::new(2_000));
+    assert_eq!(waiting.target, target("mail.z1.test."));
+    assert_eq!(
+        waiting.records,
+        vec![Desired {
+            zone: ZoneId(1),
+            record: lacking.clone()
+        }]
+    );
+}
+
+#[test]
+fn a_rejection_runs_before_any_checkpoint_and_the_checkpoint_after_covers_it() {
+    let now = base();
+    let mut core = new_core(Lsn::new(1), None, now);
+    let state = BTreeMap::from([(4, 40)]);
+    feed(
+        &mut core,
+        Lsn::new(2_000),
+        Lsn::new(2_500),
+        &[(1, Some(250))],
+        now,
+    );
+    let (_, w) = run_flush(&mut core, now, &state);
+    core.handle_flushed(SentBatch {
+        seq: BatchSeq(1),
+        end: w.end,
+        marks: vec![(ZoneId(1), 1)],
+    });
+    let mut state = state;
+    state.insert(1, 250);
+    // The zone refused the addition and acknowledged the message; the
+    // group time passed.
+    core.handle_refused(refusal(1, 2_000, &[record(1, 250)]));
+    core.handle_acked(ZoneId(1), 1);
+    let later = now + CHECKPOINT_GROUP;
+    core.handle_timeout(later);
+    // The rejection first, not the checkpoint.
+    let (_, _, segments, w) = run_reject(&mut core, later, &state, |_| Producers {
+        rows: vec![(row(1), 0)],
+        addressed: Vec::new(),
+    });
+    assert_eq!(segments.len(), 1);
+    // It ends with the batch it follows: the checkpoint through it covers
+    // the refused transaction.
+    assert_eq!(w.end, Some(Lsn::new(2_500)));
+    core.handle_flushed(SentBatch {
+        seq: BatchSeq(2),
+        end: w.end,
+        marks: vec![(ZoneId(1), 2)],
+    });
+    // Its state write is in the store's open transaction.
+    core.handle_written(Some(BatchSeq(2)));
+    // Its delete is not acknowledged: no checkpoint yet.
+    assert!(!matches!(core.poll_action(later), Some(Action::Commit(..))));
+    core.handle_acked(ZoneId(1), 2);
+    let Some(Action::Commit(cp, _)) = core.poll_action(later) else {
+        panic!("no checkpoint once everything was acknowledged")
+    };
+    assert_eq!(cp.batch, BatchSeq(2));
+    assert_eq!(cp.end, Lsn::new(2_500));
+}
+
+#[test]
+fn a_primary_answering_again_ends_the_session_between_transactions_and_the_drain_checkpoints_all() {
+    let now = base();
+    let mut core = new_core(Lsn::new(1), None, now);
+    core.handle_server_time(1_000);
+    assert!(core.handle_begin(Lsn::new(2_000)));
+    core.handle_change(
+        SourceId(0),
+        table_change(Lsn::new(2_000), text("1"), text("11")),
+    );
+    // Asked inside a transaction: not before its commit.
+    core.handle_catch_up();
+    assert_eq!(core.poll_end(), None, "not inside a transaction");
+    core.handle_commit_time(1_000);
+    core.handle_commit(Lsn::new(2_500), false, now);
+    assert_eq!(core.poll_end(), Some(End::CatchUp));
+    assert_eq!(core.poll_end(), None, "once");
+    // The drain flushes and checkpoints everything received, waiting for
+    // every zone's acknowledgement, before the session ends.
+    core.drain();
+    let (_, w) = run_flush(&mut core, now, &BTreeMap::new());
+    core.handle_flushed(SentBatch {
+        seq: BatchSeq(1),
+        end: w.end,
+        marks: vec![(ZoneId(1), 1)],
+    });
+    core.handle_written(Some(BatchSeq(1)));
+    assert!(
+        matches!(core.poll_action(now), Some(Action::Wait(_))),
+        "the drain waits for the zone"
+    );
+    core.handle_acked(ZoneId(1), 1);
+    let Some(Action::Commit(cp, CommitMode::Flushed)) = core.poll_action(now) else {
+        panic!("no flushed checkpoint")
+    };
+    assert_eq!(cp.end, Lsn::new(2_500));
+    core.handle_committed(cp, checkpoint::Durability::Flushed, now);
+    assert_eq!(
+        core.poll_action(now).map(|a| format!("{a:?}")),
+        Some(format!("{:?}", Action::Confirm(Lsn::new(2_500))))
+    );
+    assert!(matches!(core.poll_action(now), Some(Action::Drained)));
+}
+
+#[test]
+fn frames_go_on_while_a_checkpoint_commits_and_nothing_is_asked_of_the_store_until_it_answers() {
+    let now = base();
+    let mut core = new_core(Lsn::new(1), None, now);
+    feed(
+        &mut core,
+        Lsn::new(2_000),
+        Lsn::new(2_500),
+        &[(1, Some(11))],
+        now,
+    );
+    let (_, w) = run_flush(&mut core, now, &BTreeMap::new());
+    core.handle_flushed(SentBatch {
+        seq: BatchSeq(1),
+        end: w.end,
+        marks: vec![(ZoneId(1), 1)],
+    });
+    core.handle_written(Some(BatchSeq(1)));
+    core.handle_acked(ZoneId(1), 1);
+    let later = now + CHECKPOINT_GROUP;
+    core.handle_timeout(later);
+    let Some(Action::Commit(cp, CommitMode::Later)) = core.poll_action(later) else {
+        panic!("no checkpoint")
+    };
+    assert!(core.committing());
+    // The next transaction arrives meanwhile: the core takes it, but asks
+    // for no flush (nor another checkpoint, nor the WAL flush) until the
+    // COMMIT answered; and it confirms nothing of it yet.
+    feed(
+        &mut core,
+        Lsn::new(3_000),
+        Lsn::new(3_500),
+        &[(2, Some(20))],
+        later,
+    );
+    core.handle_timeout(later + FLUSH_POLL);
+    assert!(core.poll_action(later).is_none());
+    assert_eq!(core.confirmed(), None);
+    core.handle_committed(
+        cp,
+        checkpoint::Durability::Unflushed {
+            wal: Lsn::new(9_000),
+            flushed: Lsn::new(1),
+        },
+        later,
+    );
+    assert!(!core.committing());
+    // Not flushed yet: no confirmation; the batch's flush goes first.
+    assert!(matches!(core.poll_action(later), Some(Action::Find(_))));
+    assert_eq!(core.confirmed(), None);
 }

@@ -94,6 +94,9 @@ pub struct Kept {
     /// Of those, the ones that could not be brought in line: the session
     /// streams without them (see `Lanes::start`).
     detached: Vec<(ZoneName, String)>,
+    /// Sessions in a row whose start could not bring every primary left
+    /// behind in line (the probes of those wait longer each time).
+    failed_catch_ups: u32,
 }
 
 impl Kept {
@@ -146,6 +149,16 @@ impl Kept {
     /// Primaries the next session streams without.
     pub fn set_detached(&mut self, detached: Vec<(ZoneName, String)>) {
         self.detached = detached;
+    }
+
+    /// Sessions in a row whose start could not bring a primary in line.
+    pub fn failed_catch_ups(&self) -> u32 {
+        self.failed_catch_ups
+    }
+
+    /// Sets [`Kept::failed_catch_ups`].
+    pub fn set_failed_catch_ups(&mut self, n: u32) {
+        self.failed_catch_ups = n;
     }
 
     /// Whether the session streams without `primary` of `zone`.

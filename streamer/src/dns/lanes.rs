@@ -57,6 +57,61 @@ pub(crate) enum Heard {
     },
     /// A server refused an owner group for its content.
     Refused(ServerRefusal),
+    /// A primary of this zone that the session streams without answers
+    /// again: the session should end so that the next one brings it in
+    /// line (the core's `handle_catch_up`).
+    CatchUp {
+        /// The zone.
+        zone: ZoneId,
+    },
+}
+
+/// How often a primary the session streams without is asked for its
+/// zone's SOA, to learn that it answers again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest wait before the first probe of a primary that could not be
+/// brought in line at the session's start (the wait doubles with each
+/// session that tried and failed, so that a primary that answers but
+/// whose repair is refused does not restart the session every second).
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Asks `primary` for `zone`'s SOA every [`PROBE_EVERY`] (after `first`)
+/// until it answers, then says so on `reports` ([`LaneReport::Answering`]).
+/// Aborted with the session's lanes.
+async fn probe(
+    zone: pg2dns_decoder::ZoneName,
+    id: ZoneId,
+    lane: usize,
+    primary: std::net::SocketAddr,
+    timeout: Duration,
+    first: Duration,
+    reports: mpsc::UnboundedSender<LaneReport>,
+) {
+    let bounds = crate::dns::pipelined::Bounds {
+        connections: 1,
+        in_flight: 1,
+        timeout,
+    };
+    let mut wait = first;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = PROBE_EVERY;
+        let answers = status::soa_serials(vec![(0, zone.clone(), primary)], bounds).await;
+        if answers.iter().any(|(_, serial)| serial.is_ok()) {
+            let _ = reports.send(LaneReport::Answering { zone: id, lane });
+            return;
+        }
+    }
+}
+
+/// A probe task, aborted when dropped (with the session's lanes).
+struct Probe(tokio::task::JoinHandle<()>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Per-zone dispatch bookkeeping.
@@ -91,6 +146,8 @@ struct PrimarySeries {
     in_flight: prometheus_client::metrics::gauge::Gauge,
     degraded: prometheus_client::metrics::gauge::Gauge,
     name: String,
+    /// Its address (what a probe asks).
+    address: std::net::SocketAddr,
 }
 
 impl PrimarySeries {
@@ -99,7 +156,7 @@ impl PrimarySeries {
         m: &metrics::Metrics,
         zone: &pg2dns_decoder::ZoneName,
         primary: &str,
-        address: &str,
+        address: std::net::SocketAddr,
     ) -> PrimarySeries {
         let label = metrics::PrimaryLabel {
             zone: zone.to_string(),
@@ -108,12 +165,13 @@ impl PrimarySeries {
         PrimarySeries {
             operations: m
                 .operations
-                .get_or_create(&m.series(&zone.to_string(), address))
+                .get_or_create(&m.series(&zone.to_string(), &address.to_string()))
                 .clone(),
             acked: m.primary_acked.get_or_create(&label).clone(),
             in_flight: m.primary_in_flight.get_or_create(&label).clone(),
             degraded: m.primary_degraded.get_or_create(&label).clone(),
             name: primary.to_string(),
+            address,
         }
     }
 }
@@ -159,6 +217,12 @@ pub(crate) struct Lanes {
     removals: Vec<(usize, ZoneId)>,
     /// `[limits] degraded_queue`, for messages.
     degraded_queue: u64,
+    /// The probes of primaries the session streams without.
+    probes: Vec<Probe>,
+    /// How long a probe waits for its answer.
+    dns_timeout: Duration,
+    /// Sessions in a row whose start could not bring a primary in line.
+    failed_catch_ups: u32,
     /// What the status publisher reads (numbers only, no I/O).
     pub(crate) live: Arc<status::Live>,
 }
@@ -322,22 +386,12 @@ impl Lanes {
                 };
                 let server = server_of(&mut keys, &mut zones_of, key);
                 if kept.is_detached(&z.name, &p.name) {
-                    warn!(zone = %z.name, primary = %p.name, "this session streams without the primary: it could not be brought in line; it is, at the next session's start (SIGHUP) once it answers");
+                    warn!(zone = %z.name, primary = %p.name, "this session streams without the primary: it could not be brought in line; it is once it answers again (the session then ends and the next one brings it in line)");
                     servers.push(DETACHED);
-                    series.push(PrimarySeries::of(
-                        m,
-                        &z.name,
-                        &p.name,
-                        &p.primary.to_string(),
-                    ));
+                    series.push(PrimarySeries::of(m, &z.name, &p.name, p.primary));
                     continue;
                 }
-                series.push(PrimarySeries::of(
-                    m,
-                    &z.name,
-                    &p.name,
-                    &p.primary.to_string(),
-                ));
+                series.push(PrimarySeries::of(m, &z.name, &p.name, p.primary));
                 zones_of[server].push((id, Arc::new(z.for_primary(p))));
                 servers.push(server);
             }
@@ -418,7 +472,9 @@ impl Lanes {
             })
             .collect();
         // Tasks of servers gone or changed stop here.
+        let failed_catch_ups = kept.failed_catch_ups();
         *kept = Kept::default();
+        kept.set_failed_catch_ups(failed_catch_ups);
         // A halt waits this long for the zone's other primaries to answer
         // the same message (they answer within their timeout, or retry).
         let settle = config.limits.dns_timeout + Duration::from_secs(1);
@@ -435,8 +491,10 @@ impl Lanes {
                 }
             }
         }
+        let mut detached_probes = Vec::new();
         for (z, p) in detached {
             if let Ok(z) = u32::try_from(z) {
+                detached_probes.push((ZoneId(z), p));
                 primaries.handle_detached(ZoneId(z), p);
                 if let Some(s) = lanes[z as usize].series.get(p) {
                     s.degraded.set(1);
@@ -453,7 +511,7 @@ impl Lanes {
             tx
         });
         let primaries = primaries.with_queue_bound(config.limits.degraded_queue);
-        Lanes {
+        let mut lanes = Lanes {
             reports: Reports {
                 rx: reports,
                 deadline: primaries.poll_timeout(),
@@ -477,7 +535,39 @@ impl Lanes {
             _reporting: report_tx,
             heard: Vec::new(),
             live,
+            probes: Vec::new(),
+            dns_timeout: config.limits.dns_timeout,
+            failed_catch_ups,
+        };
+        // Those left out are probed until they answer, later for each
+        // session that failed to bring them in line.
+        let first = PROBE_EVERY
+            .saturating_mul(1 << failed_catch_ups.min(6))
+            .min(PROBE_BACKOFF_MAX);
+        for (z, p) in detached_probes {
+            lanes.probe(z, p, first);
         }
+        lanes
+    }
+
+    /// Starts asking `lane` of `zone` for its SOA until it answers.
+    fn probe(&mut self, zone: ZoneId, lane: usize, first: Duration) {
+        let Some((l, s)) = self
+            .lanes
+            .get(zone.index())
+            .and_then(|l| Some((l, l.series.get(lane)?)))
+        else {
+            return;
+        };
+        self.probes.push(Probe(tokio::spawn(probe(
+            l.name.clone(),
+            zone,
+            lane,
+            s.address,
+            self.dns_timeout,
+            first,
+            self._reporting.clone(),
+        ))));
     }
 
     /// Batch `seq` was flushed: what the stream's core learns of it, with
@@ -516,6 +606,7 @@ impl Lanes {
             )
         };
         kept.note_behind(self.behind());
+        kept.set_failed_catch_ups(self.failed_catch_ups);
         kept
     }
 
@@ -566,6 +657,7 @@ impl Lanes {
             }
         }
         if behind.is_empty() {
+            kept.set_failed_catch_ups(0);
             return;
         }
         let ids = config.zones();
@@ -607,6 +699,12 @@ impl Lanes {
                 }
             }
         }
+        let failed = if detached.is_empty() {
+            0
+        } else {
+            kept.failed_catch_ups().saturating_add(1)
+        };
+        kept.set_failed_catch_ups(failed);
         kept.set_detached(detached);
     }
 
@@ -659,6 +757,9 @@ impl Lanes {
         match report {
             None => return Err(RunError::Internal("every zone stream ended".into())),
             Some(LaneReport::Tick) => self.primaries.handle_timeout(now),
+            Some(LaneReport::Answering { zone, lane }) => {
+                self.primaries.handle_answering(zone, lane)
+            }
             Some(LaneReport::Zone { server, report }) => {
                 let zone = match &report {
                     ZoneReport::Acked { zone, .. }
@@ -817,9 +918,10 @@ impl Lanes {
                         }
                         if let Some(s) = l.series.get(lane) {
                             s.in_flight.set(0);
-                            warn!(zone = %l.name, primary = %s.name, behind = l.dispatched.saturating_sub(self.primaries.acked(zone, lane)), degraded_queue = bound, "a degraded primary fell more than [limits] degraded_queue transactions behind: its queue is dropped; it is brought in line from the row state (a catch-up reconcile) at the next session's start (SIGHUP or restart), or by `pg2dns reconcile --primary NAME --apply`");
+                            warn!(zone = %l.name, primary = %s.name, behind = l.dispatched.saturating_sub(self.primaries.acked(zone, lane)), degraded_queue = bound, "a degraded primary fell more than [limits] degraded_queue transactions behind: its queue is dropped; once it answers again, the session ends and the next one brings it in line from the row state (a catch-up reconcile)");
                         }
                     }
+                    self.probe(zone, lane, PROBE_EVERY);
                     self.write_durable(
                         zone,
                         lane,
@@ -836,6 +938,16 @@ impl Lanes {
                         info!(zone = %l.name, primary = %s.name, "a degraded primary caught up: the zone waits for it again");
                     }
                     self.write_durable(zone, lane, None);
+                }
+                PrimaryEvent::CatchUp { zone, lane } => {
+                    if let Some((l, s)) = self
+                        .lanes
+                        .get(zone.index())
+                        .and_then(|l| Some((l, l.series.get(lane)?)))
+                    {
+                        info!(zone = %l.name, primary = %s.name, "a primary left behind answers again: the session ends at the next transaction boundary, once everything received is checkpointed, and the next one brings it in line with the row state before streaming to it");
+                    }
+                    self.heard.push(Heard::CatchUp { zone });
                 }
                 PrimaryEvent::Divergent(d) => return Err(RunError::Divergent(d)),
                 PrimaryEvent::Halted { zone, lane } => {

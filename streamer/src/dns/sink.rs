@@ -55,4 +55,12 @@ pub enum LaneReport {
     /// made by `Lanes`' `Reports::recv` when `Primaries::poll_timeout`
     /// comes, never sent by a task.
     Tick,
+    /// A primary the session streams without answered an SOA query again
+    /// (sent by its probe in `Lanes`).
+    Answering {
+        /// The zone.
+        zone: pg2dns_decoder::ZoneId,
+        /// The primary (index into the zone's primaries).
+        lane: usize,
+    },
 }

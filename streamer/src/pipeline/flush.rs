@@ -132,6 +132,10 @@ impl Pipeline<'_> {
         self.store
             .write(&sources, self.core.zones(), &mut outcome)
             .await?;
+        // After the write, which discards what the rows waited for before.
+        self.store
+            .add_waiting(&sources, self.core.zones(), &write.waiting)
+            .await?;
         self.store.write_zone_refs(&write.ref_edits).await?;
         let sent = self.lanes.mark_batch(self.flush_batch, write.end);
         self.core.handle_flushed(sent);

@@ -15,7 +15,7 @@
 //! `Session`s: each branch is "I/O happened → `core.handle_*`", then the
 //! core's actions are done in order (`act`: look up and load row state,
 //! count a zone's records, ask for a release, dispatch, write state,
-//! reject, commit, confirm, poll the WAL flush, wait for acknowledgements).
+//! look up the rows behind a server's refusal, commit, confirm, poll the WAL flush, wait for acknowledgements).
 //! What a row means, what goes to DNS and what is refused are decided by
 //! the decoder's mapping and planner; the order of a flush, when to flush,
 //! checkpoint and confirm, which transactions are skipped, where a pause
@@ -112,6 +112,34 @@ pub struct Pipeline<'c> {
     xid: u32,
     /// The commit time of the transaction being received (from its Begin).
     begin_commit_micros: i64,
+    /// The checkpoint whose COMMIT is under way, beside the frames.
+    committing: Option<InFlight>,
+}
+
+/// A checkpoint's COMMIT under way. It used to block the frame loop for
+/// its round trip (0–18 ms about once a second, BENCHMARKS.md); now the
+/// loop keeps reading frames meanwhile (the core batches them, and asks
+/// nothing of the store until the answer). Its requests are on the store's
+/// connection before anything sent later, and the slot confirms nothing
+/// it covers before the answer: the confirmed LSN still never passes a
+/// change not acknowledged and committed.
+struct InFlight {
+    cp: Checkpoint,
+    durability: Durability,
+    started: Instant,
+    /// How many transactions it covers (for its log line).
+    transactions: usize,
+    committing: crate::store::Committing,
+}
+
+/// The answer to the COMMIT under way (never, without one). Cancel-safe.
+async fn commit_answered(
+    committing: &mut Option<InFlight>,
+) -> Result<Option<crate::store::Unflushed>, crate::store::StoreError> {
+    match committing {
+        Some(f) => (&mut f.committing).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Aborts a spawned task (the status publisher, the slot watch) when
@@ -154,6 +182,8 @@ pub async fn run(
                 continue;
             }
             Ok(SessionEnd::ZonesChanged) => continue,
+            // The next session brings the primary in line, then streams.
+            Ok(SessionEnd::CatchUp) => continue,
             Err(e) => e,
         };
         let disposition = e.disposition();
@@ -313,6 +343,9 @@ enum SessionEnd {
     /// `pg2dns.zones` changed: stopped right before the transaction that
     /// changed it; the next session reads the zones again.
     ZonesChanged,
+    /// A primary the session streamed without answers again: everything
+    /// received is checkpointed; the next session brings it in line.
+    CatchUp,
 }
 
 /// Stays halted (and says so in `pg2dns.mode`) until `pg2dns resume`;
@@ -407,6 +440,18 @@ impl Pipeline<'_> {
                         self.lanes.live.all_acknowledged();
                     }
                     self.act(replication).await?;
+                    if let Some(end) = self.end_if_due(replication, shutdown).await? {
+                        return Ok(end);
+                    }
+                    continue;
+                }
+                // The checkpoint's COMMIT answered: the slot may confirm it.
+                answer = commit_answered(&mut self.committing), if self.committing.is_some() => {
+                    self.finish_commit(answer)?;
+                    self.act(replication).await?;
+                    if let Some(end) = self.end_if_due(replication, shutdown).await? {
+                        return Ok(end);
+                    }
                     continue;
                 }
                 // A frame that is already there goes first: the grouped
@@ -431,24 +476,39 @@ impl Pipeline<'_> {
                     return Ok(SessionEnd::Stopped);
                 }
             }
-            if let Some(end) = self.core.poll_end() {
-                // Everything up to the end, and nothing after.
-                tokio::select! {
-                    r = self.drain(replication) => r?,
-                    _ = shutdown.changed() => {
-                        info!("stopping before the pause or the zones' reload was reached; it will be on the next start");
-                        return Ok(SessionEnd::Stopped);
-                    }
-                }
-                return Ok(match end {
-                    End::ZonesChanged => SessionEnd::ZonesChanged,
-                    End::Paused { lsn, request } => {
-                        self.paused = Some((lsn, request));
-                        SessionEnd::Paused
-                    }
-                });
+            if let Some(end) = self.end_if_due(replication, shutdown).await? {
+                return Ok(end);
             }
         }
+    }
+
+    /// When the core says the session ends (a pause, `pg2dns.zones`
+    /// changed, a primary to bring in line): drains to exactly there, and
+    /// says how it ended.
+    async fn end_if_due(
+        &mut self,
+        replication: &mut PgReplication,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<SessionEnd>, RunError> {
+        let Some(end) = self.core.poll_end() else {
+            return Ok(None);
+        };
+        // Everything up to the end, and nothing after.
+        tokio::select! {
+            r = self.drain(replication) => r?,
+            _ = shutdown.changed() => {
+                info!("stopping before the pause or the zones' reload was reached; it will be on the next start");
+                return Ok(Some(SessionEnd::Stopped));
+            }
+        }
+        Ok(Some(match end {
+            End::ZonesChanged => SessionEnd::ZonesChanged,
+            End::CatchUp => SessionEnd::CatchUp,
+            End::Paused { lsn, request } => {
+                self.paused = Some((lsn, request));
+                SessionEnd::Paused
+            }
+        }))
     }
 
     async fn process(
@@ -487,6 +547,10 @@ impl Pipeline<'_> {
             match heard {
                 Heard::Acked { zone, upto } => self.core.handle_acked(zone, upto),
                 Heard::Refused(refusal) => self.core.handle_refused(refusal),
+                Heard::CatchUp { zone } => {
+                    debug!(zone = %self.core.zones().name(zone), "the session ends at the next transaction boundary to bring a primary in line");
+                    self.core.handle_catch_up();
+                }
             }
         }
     }
@@ -497,6 +561,12 @@ impl Pipeline<'_> {
         loop {
             self.sync_written();
             let Some(action) = self.core.poll_action(Instant::now()) else {
+                if self.core.draining() && self.committing.is_some() {
+                    // A drain waits for the COMMIT under way.
+                    let answer = commit_answered(&mut self.committing).await;
+                    self.finish_commit(answer)?;
+                    continue;
+                }
                 return Ok(());
             };
             match action {
@@ -520,10 +590,7 @@ impl Pipeline<'_> {
                     self.write_state(write).await?;
                     self.hear();
                 }
-                Action::Reject(refused) => {
-                    self.reject_refused(refused).await?;
-                    self.hear();
-                }
+                Action::FindProducers(find) => self.find_producers(find).await?,
                 Action::Commit(cp, mode) => self.commit(cp, mode).await?,
                 Action::CommitIdle(end) => {
                     // A flushed commit flushes every earlier one too. Every
@@ -561,7 +628,9 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Commits the state and progress of a checkpoint the core chose.
+    /// Sends the COMMIT of the state and progress of a checkpoint the core
+    /// chose; it runs beside the frames (see `InFlight`) until its answer
+    /// comes (`finish_commit`).
     async fn commit(&mut self, cp: Checkpoint, mode: CommitMode) -> Result<(), RunError> {
         let durability = match mode {
             CommitMode::Later => Durability::Later,
@@ -569,9 +638,32 @@ impl Pipeline<'_> {
         };
         let started = Instant::now();
         failpoint::hit("after-dns-ack");
-        let unflushed = self.store.commit(cp.end, durability, cp.batch.0).await?;
+        let committing = self
+            .store
+            .start_commit(cp.end, durability, cp.batch.0)
+            .await?;
+        self.committing = Some(InFlight {
+            cp,
+            durability,
+            started,
+            transactions: self.core.pending_transactions(),
+            committing,
+        });
+        Ok(())
+    }
+
+    /// The answer to the checkpoint's COMMIT: the core learns it is
+    /// committed (and may then confirm it).
+    fn finish_commit(
+        &mut self,
+        answer: Result<Option<crate::store::Unflushed>, crate::store::StoreError>,
+    ) -> Result<(), RunError> {
+        let Some(f) = self.committing.take() else {
+            return Ok(());
+        };
+        let unflushed = answer?;
         failpoint::hit("after-state-commit");
-        debug!(lsn = %cp.end, transactions = self.core.pending_transactions(), total_ms = started.elapsed().as_millis() as u64, ?durability, "checkpoint");
+        debug!(lsn = %f.cp.end, transactions = f.transactions, total_ms = f.started.elapsed().as_millis() as u64, durability = ?f.durability, "checkpoint");
         let committed = match unflushed {
             None => checkpoint::Durability::Flushed,
             Some(u) => checkpoint::Durability::Unflushed {
@@ -579,7 +671,7 @@ impl Pipeline<'_> {
                 flushed: u.flushed,
             },
         };
-        self.core.handle_committed(cp, committed, Instant::now());
+        self.core.handle_committed(f.cp, committed, Instant::now());
         if self.core.pending().is_none() {
             self.lag_pending = false;
             self.lanes.live.all_acknowledged();

@@ -160,9 +160,13 @@ pub(super) async fn session(
         flush_clock: FlushClock::start(),
         xid: 0,
         begin_commit_micros: 0,
+        committing: None,
     };
     let result = p.stream(&mut replication, shutdown, reload).await;
-    if let Ok(SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused) = result {
+    if let Ok(
+        SessionEnd::Reload | SessionEnd::ZonesChanged | SessionEnd::Paused | SessionEnd::CatchUp,
+    ) = result
+    {
         *kept = p.lanes.keep();
     } else {
         kept.note_behind(p.lanes.behind());
