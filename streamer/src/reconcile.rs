@@ -1646,20 +1646,21 @@ async fn compare_bounded(
         })
         .collect();
     let prefetch_dir = Arc::clone(&dir);
-    let prefetch = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        Ok::<_, std::io::Error>(runtime.block_on(futures_util::future::join_all(
-            early.iter().map(|(id, zc, server)| {
-                let dir = &prefetch_dir;
-                async move {
-                    let _permit = Arc::clone(server).acquire_owned().await;
-                    (*id, bounded::transfer_zone(dir, zc, timeout, budget).await)
-                }
-            }),
-        )))
-    });
+    let prefetch =
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok::<_, std::io::Error>(runtime.block_on(futures_util::future::join_all(
+                early.iter().map(|(id, zc, server)| {
+                    let dir = &prefetch_dir;
+                    async move {
+                        let _permit = Arc::clone(server).acquire_owned().await;
+                        (*id, bounded::transfer_zone(dir, zc, timeout, budget).await)
+                    }
+                }),
+            )))
+        });
     let (desired, prefetched) = tokio::join!(read, prefetch);
     let desired = desired?;
     // A transfer thread that could not start or panicked: each zone is

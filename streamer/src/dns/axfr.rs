@@ -410,7 +410,9 @@ mod tests {
             RData::A(hrdata::A::new(10, 0, 255, 1)),
             RData::A(hrdata::A::new(0, 0, 0, 0)),
             RData::AAAA(hrdata::AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x1)),
-            RData::AAAA(hrdata::AAAA::new(0xfe80, 0, 0, 0, 0x0200, 0x5eff, 0xfe00, 0x5301)),
+            RData::AAAA(hrdata::AAAA::new(
+                0xfe80, 0, 0, 0, 0x0200, 0x5eff, 0xfe00, 0x5301,
+            )),
         ];
         for (i, data) in records.into_iter().enumerate() {
             // A TTL past 2^31 - 1 too: kept as sent by either path.

@@ -351,9 +351,11 @@ mod tests {
         let mut sorter = Sorter::new(Arc::clone(&dir), "t", 200);
         // The directory goes: the sort thread cannot create its run file.
         std::fs::remove_dir_all(dir.path()).unwrap();
-        let pushed: io::Result<()> = (0..1000u32)
-            .try_for_each(|i| sorter.push(&i.to_be_bytes(), b"value"));
-        let err = pushed.and_then(|()| sorter.finish().map(|_| ())).unwrap_err();
+        let pushed: io::Result<()> =
+            (0..1000u32).try_for_each(|i| sorter.push(&i.to_be_bytes(), b"value"));
+        let err = pushed
+            .and_then(|()| sorter.finish().map(|_| ()))
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
