@@ -104,7 +104,10 @@ impl RunBuffer {
     /// buffer is empty after.
     pub fn write_sorted<W: Write>(&mut self, out: &mut W) -> io::Result<()> {
         let mut index = std::mem::take(&mut self.index);
-        index.sort_by(|a, b| self.key(*a).cmp(self.key(*b)));
+        // Unstable but stable in effect: equal keys keep the order they
+        // were pushed in (their arena offsets), without a merge sort's
+        // buffer of half the index.
+        index.sort_unstable_by(|a, b| self.key(*a).cmp(self.key(*b)).then(a.0.cmp(&b.0)));
         for (at, k, v) in index.drain(..) {
             out.write_all(&k.to_le_bytes())?;
             out.write_all(&v.to_le_bytes())?;

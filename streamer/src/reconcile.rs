@@ -1805,17 +1805,50 @@ async fn compare_bounded(
         end_snapshot(store, snapshot).await?;
         Ok::<_, ReconcileError>(desired?)
     };
-    let prefetch = futures_util::future::join_all(selected.iter().take(window).map(|&id| {
-        let zc = &config.zones[id.index()];
-        let server = Arc::clone(&per_server[&zc.primary]);
-        let dir = &dir;
-        async move {
-            let _permit = server.acquire_owned().await;
-            (id, bounded::transfer_zone(dir, zc, timeout, budget).await)
-        }
-    }));
+    // The first transfers run on a thread of their own (the second core):
+    // reading the tables, mapping and planning the rows keep this thread
+    // busy for seconds at a time, and a DNS server cuts a transfer whose
+    // reader stalls (Knot's `tcp-io-timeout`, 500 ms by default).
+    let early: Vec<(ZoneId, Arc<ZoneConfig>, Arc<tokio::sync::Semaphore>)> = selected
+        .iter()
+        .take(window)
+        .map(|&id| {
+            let zc = Arc::clone(&config.zones[id.index()]);
+            let server = Arc::clone(&per_server[&zc.primary]);
+            (id, zc, server)
+        })
+        .collect();
+    let prefetch_dir = Arc::clone(&dir);
+    let prefetch =
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok::<_, std::io::Error>(runtime.block_on(futures_util::future::join_all(
+                early.iter().map(|(id, zc, server)| {
+                    let dir = &prefetch_dir;
+                    async move {
+                        let _permit = Arc::clone(server).acquire_owned().await;
+                        (*id, bounded::transfer_zone(dir, zc, timeout, budget).await)
+                    }
+                }),
+            )))
+        });
     let (desired, prefetched) = tokio::join!(read, prefetch);
     let desired = desired?;
+    // A transfer thread that could not start or panicked: each zone is
+    // transferred again below, as after a transfer that failed.
+    let prefetched = match prefetched {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot start the transfers' thread; transferring after the tables are read");
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(error = %e, "the transfers' thread failed; transferring after the tables are read");
+            Vec::new()
+        }
+    };
     let prefetched: std::sync::Mutex<std::collections::HashMap<ZoneId, _>> =
         std::sync::Mutex::new(prefetched.into_iter().collect());
     info!(

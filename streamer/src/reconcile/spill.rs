@@ -118,11 +118,23 @@ pub fn budget(memory_mib: u64, share: f64) -> usize {
 }
 
 /// Buffers entries and spills them in sorted runs.
+///
+/// A full buffer is sorted and written by its own thread while the caller
+/// fills the other one: the thread that feeds the sorter (reading the
+/// tables, or a transfer, on the runtime's one thread) is never held by a
+/// sort. A DNS server cuts a transfer whose reader stalls (Knot's
+/// `tcp-io-timeout`, 500 ms by default), and a run's sort took longer
+/// than that on a loaded machine. The two buffers share the budget, so the
+/// memory is what it was with one.
 #[derive(Debug)]
 pub struct Sorter {
     dir: Arc<SpillDir>,
     what: &'static str,
     buffer: RunBuffer,
+    /// The run being sorted and written, which gives its buffer back.
+    writing: Option<std::thread::JoinHandle<io::Result<RunBuffer>>>,
+    /// Half the budget: what each of the two buffers holds.
+    half: usize,
     runs: Vec<PathBuf>,
     entries: usize,
 }
@@ -130,16 +142,19 @@ pub struct Sorter {
 impl Sorter {
     /// A sorter of `budget` bytes spilling into `dir` (files named `what-N`).
     pub fn new(dir: Arc<SpillDir>, what: &'static str, budget: usize) -> Sorter {
+        let half = (budget / 2).max(1);
         Sorter {
             dir,
             what,
-            buffer: RunBuffer::new(budget),
+            buffer: RunBuffer::new(half),
+            writing: None,
+            half,
             runs: Vec::new(),
             entries: 0,
         }
     }
 
-    /// Adds an entry; writes a run when the buffer is full.
+    /// Adds an entry; hands the buffer to the sort thread when it is full.
     pub fn push(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
         self.buffer.push(key, value);
         self.entries += 1;
@@ -149,13 +164,41 @@ impl Sorter {
         Ok(())
     }
 
+    /// Waits for the run being written, and takes its buffer back.
+    fn written(&mut self) -> io::Result<Option<RunBuffer>> {
+        match self.writing.take() {
+            None => Ok(None),
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the sort thread panicked")))
+                .map(Some),
+        }
+    }
+
+    /// Sorts and writes the buffer as a run on the sort thread; the caller
+    /// goes on filling the other buffer (waiting only if the run before is
+    /// still being written).
     fn spill(&mut self) -> io::Result<()> {
+        let spare = match self.written()? {
+            Some(buffer) => buffer,
+            None => RunBuffer::new(self.half),
+        };
+        let mut full = std::mem::replace(&mut self.buffer, spare);
         let path = self.dir.file(self.what);
-        let mut out = BufWriter::with_capacity(1 << 16, File::create(&path)?);
-        self.buffer.write_sorted(&mut out)?;
-        out.flush()?;
-        self.runs.push(path);
+        self.runs.push(path.clone());
         self.dir.runs.fetch_add(1, Ordering::Relaxed);
+        // The thread keeps the directory alive until its run is written.
+        let dir = Arc::clone(&self.dir);
+        let thread = std::thread::Builder::new()
+            .name("pg2dns-sort".into())
+            .spawn(move || {
+                let _dir = dir;
+                let mut out = BufWriter::with_capacity(1 << 16, File::create(&path)?);
+                full.write_sorted(&mut out)?;
+                out.flush()?;
+                Ok(full)
+            })?;
+        self.writing = Some(thread);
         Ok(())
     }
 
@@ -179,14 +222,23 @@ impl Sorter {
             if !self.buffer.is_empty() {
                 self.spill()?;
             }
+            self.written()?;
             None
         };
         Ok(Sorted {
-            _dir: self.dir,
-            runs: self.runs,
+            _dir: Arc::clone(&self.dir),
+            runs: std::mem::take(&mut self.runs),
             memory,
             entries: self.entries,
         })
+    }
+}
+
+impl Drop for Sorter {
+    fn drop(&mut self) {
+        // A sorter given up on (an error) waits for its run, so that no
+        // thread writes into the directory after the caller moved on.
+        let _ = self.written();
     }
 }
 
@@ -291,6 +343,20 @@ mod tests {
         assert!(live.path().exists(), "a live run's directory is kept");
         drop((live, again));
         std::fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn a_run_its_thread_cannot_write_is_an_error_not_a_missing_run() {
+        let dir = SpillDir::create(None).unwrap();
+        let mut sorter = Sorter::new(Arc::clone(&dir), "t", 200);
+        // The directory goes: the sort thread cannot create its run file.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let pushed: io::Result<()> =
+            (0..1000u32).try_for_each(|i| sorter.push(&i.to_be_bytes(), b"value"));
+        let err = pushed
+            .and_then(|()| sorter.finish().map(|_| ()))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
     #[test]
