@@ -19,7 +19,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -143,14 +143,71 @@ pub struct ServerLabel {
     pub server: String,
 }
 
-/// Labels naming one primary of a zone with several (`primaries`,
-/// `server_group`): the `pg2dns_primary_*` families.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Labels naming one primary of zones with several (`primaries`,
+/// `server_group`) and, with `[metrics] per_zone = true`, the zone: the
+/// `pg2dns_primary_*` families. Built by [`Metrics::primary_series`]; by
+/// default each primary's series sums its zones, so that 50,000 zones with
+/// two primaries are not 300,000 series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct PrimaryLabel {
-    /// The zone apex.
-    pub zone: String,
+    /// The zone apex, with `per_zone` only.
+    pub zone: Option<String>,
     /// The primary's `[[server]]` name.
     pub primary: String,
+}
+
+impl EncodeLabelSet for PrimaryLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(zone) = &self.zone {
+            ("zone", zone.as_str()).encode(encoder.encode_label())?;
+        }
+        ("primary", self.primary.as_str()).encode(encoder.encode_label())
+    }
+}
+
+/// One zone's part of a gauge that may sum several zones (a
+/// `pg2dns_primary_*` series without `per_zone`): the zone sets its own
+/// value, and the gauge moves by the difference. Dropped (the session
+/// ends), it takes its part back out, so the next session's part for the
+/// same zone is not counted twice.
+#[derive(Debug)]
+pub struct GaugeShare {
+    gauge: Gauge,
+    /// This zone's value in `gauge`.
+    part: AtomicI64,
+}
+
+impl GaugeShare {
+    /// A share of `gauge`, holding 0.
+    pub fn of(gauge: Gauge) -> GaugeShare {
+        GaugeShare {
+            gauge,
+            part: AtomicI64::new(0),
+        }
+    }
+
+    /// This zone's value is now `value`.
+    pub fn set(&self, value: i64) {
+        let before = self.part.swap(value, Ordering::Relaxed);
+        self.gauge.inc_by(value.wrapping_sub(before));
+    }
+
+    /// This zone's value grows by one.
+    pub fn inc(&self) {
+        self.part.fetch_add(1, Ordering::Relaxed);
+        self.gauge.inc();
+    }
+
+    /// This zone's value.
+    pub fn get(&self) -> i64 {
+        self.part.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for GaugeShare {
+    fn drop(&mut self) {
+        self.gauge.dec_by(*self.part.get_mut());
+    }
 }
 
 /// Labels naming why an UPDATE is resent.
@@ -247,12 +304,13 @@ pub struct Metrics {
     pub server_sessions_max: Family<ServerLabel, Gauge>,
     /// UPDATEs awaiting an answer from each server, all zones together.
     pub server_in_flight: Family<ServerLabel, Gauge>,
-    /// `pg2dns_primary_acked`: the dispatches each primary of a zone of
-    /// several acknowledged.
+    /// `pg2dns_primary_acked`: the dispatches each primary of zones with
+    /// several acknowledged (per zone with `per_zone`).
     pub primary_acked: Family<PrimaryLabel, Gauge>,
     /// `pg2dns_primary_in_flight`: dispatched to it, not yet acknowledged.
     pub primary_in_flight: Family<PrimaryLabel, Gauge>,
-    /// `pg2dns_primary_degraded`: 1 while the zone goes on without it.
+    /// `pg2dns_primary_degraded`: the zones going on without it (1 per
+    /// zone with `per_zone`).
     pub primary_degraded: Family<PrimaryLabel, Gauge>,
     state: AtomicU8,
     /// `[metrics] per_zone`: a `zone` label on the zone families.
@@ -460,17 +518,17 @@ impl Metrics {
         );
         registry.register(
             "primary_acked",
-            "Transactions (dispatches) each primary of a zone with several primaries acknowledged in this session",
+            "Transactions (dispatches) each primary of zones with several primaries acknowledged in this session, summed over its zones (each zone with [metrics] per_zone)",
             m.primary_acked.clone(),
         );
         registry.register(
             "primary_in_flight",
-            "Transactions handed to each primary of a zone with several primaries and not yet acknowledged by it",
+            "Transactions handed to each primary of zones with several primaries and not yet acknowledged by it, summed over its zones (each zone with [metrics] per_zone)",
             m.primary_in_flight.clone(),
         );
         registry.register(
             "primary_degraded",
-            "1 while a primary of a zone with several primaries made no progress for its degrade_after and the zone goes on without it",
+            "Zones with several primaries that go on without this primary (it made no progress for its degrade_after); with [metrics] per_zone, 1 per zone while it does",
             m.primary_degraded.clone(),
         );
         registry.register(
@@ -534,6 +592,15 @@ impl Metrics {
             )));
         }
         drop(self.zone_unreachable.get_or_create(&label));
+    }
+
+    /// The `pg2dns_primary_*` series of `primary` for `zone`: the
+    /// primary's alone unless `per_zone`.
+    pub fn primary_series(&self, zone: &str, primary: &str) -> PrimaryLabel {
+        PrimaryLabel {
+            zone: self.per_zone().then(|| zone.to_owned()),
+            primary: primary.to_owned(),
+        }
     }
 
     /// Records `zone`'s SOA serial as its primary `server` answered; a
@@ -1044,6 +1111,75 @@ mod tests {
             "pg2dns_zone_in_flight{zone=\"z5.example.\",server=\"192.0.2.53:53\"} 1",
             "pg2dns_zone_unreachable{zone=\"z0.example.\",server=\"192.0.2.53:53\"} 1",
             "pg2dns_zone_unreachable{zone=\"z1.example.\",server=\"192.0.2.53:53\"} 0",
+        ] {
+            assert!(per_zone.contains(sample), "{sample} missing");
+        }
+    }
+
+    /// The `pg2dns_primary_*` parts of `zones` zones with primaries ns1 and
+    /// ns2: ns1 acknowledged 4 of 5 dispatches of each, ns2 none, and ns2
+    /// is degraded in every zone but the first; the scrape's primary lines.
+    fn feed_primaries(m: &Metrics, zones: usize) -> (Vec<[GaugeShare; 3]>, String) {
+        let mut shares = Vec::new();
+        for i in 0..zones {
+            let zone = format!("z{i}.example.");
+            for (primary, acked, degraded) in [("ns1", 4, false), ("ns2", 0, i > 0)] {
+                let label = m.primary_series(&zone, primary);
+                let share = [
+                    GaugeShare::of(m.primary_acked.get_or_create(&label).clone()),
+                    GaugeShare::of(m.primary_in_flight.get_or_create(&label).clone()),
+                    GaugeShare::of(m.primary_degraded.get_or_create(&label).clone()),
+                ];
+                for _ in 0..5 {
+                    share[1].inc();
+                }
+                share[0].set(acked);
+                share[1].set(5 - acked);
+                share[2].set(i64::from(degraded));
+                shares.push(share);
+            }
+        }
+        let lines = m
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("pg2dns_primary_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        (shares, lines)
+    }
+
+    #[test]
+    fn by_default_the_primary_series_sum_each_primarys_zones_and_per_zone_names_each() {
+        let m = Metrics::new();
+        let (shares, scrape) = feed_primaries(&m, 1000);
+        // Two primaries × three families, whatever the zone count.
+        assert_eq!(scrape.lines().count(), 6, "{scrape}");
+        assert!(!scrape.contains("zone=\""), "{scrape}");
+        for sample in [
+            "pg2dns_primary_acked{primary=\"ns1\"} 4000",
+            "pg2dns_primary_acked{primary=\"ns2\"} 0",
+            "pg2dns_primary_in_flight{primary=\"ns1\"} 1000",
+            "pg2dns_primary_in_flight{primary=\"ns2\"} 5000",
+            "pg2dns_primary_degraded{primary=\"ns1\"} 0",
+            "pg2dns_primary_degraded{primary=\"ns2\"} 999",
+        ] {
+            assert!(scrape.contains(sample), "{sample} missing in\n{scrape}");
+        }
+        // A session ending takes its zones' parts out: the next session's
+        // parts are not counted on top of them.
+        drop(shares);
+        let (_shares, again) = feed_primaries(&m, 1000);
+        assert_eq!(again, scrape);
+        // per_zone: a series per zone and primary, each its own value.
+        let m = Metrics::new();
+        m.set_per_zone(true);
+        let (_shares, per_zone) = feed_primaries(&m, 1000);
+        assert_eq!(per_zone.lines().count(), 6000);
+        for sample in [
+            "pg2dns_primary_acked{zone=\"z7.example.\",primary=\"ns1\"} 4",
+            "pg2dns_primary_in_flight{zone=\"z7.example.\",primary=\"ns2\"} 5",
+            "pg2dns_primary_degraded{zone=\"z0.example.\",primary=\"ns2\"} 0",
+            "pg2dns_primary_degraded{zone=\"z7.example.\",primary=\"ns2\"} 1",
         ] {
             assert!(per_zone.contains(sample), "{sample} missing");
         }

@@ -33,7 +33,7 @@
 //! holds grow while it is held.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,15 +58,17 @@ const ZONES_LOGGED_PER_TICK: usize = 8;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// One zone's live numbers.
-#[derive(Debug)]
+/// One zone's live numbers (its name and primary are its configuration's,
+/// [`Live::config`]).
+#[derive(Debug, Default)]
 pub struct ZoneLive {
-    name: ZoneName,
-    primary: SocketAddr,
     dispatched: AtomicU64,
     acked: AtomicU64,
     /// Unix microseconds of the last acknowledgement (0: none yet).
     acked_at: AtomicI64,
+    /// In [`Live::changed`] (set by the pipeline, cleared by the publisher
+    /// before it reads the numbers).
+    changed: AtomicBool,
 }
 
 /// One primary's live numbers, of a zone with several.
@@ -98,7 +100,13 @@ struct Pending {
 /// What the pipeline records for the status; shared with [`publish`].
 #[derive(Debug)]
 pub struct Live {
+    /// The session's zones, whose names and primaries the rows carry.
+    config: crate::config::ZoneList,
     zones: Vec<ZoneLive>,
+    /// The zones whose numbers changed since the publisher last took them
+    /// (each once: see [`ZoneLive::changed`]), so that it looks at those
+    /// and the zones it still watches, not at every zone every second.
+    changed: Mutex<Vec<usize>>,
     /// The primaries of zones with several, zone by zone.
     primaries: Vec<PrimaryLive>,
     /// Where each zone of several primaries starts in `primaries`.
@@ -117,17 +125,9 @@ impl Live {
             metrics::get().zone(&z.name.to_string(), &z.primary.to_string());
         }
         Arc::new(Live {
-            zones: config
-                .zones
-                .iter()
-                .map(|z| ZoneLive {
-                    name: z.name.clone(),
-                    primary: z.primary,
-                    dispatched: AtomicU64::new(0),
-                    acked: AtomicU64::new(0),
-                    acked_at: AtomicI64::new(0),
-                })
-                .collect(),
+            config: config.zones.clone(),
+            zones: config.zones.iter().map(|_| ZoneLive::default()).collect(),
+            changed: Mutex::new(Vec::new()),
             primaries: config
                 .zones
                 .iter()
@@ -163,19 +163,52 @@ impl Live {
         })
     }
 
+    /// Zone `zone`'s numbers changed: the publisher looks at it next time.
+    fn touch(&self, zone: usize) {
+        if let Some(z) = self.zones.get(zone) {
+            if !z.changed.swap(true, Ordering::AcqRel) {
+                self.changed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(zone);
+            }
+        }
+    }
+
+    /// The zones changed since the last call, into `into` (each once). A
+    /// zone's mark is cleared before its numbers are read, so a change made
+    /// meanwhile is either read now or marks the zone again.
+    fn take_changed(&self, into: &mut Vec<usize>) {
+        into.clear();
+        std::mem::swap(
+            &mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()),
+            into,
+        );
+        for &i in into.iter() {
+            if let Some(z) = self.zones.get(i) {
+                // A read-modify-write: it reads the pipeline's last mark,
+                // so the numbers stored before that mark are seen after.
+                z.changed.swap(false, Ordering::AcqRel);
+            }
+        }
+    }
+
     /// Zone `zone` has been handed `count` transactions in this session.
     pub fn dispatched(&self, zone: usize, count: u64) {
         if let Some(z) = self.zones.get(zone) {
-            z.dispatched.store(count, Ordering::Relaxed);
+            if z.dispatched.swap(count, Ordering::AcqRel) != count {
+                self.touch(zone);
+            }
         }
     }
 
     /// Zone `zone` acknowledged everything up to dispatch `upto`.
     pub fn acked(&self, zone: usize, upto: u64) {
         if let Some(z) = self.zones.get(zone) {
-            if z.acked.fetch_max(upto, Ordering::Relaxed) < upto {
+            if z.acked.fetch_max(upto, Ordering::AcqRel) < upto {
                 z.acked_at
-                    .store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+                    .store(unix_micros(SystemTime::now()), Ordering::Release);
+                self.touch(zone);
             }
         }
     }
@@ -191,12 +224,17 @@ impl Live {
         else {
             return;
         };
+        let mut moved = false;
         if let Some(lsn) = lsn {
-            p.acked_lsn.fetch_max(lsn.raw(), Ordering::Relaxed);
+            moved |= p.acked_lsn.fetch_max(lsn.raw(), Ordering::AcqRel) < lsn.raw();
         }
-        if p.acked.fetch_max(upto, Ordering::Relaxed) < upto {
+        if p.acked.fetch_max(upto, Ordering::AcqRel) < upto {
             p.acked_at
-                .store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+                .store(unix_micros(SystemTime::now()), Ordering::Release);
+            moved = true;
+        }
+        if moved {
+            self.touch(zone);
         }
     }
 
@@ -248,7 +286,7 @@ fn unix_micros(t: SystemTime) -> i64 {
 }
 
 /// A zone's published state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct ZoneRow {
     in_flight: i64,
     acked_at_micros: i64,
@@ -336,36 +374,72 @@ fn serial_of(frame: &[u8]) -> Result<u32, SoaError> {
         .ok_or(SoaError::NoSoa)
 }
 
-/// Publishes `live` for `config`'s slot until aborted: metrics every
-/// [`PUBLISH_EVERY`], SOA queries after new acknowledgements (at most once
-/// per zone and period), and the status rows when they changed.
-pub async fn publish(live: Arc<Live>, config: Config) {
-    let slot = config.database.slot.clone();
-    let m = metrics::get();
-    let mut db: Option<StatusDb> = None;
-    let mut asked_at_ack: Vec<u64> = vec![0; live.zones.len()];
-    let mut rows: Vec<ZoneRow> = vec![
-        ZoneRow {
-            in_flight: 0,
-            acked_at_micros: 0,
-            soa_serial: None,
-            soa_at_micros: 0,
-            unreachable_since_micros: 0,
-        };
-        live.zones.len()
-    ];
-    // Per zone: since when changes wait for an answer with none coming, and
-    // the acknowledgement count last seen.
-    let mut waiting_since: Vec<Option<Instant>> = vec![None; live.zones.len()];
-    let mut acked_seen: Vec<u64> = vec![0; live.zones.len()];
-    let mut asks: Vec<(usize, ZoneName, SocketAddr)> = Vec::new();
-    let mut published: Option<(Vec<ZoneRow>, u64, Option<i64>)> = None;
-    let mut series: Vec<metrics::SeriesLabel> = Vec::new();
-    let mut series_of: Vec<usize> = Vec::with_capacity(live.zones.len());
-    {
+/// Per zone in [`Board::flags`]: in [`Board::watch`].
+const WATCHED: u8 = 1;
+/// Per zone in [`Board::flags`]: in this tick's list.
+const VISITING: u8 = 2;
+/// Per zone in [`Board::flags`]: its row changed since the last write.
+const UNPUBLISHED: u8 = 4;
+
+/// What the publisher knows of each zone's row and which rows it has yet
+/// to write: [`publish`]'s bookkeeping, without its I/O. Each tick looks
+/// only at the zones the pipeline marked changed ([`Live::take_changed`])
+/// and at those it still watches (changes in flight, whose unreachable
+/// clock runs, or an SOA serial still to ask), and writes only the rows
+/// that changed: at 50,000 zones, copying and comparing every row every
+/// second was most of what the service did under a light load.
+struct Board {
+    rows: Vec<ZoneRow>,
+    /// Per zone: since when changes wait for an answer with none coming.
+    waiting_since: Vec<Option<Instant>>,
+    /// Per zone: the acknowledgement count last seen.
+    acked_seen: Vec<u64>,
+    /// Per zone: the acknowledgement count its SOA serial was asked after.
+    asked_at_ack: Vec<u64>,
+    /// Per zone: [`WATCHED`], [`VISITING`], [`UNPUBLISHED`].
+    flags: Vec<u8>,
+    /// Zones looked at every tick until they settle.
+    watch: Vec<usize>,
+    /// Zones whose row changed since the last write.
+    unpublished: Vec<usize>,
+    /// Every row is to be written, and the zones no longer configured
+    /// forgotten: until the first write succeeds.
+    all: bool,
+    /// The primaries' rows (zones of several), in `Live::primaries`' order.
+    primary_rows: Vec<PrimaryRow>,
+    /// The primaries whose row changed since the last write (indexes).
+    primaries_unpublished: Vec<usize>,
+    primary_flags: Vec<bool>,
+    /// Every primary's row is to be written: until the first write.
+    primaries_all: bool,
+    /// The in-flight metric's series (per primary unless `per_zone`), each
+    /// zone's series, their sums, and those to set at the next tick.
+    series: Vec<metrics::SeriesLabel>,
+    series_of: Vec<usize>,
+    sums: Vec<i64>,
+    series_changed: Vec<bool>,
+    /// This tick's zones (kept to reuse its allocation).
+    visit: Vec<usize>,
+}
+
+/// What one tick of [`Board::look`] found.
+#[derive(Debug, Default, PartialEq)]
+struct Looked {
+    /// Zones whose primary became unreachable, and that answer again.
+    lost: usize,
+    back: usize,
+    /// The SOA serials to ask: (zone index, zone, primary).
+    asks: Vec<(usize, ZoneName, SocketAddr)>,
+}
+
+impl Board {
+    fn new(live: &Live, m: &metrics::Metrics) -> Board {
+        let n = live.zones.len();
+        let mut series: Vec<metrics::SeriesLabel> = Vec::new();
+        let mut series_of: Vec<usize> = Vec::with_capacity(n);
         let mut index: std::collections::HashMap<metrics::SeriesLabel, usize> =
             std::collections::HashMap::new();
-        for z in &live.zones {
+        for z in live.config.iter() {
             let label = m.series(&z.name.to_string(), &z.primary.to_string());
             let k = *index.entry(label.clone()).or_insert_with(|| {
                 series.push(label);
@@ -373,115 +447,286 @@ pub async fn publish(live: Arc<Live>, config: Config) {
             });
             series_of.push(k);
         }
+        let primaries = live.primaries.len();
+        Board {
+            rows: vec![ZoneRow::default(); n],
+            waiting_since: vec![None; n],
+            acked_seen: vec![0; n],
+            asked_at_ack: vec![0; n],
+            flags: vec![0; n],
+            watch: Vec::new(),
+            unpublished: Vec::new(),
+            all: true,
+            primary_rows: vec![PrimaryRow::default(); primaries],
+            primaries_unpublished: Vec::new(),
+            primary_flags: vec![false; primaries],
+            primaries_all: true,
+            sums: vec![0; series.len()],
+            // Set every series once: a new session starts from zero.
+            series_changed: vec![true; series.len()],
+            series,
+            series_of,
+            visit: Vec::new(),
+        }
     }
-    // What the last publication said of the last Commit received, and when.
-    let mut published_commit = 0u64;
-    let mut published_at = Instant::now();
-    let mut warned = false;
-    let mut published_primaries: Option<Vec<PrimaryRow>> = None;
-    let mut primaries_missing = false;
-    let mut tick = tokio::time::interval(PUBLISH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        // Zones that became unreachable, or answer again, this tick.
-        let (mut lost, mut back) = (0usize, 0usize);
-        for (i, z) in live.zones.iter().enumerate() {
-            let acked = z.acked.load(Ordering::Relaxed);
-            let in_flight = z.dispatched.load(Ordering::Relaxed).saturating_sub(acked);
-            rows[i].in_flight = i64::try_from(in_flight).unwrap_or(i64::MAX);
-            rows[i].acked_at_micros = z.acked_at.load(Ordering::Relaxed);
+
+    /// Looks at the zones changed since the last tick and at the watched
+    /// ones: their rows, the unreachable clocks (`now`), the SOA serials to
+    /// ask.
+    fn look(&mut self, live: &Live, m: &metrics::Metrics, now: Instant) -> Looked {
+        let mut looked = Looked::default();
+        let mut visit = std::mem::take(&mut self.visit);
+        live.take_changed(&mut visit);
+        visit.retain(|&i| i < self.flags.len());
+        for &i in &visit {
+            self.flags[i] |= VISITING;
+        }
+        for i in std::mem::take(&mut self.watch) {
+            if self.flags[i] & VISITING == 0 {
+                self.flags[i] |= VISITING;
+                visit.push(i);
+            }
+        }
+        for &i in &visit {
+            self.flags[i] &= !(VISITING | WATCHED);
+            let (Some(z), Some(c)) = (live.zones.get(i), live.config.get(i)) else {
+                continue;
+            };
+            let acked = z.acked.load(Ordering::Acquire);
+            let in_flight = z.dispatched.load(Ordering::Acquire).saturating_sub(acked);
+            let mut row = self.rows[i].clone();
+            row.in_flight = i64::try_from(in_flight).unwrap_or(i64::MAX);
+            row.acked_at_micros = z.acked_at.load(Ordering::Acquire);
             // An acknowledgement, or nothing to send, restarts the clock.
-            if in_flight == 0 || acked > acked_seen[i] {
-                waiting_since[i] = None;
+            if in_flight == 0 || acked > self.acked_seen[i] {
+                self.waiting_since[i] = None;
             }
-            acked_seen[i] = acked;
-            if in_flight > 0 && waiting_since[i].is_none() {
-                waiting_since[i] = Some(Instant::now());
+            self.acked_seen[i] = acked;
+            if in_flight > 0 && self.waiting_since[i].is_none() {
+                self.waiting_since[i] = Some(now);
             }
-            let unreachable =
-                waiting_since[i].is_some_and(|t| t.elapsed() > live.unreachable_after);
-            if unreachable != (rows[i].unreachable_since_micros != 0) {
-                let (zone, server) = (z.name.to_string(), z.primary.to_string());
+            let unreachable = self.waiting_since[i]
+                .is_some_and(|t| now.saturating_duration_since(t) > live.unreachable_after);
+            if unreachable != (row.unreachable_since_micros != 0) {
+                let (zone, server) = (c.name.to_string(), c.primary.to_string());
                 if unreachable {
                     let since = SystemTime::now()
-                        - waiting_since[i].map_or(Duration::ZERO, |t| t.elapsed());
-                    rows[i].unreachable_since_micros = unix_micros(since);
-                    lost += 1;
-                    if lost <= ZONES_LOGGED_PER_TICK {
+                        - self.waiting_since[i]
+                            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                    row.unreachable_since_micros = unix_micros(since);
+                    looked.lost += 1;
+                    if looked.lost <= ZONES_LOGGED_PER_TICK {
                         warn!(%zone, %server, in_flight, "the primary has answered none of the pending changes for longer than unreachable_after_s: not ready");
                     }
                 } else {
-                    rows[i].unreachable_since_micros = 0;
-                    back += 1;
-                    if back <= ZONES_LOGGED_PER_TICK {
+                    row.unreachable_since_micros = 0;
+                    looked.back += 1;
+                    if looked.back <= ZONES_LOGGED_PER_TICK {
                         info!(%zone, %server, "the primary answers again");
                     }
                 }
                 m.set_unreachable(&zone, &server, unreachable);
             }
-            if acked > asked_at_ack[i] {
-                asks.push((i, z.name.clone(), z.primary));
+            if acked > self.asked_at_ack[i] {
+                looked.asks.push((i, c.name.clone(), c.primary));
+            }
+            self.set_row(i, row);
+            self.look_primaries(live, i);
+            if in_flight > 0 || acked > self.asked_at_ack[i] {
+                self.flags[i] |= WATCHED;
+                self.watch.push(i);
             }
         }
-        if lost > ZONES_LOGGED_PER_TICK {
+        visit.clear();
+        self.visit = visit;
+        looked
+    }
+
+    /// The rows of zone `zone`'s primaries, if it has several.
+    fn look_primaries(&mut self, live: &Live, zone: usize) {
+        let Some(&first) = live.first_primary.get(&zone) else {
+            return;
+        };
+        let dispatched = live
+            .zones
+            .get(zone)
+            .map_or(0, |z| z.dispatched.load(Ordering::Acquire));
+        for (j, p) in live
+            .primaries
+            .iter()
+            .enumerate()
+            .skip(first)
+            .take_while(|(_, p)| p.zone == zone)
+        {
+            let lsn = p.acked_lsn.load(Ordering::Acquire);
+            let row = PrimaryRow {
+                in_flight: i64::try_from(
+                    dispatched.saturating_sub(p.acked.load(Ordering::Acquire)),
+                )
+                .unwrap_or(i64::MAX),
+                acked_lsn: (lsn != 0).then(|| Lsn::new(lsn)),
+                acked_at_micros: p.acked_at.load(Ordering::Acquire),
+            };
+            if self.primary_rows[j] != row {
+                self.primary_rows[j] = row;
+                if !self.primary_flags[j] {
+                    self.primary_flags[j] = true;
+                    self.primaries_unpublished.push(j);
+                }
+            }
+        }
+    }
+
+    /// Zone `i`'s row is now `row`.
+    fn set_row(&mut self, i: usize, row: ZoneRow) {
+        if self.rows[i] == row {
+            return;
+        }
+        let k = self.series_of[i];
+        self.sums[k] = self.sums[k]
+            .saturating_add(row.in_flight)
+            .saturating_sub(self.rows[i].in_flight);
+        self.series_changed[k] |= row.in_flight != self.rows[i].in_flight;
+        self.rows[i] = row;
+        if self.flags[i] & UNPUBLISHED == 0 {
+            self.flags[i] |= UNPUBLISHED;
+            self.unpublished.push(i);
+        }
+    }
+
+    /// Zone `i`'s SOA serial as its primary answered.
+    fn soa_answered(&mut self, i: usize, serial: u32) {
+        let Some(row) = self.rows.get(i) else { return };
+        self.asked_at_ack[i] = self.acked_seen[i];
+        let row = ZoneRow {
+            soa_serial: Some(serial),
+            soa_at_micros: unix_micros(SystemTime::now()),
+            ..row.clone()
+        };
+        self.set_row(i, row);
+    }
+
+    /// Sets the in-flight gauges whose sum changed.
+    fn set_in_flight(&mut self, m: &metrics::Metrics) {
+        for (k, changed) in self.series_changed.iter_mut().enumerate() {
+            if std::mem::take(changed) {
+                m.zone_in_flight
+                    .get_or_create(&self.series[k])
+                    .set(self.sums[k]);
+            }
+        }
+    }
+
+    /// The zones whose row to write: every zone (`None`) until the first
+    /// write, then those changed since.
+    fn to_write(&self) -> Option<&[usize]> {
+        (!self.all).then_some(self.unpublished.as_slice())
+    }
+
+    /// The zones' rows were written.
+    fn written(&mut self) {
+        for &i in &self.unpublished {
+            self.flags[i] &= !UNPUBLISHED;
+        }
+        self.unpublished.clear();
+        self.all = false;
+    }
+
+    /// The primaries whose row to write (every one until the first write).
+    fn primaries_to_write(&self) -> Option<&[usize]> {
+        (!self.primaries_all).then_some(self.primaries_unpublished.as_slice())
+    }
+
+    /// The primaries' rows were written.
+    fn primaries_written(&mut self) {
+        for &j in &self.primaries_unpublished {
+            self.primary_flags[j] = false;
+        }
+        self.primaries_unpublished.clear();
+        self.primaries_all = false;
+    }
+
+    /// Whether any primary's row is to be written.
+    fn primaries_changed(&self) -> bool {
+        !self.primary_rows.is_empty()
+            && (self.primaries_all || !self.primaries_unpublished.is_empty())
+    }
+
+    /// Whether any zone's row is to be written.
+    fn zones_changed(&self) -> bool {
+        self.all || !self.unpublished.is_empty()
+    }
+}
+
+/// Publishes `live` for `config`'s slot until aborted: metrics every
+/// [`PUBLISH_EVERY`], SOA queries after new acknowledgements (at most once
+/// per zone and period), and the status rows that changed.
+pub async fn publish(live: Arc<Live>, config: Config) {
+    let slot = config.database.slot.clone();
+    let m = metrics::get();
+    let mut db: Option<StatusDb> = None;
+    let mut board = Board::new(&live, m);
+    // What the last publication said of the stream (the newest of the
+    // last Commit and the WAL end, the oldest unacknowledged commit), of
+    // the last Commit received, and when.
+    let mut published: Option<(u64, Option<i64>)> = None;
+    let mut published_commit = 0u64;
+    let mut published_at = Instant::now();
+    let mut warned = false;
+    let mut primaries_missing = false;
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let looked = board.look(&live, m, Instant::now());
+        if looked.lost > ZONES_LOGGED_PER_TICK {
             warn!(
-                zones = lost - ZONES_LOGGED_PER_TICK,
+                zones = looked.lost - ZONES_LOGGED_PER_TICK,
                 "and more zones whose primary has answered none of the pending changes for longer than unreachable_after_s (`pg2dns status` lists them)"
             );
         }
-        if back > ZONES_LOGGED_PER_TICK {
+        if looked.back > ZONES_LOGGED_PER_TICK {
             info!(
-                zones = back - ZONES_LOGGED_PER_TICK,
+                zones = looked.back - ZONES_LOGGED_PER_TICK,
                 "and more zones whose primary answers again"
             );
         }
         // The SOAs of the zones acknowledged since, a few at once per
         // primary.
-        let asked = std::mem::take(&mut asks);
-        for (i, answer) in soa_serials(asked, SOA_QUERIES).await {
-            let z = &live.zones[i];
+        for (i, answer) in soa_serials(looked.asks, SOA_QUERIES).await {
+            let Some(c) = live.config.get(i) else {
+                continue;
+            };
             match answer {
                 Ok(serial) => {
-                    asked_at_ack[i] = acked_seen[i];
-                    rows[i].soa_serial = Some(serial);
-                    rows[i].soa_at_micros = unix_micros(SystemTime::now());
-                    m.soa_serial(&z.name.to_string(), &z.primary.to_string(), serial);
+                    board.soa_answered(i, serial);
+                    m.soa_serial(&c.name.to_string(), &c.primary.to_string(), serial);
                 }
                 Err(e) => {
-                    debug!(zone = %z.name, primary = %z.primary, error = %crate::error::chain(&e), "SOA query failed; asking again later")
+                    debug!(zone = %c.name, primary = %c.primary, error = %crate::error::chain(&e), "SOA query failed; asking again later")
                 }
             }
         }
-        // Summed per series (per primary unless `per_zone`), each zone's
-        // series found once rather than named again every second.
-        let mut sums = vec![0i64; series.len()];
-        for (row, k) in rows.iter().zip(&series_of) {
-            sums[*k] = sums[*k].saturating_add(row.in_flight);
-        }
-        for (label, sum) in series.iter().zip(sums) {
-            m.zone_in_flight.get_or_create(label).set(sum);
-        }
-        let primary_rows = primary_rows(&live);
+        board.set_in_flight(m);
         let pending = live.pending();
         let lag = pending.map_or(Duration::ZERO, |p| p.age_at_receipt + p.received.elapsed());
         m.lag_seconds.set(lag.as_secs_f64());
         // The newest of the last Commit and the last keepalive's WAL end.
         let commit = live.received_lsn.load(Ordering::Relaxed);
         let received = commit.max(u64::try_from(m.server_lsn.get()).unwrap_or(0));
-        let state = (rows.clone(), received, pending.map(|p| p.commit_micros));
-        let unchanged = match &published {
-            None => false,
-            Some(p) if p == &state => true,
-            // Only the WAL end moved (pg2dns's own writes among it).
-            Some((r, _, o)) => {
-                (r, o) == (&state.0, &state.2)
-                    && commit == published_commit
-                    && published_at.elapsed() < WAL_END_EVERY
-            }
-        };
-        let primaries_changed =
-            !primaries_missing && published_primaries.as_ref() != Some(&primary_rows);
+        let stream = (received, pending.map(|p| p.commit_micros));
+        let unchanged = !board.zones_changed()
+            && match published {
+                None => false,
+                Some(p) if p == stream => true,
+                // Only the WAL end moved (pg2dns's own writes among it).
+                Some((_, oldest)) => {
+                    oldest == stream.1
+                        && commit == published_commit
+                        && published_at.elapsed() < WAL_END_EVERY
+                }
+            };
+        let primaries_changed = !primaries_missing && board.primaries_changed();
         if unchanged && !primaries_changed {
             continue;
         }
@@ -498,31 +743,27 @@ pub async fn publish(live: Arc<Live>, config: Config) {
             }
         }
         let Some(status_db) = &db else { continue };
-        // Only the zones whose row changed (all of them the first time,
-        // which also forgets zones no longer configured): at 50,000 zones
-        // the whole table every second would load the database while the
-        // zones work.
-        let changed: Option<Vec<usize>> = published.as_ref().map(|(before, _, _)| {
-            (0..state.0.len())
-                .filter(|&i| before.get(i) != state.0.get(i))
-                .collect()
-        });
         match status_db
-            .write(&slot, &live, &state, changed.as_deref())
+            .write(&slot, &live, &board.rows, stream, board.to_write())
             .await
         {
             Ok(()) => {
-                published = Some(state);
+                board.written();
+                published = Some(stream);
                 published_commit = commit;
                 published_at = Instant::now();
                 warned = false;
                 if primaries_changed {
-                    let first = published_primaries.is_none();
                     match status_db
-                        .write_primaries(&slot, &live, &primary_rows, first)
+                        .write_primaries(
+                            &slot,
+                            &live,
+                            &board.primary_rows,
+                            board.primaries_to_write(),
+                        )
                         .await
                     {
-                        Ok(()) => published_primaries = Some(primary_rows),
+                        Ok(()) => board.primaries_written(),
                         Err(e) if crate::store::primary_status::is_missing(&e) => {
                             warn!("pg2dns.primary_status is missing: `pg2dns status` does not list the zones' primaries (run `pg2dns setup` for schema version 13)");
                             primaries_missing = true;
@@ -547,33 +788,11 @@ pub async fn publish(live: Arc<Live>, config: Config) {
 }
 
 /// A primary's published state (of a zone with several).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct PrimaryRow {
     in_flight: i64,
     acked_lsn: Option<Lsn>,
     acked_at_micros: i64,
-}
-
-/// The primaries' rows now, in `live.primaries`'s order.
-fn primary_rows(live: &Live) -> Vec<PrimaryRow> {
-    live.primaries
-        .iter()
-        .map(|p| {
-            let dispatched = live
-                .zones
-                .get(p.zone)
-                .map_or(0, |z| z.dispatched.load(Ordering::Relaxed));
-            let lsn = p.acked_lsn.load(Ordering::Relaxed);
-            PrimaryRow {
-                in_flight: i64::try_from(
-                    dispatched.saturating_sub(p.acked.load(Ordering::Relaxed)),
-                )
-                .unwrap_or(i64::MAX),
-                acked_lsn: (lsn != 0).then(|| Lsn::new(lsn)),
-                acked_at_micros: p.acked_at.load(Ordering::Relaxed),
-            }
-        })
-        .collect()
 }
 
 /// The status connection and its statements, prepared once.
@@ -649,7 +868,8 @@ impl StatusDb {
         &self,
         slot: &str,
         live: &Live,
-        (all_rows, received, oldest): &(Vec<ZoneRow>, u64, Option<i64>),
+        all_rows: &[ZoneRow],
+        (received, oldest): (u64, Option<i64>),
         changed: Option<&[usize]>,
     ) -> Result<(), tokio_postgres::Error> {
         let c = &self.client;
@@ -657,10 +877,10 @@ impl StatusDb {
             c.batch_execute("BEGIN").await?;
             if changed.is_none() {
                 let every_zone: Vec<String> =
-                    live.zones.iter().map(|z| z.name.to_string()).collect();
+                    live.config.iter().map(|z| z.name.to_string()).collect();
                 c.execute(&self.forget_zones, &[&slot, &every_zone]).await?;
             }
-            let received = (*received != 0).then(|| Lsn::new(*received).to_string());
+            let received = (received != 0).then(|| Lsn::new(received).to_string());
             let oldest = oldest.map(|c| (c + PG_EPOCH_MICROS) as f64 / 1e6);
             c.execute(&self.stream, &[&slot, &received, &oldest])
                 .await?;
@@ -684,39 +904,51 @@ impl StatusDb {
         written
     }
 
-    /// Upserts the primaries' rows (`pg2dns.primary_status`'s published
-    /// columns; the degraded state is the stream's, see
-    /// `store::primary_status`); the `first` time, forgets the primaries no
-    /// longer configured.
+    /// Upserts the rows of the primaries in `changed` (indexes into
+    /// `live.primaries`; `pg2dns.primary_status`'s published columns; the
+    /// degraded state is the stream's, see `store::primary_status`); when
+    /// `None`, every primary's, and forgets the primaries no longer
+    /// configured.
     async fn write_primaries(
         &self,
         slot: &str,
         live: &Live,
         rows: &[PrimaryRow],
-        first: bool,
+        changed: Option<&[usize]>,
     ) -> Result<(), tokio_postgres::Error> {
-        let zones: Vec<String> = live
-            .primaries
+        let every: Vec<usize>;
+        let picked = match changed {
+            Some(c) => c,
+            None => {
+                every = (0..live.primaries.len()).collect();
+                &every
+            }
+        };
+        let both: Vec<(&PrimaryLive, &PrimaryRow)> = picked
             .iter()
-            .map(|p| {
-                live.zones
+            .filter_map(|&j| Some((live.primaries.get(j)?, rows.get(j)?)))
+            .collect();
+        let zones: Vec<String> = both
+            .iter()
+            .map(|(p, _)| {
+                live.config
                     .get(p.zone)
                     .map_or_else(String::new, |z| z.name.to_string())
             })
             .collect();
-        let names: Vec<&str> = live.primaries.iter().map(|p| p.name.as_str()).collect();
-        let addresses: Vec<&str> = live.primaries.iter().map(|p| p.address.as_str()).collect();
-        let in_flight: Vec<i64> = rows.iter().map(|r| r.in_flight).collect();
-        let lsns: Vec<Option<String>> = rows
+        let names: Vec<&str> = both.iter().map(|(p, _)| p.name.as_str()).collect();
+        let addresses: Vec<&str> = both.iter().map(|(p, _)| p.address.as_str()).collect();
+        let in_flight: Vec<i64> = both.iter().map(|(_, r)| r.in_flight).collect();
+        let lsns: Vec<Option<String>> = both
             .iter()
-            .map(|r| r.acked_lsn.map(|l| l.to_string()))
+            .map(|(_, r)| r.acked_lsn.map(|l| l.to_string()))
             .collect();
-        let acked_at: Vec<Option<f64>> = rows
+        let acked_at: Vec<Option<f64>> = both
             .iter()
-            .map(|r| (r.acked_at_micros != 0).then(|| r.acked_at_micros as f64 / 1e6))
+            .map(|(_, r)| (r.acked_at_micros != 0).then(|| r.acked_at_micros as f64 / 1e6))
             .collect();
         let c = &self.client;
-        if first {
+        if changed.is_none() {
             c.execute(
                 "DELETE FROM pg2dns.primary_status ps WHERE slot = $1 AND NOT EXISTS (
                      SELECT 1 FROM unnest($2::text[], $3::text[]) AS u(zone, name)
@@ -754,9 +986,9 @@ impl StatusDb {
         picked: &[usize],
     ) -> Result<u64, tokio_postgres::Error> {
         let seconds = |micros: i64| (micros != 0).then(|| micros as f64 / 1e6);
-        let both: Vec<(&ZoneLive, &ZoneRow)> = picked
+        let both: Vec<(&crate::config::ZoneConfig, &ZoneRow)> = picked
             .iter()
-            .filter_map(|&i| Some((live.zones.get(i)?, all_rows.get(i)?)))
+            .filter_map(|&i| Some((&**live.config.get(i)?, all_rows.get(i)?)))
             .collect();
         let zones: Vec<String> = both.iter().map(|(z, _)| z.name.to_string()).collect();
         let primaries: Vec<String> = both.iter().map(|(z, _)| z.primary.to_string()).collect();
@@ -904,6 +1136,125 @@ mod tests {
         assert!(slot_warning("lost", 0, None)
             .unwrap_or_default()
             .contains("slot is lost"));
+    }
+
+    /// A configuration of `zones` zones `zI.status.test.` on `primary`
+    /// (a port of the test's own, so that its metric series are its own).
+    fn config_of(zones: usize, primary: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "pg2dns-status-{}-{}",
+            std::process::id(),
+            primary.replace([':', '.'], "-")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("k.key"),
+            "key \"k1\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=\";\n};\n",
+        )
+        .unwrap();
+        let mut body = String::from(
+            "version = 1\n[database]\nurl = \"postgresql://postgres:pw@127.0.0.1:5433/app\"\n",
+        );
+        for i in 0..zones {
+            body.push_str(&format!(
+                "[[zone]]\nname = \"z{i}.status.test\"\nprimary = \"{primary}\"\ntsig_key_file = \"k.key\"\n"
+            ));
+        }
+        let config = Config::from_toml(&dir.join("pg2dns.toml"), &body, |_| None).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        config
+    }
+
+    #[test]
+    fn a_tick_looks_only_at_zones_changed_since_and_writes_only_their_rows() {
+        let config = config_of(1000, "127.0.0.1:5391");
+        let live = Live::new(&config);
+        let m = metrics::get();
+        let mut board = Board::new(&live, m);
+        let start = Instant::now();
+        // The first write is every zone's row (and forgets the others).
+        let looked = board.look(&live, m, start);
+        assert_eq!(looked, Looked::default());
+        assert_eq!(board.to_write(), None);
+        board.written();
+        // Nothing changed: nothing to write, nothing looked at.
+        board.look(&live, m, start);
+        assert!(!board.zones_changed());
+        assert_eq!(board.to_write(), Some(&[][..]));
+        // Zone 7 is handed a transaction: its row, and only its row.
+        live.dispatched(7, 1);
+        board.look(&live, m, start);
+        assert_eq!(board.to_write(), Some(&[7][..]));
+        assert_eq!(board.rows[7].in_flight, 1);
+        board.set_in_flight(m);
+        let series = m.series("z7.status.test.", "127.0.0.1:5391");
+        assert_eq!(m.zone_in_flight.get_or_create(&series).get(), 1);
+        board.written();
+        // Still in flight, watched, but its row did not change.
+        board.look(&live, m, start + Duration::from_secs(1));
+        assert!(!board.zones_changed(), "{:?}", board.to_write());
+        // Acknowledged: its row changes and its SOA is asked once.
+        live.acked(7, 1);
+        let looked = board.look(&live, m, start + Duration::from_secs(2));
+        assert_eq!(board.to_write(), Some(&[7][..]));
+        assert_eq!(board.rows[7].in_flight, 0);
+        assert_ne!(board.rows[7].acked_at_micros, 0);
+        let asked: Vec<(usize, String)> = looked
+            .asks
+            .iter()
+            .map(|(i, z, _)| (*i, z.to_string()))
+            .collect();
+        assert_eq!(asked, [(7, "z7.status.test.".to_string())]);
+        board.set_in_flight(m);
+        assert_eq!(m.zone_in_flight.get_or_create(&series).get(), 0);
+        board.written();
+        // Its serial is a change of its row too.
+        board.soa_answered(7, 2026120701);
+        assert_eq!(board.to_write(), Some(&[7][..]));
+        assert_eq!(board.rows[7].soa_serial, Some(2026120701));
+        board.written();
+        // Settled: no SOA asked again, nothing written, nothing watched.
+        let looked = board.look(&live, m, start + Duration::from_secs(3));
+        assert!(looked.asks.is_empty(), "{:?}", looked.asks);
+        assert!(!board.zones_changed());
+        assert!(board.watch.is_empty(), "{:?}", board.watch);
+        // Two zones at once, each once however often it changed.
+        for n in 1..=3 {
+            live.dispatched(999, n);
+            live.dispatched(0, n);
+        }
+        board.look(&live, m, start + Duration::from_secs(4));
+        let mut picked = board.to_write().unwrap_or_default().to_vec();
+        picked.sort_unstable();
+        assert_eq!(picked, [0, 999]);
+        assert_eq!((board.rows[0].in_flight, board.rows[999].in_flight), (3, 3));
+    }
+
+    #[test]
+    fn a_zone_waiting_past_unreachable_after_is_published_unreachable_and_answering_again() {
+        let config = config_of(3, "127.0.0.1:5392");
+        let live = Live::new(&config);
+        let m = metrics::get();
+        let mut board = Board::new(&live, m);
+        let start = Instant::now();
+        board.look(&live, m, start);
+        board.written();
+        live.dispatched(1, 1);
+        board.look(&live, m, start);
+        board.written();
+        // Nothing changes in the pipeline; the clock alone makes it
+        // unreachable, so the watched zone is looked at without a mark.
+        let later = start + live.unreachable_after + Duration::from_secs(1);
+        let looked = board.look(&live, m, later);
+        assert_eq!((looked.lost, looked.back), (1, 0));
+        assert_eq!(board.to_write(), Some(&[1][..]));
+        assert_ne!(board.rows[1].unreachable_since_micros, 0);
+        board.written();
+        live.acked(1, 1);
+        let looked = board.look(&live, m, later);
+        assert_eq!((looked.lost, looked.back), (0, 1));
+        assert_eq!(board.to_write(), Some(&[1][..]));
+        assert_eq!(board.rows[1].unreachable_since_micros, 0);
     }
 
     /// A DNS server on loopback that holds SOA queries until `batch` are

@@ -347,6 +347,90 @@ async fn a_connection_dropped_with_many_zones_in_flight_loses_nothing() -> Resul
     Ok(())
 }
 
+/// The status publisher looks only at the zones whose numbers changed (a
+/// dirty set, not every zone every second): after every zone settled, a
+/// change in one zone is still published (its serial and acknowledgement
+/// in `status --json`), and its row is the only one rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_publishes_a_change_in_one_of_many_zones_and_rewrites_only_its_row() -> Result<()> {
+    const N: usize = 300;
+    let (stack, _metrics) = many_zones("status-one", Primary::Bind, N).await?;
+    let mut run = stack.run()?;
+    stack.exec(&one_record_in_each_zone(N)).await?;
+    wait_until_confirmed(&stack, Duration::from_secs(120)).await?;
+    let entries = |s: &serde_json::Value| s["zones"].as_array().cloned().unwrap_or_default();
+    let settled = crate::admin::wait_for_status(
+        &stack,
+        "every zone's serial, nothing in flight",
+        Duration::from_secs(60),
+        |s| {
+            let zones = entries(s);
+            zones.len() == N
+                && zones
+                    .iter()
+                    .all(|z| z["soa_serial"].is_i64() && z["in_flight"] == 0)
+        },
+    )
+    .await?;
+    let zone = zone_name(123);
+    let before = entries(&settled)
+        .into_iter()
+        .find(|z| z["zone"] == zone.as_str())
+        .context("zone 123's entry")?;
+    let serial = before["soa_serial"].as_i64().context("its serial")?;
+    let published: String = stack
+        .db
+        .query_one("SELECT max(updated)::text FROM pg2dns.zone_status", &[])
+        .await?
+        .get(0);
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('late.{zone}', 300, 'TXT', '\"É \\\\ \\\"q\\\"\"')"
+        ))
+        .await?;
+    let after = crate::admin::wait_for_status(
+        &stack,
+        &format!("a serial after {serial} for {zone}"),
+        Duration::from_secs(60),
+        |s| {
+            entries(s).iter().any(|z| {
+                z["zone"] == zone.as_str()
+                    && z["in_flight"] == 0
+                    && z["soa_serial"].as_i64().is_some_and(|v| v > serial)
+            })
+        },
+    )
+    .await?;
+    let entry = entries(&after)
+        .into_iter()
+        .find(|z| z["zone"] == zone.as_str())
+        .context("zone 123's entry")?;
+    ensure!(
+        entry["acked_at"] != before["acked_at"],
+        "the new acknowledgement's time is published: {before} then {entry}"
+    );
+    let rewritten: Vec<String> = stack
+        .db
+        .query(
+            "SELECT zone FROM pg2dns.zone_status WHERE updated > $1::text::timestamptz ORDER BY zone",
+            &[&published],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ensure!(
+        rewritten == [zone.clone()],
+        "rows rewritten after the zones settled: {rewritten:?}"
+    );
+    ensure!(
+        zones_differing_from_table(&stack).await?.is_empty(),
+        "DNS equals the table"
+    );
+    run.assert_running()?;
+    Ok(())
+}
+
 /// Run on BIND and Knot at their defaults (PowerDNS serves zones from its
 /// database: nothing per zone to share).
 mod on_bind {

@@ -502,14 +502,19 @@ async fn a_latin1_zone_on_two_primaries_ends_equal_on_both_and_each_primary_coun
         },
     )
     .await?;
-    // The per-zone series without `per_zone` are the documented
-    // pg2dns_primary_* of zones with several primaries.
+    // Without `per_zone` no series names a zone, the pg2dns_primary_* of
+    // zones with several primaries included (each primary's sums them).
     for line in body.lines().filter(|l| l.contains("zone=\"")) {
-        ensure!(
-            line.starts_with("pg2dns_primary_"),
-            "a per-zone series without per_zone: {line}"
-        );
+        ensure!(false, "a per-zone series without per_zone: {line}");
     }
+    let acked: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("pg2dns_primary_acked{primary=\"") && !l.ends_with(" 0"))
+        .collect();
+    ensure!(
+        acked.len() == 2,
+        "each primary's pg2dns_primary_acked, summed over its zones:\n{body}"
+    );
     service.assert_running()?;
     Ok(())
 }

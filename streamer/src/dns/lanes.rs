@@ -142,9 +142,11 @@ struct PrimarySeries {
     /// Its `pg2dns_update_operations_total{server}`: each primary receives
     /// every operation of the zone.
     operations: prometheus_client::metrics::counter::Counter,
-    acked: prometheus_client::metrics::gauge::Gauge,
-    in_flight: prometheus_client::metrics::gauge::Gauge,
-    degraded: prometheus_client::metrics::gauge::Gauge,
+    /// Its zone's part of the `pg2dns_primary_*` gauges (the primary's
+    /// sums unless `[metrics] per_zone`).
+    acked: metrics::GaugeShare,
+    in_flight: metrics::GaugeShare,
+    degraded: metrics::GaugeShare,
     name: String,
     /// Its address (what a probe asks).
     address: std::net::SocketAddr,
@@ -158,18 +160,15 @@ impl PrimarySeries {
         primary: &str,
         address: std::net::SocketAddr,
     ) -> PrimarySeries {
-        let label = metrics::PrimaryLabel {
-            zone: zone.to_string(),
-            primary: primary.to_string(),
-        };
+        let label = m.primary_series(&zone.to_string(), primary);
         PrimarySeries {
             operations: m
                 .operations
                 .get_or_create(&m.series(&zone.to_string(), &address.to_string()))
                 .clone(),
-            acked: m.primary_acked.get_or_create(&label).clone(),
-            in_flight: m.primary_in_flight.get_or_create(&label).clone(),
-            degraded: m.primary_degraded.get_or_create(&label).clone(),
+            acked: metrics::GaugeShare::of(m.primary_acked.get_or_create(&label).clone()),
+            in_flight: metrics::GaugeShare::of(m.primary_in_flight.get_or_create(&label).clone()),
+            degraded: metrics::GaugeShare::of(m.primary_degraded.get_or_create(&label).clone()),
             name: primary.to_string(),
             address,
         }
@@ -411,6 +410,10 @@ impl Lanes {
             if dispatched > 0 {
                 live.dispatched(id.index(), dispatched);
                 live.acked(id.index(), dispatched);
+            }
+            // Its primaries' parts of the acked gauges, as `live`'s.
+            for s in &series {
+                s.acked.set(i64::try_from(dispatched).unwrap_or(i64::MAX));
             }
             lanes.push(ZoneLane {
                 servers,
