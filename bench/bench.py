@@ -373,6 +373,9 @@ def finish(trial, res, started_psi, started):
     psi = cpu_pressure_total()
     wall = time.time() - started
     res["cpu_pressure_pct"] = round((psi - started_psi) / 1e6 / wall * 100, 1) if psi and started_psi else None
+    # The machine's load at the trial's end (1 and 5 minutes): beside
+    # each figure, so a figure taken under load is not read as capacity.
+    res["loadavg"] = [round(x, 1) for x in os.getloadavg()[:2]]
     ok, detail = trial.verify()
     res["dns_equals_table"] = ok
     res["verify"] = detail
