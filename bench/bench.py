@@ -373,6 +373,9 @@ def finish(trial, res, started_psi, started):
     psi = cpu_pressure_total()
     wall = time.time() - started
     res["cpu_pressure_pct"] = round((psi - started_psi) / 1e6 / wall * 100, 1) if psi and started_psi else None
+    # The machine's load at the trial's end (1 and 5 minutes): beside
+    # each figure, so a figure taken under load is not read as capacity.
+    res["loadavg"] = [round(x, 1) for x in os.getloadavg()[:2]]
     ok, detail = trial.verify()
     res["dns_equals_table"] = ok
     res["verify"] = detail
@@ -386,6 +389,7 @@ def finish(trial, res, started_psi, started):
 
 def run_trial(args, label, kind, body, window=None, server="bind", primaries=1):
     """Runs `body(trial)` on fresh servers; always stops them."""
+    label += getattr(args, "suffix", "")
     print(f"--- {label}", flush=True)
     started, psi = time.time(), cpu_pressure_total()
     trial = Trial(args, label, server, primaries)
@@ -404,6 +408,8 @@ def run_trial(args, label, kind, body, window=None, server="bind", primaries=1):
         trial.close()
     res.update({"label": label, "pipeline": kind, "server": server, "primaries": primaries,
                 "window": (window or args.window) if kind == "pg2dns" else None})
+    if getattr(args, "build", None) and kind == "pg2dns":
+        res.update({"build": args.build, "round": args.round})
     print(json.dumps(res), flush=True)
     return res
 
@@ -672,6 +678,7 @@ def latency(args, kind, window=None, load=None, primaries=1):
 
 def blast(args, label, n, server="bind", per_message=None):
     """The reference client: N A records, messages packed full, one at a time."""
+    label += getattr(args, "suffix", "")
     print(f"--- {label}", flush=True)
     root = os.path.join(args.outdir, label)
     os.makedirs(root)
@@ -723,6 +730,88 @@ def big(args, window=None):
 # ---------------------------------------------------------------- driver
 
 
+def run_what(args, what, sides, two_primaries=True):
+    """The trials of the workloads in `what`, for `sides`, in the bench's
+    order. The order inside each workload alternates which side runs
+    first, so a slow phase of the shared machine does not always hit the
+    same side."""
+    results = []
+    if "w1" in what:
+        results += [w1(args, k) for k in sides]
+    if "w3" in what:
+        results += [w3(args, k) for k in reversed(sides)]
+    if "w2" in what:
+        results += [w2(args, k) for k in sides]
+        results.append(blast(args, "w2-blast", args.w2_rows))
+    if "ingest" in what:
+        results.append(blast(args, "ingest-bind", args.w2_rows))
+        results.append(blast(args, "ingest-knot", args.w2_rows, server="knot"))
+    if "drain" in what or "drain_w1" in what:
+        results += [drain_w1(args, k) for k in reversed(sides)]
+    if "drain" in what or "drain_w3" in what:
+        results += [w3(args, k, drain=True) for k in sides]
+    if "latency" in what:
+        results += [latency(args, k) for k in sides]
+    if "latency2" in what:
+        # One primary and two, against the naive pipeline, in one run.
+        if "latency" not in what:
+            results += [latency(args, k) for k in sides]
+        if "pg2dns" in sides and two_primaries:
+            results.append(latency(args, "pg2dns", primaries=2))
+    if "latency_load" in what:
+        results += [latency(args, k, load=args.load_txns) for k in sides]
+    if "big" in what and "pg2dns" in sides:
+        results.append(big(args))
+    if "knot" in what:
+        results += [drain_w1(args, k, server="knot", txns=args.knot_txns) for k in sides]
+    if "reconcile" in what:
+        results += reconcile_bench.run(args)
+    if "firstload" in what:
+        results += reconcile_bench.run_firstload(args)
+    if "zones" in what:
+        results += zonesbench.run(args)
+    if "windows" in what:
+        for w in (1, 4, 16):
+            results.append(w2(args, "pg2dns", w))
+            results.append(drain_w1(args, "pg2dns", w))
+    return results
+
+
+# The workloads in the order `run_what` runs them.
+ORDER = ["w1", "w3", "w2", "ingest", "drain", "drain_w1", "drain_w3", "latency", "latency2", "latency_load",
+         "big", "knot", "windows"]
+
+
+def alternate(args, what, sides):
+    """`--baseline`: each workload of `what` in `--rounds` rounds, each
+    round running it with the build under test (`--pg2dns`) and with the
+    baseline build, the order swapped every round (HEAD, baseline;
+    baseline, HEAD; ...), so that a slow phase of the shared machine
+    does not always hit the same build. The naive pipeline, when not left
+    out with --only, and the two-primary latency trial (which a build
+    before issue #23 cannot run) run with the build under test only.
+    Labels get `-head-rN` or `-before-rN`."""
+    head_bin = args.pg2dns
+    builds = [("head", head_bin, sides, True), ("before", args.baseline, ["pg2dns"], False)]
+    steps = [w for w in ORDER if w in what]
+    if "latency2" in steps and "latency" in steps:
+        steps.remove("latency")  # latency2 runs the one-primary trials too
+    if "drain" in steps:
+        steps = [w for w in steps if w not in ("drain_w1", "drain_w3")]
+    results = []
+    for wl in steps:
+        for r in range(1, args.rounds + 1):
+            order = builds if r % 2 == 1 else builds[::-1]
+            for build, binary, build_sides, two in order:
+                if wl == "ingest" and build == "before":
+                    continue  # the reference client does not depend on the build
+                args.pg2dns, args.build, args.round = binary, build, r
+                args.suffix = f"-{build}-r{r}"
+                results += run_what(args, {wl}, build_sides, two_primaries=two)
+    args.pg2dns, args.suffix = head_bin, ""
+    return results
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="*", default=["all"],
@@ -737,6 +826,10 @@ def main():
                     help="the DNS server on CPU 1, everything else (PostgreSQL, pg2dns, the naive "
                          "pipeline, blast, this script) on CPU 0")
     ap.add_argument("--window", type=int, default=4)
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="a pg2dns binary of the build to compare with (e.g. the build before a change): "
+                         "each workload runs with --pg2dns and with BIN in --rounds alternating rounds")
+    ap.add_argument("--rounds", type=int, default=2, help="--baseline: rounds per workload")
     ap.add_argument("--naive-max-rrs", type=int, default=2500)
     ap.add_argument("--naive-tcp", action="store_true", help="nsupdate -v (TCP for every message)")
     ap.add_argument("--w1-txns", type=int, default=20000)
@@ -794,46 +887,10 @@ def main():
     sides = [args.only] if args.only else ["naive", "pg2dns"]
     results = []
     began = time.time()
-    # The order inside each workload alternates which side runs first, so a
-    # slow phase of the shared machine does not always hit the same side.
-    if "w1" in what:
-        results += [w1(args, k) for k in sides]
-    if "w3" in what:
-        results += [w3(args, k) for k in reversed(sides)]
-    if "w2" in what:
-        results += [w2(args, k) for k in sides]
-        results.append(blast(args, "w2-blast", args.w2_rows))
-    if "ingest" in what:
-        results.append(blast(args, "ingest-bind", args.w2_rows))
-        results.append(blast(args, "ingest-knot", args.w2_rows, server="knot"))
-    if "drain" in what or "drain_w1" in what:
-        results += [drain_w1(args, k) for k in reversed(sides)]
-    if "drain" in what or "drain_w3" in what:
-        results += [w3(args, k, drain=True) for k in sides]
-    if "latency" in what:
-        results += [latency(args, k) for k in sides]
-    if "latency2" in what:
-        # One primary and two, against the naive pipeline, in one run.
-        if "latency" not in what:
-            results += [latency(args, k) for k in sides]
-        if "pg2dns" in sides:
-            results.append(latency(args, "pg2dns", primaries=2))
-    if "latency_load" in what:
-        results += [latency(args, k, load=args.load_txns) for k in sides]
-    if "big" in what and "pg2dns" in sides:
-        results.append(big(args))
-    if "knot" in what:
-        results += [drain_w1(args, k, server="knot", txns=args.knot_txns) for k in sides]
-    if "reconcile" in what:
-        results += reconcile_bench.run(args)
-    if "firstload" in what:
-        results += reconcile_bench.run_firstload(args)
-    if "zones" in what:
-        results += zonesbench.run(args)
-    if "windows" in what:
-        for w in (1, 4, 16):
-            results.append(w2(args, "pg2dns", w))
-            results.append(drain_w1(args, "pg2dns", w))
+    if args.baseline:
+        results = alternate(args, what, sides)
+    else:
+        results = run_what(args, what, sides)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "host": platform.node(),
@@ -898,6 +955,50 @@ def ratio(a, b, digits=1):
     return f"{a / b:.{digits}f}×"
 
 
+def against_baseline(results):
+    """`--baseline`: each pg2dns trial of the build under test against the
+    baseline's in the same round (above 1: the build under test is faster
+    or uses less CPU), then the median ratio over the rounds."""
+    pairs = {}
+    for r in results:
+        if r.get("build") and "failed" not in r:
+            base = r["label"].rsplit(f"-{r['build']}-r{r['round']}", 1)[0]
+            pairs.setdefault((base, r["round"]), {})[r["build"]] = r
+    rows, ratios = [], {}
+    for (base, rnd), p in sorted(pairs.items()):
+        h, b = p.get("head"), p.get("before")
+        if not h or not b:
+            continue
+        speed = h["rows_per_s"] / b["rows_per_s"] if b.get("rows_per_s") else None
+        cpu = (b.get("pipeline_cpu_s") or 0) / h["pipeline_cpu_s"] if h.get("pipeline_cpu_s") else None
+        ratios.setdefault(base, []).append((speed, cpu, h.get("p50_ms"), b.get("p50_ms"), h.get("p99_ms"), b.get("p99_ms")))
+        lat = (f"{fmt(h.get('p50_ms'))} / {fmt(b.get('p50_ms'))}, {fmt(h.get('p99_ms'))} / {fmt(b.get('p99_ms'))}"
+               if h.get("p50_ms") is not None else "-")
+        rows.append(f"| {base} | {rnd} | {fmt(h['rows_per_s'])} | {fmt(b['rows_per_s'])} "
+                    f"| {f'{speed:.2f}×' if speed else '-'} | {fmt(h['lag_s'])} / {fmt(b['lag_s'])} "
+                    f"| {fmt(h.get('pipeline_cpu_s'))} / {fmt(b.get('pipeline_cpu_s'))} | {lat} "
+                    f"| {fmt((h.get('peak_rss_kib') or 0) / 1024, 1)} / {fmt((b.get('peak_rss_kib') or 0) / 1024, 1)} "
+                    f"| {fmt(h.get('cpu_pressure_pct'), 0)} / {fmt(b.get('cpu_pressure_pct'), 0)} |")
+    if not rows:
+        return []
+    out = ["| trial (HEAD / before, same round) | round | HEAD rows/s | before rows/s | HEAD / before "
+           "| lag s | pg2dns CPU s | latency p50, p99 ms | peak RSS MiB | CPU pressure % |",
+           "|---|---|---|---|---|---|---|---|---|---|"] + rows + [""]
+    out += ["| trial | rounds | median rows/s HEAD / before | median CPU before / HEAD | median p50 ms HEAD / before "
+            "| median p99 ms HEAD / before |", "|---|---|---|---|---|---|"]
+
+    def med(xs):
+        xs = [x for x in xs if x is not None]
+        return statistics.median(xs) if xs else None
+
+    for base, rs in ratios.items():
+        cols = list(zip(*rs))
+        sp, cp = med(cols[0]), med(cols[1])
+        out.append(f"| {base} | {len(rs)} | {f'{sp:.2f}×' if sp else '-'} | {f'{cp:.2f}×' if cp else '-'} "
+                   f"| {fmt(med(cols[2]))} / {fmt(med(cols[3]))} | {fmt(med(cols[4]))} / {fmt(med(cols[5]))} |")
+    return out + [""]
+
+
 def report(meta, results):
     by = {r["label"]: r for r in results}
     out = [f"Run {meta['date']} on {meta['host']} ({meta['cpus']} CPUs, {meta['cpu_model']}), "
@@ -921,6 +1022,7 @@ def report(meta, results):
             f"| {'yes' if r['dns_equals_table'] else 'NO: ' + r['verify']} | {r.get('pipeline_errors', 0)} "
             f"| {fmt(r.get('cpu_pressure_pct'), 0)} |")
     out.append("")
+    out += against_baseline(results)
     # Ratios pg2dns / naive.
     rows = []
     for wl in ("w1", "w2", "w3", "drain", "drain_w3", "latency", "drain-knot"):

@@ -25,7 +25,8 @@
 use std::collections::BTreeMap;
 
 use crate::plan::ZoneOps;
-use crate::records::ZoneId;
+use crate::rdata::RType;
+use crate::records::{Rdata, ZoneId};
 use crate::update::UpdateOp;
 use crate::HashSet;
 use crate::Lsn;
@@ -103,29 +104,76 @@ pub fn zone_changes(ops: &[ZoneOps]) -> BTreeMap<ZoneId, ZoneChange> {
     for zone_ops in ops {
         let change = out.entry(zone_ops.zone).or_default();
         for group in &zone_ops.groups {
-            // A delete and an add of the same RR in one group is a TTL
-            // change, not a loss.
-            let added: HashSet<_> = group
-                .ops
-                .iter()
-                .filter_map(|op| match op {
-                    UpdateOp::Add(r) => Some((r.rtype, &r.rdata)),
-                    _ => None,
-                })
-                .collect();
-            let deleted: HashSet<_> = group
-                .ops
-                .iter()
-                .filter_map(|op| match op {
-                    UpdateOp::Delete(r) => Some((r.rtype, &r.rdata)),
-                    _ => None,
-                })
-                .collect();
-            change.deleted += deleted.difference(&added).count();
-            change.added += added.difference(&deleted).count();
+            let c = if group.ops.len() <= PAIRWISE_UP_TO {
+                group_change_pairwise(&group.ops)
+            } else {
+                group_change_sets(&group.ops)
+            };
+            change.deleted += c.deleted;
+            change.added += c.added;
         }
     }
     out
+}
+
+/// An owner's operations up to this many are compared pair by pair rather
+/// than through two hash sets: nearly every group has one to four, and the
+/// sets' allocations were most of the guard's cost in a 200,000-row
+/// transaction (BENCHMARKS.md, issue #23's `big`).
+const PAIRWISE_UP_TO: usize = 16;
+
+/// The RR an Add or a Delete names (type and data: a delete and an add of
+/// the same RR in one group is a TTL change, not a loss).
+fn rr_of(op: &UpdateOp) -> Option<(bool, RType, &Rdata)> {
+    match op {
+        UpdateOp::Add(r) => Some((true, r.rtype, &r.rdata)),
+        UpdateOp::Delete(r) => Some((false, r.rtype, &r.rdata)),
+        UpdateOp::DeleteRrset { .. } => None,
+    }
+}
+
+/// One owner's net deletes and adds, through sets of the deleted and added
+/// RRs.
+fn group_change_sets(ops: &[UpdateOp]) -> ZoneChange {
+    let (mut added, mut deleted) = (HashSet::default(), HashSet::default());
+    for (add, rtype, rdata) in ops.iter().filter_map(rr_of) {
+        if add {
+            added.insert((rtype, rdata));
+        } else {
+            deleted.insert((rtype, rdata));
+        }
+    }
+    ZoneChange {
+        deleted: deleted.difference(&added).count(),
+        added: added.difference(&deleted).count(),
+    }
+}
+
+/// The same count as [`group_change_sets`] without allocating: each
+/// distinct RR counted once (at its first operation of its kind), unless
+/// the other kind names it too.
+fn group_change_pairwise(ops: &[UpdateOp]) -> ZoneChange {
+    let mut change = ZoneChange::default();
+    for (i, op) in ops.iter().enumerate() {
+        let Some(rr) = rr_of(op) else { continue };
+        let (add, rtype, rdata) = rr;
+        if ops[..i].iter().filter_map(rr_of).any(|o| o == rr) {
+            continue;
+        }
+        if ops
+            .iter()
+            .filter_map(rr_of)
+            .any(|o| o == (!add, rtype, rdata))
+        {
+            continue;
+        }
+        if add {
+            change.added += 1;
+        } else {
+            change.deleted += 1;
+        }
+    }
+    change
 }
 
 /// A transaction the guard holds.
@@ -179,8 +227,12 @@ fn totals(segments: &[Segment], carry: &Carry) -> (Vec<(Lsn, Changes)>, Option<C
 /// transaction deletes enough of to be held at all (usually none, so the
 /// driver reads no zone size).
 pub fn suspects(guards: &[DeleteGuard], segments: &[Segment], carry: &Carry) -> Vec<ZoneId> {
+    suspects_of(guards, &totals(segments, carry).0)
+}
+
+/// [`suspects`] of totals already summed.
+fn suspects_of(guards: &[DeleteGuard], totals: &[(Lsn, Changes)]) -> Vec<ZoneId> {
     let guard_of = |z: ZoneId| guards.get(z.index()).copied().unwrap_or_default();
-    let (totals, _) = totals(segments, carry);
     let mut out: Vec<ZoneId> = totals
         .iter()
         .flat_map(|(_, t)| t.iter())
@@ -227,7 +279,7 @@ pub fn judge(
     let guard_of = |z: ZoneId| guards.get(z.index()).copied().unwrap_or_default();
     let (mut totals, carried) = totals(segments, carry);
     let mut verdict = Verdict::default();
-    if !suspects(guards, segments, carry).is_empty() {
+    if !suspects_of(guards, &totals).is_empty() {
         let mut moved: BTreeMap<ZoneId, i64> = BTreeMap::new();
         for (i, (lsn, total)) in totals.iter().enumerate() {
             for (zone, change) in total {
@@ -339,6 +391,71 @@ mod tests {
             !g.needs_zone_size(1_000),
             "a share of 1 never needs the size"
         );
+    }
+
+    #[test]
+    fn the_pairwise_count_of_an_owners_operations_equals_the_count_through_sets() {
+        // Every sequence of up to 4 operations over three addresses (each
+        // added or deleted, with TTLs that differ: a TTL change is no
+        // delete), repeats included, and an RRset delete among them.
+        let owner = "a.example.test.";
+        let mut alphabet: Vec<UpdateOp> = Vec::new();
+        for (i, data) in ["192.0.2.1", "192.0.2.2", "2001:db8::1"].iter().enumerate() {
+            let rtype = if data.contains(':') { "AAAA" } else { "A" };
+            let rec = |ttl| Record::parse(owner, ttl, rtype, data).unwrap();
+            alphabet.push(UpdateOp::Add(rec(300 + i as u32)));
+            alphabet.push(UpdateOp::Delete(rec(600)));
+        }
+        alphabet.push(UpdateOp::DeleteRrset {
+            owner: Owner::parse(owner).unwrap(),
+            rtype: RType(1),
+        });
+        let mut groups: Vec<Vec<UpdateOp>> = vec![Vec::new()];
+        let mut last = groups.clone();
+        for _ in 0..4 {
+            last = last
+                .iter()
+                .flat_map(|g| {
+                    alphabet.iter().map(move |op| {
+                        let mut g = g.clone();
+                        g.push(op.clone());
+                        g
+                    })
+                })
+                .collect();
+            groups.extend(last.iter().cloned());
+        }
+        assert_eq!(groups.len(), 1 + 7 + 49 + 343 + 2401);
+        let mut seen_both = false;
+        for g in &groups {
+            let (a, b) = (group_change_pairwise(g), group_change_sets(g));
+            assert_eq!(a, b, "{g:?}");
+            seen_both |= a.added > 0 && a.deleted > 0;
+        }
+        assert!(seen_both);
+        // A group longer than PAIRWISE_UP_TO goes through the sets, and
+        // counts the same: 20 distinct adds, 3 of them also deleted.
+        let many: Vec<UpdateOp> = (0..20)
+            .map(|i| {
+                UpdateOp::Add(Record::parse(owner, 300, "A", &format!("192.0.2.{i}")).unwrap())
+            })
+            .chain((0..3).map(|i| {
+                UpdateOp::Delete(Record::parse(owner, 300, "A", &format!("192.0.2.{i}")).unwrap())
+            }))
+            .collect();
+        let ops = vec![ZoneOps {
+            zone: ZoneId(0),
+            groups: vec![OwnerGroup {
+                owner: Owner::parse(owner).unwrap(),
+                ops: many.clone(),
+            }],
+        }];
+        let want = ZoneChange {
+            deleted: 0,
+            added: 17,
+        };
+        assert_eq!(zone_changes(&ops)[&ZoneId(0)], want);
+        assert_eq!(group_change_pairwise(&many), want);
     }
 
     #[test]

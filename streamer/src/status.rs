@@ -1062,6 +1062,7 @@ pub async fn watch_slot(config: Config) {
             }
         }
         let Some((c, _)) = &client else { continue };
+        let asked = Instant::now();
         let row = c
             .query_opt(
                 "SELECT coalesce(wal_status, ''), \
@@ -1083,6 +1084,12 @@ pub async fn watch_slot(config: Config) {
             }
         };
         let (status, retained, safe): (String, i64, Option<i64>) = (r.get(0), r.get(1), r.get(2));
+        debug!(
+            wal_status = %status,
+            retained_wal_bytes = retained,
+            ms = asked.elapsed().as_millis() as u64,
+            "read the slot's WAL"
+        );
         m.slot_wal(&status, retained, safe);
         if status != warned_status && (status == "unreserved" || status == "lost") {
             warn!(%slot, wal_status = %status, retained_wal_bytes = retained, "{}", slot_warning(&status, retained, safe).unwrap_or_default());
