@@ -6,11 +6,6 @@
 #   docker build --build-arg PG2DNS_GIT_REVISION=$(git rev-parse --short=10 HEAD) -t pg2dns .
 
 FROM rust:1.95-slim-bookworm AS build
-# The binary's allocator (tikv-jemalloc-sys) builds jemalloc with make; the
-# slim image has gcc but not make.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends make \
-    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # The build context has no .git: `pg2dns --version` names this revision.
