@@ -33,10 +33,6 @@ pg2dns_install_servers() {
     for tool in named dig nsupdate tsig-keygen knotd kdig pdns_server pdnsutil sqlite3 psql openssl promtool; do
         pg2dns_have "$tool" || missing+=("$tool")
     done
-    # The pg2dns binary's allocator (tikv-jemalloc-sys) builds jemalloc
-    # from source with make and a C compiler.
-    pg2dns_have make || missing+=(make)
-    pg2dns_have cc || missing+=(gcc)
     if ((${#missing[@]} == 0)); then
         return 0
     fi
@@ -44,7 +40,7 @@ pg2dns_install_servers() {
     local sudo=()
     if [[ $(id -u) -ne 0 ]]; then
         if ! command -v sudo >/dev/null 2>&1; then
-            echo "not root and no sudo: install postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils pdns-server pdns-backend-sqlite3 sqlite3 openssl prometheus (for promtool) make gcc yourself" >&2
+            echo "not root and no sudo: install postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils pdns-server pdns-backend-sqlite3 sqlite3 openssl prometheus (for promtool) yourself" >&2
             return 1
         fi
         sudo=(sudo)
@@ -59,7 +55,7 @@ pg2dns_install_servers() {
     # pdns-server package may start a pdns service on port 53: stopped below.
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         postgresql bind9 bind9-utils bind9-dnsutils knot knot-dnsutils \
-        pdns-server pdns-backend-sqlite3 sqlite3 openssl prometheus make gcc
+        pdns-server pdns-backend-sqlite3 sqlite3 openssl prometheus
     # prometheus brings promtool, which checks packaging/prometheus's rules;
     # its own service is not needed.
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then

@@ -7,15 +7,6 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use pg2dns::{admin, pipeline, reconcile, setup, Config};
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc, not glibc's malloc: after one transaction touching 50,000
-/// zones, glibc kept the burst's freed memory (its planned changes, the
-/// waiting dispatches) resident behind the long-lived allocations made
-/// meanwhile (26 MiB at 50,000 zones; trimming the heap's top did not
-/// return it), while jemalloc returns unused pages within seconds
-/// (BENCHMARKS.md, "Many zones").
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// `pg2dns --version`: the package version and the git revision it was
 /// built from (streamer/build.rs).
 const VERSION: &str = concat!(
