@@ -1379,22 +1379,29 @@ fn published_fields(value: &[u8]) -> Result<(&[u8], u16, &[u8]), std::io::Error>
     Ok((owner, rtype, rdata))
 }
 
+/// The run's spill directory under `[reconcile] spill_dir` (the system's
+/// temporary directory by default); a failure names the parent it was
+/// made in.
+fn create_spill_dir(config: &Config) -> Result<Arc<spill::SpillDir>, bounded::BoundedError> {
+    spill::SpillDir::create(config.reconcile.spill_dir.as_deref()).map_err(|source| {
+        bounded::BoundedError::Spill {
+            dir: config
+                .reconcile
+                .spill_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+            source,
+        }
+    })
+}
+
 /// Reads [`Published`] from this slot's row state, through sorted runs.
 async fn published_records(store: &Store, config: &Config) -> Result<Published, ReconcileError> {
     let spill_err = |dir: &std::path::Path, source| bounded::BoundedError::Spill {
         dir: dir.to_path_buf(),
         source,
     };
-    let dir = spill::SpillDir::create(config.reconcile.spill_dir.as_deref()).map_err(|source| {
-        spill_err(
-            &config
-                .reconcile
-                .spill_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir),
-            source,
-        )
-    })?;
+    let dir = create_spill_dir(config)?;
     let file = dir.file("published-set");
     let mut ranges = std::collections::HashMap::new();
     if !has_schema(store).await? {
@@ -1757,16 +1764,7 @@ async fn compare_bounded(
     let started = Instant::now();
     let bar = progress_bar(options.progress);
     bar.set_message("reading the tables");
-    let dir = spill::SpillDir::create(config.reconcile.spill_dir.as_deref()).map_err(|source| {
-        bounded::BoundedError::Spill {
-            dir: config
-                .reconcile
-                .spill_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir),
-            source,
-        }
-    })?;
+    let dir = create_spill_dir(config)?;
     let mut per_server: std::collections::HashMap<SocketAddr, Arc<tokio::sync::Semaphore>> =
         std::collections::HashMap::new();
     for &id in selected {
@@ -2572,18 +2570,6 @@ fn read_zone_files(
 ) -> Result<BTreeMap<ZoneId, zone_file::ReadFile>, ReconcileError> {
     let zones = config.zones();
     let mut out = BTreeMap::new();
-    let spill_dir = || {
-        spill::SpillDir::create(config.reconcile.spill_dir.as_deref()).map_err(|source| {
-            bounded::BoundedError::Spill {
-                dir: config
-                    .reconcile
-                    .spill_dir
-                    .clone()
-                    .unwrap_or_else(std::env::temp_dir),
-                source,
-            }
-        })
-    };
     let mut dir = None;
     // The files are read one after the other, before the tables: the
     // tables' budget.
@@ -2618,7 +2604,7 @@ fn read_zone_files(
         };
         let dir = match &dir {
             Some(d) => d,
-            None => dir.insert(spill_dir()?),
+            None => dir.insert(create_spill_dir(config)?),
         };
         let file = zone_file::read(
             &name,
