@@ -83,40 +83,52 @@ def wait_quiet(limit=20.0, max_wait=10.0):
 
 
 class Naive:
-    """pg_recvlogical (test_decoding) | tx2nsupdate.py | nsupdate -k."""
+    """pg_recvlogical (test_decoding) | tx2nsupdate.py | nsupdate -k.
+
+    With a `second` primary, what someone would run for two providers: a
+    second chain of its own (its own slot, filter and nsupdate with that
+    primary's key), the two running side by side."""
 
     name = "naive"
     table = "public.rr"
 
-    def __init__(self, pg, dns, root, max_rrs, tcp=False):
+    def __init__(self, pg, dns, root, max_rrs, tcp=False, second=None):
         self.pg, self.dns, self.root, self.max_rrs = pg, dns, root, max_rrs
         self.tcp = tcp
+        self.servers = [dns] + ([second] if second else [])
         self.procs = []
         pg.psql(f"CREATE TABLE public.rr {COLUMNS}; ALTER TABLE public.rr REPLICA IDENTITY FULL;")
-        subprocess.run([pg.tool("pg_recvlogical"), "-d", pg.url, "--slot", "naive", "--create-slot",
-                        "-P", "test_decoding"], check=True)
+        for slot in self.slots():
+            subprocess.run([pg.tool("pg_recvlogical"), "-d", pg.url, "--slot", slot, "--create-slot",
+                            "-P", "test_decoding"], check=True)
         self.nsupdate_err = os.path.join(root, "nsupdate.err")
-        self.cmd = (
-            "pg_recvlogical -d postgresql://postgres@127.0.0.1:$PGPORT/postgres --slot naive --create-slot "
-            "-P test_decoding && pg_recvlogical -d postgresql://postgres@127.0.0.1:$PGPORT/postgres --slot naive "
+        self.cmd = " ; ".join(
+            f"pg_recvlogical -d postgresql://postgres@127.0.0.1:$PGPORT/postgres --slot {slot} --create-slot "
+            f"-P test_decoding && pg_recvlogical -d postgresql://postgres@127.0.0.1:$PGPORT/postgres --slot {slot} "
             "--start -f - -o include-xids=1 -o skip-empty-xacts=1 "
-            f"| bench/naive/tx2nsupdate.py --server \"127.0.0.1 $DNSPORT\" --max-rrs {max_rrs} "
-            f"| nsupdate {'-v ' if tcp else ''}-k bind/tsig.key"
-        )
+            f"| bench/naive/tx2nsupdate.py --server \"127.0.0.1 {port}\" --max-rrs {max_rrs} "
+            f"| nsupdate {'-v ' if tcp else ''}-k {name}/tsig.key"
+            + (" &" if len(self.servers) > 1 else "")
+            for slot, port, name in zip(self.slots(), ["$DNSPORT", "$DNSPORT2"], ["bind", "bind2"]))
+
+    def slots(self):
+        return ["naive", "naive2"][:len(self.servers)]
 
     def start(self):
-        recv = subprocess.Popen([self.pg.tool("pg_recvlogical"), "-d", self.pg.url, "--slot", "naive", "--start",
-                                 "-f", "-", "-o", "include-xids=1", "-o", "skip-empty-xacts=1"],
-                                stdout=subprocess.PIPE, stderr=open(os.path.join(self.root, "recvlogical.err"), "a"))
-        filt = subprocess.Popen([sys.executable, os.path.join(HERE, "naive", "tx2nsupdate.py"),
-                                 "--server", f"127.0.0.1 {self.dns.port}", "--max-rrs", str(self.max_rrs)],
-                                stdin=recv.stdout, stdout=subprocess.PIPE)
-        recv.stdout.close()
-        nsup = subprocess.Popen(["nsupdate"] + (["-v"] if self.tcp else []) + ["-k", self.dns.key_file],
-                                stdin=filt.stdout,
-                                stdout=subprocess.DEVNULL, stderr=open(self.nsupdate_err, "a"))
-        filt.stdout.close()
-        self.procs = [recv, filt, nsup]
+        for slot, dns in zip(self.slots(), self.servers):
+            recv = subprocess.Popen([self.pg.tool("pg_recvlogical"), "-d", self.pg.url, "--slot", slot, "--start",
+                                     "-f", "-", "-o", "include-xids=1", "-o", "skip-empty-xacts=1"],
+                                    stdout=subprocess.PIPE,
+                                    stderr=open(os.path.join(self.root, "recvlogical.err"), "a"))
+            filt = subprocess.Popen([sys.executable, os.path.join(HERE, "naive", "tx2nsupdate.py"),
+                                     "--server", f"127.0.0.1 {dns.port}", "--max-rrs", str(self.max_rrs)],
+                                    stdin=recv.stdout, stdout=subprocess.PIPE)
+            recv.stdout.close()
+            nsup = subprocess.Popen(["nsupdate"] + (["-v"] if self.tcp else []) + ["-k", dns.key_file],
+                                    stdin=filt.stdout,
+                                    stdout=subprocess.DEVNULL, stderr=open(self.nsupdate_err, "a"))
+            filt.stdout.close()
+            self.procs += [recv, filt, nsup]
 
     def alive(self):
         return all(p.poll() is None for p in self.procs)
@@ -220,8 +232,8 @@ class Trial:
         wait_quiet()
         self.pg = Postgres(self.root)
         self.dns = Bind(self.root) if server == "bind" else Knot(self.root)
-        # A second primary of the zone (pg2dns only): a change is visible
-        # when both answer it.
+        # A second primary of the zone: a change is visible when both
+        # answer it.
         self.second = Bind(self.root, name="bind2") if primaries > 1 else None
         self.server = server
         self.conn = pgwire.Connection("127.0.0.1", self.pg.port)
@@ -233,7 +245,8 @@ class Trial:
 
     def use(self, kind, window=None):
         if kind == "naive":
-            self.pipeline = Naive(self.pg, self.dns, self.root, self.args.naive_max_rrs, self.args.naive_tcp)
+            self.pipeline = Naive(self.pg, self.dns, self.root, self.args.naive_max_rrs, self.args.naive_tcp,
+                                  second=self.second)
         else:
             self.pipeline = Pg2dns(self.pg, self.dns, self.root, self.args.pg2dns, window or self.args.window,
                                    second=self.second)
@@ -756,8 +769,10 @@ def run_what(args, what, sides, two_primaries=True):
         # One primary and two, against the naive pipeline, in one run.
         if "latency" not in what:
             results += [latency(args, k) for k in sides]
-        if "pg2dns" in sides and two_primaries:
-            results.append(latency(args, "pg2dns", primaries=2))
+        # With two primaries, each side publishes to both (the naive
+        # pipeline as two chains, one per primary).
+        if two_primaries:
+            results += [latency(args, k, primaries=2) for k in sides]
     if "latency_load" in what:
         results += [latency(args, k, load=args.load_txns) for k in sides]
     if "big" in what and "pg2dns" in sides:
