@@ -7,7 +7,8 @@
 //! The faults come from a front on loopback between pg2dns and the real
 //! primary: it relays every message both ways, except the UPDATEs its
 //! script names, which it answers SERVFAIL itself (as a server that failed
-//! and undid the update does, RFC 2136 §3.4.2.1) or cuts the connection on.
+//! and undid the update does, RFC 2136 §3.4.2.1), leaves unanswered, cuts
+//! the connection on, or passes on and then loses the answer of.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -22,7 +23,9 @@ use crate::harness::stack::FORWARD;
 use crate::harness::{Primary, Stack, DNS_DEADLINE};
 use crate::reconcile::{report, stack_with_rows, zone};
 
-on_each_primary!(a_repair_answered_servfail_then_cut_is_sent_again_and_the_zone_repaired);
+on_each_primary!(
+    a_repair_answered_servfail_then_cut_then_unanswered_is_sent_again_and_the_zone_repaired
+);
 
 /// What the front does to one UPDATE instead of relaying it.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +35,11 @@ enum Fault {
     ServFail,
     /// Close the connection without an answer.
     Cut,
+    /// Keep the connection open and never answer.
+    Silent,
+    /// Relay it to the server, wait for the server's answer, and close the
+    /// connection without passing that answer on: applied, answer lost.
+    Lost,
 }
 
 /// A front on a free loopback port relaying to a primary, with the UPDATEs
@@ -116,6 +124,13 @@ async fn relay(
                     write_frame(&mut *to_client.lock().await, &servfail(&frame)).await?
                 }
                 Some(Fault::Cut) => break,
+                Some(Fault::Silent) => {}
+                Some(Fault::Lost) => {
+                    let mut aside = TcpStream::connect(to).await?;
+                    write_frame(&mut aside, &frame).await?;
+                    read_frame(&mut aside).await?;
+                    break;
+                }
             }
         }
         Ok(())
@@ -184,13 +199,15 @@ async fn stack_out_of_sync(label: &str, primary: Primary) -> Result<Stack> {
     Ok(stack)
 }
 
-async fn a_repair_answered_servfail_then_cut_is_sent_again_and_the_zone_repaired(
+async fn a_repair_answered_servfail_then_cut_then_unanswered_is_sent_again_and_the_zone_repaired(
     primary: Primary,
 ) -> Result<()> {
     let stack = stack_out_of_sync("reconcile-resend", primary).await?;
     let server: SocketAddr = stack.server(primary)?.addr().parse()?;
-    let front = FaultyFront::start(server, &[Fault::ServFail, Fault::Cut], None).await?;
+    let front =
+        FaultyFront::start(server, &[Fault::ServFail, Fault::Cut, Fault::Silent], None).await?;
     route_forward_zone_through(&stack, primary, front.addr)?;
+    stack.append_config("\n[limits]\ndns_timeout_ms = 2000\n")?;
 
     let output = stack.reconcile(&["--json", "--apply"], &[]).await?;
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -201,14 +218,15 @@ async fn a_repair_answered_servfail_then_cut_is_sent_again_and_the_zone_repaired
         "the repair is sent again and the zone repaired (exit {code}): {forward:#}\n{stderr}"
     );
     ensure!(
-        forward["resends"] == 2 && front.updates() == 3,
-        "one message sent three times (SERVFAIL, cut, applied): resends {}, UPDATEs seen {}\n{stderr}",
+        forward["resends"] == 3 && front.updates() == 4,
+        "one message sent four times (SERVFAIL, cut, unanswered, applied): resends {}, UPDATEs seen {}\n{stderr}",
         forward["resends"],
         front.updates()
     );
     ensure!(
         stderr.contains("the server answered SERVFAIL")
             && stderr.contains("the server closed the connection")
+            && stderr.contains("no answer in time")
             && stderr.contains("sending it again"),
         "each resend is logged with its reason:\n{stderr}"
     );
@@ -259,5 +277,44 @@ async fn a_repair_the_server_keeps_answering_servfail_ends_the_zone_naming_serve
         !stack.query("rogue.example.test.", "A").await?.is_empty(),
         "a repair that was never applied changed nothing"
     );
+    Ok(())
+}
+
+/// The first copy was applied but its answer lost: the resent copy fails
+/// the SOA guard (the serial the first one moved), the zone is transferred
+/// again and found repaired; nothing is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_applied_whose_answer_was_lost_is_resent_fails_the_guard_and_ends_in_sync(
+) -> Result<()> {
+    let primary = Primary::Bind;
+    let stack = stack_out_of_sync("reconcile-lost-answer", primary).await?;
+    let server: SocketAddr = stack.server(primary)?.addr().parse()?;
+    let serial_before = stack.serial(FORWARD).await?;
+    let front = FaultyFront::start(server, &[Fault::Lost], None).await?;
+    route_forward_zone_through(&stack, primary, front.addr)?;
+
+    let output = stack.reconcile(&["--json", "--apply"], &[]).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, json) = report(&output)?;
+    let forward = zone(&json, FORWARD)?;
+    ensure!(
+        code == 0 && forward["in_sync_after"] == true,
+        "the zone ends in sync (exit {code}): {forward:#}\n{stderr}"
+    );
+    ensure!(
+        forward["resends"] == 1
+            && forward["retries"] == 1
+            && forward["messages_applied"] == 0
+            && front.updates() == 2,
+        "sent twice, the second copy refused by the guard, then a fresh transfer found nothing to do: {forward:#}\nUPDATEs seen {}\n{stderr}",
+        front.updates()
+    );
+    // The first copy alone changed the zone: one serial step.
+    let serial_after = stack.serial(FORWARD).await?;
+    ensure!(
+        serial_after == serial_before + 1,
+        "one UPDATE applied: serial {serial_before} -> {serial_after}"
+    );
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
     Ok(())
 }
