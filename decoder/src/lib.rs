@@ -40,6 +40,7 @@ pub mod pgoutput;
 pub mod plan;
 pub mod pool;
 pub mod primaries;
+pub mod rcode;
 pub mod rdata;
 pub mod records;
 pub mod row;

@@ -141,78 +141,7 @@ pub struct SessionConfig {
     pub server: String,
 }
 
-/// A DNS RCODE (RFC 1035 §4.1.1, RFC 2136 §2.2, extended by RFC 6891).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Rcode(pub u16);
-
-impl Rcode {
-    /// No error.
-    pub const NOERROR: Rcode = Rcode(0);
-    /// The server could not interpret the request.
-    pub const FORMERR: Rcode = Rcode(1);
-    /// The server failed; the update was undone (RFC 2136 §3.4.2.1).
-    pub const SERVFAIL: Rcode = Rcode(2);
-    /// Prerequisite: a name that should exist does not.
-    pub const NXDOMAIN: Rcode = Rcode(3);
-    /// The server does not implement UPDATE.
-    pub const NOTIMP: Rcode = Rcode(4);
-    /// The server's policy refuses the update.
-    pub const REFUSED: Rcode = Rcode(5);
-    /// Prerequisite: a name that should not exist does.
-    pub const YXDOMAIN: Rcode = Rcode(6);
-    /// Prerequisite: an RRset that should not exist does.
-    pub const YXRRSET: Rcode = Rcode(7);
-    /// Prerequisite: an RRset that should exist does not.
-    pub const NXRRSET: Rcode = Rcode(8);
-    /// The server is not authoritative for the zone (or refused the key).
-    pub const NOTAUTH: Rcode = Rcode(9);
-    /// A name is outside the zone.
-    pub const NOTZONE: Rcode = Rcode(10);
-
-    /// The IANA mnemonic, if this is a known RCODE.
-    pub fn mnemonic(self) -> Option<&'static str> {
-        Some(match self.0 {
-            0 => "NOERROR",
-            1 => "FORMERR",
-            2 => "SERVFAIL",
-            3 => "NXDOMAIN",
-            4 => "NOTIMP",
-            5 => "REFUSED",
-            6 => "YXDOMAIN",
-            7 => "YXRRSET",
-            8 => "NXRRSET",
-            9 => "NOTAUTH",
-            10 => "NOTZONE",
-            11 => "DSOTYPENI",
-            16 => "BADVERS",
-            _ => return None,
-        })
-    }
-
-    /// What the operator should do when the server answers this.
-    pub fn hint(self) -> &'static str {
-        match self.0 {
-            0 => "nothing",
-            1 => "the server could not parse the UPDATE; report this as a pg2dns bug",
-            2 => "the server failed; pg2dns retries",
-            3 | 6..=8 => "a prerequisite failed; check that nothing else edits the zone",
-            4 => "the server does not implement dynamic UPDATE",
-            5 => "the server refuses this update: check allow-update/update-policy for this key and zone (PowerDNS: TSIG-ALLOW-DNSUPDATE, and that it holds the same secret, as it answers a bad signature with REFUSED), check-names, and whether the zone is frozen (BIND: rndc thaw) or not dynamic",
-            9 => "the server is not authoritative for this zone or did not accept the key: check the zone name and primary address",
-            10 => "a record is outside the zone: check the zone configuration",
-            _ => "see the server's log",
-        }
-    }
-}
-
-impl fmt::Display for Rcode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.mnemonic() {
-            Some(name) => f.write_str(name),
-            None => write!(f, "RCODE {}", self.0),
-        }
-    }
-}
+pub use crate::rcode::{Rcode, RcodeClass};
 
 /// Why the session asks the driver to reconnect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,17 +313,6 @@ pub enum Event {
     },
     /// The session stopped; nothing follows.
     Halted(Halt),
-}
-
-/// Answers that may concern one record rather than the key or the zone:
-/// narrowed down before they halt. FORMERR and NOTZONE included, since a
-/// server may judge one record malformed or out of zone; NOTAUTH too, which
-/// the probe then tells from a zone the server does not serve.
-fn is_content_rcode(rcode: Rcode) -> bool {
-    matches!(
-        rcode,
-        Rcode::FORMERR | Rcode::REFUSED | Rcode::NOTAUTH | Rcode::NOTZONE
-    )
 }
 
 /// One packed UPDATE message, from packing until released in order.
@@ -665,8 +583,14 @@ impl Session {
                 return;
             }
         };
-        match rcode {
-            Rcode::NOERROR => {
+        // The one RCODE policy (crate::rcode). A refusal may concern one
+        // record rather than the key or the zone (FORMERR and NOTZONE: one
+        // record malformed or out of zone; NOTAUTH, which the probe then
+        // tells from a zone the server does not serve): narrowed down
+        // before it halts. The stream sends no prerequisite, so one failing
+        // is as fatal as the rest.
+        match rcode.class() {
+            RcodeClass::Accepted => {
                 self.messages[i].state = State::Acked;
                 self.backoff = INITIAL_BACKOFF;
                 if self.messages[i].probe {
@@ -674,9 +598,9 @@ impl Session {
                 }
                 self.release_acked();
             }
-            Rcode::SERVFAIL => self.retry(lsn, RetryReason::ServFail),
-            rcode if is_content_rcode(rcode) => self.isolate(i, rcode),
-            rcode => self.halt_rcode(lsn, rcode),
+            RcodeClass::Transient => self.retry(lsn, RetryReason::ServFail),
+            RcodeClass::Refused => self.isolate(i, rcode),
+            RcodeClass::Prerequisite | RcodeClass::Fatal => self.halt_rcode(lsn, rcode),
         }
     }
 

@@ -50,7 +50,7 @@ use pg2dns_decoder::diff::{self, ZoneDiff};
 use pg2dns_decoder::mapping::RowKey;
 use pg2dns_decoder::plan::SourceId;
 use pg2dns_decoder::row::TextRow;
-use pg2dns_decoder::session::Rcode;
+use pg2dns_decoder::session::{self, Rcode, RcodeClass};
 use pg2dns_decoder::tsig;
 use pg2dns_decoder::update::Budget;
 use pg2dns_decoder::zonefile::{self, ZoneFileError};
@@ -84,6 +84,12 @@ pub const MIN_RECORDS_FOR_THRESHOLD: usize = 10;
 /// How many times a repair starts again from a fresh transfer without
 /// progress before it gives up.
 pub const MAX_GUARD_FAILURES: usize = 3;
+/// How many times one repair UPDATE is sent when the server fails
+/// transiently (SERVFAIL, no answer in time, a lost or refused connection)
+/// before the zone ends. Between two attempts the repair waits the stream's
+/// backoff ([`session::INITIAL_BACKOFF`], doubling up to
+/// [`session::MAX_BACKOFF`]): about 21 s in all, enough for a server reload.
+pub const REPAIR_ATTEMPTS: usize = 10;
 
 /// Differences a report lists (the first owners' whole, up to this many
 /// records in all the zones of a run; the counts count them all), and
@@ -286,6 +292,19 @@ pub enum ZoneError {
         #[source]
         source: UpdateFailure,
     },
+    /// A repair UPDATE failed transiently [`REPAIR_ATTEMPTS`] times in a row.
+    #[error("zone {zone}: repair UPDATE to {server} failed {attempts} times in a row, each sent again after a backoff; check the server and its log, then run reconcile again (the messages applied so far stay applied)")]
+    GaveUp {
+        /// The zone.
+        zone: ZoneName,
+        /// The server.
+        server: SocketAddr,
+        /// Attempts made.
+        attempts: usize,
+        /// The last failure.
+        #[source]
+        source: UpdateFailure,
+    },
     /// The server refused a repair UPDATE.
     #[error("zone {zone}: {server} answered a repair UPDATE with {rcode}: {hint}")]
     Refused {
@@ -351,6 +370,28 @@ pub enum UpdateFailure {
     /// The answer failed TSIG verification or is malformed.
     #[error(transparent)]
     Answer(pg2dns_decoder::tsig::TsigError),
+    /// The server answered with an RCODE of [`RcodeClass::Transient`]
+    /// (SERVFAIL: it failed and undid the message).
+    #[error("the server answered {0}")]
+    Transient(Rcode),
+}
+
+impl UpdateFailure {
+    /// Whether the same message may succeed when sent again on a fresh
+    /// connection after a backoff, as the stream resends it: a transient
+    /// RCODE, no answer in time, a lost or refused connection. A message
+    /// that cannot be signed, or an answer that fails TSIG, stays so.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UpdateFailure::Connect(_)
+            | UpdateFailure::Send(_)
+            | UpdateFailure::Timeout
+            | UpdateFailure::Closed
+            | UpdateFailure::Read(_)
+            | UpdateFailure::Transient(_) => true,
+            UpdateFailure::Sign(_) | UpdateFailure::Answer(_) => false,
+        }
+    }
 }
 
 /// What was done to one zone.
@@ -385,6 +426,9 @@ pub struct ZoneOutcome {
     pub messages_applied: usize,
     /// Times the repair started again from a fresh transfer.
     pub retries: usize,
+    /// Repair UPDATEs sent again after a transient failure (SERVFAIL, no
+    /// answer in time, a lost or refused connection).
+    pub resends: usize,
     /// After `--apply`: whether a final transfer showed the zone in sync.
     pub in_sync_after: Option<bool>,
     /// The error that stopped this zone.
@@ -629,10 +673,15 @@ impl Report {
             }
             if self.applied && z.messages_applied > 0 {
                 out.push_str(&format!(
-                    "  repaired with {} UPDATE(s){}\n",
+                    "  repaired with {} UPDATE(s){}{}\n",
                     z.messages_applied,
                     if z.retries > 0 {
                         format!(", {} retried from a fresh transfer", z.retries)
+                    } else {
+                        String::new()
+                    },
+                    if z.resends > 0 {
+                        format!(", {} sent again after a transient failure", z.resends)
                     } else {
                         String::new()
                     }
@@ -676,6 +725,7 @@ impl Report {
                     "refused_unowned": z.refused_unowned,
                     "messages_applied": z.messages_applied,
                     "retries": z.retries,
+                    "resends": z.resends,
                     "in_sync_after": z.in_sync_after,
                     "refusals": z.refusals,
                     "error": z.error.as_ref().map(|e| crate::error::chain(e)),
@@ -2344,34 +2394,39 @@ async fn repair_streamed(
                         test_pause().await;
                         first_attempt = false;
                     }
-                    let c = match &mut conn {
-                        Some(c) => c,
-                        None => conn.insert(
-                            Connection::connect(zc.primary)
-                                .await
-                                .map_err(|e| update_err(zc, UpdateFailure::Connect(e)))?,
-                        ),
-                    };
                     let msg_id = axfr::fresh_id();
                     let guard = (!options.unguarded).then_some(&soa);
                     let wire = diff::encode_repair(zone, msg_id, guard, &ops).map_err(plan)?;
-                    let rcode = send(c, zc, &wire, timeout).await?;
-                    if rcode == Rcode::NOERROR {
-                        outcome.messages_applied += 1;
-                        failures = 0;
-                        soa = diff::next_serial(&soa).unwrap_or(soa);
-                    } else if (rcode == Rcode::NXRRSET || rcode == Rcode::YXRRSET)
-                        && !options.unguarded
-                    {
-                        guard_failed = Some(soa.clone());
-                        break 'pass;
-                    } else {
-                        return Err(ZoneError::Refused {
-                            zone: zone.clone(),
-                            server: zc.primary,
-                            rcode,
-                            hint: rcode.hint(),
-                        });
+                    let rcode =
+                        send_retrying(&mut conn, zc, &wire, timeout, &mut outcome.resends).await?;
+                    match rcode.class() {
+                        RcodeClass::Accepted => {
+                            outcome.messages_applied += 1;
+                            failures = 0;
+                            soa = diff::next_serial(&soa).unwrap_or(soa);
+                        }
+                        // A guarded message carries one prerequisite, the
+                        // SOA: the zone changed since the transfer. This is
+                        // also how a resent message whose first copy was in
+                        // fact applied (its answer lost) ends: the serial
+                        // it moved fails the guard, and the fresh transfer
+                        // shows what it did.
+                        RcodeClass::Prerequisite if !options.unguarded => {
+                            guard_failed = Some(soa.clone());
+                            break 'pass;
+                        }
+                        // Transient never comes back (send_retrying).
+                        RcodeClass::Prerequisite
+                        | RcodeClass::Refused
+                        | RcodeClass::Fatal
+                        | RcodeClass::Transient => {
+                            return Err(ZoneError::Refused {
+                                zone: zone.clone(),
+                                server: zc.primary,
+                                rcode,
+                                hint: rcode.hint(),
+                            });
+                        }
                     }
                 }
             }
@@ -2447,6 +2502,7 @@ fn empty_outcome(zc: &ZoneConfig) -> ZoneOutcome {
         refused_unowned: false,
         messages_applied: 0,
         retries: 0,
+        resends: 0,
         in_sync_after: None,
         error: None,
         refusals: Vec::new(),
@@ -2465,33 +2521,104 @@ fn update_err(zc: &ZoneConfig, source: UpdateFailure) -> ZoneError {
     }
 }
 
+/// Sends one repair UPDATE until the server gives an answer that is not
+/// transient, as the stream does: a transient failure
+/// ([`UpdateFailure::is_transient`]) drops the connection, waits the
+/// stream's backoff and sends the same message again on a fresh one, at
+/// most [`REPAIR_ATTEMPTS`] times in all; each resend is logged and counted
+/// in `resends`.
+///
+/// Resending is safe. A guarded message whose first copy was applied after
+/// all fails its SOA prerequisite, which the caller answers with a fresh
+/// transfer; an unguarded one adds records that are there and deletes
+/// records that are not, which leaves the zone as the first copy left it
+/// (RFC 2136 §3.4.2.2-3: a duplicate replaces its copy, a delete of
+/// nothing is no error).
+async fn send_retrying(
+    conn: &mut Option<Connection>,
+    zc: &ZoneConfig,
+    wire: &[u8],
+    timeout: Duration,
+    resends: &mut usize,
+) -> Result<Rcode, ZoneError> {
+    let mut backoff = session::INITIAL_BACKOFF;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let failure = match attempt(conn, zc, wire, timeout).await {
+            Ok(rcode) if rcode.class() != RcodeClass::Transient => return Ok(rcode),
+            Ok(rcode) => UpdateFailure::Transient(rcode),
+            Err(failure) if failure.is_transient() => failure,
+            Err(failure) => return Err(update_err(zc, failure)),
+        };
+        *conn = None;
+        if attempts >= REPAIR_ATTEMPTS {
+            return Err(ZoneError::GaveUp {
+                zone: zc.name.clone(),
+                server: zc.primary,
+                attempts,
+                source: failure,
+            });
+        }
+        warn!(
+            zone = %zc.name,
+            server = %zc.primary,
+            reason = %crate::error::chain(&failure),
+            attempt = attempts,
+            of = REPAIR_ATTEMPTS,
+            backoff = ?backoff,
+            "a repair UPDATE failed transiently; sending it again on a fresh connection after the backoff"
+        );
+        *resends += 1;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(session::MAX_BACKOFF);
+    }
+}
+
+/// One attempt at a repair UPDATE, on `conn` or a new connection.
+async fn attempt(
+    conn: &mut Option<Connection>,
+    zc: &ZoneConfig,
+    wire: &[u8],
+    timeout: Duration,
+) -> Result<Rcode, UpdateFailure> {
+    let c = match conn {
+        Some(c) => c,
+        None => conn.insert(
+            Connection::connect(zc.primary)
+                .await
+                .map_err(UpdateFailure::Connect)?,
+        ),
+    };
+    send(c, zc, wire, timeout).await
+}
+
 /// Signs and sends one repair UPDATE, and returns the verified answer's RCODE.
 async fn send(
     conn: &mut Connection,
     zc: &ZoneConfig,
     wire: &[u8],
     timeout: Duration,
-) -> Result<Rcode, ZoneError> {
+) -> Result<Rcode, UpdateFailure> {
     let request = tsig::sign(wire, &zc.key, axfr::unix_now(), tsig::DEFAULT_FUDGE)
-        .map_err(|e| update_err(zc, UpdateFailure::Sign(e)))?;
+        .map_err(UpdateFailure::Sign)?;
     conn.send(&request.wire)
         .await
-        .map_err(|e| update_err(zc, UpdateFailure::Send(e)))?;
+        .map_err(UpdateFailure::Send)?;
     loop {
         let answer = match tokio::time::timeout(timeout, conn.recv()).await {
-            Err(_) => return Err(update_err(zc, UpdateFailure::Timeout)),
-            Ok(None) => return Err(update_err(zc, UpdateFailure::Closed)),
-            Ok(Some(Err(e))) => return Err(update_err(zc, UpdateFailure::Read(e))),
+            Err(_) => return Err(UpdateFailure::Timeout),
+            Ok(None) => return Err(UpdateFailure::Closed),
+            Ok(Some(Err(e))) => return Err(UpdateFailure::Read(e)),
             Ok(Some(Ok(a))) => a,
         };
         if answer.get(..2) != Some(&request.id.to_be_bytes()[..]) {
             continue;
         }
         let verified = tsig::verify_response(&answer, &zc.key, &request, axfr::unix_now());
-        return match tsig::judged_rcode(verified.map(|v| v.rcode)) {
-            Ok(rcode) => Ok(Rcode(rcode)),
-            Err(e) => Err(update_err(zc, UpdateFailure::Answer(e))),
-        };
+        return tsig::judged_rcode(verified.map(|v| v.rcode))
+            .map(Rcode)
+            .map_err(UpdateFailure::Answer);
     }
 }
 

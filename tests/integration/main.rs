@@ -65,6 +65,7 @@ mod protobuf;
 mod reconcile;
 mod reconcile_many_zones;
 mod reconcile_paused;
+mod reconcile_resend;
 mod reconcile_scale;
 mod rejected;
 mod replication;

@@ -88,7 +88,7 @@ pub(crate) fn record_lines(list: &Value, rdata: bool) -> Vec<String> {
 /// tuples of `pg2dns.rr`'s owner, ttl, type and rdata), streamed by
 /// `pg2dns run` until DNS matches the table, then stopped: the known state
 /// most scenarios reconcile against.
-async fn stack_with_rows(label: &str, primary: Primary, rows: &str) -> Result<Stack> {
+pub(crate) async fn stack_with_rows(label: &str, primary: Primary, rows: &str) -> Result<Stack> {
     let stack = Stack::start(label, primary).await?;
     let mut pg2dns = stack.run()?;
     stack

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hickory_proto::op::Message;
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
-use pg2dns_decoder::session::Rcode;
+use pg2dns_decoder::session::{Rcode, RcodeClass};
 use pg2dns_decoder::tsig::{self, StreamVerifier, TsigError, TsigKey};
 use pg2dns_decoder::{rdata, Name, Owner, RType, Rdata, Record, ZoneName};
 
@@ -297,11 +297,7 @@ pub async fn transfer_each(
                 zone: zone.clone(),
                 server,
                 rcode,
-                hint: if rcode == Rcode::REFUSED || rcode == Rcode::NOTAUTH {
-                    " (allow-transfer in named.conf, or acl in knot.conf, must let this key transfer the zone)"
-                } else {
-                    ""
-                },
+                hint: transfer_hint(rcode),
             });
         }
         let message = Message::from_vec(&frame).map_err(|e| malformed(Malformed::Message(e)))?;
@@ -342,6 +338,26 @@ pub async fn transfer_each(
     verifier.finish().map_err(tsig_err)?;
     let soa = soa.ok_or_else(|| malformed(Malformed::NoSoa))?;
     Ok((soa, messages))
+}
+
+/// What to check when a transfer is answered with `rcode`, judged by the
+/// one RCODE policy ([`Rcode::class`]). A transfer is not sent again by
+/// itself: it changes nothing, so a failed one ends its zone's reconcile
+/// with this error and running reconcile again is safe (a repair's applied
+/// messages stay applied, and the next run starts from what DNS holds).
+fn transfer_hint(rcode: Rcode) -> &'static str {
+    match rcode.class() {
+        RcodeClass::Transient => {
+            " (the server failed: BIND answers SERVFAIL while the zone loads or past transfers-out; see the server's log, then run again)"
+        }
+        _ if rcode == Rcode::REFUSED || rcode == Rcode::NOTAUTH => {
+            " (allow-transfer in named.conf, or acl in knot.conf, must let this key transfer the zone)"
+        }
+        _ if rcode == Rcode::NXDOMAIN || rcode == Rcode::NOTZONE => {
+            " (the server does not serve this zone: check the zone name and primary address)"
+        }
+        _ => "",
+    }
 }
 
 /// One transferred RR as pg2dns's record: names lower-case, data of the
