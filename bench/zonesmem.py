@@ -5,7 +5,10 @@ variant, one after the other on the same data: RSS idle (8 s after /readyz),
 one transaction adding a record to every zone, RSS 15 s after the slot
 confirmed it (VmRSS, VmHWM in KiB). A variant sets environment variables
 (`LD_PRELOAD` of another malloc, glibc's `MALLOC_*`) or wraps the command
-(`heaptrack -o FILE`).
+(`heaptrack -o FILE`). `"burst": false` skips the transaction (RSS idle
+only); `"kill": "SIGKILL"` ends the process so (under heaptrack) every
+allocation still live counts as leaked: `heaptrack_print --print-leaks`
+then lists what was live at that moment by call site.
 
     python3 bench/zonesmem.py BIN/pg2dns 10000 /tmp/zm \
         '[{"name":"default"},{"name":"jemalloc","env":{"LD_PRELOAD":"/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}},
@@ -67,6 +70,11 @@ for n, v in enumerate(variants):
     pid = pid_of(proc)
     time.sleep(8)
     idle = rss(pid)
+    if not v.get("burst", True):
+        print(json.dumps({"variant": v["name"], "ready_s": round(ready, 2), "idle_kib": idle, "pid": pid}), flush=True)
+        os.kill(pid, getattr(signal, v.get("kill", "SIGTERM")))
+        proc.wait(300)
+        continue
     sql = (f"INSERT INTO pg2dns.rr(owner, type, rdata) SELECT 'v{n}.z' || i || '.bench.', 'A', "
            f"'10.' || ((i >> 16) & 255) || '.' || ((i >> 8) & 255) || '.' || (i & 255) FROM generate_series(1, {zones}) AS i")
     t1 = time.time()
@@ -82,6 +90,6 @@ for n, v in enumerate(variants):
     time.sleep(15)
     after = rss(pid)
     print(json.dumps({"variant": v["name"], "ready_s": round(ready, 2), "idle_kib": idle, "applied_s": round(applied, 1), "after_kib": after, "pid": pid}), flush=True)
-    proc.send_signal(signal.SIGTERM)
+    os.kill(pid, getattr(signal, v.get("kill", "SIGTERM")))
     proc.wait(300)
 conn.close(); dns.stop(); pg.stop()
