@@ -431,6 +431,80 @@ async fn status_publishes_a_change_in_one_of_many_zones_and_rewrites_only_its_ro
     Ok(())
 }
 
+/// `[limits] max_unacked_zones` bounds the read ahead: with it at 1 and
+/// BIND stopped (SIGSTOP) while one zone's change waits, a second
+/// transaction in another zone is sent by PostgreSQL but not taken: no
+/// second UPDATE is planned, so what waits in memory stays bounded however
+/// many zones a burst touches. Once BIND answers, both are applied, and
+/// a transaction touching every zone then goes through zone by zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_ahead_stops_at_max_unacked_zones_and_resumes_on_acknowledgements() -> Result<()> {
+    const N: usize = 50;
+    let (stack, metrics) = many_zones("many-zones-bound", Primary::Bind, N).await?;
+    stack.append_config("\n[limits]\nmax_unacked_zones = 1\n")?;
+    let server = stack.server(Primary::Bind)?;
+    let pid = server.pid().context("named runs")?;
+    let in_flight_series = format!("pg2dns_zone_in_flight{{server=\"{}\"}}", server.addr());
+    let mut run = stack.run()?;
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('first.z0000.many.test.', 300, 'A', '192.0.2.1')")
+        .await?;
+    wait_until_confirmed(&stack, Duration::from_secs(60)).await?;
+    crate::harness::signal(pid, "STOP")?;
+    let held = async {
+        stack
+            .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('a.z0001.many.test.', 300, 'A', '192.0.2.2')")
+            .await?;
+        let in_flight = || async {
+            let (_, body) = crate::health::http_get(&metrics, "/metrics").await?;
+            Ok::<_, anyhow::Error>(sample(&body, &in_flight_series).unwrap_or(0.0))
+        };
+        wait_until(Duration::from_secs(30), "zone 1's change is dispatched", || async {
+            let n = in_flight().await?;
+            Ok(if n >= 1.0 { Check::Done(()) } else { Check::NotYet(format!("{n} in flight")) })
+        })
+        .await?;
+        stack
+            .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('b.z0002.many.test.', 300, 'TXT', '\"second é\"')")
+            .await?;
+        let second = stack.current_wal_lsn().await?;
+        // PostgreSQL has sent the second transaction to pg2dns...
+        wait_until(Duration::from_secs(30), "the walsender sends the second transaction", || async {
+            let row = stack
+                .db
+                .query_one("SELECT coalesce(max(sent_lsn), '0/0')::text FROM pg_stat_replication", &[])
+                .await?;
+            let sent: pg2dns_decoder::Lsn = row.get::<_, &str>(0).parse()?;
+            Ok(if sent >= second { Check::Done(()) } else { Check::NotYet(format!("sent {sent}")) })
+        })
+        .await?;
+        // ...and for two seconds pg2dns plans nothing of it (without the
+        // bound it is dispatched within milliseconds of arriving).
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < until {
+            let n = in_flight().await?;
+            ensure!(n <= 1.0, "{n} changes in flight with max_unacked_zones = 1 and BIND stopped");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    crate::harness::signal(pid, "CONT")?;
+    held?;
+    wait_until_confirmed(&stack, Duration::from_secs(60)).await?;
+    stack.exec(&one_record_in_each_zone(N)).await?;
+    wait_until_confirmed(&stack, Duration::from_secs(120)).await?;
+    run.assert_running()?;
+    let differing = zones_differing_from_table(&stack).await?;
+    ensure!(
+        differing.is_empty(),
+        "{} zones differ from the table, e.g. {:?}",
+        differing.len(),
+        &differing[..differing.len().min(3)]
+    );
+    Ok(())
+}
+
 /// Run on BIND and Knot at their defaults (PowerDNS serves zones from its
 /// database: nothing per zone to share).
 mod on_bind {

@@ -216,6 +216,8 @@ pub(crate) struct Lanes {
     removals: Vec<(usize, ZoneId)>,
     /// `[limits] degraded_queue`, for messages.
     degraded_queue: u64,
+    /// `[limits] max_unacked_zones`.
+    max_unacked_zones: usize,
     /// The probes of primaries the session streams without.
     probes: Vec<Probe>,
     /// How long a probe waits for its answer.
@@ -529,6 +531,7 @@ impl Lanes {
             dropped: std::collections::HashSet::new(),
             removals: Vec::new(),
             degraded_queue: config.limits.degraded_queue,
+            max_unacked_zones: config.limits.max_unacked_zones,
             lanes,
             servers,
             streams,
@@ -739,6 +742,13 @@ impl Lanes {
     /// Whether every zone acknowledged everything dispatched to it.
     pub(crate) fn all_acked(&self) -> bool {
         self.unacked == 0
+    }
+
+    /// Whether as many zones as `[limits] max_unacked_zones` have
+    /// dispatches not yet acknowledged (the pipeline reads no more frames
+    /// until acknowledgements bring them under).
+    pub(crate) fn saturated(&self) -> bool {
+        self.unacked >= self.max_unacked_zones
     }
 
     pub(crate) fn on_report(&mut self, report: Option<LaneReport>) -> Result<(), RunError> {

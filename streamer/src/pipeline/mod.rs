@@ -456,7 +456,9 @@ impl Pipeline<'_> {
                 }
                 // A frame that is already there goes first: the grouped
                 // checkpoint can wait, a live transaction should not.
-                frame = replication.recv() => frame?,
+                // No more read ahead while too many zones wait on their
+                // servers (`[limits] max_unacked_zones`).
+                frame = replication.recv(), if !self.lanes.saturated() => frame?,
                 _ = tokio::time::sleep_until(wake), if timeout.is_some() => {
                     self.core.handle_timeout(Instant::now());
                     self.act(replication).await?;
