@@ -1028,7 +1028,9 @@ impl ServerTask {
     fn publish(&self) {
         self.connections.set(self.pool.open() as i64);
         self.connections_max.set(self.pool.high_water() as i64);
-        self.in_flight.set(self.pool.in_flight() as i64);
+        // UPDATEs only: the status's SOA queries are not counted here.
+        let updates = self.pool.in_flight() - self.pool.queries_in_flight();
+        self.in_flight.set(updates as i64);
         self.sessions_max
             .set(i64::try_from(self.sessions_high).unwrap_or(i64::MAX));
     }
