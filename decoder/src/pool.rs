@@ -28,6 +28,8 @@
 //!
 //!  per message:  assign(lane) → conn,  free_id(conn) → id,  session.poll_transmit(.., id),
 //!                on_sent(conn, id, lane);  answer: on_answer(conn, id) → Live(lane) | Dead | Unknown
+//!  per query:    (no lane ready) query_conn() → conn,  free_id(conn) → id,  on_query_sent(conn, id, q);
+//!                answer: on_answer(conn, id) → Query(q);  no answer in time: expire_query;  lost: take_lost_queries
 //! ```
 //!
 //! The same connections carry the status's SOA queries, as low-priority

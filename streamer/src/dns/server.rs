@@ -15,6 +15,8 @@
 //!        ready ─▶ pool.assign → conn, pool.free_id → id ─▶ session.poll_transmit(id) ─▶ writer[conn]
 //!  reader[conn] (a task per connection) ─frame─▶ pool.on_answer(id) → lane ─▶ session.handle_response
 //!  pipeline ◀─ZoneReport─ session.poll_event
+//!  status ─SoaAsk─▶ queries (sent when `ready` is empty) ─▶ pool.query_conn ─▶ writer[conn]
+//!        reader[conn] ─frame─▶ pool.on_answer(id) → Query ─▶ SoaAsk.reply ─▶ status
 //! ```
 //!
 //! Sessions exist only for zones with a message to send or in flight:
