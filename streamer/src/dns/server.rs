@@ -524,6 +524,10 @@ impl ServerTask {
             let Some((index, zone, reply)) = self.queries.queue.pop_front() else {
                 break;
             };
+            if reply.is_closed() {
+                // Its asker is gone (a session that ended): not worth asking.
+                continue;
+            }
             let id = self.pool.free_id(conn);
             let message = super::axfr::query(&zone, 6, id);
             let token = self.queries.next;
