@@ -28,7 +28,21 @@
 //!
 //!  per message:  assign(lane) → conn,  free_id(conn) → id,  session.poll_transmit(.., id),
 //!                on_sent(conn, id, lane);  answer: on_answer(conn, id) → Live(lane) | Dead | Unknown
+//!  per query:    (no lane ready) query_conn() → conn,  free_id(conn) → id,  on_query_sent(conn, id, q);
+//!                answer: on_answer(conn, id) → Query(q);  no answer in time: expire_query;  lost: take_lost_queries
 //! ```
+//!
+//! The same connections carry the status's SOA queries, as low-priority
+//! work ([`QueryId`]): the driver sends one only when no lane is ready to
+//! send, on a connection already up ([`ServerPool::query_conn`]). A query
+//! in flight counts against [`PoolLimits::max_in_flight`] like an UPDATE,
+//! and at most half of it ([`ServerPool::max_queries`]) may be queries, so
+//! an UPDATE that comes meanwhile always finds room. A query belongs to no
+//! lane, so a lane's order does not see it; its answer is matched by ID
+//! like an UPDATE's ([`Answer::Query`]). One given up on
+//! ([`ServerPool::expire_query`]) keeps its ID taken ([`Pending::Expired`])
+//! until its late answer comes or the connection goes, and the connection
+//! stays: the UPDATEs on it are not resent for a status query.
 //!
 //! Message IDs are unique per connection (RFC 1035 §4.1.1: the ID "is
 //! copied [into] the corresponding reply and can be used by the requester
@@ -58,6 +72,10 @@ impl fmt::Display for LaneId {
         write!(f, "lane #{}", self.0)
     }
 }
+
+/// A status query in flight, named by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueryId(pub u64);
 
 /// A connection slot of a pool (below [`MAX_CONNECTIONS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,6 +112,11 @@ pub enum Pending {
     /// so the lane stays on this connection until a later message of its
     /// own is answered there.
     Dead(LaneId),
+    /// A status query awaits the answer.
+    Query(QueryId),
+    /// A status query given up on: its ID stays taken until its late
+    /// answer comes or the connection goes.
+    Expired,
 }
 
 /// What an answer's ID meant.
@@ -101,7 +124,10 @@ pub enum Pending {
 pub enum Answer {
     /// Hand the answer to this lane's session.
     Live(LaneId),
-    /// A late answer to a message its lane gave up on: ignore it.
+    /// The answer to this status query.
+    Query(QueryId),
+    /// A late answer to a message its lane (or the status) gave up on:
+    /// ignore it.
     Dead,
     /// No message with this ID is awaited on this connection: ignore it.
     Unknown,
@@ -121,8 +147,10 @@ struct Slot {
     next_id: u16,
     /// Lanes assigned here.
     lanes: HashSet<LaneId>,
-    /// `Live` entries of `ids`.
+    /// `Live` and `Query` entries of `ids`.
     live: usize,
+    /// `Expired` entries of `ids` (no work: they do not keep it open).
+    expired: usize,
     /// When the slot last had work (for the idle close).
     last_used: Instant,
 }
@@ -137,6 +165,11 @@ pub struct ServerPool {
     /// Each assigned lane's entries (`Live` and `Dead`) on its connection.
     outstanding: HashMap<LaneId, usize>,
     in_flight: usize,
+    /// Of `in_flight`, the status queries.
+    queries: usize,
+    /// Queries that were in flight on a connection lost since the driver
+    /// last took them ([`ServerPool::take_lost_queries`]).
+    lost_queries: Vec<QueryId>,
     backoff: Duration,
     retry_at: Option<Instant>,
     high_water: usize,
@@ -159,6 +192,7 @@ impl ServerPool {
                 next_id: first_id.wrapping_add((i as u16).wrapping_mul(4099)),
                 lanes: HashSet::new(),
                 live: 0,
+                expired: 0,
                 last_used: now,
             })
             .collect();
@@ -168,6 +202,8 @@ impl ServerPool {
             assigned: HashMap::default(),
             outstanding: HashMap::default(),
             in_flight: 0,
+            queries: 0,
+            lost_queries: Vec::new(),
             backoff: INITIAL_BACKOFF,
             retry_at: None,
             high_water: 0,
@@ -233,7 +269,7 @@ impl ServerPool {
                     false
                 }
                 Pending::Dead(l) => *l != lane,
-                Pending::Live(_) => true,
+                Pending::Live(_) | Pending::Query(_) | Pending::Expired => true,
             });
             slot.live -= live;
             self.in_flight -= live;
@@ -361,6 +397,16 @@ impl ServerPool {
                 }
                 Answer::Dead
             }
+            Some(Pending::Query(query)) => {
+                slot.live -= 1;
+                self.in_flight -= 1;
+                self.queries -= 1;
+                Answer::Query(query)
+            }
+            Some(Pending::Expired) => {
+                slot.expired -= 1;
+                Answer::Dead
+            }
             None => Answer::Unknown,
         }
     }
@@ -374,6 +420,13 @@ impl ServerPool {
         slot.state = State::Closed;
         self.in_flight -= slot.live;
         slot.live = 0;
+        slot.expired = 0;
+        for p in slot.ids.values() {
+            if let Pending::Query(q) = p {
+                self.queries -= 1;
+                self.lost_queries.push(*q);
+            }
+        }
         slot.ids.clear();
         slot.last_used = now;
         let lanes: Vec<LaneId> = slot.lanes.drain().collect();
@@ -395,7 +448,7 @@ impl ServerPool {
         let i = self.slots.iter().position(|s| {
             s.state == State::Up
                 && s.lanes.is_empty()
-                && s.ids.is_empty()
+                && s.ids.len() == s.expired
                 && s.last_used + idle <= now
         })?;
         self.on_lost(ConnId(i as u8), now);
@@ -408,13 +461,83 @@ impl ServerPool {
         let idle = self.limits.idle_close;
         self.slots
             .iter()
-            .filter(|s| s.state == State::Up && s.lanes.is_empty() && s.ids.is_empty())
+            .filter(|s| s.state == State::Up && s.lanes.is_empty() && s.ids.len() == s.expired)
             .map(|s| s.last_used + idle)
             .chain(self.retry_at)
             .min()
     }
 
-    /// Messages awaited now (`Live` ones).
+    /// The most status queries in flight at once: half of
+    /// [`PoolLimits::max_in_flight`] (at least 1), so UPDATEs always find
+    /// room.
+    pub fn max_queries(&self) -> usize {
+        (self.limits.max_in_flight / 2).max(1)
+    }
+
+    /// The connection to send a status query on now: the `Up` one with
+    /// the fewest messages in flight, when the pool has room and fewer
+    /// than [`ServerPool::max_queries`] queries are in flight. `None` when
+    /// no connection is up: a query does not ask for one by itself (the
+    /// driver decides, see [`ServerPool::poll_connect`]). Call it only
+    /// when no lane is ready to send: UPDATEs go first.
+    pub fn query_conn(&self) -> Option<ConnId> {
+        if !self.has_room() || self.queries >= self.max_queries() {
+            return None;
+        }
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == State::Up)
+            .min_by_key(|(_, s)| s.live)
+            .map(|(i, _)| ConnId(i as u8))
+    }
+
+    /// Status query `query` went out on `conn` with `id` (from
+    /// [`ServerPool::free_id`]).
+    pub fn on_query_sent(&mut self, conn: ConnId, id: u16, query: QueryId, now: Instant) {
+        let slot = &mut self.slots[conn.index()];
+        let old = slot.ids.insert(id, Pending::Query(query));
+        debug_assert!(old.is_none(), "id {id} reused on {conn:?}");
+        slot.next_id = id.wrapping_add(1);
+        slot.live += 1;
+        slot.last_used = now;
+        self.in_flight += 1;
+        self.queries += 1;
+    }
+
+    /// The status gave up on query `id` on `conn` (no answer in time): it
+    /// stops counting against the limits, its ID stays taken until its
+    /// late answer ([`Answer::Dead`]) or the connection goes. Whether it
+    /// was still awaited.
+    pub fn expire_query(&mut self, conn: ConnId, id: u16) -> bool {
+        let Some(slot) = self.slots.get_mut(conn.index()) else {
+            return false;
+        };
+        match slot.ids.get_mut(&id) {
+            Some(p @ Pending::Query(_)) => {
+                *p = Pending::Expired;
+                slot.live -= 1;
+                slot.expired += 1;
+                self.in_flight -= 1;
+                self.queries -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The queries that were in flight on connections lost since the last
+    /// call: they get no answer.
+    pub fn take_lost_queries(&mut self) -> Vec<QueryId> {
+        std::mem::take(&mut self.lost_queries)
+    }
+
+    /// Status queries awaited now.
+    pub fn queries_in_flight(&self) -> usize {
+        self.queries
+    }
+
+    /// Messages awaited now (`Live` and `Query` ones).
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }

@@ -222,14 +222,15 @@ fn parse_duration(text: &str) -> Option<Duration> {
     }
 }
 
-/// 14: BIND 9.18 applies the UPDATEs of one TCP connection one after
+/// 16: BIND 9.18 applies the UPDATEs of one TCP connection one after
 /// another (pipelined or not: 1 connection with 16 in flight ran 112
 /// UPDATEs/s against 95 with 1, 16 connections 810/s; BENCHMARKS.md, many
 /// zones), so a burst over many zones goes as fast as it has connections.
-/// 14 leaves room for the status's 2 SOA-query connections under the 16
-/// that issue #24 allows; idle ones close after `idle_close_ms`.
+/// The status's SOA queries ride on these same connections (see
+/// `dns::server`), so all 16 that issue #24 allows carry UPDATEs; idle
+/// ones close after `idle_close_ms`.
 fn default_connections() -> usize {
-    14
+    pg2dns_decoder::pool::MAX_CONNECTIONS
 }
 
 fn default_max_in_flight() -> usize {
@@ -248,7 +249,8 @@ fn default_connect_timeout_ms() -> u64 {
 /// connections are shared by all of them (see `pg2dns_decoder::pool`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
-    /// TCP connections at most (`connections`, default 14, at most 16).
+    /// TCP connections at most (`connections`, default and at most 16),
+    /// the status's SOA queries included.
     pub connections: usize,
     /// UPDATEs awaiting an answer at most, all zones together
     /// (`max_in_flight`, default 64: below BIND's update-quota of 100).
@@ -2330,17 +2332,14 @@ tsig_key_file = "k.key"
     }
 
     #[test]
-    fn server_limits_default_to_14_connections_and_a_server_table_matches_by_address() {
+    fn server_limits_default_to_16_connections_and_a_server_table_matches_by_address() {
         let c = with_key_file(GOOD).unwrap();
         let limits = c.server_limits(&c.zones[0].primary_addr);
         assert_eq!(limits, ServerLimits::default());
-        assert_eq!((limits.connections, limits.max_in_flight), (14, 64));
-        // With the status's SOA queries, still within the 16 connections
-        // per server that issue #24 allows.
-        assert!(
-            limits.connections + crate::status::SOA_QUERIES.connections
-                <= pg2dns_decoder::pool::MAX_CONNECTIONS
-        );
+        assert_eq!((limits.connections, limits.max_in_flight), (16, 64));
+        // The status's SOA queries share them: the 16 connections per
+        // server that issue #24 allows are the whole of it.
+        assert_eq!(limits.connections, pg2dns_decoder::pool::MAX_CONNECTIONS);
         assert_eq!(limits.idle_close, Duration::from_secs(5));
         let c = with_key_file(&format!(
             "{GOOD}\n[[server]]\naddress = \"127.0.0.1:5353\"\nconnections = 16\nmax_in_flight = 90\nidle_close_ms = 2500\n\n[[server]]\naddress = \"192.0.2.1\"\nconnections = 1\n"

@@ -116,7 +116,13 @@ pub struct Live {
     last_server_micros: AtomicI64,
     pending: Mutex<Option<Pending>>,
     unreachable_after: Duration,
+    /// Each primary's server task, which sends the SOA queries on its
+    /// pooled connections (set when the session's lanes start).
+    soa_servers: Mutex<std::collections::HashMap<SocketAddr, SoaSender>>,
 }
+
+/// Where the SOA queries to one primary go: its server task.
+type SoaSender = tokio::sync::mpsc::UnboundedSender<crate::dns::server::SoaAsk>;
 
 impl Live {
     /// Fresh numbers for `config`'s zones (in configuration order).
@@ -160,7 +166,54 @@ impl Live {
             last_server_micros: AtomicI64::new(0),
             pending: Mutex::new(None),
             unreachable_after: config.limits.unreachable_after,
+            soa_servers: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// The server tasks that answer the SOA queries, by primary address
+    /// (the session's, as its lanes start).
+    pub fn set_soa_servers(&self, servers: impl IntoIterator<Item = (SocketAddr, SoaSender)>) {
+        let mut map = self.soa_servers.lock().unwrap_or_else(|e| e.into_inner());
+        map.clear();
+        for (primary, tx) in servers {
+            map.entry(primary).or_insert(tx);
+        }
+    }
+
+    /// Hands `asks` to their primaries' server tasks, answers to `reply`;
+    /// returns the indexes handed over. A primary without a task (before
+    /// the session's lanes start, or its task gone) is skipped: its zones
+    /// are asked again at a later tick. No connection is opened here, so
+    /// the queries stay within each server's `connections`.
+    fn ask_soas(
+        &self,
+        asks: Vec<(usize, ZoneName, SocketAddr)>,
+        reply: &crate::dns::server::SoaReply,
+    ) -> Vec<usize> {
+        let mut per_server: std::collections::HashMap<SocketAddr, Vec<(usize, ZoneName)>> =
+            std::collections::HashMap::new();
+        for (i, zone, server) in asks {
+            per_server.entry(server).or_default().push((i, zone));
+        }
+        let servers = self.soa_servers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut asked = Vec::new();
+        for (server, zones) in per_server {
+            let Some(tx) = servers.get(&server) else {
+                debug!(primary = %server, zones = zones.len(), "no server task for the SOA queries yet; asking later");
+                continue;
+            };
+            let indexes: Vec<usize> = zones.iter().map(|(i, _)| *i).collect();
+            let ask = crate::dns::server::SoaAsk {
+                zones,
+                reply: reply.clone(),
+            };
+            if tx.send(ask).is_ok() {
+                asked.extend(indexes);
+            } else {
+                debug!(primary = %server, "the server task stopped; asking the SOAs later");
+            }
+        }
+        asked
     }
 
     /// Zone `zone`'s numbers changed: the publisher looks at it next time.
@@ -297,20 +350,13 @@ struct ZoneRow {
     unreachable_since_micros: i64,
 }
 
-/// How the status publisher asks the primaries for SOA serials (issue #24:
-/// after one transaction touching every zone, each zone's SOA is asked):
-/// over two pipelined connections per primary, 32 queries open on each, so
-/// that 50,000 zones are 50,000 queries on two sockets rather than 50,000
-/// connections crowding out the UPDATEs (BIND admits 150 TCP clients).
-pub const SOA_QUERIES: crate::dns::pipelined::Bounds = crate::dns::pipelined::Bounds {
-    connections: 2,
-    in_flight: 32,
-    timeout: Duration::from_secs(2),
-};
-
-/// Asks each `(index, zone, primary)` of `asks` for the zone's SOA serial,
-/// the queries to one primary pipelined within `bounds`, the primaries in
-/// parallel; the answers come back with their index.
+/// Asks each `(index, zone, primary)` of `asks` for the zone's SOA serial
+/// over connections of its own, the queries to one primary pipelined
+/// within `bounds`, the primaries in parallel; the answers come back with
+/// their index. The rejoin probe of a dropped primary uses it (that
+/// primary has no UPDATE traffic); the status publisher asks through the
+/// server tasks instead ([`Live::set_soa_servers`]), on their pooled
+/// connections.
 pub async fn soa_serials(
     asks: Vec<(usize, ZoneName, SocketAddr)>,
     bounds: crate::dns::pipelined::Bounds,
@@ -380,6 +426,9 @@ const WATCHED: u8 = 1;
 const VISITING: u8 = 2;
 /// Per zone in [`Board::flags`]: its row changed since the last write.
 const UNPUBLISHED: u8 = 4;
+/// Per zone in [`Board::flags`]: its SOA query is out (not asked again
+/// until it is answered or failed).
+const ASKING: u8 = 8;
 
 /// What the publisher knows of each zone's row and which rows it has yet
 /// to write: [`publish`]'s bookkeeping, without its I/O. Each tick looks
@@ -396,6 +445,8 @@ struct Board {
     acked_seen: Vec<u64>,
     /// Per zone: the acknowledgement count its SOA serial was asked after.
     asked_at_ack: Vec<u64>,
+    /// Per zone: the acknowledgement count when its query out was sent.
+    asking_at_ack: Vec<u64>,
     /// Per zone: [`WATCHED`], [`VISITING`], [`UNPUBLISHED`].
     flags: Vec<u8>,
     /// Zones looked at every tick until they settle.
@@ -453,6 +504,7 @@ impl Board {
             waiting_since: vec![None; n],
             acked_seen: vec![0; n],
             asked_at_ack: vec![0; n],
+            asking_at_ack: vec![0; n],
             flags: vec![0; n],
             watch: Vec::new(),
             unpublished: Vec::new(),
@@ -527,7 +579,7 @@ impl Board {
                 }
                 m.set_unreachable(&zone, &server, unreachable);
             }
-            if acked > self.asked_at_ack[i] {
+            if acked > self.asked_at_ack[i] && self.flags[i] & ASKING == 0 {
                 looked.asks.push((i, c.name.clone(), c.primary));
             }
             self.set_row(i, row);
@@ -594,10 +646,31 @@ impl Board {
         }
     }
 
-    /// Zone `i`'s SOA serial as its primary answered.
+    /// Zone `i`'s SOA query went out (after the acknowledgements seen).
+    fn soa_asked(&mut self, i: usize) {
+        if let Some(f) = self.flags.get_mut(i) {
+            *f |= ASKING;
+            self.asking_at_ack[i] = self.acked_seen[i];
+        }
+    }
+
+    /// Zone `i`'s SOA query failed: it is asked again at a later tick.
+    fn soa_failed(&mut self, i: usize) {
+        if let Some(f) = self.flags.get_mut(i) {
+            *f &= !ASKING;
+        }
+    }
+
+    /// Zone `i`'s SOA serial as its primary answered (to the query sent
+    /// after the acknowledgements then seen: a later one asks again).
     fn soa_answered(&mut self, i: usize, serial: u32) {
         let Some(row) = self.rows.get(i) else { return };
-        self.asked_at_ack[i] = self.acked_seen[i];
+        self.asked_at_ack[i] = if self.flags[i] & ASKING != 0 {
+            self.asking_at_ack[i]
+        } else {
+            self.acked_seen[i]
+        };
+        self.flags[i] &= !ASKING;
         let row = ZoneRow {
             soa_serial: Some(serial),
             soa_at_micros: unix_micros(SystemTime::now()),
@@ -659,8 +732,10 @@ impl Board {
 }
 
 /// Publishes `live` for `config`'s slot until aborted: metrics every
-/// [`PUBLISH_EVERY`], SOA queries after new acknowledgements (at most once
-/// per zone and period), and the status rows that changed.
+/// [`PUBLISH_EVERY`], SOA queries after new acknowledgements (at most one
+/// per zone out at a time, sent by the primary's server task on its pooled
+/// connections when it has no UPDATE to send, answered at a later tick),
+/// and the status rows that changed.
 pub async fn publish(live: Arc<Live>, config: Config) {
     let slot = config.database.slot.clone();
     let m = metrics::get();
@@ -676,8 +751,29 @@ pub async fn publish(live: Arc<Live>, config: Config) {
     let mut primaries_missing = false;
     let mut tick = tokio::time::interval(PUBLISH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (soa_tx, mut soa_rx): (crate::dns::server::SoaReply, _) =
+        tokio::sync::mpsc::unbounded_channel();
     loop {
         tick.tick().await;
+        // The SOAs answered since the last tick.
+        while let Ok((i, answer)) = soa_rx.try_recv() {
+            let Some(c) = live.config.get(i) else {
+                continue;
+            };
+            match answer
+                .map_err(SoaError::Ask)
+                .and_then(|frame| serial_of(&frame))
+            {
+                Ok(serial) => {
+                    board.soa_answered(i, serial);
+                    m.soa_serial(&c.name.to_string(), &c.primary.to_string(), serial);
+                }
+                Err(e) => {
+                    board.soa_failed(i);
+                    debug!(zone = %c.name, primary = %c.primary, error = %crate::error::chain(&e), "SOA query failed; asking again later")
+                }
+            }
+        }
         let looked = board.look(&live, m, Instant::now());
         if looked.lost > ZONES_LOGGED_PER_TICK {
             warn!(
@@ -691,21 +787,10 @@ pub async fn publish(live: Arc<Live>, config: Config) {
                 "and more zones whose primary answers again"
             );
         }
-        // The SOAs of the zones acknowledged since, a few at once per
-        // primary.
-        for (i, answer) in soa_serials(looked.asks, SOA_QUERIES).await {
-            let Some(c) = live.config.get(i) else {
-                continue;
-            };
-            match answer {
-                Ok(serial) => {
-                    board.soa_answered(i, serial);
-                    m.soa_serial(&c.name.to_string(), &c.primary.to_string(), serial);
-                }
-                Err(e) => {
-                    debug!(zone = %c.name, primary = %c.primary, error = %crate::error::chain(&e), "SOA query failed; asking again later")
-                }
-            }
+        // The SOAs of the zones acknowledged since, through their
+        // primaries' server tasks.
+        for i in live.ask_soas(looked.asks, &soa_tx) {
+            board.soa_asked(i);
         }
         board.set_in_flight(m);
         let pending = live.pending();
@@ -1262,6 +1347,79 @@ mod tests {
         assert_eq!((looked.lost, looked.back), (0, 1));
         assert_eq!(board.to_write(), Some(&[1][..]));
         assert_eq!(board.rows[1].unreachable_since_micros, 0);
+    }
+
+    #[test]
+    fn a_zone_s_soa_is_asked_once_while_its_query_is_out_and_again_after_newer_acks() {
+        let config = config_of(4, "127.0.0.1:5393");
+        let live = Live::new(&config);
+        let m = metrics::get();
+        let mut board = Board::new(&live, m);
+        let start = Instant::now();
+        let asked = |looked: &Looked| looked.asks.iter().map(|(i, _, _)| *i).collect::<Vec<_>>();
+        board.look(&live, m, start);
+        board.written();
+        live.dispatched(2, 1);
+        live.acked(2, 1);
+        let looked = board.look(&live, m, start);
+        assert_eq!(asked(&looked), [2]);
+        board.soa_asked(2);
+        // Out: not asked again however many ticks go by.
+        for s in 1..4 {
+            let looked = board.look(&live, m, start + Duration::from_secs(s));
+            assert!(looked.asks.is_empty(), "{:?}", looked.asks);
+        }
+        // Failed: asked again at the next tick.
+        board.soa_failed(2);
+        let looked = board.look(&live, m, start + Duration::from_secs(5));
+        assert_eq!(asked(&looked), [2]);
+        board.soa_asked(2);
+        // A newer acknowledgement while the query is out: the answer is to
+        // the older one, so the zone is asked again after it.
+        live.dispatched(2, 2);
+        live.acked(2, 2);
+        let looked = board.look(&live, m, start + Duration::from_secs(6));
+        assert!(looked.asks.is_empty(), "still out: {:?}", looked.asks);
+        board.soa_answered(2, 5);
+        assert_eq!(board.rows[2].soa_serial, Some(5));
+        let looked = board.look(&live, m, start + Duration::from_secs(7));
+        assert_eq!(asked(&looked), [2]);
+        board.soa_asked(2);
+        board.soa_answered(2, 6);
+        let looked = board.look(&live, m, start + Duration::from_secs(8));
+        assert!(looked.asks.is_empty(), "settled: {:?}", looked.asks);
+        assert!(board.watch.is_empty(), "{:?}", board.watch);
+    }
+
+    #[tokio::test]
+    async fn soa_asks_go_to_their_primary_s_task_and_a_primary_without_one_is_asked_later() {
+        let config = config_of(3, "127.0.0.1:5394");
+        let live = Live::new(&config);
+        let (reply, _answers) = tokio::sync::mpsc::unbounded_channel();
+        let zone = |i: usize| ZoneName::parse(&format!("z{i}.status.test.")).unwrap();
+        let here: SocketAddr = "127.0.0.1:5394".parse().unwrap();
+        let elsewhere: SocketAddr = "127.0.0.1:5395".parse().unwrap();
+        // Before the lanes start: nothing handed over.
+        let asks = vec![(0, zone(0), here), (1, zone(1), here)];
+        assert!(live.ask_soas(asks.clone(), &reply).is_empty());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        live.set_soa_servers([(here, tx)]);
+        let mut all = asks.clone();
+        all.push((2, zone(2), elsewhere));
+        let mut handed = live.ask_soas(all, &reply);
+        handed.sort_unstable();
+        assert_eq!(handed, [0, 1], "the primary without a task is skipped");
+        let ask = rx.try_recv().expect("one ask for the primary");
+        let zones: Vec<(usize, String)> =
+            ask.zones.iter().map(|(i, z)| (*i, z.to_string())).collect();
+        assert_eq!(
+            zones,
+            [(0, "z0.status.test.".into()), (1, "z1.status.test.".into())]
+        );
+        assert!(rx.try_recv().is_err(), "one ask per primary and tick");
+        // Its task gone: nothing handed over.
+        drop(rx);
+        assert!(live.ask_soas(asks, &reply).is_empty());
     }
 
     /// A DNS server on loopback that holds SOA queries until `batch` are

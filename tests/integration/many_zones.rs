@@ -25,6 +25,16 @@ pub(crate) fn zone_name(i: usize) -> String {
 /// A stack with `n` zones on `primary`, a metrics listener and the
 /// server's limits written out; returns it with the metrics address.
 async fn many_zones(label: &str, primary: Primary, n: usize) -> Result<(Stack, String)> {
+    many_zones_over(label, primary, n, CONNECTIONS).await
+}
+
+/// [`many_zones`] with a pool of `connections`.
+async fn many_zones_over(
+    label: &str,
+    primary: Primary,
+    n: usize,
+    connections: usize,
+) -> Result<(Stack, String)> {
     let names: Vec<String> = (0..n).map(zone_name).collect();
     let zones: Vec<(&str, Primary)> = names.iter().map(|z| (z.as_str(), primary)).collect();
     let stack = Stack::start_split(&format!("{label}-{}", primary.label()), &zones).await?;
@@ -32,7 +42,7 @@ async fn many_zones(label: &str, primary: Primary, n: usize) -> Result<(Stack, S
     let server = stack.server(primary)?.addr();
     stack.append_config(&format!(
         "[metrics]\nlisten = \"{metrics}\"\n\n\
-         [[server]]\naddress = \"{server}\"\nconnections = {CONNECTIONS}\nmax_in_flight = 64\n"
+         [[server]]\naddress = \"{server}\"\nconnections = {connections}\nmax_in_flight = 64\n"
     ))?;
     Ok((stack, metrics))
 }
@@ -496,6 +506,147 @@ async fn the_read_ahead_stops_at_max_unacked_zones_and_resumes_on_acknowledgemen
     wait_until_confirmed(&stack, Duration::from_secs(120)).await?;
     run.assert_running()?;
     every_zone_equals_the_table(&stack).await?;
+    Ok(())
+}
+
+/// Connections established to `port` on loopback, as the kernel has
+/// them (`/proc/net/tcp`): a connection whose client closed it is in
+/// CLOSE_WAIT there at once, however late the proxy's task sees it.
+fn established_to(port: u16) -> Result<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let local = format!(":{port:04X}");
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let (Some(addr), Some(_remote), Some(state)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return false;
+            };
+            addr.ends_with(&local) && state == "01"
+        })
+        .count())
+}
+
+/// A TCP proxy in front of `upstream` that records the most connections
+/// established through it at once (counted by the kernel at each accept).
+async fn counting_proxy(
+    upstream: std::net::SocketAddr,
+) -> Result<(
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<usize>>,
+)> {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let most = std::sync::Arc::new(std::sync::Mutex::new(0usize));
+    let seen = most.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            if let Ok(n) = established_to(addr.port()) {
+                let mut m = seen.lock().unwrap();
+                *m = (*m).max(n);
+            }
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let back = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    let _ = cw.shutdown().await;
+                });
+                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                let _ = sw.shutdown().await;
+                back.abort();
+            });
+        }
+    });
+    Ok((addr, most))
+}
+
+/// The status's SOA queries ride the server's pooled UPDATE connections:
+/// with `connections = 2`, pg2dns never holds more than two TCP
+/// connections to BIND (counted by a proxy in front of it, the status
+/// included) while one transaction touches 600 zones and a second every
+/// third of them, and `status --json` still shows every zone's SOA serial,
+/// each the serial BIND serves for that zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_soa_serials_ride_the_update_connections_within_the_pool() -> Result<()> {
+    const N: usize = 600;
+    const POOL: usize = 2;
+    let (stack, metrics) = many_zones_over("soa-pool", Primary::Bind, N, POOL).await?;
+    let bind = stack.server(Primary::Bind)?.addr();
+    let (proxy, counts) = counting_proxy(bind.parse()?).await?;
+    // Every address of BIND in the config (the zones' primary and the
+    // [[server]]) goes through the proxy.
+    let text = std::fs::read_to_string(stack.config_path())?;
+    ensure!(text.contains(&format!("\"{bind}\"")), "{text}");
+    std::fs::write(
+        stack.config_path(),
+        text.replace(&format!("\"{bind}\""), &format!("\"{proxy}\"")),
+    )?;
+    let mut run = stack.run()?;
+    stack.exec(&one_record_in_each_zone(N)).await?;
+    // Every third zone a second UPDATE, so that serials differ between
+    // neighbours and an answer routed to the wrong zone shows.
+    let mut sql = String::from("BEGIN;\n");
+    for z in (0..N).step_by(3) {
+        sql.push_str(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('second.z{z:04}.many.test.', 60, 'TXT', '\"twice é \\\\ \\\"q\\\"\"');\n"
+        ));
+    }
+    sql.push_str("COMMIT;\n");
+    stack.exec(&sql).await?;
+    wait_until_confirmed(&stack, Duration::from_secs(180)).await?;
+    let entries = |s: &serde_json::Value| s["zones"].as_array().cloned().unwrap_or_default();
+    let status = crate::admin::wait_for_status(
+        &stack,
+        "every zone's serial, nothing in flight",
+        Duration::from_secs(120),
+        |s| {
+            let zones = entries(s);
+            zones.len() == N
+                && zones
+                    .iter()
+                    .all(|z| z["soa_serial"].is_i64() && z["in_flight"] == 0)
+        },
+    )
+    .await?;
+    let most = *counts.lock().unwrap();
+    eprintln!("pg2dns held at most {most} connections to BIND");
+    ensure!(
+        (1..=POOL).contains(&most),
+        "pg2dns held {most} connections to BIND at once; connections = {POOL}"
+    );
+    // Each published serial is the zone's own, as BIND serves it now (the
+    // serials were asked after the last acknowledgement).
+    let published = entries(&status);
+    for z in [0, 1, 2, 3, 299, 300, 301, N - 2, N - 1] {
+        let zone = zone_name(z);
+        let entry = published
+            .iter()
+            .find(|e| e["zone"] == zone.as_str())
+            .with_context(|| format!("{zone}'s entry"))?;
+        let serial = stack.serial(&zone).await?;
+        ensure!(
+            entry["soa_serial"].as_i64() == i64::try_from(serial).ok(),
+            "{zone}: published {entry}, BIND serves serial {serial}"
+        );
+    }
+    let (_, body) = crate::health::http_get(&metrics, "/metrics").await?;
+    let label = format!("{{server=\"{proxy}\"}}");
+    let max = sample(&body, &format!("pg2dns_server_connections_max{label}"))
+        .with_context(|| format!("no pg2dns_server_connections_max{label} in:\n{body}"))?;
+    ensure!(max <= POOL as f64, "{max} pool connections at once");
+    run.assert_running()?;
+    ensure!(
+        zones_differing_from_table(&stack).await?.is_empty(),
+        "DNS equals the table"
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The pool against a fake server that answers each zone in order per
 //! connection but interleaves zones at random, fails messages, drops
-//! connections and withholds answers, on a fake clock.
+//! connections and withholds answers, on a fake clock; status queries
+//! ride along when no lane has work.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -30,6 +31,10 @@ struct Lane {
 
 const WINDOW: usize = 2;
 
+/// The server's entries for status queries carry this lane (and the
+/// query's token as the message).
+const QUERY: LaneId = LaneId(u32::MAX);
+
 impl Lane {
     fn has_work(&self) -> bool {
         self.next < self.total && self.inflight.len() < WINDOW
@@ -56,6 +61,13 @@ struct World {
     /// Per lane, the messages the server applied, in the order it did.
     applied: Vec<Vec<u32>>,
     connects: usize,
+    /// Status queries to send (numbers), in order.
+    query_todo: VecDeque<u32>,
+    /// Queries in flight by token: (query, connection, id).
+    query_sent: HashMap<u64, (u32, ConnId, u16)>,
+    next_token: u64,
+    /// Queries answered (each at least once).
+    query_answered: HashSet<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +88,10 @@ enum Op {
     Tick {
         ms: u16,
     },
+    /// The status gives up on a query in flight (asked again later).
+    Expire {
+        pick: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -86,11 +102,16 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::ConnectOk),
         1 => Just(Op::ConnectFail),
         1 => (0u16..8000).prop_map(|ms| Op::Tick { ms }),
+        1 => any::<u8>().prop_map(|pick| Op::Expire { pick }),
     ]
 }
 
 impl World {
     fn new(sizes: &[u32]) -> World {
+        World::with_queries(sizes, 0)
+    }
+
+    fn with_queries(sizes: &[u32], queries: u32) -> World {
         let now = Instant::now();
         World {
             now,
@@ -108,6 +129,10 @@ impl World {
             connecting: VecDeque::new(),
             applied: vec![Vec::new(); sizes.len()],
             connects: 0,
+            query_todo: (0..queries).collect(),
+            query_sent: HashMap::new(),
+            next_token: 0,
+            query_answered: HashSet::new(),
         }
     }
 
@@ -116,17 +141,24 @@ impl World {
     /// the lanes that are done.
     fn drive(&mut self) {
         while let Some(c) = self.pool.poll_idle(self.now) {
+            // Only queries given up on may still be held there.
+            let held = std::mem::take(&mut self.server[c.index()]);
             assert!(
-                self.server[c.index()].is_empty(),
-                "an idle connection held messages"
+                held.iter().all(|(_, lane, token)| *lane == QUERY
+                    && !self.query_sent.contains_key(&u64::from(*token))),
+                "an idle connection held messages: {held:?}"
             );
         }
+        self.requeue_lost_queries();
+        // A query asks for a connection only when none is open.
+        let queries_wait = !self.query_todo.is_empty() && self.pool.open() == 0;
         let waiting = self
             .lanes
             .iter()
             .enumerate()
             .filter(|(i, l)| l.has_work() && self.pool.assigned(LaneId(*i as u32)).is_none())
-            .count();
+            .count()
+            + usize::from(queries_wait);
         if let Some(c) = self.pool.poll_connect(self.now, waiting) {
             self.connecting.push_back(c);
             self.connects += 1;
@@ -153,6 +185,19 @@ impl World {
                 break;
             }
         }
+        // Queries when no lane is ready to send: UPDATEs first.
+        while !self.lanes.iter().any(Lane::has_work) && !self.query_todo.is_empty() {
+            let Some(conn) = self.pool.query_conn() else {
+                break;
+            };
+            let q = self.query_todo.pop_front().expect("a query");
+            let id = self.pool.free_id(conn);
+            let token = self.next_token;
+            self.next_token += 1;
+            self.pool.on_query_sent(conn, id, QueryId(token), self.now);
+            self.server[conn.index()].push_back((id, QUERY, token as u32));
+            self.query_sent.insert(token, (q, conn, id));
+        }
         for i in 0..self.lanes.len() {
             if self.lanes[i].inflight.is_empty() && !self.lanes[i].has_work() {
                 self.pool.unassign(LaneId(i as u32), self.now);
@@ -167,7 +212,13 @@ impl World {
         assert!(self.pool.open() <= limits.connections);
         assert!(self.pool.high_water() <= limits.connections);
         let live: usize = self.lanes.iter().map(|l| l.inflight.len()).sum();
-        assert_eq!(self.pool.in_flight(), live);
+        assert_eq!(self.pool.in_flight(), live + self.query_sent.len());
+        assert_eq!(self.pool.queries_in_flight(), self.query_sent.len());
+        assert!(self.pool.queries_in_flight() <= self.pool.max_queries());
+        // Queries alone never fill the pool: an UPDATE finds room.
+        if live == 0 {
+            assert!(self.pool.has_room(), "queries filled the pool");
+        }
         // One connection per lane in flight, and IDs unique per connection
         // among everything the server still holds (given-up ones included).
         for (i, l) in self.lanes.iter().enumerate() {
@@ -191,6 +242,18 @@ impl World {
         for (c, q) in self.server.iter().enumerate() {
             let ids: HashSet<u16> = q.iter().map(|(id, _, _)| *id).collect();
             assert_eq!(ids.len(), q.len(), "an ID twice on connection {c}");
+        }
+    }
+
+    /// Queries on a lost connection go back to the queue (the status asks
+    /// again); the pool names exactly those that were in flight there.
+    fn requeue_lost_queries(&mut self) {
+        for QueryId(token) in self.pool.take_lost_queries() {
+            let (q, _, _) = self
+                .query_sent
+                .remove(&token)
+                .expect("a lost query was in flight");
+            self.query_todo.push_back(q);
         }
     }
 
@@ -228,6 +291,24 @@ impl World {
                     .position(|(_, l, _)| *l == lane)
                     .expect("the zone's oldest message");
                 let (id, lane, seq) = self.server[c].remove(at).expect("present");
+                if lane == QUERY {
+                    let token = u64::from(seq);
+                    match self.pool.on_answer(ConnId(c as u8), id, self.now) {
+                        Answer::Query(QueryId(t)) => {
+                            assert_eq!(t, token, "a query's answer reaches that query");
+                            let (q, conn, qid) =
+                                self.query_sent.remove(&t).expect("an awaited query");
+                            assert_eq!((conn.index(), qid), (c, id));
+                            self.query_answered.insert(q);
+                        }
+                        Answer::Dead => {
+                            assert!(!self.query_sent.contains_key(&token), "an awaited query");
+                        }
+                        other => panic!("a query's answer went to {other:?}"),
+                    }
+                    self.drive();
+                    return;
+                }
                 if !servfail {
                     self.applied[lane.0 as usize].push(seq);
                 }
@@ -253,6 +334,7 @@ impl World {
                             model.acked += 1;
                         }
                     }
+                    Answer::Query(q) => panic!("an UPDATE's answer went to {q:?}"),
                     Answer::Dead | Answer::Unknown => {}
                 }
             }
@@ -265,7 +347,7 @@ impl World {
                 }
                 let c = up[usize::from(conn) % up.len()];
                 for (_, lane, seq) in std::mem::take(&mut self.server[c]) {
-                    if apply {
+                    if apply && lane != QUERY {
                         self.applied[lane.0 as usize].push(seq);
                     }
                 }
@@ -296,6 +378,18 @@ impl World {
                 }
             }
             Op::Tick { ms } => self.now += Duration::from_millis(u64::from(ms)),
+            Op::Expire { pick } => {
+                let mut sent: Vec<u64> = self.query_sent.keys().copied().collect();
+                if sent.is_empty() {
+                    return;
+                }
+                sent.sort_unstable();
+                let token = sent[usize::from(pick) % sent.len()];
+                let (q, conn, id) = self.query_sent.remove(&token).expect("in flight");
+                assert!(self.pool.expire_query(conn, id), "it was awaited");
+                assert!(!self.pool.expire_query(conn, id), "only once");
+                self.query_todo.push_back(q);
+            }
         }
         self.drive();
     }
@@ -303,7 +397,10 @@ impl World {
     /// The server behaves from now on until every lane is done.
     fn settle(&mut self) {
         for _ in 0..100_000 {
-            if self.lanes.iter().all(Lane::done) {
+            if self.lanes.iter().all(Lane::done)
+                && self.query_todo.is_empty()
+                && self.query_sent.is_empty()
+            {
                 return;
             }
             if !self.connecting.is_empty() {
@@ -341,13 +438,16 @@ proptest! {
     #[test]
     fn every_zone_is_acknowledged_in_dispatch_order_under_any_interleaving(
         sizes in prop::collection::vec(1u32..6, 1..12),
+        queries in 0u32..20,
         ops in prop::collection::vec(op(), 0..200),
     ) {
         // The checks after every step: pool_never_has_more_than_max_in_flight_or_connections,
         // a_message_id_is_never_live_twice_on_one_connection (given-up ones included),
         // a_zone_in_flight_uses_one_connection_at_a_time, and that a lost
         // connection names exactly the lanes in flight on it.
-        let mut w = World::new(&sizes);
+        // Status queries ride along: every one is answered in the end (asked
+        // again after a loss or a give-up), never to a lane.
+        let mut w = World::with_queries(&sizes, queries);
         w.drive();
         for op in ops {
             w.apply(op);
@@ -362,6 +462,7 @@ proptest! {
             }
         }
         prop_assert_eq!(w.pool.in_flight(), 0);
+        prop_assert_eq!(w.query_answered.len(), queries as usize);
         // Then everything idles out.
         w.apply(Op::Tick { ms: 5000 });
         w.apply(Op::Tick { ms: 1 });
@@ -491,4 +592,125 @@ fn a_halted_lane_leaves_the_connection_to_the_others() {
     assert!(pool.is_up(c));
     assert_eq!(pool.on_answer(c, ia, t0), Answer::Unknown);
     assert_eq!(pool.on_answer(c, ib, t0), Answer::Live(b));
+}
+
+/// A pool with one connection up.
+fn one_up(limits: PoolLimits, first_id: u16) -> (ServerPool, ConnId, Instant) {
+    let t0 = Instant::now();
+    let mut pool = ServerPool::new(limits, first_id, t0);
+    let c = pool.poll_connect(t0, 1).expect("a connect");
+    pool.on_connected(c, t0);
+    (pool, c, t0)
+}
+
+#[test]
+fn queries_and_updates_share_a_connection_with_unique_ids_and_their_own_answers() {
+    let (mut pool, c, t0) = one_up(LIMITS, 0xfffe);
+    let lane = LaneId(4);
+    assert_eq!(pool.assign(lane), Some(c));
+    let u1 = pool.free_id(c);
+    pool.on_sent(c, u1, lane, t0);
+    let q1 = pool.free_id(c);
+    assert_eq!(pool.query_conn(), Some(c));
+    pool.on_query_sent(c, q1, QueryId(1), t0);
+    let u2 = pool.free_id(c);
+    pool.on_sent(c, u2, lane, t0);
+    let q2 = pool.free_id(c);
+    pool.on_query_sent(c, q2, QueryId(2), t0);
+    // Across the wrap of the 16-bit IDs, each once.
+    let ids: HashSet<u16> = [u1, q1, u2, q2].into_iter().collect();
+    assert_eq!(ids.len(), 4, "{u1} {q1} {u2} {q2}");
+    assert_eq!((pool.in_flight(), pool.queries_in_flight()), (4, 2));
+    // Answers in any order reach their own: the queries do not touch the
+    // lane's count, the lane's do not touch the queries.
+    assert_eq!(pool.on_answer(c, q2, t0), Answer::Query(QueryId(2)));
+    assert_eq!(pool.on_answer(c, u1, t0), Answer::Live(lane));
+    assert!(!pool.unassign(lane, t0), "its second UPDATE is awaited");
+    assert_eq!(pool.on_answer(c, q1, t0), Answer::Query(QueryId(1)));
+    assert_eq!(pool.on_answer(c, q1, t0), Answer::Unknown, "answered once");
+    assert_eq!(pool.on_answer(c, u2, t0), Answer::Live(lane));
+    assert!(pool.unassign(lane, t0));
+    assert_eq!((pool.in_flight(), pool.queries_in_flight()), (0, 0));
+}
+
+#[test]
+fn queries_take_at_most_half_the_in_flight_cap_and_open_no_connection() {
+    let t0 = Instant::now();
+    let mut pool = ServerPool::new(LIMITS, 100, t0);
+    assert_eq!(pool.query_conn(), None, "no connection is up");
+    assert_eq!(pool.open(), 0, "a query opens none by itself");
+    let c = pool.poll_connect(t0, 1).expect("a connect");
+    assert_eq!(pool.query_conn(), None, "still connecting");
+    pool.on_connected(c, t0);
+    assert_eq!(pool.max_queries(), LIMITS.max_in_flight / 2);
+    for q in 0..pool.max_queries() {
+        let conn = pool.query_conn().expect("room for a query");
+        let id = pool.free_id(conn);
+        pool.on_query_sent(conn, id, QueryId(q as u64), t0);
+    }
+    assert_eq!(pool.query_conn(), None, "half the cap is queries");
+    // The UPDATEs have the rest.
+    let mut sent = 0;
+    while pool.has_room() {
+        let lane = LaneId(sent);
+        let conn = pool.assign(lane).expect("a connection");
+        let id = pool.free_id(conn);
+        pool.on_sent(conn, id, lane, t0);
+        sent += 1;
+    }
+    assert_eq!(
+        sent as usize,
+        LIMITS.max_in_flight - LIMITS.max_in_flight / 2
+    );
+    assert_eq!(pool.query_conn(), None, "the cap is full");
+}
+
+#[test]
+fn an_expired_query_keeps_its_id_until_its_late_answer_and_the_connection_stays() {
+    let (mut pool, c, t0) = one_up(LIMITS, 0x8000);
+    let id = pool.free_id(c);
+    pool.on_query_sent(c, id, QueryId(7), t0);
+    assert!(pool.expire_query(c, id));
+    assert!(!pool.expire_query(c, id), "once");
+    assert_eq!((pool.in_flight(), pool.queries_in_flight()), (0, 0));
+    assert!(pool.is_up(c), "the UPDATEs on it are not disturbed");
+    // As if the IDs had wrapped around onto it: it is not handed out.
+    pool.slots[c.index()].next_id = id;
+    assert_ne!(pool.free_id(c), id);
+    // Its late answer is nobody's.
+    assert_eq!(pool.on_answer(c, id, t0), Answer::Dead);
+    assert_eq!(pool.free_id(c), id);
+}
+
+#[test]
+fn an_expired_query_does_not_keep_a_connection_open() {
+    let (mut pool, c, t0) = one_up(LIMITS, 1);
+    let id = pool.free_id(c);
+    pool.on_query_sent(c, id, QueryId(1), t0);
+    assert_eq!(pool.poll_timeout(), None, "a query in flight is work");
+    assert!(pool.expire_query(c, id));
+    assert_eq!(pool.poll_timeout(), Some(t0 + LIMITS.idle_close));
+    assert_eq!(pool.poll_idle(t0 + LIMITS.idle_close), Some(c));
+}
+
+#[test]
+fn queries_on_a_lost_connection_are_named_once() {
+    let (mut pool, c, t0) = one_up(LIMITS, 1);
+    let lane = LaneId(1);
+    pool.assign(lane);
+    let u = pool.free_id(c);
+    pool.on_sent(c, u, lane, t0);
+    for q in 0..3 {
+        let id = pool.free_id(c);
+        pool.on_query_sent(c, id, QueryId(q), t0);
+    }
+    let expired = pool.free_id(c);
+    pool.on_query_sent(c, expired, QueryId(9), t0);
+    pool.expire_query(c, expired);
+    assert_eq!(pool.on_lost(c, t0), vec![lane]);
+    let mut lost = pool.take_lost_queries();
+    lost.sort_unstable();
+    assert_eq!(lost, [QueryId(0), QueryId(1), QueryId(2)]);
+    assert!(pool.take_lost_queries().is_empty());
+    assert_eq!((pool.in_flight(), pool.queries_in_flight()), (0, 0));
 }

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use pg2dns_decoder::ZoneName;
 use tokio::sync::mpsc;
 
-use super::server::{ServerInput, ServerTask};
+use super::server::{ServerInput, ServerTask, SoaAsk};
 use super::sink::LaneReport;
 use crate::config::{Limits, PrimaryAddr, ServerLimits};
 
@@ -48,6 +48,8 @@ pub struct ServerStream {
     pub key: ServerKey,
     /// Its input.
     pub tx: mpsc::Sender<ServerInput>,
+    /// The status's SOA queries to it (sent on its connections).
+    pub soa: mpsc::UnboundedSender<SoaAsk>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,10 +69,12 @@ impl ServerStream {
             reports,
         );
         let (tx, rx) = mpsc::channel(4);
+        let (soa, soa_rx) = mpsc::unbounded_channel();
         ServerStream {
             key,
             tx,
-            task: tokio::spawn(task.run(rx)),
+            soa,
+            task: tokio::spawn(task.run(rx, soa_rx)),
         }
     }
 }

@@ -457,6 +457,9 @@ impl Lanes {
             servers.push(stream.tx.clone());
             streams.push(stream);
         }
+        // The status asks each server's SOAs through its task, on its
+        // connections.
+        live.set_soa_servers(streams.iter().map(|s| (s.key.primary, s.soa.clone())));
         if reused > 0 || kept.servers() > 0 {
             info!(
                 kept = reused,

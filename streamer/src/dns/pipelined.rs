@@ -57,6 +57,9 @@ pub enum AskError {
     /// The request is too long for TCP framing.
     #[error("the request cannot be sent")]
     Request(#[source] Arc<io::Error>),
+    /// The server task that was to send it stopped (status SOA queries).
+    #[error("the server's task stopped")]
+    Stopped,
 }
 
 /// Sends `count` requests to `server` and returns each one's answer (its

@@ -15,6 +15,8 @@
 //!        ready ─▶ pool.assign → conn, pool.free_id → id ─▶ session.poll_transmit(id) ─▶ writer[conn]
 //!  reader[conn] (a task per connection) ─frame─▶ pool.on_answer(id) → lane ─▶ session.handle_response
 //!  pipeline ◀─ZoneReport─ session.poll_event
+//!  status ─SoaAsk─▶ queries (sent when `ready` is empty) ─▶ pool.query_conn ─▶ writer[conn]
+//!        reader[conn] ─frame─▶ pool.on_answer(id) → Query ─▶ SoaAsk.reply ─▶ status
 //! ```
 //!
 //! Sessions exist only for zones with a message to send or in flight:
@@ -26,6 +28,18 @@
 //! that does not answer holds up none of its other connections. A timeout
 //! drops the connection it happened on: every zone in flight there resends
 //! from its first unacknowledged message, as a zone's own connection did.
+//!
+//! The status publisher's SOA queries come on their own channel
+//! ([`SoaAsk`]) and go out on the same connections as low-priority work:
+//! only when no zone is ready to send an UPDATE, on a connection already
+//! up, at most half of `max_in_flight` at once (they count against it while
+//! in flight; see [`pg2dns_decoder::pool`]). Queries alone open a
+//! connection only when none is open, so pg2dns holds at most
+//! `[[server]] connections` to a server, the status included. A query
+//! unanswered after [`SOA_TIMEOUT`], or on a connection lost, is reported
+//! failed (the publisher asks again at a later tick); a timed-out query
+//! leaves the connection and its UPDATEs alone. Queries still queued when
+//! the task stops are reported failed too.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
@@ -33,12 +47,12 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use pg2dns_decoder::pool::{Answer, ConnId, LaneId, PoolLimits, ServerPool};
+use pg2dns_decoder::pool::{Answer, ConnId, LaneId, PoolLimits, QueryId, ServerPool};
 use pg2dns_decoder::session::{
     Event, RetryReason, Session, SessionConfig, MAX_QUEUED_DISPATCHES, MAX_QUEUED_OPS,
 };
 use pg2dns_decoder::update::Budget;
-use pg2dns_decoder::{HashMap, ZoneId};
+use pg2dns_decoder::{HashMap, ZoneId, ZoneName};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -51,7 +65,62 @@ use tracing::{debug, warn};
 pub use crate::dns::sink::{Dispatch, LaneReport, ZoneReport};
 
 use crate::config::{Limits, PrimaryAddr, ServerLimits, ZoneConfig};
+use crate::dns::pipelined::AskError;
 use crate::{failpoint, metrics};
+
+/// How long a status SOA query may wait for its answer once sent.
+pub const SOA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Where a server task sends each SOA answer: the asker's index and the
+/// answer (its first message) or why there is none.
+pub type SoaReply = mpsc::UnboundedSender<(usize, Result<Vec<u8>, AskError>)>;
+
+/// The status publisher's SOA queries for one server: each `(index, zone)`
+/// is answered once on `reply`, in any order.
+#[derive(Debug)]
+pub struct SoaAsk {
+    /// The zones to ask, with the asker's index of each.
+    pub zones: Vec<(usize, ZoneName)>,
+    /// Where the answers go.
+    pub reply: SoaReply,
+}
+
+/// The SOA queries a server task holds: queued until no zone is ready to
+/// send, then in flight until answered, timed out or lost.
+#[derive(Default)]
+struct Queries {
+    queue: VecDeque<(usize, ZoneName, SoaReply)>,
+    /// In flight by token: the asker's index, the reply, and where.
+    sent: HashMap<u64, (usize, SoaReply, ConnId, u16)>,
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    next: u64,
+}
+
+impl Queries {
+    fn answer(&mut self, token: u64, answer: Result<Vec<u8>, AskError>) {
+        if let Some((index, reply, _, _)) = self.sent.remove(&token) {
+            let _ = reply.send((index, answer));
+        }
+    }
+
+    /// Every queued query fails with `error` (no connection for them).
+    fn fail_queued(&mut self, error: &AskError) {
+        for (index, _, reply) in self.queue.drain(..) {
+            let _ = reply.send((index, Err(error.clone())));
+        }
+    }
+}
+
+impl Drop for Queries {
+    /// The task stopped: whoever asks hears it, and asks again later.
+    fn drop(&mut self) {
+        let stopped = AskError::Stopped;
+        self.fail_queued(&stopped);
+        for (_, (index, reply, _, _)) in self.sent.drain() {
+            let _ = reply.send((index, Err(stopped.clone())));
+        }
+    }
+}
 
 /// What the pipeline hands a server task.
 #[derive(Debug)]
@@ -186,6 +255,8 @@ pub struct ServerTask {
     /// The most sessions at once (`pg2dns_server_sessions_max`).
     sessions_max: Gauge,
     sessions_high: usize,
+    /// The status's SOA queries.
+    queries: Queries,
 }
 
 impl ServerTask {
@@ -244,6 +315,7 @@ impl ServerTask {
             in_flight: m.server_in_flight.get_or_create(&label).clone(),
             sessions_max: m.server_sessions_max.get_or_create(&label).clone(),
             sessions_high: 0,
+            queries: Queries::default(),
             name,
         }
     }
@@ -362,19 +434,27 @@ impl ServerTask {
     }
 
     /// Runs until `input` closes and every zone is idle (a clean stop).
-    pub async fn run(mut self, mut input: mpsc::Receiver<ServerInput>) {
+    /// The status's SOA queries come on `soa`.
+    pub async fn run(
+        mut self,
+        mut input: mpsc::Receiver<ServerInput>,
+        mut soa: mpsc::UnboundedReceiver<SoaAsk>,
+    ) {
         let mut input_open = true;
+        let mut soa_open = true;
         loop {
             let now = Instant::now();
             while let Some(conn) = self.pool.poll_idle(now) {
                 debug!(server = %self.name, conn = conn.0, "closing an idle connection");
                 self.io[conn.index()] = None;
             }
+            self.fail_lost_queries();
             if !input_open && self.active.is_empty() && self.waiting.is_empty() {
                 return;
             }
             self.connect(now);
             self.send(now).await;
+            self.send_queries(now).await;
             self.publish();
             let deadline = self.next_deadline();
             tokio::select! {
@@ -398,7 +478,73 @@ impl ServerTask {
                         self.on_conn_event(conn, generation, event);
                     }
                 }
+                ask = soa.recv(), if soa_open => match ask {
+                    Some(ask) => {
+                        self.take_soa(ask);
+                        while let Ok(more) = soa.try_recv() {
+                            self.take_soa(more);
+                        }
+                    }
+                    None => soa_open = false,
+                },
                 _ = sleep_until(deadline) => self.on_timers(Instant::now()),
+            }
+        }
+    }
+
+    fn take_soa(&mut self, ask: SoaAsk) {
+        for (index, zone) in ask.zones {
+            self.queries
+                .queue
+                .push_back((index, zone, ask.reply.clone()));
+        }
+    }
+
+    /// The queries on connections lost since: failed (asked again later).
+    fn fail_lost_queries(&mut self) {
+        for QueryId(token) in self.pool.take_lost_queries() {
+            let closed = std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the connection was lost",
+            );
+            self.queries.answer(
+                token,
+                Err(AskError::Connection(std::sync::Arc::new(closed))),
+            );
+        }
+    }
+
+    /// Sends queued SOA queries while no zone is ready to send an UPDATE
+    /// and the pool has room for a query on a connection already up.
+    async fn send_queries(&mut self, now: Instant) {
+        while self.ready.is_empty() && !self.queries.queue.is_empty() {
+            let Some(conn) = self.pool.query_conn() else {
+                break;
+            };
+            let Some((index, zone, reply)) = self.queries.queue.pop_front() else {
+                break;
+            };
+            if reply.is_closed() {
+                // Its asker is gone (a session that ended): not worth asking.
+                continue;
+            }
+            let id = self.pool.free_id(conn);
+            let message = super::axfr::query(&zone, 6, id);
+            let token = self.queries.next;
+            self.queries.next += 1;
+            self.pool.on_query_sent(conn, id, QueryId(token), now);
+            self.queries.sent.insert(token, (index, reply, conn, id));
+            self.queries
+                .deadlines
+                .push(Reverse((now + SOA_TIMEOUT, token)));
+            let written = match self.io[conn.index()].as_mut() {
+                Some(Io::Up { writer, .. }) => write_frame(writer, &message).await,
+                _ => Err(std::io::Error::other("the connection is not up")),
+            };
+            if let Err(e) = written {
+                debug!(server = %self.name, conn = conn.0, error = %e, "write failed");
+                self.lost(conn, now);
+                self.fail_lost_queries();
             }
         }
     }
@@ -504,7 +650,9 @@ impl ServerTask {
             .iter()
             .filter(|l| self.pool.assigned(**l).is_none())
             .take(1)
-            .count();
+            .count()
+            // Queries alone ask for a connection only when none is open.
+            + usize::from(!self.queries.queue.is_empty() && self.pool.open() == 0);
         let Some(conn) = self.pool.poll_connect(now, waiting) else {
             return;
         };
@@ -617,6 +765,15 @@ impl ServerTask {
             ConnEvent::ConnectFailed(e) => {
                 self.io[conn.index()] = None;
                 let wait = self.pool.on_connect_failed(conn, now);
+                if self.pool.open() == 0 {
+                    // No connection for the queued queries: they fail
+                    // now, and the status asks again later.
+                    let error = AskError::Connect(std::sync::Arc::new(std::io::Error::new(
+                        e.kind(),
+                        e.to_string(),
+                    )));
+                    self.queries.fail_queued(&error);
+                }
                 let waiting: Vec<LaneId> = self
                     .ready
                     .iter()
@@ -660,13 +817,17 @@ impl ServerTask {
                     self.lost(conn, now);
                     return;
                 };
-                if let Answer::Live(lane) = self.pool.on_answer(conn, id, now) {
-                    if let Some(a) = self.active.get_mut(&lane) {
-                        a.session
-                            .handle_response(&frame, now, super::axfr::unix_now());
+                match self.pool.on_answer(conn, id, now) {
+                    Answer::Live(lane) => {
+                        if let Some(a) = self.active.get_mut(&lane) {
+                            a.session
+                                .handle_response(&frame, now, super::axfr::unix_now());
+                        }
+                        self.events_of(lane, now);
+                        self.make_ready(lane);
                     }
-                    self.events_of(lane, now);
-                    self.make_ready(lane);
+                    Answer::Query(QueryId(token)) => self.queries.answer(token, Ok(frame)),
+                    Answer::Dead | Answer::Unknown => {}
                 }
             }
             ConnEvent::Closed(error) => {
@@ -690,6 +851,18 @@ impl ServerTask {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, token))) = self.queries.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.queries.deadlines.pop();
+            // Answered ones are stale entries, skipped.
+            if let Some(&(_, _, conn, id)) = self.queries.sent.get(&token) {
+                self.pool.expire_query(conn, id);
+                self.queries
+                    .answer(token, Err(AskError::Timeout(SOA_TIMEOUT)));
+            }
+        }
         while let Some(Reverse((at, lane))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -845,7 +1018,14 @@ impl ServerTask {
             self.timers.pop();
         }
         let lanes = self.timers.peek().map(|Reverse((at, _))| *at);
-        [lanes, self.pool.poll_timeout()]
+        while let Some(Reverse((_, token))) = self.queries.deadlines.peek() {
+            if self.queries.sent.contains_key(token) {
+                break;
+            }
+            self.queries.deadlines.pop();
+        }
+        let queries = self.queries.deadlines.peek().map(|Reverse((at, _))| *at);
+        [lanes, queries, self.pool.poll_timeout()]
             .into_iter()
             .flatten()
             .min()
@@ -854,7 +1034,9 @@ impl ServerTask {
     fn publish(&self) {
         self.connections.set(self.pool.open() as i64);
         self.connections_max.set(self.pool.high_water() as i64);
-        self.in_flight.set(self.pool.in_flight() as i64);
+        // UPDATEs only: the status's SOA queries are not counted here.
+        let updates = self.pool.in_flight() - self.pool.queries_in_flight();
+        self.in_flight.set(updates as i64);
         self.sessions_max
             .set(i64::try_from(self.sessions_high).unwrap_or(i64::MAX));
     }
@@ -932,5 +1114,183 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    fn zone_limits() -> Limits {
+        Limits {
+            max_message_bytes: 65_535,
+            max_records_per_rrset: 100,
+            window: 4,
+            dns_timeout: Duration::from_secs(5),
+            unreachable_after: Duration::from_secs(60),
+            degraded_queue: 1000,
+        }
+    }
+
+    /// A task for the server at `addr` with a pool of `connections`, run
+    /// in the background; its SOA channel.
+    fn task(addr: SocketAddr, connections: usize) -> mpsc::UnboundedSender<SoaAsk> {
+        let (reports, _) = mpsc::unbounded_channel();
+        let limits = ServerLimits {
+            connections,
+            max_in_flight: 8,
+            idle_close: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        };
+        let primary = PrimaryAddr::parse(&addr.to_string()).unwrap();
+        let t = ServerTask::new(primary, addr.to_string(), limits, &zone_limits(), reports);
+        let (input_tx, input) = mpsc::channel(4);
+        let (soa_tx, soa) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            // The input stays open while the test runs.
+            let _input_tx = input_tx;
+            t.run(input, soa).await;
+        });
+        soa_tx
+    }
+
+    /// A DNS server on loopback answering each SOA query with its own
+    /// question (any order within a read), except for zones whose name
+    /// starts with "silent"; it counts the connections it accepted.
+    async fn soa_server() -> (SocketAddr, Arc<Mutex<usize>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(Mutex::new(0usize));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                *count.lock().unwrap() += 1;
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    loop {
+                        let mut frames = Vec::new();
+                        while let Some(f) = super::super::conn::take_frame(&mut buf) {
+                            frames.push(f);
+                        }
+                        for q in frames.iter().rev() {
+                            if q.get(13..19) == Some(b"silent") {
+                                continue;
+                            }
+                            let mut a = q[..2].to_vec();
+                            a.extend_from_slice(&[0x84, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+                            a.extend_from_slice(&q[12..]);
+                            if s.write_all(&super::super::conn::frame(&a).unwrap())
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        match s.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// The wire form of `zone`'s question (name, type SOA, class IN).
+    fn question(zone: &ZoneName) -> Vec<u8> {
+        super::super::axfr::query(zone, 6, 0)[12..].to_vec()
+    }
+
+    async fn answers(
+        rx: &mut mpsc::UnboundedReceiver<(usize, Result<Vec<u8>, AskError>)>,
+        n: usize,
+    ) -> HashMap<usize, Result<Vec<u8>, AskError>> {
+        let mut got = HashMap::default();
+        while got.len() < n {
+            let (i, a) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .expect("every ask answered")
+                .expect("the reply channel open");
+            assert!(got.insert(i, a).is_none(), "ask {i} answered twice");
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn soa_queries_go_over_one_pooled_connection_and_an_unanswered_one_times_out() {
+        let (addr, accepted) = soa_server().await;
+        let soa = task(addr, 4);
+        let (reply, mut rx) = mpsc::unbounded_channel();
+        let mut zones: Vec<(usize, ZoneName)> = (0..20)
+            .map(|i| (i, ZoneName::parse(&format!("z{i}.Pool-Test.")).unwrap()))
+            .collect();
+        zones.push((99, ZoneName::parse("silent.pool-test.").unwrap()));
+        soa.send(SoaAsk {
+            zones: zones.clone(),
+            reply,
+        })
+        .unwrap();
+        let got = answers(&mut rx, zones.len()).await;
+        for (i, zone) in &zones {
+            match (&got[i], *i) {
+                (Err(AskError::Timeout(t)), 99) => assert_eq!(*t, SOA_TIMEOUT),
+                (Ok(frame), i) if i != 99 => {
+                    assert_eq!(frame[12..], question(zone)[..], "ask {i}'s own answer")
+                }
+                (other, i) => panic!("ask {i}: {other:?}"),
+            }
+        }
+        // Queries alone open one connection (none was open), and more than
+        // a connection's share of them waits for room on it.
+        assert_eq!(*accepted.lock().unwrap(), 1, "connections opened");
+        // The connection stays for what comes next.
+        let (reply, mut rx) = mpsc::unbounded_channel();
+        soa.send(SoaAsk {
+            zones: zones[..3].to_vec(),
+            reply,
+        })
+        .unwrap();
+        let got = answers(&mut rx, 3).await;
+        assert!(got.values().all(Result::is_ok), "{got:?}");
+        assert_eq!(*accepted.lock().unwrap(), 1, "connections opened");
+    }
+
+    #[tokio::test]
+    async fn soa_queries_to_a_server_that_cannot_be_reached_fail_and_can_be_asked_again() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let soa = task(addr, 2);
+        for _ in 0..2 {
+            let (reply, mut rx) = mpsc::unbounded_channel();
+            let zones: Vec<(usize, ZoneName)> = (0..5)
+                .map(|i| (i, ZoneName::parse(&format!("z{i}.test.")).unwrap()))
+                .collect();
+            soa.send(SoaAsk { zones, reply }).unwrap();
+            let got = answers(&mut rx, 5).await;
+            assert!(
+                got.values().all(|a| matches!(a, Err(AskError::Connect(_)))),
+                "{got:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn soa_queries_of_a_stopped_task_are_reported_stopped() {
+        let (reply, mut rx) = mpsc::unbounded_channel();
+        {
+            let mut queries = Queries::default();
+            queries
+                .queue
+                .push_back((3, ZoneName::parse("a.test.").unwrap(), reply.clone()));
+            queries.sent.insert(0, (4, reply, ConnId(0), 17));
+        }
+        let got = answers(&mut rx, 2).await;
+        assert!(matches!(got[&3], Err(AskError::Stopped)));
+        assert!(matches!(got[&4], Err(AskError::Stopped)));
     }
 }
