@@ -1131,6 +1131,7 @@ mod tests {
             dns_timeout: Duration::from_secs(5),
             unreachable_after: Duration::from_secs(60),
             degraded_queue: 1000,
+            max_unacked_zones: 4096,
         }
     }
 
