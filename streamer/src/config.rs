@@ -2658,8 +2658,8 @@ key_name = "K1"
         assert_eq!(a.primary_addr, b.primary_addr);
         assert_eq!(
             c.server_limits(&a.primary_addr).connections,
-            14,
-            "ns1 sets none"
+            16,
+            "ns1 sets none: the default"
         );
         assert_eq!(c.servers.len(), 3);
         assert_eq!(c.servers[2].name, None, "a server of limits only");
