@@ -328,6 +328,9 @@ class ManyZonesBind(Bind):
         for f in os.listdir(zdir):
             if f.endswith(".jnl"):
                 os.unlink(os.path.join(zdir, f))
+        # named wrote every changed zone back to its file as it stopped;
+        # that writeback must not run under the reference's journal writes.
+        os.sync()
         os.replace(self.log, os.path.join(self.dir, "named-before-blast.log"))
         self.logf = open(self.log, "w")
         started = time.time()
@@ -794,6 +797,9 @@ def trial(args, zones):
 
         sampler = Sampler(svc.proc.pid, dns.port)
         sampler.start()
+        # Nothing left to write back (setup's and PostgreSQL's writes) under
+        # the transaction's journal writes, as before blast's (restart_fresh).
+        os.sync()
         with Profile(svc.proc.pid, f"{label}-txn"):
             res.update(one_transaction(svc, conn, dns, zones, args.zones_apply_timeout, sampler,
                                        os.path.join(root, "timeline-txn.csv")))
