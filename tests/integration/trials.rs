@@ -1257,7 +1257,10 @@ async fn into_a_closed_pipe(args: &[&str], config: &Path) -> Result<(Option<i32>
         .stdout(Stdio::from(writer))
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .output();
+        // Not `output()`: tokio's would capture stdout in a pipe of its own.
+        .spawn()
+        .with_context(|| format!("starting pg2dns {args:?}"))?
+        .wait_with_output();
     let output = tokio::time::timeout(Duration::from_secs(120), output)
         .await
         .with_context(|| format!("pg2dns {args:?} did not end"))??;
