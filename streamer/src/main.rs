@@ -196,16 +196,24 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The `pg2dns completions` and `pg2dns man` output.
+/// The `pg2dns completions` and `pg2dns man` output, rendered whole and
+/// then written as the other commands' output is: a reader that went away
+/// (`pg2dns man | head`) ends it quietly (clap_complete panicked on the
+/// closed pipe, the man page said "error: Broken pipe").
 fn generate(command: &Command) -> std::io::Result<()> {
+    use std::io::Write;
     let mut cli = Cli::command();
-    let mut out = std::io::stdout();
+    let mut text = Vec::new();
     match command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut cli, "pg2dns", &mut out);
-            Ok(())
+            clap_complete::generate(*shell, &mut cli, "pg2dns", &mut text)
         }
-        _ => clap_mangen::Man::new(cli).render(&mut out),
+        _ => clap_mangen::Man::new(cli).render(&mut text)?,
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
     }
 }
 

@@ -123,6 +123,10 @@ impl Samples {
 /// Test hook: milliseconds to wait between the transfer and the first
 /// repair message (lets a test change the zone meanwhile).
 pub const PAUSE_BEFORE_REPAIR_ENV: &str = "PG2DNS_TEST_PAUSE_BEFORE_REPAIR_MS";
+/// Test hook: milliseconds to wait, with the service held paused and the
+/// zone file spilled, before a zone's `--zone-file` comparison (a point
+/// for a test to interrupt the run at).
+pub const PAUSE_BEFORE_ZONE_FILE_ENV: &str = "PG2DNS_TEST_PAUSE_BEFORE_ZONE_FILE_MS";
 
 /// What the operator asked for.
 #[derive(Clone, Debug, Default)]
@@ -2182,6 +2186,7 @@ async fn reconcile_zone_bounded(
     let first_diff = std::mem::replace(&mut first.diff, placeholder);
     outcome.diff = Some(first_diff);
     if let Some(file) = options.read_files.get(&id) {
+        test_pause(PAUSE_BEFORE_ZONE_FILE_ENV, "the zone-file comparison").await;
         // The file, the database and DNS merged once more, owner by owner.
         match zone_file::compare(
             desired,
@@ -2391,7 +2396,7 @@ async fn repair_streamed(
                 }
                 for ops in stream.take_ready() {
                     if first_attempt {
-                        test_pause().await;
+                        test_pause(PAUSE_BEFORE_REPAIR_ENV, "the repair").await;
                         first_attempt = false;
                     }
                     let msg_id = axfr::fresh_id();
@@ -2676,13 +2681,12 @@ fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The test hook [`PAUSE_BEFORE_REPAIR_ENV`].
-async fn test_pause() {
-    if let Some(ms) = std::env::var(PAUSE_BEFORE_REPAIR_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        eprintln!("pg2dns: pausing {ms} ms before the repair ({PAUSE_BEFORE_REPAIR_ENV})");
+/// The test hooks [`PAUSE_BEFORE_REPAIR_ENV`] and
+/// [`PAUSE_BEFORE_ZONE_FILE_ENV`]: waits the milliseconds `env` names
+/// before `what`.
+async fn test_pause(env: &str, what: &str) {
+    if let Some(ms) = std::env::var(env).ok().and_then(|v| v.parse::<u64>().ok()) {
+        eprintln!("pg2dns: pausing {ms} ms before {what} ({env})");
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }

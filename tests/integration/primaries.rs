@@ -789,8 +789,17 @@ async fn a_degraded_primary_past_the_queue_bound_is_dropped_and_brought_in_line_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_dropped_past_the_queue_bound_rejoins_within_the_session_once_it_answers_again(
 ) -> Result<()> {
+    dropped_primary_rejoins_within_the_session("two-rejoin", "").await
+}
+
+/// The scenario of the test above, with `extra_config` appended to the
+/// config (e.g. a `[metrics]` listener for a trial that scrapes it).
+pub(crate) async fn dropped_primary_rejoins_within_the_session(
+    label: &str,
+    extra_config: &str,
+) -> Result<()> {
     let two = Two::start(
-        "two-rejoin",
+        label,
         Primary::Bind,
         Primary::Bind,
         "degrade_after = \"2s\"",
@@ -798,6 +807,7 @@ async fn a_primary_dropped_past_the_queue_bound_rejoins_within_the_session_once_
     .await?;
     two.stack
         .append_config("[limits]\ndns_timeout_ms = 2000\ndegraded_queue = 3\n")?;
+    two.stack.append_config(extra_config)?;
     let mut pg2dns = two.stack.run()?;
     let first = two.stack.server(Primary::Bind)?;
     two.stack

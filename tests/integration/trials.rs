@@ -255,16 +255,16 @@ async fn the_operator_role_pauses_resumes_and_reads_status_without_the_tsig_key_
 
 // ------------------------------------------------ check-config | head
 
-/// `pg2dns check-config` with `zones` zones on the stack's BIND, which
-/// serves only the stack's two: exit code, stdout and stderr, or, with
-/// `close_after`, the stderr and exit code of a run whose reader stopped
-/// once a line matched (as `| head` does).
-async fn check_config_read_until(
+/// `pg2dns ARGS -c CONFIG` whose reader stopped once a line matched (as
+/// `| head` does): its exit code and stderr.
+async fn read_until_closed(
+    args: &[&str],
     config: &Path,
     close_after: impl Fn(usize, &str) -> bool,
 ) -> Result<(Option<i32>, String)> {
     let mut child = tokio::process::Command::new(pg2dns::binary())
-        .args(["check-config", "-c"])
+        .args(args)
+        .arg("-c")
         .arg(config)
         .env_remove("PG2DNS_FAILPOINT")
         .env("RUST_LOG", "warn")
@@ -273,7 +273,7 @@ async fn check_config_read_until(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .context("starting pg2dns check-config")?;
+        .with_context(|| format!("starting pg2dns {args:?}"))?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let mut n = 0;
@@ -286,7 +286,7 @@ async fn check_config_read_until(
     drop(lines);
     let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
         .await
-        .context("check-config did not end")??;
+        .with_context(|| format!("pg2dns {args:?} did not end"))??;
     Ok((
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -322,14 +322,16 @@ async fn check_config_into_a_pipe_closed_early_ends_its_output_quietly_and_keeps
     let quiet = |err: &str| !err.contains("panicked") && !err.contains("pg2dns: error");
 
     // head -3: the zone list (one write, larger than a pipe) is cut short.
-    let (code, err) = check_config_read_until(&config, |n, _| n == 3).await?;
+    let (code, err) = read_until_closed(&["check-config"], &config, |n, _| n == 3).await?;
     ensure!(
         code == full && quiet(&err),
         "check-config | head -3 exited {code:?} (the whole run: {full:?}):\n{err}"
     );
     // The reader leaves after the zone list, before the problems.
-    let (code, err) =
-        check_config_read_until(&config, |_, line| line.starts_with("  source pg2dns.rr")).await?;
+    let (code, err) = read_until_closed(&["check-config"], &config, |_, line| {
+        line.starts_with("  source pg2dns.rr")
+    })
+    .await?;
     ensure!(
         code == full && quiet(&err),
         "check-config closed after the zone list exited {code:?} (the whole run: {full:?}):\n{err}"
@@ -867,6 +869,519 @@ async fn reconcile_of_one_primary_as_the_operator_role_is_refused_untouched_and_
             )
         })
         .await?;
+    }
+    service.assert_running()?;
+    Ok(())
+}
+
+// ------------------------------- Ctrl-C of a spilling `reconcile --zone-file`
+
+/// The entries of a directory.
+fn entries_of(dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::read_dir(dir)?
+        .map(|e| Ok(e?.path()))
+        .collect::<Result<_>>()
+}
+
+/// The `zone_file` part of a `reconcile --json --zone-file` report for
+/// [`FORWARD`], with the exit code.
+fn zone_file_side(
+    code: Option<i32>,
+    out: &str,
+    err: &str,
+) -> Result<(Option<i32>, serde_json::Value)> {
+    let json: serde_json::Value = serde_json::from_str(out)
+        .with_context(|| format!("reconcile printed no JSON (exit {code:?}):\n{out}\n{err}"))?;
+    let zone = json["zones"]
+        .as_array()
+        .and_then(|zones| zones.iter().find(|z| z["zone"] == FORWARD))
+        .with_context(|| format!("no zone {FORWARD} in {json:#}"))?;
+    Ok((code, zone["zone_file"].clone()))
+}
+
+/// A legacy zone file of 2,000 hosts (every hundredth with another TTL,
+/// mixed case, an escaped byte) compared with a running service's table
+/// of 1,500 of them, spilled in runs of 2 kB: SIGINT while the reconcile
+/// holds the service paused at the comparison ends it with exit 130
+/// saying it was interrupted; the spill directory is left empty, the
+/// service runs again (not left paused) and streams on, and a second
+/// `reconcile --zone-file` gives the answer an uninterrupted run gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_spilling_zone_file_compare_resumes_the_service_removes_the_spill_and_the_next_run_answers_the_same(
+) -> Result<()> {
+    let stack = Stack::start("trial-zonefile-ctrl-c", Primary::Bind).await?;
+    let spill = stack.dir().join("spill");
+    std::fs::create_dir_all(&spill)?;
+    stack.append_config(&format!(
+        "[reconcile]\nmemory_mib = 16\nspill_dir = \"{}\"\n",
+        spill.display()
+    ))?;
+    let mut service = stack.run()?;
+    stack
+        .exec(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'h' || i || '.example.test.', 300, 'A', '192.0.2.' || (i % 250 + 1)
+             FROM generate_series(1, 1500) i",
+        )
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let mut legacy = String::from(
+        "; generated by dnsgen\n$TTL 300\n$ORIGIN example.test.\n\
+         @ IN SOA ns1.example.net. hostmaster ( 2026120701 3h 15m 1w 300 )\n\
+         \tIN NS ns1.example.net.\n",
+    );
+    for i in 1..=2000 {
+        let ttl = if i % 100 == 0 { 600 } else { 300 };
+        legacy.push_str(&format!("H{i}\t{ttl}\tIN\tA\t192.0.2.{}\n", i % 250 + 1));
+    }
+    legacy.push_str("txt\tTXT\t\"caf\\195\\169 ; not a comment\"\n");
+    let file = stack.dir().join("db.example.test");
+    std::fs::write(&file, legacy)?;
+    let arg = format!("{FORWARD}={}", file.display());
+    let spill_env = ("PG2DNS_TEST_SPILL_BYTES", "2048");
+
+    let (code, out, err) = pg2dns_out(
+        &["reconcile", "--json", "--zone-file", &arg],
+        stack.config_path(),
+        &[spill_env],
+    )
+    .await?;
+    let uninterrupted = zone_file_side(code, &out, &err)?;
+    ensure!(
+        uninterrupted.0 == Some(1)
+            && uninterrupted.1["file_extra"] == 501
+            && uninterrupted.1["file_ttl_differences"] == 15,
+        "the uninterrupted reconcile: {uninterrupted:?}\n{err}"
+    );
+    ensure!(
+        entries_of(&spill)?.is_empty(),
+        "the uninterrupted run left its spill"
+    );
+
+    let mut reconcile = crate::reconcile::spawn_reconcile(
+        &stack,
+        &["--json", "--zone-file", &arg],
+        &[
+            spill_env,
+            ("PG2DNS_TEST_PAUSE_BEFORE_ZONE_FILE_MS", "600000"),
+        ],
+    )?;
+    let seen =
+        crate::reconcile::read_until(&mut reconcile, "before the zone-file comparison").await?;
+    // The file's runs and the tables' runs, each in a directory of the
+    // run's own.
+    let spilled = entries_of(&spill)?;
+    let mut runs = 0;
+    for dir in &spilled {
+        runs += entries_of(dir)?.len();
+    }
+    ensure!(
+        !spilled.is_empty() && runs > 0,
+        "the reconcile spills its runs under {}: {spilled:?}, {runs} run(s)\n{seen}",
+        spill.display()
+    );
+    let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
+    let held: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+    ensure!(
+        held["state"] != "running" && held.to_string().contains("reconcile by"),
+        "the service is not held by the reconcile at the compared point: {held}"
+    );
+    crate::harness::signal(reconcile.id().context("no pid")?, "INT")?;
+    let status = tokio::time::timeout(Duration::from_secs(60), reconcile.wait()).await??;
+    let mut rest = String::new();
+    if let Some(mut stderr) = reconcile.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut rest).await?;
+    }
+    ensure!(
+        status.code() == Some(130) && rest.contains("reconcile interrupted by SIGINT"),
+        "reconcile --zone-file after SIGINT: {status}\n{seen}{rest}"
+    );
+    let left = entries_of(&spill)?;
+    ensure!(left.is_empty(), "the spill directory is left: {left:?}");
+    wait_until(DNS_DEADLINE, "the service runs again", || async {
+        let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
+        let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+        Ok(if s["state"] == "running" {
+            Check::Done(())
+        } else {
+            Check::NotYet(s.to_string())
+        })
+    })
+    .await?;
+
+    let (code, out, err) = pg2dns_out(
+        &["reconcile", "--json", "--zone-file", &arg],
+        stack.config_path(),
+        &[spill_env],
+    )
+    .await?;
+    let again = zone_file_side(code, &out, &err)?;
+    ensure!(
+        again == uninterrupted,
+        "the run after the interrupted one answers otherwise: {again:?}\nthe uninterrupted run: {uninterrupted:?}"
+    );
+    ensure!(
+        entries_of(&spill)?.is_empty(),
+        "the second run left its spill"
+    );
+    stack
+        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('after.example.test.', 300, 'A', '192.0.2.8')")
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    service.assert_running()?;
+    Ok(())
+}
+
+// ------------------------- Prometheus scrapes during a primary's rejoin
+
+/// One sample line of the Prometheus text format: `name{labels} value`.
+fn parse_sample(line: &str) -> Result<(String, String, f64)> {
+    let name_end = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(line.len());
+    let name = &line[..name_end];
+    ensure!(
+        !name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit()),
+        "no metric name"
+    );
+    let mut rest = &line[name_end..];
+    let mut labels = String::new();
+    if let Some(after) = rest.strip_prefix('{') {
+        // label="value" pairs, the value with \\, \" and \n escapes.
+        let mut chars = after.char_indices();
+        let mut in_value = false;
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match (in_value, c) {
+                (true, '\\') => {
+                    let (_, e) = chars.next().context("a dangling escape")?;
+                    ensure!(matches!(e, '\\' | '"' | 'n'), "the escape \\{e}");
+                }
+                (true, '"') => in_value = false,
+                (false, '"') => in_value = true,
+                (false, '}') => {
+                    end = Some(i);
+                    break;
+                }
+                (false, c) => ensure!(
+                    c.is_ascii_alphanumeric() || matches!(c, '_' | '=' | ','),
+                    "{c:?} in the labels"
+                ),
+                _ => {}
+            }
+        }
+        let end = end.context("unclosed labels")?;
+        labels = after[..end].to_owned();
+        rest = &after[end + 1..];
+    }
+    let value = rest
+        .strip_prefix(' ')
+        .context("no space before the value")?;
+    let value = value.split(' ').next().unwrap_or(value);
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v
+            .parse::<f64>()
+            .with_context(|| format!("the value {v:?}"))?,
+    };
+    Ok((name.to_owned(), labels, value))
+}
+
+/// A scrape checked as the Prometheus text format: every sample's family
+/// typed (`# TYPE`) before it, no family typed twice, no series twice.
+/// Returns each series (`name{labels}`) with its value and type.
+fn parse_scrape(body: &str) -> Result<BTreeMap<String, (f64, String)>> {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut series = BTreeMap::new();
+    for (n, line) in body.lines().enumerate() {
+        let at = || format!("line {}: {line}", n + 1);
+        if line.is_empty() || line.starts_with("# HELP ") || line == "# EOF" {
+            continue;
+        }
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = t.split_once(' ').with_context(at)?;
+            ensure!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "the family {name} is typed twice ({})",
+                at()
+            );
+            continue;
+        }
+        ensure!(!line.starts_with('#'), "an unknown comment ({})", at());
+        let (name, labels, value) = parse_sample(line).with_context(at)?;
+        let family = [
+            "", "_total", "_bucket", "_sum", "_count", "_created", "_info",
+        ]
+        .iter()
+        .filter_map(|suffix| name.strip_suffix(suffix))
+        .find(|f| types.contains_key(*f))
+        .with_context(|| format!("a sample before its family's # TYPE ({})", at()))?;
+        let kind = types[family].clone();
+        let key = format!("{name}{{{labels}}}");
+        ensure!(
+            series.insert(key.clone(), (value, kind)).is_none(),
+            "the series {key} twice in one scrape ({})",
+            at()
+        );
+    }
+    Ok(series)
+}
+
+/// Prometheus scraping `/metrics` every 50 ms through the in-session rejoin
+/// of a primary dropped past its queue bound (the scenario of
+/// `primaries::a_primary_dropped_past_the_queue_bound_rejoins_within_the_session_once_it_answers_again`):
+/// every scrape parses as the Prometheus text format, the
+/// `pg2dns_primary_*` series of both primaries are in every scrape after
+/// the first acknowledgement, and no counter goes down from one scrape to
+/// the next (`pg2dns_primary_acked` is a gauge of the session's
+/// dispatches: the session the rejoin starts counts from 0 again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_during_a_dropped_primarys_rejoin_are_well_formed_name_both_primaries_and_never_go_back(
+) -> Result<()> {
+    let addr = format!("127.0.0.1:{}", crate::harness::free_port()?);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let scraper = tokio::spawn({
+        let addr = addr.clone();
+        async move {
+            let mut scrapes = 0usize;
+            let mut problems: Vec<String> = Vec::new();
+            let mut acked = false;
+            let mut last: BTreeMap<String, (f64, String)> = BTreeMap::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop_rx.changed() => break,
+                }
+                // Before the service listens, and once it ended, nothing
+                // answers: those scrapes are no answers, not bad ones.
+                let Ok((code, response)) = crate::health::http_get(&addr, "/metrics").await else {
+                    continue;
+                };
+                let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+                scrapes += 1;
+                let series = match (code, parse_scrape(body)) {
+                    (200, Ok(series)) => series,
+                    (code, Err(e)) => {
+                        problems.push(format!("scrape {scrapes} (HTTP {code}): {e:#}"));
+                        continue;
+                    }
+                    (code, Ok(_)) => {
+                        problems.push(format!("scrape {scrapes}: HTTP {code}"));
+                        continue;
+                    }
+                };
+                let primary_series = |metric: &str, primary: &str| {
+                    series.iter().find(|(k, _)| {
+                        k.starts_with(&format!("{metric}{{"))
+                            && k.contains(&format!("primary=\"{primary}\""))
+                    })
+                };
+                acked = acked
+                    || primary_series("pg2dns_primary_acked", "ns1")
+                        .is_some_and(|(_, (v, _))| *v >= 1.0);
+                if acked {
+                    for metric in [
+                        "pg2dns_primary_acked",
+                        "pg2dns_primary_in_flight",
+                        "pg2dns_primary_degraded",
+                    ] {
+                        for primary in ["ns1", "ns2"] {
+                            if primary_series(metric, primary).is_none() {
+                                problems
+                                    .push(format!("scrape {scrapes}: no {metric} of {primary}"));
+                            }
+                        }
+                    }
+                }
+                for (key, (value, kind)) in &series {
+                    if let Some((before, _)) = last.get(key) {
+                        if kind == "counter" && value < before {
+                            problems.push(format!(
+                                "scrape {scrapes}: {key} went from {before} down to {value}"
+                            ));
+                        }
+                    }
+                }
+                last = series;
+            }
+            let primaries: Vec<String> = last
+                .iter()
+                .filter(|(k, _)| k.starts_with("pg2dns_primary_"))
+                .map(|(k, (v, kind))| format!("{k} {v} ({kind})"))
+                .collect();
+            (scrapes, acked, problems, primaries)
+        }
+    });
+    let scenario = crate::primaries::dropped_primary_rejoins_within_the_session(
+        "trial-scrape-rejoin",
+        &format!("[metrics]\nlisten = \"{addr}\"\n"),
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    let (scrapes, acked, problems, primaries) = scraper.await?;
+    scenario?;
+    ensure!(
+        problems.is_empty(),
+        "{} of {scrapes} scrapes were wrong:\n{}",
+        problems.len(),
+        problems
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    ensure!(
+        acked && scrapes >= 20,
+        "{scrapes} scrape(s) answered, an acknowledgement seen: {acked}; the last scrape's primary series: {primaries:#?}"
+    );
+    Ok(())
+}
+
+// ------------------------------------------------- output into `head`
+
+/// `pg2dns ARGS -c CONFIG` writing into a pipe nobody reads any more (its
+/// reading end closed before the first write): exit code and stderr.
+async fn into_a_closed_pipe(args: &[&str], config: &Path) -> Result<(Option<i32>, String)> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let output = tokio::process::Command::new(pg2dns::binary())
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env_remove("PG2DNS_FAILPOINT")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Not `output()`: tokio's would capture stdout in a pipe of its own.
+        .spawn()
+        .with_context(|| format!("starting pg2dns {args:?}"))?
+        .wait_with_output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .with_context(|| format!("pg2dns {args:?} did not end"))??;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// `status` (text and `--json`), `reconcile` (text and `--json`, a line
+/// per zone), `completions` and `man` piped into `head -n 1`, and into a
+/// pipe already closed, with 2,000 zones, one of them on two primaries:
+/// each exits as its whole run does (0 for a service running and zones in
+/// sync), with no panic, no "Broken pipe" and no error on stderr. Before,
+/// `completions` panicked ("failed to write completion file") and `man`
+/// said "error: Broken pipe" and exited 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_piped_into_head_exits_quietly_with_its_exit_code() -> Result<()> {
+    const N: usize = 2_000;
+    let names: Vec<String> = (0..N).map(crate::many_zones::zone_name).collect();
+    let zones: Vec<(&str, Primary)> = names.iter().map(|z| (z.as_str(), Primary::Bind)).collect();
+    let stack = Stack::start_split("trial-head", &zones).await?;
+    let second = Server::start_with_access(
+        Primary::Bind,
+        stack.dir(),
+        &[names[0].as_str()],
+        Access::default(),
+    )
+    .await?;
+    let text = std::fs::read_to_string(stack.config_path())?;
+    let head = &text[..text.find("\n[[").context("the config has tables")?];
+    let ns1 = stack.server(Primary::Bind)?;
+    let mut config = format!(
+        "{head}\n\n[[server]]\nname = \"ns1\"\naddress = \"{}\"\ntsig_key_file = \"{}\"\n\n\
+         [[server]]\nname = \"ns2\"\naddress = \"{}\"\ntsig_key_file = \"{}\"\n",
+        ns1.addr(),
+        ns1.key_file().display(),
+        second.addr(),
+        second.key_file().display()
+    );
+    for (i, zone) in names.iter().enumerate() {
+        let primaries = if i == 0 {
+            "\"ns1\", \"ns2\""
+        } else {
+            "\"ns1\""
+        };
+        config.push_str(&format!(
+            "\n[[zone]]\nname = \"{zone}\"\nprimaries = [{primaries}]\n"
+        ));
+    }
+    std::fs::write(stack.config_path(), config)?;
+    let mut service = stack.run()?;
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES \
+             ('Www.{}', 300, 'TXT', '\"caf\\195\\169 ünï\"'), ('www.{}', 300, 'A', '192.0.2.1')",
+            names[0],
+            names[N - 1]
+        ))
+        .await?;
+    crate::admin::wait_for_status(
+        &stack,
+        "every zone published, nothing in flight",
+        Duration::from_secs(120),
+        |s| {
+            let zones = s["zones"].as_array().cloned().unwrap_or_default();
+            let acked = |zone: &str| {
+                zones
+                    .iter()
+                    .any(|z| z["zone"] == zone && !z["acked_at"].is_null())
+            };
+            zones.len() == N
+                && zones.iter().all(|z| z["in_flight"] == 0)
+                && acked(&names[0])
+                && acked(&names[N - 1])
+                && s["primaries"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 2 && p.iter().all(|p| !p["acked_at"].is_null()))
+        },
+    )
+    .await?;
+
+    let quiet = |err: &str| {
+        !err.contains("panicked")
+            && !err.to_lowercase().contains("broken pipe")
+            && !err.contains("pg2dns: error")
+            && !err.contains("backtrace")
+    };
+    let config = stack.config_path();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["reconcile"],
+        &["reconcile", "--json"],
+        &["completions", "bash"],
+        &["completions", "zsh"],
+        &["man"],
+    ] {
+        let (full, out, err) = pg2dns_out(args, config, &[("RUST_LOG", "warn")]).await?;
+        ensure!(
+            full == Some(0) && quiet(&err) && !out.is_empty(),
+            "the whole pg2dns {args:?} exited {full:?}:\n{}\n{err}",
+            out.chars().take(2000).collect::<String>()
+        );
+        if matches!(args, ["status", "--json"] | ["reconcile", ..]) {
+            ensure!(
+                out.len() > 1 << 16,
+                "pg2dns {args:?} printed {} bytes, within a pipe's buffer",
+                out.len()
+            );
+        }
+        let (code, err) = read_until_closed(args, config, |n, _| n == 1).await?;
+        ensure!(
+            code == full && quiet(&err),
+            "pg2dns {args:?} | head -n 1 exited {code:?} (the whole run: {full:?}):\n{err}"
+        );
+        let (code, err) = into_a_closed_pipe(args, config).await?;
+        ensure!(
+            code == full && quiet(&err),
+            "pg2dns {args:?} into a closed pipe exited {code:?} (the whole run: {full:?}):\n{err}"
+        );
     }
     service.assert_running()?;
     Ok(())
