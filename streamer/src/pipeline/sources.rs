@@ -182,6 +182,8 @@ impl Pipeline<'_> {
         // start; ask the catalog what the table is now, once the catalog
         // shows the transaction that changed it.
         let client = self.store.settled_client().await?;
+        // Not visible after the wait: the catalog is read as it is (what
+        // it says then is judged by `relations::resolve`).
         wait_visible(client, self.xid).await?;
         let mut now = crate::relations::Now::default();
         for (i, m) in self.core.mappings().iter().enumerate() {
@@ -227,7 +229,22 @@ impl Pipeline<'_> {
     /// zones were built from. The table as it is now, not the change the
     /// stream carries, decides: a transaction replayed after the table
     /// changed again must not end every session that replays it.
+    ///
+    /// The transaction being committed (`self.xid`) touched the table, and
+    /// PostgreSQL may show it to new snapshots a moment after the stream
+    /// delivered it: read too early, the table looks unchanged and the
+    /// zone added in it would be missed for good (seen under CI load: a
+    /// zone row and its records in one transaction, every record refused
+    /// as in no configured zone). So the read waits until the transaction
+    /// is visible; if it never becomes so, the table counts as changed:
+    /// the session ends, the next one reads the zones again and replays
+    /// the transaction, which is then judged again.
     pub(super) async fn zones_table_changed(&mut self) -> Result<bool, RunError> {
+        let client = self.store.settled_client().await?;
+        if !wait_visible(client, self.xid).await? {
+            warn!(xid = self.xid, "the transaction that changed pg2dns.zones is not visible yet: reading the zones again in a new session");
+            return Ok(true);
+        }
         Ok(self.store.table_zones().await? != self.table_rows)
     }
 }
@@ -271,9 +288,9 @@ const VISIBLE_TRIES: u32 = 400;
 /// to new snapshots. PostgreSQL flushes a commit's WAL, which wakes the
 /// walsender, before it marks the transaction done for other sessions: a
 /// catalog read made right after the stream delivered a transaction that
-/// created a table can miss that table. Gives up (and lets the read
-/// happen) after [`VISIBLE_TRIES`].
-async fn wait_visible(client: &tokio_postgres::Client, xid: u32) -> Result<(), RunError> {
+/// created a table can miss that table. Gives up after [`VISIBLE_TRIES`],
+/// returning whether the transaction became visible.
+async fn wait_visible(client: &tokio_postgres::Client, xid: u32) -> Result<bool, RunError> {
     for tried in 0..VISIBLE_TRIES {
         // The 64-bit id of `xid`: the epoch of the snapshot's xmax, or the
         // one before when that would put it at or past xmax (an assigned
@@ -293,9 +310,9 @@ async fn wait_visible(client: &tokio_postgres::Client, xid: u32) -> Result<(), R
                     tried, "the streamed transaction became visible to the catalog read"
                 );
             }
-            return Ok(());
+            return Ok(true);
         }
         tokio::time::sleep(VISIBLE_POLL).await;
     }
-    Ok(())
+    Ok(false)
 }
