@@ -721,19 +721,30 @@ async fn a_primary_degraded_before_a_kill_9_stays_degraded_while_down_and_is_cau
     pg2dns.assert_running()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_degraded_primary_past_the_queue_bound_is_dropped_and_brought_in_line_at_the_next_session(
-) -> Result<()> {
+/// Two BIND primaries (`degrade_after = "2s"`, `[limits] degraded_queue =
+/// bound`) streaming and in line; then ns2 stopped (SIGSTOP) while a first
+/// change and then `writes`, one transaction each, commit: ns2 is
+/// degraded, then dropped past the bound, while ns1 takes everything, the
+/// slot confirms it and `status` says ns2 needs a catch-up. ns2 answers
+/// again (SIGCONT) before this returns the running service.
+async fn ns2_dropped_past_the_queue_bound(
+    label: &str,
+    bound: u64,
+    extra_config: &str,
+    writes: &[String],
+) -> Result<(Two, crate::harness::Pg2dns)> {
     let two = Two::start(
-        "two-bounded",
+        label,
         Primary::Bind,
         Primary::Bind,
         "degrade_after = \"2s\"",
     )
     .await?;
-    two.stack
-        .append_config("[limits]\ndns_timeout_ms = 2000\ndegraded_queue = 5\n")?;
-    let mut pg2dns = two.stack.run()?;
+    two.stack.append_config(&format!(
+        "[limits]\ndns_timeout_ms = 2000\ndegraded_queue = {bound}\n"
+    ))?;
+    two.stack.append_config(extra_config)?;
+    let pg2dns = two.stack.run()?;
     let first = two.stack.server(Primary::Bind)?;
     two.stack
         .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('before.example.test.', 300, 'A', '192.0.2.1')")
@@ -747,16 +758,14 @@ async fn a_degraded_primary_past_the_queue_bound_is_dropped_and_brought_in_line_
             .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('first.example.test.', 300, 'A', '192.0.2.2')")
             .await?;
         log_says(&pg2dns, "made no progress for its degrade_after", 1).await?;
-        // Ten more transactions, one by one: ns2 falls past the bound.
-        for i in 0..10 {
-            two.stack
-                .exec(&format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('q{i}.example.test.', 300, 'AAAA', '2001:db8::{i:x}')"))
-                .await?;
+        for sql in writes {
+            two.stack.exec(sql).await?;
         }
         log_says(&pg2dns, "its queue is dropped", 1).await?;
         two.wait_matches(first, "ns1", RECOVERY_DEADLINE).await?;
         let end = two.stack.current_wal_lsn().await?;
         two.wait_confirmed(end).await?;
+        let said = format!("degraded_queue = {bound}");
         wait_primary_status(
             &two.stack,
             FORWARD,
@@ -766,7 +775,7 @@ async fn a_degraded_primary_past_the_queue_bound_is_dropped_and_brought_in_line_
                 !p["degraded_since"].is_null()
                     && p["last_error"]
                         .as_str()
-                        .is_some_and(|e| e.contains("degraded_queue = 5"))
+                        .is_some_and(|e| e.contains(&said))
             },
         )
         .await?;
@@ -775,6 +784,17 @@ async fn a_degraded_primary_past_the_queue_bound_is_dropped_and_brought_in_line_
     .await;
     signal(pid, "CONT")?;
     outcome?;
+    Ok((two, pg2dns))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_primary_past_the_queue_bound_is_dropped_and_brought_in_line_at_the_next_session(
+) -> Result<()> {
+    // Ten more transactions, one by one: ns2 falls past the bound.
+    let writes: Vec<String> = (0..10)
+        .map(|i| format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('q{i}.example.test.', 300, 'AAAA', '2001:db8::{i:x}')"))
+        .collect();
+    let (two, mut pg2dns) = ns2_dropped_past_the_queue_bound("two-bounded", 5, "", &writes).await?;
     // Its queue is gone: the next session brings it in line from the row
     // state, and it ends equal to the table.
     signal(pg2dns.pid(), "HUP")?;
@@ -798,62 +818,14 @@ pub(crate) async fn dropped_primary_rejoins_within_the_session(
     label: &str,
     extra_config: &str,
 ) -> Result<()> {
-    let two = Two::start(
-        label,
-        Primary::Bind,
-        Primary::Bind,
-        "degrade_after = \"2s\"",
-    )
-    .await?;
-    two.stack
-        .append_config("[limits]\ndns_timeout_ms = 2000\ndegraded_queue = 3\n")?;
-    two.stack.append_config(extra_config)?;
-    let mut pg2dns = two.stack.run()?;
-    let first = two.stack.server(Primary::Bind)?;
-    two.stack
-        .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('before.example.test.', 300, 'A', '192.0.2.1')")
-        .await?;
-    two.wait_both_match(DNS_DEADLINE).await?;
-
-    let pid = two.second.pid().context("ns2 runs")?;
-    signal(pid, "STOP")?;
-    let outcome = async {
-        two.stack
-            .exec("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('first.example.test.', 300, 'A', '192.0.2.2')")
-            .await?;
-        log_says(&pg2dns, "made no progress for its degrade_after", 1).await?;
-        // Transactions one by one, with what users write (mixed case, an
-        // escaped byte, UTF-8 in TXT): ns2 falls past the bound.
-        for i in 0..8 {
-            two.stack
-                .exec(&format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('Q{i}.Example.test.', 300, 'AAAA', '2001:db8::{i:x}'), ('t{i}.example.test.', 300, 'TXT', '\"caf\\233 {i} ünïcødé\"')"))
-                .await?;
-        }
-        two.stack
-            .exec("DELETE FROM pg2dns.rr WHERE owner = 'first.example.test.'")
-            .await?;
-        log_says(&pg2dns, "its queue is dropped", 1).await?;
-        two.wait_matches(first, "ns1", RECOVERY_DEADLINE).await?;
-        let end = two.stack.current_wal_lsn().await?;
-        two.wait_confirmed(end).await?;
-        wait_primary_status(
-            &two.stack,
-            FORWARD,
-            "ns2",
-            "status says ns2 needs a catch-up",
-            |p| {
-                !p["degraded_since"].is_null()
-                    && p["last_error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("degraded_queue = 3"))
-            },
-        )
-        .await?;
-        anyhow::Ok(())
-    }
-    .await;
-    signal(pid, "CONT")?;
-    outcome?;
+    // Transactions one by one, with what users write (mixed case, an
+    // escaped byte, UTF-8 in TXT): ns2 falls past the bound.
+    let mut writes: Vec<String> = (0..8)
+        .map(|i| format!("INSERT INTO pg2dns.rr (owner, ttl, type, rdata) VALUES ('Q{i}.Example.test.', 300, 'AAAA', '2001:db8::{i:x}'), ('t{i}.example.test.', 300, 'TXT', '\"caf\\233 {i} ünïcødé\"')"))
+        .collect();
+    writes.push("DELETE FROM pg2dns.rr WHERE owner = 'first.example.test.'".to_owned());
+    let (two, mut pg2dns) =
+        ns2_dropped_past_the_queue_bound(label, 3, extra_config, &writes).await?;
     // No signal, no restart: once ns2 answers, the service brings it in
     // line from the row state and streams to it again.
     log_says(&pg2dns, "a primary left behind answers again", 1).await?;
