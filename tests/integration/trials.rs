@@ -531,22 +531,7 @@ async fn a_latin1_zone_on_two_primaries_ends_equal_on_both_and_each_primary_coun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_a_spilling_repair_resumes_the_service_removes_the_spill_and_a_second_apply_finishes(
 ) -> Result<()> {
-    let stack = Stack::start("trial-ctrl-c", Primary::Bind).await?;
-    let spill = stack.dir().join("spill");
-    std::fs::create_dir_all(&spill)?;
-    stack.append_config(&format!(
-        "[reconcile]\nmemory_mib = 16\nspill_dir = \"{}\"\n",
-        spill.display()
-    ))?;
-    let mut service = stack.run()?;
-    stack
-        .exec(
-            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
-             SELECT 'h' || i || '.example.test.', 300, 'A', '192.0.2.' || (i % 250 + 1)
-             FROM generate_series(1, 800) i",
-        )
-        .await?;
-    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let (stack, spill, mut service) = spilling_service("trial-ctrl-c", 800).await?;
     // Drift behind pg2dns's back: 200 records gone, 50 strays.
     let mut drift = String::new();
     for i in 1..=200 {
@@ -574,28 +559,7 @@ async fn ctrl_c_during_a_spilling_repair_resumes_the_service_removes_the_spill_a
         "the reconcile spills into one directory of {}: {spilled:?}\n{seen}",
         spill.display()
     );
-    crate::harness::signal(reconcile.id().context("no pid")?, "INT")?;
-    let status = tokio::time::timeout(Duration::from_secs(60), reconcile.wait()).await??;
-    let mut rest = String::new();
-    if let Some(mut stderr) = reconcile.stderr.take() {
-        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut rest).await?;
-    }
-    ensure!(
-        status.code() == Some(130) && rest.contains("reconcile interrupted by SIGINT"),
-        "reconcile after SIGINT: {status}\n{seen}{rest}"
-    );
-    let left: Vec<_> = std::fs::read_dir(&spill)?.collect::<Result<_, _>>()?;
-    ensure!(left.is_empty(), "the spill directory is left: {left:?}");
-    wait_until(DNS_DEADLINE, "the service runs again", || async {
-        let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
-        let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
-        Ok(if s["state"] == "running" {
-            Check::Done(())
-        } else {
-            Check::NotYet(s.to_string())
-        })
-    })
-    .await?;
+    interrupt_and_see_the_service_resume(&stack, reconcile, &spill, "reconcile", &seen).await?;
 
     let (code, out, err) = pg2dns_out(
         &["reconcile", "--apply"],
@@ -876,6 +840,66 @@ async fn reconcile_of_one_primary_as_the_operator_role_is_refused_untouched_and_
 
 // ------------------------------- Ctrl-C of a spilling `reconcile --zone-file`
 
+/// A running service whose reconciles spill under a directory of their
+/// own (`[reconcile] memory_mib = 16`), with `hosts` A records streamed to
+/// BIND: the stack, the spill directory and the service.
+async fn spilling_service(
+    label: &str,
+    hosts: usize,
+) -> Result<(Stack, PathBuf, crate::harness::Pg2dns)> {
+    let stack = Stack::start(label, Primary::Bind).await?;
+    let spill = stack.dir().join("spill");
+    std::fs::create_dir_all(&spill)?;
+    stack.append_config(&format!(
+        "[reconcile]\nmemory_mib = 16\nspill_dir = \"{}\"\n",
+        spill.display()
+    ))?;
+    let service = stack.run()?;
+    stack
+        .exec(&format!(
+            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
+             SELECT 'h' || i || '.example.test.', 300, 'A', '192.0.2.' || (i % 250 + 1)
+             FROM generate_series(1, {hosts}) i"
+        ))
+        .await?;
+    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    Ok((stack, spill, service))
+}
+
+/// SIGINT to `reconcile` (`what` in messages; `seen`: what it printed so
+/// far): it exits 130 saying it was interrupted, leaves `spill` empty, and
+/// the service it held paused runs again.
+async fn interrupt_and_see_the_service_resume(
+    stack: &Stack,
+    mut reconcile: tokio::process::Child,
+    spill: &Path,
+    what: &str,
+    seen: &str,
+) -> Result<()> {
+    crate::harness::signal(reconcile.id().context("no pid")?, "INT")?;
+    let status = tokio::time::timeout(Duration::from_secs(60), reconcile.wait()).await??;
+    let mut rest = String::new();
+    if let Some(mut stderr) = reconcile.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut rest).await?;
+    }
+    ensure!(
+        status.code() == Some(130) && rest.contains("reconcile interrupted by SIGINT"),
+        "{what} after SIGINT: {status}\n{seen}{rest}"
+    );
+    let left = entries_of(spill)?;
+    ensure!(left.is_empty(), "the spill directory is left: {left:?}");
+    wait_until(DNS_DEADLINE, "the service runs again", || async {
+        let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
+        let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+        Ok(if s["state"] == "running" {
+            Check::Done(())
+        } else {
+            Check::NotYet(s.to_string())
+        })
+    })
+    .await
+}
+
 /// The entries of a directory.
 fn entries_of(dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::read_dir(dir)?
@@ -909,22 +933,7 @@ fn zone_file_side(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_a_spilling_zone_file_compare_resumes_the_service_removes_the_spill_and_the_next_run_answers_the_same(
 ) -> Result<()> {
-    let stack = Stack::start("trial-zonefile-ctrl-c", Primary::Bind).await?;
-    let spill = stack.dir().join("spill");
-    std::fs::create_dir_all(&spill)?;
-    stack.append_config(&format!(
-        "[reconcile]\nmemory_mib = 16\nspill_dir = \"{}\"\n",
-        spill.display()
-    ))?;
-    let mut service = stack.run()?;
-    stack
-        .exec(
-            "INSERT INTO pg2dns.rr (owner, ttl, type, rdata)
-             SELECT 'h' || i || '.example.test.', 300, 'A', '192.0.2.' || (i % 250 + 1)
-             FROM generate_series(1, 1500) i",
-        )
-        .await?;
-    stack.wait_until_dns_matches_table(DNS_DEADLINE).await?;
+    let (stack, spill, mut service) = spilling_service("trial-zonefile-ctrl-c", 1500).await?;
     let mut legacy = String::from(
         "; generated by dnsgen\n$TTL 300\n$ORIGIN example.test.\n\
          @ IN SOA ns1.example.net. hostmaster ( 2026120701 3h 15m 1w 300 )\n\
@@ -986,28 +995,8 @@ async fn ctrl_c_during_a_spilling_zone_file_compare_resumes_the_service_removes_
         held["state"] != "running" && held.to_string().contains("reconcile by"),
         "the service is not held by the reconcile at the compared point: {held}"
     );
-    crate::harness::signal(reconcile.id().context("no pid")?, "INT")?;
-    let status = tokio::time::timeout(Duration::from_secs(60), reconcile.wait()).await??;
-    let mut rest = String::new();
-    if let Some(mut stderr) = reconcile.stderr.take() {
-        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut rest).await?;
-    }
-    ensure!(
-        status.code() == Some(130) && rest.contains("reconcile interrupted by SIGINT"),
-        "reconcile --zone-file after SIGINT: {status}\n{seen}{rest}"
-    );
-    let left = entries_of(&spill)?;
-    ensure!(left.is_empty(), "the spill directory is left: {left:?}");
-    wait_until(DNS_DEADLINE, "the service runs again", || async {
-        let (_, out, _) = pg2dns_out(&["status", "--json"], stack.config_path(), &[]).await?;
-        let s: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
-        Ok(if s["state"] == "running" {
-            Check::Done(())
-        } else {
-            Check::NotYet(s.to_string())
-        })
-    })
-    .await?;
+    interrupt_and_see_the_service_resume(&stack, reconcile, &spill, "reconcile --zone-file", &seen)
+        .await?;
 
     let (code, out, err) = pg2dns_out(
         &["reconcile", "--json", "--zone-file", &arg],
